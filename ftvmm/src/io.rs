@@ -1,0 +1,105 @@
+//! The two doors through which non-determinism enters and effects leave the VM.
+//!
+//! Devices are deterministic state machines. Everything whose value or timing the
+//! guest cannot predict reaches them only through [`Inputs`], and everything the
+//! outside world can observe leaves only through [`Outputs`]. Both are called by
+//! the vCPU loop at *deterministic exits*, each tagged with the exit index `n`
+//! (DESIGN.md §4): the count of `KVM_RUN` returns caused by the guest itself.
+//!
+//! Without replication (`Live*` impls in the VMM) inputs come straight from the
+//! real backends (TAP, disk thread, timer, console) and outputs go straight to
+//! them. With lockstep, the Primary records every [`InputEvent`]/[`TimeRead`]
+//! with its `n` and holds outputs under the Output Rule; the Secondary takes the
+//! same events from the log at the same `n` and drops its outputs. Keeping these
+//! types small and exhaustive is what makes record/replay checkable.
+
+use serde::{Deserialize, Serialize};
+
+/// Index of a deterministic exit: advances on every `KVM_RUN` return the guest
+/// caused (I/O, MMIO, HLT, interrupt window, debug), not on host-caused ones.
+pub type ExitIndex = u64;
+
+/// A request a block device hands to its backend. The `id` is chosen by the
+/// device (deterministically) and comes back in [`InputEvent::BlockDone`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockOp {
+    Read { sector: u64, len: u32 },
+    Write { sector: u64, data: Vec<u8> },
+    Flush,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// Which block device (index among the VM's block devices).
+    pub dev: u8,
+    pub id: u64,
+    pub op: BlockOp,
+}
+
+/// Outcome of a block request, as the virtio-blk status byte values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockStatus {
+    Ok,
+    IoError,
+    Unsupported,
+}
+
+/// An asynchronous, non-deterministic event delivered to the devices at a
+/// deterministic exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputEvent {
+    /// One period of the host timer elapsed (drives PIT channel 0's interrupt).
+    TimerTick,
+    /// A frame received for NIC `dev`.
+    Frame { dev: u8, data: Vec<u8> },
+    /// Completion of a [`BlockRequest`]; `data` holds what a read returned.
+    BlockDone {
+        dev: u8,
+        id: u64,
+        status: BlockStatus,
+        data: Vec<u8>,
+    },
+    /// Bytes typed on the serial console.
+    ConsoleIn(Vec<u8>),
+}
+
+/// Which clock a synchronous time read asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSource {
+    /// Nanoseconds of a monotonic host clock (used e.g. for PIT counter latches).
+    MonotonicNs,
+}
+
+/// A synchronous time read and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeRead {
+    pub source: TimeSource,
+    pub value: u64,
+}
+
+/// Everything observable that the VM emits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputEvent {
+    /// A frame transmitted on NIC `dev`.
+    Frame { dev: u8, data: Vec<u8> },
+    /// A block request (writes are externally visible; reads and flushes are
+    /// issued here too so that one backend sees all I/O in order).
+    Block(BlockRequest),
+    /// Bytes written to the serial console.
+    Console(Vec<u8>),
+}
+
+/// Source of non-determinism.
+pub trait Inputs {
+    /// The asynchronous events to deliver at deterministic exit `n`, in order.
+    /// Called once per deterministic exit; usually returns nothing.
+    fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>);
+    /// A synchronous time read happening at exit `n`.
+    fn time_read(&mut self, n: ExitIndex, source: TimeSource) -> u64;
+}
+
+/// Sink of everything observable.
+pub trait Outputs {
+    /// An output produced at exit `n`.
+    fn emit(&mut self, n: ExitIndex, event: OutputEvent);
+}

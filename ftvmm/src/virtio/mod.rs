@@ -1,0 +1,1 @@
+//! virtio-mmio devices (blk, net) as deterministic state machines.
