@@ -6,4 +6,5 @@
 pub mod cmdline;
 pub mod discover;
 pub mod modules;
+pub mod net;
 pub mod supervise;
