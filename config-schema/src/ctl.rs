@@ -71,7 +71,8 @@ pub fn query(path: &Path, req: &Request) -> Result<Response, CtlError> {
         path: p.clone(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("Request always serializes");
     line.push(b'\n');
     s.write_all(&line).map_err(io)?;

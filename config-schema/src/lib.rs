@@ -2,9 +2,17 @@
 //! signing and the on-disk format of the per-host config disk; plus the small
 //! runtime pieces every daemon shares (the verified runtime config init hands
 //! over, and the control protocol on the daemons' Unix sockets).
+//!
+//! See `config-schema/README.md` for the config file reference, the canonical
+//! encoding and the config-disk layout.
 
+pub mod canonical;
 pub mod ctl;
+pub mod disk;
+pub mod keys;
 pub mod model;
 pub mod runtime;
+pub mod validate;
 
 pub use model::*;
+pub use validate::{parse, validate, ConfigError, Validated, Warning};

@@ -1,0 +1,197 @@
+//! The canonical byte encoding of a cluster config: what gets signed.
+//!
+//! TOML is for people; the same config can be written in many ways (key
+//! order, whitespace, comments, inline vs. standard tables). The signature
+//! must cover the *meaning*, so the config disk carries these bytes and the
+//! signature covers them; a host decodes them back to the typed config.
+//!
+//! # Encoding (byte for byte)
+//!
+//! The bytes are the [postcard 1.x wire format] of [`ClusterConfig`]:
+//!
+//! * `u32` / `u64`: unsigned LEB128 varint (7 bits per byte, least
+//!   significant group first, high bit set on every byte but the last).
+//! * string: varint byte length, then the UTF-8 bytes.
+//! * list: varint element count, then each element.
+//! * struct: its fields in declaration order, no names, no tags.
+//! * enum: varint variant index (declaration order, from 0), then its data.
+//!
+//! Field order, which is the order of the structs in `model.rs`:
+//!
+//! ```text
+//! cluster.name, cluster.generation,
+//! timing.heartbeat_interval_ms, timing.failure_timeout_ms, timing.lag_limit_ms,
+//! storage.device (0 = serial, 1 = path; then the string), storage.size_mib,
+//! storage.fencing.offset_mib, storage.fencing.size_mib,
+//! storage.regions [ name, offset_mib, size_mib ],
+//! host_groups [ name, hosts [ string ] ],
+//! hosts [ id, name, ft.mac, ft.addr, vm.mac, vm.addr, public_key ],
+//! vms [ name, memory_mib, image, mode (0 = kv, 1 = cpu), disk_region, mac, ip,
+//!       affinity.hosts [ string ], affinity.groups [ string ] ]
+//! ```
+//!
+//! Strings are kept exactly as written (no case folding of MACs, for
+//! instance), so any change of any field changes the bytes. Reordering the
+//! fields of a model struct changes the format: the golden test below fails
+//! and the config-disk format version must be bumped.
+//!
+//! [postcard 1.x wire format]: https://postcard.jamesmunns.com/wire-format
+
+use crate::model::ClusterConfig;
+
+/// Why canonical bytes did not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum CanonicalError {
+    #[error("not a canonical config encoding: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("{0} trailing bytes after the config")]
+    Trailing(usize),
+    #[error("config encoding is not canonical")]
+    NotCanonical,
+}
+
+/// Encodes a config canonically. Callers sign only validated configs.
+pub fn encode(config: &ClusterConfig) -> Vec<u8> {
+    postcard::to_stdvec(config).expect("postcard encodes every ClusterConfig to a Vec")
+}
+
+/// Decodes canonical bytes, refusing trailing data and any non-canonical
+/// spelling (e.g. an over-long varint), so one config has exactly one
+/// encoding.
+pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
+    let (config, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(bytes)?;
+    if !rest.is_empty() {
+        return Err(CanonicalError::Trailing(rest.len()));
+    }
+    if encode(&config) != bytes {
+        return Err(CanonicalError::NotCanonical);
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::parse;
+
+    const A: &str = r#"
+[cluster]
+name = "t"
+generation = 300
+
+[timing]
+heartbeat_interval_ms = 100
+failure_timeout_ms = 1000
+lag_limit_ms = 500
+
+[storage]
+device = { serial = "S" }
+size_mib = 64
+fencing = { offset_mib = 0, size_mib = 16 }
+
+[[hosts]]
+id = 1
+name = "h"
+ft = { mac = "52:54:00:00:00:01", addr = "10.0.0.1/24" }
+vm = { mac = "52:54:00:00:00:02", addr = "10.0.1.1/24" }
+public_key = "0101010101010101010101010101010101010101010101010101010101010101"
+"#;
+
+    // Same meaning: other key order, other table style, comments, whitespace.
+    const B: &str = r#"
+# comment
+hosts = [
+  { public_key = "0101010101010101010101010101010101010101010101010101010101010101", vm = { addr = "10.0.1.1/24", mac = "52:54:00:00:00:02" }, ft = { addr = "10.0.0.1/24", mac = "52:54:00:00:00:01" }, name = "h", id = 1 },
+]
+[storage]
+fencing.size_mib = 16
+fencing.offset_mib = 0
+size_mib = 64   # trailing comment
+device.serial = "S"
+[timing]
+lag_limit_ms = 500
+failure_timeout_ms = 1000
+heartbeat_interval_ms = 100
+[cluster]
+generation = 300
+name = "t"
+"#;
+
+    #[test]
+    fn toml_spelling_does_not_change_the_bytes() {
+        let a = encode(&parse(A).unwrap().config);
+        let b = encode(&parse(B).unwrap().config);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn golden_bytes() {
+        let got = encode(&parse(A).unwrap().config);
+        let mut want = vec![1, b't', 0xac, 0x02]; // name "t", generation 300
+        want.extend([100, 0xe8, 0x07, 0xf4, 0x03]); // 100, 1000, 500
+        want.extend([0, 1, b'S', 64, 0, 16, 0]); // serial "S", 64, fencing, no regions
+        want.push(0); // no host groups
+        want.extend([1, 1, 1, b'h']); // 1 host, id 1, name "h"
+        for s in [
+            "52:54:00:00:00:01",
+            "10.0.0.1/24",
+            "52:54:00:00:00:02",
+            "10.0.1.1/24",
+            &"01".repeat(32),
+        ] {
+            want.push(s.len() as u8);
+            want.extend(s.as_bytes());
+        }
+        want.push(0); // no VMs
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn any_field_change_changes_the_bytes() {
+        let base = parse(A).unwrap().config;
+        let e0 = encode(&base);
+        let mut edits: Vec<ClusterConfig> = Vec::new();
+        let mut c = base.clone();
+        c.cluster.generation += 1;
+        edits.push(c);
+        let mut c = base.clone();
+        c.cluster.name = "u".into();
+        edits.push(c);
+        let mut c = base.clone();
+        c.timing.lag_limit_ms += 1;
+        edits.push(c);
+        let mut c = base.clone();
+        c.storage.fencing.size_mib = 8;
+        edits.push(c);
+        let mut c = base.clone();
+        c.hosts[0].ft.mac = "52:54:00:00:00:0A".into();
+        edits.push(c);
+        let mut c = base.clone();
+        c.hosts[0].id = 2;
+        edits.push(c);
+        for (i, e) in edits.iter().enumerate() {
+            assert_ne!(encode(e), e0, "edit {i} did not change the encoding");
+        }
+    }
+
+    #[test]
+    fn decode_round_trips_and_refuses_trailing_or_garbage() {
+        let c = parse(A).unwrap().config;
+        let mut bytes = encode(&c);
+        assert_eq!(decode(&bytes).unwrap(), c);
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(CanonicalError::Trailing(1))));
+        assert!(decode(&[0xff; 7]).is_err());
+    }
+
+    #[test]
+    fn overlong_varint_is_not_canonical() {
+        let c = parse(A).unwrap().config;
+        let bytes = encode(&c);
+        // Re-spell generation 300 (0xac 0x02) as 0xac 0x82 0x00.
+        let mut odd = bytes[..3].to_vec();
+        odd.extend([0x82, 0x00]);
+        odd.extend(&bytes[4..]);
+        assert!(decode(&odd).is_err());
+    }
+}

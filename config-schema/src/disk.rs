@@ -1,0 +1,337 @@
+//! The per-host config disk: a signed, raw (filesystem-less) 1 MiB image.
+//!
+//! # Why raw and not a filesystem
+//!
+//! init reads this disk before anything is trusted. With a raw layout the code
+//! that touches untrusted bytes is [`read_disk`]: a few hundred lines of
+//! bounds-checked Rust that we fuzz (`config-schema/fuzz`). A filesystem would
+//! put a kernel FS driver (FAT, ext4, ...) in front of the signature check, a
+//! large body of C parsing attacker-controlled metadata in ring 0; it would also
+//! need a mount and the matching module in the image. Nothing here needs
+//! files: one payload, one signature, one small state record.
+//!
+//! # Layout (all integers little-endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `FTCFGDK1` |
+//! | 8 | 4 | format version, `u32` = 1 |
+//! | 12 | 4 | `config_len`: length C of the canonical config, `u32` |
+//! | 16 | 4 | `host_name_len`: length N of the host name, `u32`, 1..=255 |
+//! | 20 | C | canonical config ([`crate::canonical`]) |
+//! | 20+C | N | this host's name, UTF-8 (a `hosts[].name`) |
+//! | 20+C+N | 32 | this host's X25519 identity private key, raw |
+//! | 52+C+N | 64 | Ed25519 signature over bytes `[0, 52+C+N)` |
+//! | 116+C+N | .. | zero up to `STATE_OFFSET` |
+//! | `STATE_OFFSET` = 0xFF000 | 4096 | STATE sector (not signed, see below) |
+//!
+//! The image is exactly [`DISK_LEN`] = 1 MiB; the signed part must end at or
+//! before [`STATE_OFFSET`]. The signature covers the header too, so the
+//! version and lengths cannot be altered without detection.
+//!
+//! # The STATE sector: anti-rollback
+//!
+//! | offset in sector | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `FTCFGST1` |
+//! | 8 | 4 | state version, `u32` = 1 |
+//! | 12 | 4 | reserved, 0 |
+//! | 16 | 8 | highest config generation this host ever accepted, `u64` |
+//! | 24 | 4 | CRC-32C of bytes `[0, 24)` |
+//! | 28 | 4068 | zero |
+//!
+//! An all-zero sector means "never written" (a freshly made disk). init reads
+//! it, refuses a config whose generation is lower ([`check_rollback`]), and
+//! after accepting a newer one rewrites the sector ([`encode_state`]). The
+//! sector lives on the host's own config disk: it stops an old signed config
+//! from being written over the signed region of a disk that has already seen a
+//! newer one (the normal in-place update writes only `[0, STATE_OFFSET)`, see
+//! `ftctl update-disk`). It does NOT stop someone who can write the whole
+//! disk, who can swap in an entire old image or zero the sector; that needs
+//! storage the attacker cannot write (a TPM NV counter, or the generation
+//! recorded by the cluster on shared storage).
+
+use std::fmt;
+
+use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
+
+use crate::canonical;
+use crate::model::ClusterConfig;
+use crate::runtime::RuntimeConfig;
+use crate::validate::{self, ConfigError, Warning};
+
+/// First bytes of every config disk.
+pub const MAGIC: [u8; 8] = *b"FTCFGDK1";
+/// Format version written and the only one read.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of a config disk image.
+pub const DISK_LEN: usize = 1 << 20;
+/// Size of the STATE sector.
+pub const STATE_LEN: usize = 4096;
+/// Where the STATE sector starts (the last 4 KiB of the image).
+pub const STATE_OFFSET: u64 = (DISK_LEN - STATE_LEN) as u64;
+/// Magic of the STATE sector.
+pub const STATE_MAGIC: [u8; 8] = *b"FTCFGST1";
+/// Version of the STATE record.
+pub const STATE_VERSION: u32 = 1;
+/// Bytes before the canonical config.
+pub const HEADER_LEN: usize = 20;
+/// Ed25519 signature length.
+pub const SIGNATURE_LEN: usize = 64;
+/// Host identity private key length.
+pub const HOST_KEY_LEN: usize = 32;
+/// Longest host name the format carries.
+pub const MAX_HOST_NAME_LEN: usize = 255;
+const STATE_RECORD_LEN: usize = 28;
+
+/// Why a config disk (or its STATE sector) was refused. Display is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("wrong magic: not a config disk")]
+    WrongMagic,
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u32),
+    #[error("absurd length: {field} = {value}")]
+    AbsurdLength { field: &'static str, value: u64 },
+    #[error("trust-root public key must be 32 raw bytes, got {0}")]
+    BadTrustRoot(usize),
+    #[error("bad signature: not signed by the trusted key, or edited after signing")]
+    BadSignature,
+    #[error("malformed payload: {0}")]
+    MalformedPayload(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(#[from] ConfigError),
+    #[error("unknown host: {0:?} is not in the config")]
+    UnknownHost(String),
+    #[error("host key mismatch: the private key does not match the public key of host {0:?}")]
+    HostKeyMismatch(String),
+    #[error("rollback: offered generation {offered} < accepted generation {accepted}")]
+    Rollback { offered: u64, accepted: u64 },
+    #[error("state sector corrupt: {0}")]
+    StateCorrupt(String),
+}
+
+/// A config disk whose signature, config and host key checked out.
+#[derive(Clone)]
+pub struct VerifiedDisk {
+    pub config: ClusterConfig,
+    pub host_name: String,
+    pub host_private_key: [u8; 32],
+    pub warnings: Vec<Warning>,
+}
+
+impl fmt::Debug for VerifiedDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedDisk")
+            .field("config", &self.config)
+            .field("host_name", &self.host_name)
+            .field("host_private_key", &"<redacted>")
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl VerifiedDisk {
+    /// The config generation (`cluster.generation`).
+    pub fn generation(&self) -> u64 {
+        self.config.cluster.generation
+    }
+
+    /// What init hands to the daemons.
+    pub fn into_runtime(self) -> RuntimeConfig {
+        RuntimeConfig {
+            config: self.config,
+            host_name: self.host_name,
+            host_private_key: hex::encode(self.host_private_key),
+        }
+    }
+}
+
+/// True when `first_bytes` starts with [`MAGIC`].
+pub fn looks_like_config_disk(first_bytes: &[u8]) -> bool {
+    first_bytes.len() >= MAGIC.len() && first_bytes[..MAGIC.len()] == MAGIC
+}
+
+/// Checks the host is in the (validated) config and its key matches.
+fn check_host(
+    config: &ClusterConfig,
+    host_name: &str,
+    host_private_key: &[u8; 32],
+) -> Result<(), DiskError> {
+    let host = config
+        .hosts
+        .iter()
+        .find(|h| h.name == host_name)
+        .ok_or_else(|| DiskError::UnknownHost(host_name.to_string()))?;
+    let want = validate::parse_key_hex(&host.public_key)
+        .ok_or_else(|| DiskError::HostKeyMismatch(host_name.to_string()))?;
+    if crate::keys::host_public_key(host_private_key) != want {
+        return Err(DiskError::HostKeyMismatch(host_name.to_string()));
+    }
+    Ok(())
+}
+
+/// Validates `config`, then builds a signed [`DISK_LEN`] image for one host
+/// with a blank STATE sector.
+pub fn write_disk(
+    config: &ClusterConfig,
+    host_name: &str,
+    host_private_key: &[u8; 32],
+    signer: &Ed25519KeyPair,
+) -> Result<Vec<u8>, DiskError> {
+    validate::validate(config)?;
+    check_host(config, host_name, host_private_key)?;
+    let body = canonical::encode(config);
+    let signed_len = HEADER_LEN + body.len() + host_name.len() + HOST_KEY_LEN;
+    if signed_len + SIGNATURE_LEN > STATE_OFFSET as usize {
+        return Err(DiskError::AbsurdLength {
+            field: "config_len",
+            value: body.len() as u64,
+        });
+    }
+    let mut img = Vec::with_capacity(DISK_LEN);
+    img.extend(MAGIC);
+    img.extend(FORMAT_VERSION.to_le_bytes());
+    img.extend((body.len() as u32).to_le_bytes());
+    img.extend((host_name.len() as u32).to_le_bytes());
+    img.extend(&body);
+    img.extend(host_name.as_bytes());
+    img.extend(host_private_key);
+    let sig = signer.sign(&img);
+    img.extend(sig.as_ref());
+    img.resize(DISK_LEN, 0);
+    Ok(img)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4-byte slice"))
+}
+
+/// Parses and verifies a config disk image (at least the signed part; the
+/// STATE sector is not looked at). Checks, in order: length, magic, version,
+/// lengths, signature, payload, config validity, host key.
+pub fn read_disk(image: &[u8], trust_root_public_key: &[u8]) -> Result<VerifiedDisk, DiskError> {
+    if image.len() < HEADER_LEN {
+        return Err(DiskError::Truncated {
+            need: HEADER_LEN,
+            have: image.len(),
+        });
+    }
+    if !looks_like_config_disk(image) {
+        return Err(DiskError::WrongMagic);
+    }
+    let version = u32_at(image, 8);
+    if version != FORMAT_VERSION {
+        return Err(DiskError::UnsupportedVersion(version));
+    }
+    let config_len = u32_at(image, 12) as usize;
+    let name_len = u32_at(image, 16) as usize;
+    let room = STATE_OFFSET as usize - HEADER_LEN - HOST_KEY_LEN - SIGNATURE_LEN;
+    if name_len == 0 || name_len > MAX_HOST_NAME_LEN {
+        return Err(DiskError::AbsurdLength {
+            field: "host_name_len",
+            value: name_len as u64,
+        });
+    }
+    if config_len == 0 || config_len + name_len > room {
+        return Err(DiskError::AbsurdLength {
+            field: "config_len",
+            value: config_len as u64,
+        });
+    }
+    let signed_len = HEADER_LEN + config_len + name_len + HOST_KEY_LEN;
+    let need = signed_len + SIGNATURE_LEN;
+    if image.len() < need {
+        return Err(DiskError::Truncated {
+            need,
+            have: image.len(),
+        });
+    }
+    if trust_root_public_key.len() != 32 {
+        return Err(DiskError::BadTrustRoot(trust_root_public_key.len()));
+    }
+    let (signed, rest) = image.split_at(signed_len);
+    UnparsedPublicKey::new(&ED25519, trust_root_public_key)
+        .verify(signed, &rest[..SIGNATURE_LEN])
+        .map_err(|_| DiskError::BadSignature)?;
+
+    let body = &signed[HEADER_LEN..HEADER_LEN + config_len];
+    let name = &signed[HEADER_LEN + config_len..HEADER_LEN + config_len + name_len];
+    let key: [u8; 32] = signed[signed_len - HOST_KEY_LEN..]
+        .try_into()
+        .expect("32-byte slice");
+    let config = canonical::decode(body).map_err(|e| DiskError::MalformedPayload(e.to_string()))?;
+    let host_name = std::str::from_utf8(name)
+        .map_err(|_| DiskError::MalformedPayload("host name is not UTF-8".into()))?
+        .to_string();
+    let warnings = validate::validate(&config)?;
+    check_host(&config, &host_name, &key)?;
+    Ok(VerifiedDisk {
+        config,
+        host_name,
+        host_private_key: key,
+        warnings,
+    })
+}
+
+/// The STATE sector recording `accepted_generation` ([`STATE_LEN`] bytes).
+pub fn encode_state(accepted_generation: u64) -> Vec<u8> {
+    let mut s = Vec::with_capacity(STATE_LEN);
+    s.extend(STATE_MAGIC);
+    s.extend(STATE_VERSION.to_le_bytes());
+    s.extend(0u32.to_le_bytes());
+    s.extend(accepted_generation.to_le_bytes());
+    let crc = crc32c::crc32c(&s);
+    s.extend(crc.to_le_bytes());
+    s.resize(STATE_LEN, 0);
+    s
+}
+
+/// Reads a STATE sector: `None` when blank (all zero), the accepted generation
+/// when valid, an error when present but damaged.
+pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
+    if bytes.len() < STATE_LEN {
+        return Err(DiskError::Truncated {
+            need: STATE_LEN,
+            have: bytes.len(),
+        });
+    }
+    let s = &bytes[..STATE_LEN];
+    if s.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    if s[..8] != STATE_MAGIC {
+        return Err(DiskError::StateCorrupt("wrong magic".into()));
+    }
+    let crc = u32_at(s, 24);
+    if crc32c::crc32c(&s[..24]) != crc {
+        return Err(DiskError::StateCorrupt("CRC-32C mismatch".into()));
+    }
+    let version = u32_at(s, 8);
+    if version != STATE_VERSION {
+        return Err(DiskError::StateCorrupt(format!(
+            "unsupported state version {version}"
+        )));
+    }
+    if u32_at(s, 12) != 0 || s[STATE_RECORD_LEN..].iter().any(|&b| b != 0) {
+        return Err(DiskError::StateCorrupt("non-zero reserved bytes".into()));
+    }
+    Ok(Some(u64::from_le_bytes(
+        s[16..24].try_into().expect("8-byte slice"),
+    )))
+}
+
+/// Refuses an offered generation lower than the accepted one. Equal is fine
+/// (the same config after a reboot).
+pub fn check_rollback(accepted: Option<u64>, offered: u64) -> Result<(), DiskError> {
+    match accepted {
+        Some(accepted) if offered < accepted => Err(DiskError::Rollback { offered, accepted }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "disk_tests.rs"]
+mod tests;
