@@ -47,6 +47,9 @@ mod tests {
         assert_eq!(parse("console=ttyS0"), Cmdline::default());
         let c = parse("ft.fault=crash: ft.fault=reboot ft.bogus");
         assert_eq!(c.crash_daemon, None);
-        assert_eq!(c.unknown, ["ft.fault=crash:", "ft.fault=reboot", "ft.bogus"]);
+        assert_eq!(
+            c.unknown,
+            ["ft.fault=crash:", "ft.fault=reboot", "ft.bogus"]
+        );
     }
 }

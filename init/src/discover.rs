@@ -72,14 +72,21 @@ pub fn device_node(root: &Path, name: &str) -> std::io::Result<PathBuf> {
         )
     })?;
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    mknod(&node, SFlag::S_IFBLK, Mode::from_bits_truncate(0o600), makedev(maj, min))?;
+    mknod(
+        &node,
+        SFlag::S_IFBLK,
+        Mode::from_bits_truncate(0o600),
+        makedev(maj, min),
+    )?;
     Ok(node)
 }
 
 /// Reads up to `len` bytes from the start of `path` (fewer if it is shorter).
 pub fn read_prefix(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
-    fs::File::open(path)?.take(len as u64).read_to_end(&mut buf)?;
+    fs::File::open(path)?
+        .take(len as u64)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -161,7 +168,11 @@ mod tests {
     fn finds_the_disk_with_the_magic() {
         let mut cfg = MAGIC.to_vec();
         cfg.extend(vec![0u8; 8000]);
-        let t = tree(&[("vda", Some(&[0u8; 5000])), ("vdb", Some(&cfg)), ("loop0", Some(&cfg))]);
+        let t = tree(&[
+            ("vda", Some(&[0u8; 5000])),
+            ("vdb", Some(&cfg)),
+            ("loop0", Some(&cfg)),
+        ]);
         let f = scan(t.path(), &looks).unwrap();
         assert_eq!(f.name, "vdb");
         assert_eq!(f.path, t.path().join("dev/vdb"));
@@ -169,22 +180,38 @@ mod tests {
 
     #[test]
     fn none_found_names_the_devices_seen_and_skips_loop_and_ram() {
-        let t = tree(&[("vda", Some(b"nothing")), ("vdb", Some(b"")), ("ram0", Some(MAGIC)), ("loop1", Some(MAGIC))]);
+        let t = tree(&[
+            ("vda", Some(b"nothing")),
+            ("vdb", Some(b"")),
+            ("ram0", Some(MAGIC)),
+            ("loop1", Some(MAGIC)),
+        ]);
         let err = scan(t.path(), &looks).unwrap_err();
-        assert_eq!(err.to_string(), "no config disk found among block devices [vda, vdb]");
+        assert_eq!(
+            err.to_string(),
+            "no config disk found among block devices [vda, vdb]"
+        );
     }
 
     #[test]
     fn two_config_disks_are_refused() {
         let t = tree(&[("vda", Some(MAGIC)), ("vdb", Some(MAGIC))]);
-        assert!(matches!(scan(t.path(), &looks), Err(DiscoverError::Ambiguous { found }) if found == ["vda", "vdb"]));
+        assert!(
+            matches!(scan(t.path(), &looks), Err(DiscoverError::Ambiguous { found }) if found == ["vda", "vdb"])
+        );
     }
 
     #[test]
     fn short_device_is_read_without_error() {
         let t = tree(&[("vda", Some(b"TEST"))]);
-        assert!(matches!(scan(t.path(), &looks), Err(DiscoverError::NotFound { .. })));
-        assert_eq!(read_prefix(&t.path().join("dev/vda"), 4096).unwrap(), b"TEST");
+        assert!(matches!(
+            scan(t.path(), &looks),
+            Err(DiscoverError::NotFound { .. })
+        ));
+        assert_eq!(
+            read_prefix(&t.path().join("dev/vda"), 4096).unwrap(),
+            b"TEST"
+        );
     }
 
     #[test]
@@ -192,7 +219,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("sys/block")).unwrap();
         let err = wait_for(t.path(), &looks, Duration::ZERO, Duration::ZERO).unwrap_err();
-        assert_eq!(err.to_string(), "no config disk found among block devices []");
+        assert_eq!(
+            err.to_string(),
+            "no config disk found among block devices []"
+        );
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The appliance's PID 1, as a library: the parts of init that need not run as
-//! PID 1 (modules.dep resolution, config-disk discovery, supervision policy,
-//! command line) live here and are unit-tested on the host; `main.rs` wires
-//! them to the real system.
+//! PID 1 (modules.dep resolution, config-disk discovery and verification,
+//! supervision policy, command line, network plan, power-button events) live
+//! here and are unit-tested on the host; `system`, `daemons` and `main.rs`
+//! wire them to the real system.
 
 pub mod cmdline;
+pub mod daemons;
 pub mod discover;
 pub mod modules;
 pub mod net;
+pub mod power;
 pub mod supervise;
+pub mod system;
+pub mod verify;

@@ -1,1 +1,342 @@
-fn main() {}
+//! `init`, the appliance's PID 1: mounts, modules, config disk, network, then
+//! supervises `ftvmm`, `heartbeat` and `fencing` until SIGTERM or the power
+//! button. See `init/README.md` for the boot sequence and console contract.
+//!
+//! PID 1 must never exit or panic (either is a kernel panic): errors are
+//! printed and init idles, still reaping and still honouring power-off; a
+//! panic hook does the same instead of returning into the abort.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{self, Request, Response};
+use config_schema::runtime::RUNTIME_CONFIG_PATH;
+use init::daemons::{self, DAEMONS};
+use init::supervise::{Policy, Supervisor};
+use init::system::{self, say};
+use init::{cmdline, net, power, verify};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+/// How long to wait for the config disk's block device to appear.
+const DISK_WAIT: Duration = Duration::from_secs(10);
+
+/// Signals init reads through its signalfd.
+fn signal_set() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGUSR2,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+/// What woke the main loop.
+enum Wake {
+    Shutdown(&'static str),
+    Children,
+    Nothing,
+}
+
+/// Signals and power-button devices, polled together.
+struct Events {
+    sfd: SignalFd,
+    inputs: Vec<(String, OwnedFd)>,
+}
+
+impl Events {
+    fn new() -> nix::Result<Self> {
+        let set = signal_set();
+        set.thread_block()?;
+        let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Events {
+            sfd,
+            inputs: Vec::new(),
+        })
+    }
+
+    fn open_inputs(&mut self) {
+        self.inputs = power::open_event_devices(Path::new("/dev/input"));
+        let names: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!("power button: watching /dev/input/[{}]", names.join(", "));
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Wake {
+        let ms = timeout.as_millis().min(60_000) as u16;
+        let mut fds = vec![PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            self.inputs
+                .iter()
+                .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let timeout = PollTimeout::from(ms);
+        if poll(&mut fds, timeout).unwrap_or(0) <= 0 {
+            return Wake::Nothing;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut wake = Wake::Nothing;
+        if ready[0] {
+            while let Ok(Some(info)) = self.sfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => {
+                        if matches!(wake, Wake::Nothing) {
+                            wake = Wake::Children;
+                        }
+                    }
+                    Ok(Signal::SIGTERM) => wake = Wake::Shutdown("SIGTERM"),
+                    Ok(Signal::SIGINT) => wake = Wake::Shutdown("ctrl-alt-del"),
+                    Ok(Signal::SIGPWR | Signal::SIGUSR2) => wake = Wake::Shutdown("power signal"),
+                    _ => {}
+                }
+            }
+        }
+        for (i, (_, fd)) in self.inputs.iter().enumerate() {
+            if ready.get(i + 1) == Some(&true) {
+                let mut buf = [0u8; power::EVENT_LEN * 16];
+                while let Ok(n) = nix::unistd::read(fd, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if power::power_pressed(&buf[..n]) {
+                        wake = Wake::Shutdown("power button");
+                    }
+                }
+            }
+        }
+        // Children may exit together with a shutdown request: reap anyway.
+        wake
+    }
+}
+
+/// After a fatal error: reap, and power off on request. Never returns.
+fn idle(events: Option<&mut Events>) -> ! {
+    match events {
+        Some(ev) => loop {
+            if let Wake::Shutdown(why) = ev.wait(Duration::from_secs(60)) {
+                say(&format!("init: {why}: powering off"));
+                let e = system::power_off();
+                say(&format!("init: power off failed: {e}"));
+            }
+            daemons::reap_all();
+        },
+        None => loop {
+            daemons::reap_all();
+            std::thread::sleep(Duration::from_secs(1));
+        },
+    }
+}
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        say(&format!("init: internal error: {info}; idling"));
+        idle(None)
+    }));
+    if nix::unistd::getpid().as_raw() != 1 {
+        eprintln!("init: must run as PID 1 (the appliance's init)");
+        std::process::exit(2);
+    }
+    let mount_errors = system::mount_early();
+    let console = system::attach_console();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = console {
+        tracing::warn!("cannot open /dev/console: {e}");
+    }
+    for e in mount_errors {
+        tracing::error!("{e}");
+    }
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+    let mut events = match Events::new() {
+        Ok(e) => e,
+        Err(e) => {
+            say(&format!("init: cannot set up signal handling: {e}; idling"));
+            idle(None)
+        }
+    };
+    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    for u in &cmdline.unknown {
+        tracing::warn!("unknown kernel option {u}");
+    }
+    system::load_modules();
+    events.open_inputs();
+
+    let accepted = match verify::load(
+        Path::new("/"),
+        Path::new(verify::TRUST_ROOT_PATH),
+        DISK_WAIT,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!("config refused: {e}"));
+            idle(Some(&mut events))
+        }
+    };
+    report_accepted(&accepted);
+    match serde_json::to_vec_pretty(&accepted.runtime)
+        .map_err(std::io::Error::other)
+        .and_then(|json| system::write_runtime(Path::new(RUNTIME_CONFIG_PATH), &json))
+    {
+        Ok(()) => tracing::info!("runtime config written to {RUNTIME_CONFIG_PATH}"),
+        Err(e) => {
+            say(&format!(
+                "init: cannot write {RUNTIME_CONFIG_PATH}: {e}; starting no daemon"
+            ));
+            idle(Some(&mut events))
+        }
+    }
+    let rt = &accepted.runtime;
+    match rt.config.hosts.iter().find(|h| h.name == rt.host_name) {
+        Some(host) => match net::bring_up(host) {
+            Ok(_) => tracing::info!("network up"),
+            Err(e) => say(&format!(
+                "init: network setup failed: {e}; continuing without it"
+            )),
+        },
+        None => say("init: this host is not in the config; network not configured"),
+    }
+    supervise(&mut events, &accepted, cmdline.crash_daemon.as_deref())
+}
+
+fn report_accepted(a: &verify::Accepted) {
+    tracing::info!(
+        "config accepted from /dev/{}: cluster {} generation {} host {}",
+        a.disk.name,
+        a.runtime.config.cluster.name,
+        a.generation,
+        a.host_name
+    );
+    for w in &a.warnings {
+        say(&format!("init: config warning: {w}"));
+    }
+    match &a.state {
+        verify::StateUpdate::Unchanged => tracing::info!("anti-rollback: generation {} already recorded", a.generation),
+        verify::StateUpdate::Written { previous } => tracing::info!(
+            "anti-rollback: recorded generation {} (was {})",
+            a.generation,
+            previous.map_or("none".to_string(), |p| p.to_string())
+        ),
+        verify::StateUpdate::WriteFailed(e) => say(&format!(
+            "init: anti-rollback: could not record generation {} on /dev/{}: {e} (config still accepted)",
+            a.generation, a.disk.name
+        )),
+    }
+}
+
+/// Polls the three control sockets until all answer `Status`, then reports once.
+fn readiness_probe() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let all = DAEMONS.iter().all(|(_, sock)| {
+            matches!(
+                ctl::query(Path::new(sock), &Request::Status),
+                Ok(Response::Status { .. })
+            )
+        });
+        if all {
+            let _ = tx.send(());
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    rx
+}
+
+/// The supervision loop. Never returns: ends in power-off (or idling if the
+/// kernel refuses it).
+fn supervise(events: &mut Events, accepted: &verify::Accepted, crash: Option<&str>) -> ! {
+    let config = Path::new(RUNTIME_CONFIG_PATH);
+    let names: Vec<&str> = DAEMONS.iter().map(|d| d.0).collect();
+    let mut sup = Supervisor::new(Policy::default(), &names);
+    let ready_rx = readiness_probe();
+    let mut ready = false;
+    let mut crash = crash.map(str::to_string);
+    loop {
+        let now = Instant::now();
+        for name in sup.due(now) {
+            match daemons::spawn(&name, config) {
+                Ok(pid) => {
+                    sup.started(&name, pid, now);
+                    say(&format!("init: started {name} pid={pid}"));
+                }
+                Err(e) => {
+                    if let Some(plan) = sup.spawn_failed(&name, now) {
+                        say(&format!(
+                            "init: daemon {name} could not start ({e}), restart #{} in {} ms",
+                            plan.restart,
+                            plan.delay.as_millis()
+                        ));
+                    }
+                }
+            }
+        }
+        if !ready && ready_rx.try_recv().is_ok() {
+            ready = true;
+            say(&format!(
+                "appliance ready: host={} generation={}",
+                accepted.host_name, accepted.generation
+            ));
+            events.open_inputs();
+        }
+        if ready {
+            if let Some(victim) = crash.take() {
+                match sup.pid_of(&victim) {
+                    Some(pid) => {
+                        say(&format!(
+                            "init: test hook ft.fault=crash:{victim}: SIGKILL pid={pid}"
+                        ));
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    None => say(&format!(
+                        "init: test hook ft.fault=crash:{victim}: no such running daemon"
+                    )),
+                }
+            }
+        }
+        let mut timeout = Duration::from_millis(if ready { 1000 } else { 100 });
+        if let Some(at) = sup.next_deadline() {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+        }
+        let wake = events.wait(timeout);
+        let now = Instant::now();
+        for (pid, ws) in daemons::reap_all() {
+            match sup.name_of(pid).map(str::to_string) {
+                Some(name) => {
+                    if let Some(plan) = sup.exited(pid, now) {
+                        say(&format!(
+                            "init: daemon {name} exited ({}), restart #{} in {} ms",
+                            daemons::describe(&ws),
+                            plan.restart,
+                            plan.delay.as_millis()
+                        ));
+                    }
+                }
+                None => tracing::debug!("reaped orphan pid {pid} ({})", daemons::describe(&ws)),
+            }
+        }
+        if let Wake::Shutdown(why) = wake {
+            say(&format!("init: {why}: stopping daemons"));
+            let running = sup.stop_all();
+            daemons::stop_in_order(&running, &|l| say(l));
+            let e = system::power_off();
+            say(&format!("init: power off failed: {e}"));
+            idle(Some(events))
+        }
+    }
+}

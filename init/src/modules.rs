@@ -137,7 +137,11 @@ impl ModuleIndex {
 
     /// Load order for `wanted`: dependencies before dependents, each module once,
     /// skipping those already in `done` (and adding the result to it).
-    pub fn resolve(&self, wanted: &str, done: &mut BTreeSet<String>) -> Result<Vec<Step>, ModError> {
+    pub fn resolve(
+        &self,
+        wanted: &str,
+        done: &mut BTreeSet<String>,
+    ) -> Result<Vec<Step>, ModError> {
         let mut out = Vec::new();
         let mut stack = Vec::new();
         self.visit(&normalize(wanted), done, &mut stack, &mut out)?;
@@ -224,9 +228,15 @@ pub enum LoadError {
         source: std::io::Error,
     },
     #[error("finit_module({path}): {errno}")]
-    Kernel { path: PathBuf, errno: nix::errno::Errno },
+    Kernel {
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
     #[error("finit_module({path}): the kernel cannot decompress modules ({errno}); ship them uncompressed")]
-    NoDecompress { path: PathBuf, errno: nix::errno::Errno },
+    NoDecompress {
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
 }
 
 /// `MODULE_INIT_COMPRESSED_FILE` from `<linux/module.h>`.
@@ -309,10 +319,22 @@ kernel/drivers/net/tun.ko:
     #[test]
     fn already_loaded_modules_are_not_repeated() {
         let idx = ModuleIndex::parse(DEP, "").unwrap();
-        let all = idx.closure(&["bridge", "kvm_amd", "kvm_intel", "tun"]).unwrap();
+        let all = idx
+            .closure(&["bridge", "kvm_amd", "kvm_intel", "tun"])
+            .unwrap();
         assert_eq!(
             names(&all),
-            ["llc", "stp", "bridge", "irqbypass", "kvm", "ccp", "kvm_amd", "kvm_intel", "tun"]
+            [
+                "llc",
+                "stp",
+                "bridge",
+                "irqbypass",
+                "kvm",
+                "ccp",
+                "kvm_amd",
+                "kvm_intel",
+                "tun"
+            ]
         );
     }
 
@@ -321,7 +343,10 @@ kernel/drivers/net/tun.ko:
         let dep = "a.ko: b.ko\nb.ko: c.ko\nc.ko: a.ko\n";
         let idx = ModuleIndex::parse(dep, "").unwrap();
         let err = idx.resolve("a", &mut BTreeSet::new()).unwrap_err();
-        assert_eq!(err, ModError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
+        assert_eq!(
+            err,
+            ModError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+        );
     }
 
     #[test]
@@ -339,13 +364,22 @@ kernel/drivers/net/tun.ko:
 
     #[test]
     fn builtin_modules_count_as_loaded() {
-        let idx = ModuleIndex::parse("kernel/x/virtio_net.ko: kernel/y/virtio_pci.ko\n", "kernel/y/virtio_pci.ko\n").unwrap();
+        let idx = ModuleIndex::parse(
+            "kernel/x/virtio_net.ko: kernel/y/virtio_pci.ko\n",
+            "kernel/y/virtio_pci.ko\n",
+        )
+        .unwrap();
         let steps = idx.resolve("virtio_net", &mut BTreeSet::new()).unwrap();
         assert_eq!(
             steps,
             vec![
-                Step::Builtin { name: "virtio_pci".into() },
-                Step::Load { name: "virtio_net".into(), path: "kernel/x/virtio_net.ko".into() }
+                Step::Builtin {
+                    name: "virtio_pci".into()
+                },
+                Step::Load {
+                    name: "virtio_net".into(),
+                    path: "kernel/x/virtio_net.ko".into()
+                }
             ]
         );
         assert!(idx.is_builtin("virtio-pci"));
@@ -359,8 +393,14 @@ kernel/drivers/net/tun.ko:
 
     #[test]
     fn vendor_picks_the_kvm_module() {
-        assert_eq!(kvm_module_for_vendor("processor\t: 0\nvendor_id\t: AuthenticAMD\n"), Some("kvm_amd"));
-        assert_eq!(kvm_module_for_vendor("vendor_id\t: GenuineIntel\n"), Some("kvm_intel"));
+        assert_eq!(
+            kvm_module_for_vendor("processor\t: 0\nvendor_id\t: AuthenticAMD\n"),
+            Some("kvm_amd")
+        );
+        assert_eq!(
+            kvm_module_for_vendor("vendor_id\t: GenuineIntel\n"),
+            Some("kvm_intel")
+        );
         assert_eq!(kvm_module_for_vendor("flags: x\n"), None);
     }
 }

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use config_schema::Host;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -36,7 +36,10 @@ pub enum NetError {
     #[error("netlink socket: {0}")]
     Socket(std::io::Error),
     #[error("netlink {what}: {errno}")]
-    Kernel { what: String, errno: nix::errno::Errno },
+    Kernel {
+        what: String,
+        errno: nix::errno::Errno,
+    },
     #[error("netlink {what}: cannot decode the answer: {detail}")]
     Decode { what: String, detail: String },
 }
@@ -78,7 +81,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], NetError> {
 }
 
 pub fn parse_cidr(s: &str) -> Result<Cidr, NetError> {
-    let (a, p) = s.split_once('/').ok_or_else(|| NetError::BadAddr(s.into()))?;
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| NetError::BadAddr(s.into()))?;
     let addr = a.parse().map_err(|_| NetError::BadAddr(s.into()))?;
     let prefix: u8 = p.parse().map_err(|_| NetError::BadAddr(s.into()))?;
     if prefix > 32 {
@@ -88,7 +93,10 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, NetError> {
 }
 
 fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// What to configure, resolved against the links present.
@@ -171,7 +179,10 @@ impl Netlink {
         let mut answers = Vec::new();
         let mut rx = vec![0u8; 64 * 1024];
         loop {
-            let n = self.socket.recv(&mut &mut rx[..], 0).map_err(NetError::Socket)?;
+            let n = self
+                .socket
+                .recv(&mut &mut rx[..], 0)
+                .map_err(NetError::Socket)?;
             let mut off = 0;
             while off < n {
                 let m: NetlinkMessage<RouteNetlinkMessage> =
@@ -326,7 +337,12 @@ pub fn bring_up(host: &Host) -> Result<Plan, NetError> {
     let p = plan(host, &links)?;
     nl.add_address(p.ft.index, p.ft_addr)?;
     nl.set_up(p.ft.index)?;
-    tracing::info!("net: FT network {} ({}) = {} up", p.ft.name, host.ft.mac, p.ft_addr);
+    tracing::info!(
+        "net: FT network {} ({}) = {} up",
+        p.ft.name,
+        host.ft.mac,
+        p.ft_addr
+    );
     let br = nl.ensure_bridge(BRIDGE)?;
     nl.set_master(p.vm.index, br)?;
     nl.set_up(p.vm.index)?;
@@ -364,9 +380,21 @@ mod tests {
 
     fn links() -> Vec<Link> {
         vec![
-            Link { index: 1, name: "lo".into(), mac: Some([0; 6]) },
-            Link { index: 2, name: "ens3".into(), mac: Some([0x52, 0x54, 0, 0xf8, 0, 1]) },
-            Link { index: 3, name: "ens4".into(), mac: Some([0x52, 0x54, 0, 0xf7, 0, 1]) },
+            Link {
+                index: 1,
+                name: "lo".into(),
+                mac: Some([0; 6]),
+            },
+            Link {
+                index: 2,
+                name: "ens3".into(),
+                mac: Some([0x52, 0x54, 0, 0xf8, 0, 1]),
+            },
+            Link {
+                index: 3,
+                name: "ens4".into(),
+                mac: Some([0x52, 0x54, 0, 0xf7, 0, 1]),
+            },
         ]
     }
 
@@ -376,7 +404,13 @@ mod tests {
         assert_eq!(p.ft.name, "ens4");
         assert_eq!(p.vm.name, "ens3");
         assert_eq!(p.ft_addr.to_string(), "192.0.2.1/24");
-        assert_eq!(p.vm_addr, Cidr { addr: Ipv4Addr::new(198, 51, 100, 1), prefix: 24 });
+        assert_eq!(
+            p.vm_addr,
+            Cidr {
+                addr: Ipv4Addr::new(198, 51, 100, 1),
+                prefix: 24
+            }
+        );
     }
 
     #[test]

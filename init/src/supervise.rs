@@ -30,9 +30,14 @@ impl Default for Policy {
 pub enum Phase {
     /// Not started yet: due at once.
     Pending,
-    Running { pid: i32, since: Instant },
+    Running {
+        pid: i32,
+        since: Instant,
+    },
     /// Exited; restart at `at`.
-    Backoff { at: Instant },
+    Backoff {
+        at: Instant,
+    },
     /// Shutting down: never restart.
     Stopped,
 }
@@ -140,13 +145,19 @@ impl Supervisor {
     /// are not shutting down.
     pub fn exited(&mut self, pid: i32, now: Instant) -> Option<ExitPlan> {
         let policy = self.policy;
-        let d = self.daemons.iter_mut().find(|d| {
-            matches!(d.phase, Phase::Running { pid: p, .. } if p == pid)
-        })?;
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| matches!(d.phase, Phase::Running { pid: p, .. } if p == pid))?;
         let Phase::Running { since, .. } = d.phase else {
             return None;
         };
-        Some(plan_restart(d, policy, now, now.saturating_duration_since(since)))
+        Some(plan_restart(
+            d,
+            policy,
+            now,
+            now.saturating_duration_since(since),
+        ))
     }
 
     /// Stop restarting anything (shutdown). Returns the running pids in start order.
@@ -220,7 +231,10 @@ mod tests {
             now += plan.delay;
             assert_eq!(s.due(now), ["fencing"]);
         }
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
     }
 
     #[test]
@@ -244,7 +258,10 @@ mod tests {
         s.started("ftvmm", 7, t0);
         s.started("fencing", 8, t0);
         assert_eq!(s.exited(99, t0), None, "an orphan is not ours");
-        assert_eq!(s.stop_all(), [("ftvmm".to_string(), 7), ("fencing".to_string(), 8)]);
+        assert_eq!(
+            s.stop_all(),
+            [("ftvmm".to_string(), 7), ("fencing".to_string(), 8)]
+        );
         assert_eq!(s.exited(7, t0), None);
         assert!(s.due(t0 + Duration::from_secs(100)).is_empty());
         assert_eq!(s.next_deadline(), None);

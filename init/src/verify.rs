@@ -1,0 +1,157 @@
+//! From block devices to a verified runtime config: find the config disk,
+//! check its signature against the image's trust root, enforce anti-rollback
+//! with the STATE sector, and record the accepted generation.
+//!
+//! Every refusal is one [`Refused`] whose `Display` is the one-line reason init
+//! prints as `config refused: <reason>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config_schema::disk::{self, DiskError};
+use config_schema::runtime::RuntimeConfig;
+
+use crate::discover::{self, DiscoverError, Found};
+
+/// Where the image keeps the trust root (raw 32-byte Ed25519 public key).
+pub const TRUST_ROOT_PATH: &str = "/etc/ft/trust-root.pub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("cannot read trust root {path}: {source}")]
+    TrustRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error("cannot read config disk {dev}: {source}")]
+    Read { dev: String, source: std::io::Error },
+    #[error("config disk {dev}: {source}")]
+    Disk { dev: String, source: DiskError },
+}
+
+/// A config that passed every check.
+#[derive(Debug)]
+pub struct Accepted {
+    pub disk: Found,
+    pub generation: u64,
+    pub host_name: String,
+    pub runtime: RuntimeConfig,
+    /// Config warnings (e.g. a VM that will run unprotected).
+    pub warnings: Vec<String>,
+    /// What happened to the STATE sector.
+    pub state: StateUpdate,
+}
+
+#[derive(Debug)]
+pub enum StateUpdate {
+    /// Already recorded this generation.
+    Unchanged,
+    /// Recorded the new generation.
+    Written { previous: Option<u64> },
+    /// The write failed; the config is still accepted (logged, see README).
+    WriteFailed(std::io::Error),
+}
+
+/// Finds, reads and verifies the config disk under `root` (`/` on the
+/// appliance), waiting up to `wait` for block devices to appear.
+pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, Refused> {
+    let key = fs::read(trust_root).map_err(|source| Refused::TrustRoot {
+        path: trust_root.to_path_buf(),
+        source,
+    })?;
+    let found = discover::wait_for(
+        root,
+        &disk::looks_like_config_disk,
+        wait,
+        Duration::from_millis(250),
+    )?;
+    let dev = found.name.clone();
+    let image =
+        discover::read_prefix(&found.path, disk::DISK_LEN).map_err(|source| Refused::Read {
+            dev: dev.clone(),
+            source,
+        })?;
+    let refuse = |source| Refused::Disk {
+        dev: dev.clone(),
+        source,
+    };
+    let verified = disk::read_disk(&image, &key).map_err(refuse)?;
+    let generation = verified.generation();
+    let accepted = read_state(&found.path, &image).map_err(|source| Refused::Read {
+        dev: dev.clone(),
+        source,
+    })?;
+    let accepted = disk::decode_state(&accepted).map_err(refuse)?;
+    disk::check_rollback(accepted, generation).map_err(refuse)?;
+    let state = if accepted.is_some_and(|a| a >= generation) {
+        StateUpdate::Unchanged
+    } else {
+        match write_state(&found.path, &disk::encode_state(generation)) {
+            Ok(()) => StateUpdate::Written { previous: accepted },
+            Err(e) => StateUpdate::WriteFailed(e),
+        }
+    };
+    let warnings = verified.warnings.iter().map(|w| w.to_string()).collect();
+    let host_name = verified.host_name.clone();
+    Ok(Accepted {
+        disk: found,
+        generation,
+        host_name,
+        runtime: verified.into_runtime(),
+        warnings,
+        state,
+    })
+}
+
+/// The STATE sector: from the image already read when it lies inside, else
+/// from the device.
+fn read_state(dev: &Path, image: &[u8]) -> std::io::Result<Vec<u8>> {
+    let start = disk::STATE_OFFSET as usize;
+    if let Some(s) = image.get(start..start + disk::STATE_LEN) {
+        return Ok(s.to_vec());
+    }
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; disk::STATE_LEN];
+    let f = fs::File::open(dev)?;
+    let n = f.read_at(&mut buf, disk::STATE_OFFSET)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A sector-aligned buffer for `O_DIRECT`.
+#[repr(C, align(4096))]
+struct Aligned([u8; 4096]);
+
+/// Writes the STATE sector durably: `O_DIRECT` + `fsync` on a block device;
+/// files that refuse `O_DIRECT` (tmpfs in tests) get a plain write + `fsync`.
+pub fn write_state(dev: &Path, sector: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    if sector.len() != disk::STATE_LEN || disk::STATE_LEN != 4096 {
+        return Err(std::io::Error::other(format!(
+            "state sector is {} bytes, expected 4096",
+            sector.len()
+        )));
+    }
+    let mut buf = Box::new(Aligned([0u8; 4096]));
+    buf.0.copy_from_slice(sector);
+    let direct = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(dev);
+    let f = match direct {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            fs::OpenOptions::new().write(true).open(dev)?
+        }
+        Err(e) => return Err(e),
+    };
+    f.write_all_at(&buf.0, disk::STATE_OFFSET)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+#[path = "verify_tests.rs"]
+mod tests;

@@ -1,0 +1,121 @@
+//! Tests of config-disk verification over a fake `/sys` + `/dev` tree with
+//! real signed images.
+
+use std::fs;
+use std::path::Path;
+
+use config_schema::disk::{self, decode_state, encode_state, write_disk};
+use config_schema::keys;
+
+use super::*;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    trust: std::path::PathBuf,
+}
+
+/// A tree with `vda` (not a config disk) and `vdb` holding a disk for host-a
+/// of `generation`, signed by a fresh key whose public half is the trust root.
+fn setup(generation: u64) -> (Setup, Vec<u8>) {
+    let text = include_str!("../../examples/cluster.toml");
+    let mut cfg: config_schema::ClusterConfig = toml::from_str(text).unwrap();
+    cfg.cluster.generation = generation;
+    let (secret, public) = keys::generate_host_key().unwrap();
+    cfg.hosts[0].public_key = hex::encode(public);
+    let (pk8, signing_pub) = keys::generate_signing_key().unwrap();
+    let signer = keys::load_signing_key(&pk8).unwrap();
+    let image = write_disk(&cfg, &cfg.hosts[0].name, &secret, &signer).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["vda", "vdb"] {
+        fs::create_dir_all(dir.path().join("sys/block").join(name)).unwrap();
+    }
+    fs::create_dir_all(dir.path().join("dev")).unwrap();
+    fs::write(dir.path().join("dev/vda"), vec![0u8; 8192]).unwrap();
+    fs::write(dir.path().join("dev/vdb"), &image).unwrap();
+    let trust = dir.path().join("trust-root.pub");
+    fs::write(&trust, signing_pub).unwrap();
+    (Setup { dir, trust }, image)
+}
+
+fn state_on(dev: &Path) -> Option<u64> {
+    let img = fs::read(dev).unwrap();
+    let s = disk::STATE_OFFSET as usize;
+    decode_state(&img[s..s + disk::STATE_LEN]).unwrap()
+}
+
+#[test]
+fn a_good_disk_is_accepted_and_its_generation_recorded() {
+    let (s, _) = setup(5);
+    let a = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert_eq!(a.disk.name, "vdb");
+    assert_eq!((a.generation, a.host_name.as_str()), (5, "host-a"));
+    assert!(matches!(a.state, StateUpdate::Written { previous: None }));
+    assert_eq!(state_on(&s.dir.path().join("dev/vdb")), Some(5));
+    // The same disk at the next boot: nothing to write.
+    let again = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert!(matches!(again.state, StateUpdate::Unchanged));
+}
+
+#[test]
+fn an_older_generation_than_accepted_is_refused() {
+    let (s, _) = setup(3);
+    let dev = s.dir.path().join("dev/vdb");
+    write_state(&dev, &encode_state(4)).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config disk vdb: rollback: offered generation 3 < accepted generation 4"
+    );
+}
+
+#[test]
+fn a_tampered_disk_is_refused_with_one_line() {
+    let (s, mut image) = setup(1);
+    image[100] ^= 0x40;
+    fs::write(s.dir.path().join("dev/vdb"), &image).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("config disk vdb: bad signature"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn another_signing_key_is_refused() {
+    let (s, _) = setup(1);
+    let (_, other) = keys::generate_signing_key().unwrap();
+    fs::write(&s.trust, other).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad signature"), "{e}");
+}
+
+#[test]
+fn no_config_disk_names_the_devices() {
+    let (s, _) = setup(1);
+    fs::write(s.dir.path().join("dev/vdb"), vec![0u8; 4096]).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no config disk found among block devices [vda, vdb]"
+    );
+}
+
+#[test]
+fn a_truncated_disk_is_refused() {
+    let (s, image) = setup(1);
+    fs::write(s.dir.path().join("dev/vdb"), &image[..600]).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("config disk vdb: "), "{e}");
+}
+
+#[test]
+fn a_missing_trust_root_is_refused() {
+    let (s, _) = setup(1);
+    let e = load(s.dir.path(), &s.dir.path().join("nope.pub"), Duration::ZERO).unwrap_err();
+    assert!(e.to_string().starts_with("cannot read trust root"), "{e}");
+}
