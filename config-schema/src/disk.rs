@@ -209,10 +209,18 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4-byte slice"))
 }
 
-/// Parses and verifies a config disk image (at least the signed part; the
-/// STATE sector is not looked at). Checks, in order: length, magic, version,
-/// lengths, signature, payload, config validity, host key.
-pub fn read_disk(image: &[u8], trust_root_public_key: &[u8]) -> Result<VerifiedDisk, DiskError> {
+/// The parts of a config disk image, located but not verified.
+struct Layout<'a> {
+    /// Header + config + host name + host key: what the signature covers.
+    signed: &'a [u8],
+    signature: &'a [u8],
+    config: &'a [u8],
+    host_name: &'a [u8],
+    host_key: [u8; 32],
+}
+
+/// Checks length, magic, version and lengths, and splits the image.
+fn layout(image: &[u8]) -> Result<Layout<'_>, DiskError> {
     if image.len() < HEADER_LEN {
         return Err(DiskError::Truncated {
             need: HEADER_LEN,
@@ -241,39 +249,64 @@ pub fn read_disk(image: &[u8], trust_root_public_key: &[u8]) -> Result<VerifiedD
             value: config_len as u64,
         });
     }
-    let signed_len = HEADER_LEN + config_len + name_len + HOST_KEY_LEN;
-    let need = signed_len + SIGNATURE_LEN;
-    if image.len() < need {
+    // The whole image must be there, not just the signed part: a short
+    // read of the device is a broken disk, not a smaller one.
+    if image.len() < DISK_LEN {
         return Err(DiskError::Truncated {
-            need,
+            need: DISK_LEN,
             have: image.len(),
         });
     }
+    let signed_len = HEADER_LEN + config_len + name_len + HOST_KEY_LEN;
+    let need = signed_len + SIGNATURE_LEN;
+    let signed = &image[..signed_len];
+    let name_at = HEADER_LEN + config_len;
+    Ok(Layout {
+        signed,
+        signature: &image[signed_len..need],
+        config: &signed[HEADER_LEN..name_at],
+        host_name: &signed[name_at..name_at + name_len],
+        host_key: signed[signed_len - HOST_KEY_LEN..]
+            .try_into()
+            .expect("32-byte slice"),
+    })
+}
+
+fn decode_payload(l: &Layout<'_>) -> Result<(ClusterConfig, String), DiskError> {
+    let config =
+        canonical::decode(l.config).map_err(|e| DiskError::MalformedPayload(e.to_string()))?;
+    let host_name = std::str::from_utf8(l.host_name)
+        .map_err(|_| DiskError::MalformedPayload("host name is not UTF-8".into()))?
+        .to_string();
+    Ok((config, host_name))
+}
+
+/// Parses and verifies a config disk image: at least [`DISK_LEN`] bytes (more
+/// is ignored, e.g. a whole device); the STATE sector is not looked at. Checks, in order: length, magic, version,
+/// lengths, signature, payload, config validity, host key.
+pub fn read_disk(image: &[u8], trust_root_public_key: &[u8]) -> Result<VerifiedDisk, DiskError> {
+    let l = layout(image)?;
     if trust_root_public_key.len() != 32 {
         return Err(DiskError::BadTrustRoot(trust_root_public_key.len()));
     }
-    let (signed, rest) = image.split_at(signed_len);
     UnparsedPublicKey::new(&ED25519, trust_root_public_key)
-        .verify(signed, &rest[..SIGNATURE_LEN])
+        .verify(l.signed, l.signature)
         .map_err(|_| DiskError::BadSignature)?;
-
-    let body = &signed[HEADER_LEN..HEADER_LEN + config_len];
-    let name = &signed[HEADER_LEN + config_len..HEADER_LEN + config_len + name_len];
-    let key: [u8; 32] = signed[signed_len - HOST_KEY_LEN..]
-        .try_into()
-        .expect("32-byte slice");
-    let config = canonical::decode(body).map_err(|e| DiskError::MalformedPayload(e.to_string()))?;
-    let host_name = std::str::from_utf8(name)
-        .map_err(|_| DiskError::MalformedPayload("host name is not UTF-8".into()))?
-        .to_string();
+    let (config, host_name) = decode_payload(&l)?;
     let warnings = validate::validate(&config)?;
-    check_host(&config, &host_name, &key)?;
+    check_host(&config, &host_name, &l.host_key)?;
     Ok(VerifiedDisk {
         config,
         host_name,
-        host_private_key: key,
+        host_private_key: l.host_key,
         warnings,
     })
+}
+
+/// What a config disk claims to hold, WITHOUT checking the signature or
+/// validating the config (for `ftctl show`). Never trust its result.
+pub fn read_disk_unverified(image: &[u8]) -> Result<(ClusterConfig, String), DiskError> {
+    decode_payload(&layout(image)?)
 }
 
 /// The STATE sector recording `accepted_generation` ([`STATE_LEN`] bytes).

@@ -58,7 +58,7 @@ fn signing_is_deterministic() {
 #[test]
 fn truncated_disk() {
     let (img, pk) = good();
-    for n in [0, 7, 19, 200] {
+    for n in [0, 7, 19, 200, 1000, DISK_LEN - 1] {
         let e = read_disk(&img[..n], &pk).unwrap_err();
         assert!(matches!(e, DiskError::Truncated { .. }), "{n}: {e}");
     }
@@ -270,10 +270,16 @@ proptest! {
     }
 
     #[test]
-    fn random_bytes_after_magic_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..2048)) {
+    fn random_bytes_after_magic_never_panic(
+        tail in proptest::collection::vec(any::<u8>(), 0..2048),
+        pad in any::<bool>(),
+    ) {
         let mut img = MAGIC.to_vec();
         img.extend(FORMAT_VERSION.to_le_bytes());
         img.extend(tail);
+        if pad {
+            img.resize(DISK_LEN, 0);
+        }
         prop_assert!(read_disk(&img, &[3u8; 32]).is_err());
     }
 

@@ -91,7 +91,9 @@ pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
     Ok(warnings)
 }
 
-fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+/// Checks a name (host, group, region, VM, image, cluster): non-empty, at
+/// most [`MAX_NAME_LEN`] bytes of `A-Z a-z 0-9 - _ .`, not starting with `.`.
+pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::at(path, "must not be empty"));
     }
@@ -490,3 +492,7 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

@@ -1,1 +1,352 @@
-fn main() {}
+//! `ftctl`: the operator's tool for keys, config disks and daemon status.
+//!
+//! Verbs: `keygen`, `host-keygen`, `check`, `make-disk`, `verify`, `show`,
+//! `state`, `update-disk`, `status`. Every failure ends with a non-zero exit
+//! status and one line on stderr naming the reason.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use config_schema::ctl::{self, Request, Response};
+use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
+use config_schema::{keys, validate, ClusterConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ftctl",
+    version,
+    about = "Keys, signed config disks and status of the FT appliance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a config-signing key: DIR/signing.pk8 (PKCS#8) and DIR/signing.pub (raw 32 bytes).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a host identity key: DIR/NAME.key and DIR/NAME.pub (hex); prints the public key.
+    HostKeygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        host: String,
+    },
+    /// Validate a TOML cluster config.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate, sign and write the 1 MiB config disk for one host.
+    MakeDisk {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        host: String,
+        /// The signing key (PKCS#8 DER).
+        #[arg(long)]
+        key: PathBuf,
+        /// The host's X25519 private key, hex [default: <dir of --key>/hosts/<NAME>.key].
+        #[arg(long)]
+        host_key: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a config disk against the trust-root public key (raw 32 bytes).
+    Verify {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    /// Print the config a disk holds, as TOML. Checks NO signature and does not validate.
+    Show {
+        #[arg(long)]
+        disk: PathBuf,
+    },
+    /// Print the anti-rollback STATE sector of a config disk.
+    State {
+        #[arg(long)]
+        disk: PathBuf,
+    },
+    /// Replace the signed part of an existing config disk with a new one,
+    /// keeping its STATE sector; refuses a rollback.
+    UpdateDisk {
+        /// The disk (image file or device) to update in place.
+        #[arg(long)]
+        disk: PathBuf,
+        /// The new image made by `make-disk`.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    /// Query the daemons' status over their control sockets.
+    Status {
+        /// One socket; default: ftvmm, heartbeat and fencing under /run.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Keygen { out } => keygen(&out),
+        Cmd::HostKeygen { out, host } => host_keygen(&out, &host),
+        Cmd::Check { config } => check(&config),
+        Cmd::MakeDisk {
+            config,
+            host,
+            key,
+            host_key,
+            out,
+        } => make_disk(&config, &host, &key, host_key, &out),
+        Cmd::Verify { disk, pubkey } => verify(&disk, &pubkey),
+        Cmd::Show { disk } => show(&disk),
+        Cmd::State { disk } => state(&disk),
+        Cmd::UpdateDisk { disk, from, pubkey } => update_disk(&disk, &from, &pubkey),
+        Cmd::Status { socket } => status(socket),
+    }
+}
+
+/// Creates `path` with `mode`, refusing to overwrite.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "refusing to write {} (exists or not writable)",
+                path.display()
+            )
+        })?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (pk8, public) = keys::generate_signing_key()?;
+    let (priv_path, pub_path) = (out.join("signing.pk8"), out.join("signing.pub"));
+    if pub_path.exists() {
+        bail!("refusing to overwrite {}", pub_path.display());
+    }
+    write_new(&priv_path, &pk8, 0o600)?;
+    write_new(&pub_path, &public, 0o644)?;
+    println!("wrote {} and {}", priv_path.display(), pub_path.display());
+    println!("public key: {}", hex::encode(public));
+    Ok(())
+}
+
+fn host_keygen(out: &Path, host: &str) -> Result<()> {
+    validate::check_name("--host", host)?;
+    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (secret, public) = keys::generate_host_key()?;
+    let (key_path, pub_path) = (
+        out.join(format!("{host}.key")),
+        out.join(format!("{host}.pub")),
+    );
+    if pub_path.exists() {
+        bail!("refusing to overwrite {}", pub_path.display());
+    }
+    write_new(
+        &key_path,
+        format!("{}\n", hex::encode(secret)).as_bytes(),
+        0o600,
+    )?;
+    write_new(
+        &pub_path,
+        format!("{}\n", hex::encode(public)).as_bytes(),
+        0o644,
+    )?;
+    eprintln!("wrote {} and {}", key_path.display(), pub_path.display());
+    println!("public_key = \"{}\"", hex::encode(public));
+    Ok(())
+}
+
+fn load_config(path: &Path) -> Result<(ClusterConfig, Vec<validate::Warning>)> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v = config_schema::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    for w in &v.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok((v.config, v.warnings))
+}
+
+fn summary(c: &ClusterConfig) -> String {
+    format!(
+        "cluster {} generation {}: {} hosts, {} VMs",
+        c.cluster.name,
+        c.cluster.generation,
+        c.hosts.len(),
+        c.vms.len()
+    )
+}
+
+fn check(path: &Path) -> Result<()> {
+    let (c, _) = load_config(path)?;
+    println!("ok: {}", summary(&c));
+    Ok(())
+}
+
+fn make_disk(
+    config: &Path,
+    host: &str,
+    key: &Path,
+    host_key: Option<PathBuf>,
+    out: &Path,
+) -> Result<()> {
+    let (c, _) = load_config(config)?;
+    let signer = keys::load_signing_key(&read(key)?)
+        .with_context(|| format!("signing key {}", key.display()))?;
+    let host_key = host_key.unwrap_or_else(|| {
+        key.parent()
+            .unwrap_or(Path::new("."))
+            .join("hosts")
+            .join(format!("{host}.key"))
+    });
+    let text = fs::read_to_string(&host_key)
+        .with_context(|| format!("cannot read host key {}", host_key.display()))?;
+    let secret =
+        keys::parse_hex_key(&text).with_context(|| format!("host key {}", host_key.display()))?;
+    let image = disk::write_disk(&c, host, &secret, &signer)?;
+    fs::write(out, &image).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("wrote {} for host {host}: {}", out.display(), summary(&c));
+    Ok(())
+}
+
+fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
+    let image = read(disk_path)?;
+    let pk = read(pubkey)?;
+    let v = disk::read_disk(&image, &pk).map_err(|e| anyhow!("config refused: {e}"))?;
+    let host = v.config.hosts.iter().find(|h| h.name == v.host_name);
+    let id = host.map(|h| h.id).unwrap_or_default();
+    println!("ok: host {} (id {id}), {}", v.host_name, summary(&v.config));
+    for w in &v.warnings {
+        println!("warning: {w}");
+    }
+    if image.len() >= DISK_LEN {
+        match disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
+            Ok(Some(g)) => println!("state: accepted generation {g}"),
+            Ok(None) => println!("state: blank"),
+            Err(e) => println!("state: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn show(disk_path: &Path) -> Result<()> {
+    let image = read(disk_path)?;
+    let (c, host) = disk::read_disk_unverified(&image)
+        .with_context(|| format!("{} is not a readable config disk", disk_path.display()))?;
+    println!("# host: {host}");
+    println!("# NOT verified: this shows what the disk claims; use `ftctl verify` to check it.");
+    print!(
+        "{}",
+        toml::to_string_pretty(&c).context("cannot print config as TOML")?
+    );
+    Ok(())
+}
+
+fn read_state(image: &[u8]) -> Result<Option<u64>> {
+    let end = STATE_OFFSET as usize + STATE_LEN;
+    let s = image
+        .get(STATE_OFFSET as usize..end)
+        .ok_or_else(|| anyhow!("disk is {} bytes, shorter than {end}", image.len()))?;
+    Ok(disk::decode_state(s)?)
+}
+
+fn state(disk_path: &Path) -> Result<()> {
+    match read_state(&read(disk_path)?)? {
+        Some(g) => println!("accepted generation {g}"),
+        None => println!("blank (no config accepted yet)"),
+    }
+    Ok(())
+}
+
+fn update_disk(target: &Path, from: &Path, pubkey: &Path) -> Result<()> {
+    let new = read(from)?;
+    let pk = read(pubkey)?;
+    let v = disk::read_disk(&new, &pk).map_err(|e| anyhow!("config refused: {e}"))?;
+    let old = read(target)?;
+    if disk::looks_like_config_disk(&old) {
+        let accepted = read_state(&old)?;
+        disk::check_rollback(accepted, v.generation())
+            .map_err(|e| anyhow!("config refused: {e}"))?;
+    }
+    let signed_part = &new[..STATE_OFFSET as usize];
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(target)
+        .with_context(|| format!("cannot open {}", target.display()))?;
+    f.write_all(signed_part)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    println!(
+        "updated {} to generation {} (STATE sector kept)",
+        target.display(),
+        v.generation()
+    );
+    Ok(())
+}
+
+fn status(socket: Option<PathBuf>) -> Result<()> {
+    let sockets: Vec<PathBuf> = match socket {
+        Some(s) => vec![s],
+        None => [
+            ctl::FTVMM_SOCKET,
+            ctl::HEARTBEAT_SOCKET,
+            ctl::FENCING_SOCKET,
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
+    };
+    let mut failed = Vec::new();
+    for s in &sockets {
+        match ctl::query(s, &Request::Status) {
+            Ok(Response::Status { status }) => {
+                println!("{}:", s.display());
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            }
+            Ok(other) => {
+                println!("{}: unexpected answer {other:?}", s.display());
+                failed.push(s.display().to_string());
+            }
+            Err(e) => {
+                println!("{}: {e}", s.display());
+                failed.push(s.display().to_string());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("no status from {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! One test per validation rule: each breaks the example config in one way
+//! and checks the field path and the problem named.
+
+use super::*;
+use crate::model::{Affinity, HostGroup, NamedRegion, Vm};
+
+const EXAMPLE: &str = include_str!("../../examples/cluster.toml");
+
+fn base() -> ClusterConfig {
+    parse(EXAMPLE).unwrap().config
+}
+
+/// Applies `edit` to the example and returns the error (path, message).
+fn refused(edit: impl FnOnce(&mut ClusterConfig)) -> (String, String) {
+    let mut c = base();
+    edit(&mut c);
+    match validate(&c) {
+        Err(ConfigError::Invalid { path, problem }) => (path, problem),
+        other => panic!("expected a rule violation, got {other:?}"),
+    }
+}
+
+fn assert_refused(edit: impl FnOnce(&mut ClusterConfig), path: &str, words: &str) {
+    let (p, m) = refused(edit);
+    assert_eq!(p, path, "message: {m}");
+    assert!(m.contains(words), "{p}: {m:?} lacks {words:?}");
+}
+
+fn second_vm(c: &ClusterConfig) -> Vm {
+    let mut v = c.vms[0].clone();
+    v.name = "kv2".into();
+    v.mac = "52:54:00:12:34:57".into();
+    v.ip = "198.51.100.11/24".into();
+    v.disk_region = "kv2-disk".into();
+    v
+}
+
+fn add_region(c: &mut ClusterConfig, name: &str, offset: u64, size: u64) {
+    c.storage.regions.push(NamedRegion {
+        name: name.into(),
+        offset_mib: offset,
+        size_mib: size,
+    });
+}
+
+#[test]
+fn example_is_valid_without_warnings() {
+    let v = parse(EXAMPLE).unwrap();
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
+}
+
+#[test]
+fn unknown_field_keeps_line_and_column() {
+    let text = EXAMPLE.replace("lag_limit_ms = 500", "lag_limit_ms = 500\nlag_limt = 3");
+    let e = parse(&text).unwrap_err();
+    let s = e.to_string();
+    assert!(matches!(e, ConfigError::Toml(_)));
+    assert!(s.contains("unknown field `lag_limt`"), "{s}");
+    assert!(s.contains("line 13"), "{s}");
+}
+
+#[test]
+fn wrong_type_keeps_line() {
+    let text = EXAMPLE.replace("generation = 1", "generation = \"one\"");
+    let s = parse(&text).unwrap_err().to_string();
+    assert!(s.contains("line 7"), "{s}");
+}
+
+#[test]
+fn duplicate_host_id() {
+    assert_refused(|c| c.hosts[1].id = 1, "hosts[1].id", "duplicate host id 1");
+}
+
+#[test]
+fn duplicate_host_name() {
+    assert_refused(
+        |c| c.hosts[2].name = "host-a".into(),
+        "hosts[2].name",
+        "already used by hosts[0].name",
+    );
+}
+
+#[test]
+fn duplicate_host_mac() {
+    assert_refused(
+        |c| c.hosts[1].vm.mac = c.hosts[0].ft.mac.clone(),
+        "hosts[1].vm.mac",
+        "duplicate MAC",
+    );
+}
+
+#[test]
+fn duplicate_host_address() {
+    assert_refused(
+        |c| c.hosts[1].ft.addr = "192.0.2.1/24".into(),
+        "hosts[1].ft.addr",
+        "duplicate address 192.0.2.1",
+    );
+}
+
+#[test]
+fn duplicate_public_key() {
+    assert_refused(
+        |c| c.hosts[2].public_key = c.hosts[0].public_key.clone(),
+        "hosts[2].public_key",
+        "duplicate public key",
+    );
+}
+
+#[test]
+fn bad_mac() {
+    assert_refused(
+        |c| c.hosts[1].ft.mac = "52:54:00:f7:00".into(),
+        "hosts[1].ft.mac",
+        "not a MAC address",
+    );
+    assert_refused(
+        |c| c.hosts[1].ft.mac = "01:00:5e:00:00:01".into(),
+        "hosts[1].ft.mac",
+        "multicast",
+    );
+}
+
+#[test]
+fn bad_cidr() {
+    for bad in [
+        "192.0.2.9",
+        "192.0.2.9/33",
+        "192.0.2/24",
+        "192.0.2.9/+4",
+        "0.0.0.0/8",
+    ] {
+        let (p, _) = refused(|c| c.hosts[1].ft.addr = bad.into());
+        assert_eq!(p, "hosts[1].ft.addr", "{bad}");
+    }
+}
+
+#[test]
+fn bad_hex_key() {
+    for bad in ["abcd", "zz".repeat(32).as_str(), &"00".repeat(33)] {
+        assert_refused(
+            |c| c.hosts[0].public_key = bad.into(),
+            "hosts[0].public_key",
+            "32-byte",
+        );
+    }
+}
+
+#[test]
+fn host_id_out_of_range() {
+    assert_refused(|c| c.hosts[0].id = 0, "hosts[0].id", "out of range");
+    assert_refused(|c| c.hosts[0].id = 256, "hosts[0].id", "out of range");
+}
+
+#[test]
+fn vm_unknown_region() {
+    assert_refused(
+        |c| c.vms[0].disk_region = "nope".into(),
+        "vms[0].disk_region",
+        "unknown storage region",
+    );
+}
+
+#[test]
+fn vm_unknown_host() {
+    assert_refused(
+        |c| c.vms[0].affinity.hosts = vec!["host-x".into()],
+        "vms[0].affinity.hosts[0]",
+        "unknown host \"host-x\"",
+    );
+}
+
+#[test]
+fn vm_unknown_group() {
+    assert_refused(
+        |c| c.vms[0].affinity.groups = vec!["rack-9".into()],
+        "vms[0].affinity.groups[0]",
+        "unknown host group",
+    );
+}
+
+#[test]
+fn group_unknown_host() {
+    assert_refused(
+        |c| c.host_groups[0].hosts.push("host-q".into()),
+        "host_groups[0].hosts[2]",
+        "unknown host",
+    );
+}
+
+#[test]
+fn duplicate_group_name() {
+    assert_refused(
+        |c| c.host_groups.push(c.host_groups[0].clone()),
+        "host_groups[1].name",
+        "duplicate group name",
+    );
+}
+
+#[test]
+fn regions_overlap_each_other() {
+    assert_refused(
+        |c| add_region(c, "other", 70, 10),
+        "storage.regions[1]",
+        "overlaps storage.regions[0]",
+    );
+}
+
+#[test]
+fn region_overlaps_fencing() {
+    assert_refused(
+        |c| c.storage.regions[0].offset_mib = 8,
+        "storage.regions[0]",
+        "overlaps storage.fencing",
+    );
+}
+
+#[test]
+fn region_past_storage_end() {
+    assert_refused(
+        |c| add_region(c, "other", 200, 57),
+        "storage.regions[1]",
+        "runs past storage.size_mib",
+    );
+    assert_refused(
+        |c| add_region(c, "other", u64::MAX, 2),
+        "storage.regions[1]",
+        "runs past",
+    );
+}
+
+#[test]
+fn zero_sizes() {
+    assert_refused(
+        |c| c.storage.size_mib = 0,
+        "storage.size_mib",
+        "greater than 0",
+    );
+    assert_refused(
+        |c| c.storage.fencing.size_mib = 0,
+        "storage.fencing.size_mib",
+        "greater than 0",
+    );
+    assert_refused(
+        |c| c.storage.regions[0].size_mib = 0,
+        "storage.regions[0].size_mib",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn timeout_not_larger_than_interval() {
+    assert_refused(
+        |c| c.timing.failure_timeout_ms = 100,
+        "timing.failure_timeout_ms",
+        "must be larger than timing.heartbeat_interval_ms",
+    );
+}
+
+#[test]
+fn zero_interval() {
+    assert_refused(
+        |c| c.timing.heartbeat_interval_ms = 0,
+        "timing.heartbeat_interval_ms",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn zero_lag_limit() {
+    assert_refused(
+        |c| c.timing.lag_limit_ms = 0,
+        "timing.lag_limit_ms",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn vm_memory_zero_or_absurd() {
+    assert_refused(
+        |c| c.vms[0].memory_mib = 0,
+        "vms[0].memory_mib",
+        "out of range",
+    );
+    assert_refused(
+        |c| c.vms[0].memory_mib = MAX_VM_MEMORY_MIB + 1,
+        "vms[0].memory_mib",
+        "out of range",
+    );
+}
+
+#[test]
+fn duplicate_vm_name() {
+    assert_refused(
+        |c| {
+            let mut v = second_vm(c);
+            v.name = "kv".into();
+            add_region(c, "kv2-disk", 80, 8);
+            c.vms.push(v);
+        },
+        "vms[1].name",
+        "duplicate VM name",
+    );
+}
+
+#[test]
+fn duplicate_vm_mac() {
+    assert_refused(
+        |c| {
+            let mut v = second_vm(c);
+            v.mac = c.vms[0].mac.clone();
+            add_region(c, "kv2-disk", 80, 8);
+            c.vms.push(v);
+        },
+        "vms[1].mac",
+        "already used by vms[0].mac",
+    );
+}
+
+#[test]
+fn duplicate_vm_ip() {
+    assert_refused(
+        |c| {
+            let mut v = second_vm(c);
+            v.ip = c.vms[0].ip.clone();
+            add_region(c, "kv2-disk", 80, 8);
+            c.vms.push(v);
+        },
+        "vms[1].ip",
+        "already used by vms[0].ip",
+    );
+}
+
+#[test]
+fn two_vms_on_one_region() {
+    assert_refused(
+        |c| {
+            let mut v = second_vm(c);
+            v.disk_region = "kv-disk".into();
+            c.vms.push(v);
+        },
+        "vms[1].disk_region",
+        "duplicate disk region",
+    );
+}
+
+#[test]
+fn vm_ip_collides_with_host() {
+    assert_refused(
+        |c| c.vms[0].ip = "198.51.100.2/24".into(),
+        "vms[0].ip",
+        "already used by hosts[1].vm.addr",
+    );
+}
+
+#[test]
+fn vm_mac_collides_with_host() {
+    assert_refused(
+        |c| c.vms[0].mac = c.hosts[2].vm.mac.clone(),
+        "vms[0].mac",
+        "already used by hosts[2].vm.mac",
+    );
+}
+
+#[test]
+fn empty_cluster_name() {
+    assert_refused(
+        |c| c.cluster.name.clear(),
+        "cluster.name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn bad_names_are_refused() {
+    assert_refused(
+        |c| c.vms[0].image = "../../etc/passwd".into(),
+        "vms[0].image",
+        "may use only",
+    );
+    assert_refused(
+        |c| c.hosts[0].name = "a b".into(),
+        "hosts[0].name",
+        "may use only",
+    );
+}
+
+#[test]
+fn no_hosts() {
+    assert_refused(
+        |c| {
+            c.hosts.clear();
+            c.host_groups.clear();
+            c.vms.clear();
+        },
+        "hosts",
+        "at least 1 host",
+    );
+}
+
+#[test]
+fn bad_device_path() {
+    assert_refused(
+        |c| c.storage.device = DeviceLocator::Path("/etc/shadow".into()),
+        "storage.device.path",
+        "not under /dev/",
+    );
+    assert_refused(
+        |c| c.storage.device = DeviceLocator::Serial(" ".into()),
+        "storage.device.serial",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn affinity_of_one_host_is_a_warning() {
+    let mut c = base();
+    c.vms[0].affinity = Affinity {
+        hosts: vec!["host-a".into()],
+        groups: vec![],
+    };
+    let w = validate(&c).unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].path, "vms[0].affinity");
+    assert_eq!(
+        w[0].message,
+        "VM kv will run unprotected: its affinity allows only host-a"
+    );
+}
+
+#[test]
+fn affinity_of_an_empty_group_is_an_error() {
+    assert_refused(
+        |c| {
+            c.host_groups.push(HostGroup {
+                name: "empty".into(),
+                hosts: vec![],
+            });
+            c.vms[0].affinity = Affinity {
+                hosts: vec![],
+                groups: vec!["empty".into()],
+            };
+        },
+        "vms[0].affinity",
+        "allows no host",
+    );
+}
+
+#[test]
+fn empty_affinity_means_every_host() {
+    let mut c = base();
+    c.vms[0].affinity = Affinity::default();
+    assert!(validate(&c).unwrap().is_empty());
+    assert_eq!(allowed_hosts(&c, &c.vms[0]).len(), 3);
+    // A single-host cluster: every VM is unprotected.
+    c.hosts.truncate(1);
+    c.host_groups.clear();
+    let w = validate(&c).unwrap();
+    assert!(w[0].message.contains("allows only host-a"), "{w:?}");
+}

@@ -1,0 +1,305 @@
+//! Runs the built `ftctl` through the operator's path: keygen → make-disk →
+//! verify → show, and through the ways it must fail (non-zero exit, one line).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const FTCTL: &str = env!("CARGO_BIN_EXE_ftctl");
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn ftctl(args: &[&str]) -> Output {
+    Command::new(FTCTL).args(args).output().expect("ftctl runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = ftctl(args);
+    assert!(
+        o.status.success(),
+        "ftctl {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its single stderr line.
+fn fails(args: &[&str]) -> String {
+    let o = ftctl(args);
+    assert!(!o.status.success(), "ftctl {args:?} succeeded");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    err.trim_end().to_string()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        ok(&["keygen", "--out", s(&dir.join("keys"))]);
+        Setup { _dir: t, dir }
+    }
+    fn p(&self, name: &str) -> String {
+        s(&self.dir.join(name)).to_string()
+    }
+    fn make_disk(&self, config: &str, out: &str) -> Output {
+        let key = examples().join("dev-keys/hosts/host-a.key");
+        ftctl(&[
+            "make-disk",
+            "--config",
+            config,
+            "--host",
+            "host-a",
+            "--key",
+            &self.p("keys/signing.pk8"),
+            "--host-key",
+            s(&key),
+            "--out",
+            &self.p(out),
+        ])
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn example_config() -> String {
+    s(&examples().join("cluster.toml")).to_string()
+}
+
+#[test]
+fn keygen_make_disk_verify_show() {
+    let t = Setup::new();
+    assert_eq!(std::fs::read(t.p("keys/signing.pub")).unwrap().len(), 32);
+    let o = t.make_disk(&example_config(), "a.img");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(t.p("a.img")).unwrap().len(), 1 << 20);
+
+    let out = ok(&[
+        "verify",
+        "--disk",
+        &t.p("a.img"),
+        "--pubkey",
+        &t.p("keys/signing.pub"),
+    ]);
+    assert!(
+        out.starts_with("ok: host host-a (id 1), cluster demo generation 1"),
+        "{out}"
+    );
+    assert!(out.contains("state: blank"), "{out}");
+
+    let shown = ok(&["show", "--disk", &t.p("a.img")]);
+    assert!(shown.contains("# host: host-a"), "{shown}");
+    // What show prints is a config that parses back to the same thing.
+    let back = config_schema::parse(&shown).unwrap().config;
+    let orig = config_schema::parse(&std::fs::read_to_string(example_config()).unwrap())
+        .unwrap()
+        .config;
+    assert_eq!(back, orig);
+
+    assert!(ok(&["check", "--config", &example_config()]).starts_with("ok: cluster demo"));
+    assert!(ok(&["state", "--disk", &t.p("a.img")]).starts_with("blank"));
+}
+
+#[test]
+fn keygen_refuses_to_overwrite() {
+    let t = Setup::new();
+    let before = std::fs::read(t.p("keys/signing.pk8")).unwrap();
+    let e = fails(&["keygen", "--out", &t.p("keys")]);
+    assert!(e.contains("refusing to overwrite"), "{e}");
+    assert_eq!(std::fs::read(t.p("keys/signing.pk8")).unwrap(), before);
+}
+
+#[test]
+fn host_keygen_writes_hex_and_default_host_key_path_works() {
+    let t = Setup::new();
+    let out = ok(&[
+        "host-keygen",
+        "--out",
+        &t.p("keys/hosts"),
+        "--host",
+        "host-a",
+    ]);
+    let public = std::fs::read_to_string(t.p("keys/hosts/host-a.pub")).unwrap();
+    assert_eq!(out.trim(), format!("public_key = \"{}\"", public.trim()));
+    assert_eq!(public.trim().len(), 64);
+    // The new key is not the one in the example config: make-disk with the
+    // default host-key path (<dir of --key>/hosts/host-a.key) must refuse.
+    let e = fails(&[
+        "make-disk",
+        "--config",
+        &example_config(),
+        "--host",
+        "host-a",
+        "--key",
+        &t.p("keys/signing.pk8"),
+        "--out",
+        &t.p("x.img"),
+    ]);
+    assert!(e.starts_with("host key mismatch"), "{e}");
+    // With a config that carries the new key, it works.
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "d85481f1e8c40b3fb18bc9a1404bfabe43f501e99c8ca25bfb341da6fdfffa26",
+        public.trim(),
+    );
+    std::fs::write(t.p("c.toml"), text).unwrap();
+    ok(&[
+        "make-disk",
+        "--config",
+        &t.p("c.toml"),
+        "--host",
+        "host-a",
+        "--key",
+        &t.p("keys/signing.pk8"),
+        "--out",
+        &t.p("x.img"),
+    ]);
+}
+
+#[test]
+fn verify_failures_are_one_line_with_the_reason() {
+    let t = Setup::new();
+    assert!(t.make_disk(&example_config(), "a.img").status.success());
+    let img = std::fs::read(t.p("a.img")).unwrap();
+    let pubkey = t.p("keys/signing.pub");
+    let check = |name: &str, bytes: &[u8], want: &str| {
+        std::fs::write(t.p(name), bytes).unwrap();
+        let e = fails(&["verify", "--disk", &t.p(name), "--pubkey", &pubkey]);
+        assert!(
+            e.starts_with(&format!("config refused: {want}")),
+            "{name}: {e}"
+        );
+    };
+    check("trunc.img", &img[..4000], "truncated");
+    let mut b = img.clone();
+    b[0] = b'X';
+    check("magic.img", &b, "wrong magic");
+    let mut b = img.clone();
+    b[8] = 7;
+    check("version.img", &b, "unsupported format version 7");
+    let mut b = img.clone();
+    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    check("len.img", &b, "absurd length");
+    let mut b = img.clone();
+    b[60] ^= 1;
+    check("edited.img", &b, "bad signature");
+    check("zeros.img", &vec![0u8; 1 << 20], "wrong magic");
+
+    // Signed by another key.
+    ok(&["keygen", "--out", &t.p("other")]);
+    let e = fails(&[
+        "verify",
+        "--disk",
+        &t.p("a.img"),
+        "--pubkey",
+        &t.p("other/signing.pub"),
+    ]);
+    assert!(e.starts_with("config refused: bad signature"), "{e}");
+}
+
+#[test]
+fn make_disk_and_check_refuse_bad_configs() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("failure_timeout_ms = 1000", "failure_timeout_ms = 50");
+    std::fs::write(t.p("bad.toml"), text).unwrap();
+    let e = fails(&["check", "--config", &t.p("bad.toml")]);
+    assert!(e.contains("timing.failure_timeout_ms:"), "{e}");
+    let o = t.make_disk(&t.p("bad.toml"), "bad.img");
+    assert!(!o.status.success());
+    assert!(!Path::new(&t.p("bad.img")).exists());
+}
+
+#[test]
+fn make_disk_prints_warnings() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }",
+        "affinity = { hosts = [\"host-a\"] }",
+    );
+    std::fs::write(t.p("one.toml"), text).unwrap();
+    let o = t.make_disk(&t.p("one.toml"), "one.img");
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(
+        err.contains(
+            "warning: vms[0].affinity: VM kv will run unprotected: its affinity allows only host-a"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn update_disk_keeps_state_and_refuses_rollback() {
+    let t = Setup::new();
+    let v2 = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("generation = 1", "generation = 2");
+    std::fs::write(t.p("v2.toml"), v2).unwrap();
+    assert!(t.make_disk(&example_config(), "v1.img").status.success());
+    assert!(t.make_disk(&t.p("v2.toml"), "v2.img").status.success());
+    // The host accepted generation 2: init wrote the STATE sector.
+    let mut live = std::fs::read(t.p("v2.img")).unwrap();
+    let off = config_schema::disk::STATE_OFFSET as usize;
+    live[off..off + 4096].copy_from_slice(&config_schema::disk::encode_state(2));
+    std::fs::write(t.p("live.img"), &live).unwrap();
+    assert!(ok(&["state", "--disk", &t.p("live.img")]).contains("accepted generation 2"));
+
+    let pk = t.p("keys/signing.pub");
+    let e = fails(&[
+        "update-disk",
+        "--disk",
+        &t.p("live.img"),
+        "--from",
+        &t.p("v1.img"),
+        "--pubkey",
+        &pk,
+    ]);
+    assert_eq!(
+        e,
+        "config refused: rollback: offered generation 1 < accepted generation 2"
+    );
+    ok(&[
+        "update-disk",
+        "--disk",
+        &t.p("live.img"),
+        "--from",
+        &t.p("v2.img"),
+        "--pubkey",
+        &pk,
+    ]);
+    assert!(ok(&["state", "--disk", &t.p("live.img")]).contains("accepted generation 2"));
+}
+
+#[test]
+fn status_of_a_missing_socket_fails() {
+    let e = fails(&["status", "--socket", "/nonexistent/ft.sock"]);
+    assert!(e.contains("no status from /nonexistent/ft.sock"), "{e}");
+}
+
+#[test]
+fn status_pretty_prints_a_daemon_answer() {
+    use config_schema::ctl::{read_message, write_message, Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+        let req: Request = read_message(&mut r, "test").unwrap();
+        assert_eq!(req, Request::Status);
+        let status = serde_json::json!({"daemon": "test", "kvm": true});
+        write_message(&mut &conn, &Response::Status { status }).unwrap();
+    });
+    let out = ok(&["status", "--socket", s(&sock)]);
+    server.join().unwrap();
+    assert!(out.contains("\"daemon\": \"test\""), "{out}");
+}
