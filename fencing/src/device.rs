@@ -1,0 +1,139 @@
+//! Locating the shared block device named by `storage.device`.
+//!
+//! Takes a `root` under which `sys/block` and `dev` live, so tests run over a
+//! temporary tree; on the appliance the root is `/`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use config_schema::DeviceLocator;
+use serde::Serialize;
+
+/// The shared device as found on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedDevice {
+    /// Device node, e.g. `/dev/vdc`.
+    pub path: PathBuf,
+    /// Size in bytes (from `/sys/block/X/size`, 512-byte sectors) when known.
+    pub size_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocateError {
+    #[error("no block device with serial {serial:?} (serials seen: [{}])", .seen.join(", "))]
+    NoSerial { serial: String, seen: Vec<String> },
+    #[error("{0} does not exist")]
+    NoPath(String),
+}
+
+/// Finds the device under `root`.
+pub fn locate(root: &Path, locator: &DeviceLocator) -> Result<SharedDevice, LocateError> {
+    match locator {
+        DeviceLocator::Serial(serial) => {
+            let mut seen = Vec::new();
+            let mut names: Vec<String> = fs::read_dir(root.join("sys/block"))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter_map(|e| e.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            for name in names {
+                let sys = root.join("sys/block").join(&name);
+                let Ok(s) = fs::read_to_string(sys.join("serial")) else {
+                    continue;
+                };
+                let s = s.trim().to_string();
+                if &s == serial {
+                    return Ok(SharedDevice {
+                        path: PathBuf::from("/dev").join(&name),
+                        size_bytes: sysfs_size(&sys),
+                    });
+                }
+                seen.push(format!("{name}={s}"));
+            }
+            Err(LocateError::NoSerial {
+                serial: serial.clone(),
+                seen,
+            })
+        }
+        DeviceLocator::Path(p) => {
+            let rel = p.trim_start_matches('/');
+            if !root.join(rel).exists() {
+                return Err(LocateError::NoPath(p.clone()));
+            }
+            let name = Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            let sys = root.join("sys/block").join(name);
+            Ok(SharedDevice {
+                path: PathBuf::from(p),
+                size_bytes: sysfs_size(&sys),
+            })
+        }
+    }
+}
+
+fn sysfs_size(sys: &Path) -> Option<u64> {
+    let sectors: u64 = fs::read_to_string(sys.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    sectors.checked_mul(512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (name, serial, sectors) in [
+            ("vda", Some("CFGDISK"), 2048u64),
+            ("vdb", Some("FTSHARED"), 524288),
+            ("sr0", None, 0),
+        ] {
+            let d = t.path().join("sys/block").join(name);
+            fs::create_dir_all(&d).unwrap();
+            if let Some(s) = serial {
+                fs::write(d.join("serial"), format!("{s}\n")).unwrap();
+            }
+            fs::write(d.join("size"), format!("{sectors}\n")).unwrap();
+        }
+        fs::create_dir_all(t.path().join("dev")).unwrap();
+        fs::write(t.path().join("dev/vdb"), b"").unwrap();
+        t
+    }
+
+    #[test]
+    fn found_by_serial_with_its_size() {
+        let t = tree();
+        let d = locate(t.path(), &DeviceLocator::Serial("FTSHARED".into())).unwrap();
+        assert_eq!(d.path, PathBuf::from("/dev/vdb"));
+        assert_eq!(d.size_bytes, Some(256 << 20));
+    }
+
+    #[test]
+    fn missing_serial_lists_what_was_seen() {
+        let t = tree();
+        let e = locate(t.path(), &DeviceLocator::Serial("NOPE".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no block device with serial \"NOPE\" (serials seen: [vda=CFGDISK, vdb=FTSHARED])"
+        );
+    }
+
+    #[test]
+    fn by_path() {
+        let t = tree();
+        let d = locate(t.path(), &DeviceLocator::Path("/dev/vdb".into())).unwrap();
+        assert_eq!(d.size_bytes, Some(256 << 20));
+        assert_eq!(
+            locate(t.path(), &DeviceLocator::Path("/dev/vdz".into())).unwrap_err(),
+            LocateError::NoPath("/dev/vdz".into())
+        );
+    }
+}
