@@ -1,1 +1,19 @@
-//! placeholder
+//! Building blocks of the reproducible appliance image.
+//!
+//! - [`archive`]: an in-memory description of the initramfs tree and its
+//!   deterministic cpio "newc" encoding (sorted, fixed mtime, owners 0:0).
+//! - [`manifest`]: the inputs of an archive: a staging directory and/or a
+//!   manifest file in the style of the kernel's `gen_init_cpio`.
+//! - [`gzip`]: gzip with a fixed header (no name, mtime 0, fixed OS byte).
+//! - [`kmod`]: the closure of wanted kernel modules over their dependencies,
+//!   written out as a filtered `modules.dep` tree.
+//!
+//! The shell side (`image/build.sh`) fetches the pinned kernel and drives the
+//! ISO tools; everything whose bytes we control is written here.
+
+pub mod archive;
+pub mod gzip;
+pub mod kmod;
+pub mod manifest;
+
+pub use archive::{Archive, ArchiveError, Node};
