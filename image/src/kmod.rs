@@ -82,7 +82,6 @@ pub fn parse_modinfo_depends(modinfo: &[u8]) -> Vec<String> {
         .filter_map(|field| field.strip_prefix(b"depends="))
         .flat_map(|v| {
             String::from_utf8_lossy(v)
-                .into_owned()
                 .split(',')
                 .map(str::to_string)
                 .collect::<Vec<_>>()
@@ -274,5 +273,74 @@ impl Closure {
             fs::copy(&builtin_src, &builtin_dst).map_err(io_err(&builtin_dst))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closure(edges: &[(&str, &[&str])]) -> Closure {
+        let mut c = Closure::default();
+        for (name, deps) in edges {
+            c.modules.insert(
+                name.to_string(),
+                (
+                    format!("kernel/{name}.ko"),
+                    deps.iter().map(|d| d.to_string()).collect(),
+                ),
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn modinfo_depends_is_split_and_normalized() {
+        let info = b"license=GPL\0depends=kvm,ccp-crypto,\0intree=Y\0name=kvm_amd\0";
+        assert_eq!(parse_modinfo_depends(info), ["kvm", "ccp_crypto"]);
+        assert!(parse_modinfo_depends(b"depends=\0").is_empty());
+        assert!(parse_modinfo_depends(b"license=GPL\0").is_empty());
+    }
+
+    #[test]
+    fn dependencies_are_listed_dependents_first_like_depmod() {
+        // kvm_amd -> kvm -> irqbypass, kvm_amd -> ccp (what Debian's 6.1 has).
+        let c = closure(&[
+            ("kvm_amd", &["ccp", "kvm"]),
+            ("kvm", &["irqbypass"]),
+            ("irqbypass", &[]),
+            ("ccp", &[]),
+        ]);
+        assert_eq!(c.all_deps("kvm_amd").unwrap(), ["kvm", "irqbypass", "ccp"]);
+        let dep = c.modules_dep().unwrap();
+        assert!(
+            dep.contains("kernel/kvm_amd.ko: kernel/kvm.ko kernel/irqbypass.ko kernel/ccp.ko\n")
+        );
+        assert!(dep.contains("kernel/irqbypass.ko:\n"));
+        assert_eq!(dep.lines().count(), 4);
+    }
+
+    #[test]
+    fn a_shared_dependency_appears_once_after_all_its_users() {
+        let c = closure(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &["d"]), ("d", &[])]);
+        let deps = c.all_deps("a").unwrap();
+        assert_eq!(deps.len(), 3);
+        let pos = |m: &str| deps.iter().position(|d| d == m).unwrap();
+        assert!(pos("d") > pos("b") && pos("d") > pos("c"));
+    }
+
+    #[test]
+    fn cycles_are_reported() {
+        let c = closure(&[("a", &["b"]), ("b", &["a"])]);
+        assert!(matches!(c.all_deps("a"), Err(KmodError::Cycle { .. })));
+    }
+
+    #[test]
+    fn module_names_from_paths() {
+        assert_eq!(
+            module_name_of("kernel/arch/x86/kvm/kvm-amd.ko").as_deref(),
+            Some("kvm_amd")
+        );
+        assert_eq!(module_name_of("kernel/x/foo.ko.xz"), None);
     }
 }
