@@ -77,6 +77,19 @@ pub struct TimeRead {
     pub value: u64,
 }
 
+/// How the guest programmed the timer that produces [`InputEvent::TimerTick`]
+/// (PIT channel 0). Derived from guest state, so it is deterministic: a live
+/// backend follows it, a replaying one may ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerProgram {
+    /// No ticks.
+    Off,
+    /// One tick every `period_ns`.
+    Periodic { period_ns: u64 },
+    /// One tick `after_ns` from now, then none.
+    OneShot { after_ns: u64 },
+}
+
 /// Everything observable that the VM emits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutputEvent {
@@ -96,6 +109,19 @@ pub trait Inputs {
     fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>);
     /// A synchronous time read happening at exit `n`.
     fn time_read(&mut self, n: ExitIndex, source: TimeSource) -> u64;
+    /// The vCPU halted (HLT exit `n`) and nothing it can take is pending: wait
+    /// for events and return them, like [`Inputs::events_at`]. It may return
+    /// nothing (e.g. after a bounded wait) and is then called again with the
+    /// same `n`, so the loop can check for a stop request in between; it is
+    /// also called again with the same `n` when the events delivered did not
+    /// make an interrupt deliverable. The default does not block.
+    fn events_at_halt(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.events_at(n, out)
+    }
+    /// The guest reprogrammed the tick source at exit `n` (see [`TimerProgram`]).
+    fn program_timer(&mut self, n: ExitIndex, program: TimerProgram) {
+        let _ = (n, program);
+    }
 }
 
 /// Sink of everything observable.

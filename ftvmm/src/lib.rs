@@ -1,8 +1,26 @@
 //! ftvmm: the VMM of the fault-tolerant appliance. One vCPU on KVM, userspace
 //! interrupt controllers and devices, and one door each for inputs and outputs
 //! (see [`io`]) so that lockstep can record and replay them.
+//!
+//! Layout: [`vm`] (KVM VM, memory, vCPU creation), [`boot`] (64-bit entry
+//! state), [`cpuid`] (filtered CPUID), [`vcpu`] (the run loop), [`devices`]
+//! (PIC, PIT, serial, bus), [`virtio`] (virtio-mmio blk/net), [`live`] (real
+//! backends behind `Inputs`/`Outputs`), [`snapshot`] (save/restore),
+//! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service).
 
+pub mod boot;
+pub mod cpuid;
 pub mod daemon;
+pub mod devices;
+pub mod dirty;
 pub mod io;
+pub mod kick;
 pub mod manager;
+pub mod snapshot;
+pub mod stats;
+pub mod vcpu;
 pub mod virtio;
+pub mod vm;
+
+pub use vcpu::{ExitKind, RunOutcome, TraceEntry};
+pub use vm::{Vm, VmError, VmHandle};

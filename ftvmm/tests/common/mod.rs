@@ -1,0 +1,284 @@
+//! Shared pieces of the /dev/kvm tests: tiny 64-bit guests written in
+//! position-independent assembly (copied out of this test binary into guest
+//! memory), scripted inputs and collected outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use ftvmm::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram};
+use ftvmm::virtio::MmioTransport;
+use ftvmm::Vm;
+
+/// Where tiny guests are loaded and entered.
+pub const CODE_ADDR: u64 = 0x10_0000;
+
+macro_rules! guest {
+    ($name:ident, $start:literal, $end:literal, $($asm:literal),+ $(,)?) => {
+        core::arch::global_asm!(
+            concat!(".pushsection .rodata.", $start, ",\"a\""),
+            concat!(".global ", $start),
+            concat!($start, ":"),
+            $($asm),+,
+            concat!(".global ", $end),
+            concat!($end, ":"),
+            ".popsection",
+        );
+        pub fn $name() -> &'static [u8] {
+            extern "C" {
+                #[link_name = $start]
+                static START: u8;
+                #[link_name = $end]
+                static END: u8;
+            }
+            // SAFETY: both symbols delimit one contiguous read-only blob emitted above.
+            unsafe {
+                let s = &raw const START;
+                let e = &raw const END;
+                std::slice::from_raw_parts(s, e as usize - s as usize)
+            }
+        }
+    };
+}
+
+// Writes "AB" to COM1, then exits with status 7.
+guest!(
+    guest_serial_exit,
+    "ftvmm_g_serial_start",
+    "ftvmm_g_serial_end",
+    "mov dx, 0x3f8",
+    "mov al, 0x41",
+    "out dx, al",
+    "mov al, 0x42",
+    "out dx, al",
+    "mov dx, 0x501",
+    "mov al, 7",
+    "out dx, al",
+    "hlt",
+);
+
+// Counts rcx from 1 to 300: each step writes rcx to port 0x80 and to the page
+// 0x300000 + (rcx % 8) * 4096, then exits with status 0.
+guest!(
+    guest_count,
+    "ftvmm_g_count_start",
+    "ftvmm_g_count_end",
+    "xor ecx, ecx",
+    "2:",
+    "inc rcx",
+    "mov rax, rcx",
+    "out 0x80, al",
+    "mov rbx, rcx",
+    "and rbx, 7",
+    "shl rbx, 12",
+    "add rbx, 0x300000",
+    "mov [rbx], rcx",
+    "add r8, rcx",
+    "imul r9, rcx, 3",
+    "cmp rcx, 300",
+    "jne 2b",
+    "mov dx, 0x501",
+    "mov al, 0",
+    "out dx, al",
+    "hlt",
+);
+
+// Installs an IDT with a handler for vector 0x20 (PIT IRQ 0) that counts in
+// r15 and sends EOI; initialises the PIC (vectors 0x20/0x28, only IRQ 0
+// unmasked) and the PIT (channel 0, mode 2, 100 Hz); then `sti; hlt` until 5
+// ticks arrived and exits with the tick count.
+guest!(
+    guest_ticks,
+    "ftvmm_g_ticks_start",
+    "ftvmm_g_ticks_end",
+    "lea rax, [rip + 8f]",
+    "mov rdi, 0x1200",
+    "mov word ptr [rdi], ax",
+    "mov word ptr [rdi + 2], 0x08",
+    "mov word ptr [rdi + 4], 0x8e00",
+    "shr rax, 16",
+    "mov word ptr [rdi + 6], ax",
+    "shr rax, 16",
+    "mov dword ptr [rdi + 8], eax",
+    "mov dword ptr [rdi + 12], 0",
+    "lidt [rip + 9f]",
+    // PIC: ICW1..ICW4, then masks.
+    "mov al, 0x11", "out 0x20, al", "out 0xa0, al",
+    "mov al, 0x20", "out 0x21, al",
+    "mov al, 0x28", "out 0xa1, al",
+    "mov al, 0x04", "out 0x21, al",
+    "mov al, 0x02", "out 0xa1, al",
+    "mov al, 0x01", "out 0x21, al", "out 0xa1, al",
+    "mov al, 0xfe", "out 0x21, al",
+    "mov al, 0xff", "out 0xa1, al",
+    // PIT channel 0, lobyte/hibyte, mode 2, count 11932.
+    "mov al, 0x34", "out 0x43, al",
+    "mov al, 0x9c", "out 0x40, al",
+    "mov al, 0x2e", "out 0x40, al",
+    "xor r15, r15",
+    "3:",
+    "sti",
+    "hlt",
+    "cli",
+    "cmp r15, 5",
+    "jb 3b",
+    "mov rax, r15",
+    "mov dx, 0x501",
+    "out dx, al",
+    "hlt",
+    "8:",
+    "inc r15",
+    "push rax",
+    "mov al, 0x20",
+    "out 0x20, al",
+    "pop rax",
+    "iretq",
+    "9:",
+    ".word 0xfff",
+    ".quad 0x1000",
+);
+
+// Same IDT/PIC/PIT setup as guest_ticks, but keeps interrupts disabled while
+// doing 20 port writes, then executes `sti` followed by port writes: a tick
+// delivered while IF=0 must wait for the interrupt window. Exits with r15 (the
+// number of interrupts taken) after the second batch.
+guest!(
+    guest_window,
+    "ftvmm_g_window_start",
+    "ftvmm_g_window_end",
+    "lea rax, [rip + 8f]",
+    "mov rdi, 0x1200",
+    "mov word ptr [rdi], ax",
+    "mov word ptr [rdi + 2], 0x08",
+    "mov word ptr [rdi + 4], 0x8e00",
+    "shr rax, 16",
+    "mov word ptr [rdi + 6], ax",
+    "shr rax, 16",
+    "mov dword ptr [rdi + 8], eax",
+    "mov dword ptr [rdi + 12], 0",
+    "lidt [rip + 9f]",
+    "mov al, 0x11", "out 0x20, al", "out 0xa0, al",
+    "mov al, 0x20", "out 0x21, al",
+    "mov al, 0x28", "out 0xa1, al",
+    "mov al, 0x04", "out 0x21, al",
+    "mov al, 0x02", "out 0xa1, al",
+    "mov al, 0x01", "out 0x21, al", "out 0xa1, al",
+    "mov al, 0xfe", "out 0x21, al",
+    "mov al, 0xff", "out 0xa1, al",
+    "mov al, 0x34", "out 0x43, al",
+    "mov al, 0x9c", "out 0x40, al",
+    "mov al, 0x2e", "out 0x40, al",
+    "xor r15, r15",
+    "mov ecx, 20",
+    "4:",
+    "out 0x80, al",
+    "loop 4b",
+    "sti",
+    "mov ecx, 5",
+    "5:",
+    "nop",
+    "add r14, 1",
+    "loop 5b",
+    "mov ecx, 5",
+    "6:",
+    "out 0x80, al",
+    "loop 6b",
+    "cli",
+    "mov rax, r15",
+    "mov dx, 0x501",
+    "out dx, al",
+    "hlt",
+    "8:",
+    "inc r15",
+    "push rax",
+    "mov al, 0x20",
+    "out 0x20, al",
+    "pop rax",
+    "iretq",
+    "9:",
+    ".word 0xfff",
+    ".quad 0x1000",
+);
+
+// Reads virtio-mmio MagicValue, Version and DeviceID of device 0 and writes
+// them to port 0x80 as dwords; exits 0.
+guest!(
+    guest_mmio,
+    "ftvmm_g_mmio_start",
+    "ftvmm_g_mmio_end",
+    "mov rbx, 0xd0000000",
+    "mov eax, [rbx]",
+    "mov dx, 0x80",
+    "out dx, eax",
+    "mov eax, [rbx + 4]",
+    "out dx, eax",
+    "mov eax, [rbx + 8]",
+    "out dx, eax",
+    "mov dword ptr [rbx + 0x70], 0",
+    "mov dx, 0x501",
+    "mov al, 0",
+    "out dx, al",
+    "hlt",
+);
+
+/// Events scripted by exit index; while halted, one timer tick per call.
+#[derive(Default)]
+pub struct ScriptedInputs {
+    pub at: BTreeMap<ExitIndex, Vec<InputEvent>>,
+    pub tick_on_halt: bool,
+    pub programs: Vec<(ExitIndex, TimerProgram)>,
+    pub halt_calls: u64,
+}
+
+impl Inputs for ScriptedInputs {
+    fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        if let Some(evs) = self.at.remove(&n) {
+            out.extend(evs);
+        }
+    }
+    fn time_read(&mut self, n: ExitIndex, _source: TimeSource) -> u64 {
+        n * 1_000
+    }
+    fn events_at_halt(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.halt_calls += 1;
+        assert!(self.halt_calls < 10_000, "guest halted forever at exit {n}");
+        self.events_at(n, out);
+        if self.tick_on_halt {
+            out.push(InputEvent::TimerTick);
+        }
+    }
+    fn program_timer(&mut self, n: ExitIndex, program: TimerProgram) {
+        self.programs.push((n, program));
+    }
+}
+
+/// Outputs collected with their exit index.
+#[derive(Default)]
+pub struct Collected(pub Vec<(ExitIndex, OutputEvent)>);
+
+impl Outputs for Collected {
+    fn emit(&mut self, n: ExitIndex, event: OutputEvent) {
+        self.0.push((n, event));
+    }
+}
+
+impl Collected {
+    pub fn console(&self) -> Vec<u8> {
+        self.0
+            .iter()
+            .filter_map(|(_, e)| match e {
+                OutputEvent::Console(b) => Some(b.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+/// A VM with `mib` MiB running `code` (fails loudly without /dev/kvm).
+pub fn tiny_vm(code: &[u8], mib: u64, virtio: Vec<MmioTransport>) -> Vm {
+    let mut vm = Vm::new(mib << 20, virtio).unwrap_or_else(|e| {
+        panic!("this test needs a working /dev/kvm: {e}")
+    });
+    vm.boot_flat(code, CODE_ADDR, "test").expect("boot tiny guest");
+    vm
+}
