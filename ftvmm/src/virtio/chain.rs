@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -202,6 +203,10 @@ pub(crate) fn add_used(
     let used = queue.used_ring();
     dirty.mark(used, 4);
     dirty.mark(used.saturating_add(4 + slot * 8), 8);
-    // Without EVENT_IDX this only reads the driver's NO_INTERRUPT flag.
-    Ok(queue.needs_notification(mem).unwrap_or(true))
+    // VIRTIO_F_EVENT_IDX is never offered, so the only suppression is the
+    // driver's VRING_AVAIL_F_NO_INTERRUPT flag (virtio-queue ignores it).
+    let flags: u16 = mem
+        .read_obj(GuestAddress(queue.avail_ring()))
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
 }

@@ -21,6 +21,9 @@ mod mmio;
 mod net;
 mod state;
 
+#[cfg(test)]
+mod tests;
+
 pub use block::{block_id, BLOCK_ID, MAX_REQUEST_BYTES, SECTOR_SIZE};
 pub use mmio::{new_block, new_net, MmioTransport};
 pub use net::{MAX_FRAME_LEN, NET_HDR_LEN, RX_FIFO_LIMIT, RX_QUEUE, TX_QUEUE};
