@@ -1,0 +1,277 @@
+//! Live backends behind the [`Inputs`]/[`Outputs`] doors, without replication:
+//! a timer thread at PIT channel 0's programmed rate, a TAP reader thread, a
+//! disk I/O thread, optional console stdin, and the real sinks for frames,
+//! block requests and console bytes.
+//!
+//! Producer threads push events into one [`EventQueue`] and kick the vCPU
+//! thread; the vCPU loop takes them only at deterministic exits
+//! (`events_at(n)`), so a kick merely makes `KVM_RUN` return early.
+
+pub mod disk;
+pub mod tap;
+mod timer;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::io::{
+    BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram,
+};
+use crate::kick::Kicker;
+
+pub use disk::{DiskBackend, DiskError, DiskSpec};
+pub use tap::{Tap, TapError};
+
+/// How long a halted vCPU waits before re-checking for a stop request.
+const HALT_POLL: Duration = Duration::from_millis(50);
+
+/// Host monotonic clock in ns (`CLOCK_MONOTONIC`: one base for every process
+/// on this host, so PIT load times survive a snapshot/restore on the host).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Events produced by backend threads, waiting for the next deterministic exit.
+pub struct EventQueue {
+    q: Mutex<VecDeque<InputEvent>>,
+    cv: Condvar,
+    /// A tick is queued and not yet taken: further ticks coalesce into it (as
+    /// a real PIC's IRR bit would).
+    tick_pending: AtomicBool,
+    kicker: Arc<Kicker>,
+}
+
+impl EventQueue {
+    pub fn new(kicker: Arc<Kicker>) -> Arc<Self> {
+        Arc::new(EventQueue {
+            q: Mutex::new(VecDeque::new()),
+            cv: Condvar::new(),
+            tick_pending: AtomicBool::new(false),
+            kicker,
+        })
+    }
+
+    /// Queues an event and wakes the vCPU thread.
+    pub fn push(&self, ev: InputEvent) {
+        if ev == InputEvent::TimerTick && self.tick_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.q.lock().unwrap_or_else(|p| p.into_inner()).push_back(ev);
+        self.cv.notify_all();
+        self.kicker.kick();
+    }
+
+    fn drain(&self, q: &mut VecDeque<InputEvent>, out: &mut Vec<InputEvent>) {
+        if q.is_empty() {
+            return;
+        }
+        self.tick_pending.store(false, Ordering::Release);
+        out.extend(q.drain(..));
+    }
+
+    fn take(&self, out: &mut Vec<InputEvent>) {
+        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+        self.drain(&mut q, out);
+    }
+
+    fn wait_take(&self, timeout: Duration, out: &mut Vec<InputEvent>) {
+        let q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut q, _) = self
+            .cv
+            .wait_timeout_while(q, timeout, |q| q.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
+        self.drain(&mut q, out);
+    }
+
+    /// Wakes a halted waiter without an event (stop requests).
+    pub fn wake(&self) {
+        self.cv.notify_all();
+    }
+}
+
+/// The live input door.
+pub struct LiveInputs {
+    queue: Arc<EventQueue>,
+    timer: timer::TimerHandle,
+}
+
+impl Inputs for LiveInputs {
+    fn events_at(&mut self, _n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.queue.take(out);
+    }
+    fn time_read(&mut self, _n: ExitIndex, source: TimeSource) -> u64 {
+        match source {
+            TimeSource::MonotonicNs => monotonic_ns(),
+        }
+    }
+    fn events_at_halt(&mut self, _n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.queue.wait_take(HALT_POLL, out);
+    }
+    fn program_timer(&mut self, _n: ExitIndex, program: TimerProgram) {
+        self.timer.program(program);
+    }
+}
+
+/// Where console output goes.
+pub type ConsoleSink = Box<dyn Write + Send>;
+
+/// The live output door.
+pub struct LiveOutputs {
+    disk: Option<Sender<BlockRequest>>,
+    tap: Option<Arc<Tap>>,
+    console: ConsoleSink,
+    /// Frames that could not be written (TAP down, buffer full).
+    pub tx_errors: u64,
+}
+
+impl Outputs for LiveOutputs {
+    fn emit(&mut self, _n: ExitIndex, event: OutputEvent) {
+        match event {
+            OutputEvent::Console(bytes) => {
+                if let Err(e) = self.console.write_all(&bytes).and_then(|_| self.console.flush()) {
+                    tracing::debug!("console write failed: {e}");
+                }
+            }
+            OutputEvent::Frame { data, .. } => match &self.tap {
+                Some(tap) => {
+                    if let Err(e) = tap.send(&data) {
+                        self.tx_errors += 1;
+                        tracing::debug!("tap write failed: {e}");
+                    }
+                }
+                None => self.tx_errors += 1,
+            },
+            OutputEvent::Block(req) => match &self.disk {
+                Some(tx) => {
+                    if tx.send(req).is_err() {
+                        tracing::error!("disk thread is gone; block request dropped");
+                    }
+                }
+                None => tracing::warn!(dev = req.dev, "block request for a VM without disk"),
+            },
+        }
+    }
+}
+
+/// What the live backends are built from.
+pub struct LiveConfig {
+    pub disk: Option<DiskBackend>,
+    pub tap: Option<Tap>,
+    pub console: ConsoleSink,
+    /// Forward the process's stdin to COM1.
+    pub stdin: bool,
+}
+
+/// The backend threads; dropping it stops them (except a stdin reader blocked
+/// in `read`, which is left detached).
+pub struct Backends {
+    stop: Arc<AtomicBool>,
+    queue: Arc<EventQueue>,
+    threads: Vec<JoinHandle<()>>,
+    timer: Option<timer::TimerHandle>,
+}
+
+impl Backends {
+    /// Events queue shared with the threads (e.g. to inject from elsewhere).
+    pub fn queue(&self) -> Arc<EventQueue> {
+        Arc::clone(&self.queue)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.timer.take() {
+            t.shutdown();
+        }
+        self.queue.wake();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the backend threads for one VM whose vCPU is kicked through `kicker`.
+pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<(LiveInputs, LiveOutputs, Backends)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let queue = EventQueue::new(kicker);
+    let mut threads = Vec::new();
+
+    let (timer, timer_thread) = timer::spawn(Arc::clone(&queue))?;
+    threads.push(timer_thread);
+
+    let disk_tx = match cfg.disk {
+        Some(disk) => {
+            let (tx, rx) = mpsc::channel::<BlockRequest>();
+            let q = Arc::clone(&queue);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("ftvmm-disk".into())
+                    .spawn(move || disk.serve(rx, |ev| q.push(ev)))?,
+            );
+            Some(tx)
+        }
+        None => None,
+    };
+
+    let tap = match cfg.tap {
+        Some(tap) => {
+            let tap = Arc::new(tap);
+            let (t, q, s) = (Arc::clone(&tap), Arc::clone(&queue), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("ftvmm-tap".into())
+                    .spawn(move || t.receive_loop(&s, |data| q.push(InputEvent::Frame { dev: 0, data })))?,
+            );
+            Some(tap)
+        }
+        None => None,
+    };
+
+    if cfg.stdin {
+        let q = Arc::clone(&queue);
+        let s = Arc::clone(&stop);
+        // Detached: a blocking stdin read cannot be interrupted portably.
+        std::thread::Builder::new()
+            .name("ftvmm-stdin".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                while !s.load(Ordering::Relaxed) {
+                    match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => q.push(InputEvent::ConsoleIn(buf[..k].to_vec())),
+                    }
+                }
+            })?;
+    }
+
+    let inputs = LiveInputs {
+        queue: Arc::clone(&queue),
+        timer: timer.clone(),
+    };
+    let outputs = LiveOutputs {
+        disk: disk_tx,
+        tap,
+        console: cfg.console,
+        tx_errors: 0,
+    };
+    let backends = Backends {
+        stop,
+        queue,
+        threads,
+        timer: Some(timer),
+    };
+    Ok((inputs, outputs, backends))
+}
