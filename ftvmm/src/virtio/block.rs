@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::chain::{self, Chain, Desc};
 use super::mmio::Env;
 use super::state::{BlockDeviceState, PendingBlockKind, PendingBlockState};
-use super::{DeviceStats, QUEUE_MAX_SIZE};
+use super::{DeviceStats, GuestMemoryMmap, QUEUE_MAX_SIZE};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, OutputEvent};
 
 /// Sector size of the virtio-blk protocol.
@@ -150,8 +150,15 @@ impl Block {
                 if data_w == 0 {
                     return self.finish(c.head, status_addr, VIRTIO_BLK_S_OK, 1, q, env);
                 }
-                let segs = data_segments(&c, data_w);
-                let id = self.submit(c.head, PendingBlockKind::Read, status_addr, segs, data_w);
+                let segs = data_segments(c.writable(), 0, data_w);
+                let id = self.submit(
+                    c.head,
+                    PendingBlockKind::Read,
+                    sector,
+                    status_addr,
+                    segs,
+                    data_w,
+                );
                 env.out.emit(
                     env.n,
                     OutputEvent::Block(BlockRequest {
@@ -185,7 +192,15 @@ impl Block {
                     Ok(d) => d,
                     Err(e) => return env.fault(format!("block write data unreadable: {e}")),
                 };
-                let id = self.submit(c.head, PendingBlockKind::Write, status_addr, Vec::new(), 0);
+                let segs = data_segments(c.readable(), HEADER_LEN, len);
+                let id = self.submit(
+                    c.head,
+                    PendingBlockKind::Write,
+                    sector,
+                    status_addr,
+                    segs,
+                    len,
+                );
                 env.out.emit(
                     env.n,
                     OutputEvent::Block(BlockRequest {
@@ -196,7 +211,14 @@ impl Block {
                 );
             }
             VIRTIO_BLK_T_FLUSH => {
-                let id = self.submit(c.head, PendingBlockKind::Flush, status_addr, Vec::new(), 0);
+                let id = self.submit(
+                    c.head,
+                    PendingBlockKind::Flush,
+                    0,
+                    status_addr,
+                    Vec::new(),
+                    0,
+                );
                 env.out.emit(
                     env.n,
                     OutputEvent::Block(BlockRequest {
@@ -209,15 +231,7 @@ impl Block {
             VIRTIO_BLK_T_GET_ID => {
                 let id = block_id(self.dev);
                 let n = (data_w as usize).min(id.len());
-                let segs = data_segments(&c, n as u64);
-                let descs: Vec<Desc> = segs
-                    .iter()
-                    .map(|&(addr, len)| Desc {
-                        addr,
-                        len,
-                        writable: true,
-                    })
-                    .collect();
+                let descs = seg_descs(&data_segments(c.writable(), 0, n as u64), true);
                 if let Err(e) = chain::scatter(env.mem, descs.iter(), &id[..n], env.dirty) {
                     return env.fault(format!("GET_ID buffer unwritable: {e}"));
                 }
@@ -252,6 +266,7 @@ impl Block {
         &mut self,
         head: u16,
         kind: PendingBlockKind,
+        sector: u64,
         status_addr: u64,
         data_segs: Vec<(u64, u32)>,
         len: u64,
@@ -264,12 +279,52 @@ impl Block {
                 id,
                 head,
                 kind,
+                sector,
                 status_addr,
                 data_segs,
                 len: len as u32,
             },
         );
         id
+    }
+
+    /// The backend requests of every pending request, in id order, rebuilt
+    /// from device state and guest memory (write data is re-read from the
+    /// guest's buffers, which the driver may not touch while in flight).
+    pub fn in_flight(&self, mem: &GuestMemoryMmap) -> Vec<BlockRequest> {
+        let mut v = Vec::with_capacity(self.pending.len());
+        for p in self.pending.values() {
+            let op = match p.kind {
+                PendingBlockKind::Read => BlockOp::Read {
+                    sector: p.sector,
+                    len: p.len,
+                },
+                PendingBlockKind::Flush => BlockOp::Flush,
+                PendingBlockKind::Write => {
+                    let descs = seg_descs(&p.data_segs, false);
+                    match chain::gather(mem, descs.iter(), 0, p.len as usize) {
+                        Ok(data) if data.len() == p.len as usize => BlockOp::Write {
+                            sector: p.sector,
+                            data,
+                        },
+                        _ => {
+                            warn!(
+                                dev = self.dev,
+                                id = p.id,
+                                "virtio-blk: in-flight write data unreadable, not re-issued"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            v.push(BlockRequest {
+                dev: self.dev,
+                id: p.id,
+                op,
+            });
+        }
+        v
     }
 
     fn reject(&mut self, head: u16, status_addr: u64, q: &mut Queue, env: &mut Env<'_>, why: &str) {
@@ -333,15 +388,7 @@ impl Block {
                 );
                 st = VIRTIO_BLK_S_IOERR;
             } else {
-                let descs: Vec<Desc> = p
-                    .data_segs
-                    .iter()
-                    .map(|&(addr, len)| Desc {
-                        addr,
-                        len,
-                        writable: true,
-                    })
-                    .collect();
+                let descs = seg_descs(&p.data_segs, true);
                 match chain::scatter(env.mem, descs.iter(), data, env.dirty) {
                     Ok(n) => used_len += n as u32,
                     Err(e) => {
@@ -396,20 +443,38 @@ impl Block {
     }
 }
 
-/// The writable buffers of `c` holding the first `len` data bytes (the status
-/// byte at the very end excluded), as (address, length).
-fn data_segments(c: &Chain, len: u64) -> Vec<(u64, u32)> {
+/// The buffers holding `len` data bytes that start `skip` bytes into the
+/// concatenation of `descs`, as (address, length).
+fn data_segments<'a>(
+    descs: impl Iterator<Item = &'a Desc>,
+    mut skip: u64,
+    len: u64,
+) -> Vec<(u64, u32)> {
     let mut left = len;
     let mut segs = Vec::new();
-    for d in c.writable() {
+    for d in descs {
         if left == 0 {
             break;
         }
-        let n = u64::from(d.len).min(left);
-        if n > 0 {
-            segs.push((d.addr, n as u32));
+        let dlen = u64::from(d.len);
+        if skip >= dlen {
+            skip -= dlen;
+            continue;
         }
+        let n = (dlen - skip).min(left);
+        segs.push((d.addr + skip, n as u32));
         left -= n;
+        skip = 0;
     }
     segs
+}
+
+fn seg_descs(segs: &[(u64, u32)], writable: bool) -> Vec<Desc> {
+    segs.iter()
+        .map(|&(addr, len)| Desc {
+            addr,
+            len,
+            writable,
+        })
+        .collect()
 }

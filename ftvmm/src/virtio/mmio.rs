@@ -16,7 +16,7 @@ use super::chain::{self, DirtyPages};
 use super::net::{Net, RX_QUEUE, TX_QUEUE};
 use super::state::{DeviceState, MmioTransportState, QueueSnapshot, SNAPSHOT_VERSION};
 use super::{DeviceStats, GuestMemoryMmap, VirtioError, QUEUE_MAX_SIZE};
-use crate::io::{ExitIndex, InputEvent, Outputs};
+use crate::io::{BlockRequest, ExitIndex, InputEvent, Outputs};
 
 /// "virt" in little endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -172,6 +172,17 @@ impl MmioTransport {
     pub fn pending_block_ids(&self) -> Vec<u64> {
         match &self.device {
             Device::Block(b) => b.pending_ids().collect(),
+            Device::Net(_) => Vec::new(),
+        }
+    }
+
+    /// The backend requests of every block request still in flight, in id
+    /// order (empty for net). After restoring a snapshot into a fresh VMM, or
+    /// when a Secondary goes live, these must be issued again (same ids):
+    /// their completions never arrived.
+    pub fn in_flight_requests(&self, mem: &GuestMemoryMmap) -> Vec<BlockRequest> {
+        match &self.device {
+            Device::Block(b) => b.in_flight(mem),
             Device::Net(_) => Vec::new(),
         }
     }

@@ -85,11 +85,14 @@ pub struct PendingBlockState {
     /// Head descriptor index to put in the used ring.
     pub head: u16,
     pub kind: PendingBlockKind,
+    /// First sector (reads and writes).
+    pub sector: u64,
     /// Guest address of the status byte.
     pub status_addr: u64,
-    /// Writable data buffers (reads only), as (guest address, length).
+    /// Data buffers as (guest address, length): where a read's data goes, or
+    /// where a write's data came from (to re-issue it after restore/go-live).
     pub data_segs: Vec<(u64, u32)>,
-    /// Bytes a read must return.
+    /// Data bytes of the request.
     pub len: u32,
 }
 

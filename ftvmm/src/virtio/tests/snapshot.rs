@@ -2,9 +2,9 @@
 //! fresh transport, completes exactly like the original would have.
 
 use super::driver::Harness;
-use crate::io::{BlockStatus, InputEvent};
+use crate::io::{BlockRequest, BlockStatus, InputEvent, OutputEvent};
 use crate::virtio::{new_block, new_net, MmioTransportState, VirtioError, RX_QUEUE};
-use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vm_memory::{Bytes, GuestAddress};
 
 fn mem_image(h: &Harness) -> Vec<u8> {
@@ -72,6 +72,49 @@ fn block_round_trip_with_pending_read() {
         h.notify(0);
     }
     assert_eq!(a.take_out(), b.take_out());
+}
+
+#[test]
+fn in_flight_requests_are_rebuilt_after_restore() {
+    let mut a = Harness::blk(64);
+    let data: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+    a.blk_request(VIRTIO_BLK_T_IN, 4, 512, None);
+    a.blk_request(VIRTIO_BLK_T_OUT, 6, 1024, Some(&data));
+    a.blk_request(VIRTIO_BLK_T_FLUSH, 0, 0, None);
+    a.notify(0);
+    let emitted: Vec<BlockRequest> = a
+        .take_out()
+        .into_iter()
+        .map(|e| match e {
+            OutputEvent::Block(b) => b,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(emitted.len(), 3);
+    assert_eq!(a.t.in_flight_requests(&a.mem), emitted);
+
+    let mut fresh = new_block(0, 64);
+    fresh.restore(a.t.save()).unwrap();
+    let b = clone_vm(&a, fresh);
+    assert_eq!(
+        b.t.in_flight_requests(&b.mem),
+        emitted,
+        "a restored VMM re-issues the same requests"
+    );
+
+    a.deliver(InputEvent::BlockDone {
+        dev: 0,
+        id: 1,
+        status: BlockStatus::Ok,
+        data: vec![],
+    });
+    let left: Vec<u64> =
+        a.t.in_flight_requests(&a.mem)
+            .iter()
+            .map(|r| r.id)
+            .collect();
+    assert_eq!(left, vec![0, 2]);
+    assert!(new_net(1, [0; 6]).in_flight_requests(&a.mem).is_empty());
 }
 
 #[test]
