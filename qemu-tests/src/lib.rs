@@ -1,1 +1,26 @@
-//! placeholder
+//! Test harness for the appliance: boots hosts in QEMU (TCG, `-cpu max`, so
+//! KVM works inside them), attaches config disks and shared storage, wires the
+//! hosts' NICs through in-process L2 hubs that tests can cut, delay and make
+//! lossy, joins a test client to a hub via a TAP device in a network
+//! namespace, and waits on the hosts' serial consoles.
+//!
+//! - [`host::Host`]: one QEMU process and its console.
+//! - [`hub::Hub`]: one network (FT or VM) with per-link fault controls.
+//! - [`netns::NetnsTap`]: a TAP device in a network namespace on a hub.
+//! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
+//!   cluster config, in a per-test directory kept on failure.
+
+pub mod console;
+pub mod error;
+pub mod host;
+pub mod hub;
+pub mod netns;
+pub mod paths;
+pub mod qmp;
+mod sys;
+
+pub use console::{ConsoleLine, Pattern};
+pub use error::{HarnessError, Result};
+pub use host::{Boot, Host, HostSpec, Nic};
+pub use hub::{CapturedFrame, ChannelPort, Hub, LinkParams, PortSender, PortStats};
+pub use netns::NetnsTap;

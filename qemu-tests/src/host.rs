@@ -1,0 +1,464 @@
+//! One appliance host as a QEMU process (TCG, `-cpu max` so KVM works inside):
+//! its boot media, config disk, shared storage, two NICs wired to hubs, an
+//! i6300esb watchdog, and its captured serial console.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::console::{Console, ConsoleLine, LineHook, Pattern};
+use crate::error::{HarnessError, Result};
+use crate::paths::qemu_binary;
+use crate::qmp;
+
+/// Serial number of the shared storage device (the config names it).
+pub const SHARED_SERIAL: &str = "FTSHARED";
+
+/// How the host boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// The appliance ISO, BIOS boot from CD-ROM (the shipped path).
+    Iso(PathBuf),
+    /// A kernel and initramfs given directly, with our own command line.
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+    },
+}
+
+/// A virtio-net NIC connected with `-netdev stream` to a hub's Unix socket.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub mac: String,
+    pub socket: PathBuf,
+}
+
+/// Everything needed to start one host.
+#[derive(Debug, Clone)]
+pub struct HostSpec {
+    pub name: String,
+    pub boot: Boot,
+    /// Directory for the console log and the QMP socket.
+    pub work_dir: PathBuf,
+    pub config_disk: Option<PathBuf>,
+    pub shared_storage: Option<PathBuf>,
+    /// In order: the FT network NIC, then the VM network NIC.
+    pub nics: Vec<Nic>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub watchdog: bool,
+    /// Copy every console line to stderr, prefixed with the host name
+    /// (also switched on by `QEMU_TESTS_ECHO=1`).
+    pub echo: bool,
+    pub extra_args: Vec<OsString>,
+}
+
+impl HostSpec {
+    pub fn new(name: &str, boot: Boot, work_dir: &Path) -> Self {
+        HostSpec {
+            name: name.to_owned(),
+            boot,
+            work_dir: work_dir.to_owned(),
+            config_disk: None,
+            shared_storage: None,
+            nics: Vec::new(),
+            memory_mib: 1024,
+            cpus: 1,
+            watchdog: true,
+            echo: std::env::var_os("QEMU_TESTS_ECHO").is_some_and(|v| v == "1"),
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn qmp_socket(&self) -> PathBuf {
+        self.work_dir.join("qmp.sock")
+    }
+
+    /// The QEMU command line (without the binary) this spec stands for.
+    pub fn qemu_args(&self) -> Vec<OsString> {
+        let mut a = Args::default();
+        a.push_all(["-name", &self.name, "-accel", "tcg", "-cpu", "max"]);
+        a.push_all([
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        a.push_all([
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ]);
+        a.push_all([
+            "-chardev",
+            "stdio,id=con,signal=off",
+            "-serial",
+            "chardev:con",
+        ]);
+        a.push("-qmp");
+        a.push(format!(
+            "unix:{},server=on,wait=off",
+            self.qmp_socket().display()
+        ));
+        match &self.boot {
+            Boot::Iso(iso) => {
+                a.push("-drive");
+                a.push(drive_opts(
+                    iso,
+                    "if=ide,index=0,media=cdrom,readonly=on,format=raw",
+                ));
+                a.push_all(["-boot", "order=d"]);
+            }
+            Boot::Kernel {
+                kernel,
+                initrd,
+                append,
+            } => {
+                a.push("-kernel");
+                a.push(kernel);
+                a.push("-initrd");
+                a.push(initrd);
+                a.push("-append");
+                a.push(append);
+            }
+        }
+        if let Some(disk) = &self.config_disk {
+            a.push("-drive");
+            a.push(drive_opts(disk, "if=none,format=raw,id=config"));
+            a.push_all(["-device", "virtio-blk-pci,drive=config"]);
+        }
+        if let Some(shared) = &self.shared_storage {
+            a.push("-drive");
+            a.push(drive_opts(
+                shared,
+                "if=none,format=raw,cache=none,file.locking=off,id=shared",
+            ));
+            a.push("-device");
+            a.push(format!(
+                "virtio-blk-pci,drive=shared,serial={SHARED_SERIAL},share-rw=on"
+            ));
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            a.push("-netdev");
+            a.push(format!(
+                "stream,id=net{i},server=off,addr.type=unix,addr.path={}",
+                nic.socket.display()
+            ));
+            // romfile= : no iPXE option ROM (we never netboot; Debian's QEMU
+            // refuses to start if the ROM package is not installed).
+            a.push("-device");
+            a.push(format!(
+                "virtio-net-pci,netdev=net{i},mac={},romfile=",
+                nic.mac
+            ));
+        }
+        if self.watchdog {
+            a.push_all(["-device", "i6300esb", "-watchdog-action", "reset"]);
+        }
+        a.0.extend(self.extra_args.iter().cloned());
+        a.0
+    }
+}
+
+/// `file=<path>,<rest>` with commas in the path doubled, as QEMU wants.
+fn drive_opts(path: &Path, rest: &str) -> OsString {
+    let escaped = path.display().to_string().replace(',', ",,");
+    OsString::from(format!("file={escaped},{rest}"))
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push(&mut self, s: impl Into<OsString>) {
+        self.0.push(s.into());
+    }
+    fn push_all<const N: usize>(&mut self, items: [&str; N]) {
+        self.0.extend(items.iter().map(OsString::from));
+    }
+}
+
+/// A running QEMU host. Dropping it kills QEMU.
+pub struct Host {
+    name: String,
+    child: Mutex<Child>,
+    stdin: Mutex<Option<ChildStdin>>,
+    console: Console,
+    spawned_at: Instant,
+    qmp_socket: PathBuf,
+    work_dir: PathBuf,
+}
+
+impl Host {
+    /// Starts QEMU for `spec`. The hubs the NICs point at must already listen.
+    pub fn spawn(spec: HostSpec) -> Result<Host> {
+        let qemu = qemu_binary()?;
+        std::fs::create_dir_all(&spec.work_dir)
+            .map_err(|e| HarnessError::io(format!("create {}", spec.work_dir.display()), e))?;
+        let args = spec.qemu_args();
+        tracing::info!(host = %spec.name, "spawning {} {:?}", qemu.display(), args);
+        let stderr_path = spec.work_dir.join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| HarnessError::io(format!("create {}", stderr_path.display()), e))?;
+        let spawned_at = Instant::now();
+        let mut child = Command::new(&qemu)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawn {}", qemu.display()), e))?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        let stdin = child.stdin.take();
+        let hook: Option<LineHook> = spec.echo.then(|| {
+            let name = spec.name.clone();
+            Box::new(move |l: &ConsoleLine| {
+                eprintln!("[{name} {:7.3}] {}", l.at.as_secs_f64(), l.text)
+            }) as LineHook
+        });
+        let console = match Console::start(
+            &spec.name,
+            stdout,
+            &spec.work_dir.join("console.log"),
+            spawned_at,
+            hook,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        Ok(Host {
+            name: spec.name.clone(),
+            child: Mutex::new(child),
+            stdin: Mutex::new(stdin),
+            console,
+            spawned_at,
+            qmp_socket: spec.qmp_socket(),
+            work_dir: spec.work_dir,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    pub fn console(&self) -> &Console {
+        &self.console
+    }
+
+    /// When QEMU was spawned; console line times are relative to this.
+    pub fn spawned_at(&self) -> Instant {
+        self.spawned_at
+    }
+
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a console line matching `pattern` (anywhere in the console
+    /// so far or arriving within `timeout`) and returns its text.
+    pub fn wait_for(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<String> {
+        self.wait_for_line(pattern, timeout).map(|l| l.text)
+    }
+
+    /// Like [`Host::wait_for`], returning the line with its arrival time.
+    pub fn wait_for_line(
+        &self,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<ConsoleLine> {
+        let r = self.console.wait_for(pattern, timeout);
+        self.with_exit_status(r)
+    }
+
+    /// Waits for a matching line after the last matched one (ordering checks).
+    pub fn wait_for_next(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<String> {
+        let r = self.console.wait_for_next(pattern, timeout);
+        self.with_exit_status(r).map(|l| l.text)
+    }
+
+    /// Time from spawning QEMU until a line matching `pattern` appeared.
+    pub fn time_to(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<Duration> {
+        self.wait_for_line(pattern, timeout).map(|l| l.at)
+    }
+
+    /// Fails if a matching line appeared at any time so far or appears within `duration`.
+    pub fn assert_absent(&self, pattern: impl Into<Pattern>, duration: Duration) -> Result<()> {
+        self.console.assert_absent(pattern, duration)
+    }
+
+    /// Fails if a matching line appears after the last matched one within `duration`.
+    pub fn assert_no_more(&self, pattern: impl Into<Pattern>, duration: Duration) -> Result<()> {
+        self.console.assert_no_more(pattern, duration)
+    }
+
+    fn with_exit_status<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(HarnessError::Exited {
+                host,
+                pattern,
+                tail,
+                ..
+            }) => {
+                let status = match self.child().wait() {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("unknown: {e}"),
+                };
+                let stderr =
+                    std::fs::read_to_string(self.work_dir.join("qemu.stderr")).unwrap_or_default();
+                let stderr = stderr.trim();
+                let status = if stderr.is_empty() {
+                    status
+                } else {
+                    format!("{status}; QEMU stderr: {stderr}")
+                };
+                Err(HarnessError::Exited {
+                    host,
+                    pattern,
+                    status,
+                    tail,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// True while the QEMU process runs.
+    pub fn is_running(&self) -> bool {
+        matches!(self.child().try_wait(), Ok(None))
+    }
+
+    /// SIGKILLs QEMU (a host dying at once) and reaps it. Idempotent.
+    pub fn kill(&self) -> Result<()> {
+        let mut child = self.child();
+        if let Ok(Some(_)) = child.try_wait() {
+            return Ok(());
+        }
+        child
+            .kill()
+            .map_err(|e| HarnessError::io(format!("kill QEMU of {}", self.name), e))?;
+        child
+            .wait()
+            .map_err(|e| HarnessError::io(format!("reap QEMU of {}", self.name), e))?;
+        Ok(())
+    }
+
+    /// Types `text` on the serial console.
+    pub fn send_console(&self, text: &str) -> Result<()> {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let w = stdin.as_mut().ok_or_else(|| {
+            HarnessError::io("console input", std::io::ErrorKind::BrokenPipe.into())
+        })?;
+        w.write_all(text.as_bytes())
+            .and_then(|_| w.flush())
+            .map_err(|e| HarnessError::io(format!("write console of {}", self.name), e))
+    }
+
+    /// Runs one QMP command (e.g. `"stop"`, `"cont"`, `"query-status"`) and
+    /// returns its `return` value.
+    pub fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        qmp::execute(&self.qmp_socket, command, arguments).map_err(|reason| HarnessError::Qmp {
+            host: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// Freezes the whole host (all vCPUs stop; its NICs go silent).
+    pub fn pause(&self) -> Result<()> {
+        self.qmp("stop", None).map(drop)
+    }
+
+    /// Resumes a host frozen with [`Host::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.qmp("cont", None).map(drop)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!("{e}");
+        }
+        self.console.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(spec: &HostSpec) -> String {
+        spec.qemu_args()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn args_attach_disks_nics_and_watchdog() {
+        let mut spec = HostSpec::new("host-a", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        spec.config_disk = Some("/w/config,1.img".into());
+        spec.shared_storage = Some("/w/shared.img".into());
+        spec.nics.push(Nic {
+            mac: "52:54:00:f7:00:01".into(),
+            socket: "/w/ft.sock".into(),
+        });
+        let a = joined(&spec);
+        assert!(a.contains("-accel tcg -cpu max -m 1024 -smp 1"), "{a}");
+        assert!(
+            a.contains("file=/x/ft.iso,if=ide,index=0,media=cdrom"),
+            "{a}"
+        );
+        assert!(
+            a.contains("file=/w/config,,1.img,if=none,format=raw,id=config"),
+            "{a}"
+        );
+        assert!(a.contains("cache=none,file.locking=off,id=shared"), "{a}");
+        assert!(a.contains("serial=FTSHARED,share-rw=on"), "{a}");
+        assert!(
+            a.contains("stream,id=net0,server=off,addr.type=unix,addr.path=/w/ft.sock"),
+            "{a}"
+        );
+        assert!(
+            a.contains("virtio-net-pci,netdev=net0,mac=52:54:00:f7:00:01"),
+            "{a}"
+        );
+        assert!(a.contains("-device i6300esb"), "{a}");
+        assert!(!a.contains("-kernel"), "{a}");
+    }
+
+    #[test]
+    fn kernel_boot_passes_append_as_one_argument() {
+        let spec = HostSpec::new(
+            "h",
+            Boot::Kernel {
+                kernel: "/k".into(),
+                initrd: "/i".into(),
+                append: "console=ttyS0 ft.fault=crash:heartbeat".into(),
+            },
+            Path::new("/w"),
+        );
+        let args = spec.qemu_args();
+        let i = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[i + 1], "console=ttyS0 ft.fault=crash:heartbeat");
+        assert!(!joined(&spec).contains("media=cdrom"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Where things are: the workspace root, the appliance ISO, the tools the
+//! harness runs (QEMU, xorriso), and extracting kernel + initramfs from the ISO.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{HarnessError, Result};
+
+/// The QEMU binary the harness runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Root of the Cargo workspace (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The appliance ISO: `$FT_ISO` if set, else `<workspace>/out/ftappliance.iso`.
+/// Fails with "run `make image` first" when it does not exist.
+pub fn appliance_iso() -> Result<PathBuf> {
+    let path = std::env::var_os("FT_ISO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out/ftappliance.iso"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::IsoMissing { path })
+    }
+}
+
+/// Finds `program` in `PATH`.
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The QEMU binary, or a clear error naming the package to install.
+pub fn qemu_binary() -> Result<PathBuf> {
+    find_in_path(QEMU).ok_or(HarnessError::ToolMissing {
+        program: QEMU,
+        package: "qemu-system-x86",
+    })
+}
+
+/// Runs a command and turns a non-zero exit into an error with its stderr.
+pub fn run_checked(cmd: &mut Command) -> Result<std::process::Output> {
+    let described = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| HarnessError::io(format!("run {described}"), e))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(HarnessError::Command {
+            command: described,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Kernel and initramfs taken out of the ISO.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Extracts `/boot/vmlinuz` and `/boot/initrd.img` from `iso` into `dir`
+/// (as `vmlinuz` and `initrd.img`) so a test can boot them with its own
+/// kernel command line.
+pub fn extract_boot_files(iso: &Path, dir: &Path) -> Result<BootFiles> {
+    let xorriso = find_in_path("xorriso").ok_or(HarnessError::ToolMissing {
+        program: "xorriso",
+        package: "xorriso",
+    })?;
+    let files = BootFiles {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+    };
+    run_checked(
+        Command::new(xorriso)
+            .args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .arg("-extract")
+            .arg("/boot/vmlinuz")
+            .arg(&files.kernel)
+            .arg("-extract")
+            .arg("/boot/initrd.img")
+            .arg(&files.initrd),
+    )?;
+    for f in [&files.kernel, &files.initrd] {
+        if !f.is_file() {
+            return Err(HarnessError::Command {
+                command: format!("xorriso extract from {}", iso.display()),
+                status: "exit 0".into(),
+                stderr: format!("{} was not written", f.display()),
+            });
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        assert!(workspace_root().join("Cargo.toml").is_file());
+        assert!(workspace_root().join("qemu-tests").is_dir());
+    }
+
+    #[test]
+    fn find_in_path_finds_sh_and_not_nonsense() {
+        assert!(find_in_path("sh").is_some());
+        assert!(find_in_path("no-such-program-ft-7d1e").is_none());
+    }
+
+    #[test]
+    fn run_checked_reports_stderr() {
+        let err =
+            run_checked(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+}
