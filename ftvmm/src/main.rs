@@ -91,8 +91,9 @@ fn main() -> ExitCode {
                 restore,
                 snapshot_on_exit,
                 stdin,
+                bridge: None,
             };
-            let stop_on_signal = |h: ftvmm::VmHandle| {
+            let stop_on_signal = |h: ftvmm::VmHandle, _| {
                 if let Err(e) = ftvmm::signals::stop_on_sigint(h) {
                     tracing::warn!("cannot install SIGINT/SIGTERM handling: {e}");
                 }

@@ -1,7 +1,24 @@
-//! The VMs a daemon runs: which config VMs exist, which are running, and
-//! starting/stopping them.
+//! The VMs a daemon runs: which config VMs exist, starting one (its guest
+//! image, its disk region on the shared device, its TAP on the VM bridge) on a
+//! thread of its own, stopping it, and reporting status.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use config_schema::runtime::RuntimeConfig;
+use config_schema::{DeviceLocator, GuestMode};
+
+use crate::live::DiskSpec;
+use crate::runner::{run_vm, RunReport, VmSpec};
+use crate::vm::{Progress, VmHandle};
+
+/// Where the image ships guest kernels.
+pub const GUEST_DIR: &str = "/lib/ftvmm/guests";
+/// The bridge init creates for the VM network.
+pub const VM_BRIDGE: &str = "ftbr0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -15,18 +32,85 @@ pub enum ManagerError {
     Start { name: String, reason: String },
 }
 
+/// What a VM is doing.
+#[derive(Debug, Clone)]
+enum State {
+    Starting,
+    Running,
+    Exited(String),
+    Failed(String),
+}
+
+struct Slot {
+    state: Arc<Mutex<State>>,
+    handle: Arc<Mutex<Option<VmHandle>>>,
+    progress: Arc<Mutex<Option<Arc<Progress>>>>,
+    last: Arc<Mutex<Option<RunReport>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
 /// The daemon's VMs.
 pub struct VmManager {
     config: RuntimeConfig,
+    slots: BTreeMap<String, Slot>,
+    guest_dir: PathBuf,
+    sys_block: PathBuf,
+}
+
+/// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`) is `serial`.
+pub fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sys_block).ok()?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        for rel in ["serial", "device/serial"] {
+            if let Ok(s) = std::fs::read_to_string(e.path().join(rel)) {
+                if s.trim() == serial {
+                    return Some(Path::new("/dev").join(&name));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Prefixes each console line with the VM name on the daemon's stdout.
+struct ConsolePrefix {
+    prefix: String,
+    at_line_start: bool,
+}
+
+impl Write for ConsolePrefix {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in buf {
+            if self.at_line_start {
+                out.extend_from_slice(self.prefix.as_bytes());
+            }
+            out.push(b);
+            self.at_line_start = b == b'\n';
+        }
+        std::io::stdout().lock().write_all(&out)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
 }
 
 impl VmManager {
     pub fn new(config: RuntimeConfig) -> Self {
-        VmManager { config }
+        VmManager {
+            config,
+            slots: BTreeMap::new(),
+            guest_dir: PathBuf::from(GUEST_DIR),
+            sys_block: PathBuf::from("/sys/block"),
+        }
     }
 
     pub fn any_running(&self) -> bool {
-        false
+        self.slots
+            .values()
+            .any(|s| matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), State::Running | State::Starting))
     }
 
     /// Per-VM status objects.
@@ -35,21 +119,166 @@ impl VmManager {
             .config
             .vms
             .iter()
-            .map(|vm| serde_json::json!({ "name": vm.name, "state": "stopped" }))
+            .map(|vm| {
+                let mut v = serde_json::json!({ "name": vm.name, "state": "stopped" });
+                if let Some(slot) = self.slots.get(&vm.name) {
+                    let state = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let (st, detail) = match state {
+                        State::Starting => ("starting", None),
+                        State::Running => ("running", None),
+                        State::Exited(d) => ("exited", Some(d)),
+                        State::Failed(d) => ("failed", Some(d)),
+                    };
+                    v["state"] = st.into();
+                    if let Some(d) = detail {
+                        v["detail"] = d.into();
+                    }
+                    if let Some(p) = &*slot.progress.lock().unwrap_or_else(|p| p.into_inner()) {
+                        v["progress"] = p.to_json();
+                    }
+                    if let Some(r) = &*slot.last.lock().unwrap_or_else(|p| p.into_inner()) {
+                        v["exit_index"] = r.exit_index.into();
+                        v["stats"] = serde_json::to_value(&r.stats).unwrap_or_default();
+                        v["secs"] = r.secs.into();
+                    }
+                }
+                v
+            })
             .collect()
     }
 
-    pub fn start(&mut self, name: &str) -> Result<(), ManagerError> {
+    /// The run spec of config VM `name` on this host.
+    pub fn spec_for(&self, name: &str) -> Result<VmSpec, ManagerError> {
         let vm = self.find(name)?;
-        Err(ManagerError::Start {
-            name: vm.name.clone(),
-            reason: "the VM runtime is not wired into the daemon yet".into(),
+        let err = |reason: String| ManagerError::Start {
+            name: name.to_string(),
+            reason,
+        };
+        let storage = &self.config.config.storage;
+        let region = storage
+            .regions
+            .iter()
+            .find(|r| r.name == vm.disk_region)
+            .ok_or_else(|| err(format!("disk region {:?} not in storage.regions", vm.disk_region)))?;
+        let device = match &storage.device {
+            DeviceLocator::Path(p) => PathBuf::from(p),
+            DeviceLocator::Serial(s) => find_by_serial(&self.sys_block, s)
+                .ok_or_else(|| err(format!("no block device with serial {s:?} under {}", self.sys_block.display())))?,
+        };
+        let tap = format!("ft-{}", vm.name);
+        if tap.len() > 15 {
+            return Err(err(format!("TAP name {tap:?} is longer than 15 bytes")));
+        }
+        let mode = match vm.mode {
+            GuestMode::Kv => "kv",
+            GuestMode::Cpu => "cpu",
+        };
+        Ok(VmSpec {
+            kernel: self.guest_dir.join(format!("{}.elf", vm.image)),
+            mem_mib: u64::from(vm.memory_mib),
+            disk: Some(DiskSpec {
+                path: device,
+                region: Some((region.offset_mib << 20, region.size_mib << 20)),
+            }),
+            tap: Some(tap),
+            cmdline: format!("mode={mode} ip={} mac={}", vm.ip, vm.mac),
+            restore: None,
+            snapshot_on_exit: None,
+            stdin: false,
+            bridge: Some(VM_BRIDGE.to_string()),
+        })
+    }
+
+    pub fn start(&mut self, name: &str) -> Result<(), ManagerError> {
+        if self.any_running_named(name) {
+            return Err(ManagerError::AlreadyRunning(name.to_string()));
+        }
+        let spec = self.spec_for(name)?;
+        if !spec.kernel.exists() {
+            return Err(ManagerError::Start {
+                name: name.into(),
+                reason: format!("guest image {} missing", spec.kernel.display()),
+            });
+        }
+        let slot = Slot {
+            state: Arc::new(Mutex::new(State::Starting)),
+            handle: Arc::new(Mutex::new(None)),
+            progress: Arc::new(Mutex::new(None)),
+            last: Arc::new(Mutex::new(None)),
+            thread: None,
+        };
+        let (state, handle, progress, last) = (
+            Arc::clone(&slot.state),
+            Arc::clone(&slot.handle),
+            Arc::clone(&slot.progress),
+            Arc::clone(&slot.last),
+        );
+        let vm_name = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("vm-{name}"))
+            .spawn(move || {
+                let console = Box::new(ConsolePrefix {
+                    prefix: format!("[{vm_name}] "),
+                    at_line_start: true,
+                });
+                let st = Arc::clone(&state);
+                let res = run_vm(&spec, console, |h, p| {
+                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                    *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                    *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                });
+                let new_state = match res {
+                    Ok(report) => {
+                        println!("ftvmm: VM {vm_name} stopped: {:?} after {} exits", report.outcome, report.exit_index);
+                        let s = State::Exited(format!("{:?}", report.outcome));
+                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+                        s
+                    }
+                    Err(e) => {
+                        println!("ftvmm: VM {vm_name} failed: {e}");
+                        State::Failed(e.to_string())
+                    }
+                };
+                *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
+                *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            })
+            .map_err(|e| ManagerError::Start {
+                name: name.into(),
+                reason: format!("cannot spawn VM thread: {e}"),
+            })?;
+        let mut slot = slot;
+        slot.thread = Some(thread);
+        // A previous, finished run of the same VM is replaced.
+        if let Some(old) = self.slots.insert(name.to_string(), slot) {
+            if let Some(t) = old.thread {
+                let _ = t.join();
+            }
+        }
+        println!("ftvmm: VM {name} starting");
+        Ok(())
+    }
+
+    fn any_running_named(&self, name: &str) -> bool {
+        self.slots.get(name).is_some_and(|s| {
+            matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), State::Running | State::Starting)
         })
     }
 
     pub fn stop(&mut self, name: &str) -> Result<(), ManagerError> {
         self.find(name)?;
-        Err(ManagerError::NotRunning(name.to_string()))
+        let slot = self
+            .slots
+            .get_mut(name)
+            .ok_or_else(|| ManagerError::NotRunning(name.to_string()))?;
+        let handle = slot.handle.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match handle {
+            Some(h) => h.stop(),
+            None => return Err(ManagerError::NotRunning(name.to_string())),
+        }
+        if let Some(t) = slot.thread.take() {
+            let _ = t.join();
+        }
+        Ok(())
     }
 
     fn find(&self, name: &str) -> Result<&config_schema::Vm, ManagerError> {
@@ -59,5 +288,59 @@ impl VmManager {
             .iter()
             .find(|v| v.name == name)
             .ok_or_else(|| ManagerError::UnknownVm(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RuntimeConfig {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml")).unwrap();
+        let config: config_schema::ClusterConfig = toml::from_str(&text).expect("example config parses");
+        RuntimeConfig {
+            host_name: config.hosts[0].name.clone(),
+            config,
+            host_private_key: "00".repeat(32),
+        }
+    }
+
+    #[test]
+    fn spec_uses_the_region_serial_device_tap_and_cmdline() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config();
+        let DeviceLocator::Serial(serial) = cfg.config.storage.device.clone() else {
+            panic!("example config locates storage by serial");
+        };
+        std::fs::create_dir_all(dir.path().join("vdb")).unwrap();
+        std::fs::write(dir.path().join("vdb/serial"), format!("{serial}\n")).unwrap();
+        std::fs::create_dir_all(dir.path().join("vda")).unwrap();
+        std::fs::write(dir.path().join("vda/serial"), "OTHER\n").unwrap();
+        let mut m = VmManager::new(cfg.clone());
+        m.sys_block = dir.path().into();
+        let vm = &cfg.config.vms[0];
+        let spec = m.spec_for(&vm.name).unwrap();
+        assert_eq!(spec.disk.as_ref().unwrap().path, PathBuf::from("/dev/vdb"));
+        let region = cfg.config.storage.regions.iter().find(|r| r.name == vm.disk_region).unwrap();
+        assert_eq!(
+            spec.disk.unwrap().region,
+            Some((region.offset_mib << 20, region.size_mib << 20))
+        );
+        assert_eq!(spec.tap.as_deref(), Some(format!("ft-{}", vm.name).as_str()));
+        assert!(spec.cmdline.contains(&format!("ip={}", vm.ip)));
+        assert!(spec.cmdline.contains(&format!("mac={}", vm.mac)));
+        assert_eq!(spec.kernel, PathBuf::from(GUEST_DIR).join(format!("{}.elf", vm.image)));
+        assert!(matches!(m.spec_for("nope"), Err(ManagerError::UnknownVm(_))));
+    }
+
+    #[test]
+    fn missing_shared_device_is_a_clear_start_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config();
+        let mut m = VmManager::new(cfg.clone());
+        m.sys_block = dir.path().into();
+        let err = m.spec_for(&cfg.config.vms[0].name).unwrap_err().to_string();
+        assert!(err.contains("no block device with serial"), "{err}");
+        assert!(matches!(m.stop(&cfg.config.vms[0].name), Err(ManagerError::NotRunning(_))));
     }
 }

@@ -6,6 +6,7 @@
 //! calling thread and optionally writes a snapshot when the run ends.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::devices::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
@@ -15,7 +16,7 @@ use crate::snapshot::SnapshotError;
 use crate::stats::ExitStats;
 use crate::vcpu::RunOutcome;
 use crate::virtio::{self, MmioTransport};
-use crate::vm::{Vm, VmError, VmHandle};
+use crate::vm::{Progress, Vm, VmError, VmHandle};
 
 /// Default guest MAC when neither `--cmdline mac=` nor the config gives one.
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -56,6 +57,8 @@ pub struct VmSpec {
     pub restore: Option<PathBuf>,
     pub snapshot_on_exit: Option<PathBuf>,
     pub stdin: bool,
+    /// Add the TAP to this Linux bridge and bring it up.
+    pub bridge: Option<String>,
 }
 
 /// How a run ended.
@@ -136,7 +139,7 @@ pub fn devices_and_cmdline(
 pub fn run_vm(
     spec: &VmSpec,
     console: ConsoleSink,
-    on_start: impl FnOnce(VmHandle),
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
 ) -> Result<RunReport, RunError> {
     let disk = spec
         .disk
@@ -144,6 +147,12 @@ pub fn run_vm(
         .map(|d| DiskBackend::open(d, 0))
         .transpose()?;
     let tap = spec.tap.as_deref().map(Tap::open).transpose()?;
+    if let Some(tap) = &tap {
+        if let Some(br) = &spec.bridge {
+            live::tap::bridge_add(br, tap.name())?;
+        }
+        live::tap::set_up(tap.name())?;
+    }
     let (devs, cmdline) =
         devices_and_cmdline(disk.as_ref().map(|d| d.sectors()), tap.is_some(), &spec.cmdline)?;
     let mut vm = match &spec.restore {
@@ -179,7 +188,7 @@ pub fn run_vm(
         // Re-arm the live timer as the restored PIT is programmed.
         inputs.program_timer(n0, vm.devices().timer_program());
     }
-    on_start(handle);
+    on_start(handle, vm.progress());
     let started = Instant::now();
     let outcome = vm.run(&mut inputs, &mut outputs, None);
     let secs = started.elapsed().as_secs_f64();

@@ -244,6 +244,7 @@ impl Vm {
         };
         self.n = n;
         self.count(kind);
+        self.publish();
         if let Some(trace) = self.trace.as_mut() {
             let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
             trace.push(TraceEntry {
@@ -259,6 +260,14 @@ impl Vm {
             self.deliver(&mut events, out);
         }
         Ok(outcome)
+    }
+
+    fn publish(&self) {
+        let p = &self.progress;
+        p.exit_index.store(self.n, Ordering::Relaxed);
+        p.injected.store(self.stats.injected, Ordering::Relaxed);
+        p.hlt.store(self.stats.hlt, Ordering::Relaxed);
+        p.host_exits.store(self.stats.host, Ordering::Relaxed);
     }
 
     fn host_exit(&mut self) -> Option<RunOutcome> {

@@ -6,7 +6,7 @@
 //! userspace [`PicPair`](crate::devices::pic::PicPair) via `KVM_INTERRUPT`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
@@ -78,6 +78,26 @@ impl VmHandle {
     }
 }
 
+/// Live counters another thread may read while the VM runs (status pages).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub exit_index: AtomicU64,
+    pub injected: AtomicU64,
+    pub hlt: AtomicU64,
+    pub host_exits: AtomicU64,
+}
+
+impl Progress {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "exit_index": self.exit_index.load(Ordering::Relaxed),
+            "injected": self.injected.load(Ordering::Relaxed),
+            "hlt": self.hlt.load(Ordering::Relaxed),
+            "host_exits": self.host_exits.load(Ordering::Relaxed),
+        })
+    }
+}
+
 /// The VM.
 pub struct Vm {
     pub(crate) kvm: Kvm,
@@ -95,6 +115,7 @@ pub struct Vm {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) kicker: Arc<Kicker>,
     pub(crate) trace: Option<Vec<crate::vcpu::TraceEntry>>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl Vm {
@@ -128,6 +149,7 @@ impl Vm {
             stop: Arc::new(AtomicBool::new(false)),
             kicker: Arc::new(Kicker::new()),
             trace: None,
+            progress: Arc::new(Progress::default()),
         };
         vm.register_memory(false)?;
         Ok(vm)
@@ -179,6 +201,11 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_REGS"))?;
         tracing::debug!(entry, mem_size = self.mem_size, "vCPU at entry");
         Ok(())
+    }
+
+    /// Counters published while running.
+    pub fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
     }
 
     pub fn handle(&self) -> VmHandle {
