@@ -143,6 +143,7 @@ pub struct Vm {
 }
 
 /// VM-Host affinity: the union of the listed hosts and the hosts of the listed groups.
+/// Both lists empty means any host (see `validate::allowed_hosts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Affinity {

@@ -109,6 +109,23 @@ fn keygen_make_disk_verify_show() {
 }
 
 #[test]
+fn show_round_trips_a_config_without_groups_or_vms() {
+    let t = Setup::new();
+    let full = std::fs::read_to_string(example_config()).unwrap();
+    let (i, j) = (
+        full.find("[[host_groups]]").unwrap(),
+        full.find("[[hosts]]").unwrap(),
+    );
+    let minimal = format!("{}{}", &full[..i], &full[j..full.find("[[vms]]").unwrap()]);
+    std::fs::write(t.p("min.toml"), &minimal).unwrap();
+    assert!(t.make_disk(&t.p("min.toml"), "m.img").status.success());
+    let shown = ok(&["show", "--disk", &t.p("m.img")]);
+    let back = config_schema::parse(&shown).unwrap().config;
+    assert_eq!(back, config_schema::parse(&minimal).unwrap().config);
+    assert!(back.vms.is_empty() && back.host_groups.is_empty());
+}
+
+#[test]
 fn keygen_refuses_to_overwrite() {
     let t = Setup::new();
     let before = std::fs::read(t.p("keys/signing.pk8")).unwrap();
