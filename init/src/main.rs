@@ -151,6 +151,10 @@ fn main() {
     let mount_errors = system::mount_early();
     let console = system::attach_console();
     tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            // netlink-packet-route warns about every newer-kernel attribute it does not know.
+            "info,netlink_packet_route=error",
+        ))
         .with_ansi(false)
         .with_target(false)
         .with_timer(tracing_subscriber::fmt::time::uptime())
