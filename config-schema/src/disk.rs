@@ -25,8 +25,9 @@
 //! | 116+C+N | .. | zero up to `STATE_OFFSET` |
 //! | `STATE_OFFSET` = 0xFF000 | 4096 | STATE sector (not signed, see below) |
 //!
-//! The image is exactly [`DISK_LEN`] = 1 MiB; the signed part must end at or
-//! before [`STATE_OFFSET`]. The signature covers the header too, so the
+//! The image is exactly [`DISK_LEN`] = 1 MiB and [`read_disk`] wants at
+//! least that many bytes (a shorter read is "truncated"); the signed part must
+//! end at or before [`STATE_OFFSET`]. The signature covers the header too, so the
 //! version and lengths cannot be altered without detection.
 //!
 //! # The STATE sector: anti-rollback
