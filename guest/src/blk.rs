@@ -121,7 +121,7 @@ impl<T: Transport> Disk<T> {
 
     /// Reads whole sectors starting at `sector` into `buf`.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
-        debug_assert!(!buf.is_empty() && buf.len() % SECTOR_SIZE == 0);
+        debug_assert!(!buf.is_empty() && buf.len().is_multiple_of(SECTOR_SIZE));
         let hdr = header(REQ_IN, sector);
         let mut status = [0xffu8];
         self.submit_and_wait(&[&hdr], &mut [buf, &mut status])?;
@@ -130,7 +130,7 @@ impl<T: Transport> Disk<T> {
 
     /// Writes whole sectors from `buf` starting at `sector`.
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
-        debug_assert!(!buf.is_empty() && buf.len() % SECTOR_SIZE == 0);
+        debug_assert!(!buf.is_empty() && buf.len().is_multiple_of(SECTOR_SIZE));
         if self.read_only() {
             return Err(BlkError::ReadOnly);
         }

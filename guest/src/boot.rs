@@ -6,11 +6,11 @@
 pub const STACK_SIZE: usize = 256 * 1024;
 
 #[repr(C, align(16))]
-struct Stack([u8; STACK_SIZE]);
+pub struct Stack([u8; STACK_SIZE]);
 
 // Only ever touched by the entry stub (as the stack); lives in .bss.
 #[used]
-static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
+pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 
 core::arch::global_asm!(
     ".section .text._start, \"ax\"",

@@ -19,6 +19,8 @@ mod interrupts;
 mod kv;
 mod net;
 mod port;
+#[cfg(feature = "qemu-pvh")]
+mod pvh;
 mod serial;
 
 use alloc::string::String;
@@ -59,7 +61,11 @@ unsafe fn read_cmdline(ptr: *const u8) -> String {
 }
 
 /// Called by the entry stub in `boot.rs`.
-pub extern "C" fn rust_main(cmdline: *const u8, mem_size: u64) -> ! {
+///
+/// # Safety
+/// Only the entry stub may call this, once, with the boot protocol's registers: `cmdline` null
+/// or a NUL-terminated string of at most 4 KiB, `mem_size` the RAM size.
+pub unsafe extern "C" fn rust_main(cmdline: *const u8, mem_size: u64) -> ! {
     serial::init();
     println!("guest: boot");
     interrupts::init();
