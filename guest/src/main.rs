@@ -69,7 +69,13 @@ pub unsafe extern "C" fn rust_main(cmdline: *const u8, mem_size: u64) -> ! {
     serial::init();
     println!("guest: boot");
     interrupts::init();
-    let (heap_start, heap_size) = heap::init(mem_size);
+    let Some((heap_start, heap_size)) = heap::init(mem_size) else {
+        println!(
+            "guest: {mem_size} bytes of RAM, need at least {}",
+            heap::MIN_MEM
+        );
+        port::exit(EXIT_CONFIG)
+    };
     // SAFETY: the boot protocol puts a NUL-terminated string of at most 4 KiB at RDI.
     let cmdline = unsafe { read_cmdline(cmdline) };
     println!(
