@@ -324,6 +324,12 @@ impl MmioTransport {
             VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
             VIRTIO_MMIO_QUEUE_NUM => self.config_queue("QueueNum", |q| {
+                if v == 0 {
+                    // Drivers tearing a queue down (virtio-drivers' queue_unset)
+                    // write 0: the queue goes back to its reset state.
+                    q.reset();
+                    return Ok(());
+                }
                 let size = u16::try_from(v).map_err(|_| format!("queue size {v} too large"))?;
                 q.try_set_size(size).map_err(|_| {
                     format!("queue size {v} invalid (power of two <= {QUEUE_MAX_SIZE})")

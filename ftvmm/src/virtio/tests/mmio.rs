@@ -176,3 +176,28 @@ fn interrupt_ack_clears_only_acked_bits() {
     b.write_reg(VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
     assert!(!b.t.irq_level());
 }
+
+#[test]
+fn queue_teardown_like_virtio_drivers_is_accepted() {
+    // virtio-drivers' queue_unset: QueueReady=0, QueueNum=0, addresses 0.
+    let mut n = Harness::net();
+    n.write_reg(VIRTIO_MMIO_QUEUE_SEL, 1);
+    n.write_reg(VIRTIO_MMIO_QUEUE_READY, 0);
+    assert_eq!(n.read_reg(VIRTIO_MMIO_QUEUE_READY), 0);
+    n.write_reg(VIRTIO_MMIO_QUEUE_NUM, 0);
+    for reg in [
+        VIRTIO_MMIO_QUEUE_DESC_LOW,
+        VIRTIO_MMIO_QUEUE_DESC_HIGH,
+        VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+        VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+        VIRTIO_MMIO_QUEUE_USED_LOW,
+        VIRTIO_MMIO_QUEUE_USED_HIGH,
+    ] {
+        n.write_reg(reg, 0);
+    }
+    assert!(!n.needs_reset());
+    // And it can be set up again.
+    n.setup_queue(1);
+    assert!(!n.needs_reset());
+    assert_eq!(n.read_reg(VIRTIO_MMIO_QUEUE_READY), 1);
+}
