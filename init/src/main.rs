@@ -40,6 +40,24 @@ fn signal_set() -> SigSet {
     s
 }
 
+/// Log timestamps in the kernel's format (`[   12.345678]`, seconds since
+/// boot), so init's lines line up with the kernel's.
+struct BootClock;
+
+impl tracing_subscriber::fmt::time::FormatTime for BootClock {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t = since_boot();
+        write!(w, "[{:>5}.{:06}]", t.as_secs(), t.subsec_micros())
+    }
+}
+
+/// Time since the kernel started (CLOCK_BOOTTIME).
+fn since_boot() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
 /// What woke the main loop.
 enum Wake {
     Shutdown(&'static str),
@@ -157,9 +175,13 @@ fn main() {
         ))
         .with_ansi(false)
         .with_target(false)
-        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_timer(BootClock)
         .with_writer(std::io::stderr)
         .init();
+    tracing::info!(
+        "init running {:.2} s after kernel start",
+        since_boot().as_secs_f64()
+    );
     if let Err(e) = console {
         tracing::warn!("cannot open /dev/console: {e}");
     }
@@ -296,6 +318,10 @@ fn supervise(events: &mut Events, accepted: &verify::Accepted, crash: Option<&st
                 "appliance ready: host={} generation={}",
                 accepted.host_name, accepted.generation
             ));
+            tracing::info!(
+                "ready {:.2} s after kernel start",
+                since_boot().as_secs_f64()
+            );
             events.open_inputs();
         }
         if ready {
