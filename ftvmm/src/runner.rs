@@ -173,7 +173,7 @@ pub fn run_vm(
         }
     };
     let handle = vm.handle();
-    let (mut inputs, mut outputs, backends) = live::start(
+    let mut live = live::start(
         LiveConfig {
             disk,
             tap,
@@ -186,11 +186,11 @@ pub fn run_vm(
     let n0 = vm.exit_index();
     if spec.restore.is_some() {
         // Re-arm the live timer as the restored PIT is programmed.
-        inputs.program_timer(n0, vm.devices().timer_program());
+        live.inputs.program_timer(n0, vm.devices().timer_program());
     }
     on_start(handle, vm.progress());
     let started = Instant::now();
-    let outcome = vm.run(&mut inputs, &mut outputs, None);
+    let outcome = vm.run(&mut live.inputs, &mut live.outputs, None);
     let secs = started.elapsed().as_secs_f64();
     let outcome = outcome?;
     if let Some(path) = &spec.snapshot_on_exit {
@@ -203,7 +203,7 @@ pub fn run_vm(
             .map_err(|source| RunError::Snapshot { path: p.clone(), source })?;
         tracing::info!(path = p, exit_index = vm.exit_index(), "snapshot written");
     }
-    drop(backends);
+    drop(live);
     Ok(RunReport {
         outcome,
         exit_index: vm.exit_index(),

@@ -203,8 +203,16 @@ impl Drop for Backends {
     }
 }
 
+/// The two doors and their threads. Field order is drop order: the doors go
+/// first (closing the disk request channel), then the threads are joined.
+pub struct Live {
+    pub inputs: LiveInputs,
+    pub outputs: LiveOutputs,
+    pub backends: Backends,
+}
+
 /// Starts the backend threads for one VM whose vCPU is kicked through `kicker`.
-pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<(LiveInputs, LiveOutputs, Backends)> {
+pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
     let stop = Arc::new(AtomicBool::new(false));
     let queue = EventQueue::new(kicker);
     let mut threads = Vec::new();
@@ -273,5 +281,9 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<(LiveInput
         threads,
         timer: Some(timer),
     };
-    Ok((inputs, outputs, backends))
+    Ok(Live {
+        inputs,
+        outputs,
+        backends,
+    })
 }

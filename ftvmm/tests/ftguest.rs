@@ -1,0 +1,112 @@
+//! The reference guest (guest/, CPU mode) under ftvmm with scripted inputs:
+//! twice the same checksum and the same exit count; and a snapshot taken
+//! mid-run restores into a fresh VM that finishes identically.
+//!
+//! Needs /dev/kvm and the guest ELF: `FTGUEST_ELF`, or
+//! `guest/target/x86_64-unknown-none/release/ftguest` (build it with
+//! `cd guest && cargo build --release`). Fails with a clear message otherwise.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Collected, ScriptedInputs};
+use ftvmm::io::{ExitIndex, InputEvent, Inputs, TimeSource, TimerProgram};
+use ftvmm::{RunOutcome, Vm};
+
+fn guest_elf() -> PathBuf {
+    let p = std::env::var_os("FTGUEST_ELF").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../guest/target/x86_64-unknown-none/release/ftguest")
+    });
+    assert!(
+        p.exists(),
+        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
+        p.display()
+    );
+    p
+}
+
+/// A timer tick every 40 exits and whenever the guest halts: deterministic.
+struct EveryK(ScriptedInputs);
+
+impl Inputs for EveryK {
+    fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        if n % 40 == 0 {
+            out.push(InputEvent::TimerTick);
+        }
+    }
+    fn time_read(&mut self, n: ExitIndex, s: TimeSource) -> u64 {
+        self.0.time_read(n, s)
+    }
+    fn events_at_halt(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.0.events_at_halt(n, out)
+    }
+    fn program_timer(&mut self, n: ExitIndex, p: TimerProgram) {
+        self.0.program_timer(n, p)
+    }
+}
+
+fn inputs() -> EveryK {
+    EveryK(ScriptedInputs {
+        tick_on_halt: true,
+        ..Default::default()
+    })
+}
+
+const CMDLINE: &str = "mode=cpu cpu_iters=20000";
+
+fn boot() -> Vm {
+    let mut vm = Vm::new(32 << 20, vec![]).unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
+    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the reference guest");
+    vm
+}
+
+fn checksum_line(console: &[u8]) -> String {
+    let text = String::from_utf8_lossy(console);
+    text.lines()
+        .find(|l| l.starts_with("cpu: checksum="))
+        .unwrap_or_else(|| panic!("no checksum line in console output:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn cpu_mode_twice_gives_the_same_checksum_and_exit_count() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut vm = boot();
+        let mut out = Collected::default();
+        let outcome = vm.run(&mut inputs(), &mut out, None).unwrap();
+        assert_eq!(outcome, RunOutcome::DebugExit(0), "console: {}", String::from_utf8_lossy(&out.console()));
+        let console = out.console();
+        let text = String::from_utf8_lossy(&console).to_string();
+        assert_eq!(text.lines().next().map(|l| l.trim()), Some("guest: boot"), "{text:?}");
+        runs.push((checksum_line(&console), vm.exit_index(), vm.stats().clone(), console));
+    }
+    assert_eq!(runs[0].0, runs[1].0);
+    assert_eq!(runs[0].1, runs[1].1, "exit count differs");
+    assert_eq!(runs[0].2, runs[1].2);
+    assert_eq!(runs[0].3, runs[1].3);
+    eprintln!("{} after {} exits", runs[0].0, runs[0].1);
+}
+
+#[test]
+fn cpu_mode_snapshot_mid_run_restores_and_finishes_identically() {
+    let mut vm = boot();
+    let mut out = Collected::default();
+    assert_eq!(vm.run(&mut inputs(), &mut out, None).unwrap(), RunOutcome::DebugExit(0));
+    let (full_console, full_n) = (out.console(), vm.exit_index());
+
+    let mut a = boot();
+    let mut out_a = Collected::default();
+    let mut ins = inputs();
+    let k = full_n / 2;
+    assert_eq!(a.run(&mut ins, &mut out_a, Some(k)).unwrap(), RunOutcome::ExitLimit);
+    let mut bytes = Vec::new();
+    a.save_snapshot(&mut bytes).unwrap();
+    drop(a);
+    let mut b = Vm::restore_snapshot(&bytes[..], vec![]).unwrap();
+    assert_eq!(b.run(&mut ins, &mut out_a, None).unwrap(), RunOutcome::DebugExit(0));
+    assert_eq!(b.exit_index(), full_n);
+    assert_eq!(out_a.console(), full_console);
+}
