@@ -20,7 +20,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Add
 use virtio_drivers::transport::Transport;
 
 /// Concurrent clients.
-pub const MAX_CLIENTS: usize = 8;
+pub const MAX_CLIENTS: usize = 16;
 const SOCKET_BUF: usize = 16 * 1024;
 /// Stop taking new lines from a client while this much output is queued for it.
 const OUTPUT_HIGH_WATER: usize = 4096;
