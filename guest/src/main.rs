@@ -96,7 +96,7 @@ pub unsafe extern "C" fn rust_main(cmdline: *const u8, mem_size: u64) -> ! {
         println!("guest: ignoring unknown parameter {word}");
     }
     match args.mode {
-        Mode::Cpu => cpu::run(args.cpu_iters),
+        Mode::Cpu => cpu::run(args.cpu_iters, args.cpu_yield),
         Mode::Kv => run_kv(&args),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The same function runs inside the guest under ftvmm and natively on the host (the ftvmm
 //! benchmark depends on this crate by path), so their run times give the virtualisation overhead.
-//! Integers only (no floating point, no TSC, no randomness): the checksum depends only on `iters`.
+//! Integers only (no floating point, no TSC, no randomness): the checksum depends only on `iters`,
+//! also when the work is done in several [`CpuWork::step`]s.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -12,28 +13,64 @@ pub const BUFFER_WORDS: usize = 256;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// Runs `iters` rounds of xorshift64 + FNV-1a mixing over a 256-word buffer and returns the
-/// checksum. Each round touches one buffer word chosen by the generator.
+/// Resumable state of the computation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuWork {
+    buf: [u64; BUFFER_WORDS],
+    x: u64,
+    h: u64,
+}
+
+impl Default for CpuWork {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuWork {
+    /// The initial state.
+    pub fn new() -> Self {
+        let mut buf = [0u64; BUFFER_WORDS];
+        for (i, w) in buf.iter_mut().enumerate() {
+            *w = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        Self {
+            buf,
+            x: 0x2545_f491_4f6c_dd1d,
+            h: FNV_OFFSET,
+        }
+    }
+
+    /// Runs `iters` rounds of xorshift64 + FNV-1a mixing; each round touches one buffer word
+    /// chosen by the generator.
+    pub fn step(&mut self, iters: u64) {
+        let (mut x, mut h) = (self.x, self.h);
+        for _ in 0..iters {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let idx = (x >> 56) as usize % BUFFER_WORDS;
+            let w = self.buf[idx].rotate_left(7) ^ x;
+            self.buf[idx] = w.wrapping_mul(FNV_PRIME);
+            h = (h ^ w).wrapping_mul(FNV_PRIME);
+        }
+        self.x = x;
+        self.h = h;
+    }
+
+    /// Folds the buffer into the running hash and returns the checksum.
+    pub fn finish(&self) -> u64 {
+        self.buf
+            .iter()
+            .fold(self.h, |h, &w| (h ^ w).wrapping_mul(FNV_PRIME))
+    }
+}
+
+/// Runs the whole computation of `iters` rounds and returns the checksum.
 pub fn run(iters: u64) -> u64 {
-    let mut buf = [0u64; BUFFER_WORDS];
-    for (i, w) in buf.iter_mut().enumerate() {
-        *w = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut h = FNV_OFFSET;
-    for _ in 0..iters {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let idx = (x >> 56) as usize % BUFFER_WORDS;
-        let w = buf[idx].rotate_left(7) ^ x;
-        buf[idx] = w.wrapping_mul(FNV_PRIME);
-        h = (h ^ w).wrapping_mul(FNV_PRIME);
-    }
-    for w in buf {
-        h = (h ^ w).wrapping_mul(FNV_PRIME);
-    }
-    h
+    let mut work = CpuWork::new();
+    work.step(iters);
+    work.finish()
 }
 
 #[cfg(test)]
@@ -45,6 +82,15 @@ mod tests {
         assert_eq!(run(1000), run(1000));
         assert_ne!(run(1000), run(1001));
         assert_ne!(run(0), run(1));
+    }
+
+    #[test]
+    fn chunking_does_not_change_the_checksum() {
+        let mut w = CpuWork::new();
+        for chunk in [1, 0, 7, 256, 736] {
+            w.step(chunk);
+        }
+        assert_eq!(w.finish(), run(1000));
     }
 
     #[test]

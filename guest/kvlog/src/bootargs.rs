@@ -2,7 +2,7 @@
 //!
 //! Keys: `virtio_mmio=0xd0000000@5,0xd0001000@6`, `mode=kv|cpu`, `ip=198.51.100.10/24`,
 //! `gw=198.51.100.1` (optional default route), `mac=52:54:00:12:34:56`, `port=7000`,
-//! `cpu_iters=N`. Unknown keys are collected so the guest can warn about them.
+//! `cpu_iters=N`, `cpu_yield=N` (CPU mode: a VM exit every N rounds, 0 = none). Unknown keys are collected so the guest can warn about them.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -44,6 +44,9 @@ pub struct BootArgs {
     pub port: u16,
     /// CPU mode work size (default 1,000,000).
     pub cpu_iters: u64,
+    /// CPU mode: rounds between two deliberate VM exits (a read of COM1's LSR), giving a VMM that
+    /// injects interrupts only at exits a chance to deliver timer ticks; 0 (default) = none.
+    pub cpu_yield: u64,
     /// Keys that were not recognised.
     pub unknown: Vec<String>,
 }
@@ -59,6 +62,7 @@ impl Default for BootArgs {
             mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
             port: 7000,
             cpu_iters: 1_000_000,
+            cpu_yield: 0,
             unknown: Vec::new(),
         }
     }
@@ -146,6 +150,7 @@ impl BootArgs {
                     args.port = value.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
                 }
                 "cpu_iters" => args.cpu_iters = parse_u64(value).ok_or_else(bad)?,
+                "cpu_yield" => args.cpu_yield = parse_u64(value).ok_or_else(bad)?,
                 _ => args.unknown.push(word.to_string()),
             }
         }
@@ -161,7 +166,7 @@ mod tests {
     fn full_line() {
         let a = BootArgs::parse(
             "virtio_mmio=0xd0000000@5,0xd0001000@6 mode=cpu ip=10.0.0.2/16 gw=10.0.0.1 \
-             mac=02:00:00:aa:bb:cc port=7001 cpu_iters=5000 extra",
+             mac=02:00:00:aa:bb:cc port=7001 cpu_iters=5000 cpu_yield=0x100 extra",
         )
         .unwrap();
         assert_eq!(
@@ -181,7 +186,7 @@ mod tests {
         assert_eq!((a.ip, a.prefix_len), ([10, 0, 0, 2], 16));
         assert_eq!(a.gateway, Some([10, 0, 0, 1]));
         assert_eq!(a.mac, [2, 0, 0, 0xaa, 0xbb, 0xcc]);
-        assert_eq!((a.port, a.cpu_iters), (7001, 5000));
+        assert_eq!((a.port, a.cpu_iters, a.cpu_yield), (7001, 5000, 256));
         assert_eq!(a.unknown, ["extra"]);
     }
 
@@ -205,6 +210,7 @@ mod tests {
             "port=0",
             "port=70000",
             "cpu_iters=-1",
+            "cpu_yield=x",
             "virtio_mmio=0xd0000000",
             "virtio_mmio=0xd0000000@16",
             "virtio_mmio=zz@5",
