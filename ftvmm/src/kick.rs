@@ -59,7 +59,10 @@ impl Kicker {
     }
 
     /// Registers the calling thread as the vCPU thread of `vcpu`.
-    pub fn enter<'a>(&'a self, vcpu: &mut VcpuFd) -> Result<KickGuard<'a>, vmm_sys_util::errno::Error> {
+    pub fn enter<'a>(
+        &'a self,
+        vcpu: &mut VcpuFd,
+    ) -> Result<KickGuard<'a>, vmm_sys_util::errno::Error> {
         install_handler()?;
         let ptr: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|p| p.set(ptr));

@@ -108,9 +108,12 @@ impl VmManager {
     }
 
     pub fn any_running(&self) -> bool {
-        self.slots
-            .values()
-            .any(|s| matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), State::Running | State::Starting))
+        self.slots.values().any(|s| {
+            matches!(
+                *s.state.lock().unwrap_or_else(|p| p.into_inner()),
+                State::Running | State::Starting
+            )
+        })
     }
 
     /// Per-VM status objects.
@@ -159,11 +162,20 @@ impl VmManager {
             .regions
             .iter()
             .find(|r| r.name == vm.disk_region)
-            .ok_or_else(|| err(format!("disk region {:?} not in storage.regions", vm.disk_region)))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "disk region {:?} not in storage.regions",
+                    vm.disk_region
+                ))
+            })?;
         let device = match &storage.device {
             DeviceLocator::Path(p) => PathBuf::from(p),
-            DeviceLocator::Serial(s) => find_by_serial(&self.sys_block, s)
-                .ok_or_else(|| err(format!("no block device with serial {s:?} under {}", self.sys_block.display())))?,
+            DeviceLocator::Serial(s) => find_by_serial(&self.sys_block, s).ok_or_else(|| {
+                err(format!(
+                    "no block device with serial {s:?} under {}",
+                    self.sys_block.display()
+                ))
+            })?,
         };
         let tap = format!("ft-{}", vm.name);
         if tap.len() > 15 {
@@ -229,7 +241,10 @@ impl VmManager {
                 });
                 let new_state = match res {
                     Ok(report) => {
-                        println!("ftvmm: VM {vm_name} stopped: {:?} after {} exits", report.outcome, report.exit_index);
+                        println!(
+                            "ftvmm: VM {vm_name} stopped: {:?} after {} exits",
+                            report.outcome, report.exit_index
+                        );
                         let s = State::Exited(format!("{:?}", report.outcome));
                         *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
                         s
@@ -260,7 +275,10 @@ impl VmManager {
 
     fn any_running_named(&self, name: &str) -> bool {
         self.slots.get(name).is_some_and(|s| {
-            matches!(*s.state.lock().unwrap_or_else(|p| p.into_inner()), State::Running | State::Starting)
+            matches!(
+                *s.state.lock().unwrap_or_else(|p| p.into_inner()),
+                State::Running | State::Starting
+            )
         })
     }
 
@@ -270,7 +288,11 @@ impl VmManager {
             .slots
             .get_mut(name)
             .ok_or_else(|| ManagerError::NotRunning(name.to_string()))?;
-        let handle = slot.handle.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let handle = slot
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match handle {
             Some(h) => h.stop(),
             None => return Err(ManagerError::NotRunning(name.to_string())),
@@ -296,8 +318,13 @@ mod tests {
     use super::*;
 
     fn config() -> RuntimeConfig {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml")).unwrap();
-        let config: config_schema::ClusterConfig = toml::from_str(&text).expect("example config parses");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/cluster.toml"
+        ))
+        .unwrap();
+        let config: config_schema::ClusterConfig =
+            toml::from_str(&text).expect("example config parses");
         RuntimeConfig {
             host_name: config.hosts[0].name.clone(),
             config,
@@ -321,16 +348,31 @@ mod tests {
         let vm = &cfg.config.vms[0];
         let spec = m.spec_for(&vm.name).unwrap();
         assert_eq!(spec.disk.as_ref().unwrap().path, PathBuf::from("/dev/vdb"));
-        let region = cfg.config.storage.regions.iter().find(|r| r.name == vm.disk_region).unwrap();
+        let region = cfg
+            .config
+            .storage
+            .regions
+            .iter()
+            .find(|r| r.name == vm.disk_region)
+            .unwrap();
         assert_eq!(
             spec.disk.unwrap().region,
             Some((region.offset_mib << 20, region.size_mib << 20))
         );
-        assert_eq!(spec.tap.as_deref(), Some(format!("ft-{}", vm.name).as_str()));
+        assert_eq!(
+            spec.tap.as_deref(),
+            Some(format!("ft-{}", vm.name).as_str())
+        );
         assert!(spec.cmdline.contains(&format!("ip={}", vm.ip)));
         assert!(spec.cmdline.contains(&format!("mac={}", vm.mac)));
-        assert_eq!(spec.kernel, PathBuf::from(GUEST_DIR).join(format!("{}.elf", vm.image)));
-        assert!(matches!(m.spec_for("nope"), Err(ManagerError::UnknownVm(_))));
+        assert_eq!(
+            spec.kernel,
+            PathBuf::from(GUEST_DIR).join(format!("{}.elf", vm.image))
+        );
+        assert!(matches!(
+            m.spec_for("nope"),
+            Err(ManagerError::UnknownVm(_))
+        ));
     }
 
     #[test]
@@ -341,6 +383,9 @@ mod tests {
         m.sys_block = dir.path().into();
         let err = m.spec_for(&cfg.config.vms[0].name).unwrap_err().to_string();
         assert!(err.contains("no block device with serial"), "{err}");
-        assert!(matches!(m.stop(&cfg.config.vms[0].name), Err(ManagerError::NotRunning(_))));
+        assert!(matches!(
+            m.stop(&cfg.config.vms[0].name),
+            Err(ManagerError::NotRunning(_))
+        ));
     }
 }

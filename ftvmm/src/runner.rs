@@ -30,10 +30,7 @@ pub enum RunError {
     #[error(transparent)]
     Tap(#[from] live::TapError),
     #[error("snapshot {path}: {source}")]
-    Snapshot {
-        path: String,
-        source: SnapshotError,
-    },
+    Snapshot { path: String, source: SnapshotError },
     #[error("cannot open snapshot {path}: {source}")]
     SnapshotFile {
         path: String,
@@ -87,7 +84,10 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], RunError> {
 }
 
 fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The value of `key=` in a command line.
@@ -153,8 +153,11 @@ pub fn run_vm(
         }
         live::tap::set_up(tap.name())?;
     }
-    let (devs, cmdline) =
-        devices_and_cmdline(disk.as_ref().map(|d| d.sectors()), tap.is_some(), &spec.cmdline)?;
+    let (devs, cmdline) = devices_and_cmdline(
+        disk.as_ref().map(|d| d.sectors()),
+        tap.is_some(),
+        &spec.cmdline,
+    )?;
     let mut vm = match &spec.restore {
         Some(path) => {
             let p = path.display().to_string();
@@ -200,7 +203,10 @@ pub fn run_vm(
             source,
         })?;
         vm.save_snapshot(std::io::BufWriter::new(f))
-            .map_err(|source| RunError::Snapshot { path: p.clone(), source })?;
+            .map_err(|source| RunError::Snapshot {
+                path: p.clone(),
+                source,
+            })?;
         tracing::info!(path = p, exit_index = vm.exit_index(), "snapshot written");
     }
     drop(live);
@@ -218,7 +224,8 @@ mod tests {
 
     #[test]
     fn cmdline_gets_virtio_and_mac_from_the_devices() {
-        let (devs, c) = devices_and_cmdline(Some(2048), true, "mode=kv ip=198.51.100.10/24").unwrap();
+        let (devs, c) =
+            devices_and_cmdline(Some(2048), true, "mode=kv ip=198.51.100.10/24").unwrap();
         assert_eq!(devs.len(), 2);
         assert_eq!(
             c,

@@ -194,7 +194,9 @@ impl Vm {
             xsave: v.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?,
             xcrs: v.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?,
             msrs,
-            events: v.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?,
+            events: v
+                .get_vcpu_events()
+                .map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?,
             debugregs: v.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
             mp_state: v.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?,
         };
@@ -236,7 +238,10 @@ impl Vm {
 
     /// Reads a snapshot and builds a VM from it. `virtio` must be the same
     /// device configuration (kinds, order) as the saved VM's.
-    pub fn restore_snapshot<R: Read>(r: R, virtio: Vec<MmioTransport>) -> Result<Vm, SnapshotError> {
+    pub fn restore_snapshot<R: Read>(
+        r: R,
+        virtio: Vec<MmioTransport>,
+    ) -> Result<Vm, SnapshotError> {
         let mut cr = CrcReader { inner: r, crc: 0 };
         let mut magic = [0u8; 8];
         cr.take(&mut magic)?;
@@ -274,7 +279,9 @@ impl Vm {
         }
         let computed = cr.crc;
         let mut stored = [0u8; 4];
-        cr.inner.read_exact(&mut stored).map_err(|_| SnapshotError::Truncated)?;
+        cr.inner
+            .read_exact(&mut stored)
+            .map_err(|_| SnapshotError::Truncated)?;
         let stored = u32::from_le_bytes(stored);
         if stored != computed {
             return Err(SnapshotError::Checksum { stored, computed });
@@ -298,7 +305,8 @@ impl Vm {
         self.devices.restore(state.devices)?;
         let v = &self.vcpu;
         let c = &state.cpu;
-        v.set_mp_state(c.mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
+        v.set_mp_state(c.mp_state)
+            .map_err(kvm_err("KVM_SET_MP_STATE"))?;
         v.set_sregs(&c.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
         v.set_regs(&c.regs).map_err(kvm_err("KVM_SET_REGS"))?;
         // SAFETY: `c.xsave` is a complete kvm_xsave as returned by KVM_GET_XSAVE

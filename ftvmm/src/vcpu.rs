@@ -225,7 +225,8 @@ impl Vm {
             }
             Ok(VcpuExit::InternalError) => {
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the active union member.
-                let suberror = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                let suberror =
+                    unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 return Err(VmError::Internal {
                     suberror,
                     n: self.n,
@@ -240,19 +241,19 @@ impl Vm {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 return Ok(self.host_exit())
             }
-            Err(source) => return Err(VmError::Kvm { what: "KVM_RUN", source }),
+            Err(source) => {
+                return Err(VmError::Kvm {
+                    what: "KVM_RUN",
+                    source,
+                })
+            }
         };
         self.n = n;
         self.count(kind);
         self.publish();
         if let Some(trace) = self.trace.as_mut() {
             let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
-            trace.push(TraceEntry {
-                n,
-                kind,
-                addr,
-                rip,
-            });
+            trace.push(TraceEntry { n, kind, addr, rip });
         }
         if outcome.is_none() {
             let mut events = Vec::new();

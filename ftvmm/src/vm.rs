@@ -34,7 +34,9 @@ pub enum VmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("guest memory size {0:#x} invalid: must be a non-zero multiple of 4 KiB and at most 3 GiB")]
+    #[error(
+        "guest memory size {0:#x} invalid: must be a non-zero multiple of 4 KiB and at most 3 GiB"
+    )]
     MemSize(u64),
     #[error("cannot allocate guest memory: {0}")]
     Memory(String),
@@ -121,7 +123,7 @@ pub struct Vm {
 impl Vm {
     /// Creates the VM, its memory (zeroed) and its vCPU with filtered CPUID.
     pub fn new(mem_size: u64, virtio: Vec<MmioTransport>) -> Result<Vm, VmError> {
-        if mem_size == 0 || mem_size % 4096 != 0 || mem_size > MAX_MEM_SIZE {
+        if mem_size == 0 || !mem_size.is_multiple_of(4096) || mem_size > MAX_MEM_SIZE {
             return Err(VmError::MemSize(mem_size));
         }
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -163,7 +165,11 @@ impl Vm {
             .map_err(|e| VmError::Memory(e.to_string()))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
-            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            flags: if log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: 0,
             memory_size: self.mem_size,
             userspace_addr: host as u64,

@@ -15,10 +15,12 @@ use ftvmm::io::{ExitIndex, InputEvent, Inputs, TimeSource, TimerProgram};
 use ftvmm::{RunOutcome, Vm};
 
 fn guest_elf() -> PathBuf {
-    let p = std::env::var_os("FTGUEST_ELF").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../guest/target/x86_64-unknown-none/release/ftguest")
-    });
+    let p = std::env::var_os("FTGUEST_ELF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
     assert!(
         p.exists(),
         "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
@@ -32,7 +34,7 @@ struct EveryK(ScriptedInputs);
 
 impl Inputs for EveryK {
     fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
-        if n % 40 == 0 {
+        if n.is_multiple_of(40) {
             out.push(InputEvent::TimerTick);
         }
     }
@@ -57,8 +59,10 @@ fn inputs() -> EveryK {
 const CMDLINE: &str = "mode=cpu cpu_iters=20000";
 
 fn boot() -> Vm {
-    let mut vm = Vm::new(32 << 20, vec![]).unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
-    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the reference guest");
+    let mut vm = Vm::new(32 << 20, vec![])
+        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
+    vm.boot_elf(&guest_elf(), CMDLINE)
+        .expect("boot the reference guest");
     vm
 }
 
@@ -77,11 +81,25 @@ fn cpu_mode_twice_gives_the_same_checksum_and_exit_count() {
         let mut vm = boot();
         let mut out = Collected::default();
         let outcome = vm.run(&mut inputs(), &mut out, None).unwrap();
-        assert_eq!(outcome, RunOutcome::DebugExit(0), "console: {}", String::from_utf8_lossy(&out.console()));
+        assert_eq!(
+            outcome,
+            RunOutcome::DebugExit(0),
+            "console: {}",
+            String::from_utf8_lossy(&out.console())
+        );
         let console = out.console();
         let text = String::from_utf8_lossy(&console).to_string();
-        assert_eq!(text.lines().next().map(|l| l.trim()), Some("guest: boot"), "{text:?}");
-        runs.push((checksum_line(&console), vm.exit_index(), vm.stats().clone(), console));
+        assert_eq!(
+            text.lines().next().map(|l| l.trim()),
+            Some("guest: boot"),
+            "{text:?}"
+        );
+        runs.push((
+            checksum_line(&console),
+            vm.exit_index(),
+            vm.stats().clone(),
+            console,
+        ));
     }
     assert_eq!(runs[0].0, runs[1].0);
     assert_eq!(runs[0].1, runs[1].1, "exit count differs");
@@ -94,19 +112,28 @@ fn cpu_mode_twice_gives_the_same_checksum_and_exit_count() {
 fn cpu_mode_snapshot_mid_run_restores_and_finishes_identically() {
     let mut vm = boot();
     let mut out = Collected::default();
-    assert_eq!(vm.run(&mut inputs(), &mut out, None).unwrap(), RunOutcome::DebugExit(0));
+    assert_eq!(
+        vm.run(&mut inputs(), &mut out, None).unwrap(),
+        RunOutcome::DebugExit(0)
+    );
     let (full_console, full_n) = (out.console(), vm.exit_index());
 
     let mut a = boot();
     let mut out_a = Collected::default();
     let mut ins = inputs();
     let k = full_n / 2;
-    assert_eq!(a.run(&mut ins, &mut out_a, Some(k)).unwrap(), RunOutcome::ExitLimit);
+    assert_eq!(
+        a.run(&mut ins, &mut out_a, Some(k)).unwrap(),
+        RunOutcome::ExitLimit
+    );
     let mut bytes = Vec::new();
     a.save_snapshot(&mut bytes).unwrap();
     drop(a);
     let mut b = Vm::restore_snapshot(&bytes[..], vec![]).unwrap();
-    assert_eq!(b.run(&mut ins, &mut out_a, None).unwrap(), RunOutcome::DebugExit(0));
+    assert_eq!(
+        b.run(&mut ins, &mut out_a, None).unwrap(),
+        RunOutcome::DebugExit(0)
+    );
     assert_eq!(b.exit_index(), full_n);
     assert_eq!(out_a.console(), full_console);
 }

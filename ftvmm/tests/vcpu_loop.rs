@@ -56,7 +56,11 @@ fn an_interrupt_pending_while_if_is_clear_waits_for_the_interrupt_window() {
     inputs.at.insert(30, vec![InputEvent::TimerTick]);
     let mut out = Collected::default();
     let outcome = vm.run(&mut inputs, &mut out, None).unwrap();
-    assert_eq!(outcome, RunOutcome::DebugExit(1), "exactly one interrupt taken");
+    assert_eq!(
+        outcome,
+        RunOutcome::DebugExit(1),
+        "exactly one interrupt taken"
+    );
     assert_eq!(vm.stats().injected, 1);
     // Real KVM exits with KVM_EXIT_IRQ_WINDOW_OPEN right after `sti; nop`; the
     // PVM-based /dev/kvm of the dev machine reports the open window only with
@@ -64,13 +68,25 @@ fn an_interrupt_pending_while_if_is_clear_waits_for_the_interrupt_window() {
     // only after all 20 port writes of the cli'd loop.
     assert!(vm.stats().irq_window <= 1);
     let trace = vm.take_trace();
-    let eoi = trace.iter().position(|t| t.addr == 0x20 && t.n > 30).unwrap();
+    let eoi = trace
+        .iter()
+        .position(|t| t.addr == 0x20 && t.n > 30)
+        .unwrap();
     let cli_loop_rip = trace.iter().find(|t| t.addr == 0x80).unwrap().rip;
-    let before = trace[..eoi].iter().filter(|t| t.rip == cli_loop_rip).count();
-    assert_eq!(before, 20, "interrupt taken inside the cli'd loop: {trace:?}");
+    let before = trace[..eoi]
+        .iter()
+        .filter(|t| t.rip == cli_loop_rip)
+        .count();
+    assert_eq!(
+        before, 20,
+        "interrupt taken inside the cli'd loop: {trace:?}"
+    );
 }
 
-fn traced_run(code: &[u8], inputs: &mut ScriptedInputs) -> (Vec<ftvmm::TraceEntry>, RunOutcome, u64) {
+fn traced_run(
+    code: &[u8],
+    inputs: &mut ScriptedInputs,
+) -> (Vec<ftvmm::TraceEntry>, RunOutcome, u64) {
     let mut vm = tiny_vm(code, 2, vec![]);
     vm.enable_trace();
     let mut out = Collected::default();
@@ -123,7 +139,8 @@ fn snapshot_restore_continues_exactly() {
     vm.enable_trace();
     let mut out = Collected::default();
     assert_eq!(
-        vm.run(&mut ScriptedInputs::default(), &mut out, None).unwrap(),
+        vm.run(&mut ScriptedInputs::default(), &mut out, None)
+            .unwrap(),
         RunOutcome::DebugExit(0)
     );
     let full = vm.take_trace();
@@ -133,7 +150,8 @@ fn snapshot_restore_continues_exactly() {
     let mut a = tiny_vm(guest_count(), 4, vec![]);
     a.enable_trace();
     assert_eq!(
-        a.run(&mut ScriptedInputs::default(), &mut out, Some(100)).unwrap(),
+        a.run(&mut ScriptedInputs::default(), &mut out, Some(100))
+            .unwrap(),
         RunOutcome::ExitLimit
     );
     let mut first = a.take_trace();
@@ -144,13 +162,17 @@ fn snapshot_restore_continues_exactly() {
     assert_eq!(b.exit_index(), 100);
     b.enable_trace();
     assert_eq!(
-        b.run(&mut ScriptedInputs::default(), &mut out, None).unwrap(),
+        b.run(&mut ScriptedInputs::default(), &mut out, None)
+            .unwrap(),
         RunOutcome::DebugExit(0)
     );
     first.extend(b.take_trace());
     assert_eq!(first, full);
     let regs = b.vcpu().get_regs().unwrap();
-    assert_eq!((regs.rip, regs.rcx, regs.r8, regs.r9), (full_regs.rip, full_regs.rcx, full_regs.r8, full_regs.r9));
+    assert_eq!(
+        (regs.rip, regs.rcx, regs.r8, regs.r9),
+        (full_regs.rip, full_regs.rcx, full_regs.r8, full_regs.r9)
+    );
 }
 
 #[test]
@@ -183,14 +205,23 @@ fn corrupt_or_foreign_snapshots_are_typed_errors() {
     a.save_snapshot(&mut bytes).unwrap();
     let mut bad = bytes.clone();
     bad[0] ^= 1;
-    assert!(matches!(Vm::restore_snapshot(&bad[..], vec![]), Err(SnapshotError::BadMagic)));
+    assert!(matches!(
+        Vm::restore_snapshot(&bad[..], vec![]),
+        Err(SnapshotError::BadMagic)
+    ));
     let mut bad = bytes.clone();
     bad[8] = 99;
-    assert!(matches!(Vm::restore_snapshot(&bad[..], vec![]), Err(SnapshotError::Version { found: 99 })));
+    assert!(matches!(
+        Vm::restore_snapshot(&bad[..], vec![]),
+        Err(SnapshotError::Version { found: 99 })
+    ));
     let mut bad = bytes.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x55;
-    assert!(matches!(Vm::restore_snapshot(&bad[..], vec![]), Err(SnapshotError::Checksum { .. })));
+    assert!(matches!(
+        Vm::restore_snapshot(&bad[..], vec![]),
+        Err(SnapshotError::Checksum { .. })
+    ));
     assert!(matches!(
         Vm::restore_snapshot(&bytes[..bytes.len() - 5], vec![]),
         Err(SnapshotError::Truncated)
@@ -204,19 +235,31 @@ fn dirty_log_reports_the_pages_the_guest_wrote() {
     vm.start_dirty_tracking().unwrap();
     assert!(vm.dirty_pages_since_last_call().unwrap().len() < 16);
     let mut out = Collected::default();
-    vm.run(&mut ScriptedInputs::default(), &mut out, None).unwrap();
+    vm.run(&mut ScriptedInputs::default(), &mut out, None)
+        .unwrap();
     let dirty = vm.dirty_pages_since_last_call().unwrap();
     for p in 0..8u64 {
-        assert!(dirty.contains(&(0x300 + p)), "page {:#x} missing from {dirty:x?}", 0x300 + p);
+        assert!(
+            dirty.contains(&(0x300 + p)),
+            "page {:#x} missing from {dirty:x?}",
+            0x300 + p
+        );
     }
     assert!(!dirty.contains(&0x308), "an untouched page is not reported");
-    assert!(vm.dirty_pages_since_last_call().unwrap().is_empty(), "nothing since the last call");
+    assert!(
+        vm.dirty_pages_since_last_call().unwrap().is_empty(),
+        "nothing since the last call"
+    );
 }
 
 #[test]
 fn outputs_are_console_only_for_port_guests() {
     let mut vm = tiny_vm(guest_serial_exit(), 2, vec![]);
     let mut out = Collected::default();
-    vm.run(&mut ScriptedInputs::default(), &mut out, None).unwrap();
-    assert!(out.0.iter().all(|(_, e)| matches!(e, OutputEvent::Console(_))));
+    vm.run(&mut ScriptedInputs::default(), &mut out, None)
+        .unwrap();
+    assert!(out
+        .0
+        .iter()
+        .all(|(_, e)| matches!(e, OutputEvent::Console(_))));
 }

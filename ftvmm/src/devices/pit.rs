@@ -99,7 +99,7 @@ impl Channel {
         match self.mode {
             0 => d >= c,
             1 => d < c,
-            2 => d % c != 0 || d == 0,
+            2 => !d.is_multiple_of(c) || d == 0,
             3 => d % c < c.div_ceil(2),
             _ => d == c,
         }
@@ -242,7 +242,9 @@ impl Pit {
         match ch.mode {
             2 | 3 => TimerProgram::Periodic { period_ns },
             _ if ch.fired => TimerProgram::Off,
-            _ => TimerProgram::OneShot { after_ns: period_ns },
+            _ => TimerProgram::OneShot {
+                after_ns: period_ns,
+            },
         }
     }
 
@@ -394,7 +396,10 @@ mod tests {
     fn mode0_fires_once_and_counts_down() {
         let mut p = Pit::new();
         let eff = program(&mut p, 0, 0, 1000, 5_000);
-        assert!(matches!(eff, PitEffect::Reprogrammed(TimerProgram::OneShot { .. })));
+        assert!(matches!(
+            eff,
+            PitEffect::Reprogrammed(TimerProgram::OneShot { .. })
+        ));
         assert_eq!(latch_read(&mut p, 0, 5_000 + ns_for(10)), 990);
         assert!(p.tick());
         assert!(!p.tick(), "one shot");
@@ -416,7 +421,7 @@ mod tests {
         // Read-back, latch count and status of channel 2.
         p.pio_write(0x43, 0b1100_1000, &mut clock);
         let status = p.pio_read(0x42, &mut clock);
-        assert_eq!(status & 0x3f, (3 << 4) | (0 << 1));
+        assert_eq!(status & 0x3f, 3 << 4, "LSB+MSB access, mode 0");
         assert_eq!(p.pio_read(0x42, &mut clock), 0x34);
         assert_eq!(p.pio_read(0x42, &mut clock), 0x12);
     }

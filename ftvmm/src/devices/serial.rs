@@ -155,7 +155,10 @@ mod tests {
     fn transmitted_bytes_reach_the_sink_and_raise_thre_interrupt() {
         let mut u = Uart::new();
         u.pio_write(COM1_BASE + 1, 0x02); // IER: THR empty
-        assert!(u.take_irq(), "enabling THRE with an empty THR interrupts at once");
+        assert!(
+            u.take_irq(),
+            "enabling THRE with an empty THR interrupts at once"
+        );
         assert_eq!(u.pio_read(COM1_BASE + 2) & 0x0f, 0x02, "IIR says THR empty");
         for b in b"hi\n" {
             u.pio_write(COM1_BASE, *b);

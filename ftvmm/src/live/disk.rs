@@ -139,7 +139,13 @@ impl DiskBackend {
                     }
                 }
                 None => {
-                    tracing::warn!(id = req.id, sector, len, capacity = self.len, "disk read past the region");
+                    tracing::warn!(
+                        id = req.id,
+                        sector,
+                        len,
+                        capacity = self.len,
+                        "disk read past the region"
+                    );
                     (BlockStatus::IoError, Vec::new())
                 }
             },
@@ -152,7 +158,13 @@ impl DiskBackend {
                     }
                 },
                 None => {
-                    tracing::warn!(id = req.id, sector, len = data.len(), capacity = self.len, "disk write past the region");
+                    tracing::warn!(
+                        id = req.id,
+                        sector,
+                        len = data.len(),
+                        capacity = self.len,
+                        "disk write past the region"
+                    );
                     (BlockStatus::IoError, Vec::new())
                 }
             },
@@ -226,7 +238,10 @@ mod tests {
         let r = BlockRequest {
             dev: 0,
             id: 2,
-            op: BlockOp::Read { sector: 1, len: 512 },
+            op: BlockOp::Read {
+                sector: 1,
+                len: 512,
+            },
         };
         assert_eq!(d.execute(&r), (BlockStatus::Ok, vec![0xab; 512]));
         let fl = BlockRequest {
@@ -270,11 +285,17 @@ mod tests {
             path: f.path().into(),
             region: Some((2048, 4096)),
         };
-        assert!(matches!(DiskBackend::open(&spec, 0), Err(DiskError::PastEnd { .. })));
+        assert!(matches!(
+            DiskBackend::open(&spec, 0),
+            Err(DiskError::PastEnd { .. })
+        ));
         let spec = DiskSpec {
             path: f.path().into(),
             region: Some((100, 512)),
         };
-        assert!(matches!(DiskBackend::open(&spec, 0), Err(DiskError::Alignment { .. })));
+        assert!(matches!(
+            DiskBackend::open(&spec, 0),
+            Err(DiskError::Alignment { .. })
+        ));
     }
 }

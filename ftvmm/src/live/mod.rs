@@ -68,7 +68,10 @@ impl EventQueue {
         if ev == InputEvent::TimerTick && self.tick_pending.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.q.lock().unwrap_or_else(|p| p.into_inner()).push_back(ev);
+        self.q
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(ev);
         self.cv.notify_all();
         self.kicker.kick();
     }
@@ -140,7 +143,11 @@ impl Outputs for LiveOutputs {
     fn emit(&mut self, _n: ExitIndex, event: OutputEvent) {
         match event {
             OutputEvent::Console(bytes) => {
-                if let Err(e) = self.console.write_all(&bytes).and_then(|_| self.console.flush()) {
+                if let Err(e) = self
+                    .console
+                    .write_all(&bytes)
+                    .and_then(|_| self.console.flush())
+                {
                     tracing::debug!("console write failed: {e}");
                 }
             }
@@ -238,11 +245,9 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
         Some(tap) => {
             let tap = Arc::new(tap);
             let (t, q, s) = (Arc::clone(&tap), Arc::clone(&queue), Arc::clone(&stop));
-            threads.push(
-                std::thread::Builder::new()
-                    .name("ftvmm-tap".into())
-                    .spawn(move || t.receive_loop(&s, |data| q.push(InputEvent::Frame { dev: 0, data })))?,
-            );
+            threads.push(std::thread::Builder::new().name("ftvmm-tap".into()).spawn(
+                move || t.receive_loop(&s, |data| q.push(InputEvent::Frame { dev: 0, data })),
+            )?);
             Some(tap)
         }
         None => None,

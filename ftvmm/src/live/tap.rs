@@ -78,7 +78,12 @@ fn ctl_socket() -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
-fn ifreq_ioctl(what: &'static str, req: libc::c_ulong, r: &mut IfReq, name: &str) -> Result<(), TapError> {
+fn ifreq_ioctl(
+    what: &'static str,
+    req: libc::c_ulong,
+    r: &mut IfReq,
+    name: &str,
+) -> Result<(), TapError> {
     let err = |source| TapError::Ioctl {
         what,
         name: name.into(),
@@ -147,7 +152,10 @@ impl Tap {
     pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         let n = (&self.file).write(frame)?;
         if n != frame.len() {
-            return Err(std::io::Error::other(format!("short TAP write {n}/{}", frame.len())));
+            return Err(std::io::Error::other(format!(
+                "short TAP write {n}/{}",
+                frame.len()
+            )));
         }
         Ok(())
     }
@@ -194,7 +202,10 @@ mod tests {
     #[test]
     fn interface_names_are_checked() {
         assert!(matches!(IfReq::new(""), Err(TapError::Name(_))));
-        assert!(matches!(IfReq::new("a-very-long-name0"), Err(TapError::Name(_))));
+        assert!(matches!(
+            IfReq::new("a-very-long-name0"),
+            Err(TapError::Name(_))
+        ));
         let r = IfReq::new("ft-kv").unwrap();
         assert_eq!(&r.name[..6], b"ft-kv\0");
         assert_eq!(std::mem::size_of::<IfReq>(), 40, "sizeof(struct ifreq)");
