@@ -24,8 +24,12 @@ core::arch::global_asm!(
     "lea rdi, [rip + __bss_start]",
     "lea rcx, [rip + _end]",
     "sub rcx, rdi",
+    // Clear in 8-byte words (.bss starts 16-byte aligned; up to 7 bytes past `_end` are cleared
+    // too, which is free RAM below the 4 KiB-aligned heap start).
+    "add rcx, 7",
+    "shr rcx, 3",
     "xor eax, eax",
-    "rep stosb",
+    "rep stosq",
     "lea rsp, [rip + {stack} + {stack_size}]",
     "xor ebp, ebp",
     "mov rdi, r12",
