@@ -258,11 +258,40 @@ impl Console {
     }
 }
 
+/// `line` without terminal escape sequences and control characters (the
+/// firmware clears the screen), for echoing to a terminal.
+pub fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for n in chars.by_ref() {
+                    if ('@'..='~').contains(&n) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn tail_of(lines: &[ConsoleLine], n: usize) -> String {
     let start = lines.len().saturating_sub(n);
     let mut out = String::new();
     for l in &lines[start..] {
-        out.push_str(&format!("[{:7.3}] {}\n", l.at.as_secs_f64(), l.text));
+        out.push_str(&format!(
+            "[{:7.3}] {}\n",
+            l.at.as_secs_f64(),
+            printable(&l.text)
+        ));
     }
     if lines.is_empty() {
         out.push_str("(no console output)\n");
@@ -380,6 +409,15 @@ mod tests {
             Err(HarnessError::Unexpected { .. })
         ));
         c.assert_no_more("init: started", Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn printable_strips_escapes() {
+        assert_eq!(
+            printable("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (1.16)"),
+            "SeaBIOS (1.16)"
+        );
+        assert_eq!(printable("a\tb\x07c"), "a\tbc");
     }
 
     #[test]

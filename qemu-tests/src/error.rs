@@ -7,7 +7,9 @@ use std::time::Duration;
 /// Number of console lines quoted in an error.
 pub const TAIL_LINES: usize = 60;
 
-#[derive(Debug, thiserror::Error)]
+/// Errors of the harness. `Debug` prints the same text as `Display`, so a
+/// test's `unwrap()` or `?` shows the console tail as readable lines.
+#[derive(thiserror::Error)]
 pub enum HarnessError {
     #[error("{what}: {source}")]
     Io {
@@ -84,6 +86,18 @@ pub enum HarnessError {
 
     #[error("QMP on host {host}: {reason}")]
     Qmp { host: String, reason: String },
+}
+
+impl std::fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)?;
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
 impl HarnessError {

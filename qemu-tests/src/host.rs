@@ -219,7 +219,11 @@ impl Host {
         let hook: Option<LineHook> = spec.echo.then(|| {
             let name = spec.name.clone();
             Box::new(move |l: &ConsoleLine| {
-                eprintln!("[{name} {:7.3}] {}", l.at.as_secs_f64(), l.text)
+                eprintln!(
+                    "[{name} {:7.3}] {}",
+                    l.at.as_secs_f64(),
+                    crate::console::printable(&l.text)
+                )
             }) as LineHook
         });
         let console = match Console::start(

@@ -10,6 +10,7 @@
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
+pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod host;
@@ -19,6 +20,7 @@ pub mod paths;
 pub mod qmp;
 mod sys;
 
+pub use cluster::{Cluster, ClusterSource, TestDir};
 pub use console::{ConsoleLine, Pattern};
 pub use error::{HarnessError, Result};
 pub use host::{Boot, Host, HostSpec, Nic};
