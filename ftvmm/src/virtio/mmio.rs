@@ -429,11 +429,19 @@ impl MmioTransport {
             return;
         }
         q.set_ready(true);
-        // Checks ring addresses and sizes lie inside guest memory.
-        if !q.is_valid(mem) {
+        // `is_valid` checks that the rings, at this size, lie in guest memory.
+        // virtio-queue takes an available ring at GPA 0 for "not configured".
+        let problem = if !q.is_valid(mem) {
+            Some("rings outside guest memory")
+        } else if q.avail_ring() == 0 {
+            Some("available ring at GPA 0 is not supported")
+        } else {
+            None
+        };
+        if let Some(what) = problem {
             q.set_ready(false);
             let reason = format!(
-                "queue {sel} enabled with rings outside guest memory (desc {:#x}, avail {:#x}, used {:#x}, size {})",
+                "queue {sel} enabled with {what} (desc {:#x}, avail {:#x}, used {:#x}, size {})",
                 q.desc_table(),
                 q.avail_ring(),
                 q.used_ring(),

@@ -262,6 +262,18 @@ fn rings_outside_guest_memory() {
 }
 
 #[test]
+fn rings_that_were_never_configured() {
+    // Enabling a queue without writing its addresses leaves the rings at 0.
+    let mut h = Harness::new(new_block(0, 64), 1);
+    h.negotiate();
+    h.write_reg(VIRTIO_MMIO_QUEUE_SEL, 0);
+    h.write_reg(VIRTIO_MMIO_QUEUE_NUM, 16);
+    h.write_reg(VIRTIO_MMIO_QUEUE_READY, 1);
+    assert_needs_reset(&mut h);
+    assert_eq!(h.read_reg(VIRTIO_MMIO_QUEUE_READY), 0);
+}
+
+#[test]
 fn notify_before_driver_ok() {
     let mut h = Harness::new(new_block(0, 64), 1);
     h.negotiate();
