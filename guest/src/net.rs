@@ -111,11 +111,13 @@ impl<T: Transport> TxToken for NetTxToken<'_, T> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let mut frame = vec![0u8; 64 + len].into_boxed_slice();
-        let hdr = self.dev.raw.fill_buffer_header(&mut frame).unwrap_or(0);
-        let result = f(&mut frame[hdr..hdr + len]);
-        // Shrink to exactly header + frame.
-        let frame: Box<[u8]> = frame[..hdr + len].into();
+        // The virtio-net header (10 or 12 bytes, depending on the negotiated features) is
+        // written in place in front of the frame.
+        let mut hdr_buf = [0u8; 16];
+        let hdr = self.dev.raw.fill_buffer_header(&mut hdr_buf).unwrap_or(0);
+        let mut frame = vec![0u8; hdr + len].into_boxed_slice();
+        frame[..hdr].copy_from_slice(&hdr_buf[..hdr]);
+        let result = f(&mut frame[hdr..]);
         self.dev.send_frame(frame);
         result
     }
