@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::devices::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-use crate::io::Inputs;
+use crate::io::{Inputs, OutputEvent, Outputs};
 use crate::live::{self, ConsoleSink, DiskBackend, DiskSpec, LiveConfig, Tap};
 use crate::snapshot::SnapshotError;
 use crate::stats::ExitStats;
@@ -188,8 +188,16 @@ pub fn run_vm(
     .map_err(RunError::Threads)?;
     let n0 = vm.exit_index();
     if spec.restore.is_some() {
-        // Re-arm the live timer as the restored PIT is programmed.
+        // Re-arm the live timer as the restored PIT is programmed, and issue
+        // again the disk I/O whose completions the old process never delivered.
         live.inputs.program_timer(n0, vm.devices().timer_program());
+        let reissue = vm.devices().in_flight_block_requests(vm.memory());
+        if !reissue.is_empty() {
+            tracing::info!(count = reissue.len(), "re-issuing in-flight block requests");
+        }
+        for req in reissue {
+            live.outputs.emit(n0, OutputEvent::Block(req));
+        }
     }
     on_start(handle, vm.progress());
     let started = Instant::now();

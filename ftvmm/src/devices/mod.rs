@@ -11,7 +11,7 @@ pub mod serial;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram};
+use crate::io::{BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram};
 use crate::virtio::{GuestMemoryMmap, MmioTransport, MmioTransportState, VirtioError};
 use pic::PicPair;
 use pit::{Pit, PitEffect};
@@ -219,6 +219,15 @@ impl Devices {
         for (i, t) in self.virtio.iter().enumerate() {
             self.pic.set_irq(VIRTIO_IRQ_BASE + i as u8, t.irq_level());
         }
+    }
+
+    /// Block requests the devices issued and never saw complete, in slot and
+    /// id order: to be issued again after a restore or on go-live.
+    pub fn in_flight_block_requests(&self, mem: &GuestMemoryMmap) -> Vec<BlockRequest> {
+        self.virtio
+            .iter()
+            .flat_map(|t| t.in_flight_requests(mem))
+            .collect()
     }
 
     /// Channel 0's current program (to re-arm a live timer after restore).
