@@ -8,6 +8,7 @@
 
 pub mod canonical;
 pub mod ctl;
+pub mod ctl_server;
 pub mod disk;
 pub mod keys;
 pub mod model;

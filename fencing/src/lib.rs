@@ -7,7 +7,6 @@
 //! `Status` on its control socket. There is no Disk Paxos, no lease and no
 //! watchdog handling yet: nothing is read from or written to the device.
 
-pub mod control;
 pub mod device;
 pub mod view;
 

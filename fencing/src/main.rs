@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use config_schema::ctl_server;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
-use fencing::{control, device, View};
+use fencing::{device, View};
 
 #[derive(Parser)]
 #[command(name = "fencing", about = "The appliance's storage-fencing agent")]
@@ -40,9 +41,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (Err(_), None) => {}
     }
     tracing::warn!("fencing: thin version, no Disk Paxos, leases or watchdog yet");
-    let listener = control::bind(&cli.socket)?;
+    let listener = ctl_server::bind(&cli.socket)?;
     tracing::info!("fencing: serving status on {}", cli.socket.display());
-    control::serve(listener, "fencing", move || view.status());
+    ctl_server::serve(listener, move |req| {
+        ctl_server::status_only("fencing", req, || view.status())
+    });
     Ok(())
 }
 

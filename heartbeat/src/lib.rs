@@ -6,7 +6,6 @@
 //! its control socket. It sends and receives no heartbeat packets yet, so
 //! every peer's state is reported as `"unknown"`.
 
-pub mod control;
 pub mod view;
 
 pub use view::View;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use config_schema::ctl_server;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
-use heartbeat::{control, View};
+use heartbeat::View;
 
 #[derive(Parser)]
 #[command(name = "heartbeat", about = "The appliance's heartbeat daemon")]
@@ -32,9 +33,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("heartbeat: peer {} (id {}) at {}", p.name, p.id, p.ft_addr);
     }
     tracing::warn!("heartbeat: thin version, no heartbeat packets are sent yet");
-    let listener = control::bind(&cli.socket)?;
+    let listener = ctl_server::bind(&cli.socket)?;
     tracing::info!("heartbeat: serving status on {}", cli.socket.display());
-    control::serve(listener, "heartbeat", move || view.status());
+    ctl_server::serve(listener, move |req| {
+        ctl_server::status_only("heartbeat", req, || view.status())
+    });
     Ok(())
 }
 

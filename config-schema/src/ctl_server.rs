@@ -1,6 +1,6 @@
-//! The control socket: one JSON request line per connection, one JSON
-//! response line back (`config_schema::ctl`). `Status` is answered with the
-//! daemon's status object; every other request with `Response::Error`.
+//! The server side of the control protocol ([`crate::ctl`]), shared by every
+//! daemon: bind the socket (replacing a stale file), then answer one request per
+//! connection, one thread per connection, with the daemon's own handler.
 
 use std::io::BufReader;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use config_schema::ctl::{self, Request, Response};
+use crate::ctl::{self, Request, Response};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub enum ServerError {
     #[error("cannot listen on {path}: {source}")]
     Listen {
         path: String,
@@ -19,19 +19,9 @@ pub enum ControlError {
     },
 }
 
-/// Answers one request given the current status object.
-pub fn answer(req: Request, status: serde_json::Value, daemon: &str) -> Response {
-    match req {
-        Request::Status => Response::Status { status },
-        other => Response::Error {
-            message: format!("{daemon} does not handle {other:?}"),
-        },
-    }
-}
-
 /// Binds `path`, replacing a stale socket file left by an earlier run.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let err = |source| ControlError::Listen {
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let err = |source| ServerError::Listen {
         path: path.display().to_string(),
         source,
     };
@@ -43,27 +33,42 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     UnixListener::bind(path).map_err(err)
 }
 
-/// Serves connections forever, one thread each.
-pub fn serve<F>(listener: UnixListener, daemon: &'static str, status: F)
+/// The handler of a daemon that only reports status: `Status` gets `status()`,
+/// every other request an error naming the daemon.
+pub fn status_only(
+    daemon: &str,
+    req: Request,
+    status: impl FnOnce() -> serde_json::Value,
+) -> Response {
+    match req {
+        Request::Status => Response::Status { status: status() },
+        other => Response::Error {
+            message: format!("{daemon} does not handle {other:?}"),
+        },
+    }
+}
+
+/// Serves connections forever, one thread each; `handle` answers each request.
+pub fn serve<F>(listener: UnixListener, handle: F)
 where
-    F: Fn() -> serde_json::Value + Send + Sync + 'static,
+    F: Fn(Request) -> Response + Send + Sync + 'static,
 {
-    let status = Arc::new(status);
+    let handle = Arc::new(handle);
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                let status = Arc::clone(&status);
-                std::thread::spawn(move || serve_one(stream, daemon, &*status));
+                let handle = Arc::clone(&handle);
+                std::thread::spawn(move || serve_one(stream, &*handle));
             }
             Err(e) => tracing::warn!("control accept failed: {e}"),
         }
     }
 }
 
-fn serve_one(stream: UnixStream, daemon: &str, status: &dyn Fn() -> serde_json::Value) {
+fn serve_one(stream: UnixStream, handle: &dyn Fn(Request) -> Response) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let resp = match ctl::read_message::<Request, _>(&mut BufReader::new(&stream), "client") {
-        Ok(req) => answer(req, status(), daemon),
+        Ok(req) => handle(req),
         Err(e) => Response::Error {
             message: format!("bad request: {e}"),
         },
@@ -76,31 +81,38 @@ fn serve_one(stream: UnixStream, daemon: &str, status: &dyn Fn() -> serde_json::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, Write};
+
+    fn start(path: &Path) {
+        let l = bind(path).unwrap();
+        std::thread::spawn(move || {
+            serve(l, |req| {
+                status_only("testd", req, || serde_json::json!({"daemon": "testd"}))
+            })
+        });
+    }
 
     #[test]
     fn status_over_a_real_socket_and_errors_for_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fe.sock");
+        let path = dir.path().join("t.sock");
         std::fs::write(&path, b"stale").unwrap();
-        let l = bind(&path).unwrap();
-        std::thread::spawn(move || {
-            serve(l, "fencing", || serde_json::json!({"daemon": "fencing"}))
-        });
+        start(&path);
         match ctl::query(&path, &Request::Status).unwrap() {
-            Response::Status { status } => assert_eq!(status["daemon"], "fencing"),
+            Response::Status { status } => assert_eq!(status["daemon"], "testd"),
             other => panic!("unexpected {other:?}"),
         }
         let r = ctl::query(&path, &Request::StartVm { name: "kv".into() }).unwrap();
-        assert!(matches!(r, Response::Error { message } if message.contains("does not handle")));
+        assert!(
+            matches!(r, Response::Error { message } if message.contains("testd does not handle"))
+        );
     }
 
     #[test]
     fn garbage_gets_an_error_line() {
-        use std::io::{BufRead, Write};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fe.sock");
-        let l = bind(&path).unwrap();
-        std::thread::spawn(move || serve(l, "fencing", || serde_json::json!({})));
+        let path = dir.path().join("t.sock");
+        start(&path);
         let mut s = UnixStream::connect(&path).unwrap();
         s.write_all(b"{not json\n").unwrap();
         let mut line = String::new();
