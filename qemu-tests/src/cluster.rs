@@ -12,6 +12,7 @@ use config_schema::{keys, ClusterConfig};
 use crate::error::{HarnessError, Result};
 use crate::host::{Boot, Host, HostSpec, Nic};
 use crate::hub::Hub;
+use crate::netns::NetnsTap;
 use crate::paths::{appliance_iso, extract_boot_files, qemu_binary, workspace_root, BootFiles};
 
 /// Kernel command line baked into the ISO (mirrors `image/build.sh`); a
@@ -327,6 +328,14 @@ impl Cluster {
     /// Booted hosts, by name.
     pub fn hosts(&self) -> impl Iterator<Item = &Host> {
         self.hosts.values()
+    }
+
+    /// Joins a test client to the VM network: a TAP device with address
+    /// `cidr` (use 198.51.100.200/24 and up) in a fresh network namespace,
+    /// on a new VM hub port named `port`. Needs root.
+    pub fn vm_client(&self, port: &str, cidr: &str) -> Result<NetnsTap> {
+        let netns = format!("ftc-{}-{port}", std::process::id());
+        NetnsTap::attach(&self.vm, port, &netns, cidr, None)
     }
 
     /// Marks the test as passed: its directory is deleted when the cluster drops.

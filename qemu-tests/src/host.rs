@@ -134,10 +134,19 @@ impl HostSpec {
             a.push_all(["-device", "virtio-blk-pci,drive=config"]);
         }
         if let Some(shared) = &self.shared_storage {
+            // cache=none (O_DIRECT): every host sees the others' writes at
+            // once. Where the file system refuses O_DIRECT (tmpfs), fall back
+            // to writethrough, which QEMU also serves from the host page cache
+            // shared by all hosts.
+            let cache = if supports_o_direct(shared) {
+                "none"
+            } else {
+                "writethrough"
+            };
             a.push("-drive");
             a.push(drive_opts(
                 shared,
-                "if=none,format=raw,cache=none,file.locking=off,id=shared",
+                &format!("if=none,format=raw,cache={cache},file.locking=off,id=shared"),
             ));
             a.push("-device");
             a.push(format!(
@@ -164,6 +173,17 @@ impl HostSpec {
         a.0.extend(self.extra_args.iter().cloned());
         a.0
     }
+}
+
+/// True if `path` can be opened with O_DIRECT (false for tmpfs, or if the
+/// file does not exist yet).
+pub fn supports_o_direct(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
 }
 
 /// `file=<path>,<rest>` with commas in the path doubled, as QEMU wants.
@@ -420,7 +440,18 @@ mod tests {
     fn args_attach_disks_nics_and_watchdog() {
         let mut spec = HostSpec::new("host-a", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
         spec.config_disk = Some("/w/config,1.img".into());
-        spec.shared_storage = Some("/w/shared.img".into());
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared.img");
+        std::fs::File::create(&shared)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let cache = if supports_o_direct(&shared) {
+            "none"
+        } else {
+            "writethrough"
+        };
+        spec.shared_storage = Some(shared);
         spec.nics.push(Nic {
             mac: "52:54:00:f7:00:01".into(),
             socket: "/w/ft.sock".into(),
@@ -435,7 +466,10 @@ mod tests {
             a.contains("file=/w/config,,1.img,if=none,format=raw,id=config"),
             "{a}"
         );
-        assert!(a.contains("cache=none,file.locking=off,id=shared"), "{a}");
+        assert!(
+            a.contains(&format!("cache={cache},file.locking=off,id=shared")),
+            "{a}"
+        );
         assert!(a.contains("serial=FTSHARED,share-rw=on"), "{a}");
         assert!(
             a.contains("stream,id=net0,server=off,addr.type=unix,addr.path=/w/ft.sock"),
@@ -447,6 +481,13 @@ mod tests {
         );
         assert!(a.contains("-device i6300esb"), "{a}");
         assert!(!a.contains("-kernel"), "{a}");
+    }
+
+    #[test]
+    fn o_direct_probe_refuses_missing_files() {
+        // (tmpfs gained O_DIRECT in Linux 6.6, so no file system is assumed
+        // to refuse it here.)
+        assert!(!supports_o_direct(Path::new("/no/such/file")));
     }
 
     #[test]
