@@ -82,10 +82,12 @@ fn run(data: &[u8]) -> (Vec<OutputEvent>, Vec<u8>) {
     let q = if net { 1 } else { 0 };
     let (table, avail) = ring.split_at(ring.len().min(256));
     mem.write_slice(table, GuestAddress(qbase(q))).unwrap();
-    mem.write_slice(avail, GuestAddress(qbase(q) + 0x1000)).unwrap();
+    mem.write_slice(avail, GuestAddress(qbase(q) + 0x1000))
+        .unwrap();
     // Data area the descriptors may point at: a copy of the whole input.
     let area = data.len().min(MEM - 0x10000);
-    mem.write_slice(&data[..area], GuestAddress(0x10000)).unwrap();
+    mem.write_slice(&data[..area], GuestAddress(0x10000))
+        .unwrap();
 
     let mut n = 1u64;
     let mut it = actions.chunks(6);
@@ -110,15 +112,27 @@ fn run(data: &[u8]) -> (Vec<OutputEvent>, Vec<u8>) {
             }
             2 => {
                 let len = usize::from(u16::from_le_bytes([arg(1), arg(2)]) % 2048);
-                let ev = InputEvent::Frame { dev: 0, data: vec![arg(3); len] };
+                let ev = InputEvent::Frame {
+                    dev: 0,
+                    data: vec![arg(3); len],
+                };
                 t.deliver(n, &mem, ev, &mut out);
             }
-            3 => t.mmio_write(n, &mem, u64::from(arg(1)) * 4 % 0x200, &word.to_le_bytes(), &mut out),
+            3 => t.mmio_write(
+                n,
+                &mem,
+                u64::from(arg(1)) * 4 % 0x200,
+                &word.to_le_bytes(),
+                &mut out,
+            ),
             4 => {
                 // Driver-side ring update: avail idx or one avail ring slot.
                 let off = u64::from(arg(1) % 18) * 2;
-                mem.write_obj(u16::from_le_bytes([arg(2), arg(3)]), GuestAddress(qbase(q) + 0x1000 + off))
-                    .unwrap();
+                mem.write_obj(
+                    u16::from_le_bytes([arg(2), arg(3)]),
+                    GuestAddress(qbase(q) + 0x1000 + off),
+                )
+                .unwrap();
             }
             _ => init(&mut t, &mem, &mut out, nq),
         }
@@ -127,7 +141,11 @@ fn run(data: &[u8]) -> (Vec<OutputEvent>, Vec<u8>) {
     }
     // The snapshot of whatever state we reached must round-trip.
     let s = t.save();
-    let mut fresh = if net { new_net(0, [2, 0, 0, 0, 0, 1]) } else { new_block(0, CAPACITY) };
+    let mut fresh = if net {
+        new_net(0, [2, 0, 0, 0, 0, 1])
+    } else {
+        new_block(0, CAPACITY)
+    };
     fresh.restore(s.clone()).expect("own snapshot restores");
     assert_eq!(fresh.save(), s);
 
@@ -143,12 +161,19 @@ fuzz_target!(|data: &[u8]| {
         if let OutputEvent::Block(b) = e {
             assert!(ids.insert(b.id), "block id reused");
             match &b.op {
-                BlockOp::Read { sector, len } => assert!(sector + u64::from(*len) / 512 <= CAPACITY),
-                BlockOp::Write { sector, data } => assert!(sector + data.len() as u64 / 512 <= CAPACITY),
+                BlockOp::Read { sector, len } => {
+                    assert!(sector + u64::from(*len) / 512 <= CAPACITY)
+                }
+                BlockOp::Write { sector, data } => {
+                    assert!(sector + data.len() as u64 / 512 <= CAPACITY)
+                }
                 BlockOp::Flush => {}
             }
         }
     }
     let (out2, image2) = run(data);
-    assert!(out == out2 && image == image2, "non-deterministic device behaviour");
+    assert!(
+        out == out2 && image == image2,
+        "non-deterministic device behaviour"
+    );
 });
