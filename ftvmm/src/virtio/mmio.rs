@@ -14,8 +14,7 @@ use vm_memory::GuestAddress;
 use super::block::Block;
 use super::chain::{self, DirtyPages};
 use super::net::{Net, RX_QUEUE, TX_QUEUE};
-use super::state::{DeviceState, MmioTransportState, QueueSnapshot, SNAPSHOT_VERSION};
-use super::{DeviceStats, GuestMemoryMmap, VirtioError, QUEUE_MAX_SIZE};
+use super::{DeviceStats, GuestMemoryMmap, QUEUE_MAX_SIZE};
 use crate::io::{BlockRequest, ExitIndex, InputEvent, Outputs};
 
 /// "virt" in little endian.
@@ -52,7 +51,7 @@ impl Env<'_> {
     }
 }
 
-enum Device {
+pub(super) enum Device {
     Block(Block),
     Net(Net),
 }
@@ -65,7 +64,7 @@ impl Device {
         }
     }
 
-    fn kind_name(&self) -> &'static str {
+    pub(super) fn kind_name(&self) -> &'static str {
         match self {
             Device::Block(_) => "block",
             Device::Net(_) => "net",
@@ -89,18 +88,18 @@ impl Device {
 
 /// One virtio-mmio device window (4 KiB) wrapping a block or network device.
 pub struct MmioTransport {
-    dev: u8,
-    device: Device,
-    device_features: u64,
-    queues: Vec<Queue>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    status: u32,
-    interrupt_status: u32,
-    config_generation: u32,
-    dirty: DirtyPages,
+    pub(super) dev: u8,
+    pub(super) device: Device,
+    pub(super) device_features: u64,
+    pub(super) queues: Vec<Queue>,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) driver_features: u64,
+    pub(super) queue_sel: u32,
+    pub(super) status: u32,
+    pub(super) interrupt_status: u32,
+    pub(super) config_generation: u32,
+    pub(super) dirty: DirtyPages,
 }
 
 /// A virtio-blk device (DeviceID 2) of `capacity_sectors` 512-byte sectors;
@@ -600,87 +599,6 @@ impl MmioTransport {
         }
         let (irq, fault) = (env.used_irq, env.fault);
         self.apply(irq, fault);
-    }
-
-    /// Snapshot of registers, queues and device state.
-    pub fn save(&self) -> MmioTransportState {
-        MmioTransportState {
-            version: SNAPSHOT_VERSION,
-            dev: self.dev,
-            device_features_sel: self.device_features_sel,
-            driver_features_sel: self.driver_features_sel,
-            driver_features: self.driver_features,
-            queue_sel: self.queue_sel,
-            status: self.status,
-            interrupt_status: self.interrupt_status,
-            config_generation: self.config_generation,
-            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
-            device: match &self.device {
-                Device::Block(b) => DeviceState::Block(b.save()),
-                Device::Net(n) => DeviceState::Net(n.save()),
-            },
-        }
-    }
-
-    /// Load a snapshot taken with [`MmioTransport::save`] of a transport built
-    /// the same way (same kind, `dev`, disk capacity). On error nothing changes.
-    pub fn restore(&mut self, s: MmioTransportState) -> Result<(), VirtioError> {
-        if s.version != SNAPSHOT_VERSION {
-            return Err(VirtioError::SnapshotVersion {
-                found: s.version,
-                expected: SNAPSHOT_VERSION,
-            });
-        }
-        if s.dev != self.dev {
-            return Err(VirtioError::DevMismatch {
-                expected: self.dev,
-                found: s.dev,
-            });
-        }
-        if s.queues.len() != self.queues.len() {
-            return Err(VirtioError::QueueCount {
-                expected: self.queues.len(),
-                found: s.queues.len(),
-            });
-        }
-        let mut queues = Vec::with_capacity(s.queues.len());
-        for (index, qs) in s.queues.iter().enumerate() {
-            if qs.max_size != QUEUE_MAX_SIZE {
-                return Err(VirtioError::InvalidQueue {
-                    index,
-                    reason: format!("max size {} (device offers {QUEUE_MAX_SIZE})", qs.max_size),
-                });
-            }
-            let q = qs.to_queue().map_err(|e| VirtioError::InvalidQueue {
-                index,
-                reason: e.to_string(),
-            })?;
-            queues.push(q);
-        }
-        let expected = self.device.kind_name();
-        match (&mut self.device, s.device) {
-            (Device::Block(b), DeviceState::Block(bs)) => b
-                .restore(bs, queues[0].size())
-                .map_err(VirtioError::Inconsistent)?,
-            (Device::Net(n), DeviceState::Net(ns)) => {
-                n.restore(ns).map_err(VirtioError::Inconsistent)?
-            }
-            (_, other) => {
-                return Err(VirtioError::KindMismatch {
-                    expected,
-                    found: other.kind_name(),
-                })
-            }
-        }
-        self.queues = queues;
-        self.device_features_sel = s.device_features_sel;
-        self.driver_features_sel = s.driver_features_sel;
-        self.driver_features = s.driver_features;
-        self.queue_sel = s.queue_sel;
-        self.status = s.status;
-        self.interrupt_status = s.interrupt_status;
-        self.config_generation = s.config_generation;
-        Ok(())
     }
 }
 

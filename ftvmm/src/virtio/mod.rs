@@ -19,6 +19,7 @@ mod block;
 mod chain;
 mod mmio;
 mod net;
+mod persist;
 mod state;
 
 #[cfg(test)]
