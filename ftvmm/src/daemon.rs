@@ -192,3 +192,87 @@ fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
 pub fn default_socket() -> PathBuf {
     PathBuf::from(ctl::FTVMM_SOCKET)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RuntimeConfig {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/cluster.toml"
+        ))
+        .unwrap();
+        let config: config_schema::ClusterConfig = toml::from_str(&text).unwrap();
+        RuntimeConfig {
+            host_name: config.hosts[0].name.clone(),
+            config,
+            host_private_key: "00".repeat(32),
+        }
+    }
+
+    #[test]
+    fn console_lines_are_exact() {
+        assert_eq!(
+            KvmAvailability::Ok { api_version: 12 }.console_line(),
+            "ftvmm: /dev/kvm ok (KVM API 12)"
+        );
+        assert_eq!(
+            KvmAvailability::Unavailable {
+                error: "No such file or directory (os error 2)".into()
+            }
+            .console_line(),
+            "ftvmm: /dev/kvm unavailable: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn status_lists_config_vms_and_kvm() {
+        let d = Daemon::new(config(), KvmAvailability::Ok { api_version: 12 });
+        let Response::Status { status } = d.handle(Request::Status) else {
+            panic!("status answers Status");
+        };
+        assert_eq!(status["kvm"]["ok"], true);
+        assert_eq!(status["role"], "idle");
+        assert_eq!(status["vms"][0]["state"], "stopped");
+    }
+
+    #[test]
+    fn start_without_kvm_or_of_unknown_vm_is_refused() {
+        let d = Daemon::new(
+            config(),
+            KvmAvailability::Unavailable {
+                error: "gone".into(),
+            },
+        );
+        let Response::Error { message } = d.handle(Request::StartVm { name: "kv".into() }) else {
+            panic!("refused");
+        };
+        assert!(message.contains("unavailable"), "{message}");
+        let d = Daemon::new(config(), KvmAvailability::Ok { api_version: 12 });
+        let Response::Error { message } = d.handle(Request::StartVm {
+            name: "nope".into(),
+        }) else {
+            panic!("refused");
+        };
+        assert!(message.contains("no VM named"), "{message}");
+    }
+
+    #[test]
+    fn socket_serves_one_request_per_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ftvmm.sock");
+        let listener = bind(&sock).unwrap();
+        let d = Arc::new(Daemon::new(
+            config(),
+            KvmAvailability::Ok { api_version: 12 },
+        ));
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            d.serve_one(s);
+        });
+        let resp = ctl::query(&sock, &Request::Status).unwrap();
+        assert!(matches!(resp, Response::Status { .. }));
+        server.join().unwrap();
+    }
+}

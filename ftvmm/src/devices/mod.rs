@@ -11,7 +11,9 @@ pub mod serial;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::{BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram};
+use crate::io::{
+    BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram,
+};
 use crate::virtio::{GuestMemoryMmap, MmioTransport, MmioTransportState, VirtioError};
 use pic::PicPair;
 use pit::{Pit, PitEffect};
