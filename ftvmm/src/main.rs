@@ -27,9 +27,9 @@ enum Cmd {
     },
     /// Run one VM in the foreground; console on stdout, stats on stderr.
     Run {
-        /// Guest kernel (ELF, see BOOT-PROTOCOL.md).
-        #[arg(long)]
-        kernel: PathBuf,
+        /// Guest kernel (ELF, see BOOT-PROTOCOL.md); not needed with --restore.
+        #[arg(long, required_unless_present = "restore")]
+        kernel: Option<PathBuf>,
         /// Guest memory in MiB (at most 3072).
         #[arg(long, default_value_t = 64)]
         mem: u64,
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             stdin,
         } => {
             let spec = VmSpec {
-                kernel,
+                kernel: kernel.unwrap_or_default(),
                 mem_mib: mem,
                 disk,
                 tap,

@@ -346,3 +346,45 @@ impl Vm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(version: u32, state_len: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = MAGIC.to_vec();
+        v.extend_from_slice(&version.to_le_bytes());
+        v.extend_from_slice(&state_len.to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn header_errors_are_typed() {
+        let r = Vm::restore_snapshot(&b"NOTASNAPxxxxxxxx"[..], vec![]);
+        assert!(matches!(r, Err(SnapshotError::BadMagic)));
+        let r = Vm::restore_snapshot(&header(7, 0, &[])[..], vec![]);
+        assert!(matches!(r, Err(SnapshotError::Version { found: 7 })));
+        let r = Vm::restore_snapshot(&header(SNAPSHOT_VERSION, u64::MAX, &[])[..], vec![]);
+        assert!(matches!(r, Err(SnapshotError::StateTooLarge(_))));
+        let r = Vm::restore_snapshot(&header(SNAPSHOT_VERSION, 100, &[1, 2, 3])[..], vec![]);
+        assert!(matches!(r, Err(SnapshotError::Truncated)));
+        let r = Vm::restore_snapshot(&MAGIC[..4], vec![]);
+        assert!(matches!(r, Err(SnapshotError::Truncated)));
+    }
+
+    proptest! {
+        /// Garbage after a valid header is an error, never a panic.
+        #[test]
+        fn garbage_state_is_an_error(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let bytes = header(SNAPSHOT_VERSION, body.len() as u64, &body);
+            prop_assert!(Vm::restore_snapshot(&bytes[..], vec![]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert!(Vm::restore_snapshot(&bytes[..], vec![]).is_err());
+        }
+    }
+}

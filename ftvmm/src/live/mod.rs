@@ -292,3 +292,58 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
         backends,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_coalesce_until_taken_and_other_events_keep_order() {
+        let q = EventQueue::new(Arc::new(Kicker::new()));
+        q.push(InputEvent::TimerTick);
+        q.push(InputEvent::ConsoleIn(b"a".to_vec()));
+        q.push(InputEvent::TimerTick);
+        let mut out = Vec::new();
+        q.take(&mut out);
+        assert_eq!(
+            out,
+            vec![InputEvent::TimerTick, InputEvent::ConsoleIn(b"a".to_vec())]
+        );
+        q.push(InputEvent::TimerTick);
+        out.clear();
+        q.take(&mut out);
+        assert_eq!(
+            out,
+            vec![InputEvent::TimerTick],
+            "a new tick after the last was taken"
+        );
+    }
+
+    #[test]
+    fn programmed_timer_produces_ticks_and_off_stops_them() {
+        let q = EventQueue::new(Arc::new(Kicker::new()));
+        let (t, thread) = timer::spawn(Arc::clone(&q)).unwrap();
+        t.program(TimerProgram::Periodic {
+            period_ns: 1_000_000,
+        });
+        let mut out = Vec::new();
+        // Generous bound: this only checks that ticks come at all.
+        for _ in 0..200 {
+            q.wait_take(Duration::from_millis(50), &mut out);
+            if !out.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(out.first(), Some(&InputEvent::TimerTick));
+        t.shutdown();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn halted_wait_returns_empty_after_its_bound() {
+        let q = EventQueue::new(Arc::new(Kicker::new()));
+        let mut out = Vec::new();
+        q.wait_take(Duration::from_millis(1), &mut out);
+        assert!(out.is_empty());
+    }
+}
