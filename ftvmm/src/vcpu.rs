@@ -45,6 +45,19 @@ fn inject(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> Result<(), kvm_ioctls::Error
     }
 }
 
+/// Access size of the current `KVM_EXIT_IO` (1, 2 or 4); the data slice holds
+/// `count` such accesses (string I/O with `rep ins/outs`).
+///
+/// # Safety
+/// `run` must point to the vCPU's mapped `kvm_run` and the last exit must be
+/// `KVM_EXIT_IO`. Reading the `io` header is fine while the I/O data (a
+/// disjoint part of the same mapping) is borrowed.
+unsafe fn io_size(run: *const kvm_bindings::kvm_run) -> usize {
+    // SAFETY: guaranteed by the caller; `io` is the active union member.
+    let size = unsafe { (*run).__bindgen_anon_1.io.size };
+    usize::from(size).max(1)
+}
+
 /// Why [`Vm::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunOutcome {
@@ -186,13 +199,18 @@ impl Vm {
     ) -> Result<Option<RunOutcome>, VmError> {
         let n = self.n + 1;
         let mut outcome = None;
+        let run_ptr: *const kvm_bindings::kvm_run = self.vcpu.get_kvm_run();
         let (kind, addr) = match self.vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                self.devices.pio_in(n, port, data, inputs);
+                // SAFETY: see `io_size`.
+                let size = unsafe { io_size(run_ptr) };
+                self.devices.pio_in(n, port, size, data, inputs);
                 (ExitKind::PioIn, u64::from(port))
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(code) = self.devices.pio_out(n, port, data, inputs, out) {
+                // SAFETY: see `io_size`.
+                let size = unsafe { io_size(run_ptr) };
+                if let Some(code) = self.devices.pio_out(n, port, size, data, inputs, out) {
                     outcome = Some(RunOutcome::DebugExit(code));
                 }
                 (ExitKind::PioOut, u64::from(port))

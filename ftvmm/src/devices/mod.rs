@@ -82,9 +82,19 @@ impl Devices {
         }
     }
 
-    /// A guest `in` from `port` (each byte of a wider access is port + i).
-    pub fn pio_in(&mut self, n: ExitIndex, port: u16, data: &mut [u8], inputs: &mut dyn Inputs) {
-        for (i, b) in data.iter_mut().enumerate() {
+    /// A guest `in` from `port`: `data` holds one or more (`rep ins`)
+    /// accesses of `size` bytes; byte `i` of an access is port + i.
+    pub fn pio_in(
+        &mut self,
+        n: ExitIndex,
+        port: u16,
+        size: usize,
+        data: &mut [u8],
+        inputs: &mut dyn Inputs,
+    ) {
+        let size = size.max(1);
+        for (j, b) in data.iter_mut().enumerate() {
+            let i = j % size;
             let p = port.wrapping_add(i as u16);
             *b = if PicPair::owns(p) {
                 self.pic.pio_read(p)
@@ -102,12 +112,13 @@ impl Devices {
         self.sync_irqs();
     }
 
-    /// A guest `out` to `port`. Returns `Some(code)` for a write to the
-    /// debug-exit port.
+    /// A guest `out` to `port` (`data` as in [`Devices::pio_in`]). Returns
+    /// `Some(code)` for a write to the debug-exit port.
     pub fn pio_out(
         &mut self,
         n: ExitIndex,
         port: u16,
+        size: usize,
         data: &[u8],
         inputs: &mut dyn Inputs,
         out: &mut dyn Outputs,
@@ -115,7 +126,9 @@ impl Devices {
         if port == DEBUG_EXIT_PORT {
             return Some(data.first().copied().unwrap_or(0));
         }
-        for (i, &b) in data.iter().enumerate() {
+        let size = size.max(1);
+        for (j, &b) in data.iter().enumerate() {
+            let i = j % size;
             let p = port.wrapping_add(i as u16);
             if PicPair::owns(p) {
                 self.pic.pio_write(p, b);
@@ -265,5 +278,76 @@ impl Devices {
         self.uart = uart;
         self.unhandled = s.unhandled;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{OutputEvent, TimeSource};
+
+    struct NoInputs;
+    impl Inputs for NoInputs {
+        fn events_at(&mut self, _: ExitIndex, _: &mut Vec<InputEvent>) {}
+        fn time_read(&mut self, n: ExitIndex, _: TimeSource) -> u64 {
+            n
+        }
+    }
+    #[derive(Default)]
+    struct Sink(Vec<OutputEvent>);
+    impl Outputs for Sink {
+        fn emit(&mut self, _: ExitIndex, e: OutputEvent) {
+            self.0.push(e);
+        }
+    }
+
+    #[test]
+    fn rep_outsb_to_com1_writes_every_byte_to_the_same_port() {
+        let mut d = Devices::new(vec![]);
+        let mut sink = Sink::default();
+        let r = d.pio_out(1, 0x3f8, 1, b"hello", &mut NoInputs, &mut sink);
+        assert_eq!(r, None);
+        assert_eq!(sink.0, vec![OutputEvent::Console(b"hello".to_vec())]);
+    }
+
+    #[test]
+    fn debug_exit_port_returns_the_code_and_unknown_ports_read_all_ones() {
+        let mut d = Devices::new(vec![]);
+        let mut sink = Sink::default();
+        assert_eq!(
+            d.pio_out(1, DEBUG_EXIT_PORT, 1, &[42], &mut NoInputs, &mut sink),
+            Some(42)
+        );
+        let mut buf = [0u8; 4];
+        d.pio_in(2, 0x1234, 4, &mut buf, &mut NoInputs);
+        assert_eq!(buf, [0xff; 4]);
+        assert_eq!(d.unhandled.pio_reads, 4);
+        let mut m = [0u8; 4];
+        d.mmio_read(3, 0xd000_0000, &mut m);
+        assert_eq!(m, [0xff; 4], "no virtio devices: the window is empty");
+    }
+
+    #[test]
+    fn timer_tick_reaches_the_cpu_only_once_pit_and_pic_are_programmed() {
+        let mut d = Devices::new(vec![]);
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 4096)]).unwrap();
+        let mut sink = Sink::default();
+        d.deliver(1, &mem, InputEvent::TimerTick, &mut sink);
+        assert!(!d.pic.intr(), "PIT not programmed");
+        for (p, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0xfe),
+        ] {
+            d.pio_out(2, p, 1, &[v], &mut NoInputs, &mut sink);
+        }
+        for (p, v) in [(0x43, 0x34), (0x40, 0x9c), (0x40, 0x2e)] {
+            d.pio_out(3, p, 1, &[v], &mut NoInputs, &mut sink);
+        }
+        d.deliver(4, &mem, InputEvent::TimerTick, &mut sink);
+        assert!(d.pic.intr());
+        assert_eq!(d.pic.acknowledge(), 0x20);
     }
 }
