@@ -25,5 +25,5 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
-pub use vcpu::{ExitKind, RunOutcome, TraceEntry};
+pub use vcpu::{ExitKind, RunOutcome, TraceEntry, WindowPolicy};
 pub use vm::{Vm, VmError, VmHandle};

@@ -105,6 +105,8 @@ pub struct VmState {
     pub mem_size: u64,
     pub exit_index: ExitIndex,
     pub halted: bool,
+    /// Whether the VM stopped right after a deterministic exit (see `vcpu.rs`).
+    pub at_deterministic_point: bool,
     pub stats: ExitStats,
     pub cpu: CpuState,
     pub devices: DevicesState,
@@ -204,6 +206,7 @@ impl Vm {
             mem_size: self.mem_size,
             exit_index: self.n,
             halted: self.halted,
+            at_deterministic_point: self.at_deterministic_point,
             stats: self.stats.clone(),
             cpu,
             devices: self.devices.save(),
@@ -339,6 +342,7 @@ impl Vm {
             .map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
         self.n = state.exit_index;
         self.halted = state.halted;
+        self.at_deterministic_point = state.at_deterministic_point;
         self.stats = state.stats;
         // Fill kvm_run's interrupt flags from the restored state, as the
         // uninterrupted VM had them after its last exit.

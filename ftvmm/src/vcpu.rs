@@ -8,10 +8,13 @@
 //!   (`EINTR` from a kick or signal, `KVM_EXIT_INTR`) do not.
 //! - After handling exit `n`, the loop asks `Inputs::events_at(n)` and delivers
 //!   those events. Nothing asynchronous reaches a device anywhere else.
-//! - Before each entry, if the PIC's INTR is up: inject with `KVM_INTERRUPT`
-//!   when `kvm_run.ready_for_interrupt_injection` and `if_flag` say the vCPU
-//!   can take it, else set `request_interrupt_window` and inject at the
-//!   resulting interrupt-window exit.
+//! - Before each entry that follows a deterministic exit, if the PIC's INTR is
+//!   up: inject with `KVM_INTERRUPT` when `kvm_run.ready_for_interrupt_injection`
+//!   and `if_flag` say the vCPU can take it, else set `request_interrupt_window`
+//!   and decide again at the next deterministic exit (the interrupt-window exit
+//!   on real KVM; see [`WindowPolicy`] for hosts where that exit is not
+//!   precise). Never after a host-caused exit: the guest stopped at an
+//!   arbitrary instruction there.
 //! - HLT: the vCPU is idle until an interrupt is deliverable; the loop blocks in
 //!   `Inputs::events_at_halt(n)` (still at the HLT's `n`) and delivers what it
 //!   returns, until the PIC raises INTR. A HLT with interrupts disabled ends the
@@ -56,6 +59,32 @@ unsafe fn io_size(run: *const kvm_bindings::kvm_run) -> usize {
     // SAFETY: guaranteed by the caller; `io` is the active union member.
     let size = unsafe { (*run).__bindgen_anon_1.io.size };
     usize::from(size).max(1)
+}
+
+/// How an interrupt the vCPU cannot take yet (IF=0 or an interrupt shadow)
+/// reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowPolicy {
+    /// Set `request_interrupt_window`; KVM exits (`KVM_EXIT_IRQ_WINDOW_OPEN`)
+    /// as soon as the window opens. With VMX/SVM interrupt-window intercepts
+    /// that exit happens at a fixed instruction, so it is deterministic.
+    RequestWindow,
+    /// Never request a window; inject at the next deterministic exit at which
+    /// the vCPU can take the interrupt. For hosts whose KVM reports an open
+    /// window only when the vCPU is next entered (the PVM-based `/dev/kvm` of
+    /// the dev machine): there a host-caused exit would move the window exit.
+    NextExit,
+}
+
+impl WindowPolicy {
+    /// `NextExit` on PVM-based KVM (module `kvm_pvm` loaded), else `RequestWindow`.
+    pub fn for_host() -> Self {
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            WindowPolicy::NextExit
+        } else {
+            WindowPolicy::RequestWindow
+        }
+    }
 }
 
 /// Why [`Vm::run`] returned.
@@ -170,6 +199,13 @@ impl Vm {
 
     /// Injects the PIC's pending interrupt or asks for an interrupt window.
     fn prepare_injection(&mut self) -> Result<(), VmError> {
+        if !self.at_deterministic_point {
+            // The last return was host-caused: the guest stopped at an arbitrary
+            // instruction, and `if_flag`/`ready_for_interrupt_injection` describe
+            // that arbitrary point. Injecting here would not be reproducible, so
+            // re-enter with the window request as it was.
+            return Ok(());
+        }
         let intr = self.devices.pic.intr();
         let run = self.vcpu.get_kvm_run();
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
@@ -179,7 +215,8 @@ impl Vm {
             inject(&self.vcpu, vector).map_err(kvm_err("KVM_INTERRUPT"))?;
             self.stats.injected += 1;
         } else {
-            run.request_interrupt_window = u8::from(intr);
+            let ask = intr && self.window_policy == WindowPolicy::RequestWindow;
+            run.request_interrupt_window = u8::from(ask);
         }
         Ok(())
     }
@@ -267,6 +304,7 @@ impl Vm {
             }
         };
         self.n = n;
+        self.at_deterministic_point = true;
         self.count(kind);
         self.publish();
         if let Some(trace) = self.trace.as_mut() {
@@ -291,6 +329,7 @@ impl Vm {
 
     fn host_exit(&mut self) -> Option<RunOutcome> {
         self.stats.host += 1;
+        self.at_deterministic_point = false;
         self.vcpu.set_kvm_immediate_exit(0);
         None
     }

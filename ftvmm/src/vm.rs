@@ -113,6 +113,10 @@ pub struct Vm {
     pub(crate) stats: ExitStats,
     /// The vCPU executed HLT and waits for an interrupt.
     pub(crate) halted: bool,
+    /// The last `KVM_RUN` return was guest-caused (or none happened yet):
+    /// only then may an interrupt be injected (see `vcpu.rs`).
+    pub(crate) at_deterministic_point: bool,
+    pub(crate) window_policy: crate::vcpu::WindowPolicy,
     pub(crate) dirty_log: bool,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) kicker: Arc<Kicker>,
@@ -147,6 +151,8 @@ impl Vm {
             n: 0,
             stats: ExitStats::default(),
             halted: false,
+            at_deterministic_point: true,
+            window_policy: crate::vcpu::WindowPolicy::for_host(),
             dirty_log: false,
             stop: Arc::new(AtomicBool::new(false)),
             kicker: Arc::new(Kicker::new()),
@@ -248,6 +254,16 @@ impl Vm {
 
     pub fn vcpu(&self) -> &VcpuFd {
         &self.vcpu
+    }
+
+    /// How interrupts wait for IF=1 (defaults to [`crate::vcpu::WindowPolicy::for_host`]).
+    /// Primary and Secondary must use the same policy.
+    pub fn set_window_policy(&mut self, p: crate::vcpu::WindowPolicy) {
+        self.window_policy = p;
+    }
+
+    pub fn window_policy(&self) -> crate::vcpu::WindowPolicy {
+        self.window_policy
     }
 
     /// Whether the vCPU waits in HLT.

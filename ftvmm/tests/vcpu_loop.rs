@@ -263,3 +263,32 @@ fn outputs_are_console_only_for_port_guests() {
         .iter()
         .all(|(_, e)| matches!(e, OutputEvent::Console(_))));
 }
+
+#[test]
+fn host_exits_from_kicks_do_not_move_the_injection_point() {
+    let script = || {
+        let mut i = ScriptedInputs::default();
+        i.at.insert(30, vec![InputEvent::TimerTick]);
+        i
+    };
+    let quiet = traced_run(guest_window(), &mut script());
+
+    let mut vm = tiny_vm(guest_window(), 2, vec![]);
+    vm.enable_trace();
+    let handle = vm.handle();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = std::sync::Arc::clone(&done);
+    let kicker = std::thread::spawn(move || {
+        while !d.load(std::sync::atomic::Ordering::Relaxed) {
+            handle.kick();
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    });
+    let mut out = Collected::default();
+    let outcome = vm.run(&mut script(), &mut out, None).unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    kicker.join().unwrap();
+    let regs = vm.vcpu().get_regs().unwrap();
+    assert!(vm.stats().host > 0, "the kicks caused host exits");
+    assert_eq!((vm.take_trace(), outcome, regs.r15), quiet);
+}

@@ -151,8 +151,9 @@ guest!(
 );
 
 // Same IDT/PIC/PIT setup as guest_ticks, but keeps interrupts disabled while
-// doing 20 port writes, then executes `sti` followed by port writes: a tick
-// delivered while IF=0 must wait for the interrupt window. Exits with r15 (the
+// doing 20 port writes, then executes `sti`, a 200,000-iteration loop without
+// exits, and port writes: a tick delivered while IF=0 must wait for the
+// interrupt window (or, where KVM reports the window late, the next exit). Exits with r15 (the
 // number of interrupts taken) after the second batch.
 guest!(
     guest_window,
@@ -199,7 +200,7 @@ guest!(
     "out 0x80, al",
     "loop 4b",
     "sti",
-    "mov ecx, 5",
+    "mov ecx, 200000",
     "5:",
     "nop",
     "add r14, 1",
