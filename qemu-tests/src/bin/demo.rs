@@ -90,6 +90,14 @@ fn main() -> Result<()> {
         );
     }
     println!("demo: all {} hosts ready", rows.len());
+    for hub in [&cluster.ft, &cluster.vm] {
+        let counts: Vec<String> = hub
+            .all_stats()
+            .into_iter()
+            .map(|(port, s)| format!("{port} sent {} got {}", s.rx_frames, s.tx_frames))
+            .collect();
+        println!("demo: {} network frames: {}", hub.name(), counts.join(", "));
+    }
     if args.hold {
         println!(
             "demo: cluster running; hub sockets in {}/ft and {}/vm; press Enter to stop",
