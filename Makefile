@@ -52,6 +52,16 @@ bench: image
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
 
+## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	cd config-schema && cargo +nightly fuzz run config_disk -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run virtio_chain -- -max_total_time=$(FUZZ_SECONDS)
+	cd guest/kvlog && cargo +nightly fuzz run decode_log -- -max_total_time=$(FUZZ_SECONDS)
+	cd guest/kvlog && cargo +nightly fuzz run parse_command -- -max_total_time=$(FUZZ_SECONDS)
+
 ## chaos: long soak / fault-schedule runs (beyond make test)
 chaos: prereqs
 	@echo "make chaos: no long-running chaos suites exist yet (they arrive with the fencing and failover work)"

@@ -9,6 +9,7 @@ PACKAGES=(
   grub-efi-amd64-bin grub-common       # the UEFI loader (grub-mkimage)
   mtools dosfstools                    # the EFI system partition image
   cpio                                 # inspecting initramfs images by hand
+  iproute2                             # network namespaces for the test clients
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 
