@@ -1,0 +1,214 @@
+//! `ftvmm-bench`: the numbers of `make bench` (issue 3), printed as one table of medians over
+//! `--runs` runs: boot time of the reference guest to its first serial line, KV PUT/GET ops/s
+//! and p50/p99 latency over TCP (one connection, TAP in a private network namespace), exits per
+//! second (a port-I/O loop guest, and during the KV requests), and the CPU-bound workload under
+//! ftvmm next to the same `ftguest_cpuwork::run` natively in this process. Needs root and
+//! `/dev/kvm`.
+
+#[path = "ftvmm_bench/console.rs"]
+mod console;
+#[path = "ftvmm_bench/cpu.rs"]
+mod cpu;
+#[path = "ftvmm_bench/exits.rs"]
+mod exits;
+#[path = "ftvmm_bench/kv.rs"]
+mod kv;
+#[path = "ftvmm_bench/net.rs"]
+mod net;
+#[path = "ftvmm_bench/stats.rs"]
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use stats::{median, percentile};
+
+#[derive(Parser)]
+#[command(
+    name = "ftvmm-bench",
+    about = "ftvmm benchmarks (issue 3): one table of medians"
+)]
+struct Args {
+    /// Runs of each benchmark; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// PUTs (then as many GETs) per KV run.
+    #[arg(long, default_value_t = 100)]
+    kv_ops: usize,
+    /// Rounds of the CPU-bound workload.
+    #[arg(long, default_value_t = 30_000)]
+    cpu_iters: u64,
+    /// Port writes of the exit-loop guest.
+    #[arg(long, default_value_t = 100_000)]
+    exit_loops: u32,
+    /// The reference guest ELF.
+    #[arg(
+        long,
+        default_value = "guest/target/x86_64-unknown-none/release/ftguest"
+    )]
+    kernel: PathBuf,
+    /// Skip the KV benchmark (no root/TAP needed then).
+    #[arg(long)]
+    no_kv: bool,
+    /// Echo the guests' console lines to stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.runs == 0 || args.kv_ops == 0 {
+        bail!("--runs and --kv-ops must be at least 1");
+    }
+    if !args.kernel.is_file() {
+        bail!(
+            "guest ELF {} missing: build it with `cd guest && cargo build --release --target x86_64-unknown-none`",
+            args.kernel.display()
+        );
+    }
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into());
+    // Before any thread exists: every later thread shares the private namespace.
+    let _tap = if args.no_kv {
+        None
+    } else {
+        net::enter_private_netns()?;
+        Some(net::TapGuard::create()?)
+    };
+    let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+
+    let mut cpu_runs = Vec::new();
+    let mut exit_runs = Vec::new();
+    let mut kv_runs = Vec::new();
+    for r in 0..args.runs {
+        eprintln!("ftvmm-bench: run {}/{}", r + 1, args.runs);
+        cpu_runs.push(cpu::run(&args.kernel, args.cpu_iters, args.verbose)?);
+        exit_runs.push(exits::run(args.exit_loops)?);
+        if !args.no_kv {
+            kv_runs.push(kv::run(
+                &args.kernel,
+                tmp.path(),
+                r,
+                args.kv_ops,
+                args.verbose,
+            )?);
+        }
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let med = |xs: Vec<f64>| median(&xs).unwrap_or(f64::NAN);
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let boot = med(cpu_runs.iter().map(|c| ms(c.boot)).collect());
+    rows.push((
+        "boot to first serial line".into(),
+        format!("{boot:.1} ms"),
+        "run_vm() call (VM create + ELF load) to `guest: boot`".into(),
+    ));
+    if !args.no_kv {
+        for (name, lat, total) in [
+            (
+                "PUT",
+                kv_runs.iter().map(|k| &k.put).collect::<Vec<_>>(),
+                kv_runs.iter().map(|k| k.put_total).collect::<Vec<_>>(),
+            ),
+            (
+                "GET",
+                kv_runs.iter().map(|k| &k.get).collect(),
+                kv_runs.iter().map(|k| k.get_total).collect(),
+            ),
+        ] {
+            let ops = med(total
+                .iter()
+                .map(|t| args.kv_ops as f64 / t.as_secs_f64())
+                .collect());
+            let p = |q: f64| {
+                med(lat
+                    .iter()
+                    .map(|l| percentile(l, q).map_or(f64::NAN, ms))
+                    .collect())
+            };
+            rows.push((
+                format!("KV {name} throughput"),
+                format!("{ops:.1} ops/s"),
+                format!("{} sequential {name}s, one TCP connection", args.kv_ops),
+            ));
+            rows.push((
+                format!("KV {name} latency p50 / p99"),
+                format!("{:.2} / {:.2} ms", p(50.0), p(99.0)),
+                "request sent to reply line read".into(),
+            ));
+        }
+    }
+    let exit_rate = med(exit_runs
+        .iter()
+        .map(|(n, d)| *n as f64 / d.as_secs_f64())
+        .collect());
+    rows.push((
+        "exits/s, port-I/O loop".into(),
+        format!("{exit_rate:.0}"),
+        format!("{} `out 0x80` + debug exit", args.exit_loops),
+    ));
+    if !args.no_kv {
+        let kv_rate = med(kv_runs
+            .iter()
+            .map(|k| k.exits as f64 / k.phase.as_secs_f64())
+            .collect());
+        rows.push((
+            "exits/s, during KV requests".into(),
+            format!("{kv_rate:.0}"),
+            "guest exits / wall time of the PUT+GET phase".into(),
+        ));
+    }
+    let guest = med(cpu_runs.iter().map(|c| ms(c.guest_work)).collect());
+    let native = med(cpu_runs.iter().map(|c| ms(c.native_work)).collect());
+    rows.push((
+        "CPU workload under ftvmm".into(),
+        format!("{guest:.1} ms"),
+        format!(
+            "cpu_iters={}, `guest: mem=` to `cpu: checksum=` lines",
+            args.cpu_iters
+        ),
+    ));
+    rows.push((
+        "CPU workload native".into(),
+        format!("{native:.3} ms"),
+        format!(
+            "ftguest_cpuwork::run({}) in this process, checksum {:016x} (equal)",
+            args.cpu_iters, cpu_runs[0].checksum
+        ),
+    ));
+    rows.push((
+        "CPU ratio ftvmm / native".into(),
+        format!("{:.1}x", guest / native),
+        "medians of the same runs".into(),
+    ));
+
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    println!(
+        "ftvmm-bench: medians of {} runs (kv-ops {}, cpu-iters {}, exit-loops {})",
+        args.runs, args.kv_ops, args.cpu_iters, args.exit_loops
+    );
+    println!("{:<w0$}  {:>w1$}  how", "what", "median");
+    println!("{}  {}  {}", "-".repeat(w0), "-".repeat(w1), "-".repeat(3));
+    for (a, b, c) in &rows {
+        println!("{a:<w0$}  {b:>w1$}  {c}");
+    }
+    println!(
+        "note: {nproc} CPUs, load average at start {load}; this host's /dev/kvm is PVM-based and \
+         emulates guest instructions, so guest CPU work is far slower than on hardware KVM"
+    );
+    Ok(())
+}
