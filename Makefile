@@ -22,14 +22,15 @@ image: prereqs
 	bash image/build.sh
 
 ## test: everything that runs here in well under an hour
-test: prereqs lint test-unit test-guest image test-qemu
+test: prereqs lint test-guest test-unit image test-qemu
 	@echo "make test: all suites passed"
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-unit:
+# The VMM tests boot the reference guest, so it is built first (test-guest).
+test-unit: test-guest
 	$(CARGO) test --workspace --exclude qemu-tests
 
 test-guest:
