@@ -185,8 +185,10 @@ fn main() -> Result<()> {
         "CPU workload native".into(),
         format!("{native:.3} ms"),
         format!(
-            "ftguest_cpuwork::run({}) in this process, checksum {:016x} (equal)",
-            args.cpu_iters, cpu_runs[0].checksum
+            "ftguest_cpuwork::run({}) in this process (median of {} calls/run), checksum {:016x} (equal)",
+            args.cpu_iters,
+            cpu::NATIVE_REPEATS,
+            cpu_runs[0].checksum
         ),
     ));
     rows.push((
