@@ -7,7 +7,7 @@ CARGO ?= cargo
 ISO := out/ftappliance.iso
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 
-.PHONY: all prereqs build image test test-unit test-guest test-qemu repro-check demo bench chaos fuzz lint clean
+.PHONY: all prereqs build image test test-unit test-guest test-qemu test-repro repro-check demo bench chaos fuzz lint clean
 
 all: build
 
@@ -22,7 +22,7 @@ image: prereqs
 	bash image/build.sh
 
 ## test: everything that runs here in well under an hour
-test: prereqs lint test-guest test-unit image test-qemu
+test: prereqs lint test-guest test-unit image test-qemu test-repro
 	@echo "make test: all suites passed"
 
 lint:
@@ -39,6 +39,10 @@ test-guest:
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
 test-qemu: image
 	$(CARGO) test -p qemu-tests -- --test-threads=1
+
+# A second ISO build from a fresh clone must equal the one `image` just made.
+test-repro: image
+	bash image/repro-check.sh --against-worktree
 
 ## repro-check: two builds of the ISO from two clean clones give the same sha256
 repro-check: prereqs
