@@ -3,8 +3,16 @@
 //! It loads the verified runtime config, checks `/dev/kvm`, and serves the
 //! control protocol of `config_schema::ctl` on a Unix socket: `Status`, and
 //! `StartVm`/`StopVm` for the VMs the config names (see [`crate::manager`]).
+//! At startup it starts every config VM whose Primary is this host
+//! ([`crate::manager::placement`]).
+//!
+//! Test hook: with `ft.test=vmctl` on the kernel command line, the daemon also
+//! reads commands from the serial console (the appliance has no shell and
+//! nothing else reads console input), so a QEMU test can restart a VM or save
+//! and restore it; see [`ConsoleCommand`]. Without that option the console is
+//! not read.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +20,42 @@ use std::sync::{Arc, Mutex};
 use config_schema::ctl::{self, Request, Response};
 use config_schema::runtime::RuntimeConfig;
 
-use crate::manager::VmManager;
+use crate::manager::{placement, Placement, VmManager};
+
+/// Kernel command-line option that enables the console test hook.
+pub const TEST_HOOK_OPTION: &str = "ft.test=vmctl";
+/// Where the snapshots of the test hook's save → restore go (tmpfs).
+pub const TEST_SNAPSHOT_DIR: &str = "/run/ftvmm";
+/// Console input the test hook reads.
+const CONSOLE_TTY: &str = "/dev/ttyS0";
+
+/// A command of the console test hook, one line on the serial console:
+/// `ftvmm-test restart <vm>` or `ftvmm-test snapshot-restore <vm>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleCommand {
+    /// Stop the VM and boot it again from its image and disk.
+    Restart(String),
+    /// Save the VM, tear it down, and restore it from the save (same process).
+    SnapshotRestore(String),
+}
+
+impl ConsoleCommand {
+    /// Parses one console line; anything not starting with `ftvmm-test ` is `None`.
+    pub fn parse(line: &str) -> Option<Result<ConsoleCommand, String>> {
+        let rest = line.trim().strip_prefix("ftvmm-test ")?;
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        Some(match words.as_slice() {
+            ["restart", vm] => Ok(ConsoleCommand::Restart((*vm).to_string())),
+            ["snapshot-restore", vm] => Ok(ConsoleCommand::SnapshotRestore((*vm).to_string())),
+            _ => Err(format!("unknown test command {rest:?}")),
+        })
+    }
+}
+
+/// True if the kernel command line `cmdline` enables the console test hook.
+pub fn test_hook_enabled(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == TEST_HOOK_OPTION)
+}
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +174,52 @@ impl Daemon {
         }
     }
 
+    /// Starts every config VM whose Primary is this host and says, for each
+    /// other VM, where its Primary is.
+    pub fn start_primaries(&self) {
+        let here = &self.config.host_name;
+        for (vm, p) in placement(&self.config.config, here) {
+            match p {
+                Placement::PrimaryHere => {
+                    println!("ftvmm: vm {vm}: starting as primary on {here}");
+                    if let Response::Error { message } =
+                        self.handle(Request::StartVm { name: vm.clone() })
+                    {
+                        println!("ftvmm: vm {vm}: cannot start: {message}");
+                    }
+                }
+                Placement::PrimaryElsewhere(h) => {
+                    println!("ftvmm: vm {vm}: primary is {h}; not starting here");
+                }
+                Placement::NoAllowedHost => {
+                    println!("ftvmm: vm {vm}: its affinity allows no host; not starting");
+                }
+            }
+        }
+    }
+
+    /// Carries out one test-hook command and prints its outcome line:
+    /// `ftvmm: test hook: <command> <vm>: done` or `...: failed: <error>`.
+    pub fn run_console_command(&self, cmd: &ConsoleCommand) -> Result<(), String> {
+        let mut mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
+        let (what, vm, res) = match cmd {
+            ConsoleCommand::Restart(vm) => ("restart", vm, mgr.restart(vm)),
+            ConsoleCommand::SnapshotRestore(vm) => {
+                ("snapshot-restore", vm, mgr.snapshot_restore(vm))
+            }
+        };
+        match res {
+            Ok(()) => {
+                println!("ftvmm: test hook: {what} {vm}: done");
+                Ok(())
+            }
+            Err(e) => {
+                println!("ftvmm: test hook: {what} {vm}: failed: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
     fn serve_one(&self, stream: UnixStream) {
         let mut reader = BufReader::new(&stream);
         let resp = match ctl::read_message::<Request, _>(&mut reader, "client") {
@@ -158,7 +247,28 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
     tracing::info!(host = %config.host_name, vms = config.config.vms.len(), "ftvmm daemon starting");
     let listener = bind(socket)?;
     println!("ftvmm: listening on {}", socket.display());
-    let daemon = Arc::new(Daemon::new(config, kvm));
+    let test_hook = std::fs::read_to_string("/proc/cmdline")
+        .map(|c| test_hook_enabled(&c))
+        .unwrap_or(false);
+    let daemon = Daemon::new(config, kvm);
+    if test_hook {
+        daemon
+            .manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enable_snapshots(PathBuf::from(TEST_SNAPSHOT_DIR));
+    }
+    let daemon = Arc::new(daemon);
+    daemon.start_primaries();
+    if test_hook {
+        let d = Arc::clone(&daemon);
+        if let Err(e) = std::thread::Builder::new()
+            .name("test-hook".into())
+            .spawn(move || console_hook(&d))
+        {
+            println!("ftvmm: test hook {TEST_HOOK_OPTION}: cannot start: {e}");
+        }
+    }
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
@@ -169,6 +279,70 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+/// The test hook's loop: reads console lines and runs the commands in them.
+fn console_hook(daemon: &Daemon) {
+    let tty = match open_console_quiet(Path::new(CONSOLE_TTY)) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("ftvmm: test hook {TEST_HOOK_OPTION}: cannot open {CONSOLE_TTY}: {e}");
+            return;
+        }
+    };
+    let snapshots = Path::new(TEST_SNAPSHOT_DIR);
+    if let Err(e) = std::fs::create_dir_all(snapshots) {
+        println!(
+            "ftvmm: test hook: cannot create {}: {e}",
+            snapshots.display()
+        );
+    }
+    println!("ftvmm: test hook {TEST_HOOK_OPTION}: reading commands from {CONSOLE_TTY}");
+    for line in BufReader::new(tty).lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                println!("ftvmm: test hook: console read failed: {e}");
+                return;
+            }
+        };
+        match ConsoleCommand::parse(&line) {
+            None => {}
+            Some(Err(e)) => println!("ftvmm: test hook: {e}"),
+            Some(Ok(cmd)) => {
+                let _ = daemon.run_console_command(&cmd);
+            }
+        }
+    }
+}
+
+/// Opens the console for reading, without making it our controlling terminal,
+/// and turns its echo off so typed commands do not land in the console output.
+fn open_console_quiet(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: `termios` is plain old data; zeroed is a valid value that
+    // tcgetattr overwrites.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor owned by `f` for the whole call and
+    // `t` is a valid, writable termios.
+    if unsafe { libc::tcgetattr(fd, &mut t) } == 0 {
+        t.c_lflag &= !(libc::ECHO | libc::ECHONL);
+        t.c_lflag |= libc::ICANON;
+        // SAFETY: as above; `t` is the fully initialised termios read above.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) } != 0 {
+            tracing::warn!(
+                "cannot turn console echo off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(f)
 }
 
 fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
@@ -209,6 +383,46 @@ mod tests {
             config,
             host_private_key: "00".repeat(32),
         }
+    }
+
+    #[test]
+    fn test_hook_option_and_commands_parse() {
+        assert!(test_hook_enabled(
+            "console=ttyS0,115200 ft.test=vmctl panic=10"
+        ));
+        assert!(!test_hook_enabled(
+            "console=ttyS0 ft.test=vmctlx ft.fault=crash:ftvmm"
+        ));
+        assert_eq!(ConsoleCommand::parse("hello"), None);
+        assert_eq!(
+            ConsoleCommand::parse("ftvmm-test restart kv\r"),
+            Some(Ok(ConsoleCommand::Restart("kv".into())))
+        );
+        assert_eq!(
+            ConsoleCommand::parse("  ftvmm-test snapshot-restore kv"),
+            Some(Ok(ConsoleCommand::SnapshotRestore("kv".into())))
+        );
+        assert!(matches!(
+            ConsoleCommand::parse("ftvmm-test reboot kv"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            ConsoleCommand::parse("ftvmm-test restart"),
+            Some(Err(_))
+        ));
+    }
+
+    #[test]
+    fn console_commands_on_a_stopped_vm_fail_cleanly() {
+        let d = Daemon::new(config(), KvmAvailability::Ok { api_version: 12 });
+        let err = d
+            .run_console_command(&ConsoleCommand::Restart("kv".into()))
+            .unwrap_err();
+        assert!(err.contains("not running"), "{err}");
+        let err = d
+            .run_console_command(&ConsoleCommand::SnapshotRestore("nope".into()))
+            .unwrap_err();
+        assert!(err.contains("snapshots are not enabled"), "{err}");
     }
 
     #[test]

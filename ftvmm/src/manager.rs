@@ -1,6 +1,7 @@
-//! The VMs a daemon runs: which config VMs exist, starting one (its guest
-//! image, its disk region on the shared device, its TAP on the VM bridge) on a
-//! thread of its own, stopping it, and reporting status.
+//! The VMs a daemon runs: which config VMs exist and where their Primary is
+//! placed, starting one (its guest image, its disk region on the shared
+//! device, its TAP on the VM bridge) on a thread of its own, stopping,
+//! restarting and snapshot-restoring it, and reporting status.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use config_schema::runtime::RuntimeConfig;
-use config_schema::{DeviceLocator, GuestMode};
+use config_schema::validate::allowed_hosts;
+use config_schema::{ClusterConfig, DeviceLocator, GuestMode};
 
 use crate::live::DiskSpec;
 use crate::runner::{run_vm, RunReport, VmSpec};
@@ -30,6 +32,46 @@ pub enum ManagerError {
     NotRunning(String),
     #[error("cannot start VM {name:?}: {reason}")]
     Start { name: String, reason: String },
+    #[error("snapshot of VM {name:?} failed: {reason}")]
+    Snapshot { name: String, reason: String },
+}
+
+/// Where the Primary of a config VM runs, seen from one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// This host is the VM's Primary: the daemon starts it.
+    PrimaryHere,
+    /// Another host is the Primary.
+    PrimaryElsewhere(String),
+    /// The VM's affinity allows no host of the config.
+    NoAllowedHost,
+}
+
+/// The Primary host of `vm`: the first host, in the config's `hosts` order,
+/// that the VM's affinity allows.
+pub fn primary_host<'a>(config: &'a ClusterConfig, vm: &config_schema::Vm) -> Option<&'a str> {
+    let allowed = allowed_hosts(config, vm);
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .find(|h| allowed.contains(h))
+}
+
+/// The placement of every config VM as seen from `host`, in config order.
+pub fn placement(config: &ClusterConfig, host: &str) -> Vec<(String, Placement)> {
+    config
+        .vms
+        .iter()
+        .map(|vm| {
+            let p = match primary_host(config, vm) {
+                Some(h) if h == host => Placement::PrimaryHere,
+                Some(h) => Placement::PrimaryElsewhere(h.to_string()),
+                None => Placement::NoAllowedHost,
+            };
+            (vm.name.clone(), p)
+        })
+        .collect()
 }
 
 /// What a VM is doing.
@@ -56,6 +98,9 @@ pub struct VmManager {
     guest_dir: PathBuf,
     sys_block: PathBuf,
     bridge: Option<String>,
+    /// When set, every VM writes `<dir>/<name>.snap` when it stops, which
+    /// [`VmManager::snapshot_restore`] needs.
+    snapshot_dir: Option<PathBuf>,
 }
 
 /// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`) is `serial`.
@@ -74,27 +119,55 @@ pub fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
     None
 }
 
-/// Prefixes each console line with the VM name on the daemon's stdout.
+/// Prefixes each console line with the VM name on the daemon's stdout. The
+/// guest writes byte by byte; whole lines are written at once so that other
+/// threads' log lines never land inside a guest line.
 struct ConsolePrefix {
     prefix: String,
-    at_line_start: bool,
+    line: Vec<u8>,
 }
+
+impl ConsolePrefix {
+    fn new(vm: &str) -> Self {
+        ConsolePrefix {
+            prefix: format!("[{vm}] "),
+            line: Vec::new(),
+        }
+    }
+
+    fn write_line(&mut self) -> std::io::Result<()> {
+        let mut out = Vec::with_capacity(self.prefix.len() + self.line.len());
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.append(&mut self.line);
+        std::io::stdout().lock().write_all(&out)
+    }
+}
+
+/// Longest console line kept back before it is written out anyway.
+const MAX_CONSOLE_LINE: usize = 4096;
 
 impl Write for ConsolePrefix {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = Vec::with_capacity(buf.len() + 16);
         for &b in buf {
-            if self.at_line_start {
-                out.extend_from_slice(self.prefix.as_bytes());
+            self.line.push(b);
+            if b == b'\n' || self.line.len() >= MAX_CONSOLE_LINE {
+                self.write_line()?;
             }
-            out.push(b);
-            self.at_line_start = b == b'\n';
         }
-        std::io::stdout().lock().write_all(&out)?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        // Partial lines wait for their newline (see Drop).
         std::io::stdout().flush()
+    }
+}
+
+impl Drop for ConsolePrefix {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.line.push(b'\n');
+            let _ = self.write_line();
+        }
     }
 }
 
@@ -106,7 +179,20 @@ impl VmManager {
             guest_dir: PathBuf::from(GUEST_DIR),
             sys_block: PathBuf::from("/sys/block"),
             bridge: Some(VM_BRIDGE.to_string()),
+            snapshot_dir: None,
         }
+    }
+
+    /// Makes every VM started from now on save a snapshot to
+    /// `<dir>/<name>.snap` when it stops (the daemon's test hook uses this).
+    pub fn enable_snapshots(&mut self, dir: PathBuf) {
+        self.snapshot_dir = Some(dir);
+    }
+
+    fn snapshot_path(&self, name: &str) -> Option<PathBuf> {
+        self.snapshot_dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}.snap")))
     }
 
     pub fn any_running(&self) -> bool {
@@ -197,17 +283,25 @@ impl VmManager {
             tap: Some(tap),
             cmdline: format!("mode={mode} ip={} mac={}", vm.ip, vm.mac),
             restore: None,
-            snapshot_on_exit: None,
+            snapshot_on_exit: self.snapshot_path(name),
             stdin: false,
             bridge: self.bridge.clone(),
         })
     }
 
+    /// Boots config VM `name` from its guest image.
     pub fn start(&mut self, name: &str) -> Result<(), ManagerError> {
+        self.start_from(name, None)
+    }
+
+    /// Starts VM `name`, booting its image or, with `restore`, continuing
+    /// from that snapshot file (deleted once it has been loaded).
+    fn start_from(&mut self, name: &str, restore: Option<PathBuf>) -> Result<(), ManagerError> {
         if self.any_running_named(name) {
             return Err(ManagerError::AlreadyRunning(name.to_string()));
         }
-        let spec = self.spec_for(name)?;
+        let mut spec = self.spec_for(name)?;
+        spec.restore = restore;
         if !spec.kernel.exists() {
             return Err(ManagerError::Start {
                 name: name.into(),
@@ -231,12 +325,14 @@ impl VmManager {
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))
             .spawn(move || {
-                let console = Box::new(ConsolePrefix {
-                    prefix: format!("[{vm_name}] "),
-                    at_line_start: true,
-                });
+                let console = Box::new(ConsolePrefix::new(&vm_name));
                 let st = Arc::clone(&state);
+                let restored_from = spec.restore.clone();
                 let res = run_vm(&spec, console, |h, p| {
+                    if let Some(path) = &restored_from {
+                        // Loaded; the file (a whole memory image) is no longer needed.
+                        let _ = std::fs::remove_file(path);
+                    }
                     *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
                     *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
                     *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
@@ -305,6 +401,49 @@ impl VmManager {
         Ok(())
     }
 
+    /// Stops VM `name` and boots it again from its image (the guest rebuilds
+    /// its state from its disk). A snapshot written by the stop is discarded.
+    pub fn restart(&mut self, name: &str) -> Result<(), ManagerError> {
+        self.stop(name)?;
+        if let Some(p) = self.snapshot_path(name) {
+            let _ = std::fs::remove_file(p);
+        }
+        self.start(name)
+    }
+
+    /// Saves the running VM `name` (its snapshot file is written when it
+    /// stops), tears it down, and starts a fresh VM restored from that
+    /// snapshot in this same process: the guest continues where it was, with
+    /// a new TAP of the same name on the bridge. Needs
+    /// [`VmManager::enable_snapshots`].
+    pub fn snapshot_restore(&mut self, name: &str) -> Result<(), ManagerError> {
+        let path = self
+            .snapshot_path(name)
+            .ok_or_else(|| ManagerError::Snapshot {
+                name: name.into(),
+                reason: "snapshots are not enabled in this daemon".into(),
+            })?;
+        let _ = std::fs::remove_file(&path);
+        self.stop(name)?;
+        let state = self
+            .slots
+            .get(name)
+            .map(|s| s.state.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        if let Some(State::Failed(reason)) = state {
+            return Err(ManagerError::Snapshot {
+                name: name.into(),
+                reason,
+            });
+        }
+        if !path.exists() {
+            return Err(ManagerError::Snapshot {
+                name: name.into(),
+                reason: format!("{} was not written", path.display()),
+            });
+        }
+        self.start_from(name, Some(path))
+    }
+
     fn find(&self, name: &str) -> Result<&config_schema::Vm, ManagerError> {
         self.config
             .config
@@ -332,6 +471,65 @@ mod tests {
             config,
             host_private_key: "00".repeat(32),
         }
+    }
+
+    #[test]
+    fn primary_is_the_first_allowed_host_in_config_order() {
+        let cfg = config().config;
+        // Example: kv may run on rack-1 (host-a, host-b) and host-c.
+        assert_eq!(primary_host(&cfg, &cfg.vms[0]), Some("host-a"));
+        assert_eq!(
+            placement(&cfg, "host-a"),
+            vec![("kv".to_string(), Placement::PrimaryHere)]
+        );
+        assert_eq!(
+            placement(&cfg, "host-b"),
+            vec![(
+                "kv".to_string(),
+                Placement::PrimaryElsewhere("host-a".into())
+            )]
+        );
+
+        // Config order decides, not the order of the affinity lists.
+        let mut c = cfg.clone();
+        c.vms[0].affinity.groups.clear();
+        c.vms[0].affinity.hosts = vec!["host-c".into(), "host-b".into()];
+        assert_eq!(primary_host(&c, &c.vms[0]), Some("host-b"));
+        assert_eq!(placement(&c, "host-b")[0].1, Placement::PrimaryHere);
+        assert_eq!(
+            placement(&c, "host-a")[0].1,
+            Placement::PrimaryElsewhere("host-b".into())
+        );
+
+        // Empty affinity = any host: the first one.
+        c.vms[0].affinity.hosts.clear();
+        assert_eq!(primary_host(&c, &c.vms[0]), Some("host-a"));
+
+        // Only unknown names: nowhere.
+        c.vms[0].affinity.hosts = vec!["host-z".into()];
+        assert_eq!(primary_host(&c, &c.vms[0]), None);
+        assert_eq!(placement(&c, "host-a")[0].1, Placement::NoAllowedHost);
+    }
+
+    #[test]
+    fn snapshot_restore_needs_snapshots_enabled_and_a_running_vm() {
+        let mut cfg = config();
+        cfg.config.storage.device = DeviceLocator::Path("/dev/null".into());
+        let name = cfg.config.vms[0].name.clone();
+        let mut m = VmManager::new(cfg);
+        let err = m.snapshot_restore(&name).unwrap_err();
+        assert!(matches!(err, ManagerError::Snapshot { .. }), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        m.enable_snapshots(dir.path().into());
+        assert_eq!(
+            m.spec_for(&name).unwrap().snapshot_on_exit,
+            Some(dir.path().join(format!("{name}.snap")))
+        );
+        assert!(matches!(
+            m.snapshot_restore(&name),
+            Err(ManagerError::NotRunning(_))
+        ));
+        assert!(matches!(m.restart(&name), Err(ManagerError::NotRunning(_))));
     }
 
     #[test]
