@@ -26,6 +26,42 @@ pub enum Request {
     StartVm { name: String },
     /// ftvmm: stop the named VM.
     StopVm { name: String },
+    /// fencing: decide, once and for all, who owns `generation` of `vm`. The
+    /// answer is final: every later `Acquire` of the same (vm, generation) by
+    /// any host returns the same owner. Answered with `Response::Decided`.
+    Acquire { vm: String, generation: u64 },
+    /// fencing: the host-liveness (delta) leases it reads on the shared device.
+    /// Answered with `Response::Leases`.
+    Leases,
+    /// heartbeat: the membership/suspicion view. Answered with `Response::Peers`.
+    Peers,
+    /// heartbeat: ftvmm saw traffic from `host` on a logging channel (a sign of
+    /// life that counts like a heartbeat).
+    PeerAlive { host: String },
+    /// ftvmm: fencing can no longer renew this host's lease: hold every output
+    /// of every VM (`hold = true`) or release the hold (`hold = false`). ftvmm
+    /// answers `Ok` only once the hold is in force.
+    HoldOutput { hold: bool, reason: String },
+}
+
+/// One host as the heartbeat daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub host: String,
+    /// Heard from (heartbeat or logging channel) within the failure timeout.
+    pub alive: bool,
+    /// Milliseconds since the last sign of life; `None` if never heard.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// One host's delta lease as the fencing agent last read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub host: String,
+    /// The lease was renewed (its counter moved) within the lease timeout.
+    pub live: bool,
+    /// Milliseconds since the counter was last seen to move; `None` if never.
+    pub last_renewal_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +70,16 @@ pub enum Response {
     Status { status: serde_json::Value },
     Ok,
     Error { message: String },
+    /// fencing: the owner of (vm, generation); `won` is true when that is the
+    /// asking host.
+    Decided {
+        vm: String,
+        generation: u64,
+        owner: String,
+        won: bool,
+    },
+    Leases { leases: Vec<LeaseView> },
+    Peers { peers: Vec<PeerView> },
 }
 
 #[derive(Debug, thiserror::Error)]
