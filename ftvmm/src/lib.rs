@@ -16,6 +16,7 @@ pub mod dirty;
 pub mod io;
 pub mod kick;
 pub mod live;
+pub mod lockstep;
 pub mod manager;
 pub mod runner;
 pub mod signals;

@@ -1,0 +1,1 @@
+//! The lockstep log record format (being written).
