@@ -171,6 +171,9 @@ impl Daemon {
                     },
                 }
             }
+            other => Response::Error {
+                message: format!("ftvmm does not serve {other:?}"),
+            },
         }
     }
 
