@@ -1,13 +1,14 @@
 //! The storage-fencing agent: Disk Paxos over per-host sectors of the shared
-//! block device, host-liveness leases and the watchdog (DESIGN.md §5).
+//! block device, host-liveness (delta) leases and the watchdog (DESIGN.md §5).
 //!
-//! **Thin so far:** it loads the verified runtime config, finds the shared
-//! device (by serial through `/sys/block/*/serial`, or by path), reports its
-//! size, the fencing region and this host's slot (= host id), and answers
-//! `Status` on its control socket. There is no Disk Paxos, no lease and no
-//! watchdog handling yet: nothing is read from or written to the device.
+//! The on-disk layout is documented in [`layout`]; the decision algorithm in
+//! [`paxos`] is a pure state machine driven by I/O completions, run by the
+//! daemon against the device ([`io`]) and by the simulation test against a
+//! simulated disk ([`sim`]).
 
 pub mod device;
+pub mod io;
+pub mod layout;
 pub mod view;
 
 pub use view::View;
