@@ -1,12 +1,20 @@
 //! `heartbeat --config PATH`: started by init with the verified runtime config.
+//!
+//! Serves the control socket at once (init waits for `Status`), then binds the
+//! FT address; until that works (the interface may still be coming up) it
+//! retries every second and `Status` says why it is not running yet.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
+use config_schema::ctl::{Request, Response};
 use config_schema::ctl_server;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
-use heartbeat::View;
+use heartbeat::daemon::Handle;
+use heartbeat::{Daemon, NodeConfig, PORT};
 
 #[derive(Parser)]
 #[command(name = "heartbeat", about = "The appliance's heartbeat daemon")]
@@ -15,30 +23,77 @@ struct Cli {
     config: PathBuf,
     #[arg(long, default_value = config_schema::ctl::HEARTBEAT_SOCKET)]
     socket: PathBuf,
+    /// UDP port on the FT network.
+    #[arg(long, default_value_t = PORT)]
+    port: u16,
+}
+
+enum Running {
+    Starting(String),
+    Up(Handle),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = RuntimeConfig::load(&cli.config)?;
-    let view =
-        View::new(&rt).ok_or_else(|| anyhow::anyhow!("host {} not in config", rt.host_name))?;
-    tracing::info!(
-        "heartbeat: host {} (id {}) on FT {}; interval {} ms, failure timeout {} ms",
-        view.host,
-        view.host_id,
-        view.ft_addr,
-        view.interval_ms,
-        view.failure_timeout_ms
+    let cfg = NodeConfig::from_runtime(&rt, cli.port)?;
+    println!(
+        "heartbeat: host {} (id {}) on {}; interval {} ms, failure timeout {} ms; peers: {}",
+        cfg.name,
+        cfg.id,
+        cfg.bind,
+        cfg.interval_ms,
+        cfg.failure_timeout_ms,
+        cfg.peers
+            .iter()
+            .map(|p| format!("{} at {}", p.name, p.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    for p in &view.peers {
-        tracing::info!("heartbeat: peer {} (id {}) at {}", p.name, p.id, p.ft_addr);
-    }
-    tracing::warn!("heartbeat: thin version, no heartbeat packets are sent yet");
+    let state = Arc::new(Mutex::new(Running::Starting("starting".into())));
     let listener = ctl_server::bind(&cli.socket)?;
-    tracing::info!("heartbeat: serving status on {}", cli.socket.display());
-    ctl_server::serve(listener, move |req| {
-        ctl_server::status_only("heartbeat", req, || view.status())
+    let st = Arc::clone(&state);
+    let host = cfg.name.clone();
+    std::thread::spawn(move || {
+        ctl_server::serve(listener, move |req| {
+            let guard = st.lock().unwrap_or_else(|e| e.into_inner());
+            match &*guard {
+                Running::Up(h) => h.handle(req),
+                Running::Starting(why) => match req {
+                    Request::Status => Response::Status {
+                        status: serde_json::json!({
+                            "daemon": "heartbeat", "host": host, "running": false, "reason": why,
+                        }),
+                    },
+                    _ => Response::Error {
+                        message: format!("heartbeat not running yet: {why}"),
+                    },
+                },
+            }
+        })
     });
-    Ok(())
+    let mut reported = false;
+    let daemon = loop {
+        match Daemon::start(cfg.clone()) {
+            Ok(d) => break d,
+            Err(e) => {
+                if !reported {
+                    println!("heartbeat: {e}; retrying every second");
+                    reported = true;
+                }
+                *state.lock().unwrap_or_else(|e| e.into_inner()) = Running::Starting(e.to_string());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    println!(
+        "heartbeat: sending to {} peers from {}",
+        cfg.peers.len(),
+        daemon.handle().local_addr()
+    );
+    *state.lock().unwrap_or_else(|e| e.into_inner()) = Running::Up(daemon.handle());
+    loop {
+        std::thread::park();
+    }
 }
 
 fn main() -> ExitCode {

@@ -1,113 +1,479 @@
-//! This host's heartbeat view of the cluster, derived from the runtime config.
+//! The membership/suspicion view: pure logic fed with authenticated heartbeats,
+//! logging-channel signs of life and an explicit clock (milliseconds on the
+//! daemon's own monotonic clock), so it is deterministic to test.
+//!
+//! Rules:
+//! - A peer is alive while its last sign of life (accepted heartbeat or
+//!   `PeerAlive`) is younger than the failure timeout.
+//! - Replay protection per (sender, boot id): a heartbeat is accepted only if
+//!   its seq is strictly greater than the last accepted one of that boot.
+//! - A boot id not confirmed yet is learned (and the packet counts) only if the
+//!   packet echoes one of *our* sequence numbers of our current boot sent
+//!   within the failure timeout; otherwise an old recorded packet could bring a
+//!   dead host back. Boot ids replaced by a newer one are remembered (a few) and
+//!   refused as replays.
+//! - Independently of acceptance, the last (boot id, seq) of every
+//!   authenticated packet from a peer is what we echo back to it, so two hosts
+//!   that both restarted confirm each other after one exchange.
 
-use config_schema::runtime::RuntimeConfig;
-use serde::Serialize;
+use std::collections::VecDeque;
+use std::fmt;
 
-/// One peer as heartbeat sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Peer {
-    pub id: u32,
-    pub name: String,
-    /// `a.b.c.d/prefix` on the FT network.
-    pub ft_addr: String,
-    /// Liveness; always `"unknown"` until heartbeat packets exist.
-    pub state: &'static str,
+use config_schema::ctl::PeerView;
+use serde_json::json;
+
+use crate::packet::{Entry, Payload};
+
+/// How many replaced boot ids per peer are remembered and refused.
+const RETIRED_BOOTS: usize = 8;
+/// Upper bound on remembered sent seqs, whatever the timing config says.
+const MAX_SENT: usize = 1 << 16;
+
+/// Why a received packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Too short/long, bad magic, or an authentic payload that does not decode.
+    Malformed,
+    /// Unknown wire or payload version.
+    BadVersion,
+    /// The header names a host that is not a peer in the config.
+    UnknownSender,
+    /// The header names another receiver.
+    NotForUs,
+    /// The Noise message does not authenticate with the claimed sender's key.
+    Forged,
+    /// Authentic, but the payload names another sender than the header.
+    SenderMismatch,
+    /// Old seq of a known boot, or a boot id that was replaced.
+    Replayed,
+    /// Authentic, from a boot id not confirmed yet, and no recent echo of ours.
+    UnconfirmedBoot,
 }
 
-/// What the daemon knows at startup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct View {
-    pub host: String,
-    pub host_id: u32,
-    pub ft_addr: String,
-    pub peers: Vec<Peer>,
-    pub interval_ms: u64,
-    pub failure_timeout_ms: u64,
-}
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::BadVersion,
+        DropReason::UnknownSender,
+        DropReason::NotForUs,
+        DropReason::Forged,
+        DropReason::SenderMismatch,
+        DropReason::Replayed,
+        DropReason::UnconfirmedBoot,
+    ];
 
-impl View {
-    /// Builds the view; `None` if the runtime config does not name this host
-    /// (`RuntimeConfig::load` already refuses that).
-    pub fn new(rt: &RuntimeConfig) -> Option<Self> {
-        let me = rt.config.hosts.iter().find(|h| h.name == rt.host_name)?;
-        Some(View {
-            host: me.name.clone(),
-            host_id: me.id,
-            ft_addr: me.ft.addr.clone(),
-            peers: rt
-                .config
-                .hosts
-                .iter()
-                .filter(|h| h.name != me.name)
-                .map(|h| Peer {
-                    id: h.id,
-                    name: h.name.clone(),
-                    ft_addr: h.ft.addr.clone(),
-                    state: "unknown",
-                })
-                .collect(),
-            interval_ms: rt.config.timing.heartbeat_interval_ms,
-            failure_timeout_ms: rt.config.timing.failure_timeout_ms,
-        })
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadVersion => "bad_version",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::Forged => "forged",
+            DropReason::SenderMismatch => "sender_mismatch",
+            DropReason::Replayed => "replayed",
+            DropReason::UnconfirmedBoot => "unconfirmed_boot",
+        }
     }
 
-    /// The JSON object answered to `Status`.
-    pub fn status(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(m) = v.as_object_mut() {
-            m.insert("daemon".into(), "heartbeat".into());
-            m.insert("packets".into(), "not implemented yet".into());
+    fn index(self) -> usize {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .expect("every reason is in ALL")
+    }
+}
+
+/// Drop counters, one per reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounts([u64; 8]);
+
+impl DropCounts {
+    pub fn add(&mut self, r: DropReason) {
+        self.0[r.index()] += 1;
+    }
+    pub fn get(&self, r: DropReason) -> u64 {
+        self.0[r.index()]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        let m: serde_json::Map<_, _> = DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), self.get(*r).into()))
+            .collect();
+        m.into()
+    }
+}
+
+/// A change worth a console line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Up { host: String },
+    Suspected { host: String, silent_ms: u64 },
+    NeverHeard { host: String, since_start_ms: u64 },
+    Restarted { host: String },
+}
+
+impl fmt::Display for Transition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transition::Up { host } => write!(f, "heartbeat: peer {host} up"),
+            Transition::Suspected { host, silent_ms } => {
+                write!(
+                    f,
+                    "heartbeat: peer {host} suspected (silent {silent_ms} ms)"
+                )
+            }
+            Transition::NeverHeard {
+                host,
+                since_start_ms,
+            } => write!(
+                f,
+                "heartbeat: peer {host} suspected (never heard in {since_start_ms} ms)"
+            ),
+            Transition::Restarted { host } => {
+                write!(f, "heartbeat: peer {host} restarted (new boot id)")
+            }
         }
-        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unknown,
+    Up,
+    Suspected,
+}
+
+#[derive(Debug, Clone)]
+struct PeerState {
+    id: u32,
+    name: String,
+    state: State,
+    /// Confirmed boot id and the last seq accepted in it.
+    boot: Option<(u64, u64)>,
+    retired: VecDeque<u64>,
+    /// Last authenticated (boot, seq), echoed back in our heartbeats.
+    heard: Option<(u64, u64)>,
+    last_heartbeat_ms: Option<u64>,
+    last_peer_alive_ms: Option<u64>,
+    received: u64,
+    peer_alive_reports: u64,
+    dropped: DropCounts,
+    /// The peer's own view, from its last accepted heartbeat.
+    their_view: Vec<Entry>,
+}
+
+impl PeerState {
+    fn last_seen(&self) -> Option<u64> {
+        self.last_heartbeat_ms.max(self.last_peer_alive_ms)
+    }
+}
+
+/// This host's membership view.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: u32,
+    boot_id: u64,
+    seq: u64,
+    timeout_ms: u64,
+    started_ms: u64,
+    /// Our recently sent seqs with their send time, oldest first.
+    sent: VecDeque<(u64, u64)>,
+    peers: Vec<PeerState>,
+    dropped: DropCounts,
+}
+
+impl Membership {
+    /// `peers` are (host id, name) of every other host; `now_ms` is the start.
+    pub fn new(
+        me: u32,
+        peers: Vec<(u32, String)>,
+        boot_id: u64,
+        failure_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Self {
+        Membership {
+            me,
+            boot_id,
+            seq: 0,
+            timeout_ms: failure_timeout_ms,
+            started_ms: now_ms,
+            sent: VecDeque::new(),
+            peers: peers
+                .into_iter()
+                .map(|(id, name)| PeerState {
+                    id,
+                    name,
+                    state: State::Unknown,
+                    boot: None,
+                    retired: VecDeque::new(),
+                    heard: None,
+                    last_heartbeat_ms: None,
+                    last_peer_alive_ms: None,
+                    received: 0,
+                    peer_alive_reports: 0,
+                    dropped: DropCounts::default(),
+                    their_view: Vec::new(),
+                })
+                .collect(),
+            dropped: DropCounts::default(),
+        }
+    }
+
+    pub fn me(&self) -> u32 {
+        self.me
+    }
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+    pub fn is_peer(&self, id: u32) -> bool {
+        self.peers.iter().any(|p| p.id == id)
+    }
+    pub fn dropped(&self) -> &DropCounts {
+        &self.dropped
+    }
+
+    fn peer_mut(&mut self, id: u32) -> Option<&mut PeerState> {
+        self.peers.iter_mut().find(|p| p.id == id)
+    }
+
+    fn alive(&self, p: &PeerState, now: u64) -> bool {
+        p.last_seen()
+            .is_some_and(|t| now.saturating_sub(t) < self.timeout_ms)
+    }
+
+    fn prune_sent(&mut self, now: u64) {
+        while let Some(&(_, at)) = self.sent.front() {
+            if now.saturating_sub(at) >= self.timeout_ms || self.sent.len() > MAX_SENT {
+                self.sent.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The next heartbeat to send (one seq for all receivers of this round).
+    pub fn next_heartbeat(&mut self, now: u64) -> Payload {
+        self.seq += 1;
+        self.prune_sent(now);
+        self.sent.push_back((self.seq, now));
+        let view = self
+            .peers
+            .iter()
+            .map(|p| Entry {
+                host: p.id,
+                alive: self.alive(p, now),
+                heard: p.heard,
+            })
+            .collect();
+        Payload {
+            sender: self.me,
+            boot_id: self.boot_id,
+            seq: self.seq,
+            view,
+        }
+    }
+
+    /// Counts a dropped packet, against `peer` when the header named one.
+    pub fn record_drop(&mut self, peer: Option<u32>, reason: DropReason) {
+        self.dropped.add(reason);
+        if let Some(p) = peer.and_then(|id| self.peer_mut(id)) {
+            p.dropped.add(reason);
+        }
+    }
+
+    /// Does `p` echo one of our seqs of this boot sent within the timeout?
+    fn echoes_us(&mut self, p: &Payload, now: u64) -> bool {
+        self.prune_sent(now);
+        let me = self.me;
+        match p.view.iter().find(|e| e.host == me).and_then(|e| e.heard) {
+            Some((boot, seq)) => boot == self.boot_id && self.sent.iter().any(|(s, _)| *s == seq),
+            None => false,
+        }
+    }
+
+    /// An authenticated heartbeat whose header named `header_sender`. Returns
+    /// the transitions it caused, or why it was dropped (already counted).
+    pub fn on_heartbeat(
+        &mut self,
+        now: u64,
+        header_sender: u32,
+        p: &Payload,
+    ) -> Result<Vec<Transition>, DropReason> {
+        let verdict = self.judge(now, header_sender, p);
+        match verdict {
+            Err(r) => {
+                self.record_drop(Some(header_sender), r);
+                Err(r)
+            }
+            Ok(restarted) => {
+                let peer = self.peer_mut(p.sender).expect("judge checked the sender");
+                peer.last_heartbeat_ms = Some(now);
+                peer.received += 1;
+                peer.their_view = p.view.clone();
+                let mut out = Vec::new();
+                if restarted {
+                    out.push(Transition::Restarted {
+                        host: peer.name.clone(),
+                    });
+                }
+                if peer.state != State::Up {
+                    peer.state = State::Up;
+                    out.push(Transition::Up {
+                        host: peer.name.clone(),
+                    });
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Replay and boot-id rules; on success returns whether a new boot id
+    /// replaced a confirmed one. Updates the echo state of authentic packets.
+    fn judge(&mut self, now: u64, header_sender: u32, p: &Payload) -> Result<bool, DropReason> {
+        if p.sender != header_sender {
+            return Err(DropReason::SenderMismatch);
+        }
+        let echoed = self.echoes_us(p, now);
+        let peer = self.peer_mut(p.sender).ok_or(DropReason::UnknownSender)?;
+        if peer.retired.contains(&p.boot_id) {
+            return Err(DropReason::Replayed);
+        }
+        match peer.heard {
+            Some((b, s)) if b == p.boot_id => peer.heard = Some((b, s.max(p.seq))),
+            _ => peer.heard = Some((p.boot_id, p.seq)),
+        }
+        match peer.boot {
+            Some((b, last)) if b == p.boot_id => {
+                if p.seq <= last {
+                    return Err(DropReason::Replayed);
+                }
+                peer.boot = Some((b, p.seq));
+                Ok(false)
+            }
+            old => {
+                if !echoed {
+                    return Err(DropReason::UnconfirmedBoot);
+                }
+                if let Some((b, _)) = old {
+                    if peer.retired.len() == RETIRED_BOOTS {
+                        peer.retired.pop_front();
+                    }
+                    peer.retired.push_back(b);
+                }
+                peer.boot = Some((p.boot_id, p.seq));
+                Ok(old.is_some())
+            }
+        }
+    }
+
+    /// ftvmm saw logging-channel traffic from `host` (a name). `Err` if no
+    /// such peer.
+    pub fn on_peer_alive(&mut self, now: u64, host: &str) -> Result<Vec<Transition>, String> {
+        let peer = self
+            .peers
+            .iter_mut()
+            .find(|p| p.name == host)
+            .ok_or_else(|| format!("{host} is not a peer of this host"))?;
+        peer.last_peer_alive_ms = Some(now);
+        peer.peer_alive_reports += 1;
+        if peer.state != State::Up {
+            peer.state = State::Up;
+            return Ok(vec![Transition::Up {
+                host: peer.name.clone(),
+            }]);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Suspects peers silent past the timeout.
+    pub fn tick(&mut self, now: u64) -> Vec<Transition> {
+        let timeout = self.timeout_ms;
+        let started = self.started_ms;
+        let mut out = Vec::new();
+        for p in &mut self.peers {
+            match (p.state, p.last_seen()) {
+                (State::Up, Some(t)) if now.saturating_sub(t) >= timeout => {
+                    p.state = State::Suspected;
+                    out.push(Transition::Suspected {
+                        host: p.name.clone(),
+                        silent_ms: now - t,
+                    });
+                }
+                (State::Unknown, None) if now.saturating_sub(started) >= timeout => {
+                    p.state = State::Suspected;
+                    out.push(Transition::NeverHeard {
+                        host: p.name.clone(),
+                        since_start_ms: now - started,
+                    });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The view answered to `Peers`.
+    pub fn peer_views(&self, now: u64) -> Vec<PeerView> {
+        self.peers
+            .iter()
+            .map(|p| PeerView {
+                host: p.name.clone(),
+                alive: self.alive(p, now),
+                last_seen_ms: p.last_seen().map(|t| now.saturating_sub(t)),
+            })
+            .collect()
+    }
+
+    /// Per-peer detail for `Status`.
+    pub fn status(&self, now: u64) -> serde_json::Value {
+        let name_of = |id: u32| {
+            self.peers
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| format!("id {id}"))
+        };
+        let peers: Vec<_> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let ago = |t: Option<u64>| t.map(|t| now.saturating_sub(t));
+                json!({
+                    "name": p.name,
+                    "id": p.id,
+                    "state": match p.state {
+                        State::Unknown => "unknown",
+                        State::Up => "up",
+                        State::Suspected => "suspected",
+                    },
+                    "alive": self.alive(p, now),
+                    "last_seen_ms": ago(p.last_seen()),
+                    "last_heartbeat_ms": ago(p.last_heartbeat_ms),
+                    "last_peer_alive_ms": ago(p.last_peer_alive_ms),
+                    "boot_id": p.boot.map(|(b, _)| format!("{b:016x}")),
+                    "last_seq": p.boot.map(|(_, s)| s),
+                    "received": p.received,
+                    "peer_alive_reports": p.peer_alive_reports,
+                    "dropped": p.dropped.to_json(),
+                    "their_view": p.their_view.iter().map(|e| json!({
+                        "host": if e.host == self.me { "(this host)".to_string() } else { name_of(e.host) },
+                        "alive": e.alive,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "boot_id": format!("{:016x}", self.boot_id),
+            "seq": self.seq,
+            "peers": peers,
+            "dropped": self.dropped.to_json(),
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn runtime(host: &str) -> RuntimeConfig {
-        let cfg = toml_config();
-        RuntimeConfig {
-            config: cfg,
-            host_name: host.into(),
-            host_private_key: "00".repeat(32),
-        }
-    }
-
-    fn toml_config() -> config_schema::ClusterConfig {
-        config_schema::parse(include_str!("../../examples/cluster.toml"))
-            .expect("example config is valid")
-            .config
-    }
-
-    #[test]
-    fn peers_are_the_other_hosts_with_their_ft_addresses() {
-        let v = View::new(&runtime("host-b")).unwrap();
-        assert_eq!((v.host_id, v.ft_addr.as_str()), (2, "192.0.2.2/24"));
-        let peers: Vec<(&str, &str)> = v
-            .peers
-            .iter()
-            .map(|p| (p.name.as_str(), p.ft_addr.as_str()))
-            .collect();
-        assert_eq!(
-            peers,
-            [("host-a", "192.0.2.1/24"), ("host-c", "192.0.2.3/24")]
-        );
-        assert_eq!((v.interval_ms, v.failure_timeout_ms), (100, 1000));
-    }
-
-    #[test]
-    fn status_names_the_daemon_host_and_peers() {
-        let s = View::new(&runtime("host-a")).unwrap().status();
-        assert_eq!(s["daemon"], "heartbeat");
-        assert_eq!(s["host"], "host-a");
-        assert_eq!(s["peers"][0]["name"], "host-b");
-        assert_eq!(s["peers"][0]["state"], "unknown");
-    }
-
-    #[test]
-    fn unknown_host_has_no_view() {
-        assert!(View::new(&runtime("nobody")).is_none());
-    }
-}
+#[path = "view_tests.rs"]
+mod tests;

@@ -1,0 +1,361 @@
+//! The running daemon: one UDP socket bound to this host's FT address, a send
+//! thread (a heartbeat round every interval, then the suspicion check) and a
+//! receive thread, around one [`Node`] behind a mutex. State changes go to the
+//! console with `println!` like the other daemons; dropped packets too, at most
+//! one line per reason every [`DROP_LOG_EVERY`].
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{PeerView, Request, Response};
+use serde_json::json;
+
+use crate::node::{Node, NodeConfig, Received};
+use crate::packet::MAX_PACKET;
+use crate::view::{DropReason, Transition};
+
+/// At most one console line per drop reason in this period.
+pub const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How long a blocked receive waits before checking for shutdown.
+const RECV_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("UDP socket setup: {0}")]
+    Socket(std::io::Error),
+    #[error("no OS randomness for the boot id: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Per-reason rate limit for drop lines.
+#[derive(Debug, Default)]
+struct DropLog {
+    last: [Option<Instant>; DropReason::ALL.len()],
+    suppressed: [u64; DropReason::ALL.len()],
+}
+
+impl DropLog {
+    /// The line to print for this drop, if any.
+    fn line(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        src: SocketAddr,
+        detail: &str,
+    ) -> Option<String> {
+        let i = DropReason::ALL.iter().position(|r| *r == reason)?;
+        if self.last[i].is_some_and(|t| now.duration_since(t) < DROP_LOG_EVERY) {
+            self.suppressed[i] += 1;
+            return None;
+        }
+        let more = std::mem::take(&mut self.suppressed[i]);
+        self.last[i] = Some(now);
+        let more = if more > 0 {
+            format!(" ({more} more {} drops not shown)", reason.as_str())
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "heartbeat: dropped {} packet from {src}: {detail}{more}",
+            reason.as_str()
+        ))
+    }
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    epoch: Instant,
+    stop: AtomicBool,
+    local: SocketAddr,
+    send_errors: Mutex<(u64, Option<String>)>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+    fn node(&self) -> MutexGuard<'_, Node> {
+        // A panic while holding the lock leaves a view that is still consistent
+        // enough to report; keep serving.
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn announce(ts: &[Transition]) {
+    for t in ts {
+        println!("{t}");
+    }
+}
+
+/// A cloneable handle on the running daemon (for the control socket).
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+/// The running daemon; [`Daemon::stop`] (or drop) ends its threads.
+pub struct Daemon {
+    handle: Handle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Binds `cfg.bind`, picks a random boot id and starts both threads.
+    pub fn start(cfg: NodeConfig) -> Result<Daemon, DaemonError> {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).map_err(DaemonError::Random)?;
+        let boot_id = u64::from_le_bytes(b);
+        let socket = UdpSocket::bind(cfg.bind).map_err(|source| DaemonError::Bind {
+            addr: cfg.bind,
+            source,
+        })?;
+        socket
+            .set_read_timeout(Some(RECV_POLL))
+            .map_err(DaemonError::Socket)?;
+        let local = socket.local_addr().map_err(DaemonError::Socket)?;
+        let interval = Duration::from_millis(cfg.interval_ms.max(1));
+        let shared = Arc::new(Shared {
+            node: Mutex::new(Node::new(cfg, boot_id, 0)),
+            epoch: Instant::now(),
+            stop: AtomicBool::new(false),
+            local,
+            send_errors: Mutex::new((0, None)),
+        });
+        let tx = socket.try_clone().map_err(DaemonError::Socket)?;
+        let s1 = Arc::clone(&shared);
+        let sender = std::thread::Builder::new()
+            .name("heartbeat-send".into())
+            .spawn(move || send_loop(&s1, &tx, interval))
+            .map_err(DaemonError::Thread)?;
+        let s2 = Arc::clone(&shared);
+        let receiver = std::thread::Builder::new()
+            .name("heartbeat-recv".into())
+            .spawn(move || recv_loop(&s2, &socket));
+        let receiver = match receiver {
+            Ok(r) => r,
+            Err(e) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                let _ = sender.join();
+                return Err(DaemonError::Thread(e));
+            }
+        };
+        Ok(Daemon {
+            handle: Handle(shared),
+            threads: vec![sender, receiver],
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops sending and receiving (as if the host went silent) and joins.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.handle.0.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Handle {
+    /// The address the UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local
+    }
+
+    /// The membership view (`Request::Peers`).
+    pub fn peers(&self) -> Vec<PeerView> {
+        let now = self.0.now_ms();
+        self.0.node().view().peer_views(now)
+    }
+
+    /// ftvmm saw logging-channel traffic from `host` (`Request::PeerAlive`).
+    pub fn peer_alive(&self, host: &str) -> Result<(), String> {
+        let now = self.0.now_ms();
+        let ts = self.0.node().view_mut().on_peer_alive(now, host)?;
+        announce(&ts);
+        Ok(())
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> serde_json::Value {
+        let now = self.0.now_ms();
+        let node = self.0.node();
+        let cfg = node.config();
+        let mut s = node.view().status(now);
+        let (send_errors, last_send_error) = self
+            .0
+            .send_errors
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default();
+        if let Some(m) = s.as_object_mut() {
+            for (k, v) in [
+                ("daemon", json!("heartbeat")),
+                ("host", json!(cfg.name)),
+                ("host_id", json!(cfg.id)),
+                ("udp", json!(self.0.local.to_string())),
+                ("interval_ms", json!(cfg.interval_ms)),
+                ("failure_timeout_ms", json!(cfg.failure_timeout_ms)),
+                ("uptime_ms", json!(now)),
+                ("send_errors", json!(send_errors)),
+                ("last_send_error", json!(last_send_error)),
+            ] {
+                m.insert(k.into(), v);
+            }
+            if let Some(peers) = m.get_mut("peers").and_then(|p| p.as_array_mut()) {
+                for (p, conf) in peers.iter_mut().zip(&cfg.peers) {
+                    p["addr"] = json!(conf.addr.to_string());
+                }
+            }
+        }
+        s
+    }
+
+    /// The control-socket handler.
+    pub fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status {
+                status: self.status(),
+            },
+            Request::Peers => Response::Peers {
+                peers: self.peers(),
+            },
+            Request::PeerAlive { host } => match self.peer_alive(&host) {
+                Ok(()) => Response::Ok,
+                Err(message) => Response::Error { message },
+            },
+            other => Response::Error {
+                message: format!("heartbeat does not handle {other:?}"),
+            },
+        }
+    }
+}
+
+fn send_loop(s: &Shared, socket: &UdpSocket, interval: Duration) {
+    let mut next = Instant::now();
+    while !s.stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep((next - now).min(RECV_POLL));
+            continue;
+        }
+        next += interval;
+        if next < now {
+            next = now + interval; // fell far behind (suspended): do not burst
+        }
+        let (round, transitions) = {
+            let mut node = s.node();
+            let t = s.now_ms();
+            (node.heartbeats(t), node.view_mut().tick(t))
+        };
+        announce(&transitions);
+        for (addr, sealed) in round {
+            let res = sealed.map_err(|e| e.to_string()).and_then(|p| {
+                socket
+                    .send_to(&p, addr)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = res {
+                let mut g = s.send_errors.lock().unwrap_or_else(|e| e.into_inner());
+                if g.0 == 0 {
+                    println!("heartbeat: cannot send to {addr}: {e} (further send errors only counted in status)");
+                }
+                g.0 += 1;
+                g.1 = Some(format!("{addr}: {e}"));
+            }
+        }
+    }
+}
+
+fn recv_loop(s: &Shared, socket: &UdpSocket) {
+    // One byte more than the largest valid packet, so oversize datagrams are seen as such.
+    let mut buf = vec![0u8; MAX_PACKET + 1];
+    let mut drops = DropLog::default();
+    while !s.stop.load(Ordering::SeqCst) {
+        let (n, src) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // ICMP errors from an earlier send (peer port closed) land here: harmless.
+                tracing::debug!("heartbeat: receive error: {e}");
+                continue;
+            }
+        };
+        let r = {
+            let mut node = s.node();
+            let t = s.now_ms();
+            node.receive(t, &buf[..n])
+        };
+        match r {
+            Received::Accepted { transitions, .. } => announce(&transitions),
+            Received::Dropped {
+                reason,
+                claimed,
+                detail,
+            } => {
+                let detail = match claimed {
+                    Some(h) => format!("claims {h}: {detail}"),
+                    None => detail,
+                };
+                if let Some(line) = drops.line(Instant::now(), reason, src, &detail) {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_lines_are_rate_limited_per_reason() {
+        let mut d = DropLog::default();
+        let t0 = Instant::now();
+        let src: SocketAddr = "192.0.2.9:7400".parse().unwrap();
+        let first = d.line(t0, DropReason::Forged, src, "x").unwrap();
+        assert_eq!(
+            first,
+            "heartbeat: dropped forged packet from 192.0.2.9:7400: x"
+        );
+        assert_eq!(d.line(t0, DropReason::Forged, src, "x"), None);
+        assert_eq!(d.line(t0, DropReason::Forged, src, "x"), None);
+        assert!(d.line(t0, DropReason::Replayed, src, "y").is_some());
+        let later = d
+            .line(t0 + DROP_LOG_EVERY, DropReason::Forged, src, "z")
+            .unwrap();
+        assert!(
+            later.ends_with("z (2 more forged drops not shown)"),
+            "{later}"
+        );
+    }
+}

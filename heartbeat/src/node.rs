@@ -1,0 +1,233 @@
+//! One host's heartbeat core without sockets: the keys and addresses from the
+//! config, the [`Membership`] view, and the packet path in both directions
+//! (seal our heartbeats for every peer; open, check and judge a received
+//! packet). Host-testable: the daemon only moves bytes and reads the clock.
+
+use std::net::{IpAddr, SocketAddr};
+
+use config_schema::runtime::RuntimeConfig;
+
+use crate::packet::{self, Header, PacketError};
+use crate::view::{DropReason, Membership, Transition};
+
+/// The UDP port heartbeats use on the FT network.
+pub const PORT: u16 = 7400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("host {0} is not in the config")]
+    UnknownHost(String),
+    #[error("host {host}: ft.addr {addr:?} is not a.b.c.d/prefix")]
+    BadAddr { host: String, addr: String },
+    #[error("host {host}: {what} is not 32 bytes of hex")]
+    BadKey { host: String, what: &'static str },
+    #[error("host {host}: private key does not match its public_key in the config")]
+    KeyMismatch { host: String },
+}
+
+/// A peer: who, its static key, where its heartbeats go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConf {
+    pub id: u32,
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub addr: SocketAddr,
+}
+
+/// Everything a node needs, from the runtime config or built by a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: u32,
+    pub name: String,
+    pub private_key: [u8; 32],
+    /// Where the daemon binds its UDP socket.
+    pub bind: SocketAddr,
+    pub peers: Vec<PeerConf>,
+    pub interval_ms: u64,
+    pub failure_timeout_ms: u64,
+}
+
+fn ft_ip(host: &str, addr: &str) -> Result<IpAddr, ConfigError> {
+    addr.split('/')
+        .next()
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| ConfigError::BadAddr {
+            host: host.into(),
+            addr: addr.into(),
+        })
+}
+
+fn key(host: &str, what: &'static str, hex_key: &str) -> Result<[u8; 32], ConfigError> {
+    config_schema::keys::parse_hex_key(hex_key).map_err(|_| ConfigError::BadKey {
+        host: host.into(),
+        what,
+    })
+}
+
+impl NodeConfig {
+    /// This host's node: bind its FT address at `port`, a peer for every
+    /// other host at its FT address and the same port.
+    pub fn from_runtime(rt: &RuntimeConfig, port: u16) -> Result<Self, ConfigError> {
+        let cfg = &rt.config;
+        let me = cfg
+            .hosts
+            .iter()
+            .find(|h| h.name == rt.host_name)
+            .ok_or_else(|| ConfigError::UnknownHost(rt.host_name.clone()))?;
+        let private_key = key(&me.name, "the private key", &rt.host_private_key)?;
+        if config_schema::keys::host_public_key(&private_key)
+            != key(&me.name, "public_key", &me.public_key)?
+        {
+            return Err(ConfigError::KeyMismatch {
+                host: me.name.clone(),
+            });
+        }
+        let peers = cfg
+            .hosts
+            .iter()
+            .filter(|h| h.name != me.name)
+            .map(|h| {
+                Ok(PeerConf {
+                    id: h.id,
+                    name: h.name.clone(),
+                    public_key: key(&h.name, "public_key", &h.public_key)?,
+                    addr: SocketAddr::new(ft_ip(&h.name, &h.ft.addr)?, port),
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(NodeConfig {
+            id: me.id,
+            name: me.name.clone(),
+            private_key,
+            bind: SocketAddr::new(ft_ip(&me.name, &me.ft.addr)?, port),
+            peers,
+            interval_ms: cfg.timing.heartbeat_interval_ms,
+            failure_timeout_ms: cfg.timing.failure_timeout_ms,
+        })
+    }
+}
+
+/// What became of one received packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Accepted {
+        from: String,
+        transitions: Vec<Transition>,
+    },
+    Dropped {
+        reason: DropReason,
+        /// The peer the header named, if it is one.
+        claimed: Option<String>,
+        detail: String,
+    },
+}
+
+/// The heartbeat core of one host.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    view: Membership,
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig, boot_id: u64, now_ms: u64) -> Self {
+        let peers = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
+        let view = Membership::new(cfg.id, peers, boot_id, cfg.failure_timeout_ms, now_ms);
+        Node { cfg, view }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn view(&self) -> &Membership {
+        &self.view
+    }
+
+    pub fn view_mut(&mut self) -> &mut Membership {
+        &mut self.view
+    }
+
+    /// One round of heartbeats: the same payload sealed for each peer.
+    pub fn heartbeats(&mut self, now_ms: u64) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
+        let payload = self.view.next_heartbeat(now_ms);
+        self.cfg
+            .peers
+            .iter()
+            .map(|p| {
+                let h = Header {
+                    sender: self.cfg.id,
+                    receiver: p.id,
+                };
+                let sealed = packet::seal(h, &payload, &self.cfg.private_key, &p.public_key);
+                (p.addr, sealed)
+            })
+            .collect()
+    }
+
+    fn drop_packet(&mut self, peer: Option<u32>, reason: DropReason, detail: String) -> Received {
+        self.view.record_drop(peer, reason);
+        Received::Dropped {
+            reason,
+            claimed: peer.and_then(|id| self.peer_name(id)),
+            detail,
+        }
+    }
+
+    fn peer_name(&self, id: u32) -> Option<String> {
+        self.cfg
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.clone())
+    }
+
+    /// Opens, checks and judges one received datagram.
+    pub fn receive(&mut self, now_ms: u64, datagram: &[u8]) -> Received {
+        let (header, _) = match Header::parse(datagram) {
+            Ok(h) => h,
+            Err(e @ PacketError::WireVersion(_)) => {
+                return self.drop_packet(None, DropReason::BadVersion, e.to_string())
+            }
+            Err(e) => return self.drop_packet(None, DropReason::Malformed, e.to_string()),
+        };
+        let Some(sender) = self.cfg.peers.iter().find(|p| p.id == header.sender) else {
+            let detail = format!("header names host id {}", header.sender);
+            return self.drop_packet(None, DropReason::UnknownSender, detail);
+        };
+        let sender_id = sender.id;
+        if header.receiver != self.cfg.id {
+            let detail = format!("header names receiver id {}", header.receiver);
+            return self.drop_packet(Some(sender_id), DropReason::NotForUs, detail);
+        }
+        let opened = packet::open(datagram, &self.cfg.private_key, &sender.public_key);
+        let payload = match opened {
+            Ok((_, p)) => p,
+            Err(e) => {
+                let reason = match e {
+                    PacketError::Auth | PacketError::Noise(_) => DropReason::Forged,
+                    PacketError::PayloadVersion(_) | PacketError::WireVersion(_) => {
+                        DropReason::BadVersion
+                    }
+                    _ => DropReason::Malformed,
+                };
+                return self.drop_packet(Some(sender_id), reason, e.to_string());
+            }
+        };
+        match self.view.on_heartbeat(now_ms, sender_id, &payload) {
+            Ok(transitions) => Received::Accepted {
+                from: self.peer_name(sender_id).unwrap_or_default(),
+                transitions,
+            },
+            Err(reason) => Received::Dropped {
+                reason,
+                claimed: self.peer_name(sender_id),
+                detail: format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

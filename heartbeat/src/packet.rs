@@ -1,0 +1,367 @@
+//! The heartbeat wire format: a small clear header, then one self-contained
+//! one-way Noise handshake message (`Noise_K_25519_ChaChaPoly_BLAKE2s`) whose
+//! encrypted payload is the heartbeat itself.
+//!
+//! ```text
+//! packet  = "FTHB" | wire version u8 (= 1) | sender id u32le | receiver id u32le | noise message
+//! noise   = e (32 bytes) | ChaChaPoly(payload) (payload + 16-byte tag)
+//! payload = version u8 (= 1) | sender id u32le | boot id u64le | seq u64le | count u8
+//!           | count × entry
+//! entry   = host id u32le | flags u8 | boot id u64le | seq u64le
+//! flags   = bit 0: the sender considers the host alive
+//!           bit 1: the sender has heard (an authenticated packet) from that host;
+//!                  boot id and seq are then the last ones it heard (else zero)
+//! ```
+//!
+//! Both static keys are known from the config (the K pattern's pre-messages), so
+//! every packet authenticates its sender to its receiver on its own; loss and
+//! reordering cost nothing. The 13-byte header is the Noise prologue, so a
+//! tampered header fails authentication like a tampered body. Every packet has a
+//! fresh ephemeral key, so no nonce state is shared between packets; replay
+//! protection is the receiver's job (see [`crate::view`]).
+
+use snow::params::NoiseParams;
+
+/// The Noise protocol every heartbeat uses.
+pub const NOISE_PARAMS: &str = "Noise_K_25519_ChaChaPoly_BLAKE2s";
+/// First four bytes of every heartbeat packet.
+pub const MAGIC: [u8; 4] = *b"FTHB";
+/// Version of the outer packet format.
+pub const WIRE_VERSION: u8 = 1;
+/// Version of the encrypted payload format.
+pub const PAYLOAD_VERSION: u8 = 1;
+/// Length of the clear header (the Noise prologue).
+pub const HEADER_LEN: usize = 4 + 1 + 4 + 4;
+/// Ephemeral public key plus AEAD tag around the payload.
+pub const NOISE_OVERHEAD: usize = 32 + 16;
+/// At most this many view entries in one payload.
+pub const MAX_ENTRIES: usize = 64;
+const ENTRY_LEN: usize = 4 + 1 + 8 + 8;
+const PAYLOAD_FIXED: usize = 1 + 4 + 8 + 8 + 1;
+/// Largest payload and packet we ever produce or accept.
+pub const MAX_PAYLOAD: usize = PAYLOAD_FIXED + MAX_ENTRIES * ENTRY_LEN;
+pub const MAX_PACKET: usize = HEADER_LEN + NOISE_OVERHEAD + MAX_PAYLOAD;
+
+const FLAG_ALIVE: u8 = 1;
+const FLAG_HEARD: u8 = 2;
+
+/// Why a packet was refused before or while it was opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("too short ({0} bytes)")]
+    Short(usize),
+    #[error("too long ({0} bytes)")]
+    Long(usize),
+    #[error("bad magic")]
+    BadMagic,
+    #[error("unsupported wire version {0}")]
+    WireVersion(u8),
+    #[error("unsupported payload version {0}")]
+    PayloadVersion(u8),
+    #[error("malformed payload: {0}")]
+    Payload(&'static str),
+    #[error("Noise message does not authenticate")]
+    Auth,
+    #[error("Noise setup failed: {0}")]
+    Noise(String),
+}
+
+/// The clear header in front of the Noise message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub sender: u32,
+    pub receiver: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&MAGIC);
+        h[4] = WIRE_VERSION;
+        h[5..9].copy_from_slice(&self.sender.to_le_bytes());
+        h[9..13].copy_from_slice(&self.receiver.to_le_bytes());
+        h
+    }
+
+    /// Splits a packet into its header and Noise message, checking sizes,
+    /// magic and version. Nothing here is authenticated yet.
+    pub fn parse(packet: &[u8]) -> Result<(Header, &[u8]), PacketError> {
+        if packet.len() < HEADER_LEN + NOISE_OVERHEAD + PAYLOAD_FIXED {
+            return Err(PacketError::Short(packet.len()));
+        }
+        if packet.len() > MAX_PACKET {
+            return Err(PacketError::Long(packet.len()));
+        }
+        if packet[..4] != MAGIC {
+            return Err(PacketError::BadMagic);
+        }
+        if packet[4] != WIRE_VERSION {
+            return Err(PacketError::WireVersion(packet[4]));
+        }
+        let sender = u32::from_le_bytes(packet[5..9].try_into().expect("4 bytes"));
+        let receiver = u32::from_le_bytes(packet[9..13].try_into().expect("4 bytes"));
+        Ok((Header { sender, receiver }, &packet[HEADER_LEN..]))
+    }
+}
+
+/// What the sender last heard from one host, and whether it thinks it alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub host: u32,
+    pub alive: bool,
+    /// `(boot id, seq)` of the last authenticated packet heard from `host`.
+    pub heard: Option<(u64, u64)>,
+}
+
+/// The decrypted heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    pub sender: u32,
+    pub boot_id: u64,
+    pub seq: u64,
+    pub view: Vec<Entry>,
+}
+
+impl Payload {
+    /// The explicit binary encoding (see the module docs).
+    ///
+    /// # Panics
+    /// If `view` has more than [`MAX_ENTRIES`] entries (the config has far fewer hosts).
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.view.len() <= MAX_ENTRIES, "too many view entries");
+        let mut out = Vec::with_capacity(PAYLOAD_FIXED + self.view.len() * ENTRY_LEN);
+        out.push(PAYLOAD_VERSION);
+        out.extend_from_slice(&self.sender.to_le_bytes());
+        out.extend_from_slice(&self.boot_id.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.push(self.view.len() as u8);
+        for e in &self.view {
+            out.extend_from_slice(&e.host.to_le_bytes());
+            let (boot, seq) = e.heard.unwrap_or((0, 0));
+            let flags = (if e.alive { FLAG_ALIVE } else { 0 })
+                | (if e.heard.is_some() { FLAG_HEARD } else { 0 });
+            out.push(flags);
+            out.extend_from_slice(&boot.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        out
+    }
+
+    /// Strict decoder: exact length, known flags only, zeroes where nothing was heard.
+    pub fn decode(b: &[u8]) -> Result<Payload, PacketError> {
+        let mut r = Reader(b);
+        let version = r.u8()?;
+        if version != PAYLOAD_VERSION {
+            return Err(PacketError::PayloadVersion(version));
+        }
+        let sender = r.u32()?;
+        let boot_id = r.u64()?;
+        let seq = r.u64()?;
+        let count = r.u8()? as usize;
+        if count > MAX_ENTRIES {
+            return Err(PacketError::Payload("too many view entries"));
+        }
+        if r.0.len() != count * ENTRY_LEN {
+            return Err(PacketError::Payload("length does not match entry count"));
+        }
+        let mut view = Vec::with_capacity(count);
+        for _ in 0..count {
+            let host = r.u32()?;
+            let flags = r.u8()?;
+            let boot = r.u64()?;
+            let seq = r.u64()?;
+            if flags & !(FLAG_ALIVE | FLAG_HEARD) != 0 {
+                return Err(PacketError::Payload("unknown entry flags"));
+            }
+            let heard = if flags & FLAG_HEARD != 0 {
+                Some((boot, seq))
+            } else if boot != 0 || seq != 0 {
+                return Err(PacketError::Payload("boot/seq set on a host never heard"));
+            } else {
+                None
+            };
+            if view.iter().any(|e: &Entry| e.host == host) {
+                return Err(PacketError::Payload("duplicate host in view"));
+            }
+            view.push(Entry {
+                host,
+                alive: flags & FLAG_ALIVE != 0,
+                heard,
+            });
+        }
+        Ok(Payload {
+            sender,
+            boot_id,
+            seq,
+            view,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], PacketError> {
+        if self.0.len() < N {
+            return Err(PacketError::Payload("truncated"));
+        }
+        let (a, rest) = self.0.split_at(N);
+        self.0 = rest;
+        Ok(a.try_into().expect("split at N"))
+    }
+    fn u8(&mut self) -> Result<u8, PacketError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, PacketError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, PacketError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+}
+
+fn params() -> NoiseParams {
+    NOISE_PARAMS.parse().expect("a valid Noise protocol name")
+}
+
+/// Seals `payload` for `receiver`: header + one Noise K handshake message from
+/// `my_private` (X25519 secret) to `receiver_public`.
+pub fn seal(
+    header: Header,
+    payload: &Payload,
+    my_private: &[u8; 32],
+    receiver_public: &[u8; 32],
+) -> Result<Vec<u8>, PacketError> {
+    let h = header.encode();
+    let noise_err = |e: snow::Error| PacketError::Noise(e.to_string());
+    let mut hs = snow::Builder::new(params())
+        .local_private_key(my_private)
+        .remote_public_key(receiver_public)
+        .prologue(&h)
+        .build_initiator()
+        .map_err(noise_err)?;
+    let body = payload.encode();
+    let mut out = vec![0u8; HEADER_LEN + NOISE_OVERHEAD + body.len()];
+    out[..HEADER_LEN].copy_from_slice(&h);
+    let n = hs
+        .write_message(&body, &mut out[HEADER_LEN..])
+        .map_err(noise_err)?;
+    out.truncate(HEADER_LEN + n);
+    Ok(out)
+}
+
+/// Opens a packet whose header named `sender_public`'s host, with this host's
+/// `my_private`, and decodes the payload. Does not check that the payload's
+/// sender matches the header (the caller does, to count it separately).
+pub fn open(
+    packet: &[u8],
+    my_private: &[u8; 32],
+    sender_public: &[u8; 32],
+) -> Result<(Header, Payload), PacketError> {
+    let (header, msg) = Header::parse(packet)?;
+    let mut hs = snow::Builder::new(params())
+        .local_private_key(my_private)
+        .remote_public_key(sender_public)
+        .prologue(&packet[..HEADER_LEN])
+        .build_responder()
+        .map_err(|e| PacketError::Noise(e.to_string()))?;
+    let mut body = vec![0u8; msg.len()];
+    let n = hs
+        .read_message(msg, &mut body)
+        .map_err(|_| PacketError::Auth)?;
+    Ok((header, Payload::decode(&body[..n])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ([u8; 32], [u8; 32], [u8; 32], [u8; 32]) {
+        let a = [7u8; 32];
+        let b = [9u8; 32];
+        (
+            a,
+            config_schema::keys::host_public_key(&a),
+            b,
+            config_schema::keys::host_public_key(&b),
+        )
+    }
+
+    fn sample() -> Payload {
+        Payload {
+            sender: 1,
+            boot_id: 0xdead_beef,
+            seq: 42,
+            view: vec![
+                Entry {
+                    host: 2,
+                    alive: true,
+                    heard: Some((5, 17)),
+                },
+                Entry {
+                    host: 3,
+                    alive: false,
+                    heard: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let p = sample();
+        assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+    }
+
+    #[test]
+    fn payload_decoder_is_strict() {
+        let good = sample().encode();
+        let mut v = good.clone();
+        v[0] = 2;
+        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(2)));
+        let mut t = good.clone();
+        t.push(0);
+        assert!(matches!(Payload::decode(&t), Err(PacketError::Payload(_))));
+        assert!(Payload::decode(&good[..good.len() - 1]).is_err());
+        let mut f = good.clone();
+        f[PAYLOAD_FIXED + 4] |= 0x80;
+        assert_eq!(
+            Payload::decode(&f),
+            Err(PacketError::Payload("unknown entry flags"))
+        );
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper_fails() {
+        let (a, a_pub, b, b_pub) = keys();
+        let h = Header {
+            sender: 1,
+            receiver: 2,
+        };
+        let pkt = seal(h, &sample(), &a, &b_pub).unwrap();
+        let (h2, p) = open(&pkt, &b, &a_pub).unwrap();
+        assert_eq!((h2, p), (h, sample()));
+        for i in [0usize, 6, 10, HEADER_LEN, HEADER_LEN + 40, pkt.len() - 1] {
+            let mut t = pkt.clone();
+            t[i] ^= 1;
+            assert!(open(&t, &b, &a_pub).is_err(), "byte {i} tampered");
+        }
+        // Wrong claimed sender key, wrong receiver key.
+        assert_eq!(open(&pkt, &b, &b_pub), Err(PacketError::Auth));
+        assert_eq!(open(&pkt, &a, &a_pub), Err(PacketError::Auth));
+    }
+
+    #[test]
+    fn header_checks() {
+        assert_eq!(Header::parse(&[0; 10]), Err(PacketError::Short(10)));
+        let mut p = vec![0u8; 100];
+        assert_eq!(Header::parse(&p), Err(PacketError::BadMagic));
+        p[..4].copy_from_slice(&MAGIC);
+        p[4] = 9;
+        assert_eq!(Header::parse(&p), Err(PacketError::WireVersion(9)));
+        assert_eq!(
+            Header::parse(&vec![0u8; MAX_PACKET + 1]),
+            Err(PacketError::Long(MAX_PACKET + 1))
+        );
+    }
+}
