@@ -9,6 +9,8 @@
 pub mod device;
 pub mod io;
 pub mod layout;
+pub mod paxos;
+pub mod rng;
 pub mod view;
 
 pub use view::View;
