@@ -89,6 +89,14 @@ impl Shared {
         // enough to report; keep serving.
         self.node.lock().unwrap_or_else(|e| e.into_inner())
     }
+    /// The node with its suspicion check brought up to `now`, so an answer
+    /// never shows a peer dead by the clock but still "up" by state.
+    fn ticked(&self) -> (MutexGuard<'_, Node>, u64) {
+        let mut node = self.node();
+        let now = self.now_ms();
+        announce(&node.view_mut().tick(now));
+        (node, now)
+    }
 }
 
 fn announce(ts: &[Transition]) {
@@ -184,8 +192,8 @@ impl Handle {
 
     /// The membership view (`Request::Peers`).
     pub fn peers(&self) -> Vec<PeerView> {
-        let now = self.0.now_ms();
-        self.0.node().view().peer_views(now)
+        let (node, now) = self.0.ticked();
+        node.view().peer_views(now)
     }
 
     /// ftvmm saw logging-channel traffic from `host` (`Request::PeerAlive`).
@@ -198,8 +206,7 @@ impl Handle {
 
     /// The `Status` object.
     pub fn status(&self) -> serde_json::Value {
-        let now = self.0.now_ms();
-        let node = self.0.node();
+        let (node, now) = self.0.ticked();
         let cfg = node.config();
         let mut s = node.view().status(now);
         let (send_errors, last_send_error) = self
