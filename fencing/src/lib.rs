@@ -11,6 +11,7 @@ pub mod io;
 pub mod layout;
 pub mod paxos;
 pub mod rng;
+pub mod sim;
 pub mod view;
 
 pub use view::View;
