@@ -136,6 +136,15 @@ impl Proposer {
         self.ballots
     }
 
+    /// The decided owner as soon as it is known (before the commit write
+    /// completes: a lost commit does not undo a decision).
+    pub fn decided(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Commit(o) | Phase::Done(Outcome::Decided { owner: o }) => Some(o),
+            _ => None,
+        }
+    }
+
     /// The outcome, once done.
     pub fn outcome(&self) -> Option<Outcome> {
         match self.phase {

@@ -258,6 +258,11 @@ impl World {
         );
         let run = host.run.as_mut().expect("pending requests belong to a run");
         let poll = run.proposer.complete(p.req.token, result);
+        let (vm, generation, early) = (run.vm, run.generation, run.proposer.decided());
+        if let (Some(owner), Poll::Io(_)) = (early, &poll) {
+            // Decided, commit write not yet done: check agreement already.
+            self.agree(p.host, vm, generation, owner)?;
+        }
         self.after(p.host, poll)
     }
 
@@ -287,16 +292,7 @@ impl World {
         match o {
             Outcome::Decided { owner } => {
                 self.stats.decisions += 1;
-                let key = (vm, generation);
-                if let Some(&before) = self.decided.get(&key) {
-                    if before != owner {
-                        return Err(self.fail(format!(
-                            "vm{vm} generation {generation}: h{h} decided owner h{owner}, \
-                             but h{before} was decided before"
-                        )));
-                    }
-                }
-                self.decided.insert(key, owner);
+                self.agree(h, vm, generation, owner)?;
             }
             Outcome::Superseded { by } => {
                 self.stats.superseded += 1;
@@ -308,6 +304,20 @@ impl World {
             }
             Outcome::IoFailed => {}
         }
+        Ok(())
+    }
+
+    fn agree(&mut self, h: u32, vm: u32, generation: u64, owner: u32) -> Result<(), SimFailure> {
+        let key = (vm, generation);
+        if let Some(&before) = self.decided.get(&key) {
+            if before != owner {
+                return Err(self.fail(format!(
+                    "vm{vm} generation {generation}: h{h} decided owner h{owner}, \
+                     but h{before} was decided before"
+                )));
+            }
+        }
+        self.decided.insert(key, owner);
         Ok(())
     }
 
