@@ -1,1 +1,0 @@
-//! The logging channel between a Primary's and a Secondary's ftvmm (being written).
