@@ -9,9 +9,11 @@
 pub mod device;
 pub mod io;
 pub mod layout;
+pub mod lease;
 pub mod paxos;
 pub mod rng;
 pub mod sim;
 pub mod view;
+pub mod watchdog;
 
 pub use view::View;

@@ -1,0 +1,219 @@
+//! Delta leases (host liveness on disk, as in sanlock): each host bumps a
+//! counter in its own lease sector every `renew` interval; a reader judges a
+//! host live while it saw that counter move within `timeout`, measured on the
+//! reader's own monotonic clock (no clocks are compared between hosts).
+//!
+//! # Timing arithmetic
+//!
+//! With the config's heartbeat interval `hb`:
+//! - renew interval `R = max(5 * hb, 500 ms)`;
+//! - a host whose own renewal has not succeeded for `H = 2R` (counted from the
+//!   *issue* time of the last successful write) asks ftvmm to hold all output;
+//! - ftvmm has `C = R` to confirm (`Response::Ok`); if it does not, the agent
+//!   stops feeding the watchdog, whose timeout is `W` ([`WATCHDOG_TIMEOUT_S`]);
+//! - lease timeout `T = max(4R, H + C + W + R)`.
+//!
+//! Why the host is held or reset before others can call it dead: another
+//! host sees the counter move at the earliest when the write lands, which is
+//! after it was issued at `t0`, so it cannot judge the lease expired before
+//! `t0 + T`. This host feeds the watchdog for the last time no later than
+//! `t0 + H + C` unless ftvmm confirmed the hold, so it is held (output
+//! stopped) or reset by `t0 + H + C + W`, which is at least `R` before
+//! `t0 + T`. All hosts derive `T` from the same config and the same planned
+//! `W`, so readers and writers agree. With the example config (`hb` = 100 ms):
+//! R = 500 ms, H = 1 s, C = 500 ms, W = 5 s, T = 7 s.
+
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::LeaseView;
+use config_schema::Timing;
+use serde::Serialize;
+
+use crate::layout::LeaseRecord;
+
+/// Planned watchdog timeout, seconds (the same on every host).
+pub const WATCHDOG_TIMEOUT_S: u32 = 5;
+
+/// The lease and watchdog timing of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LeaseTiming {
+    pub renew: Duration,
+    pub hold_after: Duration,
+    pub confirm: Duration,
+    pub watchdog: Duration,
+    pub timeout: Duration,
+}
+
+impl LeaseTiming {
+    pub fn from_config(t: &Timing) -> Self {
+        let renew = Duration::from_millis((t.heartbeat_interval_ms * 5).max(500));
+        let hold_after = renew * 2;
+        let confirm = renew;
+        let watchdog = Duration::from_secs(u64::from(WATCHDOG_TIMEOUT_S));
+        let timeout = (renew * 4).max(hold_after + confirm + watchdog + renew);
+        LeaseTiming {
+            renew,
+            hold_after,
+            confirm,
+            watchdog,
+            timeout,
+        }
+    }
+}
+
+/// This host's own lease: counter and incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OwnLease {
+    pub host: u32,
+    pub counter: u64,
+    pub incarnation: u64,
+}
+
+impl OwnLease {
+    /// A new incarnation (random per start) of `host`'s lease.
+    pub fn new(host: u32, incarnation: u64) -> Self {
+        OwnLease {
+            host,
+            counter: 0,
+            incarnation,
+        }
+    }
+
+    /// The record of the next renewal.
+    pub fn next(&mut self) -> LeaseRecord {
+        self.counter += 1;
+        LeaseRecord {
+            host: self.host,
+            counter: self.counter,
+            incarnation: self.incarnation,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    last: Option<(u64, u64)>,
+    moved_at: Option<Instant>,
+}
+
+/// What this host has read of every host's lease.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    timeout: Duration,
+    seen: Vec<Seen>,
+}
+
+impl Liveness {
+    pub fn new(hosts: usize, timeout: Duration) -> Self {
+        Liveness {
+            timeout,
+            seen: vec![Seen::default(); hosts],
+        }
+    }
+
+    /// Records host `h`'s lease sector as read at `now` (`None`: blank or damaged).
+    /// The first value seen is a baseline, not movement.
+    pub fn observe(&mut self, h: usize, rec: Option<LeaseRecord>, now: Instant) {
+        let s = &mut self.seen[h];
+        let Some(rec) = rec else { return };
+        let value = (rec.incarnation, rec.counter);
+        if s.last.is_some_and(|old| old != value) {
+            s.moved_at = Some(now);
+        }
+        s.last = Some(value);
+    }
+
+    /// Records this host's own successful renewal (issued at `issued`).
+    pub fn own_renewed(&mut self, h: usize, rec: LeaseRecord, issued: Instant) {
+        let s = &mut self.seen[h];
+        s.last = Some((rec.incarnation, rec.counter));
+        s.moved_at = Some(issued);
+    }
+
+    pub fn live(&self, h: usize, now: Instant) -> bool {
+        self.seen[h]
+            .moved_at
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.timeout)
+    }
+
+    /// The per-host view served on `Request::Leases`.
+    pub fn views(&self, names: &[String], now: Instant) -> Vec<LeaseView> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(h, name)| LeaseView {
+                host: name.clone(),
+                live: self.live(h, now),
+                last_renewal_ms: self.seen[h]
+                    .moved_at
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(counter: u64, incarnation: u64) -> Option<LeaseRecord> {
+        Some(LeaseRecord {
+            host: 1,
+            counter,
+            incarnation,
+        })
+    }
+
+    #[test]
+    fn example_config_timing() {
+        let t = LeaseTiming::from_config(&Timing {
+            heartbeat_interval_ms: 100,
+            failure_timeout_ms: 1000,
+            lag_limit_ms: 500,
+        });
+        assert_eq!(t.renew, Duration::from_millis(500));
+        assert_eq!(t.hold_after, Duration::from_secs(1));
+        assert_eq!(t.timeout, Duration::from_secs(7));
+        assert!(t.hold_after + t.confirm + t.watchdog < t.timeout);
+        let slow = LeaseTiming::from_config(&Timing {
+            heartbeat_interval_ms: 1000,
+            failure_timeout_ms: 5000,
+            lag_limit_ms: 500,
+        });
+        assert_eq!(slow.renew, Duration::from_secs(5));
+        assert_eq!(slow.timeout, Duration::from_secs(25)); // 10 + 5 + 5 + 5
+    }
+
+    #[test]
+    fn live_only_while_the_counter_moves() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut l = Liveness::new(3, Duration::from_secs(4));
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        l.observe(1, rec(10, 7), t0);
+        assert!(!l.live(1, t0), "a first reading is no movement");
+        l.observe(1, rec(10, 7), t0 + s);
+        assert!(!l.live(1, t0 + s));
+        l.observe(1, rec(11, 7), t0 + 2 * s);
+        assert!(l.live(1, t0 + 2 * s));
+        assert!(l.live(1, t0 + 6 * s));
+        l.observe(1, rec(11, 7), t0 + 6 * s);
+        assert!(!l.live(1, t0 + 7 * s), "stuck counter expires");
+        // A restart (new incarnation, counter from 1) is movement too.
+        l.observe(1, rec(1, 8), t0 + 8 * s);
+        assert!(l.live(1, t0 + 8 * s));
+        // Damaged sectors change nothing.
+        l.observe(1, None, t0 + 9 * s);
+        let v = l.views(&names, t0 + 9 * s);
+        assert_eq!(v[1].last_renewal_ms, Some(1000));
+        assert!(v[1].live && !v[0].live && v[0].last_renewal_ms.is_none());
+    }
+
+    #[test]
+    fn own_lease_counts_up() {
+        let mut o = OwnLease::new(2, 99);
+        assert_eq!(o.next().counter, 1);
+        let r = o.next();
+        assert_eq!((r.host, r.counter, r.incarnation), (2, 2, 99));
+    }
+}
