@@ -6,6 +6,7 @@
 //! daemon against the device ([`io`]) and by the simulation test against a
 //! simulated disk ([`sim`]).
 
+pub mod agent;
 pub mod device;
 pub mod io;
 pub mod layout;
