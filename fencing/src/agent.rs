@@ -180,9 +180,8 @@ impl Agent {
         }
         let line = (c.renewing != Some(ok)).then(|| match &result {
             Ok(()) => format!(
-                "fencing: lease renewed (host {} slot {}, every {} ms, timeout {} ms)",
+                "fencing: lease renewed (host {}, every {} ms, timeout {} ms)",
                 self.hosts[self.me as usize],
-                self.me + 1,
                 self.timing.renew.as_millis(),
                 self.timing.timeout.as_millis()
             ),
@@ -194,7 +193,7 @@ impl Agent {
 
     fn renew_io(&self, issued: Instant) -> Result<(), String> {
         self.init_region().map_err(|e| e.to_string())?;
-        let rec = self.own.lock().expect("lock").next();
+        let rec = self.own.lock().expect("lock").bump();
         let me = self.me;
         self.io
             .write(self.geo.lease_sector(me), &rec.encode())
@@ -250,13 +249,7 @@ impl Agent {
             }
             let backoff = agent.timing.renew / 10;
             let r = decide(
-                &*agent.io,
-                agent.geo,
-                agent.me,
-                v as u32,
-                generation,
-                deadline,
-                backoff,
+                &*agent.io, agent.geo, agent.me, v as u32, generation, deadline, backoff,
             );
             let _ = tx.send(r);
         });

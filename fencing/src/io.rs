@@ -27,7 +27,9 @@ pub enum OpenError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: fencing region of {need} bytes at offset {offset} does not fit in {size} bytes")]
+    #[error(
+        "{path}: fencing region of {need} bytes at offset {offset} does not fit in {size} bytes"
+    )]
     TooSmall {
         path: PathBuf,
         offset: u64,

@@ -143,7 +143,8 @@ impl Geometry {
 
     /// Sectors the region needs.
     pub fn sectors(&self) -> u64 {
-        1 + u64::from(self.hosts) + u64::from(self.vms) * u64::from(self.ring) * u64::from(self.hosts)
+        1 + u64::from(self.hosts)
+            + u64::from(self.vms) * u64::from(self.ring) * u64::from(self.hosts)
     }
 
     /// Sector of host `h`'s lease.

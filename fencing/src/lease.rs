@@ -80,7 +80,7 @@ impl OwnLease {
     }
 
     /// The record of the next renewal.
-    pub fn next(&mut self) -> LeaseRecord {
+    pub fn bump(&mut self) -> LeaseRecord {
         self.counter += 1;
         LeaseRecord {
             host: self.host,
@@ -212,8 +212,8 @@ mod tests {
     #[test]
     fn own_lease_counts_up() {
         let mut o = OwnLease::new(2, 99);
-        assert_eq!(o.next().counter, 1);
-        let r = o.next();
+        assert_eq!(o.bump().counter, 1);
+        let r = o.bump();
         assert_eq!((r.host, r.counter, r.incarnation), (2, 2, 99));
     }
 }

@@ -113,7 +113,10 @@ pub struct Proposer {
 impl Proposer {
     /// Starts host `me`'s run for (`vm`, `generation`); perform the returned requests.
     pub fn new(geo: Geometry, me: u32, vm: u32, generation: u64) -> (Self, Vec<IoRequest>) {
-        assert!(me < geo.hosts && vm < geo.vms, "host or vm index out of range");
+        assert!(
+            me < geo.hosts && vm < geo.vms,
+            "host or vm index out of range"
+        );
         let mut p = Proposer {
             geo,
             me,
@@ -211,7 +214,10 @@ impl Proposer {
 
     fn finish(&mut self, o: Outcome) -> Poll {
         if let Outcome::Decided { owner } = o {
-            assert!(owner < self.geo.hosts, "decided owner {owner} is not a host");
+            assert!(
+                owner < self.geo.hosts,
+                "decided owner {owner} is not a host"
+            );
         }
         self.phase = Phase::Done(o);
         Poll::Done(o)
@@ -249,10 +255,8 @@ impl Proposer {
         match view_paxos(data, host, self.vm, self.generation) {
             SlotView::Block(b) => {
                 let n = u64::from(self.geo.hosts);
-                let sane = b.inp <= n
-                    && b.owner <= n
-                    && b.bal <= b.mbal
-                    && (b.bal == 0) == (b.inp == 0);
+                let sane =
+                    b.inp <= n && b.owner <= n && b.bal <= b.mbal && (b.bal == 0) == (b.inp == 0);
                 if sane {
                     SlotView::Block(b)
                 } else {
@@ -470,8 +474,7 @@ mod tests {
                 .map(|me| {
                     let io = Arc::clone(&io);
                     std::thread::spawn(move || {
-                        decide(&*io, g, me, 0, generation, far(), Duration::from_millis(3))
-                            .unwrap()
+                        decide(&*io, g, me, 0, generation, far(), Duration::from_millis(3)).unwrap()
                     })
                 })
                 .collect();

@@ -322,7 +322,12 @@ impl World {
     }
 
     /// Runs host `h` alone until its run ends; returns the outcome and ballots.
-    fn run_alone(&mut self, h: u32, vm: u32, generation: u64) -> Result<(Outcome, u32), SimFailure> {
+    fn run_alone(
+        &mut self,
+        h: u32,
+        vm: u32,
+        generation: u64,
+    ) -> Result<(Outcome, u32), SimFailure> {
         self.start(h, vm, generation)?;
         let budget = 200;
         for _ in 0..budget {
@@ -336,7 +341,10 @@ impl World {
                 self.issue(h, reqs);
                 continue;
             }
-            assert!(!self.pending.is_empty(), "a live run always has requests out");
+            assert!(
+                !self.pending.is_empty(),
+                "a live run always has requests out"
+            );
             let i = self.rng.below(self.pending.len() as u64) as usize;
             let p = self.pending.swap_remove(i);
             let result = match p.req.op {

@@ -73,7 +73,6 @@ impl View {
                 "configured_size_bytes": self.configured_size_bytes,
                 "problem": self.device_problem(),
             },
-            "disk_paxos": "not implemented yet",
         })
     }
 }

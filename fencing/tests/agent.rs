@@ -45,8 +45,14 @@ fn blank_region_is_initialized_once_and_leases_go_live_by_counter_movement() {
     let t = Instant::now();
     let (r, line) = a[0].renew_once(t);
     r.unwrap();
-    assert!(line.unwrap().starts_with("fencing: lease renewed (host host-a slot 1"));
-    assert_eq!(a[0].renew_once(t).1, None, "console line only at state changes");
+    assert!(line
+        .unwrap()
+        .starts_with("fencing: lease renewed (host host-a,"));
+    assert_eq!(
+        a[0].renew_once(t).1,
+        None,
+        "console line only at state changes"
+    );
     // host-b's first reading of host-a is a baseline; movement makes it live.
     a[1].renew_once(Instant::now()).0.unwrap();
     let live = |ag: &Agent, h: usize| ag.leases(Instant::now())[h].live;
@@ -101,7 +107,10 @@ fn a_header_of_another_layout_is_refused_and_acquire_errors() {
     let other = Geometry::new(["x", "y"], ["kv"], 16);
     io.write(0, &other.encode_header()).unwrap();
     let a = agents(&io);
-    assert!(matches!(a[0].init_region(), Err(AgentError::Mismatch { hosts: 2, .. })));
+    assert!(matches!(
+        a[0].init_region(),
+        Err(AgentError::Mismatch { hosts: 2, .. })
+    ));
     let (r, line) = a[0].renew_once(Instant::now());
     assert!(r.unwrap_err().contains("another layout"));
     assert!(line.unwrap().starts_with("fencing: lease renewal failed"));

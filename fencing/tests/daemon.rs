@@ -1,0 +1,124 @@
+//! The `fencing` binary end to end on a temporary "device": status, a
+//! decision, leases, the watchdog fed through a fake device file and the magic
+//! close on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{self, Request, Response};
+use config_schema::runtime::RuntimeConfig;
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn status(sock: &Path) -> Option<serde_json::Value> {
+    match ctl::query(sock, &Request::Status) {
+        Ok(Response::Status { status }) => Some(status),
+        _ => None,
+    }
+}
+
+#[test]
+fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = RuntimeConfig {
+        config: config_schema::parse(include_str!("../../examples/cluster.toml"))
+            .unwrap()
+            .config,
+        host_name: "host-b".into(),
+        host_private_key: "00".repeat(32),
+    };
+    let cfg = dir.path().join("verified.json");
+    std::fs::write(&cfg, serde_json::to_vec(&rt).unwrap()).unwrap();
+    let dev = dir.path().join("shared");
+    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    let wd = dir.path().join("watchdog");
+    std::fs::write(&wd, b"").unwrap();
+    let sock = dir.path().join("fencing.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_fencing"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--device")
+        .arg(&dev)
+        .arg("--watchdog")
+        .arg(&wd)
+        .arg("--ftvmm-socket")
+        .arg(dir.path().join("no-ftvmm.sock"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let s = wait_for("renewals and a fed watchdog", || {
+        status(&sock).filter(|s| {
+            s["fencing"]["own_lease"]["renewals"].as_u64() >= Some(2)
+                && s["watchdog"]["feeds"].as_u64() >= Some(1)
+        })
+    });
+    assert_eq!(s["daemon"], "fencing");
+    assert_eq!(s["fencing"]["region"]["state"], "initialized");
+    assert_eq!(s["guard"], "normal");
+    match ctl::query(
+        &sock,
+        &Request::Acquire {
+            vm: "kv".into(),
+            generation: 4,
+        },
+    )
+    .unwrap()
+    {
+        Response::Decided {
+            owner,
+            won,
+            generation,
+            ..
+        } => {
+            assert_eq!((owner.as_str(), won, generation), ("host-b", true, 4));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match ctl::query(&sock, &Request::Leases).unwrap() {
+        Response::Leases { leases } => {
+            assert_eq!(leases.len(), 3);
+            assert!(leases[1].live && !leases[0].live && !leases[2].live);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // SAFETY: sending SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let code = child.0.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+    let fed = std::fs::read(&wd).unwrap();
+    assert!(
+        fed.len() >= 2 && fed.ends_with(b"V") && fed[0] == 0,
+        "{fed:?}"
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    for line in [
+        "fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)",
+        "fencing: decided vm=kv generation=4 owner=host-b",
+        "watchdog disarmed, exiting",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    println!("{out}");
+}
