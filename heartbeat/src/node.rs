@@ -222,7 +222,13 @@ impl Node {
             Err(reason) => Received::Dropped {
                 reason,
                 claimed: self.peer_name(sender_id),
-                detail: format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
+                detail: match reason {
+                    DropReason::UnconfirmedBoot => format!(
+                        "boot {:016x} seq {}: new boot id, counted once it echoes one of ours",
+                        payload.boot_id, payload.seq
+                    ),
+                    _ => format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
+                },
             },
         }
     }
