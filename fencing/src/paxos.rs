@@ -255,8 +255,12 @@ impl Proposer {
         match view_paxos(data, host, self.vm, self.generation) {
             SlotView::Block(b) => {
                 let n = u64::from(self.geo.hosts);
-                let sane =
-                    b.inp <= n && b.owner <= n && b.bal <= b.mbal && (b.bal == 0) == (b.inp == 0);
+                // `mbal` far below where ballot arithmetic could overflow.
+                let sane = b.mbal < 1 << 62
+                    && b.inp <= n
+                    && b.owner <= n
+                    && b.bal <= b.mbal
+                    && (b.bal == 0) == (b.inp == 0);
                 if sane {
                     SlotView::Block(b)
                 } else {
@@ -312,11 +316,12 @@ impl Proposer {
         }
         let highest = blocks.iter().map(|b| b.mbal).max().unwrap_or(0);
         self.max_seen = self.max_seen.max(highest);
-        if highest > self.dblock.mbal {
+        // Ballots are unique per host, so `==` means a block this code did not
+        // write: treat it as a higher ballot (abort, retry above it).
+        if highest >= self.dblock.mbal {
             self.phase = Phase::Aborted;
             return Poll::Retry;
         }
-        debug_assert!(highest < self.dblock.mbal, "ballots are unique per host");
         match self.phase {
             Phase::Read1 => {
                 let chosen = blocks
@@ -516,6 +521,30 @@ mod tests {
             panic!()
         };
         assert_eq!(PaxosBlock::decode(&**data).unwrap().mbal, 11);
+        // A block no correct host writes (ballot equal to ours, or near
+        // overflow) neither panics nor wins: equal aborts, huge reads as empty.
+        let Poll::Io(r) = p.complete(w[0].token, IoResult::Written) else {
+            panic!()
+        };
+        let twin = PaxosBlock {
+            mbal: 11,
+            ..PaxosBlock::empty(1, 0, 1)
+        };
+        assert_eq!(
+            p.complete(r[0].token, IoResult::Read(Box::new(twin.encode()))),
+            Poll::Retry
+        );
+        let w = p.retry();
+        let Poll::Io(r) = p.complete(w[0].token, IoResult::Written) else {
+            panic!()
+        };
+        let huge = PaxosBlock {
+            mbal: u64::MAX,
+            ..PaxosBlock::empty(1, 0, 1)
+        };
+        let Poll::Io(w) = p.complete(r[0].token, IoResult::Read(Box::new(huge.encode()))) else {
+            panic!("a huge ballot must read as empty, and phase 2 follow")
+        };
         // A failed I/O ends the run; late completions are ignored.
         assert_eq!(
             p.complete(w[0].token, IoResult::Failed),
