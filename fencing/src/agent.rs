@@ -233,9 +233,6 @@ impl Agent {
         let Some(v) = self.vms.iter().position(|n| n == vm) else {
             return err(format!("fencing: no vm {vm:?} in the config"));
         };
-        if let Err(e) = self.init_region().map_err(|e| e.to_string()) {
-            return err(format!("fencing: {e}"));
-        }
         let deadline = Instant::now() + bound;
         let (tx, rx) = mpsc::channel();
         let agent = Arc::clone(self);
@@ -247,11 +244,16 @@ impl Agent {
             if Instant::now() >= deadline {
                 return;
             }
+            // The header check may do I/O too: here, inside the bound.
+            if let Err(e) = agent.init_region() {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
             let backoff = agent.timing.renew / 10;
             let r = decide(
                 &*agent.io, agent.geo, agent.me, v as u32, generation, deadline, backoff,
             );
-            let _ = tx.send(r);
+            let _ = tx.send(r.map_err(|e| e.to_string()));
         });
         let answer = match rx.recv_timeout(bound + Duration::from_millis(100)) {
             Ok(Ok(Outcome::Decided { owner })) => owner,

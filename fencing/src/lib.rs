@@ -7,6 +7,7 @@
 //! simulated disk ([`sim`]).
 
 pub mod agent;
+pub mod daemon;
 pub mod device;
 pub mod io;
 pub mod layout;

@@ -6,19 +6,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use config_schema::ctl::{self, Request, Response};
 use config_schema::ctl_server;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
 use fencing::agent::{Agent, ACQUIRE_BOUND};
+use fencing::daemon::{guard_loop, renewer, Shared, WatchdogSlot};
 use fencing::io::RegionIo;
 use fencing::layout::Geometry;
-use fencing::lease::WATCHDOG_TIMEOUT_S;
-use fencing::watchdog::{DevWatchdog, Guard, Watchdog};
+use fencing::watchdog::Guard;
 use fencing::{device, View};
 
 #[derive(Parser)]
@@ -37,20 +36,6 @@ struct Cli {
     /// Use this device or file instead of the one the config's locator finds.
     #[arg(long)]
     device: Option<PathBuf>,
-}
-
-#[derive(Default)]
-struct WatchdogSlot {
-    dev: Option<Box<dyn Watchdog>>,
-    state: String,
-    feeds: u64,
-    timeout_s: Option<u32>,
-}
-
-struct Shared {
-    agent: Result<Arc<Agent>, String>,
-    guard: Mutex<Guard>,
-    watchdog: Mutex<WatchdogSlot>,
 }
 
 fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, String> {
@@ -85,123 +70,6 @@ fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, 
     Agent::new(rt, Arc::new(io), incarnation)
         .map(Arc::new)
         .map_err(|e| e.to_string())
-}
-
-fn renewer(agent: Arc<Agent>, shared: Arc<Shared>) {
-    loop {
-        let issued = Instant::now();
-        let (result, line) = agent.renew_once(issued);
-        if let Some(l) = line {
-            println!("{l}");
-        }
-        if result.is_ok() {
-            shared.guard.lock().expect("lock").renewed(issued);
-        }
-        let next = issued + agent.timing.renew;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-}
-
-fn open_watchdog(path: &Path, slot: &mut WatchdogSlot) {
-    if !path.exists() {
-        slot.state = format!("absent ({})", path.display());
-        println!(
-            "fencing: no watchdog at {}; a hung host will not be reset",
-            path.display()
-        );
-        return;
-    }
-    match DevWatchdog::open(path, WATCHDOG_TIMEOUT_S) {
-        Ok(w) => {
-            slot.timeout_s = w.timeout_s;
-            slot.state = "armed".into();
-            match w.timeout_s {
-                Some(t) if t <= WATCHDOG_TIMEOUT_S => {
-                    println!("fencing: watchdog {} armed, timeout {t} s", path.display())
-                }
-                Some(t) => println!(
-                    "fencing: watchdog {} armed, but its timeout is {t} s, not the planned \
-                     {WATCHDOG_TIMEOUT_S} s: the lease arithmetic does not hold",
-                    path.display()
-                ),
-                None => println!(
-                    "fencing: watchdog {} armed; it refused WDIOC_SETTIMEOUT, its own timeout applies",
-                    path.display()
-                ),
-            }
-            slot.dev = Some(Box::new(w));
-        }
-        Err(e) => {
-            slot.state = format!("cannot open: {e}");
-            println!("fencing: cannot open watchdog {}: {e}", path.display());
-        }
-    }
-}
-
-fn guard_loop(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftvmm: PathBuf) {
-    let period = (agent.timing.renew / 5).min(Duration::from_millis(100));
-    let mut opened = false;
-    let hold_failed = Arc::new(AtomicBool::new(false));
-    loop {
-        std::thread::sleep(period);
-        if !opened && agent.renewals() > 0 {
-            // Armed only once the own lease works: a host without storage at
-            // boot keeps running (holding nothing) instead of reset-looping.
-            opened = true;
-            open_watchdog(&watchdog, &mut shared.watchdog.lock().expect("lock"));
-        }
-        let actions = shared.guard.lock().expect("lock").tick(Instant::now());
-        for l in &actions.say {
-            println!("{l}");
-        }
-        {
-            let mut w = shared.watchdog.lock().expect("lock");
-            if let (true, Some(dev)) = (actions.feed, w.dev.as_mut()) {
-                match dev.feed() {
-                    Ok(()) => w.feeds += 1,
-                    Err(e) => tracing::warn!("fencing: feeding the watchdog failed: {e}"),
-                }
-            }
-            if w.dev.is_some() {
-                w.state = if actions.feed { "fed" } else { "starving" }.into();
-            }
-        }
-        if let Some(hold) = actions.send_hold {
-            let (shared, ftvmm, hold_failed) =
-                (Arc::clone(&shared), ftvmm.clone(), Arc::clone(&hold_failed));
-            std::thread::spawn(move || {
-                let reason = if hold {
-                    "fencing: own lease renewal failing"
-                } else {
-                    "fencing: own lease renewed again"
-                };
-                let req = Request::HoldOutput {
-                    hold,
-                    reason: reason.into(),
-                };
-                let answer = ctl::query(&ftvmm, &req);
-                let ok = matches!(answer, Ok(Response::Ok));
-                if ok {
-                    hold_failed.store(false, Ordering::Relaxed);
-                    println!(
-                        "fencing: ftvmm confirmed {}",
-                        if hold {
-                            "the output hold"
-                        } else {
-                            "the output release"
-                        }
-                    );
-                } else if !hold_failed.swap(true, Ordering::Relaxed) {
-                    println!("fencing: ftvmm did not accept HoldOutput(hold={hold}): {answer:?}");
-                }
-                shared
-                    .guard
-                    .lock()
-                    .expect("lock")
-                    .hold_answer(hold, ok, Instant::now());
-            });
-        }
-    }
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and waits for them in one,

@@ -122,3 +122,30 @@ fn a_header_of_another_layout_is_refused_and_acquire_errors() {
     // Nothing was written over the foreign header.
     assert_eq!(io.read(0).unwrap(), other.encode_header());
 }
+
+/// Storage that answers nothing for a long time (a cut NBD path).
+struct Hung;
+
+impl SectorIo for Hung {
+    fn read(&self, _: u64) -> std::io::Result<fencing::layout::Sector> {
+        std::thread::sleep(Duration::from_secs(3));
+        Err(std::io::Error::other("gone"))
+    }
+    fn write(&self, _: u64, _: &fencing::layout::Sector) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_secs(3));
+        Err(std::io::Error::other("gone"))
+    }
+}
+
+#[test]
+fn acquire_on_hung_storage_answers_an_error_within_the_bound() {
+    let a = Arc::new(Agent::new(&runtime("host-a"), Arc::new(Hung), 1).unwrap());
+    // "no answer" (not the I/O error "gone" the hung calls end with later)
+    // shows the answer came from the bound.
+    match a.acquire("kv", 1, Duration::from_millis(300)) {
+        Response::Error { message } => {
+            assert!(message.contains("no answer from storage"), "{message}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
