@@ -271,6 +271,32 @@ impl Channel {
     }
 }
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("tx", &self.tx).field("rx", &self.rx).finish()
+    }
+}
+
+impl std::fmt::Debug for ChannelSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSender")
+            .field("peer", &self.peer)
+            .field("next_frame", &self.next_nonce)
+            .field("dead", &self.dead)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ChannelReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelReceiver")
+            .field("peer", &self.peer)
+            .field("next_frame", &self.decoder.next_nonce())
+            .field("dead", &self.decoder.is_dead())
+            .finish()
+    }
+}
+
 /// The sending half.
 pub struct ChannelSender {
     stream: TcpStream,
