@@ -24,8 +24,8 @@ pub struct WatchdogSlot {
 
 /// State shared by the daemon's threads.
 pub struct Shared {
-    /// The agent, or why there is none (no device, bad region...).
-    pub agent: Result<Arc<Agent>, String>,
+    /// The agent, or why there is none yet (no device, region too small...).
+    pub agent: Mutex<Result<Arc<Agent>, String>>,
     pub guard: Mutex<Guard>,
     pub watchdog: Mutex<WatchdogSlot>,
 }

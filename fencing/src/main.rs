@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use config_schema::ctl::{self, Request, Response};
@@ -37,6 +37,9 @@ struct Cli {
     #[arg(long)]
     device: Option<PathBuf>,
 }
+
+/// Seconds between attempts to find and open the device while it is missing.
+const RETRY: Duration = Duration::from_secs(2);
 
 fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, String> {
     let path = match (&cli.device, &view.device) {
@@ -107,26 +110,56 @@ fn handle_signals(shared: Arc<Shared>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Finds the device and opens the agent, retrying while that fails (the
+/// shared device may appear late); then starts the renewer and the guard.
+fn start(cli: Cli, rt: RuntimeConfig, shared: Arc<Shared>, view: Arc<Mutex<View>>) {
+    let mut said = String::new();
+    loop {
+        let found = device::locate(Path::new("/"), &rt.config.storage.device);
+        let Some(v) = View::new(&rt, found) else {
+            return;
+        };
+        *view.lock().expect("lock") = v.clone();
+        match open_agent(&cli, &rt, &v) {
+            Ok(a) => {
+                println!(
+                    "fencing: host {} index {} of {}; lease every {} ms, timeout {} ms",
+                    v.host,
+                    a.me,
+                    a.hosts.len(),
+                    a.timing.renew.as_millis(),
+                    a.timing.timeout.as_millis()
+                );
+                *shared.guard.lock().expect("lock") = Guard::new(a.timing, Instant::now());
+                *shared.agent.lock().expect("lock") = Ok(Arc::clone(&a));
+                let (a1, s1) = (Arc::clone(&a), Arc::clone(&shared));
+                std::thread::spawn(move || renewer(a1, s1));
+                guard_loop(a, shared, cli.watchdog, cli.ftvmm_socket);
+                return;
+            }
+            Err(e) => {
+                if e != said {
+                    println!(
+                        "fencing: not fencing: {e} (retrying every {} s)",
+                        RETRY.as_secs()
+                    );
+                    said = e.clone();
+                }
+                *shared.agent.lock().expect("lock") = Err(e);
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = RuntimeConfig::load(&cli.config)?;
     let found = device::locate(Path::new("/"), &rt.config.storage.device);
     let view = View::new(&rt, found)
         .ok_or_else(|| anyhow::anyhow!("host {} not in config", rt.host_name))?;
-    let agent = open_agent(&cli, &rt, &view);
     let timing = fencing::lease::LeaseTiming::from_config(&rt.config.timing);
-    match &agent {
-        Ok(a) => println!(
-            "fencing: host {} index {} of {}; lease every {} ms, timeout {} ms",
-            view.host,
-            a.me,
-            a.hosts.len(),
-            timing.renew.as_millis(),
-            timing.timeout.as_millis()
-        ),
-        Err(e) => println!("fencing: not fencing: {e}"),
-    }
     let shared = Arc::new(Shared {
-        agent: agent.clone(),
+        agent: Mutex::new(Err("starting".into())),
         guard: Mutex::new(Guard::new(timing, Instant::now())),
         watchdog: Mutex::new(WatchdogSlot {
             state: "not opened yet".into(),
@@ -134,24 +167,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
     });
     handle_signals(Arc::clone(&shared))?;
-    if let Ok(a) = agent {
-        let (a1, s1) = (Arc::clone(&a), Arc::clone(&shared));
-        std::thread::spawn(move || renewer(a1, s1));
-        let s2 = Arc::clone(&shared);
-        let (wd, ftvmm) = (cli.watchdog.clone(), cli.ftvmm_socket.clone());
-        std::thread::spawn(move || guard_loop(a, s2, wd, ftvmm));
-    }
+    let view = Arc::new(Mutex::new(view));
     let listener = ctl_server::bind(&cli.socket)?;
-    println!("fencing: serving on {}", cli.socket.display());
-    ctl_server::serve(listener, move |req| handle(&shared, &view, req));
+    let (s, v) = (Arc::clone(&shared), Arc::clone(&view));
+    std::thread::spawn(move || start(cli, rt, s, v));
+    println!(
+        "fencing: serving on {}",
+        listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_default()
+    );
+    ctl_server::serve(listener, move |req| {
+        let view = view.lock().expect("lock").clone();
+        handle(&shared, &view, req)
+    });
     Ok(())
 }
 
 fn handle(shared: &Shared, view: &View, req: Request) -> Response {
     let now = Instant::now();
-    let agent = shared.agent.as_ref().map_err(|e| Response::Error {
-        message: format!("fencing: not fencing: {e}"),
-    });
+    let agent = shared
+        .agent
+        .lock()
+        .expect("lock")
+        .clone()
+        .map_err(|e| Response::Error {
+            message: format!("fencing: not fencing: {e}"),
+        });
     match req {
         Request::Status => {
             let mut s = view.status();

@@ -122,3 +122,63 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
     }
     println!("{out}");
 }
+
+#[test]
+fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = RuntimeConfig {
+        config: config_schema::parse(include_str!("../../examples/cluster.toml"))
+            .unwrap()
+            .config,
+        host_name: "host-c".into(),
+        host_private_key: "00".repeat(32),
+    };
+    let cfg = dir.path().join("verified.json");
+    std::fs::write(&cfg, serde_json::to_vec(&rt).unwrap()).unwrap();
+    let dev = dir.path().join("late");
+    let sock = dir.path().join("fencing.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_fencing"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--device")
+        .arg(&dev)
+        .arg("--watchdog")
+        .arg(dir.path().join("no-watchdog"))
+        .arg("--ftvmm-socket")
+        .arg(dir.path().join("no-ftvmm.sock"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = Kill(child);
+    let s = wait_for("status with the error", || {
+        status(&sock).filter(|s| {
+            s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot open"))
+        })
+    });
+    assert!(s["fencing"].is_null());
+    match ctl::query(
+        &sock,
+        &Request::Acquire {
+            vm: "kv".into(),
+            generation: 1,
+        },
+    )
+    .unwrap()
+    {
+        Response::Error { message } => assert!(message.contains("not fencing"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    wait_for("renewals on the late device, no watchdog", || {
+        status(&sock).filter(|s| {
+            s["fencing"]["own_lease"]["renewals"].as_u64() >= Some(1)
+                && s["watchdog"]["state"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("absent ("))
+        })
+    });
+}

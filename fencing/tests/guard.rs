@@ -90,7 +90,7 @@ fn rig(with_ftvmm: bool) -> Rig {
     let wd = dir.path().join("watchdog");
     std::fs::write(&wd, b"").unwrap();
     let shared = Arc::new(Shared {
-        agent: Ok(Arc::clone(&agent)),
+        agent: Mutex::new(Ok(Arc::clone(&agent))),
         guard: Mutex::new(Guard::new(agent.timing, Instant::now())),
         watchdog: Mutex::new(WatchdogSlot::default()),
     });
