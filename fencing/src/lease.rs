@@ -22,6 +22,14 @@
 //! `t0 + T`. All hosts derive `T` from the same config and the same planned
 //! `W`, so readers and writers agree. With the example config (`hb` = 100 ms):
 //! R = 500 ms, H = 1 s, C = 500 ms, W = 5 s, T = 7 s.
+//!
+//! (A reader that keeps reading sees the write at or after `t0`; the bound
+//! above is about such a reader.) "Not live" means "not seen renewing within
+//! `T`": the host is dead, or *this* host's own reads have been failing (then
+//! its own renewal fails too and it holds its own output). Do not take a lease
+//! that went stale while the reader could not read as proof of the other's
+//! death without looking at the reader's own lease state in `Status`. Go-live
+//! never relies on leases anyway: it is the Disk Paxos decision.
 
 use std::time::{Duration, Instant};
 

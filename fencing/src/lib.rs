@@ -39,7 +39,7 @@
 //! ```text
 //! fencing: region on /dev/vdb at 0 MiB, 52 sectors, O_DIRECT
 //! fencing: host host-b index 1 of 3; lease every 500 ms, timeout 7000 ms
-//! fencing: not fencing: <why>                  (no device, region too small...)
+//! fencing: not fencing: <why> (retrying every 2 s)   (no device, region too small...)
 //! fencing: serving on /run/fencing.sock
 //! fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)
 //! fencing: lease renewal failed: <error>
