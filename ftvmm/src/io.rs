@@ -122,6 +122,21 @@ pub trait Inputs {
     fn program_timer(&mut self, n: ExitIndex, program: TimerProgram) {
         let _ = (n, program);
     }
+    /// Divergence checks (lockstep): the loop calls [`Inputs::check`] after
+    /// every deterministic exit whose index is a multiple of this, before
+    /// `events_at`. 0 (the default) turns checks off.
+    fn check_interval(&self) -> u64 {
+        0
+    }
+    /// The vCPU's RIP and a hash of its general registers after exit `n`.
+    fn check(&mut self, n: ExitIndex, rip: u64, gpr_hash: u64) {
+        let _ = (n, rip, gpr_hash);
+    }
+    /// An exit index at which the run must return with `ExitLimit` (lockstep
+    /// uses it to stop both sides at the same point, e.g. for a memory digest).
+    fn pause_at(&self) -> Option<ExitIndex> {
+        None
+    }
 }
 
 /// Sink of everything observable.

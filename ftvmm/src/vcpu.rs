@@ -145,6 +145,27 @@ impl Inputs for CountingInputs<'_> {
     fn program_timer(&mut self, n: ExitIndex, program: crate::io::TimerProgram) {
         self.inner.program_timer(n, program)
     }
+    fn check_interval(&self) -> u64 {
+        self.inner.check_interval()
+    }
+    fn check(&mut self, n: ExitIndex, rip: u64, gpr_hash: u64) {
+        self.inner.check(n, rip, gpr_hash)
+    }
+    fn pause_at(&self) -> Option<ExitIndex> {
+        self.inner.pause_at()
+    }
+}
+
+/// Hash of the general registers, RIP and RFLAGS (the lockstep check record).
+pub fn gpr_hash(r: &kvm_bindings::kvm_regs) -> u64 {
+    let mut h = crate::lockstep::log::Fnv::default();
+    for v in [
+        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15, r.rip, r.rflags,
+    ] {
+        h.write_u64(v);
+    }
+    h.finish()
 }
 
 impl Vm {
@@ -178,7 +199,11 @@ impl Vm {
             if self.stop.swap(false, Ordering::SeqCst) {
                 return Ok(RunOutcome::Stopped);
             }
-            if until.is_some_and(|limit| self.n >= limit) {
+            let limit = match (until, inputs.pause_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if limit.is_some_and(|limit| self.n >= limit) {
                 return Ok(RunOutcome::ExitLimit);
             }
             if self.halted {
@@ -310,6 +335,11 @@ impl Vm {
         if let Some(trace) = self.trace.as_mut() {
             let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(u64::MAX);
             trace.push(TraceEntry { n, kind, addr, rip });
+        }
+        let every = inputs.check_interval();
+        if every != 0 && n % every == 0 {
+            let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+            inputs.check(n, regs.rip, gpr_hash(&regs));
         }
         if outcome.is_none() {
             let mut events = Vec::new();

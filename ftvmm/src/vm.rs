@@ -70,6 +70,12 @@ impl VmHandle {
         self.kicker.kick();
     }
 
+    /// A stop was requested and the run loop has not returned for it yet
+    /// (lets a blocking input source give up its wait).
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// Makes a blocked `KVM_RUN` return so the loop looks at its inputs.
     pub fn kick(&self) {
         self.kicker.kick();

@@ -28,6 +28,8 @@
 //! |      |                 | `Outputs` record, checked by the Secondary at `n`              |
 //! | 5    | `MemoryDigest`  | `at` u64: both sides hash guest memory at exit `at` (tests)    |
 //! | 6    | `End`           | none: the Primary stopped the VM at `n` (orderly end)          |
+//! | 7    | `Mark`          | none: the Primary's input call at `n` returned nothing (sent   |
+//! |      |                 | when it pauses, so the Secondary need not wait for a later one)|
 //!
 //! postcard's wire format is specified and stable (postcard 1.x); it is used
 //! only inside the length- and CRC-delimited payload.
@@ -52,6 +54,7 @@ pub enum Body {
     Outputs { count: u32, digest: u64 },
     MemoryDigest { at: ExitIndex },
     End,
+    Mark,
 }
 
 impl Body {
@@ -63,6 +66,7 @@ impl Body {
             Body::Outputs { .. } => 4,
             Body::MemoryDigest { .. } => 5,
             Body::End => 6,
+            Body::Mark => 7,
         }
     }
 
@@ -75,6 +79,7 @@ impl Body {
             Body::Outputs { .. } => "outputs",
             Body::MemoryDigest { .. } => "memory-digest",
             Body::End => "end",
+            Body::Mark => "mark",
         }
     }
 }
@@ -91,7 +96,9 @@ pub struct Record {
 pub enum LogError {
     #[error("record at byte {offset}: bad magic {got:#04x}")]
     Magic { offset: usize, got: u8 },
-    #[error("record at byte {offset}: unsupported format version {got} (this build reads {VERSION})")]
+    #[error(
+        "record at byte {offset}: unsupported format version {got} (this build reads {VERSION})"
+    )]
     Version { offset: usize, got: u8 },
     #[error("record at byte {offset}: unknown kind {got}")]
     Kind { offset: usize, got: u8 },
@@ -151,7 +158,7 @@ pub fn encode(rec: &Record, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&digest.to_le_bytes());
         }
         Body::MemoryDigest { at } => out.extend_from_slice(&at.to_le_bytes()),
-        Body::End => {}
+        Body::End | Body::Mark => {}
     }
     let len = out.len() - start - HEADER_LEN;
     assert!(len <= MAX_PAYLOAD as usize, "record payload {len} too long");
@@ -192,7 +199,7 @@ pub fn decode(buf: &[u8], offset: usize) -> Result<(Record, usize), LogError> {
         });
     }
     let kind = buf[2];
-    if !(1..=6).contains(&kind) {
+    if !(1..=7).contains(&kind) {
         return Err(LogError::Kind { offset, got: kind });
     }
     if buf[3] != 0 {
@@ -250,8 +257,8 @@ pub fn decode(buf: &[u8], offset: usize) -> Result<(Record, usize), LogError> {
             Body::Events(evs)
         }
         2 => {
-            let (t, rest) = postcard::take_from_bytes::<TimeRead>(p)
-                .map_err(|e| bad("time", e.to_string()))?;
+            let (t, rest) =
+                postcard::take_from_bytes::<TimeRead>(p).map_err(|e| bad("time", e.to_string()))?;
             if !rest.is_empty() {
                 return Err(bad("time", format!("{} trailing bytes", rest.len())));
             }
@@ -275,9 +282,13 @@ pub fn decode(buf: &[u8], offset: usize) -> Result<(Record, usize), LogError> {
             fixed("memory-digest", 8)?;
             Body::MemoryDigest { at: u64_at(p, 0) }
         }
-        _ => {
+        6 => {
             fixed("end", 0)?;
             Body::End
+        }
+        _ => {
+            fixed("mark", 0)?;
+            Body::Mark
         }
     };
     Ok((Record { seq, n, body }, total))
@@ -368,6 +379,7 @@ mod tests {
             },
             Body::MemoryDigest { at: 1_000_000 },
             Body::End,
+            Body::Mark,
         ];
         bodies
             .into_iter()
@@ -414,7 +426,10 @@ mod tests {
         assert!(matches!(decode(&m, 0), Err(LogError::Magic { .. })));
         let mut v = one.clone();
         v[1] = 2;
-        assert!(matches!(decode(&v, 0), Err(LogError::Version { got: 2, .. })));
+        assert!(matches!(
+            decode(&v, 0),
+            Err(LogError::Version { got: 2, .. })
+        ));
         let mut k = one.clone();
         k[2] = 9;
         assert!(matches!(decode(&k, 0), Err(LogError::Kind { got: 9, .. })));
@@ -434,7 +449,10 @@ mod tests {
         let b = batch();
         for cut in [1, 10, 24, b.len() - 1] {
             let err = decode_batch(&b[..cut], 10).unwrap_err();
-            assert!(matches!(err, LogError::Truncated { .. }), "cut {cut}: {err}");
+            assert!(
+                matches!(err, LogError::Truncated { .. }),
+                "cut {cut}: {err}"
+            );
         }
     }
 

@@ -3,7 +3,18 @@
 //! replays the log at the same exit indices and drops its outputs.
 //!
 //! - [`log`]: the binary, versioned record format of the log.
+//! - [`primary`]: recording inputs, the Output Rule, flow control and lag.
+//! - [`secondary`]: replaying at the same exits, divergence detection.
+//! - [`digest`]: output and memory digests both sides compute.
+//! - [`link`]: the threads moving batches and acks over the channel.
+//! - [`pair`]: pair start (hello) and running a Primary or a Secondary.
 //! - [`channel`]: the authenticated, encrypted TCP link that carries it (Noise).
 
 pub mod channel;
+pub mod digest;
+pub mod link;
 pub mod log;
+pub mod member;
+pub mod pair;
+pub mod primary;
+pub mod secondary;

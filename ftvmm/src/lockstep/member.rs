@@ -1,0 +1,228 @@
+//! Which half of a pair this host runs for a config VM, and running it.
+//!
+//! Placement at power-on (anti-affinity): among the hosts the VM's affinity
+//! allows, in the config's `hosts` order, the first is the Primary and the
+//! next one the Secondary — never the same host. A VM that allows only one
+//! host runs unprotected (config validation already warns about it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_schema::runtime::RuntimeConfig;
+use config_schema::validate::allowed_hosts;
+
+use super::channel::{Hello, Identity};
+use super::link::OnTraffic;
+use super::pair::{
+    self, channel_port, image_sha256, primary_handshake, run_primary, run_secondary,
+    secondary_handshake, PairError, PairHandle, PairReport, PairSpec,
+};
+use crate::live::ConsoleSink;
+use crate::runner::VmSpec;
+use crate::vm::{Progress, VmHandle};
+
+/// This host's part in a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Run it as Primary, paired with the Secondary on `secondary`.
+    Primary { secondary: String },
+    /// Run it as Secondary of the Primary on `primary`.
+    Secondary { primary: String },
+    /// Only this host is allowed: run it alone, unprotected.
+    Unprotected,
+    /// Not this host's business.
+    None,
+}
+
+/// The pair of a config VM: (Primary host, Secondary host if any).
+pub fn pair_hosts(config: &config_schema::ClusterConfig, vm: &config_schema::Vm) -> Vec<String> {
+    let allowed = allowed_hosts(config, vm);
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .filter(|h| allowed.contains(&h.as_str()))
+        .take(2)
+        .collect()
+}
+
+/// This host's role for `vm`.
+pub fn role(rc: &RuntimeConfig, vm: &config_schema::Vm) -> Role {
+    let hosts = pair_hosts(&rc.config, vm);
+    let here = &rc.host_name;
+    match hosts.as_slice() {
+        [p] if p == here => Role::Unprotected,
+        [p, s] if p == here => Role::Primary {
+            secondary: s.clone(),
+        },
+        [p, s] if s == here => Role::Secondary { primary: p.clone() },
+        _ => Role::None,
+    }
+}
+
+fn key(hex_str: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_str).ok()?.try_into().ok()
+}
+
+fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
+    let h = rc.config.hosts.iter().find(|h| h.name == host)?;
+    h.ft.addr.split('/').next()?.parse().ok()
+}
+
+/// Everything both sides agree on for `vm`, and this host's identity.
+pub fn pair_spec(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    spec: VmSpec,
+) -> Result<PairSpec, PairError> {
+    let primary = pair_hosts(&rc.config, vm)
+        .into_iter()
+        .next()
+        .ok_or_else(|| PairError::Protocol(format!("vm {} allows no host", vm.name)))?;
+    let private_key = key(&rc.host_private_key)
+        .ok_or_else(|| PairError::Protocol("host private key is not 32 bytes of hex".into()))?;
+    Ok(PairSpec {
+        hello: Hello {
+            vm: vm.name.clone(),
+            // The first generation of a pair at power-on; go-live moves it.
+            generation: 1,
+            config_generation: rc.config.cluster.generation,
+            image_sha256: image_sha256(&spec.kernel)?,
+            mem_mib: spec.mem_mib,
+            start_exit: 0,
+            primary_host: primary,
+        },
+        vm: spec,
+        identity: Identity { private_key },
+        lag_limit: Duration::from_millis(u64::from(rc.config.timing.lag_limit_ms)),
+    })
+}
+
+/// Runs this host's half of `vm` to its end (blocking): handshake, then the
+/// Primary's or the Secondary's run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_member(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    role: &Role,
+    spec: PairSpec,
+    console: ConsoleSink,
+    handle: &PairHandle,
+    stop: &AtomicBool,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+    on_traffic: OnTraffic,
+) -> Result<PairReport, PairError> {
+    let index = rc
+        .config
+        .vms
+        .iter()
+        .position(|v| v.name == vm.name)
+        .expect("vm is from this config");
+    match role {
+        Role::Primary { secondary } => {
+            let peer = rc
+                .config
+                .hosts
+                .iter()
+                .find(|h| &h.name == secondary)
+                .ok_or_else(|| PairError::Protocol(format!("no host {secondary}")))?;
+            let peer_key = key(&peer.public_key)
+                .ok_or_else(|| PairError::Protocol(format!("bad public key of {secondary}")))?;
+            let ip = ft_ip(rc, secondary)
+                .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
+            *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary (pairing)".into();
+            let addr = SocketAddr::new(ip, channel_port(index));
+            let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
+            println!(
+                "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
+                vm.name, spec.hello.generation
+            );
+            run_primary(&spec, ch, console, handle, on_start, on_traffic)
+        }
+        Role::Secondary { primary } => {
+            let ip = ft_ip(rc, &rc.host_name)
+                .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
+            let listener = pair::listen(ip, index)?;
+            *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "secondary (pairing)".into();
+            println!(
+                "ftvmm: vm {}: secondary waiting for primary {primary} on {}",
+                vm.name,
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            let hosts: Vec<(String, [u8; 32])> = rc
+                .config
+                .hosts
+                .iter()
+                .filter_map(|h| Some((h.name.clone(), key(&h.public_key)?)))
+                .collect();
+            let allowed =
+                move |k: &[u8; 32]| hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone());
+            let (ch, hello) =
+                secondary_handshake(&listener, &spec.identity, &allowed, &spec.hello, stop)?;
+            drop(listener);
+            println!(
+                "ftvmm: vm {}: paired with primary {}; generation {}",
+                vm.name,
+                ch.peer(),
+                hello.generation
+            );
+            let mut spec = spec;
+            spec.hello.generation = hello.generation;
+            let sectors = spec
+                .vm
+                .disk
+                .as_ref()
+                .and_then(|d| d.region)
+                .map(|(_, len)| len / crate::live::disk::SECTOR);
+            run_secondary(&spec, ch, sectors, handle, on_start, on_traffic)
+        }
+        Role::Unprotected | Role::None => Err(PairError::Protocol(format!(
+            "vm {} has no pair role on this host",
+            vm.name
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(host: &str) -> RuntimeConfig {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/cluster.toml"
+        ))
+        .unwrap();
+        let config = config_schema::validate::parse(&text).unwrap();
+        RuntimeConfig {
+            config,
+            host_name: host.into(),
+            host_private_key: "00".repeat(32),
+        }
+    }
+
+    #[test]
+    fn primary_and_secondary_are_the_first_two_allowed_hosts_never_the_same() {
+        let a = rc("host-a");
+        let vm = a.config.vms[0].clone();
+        assert_eq!(pair_hosts(&a.config, &vm), vec!["host-a", "host-b"]);
+        assert_eq!(
+            role(&a, &vm),
+            Role::Primary {
+                secondary: "host-b".into()
+            }
+        );
+        assert_eq!(
+            role(&rc("host-b"), &vm),
+            Role::Secondary {
+                primary: "host-a".into()
+            }
+        );
+        assert_eq!(role(&rc("host-c"), &vm), Role::None);
+    }
+}

@@ -1,0 +1,595 @@
+//! The Primary's side of lockstep: record every input, hold every output.
+//!
+//! [`PrimaryInputs`] wraps the live input door. Whatever non-deterministic
+//! value it hands the vCPU loop (events at an exit, a time read) it first
+//! appends to the log as a [`Record`] tagged with the exit index, plus periodic
+//! register checks and a digest of the outputs emitted since the last one.
+//!
+//! [`PrimaryOutputs`] implements the Output Rule: an output emitted when the
+//! log holds records `0 .. s` is released to the real sink only once the
+//! Secondary has acknowledged receipt of all of them (`acked >= s`). Those are
+//! exactly the records that precede the output in the Primary's execution, so
+//! a Secondary that has them can reproduce the output after a go-live. Outputs
+//! leave in the order they were produced.
+//!
+//! Flow control: a sender thread takes the pending bytes as one batch
+//! ([`PrimaryLog::take_batch`]); the ack thread reports receipt and replay
+//! progress ([`PrimaryLog::on_ack`]). The vCPU thread stalls when unacknowledged
+//! bytes exceed [`MAX_UNACKED_BYTES`] (nothing is ever dropped) and is slowed
+//! while the Secondary's replay lag exceeds the configured limit.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::digest::OutputDigest;
+use super::log::{encode, Body, Record};
+use crate::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeRead, TimeSource};
+
+/// The vCPU stalls when this many bytes are sent or pending but not acked.
+pub const MAX_UNACKED_BYTES: usize = 64 << 20;
+/// ...or when the Secondary has this many records it has not replayed yet.
+pub const MAX_UNREPLAYED_RECORDS: u64 = 1 << 20;
+/// A register check record every this many exits (both sides must agree: it
+/// is part of the protocol version).
+pub const CHECK_EVERY: u64 = 1024;
+
+/// One batch the sender thread ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub first_seq: u64,
+    pub count: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// A sent batch, kept until replayed (for lag accounting).
+struct Sent {
+    end_seq: u64,
+    bytes: usize,
+    at: Instant,
+}
+
+struct State {
+    /// Sequence number of the next record.
+    next_seq: u64,
+    /// Encoded records not yet taken by the sender.
+    pending: Vec<u8>,
+    pending_first: u64,
+    /// Every record `< acked` was received by the Secondary.
+    acked: u64,
+    /// Every record `< replayed` was executed by the Secondary.
+    replayed: u64,
+    replayed_exit: ExitIndex,
+    /// Batches sent and not fully replayed.
+    sent: VecDeque<Sent>,
+    unacked_bytes: usize,
+    /// Outputs waiting for the Output Rule: (records that must be acked, output).
+    held: VecDeque<(u64, OutputEvent)>,
+    sink: Box<dyn Outputs + Send>,
+    /// Why the channel ended (outputs stay held from then on).
+    lost: Option<String>,
+    /// Hold everything regardless of acks (fencing could not renew the lease,
+    /// or the Secondary is lost and the next generation is not won yet).
+    hold_all: bool,
+    out_digest: OutputDigest,
+    stats: PrimaryStats,
+}
+
+/// Counters reported in status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PrimaryStats {
+    pub records: u64,
+    pub log_bytes: u64,
+    pub batches: u64,
+    pub outputs_emitted: u64,
+    pub outputs_released: u64,
+    pub stalls: u64,
+    pub throttled_ms: u64,
+}
+
+/// The Primary's log, output gate and flow control, shared by the vCPU thread
+/// (appends, emits), the sender thread and the ack thread.
+pub struct PrimaryLog {
+    st: Mutex<State>,
+    cv: Condvar,
+    lag_limit: Duration,
+}
+
+/// The Secondary's lag as the Primary sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lag {
+    pub records: u64,
+    pub bytes: u64,
+    pub ms: u64,
+}
+
+impl PrimaryLog {
+    pub fn new(sink: Box<dyn Outputs + Send>, lag_limit: Duration) -> Arc<Self> {
+        Arc::new(PrimaryLog {
+            st: Mutex::new(State {
+                next_seq: 0,
+                pending: Vec::new(),
+                pending_first: 0,
+                acked: 0,
+                replayed: 0,
+                replayed_exit: 0,
+                sent: VecDeque::new(),
+                unacked_bytes: 0,
+                held: VecDeque::new(),
+                sink,
+                lost: None,
+                hold_all: false,
+                out_digest: OutputDigest::default(),
+                stats: PrimaryStats::default(),
+            }),
+            cv: Condvar::new(),
+            lag_limit,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one record (vCPU thread). Stalls while the unacknowledged
+    /// window is full; never drops.
+    pub fn append(&self, n: ExitIndex, body: Body) {
+        let mut st = self.lock();
+        let mut stalled = false;
+        while st.lost.is_none()
+            && (st.unacked_bytes >= MAX_UNACKED_BYTES
+                || st.next_seq - st.replayed >= MAX_UNREPLAYED_RECORDS)
+        {
+            if !stalled {
+                st.stats.stalls += 1;
+                stalled = true;
+                tracing::warn!(
+                    unacked_bytes = st.unacked_bytes,
+                    "lockstep: log window full, primary stalls until the secondary catches up"
+                );
+            }
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let rec = Record { seq, n, body };
+        let len = encode(&rec, &mut st.pending);
+        st.unacked_bytes += len;
+        st.stats.records += 1;
+        st.stats.log_bytes += len as u64;
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Takes everything pending as one batch (sender thread); waits up to
+    /// `wait` for something to send. `None` when there was nothing.
+    pub fn take_batch(&self, wait: Duration) -> Option<Batch> {
+        let mut st = self.lock();
+        if st.pending.is_empty() {
+            st = self
+                .cv
+                .wait_timeout_while(st, wait, |s| s.pending.is_empty())
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        if st.pending.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut st.pending);
+        let first_seq = st.pending_first;
+        let count = (st.next_seq - first_seq) as u32;
+        let end_seq = st.next_seq;
+        st.pending_first = end_seq;
+        st.sent.push_back(Sent {
+            end_seq,
+            bytes: bytes.len(),
+            at: Instant::now(),
+        });
+        st.stats.batches += 1;
+        Some(Batch {
+            first_seq,
+            count,
+            bytes,
+        })
+    }
+
+    /// The Secondary received every record `< received` and replayed every
+    /// record `< replayed` (ack thread). Releases what the Output Rule allows.
+    pub fn on_ack(&self, received: u64, replayed: u64, replayed_exit: ExitIndex) {
+        let mut st = self.lock();
+        // An ack for records never sent would release outputs the Secondary
+        // cannot reproduce: refuse it loudly (the channel authenticates the
+        // peer, so this is a bug, not an attack).
+        let sent_end = st.pending_first;
+        if received > sent_end || replayed > received {
+            tracing::error!(
+                received,
+                replayed,
+                sent_end,
+                "lockstep: ack beyond what was sent; ignored"
+            );
+            return;
+        }
+        if received > st.acked {
+            // Bytes of records now acked leave the window. Batches are the
+            // unit of accounting: count a batch as acked once all of it is.
+            let old = st.acked;
+            let acked_bytes: usize = st
+                .sent
+                .iter()
+                .filter(|s| s.end_seq <= received && s.end_seq > old)
+                .map(|s| s.bytes)
+                .sum();
+            st.unacked_bytes = st.unacked_bytes.saturating_sub(acked_bytes);
+            st.acked = received;
+        }
+        if replayed > st.replayed {
+            st.replayed = replayed;
+            st.replayed_exit = replayed_exit;
+            while st.sent.front().is_some_and(|s| s.end_seq <= replayed) {
+                st.sent.pop_front();
+            }
+        }
+        Self::release(&mut st);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn release(st: &mut State) {
+        if st.hold_all {
+            return;
+        }
+        while st.held.front().is_some_and(|(need, _)| *need <= st.acked) {
+            let (_, ev) = st.held.pop_front().expect("front exists");
+            st.sink.emit(0, ev);
+            st.stats.outputs_released += 1;
+        }
+    }
+
+    /// An output produced now (vCPU thread): released at once if every record
+    /// before it is acked and nothing is held before it, else held.
+    pub fn emit(&self, n: ExitIndex, ev: OutputEvent) {
+        let mut st = self.lock();
+        st.out_digest.add(&ev);
+        st.stats.outputs_emitted += 1;
+        let need = st.next_seq;
+        if st.held.is_empty() && !st.hold_all && need <= st.acked {
+            st.sink.emit(n, ev);
+            st.stats.outputs_released += 1;
+        } else {
+            st.held.push_back((need, ev));
+        }
+    }
+
+    /// The outputs digest since the last call, if there were outputs.
+    fn take_output_digest(&self) -> Option<(u32, u64)> {
+        self.lock().out_digest.take()
+    }
+
+    /// The channel to the Secondary ended: from now on nothing is released
+    /// by acks (a new generation must be won first, DESIGN §4).
+    pub fn lose_secondary(&self, why: &str) {
+        let mut st = self.lock();
+        if st.lost.is_none() {
+            tracing::warn!("lockstep: secondary lost ({why}); holding all output");
+            st.lost = Some(why.to_string());
+            st.hold_all = true;
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Holds (or stops holding) every output regardless of acks.
+    pub fn set_hold(&self, hold: bool) {
+        let mut st = self.lock();
+        st.hold_all = hold;
+        if !hold {
+            Self::release(&mut st);
+        }
+    }
+
+    /// Runs unprotected after winning the next generation alone: everything
+    /// held is released and later outputs pass at once.
+    pub fn go_solo(&self) {
+        let mut st = self.lock();
+        st.hold_all = false;
+        let upto = st.next_seq;
+        st.acked = upto;
+        st.replayed = upto;
+        st.lost
+            .get_or_insert_with(|| "running without secondary".into());
+        Self::release(&mut st);
+        st.held.clear();
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Drops the real output sink (its backends are being shut down); outputs
+    /// from now on are counted and discarded.
+    pub fn detach_sink(&self) {
+        struct Discard;
+        impl Outputs for Discard {
+            fn emit(&mut self, _n: ExitIndex, _e: OutputEvent) {}
+        }
+        let old = std::mem::replace(&mut self.lock().sink, Box::new(Discard));
+        drop(old);
+    }
+
+    /// Whether records are still being shipped to a Secondary.
+    pub fn is_solo(&self) -> bool {
+        self.lock().lost.is_some()
+    }
+
+    pub fn lag(&self) -> Lag {
+        let st = self.lock();
+        Self::lag_of(&st)
+    }
+
+    fn lag_of(st: &State) -> Lag {
+        Lag {
+            records: st.next_seq - st.replayed,
+            bytes: st.sent.iter().map(|s| s.bytes as u64).sum::<u64>() + st.pending.len() as u64,
+            ms: st
+                .sent
+                .front()
+                .map(|s| s.at.elapsed().as_millis() as u64)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Slows the vCPU while the Secondary's replay lag exceeds the limit.
+    fn throttle(&self) {
+        let over = {
+            let st = self.lock();
+            st.lost.is_none() && Self::lag_of(&st).ms > self.lag_limit.as_millis() as u64
+        };
+        if over {
+            std::thread::sleep(Duration::from_millis(1));
+            self.lock().stats.throttled_ms += 1;
+        }
+    }
+
+    /// Status for `ftctl status`.
+    pub fn status(&self) -> serde_json::Value {
+        let st = self.lock();
+        serde_json::json!({
+            "records": st.stats.records,
+            "acked": st.acked,
+            "replayed": st.replayed,
+            "replayed_exit": st.replayed_exit,
+            "lag": Self::lag_of(&st),
+            "outputs_held": st.held.len(),
+            "hold_all": st.hold_all,
+            "secondary_lost": st.lost,
+            "stats": st.stats,
+        })
+    }
+
+    pub fn stats(&self) -> PrimaryStats {
+        self.lock().stats.clone()
+    }
+
+    /// Number of outputs currently held.
+    pub fn held(&self) -> usize {
+        self.lock().held.len()
+    }
+
+    /// Sequence number of the next record.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+}
+
+/// The Primary's input door: live values, recorded.
+pub struct PrimaryInputs<I: Inputs> {
+    inner: I,
+    log: Arc<PrimaryLog>,
+    /// A memory digest requested at this exit (see [`Body::MemoryDigest`]).
+    pause: Option<ExitIndex>,
+    digest_request: Arc<std::sync::atomic::AtomicU64>,
+    buf: Vec<InputEvent>,
+}
+
+impl<I: Inputs> PrimaryInputs<I> {
+    pub fn new(inner: I, log: Arc<PrimaryLog>) -> Self {
+        PrimaryInputs {
+            inner,
+            log,
+            pause: None,
+            digest_request: Arc::default(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Set to `d > 0` to have both sides hash guest memory `d` exits from the
+    /// next exit (taken once).
+    pub fn digest_request(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.digest_request)
+    }
+
+    /// The pending memory digest point, cleared by the caller once done.
+    pub fn take_pause(&mut self) -> Option<ExitIndex> {
+        self.pause.take()
+    }
+
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
+
+    fn before_events(&mut self, n: ExitIndex) {
+        if let Some((count, digest)) = self.log.take_output_digest() {
+            self.log.append(n, Body::Outputs { count, digest });
+        }
+        let d = self
+            .digest_request
+            .swap(0, std::sync::atomic::Ordering::SeqCst);
+        if d > 0 {
+            let at = n + d;
+            self.pause = Some(at);
+            self.log.append(n, Body::MemoryDigest { at });
+        }
+    }
+
+    fn record(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        if !self.buf.is_empty() {
+            self.log.append(n, Body::Events(self.buf.clone()));
+            out.append(&mut self.buf);
+        }
+    }
+}
+
+impl<I: Inputs> Inputs for PrimaryInputs<I> {
+    fn events_at(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.before_events(n);
+        self.inner.events_at(n, &mut self.buf);
+        self.record(n, out);
+        self.log.throttle();
+    }
+    fn events_at_halt(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
+        self.before_events(n);
+        self.inner.events_at_halt(n, &mut self.buf);
+        self.record(n, out);
+    }
+    fn time_read(&mut self, n: ExitIndex, source: TimeSource) -> u64 {
+        let value = self.inner.time_read(n, source);
+        self.log.append(n, Body::Time(TimeRead { source, value }));
+        value
+    }
+    fn program_timer(&mut self, n: ExitIndex, program: crate::io::TimerProgram) {
+        self.inner.program_timer(n, program)
+    }
+    fn check_interval(&self) -> u64 {
+        CHECK_EVERY
+    }
+    fn check(&mut self, n: ExitIndex, rip: u64, gpr_hash: u64) {
+        self.log.append(n, Body::Check { rip, gpr_hash });
+    }
+    fn pause_at(&self) -> Option<ExitIndex> {
+        self.pause
+    }
+}
+
+/// The Primary's output door: the Output Rule.
+pub struct PrimaryOutputs(pub Arc<PrimaryLog>);
+
+impl Outputs for PrimaryOutputs {
+    fn emit(&mut self, n: ExitIndex, event: OutputEvent) {
+        self.0.emit(n, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Sink(Arc<Mutex<Vec<OutputEvent>>>);
+    impl Outputs for Sink {
+        fn emit(&mut self, _n: ExitIndex, e: OutputEvent) {
+            self.0.lock().unwrap().push(e);
+        }
+    }
+
+    fn log() -> (Arc<PrimaryLog>, Arc<Mutex<Vec<OutputEvent>>>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        (
+            PrimaryLog::new(Box::new(Sink(Arc::clone(&out))), Duration::from_secs(1)),
+            out,
+        )
+    }
+
+    fn console(b: u8) -> OutputEvent {
+        OutputEvent::Console(vec![b])
+    }
+
+    #[test]
+    fn output_rule_holds_until_every_preceding_record_is_acked() {
+        let (log, out) = log();
+        log.append(1, Body::Events(vec![InputEvent::TimerTick]));
+        log.emit(1, console(b'a')); // needs record 0
+        log.append(2, Body::Events(vec![InputEvent::TimerTick]));
+        log.emit(2, console(b'b')); // needs records 0, 1
+        assert!(out.lock().unwrap().is_empty());
+        let b = log.take_batch(Duration::ZERO).unwrap();
+        assert_eq!((b.first_seq, b.count), (0, 2));
+        log.on_ack(1, 0, 0);
+        assert_eq!(*out.lock().unwrap(), vec![console(b'a')]);
+        log.on_ack(2, 0, 0);
+        assert_eq!(*out.lock().unwrap(), vec![console(b'a'), console(b'b')]);
+        assert_eq!(log.held(), 0);
+    }
+
+    #[test]
+    fn an_ack_for_unsent_records_releases_nothing() {
+        let (log, out) = log();
+        log.append(1, Body::End);
+        log.emit(1, console(b'x'));
+        log.on_ack(1, 0, 0); // record 0 is pending, never sent
+        assert!(out.lock().unwrap().is_empty());
+        assert_eq!(log.held(), 1);
+    }
+
+    #[test]
+    fn outputs_keep_their_order_behind_a_held_one() {
+        let (log, out) = log();
+        log.append(1, Body::End);
+        log.emit(1, console(b'1'));
+        let _ = log.take_batch(Duration::ZERO);
+        log.on_ack(1, 1, 1);
+        log.append(2, Body::End);
+        log.emit(2, console(b'2'));
+        log.emit(2, console(b'3'));
+        assert_eq!(out.lock().unwrap().len(), 1);
+        let _ = log.take_batch(Duration::ZERO);
+        log.on_ack(2, 2, 2);
+        let got: Vec<_> = out.lock().unwrap().clone();
+        assert_eq!(got, vec![console(b'1'), console(b'2'), console(b'3')]);
+    }
+
+    #[test]
+    fn losing_the_secondary_holds_everything_until_solo() {
+        let (log, out) = log();
+        log.append(1, Body::End);
+        let _ = log.take_batch(Duration::ZERO);
+        log.lose_secondary("test");
+        log.emit(1, console(b'z'));
+        log.on_ack(1, 1, 1);
+        assert!(
+            out.lock().unwrap().is_empty(),
+            "released while secondary lost"
+        );
+        log.go_solo();
+        assert_eq!(*out.lock().unwrap(), vec![console(b'z')]);
+        log.emit(2, console(b'y'));
+        assert_eq!(out.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_full_window_stalls_the_appender_until_acked() {
+        let (log, _) = log();
+        let big = vec![0u8; 1 << 20];
+        for i in 0..(MAX_UNACKED_BYTES >> 20) {
+            log.append(
+                i as u64,
+                Body::Events(vec![InputEvent::ConsoleIn(big.clone())]),
+            );
+        }
+        let done = Arc::new(AtomicUsize::new(0));
+        let (l2, d2) = (Arc::clone(&log), Arc::clone(&done));
+        let t = std::thread::spawn(move || {
+            l2.append(999, Body::End);
+            d2.store(1, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(done.load(Ordering::SeqCst), 0, "append did not stall");
+        let b = log.take_batch(Duration::ZERO).unwrap();
+        log.on_ack(b.first_seq + u64::from(b.count), 0, 0);
+        t.join().unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(log.stats().stalls, 1);
+    }
+}

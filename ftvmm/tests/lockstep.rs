@@ -1,0 +1,202 @@
+//! Record/replay on the host's /dev/kvm, in one process: the reference guest
+//! (KV mode, virtio-blk on a temp file, virtio-net fed with ARP requests at
+//! random wall-clock times, the live timer) runs as Primary; its log goes
+//! through the wire encoding to a Secondary that replays it concurrently. At a
+//! memory-digest point both must have the same exit/RIP trace, registers and
+//! guest memory; outputs leave the Primary only under the Output Rule.
+//!
+//! Needs /dev/kvm and the guest ELF (see tests/ftguest.rs); fails otherwise.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ftvmm::io::InputEvent;
+use ftvmm::live::{self, DiskBackend, LiveConfig};
+use ftvmm::lockstep::digest::memory_sha256;
+use ftvmm::lockstep::log::decode_batch;
+use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
+use ftvmm::{virtio, RunOutcome, Vm};
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const CMDLINE: &str =
+    "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
+const DISK_SECTORS: u64 = 8192;
+
+fn guest_elf() -> PathBuf {
+    let p = std::env::var_os("FTGUEST_ELF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        p.exists(),
+        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
+        p.display()
+    );
+    p
+}
+
+fn boot() -> Vm {
+    let devs = vec![virtio::new_block(0, DISK_SECTORS), virtio::new_net(0, MAC)];
+    let mut vm = Vm::new(32 << 20, devs)
+        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
+    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the guest");
+    vm.enable_trace();
+    vm
+}
+
+/// An ARP request "who has 10.0.0.2" from 10.0.0.1.
+fn arp_request(k: u8) -> Vec<u8> {
+    let src = [0x02, 0, 0, 0, 0, k];
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 0, 0, 2]);
+    f
+}
+
+#[derive(Clone, Default)]
+struct SharedConsole(Arc<Mutex<Vec<u8>>>);
+impl Write for SharedConsole {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn secondary_replays_the_primary_exactly() {
+    // --- Primary: live backends, recorded.
+    let disk_file = tempfile::NamedTempFile::new().unwrap();
+    disk_file.as_file().set_len(DISK_SECTORS * 512).unwrap();
+    let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
+    let mut pvm = boot();
+    let console = SharedConsole::default();
+    let live = live::start(
+        LiveConfig {
+            disk: Some(disk),
+            tap: None,
+            console: Box::new(console.clone()),
+            stdin: false,
+        },
+        pvm.handle().kicker(),
+    )
+    .unwrap();
+    let live::Live {
+        inputs,
+        outputs,
+        backends,
+    } = live;
+    let log = PrimaryLog::new(Box::new(outputs), Duration::from_millis(500));
+    let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
+    pin.digest_request().store(50_000, Ordering::SeqCst);
+
+    // Frames at random wall-clock times.
+    let stop = Arc::new(AtomicBool::new(false));
+    let queue = backends.queue();
+    let s2 = Arc::clone(&stop);
+    let injector = std::thread::spawn(move || {
+        let mut k = 1u8;
+        while !s2.load(Ordering::SeqCst) {
+            queue.push(InputEvent::Frame {
+                dev: 0,
+                data: arp_request(k),
+            });
+            k = k.wrapping_add(1);
+            std::thread::sleep(Duration::from_micros(2_000 + 997 * u64::from(k % 7)));
+        }
+    });
+
+    // --- The wire: encoded batches, decoded all-or-nothing, acked on receipt.
+    let q = ReplayQueue::new(0);
+    let (l2, q2, s3) = (Arc::clone(&log), Arc::clone(&q), Arc::clone(&stop));
+    let wire = std::thread::spawn(move || {
+        let mut batches = 0u64;
+        loop {
+            if let Some(b) = l2.take_batch(Duration::from_millis(10)) {
+                let recs = decode_batch(&b.bytes, b.first_seq).expect("valid batch");
+                assert_eq!(recs.len() as u32, b.count);
+                q2.push_batch(recs);
+                batches += 1;
+            } else if s3.load(Ordering::SeqCst) {
+                return batches;
+            }
+            let (r, p, e) = q2.progress();
+            l2.on_ack(r, p, e);
+        }
+    });
+
+    // --- Secondary: replays concurrently.
+    let q3 = Arc::clone(&q);
+    let secondary = std::thread::spawn(move || {
+        let mut vm = boot();
+        let mut sin = SecondaryInputs::new(Arc::clone(&q3), vm.handle());
+        let outcome = vm
+            .run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q3)), None)
+            .unwrap();
+        let end = sin.end().cloned();
+        let at = sin.take_pause();
+        (
+            outcome,
+            end,
+            at,
+            vm.exit_index(),
+            vm.take_trace(),
+            vm.vcpu().get_regs().unwrap(),
+            memory_sha256(vm.memory()),
+        )
+    });
+
+    let outcome = pvm
+        .run(&mut pin, &mut PrimaryOutputs(Arc::clone(&log)), None)
+        .unwrap();
+    let pause = pin.take_pause();
+    // The Secondary waits in the same input call for a later record.
+    log.append(pause.unwrap(), ftvmm::lockstep::log::Body::Mark);
+    stop.store(true, Ordering::SeqCst);
+    injector.join().unwrap();
+    let batches = wire.join().unwrap();
+    let (s_outcome, s_end, s_pause, s_n, s_trace, s_regs, s_mem) = secondary.join().unwrap();
+
+    assert_eq!(outcome, RunOutcome::ExitLimit);
+    assert_eq!(
+        s_outcome,
+        RunOutcome::ExitLimit,
+        "secondary ended: {s_end:?}"
+    );
+    assert_eq!(s_end, None);
+    assert_eq!(pause, s_pause);
+    assert_eq!(pvm.exit_index(), s_n);
+    assert_eq!(Some(s_n), pause);
+    let p_trace = pvm.take_trace();
+    assert_eq!(p_trace.len(), s_trace.len());
+    assert!(p_trace == s_trace, "exit/RIP traces differ");
+    assert_eq!(pvm.vcpu().get_regs().unwrap(), s_regs);
+    assert_eq!(memory_sha256(pvm.memory()), s_mem);
+    assert_eq!(q.divergences(), 0);
+
+    // Inputs of every kind went through the log, and outputs through the rule.
+    let stats = log.stats();
+    assert!(stats.records > 100, "{stats:?}");
+    assert!(batches > 1);
+    assert!(stats.outputs_emitted > 0);
+    assert_eq!(
+        stats.outputs_released + log.held() as u64,
+        stats.outputs_emitted
+    );
+    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).to_string();
+    assert!(text.contains("kv"), "guest console: {text}");
+    log.detach_sink();
+    drop(backends);
+}
