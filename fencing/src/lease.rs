@@ -30,6 +30,9 @@
 //! that went stale while the reader could not read as proof of the other's
 //! death without looking at the reader's own lease state in `Status`. Go-live
 //! never relies on leases anyway: it is the Disk Paxos decision.
+//!
+//! `tests/sim.rs` checks this arithmetic by simulation ([`crate::sim_lease`]);
+//! [`Liveness::expired`] is the reader's judgement it checks.
 
 use std::time::{Duration, Instant};
 
@@ -102,6 +105,7 @@ impl OwnLease {
 struct Seen {
     last: Option<(u64, u64)>,
     moved_at: Option<Instant>,
+    first_seen: Option<Instant>,
 }
 
 /// What this host has read of every host's lease.
@@ -128,6 +132,7 @@ impl Liveness {
         if s.last.is_some_and(|old| old != value) {
             s.moved_at = Some(now);
         }
+        s.first_seen.get_or_insert(now);
         s.last = Some(value);
     }
 
@@ -142,6 +147,19 @@ impl Liveness {
         self.seen[h]
             .moved_at
             .is_some_and(|t| now.saturating_duration_since(t) <= self.timeout)
+    }
+
+    /// Expired: seen (a record was read), and neither a movement nor the
+    /// first reading is more recent than `timeout` (sanlock's rule: a lease
+    /// that does not move for `timeout` after we started watching it is dead).
+    /// Not the negation of [`Liveness::live`]: a host never seen at all is
+    /// neither live nor expired.
+    pub fn expired(&self, h: usize, now: Instant) -> bool {
+        let s = &self.seen[h];
+        match s.moved_at.max(s.first_seen) {
+            Some(t) => now.saturating_duration_since(t) > self.timeout,
+            None => false,
+        }
     }
 
     /// The per-host view served on `Request::Leases`.
@@ -198,8 +216,10 @@ mod tests {
         let s = Duration::from_secs(1);
         let mut l = Liveness::new(3, Duration::from_secs(4));
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert!(!l.expired(1, t0 + 9 * s), "never seen: not expired");
         l.observe(1, rec(10, 7), t0);
         assert!(!l.live(1, t0), "a first reading is no movement");
+        assert!(!l.expired(1, t0 + 4 * s) && l.expired(1, t0 + 5 * s));
         l.observe(1, rec(10, 7), t0 + s);
         assert!(!l.live(1, t0 + s));
         l.observe(1, rec(11, 7), t0 + 2 * s);
@@ -207,6 +227,7 @@ mod tests {
         assert!(l.live(1, t0 + 6 * s));
         l.observe(1, rec(11, 7), t0 + 6 * s);
         assert!(!l.live(1, t0 + 7 * s), "stuck counter expires");
+        assert!(l.expired(1, t0 + 7 * s));
         // A restart (new incarnation, counter from 1) is movement too.
         l.observe(1, rec(1, 8), t0 + 8 * s);
         assert!(l.live(1, t0 + 8 * s));

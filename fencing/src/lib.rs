@@ -63,6 +63,7 @@ pub mod lease;
 pub mod paxos;
 pub mod rng;
 pub mod sim;
+pub mod sim_lease;
 pub mod view;
 pub mod watchdog;
 

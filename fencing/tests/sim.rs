@@ -54,3 +54,39 @@ fn a_seed_replays_identically() {
     }
     assert_ne!(sim::run(1, false), sim::run(2, false));
 }
+
+#[test]
+fn seeded_lease_schedules_reset_a_host_before_others_see_its_lease_expire() {
+    let first = env_u64("FENCING_SIM_FIRST").unwrap_or(0);
+    let count = env_u64("FENCING_SIM_SEEDS").unwrap_or(2000) / 4;
+    let mut total = fencing::sim_lease::LeaseSimStats::default();
+    for seed in first..first + count {
+        match fencing::sim_lease::run(seed, false) {
+            Ok(s) => {
+                total.renewals += s.renewals;
+                total.cuts += s.cuts;
+                total.crashes += s.crashes;
+                total.watchdog_resets += s.watchdog_resets;
+                total.expiries += s.expiries;
+            }
+            Err(e) => panic!(
+                "{e}\nreplay: FENCING_LEASE_SIM_SEED={seed} cargo test -p fencing --test sim -- --nocapture lease"
+            ),
+        }
+    }
+    println!("{count} lease seeds from {first}: {total:?}");
+    assert!(
+        total.watchdog_resets > 0 && total.expiries > 0 && total.cuts > 0,
+        "{total:?}"
+    );
+}
+
+#[test]
+fn lease_seed_replay() {
+    if let Some(seed) = env_u64("FENCING_LEASE_SIM_SEED") {
+        match fencing::sim_lease::run(seed, true) {
+            Ok(stats) => println!("lease seed {seed}: {stats:?}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
