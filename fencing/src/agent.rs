@@ -226,6 +226,16 @@ impl Agent {
         self.liveness.lock().expect("lock").views(&self.hosts, now)
     }
 
+    /// Hosts whose lease this host judges expired (seen, and not moving for
+    /// the lease timeout): see [`Liveness::expired`].
+    pub fn expired(&self, now: Instant) -> Vec<String> {
+        let l = self.liveness.lock().expect("lock");
+        (0..self.hosts.len())
+            .filter(|&h| l.expired(h, now))
+            .map(|h| self.hosts[h].clone())
+            .collect()
+    }
+
     /// `Request::Acquire`: runs Disk Paxos for (`vm`, `generation`), answering
     /// within about `bound`.
     pub fn acquire(self: &Arc<Self>, vm: &str, generation: u64, bound: Duration) -> Response {
@@ -326,6 +336,7 @@ impl Agent {
                 "incarnation": own.incarnation,
             },
             "leases": self.leases(now),
+            "leases_expired": self.expired(now),
             "decisions": decisions,
         })
     }

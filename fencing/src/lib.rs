@@ -11,7 +11,8 @@
 //!   stop feeding).
 //! - [`agent`]: one host's agent (region header, renewals, `Acquire`, status);
 //!   [`daemon`]: its background threads.
-//! - [`sim`]: the deterministic simulation (`tests/sim.rs` runs it).
+//! - [`sim`], [`sim_lease`]: deterministic simulations of Disk Paxos and of
+//!   leases + guard + watchdog (`tests/sim.rs` runs them).
 //!
 //! # Control requests (on `/run/fencing.sock`)
 //!
@@ -29,7 +30,8 @@
 //!   counter moved within the lease timeout on this host's clock.
 //! - `Status`: the device, region state, timing, own lease (renewals,
 //!   failures, last error), guard state, watchdog (state, feeds, timeout),
-//!   leases and decisions made.
+//!   leases, `leases_expired` (hosts seen and not renewing for the lease
+//!   timeout) and decisions made.
 //!
 //! The agent sends `HoldOutput { hold, reason }` to ftvmm (`/run/ftvmm.sock`)
 //! and takes `Ok` as confirmation that the hold (or its release) is in force.

@@ -63,6 +63,7 @@ fn blank_region_is_initialized_once_and_leases_go_live_by_counter_movement() {
     let s = a[1].status(Instant::now());
     assert_eq!(s["own_lease"]["renewals"], 2);
     assert_eq!(s["region"]["state"], "found");
+    assert_eq!(s["leases_expired"], serde_json::json!([]));
 }
 
 #[test]
