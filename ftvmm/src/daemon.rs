@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use config_schema::ctl::{self, Request, Response};
 use config_schema::runtime::RuntimeConfig;
 
+use crate::lockstep::member::{self, Role};
 use crate::manager::{placement, Placement, VmManager};
 
 /// Kernel command-line option that enables the console test hook.
@@ -37,6 +38,9 @@ pub enum ConsoleCommand {
     Restart(String),
     /// Save the VM, tear it down, and restore it from the save (same process).
     SnapshotRestore(String),
+    /// Lockstep: both sides print a memory digest `delta` exits from now
+    /// (`ftvmm: vm <vm>: memory digest n=<n> sha256=<hex> role=<role>`).
+    Digest(String, u64),
 }
 
 impl ConsoleCommand {
@@ -47,6 +51,10 @@ impl ConsoleCommand {
         Some(match words.as_slice() {
             ["restart", vm] => Ok(ConsoleCommand::Restart((*vm).to_string())),
             ["snapshot-restore", vm] => Ok(ConsoleCommand::SnapshotRestore((*vm).to_string())),
+            ["digest", vm, delta] => match delta.parse::<u64>() {
+                Ok(d) if d > 0 => Ok(ConsoleCommand::Digest((*vm).to_string(), d)),
+                _ => Err(format!("bad digest distance {delta:?}")),
+            },
             _ => Err(format!("unknown test command {rest:?}")),
         })
     }
@@ -135,8 +143,7 @@ impl Daemon {
             "host": self.config.host_name,
             "cluster": self.config.config.cluster.name,
             "generation": self.config.config.cluster.generation,
-            // No replication yet: a running VM is a standalone Primary.
-            "role": if mgr.any_running() { "primary" } else { "idle" },
+            "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
         })
@@ -171,6 +178,15 @@ impl Daemon {
                     },
                 }
             }
+            Request::HoldOutput { hold, reason } => {
+                let mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
+                let n = mgr.hold_output(hold);
+                println!(
+                    "ftvmm: output {} for {n} primary VM(s): {reason}",
+                    if hold { "held" } else { "released" }
+                );
+                Response::Ok
+            }
             other => Response::Error {
                 message: format!("ftvmm does not serve {other:?}"),
             },
@@ -182,6 +198,17 @@ impl Daemon {
     pub fn start_primaries(&self) {
         let here = &self.config.host_name;
         for (vm, p) in placement(&self.config.config, here) {
+            let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
+            if let Some(Role::Secondary { primary }) = vm_cfg.map(|v| member::role(&self.config, v))
+            {
+                println!("ftvmm: vm {vm}: starting as secondary of {primary} on {here}");
+                if let Response::Error { message } =
+                    self.handle(Request::StartVm { name: vm.clone() })
+                {
+                    println!("ftvmm: vm {vm}: cannot start: {message}");
+                }
+                continue;
+            }
             match p {
                 Placement::PrimaryHere => {
                     println!("ftvmm: vm {vm}: starting as primary on {here}");
@@ -209,6 +236,17 @@ impl Daemon {
             ConsoleCommand::Restart(vm) => ("restart", vm, mgr.restart(vm)),
             ConsoleCommand::SnapshotRestore(vm) => {
                 ("snapshot-restore", vm, mgr.snapshot_restore(vm))
+            }
+            ConsoleCommand::Digest(vm, delta) => {
+                let res = match mgr.pair(vm) {
+                    Some(p) => {
+                        p.digest_request
+                            .store(*delta, std::sync::atomic::Ordering::SeqCst);
+                        Ok(())
+                    }
+                    None => Err(crate::manager::ManagerError::NotRunning(vm.clone())),
+                };
+                ("digest", vm, res)
             }
         };
         match res {

@@ -13,7 +13,11 @@ use config_schema::runtime::RuntimeConfig;
 use config_schema::validate::allowed_hosts;
 use config_schema::{ClusterConfig, DeviceLocator, GuestMode};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::live::DiskSpec;
+use crate::lockstep::member::{self, Role};
+use crate::lockstep::pair::PairHandle;
 use crate::runner::{run_vm, RunReport, VmSpec};
 use crate::vm::{Progress, VmHandle};
 
@@ -84,6 +88,10 @@ enum State {
 }
 
 struct Slot {
+    /// Pair role and lockstep state (empty for an unprotected VM).
+    pair: Arc<PairHandle>,
+    /// Asks a pair member still in its handshake to give up.
+    cancel: Arc<AtomicBool>,
     state: Arc<Mutex<State>>,
     handle: Arc<Mutex<Option<VmHandle>>>,
     progress: Arc<Mutex<Option<Arc<Progress>>>>,
@@ -227,6 +235,7 @@ impl VmManager {
                     if let Some(p) = &*slot.progress.lock().unwrap_or_else(|p| p.into_inner()) {
                         v["progress"] = p.to_json();
                     }
+                    v["lockstep"] = slot.pair.status();
                     if let Some(r) = &*slot.last.lock().unwrap_or_else(|p| p.into_inner()) {
                         v["exit_index"] = r.exit_index.into();
                         v["stats"] = serde_json::to_value(&r.stats).unwrap_or_default();
@@ -308,24 +317,82 @@ impl VmManager {
                 reason: format!("guest image {} missing", spec.kernel.display()),
             });
         }
+        let vm_cfg = self.find(name)?.clone();
+        let role = member::role(&self.config, &vm_cfg);
+        let pair_spec = match &role {
+            Role::Primary { .. } | Role::Secondary { .. } if spec.restore.is_none() => Some(
+                member::pair_spec(&self.config, &vm_cfg, spec.clone()).map_err(|e| {
+                    ManagerError::Start {
+                        name: name.into(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        let rc = self.config.clone();
         let slot = Slot {
+            pair: Arc::new(PairHandle::default()),
+            cancel: Arc::new(AtomicBool::new(false)),
             state: Arc::new(Mutex::new(State::Starting)),
             handle: Arc::new(Mutex::new(None)),
             progress: Arc::new(Mutex::new(None)),
             last: Arc::new(Mutex::new(None)),
             thread: None,
         };
-        let (state, handle, progress, last) = (
+        let (state, handle, progress, last, pair, cancel) = (
             Arc::clone(&slot.state),
             Arc::clone(&slot.handle),
             Arc::clone(&slot.progress),
             Arc::clone(&slot.last),
+            Arc::clone(&slot.pair),
+            Arc::clone(&slot.cancel),
         );
         let vm_name = name.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))
             .spawn(move || {
                 let console = Box::new(ConsolePrefix::new(&vm_name));
+                if let Some(ps) = pair_spec {
+                    let st = Arc::clone(&state);
+                    let traffic = member::heartbeat_notifier(&rc, &role);
+                    let res = member::run_member(
+                        &rc,
+                        &vm_cfg,
+                        &role,
+                        ps,
+                        console,
+                        &pair,
+                        &cancel,
+                        |h, p| {
+                            *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                            *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                            *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                        },
+                        traffic,
+                    );
+                    let new_state = match res {
+                        Ok(report) => {
+                            println!(
+                                "ftvmm: VM {vm_name} stopped: {:?} after {} exits",
+                                report.outcome, report.exit_index
+                            );
+                            match report.replay_end {
+                                Some(end) => {
+                                    State::Exited(format!("{:?}: {end:?}", report.outcome))
+                                }
+                                None => State::Exited(format!("{:?}", report.outcome)),
+                            }
+                        }
+                        Err(e) => {
+                            println!("ftvmm: VM {vm_name} failed: {e}");
+                            State::Failed(e.to_string())
+                        }
+                    };
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
+                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return;
+                }
                 let st = Arc::clone(&state);
                 let restored_from = spec.restore.clone();
                 let res = run_vm(&spec, console, |h, p| {
@@ -391,8 +458,10 @@ impl VmManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        slot.cancel.store(true, Ordering::SeqCst);
         match handle {
             Some(h) => h.stop(),
+            None if slot.thread.as_ref().is_some_and(|t| !t.is_finished()) => {}
             None => return Err(ManagerError::NotRunning(name.to_string())),
         }
         if let Some(t) = slot.thread.take() {
@@ -442,6 +511,24 @@ impl VmManager {
             });
         }
         self.start_from(name, Some(path))
+    }
+
+    /// Holds (or releases) every output of every Primary VM here; returns how
+    /// many Primaries there are. Once this returns, no output leaves.
+    pub fn hold_output(&self, hold: bool) -> usize {
+        let mut n = 0;
+        for slot in self.slots.values() {
+            if let Some(log) = &*slot.pair.primary.lock().unwrap_or_else(|p| p.into_inner()) {
+                log.set_hold(hold);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The lockstep handle of VM `name` (test hooks: memory digests).
+    pub fn pair(&self, name: &str) -> Option<Arc<PairHandle>> {
+        self.slots.get(name).map(|s| Arc::clone(&s.pair))
     }
 
     fn find(&self, name: &str) -> Result<&config_schema::Vm, ManagerError> {

@@ -100,6 +100,30 @@ pub fn pair_spec(
     })
 }
 
+/// Reports logging-channel traffic from the peer to the heartbeat daemon as a
+/// sign of life (at most every 100 ms; failures are ignored: heartbeats are
+/// the other path).
+pub fn heartbeat_notifier(_rc: &RuntimeConfig, role: &Role) -> OnTraffic {
+    let peer = match role {
+        Role::Primary { secondary } => secondary.clone(),
+        Role::Secondary { primary } => primary.clone(),
+        _ => return Arc::new(|| {}),
+    };
+    let last = std::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1));
+    Arc::new(move || {
+        let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+        if l.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        *l = std::time::Instant::now();
+        drop(l);
+        let _ = config_schema::ctl::query(
+            std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
+            &config_schema::ctl::Request::PeerAlive { host: peer.clone() },
+        );
+    })
+}
+
 /// Runs this host's half of `vm` to its end (blocking): handshake, then the
 /// Primary's or the Secondary's run.
 #[allow(clippy::too_many_arguments)]
@@ -198,7 +222,7 @@ mod tests {
             "/../examples/cluster.toml"
         ))
         .unwrap();
-        let config = config_schema::validate::parse(&text).unwrap();
+        let config = config_schema::validate::parse(&text).unwrap().config;
         RuntimeConfig {
             config,
             host_name: host.into(),

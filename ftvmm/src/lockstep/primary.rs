@@ -71,6 +71,8 @@ struct State {
     /// Hold everything regardless of acks (fencing could not renew the lease,
     /// or the Secondary is lost and the next generation is not won yet).
     hold_all: bool,
+    /// Won the next generation alone: outputs no longer wait for acks.
+    solo: bool,
     out_digest: OutputDigest,
     stats: PrimaryStats,
 }
@@ -119,6 +121,7 @@ impl PrimaryLog {
                 sink,
                 lost: None,
                 hold_all: false,
+                solo: false,
                 out_digest: OutputDigest::default(),
                 stats: PrimaryStats::default(),
             }),
@@ -135,6 +138,10 @@ impl PrimaryLog {
     /// window is full; never drops.
     pub fn append(&self, n: ExitIndex, body: Body) {
         let mut st = self.lock();
+        if st.solo {
+            // No Secondary to replay it; a respawned one starts from a copy.
+            return;
+        }
         let mut stalled = false;
         while st.lost.is_none()
             && (st.unacked_bytes >= MAX_UNACKED_BYTES
@@ -257,7 +264,7 @@ impl PrimaryLog {
         st.out_digest.add(&ev);
         st.stats.outputs_emitted += 1;
         let need = st.next_seq;
-        if st.held.is_empty() && !st.hold_all && need <= st.acked {
+        if st.held.is_empty() && !st.hold_all && (st.solo || need <= st.acked) {
             st.sink.emit(n, ev);
             st.stats.outputs_released += 1;
         } else {
@@ -286,10 +293,9 @@ impl PrimaryLog {
     /// Holds (or stops holding) every output regardless of acks.
     pub fn set_hold(&self, hold: bool) {
         let mut st = self.lock();
-        st.hold_all = hold;
-        if !hold {
-            Self::release(&mut st);
-        }
+        // Releasing the fencing hold never releases what a lost Secondary holds.
+        st.hold_all = hold || (st.lost.is_some() && !st.solo);
+        Self::release(&mut st);
     }
 
     /// Runs unprotected after winning the next generation alone: everything
@@ -297,6 +303,7 @@ impl PrimaryLog {
     pub fn go_solo(&self) {
         let mut st = self.lock();
         st.hold_all = false;
+        st.solo = true;
         let upto = st.next_seq;
         st.acked = upto;
         st.replayed = upto;

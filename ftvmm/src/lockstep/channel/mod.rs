@@ -273,7 +273,10 @@ impl Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("tx", &self.tx).field("rx", &self.rx).finish()
+        f.debug_struct("Channel")
+            .field("tx", &self.tx)
+            .field("rx", &self.rx)
+            .finish()
     }
 }
 

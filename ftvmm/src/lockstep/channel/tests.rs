@@ -149,7 +149,8 @@ fn authentic_but_malformed_plaintext_is_refused_by_kind() {
         replayed_exit: 0,
     })
     .unwrap();
-    let cases: Vec<(Vec<u8>, fn(&ChannelError) -> bool)> = vec![
+    type Case = (Vec<u8>, fn(&ChannelError) -> bool);
+    let cases: Vec<Case> = vec![
         (vec![], |e| matches!(e, ChannelError::Malformed(_))),
         (vec![7, 1, 0], |e| matches!(e, ChannelError::Malformed(_))), // unknown fragment flag
         (vec![1, 2, 3], |e| {
