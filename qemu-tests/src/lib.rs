@@ -20,6 +20,7 @@ pub mod paths;
 pub mod qmp;
 mod sys;
 
+pub mod kv;
 pub use cluster::{Cluster, ClusterSource, TestDir};
 pub use console::{ConsoleLine, Pattern};
 pub use error::{HarnessError, Result};

@@ -18,95 +18,15 @@
 //! network namespace); FAILS with a clear message when one is missing.
 //! `FT_VM_KEYS=N` changes the number of keys. Timings go to stderr.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Cluster, Host, NetnsTap};
+use qemu_tests::kv::{get_all, put_all, Kv, GUEST};
+use qemu_tests::{Cluster, ClusterSource, Host};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The guest boots under nested KVM inside TCG: slow, and slower when busy.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// One reply of the guest (a PUT waits for its disk write and flush).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests sent before their replies are read (one connection, pipelined).
-const WINDOW: usize = 25;
-const GUEST: &str = "198.51.100.10:7000";
 const VM: &str = "kv";
-
-/// One KV connection with line replies.
-struct Kv {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Kv {
-    fn connect(client: &NetnsTap) -> Kv {
-        let addr: SocketAddr = GUEST.parse().expect("valid address");
-        let stream = client
-            .tcp_connect(addr, Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("cannot connect to the guest at {GUEST}: {e}"));
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Kv {
-            writer: stream,
-            reader,
-        }
-    }
-
-    /// Sends `requests` in windows of [`WINDOW`] and returns one reply per request.
-    fn exchange(&mut self, requests: &[String]) -> Vec<String> {
-        let mut replies = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(WINDOW) {
-            let mut batch = String::new();
-            for r in chunk {
-                batch.push_str(r);
-                batch.push('\n');
-            }
-            self.writer
-                .write_all(batch.as_bytes())
-                .unwrap_or_else(|e| panic!("send to the guest failed: {e}"));
-            for r in chunk {
-                let mut line = String::new();
-                match self.reader.read_line(&mut line) {
-                    Ok(0) => panic!("the guest closed the connection; request {r:?}"),
-                    Ok(_) => replies.push(line.trim_end().to_string()),
-                    Err(e) => panic!("no reply to {r:?} within {REPLY_TIMEOUT:?}: {e}"),
-                }
-            }
-        }
-        replies
-    }
-
-    fn one(&mut self, request: &str) -> String {
-        self.exchange(&[request.to_string()]).remove(0)
-    }
-}
-
-fn key(i: usize) -> String {
-    format!("key-{i:05}")
-}
-
-fn value(i: usize) -> String {
-    format!("value-{i:05}-{}", "x".repeat(i % 50))
-}
-
-fn put_all(kv: &mut Kv, keys: usize) {
-    let puts: Vec<String> = (0..keys)
-        .map(|i| format!("PUT {} {}", key(i), value(i)))
-        .collect();
-    for (i, r) in kv.exchange(&puts).iter().enumerate() {
-        assert_eq!(r, "OK", "reply to PUT {}", key(i));
-    }
-}
-
-fn get_all(kv: &mut Kv, keys: usize) {
-    let gets: Vec<String> = (0..keys).map(|i| format!("GET {}", key(i))).collect();
-    for (i, r) in kv.exchange(&gets).iter().enumerate() {
-        assert_eq!(*r, format!("VALUE {}", value(i)), "reply to GET {}", key(i));
-    }
-}
 
 fn wait_listening(host: &Host, keys: usize, what: &str) -> Instant {
     let line = host
@@ -132,7 +52,22 @@ fn kv_guest_survives_restart_and_save_restore() {
         .ok()
         .map(|k| k.parse().expect("FT_VM_KEYS is a number"))
         .unwrap_or(1000);
-    let mut cluster = Cluster::example("vm-kv").unwrap();
+    // This test is about one VMM: the VM is allowed on host-a only, so it
+    // runs unprotected there (the pair is tests/pair.rs).
+    let mut source = ClusterSource::example();
+    let text = std::fs::read_to_string(&source.config).unwrap();
+    let single = text.replace(
+        r#"affinity = { groups = ["rack-1"], hosts = ["host-c"] }"#,
+        r#"affinity = { hosts = ["host-a"] }"#,
+    );
+    assert_ne!(
+        text, single,
+        "examples/cluster.toml changed its affinity line"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    source.config = dir.path().join("cluster.toml");
+    std::fs::write(&source.config, single).unwrap();
+    let mut cluster = Cluster::new("vm-kv", &source).unwrap();
     let mut spec = cluster.host_spec("host-a").unwrap();
     spec.boot = cluster.kernel_boot("ft.test=vmctl").unwrap();
     cluster.boot_spec(spec).unwrap();

@@ -1,0 +1,93 @@
+//! A client of the reference guest's KV service (guest/README.md): one TCP
+//! connection from a test client's network namespace, line requests sent in
+//! windows and one line reply each.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::NetnsTap;
+
+/// The guest's KV address in `examples/cluster.toml`.
+pub const GUEST: &str = "198.51.100.10:7000";
+/// One reply of the guest (a PUT waits for its disk write and flush).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests sent before their replies are read (one connection, pipelined).
+pub const WINDOW: usize = 25;
+
+/// One KV connection with line replies.
+pub struct Kv {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Kv {
+    /// Connects from `client` to [`GUEST`] (panics with the reason if it can't).
+    pub fn connect(client: &NetnsTap) -> Kv {
+        let addr: SocketAddr = GUEST.parse().expect("valid address");
+        let stream = client
+            .tcp_connect(addr, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("cannot connect to the guest at {GUEST}: {e}"));
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Kv {
+            writer: stream,
+            reader,
+        }
+    }
+
+    /// Sends `requests` in windows of [`WINDOW`] and returns one reply per request.
+    pub fn exchange(&mut self, requests: &[String]) -> Vec<String> {
+        let mut replies = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(WINDOW) {
+            let mut batch = String::new();
+            for r in chunk {
+                batch.push_str(r);
+                batch.push('\n');
+            }
+            self.writer
+                .write_all(batch.as_bytes())
+                .unwrap_or_else(|e| panic!("send to the guest failed: {e}"));
+            for r in chunk {
+                let mut line = String::new();
+                match self.reader.read_line(&mut line) {
+                    Ok(0) => panic!("the guest closed the connection; request {r:?}"),
+                    Ok(_) => replies.push(line.trim_end().to_string()),
+                    Err(e) => panic!("no reply to {r:?} within {REPLY_TIMEOUT:?}: {e}"),
+                }
+            }
+        }
+        replies
+    }
+
+    pub fn one(&mut self, request: &str) -> String {
+        self.exchange(&[request.to_string()]).remove(0)
+    }
+}
+
+pub fn key(i: usize) -> String {
+    format!("key-{i:05}")
+}
+
+pub fn value(i: usize) -> String {
+    format!("value-{i:05}-{}", "x".repeat(i % 50))
+}
+
+/// PUTs keys `0..keys` and checks every reply is `OK`.
+pub fn put_all(kv: &mut Kv, keys: usize) {
+    let puts: Vec<String> = (0..keys)
+        .map(|i| format!("PUT {} {}", key(i), value(i)))
+        .collect();
+    for (i, r) in kv.exchange(&puts).iter().enumerate() {
+        assert_eq!(r, "OK", "reply to PUT {}", key(i));
+    }
+}
+
+/// GETs keys `0..keys` and checks every value.
+pub fn get_all(kv: &mut Kv, keys: usize) {
+    let gets: Vec<String> = (0..keys).map(|i| format!("GET {}", key(i))).collect();
+    for (i, r) in kv.exchange(&gets).iter().enumerate() {
+        assert_eq!(*r, format!("VALUE {}", value(i)), "reply to GET {}", key(i));
+    }
+}
