@@ -337,7 +337,7 @@ impl Vm {
             trace.push(TraceEntry { n, kind, addr, rip });
         }
         let every = inputs.check_interval();
-        if every != 0 && n % every == 0 {
+        if every != 0 && n.is_multiple_of(every) {
             let regs = self.vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
             inputs.check(n, regs.rip, gpr_hash(&regs));
         }

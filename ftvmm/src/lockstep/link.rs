@@ -45,6 +45,12 @@ impl Link {
             .elapsed()
     }
 
+    /// A probe of [`Link::silent_for`] another thread can keep.
+    pub fn silence_probe(&self) -> impl Fn() -> Duration + Send + 'static {
+        let heard = Arc::clone(&self.last_heard);
+        move || heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
     /// Sends `Bye` and ends the threads.
     pub fn stop(mut self, reason: &str) {
         self.stop.store(true, Ordering::SeqCst);

@@ -96,7 +96,11 @@ pub fn pair_spec(
         },
         vm: spec,
         identity: Identity { private_key },
-        lag_limit: Duration::from_millis(u64::from(rc.config.timing.lag_limit_ms)),
+        lag_limit: Duration::from_millis(rc.config.timing.lag_limit_ms),
+        peer: String::new(),
+        failure_timeout: Duration::from_millis(rc.config.timing.failure_timeout_ms),
+        heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
+        fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
     })
 }
 
@@ -133,8 +137,8 @@ pub fn run_member(
     role: &Role,
     spec: PairSpec,
     console: ConsoleSink,
-    handle: &PairHandle,
-    stop: &AtomicBool,
+    handle: &Arc<PairHandle>,
+    stop: &Arc<AtomicBool>,
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
@@ -158,12 +162,14 @@ pub fn run_member(
                 .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
             *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary (pairing)".into();
             let addr = SocketAddr::new(ip, channel_port(index));
+            let mut spec = spec;
+            spec.peer = secondary.clone();
             let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
             println!(
                 "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
                 vm.name, spec.hello.generation
             );
-            run_primary(&spec, ch, console, handle, on_start, on_traffic)
+            run_primary(&spec, ch, console, handle, stop, on_start, on_traffic)
         }
         Role::Secondary { primary } => {
             let ip = ft_ip(rc, &rc.host_name)
@@ -197,13 +203,16 @@ pub fn run_member(
             );
             let mut spec = spec;
             spec.hello.generation = hello.generation;
+            spec.peer = primary.clone();
             let sectors = spec
                 .vm
                 .disk
                 .as_ref()
                 .and_then(|d| d.region)
                 .map(|(_, len)| len / crate::live::disk::SECTOR);
-            run_secondary(&spec, ch, sectors, handle, on_start, on_traffic)
+            run_secondary(
+                &spec, ch, sectors, console, handle, stop, on_start, on_traffic,
+            )
         }
         Role::Unprotected | Role::None => Err(PairError::Protocol(format!(
             "vm {} has no pair role on this host",

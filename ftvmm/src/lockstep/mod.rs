@@ -6,12 +6,14 @@
 //! - [`primary`]: recording inputs, the Output Rule, flow control and lag.
 //! - [`secondary`]: replaying at the same exits, divergence detection.
 //! - [`digest`]: output and memory digests both sides compute.
+//! - [`golive`]: suspecting the peer, racing for the next generation, going live.
 //! - [`link`]: the threads moving batches and acks over the channel.
 //! - [`pair`]: pair start (hello) and running a Primary or a Secondary.
 //! - [`channel`]: the authenticated, encrypted TCP link that carries it (Noise).
 
 pub mod channel;
 pub mod digest;
+pub mod golive;
 pub mod link;
 pub mod log;
 pub mod member;

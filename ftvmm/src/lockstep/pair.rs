@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::channel::{self, Channel, ChannelError, Hello, Identity, Message};
 use super::digest::memory_sha256;
+use super::golive::{self, acquire, Monitor};
 use super::link::{self, OnTraffic};
 use super::log::Body;
 use super::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
@@ -65,6 +66,13 @@ pub struct PairSpec {
     pub hello: Hello,
     pub identity: Identity,
     pub lag_limit: Duration,
+    /// The other member's host name.
+    pub peer: String,
+    /// Silence on the channel and the heartbeat link after which the peer is
+    /// suspected (`timing.failure_timeout_ms`).
+    pub failure_timeout: Duration,
+    pub heartbeat_socket: std::path::PathBuf,
+    pub fencing_socket: std::path::PathBuf,
 }
 
 /// SHA-256 of the guest image file.
@@ -85,7 +93,7 @@ pub struct PairHandle {
     pub secondary: Mutex<Option<Arc<ReplayQueue>>>,
     /// `> 0`: ask both sides for a memory digest that many exits ahead.
     pub digest_request: Arc<AtomicU64>,
-    pub generation: AtomicU64,
+    pub generation: Arc<AtomicU64>,
     pub started: Mutex<Option<Instant>>,
 }
 
@@ -326,7 +334,8 @@ pub fn run_primary(
     spec: &PairSpec,
     ch: Channel,
     console: ConsoleSink,
-    handle: &PairHandle,
+    handle: &Arc<PairHandle>,
+    cancel: &Arc<AtomicBool>,
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
@@ -376,6 +385,7 @@ pub fn run_primary(
         .store(spec.hello.generation, Ordering::Relaxed);
     let (tx, rx) = ch.split();
     let link = link::start_primary(Arc::clone(&log), tx, rx, on_traffic);
+    let monitor = primary_monitor(spec, &link, &log, handle, cancel, vm.handle());
     // Forward digest requests from the handle to the recorder.
     let fwd_stop = Arc::new(AtomicBool::new(false));
     let fwd = {
@@ -408,6 +418,8 @@ pub fn run_primary(
     );
     fwd_stop.store(true, Ordering::SeqCst);
     let _ = fwd.join();
+    cancel.store(true, Ordering::SeqCst);
+    drop(monitor);
     let n = vm.exit_index();
     log.append(n, Body::End);
     // Give the Secondary a moment to receive the end and release what may go.
@@ -426,14 +438,71 @@ pub fn run_primary(
     })
 }
 
+/// Watches the Secondary; on suspicion holds output and races for g+1.
+fn primary_monitor(
+    spec: &PairSpec,
+    link: &link::Link,
+    log: &Arc<PrimaryLog>,
+    handle: &Arc<PairHandle>,
+    cancel: &Arc<AtomicBool>,
+    vmh: VmHandle,
+) -> Monitor {
+    let vm = spec.hello.vm.clone();
+    let next = spec.hello.generation + 1;
+    let (log, handle, cancel) = (Arc::clone(log), Arc::clone(handle), Arc::clone(cancel));
+    let fencing = spec.fencing_socket.clone();
+    Monitor::start(
+        spec.peer.clone(),
+        spec.failure_timeout,
+        spec.heartbeat_socket.clone(),
+        link.silence_probe(),
+        move |why| {
+            log.lose_secondary(&why);
+            println!(
+                "ftvmm: vm {vm}: secondary suspected ({why}); holding output, asking for generation {next}"
+            );
+            let t = Instant::now();
+            let waiting = |w: &str| {
+                println!(
+                    "ftvmm: vm {vm}: storage does not answer ({w}); holding output and waiting"
+                )
+            };
+            match acquire(&fencing, &vm, next, &cancel, waiting) {
+                Some(d) if d.won => {
+                    handle.generation.store(next, Ordering::SeqCst);
+                    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) =
+                        "primary (unprotected)".into();
+                    log.go_solo();
+                    println!(
+                        "ftvmm: vm {vm}: won generation {next} in {} ms; primary continues without secondary",
+                        t.elapsed().as_millis()
+                    );
+                }
+                Some(d) => {
+                    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "halted".into();
+                    println!(
+                        "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
+                        d.owner
+                    );
+                    vmh.stop();
+                }
+                None => {}
+            }
+        },
+    )
+}
+
 /// Runs the Secondary: replay only; outputs are digested and dropped.
 /// `disk_sectors` is the size of the VM's disk region (the device model must
 /// match the Primary's; the Secondary does not open the disk).
+#[allow(clippy::too_many_arguments)]
 pub fn run_secondary(
     spec: &PairSpec,
     ch: Channel,
     disk_sectors: Option<u64>,
-    handle: &PairHandle,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    cancel: &Arc<AtomicBool>,
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
@@ -448,6 +517,16 @@ pub fn run_secondary(
         .store(spec.hello.generation, Ordering::Relaxed);
     let (tx, rx) = ch.split();
     let link = link::start_secondary(Arc::clone(&q), tx, rx, on_traffic);
+    let monitor = {
+        let q = Arc::clone(&q);
+        Monitor::start(
+            spec.peer.clone(),
+            spec.failure_timeout,
+            spec.heartbeat_socket.clone(),
+            link.silence_probe(),
+            move |why| q.close(&format!("primary suspected: {why}")),
+        )
+    };
     let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
     on_start(vm.handle(), vm.progress());
     let res = run_with_digests(
@@ -463,12 +542,168 @@ pub fn run_secondary(
     if let Some(end) = &end {
         println!("ftvmm: vm {}: replay ended: {end:?}", spec.hello.vm);
     }
+    drop(monitor);
     link.stop("secondary stopped");
+    let outcome = res?;
+    if let Some(ReplayEnd::Exhausted { at, .. }) = &end {
+        if let Some(outcome) =
+            go_live(spec, &mut vm, *at, sin.last_time(), console, handle, cancel)?
+        {
+            return Ok(PairReport {
+                outcome,
+                exit_index: vm.exit_index(),
+                replay_end: end,
+            });
+        }
+    }
     Ok(PairReport {
-        outcome: res?,
+        outcome,
         exit_index: vm.exit_index(),
         replay_end: end,
     })
+}
+
+/// Inputs of a VM that went live on another host than the one that recorded
+/// its past: the live clock, shifted to continue the recorded one.
+struct ShiftedClock<I: Inputs> {
+    inner: I,
+    /// Added to the live clock (wrapping: the value may be "negative").
+    shift: u64,
+}
+
+impl<I: Inputs> Inputs for ShiftedClock<I> {
+    fn events_at(&mut self, n: u64, out: &mut Vec<crate::io::InputEvent>) {
+        self.inner.events_at(n, out)
+    }
+    fn events_at_halt(&mut self, n: u64, out: &mut Vec<crate::io::InputEvent>) {
+        self.inner.events_at_halt(n, out)
+    }
+    fn time_read(&mut self, n: u64, source: crate::io::TimeSource) -> u64 {
+        self.inner.time_read(n, source).wrapping_add(self.shift)
+    }
+    fn program_timer(&mut self, n: u64, program: crate::io::TimerProgram) {
+        self.inner.program_timer(n, program)
+    }
+}
+
+/// The Secondary's log is exhausted at exit `at`: race for g+1 and, if won,
+/// continue the same VM on the real backends. `None` if not won (halted).
+fn go_live(
+    spec: &PairSpec,
+    vm: &mut Vm,
+    at: u64,
+    last_time: Option<u64>,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Option<RunOutcome>, PairError> {
+    let name = &spec.hello.vm;
+    let next = spec.hello.generation + 1;
+    let t = Instant::now();
+    println!(
+        "ftvmm: vm {name}: primary {} lost; replayed every record up to exit {at}; asking for generation {next}",
+        spec.hello.primary_host
+    );
+    let waiting = |w: &str| {
+        println!("ftvmm: vm {name}: storage does not answer ({w}); waiting, the VM stays paused")
+    };
+    let decision = match acquire(&spec.fencing_socket, name, next, cancel, waiting) {
+        Some(d) => d,
+        None => return Ok(None),
+    };
+    if !decision.won {
+        *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "halted".into();
+        println!(
+            "ftvmm: vm {name}: lost generation {next} to {}; halting the VM",
+            decision.owner
+        );
+        return Ok(None);
+    }
+    // Won: the real backends take over from exit `at`.
+    let vs = &spec.vm;
+    let disk = vs
+        .disk
+        .as_ref()
+        .map(|d| DiskBackend::open(d, 0))
+        .transpose()
+        .map_err(RunError::from)?;
+    let tap = vs
+        .tap
+        .as_deref()
+        .map(Tap::open)
+        .transpose()
+        .map_err(RunError::from)?;
+    if let Some(tap) = &tap {
+        if let Some(br) = &vs.bridge {
+            live::tap::bridge_add(br, tap.name()).map_err(RunError::from)?;
+        }
+        live::tap::set_up(tap.name()).map_err(RunError::from)?;
+    }
+    let with_tap = tap.is_some();
+    let mut live = live::start(
+        LiveConfig {
+            disk,
+            tap,
+            console,
+            stdin: false,
+        },
+        vm.handle().kicker(),
+    )
+    .map_err(RunError::Threads)?;
+    let n = vm.exit_index();
+    live.inputs.program_timer(n, vm.devices().timer_program());
+    let reissue = vm.devices().in_flight_block_requests(vm.memory());
+    let reissued = reissue.len();
+    for req in reissue {
+        live.outputs.emit(n, crate::io::OutputEvent::Block(req));
+    }
+    if with_tap {
+        let mac = crate::runner::devices_and_cmdline(None, true, &vs.cmdline)
+            .ok()
+            .and_then(|_| {
+                vs.cmdline
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("mac="))
+            })
+            .and_then(|m| crate::runner::parse_mac(m).ok())
+            .unwrap_or(crate::runner::DEFAULT_MAC);
+        if let Some(ip) = golive::cmdline_ip(&vs.cmdline) {
+            for _ in 0..3 {
+                live.outputs.emit(
+                    n,
+                    crate::io::OutputEvent::Frame {
+                        dev: 0,
+                        data: golive::gratuitous_arp(mac, ip),
+                    },
+                );
+            }
+        }
+    }
+    handle.generation.store(next, Ordering::SeqCst);
+    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary (unprotected)".into();
+    println!(
+        "ftvmm: vm {name}: won generation {next}; live as primary at exit {n} ({} ms after suspicion; {reissued} disk requests re-issued)",
+        t.elapsed().as_millis()
+    );
+    let shift = last_time
+        .map(|v| v.wrapping_sub(live::monotonic_ns()))
+        .unwrap_or(0);
+    let live::Live {
+        inputs,
+        mut outputs,
+        backends,
+    } = live;
+    let mut inputs = ShiftedClock {
+        inner: inputs,
+        shift,
+    };
+    let outcome = vm
+        .run(&mut inputs, &mut outputs, None)
+        .map_err(RunError::from)?;
+    drop(inputs);
+    drop(outputs);
+    drop(backends);
+    Ok(Some(outcome))
 }
 
 /// Binds the Secondary's listener for the VM at `index` on `ip`.

@@ -162,6 +162,8 @@ pub struct SecondaryInputs {
     vm: VmHandle,
     end: Option<ReplayEnd>,
     pause: Option<ExitIndex>,
+    /// The last time value replayed (a go-live continues the clock from it).
+    last_time: Option<u64>,
 }
 
 impl SecondaryInputs {
@@ -171,6 +173,7 @@ impl SecondaryInputs {
             vm,
             end: None,
             pause: None,
+            last_time: None,
         }
     }
 
@@ -181,6 +184,11 @@ impl SecondaryInputs {
 
     pub fn take_pause(&mut self) -> Option<ExitIndex> {
         self.pause.take()
+    }
+
+    /// The last time value the Primary recorded, if any.
+    pub fn last_time(&self) -> Option<u64> {
+        self.last_time
     }
 
     /// Blocks until the head of the queue is known, then pops it if it is for
@@ -375,15 +383,26 @@ impl Inputs for SecondaryInputs {
         }
         match self.head(n) {
             Head::Here(rec) => match rec.body {
-                Body::Time(t) if rec.n == n && t.source == source => return t.value,
+                Body::Time(t) if rec.n == n && t.source == source => {
+                    self.last_time = Some(t.value);
+                    return t.value;
+                }
                 _ => self.diverge(n, &format!("a {source:?} time read"), Some(&rec)),
             },
             Head::Later(_) => self.diverge(n, &format!("a {source:?} time read"), None),
-            Head::Exhausted(why) => self.stop(ReplayEnd::Exhausted { at: n, why }),
+            Head::Exhausted(why) => {
+                // The Primary's execution past its last record is unknown and
+                // nothing it did from here was released: this read is the
+                // first input of the new Primary. Continue its clock.
+                self.stop(ReplayEnd::Exhausted { at: n, why });
+                let v = self.last_time.unwrap_or(0) + 1;
+                self.last_time = Some(v);
+                return v;
+            }
             Head::Aborted => {}
         }
         // The VM stops before this value can matter.
-        0
+        self.last_time.unwrap_or(0)
     }
 
     fn check_interval(&self) -> u64 {
