@@ -684,6 +684,9 @@ mod tests {
         let f = std::fs::File::create(&shared).unwrap();
         f.set_len(cfg.config.storage.size_mib << 20).unwrap();
         cfg.config.storage.device = DeviceLocator::Path(shared.display().to_string());
+        // Unprotected (only this host allowed): no pairing in this test.
+        cfg.config.vms[0].affinity.groups.clear();
+        cfg.config.vms[0].affinity.hosts = vec!["host-a".into()];
         let vm = cfg.config.vms[0].clone();
         std::os::unix::fs::symlink(&elf, dir.path().join(format!("{}.elf", vm.image))).unwrap();
         let mut m = VmManager::new(cfg);
