@@ -66,12 +66,22 @@ fuzz:
 	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	cd config-schema && cargo +nightly fuzz run config_disk -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run virtio_chain -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run lockstep_log -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run channel_frame -- -max_total_time=$(FUZZ_SECONDS)
+	cd heartbeat && cargo +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
+	cd fencing && cargo +nightly fuzz run blocks -- -max_total_time=$(FUZZ_SECONDS)
 	cd guest/kvlog && cargo +nightly fuzz run decode_log -- -max_total_time=$(FUZZ_SECONDS)
 	cd guest/kvlog && cargo +nightly fuzz run parse_command -- -max_total_time=$(FUZZ_SECONDS)
 
 ## chaos: long soak / fault-schedule runs (beyond make test)
-chaos: prereqs
-	@echo "make chaos: no long-running chaos suites exist yet (they arrive with the fencing and failover work)"
+## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
+FT_CHAOS_SEEDS ?= 200000
+FT_CHAOS_ROUNDS ?= 3
+chaos: prereqs image
+	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
+	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
+	  cargo test -p qemu-tests --test failover -- --test-threads=1 --nocapture || exit 1; \
+	done
 
 clean:
 	rm -rf out build
