@@ -24,6 +24,10 @@ pub const KEEPALIVE: Duration = Duration::from_millis(50);
 /// The Secondary reports replay progress at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
 
+/// A send that TCP cannot take within this long kills the link (a peer behind
+/// a partition must not block the sender, or `Link::stop`, forever).
+const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Called on every message from the peer (a sign of its life).
 pub type OnTraffic = Arc<dyn Fn() + Send + Sync>;
 
@@ -90,6 +94,9 @@ pub fn start_primary(
     on_traffic: OnTraffic,
 ) -> Link {
     let stop = Arc::new(AtomicBool::new(false));
+    if let Err(e) = tx.set_write_timeout(Some(SEND_TIMEOUT)) {
+        tracing::warn!("lockstep: cannot set the channel's send timeout: {e}");
+    }
     let tx = Arc::new(Mutex::new(tx));
     let last_heard = Arc::new(Mutex::new(Instant::now()));
     let peer = rx.peer().to_string();
@@ -176,6 +183,9 @@ pub fn start_secondary(
     on_traffic: OnTraffic,
 ) -> Link {
     let stop = Arc::new(AtomicBool::new(false));
+    if let Err(e) = tx.set_write_timeout(Some(SEND_TIMEOUT)) {
+        tracing::warn!("lockstep: cannot set the channel's send timeout: {e}");
+    }
     let tx = Arc::new(Mutex::new(tx));
     let last_heard = Arc::new(Mutex::new(Instant::now()));
     let peer = rx.peer().to_string();
