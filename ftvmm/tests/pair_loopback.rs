@@ -1,0 +1,446 @@
+//! Record/replay between two PROCESSES on the host's /dev/kvm, over loopback
+//! TCP and the real Noise channel (issue 4: "Primary and Secondary ftvmm as
+//! two processes over loopback").
+//!
+//! The test binary spawns itself: with `FT_PAIR_CHILD=secondary` the test
+//! function is the Secondary (listens on 127.0.0.1, accepts only the parent's
+//! host key, checks its Hello, boots the same reference guest in KV mode and
+//! replays the log through `link::start_secondary`). Otherwise it is the
+//! Primary: live backends (disk on a temp file, the live timer, ARP request
+//! frames injected at random wall-clock times, no TAP), recorded into a
+//! `PrimaryLog` shipped by `link::start_primary`. At a memory-digest point both
+//! stop at the same exit; the child writes its trace, registers and memory
+//! digest to a JSON file and the parent compares them with its own. Outputs
+//! must have left the Primary only under the Output Rule.
+//!
+//! Needs /dev/kvm and the guest ELF (see tests/ftguest.rs); fails otherwise.
+//! The child never outlives a deadline: it exits on its own after
+//! [`CHILD_DEADLINE`], and the parent kills it when it fails or gives up.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ftvmm::io::InputEvent;
+use ftvmm::live::{self, DiskBackend, LiveConfig};
+use ftvmm::lockstep::channel::{self, Hello, Identity, Message};
+use ftvmm::lockstep::digest::memory_sha256;
+use ftvmm::lockstep::link;
+use ftvmm::lockstep::log::Body;
+use ftvmm::lockstep::pair::{image_sha256, secondary_handshake};
+use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
+use ftvmm::vcpu::TraceEntry;
+use ftvmm::{virtio, RunOutcome, Vm};
+use serde::{Deserialize, Serialize};
+
+const TEST_NAME: &str = "two_processes_replay_identically_over_loopback";
+const CHILD_ENV: &str = "FT_PAIR_CHILD";
+/// Directory where the child writes `port` and `result.json`.
+const DIR_ENV: &str = "FT_PAIR_DIR";
+/// The Secondary's host secret and the Primary's public key (hex).
+const SECRET_ENV: &str = "FT_PAIR_SECONDARY_SECRET";
+const PRIMARY_PUB_ENV: &str = "FT_PAIR_PRIMARY_PUBLIC";
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const CMDLINE: &str =
+    "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
+const DISK_SECTORS: u64 = 8192;
+const MEM_MIB: u64 = 32;
+/// Exits from the first input call to the memory-digest pause.
+const DIGEST_DISTANCE: u64 = 30_000;
+/// The child exits (status 3) if it is still running after this.
+const CHILD_DEADLINE: Duration = Duration::from_secs(300);
+/// The parent gives up on the child (and kills it) after this.
+const PARENT_WAIT: Duration = Duration::from_secs(320);
+const VM_NAME: &str = "pair-loopback";
+const PRIMARY_HOST: &str = "primary-host";
+
+/// What the Secondary process reports.
+#[derive(Debug, Serialize, Deserialize)]
+struct SecondaryResult {
+    outcome: String,
+    pause: Option<u64>,
+    exit_index: u64,
+    trace: Vec<TraceEntry>,
+    regs: kvm_bindings::kvm_regs,
+    memory_sha256: String,
+    replay_end: Option<String>,
+    divergences: u64,
+}
+
+fn guest_elf() -> PathBuf {
+    let p = std::env::var_os("FTGUEST_ELF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        p.exists(),
+        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
+        p.display()
+    );
+    p
+}
+
+/// Both sides build exactly this VM.
+fn boot() -> Vm {
+    let devs = vec![virtio::new_block(0, DISK_SECTORS), virtio::new_net(0, MAC)];
+    let mut vm = Vm::new(MEM_MIB << 20, devs)
+        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
+    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the guest");
+    vm.enable_trace();
+    vm
+}
+
+fn hello() -> Hello {
+    Hello {
+        vm: VM_NAME.into(),
+        generation: 1,
+        config_generation: 1,
+        image_sha256: image_sha256(&guest_elf()).expect("hash the guest image"),
+        mem_mib: MEM_MIB,
+        start_exit: 0,
+        primary_host: PRIMARY_HOST.into(),
+    }
+}
+
+/// An ARP request "who has 10.0.0.2" from 10.0.0.1.
+fn arp_request(k: u8) -> Vec<u8> {
+    let src = [0x02, 0, 0, 0, 0, k];
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 0, 0, 2]);
+    f
+}
+
+fn to_hex(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn env_key(name: &str) -> [u8; 32] {
+    let v = std::env::var(name).unwrap_or_else(|_| panic!("child: {name} not set"));
+    config_schema::keys::parse_hex_key(&v).unwrap_or_else(|e| panic!("child: bad {name}: {e}"))
+}
+
+#[derive(Clone, Default)]
+struct SharedConsole(Arc<Mutex<Vec<u8>>>);
+impl Write for SharedConsole {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn two_processes_replay_identically_over_loopback() {
+    match std::env::var(CHILD_ENV).as_deref() {
+        Ok("secondary") => secondary_process(),
+        Ok(other) => panic!("{CHILD_ENV}={other:?}: unknown role"),
+        Err(_) => primary_process(),
+    }
+}
+
+// ---------------------------------------------------------------- Secondary
+
+/// The child: runs the Secondary, writes `result.json`, returns.
+fn secondary_process() {
+    let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect("child: FT_PAIR_DIR not set"));
+    let identity = Identity {
+        private_key: env_key(SECRET_ENV),
+    };
+    let primary_pub = env_key(PRIMARY_PUB_ENV);
+
+    // Never hang: a watchdog ends the whole process past the deadline, and
+    // stops the accept loop long before.
+    let stop_accept = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop_accept);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            stop.store(true, Ordering::SeqCst);
+            std::thread::sleep(CHILD_DEADLINE.saturating_sub(Duration::from_secs(60)));
+            eprintln!(
+                "pair_loopback child: still running after {CHILD_DEADLINE:?}; exiting with status 3"
+            );
+            std::process::exit(3);
+        });
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("child: bind 127.0.0.1:0");
+    let port = listener.local_addr().unwrap().port();
+    // Publish the port atomically (write, then rename).
+    std::fs::write(dir.join("port.tmp"), port.to_string()).unwrap();
+    std::fs::rename(dir.join("port.tmp"), dir.join("port")).unwrap();
+
+    let allowed = move |k: &[u8; 32]| (*k == primary_pub).then(|| PRIMARY_HOST.to_string());
+    let expected = hello();
+    let (ch, got) = secondary_handshake(&listener, &identity, &allowed, &expected, &stop_accept)
+        .expect("child: pair start (accept + hello)");
+    assert_eq!(got, expected, "child: hello differs");
+
+    let mut vm = boot();
+    let q = ReplayQueue::new(0);
+    let (tx, rx) = ch.split();
+    let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}));
+    let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
+    let outcome = vm
+        .run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q)), None)
+        .expect("child: vCPU loop failed");
+    let result = SecondaryResult {
+        outcome: format!("{outcome:?}"),
+        pause: sin.take_pause(),
+        exit_index: vm.exit_index(),
+        trace: vm.take_trace(),
+        regs: vm.vcpu().get_regs().expect("child: KVM_GET_REGS"),
+        memory_sha256: memory_sha256(vm.memory()),
+        replay_end: sin.end().map(|e| format!("{e:?}")),
+        divergences: q.divergences(),
+    };
+    let json = serde_json::to_vec(&result).unwrap();
+    std::fs::write(dir.join("result.tmp"), json).unwrap();
+    std::fs::rename(dir.join("result.tmp"), dir.join("result.json")).unwrap();
+    link.stop("secondary done");
+}
+
+// ------------------------------------------------------------------ Primary
+
+/// Kills the child unless it was reaped (a failing parent never leaves it).
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Waits for the child's exit up to `limit`; kills it past that.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.0.as_mut().expect("child already reaped");
+        loop {
+            if let Some(st) = child.try_wait().expect("wait for the child") {
+                self.0 = None;
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!("the Secondary process did not finish within {limit:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics (killing the child) if it already exited.
+    fn check_alive(&mut self, what: &str) {
+        if let Some(st) = self.0.as_mut().unwrap().try_wait().unwrap() {
+            self.0 = None;
+            panic!("the Secondary process exited ({st}) while {what}");
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for_file(path: &Path, child: &mut ChildGuard, limit: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(b) = std::fs::read(path) {
+            return b;
+        }
+        child.check_alive(&format!("the parent waited for {}", path.display()));
+        assert!(
+            Instant::now() < deadline,
+            "no {} from the Secondary within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn primary_process() {
+    // Fail early and clearly without the guest or /dev/kvm.
+    let elf = guest_elf();
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm (the Primary and Secondary run the guest on KVM)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (p_secret, p_public) = config_schema::keys::generate_host_key().unwrap();
+    let (s_secret, s_public) = config_schema::keys::generate_host_key().unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "secondary")
+        .env(DIR_ENV, dir.path())
+        .env(SECRET_ENV, to_hex(&s_secret))
+        .env(PRIMARY_PUB_ENV, to_hex(&p_public))
+        .env("FTGUEST_ELF", &elf)
+        .spawn()
+        .expect("spawn the Secondary process");
+    let mut child = ChildGuard(Some(child));
+
+    // --- Pair start over loopback: Noise IK with the host keys, then Hello.
+    let port: u16 = String::from_utf8(wait_for_file(
+        &dir.path().join("port"),
+        &mut child,
+        Duration::from_secs(60),
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let identity = Identity {
+        private_key: p_secret,
+    };
+    let mut ch = channel::connect(
+        addr,
+        &identity,
+        &s_public,
+        "secondary-host",
+        Duration::from_secs(10),
+    )
+    .expect("connect to the Secondary");
+    ch.send(&Message::Hello(hello())).unwrap();
+    ch.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    match ch.recv().expect("hello reply") {
+        Message::HelloReply { accepted: true, .. } => {}
+        other => panic!("the Secondary did not accept the pair: {other:?}"),
+    }
+    ch.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+
+    // --- Primary: live backends, recorded.
+    let disk_file = tempfile::NamedTempFile::new().unwrap();
+    disk_file.as_file().set_len(DISK_SECTORS * 512).unwrap();
+    let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
+    let mut pvm = boot();
+    let console = SharedConsole::default();
+    let live::Live {
+        inputs,
+        outputs,
+        backends,
+    } = live::start(
+        LiveConfig {
+            disk: Some(disk),
+            tap: None,
+            console: Box::new(console.clone()),
+            stdin: false,
+        },
+        pvm.handle().kicker(),
+    )
+    .unwrap();
+    let log = PrimaryLog::new(Box::new(outputs), Duration::from_millis(500));
+    let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
+    pin.digest_request()
+        .store(DIGEST_DISTANCE, Ordering::SeqCst);
+    let (tx, rx) = ch.split();
+    let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}));
+
+    // Frames at random wall-clock times (timer ticks come from the live timer).
+    let stop = Arc::new(AtomicBool::new(false));
+    let injector = {
+        let (queue, stop) = (backends.queue(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut k = 1u8;
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                queue.push(InputEvent::Frame {
+                    dev: 0,
+                    data: arp_request(k),
+                });
+                sent += 1;
+                k = k.wrapping_add(1);
+                std::thread::sleep(Duration::from_micros(2_000 + 997 * u64::from(k % 7)));
+            }
+            sent
+        })
+    };
+
+    let outcome = pvm
+        .run(&mut pin, &mut PrimaryOutputs(Arc::clone(&log)), None)
+        .expect("primary vCPU loop");
+    let pause = pin.take_pause();
+    // The Secondary waits in the same input call for a later record.
+    log.append(pause.expect("primary paused for the digest"), Body::Mark);
+    stop.store(true, Ordering::SeqCst);
+    let frames = injector.join().unwrap();
+    let p_trace = pvm.take_trace();
+    let p_regs = pvm.vcpu().get_regs().unwrap();
+    let p_mem = memory_sha256(pvm.memory());
+
+    // --- The Secondary's result.
+    let status = child.wait(PARENT_WAIT);
+    let bytes = std::fs::read(dir.path().join("result.json"))
+        .unwrap_or_else(|e| panic!("the Secondary process ended ({status}) without a result: {e}"));
+    assert!(status.success(), "the Secondary process failed: {status}");
+    let s: SecondaryResult = serde_json::from_slice(&bytes).unwrap();
+    // The Secondary's acks released whatever the Output Rule allows by now.
+    let stats = log.stats();
+    let held = log.held() as u64;
+    link.stop("test done");
+    log.detach_sink();
+    drop(backends);
+
+    assert_eq!(outcome, RunOutcome::ExitLimit);
+    assert_eq!(s.replay_end, None, "the Secondary stopped replaying");
+    assert_eq!(s.divergences, 0);
+    assert_eq!(s.outcome, format!("{:?}", RunOutcome::ExitLimit));
+    assert_eq!(pause, s.pause, "different memory-digest points");
+    assert_eq!(pvm.exit_index(), s.exit_index);
+    assert_eq!(Some(s.exit_index), pause);
+    assert!(
+        s.exit_index >= DIGEST_DISTANCE,
+        "paused at {}",
+        s.exit_index
+    );
+    assert_eq!(p_trace.len(), s.trace.len(), "trace lengths differ");
+    if let Some(i) = (0..p_trace.len()).find(|&i| p_trace[i] != s.trace[i]) {
+        panic!(
+            "exit/RIP traces differ first at entry {i}: primary {:?}, secondary {:?}",
+            p_trace[i], s.trace[i]
+        );
+    }
+    assert_eq!(p_regs, s.regs, "final registers differ");
+    assert_eq!(p_mem, s.memory_sha256, "guest memory differs");
+
+    // Inputs of every kind went through the log, and outputs through the rule.
+    assert!(frames > 0);
+    assert!(stats.records > 100, "{stats:?}");
+    assert!(stats.batches > 1, "{stats:?}");
+    assert!(stats.outputs_emitted > 0, "{stats:?}");
+    assert_eq!(
+        stats.outputs_released + held,
+        stats.outputs_emitted,
+        "{stats:?}"
+    );
+    assert!(stats.outputs_released > 0, "{stats:?}");
+    let text = String::from_utf8_lossy(&console.0.lock().unwrap()).to_string();
+    assert!(text.contains("kv"), "guest console: {text}");
+    eprintln!(
+        "pair_loopback: identical at exit {}: {} traced exits, {} frames injected, {} records in {} batches ({} bytes), outputs {} emitted / {} released",
+        s.exit_index,
+        s.trace.len(),
+        frames,
+        stats.records,
+        stats.batches,
+        stats.log_bytes,
+        stats.outputs_emitted,
+        stats.outputs_released
+    );
+}
