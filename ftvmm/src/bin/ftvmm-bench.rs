@@ -2,8 +2,9 @@
 //! `--runs` runs: boot time of the reference guest to its first serial line, KV PUT/GET ops/s
 //! and p50/p99 latency over TCP (one connection, TAP in a private network namespace), exits per
 //! second (a port-I/O loop guest, and during the KV requests), and the CPU-bound workload under
-//! ftvmm next to the same `ftguest_cpuwork::run` natively in this process. Needs root and
-//! `/dev/kvm`.
+//! ftvmm next to the same `ftguest_cpuwork::run` natively in this process; and (issue 4) FT on
+//! vs off in the same run: CPU and KV ratios, PUT latency, log bandwidth and Secondary lag of a
+//! lockstep pair over loopback (`ftvmm_bench/ft.rs`). Needs root and `/dev/kvm`.
 
 #[path = "ftvmm_bench/console.rs"]
 mod console;
@@ -11,6 +12,8 @@ mod console;
 mod cpu;
 #[path = "ftvmm_bench/exits.rs"]
 mod exits;
+#[path = "ftvmm_bench/ft.rs"]
+mod ft;
 #[path = "ftvmm_bench/kv.rs"]
 mod kv;
 #[path = "ftvmm_bench/net.rs"]
@@ -53,6 +56,9 @@ struct Args {
     /// Skip the KV benchmark (no root/TAP needed then).
     #[arg(long)]
     no_kv: bool,
+    /// Skip the FT on vs off comparison (lockstep pair over loopback).
+    #[arg(long)]
+    no_ft: bool,
     /// Echo the guests' console lines to stderr.
     #[arg(long)]
     verbose: bool,
@@ -92,6 +98,7 @@ fn main() -> Result<()> {
     let mut cpu_runs = Vec::new();
     let mut exit_runs = Vec::new();
     let mut kv_runs = Vec::new();
+    let mut ft_runs = Vec::new();
     for r in 0..args.runs {
         eprintln!("ftvmm-bench: run {}/{}", r + 1, args.runs);
         cpu_runs.push(cpu::run(&args.kernel, args.cpu_iters, args.verbose)?);
@@ -102,6 +109,14 @@ fn main() -> Result<()> {
                 tmp.path(),
                 r,
                 args.kv_ops,
+                args.verbose,
+            )?);
+        }
+        if !args.no_ft {
+            ft_runs.push(ft::run(
+                &args.kernel,
+                args.cpu_iters,
+                (!args.no_kv).then(|| (tmp.path(), r, args.kv_ops)),
                 args.verbose,
             )?);
         }
@@ -196,6 +211,9 @@ fn main() -> Result<()> {
         format!("{:.1}x", guest / native),
         "medians of the same runs".into(),
     ));
+    if !args.no_ft {
+        rows.extend(ft::rows(&ft_runs, args.kv_ops));
+    }
 
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);

@@ -1,0 +1,687 @@
+//! FT on vs off in the same run (issue 4): the same guest, the same live backends, once with
+//! the plain live doors (FT off) and once as a lockstep pair in this process (FT on): the
+//! Primary records into a `PrimaryLog` shipped over the real Noise channel on 127.0.0.1 by
+//! `link::start_primary`, its outputs pass the Output Rule, and a Secondary replays
+//! concurrently on its own thread (`link::start_secondary`, `SecondaryInputs`). Measured:
+//! the CPU-bound workload's time, KV PUT/GET throughput and PUT latency, log bytes while the
+//! KV guest idles and under KV load (and per PUT), and the Secondary's lag sampled during
+//! the requests. Both members share this machine's cores, so FT on pays for the Secondary's
+//! vCPU here too; on two hosts it would not.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ftvmm::live::{self, DiskBackend, LiveConfig, Tap};
+use ftvmm::lockstep::channel::{self, Identity};
+use ftvmm::lockstep::link;
+use ftvmm::lockstep::log::Body;
+use ftvmm::lockstep::primary::{Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
+use ftvmm::runner::devices_and_cmdline;
+use ftvmm::{RunOutcome, Vm, VmHandle};
+
+use crate::console::{wait_for, Line, LineSink};
+use crate::net;
+use crate::stats::{median, percentile};
+
+/// The Primary is slowed while the Secondary lags more than this (the config's default).
+const LAG_LIMIT: Duration = Duration::from_millis(500);
+/// How long the idle KV guest's log traffic is measured.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// Lag sampling period during the KV requests.
+const LAG_SAMPLE: Duration = Duration::from_millis(10);
+
+/// One CPU-mode run: guest time from `guest: mem=` to `cpu: checksum=` as the console saw it.
+pub struct CpuTimes {
+    pub off: Duration,
+    pub on: Duration,
+}
+
+/// The KV request phase of one run.
+pub struct KvPhase {
+    pub put: Vec<Duration>,
+    pub put_total: Duration,
+    pub get_total: Duration,
+}
+
+/// What the log and the Secondary did in the FT-on KV run.
+pub struct KvLog {
+    /// Log bytes and seconds while the guest idled (listening, no requests).
+    pub idle_bytes: u64,
+    pub idle: Duration,
+    /// Log bytes during the PUT phase and during PUT+GET.
+    pub put_bytes: u64,
+    pub load_bytes: u64,
+    pub load: Duration,
+    /// Lag samples taken during PUT+GET.
+    pub lag: Vec<Lag>,
+    pub stalls: u64,
+    pub throttled_ms: u64,
+    pub outputs_emitted: u64,
+}
+
+pub struct KvTimes {
+    pub off: KvPhase,
+    pub on: KvPhase,
+    pub log: KvLog,
+}
+
+/// One FT-off/FT-on comparison; `kv` is `None` with `--no-kv`.
+pub struct FtRun {
+    pub cpu: CpuTimes,
+    pub kv: Option<KvTimes>,
+}
+
+/// The CPU workload and (with `kv = Some((dir, run_no, ops))`) the KV benchmark, each FT off
+/// then FT on.
+pub fn run(
+    kernel: &Path,
+    cpu_iters: u64,
+    kv: Option<(&Path, usize, usize)>,
+    echo: bool,
+) -> Result<FtRun> {
+    let cpu = CpuTimes {
+        off: cpu_once(kernel, cpu_iters, false, echo).context("CPU workload, FT off")?,
+        on: cpu_once(kernel, cpu_iters, true, echo).context("CPU workload, FT on")?,
+    };
+    let kv = match kv {
+        Some((dir, run_no, ops)) => {
+            let (off, _) = kv_once(kernel, dir, run_no, ops, false, echo).context("KV, FT off")?;
+            let (on, log) = kv_once(kernel, dir, run_no, ops, true, echo).context("KV, FT on")?;
+            Some(KvTimes {
+                off,
+                on,
+                log: log.ok_or_else(|| anyhow!("FT-on KV run measured no log"))?,
+            })
+        }
+        None => None,
+    };
+    Ok(FtRun { cpu, kv })
+}
+
+/// One guest to run.
+struct GuestSpec {
+    kernel: PathBuf,
+    mem_mib: u64,
+    disk: Option<PathBuf>,
+    tap: Option<&'static str>,
+    cmdline: String,
+}
+
+/// A running guest: the Primary (or plain VM) on its own thread.
+struct Guest {
+    handle: VmHandle,
+    log: Option<Arc<PrimaryLog>>,
+    lines: Receiver<Line>,
+    thread: JoinHandle<Result<RunOutcome>>,
+}
+
+/// Waits for a run's end (the guest's own, or after `stop`).
+fn join_vcpu(thread: JoinHandle<Result<RunOutcome>>) -> Result<RunOutcome> {
+    thread
+        .join()
+        .map_err(|_| anyhow!("the vCPU thread panicked"))?
+}
+
+/// Starts `spec` on a new thread; with `ft`, as a lockstep pair over loopback.
+fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
+    let (sink, lines) = LineSink::new(echo);
+    let (started_tx, started_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(
+            if ft {
+                "bench-ft-primary"
+            } else {
+                "bench-ft-off"
+            }
+            .into(),
+        )
+        .spawn(move || -> Result<RunOutcome> {
+            let disk = match &spec.disk {
+                Some(p) => {
+                    let s = p.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp path"))?;
+                    Some(DiskBackend::open(&s.parse()?, 0)?)
+                }
+                None => None,
+            };
+            let tap = spec.tap.map(Tap::open).transpose()?;
+            if let Some(tap) = &tap {
+                live::tap::set_up(tap.name())?;
+            }
+            let sectors = disk.as_ref().map(|d| d.sectors());
+            let with_net = tap.is_some();
+            let (devs, cmdline) = devices_and_cmdline(sectors, with_net, &spec.cmdline)?;
+            let mut vm = Vm::new(spec.mem_mib << 20, devs)?;
+            vm.boot_elf(&spec.kernel, &cmdline)?;
+            let live::Live {
+                mut inputs,
+                mut outputs,
+                backends,
+            } = live::start(
+                LiveConfig {
+                    disk,
+                    tap,
+                    console: Box::new(sink),
+                    stdin: false,
+                },
+                vm.handle().kicker(),
+            )?;
+            if !ft {
+                let _ = started_tx.send((vm.handle(), None));
+                let outcome = vm.run(&mut inputs, &mut outputs, None)?;
+                drop((inputs, outputs, backends));
+                return Ok(outcome);
+            }
+            let pair = Pair::start(&spec.kernel, spec.mem_mib, sectors, with_net, &spec.cmdline)?;
+            let log = PrimaryLog::new(Box::new(outputs), LAG_LIMIT);
+            let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
+            let (tx, rx) = pair.primary_channel.split();
+            let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}));
+            let _ = started_tx.send((vm.handle(), Some(Arc::clone(&log))));
+            let res = vm.run(&mut pin, &mut PrimaryOutputs(Arc::clone(&log)), None);
+            log.append(vm.exit_index(), Body::End);
+            // Let the Secondary acknowledge every record (the end included) so the last
+            // outputs leave; then end the link and let it replay what it holds.
+            let end_seq = log.next_seq();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while log.status()["acked"].as_u64().unwrap_or(0) < end_seq
+                && !log.is_solo()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            link.stop("bench run over");
+            let end = pair.secondary.join(Duration::from_secs(60));
+            log.detach_sink();
+            drop((pin, backends));
+            let outcome = res?;
+            let end = end?;
+            match &end.end {
+                _ if end.divergences > 0 => bail!("the Secondary diverged: {end:?}"),
+                Some(ReplayEnd::PrimaryEnded(_)) => Ok(outcome),
+                // The guest ended by itself on both sides (debug exit).
+                None if end.outcome == outcome => Ok(outcome),
+                _ => bail!("the Secondary did not replay to the end: {end:?}"),
+            }
+        })?;
+    match started_rx.recv() {
+        Ok((handle, log)) => Ok(Guest {
+            handle,
+            log,
+            lines,
+            thread,
+        }),
+        Err(_) => Err(match thread.join() {
+            Ok(Ok(o)) => anyhow!("the VM ended before it started: {o:?}"),
+            Ok(Err(e)) => e.context("the VM did not start"),
+            Err(_) => anyhow!("the vCPU thread panicked"),
+        }),
+    }
+}
+
+/// The Secondary half of an in-process pair and the Primary's end of the channel.
+struct Pair {
+    primary_channel: channel::Channel,
+    secondary: SecondaryThread,
+}
+
+struct SecondaryThread {
+    handle: VmHandle,
+    queue: Arc<ReplayQueue>,
+    thread: JoinHandle<Result<SecondaryEnd>>,
+}
+
+/// How the Secondary's replay ended.
+#[derive(Debug)]
+struct SecondaryEnd {
+    outcome: RunOutcome,
+    end: Option<ReplayEnd>,
+    divergences: u64,
+}
+
+impl SecondaryThread {
+    /// Waits for the Secondary to replay everything (up to `limit`; then stops it).
+    fn join(self, limit: Duration) -> Result<SecondaryEnd> {
+        let deadline = Instant::now() + limit;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.thread.is_finished() {
+            self.queue.abort();
+            self.handle.stop();
+        }
+        self.thread
+            .join()
+            .map_err(|_| anyhow!("the Secondary's vCPU thread panicked"))?
+    }
+}
+
+impl Pair {
+    /// Boots the Secondary on its own thread (same devices and command line as the Primary)
+    /// and connects the two over a Noise channel on 127.0.0.1 with fresh host keys.
+    fn start(
+        kernel: &Path,
+        mem_mib: u64,
+        disk_sectors: Option<u64>,
+        with_net: bool,
+        cmdline: &str,
+    ) -> Result<Pair> {
+        let (p_secret, p_public) = config_schema::keys::generate_host_key()?;
+        let (s_secret, s_public) = config_schema::keys::generate_host_key()?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let (devs, cmdline) = devices_and_cmdline(disk_sectors, with_net, cmdline)?;
+        let kernel = kernel.to_path_buf();
+        let queue = ReplayQueue::new(0);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<VmHandle, String>>();
+        let q = Arc::clone(&queue);
+        let thread = std::thread::Builder::new()
+            .name("bench-ft-secondary".into())
+            .spawn(move || -> Result<SecondaryEnd> {
+                let accepted = (|| -> Result<(Vm, channel::Channel)> {
+                    let mut vm = Vm::new(mem_mib << 20, devs)?;
+                    vm.boot_elf(&kernel, &cmdline)?;
+                    let (stream, _) = listener.accept()?;
+                    let id = Identity {
+                        private_key: s_secret,
+                    };
+                    let allowed = move |k: &[u8; 32]| (*k == p_public).then(|| "primary".into());
+                    let ch = channel::accept(stream, &id, &allowed, Duration::from_secs(10))?;
+                    ch.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    Ok((vm, ch))
+                })();
+                let (mut vm, ch) = match accepted {
+                    Ok(v) => {
+                        let _ = ready_tx.send(Ok(v.0.handle()));
+                        v
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                let (tx, rx) = ch.split();
+                let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}));
+                let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
+                let res = vm.run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q)), None);
+                link.stop("secondary done");
+                Ok(SecondaryEnd {
+                    outcome: res?,
+                    end: sin.end().cloned(),
+                    divergences: q.divergences(),
+                })
+            })?;
+        let id = Identity {
+            private_key: p_secret,
+        };
+        let ch = channel::connect(addr, &id, &s_public, "secondary", Duration::from_secs(10))
+            .context("cannot connect the Primary to the Secondary over loopback")?;
+        ch.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let handle = ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the Secondary thread ended during pair start"))?
+            .map_err(|e| anyhow!("Secondary: {e}"))?;
+        Ok(Pair {
+            primary_channel: ch,
+            secondary: SecondaryThread {
+                handle,
+                queue,
+                thread,
+            },
+        })
+    }
+}
+
+/// The CPU workload once; the guest's time from `guest: mem=` to `cpu: checksum=`.
+fn cpu_once(kernel: &Path, iters: u64, ft: bool, echo: bool) -> Result<Duration> {
+    let g = start(
+        GuestSpec {
+            kernel: kernel.to_path_buf(),
+            mem_mib: 32,
+            disk: None,
+            tap: None,
+            cmdline: format!("mode=cpu cpu_iters={iters}"),
+        },
+        ft,
+        echo,
+    )?;
+    let Guest { lines, thread, .. } = g;
+    let outcome = join_vcpu(thread)?;
+    if outcome != RunOutcome::DebugExit(0) {
+        bail!("CPU-mode guest ended with {outcome:?}");
+    }
+    let wait = Duration::from_secs(1);
+    let before = wait_for(&lines, "guest: mem=", wait).map_err(anyhow::Error::msg)?;
+    let done = wait_for(&lines, "cpu: checksum=", wait).map_err(anyhow::Error::msg)?;
+    Ok(done.at - before.at)
+}
+
+/// One KV run on a fresh disk: idle log traffic (FT on), then `ops` PUTs and `ops` GETs.
+fn kv_once(
+    kernel: &Path,
+    dir: &Path,
+    run_no: usize,
+    ops: usize,
+    ft: bool,
+    echo: bool,
+) -> Result<(KvPhase, Option<KvLog>)> {
+    let disk = dir.join(format!("ft{run_no}-{}.img", if ft { "on" } else { "off" }));
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(16 << 20))
+        .with_context(|| format!("cannot create {}", disk.display()))?;
+    let g = start(
+        GuestSpec {
+            kernel: kernel.to_path_buf(),
+            mem_mib: 64,
+            disk: Some(disk),
+            tap: Some(net::TAP),
+            cmdline: format!("mode=kv ip={}", net::GUEST_CIDR),
+        },
+        ft,
+        echo,
+    )?;
+    let Guest {
+        handle,
+        log,
+        lines,
+        thread,
+    } = g;
+    let result = kv_requests(&lines, log.as_ref(), ops);
+    handle.stop();
+    let ended = join_vcpu(thread);
+    let (phase, mut kv_log) = result?;
+    ended.context("the KV VM")?;
+    if let (Some(l), Some(log)) = (&mut kv_log, &log) {
+        let s = log.stats();
+        l.stalls = s.stalls;
+        l.throttled_ms = s.throttled_ms;
+        l.outputs_emitted = s.outputs_emitted;
+        if s.outputs_released != s.outputs_emitted {
+            bail!(
+                "FT on: {} outputs emitted, {} released after the end",
+                s.outputs_emitted,
+                s.outputs_released
+            );
+        }
+    }
+    Ok((phase, kv_log))
+}
+
+fn log_bytes(log: &PrimaryLog) -> u64 {
+    log.stats().log_bytes
+}
+
+/// Idle measurement (with a log), then the timed requests with lag sampling.
+fn kv_requests(
+    lines: &Receiver<Line>,
+    log: Option<&Arc<PrimaryLog>>,
+    ops: usize,
+) -> Result<(KvPhase, Option<KvLog>)> {
+    wait_for(lines, "kv: listening", Duration::from_secs(120)).map_err(anyhow::Error::msg)?;
+    // The guest now waits for a connection: only its timer and housekeeping run.
+    let idle = log.map(|log| {
+        std::thread::sleep(Duration::from_millis(500));
+        let (b0, t0) = (log_bytes(log), Instant::now());
+        std::thread::sleep(IDLE_WINDOW);
+        (log_bytes(log) - b0, t0.elapsed())
+    });
+    let mut client = Client::connect()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = log.map(|log| {
+        let (log, stop) = (Arc::clone(log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut lag = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                lag.push(log.lag());
+                std::thread::sleep(LAG_SAMPLE);
+            }
+            lag
+        })
+    });
+    let b0 = log.map(|l| log_bytes(l)).unwrap_or(0);
+    let t0 = Instant::now();
+    let mut put = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let t = Instant::now();
+        let reply = client.call(&format!("PUT {} {}", key(i), value(i)))?;
+        put.push(t.elapsed());
+        if reply != "OK" {
+            bail!("PUT {}: {reply}", key(i));
+        }
+    }
+    let put_total = t0.elapsed();
+    let put_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
+    let t1 = Instant::now();
+    for i in 0..ops {
+        let reply = client.call(&format!("GET {}", key(i)))?;
+        if reply != format!("VALUE {}", value(i)) {
+            bail!("GET {}: {reply}", key(i));
+        }
+    }
+    let get_total = t1.elapsed();
+    let load = t0.elapsed();
+    let load_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
+    stop.store(true, Ordering::SeqCst);
+    let lag = match sampler {
+        Some(t) => t.join().map_err(|_| anyhow!("lag sampler panicked"))?,
+        None => Vec::new(),
+    };
+    let phase = KvPhase {
+        put,
+        put_total,
+        get_total,
+    };
+    let kv_log = idle.map(|(idle_bytes, idle)| KvLog {
+        idle_bytes,
+        idle,
+        put_bytes,
+        load_bytes,
+        load,
+        lag,
+        stalls: 0,
+        throttled_ms: 0,
+        outputs_emitted: 0,
+    });
+    Ok((phase, kv_log))
+}
+
+fn key(i: usize) -> String {
+    format!("key{i:06}")
+}
+
+fn value(i: usize) -> String {
+    format!("value-{i:06}-0123456789abcdef0123456789abcdef")
+}
+
+/// One TCP connection to the guest speaking the KV line protocol.
+struct Client {
+    w: TcpStream,
+    r: std::io::BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect() -> Result<Client> {
+        let addr: SocketAddr = format!("{}:{}", net::GUEST_IP, net::KV_PORT).parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stream = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("connect {addr}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
+            }
+        };
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Client {
+            r: std::io::BufReader::new(stream.try_clone()?),
+            w: stream,
+        })
+    }
+
+    fn call(&mut self, line: &str) -> Result<String> {
+        use std::io::{BufRead, Write};
+        self.w.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.r.read_line(&mut reply)? == 0 {
+            bail!("the guest closed the connection");
+        }
+        Ok(reply.trim_end().to_string())
+    }
+}
+
+/// The table rows: medians over `runs`.
+pub fn rows(runs: &[FtRun], kv_ops: usize) -> Vec<(String, String, String)> {
+    let med = |xs: Vec<f64>| median(&xs).unwrap_or(f64::NAN);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut rows = Vec::new();
+    let off = med(runs.iter().map(|r| ms(r.cpu.off)).collect());
+    let on = med(runs.iter().map(|r| ms(r.cpu.on)).collect());
+    rows.push((
+        "FT CPU workload off / on".into(),
+        format!("{off:.1} / {on:.1} ms"),
+        "same guest and backends; on = lockstep pair over loopback, console under the Output Rule"
+            .into(),
+    ));
+    rows.push((
+        "FT CPU time ratio on / off".into(),
+        format!(
+            "{:.3}",
+            med(runs
+                .iter()
+                .map(|r| r.cpu.on.as_secs_f64() / r.cpu.off.as_secs_f64())
+                .collect())
+        ),
+        "per-run ratio, median (1.0 = no cost; VMware FT: 1/0.94..1/0.98)".into(),
+    ));
+    let kvs: Vec<&KvTimes> = runs.iter().filter_map(|r| r.kv.as_ref()).collect();
+    if kvs.is_empty() {
+        return rows;
+    }
+    let ops = |total: Duration| kv_ops as f64 / total.as_secs_f64();
+    for (name, off_ops, on_ops) in [
+        (
+            "PUT",
+            med(kvs.iter().map(|k| ops(k.off.put_total)).collect()),
+            med(kvs.iter().map(|k| ops(k.on.put_total)).collect()),
+        ),
+        (
+            "GET",
+            med(kvs.iter().map(|k| ops(k.off.get_total)).collect()),
+            med(kvs.iter().map(|k| ops(k.on.get_total)).collect()),
+        ),
+    ] {
+        rows.push((
+            format!("FT KV {name} ops/s off / on"),
+            format!("{off_ops:.1} / {on_ops:.1}"),
+            format!("{kv_ops} sequential {name}s, one TCP connection"),
+        ));
+        rows.push((
+            format!("FT KV {name} throughput ratio on / off"),
+            format!("{:.3}", on_ops / off_ops),
+            "medians of the same runs (VMware FT: 0.94..0.98)".into(),
+        ));
+    }
+    let p = |f: fn(&KvTimes) -> &KvPhase, q: f64| {
+        med(kvs
+            .iter()
+            .map(|k| percentile(&f(k).put, q).map_or(f64::NAN, ms))
+            .collect())
+    };
+    let (p50_off, p99_off) = (p(|k| &k.off, 50.0), p(|k| &k.off, 99.0));
+    let (p50_on, p99_on) = (p(|k| &k.on, 50.0), p(|k| &k.on, 99.0));
+    rows.push((
+        "FT PUT latency p50 off / on".into(),
+        format!("{p50_off:.2} / {p50_on:.2} ms"),
+        format!("added by FT: {:+.2} ms", p50_on - p50_off),
+    ));
+    rows.push((
+        "FT PUT latency p99 off / on".into(),
+        format!("{p99_off:.2} / {p99_on:.2} ms"),
+        format!("added by FT: {:+.2} ms", p99_on - p99_off),
+    ));
+    let rate = |b: u64, d: Duration| b as f64 / d.as_secs_f64();
+    let idle = med(kvs
+        .iter()
+        .map(|k| rate(k.log.idle_bytes, k.log.idle))
+        .collect());
+    rows.push((
+        "FT log bandwidth, idle guest".into(),
+        format!("{:.0} B/s", idle),
+        format!(
+            "{:.3} Mbit/s; KV guest listening, no requests, {} s (VMware FT: 0.5..1.5 Mbit/s)",
+            idle * 8.0 / 1e6,
+            IDLE_WINDOW.as_secs()
+        ),
+    ));
+    let load = med(kvs
+        .iter()
+        .map(|k| rate(k.log.load_bytes, k.log.load))
+        .collect());
+    rows.push((
+        "FT log bandwidth, KV load".into(),
+        format!("{:.0} B/s", load),
+        format!(
+            "{:.3} Mbit/s over the PUT+GET phase (VMware FT: 1.5..18 Mbit/s)",
+            load * 8.0 / 1e6
+        ),
+    ));
+    rows.push((
+        "FT log bytes per PUT".into(),
+        format!(
+            "{:.0} B",
+            med(kvs
+                .iter()
+                .map(|k| k.log.put_bytes as f64 / kv_ops as f64)
+                .collect())
+        ),
+        "log bytes during the PUT phase / PUTs".into(),
+    ));
+    for (label, pick) in [
+        ("records", (|l: &Lag| l.records) as fn(&Lag) -> u64),
+        ("bytes", |l: &Lag| l.bytes),
+        ("ms", |l: &Lag| l.ms),
+    ] {
+        let max = med(kvs
+            .iter()
+            .map(|k| k.log.lag.iter().map(pick).max().unwrap_or(0) as f64)
+            .collect());
+        let mid = med(kvs
+            .iter()
+            .map(|k| {
+                median(&k.log.lag.iter().map(|l| pick(l) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
+            })
+            .collect());
+        rows.push((
+            format!("FT secondary lag, {label}: median / max"),
+            format!("{mid:.0} / {max:.0}"),
+            format!(
+                "PrimaryLog::lag() every {} ms during PUT+GET ({} samples/run)",
+                LAG_SAMPLE.as_millis(),
+                kvs[0].log.lag.len()
+            ),
+        ));
+    }
+    rows.push((
+        "FT stalls / throttled ms".into(),
+        format!(
+            "{:.0} / {:.0}",
+            med(kvs.iter().map(|k| k.log.stalls as f64).collect()),
+            med(kvs.iter().map(|k| k.log.throttled_ms as f64).collect())
+        ),
+        format!(
+            "full-window stalls; ms slowed past the {} ms lag limit (KV run, {:.0} outputs)",
+            LAG_LIMIT.as_millis(),
+            med(kvs.iter().map(|k| k.log.outputs_emitted as f64).collect())
+        ),
+    ));
+    rows
+}
