@@ -19,7 +19,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const VM: &str = "kv";
 
-fn digest_line(host: &qemu_tests::Host, role: &str) -> (u64, String) {
+fn digest_line(host: &qemu_tests::Host, other: &qemu_tests::Host, role: &str) -> (u64, String) {
     let line = host
         .wait_for(
             qemu_tests::Pattern::regex(&format!(
@@ -28,7 +28,13 @@ fn digest_line(host: &qemu_tests::Host, role: &str) -> (u64, String) {
             .unwrap(),
             Duration::from_secs(300),
         )
-        .unwrap_or_else(|e| panic!("no memory digest from the {role}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "no memory digest from the {role}: {e}\n--- last console lines of {} ---\n{}",
+                other.name(),
+                other.console().tail(60)
+            )
+        });
     let n = line
         .split("n=")
         .nth(1)
@@ -106,8 +112,8 @@ fn pair_replays_1000_puts_and_memory_matches() {
     // The guest must make exits for the point to be reached: keep it busy.
     let stat = kv.one("STAT");
     assert!(stat.starts_with("STAT "), "{stat}");
-    let (pn, psha) = digest_line(a, "primary");
-    let (sn, ssha) = digest_line(b, "secondary");
+    let (pn, psha) = digest_line(a, b, "primary");
+    let (sn, ssha) = digest_line(b, a, "secondary");
     eprintln!("pair: memory digest at exit {pn}: primary {psha}, secondary at {sn} {ssha}");
     assert_eq!(pn, sn, "both sides pause at the same exit index");
     assert_eq!(psha, ssha, "guest memory differs at exit {pn}");

@@ -112,7 +112,7 @@ pub fn start_primary(
                         bytes: b.bytes,
                     },
                     None if last_sent.elapsed() >= KEEPALIVE => Message::Batch {
-                        first_seq: log.next_seq(),
+                        first_seq: log.unsent_from(),
                         count: 0,
                         bytes: Vec::new(),
                     },

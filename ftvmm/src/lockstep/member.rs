@@ -105,27 +105,34 @@ pub fn pair_spec(
 }
 
 /// Reports logging-channel traffic from the peer to the heartbeat daemon as a
-/// sign of life (at most every 100 ms; failures are ignored: heartbeats are
-/// the other path).
+/// sign of life, at most every 100 ms, from a thread of its own (the link
+/// threads only set a flag: a slow heartbeat socket must never delay acks).
+/// Failures are ignored: heartbeats are the other path.
 pub fn heartbeat_notifier(_rc: &RuntimeConfig, role: &Role) -> OnTraffic {
     let peer = match role {
         Role::Primary { secondary } => secondary.clone(),
         Role::Secondary { primary } => primary.clone(),
         _ => return Arc::new(|| {}),
     };
-    let last = std::sync::Mutex::new(std::time::Instant::now() - Duration::from_secs(1));
-    Arc::new(move || {
-        let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
-        if l.elapsed() < Duration::from_millis(100) {
-            return;
-        }
-        *l = std::time::Instant::now();
-        drop(l);
-        let _ = config_schema::ctl::query(
-            std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
-            &config_schema::ctl::Request::PeerAlive { host: peer.clone() },
-        );
-    })
+    let seen = Arc::new(AtomicBool::new(false));
+    let flag = Arc::downgrade(&seen);
+    let spawned = std::thread::Builder::new()
+        .name("peer-alive".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            // Ends when the link (the only owner of the flag) is gone.
+            let Some(f) = flag.upgrade() else { return };
+            if f.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = config_schema::ctl::query(
+                    std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
+                    &config_schema::ctl::Request::PeerAlive { host: peer.clone() },
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the peer-alive reporter: {e}");
+    }
+    Arc::new(move || seen.store(true, std::sync::atomic::Ordering::SeqCst))
 }
 
 /// Runs this host's half of `vm` to its end (blocking): handshake, then the

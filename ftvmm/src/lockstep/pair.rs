@@ -543,7 +543,9 @@ pub fn run_secondary(
         println!("ftvmm: vm {}: replay ended: {end:?}", spec.hello.vm);
     }
     drop(monitor);
+    tracing::info!("lockstep: stopping the link");
     link.stop("secondary stopped");
+    tracing::info!("lockstep: link stopped");
     let outcome = res?;
     if let Some(ReplayEnd::Exhausted { at, .. }) = &end {
         if let Some(outcome) =

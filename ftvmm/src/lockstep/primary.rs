@@ -389,6 +389,12 @@ impl PrimaryLog {
     pub fn next_seq(&self) -> u64 {
         self.lock().next_seq
     }
+
+    /// Sequence number of the first record not yet taken by the sender (what
+    /// an empty keepalive batch must carry: records after it may be pending).
+    pub fn unsent_from(&self) -> u64 {
+        self.lock().pending_first
+    }
 }
 
 /// The Primary's input door: live values, recorded.
