@@ -537,6 +537,17 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_starts_at_the_first_unsent_record_not_the_next_one() {
+        let (log, _) = log();
+        log.append(1, Body::End);
+        let b = log.take_batch(Duration::ZERO).unwrap();
+        assert_eq!((b.first_seq, b.count), (0, 1));
+        log.append(2, Body::End); // pending, not yet taken by the sender
+        assert_eq!(log.next_seq(), 2);
+        assert_eq!(log.unsent_from(), 1, "an empty batch must not skip record 1");
+    }
+
+    #[test]
     fn an_ack_for_unsent_records_releases_nothing() {
         let (log, out) = log();
         log.append(1, Body::End);
