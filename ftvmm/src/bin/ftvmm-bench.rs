@@ -116,7 +116,8 @@ fn main() -> Result<()> {
             ft_runs.push(ft::run(
                 &args.kernel,
                 args.cpu_iters,
-                (!args.no_kv).then(|| (tmp.path(), r, args.kv_ops)),
+                r,
+                (!args.no_kv).then(|| (tmp.path(), args.kv_ops)),
                 args.verbose,
             )?);
         }
