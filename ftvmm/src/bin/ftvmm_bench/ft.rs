@@ -88,7 +88,7 @@ pub fn run(
     kv: Option<(&Path, usize)>,
     echo: bool,
 ) -> Result<FtRun> {
-    let order = if run_no % 2 == 0 {
+    let order = if run_no.is_multiple_of(2) {
         [false, true]
     } else {
         [true, false]
