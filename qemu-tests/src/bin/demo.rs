@@ -1,17 +1,28 @@
-//! `make demo`: boots every host of a cluster config in QEMU, each with its
-//! signed config disk, the shared storage file and its NICs on the FT and VM
-//! hubs, streams their consoles (prefixed with the host name) and reports
-//! each host reaching `appliance ready`.
+//! `make demo`: boots every host of a cluster config in QEMU (consoles
+//! streamed, prefixed with the host name), reports each reaching `appliance
+//! ready`, then shows a failover you can watch: a KV client does PUT/GET on
+//! one TCP connection to VM `kv` (host-a Primary, host-b Secondary), host-a
+//! is killed, and the same connection goes on with host-b live; the demo
+//! prints the client-visible pause and checks every acknowledged PUT.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use qemu_tests::{Cluster, ClusterSource};
+use qemu_tests::kv::{key, value, Kv, GUEST};
+use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+
+const VM: &str = "kv";
+const PRIMARY: &str = "host-a";
+const SECONDARY: &str = "host-b";
 
 #[derive(Parser)]
-#[command(about = "Boot a QEMU cluster of the appliance and show every host reaching ready")]
+#[command(about = "Boot a QEMU cluster of the appliance and watch the Primary of VM kv fail over")]
 struct Args {
     /// Cluster config.
     #[arg(default_value = "examples/cluster.toml")]
@@ -25,6 +36,12 @@ struct Args {
     /// Seconds to wait for all hosts to be ready.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Seconds from killing the Primary until the Secondary must be live.
+    #[arg(long, default_value_t = 120)]
+    failover_timeout: u64,
+    /// Only boot the cluster; no KV client, no failover.
+    #[arg(long)]
+    no_failover: bool,
     /// Keep the cluster running until Enter is pressed.
     #[arg(long)]
     hold: bool,
@@ -44,69 +61,188 @@ fn main() -> Result<()> {
         host_keys: args.host_keys.clone(),
     };
     let mut cluster = Cluster::new("demo", &source)?;
-    let names: Vec<String> = cluster
-        .config()
-        .hosts
-        .iter()
-        .map(|h| h.name.clone())
-        .collect();
-    println!(
-        "demo: cluster {:?} generation {}: booting {} hosts in QEMU (TCG); files in {}",
-        cluster.config().cluster.name,
-        cluster.config().cluster.generation,
-        names.len(),
-        cluster.dir().display()
-    );
-    for name in &names {
-        let mut spec = cluster.host_spec(name)?;
+    let cfg = cluster.config().clone();
+    let (name, generation, dir) = (&cfg.cluster.name, cfg.cluster.generation, cluster.dir());
+    let n = cfg.hosts.len();
+    println!("demo: cluster {name:?} generation {generation}: booting {n} hosts in QEMU (TCG); files in {}", dir.display());
+    for h in &cfg.hosts {
+        let mut spec = cluster.host_spec(&h.name)?;
         spec.echo = true;
         cluster.boot_spec(spec)?;
     }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let mut rows = Vec::new();
-    for name in &names {
+    let deadline = Instant::now() + secs(args.timeout);
+    for name in cfg.hosts.iter().map(|h| &h.name) {
         let host = cluster.host(name)?;
         let left = deadline.saturating_duration_since(Instant::now());
         let ready = host
             .wait_for_line(format!("appliance ready: host={name} "), left)
             .with_context(|| format!("{name} did not become ready"))?;
-        let kvm = host
-            .wait_for("/dev/kvm ok", Duration::from_secs(30))
-            .is_ok();
-        rows.push((name.clone(), ready, kvm));
+        let kvm = host.wait_for("/dev/kvm ok", secs(30)).is_ok();
+        let (at, kvm) = (ready.at.as_secs_f64(), if kvm { "ok" } else { "-" });
+        println!("demo: {name} ready at {at:.1}s (kvm {kvm}): {}", ready.text);
     }
-    println!();
-    println!(
-        "{:<10} {:>9}  {:<6}  console line",
-        "host", "ready at", "kvm"
-    );
-    for (name, ready, kvm) in &rows {
-        println!(
-            "{:<10} {:>8.1}s  {:<6}  {}",
-            name,
-            ready.at.as_secs_f64(),
-            if *kvm { "ok" } else { "-" },
-            ready.text
-        );
-    }
-    println!("demo: all {} hosts ready", rows.len());
-    for hub in [&cluster.ft, &cluster.vm] {
-        let counts: Vec<String> = hub
-            .all_stats()
-            .into_iter()
-            .map(|(port, s)| format!("{port} sent {} got {}", s.rx_frames, s.tx_frames))
-            .collect();
-        println!("demo: {} network frames: {}", hub.name(), counts.join(", "));
+    println!("demo: all {n} hosts ready");
+    if !args.no_failover {
+        failover(&cluster, secs(args.failover_timeout))?;
     }
     if args.hold {
-        println!(
-            "demo: cluster running; hub sockets in {}/ft and {}/vm; press Enter to stop",
-            cluster.dir().display(),
-            cluster.dir().display()
-        );
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
+        let dir = cluster.dir().display();
+        println!("demo: cluster running (hubs in {dir}/ft, {dir}/vm); press Enter to stop");
+        std::io::stdin().read_line(&mut String::new())?;
     }
     cluster.pass();
     Ok(())
+}
+
+/// What the client saw: the time of every reply, that the PUTs of keys
+/// `0..acked` were acknowledged, and the first thing that went wrong.
+#[derive(Default)]
+struct Seen {
+    replies: Vec<Instant>,
+    acked: usize,
+    error: Option<String>,
+}
+
+/// Waits for the pair, runs the client, kills the Primary, checks the result.
+fn failover(cluster: &Cluster, bound: Duration) -> Result<()> {
+    let (a, b) = (cluster.host(PRIMARY)?, cluster.host(SECONDARY)?);
+    let paired = format!("ftvmm: vm {VM}: paired with primary {PRIMARY}; generation 1");
+    b.wait_for(paired, secs(120))
+        .with_context(|| format!("{SECONDARY} did not pair as Secondary of VM {VM}"))?;
+    let listening = format!("[{VM}] kv: listening on {GUEST}");
+    a.wait_for(listening, secs(300))
+        .with_context(|| format!("the guest of VM {VM} did not listen on {PRIMARY}"))?;
+    println!("demo: VM {VM} is a lockstep pair ({PRIMARY} Primary, {SECONDARY} Secondary); guest listens on {GUEST}");
+    let tap = cluster.vm_client("client", "198.51.100.200/24")?;
+    let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));
+    std::thread::scope(|s| -> Result<()> {
+        s.spawn(|| {
+            let r = catch_unwind(AssertUnwindSafe(|| client(&tap, &stop, &seen)));
+            if let Err(e) = r.unwrap_or_else(|p| Err(panic_text(&*p))) {
+                seen.lock().unwrap().error.get_or_insert(e);
+            }
+        });
+        let driven = drive(cluster, bound, &seen);
+        if let Err(e) = &driven {
+            let why = format!("stopped: {e:#}");
+            seen.lock().unwrap().error.get_or_insert(why);
+        }
+        stop.store(true, Ordering::SeqCst);
+        driven
+    })?;
+    let error = seen.lock().unwrap().error.take();
+    error.map_or(Ok(()), |e| Err(anyhow!("KV client: {e}")))
+}
+
+/// Lets the client make progress, kills the Primary, waits for the Secondary
+/// to go live and the client to go on; prints the pause.
+fn drive(cluster: &Cluster, bound: Duration, seen: &Mutex<Seen>) -> Result<()> {
+    let (a, b) = (cluster.host(PRIMARY)?, cluster.host(SECONDARY)?);
+    wait_replies(seen, 100, secs(120)).context("before the kill")?;
+    let line = "=".repeat(60);
+    println!("\n{line}\ndemo: killing {PRIMARY} (the Primary) now\n{line}\n");
+    let before = seen.lock().unwrap().replies.len();
+    let kill_at = Instant::now();
+    a.kill().with_context(|| format!("kill {PRIMARY}"))?;
+    let won = format!("ftvmm: vm {VM}: won generation 2; live as primary");
+    let live = b
+        .wait_for_line(won, bound)
+        .with_context(|| format!("{SECONDARY} did not go live within {bound:?} of the kill"))?;
+    let at = b.spawned_at() + live.at;
+    let ms = at.saturating_duration_since(kill_at).as_millis();
+    let text = live.text;
+    println!("\ndemo: {SECONDARY} went live {ms} ms after the kill: {text}\n");
+    wait_replies(seen, before + 40, bound).context("after the failover")?;
+    println!("demo: the client goes on over the same connection, now served by {SECONDARY}");
+    let pause = longest_gap(&seen.lock().unwrap().replies, kill_at).as_millis();
+    let timeout = cluster.config().timing.failure_timeout_ms;
+    println!("demo: client-visible pause {pause} ms (longest gap between replies after the kill); configured failure timeout {timeout} ms");
+    Ok(())
+}
+
+/// Waits until the client has `n` replies; fails on a client error or timeout.
+fn wait_replies(seen: &Mutex<Seen>, n: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = seen.lock().unwrap();
+        if let Some(e) = &s.error {
+            bail!("KV client: {e}");
+        }
+        if s.replies.len() >= n {
+            return Ok(());
+        }
+        let got = s.replies.len();
+        drop(s);
+        if Instant::now() >= deadline {
+            bail!("KV client has {got} of {n} replies after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The longest gap between replies from `from` on (counting from the last reply before it).
+fn longest_gap(replies: &[Instant], from: Instant) -> Duration {
+    let (mut prev, mut gap) = (from, Duration::ZERO);
+    for &t in replies {
+        if t > from {
+            gap = gap.max(t - prev);
+        }
+        prev = t;
+    }
+    gap
+}
+
+/// The KV client: PUT key i, then GET key i/2, one request at a time, until
+/// `stop`, a line per 20 ops; then GETs every acknowledged key on the same connection.
+fn client(tap: &NetnsTap, stop: &AtomicBool, seen: &Mutex<Seen>) -> Result<(), String> {
+    let mut kv = Kv::connect(tap);
+    println!("client: connected to {GUEST}; PUT key i, GET key i/2, one at a time");
+    let (mut i, mut last) = (0, Instant::now());
+    while !stop.load(Ordering::SeqCst) {
+        let (k, v) = (key(i / 2), value(i / 2));
+        let get = (format!("GET {k}"), format!("VALUE {v}"));
+        for (request, want) in [(format!("PUT {} {}", key(i), value(i)), "OK".into()), get] {
+            let reply = kv.one(&request);
+            let now = Instant::now();
+            let gap = now - std::mem::replace(&mut last, now);
+            if reply != want {
+                return Err(format!("{request:?} answered {reply:?}, expected {want:?}"));
+            }
+            let mut s = seen.lock().unwrap();
+            s.replies.push(now);
+            s.acked = i + 1;
+            let ops = s.replies.len();
+            let ms = gap.as_millis();
+            if ms > 500 {
+                println!("client: reply {ops} came after a {ms} ms pause");
+            }
+            if ops.is_multiple_of(20) {
+                println!("client: {ops} ops done, {} PUTs acknowledged", s.acked);
+            }
+        }
+        i += 1;
+    }
+    if seen.lock().unwrap().error.is_some() {
+        return Ok(()); // the demo failed already; no point checking
+    }
+    let acked = seen.lock().unwrap().acked;
+    for i in 0..acked {
+        let got = kv.one(&format!("GET {}", key(i)));
+        if got != format!("VALUE {}", value(i)) {
+            return Err(format!("PUT {} acknowledged, then lost: {got:?}", key(i)));
+        }
+    }
+    println!("demo: all {acked} acknowledged PUTs readable after failover (same connection)");
+    Ok(())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
 }
