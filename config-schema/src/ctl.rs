@@ -67,9 +67,13 @@ pub struct LeaseView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Status { status: serde_json::Value },
+    Status {
+        status: serde_json::Value,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// fencing: the owner of (vm, generation); `won` is true when that is the
     /// asking host.
     Decided {
@@ -78,8 +82,12 @@ pub enum Response {
         owner: String,
         won: bool,
     },
-    Leases { leases: Vec<LeaseView> },
-    Peers { peers: Vec<PeerView> },
+    Leases {
+        leases: Vec<LeaseView>,
+    },
+    Peers {
+        peers: Vec<PeerView>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -544,7 +544,11 @@ mod tests {
         assert_eq!((b.first_seq, b.count), (0, 1));
         log.append(2, Body::End); // pending, not yet taken by the sender
         assert_eq!(log.next_seq(), 2);
-        assert_eq!(log.unsent_from(), 1, "an empty batch must not skip record 1");
+        assert_eq!(
+            log.unsent_from(),
+            1,
+            "an empty batch must not skip record 1"
+        );
     }
 
     #[test]
