@@ -162,7 +162,7 @@ fn wait(host: &Host, line: String) -> String {
 
 #[test]
 fn kill_the_primary_host_connection_continues_on_the_secondary() {
-    let cluster = pair("failover-primary");
+    let mut cluster = pair("failover-primary");
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
     survive(
@@ -178,11 +178,12 @@ fn kill_the_primary_host_connection_continues_on_the_secondary() {
     );
     b.assert_absent("lockstep divergence", Duration::ZERO)
         .unwrap();
+    cluster.pass();
 }
 
 #[test]
 fn kill_the_secondary_host_primary_continues_alone() {
-    let cluster = pair("failover-secondary");
+    let mut cluster = pair("failover-secondary");
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
     survive(
@@ -193,11 +194,12 @@ fn kill_the_secondary_host_primary_continues_alone() {
             wait(a, format!("ftvmm: vm {VM}: won generation 2"));
         },
     );
+    cluster.pass();
 }
 
 #[test]
 fn ft_partition_exactly_one_continues_and_outputs_never_overlap() {
-    let cluster = pair("failover-partition");
+    let mut cluster = pair("failover-partition");
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
     cluster.vm.start_capture();
@@ -272,4 +274,5 @@ fn ft_partition_exactly_one_continues_and_outputs_never_overlap() {
             "the secondary {loser} emitted guest output"
         );
     }
+    cluster.pass();
 }
