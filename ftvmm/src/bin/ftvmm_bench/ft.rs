@@ -8,7 +8,7 @@
 //! the requests. Both members share this machine's cores, so FT on pays for the Secondary's
 //! vCPU here too; on two hosts it would not.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -27,6 +27,7 @@ use ftvmm::runner::devices_and_cmdline;
 use ftvmm::{RunOutcome, Vm, VmHandle};
 
 use crate::console::{wait_for, Line, LineSink};
+use crate::kv::{key, value, Client};
 use crate::net;
 use crate::stats::{median, percentile};
 
@@ -530,53 +531,6 @@ fn kv_requests(
         outputs_emitted: 0,
     });
     Ok((phase, kv_log))
-}
-
-fn key(i: usize) -> String {
-    format!("key{i:06}")
-}
-
-fn value(i: usize) -> String {
-    format!("value-{i:06}-0123456789abcdef0123456789abcdef")
-}
-
-/// One TCP connection to the guest speaking the KV line protocol.
-struct Client {
-    w: TcpStream,
-    r: std::io::BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect() -> Result<Client> {
-        let addr: SocketAddr = format!("{}:{}", net::GUEST_IP, net::KV_PORT).parse()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let stream = loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("connect {addr}: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
-            }
-        };
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Client {
-            r: std::io::BufReader::new(stream.try_clone()?),
-            w: stream,
-        })
-    }
-
-    fn call(&mut self, line: &str) -> Result<String> {
-        use std::io::{BufRead, Write};
-        self.w.write_all(format!("{line}\n").as_bytes())?;
-        let mut reply = String::new();
-        if self.r.read_line(&mut reply)? == 0 {
-            bail!("the guest closed the connection");
-        }
-        Ok(reply.trim_end().to_string())
-    }
 }
 
 /// The table rows: medians over `runs`.

@@ -115,23 +115,23 @@ fn vm_thread_error(
     }
 }
 
-fn key(i: usize) -> String {
+pub(crate) fn key(i: usize) -> String {
     format!("key{i:06}")
 }
 
-fn value(i: usize) -> String {
+pub(crate) fn value(i: usize) -> String {
     format!("value-{i:06}-0123456789abcdef0123456789abcdef")
 }
 
 /// One TCP connection speaking the line protocol.
-struct Client {
+pub(crate) struct Client {
     w: TcpStream,
     r: BufReader<TcpStream>,
 }
 
 impl Client {
     /// Connects, retrying while the guest's first ARP/SYN exchange settles.
-    fn connect() -> Result<Client> {
+    pub(crate) fn connect() -> Result<Client> {
         let addr: SocketAddr = format!("{}:{}", net::GUEST_IP, net::KV_PORT).parse()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let stream = loop {
@@ -152,7 +152,7 @@ impl Client {
         })
     }
 
-    fn call(&mut self, line: &str) -> Result<String> {
+    pub(crate) fn call(&mut self, line: &str) -> Result<String> {
         self.w.write_all(format!("{line}\n").as_bytes())?;
         let mut reply = String::new();
         if self.r.read_line(&mut reply)? == 0 {
