@@ -91,10 +91,36 @@ fn format_mac(m: &[u8; 6]) -> String {
 }
 
 /// The value of `key=` in a command line.
-fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The guest NIC's MAC: `mac=` of the command line, else [`DEFAULT_MAC`].
+pub fn guest_mac(cmdline: &str) -> Result<[u8; 6], RunError> {
+    match cmdline_value(cmdline, "mac") {
+        Some(m) => parse_mac(m),
+        None => Ok(DEFAULT_MAC),
+    }
+}
+
+/// Opens the spec's disk (region) and TAP, joins the TAP to the spec's
+/// bridge and brings it up: the real backends of a VM that runs live.
+pub fn open_backends(spec: &VmSpec) -> Result<(Option<DiskBackend>, Option<Tap>), RunError> {
+    let disk = spec
+        .disk
+        .as_ref()
+        .map(|d| DiskBackend::open(d, 0))
+        .transpose()?;
+    let tap = spec.tap.as_deref().map(Tap::open).transpose()?;
+    if let Some(tap) = &tap {
+        if let Some(br) = &spec.bridge {
+            live::tap::bridge_add(br, tap.name())?;
+        }
+        live::tap::set_up(tap.name())?;
+    }
+    Ok((disk, tap))
 }
 
 /// The devices and command line of a spec (deterministic from the spec).
@@ -103,10 +129,7 @@ pub fn devices_and_cmdline(
     with_net: bool,
     user_cmdline: &str,
 ) -> Result<(Vec<MmioTransport>, String), RunError> {
-    let mac = match cmdline_value(user_cmdline, "mac") {
-        Some(m) => parse_mac(m)?,
-        None => DEFAULT_MAC,
-    };
+    let mac = guest_mac(user_cmdline)?;
     let mut devs = Vec::new();
     if let Some(sectors) = disk_sectors {
         devs.push(virtio::new_block(0, sectors));
@@ -141,18 +164,7 @@ pub fn run_vm(
     console: ConsoleSink,
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
 ) -> Result<RunReport, RunError> {
-    let disk = spec
-        .disk
-        .as_ref()
-        .map(|d| DiskBackend::open(d, 0))
-        .transpose()?;
-    let tap = spec.tap.as_deref().map(Tap::open).transpose()?;
-    if let Some(tap) = &tap {
-        if let Some(br) = &spec.bridge {
-            live::tap::bridge_add(br, tap.name())?;
-        }
-        live::tap::set_up(tap.name())?;
-    }
+    let (disk, tap) = open_backends(spec)?;
     let (devs, cmdline) = devices_and_cmdline(
         disk.as_ref().map(|d| d.sectors()),
         tap.is_some(),

@@ -86,9 +86,7 @@ pub fn gratuitous_arp(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
 
 /// The guest's IPv4 address from a `ip=a.b.c.d/len` command-line word.
 pub fn cmdline_ip(cmdline: &str) -> Option<[u8; 4]> {
-    let v = cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ip="))?;
+    let v = crate::runner::cmdline_value(cmdline, "ip")?;
     let ip: std::net::Ipv4Addr = v.split('/').next()?.parse().ok()?;
     Some(ip.octets())
 }

@@ -25,8 +25,8 @@ use super::log::Body;
 use super::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use super::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use crate::io::{Inputs, Outputs};
-use crate::live::{self, ConsoleSink, DiskBackend, LiveConfig, Tap};
-use crate::runner::{devices_and_cmdline, RunError, VmSpec};
+use crate::live::{self, ConsoleSink, LiveConfig};
+use crate::runner::{devices_and_cmdline, guest_mac, open_backends, RunError, VmSpec};
 use crate::vcpu::RunOutcome;
 use crate::vm::{Progress, Vm, VmHandle};
 
@@ -340,24 +340,7 @@ pub fn run_primary(
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
     let vs = &spec.vm;
-    let disk = vs
-        .disk
-        .as_ref()
-        .map(|d| DiskBackend::open(d, 0))
-        .transpose()
-        .map_err(RunError::from)?;
-    let tap = vs
-        .tap
-        .as_deref()
-        .map(Tap::open)
-        .transpose()
-        .map_err(RunError::from)?;
-    if let Some(tap) = &tap {
-        if let Some(br) = &vs.bridge {
-            live::tap::bridge_add(br, tap.name()).map_err(RunError::from)?;
-        }
-        live::tap::set_up(tap.name()).map_err(RunError::from)?;
-    }
+    let (disk, tap) = open_backends(vs)?;
     let mut vm = boot(vs, disk.as_ref().map(|d| d.sectors()), tap.is_some())?;
     let live = live::start(
         LiveConfig {
@@ -623,24 +606,7 @@ fn go_live(
     }
     // Won: the real backends take over from exit `at`.
     let vs = &spec.vm;
-    let disk = vs
-        .disk
-        .as_ref()
-        .map(|d| DiskBackend::open(d, 0))
-        .transpose()
-        .map_err(RunError::from)?;
-    let tap = vs
-        .tap
-        .as_deref()
-        .map(Tap::open)
-        .transpose()
-        .map_err(RunError::from)?;
-    if let Some(tap) = &tap {
-        if let Some(br) = &vs.bridge {
-            live::tap::bridge_add(br, tap.name()).map_err(RunError::from)?;
-        }
-        live::tap::set_up(tap.name()).map_err(RunError::from)?;
-    }
+    let (disk, tap) = open_backends(vs)?;
     let with_tap = tap.is_some();
     let mut live = live::start(
         LiveConfig {
@@ -660,15 +626,8 @@ fn go_live(
         live.outputs.emit(n, crate::io::OutputEvent::Block(req));
     }
     if with_tap {
-        let mac = crate::runner::devices_and_cmdline(None, true, &vs.cmdline)
-            .ok()
-            .and_then(|_| {
-                vs.cmdline
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("mac="))
-            })
-            .and_then(|m| crate::runner::parse_mac(m).ok())
-            .unwrap_or(crate::runner::DEFAULT_MAC);
+        // Checked when the VM was built from the same command line.
+        let mac = guest_mac(&vs.cmdline)?;
         if let Some(ip) = golive::cmdline_ip(&vs.cmdline) {
             for _ in 0..3 {
                 live.outputs.emit(
