@@ -8,26 +8,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Collected, ScriptedInputs};
+use common::{guest_elf, Collected, ScriptedInputs};
 use ftvmm::io::{ExitIndex, InputEvent, Inputs, TimeSource, TimerProgram};
 use ftvmm::{RunOutcome, Vm};
-
-fn guest_elf() -> PathBuf {
-    let p = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        p.exists(),
-        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
-        p.display()
-    );
-    p
-}
 
 /// A timer tick every 40 exits and whenever the guest halts: deterministic.
 struct EveryK(ScriptedInputs);

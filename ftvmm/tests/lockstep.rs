@@ -7,8 +7,11 @@
 //!
 //! Needs /dev/kvm and the guest ELF (see tests/ftguest.rs); fails otherwise.
 
+mod common;
+
+use common::guest_elf;
+
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,21 +28,6 @@ const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const CMDLINE: &str =
     "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
 const DISK_SECTORS: u64 = 8192;
-
-fn guest_elf() -> PathBuf {
-    let p = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        p.exists(),
-        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
-        p.display()
-    );
-    p
-}
 
 fn boot() -> Vm {
     let devs = vec![virtio::new_block(0, DISK_SECTORS), virtio::new_net(0, MAC)];

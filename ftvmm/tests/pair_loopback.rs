@@ -17,6 +17,10 @@
 //! The child never outlives a deadline: it exits on its own after
 //! [`CHILD_DEADLINE`], and the parent kills it when it fails or gives up.
 
+mod common;
+
+use common::guest_elf;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -71,21 +75,6 @@ struct SecondaryResult {
     memory_sha256: String,
     replay_end: Option<String>,
     divergences: u64,
-}
-
-fn guest_elf() -> PathBuf {
-    let p = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        p.exists(),
-        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
-        p.display()
-    );
-    p
 }
 
 /// Both sides build exactly this VM.

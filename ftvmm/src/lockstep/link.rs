@@ -86,6 +86,28 @@ fn describe(e: &ChannelError) -> String {
     }
 }
 
+/// What the threads of either side share.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    tx: Arc<Mutex<ChannelSender>>,
+    last_heard: Arc<Mutex<Instant>>,
+    peer: String,
+}
+
+impl Shared {
+    fn new(tx: ChannelSender, rx: &ChannelReceiver) -> Self {
+        if let Err(e) = tx.set_write_timeout(Some(SEND_TIMEOUT)) {
+            tracing::warn!("lockstep: cannot set the channel's send timeout: {e}");
+        }
+        Shared {
+            stop: Arc::new(AtomicBool::new(false)),
+            tx: Arc::new(Mutex::new(tx)),
+            last_heard: Arc::new(Mutex::new(Instant::now())),
+            peer: rx.peer().to_string(),
+        }
+    }
+}
+
 /// Starts the Primary's sender and ack threads.
 pub fn start_primary(
     log: Arc<PrimaryLog>,
@@ -93,13 +115,12 @@ pub fn start_primary(
     mut rx: ChannelReceiver,
     on_traffic: OnTraffic,
 ) -> Link {
-    let stop = Arc::new(AtomicBool::new(false));
-    if let Err(e) = tx.set_write_timeout(Some(SEND_TIMEOUT)) {
-        tracing::warn!("lockstep: cannot set the channel's send timeout: {e}");
-    }
-    let tx = Arc::new(Mutex::new(tx));
-    let last_heard = Arc::new(Mutex::new(Instant::now()));
-    let peer = rx.peer().to_string();
+    let Shared {
+        stop,
+        tx,
+        last_heard,
+        peer,
+    } = Shared::new(tx, &rx);
     let sender = {
         let (log, tx, stop) = (Arc::clone(&log), Arc::clone(&tx), Arc::clone(&stop));
         spawn("lockstep-send", move || {
@@ -182,13 +203,12 @@ pub fn start_secondary(
     mut rx: ChannelReceiver,
     on_traffic: OnTraffic,
 ) -> Link {
-    let stop = Arc::new(AtomicBool::new(false));
-    if let Err(e) = tx.set_write_timeout(Some(SEND_TIMEOUT)) {
-        tracing::warn!("lockstep: cannot set the channel's send timeout: {e}");
-    }
-    let tx = Arc::new(Mutex::new(tx));
-    let last_heard = Arc::new(Mutex::new(Instant::now()));
-    let peer = rx.peer().to_string();
+    let Shared {
+        stop,
+        tx,
+        last_heard,
+        peer,
+    } = Shared::new(tx, &rx);
     let ack = |q: &ReplayQueue| {
         let (received, replayed, replayed_exit) = q.progress();
         Message::Ack {

@@ -301,6 +301,23 @@ impl Collected {
     }
 }
 
+/// The reference guest ELF: `FTGUEST_ELF`, or the release build under
+/// `guest/target`; fails with how to build it when missing.
+pub fn guest_elf() -> std::path::PathBuf {
+    let p = std::env::var_os("FTGUEST_ELF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        p.exists(),
+        "reference guest {} missing: build it with `cd guest && cargo build --release` or set FTGUEST_ELF",
+        p.display()
+    );
+    p
+}
+
 /// A VM with `mib` MiB running `code` (fails loudly without /dev/kvm).
 pub fn tiny_vm(code: &[u8], mib: u64, virtio: Vec<MmioTransport>) -> Vm {
     let mut vm = Vm::new(mib << 20, virtio)
