@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::guest_elf;
+use common::{arp_request, boot_kv_guest, SharedConsole, KV_DISK_SECTORS};
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ftvmm::io::InputEvent;
@@ -22,54 +21,15 @@ use ftvmm::lockstep::digest::memory_sha256;
 use ftvmm::lockstep::log::decode_batch;
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
-use ftvmm::{virtio, RunOutcome, Vm};
-
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const CMDLINE: &str =
-    "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
-const DISK_SECTORS: u64 = 8192;
-
-fn boot() -> Vm {
-    let devs = vec![virtio::new_block(0, DISK_SECTORS), virtio::new_net(0, MAC)];
-    let mut vm = Vm::new(32 << 20, devs)
-        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
-    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the guest");
-    vm.enable_trace();
-    vm
-}
-
-/// An ARP request "who has 10.0.0.2" from 10.0.0.1.
-fn arp_request(k: u8) -> Vec<u8> {
-    let src = [0x02, 0, 0, 0, 0, k];
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[10, 0, 0, 1]);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&[10, 0, 0, 2]);
-    f
-}
-
-#[derive(Clone, Default)]
-struct SharedConsole(Arc<Mutex<Vec<u8>>>);
-impl Write for SharedConsole {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use ftvmm::RunOutcome;
 
 #[test]
 fn secondary_replays_the_primary_exactly() {
     // --- Primary: live backends, recorded.
     let disk_file = tempfile::NamedTempFile::new().unwrap();
-    disk_file.as_file().set_len(DISK_SECTORS * 512).unwrap();
+    disk_file.as_file().set_len(KV_DISK_SECTORS * 512).unwrap();
     let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
-    let mut pvm = boot();
+    let mut pvm = boot_kv_guest();
     let console = SharedConsole::default();
     let live = live::start(
         LiveConfig {
@@ -128,7 +88,7 @@ fn secondary_replays_the_primary_exactly() {
     // --- Secondary: replays concurrently.
     let q3 = Arc::clone(&q);
     let secondary = std::thread::spawn(move || {
-        let mut vm = boot();
+        let mut vm = boot_kv_guest();
         let mut sin = SecondaryInputs::new(Arc::clone(&q3), vm.handle());
         let outcome = vm
             .run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q3)), None)

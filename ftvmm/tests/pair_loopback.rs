@@ -19,14 +19,13 @@
 
 mod common;
 
-use common::guest_elf;
+use common::{arp_request, boot_kv_guest, guest_elf, SharedConsole, KV_DISK_SECTORS, KV_MEM_MIB};
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvmm::io::InputEvent;
@@ -39,7 +38,7 @@ use ftvmm::lockstep::pair::{image_sha256, secondary_handshake};
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::vcpu::TraceEntry;
-use ftvmm::{virtio, RunOutcome, Vm};
+use ftvmm::RunOutcome;
 use serde::{Deserialize, Serialize};
 
 const TEST_NAME: &str = "two_processes_replay_identically_over_loopback";
@@ -50,11 +49,6 @@ const DIR_ENV: &str = "FT_PAIR_DIR";
 const SECRET_ENV: &str = "FT_PAIR_SECONDARY_SECRET";
 const PRIMARY_PUB_ENV: &str = "FT_PAIR_PRIMARY_PUBLIC";
 
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const CMDLINE: &str =
-    "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
-const DISK_SECTORS: u64 = 8192;
-const MEM_MIB: u64 = 32;
 /// Exits from the first input call to the memory-digest pause.
 const DIGEST_DISTANCE: u64 = 30_000;
 /// The child exits (status 3) if it is still running after this.
@@ -77,41 +71,19 @@ struct SecondaryResult {
     divergences: u64,
 }
 
-/// Both sides build exactly this VM.
-fn boot() -> Vm {
-    let devs = vec![virtio::new_block(0, DISK_SECTORS), virtio::new_net(0, MAC)];
-    let mut vm = Vm::new(MEM_MIB << 20, devs)
-        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
-    vm.boot_elf(&guest_elf(), CMDLINE).expect("boot the guest");
-    vm.enable_trace();
-    vm
-}
-
 fn hello() -> Hello {
     Hello {
         vm: VM_NAME.into(),
         generation: 1,
         config_generation: 1,
         image_sha256: image_sha256(&guest_elf()).expect("hash the guest image"),
-        mem_mib: MEM_MIB,
+        mem_mib: KV_MEM_MIB,
         start_exit: 0,
         primary_host: PRIMARY_HOST.into(),
     }
 }
 
 /// An ARP request "who has 10.0.0.2" from 10.0.0.1.
-fn arp_request(k: u8) -> Vec<u8> {
-    let src = [0x02, 0, 0, 0, 0, k];
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[10, 0, 0, 1]);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&[10, 0, 0, 2]);
-    f
-}
-
 fn to_hex(b: &[u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -119,18 +91,6 @@ fn to_hex(b: &[u8; 32]) -> String {
 fn env_key(name: &str) -> [u8; 32] {
     let v = std::env::var(name).unwrap_or_else(|_| panic!("child: {name} not set"));
     config_schema::keys::parse_hex_key(&v).unwrap_or_else(|e| panic!("child: bad {name}: {e}"))
-}
-
-#[derive(Clone, Default)]
-struct SharedConsole(Arc<Mutex<Vec<u8>>>);
-impl Write for SharedConsole {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[test]
@@ -180,7 +140,7 @@ fn secondary_process() {
         .expect("child: pair start (accept + hello)");
     assert_eq!(got, expected, "child: hello differs");
 
-    let mut vm = boot();
+    let mut vm = boot_kv_guest();
     let q = ReplayQueue::new(0);
     let (tx, rx) = ch.split();
     let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}));
@@ -316,9 +276,9 @@ fn primary_process() {
 
     // --- Primary: live backends, recorded.
     let disk_file = tempfile::NamedTempFile::new().unwrap();
-    disk_file.as_file().set_len(DISK_SECTORS * 512).unwrap();
+    disk_file.as_file().set_len(KV_DISK_SECTORS * 512).unwrap();
     let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
-    let mut pvm = boot();
+    let mut pvm = boot_kv_guest();
     let console = SharedConsole::default();
     let live::Live {
         inputs,

@@ -326,3 +326,51 @@ pub fn tiny_vm(code: &[u8], mib: u64, virtio: Vec<MmioTransport>) -> Vm {
         .expect("boot tiny guest");
     vm
 }
+
+// The lockstep tests' VM (tests/lockstep.rs, tests/pair_loopback.rs).
+
+pub const KV_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub const KV_CMDLINE: &str =
+    "virtio_mmio=0xd0000000@5,0xd0001000@6 mac=52:54:00:12:34:56 mode=kv ip=10.0.0.2/24";
+pub const KV_DISK_SECTORS: u64 = 8192;
+pub const KV_MEM_MIB: u64 = 32;
+
+/// The reference guest in KV mode with a block and a net device, traced:
+/// the VM both sides of the lockstep tests build.
+pub fn boot_kv_guest() -> Vm {
+    let devs = vec![
+        ftvmm::virtio::new_block(0, KV_DISK_SECTORS),
+        ftvmm::virtio::new_net(0, KV_MAC),
+    ];
+    let mut vm = Vm::new(KV_MEM_MIB << 20, devs)
+        .unwrap_or_else(|e| panic!("this test needs a working /dev/kvm: {e}"));
+    vm.boot_elf(&guest_elf(), KV_CMDLINE)
+        .expect("boot the guest");
+    vm.enable_trace();
+    vm
+}
+
+/// An ARP request "who has 10.0.0.2" from 10.0.0.1.
+pub fn arp_request(k: u8) -> Vec<u8> {
+    let src = [0x02, 0, 0, 0, 0, k];
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 0, 0, 2]);
+    f
+}
+
+#[derive(Clone, Default)]
+pub struct SharedConsole(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for SharedConsole {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
