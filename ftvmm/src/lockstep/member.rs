@@ -167,7 +167,7 @@ pub fn run_member(
                 .ok_or_else(|| PairError::Protocol(format!("bad public key of {secondary}")))?;
             let ip = ft_ip(rc, secondary)
                 .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
-            *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary (pairing)".into();
+            handle.set_role("primary (pairing)");
             let addr = SocketAddr::new(ip, channel_port(index));
             let mut spec = spec;
             spec.peer = secondary.clone();
@@ -182,7 +182,7 @@ pub fn run_member(
             let ip = ft_ip(rc, &rc.host_name)
                 .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
             let listener = pair::listen(ip, index)?;
-            *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "secondary (pairing)".into();
+            handle.set_role("secondary (pairing)");
             println!(
                 "ftvmm: vm {}: secondary waiting for primary {primary} on {}",
                 vm.name,

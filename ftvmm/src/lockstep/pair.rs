@@ -98,6 +98,11 @@ pub struct PairHandle {
 }
 
 impl PairHandle {
+    /// Sets the role shown in status.
+    pub fn set_role(&self, role: &str) {
+        *self.role.lock().unwrap_or_else(|p| p.into_inner()) = role.to_string();
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let role = self.role.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let p = self
@@ -361,7 +366,7 @@ pub fn run_primary(
     let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
     let digest = pin.digest_request();
     *handle.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&log));
-    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary".into();
+    handle.set_role("primary");
     *handle.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     handle
         .generation
@@ -453,8 +458,7 @@ fn primary_monitor(
             match acquire(&fencing, &vm, next, &cancel, waiting) {
                 Some(d) if d.won => {
                     handle.generation.store(next, Ordering::SeqCst);
-                    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) =
-                        "primary (unprotected)".into();
+                    handle.set_role("primary (unprotected)");
                     log.go_solo();
                     println!(
                         "ftvmm: vm {vm}: won generation {next} in {} ms; primary continues without secondary",
@@ -462,7 +466,7 @@ fn primary_monitor(
                     );
                 }
                 Some(d) => {
-                    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "halted".into();
+                    handle.set_role("halted");
                     println!(
                         "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
                         d.owner
@@ -493,7 +497,7 @@ pub fn run_secondary(
     let mut vm = boot(vs, disk_sectors, vs.tap.is_some())?;
     let q = ReplayQueue::new(0);
     *handle.secondary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&q));
-    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "secondary".into();
+    handle.set_role("secondary");
     *handle.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     handle
         .generation
@@ -597,7 +601,7 @@ fn go_live(
         None => return Ok(None),
     };
     if !decision.won {
-        *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "halted".into();
+        handle.set_role("halted");
         println!(
             "ftvmm: vm {name}: lost generation {next} to {}; halting the VM",
             decision.owner
@@ -641,7 +645,7 @@ fn go_live(
         }
     }
     handle.generation.store(next, Ordering::SeqCst);
-    *handle.role.lock().unwrap_or_else(|p| p.into_inner()) = "primary (unprotected)".into();
+    handle.set_role("primary (unprotected)");
     println!(
         "ftvmm: vm {name}: won generation {next}; live as primary at exit {n} ({} ms after suspicion; {reissued} disk requests re-issued)",
         t.elapsed().as_millis()
