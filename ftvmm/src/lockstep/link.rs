@@ -56,13 +56,24 @@ impl Link {
     }
 
     /// Sends `Bye` and ends the threads.
-    pub fn stop(mut self, reason: &str) {
+    pub fn stop(self, reason: &str) {
+        self.finish(Message::Bye {
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Primary: sends `Resign` (the Secondary takes over) and ends the threads.
+    pub fn hand_over(self, reason: &str) {
+        self.finish(Message::Resign {
+            reason: reason.to_string(),
+        })
+    }
+
+    fn finish(mut self, last: Message) {
         self.stop.store(true, Ordering::SeqCst);
         {
             let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(&Message::Bye {
-                reason: reason.to_string(),
-            });
+            let _ = tx.send(&last);
             tx.shutdown();
         }
         for t in self.threads.drain(..) {
@@ -284,6 +295,13 @@ pub fn start_secondary(
                 }
                 Message::Bye { reason } => {
                     q.close(&format!("primary {peer} said bye: {reason}"));
+                    return;
+                }
+                Message::Resign { reason } => {
+                    // Everything it sent is queued; replay runs to its end
+                    // and go-live follows (run_secondary).
+                    println!("ftvmm: lockstep: primary {peer} hands over: {reason}");
+                    q.close(&format!("primary {peer} handed over: {reason}"));
                     return;
                 }
                 other => {

@@ -374,6 +374,7 @@ pub fn run_primary(
     let (tx, rx) = ch.split();
     let link = link::start_primary(Arc::clone(&log), tx, rx, on_traffic);
     let monitor = primary_monitor(spec, &link, &log, handle, cancel, vm.handle());
+    let fence = FenceWatch::start(spec, &log, handle, cancel, vm.handle());
     // Forward digest requests from the handle to the recorder.
     let fwd_stop = Arc::new(AtomicBool::new(false));
     let fwd = {
@@ -407,15 +408,21 @@ pub fn run_primary(
     fwd_stop.store(true, Ordering::SeqCst);
     let _ = fwd.join();
     cancel.store(true, Ordering::SeqCst);
+    let resign = fence.finish();
     drop(monitor);
     let n = vm.exit_index();
-    log.append(n, Body::End);
-    // Give the Secondary a moment to receive the end and release what may go.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while log.held() > 0 && !log.is_solo() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    match resign {
+        Some(reason) => hand_over(spec, link, &log, handle, n, &reason),
+        None => {
+            log.append(n, Body::End);
+            // Give the Secondary a moment to receive the end and release what may go.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while log.held() > 0 && !log.is_solo() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            link.stop("vm stopped");
+        }
     }
-    link.stop("vm stopped");
     log.detach_sink();
     drop(pin);
     drop(backends);
@@ -424,6 +431,128 @@ pub fn run_primary(
         exit_index: n,
         replay_end: None,
     })
+}
+
+/// The Primary stopped at exit `n` because fencing holds its output while
+/// the Secondary is healthy: make sure the Secondary has every record, tell
+/// it to take over, and halt here. What this Primary still holds is never
+/// released: the Secondary re-executes the same outputs from the same log.
+fn hand_over(
+    spec: &PairSpec,
+    link: link::Link,
+    log: &PrimaryLog,
+    handle: &PairHandle,
+    n: u64,
+    reason: &str,
+) {
+    let vm = &spec.hello.vm;
+    let deadline = Instant::now() + HAND_OVER_ACKS;
+    while !log.all_acked() && log.fence_state().paired && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.set_role("halted (handed over)");
+    if log.all_acked() && log.fence_state().paired {
+        link.hand_over(reason);
+        println!(
+            "ftvmm: vm {vm}: {reason}; handed the VM over to secondary {} at exit {n}; halting here",
+            spec.peer
+        );
+    } else {
+        // The Secondary will find the channel dead and race for g+1 itself.
+        link.stop(reason);
+        println!(
+            "ftvmm: vm {vm}: {reason}; secondary {} did not acknowledge the whole log, \
+             could not hand over; halting here",
+            spec.peer
+        );
+    }
+}
+
+/// How long a resigning Primary waits for the Secondary to acknowledge the
+/// rest of the log.
+const HAND_OVER_ACKS: Duration = Duration::from_secs(3);
+
+/// Acts on fencing's output hold for a Primary (DESIGN §5): with a healthy
+/// Secondary the Primary stops its VM and hands it over (its host cannot
+/// reach storage, the Secondary's can); running alone it waits, and when
+/// fencing releases the hold it re-wins the next generation before output
+/// flows again (lost: halt).
+struct FenceWatch {
+    stop: Arc<AtomicBool>,
+    resign: Arc<Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FenceWatch {
+    fn start(
+        spec: &PairSpec,
+        log: &Arc<PrimaryLog>,
+        handle: &Arc<PairHandle>,
+        cancel: &Arc<AtomicBool>,
+        vmh: VmHandle,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let resign = Arc::new(Mutex::new(None));
+        let (log, handle, cancel) = (Arc::clone(log), Arc::clone(handle), Arc::clone(cancel));
+        let (st, rs) = (Arc::clone(&stop), Arc::clone(&resign));
+        let vm = spec.hello.vm.clone();
+        let fencing = spec.fencing_socket.clone();
+        let thread = std::thread::Builder::new()
+            .name("ftvmm-fence-watch".into())
+            .spawn(move || {
+                while !st.load(Ordering::SeqCst) && !cancel.load(Ordering::SeqCst) {
+                    let f = log.fence_state();
+                    if f.fenced && f.paired {
+                        *rs.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some("storage lost (fencing holds output)".to_string());
+                        vmh.stop();
+                        return;
+                    }
+                    if f.recheck && !f.fenced {
+                        let next = handle.generation.load(Ordering::SeqCst) + 1;
+                        println!(
+                            "ftvmm: vm {vm}: storage is back; re-winning generation {next} before output flows"
+                        );
+                        let waiting = |w: &str| {
+                            println!("ftvmm: vm {vm}: storage does not answer ({w}); holding output and waiting")
+                        };
+                        match acquire(&fencing, &vm, next, &cancel, waiting) {
+                            Some(d) if d.won => {
+                                handle.generation.store(next, Ordering::SeqCst);
+                                log.rechecked();
+                                println!("ftvmm: vm {vm}: won generation {next}; output flows again");
+                            }
+                            Some(d) => {
+                                handle.set_role("halted");
+                                println!(
+                                    "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
+                                    d.owner
+                                );
+                                vmh.stop();
+                                return;
+                            }
+                            None => return,
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+            .expect("spawn fence watch");
+        FenceWatch {
+            stop,
+            resign,
+            thread: Some(thread),
+        }
+    }
+
+    /// Ends the watch; `Some(reason)` if it stopped the VM to hand it over.
+    fn finish(mut self) -> Option<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.resign.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Watches the Secondary; on suspicion holds output and races for g+1.
@@ -534,10 +663,13 @@ pub fn run_secondary(
     link.stop("secondary stopped");
     tracing::info!("lockstep: link stopped");
     let outcome = res?;
-    if let Some(ReplayEnd::Exhausted { at, .. }) = &end {
-        if let Some(outcome) =
-            go_live(spec, &mut vm, *at, sin.last_time(), console, handle, cancel)?
-        {
+    if let Some(ReplayEnd::Exhausted { at, why }) = &end {
+        let from = Replayed {
+            at: *at,
+            why,
+            last_time: sin.last_time(),
+        };
+        if let Some(outcome) = go_live(spec, &mut vm, &from, console, handle, cancel)? {
             return Ok(PairReport {
                 outcome,
                 exit_index: vm.exit_index(),
@@ -575,13 +707,22 @@ impl<I: Inputs> Inputs for ShiftedClock<I> {
     }
 }
 
-/// The Secondary's log is exhausted at exit `at`: race for g+1 and, if won,
-/// continue the same VM on the real backends. `None` if not won (halted).
+/// Where replay left the Secondary's VM.
+struct Replayed<'a> {
+    /// The exit at which the log was exhausted.
+    at: u64,
+    /// Why no more records come.
+    why: &'a str,
+    /// The last time value the Primary recorded.
+    last_time: Option<u64>,
+}
+
+/// The Secondary's log is exhausted at exit `from.at`: race for g+1 and, if
+/// won, continue the same VM on the real backends. `None` if not won (halted).
 fn go_live(
     spec: &PairSpec,
     vm: &mut Vm,
-    at: u64,
-    last_time: Option<u64>,
+    from: &Replayed<'_>,
     console: ConsoleSink,
     handle: &Arc<PairHandle>,
     cancel: &Arc<AtomicBool>,
@@ -590,8 +731,8 @@ fn go_live(
     let next = spec.hello.generation + 1;
     let t = Instant::now();
     println!(
-        "ftvmm: vm {name}: primary {} lost; replayed every record up to exit {at}; asking for generation {next}",
-        spec.hello.primary_host
+        "ftvmm: vm {name}: primary {} lost ({}); replayed every record up to exit {}; asking for generation {next}",
+        spec.hello.primary_host, from.why, from.at
     );
     let waiting = |w: &str| {
         println!("ftvmm: vm {name}: storage does not answer ({w}); waiting, the VM stays paused")
@@ -650,7 +791,8 @@ fn go_live(
         "ftvmm: vm {name}: won generation {next}; live as primary at exit {n} ({} ms after suspicion; {reissued} disk requests re-issued)",
         t.elapsed().as_millis()
     );
-    let shift = last_time
+    let shift = from
+        .last_time
         .map(|v| v.wrapping_sub(live::monotonic_ns()))
         .unwrap_or(0);
     let live::Live {

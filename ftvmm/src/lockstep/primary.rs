@@ -73,8 +73,25 @@ struct State {
     hold_all: bool,
     /// Won the next generation alone: outputs no longer wait for acks.
     solo: bool,
+    /// Fencing asked to hold all output (this host cannot renew its lease).
+    fenced: bool,
+    /// Fencing released its hold, but output stays held until this Primary
+    /// has re-won the VM's next generation: while it could not reach storage
+    /// another host may have taken the VM over.
+    recheck: bool,
     out_digest: OutputDigest,
     stats: PrimaryStats,
+}
+
+/// Fencing's view of a Primary (see [`PrimaryLog::fence_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FenceState {
+    /// Fencing holds all output.
+    pub fenced: bool,
+    /// Fencing released; the generation must be re-won before output flows.
+    pub recheck: bool,
+    /// A Secondary is connected (records are shipped and acked).
+    pub paired: bool,
 }
 
 /// Counters reported in status.
@@ -122,6 +139,8 @@ impl PrimaryLog {
                 lost: None,
                 hold_all: false,
                 solo: false,
+                fenced: false,
+                recheck: false,
                 out_digest: OutputDigest::default(),
                 stats: PrimaryStats::default(),
             }),
@@ -250,7 +269,12 @@ impl PrimaryLog {
         if st.hold_all {
             return;
         }
-        while st.held.front().is_some_and(|(need, _)| *need <= st.acked) {
+        // Solo: nobody acks any more, the Output Rule no longer applies.
+        while st
+            .held
+            .front()
+            .is_some_and(|(need, _)| st.solo || *need <= st.acked)
+        {
             let (_, ev) = st.held.pop_front().expect("front exists");
             st.sink.emit(0, ev);
             st.stats.outputs_released += 1;
@@ -290,29 +314,70 @@ impl PrimaryLog {
         self.cv.notify_all();
     }
 
-    /// Holds (or stops holding) every output regardless of acks.
+    /// Whether everything is held: fencing holds, a release waits for the
+    /// generation re-check, or the Secondary is lost and g+1 not won yet.
+    fn recompute_hold(st: &mut State) {
+        st.hold_all = st.fenced || st.recheck || (st.lost.is_some() && !st.solo);
+    }
+
+    /// Fencing's `HoldOutput`: holds every output regardless of acks, or ends
+    /// fencing's hold. A Primary running without Secondary does not resume on
+    /// release: it must re-win its generation first ([`FenceState::recheck`],
+    /// [`PrimaryLog::rechecked`]). Releasing the fencing hold never releases
+    /// what a lost Secondary holds.
     pub fn set_hold(&self, hold: bool) {
         let mut st = self.lock();
-        // Releasing the fencing hold never releases what a lost Secondary holds.
-        st.hold_all = hold || (st.lost.is_some() && !st.solo);
+        if hold {
+            st.fenced = true;
+        } else if st.fenced {
+            st.fenced = false;
+            st.recheck = st.solo;
+        }
+        Self::recompute_hold(&mut st);
+        Self::release(&mut st);
+    }
+
+    /// Where this Primary stands with fencing and its Secondary.
+    pub fn fence_state(&self) -> FenceState {
+        let st = self.lock();
+        FenceState {
+            fenced: st.fenced,
+            recheck: st.recheck,
+            paired: st.lost.is_none(),
+        }
+    }
+
+    /// The generation was re-won after fencing's hold: output flows again
+    /// (unless fencing holds again).
+    pub fn rechecked(&self) {
+        let mut st = self.lock();
+        st.recheck = false;
+        Self::recompute_hold(&mut st);
         Self::release(&mut st);
     }
 
     /// Runs unprotected after winning the next generation alone: everything
-    /// held is released and later outputs pass at once.
+    /// held is released and later outputs pass at once (unless fencing holds).
     pub fn go_solo(&self) {
         let mut st = self.lock();
-        st.hold_all = false;
         st.solo = true;
+        st.recheck = false;
         let upto = st.next_seq;
         st.acked = upto;
         st.replayed = upto;
         st.lost
             .get_or_insert_with(|| "running without secondary".into());
+        Self::recompute_hold(&mut st);
+        // Fencing may hold: then what is held waits for the re-check.
         Self::release(&mut st);
-        st.held.clear();
         drop(st);
         self.cv.notify_all();
+    }
+
+    /// Every record so far was received by the Secondary.
+    pub fn all_acked(&self) -> bool {
+        let st = self.lock();
+        st.acked == st.next_seq
     }
 
     /// Drops the real output sink (its backends are being shut down); outputs
@@ -371,6 +436,8 @@ impl PrimaryLog {
             "lag": Self::lag_of(&st),
             "outputs_held": st.held.len(),
             "hold_all": st.hold_all,
+            "fencing_hold": st.fenced,
+            "generation_recheck": st.recheck,
             "secondary_lost": st.lost,
             "stats": st.stats,
         })
@@ -594,6 +661,62 @@ mod tests {
         assert_eq!(*out.lock().unwrap(), vec![console(b'z')]);
         log.emit(2, console(b'y'));
         assert_eq!(out.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_fencing_hold_holds_acked_outputs_and_a_paired_primary_is_told_to_hand_over() {
+        let (log, out) = log();
+        log.append(1, Body::End);
+        let _ = log.take_batch(Duration::ZERO);
+        log.set_hold(true);
+        log.emit(1, console(b'h'));
+        log.on_ack(1, 1, 1);
+        assert!(
+            out.lock().unwrap().is_empty(),
+            "released under a fencing hold"
+        );
+        let f = log.fence_state();
+        assert!(f.fenced && f.paired && !f.recheck);
+        assert!(log.all_acked());
+        // A paired Primary's release (no hand-over happened) lets it flow.
+        log.set_hold(false);
+        assert_eq!(*out.lock().unwrap(), vec![console(b'h')]);
+        assert!(!log.fence_state().recheck);
+    }
+
+    #[test]
+    fn a_solo_primary_released_by_fencing_waits_for_the_generation_recheck() {
+        let (log, out) = log();
+        log.lose_secondary("test");
+        log.go_solo();
+        log.set_hold(true);
+        log.append(1, Body::End);
+        log.emit(1, console(b'1'));
+        log.emit(1, console(b'2'));
+        log.set_hold(false);
+        assert!(out.lock().unwrap().is_empty(), "released before re-check");
+        let f = log.fence_state();
+        assert!(f.recheck && !f.fenced && !f.paired);
+        log.rechecked();
+        assert_eq!(*out.lock().unwrap(), vec![console(b'1'), console(b'2')]);
+        log.emit(2, console(b'3'));
+        assert_eq!(out.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn winning_alone_under_a_fencing_hold_keeps_holding() {
+        let (log, out) = log();
+        log.append(1, Body::End);
+        let _ = log.take_batch(Duration::ZERO);
+        log.emit(1, console(b'x'));
+        log.lose_secondary("test");
+        log.set_hold(true);
+        log.go_solo();
+        assert!(out.lock().unwrap().is_empty(), "go_solo overrode fencing");
+        log.set_hold(false);
+        assert!(out.lock().unwrap().is_empty(), "released before re-check");
+        log.rechecked();
+        assert_eq!(*out.lock().unwrap(), vec![console(b'x')]);
     }
 
     #[test]

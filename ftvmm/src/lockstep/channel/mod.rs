@@ -77,6 +77,11 @@ pub enum Message {
     },
     /// Either side: orderly end with a reason.
     Bye { reason: String },
+    /// Primary -> Secondary: every record this Primary will ever send was
+    /// sent and acknowledged; it stops its VM here and the Secondary takes
+    /// over (after winning the next generation). Sent when fencing says this
+    /// host can no longer reach storage.
+    Resign { reason: String },
 }
 
 /// The Primary's proposal for a pair: the Secondary accepts it only if it runs
