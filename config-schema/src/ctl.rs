@@ -42,7 +42,26 @@ pub enum Request {
     /// of every VM (`hold = true`) or release the hold (`hold = false`). ftvmm
     /// answers `Ok` only once the hold is in force.
     HoldOutput { hold: bool, reason: String },
+    /// ftvmm -> fencing: this host must be reset (a disk request of a VM has
+    /// been in flight longer than [`IO_AGE_LIMIT_MS`], so it may land late,
+    /// DESIGN §5). Fencing stops feeding the watchdog and answers `Ok`.
+    ResetHost { reason: String },
 }
+
+/// A disk request of a VM that has not completed this long after ftvmm
+/// released it to storage gets the host reset ([`Request::ResetHost`]).
+pub const IO_AGE_LIMIT_MS: u64 = 2_000;
+
+/// The watchdog timeout every host plans for (fencing arms `/dev/watchdog`
+/// with it; lease and late-write arithmetic use it).
+pub const WATCHDOG_TIMEOUT_S: u32 = 5;
+
+/// After a new Primary goes live it defers writes to sectors the deposed
+/// Primary may still have had in flight for this long: such a write was
+/// released no later than the go-live, completes within
+/// [`IO_AGE_LIMIT_MS`] or the old host is reset by its watchdog within
+/// [`WATCHDOG_TIMEOUT_S`] after that; one second covers the checks' periods.
+pub const LATE_WRITE_BOUND_MS: u64 = IO_AGE_LIMIT_MS + WATCHDOG_TIMEOUT_S as u64 * 1000 + 1_000;
 
 /// One host as the heartbeat daemon sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

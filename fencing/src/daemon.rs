@@ -20,6 +20,29 @@ pub struct WatchdogSlot {
     pub state: String,
     pub feeds: u64,
     pub timeout_s: Option<u32>,
+    /// ftvmm asked for a reset (`Request::ResetHost`): never fed again.
+    pub reset_requested: Option<String>,
+}
+
+/// `Request::ResetHost`: from now on the watchdog is never fed, so the host
+/// resets within its timeout. Without a watchdog nothing can reset the host;
+/// that is said loudly (the output hold stays ftvmm's business).
+pub fn request_reset(shared: &Shared, reason: &str) {
+    let mut w = shared.watchdog.lock().expect("lock");
+    if w.reset_requested.is_none() {
+        match w.timeout_s {
+            Some(t) => println!(
+                "fencing: reset requested ({reason}); no longer feeding the watchdog, the host resets within {t} s"
+            ),
+            None if w.dev.is_some() => println!(
+                "fencing: reset requested ({reason}); no longer feeding the watchdog"
+            ),
+            None => println!(
+                "fencing: reset requested ({reason}) but there is no watchdog to reset this host"
+            ),
+        }
+        w.reset_requested = Some(reason.to_string());
+    }
 }
 
 /// State shared by the daemon's threads.
@@ -102,14 +125,15 @@ pub fn guard_loop(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftv
         }
         {
             let mut w = shared.watchdog.lock().expect("lock");
-            if let (true, Some(dev)) = (actions.feed, w.dev.as_mut()) {
+            let feed = actions.feed && w.reset_requested.is_none();
+            if let (true, Some(dev)) = (feed, w.dev.as_mut()) {
                 match dev.feed() {
                     Ok(()) => w.feeds += 1,
                     Err(e) => tracing::warn!("fencing: feeding the watchdog failed: {e}"),
                 }
             }
             if w.dev.is_some() {
-                w.state = if actions.feed { "fed" } else { "starving" }.into();
+                w.state = if feed { "fed" } else { "starving" }.into();
             }
         }
         if let Some(hold) = actions.send_hold {

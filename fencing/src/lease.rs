@@ -43,7 +43,7 @@ use serde::Serialize;
 use crate::layout::LeaseRecord;
 
 /// Planned watchdog timeout, seconds (the same on every host).
-pub const WATCHDOG_TIMEOUT_S: u32 = 5;
+pub const WATCHDOG_TIMEOUT_S: u32 = config_schema::ctl::WATCHDOG_TIMEOUT_S;
 
 /// The lease and watchdog timing of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

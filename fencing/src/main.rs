@@ -202,6 +202,7 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
             let w = shared.watchdog.lock().expect("lock");
             s["watchdog"] = serde_json::json!({
                 "state": w.state, "feeds": w.feeds, "timeout_s": w.timeout_s,
+                "reset_requested": w.reset_requested,
             });
             s["guard"] = serde_json::json!(shared.guard.lock().expect("lock").state());
             match agent {
@@ -221,6 +222,10 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
             },
             Err(e) => e,
         },
+        Request::ResetHost { reason } => {
+            fencing::daemon::request_reset(shared, &reason);
+            Response::Ok
+        }
         other => Response::Error {
             message: format!("fencing does not handle {other:?}"),
         },

@@ -12,7 +12,7 @@ use config_schema::ctl::{Request, Response};
 use config_schema::ctl_server;
 use config_schema::runtime::RuntimeConfig;
 use fencing::agent::Agent;
-use fencing::daemon::{guard_loop, renewer, Shared, WatchdogSlot};
+use fencing::daemon::{guard_loop, renewer, request_reset, Shared, WatchdogSlot};
 use fencing::io::{RegionIo, SectorIo};
 use fencing::layout::{Geometry, Sector};
 use fencing::watchdog::{Guard, GuardState};
@@ -139,4 +139,18 @@ fn without_ftvmm_confirming_the_watchdog_starves() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(fed(&r.wd), n, "no feed once starving");
     assert_eq!(r.shared.watchdog.lock().unwrap().state, "starving");
+}
+
+#[test]
+fn a_reset_request_stops_feeding_even_with_a_healthy_lease() {
+    let r = rig(true);
+    wait_for("first feeds", || fed(&r.wd) >= 2);
+    request_reset(&r.shared, "test: disk request in flight too long");
+    // A feed already under way may still land; none after it.
+    std::thread::sleep(Duration::from_millis(300));
+    let n = fed(&r.wd);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(fed(&r.wd), n, "fed after a reset request");
+    assert_eq!(state(&r), GuardState::Normal, "the lease itself is fine");
+    assert!(r.holds.lock().unwrap().is_empty());
 }
