@@ -193,6 +193,9 @@ pub fn run_vm(
             disk,
             tap,
             console,
+            // An unprotected VM has no other copy whose writes its late
+            // ones could undo.
+            io_watch: None,
             stdin: spec.stdin,
         },
         handle.kicker(),

@@ -33,6 +33,7 @@ fn secondary_replays_the_primary_exactly() {
     let console = SharedConsole::default();
     let live = live::start(
         LiveConfig {
+            io_watch: None,
             disk: Some(disk),
             tap: None,
             console: Box::new(console.clone()),

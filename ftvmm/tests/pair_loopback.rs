@@ -286,6 +286,7 @@ fn primary_process() {
         backends,
     } = live::start(
         LiveConfig {
+            io_watch: None,
             disk: Some(disk),
             tap: None,
             console: Box::new(console.clone()),

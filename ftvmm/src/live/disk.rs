@@ -2,13 +2,22 @@
 //! block device, served by one I/O thread with `pread`/`pwrite` and
 //! `fdatasync` for flushes. Every request is bounds-checked against the
 //! region; one that reaches past it completes with `IoError` and a log line.
+//!
+//! The device is opened with `O_DIRECT` (through 4 KiB-aligned bounce
+//! buffers): a completed write is on the shared device, not in this host's
+//! page cache, where the kernel could write it back seconds later, after
+//! another host took the VM over (DESIGN §5). Where the file system refuses
+//! `O_DIRECT` (tmpfs) the file is opened buffered, with a warning.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
 
+use super::late_write::{InFlight, WriteFence};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 
 pub const SECTOR: u64 = 512;
@@ -72,19 +81,68 @@ pub struct DiskBackend {
     len: u64,
     /// Index in `BlockRequest::dev`.
     pub dev: u8,
+    /// Opened with `O_DIRECT`.
+    direct: bool,
+    fence: Option<WriteFence>,
+}
+
+/// Alignment of `O_DIRECT` buffers (covers 512- and 4096-byte devices).
+const ALIGN: usize = 4096;
+
+/// A zeroed buffer of `len` bytes starting at an [`ALIGN`]-aligned address.
+struct Aligned {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + ALIGN];
+        let off = buf.as_ptr().align_offset(ALIGN);
+        assert!(off < ALIGN, "cannot align a byte buffer");
+        Aligned { buf, off, len }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+fn open_rw(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path)
 }
 
 impl DiskBackend {
     pub fn open(spec: &DiskSpec, dev: u8) -> Result<Self, DiskError> {
         let path = spec.path.display().to_string();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&spec.path)
-            .map_err(|source| DiskError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let (mut file, direct) = match open_rw(&spec.path, true) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    path,
+                    "O_DIRECT refused; disk writes go through this host's page cache"
+                );
+                let f = open_rw(&spec.path, false).map_err(|source| DiskError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                (f, false)
+            }
+            Err(source) => {
+                return Err(DiskError::Open {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
         // Works for regular files and block devices alike.
         let size = file
             .seek(SeekFrom::End(0))
@@ -109,7 +167,39 @@ impl DiskBackend {
             offset,
             len,
             dev,
+            direct,
+            fence: None,
         })
+    }
+
+    /// Whether the disk is opened with `O_DIRECT`.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Defers writes overlapping a deposed Primary's possibly late ones.
+    pub fn fence_writes(&mut self, fence: WriteFence) {
+        self.fence = Some(fence);
+    }
+
+    fn read_at(&self, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+        if !self.direct {
+            let mut buf = vec![0u8; len];
+            self.file.read_exact_at(&mut buf, at)?;
+            return Ok(buf);
+        }
+        let mut a = Aligned::new(len);
+        self.file.read_exact_at(a.bytes_mut(), at)?;
+        Ok(a.bytes().to_vec())
+    }
+
+    fn write_at(&self, data: &[u8], at: u64) -> std::io::Result<()> {
+        if !self.direct {
+            return self.file.write_all_at(data, at);
+        }
+        let mut a = Aligned::new(data.len());
+        a.bytes_mut().copy_from_slice(data);
+        self.file.write_all_at(a.bytes(), at)
     }
 
     /// Capacity in 512-byte sectors.
@@ -128,16 +218,13 @@ impl DiskBackend {
     pub fn execute(&self, req: &BlockRequest) -> (BlockStatus, Vec<u8>) {
         match &req.op {
             BlockOp::Read { sector, len } => match self.range(*sector, u64::from(*len)) {
-                Some(at) => {
-                    let mut buf = vec![0u8; *len as usize];
-                    match self.file.read_exact_at(&mut buf, at) {
-                        Ok(()) => (BlockStatus::Ok, buf),
-                        Err(e) => {
-                            tracing::warn!(id = req.id, sector, "disk read failed: {e}");
-                            (BlockStatus::IoError, Vec::new())
-                        }
+                Some(at) => match self.read_at(*len as usize, at) {
+                    Ok(buf) => (BlockStatus::Ok, buf),
+                    Err(e) => {
+                        tracing::warn!(id = req.id, sector, "disk read failed: {e}");
+                        (BlockStatus::IoError, Vec::new())
                     }
-                }
+                },
                 None => {
                     tracing::warn!(
                         id = req.id,
@@ -150,7 +237,7 @@ impl DiskBackend {
                 }
             },
             BlockOp::Write { sector, data } => match self.range(*sector, data.len() as u64) {
-                Some(at) => match self.file.write_all_at(data, at) {
+                Some(at) => match self.write_at(data, at) {
                     Ok(()) => (BlockStatus::Ok, Vec::new()),
                     Err(e) => {
                         tracing::warn!(id = req.id, sector, "disk write failed: {e}");
@@ -178,10 +265,26 @@ impl DiskBackend {
         }
     }
 
-    /// Serves requests in order until the sender is dropped.
-    pub fn serve(self, rx: Receiver<BlockRequest>, mut done: impl FnMut(InputEvent)) {
+    /// Serves requests in order until the sender is dropped; each completion
+    /// is counted in `inflight` (where the sender counted the release).
+    pub fn serve(
+        mut self,
+        rx: Receiver<BlockRequest>,
+        inflight: Option<Arc<InFlight>>,
+        mut done: impl FnMut(InputEvent),
+    ) {
         for req in rx {
+            if let Some(wait) = self
+                .fence
+                .as_mut()
+                .and_then(|f| f.wait_for(&req, Instant::now()))
+            {
+                std::thread::sleep(wait);
+            }
             let (status, data) = self.execute(&req);
+            if let Some(f) = &inflight {
+                f.completed();
+            }
             done(InputEvent::BlockDone {
                 dev: req.dev,
                 id: req.id,

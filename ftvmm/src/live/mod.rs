@@ -8,6 +8,7 @@
 //! (`events_at(n)`), so a kick merely makes `KVM_RUN` return early.
 
 pub mod disk;
+pub mod late_write;
 pub mod tap;
 mod timer;
 
@@ -133,6 +134,7 @@ pub type ConsoleSink = Box<dyn Write + Send>;
 /// The live output door.
 pub struct LiveOutputs {
     disk: Option<Sender<BlockRequest>>,
+    inflight: Arc<late_write::InFlight>,
     tap: Option<Arc<Tap>>,
     console: ConsoleSink,
     /// Frames that could not be written (TAP down, buffer full).
@@ -162,7 +164,9 @@ impl Outputs for LiveOutputs {
             },
             OutputEvent::Block(req) => match &self.disk {
                 Some(tx) => {
+                    self.inflight.released();
                     if tx.send(req).is_err() {
+                        self.inflight.completed();
                         tracing::error!("disk thread is gone; block request dropped");
                     }
                 }
@@ -179,6 +183,17 @@ pub struct LiveConfig {
     pub console: ConsoleSink,
     /// Forward the process's stdin to COM1.
     pub stdin: bool,
+    /// Bound the age of disk requests (DESIGN §5): past the limit, ask the
+    /// fencing daemon at this socket to reset the host. `None`: no bound
+    /// (tests, unprotected runs without fencing).
+    pub io_watch: Option<IoWatch>,
+}
+
+/// Who to tell when a disk request is stuck.
+#[derive(Debug, Clone)]
+pub struct IoWatch {
+    pub vm: String,
+    pub fencing_socket: std::path::PathBuf,
 }
 
 /// The backend threads; dropping it stops them (except a stdin reader blocked
@@ -187,6 +202,10 @@ pub struct Backends {
     stop: Arc<AtomicBool>,
     queue: Arc<EventQueue>,
     threads: Vec<JoinHandle<()>>,
+    /// The disk thread, joined only once its requests completed: one stuck
+    /// on dead storage is left detached (the I/O watch bounds its age).
+    disk: Option<JoinHandle<()>>,
+    inflight: Arc<late_write::InFlight>,
     timer: Option<timer::TimerHandle>,
 }
 
@@ -207,8 +226,25 @@ impl Drop for Backends {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(t) = self.disk.take() {
+            let until = std::time::Instant::now() + DISK_DRAIN;
+            while !self.inflight.is_empty() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if self.inflight.is_empty() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(
+                    in_flight = self.inflight.len(),
+                    "disk requests still in flight; leaving the disk thread detached"
+                );
+            }
+        }
     }
 }
+
+/// How long stopping the backends waits for in-flight disk requests.
+const DISK_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The two doors and their threads. Field order is drop order: the doors go
 /// first (closing the disk request channel), then the threads are joined.
@@ -227,15 +263,25 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
     let (timer, timer_thread) = timer::spawn(Arc::clone(&queue))?;
     threads.push(timer_thread);
 
+    let inflight = late_write::InFlight::new();
+    let mut disk_thread = None;
     let disk_tx = match cfg.disk {
         Some(disk) => {
             let (tx, rx) = mpsc::channel::<BlockRequest>();
-            let q = Arc::clone(&queue);
-            threads.push(
+            let (q, f) = (Arc::clone(&queue), Arc::clone(&inflight));
+            disk_thread = Some(
                 std::thread::Builder::new()
                     .name("ftvmm-disk".into())
-                    .spawn(move || disk.serve(rx, |ev| q.push(ev)))?,
+                    .spawn(move || disk.serve(rx, Some(f), |ev| q.push(ev)))?,
             );
+            if let Some(w) = cfg.io_watch {
+                late_write::spawn_io_watch(
+                    Arc::clone(&inflight),
+                    Arc::clone(&stop),
+                    w.vm,
+                    w.fencing_socket,
+                )?;
+            }
             Some(tx)
         }
         None => None,
@@ -276,6 +322,7 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
     };
     let outputs = LiveOutputs {
         disk: disk_tx,
+        inflight: Arc::clone(&inflight),
         tap,
         console: cfg.console,
         tx_errors: 0,
@@ -284,6 +331,8 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
         stop,
         queue,
         threads,
+        disk: disk_thread,
+        inflight,
         timer: Some(timer),
     };
     Ok(Live {

@@ -25,7 +25,8 @@ use super::log::Body;
 use super::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use super::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use crate::io::{Inputs, Outputs};
-use crate::live::{self, ConsoleSink, LiveConfig};
+use crate::live::late_write::{WriteFence, LATE_WRITE_BOUND_MS};
+use crate::live::{self, ConsoleSink, IoWatch, LiveConfig};
 use crate::runner::{devices_and_cmdline, guest_mac, open_backends, RunError, VmSpec};
 use crate::vcpu::RunOutcome;
 use crate::vm::{Progress, Vm, VmHandle};
@@ -353,6 +354,7 @@ pub fn run_primary(
             tap,
             console,
             stdin: false,
+            io_watch: Some(io_watch(spec)),
         },
         vm.handle().kicker(),
     )
@@ -751,22 +753,33 @@ fn go_live(
     }
     // Won: the real backends take over from exit `at`.
     let vs = &spec.vm;
-    let (disk, tap) = open_backends(vs)?;
+    let (mut disk, tap) = open_backends(vs)?;
     let with_tap = tap.is_some();
+    // Requests the guest issued and the log shows no completion for: the
+    // deposed Primary may still have the writes among them in flight, so
+    // later writes to their sectors wait (live::late_write).
+    let reissue = vm.devices().in_flight_block_requests(vm.memory());
+    let reissued = reissue.len();
+    if let (Some(d), Some(f)) = (disk.as_mut(), WriteFence::for_reissued(&reissue)) {
+        println!(
+            "ftvmm: vm {name}: {} re-issued write(s); later writes to their sectors wait {LATE_WRITE_BOUND_MS} ms",
+            f.ranges().len()
+        );
+        d.fence_writes(f);
+    }
     let mut live = live::start(
         LiveConfig {
             disk,
             tap,
             console,
             stdin: false,
+            io_watch: Some(io_watch(spec)),
         },
         vm.handle().kicker(),
     )
     .map_err(RunError::Threads)?;
     let n = vm.exit_index();
     live.inputs.program_timer(n, vm.devices().timer_program());
-    let reissue = vm.devices().in_flight_block_requests(vm.memory());
-    let reissued = reissue.len();
     for req in reissue {
         live.outputs.emit(n, crate::io::OutputEvent::Block(req));
     }
@@ -811,6 +824,14 @@ fn go_live(
     drop(outputs);
     drop(backends);
     Ok(Some(outcome))
+}
+
+/// The I/O-age bound of a pair member's disk (DESIGN §5).
+fn io_watch(spec: &PairSpec) -> IoWatch {
+    IoWatch {
+        vm: spec.hello.vm.clone(),
+        fencing_socket: spec.fencing_socket.clone(),
+    }
 }
 
 /// Binds the Secondary's listener for the VM at `index` on `ip`.

@@ -207,6 +207,7 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
                 backends,
             } = live::start(
                 LiveConfig {
+                    io_watch: None,
                     disk,
                     tap,
                     console: Box::new(sink),
