@@ -7,10 +7,16 @@
 //!
 //! [`PrimaryOutputs`] implements the Output Rule: an output emitted when the
 //! log holds records `0 .. s` is released to the real sink only once the
-//! Secondary has acknowledged receipt of all of them (`acked >= s`). Those are
-//! exactly the records that precede the output in the Primary's execution, so
-//! a Secondary that has them can reproduce the output after a go-live. Outputs
-//! leave in the order they were produced.
+//! Secondary has acknowledged receipt of records `0 ..= s` (`acked > s`):
+//! every record before the output *and the first one after it*. The records
+//! before it are not enough: the Secondary knows "no input at exit n" only
+//! from a later record, so one holding only records before the output stops
+//! (and may go live) at the first input call after the last of them, which
+//! can come before the output's exit; it would never reproduce an output the
+//! world has already seen. Record `s` is at the output's exit or later (the
+//! `Outputs` digest that `events_at` appends right after the exit that
+//! produced it, at the latest), so a Secondary that has it replays past the
+//! output. Outputs leave in the order they were produced.
 //!
 //! Flow control: a sender thread takes the pending bytes as one batch
 //! ([`PrimaryLog::take_batch`]); the ack thread reports receipt and replay
@@ -287,7 +293,8 @@ impl PrimaryLog {
         let mut st = self.lock();
         st.out_digest.add(&ev);
         st.stats.outputs_emitted += 1;
-        let need = st.next_seq;
+        // The record after this output must be acked too (module docs).
+        let need = st.next_seq + 1;
         if st.held.is_empty() && !st.hold_all && (st.solo || need <= st.acked) {
             st.sink.emit(n, ev);
             st.stats.outputs_released += 1;
@@ -587,18 +594,38 @@ mod tests {
     }
 
     #[test]
-    fn output_rule_holds_until_every_preceding_record_is_acked() {
+    fn output_rule_holds_until_the_records_before_and_the_first_after_are_acked() {
         let (log, out) = log();
-        log.append(1, Body::Events(vec![InputEvent::TimerTick]));
-        log.emit(1, console(b'a')); // needs record 0
-        log.append(2, Body::Events(vec![InputEvent::TimerTick]));
-        log.emit(2, console(b'b')); // needs records 0, 1
+        log.append(1, Body::Events(vec![InputEvent::TimerTick])); // record 0
+        log.emit(3, console(b'a')); // needs records 0 and 1
+        log.append(
+            3,
+            Body::Outputs {
+                count: 1,
+                digest: 0,
+            },
+        ); // record 1
+        log.emit(4, console(b'b')); // needs records 0, 1, 2
         assert!(out.lock().unwrap().is_empty());
         let b = log.take_batch(Duration::ZERO).unwrap();
         assert_eq!((b.first_seq, b.count), (0, 2));
         log.on_ack(1, 0, 0);
-        assert_eq!(*out.lock().unwrap(), vec![console(b'a')]);
+        assert!(
+            out.lock().unwrap().is_empty(),
+            "released with only the records before it acked: a Secondary holding \
+             them may stop before exit 3 and never reproduce it"
+        );
         log.on_ack(2, 0, 0);
+        assert_eq!(*out.lock().unwrap(), vec![console(b'a')]);
+        log.append(
+            5,
+            Body::Outputs {
+                count: 1,
+                digest: 0,
+            },
+        ); // record 2
+        let _ = log.take_batch(Duration::ZERO).unwrap();
+        log.on_ack(3, 0, 0);
         assert_eq!(*out.lock().unwrap(), vec![console(b'a'), console(b'b')]);
         assert_eq!(log.held(), 0);
     }
@@ -633,14 +660,15 @@ mod tests {
         let (log, out) = log();
         log.append(1, Body::End);
         log.emit(1, console(b'1'));
+        log.append(1, Body::Mark);
         let _ = log.take_batch(Duration::ZERO);
-        log.on_ack(1, 1, 1);
-        log.append(2, Body::End);
+        log.on_ack(2, 2, 1);
         log.emit(2, console(b'2'));
         log.emit(2, console(b'3'));
         assert_eq!(out.lock().unwrap().len(), 1);
+        log.append(2, Body::Mark);
         let _ = log.take_batch(Duration::ZERO);
-        log.on_ack(2, 2, 2);
+        log.on_ack(3, 3, 2);
         let got: Vec<_> = out.lock().unwrap().clone();
         assert_eq!(got, vec![console(b'1'), console(b'2'), console(b'3')]);
     }
@@ -667,10 +695,11 @@ mod tests {
     fn a_fencing_hold_holds_acked_outputs_and_a_paired_primary_is_told_to_hand_over() {
         let (log, out) = log();
         log.append(1, Body::End);
-        let _ = log.take_batch(Duration::ZERO);
         log.set_hold(true);
         log.emit(1, console(b'h'));
-        log.on_ack(1, 1, 1);
+        log.append(1, Body::Mark);
+        let _ = log.take_batch(Duration::ZERO);
+        log.on_ack(2, 2, 1);
         assert!(
             out.lock().unwrap().is_empty(),
             "released under a fencing hold"
