@@ -7,6 +7,8 @@
 //! - [`host::Host`]: one QEMU process and its console.
 //! - [`hub::Hub`]: one network (FT or VM) with per-link fault controls.
 //! - [`netns::NetnsTap`]: a TAP device in a network namespace on a hub.
+//! - [`storage::NbdStorage`], [`storage::StoragePath`]: shared storage over
+//!   NBD with a per-host path that tests can cut or delay.
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
@@ -18,6 +20,7 @@ pub mod hub;
 pub mod netns;
 pub mod paths;
 pub mod qmp;
+pub mod storage;
 mod sys;
 
 pub mod kv;
@@ -27,3 +30,4 @@ pub use error::{HarnessError, Result};
 pub use host::{Boot, Host, HostSpec, Nic};
 pub use hub::{CapturedFrame, ChannelPort, Hub, LinkParams, PortSender, PortStats};
 pub use netns::NetnsTap;
+pub use storage::{NbdStorage, PathMode, PathStats, StoragePath};

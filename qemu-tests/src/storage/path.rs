@@ -1,0 +1,221 @@
+//! [`StoragePath`]: one host's way to the NBD server, a Unix-socket proxy
+//! whose forwarding the test switches between pass, cut and delay.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::forward::{self, Conn};
+use crate::error::{HarnessError, Result};
+use crate::sys::poll_readable;
+
+/// How often the idle accept loop checks whether the path is shutting down.
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
+
+/// What a storage path does with the bytes a host sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathMode {
+    /// Forward both ways at once.
+    Pass,
+    /// Dead fabric: the host's bytes are dropped, nothing goes back, its
+    /// connections stay open and silent.
+    Cut,
+    /// Every chunk from the host goes to storage this long after it was
+    /// read, in order; replies are not delayed.
+    Delay(Duration),
+}
+
+/// Counters of one storage path since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Bytes written to the NBD server (host → storage).
+    pub to_storage: u64,
+    /// Bytes written back to the host (storage → host).
+    pub to_host: u64,
+    /// Bytes from the host that never reached storage (cut, or queued for a
+    /// delay when the path was cut or closed).
+    pub discarded: u64,
+    /// Chunks from the host that were held back by a delay.
+    pub delayed_chunks: u64,
+    /// Connections the host opened.
+    pub connections: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub to_storage: AtomicU64,
+    pub to_host: AtomicU64,
+    pub discarded: AtomicU64,
+    pub delayed_chunks: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+pub(super) struct State {
+    pub mode: PathMode,
+    pub conns: Vec<Arc<Conn>>,
+    pub threads: Vec<JoinHandle<()>>,
+}
+
+/// What the accept loop, the forwarding threads and the control share.
+pub(super) struct Shared {
+    pub name: String,
+    pub upstream: PathBuf,
+    pub counters: Counters,
+    pub state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A host's storage path: listens on its own Unix socket and forwards every
+/// connection to the NBD server on a connection of its own. Dropping it
+/// closes all connections and joins its threads.
+pub struct StoragePath {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl StoragePath {
+    /// Listens on `socket` (replacing a stale file) and forwards to the NBD
+    /// server listening on `upstream`. Starts in [`PathMode::Pass`].
+    pub fn start(name: &str, socket: &Path, upstream: &Path) -> Result<StoragePath> {
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .map_err(|e| HarnessError::io(format!("bind {}", socket.display()), e))?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            upstream: upstream.to_owned(),
+            counters: Counters::default(),
+            state: Mutex::new(State {
+                mode: PathMode::Pass,
+                conns: Vec::new(),
+                threads: Vec::new(),
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let accept = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("storage-{name}"))
+                .spawn(move || accept_loop(&shared, &listener))
+                .map_err(|e| HarnessError::io("spawn storage path thread", e))?
+        };
+        Ok(StoragePath {
+            shared,
+            socket: socket.to_owned(),
+            accept: Some(accept),
+        })
+    }
+
+    /// The socket the host connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn mode(&self) -> PathMode {
+        self.shared.lock().mode
+    }
+
+    pub fn stats(&self) -> PathStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PathStats {
+            to_storage: get(&c.to_storage),
+            to_host: get(&c.to_host),
+            discarded: get(&c.discarded),
+            delayed_chunks: get(&c.delayed_chunks),
+            connections: get(&c.connections),
+        }
+    }
+
+    /// Normal forwarding. Chunks already held by a delay still go out in
+    /// order at their time. Leaving a cut does what [`StoragePath::restore`]
+    /// says.
+    pub fn pass(&self) {
+        self.set_mode(PathMode::Pass);
+    }
+
+    /// Cuts the path: from now on nothing the host sends reaches storage
+    /// (chunks held by a delay are dropped too, and the upstream connections
+    /// are closed), nothing goes back, and the host's connections, old and
+    /// new, stay open and silent, so its I/O hangs.
+    pub fn cut(&self) {
+        self.set_mode(PathMode::Cut);
+    }
+
+    /// Ends a cut: closes the host's connections that lived through it (their
+    /// NBD streams are out of step), so the host's NBD client reconnects and
+    /// new connections are forwarded normally. Same as [`StoragePath::pass`].
+    pub fn restore(&self) {
+        self.set_mode(PathMode::Pass);
+    }
+
+    /// Delivers every chunk the host sends from now on `d` late, in order.
+    pub fn delay(&self, d: Duration) {
+        self.set_mode(PathMode::Delay(d));
+    }
+
+    fn set_mode(&self, mode: PathMode) {
+        let mut st = self.shared.lock();
+        tracing::info!(path = %self.shared.name, "storage path: {:?} -> {mode:?}", st.mode);
+        for c in &st.conns {
+            match mode {
+                PathMode::Cut => c.cut(),
+                _ if c.is_cut() => c.close(),
+                _ => {}
+            }
+        }
+        st.mode = mode;
+        st.conns.retain(|c| !c.finished());
+    }
+}
+
+impl Drop for StoragePath {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let threads = {
+            let mut st = self.shared.lock();
+            for c in &st.conns {
+                c.close();
+            }
+            std::mem::take(&mut st.threads)
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        if !poll_readable(listener, ACCEPT_POLL) {
+            continue;
+        }
+        match listener.accept() {
+            Ok((down, _)) => forward::open(shared, down),
+            Err(e) => tracing::warn!(path = %shared.name, "storage path accept: {e}"),
+        }
+    }
+}
