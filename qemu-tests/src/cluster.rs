@@ -1,7 +1,8 @@
 //! A QEMU cluster for one test: a per-test directory (kept on failure), a
 //! signed config disk per host made with the `config_schema` library, one
-//! sparse shared storage file, the FT and VM hubs with a port per host, and
-//! the hosts themselves.
+//! sparse shared storage file (attached directly, or on opt-in served over
+//! NBD through a per-host storage path that tests can cut or delay), the FT
+//! and VM hubs with a port per host, and the hosts themselves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::host::{Boot, Host, HostSpec, Nic};
 use crate::hub::Hub;
 use crate::netns::NetnsTap;
 use crate::paths::{appliance_iso, extract_boot_files, qemu_binary, workspace_root, BootFiles};
+use crate::storage::{NbdStorage, StoragePath};
 
 /// Kernel command line baked into the ISO (mirrors `image/build.sh`); a
 /// kernel+initrd boot starts from it and appends test options.
@@ -154,9 +156,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The hosts of one cluster config, their disks and networks, for one test.
 pub struct Cluster {
-    // Field order is drop order: hosts die before the hubs, and the
-    // directory goes last.
+    // Field order is drop order: hosts die before their storage paths, the
+    // paths before the NBD server, then the hubs; the directory goes last.
     hosts: BTreeMap<String, Host>,
+    storage_paths: BTreeMap<String, StoragePath>,
+    nbd: Option<NbdStorage>,
     /// The FT network (heartbeats, logging channel); one port per host.
     pub ft: Hub,
     /// The VM network (protected VMs' traffic, test clients); one port per host.
@@ -208,6 +212,8 @@ impl Cluster {
         }
         Ok(Cluster {
             hosts: BTreeMap::new(),
+            storage_paths: BTreeMap::new(),
+            nbd: None,
             ft,
             vm,
             config,
@@ -231,6 +237,38 @@ impl Cluster {
         &self.shared
     }
 
+    /// Serves the shared storage with `qemu-nbd` and gives every config host
+    /// its own [`StoragePath`] to it (sockets in `<dir>/storage/`); from now
+    /// on [`Cluster::host_spec`] attaches the shared storage over NBD through
+    /// the host's path. Call before booting. Idempotent.
+    pub fn use_nbd_storage(&mut self) -> Result<()> {
+        if self.nbd.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir().join("storage");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        let nbd = NbdStorage::start(&self.shared, &dir.join("nbd.sock"))?;
+        let mut paths = BTreeMap::new();
+        for h in &self.config.hosts {
+            let path = nbd.path(&h.name, &dir.join(format!("{}.sock", h.name)))?;
+            paths.insert(h.name.clone(), path);
+        }
+        self.storage_paths = paths;
+        self.nbd = Some(nbd);
+        Ok(())
+    }
+
+    /// The storage path of `host` (after [`Cluster::use_nbd_storage`]).
+    pub fn storage_path(&self, host: &str) -> Result<&StoragePath> {
+        self.storage_paths
+            .get(host)
+            .ok_or_else(|| HarnessError::ConfigDisk {
+                host: host.to_owned(),
+                reason: "no storage path: call Cluster::use_nbd_storage first".into(),
+            })
+    }
+
     /// The config disk file of `host` (tests may rewrite it before booting).
     pub fn config_disk(&self, host: &str) -> Result<&Path> {
         self.disks
@@ -247,7 +285,8 @@ impl Cluster {
     }
 
     /// The spec [`Cluster::boot`] uses for `host`: ISO boot, its config disk,
-    /// the shared storage, its FT and VM NICs (MACs from the config) and the
+    /// the shared storage (over its storage path after
+    /// [`Cluster::use_nbd_storage`]), its FT and VM NICs (MACs from the config) and the
     /// watchdog. Change it and pass it to [`Cluster::boot_spec`].
     pub fn host_spec(&self, host: &str) -> Result<HostSpec> {
         let h = self
@@ -259,6 +298,7 @@ impl Cluster {
         let mut spec = HostSpec::new(host, Boot::Iso(self.iso.clone()), &self.dir().join(host));
         spec.config_disk = Some(self.config_disk(host)?.to_owned());
         spec.shared_storage = Some(self.shared.clone());
+        spec.shared_storage_nbd = self.storage_paths.get(host).map(|p| p.socket().to_owned());
         spec.nics = vec![
             Nic {
                 mac: h.ft.mac.clone(),

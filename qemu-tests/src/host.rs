@@ -46,6 +46,10 @@ pub struct HostSpec {
     pub work_dir: PathBuf,
     pub config_disk: Option<PathBuf>,
     pub shared_storage: Option<PathBuf>,
+    /// Attach the shared storage through this NBD Unix socket (a
+    /// [`crate::storage::StoragePath`]) instead of the file; takes
+    /// precedence over `shared_storage`.
+    pub shared_storage_nbd: Option<PathBuf>,
     /// In order: the FT network NIC, then the VM network NIC.
     pub nics: Vec<Nic>,
     pub memory_mib: u32,
@@ -65,6 +69,7 @@ impl HostSpec {
             work_dir: work_dir.to_owned(),
             config_disk: None,
             shared_storage: None,
+            shared_storage_nbd: None,
             nics: Vec::new(),
             memory_mib: 1024,
             cpus: 1,
@@ -133,7 +138,14 @@ impl HostSpec {
             a.push(drive_opts(disk, "if=none,format=raw,id=config"));
             a.push_all(["-device", "virtio-blk-pci,drive=config"]);
         }
-        if let Some(shared) = &self.shared_storage {
+        if let Some(socket) = &self.shared_storage_nbd {
+            a.push("-blockdev");
+            a.push(nbd_blockdev(socket));
+            a.push("-device");
+            a.push(format!(
+                "virtio-blk-pci,drive=shared,serial={SHARED_SERIAL},share-rw=on"
+            ));
+        } else if let Some(shared) = &self.shared_storage {
             // cache=none (O_DIRECT): every host sees the others' writes at
             // once. Where the file system refuses O_DIRECT (tmpfs), fall back
             // to writethrough, which QEMU also serves from the host page cache
@@ -184,6 +196,28 @@ pub fn supports_o_direct(path: &Path) -> bool {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .is_ok()
+}
+
+/// Seconds QEMU's NBD client keeps requests pending after losing its
+/// connection and retries them once it has reconnected (they fail with EIO
+/// only after this). A cut path never closes the connection, so a cut
+/// alone never starts this clock: the host's I/O just hangs.
+pub const NBD_RECONNECT_DELAY_SECS: u32 = 60;
+
+/// The `-blockdev` of the shared storage reached over NBD at `socket`.
+///
+/// QEMU's `nbd` driver keeps no data cache: a guest write completes only
+/// when the NBD server replied to it, and the harness's `qemu-nbd` replies
+/// after the write is in the file (`O_DIRECT`, or writethrough). The guest
+/// sees a write cache (as with the file's `cache=none`); its flushes go to
+/// the server as NBD flushes.
+pub fn nbd_blockdev(socket: &Path) -> OsString {
+    let escaped = socket.display().to_string().replace(',', ",,");
+    OsString::from(format!(
+        "driver=nbd,node-name=shared,server.type=unix,server.path={escaped},\
+         export={},reconnect-delay={NBD_RECONNECT_DELAY_SECS}",
+        crate::storage::NBD_EXPORT
+    ))
 }
 
 /// `file=<path>,<rest>` with commas in the path doubled, as QEMU wants.
@@ -481,6 +515,26 @@ mod tests {
         );
         assert!(a.contains("-device i6300esb"), "{a}");
         assert!(!a.contains("-kernel"), "{a}");
+    }
+
+    #[test]
+    fn nbd_storage_replaces_the_file() {
+        let mut spec = HostSpec::new("h", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        spec.shared_storage = Some("/w/shared.img".into());
+        spec.shared_storage_nbd = Some("/w/storage/h,1.sock".into());
+        let a = joined(&spec);
+        assert!(
+            a.contains(
+                "-blockdev driver=nbd,node-name=shared,server.type=unix,\
+                 server.path=/w/storage/h,,1.sock,export=shared,reconnect-delay=60"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains("-device virtio-blk-pci,drive=shared,serial=FTSHARED,share-rw=on"),
+            "{a}"
+        );
+        assert!(!a.contains("shared.img"), "{a}");
     }
 
     #[test]
