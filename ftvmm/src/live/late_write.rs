@@ -140,6 +140,11 @@ impl WriteFence {
     /// first, exempt), lasting [`LATE_WRITE_BOUND_MS`] from now. `None` if
     /// none of them is a write.
     pub fn for_reissued(reissued: &[BlockRequest]) -> Option<WriteFence> {
+        Self::with_bound(reissued, Duration::from_millis(LATE_WRITE_BOUND_MS))
+    }
+
+    /// [`WriteFence::for_reissued`] with another bound (tests).
+    pub fn with_bound(reissued: &[BlockRequest], bound: Duration) -> Option<WriteFence> {
         let ranges: Vec<Sectors> = reissued
             .iter()
             .filter_map(|r| match &r.op {
@@ -152,7 +157,7 @@ impl WriteFence {
         (!ranges.is_empty()).then(|| WriteFence {
             exempt: ranges.len(),
             ranges,
-            until: Instant::now() + Duration::from_millis(LATE_WRITE_BOUND_MS),
+            until: Instant::now() + bound,
             announced: false,
         })
     }
@@ -239,6 +244,62 @@ mod tests {
         assert_eq!(f.wait_for(&read, now), None);
         let late = now + Duration::from_millis(LATE_WRITE_BOUND_MS + 1);
         assert_eq!(f.wait_for(&write(10, 100, 1), late), None);
+    }
+
+    /// The hole itself, on a real file: the deposed Primary's write lands
+    /// 300 ms late; the new Primary's newer write to the same sector must
+    /// still be what the disk holds at the end.
+    #[test]
+    fn a_late_write_of_the_deposed_primary_does_not_undo_a_newer_one() {
+        use crate::io::InputEvent;
+        use crate::live::disk::{DiskBackend, DiskSpec};
+        use std::os::unix::fs::FileExt;
+
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(64 * SECTOR).unwrap();
+        let spec: DiskSpec = file.path().to_str().unwrap().parse().unwrap();
+        let old = write(1, 10, 1); // what the old Primary had in flight
+        let mut disk = DiskBackend::open(&spec, 0).unwrap();
+        disk.fence_writes(WriteFence::with_bound(&[old.clone()], Duration::from_secs(3)).unwrap());
+        let late = {
+            let f = file.reopen().unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                f.write_all_at(&[0xee; SECTOR as usize], 10 * SECTOR)
+                    .unwrap();
+                f.sync_data().unwrap();
+            })
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            disk.serve(rx, None, |ev| {
+                if let InputEvent::BlockDone { id, .. } = ev {
+                    done_tx.send(id).unwrap();
+                }
+            })
+        });
+        tx.send(old).unwrap(); // re-issued: passes at once
+        let newer = BlockRequest {
+            dev: 0,
+            id: 2,
+            op: BlockOp::Write {
+                sector: 10,
+                data: vec![0x42; SECTOR as usize],
+            },
+        };
+        tx.send(newer).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), 1);
+        assert_eq!(done_rx.recv().unwrap(), 2);
+        drop(tx);
+        server.join().unwrap();
+        late.join().unwrap();
+        let mut got = [0u8; SECTOR as usize];
+        file.as_file().read_exact_at(&mut got, 10 * SECTOR).unwrap();
+        assert_eq!(
+            got, [0x42; SECTOR as usize],
+            "the late write undid the newer one"
+        );
     }
 
     #[test]
