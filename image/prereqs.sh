@@ -10,6 +10,7 @@ PACKAGES=(
   mtools dosfstools                    # the EFI system partition image
   cpio                                 # inspecting initramfs images by hand
   iproute2                             # network namespaces for the test clients
+  qemu-utils                           # qemu-nbd, qemu-io: per-host storage paths in the QEMU tests
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 
