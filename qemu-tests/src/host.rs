@@ -201,8 +201,12 @@ pub fn supports_o_direct(path: &Path) -> bool {
 /// Seconds QEMU's NBD client keeps requests pending after losing its
 /// connection and retries them once it has reconnected (they fail with EIO
 /// only after this). A cut path never closes the connection, so a cut
-/// alone never starts this clock: the host's I/O just hangs.
-pub const NBD_RECONNECT_DELAY_SECS: u32 = 60;
+/// alone never starts this clock: the host's I/O just hangs. A severed path
+/// closes it: the requests fail this long after, like a multipath device's
+/// `fast_io_fail_tmo` (5 s). QEMU waits for in-flight requests before it
+/// resets a machine, so a watchdog reset of a host whose path hangs happens
+/// only once they failed.
+pub const NBD_RECONNECT_DELAY_SECS: u32 = 5;
 
 /// The `-blockdev` of the shared storage reached over NBD at `socket`.
 ///
@@ -526,7 +530,7 @@ mod tests {
         assert!(
             a.contains(
                 "-blockdev driver=nbd,node-name=shared,server.type=unix,\
-                 server.path=/w/storage/h,,1.sock,export=shared,reconnect-delay=60"
+                 server.path=/w/storage/h,,1.sock,export=shared,reconnect-delay=5"
             ),
             "{a}"
         );

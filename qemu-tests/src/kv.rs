@@ -110,3 +110,57 @@ pub fn get_all(kv: &mut Kv, keys: usize) {
         assert_eq!(*r, format!("VALUE {}", value(i)), "reply to GET {}", key(i));
     }
 }
+
+/// The KV table as the guest's on-disk log holds it: the VM's disk region
+/// of the shared storage file, replayed with the guest's own code
+/// (`ftguest-kvlog`), plus how the log ended.
+pub fn on_disk(
+    shared: &std::path::Path,
+    config: &config_schema::ClusterConfig,
+    vm: &str,
+) -> std::io::Result<(std::collections::BTreeMap<String, String>, String)> {
+    use std::os::unix::fs::FileExt;
+    let v = config
+        .vms
+        .iter()
+        .find(|v| v.name == vm)
+        .ok_or_else(|| std::io::Error::other(format!("no vm {vm} in the config")))?;
+    let r = config
+        .storage
+        .regions
+        .iter()
+        .find(|r| r.name == v.disk_region)
+        .ok_or_else(|| std::io::Error::other(format!("no region {}", v.disk_region)))?;
+    struct Region {
+        file: std::fs::File,
+        offset: u64,
+        sectors: u64,
+    }
+    impl ftguest_kvlog::SectorSource for Region {
+        type Error = std::io::Error;
+        fn capacity_sectors(&self) -> u64 {
+            self.sectors
+        }
+        fn read_sectors(&mut self, first: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            let at = self.offset + first * ftguest_kvlog::SECTOR_SIZE as u64;
+            self.file.read_exact_at(buf, at)
+        }
+    }
+    let mut src = Region {
+        file: std::fs::File::open(shared)?,
+        offset: r.offset_mib << 20,
+        sectors: (r.size_mib << 20) / ftguest_kvlog::SECTOR_SIZE as u64,
+    };
+    let mut table = std::collections::BTreeMap::new();
+    let outcome = ftguest_kvlog::replay(&mut src, |rec| {
+        table.insert(
+            String::from_utf8_lossy(rec.key).into_owned(),
+            String::from_utf8_lossy(rec.value).into_owned(),
+        );
+    })?;
+    let end = format!(
+        "{} records, next sector {}, end {:?}",
+        outcome.records, outcome.next_sector, outcome.end
+    );
+    Ok((table, end))
+}

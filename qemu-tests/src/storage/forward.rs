@@ -59,6 +59,11 @@ struct Chunk {
 pub(super) fn open(shared: &Arc<Shared>, down: UnixStream) {
     let mut st = shared.lock();
     Counters::add(&shared.counters.connections, 1);
+    if st.mode == PathMode::Severed {
+        // Closed at once: the host's NBD client sees the path fail.
+        drop(down);
+        return;
+    }
     let cut = st.mode == PathMode::Cut;
     let up = if cut {
         None

@@ -26,6 +26,11 @@ pub enum PathMode {
     /// Every chunk from the host goes to storage this long after it was
     /// read, in order; replies are not delayed.
     Delay(Duration),
+    /// The path is gone and says so: the host's connections are closed and
+    /// new ones are closed at once, so its NBD client fails its requests
+    /// with EIO once its reconnect delay has passed (like a multipath device
+    /// after `fast_io_fail_tmo`). Nothing sent after the cut reaches storage.
+    Severed,
 }
 
 /// Counters of one storage path since it started.
@@ -168,6 +173,12 @@ impl StoragePath {
         self.set_mode(PathMode::Pass);
     }
 
+    /// Severs the path ([`PathMode::Severed`]): the host's I/O fails after
+    /// its NBD reconnect delay instead of hanging for ever.
+    pub fn sever(&self) {
+        self.set_mode(PathMode::Severed);
+    }
+
     /// Delivers every chunk the host sends from now on `d` late, in order.
     pub fn delay(&self, d: Duration) {
         self.set_mode(PathMode::Delay(d));
@@ -179,6 +190,7 @@ impl StoragePath {
         for c in &st.conns {
             match mode {
                 PathMode::Cut => c.cut(),
+                PathMode::Severed => c.close(),
                 _ if c.is_cut() => c.close(),
                 _ => {}
             }

@@ -137,3 +137,21 @@ fn replies_reach_the_host_and_a_server_end_closes_it() {
     assert_eq!(host.read(&mut buf).unwrap(), 0);
     wait_stats(&path, |s| s.to_host == 5);
 }
+
+#[test]
+fn a_severed_path_closes_the_hosts_connections_old_and_new() {
+    let (_dir, path, rx) = setup();
+    let mut host = UnixStream::connect(path.socket()).unwrap();
+    host.write_all(b"before").unwrap();
+    assert_eq!(collect(&rx, 0, 6), b"before");
+    path.sever();
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), Seen::Eof(0));
+    host.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(host.read(&mut buf).unwrap(), 0, "old connection not closed");
+    let mut late = UnixStream::connect(path.socket()).unwrap();
+    late.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(late.read(&mut buf).unwrap(), 0, "new connection not closed");
+    // Nothing reached storage after the sever.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+}

@@ -1,0 +1,152 @@
+//! Failover when the Primary's host loses its storage path (issue 5, test 4)
+//! or its writes reach storage late (DESIGN §5). Each host reaches the shared
+//! storage through its own NBD path (`Cluster::use_nbd_storage`) that the
+//! harness can cut (I/O hangs, nothing more lands) or slow down (every byte
+//! towards storage lands `d` late, in order). A client does PUT/GET over ONE
+//! TCP connection throughout; the pause is printed against the failure
+//! timeout.
+//!
+//! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64, qemu-nbd
+//! and root; FAILS with a clear message when one is missing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{pair_with, survive, wait, GUEST_MAC, VM};
+use qemu_tests::kv::{key, on_disk, value};
+
+/// Host-a's guest frames all precede host-b's first one.
+fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
+    let guest: Vec<_> = frames
+        .iter()
+        .filter(|f| f.src_mac() == Some(GUEST_MAC))
+        .collect();
+    assert!(!guest.is_empty(), "no guest frames captured");
+    let first_b = guest.iter().find(|f| f.from == "host-b").map(|f| f.at);
+    let last_a = guest
+        .iter()
+        .rev()
+        .find(|f| f.from == "host-a")
+        .map(|f| f.at);
+    let (Some(fb), Some(la)) = (first_b, last_a) else {
+        panic!("expected guest frames from both hosts (host-a before, host-b after)");
+    };
+    assert!(
+        la < fb,
+        "host-a emitted guest output after host-b went live"
+    );
+}
+
+/// Every acknowledged PUT is in the guest's log on the shared storage.
+fn all_on_disk(cluster: &qemu_tests::Cluster, acked: &[usize], what: &str) {
+    let (table, end) = on_disk(cluster.shared_storage(), cluster.config(), VM).unwrap();
+    for i in acked {
+        assert_eq!(
+            table.get(&key(*i)),
+            Some(&value(*i)),
+            "{what}: acknowledged PUT {} is not in the on-disk log ({end})",
+            key(*i)
+        );
+    }
+    eprintln!(
+        "{what}: all {} acknowledged PUTs are in the on-disk log ({end})",
+        acked.len()
+    );
+}
+
+#[test]
+fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_over() {
+    let mut cluster = pair_with("storage-cut", true);
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    let path_a = cluster.storage_path("host-a").unwrap();
+    cluster.vm.start_capture();
+    let (_, acked) = survive(
+        &cluster,
+        "primary's storage path cut",
+        || path_a.cut(),
+        || {
+            wait(a, "fencing: lease renewal failing".into());
+            wait(a, "fencing: ftvmm confirmed the output hold".into());
+            wait(
+                a,
+                format!(
+                    "ftvmm: vm {VM}: storage lost (fencing holds output); handed the VM over to secondary host-b"
+                ),
+            );
+            wait(
+                b,
+                format!("ftvmm: vm {VM}: won generation 2; live as primary"),
+            );
+        },
+    );
+    let frames = cluster.vm.stop_capture();
+    no_overlap(&frames);
+    // The deposed side's disk requests hang on the dead path: it may not let
+    // one land later, so it gets itself reset (ftvmm asks fencing, fencing
+    // stops feeding the watchdog, the i6300esb resets the host).
+    wait(
+        a,
+        format!("ftvmm: vm {VM}: a disk request has been in flight for"),
+    );
+    wait(a, "fencing: reset requested".into());
+    // A real host resets whatever its HBA still has outstanding; QEMU first
+    // waits for its in-flight requests, which on a hung path is for ever. The
+    // path now fails them (NBD_RECONNECT_DELAY_SECS after the sever, like a
+    // multipath device giving up), so QEMU can carry out the watchdog reset.
+    path_a.sever();
+    // The harness runs hosts with -no-reboot: the watchdog's reset ends the
+    // QEMU process (a panic would too, so the console must not show one).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while a.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host-a was not reset within 60 s of asking for it (path stats {:?})",
+            path_a.stats()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.assert_absent("Kernel panic", Duration::ZERO).unwrap();
+    eprintln!(
+        "storage cut: host-a reset by its watchdog; path stats {:?}",
+        path_a.stats()
+    );
+    b.assert_absent("lockstep divergence", Duration::ZERO)
+        .unwrap();
+    all_on_disk(&cluster, &acked, "storage cut");
+    cluster.pass();
+}
+
+#[test]
+fn delayed_writes_of_the_primary_land_late_and_no_acknowledged_write_is_lost() {
+    let mut cluster = pair_with("storage-delay", true);
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    let path_a = cluster.storage_path("host-a").unwrap();
+    let delay = Duration::from_millis(1500);
+    let (_, acked) = survive(
+        &cluster,
+        "primary's writes delayed 1.5 s",
+        || path_a.delay(delay),
+        || {
+            // Its lease renewals land 1.5 s late: fencing holds its output
+            // and it hands over to the Secondary, whose path is fine.
+            wait(a, "fencing: lease renewal failing".into());
+            wait(
+                b,
+                format!("ftvmm: vm {VM}: won generation 2; live as primary"),
+            );
+        },
+    );
+    // Everything host-a sent has landed by now (the test ran on for 40
+    // more replies); what is on disk must hold every acknowledged PUT.
+    std::thread::sleep(delay * 2);
+    let s = path_a.stats();
+    assert!(s.delayed_chunks > 0, "nothing went through the delay");
+    eprintln!("storage delay: host-a path stats {s:?}");
+    b.assert_absent("lockstep divergence", Duration::ZERO)
+        .unwrap();
+    all_on_disk(&cluster, &acked, "storage delay");
+    cluster.pass();
+}
