@@ -64,6 +64,14 @@ pub struct VmHandle {
 }
 
 impl VmHandle {
+    /// A handle tied to no VM (simulations drive the doors without KVM).
+    pub fn standalone() -> VmHandle {
+        VmHandle {
+            stop: Arc::new(AtomicBool::new(false)),
+            kicker: Arc::new(Kicker::new()),
+        }
+    }
+
     /// Asks the run loop to return [`crate::vcpu::RunOutcome::Stopped`] soon.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
