@@ -54,10 +54,10 @@ fn run<I: Inputs>(
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for n in 0..exits {
         state = mix(state, n);
-        if state % 4 == 0 {
+        if state.is_multiple_of(4) {
             outputs.emit(n, OutputEvent::Console(vec![(state >> 8) as u8]));
         }
-        if state % 11 == 0 {
+        if state.is_multiple_of(11) {
             let t = inputs.time_read(n, TimeSource::MonotonicNs);
             if stop(inputs) {
                 return n;
@@ -85,7 +85,7 @@ struct Live {
 
 impl Inputs for Live {
     fn events_at(&mut self, _n: ExitIndex, out: &mut Vec<InputEvent>) {
-        if self.rng.next() % 9 == 0 {
+        if self.rng.next().is_multiple_of(9) {
             out.push(InputEvent::ConsoleIn(vec![self.rng.next() as u8]));
         }
     }
@@ -148,7 +148,7 @@ fn primary(seed: u64) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>) {
             if let Some(b) = log.take_batch(Duration::ZERO) {
                 records.extend(decode_batch(&b.bytes, b.first_seq).unwrap());
             }
-            if acks.next() % 3 == 0 {
+            if acks.next().is_multiple_of(3) {
                 acked = records.len() as u64;
                 log.on_ack(acked, acked, 0);
                 let now = sink.0.lock().unwrap().len();

@@ -260,7 +260,9 @@ mod tests {
         let spec: DiskSpec = file.path().to_str().unwrap().parse().unwrap();
         let old = write(1, 10, 1); // what the old Primary had in flight
         let mut disk = DiskBackend::open(&spec, 0).unwrap();
-        disk.fence_writes(WriteFence::with_bound(&[old.clone()], Duration::from_secs(3)).unwrap());
+        disk.fence_writes(
+            WriteFence::with_bound(std::slice::from_ref(&old), Duration::from_secs(3)).unwrap(),
+        );
         let late = {
             let f = file.reopen().unwrap();
             std::thread::spawn(move || {
