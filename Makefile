@@ -80,7 +80,7 @@ FT_CHAOS_ROUNDS ?= 3
 chaos: prereqs image
 	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
-	  cargo test -p qemu-tests --test failover -- --test-threads=1 --nocapture || exit 1; \
+	  cargo test -p qemu-tests --test failover --test storage_failover -- --test-threads=1 --nocapture || exit 1; \
 	done
 
 clean:
