@@ -59,26 +59,29 @@ impl Link {
     pub fn stop(self, reason: &str) {
         self.finish(Message::Bye {
             reason: reason.to_string(),
-        })
+        });
     }
 
-    /// Primary: sends `Resign` (the Secondary takes over) and ends the threads.
-    pub fn hand_over(self, reason: &str) {
+    /// Primary: sends `Resign` (the Secondary takes over) and ends the
+    /// threads. False if it could not be sent.
+    pub fn hand_over(self, reason: &str) -> bool {
         self.finish(Message::Resign {
             reason: reason.to_string(),
         })
     }
 
-    fn finish(mut self, last: Message) {
+    fn finish(mut self, last: Message) -> bool {
         self.stop.store(true, Ordering::SeqCst);
-        {
+        let sent = {
             let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(&last);
+            let sent = tx.send_last(&last).is_ok();
             tx.shutdown();
-        }
+            sent
+        };
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        sent
     }
 }
 

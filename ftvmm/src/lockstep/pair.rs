@@ -453,18 +453,22 @@ fn hand_over(
         std::thread::sleep(Duration::from_millis(5));
     }
     handle.set_role("halted (handed over)");
-    if log.all_acked() && log.fence_state().paired {
-        link.hand_over(reason);
+    let handed = if log.all_acked() && log.fence_state().paired {
+        link.hand_over(reason)
+    } else {
+        link.stop(reason);
+        false
+    };
+    if handed {
         println!(
             "ftvmm: vm {vm}: {reason}; handed the VM over to secondary {} at exit {n}; halting here",
             spec.peer
         );
     } else {
-        // The Secondary will find the channel dead and race for g+1 itself.
-        link.stop(reason);
+        // The Secondary finds the channel dead and races for g+1 itself.
         println!(
-            "ftvmm: vm {vm}: {reason}; secondary {} did not acknowledge the whole log, \
-             could not hand over; halting here",
+            "ftvmm: vm {vm}: {reason}; could not hand over to secondary {} (log not fully \
+             acknowledged or channel down); halting here",
             spec.peer
         );
     }

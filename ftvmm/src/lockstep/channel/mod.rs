@@ -319,6 +319,16 @@ impl ChannelSender {
     /// Encrypts and writes one message (split into frames if large). A write
     /// error, including a write timeout, kills the connection.
     pub fn send(&mut self, m: &Message) -> Result<(), ChannelError> {
+        self.send_inner(m, true)
+    }
+
+    /// [`ChannelSender::send`] for the last message of an orderly end: the
+    /// peer may already have closed its side, which is no reason to warn.
+    pub fn send_last(&mut self, m: &Message) -> Result<(), ChannelError> {
+        self.send_inner(m, false)
+    }
+
+    fn send_inner(&mut self, m: &Message, warn: bool) -> Result<(), ChannelError> {
         if self.dead {
             return Err(ChannelError::Dead);
         }
@@ -331,7 +341,11 @@ impl ChannelSender {
         }
         if let Err(e) = res {
             self.dead = true;
-            tracing::warn!("channel: sending to {} failed: {e}", self.peer);
+            if warn {
+                tracing::warn!("channel: sending to {} failed: {e}", self.peer);
+            } else {
+                tracing::debug!("channel: last message to {} not sent: {e}", self.peer);
+            }
             let _ = self.stream.shutdown(Shutdown::Both);
             return Err(ChannelError::Io(e));
         }
