@@ -518,8 +518,7 @@ impl VmManager {
     pub fn hold_output(&self, hold: bool) -> usize {
         let mut n = 0;
         for slot in self.slots.values() {
-            if let Some(log) = &*slot.pair.primary.lock().unwrap_or_else(|p| p.into_inner()) {
-                log.set_hold(hold);
+            if slot.pair.hold_output(hold) {
                 n += 1;
             }
         }

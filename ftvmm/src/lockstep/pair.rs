@@ -96,9 +96,36 @@ pub struct PairHandle {
     pub digest_request: Arc<AtomicU64>,
     pub generation: Arc<AtomicU64>,
     pub started: Mutex<Option<Instant>>,
+    /// Fencing holds every Primary's output on this host (see
+    /// [`PairHandle::hold_output`]); kept so a Primary that starts later
+    /// begins held.
+    fencing_hold: AtomicBool,
 }
 
 impl PairHandle {
+    /// Makes `log` this VM's Primary output gate, held at once if fencing
+    /// holds output on this host.
+    pub fn register_primary(&self, log: Arc<PrimaryLog>) {
+        let mut p = self.primary.lock().unwrap_or_else(|p| p.into_inner());
+        if self.fencing_hold.load(Ordering::SeqCst) {
+            log.set_hold(true);
+        }
+        *p = Some(log);
+    }
+
+    /// Fencing's `HoldOutput` for this VM; true if it has a Primary here.
+    pub fn hold_output(&self, hold: bool) -> bool {
+        let p = self.primary.lock().unwrap_or_else(|p| p.into_inner());
+        self.fencing_hold.store(hold, Ordering::SeqCst);
+        match &*p {
+            Some(log) => {
+                log.set_hold(hold);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sets the role shown in status.
     pub fn set_role(&self, role: &str) {
         *self.role.lock().unwrap_or_else(|p| p.into_inner()) = role.to_string();
@@ -367,7 +394,7 @@ pub fn run_primary(
     let log = PrimaryLog::new(Box::new(outputs), spec.lag_limit);
     let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
     let digest = pin.digest_request();
-    *handle.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&log));
+    handle.register_primary(Arc::clone(&log));
     handle.set_role("primary");
     *handle.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     handle
@@ -814,20 +841,25 @@ fn go_live(
         .unwrap_or(0);
     let live::Live {
         inputs,
-        mut outputs,
+        outputs,
         backends,
     } = live;
     let mut inputs = ShiftedClock {
         inner: inputs,
         shift,
     };
-    let outcome = vm
-        .run(&mut inputs, &mut outputs, None)
-        .map_err(RunError::from)?;
+    // Running alone, its outputs pass at once, but fencing can still hold
+    // them (this host losing storage) and a release re-wins the generation.
+    let gate = PrimaryLog::new(Box::new(outputs), spec.lag_limit);
+    gate.go_solo();
+    handle.register_primary(Arc::clone(&gate));
+    let fence = FenceWatch::start(spec, &gate, handle, cancel, vm.handle());
+    let outcome = vm.run(&mut inputs, &mut PrimaryOutputs(Arc::clone(&gate)), None);
+    fence.finish();
+    gate.detach_sink();
     drop(inputs);
-    drop(outputs);
     drop(backends);
-    Ok(Some(outcome))
+    Ok(Some(outcome.map_err(RunError::from)?))
 }
 
 /// The I/O-age bound of a pair member's disk (DESIGN §5).
@@ -842,4 +874,25 @@ fn io_watch(spec: &PairSpec) -> IoWatch {
 pub fn listen(ip: std::net::IpAddr, index: usize) -> Result<TcpListener, PairError> {
     let addr = SocketAddr::new(ip, channel_port(index));
     TcpListener::bind(addr).map_err(|source| PairError::Listen { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+    impl crate::io::Outputs for Nowhere {
+        fn emit(&mut self, _n: u64, _e: crate::io::OutputEvent) {}
+    }
+
+    #[test]
+    fn a_primary_registered_after_a_fencing_hold_starts_held() {
+        let h = PairHandle::default();
+        assert!(!h.hold_output(true), "no primary yet");
+        let log = PrimaryLog::new(Box::new(Nowhere), Duration::from_secs(1));
+        h.register_primary(Arc::clone(&log));
+        assert!(log.fence_state().fenced);
+        assert!(h.hold_output(false));
+        assert!(!log.fence_state().fenced);
+    }
 }
