@@ -106,6 +106,18 @@ pub fn run<B: Transport, N: Transport>(
             }
         })
         .collect();
+    // Listen before saying so: a client that connects the moment it reads
+    // the line below must find a listening socket, or smoltcp answers its
+    // SYN with a reset (seen once in ~10 pair boots, where the line is
+    // released to the world as soon as the Secondary has it).
+    for conn in &conns {
+        if let Err(e) = sockets
+            .get_mut::<tcp::Socket>(conn.handle)
+            .listen(args.port)
+        {
+            println!("kv: listen failed: {e}");
+        }
+    }
     println!(
         "kv: listening on {}:{} keys={} replayed={}",
         ip,
