@@ -25,8 +25,9 @@ impl Kv {
     /// Connects from `client` to [`GUEST`] (panics with the reason if it can't).
     /// A refused connection is retried for up to 10 s and reported on stderr:
     /// once (1 run in ~10) the first SYN to a pair's freshly listening guest
-    /// was answered with a reset; not yet explained, so it is made visible
-    /// rather than hidden.
+    /// was answered with a reset, because the guest announced `listening`
+    /// before its sockets listened (fixed in guest/src/kv.rs). The retry
+    /// stays as a guard, visible if it ever fires again.
     pub fn connect(client: &NetnsTap) -> Kv {
         let addr: SocketAddr = GUEST.parse().expect("valid address");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
