@@ -103,6 +103,7 @@ fn ft_partition_exactly_one_continues_and_outputs_never_overlap() {
     } else {
         "host-a"
     };
+    eprintln!("failover: FT network partitioned: {winner} won generation 2, {loser} halted its VM");
     // Guest output (frames from the guest's MAC) came from one port at a
     // time: the loser's last one precedes the winner's first one after the
     // old Primary's last, and the Secondary emitted nothing before it won.
