@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use config_schema::ctl::{self, Request, Response};
 
+use super::pair::PairHandle;
+
 /// What the fencing agent decided for (vm, generation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -66,6 +68,49 @@ pub fn acquire(
             said = true;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How a race for the next generation ended (see [`race`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Raced {
+    Won,
+    /// Another host owns it: the caller must stop the VM.
+    Lost,
+    /// Given up (the member is stopping) while storage did not answer.
+    Cancelled,
+}
+
+/// Races for generation `next` of `vm` through the fencing agent at
+/// `fencing`, for every member that needs a new generation (a Primary that
+/// lost its Secondary, a Secondary going live, a Primary re-checking after a
+/// fencing hold). Won: the handle's generation becomes `next`. Lost: the role
+/// becomes `halted` and the console says who won. While storage does not
+/// answer it says so once, ending the line with `while_waiting`.
+pub fn race(
+    handle: &PairHandle,
+    fencing: &Path,
+    vm: &str,
+    next: u64,
+    cancel: &AtomicBool,
+    while_waiting: &str,
+) -> Raced {
+    let waiting =
+        |w: &str| println!("ftvmm: vm {vm}: storage does not answer ({w}); {while_waiting}");
+    match acquire(fencing, vm, next, cancel, waiting) {
+        Some(d) if d.won => {
+            handle.generation.store(next, Ordering::SeqCst);
+            Raced::Won
+        }
+        Some(d) => {
+            handle.set_role("halted");
+            println!(
+                "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
+                d.owner
+            );
+            Raced::Lost
+        }
+        None => Raced::Cancelled,
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`log`]: the binary, versioned record format of the log.
 //! - [`primary`]: recording inputs, the Output Rule, flow control and lag.
+//! - [`primary_watch`]: suspecting the Secondary, fencing's hold (hand-over, re-check).
 //! - [`secondary`]: replaying at the same exits, divergence detection.
 //! - [`digest`]: output and memory digests both sides compute.
 //! - [`golive`]: suspecting the peer, racing for the next generation, going live.
@@ -19,4 +20,5 @@ pub mod log;
 pub mod member;
 pub mod pair;
 pub mod primary;
+pub mod primary_watch;
 pub mod secondary;

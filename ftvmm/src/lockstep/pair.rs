@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 
 use super::channel::{self, Channel, ChannelError, Hello, Identity, Message};
 use super::digest::memory_sha256;
-use super::golive::{self, acquire, Monitor};
+use super::golive::{self, race, Monitor, Raced};
 use super::link::{self, OnTraffic};
 use super::log::Body;
 use super::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use super::primary_watch::{hand_over, primary_monitor, FenceWatch};
 use super::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use crate::io::{Inputs, Outputs};
 use crate::live::late_write::{WriteFence, LATE_WRITE_BOUND_MS};
-use crate::live::{self, ConsoleSink, IoWatch, LiveConfig};
+use crate::live::{self, ConsoleSink, DiskBackend, IoWatch, LiveConfig, Tap};
 use crate::runner::{devices_and_cmdline, guest_mac, open_backends, RunError, VmSpec};
 use crate::vcpu::RunOutcome;
 use crate::vm::{Progress, Vm, VmHandle};
@@ -375,17 +376,7 @@ pub fn run_primary(
     let vs = &spec.vm;
     let (disk, tap) = open_backends(vs)?;
     let mut vm = boot(vs, disk.as_ref().map(|d| d.sectors()), tap.is_some())?;
-    let live = live::start(
-        LiveConfig {
-            disk,
-            tap,
-            console,
-            stdin: false,
-            io_watch: Some(io_watch(spec)),
-        },
-        vm.handle().kicker(),
-    )
-    .map_err(RunError::Threads)?;
+    let live = start_live(spec, disk, tap, console, &vm)?;
     let live::Live {
         inputs,
         outputs,
@@ -460,185 +451,6 @@ pub fn run_primary(
         exit_index: n,
         replay_end: None,
     })
-}
-
-/// The Primary stopped at exit `n` because fencing holds its output while
-/// the Secondary is healthy: make sure the Secondary has every record, tell
-/// it to take over, and halt here. What this Primary still holds is never
-/// released: the Secondary re-executes the same outputs from the same log.
-fn hand_over(
-    spec: &PairSpec,
-    link: link::Link,
-    log: &PrimaryLog,
-    handle: &PairHandle,
-    n: u64,
-    reason: &str,
-) {
-    let vm = &spec.hello.vm;
-    let deadline = Instant::now() + HAND_OVER_ACKS;
-    while !log.all_acked() && log.fence_state().paired && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    handle.set_role("halted (handed over)");
-    let handed = if log.all_acked() && log.fence_state().paired {
-        link.hand_over(reason)
-    } else {
-        link.stop(reason);
-        false
-    };
-    if handed {
-        println!(
-            "ftvmm: vm {vm}: {reason}; handed the VM over to secondary {} at exit {n}; halting here",
-            spec.peer
-        );
-    } else {
-        // The Secondary finds the channel dead and races for g+1 itself.
-        println!(
-            "ftvmm: vm {vm}: {reason}; could not hand over to secondary {} (log not fully \
-             acknowledged or channel down); halting here",
-            spec.peer
-        );
-    }
-}
-
-/// How long a resigning Primary waits for the Secondary to acknowledge the
-/// rest of the log.
-const HAND_OVER_ACKS: Duration = Duration::from_secs(3);
-
-/// Acts on fencing's output hold for a Primary (DESIGN §5): with a healthy
-/// Secondary the Primary stops its VM and hands it over (its host cannot
-/// reach storage, the Secondary's can); running alone it waits, and when
-/// fencing releases the hold it re-wins the next generation before output
-/// flows again (lost: halt).
-struct FenceWatch {
-    stop: Arc<AtomicBool>,
-    resign: Arc<Mutex<Option<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FenceWatch {
-    fn start(
-        spec: &PairSpec,
-        log: &Arc<PrimaryLog>,
-        handle: &Arc<PairHandle>,
-        cancel: &Arc<AtomicBool>,
-        vmh: VmHandle,
-    ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let resign = Arc::new(Mutex::new(None));
-        let (log, handle, cancel) = (Arc::clone(log), Arc::clone(handle), Arc::clone(cancel));
-        let (st, rs) = (Arc::clone(&stop), Arc::clone(&resign));
-        let vm = spec.hello.vm.clone();
-        let fencing = spec.fencing_socket.clone();
-        let thread = std::thread::Builder::new()
-            .name("ftvmm-fence-watch".into())
-            .spawn(move || {
-                while !st.load(Ordering::SeqCst) && !cancel.load(Ordering::SeqCst) {
-                    let f = log.fence_state();
-                    if f.fenced && f.paired {
-                        *rs.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some("storage lost (fencing holds output)".to_string());
-                        vmh.stop();
-                        return;
-                    }
-                    if f.recheck && !f.fenced {
-                        let next = handle.generation.load(Ordering::SeqCst) + 1;
-                        println!(
-                            "ftvmm: vm {vm}: storage is back; re-winning generation {next} before output flows"
-                        );
-                        let waiting = |w: &str| {
-                            println!("ftvmm: vm {vm}: storage does not answer ({w}); holding output and waiting")
-                        };
-                        match acquire(&fencing, &vm, next, &cancel, waiting) {
-                            Some(d) if d.won => {
-                                handle.generation.store(next, Ordering::SeqCst);
-                                log.rechecked();
-                                println!("ftvmm: vm {vm}: won generation {next}; output flows again");
-                            }
-                            Some(d) => {
-                                handle.set_role("halted");
-                                println!(
-                                    "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
-                                    d.owner
-                                );
-                                vmh.stop();
-                                return;
-                            }
-                            None => return,
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-            .expect("spawn fence watch");
-        FenceWatch {
-            stop,
-            resign,
-            thread: Some(thread),
-        }
-    }
-
-    /// Ends the watch; `Some(reason)` if it stopped the VM to hand it over.
-    fn finish(mut self) -> Option<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.resign.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-/// Watches the Secondary; on suspicion holds output and races for g+1.
-fn primary_monitor(
-    spec: &PairSpec,
-    link: &link::Link,
-    log: &Arc<PrimaryLog>,
-    handle: &Arc<PairHandle>,
-    cancel: &Arc<AtomicBool>,
-    vmh: VmHandle,
-) -> Monitor {
-    let vm = spec.hello.vm.clone();
-    let next = spec.hello.generation + 1;
-    let (log, handle, cancel) = (Arc::clone(log), Arc::clone(handle), Arc::clone(cancel));
-    let fencing = spec.fencing_socket.clone();
-    Monitor::start(
-        spec.peer.clone(),
-        spec.failure_timeout,
-        spec.heartbeat_socket.clone(),
-        link.silence_probe(),
-        move |why| {
-            log.lose_secondary(&why);
-            println!(
-                "ftvmm: vm {vm}: secondary suspected ({why}); holding output, asking for generation {next}"
-            );
-            let t = Instant::now();
-            let waiting = |w: &str| {
-                println!(
-                    "ftvmm: vm {vm}: storage does not answer ({w}); holding output and waiting"
-                )
-            };
-            match acquire(&fencing, &vm, next, &cancel, waiting) {
-                Some(d) if d.won => {
-                    handle.generation.store(next, Ordering::SeqCst);
-                    handle.set_role("primary (unprotected)");
-                    log.go_solo();
-                    println!(
-                        "ftvmm: vm {vm}: won generation {next} in {} ms; primary continues without secondary",
-                        t.elapsed().as_millis()
-                    );
-                }
-                Some(d) => {
-                    handle.set_role("halted");
-                    println!(
-                        "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
-                        d.owner
-                    );
-                    vmh.stop();
-                }
-                None => {}
-            }
-        },
-    )
 }
 
 /// Runs the Secondary: replay only; outputs are digested and dropped.
@@ -767,19 +579,8 @@ fn go_live(
         "ftvmm: vm {name}: primary {} lost ({}); replayed every record up to exit {}; asking for generation {next}",
         spec.hello.primary_host, from.why, from.at
     );
-    let waiting = |w: &str| {
-        println!("ftvmm: vm {name}: storage does not answer ({w}); waiting, the VM stays paused")
-    };
-    let decision = match acquire(&spec.fencing_socket, name, next, cancel, waiting) {
-        Some(d) => d,
-        None => return Ok(None),
-    };
-    if !decision.won {
-        handle.set_role("halted");
-        println!(
-            "ftvmm: vm {name}: lost generation {next} to {}; halting the VM",
-            decision.owner
-        );
+    let paused = "waiting, the VM stays paused";
+    if race(handle, &spec.fencing_socket, name, next, cancel, paused) != Raced::Won {
         return Ok(None);
     }
     // Won: the real backends take over from exit `at`.
@@ -798,17 +599,7 @@ fn go_live(
         );
         d.fence_writes(f);
     }
-    let mut live = live::start(
-        LiveConfig {
-            disk,
-            tap,
-            console,
-            stdin: false,
-            io_watch: Some(io_watch(spec)),
-        },
-        vm.handle().kicker(),
-    )
-    .map_err(RunError::Threads)?;
+    let mut live = start_live(spec, disk, tap, console, vm)?;
     let n = vm.exit_index();
     live.inputs.program_timer(n, vm.devices().timer_program());
     for req in reissue {
@@ -829,7 +620,6 @@ fn go_live(
             }
         }
     }
-    handle.generation.store(next, Ordering::SeqCst);
     handle.set_role("primary (unprotected)");
     println!(
         "ftvmm: vm {name}: won generation {next}; live as primary at exit {n} ({} ms after suspicion; {reissued} disk requests re-issued)",
@@ -862,12 +652,27 @@ fn go_live(
     Ok(Some(outcome.map_err(RunError::from)?))
 }
 
-/// The I/O-age bound of a pair member's disk (DESIGN §5).
-fn io_watch(spec: &PairSpec) -> IoWatch {
-    IoWatch {
-        vm: spec.hello.vm.clone(),
-        fencing_socket: spec.fencing_socket.clone(),
-    }
+/// Starts the live backends of a member that drives the real devices (the
+/// Primary, or a Secondary gone live), with its disk requests' age bounded
+/// (DESIGN §5).
+fn start_live(
+    spec: &PairSpec,
+    disk: Option<DiskBackend>,
+    tap: Option<Tap>,
+    console: ConsoleSink,
+    vm: &Vm,
+) -> Result<live::Live, PairError> {
+    let cfg = LiveConfig {
+        disk,
+        tap,
+        console,
+        stdin: false,
+        io_watch: Some(IoWatch {
+            vm: spec.hello.vm.clone(),
+            fencing_socket: spec.fencing_socket.clone(),
+        }),
+    };
+    Ok(live::start(cfg, vm.handle().kicker()).map_err(RunError::Threads)?)
 }
 
 /// Binds the Secondary's listener for the VM at `index` on `ip`.
