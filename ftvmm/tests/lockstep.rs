@@ -9,14 +9,14 @@
 
 mod common;
 
-use common::{arp_request, boot_kv_guest, SharedConsole, KV_DISK_SECTORS};
+use common::{arp_request, boot_kv_guest, live_kv_guest, LiveKv};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ftvmm::io::InputEvent;
-use ftvmm::live::{self, DiskBackend, LiveConfig};
+use ftvmm::live;
 use ftvmm::lockstep::digest::memory_sha256;
 use ftvmm::lockstep::log::decode_batch;
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
@@ -26,27 +26,16 @@ use ftvmm::RunOutcome;
 #[test]
 fn secondary_replays_the_primary_exactly() {
     // --- Primary: live backends, recorded.
-    let disk_file = tempfile::NamedTempFile::new().unwrap();
-    disk_file.as_file().set_len(KV_DISK_SECTORS * 512).unwrap();
-    let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
-    let mut pvm = boot_kv_guest();
-    let console = SharedConsole::default();
-    let live = live::start(
-        LiveConfig {
-            io_watch: None,
-            disk: Some(disk),
-            tap: None,
-            console: Box::new(console.clone()),
-            stdin: false,
+    let LiveKv {
+        disk_file: _disk_file,
+        vm: mut pvm,
+        console,
+        live: live::Live {
+            inputs,
+            outputs,
+            backends,
         },
-        pvm.handle().kicker(),
-    )
-    .unwrap();
-    let live::Live {
-        inputs,
-        outputs,
-        backends,
-    } = live;
+    } = live_kv_guest();
     let log = PrimaryLog::new(Box::new(outputs), Duration::from_millis(500));
     let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
     pin.digest_request().store(50_000, Ordering::SeqCst);

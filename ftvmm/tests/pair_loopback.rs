@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{arp_request, boot_kv_guest, guest_elf, SharedConsole, KV_DISK_SECTORS, KV_MEM_MIB};
+use common::{arp_request, boot_kv_guest, guest_elf, live_kv_guest, LiveKv, KV_MEM_MIB};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvmm::io::InputEvent;
-use ftvmm::live::{self, DiskBackend, LiveConfig};
+use ftvmm::live;
 use ftvmm::lockstep::channel::{self, Hello, Identity, Message};
 use ftvmm::lockstep::digest::memory_sha256;
 use ftvmm::lockstep::link;
@@ -275,26 +275,16 @@ fn primary_process() {
         .unwrap();
 
     // --- Primary: live backends, recorded.
-    let disk_file = tempfile::NamedTempFile::new().unwrap();
-    disk_file.as_file().set_len(KV_DISK_SECTORS * 512).unwrap();
-    let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
-    let mut pvm = boot_kv_guest();
-    let console = SharedConsole::default();
-    let live::Live {
-        inputs,
-        outputs,
-        backends,
-    } = live::start(
-        LiveConfig {
-            io_watch: None,
-            disk: Some(disk),
-            tap: None,
-            console: Box::new(console.clone()),
-            stdin: false,
+    let LiveKv {
+        disk_file: _disk_file,
+        vm: mut pvm,
+        console,
+        live: live::Live {
+            inputs,
+            outputs,
+            backends,
         },
-        pvm.handle().kicker(),
-    )
-    .unwrap();
+    } = live_kv_guest();
     let log = PrimaryLog::new(Box::new(outputs), Duration::from_millis(500));
     let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
     pin.digest_request()

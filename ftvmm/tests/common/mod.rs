@@ -374,3 +374,39 @@ impl std::io::Write for SharedConsole {
         Ok(())
     }
 }
+
+/// The Primary side of the lockstep tests: the KV guest booted and its live
+/// backends started on a fresh temporary disk, console captured.
+pub struct LiveKv {
+    /// Keeps the disk file alive as long as the VM runs.
+    pub disk_file: tempfile::NamedTempFile,
+    pub vm: Vm,
+    pub console: SharedConsole,
+    pub live: ftvmm::live::Live,
+}
+
+pub fn live_kv_guest() -> LiveKv {
+    use ftvmm::live::{self, DiskBackend, LiveConfig};
+    let disk_file = tempfile::NamedTempFile::new().unwrap();
+    disk_file.as_file().set_len(KV_DISK_SECTORS * 512).unwrap();
+    let disk = DiskBackend::open(&disk_file.path().to_str().unwrap().parse().unwrap(), 0).unwrap();
+    let vm = boot_kv_guest();
+    let console = SharedConsole::default();
+    let live = live::start(
+        LiveConfig {
+            io_watch: None,
+            disk: Some(disk),
+            tap: None,
+            console: Box::new(console.clone()),
+            stdin: false,
+        },
+        vm.handle().kicker(),
+    )
+    .unwrap();
+    LiveKv {
+        disk_file,
+        vm,
+        console,
+        live,
+    }
+}
