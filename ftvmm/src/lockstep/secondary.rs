@@ -314,16 +314,9 @@ impl SecondaryInputs {
                     return;
                 }
                 Head::Here(rec) => {
-                    if rec.n == n {
-                        match rec.body {
-                            Body::Events(evs) => {
-                                out.extend(evs);
-                                return;
-                            }
-                            Body::Mark => return,
-                            _ => {}
-                        }
-                    }
+                    let Some(rec) = deliver(n, rec, out) else {
+                        return;
+                    };
                     if !self.control(n, &rec) {
                         if self.end.is_none() {
                             self.diverge(n, "events or nothing", Some(&rec));
@@ -333,6 +326,23 @@ impl SecondaryInputs {
                 }
             }
         }
+    }
+}
+
+/// Hands `rec` to the vCPU loop if it answers the input call at exit `n`:
+/// its events, or the Primary's mark that the call returned nothing. Any
+/// other record is given back.
+fn deliver(n: ExitIndex, rec: Record, out: &mut Vec<InputEvent>) -> Option<Record> {
+    if rec.n != n {
+        return Some(rec);
+    }
+    match rec.body {
+        Body::Events(evs) => {
+            out.extend(evs);
+            None
+        }
+        Body::Mark => None,
+        body => Some(Record { body, ..rec }),
     }
 }
 
@@ -353,16 +363,9 @@ impl Inputs for SecondaryInputs {
         // record must be for `n`.
         match self.head(n) {
             Head::Here(rec) => {
-                if rec.n == n {
-                    match rec.body {
-                        Body::Events(evs) => {
-                            out.extend(evs);
-                            return;
-                        }
-                        Body::Mark => return,
-                        _ => {}
-                    }
-                }
+                let Some(rec) = deliver(n, rec, out) else {
+                    return;
+                };
                 if !self.control(n, &rec) && self.end.is_none() {
                     self.diverge(n, "events while halted", Some(&rec));
                 }
