@@ -27,7 +27,7 @@ use ftvmm::runner::devices_and_cmdline;
 use ftvmm::{RunOutcome, Vm, VmHandle};
 
 use crate::console::{wait_for, Line, LineSink};
-use crate::kv::{key, value, Client};
+use crate::kv::{timed_gets, timed_puts, Client};
 use crate::net;
 use crate::stats::{median, percentile};
 
@@ -489,25 +489,9 @@ fn kv_requests(
     });
     let b0 = log.map(|l| log_bytes(l)).unwrap_or(0);
     let t0 = Instant::now();
-    let mut put = Vec::with_capacity(ops);
-    for i in 0..ops {
-        let t = Instant::now();
-        let reply = client.call(&format!("PUT {} {}", key(i), value(i)))?;
-        put.push(t.elapsed());
-        if reply != "OK" {
-            bail!("PUT {}: {reply}", key(i));
-        }
-    }
-    let put_total = t0.elapsed();
+    let (put, put_total) = timed_puts(&mut client, ops)?;
     let put_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
-    let t1 = Instant::now();
-    for i in 0..ops {
-        let reply = client.call(&format!("GET {}", key(i)))?;
-        if reply != format!("VALUE {}", value(i)) {
-            bail!("GET {}: {reply}", key(i));
-        }
-    }
-    let get_total = t1.elapsed();
+    let (_, get_total) = timed_gets(&mut client, ops)?;
     let load = t0.elapsed();
     let load_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
     stop.store(true, Ordering::SeqCst);

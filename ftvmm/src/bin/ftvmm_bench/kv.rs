@@ -65,27 +65,8 @@ pub fn run(kernel: &Path, dir: &Path, run_no: usize, ops: usize, echo: bool) -> 
         let mut client = Client::connect()?;
         let n0 = progress.exit_index.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        let mut put = Vec::with_capacity(ops);
-        for i in 0..ops {
-            let t = Instant::now();
-            let reply = client.call(&format!("PUT {} {}", key(i), value(i)))?;
-            put.push(t.elapsed());
-            if reply != "OK" {
-                bail!("PUT {}: {reply}", key(i));
-            }
-        }
-        let put_total = t0.elapsed();
-        let t1 = Instant::now();
-        let mut get = Vec::with_capacity(ops);
-        for i in 0..ops {
-            let t = Instant::now();
-            let reply = client.call(&format!("GET {}", key(i)))?;
-            get.push(t.elapsed());
-            if reply != format!("VALUE {}", value(i)) {
-                bail!("GET {}: {reply}", key(i));
-            }
-        }
-        let get_total = t1.elapsed();
+        let (put, put_total) = timed_puts(&mut client, ops)?;
+        let (get, get_total) = timed_gets(&mut client, ops)?;
         let exits = progress.exit_index.load(Ordering::Relaxed) - n0;
         Ok(KvRun {
             put,
@@ -103,6 +84,48 @@ pub fn run(kernel: &Path, dir: &Path, run_no: usize, ops: usize, echo: bool) -> 
         Err(_) => bail!("the KV VM thread panicked"),
     }
     result
+}
+
+/// PUTs keys `0..ops` one at a time, each reply checked: the latency of
+/// each and the total.
+pub(crate) fn timed_puts(client: &mut Client, ops: usize) -> Result<(Vec<Duration>, Duration)> {
+    timed(
+        client,
+        ops,
+        |i| format!("PUT {} {}", key(i), value(i)),
+        |_| "OK".into(),
+    )
+}
+
+/// GETs keys `0..ops` one at a time, each value checked: the latency of
+/// each and the total.
+pub(crate) fn timed_gets(client: &mut Client, ops: usize) -> Result<(Vec<Duration>, Duration)> {
+    timed(
+        client,
+        ops,
+        |i| format!("GET {}", key(i)),
+        |i| format!("VALUE {}", value(i)),
+    )
+}
+
+fn timed(
+    client: &mut Client,
+    ops: usize,
+    request: impl Fn(usize) -> String,
+    expect: impl Fn(usize) -> String,
+) -> Result<(Vec<Duration>, Duration)> {
+    let t0 = Instant::now();
+    let mut each = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let req = request(i);
+        let t = Instant::now();
+        let reply = client.call(&req)?;
+        each.push(t.elapsed());
+        if reply != expect(i) {
+            bail!("{req}: {reply}");
+        }
+    }
+    Ok((each, t0.elapsed()))
 }
 
 fn vm_thread_error(
