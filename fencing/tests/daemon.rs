@@ -35,18 +35,25 @@ fn status(sock: &Path) -> Option<serde_json::Value> {
     }
 }
 
-#[test]
-fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// The example cluster's runtime config for `host`, written where the
+/// daemon is told to read it.
+fn runtime_config(dir: &Path, host: &str) -> std::path::PathBuf {
     let rt = RuntimeConfig {
         config: config_schema::parse(include_str!("../../examples/cluster.toml"))
             .unwrap()
             .config,
-        host_name: "host-b".into(),
+        host_name: host.into(),
         host_private_key: "00".repeat(32),
     };
-    let cfg = dir.path().join("verified.json");
+    let cfg = dir.join("verified.json");
     std::fs::write(&cfg, serde_json::to_vec(&rt).unwrap()).unwrap();
+    cfg
+}
+
+#[test]
+fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = runtime_config(dir.path(), "host-b");
     let dev = dir.path().join("shared");
     std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
     let wd = dir.path().join("watchdog");
@@ -126,15 +133,7 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
 #[test]
 fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = RuntimeConfig {
-        config: config_schema::parse(include_str!("../../examples/cluster.toml"))
-            .unwrap()
-            .config,
-        host_name: "host-c".into(),
-        host_private_key: "00".repeat(32),
-    };
-    let cfg = dir.path().join("verified.json");
-    std::fs::write(&cfg, serde_json::to_vec(&rt).unwrap()).unwrap();
+    let cfg = runtime_config(dir.path(), "host-c");
     let dev = dir.path().join("late");
     let sock = dir.path().join("fencing.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_fencing"))
