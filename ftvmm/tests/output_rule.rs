@@ -9,38 +9,18 @@
 //! For a sample of release moments a fresh Secondary replays exactly the
 //! acknowledged prefix of the log, with the queue closed behind it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ftvmm::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource};
+use ftvmm::io::{ExitIndex, Inputs, OutputEvent, Outputs, TimeSource};
 use ftvmm::lockstep::log::{decode_batch, Record};
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::vm::VmHandle;
 
-struct Rng(u64);
+mod toy;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn mix(state: u64, v: u64) -> u64 {
-    (state ^ v).wrapping_mul(0x100_0000_01b3).rotate_left(17)
-}
-
-fn event_hash(e: &InputEvent) -> u64 {
-    match e {
-        InputEvent::ConsoleIn(b) => 0x100 + u64::from(b[0]),
-        InputEvent::TimerTick => 7,
-        _ => 9,
-    }
-}
+use toy::{event_hash, mix, Live, Rng, Sink};
 
 /// The vCPU loop's calling pattern. `stop` is asked after every input call;
 /// `after_exit` runs after each exit. Returns the exits run.
@@ -77,33 +57,6 @@ fn run<I: Inputs>(
     exits
 }
 
-/// Live inputs: random console bytes now and then, a clock.
-struct Live {
-    rng: Rng,
-    t: u64,
-}
-
-impl Inputs for Live {
-    fn events_at(&mut self, _n: ExitIndex, out: &mut Vec<InputEvent>) {
-        if self.rng.next().is_multiple_of(9) {
-            out.push(InputEvent::ConsoleIn(vec![self.rng.next() as u8]));
-        }
-    }
-    fn time_read(&mut self, _n: ExitIndex, _s: TimeSource) -> u64 {
-        self.t += self.rng.next() % 1000;
-        self.t
-    }
-}
-
-#[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<OutputEvent>>>);
-
-impl Outputs for Sink {
-    fn emit(&mut self, _n: ExitIndex, e: OutputEvent) {
-        self.0.lock().unwrap().push(e);
-    }
-}
-
 /// The Secondary's output door, also keeping what it emitted.
 struct Counting {
     inner: SecondaryOutputs,
@@ -124,13 +77,7 @@ const EXITS: u64 = 1500;
 fn primary(seed: u64) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>) {
     let sink = Sink::default();
     let log = PrimaryLog::new(Box::new(sink.clone()), Duration::from_secs(3600));
-    let mut pin = PrimaryInputs::new(
-        Live {
-            rng: Rng(seed | 1),
-            t: 0,
-        },
-        Arc::clone(&log),
-    );
+    let mut pin = PrimaryInputs::new(Live::new(seed, 9), Arc::clone(&log));
     let mut acks = Rng(seed.rotate_left(32) | 1);
     let mut records = Vec::new();
     let mut released_at = Vec::new();

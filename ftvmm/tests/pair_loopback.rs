@@ -33,7 +33,6 @@ use ftvmm::live;
 use ftvmm::lockstep::channel::{self, Hello, Identity, Message};
 use ftvmm::lockstep::digest::memory_sha256;
 use ftvmm::lockstep::link;
-use ftvmm::lockstep::log::Body;
 use ftvmm::lockstep::pair::{image_sha256, secondary_handshake};
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
@@ -315,9 +314,10 @@ fn primary_process() {
     let outcome = pvm
         .run(&mut pin, &mut PrimaryOutputs(Arc::clone(&log)), None)
         .expect("primary vCPU loop");
+    // Taking the pause tells the Secondary, waiting in the same input call,
+    // how that call ended.
     let pause = pin.take_pause();
-    // The Secondary waits in the same input call for a later record.
-    log.append(pause.expect("primary paused for the digest"), Body::Mark);
+    assert!(pause.is_some(), "primary paused for the digest");
     stop.store(true, Ordering::SeqCst);
     let frames = injector.join().unwrap();
     let p_trace = pvm.take_trace();

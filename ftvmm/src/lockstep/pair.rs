@@ -347,13 +347,11 @@ fn run_with_digests<I: Inputs>(
     inputs: &mut I,
     outputs: &mut dyn Outputs,
     take_pause: impl Fn(&mut I) -> Option<u64>,
-    on_pause: impl Fn(u64),
 ) -> Result<RunOutcome, RunError> {
     loop {
         let outcome = vm.run(inputs, outputs, None)?;
         if outcome == RunOutcome::ExitLimit {
             if let Some(at) = take_pause(inputs) {
-                on_pause(at);
                 let sha = memory_sha256(vm.memory());
                 println!("ftvmm: vm {vm_name}: memory digest n={at} sha256={sha} role={role}");
                 continue;
@@ -421,9 +419,6 @@ pub fn run_primary(
         &mut pin,
         &mut PrimaryOutputs(Arc::clone(&log)),
         |p| p.take_pause(),
-        // Tell the Secondary, blocked in the same input call, that it
-        // returned nothing, so it reaches the same pause.
-        |at| log.append(at, Body::Mark),
     );
     fwd_stop.store(true, Ordering::SeqCst);
     let _ = fwd.join();
@@ -497,7 +492,6 @@ pub fn run_secondary(
         &mut sin,
         &mut SecondaryOutputs(Arc::clone(&q)),
         |s| s.take_pause(),
-        |_| {},
     );
     let end = sin.end().cloned();
     if let Some(end) = &end {

@@ -479,6 +479,9 @@ pub struct PrimaryInputs<I: Inputs> {
     pause: Option<ExitIndex>,
     digest_request: Arc<std::sync::atomic::AtomicU64>,
     buf: Vec<InputEvent>,
+    /// The exit of the last `Events` record: whether the input call at the
+    /// pause returned something decides if the pause needs a `Mark`.
+    last_events: Option<ExitIndex>,
 }
 
 impl<I: Inputs> PrimaryInputs<I> {
@@ -489,6 +492,7 @@ impl<I: Inputs> PrimaryInputs<I> {
             pause: None,
             digest_request: Arc::default(),
             buf: Vec::new(),
+            last_events: None,
         }
     }
 
@@ -498,9 +502,24 @@ impl<I: Inputs> PrimaryInputs<I> {
         Arc::clone(&self.digest_request)
     }
 
-    /// The pending memory digest point, cleared by the caller once done.
+    /// Called when the vCPU loop returned at the memory-digest pause: takes
+    /// the pause point (so the run can continue after it) and tells the
+    /// Secondary how the input call at that exit ended.
+    ///
+    /// The Secondary stops at the same exit only after its own input call
+    /// there returned, and it can only return once it sees a record that
+    /// answers it. If our call returned events, their `Events` record is that
+    /// answer and nothing more is needed. If it returned nothing, no record
+    /// says so until the next input after the pause, which the pause itself
+    /// delays: append a `Mark` for that exit. Appending a mark after events
+    /// would leave a record for an exit the Secondary has already left, and
+    /// it would (rightly) call the next exit a divergence.
     pub fn take_pause(&mut self) -> Option<ExitIndex> {
-        self.pause.take()
+        let at = self.pause.take()?;
+        if self.last_events != Some(at) {
+            self.log.append(at, Body::Mark);
+        }
+        Some(at)
     }
 
     pub fn into_inner(self) -> I {
@@ -524,6 +543,7 @@ impl<I: Inputs> PrimaryInputs<I> {
     fn record(&mut self, n: ExitIndex, out: &mut Vec<InputEvent>) {
         if !self.buf.is_empty() {
             self.log.append(n, Body::Events(self.buf.clone()));
+            self.last_events = Some(n);
             out.append(&mut self.buf);
         }
     }

@@ -239,6 +239,13 @@ impl SecondaryInputs {
     }
 
     fn diverge(&mut self, n: ExitIndex, expected: &str, rec: Option<&Record>) {
+        if let Some(r) = rec.filter(|r| matches!(r.body, Body::End) && r.n < n) {
+            // The Primary stopped after exit `r.n` while we, one input call
+            // ahead (our call at `r.n` was answered by its events), already
+            // ran into the next exit. Nothing of that exit was released.
+            self.stop(ReplayEnd::PrimaryEnded(r.n));
+            return;
+        }
         let got = match rec {
             Some(r) => format!(
                 "primary's record seq {} is {} at exit {}: {:?}",
