@@ -56,7 +56,7 @@ demo: image
 bench: image
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
-	cd guest && cargo build --release --target x86_64-unknown-none
+	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
