@@ -163,6 +163,11 @@ pub fn survive(
 }
 
 pub fn wait(host: &Host, line: String) -> String {
-    host.wait_for(line.as_str(), Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"))
+    let l = host
+        .wait_for_line(line.as_str(), Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The timeline of a failover on stderr, so a slow run can be told apart
+    // (detection and go-live here, the client's retransmissions elsewhere).
+    eprintln!("  [{} {:7.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
+    l.text
 }
