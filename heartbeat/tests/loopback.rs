@@ -116,8 +116,11 @@ impl ManualB {
     fn new(net: u8) -> Self {
         let cfg = config(net, 1);
         let sock = UdpSocket::bind(cfg.bind).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        // Non-blocking: `step` drains what has arrived and then sends. With
+        // a read timeout as long as a's interval the drain could go on
+        // receiving for seconds and b never sent, so a suspected it (a flaky
+        // 'a sees the hand-driven b' in one make test run).
+        sock.set_nonblocking(true).unwrap();
         ManualB {
             node: Node::new(cfg, 0xb0b, 0),
             sock,
@@ -125,7 +128,7 @@ impl ManualB {
         }
     }
 
-    /// One exchange: read what arrived, send a round.
+    /// One exchange: read what has arrived (without waiting), send a round.
     fn step(&mut self, now: u64, a: SocketAddr) {
         let mut buf = [0u8; 2048];
         while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
