@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ftvmm::io::{ExitIndex, Inputs, OutputEvent, Outputs, TimeSource};
+use ftvmm::io::{ExitIndex, Inputs, OutputEvent, Outputs};
 use ftvmm::lockstep::log::{decode_batch, Record};
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
@@ -20,7 +20,7 @@ use ftvmm::vm::VmHandle;
 
 mod toy;
 
-use toy::{event_hash, mix, Live, Rng, Sink};
+use toy::{event_hash, exit_work, mix, Live, Rng, Sink};
 
 /// The vCPU loop's calling pattern. `stop` is asked after every input call;
 /// `after_exit` runs after each exit. Returns the exits run.
@@ -33,16 +33,10 @@ fn run<I: Inputs>(
 ) -> u64 {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for n in 0..exits {
-        state = mix(state, n);
-        if state.is_multiple_of(4) {
-            outputs.emit(n, OutputEvent::Console(vec![(state >> 8) as u8]));
-        }
-        if state.is_multiple_of(11) {
-            let t = inputs.time_read(n, TimeSource::MonotonicNs);
-            if stop(inputs) {
-                return n;
-            }
-            state = mix(state, t);
+        state = exit_work(state, n, inputs, outputs);
+        // The exit's time read may have ended the replay.
+        if stop(inputs) {
+            return n;
         }
         let mut ev = Vec::new();
         inputs.events_at(n, &mut ev);
