@@ -58,6 +58,8 @@ bench: image
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench
+	$(CARGO) bench -p heartbeat --bench flood
+	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60
@@ -67,20 +69,30 @@ fuzz:
 	cd config-schema && cargo +nightly fuzz run config_disk -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run virtio_chain -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run lockstep_log -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run lockstep_record -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 	cd ftvmm && cargo +nightly fuzz run channel_frame -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run platform_hello -- -max_total_time=$(FUZZ_SECONDS)
 	cd heartbeat && cargo +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run blocks -- -max_total_time=$(FUZZ_SECONDS)
+	cd fencing && cargo +nightly fuzz run lease_record -- -max_total_time=$(FUZZ_SECONDS)
+	cd fencing && cargo +nightly fuzz run prin -- -max_total_time=$(FUZZ_SECONDS)
 	cd guest/kvlog && cargo +nightly fuzz run decode_log -- -max_total_time=$(FUZZ_SECONDS)
 	cd guest/kvlog && cargo +nightly fuzz run parse_command -- -max_total_time=$(FUZZ_SECONDS)
+	cd guest/kvlog && cargo +nightly fuzz run decode_slots -- -max_total_time=$(FUZZ_SECONDS)
 
 ## chaos: long soak / fault-schedule runs (beyond make test)
 ## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
+## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
 FT_CHAOS_SEEDS ?= 200000
 FT_CHAOS_ROUNDS ?= 3
+FT_CHAOS_PAIR_BOOTS ?= 300
 chaos: prereqs image
 	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
+	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
+	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
+	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
-	  cargo test -p qemu-tests --test failover --test storage_failover -- --test-threads=1 --nocapture || exit 1; \
+	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done
 
 clean:

@@ -11,6 +11,8 @@ PACKAGES=(
   cpio                                 # inspecting initramfs images by hand
   iproute2                             # network namespaces for the test clients
   qemu-utils                           # qemu-nbd, qemu-io: per-host storage paths in the QEMU tests
+  tgt                                  # tgtd/tgtadm: the iSCSI target serving shared storage with persistent reservations
+  qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 

@@ -20,6 +20,8 @@
 //!
 //! ```text
 //! cluster.name, cluster.generation,
+//! cluster.cpu.level (0 = x86-64-v1 .. 3 = x86-64-v4), cluster.cpu.features [ feature index ],
+//! cluster.cpu.phys_addr_bits (one byte),
 //! timing.heartbeat_interval_ms, timing.failure_timeout_ms, timing.lag_limit_ms,
 //! storage.device (0 = serial, 1 = path; then the string), storage.size_mib,
 //! storage.fencing.offset_mib, storage.fencing.size_mib,
@@ -27,7 +29,8 @@
 //! host_groups [ name, hosts [ string ] ],
 //! hosts [ id, name, ft.mac, ft.addr, vm.mac, vm.addr, public_key ],
 //! vms [ name, memory_mib, image, mode (0 = kv, 1 = cpu), disk_region, mac, ip,
-//!       affinity.hosts [ string ], affinity.groups [ string ] ]
+//!       affinity.hosts [ string ], affinity.groups [ string ] ],
+//! test (0 = no [test] section; 1, then hooks [ string ])
 //! ```
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -128,6 +131,7 @@ name = "t"
     fn golden_bytes() {
         let got = encode(&parse(A).unwrap().config);
         let mut want = vec![1, b't', 0xac, 0x02]; // name "t", generation 300
+        want.extend([0, 0, 39]); // cpu: x86-64-v1, no features, 39 physical address bits
         want.extend([100, 0xe8, 0x07, 0xf4, 0x03]); // 100, 1000, 500
         want.extend([0, 1, b'S', 64, 0, 16, 0]); // serial "S", 64, fencing, no regions
         want.push(0); // no host groups
@@ -143,7 +147,26 @@ name = "t"
             want.extend(s.as_bytes());
         }
         want.push(0); // no VMs
+        want.push(0); // no [test] section
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn test_hooks_are_signed_bytes() {
+        let text = format!("{A}\n[test]\nhooks = [\"vmctl\"]\n");
+        let with = encode(&parse(&text).unwrap().config);
+        let without = encode(&parse(A).unwrap().config);
+        // The last byte of a config without hooks (0 = no section) becomes
+        // 1, then the list: 1 hook, "vmctl".
+        assert_eq!(with[..without.len() - 1], without[..without.len() - 1]);
+        assert_eq!(
+            with[without.len() - 1..],
+            [1, 1, 5, b'v', b'm', b'c', b't', b'l']
+        );
+        assert_eq!(
+            decode(&with).unwrap().test_hooks(),
+            [crate::hooks::TestHook::Vmctl]
+        );
     }
 
     #[test]
@@ -156,6 +179,12 @@ name = "t"
         edits.push(c);
         let mut c = base.clone();
         c.cluster.name = "u".into();
+        edits.push(c);
+        let mut c = base.clone();
+        c.cluster.cpu.level = crate::model::CpuLevel::V2;
+        edits.push(c);
+        let mut c = base.clone();
+        c.cluster.cpu.phys_addr_bits = 40;
         edits.push(c);
         let mut c = base.clone();
         c.timing.lag_limit_ms += 1;

@@ -28,8 +28,25 @@ pub enum Request {
     StopVm { name: String },
     /// fencing: decide, once and for all, who owns `generation` of `vm`. The
     /// answer is final: every later `Acquire` of the same (vm, generation) by
-    /// any host returns the same owner. Answered with `Response::Decided`.
-    Acquire { vm: String, generation: u64 },
+    /// any host returns the same owner, and the config generation the winner
+    /// proposed it under. Before running Disk Paxos the agent publishes in its
+    /// lease sector that this host runs (or is about to run) `vm` as Primary
+    /// (see [`LeaseView::running`]). Answered with `Response::Decided`, or
+    /// `Response::Superseded` when a later generation already reuses the
+    /// instance (ask again higher, or halt, depending on why one asked).
+    Acquire {
+        vm: String,
+        generation: u64,
+        /// The config generation the asking host runs under; recorded with
+        /// the decision (a host refuses to start a VM under an older config
+        /// than the one recorded, DESIGN "durable generations").
+        #[serde(default)]
+        config_generation: u64,
+    },
+    /// fencing: the highest generation of `vm` that any host's block on disk
+    /// names (decided or not). Answered with `Response::Highest`. Every start
+    /// of a VM asks for `generation + 1` of this.
+    Highest { vm: String },
     /// fencing: the host-liveness (delta) leases it reads on the shared device.
     /// Answered with `Response::Leases`.
     Leases,
@@ -38,18 +55,40 @@ pub enum Request {
     /// heartbeat: ftvmm saw traffic from `host` on a logging channel (a sign of
     /// life that counts like a heartbeat).
     PeerAlive { host: String },
-    /// ftvmm: fencing can no longer renew this host's lease: hold every output
-    /// of every VM (`hold = true`) or release the hold (`hold = false`). ftvmm
-    /// answers `Ok` only once the hold is in force.
-    HoldOutput { hold: bool, reason: String },
+    /// fencing -> ftvmm, every renewal period (level-triggered hold): whether
+    /// this host may release the output of the VMs it runs as Primary. `ok`
+    /// grants it for `valid_ms` from receipt (measured on `CLOCK_BOOTTIME`);
+    /// ftvmm holds every Primary's output when the last grant has expired or
+    /// said `ok = false`, so a restarted fencing agent (no grant yet) or a
+    /// restarted ftvmm (no grant yet) holds by default. ftvmm answers
+    /// `Running` once the resulting state is in force (a hold: no output
+    /// leaves), listing the VMs it runs or is acquiring as Primary: the
+    /// agent publishes exactly those in its lease sector and watches them
+    /// for deposition (docs/design.md §1).
+    OutputGrant {
+        ok: bool,
+        valid_ms: u64,
+        reason: String,
+    },
+    /// fencing -> ftvmm: another host started a later generation of a VM this
+    /// host runs as Primary (`generation` is the later one, `by` its writer):
+    /// this host's copy is deposed and must stop at once, releasing nothing.
+    Deposed {
+        vm: String,
+        generation: u64,
+        by: String,
+    },
     /// ftvmm -> fencing: this host must be reset (a disk request of a VM has
-    /// been in flight longer than [`IO_AGE_LIMIT_MS`], so it may land late,
+    /// been in flight longer than [`IO_AGE_LIMIT_MS`], so it may land late; a
+    /// write waited longer than that to be submitted; or the storage refused
+    /// a write because another host preempted this one's reservation;
     /// DESIGN §5). Fencing stops feeding the watchdog and answers `Ok`.
     ResetHost { reason: String },
 }
 
-/// A disk request of a VM that has not completed this long after ftvmm
-/// released it to storage gets the host reset ([`Request::ResetHost`]).
+/// A disk write of a VM that waited this long to be submitted is never
+/// submitted, and a disk request in flight this long since its submission to
+/// storage gets the host reset ([`Request::ResetHost`]).
 pub const IO_AGE_LIMIT_MS: u64 = 2_000;
 
 /// The watchdog timeout every host plans for (fencing arms `/dev/watchdog`
@@ -58,10 +97,12 @@ pub const WATCHDOG_TIMEOUT_S: u32 = 5;
 
 /// After a new Primary goes live it defers writes to sectors the deposed
 /// Primary may still have had in flight for this long: such a write was
-/// released no later than the go-live, completes within
-/// [`IO_AGE_LIMIT_MS`] or the old host is reset by its watchdog within
-/// [`WATCHDOG_TIMEOUT_S`] after that; one second covers the checks' periods.
-pub const LATE_WRITE_BOUND_MS: u64 = IO_AGE_LIMIT_MS + WATCHDOG_TIMEOUT_S as u64 * 1000 + 1_000;
+/// released no later than the go-live, is submitted to storage within
+/// [`IO_AGE_LIMIT_MS`] of its release or never, completes within
+/// [`IO_AGE_LIMIT_MS`] of its submission or the old host is reset by its
+/// watchdog within [`WATCHDOG_TIMEOUT_S`] after that; one second covers the
+/// checks' periods (ftvmm `live/late_write.rs`, rule 1).
+pub const LATE_WRITE_BOUND_MS: u64 = 2 * IO_AGE_LIMIT_MS + WATCHDOG_TIMEOUT_S as u64 * 1000 + 1_000;
 
 /// One host as the heartbeat daemon sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +114,13 @@ pub struct PeerView {
     pub last_seen_ms: Option<u64>,
 }
 
+/// A VM this host runs (or is acquiring) as Primary, in `generation`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningVm {
+    pub vm: String,
+    pub generation: u64,
+}
+
 /// One host's delta lease as the fencing agent last read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseView {
@@ -81,6 +129,10 @@ pub struct LeaseView {
     pub live: bool,
     /// Milliseconds since the counter was last seen to move; `None` if never.
     pub last_renewal_ms: Option<u64>,
+    /// The VMs this host publishes (in its lease sector) that it runs, or is
+    /// about to run, as Primary.
+    #[serde(default)]
+    pub running: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,9 +152,42 @@ pub enum Response {
         generation: u64,
         owner: String,
         won: bool,
+        /// The config generation the owner proposed it under.
+        #[serde(default)]
+        config_generation: u64,
+        /// This host won and, before answering, cut the previous owner's
+        /// host off at the storage with PREEMPT AND ABORT: the target
+        /// terminated its queued commands and refuses every later one, so
+        /// none of its writes can land any more and the winner need not
+        /// wait out the late-write bound (docs/design.md §3 item 5). False
+        /// everywhere else: a lost race, no fence on the device, a target
+        /// that only did PREEMPT (commands it had already accepted may still
+        /// run), a previous owner that was not deposed.
+        #[serde(default)]
+        storage_cut: bool,
+    },
+    /// fencing: (vm, generation) can no longer be decided: a later
+    /// generation `by` reuses its instance on disk.
+    Superseded {
+        vm: String,
+        generation: u64,
+        by: u64,
+    },
+    /// fencing: the highest generation of `vm` named on disk (0: none yet),
+    /// its owner if decided, and the config generation recorded with it.
+    Highest {
+        vm: String,
+        generation: u64,
+        owner: Option<String>,
+        config_generation: u64,
     },
     Leases {
         leases: Vec<LeaseView>,
+    },
+    /// ftvmm's answer to `OutputGrant`: the VMs it runs (or is acquiring)
+    /// as Primary here, with the generation each acts in.
+    Running {
+        vms: Vec<RunningVm>,
     },
     Peers {
         peers: Vec<PeerView>,

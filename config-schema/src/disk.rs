@@ -15,7 +15,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `FTCFGDK1` |
-//! | 8 | 4 | format version, `u32` = 1 |
+//! | 8 | 4 | format version, `u32` = 2 (2 added `cluster.cpu` and the `[test]` section to the canonical config) |
 //! | 12 | 4 | `config_len`: length C of the canonical config, `u32` |
 //! | 16 | 4 | `host_name_len`: length N of the host name, `u32`, 1..=255 |
 //! | 20 | C | canonical config ([`crate::canonical`]) |
@@ -63,8 +63,9 @@ use crate::validate::{self, ConfigError, Warning};
 
 /// First bytes of every config disk.
 pub const MAGIC: [u8; 8] = *b"FTCFGDK1";
-/// Format version written and the only one read.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written and the only one read. Version 2 added
+/// `cluster.cpu` and the `test` field (test hooks) to the canonical config.
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of a config disk image.
 pub const DISK_LEN: usize = 1 << 20;
 /// Size of the STATE sector.
@@ -92,7 +93,7 @@ pub enum DiskError {
     Truncated { need: usize, have: usize },
     #[error("wrong magic: not a config disk")]
     WrongMagic,
-    #[error("unsupported format version {0}")]
+    #[error("unsupported format version {0} (this appliance reads version {FORMAT_VERSION}: make the disk again with its `ftctl make-disk`)")]
     UnsupportedVersion(u32),
     #[error("absurd length: {field} = {value}")]
     AbsurdLength { field: &'static str, value: u64 },

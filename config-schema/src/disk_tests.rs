@@ -80,8 +80,13 @@ fn wrong_magic() {
 #[test]
 fn wrong_version() {
     let (mut img, pk) = good();
-    img[8..12].copy_from_slice(&2u32.to_le_bytes());
-    assert_eq!(e_str(read_disk(&img, &pk)), "unsupported format version 2");
+    for v in [1u32, 3] {
+        img[8..12].copy_from_slice(&v.to_le_bytes());
+        assert_eq!(
+            e_str(read_disk(&img, &pk)),
+            format!("unsupported format version {v} (this appliance reads version 2: make the disk again with its `ftctl make-disk`)")
+        );
+    }
 }
 
 #[test]

@@ -7,11 +7,14 @@
 //! encoding and the config-disk layout.
 
 pub mod canonical;
+pub mod clock;
 pub mod ctl;
 pub mod ctl_server;
 pub mod disk;
+pub mod hooks;
 pub mod keys;
 pub mod model;
+pub mod peer;
 pub mod runtime;
 pub mod validate;
 

@@ -18,6 +18,20 @@ pub struct ClusterConfig {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub vms: Vec<Vm>,
+    /// Test hooks (`[test]`), for the test harness only; absent in production.
+    /// Signed like every other field: nothing else can enable a hook.
+    #[serde(default)]
+    pub test: Option<TestSection>,
+}
+
+impl ClusterConfig {
+    /// The test hooks this config enables (none without a `[test]` section).
+    pub fn test_hooks(&self) -> Vec<crate::hooks::TestHook> {
+        self.test
+            .as_ref()
+            .map(|t| crate::hooks::parse_all(&t.hooks))
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +41,134 @@ pub struct Cluster {
     pub name: String,
     /// Monotonic config generation: a host refuses a config older than one it accepted.
     pub generation: u64,
+    /// The CPU every VM of the cluster sees, on every host (`[cluster.cpu]`;
+    /// default: x86-64-v1 with 39 physical address bits).
+    #[serde(default)]
+    pub cpu: CpuBaseline,
+}
+
+/// The cluster's CPU baseline, as VMware's EVC modes: every host presents
+/// exactly this CPU to every VM, whatever more its own CPU has, so a VM's
+/// Primary and Secondary see the same CPU on different CPU models. A host
+/// whose KVM cannot provide all of it refuses to run VMs (ftvmm says which
+/// features it lacks). Never selectable: the TSC and everything that reads it
+/// or a clock (RDTSCP, RDPID, TSC-deadline, kvmclock), RDRAND/RDSEED, TSX
+/// (RTM/HLE), WAITPKG, the PMU, the APIC: they differ between hosts or runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuBaseline {
+    /// The x86-64 micro-architecture level (x86-64 psABI).
+    #[serde(default)]
+    pub level: CpuLevel,
+    /// Features on top of the level, each at most once.
+    #[serde(default)]
+    pub features: Vec<CpuFeature>,
+    /// MAXPHYADDR the guest sees (CPUID 0x8000_0008); every host needs at least this many.
+    #[serde(default = "default_phys_addr_bits")]
+    pub phys_addr_bits: u8,
+}
+
+/// Physical address bits of the default baseline: what every x86-64 server of the
+/// last decade has (desktop parts since 2008 too).
+pub const DEFAULT_PHYS_ADDR_BITS: u8 = 39;
+
+fn default_phys_addr_bits() -> u8 {
+    DEFAULT_PHYS_ADDR_BITS
+}
+
+impl Default for CpuBaseline {
+    fn default() -> Self {
+        CpuBaseline {
+            level: CpuLevel::default(),
+            features: Vec::new(),
+            phys_addr_bits: DEFAULT_PHYS_ADDR_BITS,
+        }
+    }
+}
+
+/// x86-64 micro-architecture levels (psABI); each includes the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub enum CpuLevel {
+    /// Long mode, CMOV, CX8, FPU, FXSR, MMX, SSE, SSE2, SYSCALL, NX (+ PAE, PSE, PGE, PAT, MSR, DE,
+    /// SYSENTER, CLFLUSH).
+    #[default]
+    #[serde(rename = "x86-64-v1")]
+    V1,
+    /// + CMPXCHG16B, LAHF/SAHF, POPCNT, SSE3, SSSE3, SSE4.1, SSE4.2.
+    #[serde(rename = "x86-64-v2")]
+    V2,
+    /// + AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT, MOVBE, XSAVE.
+    #[serde(rename = "x86-64-v3")]
+    V3,
+    /// + AVX-512 F, BW, CD, DQ, VL.
+    #[serde(rename = "x86-64-v4")]
+    V4,
+}
+
+impl CpuLevel {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuLevel::V1 => "x86-64-v1",
+            CpuLevel::V2 => "x86-64-v2",
+            CpuLevel::V3 => "x86-64-v3",
+            CpuLevel::V4 => "x86-64-v4",
+        }
+    }
+}
+
+/// A feature a baseline may add to its level; the names are Linux's
+/// `/proc/cpuinfo` flags. None of them depends on another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuFeature {
+    Aes,
+    Pclmulqdq,
+    Pcid,
+    Fsgsbase,
+    Smep,
+    Smap,
+    Erms,
+    Adx,
+    ShaNi,
+    Clflushopt,
+    Clwb,
+    Umip,
+    Pdpe1gb,
+    Prefetchw,
+}
+
+impl CpuFeature {
+    /// The name in the config file (and in `/proc/cpuinfo`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuFeature::Aes => "aes",
+            CpuFeature::Pclmulqdq => "pclmulqdq",
+            CpuFeature::Pcid => "pcid",
+            CpuFeature::Fsgsbase => "fsgsbase",
+            CpuFeature::Smep => "smep",
+            CpuFeature::Smap => "smap",
+            CpuFeature::Erms => "erms",
+            CpuFeature::Adx => "adx",
+            CpuFeature::ShaNi => "sha_ni",
+            CpuFeature::Clflushopt => "clflushopt",
+            CpuFeature::Clwb => "clwb",
+            CpuFeature::Umip => "umip",
+            CpuFeature::Pdpe1gb => "pdpe1gb",
+            CpuFeature::Prefetchw => "prefetchw",
+        }
+    }
+}
+
+impl std::fmt::Display for CpuBaseline {
+    /// `x86-64-v2 +aes +pclmulqdq, 39-bit physical addresses`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.level.name())?;
+        for x in &self.features {
+            write!(f, " +{}", x.name())?;
+        }
+        write!(f, ", {}-bit physical addresses", self.phys_addr_bits)
+    }
 }
 
 /// Failure-detection and lockstep timing, in milliseconds.
@@ -151,4 +293,13 @@ pub struct Affinity {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+/// `[test]`: switches for the test harness. A config with this section is not
+/// for production (validation warns, init says so at boot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSection {
+    /// Hook names, see [`crate::hooks::TestHook`]: `vmctl`, `crash:<daemon>`.
+    pub hooks: Vec<String>,
 }

@@ -7,12 +7,15 @@
 //!
 //! Some things are allowed but worth saying: a VM whose affinity allows fewer
 //! than two hosts cannot have a Secondary on another host, so it runs
-//! unprotected. That is a [`Warning`], not an error.
+//! unprotected. That is a [`Warning`], not an error. So is a `[test]` section:
+//! test hooks are allowed, but such a config is for tests only, and the
+//! warning says so loudly.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::hooks::TestHook;
 use crate::model::{ClusterConfig, DeviceLocator, Interface};
 
 /// Largest memory a protected VM may ask for (1 TiB); more is surely a typo.
@@ -88,6 +91,7 @@ pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
     check_hosts(c)?;
     check_groups(c)?;
     check_vms(c, &mut warnings)?;
+    check_test(c, &mut warnings)?;
     Ok(warnings)
 }
 
@@ -116,7 +120,36 @@ pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 fn check_cluster(c: &ClusterConfig) -> Result<(), ConfigError> {
-    check_name("cluster.name", &c.cluster.name)
+    check_name("cluster.name", &c.cluster.name)?;
+    check_cpu(&c.cluster.cpu)
+}
+
+/// MAXPHYADDR bounds: guest memory and the virtio window need 32 bits; the
+/// architecture allows at most 52.
+const PHYS_ADDR_BITS: std::ops::RangeInclusive<u8> = 36..=52;
+
+fn check_cpu(cpu: &crate::model::CpuBaseline) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (i, f) in cpu.features.iter().enumerate() {
+        if !seen.insert(*f) {
+            return Err(ConfigError::at(
+                format!("cluster.cpu.features[{i}]"),
+                format!("{:?} is listed twice", f.name()),
+            ));
+        }
+    }
+    if !PHYS_ADDR_BITS.contains(&cpu.phys_addr_bits) {
+        return Err(ConfigError::at(
+            "cluster.cpu.phys_addr_bits",
+            format!(
+                "{} is outside {}..={}",
+                cpu.phys_addr_bits,
+                PHYS_ADDR_BITS.start(),
+                PHYS_ADDR_BITS.end()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_timing(c: &ClusterConfig) -> Result<(), ConfigError> {
@@ -225,6 +258,16 @@ fn check_storage(c: &ClusterConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::at(
                 format!("{path}.name"),
                 format!("{:?} is already used by storage.regions[{j}]", r.name),
+            ));
+        }
+        if r.offset_mib == 0 {
+            // The guest writes its region from its first sector: at offset 0 it
+            // could write a config-disk magic where every rebooting host looks
+            // for its config disk.
+            return Err(ConfigError::at(
+                format!("{path}.offset_mib"),
+                "a VM disk region must not start at offset 0 of the shared device (hosts \
+                 probe the first bytes of every disk for a config disk): start it at 1 MiB or later",
             ));
         }
         add(path, r.offset_mib, r.size_mib)?;
@@ -490,6 +533,39 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// `[test] hooks`: known hooks, each once, at least one; and a loud warning.
+fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), ConfigError> {
+    let Some(t) = &c.test else {
+        return Ok(());
+    };
+    if t.hooks.is_empty() {
+        return Err(ConfigError::at(
+            "test.hooks",
+            "is empty; remove the [test] section to enable no test hook",
+        ));
+    }
+    let mut seen = Unique::new("test hook");
+    let mut hooks = Vec::new();
+    for (i, name) in t.hooks.iter().enumerate() {
+        let p = format!("test.hooks[{i}]");
+        let hook: TestHook = name
+            .parse()
+            .map_err(|e: crate::hooks::HookError| ConfigError::at(&p, e.to_string()))?;
+        seen.insert(hook.clone(), &p, name)?;
+        hooks.push(hook);
+    }
+    let effects: Vec<String> = hooks.iter().map(TestHook::effect).collect();
+    warnings.push(Warning {
+        path: "test.hooks".into(),
+        message: format!(
+            "TEST HOOKS ENABLED ({}): this config is for tests only, NOT FOR PRODUCTION: {}",
+            crate::hooks::list(&hooks),
+            effects.join("; ")
+        ),
+    });
     Ok(())
 }
 

@@ -216,6 +216,23 @@ fn region_overlaps_fencing() {
 }
 
 #[test]
+fn region_at_offset_zero() {
+    // The fencing area elsewhere, so only the region's offset is wrong.
+    assert_refused(
+        |c| {
+            c.storage.fencing.offset_mib = 200;
+            c.storage.regions[0].offset_mib = 0;
+        },
+        "storage.regions[0].offset_mib",
+        "must not start at offset 0 of the shared device",
+    );
+    let mut c = base();
+    c.storage.fencing.offset_mib = 200;
+    c.storage.regions[0].offset_mib = 1;
+    validate(&c).unwrap();
+}
+
+#[test]
 fn region_past_storage_end() {
     assert_refused(
         |c| add_region(c, "other", 200, 57),
@@ -457,4 +474,121 @@ fn empty_affinity_means_every_host() {
     c.host_groups.clear();
     let w = validate(&c).unwrap();
     assert!(w[0].message.contains("allows only host-a"), "{w:?}");
+}
+
+#[test]
+fn cpu_baseline_defaults_to_x86_64_v1() {
+    use crate::model::{CpuLevel, DEFAULT_PHYS_ADDR_BITS};
+    let c = base();
+    assert_eq!(c.cluster.cpu.level, CpuLevel::V1);
+    assert!(c.cluster.cpu.features.is_empty());
+    assert_eq!(c.cluster.cpu.phys_addr_bits, DEFAULT_PHYS_ADDR_BITS);
+}
+
+#[test]
+fn cpu_baseline_parses_level_and_features() {
+    use crate::model::{CpuFeature, CpuLevel};
+    let text = EXAMPLE.replace(
+        "generation = 1\n",
+        "generation = 1\ncpu = { level = \"x86-64-v3\", features = [\"aes\", \"sha_ni\"], phys_addr_bits = 40 }\n",
+    );
+    let c = parse(&text).unwrap().config;
+    assert_eq!(c.cluster.cpu.level, CpuLevel::V3);
+    assert_eq!(c.cluster.cpu.features, [CpuFeature::Aes, CpuFeature::ShaNi]);
+    assert_eq!(c.cluster.cpu.phys_addr_bits, 40);
+    assert_eq!(
+        c.cluster.cpu.to_string(),
+        "x86-64-v3 +aes +sha_ni, 40-bit physical addresses"
+    );
+}
+
+#[test]
+fn cpu_feature_that_can_never_be_exposed_is_a_toml_error() {
+    // RDRAND differs between runs: it is not a selectable feature at all.
+    let text = EXAMPLE.replace(
+        "generation = 1\n",
+        "generation = 1\ncpu = { features = [\"rdrand\"] }\n",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("unknown variant `rdrand`"), "{e}");
+    let text = EXAMPLE.replace(
+        "generation = 1\n",
+        "generation = 1\ncpu = { level = \"v5\" }\n",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("unknown variant `v5`"), "{e}");
+}
+
+#[test]
+fn cpu_feature_listed_twice() {
+    use crate::model::CpuFeature;
+    assert_refused(
+        |c| c.cluster.cpu.features = vec![CpuFeature::Aes, CpuFeature::Smep, CpuFeature::Aes],
+        "cluster.cpu.features[2]",
+        "\"aes\" is listed twice",
+    );
+}
+
+#[test]
+fn cpu_phys_addr_bits_out_of_range() {
+    assert_refused(
+        |c| c.cluster.cpu.phys_addr_bits = 53,
+        "cluster.cpu.phys_addr_bits",
+        "53 is outside 36..=52",
+    );
+    assert_refused(
+        |c| c.cluster.cpu.phys_addr_bits = 20,
+        "cluster.cpu.phys_addr_bits",
+        "20 is outside",
+    );
+}
+
+fn hooks(names: &[&str]) -> Option<crate::model::TestSection> {
+    Some(crate::model::TestSection {
+        hooks: names.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[test]
+fn test_hooks_are_allowed_with_a_loud_warning() {
+    let text = format!("{EXAMPLE}\n[test]\nhooks = [\"vmctl\", \"crash:heartbeat\"]\n");
+    let v = parse(&text).unwrap();
+    assert_eq!(
+        v.config.test_hooks(),
+        [
+            crate::hooks::TestHook::Vmctl,
+            crate::hooks::TestHook::Crash("heartbeat".into())
+        ]
+    );
+    assert_eq!(v.warnings.len(), 1);
+    assert_eq!(v.warnings[0].path, "test.hooks");
+    let m = &v.warnings[0].message;
+    assert!(
+        m.starts_with("TEST HOOKS ENABLED (vmctl, crash:heartbeat): this config is for tests only, NOT FOR PRODUCTION: anyone at a host's serial console"),
+        "{m}"
+    );
+    // Without the section: no hook, no warning.
+    assert!(base().test_hooks().is_empty());
+}
+
+#[test]
+fn test_hooks_must_be_known_unique_and_present() {
+    assert_refused(|c| c.test = hooks(&[]), "test.hooks", "is empty");
+    assert_refused(
+        |c| c.test = hooks(&["vmctl", "ft.fault=crash:heartbeat"]),
+        "test.hooks[1]",
+        "unknown test hook \"ft.fault=crash:heartbeat\"",
+    );
+    assert_refused(
+        |c| c.test = hooks(&["crash:sshd"]),
+        "test.hooks[0]",
+        "names no daemon",
+    );
+    assert_refused(
+        |c| c.test = hooks(&["vmctl", "vmctl"]),
+        "test.hooks[1]",
+        "duplicate test hook vmctl: already used by test.hooks[0]",
+    );
+    let e = parse(&format!("{EXAMPLE}\n[test]\nhook = [\"vmctl\"]\n")).unwrap_err();
+    assert!(e.to_string().contains("unknown field `hook`"), "{e}");
 }

@@ -255,6 +255,38 @@ fn make_disk_prints_warnings() {
 }
 
 #[test]
+fn test_hooks_get_a_loud_banner_from_check_make_disk_and_verify() {
+    let t = Setup::new();
+    let text =
+        std::fs::read_to_string(example_config()).unwrap() + "\n[test]\nhooks = [\"vmctl\"]\n";
+    std::fs::write(t.p("hooks.toml"), text).unwrap();
+    let banner = "!! THIS CONFIG ENABLES TEST HOOKS (vmctl): NOT FOR PRODUCTION.";
+    let o = ftctl(&["check", "--config", &t.p("hooks.toml")]);
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains(banner), "{err}");
+    assert!(
+        err.contains("warning: test.hooks: TEST HOOKS ENABLED (vmctl)"),
+        "{err}"
+    );
+    let o = t.make_disk(&t.p("hooks.toml"), "hooks.img");
+    assert!(o.status.success());
+    assert!(String::from_utf8(o.stderr).unwrap().contains(banner));
+    let out = ok(&[
+        "verify",
+        "--disk",
+        &t.p("hooks.img"),
+        "--pubkey",
+        &t.p("keys/signing.pub"),
+    ]);
+    assert!(out.contains(banner), "{out}");
+    // The section survives `show` (TOML out) and the example has none.
+    assert!(ok(&["show", "--disk", &t.p("hooks.img")]).contains("[test]\nhooks = [\"vmctl\"]"));
+    let o = ftctl(&["check", "--config", &example_config()]);
+    assert!(!String::from_utf8(o.stderr).unwrap().contains("TEST HOOKS"));
+}
+
+#[test]
 fn update_disk_keeps_state_and_refuses_rollback() {
     let t = Setup::new();
     let v2 = std::fs::read_to_string(example_config())

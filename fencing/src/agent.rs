@@ -1,25 +1,27 @@
 //! The agent's state on one host: the region (header check and
-//! initialization), its own lease renewals and what it read of the others',
-//! and the decisions it made. The daemon (`main.rs`) runs it in threads; tests
-//! run it on a temporary file.
+//! initialization), its lease slot and renewals (`renew.rs`), what it read of
+//! the others' leases, what it publishes, the decisions it made and the alarms
+//! it raised. The daemon (`daemon.rs`, `main.rs`) runs it in threads; tests
+//! run it on a temporary file or a loop device.
 
-use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use config_schema::ctl::{LeaseView, Response};
+use config_schema::clock::BootInstant;
+use config_schema::ctl::{LeaseView, RunningVm};
 use config_schema::runtime::RuntimeConfig;
 use serde::Serialize;
 
-use crate::io::SectorIo;
-use crate::layout::{decode_header, DecodeError, Geometry, LeaseRecord, VERSION};
+use crate::alarm::Alarms;
+use crate::freeze::{Evidence, FreezeDetector};
+use crate::io::BlockIo;
+use crate::layout::{decode_header, DecodeError, Geometry, LeaseRecord, Running, VERSION};
 use crate::lease::{LeaseTiming, Liveness, OwnLease};
-use crate::paxos::{decide, Outcome};
+use crate::publish::Publication;
+use crate::slot::SlotClaim;
+use crate::storage_fence::{ConflictWatch, StorageFence};
 
-/// How long one `Acquire` may take before it is answered with an error. Below
-/// the 5 s read timeout of `config_schema::ctl::query`.
-pub const ACQUIRE_BOUND: Duration = Duration::from_secs(4);
+pub use crate::acquire::ACQUIRE_BOUND;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
@@ -28,22 +30,28 @@ pub enum AgentError {
     #[error("storage i/o: {0}")]
     Io(String),
     #[error(
-        "the fencing region's header names another layout (version {version}, {hosts} hosts, \
-         {vms} vms, ring {ring}, names digest {digest:08x}); this config needs version {VERSION}, \
-         {want_hosts} hosts, {want_vms} vms, ring {want_ring}, names digest {want_digest:08x}"
+        "the fencing region's header names another layout (version {version}, {block}-byte \
+         blocks, {hosts} hosts, {vms} vms, ring {ring}, names digest {digest:08x}); this config \
+         and device need version {VERSION}, {want_block}-byte blocks, {want_hosts} hosts, \
+         {want_vms} vms, ring {want_ring}, names digest {want_digest:08x}"
     )]
     Mismatch {
         version: u32,
+        block: u32,
         hosts: u32,
         vms: u32,
         ring: u32,
         digest: u32,
+        want_block: u32,
         want_hosts: u32,
         want_vms: u32,
         want_ring: u32,
         want_digest: u32,
     },
-    #[error("the fencing region's header sector is damaged ({0}) and not blank")]
+    #[error(
+        "the fencing region's header block is not this build's ({0}) and not blank; \
+         to lay the region out again, stop fencing on every host and zero the region"
+    )]
     Damaged(DecodeError),
 }
 
@@ -58,36 +66,71 @@ pub enum RegionState {
 }
 
 #[derive(Debug, Default, Serialize)]
-struct Counters {
-    renewals: u64,
-    failures: u64,
+pub(crate) struct Counters {
+    pub renewals: u64,
+    pub failures: u64,
     #[serde(skip)]
-    last_ok: Option<Instant>,
-    last_error: Option<String>,
-    renewing: Option<bool>,
+    pub last_ok: Option<BootInstant>,
+    pub last_error: Option<String>,
+    pub renewing: Option<bool>,
+}
+
+/// The own lease slot: the claim, the record, and what was written.
+#[derive(Debug)]
+pub(crate) struct OwnSlot {
+    pub own: OwnLease,
+    pub claim: SlotClaim,
+    /// The last own-lease block whose write completed.
+    pub written: Option<Vec<u8>>,
+    /// One whose write failed after that (it may have landed anyway).
+    pub maybe: Option<Vec<u8>>,
+}
+
+/// Freeze detection state.
+#[derive(Debug)]
+pub(crate) struct Freeze {
+    pub detector: FreezeDetector,
+    /// The evidence of a freeze not yet cleared by a clean renewal.
+    pub active: Option<Evidence>,
+    pub detections: u64,
 }
 
 /// One host's fencing agent.
 pub struct Agent {
     pub hosts: Vec<String>,
+    /// `hosts[].id` of the config, in config order (reservation keys).
+    pub host_ids: Vec<u32>,
     pub vms: Vec<String>,
     pub me: u32,
     pub geo: Geometry,
     pub timing: LeaseTiming,
-    io: Arc<dyn SectorIo>,
-    own: Mutex<OwnLease>,
-    liveness: Mutex<Liveness>,
-    counters: Mutex<Counters>,
+    pub(crate) io: Arc<dyn BlockIo>,
+    pub(crate) slot: Mutex<OwnSlot>,
+    pub(crate) liveness: Mutex<Liveness>,
+    pub(crate) freeze: Mutex<Freeze>,
+    pub(crate) publication: Mutex<Publication>,
+    pub(crate) counters: Mutex<Counters>,
     region: Mutex<Option<Result<RegionState, AgentError>>>,
-    decisions: Mutex<BTreeMap<(String, u64), String>>,
-    paxos: Arc<Mutex<()>>,
+    /// (vm, generation) -> (owner, config generation), as decided here.
+    pub(crate) decisions: Mutex<BTreeMap<(String, u64), (String, u64)>>,
+    pub(crate) alarms: Mutex<Alarms>,
+    /// (vm index, generation) of running copies found deposed (said once).
+    pub(crate) deposed: Mutex<BTreeSet<Running>>,
+    /// One Disk Paxos run (or scan) at a time.
+    pub(crate) paxos: Arc<Mutex<()>>,
+    /// Persistent reservations on the shared device.
+    pub(crate) fence: Mutex<StorageFence>,
+    /// The first I/O the device refused with RESERVATION CONFLICT since the
+    /// last renewal looked (`io` records it).
+    pub(crate) conflict: Arc<Mutex<Option<String>>>,
 }
 
 impl Agent {
-    /// The agent of the runtime config's host on `io` (touches no storage).
+    /// The agent of the runtime config's host on `io`, whose block size is
+    /// the layout's (touches no storage).
     pub fn new(
         rt: &RuntimeConfig,
-        io: Arc<dyn SectorIo>,
+        io: Arc<dyn BlockIo>,
         incarnation: u64,
     ) -> Result<Self, AgentError> {
         let c = &rt.config;
@@ -97,23 +140,45 @@ impl Agent {
             .position(|h| h.name == rt.host_name)
             .ok_or_else(|| AgentError::UnknownHost(rt.host_name.clone()))? as u32;
         let timing = LeaseTiming::from_config(&c.timing);
+        let geo = Geometry::of_config(c, io.block_size() as u32);
+        let conflict = Arc::new(Mutex::new(None));
+        let io: Arc<dyn BlockIo> = Arc::new(ConflictWatch {
+            inner: io,
+            seen: Arc::clone(&conflict),
+        });
         Ok(Agent {
             hosts: c.hosts.iter().map(|h| h.name.clone()).collect(),
+            host_ids: c.hosts.iter().map(|h| h.id).collect(),
             vms: c.vms.iter().map(|v| v.name.clone()).collect(),
             me,
-            geo: Geometry::of_config(c),
+            geo,
             timing,
             io,
-            own: Mutex::new(OwnLease::new(me, incarnation)),
+            slot: Mutex::new(OwnSlot {
+                own: OwnLease::new(me, incarnation),
+                claim: SlotClaim::new(timing.timeout, timing.renew * 2),
+                written: None,
+                maybe: None,
+            }),
             liveness: Mutex::new(Liveness::new(c.hosts.len(), timing.timeout)),
+            freeze: Mutex::new(Freeze {
+                detector: FreezeDetector::new(c.hosts.len(), timing.renew),
+                active: None,
+                detections: 0,
+            }),
+            publication: Mutex::new(Publication::new(LeaseRecord::capacity(geo.block_len()))),
             counters: Mutex::new(Counters::default()),
             region: Mutex::new(None),
             decisions: Mutex::new(BTreeMap::new()),
+            alarms: Mutex::new(Alarms::default()),
+            deposed: Mutex::new(BTreeSet::new()),
             paxos: Arc::new(Mutex::new(())),
+            fence: Mutex::new(StorageFence::new(c.hosts[me as usize].id, incarnation)),
+            conflict,
         })
     }
 
-    /// Checks the header, writing it if the sector is blank (every host may
+    /// Checks the header, writing it if the block is blank (every host may
     /// race to do so: the content is a function of the config, so identical
     /// writes are harmless). The result is kept; I/O errors are not (retry).
     pub fn init_region(&self) -> Result<RegionState, AgentError> {
@@ -132,17 +197,14 @@ impl Agent {
         let s = self.io.read(0).map_err(io_err)?;
         match decode_header(&s) {
             Ok(h) if h.version == VERSION && h.geometry == self.geo => Ok(RegionState::Found),
-            Ok(h) => Err(AgentError::Mismatch {
-                version: h.version,
-                hosts: h.geometry.hosts,
-                vms: h.geometry.vms,
-                ring: h.geometry.ring,
-                digest: h.geometry.names_digest,
-                want_hosts: self.geo.hosts,
-                want_vms: self.geo.vms,
-                want_ring: self.geo.ring,
-                want_digest: self.geo.names_digest,
-            }),
+            Ok(h) => Err(self.mismatch(h.version, h.geometry)),
+            Err(DecodeError::BlockSize { recorded, .. }) => Err(self.mismatch(
+                VERSION,
+                Geometry {
+                    block: recorded,
+                    ..self.geo
+                },
+            )),
             Err(DecodeError::Blank) => {
                 self.io
                     .write(0, &self.geo.encode_header())
@@ -150,6 +212,22 @@ impl Agent {
                 Ok(RegionState::Initialized)
             }
             Err(e) => Err(AgentError::Damaged(e)),
+        }
+    }
+
+    fn mismatch(&self, version: u32, h: Geometry) -> AgentError {
+        AgentError::Mismatch {
+            version,
+            block: h.block,
+            hosts: h.hosts,
+            vms: h.vms,
+            ring: h.ring,
+            digest: h.names_digest,
+            want_block: self.geo.block,
+            want_hosts: self.geo.hosts,
+            want_vms: self.geo.vms,
+            want_ring: self.geo.ring,
+            want_digest: self.geo.names_digest,
         }
     }
 
@@ -161,74 +239,37 @@ impl Agent {
         }
     }
 
-    /// One renewal: write the own lease sector (issued at `issued`), then read
-    /// every other host's. Returns a console line when renewal starts or stops
-    /// succeeding.
-    pub fn renew_once(&self, issued: Instant) -> (Result<(), String>, Option<String>) {
-        let result = self.renew_io(issued);
-        let mut c = self.counters.lock().expect("lock");
-        let ok = result.is_ok();
-        match &result {
-            Ok(()) => {
-                c.renewals += 1;
-                c.last_ok = Some(issued);
-            }
-            Err(e) => {
-                c.failures += 1;
-                c.last_error = Some(e.clone());
-            }
-        }
-        let line = (c.renewing != Some(ok)).then(|| match &result {
-            Ok(()) => format!(
-                "fencing: lease renewed (host {}, every {} ms, timeout {} ms)",
-                self.hosts[self.me as usize],
-                self.timing.renew.as_millis(),
-                self.timing.timeout.as_millis()
-            ),
-            Err(e) => format!("fencing: lease renewal failed: {e}"),
-        });
-        c.renewing = Some(ok);
-        (result, line)
-    }
-
-    fn renew_io(&self, issued: Instant) -> Result<(), String> {
-        self.init_region().map_err(|e| e.to_string())?;
-        let rec = self.own.lock().expect("lock").bump();
-        let me = self.me;
-        self.io
-            .write(self.geo.lease_sector(me), &rec.encode())
-            .map_err(|e| format!("writing own lease: {e}"))?;
-        self.liveness
-            .lock()
-            .expect("lock")
-            .own_renewed(me as usize, rec, issued);
-        for h in (0..self.geo.hosts).filter(|&h| h != me) {
-            let s = self
-                .io
-                .read(self.geo.lease_sector(h))
-                .map_err(|e| format!("reading lease of {}: {e}", self.hosts[h as usize]))?;
-            let rec = LeaseRecord::decode(&s).ok().filter(|r| r.host == h);
-            self.liveness
-                .lock()
-                .expect("lock")
-                .observe(h as usize, rec, Instant::now());
-        }
-        Ok(())
-    }
-
     /// Renewals that succeeded so far.
     pub fn renewals(&self) -> u64 {
         self.counters.lock().expect("lock").renewals
     }
 
+    /// Whether this host holds its lease slot.
+    pub fn slot_held(&self) -> bool {
+        self.slot.lock().expect("lock").claim.held()
+    }
+
     /// `Request::Leases`.
-    pub fn leases(&self, now: Instant) -> Vec<LeaseView> {
-        self.liveness.lock().expect("lock").views(&self.hosts, now)
+    pub fn leases(&self, now: BootInstant) -> Vec<LeaseView> {
+        let mut v = self
+            .liveness
+            .lock()
+            .expect("lock")
+            .views(&self.hosts, &self.vms, now);
+        v[self.me as usize].running =
+            self.names(&self.publication.lock().expect("lock").published());
+        v
+    }
+
+    fn names(&self, list: &[Running]) -> Vec<String> {
+        list.iter()
+            .map(|r| self.vms[r.vm as usize].clone())
+            .collect()
     }
 
     /// Hosts whose lease this host judges expired (seen, and not moving for
     /// the lease timeout): see [`Liveness::expired`].
-    pub fn expired(&self, now: Instant) -> Vec<String> {
+    pub fn expired(&self, now: BootInstant) -> Vec<String> {
         let l = self.liveness.lock().expect("lock");
         (0..self.hosts.len())
             .filter(|&h| l.expired(h, now))
@@ -236,84 +277,87 @@ impl Agent {
             .collect()
     }
 
-    /// `Request::Acquire`: runs Disk Paxos for (`vm`, `generation`), answering
-    /// within about `bound`.
-    pub fn acquire(self: &Arc<Self>, vm: &str, generation: u64, bound: Duration) -> Response {
-        let err = |message: String| Response::Error { message };
-        let Some(v) = self.vms.iter().position(|n| n == vm) else {
-            return err(format!("fencing: no vm {vm:?} in the config"));
-        };
-        let deadline = Instant::now() + bound;
-        let (tx, rx) = mpsc::channel();
-        let agent = Arc::clone(self);
-        // A worker, so that a hung device cannot hold the answer past `bound`.
-        std::thread::spawn(move || {
-            let Ok(_one_at_a_time) = agent.paxos.lock() else {
-                return;
-            };
-            if Instant::now() >= deadline {
-                return;
-            }
-            // The header check may do I/O too: here, inside the bound.
-            if let Err(e) = agent.init_region() {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
-            let backoff = agent.timing.renew / 10;
-            let r = decide(
-                &*agent.io, agent.geo, agent.me, v as u32, generation, deadline, backoff,
-            );
-            let _ = tx.send(r.map_err(|e| e.to_string()));
-        });
-        let answer = match rx.recv_timeout(bound + Duration::from_millis(100)) {
-            Ok(Ok(Outcome::Decided { owner })) => owner,
-            Ok(Ok(Outcome::Superseded { by })) => {
-                return err(format!(
-                    "fencing: vm {vm} generation {generation} is superseded by generation {by}"
-                ))
-            }
-            Ok(Ok(Outcome::IoFailed)) => unreachable!("decide retries failed I/O"),
-            Ok(Err(e)) => return err(format!("fencing: vm {vm} generation {generation}: {e}")),
-            Err(_) => {
-                return err(format!(
-                    "fencing: vm {vm} generation {generation}: no answer from storage within {} ms",
-                    bound.as_millis()
-                ))
-            }
-        };
-        let owner = self.hosts[answer as usize].clone();
-        let first = self
-            .decisions
+    /// A grant is being sent to ftvmm; returns its epoch for [`Agent::on_running`].
+    pub fn grant_sent(&self) -> u64 {
+        self.publication.lock().expect("lock").grant_sent()
+    }
+
+    /// ftvmm answered the grant of epoch `epoch` with the VMs it runs or
+    /// acquires as Primary. Returns a console line if some are unknown here.
+    pub fn on_running(&self, vms: &[RunningVm], epoch: u64) -> Option<String> {
+        let mut unknown = Vec::new();
+        let list: Vec<Running> = vms
+            .iter()
+            .filter_map(|r| match self.vms.iter().position(|n| *n == r.vm) {
+                Some(v) => Some(Running {
+                    vm: v as u32,
+                    generation: r.generation,
+                }),
+                None => {
+                    unknown.push(r.vm.clone());
+                    None
+                }
+            })
+            .collect();
+        let dropped = self
+            .publication
             .lock()
             .expect("lock")
-            .insert((vm.to_string(), generation), owner.clone())
-            .is_none();
-        if first {
-            println!("fencing: decided vm={vm} generation={generation} owner={owner}");
-        }
-        Response::Decided {
-            vm: vm.to_string(),
-            generation,
-            won: answer == self.me,
-            owner,
-        }
+            .on_running(list, epoch);
+        (!unknown.is_empty() || dropped > 0).then(|| {
+            format!(
+                "fencing: ftvmm runs VMs this host cannot publish (not in the config: [{}]; \
+                 beyond the lease block's room: {dropped})",
+                unknown.join(", ")
+            )
+        })
     }
 
     /// Status fields of the agent.
-    pub fn status(&self, now: Instant) -> serde_json::Value {
-        let c = self.counters.lock().expect("lock");
-        let own = *self.own.lock().expect("lock");
+    pub fn status(&self, now: BootInstant) -> serde_json::Value {
+        // One lock at a time: the renewal takes them in its own order.
+        let own_lease = {
+            let c = self.counters.lock().expect("lock");
+            let s = self.slot.lock().expect("lock");
+            serde_json::json!({
+                "renewing": c.renewing,
+                "renewals": c.renewals,
+                "failures": c.failures,
+                "last_ok_ms_ago": c.last_ok.map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                "last_error": c.last_error,
+                "counter": s.own.counter,
+                "incarnation": s.own.incarnation,
+            })
+        };
+        let slot = self.slot.lock().expect("lock").claim.status();
         let decisions: Vec<serde_json::Value> = self
             .decisions
             .lock()
             .expect("lock")
             .iter()
-            .map(|((vm, g), o)| serde_json::json!({"vm": vm, "generation": g, "owner": o}))
+            .map(|((vm, g), (o, c))| {
+                serde_json::json!({"vm": vm, "generation": g, "owner": o, "config_generation": c})
+            })
             .collect();
         let region = match &*self.region.lock().expect("lock") {
             Some(Ok(s)) => serde_json::json!({"state": s}),
             Some(Err(e)) => serde_json::json!({"state": "refused", "error": e.to_string()}),
             None => serde_json::json!({"state": "unchecked"}),
+        };
+        let published: Vec<serde_json::Value> = self
+            .publication
+            .lock()
+            .expect("lock")
+            .published()
+            .iter()
+            .map(|r| serde_json::json!({"vm": self.vms[r.vm as usize], "generation": r.generation}))
+            .collect();
+        let freeze = {
+            let f = self.freeze.lock().expect("lock");
+            serde_json::json!({
+                "detections": f.detections,
+                "active": f.active.as_ref().map(|e| self.freeze_line(e)),
+            })
         };
         serde_json::json!({
             "region": region,
@@ -325,19 +369,19 @@ impl Agent {
                 "confirm": self.timing.confirm.as_millis() as u64,
                 "watchdog": self.timing.watchdog.as_millis() as u64,
                 "lease_timeout": self.timing.timeout.as_millis() as u64,
+                "grant_valid": self.timing.grant_valid.as_millis() as u64,
+                "grant_period": self.timing.grant_period.as_millis() as u64,
             },
-            "own_lease": {
-                "renewing": c.renewing,
-                "renewals": c.renewals,
-                "failures": c.failures,
-                "last_ok_ms_ago": c.last_ok.map(|t| now.saturating_duration_since(t).as_millis() as u64),
-                "last_error": c.last_error,
-                "counter": own.counter,
-                "incarnation": own.incarnation,
-            },
+            "slot": slot,
+            "own_lease": own_lease,
+            "published": published,
+            "freeze": freeze,
             "leases": self.leases(now),
             "leases_expired": self.expired(now),
             "decisions": decisions,
+            "alarms": self.alarms.lock().expect("lock").status(),
+            "deposed": self.deposed.lock().expect("lock").len(),
+            "storage_fence": self.fence_status(),
         })
     }
 }

@@ -1,17 +1,27 @@
-//! The daemon's background threads: the lease renewer and the guard loop
-//! (watchdog feeding, output hold requests to ftvmm). `main.rs` starts them;
-//! tests run them against a failing sector I/O and a fake ftvmm.
+//! The daemon's background threads: the lease renewer, the guard loop
+//! (watchdog feeding) and the granter (the level-triggered `OutputGrant` to
+//! ftvmm, answered with `Running`). `main.rs` starts them; tests run them
+//! against a failing block I/O and a fake ftvmm.
+//!
+//! # Rules
+//!
+//! - Grants are sent one at a time (`Shared::grant_lock`), each computed from
+//!   the guard's state right before it is sent: a grant withdrawn by the
+//!   renewer (a freeze) can never be overtaken by an older `ok` one.
+//! - Nothing that talks to ftvmm runs on the renewer's thread: a hung ftvmm
+//!   must not stop the lease renewals.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
+use config_schema::clock::BootInstant;
 use config_schema::ctl::{self, Request, Response};
 
 use crate::agent::Agent;
+use crate::guard::Guard;
 use crate::lease::WATCHDOG_TIMEOUT_S;
-use crate::watchdog::{DevWatchdog, Guard, Watchdog};
+use crate::renew::Deposed;
+use crate::watchdog::{DevWatchdog, Watchdog};
 
 /// The watchdog as opened (or not) by the guard loop.
 #[derive(Default)]
@@ -23,6 +33,9 @@ pub struct WatchdogSlot {
     /// ftvmm asked for a reset (`Request::ResetHost`): never fed again.
     pub reset_requested: Option<String>,
 }
+
+/// The watchdog slot's state before the guard loop opened it.
+const NOT_OPENED: &str = "not opened yet";
 
 /// `Request::ResetHost`: from now on the watchdog is never fed, so the host
 /// resets within its timeout. Without a watchdog nothing can reset the host;
@@ -36,6 +49,9 @@ pub fn request_reset(shared: &Shared, reason: &str) {
             ),
             None if w.dev.is_some() => println!(
                 "fencing: reset requested ({reason}); no longer feeding the watchdog"
+            ),
+            None if w.state == NOT_OPENED => println!(
+                "fencing: reset requested ({reason}); arming the watchdog without feeding it"
             ),
             None => println!(
                 "fencing: reset requested ({reason}) but there is no watchdog to reset this host"
@@ -51,21 +67,116 @@ pub struct Shared {
     pub agent: Mutex<Result<Arc<Agent>, String>>,
     pub guard: Mutex<Guard>,
     pub watchdog: Mutex<WatchdogSlot>,
+    /// Held while one grant is computed, sent and answered.
+    pub grant_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(guard: Guard) -> Self {
+        Shared {
+            agent: Mutex::new(Err("starting".into())),
+            guard: Mutex::new(guard),
+            watchdog: Mutex::new(WatchdogSlot {
+                state: NOT_OPENED.into(),
+                ..WatchdogSlot::default()
+            }),
+            grant_lock: Mutex::new(()),
+        }
+    }
 }
 
 /// Renews the own lease every `renew` interval, forever.
-pub fn renewer(agent: Arc<Agent>, shared: Arc<Shared>) {
+pub fn renewer(agent: Arc<Agent>, shared: Arc<Shared>, ftvmm: PathBuf) {
     loop {
-        let issued = Instant::now();
-        let (result, line) = agent.renew_once(issued);
-        if let Some(l) = line {
+        let issued = BootInstant::now();
+        let r = agent.renew_once(issued);
+        for l in &r.lines {
             println!("{l}");
         }
-        if result.is_ok() {
-            shared.guard.lock().expect("lock").renewed(issued);
+        {
+            let mut g = shared.guard.lock().expect("lock");
+            if r.result.is_ok() {
+                g.renewed(issued);
+            }
+            g.withhold(r.withhold.clone());
+        }
+        if let Some(why) = &r.preempted {
+            // docs/design.md §3 item 5: a host preempted at the storage
+            // must reboot to join again with a new key.
+            request_reset(
+                &shared,
+                &format!("this host was preempted at the storage: {why}"),
+            );
+        }
+        if r.frozen || r.newly_preempted {
+            // Withdraw at once, not at the next grant period.
+            let (a, s, f) = (Arc::clone(&agent), Arc::clone(&shared), ftvmm.clone());
+            std::thread::spawn(move || send_grant(&a, &s, &f));
+        }
+        for d in r.deposed {
+            let f = ftvmm.clone();
+            std::thread::spawn(move || send_deposed(&f, d));
         }
         let next = issued + agent.timing.renew;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        std::thread::sleep(next.saturating_duration_since(BootInstant::now()));
+    }
+}
+
+/// Sends one `OutputGrant` computed now, and takes ftvmm's answer.
+pub fn send_grant(agent: &Agent, shared: &Shared, ftvmm: &Path) {
+    let _one_at_a_time = shared.grant_lock.lock().expect("lock");
+    let sent_at = BootInstant::now();
+    let grant = shared.guard.lock().expect("lock").grant(sent_at);
+    let epoch = agent.grant_sent();
+    let req = Request::OutputGrant {
+        ok: grant.ok,
+        valid_ms: grant.valid_ms,
+        reason: grant.reason.clone(),
+    };
+    let answer = match ctl::query(ftvmm, &req) {
+        Ok(Response::Running { vms }) => {
+            if let Some(l) = agent.on_running(&vms, epoch) {
+                tracing::warn!("{l}");
+            }
+            Ok(())
+        }
+        Ok(other) => Err(format!("answered {other:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let lines = shared
+        .guard
+        .lock()
+        .expect("lock")
+        .on_answer(&grant, sent_at, answer);
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+/// Sends grants every grant period, forever.
+pub fn granter(agent: Arc<Agent>, shared: Arc<Shared>, ftvmm: PathBuf) {
+    loop {
+        let started = BootInstant::now();
+        send_grant(&agent, &shared, &ftvmm);
+        let next = started + agent.timing.grant_period;
+        std::thread::sleep(next.saturating_duration_since(BootInstant::now()));
+    }
+}
+
+fn send_deposed(ftvmm: &Path, d: Deposed) {
+    let req = Request::Deposed {
+        vm: d.vm.clone(),
+        generation: d.generation,
+        by: d.by.clone(),
+    };
+    match ctl::query(ftvmm, &req) {
+        Ok(Response::Ok) => {}
+        other => tracing::warn!(
+            "fencing: ftvmm did not take Deposed for vm {} (generation {} by {}): {other:?}",
+            d.vm,
+            d.generation,
+            d.by
+        ),
     }
 }
 
@@ -105,71 +216,48 @@ fn open_watchdog(path: &Path, slot: &mut WatchdogSlot) {
     }
 }
 
-/// Ticks the guard: opens the watchdog after the first renewal, feeds it,
-/// and sends `HoldOutput` to ftvmm at `ftvmm`, forever.
-pub fn guard_loop(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftvmm: PathBuf) {
-    let period = (agent.timing.renew / 5).min(Duration::from_millis(100));
+/// Ticks the guard every grant period: opens the watchdog after the first
+/// renewal and feeds it while the guard says so, forever.
+pub fn guard_loop(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf) {
     let mut opened = false;
-    let hold_failed = Arc::new(AtomicBool::new(false));
     loop {
-        std::thread::sleep(period);
-        if !opened && agent.renewals() > 0 {
+        std::thread::sleep(agent.timing.grant_period);
+        let reset = shared
+            .watchdog
+            .lock()
+            .expect("lock")
+            .reset_requested
+            .is_some();
+        if !opened && (agent.renewals() > 0 || reset) {
             // Armed only once the own lease works: a host without storage at
-            // boot keeps running (holding nothing) instead of reset-looping.
+            // boot keeps running (holding nothing) instead of reset-looping;
+            // or to carry out a reset asked for before that.
             opened = true;
             open_watchdog(&watchdog, &mut shared.watchdog.lock().expect("lock"));
         }
-        let actions = shared.guard.lock().expect("lock").tick(Instant::now());
+        let actions = shared.guard.lock().expect("lock").tick(BootInstant::now());
         for l in &actions.say {
             println!("{l}");
         }
-        {
-            let mut w = shared.watchdog.lock().expect("lock");
-            let feed = actions.feed && w.reset_requested.is_none();
-            if let (true, Some(dev)) = (feed, w.dev.as_mut()) {
-                match dev.feed() {
-                    Ok(()) => w.feeds += 1,
-                    Err(e) => tracing::warn!("fencing: feeding the watchdog failed: {e}"),
-                }
-            }
-            if w.dev.is_some() {
-                w.state = if feed { "fed" } else { "starving" }.into();
+        let mut w = shared.watchdog.lock().expect("lock");
+        let feed = actions.feed && w.reset_requested.is_none();
+        if let (true, Some(dev)) = (feed, w.dev.as_mut()) {
+            match dev.feed() {
+                Ok(()) => w.feeds += 1,
+                Err(e) => tracing::warn!("fencing: feeding the watchdog failed: {e}"),
             }
         }
-        if let Some(hold) = actions.send_hold {
-            let (shared, ftvmm, hold_failed) =
-                (Arc::clone(&shared), ftvmm.clone(), Arc::clone(&hold_failed));
-            std::thread::spawn(move || {
-                let reason = if hold {
-                    "fencing: own lease renewal failing"
-                } else {
-                    "fencing: own lease renewed again"
-                };
-                let req = Request::HoldOutput {
-                    hold,
-                    reason: reason.into(),
-                };
-                let answer = ctl::query(&ftvmm, &req);
-                let ok = matches!(answer, Ok(Response::Ok));
-                if ok {
-                    hold_failed.store(false, Ordering::Relaxed);
-                    println!(
-                        "fencing: ftvmm confirmed {}",
-                        if hold {
-                            "the output hold"
-                        } else {
-                            "the output release"
-                        }
-                    );
-                } else if !hold_failed.swap(true, Ordering::Relaxed) {
-                    println!("fencing: ftvmm did not accept HoldOutput(hold={hold}): {answer:?}");
-                }
-                shared
-                    .guard
-                    .lock()
-                    .expect("lock")
-                    .hold_answer(hold, ok, Instant::now());
-            });
+        if w.dev.is_some() {
+            w.state = if feed { "fed" } else { "starving" }.into();
         }
     }
+}
+
+/// Starts the renewer, the granter and the guard loop for `agent`.
+pub fn start(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftvmm: PathBuf) {
+    let (a, s, f) = (Arc::clone(&agent), Arc::clone(&shared), ftvmm.clone());
+    std::thread::spawn(move || renewer(a, s, f));
+    let (a, s) = (Arc::clone(&agent), Arc::clone(&shared));
+    std::thread::spawn(move || granter(a, s, ftvmm));
+    std::thread::spawn(move || guard_loop(agent, shared, watchdog));
 }

@@ -41,10 +41,9 @@ pub fn locate(root: &Path, locator: &DeviceLocator) -> Result<SharedDevice, Loca
             names.sort();
             for name in names {
                 let sys = root.join("sys/block").join(&name);
-                let Ok(s) = fs::read_to_string(sys.join("serial")) else {
+                let Some(s) = serial_of(&sys) else {
                     continue;
                 };
-                let s = s.trim().to_string();
                 if &s == serial {
                     return Ok(SharedDevice {
                         path: PathBuf::from("/dev").join(&name),
@@ -76,6 +75,29 @@ pub fn locate(root: &Path, locator: &DeviceLocator) -> Result<SharedDevice, Loca
     }
 }
 
+/// The serial number of the block device whose sysfs directory is `sys`:
+/// `serial` (virtio-blk), `device/serial` (NVMe), or the unit serial number
+/// of a SCSI disk, VPD page 0x80 (`device/vpd_pg80`: a 4-byte header, then
+/// the serial, padded with spaces; tgt pads on the left).
+pub fn serial_of(sys: &Path) -> Option<String> {
+    for rel in ["serial", "device/serial"] {
+        if let Ok(s) = fs::read_to_string(sys.join(rel)) {
+            return Some(s.trim().to_string());
+        }
+    }
+    let page = fs::read(sys.join("device/vpd_pg80")).ok()?;
+    let len = usize::from(u16::from_be_bytes([*page.get(2)?, *page.get(3)?]));
+    if page[1] != 0x80 {
+        return None;
+    }
+    let serial = page.get(4..(4 + len).min(page.len()))?;
+    let text = String::from_utf8_lossy(serial);
+    Some(
+        text.trim_matches(|c: char| c == ' ' || c == '\0')
+            .to_string(),
+    )
+}
+
 fn sysfs_size(sys: &Path) -> Option<u64> {
     let sectors: u64 = fs::read_to_string(sys.join("size"))
         .ok()?
@@ -103,6 +125,14 @@ mod tests {
             }
             fs::write(d.join("size"), format!("{sectors}\n")).unwrap();
         }
+        // A SCSI disk as tgt exports it: no `serial`, the unit serial number
+        // in VPD page 0x80, right-aligned in 36 bytes.
+        let sda = t.path().join("sys/block/sda");
+        fs::create_dir_all(sda.join("device")).unwrap();
+        let mut page = vec![0x00, 0x80, 0x00, 36];
+        page.extend_from_slice(format!("{:>36}", "ISCSIDISK").as_bytes());
+        fs::write(sda.join("device/vpd_pg80"), page).unwrap();
+        fs::write(sda.join("size"), "131072\n").unwrap();
         fs::create_dir_all(t.path().join("dev")).unwrap();
         fs::write(t.path().join("dev/vdb"), b"").unwrap();
         t
@@ -122,8 +152,22 @@ mod tests {
         let e = locate(t.path(), &DeviceLocator::Serial("NOPE".into())).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "no block device with serial \"NOPE\" (serials seen: [vda=CFGDISK, vdb=FTSHARED])"
+            "no block device with serial \"NOPE\" (serials seen: [sda=ISCSIDISK, vda=CFGDISK, vdb=FTSHARED])"
         );
+    }
+
+    #[test]
+    fn a_scsi_disk_is_found_by_its_vpd_serial() {
+        let t = tree();
+        let d = locate(t.path(), &DeviceLocator::Serial("ISCSIDISK".into())).unwrap();
+        assert_eq!(d.path, PathBuf::from("/dev/sda"));
+        assert_eq!(d.size_bytes, Some(64 << 20));
+        // A page that is not 0x80, or too short, names no serial.
+        let sda = t.path().join("sys/block/sda/device/vpd_pg80");
+        fs::write(&sda, [0, 0x83, 0, 4, b'A', b'B', b'C', b'D']).unwrap();
+        assert_eq!(serial_of(&t.path().join("sys/block/sda")), None);
+        fs::write(&sda, [0, 0x80]).unwrap();
+        assert_eq!(serial_of(&t.path().join("sys/block/sda")), None);
     }
 
     #[test]

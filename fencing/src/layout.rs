@@ -1,45 +1,59 @@
 //! The on-disk layout of the fencing region (`storage.fencing` on the shared
-//! device) and the codecs of its three kinds of sector.
+//! device), version 2, and the codecs of its three kinds of block.
 //!
-//! Everything is a 512-byte sector; every write the agent makes is exactly one
-//! sector, so it relies on nothing but atomic single-sector reads and writes.
-//! All integers are little-endian. Every sector ends with a CRC-32C (Castagnoli)
-//! of its bytes `0..508`, stored at `508..512`.
+//! # Rules
+//!
+//! The region is an array of **blocks** of `B` bytes, `B` the device's
+//! physical block size (at least 512, a power of two up to 64 KiB), recorded
+//! in the header. Every read and write of the agent is exactly one whole block
+//! at a multiple of `B` (with `O_DIRECT`, see [`crate::io`]), and each host
+//! writes only its own blocks. So on a 512e device (512-byte logical, 4096-byte
+//! physical sectors) no write is a read-modify-write of a physical sector that
+//! holds another host's data — a torn write can damage only the writer's own
+//! block — and on a 4Kn device no I/O is smaller than a logical block (which
+//! would fail). Layout version 1 packed every record into 512-byte sectors,
+//! eight hosts' records to one 4 KiB physical sector.
+//!
+//! All integers are little-endian. Every block ends with a CRC-32C
+//! (Castagnoli) of its bytes `0..B-4`, stored at `B-4..B`; bytes not named
+//! below are zero.
 //!
 //! With `N` hosts (config order; host *index* = position in `hosts`, 0-based),
 //! `M` VMs (config order) and a ring of `K` Disk Paxos instances per VM, the
-//! region holds `1 + N + M*K*N` sectors:
+//! region holds `1 + N + M*K*N` blocks:
 //!
-//! | sector                         | content                                  |
+//! | block                          | content                                  |
 //! |--------------------------------|------------------------------------------|
 //! | `0`                            | header                                   |
 //! | `1 + h`                        | delta lease of host `h`                  |
 //! | `1 + N + ((v*K + s) * N) + h`  | Disk Paxos block of host `h` for VM `v`, ring slot `s = generation mod K` |
 //!
-//! **Header** (sector 0):
+//! **Header** (block 0):
 //!
 //! | bytes     | field                                                           |
 //! |-----------|-----------------------------------------------------------------|
 //! | `0..8`    | magic `FTFENCE\0`                                               |
-//! | `8..12`   | layout version (`1`)                                            |
-//! | `12..16`  | host count `N`                                                  |
-//! | `16..20`  | VM count `M`                                                    |
-//! | `20..24`  | ring size `K`                                                   |
-//! | `24..28`  | names digest: CRC-32C of every host name then every VM name, each followed by a NUL byte, a `0x01` byte between the two lists |
-//! | `28..508` | zero                                                            |
-//! | `508..512`| CRC-32C of `0..508`                                             |
+//! | `8..12`   | layout version (`2`)                                            |
+//! | `12..16`  | block size `B`                                                  |
+//! | `16..20`  | host count `N`                                                  |
+//! | `20..24`  | VM count `M`                                                    |
+//! | `24..28`  | ring size `K`                                                   |
+//! | `28..32`  | names digest: CRC-32C of every host name then every VM name, each followed by a NUL byte, a `0x01` byte between the two lists |
+//! | `32..B-4` | zero                                                            |
+//! | `B-4..B`  | CRC-32C of `0..B-4`                                             |
 //!
-//! **Delta lease** (sector `1 + h`):
+//! **Delta lease** (block `1 + h`):
 //!
-//! | bytes     | field                                                           |
-//! |-----------|-----------------------------------------------------------------|
-//! | `0..8`    | magic `FTLEASE\0`                                               |
-//! | `8..12`   | host index `h`                                                  |
-//! | `12..16`  | zero                                                            |
-//! | `16..24`  | renewal counter (incremented by every renewal)                  |
-//! | `24..32`  | incarnation (random per agent start; a change also counts as movement) |
-//! | `32..508` | zero                                                            |
-//! | `508..512`| CRC-32C of `0..508`                                             |
+//! | bytes       | field                                                         |
+//! |-------------|---------------------------------------------------------------|
+//! | `0..8`      | magic `FTLEASE\0`                                             |
+//! | `8..12`     | host index `h`                                                |
+//! | `12..16`    | `n`: entries in the running list (at most `(B - 36) / 16`: 29 with 512-byte blocks, 253 with 4 KiB) |
+//! | `16..24`    | renewal counter (incremented by every renewal)                |
+//! | `24..32`    | incarnation (random per agent start; a change also counts as movement) |
+//! | `32..32+16n`| running list: per entry the VM index (`u32`), 4 zero bytes, the generation (`u64`) this host runs the VM in as Primary or is acquiring (sorted, no duplicates) |
+//! | `..B-4`     | zero                                                          |
+//! | `B-4..B`    | CRC-32C of `0..B-4`                                           |
 //!
 //! **Disk Paxos block** (one per host per instance; written only by its host):
 //!
@@ -53,37 +67,47 @@
 //! | `32..40`  | `bal`: ballot of the value it last accepted (0 = none)          |
 //! | `40..48`  | `inp`: that value, a host index + 1 (0 = none)                  |
 //! | `48..56`  | `owner`: the decided owner, host index + 1 (0 = not known)      |
-//! | `56..508` | zero                                                            |
-//! | `508..512`| CRC-32C of `0..508`                                             |
+//! | `56..64`  | config generation proposed with `inp` (part of the value; 0 with no value) |
+//! | `64..72`  | config generation of the decided owner (0 when not known)       |
+//! | `72..B-4` | zero                                                            |
+//! | `B-4..B`  | CRC-32C of `0..B-4`                                             |
 //!
-//! A Paxos block that fails its CRC, has the wrong magic, names another writer
-//! or VM than its position, or names another generation reads as *empty* (all
-//! zero) for the generation asked about. Blank sectors (all zero) fail the CRC
-//! check and therefore read as empty too.
+//! # Blank, valid, corrupt
+//!
+//! A blank block (all zero: never written) reads as *empty*, and so does a
+//! valid Paxos block about an older generation of the ring slot. Anything else
+//! that does not decode as the block of its position — a bad CRC or magic,
+//! nonzero reserved bytes, another writer or VM than its position, generation
+//! 0, a generation of another ring slot — is *corrupt*: it may hide an
+//! accepted value, so it is never read as empty (Disk Paxos aborts over it and
+//! raises an alarm, see [`crate::paxos`]).
 
 use serde::Serialize;
 
-/// Bytes per sector; each write of the agent is one sector.
-pub const SECTOR: usize = 512;
 /// The layout version written in the header.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Smallest and largest block size.
+pub const MIN_BLOCK: u32 = 512;
+pub const MAX_BLOCK: u32 = 64 << 10;
 /// Default number of Disk Paxos instances kept per VM.
 pub const DEFAULT_RING: u32 = 16;
 
 const HEADER_MAGIC: &[u8; 8] = b"FTFENCE\0";
 const LEASE_MAGIC: &[u8; 8] = b"FTLEASE\0";
 const PAXOS_MAGIC: &[u8; 8] = b"FTPAXOS\0";
-const CRC_AT: usize = SECTOR - 4;
+const LEASE_ENTRIES_AT: usize = 32;
+const LEASE_ENTRY: usize = 16;
+const PAXOS_END: usize = 72;
 
-/// One sector's bytes.
-pub type Sector = [u8; SECTOR];
+/// One block's bytes (as long as the region's block size).
+pub type Block = Box<[u8]>;
 
-/// Why a sector does not decode.
+/// Why a block does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("sector is {0} bytes, not 512")]
+    #[error("block is {0} bytes, not a power of two from 512 to 65536")]
     Length(usize),
-    #[error("sector is blank (all zero)")]
+    #[error("block is blank (all zero)")]
     Blank,
     #[error("bad checksum")]
     Crc,
@@ -91,11 +115,24 @@ pub enum DecodeError {
     Magic,
     #[error("nonzero reserved bytes")]
     Reserved,
+    #[error("names layout version {0}, this build reads version {VERSION}")]
+    Version(u32),
+    #[error("names block size {recorded}, read as {read}-byte block")]
+    BlockSize { recorded: u32, read: usize },
+    #[error("{0}")]
+    Field(String),
 }
 
-/// The shape of the region, from the config (and the header on disk).
+/// Whether `b` is a valid block size.
+pub fn valid_block_size(b: u64) -> bool {
+    b.is_power_of_two() && (u64::from(MIN_BLOCK)..=u64::from(MAX_BLOCK)).contains(&b)
+}
+
+/// The shape of the region, from the config and the device (and the header on disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Geometry {
+    /// Bytes per block.
+    pub block: u32,
     pub hosts: u32,
     pub vms: u32,
     pub ring: u32,
@@ -103,11 +140,13 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    /// The geometry for these host and VM names (config order).
+    /// The geometry for these host and VM names (config order) with blocks
+    /// of `block` bytes.
     pub fn new<'a>(
         hosts: impl IntoIterator<Item = &'a str>,
         vms: impl IntoIterator<Item = &'a str>,
         ring: u32,
+        block: u32,
     ) -> Self {
         let mut bytes = Vec::new();
         let mut h = 0u32;
@@ -124,7 +163,12 @@ impl Geometry {
             v += 1;
         }
         assert!(ring > 0, "ring size must be positive");
+        assert!(
+            valid_block_size(u64::from(block)),
+            "block size {block} is not a power of two from 512 to 65536"
+        );
         Geometry {
+            block,
             hosts: h,
             vms: v,
             ring,
@@ -133,22 +177,33 @@ impl Geometry {
     }
 
     /// The geometry of a cluster config (ring of [`DEFAULT_RING`]).
-    pub fn of_config(c: &config_schema::ClusterConfig) -> Self {
+    pub fn of_config(c: &config_schema::ClusterConfig, block: u32) -> Self {
         Geometry::new(
             c.hosts.iter().map(|h| h.name.as_str()),
             c.vms.iter().map(|v| v.name.as_str()),
             DEFAULT_RING,
+            block,
         )
     }
 
-    /// Sectors the region needs.
-    pub fn sectors(&self) -> u64 {
+    /// Blocks the region needs.
+    pub fn blocks(&self) -> u64 {
         1 + u64::from(self.hosts)
             + u64::from(self.vms) * u64::from(self.ring) * u64::from(self.hosts)
     }
 
-    /// Sector of host `h`'s lease.
-    pub fn lease_sector(&self, h: u32) -> u64 {
+    /// Bytes the region needs.
+    pub fn bytes(&self) -> u64 {
+        self.blocks() * u64::from(self.block)
+    }
+
+    /// Block size as a length.
+    pub fn block_len(&self) -> usize {
+        self.block as usize
+    }
+
+    /// Block of host `h`'s lease.
+    pub fn lease_block(&self, h: u32) -> u64 {
         assert!(h < self.hosts, "host index {h} out of range");
         1 + u64::from(h)
     }
@@ -158,77 +213,172 @@ impl Geometry {
         (generation % u64::from(self.ring)) as u32
     }
 
-    /// Sector of host `h`'s Paxos block for (VM `v`, `generation`).
-    pub fn paxos_sector(&self, v: u32, generation: u64, h: u32) -> u64 {
+    /// Block of host `h`'s Paxos block for (VM `v`, `generation`).
+    pub fn paxos_block(&self, v: u32, generation: u64, h: u32) -> u64 {
         assert!(h < self.hosts && v < self.vms, "index out of range");
         let n = u64::from(self.hosts);
         let instance = u64::from(v) * u64::from(self.ring) + u64::from(self.slot(generation));
         1 + n + instance * n + u64::from(h)
     }
 
-    /// The header sector for this geometry.
-    pub fn encode_header(&self) -> Sector {
-        let mut s = [0u8; SECTOR];
+    /// (VM, ring slot, host) of the Paxos block at index `block`, if it is one.
+    pub fn paxos_position(&self, block: u64) -> Option<(u32, u32, u32)> {
+        let n = u64::from(self.hosts);
+        let i = block.checked_sub(1 + n).filter(|_| block < self.blocks())?;
+        let instance = i / n;
+        let ring = u64::from(self.ring);
+        Some((
+            (instance / ring) as u32,
+            (instance % ring) as u32,
+            (i % n) as u32,
+        ))
+    }
+
+    /// The header block for this geometry.
+    pub fn encode_header(&self) -> Block {
+        let mut s = blank(self.block_len());
         s[0..8].copy_from_slice(HEADER_MAGIC);
-        s[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        s[12..16].copy_from_slice(&self.hosts.to_le_bytes());
-        s[16..20].copy_from_slice(&self.vms.to_le_bytes());
-        s[20..24].copy_from_slice(&self.ring.to_le_bytes());
-        s[24..28].copy_from_slice(&self.names_digest.to_le_bytes());
+        for (at, v) in [
+            (8, VERSION),
+            (12, self.block),
+            (16, self.hosts),
+            (20, self.vms),
+            (24, self.ring),
+            (28, self.names_digest),
+        ] {
+            s[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
         seal(&mut s);
         s
     }
 }
 
-/// What the header sector says.
+/// What the header block says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub version: u32,
     pub geometry: Geometry,
 }
 
-/// Decodes a header sector (any version).
+/// Decodes a header block. A header of another version or block size is
+/// reported as such (from its first 16 bytes, before the checksum can be
+/// checked: it sits at the end of a block of another size).
 pub fn decode_header(b: &[u8]) -> Result<Header, DecodeError> {
+    length(b)?;
+    if b.iter().all(|&x| x == 0) {
+        return Err(DecodeError::Blank);
+    }
+    if &b[0..8] == HEADER_MAGIC {
+        match u32_at(b, 8) {
+            VERSION => {}
+            v => return Err(DecodeError::Version(v)),
+        }
+        let recorded = u32_at(b, 12);
+        if recorded as usize != b.len() {
+            return Err(DecodeError::BlockSize {
+                recorded,
+                read: b.len(),
+            });
+        }
+    }
     let s = checked(b, HEADER_MAGIC)?;
-    reserved_zero(&s[28..CRC_AT])?;
+    reserved_zero(&s[32..crc_at(s)])?;
+    let ring = u32_at(s, 24);
+    if ring == 0 {
+        return Err(DecodeError::Field("ring size 0".into()));
+    }
     Ok(Header {
-        version: u32_at(s, 8),
+        version: VERSION,
         geometry: Geometry {
-            hosts: u32_at(s, 12),
-            vms: u32_at(s, 16),
-            ring: u32_at(s, 20),
-            names_digest: u32_at(s, 24),
+            block: u32_at(s, 12),
+            hosts: u32_at(s, 16),
+            vms: u32_at(s, 20),
+            ring,
+            names_digest: u32_at(s, 28),
         },
     })
 }
 
+/// One VM a host publishes as running (or being acquired) as Primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Running {
+    pub vm: u32,
+    pub generation: u64,
+}
+
 /// One host's delta lease record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseRecord {
     pub host: u32,
     pub counter: u64,
     pub incarnation: u64,
+    /// Sorted, no duplicates, at most [`LeaseRecord::capacity`] entries.
+    pub running: Vec<Running>,
 }
 
 impl LeaseRecord {
-    pub fn encode(&self) -> Sector {
-        let mut s = [0u8; SECTOR];
+    /// Running-list entries a lease block of `block` bytes holds.
+    pub fn capacity(block: usize) -> usize {
+        (block - 4 - LEASE_ENTRIES_AT) / LEASE_ENTRY
+    }
+
+    /// The block of `block` bytes. The running list must be sorted and fit.
+    pub fn encode(&self, block: usize) -> Block {
+        assert!(
+            self.running.len() <= Self::capacity(block),
+            "running list of {} entries does not fit a {block}-byte lease block",
+            self.running.len()
+        );
+        assert!(
+            self.running.windows(2).all(|w| w[0] < w[1]),
+            "running list must be sorted without duplicates"
+        );
+        let mut s = blank(block);
         s[0..8].copy_from_slice(LEASE_MAGIC);
         s[8..12].copy_from_slice(&self.host.to_le_bytes());
+        s[12..16].copy_from_slice(&(self.running.len() as u32).to_le_bytes());
         s[16..24].copy_from_slice(&self.counter.to_le_bytes());
         s[24..32].copy_from_slice(&self.incarnation.to_le_bytes());
+        for (i, r) in self.running.iter().enumerate() {
+            let at = LEASE_ENTRIES_AT + i * LEASE_ENTRY;
+            s[at..at + 4].copy_from_slice(&r.vm.to_le_bytes());
+            s[at + 8..at + 16].copy_from_slice(&r.generation.to_le_bytes());
+        }
         seal(&mut s);
         s
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let s = checked(b, LEASE_MAGIC)?;
-        reserved_zero(&s[12..16])?;
-        reserved_zero(&s[32..CRC_AT])?;
+        let n = u32_at(s, 12) as usize;
+        let cap = Self::capacity(s.len());
+        if n > cap {
+            return Err(DecodeError::Field(format!(
+                "running list of {n} entries, a {}-byte block holds {cap}",
+                s.len()
+            )));
+        }
+        let end = LEASE_ENTRIES_AT + n * LEASE_ENTRY;
+        reserved_zero(&s[end..crc_at(s)])?;
+        let mut running = Vec::with_capacity(n);
+        for i in 0..n {
+            let at = LEASE_ENTRIES_AT + i * LEASE_ENTRY;
+            reserved_zero(&s[at + 4..at + 8])?;
+            running.push(Running {
+                vm: u32_at(s, at),
+                generation: u64_at(s, at + 8),
+            });
+        }
+        if !running.windows(2).all(|w| w[0] < w[1]) {
+            return Err(DecodeError::Field(
+                "running list not sorted or with duplicates".into(),
+            ));
+        }
         Ok(LeaseRecord {
             host: u32_at(s, 8),
             counter: u64_at(s, 16),
             incarnation: u64_at(s, 24),
+            running,
         })
     }
 }
@@ -245,6 +395,10 @@ pub struct PaxosBlock {
     pub inp: u64,
     /// Host index + 1 of the decided owner; 0 = not known.
     pub owner: u64,
+    /// Config generation proposed with `inp` (0 without a value).
+    pub inp_config: u64,
+    /// Config generation of the decided owner (0 when not known).
+    pub owner_config: u64,
 }
 
 impl PaxosBlock {
@@ -258,8 +412,8 @@ impl PaxosBlock {
         }
     }
 
-    pub fn encode(&self) -> Sector {
-        let mut s = [0u8; SECTOR];
+    pub fn encode(&self, block: usize) -> Block {
+        let mut s = blank(block);
         s[0..8].copy_from_slice(PAXOS_MAGIC);
         s[8..12].copy_from_slice(&self.host.to_le_bytes());
         s[12..16].copy_from_slice(&self.vm.to_le_bytes());
@@ -269,6 +423,8 @@ impl PaxosBlock {
             (32, self.bal),
             (40, self.inp),
             (48, self.owner),
+            (56, self.inp_config),
+            (64, self.owner_config),
         ] {
             s[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
@@ -279,7 +435,7 @@ impl PaxosBlock {
     /// Decodes a block as it is on disk, whatever generation it names.
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let s = checked(b, PAXOS_MAGIC)?;
-        reserved_zero(&s[56..CRC_AT])?;
+        reserved_zero(&s[PAXOS_END..crc_at(s)])?;
         Ok(PaxosBlock {
             host: u32_at(s, 8),
             vm: u32_at(s, 12),
@@ -288,45 +444,84 @@ impl PaxosBlock {
             bal: u64_at(s, 32),
             inp: u64_at(s, 40),
             owner: u64_at(s, 48),
+            inp_config: u64_at(s, 56),
+            owner_config: u64_at(s, 64),
         })
     }
 }
 
-/// How a Paxos sector reads for one (host, VM, generation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a Paxos block reads for one (host, VM, generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotView {
     /// A valid block about this generation.
     Block(PaxosBlock),
-    /// Garbage, blank, misplaced or an older generation: empty for this one.
+    /// Blank (never written) or a valid block about an older generation of
+    /// the ring slot: empty for this one.
     Empty,
     /// A valid block about a later generation in the same ring slot: the
     /// generation asked about is superseded.
     Later(u64),
+    /// Written but unreadable: bad checksum or magic, nonzero reserved bytes,
+    /// another writer or VM than its position, or values the algorithm never
+    /// writes. Never empty: it may hide an accepted value.
+    Corrupt(String),
 }
 
-/// Reads sector bytes `b` as host `host`'s block for (`vm`, `generation`).
-pub fn view_paxos(b: &[u8], host: u32, vm: u32, generation: u64) -> SlotView {
+/// Reads block bytes `b` as host `host`'s block for (`vm`, `generation`) in
+/// a ring of `ring` slots. Only an all-zero block is empty; anything else
+/// that does not decode as this position's block is [`SlotView::Corrupt`].
+pub fn view_paxos(b: &[u8], host: u32, vm: u32, generation: u64, ring: u32) -> SlotView {
+    let ring = u64::from(ring.max(1));
     match PaxosBlock::decode(b) {
-        Ok(p) if p.host != host || p.vm != vm => SlotView::Empty,
+        Err(DecodeError::Blank) => SlotView::Empty,
+        Err(e) => SlotView::Corrupt(e.to_string()),
+        Ok(p) if p.host != host => {
+            SlotView::Corrupt(format!("names writer host index {}, not {host}", p.host))
+        }
+        Ok(p) if p.vm != vm => SlotView::Corrupt(format!("names vm index {}, not {vm}", p.vm)),
+        Ok(p) if p.generation == 0 => SlotView::Corrupt("names generation 0".into()),
+        Ok(p) if p.generation % ring != generation % ring => SlotView::Corrupt(format!(
+            "names generation {}, which is not of this ring slot",
+            p.generation
+        )),
         Ok(p) if p.generation == generation => SlotView::Block(p),
         Ok(p) if p.generation > generation => SlotView::Later(p.generation),
-        _ => SlotView::Empty,
+        Ok(_) => SlotView::Empty,
     }
 }
 
-fn seal(s: &mut Sector) {
-    let crc = crc32c::crc32c(&s[..CRC_AT]);
-    s[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+fn blank(len: usize) -> Block {
+    assert!(
+        valid_block_size(len as u64),
+        "block size {len} is not a power of two from 512 to 65536"
+    );
+    vec![0u8; len].into_boxed_slice()
+}
+
+fn crc_at(b: &[u8]) -> usize {
+    b.len() - 4
+}
+
+fn seal(s: &mut [u8]) {
+    let at = crc_at(s);
+    let crc = crc32c::crc32c(&s[..at]);
+    s[at..].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn length(b: &[u8]) -> Result<(), DecodeError> {
+    if valid_block_size(b.len() as u64) {
+        Ok(())
+    } else {
+        Err(DecodeError::Length(b.len()))
+    }
 }
 
 fn checked<'a>(b: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8], DecodeError> {
-    if b.len() != SECTOR {
-        return Err(DecodeError::Length(b.len()));
-    }
+    length(b)?;
     if b.iter().all(|&x| x == 0) {
         return Err(DecodeError::Blank);
     }
-    if crc32c::crc32c(&b[..CRC_AT]) != u32_at(b, CRC_AT) {
+    if crc32c::crc32c(&b[..crc_at(b)]) != u32_at(b, crc_at(b)) {
         return Err(DecodeError::Crc);
     }
     if &b[0..8] != magic {
@@ -352,119 +547,5 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn geo() -> Geometry {
-        Geometry::new(["a", "b", "c"], ["kv", "cpu"], 4)
-    }
-
-    #[test]
-    fn header_round_trips_and_names_matter() {
-        let g = geo();
-        let h = decode_header(&g.encode_header()).unwrap();
-        assert_eq!(h.version, VERSION);
-        assert_eq!(h.geometry, g);
-        assert_ne!(
-            Geometry::new(["a", "b", "x"], ["kv", "cpu"], 4).names_digest,
-            g.names_digest
-        );
-        // Moving a name from one list to the other changes the digest.
-        assert_ne!(
-            Geometry::new(["a", "b"], ["c", "kv", "cpu"], 4).names_digest,
-            Geometry::new(["a", "b", "c"], ["kv", "cpu"], 4).names_digest
-        );
-    }
-
-    #[test]
-    fn sectors_are_disjoint_and_in_range() {
-        let g = geo();
-        let mut seen = std::collections::BTreeSet::new();
-        seen.insert(0u64);
-        for h in 0..g.hosts {
-            assert!(seen.insert(g.lease_sector(h)));
-        }
-        for v in 0..g.vms {
-            for gen in 0..u64::from(g.ring) {
-                for h in 0..g.hosts {
-                    let s = g.paxos_sector(v, gen, h);
-                    assert!(s < g.sectors());
-                    assert!(seen.insert(s), "sector {s} used twice");
-                }
-            }
-        }
-        assert_eq!(seen.len() as u64, g.sectors());
-        assert_eq!(g.paxos_sector(1, 7, 2), g.paxos_sector(1, 3, 2));
-    }
-
-    #[test]
-    fn lease_and_paxos_round_trip() {
-        let l = LeaseRecord {
-            host: 2,
-            counter: 99,
-            incarnation: 0xdead_beef,
-        };
-        assert_eq!(LeaseRecord::decode(&l.encode()).unwrap(), l);
-        let p = PaxosBlock {
-            host: 1,
-            vm: 0,
-            generation: 7,
-            mbal: 12,
-            bal: 9,
-            inp: 3,
-            owner: 3,
-        };
-        let s = p.encode();
-        assert_eq!(PaxosBlock::decode(&s).unwrap(), p);
-        assert_eq!(view_paxos(&s, 1, 0, 7), SlotView::Block(p));
-        assert_eq!(view_paxos(&s, 1, 0, 3), SlotView::Later(7));
-        assert_eq!(view_paxos(&s, 1, 0, 11), SlotView::Empty);
-        assert_eq!(view_paxos(&s, 2, 0, 7), SlotView::Empty);
-        assert_eq!(view_paxos(&s, 1, 1, 7), SlotView::Empty);
-    }
-
-    #[test]
-    fn damaged_blank_and_foreign_sectors_read_as_errors_or_empty() {
-        let p = PaxosBlock::empty(0, 0, 1).encode();
-        for i in [0, 17, 300, 508, 511] {
-            let mut bad = p;
-            bad[i] ^= 0x40;
-            assert!(PaxosBlock::decode(&bad).is_err(), "flip at {i}");
-            assert_eq!(view_paxos(&bad, 0, 0, 1), SlotView::Empty);
-        }
-        assert_eq!(PaxosBlock::decode(&[0u8; SECTOR]), Err(DecodeError::Blank));
-        assert_eq!(PaxosBlock::decode(&p[..100]), Err(DecodeError::Length(100)));
-        let lease = LeaseRecord {
-            host: 0,
-            counter: 1,
-            incarnation: 1,
-        }
-        .encode();
-        assert_eq!(PaxosBlock::decode(&lease), Err(DecodeError::Magic));
-        assert_eq!(view_paxos(&lease, 0, 0, 1), SlotView::Empty);
-        assert_eq!(decode_header(&lease), Err(DecodeError::Magic));
-    }
-
-    #[test]
-    fn pseudo_random_garbage_never_panics() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..2000 {
-            let mut s = [0u8; SECTOR];
-            for b in s.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            // Half the time, make the CRC right so the field checks run.
-            if x & 1 == 0 {
-                s[..8].copy_from_slice(PAXOS_MAGIC);
-                seal(&mut s);
-            }
-            let _ = PaxosBlock::decode(&s);
-            let _ = LeaseRecord::decode(&s);
-            let _ = decode_header(&s);
-            let _ = view_paxos(&s, 0, 0, x);
-        }
-    }
-}
+#[path = "layout_tests.rs"]
+mod tests;

@@ -1,27 +1,40 @@
 //! Delta leases (host liveness on disk, as in sanlock): each host bumps a
-//! counter in its own lease sector every `renew` interval; a reader judges a
+//! counter in its own lease block every `renew` interval; a reader judges a
 //! host live while it saw that counter move within `timeout`, measured on the
-//! reader's own monotonic clock (no clocks are compared between hosts).
+//! reader's own `CLOCK_BOOTTIME` (no clocks are compared between hosts).
 //!
 //! # Timing arithmetic
 //!
 //! With the config's heartbeat interval `hb`:
 //! - renew interval `R = max(5 * hb, 500 ms)`;
-//! - a host whose own renewal has not succeeded for `H = 2R` (counted from the
-//!   *issue* time of the last successful write) asks ftvmm to hold all output;
-//! - ftvmm has `C = R` to confirm (`Response::Ok`); if it does not, the agent
-//!   stops feeding the watchdog, whose timeout is `W` ([`WATCHDOG_TIMEOUT_S`]);
+//! - the own lease is *fresh* while its last successful renewal was issued
+//!   less than `H = 2R` ago (counted from the *issue* time `t0` of that write);
+//! - the agent sends ftvmm an `OutputGrant` every `P = min(R / 5, 100 ms)`;
+//!   `ok` only while fresh, valid for `V = R` from receipt but never past
+//!   `t0 + H` (`valid_ms = min(V, t0 + H - now)`); ftvmm holds every Primary's
+//!   output once its last grant expired or said `ok: false`;
+//! - the watchdog (timeout `W`, [`WATCHDOG_TIMEOUT_S`]) is fed while fresh,
+//!   or once ftvmm confirmed a hold, or for `C = R` after the lease went stale
+//!   (time for that confirmation);
 //! - lease timeout `T = max(4R, H + C + W + R)`.
 //!
 //! Why the host is held or reset before others can call it dead: another
 //! host sees the counter move at the earliest when the write lands, which is
 //! after it was issued at `t0`, so it cannot judge the lease expired before
-//! `t0 + T`. This host feeds the watchdog for the last time no later than
-//! `t0 + H + C` unless ftvmm confirmed the hold, so it is held (output
-//! stopped) or reset by `t0 + H + C + W`, which is at least `R` before
-//! `t0 + T`. All hosts derive `T` from the same config and the same planned
-//! `W`, so readers and writers agree. With the example config (`hb` = 100 ms):
-//! R = 500 ms, H = 1 s, C = 500 ms, W = 5 s, T = 7 s.
+//! `t0 + T`. On this host:
+//! - the last `ok` grant is sent before `t0 + H` and is valid at most until
+//!   `t0 + H + d`, `d` the local delivery delay of that message (microseconds;
+//!   the bound below leaves `T - H = C + W + R` for it): ftvmm holds output
+//!   by then *on its own*, whether the agent is alive, hung or gone;
+//! - if ftvmm does not confirm holding, the watchdog is fed for the last time
+//!   before `t0 + H + C + P`, and resets the host by `t0 + H + C + P + W`,
+//!   which is at least `R - P` before `t0 + T`.
+//!
+//! All hosts derive `T` from the same config and the same planned `W`, so
+//! readers and writers agree. With the example config (`hb` = 100 ms):
+//! R = 500 ms, H = 1 s, V = 500 ms, P = 100 ms, C = 500 ms, W = 5 s, T = 7 s.
+//! None of this holds for a host frozen with its clocks (a hypervisor pause):
+//! that is [`crate::freeze`]'s and the deposition watch's business.
 //!
 //! (A reader that keeps reading sees the write at or after `t0`; the bound
 //! above is about such a reader.) "Not live" means "not seen renewing within
@@ -34,25 +47,36 @@
 //! `tests/sim.rs` checks this arithmetic by simulation ([`crate::sim_lease`]);
 //! [`Liveness::expired`] is the reader's judgement it checks.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use config_schema::clock::BootInstant;
 
 use config_schema::ctl::LeaseView;
 use config_schema::Timing;
 use serde::Serialize;
 
-use crate::layout::LeaseRecord;
+use crate::layout::{LeaseRecord, Running};
 
 /// Planned watchdog timeout, seconds (the same on every host).
 pub const WATCHDOG_TIMEOUT_S: u32 = config_schema::ctl::WATCHDOG_TIMEOUT_S;
 
-/// The lease and watchdog timing of a cluster.
+/// The lease, grant and watchdog timing of a cluster (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LeaseTiming {
+    /// `R`.
     pub renew: Duration,
+    /// `H`: the own lease is fresh while renewed less than this ago.
     pub hold_after: Duration,
+    /// `C`.
     pub confirm: Duration,
+    /// `W`.
     pub watchdog: Duration,
+    /// `T`.
     pub timeout: Duration,
+    /// `V`: an `ok` grant is valid this long (never past `t0 + H`).
+    pub grant_valid: Duration,
+    /// `P`: grants are sent (and the guard ticks) this often.
+    pub grant_period: Duration,
 }
 
 impl LeaseTiming {
@@ -62,18 +86,40 @@ impl LeaseTiming {
         let confirm = renew;
         let watchdog = Duration::from_secs(u64::from(WATCHDOG_TIMEOUT_S));
         let timeout = (renew * 4).max(hold_after + confirm + watchdog + renew);
-        LeaseTiming {
+        let grant_period = (renew / 5).min(Duration::from_millis(100));
+        let grant_valid = renew;
+        let timing = LeaseTiming {
             renew,
             hold_after,
             confirm,
             watchdog,
             timeout,
-        }
+            grant_valid,
+            grant_period,
+        };
+        timing.check();
+        timing
+    }
+
+    /// The relations the module docs rely on.
+    fn check(&self) {
+        assert!(
+            self.hold_after + self.confirm + self.grant_period + self.watchdog < self.timeout,
+            "a host that cannot confirm a hold must be reset before its lease expires: {self:?}"
+        );
+        assert!(
+            self.hold_after + self.grant_valid < self.timeout,
+            "a grant must expire before the lease does: {self:?}"
+        );
+        assert!(
+            self.grant_valid >= self.grant_period * 2,
+            "grants are sent at least twice per validity: {self:?}"
+        );
     }
 }
 
 /// This host's own lease: counter and incarnation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OwnLease {
     pub host: u32,
     pub counter: u64,
@@ -90,22 +136,39 @@ impl OwnLease {
         }
     }
 
-    /// The record of the next renewal.
+    /// The record of the next renewal (counter bumped).
     pub fn bump(&mut self) -> LeaseRecord {
         self.counter += 1;
+        self.record(Vec::new())
+    }
+
+    /// The record to write: a renewal bumps the counter (`bump`), a write
+    /// that only publishes does not (so peers can bound how fast the counter
+    /// of a live host moves, see [`crate::freeze`]).
+    pub fn next(&mut self, bump: bool, running: Vec<Running>) -> LeaseRecord {
+        if bump {
+            self.counter += 1;
+        }
+        self.record(running)
+    }
+
+    fn record(&self, running: Vec<Running>) -> LeaseRecord {
         LeaseRecord {
             host: self.host,
             counter: self.counter,
             incarnation: self.incarnation,
+            running,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Seen {
     last: Option<(u64, u64)>,
-    moved_at: Option<Instant>,
-    first_seen: Option<Instant>,
+    /// The running list of the last record read.
+    running: Vec<Running>,
+    moved_at: Option<BootInstant>,
+    first_seen: Option<BootInstant>,
 }
 
 /// What this host has read of every host's lease.
@@ -125,7 +188,7 @@ impl Liveness {
 
     /// Records host `h`'s lease sector as read at `now` (`None`: blank or damaged).
     /// The first value seen is a baseline, not movement.
-    pub fn observe(&mut self, h: usize, rec: Option<LeaseRecord>, now: Instant) {
+    pub fn observe(&mut self, h: usize, rec: Option<LeaseRecord>, now: BootInstant) {
         let s = &mut self.seen[h];
         let Some(rec) = rec else { return };
         let value = (rec.incarnation, rec.counter);
@@ -134,16 +197,17 @@ impl Liveness {
         }
         s.first_seen.get_or_insert(now);
         s.last = Some(value);
+        s.running = rec.running;
     }
 
     /// Records this host's own successful renewal (issued at `issued`).
-    pub fn own_renewed(&mut self, h: usize, rec: LeaseRecord, issued: Instant) {
+    pub fn own_renewed(&mut self, h: usize, rec: &LeaseRecord, issued: BootInstant) {
         let s = &mut self.seen[h];
         s.last = Some((rec.incarnation, rec.counter));
         s.moved_at = Some(issued);
     }
 
-    pub fn live(&self, h: usize, now: Instant) -> bool {
+    pub fn live(&self, h: usize, now: BootInstant) -> bool {
         self.seen[h]
             .moved_at
             .is_some_and(|t| now.saturating_duration_since(t) <= self.timeout)
@@ -154,7 +218,7 @@ impl Liveness {
     /// that does not move for `timeout` after we started watching it is dead).
     /// Not the negation of [`Liveness::live`]: a host never seen at all is
     /// neither live nor expired.
-    pub fn expired(&self, h: usize, now: Instant) -> bool {
+    pub fn expired(&self, h: usize, now: BootInstant) -> bool {
         let s = &self.seen[h];
         match s.moved_at.max(s.first_seen) {
             Some(t) => now.saturating_duration_since(t) > self.timeout,
@@ -162,8 +226,8 @@ impl Liveness {
         }
     }
 
-    /// The per-host view served on `Request::Leases`.
-    pub fn views(&self, names: &[String], now: Instant) -> Vec<LeaseView> {
+    /// The per-host view served on `Request::Leases` (`vms`: VM names by index).
+    pub fn views(&self, names: &[String], vms: &[String], now: BootInstant) -> Vec<LeaseView> {
         names
             .iter()
             .enumerate()
@@ -173,6 +237,11 @@ impl Liveness {
                 last_renewal_ms: self.seen[h]
                     .moved_at
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                running: self.seen[h]
+                    .running
+                    .iter()
+                    .filter_map(|r| vms.get(r.vm as usize).cloned())
+                    .collect(),
             })
             .collect()
     }
@@ -187,6 +256,7 @@ mod tests {
             host: 1,
             counter,
             incarnation,
+            running: Vec::new(),
         })
     }
 
@@ -200,7 +270,9 @@ mod tests {
         assert_eq!(t.renew, Duration::from_millis(500));
         assert_eq!(t.hold_after, Duration::from_secs(1));
         assert_eq!(t.timeout, Duration::from_secs(7));
-        assert!(t.hold_after + t.confirm + t.watchdog < t.timeout);
+        assert_eq!(t.grant_valid, Duration::from_millis(500));
+        assert_eq!(t.grant_period, Duration::from_millis(100));
+        assert!(t.hold_after + t.confirm + t.grant_period + t.watchdog < t.timeout);
         let slow = LeaseTiming::from_config(&Timing {
             heartbeat_interval_ms: 1000,
             failure_timeout_ms: 5000,
@@ -208,11 +280,12 @@ mod tests {
         });
         assert_eq!(slow.renew, Duration::from_secs(5));
         assert_eq!(slow.timeout, Duration::from_secs(25)); // 10 + 5 + 5 + 5
+        assert_eq!(slow.grant_period, Duration::from_millis(100));
     }
 
     #[test]
     fn live_only_while_the_counter_moves() {
-        let t0 = Instant::now();
+        let t0 = BootInstant::now();
         let s = Duration::from_secs(1);
         let mut l = Liveness::new(3, Duration::from_secs(4));
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
@@ -233,7 +306,7 @@ mod tests {
         assert!(l.live(1, t0 + 8 * s));
         // Damaged sectors change nothing.
         l.observe(1, None, t0 + 9 * s);
-        let v = l.views(&names, t0 + 9 * s);
+        let v = l.views(&names, &[], t0 + 9 * s);
         assert_eq!(v[1].last_renewal_ms, Some(1000));
         assert!(v[1].live && !v[0].live && v[0].last_renewal_ms.is_none());
     }

@@ -7,17 +7,23 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use config_schema::clock::BootInstant;
 
 use clap::Parser;
 use config_schema::ctl::{self, Request, Response};
-use config_schema::ctl_server;
+use config_schema::ctl_server::{self, Policy};
+use config_schema::hooks::TestHook;
+use config_schema::peer::Programs;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
 use fencing::agent::{Agent, ACQUIRE_BOUND};
-use fencing::daemon::{guard_loop, renewer, Shared, WatchdogSlot};
-use fencing::io::RegionIo;
-use fencing::layout::Geometry;
-use fencing::watchdog::Guard;
+use fencing::daemon::Shared;
+use fencing::guard::Guard;
+use fencing::io::{Device, RegionIo};
+use fencing::layout::{valid_block_size, Geometry};
+use fencing::pr::{self, PrError, ProbeError};
+use fencing::storage_fence::{Probe, Prober};
 use fencing::{device, View};
 
 #[derive(Parser)]
@@ -36,6 +42,19 @@ struct Cli {
     /// Use this device or file instead of the one the config's locator finds.
     #[arg(long)]
     device: Option<PathBuf>,
+    /// Lay the region out in blocks of this many bytes instead of the
+    /// device's physical block size (a power of two from 512 to 65536, at
+    /// least the logical block size; every host must use the same).
+    #[arg(long)]
+    block_size: Option<u32>,
+    /// Where a preemption at the storage is recorded for the rest of the
+    /// boot (tmpfs): a restarted agent that finds it never joins again.
+    #[arg(long, default_value = "/run/fencing.preempted")]
+    preempted_marker: PathBuf,
+    /// For tests: which executable counts as PROGRAM (init, ftvmm, heartbeat,
+    /// fencing) on the control socket, instead of the image's `/bin/<program>`.
+    #[arg(long, value_name = "PROGRAM=PATH", hide = true)]
+    peer_exe: Vec<String>,
 }
 
 /// Seconds between attempts to find and open the device while it is missing.
@@ -47,22 +66,32 @@ fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, 
         (None, Ok(d)) => d.path.clone(),
         (None, Err(e)) => return Err(e.clone()),
     };
-    let geo = Geometry::of_config(&rt.config);
-    let region = rt.config.storage.fencing;
-    if geo.sectors() * 512 > region.size_mib << 20 {
+    let dev = Device::open(&path).map_err(|e| e.to_string())?;
+    let sizes = dev.sizes;
+    let block = cli.block_size.unwrap_or_else(|| sizes.layout_block());
+    if !valid_block_size(u64::from(block)) {
         return Err(format!(
-            "the fencing region ({} MiB) is smaller than the {} sectors the layout needs",
-            region.size_mib,
-            geo.sectors()
+            "block size {block} is not a power of two from 512 to 65536"
         ));
     }
-    let io =
-        RegionIo::open(&path, region.offset_mib << 20, geo.sectors()).map_err(|e| e.to_string())?;
+    let geo = Geometry::of_config(&rt.config, block);
+    let region = rt.config.storage.fencing;
+    if geo.bytes() > region.size_mib << 20 {
+        return Err(format!(
+            "the fencing region ({} MiB) is smaller than the {} blocks of {block} bytes the layout needs",
+            region.size_mib,
+            geo.blocks()
+        ));
+    }
+    let io = RegionIo::new(dev, region.offset_mib << 20, block, geo.blocks())
+        .map_err(|e| e.to_string())?;
     println!(
-        "fencing: region on {} at {} MiB, {} sectors{}",
+        "fencing: region on {} at {} MiB, {} blocks of {block} bytes (device blocks: logical {}, physical {}){}",
         path.display(),
         region.offset_mib,
-        geo.sectors(),
+        geo.blocks(),
+        sizes.logical,
+        sizes.physical,
         if io.direct() {
             ", O_DIRECT"
         } else {
@@ -70,9 +99,40 @@ fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, 
         }
     );
     let incarnation = fencing::rng::SplitMix::from_entropy(0).next_u64();
-    Agent::new(rt, Arc::new(io), incarnation)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    let agent = Agent::new(rt, Arc::new(io), incarnation).map_err(|e| e.to_string())?;
+    let probe = if rt.config.test_hooks().contains(&TestHook::Pr) {
+        // The hook's tool registers and preempts through this host's own
+        // I_T nexus: two owners of one registration cannot coexist.
+        no_reservations(
+            "the signed config's test hook pr drives this device's persistent reservations \
+             (NOT FOR PRODUCTION)",
+        )
+    } else {
+        prober(path)
+    };
+    if let Some(line) = agent.offer_storage_fence(probe, Some(cli.preempted_marker.clone())) {
+        println!("{line}");
+    }
+    Ok(Arc::new(agent))
+}
+
+/// A prober that always answers "not offered" for `why`.
+fn no_reservations(why: &'static str) -> Prober {
+    Box::new(move || Probe::Unavailable(why.into()))
+}
+
+/// Probes `path` for persistent reservations (docs/design.md §3 item 5).
+fn prober(path: PathBuf) -> Prober {
+    Box::new(move || match pr::probe(&path) {
+        Ok((dev, caps)) => Probe::Offered {
+            dev: Arc::new(dev),
+            persists: caps.types.map(|m| m.ptpl_capable),
+        },
+        Err(e @ ProbeError::Failed(PrError::Transport { .. } | PrError::Io { .. })) => {
+            Probe::Retry(e.to_string())
+        }
+        Err(e) => Probe::Unavailable(e.to_string()),
+    })
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and waits for them in one,
@@ -130,11 +190,9 @@ fn start(cli: Cli, rt: RuntimeConfig, shared: Arc<Shared>, view: Arc<Mutex<View>
                     a.timing.renew.as_millis(),
                     a.timing.timeout.as_millis()
                 );
-                *shared.guard.lock().expect("lock") = Guard::new(a.timing, Instant::now());
+                *shared.guard.lock().expect("lock") = Guard::new(a.timing);
                 *shared.agent.lock().expect("lock") = Ok(Arc::clone(&a));
-                let (a1, s1) = (Arc::clone(&a), Arc::clone(&shared));
-                std::thread::spawn(move || renewer(a1, s1));
-                guard_loop(a, shared, cli.watchdog, cli.ftvmm_socket);
+                fencing::daemon::start(a, shared, cli.watchdog, cli.ftvmm_socket);
                 return;
             }
             Err(e) => {
@@ -154,18 +212,14 @@ fn start(cli: Cli, rt: RuntimeConfig, shared: Arc<Shared>, view: Arc<Mutex<View>
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = RuntimeConfig::load(&cli.config)?;
+    let programs = Programs::appliance()
+        .with_overrides(&cli.peer_exe)
+        .map_err(anyhow::Error::msg)?;
     let found = device::locate(Path::new("/"), &rt.config.storage.device);
     let view = View::new(&rt, found)
         .ok_or_else(|| anyhow::anyhow!("host {} not in config", rt.host_name))?;
     let timing = fencing::lease::LeaseTiming::from_config(&rt.config.timing);
-    let shared = Arc::new(Shared {
-        agent: Mutex::new(Err("starting".into())),
-        guard: Mutex::new(Guard::new(timing, Instant::now())),
-        watchdog: Mutex::new(WatchdogSlot {
-            state: "not opened yet".into(),
-            ..WatchdogSlot::default()
-        }),
-    });
+    let shared = Arc::new(Shared::new(Guard::new(timing)));
     handle_signals(Arc::clone(&shared))?;
     let view = Arc::new(Mutex::new(view));
     let listener = ctl_server::bind(&cli.socket)?;
@@ -179,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
             .unwrap_or_default()
     );
-    ctl_server::serve(listener, move |req| {
+    ctl_server::serve(listener, Policy::fencing(programs), move |req| {
         let view = view.lock().expect("lock").clone();
         handle(&shared, &view, req)
     });
@@ -187,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn handle(shared: &Shared, view: &View, req: Request) -> Response {
-    let now = Instant::now();
+    let now = BootInstant::now();
     let agent = shared
         .agent
         .lock()
@@ -204,7 +258,14 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
                 "state": w.state, "feeds": w.feeds, "timeout_s": w.timeout_s,
                 "reset_requested": w.reset_requested,
             });
-            s["guard"] = serde_json::json!(shared.guard.lock().expect("lock").state());
+            {
+                let g = shared.guard.lock().expect("lock");
+                s["guard"] = serde_json::json!(g.state());
+                s["grant"] = serde_json::json!({
+                    "now": g.grant(now).ok,
+                    "withheld": g.withheld(),
+                });
+            }
             match agent {
                 Ok(a) => s["fencing"] = a.status(now),
                 Err(Response::Error { message }) => s["error"] = message.into(),
@@ -212,8 +273,16 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
             }
             Response::Status { status: s }
         }
-        Request::Acquire { vm, generation } => match agent {
-            Ok(a) => a.acquire(&vm, generation, ACQUIRE_BOUND),
+        Request::Acquire {
+            vm,
+            generation,
+            config_generation,
+        } => match agent {
+            Ok(a) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
+            Err(e) => e,
+        },
+        Request::Highest { vm } => match agent {
+            Ok(a) => a.highest(&vm, ACQUIRE_BOUND),
             Err(e) => e,
         },
         Request::Leases => match agent {

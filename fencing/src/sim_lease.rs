@@ -1,31 +1,42 @@
-//! Deterministic simulation of delta leases, the guard and the watchdog on a
-//! virtual clock (one step = 10 ms), all drawn from one seeded PRNG.
+//! Deterministic simulation of delta leases, the guard, the output grant and
+//! the watchdog on a virtual clock (one step = 10 ms), all drawn from one
+//! seeded PRNG.
 //!
-//! Each host renews like the daemon does (write its lease sector; once that is
-//! acknowledged, read the others'), ticks a [`Guard`] every 100 ms and feeds a
-//! watchdog that resets the host `W` after the last feed. I/O completes after
-//! random delays; a host's storage path is sometimes cut for 1–15 s (its
-//! requests hang, then fail or land late); hosts crash and reboot. ftvmm is
-//! modelled as never confirming an output hold: the worst case, where only
-//! the watchdog stops a host.
+//! Each host renews like the daemon does (write its lease block; once that is
+//! acknowledged, read the others'), ticks a [`Guard`] every grant period,
+//! feeds a watchdog that resets the host `W` after the last feed, and sends
+//! its ftvmm an `OutputGrant` every grant period (one at a time). ftvmm is
+//! modelled too: it takes a grant after a delivery delay, enables output
+//! until `receipt + valid_ms` (an `ok: false` grant disables it) and answers
+//! `Running`, or it is *hung* (takes nothing, answers nothing; the grant it
+//! holds expires on its own) or *rogue* (answers nothing and releases output
+//! whatever the grants say: only the watchdog stops such a host).
+//!
+//! Faults: I/O completes after random delays; a host's storage path is
+//! sometimes cut for 1–15 s (its requests hang, then fail or land late);
+//! hosts crash and reboot; a host's fencing agent dies while the host runs on
+//! (no more renewals, grants or feeds); ftvmm hangs or turns rogue.
 //!
 //! Checked invariant (the arithmetic in [`crate::lease`]): whenever a reader
-//! that has read a host's sector since that host's latest write landed judges
-//! the host's lease expired, that host is not running with output enabled:
-//! it has been reset (or crashed) already.
+//! that has read a host's block since that host's latest write landed judges
+//! the host's lease expired, that host releases no output: it has been reset
+//! (or crashed), or its ftvmm holds (no valid grant).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use config_schema::clock::BootInstant;
 use config_schema::Timing;
 
-use crate::layout::{LeaseRecord, Sector, SECTOR};
+use crate::guard::{Grant, Guard, GuardState};
+use crate::layout::{Block, LeaseRecord};
 use crate::lease::{LeaseTiming, Liveness, OwnLease};
 use crate::rng::SplitMix;
-use crate::sim::SimFailure;
-use crate::watchdog::Guard;
+use crate::sim::{FailureKind, SimFailure};
 
 const STEP: Duration = Duration::from_millis(10);
 const STEPS: u64 = 2500;
+/// Steps a grant query waits for ftvmm before it fails (the 5 s socket timeout).
+const QUERY_TIMEOUT: u64 = 500;
 
 /// Numbers from one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,15 +44,21 @@ pub struct LeaseSimStats {
     pub renewals: u64,
     pub cuts: u64,
     pub crashes: u64,
+    pub agent_deaths: u64,
     pub watchdog_resets: u64,
-    /// Checks where a reader judged a (reset) host expired.
-    pub expiries: u64,
+    /// Grants ftvmm took.
+    pub grants: u64,
+    /// Checks where a reader judged a dead (crashed or reset) host expired.
+    pub expiries_dead: u64,
+    /// Checks where a reader judged a running host expired whose ftvmm held
+    /// output because its grant had expired or was withdrawn.
+    pub expiries_held: u64,
 }
 
-/// The lease sectors, and per host the issue step and completion number of
+/// The lease blocks, and per host the issue step and completion number of
 /// its latest landed write.
 struct Store {
-    disk: Vec<Sector>,
+    disk: Vec<Block>,
     landed: Vec<Option<(u64, u64)>>,
 }
 
@@ -58,15 +75,36 @@ struct Op {
     kind: Kind,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Healthy,
+    Hung,
+    Rogue,
+}
+
+/// A grant on its way to ftvmm (and its answer on the way back).
+struct InFlight {
+    grant: Grant,
+    sent: u64,
+    due: u64,
+}
+
+struct Ftvmm {
+    mode: Mode,
+    /// Output is released while `now < output_until`.
+    output_until: u64,
+}
+
 struct Host {
     alive: bool,
+    agent_alive: bool,
     epoch: u64,
     own: OwnLease,
     live: Liveness,
     guard: Guard,
     armed: bool,
     last_feed: u64,
-    /// Renewed at least once since boot (a running member of the cluster).
+    /// Renewed at least once since boot (runs VMs).
     member: bool,
     busy: bool,
     reads_out: u32,
@@ -75,202 +113,405 @@ struct Host {
     reboot_at: u64,
     /// Per other host: completion number of this host's last read of it.
     sampled: Vec<Option<u64>>,
+    ftvmm: Ftvmm,
+    grant: Option<InFlight>,
+}
+
+struct World {
+    seed: u64,
+    rng: SplitMix,
+    timing: LeaseTiming,
+    n: usize,
+    hosts: Vec<Host>,
+    store: Store,
+    ops: Vec<Op>,
+    /// Completions so far: orders events within one step.
+    seq: u64,
+    next_epoch: u64,
+    stats: LeaseSimStats,
+    trace: bool,
+}
+
+fn steps(d: Duration) -> u64 {
+    (d.as_millis() / STEP.as_millis()) as u64
+}
+
+fn at(t: u64) -> BootInstant {
+    BootInstant::from_nanos(1_000_000_000) + STEP * t as u32
 }
 
 /// Runs one seeded lease simulation.
 pub fn run(seed: u64, trace: bool) -> Result<LeaseSimStats, SimFailure> {
+    run_with(seed, trace, |_| {})
+}
+
+/// Runs one seeded lease simulation with the timing changed by `tweak` (to
+/// show that the simulation catches arithmetic that does not hold).
+pub fn run_with(
+    seed: u64,
+    trace: bool,
+    tweak: impl Fn(&mut LeaseTiming),
+) -> Result<LeaseSimStats, SimFailure> {
     let mut rng = SplitMix::new(seed ^ 0x006c_6561_7365);
     let n = 3 + rng.below(3) as usize;
-    let timing = LeaseTiming::from_config(&Timing {
+    let mut timing = LeaseTiming::from_config(&Timing {
         heartbeat_interval_ms: 100,
         failure_timeout_ms: 1000,
         lag_limit_ms: 500,
     });
-    let steps = |d: Duration| (d.as_millis() / STEP.as_millis()) as u64;
-    let (renew, lease_t, wd) = (
-        steps(timing.renew),
-        steps(timing.timeout),
-        steps(timing.watchdog),
-    );
-    let base = Instant::now();
-    let at = |t: u64| base + STEP * t as u32;
-    let fail = |what: String| SimFailure { seed, what };
-    let new_host = |h: usize, inc: u64, t: u64| Host {
-        alive: true,
-        epoch: inc,
-        own: OwnLease::new(h as u32, inc),
-        live: Liveness::new(n, timing.timeout),
-        guard: Guard::new(timing, at(t)),
-        armed: false,
-        last_feed: t,
-        member: false,
-        busy: false,
-        reads_out: 0,
-        next_renew: t,
-        cut_until: 0,
-        reboot_at: 0,
-        sampled: vec![None; n],
+    tweak(&mut timing);
+    let mut w = World {
+        seed,
+        rng,
+        timing,
+        n,
+        hosts: Vec::new(),
+        store: Store {
+            disk: vec![vec![0u8; 512].into_boxed_slice(); n],
+            landed: vec![None; n],
+        },
+        ops: Vec::new(),
+        seq: 0,
+        next_epoch: 5000,
+        stats: LeaseSimStats::default(),
+        trace,
     };
-    let mut hosts: Vec<Host> = (0..n).map(|h| new_host(h, 1000 + h as u64, 0)).collect();
-    let mut store = Store {
-        disk: vec![[0u8; SECTOR]; n],
-        landed: vec![None; n],
-    };
-    // Completions so far: orders events within one step.
-    let mut seq: u64 = 0;
-    let mut ops: Vec<Op> = Vec::new();
-    let mut stats = LeaseSimStats::default();
-    let mut next_epoch = 5000;
-
+    for h in 0..n {
+        let host = w.boot(h, 1000 + h as u64, 0);
+        w.hosts.push(host);
+    }
     for now in 0..STEPS {
-        // Reboots.
-        for (h, host) in hosts.iter_mut().enumerate() {
-            if !host.alive && host.reboot_at == now {
-                next_epoch += 1;
-                *host = new_host(h, next_epoch, now);
-                if trace {
-                    println!("[{now:>5}] h{h} boots");
-                }
+        w.reboots(now);
+        w.faults(now);
+        w.completions(now);
+        for h in 0..n {
+            w.host_step(h, now);
+        }
+        w.check(now)?;
+    }
+    Ok(w.stats)
+}
+
+impl World {
+    fn log(&self, now: u64, args: std::fmt::Arguments) {
+        if self.trace {
+            println!("[{now:>5}] {args}");
+        }
+    }
+
+    fn boot(&mut self, h: usize, inc: u64, t: u64) -> Host {
+        let mode = match self.rng.below(10) {
+            0 => Mode::Hung,
+            1 => Mode::Rogue,
+            _ => Mode::Healthy,
+        };
+        Host {
+            alive: true,
+            agent_alive: true,
+            epoch: inc,
+            own: OwnLease::new(h as u32, inc),
+            live: Liveness::new(self.n, self.timing.timeout),
+            guard: Guard::new(self.timing),
+            armed: false,
+            last_feed: t,
+            member: false,
+            busy: false,
+            reads_out: 0,
+            next_renew: t,
+            cut_until: 0,
+            reboot_at: 0,
+            sampled: vec![None; self.n],
+            ftvmm: Ftvmm {
+                mode,
+                output_until: 0,
+            },
+            grant: None,
+        }
+    }
+
+    fn reboots(&mut self, now: u64) {
+        for h in 0..self.n {
+            if !self.hosts[h].alive && self.hosts[h].reboot_at == now {
+                self.next_epoch += 1;
+                let inc = self.next_epoch;
+                self.hosts[h] = self.boot(h, inc, now);
+                self.log(
+                    now,
+                    format_args!("h{h} boots, ftvmm {:?}", self.hosts[h].ftvmm.mode),
+                );
             }
         }
-        // Faults.
-        let h = rng.below(n as u64) as usize;
-        if hosts[h].alive && rng.chance(1, 2000) {
-            seq += 1;
-            crash(&mut hosts, &mut ops, &mut store, &mut rng, h, now, seq);
-            stats.crashes += 1;
-            if trace {
-                println!("[{now:>5}] h{h} crashes");
-            }
-        } else if hosts[h].alive && hosts[h].cut_until <= now && rng.chance(1, 800) {
-            hosts[h].cut_until = now + 100 + rng.below(1400);
-            stats.cuts += 1;
-            if trace {
-                println!("[{now:>5}] h{h} storage cut until {}", hosts[h].cut_until);
-            }
+    }
+
+    fn faults(&mut self, now: u64) {
+        let h = self.rng.below(self.n as u64) as usize;
+        if !self.hosts[h].alive {
+            return;
         }
-        // I/O completions due now, in random order.
+        if self.rng.chance(1, 2000) {
+            self.stats.crashes += 1;
+            self.log(now, format_args!("h{h} crashes"));
+            self.crash(h, now);
+        } else if self.hosts[h].cut_until <= now && self.rng.chance(1, 800) {
+            self.hosts[h].cut_until = now + 100 + self.rng.below(1400);
+            self.stats.cuts += 1;
+            self.log(
+                now,
+                format_args!("h{h} storage cut until {}", self.hosts[h].cut_until),
+            );
+        } else if self.hosts[h].agent_alive && self.rng.chance(1, 3000) {
+            self.hosts[h].agent_alive = false;
+            self.stats.agent_deaths += 1;
+            self.log(now, format_args!("h{h}'s fencing agent dies"));
+        } else if self.hosts[h].ftvmm.mode == Mode::Healthy && self.rng.chance(1, 3000) {
+            // A rogue ftvmm (releasing whatever the grants say) can only be
+            // stopped by the watchdog if it turned rogue before it had to
+            // hold: one that confirms a hold and then releases anyway is a
+            // lie no agent can catch. So it turns rogue only while granted.
+            let granted = self.hosts[h].guard.state() == GuardState::Normal;
+            let m = if granted && self.rng.chance(1, 2) {
+                Mode::Rogue
+            } else {
+                Mode::Hung
+            };
+            self.hosts[h].ftvmm.mode = m;
+            self.log(now, format_args!("h{h}'s ftvmm turns {m:?}"));
+        }
+    }
+
+    fn completions(&mut self, now: u64) {
         let mut due: Vec<Op> = Vec::new();
         let mut i = 0;
-        while i < ops.len() {
-            if ops[i].due <= now {
-                due.push(ops.swap_remove(i));
+        while i < self.ops.len() {
+            if self.ops[i].due <= now {
+                due.push(self.ops.swap_remove(i));
             } else {
                 i += 1;
             }
         }
         while !due.is_empty() {
-            let op = due.swap_remove(rng.below(due.len() as u64) as usize);
-            seq += 1;
-            let host = &mut hosts[op.host as usize];
-            if !host.alive || host.epoch != op.epoch {
+            let op = due.swap_remove(self.rng.below(due.len() as u64) as usize);
+            self.seq += 1;
+            let host = &self.hosts[op.host as usize];
+            if !host.alive || !host.agent_alive || host.epoch != op.epoch {
                 continue;
             }
             match op.kind {
                 Kind::Write { rec, issued } => {
-                    if op.fail {
-                        host.busy = false;
-                        continue;
-                    }
-                    store.disk[op.host as usize] = rec.encode();
-                    store.landed[op.host as usize] = Some((issued, seq));
-                    stats.renewals += 1;
-                    host.live.own_renewed(op.host as usize, rec, at(issued));
-                    host.guard.renewed(at(issued));
-                    host.member = true;
-                    if !host.armed {
-                        host.armed = true;
-                        host.last_feed = now;
-                    }
-                    for of in (0..n as u32).filter(|&o| o != op.host) {
-                        host.reads_out += 1;
-                        let (due, fail) = io_delay(&mut rng, host.cut_until, now);
-                        ops.push(Op {
-                            host: op.host,
-                            epoch: op.epoch,
-                            due,
-                            fail,
-                            kind: Kind::Read { of },
-                        });
-                    }
-                    if n == 1 {
-                        host.busy = false;
-                    }
+                    self.written(op.host as usize, rec, issued, op.fail, now)
                 }
-                Kind::Read { of } => {
-                    host.reads_out -= 1;
-                    if host.reads_out == 0 {
-                        host.busy = false;
-                    }
-                    if op.fail {
-                        continue;
-                    }
-                    let rec = LeaseRecord::decode(&store.disk[of as usize]).ok();
-                    host.live.observe(of as usize, rec, at(now));
-                    host.sampled[of as usize] = Some(seq);
-                }
+                Kind::Read { of } => self.read_done(op.host as usize, of, op.fail, now),
             }
         }
-        // Renewals, guard ticks, watchdogs.
-        for h in 0..n {
-            let host = &mut hosts[h];
-            if !host.alive {
-                continue;
-            }
-            if !host.busy && host.next_renew <= now {
-                host.busy = true;
-                host.next_renew = now + renew;
-                let rec = host.own.bump();
-                let (due, fail) = io_delay(&mut rng, host.cut_until, now);
-                ops.push(Op {
-                    host: h as u32,
-                    epoch: host.epoch,
-                    due,
-                    fail,
-                    kind: Kind::Write { rec, issued: now },
-                });
-            }
-            if now % 10 == 0 {
-                let a = host.guard.tick(at(now));
-                if a.feed && host.armed {
-                    host.last_feed = now;
-                }
-            }
-            if host.armed && now >= host.last_feed + wd {
-                stats.watchdog_resets += 1;
-                if trace {
-                    println!("[{now:>5}] h{h} reset by its watchdog");
-                }
-                seq += 1;
-                crash(&mut hosts, &mut ops, &mut store, &mut rng, h, now, seq);
-            }
+    }
+
+    fn written(&mut self, h: usize, rec: LeaseRecord, issued: u64, fail: bool, now: u64) {
+        if fail {
+            self.hosts[h].busy = false;
+            return;
         }
-        // The invariant.
-        for r in 0..n {
-            for w in (0..n).filter(|&w| w != r) {
-                let (reader, writer) = (&hosts[r], &hosts[w]);
-                if !reader.alive || !reader.live.expired(w, at(now)) {
+        self.store.disk[h] = rec.encode(512);
+        self.store.landed[h] = Some((issued, self.seq));
+        self.stats.renewals += 1;
+        let cut = self.hosts[h].cut_until;
+        let host = &mut self.hosts[h];
+        host.live.own_renewed(h, &rec, at(issued));
+        host.guard.renewed(at(issued));
+        host.member = true;
+        if !host.armed {
+            host.armed = true;
+            host.last_feed = now;
+        }
+        for of in (0..self.n as u32).filter(|&o| o as usize != h) {
+            let (due, fail) = io_delay(&mut self.rng, cut, now);
+            let host = &mut self.hosts[h];
+            host.reads_out += 1;
+            self.ops.push(Op {
+                host: h as u32,
+                epoch: host.epoch,
+                due,
+                fail,
+                kind: Kind::Read { of },
+            });
+        }
+    }
+
+    fn read_done(&mut self, h: usize, of: u32, fail: bool, now: u64) {
+        let host = &mut self.hosts[h];
+        host.reads_out -= 1;
+        if host.reads_out == 0 {
+            host.busy = false;
+        }
+        if fail {
+            return;
+        }
+        let rec = LeaseRecord::decode(&self.store.disk[of as usize]).ok();
+        host.live.observe(of as usize, rec, at(now));
+        host.sampled[of as usize] = Some(self.seq);
+    }
+
+    /// Renewal, grant and watchdog of host `h` at `now`.
+    fn host_step(&mut self, h: usize, now: u64) {
+        if !self.hosts[h].alive {
+            return;
+        }
+        let period = steps(self.timing.grant_period);
+        if self.hosts[h].agent_alive {
+            self.renew(h, now);
+            if now.is_multiple_of(period) {
+                let a = self.hosts[h].guard.tick(at(now));
+                if a.feed && self.hosts[h].armed {
+                    self.hosts[h].last_feed = now;
+                }
+                self.send_grant(h, now);
+            }
+            self.grant_answer(h, now);
+        }
+        let host = &self.hosts[h];
+        if host.armed && now >= host.last_feed + steps(self.timing.watchdog) {
+            self.stats.watchdog_resets += 1;
+            self.log(now, format_args!("h{h} reset by its watchdog"));
+            self.crash(h, now);
+        }
+    }
+
+    fn renew(&mut self, h: usize, now: u64) {
+        let renew = steps(self.timing.renew);
+        let cut = self.hosts[h].cut_until;
+        let host = &mut self.hosts[h];
+        if host.busy || host.next_renew > now {
+            return;
+        }
+        host.busy = true;
+        host.next_renew = now + renew;
+        let rec = host.own.bump();
+        let epoch = host.epoch;
+        let (due, fail) = io_delay(&mut self.rng, cut, now);
+        self.ops.push(Op {
+            host: h as u32,
+            epoch,
+            due,
+            fail,
+            kind: Kind::Write { rec, issued: now },
+        });
+    }
+
+    fn send_grant(&mut self, h: usize, now: u64) {
+        if self.hosts[h].grant.is_some() {
+            return;
+        }
+        let grant = self.hosts[h].guard.grant(at(now));
+        // Local delivery: quick, sometimes a scheduling stall.
+        let delay = if self.rng.chance(1, 50) {
+            self.rng.below(100)
+        } else {
+            self.rng.below(3)
+        };
+        self.hosts[h].grant = Some(InFlight {
+            grant,
+            sent: now,
+            due: now + delay,
+        });
+    }
+
+    fn grant_answer(&mut self, h: usize, now: u64) {
+        let host = &mut self.hosts[h];
+        let Some(g) = host.grant.as_ref() else {
+            return;
+        };
+        let answer = match host.ftvmm.mode {
+            Mode::Healthy if g.due <= now => {
+                host.ftvmm.output_until = if g.grant.ok {
+                    now + g.grant.valid_ms.div_ceil(STEP.as_millis() as u64)
+                } else {
+                    now
+                };
+                self.stats.grants += 1;
+                Ok(())
+            }
+            Mode::Hung | Mode::Rogue if g.sent + QUERY_TIMEOUT <= now => {
+                Err("no answer within 5 s".to_string())
+            }
+            _ => return,
+        };
+        let g = host.grant.take().expect("checked");
+        host.guard.on_answer(&g.grant, at(g.sent), answer);
+    }
+
+    /// Whether host `h` releases output at `now`.
+    fn releases_output(&self, h: usize, now: u64) -> bool {
+        let host = &self.hosts[h];
+        host.alive
+            && host.member
+            && match host.ftvmm.mode {
+                Mode::Rogue => true,
+                Mode::Healthy | Mode::Hung => now < host.ftvmm.output_until,
+            }
+    }
+
+    fn check(&mut self, now: u64) -> Result<(), SimFailure> {
+        for r in 0..self.n {
+            for w in (0..self.n).filter(|&w| w != r) {
+                let reader = &self.hosts[r];
+                if !reader.alive || !reader.agent_alive || !reader.live.expired(w, at(now)) {
                     continue;
                 }
-                let Some((issued, landed_seq)) = store.landed[w] else {
+                let Some((issued, landed_seq)) = self.store.landed[w] else {
                     continue;
                 };
                 if reader.sampled[w].is_none_or(|s| s < landed_seq) {
                     continue;
                 }
-                if writer.alive && writer.member {
-                    return Err(fail(format!(
-                        "step {now}: h{r} judges h{w} expired, but h{w} still runs with output \
-                         (latest landed write issued at step {issued}; lease \
-                         timeout {lease_t} steps; guard {:?})",
-                        writer.guard.state()
-                    )));
+                if self.releases_output(w, now) {
+                    let writer = &self.hosts[w];
+                    return Err(SimFailure {
+                        seed: self.seed,
+                        kind: FailureKind::Lease,
+                        what: format!(
+                            "step {now}: h{r} judges h{w} expired, but h{w} still releases output \
+                             (latest landed write issued at step {issued}; lease timeout {} \
+                             steps; guard {:?}; ftvmm {:?}, output until step {})",
+                            steps(self.timing.timeout),
+                            writer.guard.state(),
+                            writer.ftvmm.mode,
+                            writer.ftvmm.output_until
+                        ),
+                    });
                 }
-                stats.expiries += 1;
+                if self.hosts[w].alive && self.hosts[w].member {
+                    self.stats.expiries_held += 1;
+                } else {
+                    self.stats.expiries_dead += 1;
+                }
             }
         }
+        Ok(())
     }
-    Ok(stats)
+
+    fn crash(&mut self, h: usize, now: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        // Unacknowledged writes of the host land now or never.
+        let mut kept = Vec::new();
+        for op in std::mem::take(&mut self.ops) {
+            if op.host as usize != h {
+                kept.push(op);
+                continue;
+            }
+            if let Kind::Write { rec, issued } = &op.kind {
+                if !op.fail && self.rng.chance(1, 2) {
+                    self.store.disk[h] = rec.encode(512);
+                    self.store.landed[h] = Some((*issued, seq));
+                }
+            }
+        }
+        self.ops = kept;
+        let reboot = now + 50 + self.rng.below(300);
+        let host = &mut self.hosts[h];
+        host.alive = false;
+        host.member = false;
+        host.reboot_at = reboot;
+    }
 }
 
 /// Completion step of a request issued at `now`, and whether it fails: quick
@@ -283,32 +524,4 @@ fn io_delay(rng: &mut SplitMix, cut_until: u64, now: u64) -> (u64, bool) {
     } else {
         (now + rng.below(10), false)
     }
-}
-
-fn crash(
-    hosts: &mut [Host],
-    ops: &mut Vec<Op>,
-    store: &mut Store,
-    rng: &mut SplitMix,
-    h: usize,
-    now: u64,
-    seq: u64,
-) {
-    // Unacknowledged writes of the host land now or never.
-    ops.retain(|op| {
-        if op.host as usize != h {
-            return true;
-        }
-        if let Kind::Write { rec, issued } = op.kind {
-            if !op.fail && rng.chance(1, 2) {
-                store.disk[h] = rec.encode();
-                store.landed[h] = Some((issued, seq));
-            }
-        }
-        false
-    });
-    let host = &mut hosts[h];
-    host.alive = false;
-    host.member = false;
-    host.reboot_at = now + 50 + rng.below(300);
 }

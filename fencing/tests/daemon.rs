@@ -1,6 +1,7 @@
 //! The `fencing` binary end to end on a temporary "device": status, a
 //! decision, leases, the watchdog fed through a fake device file and the magic
-//! close on SIGTERM.
+//! close on SIGTERM; storage fencing reported as not active on a file; an
+//! agent restarted after a preemption never joins and resets the host.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -70,6 +71,14 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         .arg(&wd)
         .arg("--ftvmm-socket")
         .arg(dir.path().join("no-ftvmm.sock"))
+        .arg("--preempted-marker")
+        .arg(dir.path().join("preempted"))
+        // This test process sends what only ftvmm may send (Acquire, Leases).
+        .arg("--peer-exe")
+        .arg(format!(
+            "ftvmm={}",
+            std::env::current_exe().unwrap().display()
+        ))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -83,11 +92,20 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
     assert_eq!(s["daemon"], "fencing");
     assert_eq!(s["fencing"]["region"]["state"], "initialized");
     assert_eq!(s["guard"], "normal");
+    let fence = &s["fencing"]["storage_fence"];
+    assert_eq!(fence["state"], "unavailable", "{fence}");
+    assert!(
+        fence["why"]
+            .as_str()
+            .is_some_and(|w| w.ends_with("is not a SCSI device (a file, virtio-blk, NVMe without SCSI translation): not a block device")),
+        "{fence}"
+    );
     match ctl::query(
         &sock,
         &Request::Acquire {
             vm: "kv".into(),
             generation: 4,
+            config_generation: 1,
         },
     )
     .unwrap()
@@ -100,6 +118,12 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         } => {
             assert_eq!((owner.as_str(), won, generation), ("host-b", true, 4));
         }
+        other => panic!("unexpected {other:?}"),
+    }
+    match ctl::query(&sock, &Request::Highest { vm: "kv".into() }).unwrap() {
+        Response::Highest {
+            generation, owner, ..
+        } => assert_eq!((generation, owner.as_deref()), (4, Some("host-b"))),
         other => panic!("unexpected {other:?}"),
     }
     match ctl::query(&sock, &Request::Leases).unwrap() {
@@ -121,6 +145,7 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
     let mut out = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     for line in [
+        "is not a SCSI device (a file, virtio-blk, NVMe without SCSI translation): not a block device",
         "fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)",
         "fencing: decided vm=kv generation=4 owner=host-b",
         "watchdog disarmed, exiting",
@@ -147,6 +172,13 @@ fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
         .arg(dir.path().join("no-watchdog"))
         .arg("--ftvmm-socket")
         .arg(dir.path().join("no-ftvmm.sock"))
+        .arg("--preempted-marker")
+        .arg(dir.path().join("preempted"))
+        .arg("--peer-exe")
+        .arg(format!(
+            "ftvmm={}",
+            std::env::current_exe().unwrap().display()
+        ))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -164,6 +196,7 @@ fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
         &Request::Acquire {
             vm: "kv".into(),
             generation: 1,
+            config_generation: 1,
         },
     )
     .unwrap()
@@ -180,4 +213,83 @@ fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
                     .is_some_and(|w| w.starts_with("absent ("))
         })
     });
+}
+
+#[test]
+fn an_agent_restarted_after_a_preemption_never_joins_and_resets_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = runtime_config(dir.path(), "host-a");
+    let dev = dir.path().join("shared");
+    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    let wd = dir.path().join("watchdog");
+    std::fs::write(&wd, b"").unwrap();
+    let marker = dir.path().join("preempted");
+    std::fs::write(&marker, "the device refused a write of block 1").unwrap();
+    let sock = dir.path().join("fencing.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_fencing"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--device")
+        .arg(&dev)
+        .arg("--watchdog")
+        .arg(&wd)
+        .arg("--ftvmm-socket")
+        .arg(dir.path().join("no-ftvmm.sock"))
+        .arg("--preempted-marker")
+        .arg(&marker)
+        .arg("--peer-exe")
+        .arg(format!(
+            "ftvmm={}",
+            std::env::current_exe().unwrap().display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let s = wait_for("the reset request", || {
+        status(&sock).filter(|s| s["watchdog"]["reset_requested"].is_string())
+    });
+    let fence = &s["fencing"]["storage_fence"];
+    assert_eq!(fence["state"], "preempted", "{fence}");
+    assert!(
+        fence["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("preempted earlier in this boot")
+                && w.contains("the device refused a write of block 1")),
+        "{fence}"
+    );
+    match ctl::query(
+        &sock,
+        &Request::Acquire {
+            vm: "kv".into(),
+            generation: 1,
+            config_generation: 1,
+        },
+    )
+    .unwrap()
+    {
+        Response::Error { message } => {
+            assert!(message.contains("preempted at the storage"), "{message}")
+        }
+        other => panic!("won after a preemption: {other:?}"),
+    }
+    // The watchdog is armed for the reset and never fed.
+    let armed = wait_for("the watchdog armed", || {
+        status(&sock).filter(|s| s["watchdog"]["state"] == "starving")
+    });
+    assert_eq!(armed["watchdog"]["feeds"], 0, "{armed}");
+    assert_eq!(std::fs::read(&wd).unwrap(), b"", "fed");
+    // SAFETY: sending SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    child.0.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains(
+            "fencing: this host was preempted at the storage (preempted earlier in this boot"
+        ) && out.contains("fencing: reset requested (this host was preempted at the storage: "),
+        "{out}"
+    );
 }

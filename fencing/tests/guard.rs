@@ -1,35 +1,42 @@
-//! The daemon's renewer and guard threads against a sector I/O that can be
-//! broken at will, a fake ftvmm and a fake watchdog file: a failing lease
-//! leads to `HoldOutput { hold: true }`; with ftvmm confirming the watchdog
-//! keeps being fed and recovery releases the hold; without ftvmm it starves.
+//! The daemon's renewer, granter and guard threads against a block I/O that
+//! can be broken at will, a fake ftvmm and a fake watchdog file: while the
+//! lease renews, ftvmm gets `OutputGrant { ok: true }` every grant period;
+//! a failing lease turns the grants into `ok: false`; with ftvmm answering
+//! `Running` the watchdog keeps being fed and recovery grants again; without
+//! ftvmm it starves. ftvmm's `Running` list ends up in the lease record.
+
+mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use config_schema::ctl::{Request, Response};
-use config_schema::ctl_server;
-use config_schema::runtime::RuntimeConfig;
+use config_schema::ctl::{Request, Response, RunningVm};
+use config_schema::ctl_server::{self, Policy};
+use config_schema::peer::{Program, Programs};
 use fencing::agent::Agent;
-use fencing::daemon::{guard_loop, renewer, request_reset, Shared, WatchdogSlot};
-use fencing::io::{RegionIo, SectorIo};
-use fencing::layout::{Geometry, Sector};
-use fencing::watchdog::{Guard, GuardState};
+use fencing::daemon::{request_reset, Shared};
+use fencing::guard::{Guard, GuardState};
+use fencing::io::{BlockIo, RegionIo};
+use fencing::layout::{Block, LeaseRecord, Running};
 
 struct Flaky {
-    inner: RegionIo,
+    inner: Arc<RegionIo>,
     broken: AtomicBool,
 }
 
-impl SectorIo for Flaky {
-    fn read(&self, index: u64) -> std::io::Result<Sector> {
+impl BlockIo for Flaky {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn read(&self, index: u64) -> std::io::Result<Block> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected"));
         }
         self.inner.read(index)
     }
-    fn write(&self, index: u64, data: &Sector) -> std::io::Result<()> {
+    fn write(&self, index: u64, data: &[u8]) -> std::io::Result<()> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected"));
         }
@@ -45,41 +52,42 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The grants a fake ftvmm received: (ok, valid_ms).
+type Grants = Arc<Mutex<Vec<(bool, u64)>>>;
+
 struct Rig {
     _dir: tempfile::TempDir,
     io: Arc<Flaky>,
     shared: Arc<Shared>,
-    holds: Arc<Mutex<Vec<bool>>>,
+    grants: Grants,
     wd: std::path::PathBuf,
 }
 
-fn rig(with_ftvmm: bool) -> Rig {
+/// host-a's daemon threads; a fake ftvmm (if `running` is given) answers
+/// every grant with `Running` of that list.
+fn rig(running: Option<Vec<RunningVm>>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let rt = RuntimeConfig {
-        config: config_schema::parse(include_str!("../../examples/cluster.toml"))
-            .unwrap()
-            .config,
-        host_name: "host-a".into(),
-        host_private_key: "00".repeat(32),
-    };
-    let geo = Geometry::of_config(&rt.config);
+    let rt = common::runtime("host-a");
     let p = dir.path().join("shared");
     std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
     let io = Arc::new(Flaky {
-        inner: RegionIo::open(&p, 0, geo.sectors()).unwrap(),
+        inner: common::region_on(&p, None),
         broken: AtomicBool::new(false),
     });
     let agent = Arc::new(Agent::new(&rt, io.clone(), 1).unwrap());
-    let holds = Arc::new(Mutex::new(Vec::new()));
+    let grants: Grants = Arc::new(Mutex::new(Vec::new()));
     let ftvmm = dir.path().join("ftvmm.sock");
-    if with_ftvmm {
+    if let Some(vms) = running {
         let l = ctl_server::bind(&ftvmm).unwrap();
-        let h = Arc::clone(&holds);
+        let g = Arc::clone(&grants);
         std::thread::spawn(move || {
-            ctl_server::serve(l, move |req| match req {
-                Request::HoldOutput { hold, .. } => {
-                    h.lock().unwrap().push(hold);
-                    Response::Ok
+            // The guard runs in this test process: it plays fencing.
+            let me = std::env::current_exe().unwrap();
+            let programs = Programs::appliance().with(Program::Fencing, &me);
+            ctl_server::serve(l, Policy::ftvmm(programs), move |req| match req {
+                Request::OutputGrant { ok, valid_ms, .. } => {
+                    g.lock().unwrap().push((ok, valid_ms));
+                    Response::Running { vms: vms.clone() }
                 }
                 _ => Response::Error {
                     message: "fake".into(),
@@ -89,20 +97,14 @@ fn rig(with_ftvmm: bool) -> Rig {
     }
     let wd = dir.path().join("watchdog");
     std::fs::write(&wd, b"").unwrap();
-    let shared = Arc::new(Shared {
-        agent: Mutex::new(Ok(Arc::clone(&agent))),
-        guard: Mutex::new(Guard::new(agent.timing, Instant::now())),
-        watchdog: Mutex::new(WatchdogSlot::default()),
-    });
-    let (a, s) = (Arc::clone(&agent), Arc::clone(&shared));
-    std::thread::spawn(move || renewer(a, s));
-    let (a, s, w) = (agent, Arc::clone(&shared), wd.clone());
-    std::thread::spawn(move || guard_loop(a, s, w, ftvmm));
+    let shared = Arc::new(Shared::new(Guard::new(agent.timing)));
+    *shared.agent.lock().unwrap() = Ok(Arc::clone(&agent));
+    fencing::daemon::start(agent, Arc::clone(&shared), wd.clone(), ftvmm);
     Rig {
         _dir: dir,
         io,
         shared,
-        holds,
+        grants,
         wd,
     }
 }
@@ -115,26 +117,48 @@ fn fed(p: &Path) -> usize {
     std::fs::read(p).unwrap().len()
 }
 
-#[test]
-fn failing_lease_holds_output_keeps_feeding_once_confirmed_and_releases_on_recovery() {
-    let r = rig(true);
-    wait_for("first feeds", || fed(&r.wd) >= 2);
-    r.io.broken.store(true, Ordering::SeqCst);
-    wait_for("confirmed hold", || state(&r) == GuardState::Held);
-    assert_eq!(*r.holds.lock().unwrap(), [true]);
-    let before = fed(&r.wd);
-    wait_for("feeding while held", || fed(&r.wd) > before + 2);
-    r.io.broken.store(false, Ordering::SeqCst);
-    wait_for("release", || state(&r) == GuardState::Normal);
-    assert_eq!(*r.holds.lock().unwrap(), [true, false]);
+fn last_grant(r: &Rig) -> Option<(bool, u64)> {
+    r.grants.lock().unwrap().last().copied()
 }
 
 #[test]
-fn without_ftvmm_confirming_the_watchdog_starves() {
-    let r = rig(false);
+fn a_renewing_lease_grants_output_a_failing_one_withdraws_it_and_recovery_grants_again() {
+    let r = rig(Some(vec![]));
+    wait_for("first feeds", || fed(&r.wd) >= 2);
+    wait_for("ok grants", || last_grant(&r).is_some_and(|(ok, _)| ok));
+    assert!(r
+        .grants
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(ok, v)| !ok || (1..=500).contains(v)));
+    // Grants come every grant period, not only at changes.
+    let n = r.grants.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        r.grants.lock().unwrap().len() >= n + 3,
+        "level-triggered grants"
+    );
+    r.io.broken.store(true, Ordering::SeqCst);
+    wait_for("confirmed hold", || state(&r) == GuardState::Held);
+    assert_eq!(last_grant(&r), Some((false, 0)));
+    let before = fed(&r.wd);
+    wait_for("feeding while held", || fed(&r.wd) > before + 2);
+    r.io.broken.store(false, Ordering::SeqCst);
+    wait_for("granting again", || state(&r) == GuardState::Normal);
+    wait_for("ok grants again", || {
+        last_grant(&r).is_some_and(|(ok, _)| ok)
+    });
+}
+
+#[test]
+fn without_ftvmm_answering_the_watchdog_starves() {
+    let r = rig(None);
     wait_for("first feeds", || fed(&r.wd) >= 2);
     r.io.broken.store(true, Ordering::SeqCst);
     wait_for("starving", || state(&r) == GuardState::Starving);
+    // A feed already under way may still land; none after it.
+    std::thread::sleep(Duration::from_millis(300));
     let n = fed(&r.wd);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(fed(&r.wd), n, "no feed once starving");
@@ -143,14 +167,38 @@ fn without_ftvmm_confirming_the_watchdog_starves() {
 
 #[test]
 fn a_reset_request_stops_feeding_even_with_a_healthy_lease() {
-    let r = rig(true);
+    let r = rig(Some(vec![]));
     wait_for("first feeds", || fed(&r.wd) >= 2);
     request_reset(&r.shared, "test: disk request in flight too long");
-    // A feed already under way may still land; none after it.
     std::thread::sleep(Duration::from_millis(300));
     let n = fed(&r.wd);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(fed(&r.wd), n, "fed after a reset request");
     assert_eq!(state(&r), GuardState::Normal, "the lease itself is fine");
-    assert!(r.holds.lock().unwrap().is_empty());
+    assert!(last_grant(&r).is_some_and(|(ok, _)| ok));
+}
+
+#[test]
+fn what_ftvmm_answers_it_runs_is_published_in_the_lease_record() {
+    let kv = RunningVm {
+        vm: "kv".into(),
+        generation: 5,
+    };
+    let r = rig(Some(vec![kv]));
+    let geo = fencing::layout::Geometry::of_config(&common::runtime("host-a").config, 512);
+    wait_for("kv@5 in host-a's lease record", || {
+        let b = r.io.inner.read(geo.lease_block(0)).unwrap();
+        LeaseRecord::decode(&b).is_ok_and(|rec| {
+            rec.running
+                == [Running {
+                    vm: 0,
+                    generation: 5,
+                }]
+        })
+    });
+    let agent = r.shared.agent.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        agent.leases(config_schema::clock::BootInstant::now())[0].running,
+        ["kv"]
+    );
 }

@@ -1,30 +1,38 @@
 //! `ftvmm daemon`: the long-running service init starts on an appliance host.
 //!
 //! It loads the verified runtime config, checks `/dev/kvm`, and serves the
-//! control protocol of `config_schema::ctl` on a Unix socket: `Status`, and
-//! `StartVm`/`StopVm` for the VMs the config names (see [`crate::manager`]).
-//! At startup it starts every config VM whose Primary is this host
+//! control protocol of `config_schema::ctl` on a Unix socket through
+//! `config_schema::ctl_server`, which checks every peer (`Status` from any root
+//! process, the output hold only from fencing; `StartVm`/`StopVm` for the VMs
+//! the config names are ftvmm's own, see [`crate::manager`], and no process may
+//! send them). At startup it starts every config VM whose Primary is this host
 //! ([`crate::manager::placement`]).
 //!
-//! Test hook: with `ft.test=vmctl` on the kernel command line, the daemon also
+//! Test hook: when the signed config enables the `vmctl` test hook
+//! (`[test] hooks = ["vmctl"]`, see `config_schema::hooks`), the daemon also
 //! reads commands from the serial console (the appliance has no shell and
 //! nothing else reads console input), so a QEMU test can restart a VM or save
-//! and restore it; see [`ConsoleCommand`]. Without that option the console is
-//! not read.
+//! and restore it; see [`ConsoleCommand`]. Without it the console is not read;
+//! the kernel command line enables nothing (anyone at the console can edit it).
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use config_schema::ctl::{self, Request, Response};
+use config_schema::ctl_server::{self, Policy};
+use config_schema::hooks::TestHook;
+use config_schema::peer::Programs;
 use config_schema::runtime::RuntimeConfig;
 
-use crate::lockstep::member::{self, Role};
+use crate::lockstep::grant::HostGrant;
+use crate::lockstep::placement::{self as member, Role};
 use crate::manager::{placement, Placement, VmManager};
+use crate::members::Members;
 
-/// Kernel command-line option that enables the console test hook.
-pub const TEST_HOOK_OPTION: &str = "ft.test=vmctl";
+/// The test hook of the signed config that enables the console commands.
+pub const TEST_HOOK: TestHook = TestHook::Vmctl;
 /// Where the snapshots of the test hook's save → restore go (tmpfs).
 pub const TEST_SNAPSHOT_DIR: &str = "/run/ftvmm";
 /// Console input the test hook reads.
@@ -60,9 +68,9 @@ impl ConsoleCommand {
     }
 }
 
-/// True if the kernel command line `cmdline` enables the console test hook.
-pub fn test_hook_enabled(cmdline: &str) -> bool {
-    cmdline.split_whitespace().any(|w| w == TEST_HOOK_OPTION)
+/// True if the signed config enables the console test hook.
+pub fn test_hook_enabled(config: &RuntimeConfig) -> bool {
+    config.config.test_hooks().contains(&TEST_HOOK)
 }
 
 /// Errors that stop the daemon from starting.
@@ -119,15 +127,24 @@ pub struct Daemon {
     config: RuntimeConfig,
     kvm: KvmAvailability,
     manager: Mutex<VmManager>,
+    /// Fencing's requests are served from here, never under `manager`.
+    members: Arc<Members>,
 }
 
 impl Daemon {
+    /// A daemon whose VMs' output needs fencing's grant (none yet: held).
     pub fn new(config: RuntimeConfig, kvm: KvmAvailability) -> Self {
-        let manager = Mutex::new(VmManager::new(config.clone()));
+        Self::with_grant(config, kvm, HostGrant::none())
+    }
+
+    pub fn with_grant(config: RuntimeConfig, kvm: KvmAvailability, grant: Arc<HostGrant>) -> Self {
+        let members = Members::new(grant);
+        let manager = Mutex::new(VmManager::new(config.clone(), Arc::clone(&members)));
         Daemon {
             config,
             kvm,
             manager,
+            members,
         }
     }
 
@@ -178,13 +195,32 @@ impl Daemon {
                     },
                 }
             }
-            Request::HoldOutput { hold, reason } => {
-                let mgr = self.manager.lock().unwrap_or_else(|p| p.into_inner());
-                let n = mgr.hold_output(hold);
-                println!(
-                    "ftvmm: output {} for {n} primary VM(s): {reason}",
-                    if hold { "held" } else { "released" }
-                );
+            Request::OutputGrant {
+                ok,
+                valid_ms,
+                reason,
+            } => {
+                let was = self.members.grant().valid();
+                self.members.on_grant(ok, valid_ms, &reason);
+                if was != ok {
+                    println!(
+                        "ftvmm: output {} by fencing{}",
+                        if ok { "granted" } else { "held" },
+                        if reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {reason}")
+                        }
+                    );
+                }
+                Response::Running {
+                    vms: self.members.running(),
+                }
+            }
+            Request::Deposed { vm, generation, by } => {
+                if !self.members.deposed(&vm, generation, &by) {
+                    tracing::info!(vm, generation, by, "deposition of a VM not running here");
+                }
                 Response::Ok
             }
             other => Response::Error {
@@ -260,23 +296,6 @@ impl Daemon {
             }
         }
     }
-
-    fn serve_one(&self, stream: UnixStream) {
-        let mut reader = BufReader::new(&stream);
-        let resp = match ctl::read_message::<Request, _>(&mut reader, "client") {
-            Ok(req) => {
-                tracing::debug!(?req, "control request");
-                self.handle(req)
-            }
-            Err(e) => Response::Error {
-                message: format!("bad request: {e}"),
-            },
-        };
-        let mut w = &stream;
-        if let Err(e) = ctl::write_message(&mut w, &resp) {
-            tracing::warn!("control reply failed: {e}");
-        }
-    }
 }
 
 /// Runs the daemon until the process is killed.
@@ -285,12 +304,17 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
     let kvm = KvmAvailability::probe();
     // The exact line, on its own, is what the appliance tests and operators read.
     println!("{}", kvm.console_line());
+    if kvm.is_ok() {
+        // The CPU every VM here gets, or why this host cannot provide it.
+        println!(
+            "{}",
+            crate::platform::console_line(&config.config.cluster.cpu)
+        );
+    }
     tracing::info!(host = %config.host_name, vms = config.config.vms.len(), "ftvmm daemon starting");
     let listener = bind(socket)?;
     println!("ftvmm: listening on {}", socket.display());
-    let test_hook = std::fs::read_to_string("/proc/cmdline")
-        .map(|c| test_hook_enabled(&c))
-        .unwrap_or(false);
+    let test_hook = test_hook_enabled(&config);
     let daemon = Daemon::new(config, kvm);
     if test_hook {
         daemon
@@ -300,6 +324,7 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
             .enable_snapshots(PathBuf::from(TEST_SNAPSHOT_DIR));
     }
     let daemon = Arc::new(daemon);
+    daemon.members.watch_lapses();
     daemon.start_primaries();
     if test_hook {
         let d = Arc::clone(&daemon);
@@ -307,18 +332,14 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
             .name("test-hook".into())
             .spawn(move || console_hook(&d))
         {
-            println!("ftvmm: test hook {TEST_HOOK_OPTION}: cannot start: {e}");
+            println!("ftvmm: test hook {TEST_HOOK}: cannot start: {e}");
         }
     }
-    for stream in listener.incoming() {
-        match stream {
-            Ok(s) => {
-                let d = Arc::clone(&daemon);
-                std::thread::spawn(move || d.serve_one(s));
-            }
-            Err(e) => tracing::warn!("accept failed: {e}"),
-        }
-    }
+    // Each request only from the program that sends it (ctl_server::ftvmm_senders).
+    ctl_server::serve(listener, Policy::ftvmm(Programs::appliance()), move |req| {
+        tracing::debug!(?req, "control request");
+        daemon.handle(req)
+    });
     Ok(())
 }
 
@@ -327,7 +348,7 @@ fn console_hook(daemon: &Daemon) {
     let tty = match open_console_quiet(Path::new(CONSOLE_TTY)) {
         Ok(f) => f,
         Err(e) => {
-            println!("ftvmm: test hook {TEST_HOOK_OPTION}: cannot open {CONSOLE_TTY}: {e}");
+            println!("ftvmm: test hook {TEST_HOOK}: cannot open {CONSOLE_TTY}: {e}");
             return;
         }
     };
@@ -338,7 +359,7 @@ fn console_hook(daemon: &Daemon) {
             snapshots.display()
         );
     }
-    println!("ftvmm: test hook {TEST_HOOK_OPTION}: reading commands from {CONSOLE_TTY}");
+    println!("ftvmm: test hook {TEST_HOOK}: reading commands from {CONSOLE_TTY}");
     for line in BufReader::new(tty).lines() {
         let line = match line {
             Ok(l) => l,
@@ -386,21 +407,11 @@ fn open_console_quiet(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Binds the control socket, replacing a stale one from a crashed instance.
 fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
-    let err = |source| DaemonError::Listen {
-        path: socket.display().to_string(),
-        source,
-    };
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    // A stale socket from a previous (crashed) instance would make bind fail.
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    UnixListener::bind(socket).map_err(err)
+    ctl_server::bind(socket).map_err(|e| match e {
+        ctl_server::ServerError::Listen { path, source } => DaemonError::Listen { path, source },
+    })
 }
 
 /// Default socket path.
@@ -427,13 +438,21 @@ mod tests {
     }
 
     #[test]
-    fn test_hook_option_and_commands_parse() {
-        assert!(test_hook_enabled(
-            "console=ttyS0,115200 ft.test=vmctl panic=10"
-        ));
-        assert!(!test_hook_enabled(
-            "console=ttyS0 ft.test=vmctlx ft.fault=crash:ftvmm"
-        ));
+    fn test_hook_follows_the_signed_config_only() {
+        let mut c = config();
+        assert!(!test_hook_enabled(&c));
+        c.config.test = Some(config_schema::TestSection {
+            hooks: vec!["crash:ftvmm".into()],
+        });
+        assert!(!test_hook_enabled(&c));
+        c.config.test = Some(config_schema::TestSection {
+            hooks: vec!["vmctl".into()],
+        });
+        assert!(test_hook_enabled(&c));
+    }
+
+    #[test]
+    fn console_commands_parse() {
         assert_eq!(ConsoleCommand::parse("hello"), None);
         assert_eq!(
             ConsoleCommand::parse("ftvmm-test restart kv\r"),
@@ -514,7 +533,38 @@ mod tests {
     }
 
     #[test]
-    fn socket_serves_one_request_per_connection() {
+    fn fencing_grants_and_withdraws_output_without_the_manager_lock() {
+        let d = Daemon::new(config(), KvmAvailability::Ok { api_version: 12 });
+        assert!(!d.members.grant().valid(), "held until fencing grants");
+        // A slow StopVm holding the manager must not delay fencing's requests.
+        let _busy = d.manager.lock().unwrap();
+        let grant = |ok| {
+            d.handle(Request::OutputGrant {
+                ok,
+                valid_ms: 5_000,
+                reason: if ok {
+                    String::new()
+                } else {
+                    "lease renewal failing".into()
+                },
+            })
+        };
+        assert_eq!(grant(true), Response::Running { vms: Vec::new() });
+        assert!(d.members.grant().valid());
+        assert_eq!(grant(false), Response::Running { vms: Vec::new() });
+        assert!(!d.members.grant().valid());
+        assert_eq!(
+            d.handle(Request::Deposed {
+                vm: "kv".into(),
+                generation: 2,
+                by: "host-b".into()
+            }),
+            Response::Ok
+        );
+    }
+
+    #[test]
+    fn socket_serves_status_to_root_and_the_hold_only_to_fencing() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("ftvmm.sock");
         let listener = bind(&sock).unwrap();
@@ -522,12 +572,32 @@ mod tests {
             config(),
             KvmAvailability::Ok { api_version: 12 },
         ));
-        let server = std::thread::spawn(move || {
-            let (s, _) = listener.accept().unwrap();
-            d.serve_one(s);
+        std::thread::spawn(move || {
+            ctl_server::serve(listener, Policy::ftvmm(Programs::appliance()), move |r| {
+                d.handle(r)
+            })
         });
         let resp = ctl::query(&sock, &Request::Status).unwrap();
         assert!(matches!(resp, Response::Status { .. }));
-        server.join().unwrap();
+        // This test process is not /bin/fencing.
+        let grant = Request::OutputGrant {
+            ok: true,
+            valid_ms: 60_000,
+            reason: "not from fencing".into(),
+        };
+        let Response::Error { message } = ctl::query(&sock, &grant).unwrap() else {
+            panic!("a grant from another process than fencing was taken");
+        };
+        assert!(
+            message.starts_with("ftvmm refuses output_grant from pid ")
+                && message.ends_with("only fencing (/bin/fencing) may send it"),
+            "{message}"
+        );
+        let Response::Error { message } =
+            ctl::query(&sock, &Request::StopVm { name: "kv".into() }).unwrap()
+        else {
+            panic!("StopVm over the socket was taken");
+        };
+        assert!(message.contains("ftvmm does not take stop_vm"), "{message}");
     }
 }

@@ -3,9 +3,11 @@
 //! (see [`io`]) so that lockstep can record and replay them.
 //!
 //! Layout: [`vm`] (KVM VM, memory, vCPU creation), [`boot`] (64-bit entry
-//! state), [`cpuid`] (filtered CPUID), [`vcpu`] (the run loop), [`devices`]
-//! (PIC, PIT, serial, bus), [`virtio`] (virtio-mmio blk/net), [`live`] (real
-//! backends behind `Inputs`/`Outputs`), [`snapshot`] (save/restore),
+//! state), [`cpuid`] (the guest CPUID from the cluster CPU baseline),
+//! [`platform`] (CPUID, MSR filter and VMM build, compared at
+//! pair start), [`vcpu`] (the run loop), [`devices`] (PIC, PIT, serial, bus),
+//! [`virtio`] (virtio-mmio blk/net), [`live`] (real backends behind
+//! `Inputs`/`Outputs`), [`snapshot`] (save/restore),
 //! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service).
 
 pub mod boot;
@@ -18,6 +20,8 @@ pub mod kick;
 pub mod live;
 pub mod lockstep;
 pub mod manager;
+pub mod members;
+pub mod platform;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;
@@ -26,5 +30,5 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 
-pub use vcpu::{ExitKind, RunOutcome, TraceEntry, WindowPolicy};
+pub use vcpu::{ExitKind, RunOutcome, TraceEntry};
 pub use vm::{Vm, VmError, VmHandle};

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                 snapshot_on_exit,
                 stdin,
                 bridge: None,
+                cpu: Default::default(),
             };
             let stop_on_signal = |h: ftvmm::VmHandle, _| {
                 if let Err(e) = ftvmm::signals::stop_on_sigint(h) {

@@ -16,9 +16,11 @@ use config_schema::{ClusterConfig, DeviceLocator, GuestMode};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::live::DiskSpec;
-use crate::lockstep::member::{self, Role};
-use crate::lockstep::pair::PairHandle;
-use crate::runner::{run_vm, RunReport, VmSpec};
+use crate::lockstep::member::Event;
+use crate::lockstep::placement::{self, Role};
+use crate::lockstep::spec::PairHandle;
+use crate::members::Members;
+use crate::runner::VmSpec;
 use crate::vm::{Progress, VmHandle};
 
 /// Where the image ships guest kernels.
@@ -95,13 +97,15 @@ struct Slot {
     state: Arc<Mutex<State>>,
     handle: Arc<Mutex<Option<VmHandle>>>,
     progress: Arc<Mutex<Option<Arc<Progress>>>>,
-    last: Arc<Mutex<Option<RunReport>>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// The daemon's VMs.
 pub struct VmManager {
     config: RuntimeConfig,
+    /// The members and the host grant, shared with the daemon's fencing
+    /// requests (which never take the manager's lock).
+    members: Arc<Members>,
     slots: BTreeMap<String, Slot>,
     guest_dir: PathBuf,
     sys_block: PathBuf,
@@ -109,9 +113,13 @@ pub struct VmManager {
     /// When set, every VM writes `<dir>/<name>.snap` when it stops, which
     /// [`VmManager::snapshot_restore`] needs.
     snapshot_dir: Option<PathBuf>,
+    /// The fencing agent's control socket.
+    fencing_socket: PathBuf,
 }
 
-/// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`) is `serial`.
+/// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`)
+/// is `serial`, or, for a SCSI disk, whose unit serial number (VPD page 0x80,
+/// `device/vpd_pg80`: 4-byte header, then the serial padded with spaces) is.
 pub fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(sys_block).ok()?;
     for e in entries.flatten() {
@@ -119,6 +127,14 @@ pub fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
         for rel in ["serial", "device/serial"] {
             if let Ok(s) = std::fs::read_to_string(e.path().join(rel)) {
                 if s.trim() == serial {
+                    return Some(Path::new("/dev").join(&name));
+                }
+            }
+        }
+        if let Ok(page) = std::fs::read(e.path().join("device/vpd_pg80")) {
+            if page.len() > 4 && page[1] == 0x80 {
+                let s = String::from_utf8_lossy(&page[4..]);
+                if s.trim_matches(|c: char| c == ' ' || c == '\0') == serial {
                     return Some(Path::new("/dev").join(&name));
                 }
             }
@@ -180,14 +196,17 @@ impl Drop for ConsolePrefix {
 }
 
 impl VmManager {
-    pub fn new(config: RuntimeConfig) -> Self {
+    /// A manager whose VMs' output needs `members`' grant.
+    pub fn new(config: RuntimeConfig, members: Arc<Members>) -> Self {
         VmManager {
             config,
+            members,
             slots: BTreeMap::new(),
             guest_dir: PathBuf::from(GUEST_DIR),
             sys_block: PathBuf::from("/sys/block"),
             bridge: Some(VM_BRIDGE.to_string()),
             snapshot_dir: None,
+            fencing_socket: PathBuf::from(config_schema::ctl::FENCING_SOCKET),
         }
     }
 
@@ -236,11 +255,6 @@ impl VmManager {
                         v["progress"] = p.to_json();
                     }
                     v["lockstep"] = slot.pair.status();
-                    if let Some(r) = &*slot.last.lock().unwrap_or_else(|p| p.into_inner()) {
-                        v["exit_index"] = r.exit_index.into();
-                        v["stats"] = serde_json::to_value(&r.stats).unwrap_or_default();
-                        v["secs"] = r.secs.into();
-                    }
                 }
                 v
             })
@@ -295,6 +309,7 @@ impl VmManager {
             snapshot_on_exit: self.snapshot_path(name),
             stdin: false,
             bridge: self.bridge.clone(),
+            cpu: self.config.config.cluster.cpu.clone(),
         })
     }
 
@@ -318,18 +333,17 @@ impl VmManager {
             });
         }
         let vm_cfg = self.find(name)?.clone();
-        let role = member::role(&self.config, &vm_cfg);
-        let pair_spec = match &role {
-            Role::Primary { .. } | Role::Secondary { .. } if spec.restore.is_none() => Some(
-                member::pair_spec(&self.config, &vm_cfg, spec.clone()).map_err(|e| {
-                    ManagerError::Start {
-                        name: name.into(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            ),
-            _ => None,
-        };
+        let role = placement::role(&self.config, &vm_cfg);
+        if spec.restore.is_some() {
+            self.refuse_paired_restore(name)?;
+        }
+        let mut ps =
+            placement::pair_spec(&self.config, &vm_cfg, spec.clone(), self.members.grant())
+                .map_err(|e| ManagerError::Start {
+                    name: name.into(),
+                    reason: e.to_string(),
+                })?;
+        ps.fencing_socket = self.fencing_socket.clone();
         let rc = self.config.clone();
         let slot = Slot {
             pair: Arc::new(PairHandle::default()),
@@ -337,82 +351,53 @@ impl VmManager {
             state: Arc::new(Mutex::new(State::Starting)),
             handle: Arc::new(Mutex::new(None)),
             progress: Arc::new(Mutex::new(None)),
-            last: Arc::new(Mutex::new(None)),
             thread: None,
         };
-        let (state, handle, progress, last, pair, cancel) = (
+        self.members.insert(name, Arc::clone(&slot.pair));
+        let (state, handle, progress, pair, cancel) = (
             Arc::clone(&slot.state),
             Arc::clone(&slot.handle),
             Arc::clone(&slot.progress),
-            Arc::clone(&slot.last),
             Arc::clone(&slot.pair),
             Arc::clone(&slot.cancel),
         );
         let vm_name = name.to_string();
+        let restored_from = spec.restore.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))
             .spawn(move || {
                 let console = Box::new(ConsolePrefix::new(&vm_name));
-                if let Some(ps) = pair_spec {
-                    let st = Arc::clone(&state);
-                    let traffic = member::heartbeat_notifier(&rc, &role);
-                    let res = member::run_member(
-                        &rc,
-                        &vm_cfg,
-                        &role,
-                        ps,
-                        console,
-                        &pair,
-                        &cancel,
-                        |h, p| {
-                            *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
-                            *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-                            *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
-                        },
-                        traffic,
-                    );
-                    let new_state = match res {
-                        Ok(report) => {
-                            println!(
-                                "ftvmm: VM {vm_name} stopped: {:?} after {} exits",
-                                report.outcome, report.exit_index
-                            );
-                            match report.replay_end {
-                                Some(end) => {
-                                    State::Exited(format!("{:?}: {end:?}", report.outcome))
-                                }
-                                None => State::Exited(format!("{:?}", report.outcome)),
-                            }
-                        }
-                        Err(e) => {
-                            println!("ftvmm: VM {vm_name} failed: {e}");
-                            State::Failed(e.to_string())
-                        }
-                    };
-                    *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
-                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    return;
-                }
                 let st = Arc::clone(&state);
-                let restored_from = spec.restore.clone();
-                let res = run_vm(&spec, console, |h, p| {
-                    if let Some(path) = &restored_from {
-                        // Loaded; the file (a whole memory image) is no longer needed.
-                        let _ = std::fs::remove_file(path);
-                    }
-                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
-                    *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-                    *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
-                });
+                let traffic = placement::heartbeat_notifier(&rc, &role);
+                let res = placement::run_member(
+                    &rc,
+                    &vm_cfg,
+                    &role,
+                    ps,
+                    console,
+                    &pair,
+                    &cancel,
+                    |h, p| {
+                        if let Some(path) = &restored_from {
+                            // Loaded; the file (a whole memory image) is no longer needed.
+                            let _ = std::fs::remove_file(path);
+                        }
+                        *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                        *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                        *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                    },
+                    traffic,
+                );
                 let new_state = match res {
                     Ok(report) => {
                         println!(
-                            "ftvmm: VM {vm_name} stopped: {:?} after {} exits",
-                            report.outcome, report.exit_index
+                            "ftvmm: VM {vm_name} stopped: {:?} after {} exits ({})",
+                            report.outcome, report.exit_index, report.member
                         );
-                        let s = State::Exited(format!("{:?}", report.outcome));
-                        *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
-                        s
+                        match report.replay_end {
+                            Some(end) => State::Exited(format!("{:?}: {end:?}", report.outcome)),
+                            None => State::Exited(format!("{:?}", report.outcome)),
+                        }
                     }
                     Err(e) => {
                         println!("ftvmm: VM {vm_name} failed: {e}");
@@ -459,6 +444,8 @@ impl VmManager {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         slot.cancel.store(true, Ordering::SeqCst);
+        // The member stops holding and racing; the vCPU is stopped below.
+        slot.pair.post(Event::Stop);
         match handle {
             Some(h) => h.stop(),
             None if slot.thread.as_ref().is_some_and(|t| !t.is_finished()) => {}
@@ -492,6 +479,7 @@ impl VmManager {
                 name: name.into(),
                 reason: "snapshots are not enabled in this daemon".into(),
             })?;
+        self.refuse_paired_restore(name)?;
         let _ = std::fs::remove_file(&path);
         self.stop(name)?;
         let state = self
@@ -513,16 +501,18 @@ impl VmManager {
         self.start_from(name, Some(path))
     }
 
-    /// Holds (or releases) every output of every Primary VM here; returns how
-    /// many Primaries there are. Once this returns, no output leaves.
-    pub fn hold_output(&self, hold: bool) -> usize {
-        let mut n = 0;
-        for slot in self.slots.values() {
-            if slot.pair.hold_output(hold) {
-                n += 1;
-            }
+    /// A restore is a second start of a copy whose pair partner may be
+    /// running (its Secondary would go live): a paired VM is never restored
+    /// alone. Checked before anything is stopped.
+    fn refuse_paired_restore(&self, name: &str) -> Result<(), ManagerError> {
+        let vm = self.find(name)?;
+        match placement::role(&self.config, vm) {
+            Role::Unprotected => Ok(()),
+            _ => Err(ManagerError::Snapshot {
+                name: name.into(),
+                reason: "a paired VM is never restored alone (its secondary would go live)".into(),
+            }),
         }
-        n
     }
 
     /// The lockstep handle of VM `name` (test hooks: memory digests).
@@ -543,6 +533,7 @@ impl VmManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lockstep::grant::HostGrant;
 
     fn config() -> RuntimeConfig {
         let text = std::fs::read_to_string(concat!(
@@ -602,7 +593,7 @@ mod tests {
         let mut cfg = config();
         cfg.config.storage.device = DeviceLocator::Path("/dev/null".into());
         let name = cfg.config.vms[0].name.clone();
-        let mut m = VmManager::new(cfg);
+        let mut m = VmManager::new(cfg, Members::new(HostGrant::always()));
         let err = m.snapshot_restore(&name).unwrap_err();
         assert!(matches!(err, ManagerError::Snapshot { .. }), "{err}");
         let dir = tempfile::tempdir().unwrap();
@@ -611,11 +602,25 @@ mod tests {
             m.spec_for(&name).unwrap().snapshot_on_exit,
             Some(dir.path().join(format!("{name}.snap")))
         );
+        // The example VM is paired: never restored alone, refused before
+        // anything is stopped (issue 14: a split brain on demand).
+        match m.snapshot_restore(&name) {
+            Err(ManagerError::Snapshot { reason, .. }) => {
+                assert!(reason.contains("never restored alone"), "{reason}")
+            }
+            other => panic!("a paired VM was restored alone: {other:?}"),
+        }
+        assert!(matches!(m.restart(&name), Err(ManagerError::NotRunning(_))));
+        // A VM its rule allows on one host only may be: here it is not running.
+        let mut cfg = config();
+        cfg.config.vms[0].affinity.groups.clear();
+        cfg.config.vms[0].affinity.hosts = vec!["host-a".into()];
+        let mut m = VmManager::new(cfg, Members::new(HostGrant::always()));
+        m.enable_snapshots(dir.path().into());
         assert!(matches!(
             m.snapshot_restore(&name),
             Err(ManagerError::NotRunning(_))
         ));
-        assert!(matches!(m.restart(&name), Err(ManagerError::NotRunning(_))));
     }
 
     #[test]
@@ -629,7 +634,7 @@ mod tests {
         std::fs::write(dir.path().join("vdb/serial"), format!("{serial}\n")).unwrap();
         std::fs::create_dir_all(dir.path().join("vda")).unwrap();
         std::fs::write(dir.path().join("vda/serial"), "OTHER\n").unwrap();
-        let mut m = VmManager::new(cfg.clone());
+        let mut m = VmManager::new(cfg.clone(), Members::new(HostGrant::always()));
         m.sys_block = dir.path().into();
         let vm = &cfg.config.vms[0];
         let spec = m.spec_for(&vm.name).unwrap();
@@ -688,9 +693,11 @@ mod tests {
         cfg.config.vms[0].affinity.hosts = vec!["host-a".into()];
         let vm = cfg.config.vms[0].clone();
         std::os::unix::fs::symlink(&elf, dir.path().join(format!("{}.elf", vm.image))).unwrap();
-        let mut m = VmManager::new(cfg);
+        let mut m = VmManager::new(cfg, Members::new(HostGrant::always()));
         m.guest_dir = dir.path().into();
         m.bridge = None;
+        let fencing = OneHostFencing::serve(dir.path(), "host-a");
+        m.fencing_socket = fencing.socket.clone();
         m.start(&vm.name).unwrap();
         assert!(matches!(
             m.start(&vm.name),
@@ -709,6 +716,22 @@ mod tests {
         }
         assert!(exits > 50, "the VM made no progress");
         assert!(m.any_running());
+        assert_eq!(
+            fencing.decided(),
+            vec![("kv".to_string(), 1, "host-a".to_string())],
+            "the VM runs only under a generation it won"
+        );
+        assert_eq!(m.status()[0]["lockstep"]["generation"], 1);
+        // A restart is a new start: the next generation, not the old one.
+        m.restart(&vm.name).unwrap();
+        for _ in 0..600 {
+            if m.status()[0]["lockstep"]["generation"] == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(fencing.decided().len(), 2, "{:?}", fencing.decided());
+        assert_eq!(fencing.decided()[1].1, 2);
         m.stop(&vm.name).unwrap();
         let st = m.status();
         assert_eq!(st[0]["state"], "exited", "{}", st[0]);
@@ -716,11 +739,77 @@ mod tests {
         assert!(!m.any_running());
     }
 
+    /// A fencing agent for one host, answering as Disk Paxos would when no
+    /// other host competes: the highest decided generation, and each
+    /// `Acquire` decided once for the first asker. (The real agent is
+    /// exercised by the fencing crate's tests and the QEMU tests.)
+    struct OneHostFencing {
+        socket: PathBuf,
+        decided: Arc<Mutex<Vec<(String, u64, String)>>>,
+    }
+
+    impl OneHostFencing {
+        fn serve(dir: &Path, me: &str) -> Self {
+            use config_schema::ctl::{Request, Response};
+            let socket = dir.join("fencing.sock");
+            let listener = config_schema::ctl_server::bind(&socket).unwrap();
+            let decided: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+            let (d2, me) = (Arc::clone(&decided), me.to_string());
+            std::thread::spawn(move || {
+                config_schema::ctl_server::serve(
+                    listener,
+                    config_schema::ctl_server::Policy::fencing_for_this_test(),
+                    move |req| {
+                        let mut d = d2.lock().unwrap();
+                        match req {
+                            Request::Highest { vm } => {
+                                let top = d.iter().filter(|x| x.0 == vm).max_by_key(|x| x.1);
+                                Response::Highest {
+                                    vm,
+                                    generation: top.map_or(0, |x| x.1),
+                                    owner: top.map(|x| x.2.clone()),
+                                    config_generation: 1,
+                                }
+                            }
+                            Request::Acquire { vm, generation, .. } => {
+                                let owner = match d.iter().find(|x| x.0 == vm && x.1 == generation)
+                                {
+                                    Some(x) => x.2.clone(),
+                                    None => {
+                                        d.push((vm.clone(), generation, me.clone()));
+                                        me.clone()
+                                    }
+                                };
+                                Response::Decided {
+                                    vm,
+                                    generation,
+                                    won: owner == me,
+                                    owner,
+                                    config_generation: 1,
+                                    storage_cut: false,
+                                }
+                            }
+                            Request::Leases => Response::Leases { leases: Vec::new() },
+                            other => Response::Error {
+                                message: format!("not served: {other:?}"),
+                            },
+                        }
+                    },
+                )
+            });
+            OneHostFencing { socket, decided }
+        }
+
+        fn decided(&self) -> Vec<(String, u64, String)> {
+            self.decided.lock().unwrap().clone()
+        }
+    }
+
     #[test]
     fn missing_shared_device_is_a_clear_start_error() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config();
-        let mut m = VmManager::new(cfg.clone());
+        let mut m = VmManager::new(cfg.clone(), Members::new(HostGrant::always()));
         m.sys_block = dir.path().into();
         let err = m.spec_for(&cfg.config.vms[0].name).unwrap_err().to_string();
         assert!(err.contains("no block device with serial"), "{err}");
@@ -728,5 +817,24 @@ mod tests {
             m.stop(&cfg.config.vms[0].name),
             Err(ManagerError::NotRunning(_))
         ));
+    }
+
+    #[test]
+    fn a_scsi_disk_is_found_by_its_vpd_page_0x80_serial() {
+        // As tgt exports a LUN: no `serial` file, the serial right-aligned
+        // in the 36 bytes of VPD page 0x80.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sda/device")).unwrap();
+        let mut page = vec![0x00, 0x80, 0x00, 36];
+        page.extend_from_slice(format!("{:>36}", "FTSHARED").as_bytes());
+        std::fs::write(dir.path().join("sda/device/vpd_pg80"), &page).unwrap();
+        assert_eq!(
+            find_by_serial(dir.path(), "FTSHARED"),
+            Some(PathBuf::from("/dev/sda"))
+        );
+        assert_eq!(find_by_serial(dir.path(), "SHARED"), None);
+        page[1] = 0x83;
+        std::fs::write(dir.path().join("sda/device/vpd_pg80"), &page).unwrap();
+        assert_eq!(find_by_serial(dir.path(), "FTSHARED"), None);
     }
 }

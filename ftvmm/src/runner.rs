@@ -56,6 +56,8 @@ pub struct VmSpec {
     pub stdin: bool,
     /// Add the TAP to this Linux bridge and bring it up.
     pub bridge: Option<String>,
+    /// The cluster CPU baseline (`cluster.cpu`) the VM's platform is built from.
+    pub cpu: config_schema::model::CpuBaseline,
 }
 
 /// How a run ended.
@@ -157,20 +159,10 @@ pub fn devices_and_cmdline(
     Ok((devs, cmdline.trim().to_string()))
 }
 
-/// Runs a VM to its end on the calling thread. `on_start` receives a handle
-/// (to stop it) before the vCPU first runs.
-pub fn run_vm(
-    spec: &VmSpec,
-    console: ConsoleSink,
-    on_start: impl FnOnce(VmHandle, Arc<Progress>),
-) -> Result<RunReport, RunError> {
-    let (disk, tap) = open_backends(spec)?;
-    let (devs, cmdline) = devices_and_cmdline(
-        disk.as_ref().map(|d| d.sectors()),
-        tap.is_some(),
-        &spec.cmdline,
-    )?;
-    let mut vm = match &spec.restore {
+/// The VM of `spec`: restored from `spec.restore`, or booted from its image.
+pub fn build_vm(spec: &VmSpec, disk_sectors: Option<u64>, with_net: bool) -> Result<Vm, RunError> {
+    let (devs, cmdline) = devices_and_cmdline(disk_sectors, with_net, &spec.cmdline)?;
+    match &spec.restore {
         Some(path) => {
             let p = path.display().to_string();
             let f = std::fs::File::open(path).map_err(|source| RunError::SnapshotFile {
@@ -178,15 +170,46 @@ pub fn run_vm(
                 source,
             })?;
             Vm::restore_snapshot(std::io::BufReader::new(f), devs)
-                .map_err(|source| RunError::Snapshot { path: p, source })?
+                .map_err(|source| RunError::Snapshot { path: p, source })
         }
         None => {
-            let mut vm = Vm::new(spec.mem_mib << 20, devs)?;
+            let mut vm = Vm::with_baseline(spec.mem_mib << 20, devs, &spec.cpu)?;
             vm.boot_elf(&spec.kernel, &cmdline)?;
             tracing::info!(kernel = %spec.kernel.display(), cmdline, "booting");
-            vm
+            Ok(vm)
         }
+    }
+}
+
+/// Writes `spec.snapshot_on_exit`, if set, from the stopped `vm`.
+pub fn save_snapshot(spec: &VmSpec, vm: &mut Vm) -> Result<(), RunError> {
+    let Some(path) = &spec.snapshot_on_exit else {
+        return Ok(());
     };
+    let p = path.display().to_string();
+    let f = std::fs::File::create(path).map_err(|source| RunError::SnapshotFile {
+        path: p.clone(),
+        source,
+    })?;
+    vm.save_snapshot(std::io::BufWriter::new(f))
+        .map_err(|source| RunError::Snapshot {
+            path: p.clone(),
+            source,
+        })?;
+    tracing::info!(path = p, exit_index = vm.exit_index(), "snapshot written");
+    Ok(())
+}
+
+/// Runs a VM to its end on the calling thread, with no lockstep, no
+/// generation and no fencing (`ftvmm run`, a development tool). `on_start`
+/// receives a handle (to stop it) before the vCPU first runs.
+pub fn run_vm(
+    spec: &VmSpec,
+    console: ConsoleSink,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+) -> Result<RunReport, RunError> {
+    let (disk, tap) = open_backends(spec)?;
+    let mut vm = build_vm(spec, disk.as_ref().map(|d| d.sectors()), tap.is_some())?;
     let handle = vm.handle();
     let mut live = live::start(
         LiveConfig {
@@ -219,19 +242,7 @@ pub fn run_vm(
     let outcome = vm.run(&mut live.inputs, &mut live.outputs, None);
     let secs = started.elapsed().as_secs_f64();
     let outcome = outcome?;
-    if let Some(path) = &spec.snapshot_on_exit {
-        let p = path.display().to_string();
-        let f = std::fs::File::create(path).map_err(|source| RunError::SnapshotFile {
-            path: p.clone(),
-            source,
-        })?;
-        vm.save_snapshot(std::io::BufWriter::new(f))
-            .map_err(|source| RunError::Snapshot {
-                path: p.clone(),
-                source,
-            })?;
-        tracing::info!(path = p, exit_index = vm.exit_index(), "snapshot written");
-    }
+    save_snapshot(spec, &mut vm)?;
     drop(live);
     Ok(RunReport {
         outcome,

@@ -9,12 +9,17 @@
 //! - After handling exit `n`, the loop asks `Inputs::events_at(n)` and delivers
 //!   those events. Nothing asynchronous reaches a device anywhere else.
 //! - Before each entry that follows a deterministic exit, if the PIC's INTR is
-//!   up: inject with `KVM_INTERRUPT` when `kvm_run.ready_for_interrupt_injection`
-//!   and `if_flag` say the vCPU can take it, else set `request_interrupt_window`
-//!   and decide again at the next deterministic exit (the interrupt-window exit
-//!   on real KVM; see [`WindowPolicy`] for hosts where that exit is not
-//!   precise). Never after a host-caused exit: the guest stopped at an
-//!   arbitrary instruction there.
+//!   up and `kvm_run.ready_for_interrupt_injection` and `if_flag` say the vCPU
+//!   can take it, the vector is injected with `KVM_INTERRUPT`. Otherwise the
+//!   interrupt waits for the next deterministic exit at which it can: the loop
+//!   never sets `request_interrupt_window`. Where the window-open exit lands
+//!   depends on the host: the PVM-based `/dev/kvm` reports it only when the
+//!   vCPU is next entered (a kick moves it), and kvm-amd under QEMU's TCG (the
+//!   appliance test hosts) loses the STI interrupt shadow when a host exit
+//!   lands between `sti` and `hlt` (QEMU's VMRUN does not restore
+//!   `int_state`), so the window opens *before* the HLT on one member of a
+//!   pair and after it on the other (issue 14). Never inject after a
+//!   host-caused exit: the guest stopped at an arbitrary instruction there.
 //! - HLT: the vCPU is idle until an interrupt is deliverable; the loop blocks in
 //!   `Inputs::events_at_halt(n)` (still at the HLT's `n`) and delivers what it
 //!   returns, until the PIC raises INTR. A HLT with interrupts disabled ends the
@@ -59,32 +64,6 @@ unsafe fn io_size(run: *const kvm_bindings::kvm_run) -> usize {
     // SAFETY: guaranteed by the caller; `io` is the active union member.
     let size = unsafe { (*run).__bindgen_anon_1.io.size };
     usize::from(size).max(1)
-}
-
-/// How an interrupt the vCPU cannot take yet (IF=0 or an interrupt shadow)
-/// reaches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WindowPolicy {
-    /// Set `request_interrupt_window`; KVM exits (`KVM_EXIT_IRQ_WINDOW_OPEN`)
-    /// as soon as the window opens. With VMX/SVM interrupt-window intercepts
-    /// that exit happens at a fixed instruction, so it is deterministic.
-    RequestWindow,
-    /// Never request a window; inject at the next deterministic exit at which
-    /// the vCPU can take the interrupt. For hosts whose KVM reports an open
-    /// window only when the vCPU is next entered (the PVM-based `/dev/kvm` of
-    /// the dev machine): there a host-caused exit would move the window exit.
-    NextExit,
-}
-
-impl WindowPolicy {
-    /// `NextExit` on PVM-based KVM (module `kvm_pvm` loaded), else `RequestWindow`.
-    pub fn for_host() -> Self {
-        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-            WindowPolicy::NextExit
-        } else {
-            WindowPolicy::RequestWindow
-        }
-    }
 }
 
 /// Why [`Vm::run`] returned.
@@ -222,26 +201,25 @@ impl Vm {
         }
     }
 
-    /// Injects the PIC's pending interrupt or asks for an interrupt window.
+    /// Injects the PIC's pending interrupt if the vCPU can take it now; else
+    /// it waits for the next deterministic exit (module docs: no window
+    /// requests).
     fn prepare_injection(&mut self) -> Result<(), VmError> {
         if !self.at_deterministic_point {
             // The last return was host-caused: the guest stopped at an arbitrary
             // instruction, and `if_flag`/`ready_for_interrupt_injection` describe
-            // that arbitrary point. Injecting here would not be reproducible, so
-            // re-enter with the window request as it was.
+            // that arbitrary point. Injecting here would not be reproducible.
             return Ok(());
         }
         let intr = self.devices.pic.intr();
         let run = self.vcpu.get_kvm_run();
         let can_inject = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        // Never asked for; kept clear so KVM never reports a window exit.
+        run.request_interrupt_window = 0;
         if intr && can_inject {
-            run.request_interrupt_window = 0;
             let vector = self.devices.pic.acknowledge();
             inject(&self.vcpu, vector).map_err(kvm_err("KVM_INTERRUPT"))?;
             self.stats.injected += 1;
-        } else {
-            let ask = intr && self.window_policy == WindowPolicy::RequestWindow;
-            run.request_interrupt_window = u8::from(ask);
         }
         Ok(())
     }

@@ -4,6 +4,9 @@
 //! memory slot 0 (dirty logging can be switched on later, see [`crate::dirty`]).
 //! There is no in-kernel irqchip or PIT: every interrupt comes from the
 //! userspace [`PicPair`](crate::devices::pic::PicPair) via `KVM_INTERRUPT`.
+//! The CPUID, the MSR filter, paravirtual enforcement and the interrupt-window
+//! policy come from one [`Platform`] (the cluster CPU baseline applied to this
+//! host's KVM), which the VM keeps and reports.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,10 +16,13 @@ use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
+use config_schema::model::CpuBaseline;
+
 use crate::boot::{self, BootError};
 use crate::devices::Devices;
 use crate::io::ExitIndex;
 use crate::kick::Kicker;
+use crate::platform::{Platform, PlatformError};
 use crate::stats::ExitStats;
 use crate::virtio::{GuestMemoryMmap, MmioTransport};
 
@@ -42,6 +48,8 @@ pub enum VmError {
     Memory(String),
     #[error(transparent)]
     Boot(#[from] BootError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     #[error("cannot set up vCPU kicks: {0}")]
     Kick(vmm_sys_util::errno::Error),
     #[error("KVM_RUN: entry failed (hardware reason {reason:#x}) at exit index {n}")]
@@ -130,21 +138,44 @@ pub struct Vm {
     /// The last `KVM_RUN` return was guest-caused (or none happened yet):
     /// only then may an interrupt be injected (see `vcpu.rs`).
     pub(crate) at_deterministic_point: bool,
-    pub(crate) window_policy: crate::vcpu::WindowPolicy,
     pub(crate) dirty_log: bool,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) kicker: Arc<Kicker>,
     pub(crate) trace: Option<Vec<crate::vcpu::TraceEntry>>,
     pub(crate) progress: Arc<Progress>,
+    pub(crate) platform: Platform,
 }
 
 impl Vm {
-    /// Creates the VM, its memory (zeroed) and its vCPU with filtered CPUID.
+    /// Creates the VM, its memory (zeroed) and its vCPU on the default CPU
+    /// baseline (x86-64-v1; tests, `ftvmm run`, snapshots).
     pub fn new(mem_size: u64, virtio: Vec<MmioTransport>) -> Result<Vm, VmError> {
+        Vm::with_baseline(mem_size, virtio, &CpuBaseline::default())
+    }
+
+    /// Creates the VM on the platform this host presents for `baseline`
+    /// (fails, naming the missing features, if its KVM cannot provide it).
+    pub fn with_baseline(
+        mem_size: u64,
+        virtio: Vec<MmioTransport>,
+        baseline: &CpuBaseline,
+    ) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let platform = Platform::probe(&kvm, baseline)?;
+        Vm::with_platform(kvm, mem_size, virtio, platform)
+    }
+
+    /// Creates the VM on `platform`, which must come from [`Platform::probe`]
+    /// on this `kvm`.
+    pub fn with_platform(
+        kvm: Kvm,
+        mem_size: u64,
+        virtio: Vec<MmioTransport>,
+        platform: Platform,
+    ) -> Result<Vm, VmError> {
         if mem_size == 0 || !mem_size.is_multiple_of(4096) || mem_size > MAX_MEM_SIZE {
             return Err(VmError::MemSize(mem_size));
         }
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         if let Err(e) = vm_fd.set_tss_address(TSS_ADDR) {
             // Only needed by VMX; other backends may refuse it harmlessly.
@@ -152,9 +183,9 @@ impl Vm {
         }
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
             .map_err(|e| VmError::Memory(e.to_string()))?;
+        platform.apply_to_vm(&kvm, &vm_fd)?;
         let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = crate::cpuid::guest_cpuid(&kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        platform.apply_to_vcpu(&vcpu)?;
         let vm = Vm {
             kvm,
             vm_fd,
@@ -166,12 +197,12 @@ impl Vm {
             stats: ExitStats::default(),
             halted: false,
             at_deterministic_point: true,
-            window_policy: crate::vcpu::WindowPolicy::for_host(),
             dirty_log: false,
             stop: Arc::new(AtomicBool::new(false)),
             kicker: Arc::new(Kicker::new()),
             trace: None,
             progress: Arc::new(Progress::default()),
+            platform,
         };
         vm.register_memory(false)?;
         Ok(vm)
@@ -270,14 +301,10 @@ impl Vm {
         &self.vcpu
     }
 
-    /// How interrupts wait for IF=1 (defaults to [`crate::vcpu::WindowPolicy::for_host`]).
-    /// Primary and Secondary must use the same policy.
-    pub fn set_window_policy(&mut self, p: crate::vcpu::WindowPolicy) {
-        self.window_policy = p;
-    }
-
-    pub fn window_policy(&self) -> crate::vcpu::WindowPolicy {
-        self.window_policy
+    /// The platform this VM was created on (its CPUID, MSR filter and VMM
+    /// build).
+    pub fn platform(&self) -> &Platform {
+        &self.platform
     }
 
     /// Whether the vCPU waits in HLT.

@@ -105,6 +105,22 @@ fn all_kinds() -> Vec<Message> {
             mem_mib: 128,
             start_exit: 0,
             primary_host: "host-a".into(),
+            platform: Box::new(ftvmm::platform::Platform {
+                baseline: "x86-64-v1, 39-bit physical addresses".into(),
+                cpuid: vec![ftvmm::cpuid::Leaf {
+                    function: 1,
+                    index: 0,
+                    flags: 0,
+                    eax: ftvmm::cpuid::SIGNATURE,
+                    ebx: 0x800,
+                    ecx: 0,
+                    edx: 0x0789_a96d,
+                }],
+                cpuid_overrides: vec![],
+                msrs: ftvmm::platform::MsrPolicy::Unfiltered,
+                pv_features_enforced: true,
+                vmm: "ftvmm test".into(),
+            }),
         }),
         Message::HelloReply {
             accepted: true,
@@ -114,11 +130,13 @@ fn all_kinds() -> Vec<Message> {
             first_seq: 0,
             count: 1,
             bytes: vec![9; 100],
+            sent_ns: 0,
         },
         Message::Ack {
             received: 1,
             replayed: 0,
             replayed_exit: 0,
+            echo_ns: 0,
         },
         Message::Bye {
             reason: "done".into(),
@@ -131,6 +149,7 @@ fn batch(seq: u64, len: usize) -> Message {
         first_seq: seq,
         count: 1,
         bytes: (0..len).map(|i| (i as u64 * 31 + seq) as u8).collect(),
+        sent_ns: seq,
     }
 }
 
@@ -183,6 +202,7 @@ fn both_directions_at_once_from_separate_threads() {
                 received: i,
                 replayed: i / 2,
                 replayed_exit: i * 10,
+                echo_ns: 0,
             })
             .unwrap()
         })
@@ -197,7 +217,8 @@ fn both_directions_at_once_from_separate_threads() {
                 Message::Ack {
                     received: i,
                     replayed: i / 2,
-                    replayed_exit: i * 10
+                    replayed_exit: i * 10,
+                    echo_ns: 0,
                 }
             )
         })

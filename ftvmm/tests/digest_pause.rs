@@ -95,9 +95,9 @@ fn pair(seed: u64, one_in: u64) -> Outcome {
         if let Some(b) = log.take_batch(Duration::ZERO) {
             let recs = decode_batch(&b.bytes, b.first_seq).expect("own batch decodes");
             records.extend(recs.iter().cloned());
-            q.push_batch(recs);
+            q.push_batch(recs, b.sent_ns);
             let all = records.len() as u64;
-            log.on_ack(all, all, 0);
+            log.on_ack(all, all, 0, b.sent_ns);
         }
     };
     let (n, p_pauses) = run(
@@ -113,7 +113,7 @@ fn pair(seed: u64, one_in: u64) -> Outcome {
             ship(&mut records);
         },
     );
-    log.append(n, Body::End);
+    log.append(n, Body::End).unwrap();
     ship(&mut records);
 
     let (s_n, s_pauses, end) = secondary.join().expect("secondary thread");

@@ -18,7 +18,6 @@ use std::time::Duration;
 use ftvmm::io::InputEvent;
 use ftvmm::live;
 use ftvmm::lockstep::digest::memory_sha256;
-use ftvmm::lockstep::log::decode_batch;
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::RunOutcome;
@@ -63,15 +62,14 @@ fn secondary_replays_the_primary_exactly() {
         let mut batches = 0u64;
         loop {
             if let Some(b) = l2.take_batch(Duration::from_millis(10)) {
-                let recs = decode_batch(&b.bytes, b.first_seq).expect("valid batch");
-                assert_eq!(recs.len() as u32, b.count);
-                q2.push_batch(recs);
+                q2.receive_batch(b.first_seq, b.count, &b.bytes, b.sent_ns)
+                    .expect("valid batch");
                 batches += 1;
             } else if s3.load(Ordering::SeqCst) {
                 return batches;
             }
             let (r, p, e) = q2.progress();
-            l2.on_ack(r, p, e);
+            l2.on_ack(r, p, e, q2.newest_sent_ns());
         }
     });
 

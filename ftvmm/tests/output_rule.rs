@@ -8,7 +8,15 @@
 //! then `events_at(n)`), with seeded random inputs, outputs and ack timing.
 //! For a sample of release moments a fresh Secondary replays exactly the
 //! acknowledged prefix of the log, with the queue closed behind it.
+//!
+//! It must also have *verified* each of them (its own digest matched the
+//! Primary's `Outputs` record): a Secondary that goes live replays all it
+//! holds, so a divergence behind a released output is found before it goes
+//! live, and it halts instead of continuing a state the world never saw.
+//! (With the older rule "the first record after the output", a time read
+//! after the output released it before its digest was acknowledged.)
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,45 +79,91 @@ const EXITS: u64 = 1500;
 fn primary(seed: u64) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>) {
     let sink = Sink::default();
     let log = PrimaryLog::new(Box::new(sink.clone()), Duration::from_secs(3600));
-    let mut pin = PrimaryInputs::new(Live::new(seed, 9), Arc::clone(&log));
-    let mut acks = Rng(seed.rotate_left(32) | 1);
-    let mut records = Vec::new();
-    let mut released_at = Vec::new();
-    let mut acked = 0u64;
+    let wire = RefCell::new(Wire {
+        log: Arc::clone(&log),
+        sink: sink.clone(),
+        acks: Rng(seed.rotate_left(32) | 1),
+        records: Vec::new(),
+        released_at: Vec::new(),
+        acked: 0,
+    });
+    let mut pin = ShipsOnTimeReads {
+        inner: PrimaryInputs::new(Live::new(seed, 9), Arc::clone(&log)),
+        wire: &wire,
+    };
     let mut outs = PrimaryOutputs(Arc::clone(&log));
     run(
         &mut pin,
         &mut outs,
         EXITS,
         |_| false,
-        |_| {
-            // Released while the exit ran (at emit): under the acks so far.
-            let now = sink.0.lock().unwrap().len();
-            released_at.resize(now, acked);
-            if let Some(b) = log.take_batch(Duration::ZERO) {
-                records.extend(decode_batch(&b.bytes, b.first_seq).unwrap());
-            }
-            if acks.next().is_multiple_of(3) {
-                acked = records.len() as u64;
-                log.on_ack(acked, acked, 0);
-                let now = sink.0.lock().unwrap().len();
-                released_at.resize(now, acked);
-            }
-        },
+        |_| wire.borrow_mut().ship(),
     );
-    let now = sink.0.lock().unwrap().len();
-    released_at.resize(now, acked);
+    let mut w = wire.into_inner();
+    w.note_releases();
     let released = sink.0.lock().unwrap().clone();
-    assert_eq!(released.len(), released_at.len());
-    (records, released, released_at)
+    assert_eq!(released.len(), w.released_at.len());
+    (w.records, released, w.released_at)
+}
+
+/// The link, simulated: ships what is pending and, now and then, acks
+/// everything shipped — between exits, and also right after a time read in
+/// the middle of an exit (acks arrive whenever they arrive).
+struct Wire {
+    log: Arc<PrimaryLog>,
+    sink: Sink,
+    acks: Rng,
+    records: Vec<Record>,
+    /// For each released output, the records acked when it was released.
+    released_at: Vec<u64>,
+    acked: u64,
+}
+
+impl Wire {
+    /// Outputs released since the last look were released under `acked`.
+    fn note_releases(&mut self) {
+        let now = self.sink.0.lock().unwrap().len();
+        self.released_at.resize(now, self.acked);
+    }
+
+    fn ship(&mut self) {
+        self.note_releases();
+        if let Some(b) = self.log.take_batch(Duration::ZERO) {
+            self.records
+                .extend(decode_batch(&b.bytes, b.first_seq).unwrap());
+        }
+        if self.acks.next().is_multiple_of(3) {
+            self.acked = self.records.len() as u64;
+            let now = config_schema::clock::BootInstant::now().as_nanos();
+            self.log.on_ack(self.acked, self.acked, 0, now);
+            self.note_releases();
+        }
+    }
+}
+
+/// The Primary's input door, with the wire running after each time read.
+struct ShipsOnTimeReads<'a, I: Inputs> {
+    inner: I,
+    wire: &'a RefCell<Wire>,
+}
+
+impl<I: Inputs> Inputs for ShipsOnTimeReads<'_, I> {
+    fn events_at(&mut self, n: ExitIndex, out: &mut Vec<ftvmm::io::InputEvent>) {
+        self.inner.events_at(n, out)
+    }
+    fn time_read(&mut self, n: ExitIndex, source: ftvmm::io::TimeSource) -> u64 {
+        let v = self.inner.time_read(n, source);
+        self.wire.borrow_mut().ship();
+        v
+    }
 }
 
 /// What a Secondary holding `records` (and nothing after) emits before its
-/// replay runs out.
-fn secondary(records: &[Record]) -> Vec<OutputEvent> {
+/// replay runs out, and how many of those it verified against the digests.
+fn secondary(records: &[Record]) -> (Vec<OutputEvent>, u64) {
     let q = ReplayQueue::new(0);
     if !records.is_empty() {
-        q.push_batch(records.to_vec());
+        q.push_batch(records.to_vec(), 0);
     }
     q.close("simulated failure");
     let mut sin = SecondaryInputs::new(Arc::clone(&q), VmHandle::standalone());
@@ -122,7 +176,7 @@ fn secondary(records: &[Record]) -> Vec<OutputEvent> {
         Some(ftvmm::lockstep::secondary::ReplayEnd::Exhausted { .. }) | None => {}
         Some(other) => panic!("replay of an acknowledged prefix ended with {other:?}"),
     }
-    out.seen
+    (out.seen, q.outputs_verified())
 }
 
 #[test]
@@ -140,13 +194,19 @@ fn every_released_output_is_reproduced_from_the_records_acknowledged_at_its_rele
             }
         }
         for (acked, count) in levels.iter().step_by(3) {
-            let got = secondary(&records[..*acked as usize]);
+            let (got, verified) = secondary(&records[..*acked as usize]);
             assert!(
                 got.len() >= *count && got[..*count] == released[..*count],
                 "seed {seed}: with the {acked} records acknowledged when output #{} was released, \
                  the Secondary reproduced only {} outputs",
                 count - 1,
                 got.len()
+            );
+            assert!(
+                verified >= *count as u64,
+                "seed {seed}: output #{} was released with {acked} records acknowledged, \
+                 but a Secondary holding them verified only {verified} outputs",
+                count - 1
             );
             checked += 1;
         }

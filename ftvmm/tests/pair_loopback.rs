@@ -8,7 +8,8 @@
 //! replays the log through `link::start_secondary`). Otherwise it is the
 //! Primary: live backends (disk on a temp file, the live timer, ARP request
 //! frames injected at random wall-clock times, no TAP), recorded into a
-//! `PrimaryLog` shipped by `link::start_primary`. At a memory-digest point both
+//! `PrimaryLog` shipped by `link::start_primary`. Both vCPUs are kicked every
+//! few µs (host exits at arbitrary guest instructions, issue 14). At a memory-digest point both
 //! stop at the same exit; the child writes its trace, registers and memory
 //! digest to a JSON file and the parent compares them with its own. Outputs
 //! must have left the Primary only under the Output Rule.
@@ -33,9 +34,10 @@ use ftvmm::live;
 use ftvmm::lockstep::channel::{self, Hello, Identity, Message};
 use ftvmm::lockstep::digest::memory_sha256;
 use ftvmm::lockstep::link;
-use ftvmm::lockstep::pair::{image_sha256, secondary_handshake};
+use ftvmm::lockstep::pair::secondary_handshake;
 use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
+use ftvmm::lockstep::spec::image_sha256;
 use ftvmm::vcpu::TraceEntry;
 use ftvmm::RunOutcome;
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,7 @@ struct SecondaryResult {
     memory_sha256: String,
     replay_end: Option<String>,
     divergences: u64,
+    host_exits: u64,
 }
 
 fn hello() -> Hello {
@@ -79,6 +82,10 @@ fn hello() -> Hello {
         mem_mib: KV_MEM_MIB,
         start_exit: 0,
         primary_host: PRIMARY_HOST.into(),
+        platform: Box::new(
+            ftvmm::platform::Platform::for_host(&Default::default())
+                .expect("this host provides the default CPU baseline"),
+        ),
     }
 }
 
@@ -90,6 +97,22 @@ fn to_hex(b: &[u8; 32]) -> String {
 fn env_key(name: &str) -> [u8; 32] {
     let v = std::env::var(name).unwrap_or_else(|_| panic!("child: {name} not set"));
     config_schema::keys::parse_hex_key(&v).unwrap_or_else(|e| panic!("child: bad {name}: {e}"))
+}
+
+/// Kicks `kicker`'s vCPU every 5..=300 µs until `stop` (host exits at
+/// arbitrary guest instructions; issue 14).
+fn kick_every_few_us(
+    kicker: Arc<ftvmm::kick::Kicker>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            kicker.kick();
+            i += 1;
+            std::thread::sleep(Duration::from_micros(5 + (i * 7919) % 296));
+        }
+    })
 }
 
 #[test]
@@ -133,16 +156,28 @@ fn secondary_process() {
     std::fs::write(dir.join("port.tmp"), port.to_string()).unwrap();
     std::fs::rename(dir.join("port.tmp"), dir.join("port")).unwrap();
 
-    let allowed = move |k: &[u8; 32]| (*k == primary_pub).then(|| PRIMARY_HOST.to_string());
+    let allowed: ftvmm::lockstep::pair::Allowed =
+        Arc::new(move |k: &[u8; 32]| (*k == primary_pub).then(|| PRIMARY_HOST.to_string()));
     let expected = hello();
-    let (ch, got) = secondary_handshake(&listener, &identity, &allowed, &expected, &stop_accept)
-        .expect("child: pair start (accept + hello)");
+    let verify = |_: &Hello| Ok(());
+    let (ch, got) = secondary_handshake(
+        &listener,
+        &identity,
+        allowed,
+        &expected,
+        &verify,
+        &stop_accept,
+    )
+    .expect("child: pair start (accept + hello)");
     assert_eq!(got, expected, "child: hello differs");
 
     let mut vm = boot_kv_guest();
+    // Host exits at arbitrary guest instructions must not change the replay.
+    let stop_kicks = Arc::new(AtomicBool::new(false));
+    let kicks = kick_every_few_us(vm.handle().kicker(), Arc::clone(&stop_kicks));
     let q = ReplayQueue::new(0);
     let (tx, rx) = ch.split();
-    let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}));
+    let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}), Arc::new(|_| {}));
     let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
     let outcome = vm
         .run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q)), None)
@@ -156,7 +191,10 @@ fn secondary_process() {
         memory_sha256: memory_sha256(vm.memory()),
         replay_end: sin.end().map(|e| format!("{e:?}")),
         divergences: q.divergences(),
+        host_exits: vm.stats().host,
     };
+    stop_kicks.store(true, Ordering::SeqCst);
+    kicks.join().unwrap();
     let json = serde_json::to_vec(&result).unwrap();
     std::fs::write(dir.join("result.tmp"), json).unwrap();
     std::fs::rename(dir.join("result.tmp"), dir.join("result.json")).unwrap();
@@ -289,7 +327,9 @@ fn primary_process() {
     pin.digest_request()
         .store(DIGEST_DISTANCE, Ordering::SeqCst);
     let (tx, rx) = ch.split();
-    let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}));
+    let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}), Arc::new(|_| {}));
+    let stop_kicks = Arc::new(AtomicBool::new(false));
+    let kicks = kick_every_few_us(pvm.handle().kicker(), Arc::clone(&stop_kicks));
 
     // Frames at random wall-clock times (timer ticks come from the live timer).
     let stop = Arc::new(AtomicBool::new(false));
@@ -319,6 +359,8 @@ fn primary_process() {
     let pause = pin.take_pause();
     assert!(pause.is_some(), "primary paused for the digest");
     stop.store(true, Ordering::SeqCst);
+    stop_kicks.store(true, Ordering::SeqCst);
+    kicks.join().unwrap();
     let frames = injector.join().unwrap();
     let p_trace = pvm.take_trace();
     let p_regs = pvm.vcpu().get_regs().unwrap();
@@ -340,6 +382,12 @@ fn primary_process() {
     assert_eq!(outcome, RunOutcome::ExitLimit);
     assert_eq!(s.replay_end, None, "the Secondary stopped replaying");
     assert_eq!(s.divergences, 0);
+    assert!(
+        pvm.stats().host > 0 && s.host_exits > 0,
+        "kicks caused no host exits: primary {}, secondary {}",
+        pvm.stats().host,
+        s.host_exits
+    );
     assert_eq!(s.outcome, format!("{:?}", RunOutcome::ExitLimit));
     assert_eq!(pause, s.pause, "different memory-digest points");
     assert_eq!(pvm.exit_index(), s.exit_index);

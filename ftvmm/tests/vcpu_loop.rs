@@ -1,6 +1,7 @@
 //! The vCPU loop on the host's /dev/kvm with tiny guests: port I/O, MMIO, HLT
-//! with timer-tick injection, interrupt windows, determinism, snapshot/restore
-//! and dirty-page tracking. These FAIL (never skip) without /dev/kvm.
+//! with timer-tick injection, interrupts pending while IF=0, determinism under
+//! host exits, snapshot/restore and dirty-page tracking. These FAIL (never
+//! skip) without /dev/kvm.
 
 mod common;
 
@@ -48,7 +49,7 @@ fn hlt_waits_for_timer_ticks_which_are_injected_through_the_pic() {
 }
 
 #[test]
-fn an_interrupt_pending_while_if_is_clear_waits_for_the_interrupt_window() {
+fn an_interrupt_pending_while_if_is_clear_waits_for_the_next_exit_with_if_set() {
     let mut vm = tiny_vm(guest_window(), 2, vec![]);
     vm.enable_trace();
     // Setup takes 24 port writes; deliver one tick during the cli'd loop.
@@ -62,11 +63,11 @@ fn an_interrupt_pending_while_if_is_clear_waits_for_the_interrupt_window() {
         "exactly one interrupt taken"
     );
     assert_eq!(vm.stats().injected, 1);
-    // Real KVM exits with KVM_EXIT_IRQ_WINDOW_OPEN right after `sti; nop`; the
-    // PVM-based /dev/kvm of the dev machine reports the open window only with
-    // the next exit. Either way the handler (its EOI write to port 0x20) runs
-    // only after all 20 port writes of the cli'd loop.
-    assert!(vm.stats().irq_window <= 1);
+    // No interrupt window is requested (vcpu.rs): the tick waits through the
+    // exit-free loop after `sti` for the first port write after it, and the
+    // handler (its EOI write to port 0x20) runs only after all 20 port writes
+    // of the cli'd loop.
+    assert_eq!(vm.stats().irq_window, 0);
     let trace = vm.take_trace();
     let eoi = trace
         .iter()
@@ -291,4 +292,73 @@ fn host_exits_from_kicks_do_not_move_the_injection_point() {
     let regs = vm.vcpu().get_regs().unwrap();
     assert!(vm.stats().host > 0, "the kicks caused host exits");
     assert_eq!((vm.take_trace(), outcome, regs.r15), quiet);
+}
+
+/// Runs [`guest_sti_hlt`] with a tick at every exit, kicking the vCPU every
+/// 1..=`kick_us` µs if given; returns the trace, the outcome, the number of
+/// interrupts the guest took and the host exits.
+fn sti_hlt_run(kick_us: Option<u64>) -> (Vec<ftvmm::TraceEntry>, RunOutcome, u64, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut vm = tiny_vm(guest_sti_hlt(), 2, vec![]);
+    vm.enable_trace();
+    let handle = vm.handle();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let d = std::sync::Arc::clone(&done);
+    let kicker = std::thread::spawn(move || {
+        let Some(us) = kick_us else { return };
+        let mut i = 0u64;
+        while !d.load(Ordering::Relaxed) {
+            handle.kick();
+            i += 1;
+            std::thread::sleep(std::time::Duration::from_micros(1 + (i * 7919) % us));
+        }
+    });
+    let mut out = Collected::default();
+    let outcome = vm.run(&mut TickEveryExit, &mut out, None).unwrap();
+    done.store(true, Ordering::Relaxed);
+    kicker.join().unwrap();
+    let taken = vm.vcpu().get_regs().unwrap().r15;
+    let host = vm.stats().host;
+    (vm.take_trace(), outcome, taken, host)
+}
+
+#[test]
+fn host_exits_inside_the_sti_shadow_of_a_hlt_do_not_change_the_exit_sequence() {
+    // Each round: a port write with IF=0 while a tick is pending, then
+    // `sti; hlt`. The HLT is in the STI shadow, so it exits as a HLT and the
+    // tick is injected there. On kvm-amd under QEMU's TCG (the appliance test
+    // hosts) VMRUN does not restore the interrupt shadow: a host exit between
+    // `sti` and `hlt` (a timer interrupt of the host, a kick) loses it, and a
+    // requested interrupt window then opened *before* the HLT — an exit at
+    // the `hlt` instead of after it, on one member of a pair only (the
+    // divergence of issue 14). No window may be requested, on any host.
+    let (quiet, outcome, taken, _) = sti_hlt_run(None);
+    assert_eq!(outcome, RunOutcome::DebugExit((3000 % 256) as u8));
+    assert_eq!(taken, 3000, "one interrupt per round");
+    let hlts = quiet.iter().filter(|t| t.kind == ExitKind::Hlt).count();
+    let windows = quiet
+        .iter()
+        .filter(|t| t.kind == ExitKind::IrqWindow)
+        .count();
+    assert_eq!(
+        (hlts, windows),
+        (3000, 0),
+        "every `sti; hlt` exits as a HLT, never as an interrupt window"
+    );
+    for round in 0..3 {
+        let (kicked, outcome, taken, host) = sti_hlt_run(Some(50));
+        assert!(host > 0, "round {round}: the kicks caused no host exit");
+        if let Some(i) = (0..quiet.len()).find(|&i| kicked.get(i) != quiet.get(i)) {
+            panic!(
+                "round {round}: with {host} host exits the exit sequence differs first at \
+                 entry {i}: quiet {:?}, kicked {:?}",
+                quiet.get(i),
+                kicked.get(i)
+            );
+        }
+        assert_eq!(
+            (kicked.len(), outcome, taken),
+            (quiet.len(), RunOutcome::DebugExit(184), 3000)
+        );
+    }
 }

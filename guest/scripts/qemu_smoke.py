@@ -134,6 +134,12 @@ def kv_mode(kernel, disk):
         check("kv: 1000 GETs read back", not bad)
         stat = c.cmd("STAT")
         check("kv: STAT", stat.startswith("STAT keys=1001 puts=1001 gets=1002 ticks="), stat)
+        check("kv: SLOT never set", c.cmd("SLOT 5") == "NONE")
+        replies = [c.cmd(f"SET 5 page-{i}") for i in range(1, 21)]
+        check("kv: SET versions 1..20", replies == [f"OK {i}" for i in range(1, 21)], str(replies[:3]))
+        check("kv: SLOT", c.cmd("SLOT 5") == "VALUE 20 page-20")
+        check("kv: SET 63", c.cmd("SET 63 last") == "OK 1")
+        check("kv: bad slot", c.cmd("SET 64 x") == "ERR slot out of range")
 
         errors = []
 
@@ -167,11 +173,19 @@ def kv_mode(kernel, disk):
         c = Client()
         bad = [i for i in range(1000) if c.cmd(f"GET key{i}") != f"VALUE value{i}"]
         check("kv: keys survive restart", not bad)
+        check("kv: slot survives restart", c.cmd("SLOT 5") == "VALUE 20 page-20")
+        check("kv: slot versions continue", c.cmd("SET 5 page-21") == "OK 21")
         check("kv: last PUT before tear", c.cmd("PUT zz-last 1") == "OK")
         c.close()
     finally:
         vm.kill()
 
+    with open(disk, "rb") as f:
+        f.seek(-64 * 512 + 5 * 512, os.SEEK_END)
+        sector = f.read(512)
+    check("kv: slot 5 rewritten in place at sector C-64+5",
+          sector[:4] == b"FTSL" and struct.unpack_from("<QHH", sector, 8) == (21, 5, 7)
+          and sector[24:31] == b"page-21", repr(sector[:32]))
     last = last_record_sector(disk)
     with open(disk, "r+b") as f:
         f.seek(last * 512 + 30)

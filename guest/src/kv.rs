@@ -1,4 +1,4 @@
-//! The KV service: log replay at boot, then a TCP server loop on smoltcp.
+//! The KV service: log replay and the slot area read at boot, then a TCP server loop on smoltcp.
 //!
 //! `MAX_CLIENTS` sockets listen on the port; each connection has its own line buffer and output
 //! queue, and a socket that closes listens again. The loop polls the interface and the sockets,
@@ -12,7 +12,7 @@ use crate::net::NetDevice;
 use crate::println;
 use alloc::vec;
 use alloc::vec::Vec;
-use ftguest_kvlog::{BootArgs, KvService, LineBuffer, LogEnd};
+use ftguest_kvlog::{BootArgs, KvService, LineBuffer, LogEnd, SLOT_COUNT};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -58,7 +58,7 @@ pub fn run<B: Transport, N: Transport>(
     let (mut svc, outcome) = match KvService::recover(&mut disk) {
         Ok(r) => r,
         Err(e) => {
-            println!("kv: log replay failed: {e}");
+            println!("kv: recovery from disk failed: {e}");
             crate::port::exit(0xed)
         }
     };
@@ -67,6 +67,15 @@ pub fn run<B: Transport, N: Transport>(
             "kv: log tail at sector {} ignored ({reason})",
             outcome.next_sector
         );
+    }
+    println!(
+        "kv: slots {} at sector {} held={}",
+        SLOT_COUNT,
+        svc.layout().slot_area_start(),
+        svc.slots().held()
+    );
+    for (slot, reason) in svc.slots().damaged() {
+        println!("kv: slot {slot} damaged ({reason}); SET and SLOT refuse it");
     }
 
     let mac = EthernetAddress(args.mac);

@@ -3,9 +3,16 @@
 //! receive thread, around one [`Node`] behind a mutex. State changes go to the
 //! console with `println!` like the other daemons; dropped packets too, at most
 //! one line per reason every [`DROP_LOG_EVERY`].
+//!
+//! Rule: no X25519 under the node lock. The receive thread owns the [`Gate`]
+//! (source check, rate limit, Noise open) and takes the lock only to judge or
+//! count the result; the send thread takes the lock for the next payload and
+//! seals it for every peer after releasing it. A flood therefore costs the
+//! lock one counter update per packet, and never delays the send thread, the
+//! suspicion check or a control-socket answer by a Diffie-Hellman.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,9 +20,11 @@ use std::time::{Duration, Instant};
 use config_schema::ctl::{PeerView, Request, Response};
 use serde_json::json;
 
-use crate::node::{Node, NodeConfig, Received};
+use crate::drops::DropReason;
+use crate::gate::Gate;
+use crate::node::{seal_round, Node, NodeConfig, Received};
 use crate::packet::MAX_PACKET;
-use crate::view::{DropReason, Transition};
+use crate::view::Transition;
 
 /// At most one console line per drop reason in this period.
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -78,6 +87,10 @@ struct Shared {
     stop: AtomicBool,
     local: SocketAddr,
     send_errors: Mutex<(u64, Option<String>)>,
+    /// Noise opens the receive thread attempted (mirrors [`Gate::opens`]).
+    noise_opens: AtomicU64,
+    /// The gate's per-source rate (tokens/s) and burst.
+    rate_limit: (f64, u64),
 }
 
 impl Shared {
@@ -130,23 +143,27 @@ impl Daemon {
             .map_err(DaemonError::Socket)?;
         let local = socket.local_addr().map_err(DaemonError::Socket)?;
         let interval = Duration::from_millis(cfg.interval_ms.max(1));
+        let gate = Gate::new(&cfg, 0);
+        let keys = cfg.clone();
         let shared = Arc::new(Shared {
             node: Mutex::new(Node::new(cfg, boot_id, 0)),
             epoch: Instant::now(),
             stop: AtomicBool::new(false),
             local,
             send_errors: Mutex::new((0, None)),
+            noise_opens: AtomicU64::new(0),
+            rate_limit: gate.rate_limit(),
         });
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
             .name("heartbeat-send".into())
-            .spawn(move || send_loop(&s1, &tx, interval))
+            .spawn(move || send_loop(&s1, &keys, &tx, interval))
             .map_err(DaemonError::Thread)?;
         let s2 = Arc::clone(&shared);
         let receiver = std::thread::Builder::new()
             .name("heartbeat-recv".into())
-            .spawn(move || recv_loop(&s2, &socket));
+            .spawn(move || recv_loop(&s2, gate, &socket));
         let receiver = match receiver {
             Ok(r) => r,
             Err(e) => {
@@ -226,6 +243,19 @@ impl Handle {
                 ("uptime_ms", json!(now)),
                 ("send_errors", json!(send_errors)),
                 ("last_send_error", json!(last_send_error)),
+                (
+                    "noise_opens",
+                    json!(self.0.noise_opens.load(Ordering::Relaxed)),
+                ),
+                (
+                    "rate_limit",
+                    json!({
+                        "per_source_per_s": self.0.rate_limit.0,
+                        "burst": self.0.rate_limit.1,
+                        "sources": cfg.peers.len(),
+                        "budget_per_s": self.0.rate_limit.0 * cfg.peers.len() as f64,
+                    }),
+                ),
             ] {
                 m.insert(k.into(), v);
             }
@@ -258,7 +288,7 @@ impl Handle {
     }
 }
 
-fn send_loop(s: &Shared, socket: &UdpSocket, interval: Duration) {
+fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket, interval: Duration) {
     let mut next = Instant::now();
     while !s.stop.load(Ordering::SeqCst) {
         let now = Instant::now();
@@ -270,11 +300,12 @@ fn send_loop(s: &Shared, socket: &UdpSocket, interval: Duration) {
         if next < now {
             next = now + interval; // fell far behind (suspended): do not burst
         }
-        let (round, transitions) = {
+        let (payload, transitions) = {
             let mut node = s.node();
             let t = s.now_ms();
-            (node.heartbeats(t), node.view_mut().tick(t))
+            (node.view_mut().next_heartbeat(t), node.view_mut().tick(t))
         };
+        let round = seal_round(keys, &payload);
         announce(&transitions);
         for (addr, sealed) in round {
             let res = sealed.map_err(|e| e.to_string()).and_then(|p| {
@@ -295,7 +326,7 @@ fn send_loop(s: &Shared, socket: &UdpSocket, interval: Duration) {
     }
 }
 
-fn recv_loop(s: &Shared, socket: &UdpSocket) {
+fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
     // One byte more than the largest valid packet, so oversize datagrams are seen as such.
     let mut buf = vec![0u8; MAX_PACKET + 1];
     let mut drops = DropLog::default();
@@ -316,10 +347,12 @@ fn recv_loop(s: &Shared, socket: &UdpSocket) {
                 continue;
             }
         };
+        let admitted = gate.admit(s.now_ms(), src, &buf[..n]);
+        s.noise_opens.store(gate.opens(), Ordering::Relaxed);
         let r = {
             let mut node = s.node();
             let t = s.now_ms();
-            node.receive(t, &buf[..n])
+            node.on_admitted(t, admitted)
         };
         match r {
             Received::Accepted { transitions, .. } => announce(&transitions),
@@ -343,6 +376,68 @@ fn recv_loop(s: &Shared, socket: &UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::PeerConf;
+    use crate::packet::{self, Header, Payload};
+
+    fn secret(i: u8) -> [u8; 32] {
+        [0x30 + i; 32]
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 77, 60, i + 1], 17402))
+    }
+
+    #[test]
+    fn x25519_runs_while_another_thread_holds_the_node_lock() {
+        let cfg = NodeConfig {
+            id: 1,
+            name: "host-a".into(),
+            private_key: secret(0),
+            bind: addr(0),
+            peers: vec![PeerConf {
+                id: 2,
+                name: "host-b".into(),
+                public_key: config_schema::keys::host_public_key(&secret(1)),
+                addr: addr(1),
+            }],
+            interval_ms: 100,
+            failure_timeout_ms: 1000,
+        };
+        let a_pub = config_schema::keys::host_public_key(&secret(0));
+        let d = Daemon::start(cfg).unwrap();
+        let b = UdpSocket::bind(addr(1)).unwrap();
+        let shared = &d.handle().0;
+        let payload = Payload {
+            sender: 2,
+            boot_id: 7,
+            seq: 1,
+            view: vec![],
+        };
+        let h = Header {
+            sender: 2,
+            receiver: 1,
+        };
+        let pkt = packet::seal(h, &payload, &secret(1), &a_pub).unwrap();
+        // Hold the node lock, as a slow control-socket answer or a send
+        // round would: the receive thread must still open the packet.
+        let guard = shared.node();
+        b.send_to(&pkt, addr(0)).unwrap();
+        let start = Instant::now();
+        while shared.noise_opens.load(Ordering::Relaxed) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the receive thread did not open the packet while the node lock was held"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(guard);
+        // Then it judges it (a new boot without echo) under the lock.
+        let start = Instant::now();
+        while d.handle().status()["dropped"]["unconfirmed_boot"] != 1 {
+            assert!(start.elapsed() < Duration::from_secs(60), "never judged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn drop_lines_are_rate_limited_per_reason() {

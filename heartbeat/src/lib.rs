@@ -5,17 +5,25 @@
 //! - [`packet`]: the wire format; every packet is one one-way Noise
 //!   `K_25519_ChaChaPoly_BLAKE2s` handshake message (snow) with a versioned
 //!   binary payload (sender, boot id, seq, the sender's view).
+//! - [`drops`]: why a datagram was dropped; counters by reason.
 //! - [`view`]: membership logic (replay rules, boot ids, echo, timeouts) on an
 //!   explicit clock.
+//! - [`gate`]: the receive path before the view, outside the node lock:
+//!   source check and per-source rate limit before any X25519, then the
+//!   Noise open.
 //! - [`node`]: config → keys and addresses; the packet path around the view.
 //! - [`daemon`]: the UDP socket, the send/receive threads, console lines and
 //!   the control-socket handler.
 
 pub mod daemon;
+pub mod drops;
+pub mod gate;
 pub mod node;
 pub mod packet;
 pub mod view;
 
 pub use daemon::Daemon;
+pub use drops::DropReason;
+pub use gate::Gate;
 pub use node::{Node, NodeConfig, PORT};
-pub use view::{DropReason, Membership, Transition};
+pub use view::{Membership, Transition};

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use config_schema::ctl::{Request, Response};
-use config_schema::ctl_server;
+use config_schema::ctl_server::{self, Policy};
+use config_schema::peer::Programs;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
 use heartbeat::daemon::Handle;
 use heartbeat::{Daemon, NodeConfig, PORT};
@@ -26,6 +27,10 @@ struct Cli {
     /// UDP port on the FT network.
     #[arg(long, default_value_t = PORT)]
     port: u16,
+    /// For tests: which executable counts as PROGRAM (init, ftvmm, heartbeat,
+    /// fencing) on the control socket, instead of the image's `/bin/<program>`.
+    #[arg(long, value_name = "PROGRAM=PATH", hide = true)]
+    peer_exe: Vec<String>,
 }
 
 enum Running {
@@ -36,6 +41,9 @@ enum Running {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = RuntimeConfig::load(&cli.config)?;
     let cfg = NodeConfig::from_runtime(&rt, cli.port)?;
+    let programs = Programs::appliance()
+        .with_overrides(&cli.peer_exe)
+        .map_err(anyhow::Error::msg)?;
     println!(
         "heartbeat: host {} (id {}) on {}; interval {} ms, failure timeout {} ms; peers: {}",
         cfg.name,
@@ -54,7 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let st = Arc::clone(&state);
     let host = cfg.name.clone();
     std::thread::spawn(move || {
-        ctl_server::serve(listener, move |req| {
+        ctl_server::serve(listener, Policy::heartbeat(programs), move |req| {
             let guard = st.lock().unwrap_or_else(|e| e.into_inner());
             match &*guard {
                 Running::Up(h) => h.handle(req),

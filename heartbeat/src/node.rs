@@ -1,14 +1,21 @@
 //! One host's heartbeat core without sockets: the keys and addresses from the
 //! config, the [`Membership`] view, and the packet path in both directions
-//! (seal our heartbeats for every peer; open, check and judge a received
-//! packet). Host-testable: the daemon only moves bytes and reads the clock.
+//! (seal our heartbeats for every peer; judge what the [`Gate`] let through).
+//! Host-testable: the daemon only moves bytes and reads the clock.
+//!
+//! Rule: nothing here that holds `&mut Node` does X25519. The daemon keeps the
+//! node behind its lock and seals ([`seal_round`]) and opens ([`Gate::admit`])
+//! outside it; [`Node::heartbeats`] and [`Node::receive`] chain both halves
+//! for tests and the fuzz target.
 
 use std::net::{IpAddr, SocketAddr};
 
 use config_schema::runtime::RuntimeConfig;
 
-use crate::packet::{self, Header, PacketError};
-use crate::view::{DropReason, Membership, Transition};
+use crate::drops::DropReason;
+use crate::gate::{Admitted, Gate, Rejected};
+use crate::packet::{self, Header, PacketError, Payload};
+use crate::view::{Membership, Transition};
 
 /// The UDP port heartbeats use on the FT network.
 pub const PORT: u16 = 7400;
@@ -148,30 +155,10 @@ impl Node {
         &mut self.view
     }
 
-    /// One round of heartbeats: the same payload sealed for each peer.
+    /// One round of heartbeats, sealed (tests; the daemon seals outside its lock).
     pub fn heartbeats(&mut self, now_ms: u64) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
         let payload = self.view.next_heartbeat(now_ms);
-        self.cfg
-            .peers
-            .iter()
-            .map(|p| {
-                let h = Header {
-                    sender: self.cfg.id,
-                    receiver: p.id,
-                };
-                let sealed = packet::seal(h, &payload, &self.cfg.private_key, &p.public_key);
-                (p.addr, sealed)
-            })
-            .collect()
-    }
-
-    fn drop_packet(&mut self, peer: Option<u32>, reason: DropReason, detail: String) -> Received {
-        self.view.record_drop(peer, reason);
-        Received::Dropped {
-            reason,
-            claimed: peer.and_then(|id| self.peer_name(id)),
-            detail,
-        }
+        seal_round(&self.cfg, &payload)
     }
 
     fn peer_name(&self, id: u32) -> Option<String> {
@@ -182,56 +169,78 @@ impl Node {
             .map(|p| p.name.clone())
     }
 
-    /// Opens, checks and judges one received datagram.
-    pub fn receive(&mut self, now_ms: u64, datagram: &[u8]) -> Received {
-        let (header, _) = match Header::parse(datagram) {
-            Ok(h) => h,
-            Err(e @ PacketError::WireVersion(_)) => {
-                return self.drop_packet(None, DropReason::BadVersion, e.to_string())
-            }
-            Err(e) => return self.drop_packet(None, DropReason::Malformed, e.to_string()),
-        };
-        let Some(sender) = self.cfg.peers.iter().find(|p| p.id == header.sender) else {
-            let detail = format!("header names host id {}", header.sender);
-            return self.drop_packet(None, DropReason::UnknownSender, detail);
-        };
-        let sender_id = sender.id;
-        if header.receiver != self.cfg.id {
-            let detail = format!("header names receiver id {}", header.receiver);
-            return self.drop_packet(Some(sender_id), DropReason::NotForUs, detail);
+    /// Counts a datagram the gate refused.
+    pub fn on_rejected(&mut self, r: Rejected) -> Received {
+        self.view.record_drop(r.peer, r.reason);
+        Received::Dropped {
+            reason: r.reason,
+            claimed: r.peer.and_then(|id| self.peer_name(id)),
+            detail: r.detail,
         }
-        let opened = packet::open(datagram, &self.cfg.private_key, &sender.public_key);
-        let payload = match opened {
-            Ok((_, p)) => p,
-            Err(e) => {
-                let reason = match e {
-                    PacketError::Auth | PacketError::Noise(_) => DropReason::Forged,
-                    PacketError::PayloadVersion(_) | PacketError::WireVersion(_) => {
-                        DropReason::BadVersion
-                    }
-                    _ => DropReason::Malformed,
-                };
-                return self.drop_packet(Some(sender_id), reason, e.to_string());
-            }
+    }
+
+    /// Judges what the gate let through (or counts what it refused).
+    pub fn on_admitted(&mut self, now_ms: u64, admitted: Admitted) -> Received {
+        let (sender, payload) = match admitted {
+            Admitted::Opened { sender, payload } => (sender, payload),
+            Admitted::Rejected(r) => return self.on_rejected(r),
         };
-        match self.view.on_heartbeat(now_ms, sender_id, &payload) {
+        match self.view.on_heartbeat(now_ms, sender, &payload) {
             Ok(transitions) => Received::Accepted {
-                from: self.peer_name(sender_id).unwrap_or_default(),
+                from: self.peer_name(sender).unwrap_or_default(),
                 transitions,
             },
             Err(reason) => Received::Dropped {
                 reason,
-                claimed: self.peer_name(sender_id),
+                claimed: self.peer_name(sender),
                 detail: match reason {
                     DropReason::UnconfirmedBoot => format!(
                         "boot {:016x} seq {}: new boot id, counted once it echoes one of ours",
                         payload.boot_id, payload.seq
+                    ),
+                    DropReason::Stale => format!(
+                        "boot {:016x} seq {}: echoes none of our heartbeats of the last {} ms",
+                        payload.boot_id, payload.seq, self.cfg.failure_timeout_ms
                     ),
                     _ => format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
                 },
             },
         }
     }
+
+    /// Gate, then judge, one datagram from `src` (tests and fuzzing: the
+    /// daemon runs the gate outside its lock).
+    pub fn receive(
+        &mut self,
+        gate: &mut Gate,
+        now_ms: u64,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Received {
+        let admitted = gate.admit(now_ms, src, datagram);
+        self.on_admitted(now_ms, admitted)
+    }
+}
+
+/// `payload` sealed for every peer of `cfg`, with the peer's address: two
+/// X25519 operations and one key generation per peer.
+pub fn seal_round(
+    cfg: &NodeConfig,
+    payload: &Payload,
+) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
+    cfg.peers
+        .iter()
+        .map(|p| {
+            let h = Header {
+                sender: cfg.id,
+                receiver: p.id,
+            };
+            (
+                p.addr,
+                packet::seal(h, payload, &cfg.private_key, &p.public_key),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,39 @@
 
 use super::*;
 
+/// A node with its gate, receiving from the example cluster's addresses.
+struct Host {
+    node: Node,
+    gate: Gate,
+}
+
+impl Host {
+    fn config(&self) -> &NodeConfig {
+        self.node.config()
+    }
+    fn view(&self) -> &Membership {
+        self.node.view()
+    }
+    fn heartbeats(&mut self, now: u64) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
+        self.node.heartbeats(now)
+    }
+    /// A datagram from host `from`'s FT address.
+    fn receive_from(&mut self, from: &str, now: u64, datagram: &[u8]) -> Received {
+        let src = self
+            .config()
+            .peers
+            .iter()
+            .find(|p| p.name == from)
+            .map(|p| p.addr)
+            .unwrap_or_else(|| "192.0.2.99:7400".parse().unwrap());
+        self.node.receive(&mut self.gate, now, src, datagram)
+    }
+    /// A datagram from host-b's address (the sender of most test packets).
+    fn receive(&mut self, now: u64, datagram: &[u8]) -> Received {
+        self.receive_from("host-b", now, datagram)
+    }
+}
+
 fn runtime(host: &str) -> RuntimeConfig {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
     let cfg =
@@ -17,16 +50,16 @@ fn runtime(host: &str) -> RuntimeConfig {
     }
 }
 
-fn node(host: &str, boot: u64) -> Node {
-    Node::new(
-        NodeConfig::from_runtime(&runtime(host), PORT).unwrap(),
-        boot,
-        0,
-    )
+fn node(host: &str, boot: u64) -> Host {
+    let cfg = NodeConfig::from_runtime(&runtime(host), PORT).unwrap();
+    Host {
+        gate: Gate::new(&cfg, 0),
+        node: Node::new(cfg, boot, 0),
+    }
 }
 
 /// The sealed packet `from` sends to `to_id` in its next round.
-fn packet_to(from: &mut Node, to_id: u32, now: u64) -> Vec<u8> {
+fn packet_to(from: &mut Host, to_id: u32, now: u64) -> Vec<u8> {
     let addr = from
         .config()
         .peers
@@ -55,14 +88,17 @@ fn reason(r: Received) -> DropReason {
 }
 
 /// a and b see each other; returns them.
-fn pair() -> (Node, Node) {
+fn pair() -> (Host, Host) {
     let (mut a, mut b) = (node("host-a", 0xa), node("host-b", 0xb));
     let p = packet_to(&mut a, 2, 10);
-    assert_eq!(reason(b.receive(10, &p)), DropReason::UnconfirmedBoot);
+    assert_eq!(
+        reason(b.receive_from("host-a", 10, &p)),
+        DropReason::UnconfirmedBoot
+    );
     let p = packet_to(&mut b, 1, 20);
     assert!(accepted(&a.receive(20, &p)));
     let p = packet_to(&mut a, 2, 30);
-    assert!(accepted(&b.receive(30, &p)));
+    assert!(accepted(&b.receive_from("host-a", 30, &p)));
     (a, b)
 }
 
@@ -123,7 +159,10 @@ fn bad_packets_are_dropped_by_reason_and_change_nothing() {
     // Sealed with a key that is not in the config, claiming to be host-b.
     let mut rogue_cfg = b.config().clone();
     rogue_cfg.private_key = [0x42; 32];
-    let mut rogue = Node::new(rogue_cfg, 0xbad, 0);
+    let mut rogue = Host {
+        gate: Gate::new(&rogue_cfg, 0),
+        node: Node::new(rogue_cfg, 0xbad, 0),
+    };
     let forged = packet_to(&mut rogue, 1, 40);
     assert_eq!(reason(a.receive(50, &forged)), DropReason::Forged);
     // A valid packet with one byte tampered, in the header or the body.

@@ -2,19 +2,30 @@
 //! logging-channel signs of life and an explicit clock (milliseconds on the
 //! daemon's own monotonic clock), so it is deterministic to test.
 //!
-//! Rules:
+//! Rules, in the order a heartbeat meets them (see [`Membership::on_heartbeat`]):
+//! - **Replay checks.** Per (sender, boot id) the seq must be strictly greater
+//!   than every seq seen of that boot (the confirmed boot and, separately, the
+//!   one unconfirmed candidate boot); boot ids replaced by a newer one are
+//!   remembered (a few) and refused. A packet that fails them changes nothing
+//!   but a counter.
+//! - **Echo.** What we echo back to a peer (`heard` in our view entry for it)
+//!   is the (boot id, seq) of its last packet that *passed the replay checks*,
+//!   accepted or not, so two hosts that both restarted confirm each other after
+//!   one exchange, and a replay can never turn our echo back to an old boot.
+//! - **Freshness.** A packet refreshes liveness only if it echoes one of *our*
+//!   seqs of our current boot sent less than the failure timeout ago: the
+//!   peer demonstrably heard us recently. One that does not is a new boot id
+//!   not confirmed yet (`UnconfirmedBoot`: learned as the candidate, confirmed
+//!   by the first packet that does echo us) or, for the confirmed boot, a
+//!   delayed or withheld packet (`Stale`: its seq and echo are recorded, it
+//!   keeps nobody alive). So an authentic packet recorded on the wire and
+//!   delivered later can extend a dead peer's liveness by less than one
+//!   failure timeout past the moment it last heard us, never indefinitely.
 //! - A peer is alive while its last sign of life (accepted heartbeat or
 //!   `PeerAlive`) is younger than the failure timeout.
-//! - Replay protection per (sender, boot id): a heartbeat is accepted only if
-//!   its seq is strictly greater than the last accepted one of that boot.
-//! - A boot id not confirmed yet is learned (and the packet counts) only if the
-//!   packet echoes one of *our* sequence numbers of our current boot sent
-//!   within the failure timeout; otherwise an old recorded packet could bring a
-//!   dead host back. Boot ids replaced by a newer one are remembered (a few) and
-//!   refused as replays.
-//! - Independently of acceptance, the last (boot id, seq) of every
-//!   authenticated packet from a peer is what we echo back to it, so two hosts
-//!   that both restarted confirm each other after one exchange.
+//!
+//! Invariants: `last_heartbeat_ms` changes only on an accepted packet; the
+//! seq recorded for a boot never decreases.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,89 +33,13 @@ use std::fmt;
 use config_schema::ctl::PeerView;
 use serde_json::json;
 
+use crate::drops::{DropCounts, DropReason};
 use crate::packet::{Entry, Payload};
 
 /// How many replaced boot ids per peer are remembered and refused.
 const RETIRED_BOOTS: usize = 8;
 /// Upper bound on remembered sent seqs, whatever the timing config says.
 const MAX_SENT: usize = 1 << 16;
-
-/// Why a received packet was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DropReason {
-    /// Too short/long, bad magic, or an authentic payload that does not decode.
-    Malformed,
-    /// Unknown wire or payload version.
-    BadVersion,
-    /// The header names a host that is not a peer in the config.
-    UnknownSender,
-    /// The header names another receiver.
-    NotForUs,
-    /// The Noise message does not authenticate with the claimed sender's key.
-    Forged,
-    /// Authentic, but the payload names another sender than the header.
-    SenderMismatch,
-    /// Old seq of a known boot, or a boot id that was replaced.
-    Replayed,
-    /// Authentic, from a boot id not confirmed yet, and no recent echo of ours.
-    UnconfirmedBoot,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 8] = [
-        DropReason::Malformed,
-        DropReason::BadVersion,
-        DropReason::UnknownSender,
-        DropReason::NotForUs,
-        DropReason::Forged,
-        DropReason::SenderMismatch,
-        DropReason::Replayed,
-        DropReason::UnconfirmedBoot,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::BadVersion => "bad_version",
-            DropReason::UnknownSender => "unknown_sender",
-            DropReason::NotForUs => "not_for_us",
-            DropReason::Forged => "forged",
-            DropReason::SenderMismatch => "sender_mismatch",
-            DropReason::Replayed => "replayed",
-            DropReason::UnconfirmedBoot => "unconfirmed_boot",
-        }
-    }
-
-    fn index(self) -> usize {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == self)
-            .expect("every reason is in ALL")
-    }
-}
-
-/// Drop counters, one per reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DropCounts([u64; 8]);
-
-impl DropCounts {
-    pub fn add(&mut self, r: DropReason) {
-        self.0[r.index()] += 1;
-    }
-    pub fn get(&self, r: DropReason) -> u64 {
-        self.0[r.index()]
-    }
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-    pub fn to_json(&self) -> serde_json::Value {
-        let m: serde_json::Map<_, _> = DropReason::ALL
-            .iter()
-            .map(|r| (r.as_str().to_string(), self.get(*r).into()))
-            .collect();
-        m.into()
-    }
-}
 
 /// A change worth a console line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,15 +86,21 @@ struct PeerState {
     id: u32,
     name: String,
     state: State,
-    /// Confirmed boot id and the last seq accepted in it.
+    /// Confirmed boot id and the highest seq seen in it (never decreases).
     boot: Option<(u64, u64)>,
+    /// The last boot id seen that is neither confirmed nor retired, and its
+    /// highest seq: the replay check for a peer that restarted.
+    candidate: Option<(u64, u64)>,
     retired: VecDeque<u64>,
-    /// Last authenticated (boot, seq), echoed back in our heartbeats.
+    /// (boot, seq) of its last packet that passed the replay checks, echoed
+    /// back in our heartbeats.
     heard: Option<(u64, u64)>,
     last_heartbeat_ms: Option<u64>,
     last_peer_alive_ms: Option<u64>,
     received: u64,
     peer_alive_reports: u64,
+    /// Times it went from up to suspected.
+    suspicions: u64,
     dropped: DropCounts,
     /// The peer's own view, from its last accepted heartbeat.
     their_view: Vec<Entry>,
@@ -208,12 +149,14 @@ impl Membership {
                     name,
                     state: State::Unknown,
                     boot: None,
+                    candidate: None,
                     retired: VecDeque::new(),
                     heard: None,
                     last_heartbeat_ms: None,
                     last_peer_alive_ms: None,
                     received: 0,
                     peer_alive_reports: 0,
+                    suspicions: 0,
                     dropped: DropCounts::default(),
                     their_view: Vec::new(),
                 })
@@ -330,31 +273,41 @@ impl Membership {
         }
     }
 
-    /// Replay and boot-id rules; on success returns whether a new boot id
-    /// replaced a confirmed one. Updates the echo state of authentic packets.
+    /// The replay, echo and freshness rules (module docs) for an authenticated
+    /// payload; on success returns whether a new boot id replaced a confirmed
+    /// one. Every packet that passes the replay checks becomes the echo.
     fn judge(&mut self, now: u64, header_sender: u32, p: &Payload) -> Result<bool, DropReason> {
         if p.sender != header_sender {
             return Err(DropReason::SenderMismatch);
         }
-        let echoed = self.echoes_us(p, now);
+        let fresh = self.echoes_us(p, now);
         let peer = self.peer_mut(p.sender).ok_or(DropReason::UnknownSender)?;
         if peer.retired.contains(&p.boot_id) {
             return Err(DropReason::Replayed);
         }
-        match peer.heard {
-            Some((b, s)) if b == p.boot_id => peer.heard = Some((b, s.max(p.seq))),
-            _ => peer.heard = Some((p.boot_id, p.seq)),
+        let highest = [peer.boot, peer.candidate]
+            .into_iter()
+            .flatten()
+            .find(|(b, _)| *b == p.boot_id)
+            .map(|(_, s)| s);
+        if highest.is_some_and(|s| p.seq <= s) {
+            return Err(DropReason::Replayed);
         }
+        // The newest packet of its (sender, boot): from here on it is echoed.
+        peer.heard = Some((p.boot_id, p.seq));
         match peer.boot {
             Some((b, last)) if b == p.boot_id => {
-                if p.seq <= last {
-                    return Err(DropReason::Replayed);
-                }
+                assert!(p.seq > last, "the seq of a confirmed boot never decreases");
                 peer.boot = Some((b, p.seq));
-                Ok(false)
+                if fresh {
+                    Ok(false)
+                } else {
+                    Err(DropReason::Stale)
+                }
             }
             old => {
-                if !echoed {
+                if !fresh {
+                    peer.candidate = Some((p.boot_id, p.seq));
                     return Err(DropReason::UnconfirmedBoot);
                 }
                 if let Some((b, _)) = old {
@@ -364,6 +317,7 @@ impl Membership {
                     peer.retired.push_back(b);
                 }
                 peer.boot = Some((p.boot_id, p.seq));
+                peer.candidate = None;
                 Ok(old.is_some())
             }
         }
@@ -397,6 +351,7 @@ impl Membership {
             match (p.state, p.last_seen()) {
                 (State::Up, Some(t)) if now.saturating_sub(t) >= timeout => {
                     p.state = State::Suspected;
+                    p.suspicions += 1;
                     out.push(Transition::Suspected {
                         host: p.name.clone(),
                         silent_ms: now - t,
@@ -457,6 +412,7 @@ impl Membership {
                     "last_seq": p.boot.map(|(_, s)| s),
                     "received": p.received,
                     "peer_alive_reports": p.peer_alive_reports,
+                    "suspicions": p.suspicions,
                     "dropped": p.dropped.to_json(),
                     "their_view": p.their_view.iter().map(|e| json!({
                         "host": if e.host == self.me { "(this host)".to_string() } else { name_of(e.host) },

@@ -96,11 +96,16 @@ fn silent_peer_is_suspected_after_the_timeout_and_comes_back() {
         vec![],
         "suspected once, not every tick"
     );
-    // B is back (same boot, fresh seq that echoes A's recent heartbeat).
+    // B is back (same boot). A's first packet echoes B's seq of 3 s ago:
+    // stale at B (it proves nothing about A now), but B records it and
+    // echoes it, so B's next packet is fresh at A, and A's next one at B.
     let pa = a.next_heartbeat(3000);
-    b.on_heartbeat(3000, 1, &pa).unwrap();
+    assert_eq!(b.on_heartbeat(3000, 1, &pa), Err(DropReason::Stale));
     let pb = b.next_heartbeat(3001);
     assert_eq!(a.on_heartbeat(3001, 2, &pb), Ok(vec![up("host-b")]));
+    let pa = a.next_heartbeat(3002);
+    assert_eq!(b.on_heartbeat(3002, 1, &pa), Ok(vec![]), "b never ticked");
+    assert!(alive(&b, 3002, "host-a"));
 }
 
 #[test]
@@ -219,4 +224,91 @@ fn heartbeat_carries_the_view_and_echo() {
     assert_eq!(eb.heard, Some((0xb1, 1)));
     let ec = pa.view.iter().find(|e| e.host == 3).unwrap();
     assert_eq!((ec.alive, ec.heard), (false, None));
+}
+
+/// The echo A sends to host `id` in its next heartbeat.
+fn echo_to(m: &mut Membership, now: u64, id: u32) -> Option<(u64, u64)> {
+    m.next_heartbeat(now)
+        .view
+        .iter()
+        .find(|e| e.host == id)
+        .unwrap()
+        .heard
+}
+
+#[test]
+fn a_withheld_authentic_packet_delivered_later_does_not_keep_a_dead_host_alive() {
+    let (mut a, mut b) = (node(1, 0xa1), node(2, 0xb1));
+    handshake(&mut a, &mut b, 10);
+    // B's last heartbeats are recorded on the wire but never reach A (an
+    // attacker withholds them, or the network lost them there); then B dies.
+    let withheld: Vec<Payload> = (0..6).map(|i| b.next_heartbeat(20 + 10 * i)).collect();
+    for t in (100..1500).step_by(100) {
+        a.next_heartbeat(t);
+        a.tick(t);
+    }
+    assert!(!alive(&a, 1500, "host-b"), "suspected after the timeout");
+    let received = a.status(1500)["peers"][0]["received"].clone();
+    // Delivered one by one long after: each is authentic and in sequence,
+    // but none echoes a heartbeat A sent within the failure timeout.
+    for (i, p) in withheld.iter().enumerate() {
+        let t = 1500 + 700 * i as u64;
+        a.next_heartbeat(t);
+        assert_eq!(
+            a.on_heartbeat(t, 2, p),
+            Err(DropReason::Stale),
+            "packet {i}"
+        );
+        assert!(a.tick(t).is_empty());
+        assert!(!alive(&a, t, "host-b"), "packet {i} kept the dead b alive");
+        // Delivered again: a replay, not even stale.
+        assert_eq!(a.on_heartbeat(t, 2, p), Err(DropReason::Replayed));
+    }
+    let s = a.status(6000);
+    assert_eq!(s["peers"][0]["state"], "suspected");
+    assert_eq!(s["peers"][0]["received"], received);
+    assert_eq!(s["peers"][0]["dropped"]["stale"], 6);
+    assert_eq!(s["peers"][0]["suspicions"], 1);
+}
+
+#[test]
+fn a_replay_never_changes_the_echo() {
+    let (mut a, mut b) = (node(1, 0xa1), node(2, 0xb1));
+    handshake(&mut a, &mut b, 10);
+    let old = b.next_heartbeat(20);
+    assert!(a.on_heartbeat(20, 2, &old).is_ok());
+    // B restarts: its first packet is a candidate at A, and A echoes it.
+    let mut b2 = node(2, 0xb2);
+    let first = b2.next_heartbeat(100);
+    assert_eq!(
+        a.on_heartbeat(100, 2, &first),
+        Err(DropReason::UnconfirmedBoot)
+    );
+    // A replay of the old boot's packet, and of the candidate's, change nothing.
+    assert_eq!(a.on_heartbeat(105, 2, &old), Err(DropReason::Replayed));
+    assert_eq!(a.on_heartbeat(106, 2, &first), Err(DropReason::Replayed));
+    let pa = a.next_heartbeat(110);
+    assert_eq!(
+        pa.view.iter().find(|e| e.host == 2).unwrap().heard,
+        Some((0xb2, 1)),
+        "A echoes the restarted B, not the replayed old boot"
+    );
+    // So B2 can confirm A at once.
+    assert_eq!(b2.on_heartbeat(110, 1, &pa), Ok(vec![up("host-a")]));
+    assert_eq!(echo_to(&mut a, 120, 2), Some((0xb2, 1)));
+    assert_eq!(a.dropped().get(DropReason::Replayed), 2);
+}
+
+#[test]
+fn packets_that_fail_the_replay_checks_never_touch_liveness_or_echo() {
+    let (mut a, mut b) = (node(1, 0xa1), node(2, 0xb1));
+    handshake(&mut a, &mut b, 10);
+    let p1 = b.next_heartbeat(20);
+    let p2 = b.next_heartbeat(30);
+    assert!(a.on_heartbeat(30, 2, &p2).is_ok());
+    let echo = echo_to(&mut a, 40, 2);
+    // p1, older than p2 and delivered late, is a replay: no echo, no liveness.
+    assert_eq!(a.on_heartbeat(900, 2, &p1), Err(DropReason::Replayed));
+    assert_eq!(echo_to(&mut a, 900, 2), echo);
+    assert_eq!(a.peer_views(900)[0].last_seen_ms, Some(870));
 }

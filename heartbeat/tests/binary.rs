@@ -46,6 +46,12 @@ fn start(dir: &Path, host: &str) -> (Proc, PathBuf) {
         .args(["--config".as_ref(), cfg.as_os_str()])
         .args(["--socket".as_ref(), sock.as_os_str()])
         .args(["--port", PORT])
+        // This test process asks for Peers, which only ftvmm may.
+        .arg("--peer-exe")
+        .arg(format!(
+            "ftvmm={}",
+            std::env::current_exe().unwrap().display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use config_schema::ctl::{self, PeerView, Request, Response};
 use heartbeat::node::PeerConf;
 use heartbeat::packet::{self, Header};
-use heartbeat::{Daemon, Node, NodeConfig};
+use heartbeat::{Daemon, Gate, Node, NodeConfig};
 
 const PORT: u16 = 17400;
 const INTERVAL_MS: u64 = 100;
@@ -108,6 +108,7 @@ fn three_daemons_see_each_other_and_a_stopped_one_is_suspected() {
 /// host-b driven by hand over its own socket, so the test holds its packets.
 struct ManualB {
     node: Node,
+    gate: Gate,
     sock: UdpSocket,
     last_to_a: Vec<u8>,
 }
@@ -122,6 +123,7 @@ impl ManualB {
         // 'a sees the hand-driven b' in one make test run).
         sock.set_nonblocking(true).unwrap();
         ManualB {
+            gate: Gate::new(&cfg, 0),
             node: Node::new(cfg, 0xb0b, 0),
             sock,
             last_to_a: Vec::new(),
@@ -131,8 +133,8 @@ impl ManualB {
     /// One exchange: read what has arrived (without waiting), send a round.
     fn step(&mut self, now: u64, a: SocketAddr) {
         let mut buf = [0u8; 2048];
-        while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
-            let _ = self.node.receive(now, &buf[..n]);
+        while let Ok((n, src)) = self.sock.recv_from(&mut buf) {
+            let _ = self.node.receive(&mut self.gate, now, src, &buf[..n]);
         }
         for (to, p) in self.node.heartbeats(now) {
             let p = p.unwrap();
@@ -247,7 +249,15 @@ fn peer_alive_over_the_control_socket_keeps_a_silent_peer_alive() {
     let sock = dir.path().join("heartbeat.sock");
     let listener = config_schema::ctl_server::bind(&sock).unwrap();
     let h = a.handle();
-    std::thread::spawn(move || config_schema::ctl_server::serve(listener, move |r| h.handle(r)));
+    // This test process plays ftvmm, the one sender of PeerAlive and Peers.
+    let programs = config_schema::peer::Programs::appliance().with(
+        config_schema::peer::Program::Ftvmm,
+        &std::env::current_exe().unwrap(),
+    );
+    let policy = config_schema::ctl_server::Policy::heartbeat(programs);
+    std::thread::spawn(move || {
+        config_schema::ctl_server::serve(listener, policy, move |r| h.handle(r))
+    });
 
     let start = Instant::now();
     let mut reports = 0;

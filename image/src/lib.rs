@@ -1,5 +1,7 @@
 //! Building blocks of the reproducible appliance image.
 //!
+//! - [`bootcfg`]: the locked ISOLINUX and GRUB configs (no prompt, no
+//!   editing, no boot-loader command line) and their checks.
 //! - [`archive`]: an in-memory description of the initramfs tree and its
 //!   deterministic cpio "newc" encoding (sorted, fixed mtime, owners 0:0).
 //! - [`manifest`]: the inputs of an archive: a staging directory and/or a
@@ -12,6 +14,7 @@
 //! ISO tools; everything whose bytes we control is written here.
 
 pub mod archive;
+pub mod bootcfg;
 pub mod gzip;
 pub mod kmod;
 pub mod manifest;

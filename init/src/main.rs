@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use config_schema::ctl::{self, Request, Response};
+use config_schema::hooks::TestHook;
 use config_schema::runtime::RUNTIME_CONFIG_PATH;
 use init::daemons::{self, DAEMONS};
 use init::supervise::{Policy, Supervisor};
@@ -196,9 +197,10 @@ fn main() {
             idle(None)
         }
     };
-    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    for u in &cmdline.unknown {
-        tracing::warn!("unknown kernel option {u}");
+    if let Some(line) =
+        cmdline::ignored_line(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+    {
+        say(&line);
     }
     system::load_modules();
     events.open_inputs();
@@ -237,7 +239,15 @@ fn main() {
         },
         None => say("init: this host is not in the config; network not configured"),
     }
-    supervise(&mut events, &accepted, cmdline.crash_daemon.as_deref())
+    if accepted.runtime.config.test_hooks().contains(&TestHook::Pr) {
+        // Test hook: not supervised; init reaps it as an orphan when it ends.
+        match daemons::spawn("ft-pr-test", Path::new(RUNTIME_CONFIG_PATH)) {
+            Ok(pid) => say(&format!("init: test hook pr: started ft-pr-test pid={pid}")),
+            Err(e) => say(&format!("init: test hook pr: cannot start ft-pr-test: {e}")),
+        }
+    }
+    let crash = cmdline::crash_daemon(&accepted.runtime.config);
+    supervise(&mut events, &accepted, crash.as_deref())
 }
 
 fn report_accepted(a: &verify::Accepted) {
@@ -251,17 +261,19 @@ fn report_accepted(a: &verify::Accepted) {
     for w in &a.warnings {
         say(&format!("init: config warning: {w}"));
     }
+    if let Some(line) = cmdline::enabled_line(&a.runtime.config) {
+        say(&line);
+    }
     match &a.state {
-        verify::StateUpdate::Unchanged => tracing::info!("anti-rollback: generation {} already recorded", a.generation),
+        verify::StateUpdate::Unchanged => tracing::info!(
+            "anti-rollback: generation {} already recorded",
+            a.generation
+        ),
         verify::StateUpdate::Written { previous } => tracing::info!(
             "anti-rollback: recorded generation {} (was {})",
             a.generation,
             previous.map_or("none".to_string(), |p| p.to_string())
         ),
-        verify::StateUpdate::WriteFailed(e) => say(&format!(
-            "init: anti-rollback: could not record generation {} on /dev/{}: {e} (config still accepted)",
-            a.generation, a.disk.name
-        )),
     }
 }
 
@@ -329,12 +341,12 @@ fn supervise(events: &mut Events, accepted: &verify::Accepted, crash: Option<&st
                 match sup.pid_of(&victim) {
                     Some(pid) => {
                         say(&format!(
-                            "init: test hook ft.fault=crash:{victim}: SIGKILL pid={pid}"
+                            "init: test hook crash:{victim}: SIGKILL pid={pid}"
                         ));
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                     None => say(&format!(
-                        "init: test hook ft.fault=crash:{victim}: no such running daemon"
+                        "init: test hook crash:{victim}: no such running daemon"
                     )),
                 }
             }

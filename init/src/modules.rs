@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 pub const WANTED: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
+    // Shared storage as a SCSI LUN (an iSCSI or SAN disk passed through
+    // virtio-scsi): the sd disk driver carries the persistent-reservation
+    // operations storage fencing uses.
+    "virtio_scsi",
+    "sd_mod",
     "virtio_net",
     "virtio_console",
     "tun",

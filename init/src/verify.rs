@@ -2,6 +2,15 @@
 //! check its signature against the image's trust root, enforce anti-rollback
 //! with the STATE sector, and record the accepted generation.
 //!
+//! Rules (fail closed):
+//! - A config found on the device that the config itself names as the shared
+//!   device (`storage.device`) is refused: that device holds the fencing area
+//!   and the VMs' disks, so its first bytes are not the operator's to vouch for
+//!   (validation also keeps every VM region off its first MiB).
+//! - A newer generation is accepted only once it is recorded in the STATE
+//!   sector: if that write fails the config is refused, since a host that
+//!   cannot record what it accepted cannot refuse a rollback later.
+//!
 //! Every refusal is one [`Refused`] whose `Display` is the one-line reason init
 //! prints as `config refused: <reason>`.
 
@@ -11,6 +20,7 @@ use std::time::Duration;
 
 use config_schema::disk::{self, DiskError};
 use config_schema::runtime::RuntimeConfig;
+use config_schema::DeviceLocator;
 
 use crate::discover::{self, DiscoverError, Found};
 
@@ -30,6 +40,14 @@ pub enum Refused {
     Read { dev: String, source: std::io::Error },
     #[error("config disk {dev}: {source}")]
     Disk { dev: String, source: DiskError },
+    #[error("config disk {dev} is the shared device its config names ({locator}): a config disk must be a device of its own")]
+    OnSharedDevice { dev: String, locator: String },
+    #[error("config disk {dev}: cannot record generation {generation} in its STATE sector ({source}); without that record a rollback could not be refused later (is the disk write-protected?)")]
+    StateWrite {
+        dev: String,
+        generation: u64,
+        source: std::io::Error,
+    },
 }
 
 /// A config that passed every check.
@@ -51,8 +69,6 @@ pub enum StateUpdate {
     Unchanged,
     /// Recorded the new generation.
     Written { previous: Option<u64> },
-    /// The write failed; the config is still accepted (logged, see README).
-    WriteFailed(std::io::Error),
 }
 
 /// Finds, reads and verifies the config disk under `root` (`/` on the
@@ -79,6 +95,9 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
         source,
     };
     let verified = disk::read_disk(&image, &key).map_err(refuse)?;
+    if let Some(locator) = names_this_device(root, &found, &verified.config.storage.device) {
+        return Err(Refused::OnSharedDevice { dev, locator });
+    }
     let generation = verified.generation();
     let accepted = read_state(&found.path, &image).map_err(|source| Refused::Read {
         dev: dev.clone(),
@@ -89,10 +108,14 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
     let state = if accepted.is_some_and(|a| a >= generation) {
         StateUpdate::Unchanged
     } else {
-        match write_state(&found.path, &disk::encode_state(generation)) {
-            Ok(()) => StateUpdate::Written { previous: accepted },
-            Err(e) => StateUpdate::WriteFailed(e),
-        }
+        write_state(&found.path, &disk::encode_state(generation)).map_err(|source| {
+            Refused::StateWrite {
+                dev: dev.clone(),
+                generation,
+                source,
+            }
+        })?;
+        StateUpdate::Written { previous: accepted }
     };
     let warnings = verified.warnings.iter().map(|w| w.to_string()).collect();
     let host_name = verified.host_name.clone();
@@ -104,6 +127,28 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
         warnings,
         state,
     })
+}
+
+/// `Some(how the config names it)` when `locator` names the found disk: its
+/// `/sys/block/<name>/serial`, or its `/dev` node (also through a symlink such
+/// as `/dev/disk/by-id/...`).
+pub fn names_this_device(root: &Path, found: &Found, locator: &DeviceLocator) -> Option<String> {
+    match locator {
+        DeviceLocator::Serial(serial) => {
+            let sys = root.join("sys/block").join(&found.name).join("serial");
+            let have = fs::read_to_string(sys).ok()?;
+            (have.trim() == serial.as_str()).then(|| format!("storage.device serial {serial:?}"))
+        }
+        DeviceLocator::Path(p) => {
+            let named = root.join(p.trim_start_matches('/'));
+            let same = named == found.path
+                || matches!(
+                    (fs::canonicalize(&named), fs::canonicalize(&found.path)),
+                    (Ok(a), Ok(b)) if a == b
+                );
+            same.then(|| format!("storage.device path {p:?}"))
+        }
+    }
 }
 
 /// The STATE sector: from the image already read when it lies inside, else

@@ -17,9 +17,18 @@ struct Setup {
 /// A tree with `vda` (not a config disk) and `vdb` holding a disk for host-a
 /// of `generation`, signed by a fresh key whose public half is the trust root.
 fn setup(generation: u64) -> (Setup, Vec<u8>) {
+    setup_with(generation, |_| {})
+}
+
+/// [`setup`], with the config edited before it is signed.
+fn setup_with(
+    generation: u64,
+    edit: impl FnOnce(&mut config_schema::ClusterConfig),
+) -> (Setup, Vec<u8>) {
     let text = include_str!("../../examples/cluster.toml");
     let mut cfg: config_schema::ClusterConfig = toml::from_str(text).unwrap();
     cfg.cluster.generation = generation;
+    edit(&mut cfg);
     let (secret, public) = keys::generate_host_key().unwrap();
     cfg.hosts[0].public_key = hex::encode(public);
     let (pk8, signing_pub) = keys::generate_signing_key().unwrap();
@@ -118,4 +127,102 @@ fn a_missing_trust_root_is_refused() {
     let (s, _) = setup(1);
     let e = load(s.dir.path(), &s.dir.path().join("nope.pub"), Duration::ZERO).unwrap_err();
     assert!(e.to_string().starts_with("cannot read trust root"), "{e}");
+}
+
+#[test]
+fn a_config_on_the_shared_device_it_names_is_refused() {
+    // The example names the shared device by serial FTSHARED.
+    let (s, _) = setup(1);
+    fs::write(s.dir.path().join("sys/block/vdb/serial"), "FTSHARED\n").unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config disk vdb is the shared device its config names (storage.device serial \"FTSHARED\"): \
+         a config disk must be a device of its own"
+    );
+    // Nothing was recorded on it.
+    assert_eq!(state_on(&s.dir.path().join("dev/vdb")), None);
+    // The shared device being another disk is the normal case.
+    fs::write(s.dir.path().join("sys/block/vdb/serial"), "CONFIG01\n").unwrap();
+    fs::write(s.dir.path().join("sys/block/vda/serial"), "FTSHARED\n").unwrap();
+    assert_eq!(
+        load(s.dir.path(), &s.trust, Duration::ZERO)
+            .unwrap()
+            .disk
+            .name,
+        "vdb"
+    );
+}
+
+#[test]
+fn a_config_naming_its_own_device_path_as_shared_is_refused() {
+    let (s, _) = setup_with(1, |c| {
+        c.storage.device = config_schema::DeviceLocator::Path("/dev/vdb".into());
+    });
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("config disk vdb is the shared device its config names (storage.device path \"/dev/vdb\")"),
+        "{e}"
+    );
+    // Through a symlink too (`/dev/disk/by-id/...`).
+    let (s, _) = setup_with(1, |c| {
+        c.storage.device = config_schema::DeviceLocator::Path("/dev/disk/by-id/shared".into());
+    });
+    fs::create_dir_all(s.dir.path().join("dev/disk/by-id")).unwrap();
+    std::os::unix::fs::symlink("../../vdb", s.dir.path().join("dev/disk/by-id/shared")).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert!(e.to_string().contains("is the shared device"), "{e}");
+}
+
+/// Makes a file immutable (`chattr +i`: even root cannot open it for
+/// writing) until dropped.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(path: &Path) -> Immutable {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (package e2fsprogs) runs");
+        assert!(
+            out.status.success(),
+            "this test makes the config disk file immutable and needs a file system with that \
+             attribute (ext4, xfs, btrfs) under $TMPDIR and CAP_LINUX_IMMUTABLE: chattr said {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_failed_state_write_refuses_the_config() {
+    let (s, _) = setup(5);
+    let dev = s.dir.path().join("dev/vdb");
+    let lock = Immutable::new(&dev);
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("config disk vdb: cannot record generation 5 in its STATE sector ("),
+        "{e}"
+    );
+    assert!(e.ends_with("without that record a rollback could not be refused later (is the disk write-protected?)"), "{e}");
+    assert!(!e.contains('\n'));
+    drop(lock);
+    // Once the generation is recorded, a write-protected disk boots: nothing to write.
+    load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    let _lock = Immutable::new(&dev);
+    let again = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert!(matches!(again.state, StateUpdate::Unchanged));
 }

@@ -1,8 +1,8 @@
 //! A QEMU cluster for one test: a per-test directory (kept on failure), a
 //! signed config disk per host made with the `config_schema` library, one
 //! sparse shared storage file (attached directly, or on opt-in served over
-//! NBD through a per-host storage path that tests can cut or delay), the FT
-//! and VM hubs with a port per host, and the hosts themselves.
+//! NBD or iSCSI through a per-host storage path that tests can cut or
+//! delay), the FT and VM hubs with a port per host, and the hosts themselves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,15 +11,16 @@ use config_schema::disk::{self, HEADER_LEN};
 use config_schema::{keys, ClusterConfig};
 
 use crate::error::{HarnessError, Result};
-use crate::host::{Boot, Host, HostSpec, Nic};
+use crate::host::{Boot, Host, HostSpec, IscsiAttach, Nic, SHARED_SERIAL};
 use crate::hub::Hub;
 use crate::netns::NetnsTap;
 use crate::paths::{appliance_iso, extract_boot_files, qemu_binary, workspace_root, BootFiles};
-use crate::storage::{NbdStorage, StoragePath};
+use crate::storage::iscsi::{initiator_iqn, TARGET_IQN};
+use crate::storage::{IscsiStorage, NbdStorage, StoragePath, ISCSI_LUN};
 
 /// Kernel command line baked into the ISO (mirrors `image/build.sh`); a
 /// kernel+initrd boot starts from it and appends test options.
-pub const APPLIANCE_CMDLINE: &str = "console=ttyS0,115200 panic=10 loglevel=4";
+pub const APPLIANCE_CMDLINE: &str = "console=ttyS0,115200 panic=10 loglevel=4 no_timer_check";
 
 /// Longest test name used in directory names: Unix socket paths under the
 /// directory must stay below 108 bytes.
@@ -145,6 +146,25 @@ pub fn tamper_config_disk(image: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// The cluster config of `source`, validated, with `[test] hooks` set to
+/// `hooks` when there are any.
+pub fn load_config(source: &ClusterSource, hooks: &[&str]) -> Result<ClusterConfig> {
+    let refused = |e: config_schema::ConfigError| HarnessError::ConfigDisk {
+        host: "*".into(),
+        reason: format!("{}: {e}", source.config.display()),
+    };
+    let text = std::fs::read_to_string(&source.config)
+        .map_err(|e| HarnessError::io(format!("read {}", source.config.display()), e))?;
+    let mut config = config_schema::parse(&text).map_err(refused)?.config;
+    if !hooks.is_empty() {
+        config.test = Some(config_schema::TestSection {
+            hooks: hooks.iter().map(|h| h.to_string()).collect(),
+        });
+        config_schema::validate(&config).map_err(refused)?;
+    }
+    Ok(config)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| HarnessError::io(format!("read {}", path.display()), e))
 }
@@ -157,10 +177,12 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The hosts of one cluster config, their disks and networks, for one test.
 pub struct Cluster {
     // Field order is drop order: hosts die before their storage paths, the
-    // paths before the NBD server, then the hubs; the directory goes last.
+    // paths before the NBD or iSCSI server, then the hubs; the directory
+    // goes last.
     hosts: BTreeMap<String, Host>,
     storage_paths: BTreeMap<String, StoragePath>,
     nbd: Option<NbdStorage>,
+    iscsi: Option<IscsiStorage>,
     /// The FT network (heartbeats, logging channel); one port per host.
     pub ft: Hub,
     /// The VM network (protected VMs' traffic, test clients); one port per host.
@@ -179,19 +201,26 @@ impl Cluster {
         Cluster::new(test_name, &ClusterSource::example())
     }
 
+    /// `examples/cluster.toml` with the development keys, its signed config
+    /// enabling the test `hooks` (`[test] hooks`, e.g. `vmctl`,
+    /// `crash:heartbeat`): the only way a test hook is switched on.
+    pub fn example_with_hooks(test_name: &str, hooks: &[&str]) -> Result<Cluster> {
+        Cluster::with_hooks(test_name, &ClusterSource::example(), hooks)
+    }
+
     /// Checks QEMU and the ISO are there, then writes a config disk per host,
     /// a sparse shared storage file of the configured size, and starts the
     /// two hubs. No host is booted yet.
     pub fn new(test_name: &str, source: &ClusterSource) -> Result<Cluster> {
+        Cluster::with_hooks(test_name, source, &[])
+    }
+
+    /// [`Cluster::new`], with the signed config enabling the test `hooks`
+    /// (none: the config as written).
+    pub fn with_hooks(test_name: &str, source: &ClusterSource, hooks: &[&str]) -> Result<Cluster> {
         qemu_binary()?;
         let iso = appliance_iso()?;
-        let text = std::fs::read_to_string(&source.config)
-            .map_err(|e| HarnessError::io(format!("read {}", source.config.display()), e))?;
-        let validated = config_schema::parse(&text).map_err(|e| HarnessError::ConfigDisk {
-            host: "*".into(),
-            reason: format!("{}: {e}", source.config.display()),
-        })?;
-        let config = validated.config;
+        let config = load_config(source, hooks)?;
         let dir = TestDir::new(test_name)?;
         let mut disks = BTreeMap::new();
         for h in &config.hosts {
@@ -214,6 +243,7 @@ impl Cluster {
             hosts: BTreeMap::new(),
             storage_paths: BTreeMap::new(),
             nbd: None,
+            iscsi: None,
             ft,
             vm,
             config,
@@ -245,6 +275,7 @@ impl Cluster {
         if self.nbd.is_some() {
             return Ok(());
         }
+        self.refuse_second_server("NBD")?;
         let dir = self.dir().join("storage");
         std::fs::create_dir_all(&dir)
             .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
@@ -259,13 +290,62 @@ impl Cluster {
         Ok(())
     }
 
-    /// The storage path of `host` (after [`Cluster::use_nbd_storage`]).
+    /// Serves the shared storage as an iSCSI LUN with persistent
+    /// reservations (Debian's `tgt`, see [`crate::storage::iscsi`]) whose unit
+    /// serial number is the one the config's `storage.device` names, and gives
+    /// every config host its own TCP [`StoragePath`] to it; from now on
+    /// [`Cluster::host_spec`] attaches the shared storage as a passed-through
+    /// SCSI LUN through the host's path, logged in with the host's own
+    /// initiator name. Call before booting. Idempotent. Needs root, `tgt` and
+    /// `qemu-block-extra`.
+    pub fn use_iscsi_storage(&mut self) -> Result<()> {
+        if self.iscsi.is_some() {
+            return Ok(());
+        }
+        self.refuse_second_server("iSCSI")?;
+        let serial = match &self.config.storage.device {
+            config_schema::DeviceLocator::Serial(s) => s.clone(),
+            config_schema::DeviceLocator::Path(_) => SHARED_SERIAL.to_owned(),
+        };
+        let dir = self.dir().join("storage");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HarnessError::io(format!("create {}", dir.display()), e))?;
+        let iscsi = IscsiStorage::start(&self.shared, &dir, &serial)?;
+        let mut paths = BTreeMap::new();
+        for h in &self.config.hosts {
+            paths.insert(h.name.clone(), iscsi.path(&h.name)?);
+        }
+        self.storage_paths = paths;
+        self.iscsi = Some(iscsi);
+        Ok(())
+    }
+
+    fn refuse_second_server(&self, wanted: &str) -> Result<()> {
+        let running = match (&self.nbd, &self.iscsi) {
+            (Some(_), _) => "NBD",
+            (_, Some(_)) => "iSCSI",
+            _ => return Ok(()),
+        };
+        Err(HarnessError::ConfigDisk {
+            host: "*".into(),
+            reason: format!("shared storage is already served over {running}; cannot also serve it over {wanted}"),
+        })
+    }
+
+    /// The iSCSI target (after [`Cluster::use_iscsi_storage`]).
+    pub fn iscsi(&self) -> Option<&IscsiStorage> {
+        self.iscsi.as_ref()
+    }
+
+    /// The storage path of `host` (after [`Cluster::use_nbd_storage`] or
+    /// [`Cluster::use_iscsi_storage`]).
     pub fn storage_path(&self, host: &str) -> Result<&StoragePath> {
         self.storage_paths
             .get(host)
             .ok_or_else(|| HarnessError::ConfigDisk {
                 host: host.to_owned(),
-                reason: "no storage path: call Cluster::use_nbd_storage first".into(),
+                reason: "no storage path: call Cluster::use_nbd_storage or use_iscsi_storage first"
+                    .into(),
             })
     }
 
@@ -286,7 +366,7 @@ impl Cluster {
 
     /// The spec [`Cluster::boot`] uses for `host`: ISO boot, its config disk,
     /// the shared storage (over its storage path after
-    /// [`Cluster::use_nbd_storage`]), its FT and VM NICs (MACs from the config) and the
+    /// [`Cluster::use_nbd_storage`] or [`Cluster::use_iscsi_storage`]), its FT and VM NICs (MACs from the config) and the
     /// watchdog. Change it and pass it to [`Cluster::boot_spec`].
     pub fn host_spec(&self, host: &str) -> Result<HostSpec> {
         let h = self
@@ -298,7 +378,18 @@ impl Cluster {
         let mut spec = HostSpec::new(host, Boot::Iso(self.iso.clone()), &self.dir().join(host));
         spec.config_disk = Some(self.config_disk(host)?.to_owned());
         spec.shared_storage = Some(self.shared.clone());
-        spec.shared_storage_nbd = self.storage_paths.get(host).map(|p| p.socket().to_owned());
+        match self.storage_paths.get(host) {
+            Some(p) if self.iscsi.is_some() => {
+                spec.shared_storage_iscsi = Some(IscsiAttach {
+                    portal: p.tcp_addr().expect("iSCSI storage paths are TCP"),
+                    target: TARGET_IQN.to_owned(),
+                    lun: ISCSI_LUN,
+                    initiator: initiator_iqn(host),
+                });
+            }
+            Some(p) => spec.shared_storage_nbd = Some(p.socket().to_owned()),
+            None => {}
+        }
         spec.nics = vec![
             Nic {
                 mac: h.ft.mac.clone(),
@@ -329,6 +420,19 @@ impl Cluster {
                 .trim()
                 .to_owned(),
         })
+    }
+
+    /// A UEFI boot of the appliance ISO (OVMF firmware, then GRUB).
+    pub fn uefi_boot(&self) -> Result<Boot> {
+        Ok(Boot::IsoUefi {
+            iso: self.iso.clone(),
+            firmware: crate::paths::ovmf_firmware()?,
+        })
+    }
+
+    /// The appliance ISO this cluster boots.
+    pub fn iso(&self) -> &Path {
+        &self.iso
     }
 
     /// Boots `host` the standard way. A host of that name that is already
@@ -409,6 +513,22 @@ mod tests {
             };
             assert!(err.to_string().contains("signature"), "{err}");
         }
+    }
+
+    #[test]
+    fn test_hooks_go_into_the_signed_config() {
+        let src = ClusterSource::example();
+        let config = load_config(&src, &["vmctl", "crash:heartbeat"]).unwrap();
+        let public = std::fs::read(workspace_root().join("examples/dev-keys/signing.pub")).unwrap();
+        let image = make_config_disk(&src, &config, "host-a").unwrap();
+        let signed = disk::read_disk(&image, &public).unwrap().config;
+        assert_eq!(
+            config_schema::hooks::list(&signed.test_hooks()),
+            "vmctl, crash:heartbeat"
+        );
+        assert!(load_config(&src, &[]).unwrap().test.is_none());
+        let err = load_config(&src, &["ft.test=vmctl"]).unwrap_err();
+        assert!(err.to_string().contains("unknown test hook"), "{err}");
     }
 
     #[test]

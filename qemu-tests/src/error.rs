@@ -75,6 +75,9 @@ pub enum HarnessError {
     #[error("config disk for host {host}: {reason}")]
     ConfigDisk { host: String, reason: String },
 
+    #[error("storage path {path}: {reason}")]
+    StorageWatch { path: String, reason: String },
+
     #[error("hub {hub}: no port named {port:?}")]
     UnknownPort { hub: String, port: String },
 

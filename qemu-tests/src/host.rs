@@ -20,14 +20,34 @@ pub const SHARED_SERIAL: &str = "FTSHARED";
 /// How the host boots.
 #[derive(Debug, Clone)]
 pub enum Boot {
-    /// The appliance ISO, BIOS boot from CD-ROM (the shipped path).
+    /// The appliance ISO, BIOS boot from CD-ROM (the shipped path): ISOLINUX.
     Iso(PathBuf),
+    /// The appliance ISO, UEFI boot from CD-ROM with `firmware` (OVMF): GRUB.
+    IsoUefi { iso: PathBuf, firmware: PathBuf },
     /// A kernel and initramfs given directly, with our own command line.
     Kernel {
         kernel: PathBuf,
         initrd: PathBuf,
         append: String,
     },
+}
+
+/// The shared storage as an iSCSI LUN, reached with QEMU's own initiator
+/// (`-blockdev driver=iscsi`, package qemu-block-extra) and attached as a
+/// `scsi-block` device on a `virtio-scsi-pci` controller. `scsi-block` hands
+/// the guest's SCSI commands to the target as they are (only READ/WRITE go
+/// through QEMU's block layer, still as SCSI commands), so PERSISTENT RESERVE
+/// IN/OUT reach the target and its answers — RESERVATION CONFLICT included —
+/// reach the guest. Each host logs in with its own initiator name, so each is
+/// its own I_T nexus.
+#[derive(Debug, Clone)]
+pub struct IscsiAttach {
+    /// Where the host connects: its [`crate::storage::StoragePath`] (or the
+    /// target's portal directly).
+    pub portal: std::net::SocketAddr,
+    pub target: String,
+    pub lun: u32,
+    pub initiator: String,
 }
 
 /// A virtio-net NIC connected with `-netdev stream` to a hub's Unix socket.
@@ -45,11 +65,16 @@ pub struct HostSpec {
     /// Directory for the console log and the QMP socket.
     pub work_dir: PathBuf,
     pub config_disk: Option<PathBuf>,
+    /// Attach the config disk write-protected (the guest sees a read-only disk).
+    pub config_disk_readonly: bool,
     pub shared_storage: Option<PathBuf>,
     /// Attach the shared storage through this NBD Unix socket (a
     /// [`crate::storage::StoragePath`]) instead of the file; takes
     /// precedence over `shared_storage`.
     pub shared_storage_nbd: Option<PathBuf>,
+    /// Attach the shared storage as an iSCSI LUN; takes precedence over
+    /// both of the above.
+    pub shared_storage_iscsi: Option<IscsiAttach>,
     /// In order: the FT network NIC, then the VM network NIC.
     pub nics: Vec<Nic>,
     pub memory_mib: u32,
@@ -68,8 +93,10 @@ impl HostSpec {
             boot,
             work_dir: work_dir.to_owned(),
             config_disk: None,
+            config_disk_readonly: false,
             shared_storage: None,
             shared_storage_nbd: None,
+            shared_storage_iscsi: None,
             nics: Vec::new(),
             memory_mib: 1024,
             cpus: 1,
@@ -120,6 +147,16 @@ impl HostSpec {
                 ));
                 a.push_all(["-boot", "order=d"]);
             }
+            Boot::IsoUefi { iso, firmware } => {
+                a.push("-bios");
+                a.push(firmware);
+                a.push("-drive");
+                a.push(drive_opts(
+                    iso,
+                    "if=ide,index=0,media=cdrom,readonly=on,format=raw",
+                ));
+                a.push_all(["-boot", "order=d"]);
+            }
             Boot::Kernel {
                 kernel,
                 initrd,
@@ -135,10 +172,23 @@ impl HostSpec {
         }
         if let Some(disk) = &self.config_disk {
             a.push("-drive");
-            a.push(drive_opts(disk, "if=none,format=raw,id=config"));
+            let ro = if self.config_disk_readonly {
+                ",readonly=on"
+            } else {
+                ""
+            };
+            a.push(drive_opts(
+                disk,
+                &format!("if=none,format=raw,id=config{ro}"),
+            ));
             a.push_all(["-device", "virtio-blk-pci,drive=config"]);
         }
-        if let Some(socket) = &self.shared_storage_nbd {
+        if let Some(iscsi) = &self.shared_storage_iscsi {
+            a.push("-blockdev");
+            a.push(iscsi_blockdev(iscsi));
+            a.push_all(["-device", "virtio-scsi-pci,id=scsi0"]);
+            a.push_all(["-device", "scsi-block,drive=shared,bus=scsi0.0"]);
+        } else if let Some(socket) = &self.shared_storage_nbd {
             a.push("-blockdev");
             a.push(nbd_blockdev(socket));
             a.push("-device");
@@ -221,6 +271,14 @@ pub fn nbd_blockdev(socket: &Path) -> OsString {
         "driver=nbd,node-name=shared,server.type=unix,server.path={escaped},\
          export={},reconnect-delay={NBD_RECONNECT_DELAY_SECS}",
         crate::storage::NBD_EXPORT
+    ))
+}
+
+/// The `-blockdev` of the shared storage as an iSCSI LUN.
+pub fn iscsi_blockdev(i: &IscsiAttach) -> OsString {
+    OsString::from(format!(
+        "driver=iscsi,node-name=shared,transport=tcp,portal={},target={},lun={},initiator-name={}",
+        i.portal, i.target, i.lun, i.initiator
     ))
 }
 
@@ -475,6 +533,36 @@ mod tests {
     }
 
     #[test]
+    fn a_write_protected_config_disk_is_read_only() {
+        let mut spec = HostSpec::new("h", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        spec.config_disk = Some("/w/c.img".into());
+        spec.config_disk_readonly = true;
+        let a = joined(&spec);
+        assert!(
+            a.contains("file=/w/c.img,if=none,format=raw,id=config,readonly=on"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn uefi_boot_loads_the_firmware_and_the_iso() {
+        let spec = HostSpec::new(
+            "h",
+            Boot::IsoUefi {
+                iso: "/x/ft.iso".into(),
+                firmware: "/fw/OVMF.fd".into(),
+            },
+            Path::new("/w"),
+        );
+        let a = joined(&spec);
+        assert!(
+            a.contains("-bios /fw/OVMF.fd -drive file=/x/ft.iso,if=ide,index=0,media=cdrom"),
+            "{a}"
+        );
+        assert!(a.contains("-boot order=d"), "{a}");
+    }
+
+    #[test]
     fn args_attach_disks_nics_and_watchdog() {
         let mut spec = HostSpec::new("host-a", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
         spec.config_disk = Some("/w/config,1.img".into());
@@ -539,6 +627,38 @@ mod tests {
             "{a}"
         );
         assert!(!a.contains("shared.img"), "{a}");
+    }
+
+    #[test]
+    fn iscsi_storage_is_a_passed_through_scsi_lun() {
+        let mut spec = HostSpec::new("h", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        spec.shared_storage = Some("/w/shared.img".into());
+        spec.shared_storage_nbd = Some("/w/storage/h.sock".into());
+        spec.shared_storage_iscsi = Some(IscsiAttach {
+            portal: "127.0.0.1:40001".parse().unwrap(),
+            target: "iqn.2026-01.test.ftappliance:shared".into(),
+            lun: 1,
+            initiator: "iqn.2026-01.test.ftappliance:h".into(),
+        });
+        let a = joined(&spec);
+        assert!(
+            a.contains(
+                "-blockdev driver=iscsi,node-name=shared,transport=tcp,portal=127.0.0.1:40001,\
+                 target=iqn.2026-01.test.ftappliance:shared,lun=1,\
+                 initiator-name=iqn.2026-01.test.ftappliance:h"
+            ),
+            "{a}"
+        );
+        assert!(
+            a.contains(
+                "-device virtio-scsi-pci,id=scsi0 -device scsi-block,drive=shared,bus=scsi0.0"
+            ),
+            "{a}"
+        );
+        assert!(
+            !a.contains("driver=nbd") && !a.contains("shared.img"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //! - [`netns::NetnsTap`]: a TAP device in a network namespace on a hub.
 //! - [`storage::NbdStorage`], [`storage::StoragePath`]: shared storage over
 //!   NBD with a per-host path that tests can cut or delay.
+//! - [`kv`]: a client of the reference guest's KV service, and what its disk
+//!   holds ([`guest_disk::GuestDisk`]: a VM's region of the shared image).
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
 pub mod cluster;
 pub mod console;
 pub mod error;
+pub mod guest_disk;
 pub mod host;
 pub mod hub;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! Where things are: the workspace root, the appliance ISO, the tools the
-//! harness runs (QEMU, xorriso), and extracting kernel + initramfs from the ISO.
+//! harness runs (QEMU, xorriso, the OVMF firmware), and extracting files
+//! (kernel + initramfs, boot-loader configs) from the ISO.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -74,26 +75,33 @@ pub struct BootFiles {
 /// (as `vmlinuz` and `initrd.img`) so a test can boot them with its own
 /// kernel command line.
 pub fn extract_boot_files(iso: &Path, dir: &Path) -> Result<BootFiles> {
-    let xorriso = find_in_path("xorriso").ok_or(HarnessError::ToolMissing {
-        program: "xorriso",
-        package: "xorriso",
-    })?;
     let files = BootFiles {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
     };
-    run_checked(
-        Command::new(xorriso)
-            .args(["-osirrox", "on", "-indev"])
-            .arg(iso)
-            .arg("-extract")
-            .arg("/boot/vmlinuz")
-            .arg(&files.kernel)
-            .arg("-extract")
-            .arg("/boot/initrd.img")
-            .arg(&files.initrd),
+    extract_from_iso(
+        iso,
+        &[
+            ("/boot/vmlinuz", files.kernel.as_path()),
+            ("/boot/initrd.img", files.initrd.as_path()),
+        ],
     )?;
-    for f in [&files.kernel, &files.initrd] {
+    Ok(files)
+}
+
+/// Extracts files from `iso`: each `(path in the ISO, destination)`.
+pub fn extract_from_iso(iso: &Path, files: &[(&str, &Path)]) -> Result<()> {
+    let xorriso = find_in_path("xorriso").ok_or(HarnessError::ToolMissing {
+        program: "xorriso",
+        package: "xorriso",
+    })?;
+    let mut cmd = Command::new(xorriso);
+    cmd.args(["-osirrox", "on", "-indev"]).arg(iso);
+    for (inside, dest) in files {
+        cmd.arg("-extract").arg(inside).arg(dest);
+    }
+    run_checked(&mut cmd)?;
+    for (_, f) in files {
         if !f.is_file() {
             return Err(HarnessError::Command {
                 command: format!("xorriso extract from {}", iso.display()),
@@ -102,29 +110,21 @@ pub fn extract_boot_files(iso: &Path, dir: &Path) -> Result<BootFiles> {
             });
         }
     }
-    Ok(files)
+    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The UEFI firmware (OVMF) QEMU boots with for a UEFI boot.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
-    #[test]
-    fn workspace_root_holds_the_workspace_manifest() {
-        assert!(workspace_root().join("Cargo.toml").is_file());
-        assert!(workspace_root().join("qemu-tests").is_dir());
-    }
-
-    #[test]
-    fn find_in_path_finds_sh_and_not_nonsense() {
-        assert!(find_in_path("sh").is_some());
-        assert!(find_in_path("no-such-program-ft-7d1e").is_none());
-    }
-
-    #[test]
-    fn run_checked_reports_stderr() {
-        let err =
-            run_checked(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
-        assert!(err.to_string().contains("boom"), "{err}");
+/// The OVMF firmware, or a clear error naming the package to install.
+pub fn ovmf_firmware() -> Result<PathBuf> {
+    let p = PathBuf::from(OVMF);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(HarnessError::ToolMissing {
+            program: OVMF,
+            package: "ovmf",
+        })
     }
 }

@@ -10,7 +10,10 @@
 //! [`crate::host::HostSpec::shared_storage_nbd`].
 
 mod forward;
+pub mod iscsi;
+pub mod nbd_watch;
 mod path;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +26,9 @@ use crate::error::{HarnessError, Result};
 use crate::host::supports_o_direct;
 use crate::paths::find_in_path;
 
+pub use iscsi::{IscsiStorage, ISCSI_LUN};
 pub use path::{PathMode, PathStats, StoragePath};
+pub use stream::Endpoint;
 
 /// The NBD export name of the shared storage.
 pub const NBD_EXPORT: &str = "shared";

@@ -133,3 +133,58 @@ fn ft_partition_exactly_one_continues_and_outputs_never_overlap() {
     }
     cluster.pass();
 }
+
+/// One-way loss (issue 14): host-a's FT traffic no longer reaches host-b,
+/// while host-b's still reaches host-a. host-b hears nothing and takes over;
+/// host-a hears host-b's heartbeats but no acks, and must not hold output
+/// forever with its vCPU running: a silent channel is a lost Secondary, it
+/// races for generation 2 at once, loses, and halts.
+#[test]
+fn one_way_cut_from_the_primary_the_old_primary_halts_instead_of_holding_forever() {
+    let mut cluster = pair("failover-one-way");
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    cluster.vm.start_capture();
+    survive(
+        &cluster,
+        "FT network cut one way (host-a -> host-b)",
+        || cluster.ft.cut_one_way("host-a", "host-b").unwrap(),
+        || {
+            let w = Instant::now();
+            let deadline = w + Duration::from_secs(120);
+            // Whoever wins generation 2, the other must halt on its own.
+            loop {
+                let a_won = a
+                    .console()
+                    .count(format!("ftvmm: vm {VM}: won generation 2"))
+                    > 0;
+                let b_won = b
+                    .console()
+                    .count(format!("ftvmm: vm {VM}: won generation 2"))
+                    > 0;
+                assert!(!(a_won && b_won), "both hosts won generation 2");
+                if a_won || b_won {
+                    let (w, l) = if a_won { ("host-a", b) } else { ("host-b", a) };
+                    let halted = l
+                        .wait_for_line(
+                            format!("ftvmm: vm {VM}: lost generation 2 to {w}; halting the VM"),
+                            Duration::from_secs(30),
+                        )
+                        .unwrap_or_else(|e| panic!("the loser kept the VM: {e}"));
+                    eprintln!(
+                        "  [{} {:7.3}] {}",
+                        l.name(),
+                        halted.at.as_secs_f64(),
+                        halted.text
+                    );
+                    return;
+                }
+                assert!(Instant::now() < deadline, "nobody won generation 2");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        },
+    );
+    let frames = cluster.vm.stop_capture();
+    common::no_overlap_either_way(&frames);
+    cluster.pass();
+}

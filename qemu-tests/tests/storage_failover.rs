@@ -13,47 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pair_with, survive, wait, GUEST_MAC, VM};
-use qemu_tests::kv::{key, on_disk, value};
-
-/// Host-a's guest frames all precede host-b's first one.
-fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
-    let guest: Vec<_> = frames
-        .iter()
-        .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
-    assert!(!guest.is_empty(), "no guest frames captured");
-    let first_b = guest.iter().find(|f| f.from == "host-b").map(|f| f.at);
-    let last_a = guest
-        .iter()
-        .rev()
-        .find(|f| f.from == "host-a")
-        .map(|f| f.at);
-    let (Some(fb), Some(la)) = (first_b, last_a) else {
-        panic!("expected guest frames from both hosts (host-a before, host-b after)");
-    };
-    assert!(
-        la < fb,
-        "host-a emitted guest output after host-b went live"
-    );
-}
-
-/// Every acknowledged PUT is in the guest's log on the shared storage.
-fn all_on_disk(cluster: &qemu_tests::Cluster, acked: &[usize], what: &str) {
-    let (table, end) = on_disk(cluster.shared_storage(), cluster.config(), VM).unwrap();
-    for i in acked {
-        assert_eq!(
-            table.get(&key(*i)),
-            Some(&value(*i)),
-            "{what}: acknowledged PUT {} is not in the on-disk log ({end})",
-            key(*i)
-        );
-    }
-    eprintln!(
-        "{what}: all {} acknowledged PUTs are in the on-disk log ({end})",
-        acked.len()
-    );
-}
+use common::{all_on_disk, no_overlap, pair_with, survive, wait, VM};
 
 #[test]
 fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_over() {
@@ -86,10 +46,16 @@ fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_ov
     // The deposed side's disk requests hang on the dead path: it may not let
     // one land later, so it gets itself reset (ftvmm asks fencing, fencing
     // stops feeding the watchdog, the i6300esb resets the host).
-    wait(
-        a,
-        format!("ftvmm: vm {VM}: a disk request has been in flight for"),
-    );
+    let stuck = a
+        .wait_for_line(
+            regex::Regex::new(&format!(
+                r"ftvmm: vm {VM}: disk .* has been in flight for \d+ ms since its submission"
+            ))
+            .unwrap(),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("  [host-a {:7.3}] {}", stuck.at.as_secs_f64(), stuck.text);
     wait(a, "fencing: reset requested".into());
     // A real host resets whatever its HBA still has outstanding; QEMU first
     // waits for its in-flight requests, which on a hung path is for ever. The

@@ -204,6 +204,18 @@ fn pass_forwards_writes_to_shared_storage() {
         a.to_storage > 4096 && a.to_host > 0
     });
     assert_eq!((a.discarded, a.delayed_chunks, a.connections), (0, 0, 1));
+    // The watch of real NBD traffic (qemu-io through qemu-nbd) saw exactly
+    // the write, where it landed; B only read.
+    let (ok, out) = qemu_io(&s.a, &["write -P 0xac 1M 8k", "write -P 0xad 2M 512"]);
+    assert!(ok, "{out}");
+    let w: Vec<(u64, u64)> =
+        s.a.landed_writes()
+            .unwrap()
+            .iter()
+            .map(|w| (w.offset, w.len))
+            .collect();
+    assert_eq!(w, vec![(0, 4096), (1 << 20, 8192), (2 << 20, 512)]);
+    assert!(s.b.landed_writes().unwrap().is_empty());
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //!    connection opened in step 2 goes on working.
 //!
 //! Restart and save → restore are driven through the ftvmm daemon's test hook
-//! (`ft.test=vmctl` on the kernel command line; commands typed on the serial
-//! console, see `ftvmm/src/daemon.rs`), because the appliance has no shell.
+//! (`vmctl`, enabled by the signed config's `[test] hooks`; commands typed on
+//! the serial console, see `ftvmm/src/daemon.rs`), because the appliance has no
+//! shell.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root (the
 //! network namespace); FAILS with a clear message when one is missing.
@@ -67,10 +68,8 @@ fn kv_guest_survives_restart_and_save_restore() {
     let dir = tempfile::tempdir().unwrap();
     source.config = dir.path().join("cluster.toml");
     std::fs::write(&source.config, single).unwrap();
-    let mut cluster = Cluster::new("vm-kv", &source).unwrap();
-    let mut spec = cluster.host_spec("host-a").unwrap();
-    spec.boot = cluster.kernel_boot("ft.test=vmctl").unwrap();
-    cluster.boot_spec(spec).unwrap();
+    let mut cluster = Cluster::with_hooks("vm-kv", &source, &["vmctl"]).unwrap();
+    cluster.boot("host-a").unwrap();
     let host = cluster.host("host-a").unwrap();
 
     let ready = host
@@ -85,7 +84,7 @@ fn kv_guest_survives_restart_and_save_restore() {
     )
     .unwrap();
     host.wait_for(
-        "ftvmm: test hook ft.test=vmctl: reading commands",
+        "ftvmm: test hook vmctl: reading commands",
         Duration::from_secs(30),
     )
     .unwrap();

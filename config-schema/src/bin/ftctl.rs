@@ -196,7 +196,23 @@ fn load_config(path: &Path) -> Result<(ClusterConfig, Vec<validate::Warning>)> {
     for w in &v.warnings {
         eprintln!("warning: {w}");
     }
+    test_hooks_banner(&v.config, &mut std::io::stderr());
     Ok((v.config, v.warnings))
+}
+
+/// The loud banner for a config with test hooks (`check`, `make-disk`, `verify`).
+fn test_hooks_banner(c: &ClusterConfig, out: &mut dyn Write) {
+    let hooks = c.test_hooks();
+    if hooks.is_empty() {
+        return;
+    }
+    let bar = "!".repeat(72);
+    let _ = writeln!(
+        out,
+        "{bar}\n!! THIS CONFIG ENABLES TEST HOOKS ({}): NOT FOR PRODUCTION.\n\
+         !! Remove its [test] section before signing a config for real hosts.\n{bar}",
+        config_schema::hooks::list(&hooks)
+    );
 }
 
 fn summary(c: &ClusterConfig) -> String {
@@ -251,6 +267,7 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
     for w in &v.warnings {
         println!("warning: {w}");
     }
+    test_hooks_banner(&v.config, &mut std::io::stdout());
     if image.len() >= DISK_LEN {
         match disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
             Ok(Some(g)) => println!("state: accepted generation {g}"),

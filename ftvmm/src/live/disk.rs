@@ -1,26 +1,90 @@
 //! The live block backend: a file, or a byte region `PATH:offset:len` of a
-//! block device, served by one I/O thread with `pread`/`pwrite` and
-//! `fdatasync` for flushes. Every request is bounds-checked against the
-//! region; one that reaches past it completes with `IoError` and a log line.
+//! block device, read and written with `pread`/`pwrite` and `fdatasync` for
+//! flushes by the disk thread (`live::disk_thread`). Every request is
+//! bounds-checked against the region; one that reaches past it completes with
+//! `IoError` and a log line.
 //!
-//! The device is opened with `O_DIRECT` (through 4 KiB-aligned bounce
-//! buffers): a completed write is on the shared device, not in this host's
-//! page cache, where the kernel could write it back seconds later, after
-//! another host took the VM over (DESIGN §5). Where the file system refuses
-//! `O_DIRECT` (tmpfs) the file is opened buffered, with a warning.
+//! The device is opened with `O_DIRECT` (through one reused 4 KiB-aligned
+//! bounce buffer): a completed write is on the shared device, not in this
+//! host's page cache, where the kernel could write it back seconds later,
+//! after another host took the VM over (DESIGN §5). Where the file system
+//! refuses `O_DIRECT` (tmpfs) the file is opened buffered, with a warning.
+//!
+//! A failed request is either an I/O error the guest sees, or a refusal by
+//! storage fencing ([`classify`]): a persistent reservation conflict means
+//! another host preempted this one, and the request is never completed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
-use std::time::Instant;
 
-use super::late_write::{InFlight, WriteFence};
-use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
+use super::late_write::WriteFence;
+use crate::io::{BlockOp, BlockRequest, BlockStatus};
 
 pub const SECTOR: u64 = 512;
+
+/// Half-open sector range `[start, end)`.
+pub type Sectors = (u64, u64);
+
+/// The sectors a read or write touches (`None` for a flush).
+pub fn span(op: &BlockOp) -> Option<Sectors> {
+    let (sector, bytes) = match op {
+        BlockOp::Read { sector, len } => (*sector, u64::from(*len)),
+        BlockOp::Write { sector, data } => (*sector, data.len() as u64),
+        BlockOp::Flush => return None,
+    };
+    Some((sector, sector.saturating_add(bytes.div_ceil(SECTOR))))
+}
+
+/// `disk read of sectors 8..16`, `disk flush` (console lines).
+pub fn describe(op: &BlockOp) -> String {
+    let name = match op {
+        BlockOp::Read { .. } => "read",
+        BlockOp::Write { .. } => "write",
+        BlockOp::Flush => return "disk flush".to_string(),
+    };
+    let (a, b) = span(op).unwrap_or_default();
+    format!("disk {name} of sectors {a}..{b}")
+}
+
+/// What a failed storage call means for the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The request failed: the guest gets `IOERR`.
+    IoError,
+    /// Storage fencing refused it: another host preempted this one.
+    Deposed,
+}
+
+/// Classifies the error of `op`. `reservations`: the device is fenced by
+/// persistent reservations (docs/design.md §3 item 5).
+///
+/// Linux fails I/O that a SCSI target answers with RESERVATION CONFLICT (or
+/// an NVMe namespace with Reservation Conflict) with `EBADE` — block status
+/// `BLK_STS_NEXUS`, renamed `BLK_STS_RESV_CONFLICT` in 6.5, both mapped to
+/// `-EBADE` — and an `O_DIRECT` `pwrite`/`pread` on the block device returns
+/// exactly that errno; QEMU maps `EBADE` back to RESERVATION CONFLICT for its
+/// guests. Paths that flatten every failure to `EIO` (virtio-blk, writeback
+/// through the page cache, some multipath set-ups) cannot be told apart: on a
+/// reservation-fenced device an `EIO` of a write or flush is taken as a
+/// refusal too (the safe side; a host that cannot write the VM's shared disk
+/// is of no use as its Primary). `EBADE` is a refusal whatever the device.
+pub fn classify(op: &BlockOp, err: &std::io::Error, reservations: bool) -> Failure {
+    match err.raw_os_error() {
+        Some(libc::EBADE) => Failure::Deposed,
+        Some(libc::EIO) if reservations && !matches!(op, BlockOp::Read { .. }) => Failure::Deposed,
+        _ => Failure::IoError,
+    }
+}
+
+/// Storage fencing refused a request: this host is deposed.
+#[derive(Debug, thiserror::Error)]
+#[error("storage refused the {what}: {source} (a persistent reservation conflict: another host preempted this one)")]
+pub struct Refused {
+    pub what: String,
+    pub source: std::io::Error,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -84,30 +148,40 @@ pub struct DiskBackend {
     /// Opened with `O_DIRECT`.
     direct: bool,
     fence: Option<WriteFence>,
+    /// The device is fenced by persistent reservations ([`classify`]).
+    reservations: bool,
+    /// The `O_DIRECT` bounce buffer, reused by every request.
+    bounce: Aligned,
+    /// The next request fails with this errno (tests of refusals, which a
+    /// plain file cannot produce).
+    #[cfg(test)]
+    fail_next: Option<i32>,
+    /// The next request stalls this long first (tests of stuck storage).
+    #[cfg(test)]
+    stall_next: Option<std::time::Duration>,
 }
 
 /// Alignment of `O_DIRECT` buffers (covers 512- and 4096-byte devices).
 const ALIGN: usize = 4096;
 
-/// A zeroed buffer of `len` bytes starting at an [`ALIGN`]-aligned address.
+/// A byte buffer whose window starts at an [`ALIGN`]-aligned address; it
+/// grows to the largest request seen (at most `virtio::block::MAX_REQUEST_BYTES`)
+/// and is reused, so a request allocates nothing for its bounce.
+#[derive(Default)]
 struct Aligned {
     buf: Vec<u8>,
     off: usize,
-    len: usize,
 }
 
 impl Aligned {
-    fn new(len: usize) -> Self {
-        let buf = vec![0u8; len + ALIGN];
-        let off = buf.as_ptr().align_offset(ALIGN);
-        assert!(off < ALIGN, "cannot align a byte buffer");
-        Aligned { buf, off, len }
-    }
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
+    /// The first `len` bytes of the aligned window (contents unspecified).
+    fn window(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.len() - self.off < len {
+            self.buf = vec![0u8; len + ALIGN];
+            self.off = self.buf.as_ptr().align_offset(ALIGN);
+            assert!(self.off < ALIGN, "cannot align a byte buffer");
+        }
+        &mut self.buf[self.off..self.off + len]
     }
 }
 
@@ -169,6 +243,12 @@ impl DiskBackend {
             dev,
             direct,
             fence: None,
+            reservations: false,
+            bounce: Aligned::default(),
+            #[cfg(test)]
+            fail_next: None,
+            #[cfg(test)]
+            stall_next: None,
         })
     }
 
@@ -182,24 +262,67 @@ impl DiskBackend {
         self.fence = Some(fence);
     }
 
-    fn read_at(&self, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+    /// The fence set by [`DiskBackend::fence_writes`] (the disk thread's queue
+    /// applies it).
+    pub fn take_fence(&mut self) -> Option<WriteFence> {
+        self.fence.take()
+    }
+
+    /// The device is fenced by persistent reservations: an `EIO` of a write
+    /// or flush is taken as a refusal ([`classify`]).
+    pub fn set_reservations(&mut self, on: bool) {
+        self.reservations = on;
+    }
+
+    /// Makes the next request fail with `errno` (tests).
+    #[cfg(test)]
+    pub fn fail_next(&mut self, errno: i32) {
+        self.fail_next = Some(errno);
+    }
+
+    /// Makes the next request stall for `d` before it goes to the file (tests).
+    #[cfg(test)]
+    pub fn stall_next(&mut self, d: std::time::Duration) {
+        self.stall_next = Some(d);
+    }
+
+    fn injected(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(d) = self.stall_next.take() {
+            std::thread::sleep(d);
+        }
+        #[cfg(test)]
+        if let Some(e) = self.fail_next.take() {
+            return Err(std::io::Error::from_raw_os_error(e));
+        }
+        Ok(())
+    }
+
+    fn read_at(&mut self, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+        self.injected()?;
         if !self.direct {
             let mut buf = vec![0u8; len];
             self.file.read_exact_at(&mut buf, at)?;
             return Ok(buf);
         }
-        let mut a = Aligned::new(len);
-        self.file.read_exact_at(a.bytes_mut(), at)?;
-        Ok(a.bytes().to_vec())
+        let w = self.bounce.window(len);
+        self.file.read_exact_at(w, at)?;
+        Ok(w.to_vec())
     }
 
-    fn write_at(&self, data: &[u8], at: u64) -> std::io::Result<()> {
+    fn write_at(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+        self.injected()?;
         if !self.direct {
             return self.file.write_all_at(data, at);
         }
-        let mut a = Aligned::new(data.len());
-        a.bytes_mut().copy_from_slice(data);
-        self.file.write_all_at(a.bytes(), at)
+        let w = self.bounce.window(data.len());
+        w.copy_from_slice(data);
+        self.file.write_all_at(w, at)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.injected()?;
+        self.file.sync_data()
     }
 
     /// Capacity in 512-byte sectors.
@@ -214,191 +337,46 @@ impl DiskBackend {
         (end <= self.len).then_some(self.offset + start)
     }
 
-    /// Executes one request.
-    pub fn execute(&self, req: &BlockRequest) -> (BlockStatus, Vec<u8>) {
-        match &req.op {
+    /// Executes one request: its status and what a read returned, or the
+    /// storage's refusal (this host is deposed; nothing to complete).
+    pub fn execute(&mut self, req: &BlockRequest) -> Result<(BlockStatus, Vec<u8>), Refused> {
+        let result = match &req.op {
             BlockOp::Read { sector, len } => match self.range(*sector, u64::from(*len)) {
-                Some(at) => match self.read_at(*len as usize, at) {
-                    Ok(buf) => (BlockStatus::Ok, buf),
-                    Err(e) => {
-                        tracing::warn!(id = req.id, sector, "disk read failed: {e}");
-                        (BlockStatus::IoError, Vec::new())
-                    }
-                },
-                None => {
-                    tracing::warn!(
-                        id = req.id,
-                        sector,
-                        len,
-                        capacity = self.len,
-                        "disk read past the region"
-                    );
-                    (BlockStatus::IoError, Vec::new())
-                }
+                Some(at) => self.read_at(*len as usize, at),
+                None => return Ok(self.past_region(req)),
             },
             BlockOp::Write { sector, data } => match self.range(*sector, data.len() as u64) {
-                Some(at) => match self.write_at(data, at) {
-                    Ok(()) => (BlockStatus::Ok, Vec::new()),
-                    Err(e) => {
-                        tracing::warn!(id = req.id, sector, "disk write failed: {e}");
-                        (BlockStatus::IoError, Vec::new())
-                    }
-                },
-                None => {
-                    tracing::warn!(
-                        id = req.id,
-                        sector,
-                        len = data.len(),
-                        capacity = self.len,
-                        "disk write past the region"
-                    );
-                    (BlockStatus::IoError, Vec::new())
-                }
+                Some(at) => self.write_at(data, at).map(|()| Vec::new()),
+                None => return Ok(self.past_region(req)),
             },
-            BlockOp::Flush => match self.file.sync_data() {
-                Ok(()) => (BlockStatus::Ok, Vec::new()),
-                Err(e) => {
-                    tracing::warn!(id = req.id, "disk flush failed: {e}");
-                    (BlockStatus::IoError, Vec::new())
+            BlockOp::Flush => self.flush().map(|()| Vec::new()),
+        };
+        match result {
+            Ok(data) => Ok((BlockStatus::Ok, data)),
+            Err(e) => match classify(&req.op, &e, self.reservations) {
+                Failure::IoError => {
+                    tracing::warn!(id = req.id, "{} failed: {e}", describe(&req.op));
+                    Ok((BlockStatus::IoError, Vec::new()))
                 }
+                Failure::Deposed => Err(Refused {
+                    what: describe(&req.op),
+                    source: e,
+                }),
             },
         }
     }
 
-    /// Serves requests in order until the sender is dropped; each completion
-    /// is counted in `inflight` (where the sender counted the release).
-    pub fn serve(
-        mut self,
-        rx: Receiver<BlockRequest>,
-        inflight: Option<Arc<InFlight>>,
-        mut done: impl FnMut(InputEvent),
-    ) {
-        for req in rx {
-            if let Some(wait) = self
-                .fence
-                .as_mut()
-                .and_then(|f| f.wait_for(&req, Instant::now()))
-            {
-                std::thread::sleep(wait);
-            }
-            let (status, data) = self.execute(&req);
-            if let Some(f) = &inflight {
-                f.completed();
-            }
-            done(InputEvent::BlockDone {
-                dev: req.dev,
-                id: req.id,
-                status,
-                data,
-            });
-        }
+    fn past_region(&self, req: &BlockRequest) -> (BlockStatus, Vec<u8>) {
+        tracing::warn!(
+            id = req.id,
+            capacity = self.len,
+            "{} reaches past the region",
+            describe(&req.op)
+        );
+        (BlockStatus::IoError, Vec::new())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn disk(size: u64, spec_region: Option<(u64, u64)>) -> (tempfile::NamedTempFile, DiskBackend) {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(size).unwrap();
-        let spec = DiskSpec {
-            path: f.path().into(),
-            region: spec_region,
-        };
-        let d = DiskBackend::open(&spec, 0).unwrap();
-        (f, d)
-    }
-
-    #[test]
-    fn spec_parses_plain_paths_and_regions() {
-        assert_eq!(
-            "/dev/vdb:1048576:4096".parse::<DiskSpec>().unwrap(),
-            DiskSpec {
-                path: "/dev/vdb".into(),
-                region: Some((1 << 20, 4096))
-            }
-        );
-        assert_eq!("a:b".parse::<DiskSpec>().unwrap().region, None);
-        assert!("".parse::<DiskSpec>().is_err());
-    }
-
-    #[test]
-    fn writes_land_at_the_region_offset_and_read_back() {
-        let (f, d) = disk(8192, Some((1024, 4096)));
-        let w = BlockRequest {
-            dev: 0,
-            id: 1,
-            op: BlockOp::Write {
-                sector: 1,
-                data: vec![0xab; 512],
-            },
-        };
-        assert_eq!(d.execute(&w).0, BlockStatus::Ok);
-        let raw = std::fs::read(f.path()).unwrap();
-        assert_eq!(&raw[1536..2048], &[0xab; 512][..]);
-        assert_eq!(raw[1535], 0);
-        let r = BlockRequest {
-            dev: 0,
-            id: 2,
-            op: BlockOp::Read {
-                sector: 1,
-                len: 512,
-            },
-        };
-        assert_eq!(d.execute(&r), (BlockStatus::Ok, vec![0xab; 512]));
-        let fl = BlockRequest {
-            dev: 0,
-            id: 3,
-            op: BlockOp::Flush,
-        };
-        assert_eq!(d.execute(&fl).0, BlockStatus::Ok);
-    }
-
-    #[test]
-    fn requests_past_the_region_fail_and_touch_nothing() {
-        let (f, d) = disk(8192, Some((0, 4096)));
-        assert_eq!(d.sectors(), 8);
-        let w = BlockRequest {
-            dev: 0,
-            id: 1,
-            op: BlockOp::Write {
-                sector: 7,
-                data: vec![1; 1024],
-            },
-        };
-        assert_eq!(d.execute(&w).0, BlockStatus::IoError);
-        let r = BlockRequest {
-            dev: 0,
-            id: 2,
-            op: BlockOp::Read {
-                sector: u64::MAX,
-                len: 512,
-            },
-        };
-        assert_eq!(d.execute(&r).0, BlockStatus::IoError);
-        assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
-    }
-
-    #[test]
-    fn a_region_past_the_device_is_refused() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(4096).unwrap();
-        let spec = DiskSpec {
-            path: f.path().into(),
-            region: Some((2048, 4096)),
-        };
-        assert!(matches!(
-            DiskBackend::open(&spec, 0),
-            Err(DiskError::PastEnd { .. })
-        ));
-        let spec = DiskSpec {
-            path: f.path().into(),
-            region: Some((100, 512)),
-        };
-        assert!(matches!(
-            DiskBackend::open(&spec, 0),
-            Err(DiskError::Alignment { .. })
-        ));
-    }
-}
+#[path = "disk_tests.rs"]
+mod tests;

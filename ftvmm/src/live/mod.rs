@@ -6,10 +6,21 @@
 //! Producer threads push events into one [`EventQueue`] and kick the vCPU
 //! thread; the vCPU loop takes them only at deterministic exits
 //! (`events_at(n)`), so a kick merely makes `KVM_RUN` return early.
+//!
+//! The Outputs door is where the Output Rule lets an output go: frames and
+//! console bytes leave at once; a block request is stamped there on
+//! `CLOCK_BOOTTIME` ([`Released`]) and the disk thread judges its age by that
+//! stamp (`late_write` rule 1). Once the VM's [`late_write::DiskGuard`]
+//! stopped (this host must not act for the VM any more), the door drops every
+//! output.
 
 pub mod disk;
+pub mod disk_queue;
+mod disk_thread;
 pub mod late_write;
 pub mod tap;
+#[cfg(test)]
+mod tests_disk;
 mod timer;
 
 use std::collections::VecDeque;
@@ -20,12 +31,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::io::{
-    BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram,
-};
+use config_schema::clock::BootInstant;
+
+use crate::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram};
 use crate::kick::Kicker;
 
 pub use disk::{DiskBackend, DiskError, DiskSpec};
+pub use disk_queue::Released;
+pub use late_write::DiskGuard;
 pub use tap::{Tap, TapError};
 
 /// How long a halted vCPU waits before re-checking for a stop request.
@@ -33,6 +46,8 @@ const HALT_POLL: Duration = Duration::from_millis(50);
 
 /// Host monotonic clock in ns (`CLOCK_MONOTONIC`: one base for every process
 /// on this host, so PIT load times survive a snapshot/restore on the host).
+/// The guest's time source, not a safety timer: those run on
+/// `CLOCK_BOOTTIME` ([`BootInstant`]).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -133,16 +148,28 @@ pub type ConsoleSink = Box<dyn Write + Send>;
 
 /// The live output door.
 pub struct LiveOutputs {
-    disk: Option<Sender<BlockRequest>>,
-    inflight: Arc<late_write::InFlight>,
+    disk: Option<Sender<Released>>,
+    guard: Arc<DiskGuard>,
     tap: Option<Arc<Tap>>,
     console: ConsoleSink,
     /// Frames that could not be written (TAP down, buffer full).
     pub tx_errors: u64,
+    /// Outputs dropped because this host stopped acting for the VM.
+    pub dropped: u64,
 }
 
 impl Outputs for LiveOutputs {
     fn emit(&mut self, _n: ExitIndex, event: OutputEvent) {
+        if self.guard.is_stopped() {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    reason = self.guard.stop_reason().unwrap_or_default(),
+                    "this host stopped acting for the VM: its outputs are dropped"
+                );
+            }
+            self.dropped += 1;
+            return;
+        }
         match event {
             OutputEvent::Console(bytes) => {
                 if let Err(e) = self
@@ -164,9 +191,8 @@ impl Outputs for LiveOutputs {
             },
             OutputEvent::Block(req) => match &self.disk {
                 Some(tx) => {
-                    self.inflight.released();
-                    if tx.send(req).is_err() {
-                        self.inflight.completed();
+                    let at = BootInstant::now();
+                    if tx.send(Released { at, req }).is_err() {
                         tracing::error!("disk thread is gone; block request dropped");
                     }
                 }
@@ -183,9 +209,11 @@ pub struct LiveConfig {
     pub console: ConsoleSink,
     /// Forward the process's stdin to COM1.
     pub stdin: bool,
-    /// Bound the age of disk requests (DESIGN §5): past the limit, ask the
-    /// fencing daemon at this socket to reset the host. `None`: no bound
-    /// (tests, unprotected runs without fencing).
+    /// Bound the age of disk requests (`late_write` rule 1): a write that
+    /// waited too long is not submitted, a request in flight too long is
+    /// watched; either makes ftvmm ask the fencing daemon at this socket to
+    /// reset the host. `None`: no bound (tests, unprotected runs without
+    /// fencing); a storage refusal still stops the disk and the outputs.
     pub io_watch: Option<IoWatch>,
 }
 
@@ -202,10 +230,10 @@ pub struct Backends {
     stop: Arc<AtomicBool>,
     queue: Arc<EventQueue>,
     threads: Vec<JoinHandle<()>>,
-    /// The disk thread, joined only once its requests completed: one stuck
-    /// on dead storage is left detached (the I/O watch bounds its age).
+    /// The disk thread, joined only once it returned: one stuck on dead
+    /// storage is left detached (the I/O watch bounds its age).
     disk: Option<JoinHandle<()>>,
-    inflight: Arc<late_write::InFlight>,
+    guard: Arc<DiskGuard>,
     timer: Option<timer::TimerHandle>,
 }
 
@@ -213,6 +241,18 @@ impl Backends {
     /// Events queue shared with the threads (e.g. to inject from elsewhere).
     pub fn queue(&self) -> Arc<EventQueue> {
         Arc::clone(&self.queue)
+    }
+
+    /// The VM's disk guard (whether this host stopped acting for the VM).
+    pub fn guard(&self) -> Arc<DiskGuard> {
+        Arc::clone(&self.guard)
+    }
+
+    /// Runs `f` once when this host must stop acting for the VM (a write
+    /// too old to submit, a request stuck in flight, the storage refusing
+    /// this host): e.g. stop the vCPU. At once if that already happened.
+    pub fn on_reset_requested(&self, f: impl FnOnce() + Send + 'static) {
+        self.guard.on_reset(Box::new(f));
     }
 }
 
@@ -227,15 +267,16 @@ impl Drop for Backends {
             let _ = t.join();
         }
         if let Some(t) = self.disk.take() {
-            let until = std::time::Instant::now() + DISK_DRAIN;
-            while !self.inflight.is_empty() && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(5));
+            // The doors went first: the thread serves what is queued and returns.
+            let until = BootInstant::now() + DISK_DRAIN;
+            while !t.is_finished() && BootInstant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
             }
-            if self.inflight.is_empty() {
+            if t.is_finished() {
                 let _ = t.join();
             } else {
                 tracing::warn!(
-                    in_flight = self.inflight.len(),
+                    in_flight = self.guard.in_flight(),
                     "disk requests still in flight; leaving the disk thread detached"
                 );
             }
@@ -244,7 +285,7 @@ impl Drop for Backends {
 }
 
 /// How long stopping the backends waits for in-flight disk requests.
-const DISK_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+const DISK_DRAIN: Duration = Duration::from_secs(2);
 
 /// The two doors and their threads. Field order is drop order: the doors go
 /// first (closing the disk request channel), then the threads are joined.
@@ -263,24 +304,24 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
     let (timer, timer_thread) = timer::spawn(Arc::clone(&queue))?;
     threads.push(timer_thread);
 
-    let inflight = late_write::InFlight::new();
+    let guard = match &cfg.io_watch {
+        Some(w) => DiskGuard::new(Some(&w.vm), Some(w.fencing_socket.clone())),
+        None => DiskGuard::new(None, None),
+    };
     let mut disk_thread = None;
     let disk_tx = match cfg.disk {
         Some(disk) => {
-            let (tx, rx) = mpsc::channel::<BlockRequest>();
-            let (q, f) = (Arc::clone(&queue), Arc::clone(&inflight));
+            let (tx, rx) = mpsc::channel::<Released>();
+            let (q, g) = (Arc::clone(&queue), Arc::clone(&guard));
             disk_thread = Some(
                 std::thread::Builder::new()
                     .name("ftvmm-disk".into())
-                    .spawn(move || disk.serve(rx, Some(f), |ev| q.push(ev)))?,
+                    .spawn(move || disk_thread::serve(disk, rx, g, |ev| q.push(ev)))?,
             );
-            if let Some(w) = cfg.io_watch {
-                late_write::spawn_io_watch(
-                    Arc::clone(&inflight),
-                    Arc::clone(&stop),
-                    w.vm,
-                    w.fencing_socket,
-                )?;
+            if cfg.io_watch.is_some() {
+                // Detached: it returns once the disk thread did with nothing
+                // in flight, or after asking for the reset.
+                late_write::spawn_io_watch(Arc::clone(&guard))?;
             }
             Some(tx)
         }
@@ -322,17 +363,18 @@ pub fn start(cfg: LiveConfig, kicker: Arc<Kicker>) -> std::io::Result<Live> {
     };
     let outputs = LiveOutputs {
         disk: disk_tx,
-        inflight: Arc::clone(&inflight),
+        guard: Arc::clone(&guard),
         tap,
         console: cfg.console,
         tx_errors: 0,
+        dropped: 0,
     };
     let backends = Backends {
         stop,
         queue,
         threads,
         disk: disk_thread,
-        inflight,
+        guard,
         timer: Some(timer),
     };
     Ok(Live {

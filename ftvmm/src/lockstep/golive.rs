@@ -1,116 +1,188 @@
-//! Go-live (DESIGN §4): what a pair member does when it loses its peer.
+//! Going live (DESIGN §4): a Secondary that won the next generation switches
+//! the same VM, stopped at the exit where its log ran out, to the real
+//! backends and continues as a Primary running alone.
 //!
-//! The peer is *suspected* when the logging channel has been silent for the
-//! failure timeout **and** the heartbeat daemon does not see it alive either
-//! (heartbeats and channel traffic both silent). Then:
-//!
-//! - the Secondary replays every record it holds, asks the fencing agent who
-//!   owns generation g+1, and only if it won switches its devices to the real
-//!   backends (re-issuing in-flight disk I/O, announcing the guest's MAC with
-//!   a gratuitous ARP) and continues as Primary; a loser halts its VM;
-//! - the Primary holds every output from the moment it suspects the peer,
-//!   asks for g+1 as well, releases output and runs unprotected if it won,
-//!   halts if it lost.
-//!
-//! While the fencing agent cannot answer (storage unreachable), both wait,
-//! holding output, and say so.
+//! What it emits first goes through its new output gate like everything
+//! after (docs/design.md §1: nothing leaves before the member opens it): the
+//! block requests the replay issued and the log never completed — with the
+//! bytes the *replay* produced, not what guest memory holds now — and three
+//! gratuitous ARPs announcing the guest's MAC. The clock continues from the
+//! last recorded value; the timer is re-armed from the PIT.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use config_schema::ctl::{self, Request, Response};
+use super::driver::Driver;
+use super::pair::{new_gate, start_live, stop_on_reset};
+use super::primary::{Gate, PrimaryOutputs};
+use super::secondary::ReplayQueue;
+use super::spec::{PairError, PairSpec};
+use crate::io::{
+    BlockOp, BlockRequest, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram,
+};
+use crate::live::late_write::{WriteFence, LATE_WRITE_BOUND_MS};
+use crate::live::{self, ConsoleSink};
+use crate::runner::{guest_mac, open_backends, RunError};
+use crate::vcpu::RunOutcome;
+use crate::vm::Vm;
 
-use super::pair::PairHandle;
-
-/// What the fencing agent decided for (vm, generation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub owner: String,
-    pub won: bool,
+/// Where replay left the Secondary's VM.
+pub struct Replayed {
+    /// The exit at which the log was exhausted.
+    pub at: u64,
+    /// The generation won.
+    pub generation: u64,
+    /// The last time value the Primary recorded.
+    pub last_time: Option<u64>,
+    /// When the Primary was lost (the replay queue closed).
+    pub lost_at: Option<Instant>,
+    /// Fencing cut the old Primary's host off at the storage before it
+    /// answered the win (PREEMPT AND ABORT): its late writes cannot land.
+    pub storage_cut: bool,
 }
 
-/// True if the heartbeat daemon at `socket` sees `host` alive. An unreachable
-/// heartbeat daemon counts as "not alive": the channel is then the only path.
-pub fn heartbeat_sees(socket: &Path, host: &str) -> bool {
-    match ctl::query(socket, &Request::Peers) {
-        Ok(Response::Peers { peers }) => peers.iter().any(|p| p.host == host && p.alive),
-        _ => false,
+/// Inputs of a VM that went live on another host than the one that recorded
+/// its past: the live clock, shifted to continue the recorded one.
+struct ShiftedClock<I: Inputs> {
+    inner: I,
+    /// Added to the live clock (wrapping: the value may be "negative").
+    shift: u64,
+}
+
+impl<I: Inputs> Inputs for ShiftedClock<I> {
+    fn events_at(&mut self, n: u64, out: &mut Vec<InputEvent>) {
+        self.inner.events_at(n, out)
+    }
+    fn events_at_halt(&mut self, n: u64, out: &mut Vec<InputEvent>) {
+        self.inner.events_at_halt(n, out)
+    }
+    fn time_read(&mut self, n: u64, source: TimeSource) -> u64 {
+        self.inner.time_read(n, source).wrapping_add(self.shift)
+    }
+    fn program_timer(&mut self, n: u64, program: TimerProgram) {
+        self.inner.program_timer(n, program)
     }
 }
 
-/// Asks the fencing agent at `socket`, until it answers or `stop`, who owns
-/// `generation` of `vm`. Prints once when storage does not answer.
-pub fn acquire(
-    socket: &Path,
-    vm: &str,
-    generation: u64,
-    stop: &AtomicBool,
-    on_waiting: impl Fn(&str),
-) -> Option<Decision> {
-    let mut said = false;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        let req = Request::Acquire {
-            vm: vm.to_string(),
-            generation,
-        };
-        let why = match ctl::query(socket, &req) {
-            Ok(Response::Decided { owner, won, .. }) => return Some(Decision { owner, won }),
-            Ok(Response::Error { message }) => message,
-            Ok(other) => format!("unexpected answer {other:?}"),
-            Err(e) => e.to_string(),
-        };
-        if !said {
-            on_waiting(&why);
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+/// The hold on later writes over the re-issued ones (`live::late_write`
+/// rule 2), or none when the old Primary's host can no longer write: fencing
+/// preempted it with PREEMPT AND ABORT before answering the win, so the
+/// target ended every command of it and refuses the rest (rule 4).
+fn write_fence(reissue: &[BlockRequest], storage_cut: bool) -> Option<WriteFence> {
+    if storage_cut {
+        return None;
     }
+    WriteFence::for_reissued(reissue)
 }
 
-/// How a race for the next generation ended (see [`race`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Raced {
-    Won,
-    /// Another host owns it: the caller must stop the VM.
-    Lost,
-    /// Given up (the member is stopping) while storage did not answer.
-    Cancelled,
+/// The member won `from.generation` at exit `from.at`: continue the same VM
+/// on the real backends until it stops.
+pub fn go_live(
+    spec: &PairSpec,
+    vm: &mut Vm,
+    from: &Replayed,
+    q: &ReplayQueue,
+    console: ConsoleSink,
+    driver: &Driver,
+) -> Result<RunOutcome, PairError> {
+    let name = &spec.hello.vm;
+    let vs = &spec.vm;
+    let (mut disk, tap) = open_backends(vs)?;
+    let with_tap = tap.is_some();
+    let reissue = q.in_flight_block_requests();
+    check_in_flight(name, vm, &reissue);
+    // The deposed Primary may still have the writes among these in flight,
+    // so later writes to their sectors wait (live::late_write) — unless
+    // fencing already cut its host off at the storage.
+    if let (Some(d), Some(f)) = (disk.as_mut(), write_fence(&reissue, from.storage_cut)) {
+        println!(
+            "ftvmm: vm {name}: {} re-issued write(s); later writes to their sectors wait {LATE_WRITE_BOUND_MS} ms",
+            f.ranges().len()
+        );
+        d.fence_writes(f);
+    } else if from.storage_cut
+        && reissue
+            .iter()
+            .any(|r| matches!(r.op, BlockOp::Write { .. }))
+    {
+        println!(
+            "ftvmm: vm {name}: re-issued write(s) need no wait: the old Primary's host is cut off at the storage"
+        );
+    }
+    let mut live = start_live(spec, disk, tap, console, vm)?;
+    let n = vm.exit_index();
+    live.inputs.program_timer(n, vm.devices().timer_program());
+    let live::Live {
+        inputs,
+        outputs,
+        backends,
+    } = live;
+    // Held until the member opens it (it does right after this hand-back).
+    let gate = new_gate(spec, Box::new(outputs), Gate::Held);
+    stop_on_reset(&backends, vm, &gate);
+    driver.attach_live(Arc::clone(&gate));
+    let mut out = PrimaryOutputs(Arc::clone(&gate));
+    let reissued = reissue.len();
+    for req in reissue {
+        out.emit(n, OutputEvent::Block(req));
+    }
+    if with_tap {
+        // Checked when the VM was built from the same command line.
+        let mac = guest_mac(&vs.cmdline)?;
+        if let Some(ip) = cmdline_ip(&vs.cmdline) {
+            for _ in 0..3 {
+                out.emit(
+                    n,
+                    OutputEvent::Frame {
+                        dev: 0,
+                        data: gratuitous_arp(mac, ip),
+                    },
+                );
+            }
+        }
+    }
+    let ms = from.lost_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
+    println!(
+        "ftvmm: vm {name}: won generation {}; live as primary at exit {n} ({ms} ms after suspicion; {reissued} disk requests re-issued)",
+        from.generation
+    );
+    let shift = from
+        .last_time
+        .map(|v| v.wrapping_sub(live::monotonic_ns()))
+        .unwrap_or(0);
+    let mut inputs = ShiftedClock {
+        inner: inputs,
+        shift,
+    };
+    let outcome = vm.run(&mut inputs, &mut out, None);
+    gate.detach_sink();
+    drop(inputs);
+    drop(backends);
+    Ok(outcome.map_err(RunError::from)?)
 }
 
-/// Races for generation `next` of `vm` through the fencing agent at
-/// `fencing`, for every member that needs a new generation (a Primary that
-/// lost its Secondary, a Secondary going live, a Primary re-checking after a
-/// fencing hold). Won: the handle's generation becomes `next`. Lost: the role
-/// becomes `halted` and the console says who won. While storage does not
-/// answer it says so once, ending the line with `while_waiting`.
-pub fn race(
-    handle: &PairHandle,
-    fencing: &Path,
-    vm: &str,
-    next: u64,
-    cancel: &AtomicBool,
-    while_waiting: &str,
-) -> Raced {
-    let waiting =
-        |w: &str| println!("ftvmm: vm {vm}: storage does not answer ({w}); {while_waiting}");
-    match acquire(fencing, vm, next, cancel, waiting) {
-        Some(d) if d.won => {
-            handle.generation.store(next, Ordering::SeqCst);
-            Raced::Won
-        }
-        Some(d) => {
-            handle.set_role("halted");
-            println!(
-                "ftvmm: vm {vm}: lost generation {next} to {}; halting the VM",
-                d.owner
-            );
-            Raced::Lost
-        }
-        None => Raced::Cancelled,
+/// The replay's record of in-flight requests must name the same requests as
+/// the device model; a difference is a bug worth a loud line (the replay's
+/// record is what is re-issued).
+fn check_in_flight(name: &str, vm: &Vm, reissue: &[crate::io::BlockRequest]) {
+    let mut ours: Vec<(u8, u64)> = reissue.iter().map(|r| (r.dev, r.id)).collect();
+    let mut device: Vec<(u8, u64)> = vm
+        .devices()
+        .in_flight_block_requests(vm.memory())
+        .iter()
+        .map(|r| (r.dev, r.id))
+        .collect();
+    ours.sort_unstable();
+    device.sort_unstable();
+    if ours != device {
+        tracing::error!(
+            ?ours,
+            ?device,
+            "in-flight block requests differ between replay and device"
+        );
+        println!(
+            "ftvmm: vm {name}: in-flight block requests differ between the replay ({ours:?}) and the device ({device:?}); re-issuing the replay's"
+        );
     }
 }
 
@@ -136,60 +208,6 @@ pub fn cmdline_ip(cmdline: &str) -> Option<[u8; 4]> {
     Some(ip.octets())
 }
 
-/// Watches a link: calls `suspect` once when the channel has been silent for
-/// `timeout` and the heartbeat daemon does not see `peer` either.
-pub struct Monitor {
-    stop: std::sync::Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Monitor {
-    pub fn start(
-        peer: String,
-        timeout: Duration,
-        heartbeat_socket: std::path::PathBuf,
-        silent_for: impl Fn() -> Duration + Send + 'static,
-        suspect: impl FnOnce(String) + Send + 'static,
-    ) -> Monitor {
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let s2 = std::sync::Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("lockstep-monitor".into())
-            .spawn(move || {
-                let started = Instant::now();
-                while !s2.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    let silent = silent_for();
-                    if silent < timeout || started.elapsed() < timeout {
-                        continue;
-                    }
-                    if heartbeat_sees(&heartbeat_socket, &peer) {
-                        continue;
-                    }
-                    suspect(format!(
-                        "{peer} silent on the logging channel for {} ms and not seen by heartbeat",
-                        silent.as_millis()
-                    ));
-                    return;
-                }
-            })
-            .expect("spawn monitor thread");
-        Monitor {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        // Not joined: the thread may sit in a daemon query for a few seconds;
-        // it sees the flag and ends on its own.
-        self.stop.store(true, Ordering::SeqCst);
-        drop(self.thread.take());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,22 +227,18 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_daemons_mean_not_alive_and_acquire_waits_until_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("none.sock");
-        assert!(!heartbeat_sees(&sock, "host-b"));
-        let stop = AtomicBool::new(false);
-        let waited = std::sync::Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                stop.store(true, Ordering::SeqCst);
-            });
-            let d = acquire(&sock, "kv", 2, &stop, |w| {
-                waited.lock().unwrap().push(w.to_string())
-            });
-            assert_eq!(d, None);
-        });
-        assert_eq!(waited.lock().unwrap().len(), 1, "says once that it waits");
+    fn re_issued_writes_hold_later_ones_unless_the_old_host_is_cut_off_at_the_storage() {
+        let write = BlockRequest {
+            dev: 0,
+            id: 7,
+            op: BlockOp::Write {
+                sector: 8,
+                data: vec![1; 512],
+            },
+        };
+        let fence = write_fence(std::slice::from_ref(&write), false).expect("a fence");
+        assert_eq!(fence.ranges().len(), 1);
+        assert!(write_fence(std::slice::from_ref(&write), true).is_none());
+        assert!(write_fence(&[], false).is_none());
     }
 }

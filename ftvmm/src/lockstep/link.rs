@@ -5,9 +5,15 @@
 //! live Primary), and an ack thread feeds acknowledgements to the Output Rule.
 //! Secondary: a receiver thread checks each batch (it must continue the log
 //! exactly; it is decoded all-or-nothing), queues it, and acknowledges receipt
-//! at once; an ack thread reports replay progress for the lag measurement.
-//! Any refusal or channel error ends the link: the Primary holds its output
-//! (`PrimaryLog::lose_secondary`), the Secondary's queue is closed.
+//! at once; a progress thread reports replay progress for the lag.
+//!
+//! Every ending — a refusal, a channel error, the peer's `Bye`, `Resign` or
+//! `Diverged` — is reported to the member as an [`Event`]. On the Primary the
+//! ack thread first holds the gate itself (holding is always safe, and the
+//! member's own decision arrives a moment later), and it reads everything the
+//! socket already holds before it acts on any of it: a loss found in that read
+//! wins over the acks before it, so a Primary that wakes up after a stall to
+//! "acks..., then bye" releases nothing (docs/design.md §3).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::channel::{ChannelError, ChannelReceiver, ChannelSender, Message};
-use super::log::decode_batch;
+use super::member::{Event, Gate};
 use super::primary::PrimaryLog;
 use super::secondary::ReplayQueue;
 
@@ -30,6 +36,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Called on every message from the peer (a sign of its life).
 pub type OnTraffic = Arc<dyn Fn() + Send + Sync>;
+/// Where the link reports how it ended (the member's driver).
+pub type Notify = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// Running link threads; [`Link::stop`] ends them.
 pub struct Link {
@@ -67,6 +75,13 @@ impl Link {
     pub fn hand_over(self, reason: &str) -> bool {
         self.finish(Message::Resign {
             reason: reason.to_string(),
+        })
+    }
+
+    /// Secondary: says it diverged (never promote it) and ends the threads.
+    pub fn diverged(self, what: &str) -> bool {
+        self.finish(Message::Diverged {
+            what: what.to_string(),
         })
     }
 
@@ -126,8 +141,9 @@ impl Shared {
 pub fn start_primary(
     log: Arc<PrimaryLog>,
     tx: ChannelSender,
-    mut rx: ChannelReceiver,
+    rx: ChannelReceiver,
     on_traffic: OnTraffic,
+    notify: Notify,
 ) -> Link {
     let Shared {
         stop,
@@ -135,8 +151,20 @@ pub fn start_primary(
         last_heard,
         peer,
     } = Shared::new(tx, &rx);
+    let lost = {
+        let (log, notify) = (Arc::clone(&log), Arc::clone(&notify));
+        Arc::new(move |why: String| {
+            log.set_gate(Gate::Held);
+            notify(Event::ChannelLost { why });
+        })
+    };
     let sender = {
-        let (log, tx, stop) = (Arc::clone(&log), Arc::clone(&tx), Arc::clone(&stop));
+        let (log, tx, stop, lost) = (
+            Arc::clone(&log),
+            Arc::clone(&tx),
+            Arc::clone(&stop),
+            Arc::clone(&lost),
+        );
         spawn("lockstep-send", move || {
             let mut last_sent = Instant::now();
             while !stop.load(Ordering::SeqCst) {
@@ -145,18 +173,20 @@ pub fn start_primary(
                         first_seq: b.first_seq,
                         count: b.count,
                         bytes: b.bytes,
+                        sent_ns: b.sent_ns,
                     },
                     None if last_sent.elapsed() >= KEEPALIVE => Message::Batch {
                         first_seq: log.unsent_from(),
                         count: 0,
                         bytes: Vec::new(),
+                        sent_ns: config_schema::clock::BootInstant::now().as_nanos(),
                     },
                     None => continue,
                 };
                 let res = tx.lock().unwrap_or_else(|p| p.into_inner()).send(&msg);
                 if let Err(e) = res {
                     if !stop.load(Ordering::SeqCst) {
-                        log.lose_secondary(&format!("send failed: {}", describe(&e)));
+                        lost(format!("send failed: {}", describe(&e)));
                     }
                     return;
                 }
@@ -165,41 +195,9 @@ pub fn start_primary(
         })
     };
     let acks = {
-        let (log, stop, heard) = (Arc::clone(&log), Arc::clone(&stop), Arc::clone(&last_heard));
-        spawn("lockstep-ack", move || loop {
-            let res = rx.recv();
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            match res {
-                Ok(m) => {
-                    *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                    on_traffic();
-                    match m {
-                        Message::Ack {
-                            received,
-                            replayed,
-                            replayed_exit,
-                        } => log.on_ack(received, replayed, replayed_exit),
-                        Message::Bye { reason } => {
-                            log.lose_secondary(&format!("secondary {peer} said bye: {reason}"));
-                            return;
-                        }
-                        other => {
-                            tracing::warn!(
-                                "channel: refused message from {peer}: unexpected {other:?} on the primary"
-                            );
-                            log.lose_secondary("unexpected message from the secondary");
-                            return;
-                        }
-                    }
-                }
-                Err(ChannelError::Timeout) => {}
-                Err(e) => {
-                    log.lose_secondary(&format!("channel to {peer}: {}", describe(&e)));
-                    return;
-                }
-            }
+        let (stop, heard) = (Arc::clone(&stop), Arc::clone(&last_heard));
+        spawn("lockstep-ack", move || {
+            primary_acks(rx, &log, &stop, &heard, &peer, &on_traffic, &notify, &*lost)
         })
     };
     Link {
@@ -210,12 +208,87 @@ pub fn start_primary(
     }
 }
 
+/// The Primary's ack thread: reads everything available, then acts on it,
+/// losses first (module docs).
+#[allow(clippy::too_many_arguments)]
+fn primary_acks(
+    mut rx: ChannelReceiver,
+    log: &PrimaryLog,
+    stop: &AtomicBool,
+    heard: &Mutex<Instant>,
+    peer: &str,
+    on_traffic: &OnTraffic,
+    notify: &Notify,
+    lost: &dyn Fn(String),
+) {
+    loop {
+        let first = rx.recv();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut read = vec![first];
+        while matches!(read.last(), Some(Ok(_))) {
+            match rx.try_recv() {
+                Ok(Some(m)) => read.push(Ok(m)),
+                Ok(None) => break,
+                Err(e) => read.push(Err(e)),
+            }
+        }
+        if read.iter().all(|r| matches!(r, Err(ChannelError::Timeout))) {
+            continue;
+        }
+        if read.iter().any(|r| r.is_ok()) {
+            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            on_traffic();
+        }
+        // A loss anywhere in what was read holds the gate before any ack of
+        // the same read is applied.
+        let loss = read.iter().find_map(|r| match r {
+            Ok(Message::Ack { .. }) | Err(ChannelError::Timeout) => None,
+            Ok(Message::Bye { reason }) => Some(format!("secondary {peer} said bye: {reason}")),
+            Ok(Message::Diverged { .. }) => None,
+            Ok(other) => {
+                tracing::warn!(
+                    "channel: refused message from {peer}: unexpected {other:?} on the primary"
+                );
+                Some("unexpected message from the secondary".to_string())
+            }
+            Err(e) => Some(format!("channel to {peer}: {}", describe(e))),
+        });
+        let diverged = read.iter().find_map(|r| match r {
+            Ok(Message::Diverged { what }) => Some(what.clone()),
+            _ => None,
+        });
+        if let Some(what) = diverged {
+            log.set_gate(Gate::Held);
+            notify(Event::PeerDiverged { what });
+            return;
+        }
+        if let Some(why) = loss {
+            lost(why);
+            return;
+        }
+        for r in read {
+            if let Ok(Message::Ack {
+                received,
+                replayed,
+                replayed_exit,
+                echo_ns,
+            }) = r
+            {
+                log.on_ack(received, replayed, replayed_exit, echo_ns);
+            }
+        }
+    }
+}
+
 /// Starts the Secondary's receiver and progress threads.
 pub fn start_secondary(
     q: Arc<ReplayQueue>,
     tx: ChannelSender,
     mut rx: ChannelReceiver,
     on_traffic: OnTraffic,
+    notify: Notify,
 ) -> Link {
     let Shared {
         stop,
@@ -229,6 +302,7 @@ pub fn start_secondary(
             received,
             replayed,
             replayed_exit,
+            echo_ns: q.newest_sent_ns(),
         }
     };
     let receiver = {
@@ -238,81 +312,71 @@ pub fn start_secondary(
             Arc::clone(&stop),
             Arc::clone(&last_heard),
         );
-        spawn("lockstep-recv", move || loop {
-            let res = rx.recv();
-            if stop.load(Ordering::SeqCst) {
-                q.close("link stopped");
-                return;
-            }
-            let msg = match res {
-                Ok(m) => m,
-                Err(ChannelError::Timeout) => continue,
-                Err(e) => {
-                    q.close(&format!("channel from {peer}: {}", describe(&e)));
+        spawn("lockstep-recv", move || {
+            let end = |why: String, ev: Event| {
+                q.close(&why);
+                notify(ev);
+            };
+            loop {
+                let res = rx.recv();
+                if stop.load(Ordering::SeqCst) {
+                    q.close("link stopped");
                     return;
                 }
-            };
-            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-            on_traffic();
-            match msg {
-                Message::Batch {
-                    first_seq,
-                    count,
-                    bytes,
-                } => {
-                    let expected = q.received();
-                    let recs = if first_seq != expected {
-                        Err(format!(
-                            "batch starts at record {first_seq}, expected {expected}"
-                        ))
-                    } else {
-                        match decode_batch(&bytes, first_seq) {
-                            Ok(r) if r.len() as u64 == u64::from(count) => Ok(r),
-                            Ok(r) => Err(format!("batch says {count} records, holds {}", r.len())),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    };
-                    match recs {
-                        Ok(recs) => {
-                            q.push_batch(recs);
+                let msg = match res {
+                    Ok(m) => m,
+                    Err(ChannelError::Timeout) => continue,
+                    Err(e) => {
+                        let why = format!("channel from {peer}: {}", describe(&e));
+                        return end(why.clone(), Event::ChannelLost { why });
+                    }
+                };
+                *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                on_traffic();
+                match msg {
+                    Message::Batch {
+                        first_seq,
+                        count,
+                        bytes,
+                        sent_ns,
+                    } => match q.receive_batch(first_seq, count, &bytes, sent_ns) {
+                        Ok(()) => {
                             let m = ack(&q);
-                            if tx
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .send(&m)
-                                .is_err()
-                            {
-                                q.close("cannot send acks");
-                                return;
+                            let sent = tx.lock().unwrap_or_else(|p| p.into_inner()).send(&m);
+                            if sent.is_err() {
+                                let why = "cannot send acks".to_string();
+                                return end(why.clone(), Event::ChannelLost { why });
                             }
                         }
                         Err(why) => {
                             // Nothing of this batch is applied; the log can
-                            // not continue past it, so the link ends here.
+                            // not continue past it, so the link ends here and
+                            // the member decides (it asks fencing; it does not
+                            // assume the Primary is dead).
                             tracing::warn!("channel: refused message from {peer}: {why}");
                             println!("ftvmm: lockstep: refused batch from {peer}: {why}");
-                            q.close(&format!("refused batch: {why}"));
-                            return;
+                            let why = format!("refused batch: {why}");
+                            return end(why.clone(), Event::ChannelLost { why });
                         }
+                    },
+                    Message::Bye { reason } => {
+                        let why = format!("primary {peer} said bye: {reason}");
+                        return end(why.clone(), Event::ChannelLost { why });
                     }
-                }
-                Message::Bye { reason } => {
-                    q.close(&format!("primary {peer} said bye: {reason}"));
-                    return;
-                }
-                Message::Resign { reason } => {
-                    // Everything it sent is queued; replay runs to its end
-                    // and go-live follows (run_secondary).
-                    println!("ftvmm: lockstep: primary {peer} hands over: {reason}");
-                    q.close(&format!("primary {peer} handed over: {reason}"));
-                    return;
-                }
-                other => {
-                    tracing::warn!(
-                        "channel: refused message from {peer}: unexpected {other:?} on the secondary"
-                    );
-                    q.close("unexpected message from the primary");
-                    return;
+                    Message::Resign { reason } => {
+                        // Everything it sent is queued; replay runs to its end
+                        // and the member races for the next generation.
+                        println!("ftvmm: lockstep: primary {peer} hands over: {reason}");
+                        let why = format!("primary {peer} handed over: {reason}");
+                        return end(why.clone(), Event::PeerResigned { why });
+                    }
+                    other => {
+                        tracing::warn!(
+                            "channel: refused message from {peer}: unexpected {other:?} on the secondary"
+                        );
+                        let why = "unexpected message from the primary".to_string();
+                        return end(why.clone(), Event::ChannelLost { why });
+                    }
                 }
             }
         })

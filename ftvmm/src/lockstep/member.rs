@@ -1,268 +1,765 @@
-//! Which half of a pair this host runs for a config VM, and running it.
+//! A pair member's decisions as a pure state machine: what a Primary or a
+//! Secondary does when its peer, its storage or its generation changes.
 //!
-//! Placement at power-on (anti-affinity): among the hosts the VM's affinity
-//! allows, in the config's `hosts` order, the first is the Primary and the
-//! next one the Secondary — never the same host. A VM that allows only one
-//! host runs unprotected (config validation already warns about it).
+//! No threads, sockets, clocks or sleeps here: [`Member::on_event`] takes one
+//! [`Event`] and returns the [`Action`]s to perform, in order; the driver
+//! (`driver.rs`) performs them, and the simulation (`sim_member.rs`) runs the
+//! same code under lost and late messages, freezes and fencing answers.
+//!
+//! # Rules (docs/design.md §1–§3)
+//!
+//! - A member releases output in generation `g` only while it owns `g`: a
+//!   paired Primary through the Output Rule ([`Gate::ByAcks`]), a Primary
+//!   running alone through [`Gate::Open`]; everything else is [`Gate::Held`].
+//! - A Primary that loses its Secondary for any reason (the channel closed or
+//!   failed, it was silent for the failure timeout, the Secondary diverged)
+//!   holds everything and races for `g + 1` at once. Won: it runs alone.
+//!   Lost or superseded: it halts.
+//! - A Secondary whose Primary is gone (channel closed or silent, or the
+//!   Primary resigned) replays everything it holds, then races for `g + 1`.
+//!   Won: it goes live as a Primary running alone. Lost or superseded: halt.
+//! - A Secondary that diverged says so and halts; it never races.
+//! - Fencing withdrawing the grant (this host cannot renew its lease) makes a
+//!   paired Primary hold its output; if the grant is not back within the
+//!   failure timeout it hands the VM over to its Secondary (a storage hiccup
+//!   costs a pause, not the pair: under load one slow lease write withdrew
+//!   the grant for a moment and a healthy pair was handed over). A lone
+//!   Primary holds; when its grant comes back it re-wins `g + 1` before
+//!   output flows again (no Secondary vouches for it meanwhile).
+//! - `Deposed` (another host started a later generation) halts at once.
+//!
+//! # Invariants (asserted in [`Member::on_event`])
+//!
+//! - The generation a member acts in never decreases.
+//! - [`Gate::Open`] or [`Gate::ByAcks`] is only ever set in a state that owns
+//!   its generation (`Paired`, `Solo`).
+//! - `Halted` is final.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
 
-use config_schema::runtime::RuntimeConfig;
-use config_schema::validate::allowed_hosts;
+/// What lets a Primary's outputs leave (the driver applies it to the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Paired: the Output Rule (fresh acknowledgements) releases outputs.
+    ByAcks,
+    /// Nothing leaves.
+    Held,
+    /// Running alone in an owned generation: outputs leave at once.
+    Open,
+}
 
-use super::channel::{Hello, Identity};
-use super::link::OnTraffic;
-use super::pair::{
-    self, channel_port, image_sha256, primary_handshake, run_primary, run_secondary,
-    secondary_handshake, PairError, PairHandle, PairReport, PairSpec,
-};
-use crate::live::ConsoleSink;
-use crate::runner::VmSpec;
-use crate::vm::{Progress, VmHandle};
-
-/// This host's part in a VM.
+/// Fencing's answer to `Acquire(generation)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// Run it as Primary, paired with the Secondary on `secondary`.
-    Primary { secondary: String },
-    /// Run it as Secondary of the Primary on `primary`.
-    Secondary { primary: String },
-    /// Only this host is allowed: run it alone, unprotected.
-    Unprotected,
-    /// Not this host's business.
-    None,
+pub enum Decision {
+    Won,
+    Lost { owner: String },
+    Superseded { by: u64 },
 }
 
-/// The pair of a config VM: (Primary host, Secondary host if any).
-pub fn pair_hosts(config: &config_schema::ClusterConfig, vm: &config_schema::Vm) -> Vec<String> {
-    let allowed = allowed_hosts(config, vm);
-    config
-        .hosts
-        .iter()
-        .map(|h| h.name.clone())
-        .filter(|h| allowed.contains(&h.as_str()))
-        .take(2)
-        .collect()
+/// The host's output grant as fencing last stated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A fresh grant.
+    Ok,
+    /// Fencing said no: this host cannot renew its lease (or was frozen).
+    Withdrawn { reason: String },
+    /// The last grant expired without a new word (fencing gone or stuck).
+    Lapsed,
 }
 
-/// This host's role for `vm`.
-pub fn role(rc: &RuntimeConfig, vm: &config_schema::Vm) -> Role {
-    let hosts = pair_hosts(&rc.config, vm);
-    let here = &rc.host_name;
-    match hosts.as_slice() {
-        [p] if p == here => Role::Unprotected,
-        [p, s] if p == here => Role::Primary {
-            secondary: s.clone(),
-        },
-        [p, s] if s == here => Role::Secondary { primary: p.clone() },
-        _ => Role::None,
+/// Why a member halted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// Another host owns the next generation.
+    Lost { generation: u64, owner: String },
+    /// A later generation exists on disk.
+    Superseded { generation: u64, by: u64 },
+    /// Another host started `generation` while this one acted in an older one.
+    Deposed { generation: u64, by: String },
+    /// This Secondary's replay differs from the Primary's execution.
+    Diverged { what: String },
+    /// Storage lost while paired: the VM was handed to the Secondary.
+    HandedOver { to_secondary: bool },
+    /// The Primary ended the VM in an orderly way (Secondary side).
+    PrimaryEnded,
+    /// Stopped on request.
+    Stopped,
+}
+
+/// Where a member stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Primary with a Secondary in generation `g`.
+    Paired {
+        g: u64,
+    },
+    /// Primary running alone in generation `g` (won at start or in a race).
+    Solo {
+        g: u64,
+    },
+    /// Primary that lost its Secondary: everything held, racing for `g + 1`.
+    Racing {
+        g: u64,
+        why: String,
+    },
+    /// Lone Primary whose grant is gone: held until it comes back.
+    Fenced {
+        g: u64,
+    },
+    /// Lone Primary whose grant came back: re-winning `g + 1` before output.
+    Rechecking {
+        g: u64,
+    },
+    /// Paired Primary whose grant fencing withdrew at `since_ms` (its lease
+    /// renewal failing, or a freeze): output held, the Secondary still
+    /// following. The grant coming back within the failure timeout resumes
+    /// the pair (a storage hiccup costs a pause, not the pair); past it the
+    /// VM is handed over.
+    StorageHeld {
+        g: u64,
+        since_ms: u64,
+        reason: String,
+    },
+    /// Paired Primary that lost storage: VM stopped, handing over.
+    HandingOver {
+        g: u64,
+        deadline_ms: u64,
+    },
+    /// Secondary replaying the Primary's log in generation `g`.
+    Following {
+        g: u64,
+    },
+    /// Secondary whose Primary is gone: replaying what it holds.
+    Draining {
+        g: u64,
+        why: String,
+    },
+    /// Secondary whose log is exhausted at exit `at`: racing for `g + 1`.
+    Claiming {
+        g: u64,
+        at: u64,
+        why: String,
+    },
+    Halted(Halt),
+}
+
+/// What happened (one source per variant, see the driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Monitor tick: time now and how long the channel has been silent.
+    Tick { now_ms: u64, silent_ms: u64 },
+    /// The channel ended or failed, or the peer said bye.
+    ChannelLost { why: String },
+    /// The Secondary diverged and says so: never promote it.
+    PeerDiverged { what: String },
+    /// The Primary resigned (storage lost on its host).
+    PeerResigned { why: String },
+    /// The Primary ended the VM in an orderly way.
+    PrimaryEnded,
+    /// This Secondary's replay diverged.
+    Diverged { what: String },
+    /// This Secondary's log is exhausted at exit `at` (its VM stopped there).
+    ReplayExhausted { at: u64 },
+    /// Fencing's answer for `generation`.
+    Decided { generation: u64, decision: Decision },
+    /// The host's output grant changed.
+    Grant(Grant),
+    /// Another host started `generation` of this VM.
+    Deposed { generation: u64, by: String },
+    /// The Secondary acknowledged every record (hand-over may complete).
+    AllAcked,
+    /// Stop on request (operator, power-off, daemon shutdown).
+    Stop,
+}
+
+/// What the driver must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Gate(Gate),
+    /// Ask fencing for `generation`; its answer comes back as `Decided`.
+    Acquire {
+        generation: u64,
+    },
+    /// Stop the vCPU loop.
+    StopVcpu,
+    /// Send `Resign` (every record is acked) and close the channel.
+    Resign {
+        reason: String,
+    },
+    /// Tell the Primary "diverged, do not promote me" and close the channel.
+    SendDiverged {
+        what: String,
+    },
+    /// Close the channel (and a Secondary's replay queue) with a reason.
+    CloseLink {
+        reason: String,
+    },
+    /// Secondary: switch to the real backends and run as a lone Primary.
+    GoLive {
+        generation: u64,
+        at: u64,
+    },
+    /// One console line.
+    Say(String),
+}
+
+/// How long a resigning Primary waits for the last acknowledgements.
+pub const HAND_OVER_MS: u64 = 3_000;
+
+/// One member of a pair for one VM.
+#[derive(Debug, Clone)]
+pub struct Member {
+    vm: String,
+    peer: String,
+    failure_timeout_ms: u64,
+    state: State,
+    /// Highest generation this member ever acted in (never decreases).
+    acted: u64,
+    /// Latest time seen on a tick.
+    now_ms: u64,
+    /// Whether the grant is currently good (a lone Primary holds without it).
+    granted: bool,
+}
+
+impl Member {
+    /// A Primary paired in `g` (`paired`) or running alone in `g`.
+    pub fn primary(vm: &str, peer: &str, g: u64, paired: bool, failure_timeout_ms: u64) -> Self {
+        let state = if paired {
+            State::Paired { g }
+        } else {
+            State::Solo { g }
+        };
+        Self::new(vm, peer, state, g, failure_timeout_ms)
     }
-}
 
-fn key(hex_str: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_str).ok()?.try_into().ok()
-}
+    /// A Secondary following its Primary in `g`.
+    pub fn secondary(vm: &str, peer: &str, g: u64, failure_timeout_ms: u64) -> Self {
+        Self::new(vm, peer, State::Following { g }, 0, failure_timeout_ms)
+    }
 
-fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
-    let h = rc.config.hosts.iter().find(|h| h.name == host)?;
-    h.ft.addr.split('/').next()?.parse().ok()
-}
+    fn new(vm: &str, peer: &str, state: State, acted: u64, failure_timeout_ms: u64) -> Self {
+        Member {
+            vm: vm.to_string(),
+            peer: peer.to_string(),
+            failure_timeout_ms,
+            state,
+            acted,
+            now_ms: 0,
+            granted: true,
+        }
+    }
 
-/// Everything both sides agree on for `vm`, and this host's identity.
-pub fn pair_spec(
-    rc: &RuntimeConfig,
-    vm: &config_schema::Vm,
-    spec: VmSpec,
-) -> Result<PairSpec, PairError> {
-    let primary = pair_hosts(&rc.config, vm)
-        .into_iter()
-        .next()
-        .ok_or_else(|| PairError::Protocol(format!("vm {} allows no host", vm.name)))?;
-    let private_key = key(&rc.host_private_key)
-        .ok_or_else(|| PairError::Protocol("host private key is not 32 bytes of hex".into()))?;
-    Ok(PairSpec {
-        hello: Hello {
-            vm: vm.name.clone(),
-            // The first generation of a pair at power-on; go-live moves it.
-            generation: 1,
-            config_generation: rc.config.cluster.generation,
-            image_sha256: image_sha256(&spec.kernel)?,
-            mem_mib: spec.mem_mib,
-            start_exit: 0,
-            primary_host: primary,
-        },
-        vm: spec,
-        identity: Identity { private_key },
-        lag_limit: Duration::from_millis(rc.config.timing.lag_limit_ms),
-        peer: String::new(),
-        failure_timeout: Duration::from_millis(rc.config.timing.failure_timeout_ms),
-        heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
-        fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
-    })
-}
+    /// The gate a member starts with (the driver applies it first).
+    pub fn initial_gate(&self) -> Gate {
+        match self.state {
+            State::Paired { .. } => Gate::ByAcks,
+            State::Solo { .. } => Gate::Open,
+            _ => Gate::Held,
+        }
+    }
 
-/// Reports logging-channel traffic from the peer to the heartbeat daemon as a
-/// sign of life, at most every 100 ms, from a thread of its own (the link
-/// threads only set a flag: a slow heartbeat socket must never delay acks).
-/// Failures are ignored: heartbeats are the other path.
-pub fn heartbeat_notifier(_rc: &RuntimeConfig, role: &Role) -> OnTraffic {
-    let peer = match role {
-        Role::Primary { secondary } => secondary.clone(),
-        Role::Secondary { primary } => primary.clone(),
-        _ => return Arc::new(|| {}),
-    };
-    let seen = Arc::new(AtomicBool::new(false));
-    let flag = Arc::downgrade(&seen);
-    let spawned = std::thread::Builder::new()
-        .name("peer-alive".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
-            // Ends when the link (the only owner of the flag) is gone.
-            let Some(f) = flag.upgrade() else { return };
-            if f.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let _ = config_schema::ctl::query(
-                    std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
-                    &config_schema::ctl::Request::PeerAlive { host: peer.clone() },
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The generation this member acts in, if it acts at all.
+    pub fn acting_generation(&self) -> Option<u64> {
+        match self.state {
+            State::Paired { g } | State::Solo { g } => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The generation shown in status (the pair's, or the one acted in).
+    pub fn generation(&self) -> u64 {
+        match &self.state {
+            State::Paired { g }
+            | State::Solo { g }
+            | State::Racing { g, .. }
+            | State::Fenced { g }
+            | State::Rechecking { g }
+            | State::StorageHeld { g, .. }
+            | State::HandingOver { g, .. }
+            | State::Following { g }
+            | State::Draining { g, .. }
+            | State::Claiming { g, .. } => *g,
+            State::Halted(_) => self.acted,
+        }
+    }
+
+    pub fn is_halted(&self) -> bool {
+        matches!(self.state, State::Halted(_))
+    }
+
+    /// Takes one event; returns what to do. The only place `state` changes.
+    pub fn on_event(&mut self, ev: Event) -> Vec<Action> {
+        if let Event::Tick { now_ms, .. } = ev {
+            self.now_ms = self.now_ms.max(now_ms);
+        }
+        if let Event::Grant(g) = &ev {
+            self.granted = *g == Grant::Ok;
+        }
+        let before = self.state.clone();
+        let (next, actions) = self.transition(ev);
+        if let Some(next) = next {
+            self.check_transition(&before, &next, &actions);
+            self.state = next;
+        }
+        actions
+    }
+
+    /// The asserted invariants of a transition (module docs).
+    fn check_transition(&mut self, from: &State, to: &State, actions: &[Action]) {
+        assert!(
+            !matches!(from, State::Halted(_)),
+            "invalid transition [{from} -> {to}]: halted is final"
+        );
+        for a in actions {
+            if let Action::Gate(Gate::Open | Gate::ByAcks) = a {
+                assert!(
+                    matches!(to, State::Paired { .. } | State::Solo { .. }),
+                    "invalid transition [{from} -> {to}]: output released in a state that \
+                     does not own its generation"
                 );
             }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start the peer-alive reporter: {e}");
+        }
+        if let Some(g) = match to {
+            State::Paired { g } | State::Solo { g } => Some(*g),
+            _ => None,
+        } {
+            assert!(
+                g >= self.acted,
+                "invalid transition [{from} -> {to}]: acting generation went back from {}",
+                self.acted
+            );
+            self.acted = g;
+        }
     }
-    Arc::new(move || seen.store(true, std::sync::atomic::Ordering::SeqCst))
+
+    fn say(&self, line: String) -> Action {
+        Action::Say(format!("ftvmm: vm {}: {line}", self.vm))
+    }
+
+    fn transition(&self, ev: Event) -> (Option<State>, Vec<Action>) {
+        if let State::Halted(_) = self.state {
+            return (None, Vec::new());
+        }
+        match ev {
+            Event::Stop => (
+                Some(State::Halted(Halt::Stopped)),
+                vec![Action::Gate(Gate::Held), Action::StopVcpu],
+            ),
+            Event::Deposed { generation, by } => self.on_deposed(generation, by),
+            Event::Decided {
+                generation,
+                decision,
+            } => self.on_decided(generation, decision),
+            Event::Grant(g) => self.on_grant(g),
+            other => match &self.state {
+                State::Paired { .. }
+                | State::StorageHeld { .. }
+                | State::Racing { .. }
+                | State::HandingOver { .. } => self.primary_event(other),
+                State::Following { .. } | State::Draining { .. } | State::Claiming { .. } => {
+                    self.secondary_event(other)
+                }
+                // A lone Primary has no channel: link events are stale.
+                State::Solo { .. } | State::Fenced { .. } | State::Rechecking { .. } => {
+                    (None, Vec::new())
+                }
+                State::Halted(_) => unreachable!("handled above"),
+            },
+        }
+    }
+
+    /// Paired Primary: losing the Secondary, handing over after a long
+    /// storage hold, and completing a hand-over.
+    fn primary_event(&self, ev: Event) -> (Option<State>, Vec<Action>) {
+        let paired = matches!(self.state, State::Paired { .. } | State::StorageHeld { .. });
+        let lost = match (&self.state, ev) {
+            (_, Event::ChannelLost { why }) if paired => why,
+            (_, Event::PeerDiverged { what }) if paired => {
+                format!("secondary {} diverged: {what}", self.peer)
+            }
+            (_, Event::Tick { silent_ms, .. })
+                if paired && silent_ms >= self.failure_timeout_ms =>
+            {
+                format!(
+                    "{} silent on the logging channel for {silent_ms} ms",
+                    self.peer
+                )
+            }
+            (
+                State::StorageHeld {
+                    g,
+                    since_ms,
+                    reason,
+                },
+                Event::Tick { now_ms, .. },
+            ) if now_ms >= since_ms + self.failure_timeout_ms => {
+                return (
+                    Some(State::HandingOver {
+                        g: *g,
+                        deadline_ms: now_ms + HAND_OVER_MS,
+                    }),
+                    vec![
+                        Action::Gate(Gate::Held),
+                        Action::StopVcpu,
+                        self.say(format!(
+                            "fencing withdrew the output grant {} ms ago ({reason}); handing \
+                             the VM over to secondary {}",
+                            now_ms - since_ms,
+                            self.peer
+                        )),
+                    ],
+                );
+            }
+            (State::HandingOver { g, .. }, Event::AllAcked) => {
+                let g = *g;
+                return (
+                    Some(State::Halted(Halt::HandedOver { to_secondary: true })),
+                    vec![
+                        Action::Resign {
+                            reason: "storage lost (fencing holds output)".into(),
+                        },
+                        self.say(format!(
+                            "storage lost (fencing holds output); handed the VM over to \
+                             secondary {} in generation {g}; halting here",
+                            self.peer
+                        )),
+                    ],
+                );
+            }
+            (State::HandingOver { deadline_ms, .. }, Event::Tick { now_ms, .. })
+                if now_ms >= *deadline_ms =>
+            {
+                return (
+                    Some(State::Halted(Halt::HandedOver {
+                        to_secondary: false,
+                    })),
+                    vec![
+                        Action::CloseLink {
+                            reason: "storage lost; could not hand over".into(),
+                        },
+                        self.say(format!(
+                            "storage lost (fencing holds output); could not hand over to \
+                             secondary {} (log not fully acknowledged or channel down); \
+                             halting here",
+                            self.peer
+                        )),
+                    ],
+                );
+            }
+            (State::HandingOver { .. }, Event::ChannelLost { why }) => {
+                return (
+                    Some(State::Halted(Halt::HandedOver {
+                        to_secondary: false,
+                    })),
+                    vec![self.say(format!(
+                        "storage lost (fencing holds output); channel to secondary {} ended \
+                         ({why}) before the hand-over; halting here",
+                        self.peer
+                    ))],
+                );
+            }
+            _ => return (None, Vec::new()),
+        };
+        let (State::Paired { g } | State::StorageHeld { g, .. }) = self.state else {
+            unreachable!("only a paired Primary loses its Secondary")
+        };
+        let next = g + 1;
+        (
+            Some(State::Racing {
+                g,
+                why: lost.clone(),
+            }),
+            vec![
+                Action::Gate(Gate::Held),
+                Action::CloseLink {
+                    reason: format!("secondary lost: {lost}"),
+                },
+                Action::Acquire { generation: next },
+                self.say(format!(
+                    "secondary suspected ({lost}); holding output, asking for generation {next}"
+                )),
+            ],
+        )
+    }
+
+    /// Secondary: the Primary going away, divergence, the log running out.
+    fn secondary_event(&self, ev: Event) -> (Option<State>, Vec<Action>) {
+        let g = self.generation();
+        match (&self.state, ev) {
+            (_, Event::Diverged { what }) => (
+                Some(State::Halted(Halt::Diverged { what: what.clone() })),
+                vec![
+                    Action::SendDiverged { what: what.clone() },
+                    Action::StopVcpu,
+                    self.say(format!(
+                        "this secondary diverged; it halts and is never promoted ({what})"
+                    )),
+                ],
+            ),
+            (_, Event::PrimaryEnded) => (Some(State::Halted(Halt::PrimaryEnded)), Vec::new()),
+            (State::Following { .. }, Event::ChannelLost { why })
+            | (State::Following { .. }, Event::PeerResigned { why }) => (
+                Some(State::Draining {
+                    g,
+                    why: why.clone(),
+                }),
+                vec![Action::CloseLink { reason: why }],
+            ),
+            (State::Following { .. }, Event::Tick { silent_ms, .. })
+                if silent_ms >= self.failure_timeout_ms =>
+            {
+                let why = format!(
+                    "{} silent on the logging channel for {silent_ms} ms",
+                    self.peer
+                );
+                (
+                    Some(State::Draining {
+                        g,
+                        why: why.clone(),
+                    }),
+                    vec![Action::CloseLink {
+                        reason: format!("primary suspected: {why}"),
+                    }],
+                )
+            }
+            (State::Following { .. } | State::Draining { .. }, Event::ReplayExhausted { at }) => {
+                let why = match &self.state {
+                    State::Draining { why, .. } => why.clone(),
+                    _ => "the channel ended".to_string(),
+                };
+                let next = g + 1;
+                (
+                    Some(State::Claiming {
+                        g,
+                        at,
+                        why: why.clone(),
+                    }),
+                    vec![
+                        Action::Acquire { generation: next },
+                        self.say(format!(
+                            "primary {} lost ({why}); replayed every record up to exit {at}; \
+                             asking for generation {next}",
+                            self.peer
+                        )),
+                    ],
+                )
+            }
+            _ => (None, Vec::new()),
+        }
+    }
+
+    fn on_decided(&self, generation: u64, decision: Decision) -> (Option<State>, Vec<Action>) {
+        let (g, live_at) = match &self.state {
+            State::Racing { g, .. } | State::Rechecking { g } => (*g, None),
+            State::Claiming { g, at, .. } => (*g, Some(*at)),
+            // A decision that arrives after a state change (a late answer
+            // for a race that no longer runs): a lone Primary fenced again
+            // while re-checking keeps the generation it won, held.
+            State::Fenced { g } if generation == g + 1 => {
+                return match decision {
+                    Decision::Won => (Some(State::Fenced { g: generation }), Vec::new()),
+                    d => self.halt_on(generation, d),
+                };
+            }
+            _ => return (None, Vec::new()),
+        };
+        if generation != g + 1 {
+            return (None, Vec::new());
+        }
+        match decision {
+            Decision::Won => match live_at {
+                Some(at) => (
+                    Some(State::Solo { g: generation }),
+                    vec![Action::GoLive { generation, at }, Action::Gate(Gate::Open)],
+                ),
+                None if self.granted => (
+                    Some(State::Solo { g: generation }),
+                    vec![
+                        Action::Gate(Gate::Open),
+                        self.say(format!(
+                            "won generation {generation}; primary continues without secondary"
+                        )),
+                    ],
+                ),
+                // Won, but the grant went away meanwhile: hold, re-check later.
+                None => (
+                    Some(State::Fenced { g: generation }),
+                    vec![self.say(format!(
+                        "won generation {generation}; output stays held until fencing grants it"
+                    ))],
+                ),
+            },
+            d => self.halt_on(generation, d),
+        }
+    }
+
+    fn halt_on(&self, generation: u64, d: Decision) -> (Option<State>, Vec<Action>) {
+        let (halt, line) = match d {
+            Decision::Lost { owner } => (
+                Halt::Lost {
+                    generation,
+                    owner: owner.clone(),
+                },
+                format!("lost generation {generation} to {owner}; halting the VM"),
+            ),
+            Decision::Superseded { by } => (
+                Halt::Superseded { generation, by },
+                format!("generation {generation} is superseded by generation {by}; halting the VM"),
+            ),
+            Decision::Won => unreachable!("a win does not halt"),
+        };
+        (
+            Some(State::Halted(halt)),
+            vec![Action::Gate(Gate::Held), Action::StopVcpu, self.say(line)],
+        )
+    }
+
+    fn on_grant(&self, grant: Grant) -> (Option<State>, Vec<Action>) {
+        match (&self.state, grant) {
+            (State::Paired { g }, Grant::Withdrawn { reason }) => (
+                Some(State::StorageHeld {
+                    g: *g,
+                    since_ms: self.now_ms,
+                    reason: reason.clone(),
+                }),
+                vec![
+                    Action::Gate(Gate::Held),
+                    self.say(format!(
+                        "fencing withdrew the output grant ({reason}); output held; handing \
+                         the VM over to secondary {} unless it is back within {} ms",
+                        self.peer, self.failure_timeout_ms
+                    )),
+                ],
+            ),
+            // Back in time: the Secondary followed all along (a loss would
+            // have moved this member to Racing), so the pair goes on in `g`
+            // under the Output Rule; fresh acks still gate every release.
+            (State::StorageHeld { g, since_ms, .. }, Grant::Ok) => (
+                Some(State::Paired { g: *g }),
+                vec![
+                    Action::Gate(Gate::ByAcks),
+                    self.say(format!(
+                        "output grant back after {} ms; the pair goes on",
+                        self.now_ms.saturating_sub(*since_ms)
+                    )),
+                ],
+            ),
+            (State::Solo { g }, Grant::Withdrawn { .. } | Grant::Lapsed) => (
+                Some(State::Fenced { g: *g }),
+                vec![Action::Gate(Gate::Held)],
+            ),
+            (State::Fenced { g }, Grant::Ok) => {
+                let next = g + 1;
+                (
+                    Some(State::Rechecking { g: *g }),
+                    vec![
+                        Action::Acquire { generation: next },
+                        self.say(format!(
+                            "storage is back; re-winning generation {next} before output flows"
+                        )),
+                    ],
+                )
+            }
+            (State::Rechecking { g }, Grant::Withdrawn { .. } | Grant::Lapsed) => {
+                (Some(State::Fenced { g: *g }), Vec::new())
+            }
+            // A paired Primary's lapsed grant holds its output through the
+            // host-wide grant check (the Output Rule still applies on top).
+            _ => (None, Vec::new()),
+        }
+    }
+
+    fn on_deposed(&self, generation: u64, by: String) -> (Option<State>, Vec<Action>) {
+        let mine = self.generation();
+        // Only a Primary (or one racing/fenced) acts; a deposition names a
+        // generation later than the one it acts in.
+        let primary_side = !matches!(
+            self.state,
+            State::Following { .. } | State::Draining { .. } | State::Claiming { .. }
+        );
+        if !primary_side || generation <= mine {
+            return (None, Vec::new());
+        }
+        (
+            Some(State::Halted(Halt::Deposed {
+                generation,
+                by: by.clone(),
+            })),
+            vec![
+                Action::Gate(Gate::Held),
+                Action::StopVcpu,
+                self.say(format!(
+                    "deposed: {by} started generation {generation} while this host acted in \
+                     generation {mine}; halting the VM"
+                )),
+            ],
+        )
+    }
 }
 
-/// Runs this host's half of `vm` to its end (blocking): handshake, then the
-/// Primary's or the Secondary's run.
-#[allow(clippy::too_many_arguments)]
-pub fn run_member(
-    rc: &RuntimeConfig,
-    vm: &config_schema::Vm,
-    role: &Role,
-    spec: PairSpec,
-    console: ConsoleSink,
-    handle: &Arc<PairHandle>,
-    stop: &Arc<AtomicBool>,
-    on_start: impl FnOnce(VmHandle, Arc<Progress>),
-    on_traffic: OnTraffic,
-) -> Result<PairReport, PairError> {
-    let index = rc
-        .config
-        .vms
-        .iter()
-        .position(|v| v.name == vm.name)
-        .expect("vm is from this config");
-    match role {
-        Role::Primary { secondary } => {
-            let peer = rc
-                .config
-                .hosts
-                .iter()
-                .find(|h| &h.name == secondary)
-                .ok_or_else(|| PairError::Protocol(format!("no host {secondary}")))?;
-            let peer_key = key(&peer.public_key)
-                .ok_or_else(|| PairError::Protocol(format!("bad public key of {secondary}")))?;
-            let ip = ft_ip(rc, secondary)
-                .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
-            handle.set_role("primary (pairing)");
-            let addr = SocketAddr::new(ip, channel_port(index));
-            let mut spec = spec;
-            spec.peer = secondary.clone();
-            let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
-            println!(
-                "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
-                vm.name, spec.hello.generation
-            );
-            run_primary(&spec, ch, console, handle, stop, on_start, on_traffic)
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Paired { g } => write!(f, "primary (generation {g})"),
+            State::Solo { g } => write!(f, "primary (unprotected, generation {g})"),
+            State::Racing { g, why } => {
+                write!(
+                    f,
+                    "primary holding output, racing for generation {} ({why})",
+                    g + 1
+                )
+            }
+            State::Fenced { g } => write!(f, "primary held by fencing (generation {g})"),
+            State::Rechecking { g } => {
+                write!(
+                    f,
+                    "primary re-winning generation {} after a fencing hold",
+                    g + 1
+                )
+            }
+            State::StorageHeld { g, .. } => {
+                write!(f, "primary holding output for fencing (generation {g})")
+            }
+            State::HandingOver { g, .. } => write!(f, "primary handing over (generation {g})"),
+            State::Following { g } => write!(f, "secondary (generation {g})"),
+            State::Draining { g, why } => {
+                write!(f, "secondary replaying the rest of generation {g} ({why})")
+            }
+            State::Claiming { g, at, .. } => {
+                write!(f, "secondary racing for generation {} at exit {at}", g + 1)
+            }
+            State::Halted(h) => write!(f, "halted ({h})"),
         }
-        Role::Secondary { primary } => {
-            let ip = ft_ip(rc, &rc.host_name)
-                .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
-            let listener = pair::listen(ip, index)?;
-            handle.set_role("secondary (pairing)");
-            println!(
-                "ftvmm: vm {}: secondary waiting for primary {primary} on {}",
-                vm.name,
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            );
-            let hosts: Vec<(String, [u8; 32])> = rc
-                .config
-                .hosts
-                .iter()
-                .filter_map(|h| Some((h.name.clone(), key(&h.public_key)?)))
-                .collect();
-            let allowed =
-                move |k: &[u8; 32]| hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone());
-            let (ch, hello) =
-                secondary_handshake(&listener, &spec.identity, &allowed, &spec.hello, stop)?;
-            drop(listener);
-            println!(
-                "ftvmm: vm {}: paired with primary {}; generation {}",
-                vm.name,
-                ch.peer(),
-                hello.generation
-            );
-            let mut spec = spec;
-            spec.hello.generation = hello.generation;
-            spec.peer = primary.clone();
-            let sectors = spec
-                .vm
-                .disk
-                .as_ref()
-                .and_then(|d| d.region)
-                .map(|(_, len)| len / crate::live::disk::SECTOR);
-            run_secondary(
-                &spec, ch, sectors, console, handle, stop, on_start, on_traffic,
-            )
+    }
+}
+
+impl fmt::Display for Halt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Halt::Lost { generation, owner } => {
+                write!(f, "lost generation {generation} to {owner}")
+            }
+            Halt::Superseded { generation, by } => {
+                write!(f, "generation {generation} superseded by {by}")
+            }
+            Halt::Deposed { generation, by } => {
+                write!(f, "deposed by {by} in generation {generation}")
+            }
+            Halt::Diverged { what } => write!(f, "diverged: {what}"),
+            Halt::HandedOver { to_secondary: true } => write!(f, "handed over"),
+            Halt::HandedOver {
+                to_secondary: false,
+            } => write!(f, "storage lost, hand-over failed"),
+            Halt::PrimaryEnded => write!(f, "primary ended the VM"),
+            Halt::Stopped => write!(f, "stopped"),
         }
-        Role::Unprotected | Role::None => Err(PairError::Protocol(format!(
-            "vm {} has no pair role on this host",
-            vm.name
-        ))),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rc(host: &str) -> RuntimeConfig {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/cluster.toml"
-        ))
-        .unwrap();
-        let config = config_schema::validate::parse(&text).unwrap().config;
-        RuntimeConfig {
-            config,
-            host_name: host.into(),
-            host_private_key: "00".repeat(32),
-        }
-    }
-
-    #[test]
-    fn primary_and_secondary_are_the_first_two_allowed_hosts_never_the_same() {
-        let a = rc("host-a");
-        let vm = a.config.vms[0].clone();
-        assert_eq!(pair_hosts(&a.config, &vm), vec!["host-a", "host-b"]);
-        assert_eq!(
-            role(&a, &vm),
-            Role::Primary {
-                secondary: "host-b".into()
-            }
-        );
-        assert_eq!(
-            role(&rc("host-b"), &vm),
-            Role::Secondary {
-                primary: "host-a".into()
-            }
-        );
-        assert_eq!(role(&rc("host-c"), &vm), Role::None);
-    }
-}
+#[path = "member_tests.rs"]
+mod tests;

@@ -1,8 +1,11 @@
 //! The Secondary's side of lockstep: replay the log at the same exit indices.
 //!
-//! Records arrive (receiver thread) into a [`ReplayQueue`]; [`SecondaryInputs`]
-//! hands them to the vCPU loop exactly where the Primary's loop took the
-//! original values. At every call it checks the head of the queue:
+//! Batches arrive (receiver thread) into a [`ReplayQueue`], which decodes them
+//! with a [`Reader`]: a body the Primary split into pieces is queued only once
+//! whole, so the replay below only ever sees whole bodies (a split body whose
+//! last piece never arrives is as if never sent). [`SecondaryInputs`] hands
+//! them to the vCPU loop exactly where the Primary's loop took the original
+//! values. At every call it checks the head of the queue:
 //!
 //! - a record for an earlier exit than the current one was skipped, and a
 //!   record of another kind than the call expects at this exit was produced by
@@ -19,14 +22,14 @@
 //! is *exhausted*: the VM stops at that exit so the caller can decide (halt,
 //! or go live — DESIGN §4). Outputs are digested and dropped.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::digest::OutputDigest;
-use super::log::{Body, Record};
+use super::log::{Body, LogError, Reader, Record, Whole};
 use super::primary::CHECK_EVERY;
-use crate::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource};
+use crate::io::{BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource};
 use crate::vm::VmHandle;
 
 /// How long one blocking wait lasts before re-checking for a stop request.
@@ -45,17 +48,29 @@ pub enum ReplayEnd {
 }
 
 struct State {
-    records: VecDeque<Record>,
-    /// Every record `< received` arrived.
+    /// Whole bodies received and not replayed, each with the sequence number
+    /// after its last record.
+    records: VecDeque<Whole>,
+    /// `sent_ns` of the newest batch received (echoed in acks).
+    newest_sent_ns: u64,
+    /// Block requests the replayed VM issued and the log has not completed
+    /// yet, with the bytes the replay produced: what a go-live re-issues.
+    in_flight: BTreeMap<(u8, u64), BlockRequest>,
+    /// Every record `< received` arrived (pieces of an unfinished body
+    /// included).
     received: u64,
     /// Every record `< replayed` was consumed by the vCPU loop.
     replayed: u64,
     replayed_exit: ExitIndex,
     /// The channel ended (no more records will come).
     closed: Option<String>,
+    /// When it was closed (go-live reports the time since).
+    closed_at: Option<std::time::Instant>,
     divergences: u64,
     out_digest: OutputDigest,
     outputs_dropped: u64,
+    /// Outputs whose digest matched the Primary's `Outputs` record.
+    outputs_verified: u64,
     /// Stop waiting (the VM is being stopped).
     abort: bool,
 }
@@ -65,6 +80,9 @@ struct State {
 pub struct ReplayQueue {
     st: Mutex<State>,
     cv: Condvar,
+    /// The receiver thread's decoder (its own lock: decoding a batch does not
+    /// hold up the vCPU thread).
+    reader: Mutex<Reader>,
 }
 
 impl ReplayQueue {
@@ -72,16 +90,21 @@ impl ReplayQueue {
         Arc::new(ReplayQueue {
             st: Mutex::new(State {
                 records: VecDeque::new(),
+                newest_sent_ns: 0,
+                in_flight: BTreeMap::new(),
                 received: first_seq,
                 replayed: first_seq,
                 replayed_exit: 0,
                 closed: None,
+                closed_at: None,
                 divergences: 0,
                 out_digest: OutputDigest::default(),
                 outputs_dropped: 0,
+                outputs_verified: 0,
                 abort: false,
             }),
             cv: Condvar::new(),
+            reader: Mutex::new(Reader::new(first_seq)),
         })
     }
 
@@ -89,17 +112,70 @@ impl ReplayQueue {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a decoded batch. The caller checked that it starts at
-    /// [`ReplayQueue::received`] and is gapless (`log::decode_batch`).
-    pub fn push_batch(&self, recs: Vec<Record>) {
+    /// Takes a batch of `count` encoded records starting at `first_seq` that
+    /// the Primary sent at `sent_ns` (receiver thread): it must continue the
+    /// log exactly and decode whole; the bodies it completes are queued. All
+    /// or nothing: on an error nothing of the batch is queued, and no later
+    /// batch is taken (the log cannot continue past it).
+    pub fn receive_batch(
+        &self,
+        first_seq: u64,
+        count: u32,
+        bytes: &[u8],
+        sent_ns: u64,
+    ) -> Result<(), LogError> {
+        let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let wholes = reader.read_batch(bytes, first_seq, count)?;
         let mut st = self.lock();
-        if let Some(first) = recs.first() {
-            assert_eq!(first.seq, st.received, "batch does not continue the log");
-        }
-        st.received += recs.len() as u64;
-        st.records.extend(recs);
+        st.received = reader.next_seq();
+        st.newest_sent_ns = st.newest_sent_ns.max(sent_ns);
+        st.records.extend(wholes);
         drop(st);
         self.cv.notify_all();
+        Ok(())
+    }
+
+    /// Queues records already decoded whole, each one record long (bodies
+    /// that were not split), as the Primary sent them at `sent_ns`
+    /// (simulations that replay a prefix of a log). They must continue the
+    /// log exactly.
+    pub fn push_batch(&self, recs: Vec<Record>, sent_ns: u64) {
+        let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
+        assert_eq!(
+            reader.unfinished(),
+            None,
+            "whole records pushed behind an unfinished split body"
+        );
+        for (i, rec) in recs.iter().enumerate() {
+            assert_eq!(
+                rec.seq,
+                st.received + i as u64,
+                "batch does not continue the log"
+            );
+        }
+        st.received += recs.len() as u64;
+        *reader = Reader::new(st.received);
+        st.newest_sent_ns = st.newest_sent_ns.max(sent_ns);
+        st.records.extend(recs.into_iter().map(|rec| Whole {
+            end_seq: rec.seq + 1,
+            rec,
+        }));
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// The `sent_ns` of the newest batch received (an ack echoes it).
+    pub fn newest_sent_ns(&self) -> u64 {
+        self.lock().newest_sent_ns
+    }
+
+    /// The block requests the replayed VM issued that the log never completed,
+    /// in issue order, carrying the bytes the replay produced (a go-live
+    /// re-issues exactly these: the deposed Primary may have had them in
+    /// flight, and guest memory may have changed since they were issued).
+    pub fn in_flight_block_requests(&self) -> Vec<BlockRequest> {
+        self.lock().in_flight.values().cloned().collect()
     }
 
     /// Sequence number the next batch must start with.
@@ -116,15 +192,28 @@ impl ReplayQueue {
     /// No more records will come.
     pub fn close(&self, why: &str) {
         let mut st = self.lock();
+        st.closed_at.get_or_insert_with(std::time::Instant::now);
         st.closed.get_or_insert_with(|| why.to_string());
         drop(st);
         self.cv.notify_all();
+    }
+
+    /// When the queue was closed, if it was.
+    pub fn closed_at(&self) -> Option<std::time::Instant> {
+        self.lock().closed_at
     }
 
     /// Stop waiting for records (the VM is being stopped).
     pub fn abort(&self) {
         self.lock().abort = true;
         self.cv.notify_all();
+    }
+
+    /// Outputs this replay produced and checked against the Primary's
+    /// digests: a Secondary that goes live has verified at least every
+    /// output the Primary released (the Output Rule's covering digest).
+    pub fn outputs_verified(&self) -> u64 {
+        self.lock().outputs_verified
     }
 
     pub fn divergences(&self) -> u64 {
@@ -140,6 +229,7 @@ impl ReplayQueue {
             "queued_records": st.records.len(),
             "divergences": st.divergences,
             "outputs_dropped": st.outputs_dropped,
+            "outputs_verified": st.outputs_verified,
             "channel_closed": st.closed,
         })
     }
@@ -196,12 +286,13 @@ impl SecondaryInputs {
     fn head(&mut self, n: ExitIndex) -> Head {
         let mut st = self.q.lock();
         loop {
-            if let Some(front) = st.records.front() {
-                if front.n > n {
-                    return Head::Later(front.n);
+            if let Some(Whole { rec, .. }) = st.records.front() {
+                if rec.n > n {
+                    return Head::Later(rec.n);
                 }
-                let rec = st.records.pop_front().expect("front exists");
-                st.replayed = rec.seq + 1;
+            }
+            if let Some(Whole { rec, end_seq }) = st.records.pop_front() {
+                st.replayed = end_seq;
                 st.replayed_exit = n;
                 return Head::Here(rec);
             }
@@ -289,7 +380,10 @@ impl SecondaryInputs {
                 Body::Outputs {
                     count: c,
                     digest: d,
-                } if rec.n == n && c == count && d == digest => true,
+                } if rec.n == n && c == count && d == digest => {
+                    self.q.lock().outputs_verified += u64::from(count);
+                    true
+                }
                 _ => {
                     self.diverge(n, &ours, Some(&rec));
                     false
@@ -321,7 +415,7 @@ impl SecondaryInputs {
                     return;
                 }
                 Head::Here(rec) => {
-                    let Some(rec) = deliver(n, rec, out) else {
+                    let Some(rec) = deliver(&self.q, n, rec, out) else {
                         return;
                     };
                     if !self.control(n, &rec) {
@@ -339,12 +433,25 @@ impl SecondaryInputs {
 /// Hands `rec` to the vCPU loop if it answers the input call at exit `n`:
 /// its events, or the Primary's mark that the call returned nothing. Any
 /// other record is given back.
-fn deliver(n: ExitIndex, rec: Record, out: &mut Vec<InputEvent>) -> Option<Record> {
+fn deliver(
+    q: &ReplayQueue,
+    n: ExitIndex,
+    rec: Record,
+    out: &mut Vec<InputEvent>,
+) -> Option<Record> {
     if rec.n != n {
         return Some(rec);
     }
     match rec.body {
         Body::Events(evs) => {
+            {
+                let mut st = q.lock();
+                for e in &evs {
+                    if let InputEvent::BlockDone { dev, id, .. } = e {
+                        st.in_flight.remove(&(*dev, *id));
+                    }
+                }
+            }
             out.extend(evs);
             None
         }
@@ -370,7 +477,7 @@ impl Inputs for SecondaryInputs {
         // record must be for `n`.
         match self.head(n) {
             Head::Here(rec) => {
-                let Some(rec) = deliver(n, rec, out) else {
+                let Some(rec) = deliver(&self.q, n, rec, out) else {
                     return;
                 };
                 if !self.control(n, &rec) && self.end.is_none() {
@@ -451,5 +558,74 @@ impl Outputs for SecondaryOutputs {
         let mut st = self.0.lock();
         st.out_digest.add(&event);
         st.outputs_dropped += 1;
+        if let OutputEvent::Block(req) = event {
+            st.in_flight.insert((req.dev, req.id), req);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{BlockOp, BlockStatus};
+
+    fn write(id: u64, data: &[u8]) -> OutputEvent {
+        OutputEvent::Block(BlockRequest {
+            dev: 0,
+            id,
+            op: BlockOp::Write {
+                sector: 8,
+                data: data.to_vec(),
+            },
+        })
+    }
+
+    /// What a go-live re-issues is what the replay issued, with the bytes the
+    /// replay produced, minus what the log completed.
+    #[test]
+    fn in_flight_requests_carry_the_replayed_bytes_until_the_log_completes_them() {
+        let q = ReplayQueue::new(0);
+        let mut out = SecondaryOutputs(Arc::clone(&q));
+        let mut digest = OutputDigest::default();
+        for (id, data) in [(1, &b"old"[..]), (2, &b"new"[..])] {
+            digest.add(&write(id, data));
+            out.emit(1, write(id, data));
+        }
+        let (count, digest) = digest.take().unwrap();
+        let outputs = Record {
+            seq: 0,
+            n: 1,
+            body: Body::Outputs { count, digest },
+        };
+        let done = Record {
+            seq: 1,
+            n: 3,
+            body: Body::Events(vec![InputEvent::BlockDone {
+                dev: 0,
+                id: 1,
+                status: BlockStatus::Ok,
+                data: Vec::new(),
+            }]),
+        };
+        q.push_batch(vec![outputs, done], 0);
+        let mut evs = Vec::new();
+        let mut sin = SecondaryInputs::new(Arc::clone(&q), VmHandle::standalone());
+        for n in 1..=3 {
+            sin.events_at(n, &mut evs);
+        }
+        assert_eq!(sin.end(), None);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(q.outputs_verified(), 2);
+        let left = q.in_flight_block_requests();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, 2);
+        assert_eq!(
+            left[0].op,
+            BlockOp::Write {
+                sector: 8,
+                data: b"new".to_vec()
+            },
+            "re-issued with the replay's bytes"
+        );
     }
 }

@@ -25,7 +25,9 @@ use crate::io::{BlockOp, BlockRequest, BlockStatus, OutputEvent};
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 /// Largest data transfer of one request; larger ones get IOERR (bounds host
-/// memory a hostile guest can make us allocate).
+/// memory a hostile guest can make us allocate). A read of this size is one
+/// completion that the lockstep log carries as one body, split into records
+/// (`lockstep::log::MAX_BODY`, asserted there at compile time).
 pub const MAX_REQUEST_BYTES: u64 = 16 << 20;
 /// Prefix of the GET_ID answer; the device index follows (`ftvmm-blk0`).
 pub const BLOCK_ID: &str = "ftvmm-blk";

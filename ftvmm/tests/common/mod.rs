@@ -153,8 +153,8 @@ guest!(
 // Same IDT/PIC/PIT setup as guest_ticks, but keeps interrupts disabled while
 // doing 20 port writes, then executes `sti`, a 200,000-iteration loop without
 // exits, and port writes: a tick delivered while IF=0 must wait for the
-// interrupt window (or, where KVM reports the window late, the next exit). Exits with r15 (the
-// number of interrupts taken) after the second batch.
+// next exit with IF=1 (the VMM requests no interrupt window). Exits with r15
+// (the number of interrupts taken) after the second batch.
 guest!(
     guest_window,
     "ftvmm_g_window_start",
@@ -226,6 +226,75 @@ guest!(
     ".quad 0x1000",
 );
 
+// The IDT/PIC/PIT setup of guest_ticks, but the master PIC in auto-EOI mode
+// (the handler makes no exit: `inc r15; iretq`). Then 3000 times: `cli`, a
+// port write (exit; the inputs deliver a tick there, so an interrupt is
+// pending while IF=0), `sti; hlt` (the HLT sits in the STI shadow and must
+// exit as a HLT, where the tick is injected). Exits with r15 (interrupts
+// taken) mod 256.
+guest!(
+    guest_sti_hlt,
+    "ftvmm_g_sti_hlt_start",
+    "ftvmm_g_sti_hlt_end",
+    "lea rax, [rip + 8f]",
+    "mov rdi, 0x1200",
+    "mov word ptr [rdi], ax",
+    "mov word ptr [rdi + 2], 0x08",
+    "mov word ptr [rdi + 4], 0x8e00",
+    "shr rax, 16",
+    "mov word ptr [rdi + 6], ax",
+    "shr rax, 16",
+    "mov dword ptr [rdi + 8], eax",
+    "mov dword ptr [rdi + 12], 0",
+    "lidt [rip + 9f]",
+    "mov al, 0x11",
+    "out 0x20, al",
+    "out 0xa0, al",
+    "mov al, 0x20",
+    "out 0x21, al",
+    "mov al, 0x28",
+    "out 0xa1, al",
+    "mov al, 0x04",
+    "out 0x21, al",
+    "mov al, 0x02",
+    "out 0xa1, al",
+    "mov al, 0x03",
+    "out 0x21, al",
+    "mov al, 0x01",
+    "out 0xa1, al",
+    "mov al, 0xfe",
+    "out 0x21, al",
+    "mov al, 0xff",
+    "out 0xa1, al",
+    "mov al, 0x34",
+    "out 0x43, al",
+    "mov al, 0x9c",
+    "out 0x40, al",
+    "mov al, 0x2e",
+    "out 0x40, al",
+    "xor r15, r15",
+    "xor r14, r14",
+    "3:",
+    "cli",
+    "out 0x80, al",
+    "sti",
+    "hlt",
+    "inc r14",
+    "cmp r14, 3000",
+    "jb 3b",
+    "cli",
+    "mov rax, r15",
+    "mov dx, 0x501",
+    "out dx, al",
+    "hlt",
+    "8:",
+    "inc r15",
+    "iretq",
+    "9:",
+    ".word 0xfff",
+    ".quad 0x1000",
+);
+
 // Reads virtio-mmio MagicValue, Version and DeviceID of device 0 and writes
 // them to port 0x80 as dwords; exits 0.
 guest!(
@@ -275,6 +344,19 @@ impl Inputs for ScriptedInputs {
     }
     fn program_timer(&mut self, n: ExitIndex, program: TimerProgram) {
         self.programs.push((n, program));
+    }
+}
+
+/// A timer tick at every deterministic exit (for guests whose handler makes
+/// no exit, e.g. [`guest_sti_hlt`]).
+pub struct TickEveryExit;
+
+impl Inputs for TickEveryExit {
+    fn events_at(&mut self, _n: ExitIndex, out: &mut Vec<InputEvent>) {
+        out.push(InputEvent::TimerTick);
+    }
+    fn time_read(&mut self, n: ExitIndex, _source: TimeSource) -> u64 {
+        n * 1_000
     }
 }
 

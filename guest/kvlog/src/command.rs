@@ -1,11 +1,14 @@
 //! The KV service's text protocol: line framing and command parsing.
 //!
 //! One command per `\n`-terminated line (a trailing `\r` is ignored):
-//! `PUT <key> <value>`, `GET <key>`, `STAT`. Fields are separated by exactly one space. Keys are
-//! 1..=64 and values 0..=1024 bytes of printable ASCII without spaces (`!`..=`~`); `PUT <key>`
-//! with nothing after the key stores an empty value.
+//! `PUT <key> <value>`, `GET <key>`, `STAT`, `SET <slot> <value>`, `SLOT <slot>`. Fields are
+//! separated by exactly one space. Keys are 1..=64 and values 0..=1024 bytes (0..=488 for `SET`)
+//! of printable ASCII without spaces (`!`..=`~`); `PUT <key>` or `SET <slot>` with nothing after
+//! it stores an empty value. A slot is a decimal number below [`SLOT_COUNT`] in its shortest
+//! form: digits only, no sign, no leading zero (`0`, `7`, `63`; not `07`, `+7`, `64`).
 
 use crate::record::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::slot::{MAX_SLOT_VALUE_LEN, SLOT_COUNT};
 use alloc::vec::Vec;
 
 /// Longest accepted line (without the newline, with room for a trailing `\r`); longer lines get
@@ -21,6 +24,10 @@ pub enum Command<'a> {
     Get { key: &'a [u8] },
     /// Report counters.
     Stat,
+    /// Rewrite slot `slot` in place with `value`.
+    Set { slot: usize, value: &'a [u8] },
+    /// Read slot `slot`.
+    Slot { slot: usize },
 }
 
 /// Why a line is not a command; the `Display` text is the `<reason>` of `ERR <reason>`.
@@ -29,7 +36,7 @@ pub enum ParseError {
     /// Nothing on the line.
     #[error("empty line")]
     Empty,
-    /// The first word is not PUT, GET or STAT.
+    /// The first word is not PUT, GET, STAT, SET or SLOT.
     #[error("unknown command")]
     UnknownCommand,
     /// PUT/GET without a key.
@@ -47,6 +54,15 @@ pub enum ParseError {
     /// More fields than the command takes.
     #[error("too many arguments")]
     TooManyArguments,
+    /// SET/SLOT without a slot number.
+    #[error("missing slot")]
+    MissingSlot,
+    /// A slot field that is not a decimal number in its shortest form.
+    #[error("bad slot")]
+    BadSlot,
+    /// A slot number of [`SLOT_COUNT`] or more.
+    #[error("slot out of range")]
+    SlotOutOfRange,
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -74,6 +90,46 @@ fn parse_key(key: Option<&[u8]>) -> Result<&[u8], ParseError> {
     Ok(key)
 }
 
+// `parse_slot` reads at most two digits.
+const _: () = assert!(SLOT_COUNT <= 100);
+
+fn parse_slot(field: Option<&[u8]>) -> Result<usize, ParseError> {
+    let field = field.ok_or(ParseError::MissingSlot)?;
+    if field.is_empty() {
+        return Err(ParseError::MissingSlot);
+    }
+    if !field.iter().all(u8::is_ascii_digit) || (field.len() > 1 && field[0] == b'0') {
+        return Err(ParseError::BadSlot);
+    }
+    // More digits than SLOT_COUNT has is out of range without computing it (no overflow).
+    if field.len() > 2 {
+        return Err(ParseError::SlotOutOfRange);
+    }
+    let slot = field
+        .iter()
+        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    if slot >= SLOT_COUNT {
+        return Err(ParseError::SlotOutOfRange);
+    }
+    Ok(slot)
+}
+
+fn parse_value(value: Option<&[u8]>, max: usize) -> Result<&[u8], ParseError> {
+    let value = value.unwrap_or_default();
+    check_token(value)?;
+    if value.len() > max {
+        return Err(ParseError::ValueTooLong);
+    }
+    Ok(value)
+}
+
+fn no_more(mut fields: impl Iterator) -> Result<(), ParseError> {
+    match fields.next() {
+        Some(_) => Err(ParseError::TooManyArguments),
+        None => Ok(()),
+    }
+}
+
 /// Parses one line (without its `\n`; a trailing `\r` is stripped).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -85,25 +141,27 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     match verb {
         b"PUT" => {
             let key = parse_key(fields.next())?;
-            let value = fields.next().unwrap_or_default();
-            check_token(value)?;
-            if value.len() > MAX_VALUE_LEN {
-                return Err(ParseError::ValueTooLong);
-            }
+            let value = parse_value(fields.next(), MAX_VALUE_LEN)?;
             Ok(Command::Put { key, value })
         }
         b"GET" => {
             let key = parse_key(fields.next())?;
-            if fields.next().is_some() {
-                return Err(ParseError::TooManyArguments);
-            }
+            no_more(fields)?;
             Ok(Command::Get { key })
         }
         b"STAT" => {
-            if fields.next().is_some() {
-                return Err(ParseError::TooManyArguments);
-            }
+            no_more(fields)?;
             Ok(Command::Stat)
+        }
+        b"SET" => {
+            let slot = parse_slot(fields.next())?;
+            let value = parse_value(fields.next(), MAX_SLOT_VALUE_LEN)?;
+            Ok(Command::Set { slot, value })
+        }
+        b"SLOT" => {
+            let slot = parse_slot(fields.next())?;
+            no_more(fields)?;
+            Ok(Command::Slot { slot })
         }
         _ => Err(ParseError::UnknownCommand),
     }
@@ -236,6 +294,65 @@ mod tests {
     }
 
     #[test]
+    fn parses_slot_commands() {
+        assert_eq!(
+            parse(b"SET 0 page"),
+            Ok(Command::Set {
+                slot: 0,
+                value: b"page"
+            })
+        );
+        assert_eq!(
+            parse(b"SET 63"),
+            Ok(Command::Set {
+                slot: 63,
+                value: b""
+            })
+        );
+        assert_eq!(
+            parse(b"SET 7 \r"),
+            Ok(Command::Set {
+                slot: 7,
+                value: b""
+            })
+        );
+        assert_eq!(parse(b"SLOT 12"), Ok(Command::Slot { slot: 12 }));
+        let mut max = b"SET 9 ".to_vec();
+        max.extend(vec![b'v'; MAX_SLOT_VALUE_LEN]);
+        assert!(parse(&max).is_ok());
+        max.push(b'v');
+        assert_eq!(parse(&max), Err(ParseError::ValueTooLong));
+    }
+
+    #[test]
+    fn rejects_bad_slots() {
+        for (line, err) in [
+            (&b"SET"[..], ParseError::MissingSlot),
+            (b"SET ", ParseError::MissingSlot),
+            (b"SLOT", ParseError::MissingSlot),
+            (b"SET  v", ParseError::MissingSlot),
+            (b"SET 07 v", ParseError::BadSlot),
+            (b"SET 00", ParseError::BadSlot),
+            (b"SET +7 v", ParseError::BadSlot),
+            (b"SET -1 v", ParseError::BadSlot),
+            (b"SET 0x1 v", ParseError::BadSlot),
+            (b"SLOT a", ParseError::BadSlot),
+            (b"SLOT 1\t", ParseError::BadSlot),
+            (b"SET 64 v", ParseError::SlotOutOfRange),
+            (b"SLOT 99", ParseError::SlotOutOfRange),
+            (b"SLOT 100", ParseError::SlotOutOfRange),
+            (b"SLOT 99999999999999999999999", ParseError::SlotOutOfRange),
+            (b"SLOT 1 2", ParseError::TooManyArguments),
+            (b"SLOT 1 ", ParseError::TooManyArguments),
+            (b"SET 1 a b", ParseError::BadCharacter),
+            (b"SET 1 \x80", ParseError::BadCharacter),
+            (b"set 1 v", ParseError::UnknownCommand),
+        ] {
+            assert_eq!(parse(line), Err(err), "{:?}", core::str::from_utf8(line));
+        }
+    }
+
+    #[test]
     fn frames_lines_across_pushes() {
         let mut lb = LineBuffer::new();
         lb.push(b"GET a\nPU");
@@ -265,8 +382,22 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn slot_field_accepted_iff_canonical_below_count(field in "[0-9+ -]{0,4}") {
+            let line = alloc::format!("SLOT {field}");
+            let canonical = field.parse::<usize>().ok().filter(|n| {
+                *n < SLOT_COUNT && alloc::format!("{n}") == field
+            });
+            match parse(line.as_bytes()) {
+                Ok(Command::Slot { slot }) => proptest::prop_assert_eq!(Some(slot), canonical),
+                other => proptest::prop_assert!(canonical.is_none(), "{:?} for {:?}", other, field),
+            }
+        }
+
+        #[test]
         fn parser_and_framer_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000)) {
-            let _ = parse(&data);
+            if let Ok(Command::Set { slot, value }) = parse(&data) {
+                proptest::prop_assert!(slot < SLOT_COUNT && value.len() <= MAX_SLOT_VALUE_LEN);
+            }
             let mut lb = LineBuffer::new();
             lb.push(&data);
             while let Some(line) = lb.pop_line() {

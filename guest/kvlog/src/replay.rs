@@ -1,6 +1,7 @@
 //! Rebuilding the KV table from the on-disk log at boot.
 //!
-//! The log starts at sector 0. Records are read one after the other; replay stops at the first
+//! The log is sectors `0..log_sectors` of the device (the slot area follows it, see
+//! [`crate::slot::DiskLayout`]); replay never reads past `log_sectors`. Records are read one after the other; replay stops at the first
 //! sector that is all zeros (clean end), at the end of the device, or at the first record that is
 //! damaged or out of order (a torn tail: bad magic, bad lengths, bad CRC, wrong sequence number or
 //! broken CRC chain). Everything before the stopping point is applied; appending continues at it.
@@ -63,15 +64,22 @@ pub struct ReplayOutcome {
     pub end: LogEnd,
 }
 
-/// Replays the log from sector 0, calling `apply` for every valid record in order.
+/// Replays the log in sectors `0..log_sectors` of `src`, calling `apply` for every valid record
+/// in order. "The end of the device" below means `log_sectors`.
 ///
-/// Device errors abort the replay; damaged data never does.
-pub fn replay<S, F>(src: &mut S, mut apply: F) -> Result<ReplayOutcome, S::Error>
+/// Device errors abort the replay; damaged data never does. Panics if `log_sectors` is past the
+/// end of `src`.
+pub fn replay<S, F>(src: &mut S, log_sectors: u64, mut apply: F) -> Result<ReplayOutcome, S::Error>
 where
     S: SectorSource + ?Sized,
     F: FnMut(&Record<'_>),
 {
-    let capacity = src.capacity_sectors();
+    assert!(
+        log_sectors <= src.capacity_sectors(),
+        "log of {log_sectors} sectors on a device of {}",
+        src.capacity_sectors()
+    );
+    let capacity = log_sectors;
     let mut buf = vec![0u8; MAX_RECORD_SECTORS * SECTOR_SIZE];
     let mut out = ReplayOutcome {
         records: 0,
@@ -213,7 +221,8 @@ mod tests {
     }
 
     fn count(disk: &mut MemDisk) -> ReplayOutcome {
-        replay(disk, |_| {}).unwrap()
+        let cap = disk.capacity_sectors();
+        replay(disk, cap, |_| {}).unwrap()
     }
 
     #[test]
@@ -229,7 +238,7 @@ mod tests {
     fn full_log_replays_in_order() {
         let (mut disk, starts) = log_with(12, 64);
         let mut keys = Vec::new();
-        let out = replay(&mut disk, |r| keys.push(r.key.to_vec())).unwrap();
+        let out = replay(&mut disk, 64, |r| keys.push(r.key.to_vec())).unwrap();
         assert_eq!(out.records, 12);
         assert_eq!(out.next_seq, 13);
         assert_eq!(out.end, LogEnd::Clean);
@@ -322,6 +331,36 @@ mod tests {
     }
 
     #[test]
+    fn replay_stops_at_the_log_bound() {
+        // Records in sectors 0 and 1; the log is only 1 sector long: the second is never read
+        // (it stands for the slot area after the log).
+        let (mut disk, starts) = log_with(2, 4);
+        assert_eq!(starts, [0, 1]);
+        let mut reads = Vec::new();
+        struct Spy<'a>(&'a mut MemDisk, &'a mut Vec<u64>);
+        impl SectorSource for Spy<'_> {
+            type Error = OutOfRange;
+            fn capacity_sectors(&self) -> u64 {
+                self.0.capacity_sectors()
+            }
+            fn read_sectors(&mut self, first: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+                self.1.push(first);
+                self.0.read_sectors(first, buf)
+            }
+        }
+        let out = replay(&mut Spy(&mut disk, &mut reads), 1, |_| {}).unwrap();
+        assert_eq!((out.records, out.next_sector), (1, 1));
+        assert_eq!(out.end, LogEnd::EndOfDevice);
+        assert_eq!(reads, [0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "log of 9 sectors on a device of 8")]
+    fn a_log_bound_past_the_device_panics() {
+        let _ = replay(&mut MemDisk::new(8), 9, |_| {});
+    }
+
+    #[test]
     fn device_error_is_reported() {
         struct Failing;
         impl SectorSource for Failing {
@@ -333,7 +372,7 @@ mod tests {
                 Err("io")
             }
         }
-        assert_eq!(replay(&mut Failing, |_| {}), Err("io"));
+        assert_eq!(replay(&mut Failing, 4, |_| {}), Err("io"));
     }
 
     proptest::proptest! {
@@ -342,7 +381,8 @@ mod tests {
             let mut disk = MemDisk { bytes };
             let len = disk.bytes.len() / SECTOR_SIZE * SECTOR_SIZE;
             disk.bytes.truncate(len);
-            let out = replay(&mut disk, |_| {}).unwrap();
+            let cap = disk.capacity_sectors();
+            let out = replay(&mut disk, cap, |_| {}).unwrap();
             proptest::prop_assert!(out.next_sector <= disk.capacity_sectors());
         }
 
@@ -359,7 +399,9 @@ mod tests {
             let _ = decode_record(&bytes);
             let len = bytes.len().div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
             bytes.resize(len, 0);
-            let _ = replay(&mut MemDisk { bytes }, |_| {}).unwrap();
+            let mut disk = MemDisk { bytes };
+            let cap = disk.capacity_sectors();
+            let _ = replay(&mut disk, cap, |_| {}).unwrap();
         }
     }
 }

@@ -1,23 +1,40 @@
-//! Executing KV commands: the table, the log cursor and the durable write in one place.
+//! Executing KV commands: the table, the log cursor, the slots and the durable writes in one place.
 //!
 //! `PUT` encodes a record at the log cursor, hands it to the [`LogWriter`] (which must return
 //! only once the record and a flush have completed on the device), and only then updates the
-//! table and answers `OK`. `GET` and `STAT` are served from memory.
+//! table and answers `OK`. `SET` does the same with its slot's one sector, rewritten in place,
+//! and answers `OK <version>`. `GET`, `SLOT` and `STAT` are served from memory.
+//!
+//! Invariant: nothing is answered `OK` or shown by `GET`/`SLOT` before the [`LogWriter`] said it
+//! is durable.
 
 use crate::command::{parse, Command, Line};
 use crate::record::Record;
-use crate::replay::ReplayOutcome;
+use crate::replay::{ReplayOutcome, SectorSource};
+use crate::slot::{DiskLayout, LayoutError};
+use crate::slot_table::{SlotState, SlotTable};
 use crate::store::{AppendError, KvStore, LogCursor};
 use alloc::format;
 use alloc::vec::Vec;
 use core::fmt::Display;
 
-/// The durable side of the log.
+/// The durable side of the disk.
 pub trait LogWriter {
     /// Error of the device.
     type Error: Display;
     /// Writes `bytes` (whole sectors) at sector `first` and returns once they are durable.
     fn write_durable(&mut self, first: u64, bytes: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Why the service could not be rebuilt from the disk at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecoverError<E: Display> {
+    /// The device is too small for the log and the slot area.
+    #[error("{0}")]
+    Layout(#[from] LayoutError),
+    /// A read failed.
+    #[error("disk read failed: {0}")]
+    Device(E),
 }
 
 /// The KV service state machine.
@@ -26,26 +43,43 @@ pub struct KvService {
     store: KvStore,
     cursor: LogCursor,
     replayed: u64,
+    layout: DiskLayout,
+    slots: SlotTable,
 }
 
 impl KvService {
-    /// A service whose table was rebuilt by a replay (see [`crate::replay::replay`]).
-    pub fn new(store: KvStore, outcome: &ReplayOutcome, capacity: u64) -> Self {
+    /// A service whose table was rebuilt by a replay (see [`crate::replay::replay`]) of the log
+    /// of `layout`, and whose slots were read from its slot area.
+    pub fn new(
+        store: KvStore,
+        outcome: &ReplayOutcome,
+        layout: DiskLayout,
+        slots: SlotTable,
+    ) -> Self {
         Self {
             store,
-            cursor: LogCursor::after_replay(outcome, capacity),
+            cursor: LogCursor::after_replay(outcome, layout.log_sectors),
             replayed: outcome.records,
+            layout,
+            slots,
         }
     }
 
-    /// Replays with `replay` into a fresh table and builds the service from the result.
-    pub fn recover<S: crate::replay::SectorSource + ?Sized>(
+    /// Replays the log into a fresh table, reads the slot area, and builds the service.
+    pub fn recover<S: SectorSource + ?Sized>(
         src: &mut S,
-    ) -> Result<(Self, ReplayOutcome), S::Error> {
+    ) -> Result<(Self, ReplayOutcome), RecoverError<S::Error>>
+    where
+        S::Error: Display,
+    {
+        let layout = DiskLayout::new(src.capacity_sectors())?;
         let mut store = KvStore::new();
-        let outcome = crate::replay::replay(src, |r: &Record<'_>| store.apply_replayed(r))?;
-        let capacity = src.capacity_sectors();
-        Ok((Self::new(store, &outcome, capacity), outcome))
+        let outcome = crate::replay::replay(src, layout.log_sectors, |r: &Record<'_>| {
+            store.apply_replayed(r)
+        })
+        .map_err(RecoverError::Device)?;
+        let slots = SlotTable::read(src, &layout).map_err(RecoverError::Device)?;
+        Ok((Self::new(store, &outcome, layout, slots), outcome))
     }
 
     /// The table.
@@ -56,6 +90,16 @@ impl KvService {
     /// The log cursor.
     pub fn cursor(&self) -> &LogCursor {
         &self.cursor
+    }
+
+    /// Where log and slots sit.
+    pub fn layout(&self) -> &DiskLayout {
+        &self.layout
+    }
+
+    /// The slots.
+    pub fn slots(&self) -> &SlotTable {
+        &self.slots
     }
 
     /// Records applied at boot.
@@ -86,18 +130,7 @@ impl KvService {
             }
         };
         match cmd {
-            Command::Put { key, value } => match self.cursor.prepare(key, value) {
-                Ok(pending) => match log.write_durable(pending.sector, &pending.bytes) {
-                    Ok(()) => {
-                        self.cursor.commit(&pending);
-                        self.store.put(key, value);
-                        out.extend_from_slice(b"OK\n");
-                    }
-                    Err(e) => out.extend_from_slice(format!("ERR disk: {e}\n").as_bytes()),
-                },
-                Err(AppendError::LogFull) => out.extend_from_slice(b"ERR log full\n"),
-                Err(e) => out.extend_from_slice(format!("ERR {e}\n").as_bytes()),
-            },
+            Command::Put { key, value } => self.put(key, value, log, out),
             Command::Get { key } => match self.store.get(key) {
                 Some(v) => {
                     out.extend_from_slice(b"VALUE ");
@@ -116,117 +149,70 @@ impl KvService {
                 )
                 .as_bytes(),
             ),
+            Command::Set { slot, value } => self.set(slot, value, log, out),
+            Command::Slot { slot } => self.slot(slot, out),
+        }
+    }
+
+    fn put<W: LogWriter + ?Sized>(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        log: &mut W,
+        out: &mut Vec<u8>,
+    ) {
+        match self.cursor.prepare(key, value) {
+            Ok(pending) => match log.write_durable(pending.sector, &pending.bytes) {
+                Ok(()) => {
+                    self.cursor.commit(&pending);
+                    self.store.put(key, value);
+                    out.extend_from_slice(b"OK\n");
+                }
+                Err(e) => out.extend_from_slice(format!("ERR disk: {e}\n").as_bytes()),
+            },
+            Err(AppendError::LogFull) => out.extend_from_slice(b"ERR log full\n"),
+            Err(e) => out.extend_from_slice(format!("ERR {e}\n").as_bytes()),
+        }
+    }
+
+    fn set<W: LogWriter + ?Sized>(
+        &mut self,
+        slot: usize,
+        value: &[u8],
+        log: &mut W,
+        out: &mut Vec<u8>,
+    ) {
+        let pending = match self.slots.prepare(slot, value) {
+            Ok(p) => p,
+            Err(e) => {
+                out.extend_from_slice(format!("ERR {e}\n").as_bytes());
+                return;
+            }
+        };
+        match log.write_durable(self.layout.slot_sector(slot), &pending.bytes) {
+            Ok(()) => {
+                self.slots.commit(&pending);
+                out.extend_from_slice(format!("OK {}\n", pending.version).as_bytes());
+            }
+            Err(e) => out.extend_from_slice(format!("ERR disk: {e}\n").as_bytes()),
+        }
+    }
+
+    fn slot(&self, slot: usize, out: &mut Vec<u8>) {
+        match self.slots.get(slot) {
+            SlotState::Empty => out.extend_from_slice(b"NONE\n"),
+            SlotState::Held { version, value } => {
+                out.extend_from_slice(format!("VALUE {version} ").as_bytes());
+                out.extend_from_slice(value);
+                out.push(b'\n');
+            }
+            SlotState::Damaged(reason) => {
+                out.extend_from_slice(format!("ERR slot {slot} damaged ({reason})\n").as_bytes())
+            }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::replay::{LogEnd, MemDisk, TailReason};
-    use alloc::string::String;
-    use alloc::vec;
-
-    fn run(svc: &mut KvService, disk: &mut MemDisk, line: &str) -> String {
-        let mut out = Vec::new();
-        svc.handle_line(
-            &Line::Complete(line.as_bytes().to_vec()),
-            42,
-            disk,
-            &mut out,
-        );
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn put_get_stat_and_recover_after_restart() {
-        let mut disk = MemDisk::new(64);
-        let (mut svc, out) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(out.end, LogEnd::Clean);
-        assert_eq!(run(&mut svc, &mut disk, "PUT a 1"), "OK\n");
-        assert_eq!(run(&mut svc, &mut disk, "PUT b 2"), "OK\n");
-        assert_eq!(run(&mut svc, &mut disk, "PUT a 3"), "OK\n");
-        assert_eq!(run(&mut svc, &mut disk, "GET a"), "VALUE 3\n");
-        assert_eq!(run(&mut svc, &mut disk, "GET zz"), "NOTFOUND\n");
-        assert_eq!(
-            run(&mut svc, &mut disk, "STAT"),
-            "STAT keys=2 puts=3 gets=2 ticks=42\n"
-        );
-        assert_eq!(run(&mut svc, &mut disk, "FOO"), "ERR unknown command\n");
-
-        // "Reboot": rebuild from the disk alone.
-        let (mut svc2, out) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(out.records, 3);
-        assert_eq!(svc2.replayed(), 3);
-        assert_eq!(svc2.store().len(), 2);
-        assert_eq!(run(&mut svc2, &mut disk, "GET a"), "VALUE 3\n");
-        assert_eq!(run(&mut svc2, &mut disk, "PUT c 4"), "OK\n");
-        let (svc3, _) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(svc3.replayed(), 4);
-    }
-
-    #[test]
-    fn torn_tail_is_overwritten_by_next_put() {
-        let mut disk = MemDisk::new(64);
-        let (mut svc, _) = KvService::recover(&mut disk).unwrap();
-        run(&mut svc, &mut disk, "PUT a 1");
-        let tail = svc.cursor().next_sector as usize;
-        run(&mut svc, &mut disk, "PUT b 2");
-        // Tear record 2: flip a byte of its key.
-        disk.bytes[tail * 512 + 24] ^= 1;
-        let (mut svc, out) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(out.records, 1);
-        assert!(matches!(out.end, LogEnd::Torn(TailReason::Decode(_))));
-        assert_eq!(svc.cursor().next_sector as usize, tail);
-        assert_eq!(run(&mut svc, &mut disk, "PUT c 3"), "OK\n");
-        let (mut svc, out) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(out.records, 2);
-        assert_eq!(run(&mut svc, &mut disk, "GET b"), "NOTFOUND\n");
-        assert_eq!(run(&mut svc, &mut disk, "GET c"), "VALUE 3\n");
-    }
-
-    #[test]
-    fn failed_write_is_not_acknowledged_nor_applied() {
-        struct Broken;
-        impl LogWriter for Broken {
-            type Error = &'static str;
-            fn write_durable(&mut self, _: u64, _: &[u8]) -> Result<(), &'static str> {
-                Err("media error")
-            }
-        }
-        let mut disk = MemDisk::new(8);
-        let (mut svc, _) = KvService::recover(&mut disk).unwrap();
-        let mut out = Vec::new();
-        svc.handle_line(
-            &Line::Complete(b"PUT a 1".to_vec()),
-            0,
-            &mut Broken,
-            &mut out,
-        );
-        assert_eq!(out, b"ERR disk: media error\n");
-        assert_eq!(svc.store().len(), 0);
-        assert_eq!(svc.cursor().next_seq, 1);
-    }
-
-    #[test]
-    fn log_full_and_too_long() {
-        let mut disk = MemDisk::new(1);
-        let (mut svc, _) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(run(&mut svc, &mut disk, "PUT a 1"), "OK\n");
-        assert_eq!(run(&mut svc, &mut disk, "PUT b 2"), "ERR log full\n");
-        let mut out = Vec::new();
-        svc.handle_line(&Line::TooLong, 0, &mut disk, &mut out);
-        assert_eq!(out, b"ERR line too long\n");
-        let big = String::from_utf8(vec![b'v'; 1024]).unwrap();
-        let mut disk = MemDisk::new(8);
-        let (mut svc, _) = KvService::recover(&mut disk).unwrap();
-        assert_eq!(
-            run(&mut svc, &mut disk, &alloc::format!("PUT k {big}")),
-            "OK\n"
-        );
-        assert_eq!(
-            run(&mut svc, &mut disk, "GET k"),
-            alloc::format!("VALUE {big}\n")
-        );
-    }
-}
+#[path = "service_tests.rs"]
+mod tests;

@@ -1,23 +1,33 @@
 //! Fuzz target: the heartbeat packet path must never panic on any datagram.
 //! Every input goes through the header parser, the payload decoder (as if it
 //! were a decrypted payload: a decoded payload must re-encode to the same
-//! bytes, the encoding is canonical), `packet::open` with real keys, and a
-//! whole `Node::receive`: a dropped datagram leaves the view untouched, and
-//! no datagram is ever accepted twice.
+//! bytes, the encoding is canonical), `packet::open` with real keys, and the
+//! whole receive path (`Gate::admit` then `Node::on_admitted`) twice:
+//! - from a stranger's address: dropped before any X25519 (the gate's open
+//!   count does not move), with a reason decided from the header alone;
+//! - from host-b's FT address, one heartbeat interval later each time (so
+//!   the rate limit never starves the fuzzer of the open path): a dropped
+//!   datagram leaves the view untouched, no datagram is accepted twice, and
+//!   the opens stay within the rate limit's bound.
 #![no_main]
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 
+use heartbeat::gate::{self, Admitted};
 use heartbeat::node::{NodeConfig, PeerConf, Received};
 use heartbeat::packet::{self, Header, Payload};
-use heartbeat::Node;
+use heartbeat::{DropReason, Gate, Node};
 use libfuzzer_sys::fuzz_target;
 
 const A_SECRET: [u8; 32] = [0x11; 32];
 const B_SECRET: [u8; 32] = [0x22; 32];
+const INTERVAL_MS: u64 = 100;
+const B_ADDR: &str = "127.0.0.2:7400";
+const STRANGER: &str = "127.0.0.9:7400";
 
-fn node() -> Node {
-    let cfg = NodeConfig {
+fn config() -> NodeConfig {
+    NodeConfig {
         id: 1,
         name: "host-a".into(),
         private_key: A_SECRET,
@@ -26,17 +36,40 @@ fn node() -> Node {
             id: 2,
             name: "host-b".into(),
             public_key: config_schema::keys::host_public_key(&B_SECRET),
-            addr: "127.0.0.2:7400".parse().unwrap(),
+            addr: B_ADDR.parse().unwrap(),
         }],
-        interval_ms: 100,
+        interval_ms: INTERVAL_MS,
         failure_timeout_ms: 1000,
-    };
-    Node::new(cfg, 1, 0)
+    }
+}
+
+struct State {
+    node: Node,
+    gate: Gate,
+    b_pub: [u8; 32],
+    now: u64,
 }
 
 thread_local! {
-    static NODE: RefCell<(Node, [u8; 32])> =
-        RefCell::new((node(), config_schema::keys::host_public_key(&B_SECRET)));
+    static STATE: RefCell<State> = RefCell::new(State {
+        node: Node::new(config(), 1, 0),
+        gate: Gate::new(&config(), 0),
+        b_pub: config_schema::keys::host_public_key(&B_SECRET),
+        now: 0,
+    });
+}
+
+/// Reasons the gate decides before any X25519.
+fn before_x25519(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::Malformed
+            | DropReason::BadVersion
+            | DropReason::UnknownSender
+            | DropReason::WrongSource
+            | DropReason::NotForUs
+            | DropReason::RateLimited
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -44,20 +77,36 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = Payload::decode(data) {
         assert_eq!(p.encode(), data, "payload encoding is canonical");
     }
-    NODE.with(|n| {
-        let (node, b_pub) = &mut *n.borrow_mut();
+    STATE.with(|st| {
+        let st = &mut *st.borrow_mut();
         // Only the genuine seed (sealed with host-b's key) may open; it then
         // decodes as host-b's heartbeat.
-        if let Ok((h, p)) = packet::open(data, &A_SECRET, b_pub) {
+        if let Ok((h, p)) = packet::open(data, &A_SECRET, &st.b_pub) {
             assert_eq!((h.sender, h.receiver, p.sender), (2, 1, 2));
         }
-        let before = node.view().peer_views(10);
-        match node.receive(10, data) {
-            Received::Dropped { .. } => assert_eq!(node.view().peer_views(10), before),
+        st.now += INTERVAL_MS;
+        let now = st.now;
+
+        let stranger: SocketAddr = STRANGER.parse().unwrap();
+        let opens = st.gate.opens();
+        match st.gate.admit(now, stranger, data) {
+            Admitted::Rejected(r) => assert!(before_x25519(r.reason), "{r:?}"),
+            other => panic!("a stranger's datagram got through: {other:?}"),
+        }
+        assert_eq!(st.gate.opens(), opens, "X25519 for a stranger's datagram");
+
+        let before = st.node.view().peer_views(now);
+        let b: SocketAddr = B_ADDR.parse().unwrap();
+        match st.node.receive(&mut st.gate, now, b, data) {
+            Received::Dropped { .. } => assert_eq!(st.node.view().peer_views(now), before),
             Received::Accepted { .. } => assert!(
-                matches!(node.receive(10, data), Received::Dropped { .. }),
+                matches!(
+                    st.node.receive(&mut st.gate, now, b, data),
+                    Received::Dropped { .. }
+                ),
                 "the same datagram is never accepted twice"
             ),
         }
+        assert!(st.gate.opens() <= gate::max_opens(INTERVAL_MS, now));
     });
 });

@@ -4,13 +4,14 @@
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::nbd_watch::NbdWatch;
 use super::path::{Counters, PathMode, Shared};
+use super::stream::Stream;
 
 const BUF: usize = 64 * 1024;
 /// Longest sleep of a writer waiting for a delayed chunk's time, so a cut
@@ -19,8 +20,8 @@ const WAIT_SLICE: Duration = Duration::from_millis(20);
 
 /// One host connection and (unless opened during a cut) its upstream twin.
 pub(super) struct Conn {
-    down: UnixStream,
-    up: Option<UnixStream>,
+    down: Stream,
+    up: Option<Stream>,
     cut: AtomicBool,
     live_threads: AtomicUsize,
 }
@@ -56,7 +57,7 @@ struct Chunk {
 
 /// Takes over a freshly accepted host connection: connects upstream unless
 /// the path is cut, registers the connection and starts its threads.
-pub(super) fn open(shared: &Arc<Shared>, down: UnixStream) {
+pub(super) fn open(shared: &Arc<Shared>, down: Stream) {
     let mut st = shared.lock();
     Counters::add(&shared.counters.connections, 1);
     if st.mode == PathMode::Severed {
@@ -68,10 +69,10 @@ pub(super) fn open(shared: &Arc<Shared>, down: UnixStream) {
     let up = if cut {
         None
     } else {
-        match UnixStream::connect(&shared.upstream) {
+        match shared.upstream.connect() {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(path = %shared.name, "connect {}: {e}", shared.upstream.display());
+                tracing::warn!(path = %shared.name, "connect {}: {e}", shared.upstream);
                 return;
             }
         }
@@ -136,7 +137,7 @@ pub(super) fn open(shared: &Arc<Shared>, down: UnixStream) {
 
 /// Reads what the host sends and queues it for storage (due now, or later
 /// under a delay), or drops it while the connection is cut.
-fn from_host(shared: &Shared, conn: &Conn, mut down: UnixStream, tx: Option<Sender<Chunk>>) {
+fn from_host(shared: &Shared, conn: &Conn, mut down: Stream, tx: Option<Sender<Chunk>>) {
     let counters = &shared.counters;
     let mut buf = vec![0u8; BUF];
     loop {
@@ -175,8 +176,9 @@ fn from_host(shared: &Shared, conn: &Conn, mut down: UnixStream, tx: Option<Send
 
 /// Writes queued chunks to storage at their due time, in order; on the
 /// host's end of stream, half-closes the upstream connection.
-fn write_upstream(shared: &Shared, conn: &Conn, mut up: UnixStream, rx: Receiver<Chunk>) {
+fn write_upstream(shared: &Shared, conn: &Conn, mut up: Stream, rx: Receiver<Chunk>) {
     let counters = &shared.counters;
+    let mut watch = NbdWatch::default();
     for chunk in rx {
         loop {
             let left = chunk.due.saturating_duration_since(Instant::now());
@@ -192,6 +194,11 @@ fn write_upstream(shared: &Shared, conn: &Conn, mut up: UnixStream, rx: Receiver
             Counters::add(&counters.discarded, n);
         } else {
             Counters::add(&counters.to_storage, n);
+            if shared.speaks_nbd() {
+                let was = watch.in_sync();
+                let landed = watch.feed(&chunk.bytes, Instant::now());
+                shared.landed(landed, was && !watch.in_sync());
+            }
         }
     }
     let _ = up.shutdown(Shutdown::Write);
@@ -199,7 +206,7 @@ fn write_upstream(shared: &Shared, conn: &Conn, mut up: UnixStream, rx: Receiver
 
 /// Copies storage's replies to the host until either side ends. A cut ends
 /// it silently; otherwise the end is passed on to the host.
-fn to_host(shared: &Shared, conn: &Conn, mut up: UnixStream, mut down: UnixStream) {
+fn to_host(shared: &Shared, conn: &Conn, mut up: Stream, mut down: Stream) {
     let mut buf = vec![0u8; BUF];
     loop {
         let n = match up.read(&mut buf) {

@@ -1,14 +1,17 @@
-//! [`StoragePath`]: one host's way to the NBD server, a Unix-socket proxy
-//! whose forwarding the test switches between pass, cut and delay.
+//! [`StoragePath`]: one host's way to the storage server, a proxy (Unix
+//! socket for NBD, loopback TCP for iSCSI) whose forwarding the test switches
+//! between pass, cut and delay.
 
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::forward::{self, Conn};
+use super::nbd_watch::LandedWrite;
+use super::stream::{Endpoint, Listener};
 use crate::error::{HarnessError, Result};
 use crate::sys::poll_readable;
 
@@ -73,9 +76,13 @@ pub(super) struct State {
 /// What the accept loop, the forwarding threads and the control share.
 pub(super) struct Shared {
     pub name: String,
-    pub upstream: PathBuf,
+    pub upstream: Endpoint,
     pub counters: Counters,
     pub state: Mutex<State>,
+    /// Every write delivered to storage, in delivery order.
+    writes: Mutex<Vec<LandedWrite>>,
+    /// Connections whose NBD stream the watch could not follow.
+    unwatched: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -83,14 +90,33 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A Unix-socket path leads to `qemu-nbd` (TCP paths carry iSCSI).
+    pub fn speaks_nbd(&self) -> bool {
+        matches!(self.upstream, Endpoint::Unix(_))
+    }
+
+    /// Writes that just reached storage; `lost_sync` if the watch of their
+    /// connection stopped following the stream.
+    pub fn landed(&self, w: Vec<LandedWrite>, lost_sync: bool) {
+        if lost_sync {
+            self.unwatched.fetch_add(1, Ordering::SeqCst);
+        }
+        if !w.is_empty() {
+            self.writes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(w);
+        }
+    }
 }
 
-/// A host's storage path: listens on its own Unix socket and forwards every
-/// connection to the NBD server on a connection of its own. Dropping it
-/// closes all connections and joins its threads.
+/// A host's storage path: listens on its own Unix socket (or loopback TCP
+/// port) and forwards every connection to the storage server on a connection
+/// of its own. Dropping it closes all connections and joins its threads.
 pub struct StoragePath {
     shared: Arc<Shared>,
-    socket: PathBuf,
+    listen: Endpoint,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -98,18 +124,34 @@ impl StoragePath {
     /// Listens on `socket` (replacing a stale file) and forwards to the NBD
     /// server listening on `upstream`. Starts in [`PathMode::Pass`].
     pub fn start(name: &str, socket: &Path, upstream: &Path) -> Result<StoragePath> {
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket)
-            .map_err(|e| HarnessError::io(format!("bind {}", socket.display()), e))?;
+        StoragePath::start_at(
+            name,
+            &Endpoint::Unix(socket.to_owned()),
+            Endpoint::Unix(upstream.to_owned()),
+        )
+    }
+
+    /// Listens on a free loopback TCP port and forwards to the TCP server at
+    /// `upstream` (the iSCSI target). Starts in [`PathMode::Pass`].
+    pub fn start_tcp(name: &str, upstream: SocketAddr) -> Result<StoragePath> {
+        let any = Endpoint::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
+        StoragePath::start_at(name, &any, Endpoint::Tcp(upstream))
+    }
+
+    fn start_at(name: &str, at: &Endpoint, upstream: Endpoint) -> Result<StoragePath> {
+        let (listener, listen) =
+            Listener::bind(at).map_err(|e| HarnessError::io(format!("bind {at}"), e))?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
-            upstream: upstream.to_owned(),
+            upstream,
             counters: Counters::default(),
             state: Mutex::new(State {
                 mode: PathMode::Pass,
                 conns: Vec::new(),
                 threads: Vec::new(),
             }),
+            writes: Mutex::new(Vec::new()),
+            unwatched: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let accept = {
@@ -121,14 +163,57 @@ impl StoragePath {
         };
         Ok(StoragePath {
             shared,
-            socket: socket.to_owned(),
+            listen,
             accept: Some(accept),
         })
     }
 
+    /// Every NBD write this path delivered to storage, in order, with the
+    /// time it landed. `Err` if the watch lost track of a connection's
+    /// stream (then the list may be incomplete).
+    pub fn landed_writes(&self) -> Result<Vec<LandedWrite>> {
+        if !self.shared.speaks_nbd() {
+            return Err(HarnessError::StorageWatch {
+                path: self.shared.name.clone(),
+                reason: "writes are watched on NBD paths only (this one carries iSCSI)".into(),
+            });
+        }
+        let lost = self.shared.unwatched.load(Ordering::SeqCst);
+        if lost > 0 {
+            return Err(HarnessError::StorageWatch {
+                path: self.shared.name.clone(),
+                reason: format!("the NBD watch lost track of {lost} connection(s)"),
+            });
+        }
+        Ok(self
+            .shared
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+
     /// The socket the host connects to.
+    /// The Unix socket the host connects to (an NBD path).
+    ///
+    /// # Panics
+    /// On a TCP path ([`StoragePath::start_tcp`]): use [`StoragePath::tcp_addr`].
     pub fn socket(&self) -> &Path {
-        &self.socket
+        match &self.listen {
+            Endpoint::Unix(p) => p,
+            Endpoint::Tcp(a) => panic!(
+                "storage path {} listens on TCP {a}, not a Unix socket",
+                self.name()
+            ),
+        }
+    }
+
+    /// The loopback address the host connects to (a TCP path), else `None`.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.listen {
+            Endpoint::Tcp(a) => Some(*a),
+            Endpoint::Unix(_) => None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -216,17 +301,19 @@ impl Drop for StoragePath {
         for t in threads {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        if let Endpoint::Unix(p) = &self.listen {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+fn accept_loop(shared: &Arc<Shared>, listener: &Listener) {
     while !shared.stop.load(Ordering::Relaxed) {
         if !poll_readable(listener, ACCEPT_POLL) {
             continue;
         }
         match listener.accept() {
-            Ok((down, _)) => forward::open(shared, down),
+            Ok(down) => forward::open(shared, down),
             Err(e) => tracing::warn!(path = %shared.name, "storage path accept: {e}"),
         }
     }

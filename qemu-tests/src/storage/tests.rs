@@ -155,3 +155,44 @@ fn a_severed_path_closes_the_hosts_connections_old_and_new() {
     // Nothing reached storage after the sever.
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
 }
+
+/// A TCP path (iSCSI) forwards both ways to a TCP server, and a cut stops
+/// the host's bytes at the path like on a Unix path.
+#[test]
+fn a_tcp_path_forwards_and_cuts_like_a_unix_one() {
+    use std::net::{TcpListener, TcpStream};
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = server.local_addr().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(len @ 1..) = conn.read(&mut buf) {
+            let _ = tx.send(buf[..len].to_vec());
+            let _ = conn.write_all(b"ack");
+        }
+    });
+    let path = StoragePath::start_tcp("t", upstream).unwrap();
+    let addr = path.tcp_addr().expect("a TCP path has a TCP address");
+    assert!(addr.ip().is_loopback() && addr.port() != 0);
+    let mut host = TcpStream::connect(addr).unwrap();
+    host.set_read_timeout(Some(PATIENCE)).unwrap();
+    host.write_all(b"login").unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), b"login");
+    let mut ack = [0u8; 3];
+    host.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack, b"ack");
+    path.cut();
+    host.write_all(b"late").unwrap();
+    wait_stats(&path, |s| s.discarded == 4);
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(path.stats().to_storage, 5);
+}
+
+#[test]
+#[should_panic(expected = "listens on TCP")]
+fn a_tcp_path_has_no_unix_socket() {
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = StoragePath::start_tcp("t", server.local_addr().unwrap()).unwrap();
+    let _ = path.socket();
+}

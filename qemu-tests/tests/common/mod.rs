@@ -3,11 +3,13 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod slots;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qemu_tests::kv::{key, value, Kv, GUEST};
+use qemu_tests::kv::{key, on_disk, value, Kv, GUEST};
 use qemu_tests::{Cluster, Host};
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -28,6 +30,26 @@ pub fn pair_with(name: &str, nbd: bool) -> Cluster {
     for h in ["host-a", "host-b"] {
         cluster.boot(h).unwrap();
     }
+    wait_paired(cluster)
+}
+
+/// [`pair`] on the iSCSI LUN with persistent reservations
+/// (`Cluster::use_iscsi_storage`), each host through its own path and I_T
+/// nexus. Kernel+initrd boots with `no_timer_check`: under TCG on a loaded
+/// machine the kernel's IO-APIC timer check can fail and panic.
+pub fn pair_on_iscsi(name: &str) -> Cluster {
+    let mut cluster = Cluster::example(name).unwrap();
+    cluster.use_iscsi_storage().unwrap();
+    for h in ["host-a", "host-b"] {
+        let mut spec = cluster.host_spec(h).unwrap();
+        spec.boot = cluster.kernel_boot("no_timer_check").unwrap();
+        cluster.boot_spec(spec).unwrap();
+    }
+    wait_paired(cluster)
+}
+
+/// Waits until host-a and host-b are ready, paired, and the guest serves.
+fn wait_paired(cluster: Cluster) -> Cluster {
     for h in ["host-a", "host-b"] {
         cluster
             .host(h)
@@ -170,4 +192,59 @@ pub fn wait(host: &Host, line: String) -> String {
     // (detection and go-live here, the client's retransmissions elsewhere).
     eprintln!("  [{} {:7.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
     l.text
+}
+
+/// Host-a's guest frames all precede host-b's first one.
+pub fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
+    let guest: Vec<_> = frames
+        .iter()
+        .filter(|f| f.src_mac() == Some(GUEST_MAC))
+        .collect();
+    assert!(!guest.is_empty(), "no guest frames captured");
+    let first_b = guest.iter().find(|f| f.from == "host-b").map(|f| f.at);
+    let last_a = guest
+        .iter()
+        .rev()
+        .find(|f| f.from == "host-a")
+        .map(|f| f.at);
+    let (Some(fb), Some(la)) = (first_b, last_a) else {
+        panic!("expected guest frames from both hosts (host-a before, host-b after)");
+    };
+    assert!(
+        la < fb,
+        "host-a emitted guest output after host-b went live"
+    );
+}
+
+/// Every acknowledged PUT is in the guest's log on the shared storage.
+pub fn all_on_disk(cluster: &qemu_tests::Cluster, acked: &[usize], what: &str) {
+    let (table, end) = on_disk(cluster.shared_storage(), cluster.config(), VM).unwrap();
+    for i in acked {
+        assert_eq!(
+            table.get(&key(*i)),
+            Some(&value(*i)),
+            "{what}: acknowledged PUT {} is not in the on-disk log ({end})",
+            key(*i)
+        );
+    }
+    eprintln!(
+        "{what}: all {} acknowledged PUTs are in the on-disk log ({end})",
+        acked.len()
+    );
+}
+
+/// Guest frames came from one host at a time: all of one host's precede all
+/// of the other's (whichever went live second).
+pub fn no_overlap_either_way(frames: &[qemu_tests::hub::CapturedFrame]) {
+    let guest: Vec<_> = frames
+        .iter()
+        .filter(|f| f.src_mac() == Some(GUEST_MAC))
+        .collect();
+    assert!(!guest.is_empty(), "no guest frames captured");
+    let hosts: Vec<&str> = guest.iter().map(|f| f.from.as_str()).collect();
+    let switches = hosts.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches <= 1,
+        "guest frames alternate between hosts ({switches} switches): two copies were live"
+    );
 }

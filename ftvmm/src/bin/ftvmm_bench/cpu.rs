@@ -36,6 +36,7 @@ pub fn run(kernel: &Path, iters: u64, echo: bool) -> Result<CpuRun> {
         snapshot_on_exit: None,
         stdin: false,
         bridge: None,
+        cpu: Default::default(),
     };
     let (sink, lines) = LineSink::new(echo);
     let t0 = Instant::now();

@@ -223,18 +223,19 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
             }
             let pair = Pair::start(&spec.kernel, spec.mem_mib, sectors, with_net, &spec.cmdline)?;
             let log = PrimaryLog::new(Box::new(outputs), LAG_LIMIT);
-            let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log));
+            let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log)).with_vm(vm.handle());
             let (tx, rx) = pair.primary_channel.split();
-            let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}));
+            let link =
+                link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}), Arc::new(|_| {}));
             let _ = started_tx.send((vm.handle(), Some(Arc::clone(&log))));
             let res = vm.run(&mut pin, &mut PrimaryOutputs(Arc::clone(&log)), None);
-            log.append(vm.exit_index(), Body::End);
+            log.append(vm.exit_index(), Body::End)?;
             // Let the Secondary acknowledge every record (the end included) so the last
             // outputs leave; then end the link and let it replay what it holds.
             let end_seq = log.next_seq();
             let deadline = Instant::now() + Duration::from_secs(10);
             while log.status()["acked"].as_u64().unwrap_or(0) < end_seq
-                && !log.is_solo()
+                && log.gate() == ftvmm::lockstep::member::Gate::ByAcks
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(5));
@@ -350,7 +351,13 @@ impl Pair {
                     }
                 };
                 let (tx, rx) = ch.split();
-                let link = link::start_secondary(Arc::clone(&q), tx, rx, Arc::new(|| {}));
+                let link = link::start_secondary(
+                    Arc::clone(&q),
+                    tx,
+                    rx,
+                    Arc::new(|| {}),
+                    Arc::new(|_| {}),
+                );
                 let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
                 let res = vm.run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q)), None);
                 link.stop("secondary done");

@@ -46,6 +46,7 @@ pub fn run(kernel: &Path, dir: &Path, run_no: usize, ops: usize, echo: bool) -> 
         snapshot_on_exit: None,
         stdin: false,
         bridge: None,
+        cpu: Default::default(),
     };
     let (sink, lines) = LineSink::new(echo);
     let (started_tx, started_rx) = mpsc::channel();

@@ -61,20 +61,30 @@ pub enum Message {
     Hello(Hello),
     /// Secondary -> Primary: accepted (same image/config) or refused with a reason.
     HelloReply { accepted: bool, reason: String },
-    /// A batch of encoded log records (opaque bytes to the channel), first record's sequence number.
+    /// A batch of encoded log records (opaque bytes to the channel), first
+    /// record's sequence number, and the Primary's `CLOCK_BOOTTIME` send time
+    /// (echoed in acks: an ack releases output only while that is fresh).
     Batch {
         first_seq: u64,
         count: u32,
+        /// A byte string: the same postcard bytes as a sequence, one copy.
+        #[serde(with = "crate::io::bytes")]
         bytes: Vec<u8>,
+        sent_ns: u64,
     },
     /// Secondary -> Primary: received (not yet replayed) every record with a
     /// sequence number below `received`; replayed every record below
-    /// `replayed`, which brought it to exit index `replayed_exit` (for lag).
+    /// `replayed`, which brought it to exit index `replayed_exit` (for lag);
+    /// `echo_ns` is the `sent_ns` of the newest batch received.
     Ack {
         received: u64,
         replayed: u64,
         replayed_exit: u64,
+        echo_ns: u64,
     },
+    /// Secondary -> Primary: its replay diverged; it halts and must never be
+    /// promoted (the Primary races for the next generation at once).
+    Diverged { what: String },
     /// Either side: orderly end with a reason.
     Bye { reason: String },
     /// Primary -> Secondary: every record this Primary will ever send was
@@ -95,6 +105,9 @@ pub struct Hello {
     pub mem_mib: u64,
     pub start_exit: u64,
     pub primary_host: String,
+    /// CPUID, MSR filter and VMM build the VM runs on
+    /// (boxed: it is most of the message).
+    pub platform: Box<crate::platform::Platform>,
 }
 
 /// Why the channel failed or refused something. Refusals ([`Self::is_refusal`])
@@ -419,6 +432,57 @@ impl ChannelReceiver {
         self.decoder.kill();
         let _ = self.stream.shutdown(Shutdown::Both);
         e
+    }
+
+    /// The next message if one can be had without waiting: already decoded
+    /// bytes, or bytes the socket holds now (`MSG_DONTWAIT`, so the shared
+    /// socket's blocking mode is untouched). `Ok(None)`: nothing more now.
+    /// Errors as [`ChannelReceiver::recv`].
+    pub fn try_recv(&mut self) -> Result<Option<Message>, ChannelError> {
+        use std::os::unix::io::AsRawFd;
+        loop {
+            match self.decoder.poll() {
+                Ok(Some(m)) => return Ok(Some(m)),
+                Ok(None) => {}
+                Err(ChannelError::Dead) => return Err(ChannelError::Dead),
+                Err(e) => return Err(self.refuse(e)),
+            }
+            let fd = self.stream.as_raw_fd();
+            // SAFETY: `fd` is the open socket owned by `self.stream` for the
+            // whole call; the buffer pointer and length describe `self.chunk`,
+            // which is valid and writable.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    self.chunk.as_mut_ptr().cast(),
+                    self.chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => {
+                    return match self.decoder.finish() {
+                        ChannelError::Closed => Err(ChannelError::Closed),
+                        ChannelError::Dead => Err(ChannelError::Dead),
+                        e => Err(self.refuse(e)),
+                    }
+                }
+                n if n > 0 => self.decoder.feed(&self.chunk[..n as usize]),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        ErrorKind::Interrupted => {}
+                        ErrorKind::WouldBlock => return Ok(None),
+                        _ => {
+                            self.decoder.kill();
+                            tracing::warn!("channel: receiving from {} failed: {e}", self.peer);
+                            let _ = self.stream.shutdown(Shutdown::Both);
+                            return Err(ChannelError::Io(e));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {

@@ -18,6 +18,22 @@ fn all_kinds() -> Vec<Message> {
             mem_mib: 64,
             start_exit: 0,
             primary_host: "host-a".into(),
+            platform: Box::new(crate::platform::Platform {
+                baseline: "x86-64-v1, 39-bit physical addresses".into(),
+                cpuid: vec![crate::cpuid::Leaf {
+                    function: 1,
+                    index: 0,
+                    flags: 0,
+                    eax: crate::cpuid::SIGNATURE,
+                    ebx: 0x800,
+                    ecx: 0,
+                    edx: 0x0789_a96d,
+                }],
+                cpuid_overrides: vec![],
+                msrs: crate::platform::MsrPolicy::Unfiltered,
+                pv_features_enforced: true,
+                vmm: "ftvmm test".into(),
+            }),
         }),
         Message::HelloReply {
             accepted: false,
@@ -27,11 +43,19 @@ fn all_kinds() -> Vec<Message> {
             first_seq: 42,
             count: 3,
             bytes: vec![1, 2, 3, 4, 5],
+            sent_ns: 0,
         },
         Message::Ack {
             received: 45,
             replayed: 40,
             replayed_exit: 123_456,
+            echo_ns: 0,
+        },
+        Message::Resign {
+            reason: "storage lost".into(),
+        },
+        Message::Diverged {
+            what: "at exit 526".into(),
         },
         Message::Bye {
             reason: "stopping".into(),
@@ -54,6 +78,11 @@ fn sealed(msgs: &[Message]) -> Vec<u8> {
 #[test]
 fn every_kind_round_trips_through_the_decoder_in_any_piece_size() {
     let msgs = all_kinds();
+    assert_eq!(
+        msgs.len(),
+        usize::from(super::wire::MESSAGE_TAGS),
+        "all_kinds() must hold every Message variant"
+    );
     let stream = sealed(&msgs);
     for step in [1, 3, 17, 4096, stream.len()] {
         let out = decode_stream(&stream, step);
@@ -72,6 +101,7 @@ fn a_large_batch_is_split_into_frames_and_reassembled() {
         first_seq: 1,
         count: 9,
         bytes: (0..3 * MAX_FRAGMENT_DATA + 5).map(|i| i as u8).collect(),
+        sent_ns: 0,
     };
     let msgs = vec![big, Message::Bye { reason: "x".into() }];
     let stream = sealed(&msgs);
@@ -86,6 +116,7 @@ fn an_oversized_message_is_refused_before_anything_is_written() {
         first_seq: 0,
         count: 1,
         bytes: vec![0; MAX_MESSAGE],
+        sent_ns: 0,
     };
     assert!(matches!(
         wire::encode_message(&m),
@@ -147,19 +178,21 @@ fn authentic_but_malformed_plaintext_is_refused_by_kind() {
         received: 1,
         replayed: 0,
         replayed_exit: 0,
+        echo_ns: 0,
     })
     .unwrap();
     type Case = (Vec<u8>, fn(&ChannelError) -> bool);
     let cases: Vec<Case> = vec![
         (vec![], |e| matches!(e, ChannelError::Malformed(_))),
         (vec![7, 1, 0], |e| matches!(e, ChannelError::Malformed(_))), // unknown fragment flag
-        (vec![1, 2, 3], |e| {
-            matches!(e, ChannelError::Version { got: 2 })
+        // A peer of the previous wire version.
+        (vec![1, 1, 3], |e| {
+            matches!(e, ChannelError::Version { got: 1 })
         }),
-        (vec![1, 1, 9], |e| {
+        (vec![1, 2, 9], |e| {
             matches!(e, ChannelError::UnknownTag { tag: 9 })
         }),
-        (vec![1, 1], |e| matches!(e, ChannelError::Malformed(_))),
+        (vec![1, 2], |e| matches!(e, ChannelError::Malformed(_))),
         (
             [&[1][..], &ack, &[0]].concat(),
             |e| matches!(e, ChannelError::Malformed(s) if s.contains("trailing")),
@@ -200,7 +233,7 @@ fn frames_of_another_session_or_direction_do_not_authenticate() {
 fn stream_ending_inside_a_frame_or_message_is_truncated() {
     let stream = sealed(&all_kinds());
     let out = decode_stream(&stream[..stream.len() - 3], 64);
-    assert_eq!(out.messages.len(), 4);
+    assert_eq!(out.messages.len(), all_kinds().len() - 1);
     assert!(
         matches!(
             out.end,
@@ -216,6 +249,7 @@ fn stream_ending_inside_a_frame_or_message_is_truncated() {
         first_seq: 0,
         count: 1,
         bytes: vec![1; 2 * MAX_FRAGMENT_DATA],
+        sent_ns: 0,
     }]);
     let one_frame = 12 + u32::from_be_bytes(big[..4].try_into().unwrap()) as usize - 8;
     let out = decode_stream(&big[..one_frame], 1000);
@@ -244,4 +278,48 @@ proptest::proptest! {
         proptest::prop_assert_eq!(out.messages, msgs);
         proptest::prop_assert!(out.end.is_refusal(), "{:?}", out.end);
     }
+}
+
+/// `BATCH_OVERHEAD` bounds what a batch message adds to its records, with
+/// every header field at its largest; so a batch of the Primary's largest
+/// size is one message (the sizes are tied at compile time in `primary`).
+#[test]
+fn the_largest_batch_fits_one_message() {
+    let max = crate::lockstep::primary::MAX_BATCH_BYTES;
+    let m = Message::Batch {
+        first_seq: u64::MAX,
+        count: u32::MAX,
+        bytes: vec![0xa5; max],
+        sent_ns: u64::MAX,
+    };
+    let bytes = wire::encode_message(&m).unwrap();
+    assert!(
+        bytes.len() <= max + wire::BATCH_OVERHEAD,
+        "{} > {max} + {}",
+        bytes.len(),
+        wire::BATCH_OVERHEAD
+    );
+    // And it crosses the wire whole.
+    let (_, responder) = session_pair();
+    let mut d = Decoder::new(Arc::clone(responder));
+    d.feed(&sealed(std::slice::from_ref(&m)));
+    assert_eq!(d.poll().unwrap(), Some(m));
+}
+
+/// `Batch.bytes` is a byte string (`io::bytes`): the same bytes on the wire
+/// as the `Vec<u8>` sequence it was.
+#[test]
+fn a_batch_encodes_as_before_its_bytes_became_a_byte_string() {
+    let bytes: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    let m = Message::Batch {
+        first_seq: 1 << 40,
+        count: 77,
+        bytes: bytes.clone(),
+        sent_ns: 123_456_789_012,
+    };
+    // Variant 2 of `Message`, then the fields as a sequence-of-u8 tuple.
+    let mut want = vec![wire::VERSION, 2];
+    want.extend(postcard::to_allocvec(&(1u64 << 40, 77u32, bytes, 123_456_789_012u64)).unwrap());
+    assert_eq!(wire::encode_message(&m).unwrap(), want);
+    assert_eq!(wire::decode_message(&want).unwrap(), m);
 }

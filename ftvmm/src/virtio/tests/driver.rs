@@ -45,6 +45,7 @@ pub struct Harness {
     pub n: u64,
     pub queues: Vec<GuestQueue>,
     pub next_data: u64,
+    pub mem_size: u64,
 }
 
 pub fn guest_memory() -> GuestMemoryMmap {
@@ -74,7 +75,18 @@ impl Harness {
             n: 0,
             queues,
             next_data: DATA_BASE,
+            mem_size: MEM_SIZE,
         }
+    }
+
+    /// Block device 0 with `sectors` sectors in `mem_size` bytes of guest
+    /// memory (for requests larger than the default memory), initialised.
+    pub fn blk_in(sectors: u64, mem_size: u64) -> Self {
+        let mut h = Harness::new(new_block(0, sectors), 1);
+        h.mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+        h.mem_size = mem_size;
+        h.init();
+        h
     }
 
     /// Block device 0 with `sectors` sectors, driver initialised.
@@ -188,7 +200,7 @@ impl Harness {
     pub fn alloc(&mut self, len: usize) -> u64 {
         let addr = self.next_data;
         self.next_data = (self.next_data + len as u64 + 15) & !15;
-        assert!(self.next_data <= MEM_SIZE, "test data area exhausted");
+        assert!(self.next_data <= self.mem_size, "test data area exhausted");
         self.mem
             .write_slice(&vec![0u8; len], GuestAddress(addr))
             .unwrap();

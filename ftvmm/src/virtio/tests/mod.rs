@@ -5,6 +5,7 @@
 mod blk;
 mod driver;
 mod hostile;
+mod lockstep_read;
 mod mmio;
 mod net;
 mod prop;

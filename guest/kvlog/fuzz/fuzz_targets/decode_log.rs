@@ -14,7 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let mut disk = MemDisk { bytes };
     let image = disk.bytes.clone();
     let mut offset = 0usize;
-    let out = replay(&mut disk, |r| {
+    let sectors = disk.capacity_sectors();
+    let out = replay(&mut disk, sectors, |r| {
         let enc = encode_record(r.header.seq, r.header.prev_crc, r.key, r.value)
             .expect("a decoded record re-encodes");
         assert_eq!(enc.crc, r.header.crc);

@@ -1,0 +1,107 @@
+//! The synchronous driver of [`Proposer`]: performs its requests one at a
+//! time against a [`BlockIo`], backs off after aborts and starts again after
+//! I/O errors, until a deadline. A RESERVATION CONFLICT (`EBADE`) is not
+//! retried: the device refuses this host's writes (it was preempted), and no
+//! later attempt can change that.
+
+use std::time::Duration;
+
+use config_schema::clock::BootInstant;
+
+use super::{IoResult, Op, Outcome, Poll, Proposer};
+use crate::io::BlockIo;
+use crate::layout::Geometry;
+
+/// Why [`decide`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("storage i/o failed: {0}")]
+    Io(std::io::Error),
+    #[error("no decision within {0:?} ({1} ballots)")]
+    Timeout(Duration, u32),
+    #[error("storage refused this host's i/o: {0} (a persistent reservation conflict: another host preempted this one)")]
+    Refused(std::io::Error),
+}
+
+/// What one host asks Disk Paxos: who owns (`vm`, `generation`), proposing
+/// itself (`me`) under `config_generation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    pub geo: Geometry,
+    pub me: u32,
+    pub vm: u32,
+    pub generation: u64,
+    pub config_generation: u64,
+}
+
+/// Runs Disk Paxos for `ask` on `io`, retrying after aborts (randomized
+/// backoff up to `backoff`) and after I/O errors until `deadline`. Blocks
+/// for at most about `deadline` plus one I/O.
+pub fn decide(
+    io: &dyn BlockIo,
+    ask: Ask,
+    deadline: BootInstant,
+    backoff: Duration,
+) -> Result<Outcome, DecideError> {
+    let Ask {
+        geo,
+        me,
+        vm,
+        generation,
+        config_generation,
+    } = ask;
+    let started = BootInstant::now();
+    let mut rng = crate::rng::SplitMix::from_entropy(u64::from(me));
+    let mut ballots = 0;
+    let mut last_io_error = None;
+    while BootInstant::now() < deadline {
+        let (mut p, mut queue) = Proposer::new(geo, me, vm, generation, config_generation);
+        let outcome = loop {
+            let Some(req) = queue.pop() else {
+                // Every request was completed and the last poll asked to back off.
+                let wait = backoff.mul_f64(rng.unit());
+                if BootInstant::now() + wait >= deadline {
+                    break None;
+                }
+                std::thread::sleep(wait);
+                queue = p.retry();
+                continue;
+            };
+            let result = match &req.op {
+                Op::Read { block } => io.read(*block).map(IoResult::Read),
+                Op::Write { block, data } => io.write(*block, data).map(|()| IoResult::Written),
+            };
+            let result = match result {
+                Ok(r) => r,
+                Err(e) if crate::pr::is_reservation_conflict(&e) => {
+                    return Err(DecideError::Refused(e))
+                }
+                Err(e) => {
+                    last_io_error = Some(e);
+                    IoResult::Failed
+                }
+            };
+            match p.complete(req.token, result) {
+                Poll::Io(more) => queue.extend(more),
+                Poll::Wait | Poll::Retry => {}
+                Poll::Done(o) => break Some(o),
+            }
+        };
+        ballots += p.ballots();
+        match outcome {
+            Some(Outcome::IoFailed) => {
+                let wait = backoff.max(Duration::from_millis(10));
+                if BootInstant::now() + wait >= deadline {
+                    break;
+                }
+                std::thread::sleep(wait);
+            }
+            Some(o) => return Ok(o),
+            None => break,
+        }
+    }
+    match last_io_error {
+        Some(e) => Err(DecideError::Io(e)),
+        None => Err(DecideError::Timeout(started.elapsed(), ballots)),
+    }
+}

@@ -1,0 +1,395 @@
+//! The one thread that owns a pair member's [`Member`] and performs its
+//! [`Action`]s: gates, fencing races, stopping the vCPU, the link's last
+//! words, going live. Everything else that learns something — the link
+//! threads, the vCPU's run thread, the daemon (fencing's grant and
+//! depositions), the race workers — sends it an [`Event`]; a tick every
+//! [`TICK`] carries the channel's silence.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::fence;
+use super::link::{Link, Notify};
+use super::member::{Action, Event, Member, State};
+use super::primary::PrimaryLog;
+use super::secondary::ReplayQueue;
+use super::spec::{PairHandle, PairSpec};
+use crate::vm::VmHandle;
+
+/// How often the driver looks at the channel's silence and deadlines.
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// What the driver tells a Secondary's run thread once its log is exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It won `generation`: continue the VM from exit `at` on the real
+    /// backends, and hand the new output gate back ([`Driver::attach_live`]).
+    /// `storage_cut`: the win cut the previous owner off at the storage
+    /// (fencing's PREEMPT AND ABORT), so its late writes cannot land.
+    GoLive {
+        generation: u64,
+        at: u64,
+        storage_cut: bool,
+    },
+    /// Halt the VM.
+    Halt,
+}
+
+/// What the member's actions act on.
+pub struct Resources {
+    pub log: Option<Arc<PrimaryLog>>,
+    pub queue: Option<Arc<ReplayQueue>>,
+    pub link: Option<Link>,
+    pub vm: VmHandle,
+}
+
+enum Msg {
+    Event(Event),
+    /// The run thread is done: close what is left and end.
+    Quit,
+}
+
+/// A driver whose event channel exists (so the link can be given its
+/// notifier) but which does not run yet.
+pub struct Prepared {
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    events: Sender<Event>,
+}
+
+impl Prepared {
+    /// Where the link reports how it ended.
+    pub fn notify(&self) -> Notify {
+        let tx = Mutex::new(self.events.clone());
+        Arc::new(move |ev| {
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(ev);
+        })
+    }
+}
+
+/// A running driver.
+pub struct Driver {
+    tx: Sender<Msg>,
+    state: Arc<Mutex<State>>,
+    verdicts: Receiver<Verdict>,
+    live_tx: Sender<Arc<PrimaryLog>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Ctx {
+    spec: PairSpec,
+    handle: Arc<PairHandle>,
+    res: Resources,
+    /// Posts events back into the driver (race workers).
+    events: Sender<Event>,
+    verdict_tx: Sender<Verdict>,
+    live_rx: Receiver<Arc<PrimaryLog>>,
+    /// Ends race workers that still wait for storage.
+    cancel: Arc<AtomicBool>,
+    /// The generation whose win cut the previous owner off at the storage
+    /// (0: none); set by the race worker before it posts `Decided`.
+    cut: Arc<AtomicU64>,
+    started: Instant,
+    state: Arc<Mutex<State>>,
+}
+
+impl Driver {
+    /// The event channel of a driver about to start.
+    pub fn prepare() -> Prepared {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (events, ev_rx) = mpsc::channel::<Event>();
+        // Events from the link, the handle and race workers go through
+        // `events`; a forwarder merges them into the driver's queue.
+        {
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("member-events".into())
+                .spawn(move || {
+                    for ev in ev_rx {
+                        if tx.send(Msg::Event(ev)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawn member event forwarder");
+        }
+        Prepared { tx, rx, events }
+    }
+
+    /// Starts the driver of `member` over `res`; applies the member's initial
+    /// gate first. The handle takes the daemon's events from now on.
+    pub fn start(
+        prepared: Prepared,
+        member: Member,
+        spec: &PairSpec,
+        handle: &Arc<PairHandle>,
+        res: Resources,
+    ) -> Self {
+        let Prepared { tx, rx, events } = prepared;
+        let (verdict_tx, verdicts) = mpsc::channel();
+        let (live_tx, live_rx) = mpsc::channel();
+        let state = Arc::new(Mutex::new(member.state().clone()));
+        handle.attach(events.clone());
+        let mut ctx = Ctx {
+            spec: spec.clone(),
+            handle: Arc::clone(handle),
+            res,
+            events: events.clone(),
+            verdict_tx,
+            live_rx,
+            cancel: Arc::new(AtomicBool::new(false)),
+            cut: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            state: Arc::clone(&state),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("member-{}", spec.hello.vm))
+            .spawn(move || {
+                let mut member = member;
+                ctx.perform(Action::Gate(member.initial_gate()));
+                ctx.show(&member);
+                ctx.run(&mut member, rx);
+            })
+            .expect("spawn member driver");
+        drop(events);
+        Driver {
+            tx,
+            state,
+            verdicts,
+            live_tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Posts an event (the run thread's).
+    pub fn post(&self, ev: Event) {
+        let _ = self.tx.send(Msg::Event(ev));
+    }
+
+    /// The member's state now.
+    pub fn state(&self) -> State {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Secondary: waits for the member's verdict after its log ran out.
+    pub fn verdict(&self) -> Verdict {
+        self.verdicts.recv().unwrap_or(Verdict::Halt)
+    }
+
+    /// Secondary gone live: the new output gate the member now drives.
+    pub fn attach_live(&self, log: Arc<PrimaryLog>) {
+        let _ = self.live_tx.send(log);
+    }
+
+    /// Waits until the member has halted (a hand-over completing) or
+    /// `timeout` passed.
+    pub fn wait_halted(&self, timeout: Duration) -> State {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.state();
+            if matches!(s, State::Halted(_)) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Ends the driver (closing a link still open with `Bye`) and returns
+    /// the member's last state.
+    pub fn finish(mut self) -> State {
+        let _ = self.tx.send(Msg::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.state()
+    }
+}
+
+impl Ctx {
+    fn run(&mut self, member: &mut Member, rx: Receiver<Msg>) {
+        loop {
+            let ev = match rx.recv_timeout(TICK) {
+                Ok(Msg::Event(ev)) => ev,
+                Ok(Msg::Quit) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => self.tick(),
+            };
+            self.step(member, ev);
+            if member.is_halted() {
+                // A Secondary's run thread may wait for its verdict.
+                let _ = self.verdict_tx.send(Verdict::Halt);
+            }
+            if matches!(member.state(), State::HandingOver { .. })
+                && self.res.log.as_ref().is_some_and(|l| l.all_acked())
+            {
+                self.step(member, Event::AllAcked);
+            }
+        }
+        // The run thread is done with the VM: nothing runs here any more.
+        self.cancel.store(true, Ordering::SeqCst);
+        self.handle.detach();
+        if let Some(link) = self.res.link.take() {
+            link.stop("vm stopped");
+        }
+        self.handle.running.store(0, Ordering::SeqCst);
+        let _ = self.verdict_tx.send(Verdict::Halt);
+    }
+
+    /// One event: the new state is published *before* any action is
+    /// performed, so a run thread whose vCPU an action stops reads the state
+    /// that stopped it (a hand-over must never be mistaken for an orderly end
+    /// of a paired VM, which would append `End` and make the Secondary halt).
+    fn step(&mut self, member: &mut Member, ev: Event) {
+        let actions = member.on_event(ev);
+        self.show(member);
+        for a in actions {
+            self.perform(a);
+        }
+    }
+
+    fn tick(&self) -> Event {
+        let silent_ms = match &self.res.link {
+            Some(l) => l.silent_for().as_millis() as u64,
+            None => 0,
+        };
+        Event::Tick {
+            now_ms: self.started.elapsed().as_millis() as u64,
+            silent_ms,
+        }
+    }
+
+    /// Publishes the member's state to status, the run thread and fencing's
+    /// publication (the generation acted in or being acquired as Primary).
+    fn show(&self, member: &Member) {
+        let st = member.state();
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = st.clone();
+        self.handle.set_role(&st.to_string());
+        self.handle
+            .generation
+            .store(member.generation(), Ordering::SeqCst);
+        let running = match st {
+            State::Paired { g }
+            | State::Solo { g }
+            | State::Fenced { g }
+            | State::StorageHeld { g, .. }
+            | State::HandingOver { g, .. } => *g,
+            State::Racing { g, .. } | State::Rechecking { g } | State::Claiming { g, .. } => g + 1,
+            State::Following { .. } | State::Draining { .. } | State::Halted(_) => 0,
+        };
+        self.handle.running.store(running, Ordering::SeqCst);
+    }
+
+    fn perform(&mut self, a: Action) {
+        match a {
+            Action::Gate(g) => {
+                if let Some(log) = &self.res.log {
+                    log.set_gate(g);
+                }
+            }
+            Action::Acquire { generation } => self.race(generation),
+            Action::StopVcpu => {
+                if let Some(log) = &self.res.log {
+                    log.stop_waiting();
+                }
+                if let Some(q) = &self.res.queue {
+                    q.abort();
+                }
+                self.cancel.store(true, Ordering::SeqCst);
+                self.res.vm.stop();
+            }
+            Action::Resign { reason } => {
+                if let Some(link) = self.res.link.take() {
+                    link.hand_over(&reason);
+                }
+            }
+            Action::SendDiverged { what } => {
+                if let Some(link) = self.res.link.take() {
+                    link.diverged(&what);
+                }
+            }
+            Action::CloseLink { reason } => {
+                if let Some(q) = &self.res.queue {
+                    q.close(&reason);
+                }
+                if let Some(link) = self.res.link.take() {
+                    link.stop(&reason);
+                }
+            }
+            Action::GoLive { generation, at } => self.go_live(generation, at),
+            Action::Say(line) => println!("{line}"),
+        }
+    }
+
+    /// Asks fencing for `generation` on a worker; the answer comes back as
+    /// `Decided`. While storage does not answer it says so once.
+    fn race(&self, generation: u64) {
+        let vm = self.spec.hello.vm.clone();
+        let fencing = self.spec.fencing_socket.clone();
+        let config_generation = self.spec.hello.config_generation;
+        let (events, cancel) = (self.events.clone(), Arc::clone(&self.cancel));
+        let cut = Arc::clone(&self.cut);
+        // Publication before the Acquire (docs/design.md §1).
+        self.handle.running.store(generation, Ordering::SeqCst);
+        let t = Instant::now();
+        std::thread::Builder::new()
+            .name(format!("race-{vm}-{generation}"))
+            .spawn(move || {
+                let waiting = |why: &str| {
+                    println!(
+                        "ftvmm: vm {vm}: storage does not answer ({why}); holding output and waiting"
+                    )
+                };
+                let decided = fence::acquire_until(
+                    &fencing,
+                    &vm,
+                    generation,
+                    config_generation,
+                    &cancel,
+                    waiting,
+                );
+                if let Some(fence::Acquired {
+                    decision,
+                    storage_cut,
+                }) = decided
+                {
+                    tracing::info!(vm, generation, ?decision, storage_cut, ms = t.elapsed().as_millis() as u64, "decided");
+                    if storage_cut {
+                        cut.store(generation, Ordering::SeqCst);
+                    }
+                    let _ = events.send(Event::Decided {
+                        generation,
+                        decision,
+                    });
+                }
+            })
+            .expect("spawn race worker");
+    }
+
+    /// Tells the Secondary's run thread to go live and takes over the output
+    /// gate it builds.
+    fn go_live(&mut self, generation: u64, at: u64) {
+        let storage_cut = self.cut.load(Ordering::SeqCst) == generation;
+        let _ = self.verdict_tx.send(Verdict::GoLive {
+            generation,
+            at,
+            storage_cut,
+        });
+        match self.live_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(log) => {
+                *self
+                    .handle
+                    .primary
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&log));
+                self.res.log = Some(log);
+                self.res.queue = None;
+            }
+            Err(_) => println!(
+                "ftvmm: vm {}: won generation {generation} but the VM could not go live; it stays stopped",
+                self.spec.hello.vm
+            ),
+        }
+    }
+}

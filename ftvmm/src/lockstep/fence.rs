@@ -1,0 +1,124 @@
+//! ftvmm's client of the fencing agent: who owns which generation of a VM
+//! (`Acquire`, `Highest`) and which hosts are alive and run what (`Leases`).
+//! Every answer is typed; an agent that cannot answer is an error the caller
+//! waits out (storage unreachable: keep holding, say so once).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use config_schema::ctl::{self, LeaseView, Request, Response};
+
+use super::member::Decision;
+
+/// What `Highest { vm }` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Highest {
+    /// The highest generation named on disk (0: none yet).
+    pub generation: u64,
+    pub owner: Option<String>,
+    pub config_generation: u64,
+}
+
+/// A decision, and whether a win cut the previous owner off at the storage
+/// (`Response::Decided::storage_cut`: none of its writes can land any more,
+/// so a new Primary need not hold writes over its in-flight ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    pub decision: Decision,
+    pub storage_cut: bool,
+}
+
+/// One `Acquire`; `Err` when fencing could not decide (storage unreachable,
+/// a corrupt block, a refused region) — the caller keeps holding and asks
+/// again.
+pub fn acquire(
+    socket: &Path,
+    vm: &str,
+    generation: u64,
+    config_generation: u64,
+) -> Result<Acquired, String> {
+    let req = Request::Acquire {
+        vm: vm.to_string(),
+        generation,
+        config_generation,
+    };
+    let plain = |decision| {
+        Ok(Acquired {
+            decision,
+            storage_cut: false,
+        })
+    };
+    match ctl::query(socket, &req) {
+        Ok(Response::Decided {
+            won: true,
+            storage_cut,
+            ..
+        }) => Ok(Acquired {
+            decision: Decision::Won,
+            storage_cut,
+        }),
+        Ok(Response::Decided { owner, .. }) => plain(Decision::Lost { owner }),
+        Ok(Response::Superseded { by, .. }) => plain(Decision::Superseded { by }),
+        Ok(Response::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Asks until fencing decides or `cancel`; calls `on_waiting` once with the
+/// reason when it does not answer at first.
+pub fn acquire_until(
+    socket: &Path,
+    vm: &str,
+    generation: u64,
+    config_generation: u64,
+    cancel: &AtomicBool,
+    on_waiting: impl Fn(&str),
+) -> Option<Acquired> {
+    let mut said = false;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return None;
+        }
+        match acquire(socket, vm, generation, config_generation) {
+            Ok(d) => return Some(d),
+            Err(why) => {
+                if !said {
+                    on_waiting(&why);
+                    said = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `Highest { vm }`.
+pub fn highest(socket: &Path, vm: &str) -> Result<Highest, String> {
+    match ctl::query(socket, &Request::Highest { vm: vm.to_string() }) {
+        Ok(Response::Highest {
+            generation,
+            owner,
+            config_generation,
+            ..
+        }) => Ok(Highest {
+            generation,
+            owner,
+            config_generation,
+        }),
+        Ok(Response::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `Leases`: every host's delta lease and publication.
+pub fn leases(socket: &Path) -> Result<Vec<LeaseView>, String> {
+    match ctl::query(socket, &Request::Leases) {
+        Ok(Response::Leases { leases }) => Ok(leases),
+        Ok(Response::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}

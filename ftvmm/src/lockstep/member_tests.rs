@@ -1,0 +1,289 @@
+//! Unit tests of the member state machine: one test per rule of the module
+//! docs.
+
+use super::*;
+
+const T: u64 = 1_000;
+
+fn primary() -> Member {
+    Member::primary("kv", "host-b", 1, true, T)
+}
+
+fn secondary() -> Member {
+    Member::secondary("kv", "host-a", 1, T)
+}
+
+fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
+    actions.iter().any(f)
+}
+
+fn tick(now_ms: u64, silent_ms: u64) -> Event {
+    Event::Tick { now_ms, silent_ms }
+}
+
+#[test]
+fn a_primary_that_loses_its_secondary_holds_and_races_at_once() {
+    let mut m = primary();
+    assert_eq!(m.initial_gate(), Gate::ByAcks);
+    let a = m.on_event(Event::ChannelLost {
+        why: "send failed".into(),
+    });
+    assert_eq!(a[0], Action::Gate(Gate::Held), "holding comes first");
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert!(matches!(m.state(), State::Racing { g: 1, .. }));
+    // Another loss while racing changes nothing.
+    assert!(m.on_event(tick(5_000, 5_000)).is_empty());
+    let a = m.on_event(Event::Decided {
+        generation: 2,
+        decision: Decision::Won,
+    });
+    assert!(has(&a, |x| *x == Action::Gate(Gate::Open)));
+    assert_eq!(m.state(), &State::Solo { g: 2 });
+    assert_eq!(m.acting_generation(), Some(2));
+}
+
+#[test]
+fn silence_alone_is_a_loss_and_a_diverged_secondary_too() {
+    let mut m = primary();
+    assert!(m.on_event(tick(900, 999)).is_empty(), "below the timeout");
+    let a = m.on_event(tick(1_000, 1_000));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    let mut m = primary();
+    let a = m.on_event(Event::PeerDiverged {
+        what: "at exit 5".into(),
+    });
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+}
+
+#[test]
+fn losing_or_being_superseded_halts_and_halted_is_final() {
+    for d in [
+        Decision::Lost {
+            owner: "host-b".into(),
+        },
+        Decision::Superseded { by: 9 },
+    ] {
+        let mut m = primary();
+        m.on_event(Event::ChannelLost { why: "x".into() });
+        let a = m.on_event(Event::Decided {
+            generation: 2,
+            decision: d,
+        });
+        assert!(has(&a, |x| *x == Action::StopVcpu));
+        assert!(m.is_halted());
+        assert!(m
+            .on_event(Event::Decided {
+                generation: 2,
+                decision: Decision::Won
+            })
+            .is_empty());
+        assert!(m.on_event(Event::Grant(Grant::Ok)).is_empty());
+    }
+}
+
+#[test]
+fn a_decision_for_another_generation_is_ignored() {
+    let mut m = primary();
+    m.on_event(Event::ChannelLost { why: "x".into() });
+    assert!(m
+        .on_event(Event::Decided {
+            generation: 7,
+            decision: Decision::Won
+        })
+        .is_empty());
+    assert!(matches!(m.state(), State::Racing { .. }));
+}
+
+#[test]
+fn a_secondary_replays_then_races_and_goes_live() {
+    let mut m = secondary();
+    assert_eq!(m.initial_gate(), Gate::Held);
+    let a = m.on_event(Event::ChannelLost {
+        why: "primary said bye".into(),
+    });
+    assert!(has(&a, |x| matches!(x, Action::CloseLink { .. })));
+    assert!(
+        !has(&a, |x| matches!(x, Action::Acquire { .. })),
+        "replay first"
+    );
+    let a = m.on_event(Event::ReplayExhausted { at: 4_242 });
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    let a = m.on_event(Event::Decided {
+        generation: 2,
+        decision: Decision::Won,
+    });
+    assert_eq!(
+        a,
+        vec![
+            Action::GoLive {
+                generation: 2,
+                at: 4_242
+            },
+            Action::Gate(Gate::Open)
+        ]
+    );
+    assert_eq!(m.state(), &State::Solo { g: 2 });
+}
+
+#[test]
+fn a_silent_primary_or_a_resignation_starts_the_secondary_draining() {
+    let mut m = secondary();
+    let a = m.on_event(tick(1_000, 1_000));
+    assert!(has(&a, |x| matches!(x, Action::CloseLink { .. })));
+    assert!(matches!(m.state(), State::Draining { .. }));
+    let mut m = secondary();
+    m.on_event(Event::PeerResigned {
+        why: "storage lost".into(),
+    });
+    assert!(matches!(m.state(), State::Draining { .. }));
+}
+
+#[test]
+fn a_diverged_secondary_says_so_and_never_races() {
+    let mut m = secondary();
+    let a = m.on_event(Event::Diverged {
+        what: "at exit 526".into(),
+    });
+    assert!(has(&a, |x| matches!(x, Action::SendDiverged { .. })));
+    assert!(m.is_halted());
+    assert!(m.on_event(Event::ReplayExhausted { at: 526 }).is_empty());
+    assert!(m
+        .on_event(Event::ChannelLost { why: "x".into() })
+        .is_empty());
+}
+
+#[test]
+fn a_paired_primary_losing_its_grant_holds_then_hands_over_once_everything_is_acked() {
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    let a = m.on_event(Event::Grant(Grant::Withdrawn {
+        reason: "lease renewal failing".into(),
+    }));
+    assert_eq!(a[0], Action::Gate(Gate::Held));
+    assert!(
+        !has(&a, |x| *x == Action::StopVcpu),
+        "a storage hiccup holds output but keeps the pair"
+    );
+    assert!(m.on_event(tick(10_000 + T - 1, 0)).is_empty());
+    let a = m.on_event(tick(10_000 + T, 0));
+    assert_eq!(a[0], Action::Gate(Gate::Held));
+    assert!(has(&a, |x| *x == Action::StopVcpu));
+    assert!(matches!(m.state(), State::HandingOver { .. }));
+    let a = m.on_event(Event::AllAcked);
+    assert!(has(&a, |x| matches!(x, Action::Resign { .. })));
+    assert_eq!(
+        m.state(),
+        &State::Halted(Halt::HandedOver { to_secondary: true })
+    );
+    // Not everything acked in time: no resignation, the channel is closed.
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    m.on_event(Event::Grant(Grant::Withdrawn { reason: "x".into() }));
+    m.on_event(tick(10_000 + T, 0));
+    assert!(m
+        .on_event(tick(10_000 + T + HAND_OVER_MS - 1, 0))
+        .is_empty());
+    let a = m.on_event(tick(10_000 + T + HAND_OVER_MS, 0));
+    assert!(has(&a, |x| matches!(x, Action::CloseLink { .. })));
+    assert!(!has(&a, |x| matches!(x, Action::Resign { .. })));
+}
+
+#[test]
+fn a_grant_back_within_the_failure_timeout_resumes_the_pair_and_a_loss_meanwhile_races() {
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    m.on_event(Event::Grant(Grant::Withdrawn {
+        reason: "lease renewal failing".into(),
+    }));
+    m.on_event(tick(10_000 + T - 100, 0));
+    let a = m.on_event(Event::Grant(Grant::Ok));
+    assert_eq!(a[0], Action::Gate(Gate::ByAcks));
+    assert_eq!(m.state(), &State::Paired { g: 1 });
+    // Later ticks hand nothing over.
+    assert!(m.on_event(tick(10_000 + 3 * T, 0)).is_empty());
+    // Held, and then the Secondary is lost: race as a paired Primary does.
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    m.on_event(Event::Grant(Grant::Withdrawn { reason: "x".into() }));
+    let a = m.on_event(Event::ChannelLost { why: "bye".into() });
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert!(matches!(m.state(), State::Racing { g: 1, .. }));
+    // Held, and the channel goes silent: the same.
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    m.on_event(Event::Grant(Grant::Withdrawn { reason: "x".into() }));
+    let a = m.on_event(tick(10_000 + 10, T));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+}
+
+#[test]
+fn a_lone_primary_holds_without_its_grant_and_rewins_before_output_flows() {
+    let mut m = Member::primary("kv", "", 3, false, T);
+    assert_eq!(m.initial_gate(), Gate::Open);
+    let a = m.on_event(Event::Grant(Grant::Lapsed));
+    assert_eq!(a, vec![Action::Gate(Gate::Held)]);
+    let a = m.on_event(Event::Grant(Grant::Ok));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 4 }));
+    assert!(
+        !has(&a, |x| *x == Action::Gate(Gate::Open)),
+        "not before the re-check"
+    );
+    let a = m.on_event(Event::Decided {
+        generation: 4,
+        decision: Decision::Won,
+    });
+    assert!(has(&a, |x| *x == Action::Gate(Gate::Open)));
+    assert_eq!(m.state(), &State::Solo { g: 4 });
+    // Fenced again while re-checking: a late win keeps it held.
+    m.on_event(Event::Grant(Grant::Lapsed));
+    m.on_event(Event::Grant(Grant::Ok));
+    m.on_event(Event::Grant(Grant::Lapsed));
+    let a = m.on_event(Event::Decided {
+        generation: 5,
+        decision: Decision::Won,
+    });
+    assert!(!has(&a, |x| *x == Action::Gate(Gate::Open)));
+    assert_eq!(m.state(), &State::Fenced { g: 5 });
+}
+
+#[test]
+fn deposition_by_a_later_generation_halts_a_primary_only() {
+    let mut m = primary();
+    assert!(m
+        .on_event(Event::Deposed {
+            generation: 1,
+            by: "host-b".into()
+        })
+        .is_empty());
+    let a = m.on_event(Event::Deposed {
+        generation: 2,
+        by: "host-c".into(),
+    });
+    assert_eq!(a[0], Action::Gate(Gate::Held));
+    assert!(matches!(m.state(), State::Halted(Halt::Deposed { .. })));
+    let mut s = secondary();
+    assert!(s
+        .on_event(Event::Deposed {
+            generation: 5,
+            by: "host-c".into()
+        })
+        .is_empty());
+}
+
+#[test]
+fn stop_halts_whatever_the_state() {
+    for mut m in [primary(), secondary()] {
+        let a = m.on_event(Event::Stop);
+        assert!(has(&a, |x| *x == Action::StopVcpu));
+        assert_eq!(m.state(), &State::Halted(Halt::Stopped));
+    }
+}
+
+#[test]
+#[should_panic(expected = "invalid transition")]
+fn a_transition_out_of_halted_is_a_bug() {
+    let mut m = primary();
+    m.on_event(Event::Stop);
+    let from = m.state().clone();
+    m.check_transition(&from, &State::Solo { g: 1 }, &[]);
+}

@@ -1,0 +1,327 @@
+//! Which half of a pair this host runs for a config VM, and running it.
+//!
+//! Placement at power-on (anti-affinity): among the hosts the VM's affinity
+//! allows, in the config's `hosts` order, the first is the Primary and the
+//! next one the Secondary — never the same host. A VM that allows only one
+//! host runs unprotected (config validation already warns about it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_schema::runtime::RuntimeConfig;
+use config_schema::validate::allowed_hosts;
+
+use super::channel::{Hello, Identity};
+use super::grant::HostGrant;
+use super::link::OnTraffic;
+use super::pair::{
+    listen, primary_handshake, run_alone, run_primary, run_secondary, secondary_handshake, Allowed,
+    PairReport,
+};
+use super::spec::{channel_port, image_sha256, PairError, PairHandle, PairSpec};
+use super::start::{check_offered_generation, win_start_generation, StartCtx};
+use crate::live::ConsoleSink;
+use crate::runner::{RunError, VmSpec};
+use crate::vm::{Progress, VmHandle};
+
+/// This host's part in a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Run it as Primary, paired with the Secondary on `secondary`.
+    Primary { secondary: String },
+    /// Run it as Secondary of the Primary on `primary`.
+    Secondary { primary: String },
+    /// Only this host is allowed: run it alone, unprotected.
+    Unprotected,
+    /// Not this host's business.
+    None,
+}
+
+/// The pair of a config VM: (Primary host, Secondary host if any).
+pub fn pair_hosts(config: &config_schema::ClusterConfig, vm: &config_schema::Vm) -> Vec<String> {
+    let allowed = allowed_hosts(config, vm);
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.clone())
+        .filter(|h| allowed.contains(&h.as_str()))
+        .take(2)
+        .collect()
+}
+
+/// This host's role for `vm`.
+pub fn role(rc: &RuntimeConfig, vm: &config_schema::Vm) -> Role {
+    let hosts = pair_hosts(&rc.config, vm);
+    let here = &rc.host_name;
+    match hosts.as_slice() {
+        [p] if p == here => Role::Unprotected,
+        [p, s] if p == here => Role::Primary {
+            secondary: s.clone(),
+        },
+        [p, s] if s == here => Role::Secondary { primary: p.clone() },
+        _ => Role::None,
+    }
+}
+
+fn key(hex_str: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_str).ok()?.try_into().ok()
+}
+
+fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
+    let h = rc.config.hosts.iter().find(|h| h.name == host)?;
+    h.ft.addr.split('/').next()?.parse().ok()
+}
+
+/// Everything both sides agree on for `vm`, and this host's identity and
+/// output grant. The generation is set when it is won (or offered).
+pub fn pair_spec(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    spec: VmSpec,
+    grant: Arc<HostGrant>,
+) -> Result<PairSpec, PairError> {
+    let primary = pair_hosts(&rc.config, vm)
+        .into_iter()
+        .next()
+        .ok_or_else(|| PairError::Protocol(format!("vm {} allows no host", vm.name)))?;
+    let private_key = key(&rc.host_private_key)
+        .ok_or_else(|| PairError::Protocol("host private key is not 32 bytes of hex".into()))?;
+    Ok(PairSpec {
+        hello: Hello {
+            vm: vm.name.clone(),
+            // Won before the VM starts (start.rs); go-live moves it.
+            generation: 0,
+            config_generation: rc.config.cluster.generation,
+            image_sha256: image_sha256(&spec.kernel)?,
+            mem_mib: spec.mem_mib,
+            start_exit: 0,
+            primary_host: primary,
+            platform: Box::new(
+                crate::platform::Platform::for_host(&spec.cpu)
+                    .map_err(|e| RunError::Vm(e.into()))?,
+            ),
+        },
+        vm: spec,
+        identity: Identity { private_key },
+        lag_limit: Duration::from_millis(rc.config.timing.lag_limit_ms),
+        host: rc.host_name.clone(),
+        peer: String::new(),
+        failure_timeout: Duration::from_millis(rc.config.timing.failure_timeout_ms),
+        heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
+        fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
+        grant,
+    })
+}
+
+/// Reports logging-channel traffic from the peer to the heartbeat daemon as a
+/// sign of life, at most every 100 ms, from a thread of its own (the link
+/// threads only set a flag: a slow heartbeat socket must never delay acks).
+/// Failures are ignored: heartbeats are the other path.
+pub fn heartbeat_notifier(_rc: &RuntimeConfig, role: &Role) -> OnTraffic {
+    let peer = match role {
+        Role::Primary { secondary } => secondary.clone(),
+        Role::Secondary { primary } => primary.clone(),
+        _ => return Arc::new(|| {}),
+    };
+    let seen = Arc::new(AtomicBool::new(false));
+    let flag = Arc::downgrade(&seen);
+    let spawned = std::thread::Builder::new()
+        .name("peer-alive".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            // Ends when the link (the only owner of the flag) is gone.
+            let Some(f) = flag.upgrade() else { return };
+            if f.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = config_schema::ctl::query(
+                    std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
+                    &config_schema::ctl::Request::PeerAlive { host: peer.clone() },
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the peer-alive reporter: {e}");
+    }
+    Arc::new(move || seen.store(true, std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Wins the generation to start `vm` in (docs/design.md §1), publishing it
+/// through the handle while it is acquired.
+fn win_generation(
+    spec: &PairSpec,
+    handle: &PairHandle,
+    stop: &AtomicBool,
+) -> Result<u64, PairError> {
+    let acquiring = |g: u64| handle.running.store(g, Ordering::SeqCst);
+    let ctx = StartCtx {
+        vm: &spec.hello.vm,
+        host: &spec.host,
+        config_generation: spec.hello.config_generation,
+        fencing: &spec.fencing_socket,
+        cancel: stop,
+        acquiring: &acquiring,
+    };
+    win_start_generation(&ctx).map_err(|e| {
+        handle.running.store(0, Ordering::SeqCst);
+        PairError::NotStarting(e.to_string())
+    })
+}
+
+/// Runs this host's part of `vm` to its end (blocking): win the generation
+/// (a Primary, or a VM alone) or check the offered one (a Secondary), the
+/// handshake, then the run.
+#[allow(clippy::too_many_arguments)]
+pub fn run_member(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    role: &Role,
+    spec: PairSpec,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    stop: &Arc<AtomicBool>,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+    on_traffic: OnTraffic,
+) -> Result<PairReport, PairError> {
+    let index = rc
+        .config
+        .vms
+        .iter()
+        .position(|v| v.name == vm.name)
+        .expect("vm is from this config");
+    let mut spec = spec;
+    match role {
+        Role::Primary { secondary } => {
+            let peer = rc
+                .config
+                .hosts
+                .iter()
+                .find(|h| &h.name == secondary)
+                .ok_or_else(|| PairError::Protocol(format!("no host {secondary}")))?;
+            let peer_key = key(&peer.public_key)
+                .ok_or_else(|| PairError::Protocol(format!("bad public key of {secondary}")))?;
+            let ip = ft_ip(rc, secondary)
+                .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
+            handle.set_role("primary (winning its generation)");
+            spec.hello.generation = win_generation(&spec, handle, stop)?;
+            handle.set_role("primary (pairing)");
+            let addr = SocketAddr::new(ip, channel_port(index));
+            spec.peer = secondary.clone();
+            let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
+            println!(
+                "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
+                vm.name, spec.hello.generation
+            );
+            run_primary(&spec, ch, console, handle, on_start, on_traffic)
+        }
+        Role::Secondary { primary } => {
+            let ip = ft_ip(rc, &rc.host_name)
+                .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
+            let listener = listen(ip, index)?;
+            handle.set_role("secondary (pairing)");
+            println!(
+                "ftvmm: vm {}: secondary waiting for primary {primary} on {}",
+                vm.name,
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            let hosts: Vec<(String, [u8; 32])> = rc
+                .config
+                .hosts
+                .iter()
+                .filter_map(|h| Some((h.name.clone(), key(&h.public_key)?)))
+                .collect();
+            let allowed: Allowed = Arc::new(move |k: &[u8; 32]| {
+                hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone())
+            });
+            let fencing = spec.fencing_socket.clone();
+            let verify = |h: &Hello| {
+                check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
+            };
+            let (ch, hello) = secondary_handshake(
+                &listener,
+                &spec.identity,
+                allowed,
+                &spec.hello,
+                &verify,
+                stop,
+            )?;
+            drop(listener);
+            println!(
+                "ftvmm: vm {}: paired with primary {}; generation {}",
+                vm.name,
+                ch.peer(),
+                hello.generation
+            );
+            spec.hello.generation = hello.generation;
+            spec.peer = primary.clone();
+            let sectors = spec
+                .vm
+                .disk
+                .as_ref()
+                .and_then(|d| d.region)
+                .map(|(_, len)| len / crate::live::disk::SECTOR);
+            run_secondary(&spec, ch, sectors, console, handle, on_start, on_traffic)
+        }
+        Role::Unprotected => {
+            handle.set_role("primary alone (winning its generation)");
+            spec.hello.generation = win_generation(&spec, handle, stop)?;
+            println!(
+                "ftvmm: vm {}: runs unprotected on {} in generation {} (its affinity allows no other host)",
+                vm.name, spec.host, spec.hello.generation
+            );
+            let (report, member) = run_alone(&spec, console, handle, on_start)?;
+            Ok(PairReport {
+                outcome: report.outcome,
+                exit_index: report.exit_index,
+                replay_end: None,
+                member,
+            })
+        }
+        Role::None => Err(PairError::Protocol(format!(
+            "vm {} has no role on this host",
+            vm.name
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(host: &str) -> RuntimeConfig {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/cluster.toml"
+        ))
+        .unwrap();
+        let config = config_schema::validate::parse(&text).unwrap().config;
+        RuntimeConfig {
+            config,
+            host_name: host.into(),
+            host_private_key: "00".repeat(32),
+        }
+    }
+
+    #[test]
+    fn primary_and_secondary_are_the_first_two_allowed_hosts_never_the_same() {
+        let a = rc("host-a");
+        let vm = a.config.vms[0].clone();
+        assert_eq!(pair_hosts(&a.config, &vm), vec!["host-a", "host-b"]);
+        assert_eq!(
+            role(&a, &vm),
+            Role::Primary {
+                secondary: "host-b".into()
+            }
+        );
+        assert_eq!(
+            role(&rc("host-b"), &vm),
+            Role::Secondary {
+                primary: "host-a".into()
+            }
+        );
+        assert_eq!(role(&rc("host-c"), &vm), Role::None);
+    }
+}

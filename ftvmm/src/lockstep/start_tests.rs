@@ -1,0 +1,241 @@
+//! Tests of durable generations at start (docs/design.md §1) against a
+//! scripted fencing agent on a real control socket: what `Highest` names,
+//! how each `Acquire` is answered and which hosts publish the VM.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use config_schema::ctl::{LeaseView, Request, Response};
+
+use super::*;
+
+/// The scripted agent's state; the tests change it while a start runs.
+#[derive(Default)]
+struct Script {
+    /// (generation, owner, config generation) answered to `Highest`.
+    highest: (u64, Option<String>, u64),
+    /// Answers to the next `Acquire`s, in order; then every further one is
+    /// won by `host-a`.
+    acquire: Vec<Response>,
+    /// Hosts that publish the VM (live leases).
+    running_on: Vec<String>,
+    /// Every `Acquire` asked: (generation, config generation).
+    asked: Vec<(u64, u64)>,
+}
+
+struct Fencing {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    script: Arc<Mutex<Script>>,
+}
+
+fn decided(generation: u64, owner: &str, won: bool) -> Response {
+    Response::Decided {
+        vm: "kv".into(),
+        generation,
+        owner: owner.into(),
+        won,
+        config_generation: 3,
+        storage_cut: false,
+    }
+}
+
+impl Fencing {
+    fn serve(script: Script) -> Fencing {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fencing.sock");
+        let listener = config_schema::ctl_server::bind(&socket).unwrap();
+        let script = Arc::new(Mutex::new(script));
+        let s = Arc::clone(&script);
+        std::thread::spawn(move || {
+            config_schema::ctl_server::serve(
+                listener,
+                config_schema::ctl_server::Policy::fencing_for_this_test(),
+                move |req| {
+                    let mut s = s.lock().unwrap();
+                    match req {
+                        Request::Highest { vm } => Response::Highest {
+                            vm,
+                            generation: s.highest.0,
+                            owner: s.highest.1.clone(),
+                            config_generation: s.highest.2,
+                        },
+                        Request::Acquire {
+                            generation,
+                            config_generation,
+                            ..
+                        } => {
+                            s.asked.push((generation, config_generation));
+                            if s.acquire.is_empty() {
+                                s.highest = (generation, Some("host-a".into()), config_generation);
+                                decided(generation, "host-a", true)
+                            } else {
+                                let r = s.acquire.remove(0);
+                                // A later generation on disk: Highest names it now.
+                                if let Response::Superseded { by, .. } = r {
+                                    s.highest = (by, Some("host-b".into()), s.highest.2);
+                                }
+                                r
+                            }
+                        }
+                        Request::Leases => Response::Leases {
+                            leases: ["host-a", "host-b"]
+                                .iter()
+                                .map(|h| LeaseView {
+                                    host: h.to_string(),
+                                    live: true,
+                                    last_renewal_ms: Some(100),
+                                    running: if s.running_on.iter().any(|r| r == h) {
+                                        vec!["kv".into()]
+                                    } else {
+                                        Vec::new()
+                                    },
+                                })
+                                .collect(),
+                        },
+                        other => Response::Error {
+                            message: format!("not served: {other:?}"),
+                        },
+                    }
+                },
+            )
+        });
+        Fencing {
+            _dir: dir,
+            socket,
+            script,
+        }
+    }
+
+    /// host-a starts `kv` under config generation `config`.
+    fn start(&self, config: u64) -> (Result<u64, StartError>, Vec<u64>) {
+        let cancel = AtomicBool::new(false);
+        let published = Mutex::new(Vec::new());
+        let acquiring = |g| published.lock().unwrap().push(g);
+        let r = win_start_generation(&StartCtx {
+            vm: "kv",
+            host: "host-a",
+            config_generation: config,
+            fencing: &self.socket,
+            cancel: &cancel,
+            acquiring: &acquiring,
+        });
+        (r, published.into_inner().unwrap())
+    }
+
+    fn asked(&self) -> Vec<(u64, u64)> {
+        self.script.lock().unwrap().asked.clone()
+    }
+}
+
+#[test]
+fn a_start_wins_the_generation_after_the_highest_on_disk_and_publishes_it_first() {
+    let f = Fencing::serve(Script {
+        highest: (41, Some("host-b".into()), 2),
+        ..Script::default()
+    });
+    let (r, published) = f.start(3);
+    assert_eq!(r, Ok(42), "not generation 1 again: the disk remembers 41");
+    assert_eq!(published, [42]);
+    assert_eq!(
+        f.asked(),
+        [(42, 3)],
+        "asked under this host's config generation"
+    );
+}
+
+#[test]
+fn a_superseded_answer_means_ask_again_higher() {
+    let f = Fencing::serve(Script {
+        highest: (5, None, 1),
+        acquire: vec![Response::Superseded {
+            vm: "kv".into(),
+            generation: 6,
+            by: 22,
+        }],
+        ..Script::default()
+    });
+    let (r, _) = f.start(1);
+    assert_eq!(r, Ok(23));
+    assert_eq!(f.asked(), [(6, 1), (23, 1)]);
+}
+
+#[test]
+fn a_host_with_an_older_config_than_the_recorded_one_refuses_to_start() {
+    let f = Fencing::serve(Script {
+        highest: (7, Some("host-b".into()), 5),
+        ..Script::default()
+    });
+    let (r, published) = f.start(4);
+    assert_eq!(
+        r,
+        Err(StartError::OlderConfig {
+            generation: 7,
+            recorded: 5,
+            ours: 4
+        })
+    );
+    assert!(
+        published.is_empty() && f.asked().is_empty(),
+        "nothing acquired"
+    );
+}
+
+#[test]
+fn another_host_winning_the_start_generation_first_is_an_error_not_a_second_copy() {
+    let f = Fencing::serve(Script {
+        highest: (2, None, 1),
+        acquire: vec![decided(3, "host-b", false)],
+        ..Script::default()
+    });
+    assert_eq!(
+        f.start(1).0,
+        Err(StartError::StartedElsewhere {
+            generation: 3,
+            owner: "host-b".into()
+        })
+    );
+}
+
+#[test]
+fn a_start_waits_while_the_owner_is_live_and_publishes_the_vm() {
+    let f = Fencing::serve(Script {
+        highest: (9, Some("host-b".into()), 1),
+        running_on: vec!["host-b".into()],
+        ..Script::default()
+    });
+    let script = Arc::clone(&f.script);
+    let t = std::time::Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        script.lock().unwrap().running_on.clear();
+    });
+    let (r, _) = f.start(1);
+    assert_eq!(r, Ok(10));
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(500),
+        "acquired while host-b still ran the VM"
+    );
+}
+
+#[test]
+fn a_secondary_pairs_only_with_the_owner_of_the_highest_generation() {
+    let f = Fencing::serve(Script {
+        highest: (12, Some("host-a".into()), 1),
+        ..Script::default()
+    });
+    assert_eq!(
+        check_offered_generation(&f.socket, "kv", 12, "host-a"),
+        Ok(())
+    );
+    let stale = check_offered_generation(&f.socket, "kv", 1, "host-a").unwrap_err();
+    assert!(
+        stale.contains(
+            "generation 1 offered by host-a, but the highest on disk is 12 owned by host-a"
+        ),
+        "{stale}"
+    );
+    let other = check_offered_generation(&f.socket, "kv", 12, "host-c").unwrap_err();
+    assert!(other.contains("owned by host-a"), "{other}");
+}
