@@ -17,7 +17,9 @@
 //! 500 ms, and its Disk Paxos blocks of `kv`) changes from the freeze to the
 //! end, while host-b's lease moves on; no slot rolls back; every
 //! acknowledged PUT is readable and in the on-disk log; no guest frame left
-//! host-a after host-b went live.
+//! host-a after host-b went live but those its NIC held at the freeze
+//! (`common::no_overlap_but_queued`: the network has no reservation to
+//! refuse them; they were released in generation 1).
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 with
 //! `qemu-block-extra`, the `tgt` package and root; FAILS with a clear message
@@ -32,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::slots::{slots_hold_their_last_acknowledged_version, start_slot_client, wait_acks};
-use common::{all_on_disk, no_overlap, pair_on_iscsi, survive, VM};
+use common::{all_on_disk, no_overlap_but_queued, pair_on_iscsi, survive, VM};
 use config_schema::ctl::LATE_WRITE_BOUND_MS;
 use fencing::layout::{decode_header, Geometry};
 use qemu_tests::{Cluster, Host, Pattern};
@@ -85,6 +87,7 @@ fn blocks_of(cluster: &Cluster, host: u32) -> Vec<Vec<u8>> {
 struct Phases {
     paused: Option<Instant>,
     b_live: Option<Instant>,
+    resume_sent: Option<Instant>,
     thawed: Option<Instant>,
     reset: Option<Instant>,
 }
@@ -142,6 +145,7 @@ fn a_frozen_primary_is_preempted_at_the_storage_and_nothing_it_writes_after_the_
             std::thread::sleep(frozen_for.saturating_sub(t.elapsed()));
             // What host-a has on the device, frozen since before the depose.
             *frozen.lock().unwrap() = Some((blocks_of(&cluster, 0), blocks_of(&cluster, 1)));
+            phases.lock().unwrap().resume_sent = Some(Instant::now());
             a.resume().unwrap();
             phases.lock().unwrap().thawed = Some(Instant::now());
             eprintln!("  host-a thawed after {:.1} s", t.elapsed().as_secs_f64());
@@ -181,9 +185,10 @@ fn a_frozen_primary_is_preempted_at_the_storage_and_nothing_it_writes_after_the_
         },
     );
     let p = *phases.lock().unwrap();
-    let (paused, b_live, thawed, reset) = (
+    let (paused, b_live, resume_sent, thawed, reset) = (
         p.paused.unwrap(),
         p.b_live.unwrap(),
+        p.resume_sent.unwrap(),
         p.thawed.unwrap(),
         p.reset.unwrap(),
     );
@@ -191,7 +196,7 @@ fn a_frozen_primary_is_preempted_at_the_storage_and_nothing_it_writes_after_the_
     stop.store(true, Ordering::SeqCst);
     let mut slot_kv = worker.join().expect("slot client thread");
     let frames = cluster.vm.stop_capture();
-    no_overlap(&frames);
+    no_overlap_but_queued(&frames, resume_sent, thawed);
 
     // The image: host-a's blocks are as they were while it was frozen;
     // host-b's lease moved on meanwhile (the reading is live).

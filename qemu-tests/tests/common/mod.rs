@@ -216,6 +216,72 @@ pub fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
     );
 }
 
+/// How soon after a thaw the frames a frozen host had handed to its NIC
+/// before the freeze have left it (QEMU serves the queue at once; generous
+/// for a loaded machine).
+pub const THAW_WINDOW: Duration = Duration::from_secs(3);
+
+/// At most this many frames can wait in a host's NIC transmit queue (the
+/// virtio ring of the VM-network device).
+const TX_RING: usize = 256;
+
+/// [`no_overlap`] for a host-a that was frozen (QMP `stop`) and thawed after
+/// host-b went live. Its frames after host-b's first one are allowed only
+/// if they are what its NIC held at the freeze: all of them leave between
+/// the QMP `cont` (`resume_sent`) and [`THAW_WINDOW`] after it returned
+/// (`thawed`), no more than one transmit ring of them. They were released
+/// before the freeze under the Output Rule of the old generation — a paired
+/// Primary releases only on fresh acknowledgements from its Secondary, which
+/// a Secondary that went live never sends again — so host-b's log covers
+/// them and they reach the world like packets a switch delayed
+/// (docs/design.md §3, frozen hosts). Returns how many there were.
+pub fn no_overlap_but_queued(
+    frames: &[qemu_tests::hub::CapturedFrame],
+    resume_sent: Instant,
+    thawed: Instant,
+) -> usize {
+    let guest: Vec<_> = frames
+        .iter()
+        .filter(|f| f.src_mac() == Some(GUEST_MAC))
+        .collect();
+    let Some(first_b) = guest.iter().find(|f| f.from == "host-b").map(|f| f.at) else {
+        panic!("no guest frame from host-b after it went live");
+    };
+    assert!(
+        guest.iter().any(|f| f.from == "host-a" && f.at < first_b),
+        "no guest frame from host-a before host-b went live"
+    );
+    let late: Vec<_> = guest
+        .iter()
+        .filter(|f| f.from == "host-a" && f.at > first_b)
+        .collect();
+    for f in &late {
+        assert!(
+            f.at >= resume_sent && f.at <= thawed + THAW_WINDOW,
+            "host-a emitted guest output after host-b went live, {} the thaw window: a frame {} the QMP cont",
+            if f.at < resume_sent { "outside" } else { "after" },
+            if f.at < resume_sent {
+                format!("{:.3} s before", (resume_sent - f.at).as_secs_f64())
+            } else {
+                format!("{:.3} s after", (f.at - resume_sent).as_secs_f64())
+            }
+        );
+    }
+    assert!(
+        late.len() <= TX_RING,
+        "host-a emitted {} guest frames after the thaw, more than its NIC can have held at the freeze",
+        late.len()
+    );
+    if let Some(f) = late.first() {
+        eprintln!(
+            "  {} guest frame(s) host-a's NIC held at the freeze left {:.3} s after the QMP cont (released before the freeze)",
+            late.len(),
+            (f.at - resume_sent).as_secs_f64()
+        );
+    }
+    late.len()
+}
+
 /// Every acknowledged PUT is in the guest's log on the shared storage.
 pub fn all_on_disk(cluster: &qemu_tests::Cluster, acked: &[usize], what: &str) {
     let (table, end) = on_disk(cluster.shared_storage(), cluster.config(), VM).unwrap();
