@@ -16,19 +16,43 @@ PACKAGES=(
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
-    missing+=("$p")
+missing_packages() {
+  local p
+  for p in "${PACKAGES[@]}"; do
+    if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
+      echo "$p"
+    fi
+  done
+}
+
+sudo=()
+if [[ "$(id -u)" -ne 0 ]]; then sudo=(sudo); fi
+updated=
+# Two rounds: installing one package can remove another of the list. A
+# machine that has qemu-utils from bookworm-backports (10.x) loses it when
+# qemu-block-extra 7.2 comes from bookworm; the second round installs the
+# matching qemu-utils (without it every NBD storage test fails: no qemu-nbd).
+for round in 1 2; do
+  mapfile -t missing < <(missing_packages)
+  ((${#missing[@]})) || break
+  echo "prereqs: installing ${missing[*]}"
+  if [[ -z "$updated" ]]; then
+    "${sudo[@]}" apt-get update -qq
+    updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+mapfile -t missing < <(missing_packages)
+if ((${#missing[@]})); then
+  echo "prereqs: still missing after installing: ${missing[*]}" >&2
+  exit 1
+fi
+for cmd in qemu-system-x86_64 qemu-nbd qemu-io qemu-img xorriso; do
+  if ! command -v "$cmd" >/dev/null; then
+    echo "prereqs: $cmd not found in PATH after installing the packages" >&2
+    exit 1
   fi
 done
-if ((${#missing[@]})); then
-  echo "prereqs: installing ${missing[*]}"
-  sudo=()
-  if [[ "$(id -u)" -ne 0 ]]; then sudo=(sudo); fi
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
 
 if ! command -v rustup >/dev/null; then
   echo "prereqs: rustup not found; install Rust via https://rustup.rs" >&2
