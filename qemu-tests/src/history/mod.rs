@@ -54,6 +54,14 @@ mod explain;
 mod model;
 mod search;
 
+#[cfg(test)]
+mod check_tests;
+#[cfg(test)]
+mod gen;
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod prop_tests;
 
 pub use check::{check, check_key, CheckOptions, HistoryError, Verdict, DEFAULT_STEP_BUDGET};
 pub use explain::Explanation;
