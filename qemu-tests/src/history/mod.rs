@@ -26,7 +26,7 @@
 //! of registers is linearizable iff each key's sub-history is (locality,
 //! Herlihy & Wing; Porcupine calls this P-compositionality). The search
 //! backtracks only when it reaches the completion of an op it has not
-//! linearized yet (see [`search`]'s module doc).
+//! linearized yet (see the module doc of `search.rs`).
 //!
 //! Complexity: per key with n ops and V values, at most 2^n·(V+1)
 //! configurations, each costing O(n/64) to hash; so exponential in the
