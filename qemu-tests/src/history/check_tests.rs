@@ -139,6 +139,15 @@ fn unknown_put_read_later_is_accepted() {
         get(4, Some("b"), 3000, 3010),
     ]);
     assert_eq!(v, Verdict::Linearizable);
+    // A PUT still pending when the history was taken counts the same.
+    let mut pending = lost_put(2, "b", 20);
+    pending.outcome = Outcome::Pending;
+    let v = verdict(vec![
+        put(1, "a", 0, 10),
+        pending,
+        get(3, Some("b"), 2000, 2010),
+    ]);
+    assert_eq!(v, Verdict::Linearizable);
 }
 
 #[test]
