@@ -11,6 +11,8 @@
 //!   NBD with a per-host path that tests can cut or delay.
 //! - [`kv`]: a client of the reference guest's KV service, and what its disk
 //!   holds ([`guest_disk::GuestDisk`]: a VM's region of the shared image).
+//! - [`history`]: client histories of a key/value store and a
+//!   linearizability checker for them (per-key registers).
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod console;
 pub mod error;
 pub mod guest_disk;
+pub mod history;
 pub mod host;
 pub mod hub;
 pub mod netns;
