@@ -11,9 +11,12 @@
 //!   NBD with a per-host path that tests can cut or delay.
 //! - [`kv`]: a client of the reference guest's KV service, and what its disk
 //!   holds ([`guest_disk::GuestDisk`]: a VM's region of the shared image).
+//! - [`chaos`]: seeded fault schedules, run and campaign reports and latency
+//!   plots for chaos campaigns (issue 12; no QEMU in them).
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
+pub mod chaos;
 pub mod cluster;
 pub mod console;
 pub mod error;
