@@ -103,4 +103,6 @@ pub fn replay_line(seed: u64) -> String {
 }
 
 #[cfg(test)]
+mod report_tests;
+#[cfg(test)]
 mod schedule_tests;
