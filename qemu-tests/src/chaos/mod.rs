@@ -103,6 +103,8 @@ pub fn replay_line(seed: u64) -> String {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod plot_tests;
 #[cfg(test)]
 mod report_tests;

@@ -33,6 +33,14 @@ fn writes_svg_with_fault_labels() {
     );
     plot_run(&path, "chaos seed 1", &ops(), &schedule).unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        OpCounts::of(&ops()),
+        OpCounts {
+            ok: 288,
+            fail: 6,
+            unknown: 6
+        }
+    );
     assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.len() > 10_000, "only {} bytes", svg.len());
     assert!(svg.contains("chaos seed 1"));

@@ -6,6 +6,7 @@
 //! end with the command that replays its seed.
 
 use super::fault::FaultKind;
+use super::plot::{OpPoint, Outcome};
 use super::schedule::Schedule;
 use super::{replay_line, ChaosError};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,19 @@ pub struct OpCounts {
 }
 
 impl OpCounts {
+    /// Counts the outcomes of a run's operations.
+    pub fn of(ops: &[OpPoint]) -> OpCounts {
+        let mut c = OpCounts::default();
+        for op in ops {
+            match op.outcome {
+                Outcome::Ok => c.ok += 1,
+                Outcome::Fail => c.fail += 1,
+                Outcome::Unknown => c.unknown += 1,
+            }
+        }
+        c
+    }
+
     pub fn total(&self) -> u64 {
         self.ok + self.fail + self.unknown
     }

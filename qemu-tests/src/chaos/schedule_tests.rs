@@ -205,127 +205,6 @@ fn fault_json_shape() {
     assert_eq!(f.to_string(), "partition host-a->host-b");
 }
 
-fn step(at_ms: u64, fault: Fault) -> Step {
-    Step { at_ms, fault }
-}
-
-fn hand(steps: Vec<Step>) -> Schedule {
-    Schedule {
-        seed: 0,
-        hosts: HOSTS.iter().map(|h| h.to_string()).collect(),
-        duration_ms: 100_000,
-        params: Params::default(),
-        steps,
-    }
-}
-
-#[test]
-fn check_refuses_broken_schedules() {
-    let a = || "host-a".to_string();
-    let b = || "host-b".to_string();
-    let c = || "host-c".to_string();
-    let bad = [
-        vec![step(1, Fault::RebootHost { host: a() })],
-        vec![
-            step(1, Fault::KillHost { host: a() }),
-            step(2, Fault::KillHost { host: b() }),
-            step(3, Fault::KillHost { host: c() }),
-        ],
-        vec![
-            step(1, Fault::KillHost { host: a() }),
-            step(2, Fault::CutStorage { host: b() }),
-            step(3, Fault::CutVmNet { host: c() }),
-        ],
-        vec![step(1, Fault::CutVmNet { host: a() })], // never healed
-        vec![step(5, Fault::Heal), step(4, Fault::Heal)],
-        vec![step(
-            1,
-            Fault::CutVmNet {
-                host: "host-z".into(),
-            },
-        )],
-    ];
-    for steps in bad {
-        let s = hand(steps.clone());
-        assert!(
-            matches!(s.check(), Err(ChaosError::Invalid { .. })),
-            "{steps:?} passed"
-        );
-    }
-    let good = hand(vec![
-        step(1, Fault::KillHost { host: a() }),
-        step(2, Fault::KillHost { host: b() }),
-        step(
-            3,
-            Fault::SlowHost {
-                host: c(),
-                factor: 2,
-            },
-        ),
-        step(20, Fault::RebootHost { host: a() }),
-        step(20, Fault::RebootHost { host: b() }),
-        step(20, Fault::Heal),
-    ]);
-    good.check().unwrap();
-    // The last healthy host may not be frozen.
-    let mut frozen = good.clone();
-    frozen.steps[2] = step(
-        3,
-        Fault::FreezeHost {
-            host: c(),
-            for_ms: 10,
-        },
-    );
-    assert!(frozen.check().is_err());
-}
-
-#[test]
-fn windows_end_at_heal_reboot_expiry_or_kill() {
-    let a = || "host-a".to_string();
-    let b = || "host-b".to_string();
-    let s = hand(vec![
-        step(
-            1_000,
-            Fault::FreezeHost {
-                host: a(),
-                for_ms: 500,
-            },
-        ),
-        step(
-            2_000,
-            Fault::SlowHost {
-                host: b(),
-                factor: 3,
-            },
-        ),
-        step(
-            2_000,
-            Fault::FreezeHost {
-                host: a(),
-                for_ms: 9_000,
-            },
-        ),
-        step(4_000, Fault::KillHost { host: b() }),
-        step(6_000, Fault::Heal),
-        step(8_000, Fault::RebootHost { host: b() }),
-    ]);
-    s.check().unwrap();
-    let got: Vec<(FaultKind, u64, u64)> = s
-        .windows()
-        .iter()
-        .map(|w| (w.fault.kind(), w.start_ms, w.end_ms))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (FaultKind::FreezeHost, 1_000, 1_500),
-            (FaultKind::SlowHost, 2_000, 4_000),
-            (FaultKind::FreezeHost, 2_000, 6_000),
-            (FaultKind::KillHost, 4_000, 8_000),
-        ]
-    );
-}
-
 #[test]
 fn seeds_and_replay_line() {
     assert_eq!(seeds(5, 3), vec![5, 6, 7]);
@@ -377,4 +256,34 @@ fn print_schedule() {
     for st in &gen(1, &Params::default()).steps {
         println!("{:>7} {}", st.at_ms, st.fault);
     }
+}
+
+/// Old reports name failing runs by seed: a change of the PRNG or of the
+/// generator's draws would make their seeds replay other schedules. If this
+/// fails on purpose, say so in the commit (old seeds no longer replay).
+#[test]
+fn seeds_keep_their_schedules() {
+    let mut rng = super::rng::Rng::new(0);
+    // splitmix64's published first outputs for seed 0.
+    assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+    assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    let s = gen(1, &Params::default());
+    let head: Vec<String> = s
+        .steps
+        .iter()
+        .take(6)
+        .map(|st| format!("{} {}", st.at_ms, st.fault))
+        .collect();
+    assert_eq!(
+        head,
+        [
+            "10000 sever_storage host-c",
+            "23332 cut_vm_net host-c",
+            "37609 heal",
+            "55137 cut_storage host-b",
+            "69498 freeze host-b 6708ms",
+            "85679 kill_host host-a",
+        ]
+    );
+    assert_eq!(s.steps.len(), 22);
 }
