@@ -13,9 +13,12 @@
 //!   holds ([`guest_disk::GuestDisk`]: a VM's region of the shared image).
 //! - [`history`]: client histories of a key/value store and a
 //!   linearizability checker for them (per-key registers).
+//! - [`chaos`]: seeded fault schedules, run and campaign reports and latency
+//!   plots for chaos campaigns (issue 12; no QEMU in them).
 //! - [`cluster::Cluster`]: config disks + shared storage + hubs + hosts of a
 //!   cluster config, in a per-test directory kept on failure.
 
+pub mod chaos;
 pub mod cluster;
 pub mod console;
 pub mod error;

@@ -1,0 +1,112 @@
+//! Chaos campaigns (issue 12), the parts that need no QEMU: a seeded fault
+//! schedule that a nemesis plays against a 3-host cluster, the per-run and
+//! campaign reports, and a per-run SVG plot of request latency with the fault
+//! windows shaded.
+//!
+//! - [`schedule`]: [`Fault`], [`Step`], [`Params`], [`Schedule::generate`]
+//!   (deterministic in the seed; a model of the cluster keeps one host alive,
+//!   reboots only killed hosts, heals before the end).
+//! - [`report`]: [`RunReport`], [`CampaignReport`] (JSON, and a fixed-width
+//!   table for people with the line that replays a failing seed).
+//! - [`plot`]: [`plot::plot_run`], latency over time as SVG.
+//!
+//! Replay: a run is named by its seed alone. `FT_CHAOS_SEED` sets the first
+//! seed and `FT_CHAOS_RUNS` the number of runs ([`seeds_from_env`]); run `i`
+//! uses seed `FT_CHAOS_SEED + i`, so `FT_CHAOS_SEED=<seed> FT_CHAOS_RUNS=1`
+//! regenerates exactly the schedule of the failing run.
+
+pub mod fault;
+mod model;
+pub mod plot;
+pub mod report;
+mod rng;
+pub mod schedule;
+
+pub use fault::{Fault, FaultKind};
+pub use plot::{plot_run, OpPoint, Outcome};
+pub use report::{
+    median, CampaignReport, KindStats, OpCounts, RunReport, SeedNote, Spread, Verdict,
+    VerdictCounts,
+};
+pub use schedule::{Params, Schedule, Step, Window};
+
+use std::path::PathBuf;
+
+/// Environment variable: the first seed of a campaign (decimal or `0x` hex).
+pub const ENV_SEED: &str = "FT_CHAOS_SEED";
+/// Environment variable: the number of runs of a campaign.
+pub const ENV_RUNS: &str = "FT_CHAOS_RUNS";
+
+/// Errors of the chaos pieces.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{var}={value:?} is not a number")]
+    BadEnv { var: &'static str, value: String },
+    #[error("schedule step {index} at {at_ms} ms ({fault}): {why}")]
+    Invalid {
+        index: usize,
+        at_ms: u64,
+        fault: String,
+        why: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plot {}: {why}", path.display())]
+    Plot { path: PathBuf, why: String },
+}
+
+/// Parses a seed: decimal, or hex with a `0x` prefix.
+pub fn parse_seed(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// The seeds of a campaign from `FT_CHAOS_SEED` and `FT_CHAOS_RUNS`, with
+/// `default_seed` and `default_runs` for the unset ones: `runs` consecutive
+/// seeds from the first.
+pub fn seeds_from_env(default_seed: u64, default_runs: u64) -> Result<Vec<u64>, ChaosError> {
+    let get = |var: &'static str, default: u64| -> Result<u64, ChaosError> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => parse_seed(&v).ok_or(ChaosError::BadEnv {
+                var,
+                value: v.clone(),
+            }),
+            _ => Ok(default),
+        }
+    };
+    let first = get(ENV_SEED, default_seed)?;
+    let runs = get(ENV_RUNS, default_runs)?;
+    Ok(seeds(first, runs))
+}
+
+/// `runs` consecutive seeds from `first` (wrapping).
+pub fn seeds(first: u64, runs: u64) -> Vec<u64> {
+    (0..runs).map(|i| first.wrapping_add(i)).collect()
+}
+
+/// The shell line that replays one run of a campaign.
+pub fn replay_line(seed: u64) -> String {
+    format!("{ENV_SEED}={seed} {ENV_RUNS}=1 make chaos")
+}
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod plot_tests;
+#[cfg(test)]
+mod report_tests;
+#[cfg(test)]
+mod schedule_tests;

@@ -1,0 +1,250 @@
+//! Tests of the run and campaign reports: judging, aggregates of a
+//! hand-made campaign (medians and maxima by kind), the table, JSON.
+
+use super::*;
+
+fn schedule(seed: u64, faults: Vec<Fault>) -> Schedule {
+    Schedule {
+        seed,
+        hosts: vec!["host-a".into(), "host-b".into(), "host-c".into()],
+        duration_ms: 60_000,
+        params: Params::default(),
+        steps: faults
+            .into_iter()
+            .enumerate()
+            .map(|(i, fault)| Step {
+                at_ms: 10_000 * (i as u64 + 1),
+                fault,
+            })
+            .collect(),
+    }
+}
+
+fn kill(h: &str) -> Fault {
+    Fault::KillHost { host: h.into() }
+}
+
+fn reboot(h: &str) -> Fault {
+    Fault::RebootHost { host: h.into() }
+}
+
+fn campaign_runs() -> Vec<RunReport> {
+    use FaultKind::{FreezeHost as Freeze, KillHost as Kill};
+    let mut r1 = RunReport::new(schedule(10, vec![kill("host-a"), reboot("host-a")]));
+    r1.ops = OpCounts {
+        ok: 100,
+        fail: 2,
+        unknown: 1,
+    };
+    r1.linearizable = Verdict::Linearizable;
+    r1.pauses_ms = vec![(Kill, 1_000), (Freeze, 300)];
+    r1.recovery_ms = vec![(Kill, 5_000)];
+
+    let freeze = Fault::FreezeHost {
+        host: "host-b".into(),
+        for_ms: 300,
+    };
+    let mut r2 = RunReport::new(schedule(
+        11,
+        vec![freeze, kill("host-c"), reboot("host-c"), Fault::Heal],
+    ));
+    r2.ops.ok = 50;
+    r2.linearizable = Verdict::Linearizable;
+    r2.pauses_ms = vec![(Kill, 3_000), (Kill, 2_000)];
+    r2.recovery_ms = vec![(Kill, 7_000), (Freeze, 100)];
+
+    let mut r3 = RunReport::new(schedule(12, vec![]));
+    r3.ops.ok = 10;
+    r3.linearizable = Verdict::NotLinearizable {
+        why: "get k1 saw v0 after put k1=v1 was acked".into(),
+    };
+    r3.lost_acked_writes = vec!["put k1=v1".into()];
+    r3.dual_live = vec!["host-a and host-b live at 12.3 s".into()];
+    r3.pauses_ms = vec![(Kill, 4_000)];
+    r3.recovery_ms = vec![(Kill, 6_000)];
+
+    let mut runs = vec![r1, r2, r3];
+    for r in &mut runs {
+        r.judge();
+    }
+    runs
+}
+
+#[test]
+fn median_and_spread() {
+    assert_eq!(median(&[]), None);
+    assert_eq!(median(&[5]), Some(5));
+    assert_eq!(median(&[2, 1]), Some(1));
+    assert_eq!(median(&[3, 1, 2]), Some(2));
+    assert_eq!(median(&[4, 1, 3, 2]), Some(2));
+    assert_eq!(median(&[u64::MAX, u64::MAX]), Some(u64::MAX));
+    assert_eq!(
+        Spread::of(&[7, 1, 9]),
+        Spread {
+            n: 3,
+            median_ms: Some(7),
+            max_ms: Some(9)
+        }
+    );
+}
+
+#[test]
+fn judging_runs() {
+    let runs = campaign_runs();
+    assert!(runs[0].passed && runs[1].passed && !runs[2].passed);
+    let why = runs[2].failures();
+    assert_eq!(why.len(), 3, "{why:?}");
+    // A run that checked nothing, or whose verdict is unknown, fails.
+    let mut empty = RunReport::new(schedule(1, vec![]));
+    empty.linearizable = Verdict::Linearizable;
+    assert!(!empty.judge());
+    let mut unknown = runs[0].clone();
+    unknown.linearizable = Verdict::Unknown {
+        why: "search budget".into(),
+    };
+    assert!(!unknown.judge());
+}
+
+#[test]
+fn campaign_aggregates() {
+    let c = CampaignReport::from_runs(&campaign_runs());
+    assert_eq!((c.runs, c.passed), (3, 2));
+    assert!(!c.all_passed());
+    assert_eq!(c.seeds, vec![10, 11, 12]);
+    assert_eq!(
+        c.ops,
+        OpCounts {
+            ok: 160,
+            fail: 2,
+            unknown: 1
+        }
+    );
+    assert_eq!(
+        c.verdicts,
+        VerdictCounts {
+            linearizable: 2,
+            not_linearizable: 1,
+            unknown: 0
+        }
+    );
+    assert_eq!(c.failed.len(), 1);
+    assert_eq!(c.failed[0].seed, 12);
+    assert_eq!(c.lost_acked_writes[0].seed, 12);
+    assert_eq!(c.dual_live.len(), 1);
+    assert!(c.divergences.is_empty());
+    let kill = c.by_kind[&FaultKind::KillHost];
+    assert_eq!(kill.faults, 2);
+    // Pauses 1000, 3000, 2000, 4000: median (2000 + 3000) / 2.
+    assert_eq!(
+        kill.pause,
+        Spread {
+            n: 4,
+            median_ms: Some(2_500),
+            max_ms: Some(4_000)
+        }
+    );
+    assert_eq!(
+        kill.recovery,
+        Spread {
+            n: 3,
+            median_ms: Some(6_000),
+            max_ms: Some(7_000)
+        }
+    );
+    let freeze = c.by_kind[&FaultKind::FreezeHost];
+    assert_eq!(freeze.faults, 1);
+    assert_eq!(
+        (freeze.pause.median_ms, freeze.recovery.max_ms),
+        (Some(300), Some(100))
+    );
+    assert_eq!(c.by_kind[&FaultKind::RebootHost].faults, 2);
+    assert_eq!(c.by_kind[&FaultKind::Heal].faults, 1);
+    assert_eq!(c.by_kind[&FaultKind::Heal].pause.median_ms, None);
+}
+
+fn row<'a>(table: &'a str, kind: &str) -> Vec<&'a str> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{kind} ")))
+        .unwrap_or_else(|| panic!("no {kind} row in\n{table}"));
+    line.split_whitespace().filter(|t| *t != "|").collect()
+}
+
+#[test]
+fn campaign_table() {
+    let t = CampaignReport::from_runs(&campaign_runs()).table();
+    assert!(
+        t.starts_with("chaos campaign: 3 runs, 2 passed, 1 failed\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("ops checked: 163 (ok 160, fail 2, unknown 1)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("verdicts: linearizable 2, not linearizable 1, unknown 0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("lost acked writes: 1, dual-live: 1, divergences: 0"),
+        "{t}"
+    );
+    assert_eq!(
+        row(&t, "kill_host"),
+        ["kill_host", "2", "4", "2500", "4000", "3", "6000", "7000"]
+    );
+    assert_eq!(
+        row(&t, "freeze_host"),
+        ["freeze_host", "1", "1", "300", "300", "1", "100", "100"]
+    );
+    assert_eq!(row(&t, "heal"), ["heal", "1", "0", "-", "-", "0", "-", "-"]);
+    assert!(
+        t.contains("FAILED seed 12: not linearizable: get k1 saw v0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("  replay: FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos\n"),
+        "{t}"
+    );
+    assert!(!t.contains("FT_CHAOS_SEED=10"), "{t}");
+    // Fixed width: the kind rows line up with the header.
+    let widths: Vec<usize> = t
+        .lines()
+        .filter(|l| l.contains(" | "))
+        .map(str::len)
+        .collect();
+    assert!(
+        widths.len() >= 5 && widths.iter().all(|w| *w == widths[0]),
+        "{t}"
+    );
+}
+
+#[test]
+fn run_table() {
+    let runs = campaign_runs();
+    let t = runs[2].table();
+    assert!(t.starts_with("chaos run seed 12: FAILED\n"), "{t}");
+    assert!(
+        t.contains("replay: FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos"),
+        "{t}"
+    );
+    let ok = runs[0].table();
+    assert!(ok.starts_with("chaos run seed 10: passed\n"), "{ok}");
+    assert!(!ok.contains("replay"), "{ok}");
+}
+
+#[test]
+fn json_round_trips() {
+    let runs = campaign_runs();
+    for r in &runs {
+        assert_eq!(&RunReport::from_json(&r.to_json()).unwrap(), r);
+    }
+    let c = CampaignReport::from_runs(&runs);
+    let json = c.to_json();
+    assert!(json.contains("\"kill_host\""), "{json}");
+    assert_eq!(CampaignReport::from_json(&json).unwrap(), c);
+    let v: serde_json::Value = serde_json::from_str(&runs[2].to_json()).unwrap();
+    assert_eq!(v["linearizable"]["verdict"], "not_linearizable");
+    assert_eq!(v["pauses_ms"][0], serde_json::json!(["kill_host", 4000]));
+    assert!(RunReport::from_json("[]").is_err());
+}

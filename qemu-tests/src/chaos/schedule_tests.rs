@@ -1,0 +1,289 @@
+//! Tests of the schedule generator: determinism, the cluster model's rules
+//! over thousands of seeds (checked here independently of `model.rs`), JSON
+//! round trips, fault windows.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
+const DURATION: u64 = 300_000;
+
+fn gen(seed: u64, params: &Params) -> Schedule {
+    Schedule::generate(seed, &HOSTS, DURATION, params)
+}
+
+#[test]
+fn same_seed_same_json_and_different_seeds_differ() {
+    let p = Params::default();
+    assert_eq!(gen(7, &p).to_json(), gen(7, &p).to_json());
+    let mut seen = BTreeSet::new();
+    for seed in 0..200 {
+        let s = gen(seed, &p);
+        assert!(!s.steps.is_empty(), "seed {seed}: no steps");
+        assert!(
+            seen.insert(serde_json::to_string(&s.steps).unwrap()),
+            "seed {seed} repeats"
+        );
+    }
+}
+
+/// The rules, checked by a replay of its own: kills leave a host alive,
+/// reboots only of killed hosts, at most `max_concurrent` in force, gaps,
+/// and all healed and rebooted `settle_ms` before the end.
+fn assert_rules(s: &Schedule) {
+    let p = &s.params;
+    let seed = s.seed;
+    s.check().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let mut killed = BTreeSet::new();
+    let mut last_time = None;
+    for step in &s.steps {
+        if let Some(prev) = last_time {
+            assert!(step.at_ms >= prev, "seed {seed}: out of order");
+            if step.at_ms != prev {
+                assert!(step.at_ms - prev >= p.min_gap_ms, "seed {seed}: gap < min");
+            }
+        }
+        last_time = Some(step.at_ms);
+        match &step.fault {
+            Fault::KillHost { host } => {
+                assert!(
+                    killed.insert(host.clone()),
+                    "seed {seed}: {host} killed twice"
+                );
+                assert!(killed.len() < HOSTS.len(), "seed {seed}: no host alive");
+            }
+            Fault::RebootHost { host } => {
+                assert!(killed.remove(host), "seed {seed}: reboot of live {host}")
+            }
+            f if f.kind().is_injection() => {
+                assert!(p.kinds.contains(&f.kind()), "seed {seed}: disabled {f}");
+                for h in f.hosts() {
+                    assert!(!killed.contains(h), "seed {seed}: {f} on a killed host");
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        killed.is_empty(),
+        "seed {seed}: ends with {killed:?} killed"
+    );
+    if let Some(last) = s.steps.last() {
+        assert!(
+            last.at_ms + p.settle_ms <= s.duration_ms,
+            "seed {seed}: late end"
+        );
+    }
+    // Faults in force at once, from the windows (half-open).
+    let windows = s.windows();
+    for w in &windows {
+        let t = w.start_ms;
+        let n = windows
+            .iter()
+            .filter(|v| v.start_ms <= t && t < v.end_ms)
+            .count();
+        assert!(
+            n <= p.max_concurrent.max(1),
+            "seed {seed}: {n} in force at {t}"
+        );
+        assert!(
+            w.end_ms + p.settle_ms <= s.duration_ms,
+            "seed {seed}: {w:?} too late"
+        );
+    }
+}
+
+#[test]
+fn rules_hold_over_thousands_of_seeds() {
+    let variants = [
+        Params::default(),
+        Params {
+            max_concurrent: 3,
+            combine_percent: 100,
+            heal_percent: 0,
+            min_gap_ms: 2_000,
+            max_gap_ms: 4_000,
+            ..Params::default()
+        },
+        Params {
+            max_concurrent: 1,
+            kinds: vec![FaultKind::KillHost],
+            ..Params::default()
+        },
+        Params {
+            max_concurrent: 3,
+            kinds: vec![FaultKind::KillHost, FaultKind::FreezeHost],
+            combine_percent: 60,
+            heal_percent: 10,
+            min_gap_ms: 1_000,
+            max_gap_ms: 1_000,
+            ..Params::default()
+        },
+    ];
+    let mut kinds = BTreeMap::new();
+    let mut combined = 0;
+    for p in &variants {
+        for seed in 0..1500 {
+            let s = gen(seed, p);
+            assert_rules(&s);
+            for step in &s.steps {
+                *kinds.entry(step.fault.kind()).or_insert(0u64) += 1;
+            }
+            combined += s
+                .steps
+                .windows(2)
+                .filter(|w| w[0].at_ms == w[1].at_ms && w[1].fault.kind().is_injection())
+                .count();
+        }
+    }
+    assert!(combined > 100, "faults were combined only {combined} times");
+    for k in FaultKind::INJECTIONS
+        .iter()
+        .chain(&[FaultKind::Heal, FaultKind::RebootHost])
+    {
+        assert!(
+            kinds.get(k).copied().unwrap_or(0) > 10,
+            "{k} hardly drawn: {kinds:?}"
+        );
+    }
+}
+
+#[test]
+fn kill_only_with_two_hosts_never_kills_both() {
+    let p = Params {
+        kinds: vec![FaultKind::KillHost],
+        max_concurrent: 2,
+        heal_percent: 0,
+        ..Params::default()
+    };
+    for seed in 0..500 {
+        let s = Schedule::generate(seed, &["x", "y"], DURATION, &p);
+        assert_rules(&s);
+    }
+}
+
+#[test]
+fn short_run_has_no_steps() {
+    let s = gen(1, &Params::default());
+    assert!(!s.steps.is_empty());
+    let p = Params::default();
+    let short = Schedule::generate(1, &HOSTS, p.start_ms + p.settle_ms, &p);
+    assert!(short.steps.is_empty());
+    short.check().unwrap();
+}
+
+#[test]
+fn json_round_trip_and_replay() {
+    let s = gen(42, &Params::default());
+    let back = Schedule::from_json(&s.to_json()).unwrap();
+    assert_eq!(back, s);
+    assert!(back.replays());
+    let mut edited = back.clone();
+    edited.steps.pop();
+    assert!(!edited.replays());
+    assert!(Schedule::from_json("{\"seed\": 1}").is_err());
+}
+
+#[test]
+fn fault_json_shape() {
+    let f = Fault::PartitionFt {
+        a: "host-a".into(),
+        b: "host-b".into(),
+        one_way: true,
+    };
+    let j = serde_json::to_value(&f).unwrap();
+    assert_eq!(
+        j,
+        serde_json::json!({"fault": "partition_ft", "a": "host-a", "b": "host-b", "one_way": true})
+    );
+    assert_eq!(
+        serde_json::to_value(Fault::Heal).unwrap(),
+        serde_json::json!({"fault": "heal"})
+    );
+    assert_eq!(f.kind().name(), "partition_ft");
+    assert_eq!(f.to_string(), "partition host-a->host-b");
+}
+
+#[test]
+fn seeds_and_replay_line() {
+    assert_eq!(seeds(5, 3), vec![5, 6, 7]);
+    assert_eq!(seeds(u64::MAX, 2), vec![u64::MAX, 0]);
+    assert_eq!(parse_seed("0x10"), Some(16));
+    assert_eq!(parse_seed(" 42 "), Some(42));
+    assert_eq!(parse_seed("x"), None);
+    assert_eq!(replay_line(9), "FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn any_params_keep_the_rules(
+        seed in any::<u64>(),
+        duration in 0u64..600_000,
+        min_gap in 0u64..20_000,
+        extra_gap in 0u64..20_000,
+        max_concurrent in 0usize..5,
+        combine in 0u8..=100,
+        heal in 0u8..=100,
+        kinds in proptest::sample::subsequence(FaultKind::INJECTIONS.to_vec(), 0..=8),
+        n_hosts in 1usize..=3,
+    ) {
+        let p = Params {
+            min_gap_ms: min_gap,
+            max_gap_ms: min_gap + extra_gap,
+            max_concurrent,
+            combine_percent: combine,
+            heal_percent: heal,
+            kinds,
+            ..Params::default()
+        };
+        let s = Schedule::generate(seed, &HOSTS[..n_hosts], duration, &p);
+        prop_assert!(s.check().is_ok(), "{:?}", s.check());
+        prop_assert!(s.replays());
+        if n_hosts == 3 {
+            let mut q = s.clone();
+            q.params.min_gap_ms = q.params.min_gap_ms.max(1);
+            q.params.max_concurrent = q.params.max_concurrent.max(1);
+            assert_rules(&q);
+        }
+    }
+}
+
+#[test]
+#[ignore = "prints a schedule for people: cargo test -- --ignored --nocapture print_schedule"]
+fn print_schedule() {
+    for st in &gen(1, &Params::default()).steps {
+        println!("{:>7} {}", st.at_ms, st.fault);
+    }
+}
+
+/// Old reports name failing runs by seed: a change of the PRNG or of the
+/// generator's draws would make their seeds replay other schedules. If this
+/// fails on purpose, say so in the commit (old seeds no longer replay).
+#[test]
+fn seeds_keep_their_schedules() {
+    let mut rng = super::rng::Rng::new(0);
+    // splitmix64's published first outputs for seed 0.
+    assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+    assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    let s = gen(1, &Params::default());
+    let head: Vec<String> = s
+        .steps
+        .iter()
+        .take(6)
+        .map(|st| format!("{} {}", st.at_ms, st.fault))
+        .collect();
+    assert_eq!(
+        head,
+        [
+            "10000 sever_storage host-c",
+            "23332 cut_vm_net host-c",
+            "37609 heal",
+            "55137 cut_storage host-b",
+            "69498 freeze host-b 6708ms",
+            "85679 kill_host host-a",
+        ]
+    );
+    assert_eq!(s.steps.len(), 22);
+}
