@@ -15,14 +15,20 @@
 //! - The first eligible host in the config's `hosts` order is chosen. Why this
 //!   order: it is in the signed config, identical on every host, so every
 //!   member that sees the same facts computes the same answer without talking
-//!   to the others; it is stable (a host coming or going moves no VM whose
-//!   choice did not involve it); and the operator sets it by ordering `hosts`.
+//!   to the others; it is stable (the choice changes only when a host at or
+//!   before the chosen one in that order changes); and the operator sets it by
+//!   ordering `hosts`.
 //!   Not "most free memory": free memory changes all the time and differs
 //!   between members' views, so two members could pick two hosts.
 //! - Hosts of the config missing from the facts count as down; facts about
 //!   hosts not in the config are ignored; a host listed more than once gets the
 //!   worst of its entries (alive and leased only if all say so, the least known
 //!   free memory), so the answer does not depend on the order of the facts.
+//! - Power-on: the Primary goes to the first allowed host that is alive, leased
+//!   and has the memory (the same test as a Secondary's: a Primary without
+//!   memory would fail to start), the Secondary as above. A rule allowing one
+//!   host runs the VM unprotected, and so does no host for a Secondary (a
+//!   respawn adds it later); no host for the Primary: it waits. Each says why.
 //! - A VM not in the config is allowed nowhere (every host: excluded by affinity).
 //!
 //! Every host not chosen because it cannot be is named with one [`Reason`], the
@@ -157,7 +163,8 @@ pub enum PowerOn {
 }
 
 impl PowerOn {
-    /// One console line, e.g. `ftvmm: vm kv: primary -> host-a, secondary -> host-b`.
+    /// One console line, e.g. `ftvmm: vm kv: primary -> host-a, secondary -> host-c
+    /// (host-b is down)`; the Primary's host is not listed again among the exclusions.
     pub fn line(&self) -> String {
         match self {
             PowerOn::Paired {
@@ -170,7 +177,7 @@ impl PowerOn {
                 choice.vm,
                 unknown(*primary_memory_unknown),
                 unknown(choice.memory_unknown),
-                because(&choice.excluded)
+                because(&others(&choice.excluded))
             ),
             PowerOn::Unprotected {
                 vm,
@@ -181,7 +188,7 @@ impl PowerOn {
                 let why = match reason {
                     Alone::OneHostAllowed => "its affinity allows no other host".to_string(),
                     Alone::NoSecondary(c) => {
-                        format!("no host for a secondary{}", because(&c.excluded))
+                        format!("no host for a secondary{}", because(&others(&c.excluded)))
                     }
                 };
                 format!(
@@ -203,6 +210,15 @@ fn unknown(memory_unknown: bool) -> &'static str {
     } else {
         ""
     }
+}
+
+/// The exclusions without the Primary's own host (a power-on line names it already).
+fn others(excluded: &[(String, Reason)]) -> Vec<(String, Reason)> {
+    excluded
+        .iter()
+        .filter(|(_, r)| *r != Reason::Primary)
+        .cloned()
+        .collect()
 }
 
 /// ` (a is primary; b is down)`, or nothing when nobody was excluded.

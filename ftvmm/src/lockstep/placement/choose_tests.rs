@@ -220,7 +220,7 @@ fn power_on_pairs_the_first_two_eligible_hosts() {
     assert_eq!((primary.as_str(), secondary.as_str()), ("host-b", "host-d"));
     assert_eq!(
         p.line(),
-        "ftvmm: vm kv: primary -> host-b, secondary -> host-d (host-a is down; host-b is primary; host-c has no storage lease)"
+        "ftvmm: vm kv: primary -> host-b, secondary -> host-d (host-a is down; host-c has no storage lease)"
     );
 }
 
@@ -253,7 +253,7 @@ fn power_on_without_a_secondary_host_is_unprotected_and_says_why() {
     ));
     assert_eq!(
         p.line(),
-        "ftvmm: vm kv: UNPROTECTED: primary -> host-a; no host for a secondary (host-a is primary; host-b has no storage lease)"
+        "ftvmm: vm kv: UNPROTECTED: primary -> host-a; no host for a secondary (host-b has no storage lease)"
     );
 }
 
