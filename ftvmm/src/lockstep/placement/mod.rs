@@ -26,6 +26,11 @@ use crate::live::ConsoleSink;
 use crate::runner::{RunError, VmSpec};
 use crate::vm::{Progress, VmHandle};
 
+pub mod choose;
+pub use choose::{
+    choose_secondary, power_on, Alone, Choice, HostFacts, PowerOn, Reason, MEMORY_OVERHEAD_MIB,
+};
+
 /// This host's part in a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
