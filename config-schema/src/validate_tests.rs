@@ -476,6 +476,42 @@ fn empty_affinity_means_every_host() {
     assert!(w[0].message.contains("allows only host-a"), "{w:?}");
 }
 
+/// The example with its `affinity` line removed.
+fn example_without_affinity() -> String {
+    let line = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }\n";
+    assert!(
+        EXAMPLE.contains(line),
+        "examples/cluster.toml changed its affinity line"
+    );
+    EXAMPLE.replace(line, "")
+}
+
+#[test]
+fn absent_affinity_is_accepted_and_allows_every_host() {
+    let v = parse(&example_without_affinity()).unwrap();
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
+    assert_eq!(v.config.vms[0].affinity, Affinity::default());
+    let all: Vec<&str> = allowed_hosts(&v.config, &v.config.vms[0])
+        .into_iter()
+        .collect();
+    assert_eq!(all, ["host-a", "host-b", "host-c"]);
+}
+
+#[test]
+fn absent_affinity_is_the_same_config_as_an_empty_rule() {
+    let absent = parse(&example_without_affinity()).unwrap().config;
+    let text = EXAMPLE.replace(
+        "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }",
+        "affinity = {}",
+    );
+    let empty = parse(&text).unwrap().config;
+    assert_eq!(absent, empty);
+    assert_eq!(
+        crate::canonical::encode(&absent),
+        crate::canonical::encode(&empty)
+    );
+}
+
 #[test]
 fn cpu_baseline_defaults_to_x86_64_v1() {
     use crate::model::{CpuLevel, DEFAULT_PHYS_ADDR_BITS};
