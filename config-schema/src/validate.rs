@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::hooks::TestHook;
+use crate::images;
 use crate::model::{ClusterConfig, DeviceLocator, Interface};
 
 /// Largest memory a protected VM may ask for (1 TiB); more is surely a typo.
@@ -483,7 +484,7 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
                 ),
             ));
         }
-        check_name(&format!("{p}.image"), &vm.image)?;
+        check_image(&p, vm)?;
         let rp = format!("{p}.disk_region");
         if !region_names.contains(vm.disk_region.as_str()) {
             return Err(ConfigError::at(
@@ -532,6 +533,33 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
             }),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// `vms[i].image` names an image this release ships, and `memory_mib` is at
+/// least what that image needs.
+fn check_image(p: &str, vm: &crate::model::Vm) -> Result<(), ConfigError> {
+    let ip = format!("{p}.image");
+    check_name(&ip, &vm.image)?;
+    let Some(img) = images::shipped(&vm.image) else {
+        return Err(ConfigError::at(
+            ip,
+            format!(
+                "unknown guest image {:?}: this release ships {}",
+                vm.image,
+                images::shipped_names()
+            ),
+        ));
+    };
+    if vm.memory_mib < img.min_memory_mib {
+        return Err(ConfigError::at(
+            format!("{p}.memory_mib"),
+            format!(
+                "{} MiB is too little for image {:?}: it needs at least {} MiB",
+                vm.memory_mib, img.name, img.min_memory_mib
+            ),
+        ));
     }
     Ok(())
 }

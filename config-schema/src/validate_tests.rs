@@ -307,6 +307,40 @@ fn vm_memory_zero_or_absurd() {
 }
 
 #[test]
+fn image_the_release_does_not_ship() {
+    let (p, m) = refused(|c| c.vms[0].image = "ubuntu".into());
+    assert_eq!(p, "vms[0].image");
+    assert_eq!(
+        m,
+        "unknown guest image \"ubuntu\": this release ships \"kv-guest\""
+    );
+    // The second VM is named by its index.
+    assert_refused(
+        |c| {
+            add_region(c, "kv2-disk", 80, 16);
+            let mut v = second_vm(c);
+            v.image = "kv-guest.elf".into();
+            c.vms.push(v);
+        },
+        "vms[1].image",
+        "this release ships \"kv-guest\"",
+    );
+}
+
+#[test]
+fn memory_below_the_image_minimum() {
+    let (p, m) = refused(|c| c.vms[0].memory_mib = 4);
+    assert_eq!(p, "vms[0].memory_mib");
+    assert_eq!(
+        m,
+        "4 MiB is too little for image \"kv-guest\": it needs at least 8 MiB"
+    );
+    let mut c = base();
+    c.vms[0].memory_mib = crate::images::KV_GUEST.min_memory_mib;
+    assert!(validate(&c).unwrap().is_empty());
+}
+
+#[test]
 fn duplicate_vm_name() {
     assert_refused(
         |c| {
