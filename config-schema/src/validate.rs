@@ -7,7 +7,8 @@
 //!
 //! Some things are allowed but worth saying: a VM whose affinity allows fewer
 //! than two hosts cannot have a Secondary on another host, so it runs
-//! unprotected. That is a [`Warning`], not an error. So is a `[test]` section:
+//! unprotected. That is a [`Warning`], not an error. So are hosts whose FT
+//! addresses are not on one subnet (`validate_net.rs`). So is a `[test]` section:
 //! test hooks are allowed, but such a config is for tests only, and the
 //! warning says so loudly.
 
@@ -90,6 +91,7 @@ pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
     check_timing(c)?;
     check_storage(c)?;
     check_hosts(c)?;
+    net::check_ft_subnets(c, &mut warnings);
     check_groups(c)?;
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
@@ -596,6 +598,9 @@ fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Conf
     });
     Ok(())
 }
+
+#[path = "validate_net.rs"]
+mod net;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

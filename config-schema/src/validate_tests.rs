@@ -547,6 +547,63 @@ fn absent_affinity_is_the_same_config_as_an_empty_rule() {
 }
 
 #[test]
+fn ft_addresses_in_different_subnets_are_a_warning() {
+    let mut c = base();
+    c.hosts[2].ft.addr = "203.0.113.3/24".into();
+    let w = validate(&c).unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "hosts[2].ft.addr");
+    assert!(
+        w[0].message.starts_with(
+            "FT addresses of host-a (192.0.2.1/24, subnet 192.0.2.0/24) and host-c \
+             (203.0.113.3/24, subnet 203.0.113.0/24) are not in one subnet"
+        ),
+        "{}",
+        w[0].message
+    );
+    // The odd host first: every later host is named against it.
+    let mut c = base();
+    c.hosts[0].ft.addr = "203.0.113.1/24".into();
+    let w = validate(&c).unwrap();
+    let paths: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["hosts[1].ft.addr", "hosts[2].ft.addr"]);
+    assert!(w
+        .iter()
+        .all(|w| w.message.contains("host-a (203.0.113.1/24")));
+}
+
+#[test]
+fn ft_subnet_is_given_by_each_prefix() {
+    // Different /24s inside one /8, each written as /8: one subnet, no warning.
+    let mut c = base();
+    for (i, h) in c.hosts.iter_mut().enumerate() {
+        h.ft.addr = format!("10.{i}.0.1/8");
+    }
+    assert!(validate(&c).unwrap().is_empty());
+    // host-a's and host-c's /16 hold 192.0.2.2, but host-b's /30 holds neither
+    // of them: no way back, so host-b warns against host-a and host-c against host-b.
+    let mut c = base();
+    c.hosts[0].ft.addr = "192.0.3.1/16".into();
+    c.hosts[1].ft.addr = "192.0.2.2/30".into();
+    c.hosts[2].ft.addr = "192.0.3.3/16".into();
+    let w = validate(&c).unwrap();
+    let paths: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["hosts[1].ft.addr", "hosts[2].ft.addr"], "{w:?}");
+    let ab =
+        "host-a (192.0.3.1/16, subnet 192.0.0.0/16) and host-b (192.0.2.2/30, subnet 192.0.2.0/30)";
+    assert!(w[0].message.contains(ab), "{}", w[0].message);
+    assert!(
+        w[1].message.contains("host-b (192.0.2.2/30"),
+        "{}",
+        w[1].message
+    );
+    // A /32 is a subnet of one: every pair warns, once per later host.
+    let mut c = base();
+    c.hosts[1].ft.addr = "192.0.2.2/32".into();
+    assert_eq!(validate(&c).unwrap().len(), 2);
+}
+
+#[test]
 fn cpu_baseline_defaults_to_x86_64_v1() {
     use crate::model::{CpuLevel, DEFAULT_PHYS_ADDR_BITS};
     let c = base();

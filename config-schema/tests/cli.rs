@@ -305,6 +305,25 @@ fn make_disk_prints_warnings() {
 }
 
 #[test]
+fn ft_addresses_in_different_subnets_warn_at_check_and_make_disk() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("addr = \"192.0.2.3/24\"", "addr = \"203.0.113.3/24\"");
+    std::fs::write(t.p("split.toml"), text).unwrap();
+    let want = "warning: hosts[2].ft.addr: FT addresses of host-a (192.0.2.1/24, subnet \
+                192.0.2.0/24) and host-c (203.0.113.3/24, subnet 203.0.113.0/24) are not in one subnet";
+    let o = ftctl(&["check", "--config", &t.p("split.toml")]);
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains(want), "{err}");
+    let o = t.make_disk(&t.p("split.toml"), "split.img");
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains(want), "{err}");
+}
+
+#[test]
 fn test_hooks_get_a_loud_banner_from_check_make_disk_and_verify() {
     let t = Setup::new();
     let text =
