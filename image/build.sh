@@ -128,6 +128,7 @@ say "modules: $(grep -c '^module' "$STAGE/modules.txt") files, absent: ${absent:
   # Started by init only with ft.test=pr on the kernel command line (QEMU tests).
   echo "file /bin/ft-pr-test $BIN/ft-pr-test 0755"
   echo "tree /lib/modules/$KERNEL_RELEASE $STAGE/modules"
+  # Guest images: keep in step with config-schema/src/images.rs SHIPPED_IMAGES (a test there reads this line).
   if [[ -n "$GUEST_ELF" ]]; then echo "file /lib/ftvmm/guests/kv-guest.elf $GUEST_ELF 0644"; fi
 } > "$STAGE/initramfs.manifest"
 

@@ -29,7 +29,7 @@
 //! host_groups [ name, hosts [ string ] ],
 //! hosts [ id, name, ft.mac, ft.addr, vm.mac, vm.addr, public_key ],
 //! vms [ name, memory_mib, image, mode (0 = kv, 1 = cpu), disk_region, mac, ip,
-//!       affinity.hosts [ string ], affinity.groups [ string ] ],
+//!       affinity.hosts [ string ], affinity.groups [ string ] ]  (no affinity: 0, 0),
 //! test (0 = no [test] section; 1, then hooks [ string ])
 //! ```
 //!
@@ -149,6 +149,44 @@ name = "t"
         want.push(0); // no VMs
         want.push(0); // no [test] section
         assert_eq!(got, want);
+    }
+
+    /// sha256 of the canonical bytes of `examples/cluster.toml`, computed
+    /// before `affinity` became optional: configs that spell it out keep their
+    /// bytes, so disks signed before stay valid.
+    const EXAMPLE_SHA256: &str = "9d93a27f417b5a3d2e90d1ecabf1fbaeaa1110d18343d320a2e3d5d3d2605548";
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    }
+
+    #[test]
+    fn example_canonical_bytes_are_pinned() {
+        let text = include_str!("../../examples/cluster.toml");
+        let bytes = encode(&parse(text).unwrap().config);
+        assert_eq!(bytes.len(), 552);
+        assert_eq!(sha256_hex(&bytes), EXAMPLE_SHA256);
+    }
+
+    #[test]
+    fn absent_affinity_encodes_as_two_empty_lists() {
+        let text = include_str!("../../examples/cluster.toml");
+        let line = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }";
+        assert!(text.contains(line));
+        let with = encode(&parse(text).unwrap().config);
+        let without = encode(&parse(&text.replace(line, "")).unwrap().config);
+        // The VM is last and no [test] follows: with the rule its tail is
+        // hosts ["host-c"], groups ["rack-1"], 0; without it 0, 0, 0.
+        let rule: &[u8] = &[
+            1, 6, b'h', b'o', b's', b't', b'-', b'c', 1, 6, b'r', b'a', b'c', b'k', b'-', b'1', 0,
+        ];
+        assert!(with.ends_with(rule));
+        let head = &with[..with.len() - rule.len()];
+        assert_eq!(without, [head, &[0, 0, 0]].concat());
+        // Deterministic: parse and encode again, decode round-trips.
+        let again = encode(&parse(&text.replace(line, "")).unwrap().config);
+        assert_eq!(without, again);
+        assert_eq!(encode(&decode(&without).unwrap()), without);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod ctl_server;
 pub mod disk;
 pub mod hooks;
+pub mod images;
 pub mod keys;
 pub mod model;
 pub mod peer;

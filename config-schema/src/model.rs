@@ -280,12 +280,17 @@ pub struct Vm {
     pub mac: String,
     /// Guest address `a.b.c.d/prefix`.
     pub ip: String,
-    /// Where the VM (Primary and Secondary) may run.
+    /// Where the VM (Primary and Secondary) may run; absent = no rule = any
+    /// host of the cluster. Absent and `affinity = {}` are the same value, so
+    /// they have the same canonical bytes (the field is always encoded: never
+    /// skip it when serializing, postcard has no field names).
+    #[serde(default)]
     pub affinity: Affinity,
 }
 
 /// VM-Host affinity: the union of the listed hosts and the hosts of the listed groups.
-/// Both lists empty means any host (see `validate::allowed_hosts`).
+/// Both lists empty (the default, also when `affinity` is absent) means any host
+/// (see `validate::allowed_hosts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Affinity {

@@ -7,7 +7,8 @@
 //!
 //! Some things are allowed but worth saying: a VM whose affinity allows fewer
 //! than two hosts cannot have a Secondary on another host, so it runs
-//! unprotected. That is a [`Warning`], not an error. So is a `[test]` section:
+//! unprotected. That is a [`Warning`], not an error. So are hosts whose FT
+//! addresses are not on one subnet (`validate_net.rs`). So is a `[test]` section:
 //! test hooks are allowed, but such a config is for tests only, and the
 //! warning says so loudly.
 
@@ -16,6 +17,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::hooks::TestHook;
+use crate::images;
 use crate::model::{ClusterConfig, DeviceLocator, Interface};
 
 /// Largest memory a protected VM may ask for (1 TiB); more is surely a typo.
@@ -89,6 +91,7 @@ pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
     check_timing(c)?;
     check_storage(c)?;
     check_hosts(c)?;
+    net::check_ft_subnets(c, &mut warnings);
     check_groups(c)?;
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
@@ -483,7 +486,7 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
                 ),
             ));
         }
-        check_name(&format!("{p}.image"), &vm.image)?;
+        check_image(&p, vm)?;
         let rp = format!("{p}.disk_region");
         if !region_names.contains(vm.disk_region.as_str()) {
             return Err(ConfigError::at(
@@ -536,6 +539,33 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
     Ok(())
 }
 
+/// `vms[i].image` names an image this release ships, and `memory_mib` is at
+/// least what that image needs.
+fn check_image(p: &str, vm: &crate::model::Vm) -> Result<(), ConfigError> {
+    let ip = format!("{p}.image");
+    check_name(&ip, &vm.image)?;
+    let Some(img) = images::shipped(&vm.image) else {
+        return Err(ConfigError::at(
+            ip,
+            format!(
+                "unknown guest image {:?}: this release ships {}",
+                vm.image,
+                images::shipped_names()
+            ),
+        ));
+    };
+    if vm.memory_mib < img.min_memory_mib {
+        return Err(ConfigError::at(
+            format!("{p}.memory_mib"),
+            format!(
+                "{} MiB is too little for image {:?}: it needs at least {} MiB",
+                vm.memory_mib, img.name, img.min_memory_mib
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `[test] hooks`: known hooks, each once, at least one; and a loud warning.
 fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), ConfigError> {
     let Some(t) = &c.test else {
@@ -568,6 +598,9 @@ fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Conf
     });
     Ok(())
 }
+
+#[path = "validate_net.rs"]
+mod net;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

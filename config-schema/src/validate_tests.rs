@@ -307,6 +307,40 @@ fn vm_memory_zero_or_absurd() {
 }
 
 #[test]
+fn image_the_release_does_not_ship() {
+    let (p, m) = refused(|c| c.vms[0].image = "ubuntu".into());
+    assert_eq!(p, "vms[0].image");
+    assert_eq!(
+        m,
+        "unknown guest image \"ubuntu\": this release ships \"kv-guest\""
+    );
+    // The second VM is named by its index.
+    assert_refused(
+        |c| {
+            add_region(c, "kv2-disk", 80, 16);
+            let mut v = second_vm(c);
+            v.image = "kv-guest.elf".into();
+            c.vms.push(v);
+        },
+        "vms[1].image",
+        "this release ships \"kv-guest\"",
+    );
+}
+
+#[test]
+fn memory_below_the_image_minimum() {
+    let (p, m) = refused(|c| c.vms[0].memory_mib = 4);
+    assert_eq!(p, "vms[0].memory_mib");
+    assert_eq!(
+        m,
+        "4 MiB is too little for image \"kv-guest\": it needs at least 8 MiB"
+    );
+    let mut c = base();
+    c.vms[0].memory_mib = crate::images::KV_GUEST.min_memory_mib;
+    assert!(validate(&c).unwrap().is_empty());
+}
+
+#[test]
 fn duplicate_vm_name() {
     assert_refused(
         |c| {
@@ -474,6 +508,99 @@ fn empty_affinity_means_every_host() {
     c.host_groups.clear();
     let w = validate(&c).unwrap();
     assert!(w[0].message.contains("allows only host-a"), "{w:?}");
+}
+
+/// The example with its `affinity` line removed.
+fn example_without_affinity() -> String {
+    let line = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }\n";
+    assert!(
+        EXAMPLE.contains(line),
+        "examples/cluster.toml changed its affinity line"
+    );
+    EXAMPLE.replace(line, "")
+}
+
+#[test]
+fn absent_affinity_is_accepted_and_allows_every_host() {
+    let v = parse(&example_without_affinity()).unwrap();
+    assert!(v.warnings.is_empty(), "{:?}", v.warnings);
+    assert_eq!(v.config.vms[0].affinity, Affinity::default());
+    let all: Vec<&str> = allowed_hosts(&v.config, &v.config.vms[0])
+        .into_iter()
+        .collect();
+    assert_eq!(all, ["host-a", "host-b", "host-c"]);
+}
+
+#[test]
+fn absent_affinity_is_the_same_config_as_an_empty_rule() {
+    let absent = parse(&example_without_affinity()).unwrap().config;
+    let text = EXAMPLE.replace(
+        "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }",
+        "affinity = {}",
+    );
+    let empty = parse(&text).unwrap().config;
+    assert_eq!(absent, empty);
+    assert_eq!(
+        crate::canonical::encode(&absent),
+        crate::canonical::encode(&empty)
+    );
+}
+
+#[test]
+fn ft_addresses_in_different_subnets_are_a_warning() {
+    let mut c = base();
+    c.hosts[2].ft.addr = "203.0.113.3/24".into();
+    let w = validate(&c).unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "hosts[2].ft.addr");
+    assert!(
+        w[0].message.starts_with(
+            "FT addresses of host-a (192.0.2.1/24, subnet 192.0.2.0/24) and host-c \
+             (203.0.113.3/24, subnet 203.0.113.0/24) are not in one subnet"
+        ),
+        "{}",
+        w[0].message
+    );
+    // The odd host first: every later host is named against it.
+    let mut c = base();
+    c.hosts[0].ft.addr = "203.0.113.1/24".into();
+    let w = validate(&c).unwrap();
+    let paths: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["hosts[1].ft.addr", "hosts[2].ft.addr"]);
+    assert!(w
+        .iter()
+        .all(|w| w.message.contains("host-a (203.0.113.1/24")));
+}
+
+#[test]
+fn ft_subnet_is_given_by_each_prefix() {
+    // Different /24s inside one /8, each written as /8: one subnet, no warning.
+    let mut c = base();
+    for (i, h) in c.hosts.iter_mut().enumerate() {
+        h.ft.addr = format!("10.{i}.0.1/8");
+    }
+    assert!(validate(&c).unwrap().is_empty());
+    // host-a's and host-c's /16 hold 192.0.2.2, but host-b's /30 holds neither
+    // of them: no way back, so host-b warns against host-a and host-c against host-b.
+    let mut c = base();
+    c.hosts[0].ft.addr = "192.0.3.1/16".into();
+    c.hosts[1].ft.addr = "192.0.2.2/30".into();
+    c.hosts[2].ft.addr = "192.0.3.3/16".into();
+    let w = validate(&c).unwrap();
+    let paths: Vec<&str> = w.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, ["hosts[1].ft.addr", "hosts[2].ft.addr"], "{w:?}");
+    let ab =
+        "host-a (192.0.3.1/16, subnet 192.0.0.0/16) and host-b (192.0.2.2/30, subnet 192.0.2.0/30)";
+    assert!(w[0].message.contains(ab), "{}", w[0].message);
+    assert!(
+        w[1].message.contains("host-b (192.0.2.2/30"),
+        "{}",
+        w[1].message
+    );
+    // A /32 is a subnet of one: every pair warns, once per later host.
+    let mut c = base();
+    c.hosts[1].ft.addr = "192.0.2.2/32".into();
+    assert_eq!(validate(&c).unwrap().len(), 2);
 }
 
 #[test]

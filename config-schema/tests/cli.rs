@@ -235,6 +235,56 @@ fn make_disk_and_check_refuse_bad_configs() {
     assert!(!Path::new(&t.p("bad.img")).exists());
 }
 
+/// `check` and `make-disk` both refuse `text` with the one line `want`.
+fn both_refuse(t: &Setup, name: &str, text: &str, want: &str) {
+    std::fs::write(t.p(name), text).unwrap();
+    let e = fails(&["check", "--config", &t.p(name)]);
+    assert!(e.ends_with(want), "{e}");
+    let o = t.make_disk(&t.p(name), "bad.img");
+    assert!(!o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.trim_end().ends_with(want), "{err}");
+    assert!(!Path::new(&t.p("bad.img")).exists());
+}
+
+#[test]
+fn unknown_image_and_too_little_memory_are_refused() {
+    let t = Setup::new();
+    let example = std::fs::read_to_string(example_config()).unwrap();
+    both_refuse(
+        &t,
+        "ubuntu.toml",
+        &example.replace("image = \"kv-guest\"", "image = \"ubuntu\""),
+        "vms[0].image: unknown guest image \"ubuntu\": this release ships \"kv-guest\"",
+    );
+    both_refuse(
+        &t,
+        "small.toml",
+        &example.replace("memory_mib = 64", "memory_mib = 4"),
+        "vms[0].memory_mib: 4 MiB is too little for image \"kv-guest\": it needs at least 8 MiB",
+    );
+}
+
+#[test]
+fn config_without_affinity_passes_check_and_make_disk() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config()).unwrap().replace(
+        "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }\n",
+        "",
+    );
+    assert!(!text.contains("affinity"));
+    std::fs::write(t.p("any.toml"), text).unwrap();
+    let o = ftctl(&["check", "--config", &t.p("any.toml")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = t.make_disk(&t.p("any.toml"), "any.img");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn make_disk_prints_warnings() {
     let t = Setup::new();
@@ -252,6 +302,25 @@ fn make_disk_prints_warnings() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn ft_addresses_in_different_subnets_warn_at_check_and_make_disk() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config())
+        .unwrap()
+        .replace("addr = \"192.0.2.3/24\"", "addr = \"203.0.113.3/24\"");
+    std::fs::write(t.p("split.toml"), text).unwrap();
+    let want = "warning: hosts[2].ft.addr: FT addresses of host-a (192.0.2.1/24, subnet \
+                192.0.2.0/24) and host-c (203.0.113.3/24, subnet 203.0.113.0/24) are not in one subnet";
+    let o = ftctl(&["check", "--config", &t.p("split.toml")]);
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains(want), "{err}");
+    let o = t.make_disk(&t.p("split.toml"), "split.img");
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains(want), "{err}");
 }
 
 #[test]

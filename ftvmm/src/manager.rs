@@ -24,7 +24,7 @@ use crate::runner::VmSpec;
 use crate::vm::{Progress, VmHandle};
 
 /// Where the image ships guest kernels.
-pub const GUEST_DIR: &str = "/lib/ftvmm/guests";
+pub const GUEST_DIR: &str = config_schema::images::GUEST_DIR;
 /// The bridge init creates for the VM network.
 pub const VM_BRIDGE: &str = "ftbr0";
 

@@ -1,0 +1,74 @@
+//! Network warnings: hosts whose FT addresses are not on one subnet.
+//!
+//! Each host's `ft.addr` is `a.b.c.d/prefix`; init gives the FT NIC exactly
+//! that address and adds no route. Two hosts reach each other on the FT
+//! network (heartbeats, logging channel) without a router only if each
+//! address lies in the other's subnet (address and prefix as written). When
+//! they do not, that is a [`Warning`], not an error: a network may route
+//! between the subnets (proxy ARP) and the config cannot know.
+
+use std::net::Ipv4Addr;
+
+use super::{parse_cidr, Warning};
+use crate::model::ClusterConfig;
+
+/// The network of `ip/prefix`: `ip` with the host bits cleared.
+fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// Whether `other` lies in the subnet `ip/prefix`.
+fn contains(ip: Ipv4Addr, prefix: u8, other: Ipv4Addr) -> bool {
+    network(ip, prefix) == network(other, prefix)
+}
+
+/// One warning for each host whose FT address is not on one subnet with an
+/// earlier host's (the first such host is named), at `hosts[j].ft.addr`.
+/// Addresses that do not parse are skipped: `check_hosts` refuses them first.
+pub(super) fn check_ft_subnets(c: &ClusterConfig, warnings: &mut Vec<Warning>) {
+    let addrs: Vec<Option<(Ipv4Addr, u8)>> =
+        c.hosts.iter().map(|h| parse_cidr(&h.ft.addr)).collect();
+    for (j, b) in c.hosts.iter().enumerate() {
+        let Some((bip, bp)) = addrs[j] else { continue };
+        let other = c.hosts[..j].iter().zip(&addrs).find_map(|(a, aa)| {
+            let (aip, ap) = (*aa)?;
+            let same = contains(aip, ap, bip) && contains(bip, bp, aip);
+            (!same).then_some((a, aip, ap))
+        });
+        let Some((a, aip, ap)) = other else { continue };
+        warnings.push(Warning {
+            path: format!("hosts[{j}].ft.addr"),
+            message: format!(
+                "FT addresses of {} ({}, subnet {}/{ap}) and {} ({}, subnet {}/{bp}) are not \
+                 in one subnet and init adds no route: heartbeats and the logging channel \
+                 between them work only if the FT network answers for the other subnet \
+                 (e.g. proxy ARP)",
+                a.name,
+                a.ft.addr,
+                network(aip, ap),
+                b.name,
+                b.ft.addr,
+                network(bip, bp),
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_and_containment() {
+        assert_eq!(network(ip("192.0.2.77"), 24), ip("192.0.2.0"));
+        assert_eq!(network(ip("192.0.2.77"), 32), ip("192.0.2.77"));
+        assert_eq!(network(ip("192.0.2.77"), 0), ip("0.0.0.0"));
+        assert!(contains(ip("10.1.2.3"), 16, ip("10.1.200.1")));
+        assert!(!contains(ip("10.1.2.3"), 24, ip("10.1.200.1")));
+    }
+}
