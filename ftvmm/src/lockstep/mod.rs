@@ -45,6 +45,7 @@ pub mod recording_sim;
 pub mod secondary;
 pub mod spec;
 pub mod start;
+pub mod transfer;
 
 #[cfg(test)]
 mod sim_member;

@@ -1,0 +1,508 @@
+//! The Primary's side of a live state transfer as a pure state machine: it
+//! decides which pages go in which round and when to stop the guest; a driver
+//! performs its [`Action`]s (reading the dirty log with
+//! `Vm::dirty_pages_since_last_call`, reading pages, building and sending
+//! messages, pausing vCPUs, snapshotting) and feeds back [`Event`]s. No
+//! threads, sockets or clocks: time comes in [`Event::Tick`].
+//!
+//! ```text
+//! Idle --Start--> Offered --PeerAccepted--> PreCopy{0, AwaitDirty}
+//! PreCopy{r, AwaitDirty} --DirtyPages--> PreCopy{r, AwaitAck}          (sends RoundEnd r)
+//! PreCopy{r, AwaitAck} --RoundAcked(r)--> PreCopy{r+1, AwaitDirty}      (sends the dirty set)
+//!                                      \-> Paused{r+1, AwaitDirty}      (stop: PauseVcpus)
+//! Paused{r, AwaitDirty} --DirtyPages--> Paused{r, AwaitSwitchSent}     (last pages + Switch)
+//! Paused --SwitchSent--> Paused{r, AwaitRestored} --PeerRestored--> Done   (ResumeVcpus)
+//! any non-final --PeerRefused/PeerAborted/LinkLost/Cancel/timeout--> Failed (ResumeVcpus if paused)
+//! ```
+//!
+//! Policy: round 0 sends every page; round r+1 sends the pages dirtied since
+//! round r's pages were read. The guest is stopped when the next round would
+//! be at most [`SenderConfig::stop_copy_bytes`], or did not shrink, or
+//! [`SenderConfig::max_rounds`] pre-copy rounds are done. A driver must read
+//! the dirty log *before* it reads the pages it was told to send, so a write
+//! during the copy is reported again by the next read.
+//!
+//! Invariants asserted: rounds strictly increase by one; Switch is never sent
+//! before every page was sent at least once; dirty gfns are in range; Done and
+//! Failed are final. The integration (a thread owning a `Sender`, the channel,
+//! KVM, starting lockstep logging at the Switch's exit) is not here.
+
+
+/// Stop-and-copy when the next round is at most this (64 MiB at 1 Gbit/s
+/// ≈ 0.5 s; the pause budget of a respawn).
+pub const STOP_COPY_BYTES: u64 = 64 << 20;
+/// Pre-copy rounds at most (round 0 included) before stopping anyway.
+pub const MAX_PRECOPY_ROUNDS: u32 = 30;
+/// A pre-copy round not acknowledged within this fails the transfer.
+pub const ACK_TIMEOUT_MS: u64 = 10_000;
+/// The guest may stay paused this long waiting for `Restored`.
+pub const PAUSE_TIMEOUT_MS: u64 = 3_000;
+
+const _: () = assert!(MAX_PRECOPY_ROUNDS >= 1);
+
+/// What a sender is told.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Guest memory in pages (gfns `0..total_pages`).
+    pub total_pages: u64,
+    pub page_size: u32,
+    pub stop_copy_bytes: u64,
+    pub max_rounds: u32,
+    pub ack_timeout_ms: u64,
+    pub pause_timeout_ms: u64,
+}
+
+impl SenderConfig {
+    /// The defaults above for `memory_bytes` of `page_size` pages.
+    pub fn new(memory_bytes: u64, page_size: u32) -> Self {
+        assert!(page_size > 0, "page size 0");
+        SenderConfig {
+            total_pages: memory_bytes / u64::from(page_size),
+            page_size,
+            stop_copy_bytes: STOP_COPY_BYTES,
+            max_rounds: MAX_PRECOPY_ROUNDS,
+            ack_timeout_ms: ACK_TIMEOUT_MS,
+            pause_timeout_ms: PAUSE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Why pre-copy stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The dirty set fits in the pause budget.
+    SmallEnough,
+    /// The dirty set did not shrink from the previous round.
+    NotShrinking,
+    /// `max_rounds` pre-copy rounds are done.
+    MaxRounds,
+}
+
+/// What the driver tells the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Begin (the driver has a connection to the new Secondary).
+    Start { now_ms: u64 },
+    /// The receiver accepted the Offer.
+    PeerAccepted,
+    /// The result of [`Action::ReadDirtyLog`]: gfns written since the last read.
+    DirtyPages(Vec<u64>),
+    /// The receiver acknowledged round `r`.
+    RoundAcked(u32),
+    /// The driver sent the Switch with this memory digest.
+    SwitchSent { memory_sha256: [u8; 32] },
+    /// The receiver restored from the Switch.
+    PeerRestored { memory_sha256: [u8; 32] },
+    PeerRefused { reason: String },
+    PeerAborted { reason: String },
+    /// The connection broke.
+    LinkLost { detail: String },
+    /// The operator or the member gave up on this transfer.
+    Cancel { reason: String },
+    Tick { now_ms: u64 },
+}
+
+/// What the sender asks the driver to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `Offer` for this VM.
+    SendOffer,
+    /// Start dirty logging (`Vm::start_dirty_tracking`), before round 0's
+    /// pages are read.
+    StartDirtyLog,
+    /// After performing the actions before it, read the dirty log
+    /// (`Vm::dirty_pages_since_last_call`) and feed [`Event::DirtyPages`].
+    ReadDirtyLog,
+    /// Read these pages now and send them as `Pages{round}` messages.
+    SendPages { round: u32, gfns: Vec<u64> },
+    SendRoundEnd {
+        round: u32,
+        pages_sent: u64,
+        dirty_left: u64,
+    },
+    /// Stop the guest's vCPUs (at an exit; its index is the log start).
+    PauseVcpus { reason: StopReason },
+    /// Snapshot the vCPU + devices and send `Switch{round}` (memory digest,
+    /// log start exit), then feed [`Event::SwitchSent`].
+    SendSwitch { round: u32 },
+    /// Send `Abort{reason}` to the receiver.
+    SendAbort { reason: String },
+    ResumeVcpus,
+    /// The new Secondary runs from the Switch: start lockstep logging.
+    Done,
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    AwaitDirty,
+    /// RoundEnd sent; the next round's gfns wait for the ack.
+    AwaitAck { next: Vec<u64> },
+    AwaitSwitchSent,
+    AwaitRestored { memory_sha256: [u8; 32] },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Idle,
+    Offered,
+    PreCopy { round: u32, phase: Phase },
+    Paused { round: u32, phase: Phase },
+    Done,
+    Failed(String),
+}
+
+/// The sender state machine; see the module doc.
+#[derive(Debug)]
+pub struct Sender {
+    cfg: SenderConfig,
+    state: State,
+    /// Pages ever sent; Switch requires all of them.
+    sent: SentPages,
+    /// Pages sent in the last pre-copy round (for "not shrinking").
+    last_round_pages: u64,
+    /// Time of the last progress (ack, start) or of the pause.
+    since_ms: u64,
+    now_ms: u64,
+    /// Pages dirtied during the last pre-copy round, kept for the final one.
+    carry: Vec<u64>,
+    stats: SenderStats,
+}
+
+/// What a transfer did, for logs and the simulation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Rounds sent, the final (paused) one included.
+    pub rounds: u32,
+    pub pages_sent: u64,
+    pub final_round_pages: u64,
+    pub stop_reason: Option<StopReason>,
+    pub paused_ms: u64,
+}
+
+impl Sender {
+    pub fn new(cfg: SenderConfig) -> Self {
+        assert!(cfg.max_rounds >= 1, "max_rounds must be at least 1");
+        Sender {
+            sent: SentPages::new(cfg.total_pages),
+            cfg,
+            state: State::Idle,
+            last_round_pages: 0,
+            since_ms: 0,
+            now_ms: 0,
+            carry: Vec::new(),
+            stats: SenderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    pub fn failure(&self) -> Option<&str> {
+        match &self.state {
+            State::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether the sender has asked for the vCPUs to be paused and not yet
+    /// for them to resume.
+    pub fn vcpus_paused(&self) -> bool {
+        matches!(self.state, State::Paused { .. })
+    }
+
+    /// The only writer of the state.
+    pub fn on_event(&mut self, ev: Event) -> Vec<Action> {
+        if matches!(self.state, State::Done | State::Failed(_)) {
+            return Vec::new(); // final: late events of a finished transfer
+        }
+        match ev {
+            Event::Start { now_ms } => self.on_start(now_ms),
+            Event::PeerAccepted => self.on_accepted(),
+            Event::DirtyPages(gfns) => self.on_dirty(gfns),
+            Event::RoundAcked(r) => self.on_round_acked(r),
+            Event::SwitchSent { memory_sha256 } => self.on_switch_sent(memory_sha256),
+            Event::PeerRestored { memory_sha256 } => self.on_restored(memory_sha256),
+            Event::PeerRefused { reason } => self.fail(format!("receiver refused: {reason}"), false),
+            Event::PeerAborted { reason } => self.fail(format!("receiver aborted: {reason}"), false),
+            Event::LinkLost { detail } => self.fail(format!("link lost: {detail}"), false),
+            Event::Cancel { reason } => self.fail(format!("cancelled: {reason}"), true),
+            Event::Tick { now_ms } => self.on_tick(now_ms),
+        }
+    }
+
+    // Idle ---- Start ----> Offered
+    fn on_start(&mut self, now_ms: u64) -> Vec<Action> {
+        assert_eq!(self.state, State::Idle, "Start twice");
+        self.now_ms = now_ms;
+        self.since_ms = now_ms;
+        self.state = State::Offered;
+        vec![Action::SendOffer]
+    }
+
+    // Offered ---- PeerAccepted ----> PreCopy{0, AwaitDirty}
+    fn on_accepted(&mut self) -> Vec<Action> {
+        if self.state != State::Offered {
+            return self.protocol("Accept", "after the offer was answered");
+        }
+        let all: Vec<u64> = (0..self.cfg.total_pages).collect();
+        let mut out = self.begin_round(0, all, false, vec![Action::StartDirtyLog]);
+        out.push(Action::ReadDirtyLog);
+        out
+    }
+
+    /// Records round `round` sending `gfns`; `pre` actions come first.
+    fn begin_round(
+        &mut self,
+        round: u32,
+        gfns: Vec<u64>,
+        paused: bool,
+        mut pre: Vec<Action>,
+    ) -> Vec<Action> {
+        assert!(
+            round == 0 || round == self.stats.rounds,
+            "rounds must increase by one: {round} after {}",
+            self.stats.rounds
+        );
+        self.stats.rounds = round + 1;
+        for &g in &gfns {
+            self.sent.mark(g);
+        }
+        self.stats.pages_sent += gfns.len() as u64;
+        let phase = Phase::AwaitDirty;
+        if paused {
+            self.stats.final_round_pages = gfns.len() as u64;
+            self.state = State::Paused { round, phase };
+        } else {
+            self.last_round_pages = gfns.len() as u64;
+            self.state = State::PreCopy { round, phase };
+        }
+        if !gfns.is_empty() {
+            pre.push(Action::SendPages { round, gfns });
+        }
+        pre
+    }
+
+    /// Round `r` after its pages: read the dirty log (pages dirtied since
+    /// the previous read, i.e. during this round) to learn the next one.
+    fn begin_precopy_round(&mut self, round: u32, gfns: Vec<u64>) -> Vec<Action> {
+        let mut out = self.begin_round(round, gfns, false, Vec::new());
+        out.push(Action::ReadDirtyLog);
+        out
+    }
+
+    fn on_dirty(&mut self, gfns: Vec<u64>) -> Vec<Action> {
+        let gfns = self.checked_gfns(gfns);
+        match std::mem::replace(&mut self.state, State::Idle) {
+            // PreCopy{r, AwaitDirty} ---- DirtyPages ----> PreCopy{r, AwaitAck}
+            State::PreCopy {
+                round,
+                phase: Phase::AwaitDirty,
+            } => {
+                let next = gfns;
+                let pages_sent = self.last_round_pages;
+                let dirty_left = next.len() as u64;
+                self.state = State::PreCopy {
+                    round,
+                    phase: Phase::AwaitAck { next },
+                };
+                vec![Action::SendRoundEnd {
+                    round,
+                    pages_sent,
+                    dirty_left,
+                }]
+            }
+            // Paused{r, AwaitDirty} ---- DirtyPages ----> Paused{r, AwaitSwitchSent}
+            State::Paused {
+                round,
+                phase: Phase::AwaitDirty,
+            } => self.final_round(round, gfns),
+            other => panic!("DirtyPages without ReadDirtyLog in {other:?}"),
+        }
+    }
+
+    fn final_round(&mut self, round: u32, gfns: Vec<u64>) -> Vec<Action> {
+        let mut all = std::mem::take(&mut self.carry);
+        all.extend(gfns);
+        all.sort_unstable();
+        all.dedup();
+        let mut out = self.begin_round(round, all, true, Vec::new());
+        assert!(
+            self.sent.all_sent(),
+            "Switch before every page was sent once ({} of {})",
+            self.sent.count(),
+            self.cfg.total_pages
+        );
+        self.state = State::Paused {
+            round,
+            phase: Phase::AwaitSwitchSent,
+        };
+        out.push(Action::SendSwitch { round });
+        out
+    }
+
+    fn on_round_acked(&mut self, r: u32) -> Vec<Action> {
+        let (round, next) = match &mut self.state {
+            State::PreCopy {
+                round,
+                phase: Phase::AwaitAck { next },
+            } if *round == r => (*round, std::mem::take(next)),
+            _ => return self.protocol("RoundAck", &format!("for round {r}")),
+        };
+        self.since_ms = self.now_ms;
+        let next_bytes = next.len() as u64 * u64::from(self.cfg.page_size);
+        let stop = if next_bytes <= self.cfg.stop_copy_bytes {
+            Some(StopReason::SmallEnough)
+        } else if next.len() as u64 >= self.last_round_pages {
+            Some(StopReason::NotShrinking)
+        } else if round + 1 >= self.cfg.max_rounds {
+            Some(StopReason::MaxRounds)
+        } else {
+            None
+        };
+        match stop {
+            // PreCopy{r, AwaitAck} ---- RoundAcked(r) ----> PreCopy{r+1, AwaitDirty}
+            None => self.begin_precopy_round(round + 1, next),
+            // PreCopy{r, AwaitAck} ---- RoundAcked(r) ----> Paused{r+1, AwaitDirty}
+            Some(reason) => {
+                self.stats.stop_reason = Some(reason);
+                self.carry = next;
+                self.since_ms = self.now_ms;
+                self.state = State::Paused {
+                    round: round + 1,
+                    phase: Phase::AwaitDirty,
+                };
+                vec![Action::PauseVcpus { reason }, Action::ReadDirtyLog]
+            }
+        }
+    }
+
+    // Paused{r, AwaitSwitchSent} ---- SwitchSent ----> Paused{r, AwaitRestored}
+    fn on_switch_sent(&mut self, memory_sha256: [u8; 32]) -> Vec<Action> {
+        match &mut self.state {
+            State::Paused { phase, .. } if *phase == Phase::AwaitSwitchSent => {
+                *phase = Phase::AwaitRestored { memory_sha256 };
+                Vec::new()
+            }
+            other => panic!("SwitchSent without SendSwitch in {other:?}"),
+        }
+    }
+
+    // Paused{r, AwaitRestored} ---- PeerRestored ----> Done
+    fn on_restored(&mut self, got: [u8; 32]) -> Vec<Action> {
+        let State::Paused {
+            phase: Phase::AwaitRestored { memory_sha256 },
+            ..
+        } = self.state
+        else {
+            return self.protocol("Restored", "before the Switch");
+        };
+        if got != memory_sha256 {
+            return self.fail("receiver restored another memory digest".into(), true);
+        }
+        self.stats.paused_ms = self.now_ms - self.since_ms;
+        self.state = State::Done;
+        vec![Action::Done, Action::ResumeVcpus]
+    }
+
+    fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
+        self.now_ms = self.now_ms.max(now_ms);
+        let waited = self.now_ms - self.since_ms;
+        match &self.state {
+            State::Paused { .. } if waited > self.cfg.pause_timeout_ms => self.fail(
+                format!("paused {waited} ms, more than {} ms", self.cfg.pause_timeout_ms),
+                true,
+            ),
+            State::Offered | State::PreCopy { .. } if waited > self.cfg.ack_timeout_ms => self
+                .fail(
+                    format!("no progress for {waited} ms, more than {}", self.cfg.ack_timeout_ms),
+                    true,
+                ),
+            _ => Vec::new(),
+        }
+    }
+
+    fn checked_gfns(&self, mut gfns: Vec<u64>) -> Vec<u64> {
+        gfns.sort_unstable();
+        gfns.dedup();
+        if let Some(&last) = gfns.last() {
+            assert!(
+                last < self.cfg.total_pages,
+                "dirty gfn {last} outside {} pages",
+                self.cfg.total_pages
+            );
+        }
+        gfns
+    }
+
+    /// A peer message that does not fit the state: fail, telling the peer.
+    fn protocol(&mut self, what: &str, detail: &str) -> Vec<Action> {
+        let state = self.state_name();
+        self.fail(format!("unexpected {what} {detail} in {state}"), true)
+    }
+
+    fn state_name(&self) -> String {
+        match &self.state {
+            State::PreCopy { round, .. } => format!("pre-copy round {round}"),
+            State::Paused { round, .. } => format!("final round {round}"),
+            s => format!("{s:?}"),
+        }
+    }
+
+    /// Any non-final state ---- failure ----> Failed.
+    fn fail(&mut self, reason: String, tell_peer: bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        if tell_peer && self.state != State::Idle {
+            out.push(Action::SendAbort {
+                reason: reason.clone(),
+            });
+        }
+        if self.vcpus_paused() {
+            out.push(Action::ResumeVcpus);
+        }
+        tracing::warn!("transfer: sender failed: {reason}");
+        self.state = State::Failed(reason.clone());
+        out.push(Action::Failed { reason });
+        out
+    }
+}
+
+/// A bit per guest page: sent at least once.
+#[derive(Debug)]
+struct SentPages {
+    bits: Vec<u64>,
+    total: u64,
+    count: u64,
+}
+
+impl SentPages {
+    fn new(total: u64) -> Self {
+        SentPages {
+            bits: vec![0; total.div_ceil(64) as usize],
+            total,
+            count: 0,
+        }
+    }
+
+    fn mark(&mut self, gfn: u64) {
+        assert!(gfn < self.total, "gfn {gfn} outside {} pages", self.total);
+        let (w, b) = ((gfn / 64) as usize, gfn % 64);
+        if self.bits[w] & (1 << b) == 0 {
+            self.bits[w] |= 1 << b;
+            self.count += 1;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    fn all_sent(&self) -> bool {
+        self.count == self.total
+    }
+}
