@@ -24,7 +24,8 @@
 //!
 //! Invariants asserted: rounds strictly increase by one; Switch is never sent
 //! before every page was sent at least once; dirty gfns are in range; Done and
-//! Failed are final. The integration (a thread owning a `Sender`, the channel,
+//! Failed are final. Timeouts count from the first Tick after progress.
+//! The integration (a thread owning a `Sender`, the channel,
 //! KVM, starting lockstep logging at the Switch's exit) is not here.
 
 
@@ -161,8 +162,11 @@ pub struct Sender {
     sent: SentPages,
     /// Pages sent in the last pre-copy round (for "not shrinking").
     last_round_pages: u64,
-    /// Time of the last progress (ack, start) or of the pause.
+    /// Start of the current wait (for a round's ack, for `Restored`).
     since_ms: u64,
+    /// Progress happened: the next Tick restarts the wait. (The driver does
+    /// not tick while it performs actions; a long round 0 is no timeout.)
+    clock_restart: bool,
     now_ms: u64,
     /// Pages dirtied during the last pre-copy round, kept for the final one.
     carry: Vec<u64>,
@@ -189,6 +193,7 @@ impl Sender {
             state: State::Idle,
             last_round_pages: 0,
             since_ms: 0,
+            clock_restart: false,
             now_ms: 0,
             carry: Vec::new(),
             stats: SenderStats::default(),
@@ -250,6 +255,7 @@ impl Sender {
         if self.state != State::Offered {
             return self.protocol("Accept", "after the offer was answered");
         }
+        self.clock_restart = true;
         let all: Vec<u64> = (0..self.cfg.total_pages).collect();
         let mut out = self.begin_round(0, all, false, vec![Action::StartDirtyLog]);
         out.push(Action::ReadDirtyLog);
@@ -305,6 +311,7 @@ impl Sender {
                 phase: Phase::AwaitDirty,
             } => {
                 let next = gfns;
+                self.clock_restart = true;
                 let pages_sent = self.last_round_pages;
                 let dirty_left = next.len() as u64;
                 self.state = State::PreCopy {
@@ -354,7 +361,7 @@ impl Sender {
             } if *round == r => (*round, std::mem::take(next)),
             _ => return self.protocol("RoundAck", &format!("for round {r}")),
         };
-        self.since_ms = self.now_ms;
+        self.clock_restart = true;
         let next_bytes = next.len() as u64 * u64::from(self.cfg.page_size);
         let stop = if next_bytes <= self.cfg.stop_copy_bytes {
             Some(StopReason::SmallEnough)
@@ -372,7 +379,7 @@ impl Sender {
             Some(reason) => {
                 self.stats.stop_reason = Some(reason);
                 self.carry = next;
-                self.since_ms = self.now_ms;
+                self.clock_restart = true;
                 self.state = State::Paused {
                     round: round + 1,
                     phase: Phase::AwaitDirty,
@@ -412,6 +419,10 @@ impl Sender {
 
     fn on_tick(&mut self, now_ms: u64) -> Vec<Action> {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.clock_restart {
+            self.clock_restart = false;
+            self.since_ms = self.now_ms;
+        }
         let waited = self.now_ms - self.since_ms;
         match &self.state {
             State::Paused { .. } if waited > self.cfg.pause_timeout_ms => self.fail(
