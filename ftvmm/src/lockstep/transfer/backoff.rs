@@ -28,7 +28,10 @@ impl Backoff {
     }
 
     pub fn with_limits(base_ms: u64, max_ms: u64, seed: u64) -> Self {
-        assert!(base_ms > 0 && base_ms <= max_ms, "backoff {base_ms}..{max_ms} ms");
+        assert!(
+            base_ms > 0 && base_ms <= max_ms,
+            "backoff {base_ms}..{max_ms} ms"
+        );
         Backoff {
             base_ms,
             max_ms,
@@ -56,7 +59,10 @@ impl Backoff {
         let half = d / 2;
         let jitter = self.next() % (d - half + 1);
         let delay = half + jitter;
-        assert!(delay >= d / 2 && delay <= d, "delay {delay} outside [{half}, {d}]");
+        assert!(
+            delay >= d / 2 && delay <= d,
+            "delay {delay} outside [{half}, {d}]"
+        );
         delay
     }
 

@@ -229,7 +229,12 @@ fn check_len(what: &'static str, at: usize, len: usize, max: usize) -> Result<()
     Ok(())
 }
 
-fn put_str(out: &mut Vec<u8>, what: &'static str, s: &str, max: usize) -> Result<(), TransferError> {
+fn put_str(
+    out: &mut Vec<u8>,
+    what: &'static str,
+    s: &str,
+    max: usize,
+) -> Result<(), TransferError> {
     check_len(what, out.len(), s.len(), max)?;
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());

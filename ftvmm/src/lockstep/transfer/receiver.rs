@@ -55,7 +55,11 @@ pub enum ReceiveError {
     #[error("page {gfn} of round {round} is outside guest memory ({pages} pages)")]
     GfnOutOfRange { gfn: u64, round: u32, pages: u64 },
     #[error("page {gfn} is {len} bytes, the page size is {page_size}")]
-    PageSize { gfn: u64, len: usize, page_size: u32 },
+    PageSize {
+        gfn: u64,
+        len: usize,
+        page_size: u32,
+    },
     #[error("round {round} ended with {claimed} pages, {received} were received")]
     PageCount {
         round: u32,
@@ -193,7 +197,10 @@ impl<M: GuestMemoryImage> Receiver<M> {
         let wrong = if vm != e.vm {
             Some(format!("vm {vm:?}, this host expects {:?}", e.vm))
         } else if memory_bytes != e.memory_bytes {
-            Some(format!("memory {memory_bytes} bytes, expected {}", e.memory_bytes))
+            Some(format!(
+                "memory {memory_bytes} bytes, expected {}",
+                e.memory_bytes
+            ))
         } else if page_size != e.page_size {
             Some(format!("page size {page_size}, expected {}", e.page_size))
         } else if platform != e.platform_sha256 {
@@ -274,7 +281,9 @@ impl<M: GuestMemoryImage> Receiver<M> {
                 received: pages_this_round,
             });
         }
-        let next = round.checked_add(1).ok_or_else(|| self.unexpected("round 2^32"))?;
+        let next = round
+            .checked_add(1)
+            .ok_or_else(|| self.unexpected("round 2^32"))?;
         self.state = State::Receiving {
             generation,
             round: next,
@@ -311,7 +320,9 @@ impl<M: GuestMemoryImage> Receiver<M> {
                 state,
                 log_start_exit,
             },
-            RxAction::Send(Message::Restored { memory_sha256: ours }),
+            RxAction::Send(Message::Restored {
+                memory_sha256: ours,
+            }),
             RxAction::Done,
         ])
     }

@@ -35,7 +35,13 @@ fn accepted() -> Receiver<VecMemory> {
 fn pages(round: u32, gfns: &[u64], fill: u8) -> Message {
     Message::Pages {
         round,
-        pages: gfns.iter().map(|&gfn| Page { gfn, bytes: vec![fill; PS as usize] }).collect(),
+        pages: gfns
+            .iter()
+            .map(|&gfn| Page {
+                gfn,
+                bytes: vec![fill; PS as usize],
+            })
+            .collect(),
     }
 }
 
@@ -47,8 +53,15 @@ fn is_abort(a: &[RxAction], needle: &str) -> bool {
 fn a_whole_transfer() {
     let mut r = accepted();
     assert!(r.on_message(pages(0, &[0, 1, 2, 3], 1)).is_empty());
-    let end = |round, n| Message::RoundEnd { round, pages_sent: n, dirty_left: 1 };
-    assert_eq!(r.on_message(end(0, 4)), vec![RxAction::Send(Message::RoundAck { round: 0 })]);
+    let end = |round, n| Message::RoundEnd {
+        round,
+        pages_sent: n,
+        dirty_left: 1,
+    };
+    assert_eq!(
+        r.on_message(end(0, 4)),
+        vec![RxAction::Send(Message::RoundAck { round: 0 })]
+    );
     assert!(r.on_message(pages(1, &[2], 9)).is_empty());
     let mut want = VecMemory::new(64, PS);
     want.bytes.fill(1);
@@ -63,7 +76,11 @@ fn a_whole_transfer() {
     assert_eq!(
         a,
         vec![
-            RxAction::Restore { generation: 3, state: vec![42], log_start_exit: 1000 },
+            RxAction::Restore {
+                generation: 3,
+                state: vec![42],
+                log_start_exit: 1000
+            },
             RxAction::Send(Message::Restored { memory_sha256: sha }),
             RxAction::Done,
         ]
@@ -80,11 +97,43 @@ fn a_whole_transfer() {
 
 #[test]
 fn offers_that_do_not_match_are_refused_with_the_reason() {
-    let cases: Vec<(Box<dyn Fn(&mut Message)>, &str)> = vec![
-        (Box::new(|m| if let Message::Offer { vm, .. } = m { *vm = "db".into() }), "vm \"db\""),
-        (Box::new(|m| if let Message::Offer { memory_bytes, .. } = m { *memory_bytes = 1 }), "memory 1 bytes"),
-        (Box::new(|m| if let Message::Offer { page_size, .. } = m { *page_size = 4096 }), "page size 4096"),
-        (Box::new(|m| if let Message::Offer { platform_sha256, .. } = m { platform_sha256[0] = 0 }), "platform"),
+    type Change = Box<dyn Fn(&mut Message)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|m| {
+                if let Message::Offer { vm, .. } = m {
+                    *vm = "db".into()
+                }
+            }),
+            "vm \"db\"",
+        ),
+        (
+            Box::new(|m| {
+                if let Message::Offer { memory_bytes, .. } = m {
+                    *memory_bytes = 1
+                }
+            }),
+            "memory 1 bytes",
+        ),
+        (
+            Box::new(|m| {
+                if let Message::Offer { page_size, .. } = m {
+                    *page_size = 4096
+                }
+            }),
+            "page size 4096",
+        ),
+        (
+            Box::new(|m| {
+                if let Message::Offer {
+                    platform_sha256, ..
+                } = m
+                {
+                    platform_sha256[0] = 0
+                }
+            }),
+            "platform",
+        ),
     ];
     for (change, needle) in cases {
         let mut o = offer();
@@ -102,18 +151,37 @@ fn offers_that_do_not_match_are_refused_with_the_reason() {
 #[test]
 fn bad_pages_and_rounds_abort() {
     let mut r = accepted();
-    assert!(is_abort(&r.on_message(pages(0, &[4], 1)), "outside guest memory"));
+    assert!(is_abort(
+        &r.on_message(pages(0, &[4], 1)),
+        "outside guest memory"
+    ));
     let mut r = accepted();
-    assert!(is_abort(&r.on_message(pages(1, &[0], 1)), "Pages of round 1 in round 0"));
+    assert!(is_abort(
+        &r.on_message(pages(1, &[0], 1)),
+        "Pages of round 1 in round 0"
+    ));
     let mut r = accepted();
-    let short = Message::Pages { round: 0, pages: vec![Page { gfn: 0, bytes: vec![0; 8] }] };
+    let short = Message::Pages {
+        round: 0,
+        pages: vec![Page {
+            gfn: 0,
+            bytes: vec![0; 8],
+        }],
+    };
     assert!(is_abort(&r.on_message(short), "is 8 bytes"));
     let mut r = accepted();
     r.on_message(pages(0, &[0, 1], 1));
-    let end = Message::RoundEnd { round: 0, pages_sent: 3, dirty_left: 0 };
+    let end = Message::RoundEnd {
+        round: 0,
+        pages_sent: 3,
+        dirty_left: 0,
+    };
     assert!(is_abort(&r.on_message(end), "3 pages, 2 were received"));
     let mut r = Receiver::new(expected(), VecMemory::new(64, PS));
-    assert!(is_abort(&r.on_message(pages(0, &[0], 1)), "Pages in AwaitOffer"));
+    assert!(is_abort(
+        &r.on_message(pages(0, &[0], 1)),
+        "Pages in AwaitOffer"
+    ));
     let mut r = accepted();
     assert!(is_abort(&r.on_message(offer()), "Offer in round 0"));
 }
@@ -131,7 +199,9 @@ fn digest_mismatch_aborts() {
     assert_eq!(
         a,
         vec![
-            RxAction::Send(Message::Abort { reason: "memory digest mismatch".into() }),
+            RxAction::Send(Message::Abort {
+                reason: "memory digest mismatch".into()
+            }),
             RxAction::Failed(ReceiveError::DigestMismatch),
         ]
     );
@@ -141,9 +211,19 @@ fn digest_mismatch_aborts() {
 #[test]
 fn abort_and_cut_fail_without_answer() {
     let mut r = accepted();
-    let a = r.on_message(Message::Abort { reason: "cancelled".into() });
-    assert_eq!(a, vec![RxAction::Failed(ReceiveError::PeerAborted("cancelled".into()))]);
+    let a = r.on_message(Message::Abort {
+        reason: "cancelled".into(),
+    });
+    assert_eq!(
+        a,
+        vec![RxAction::Failed(ReceiveError::PeerAborted(
+            "cancelled".into()
+        ))]
+    );
     let mut r = accepted();
-    assert_eq!(r.on_cut("eof"), vec![RxAction::Failed(ReceiveError::LinkLost("eof".into()))]);
+    assert_eq!(
+        r.on_cut("eof"),
+        vec![RxAction::Failed(ReceiveError::LinkLost("eof".into()))]
+    );
     assert!(r.on_cut("again").is_empty());
 }

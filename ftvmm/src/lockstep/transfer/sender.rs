@@ -6,12 +6,12 @@
 //! threads, sockets or clocks: time comes in [`Event::Tick`].
 //!
 //! ```text
-//! Idle --Start--> Offered --PeerAccepted--> PreCopy{0, AwaitDirty}
-//! PreCopy{r, AwaitDirty} --DirtyPages--> PreCopy{r, AwaitAck}          (sends RoundEnd r)
-//! PreCopy{r, AwaitAck} --RoundAcked(r)--> PreCopy{r+1, AwaitDirty}      (sends the dirty set)
-//!                                      \-> Paused{r+1, AwaitDirty}      (stop: PauseVcpus)
-//! Paused{r, AwaitDirty} --DirtyPages--> Paused{r, AwaitSwitchSent}     (last pages + Switch)
-//! Paused --SwitchSent--> Paused{r, AwaitRestored} --PeerRestored--> Done   (ResumeVcpus)
+//! Idle --Start--> Offered --PeerAccepted--> PreCopy{0, await DirtyLog}
+//! PreCopy{r, await DirtyLog} --DirtyPages--> PreCopy{r, await Ack}          (sends RoundEnd r)
+//! PreCopy{r, await Ack} --RoundAcked(r)--> PreCopy{r+1, await DirtyLog}      (sends the dirty set)
+//!                                      \-> Paused{r+1, await DirtyLog}      (stop: PauseVcpus)
+//! Paused{r, await DirtyLog} --DirtyPages--> Paused{r, await SwitchSent}     (last pages + Switch)
+//! Paused --SwitchSent--> Paused{r, await Restored} --PeerRestored--> Done   (ResumeVcpus)
 //! any non-final --PeerRefused/PeerAborted/LinkLost/Cancel/timeout--> Failed (ResumeVcpus if paused)
 //! ```
 //!
@@ -27,7 +27,6 @@
 //! Failed are final. Timeouts count from the first Tick after progress.
 //! The integration (a thread owning a `Sender`, the channel,
 //! KVM, starting lockstep logging at the Switch's exit) is not here.
-
 
 /// Stop-and-copy when the next round is at most this (64 MiB at 1 Gbit/s
 /// ≈ 0.5 s; the pause budget of a respawn).
@@ -83,7 +82,9 @@ pub enum StopReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Begin (the driver has a connection to the new Secondary).
-    Start { now_ms: u64 },
+    Start {
+        now_ms: u64,
+    },
     /// The receiver accepted the Offer.
     PeerAccepted,
     /// The result of [`Action::ReadDirtyLog`]: gfns written since the last read.
@@ -91,16 +92,30 @@ pub enum Event {
     /// The receiver acknowledged round `r`.
     RoundAcked(u32),
     /// The driver sent the Switch with this memory digest.
-    SwitchSent { memory_sha256: [u8; 32] },
+    SwitchSent {
+        memory_sha256: [u8; 32],
+    },
     /// The receiver restored from the Switch.
-    PeerRestored { memory_sha256: [u8; 32] },
-    PeerRefused { reason: String },
-    PeerAborted { reason: String },
+    PeerRestored {
+        memory_sha256: [u8; 32],
+    },
+    PeerRefused {
+        reason: String,
+    },
+    PeerAborted {
+        reason: String,
+    },
     /// The connection broke.
-    LinkLost { detail: String },
+    LinkLost {
+        detail: String,
+    },
     /// The operator or the member gave up on this transfer.
-    Cancel { reason: String },
-    Tick { now_ms: u64 },
+    Cancel {
+        reason: String,
+    },
+    Tick {
+        now_ms: u64,
+    },
 }
 
 /// What the sender asks the driver to do, in order.
@@ -115,40 +130,55 @@ pub enum Action {
     /// (`Vm::dirty_pages_since_last_call`) and feed [`Event::DirtyPages`].
     ReadDirtyLog,
     /// Read these pages now and send them as `Pages{round}` messages.
-    SendPages { round: u32, gfns: Vec<u64> },
+    SendPages {
+        round: u32,
+        gfns: Vec<u64>,
+    },
     SendRoundEnd {
         round: u32,
         pages_sent: u64,
         dirty_left: u64,
     },
     /// Stop the guest's vCPUs (at an exit; its index is the log start).
-    PauseVcpus { reason: StopReason },
+    PauseVcpus {
+        reason: StopReason,
+    },
     /// Snapshot the vCPU + devices and send `Switch{round}` (memory digest,
     /// log start exit), then feed [`Event::SwitchSent`].
-    SendSwitch { round: u32 },
+    SendSwitch {
+        round: u32,
+    },
     /// Send `Abort{reason}` to the receiver.
-    SendAbort { reason: String },
+    SendAbort {
+        reason: String,
+    },
     ResumeVcpus,
     /// The new Secondary runs from the Switch: start lockstep logging.
     Done,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Phase {
-    AwaitDirty,
+enum Await {
+    DirtyLog,
     /// RoundEnd sent; the next round's gfns wait for the ack.
-    AwaitAck { next: Vec<u64> },
-    AwaitSwitchSent,
-    AwaitRestored { memory_sha256: [u8; 32] },
+    Ack {
+        next: Vec<u64>,
+    },
+    SwitchSent,
+    Restored {
+        memory_sha256: [u8; 32],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
     Offered,
-    PreCopy { round: u32, phase: Phase },
-    Paused { round: u32, phase: Phase },
+    PreCopy { round: u32, phase: Await },
+    Paused { round: u32, phase: Await },
     Done,
     Failed(String),
 }
@@ -233,8 +263,12 @@ impl Sender {
             Event::RoundAcked(r) => self.on_round_acked(r),
             Event::SwitchSent { memory_sha256 } => self.on_switch_sent(memory_sha256),
             Event::PeerRestored { memory_sha256 } => self.on_restored(memory_sha256),
-            Event::PeerRefused { reason } => self.fail(format!("receiver refused: {reason}"), false),
-            Event::PeerAborted { reason } => self.fail(format!("receiver aborted: {reason}"), false),
+            Event::PeerRefused { reason } => {
+                self.fail(format!("receiver refused: {reason}"), false)
+            }
+            Event::PeerAborted { reason } => {
+                self.fail(format!("receiver aborted: {reason}"), false)
+            }
             Event::LinkLost { detail } => self.fail(format!("link lost: {detail}"), false),
             Event::Cancel { reason } => self.fail(format!("cancelled: {reason}"), true),
             Event::Tick { now_ms } => self.on_tick(now_ms),
@@ -250,7 +284,7 @@ impl Sender {
         vec![Action::SendOffer]
     }
 
-    // Offered ---- PeerAccepted ----> PreCopy{0, AwaitDirty}
+    // Offered ---- PeerAccepted ----> PreCopy{0, await DirtyLog}
     fn on_accepted(&mut self) -> Vec<Action> {
         if self.state != State::Offered {
             return self.protocol("Accept", "after the offer was answered");
@@ -280,7 +314,7 @@ impl Sender {
             self.sent.mark(g);
         }
         self.stats.pages_sent += gfns.len() as u64;
-        let phase = Phase::AwaitDirty;
+        let phase = Await::DirtyLog;
         if paused {
             self.stats.final_round_pages = gfns.len() as u64;
             self.state = State::Paused { round, phase };
@@ -305,10 +339,10 @@ impl Sender {
     fn on_dirty(&mut self, gfns: Vec<u64>) -> Vec<Action> {
         let gfns = self.checked_gfns(gfns);
         match std::mem::replace(&mut self.state, State::Idle) {
-            // PreCopy{r, AwaitDirty} ---- DirtyPages ----> PreCopy{r, AwaitAck}
+            // PreCopy{r, await DirtyLog} ---- DirtyPages ----> PreCopy{r, await Ack}
             State::PreCopy {
                 round,
-                phase: Phase::AwaitDirty,
+                phase: Await::DirtyLog,
             } => {
                 let next = gfns;
                 self.clock_restart = true;
@@ -316,7 +350,7 @@ impl Sender {
                 let dirty_left = next.len() as u64;
                 self.state = State::PreCopy {
                     round,
-                    phase: Phase::AwaitAck { next },
+                    phase: Await::Ack { next },
                 };
                 vec![Action::SendRoundEnd {
                     round,
@@ -324,10 +358,10 @@ impl Sender {
                     dirty_left,
                 }]
             }
-            // Paused{r, AwaitDirty} ---- DirtyPages ----> Paused{r, AwaitSwitchSent}
+            // Paused{r, await DirtyLog} ---- DirtyPages ----> Paused{r, await SwitchSent}
             State::Paused {
                 round,
-                phase: Phase::AwaitDirty,
+                phase: Await::DirtyLog,
             } => self.final_round(round, gfns),
             other => panic!("DirtyPages without ReadDirtyLog in {other:?}"),
         }
@@ -347,7 +381,7 @@ impl Sender {
         );
         self.state = State::Paused {
             round,
-            phase: Phase::AwaitSwitchSent,
+            phase: Await::SwitchSent,
         };
         out.push(Action::SendSwitch { round });
         out
@@ -357,7 +391,7 @@ impl Sender {
         let (round, next) = match &mut self.state {
             State::PreCopy {
                 round,
-                phase: Phase::AwaitAck { next },
+                phase: Await::Ack { next },
             } if *round == r => (*round, std::mem::take(next)),
             _ => return self.protocol("RoundAck", &format!("for round {r}")),
         };
@@ -365,45 +399,45 @@ impl Sender {
         let next_bytes = next.len() as u64 * u64::from(self.cfg.page_size);
         let stop = if next_bytes <= self.cfg.stop_copy_bytes {
             Some(StopReason::SmallEnough)
-        } else if next.len() as u64 >= self.last_round_pages {
-            Some(StopReason::NotShrinking)
         } else if round + 1 >= self.cfg.max_rounds {
             Some(StopReason::MaxRounds)
+        } else if next.len() as u64 >= self.last_round_pages {
+            Some(StopReason::NotShrinking)
         } else {
             None
         };
         match stop {
-            // PreCopy{r, AwaitAck} ---- RoundAcked(r) ----> PreCopy{r+1, AwaitDirty}
+            // PreCopy{r, await Ack} ---- RoundAcked(r) ----> PreCopy{r+1, await DirtyLog}
             None => self.begin_precopy_round(round + 1, next),
-            // PreCopy{r, AwaitAck} ---- RoundAcked(r) ----> Paused{r+1, AwaitDirty}
+            // PreCopy{r, await Ack} ---- RoundAcked(r) ----> Paused{r+1, await DirtyLog}
             Some(reason) => {
                 self.stats.stop_reason = Some(reason);
                 self.carry = next;
                 self.clock_restart = true;
                 self.state = State::Paused {
                     round: round + 1,
-                    phase: Phase::AwaitDirty,
+                    phase: Await::DirtyLog,
                 };
                 vec![Action::PauseVcpus { reason }, Action::ReadDirtyLog]
             }
         }
     }
 
-    // Paused{r, AwaitSwitchSent} ---- SwitchSent ----> Paused{r, AwaitRestored}
+    // Paused{r, await SwitchSent} ---- SwitchSent ----> Paused{r, await Restored}
     fn on_switch_sent(&mut self, memory_sha256: [u8; 32]) -> Vec<Action> {
         match &mut self.state {
-            State::Paused { phase, .. } if *phase == Phase::AwaitSwitchSent => {
-                *phase = Phase::AwaitRestored { memory_sha256 };
+            State::Paused { phase, .. } if *phase == Await::SwitchSent => {
+                *phase = Await::Restored { memory_sha256 };
                 Vec::new()
             }
             other => panic!("SwitchSent without SendSwitch in {other:?}"),
         }
     }
 
-    // Paused{r, AwaitRestored} ---- PeerRestored ----> Done
+    // Paused{r, await Restored} ---- PeerRestored ----> Done
     fn on_restored(&mut self, got: [u8; 32]) -> Vec<Action> {
         let State::Paused {
-            phase: Phase::AwaitRestored { memory_sha256 },
+            phase: Await::Restored { memory_sha256 },
             ..
         } = self.state
         else {
@@ -426,12 +460,18 @@ impl Sender {
         let waited = self.now_ms - self.since_ms;
         match &self.state {
             State::Paused { .. } if waited > self.cfg.pause_timeout_ms => self.fail(
-                format!("paused {waited} ms, more than {} ms", self.cfg.pause_timeout_ms),
+                format!(
+                    "paused {waited} ms, more than {} ms",
+                    self.cfg.pause_timeout_ms
+                ),
                 true,
             ),
             State::Offered | State::PreCopy { .. } if waited > self.cfg.ack_timeout_ms => self
                 .fail(
-                    format!("no progress for {waited} ms, more than {}", self.cfg.ack_timeout_ms),
+                    format!(
+                        "no progress for {waited} ms, more than {}",
+                        self.cfg.ack_timeout_ms
+                    ),
                     true,
                 ),
             _ => Vec::new(),

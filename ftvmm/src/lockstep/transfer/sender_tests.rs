@@ -17,12 +17,18 @@ fn cfg(pages: u64) -> SenderConfig {
 fn started(c: SenderConfig) -> Sender {
     let pages = c.total_pages;
     let mut s = Sender::new(c);
-    assert_eq!(s.on_event(Event::Start { now_ms: 0 }), vec![Action::SendOffer]);
+    assert_eq!(
+        s.on_event(Event::Start { now_ms: 0 }),
+        vec![Action::SendOffer]
+    );
     assert_eq!(
         s.on_event(Event::PeerAccepted),
         vec![
             Action::StartDirtyLog,
-            Action::SendPages { round: 0, gfns: (0..pages).collect() },
+            Action::SendPages {
+                round: 0,
+                gfns: (0..pages).collect()
+            },
             Action::ReadDirtyLog,
         ]
     );
@@ -33,7 +39,11 @@ fn end_round(s: &mut Sender, round: u32, dirty: Vec<u64>, sent: u64) {
     let n = dirty.len() as u64;
     assert_eq!(
         s.on_event(Event::DirtyPages(dirty)),
-        vec![Action::SendRoundEnd { round, pages_sent: sent, dirty_left: n }]
+        vec![Action::SendRoundEnd {
+            round,
+            pages_sent: sent,
+            dirty_left: n
+        }]
     );
 }
 
@@ -43,32 +53,54 @@ fn converges_then_switches_and_resumes() {
     end_round(&mut s, 0, vec![1, 2, 3, 4], 10);
     assert_eq!(
         s.on_event(Event::RoundAcked(0)),
-        vec![Action::SendPages { round: 1, gfns: vec![1, 2, 3, 4] }, Action::ReadDirtyLog]
+        vec![
+            Action::SendPages {
+                round: 1,
+                gfns: vec![1, 2, 3, 4]
+            },
+            Action::ReadDirtyLog
+        ]
     );
     end_round(&mut s, 1, vec![2, 7], 4);
     assert_eq!(
         s.on_event(Event::RoundAcked(1)),
-        vec![Action::PauseVcpus { reason: StopReason::SmallEnough }, Action::ReadDirtyLog]
+        vec![
+            Action::PauseVcpus {
+                reason: StopReason::SmallEnough
+            },
+            Action::ReadDirtyLog
+        ]
     );
     assert!(s.vcpus_paused());
     // The final round: the carried set plus what the paused read found.
     assert_eq!(
         s.on_event(Event::DirtyPages(vec![9, 2])),
         vec![
-            Action::SendPages { round: 2, gfns: vec![2, 7, 9] },
+            Action::SendPages {
+                round: 2,
+                gfns: vec![2, 7, 9]
+            },
             Action::SendSwitch { round: 2 },
         ]
     );
-    assert!(s.on_event(Event::SwitchSent { memory_sha256: [5; 32] }).is_empty());
+    assert!(s
+        .on_event(Event::SwitchSent {
+            memory_sha256: [5; 32]
+        })
+        .is_empty());
     assert_eq!(
-        s.on_event(Event::PeerRestored { memory_sha256: [5; 32] }),
+        s.on_event(Event::PeerRestored {
+            memory_sha256: [5; 32]
+        }),
         vec![Action::Done, Action::ResumeVcpus]
     );
     assert!(s.is_done());
     let st = s.stats();
     assert_eq!((st.rounds, st.pages_sent, st.final_round_pages), (3, 17, 3));
     // Done is final.
-    assert!(s.on_event(Event::LinkLost { detail: "x".into() }).is_empty());
+    assert!(s
+        .on_event(Event::LinkLost { detail: "x".into() })
+        .is_empty());
     assert!(s.is_done());
 }
 
@@ -80,7 +112,9 @@ fn stops_when_not_shrinking() {
     end_round(&mut s, 1, vec![1, 2, 3, 4, 5, 6], 5);
     assert_eq!(
         s.on_event(Event::RoundAcked(1))[0],
-        Action::PauseVcpus { reason: StopReason::NotShrinking }
+        Action::PauseVcpus {
+            reason: StopReason::NotShrinking
+        }
     );
 }
 
@@ -93,9 +127,20 @@ fn stops_at_max_rounds() {
         end_round(&mut s, round, (0..n).collect(), sent);
         let a = s.on_event(Event::RoundAcked(round));
         if round < 4 {
-            assert_eq!(a[0], Action::SendPages { round: round + 1, gfns: (0..n).collect() });
+            assert_eq!(
+                a[0],
+                Action::SendPages {
+                    round: round + 1,
+                    gfns: (0..n).collect()
+                }
+            );
         } else {
-            assert_eq!(a[0], Action::PauseVcpus { reason: StopReason::MaxRounds });
+            assert_eq!(
+                a[0],
+                Action::PauseVcpus {
+                    reason: StopReason::MaxRounds
+                }
+            );
         }
         n -= 1;
     }
@@ -105,22 +150,38 @@ fn stops_at_max_rounds() {
 #[test]
 fn peer_failures_and_cancel_fail_and_resume_a_paused_guest() {
     let mut s = started(cfg(10));
-    let a = s.on_event(Event::PeerAborted { reason: "disk full".into() });
-    assert_eq!(a, vec![Action::Failed { reason: "receiver aborted: disk full".into() }]);
+    let a = s.on_event(Event::PeerAborted {
+        reason: "disk full".into(),
+    });
+    assert_eq!(
+        a,
+        vec![Action::Failed {
+            reason: "receiver aborted: disk full".into()
+        }]
+    );
     assert!(s.failure().is_some());
-    assert!(s.on_event(Event::RoundAcked(0)).is_empty(), "Failed is final");
+    assert!(
+        s.on_event(Event::RoundAcked(0)).is_empty(),
+        "Failed is final"
+    );
 
     let mut s = started(cfg(10));
     end_round(&mut s, 0, vec![1], 10);
     s.on_event(Event::RoundAcked(0));
     assert!(s.vcpus_paused());
-    let a = s.on_event(Event::Cancel { reason: "operator".into() });
+    let a = s.on_event(Event::Cancel {
+        reason: "operator".into(),
+    });
     assert_eq!(
         a,
         vec![
-            Action::SendAbort { reason: "cancelled: operator".into() },
+            Action::SendAbort {
+                reason: "cancelled: operator".into()
+            },
             Action::ResumeVcpus,
-            Action::Failed { reason: "cancelled: operator".into() },
+            Action::Failed {
+                reason: "cancelled: operator".into()
+            },
         ]
     );
     assert!(!s.vcpus_paused());
@@ -131,15 +192,25 @@ fn wrong_round_ack_and_restored_digest_fail() {
     let mut s = started(cfg(10));
     end_round(&mut s, 0, vec![1, 2, 3], 10);
     let a = s.on_event(Event::RoundAcked(1));
-    assert!(matches!(&a[0], Action::SendAbort { reason } if reason.contains("RoundAck for round 1 in pre-copy round 0")), "{a:?}");
+    assert!(
+        matches!(&a[0], Action::SendAbort { reason } if reason.contains("RoundAck for round 1 in pre-copy round 0")),
+        "{a:?}"
+    );
 
     let mut s = started(cfg(10));
     end_round(&mut s, 0, vec![1], 10);
     s.on_event(Event::RoundAcked(0));
     s.on_event(Event::DirtyPages(vec![]));
-    s.on_event(Event::SwitchSent { memory_sha256: [1; 32] });
-    let a = s.on_event(Event::PeerRestored { memory_sha256: [2; 32] });
-    assert!(a.contains(&Action::ResumeVcpus) && s.failure().is_some(), "{a:?}");
+    s.on_event(Event::SwitchSent {
+        memory_sha256: [1; 32],
+    });
+    let a = s.on_event(Event::PeerRestored {
+        memory_sha256: [2; 32],
+    });
+    assert!(
+        a.contains(&Action::ResumeVcpus) && s.failure().is_some(),
+        "{a:?}"
+    );
 }
 
 #[test]
