@@ -24,6 +24,8 @@ pub mod receiver;
 pub mod sender;
 
 #[cfg(test)]
+mod backoff_tests;
+#[cfg(test)]
 mod message_tests;
 #[cfg(test)]
 mod receiver_tests;
