@@ -7,6 +7,7 @@
 //! - [`sender`]: the Primary's side (rounds, when to stop the guest), pure.
 //! - [`receiver`]: the new Secondary's side (offer check, pages into a
 //!   [`receiver::GuestMemoryImage`], digest check on Switch), pure.
+//! - [`memory`]: a memory image in a `Vec` for tests and the simulation.
 //! - [`backoff`]: when to retry a failed transfer.
 //!
 //! Deliberately not here (the integration): the threads that own a sender or
@@ -19,9 +20,12 @@
 //! with the memory digest the sender computed).
 
 pub mod backoff;
+pub mod memory;
 pub mod message;
+mod message_decode;
 pub mod receiver;
 pub mod sender;
+mod sender_io;
 
 #[cfg(test)]
 mod backoff_tests;
@@ -33,3 +37,5 @@ mod receiver_tests;
 mod sender_tests;
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod sim_world_tests;
