@@ -17,14 +17,17 @@
 //!
 //! Policy: round 0 sends every page; round r+1 sends the pages dirtied since
 //! round r's pages were read. The guest is stopped when the next round would
-//! be at most [`SenderConfig::stop_copy_bytes`], or did not shrink, or
-//! [`SenderConfig::max_rounds`] pre-copy rounds are done. A driver must read
+//! be at most [`SenderConfig::stop_copy_bytes`], or
+//! [`SenderConfig::max_rounds`] pre-copy rounds are done, or it did not
+//! shrink (checked in that order; [`StopReason`]). A driver must read
 //! the dirty log *before* it reads the pages it was told to send, so a write
 //! during the copy is reported again by the next read.
 //!
 //! Invariants asserted: rounds strictly increase by one; Switch is never sent
 //! before every page was sent at least once; dirty gfns are in range; Done and
 //! Failed are final. Timeouts count from the first Tick after progress.
+//! `Done` comes before `ResumeVcpus`: the driver starts logging at the
+//! Switch's exit, then lets the guest run.
 //! The integration (a thread owning a `Sender`, the channel,
 //! KVM, starting lockstep logging at the Switch's exit) is not here.
 
