@@ -227,3 +227,67 @@ fn abort_and_cut_fail_without_answer() {
     );
     assert!(r.on_cut("again").is_empty());
 }
+
+mod any_sequence {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            Just(offer()),
+            (
+                0u32..3,
+                proptest::collection::btree_set(0u64..6, 1..4),
+                any::<u8>()
+            )
+                .prop_map(|(round, gfns, fill)| pages(
+                    round,
+                    &gfns.into_iter().collect::<Vec<_>>(),
+                    fill
+                )),
+            (0u32..3, 0u64..6).prop_map(|(round, pages_sent)| Message::RoundEnd {
+                round,
+                pages_sent,
+                dirty_left: 0
+            }),
+            (0u32..3, any::<bool>()).prop_map(|(round, zero)| Message::Switch {
+                round,
+                state: vec![1],
+                memory_sha256: if zero {
+                    [0; 32]
+                } else {
+                    VecMemory::new(64, PS).sha256()
+                },
+                log_start_exit: 0,
+            }),
+            Just(Message::Accept),
+            Just(Message::RoundAck { round: 0 }),
+            Just(Message::Abort { reason: "x".into() }),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of messages: no panic, Done and Failed final, at most
+        /// one Restore, and a Restore only with memory matching the digest.
+        #[test]
+        fn any_message_sequence_keeps_the_receiver_sound(ms in proptest::collection::vec(message(), 0..12)) {
+            let mut r = Receiver::new(expected(), VecMemory::new(64, PS));
+            let mut restores = 0;
+            for m in ms {
+                let (done, failed) = (r.is_done(), r.is_failed());
+                let digest = r.memory().sha256();
+                for a in r.on_message(m.clone()) {
+                    if let RxAction::Restore { .. } = a {
+                        restores += 1;
+                        let Message::Switch { memory_sha256, .. } = m else { panic!("Restore without Switch") };
+                        prop_assert_eq!(memory_sha256, digest);
+                    }
+                }
+                if done { prop_assert!(r.is_done()); }
+                if failed { prop_assert!(r.is_failed()); }
+            }
+            prop_assert!(restores <= 1);
+        }
+    }
+}

@@ -247,3 +247,80 @@ fn dirty_pages_unasked_is_a_bug() {
     end_round(&mut s, 0, vec![1], 10);
     s.on_event(Event::DirtyPages(vec![1]));
 }
+
+mod any_peer {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn peer_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::PeerAccepted),
+            (0u32..4).prop_map(Event::RoundAcked),
+            any::<u8>().prop_map(|b| Event::PeerRestored {
+                memory_sha256: [b; 32]
+            }),
+            Just(Event::PeerRefused {
+                reason: "no".into()
+            }),
+            Just(Event::PeerAborted {
+                reason: "no".into()
+            }),
+            Just(Event::LinkLost {
+                detail: "eof".into()
+            }),
+            (0u64..5000).prop_map(|now_ms| Event::Tick { now_ms }),
+        ]
+    }
+
+    /// The driver performs `actions`, answering every ReadDirtyLog with
+    /// `dirty` and every SendSwitch; tracks whether the guest is paused.
+    fn drive(s: &mut Sender, mut actions: Vec<Action>, dirty: &[u64], paused: &mut bool) {
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for a in actions {
+                match a {
+                    Action::ReadDirtyLog => {
+                        next.extend(s.on_event(Event::DirtyPages(dirty.to_vec())))
+                    }
+                    Action::SendSwitch { .. } => next.extend(s.on_event(Event::SwitchSent {
+                        memory_sha256: [1; 32],
+                    })),
+                    Action::PauseVcpus { .. } => *paused = true,
+                    Action::ResumeVcpus => *paused = false,
+                    _ => {}
+                }
+            }
+            actions = next;
+        }
+    }
+
+    proptest! {
+        /// Whatever the peer says, in any order: no panic, rounds bounded,
+        /// Done and Failed final, the guest paused exactly while the sender
+        /// says so, and never left paused once the transfer is over.
+        #[test]
+        fn any_peer_behaviour_keeps_the_sender_sound(
+            evs in proptest::collection::vec((peer_event(), proptest::collection::vec(0u64..10, 0..5)), 0..20)
+        ) {
+            let mut s = Sender::new(cfg(10));
+            let mut paused = false;
+            let start = s.on_event(Event::Start { now_ms: 0 });
+            drive(&mut s, start, &[], &mut paused);
+            for (ev, dirty) in evs {
+                let (done, failed) = (s.is_done(), s.failure().is_some());
+                let actions = s.on_event(ev);
+                if done || failed {
+                    prop_assert!(actions.is_empty());
+                }
+                drive(&mut s, actions, &dirty, &mut paused);
+                prop_assert_eq!(paused, s.vcpus_paused());
+                prop_assert!(s.stats().rounds <= 5 + 1);
+            }
+            let end = s.on_event(Event::Cancel { reason: "end".into() });
+            drive(&mut s, end, &[], &mut paused);
+            prop_assert!(s.is_done() || s.failure().is_some());
+            prop_assert!(!paused);
+        }
+    }
+}
