@@ -12,7 +12,13 @@ pub const ACK_TIMEOUT_MS: u64 = 10_000;
 /// The guest may stay paused this long waiting for `Restored`.
 pub const PAUSE_TIMEOUT_MS: u64 = 3_000;
 
+/// The logging link the defaults are sized for: 1 Gbit/s.
+pub const ASSUMED_LINK_BYTES_PER_MS: u64 = 125_000;
+
 const _: () = assert!(MAX_PRECOPY_ROUNDS >= 1);
+// The last round at the threshold takes at most half the pause budget on the
+// assumed link; the other half is for the snapshot, the Switch and the restore.
+const _: () = assert!(STOP_COPY_BYTES / ASSUMED_LINK_BYTES_PER_MS <= PAUSE_TIMEOUT_MS / 2);
 
 /// What a sender is told.
 #[derive(Debug, Clone)]
