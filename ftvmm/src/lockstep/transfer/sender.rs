@@ -32,8 +32,8 @@
 //! KVM, starting lockstep logging at the Switch's exit) is not here.
 
 pub use super::sender_io::{
-    Action, Event, SenderConfig, SenderStats, StopReason, ACK_TIMEOUT_MS, MAX_PRECOPY_ROUNDS,
-    PAUSE_TIMEOUT_MS, STOP_COPY_BYTES,
+    Action, Event, SenderConfig, SenderStats, StopReason, ACK_TIMEOUT_MS,
+    ASSUMED_LINK_BYTES_PER_MS, MAX_PRECOPY_ROUNDS, PAUSE_TIMEOUT_MS, STOP_COPY_BYTES,
 };
 
 use super::sender_io::SentPages;
