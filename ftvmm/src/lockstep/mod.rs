@@ -22,12 +22,16 @@
 //! - [`spec`]: what a member is given and shows.
 //! - [`recording_sim`]: a Primary and a Secondary joined by the real log and
 //!   wire without KVM (the recording path's fuzz target and tests).
+//! - [`transfer`]: live state transfer to a new Secondary (pre-copy rounds,
+//!   stop-and-copy, Switch), its messages and codec, as pure state machines.
 //!
 //! Invariants checked in code: `member` (a generation acted in never goes
 //! back; output is never opened in a state that does not own its
 //! generation; halted is final), `primary` (`replayed <= acked <=
 //! pending_first <= next_seq`), `log` (gapless sequence numbers; a split
-//! body's pieces are consecutive, at one exit, and put together before replay).
+//! body's pieces are consecutive, at one exit, and put together before replay),
+//! `transfer` (rounds increase by one; Switch only after every page was sent
+//! once; the receiver restores only memory with the Switch's digest).
 
 pub mod channel;
 pub mod digest;
@@ -45,6 +49,7 @@ pub mod recording_sim;
 pub mod secondary;
 pub mod spec;
 pub mod start;
+pub mod transfer;
 
 #[cfg(test)]
 mod sim_member;
