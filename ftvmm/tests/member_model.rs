@@ -75,7 +75,10 @@
 //!
 //! And as `sometimes` (so a vacuous model fails): a Secondary goes live; the
 //! Primary continues alone in `g >= 2`; a storage hand-over completes;
-//! output in a generation `>= 2`; with 3 members, host-c starts the VM.
+//! output in a generation `>= 2`; an ack releases output of `g` after output
+//! of a later generation (the exception of property 2 is real: host-b acks,
+//! resets its link, wins `g + 1` and emits; then its ack reaches host-a,
+//! whose link is still up); with 3 members, host-c starts the VM.
 //!
 //! # Not modelled
 //!
@@ -164,6 +167,10 @@ impl Model for MemberModel {
                 )
             }),
             Property::sometimes("output in a generation >= 2", |_, s: &Sys| s.out_max >= 2),
+            Property::sometimes(
+                "an ack releases output of g after output of a later generation",
+                |_, s: &Sys| s.flags.late_vouched,
+            ),
         ];
         if self.b.members == 3 {
             p.push(Property::sometimes("host-c starts the VM", |_, s: &Sys| {

@@ -152,6 +152,9 @@ pub struct Flags {
     pub ack_other_gen: bool,
     /// The gate let output out while the member acts in no generation.
     pub unowned_release: bool,
+    /// Not a violation: an ack released output in `g` after output in a
+    /// later generation (its sender had acked, so replayed, those records).
+    pub late_vouched: bool,
     /// `Member::on_event` panicked (one of its asserted invariants).
     pub member_assert: Option<String>,
 }
@@ -328,6 +331,7 @@ impl Sys {
         let g = g as u8;
         match ack_gen {
             Some(a) if a != g => self.flags.ack_other_gen = true,
+            Some(_) if g < self.out_max => self.flags.late_vouched = true,
             Some(_) => {}
             None if g < self.out_max => self.flags.stale_open = true,
             None => {}
