@@ -97,8 +97,9 @@
 //! `member_model_three_hosts` (3 members, 1 fault, 2 time units: about
 //! 260 thousand). `member_model_long` (ignored, for `make chaos`) runs the
 //! pair with `MEMBER_MODEL_DEPTH` faults (default 2) and generations <= 4
-//! (9.8 million unique states, about 6 minutes in debug), then the three
-//! hosts with as many faults.
+//! (9.8 million unique states, about 6 minutes in debug, none violates).
+//! `member_model_three_hosts_two_faults` (ignored) FAILS: 3 members with 2
+//! faults reach a counterexample in member.rs, described on the test.
 //! `MEMBER_MODEL_BOUNDS=members,faults,time,in_flight,max_gen` overrides
 //! the bounds of every run. Each prints its bounds, the states explored and
 //! the time.
@@ -306,9 +307,32 @@ fn member_model_long() {
         in_flight: 2,
         max_gen: 4,
     });
+}
+
+/// FAILS: a counterexample in member.rs (not fixed here; see the report of
+/// issue 12). 3 members, 2 faults, 2 time units, 3.3 M unique states, 65 s:
+/// 1. host-b resets its link (fault 1), drains, asks for g 2; fencing
+///    decides g 2 for host-b; host-b freezes (fault 2) before the answer.
+/// 2. Time passes: host-b's grant lapses; host-a, silent, races for g 2
+///    and loses; host-c starts the VM (host-b is frozen past its lease),
+///    wins g 3 and emits; host-a is deposed.
+/// 3. host-b thaws: `Grant(Lapsed)` (Claiming ignores it), then `Decided
+///    { 2, Won }`: `on_decided` takes `Claiming -> Solo { g: 2 }` with
+///    `Gate::Open` without looking at `granted` (the `Racing` branch goes to
+///    `Fenced` instead). The grant comes back: `Solo` ignores `Grant(Ok)`.
+/// 4. host-b emits in g 2 after host-c's output in g 3 ("no unvouched output
+///    of g after output of a later generation"), until `Deposed` arrives.
+///
+/// A lone Primary must re-win `g + 1` when its grant comes back (module docs
+/// of member.rs); a Secondary that won while its grant was away skips that.
+/// In the real system fencing's deposition watch likely reports `Deposed`
+/// with the grant; the model lets the grant return without that check.
+#[test]
+#[ignore = "counterexample: Claiming -> Won goes Solo/Open while the grant is away (member.rs)"]
+fn member_model_three_hosts_two_faults() {
     check(Bounds {
         members: 3,
-        faults,
+        faults: 2,
         time: 2,
         in_flight: 2,
         max_gen: 4,
