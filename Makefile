@@ -84,14 +84,17 @@ fuzz:
 ## chaos: long soak / fault-schedule runs (beyond make test)
 ## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
+## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long)
 FT_CHAOS_SEEDS ?= 200000
 FT_CHAOS_ROUNDS ?= 3
 FT_CHAOS_PAIR_BOOTS ?= 300
+FT_CHAOS_MODEL_FAULTS ?= 2
 chaos: prereqs image
 	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
 	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
+	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done

@@ -1,0 +1,204 @@
+//! One model action: what it changes around the member and which [`Event`]
+//! it feeds to the real `Member::on_event`.
+
+use ftvmm::lockstep::member::{Decision, Event, Grant, Member, State};
+
+use super::{gate_code, Act, Ans, Bounds, Msg, Run, Sys, NAMES, TIMEOUT_MS, UNIT_MS};
+
+impl Sys {
+    pub fn step(&self, b: &Bounds, act: Act) -> Sys {
+        let mut s = self.clone();
+        match act {
+            Act::Deliver(m) => {
+                s.take(m);
+                s.deliver(b, m);
+            }
+            Act::Lose(m) => {
+                s.faults += 1;
+                s.take(m);
+            }
+            // Delivered, and a copy stays in flight.
+            Act::Duplicate(m) => {
+                s.faults += 1;
+                s.deliver(b, m);
+            }
+            Act::SendBatch => {
+                let stamp = s.now;
+                s.net.insert(Msg::Batch { stamp });
+            }
+            Act::Tick(i) => {
+                let n = &mut s.nodes[i];
+                n.ticked = s.now;
+                // Only the threshold matters to the member: cap the silence
+                // at the timeout (its log lines would name each value).
+                let silent = if n.link_open {
+                    (s.now - n.heard).min(2)
+                } else {
+                    0
+                };
+                let ev = Event::Tick {
+                    now_ms: u64::from(s.now) * UNIT_MS,
+                    silent_ms: u64::from(silent) * UNIT_MS,
+                };
+                s.feed(b, i, ev);
+            }
+            Act::TimePasses => {
+                s.now += 1;
+                // A frozen host's grant expires on its running clock before
+                // its lease does (fencing/src/guard.rs).
+                for n in &mut s.nodes {
+                    if let Run::Frozen { since } = n.run {
+                        if s.now - since >= 2 && n.grant {
+                            n.grant = false;
+                            n.lapsed = true;
+                        }
+                    }
+                }
+            }
+            Act::Decide(w, g) => {
+                s.asks.remove(&(w, g));
+                let a = s.decide(w, g);
+                s.answers.insert((w, g, a));
+            }
+            Act::Answer(w, g, a) => {
+                s.answers.remove(&(w, g, a));
+                let decision = match a {
+                    Ans::Won => Decision::Won,
+                    Ans::Lost(o) => Decision::Lost {
+                        owner: NAMES[o as usize].to_string(),
+                    },
+                    Ans::Superseded(by) => Decision::Superseded { by: u64::from(by) },
+                };
+                let i = w as usize;
+                if s.nodes[i].m.is_none() {
+                    // host-c: starts the VM alone in `g` if it won.
+                    if a == Ans::Won {
+                        let m = Member::primary("kv", NAMES[0], u64::from(g), false, TIMEOUT_MS);
+                        let n = &mut s.nodes[i];
+                        n.gate = gate_code(m.initial_gate());
+                        n.m = Some(super::Mem::new(m));
+                        n.ticked = s.now;
+                    }
+                } else {
+                    s.feed(
+                        b,
+                        i,
+                        Event::Decided {
+                            generation: u64::from(g),
+                            decision,
+                        },
+                    );
+                }
+            }
+            Act::Crash(i) => {
+                s.faults += 1;
+                s.nodes[i].run = Run::Crashed;
+            }
+            Act::Freeze(i) => {
+                s.faults += 1;
+                s.nodes[i].run = Run::Frozen { since: s.now };
+            }
+            Act::Thaw(i) => {
+                s.nodes[i].run = Run::Up;
+                if std::mem::take(&mut s.nodes[i].lapsed) {
+                    s.feed(b, i, Event::Grant(Grant::Lapsed));
+                }
+            }
+            Act::Withdraw(i) => {
+                s.faults += 1;
+                s.nodes[i].grant = false;
+                let reason = "lease renewal failing".into();
+                s.feed(b, i, Event::Grant(Grant::Withdrawn { reason }));
+            }
+            Act::Restore(i) => {
+                s.nodes[i].grant = true;
+                s.feed(b, i, Event::Grant(Grant::Ok));
+            }
+            Act::LinkFails(i) => {
+                s.faults += 1;
+                if i == 0 {
+                    s.nodes[0].gate = 0;
+                }
+                s.nodes[i].link_open = false;
+                s.feed(
+                    b,
+                    i,
+                    Event::ChannelLost {
+                        why: "reset".into(),
+                    },
+                );
+            }
+            Act::Diverge => {
+                s.faults += 1;
+                s.feed(
+                    b,
+                    1,
+                    Event::Diverged {
+                        what: "model".into(),
+                    },
+                );
+            }
+            Act::ReplayDone => {
+                s.nodes[1].vcpu_stopped = true;
+                let at = u64::from(s.now);
+                s.feed(b, 1, Event::ReplayExhausted { at });
+            }
+            Act::AllAcked => s.feed(b, 0, Event::AllAcked),
+            Act::Depose(i) => {
+                if let Some((g, o)) = s.deposer(i) {
+                    let by = NAMES[o as usize].to_string();
+                    s.feed(
+                        b,
+                        i,
+                        Event::Deposed {
+                            generation: u64::from(g),
+                            by,
+                        },
+                    );
+                }
+            }
+            Act::Emit(i) => s.release(i, None),
+            Act::StartC => {
+                s.c_tried = true;
+                let next = s.register.keys().next_back().copied().unwrap_or(0) + 1;
+                s.asks.insert((2, next));
+            }
+        }
+        s
+    }
+
+    fn take(&mut self, m: Msg) {
+        self.net.remove(&m);
+    }
+
+    /// The highest generation any member is in or asks for.
+    pub fn max_gen(&self) -> u8 {
+        let members = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member())
+            .map(|m| m.generation() as u8);
+        let asked = self.asks.iter().map(|&(_, g)| g);
+        members.chain(asked).max().unwrap_or(0)
+    }
+
+    /// A one-line picture of the system, for traces.
+    pub fn summary(&self) -> String {
+        let mut out = format!("t={} faults={}", self.now, self.faults);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let st = n
+                .state()
+                .map_or("not started".to_string(), State::to_string);
+            let gate = ["held", "by-acks", "open"][n.gate as usize];
+            out += &format!(
+                " | {}: {st}, {:?}, gate {gate}, grant {}, link {}, released {:#b}",
+                NAMES[i], n.run, n.grant, n.link_open, n.released
+            );
+        }
+        out += &format!(
+            " | paxos {:?} asks {:?} answers {:?} net {:?}",
+            self.register, self.asks, self.answers, self.net
+        );
+        out
+    }
+}
