@@ -119,3 +119,24 @@ fn a_withheld_grant_keeps_feeding_while_the_lease_renews() {
     assert!(g.grant(t(200)).ok);
     assert_eq!(g.tick(t(200)).say, Vec::<String>::new());
 }
+
+/// ftvmm can confirm the hold (it saw an `ok: false` grant) before the
+/// guard's tick looks at the stale lease: the guard goes from `Normal`
+/// straight to `Held` and must still say why it asked (the storage QEMU tests
+/// wait for that line; it went missing once in a few runs).
+#[test]
+fn a_hold_confirmed_before_the_tick_still_says_the_renewal_is_failing() {
+    let mut g = Guard::new(timing());
+    g.renewed(t(0));
+    assert!(g.tick(t(500)).feed);
+    assert_eq!(g.state(), GuardState::Normal);
+    let hold = g.grant(t(1050));
+    assert!(!hold.ok);
+    g.on_answer(&hold, t(1050), Ok(()));
+    let a = g.tick(t(1100));
+    assert_eq!(g.state(), GuardState::Held);
+    assert!(a.feed);
+    assert_eq!(a.say.len(), 2, "{:?}", a.say);
+    assert!(a.say[0].contains("lease renewal failing for 1100 ms; asking ftvmm to hold output"));
+    assert_eq!(a.say[1], "fencing: ftvmm confirmed the output hold");
+}
