@@ -94,7 +94,7 @@ chaos: prereqs image
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
 	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
-	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long
+	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done

@@ -309,26 +309,25 @@ fn member_model_long() {
     });
 }
 
-/// FAILS: a counterexample in member.rs (not fixed here; see the report of
-/// issue 12). 3 members, 2 faults, 2 time units, 3.3 M unique states, 65 s:
-/// 1. host-b resets its link (fault 1), drains, asks for g 2; fencing
-///    decides g 2 for host-b; host-b freezes (fault 2) before the answer.
-/// 2. Time passes: host-b's grant lapses; host-a, silent, races for g 2
-///    and loses; host-c starts the VM (host-b is frozen past its lease),
-///    wins g 3 and emits; host-a is deposed.
-/// 3. host-b thaws: `Grant(Lapsed)` (Claiming ignores it), then `Decided
-///    { 2, Won }`: `on_decided` takes `Claiming -> Solo { g: 2 }` with
-///    `Gate::Open` without looking at `granted` (the `Racing` branch goes to
-///    `Fenced` instead). The grant comes back: `Solo` ignores `Grant(Ok)`.
-/// 4. host-b emits in g 2 after host-c's output in g 3 ("no unvouched output
-///    of g after output of a later generation"), until `Deposed` arrives.
+/// Three hosts, two faults (3.3 M unique states, about a minute in debug;
+/// in `make chaos`). It found two counterexamples, both fixed in member.rs
+/// (unit tests in member_tests.rs):
+/// 1. host-b resets its link, drains, asks for g 2 and freezes before the
+///    answer; host-a loses g 2; host-c starts g 3 (host-b frozen past its
+///    lease); host-b thaws and gets `Decided { 2, Won }` while its grant is
+///    away: it went `Solo` with its gate open and, when the grant came back,
+///    released output in g 2 after host-c's in g 3. Now it goes live held
+///    (`Fenced`) and re-wins g 3 before output flows.
+/// 2. The same with the grant restored before the answer: fencing's
+///    re-check before granting again reports the deposition (g 3 by host-c),
+///    which a member still claiming g 2 ignored. Now a claimer of `g + 1` is
+///    deposed by any later generation.
 ///
-/// A lone Primary must re-win `g + 1` when its grant comes back (module docs
-/// of member.rs); a Secondary that won while its grant was away skips that.
-/// In the real system fencing's deposition watch likely reports `Deposed`
-/// with the grant; the model lets the grant return without that check.
+/// Writing it also made the model more faithful: fencing reports a
+/// deposition before it grants again, and a host frozen (clock running)
+/// past its lease is reset by its watchdog at the thaw.
 #[test]
-#[ignore = "counterexample: Claiming -> Won goes Solo/Open while the grant is away (member.rs)"]
+#[ignore = "long: for make chaos"]
 fn member_model_three_hosts_two_faults() {
     check(Bounds {
         members: 3,

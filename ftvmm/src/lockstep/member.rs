@@ -572,9 +572,24 @@ impl Member {
         }
         match decision {
             Decision::Won => match live_at {
-                Some(at) => (
+                Some(at) if self.granted => (
                     Some(State::Solo { g: generation }),
                     vec![Action::GoLive { generation, at }, Action::Gate(Gate::Open)],
+                ),
+                // A Secondary that won while its host's grant was away (a
+                // freeze or a storage hiccup between its Acquire and the
+                // answer) goes live held, like a lone Primary fenced: when
+                // the grant comes back it re-wins `g + 1` before output
+                // flows, since another host may have started a later
+                // generation meanwhile (found by tests/member_model.rs).
+                Some(at) => (
+                    Some(State::Fenced { g: generation }),
+                    vec![
+                        Action::GoLive { generation, at },
+                        self.say(format!(
+                            "won generation {generation}; live but output stays held until fencing grants it"
+                        )),
+                    ],
                 ),
                 None if self.granted => (
                     Some(State::Solo { g: generation }),
@@ -676,12 +691,16 @@ impl Member {
     fn on_deposed(&self, generation: u64, by: String) -> (Option<State>, Vec<Action>) {
         let mine = self.generation();
         // Only a Primary (or one racing/fenced) acts; a deposition names a
-        // generation later than the one it acts in.
-        let primary_side = !matches!(
-            self.state,
-            State::Following { .. } | State::Draining { .. } | State::Claiming { .. }
-        );
-        if !primary_side || generation <= mine {
+        // generation later than the one it acts in. A Secondary claiming
+        // `g + 1` is deposed by a later one (its win, arriving after a
+        // freeze, would be stale: tests/member_model.rs); `g + 1` itself is
+        // its race, which its own answer settles.
+        let deposes = match self.state {
+            State::Following { .. } | State::Draining { .. } => false,
+            State::Claiming { g, .. } => generation > g + 1,
+            _ => generation > mine,
+        };
+        if !deposes {
             return (None, Vec::new());
         }
         (

@@ -125,6 +125,77 @@ fn a_secondary_replays_then_races_and_goes_live() {
     assert_eq!(m.state(), &State::Solo { g: 2 });
 }
 
+/// Found by the model check (tests/member_model.rs): fencing's re-check after
+/// a freeze reports that another host started a later generation; a member
+/// still claiming `g + 1` ignored it and went live on its stale win.
+#[test]
+fn a_claimer_is_deposed_by_a_generation_after_the_one_it_claims() {
+    let mut m = secondary();
+    m.on_event(Event::ChannelLost {
+        why: "link reset".into(),
+    });
+    m.on_event(Event::ReplayExhausted { at: 5 });
+    // Its own race (generation 2) is not a deposition: its answer settles it.
+    let a = m.on_event(Event::Deposed {
+        generation: 2,
+        by: "host-a".into(),
+    });
+    assert!(a.is_empty(), "{a:?}");
+    let a = m.on_event(Event::Deposed {
+        generation: 3,
+        by: "host-c".into(),
+    });
+    assert!(has(&a, |x| *x == Action::StopVcpu));
+    assert!(matches!(
+        m.state(),
+        State::Halted(Halt::Deposed { generation: 3, .. })
+    ));
+    let a = m.on_event(Event::Decided {
+        generation: 2,
+        decision: Decision::Won,
+    });
+    assert!(a.is_empty(), "a halted member stays halted: {a:?}");
+}
+
+/// Found by the model check (tests/member_model.rs): a Secondary whose grant
+/// lapsed while its claim was decided went live with its gate open and, when
+/// the grant came back, released output in `g` although another host might
+/// have started `g + 1` meanwhile.
+#[test]
+fn a_secondary_winning_without_its_grant_goes_live_held_and_rewins_before_output() {
+    let mut m = secondary();
+    m.on_event(Event::ChannelLost {
+        why: "link reset".into(),
+    });
+    let a = m.on_event(Event::ReplayExhausted { at: 77 });
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    m.on_event(Event::Grant(Grant::Lapsed));
+    let a = m.on_event(Event::Decided {
+        generation: 2,
+        decision: Decision::Won,
+    });
+    assert!(has(&a, |x| *x
+        == Action::GoLive {
+            generation: 2,
+            at: 77
+        }));
+    assert!(
+        !has(&a, |x| matches!(x, Action::Gate(Gate::Open | Gate::ByAcks))),
+        "output must stay held without the grant: {a:?}"
+    );
+    assert_eq!(m.state(), &State::Fenced { g: 2 });
+    // The grant comes back: re-win generation 3 first.
+    let a = m.on_event(Event::Grant(Grant::Ok));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 3 }));
+    assert!(!has(&a, |x| matches!(x, Action::Gate(Gate::Open))));
+    let a = m.on_event(Event::Decided {
+        generation: 3,
+        decision: Decision::Won,
+    });
+    assert!(has(&a, |x| *x == Action::Gate(Gate::Open)));
+    assert_eq!(m.state(), &State::Solo { g: 3 });
+}
+
 #[test]
 fn a_silent_primary_or_a_resignation_starts_the_secondary_draining() {
     let mut m = secondary();

@@ -413,13 +413,13 @@ impl Sys {
     /// Whether a later generation than `i` acts in is owned by another host.
     fn deposer(&self, i: usize) -> Option<(u8, u8)> {
         let m = self.nodes[i].member()?;
-        if matches!(
-            m.state(),
-            State::Following { .. } | State::Draining { .. } | State::Claiming { .. }
-        ) {
-            return None;
-        }
-        let mine = m.generation() as u8;
+        // Fencing watches what the host runs or acquires (its publication):
+        // a claimer of `g + 1` is deposed by a generation after that.
+        let mine = match m.state() {
+            State::Following { .. } | State::Draining { .. } => return None,
+            State::Claiming { g, .. } => *g as u8 + 1,
+            _ => m.generation() as u8,
+        };
         self.register
             .range(mine + 1..)
             .rfind(|(_, &o)| o as usize != i)

@@ -3,7 +3,7 @@
 
 use ftvmm::lockstep::member::{Decision, Event, Grant, Member, State};
 
-use super::{gate_code, Act, Ans, Bounds, Msg, Run, Sys, NAMES, TIMEOUT_MS, UNIT_MS};
+use super::{gate_code, Act, Ans, Bounds, Msg, Run, Sys, FRESH_UNITS, NAMES, TIMEOUT_MS, UNIT_MS};
 
 impl Sys {
     pub fn step(&self, b: &Bounds, act: Act) -> Sys {
@@ -98,6 +98,15 @@ impl Sys {
                 s.faults += 1;
                 s.nodes[i].run = Run::Frozen { since: s.now };
             }
+            // Frozen on a running clock past its lease (when host-c may
+            // take over): its watchdog, starved since the grant lapsed,
+            // has reset the host (fencing/src/lease.rs arithmetic: the
+            // watchdog fires before another host may count the lease as
+            // expired). Clock-stopping freezes are not modelled (§3).
+            Act::Thaw(i) if matches!(s.nodes[i].run, Run::Frozen { since } if s.now - since >= FRESH_UNITS) =>
+            {
+                s.nodes[i].run = Run::Crashed;
+            }
             Act::Thaw(i) => {
                 s.nodes[i].run = Run::Up;
                 if std::mem::take(&mut s.nodes[i].lapsed) {
@@ -110,7 +119,20 @@ impl Sys {
                 let reason = "lease renewal failing".into();
                 s.feed(b, i, Event::Grant(Grant::Withdrawn { reason }));
             }
+            // Fencing re-checks before it grants again (docs/design.md §3
+            // item 4): a deposition it finds is reported first.
             Act::Restore(i) => {
+                if let Some((g, o)) = s.deposer(i) {
+                    let by = NAMES[o as usize].to_string();
+                    s.feed(
+                        b,
+                        i,
+                        Event::Deposed {
+                            generation: u64::from(g),
+                            by,
+                        },
+                    );
+                }
                 s.nodes[i].grant = true;
                 s.feed(b, i, Event::Grant(Grant::Ok));
             }
