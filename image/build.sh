@@ -125,7 +125,7 @@ say "modules: $(grep -c '^module' "$STAGE/modules.txt") files, absent: ${absent:
   echo "dir /tmp 1777"
   echo "file /init $BIN/init 0755"
   for b in ftvmm heartbeat fencing; do echo "file /bin/$b $BIN/$b 0755"; done
-  # Started by init only with ft.test=pr on the kernel command line (QEMU tests).
+  # Started by init only when the signed config enables the "pr" test hook ([test] hooks; QEMU tests).
   echo "file /bin/ft-pr-test $BIN/ft-pr-test 0755"
   echo "tree /lib/modules/$KERNEL_RELEASE $STAGE/modules"
   # Guest images: keep in step with config-schema/src/images.rs SHIPPED_IMAGES (a test there reads this line).
