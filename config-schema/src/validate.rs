@@ -20,8 +20,11 @@ use crate::hooks::TestHook;
 use crate::images;
 use crate::model::{ClusterConfig, DeviceLocator, Interface};
 
-/// Largest memory a protected VM may ask for (1 TiB); more is surely a typo.
-pub const MAX_VM_MEMORY_MIB: u32 = 1 << 20;
+/// Largest memory a protected VM may ask for: 3 GiB, what ftvmm can map below
+/// the virtio-mmio window at 0xd000_0000 (`ftvmm::vm::MAX_MEM_SIZE` is tied to
+/// it at compile time). It was 1 TiB, so a config could pass `check` and
+/// never run.
+pub const MAX_VM_MEMORY_MIB: u32 = 3 << 10;
 /// Longest host, group, region, VM or cluster name.
 pub const MAX_NAME_LEN: usize = 63;
 /// Host ids are 1..=MAX_HOST_ID (they are slots in the fencing area).

@@ -28,6 +28,11 @@ use crate::virtio::{GuestMemoryMmap, MmioTransport};
 
 /// Guest memory may not reach the virtio-mmio window at 0xd000_0000.
 pub const MAX_MEM_SIZE: u64 = 3 << 30;
+// Config validation refuses what this VMM cannot map.
+const _: () = assert!(
+    MAX_MEM_SIZE == (config_schema::validate::MAX_VM_MEMORY_MIB as u64) << 20,
+    "config-schema's MAX_VM_MEMORY_MIB must equal ftvmm's MAX_MEM_SIZE"
+);
 /// KVM needs three pages for the TSS on Intel; put them out of the way.
 const TSS_ADDR: usize = 0xfffb_d000;
 
