@@ -29,6 +29,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that cannot connect for this long gives up (reported).
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 const THINK: Duration = Duration::from_millis(20);
+/// The short-lived client's pause between connections (the guest has 16
+/// sockets; a closed one listens again).
+const SHORT_THINK: Duration = Duration::from_millis(200);
+/// All final GETs together get this long (a VM that no longer serves must
+/// not hold the run for every key's reconnect budget).
+const FINAL_FOR: Duration = Duration::from_secs(150);
 
 /// Key `k` of the run of `seed`.
 pub fn key(seed: u64, k: usize) -> String {
@@ -172,7 +178,11 @@ pub fn run_client(
         } else if !kept {
             stats.reconnects += 1;
         }
-        std::thread::sleep(THINK);
+        std::thread::sleep(if client < LONG_LIVED {
+            THINK
+        } else {
+            SHORT_THINK
+        });
     }
     stats
 }
@@ -209,12 +219,17 @@ pub fn final_gets(
     rec: &Recorder,
 ) -> Vec<(String, Result<Option<String>, String>)> {
     let never = AtomicBool::new(false);
+    let deadline = Instant::now() + FINAL_FOR;
     let mut out = Vec::new();
     let mut conn: Option<Conn> = None;
     for k in 0..KEYS {
         let key = key(seed, k);
         let mut got = Err("no attempt".to_string());
         for _ in 0..3 {
+            if Instant::now() >= deadline {
+                got = Err(format!("{FINAL_FOR:?} for all final GETs spent"));
+                break;
+            }
             let mut c = match conn.take() {
                 Some(c) => c,
                 None => match Conn::open_retrying(net, &never) {
