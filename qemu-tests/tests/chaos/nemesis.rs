@@ -6,9 +6,9 @@
 //! pair a member (kill or freeze of host-a or host-b, an FT partition
 //! between them, any storage fault of either: even a delay, since a Primary
 //! whose lease renewals land late hands over, see storage_failover) and
-//! drops the later ones,
-//! drops kills of host-c (nothing reboots it during the run) with their
-//! reboots, and drops the reboot of a killed pair host (no respawn). Faults
+//! drops the later ones, drops kills of host-c (nothing reboots it during
+//! the run) with their reboots, and drops the reboot of a killed pair host
+//! (no respawn). Faults
 //! on host-c (freeze, storage, FT partitions to it) and VM-network cuts are
 //! kept: they cost the pair nothing. Every dropped step is a note in the
 //! run's report.
