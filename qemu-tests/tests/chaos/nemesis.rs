@@ -143,7 +143,8 @@ enum Event {
 }
 
 /// Applies the steps of `schedule` at their times on `rec`'s clock (a freeze
-/// thaws by itself after `for_ms`), then heals everything at the end.
+/// thaws by itself after `for_ms`), then heals everything and returns at the
+/// schedule's end (its `settle_ms` after the last heal).
 pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
     let mut events: Vec<(u64, Event)> = Vec::new();
     for Step { at_ms, fault } in &schedule.steps {
@@ -194,6 +195,10 @@ pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
         });
     }
     heal(cluster, &mut frozen, &mut played);
+    let now_ms = rec.now() / 1_000_000;
+    std::thread::sleep(Duration::from_millis(
+        schedule.duration_ms.saturating_sub(now_ms),
+    ));
     played
 }
 

@@ -130,10 +130,16 @@ pub fn final_values_on_disk(
 /// Durations by fault kind, as the report holds them.
 pub type ByKind = Vec<(FaultKind, u64)>;
 
-/// Per injected fault: the longest gap between replies (any client) from the
-/// last reply before it until the next fault (or, if none came by then, the
-/// first reply after), and the time from the fault to the reply that ended
-/// that gap.
+/// A gap between replies shorter than this is service, not an outage (the
+/// configured failure timeout of examples/cluster.toml).
+pub const OUTAGE_MS: u64 = 1_000;
+
+/// Per injected fault: the pause, the longest gap between replies (any
+/// client) from the last reply before the fault until its window's end
+/// (`Schedule::windows`) plus [`OUTAGE_MS`], cut at the next fault's start
+/// (if no reply came by then, until the first reply after); and the time to
+/// recovery, from the fault to the reply that ended that gap, when the gap
+/// was an outage (>= [`OUTAGE_MS`]), else 0 (served throughout).
 pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
     let mut replies: Vec<u64> = h
         .ops
@@ -147,24 +153,17 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
         .filter_map(|o| o.complete.map(|c| c / 1_000_000))
         .collect();
     replies.sort_unstable();
-    let starts: Vec<u64> = schedule
-        .steps
-        .iter()
-        .filter(|s| s.fault.kind().is_injection())
-        .map(|s| s.at_ms)
-        .collect();
+    let windows = schedule.windows();
+    let starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
     let (mut pauses, mut recoveries) = (Vec::new(), Vec::new());
-    for step in schedule
-        .steps
-        .iter()
-        .filter(|s| s.fault.kind().is_injection())
-    {
-        let start = step.at_ms;
-        let until = starts
+    for w in &windows {
+        let start = w.start_ms;
+        let next = starts
             .iter()
             .copied()
             .find(|t| *t > start)
             .unwrap_or(u64::MAX);
+        let until = next.min(w.end_ms.max(start) + OUTAGE_MS);
         let mut prev = replies
             .iter()
             .rev()
@@ -183,8 +182,9 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
             prev = r;
         }
         if let Some((gap, at)) = best {
-            pauses.push((step.fault.kind(), gap));
-            recoveries.push((step.fault.kind(), at - start));
+            let kind = w.fault.kind();
+            pauses.push((kind, gap));
+            recoveries.push((kind, if gap >= OUTAGE_MS { at - start } else { 0 }));
         }
     }
     (pauses, recoveries)
