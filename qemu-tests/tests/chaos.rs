@@ -212,6 +212,7 @@ fn run(seed: u64, dir: &Path) -> RunReport {
         frames.len()
     ));
     notes.extend(consoles.golives.iter().map(|l| format!("go-live: {l}")));
+    notes.extend(consoles.generations.iter().map(|l| format!("console: {l}")));
     for a in &played.applied {
         notes.push(format!(
             "applied at {} ms: {}{}",

@@ -50,10 +50,13 @@ pub fn points(h: &History) -> Vec<OpPoint> {
         .collect()
 }
 
-/// Console findings: go-live lines and divergence lines, `host [s] text`.
+/// Console findings, `host [s] text`: go-live lines (a Secondary taking
+/// over: the emitting host may switch), divergence lines, and the other
+/// generation lines (a Primary going on solo, a loser halting) for the notes.
 pub struct Consoles {
     pub golives: Vec<String>,
     pub divergences: Vec<String>,
+    pub generations: Vec<String>,
 }
 
 pub fn consoles(cluster: &Cluster) -> Consoles {
@@ -61,9 +64,14 @@ pub fn consoles(cluster: &Cluster) -> Consoles {
         r"ftvmm: vm {VM}: won generation \d+; live as primary"
     ))
     .expect("a valid regex");
+    let generation = regex::Regex::new(&format!(
+        r"ftvmm: vm {VM}: (won|lost) generation|ftvmm: vm {VM}: deposed"
+    ))
+    .expect("a valid regex");
     let mut c = Consoles {
         golives: Vec::new(),
         divergences: Vec::new(),
+        generations: Vec::new(),
     };
     for host in cluster.hosts() {
         for l in host.console().lines() {
@@ -72,6 +80,8 @@ pub fn consoles(cluster: &Cluster) -> Consoles {
                 c.golives.push(line);
             } else if l.text.contains("lockstep divergence") {
                 c.divergences.push(line);
+            } else if generation.is_match(&l.text) {
+                c.generations.push(line);
             }
         }
     }
