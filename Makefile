@@ -85,7 +85,7 @@ fuzz:
 ## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
 ## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long)
-## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~6-8 min each here, 10 ~ an hour),
+## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
 ##   reports in target/tmp/chaos/. Not part of make test.
 FT_CHAOS_SEEDS ?= 200000
