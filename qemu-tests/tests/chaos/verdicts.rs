@@ -52,7 +52,8 @@ pub fn points(h: &History) -> Vec<OpPoint> {
 
 /// Console findings, `host [s] text`: go-live lines (a Secondary taking
 /// over: the emitting host may switch), divergence lines, and the other
-/// generation lines (a Primary going on solo, a loser halting) for the notes.
+/// generation and handover lines (a Primary going on solo or handing over,
+/// a loser halting) for the notes.
 pub struct Consoles {
     pub golives: Vec<String>,
     pub divergences: Vec<String>,
@@ -65,7 +66,7 @@ pub fn consoles(cluster: &Cluster) -> Consoles {
     ))
     .expect("a valid regex");
     let generation = regex::Regex::new(&format!(
-        r"ftvmm: vm {VM}: (won|lost) generation|ftvmm: vm {VM}: deposed"
+        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed)|ftvmm: lockstep: primary .* hands over"
     ))
     .expect("a valid regex");
     let mut c = Consoles {
