@@ -87,12 +87,21 @@ pub struct RunReport {
     pub dual_live: Vec<String>,
     /// Disk or state divergences between what the hosts hold.
     pub divergences: Vec<String>,
+    /// The VM stopped serving: a client that could not reconnect, final
+    /// reads without an answer.
+    #[serde(default)]
+    pub unavailable: Vec<String>,
     /// Longest client-visible pause after each fault, by the fault's kind.
     pub pauses_ms: Vec<(FaultKind, u64)>,
     /// Time from each fault until clients are served again, by kind.
     pub recovery_ms: Vec<(FaultKind, u64)>,
     /// Set by [`RunReport::judge`].
     pub passed: bool,
+    /// What the runner says about the run beside the verdicts: schedule
+    /// steps it dropped or could not apply, hosts that did not boot, the
+    /// go-lives it saw.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl RunReport {
@@ -109,9 +118,11 @@ impl RunReport {
             lost_acked_writes: Vec::new(),
             dual_live: Vec::new(),
             divergences: Vec::new(),
+            unavailable: Vec::new(),
             pauses_ms: Vec::new(),
             recovery_ms: Vec::new(),
             passed: false,
+            notes: Vec::new(),
         }
     }
 
@@ -129,6 +140,7 @@ impl RunReport {
             ("lost acked write", &self.lost_acked_writes),
             ("dual live", &self.dual_live),
             ("divergence", &self.divergences),
+            ("unavailable", &self.unavailable),
         ] {
             why.extend(list.iter().map(|w| format!("{name}: {w}")));
         }

@@ -1,0 +1,202 @@
+//! The chaos run's verdicts: linearizability of the recorded history (the
+//! final GETs are ops in it, so a lost acknowledged PUT shows there), the
+//! final values against the guest's on-disk log, guest output from one host
+//! at a time (the emitting host switches at most once per go-live), no
+//! lockstep divergence on any console, and the client-visible pause and time
+//! to recovery after each fault.
+
+use std::collections::BTreeMap;
+
+use qemu_tests::chaos::{self, FaultKind, OpPoint, Schedule};
+use qemu_tests::history::{self, CheckOptions, History, Outcome};
+use qemu_tests::hub::CapturedFrame;
+use qemu_tests::Cluster;
+
+use crate::common::{GUEST_MAC, THAW_WINDOW, VM};
+use crate::nemesis::Thaw;
+
+/// The checker's verdict as a report verdict.
+pub fn linearizability(h: &History) -> chaos::Verdict {
+    match history::check(h, &CheckOptions::default()) {
+        Ok(history::Verdict::Linearizable) => chaos::Verdict::Linearizable,
+        Ok(history::Verdict::NotLinearizable { key, explanation }) => {
+            chaos::Verdict::NotLinearizable {
+                why: format!("key {key}: {explanation}"),
+            }
+        }
+        Ok(v @ history::Verdict::TimedOut { .. }) => chaos::Verdict::Unknown { why: v.to_string() },
+        Err(e) => chaos::Verdict::Unknown {
+            why: format!("history not checkable: {e}"),
+        },
+    }
+}
+
+/// The plot's points (ms from the run's start).
+pub fn points(h: &History) -> Vec<OpPoint> {
+    h.ops
+        .iter()
+        .map(|o| {
+            let end = o.complete.unwrap_or(o.invoke);
+            OpPoint {
+                invoke_ms: o.invoke / 1_000_000,
+                latency_ms: end.saturating_sub(o.invoke) / 1_000_000,
+                outcome: match o.outcome {
+                    Outcome::Written | Outcome::Read(_) => chaos::Outcome::Ok,
+                    Outcome::Fail => chaos::Outcome::Fail,
+                    Outcome::Unknown | Outcome::Pending => chaos::Outcome::Unknown,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Console findings, `host [s] text`: go-live lines (a Secondary taking
+/// over: the emitting host may switch), divergence lines, and the other
+/// generation and handover lines (a Primary going on solo or handing over,
+/// a loser halting) for the notes.
+pub struct Consoles {
+    pub golives: Vec<String>,
+    pub divergences: Vec<String>,
+    pub generations: Vec<String>,
+}
+
+pub fn consoles(cluster: &Cluster) -> Consoles {
+    let live = regex::Regex::new(&format!(
+        r"ftvmm: vm {VM}: won generation \d+; live as primary"
+    ))
+    .expect("a valid regex");
+    let generation = regex::Regex::new(&format!(
+        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed)|ftvmm: lockstep: primary .* hands over"
+    ))
+    .expect("a valid regex");
+    let mut c = Consoles {
+        golives: Vec::new(),
+        divergences: Vec::new(),
+        generations: Vec::new(),
+    };
+    for host in cluster.hosts() {
+        for l in host.console().lines() {
+            let line = format!("{} [{:.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
+            if live.is_match(&l.text) {
+                c.golives.push(line);
+            } else if l.text.contains("lockstep divergence") {
+                c.divergences.push(line);
+            } else if generation.is_match(&l.text) {
+                c.generations.push(line);
+            }
+        }
+    }
+    c
+}
+
+/// Switches of the host emitting guest frames, leaving out the frames a
+/// thawed host's NIC held at its freeze (they leave within
+/// [`THAW_WINDOW`] of the QMP `cont`; `common::no_overlap_but_queued`
+/// explains why they are allowed). Returns (switches, frames left out).
+pub fn guest_switches(frames: &[CapturedFrame], thaws: &[Thaw]) -> (usize, usize) {
+    let held = |f: &CapturedFrame| {
+        thaws
+            .iter()
+            .any(|t| f.from == t.host && f.at >= t.resume_sent && f.at <= t.thawed + THAW_WINDOW)
+    };
+    let guest: Vec<&CapturedFrame> = frames
+        .iter()
+        .filter(|f| f.src_mac() == Some(GUEST_MAC))
+        .collect();
+    let kept: Vec<&str> = guest
+        .iter()
+        .filter(|f| !held(f))
+        .map(|f| f.from.as_str())
+        .collect();
+    let switches = kept.windows(2).filter(|w| w[0] != w[1]).count();
+    (switches, guest.len() - kept.len())
+}
+
+/// Final values that the on-disk log does not hold, and final GETs that got
+/// no answer (the VM no longer serves: listed as lost, since whatever was
+/// acknowledged is no longer readable).
+pub fn final_values_on_disk(
+    cluster: &Cluster,
+    finals: &[(String, Result<Option<String>, String>)],
+) -> Vec<String> {
+    let mut lost = Vec::new();
+    let (table, end): (BTreeMap<String, String>, String) =
+        match qemu_tests::kv::on_disk(cluster.shared_storage(), cluster.config(), VM) {
+            Ok(t) => t,
+            Err(e) => return vec![format!("cannot read the on-disk log: {e}")],
+        };
+    for (key, got) in finals {
+        match got {
+            Err(e) => lost.push(format!("final GET {key}: {e}")),
+            Ok(v) if table.get(key) != v.as_ref() => lost.push(format!(
+                "{key}: final GET {v:?}, on-disk log {:?} ({end})",
+                table.get(key)
+            )),
+            Ok(_) => {}
+        }
+    }
+    lost
+}
+
+/// Durations by fault kind, as the report holds them.
+pub type ByKind = Vec<(FaultKind, u64)>;
+
+/// A gap between replies shorter than this is service, not an outage (the
+/// configured failure timeout of examples/cluster.toml).
+pub const OUTAGE_MS: u64 = 1_000;
+
+/// Per injected fault: the pause, the longest gap between replies (any
+/// client) from the last reply before the fault until its window's end
+/// (`Schedule::windows`) plus [`OUTAGE_MS`], cut at the next fault's start
+/// (if no reply came by then, until the first reply after); and the time to
+/// recovery, from the fault to the reply that ended that gap, when the gap
+/// was an outage (>= [`OUTAGE_MS`]), else 0 (served throughout).
+pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
+    let mut replies: Vec<u64> = h
+        .ops
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.outcome,
+                Outcome::Written | Outcome::Read(_) | Outcome::Fail
+            )
+        })
+        .filter_map(|o| o.complete.map(|c| c / 1_000_000))
+        .collect();
+    replies.sort_unstable();
+    let windows = schedule.windows();
+    let starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
+    let (mut pauses, mut recoveries) = (Vec::new(), Vec::new());
+    for w in &windows {
+        let start = w.start_ms;
+        let next = starts
+            .iter()
+            .copied()
+            .find(|t| *t > start)
+            .unwrap_or(u64::MAX);
+        let until = next.min(w.end_ms.max(start) + OUTAGE_MS);
+        let mut prev = replies
+            .iter()
+            .rev()
+            .copied()
+            .find(|r| *r <= start)
+            .unwrap_or(start);
+        let mut best: Option<(u64, u64)> = None;
+        for r in replies.iter().copied().filter(|r| *r > start) {
+            if r > until && best.is_some() {
+                break;
+            }
+            let gap = r - prev;
+            if best.is_none_or(|(g, _)| gap > g) {
+                best = Some((gap, r));
+            }
+            prev = r;
+        }
+        if let Some((gap, at)) = best {
+            let kind = w.fault.kind();
+            pauses.push((kind, gap));
+            recoveries.push((kind, if gap >= OUTAGE_MS { at - start } else { 0 }));
+        }
+    }
+    (pauses, recoveries)
+}
