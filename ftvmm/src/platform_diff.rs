@@ -257,9 +257,15 @@ pub fn fuzz(data: &[u8]) {
     let _ = peer.sha256();
 }
 
-/// A platform on a made-up host with every feature (no KVM needed).
+/// A platform on a made-up host with every feature (no KVM needed), at
+/// baseline level x86-64-v3.
 pub fn reference() -> Platform {
-    use config_schema::model::{CpuBaseline, CpuLevel};
+    reference_at(config_schema::model::CpuLevel::V3)
+}
+
+/// [`reference`] at baseline `level`.
+pub fn reference_at(level: config_schema::model::CpuLevel) -> Platform {
+    use config_schema::model::CpuBaseline;
     let e = |function, index, eax, ebx, ecx, edx| kvm_bindings::kvm_cpuid_entry2 {
         function,
         index,
@@ -286,7 +292,7 @@ pub fn reference() -> Platform {
         e(0x8000_0008, 0, 46 | (48 << 8), 0, 0, 0),
     ];
     let b = CpuBaseline {
-        level: CpuLevel::V3,
+        level,
         ..CpuBaseline::default()
     };
     Platform {

@@ -1,50 +1,7 @@
 //! Unit tests of the platform difference lines and of the fuzz body.
 
 use super::*;
-use config_schema::model::{CpuBaseline, CpuLevel};
-
-/// A platform on a made-up Intel host with every feature, no KVM needed.
-fn platform(level: CpuLevel) -> Platform {
-    let e = |function, index, eax, ebx, ecx, edx| kvm_bindings::kvm_cpuid_entry2 {
-        function,
-        index,
-        flags: u32::from(function == 7 || function == 0xd),
-        eax,
-        ebx,
-        ecx,
-        edx,
-        ..Default::default()
-    };
-    let (g, i, n) = (
-        u32::from_le_bytes(*b"Genu"),
-        u32::from_le_bytes(*b"ineI"),
-        u32::from_le_bytes(*b"ntel"),
-    );
-    let host = [
-        e(0, 0, 0xd, g, n, i),
-        e(1, 0, 0, 0, !0, !0),
-        e(7, 0, 0, !0, !0, !0),
-        e(0xd, 0, 0x7, 0, 0, 0),
-        e(0xd, 2, 256, 576, 0, 0),
-        e(0x8000_0000, 0, 0x8000_0008, 0, 0, 0),
-        e(0x8000_0001, 0, 0, 0, !0, !0),
-        e(0x8000_0008, 0, 46 | (48 << 8), 0, 0, 0),
-    ];
-    let b = CpuBaseline {
-        level,
-        ..CpuBaseline::default()
-    };
-    Platform {
-        baseline: b.to_string(),
-        cpuid: crate::cpuid::baseline_table(&host, &b).unwrap(),
-        cpuid_overrides: Vec::new(),
-        msrs: MsrPolicy::Filtered {
-            allowed: super::super::guest_msr_ranges(),
-        },
-        pv_features_enforced: true,
-        vmm: "ftvmm 0.1.0 build 0123".into(),
-    }
-}
+use config_schema::model::CpuLevel;
 
 fn leaf_mut(p: &mut Platform, function: u32, index: u32) -> &mut Leaf {
     p.cpuid
@@ -55,7 +12,7 @@ fn leaf_mut(p: &mut Platform, function: u32, index: u32) -> &mut Leaf {
 
 /// The line when the primary's platform is `edit`ed (the secondary's is not).
 fn line(level: CpuLevel, edit: impl FnOnce(&mut Platform)) -> String {
-    let s = platform(level);
+    let s = reference_at(level);
     let mut p = s.clone();
     edit(&mut p);
     assert_ne!(p.sha256(), s.sha256(), "the hash covers the change");
@@ -104,7 +61,7 @@ fn a_malformed_peer_description_is_refused_cheaply() {
 
 #[test]
 fn equal_platforms_pair() {
-    let p = platform(CpuLevel::V3);
+    let p = reference();
     assert_eq!(mismatch(&p, &p.clone()), None);
     assert_eq!(p.sha256(), p.clone().sha256());
 }
