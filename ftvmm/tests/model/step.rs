@@ -6,6 +6,22 @@ use ftvmm::lockstep::member::{Decision, Event, Grant, Member, State};
 use super::{gate_code, Act, Ans, Bounds, Msg, Run, Sys, FRESH_UNITS, NAMES, TIMEOUT_MS, UNIT_MS};
 
 impl Sys {
+    /// Fencing's deposition watch: tells member `i` of a later generation
+    /// another host owns, if there is one.
+    fn depose(&mut self, b: &Bounds, i: usize) {
+        if let Some((g, o)) = self.deposer(i) {
+            let by = NAMES[o as usize].to_string();
+            self.feed(
+                b,
+                i,
+                Event::Deposed {
+                    generation: u64::from(g),
+                    by,
+                },
+            );
+        }
+    }
+
     pub fn step(&self, b: &Bounds, act: Act) -> Sys {
         let mut s = self.clone();
         match act {
@@ -122,17 +138,7 @@ impl Sys {
             // Fencing re-checks before it grants again (docs/design.md §3
             // item 4): a deposition it finds is reported first.
             Act::Restore(i) => {
-                if let Some((g, o)) = s.deposer(i) {
-                    let by = NAMES[o as usize].to_string();
-                    s.feed(
-                        b,
-                        i,
-                        Event::Deposed {
-                            generation: u64::from(g),
-                            by,
-                        },
-                    );
-                }
+                s.depose(b, i);
                 s.nodes[i].grant = true;
                 s.feed(b, i, Event::Grant(Grant::Ok));
             }
@@ -166,19 +172,7 @@ impl Sys {
                 s.feed(b, 1, Event::ReplayExhausted { at });
             }
             Act::AllAcked => s.feed(b, 0, Event::AllAcked),
-            Act::Depose(i) => {
-                if let Some((g, o)) = s.deposer(i) {
-                    let by = NAMES[o as usize].to_string();
-                    s.feed(
-                        b,
-                        i,
-                        Event::Deposed {
-                            generation: u64::from(g),
-                            by,
-                        },
-                    );
-                }
-            }
+            Act::Depose(i) => s.depose(b, i),
             Act::Emit(i) => s.release(i, None),
             Act::StartC => {
                 s.c_tried = true;
