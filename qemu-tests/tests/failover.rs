@@ -14,7 +14,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{pair, survive, wait, GUEST_MAC, VM};
+use common::{pair, survive, wait, VM};
 
 #[test]
 fn kill_the_primary_host_connection_continues_on_the_secondary() {
@@ -107,10 +107,7 @@ fn ft_partition_exactly_one_continues_and_outputs_never_overlap() {
     // Guest output (frames from the guest's MAC) came from one port at a
     // time: the loser's last one precedes the winner's first one after the
     // old Primary's last, and the Secondary emitted nothing before it won.
-    let guest: Vec<_> = frames
-        .iter()
-        .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
+    let guest = common::guest_frames(&frames);
     assert!(!guest.is_empty(), "no guest frames captured");
     if winner == "host-b" {
         let first_b = guest.iter().find(|f| f.from == "host-b").map(|f| f.at);

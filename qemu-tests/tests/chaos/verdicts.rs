@@ -12,7 +12,7 @@ use qemu_tests::history::{self, CheckOptions, History, Outcome};
 use qemu_tests::hub::CapturedFrame;
 use qemu_tests::Cluster;
 
-use crate::common::{GUEST_MAC, THAW_WINDOW, VM};
+use crate::common::{guest_frames, in_thaw_window, VM};
 use crate::nemesis::Thaw;
 
 /// The checker's verdict as a report verdict.
@@ -91,18 +91,15 @@ pub fn consoles(cluster: &Cluster) -> Consoles {
 
 /// Switches of the host emitting guest frames, leaving out the frames a
 /// thawed host's NIC held at its freeze (they leave within
-/// [`THAW_WINDOW`] of the QMP `cont`; `common::no_overlap_but_queued`
+/// `common::THAW_WINDOW` of the QMP `cont`; `common::no_overlap_but_queued`
 /// explains why they are allowed). Returns (switches, frames left out).
 pub fn guest_switches(frames: &[CapturedFrame], thaws: &[Thaw]) -> (usize, usize) {
     let held = |f: &CapturedFrame| {
         thaws
             .iter()
-            .any(|t| f.from == t.host && f.at >= t.resume_sent && f.at <= t.thawed + THAW_WINDOW)
+            .any(|t| f.from == t.host && in_thaw_window(f.at, t.resume_sent, t.thawed))
     };
-    let guest: Vec<&CapturedFrame> = frames
-        .iter()
-        .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
+    let guest = guest_frames(frames);
     let kept: Vec<&str> = guest
         .iter()
         .filter(|f| !held(f))

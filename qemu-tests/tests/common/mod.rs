@@ -194,12 +194,19 @@ pub fn wait(host: &Host, line: String) -> String {
     l.text
 }
 
-/// Host-a's guest frames all precede host-b's first one.
-pub fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
-    let guest: Vec<_> = frames
+/// The frames the guest sent (its MAC as source), in capture order.
+pub fn guest_frames(
+    frames: &[qemu_tests::hub::CapturedFrame],
+) -> Vec<&qemu_tests::hub::CapturedFrame> {
+    frames
         .iter()
         .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
+        .collect()
+}
+
+/// Host-a's guest frames all precede host-b's first one.
+pub fn no_overlap(frames: &[qemu_tests::hub::CapturedFrame]) {
+    let guest = guest_frames(frames);
     assert!(!guest.is_empty(), "no guest frames captured");
     let first_b = guest.iter().find(|f| f.from == "host-b").map(|f| f.at);
     let last_a = guest
@@ -225,6 +232,13 @@ pub const THAW_WINDOW: Duration = Duration::from_secs(3);
 /// virtio ring of the VM-network device).
 const TX_RING: usize = 256;
 
+/// Whether a frame captured at `at` left a thawed host's NIC with what it
+/// held at the freeze: between the QMP `cont` (`resume_sent`) and
+/// [`THAW_WINDOW`] after it returned (`thawed`).
+pub fn in_thaw_window(at: Instant, resume_sent: Instant, thawed: Instant) -> bool {
+    at >= resume_sent && at <= thawed + THAW_WINDOW
+}
+
 /// [`no_overlap`] for a host-a that was frozen (QMP `stop`) and thawed after
 /// host-b went live. Its frames after host-b's first one are allowed only
 /// if they are what its NIC held at the freeze: all of them leave between
@@ -240,10 +254,7 @@ pub fn no_overlap_but_queued(
     resume_sent: Instant,
     thawed: Instant,
 ) -> usize {
-    let guest: Vec<_> = frames
-        .iter()
-        .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
+    let guest = guest_frames(frames);
     let Some(first_b) = guest.iter().find(|f| f.from == "host-b").map(|f| f.at) else {
         panic!("no guest frame from host-b after it went live");
     };
@@ -257,7 +268,7 @@ pub fn no_overlap_but_queued(
         .collect();
     for f in &late {
         assert!(
-            f.at >= resume_sent && f.at <= thawed + THAW_WINDOW,
+            in_thaw_window(f.at, resume_sent, thawed),
             "host-a emitted guest output after host-b went live, {} the thaw window: a frame {} the QMP cont",
             if f.at < resume_sent { "outside" } else { "after" },
             if f.at < resume_sent {
@@ -302,10 +313,7 @@ pub fn all_on_disk(cluster: &qemu_tests::Cluster, acked: &[usize], what: &str) {
 /// Guest frames came from one host at a time: all of one host's precede all
 /// of the other's (whichever went live second).
 pub fn no_overlap_either_way(frames: &[qemu_tests::hub::CapturedFrame]) {
-    let guest: Vec<_> = frames
-        .iter()
-        .filter(|f| f.src_mac() == Some(GUEST_MAC))
-        .collect();
+    let guest = guest_frames(frames);
     assert!(!guest.is_empty(), "no guest frames captured");
     let hosts: Vec<&str> = guest.iter().map(|f| f.from.as_str()).collect();
     let switches = hosts.windows(2).filter(|w| w[0] != w[1]).count();
