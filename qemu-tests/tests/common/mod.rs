@@ -1,16 +1,18 @@
 //! Helpers shared by the failover tests: a booted pair, a client that does
-//! PUT/GET over one TCP connection through a fault, and the pause it saw.
+//! PUT/GET over one TCP connection through a fault (`client`), and the pause
+//! it saw.
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod client;
 pub mod slots;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qemu_tests::kv::{key, on_disk, value, Kv, GUEST};
+use qemu_tests::kv::{key, on_disk, value, GUEST};
 use qemu_tests::{Cluster, Host};
+
+pub use client::Client;
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 pub const VM: &str = "kv";
@@ -75,42 +77,7 @@ fn wait_paired(cluster: Cluster) -> Cluster {
     cluster
 }
 
-/// What the client saw.
-#[derive(Default)]
-pub struct Seen {
-    /// Time of every reply.
-    pub replies: Vec<Instant>,
-    /// Keys whose PUT was acknowledged.
-    pub acked: Vec<usize>,
-    pub error: Option<String>,
-}
-
-/// PUT key i, then GET key i/2, one request at a time, until `stop`.
-pub fn workload(mut kv: Kv, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) -> Kv {
-    let mut i = 0;
-    while !stop.load(Ordering::SeqCst) {
-        let r = kv.one(&format!("PUT {} {}", key(i), value(i)));
-        let mut s = seen.lock().unwrap();
-        s.replies.push(Instant::now());
-        if r != "OK" {
-            s.error = Some(format!("PUT {} answered {r:?}", key(i)));
-            break;
-        }
-        s.acked.push(i);
-        drop(s);
-        let g = kv.one(&format!("GET {}", key(i / 2)));
-        let mut s = seen.lock().unwrap();
-        s.replies.push(Instant::now());
-        if g != format!("VALUE {}", value(i / 2)) {
-            s.error = Some(format!("GET {} answered {g:?}", key(i / 2)));
-            break;
-        }
-        i += 1;
-    }
-    kv
-}
-
-/// Runs the workload, applies `fault` once it has made progress, waits for
+/// Runs the client, applies `fault` once it has made progress, waits for
 /// `recovered` and some more replies, then checks every acknowledged PUT on
 /// the same connection. Returns the pause in ms and the acknowledged keys.
 pub fn survive(
@@ -119,69 +86,21 @@ pub fn survive(
     fault: impl FnOnce(),
     recovered: impl FnOnce(),
 ) -> (f64, Vec<usize>) {
-    let client = cluster.vm_client("client", "198.51.100.200/24").unwrap();
-    let kv = Kv::connect(&client);
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let worker = {
-        let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
-        std::thread::spawn(move || workload(kv, stop, seen))
-    };
-    let wait_replies = |n: usize, t: Duration| {
-        let deadline = Instant::now() + t;
-        loop {
-            let s = seen.lock().unwrap();
-            assert!(s.error.is_none(), "{what}: {}", s.error.as_ref().unwrap());
-            if s.replies.len() >= n {
-                return;
-            }
-            drop(s);
-            assert!(Instant::now() < deadline, "{what}: client made no progress");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_replies(40, Duration::from_secs(120));
-    let before = seen.lock().unwrap().replies.len();
+    let client = Client::start(cluster, what);
+    client.wait_replies(40, Duration::from_secs(120));
+    let before = client.replies();
     let t_fault = Instant::now();
     fault();
     recovered();
-    wait_replies(before + 40, Duration::from_secs(180));
-    stop.store(true, Ordering::SeqCst);
-    let mut kv = worker.join().expect("client thread");
-    let s = seen.lock().unwrap();
-    assert!(s.error.is_none(), "{what}: {}", s.error.as_ref().unwrap());
-    // The pause: the longest gap between replies from the fault on.
-    let last_before = s
-        .replies
-        .iter()
-        .rev()
-        .find(|t| **t <= t_fault)
-        .copied()
-        .unwrap_or(t_fault);
-    let mut prev = last_before;
-    let mut pause = Duration::ZERO;
-    for t in s.replies.iter().filter(|t| **t > t_fault) {
-        pause = pause.max(*t - prev);
-        prev = *t;
-    }
-    // Every acknowledged PUT is readable on the same connection.
-    let acked = s.acked.clone();
-    drop(s);
-    for i in &acked {
-        assert_eq!(
-            kv.one(&format!("GET {}", key(*i))),
-            format!("VALUE {}", value(*i)),
-            "{what}: acknowledged PUT {} lost",
-            key(*i)
-        );
-    }
-    let ms = pause.as_secs_f64() * 1000.0;
+    client.wait_replies(before + 40, Duration::from_secs(180));
+    let done = client.finish();
+    let ms = done.pause(t_fault, None).as_secs_f64() * 1000.0;
     eprintln!(
         "failover: {what}: pause {ms:.0} ms (failure timeout {} ms); {} acknowledged PUTs all readable on the same connection",
         cluster.config().timing.failure_timeout_ms,
-        acked.len()
+        done.acked.len()
     );
-    (ms, acked)
+    (ms, done.acked)
 }
 
 pub fn wait(host: &Host, line: String) -> String {
