@@ -83,6 +83,8 @@ fuzz:
 
 ## chaos: long soak / fault-schedule runs (beyond make test)
 ## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
+## The long respawn variants on three QEMU hosts (qemu-tests respawn, `#[ignore]`d) run once
+## (make test runs its representative: kill the Primary, respawn on host-c, kill the new Primary).
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
 ## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long)
 ## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
@@ -103,6 +105,7 @@ chaos: prereqs image
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done
+	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
 	FT_CHAOS_SEED=$(FT_CHAOS_QEMU_SEED) FT_CHAOS_RUNS=$(FT_CHAOS_QEMU_RUNS) cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign
 
 clean:

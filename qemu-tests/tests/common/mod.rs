@@ -1,10 +1,11 @@
 //! Helpers shared by the failover tests: a booted pair, a client that does
 //! PUT/GET over one TCP connection through a fault (`client`), and the pause
-//! it saw.
+//! it saw; the three-host cluster of the respawn tests (`respawn`).
 
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod client;
+pub mod respawn;
 pub mod slots;
 
 use std::time::{Duration, Instant};
