@@ -1,9 +1,13 @@
 //! `make demo`: boots every host of a cluster config in QEMU (consoles
 //! streamed, prefixed with the host name), reports each reaching `appliance
-//! ready`, then shows a failover you can watch: a KV client does PUT/GET on
-//! one TCP connection to VM `kv` (host-a Primary, host-b Secondary), host-a
-//! is killed, and the same connection goes on with host-b live; the demo
-//! prints the client-visible pause and checks every acknowledged PUT.
+//! ready`, then tells the respawn story you can watch: a KV client does
+//! PUT/GET on one TCP connection to VM `kv` (host-a Primary, host-b
+//! Secondary); host-a is killed and the same connection goes on with host-b
+//! live (the client-visible pause printed); host-b places a new Secondary on
+//! host-c and copies the VM there (the time back to redundancy printed);
+//! then host-b is killed too and host-c takes over, still on the same
+//! connection. At the end every acknowledged PUT is read back. A cluster
+//! without host-c stops after the first failover.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,14 +19,19 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use qemu_tests::kv::{key, value, Kv, GUEST};
-use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+use qemu_tests::{Cluster, ClusterSource, ConsoleLine, Host, NetnsTap};
+use regex::Regex;
 
 const VM: &str = "kv";
 const PRIMARY: &str = "host-a";
 const SECONDARY: &str = "host-b";
+/// Where the new Secondary goes after the first failover.
+const THIRD: &str = "host-c";
 
 #[derive(Parser)]
-#[command(about = "Boot a QEMU cluster of the appliance and watch the Primary of VM kv fail over")]
+#[command(
+    about = "Boot a QEMU cluster of the appliance and watch VM kv fail over, get a new Secondary, and fail over again"
+)]
 struct Args {
     /// Cluster config.
     #[arg(default_value = "examples/cluster.toml")]
@@ -39,6 +48,9 @@ struct Args {
     /// Seconds from killing the Primary until the Secondary must be live.
     #[arg(long, default_value_t = 120)]
     failover_timeout: u64,
+    /// Seconds from a failover until the new Secondary must be in lockstep.
+    #[arg(long, default_value_t = 300)]
+    respawn_timeout: u64,
     /// Only boot the cluster; no KV client, no failover.
     #[arg(long)]
     no_failover: bool,
@@ -83,7 +95,11 @@ fn main() -> Result<()> {
     }
     println!("demo: all {n} hosts ready");
     if !args.no_failover {
-        failover(&cluster, secs(args.failover_timeout))?;
+        let bounds = Bounds {
+            failover: secs(args.failover_timeout),
+            respawn: secs(args.respawn_timeout),
+        };
+        failover(&cluster, bounds)?;
     }
     if args.hold {
         let dir = cluster.dir().display();
@@ -103,8 +119,17 @@ struct Seen {
     error: Option<String>,
 }
 
-/// Waits for the pair, runs the client, kills the Primary, checks the result.
-fn failover(cluster: &Cluster, bound: Duration) -> Result<()> {
+/// How long each step may take.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// From a kill until the survivor is live.
+    failover: Duration,
+    /// From a go-live until the new Secondary is in lockstep.
+    respawn: Duration,
+}
+
+/// Waits for the pair, runs the client, drives the story, checks the result.
+fn failover(cluster: &Cluster, bounds: Bounds) -> Result<()> {
     let (a, b) = (cluster.host(PRIMARY)?, cluster.host(SECONDARY)?);
     let paired = format!("ftvmm: vm {VM}: paired with primary {PRIMARY}; generation 1");
     b.wait_for(paired, secs(120))
@@ -122,7 +147,7 @@ fn failover(cluster: &Cluster, bound: Duration) -> Result<()> {
                 seen.lock().unwrap().error.get_or_insert(e);
             }
         });
-        let driven = drive(cluster, bound, &seen);
+        let driven = drive(cluster, bounds, &seen);
         if let Err(e) = &driven {
             let why = format!("stopped: {e:#}");
             seen.lock().unwrap().error.get_or_insert(why);
@@ -134,30 +159,84 @@ fn failover(cluster: &Cluster, bound: Duration) -> Result<()> {
     error.map_or(Ok(()), |e| Err(anyhow!("KV client: {e}")))
 }
 
-/// Lets the client make progress, kills the Primary, waits for the Secondary
-/// to go live and the client to go on; prints the pause.
-fn drive(cluster: &Cluster, bound: Duration, seen: &Mutex<Seen>) -> Result<()> {
-    let (a, b) = (cluster.host(PRIMARY)?, cluster.host(SECONDARY)?);
+/// Lets the client make progress, kills the Primary, waits for the
+/// Secondary to go live and get a new Secondary on host-c, then kills the
+/// new Primary and waits for host-c to go live.
+fn drive(cluster: &Cluster, bounds: Bounds, seen: &Mutex<Seen>) -> Result<()> {
     wait_replies(seen, 100, secs(120)).context("before the kill")?;
+    let kill_at = kill_primary(cluster, seen, PRIMARY, SECONDARY, 2, bounds.failover)?;
+    if cluster.host(THIRD).is_err() {
+        println!("demo: no {THIRD} in this cluster: {SECONDARY} runs VM {VM} unprotected");
+        return Ok(());
+    }
+    respawn(cluster.host(SECONDARY)?, THIRD, kill_at, bounds.respawn)?;
+    let before = seen.lock().unwrap().replies.len();
+    wait_replies(seen, before + 40, bounds.failover).context("after the respawn")?;
+    kill_primary(cluster, seen, SECONDARY, THIRD, 3, bounds.failover)?;
+    Ok(())
+}
+
+/// Kills `victim` (the Primary), waits for `survivor` to go live in
+/// `generation` and the client to go on; prints the pause. Returns when it killed.
+fn kill_primary(
+    cluster: &Cluster,
+    seen: &Mutex<Seen>,
+    victim: &str,
+    survivor: &str,
+    generation: u64,
+    bound: Duration,
+) -> Result<Instant> {
+    let (v, s) = (cluster.host(victim)?, cluster.host(survivor)?);
     let line = "=".repeat(60);
-    println!("\n{line}\ndemo: killing {PRIMARY} (the Primary) now\n{line}\n");
+    println!("\n{line}\ndemo: killing {victim} (the Primary) now\n{line}\n");
     let before = seen.lock().unwrap().replies.len();
     let kill_at = Instant::now();
-    a.kill().with_context(|| format!("kill {PRIMARY}"))?;
-    let won = format!("ftvmm: vm {VM}: won generation 2; live as primary");
-    let live = b
+    v.kill().with_context(|| format!("kill {victim}"))?;
+    let won = format!("ftvmm: vm {VM}: won generation {generation}; live as primary");
+    let live = s
         .wait_for_line(won, bound)
-        .with_context(|| format!("{SECONDARY} did not go live within {bound:?} of the kill"))?;
-    let at = b.spawned_at() + live.at;
-    let ms = at.saturating_duration_since(kill_at).as_millis();
+        .with_context(|| format!("{survivor} did not go live within {bound:?} of the kill"))?;
+    let ms = since(s, &live, kill_at).as_millis();
     let text = live.text;
-    println!("\ndemo: {SECONDARY} went live {ms} ms after the kill: {text}\n");
-    wait_replies(seen, before + 40, bound).context("after the failover")?;
-    println!("demo: the client goes on over the same connection, now served by {SECONDARY}");
+    println!("\ndemo: {survivor} went live {ms} ms after the kill: {text}\n");
+    wait_replies(seen, before + 40, bound).with_context(|| format!("after {victim}'s kill"))?;
+    println!("demo: the client goes on over the same connection, now served by {survivor}");
     let pause = longest_gap(&seen.lock().unwrap().replies, kill_at).as_millis();
     let timeout = cluster.config().timing.failure_timeout_ms;
     println!("demo: client-visible pause {pause} ms (longest gap between replies after the kill); configured failure timeout {timeout} ms");
+    Ok(kill_at)
+}
+
+/// Waits for `primary` to place a new Secondary on `target` and copy the VM
+/// there; prints the time from the kill at `kill_at` back to redundancy.
+fn respawn(primary: &Host, target: &str, kill_at: Instant, bound: Duration) -> Result<()> {
+    let p = primary.name();
+    // Placement is retried on every membership change: an UNPROTECTED line
+    // on the way is not the end.
+    let placed = format!("ftvmm: vm {VM}: secondary -> {target}");
+    let placed = primary.wait_for_line(placed, bound).with_context(|| {
+        format!("{p} did not place a new Secondary on {target} within {bound:?}")
+    })?;
+    println!("demo: {p} places a new Secondary: {}", placed.text);
+    let done = format!("ftvmm: vm {VM}: protected: secondary {target} ");
+    let done = primary
+        .wait_for_line(done, bound)
+        .with_context(|| format!("{target} was not in lockstep within {bound:?}"))?;
+    let ms = since(primary, &done, kill_at).as_millis();
+    let number = |what: &str| -> String {
+        Regex::new(&format!(r"{what} (\d+) ms"))
+            .ok()
+            .and_then(|re| re.captures(&done.text).map(|c| c[1].to_string()))
+            .unwrap_or_else(|| "?".into())
+    };
+    let (pause, alone) = (number("pause"), number("unprotected for"));
+    println!("\ndemo: redundant again {ms} ms after the kill: {target} is {p}'s Secondary (guest paused {pause} ms for the last copy; unprotected for {alone} ms)\n  {}\n", done.text);
     Ok(())
+}
+
+/// Time from `from` to a console line of `host`.
+fn since(host: &Host, line: &ConsoleLine, from: Instant) -> Duration {
+    (host.spawned_at() + line.at).saturating_duration_since(from)
 }
 
 /// Waits until the client has `n` replies; fails on a client error or timeout.
@@ -232,7 +311,7 @@ fn client(tap: &NetnsTap, stop: &AtomicBool, seen: &Mutex<Seen>) -> Result<(), S
             return Err(format!("PUT {} acknowledged, then lost: {got:?}", key(i)));
         }
     }
-    println!("demo: all {acked} acknowledged PUTs readable after failover (same connection)");
+    println!("demo: all {acked} acknowledged PUTs readable at the end (same connection)");
     Ok(())
 }
 
