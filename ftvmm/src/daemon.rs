@@ -235,6 +235,15 @@ impl Daemon {
         let here = &self.config.host_name;
         for (vm, p) in placement(&self.config.config, here) {
             let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
+            if let Some(Role::Standby) = vm_cfg.map(|v| member::role(&self.config, v)) {
+                println!("ftvmm: vm {vm}: standby on {here} for a new secondary");
+                if let Response::Error { message } =
+                    self.handle(Request::StartVm { name: vm.clone() })
+                {
+                    println!("ftvmm: vm {vm}: cannot start: {message}");
+                }
+                continue;
+            }
             if let Some(Role::Secondary { primary }) = vm_cfg.map(|v| member::role(&self.config, v))
             {
                 println!("ftvmm: vm {vm}: starting as secondary of {primary} on {here}");

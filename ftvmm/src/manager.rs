@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::live::DiskSpec;
 use crate::lockstep::member::Event;
 use crate::lockstep::placement::{self, Role};
-use crate::lockstep::spec::PairHandle;
+use crate::lockstep::spec::{PairError, PairHandle};
 use crate::members::Members;
 use crate::runner::VmSpec;
 use crate::vm::{Progress, VmHandle};
@@ -366,46 +366,81 @@ impl VmManager {
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))
             .spawn(move || {
-                let console = Box::new(ConsolePrefix::new(&vm_name));
-                let st = Arc::clone(&state);
-                let traffic = placement::heartbeat_notifier(&rc, &role);
-                let res = placement::run_member(
-                    &rc,
-                    &vm_cfg,
-                    &role,
-                    ps,
-                    console,
-                    &pair,
-                    &cancel,
-                    |h, p| {
-                        if let Some(path) = &restored_from {
-                            // Loaded; the file (a whole memory image) is no longer needed.
-                            let _ = std::fs::remove_file(path);
+                // The member's runs on this host: its configured role first;
+                // after any end that is not a stop, a standby for a new
+                // Secondary (respawn) as long as the VM's rule allows this
+                // host — and the configured role again whenever a standby
+                // wait ends without a transfer (the VM runs nowhere).
+                let mut role = role;
+                let mut restored_from = restored_from;
+                loop {
+                    let console = Box::new(ConsolePrefix::new(&vm_name));
+                    let st = Arc::clone(&state);
+                    let traffic = placement::heartbeat_notifier(&rc, &role);
+                    let (handle2, progress2) = (Arc::clone(&handle), Arc::clone(&progress));
+                    let restored = restored_from.take();
+                    let res = placement::run_member(
+                        &rc,
+                        &vm_cfg,
+                        &role,
+                        ps.clone(),
+                        console,
+                        &pair,
+                        &cancel,
+                        |h, p| {
+                            if let Some(path) = &restored {
+                                // Loaded; the file (a whole memory image) is no longer needed.
+                                let _ = std::fs::remove_file(path);
+                            }
+                            *handle2.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                            *progress2.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                            *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                        },
+                        traffic,
+                    );
+                    let new_state = match res {
+                        Ok(report) => {
+                            println!(
+                                "ftvmm: VM {vm_name} stopped: {:?} after {} exits ({})",
+                                report.outcome, report.exit_index, report.member
+                            );
+                            match report.replay_end {
+                                Some(end) => {
+                                    State::Exited(format!("{:?}: {end:?}", report.outcome))
+                                }
+                                None => State::Exited(format!("{:?}", report.outcome)),
+                            }
                         }
-                        *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
-                        *progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-                        *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
-                    },
-                    traffic,
-                );
-                let new_state = match res {
-                    Ok(report) => {
-                        println!(
-                            "ftvmm: VM {vm_name} stopped: {:?} after {} exits ({})",
-                            report.outcome, report.exit_index, report.member
-                        );
-                        match report.replay_end {
-                            Some(end) => State::Exited(format!("{:?}: {end:?}", report.outcome)),
-                            None => State::Exited(format!("{:?}", report.outcome)),
+                        Err(PairError::RunningElsewhere { owner }) => {
+                            State::Exited(format!("runs on {owner}"))
                         }
+                        Err(PairError::Stopped) if !cancel.load(Ordering::SeqCst) => {
+                            State::Exited("standby ended".into())
+                        }
+                        Err(e) => {
+                            println!("ftvmm: VM {vm_name} failed: {e}");
+                            State::Failed(e.to_string())
+                        }
+                    };
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
+                    *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    let allowed_here = !matches!(
+                        placement::role(&rc, &vm_cfg),
+                        Role::None | Role::Unprotected
+                    );
+                    if cancel.load(Ordering::SeqCst) || !allowed_here {
+                        break;
                     }
-                    Err(e) => {
-                        println!("ftvmm: VM {vm_name} failed: {e}");
-                        State::Failed(e.to_string())
+                    role = match role {
+                        Role::Standby => placement::role(&rc, &vm_cfg),
+                        _ => Role::Standby,
+                    };
+                    if role != Role::Standby {
+                        // Back to the configured role after a standby wait
+                        // ended: not in a tight loop if it ends at once.
+                        std::thread::sleep(std::time::Duration::from_secs(1));
                     }
-                };
-                *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
-                *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
             })
             .map_err(|e| ManagerError::Start {
                 name: name.into(),

@@ -211,6 +211,7 @@ impl Driver {
 impl Ctx {
     fn run(&mut self, member: &mut Member, rx: Receiver<Msg>) {
         loop {
+            self.adopt_link(member);
             let ev = match rx.recv_timeout(TICK) {
                 Ok(Msg::Event(ev)) => ev,
                 Ok(Msg::Quit) | Err(RecvTimeoutError::Disconnected) => break,
@@ -265,6 +266,7 @@ impl Ctx {
     fn show(&self, member: &Member) {
         let st = member.state();
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = st.clone();
+        *self.handle.member.lock().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
         self.handle.set_role(&st.to_string());
         self.handle
             .generation
@@ -319,6 +321,20 @@ impl Ctx {
             }
             Action::GoLive { generation, at } => self.go_live(generation, at),
             Action::Say(line) => println!("{line}"),
+        }
+    }
+
+    /// Takes the link of a Secondary that joined by live transfer, if the
+    /// member is paired with it; a link nobody is paired with is closed
+    /// (the transfer's side already gave up, or the member moved on).
+    fn adopt_link(&mut self, member: &Member) {
+        let Some(link) = self.handle.take_new_link() else {
+            return;
+        };
+        if matches!(member.state(), State::Paired { .. }) && self.res.link.is_none() {
+            self.res.link = Some(link);
+        } else {
+            link.stop("not paired");
         }
     }
 

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::driver::Driver;
+use super::pair::run_with_digests;
 use super::pair::{new_gate, start_live, stop_on_reset};
-use super::primary::{Gate, PrimaryOutputs};
+use super::pause::PausePoint;
+use super::primary::{Gate, PrimaryInputs, PrimaryOutputs};
 use super::secondary::ReplayQueue;
 use super::spec::{PairError, PairSpec};
 use crate::io::{
@@ -22,7 +24,7 @@ use crate::io::{
 };
 use crate::live::late_write::{WriteFence, LATE_WRITE_BOUND_MS};
 use crate::live::{self, ConsoleSink};
-use crate::runner::{guest_mac, open_backends, RunError};
+use crate::runner::{guest_mac, open_backends};
 use crate::vcpu::RunOutcome;
 use crate::vm::Vm;
 
@@ -84,6 +86,7 @@ pub fn go_live(
     q: &ReplayQueue,
     console: ConsoleSink,
     driver: &Driver,
+    pause: &Arc<PausePoint>,
 ) -> Result<RunOutcome, PairError> {
     let name = &spec.hello.vm;
     let vs = &spec.vm;
@@ -150,15 +153,27 @@ pub fn go_live(
         .last_time
         .map(|v| v.wrapping_sub(live::monotonic_ns()))
         .unwrap_or(0);
-    let mut inputs = ShiftedClock {
+    let inputs = ShiftedClock {
         inner: inputs,
         shift,
     };
-    let outcome = vm.run(&mut inputs, &mut out, None);
+    // Recorded (nothing while alone) so a new Secondary can join later.
+    let mut inputs = PrimaryInputs::new(inputs, Arc::clone(&gate))
+        .with_vm(vm.handle())
+        .with_pause_point(Arc::clone(pause));
+    let outcome = run_with_digests(
+        vm,
+        name,
+        "primary",
+        &mut inputs,
+        &mut out,
+        Some(pause),
+        |p| p.take_pause(),
+    );
     gate.detach_sink();
     drop(inputs);
     drop(backends);
-    Ok(outcome.map_err(RunError::from)?)
+    Ok(outcome?)
 }
 
 /// The replay's record of in-flight requests must name the same requests as

@@ -170,6 +170,12 @@ pub enum Event {
     AllAcked,
     /// Stop on request (operator, power-off, daemon shutdown).
     Stop,
+    /// A new Secondary on `peer` restored this Primary's state by live
+    /// transfer in the generation it runs in (respawn, docs/design.md §11);
+    /// its log starts now. Only a lone Primary that holds its grant takes
+    /// it (`Solo` -> `Paired`); anywhere else it is refused and the
+    /// transfer fails.
+    SecondaryJoined { peer: String },
 }
 
 /// What the driver must do, in order.
@@ -287,6 +293,11 @@ impl Member {
         }
     }
 
+    /// The Secondary's host (empty while running alone from the start).
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
     pub fn is_halted(&self) -> bool {
         matches!(self.state, State::Halted(_))
     }
@@ -299,11 +310,18 @@ impl Member {
         if let Event::Grant(g) = &ev {
             self.granted = *g == Grant::Ok;
         }
+        let joined = match &ev {
+            Event::SecondaryJoined { peer } => Some(peer.clone()),
+            _ => None,
+        };
         let before = self.state.clone();
         let (next, actions) = self.transition(ev);
         if let Some(next) = next {
             self.check_transition(&before, &next, &actions);
             self.state = next;
+            if let Some(peer) = joined {
+                self.peer = peer;
+            }
         }
         actions
     }
@@ -355,6 +373,19 @@ impl Member {
                 decision,
             } => self.on_decided(generation, decision),
             Event::Grant(g) => self.on_grant(g),
+            Event::SecondaryJoined { peer } => match self.state {
+                // The gate goes to the Output Rule before the new Secondary
+                // is told it is paired (it races only after that), so
+                // nothing this Primary releases from now on is unknown to it.
+                State::Solo { g } if self.granted => (
+                    Some(State::Paired { g }),
+                    vec![
+                        Action::Gate(Gate::ByAcks),
+                        self.say(format!("secondary {peer} joined in generation {g}")),
+                    ],
+                ),
+                _ => (None, Vec::new()),
+            },
             other => match &self.state {
                 State::Paired { .. }
                 | State::StorageHeld { .. }

@@ -358,3 +358,54 @@ fn a_transition_out_of_halted_is_a_bug() {
     let from = m.state().clone();
     m.check_transition(&from, &State::Solo { g: 1 }, &[]);
 }
+
+#[test]
+fn a_lone_primary_takes_a_joined_secondary_in_its_generation_and_loses_it_like_any() {
+    let mut m = primary();
+    m.on_event(Event::ChannelLost { why: "gone".into() });
+    m.on_event(Event::Decided {
+        generation: 2,
+        decision: Decision::Won,
+    });
+    assert_eq!(m.state(), &State::Solo { g: 2 });
+    let a = m.on_event(Event::SecondaryJoined {
+        peer: "host-c".into(),
+    });
+    assert_eq!(a[0], Action::Gate(Gate::ByAcks), "the Output Rule first");
+    assert_eq!(m.state(), &State::Paired { g: 2 }, "no new generation");
+    assert_eq!(m.peer(), "host-c");
+    // The new Secondary is lost like the first one: hold, race for 3.
+    let a = m.on_event(tick(10_000, 1_000));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 3 }));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Say(l) if l.contains("host-c"))
+    ));
+}
+
+#[test]
+fn only_a_lone_primary_holding_its_grant_takes_a_joined_secondary() {
+    let joined = || Event::SecondaryJoined {
+        peer: "host-c".into(),
+    };
+    // Paired already, a Secondary, a racing Primary: refused, nothing done.
+    for mut m in [primary(), secondary()] {
+        let before = m.state().clone();
+        assert!(m.on_event(joined()).is_empty());
+        assert_eq!(m.state(), &before);
+    }
+    let mut m = primary();
+    m.on_event(Event::ChannelLost { why: "gone".into() });
+    assert!(m.on_event(joined()).is_empty());
+    assert!(matches!(m.state(), State::Racing { .. }));
+    // Alone without a grant (Fenced): refused.
+    let mut m = Member::primary("kv", "", 4, false, T);
+    m.on_event(Event::Grant(Grant::Withdrawn {
+        reason: "lease".into(),
+    }));
+    assert!(m.on_event(joined()).is_empty());
+    assert!(!matches!(m.state(), State::Paired { .. }));
+    let mut halted = Member::primary("kv", "", 4, false, T);
+    halted.on_event(Event::Stop);
+    assert!(halted.on_event(joined()).is_empty());
+}

@@ -178,6 +178,17 @@ impl ReplayQueue {
         self.lock().in_flight.values().cloned().collect()
     }
 
+    /// A Secondary restored by live transfer: the block requests the
+    /// restored device model has in flight (the Primary issued them before
+    /// the switch; their completions come through the log, and a go-live
+    /// before that re-issues them like any other).
+    pub fn seed_in_flight(&self, reqs: Vec<BlockRequest>) {
+        let mut st = self.lock();
+        for r in reqs {
+            st.in_flight.insert((r.dev, r.id), r);
+        }
+    }
+
     /// Sequence number the next batch must start with.
     pub fn received(&self) -> u64 {
         self.lock().received
@@ -265,6 +276,12 @@ impl SecondaryInputs {
             pause: None,
             last_time: None,
         }
+    }
+
+    /// A Secondary restored by live transfer: the clock the guest saw last.
+    pub fn with_last_time(mut self, last_time: Option<u64>) -> Self {
+        self.last_time = last_time;
+        self
     }
 
     /// Why replay stopped the VM, if it did.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::channel::{ChannelError, Hello, Identity};
 use super::grant::HostGrant;
-use super::member::Event;
+use super::link::{Link, Notify};
+use super::member::{Event, State};
+use super::pause::PausePoint;
 use super::primary::PrimaryLog;
 use super::secondary::ReplayQueue;
 use crate::runner::{RunError, VmSpec};
@@ -46,6 +48,9 @@ pub enum PairError {
     },
     #[error("not starting: {0}")]
     NotStarting(String),
+    /// Another live host runs the VM: wait as a standby for a transfer.
+    #[error("not starting: {owner} runs the VM")]
+    RunningElsewhere { owner: String },
 }
 
 /// What both sides must agree on, plus this host's identity.
@@ -96,6 +101,14 @@ pub struct PairHandle {
     /// The member's driver: the daemon posts fencing's grant and
     /// depositions here.
     events: Mutex<Option<Sender<Event>>>,
+    /// The member's state as its driver last published it.
+    pub member: Mutex<Option<State>>,
+    /// Work for the vCPU thread of a Primary (live state transfer).
+    pub pause: Arc<PausePoint>,
+    /// A link to a newly joined Secondary, for the driver to adopt.
+    pub new_link: Mutex<Option<Link>>,
+    /// Protection as shown in status and on the console (respawn keeper).
+    pub protection: Mutex<String>,
 }
 
 impl PairHandle {
@@ -117,6 +130,40 @@ impl PairHandle {
     pub fn post(&self, ev: Event) -> bool {
         let tx = self.events.lock().unwrap_or_else(|p| p.into_inner());
         tx.as_ref().is_some_and(|t| t.send(ev).is_ok())
+    }
+
+    /// The member's state now (`None` before its driver started).
+    pub fn member_state(&self) -> Option<State> {
+        self.member
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where a link reports to the member (a Secondary joined later).
+    pub fn notify(self: &Arc<Self>) -> Notify {
+        let h = Arc::downgrade(self);
+        Arc::new(move |ev| {
+            if let Some(h) = h.upgrade() {
+                h.post(ev);
+            }
+        })
+    }
+
+    /// Hands the link of a joined Secondary to the member's driver.
+    pub fn offer_link(&self, link: Link) {
+        *self.new_link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link);
+    }
+
+    pub fn take_new_link(&self) -> Option<Link> {
+        self.new_link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn set_protection(&self, p: &str) {
+        *self.protection.lock().unwrap_or_else(|p| p.into_inner()) = p.to_string();
     }
 
     /// Releases what waited for the host grant (it came back).
@@ -152,10 +199,18 @@ impl PairHandle {
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_secs_f64())
             .unwrap_or(0.0);
+        let protection = self
+            .protection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut v = serde_json::json!({
             "role": role,
             "generation": self.generation.load(Ordering::Relaxed),
         });
+        if !protection.is_empty() {
+            v["protection"] = protection.into();
+        }
         if let Some(p) = p {
             let st = p.status();
             let bytes = st["stats"]["log_bytes"].as_u64().unwrap_or(0);

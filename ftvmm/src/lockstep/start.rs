@@ -32,6 +32,10 @@ pub enum StartError {
     StartedElsewhere { generation: u64, owner: String },
     #[error("stopped while waiting to start")]
     Cancelled,
+    /// Another live host runs the VM: this host may become its Secondary
+    /// (respawn), never a second Primary.
+    #[error("{owner} runs it in generation {generation}")]
+    RunningElsewhere { generation: u64, owner: String },
 }
 
 /// What a start needs to know about its host.
@@ -48,7 +52,8 @@ pub struct StartCtx<'a> {
 
 /// Wins the generation to start `vm` in: `Highest + 1`, unless the config is
 /// older than the one recorded, or another live host publishes that it runs
-/// the VM (then waits and looks again), or another host wins it first.
+/// the VM ([`StartError::RunningElsewhere`]: the caller waits as a standby
+/// for a transfer instead), or another host wins it first.
 pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
     let vm = ctx.vm;
     let mut said: Option<String> = None;
@@ -80,12 +85,14 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
             });
         }
         if let Some(owner) = running_elsewhere(ctx, &h) {
-            say_once(format!(
+            println!(
                 "ftvmm: vm {vm}: runs on {owner} (generation {}); not starting here while it does",
                 h.generation
-            ));
-            std::thread::sleep(RETRY);
-            continue;
+            );
+            return Err(StartError::RunningElsewhere {
+                generation: h.generation,
+                owner,
+            });
         }
         let next = h.generation + 1;
         (ctx.acquiring)(next);
@@ -128,6 +135,20 @@ fn running_elsewhere(ctx: &StartCtx<'_>, h: &Highest) -> Option<String> {
         .iter()
         .find(|l| l.host == owner && l.live && l.running.iter().any(|v| v == ctx.vm))
         .map(|l| l.host.clone())
+}
+
+/// Which live host, other than `host`, publishes that it runs `vm` as the
+/// owner of its highest generation (`Ok(None)`: none does).
+pub fn runs_elsewhere(fencing: &Path, vm: &str, host: &str) -> Result<Option<String>, String> {
+    let h = fence::highest(fencing, vm)?;
+    let Some(owner) = h.owner.as_deref().filter(|o| *o != host) else {
+        return Ok(None);
+    };
+    let leases = fence::leases(fencing)?;
+    Ok(leases
+        .iter()
+        .find(|l| l.host == owner && l.live && l.running.iter().any(|v| v == vm))
+        .map(|l| l.host.clone()))
 }
 
 /// The Secondary's check of an offered generation: it must be the highest on

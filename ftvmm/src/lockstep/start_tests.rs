@@ -199,24 +199,28 @@ fn another_host_winning_the_start_generation_first_is_an_error_not_a_second_copy
 }
 
 #[test]
-fn a_start_waits_while_the_owner_is_live_and_publishes_the_vm() {
+fn a_start_refuses_while_the_owner_is_live_and_publishes_the_vm_and_wins_after() {
     let f = Fencing::serve(Script {
         highest: (9, Some("host-b".into()), 1),
         running_on: vec!["host-b".into()],
         ..Script::default()
     });
-    let script = Arc::clone(&f.script);
-    let t = std::time::Instant::now();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        script.lock().unwrap().running_on.clear();
-    });
-    let (r, _) = f.start(1);
-    assert_eq!(r, Ok(10));
-    assert!(
-        t.elapsed() >= std::time::Duration::from_millis(500),
-        "acquired while host-b still ran the VM"
+    let (r, published) = f.start(1);
+    assert_eq!(
+        r,
+        Err(StartError::RunningElsewhere {
+            generation: 9,
+            owner: "host-b".into()
+        }),
+        "the caller becomes a standby for a transfer instead"
     );
+    assert!(
+        published.is_empty() && f.asked().is_empty(),
+        "nothing acquired"
+    );
+    f.script.lock().unwrap().running_on.clear();
+    let (r, _) = f.start(1);
+    assert_eq!(r, Ok(10), "once host-b no longer runs it");
 }
 
 #[test]

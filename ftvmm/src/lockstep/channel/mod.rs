@@ -92,6 +92,13 @@ pub enum Message {
     /// over (after winning the next generation). Sent when fencing says this
     /// host can no longer reach storage.
     Resign { reason: String },
+    /// Live state transfer to a new Secondary (respawn): one message of
+    /// `lockstep::transfer::message`, in its own strict codec, carried
+    /// before the log starts on the same channel.
+    Transfer {
+        #[serde(with = "crate::io::bytes")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// The Primary's proposal for a pair: the Secondary accepts it only if it runs

@@ -60,6 +60,9 @@ fn all_kinds() -> Vec<Message> {
         Message::Bye {
             reason: "stopping".into(),
         },
+        Message::Transfer {
+            bytes: vec![1, 5, 0, 0, 0, 0],
+        },
     ]
 }
 
@@ -186,13 +189,13 @@ fn authentic_but_malformed_plaintext_is_refused_by_kind() {
         (vec![], |e| matches!(e, ChannelError::Malformed(_))),
         (vec![7, 1, 0], |e| matches!(e, ChannelError::Malformed(_))), // unknown fragment flag
         // A peer of the previous wire version.
-        (vec![1, 1, 3], |e| {
-            matches!(e, ChannelError::Version { got: 1 })
+        (vec![1, 2, 3], |e| {
+            matches!(e, ChannelError::Version { got: 2 })
         }),
-        (vec![1, 2, 9], |e| {
+        (vec![1, 3, 9], |e| {
             matches!(e, ChannelError::UnknownTag { tag: 9 })
         }),
-        (vec![1, 2], |e| matches!(e, ChannelError::Malformed(_))),
+        (vec![1, 3], |e| matches!(e, ChannelError::Malformed(_))),
         (
             [&[1][..], &ack, &[0]].concat(),
             |e| matches!(e, ChannelError::Malformed(s) if s.contains("trailing")),

@@ -11,7 +11,7 @@ use crate::io::OutputEvent;
 use crate::live::ConsoleSink;
 use crate::lockstep::driver::{Driver, Resources};
 use crate::lockstep::member::{Member, State};
-use crate::lockstep::primary::{Gate, PrimaryOutputs};
+use crate::lockstep::primary::{Gate, PrimaryInputs, PrimaryOutputs};
 use crate::lockstep::spec::{PairError, PairHandle, PairSpec};
 use crate::runner::{build_vm, open_backends, save_snapshot, RunReport};
 use crate::vm::{Progress, VmHandle};
@@ -38,7 +38,7 @@ pub fn run_alone(
         Vec::new()
     };
     let crate::live::Live {
-        mut inputs,
+        inputs,
         outputs,
         backends,
     } = live;
@@ -66,10 +66,22 @@ pub fn run_alone(
     }
     on_start(vm.handle(), vm.progress());
     let started = std::time::Instant::now();
-    let outcome = vm.run(&mut inputs, &mut out, None);
+    // Recorded (nothing while alone) so a Secondary can join later.
+    let mut inputs = PrimaryInputs::new(inputs, Arc::clone(&log))
+        .with_vm(vm.handle())
+        .with_pause_point(Arc::clone(&handle.pause));
+    let outcome = super::run_with_digests(
+        &mut vm,
+        &spec.hello.vm,
+        "primary",
+        &mut inputs,
+        &mut out,
+        Some(&handle.pause),
+        |p| p.take_pause(),
+    );
     let secs = started.elapsed().as_secs_f64();
     let member = driver.finish();
-    let outcome = outcome.map_err(crate::runner::RunError::from)?;
+    let outcome = outcome?;
     save_snapshot(vs, &mut vm)?;
     log.detach_sink();
     drop(inputs);

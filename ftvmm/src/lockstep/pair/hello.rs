@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lockstep::channel::{self, Channel, ChannelError, Hello, Identity, Message};
+use crate::lockstep::respawn::JOIN_BY_TRANSFER;
 use crate::lockstep::spec::{channel_port, PairError, PairSpec};
 
 /// How long one incoming connection may take to authenticate and say hello.
@@ -183,7 +184,11 @@ pub fn hello_mismatch(ours: &Hello, theirs: &Hello, peer: &str) -> Option<String
     if theirs.vm != ours.vm {
         return Some(format!("vm {:?}, expected {:?}", theirs.vm, ours.vm));
     }
-    if theirs.primary_host != peer || peer != ours.primary_host {
+    // A power-on pair comes from the host the config makes the Primary; a
+    // join by live transfer from whichever host runs the VM now (the
+    // caller's `verify` checks with fencing that it owns the generation).
+    let join = theirs.start_exit == JOIN_BY_TRANSFER;
+    if theirs.primary_host != peer || (!join && peer != ours.primary_host) {
         return Some(format!(
             "primary {:?} authenticated as {peer:?}; the config makes {:?} the primary",
             theirs.primary_host, ours.primary_host
@@ -204,9 +209,9 @@ pub fn hello_mismatch(ours: &Hello, theirs: &Hello, peer: &str) -> Option<String
             theirs.mem_mib, ours.mem_mib
         ));
     }
-    if theirs.start_exit != 0 {
+    if theirs.start_exit != 0 && !join {
         return Some(format!(
-            "start exit {} (only 0 is supported)",
+            "start exit {} (only 0, or a join by transfer)",
             theirs.start_exit
         ));
     }

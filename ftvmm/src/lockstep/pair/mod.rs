@@ -28,6 +28,7 @@ use super::golive::{go_live, Replayed};
 use super::link::{self, OnTraffic};
 use super::log::Body;
 use super::member::{Event, Member, State, HAND_OVER_MS};
+use super::pause::PausePoint;
 use super::primary::{Gate, PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use super::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use super::spec::{PairError, PairHandle, PairSpec};
@@ -59,27 +60,46 @@ pub(crate) fn boot(
     Ok(vm)
 }
 
-/// Runs until the run ends for a reason other than a memory-digest pause,
-/// printing the digests.
-fn run_with_digests<I: Inputs>(
+/// Runs until the run ends for a reason other than a memory-digest pause or
+/// work for the vCPU thread (`pause_point`), printing the digests.
+pub(crate) fn run_with_digests<I: Inputs>(
     vm: &mut Vm,
     vm_name: &str,
     role: &str,
     inputs: &mut I,
     outputs: &mut dyn Outputs,
+    pause_point: Option<&PausePoint>,
     take_pause: impl Fn(&mut I) -> Option<u64>,
 ) -> Result<RunOutcome, RunError> {
-    loop {
-        let outcome = vm.run(inputs, outputs, None)?;
+    if let Some(p) = pause_point {
+        p.attach(vm.handle());
+    }
+    let res = loop {
+        let outcome = match vm.run(inputs, outputs, None) {
+            Ok(o) => o,
+            Err(e) => break Err(e.into()),
+        };
         if outcome == RunOutcome::ExitLimit {
+            if pause_point.is_some_and(|p| p.serve(vm)) {
+                continue;
+            }
+            // A return for work already served by an earlier stop: the
+            // digest pause (if any) is still ahead.
+            if inputs.pause_at().is_some_and(|at| at > vm.exit_index()) {
+                continue;
+            }
             if let Some(at) = take_pause(inputs) {
                 let sha = memory_sha256(vm.memory());
                 println!("ftvmm: vm {vm_name}: memory digest n={at} sha256={sha} role={role}");
                 continue;
             }
         }
-        return Ok(outcome);
+        break Ok(outcome);
+    };
+    if let Some(p) = pause_point {
+        p.detach();
     }
+    res
 }
 
 /// Forwards memory-digest requests from the handle to the recorder until
@@ -146,7 +166,9 @@ pub fn run_primary(
     } = start_live(spec, disk, tap, console, &vm)?;
     let log = new_gate(spec, Box::new(outputs), Gate::ByAcks);
     let reset = stop_on_reset(&backends, &vm, &log);
-    let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log)).with_vm(vm.handle());
+    let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log))
+        .with_vm(vm.handle())
+        .with_pause_point(Arc::clone(&handle.pause));
     let _digests = DigestForward::start(handle, pin.digest_request());
     *handle.primary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&log));
     mark_started(handle, g);
@@ -168,6 +190,7 @@ pub fn run_primary(
         "primary",
         &mut pin,
         &mut PrimaryOutputs(Arc::clone(&log)),
+        Some(&handle.pause),
         |p| p.take_pause(),
     );
     let n = vm.exit_index();
@@ -219,9 +242,28 @@ pub fn run_secondary(
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
     let vs = &spec.vm;
-    let g = spec.hello.generation;
-    let mut vm = boot(vs, disk_sectors, vs.tap.is_some())?;
+    let vm = boot(vs, disk_sectors, vs.tap.is_some())?;
     let q = ReplayQueue::new(0);
+    let sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
+    follow(spec, ch, vm, q, sin, console, handle, on_start, on_traffic)
+}
+
+/// Replays the log from the VM's current exit (booted at 0, or restored by
+/// a live transfer) until the Primary ends; going live if the member wins
+/// the next generation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn follow(
+    spec: &PairSpec,
+    ch: Channel,
+    mut vm: Vm,
+    q: Arc<ReplayQueue>,
+    mut sin: SecondaryInputs,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+    on_traffic: OnTraffic,
+) -> Result<PairReport, PairError> {
+    let g = spec.hello.generation;
     *handle.secondary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&q));
     mark_started(handle, g);
     let prepared = Driver::prepare();
@@ -235,7 +277,6 @@ pub fn run_secondary(
         vm: vm.handle(),
     };
     let driver = Driver::start(prepared, member, spec, handle, res);
-    let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
     on_start(vm.handle(), vm.progress());
     let res = run_with_digests(
         &mut vm,
@@ -243,6 +284,7 @@ pub fn run_secondary(
         "secondary",
         &mut sin,
         &mut SecondaryOutputs(Arc::clone(&q)),
+        None,
         |s| s.take_pause(),
     );
     let end = sin.end().cloned();
@@ -268,7 +310,7 @@ pub fn run_secondary(
                     last_time: sin.last_time(),
                     lost_at: q.closed_at(),
                 };
-                outcome = go_live(spec, &mut vm, &from, &q, console, &driver)?;
+                outcome = go_live(spec, &mut vm, &from, &q, console, &driver, &handle.pause)?;
             }
         }
         None => driver.post(Event::Stop),

@@ -20,8 +20,10 @@ use super::pair::{
     listen, primary_handshake, run_alone, run_primary, run_secondary, secondary_handshake, Allowed,
     PairReport,
 };
+use super::respawn::keeper::Keeper;
+use super::respawn::{target, JOIN_BY_TRANSFER};
 use super::spec::{channel_port, image_sha256, PairError, PairHandle, PairSpec};
-use super::start::{check_offered_generation, win_start_generation, StartCtx};
+use super::start::{check_offered_generation, win_start_generation, StartCtx, StartError};
 use crate::live::ConsoleSink;
 use crate::runner::{RunError, VmSpec};
 use crate::vm::{Progress, VmHandle};
@@ -40,6 +42,9 @@ pub enum Role {
     Secondary { primary: String },
     /// Only this host is allowed: run it alone, unprotected.
     Unprotected,
+    /// Allowed here, run elsewhere: wait for its Primary to bring this host
+    /// in as a new Secondary by live transfer (respawn).
+    Standby,
     /// Not this host's business.
     None,
 }
@@ -66,6 +71,7 @@ pub fn role(rc: &RuntimeConfig, vm: &config_schema::Vm) -> Role {
             secondary: s.clone(),
         },
         [p, s] if s == here => Role::Secondary { primary: p.clone() },
+        _ if allowed_hosts(&rc.config, vm).contains(&here.as_str()) => Role::Standby,
         _ => Role::None,
     }
 }
@@ -169,7 +175,10 @@ fn win_generation(
     };
     win_start_generation(&ctx).map_err(|e| {
         handle.running.store(0, Ordering::SeqCst);
-        PairError::NotStarting(e.to_string())
+        match e {
+            StartError::RunningElsewhere { owner, .. } => PairError::RunningElsewhere { owner },
+            e => PairError::NotStarting(e.to_string()),
+        }
     })
 }
 
@@ -213,25 +222,39 @@ pub fn run_member(
             let addr = SocketAddr::new(ip, channel_port(index));
             spec.peer = secondary.clone();
             let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
+            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
             println!(
                 "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
                 vm.name, spec.hello.generation
             );
             run_primary(&spec, ch, console, handle, on_start, on_traffic)
         }
-        Role::Secondary { primary } => {
+        Role::Secondary { .. } | Role::Standby => {
+            let standby = *role == Role::Standby;
             let ip = ft_ip(rc, &rc.host_name)
                 .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
             let listener = listen(ip, index)?;
-            handle.set_role("secondary (pairing)");
-            println!(
-                "ftvmm: vm {}: secondary waiting for primary {primary} on {}",
-                vm.name,
-                listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            );
+            let at = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match role {
+                Role::Secondary { primary } => {
+                    handle.set_role("secondary (pairing)");
+                    println!(
+                        "ftvmm: vm {}: secondary waiting for primary {primary} on {at}",
+                        vm.name
+                    );
+                }
+                _ => {
+                    handle.set_role("standby");
+                    handle.set_protection("");
+                    println!(
+                        "ftvmm: vm {}: standby on {at}: a new secondary here when its primary asks",
+                        vm.name
+                    );
+                }
+            }
             let hosts: Vec<(String, [u8; 32])> = rc
                 .config
                 .hosts
@@ -243,31 +266,47 @@ pub fn run_member(
             });
             let fencing = spec.fencing_socket.clone();
             let verify = |h: &Hello| {
+                if standby && h.start_exit != JOIN_BY_TRANSFER {
+                    return Err("this host is a standby: it joins only by live transfer".into());
+                }
                 check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
             };
-            let (ch, hello) = secondary_handshake(
+            let give_up = StandbyWatch::start(rc, vm, &spec, stop, standby);
+            let accepted = secondary_handshake(
                 &listener,
                 &spec.identity,
                 allowed,
                 &spec.hello,
                 &verify,
-                stop,
-            )?;
-            drop(listener);
-            println!(
-                "ftvmm: vm {}: paired with primary {}; generation {}",
-                vm.name,
-                ch.peer(),
-                hello.generation
+                &give_up.flag,
             );
+            drop(give_up);
+            let (ch, hello) = accepted?;
+            drop(listener);
             spec.hello.generation = hello.generation;
-            spec.peer = primary.clone();
+            spec.peer = hello.primary_host.clone();
             let sectors = spec
                 .vm
                 .disk
                 .as_ref()
                 .and_then(|d| d.region)
                 .map(|(_, len)| len / crate::live::disk::SECTOR);
+            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
+            if hello.start_exit == JOIN_BY_TRANSFER {
+                let peer_role = Role::Secondary {
+                    primary: spec.peer.clone(),
+                };
+                let traffic = heartbeat_notifier(rc, &peer_role);
+                return target::join_as_secondary(
+                    &spec, ch, sectors, console, handle, on_start, traffic,
+                );
+            }
+            println!(
+                "ftvmm: vm {}: paired with primary {}; generation {}",
+                vm.name,
+                ch.peer(),
+                hello.generation
+            );
             run_secondary(&spec, ch, sectors, console, handle, on_start, on_traffic)
         }
         Role::Unprotected => {
@@ -277,6 +316,7 @@ pub fn run_member(
                 "ftvmm: vm {}: runs unprotected on {} in generation {} (its affinity allows no other host)",
                 vm.name, spec.host, spec.hello.generation
             );
+            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
             let (report, member) = run_alone(&spec, console, handle, on_start)?;
             Ok(PairReport {
                 outcome: report.outcome,
@@ -289,6 +329,105 @@ pub fn run_member(
             "vm {} has no role on this host",
             vm.name
         ))),
+    }
+}
+
+/// The respawn keeper of a member, stopped when the member's run ends.
+struct KeeperGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeeperGuard {
+    fn start(
+        rc: &RuntimeConfig,
+        vm: &config_schema::Vm,
+        index: usize,
+        spec: &PairSpec,
+        handle: &Arc<PairHandle>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = Keeper {
+            rc: rc.clone(),
+            vm: vm.clone(),
+            index,
+            spec: spec.clone(),
+            handle: Arc::clone(handle),
+            stop: Arc::clone(&stop),
+        };
+        let thread = keeper
+            .spawn()
+            .map_err(|e| tracing::error!("cannot start the respawn keeper: {e}"))
+            .ok();
+        KeeperGuard { stop, thread }
+    }
+}
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Ends a standby's wait when the member is stopped, or — on the host the
+/// config makes the VM's Primary — when no live host runs the VM any more
+/// (then it must be powered on here, not waited for).
+struct StandbyWatch {
+    flag: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StandbyWatch {
+    fn start(
+        rc: &RuntimeConfig,
+        vm: &config_schema::Vm,
+        spec: &PairSpec,
+        stop: &Arc<AtomicBool>,
+        standby: bool,
+    ) -> Self {
+        let flag = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let config_primary = pair_hosts(&rc.config, vm).first() == Some(&rc.host_name);
+        let (f, d, stop) = (Arc::clone(&flag), Arc::clone(&done), Arc::clone(stop));
+        let (fencing, name, here) = (
+            spec.fencing_socket.clone(),
+            vm.name.clone(),
+            rc.host_name.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("standby-{name}"))
+            .spawn(move || {
+                let mut idle_looks = 0;
+                while !d.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) {
+                        f.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    idle_looks += 1;
+                    if standby && config_primary && idle_looks % 10 == 0 {
+                        if let Ok(None) = super::start::runs_elsewhere(&fencing, &name, &here) {
+                            f.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok();
+        StandbyWatch { flag, done, thread }
+    }
+}
+
+impl Drop for StandbyWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -327,6 +466,16 @@ mod tests {
                 primary: "host-a".into()
             }
         );
-        assert_eq!(role(&rc("host-c"), &vm), Role::None);
+        assert_eq!(
+            role(&rc("host-c"), &vm),
+            Role::Standby,
+            "allowed, not paired"
+        );
+        let mut c = rc("host-c");
+        c.config.vms[0].affinity = config_schema::Affinity {
+            hosts: vec!["host-a".into(), "host-b".into()],
+            groups: Vec::new(),
+        };
+        assert_eq!(role(&c, &c.config.vms[0].clone()), Role::None);
     }
 }

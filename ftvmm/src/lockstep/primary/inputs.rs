@@ -20,6 +20,7 @@ use std::sync::Arc;
 use super::{PrimaryLog, CHECK_EVERY};
 use crate::io::{ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeRead, TimeSource};
 use crate::lockstep::log::{self, Body, LogError};
+use crate::lockstep::pause::PausePoint;
 use crate::vm::VmHandle;
 
 /// The Primary's input door: live values, recorded.
@@ -37,6 +38,8 @@ pub struct PrimaryInputs<I: Inputs> {
     vm: Option<VmHandle>,
     /// The input that could not be recorded: nothing more is handed over.
     fault: Option<LogError>,
+    /// Work another thread wants done on the vCPU thread (respawn).
+    pause_point: Option<Arc<PausePoint>>,
 }
 
 impl<I: Inputs> PrimaryInputs<I> {
@@ -50,7 +53,14 @@ impl<I: Inputs> PrimaryInputs<I> {
             last_events: None,
             vm: None,
             fault: None,
+            pause_point: None,
         }
+    }
+
+    /// Makes the run return at the next exit whenever `p` has work.
+    pub fn with_pause_point(mut self, p: Arc<PausePoint>) -> Self {
+        self.pause_point = Some(p);
+        self
     }
 
     /// The VM to stop if an input cannot be recorded.
@@ -175,6 +185,7 @@ impl<I: Inputs> Inputs for PrimaryInputs<I> {
     }
     fn time_read(&mut self, n: ExitIndex, source: TimeSource) -> u64 {
         let value = self.inner.time_read(n, source);
+        self.log.note_time(value);
         self.append(n, Body::Time(TimeRead { source, value }));
         value
     }
@@ -188,6 +199,9 @@ impl<I: Inputs> Inputs for PrimaryInputs<I> {
         self.append(n, Body::Check { rip, gpr_hash });
     }
     fn pause_at(&self) -> Option<ExitIndex> {
+        if self.pause_point.as_ref().is_some_and(|p| p.requested()) {
+            return Some(0);
+        }
         self.pause
     }
 }

@@ -143,6 +143,9 @@ struct State {
     /// The VM is stopping: a stalled vCPU must not wait any longer.
     stopping: bool,
     out_digest: OutputDigest,
+    /// The last clock value handed to the guest (a joining Secondary's
+    /// clock continues from it if it ever goes live).
+    last_time: Option<u64>,
     stats: PrimaryStats,
 }
 
@@ -219,6 +222,7 @@ impl PrimaryLog {
                 gate,
                 stopping: false,
                 out_digest: OutputDigest::default(),
+                last_time: None,
                 stats: PrimaryStats::default(),
             }),
             cv: Condvar::new(),
@@ -260,6 +264,11 @@ impl PrimaryLog {
 
     fn append_encoded(&self, enc: &Encoded) {
         let st = self.lock();
+        if st.gate == Gate::Open {
+            // Alone: nothing is recorded, and so nothing waits here (the
+            // outputs wait for the grant in `emit`).
+            return;
+        }
         let mut st = self.stall_while_held(st);
         for i in 0..enc.pieces() {
             // Gone solo meanwhile: what was appended counts as acknowledged
@@ -453,6 +462,36 @@ impl PrimaryLog {
     /// Bytes sent or pending and not acknowledged (the window's fill).
     pub fn unacked_bytes(&self) -> usize {
         self.lock().unacked_bytes
+    }
+
+    /// The clock value the guest was handed last (vCPU thread).
+    pub fn note_time(&self, value: u64) {
+        self.lock().last_time = Some(value);
+    }
+
+    pub fn last_time(&self) -> Option<u64> {
+        self.lock().last_time
+    }
+
+    /// A new Secondary takes this lone Primary's state at the current exit
+    /// (respawn; vCPU thread, between exits, the guest paused): the log
+    /// restarts there. Outputs emitted since the last `Outputs` record
+    /// were released alone and are not the new Secondary's to check: their
+    /// digest is dropped. Returns the sequence number of the first record
+    /// the new Secondary gets. Refused unless the gate is open and nothing
+    /// is held (a held output would be released by acks of a Secondary that
+    /// never produced it).
+    pub fn join_secondary(&self) -> Result<u64, String> {
+        let mut st = self.lock();
+        if st.gate != Gate::Open {
+            return Err(format!("the output gate is {:?}, not open", st.gate));
+        }
+        if !st.held.is_empty() {
+            return Err(format!("{} outputs are held", st.held.len()));
+        }
+        let _ = st.out_digest.take();
+        debug_assert!(st.pending.is_empty() && st.acked == st.next_seq);
+        Ok(st.next_seq)
     }
 
     /// Sequence number of the next record.

@@ -25,6 +25,7 @@
 //!             memory_sha256:[32] log_start_exit:u64
 //! Restored 7  memory_sha256:[32]
 //! Abort    8  reason:str
+//! Paired   9  generation:u64
 //! ```
 
 use crate::lockstep::channel::wire;
@@ -33,7 +34,7 @@ pub use super::message_decode::decode;
 
 /// Version byte in front of every message; another version is refused.
 /// NOTICE: any change to the format above requires a bump.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Longest VM name in an [`Message::Offer`].
 pub const MAX_VM_NAME_BYTES: usize = 256;
 /// Longest reason in [`Message::Refuse`] / [`Message::Abort`].
@@ -52,7 +53,7 @@ pub const PAGE_ENTRY_OVERHEAD: usize = 8 + 4;
 /// Largest encoded message of any kind.
 pub const MAX_MESSAGE_BYTES: usize = MAX_STATE_BYTES + 64;
 /// Number of message tags.
-pub(super) const TAGS: u8 = 9;
+pub(super) const TAGS: u8 = 10;
 
 // A Pages message at both caps and a Switch at its cap fit in one message,
 // and one message fits in one logging-channel message.
@@ -110,6 +111,12 @@ pub enum Message {
     Restored { memory_sha256: [u8; 32] },
     /// Either way: the transfer is over, unsuccessfully (final).
     Abort { reason: String },
+    /// Sender -> receiver, after `Restored`: the Primary now releases output
+    /// only by the Output Rule in `generation` (its gate is `ByAcks`), so
+    /// the new Secondary may race for `generation + 1` if it loses the
+    /// Primary (docs/design.md §11). Before this, losing the channel makes
+    /// the receiver discard its copy. The log follows on the channel.
+    Paired { generation: u64 },
 }
 
 /// A message refused by [`encode`] or [`decode`].
@@ -213,6 +220,10 @@ pub fn encode(m: &Message) -> Result<Vec<u8>, TransferError> {
         Message::Abort { reason } => {
             out.push(8);
             put_str(&mut out, "abort reason", reason, MAX_TEXT_BYTES)?;
+        }
+        Message::Paired { generation } => {
+            out.push(9);
+            out.extend_from_slice(&generation.to_le_bytes());
         }
     }
     if out.len() > MAX_MESSAGE_BYTES {

@@ -117,6 +117,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, TransferError> {
         8 => Message::Abort {
             reason: r.str("abort reason", MAX_TEXT_BYTES)?,
         },
+        9 => Message::Paired {
+            generation: r.u64("generation")?,
+        },
         tag => {
             debug_assert!(tag >= TAGS);
             return Err(TransferError::UnknownTag { tag, at });

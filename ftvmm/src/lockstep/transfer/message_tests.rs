@@ -49,13 +49,14 @@ fn every_variant() -> Vec<Message> {
         Message::Abort {
             reason: "memory digest mismatch".into(),
         },
+        Message::Paired { generation: 3 },
     ]
 }
 
 #[test]
 fn every_variant_round_trips() {
     let all = every_variant();
-    assert_eq!(all.len(), 9, "a new variant needs a case here");
+    assert_eq!(all.len(), 10, "a new variant needs a case here");
     for m in all {
         let bytes = encode(&m).unwrap();
         assert_eq!(decode(&bytes).unwrap(), m);
@@ -79,10 +80,10 @@ fn every_variant_round_trips() {
 
 #[test]
 fn header_refusals() {
-    assert_eq!(decode(&[2, 1]), Err(TransferError::Version { got: 2 }));
+    assert_eq!(decode(&[1, 1]), Err(TransferError::Version { got: 1 }));
     assert_eq!(
-        decode(&[VERSION, 9]),
-        Err(TransferError::UnknownTag { tag: 9, at: 1 })
+        decode(&[VERSION, 10]),
+        Err(TransferError::UnknownTag { tag: 10, at: 1 })
     );
     assert!(matches!(
         decode(&[]),

@@ -363,5 +363,6 @@ fn kind(m: &Message) -> &'static str {
         Message::Switch { .. } => "Switch",
         Message::Restored { .. } => "Restored",
         Message::Abort { .. } => "Abort",
+        Message::Paired { .. } => "Paired",
     }
 }

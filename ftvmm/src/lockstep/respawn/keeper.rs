@@ -1,0 +1,252 @@
+//! The keeper of a VM's protection on its Primary's host: whenever the
+//! member runs alone in a generation it owns (`Solo`, gate open, grant
+//! held), it chooses a host for a new Secondary (`placement::choose`), says
+//! why in one console line, connects, and runs the transfer (`source.rs`).
+//! A failed attempt is reported and retried with back-off; no eligible host
+//! leaves the VM `not protected` with the reason, re-examined every
+//! [`LOOK_EVERY`] (a host that boots again, or comes back after a partition
+//! heals, becomes eligible again without anyone's action).
+//!
+//! It also keeps the VM's protection line for status: `protected: secondary
+//! host-c`, `not protected: <reason>`, `starting secondary on host-c (37%)`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{self, Request, Response};
+use config_schema::runtime::RuntimeConfig;
+
+use super::source::{transfer, Joined, SourceCtx};
+use super::target::platform_sha256;
+use super::JOIN_BY_TRANSFER;
+use crate::lockstep::channel::{self, Channel, Message};
+use crate::lockstep::member::State;
+use crate::lockstep::placement::{self, choose_secondary, HostFacts};
+use crate::lockstep::primary::Gate;
+use crate::lockstep::spec::{channel_port, PairHandle, PairSpec};
+use crate::lockstep::transfer::backoff::Backoff;
+
+/// How often the keeper looks at the member and the cluster.
+pub const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// Connecting to the chosen host (it was alive a moment ago).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the keeper of one VM needs.
+pub struct Keeper {
+    pub rc: RuntimeConfig,
+    pub vm: config_schema::Vm,
+    pub index: usize,
+    pub spec: PairSpec,
+    pub handle: Arc<PairHandle>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Keeper {
+    /// Runs the keeper on a thread of its own until `stop`.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("keeper-{}", self.vm.name))
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let name = self.vm.name.clone();
+        let here = self.rc.host_name.clone();
+        let mut backoff = Backoff::new(seed(&here, &name));
+        let mut retry_at = Instant::now();
+        let mut last_line = String::new();
+        // Since when the VM runs without a Secondary (for the console).
+        let mut alone_since: Option<Instant> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(LOOK_EVERY);
+            let g = match self.handle.member_state() {
+                Some(State::Solo { g }) => g,
+                Some(State::Paired { .. }) => {
+                    alone_since = None;
+                    continue;
+                }
+                Some(_) => {
+                    alone_since.get_or_insert_with(Instant::now);
+                    continue;
+                }
+                None => continue,
+            };
+            let since = *alone_since.get_or_insert_with(Instant::now);
+            let Some(log) = self
+                .handle
+                .primary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            else {
+                continue;
+            };
+            if log.gate() != Gate::Open || Instant::now() < retry_at {
+                continue;
+            }
+            let facts = host_facts(Path::new(&self.spec.fencing_socket), &here);
+            let choice = choose_secondary(&self.rc.config, &name, &here, &facts);
+            let line = choice.line();
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+            let Some(target) = choice.chosen.clone() else {
+                self.handle
+                    .set_protection(&format!("not protected: {}", reason_of(&choice)));
+                continue;
+            };
+            println!("ftvmm: vm {name}: starting secondary on {target} (generation {g})");
+            self.handle
+                .set_protection(&format!("starting secondary on {target} (0%)"));
+            match self.attempt(&target, g, &log) {
+                Ok(j) => {
+                    backoff.on_success();
+                    last_line.clear();
+                    let p = format!("protected: secondary {target}");
+                    self.handle.set_protection(&p);
+                    println!(
+                        "ftvmm: vm {name}: {p} in lockstep from exit {}; generation {g}; pause {} ms; \
+                         {} rounds; {} bytes sent for {} MiB of guest memory; unprotected for {} ms",
+                        j.log_start_exit,
+                        j.pause.as_millis(),
+                        j.stats.rounds,
+                        j.bytes_sent,
+                        j.memory_bytes >> 20,
+                        since.elapsed().as_millis()
+                    );
+                    alone_since = None;
+                }
+                Err(e) => {
+                    let delay = backoff.on_failure();
+                    retry_at = Instant::now() + Duration::from_millis(delay);
+                    last_line.clear();
+                    self.handle.set_protection(&format!(
+                        "not protected: secondary on {target} failed: {e}"
+                    ));
+                    println!(
+                        "ftvmm: vm {name}: starting secondary on {target} failed: {e}; retrying in {delay} ms"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One transfer to `target` in generation `g`.
+    fn attempt(
+        &self,
+        target: &str,
+        g: u64,
+        log: &Arc<crate::lockstep::primary::PrimaryLog>,
+    ) -> Result<Joined, String> {
+        let ch = self.connect(target, g)?;
+        let (handle, vm, target_s) = (
+            Arc::clone(&self.handle),
+            self.vm.name.clone(),
+            target.to_string(),
+        );
+        let said = std::sync::atomic::AtomicU64::new(0);
+        let progress = Arc::new(move |pct: u64| {
+            handle.set_protection(&format!("starting secondary on {target_s} ({pct}%)"));
+            // One console line per quarter crossed.
+            if pct / 25 > said.swap(pct / 25, Ordering::SeqCst) {
+                println!("ftvmm: vm {vm}: starting secondary on {target_s} ({pct}%)");
+            }
+        });
+        let role = placement::Role::Primary {
+            secondary: target.to_string(),
+        };
+        let ctx = SourceCtx {
+            vm: self.vm.name.clone(),
+            generation: g,
+            target: target.to_string(),
+            handle: Arc::clone(&self.handle),
+            log: Arc::clone(log),
+            platform_sha256: platform_sha256(&self.spec.hello.platform),
+            on_traffic: placement::heartbeat_notifier(&self.rc, &role),
+            progress,
+        };
+        transfer(&ctx, ch)
+    }
+
+    /// Connects to `target`'s listener for this VM and proposes the join.
+    fn connect(&self, target: &str, g: u64) -> Result<Channel, String> {
+        let host = self
+            .rc
+            .config
+            .hosts
+            .iter()
+            .find(|h| h.name == target)
+            .ok_or_else(|| format!("no host {target} in the config"))?;
+        let key: [u8; 32] = hex::decode(&host.public_key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| format!("bad public key of {target}"))?;
+        let ip: std::net::IpAddr = host
+            .ft
+            .addr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("bad ft.addr of {target}"))?;
+        let addr = SocketAddr::new(ip, channel_port(self.index));
+        let mut ch = channel::connect(addr, &self.spec.identity, &key, target, CONNECT_TIMEOUT)
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut hello = self.spec.hello.clone();
+        hello.generation = g;
+        hello.start_exit = JOIN_BY_TRANSFER;
+        hello.primary_host = self.rc.host_name.clone();
+        ch.send(&Message::Hello(hello))
+            .map_err(|e| format!("hello: {e}"))?;
+        ch.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| format!("channel: {e}"))?;
+        match ch.recv().map_err(|e| format!("no hello reply: {e}"))? {
+            Message::HelloReply { accepted: true, .. } => Ok(ch),
+            Message::HelloReply { reason, .. } => Err(format!("refused: {reason}")),
+            other => Err(format!("expected a hello reply, got {other:?}")),
+        }
+    }
+}
+
+/// The reason part of an unprotected choice line.
+fn reason_of(c: &placement::Choice) -> String {
+    let line = c.line();
+    match line.split_once("UNPROTECTED: ") {
+        Some((_, r)) => r.to_string(),
+        None => line,
+    }
+}
+
+/// Every host as heartbeat and fencing see it now: alive (heartbeat; this
+/// host is alive), leased (fencing's lease view). Free memory is not
+/// reported by any daemon yet: unknown.
+pub fn host_facts(fencing: &Path, here: &str) -> Vec<HostFacts> {
+    let peers = match ctl::query(Path::new(ctl::HEARTBEAT_SOCKET), &Request::Peers) {
+        Ok(Response::Peers { peers }) => peers,
+        _ => Vec::new(),
+    };
+    let leases = crate::lockstep::fence::leases(fencing).unwrap_or_default();
+    let mut names: Vec<String> = peers.iter().map(|p| p.host.clone()).collect();
+    names.extend(leases.iter().map(|l| l.host.clone()));
+    names.push(here.to_string());
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| HostFacts {
+            alive: name == here || peers.iter().any(|p| p.host == name && p.alive),
+            lease_valid: leases.iter().any(|l| l.host == name && l.live),
+            free_memory_mib: None,
+            name,
+        })
+        .collect()
+}
+
+fn seed(host: &str, vm: &str) -> u64 {
+    let d = ring::digest::digest(&ring::digest::SHA256, format!("{host}/{vm}").as_bytes());
+    u64::from_le_bytes(d.as_ref()[..8].try_into().expect("8 bytes"))
+}

@@ -1,0 +1,209 @@
+//! The new Secondary's side of a live state transfer: the [`Receiver`]
+//! state machine (`transfer/receiver.rs`) decides, this file performs it on a
+//! freshly built VM whose memory the pages are written into directly.
+//!
+//! After `Switch` the VM is restored from the state (`snapshot.rs`) at the
+//! Primary's exit, and `Restored` goes back. The copy is a go-live candidate
+//! only once the Primary says `Paired` (its gate follows the Output Rule
+//! from then on, docs/design.md §11): until then any loss of the channel
+//! discards the VM, so a copy the Primary never counted on can never race
+//! for the next generation. Then the log is replayed from that exit
+//! (`pair::follow`), like a Secondary booted at power-on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::source::digest_bytes;
+use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
+use crate::live::ConsoleSink;
+use crate::lockstep::channel::Channel;
+use crate::lockstep::digest::memory_sha256;
+use crate::lockstep::link::OnTraffic;
+use crate::lockstep::pair::{boot, follow, PairReport};
+use crate::lockstep::secondary::{ReplayQueue, SecondaryInputs};
+use crate::lockstep::spec::{PairError, PairHandle, PairSpec};
+use crate::lockstep::transfer::message::Message;
+use crate::lockstep::transfer::receiver::{
+    Expected, GuestMemoryImage, MemoryImageError, Receiver, RxAction,
+};
+use crate::lockstep::transfer::sender::{ACK_TIMEOUT_MS, PAUSE_TIMEOUT_MS};
+use crate::vm::{Progress, Vm, VmHandle};
+
+/// The received pages go straight into the new VM's memory.
+struct VmMemory(GuestMemoryMmap);
+
+impl GuestMemoryImage for VmMemory {
+    fn write_page(&mut self, gfn: u64, bytes: &[u8]) -> Result<(), MemoryImageError> {
+        self.0
+            .write_slice(bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
+            .map_err(|e| MemoryImageError {
+                gfn,
+                detail: e.to_string(),
+            })
+    }
+
+    fn sha256(&self) -> [u8; 32] {
+        // A digest that does not parse never matches the sender's.
+        digest_bytes(&memory_sha256(&self.0)).unwrap_or([0; 32])
+    }
+}
+
+/// SHA-256 of the platform description both sides agreed on in `Hello`.
+pub fn platform_sha256(p: &crate::platform::Platform) -> [u8; 32] {
+    let bytes = postcard::to_allocvec(p).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// A VM restored from a transfer, not yet replaying.
+pub struct Restored {
+    pub vm: Vm,
+    pub first_seq: u64,
+    pub last_time: Option<u64>,
+    pub at: u64,
+}
+
+/// Receives the VM over `ch` (the Hello was accepted for `spec.hello`'s
+/// generation) into a VM built here, and waits for `Paired`.
+pub fn receive(
+    spec: &PairSpec,
+    ch: &mut Channel,
+    disk_sectors: Option<u64>,
+) -> Result<Restored, String> {
+    let vs = &spec.vm;
+    let mut vm = boot(vs, disk_sectors, vs.tap.is_some()).map_err(|e| e.to_string())?;
+    let expected = Expected {
+        vm: spec.hello.vm.clone(),
+        memory_bytes: vm.mem_size(),
+        page_size: PAGE_SIZE,
+        platform_sha256: platform_sha256(&spec.hello.platform),
+    };
+    let mut rx = Receiver::new(expected, VmMemory(vm.memory().clone()));
+    let mut restored: Option<(u64, Option<u64>, u64)> = None;
+    let wait = Duration::from_millis(ACK_TIMEOUT_MS + PAUSE_TIMEOUT_MS);
+    while !rx.is_done() {
+        let actions = match recv(ch, wait) {
+            Ok(m) => rx.on_message(m),
+            Err(e) => rx.on_cut(&e),
+        };
+        for a in actions {
+            match a {
+                RxAction::Send(m) => {
+                    if let Err(e) = send(ch, &m) {
+                        rx.on_cut(&e);
+                    }
+                }
+                RxAction::Restore {
+                    generation,
+                    state,
+                    log_start_exit,
+                } => {
+                    if generation != spec.hello.generation {
+                        return abort(ch, format!("offer for generation {generation}"));
+                    }
+                    match restore(&mut vm, &state, log_start_exit) {
+                        Ok(r) => restored = Some(r),
+                        Err(e) => return abort(ch, e),
+                    }
+                }
+                RxAction::Done => {}
+                RxAction::Failed(e) | RxAction::Rejected(e) => {
+                    return Err(format!("transfer failed: {e}"))
+                }
+            }
+        }
+        if rx.is_failed() {
+            return Err("transfer failed".into());
+        }
+    }
+    let (first_seq, last_time, at) = restored.ok_or("transfer done without a restore")?;
+    match recv(ch, Duration::from_millis(PAUSE_TIMEOUT_MS + 2_000))? {
+        Message::Paired { generation } if generation == spec.hello.generation => Ok(Restored {
+            vm,
+            first_seq,
+            last_time,
+            at,
+        }),
+        other => Err(format!("expected Paired, got {other:?}")),
+    }
+}
+
+fn restore(vm: &mut Vm, state: &[u8], at: u64) -> Result<(u64, Option<u64>, u64), String> {
+    let sw: SwitchState =
+        postcard::from_bytes(state).map_err(|e| format!("undecodable switch state: {e}"))?;
+    vm.load_state(sw.vm)
+        .map_err(|e| format!("cannot restore the VM state: {e}"))?;
+    if vm.exit_index() != at {
+        return Err(format!(
+            "restored at exit {}, the switch says {at}",
+            vm.exit_index()
+        ));
+    }
+    Ok((sw.first_seq, sw.last_time, at))
+}
+
+fn abort<T>(ch: &mut Channel, reason: String) -> Result<T, String> {
+    let _ = send(
+        ch,
+        &Message::Abort {
+            reason: reason.clone(),
+        },
+    );
+    Err(reason)
+}
+
+fn send(ch: &mut Channel, m: &Message) -> Result<(), String> {
+    ch.send(&to_channel(m)?)
+        .map_err(|e| format!("send failed: {e}"))
+}
+
+fn recv(ch: &mut Channel, timeout: Duration) -> Result<Message, String> {
+    ch.set_read_timeout(Some(timeout))
+        .map_err(|e| format!("channel: {e}"))?;
+    from_channel(ch.recv().map_err(|e| format!("channel: {e}"))?)
+}
+
+/// Receives the VM, then follows the Primary as its Secondary until the run
+/// ends (the same path as a power-on Secondary from there).
+#[allow(clippy::too_many_arguments)]
+pub fn join_as_secondary(
+    spec: &PairSpec,
+    mut ch: Channel,
+    disk_sectors: Option<u64>,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+    on_traffic: OnTraffic,
+) -> Result<PairReport, PairError> {
+    let name = &spec.hello.vm;
+    println!(
+        "ftvmm: vm {name}: receiving from primary {}; generation {}",
+        spec.peer, spec.hello.generation
+    );
+    handle.set_role("secondary (receiving)");
+    let r = receive(spec, &mut ch, disk_sectors).map_err(|e| {
+        println!(
+            "ftvmm: vm {name}: transfer from {} failed: {e}; copy discarded",
+            spec.peer
+        );
+        PairError::Protocol(e)
+    })?;
+    println!(
+        "ftvmm: vm {name}: restored from {} at exit {}; following in generation {}",
+        spec.peer, r.at, spec.hello.generation
+    );
+    let Restored {
+        vm,
+        first_seq,
+        last_time,
+        ..
+    } = r;
+    let q = ReplayQueue::new(first_seq);
+    q.seed_in_flight(vm.devices().in_flight_block_requests(vm.memory()));
+    let sin = SecondaryInputs::new(Arc::clone(&q), vm.handle()).with_last_time(last_time);
+    ch.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(crate::lockstep::channel::ChannelError::Io)?;
+    follow(spec, ch, vm, q, sin, console, handle, on_start, on_traffic)
+}
