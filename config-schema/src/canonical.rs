@@ -33,6 +33,19 @@
 //! test (0 = no [test] section; 1, then hooks [ string ])
 //! ```
 //!
+//! Then, only when some VM has `power = "off"`, the power trailer:
+//!
+//! ```text
+//! 1, vms.power [ power (0 = on, 1 = off) ]  (one entry per VM, in order)
+//! ```
+//!
+//! `vms[].power` came after format version 2 was signed on real disks. It is
+//! not a field of the `vms` entries above (postcard has no field names, so an
+//! added field would change every config's bytes): a config whose VMs are all
+//! on has no trailer and keeps its bytes and signatures, and a build from
+//! before the field refuses a config with a VM off ("trailing bytes") instead
+//! of running a VM the operator powered off.
+//!
 //! Strings are kept exactly as written (no case folding of MACs, for
 //! instance), so any change of any field changes the bytes. Reordering the
 //! fields of a model struct changes the format: the golden test below fails
@@ -40,7 +53,10 @@
 //!
 //! [postcard 1.x wire format]: https://postcard.jamesmunns.com/wire-format
 
-use crate::model::ClusterConfig;
+use crate::model::{ClusterConfig, Power};
+
+/// First byte of the power trailer (see the module doc).
+const POWER_TRAILER: u8 = 1;
 
 /// Why canonical bytes did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -49,20 +65,42 @@ pub enum CanonicalError {
     Decode(#[from] postcard::Error),
     #[error("{0} trailing bytes after the config")]
     Trailing(usize),
+    #[error("the power trailer has {entries} entries for {vms} VMs")]
+    PowerCount { entries: usize, vms: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
 
 /// Encodes a config canonically. Callers sign only validated configs.
 pub fn encode(config: &ClusterConfig) -> Vec<u8> {
-    postcard::to_stdvec(config).expect("postcard encodes every ClusterConfig to a Vec")
+    let mut bytes =
+        postcard::to_stdvec(config).expect("postcard encodes every ClusterConfig to a Vec");
+    if config.vms.iter().any(|vm| !vm.power.is_on()) {
+        let power: Vec<Power> = config.vms.iter().map(|vm| vm.power).collect();
+        bytes.push(POWER_TRAILER);
+        bytes.extend(postcard::to_stdvec(&power).expect("postcard encodes a list of Power"));
+    }
+    bytes
 }
 
 /// Decodes canonical bytes, refusing trailing data and any non-canonical
-/// spelling (e.g. an over-long varint), so one config has exactly one
-/// encoding.
+/// spelling (e.g. an over-long varint, or a power trailer with every VM
+/// on), so one config has exactly one encoding.
 pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
-    let (config, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(bytes)?;
+    let (mut config, mut rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(bytes)?;
+    if let [POWER_TRAILER, list @ ..] = rest {
+        let (power, after): (Vec<Power>, &[u8]) = postcard::take_from_bytes(list)?;
+        if power.len() != config.vms.len() {
+            return Err(CanonicalError::PowerCount {
+                entries: power.len(),
+                vms: config.vms.len(),
+            });
+        }
+        for (vm, p) in config.vms.iter_mut().zip(power) {
+            vm.power = p;
+        }
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));
     }
@@ -187,6 +225,56 @@ name = "t"
         let again = encode(&parse(&text.replace(line, "")).unwrap().config);
         assert_eq!(without, again);
         assert_eq!(encode(&decode(&without).unwrap()), without);
+    }
+
+    /// The example with `power = ...` added to its VM (`None`: as it is).
+    fn example_power(power: Option<&str>) -> ClusterConfig {
+        let text = include_str!("../../examples/cluster.toml");
+        let text = match power {
+            Some(p) => format!("{text}power = \"{p}\"\n"),
+            None => text.to_string(),
+        };
+        parse(&text).unwrap().config
+    }
+
+    #[test]
+    fn power_on_or_absent_keeps_the_pinned_bytes() {
+        let absent = encode(&example_power(None));
+        assert_eq!(sha256_hex(&absent), EXAMPLE_SHA256);
+        assert_eq!(encode(&example_power(Some("on"))), absent);
+    }
+
+    #[test]
+    fn power_off_is_a_signed_trailer_old_builds_refuse() {
+        let on = encode(&example_power(None));
+        let off = encode(&example_power(Some("off")));
+        // The trailer: 1, then 1 VM, off.
+        assert_eq!(off, [&on[..], &[1, 1, 1]].concat());
+        let back = decode(&off).unwrap();
+        assert_eq!(back.vms[0].power, Power::Off);
+        assert_eq!(back, example_power(Some("off")));
+        // A decoder from before the field sees trailing bytes, not a VM that is on.
+        let (_, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(&off).unwrap();
+        assert_eq!(rest, [1, 1, 1]);
+    }
+
+    #[test]
+    fn power_trailer_must_be_needed_and_fit() {
+        let on = encode(&example_power(None));
+        // Every VM on: the trailer is left out, so writing it is not canonical.
+        let all_on = [&on[..], &[1, 1, 0]].concat();
+        assert!(matches!(decode(&all_on), Err(CanonicalError::NotCanonical)));
+        let two = [&on[..], &[1, 2, 1, 1]].concat();
+        assert!(matches!(
+            decode(&two),
+            Err(CanonicalError::PowerCount { entries: 2, vms: 1 })
+        ));
+        let bad_state = [&on[..], &[1, 1, 2]].concat();
+        assert!(matches!(decode(&bad_state), Err(CanonicalError::Decode(_))));
+        let after = [&on[..], &[1, 1, 1, 0]].concat();
+        assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
+        let other = [&on[..], &[2]].concat();
+        assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `FTCFGDK1` |
-//! | 8 | 4 | format version, `u32` = 2 (2 added `cluster.cpu` and the `[test]` section to the canonical config) |
+//! | 8 | 4 | format version, `u32` = 2 (2 added `cluster.cpu` and the `[test]` section to the canonical config; `vms[].power` came later as a trailer that only a config with a VM off has, see [`crate::canonical`]) |
 //! | 12 | 4 | `config_len`: length C of the canonical config, `u32` |
 //! | 16 | 4 | `host_name_len`: length N of the host name, `u32`, 1..=255 |
 //! | 20 | C | canonical config ([`crate::canonical`]) |

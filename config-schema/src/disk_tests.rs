@@ -48,6 +48,20 @@ fn round_trip() {
 }
 
 #[test]
+fn a_powered_off_vm_survives_the_disk_and_the_runtime_json() {
+    let mut c = example();
+    c.vms[0].power = crate::model::Power::Off;
+    let s = signer();
+    let img = write_disk(&c, "host-a", &host_a_key(), &s).unwrap();
+    let v = read_disk(&img, s.public_key().as_ref()).unwrap();
+    assert_eq!(v.config, c);
+    // init hands the daemons the runtime config as JSON.
+    let json = serde_json::to_vec(&v.into_runtime()).unwrap();
+    let rt: RuntimeConfig = serde_json::from_slice(&json).unwrap();
+    assert_eq!(rt.config.vms[0].power, crate::model::Power::Off);
+}
+
+#[test]
 fn signing_is_deterministic() {
     let s = signer();
     let a = write_disk(&example(), "host-a", &host_a_key(), &s).unwrap();

@@ -286,6 +286,69 @@ pub struct Vm {
     /// skip it when serializing, postcard has no field names).
     #[serde(default)]
     pub affinity: Affinity,
+    /// Desired power state: `power = "on"` (the default, also when absent)
+    /// or `"off"`, a VM the cluster keeps but does not run. Not in the
+    /// postcard encoding of `Vm`: [`crate::canonical`] appends it after the
+    /// whole config, only when some VM is off, so a config without it keeps
+    /// the bytes (and signatures) it had before the field existed.
+    #[serde(
+        default,
+        skip_serializing_if = "Power::is_on",
+        with = "power_outside_binary"
+    )]
+    pub power: Power,
+}
+
+/// A VM's desired power state (`vms[].power`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
+    /// The daemons run the VM (Primary and Secondary).
+    #[default]
+    On,
+    /// No host starts the VM; its status says `powered off (config)`.
+    Off,
+}
+
+impl Power {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Power::On => "on",
+            Power::Off => "off",
+        }
+    }
+
+    /// The default, left out when a config is written back as TOML or JSON.
+    pub fn is_on(&self) -> bool {
+        *self == Power::On
+    }
+}
+
+/// `vms[].power` as a field: itself in human-readable formats (TOML, the
+/// JSON runtime config init hands over), nothing at all in binary ones.
+/// postcard, the only binary format of a config, has no field names and
+/// could not tell an absent field from the next VM; the canonical encoding
+/// carries power in a trailer of its own (`canonical::encode`).
+mod power_outside_binary {
+    use super::Power;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Power, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            p.serialize(s)
+        } else {
+            s.serialize_unit()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Power, D::Error> {
+        if d.is_human_readable() {
+            Power::deserialize(d)
+        } else {
+            <()>::deserialize(d).map(|()| Power::On)
+        }
+    }
 }
 
 /// VM-Host affinity: the union of the listed hosts and the hosts of the listed groups.

@@ -82,9 +82,28 @@ impl ConfigError {
 
 /// Parses and validates a TOML cluster config.
 pub fn parse(toml_text: &str) -> Result<Validated, ConfigError> {
-    let config: ClusterConfig = toml::from_str(toml_text)?;
+    let config: ClusterConfig = toml::from_str(toml_text)
+        .map_err(|e| bad_power(toml_text).unwrap_or(ConfigError::Toml(e)))?;
     let warnings = validate(&config)?;
     Ok(Validated { config, warnings })
+}
+
+/// A bad `vms[i].power` (a TOML error) as a rule violation naming the field
+/// and the VM: toml's own "unknown variant `maybe`" gives a line but neither.
+fn bad_power(toml_text: &str) -> Option<ConfigError> {
+    let table: toml::Table = toml_text.parse().ok()?;
+    let vms = table.get("vms")?.as_array()?;
+    vms.iter().enumerate().find_map(|(i, vm)| {
+        let power = vm.get("power")?;
+        if matches!(power.as_str(), Some("on" | "off")) {
+            return None;
+        }
+        let name = vm.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+        Some(ConfigError::at(
+            format!("vms[{i}].power"),
+            format!("VM {name:?}: {power} is neither \"on\" nor \"off\""),
+        ))
+    })
 }
 
 /// Validates an already typed config; returns its warnings.

@@ -719,3 +719,53 @@ fn test_hooks_must_be_known_unique_and_present() {
     let e = parse(&format!("{EXAMPLE}\n[test]\nhook = [\"vmctl\"]\n")).unwrap_err();
     assert!(e.to_string().contains("unknown field `hook`"), "{e}");
 }
+
+/// The example with `line` added to its (only) VM.
+fn example_vm_with(line: &str) -> String {
+    assert!(EXAMPLE.ends_with("affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }\n"));
+    format!("{EXAMPLE}{line}\n")
+}
+
+#[test]
+fn power_defaults_to_on_and_parses_on_and_off() {
+    use crate::model::Power;
+    assert_eq!(base().vms[0].power, Power::On);
+    let on = parse(&example_vm_with("power = \"on\"")).unwrap();
+    assert_eq!(on.config, base());
+    let off = parse(&example_vm_with("power = \"off\"")).unwrap();
+    assert!(off.warnings.is_empty(), "{:?}", off.warnings);
+    assert_eq!(off.config.vms[0].power, Power::Off);
+    assert_eq!(Power::Off.name(), "off");
+}
+
+#[test]
+fn bad_power_names_the_vm_and_the_field() {
+    for (value, shown) in [
+        ("\"maybe\"", "\"maybe\""),
+        ("\"Off\"", "\"Off\""),
+        ("0", "0"),
+    ] {
+        let e = parse(&example_vm_with(&format!("power = {value}"))).unwrap_err();
+        assert_eq!(e.path(), Some("vms[0].power"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("vms[0].power: VM \"kv\": {shown} is neither \"on\" nor \"off\"")
+        );
+    }
+    // Another TOML error stays toml's own, with its line.
+    let text = example_vm_with("power = \"off\"").replace("generation = 1", "generation = \"one\"");
+    assert!(matches!(parse(&text), Err(ConfigError::Toml(_))));
+}
+
+#[test]
+fn power_is_written_back_only_when_off() {
+    let text = toml::to_string(&base()).unwrap();
+    assert!(!text.contains("power"), "{text}");
+    let off = parse(&example_vm_with("power = \"off\"")).unwrap().config;
+    let text = toml::to_string(&off).unwrap();
+    assert!(text.contains("power = \"off\""), "{text}");
+    assert_eq!(parse(&text).unwrap().config, off);
+    // The runtime config init hands the daemons is JSON: power survives it.
+    let json = serde_json::to_string(&off).unwrap();
+    assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), off);
+}

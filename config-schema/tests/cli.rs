@@ -126,6 +126,34 @@ fn show_round_trips_a_config_without_groups_or_vms() {
 }
 
 #[test]
+fn a_powered_off_vm_is_signed_shown_and_a_bad_power_refused() {
+    let t = Setup::new();
+    let full = std::fs::read_to_string(example_config()).unwrap();
+    std::fs::write(t.p("off.toml"), format!("{full}power = \"off\"\n")).unwrap();
+    let o = t.make_disk(&t.p("off.toml"), "off.img");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = ok(&[
+        "verify",
+        "--disk",
+        &t.p("off.img"),
+        "--pubkey",
+        &t.p("keys/signing.pub"),
+    ]);
+    assert!(out.contains("1 VMs (1 powered off: kv)"), "{out}");
+    let shown = ok(&["show", "--disk", &t.p("off.img")]);
+    assert!(shown.contains("power = \"off\""), "{shown}");
+    // The example, all on, says nothing about power.
+    assert!(ok(&["check", "--config", &example_config()]).ends_with("1 VMs\n"));
+
+    std::fs::write(t.p("bad.toml"), format!("{full}power = \"maybe\"\n")).unwrap();
+    let err = fails(&["check", "--config", &t.p("bad.toml")]);
+    assert!(
+        err.contains("vms[0].power: VM \"kv\": \"maybe\" is neither \"on\" nor \"off\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn keygen_refuses_to_overwrite() {
     let t = Setup::new();
     let before = std::fs::read(t.p("keys/signing.pk8")).unwrap();

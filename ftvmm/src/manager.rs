@@ -2,6 +2,11 @@
 //! placed, starting one (its guest image, its disk region on the shared
 //! device, its TAP on the VM bridge) on a thread of its own, stopping,
 //! restarting and snapshot-restoring it, and reporting status.
+//!
+//! A VM the signed config powers off (`vms[].power = "off"`) is never
+//! started here, whatever asks (the daemon at boot as Primary or Secondary,
+//! `StartVm`): [`VmManager::start`] refuses it, and its status says
+//! `powered off (config)`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +16,7 @@ use std::thread::JoinHandle;
 
 use config_schema::runtime::RuntimeConfig;
 use config_schema::validate::allowed_hosts;
-use config_schema::{ClusterConfig, DeviceLocator, GuestMode};
+use config_schema::{ClusterConfig, DeviceLocator, GuestMode, Power};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,6 +41,8 @@ pub enum ManagerError {
     AlreadyRunning(String),
     #[error("VM {0:?} is not running")]
     NotRunning(String),
+    #[error("VM {0:?} is powered off (config): its power is \"off\" in the signed config")]
+    PoweredOff(String),
     #[error("cannot start VM {name:?}: {reason}")]
     Start { name: String, reason: String },
     #[error("snapshot of VM {name:?} failed: {reason}")]
@@ -79,6 +86,9 @@ pub fn placement(config: &ClusterConfig, host: &str) -> Vec<(String, Placement)>
         })
         .collect()
 }
+
+/// The status state of a VM the config powers off and that has not run.
+pub const POWERED_OFF: &str = "powered off (config)";
 
 /// What a VM is doing.
 #[derive(Debug, Clone)]
@@ -238,7 +248,11 @@ impl VmManager {
             .vms
             .iter()
             .map(|vm| {
-                let mut v = serde_json::json!({ "name": vm.name, "state": "stopped" });
+                let idle = match vm.power {
+                    Power::On => "stopped",
+                    Power::Off => POWERED_OFF,
+                };
+                let mut v = serde_json::json!({ "name": vm.name, "state": idle });
                 if let Some(slot) = self.slots.get(&vm.name) {
                     let state = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let (st, detail) = match state {
@@ -323,6 +337,9 @@ impl VmManager {
     fn start_from(&mut self, name: &str, restore: Option<PathBuf>) -> Result<(), ManagerError> {
         if self.any_running_named(name) {
             return Err(ManagerError::AlreadyRunning(name.to_string()));
+        }
+        if self.find(name)?.power == Power::Off {
+            return Err(ManagerError::PoweredOff(name.to_string()));
         }
         let mut spec = self.spec_for(name)?;
         spec.restore = restore;
@@ -621,6 +638,43 @@ mod tests {
         c.vms[0].affinity.hosts = vec!["host-z".into()];
         assert_eq!(primary_host(&c, &c.vms[0]), None);
         assert_eq!(placement(&c, "host-a")[0].1, Placement::NoAllowedHost);
+    }
+
+    #[test]
+    fn a_powered_off_vm_is_not_started_here_or_by_the_daemon_at_boot() {
+        use crate::daemon::{Daemon, KvmAvailability};
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config();
+        cfg.config.vms[0].power = Power::Off;
+        // Everything a start needs is there but the power: the image and the device.
+        cfg.config.storage.device = DeviceLocator::Path("/dev/null".into());
+        let vm = cfg.config.vms[0].clone();
+        std::fs::write(dir.path().join(format!("{}.elf", vm.image)), b"").unwrap();
+        let mut m = VmManager::new(cfg.clone(), Members::new(HostGrant::always()));
+        m.guest_dir = dir.path().into();
+        assert_eq!(m.status()[0]["state"], POWERED_OFF);
+        match m.start(&vm.name) {
+            Err(ManagerError::PoweredOff(n)) => assert_eq!(n, vm.name),
+            other => panic!("a powered-off VM was started: {other:?}"),
+        }
+        assert!(m.pair(&vm.name).is_none(), "nothing was set up");
+        assert!(!m.any_running());
+        assert_eq!(m.status()[0]["state"], POWERED_OFF);
+        // The daemon at boot, as the Primary (host-a) and the Secondary (host-b).
+        for host in ["host-a", "host-b"] {
+            let mut rc = cfg.clone();
+            rc.host_name = host.into();
+            let d = Daemon::new(rc, KvmAvailability::Ok { api_version: 12 });
+            d.start_primaries();
+            let st = d.status();
+            assert_eq!(st["role"], "idle", "{host}: {st}");
+            assert_eq!(st["vms"][0]["state"], POWERED_OFF, "{host}: {st}");
+        }
+        // Powered on and never started, the VM is plain "stopped".
+        let mut on = cfg;
+        on.config.vms[0].power = Power::On;
+        let m = VmManager::new(on, Members::new(HostGrant::always()));
+        assert_eq!(m.status()[0]["state"], "stopped");
     }
 
     #[test]

@@ -215,9 +215,21 @@ fn test_hooks_banner(c: &ClusterConfig, out: &mut dyn Write) {
     );
 }
 
+/// `cluster demo generation 1: 3 hosts, 1 VMs`, then `(1 powered off: kv)`
+/// when the config powers VMs off.
 fn summary(c: &ClusterConfig) -> String {
+    let off: Vec<&str> = c
+        .vms
+        .iter()
+        .filter(|vm| !vm.power.is_on())
+        .map(|vm| vm.name.as_str())
+        .collect();
+    let off = match off.len() {
+        0 => String::new(),
+        n => format!(" ({n} powered off: {})", off.join(", ")),
+    };
     format!(
-        "cluster {} generation {}: {} hosts, {} VMs",
+        "cluster {} generation {}: {} hosts, {} VMs{off}",
         c.cluster.name,
         c.cluster.generation,
         c.hosts.len(),
