@@ -109,6 +109,8 @@ pub struct PairHandle {
     pub new_link: Mutex<Option<Link>>,
     /// Protection as shown in status and on the console (respawn keeper).
     pub protection: Mutex<String>,
+    /// When redundancy was last restored by a transfer.
+    pub protected_at: Mutex<Option<Instant>>,
 }
 
 impl PairHandle {
@@ -210,6 +212,9 @@ impl PairHandle {
         });
         if !protection.is_empty() {
             v["protection"] = protection.into();
+        }
+        if let Some(t) = *self.protected_at.lock().unwrap_or_else(|p| p.into_inner()) {
+            v["redundancy_restored_s_ago"] = serde_json::json!(t.elapsed().as_secs());
         }
         if let Some(p) = p {
             let st = p.status();

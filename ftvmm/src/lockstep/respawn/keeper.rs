@@ -69,8 +69,11 @@ impl Keeper {
                     alone_since = None;
                     continue;
                 }
-                Some(_) => {
+                Some(State::Following { .. }) => continue,
+                Some(other) => {
                     alone_since.get_or_insert_with(Instant::now);
+                    self.handle
+                        .set_protection(&format!("not protected: member is {other}"));
                     continue;
                 }
                 None => continue,
@@ -109,6 +112,11 @@ impl Keeper {
                     last_line.clear();
                     let p = format!("protected: secondary {target}");
                     self.handle.set_protection(&p);
+                    *self
+                        .handle
+                        .protected_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                     println!(
                         "ftvmm: vm {name}: {p} in lockstep from exit {}; generation {g}; pause {} ms; \
                          {} rounds; {} bytes sent for {} MiB of guest memory; unprotected for {} ms",
