@@ -127,6 +127,7 @@ impl Keeper {
                         j.memory_bytes >> 20,
                         since.elapsed().as_millis()
                     );
+                    println!("ftvmm: vm {name}: stop-and-copy pause: {}", j.pause_detail);
                     alone_since = None;
                 }
                 Err(e) => {

@@ -32,6 +32,8 @@ use crate::lockstep::transfer::sender::{
 };
 use crate::vm::Vm;
 
+/// Stop-and-copy when at most this much is left to send (256 pages).
+pub const STOP_COPY_BYTES: u64 = 1 << 20;
 /// How long the vCPU may take to reach an exit for a short piece of work.
 const VCPU_WAIT: Duration = Duration::from_secs(5);
 
@@ -58,6 +60,9 @@ pub struct Joined {
     pub pause: Duration,
     pub bytes_sent: u64,
     pub memory_bytes: u64,
+    /// Where the pause went: `final pages N (X ms), state X ms, digest X ms,
+    /// restore on the secondary X ms`.
+    pub pause_detail: String,
 }
 
 /// The channel and the counters, owned by whichever thread performs.
@@ -106,6 +111,10 @@ impl Io {
                 let mut bytes = vec![0u8; PAGE_SIZE as usize];
                 mem.read_slice(&mut bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
                     .map_err(|e| format!("cannot read guest page {gfn}: {e}"))?;
+                if bytes.iter().all(|&b| b == 0) {
+                    // Most of a guest's memory, at first: sent as no bytes.
+                    bytes = Vec::new();
+                }
                 pages.push(Page { gfn, bytes });
             }
             self.send(&Message::Pages { round, pages })?;
@@ -138,7 +147,12 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
             (vm.memory().clone(), vm.mem_size())
         })
         .map_err(|e| e.to_string())?;
-    let mut sender = Sender::new(SenderConfig::new(memory_bytes, PAGE_SIZE));
+    let mut cfg = SenderConfig::new(memory_bytes, PAGE_SIZE);
+    // The defaults assume a 1 Gbit/s link and a 0.5 s pause; the pause is
+    // worth more than a few pre-copy rounds: stop only when the rest is
+    // small (or stops shrinking, or the rounds run out).
+    cfg.stop_copy_bytes = STOP_COPY_BYTES;
+    let mut sender = Sender::new(cfg);
     let mut io = Io {
         ch: Some(ch),
         bytes_sent: 0,
@@ -215,6 +229,7 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
                     sender,
                     io,
                     queue: rest,
+                    marks: Vec::new(),
                     log: Arc::clone(&ctx.log),
                     handle: Arc::clone(&ctx.handle),
                     generation: ctx.generation,
@@ -224,13 +239,16 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
                 };
                 let timeout = Duration::from_millis(PAUSE_TIMEOUT_MS) + VCPU_WAIT;
                 return match pause.run(timeout, move |vm: &mut Vm| job.run(vm)) {
-                    Ok((res, stats, bytes_sent)) => res.map(|(log_start_exit, paused)| Joined {
-                        stats,
-                        log_start_exit,
-                        pause: paused,
-                        bytes_sent,
-                        memory_bytes,
-                    }),
+                    Ok((res, stats, bytes_sent, pause_detail)) => {
+                        res.map(|(log_start_exit, paused)| Joined {
+                            stats,
+                            log_start_exit,
+                            pause: paused,
+                            bytes_sent,
+                            memory_bytes,
+                            pause_detail,
+                        })
+                    }
                     Err(e) => {
                         stop_dirty_log(&pause);
                         Err(format!("stop-and-copy did not run: {e}"))
@@ -270,26 +288,48 @@ struct StopAndCopy {
     target: String,
     on_traffic: OnTraffic,
     started: Instant,
+    /// Milestones of the pause (ms since it began), for the console.
+    marks: Vec<(&'static str, u128)>,
 }
 
-type StopResult = (Result<(u64, Duration), String>, SenderStats, u64);
+type StopResult = (Result<(u64, Duration), String>, SenderStats, u64, String);
 
 impl StopAndCopy {
     /// Runs with the guest paused; returns (log start exit, pause) or why
     /// it failed, and the sender's stats.
     fn run(mut self, vm: &mut Vm) -> StopResult {
         let t0 = Instant::now();
-        let res = self.perform(vm);
+        let res = self.perform(vm, t0);
         let _ = vm.stop_dirty_tracking();
         let res = res.map(|n| (n, t0.elapsed()));
-        (res, self.sender.stats().clone(), self.io.bytes_sent)
+        let mut last = 0;
+        let detail: Vec<String> = self
+            .marks
+            .iter()
+            .map(|(what, at)| {
+                let d = at - last;
+                last = *at;
+                format!("{what} {d} ms")
+            })
+            .collect();
+        let stats = self.sender.stats().clone();
+        let detail = format!(
+            "{} final pages; {}",
+            stats.final_round_pages,
+            detail.join(", ")
+        );
+        (res, stats, self.io.bytes_sent, detail)
+    }
+
+    fn mark(&mut self, what: &'static str, t0: Instant) {
+        self.marks.push((what, t0.elapsed().as_millis()));
     }
 
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn perform(&mut self, vm: &mut Vm) -> Result<u64, String> {
+    fn perform(&mut self, vm: &mut Vm, t0: Instant) -> Result<u64, String> {
         let mut log_start = None;
         loop {
             let Some(action) = (!self.queue.is_empty()).then(|| self.queue.remove(0)) else {
@@ -315,7 +355,7 @@ impl StopAndCopy {
                         self.queue = self.sender.on_event(Event::LinkLost { detail });
                     }
                 }
-                Action::SendSwitch { round } => match self.switch(vm, round) {
+                Action::SendSwitch { round } => match self.switch(vm, round, t0) {
                     Ok((n, memory_sha256)) => {
                         log_start = Some(n);
                         let next = self.sender.on_event(Event::SwitchSent { memory_sha256 });
@@ -328,7 +368,9 @@ impl StopAndCopy {
                 }
                 Action::Done => {
                     let n = log_start.ok_or("done without a switch")?;
+                    self.mark("restore on the secondary", t0);
                     self.pair()?;
+                    self.mark("pairing", t0);
                     return Ok(n);
                 }
                 Action::Failed { reason } => return Err(reason),
@@ -344,11 +386,13 @@ impl StopAndCopy {
     }
 
     /// The log restarts here; the state and the digest go out in `Switch`.
-    fn switch(&mut self, vm: &mut Vm, round: u32) -> Result<(u64, [u8; 32]), String> {
+    fn switch(&mut self, vm: &mut Vm, round: u32, t0: Instant) -> Result<(u64, [u8; 32]), String> {
+        self.mark("final pages", t0);
         let first_seq = self.log.join_secondary()?;
         let state = vm
             .save_state()
             .map_err(|e| format!("cannot save the VM state: {e}"))?;
+        self.mark("state", t0);
         let n = vm.exit_index();
         let sw = SwitchState {
             vm: state,
@@ -357,6 +401,7 @@ impl StopAndCopy {
         };
         let state = postcard::to_allocvec(&sw).map_err(|e| format!("cannot encode state: {e}"))?;
         let digest = digest_bytes(&memory_sha256(vm.memory()))?;
+        self.mark("memory digest", t0);
         self.io.send(&Message::Switch {
             round,
             state,

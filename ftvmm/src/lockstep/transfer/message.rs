@@ -17,7 +17,8 @@
 //! Accept   1
 //! Refuse   2  reason:str
 //! Pages    3  round:u32 count:u32 (1..=MAX_PAGES_PER_MESSAGE)
-//!             count * (gfn:u64 len:u32 (1..=MAX_PAGE_BYTES) bytes[len])
+//!             count * (gfn:u64 len:u32 (0..=MAX_PAGE_BYTES) bytes[len])
+//!             len 0: a page of zeros (most of a guest's memory at first)
 //!             gfns strictly increasing; sum of len <= MAX_PAGES_DATA_BYTES
 //! RoundEnd 4  round:u32 pages_sent:u64 dirty_left:u64
 //! RoundAck 5  round:u32
@@ -65,7 +66,8 @@ const _: () = assert!(2 + 4 + 4 + MAX_STATE_BYTES + 32 + 8 <= MAX_MESSAGE_BYTES)
 const _: () = assert!(MAX_MESSAGE_BYTES + 64 <= wire::MAX_MESSAGE);
 const _: () = assert!(MAX_PAGE_BYTES <= MAX_PAGES_DATA_BYTES);
 
-/// One guest page: frame number (GPA / page size) and its bytes.
+/// One guest page: frame number (GPA / page size) and its bytes; no bytes
+/// stands for a page of zeros.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub gfn: u64,
@@ -280,9 +282,6 @@ fn put_pages(out: &mut Vec<u8>, round: u32, pages: &[Page]) -> Result<(), Transf
                 prev,
                 gfn: p.gfn,
             });
-        }
-        if p.bytes.is_empty() {
-            return Err(TransferError::Empty { what: "page", at });
         }
         check_len("page", at, p.bytes.len(), MAX_PAGE_BYTES)?;
         data += p.bytes.len();

@@ -144,14 +144,14 @@ fn decode_pages(r: &mut Reader<'_>) -> Result<Message, TransferError> {
             at,
         });
     }
-    // Each entry takes at least PAGE_ENTRY_OVERHEAD + 1 bytes: refuse a count
-    // the input cannot hold before reserving for it.
+    // Each entry takes at least PAGE_ENTRY_OVERHEAD bytes (a zero page):
+    // refuse a count the input cannot hold before reserving for it.
     let left = r.bytes.len() - r.at;
-    if count > left / (PAGE_ENTRY_OVERHEAD + 1) {
+    if count > left / PAGE_ENTRY_OVERHEAD {
         return Err(TransferError::Truncated {
             what: "page entries",
             at: r.at,
-            need: count * (PAGE_ENTRY_OVERHEAD + 1),
+            need: count * PAGE_ENTRY_OVERHEAD,
             have: left,
         });
     }
@@ -171,9 +171,6 @@ fn decode_pages(r: &mut Reader<'_>) -> Result<Message, TransferError> {
             }
         }
         let len = r.len32("page", MAX_PAGE_BYTES)?;
-        if len == 0 {
-            return Err(TransferError::Empty { what: "page", at });
-        }
         data += len;
         check_len("page data", at, data, MAX_PAGES_DATA_BYTES)?;
         let bytes = r.take("page", len)?.to_vec();

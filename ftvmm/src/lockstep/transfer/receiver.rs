@@ -11,7 +11,8 @@
 //! any non-final --Abort / cut--> Failed
 //! ```
 //!
-//! Refused: an out-of-range gfn, a page of another size, a message of another
+//! A page of no bytes is a page of zeros. Refused: an out-of-range gfn, a
+//! page of another size, a message of another
 //! round, a RoundEnd whose count differs from the pages received, anything
 //! after Switch. Done and Failed are final; a message after them is
 //! [`RxAction::Rejected`] and changes nothing. Building the VM from the
@@ -242,7 +243,7 @@ impl<M: GuestMemoryImage> Receiver<M> {
                     pages: total,
                 });
             }
-            if p.bytes.len() != page_size as usize {
+            if !p.bytes.is_empty() && p.bytes.len() != page_size as usize {
                 return Err(ReceiveError::PageSize {
                     gfn: p.gfn,
                     len: p.bytes.len(),
@@ -250,8 +251,10 @@ impl<M: GuestMemoryImage> Receiver<M> {
                 });
             }
         }
+        let zeros = vec![0u8; page_size as usize];
         for p in &pages {
-            self.memory.write_page(p.gfn, &p.bytes)?;
+            let bytes = if p.bytes.is_empty() { &zeros } else { &p.bytes };
+            self.memory.write_page(p.gfn, bytes)?;
         }
         if let State::Receiving {
             pages_this_round, ..
