@@ -6,10 +6,14 @@
 //! fencing, a target for faults that cost the pair nothing. It starts the VM
 //! network capture and four clients (`chaos/clients.rs`: three long-lived
 //! connections, one connection per op) on 8 overlapping keys, recording every
-//! op in a `history::Recorder`; plays the seeded `chaos::Schedule`, cut down
-//! to one failover per run (`chaos/nemesis.rs`), over ~60 s; heals, lets the
-//! clients be served again, stops them and GETs every key on a fresh
-//! connection (recorded too).
+//! op in a `history::Recorder`; plays the seeded `chaos::Schedule` (faults
+//! drawn by weight, kills of the pair's hosts, a freeze of the Primary's and
+//! pair partitions first; each seed's first fault of another class in turn,
+//! so any 10 consecutive seeds start with every class), with at most one
+//! pair failure per run, or with `FT_CHAOS_SEQUENTIAL=1` a second one after
+//! the respawn's `protected:` line (`chaos/plan.rs`, `chaos/nemesis.rs`),
+//! over ~60 s; heals, lets the clients be served again, stops them and GETs
+//! every key on a fresh connection (recorded too).
 //!
 //! A run fails on (`chaos/verdicts.rs`): a non-linearizable (or unchecked)
 //! history; a final value the guest's on-disk log does not hold or a final
@@ -24,13 +28,17 @@
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64, qemu-nbd
 //! and root. Run: `FT_CHAOS_SEED=1 FT_CHAOS_RUNS=1 cargo test -p qemu-tests
-//! --test chaos -- --ignored --nocapture`.
+//! --test chaos -- --ignored --nocapture`. A seed's schedule depends on the
+//! seed, the hosts that booted and `FT_CHAOS_SEQUENTIAL` only: the replay
+//! line each report prints gives it back.
 
 #[path = "chaos/clients.rs"]
 mod clients;
 mod common;
 #[path = "chaos/nemesis.rs"]
 mod nemesis;
+#[path = "chaos/plan.rs"]
+mod plan;
 #[path = "chaos/verdicts.rs"]
 mod verdicts;
 
@@ -54,11 +62,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 #[ignore = "make chaos"]
 fn chaos_campaign() {
     let seeds = chaos::seeds_from_env(1, 1).unwrap_or_else(|e| panic!("{e}"));
+    let sequential = chaos::sequential_from_env().unwrap_or_else(|e| panic!("{e}"));
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     let mut runs = Vec::new();
     for seed in seeds {
         let dir = out.join(format!("seed-{seed}"));
-        let report = match std::panic::catch_unwind(|| run(seed, &dir)) {
+        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential)) {
             Ok(r) => r,
             Err(p) => {
                 let why = p
@@ -66,12 +75,7 @@ fn chaos_campaign() {
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "panic".into());
-                let planned = Schedule::generate(
-                    seed,
-                    &["host-a", "host-b", "host-c"],
-                    nemesis::DURATION_MS,
-                    &nemesis::params(),
-                );
+                let planned = plan::generate(seed, &["host-a", "host-b", "host-c"], sequential);
                 let mut r = RunReport::new(planned);
                 r.linearizable = chaos::Verdict::Unknown {
                     why: format!("the run broke off: {why}"),
@@ -84,7 +88,7 @@ fn chaos_campaign() {
         if !report.passed {
             eprintln!(
                 "chaos: seed {seed} FAILED; replay: {}",
-                chaos::replay_line(seed)
+                chaos::replay_line(seed, sequential)
             );
         }
         runs.push(report);
@@ -153,15 +157,23 @@ fn boot(seed: u64) -> (Cluster, Vec<String>, Vec<String>) {
 }
 
 /// One seeded run (module doc).
-fn run(seed: u64, dir: &Path) -> RunReport {
-    let (mut cluster, hosts, mut notes) = boot(seed);
+fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
+    let (mut cluster, hosts, boot_notes) = boot(seed);
+    let mut notes = vec![format!("replay: {}", chaos::replay_line(seed, sequential))];
+    notes.extend(boot_notes);
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let generated = Schedule::generate(seed, &names, nemesis::DURATION_MS, &nemesis::params());
-    let (schedule, dropped) = nemesis::restrict(&generated);
+    let generated = plan::generate(seed, &names, sequential);
+    let (schedule, dropped) = plan::restrict(&generated);
     notes.extend(dropped);
     for s in &schedule.steps {
+        let gate = s.gate.as_ref().map_or(String::new(), |g| {
+            format!(
+                " (once protected again; planned pair {}, {})",
+                g.primary, g.secondary
+            )
+        });
         eprintln!(
-            "chaos: seed {seed}: planned at {:6} ms: {}",
+            "chaos: seed {seed}: planned at {:6} ms: {}{gate}",
             s.at_ms, s.fault
         );
     }
@@ -192,6 +204,13 @@ fn run(seed: u64, dir: &Path) -> RunReport {
     let frames = cluster.vm.stop_capture();
     let history = rec.finish();
 
+    // The steps as played (a gate's wait and renaming): what windows, pauses
+    // and the plot go by.
+    let schedule = Schedule {
+        steps: played.steps.clone(),
+        ..schedule
+    };
+    notes.extend(played.notes.iter().cloned());
     let mut report = RunReport::new(schedule.clone());
     let points = verdicts::points(&history);
     report.ops = OpCounts::of(&points);
@@ -275,38 +294,66 @@ fn run(seed: u64, dir: &Path) -> RunReport {
 }
 
 /// No QEMU: over many seeds, what a run applies keeps to the rules of
-/// `chaos/nemesis.rs` (at most one fault costing the pair a member, no
-/// reboot, no kill of host-c), and every dropped step has a note.
+/// `chaos/plan.rs` (at most one fault costing the pair a member, or with
+/// `FT_CHAOS_SEQUENTIAL` a second gated one; no reboot; no ungated kill of
+/// host-c), and every dropped step has a note.
 #[test]
-fn restricted_schedules_cause_at_most_one_failover() {
+fn restricted_schedules_cause_at_most_one_failover_or_a_gated_second() {
     let hosts = ["host-a", "host-b", "host-c"];
-    let mut kept_member_faults = 0;
-    for seed in 0..2_000 {
-        let generated = Schedule::generate(seed, &hosts, nemesis::DURATION_MS, &nemesis::params());
-        let (schedule, notes) = nemesis::restrict(&generated);
-        let member = schedule
-            .steps
-            .iter()
-            .filter(|s| nemesis::costs_a_member(&s.fault))
-            .count();
-        assert!(member <= 1, "seed {seed}: {member} member faults kept");
-        kept_member_faults += member;
-        for s in &schedule.steps {
+    for sequential in [false, true] {
+        let (mut kept_member_faults, mut gated, mut heavy_first) = (0, 0, 0);
+        for seed in 0..2_000 {
+            let generated = plan::generate(seed, &hosts, sequential);
+            let (schedule, notes) = plan::restrict(&generated);
+            let member: Vec<&chaos::Step> = schedule
+                .steps
+                .iter()
+                .filter(|s| plan::costs_a_member(&s.fault) || s.gate.is_some())
+                .collect();
+            let cap = if sequential { 2 } else { 1 };
+            assert!(member.len() <= cap, "seed {seed}: {member:?} kept");
             assert!(
-                !matches!(s.fault, chaos::Fault::RebootHost { .. })
-                    && s.fault
-                        != chaos::Fault::KillHost {
-                            host: "host-c".into()
-                        },
-                "seed {seed}: {} kept",
-                s.fault
+                member.iter().skip(1).all(|s| s.gate.is_some()),
+                "seed {seed}"
             );
+            kept_member_faults += member.len().min(1);
+            gated += member.len().saturating_sub(1);
+            for s in &schedule.steps {
+                assert!(
+                    !matches!(s.fault, chaos::Fault::RebootHost { .. })
+                        && (s.gate.is_some()
+                            || s.fault
+                                != chaos::Fault::KillHost {
+                                    host: "host-c".into()
+                                }),
+                    "seed {seed}: {} kept",
+                    s.fault
+                );
+            }
+            assert_eq!(
+                schedule.steps.len() + notes.len(),
+                generated.steps.len(),
+                "seed {seed}"
+            );
+            let first = schedule
+                .steps
+                .iter()
+                .find(|s| s.fault.kind().is_injection());
+            let heavy = |f: &chaos::Fault| {
+                chaos::FaultClass::of(f, &generated.hosts).is_some_and(chaos::FaultClass::is_heavy)
+            };
+            if first.is_some_and(|s| heavy(&s.fault)) {
+                heavy_first += 1;
+            }
         }
-        assert_eq!(
-            schedule.steps.len() + notes.len(),
-            generated.steps.len(),
-            "seed {seed}"
-        );
+        assert!(kept_member_faults > 1_500, "the runs hardly fail over");
+        // Stratified: 5 of the 10 classes are kills, a Primary freeze and
+        // pair partitions.
+        assert!(heavy_first >= 900, "{heavy_first} heavy first faults");
+        if sequential {
+            assert!(gated > 400, "only {gated} gated second pair failures");
+        } else {
+            assert_eq!(gated, 0);
+        }
     }
-    assert!(kept_member_faults > 1_000, "the runs hardly fail over");
 }

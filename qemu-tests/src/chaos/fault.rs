@@ -113,6 +113,27 @@ impl Fault {
         }
     }
 
+    /// The fault with every host name `h` replaced by `rename(h)`.
+    pub fn renamed(&self, rename: impl Fn(&str) -> String) -> Fault {
+        let mut f = self.clone();
+        match &mut f {
+            Fault::KillHost { host }
+            | Fault::RebootHost { host }
+            | Fault::FreezeHost { host, .. }
+            | Fault::CutStorage { host }
+            | Fault::SeverStorage { host }
+            | Fault::DelayStorage { host, .. }
+            | Fault::CutVmNet { host }
+            | Fault::SlowHost { host, .. } => *host = rename(host),
+            Fault::PartitionFt { a, b, .. } => {
+                *a = rename(a);
+                *b = rename(b);
+            }
+            Fault::Heal => {}
+        }
+        f
+    }
+
     /// The hosts the fault names.
     pub fn hosts(&self) -> Vec<&str> {
         match self {

@@ -6,6 +6,11 @@
 //! - [`schedule`]: [`Fault`], [`Step`], [`Params`], [`Schedule::generate`]
 //!   (deterministic in the seed; a model of the cluster keeps one host alive,
 //!   reboots only killed hosts, heals before the end).
+//! - [`draw`]: [`FaultClass`] and [`WEIGHTS`], how a fault is picked (kills
+//!   of pair hosts, a freeze of the Primary's, pair partitions weigh most),
+//!   and the stratified first fault of each seed.
+//! - [`roles`]: the predicted pair, [`costs_a_member`] (pair failures), and
+//!   the [`Gate`] of a second pair failure (`FT_CHAOS_SEQUENTIAL=1`).
 //! - [`report`]: [`RunReport`], [`CampaignReport`] (JSON, and a fixed-width
 //!   table for people with the line that replays a failing seed).
 //! - [`plot`]: [`plot::plot_run`], latency over time as SVG.
@@ -13,21 +18,28 @@
 //! Replay: a run is named by its seed alone. `FT_CHAOS_SEED` sets the first
 //! seed and `FT_CHAOS_RUNS` the number of runs ([`seeds_from_env`]); run `i`
 //! uses seed `FT_CHAOS_SEED + i`, so `FT_CHAOS_SEED=<seed> FT_CHAOS_RUNS=1`
-//! regenerates exactly the schedule of the failing run.
+//! regenerates exactly the schedule of the failing run: a schedule is a
+//! function of its seed alone (its first fault's class too, see [`draw`]).
+//! `FT_CHAOS_SEQUENTIAL=1` ([`sequential_from_env`]) allows a second pair
+//! failure after a respawn; a replay needs it too ([`replay_line`]).
 
+pub mod draw;
 pub mod fault;
 mod model;
 pub mod plot;
 pub mod report;
 mod rng;
+pub mod roles;
 pub mod schedule;
 
+pub use draw::{first_class, FaultClass, WEIGHTS};
 pub use fault::{Fault, FaultKind};
 pub use plot::{plot_run, OpPoint, Outcome};
 pub use report::{
     median, CampaignReport, KindStats, OpCounts, RunReport, SeedNote, Spread, Verdict,
     VerdictCounts,
 };
+pub use roles::{costs_a_member, Gate};
 pub use schedule::{Params, Schedule, Step, Window};
 
 use std::path::PathBuf;
@@ -36,6 +48,9 @@ use std::path::PathBuf;
 pub const ENV_SEED: &str = "FT_CHAOS_SEED";
 /// Environment variable: the number of runs of a campaign.
 pub const ENV_RUNS: &str = "FT_CHAOS_RUNS";
+/// Environment variable: `1` allows a second pair failure per run, after
+/// the pair is protected again by a respawn (off by default).
+pub const ENV_SEQUENTIAL: &str = "FT_CHAOS_SEQUENTIAL";
 
 /// Errors of the chaos pieces.
 #[derive(Debug, thiserror::Error)]
@@ -92,16 +107,43 @@ pub fn seeds_from_env(default_seed: u64, default_runs: u64) -> Result<Vec<u64>, 
     Ok(seeds(first, runs))
 }
 
+/// Whether `FT_CHAOS_SEQUENTIAL` is on: `1`/`true`/`yes` on, unset, empty,
+/// `0`/`false`/`no` off, anything else an error.
+pub fn sequential_from_env() -> Result<bool, ChaosError> {
+    let value = std::env::var(ENV_SEQUENTIAL).unwrap_or_default();
+    parse_switch(&value).ok_or(ChaosError::BadEnv {
+        var: ENV_SEQUENTIAL,
+        value,
+    })
+}
+
+/// An on/off switch's value (see [`sequential_from_env`]).
+pub fn parse_switch(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "" | "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// `runs` consecutive seeds from `first` (wrapping).
 pub fn seeds(first: u64, runs: u64) -> Vec<u64> {
     (0..runs).map(|i| first.wrapping_add(i)).collect()
 }
 
-/// The shell line that replays one run of a campaign.
-pub fn replay_line(seed: u64) -> String {
-    format!("{ENV_SEED}={seed} {ENV_RUNS}=1 make chaos")
+/// The shell line that replays one run of a campaign (`sequential`: the
+/// campaign ran with `FT_CHAOS_SEQUENTIAL=1`).
+pub fn replay_line(seed: u64, sequential: bool) -> String {
+    let knob = if sequential {
+        format!("{ENV_SEQUENTIAL}=1 ")
+    } else {
+        String::new()
+    };
+    format!("{knob}{ENV_SEED}={seed} {ENV_RUNS}=1 make chaos")
 }
 
+#[cfg(test)]
+mod draw_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

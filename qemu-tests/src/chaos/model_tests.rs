@@ -7,7 +7,7 @@ use super::*;
 const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
 
 fn step(at_ms: u64, fault: Fault) -> Step {
-    Step { at_ms, fault }
+    Step::new(at_ms, fault)
 }
 
 fn hand(steps: Vec<Step>) -> Schedule {

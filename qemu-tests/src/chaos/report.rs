@@ -250,6 +250,9 @@ pub struct CampaignReport {
     pub dual_live: Vec<SeedNote>,
     pub divergences: Vec<SeedNote>,
     pub by_kind: BTreeMap<FaultKind, KindStats>,
+    /// The runs had `FT_CHAOS_SEQUENTIAL=1` (their replay lines say so).
+    #[serde(default)]
+    pub sequential: bool,
 }
 
 impl CampaignReport {
@@ -265,6 +268,7 @@ impl CampaignReport {
             dual_live: Vec::new(),
             divergences: Vec::new(),
             by_kind: BTreeMap::new(),
+            sequential: runs.iter().any(|r| r.schedule.params.sequential()),
         };
         let mut pauses: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
         let mut recoveries: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
@@ -388,7 +392,7 @@ impl CampaignReport {
         }
         for f in &self.failed {
             let _ = writeln!(out, "FAILED seed {}: {}", f.seed, f.what);
-            let _ = writeln!(out, "  replay: {}", replay_line(f.seed));
+            let _ = writeln!(out, "  replay: {}", replay_line(f.seed, self.sequential));
         }
     }
 }

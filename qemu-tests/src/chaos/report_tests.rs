@@ -12,10 +12,7 @@ fn schedule(seed: u64, faults: Vec<Fault>) -> Schedule {
         steps: faults
             .into_iter()
             .enumerate()
-            .map(|(i, fault)| Step {
-                at_ms: 10_000 * (i as u64 + 1),
-                fault,
-            })
+            .map(|(i, fault)| Step::new(10_000 * (i as u64 + 1), fault))
             .collect(),
     }
 }
@@ -231,6 +228,27 @@ fn run_table() {
     let ok = runs[0].table();
     assert!(ok.starts_with("chaos run seed 10: passed\n"), "{ok}");
     assert!(!ok.contains("replay"), "{ok}");
+    // A run with FT_CHAOS_SEQUENTIAL=1 replays with it.
+    let mut seq = runs[2].clone();
+    seq.schedule.params.pair_failures = 2;
+    let t = seq.table();
+    assert!(
+        t.contains("replay: FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos"),
+        "{t}"
+    );
+}
+
+#[test]
+fn old_reports_without_gates_or_pair_failures_still_parse() {
+    let r = &campaign_runs()[0];
+    let mut v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    let params = v["schedule"]["params"].as_object_mut().unwrap();
+    params.remove("pair_failures");
+    params.remove("respawn_ms");
+    assert!(v["schedule"]["steps"][0].get("gate").is_none());
+    let back = RunReport::from_json(&v.to_string()).unwrap();
+    assert_eq!(back.schedule.params.pair_failures, 1);
+    assert_eq!(&back, r);
 }
 
 #[test]

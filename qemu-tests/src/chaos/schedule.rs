@@ -6,13 +6,23 @@
 //! `min_gap_ms` apart and at most `max_concurrent` are in force; sometimes
 //! two faults start together (e.g. a freeze and a partition).
 //!
+//! Faults are drawn by class and weight (module `draw`: kills of either pair
+//! host, a freeze of the Primary's, partitions between the pair weigh most),
+//! the first one stratified by the seed so a campaign's runs start with every
+//! class in turn. At most `Params::pair_failures` faults per run can cost the
+//! pair a member (module `roles`); a second one waits for a respawn: its step
+//! carries a [`Gate`] and comes `respawn_ms` after the first at the earliest.
+//!
 //! A schedule is JSON (it is part of each run's report) and carries its seed,
 //! hosts, duration and parameters, so [`Schedule::replays`] can tell that a
 //! regeneration from the seed gives it back.
 
+use super::draw::{first_class, Scope};
 pub use super::fault::{Fault, FaultKind};
 use super::model::Model;
 use super::rng::Rng;
+pub use super::roles::Gate;
+use super::roles::Roles;
 use super::ChaosError;
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +50,23 @@ pub struct Params {
     pub freeze_ms: (u64, u64),
     pub storage_delay_ms: (u64, u64),
     pub slow_factor: (u32, u32),
-    /// Percent of partitions that are one-way.
+    /// Percent of partitions to or from a spare host that are one-way (a
+    /// partition between the pair is one-way or not by its class).
     pub one_way_percent: u8,
+    /// Most faults per run that can cost the pair a member (module `roles`):
+    /// 1 without respawn; 2 with `FT_CHAOS_SEQUENTIAL=1`, the second gated.
+    pub pair_failures: usize,
+    /// A gated pair failure comes at least this long after the previous one
+    /// (the respawn's time to `protected:`; the nemesis waits longer if it
+    /// has to).
+    pub respawn_ms: u64,
+}
+
+impl Params {
+    /// Whether a run may have a second pair failure after a respawn.
+    pub fn sequential(&self) -> bool {
+        self.pair_failures > 1
+    }
 }
 
 impl Default for Params {
@@ -55,10 +80,12 @@ impl Default for Params {
             combine_percent: 20,
             heal_percent: 35,
             settle_ms: 15_000,
-            freeze_ms: (1_000, 8_000),
+            freeze_ms: (500, 4_000),
             storage_delay_ms: (50, 500),
             slow_factor: (2, 8),
             one_way_percent: 30,
+            pair_failures: 1,
+            respawn_ms: 15_000,
         }
     }
 }
@@ -68,6 +95,21 @@ impl Default for Params {
 pub struct Step {
     pub at_ms: u64,
     pub fault: Fault,
+    /// Set on a pair failure after the first: wait for the pair to be
+    /// protected again ([`Gate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+}
+
+impl Step {
+    /// An ungated step.
+    pub fn new(at_ms: u64, fault: Fault) -> Step {
+        Step {
+            at_ms,
+            fault,
+            gate: None,
+        }
+    }
 }
 
 /// A fault in force from `start_ms` to `end_ms` (by a heal, reboot, its own
@@ -91,18 +133,28 @@ pub struct Schedule {
 
 impl Schedule {
     /// Draws the schedule of `seed` (see the module doc for its rules).
+    /// `hosts`: the Primary's host first, the Secondary's second, spares
+    /// after.
     pub fn generate(seed: u64, hosts: &[&str], duration_ms: u64, params: &Params) -> Schedule {
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         let mut rng = Rng::new(seed);
         let mut model = Model::new(&hosts);
+        let mut roles = Roles::new(&hosts);
+        let mut first = first_class(seed, params);
         let mut steps = Vec::new();
         let min_gap = params.min_gap_ms.max(1);
         let max_gap = params.max_gap_ms.max(min_gap);
         let max_concurrent = params.max_concurrent.max(1);
         let end_at = duration_ms.saturating_sub(params.settle_ms);
-        let mut push = |model: &mut Model, at_ms: u64, fault: Fault| {
+        let respawn = params.sequential();
+        let mut push = |model: &mut Model, roles: &mut Roles, at_ms: u64, fault: Fault| {
+            let mut gate = None;
+            if roles.is_pair_failure(&fault) {
+                gate = roles.gate();
+                roles.fail(&fault, at_ms, respawn);
+            }
             model.apply(&fault, at_ms);
-            steps.push(Step { at_ms, fault });
+            steps.push(Step { at_ms, fault, gate });
         };
         let mut t = params.start_ms;
         while t.saturating_add(min_gap) <= end_at {
@@ -119,14 +171,18 @@ impl Schedule {
                     } else {
                         Fault::RebootHost { host }
                     };
-                    push(&mut model, t, fault);
+                    push(&mut model, &mut roles, t, fault);
                 }
-            } else if let Some(first) = draw(&model, &mut rng, params, None) {
-                let kind = first.kind();
-                push(&mut model, t, first);
+            } else if let Some(one) =
+                Scope::at(&model, &roles, params, t, None).draw(&mut rng, first.take())
+            {
+                let kind = one.kind();
+                push(&mut model, &mut roles, t, one);
                 if model.in_force() < max_concurrent && rng.percent(params.combine_percent) {
-                    if let Some(second) = draw(&model, &mut rng, params, Some(kind)) {
-                        push(&mut model, t, second);
+                    if let Some(two) =
+                        Scope::at(&model, &roles, params, t, Some(kind)).draw(&mut rng, None)
+                    {
+                        push(&mut model, &mut roles, t, two);
                     }
                 }
             }
@@ -134,10 +190,10 @@ impl Schedule {
         }
         model.expire(end_at);
         if model.in_force() > model.killed().len() {
-            push(&mut model, end_at, Fault::Heal);
+            push(&mut model, &mut roles, end_at, Fault::Heal);
         }
         for host in model.killed() {
-            push(&mut model, end_at, Fault::RebootHost { host });
+            push(&mut model, &mut roles, end_at, Fault::RebootHost { host });
         }
         Schedule {
             seed,
@@ -192,6 +248,42 @@ impl Schedule {
         }
     }
 
+    /// Checks the pair-failure rules (module `roles`): at most
+    /// `pair_failures`, a later one `respawn_ms` after the previous and gated
+    /// by the predicted pair, no gate on any other step.
+    pub fn check_pair_failures(&self) -> Result<(), ChaosError> {
+        let p = &self.params;
+        let mut roles = Roles::new(&self.hosts);
+        for (index, step) in self.steps.iter().enumerate() {
+            let bad = |why: String| ChaosError::Invalid {
+                index,
+                at_ms: step.at_ms,
+                fault: step.fault.to_string(),
+                why,
+            };
+            if !roles.is_pair_failure(&step.fault) {
+                if step.gate.is_some() {
+                    return Err(bad("a gate on a step that is no pair failure".into()));
+                }
+                continue;
+            }
+            if !roles.pair_failure_allowed(step.at_ms, p.pair_failures, p.respawn_ms) {
+                return Err(bad(format!(
+                    "pair failure {} of at most {}, or within {} ms of the previous",
+                    roles.failures + 1,
+                    p.pair_failures,
+                    p.respawn_ms
+                )));
+            }
+            let want = roles.gate();
+            if step.gate != want {
+                return Err(bad(format!("gate {:?}, predicted {want:?}", step.gate)));
+            }
+            roles.fail(&step.fault, step.at_ms, p.sequential());
+        }
+        Ok(())
+    }
+
     /// The fault windows: every injected fault from its step to its end.
     pub fn windows(&self) -> Vec<Window> {
         let mut model = Model::new(&self.hosts);
@@ -231,39 +323,4 @@ impl Schedule {
             source,
         })
     }
-}
-
-/// Draws an allowed injection of an enabled kind other than `not`, with its
-/// parameters.
-fn draw(model: &Model, rng: &mut Rng, params: &Params, not: Option<FaultKind>) -> Option<Fault> {
-    let mut kinds: Vec<FaultKind> = Vec::new();
-    for k in &params.kinds {
-        if k.is_injection() && Some(*k) != not && !kinds.contains(k) {
-            kinds.push(*k);
-        }
-    }
-    let choices: Vec<(FaultKind, Vec<Fault>)> = kinds
-        .into_iter()
-        .map(|k| (k, model.targets(k)))
-        .filter(|(_, t)| !t.is_empty())
-        .collect();
-    let (_, targets) = rng.pick(&choices)?;
-    let mut fault = rng.pick(targets)?.clone();
-    match &mut fault {
-        Fault::FreezeHost { for_ms, .. } => {
-            *for_ms = rng.range(params.freeze_ms.0, params.freeze_ms.1).max(1)
-        }
-        Fault::DelayStorage { ms, .. } => {
-            let (lo, hi) = params.storage_delay_ms;
-            *ms = rng.range(lo, hi).max(1)
-        }
-        Fault::SlowHost { factor, .. } => {
-            let (lo, hi) = params.slow_factor;
-            let f = rng.range(u64::from(lo), u64::from(hi)).max(2);
-            *factor = u32::try_from(f).unwrap_or(u32::MAX)
-        }
-        Fault::PartitionFt { one_way, .. } => *one_way = rng.percent(params.one_way_percent),
-        _ => {}
-    }
-    Some(fault)
 }

@@ -35,6 +35,8 @@ fn assert_rules(s: &Schedule) {
     let p = &s.params;
     let seed = s.seed;
     s.check().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    s.check_pair_failures()
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     let mut killed = BTreeSet::new();
     let mut last_time = None;
     for step in &s.steps {
@@ -212,7 +214,18 @@ fn seeds_and_replay_line() {
     assert_eq!(parse_seed("0x10"), Some(16));
     assert_eq!(parse_seed(" 42 "), Some(42));
     assert_eq!(parse_seed("x"), None);
-    assert_eq!(replay_line(9), "FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos");
+    assert_eq!(
+        replay_line(9, false),
+        "FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(
+        replay_line(9, true),
+        "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(parse_switch(" 1 "), Some(true));
+    assert_eq!(parse_switch(""), Some(false));
+    assert_eq!(parse_switch("0"), Some(false));
+    assert_eq!(parse_switch("2"), None);
 }
 
 proptest! {
@@ -228,6 +241,8 @@ proptest! {
         heal in 0u8..=100,
         kinds in proptest::sample::subsequence(FaultKind::INJECTIONS.to_vec(), 0..=8),
         n_hosts in 1usize..=3,
+        pair_failures in 0usize..=3,
+        respawn_ms in 0u64..30_000,
     ) {
         let p = Params {
             min_gap_ms: min_gap,
@@ -236,10 +251,13 @@ proptest! {
             combine_percent: combine,
             heal_percent: heal,
             kinds,
+            pair_failures,
+            respawn_ms,
             ..Params::default()
         };
         let s = Schedule::generate(seed, &HOSTS[..n_hosts], duration, &p);
         prop_assert!(s.check().is_ok(), "{:?}", s.check());
+        prop_assert!(s.check_pair_failures().is_ok(), "{:?}", s.check_pair_failures());
         prop_assert!(s.replays());
         if n_hosts == 3 {
             let mut q = s.clone();
@@ -277,13 +295,13 @@ fn seeds_keep_their_schedules() {
     assert_eq!(
         head,
         [
-            "10000 sever_storage host-c",
-            "23332 cut_vm_net host-c",
-            "37609 heal",
-            "55137 cut_storage host-b",
-            "69498 freeze host-b 6708ms",
-            "85679 kill_host host-a",
+            "10000 kill_host host-b",
+            "23332 slow host-c x3",
+            "40860 reboot_host host-b",
+            "56125 cut_storage host-c",
+            "71869 heal",
+            "88050 kill_host host-c",
         ]
     );
-    assert_eq!(s.steps.len(), 22);
+    assert_eq!(s.steps.len(), 20);
 }

@@ -1,115 +1,34 @@
-//! The chaos run's nemesis: which generated faults a run applies, and
-//! applying them at their times.
+//! The chaos run's nemesis: applies a planned schedule (`chaos/plan.rs`)
+//! at its times.
 //!
-//! Nothing respawns a lost pair member yet (issue 10), so a run may cause at
-//! most ONE failover: [`restrict`] keeps the first fault that can cost the
-//! pair a member (kill or freeze of host-a or host-b, an FT partition
-//! between them, any storage fault of either: even a delay, since a Primary
-//! whose lease renewals land late hands over, see storage_failover) and
-//! drops the later ones, drops kills of host-c (nothing reboots it during
-//! the run) with their reboots, and drops the reboot of a killed pair host
-//! (no respawn). Faults
-//! on host-c (freeze, storage, FT partitions to it) and VM-network cuts are
-//! kept: they cost the pair nothing. Every dropped step is a note in the
-//! run's report.
+//! A freeze thaws by itself after its `for_ms`. A gated step
+//! ([`chaos::Gate`], the second pair failure with `FT_CHAOS_SEQUENTIAL=1`)
+//! is applied only after the nemesis has seen the respawn's `ftvmm: vm kv:
+//! protected: secondary <host>` line on a console after the first pair
+//! failure, at least [`AFTER_PROTECTED_MS`] after it: that step and every
+//! later one come as late as the wait made them, and from there hosts are
+//! renamed to the pair the line names (the schedule predicted who wins; a
+//! partition or freeze decides it at run time). Without the line within
+//! [`PROTECTED_TIMEOUT`] of the first pair failure the gated step is
+//! dropped, with a note.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use qemu_tests::chaos::{Fault, FaultKind, Params, Schedule, Step};
+use qemu_tests::chaos::{Fault, Gate, Schedule, Step};
 use qemu_tests::history::Recorder;
 use qemu_tests::Cluster;
 
-/// A run's length: faults within it, healed `settle_ms` before its end.
-pub const DURATION_MS: u64 = 60_000;
-/// The pair of VM `kv`: host-a Primary, host-b Secondary.
-pub const PAIR: [&str; 2] = ["host-a", "host-b"];
+use crate::common::VM;
+use crate::plan::costs_a_member;
 
-/// The generator's parameters: only kinds the harness applies (no slow host).
-pub fn params() -> Params {
-    Params {
-        start_ms: 8_000,
-        min_gap_ms: 6_000,
-        max_gap_ms: 12_000,
-        max_concurrent: 2,
-        kinds: vec![
-            FaultKind::KillHost,
-            FaultKind::FreezeHost,
-            FaultKind::PartitionFt,
-            FaultKind::CutStorage,
-            FaultKind::SeverStorage,
-            FaultKind::DelayStorage,
-            FaultKind::CutVmNet,
-        ],
-        combine_percent: 25,
-        heal_percent: 35,
-        settle_ms: 12_000,
-        freeze_ms: (1_000, 8_000),
-        storage_delay_ms: (50, 500),
-        slow_factor: (2, 2),
-        one_way_percent: 30,
-    }
-}
-
-/// Whether `fault` can cost the pair a member (see the module doc).
-pub fn costs_a_member(fault: &Fault) -> bool {
-    let pair = |h: &str| PAIR.contains(&h);
-    match fault {
-        Fault::KillHost { host }
-        | Fault::FreezeHost { host, .. }
-        | Fault::CutStorage { host }
-        | Fault::SeverStorage { host }
-        | Fault::DelayStorage { host, .. } => pair(host),
-        Fault::PartitionFt { a, b, .. } => pair(a) && pair(b),
-        _ => false,
-    }
-}
-
-/// The generated schedule cut down to what a run without respawn survives
-/// (module doc), and a note per dropped step.
-pub fn restrict(generated: &Schedule) -> (Schedule, Vec<String>) {
-    let mut notes = Vec::new();
-    let mut steps = Vec::new();
-    let mut member_fault: Option<String> = None;
-    let mut killed_kept: BTreeSet<String> = BTreeSet::new();
-    for step in &generated.steps {
-        let drop = match &step.fault {
-            Fault::KillHost { host } if !PAIR.contains(&host.as_str()) => {
-                Some(format!("{host} is not rebooted during a run"))
-            }
-            Fault::RebootHost { host } if killed_kept.contains(host) => {
-                Some("no respawn: a killed pair host stays down".into())
-            }
-            Fault::RebootHost { .. } => Some("its kill was dropped".into()),
-            Fault::SlowHost { .. } => Some("the harness cannot slow a host".into()),
-            f if costs_a_member(f) => match &member_fault {
-                Some(first) => Some(format!("one failover per run, already: {first}")),
-                None => {
-                    member_fault = Some(format!("{f} at {} ms", step.at_ms));
-                    None
-                }
-            },
-            _ => None,
-        };
-        match drop {
-            Some(why) => notes.push(format!(
-                "dropped {} at {} ms: {why}",
-                step.fault, step.at_ms
-            )),
-            None => {
-                if let Fault::KillHost { host } = &step.fault {
-                    killed_kept.insert(host.clone());
-                }
-                steps.push(step.clone());
-            }
-        }
-    }
-    let schedule = Schedule {
-        steps,
-        ..generated.clone()
-    };
-    (schedule, notes)
-}
+/// How long after the first pair failure a gated step waits for the
+/// `protected:` line of the respawn before it is dropped.
+pub const PROTECTED_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the `protected:` line, a gated step waits at least this much more.
+pub const AFTER_PROTECTED_MS: u64 = 2_000;
+/// How often a gate looks at the consoles.
+const POLL_MS: u64 = 250;
 
 /// One applied step.
 #[derive(Debug, Clone)]
@@ -134,52 +53,75 @@ pub struct Thaw {
 pub struct Played {
     pub applied: Vec<Applied>,
     pub thaws: Vec<Thaw>,
+    /// The steps as applied: at their planned times plus any wait at a gate,
+    /// hosts renamed by it; a gated step given up is left out.
+    pub steps: Vec<Step>,
+    /// Gates passed or given up.
+    pub notes: Vec<String>,
 }
 
-enum Event {
-    Step(Fault),
-    /// A freeze's end.
-    Thaw(String),
+/// The nemesis while it plays a schedule.
+struct Nemesis<'a> {
+    cluster: &'a Cluster,
+    rec: &'a Recorder,
+    played: Played,
+    /// Frozen hosts and when they thaw (ms on the recorder's clock).
+    frozen: BTreeMap<String, u64>,
+    /// When the first pair failure was applied.
+    first_failure: Option<Instant>,
+    /// How much later than planned the steps come, after a gate's wait.
+    delay_ms: u64,
+    /// Schedule host names to actual ones, from a gate on.
+    rename: BTreeMap<String, String>,
 }
 
 /// Applies the steps of `schedule` at their times on `rec`'s clock (a freeze
-/// thaws by itself after `for_ms`), then heals everything and returns at the
-/// schedule's end (its `settle_ms` after the last heal).
+/// thaws by itself after `for_ms`; a gated step waits for its `protected:`
+/// line, module doc), then heals everything and returns at the schedule's
+/// end (its `settle_ms` after the last heal, plus any wait at a gate).
 pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
-    let mut events: Vec<(u64, Event)> = Vec::new();
-    for Step { at_ms, fault } in &schedule.steps {
-        if let Fault::FreezeHost { host, for_ms } = fault {
-            events.push((at_ms + for_ms, Event::Thaw(host.clone())));
+    let mut n = Nemesis {
+        cluster,
+        rec,
+        played: Played::default(),
+        frozen: BTreeMap::new(),
+        first_failure: None,
+        delay_ms: 0,
+        rename: BTreeMap::new(),
+    };
+    for step in &schedule.steps {
+        if let Some(gate) = &step.gate {
+            if let Err(why) = n.pass(gate, step.at_ms, &schedule.hosts) {
+                let note = format!("dropped {} at {} ms: {why}", step.fault, step.at_ms);
+                eprintln!("chaos: {note}");
+                n.played.notes.push(note);
+                continue;
+            }
         }
-        events.push((*at_ms, Event::Step(fault.clone())));
+        let at_ms = step.at_ms + n.delay_ms;
+        n.wait_until(at_ms);
+        let fault = step
+            .fault
+            .renamed(|h| n.rename.get(h).cloned().unwrap_or_else(|| h.to_string()));
+        n.step(&fault);
+        n.played.steps.push(Step {
+            at_ms,
+            fault,
+            gate: step.gate.clone(),
+        });
     }
-    events.sort_by_key(|(at, _)| *at); // stable: a step before the thaw it starts
-    let mut played = Played::default();
-    let mut frozen: BTreeSet<String> = BTreeSet::new();
-    for (at_ms, event) in events {
-        let now_ms = rec.now() / 1_000_000;
-        if at_ms > now_ms {
-            std::thread::sleep(Duration::from_millis(at_ms - now_ms));
-        }
-        let (what, result) = match event {
-            Event::Thaw(host) if frozen.contains(&host) => {
-                frozen.remove(&host);
-                (format!("thaw {host}"), thaw(cluster, &host, &mut played))
-            }
-            Event::Thaw(_) => continue, // healed already
-            Event::Step(Fault::Heal) => {
-                heal(cluster, &mut frozen, &mut played);
-                ("heal".to_string(), Ok(()))
-            }
-            Event::Step(fault) => {
-                let r = apply(cluster, &fault);
-                if let (Fault::FreezeHost { host, .. }, Ok(())) = (&fault, &r) {
-                    frozen.insert(host.clone());
-                }
-                (fault.to_string(), r)
-            }
-        };
-        let at_ms = rec.now() / 1_000_000;
+    heal(cluster, &mut n.frozen, &mut n.played);
+    n.wait_until(schedule.duration_ms + n.delay_ms);
+    n.played
+}
+
+impl Nemesis<'_> {
+    fn now_ms(&self) -> u64 {
+        self.rec.now() / 1_000_000
+    }
+
+    fn record(&mut self, what: String, result: Result<(), String>) {
+        let at_ms = self.now_ms();
         eprintln!(
             "chaos: [{:6.1} s] {what}{}",
             at_ms as f64 / 1000.0,
@@ -188,18 +130,111 @@ pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
                 .err()
                 .map_or(String::new(), |e| format!(": {e}"))
         );
-        played.applied.push(Applied {
+        self.played.applied.push(Applied {
             at_ms,
             what,
             error: result.err(),
         });
     }
-    heal(cluster, &mut frozen, &mut played);
-    let now_ms = rec.now() / 1_000_000;
-    std::thread::sleep(Duration::from_millis(
-        schedule.duration_ms.saturating_sub(now_ms),
-    ));
-    played
+
+    /// Sleeps until `at_ms`, thawing frozen hosts as they come due.
+    fn wait_until(&mut self, at_ms: u64) {
+        loop {
+            let now = self.now_ms();
+            let due: Vec<String> = (self.frozen.iter())
+                .filter(|(_, t)| **t <= now)
+                .map(|(h, _)| h.clone())
+                .collect();
+            for host in due {
+                self.frozen.remove(&host);
+                let r = thaw(self.cluster, &host, &mut self.played);
+                self.record(format!("thaw {host}"), r);
+            }
+            if now >= at_ms {
+                return;
+            }
+            let next = self.frozen.values().copied().min().unwrap_or(u64::MAX);
+            std::thread::sleep(Duration::from_millis(next.min(at_ms) - now));
+        }
+    }
+
+    fn step(&mut self, fault: &Fault) {
+        if *fault == Fault::Heal {
+            heal(self.cluster, &mut self.frozen, &mut self.played);
+            return self.record("heal".into(), Ok(()));
+        }
+        let r = apply(self.cluster, fault);
+        if r.is_ok() {
+            if let Fault::FreezeHost { host, for_ms } = fault {
+                self.frozen.insert(host.clone(), self.now_ms() + for_ms);
+            }
+            if costs_a_member(fault) && self.first_failure.is_none() {
+                self.first_failure = Some(Instant::now());
+            }
+        }
+        self.record(fault.to_string(), r);
+    }
+
+    /// Waits for the `protected:` line after the first pair failure (module
+    /// doc); on it, delays the steps from the gated one (planned at
+    /// `planned_ms`) and renames hosts to the pair it names.
+    fn pass(&mut self, gate: &Gate, planned_ms: u64, hosts: &[String]) -> Result<(), String> {
+        let since = self
+            .first_failure
+            .ok_or("no pair failure was applied before it")?;
+        let line = regex::Regex::new(&format!(r"ftvmm: vm {VM}: protected: secondary ([\w.-]+)"))
+            .expect("a valid regex");
+        loop {
+            if let Some((primary, secondary)) = protected_after(self.cluster, &line, since) {
+                let rename = gate.renaming(hosts, &primary, &secondary).ok_or(format!(
+                    "the protected: line names {primary} and {secondary}, not a pair of this run"
+                ))?;
+                let seen = self.now_ms();
+                let due = (seen + AFTER_PROTECTED_MS).max(planned_ms + self.delay_ms);
+                self.delay_ms = due - planned_ms;
+                let note = format!(
+                    "protected again by {seen} ms: primary {primary}, secondary {secondary} \
+                     (planned {}, {}); steps from {planned_ms} ms come {} ms late",
+                    gate.primary, gate.secondary, self.delay_ms
+                );
+                eprintln!("chaos: {note}");
+                self.played.notes.push(note);
+                self.rename = rename;
+                return Ok(());
+            }
+            if since.elapsed() >= PROTECTED_TIMEOUT {
+                return Err(format!(
+                    "no protected: line within {PROTECTED_TIMEOUT:?} of the first pair failure"
+                ));
+            }
+            let now = self.now_ms();
+            self.wait_until(now + POLL_MS);
+        }
+    }
+}
+
+/// The pair of the last `protected:` line (`re`, capturing the Secondary's
+/// host) that arrived after `since` on any console: the host it is on (the
+/// Primary's) and the host it names.
+fn protected_after(
+    cluster: &Cluster,
+    re: &regex::Regex,
+    since: Instant,
+) -> Option<(String, String)> {
+    let mut last: Option<(Instant, String, String)> = None;
+    for host in cluster.hosts() {
+        for l in host.console().lines() {
+            let at = host.spawned_at() + l.at;
+            let Some(c) = re.captures(&l.text).filter(|_| at > since) else {
+                continue;
+            };
+            if last.as_ref().is_none_or(|(t, _, _)| at > *t) {
+                let secondary = c[1].trim_end_matches('.').to_string();
+                last = Some((at, host.name().to_string(), secondary));
+            }
+        }
+    }
+    last.map(|(_, p, s)| (p, s))
 }
 
 fn apply(cluster: &Cluster, fault: &Fault) -> Result<(), String> {
@@ -239,7 +274,7 @@ fn thaw(cluster: &Cluster, host: &str, played: &mut Played) -> Result<(), String
 }
 
 /// Ends every fault but kills: FT and VM links, storage paths, freezes.
-fn heal(cluster: &Cluster, frozen: &mut BTreeSet<String>, played: &mut Played) {
+fn heal(cluster: &Cluster, frozen: &mut BTreeMap<String, u64>, played: &mut Played) {
     cluster.ft.heal_all();
     cluster.vm.heal_all();
     for h in &cluster.config().hosts {
@@ -247,7 +282,7 @@ fn heal(cluster: &Cluster, frozen: &mut BTreeSet<String>, played: &mut Played) {
             p.pass();
         }
     }
-    for host in std::mem::take(frozen) {
+    for host in std::mem::take(frozen).into_keys() {
         if let Err(e) = thaw(cluster, &host, played) {
             eprintln!("chaos: thaw {host} at the heal: {e}");
         }
