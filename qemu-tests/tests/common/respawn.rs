@@ -206,6 +206,13 @@ pub fn wait_protected(
         restored.contains(&want),
         "{t} restored elsewhere than {p} says the pair runs from: {restored:?}, expected {want:?}"
     );
+    let (pause, _) = wait_since(
+        primary,
+        format!("ftvmm: vm {VM}: stop-and-copy pause: "),
+        Duration::from_secs(10),
+        since,
+    );
+    eprintln!("respawn: {p}: {}", pause.text);
     eprintln!(
         "respawn: {t} protects {p} {:.1} s after the fault: guest paused {} ms for the last copy, {} rounds, {} bytes sent for {} MiB, unprotected for {} ms",
         after.as_secs_f64(),
