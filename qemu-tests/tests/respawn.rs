@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::client::Finished;
 use common::respawn::{
-    never_diverged, never_went_live, never_won_up_to, reboot, trio, wait_protected, wait_since,
+    memories_match, never_diverged, never_went_live, never_won_up_to, reboot, trio, wait_protected,
+    wait_since,
     Protected, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
 };
 use common::{Client, BOOT_TIMEOUT, VM};
@@ -70,6 +71,7 @@ fn kill_primary_respawn_on_third_then_kill_new_primary() {
     // Replies now need host-c's acks, which follow the Primary's `Paired`
     // on the channel: host-c is a go-live candidate before host-b dies.
     client.goes_on(STEP, PROGRESS_TIMEOUT);
+    memories_match(b, c);
 
     let kill_b = Instant::now();
     b.kill().unwrap();
@@ -123,6 +125,7 @@ fn kill_secondary_respawn_on_third() {
     client.goes_on(STEP, PROGRESS_TIMEOUT);
     let (prot, to_protected) = wait_protected(a, c, 2, kill_b);
     client.goes_on(STEP, PROGRESS_TIMEOUT);
+    memories_match(a, c);
 
     let done = client.finish();
     let pause = done.pause(kill_b, None);

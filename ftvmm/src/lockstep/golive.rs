@@ -15,7 +15,8 @@ use std::time::Instant;
 use super::driver::Driver;
 use super::pair::run_with_digests;
 use super::pair::{new_gate, start_live, stop_on_reset};
-use super::pause::PausePoint;
+use super::pair::DigestForward;
+use super::spec::PairHandle;
 use super::primary::{Gate, PrimaryInputs, PrimaryOutputs};
 use super::secondary::ReplayQueue;
 use super::spec::{PairError, PairSpec};
@@ -86,8 +87,9 @@ pub fn go_live(
     q: &ReplayQueue,
     console: ConsoleSink,
     driver: &Driver,
-    pause: &Arc<PausePoint>,
+    handle: &Arc<PairHandle>,
 ) -> Result<RunOutcome, PairError> {
+    let pause = &handle.pause;
     let name = &spec.hello.vm;
     let vs = &spec.vm;
     let (mut disk, tap) = open_backends(vs)?;
@@ -161,6 +163,7 @@ pub fn go_live(
     let mut inputs = PrimaryInputs::new(inputs, Arc::clone(&gate))
         .with_vm(vm.handle())
         .with_pause_point(Arc::clone(pause));
+    let _digests = DigestForward::start(handle, inputs.digest_request());
     let outcome = run_with_digests(
         vm,
         name,

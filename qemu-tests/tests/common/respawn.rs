@@ -26,7 +26,8 @@ pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(180);
 /// serves (host-a Primary, host-b Secondary, generation 1) and host-c is ready
 /// (allowed for `kv`, idle).
 pub fn trio(name: &str) -> Cluster {
-    let mut cluster = Cluster::example(name).unwrap();
+    // The vmctl hook: `ftvmm-test digest` compares both sides' memory.
+    let mut cluster = Cluster::example_with_hooks(name, &["vmctl"]).unwrap();
     for h in ["host-a", "host-b", "host-c"] {
         cluster.boot(h).unwrap();
     }
@@ -223,6 +224,46 @@ pub fn wait_protected(
         prot.unprotected_ms
     );
     (prot, after)
+}
+
+/// After a join: both sides hash all guest memory at one exit the Primary
+/// puts into the log (the test hook `ftvmm-test digest`); the digests must
+/// be equal — a guest write the dirty log missed would show here. The
+/// client must keep the guest busy meanwhile (the point is exits ahead).
+pub fn memories_match(primary: &Host, secondary: &Host) {
+    let asked = Instant::now();
+    primary
+        .send_console(&format!("ftvmm-test digest {VM} 20000\n"))
+        .unwrap();
+    let digest = |host: &Host, role: &str| {
+        let (l, _) = wait_since(
+            host,
+            Pattern::regex(&format!(
+                r"ftvmm: vm {VM}: memory digest n=\d+ sha256=[0-9a-f]{{64}} role={role}"
+            ))
+            .unwrap(),
+            Duration::from_secs(120),
+            asked,
+        );
+        let n = l.text.split("n=").nth(1).and_then(|r| r.split(' ').next());
+        let sha = l.text.split("sha256=").nth(1).and_then(|r| r.split(' ').next());
+        (n.unwrap_or_default().to_string(), sha.unwrap_or_default().to_string())
+    };
+    let (pn, psha) = digest(primary, "primary");
+    let (sn, ssha) = digest(secondary, "secondary");
+    assert_eq!(pn, sn, "both sides hash at the same exit");
+    assert_eq!(
+        psha,
+        ssha,
+        "{}'s memory differs from {}'s at exit {pn} after the join",
+        secondary.name(),
+        primary.name()
+    );
+    eprintln!(
+        "respawn: {} and {} hold the same memory at exit {pn} (sha256 {psha})",
+        primary.name(),
+        secondary.name()
+    );
 }
 
 /// The last console line of `host` containing `needle` (empty if none).

@@ -70,6 +70,7 @@ pub fn run_alone(
     let mut inputs = PrimaryInputs::new(inputs, Arc::clone(&log))
         .with_vm(vm.handle())
         .with_pause_point(Arc::clone(&handle.pause));
+    let _digests = super::DigestForward::start(handle, inputs.digest_request());
     let outcome = super::run_with_digests(
         &mut vm,
         &spec.hello.vm,

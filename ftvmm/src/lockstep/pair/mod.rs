@@ -104,13 +104,13 @@ pub(crate) fn run_with_digests<I: Inputs>(
 
 /// Forwards memory-digest requests from the handle to the recorder until
 /// dropped (test hook).
-struct DigestForward {
+pub(crate) struct DigestForward {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DigestForward {
-    fn start(handle: &PairHandle, dst: Arc<std::sync::atomic::AtomicU64>) -> Self {
+    pub(crate) fn start(handle: &PairHandle, dst: Arc<std::sync::atomic::AtomicU64>) -> Self {
         let (src, stop) = (
             Arc::clone(&handle.digest_request),
             Arc::new(AtomicBool::new(false)),
@@ -310,7 +310,7 @@ pub(crate) fn follow(
                     last_time: sin.last_time(),
                     lost_at: q.closed_at(),
                 };
-                outcome = go_live(spec, &mut vm, &from, &q, console, &driver, &handle.pause)?;
+                outcome = go_live(spec, &mut vm, &from, &q, console, &driver, handle)?;
             }
         }
         None => driver.post(Event::Stop),

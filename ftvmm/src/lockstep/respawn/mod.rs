@@ -16,6 +16,7 @@
 //! channel as `channel::Message::Transfer`, before the log starts on it.
 
 pub mod keeper;
+pub mod pagehash;
 pub mod source;
 pub mod target;
 

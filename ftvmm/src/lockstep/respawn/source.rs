@@ -7,7 +7,8 @@
 //! microseconds), pages are read from guest memory here. The stop-and-copy
 //! runs entirely on the vCPU thread, so the guest is paused exactly while
 //! it runs: the last dirty pages, the log restart ([`PrimaryLog::join_secondary`]),
-//! the vCPU and device state, the memory digest, the Switch, waiting for
+//! the vCPU and device state, the digest of what was sent
+//! (`pagehash.rs`), the Switch, waiting for
 //! `Restored`, the member's `Solo -> Paired` (gate to the Output Rule
 //! first), `Paired` to the new Secondary and the log's link. Any failure
 //! before the member is paired resumes the guest alone, unharmed: the gate
@@ -18,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::pagehash::{is_zero, PageHashes};
 use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
 use crate::lockstep::channel::{Channel, Message as ChannelMessage};
-use crate::lockstep::digest::memory_sha256;
 use crate::lockstep::link::{self, OnTraffic};
 use crate::lockstep::member::{Event as MemberEvent, State};
 use crate::lockstep::pause::PausePoint;
@@ -70,6 +71,8 @@ struct Io {
     /// Taken by the link at the end of a successful transfer.
     ch: Option<Channel>,
     bytes_sent: u64,
+    /// The last version of every page sent (the Switch's digest).
+    sent: PageHashes,
 }
 
 impl Io {
@@ -111,10 +114,11 @@ impl Io {
                 let mut bytes = vec![0u8; PAGE_SIZE as usize];
                 mem.read_slice(&mut bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
                     .map_err(|e| format!("cannot read guest page {gfn}: {e}"))?;
-                if bytes.iter().all(|&b| b == 0) {
+                if is_zero(&bytes) {
                     // Most of a guest's memory, at first: sent as no bytes.
                     bytes = Vec::new();
                 }
+                self.sent.set(gfn, &bytes);
                 pages.push(Page { gfn, bytes });
             }
             self.send(&Message::Pages { round, pages })?;
@@ -156,6 +160,7 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
     let mut io = Io {
         ch: Some(ch),
         bytes_sent: 0,
+        sent: PageHashes::new(memory_bytes / u64::from(PAGE_SIZE), PAGE_SIZE),
     };
     let started = Instant::now();
     let now = move || started.elapsed().as_millis() as u64;
@@ -400,8 +405,9 @@ impl StopAndCopy {
             last_time: self.log.last_time(),
         };
         let state = postcard::to_allocvec(&sw).map_err(|e| format!("cannot encode state: {e}"))?;
-        let digest = digest_bytes(&memory_sha256(vm.memory()))?;
-        self.mark("memory digest", t0);
+        // Of what was sent, not of all memory (`pagehash.rs`).
+        let digest = self.io.sent.digest();
+        self.mark("digest", t0);
         self.io.send(&Message::Switch {
             round,
             state,
@@ -457,10 +463,3 @@ impl StopAndCopy {
     }
 }
 
-/// `memory_sha256` gives hex; the message carries the 32 bytes.
-pub(super) fn digest_bytes(hex_str: &str) -> Result<[u8; 32], String> {
-    hex::decode(hex_str)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("bad memory digest {hex_str:?}"))
-}

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::source::digest_bytes;
+use super::pagehash::PageHashes;
 use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
 use crate::live::ConsoleSink;
 use crate::lockstep::channel::Channel;
-use crate::lockstep::digest::memory_sha256;
 use crate::lockstep::link::OnTraffic;
 use crate::lockstep::pair::{boot, follow, PairReport};
 use crate::lockstep::secondary::{ReplayQueue, SecondaryInputs};
@@ -31,22 +30,27 @@ use crate::lockstep::transfer::receiver::{
 use crate::lockstep::transfer::sender::{ACK_TIMEOUT_MS, PAUSE_TIMEOUT_MS};
 use crate::vm::{Progress, Vm, VmHandle};
 
-/// The received pages go straight into the new VM's memory.
-struct VmMemory(GuestMemoryMmap);
+/// The received pages go straight into the new VM's memory; their hashes
+/// make the digest the Switch is checked against (`pagehash.rs`).
+struct VmMemory {
+    mem: GuestMemoryMmap,
+    received: PageHashes,
+}
 
 impl GuestMemoryImage for VmMemory {
     fn write_page(&mut self, gfn: u64, bytes: &[u8]) -> Result<(), MemoryImageError> {
-        self.0
+        self.mem
             .write_slice(bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
             .map_err(|e| MemoryImageError {
                 gfn,
                 detail: e.to_string(),
-            })
+            })?;
+        self.received.set(gfn, bytes);
+        Ok(())
     }
 
     fn sha256(&self) -> [u8; 32] {
-        // A digest that does not parse never matches the sender's.
-        digest_bytes(&memory_sha256(&self.0)).unwrap_or([0; 32])
+        self.received.digest()
     }
 }
 
@@ -80,7 +84,11 @@ pub fn receive(
         page_size: PAGE_SIZE,
         platform_sha256: platform_sha256(&spec.hello.platform),
     };
-    let mut rx = Receiver::new(expected, VmMemory(vm.memory().clone()));
+    let memory = VmMemory {
+        mem: vm.memory().clone(),
+        received: PageHashes::new(vm.mem_size() / u64::from(PAGE_SIZE), PAGE_SIZE),
+    };
+    let mut rx = Receiver::new(expected, memory);
     let mut restored: Option<(u64, Option<u64>, u64)> = None;
     let wait = Duration::from_millis(ACK_TIMEOUT_MS + PAUSE_TIMEOUT_MS);
     while !rx.is_done() {
