@@ -267,6 +267,8 @@ impl Ctx {
         let st = member.state();
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = st.clone();
         *self.handle.member.lock().unwrap_or_else(|p| p.into_inner()) = Some(st.clone());
+        *self.handle.hosts.lock().unwrap_or_else(|p| p.into_inner()) =
+            (self.spec.host.clone(), member.peer().to_string());
         self.handle.set_role(&st.to_string());
         self.handle
             .generation

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::vm::{Vm, VmHandle};
 
-type Work = Box<dyn FnOnce(&mut Vm) + Send>;
+type Work = (u64, Box<dyn FnOnce(&mut Vm) + Send>);
 
 /// Why work could not be done on the vCPU thread.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +36,7 @@ pub enum PauseError {
 #[derive(Default)]
 pub struct PausePoint {
     requested: AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
     work: Mutex<Vec<Work>>,
     /// The running VM's handle (kicks); `None` while no vCPU loop serves.
     vm: Mutex<Option<VmHandle>>,
@@ -68,24 +69,38 @@ impl PausePoint {
         f: impl FnOnce(&mut Vm) -> T + Send + 'static,
     ) -> Result<T, PauseError> {
         let (tx, rx) = mpsc::sync_channel(1);
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         {
             let vm = self.vm.lock().unwrap_or_else(|p| p.into_inner());
             let Some(vm) = vm.as_ref() else {
                 return Err(PauseError::NotRunning);
             };
+            let work: Box<dyn FnOnce(&mut Vm) + Send> = Box::new(move |vm: &mut Vm| {
+                let _ = tx.send(f(vm));
+            });
             self.work
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(Box::new(move |vm: &mut Vm| {
-                    let _ = tx.send(f(vm));
-                }));
+                .push((id, work));
             self.requested.store(true, Ordering::SeqCst);
             vm.kick();
         }
         match rx.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(PauseError::Dropped),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(PauseError::Timeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Withdrawn if it has not started: work that gave up must
+                // never run later (a stale stop-and-copy, say). If the vCPU
+                // took it meanwhile, it is running: wait for its end.
+                let mut q = self.work.lock().unwrap_or_else(|p| p.into_inner());
+                let before = q.len();
+                q.retain(|(i, _)| *i != id);
+                if q.len() < before {
+                    return Err(PauseError::Timeout(timeout));
+                }
+                drop(q);
+                rx.recv().map_err(|_| PauseError::Dropped)
+            }
         }
     }
 
@@ -95,9 +110,41 @@ impl PausePoint {
         let work = std::mem::take(&mut *self.work.lock().unwrap_or_else(|p| p.into_inner()));
         self.requested.store(false, Ordering::SeqCst);
         let any = !work.is_empty();
-        for w in work {
+        for (_, w) in work {
             w(vm);
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn work_without_a_serving_vcpu_fails_instead_of_hanging() {
+        let p = Arc::new(PausePoint::default());
+        assert_eq!(
+            p.run(Duration::from_secs(5), |_vm: &mut Vm| ()),
+            Err(PauseError::NotRunning)
+        );
+        p.attach(VmHandle::standalone());
+        // Nobody serves: the wait times out and the work is withdrawn (it
+        // must never run later).
+        assert_eq!(
+            p.run(Duration::from_millis(20), |_vm: &mut Vm| ()),
+            Err(PauseError::Timeout(Duration::from_millis(20)))
+        );
+        assert!(p.work.lock().unwrap().is_empty());
+        // The run thread ends without serving: waiters learn at once.
+        let p2 = Arc::clone(&p);
+        let t = std::thread::spawn(move || p2.run(Duration::from_secs(30), |_vm: &mut Vm| 7));
+        while p.work.lock().unwrap().is_empty() {
+            std::thread::yield_now();
+        }
+        p.detach();
+        assert_eq!(t.join().unwrap(), Err(PauseError::Dropped));
+        assert!(!p.requested());
     }
 }

@@ -111,6 +111,8 @@ pub struct PairHandle {
     pub protection: Mutex<String>,
     /// When redundancy was last restored by a transfer.
     pub protected_at: Mutex<Option<Instant>>,
+    /// This host and the member's peer, as its driver last published them.
+    pub hosts: Mutex<(String, String)>,
 }
 
 impl PairHandle {
@@ -212,6 +214,22 @@ impl PairHandle {
         });
         if !protection.is_empty() {
             v["protection"] = protection.into();
+        }
+        let (here, peer) = self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match self.member_state() {
+            Some(State::Paired { .. }) => {
+                v["primary"] = here.into();
+                v["secondary"] = peer.clone().into();
+                v["protection"] = format!("protected: secondary {peer}").into();
+            }
+            Some(State::Following { .. } | State::Draining { .. }) => {
+                v["primary"] = peer.into();
+                v["secondary"] = here.into();
+            }
+            Some(State::Solo { .. } | State::Fenced { .. } | State::Rechecking { .. }) => {
+                v["primary"] = here.into();
+            }
+            _ => {}
         }
         if let Some(t) = *self.protected_at.lock().unwrap_or_else(|p| p.into_inner()) {
             v["redundancy_restored_s_ago"] = serde_json::json!(t.elapsed().as_secs());

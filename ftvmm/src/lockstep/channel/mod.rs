@@ -294,6 +294,12 @@ impl Channel {
     pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
         self.rx.set_read_timeout(d)
     }
+
+    /// A send TCP cannot take within `d` fails (a peer behind a partition
+    /// must not block the sender for ever).
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.tx.set_write_timeout(d)
+    }
 }
 
 impl std::fmt::Debug for Channel {

@@ -93,6 +93,10 @@ pub(crate) fn run_with_digests<I: Inputs>(
                 println!("ftvmm: vm {vm_name}: memory digest n={at} sha256={sha} role={role}");
                 continue;
             }
+            if pause_point.is_some() {
+                // Work withdrawn before the vCPU got to it: nothing to do.
+                continue;
+            }
         }
         break Ok(outcome);
     };

@@ -34,6 +34,9 @@ use crate::lockstep::transfer::backoff::Backoff;
 pub const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Connecting to the chosen host (it was alive a moment ago).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A transfer message TCP cannot take within this fails the attempt (the
+/// new Secondary is behind a partition).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the keeper of one VM needs.
 pub struct Keeper {
@@ -209,6 +212,8 @@ impl Keeper {
         hello.generation = g;
         hello.start_exit = JOIN_BY_TRANSFER;
         hello.primary_host = self.rc.host_name.clone();
+        ch.set_write_timeout(Some(SEND_TIMEOUT))
+            .map_err(|e| format!("channel: {e}"))?;
         ch.send(&Message::Hello(hello))
             .map_err(|e| format!("hello: {e}"))?;
         ch.set_read_timeout(Some(Duration::from_secs(10)))

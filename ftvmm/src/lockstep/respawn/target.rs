@@ -76,6 +76,8 @@ pub fn receive(
     ch: &mut Channel,
     disk_sectors: Option<u64>,
 ) -> Result<Restored, String> {
+    ch.set_write_timeout(Some(super::keeper::SEND_TIMEOUT))
+        .map_err(|e| format!("channel: {e}"))?;
     let vs = &spec.vm;
     let mut vm = boot(vs, disk_sectors, vs.tap.is_some()).map_err(|e| e.to_string())?;
     let expected = Expected {
