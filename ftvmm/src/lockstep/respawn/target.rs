@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::pagehash::PageHashes;
+use super::pagehash::{is_zero, PageHashes};
 use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
 use crate::live::ConsoleSink;
 use crate::lockstep::channel::Channel;
@@ -39,12 +39,23 @@ struct VmMemory {
 
 impl GuestMemoryImage for VmMemory {
     fn write_page(&mut self, gfn: u64, bytes: &[u8]) -> Result<(), MemoryImageError> {
-        self.mem
-            .write_slice(bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
-            .map_err(|e| MemoryImageError {
-                gfn,
-                detail: e.to_string(),
-            })?;
+        let at = GuestAddress(gfn * u64::from(PAGE_SIZE));
+        let err = |e: vm_memory::GuestMemoryError| MemoryImageError {
+            gfn,
+            detail: e.to_string(),
+        };
+        // A fresh VM's memory is zero where the image did not load: reading
+        // maps the shared zero page, writing zeros would allocate it (a
+        // mostly empty 3 GiB guest grew the new Secondary by 3 GiB).
+        let mut skip = false;
+        if is_zero(bytes) {
+            let mut now = vec![0u8; bytes.len()];
+            self.mem.read_slice(&mut now, at).map_err(err)?;
+            skip = is_zero(&now);
+        }
+        if !skip {
+            self.mem.write_slice(bytes, at).map_err(err)?;
+        }
         self.received.set(gfn, bytes);
         Ok(())
     }
