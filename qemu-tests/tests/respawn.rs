@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use common::client::Finished;
 use common::respawn::{
     memories_match, never_diverged, never_went_live, never_won_up_to, reboot, trio, wait_protected,
-    wait_since,
-    Protected, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
+    wait_since, Protected, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
 };
 use common::{Client, BOOT_TIMEOUT, VM};
 use qemu_tests::{Cluster, Host};

@@ -14,11 +14,11 @@ use std::time::Instant;
 
 use super::driver::Driver;
 use super::pair::run_with_digests;
-use super::pair::{new_gate, start_live, stop_on_reset};
 use super::pair::DigestForward;
-use super::spec::PairHandle;
+use super::pair::{new_gate, start_live, stop_on_reset};
 use super::primary::{Gate, PrimaryInputs, PrimaryOutputs};
 use super::secondary::ReplayQueue;
+use super::spec::PairHandle;
 use super::spec::{PairError, PairSpec};
 use crate::io::{
     BlockOp, BlockRequest, InputEvent, Inputs, OutputEvent, Outputs, TimeSource, TimerProgram,

@@ -246,8 +246,15 @@ pub fn memories_match(primary: &Host, secondary: &Host) {
             asked,
         );
         let n = l.text.split("n=").nth(1).and_then(|r| r.split(' ').next());
-        let sha = l.text.split("sha256=").nth(1).and_then(|r| r.split(' ').next());
-        (n.unwrap_or_default().to_string(), sha.unwrap_or_default().to_string())
+        let sha = l
+            .text
+            .split("sha256=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next());
+        (
+            n.unwrap_or_default().to_string(),
+            sha.unwrap_or_default().to_string(),
+        )
     };
     let (pn, psha) = digest(primary, "primary");
     let (sn, ssha) = digest(secondary, "secondary");

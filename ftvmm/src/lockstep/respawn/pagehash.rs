@@ -38,7 +38,11 @@ impl PageHashes {
     /// Records the bytes of `gfn` (empty or all zeros: a zero page). Out of
     /// range is ignored (the transfer's receiver refuses such pages first).
     pub fn set(&mut self, gfn: u64, bytes: &[u8]) {
-        let h = if is_zero(bytes) { self.zero } else { hash(bytes) };
+        let h = if is_zero(bytes) {
+            self.zero
+        } else {
+            hash(bytes)
+        };
         if let Some(slot) = self.hashes.get_mut(gfn as usize) {
             *slot = h;
         }
@@ -50,7 +54,10 @@ impl PageHashes {
         for h in &self.hashes {
             ctx.update(h);
         }
-        ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+        ctx.finish()
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes")
     }
 }
 

@@ -462,4 +462,3 @@ impl StopAndCopy {
         Ok(())
     }
 }
-
