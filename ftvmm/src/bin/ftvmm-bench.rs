@@ -4,7 +4,9 @@
 //! second (a port-I/O loop guest, and during the KV requests), and the CPU-bound workload under
 //! ftvmm next to the same `ftguest_cpuwork::run` natively in this process; and (issue 4) FT on
 //! vs off in the same run: CPU and KV ratios, PUT latency, log bandwidth and Secondary lag of a
-//! lockstep pair over loopback (`ftvmm_bench/ft.rs`). Needs root and `/dev/kvm`.
+//! lockstep pair over loopback (`ftvmm_bench/ft.rs`); and (issue 10) the parts of respawn's
+//! stop-and-copy on this host's KVM at 64, 512 and 3072 MiB, with a pause estimate for 10 GbE
+//! (`ftvmm_bench/respawn.rs`, a table of its own). Needs root and `/dev/kvm`.
 
 #[path = "ftvmm_bench/console.rs"]
 mod console;
@@ -18,6 +20,10 @@ mod ft;
 mod kv;
 #[path = "ftvmm_bench/net.rs"]
 mod net;
+#[path = "ftvmm_bench/respawn.rs"]
+mod respawn;
+#[path = "ftvmm_bench/respawn_table.rs"]
+mod respawn_table;
 #[path = "ftvmm_bench/stats.rs"]
 mod stats;
 
@@ -59,6 +65,12 @@ struct Args {
     /// Skip the FT on vs off comparison (lockstep pair over loopback).
     #[arg(long)]
     no_ft: bool,
+    /// Skip respawn's stop-and-copy parts (two VMs of up to 3 GiB each).
+    #[arg(long)]
+    no_respawn: bool,
+    /// Guest memory sizes (MiB) of the respawn section.
+    #[arg(long, value_delimiter = ',', default_values_t = respawn::SIZES_MIB)]
+    respawn_mib: Vec<u64>,
     /// Echo the guests' console lines to stderr.
     #[arg(long)]
     verbose: bool,
@@ -231,5 +243,9 @@ fn main() -> Result<()> {
         "note: {nproc} CPUs, load average at start {load}; this host's /dev/kvm is PVM-based and \
          emulates guest instructions, so guest CPU work is far slower than on hardware KVM"
     );
+    if !args.no_respawn {
+        let (rows, notes) = respawn::run(&args.kernel, &args.respawn_mib, args.runs)?;
+        respawn_table::print(&rows, &notes, args.runs);
+    }
     Ok(())
 }

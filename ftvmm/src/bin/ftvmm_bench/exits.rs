@@ -27,7 +27,7 @@ fn pio_loop(count: u32) -> Vec<u8> {
 }
 
 /// No asynchronous inputs; time reads are never made by this guest.
-struct NoInputs;
+pub struct NoInputs;
 
 impl Inputs for NoInputs {
     fn events_at(&mut self, _n: ExitIndex, _out: &mut Vec<InputEvent>) {}
