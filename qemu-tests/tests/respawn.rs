@@ -332,3 +332,55 @@ fn the_pause_is_the_longest_gap_between_two_faults() {
     assert_eq!(done.pause(at(1000), None), Duration::from_millis(2080));
     assert_eq!(done.pause(at(5000), None), Duration::ZERO);
 }
+
+/// Power-on with the first allowed host down (issue 10, `placement/wait.rs`):
+/// host-a never boots; once the power-on grace has passed, host-b — the
+/// first allowed host that is up and leased — powers the VM on alone in
+/// generation 1, and its keeper brings host-c in as the Secondary. The VM
+/// serves, both copies hold the same memory, every acknowledged PUT stays.
+#[test]
+fn power_on_with_the_first_host_down_starts_on_the_next_and_protects() {
+    let mut cluster = Cluster::example_with_hooks("respawn-poweron", &["vmctl"]).unwrap();
+    for h in ["host-b", "host-c"] {
+        cluster.boot(h).unwrap();
+    }
+    let t0 = Instant::now();
+    let b = cluster.host("host-b").unwrap();
+    let c = cluster.host("host-c").unwrap();
+    for h in [b, c] {
+        h.wait_for(
+            format!("appliance ready: host={} generation=1", h.name()),
+            BOOT_TIMEOUT,
+        )
+        .unwrap();
+    }
+    let (_, on) = wait_since(
+        b,
+        format!(
+            "ftvmm: vm {VM}: the hosts before host-b are down; powered on here alone in generation 1"
+        ),
+        RESPAWN_TIMEOUT,
+        t0,
+    );
+    let (prot, protected) = wait_protected(b, c, 1, t0);
+    b.wait_for(
+        format!("[{VM}] kv: listening on {}", qemu_tests::kv::GUEST),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let client = Client::start(&cluster, "power-on without host-a");
+    client.wait_replies(STEP, PROGRESS_TIMEOUT);
+    memories_match(b, c);
+    client.goes_on(STEP, PROGRESS_TIMEOUT);
+    let done = client.finish();
+    never_diverged(&[b, c]);
+    never_went_live(c);
+    eprintln!(
+        "respawn: power-on without host-a: host-b started the VM alone {} ms after boot, protected by host-c at {} ms (copy pause {} ms); {} acknowledged PUTs all readable",
+        ms(on),
+        ms(protected),
+        prot.pause_ms,
+        done.acked.len()
+    );
+    cluster.pass();
+}

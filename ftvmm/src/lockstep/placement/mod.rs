@@ -29,9 +29,12 @@ use crate::runner::{RunError, VmSpec};
 use crate::vm::{Progress, VmHandle};
 
 pub mod choose;
+pub mod wait;
+
 pub use choose::{
     choose_secondary, power_on, Alone, Choice, HostFacts, PowerOn, Reason, MEMORY_OVERHEAD_MIB,
 };
+use wait::WaitEnd;
 
 /// This host's part in a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,7 +224,25 @@ pub fn run_member(
             handle.set_role("primary (pairing)");
             let addr = SocketAddr::new(ip, channel_port(index));
             spec.peer = secondary.clone();
-            let ch = primary_handshake(&spec, addr, &peer_key, secondary, stop)?;
+            let watch =
+                wait::Watch::primary(rc, &vm.name, secondary, spec.fencing_socket.clone(), stop);
+            let paired = primary_handshake(&spec, addr, &peer_key, secondary, &watch.flag);
+            let end = watch.end();
+            drop(watch);
+            let ch = match (paired, end) {
+                (Ok(ch), _) => ch,
+                (Err(PairError::Stopped), Some(WaitEnd::PartnerDown)) => {
+                    println!(
+                        "ftvmm: vm {}: secondary {secondary} is down {} s after power-on; running alone in generation {} until a secondary can be placed",
+                        vm.name,
+                        wait::POWER_ON_GRACE.as_secs(),
+                        spec.hello.generation
+                    );
+                    spec.peer = String::new();
+                    return run_lone(rc, vm, index, &spec, console, handle, on_start);
+                }
+                (Err(e), _) => return Err(e),
+            };
             let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
             println!(
                 "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
@@ -271,17 +292,31 @@ pub fn run_member(
                 }
                 check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
             };
-            let give_up = StandbyWatch::start(rc, vm, &spec, stop, standby);
+            let watch = wait::Watch::listener(rc, vm, spec.fencing_socket.clone(), stop, standby);
             let accepted = secondary_handshake(
                 &listener,
                 &spec.identity,
                 allowed,
                 &spec.hello,
                 &verify,
-                &give_up.flag,
+                &watch.flag,
             );
-            drop(give_up);
-            let (ch, hello) = accepted?;
+            let end = watch.end();
+            drop(watch);
+            let (ch, hello) = match (accepted, end) {
+                (Ok(got), _) => got,
+                (Err(PairError::Stopped), Some(WaitEnd::PowerOnHere)) => {
+                    drop(listener);
+                    handle.set_role("primary alone (winning its generation)");
+                    spec.hello.generation = win_generation(&spec, handle, stop)?;
+                    println!(
+                        "ftvmm: vm {}: the hosts before {} are down; powered on here alone in generation {} until a secondary can be placed",
+                        vm.name, spec.host, spec.hello.generation
+                    );
+                    return run_lone(rc, vm, index, &spec, console, handle, on_start);
+                }
+                (Err(e), _) => return Err(e),
+            };
             drop(listener);
             spec.hello.generation = hello.generation;
             spec.peer = hello.primary_host.clone();
@@ -316,20 +351,34 @@ pub fn run_member(
                 "ftvmm: vm {}: runs unprotected on {} in generation {} (its affinity allows no other host)",
                 vm.name, spec.host, spec.hello.generation
             );
-            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
-            let (report, member) = run_alone(&spec, console, handle, on_start)?;
-            Ok(PairReport {
-                outcome: report.outcome,
-                exit_index: report.exit_index,
-                replay_end: None,
-                member,
-            })
+            run_lone(rc, vm, index, &spec, console, handle, on_start)
         }
         Role::None => Err(PairError::Protocol(format!(
             "vm {} has no role on this host",
             vm.name
         ))),
     }
+}
+
+/// Runs the VM alone in the generation won (`spec.hello.generation`), its
+/// keeper bringing a Secondary in whenever a host is eligible.
+fn run_lone(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    index: usize,
+    spec: &PairSpec,
+    console: ConsoleSink,
+    handle: &Arc<PairHandle>,
+    on_start: impl FnOnce(VmHandle, Arc<Progress>),
+) -> Result<PairReport, PairError> {
+    let _keeper = KeeperGuard::start(rc, vm, index, spec, handle);
+    let (report, member) = run_alone(spec, console, handle, on_start)?;
+    Ok(PairReport {
+        outcome: report.outcome,
+        exit_index: report.exit_index,
+        replay_end: None,
+        member,
+    })
 }
 
 /// The respawn keeper of a member, stopped when the member's run ends.
@@ -366,65 +415,6 @@ impl KeeperGuard {
 impl Drop for KeeperGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Ends a standby's wait when the member is stopped, or — on the host the
-/// config makes the VM's Primary — when no live host runs the VM any more
-/// (then it must be powered on here, not waited for).
-struct StandbyWatch {
-    flag: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StandbyWatch {
-    fn start(
-        rc: &RuntimeConfig,
-        vm: &config_schema::Vm,
-        spec: &PairSpec,
-        stop: &Arc<AtomicBool>,
-        standby: bool,
-    ) -> Self {
-        let flag = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let config_primary = pair_hosts(&rc.config, vm).first() == Some(&rc.host_name);
-        let (f, d, stop) = (Arc::clone(&flag), Arc::clone(&done), Arc::clone(stop));
-        let (fencing, name, here) = (
-            spec.fencing_socket.clone(),
-            vm.name.clone(),
-            rc.host_name.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name(format!("standby-{name}"))
-            .spawn(move || {
-                let mut idle_looks = 0;
-                while !d.load(Ordering::SeqCst) {
-                    if stop.load(Ordering::SeqCst) {
-                        f.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                    idle_looks += 1;
-                    if standby && config_primary && idle_looks % 10 == 0 {
-                        if let Ok(None) = super::start::runs_elsewhere(&fencing, &name, &here) {
-                            f.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                    }
-                }
-            })
-            .ok();
-        StandbyWatch { flag, done, thread }
-    }
-}
-
-impl Drop for StandbyWatch {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
