@@ -10,7 +10,7 @@ use crate::println;
 use ftguest_cpuwork::CpuWork;
 
 /// COM1 line status register: always emulated, reading it has no side effects.
-const YIELD_PORT: u16 = 0x3fd;
+pub const YIELD_PORT: u16 = 0x3fd;
 
 /// Runs `iters` rounds, prints `cpu: checksum=<16 hex> ticks=<n> iters=<N>` and exits with 0.
 pub fn run(iters: u64, yield_every: u64) -> ! {

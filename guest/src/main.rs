@@ -2,8 +2,8 @@
 //!
 //! Booted directly in 64-bit mode by ftvmm (boot protocol in README.md). It brings up the serial
 //! console, interrupts (PIC + 100 Hz PIT), a heap over the rest of RAM, parses the command line,
-//! then runs either the durable KV service over virtio-blk + virtio-net/smoltcp or the CPU-bound
-//! benchmark computation.
+//! then runs the durable KV service over virtio-blk + virtio-net/smoltcp, the CPU-bound
+//! benchmark computation, or the memory-dirtying mode of the live-transfer benchmark.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -13,6 +13,7 @@ extern crate alloc;
 mod blk;
 mod boot;
 mod cpu;
+mod dirty;
 mod hal;
 mod heap;
 mod interrupts;
@@ -97,6 +98,7 @@ pub unsafe extern "C" fn rust_main(cmdline: *const u8, mem_size: u64) -> ! {
     }
     match args.mode {
         Mode::Cpu => cpu::run(args.cpu_iters, args.cpu_yield),
+        Mode::Dirty => dirty::run(args.dirty_mib, args.dirty_rate, EXIT_CONFIG),
         Mode::Kv => run_kv(&args),
     }
 }

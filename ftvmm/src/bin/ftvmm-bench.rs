@@ -6,7 +6,9 @@
 //! vs off in the same run: CPU and KV ratios, PUT latency, log bandwidth and Secondary lag of a
 //! lockstep pair over loopback (`ftvmm_bench/ft.rs`); and (issue 10) the parts of respawn's
 //! stop-and-copy on this host's KVM at 64, 512 and 3072 MiB, with a pause estimate for 10 GbE
-//! (`ftvmm_bench/respawn.rs`, a table of its own). Needs root and `/dev/kvm`.
+//! (`ftvmm_bench/respawn.rs`, a table of its own); and respawn's live transfer of a 256 MiB guest
+//! idle or busy writing memory (`mode=dirty`): pre-copy rounds, bytes sent, the pause
+//! (`ftvmm_bench/respawn_live.rs`, a table of its own). Needs root and `/dev/kvm`.
 
 #[path = "ftvmm_bench/console.rs"]
 mod console;
@@ -22,6 +24,14 @@ mod kv;
 mod net;
 #[path = "ftvmm_bench/respawn.rs"]
 mod respawn;
+#[path = "ftvmm_bench/respawn_live.rs"]
+mod respawn_live;
+#[path = "ftvmm_bench/respawn_live_table.rs"]
+mod respawn_live_table;
+#[path = "ftvmm_bench/respawn_live_wire.rs"]
+mod respawn_live_wire;
+#[path = "ftvmm_bench/respawn_live_xfer.rs"]
+mod respawn_live_xfer;
 #[path = "ftvmm_bench/respawn_table.rs"]
 mod respawn_table;
 #[path = "ftvmm_bench/stats.rs"]
@@ -68,6 +78,12 @@ struct Args {
     /// Skip respawn's stop-and-copy parts (two VMs of up to 3 GiB each).
     #[arg(long)]
     no_respawn: bool,
+    /// Skip respawn's live transfer with the guest idle or writing memory (256 MiB VMs).
+    #[arg(long)]
+    no_respawn_live: bool,
+    /// Guest write rates (pages per ms, 0 = idle) of the live-transfer section.
+    #[arg(long, value_delimiter = ',', default_values_t = respawn_live::RATES)]
+    respawn_live_rates: Vec<u64>,
     /// Guest memory sizes (MiB) of the respawn section.
     #[arg(long, value_delimiter = ',', default_values_t = respawn::SIZES_MIB)]
     respawn_mib: Vec<u64>,
@@ -246,6 +262,15 @@ fn main() -> Result<()> {
     if !args.no_respawn {
         let (rows, notes) = respawn::run(&args.kernel, &args.respawn_mib, args.runs)?;
         respawn_table::print(&rows, &notes, args.runs);
+    }
+    if !args.no_respawn_live {
+        let runs = respawn_live::run(
+            &args.kernel,
+            &args.respawn_live_rates,
+            args.runs,
+            args.verbose,
+        )?;
+        respawn_live_table::print(&runs);
     }
     Ok(())
 }

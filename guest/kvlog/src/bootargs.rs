@@ -2,7 +2,9 @@
 //!
 //! Keys: `virtio_mmio=0xd0000000@5,0xd0001000@6`, `mode=kv|cpu`, `ip=198.51.100.10/24`,
 //! `gw=198.51.100.1` (optional default route), `mac=52:54:00:12:34:56`, `port=7000`,
-//! `cpu_iters=N`, `cpu_yield=N` (CPU mode: a VM exit every N rounds, 0 = none). Unknown keys are collected so the guest can warn about them.
+//! `cpu_iters=N`, `cpu_yield=N` (CPU mode: a VM exit every N rounds, 0 = none),
+//! `dirty_mib=N` and `dirty_rate=N` (dirty mode: working set in MiB, at least 1; pages written
+//! per millisecond, 0 = idle). Unknown keys are collected so the guest can warn about them.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -23,6 +25,8 @@ pub enum Mode {
     Kv,
     /// The fixed CPU-bound computation, then exit.
     Cpu,
+    /// Writes guest memory forever at a paced rate (live state transfer benchmarks).
+    Dirty,
 }
 
 /// Parsed command line.
@@ -47,6 +51,11 @@ pub struct BootArgs {
     /// CPU mode: rounds between two deliberate VM exits (a read of COM1's LSR), giving a VMM that
     /// injects interrupts only at exits a chance to deliver timer ticks; 0 (default) = none.
     pub cpu_yield: u64,
+    /// Dirty mode: the working set in MiB (default 16, at least 1).
+    pub dirty_mib: u64,
+    /// Dirty mode: pages of the working set written per millisecond (default 1000; 0 = the
+    /// guest only idles).
+    pub dirty_rate: u64,
     /// Keys that were not recognised.
     pub unknown: Vec<String>,
 }
@@ -63,6 +72,8 @@ impl Default for BootArgs {
             port: 7000,
             cpu_iters: 1_000_000,
             cpu_yield: 0,
+            dirty_mib: 16,
+            dirty_rate: 1000,
             unknown: Vec::new(),
         }
     }
@@ -136,6 +147,7 @@ impl BootArgs {
                     args.mode = match value {
                         "kv" => Mode::Kv,
                         "cpu" => Mode::Cpu,
+                        "dirty" => Mode::Dirty,
                         _ => return Err(bad()),
                     }
                 }
@@ -151,6 +163,10 @@ impl BootArgs {
                 }
                 "cpu_iters" => args.cpu_iters = parse_u64(value).ok_or_else(bad)?,
                 "cpu_yield" => args.cpu_yield = parse_u64(value).ok_or_else(bad)?,
+                "dirty_mib" => {
+                    args.dirty_mib = parse_u64(value).filter(|&m| m > 0).ok_or_else(bad)?;
+                }
+                "dirty_rate" => args.dirty_rate = parse_u64(value).ok_or_else(bad)?,
                 _ => args.unknown.push(word.to_string()),
             }
         }
@@ -196,6 +212,17 @@ mod tests {
         assert_eq!(a, BootArgs::default());
         assert_eq!(a.port, 7000);
         assert_eq!(a.mode, Mode::Kv);
+        assert_eq!((a.dirty_mib, a.dirty_rate), (16, 1000));
+    }
+
+    #[test]
+    fn dirty_mode() {
+        let a = BootArgs::parse("mode=dirty dirty_mib=0x20 dirty_rate=0").unwrap();
+        assert_eq!(a.mode, Mode::Dirty);
+        assert_eq!((a.dirty_mib, a.dirty_rate), (32, 0));
+        assert!(a.unknown.is_empty());
+        let a = BootArgs::parse("mode=dirty").unwrap();
+        assert_eq!((a.dirty_mib, a.dirty_rate), (16, 1000));
     }
 
     #[test]
@@ -211,6 +238,9 @@ mod tests {
             "port=70000",
             "cpu_iters=-1",
             "cpu_yield=x",
+            "dirty_mib=0",
+            "dirty_mib=-1",
+            "dirty_rate=fast",
             "virtio_mmio=0xd0000000",
             "virtio_mmio=0xd0000000@16",
             "virtio_mmio=zz@5",

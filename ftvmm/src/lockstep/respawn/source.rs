@@ -109,26 +109,38 @@ impl Io {
         gfns: &[u64],
     ) -> Result<(), String> {
         for chunk in gfns.chunks(pages_per_message(PAGE_SIZE)) {
-            let mut pages = Vec::with_capacity(chunk.len());
-            for &gfn in chunk {
-                let mut bytes = vec![0u8; PAGE_SIZE as usize];
-                mem.read_slice(&mut bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
-                    .map_err(|e| format!("cannot read guest page {gfn}: {e}"))?;
-                if is_zero(&bytes) {
-                    // Most of a guest's memory, at first: sent as no bytes.
-                    bytes = Vec::new();
-                }
-                self.sent.set(gfn, &bytes);
-                pages.push(Page { gfn, bytes });
-            }
+            let pages = read_pages(mem, chunk, &mut self.sent)?;
             self.send(&Message::Pages { round, pages })?;
         }
         Ok(())
     }
 }
 
+/// The pages `gfns` as they are in guest memory now, for one `Pages`
+/// message; `sent` keeps the version of each that goes out (the Switch's
+/// digest). Public for the benchmark, which drives the same path.
+pub fn read_pages(
+    mem: &GuestMemoryMmap,
+    gfns: &[u64],
+    sent: &mut PageHashes,
+) -> Result<Vec<Page>, String> {
+    let mut pages = Vec::with_capacity(gfns.len());
+    for &gfn in gfns {
+        let mut bytes = vec![0u8; PAGE_SIZE as usize];
+        mem.read_slice(&mut bytes, GuestAddress(gfn * u64::from(PAGE_SIZE)))
+            .map_err(|e| format!("cannot read guest page {gfn}: {e}"))?;
+        if is_zero(&bytes) {
+            // Most of a guest's memory, at first: sent as no bytes.
+            bytes = Vec::new();
+        }
+        sent.set(gfn, &bytes);
+        pages.push(Page { gfn, bytes });
+    }
+    Ok(pages)
+}
+
 /// Answers of the receiver as sender events (anything else fails it).
-fn event_of(m: Message) -> Event {
+pub fn event_of(m: Message) -> Event {
     match m {
         Message::Accept => Event::PeerAccepted,
         Message::Refuse { reason } => Event::PeerRefused { reason },

@@ -32,9 +32,19 @@ use crate::vm::{Progress, Vm, VmHandle};
 
 /// The received pages go straight into the new VM's memory; their hashes
 /// make the digest the Switch is checked against (`pagehash.rs`).
-struct VmMemory {
+pub struct VmMemory {
     mem: GuestMemoryMmap,
     received: PageHashes,
+}
+
+impl VmMemory {
+    /// The memory of a freshly built VM of `mem_bytes`, nothing received yet.
+    pub fn new(mem: GuestMemoryMmap, mem_bytes: u64) -> Self {
+        VmMemory {
+            mem,
+            received: PageHashes::new(mem_bytes / u64::from(PAGE_SIZE), PAGE_SIZE),
+        }
+    }
 }
 
 impl GuestMemoryImage for VmMemory {
@@ -97,10 +107,7 @@ pub fn receive(
         page_size: PAGE_SIZE,
         platform_sha256: platform_sha256(&spec.hello.platform),
     };
-    let memory = VmMemory {
-        mem: vm.memory().clone(),
-        received: PageHashes::new(vm.mem_size() / u64::from(PAGE_SIZE), PAGE_SIZE),
-    };
+    let memory = VmMemory::new(vm.memory().clone(), vm.mem_size());
     let mut rx = Receiver::new(expected, memory);
     let mut restored: Option<(u64, Option<u64>, u64)> = None;
     let wait = Duration::from_millis(ACK_TIMEOUT_MS + PAUSE_TIMEOUT_MS);
@@ -151,7 +158,9 @@ pub fn receive(
     }
 }
 
-fn restore(vm: &mut Vm, state: &[u8], at: u64) -> Result<(u64, Option<u64>, u64), String> {
+/// Restores `vm` from a Switch's state at exit `at`: (first log sequence,
+/// last guest time, exit).
+pub fn restore(vm: &mut Vm, state: &[u8], at: u64) -> Result<(u64, Option<u64>, u64), String> {
     let sw: SwitchState =
         postcard::from_bytes(state).map_err(|e| format!("undecodable switch state: {e}"))?;
     vm.load_state(sw.vm)
