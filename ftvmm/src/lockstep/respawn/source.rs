@@ -462,6 +462,9 @@ impl StopAndCopy {
             return Err(e);
         }
         let ch = self.io.ch.take().ok_or("the channel is gone")?;
+        // As a power-on pair's: the link's threads poll with short reads.
+        ch.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| format!("channel: {e}"))?;
         let (tx, rx) = ch.split();
         let link = link::start_primary(
             Arc::clone(&self.log),
