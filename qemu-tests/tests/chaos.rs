@@ -57,6 +57,9 @@ const THIRD_HOST_TIMEOUT: Duration = Duration::from_secs(180);
 /// After the last step: replies the clients must get again, and how long for.
 const SETTLE_REPLIES: usize = 30;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the heal, how long the owner of the VM may take to be protected
+/// again when another host runs (a placement look, a transfer, back-off).
+const PROTECTED_AT_END: Duration = Duration::from_secs(60);
 
 #[test]
 #[ignore = "make chaos"]
@@ -225,6 +228,9 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
         ));
     }
     report.divergences = consoles.divergences.clone();
+    report
+        .unprotected
+        .extend(verdicts::unprotected_at_end(&cluster, PROTECTED_AT_END));
     (report.pauses_ms, report.recovery_ms) = verdicts::pauses(&history, &schedule);
     notes.push(format!(
         "guest frames: {} captured, {switches} host switch(es), {held} held by a frozen NIC left out",

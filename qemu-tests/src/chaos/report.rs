@@ -91,6 +91,10 @@ pub struct RunReport {
     /// reads without an answer.
     #[serde(default)]
     pub unavailable: Vec<String>,
+    /// The VM was not protected again after the heal although at least two
+    /// hosts were running (respawn, issue 10).
+    #[serde(default)]
+    pub unprotected: Vec<String>,
     /// Longest client-visible pause after each fault, by the fault's kind.
     pub pauses_ms: Vec<(FaultKind, u64)>,
     /// Time from each fault until clients are served again, by kind.
@@ -119,6 +123,7 @@ impl RunReport {
             dual_live: Vec::new(),
             divergences: Vec::new(),
             unavailable: Vec::new(),
+            unprotected: Vec::new(),
             pauses_ms: Vec::new(),
             recovery_ms: Vec::new(),
             passed: false,
@@ -141,6 +146,7 @@ impl RunReport {
             ("dual live", &self.dual_live),
             ("divergence", &self.divergences),
             ("unavailable", &self.unavailable),
+            ("unprotected", &self.unprotected),
         ] {
             why.extend(list.iter().map(|w| format!("{name}: {w}")));
         }

@@ -197,3 +197,54 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
     }
     (pauses, recoveries)
 }
+
+/// Protection after the heal (issue 12, with respawn): when at least two
+/// hosts still run, the owner of the highest generation won (by the `won
+/// generation` lines of every console) must be protected again within
+/// `wait`: a `protected:` line of its keeper, or the power-on pairing of
+/// generation 1, after its win. `None` when it is, or when fewer than two
+/// hosts are left (no host is eligible); else why not.
+pub fn unprotected_at_end(cluster: &Cluster, wait: std::time::Duration) -> Option<String> {
+    let won = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation (\d+)"))
+        .expect("a valid regex");
+    let up = cluster.hosts().filter(|h| h.is_running()).count();
+    if up < 2 {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut owner: Option<(u64, String, std::time::Duration)> = None;
+        for host in cluster.hosts() {
+            for l in host.console().lines() {
+                let Some(g) = won.captures(&l.text).and_then(|c| c[1].parse::<u64>().ok()) else {
+                    continue;
+                };
+                if owner.as_ref().is_none_or(|(og, _, _)| g > *og) {
+                    owner = Some((g, host.name().to_string(), l.at));
+                }
+            }
+        }
+        let Some((g, name, at)) = owner else {
+            return Some("no host ever won a generation".into());
+        };
+        let host = cluster.host(&name).ok()?;
+        let protected = host.console().lines().iter().any(|l| {
+            l.at >= at
+                && (l
+                    .text
+                    .contains(&format!("ftvmm: vm {VM}: protected: secondary "))
+                    || (g == 1
+                        && l.text
+                            .contains(&format!("ftvmm: vm {VM}: paired with secondary"))))
+        });
+        if protected {
+            return None;
+        }
+        if !host.is_running() || std::time::Instant::now() >= deadline {
+            return Some(format!(
+                "{name} owns generation {g} with {up} hosts running, and no protected: line after its win within {wait:?} of the end"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
