@@ -86,7 +86,8 @@ fuzz:
 ## The long respawn variants on three QEMU hosts (qemu-tests respawn, `#[ignore]`d) run once
 ## (make test runs its representative: kill the Primary, respawn on host-c, kill the new Primary).
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
-## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long)
+## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long; the three-host
+##   and join runs, member_model_three_hosts_two_faults and member_model_joins_long ~8 min, have fixed bounds)
 ## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
 ##   reports in target/tmp/chaos/. Not part of make test. Any 10 consecutive seeds start with every fault class.
@@ -102,7 +103,7 @@ chaos: prereqs image
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
 	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
-	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults
+	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults member_model_joins_long
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done

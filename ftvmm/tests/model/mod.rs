@@ -1,17 +1,24 @@
 //! The state, actions and transitions of the member model (`member_model.rs`
 //! says what is modelled and why): the real [`Member`] per host, a decide-once
-//! register per generation for Disk Paxos, a multiset of in-flight messages
-//! for the logging channel, and faults as nondeterministic actions.
+//! register per generation for Disk Paxos, logging channels between a Primary
+//! and a Secondary chosen at run time (`channel.rs`), joins by live transfer
+//! (`join.rs`), and faults as nondeterministic actions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use ftvmm::lockstep::member::{Action, Event, Gate, Member, State};
+use ftvmm::lockstep::member::{Event, Gate, Member, State};
 
 mod actions;
+mod channel;
+pub mod check;
+mod join;
 mod step;
+
+pub use channel::{Body, Msg};
+pub use join::Xfer;
 
 /// One time unit of the model, in the member's milliseconds.
 pub const UNIT_MS: u64 = 1_500;
@@ -37,6 +44,14 @@ pub struct Bounds {
     pub in_flight: usize,
     /// States with a generation above this are not explored further.
     pub max_gen: u8,
+    /// Joins by live transfer that may begin (a crashed host may reboot
+    /// empty only while one may still follow).
+    pub joins: u8,
+    /// With 3 members: host-c may start the VM (else it only joins).
+    pub c_starts: bool,
+    /// Also check that a paired Primary always has a channel to its
+    /// Secondary (a liveness claim: member_model.rs, the stale join).
+    pub check_stuck: bool,
 }
 
 /// The real member, compared and hashed by its full `Debug` form (it has
@@ -93,7 +108,20 @@ pub struct Node {
     pub grant: bool,
     /// The grant lapsed during a freeze: `Grant(Lapsed)` comes first at thaw.
     pub lapsed: bool,
+    /// The logging channel: open or not, its id (0 is the power-on pair's,
+    /// join `k` opens channel `k`) and the node at its other end.
     pub link_open: bool,
+    pub chan: u8,
+    pub peer: u8,
+    /// A copy restored by live transfer in generation `g` that has not seen
+    /// `Paired { g }` yet: no member, never races (design §11).
+    pub joining: Option<u8>,
+    /// This member became a Secondary by a join.
+    pub joined: bool,
+    /// The member loop's incarnation (a reboot, or a join replacing a
+    /// halted member, starts a new one): fencing answers to an older one
+    /// are never delivered, though its proposals can still be decided.
+    pub inc: u8,
     pub vcpu_stopped: bool,
     /// When this member last heard its peer, and last ticked.
     pub heard: u8,
@@ -102,38 +130,6 @@ pub struct Node {
     pub newest: u8,
     /// Bit `g`: this member released output in generation `g`.
     pub released: u16,
-}
-
-/// On the logging channel (host-a <-> host-b only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Msg {
-    /// Primary -> Secondary, stamped with the time it was sent.
-    Batch {
-        stamp: u8,
-    },
-    /// Secondary -> Primary: the newest stamp, and the generation it follows.
-    Ack {
-        echo: u8,
-        g: u8,
-    },
-    Bye {
-        to: u8,
-    },
-    Resign {
-        to: u8,
-    },
-    Diverged {
-        to: u8,
-    },
-}
-impl Msg {
-    fn to(self) -> usize {
-        match self {
-            Msg::Batch { .. } => 1,
-            Msg::Ack { .. } => 0,
-            Msg::Bye { to } | Msg::Resign { to } | Msg::Diverged { to } => to as usize,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,6 +151,9 @@ pub struct Flags {
     /// Not a violation: an ack released output in `g` after output in a
     /// later generation (its sender had acked, so replayed, those records).
     pub late_vouched: bool,
+    /// Two members (hosts, or incarnations of one host) released output
+    /// in the same generation.
+    pub two_releasers: bool,
     /// `Member::on_event` panicked (one of its asserted invariants).
     pub member_assert: Option<String>,
 }
@@ -166,17 +165,23 @@ pub struct Sys {
     pub nodes: Vec<Node>,
     /// Disk Paxos: generation -> owner, decided once.
     pub register: BTreeMap<u8, u8>,
-    /// `Acquire` asked, not decided yet: (who, generation).
-    pub asks: BTreeSet<(u8, u8)>,
+    /// `Acquire` asked, not decided yet: (who, its incarnation, generation).
+    pub asks: BTreeSet<(u8, u8, u8)>,
     /// Decided, the answer not delivered yet.
     pub answers: BTreeSet<(u8, u8, Ans)>,
-    /// The logging channel: what is in flight (order is not kept; a second
+    /// The logging channels: what is in flight (order is not kept; a second
     /// copy of a message in flight is the `Duplicate` fault instead).
     pub net: BTreeSet<Msg>,
     /// The latest generation anyone released output in.
     pub out_max: u8,
+    /// Who released output in each generation: (host, incarnation).
+    pub releasers: BTreeMap<u8, (u8, u8)>,
     /// host-c asked for a generation to start the VM (it tries once).
     pub c_tried: bool,
+    /// Joins begun (join `k` runs on channel `k`).
+    pub joins: u8,
+    /// A transfer whose target restored, waiting for the Primary to pair.
+    pub xfer: Option<Xfer>,
     pub flags: Flags,
 }
 
@@ -185,10 +190,10 @@ pub enum Act {
     Deliver(Msg),
     Lose(Msg),
     Duplicate(Msg),
-    SendBatch,
+    SendBatch(usize),
     Tick(usize),
     TimePasses,
-    Decide(u8, u8),
+    Decide(u8, u8, u8),
     Answer(u8, u8, Ans),
     Crash(usize),
     Freeze(usize),
@@ -196,12 +201,20 @@ pub enum Act {
     Withdraw(usize),
     Restore(usize),
     LinkFails(usize),
-    Diverge,
-    ReplayDone,
-    AllAcked,
+    Diverge(usize),
+    ReplayDone(usize),
+    AllAcked(usize),
     Depose(usize),
     Emit(usize),
     StartC,
+    /// Live transfer from the lone Primary `.0` to the empty host `.1`, up
+    /// to the target's `Restored`.
+    Join(usize, usize),
+    /// The Primary of the pending transfer takes `Restored`: its member is
+    /// fed `SecondaryJoined`; `Paired` or `Abort` goes to the target.
+    Pair,
+    /// A crashed host boots again, with no member (joinable).
+    Reboot(usize),
 }
 
 pub fn gate_code(g: Gate) -> u8 {
@@ -213,10 +226,16 @@ pub fn gate_code(g: Gate) -> u8 {
 }
 
 impl Node {
-    fn new(m: Option<Member>) -> Self {
+    /// A power-on member (its link on channel 0 to `peer`), or an empty host.
+    fn new(m: Option<Member>, peer: u8) -> Self {
         let gate = m.as_ref().map_or(0, |m| gate_code(m.initial_gate()));
         Node {
             link_open: m.is_some(),
+            chan: 0,
+            peer,
+            joining: None,
+            joined: false,
+            inc: 0,
             m: m.map(Mem::new),
             run: Run::Up,
             gate,
@@ -227,6 +246,13 @@ impl Node {
             ticked: 0,
             newest: 0,
             released: 0,
+        }
+    }
+    /// A host with no member (booted again, or its copy discarded).
+    fn empty(inc: u8) -> Self {
+        Node {
+            inc,
+            ..Node::new(None, 0)
         }
     }
     pub fn member(&self) -> Option<&Member> {
@@ -245,9 +271,9 @@ impl Sys {
     pub fn initial(b: &Bounds) -> Self {
         let p = Member::primary("kv", NAMES[1], 1, true, TIMEOUT_MS);
         let s = Member::secondary("kv", NAMES[0], 1, TIMEOUT_MS);
-        let mut nodes = vec![Node::new(Some(p)), Node::new(Some(s))];
+        let mut nodes = vec![Node::new(Some(p), 1), Node::new(Some(s), 0)];
         if b.members == 3 {
-            nodes.push(Node::new(None));
+            nodes.push(Node::new(None, 0));
         }
         Sys {
             now: 0,
@@ -258,15 +284,11 @@ impl Sys {
             answers: BTreeSet::new(),
             net: BTreeSet::new(),
             out_max: 0,
+            releasers: BTreeMap::new(),
             c_tried: false,
+            joins: 0,
+            xfer: None,
             flags: Flags::default(),
-        }
-    }
-
-    fn send(&mut self, b: &Bounds, m: Msg) {
-        // A full channel loses the message (the model's loss).
-        if self.net.len() < b.in_flight {
-            self.net.insert(m);
         }
     }
 
@@ -294,34 +316,6 @@ impl Sys {
         }
     }
 
-    fn perform(&mut self, b: &Bounds, i: usize, a: Action) {
-        let peer = (1 - i.min(1)) as u8;
-        let n = &mut self.nodes[i];
-        match a {
-            Action::Gate(g) => n.gate = gate_code(g),
-            Action::Acquire { generation } => {
-                self.asks.insert((i as u8, generation as u8));
-            }
-            Action::StopVcpu => n.vcpu_stopped = true,
-            Action::Resign { .. } => {
-                n.link_open = false;
-                self.send(b, Msg::Resign { to: peer });
-            }
-            Action::SendDiverged { .. } => {
-                n.link_open = false;
-                self.send(b, Msg::Diverged { to: peer });
-            }
-            Action::CloseLink { .. } => {
-                if n.link_open {
-                    n.link_open = false;
-                    self.send(b, Msg::Bye { to: peer });
-                }
-            }
-            Action::GoLive { .. } => n.vcpu_stopped = false,
-            Action::Say(_) => {}
-        }
-    }
-
     /// Output leaves member `i`, released by an ack (`ack_gen`) or an open gate.
     fn release(&mut self, i: usize, ack_gen: Option<u8>) {
         let Some(g) = self.nodes[i].member().and_then(|m| m.acting_generation()) else {
@@ -335,6 +329,10 @@ impl Sys {
             Some(_) => {}
             None if g < self.out_max => self.flags.stale_open = true,
             None => {}
+        }
+        let me = (i as u8, self.nodes[i].inc);
+        if *self.releasers.entry(g).or_insert(me) != me {
+            self.flags.two_releasers = true;
         }
         self.nodes[i].released |= 1 << g;
         self.out_max = self.out_max.max(g);
@@ -353,46 +351,6 @@ impl Sys {
         } else {
             Ans::Lost(owner)
         }
-    }
-
-    pub fn deliver(&mut self, b: &Bounds, msg: Msg) {
-        let i = msg.to();
-        if !self.nodes[i].link_open {
-            return;
-        }
-        self.nodes[i].heard = self.now;
-        let ev = match msg {
-            Msg::Batch { stamp } => {
-                if matches!(self.nodes[1].state(), Some(State::Following { .. })) {
-                    let n = &mut self.nodes[1];
-                    n.newest = n.newest.max(stamp);
-                    let (echo, g) = (n.newest, n.member().map_or(0, |m| m.generation()) as u8);
-                    self.send(b, Msg::Ack { echo, g });
-                }
-                return;
-            }
-            Msg::Ack { echo, g } => {
-                let n = &self.nodes[0];
-                let fresh = self.now - echo < FRESH_UNITS;
-                if n.gate == 1 && n.grant && !n.vcpu_stopped && fresh {
-                    self.release(0, Some(g));
-                }
-                return;
-            }
-            // Losses: the driver holds at once, then tells the member.
-            Msg::Bye { .. } => Event::ChannelLost { why: "bye".into() },
-            Msg::Resign { .. } => Event::PeerResigned {
-                why: "resigned".into(),
-            },
-            Msg::Diverged { .. } => Event::PeerDiverged {
-                what: "diverged".into(),
-            },
-        };
-        if i == 0 {
-            self.nodes[0].gate = 0;
-        }
-        self.nodes[i].link_open = false;
-        self.feed(b, i, ev);
     }
 
     /// host-c may start only if the owner of the newest generation is gone

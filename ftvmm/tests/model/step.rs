@@ -1,9 +1,11 @@
 //! One model action: what it changes around the member and which [`Event`]
 //! it feeds to the real `Member::on_event`.
 
-use ftvmm::lockstep::member::{Decision, Event, Grant, Member, State};
+use ftvmm::lockstep::member::{Decision, Event, Grant, Member};
 
-use super::{gate_code, Act, Ans, Bounds, Msg, Run, Sys, FRESH_UNITS, NAMES, TIMEOUT_MS, UNIT_MS};
+use super::{
+    gate_code, Act, Ans, Body, Bounds, Msg, Run, Sys, FRESH_UNITS, NAMES, TIMEOUT_MS, UNIT_MS,
+};
 
 impl Sys {
     /// Fencing's deposition watch: tells member `i` of a later generation
@@ -38,10 +40,15 @@ impl Sys {
                 s.faults += 1;
                 s.deliver(b, m);
             }
-            Act::SendBatch => {
-                let stamp = s.now;
-                s.net.insert(Msg::Batch { stamp });
+            Act::SendBatch(i) => {
+                let n = &s.nodes[i];
+                s.net.insert(Msg {
+                    chan: n.chan,
+                    to: n.peer,
+                    body: Body::Batch { stamp: s.now },
+                });
             }
+            Act::Tick(i) if s.nodes[i].joining.is_some() => s.tick_copy(b, i),
             Act::Tick(i) => {
                 let n = &mut s.nodes[i];
                 n.ticked = s.now;
@@ -71,10 +78,14 @@ impl Sys {
                     }
                 }
             }
-            Act::Decide(w, g) => {
-                s.asks.remove(&(w, g));
+            // Decided on disk; the answer reaches only the incarnation
+            // that asked.
+            Act::Decide(w, inc, g) => {
+                s.asks.remove(&(w, inc, g));
                 let a = s.decide(w, g);
-                s.answers.insert((w, g, a));
+                if s.nodes[w as usize].inc == inc {
+                    s.answers.insert((w, g, a));
+                }
             }
             Act::Answer(w, g, a) => {
                 s.answers.remove(&(w, g, a));
@@ -87,6 +98,9 @@ impl Sys {
                 };
                 let i = w as usize;
                 if s.nodes[i].m.is_none() {
+                    // Only host-c's start asks with no member (a join
+                    // waits for it; a reboot drops older answers).
+                    assert_eq!(i, 2, "an answer for an empty host");
                     // host-c: starts the VM alone in `g` if it won.
                     if a == Ans::Won {
                         let m = Member::primary("kv", NAMES[0], u64::from(g), false, TIMEOUT_MS);
@@ -108,7 +122,7 @@ impl Sys {
             }
             Act::Crash(i) => {
                 s.faults += 1;
-                s.nodes[i].run = Run::Crashed;
+                s.crash(i);
             }
             Act::Freeze(i) => {
                 s.faults += 1;
@@ -121,7 +135,7 @@ impl Sys {
             // expired). Clock-stopping freezes are not modelled (§3).
             Act::Thaw(i) if matches!(s.nodes[i].run, Run::Frozen { since } if s.now - since >= FRESH_UNITS) =>
             {
-                s.nodes[i].run = Run::Crashed;
+                s.crash(i);
             }
             Act::Thaw(i) => {
                 s.nodes[i].run = Run::Up;
@@ -142,11 +156,13 @@ impl Sys {
                 s.nodes[i].grant = true;
                 s.feed(b, i, Event::Grant(Grant::Ok));
             }
+            Act::LinkFails(i) if s.nodes[i].joining.is_some() => {
+                s.faults += 1;
+                s.discard(b, i, true);
+            }
             Act::LinkFails(i) => {
                 s.faults += 1;
-                if i == 0 {
-                    s.nodes[0].gate = 0;
-                }
+                s.nodes[i].gate = 0;
                 s.nodes[i].link_open = false;
                 s.feed(
                     b,
@@ -156,30 +172,37 @@ impl Sys {
                     },
                 );
             }
-            Act::Diverge => {
+            Act::Diverge(i) => {
                 s.faults += 1;
                 s.feed(
                     b,
-                    1,
+                    i,
                     Event::Diverged {
                         what: "model".into(),
                     },
                 );
             }
-            Act::ReplayDone => {
-                s.nodes[1].vcpu_stopped = true;
+            Act::ReplayDone(i) => {
+                s.nodes[i].vcpu_stopped = true;
                 let at = u64::from(s.now);
-                s.feed(b, 1, Event::ReplayExhausted { at });
+                s.feed(b, i, Event::ReplayExhausted { at });
             }
-            Act::AllAcked => s.feed(b, 0, Event::AllAcked),
+            Act::AllAcked(i) => s.feed(b, i, Event::AllAcked),
             Act::Depose(i) => s.depose(b, i),
             Act::Emit(i) => s.release(i, None),
             Act::StartC => {
                 s.c_tried = true;
                 let next = s.register.keys().next_back().copied().unwrap_or(0) + 1;
-                s.asks.insert((2, next));
+                s.asks.insert((2, s.nodes[2].inc, next));
+            }
+            Act::Join(p, t) => s.join(p, t),
+            Act::Pair => s.pair(b),
+            Act::Reboot(i) => {
+                s.faults += 1;
+                s.reboot(i);
             }
         }
+        s.normalize();
         s
     }
 
@@ -194,7 +217,7 @@ impl Sys {
             .iter()
             .filter_map(|n| n.member())
             .map(|m| m.generation() as u8);
-        let asked = self.asks.iter().map(|&(_, g)| g);
+        let asked = self.asks.iter().map(|&(_, _, g)| g);
         members.chain(asked).max().unwrap_or(0)
     }
 
@@ -202,18 +225,25 @@ impl Sys {
     pub fn summary(&self) -> String {
         let mut out = format!("t={} faults={}", self.now, self.faults);
         for (i, n) in self.nodes.iter().enumerate() {
-            let st = n
-                .state()
-                .map_or("not started".to_string(), State::to_string);
+            let st = match (n.state(), n.joining) {
+                (Some(st), _) => st.to_string(),
+                (None, Some(g)) => format!("restored copy of generation {g}"),
+                (None, None) => "no member".to_string(),
+            };
             let gate = ["held", "by-acks", "open"][n.gate as usize];
+            let link = if n.link_open {
+                format!("channel {} to {}", n.chan, NAMES[n.peer as usize])
+            } else {
+                "no link".to_string()
+            };
             out += &format!(
-                " | {}: {st}, {:?}, gate {gate}, grant {}, link {}, released {:#b}",
-                NAMES[i], n.run, n.grant, n.link_open, n.released
+                " | {}: {st}, {:?}, gate {gate}, grant {}, {link}, released {:#b}",
+                NAMES[i], n.run, n.grant, n.released
             );
         }
         out += &format!(
-            " | paxos {:?} asks {:?} answers {:?} net {:?}",
-            self.register, self.asks, self.answers, self.net
+            " | paxos {:?} asks {:?} answers {:?} net {:?} transfer {:?}",
+            self.register, self.asks, self.answers, self.net, self.xfer
         );
         out
     }
