@@ -121,10 +121,10 @@
 //! joined Secondary goes live.
 //!
 //! A liveness claim, checked only on request (`check_stuck`): *a paired
-//! Primary has a channel to its Secondary*. It FAILS
-//! (`member_model_joins_stale_pair`, described there): a Primary that
-//! re-won `g + 1` during a transfer in `g` pairs in `g + 1`, the transfer
-//! aborts, and nothing ever tells the member.
+//! Primary has a channel to its Secondary* (`member_model_joins_stale_pair`).
+//! It failed until `SecondaryJoined` named its generation: a Primary that
+//! re-won `g + 1` during a transfer in `g` paired in `g + 1`, the transfer
+//! aborted, and nothing ever told the member.
 //!
 //! # Not modelled
 //!
@@ -269,29 +269,17 @@ fn member_model_joins_long() {
     });
 }
 
-/// The liveness claim "a paired Primary has a channel to its Secondary"
-/// fails (2 members, 1 fault, 1 join; found in about 2 s). The trace (the
-/// host names depend on the run): the Primary sends nothing for the failure
-/// timeout, both members race for g 2, one wins and runs alone (`Solo{2}`,
-/// emits), the other halts; the winner starts a join to the other host in
-/// g 2 (`Join`: the copy restored); during the transfer fencing withdraws
-/// the winner's grant (the fault: `Fenced{2}`) and gives it back
-/// (`Rechecking`, `Acquire(3)`); it wins g 3 (`Solo{3}`, emits); then
-/// `Restored` arrives (`Pair`): `SecondaryJoined` names no generation, so
-/// the member takes it in g 3 (`Solo{3} -> Paired{3}`, gate to the Output
-/// Rule); the source waits for `Paired{2}`, sees `Paired{3}` and sends
-/// `Abort` (respawn/source.rs `pair`); the copy is discarded. The member
-/// stays `Paired{3}` with no link: no acks, so its output is held for good;
-/// no silence either (the driver's tick reports 0 ms without a link), so it
-/// never races; the keeper counts a `Paired` member as protected and looks
-/// for no Secondary. Safe (nothing is released), but the VM hangs until an
-/// operator stops it. The same end follows when the member takes
-/// `SecondaryJoined` after the source's 2 s wait gave up. A fix (not made
-/// here): `SecondaryJoined { peer, generation }`, refused unless the member
-/// is `Solo{generation}`, and a member that paired for a join the source
-/// then gave up told so (`ChannelLost`).
+/// The liveness claim "a paired Primary has a channel to its Secondary",
+/// with joins (2 members, 1 fault, 1 join). It failed before
+/// `SecondaryJoined` named its generation: a Primary fenced during a join
+/// in g re-won g + 1 and then took the join in g + 1; the source, waiting
+/// for `Paired{g}`, aborted; the member stayed `Paired` with no link, its
+/// output held for good (the driver's tick reported no silence without a
+/// link, and the keeper saw a paired member). Now the member refuses a join
+/// of another generation (`member_tests.rs`), a source that gives up after
+/// the member took the join tells it the channel is lost, and the driver
+/// counts a paired member without a link as silent.
 #[test]
-#[ignore = "finds a violation: a Primary re-winning g+1 during a join in g pairs in g+1, the join aborts, the member stays Paired with no Secondary (output held for good)"]
 fn member_model_joins_stale_pair() {
     check(Bounds {
         time: 2,

@@ -94,6 +94,8 @@ struct Ctx {
     cut: Arc<AtomicU64>,
     started: Instant,
     state: Arc<Mutex<State>>,
+    /// Since when the member is paired without a link (see `tick`).
+    unlinked_since: Option<Instant>,
 }
 
 impl Driver {
@@ -144,6 +146,7 @@ impl Driver {
             cut: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             state: Arc::clone(&state),
+            unlinked_since: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("member-{}", spec.hello.vm))
@@ -250,10 +253,27 @@ impl Ctx {
         }
     }
 
-    fn tick(&self) -> Event {
-        let silent_ms = match &self.res.link {
-            Some(l) => l.silent_for().as_millis() as u64,
-            None => 0,
+    fn tick(&mut self) -> Event {
+        // A member paired with no link (a joined Secondary's link not yet
+        // adopted, or never) hears nothing: that counts as silence, so it
+        // never stays paired with nobody.
+        let silent_ms = match (
+            &self.res.link,
+            &*self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        ) {
+            (Some(l), _) => {
+                self.unlinked_since = None;
+                l.silent_for().as_millis() as u64
+            }
+            (None, State::Paired { .. }) => self
+                .unlinked_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                .as_millis() as u64,
+            (None, _) => {
+                self.unlinked_since = None;
+                0
+            }
         };
         Event::Tick {
             now_ms: self.started.elapsed().as_millis() as u64,

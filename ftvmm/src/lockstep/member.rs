@@ -171,11 +171,13 @@ pub enum Event {
     /// Stop on request (operator, power-off, daemon shutdown).
     Stop,
     /// A new Secondary on `peer` restored this Primary's state by live
-    /// transfer in the generation it runs in (respawn, docs/design.md §11);
-    /// its log starts now. Only a lone Primary that holds its grant takes
-    /// it (`Solo` -> `Paired`); anywhere else it is refused and the
-    /// transfer fails.
-    SecondaryJoined { peer: String },
+    /// transfer in `generation` (respawn, docs/design.md §11); its log
+    /// starts now. Only a lone Primary in that very generation that holds
+    /// its grant takes it (`Solo{generation}` -> `Paired`); anywhere else it
+    /// is refused and the transfer fails. (Without the generation, a
+    /// Primary that re-won `g + 1` during a join in `g` paired in `g + 1`
+    /// with a Secondary that had given up: found by the member model.)
+    SecondaryJoined { peer: String, generation: u64 },
 }
 
 /// What the driver must do, in order.
@@ -311,7 +313,7 @@ impl Member {
             self.granted = *g == Grant::Ok;
         }
         let joined = match &ev {
-            Event::SecondaryJoined { peer } => Some(peer.clone()),
+            Event::SecondaryJoined { peer, .. } => Some(peer.clone()),
             _ => None,
         };
         let before = self.state.clone();
@@ -373,11 +375,11 @@ impl Member {
                 decision,
             } => self.on_decided(generation, decision),
             Event::Grant(g) => self.on_grant(g),
-            Event::SecondaryJoined { peer } => match self.state {
+            Event::SecondaryJoined { peer, generation } => match self.state {
                 // The gate goes to the Output Rule before the new Secondary
                 // is told it is paired (it races only after that), so
                 // nothing this Primary releases from now on is unknown to it.
-                State::Solo { g } if self.granted => (
+                State::Solo { g } if self.granted && g == generation => (
                     Some(State::Paired { g }),
                     vec![
                         Action::Gate(Gate::ByAcks),

@@ -370,6 +370,7 @@ fn a_lone_primary_takes_a_joined_secondary_in_its_generation_and_loses_it_like_a
     assert_eq!(m.state(), &State::Solo { g: 2 });
     let a = m.on_event(Event::SecondaryJoined {
         peer: "host-c".into(),
+        generation: 2,
     });
     assert_eq!(a[0], Action::Gate(Gate::ByAcks), "the Output Rule first");
     assert_eq!(m.state(), &State::Paired { g: 2 }, "no new generation");
@@ -387,6 +388,7 @@ fn a_lone_primary_takes_a_joined_secondary_in_its_generation_and_loses_it_like_a
 fn only_a_lone_primary_holding_its_grant_takes_a_joined_secondary() {
     let joined = || Event::SecondaryJoined {
         peer: "host-c".into(),
+        generation: 4,
     };
     // Paired already, a Secondary, a racing Primary: refused, nothing done.
     for mut m in [primary(), secondary()] {
@@ -408,4 +410,29 @@ fn only_a_lone_primary_holding_its_grant_takes_a_joined_secondary() {
     let mut halted = Member::primary("kv", "", 4, false, T);
     halted.on_event(Event::Stop);
     assert!(halted.on_event(joined()).is_empty());
+}
+
+#[test]
+fn a_join_for_an_older_generation_is_refused_by_a_primary_that_rewon() {
+    // Alone in 4, fenced during a join in 4, re-won 5: the join is stale.
+    let mut m = Member::primary("kv", "", 4, false, T);
+    m.on_event(Event::Grant(Grant::Withdrawn {
+        reason: "lease".into(),
+    }));
+    m.on_event(Event::Grant(Grant::Ok));
+    m.on_event(Event::Decided {
+        generation: 5,
+        decision: Decision::Won,
+    });
+    assert_eq!(m.state(), &State::Solo { g: 5 });
+    let stale = Event::SecondaryJoined {
+        peer: "host-c".into(),
+        generation: 4,
+    };
+    assert!(m.on_event(stale).is_empty());
+    assert_eq!(
+        m.state(),
+        &State::Solo { g: 5 },
+        "still alone: its keeper looks again"
+    );
 }

@@ -111,8 +111,15 @@ impl Sys {
         };
         let (p, s) = (x.p as usize, x.s as usize);
         let peer = NAMES[s].to_string();
-        self.feed(b, p, Event::SecondaryJoined { peer });
         let g = u64::from(x.g);
+        self.feed(
+            b,
+            p,
+            Event::SecondaryJoined {
+                peer,
+                generation: g,
+            },
+        );
         let to = |body| Msg {
             chan: x.chan,
             to: x.s,

@@ -435,6 +435,7 @@ impl StopAndCopy {
         let g = self.generation;
         if !self.handle.post(MemberEvent::SecondaryJoined {
             peer: self.target.clone(),
+            generation: g,
         }) {
             return Err("the member is gone".into());
         }
@@ -449,6 +450,12 @@ impl StopAndCopy {
                     let why = format!("the member did not pair (it is {other:?})");
                     let _ = self.io.send(&Message::Abort {
                         reason: why.clone(),
+                    });
+                    // Should the member still take the join after this, it
+                    // must not stay paired with nobody: a loss makes it race
+                    // (in `Solo` it is ignored).
+                    self.handle.post(MemberEvent::ChannelLost {
+                        why: format!("join of {} given up: {why}", self.target),
                     });
                     return Err(why);
                 }
