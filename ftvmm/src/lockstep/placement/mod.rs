@@ -243,7 +243,7 @@ pub fn run_member(
                 }
                 (Err(e), _) => return Err(e),
             };
-            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
+            let _keeper = start_keeper(rc, vm, index, &spec, handle);
             println!(
                 "ftvmm: vm {}: paired with secondary {secondary}; generation {}",
                 vm.name, spec.hello.generation
@@ -326,7 +326,7 @@ pub fn run_member(
                 .as_ref()
                 .and_then(|d| d.region)
                 .map(|(_, len)| len / crate::live::disk::SECTOR);
-            let _keeper = KeeperGuard::start(rc, vm, index, &spec, handle);
+            let _keeper = start_keeper(rc, vm, index, &spec, handle);
             if hello.start_exit == JOIN_BY_TRANSFER {
                 let peer_role = Role::Secondary {
                     primary: spec.peer.clone(),
@@ -371,7 +371,7 @@ fn run_lone(
     handle: &Arc<PairHandle>,
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
 ) -> Result<PairReport, PairError> {
-    let _keeper = KeeperGuard::start(rc, vm, index, spec, handle);
+    let _keeper = start_keeper(rc, vm, index, spec, handle);
     let (report, member) = run_alone(spec, console, handle, on_start)?;
     Ok(PairReport {
         outcome: report.outcome,
@@ -381,44 +381,51 @@ fn run_lone(
     })
 }
 
-/// The respawn keeper of a member, stopped when the member's run ends.
-struct KeeperGuard {
+/// A helper thread that runs until its owner drops this: the drop raises
+/// `stop` and joins the thread (the keeper beside a member, a wait's watch).
+pub(crate) struct StopOnDrop {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl KeeperGuard {
-    fn start(
-        rc: &RuntimeConfig,
-        vm: &config_schema::Vm,
-        index: usize,
-        spec: &PairSpec,
-        handle: &Arc<PairHandle>,
-    ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let keeper = Keeper {
-            rc: rc.clone(),
-            vm: vm.clone(),
-            index,
-            spec: spec.clone(),
-            handle: Arc::clone(handle),
-            stop: Arc::clone(&stop),
-        };
-        let thread = keeper
-            .spawn()
-            .map_err(|e| tracing::error!("cannot start the respawn keeper: {e}"))
-            .ok();
-        KeeperGuard { stop, thread }
+impl StopOnDrop {
+    pub(crate) fn new(stop: Arc<AtomicBool>, thread: Option<std::thread::JoinHandle<()>>) -> Self {
+        StopOnDrop { stop, thread }
     }
 }
 
-impl Drop for KeeperGuard {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// Starts the respawn keeper of a member; it stops when the member's run
+/// ends (the returned guard is dropped).
+fn start_keeper(
+    rc: &RuntimeConfig,
+    vm: &config_schema::Vm,
+    index: usize,
+    spec: &PairSpec,
+    handle: &Arc<PairHandle>,
+) -> StopOnDrop {
+    let stop = Arc::new(AtomicBool::new(false));
+    let keeper = Keeper {
+        rc: rc.clone(),
+        vm: vm.clone(),
+        index,
+        spec: spec.clone(),
+        handle: Arc::clone(handle),
+        stop: Arc::clone(&stop),
+    };
+    let thread = keeper
+        .spawn()
+        .map_err(|e| tracing::error!("cannot start the respawn keeper: {e}"))
+        .ok();
+    StopOnDrop::new(stop, thread)
 }
 
 #[cfg(test)]

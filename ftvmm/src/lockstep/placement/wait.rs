@@ -23,12 +23,11 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use config_schema::runtime::RuntimeConfig;
 
-use super::{choose, pair_hosts};
+use super::{choose, pair_hosts, StopOnDrop};
 use crate::lockstep::respawn::keeper::host_facts;
 use crate::lockstep::start::runs_elsewhere;
 
@@ -55,8 +54,8 @@ pub enum WaitEnd {
 pub struct Watch {
     pub flag: Arc<AtomicBool>,
     end: Arc<Mutex<Option<WaitEnd>>>,
-    done: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Ends the watching thread when the wait is over.
+    _thread: StopOnDrop,
 }
 
 /// What a listener's watch decides, each time it looks (pure, for tests).
@@ -132,8 +131,7 @@ impl Watch {
         Watch {
             flag,
             end,
-            done,
-            thread,
+            _thread: StopOnDrop::new(done, thread),
         }
     }
 
@@ -180,15 +178,6 @@ impl Watch {
     /// Why the wait ended early, if it did.
     pub fn end(&self) -> Option<WaitEnd> {
         self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
