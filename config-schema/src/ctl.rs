@@ -39,7 +39,7 @@ pub enum Request {
         generation: u64,
         /// The config generation the asking host runs under; recorded with
         /// the decision (a host refuses to start a VM under an older config
-        /// than the one recorded, DESIGN "durable generations").
+        /// than the one recorded, docs/design.md §1).
         #[serde(default)]
         config_generation: u64,
     },
@@ -82,7 +82,7 @@ pub enum Request {
     /// been in flight longer than [`IO_AGE_LIMIT_MS`], so it may land late; a
     /// write waited longer than that to be submitted; or the storage refused
     /// a write because another host preempted this one's reservation;
-    /// DESIGN §5). Fencing stops feeding the watchdog and answers `Ok`.
+    /// docs/architecture.md §7). Fencing stops feeding the watchdog and answers `Ok`.
     ResetHost { reason: String },
 }
 

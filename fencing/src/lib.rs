@@ -1,6 +1,6 @@
 //! The storage-fencing agent: Disk Paxos over per-host blocks of the shared
 //! block device, host-liveness (delta) leases, the output grant to ftvmm and
-//! the watchdog (DESIGN.md §5, docs/design.md §1–§4). `README.md` of this
+//! the watchdog (docs/architecture.md §7, docs/design.md §1–§4). `README.md` of this
 //! crate has the same overview with the layout and the numbers.
 //!
 //! - [`layout`]: the on-disk layout of the fencing region (version 2: one

@@ -1,7 +1,7 @@
 //! The CPUID the guest sees: built from the cluster's CPU baseline
 //! (`cluster.cpu` of the config, like VMware's EVC modes), never copied from
-//! the host, so every host presents a VM with the same table (DESIGN.md §4:
-//! "Both hosts of a pair must present the same CPU").
+//! the host, so every host presents a VM with the same table
+//! (docs/architecture.md §4, "The same machine on both hosts").
 //!
 //! Rules:
 //! - The table holds exactly these leaves: 0 (maximum basic leaf 0xd and the

@@ -4,7 +4,7 @@
 //! guest cannot predict reaches them only through [`Inputs`], and everything the
 //! outside world can observe leaves only through [`Outputs`]. Both are called by
 //! the vCPU loop at *deterministic exits*, each tagged with the exit index `n`
-//! (DESIGN.md §4): the count of `KVM_RUN` returns caused by the guest itself.
+//! (docs/architecture.md §4): the count of `KVM_RUN` returns caused by the guest itself.
 //!
 //! Without replication (`Live*` impls in the VMM) inputs come straight from the
 //! real backends (TAP, disk thread, timer, console) and outputs go straight to

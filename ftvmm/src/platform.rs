@@ -3,7 +3,7 @@
 //! ([`crate::cpuid`]), the MSRs the guest may touch, whether KVM enforces the
 //! paravirtual feature CPUID, and the VMM build (which fixes how an
 //! interrupt waits for IF=1: never through a requested window, `vcpu.rs`). A VM's Primary and Secondary must
-//! present the same platform (DESIGN.md §4): `Hello` carries the Primary's
+//! present the same platform (docs/architecture.md §4): `Hello` carries the Primary's
 //! [`Platform`] and the Secondary refuses the pair if it differs from its
 //! own, with one line naming the first difference ([`mismatch`]).
 //!

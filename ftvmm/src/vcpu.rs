@@ -1,7 +1,7 @@
 //! The vCPU loop: `KVM_RUN`, one match on the exit, device dispatch, interrupt
 //! injection, and input delivery at deterministic exits.
 //!
-//! Rules (DESIGN.md §4):
+//! Rules (docs/architecture.md §4):
 //! - Every `KVM_RUN` return caused by the guest (port I/O, MMIO, HLT, interrupt
 //!   window, debug, shutdown) advances the exit index `n` by one, *before* the
 //!   exit is handled, so the exit is handled "at `n`". Host-caused returns

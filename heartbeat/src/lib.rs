@@ -1,6 +1,6 @@
 //! The heartbeat daemon: authenticated, encrypted heartbeats between hosts over
 //! UDP on the FT network, failure suspicion, and the membership view that
-//! ftvmm and fencing ask for on the control socket (DESIGN.md §3, §4, §6).
+//! ftvmm and fencing ask for on the control socket (docs/architecture.md §3, §6).
 //!
 //! - [`packet`]: the wire format; every packet is one one-way Noise
 //!   `K_25519_ChaChaPoly_BLAKE2s` handshake message (snow) with a versioned

@@ -1,5 +1,5 @@
 //! Failover when the Primary's host loses its storage path (issue 5, test 4)
-//! or its writes reach storage late (DESIGN §5). Each host reaches the shared
+//! or its writes reach storage late (docs/architecture.md §7). Each host reaches the shared
 //! storage through its own NBD path (`Cluster::use_nbd_storage`) that the
 //! harness can cut (I/O hangs, nothing more lands) or slow down (every byte
 //! towards storage lands `d` late, in order). A client does PUT/GET over ONE

@@ -7,7 +7,7 @@
 //! The device is opened with `O_DIRECT` (through one reused 4 KiB-aligned
 //! bounce buffer): a completed write is on the shared device, not in this
 //! host's page cache, where the kernel could write it back seconds later,
-//! after another host took the VM over (DESIGN §5). Where the file system
+//! after another host took the VM over (docs/architecture.md §7). Where the file system
 //! refuses `O_DIRECT` (tmpfs) the file is opened buffered, with a warning.
 //!
 //! A failed request is either an I/O error the guest sees, or a refusal by

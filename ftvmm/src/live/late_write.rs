@@ -1,5 +1,5 @@
 //! Keeping a deposed or frozen Primary's disk writes from landing after the
-//! new Primary's (DESIGN §5 "the one hole", docs/design.md §3 items 3 and 5).
+//! new Primary's (docs/architecture.md §7, docs/design.md §3 items 3 and 5).
 //!
 //! Go-live never waits for the old Primary to be dead: the Disk Paxos
 //! decision alone keeps outputs consistent. What it cannot stop is a write

@@ -1,4 +1,4 @@
-//! Going live (DESIGN §4): a Secondary that won the next generation switches
+//! Going live (docs/architecture.md §6): a Secondary that won the next generation switches
 //! the same VM, stopped at the exit where its log ran out, to the real
 //! backends and continues as a Primary running alone.
 //!

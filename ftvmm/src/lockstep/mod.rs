@@ -1,4 +1,4 @@
-//! Virtual lockstep (DESIGN.md §4, docs/design.md): the Primary records every
+//! Virtual lockstep (docs/architecture.md §5, docs/design.md): the Primary records every
 //! non-deterministic input into a log and holds its outputs under the Output
 //! Rule; the Secondary replays the log at the same exit indices and drops its
 //! outputs; a member that loses its peer races for the next generation.

@@ -20,7 +20,7 @@
 //! Divergence is logged with both sides' values, counted, and stops the VM.
 //! When the channel has ended and every record has been replayed, the queue
 //! is *exhausted*: the VM stops at that exit so the caller can decide (halt,
-//! or go live — DESIGN §4). Outputs are digested and dropped.
+//! or go live — docs/architecture.md §6). Outputs are digested and dropped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -7,7 +7,7 @@
 //! block I/O results) to [`MmioTransport::deliver`]. The devices never touch a
 //! backend: everything they want done leaves through [`crate::io::Outputs`] and
 //! everything they learn arrives as an [`crate::io::InputEvent`], so the same
-//! sequence of calls yields the same guest-visible effects (DESIGN.md §4).
+//! sequence of calls yields the same guest-visible effects (docs/architecture.md §4).
 //!
 //! Hostile guest input (descriptors outside guest memory, chain loops, bad queue
 //! configuration, protocol violations) never panics: a malformed request gets an

@@ -1,5 +1,5 @@
 //! The logging channel between a Primary's and a Secondary's ftvmm
-//! (DESIGN.md §4, §6): one TCP connection, mutually authenticated and
+//! (docs/architecture.md §3, §5): one TCP connection, mutually authenticated and
 //! encrypted with the hosts' X25519 keys from the config by the Noise protocol
 //! `Noise_IK_25519_ChaChaPoly_BLAKE2s` (the `snow` crate). The Primary connects
 //! knowing the Secondary's public key; the Secondary accepts only initiators

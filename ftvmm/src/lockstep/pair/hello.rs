@@ -1,4 +1,4 @@
-//! Pair start (DESIGN §4, docs/design.md §1): the Primary connects to the
+//! Pair start (docs/architecture.md §5, docs/design.md §1): the Primary connects to the
 //! Secondary's listener, proves its identity (Noise IK with the host keys from
 //! the config) and proposes a [`Hello`]: VM name, the generation it won,
 //! config generation, image SHA-256, memory size and start exit 0. The

@@ -370,7 +370,7 @@ pub(crate) fn new_gate(
 
 /// Starts the live backends of a member that drives the real devices (a
 /// Primary, or a Secondary gone live), with its disk requests' age bounded
-/// (DESIGN §5).
+/// (docs/architecture.md §7).
 pub(crate) fn start_live(
     spec: &PairSpec,
     disk: Option<DiskBackend>,
