@@ -144,6 +144,7 @@ impl Watch {
         standby: bool,
     ) -> Self {
         let (rc, vm) = (rc.clone(), vm.clone());
+        let mut last_line = String::new();
         Self::spawn(format!("wait-{}", vm.name), stop, move |waited| {
             let here = rc.host_name.clone();
             let nowhere = matches!(runs_elsewhere(&fencing, &vm.name, &here), Ok(None));
@@ -152,6 +153,16 @@ impl Watch {
             } else {
                 Vec::new()
             };
+            // An operator whose VM runs nowhere sees why on every listening
+            // host's console: who powers it on, or that no host can
+            // (`waiting: no host for the primary (host-a is down, ...)`).
+            if !facts.is_empty() {
+                let line = choose::power_on(&rc.config, &vm.name, &facts).line();
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
             listener_decision(&rc, &vm, standby, waited, nowhere, &facts)
         })
     }
