@@ -266,14 +266,12 @@ fn seeds_with_reboots_and_slowdowns() {
             }
         }
         println!("sequential {sequential}: {found:?}");
-        if let Some(seed) = found.first() {
-            let (s, notes) = plan::restrict(&plan::generate(*seed, &HOSTS, sequential));
-            for st in &s.steps {
-                println!("  seed {seed}: {:>6} ms {}", st.at_ms, st.fault);
-            }
-            for n in notes {
-                println!("  seed {seed}: {n}");
-            }
+        for seed in found {
+            let (s, _) = plan::restrict(&plan::generate(seed, &HOSTS, sequential));
+            let steps: Vec<String> = (s.steps.iter())
+                .map(|st| format!("{} {}", st.at_ms / 1000, st.fault))
+                .collect();
+            println!("  {seed}: {}", steps.join(", "));
         }
     }
 }
