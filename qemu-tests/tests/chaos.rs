@@ -50,6 +50,9 @@ mod plan;
 mod plan_tests;
 #[path = "chaos/verdicts.rs"]
 mod verdicts;
+#[cfg(test)]
+#[path = "chaos/verdicts_tests.rs"]
+mod verdicts_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

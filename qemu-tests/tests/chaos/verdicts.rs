@@ -152,7 +152,9 @@ pub type ByKind = Vec<(FaultKind, u64)>;
 /// configured failure timeout of examples/cluster.toml).
 pub const OUTAGE_MS: u64 = 1_000;
 
-/// Per injected fault (and per reboot, over `Schedule::reboot_windows`):
+/// Per injected fault (and per reboot, over `Schedule::reboot_windows`,
+/// counting only gaps that open after it: a rejoin's stop-and-copy, not the
+/// outage of the kill before):
 /// the pause, the longest gap between replies (any
 /// client) from the last reply before the fault until its window's end
 /// (`Schedule::windows`) plus [`OUTAGE_MS`], cut at the next fault's start
@@ -174,7 +176,8 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
     replies.sort_unstable();
     let mut windows = schedule.windows();
     windows.extend(schedule.reboot_windows());
-    let starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
+    let mut starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
+    starts.sort_unstable();
     let (mut pauses, mut recoveries) = (Vec::new(), Vec::new());
     for w in &windows {
         let start = w.start_ms;
@@ -184,14 +187,19 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
             .find(|t| *t > start)
             .unwrap_or(u64::MAX);
         let until = next.min(w.end_ms.max(start) + OUTAGE_MS);
-        let mut prev = replies
-            .iter()
-            .rev()
-            .copied()
-            .find(|r| *r <= start)
-            .unwrap_or(start);
+        // A reboot pauses nothing when it comes: a gap already open then
+        // belongs to the fault before, so its gaps count from its first
+        // reply on.
+        let rejoin = w.fault.kind() == FaultKind::RebootHost;
+        let after: Vec<u64> = replies.iter().copied().filter(|r| *r > start).collect();
+        let mut prev = match rejoin {
+            true => after.first().copied().unwrap_or(start),
+            false => (replies.iter().rev().copied())
+                .find(|r| *r <= start)
+                .unwrap_or(start),
+        };
         let mut best: Option<(u64, u64)> = None;
-        for r in replies.iter().copied().filter(|r| *r > start) {
+        for r in after.iter().copied().skip(usize::from(rejoin)) {
             if r > until && best.is_some() {
                 break;
             }
