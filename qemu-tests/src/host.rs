@@ -6,13 +6,14 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::console::{Console, ConsoleLine, LineHook, Pattern};
 use crate::error::{HarnessError, Result};
 use crate::paths::qemu_binary;
 use crate::qmp;
+use crate::throttle::{Throttle, ThrottleStats};
 
 /// Serial number of the shared storage device (the config names it).
 pub const SHARED_SERIAL: &str = "FTSHARED";
@@ -303,7 +304,9 @@ impl Args {
 /// A running QEMU host. Dropping it kills QEMU.
 pub struct Host {
     name: String,
-    child: Mutex<Child>,
+    /// Shared with a [`Throttle`] while one runs.
+    child: Arc<Mutex<Child>>,
+    throttle: Mutex<Option<Throttle>>,
     stdin: Mutex<Option<ChildStdin>>,
     console: Console,
     spawned_at: Instant,
@@ -358,7 +361,8 @@ impl Host {
         };
         Ok(Host {
             name: spec.name.clone(),
-            child: Mutex::new(child),
+            child: Arc::new(Mutex::new(child)),
+            throttle: Mutex::new(None),
             stdin: Mutex::new(stdin),
             console,
             spawned_at,
@@ -461,8 +465,10 @@ impl Host {
         matches!(self.child().try_wait(), Ok(None))
     }
 
-    /// SIGKILLs QEMU (a host dying at once) and reaps it. Idempotent.
+    /// SIGKILLs QEMU (a host dying at once) and reaps it, ending a throttle
+    /// first. Idempotent.
     pub fn kill(&self) -> Result<()> {
+        self.unthrottle();
         let mut child = self.child();
         if let Ok(Some(_)) = child.try_wait() {
             return Ok(());
@@ -508,6 +514,29 @@ impl Host {
     /// Resumes a host frozen with [`Host::pause`].
     pub fn resume(&self) -> Result<()> {
         self.qmp("cont", None).map(drop)
+    }
+
+    /// Slows the whole host down: its QEMU process is stopped (`SIGSTOP`)
+    /// for `stopped` of every `period` until [`Host::unthrottle`] or
+    /// [`Host::kill`] ([`crate::throttle`] says why this is a slow host).
+    /// Ends a throttle already running first.
+    pub fn throttle(&self, stopped: Duration, period: Duration) -> Result<()> {
+        self.unthrottle();
+        let t = Throttle::start(&self.name, Arc::clone(&self.child), stopped, period)
+            .map_err(|e| HarnessError::io(format!("throttle thread of {}", self.name), e))?;
+        *self.throttle_slot() = Some(t);
+        Ok(())
+    }
+
+    /// Ends a throttle (QEMU runs normally again when this returns): what it
+    /// did, or `None` if none ran.
+    pub fn unthrottle(&self) -> Option<ThrottleStats> {
+        let t = self.throttle_slot().take();
+        t.map(Throttle::end)
+    }
+
+    fn throttle_slot(&self) -> MutexGuard<'_, Option<Throttle>> {
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

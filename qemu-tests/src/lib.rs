@@ -4,7 +4,8 @@
 //! lossy, joins a test client to a hub via a TAP device in a network
 //! namespace, and waits on the hosts' serial consoles.
 //!
-//! - [`host::Host`]: one QEMU process and its console.
+//! - [`host::Host`]: one QEMU process and its console; [`throttle`] slows
+//!   one down (duty-cycled `SIGSTOP`/`SIGCONT`).
 //! - [`hub::Hub`]: one network (FT or VM) with per-link fault controls.
 //! - [`netns::NetnsTap`]: a TAP device in a network namespace on a hub.
 //! - [`storage::NbdStorage`], [`storage::StoragePath`]: shared storage over
@@ -31,6 +32,7 @@ pub mod paths;
 pub mod qmp;
 pub mod storage;
 mod sys;
+pub mod throttle;
 
 pub mod kv;
 pub use cluster::{Cluster, ClusterSource, TestDir};

@@ -15,18 +15,16 @@ const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
 const PAIR: [&str; 2] = ["host-a", "host-b"];
 const DURATION: u64 = 60_000;
 
-/// Like the QEMU runner's (tests/chaos/nemesis.rs): a 60 s run, no slowed
-/// hosts.
+/// Like the QEMU runner's (tests/chaos/plan.rs): a 60 s run, every kind,
+/// slowdowns by 2 to 4.
 fn campaign(sequential: bool) -> Params {
     Params {
         start_ms: 8_000,
         min_gap_ms: 6_000,
         max_gap_ms: 12_000,
         max_concurrent: 2,
-        kinds: FaultKind::INJECTIONS
-            .into_iter()
-            .filter(|k| *k != FaultKind::SlowHost)
-            .collect(),
+        kinds: FaultKind::INJECTIONS.to_vec(),
+        slow_factor: (2, 4),
         combine_percent: 25,
         heal_percent: 35,
         settle_ms: 12_000,

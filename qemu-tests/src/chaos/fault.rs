@@ -27,10 +27,23 @@ pub enum Fault {
     DelayStorage { host: String, ms: u64 },
     /// The host's link to the VM network is cut.
     CutVmNet { host: String },
-    /// The host runs `factor` times slower (CPU throttled).
+    /// The host runs `factor` times slower: starved of CPU, its QEMU stopped
+    /// [`slow_stopped_ms`]`(factor)` of every [`SLOW_PERIOD_MS`], until a heal
+    /// or its kill.
     SlowHost { host: String, factor: u32 },
     /// Undo every fault in force but kills (killed hosts need `RebootHost`).
     Heal,
+}
+
+/// The period of a slowed host's duty cycle (ms): stopped, then running.
+/// Well below the failure timeout (1 s in examples/cluster.toml): a slowed
+/// host is late, never silent for long.
+pub const SLOW_PERIOD_MS: u64 = 100;
+
+/// How long of every [`SLOW_PERIOD_MS`] a host slowed by `factor` is
+/// stopped: it runs `1/factor` of the time (factor 2: 50 ms, 4: 75 ms).
+pub fn slow_stopped_ms(factor: u32) -> u64 {
+    SLOW_PERIOD_MS - SLOW_PERIOD_MS / u64::from(factor.max(1))
 }
 
 /// The kind of a [`Fault`], for enabling kinds and counting by kind.

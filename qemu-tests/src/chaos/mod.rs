@@ -33,7 +33,7 @@ pub mod roles;
 pub mod schedule;
 
 pub use draw::{first_class, FaultClass, WEIGHTS};
-pub use fault::{Fault, FaultKind};
+pub use fault::{slow_stopped_ms, Fault, FaultKind, SLOW_PERIOD_MS};
 pub use plot::{plot_run, OpPoint, Outcome};
 pub use report::{
     median, CampaignReport, KindStats, OpCounts, RunReport, SeedNote, Spread, Verdict,

@@ -126,3 +126,81 @@ fn windows_end_at_heal_reboot_expiry_or_kill() {
         ]
     );
 }
+
+#[test]
+fn reboot_windows_last_until_the_next_injected_fault() {
+    let a = || "host-a".to_string();
+    let b = || "host-b".to_string();
+    let s = hand(vec![
+        step(1_000, Fault::KillHost { host: a() }),
+        step(5_000, Fault::RebootHost { host: a() }),
+        step(9_000, Fault::Heal),
+        step(12_000, Fault::KillHost { host: b() }),
+        step(20_000, Fault::RebootHost { host: b() }),
+    ]);
+    s.check().unwrap();
+    let w = s.reboot_windows();
+    assert_eq!(
+        w,
+        vec![
+            Window {
+                fault: Fault::RebootHost { host: a() },
+                start_ms: 5_000,
+                end_ms: 12_000,
+            },
+            Window {
+                fault: Fault::RebootHost { host: b() },
+                start_ms: 20_000,
+                end_ms: 100_000,
+            },
+        ]
+    );
+    // The kills' windows end at their reboots.
+    let kills: Vec<(u64, u64)> = (s.windows().iter())
+        .filter(|w| w.fault.kind() == FaultKind::KillHost)
+        .map(|w| (w.start_ms, w.end_ms))
+        .collect();
+    assert_eq!(kills, vec![(1_000, 5_000), (12_000, 20_000)]);
+}
+
+#[test]
+fn a_slowdown_lasts_until_the_heal_or_its_hosts_kill() {
+    let a = || "host-a".to_string();
+    let b = || "host-b".to_string();
+    let s = hand(vec![
+        step(
+            1_000,
+            Fault::SlowHost {
+                host: a(),
+                factor: 3,
+            },
+        ),
+        step(
+            1_000,
+            Fault::SlowHost {
+                host: b(),
+                factor: 2,
+            },
+        ),
+        step(4_000, Fault::KillHost { host: b() }),
+        step(7_000, Fault::Heal),
+        step(8_000, Fault::RebootHost { host: b() }),
+    ]);
+    s.check().unwrap();
+    let slow: Vec<(String, u64, u64)> = (s.windows().iter())
+        .filter(|w| w.fault.kind() == FaultKind::SlowHost)
+        .map(|w| (w.fault.to_string(), w.start_ms, w.end_ms))
+        .collect();
+    assert_eq!(
+        slow,
+        vec![
+            ("slow host-b x2".to_string(), 1_000, 4_000),
+            ("slow host-a x3".to_string(), 1_000, 7_000),
+        ]
+    );
+    assert_eq!(slow_stopped_ms(2), 50);
+    assert_eq!(slow_stopped_ms(3), 67);
+    assert_eq!(slow_stopped_ms(4), 75);
+    assert_eq!(slow_stopped_ms(1), 0);
+    assert!((2..=100).all(|f| slow_stopped_ms(f) < SLOW_PERIOD_MS));
+}

@@ -2,7 +2,9 @@
 //! client operation (x = invoke time in s, y = latency in ms; acknowledged,
 //! failed and unknown operations marked differently), with each fault's
 //! window shaded and labelled by its kind, so a pause can be read against
-//! the fault that caused it. SVG only (plotters' SVG backend, no fonts
+//! the fault that caused it; a reboot (the end of a kill's window) is a
+//! dashed line labelled `reboot_host <host>`, since the rebooted host's
+//! rejoining can pause the guest later. SVG only (plotters' SVG backend, no fonts
 //! needed: text is left to the viewer).
 
 use super::fault::FaultKind;
@@ -111,6 +113,29 @@ fn draw(
             ("sans-serif", 12)
                 .into_font()
                 .color(&kind_color(w.fault.kind())),
+        )
+    }))?;
+
+    // Reboots: a dashed line each, labelled below the fault labels.
+    let reboots = schedule.reboot_windows();
+    let dash = top / 40.0;
+    chart.draw_series(reboots.iter().flat_map(|w| {
+        let x = s(w.start_ms);
+        (0..20).map(move |i| {
+            let y = f64::from(i) * 2.0 * dash;
+            PathElement::new(
+                vec![(x, y), (x, y + dash)],
+                kind_color(FaultKind::RebootHost).stroke_width(1),
+            )
+        })
+    }))?;
+    chart.draw_series(reboots.iter().map(|w| {
+        Text::new(
+            w.fault.to_string(),
+            (s(w.start_ms), top * 0.78),
+            ("sans-serif", 12)
+                .into_font()
+                .color(&kind_color(FaultKind::RebootHost)),
         )
     }))?;
 

@@ -65,6 +65,17 @@ fn writes_svg_with_fault_labels() {
             .replace('<', "&lt;");
         assert!(svg.contains(&label), "no label {label:?}");
     }
+    // Seed 1 slows a host and reboots killed ones: both are on the plot.
+    assert!(windows
+        .iter()
+        .any(|w| w.fault.kind() == FaultKind::SlowHost));
+    let reboots = schedule.reboot_windows();
+    assert!(!reboots.is_empty());
+    for w in &reboots {
+        let label = w.fault.to_string();
+        assert!(label.starts_with("reboot_host host-"), "{label}");
+        assert!(svg.lines().any(|l| l.trim() == label), "no label {label:?}");
+    }
     for legend in ["ok", "fail", "unknown", "latency (ms)", "invoke time (s)"] {
         // plotters writes a text's content on a line of its own.
         assert!(svg.lines().any(|l| l.trim() == legend), "no {legend:?}");

@@ -311,6 +311,31 @@ impl Schedule {
         out
     }
 
+    /// A window per reboot, from its step until the next step that injects
+    /// a fault (or the end): the rebooted host boots and rejoins, and the
+    /// cluster may place a Secondary on it, whose transfer's stop-and-copy
+    /// pauses the guest. The client-visible pause of a reboot is measured
+    /// over it; the fault windows ([`Schedule::windows`]) stay as they are
+    /// (a kill's ends at its reboot).
+    pub fn reboot_windows(&self) -> Vec<Window> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.fault.kind() == FaultKind::RebootHost)
+            .map(|(i, s)| {
+                let end_ms = (self.steps[i + 1..].iter())
+                    .find(|n| n.fault.kind().is_injection() && n.at_ms > s.at_ms)
+                    .map_or(self.duration_ms, |n| n.at_ms)
+                    .max(s.at_ms);
+                Window {
+                    fault: s.fault.clone(),
+                    start_ms: s.at_ms,
+                    end_ms,
+                }
+            })
+            .collect()
+    }
+
     pub fn to_json(&self) -> String {
         // A Schedule has only strings, numbers and plain enums: it always
         // serializes.

@@ -1,7 +1,13 @@
 //! The chaos run's nemesis: applies a planned schedule (`chaos/plan.rs`)
 //! at its times.
 //!
-//! A freeze thaws by itself after its `for_ms`. A gated step
+//! A freeze thaws by itself after its `for_ms`. A slowdown (`Host::throttle`:
+//! the host's QEMU stopped `chaos::slow_stopped_ms(factor)` of every 100 ms,
+//! CPU starvation) lasts until the heal, the host's kill or the end, each of
+//! which ends it cleanly (the throttle thread joined, QEMU continued) and
+//! notes what it did. A reboot boots the killed host again into the running
+//! cluster (`chaos/fleet.rs`): the host whose kill it follows, whatever a
+//! gate renamed since. A gated step
 //! ([`chaos::Gate`], the second pair failure with `FT_CHAOS_SEQUENTIAL=1`)
 //! is applied only after the nemesis has seen the respawn's `ftvmm: vm kv:
 //! protected: secondary <host>` line on a console after the first pair
@@ -12,14 +18,14 @@
 //! [`PROTECTED_TIMEOUT`] of the first pair failure the gated step is
 //! dropped, with a note.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use qemu_tests::chaos::{Fault, Gate, Schedule, Step};
+use qemu_tests::chaos::{slow_stopped_ms, Fault, Gate, Schedule, Step, SLOW_PERIOD_MS};
 use qemu_tests::history::Recorder;
-use qemu_tests::Cluster;
 
 use crate::common::VM;
+use crate::fleet::Fleet;
 use crate::plan::costs_a_member;
 
 /// How long after the first pair failure a gated step waits for the
@@ -61,12 +67,17 @@ pub struct Played {
 }
 
 /// The nemesis while it plays a schedule.
-struct Nemesis<'a> {
-    cluster: &'a Cluster,
+struct Nemesis<'a, 'c> {
+    fleet: &'a mut Fleet<'c>,
     rec: &'a Recorder,
     played: Played,
     /// Frozen hosts and when they thaw (ms on the recorder's clock).
     frozen: BTreeMap<String, u64>,
+    /// Slowed hosts.
+    slowed: BTreeSet<String>,
+    /// Killed hosts by their schedule name: the host the kill hit (a gate
+    /// may have renamed hosts since; the reboot goes to the killed one).
+    killed: BTreeMap<String, String>,
     /// When the first pair failure was applied.
     first_failure: Option<Instant>,
     /// How much later than planned the steps come, after a gate's wait.
@@ -79,12 +90,14 @@ struct Nemesis<'a> {
 /// thaws by itself after `for_ms`; a gated step waits for its `protected:`
 /// line, module doc), then heals everything and returns at the schedule's
 /// end (its `settle_ms` after the last heal, plus any wait at a gate).
-pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
+pub fn play(fleet: &mut Fleet<'_>, schedule: &Schedule, rec: &Recorder) -> Played {
     let mut n = Nemesis {
-        cluster,
+        fleet,
         rec,
         played: Played::default(),
         frozen: BTreeMap::new(),
+        slowed: BTreeSet::new(),
+        killed: BTreeMap::new(),
         first_failure: None,
         delay_ms: 0,
         rename: BTreeMap::new(),
@@ -100,9 +113,16 @@ pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
         }
         let at_ms = step.at_ms + n.delay_ms;
         n.wait_until(at_ms);
-        let fault = step
-            .fault
-            .renamed(|h| n.rename.get(h).cloned().unwrap_or_else(|| h.to_string()));
+        let fault = match &step.fault {
+            Fault::RebootHost { host } => Fault::RebootHost {
+                host: n.killed.remove(host).unwrap_or_else(|| host.clone()),
+            },
+            f => f.renamed(|h| n.rename.get(h).cloned().unwrap_or_else(|| h.to_string())),
+        };
+        if let (Fault::KillHost { host: planned }, Fault::KillHost { host }) = (&step.fault, &fault)
+        {
+            n.killed.insert(planned.clone(), host.clone());
+        }
         n.step(&fault);
         n.played.steps.push(Step {
             at_ms,
@@ -110,12 +130,12 @@ pub fn play(cluster: &Cluster, schedule: &Schedule, rec: &Recorder) -> Played {
             gate: step.gate.clone(),
         });
     }
-    heal(cluster, &mut n.frozen, &mut n.played);
+    n.heal();
     n.wait_until(schedule.duration_ms + n.delay_ms);
     n.played
 }
 
-impl Nemesis<'_> {
+impl Nemesis<'_, '_> {
     fn now_ms(&self) -> u64 {
         self.rec.now() / 1_000_000
     }
@@ -147,7 +167,7 @@ impl Nemesis<'_> {
                 .collect();
             for host in due {
                 self.frozen.remove(&host);
-                let r = thaw(self.cluster, &host, &mut self.played);
+                let r = thaw(self.fleet, &host, &mut self.played);
                 self.record(format!("thaw {host}"), r);
             }
             if now >= at_ms {
@@ -159,11 +179,31 @@ impl Nemesis<'_> {
     }
 
     fn step(&mut self, fault: &Fault) {
-        if *fault == Fault::Heal {
-            heal(self.cluster, &mut self.frozen, &mut self.played);
-            return self.record("heal".into(), Ok(()));
-        }
-        let r = apply(self.cluster, fault);
+        let r = match fault {
+            Fault::Heal => {
+                self.heal();
+                Ok(())
+            }
+            Fault::KillHost { host } => {
+                // The kill ends the host's freeze and slowdown (the model's
+                // rule): no thaw or throttle may reach a later process.
+                self.frozen.remove(host);
+                self.end_slow(host, "its kill");
+                apply(self.fleet, fault)
+            }
+            Fault::RebootHost { host } => self.fleet.reboot(host).map(drop),
+            Fault::SlowHost { host, factor } => {
+                let stopped = Duration::from_millis(slow_stopped_ms(*factor));
+                let period = Duration::from_millis(SLOW_PERIOD_MS);
+                let r = (self.fleet.host(host))
+                    .and_then(|h| h.throttle(stopped, period).map_err(|e| e.to_string()));
+                if r.is_ok() {
+                    self.slowed.insert(host.clone());
+                }
+                r
+            }
+            _ => apply(self.fleet, fault),
+        };
         if r.is_ok() {
             if let Fault::FreezeHost { host, for_ms } = fault {
                 self.frozen.insert(host.clone(), self.now_ms() + for_ms);
@@ -172,7 +212,54 @@ impl Nemesis<'_> {
                 self.first_failure = Some(Instant::now());
             }
         }
-        self.record(fault.to_string(), r);
+        let what = match fault {
+            Fault::SlowHost { factor, .. } => format!(
+                "{fault} (stopped {} of every {SLOW_PERIOD_MS} ms)",
+                slow_stopped_ms(*factor)
+            ),
+            _ => fault.to_string(),
+        };
+        self.record(what, r);
+    }
+
+    /// Ends `host`'s slowdown, if any, and notes what it did.
+    fn end_slow(&mut self, host: &str, by: &str) {
+        if !self.slowed.remove(host) {
+            return;
+        }
+        let stats = self.fleet.host(host).ok().and_then(|h| h.unthrottle());
+        let what = match stats {
+            Some(s) => format!(
+                "end slow {host} by {by}: {} cycles, stopped {} ms of {} ms{}",
+                s.cycles,
+                s.stopped.as_millis(),
+                s.lasted.as_millis(),
+                if s.child_exited { " (QEMU exited)" } else { "" }
+            ),
+            None => format!("end slow {host} by {by}: no throttle was running"),
+        };
+        self.record(what, Ok(()));
+    }
+
+    /// Ends every fault but kills: FT and VM links, storage paths, freezes,
+    /// slowdowns.
+    fn heal(&mut self) {
+        let cluster = self.fleet.cluster();
+        cluster.ft.heal_all();
+        cluster.vm.heal_all();
+        for h in &cluster.config().hosts {
+            if let Ok(p) = cluster.storage_path(&h.name) {
+                p.pass();
+            }
+        }
+        for host in std::mem::take(&mut self.frozen).into_keys() {
+            if let Err(e) = thaw(self.fleet, &host, &mut self.played) {
+                eprintln!("chaos: thaw {host} at the heal: {e}");
+            }
+        }
+        for host in self.slowed.clone() {
+            self.end_slow(&host, "the heal");
+        }
     }
 
     /// Waits for the `protected:` line after the first pair failure (module
@@ -185,7 +272,7 @@ impl Nemesis<'_> {
         let line = regex::Regex::new(&format!(r"ftvmm: vm {VM}: protected: secondary ([\w.-]+)"))
             .expect("a valid regex");
         loop {
-            if let Some((primary, secondary)) = protected_after(self.cluster, &line, since) {
+            if let Some((primary, secondary)) = protected_after(self.fleet, &line, since) {
                 let rename = gate.renaming(hosts, &primary, &secondary).ok_or(format!(
                     "the protected: line names {primary} and {secondary}, not a pair of this run"
                 ))?;
@@ -215,14 +302,11 @@ impl Nemesis<'_> {
 
 /// The pair of the last `protected:` line (`re`, capturing the Secondary's
 /// host) that arrived after `since` on any console: the host it is on (the
-/// Primary's) and the host it names.
-fn protected_after(
-    cluster: &Cluster,
-    re: &regex::Regex,
-    since: Instant,
-) -> Option<(String, String)> {
+/// Primary's) and the host it names. Every process's console: a rebooted
+/// host's too.
+fn protected_after(fleet: &Fleet, re: &regex::Regex, since: Instant) -> Option<(String, String)> {
     let mut last: Option<(Instant, String, String)> = None;
-    for host in cluster.hosts() {
+    for host in fleet.processes() {
         for l in host.console().lines() {
             let at = host.spawned_at() + l.at;
             let Some(c) = re.captures(&l.text).filter(|_| at > since) else {
@@ -237,11 +321,14 @@ fn protected_after(
     last.map(|(_, p, s)| (p, s))
 }
 
-fn apply(cluster: &Cluster, fault: &Fault) -> Result<(), String> {
+/// Applies a fault of the hubs, the storage paths or a host's QEMU (the
+/// nemesis's own steps, heal, reboot and slowdown, are [`Nemesis::step`]'s).
+fn apply(fleet: &Fleet, fault: &Fault) -> Result<(), String> {
     let e = |e: qemu_tests::HarnessError| e.to_string();
+    let cluster = fleet.cluster();
     match fault {
-        Fault::KillHost { host } => cluster.host(host).and_then(|h| h.kill()).map_err(e),
-        Fault::FreezeHost { host, .. } => cluster.host(host).and_then(|h| h.pause()).map_err(e),
+        Fault::KillHost { host } => fleet.host(host)?.kill().map_err(e),
+        Fault::FreezeHost { host, .. } => fleet.host(host)?.pause().map_err(e),
         Fault::PartitionFt { a, b, one_way } => if *one_way {
             cluster.ft.cut_one_way(a, b)
         } else {
@@ -256,13 +343,13 @@ fn apply(cluster: &Cluster, fault: &Fault) -> Result<(), String> {
             .map_err(e),
         Fault::CutVmNet { host } => cluster.vm.isolate(host).map_err(e),
         Fault::SlowHost { .. } | Fault::RebootHost { .. } | Fault::Heal => {
-            Err(format!("{fault}: not applied by this runner"))
+            Err(format!("{fault}: a step of the nemesis itself"))
         }
     }
 }
 
-fn thaw(cluster: &Cluster, host: &str, played: &mut Played) -> Result<(), String> {
-    let h = cluster.host(host).map_err(|e| e.to_string())?;
+fn thaw(fleet: &Fleet, host: &str, played: &mut Played) -> Result<(), String> {
+    let h = fleet.host(host)?;
     let resume_sent = Instant::now();
     h.resume().map_err(|e| e.to_string())?;
     played.thaws.push(Thaw {
@@ -271,20 +358,4 @@ fn thaw(cluster: &Cluster, host: &str, played: &mut Played) -> Result<(), String
         thawed: Instant::now(),
     });
     Ok(())
-}
-
-/// Ends every fault but kills: FT and VM links, storage paths, freezes.
-fn heal(cluster: &Cluster, frozen: &mut BTreeMap<String, u64>, played: &mut Played) {
-    cluster.ft.heal_all();
-    cluster.vm.heal_all();
-    for h in &cluster.config().hosts {
-        if let Ok(p) = cluster.storage_path(&h.name) {
-            p.pass();
-        }
-    }
-    for host in std::mem::take(frozen).into_keys() {
-        if let Err(e) = thaw(cluster, &host, played) {
-            eprintln!("chaos: thaw {host} at the heal: {e}");
-        }
-    }
 }

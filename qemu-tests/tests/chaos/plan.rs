@@ -8,14 +8,22 @@
 //! `FT_CHAOS_SEQUENTIAL=1` two, the second gated until the respawn protects
 //! the pair again (`chaos/nemesis.rs` plays the gate). The generator draws
 //! no more (`chaos::roles`); [`restrict`] drops any beyond as a safeguard.
+//! After the first pair failure every host counts as a member: respawn may
+//! have placed the new Secondary on host-c, or on a rebooted host, so an
+//! ungated fault there would be a second pair failure.
 //!
-//! [`restrict`] also drops what this runner cannot do: kills of host-c
-//! before any failure (nothing reboots it during the run; a gated kill may
-//! aim at a respawned Secondary there), reboots (a killed host stays down,
-//! and later kills and freezes of it are dropped too), slowed hosts. Faults
-//! on host-c (freeze, storage, FT partitions to it) and VM-network cuts are
-//! kept: without respawn they cost the pair nothing. Every dropped step is a
-//! note in the run's report.
+//! Reboots are applied (`chaos/fleet.rs`): a killed host boots again into
+//! the running cluster, and may become the new Secondary. A reboot costs no
+//! member; a kill of host-c before any pair failure is kept (its reboot
+//! brings it back). A slowdown (`Host::throttle`, CPU starvation at most 75
+//! ms of every 100 ms here) is no pair failure: a slowed host is late, never
+//! silent for a failure timeout.
+//!
+//! [`restrict`] drops what this runner cannot do: a reboot while the host's
+//! storage path is cut or severed (QEMU's NBD client fails its first
+//! connect and QEMU exits; a delayed path boots), and then later kills,
+//! freezes and slowdowns of that host, which stays down; a reboot whose kill
+//! was dropped. Every dropped step is a note in the run's report.
 
 use std::collections::BTreeSet;
 
@@ -27,8 +35,9 @@ pub const DURATION_MS: u64 = 60_000;
 /// The pair of VM `kv`: host-a Primary, host-b Secondary.
 pub const PAIR: [&str; 2] = ["host-a", "host-b"];
 
-/// The generator's parameters: only kinds the harness applies (no slow
-/// host); a second pair failure with `sequential` (`FT_CHAOS_SEQUENTIAL=1`).
+/// The generator's parameters: every injection kind, slowdowns by 2 to 4
+/// (stopped 50 to 75 of every 100 ms); a second pair failure with
+/// `sequential` (`FT_CHAOS_SEQUENTIAL=1`).
 pub fn params(sequential: bool) -> Params {
     Params {
         start_ms: 8_000,
@@ -43,13 +52,14 @@ pub fn params(sequential: bool) -> Params {
             FaultKind::SeverStorage,
             FaultKind::DelayStorage,
             FaultKind::CutVmNet,
+            FaultKind::SlowHost,
         ],
         combine_percent: 25,
         heal_percent: 35,
         settle_ms: 12_000,
         freeze_ms: (500, 4_000),
         storage_delay_ms: (50, 500),
-        slow_factor: (2, 2),
+        slow_factor: (2, 4),
         one_way_percent: 30,
         pair_failures: if sequential { 2 } else { 1 },
         respawn_ms: 15_000,
@@ -76,23 +86,29 @@ pub fn restrict(generated: &Schedule) -> (Schedule, Vec<String>) {
     let mut failures: Vec<String> = Vec::new();
     let mut killed: BTreeSet<String> = BTreeSet::new();
     let mut down: BTreeSet<String> = BTreeSet::new();
+    let mut no_path: BTreeSet<String> = BTreeSet::new();
     for step in &generated.steps {
         let f = &step.fault;
-        let needs_qemu = matches!(f, Fault::KillHost { .. } | Fault::FreezeHost { .. });
+        let needs_qemu = matches!(
+            f,
+            Fault::KillHost { .. } | Fault::FreezeHost { .. } | Fault::SlowHost { .. }
+        );
+        let member = match failures.is_empty() {
+            true => costs_a_member(f),
+            false => chaos::costs_a_member(f, &generated.hosts),
+        };
         let drop = match f {
             _ if needs_qemu && f.hosts().iter().any(|h| down.contains(*h)) => {
                 Some("the host stays down: its reboot was dropped".to_string())
             }
-            Fault::KillHost { host } if !PAIR.contains(&host.as_str()) && step.gate.is_none() => {
-                Some(format!("{host} is not rebooted during a run"))
-            }
-            Fault::RebootHost { host } if killed.contains(host) => {
+            Fault::RebootHost { host } if killed.contains(host) && no_path.contains(host) => {
                 down.insert(host.clone());
-                Some("this runner reboots no host: a killed host stays down".into())
+                Some("its storage path is cut or severed: QEMU would not start".into())
             }
-            Fault::RebootHost { .. } => Some("its kill was dropped".into()),
-            Fault::SlowHost { .. } => Some("the harness cannot slow a host".into()),
-            _ if costs_a_member(f) || step.gate.is_some() => {
+            Fault::RebootHost { host } if !killed.contains(host) => {
+                Some("its kill was dropped".into())
+            }
+            _ if member || step.gate.is_some() => {
                 if failures.len() >= cap {
                     Some(format!(
                         "at most {cap} pair failure(s) per run, already: {}",
@@ -110,8 +126,18 @@ pub fn restrict(generated: &Schedule) -> (Schedule, Vec<String>) {
         match drop {
             Some(why) => notes.push(format!("dropped {f} at {} ms: {why}", step.at_ms)),
             None => {
-                if let Fault::KillHost { host } = f {
-                    killed.insert(host.clone());
+                match f {
+                    Fault::KillHost { host } => {
+                        killed.insert(host.clone());
+                    }
+                    Fault::RebootHost { host } => {
+                        killed.remove(host);
+                    }
+                    Fault::CutStorage { host } | Fault::SeverStorage { host } => {
+                        no_path.insert(host.clone());
+                    }
+                    Fault::Heal => no_path.clear(),
+                    _ => {}
                 }
                 steps.push(step.clone());
             }

@@ -2,17 +2,26 @@
 //! final GETs are ops in it, so a lost acknowledged PUT shows there), the
 //! final values against the guest's on-disk log, guest output from one host
 //! at a time (the emitting host switches at most once per go-live), no
-//! lockstep divergence on any console, and the client-visible pause and time
-//! to recovery after each fault.
+//! lockstep divergence on any console, no rebooted host winning a
+//! generation already won before it booted, protection again at the end,
+//! and the client-visible pause and time to recovery after each fault (and
+//! after each reboot, while the host rejoins).
+//!
+//! Consoles are read from every QEMU process of the run (`chaos/fleet.rs`):
+//! a host killed and booted again has two, and a go-live or a divergence on
+//! the dead one still counts. Guest frames are captured by hub port, one per
+//! host name, so the emitting host is the same across its processes.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use qemu_tests::chaos::{self, FaultKind, OpPoint, Schedule};
 use qemu_tests::history::{self, CheckOptions, History, Outcome};
 use qemu_tests::hub::CapturedFrame;
-use qemu_tests::Cluster;
+use qemu_tests::{Cluster, Host};
 
 use crate::common::{guest_frames, in_thaw_window, VM};
+use crate::fleet::Fleet;
 use crate::nemesis::Thaw;
 
 /// The checker's verdict as a report verdict.
@@ -60,7 +69,7 @@ pub struct Consoles {
     pub generations: Vec<String>,
 }
 
-pub fn consoles(cluster: &Cluster) -> Consoles {
+pub fn consoles(fleet: &Fleet) -> Consoles {
     let live = regex::Regex::new(&format!(
         r"ftvmm: vm {VM}: won generation \d+; live as primary"
     ))
@@ -74,9 +83,10 @@ pub fn consoles(cluster: &Cluster) -> Consoles {
         divergences: Vec::new(),
         generations: Vec::new(),
     };
-    for host in cluster.hosts() {
+    for host in fleet.processes() {
+        let name = fleet.label(host);
         for l in host.console().lines() {
-            let line = format!("{} [{:.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
+            let line = format!("{name} [{:.3}] {}", l.at.as_secs_f64(), l.text);
             if live.is_match(&l.text) {
                 c.golives.push(line);
             } else if l.text.contains("lockstep divergence") {
@@ -142,7 +152,10 @@ pub type ByKind = Vec<(FaultKind, u64)>;
 /// configured failure timeout of examples/cluster.toml).
 pub const OUTAGE_MS: u64 = 1_000;
 
-/// Per injected fault: the pause, the longest gap between replies (any
+/// Per injected fault (and per reboot, over `Schedule::reboot_windows`,
+/// counting only gaps that open after it: a rejoin's stop-and-copy, not the
+/// outage of the kill before):
+/// the pause, the longest gap between replies (any
 /// client) from the last reply before the fault until its window's end
 /// (`Schedule::windows`) plus [`OUTAGE_MS`], cut at the next fault's start
 /// (if no reply came by then, until the first reply after); and the time to
@@ -161,8 +174,10 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
         .filter_map(|o| o.complete.map(|c| c / 1_000_000))
         .collect();
     replies.sort_unstable();
-    let windows = schedule.windows();
-    let starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
+    let mut windows = schedule.windows();
+    windows.extend(schedule.reboot_windows());
+    let mut starts: Vec<u64> = windows.iter().map(|w| w.start_ms).collect();
+    starts.sort_unstable();
     let (mut pauses, mut recoveries) = (Vec::new(), Vec::new());
     for w in &windows {
         let start = w.start_ms;
@@ -172,14 +187,19 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
             .find(|t| *t > start)
             .unwrap_or(u64::MAX);
         let until = next.min(w.end_ms.max(start) + OUTAGE_MS);
-        let mut prev = replies
-            .iter()
-            .rev()
-            .copied()
-            .find(|r| *r <= start)
-            .unwrap_or(start);
+        // A reboot pauses nothing when it comes: a gap already open then
+        // belongs to the fault before, so its gaps count from its first
+        // reply on.
+        let rejoin = w.fault.kind() == FaultKind::RebootHost;
+        let after: Vec<u64> = replies.iter().copied().filter(|r| *r > start).collect();
+        let mut prev = match rejoin {
+            true => after.first().copied().unwrap_or(start),
+            false => (replies.iter().rev().copied())
+                .find(|r| *r <= start)
+                .unwrap_or(start),
+        };
         let mut best: Option<(u64, u64)> = None;
-        for r in replies.iter().copied().filter(|r| *r > start) {
+        for r in after.iter().copied().skip(usize::from(rejoin)) {
             if r > until && best.is_some() {
                 break;
             }
@@ -198,38 +218,74 @@ pub fn pauses(h: &History, schedule: &Schedule) -> (ByKind, ByKind) {
     (pauses, recoveries)
 }
 
-/// Protection after the heal (issue 12, with respawn): when at least two
-/// hosts still run, the owner of the highest generation won (by the `won
-/// generation` lines of every console) must be protected again within
-/// `wait`: a `protected:` line of its keeper, or the power-on pairing of
-/// generation 1, after its win. `None` when it is, or when fewer than two
-/// hosts are left (no host is eligible); else why not.
-pub fn unprotected_at_end(cluster: &Cluster, wait: std::time::Duration) -> Option<String> {
+/// The generations `process` printed `won generation N` for, with when.
+fn wins(process: &Host) -> Vec<(u64, std::time::Instant)> {
     let won = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation (\d+)"))
         .expect("a valid regex");
-    let up = cluster.hosts().filter(|h| h.is_running()).count();
-    if up < 2 {
-        return None;
-    }
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        let mut owner: Option<(u64, String, std::time::Duration)> = None;
-        for host in cluster.hosts() {
-            for l in host.console().lines() {
-                let Some(g) = won.captures(&l.text).and_then(|c| c[1].parse::<u64>().ok()) else {
-                    continue;
-                };
-                if owner.as_ref().is_none_or(|(og, _, _)| g > *og) {
-                    owner = Some((g, host.name().to_string(), l.at));
-                }
-            }
+    (process.console().lines().iter())
+        .filter_map(|l| {
+            let g = won.captures(&l.text)?[1].parse::<u64>().ok()?;
+            Some((g, process.spawned_at() + l.at))
+        })
+        .collect()
+}
+
+/// A rebooted host must never win a generation that some process had
+/// already won before it booted (it would go live beside that generation's
+/// owner, or with a stale history): like `common::respawn::never_won_up_to`,
+/// for every reboot of the run. Each finding is a dual-live.
+pub fn stale_wins(fleet: &Fleet) -> Vec<String> {
+    let all: Vec<(u64, std::time::Instant)> = fleet.processes().flat_map(wins).collect();
+    let mut found = Vec::new();
+    for r in fleet.reboots() {
+        let booted = r.host.spawned_at();
+        let before = (all.iter())
+            .filter(|(_, at)| *at < booted)
+            .map(|(g, _)| *g)
+            .max()
+            .unwrap_or(0);
+        for (g, _) in wins(&r.host).into_iter().filter(|(g, _)| *g <= before) {
+            found.push(format!(
+                "{} won generation {g}, but generation {before} was won before it booted",
+                fleet.label(&r.host)
+            ));
         }
-        let Some((g, name, at)) = owner else {
+    }
+    found
+}
+
+/// Protection after the heal (issue 12, with respawn): when at least two
+/// hosts run, the owner of the highest generation won (by the `won
+/// generation` lines of every process) must be protected again: a
+/// `protected:` line of its keeper, or the power-on pairing of generation 1,
+/// after its win, within `wait` of the later of now (the end) and the first
+/// `appliance ready` of another running host (a host rebooted late boots
+/// first: it gets `boot` for that from its spawn). `None` when it is, or
+/// when fewer than two hosts run (no host is eligible); else why not.
+pub fn unprotected_at_end(fleet: &Fleet, wait: Duration, boot: Duration) -> Option<String> {
+    let start = Instant::now();
+    let ready = |p: &Host| {
+        let line = format!("appliance ready: host={}", p.name());
+        (p.console().lines().iter())
+            .find(|l| l.text.contains(&line))
+            .map(|l| p.spawned_at() + l.at)
+    };
+    loop {
+        let running: Vec<&Host> = (fleet.current().into_iter())
+            .filter(|h| h.is_running())
+            .collect();
+        if running.len() < 2 {
+            return None;
+        }
+        let owner = (fleet.processes())
+            .flat_map(|p| wins(p).into_iter().map(move |(g, at)| (g, at, p)))
+            .max_by_key(|(g, at, _)| (*g, *at));
+        let Some((g, won_at, owner)) = owner else {
             return Some("no host ever won a generation".into());
         };
-        let host = cluster.host(&name).ok()?;
-        let protected = host.console().lines().iter().any(|l| {
-            l.at >= at
+        let name = fleet.label(owner);
+        let protected = owner.console().lines().iter().any(|l| {
+            owner.spawned_at() + l.at >= won_at
                 && (l
                     .text
                     .contains(&format!("ftvmm: vm {VM}: protected: secondary "))
@@ -240,11 +296,32 @@ pub fn unprotected_at_end(cluster: &Cluster, wait: std::time::Duration) -> Optio
         if protected {
             return None;
         }
-        if !host.is_running() || std::time::Instant::now() >= deadline {
+        let others: Vec<&Host> = (running.iter().copied())
+            .filter(|h| !std::ptr::eq(*h, owner))
+            .collect();
+        let first_ready = others.iter().filter_map(|h| ready(h)).min();
+        let deadline = match first_ready {
+            Some(t) => (start + wait).max(t + wait),
+            // Still booting: the last to spawn gets `boot` to be ready.
+            None => (others.iter().map(|h| h.spawned_at()).max())
+                .map_or(start, |t| t + boot + wait)
+                .max(start + wait),
+        };
+        if !owner.is_running() || Instant::now() >= deadline {
+            let why = match first_ready {
+                Some(_) => format!("no protected: line after its win within {wait:?} of the end or of another host's ready line"),
+                None => format!("no other running host became ready within {boot:?} of its boot"),
+            };
             return Some(format!(
-                "{name} owns generation {g} with {up} hosts running, and no protected: line after its win within {wait:?} of the end"
+                "{name} owns generation {g} with {} hosts running{}; {why}",
+                running.len(),
+                if owner.is_running() {
+                    ""
+                } else {
+                    " (its QEMU is gone)"
+                }
             ));
         }
-        std::thread::sleep(std::time::Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
