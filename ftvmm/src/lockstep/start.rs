@@ -171,6 +171,30 @@ pub fn check_offered_generation(
     Ok(())
 }
 
+/// A standby's check of a join's `Hello`: the offering host must own the
+/// highest generation on disk, which may be later than the one offered (a
+/// lone Primary re-wins `g + 1` each time its output grant comes back; the
+/// join pairs in the generation it owns at the end, checked again then by
+/// [`check_offered_generation`] in `respawn::target`). `Err` names what is
+/// wrong.
+pub fn check_join_offer(
+    fencing: &Path,
+    vm: &str,
+    generation: u64,
+    primary: &str,
+) -> Result<(), String> {
+    let h = fence::highest(fencing, vm).map_err(|e| format!("cannot check generation: {e}"))?;
+    if h.generation < generation || h.owner.as_deref() != Some(primary) {
+        return Err(format!(
+            "join in generation {generation} offered by {primary}, but the highest on disk is {} \
+             owned by {}",
+            h.generation,
+            h.owner.as_deref().unwrap_or("nobody")
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[path = "start_tests.rs"]
 mod tests;

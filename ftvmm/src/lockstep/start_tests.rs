@@ -243,3 +243,19 @@ fn a_secondary_pairs_only_with_the_owner_of_the_highest_generation() {
     let other = check_offered_generation(&f.socket, "kv", 12, "host-c").unwrap_err();
     assert!(other.contains("owned by host-a"), "{other}");
 }
+
+#[test]
+fn a_join_is_offered_by_the_owner_of_the_highest_generation_in_it_or_an_earlier_one() {
+    let f = Fencing::serve(Script {
+        highest: (12, Some("host-a".into()), 1),
+        ..Script::default()
+    });
+    // host-a offered 10 and re-won 11 and 12 since (its grant flapped): the
+    // join may go on; it pairs in 12, checked again at `Paired`.
+    assert_eq!(check_join_offer(&f.socket, "kv", 10, "host-a"), Ok(()));
+    assert_eq!(check_join_offer(&f.socket, "kv", 12, "host-a"), Ok(()));
+    let ahead = check_join_offer(&f.socket, "kv", 13, "host-a").unwrap_err();
+    assert!(ahead.contains("highest on disk is 12"), "{ahead}");
+    let other = check_join_offer(&f.socket, "kv", 12, "host-c").unwrap_err();
+    assert!(other.contains("owned by host-a"), "{other}");
+}

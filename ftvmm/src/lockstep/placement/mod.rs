@@ -23,7 +23,9 @@ use super::pair::{
 use super::respawn::keeper::Keeper;
 use super::respawn::{target, JOIN_BY_TRANSFER};
 use super::spec::{channel_port, image_sha256, PairError, PairHandle, PairSpec};
-use super::start::{check_offered_generation, win_start_generation, StartCtx, StartError};
+use super::start::{
+    check_join_offer, check_offered_generation, win_start_generation, StartCtx, StartError,
+};
 use crate::live::ConsoleSink;
 use crate::runner::{RunError, VmSpec};
 use crate::vm::{Progress, VmHandle};
@@ -290,7 +292,11 @@ pub fn run_member(
                 if standby && h.start_exit != JOIN_BY_TRANSFER {
                     return Err("this host is a standby: it joins only by live transfer".into());
                 }
-                check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
+                if h.start_exit == JOIN_BY_TRANSFER {
+                    check_join_offer(&fencing, &h.vm, h.generation, &h.primary_host)
+                } else {
+                    check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
+                }
             };
             let watch = wait::Watch::listener(rc, vm, spec.fencing_socket.clone(), stop, standby);
             let accepted = secondary_handshake(

@@ -432,7 +432,23 @@ impl StopAndCopy {
     /// The new Secondary restored: pair the member (gate to the Output Rule
     /// first), tell the Secondary, start the log's link.
     fn pair(&mut self) -> Result<(), String> {
-        let g = self.generation;
+        // The join pairs in the generation the member owns *now*, which may
+        // be later than the one the Hello offered: a lone Primary whose
+        // output grant flapped re-wins `g + 1` (member.rs, `Fenced`), and
+        // under a slow storage path that happened every few seconds, so a
+        // join named at the Hello never completed (chaos seed 21: 50
+        // generations, never protected). The new Secondary checks this
+        // generation on disk before it follows (`target::receive`), and the
+        // member takes the join only in `Solo { g }` of exactly this `g`.
+        let g = match self.handle.member_state() {
+            Some(State::Solo { g }) if g >= self.generation => g,
+            other => {
+                return Err(format!(
+                    "the member cannot pair (it is {other:?}; the join began in generation {})",
+                    self.generation
+                ))
+            }
+        };
         if !self.handle.post(MemberEvent::SecondaryJoined {
             peer: self.target.clone(),
             generation: g,

@@ -23,6 +23,7 @@ use crate::lockstep::link::OnTraffic;
 use crate::lockstep::pair::{boot, follow, PairReport};
 use crate::lockstep::secondary::{ReplayQueue, SecondaryInputs};
 use crate::lockstep::spec::{PairError, PairHandle, PairSpec};
+use crate::lockstep::start::check_offered_generation;
 use crate::lockstep::transfer::message::Message;
 use crate::lockstep::transfer::receiver::{
     Expected, GuestMemoryImage, MemoryImageError, Receiver, RxAction,
@@ -85,6 +86,9 @@ pub fn platform_sha256(p: &crate::platform::Platform) -> [u8; 32] {
 /// A VM restored from a transfer, not yet replaying.
 pub struct Restored {
     pub vm: Vm,
+    /// The generation the Primary paired in (`Paired`), checked on disk: the
+    /// Hello's or a later one the same Primary won during the transfer.
+    pub generation: u64,
     pub first_seq: u64,
     pub last_time: Option<u64>,
     pub at: u64,
@@ -148,12 +152,25 @@ pub fn receive(
     }
     let (first_seq, last_time, at) = restored.ok_or("transfer done without a restore")?;
     match recv(ch, Duration::from_millis(PAUSE_TIMEOUT_MS + 2_000))? {
-        Message::Paired { generation } if generation == spec.hello.generation => Ok(Restored {
-            vm,
-            first_seq,
-            last_time,
-            at,
-        }),
+        Message::Paired { generation } if generation >= spec.hello.generation => {
+            // Only the owner of the highest generation on disk may pair: a
+            // Secondary following in any other would race for a generation
+            // already decided and lose, leaving the VM unprotected.
+            check_offered_generation(
+                &spec.fencing_socket,
+                &spec.hello.vm,
+                generation,
+                &spec.hello.primary_host,
+            )
+            .or_else(|e| abort(ch, format!("paired in generation {generation}: {e}")))?;
+            Ok(Restored {
+                vm,
+                generation,
+                first_seq,
+                last_time,
+                at,
+            })
+        }
         other => Err(format!("expected Paired, got {other:?}")),
     }
 }
@@ -222,14 +239,18 @@ pub fn join_as_secondary(
     })?;
     println!(
         "ftvmm: vm {name}: restored from {} at exit {}; following in generation {}",
-        spec.peer, r.at, spec.hello.generation
+        spec.peer, r.at, r.generation
     );
     let Restored {
         vm,
+        generation,
         first_seq,
         last_time,
         ..
     } = r;
+    let mut spec = spec.clone();
+    spec.hello.generation = generation;
+    let spec = &spec;
     let q = ReplayQueue::new(first_seq);
     q.seed_in_flight(vm.devices().in_flight_block_requests(vm.memory()));
     let sin = SecondaryInputs::new(Arc::clone(&q), vm.handle()).with_last_time(last_time);
