@@ -94,7 +94,9 @@ pub fn restrict(generated: &Schedule) -> (Schedule, Vec<String>) {
             Fault::KillHost { .. } | Fault::FreezeHost { .. } | Fault::SlowHost { .. }
         );
         let member = match failures.is_empty() {
-            true => costs_a_member(f),
+            // The power-on pair: the generator's first two hosts (host-a,
+            // host-b unless the pair failed over at power-on).
+            true => chaos::costs_a_member(f, &generated.hosts[..generated.hosts.len().min(2)]),
             false => chaos::costs_a_member(f, &generated.hosts),
         };
         let drop = match f {
