@@ -154,11 +154,22 @@ pub fn load_vm_image(c: &ClusterConfig, vm: &Vm, device: &Path) -> Result<Loaded
             image: vm.image.clone(),
         });
     };
+    load_image(c, img, device, &format!("vm {}", vm.name))
+}
+
+/// Reads image `img` of config `c` from `device` and checks every part
+/// against its pins; `who` starts the error messages (`vm web`).
+pub fn load_image(
+    c: &ClusterConfig,
+    img: &LinuxImage,
+    device: &Path,
+    who: &str,
+) -> Result<LoadedImage, ImageError> {
     let mut out = Vec::new();
     for (part, pin) in parts(img) {
         if !pin.is_pinned() {
             return Err(ImageError::Unpinned {
-                who: format!("vm {}", vm.name),
+                who: who.into(),
                 image: img.name.clone(),
                 part,
             });
@@ -167,13 +178,7 @@ pub fn load_vm_image(c: &ClusterConfig, vm: &Vm, device: &Path) -> Result<Loaded
             image: img.name.clone(),
             region: img.region.clone(),
         })?;
-        out.push(read_part(
-            &format!("vm {}", vm.name),
-            part,
-            device,
-            at,
-            pin,
-        )?);
+        out.push(read_part(who, part, device, at, pin)?);
     }
     let mut out = out.into_iter();
     Ok(LoadedImage {
