@@ -108,6 +108,28 @@ fn write_with_blank_pins_then_paste_check_and_sign() {
         "--out",
         &f.p("host-a.disk"),
     ]);
+    // The signed disk holds the new fields; show prints them back as TOML.
+    let out = ok(&[
+        "verify",
+        "--disk",
+        &f.p("host-a.disk"),
+        "--pubkey",
+        key.join("signing.pub").to_str().unwrap(),
+    ]);
+    assert!(
+        out.starts_with("ok: host host-a (id 1), cluster demo generation 1: 3 hosts, 2 VMs"),
+        "{out}"
+    );
+    let shown = ok(&["show", "--disk", &f.p("host-a.disk")]);
+    for want in [
+        "replication = \"checkpoint\"",
+        "vcpus = 2",
+        "epoch_ms = 20",
+        "[[images]]",
+        "cmdline = \"console=ttyS0 quiet\"",
+    ] {
+        assert!(shown.contains(want), "{want} missing from {shown}");
+    }
 }
 
 #[test]
