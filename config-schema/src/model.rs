@@ -280,7 +280,8 @@ pub enum GuestMode {
 pub struct Vm {
     pub name: String,
     pub memory_mib: u32,
-    /// Guest image name; the image ships it as `/lib/ftvmm/guests/<image>.elf`.
+    /// Guest image name: one the appliance ships (as
+    /// `/lib/ftvmm/guests/<image>.elf`), or an `[[images]]` entry's name.
     pub image: String,
     #[serde(default)]
     pub mode: GuestMode,
