@@ -39,12 +39,26 @@
 //! 1, vms.power [ power (0 = on, 1 = off) ]  (one entry per VM, in order)
 //! ```
 //!
-//! `vms[].power` came after format version 2 was signed on real disks. It is
-//! not a field of the `vms` entries above (postcard has no field names, so an
-//! added field would change every config's bytes): a config whose VMs are all
-//! on has no trailer and keeps its bytes and signatures, and a build from
-//! before the field refuses a config with a VM off ("trailing bytes") instead
-//! of running a VM the operator powered off.
+//! Then, only when some VM is not a one-vCPU lockstep VM without
+//! `epoch_ms`, or the config has `[[images]]`, the replication trailer:
+//!
+//! ```text
+//! 2, vms [ replication (0 = lockstep, 1 = checkpoint), vcpus,
+//!          epoch_ms (0 = absent; 1, then the value) ]  (one entry per VM, in order),
+//!    images [ name, region,
+//!             kernel.offset_mib, kernel.size_bytes, kernel.sha256,
+//!             initrd (0 = none; 1, then offset_mib, size_bytes, sha256),
+//!             cmdline ]
+//! ```
+//!
+//! `vms[].power` came after format version 2 was signed on real disks, and
+//! `replication`, `vcpus`, `epoch_ms` and `[[images]]` after it. They are
+//! not fields of the entries above (postcard has no field names, so an
+//! added field would change every config's bytes): a config that does not
+//! use them has no trailer and keeps its bytes and signatures, and a build
+//! from before them refuses a config that does ("trailing bytes") instead
+//! of running a VM the operator powered off, or a checkpoint VM in lockstep.
+//! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
 //! instance), so any change of any field changes the bytes. Reordering the
@@ -53,10 +67,54 @@
 //!
 //! [postcard 1.x wire format]: https://postcard.jamesmunns.com/wire-format
 
-use crate::model::{ClusterConfig, Power};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ClusterConfig, LinuxImage, Power, Replication, Vm, DEFAULT_VCPUS};
 
 /// First byte of the power trailer (see the module doc).
 const POWER_TRAILER: u8 = 1;
+/// First byte of the replication trailer (see the module doc).
+const REPLICATION_TRAILER: u8 = 2;
+
+/// The replication trailer.
+// NOTICE: signed bytes. Any change to these structs changes the encoding of
+// every config that has the trailer.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ReplicationTrailer {
+    vms: Vec<VmReplication>,
+    images: Vec<LinuxImage>,
+}
+
+/// One VM's fields in the replication trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct VmReplication {
+    replication: Replication,
+    vcpus: u32,
+    epoch_ms: Option<u32>,
+}
+
+impl VmReplication {
+    /// What a VM without these fields has.
+    const DEFAULT: VmReplication = VmReplication {
+        replication: Replication::Lockstep,
+        vcpus: DEFAULT_VCPUS,
+        epoch_ms: None,
+    };
+
+    fn of(vm: &Vm) -> Self {
+        VmReplication {
+            replication: vm.replication,
+            vcpus: vm.vcpus,
+            epoch_ms: vm.epoch_ms,
+        }
+    }
+
+    fn apply(self, vm: &mut Vm) {
+        vm.replication = self.replication;
+        vm.vcpus = self.vcpus;
+        vm.epoch_ms = self.epoch_ms;
+    }
+}
 
 /// Why canonical bytes did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +125,8 @@ pub enum CanonicalError {
     Trailing(usize),
     #[error("the power trailer has {entries} entries for {vms} VMs")]
     PowerCount { entries: usize, vms: usize },
+    #[error("the replication trailer has {entries} entries for {vms} VMs")]
+    ReplicationCount { entries: usize, vms: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -79,6 +139,15 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         let power: Vec<Power> = config.vms.iter().map(|vm| vm.power).collect();
         bytes.push(POWER_TRAILER);
         bytes.extend(postcard::to_stdvec(&power).expect("postcard encodes a list of Power"));
+    }
+    let vms: Vec<VmReplication> = config.vms.iter().map(VmReplication::of).collect();
+    if !config.images.is_empty() || vms.iter().any(|v| *v != VmReplication::DEFAULT) {
+        let trailer = ReplicationTrailer {
+            vms,
+            images: config.images.clone(),
+        };
+        bytes.push(REPLICATION_TRAILER);
+        bytes.extend(postcard::to_stdvec(&trailer).expect("postcard encodes the trailer"));
     }
     bytes
 }
@@ -101,6 +170,23 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         }
         rest = after;
     }
+    for vm in config.vms.iter_mut() {
+        VmReplication::DEFAULT.apply(vm);
+    }
+    if let [REPLICATION_TRAILER, trailer @ ..] = rest {
+        let (t, after): (ReplicationTrailer, &[u8]) = postcard::take_from_bytes(trailer)?;
+        if t.vms.len() != config.vms.len() {
+            return Err(CanonicalError::ReplicationCount {
+                entries: t.vms.len(),
+                vms: config.vms.len(),
+            });
+        }
+        for (vm, r) in config.vms.iter_mut().zip(t.vms) {
+            r.apply(vm);
+        }
+        config.images = t.images;
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));
     }
@@ -111,242 +197,5 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::validate::parse;
-
-    const A: &str = r#"
-[cluster]
-name = "t"
-generation = 300
-
-[timing]
-heartbeat_interval_ms = 100
-failure_timeout_ms = 1000
-lag_limit_ms = 500
-
-[storage]
-device = { serial = "S" }
-size_mib = 64
-fencing = { offset_mib = 0, size_mib = 16 }
-
-[[hosts]]
-id = 1
-name = "h"
-ft = { mac = "52:54:00:00:00:01", addr = "10.0.0.1/24" }
-vm = { mac = "52:54:00:00:00:02", addr = "10.0.1.1/24" }
-public_key = "0101010101010101010101010101010101010101010101010101010101010101"
-"#;
-
-    // Same meaning: other key order, other table style, comments, whitespace.
-    const B: &str = r#"
-# comment
-hosts = [
-  { public_key = "0101010101010101010101010101010101010101010101010101010101010101", vm = { addr = "10.0.1.1/24", mac = "52:54:00:00:00:02" }, ft = { addr = "10.0.0.1/24", mac = "52:54:00:00:00:01" }, name = "h", id = 1 },
-]
-[storage]
-fencing.size_mib = 16
-fencing.offset_mib = 0
-size_mib = 64   # trailing comment
-device.serial = "S"
-[timing]
-lag_limit_ms = 500
-failure_timeout_ms = 1000
-heartbeat_interval_ms = 100
-[cluster]
-generation = 300
-name = "t"
-"#;
-
-    #[test]
-    fn toml_spelling_does_not_change_the_bytes() {
-        let a = encode(&parse(A).unwrap().config);
-        let b = encode(&parse(B).unwrap().config);
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn golden_bytes() {
-        let got = encode(&parse(A).unwrap().config);
-        let mut want = vec![1, b't', 0xac, 0x02]; // name "t", generation 300
-        want.extend([0, 0, 39]); // cpu: x86-64-v1, no features, 39 physical address bits
-        want.extend([100, 0xe8, 0x07, 0xf4, 0x03]); // 100, 1000, 500
-        want.extend([0, 1, b'S', 64, 0, 16, 0]); // serial "S", 64, fencing, no regions
-        want.push(0); // no host groups
-        want.extend([1, 1, 1, b'h']); // 1 host, id 1, name "h"
-        for s in [
-            "52:54:00:00:00:01",
-            "10.0.0.1/24",
-            "52:54:00:00:00:02",
-            "10.0.1.1/24",
-            &"01".repeat(32),
-        ] {
-            want.push(s.len() as u8);
-            want.extend(s.as_bytes());
-        }
-        want.push(0); // no VMs
-        want.push(0); // no [test] section
-        assert_eq!(got, want);
-    }
-
-    /// sha256 of the canonical bytes of `examples/cluster.toml`, computed
-    /// before `affinity` became optional: configs that spell it out keep their
-    /// bytes, so disks signed before stay valid.
-    const EXAMPLE_SHA256: &str = "9d93a27f417b5a3d2e90d1ecabf1fbaeaa1110d18343d320a2e3d5d3d2605548";
-
-    fn sha256_hex(bytes: &[u8]) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-    }
-
-    #[test]
-    fn example_canonical_bytes_are_pinned() {
-        let text = include_str!("../../examples/cluster.toml");
-        let bytes = encode(&parse(text).unwrap().config);
-        assert_eq!(bytes.len(), 552);
-        assert_eq!(sha256_hex(&bytes), EXAMPLE_SHA256);
-    }
-
-    #[test]
-    fn absent_affinity_encodes_as_two_empty_lists() {
-        let text = include_str!("../../examples/cluster.toml");
-        let line = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }";
-        assert!(text.contains(line));
-        let with = encode(&parse(text).unwrap().config);
-        let without = encode(&parse(&text.replace(line, "")).unwrap().config);
-        // The VM is last and no [test] follows: with the rule its tail is
-        // hosts ["host-c"], groups ["rack-1"], 0; without it 0, 0, 0.
-        let rule: &[u8] = &[
-            1, 6, b'h', b'o', b's', b't', b'-', b'c', 1, 6, b'r', b'a', b'c', b'k', b'-', b'1', 0,
-        ];
-        assert!(with.ends_with(rule));
-        let head = &with[..with.len() - rule.len()];
-        assert_eq!(without, [head, &[0, 0, 0]].concat());
-        // Deterministic: parse and encode again, decode round-trips.
-        let again = encode(&parse(&text.replace(line, "")).unwrap().config);
-        assert_eq!(without, again);
-        assert_eq!(encode(&decode(&without).unwrap()), without);
-    }
-
-    /// The example with `power = ...` added to its VM (`None`: as it is).
-    fn example_power(power: Option<&str>) -> ClusterConfig {
-        let text = include_str!("../../examples/cluster.toml");
-        let text = match power {
-            Some(p) => format!("{text}power = \"{p}\"\n"),
-            None => text.to_string(),
-        };
-        parse(&text).unwrap().config
-    }
-
-    #[test]
-    fn power_on_or_absent_keeps_the_pinned_bytes() {
-        let absent = encode(&example_power(None));
-        assert_eq!(sha256_hex(&absent), EXAMPLE_SHA256);
-        assert_eq!(encode(&example_power(Some("on"))), absent);
-    }
-
-    #[test]
-    fn power_off_is_a_signed_trailer_old_builds_refuse() {
-        let on = encode(&example_power(None));
-        let off = encode(&example_power(Some("off")));
-        // The trailer: 1, then 1 VM, off.
-        assert_eq!(off, [&on[..], &[1, 1, 1]].concat());
-        let back = decode(&off).unwrap();
-        assert_eq!(back.vms[0].power, Power::Off);
-        assert_eq!(back, example_power(Some("off")));
-        // A decoder from before the field sees trailing bytes, not a VM that is on.
-        let (_, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(&off).unwrap();
-        assert_eq!(rest, [1, 1, 1]);
-    }
-
-    #[test]
-    fn power_trailer_must_be_needed_and_fit() {
-        let on = encode(&example_power(None));
-        // Every VM on: the trailer is left out, so writing it is not canonical.
-        let all_on = [&on[..], &[1, 1, 0]].concat();
-        assert!(matches!(decode(&all_on), Err(CanonicalError::NotCanonical)));
-        let two = [&on[..], &[1, 2, 1, 1]].concat();
-        assert!(matches!(
-            decode(&two),
-            Err(CanonicalError::PowerCount { entries: 2, vms: 1 })
-        ));
-        let bad_state = [&on[..], &[1, 1, 2]].concat();
-        assert!(matches!(decode(&bad_state), Err(CanonicalError::Decode(_))));
-        let after = [&on[..], &[1, 1, 1, 0]].concat();
-        assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
-        let other = [&on[..], &[2]].concat();
-        assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
-    }
-
-    #[test]
-    fn test_hooks_are_signed_bytes() {
-        let text = format!("{A}\n[test]\nhooks = [\"vmctl\"]\n");
-        let with = encode(&parse(&text).unwrap().config);
-        let without = encode(&parse(A).unwrap().config);
-        // The last byte of a config without hooks (0 = no section) becomes
-        // 1, then the list: 1 hook, "vmctl".
-        assert_eq!(with[..without.len() - 1], without[..without.len() - 1]);
-        assert_eq!(
-            with[without.len() - 1..],
-            [1, 1, 5, b'v', b'm', b'c', b't', b'l']
-        );
-        assert_eq!(
-            decode(&with).unwrap().test_hooks(),
-            [crate::hooks::TestHook::Vmctl]
-        );
-    }
-
-    #[test]
-    fn any_field_change_changes_the_bytes() {
-        let base = parse(A).unwrap().config;
-        let e0 = encode(&base);
-        let mut edits: Vec<ClusterConfig> = Vec::new();
-        let mut c = base.clone();
-        c.cluster.generation += 1;
-        edits.push(c);
-        let mut c = base.clone();
-        c.cluster.name = "u".into();
-        edits.push(c);
-        let mut c = base.clone();
-        c.cluster.cpu.level = crate::model::CpuLevel::V2;
-        edits.push(c);
-        let mut c = base.clone();
-        c.cluster.cpu.phys_addr_bits = 40;
-        edits.push(c);
-        let mut c = base.clone();
-        c.timing.lag_limit_ms += 1;
-        edits.push(c);
-        let mut c = base.clone();
-        c.storage.fencing.size_mib = 8;
-        edits.push(c);
-        let mut c = base.clone();
-        c.hosts[0].ft.mac = "52:54:00:00:00:0A".into();
-        edits.push(c);
-        let mut c = base.clone();
-        c.hosts[0].id = 2;
-        edits.push(c);
-        for (i, e) in edits.iter().enumerate() {
-            assert_ne!(encode(e), e0, "edit {i} did not change the encoding");
-        }
-    }
-
-    #[test]
-    fn decode_round_trips_and_refuses_trailing_or_garbage() {
-        let c = parse(A).unwrap().config;
-        let mut bytes = encode(&c);
-        assert_eq!(decode(&bytes).unwrap(), c);
-        bytes.push(0);
-        assert!(matches!(decode(&bytes), Err(CanonicalError::Trailing(1))));
-        assert!(decode(&[0xff; 7]).is_err());
-    }
-
-    #[test]
-    fn overlong_varint_is_not_canonical() {
-        let c = parse(A).unwrap().config;
-        let bytes = encode(&c);
-        // Re-spell generation 300 (0xac 0x02) as 0xac 0x82 0x00.
-        let mut odd = bytes[..3].to_vec();
-        odd.extend([0x82, 0x00]);
-        odd.extend(&bytes[4..]);
-        assert!(decode(&odd).is_err());
-    }
-}
+#[path = "canonical_tests.rs"]
+mod tests;

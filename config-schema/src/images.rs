@@ -1,5 +1,6 @@
 //! The guest images this release ships, in one place: `vms[].image` must name
-//! one of them, and `vms[].memory_mib` must be at least what it needs.
+//! one of them (or an operator's Linux image, `[[images]]` in the config),
+//! and `vms[].memory_mib` must be at least what it needs.
 //!
 //! The appliance image (`image/build.sh`) installs each as
 //! `<GUEST_DIR>/<name>.elf`; ftvmm loads it from there. A test below reads
@@ -16,7 +17,22 @@ pub struct GuestImage {
     pub name: &'static str,
     /// Least RAM the guest boots with, in MiB.
     pub min_memory_mib: u32,
+    /// What the guest is, which decides the replication it allows.
+    pub kind: GuestKind,
 }
+
+/// What a guest image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// The reference unikernel (`guest/`), an ELF: the only guest lockstep
+    /// replays (it never reads the TSC; Linux does, and KVM cannot trap it).
+    Reference,
+    /// A Linux kernel and initrd: checkpoint replication only.
+    Linux,
+}
+
+/// Least RAM a Linux guest gets, in MiB, on top of its kernel and initrd.
+pub const LINUX_MIN_MEMORY_MIB: u32 = 64;
 
 /// The reference guest (`guest/`): the replicated key-value store and the CPU
 /// workload (`mode`). It refuses less than 8 MiB of RAM (`guest/src/heap.rs`
@@ -25,6 +41,7 @@ pub struct GuestImage {
 pub const KV_GUEST: GuestImage = GuestImage {
     name: "kv-guest",
     min_memory_mib: 8,
+    kind: GuestKind::Reference,
 };
 
 /// Every guest image this release ships.

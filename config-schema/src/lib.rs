@@ -17,6 +17,7 @@ pub mod keys;
 pub mod model;
 pub mod peer;
 pub mod runtime;
+pub mod shared_images;
 pub mod validate;
 
 pub use model::*;

@@ -18,6 +18,15 @@ pub struct ClusterConfig {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub vms: Vec<Vm>,
+    /// Operator-supplied Linux images on the shared device (`[[images]]`),
+    /// referenced by `vms[].image`. Not in the postcard encoding of the
+    /// config: [`crate::canonical`] carries them in the replication trailer.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "outside_binary"
+    )]
+    pub images: Vec<LinuxImage>,
     /// Test hooks (`[test]`), for the test harness only; absent in production.
     /// Signed like every other field: nothing else can enable a hook.
     #[serde(default)]
@@ -192,7 +201,8 @@ pub struct Storage {
     pub size_mib: u64,
     /// The fencing area (Disk Paxos blocks, liveness leases).
     pub fencing: Region,
-    /// VM disk regions, referenced by `vms[].disk_region`.
+    /// VM disk regions, referenced by `vms[].disk_region`, and image
+    /// regions, referenced by `images[].region` (never both).
     #[serde(default)]
     pub regions: Vec<NamedRegion>,
 }
@@ -270,7 +280,8 @@ pub enum GuestMode {
 pub struct Vm {
     pub name: String,
     pub memory_mib: u32,
-    /// Guest image name; the image ships it as `/lib/ftvmm/guests/<image>.elf`.
+    /// Guest image name: one the appliance ships (as
+    /// `/lib/ftvmm/guests/<image>.elf`), or an `[[images]]` entry's name.
     pub image: String,
     #[serde(default)]
     pub mode: GuestMode,
@@ -291,12 +302,127 @@ pub struct Vm {
     /// postcard encoding of `Vm`: [`crate::canonical`] appends it after the
     /// whole config, only when some VM is off, so a config without it keeps
     /// the bytes (and signatures) it had before the field existed.
+    #[serde(default, skip_serializing_if = "Power::is_on", with = "outside_binary")]
+    pub power: Power,
+    /// How the VM is protected: `"lockstep"` (the default, also when absent)
+    /// or `"checkpoint"`. Like `power`, not in the postcard encoding of
+    /// `Vm`: [`crate::canonical`] appends `replication`, `vcpus` and
+    /// `epoch_ms` in a trailer, only when some VM differs from the defaults.
     #[serde(
         default,
-        skip_serializing_if = "Power::is_on",
-        with = "power_outside_binary"
+        skip_serializing_if = "Replication::is_lockstep",
+        with = "outside_binary"
     )]
-    pub power: Power,
+    pub replication: Replication,
+    /// Virtual CPUs: 1 (the default) in lockstep, 1..=4 in checkpoint mode.
+    /// Outside the postcard encoding, see `replication`.
+    #[serde(
+        default = "default_vcpus",
+        skip_serializing_if = "is_default_vcpus",
+        with = "outside_binary"
+    )]
+    pub vcpus: u32,
+    /// Checkpoint interval (checkpoint mode only); absent = [`DEFAULT_EPOCH_MS`].
+    /// Outside the postcard encoding, see `replication`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub epoch_ms: Option<u32>,
+}
+
+/// vCPUs of a VM that does not say.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Epoch of a checkpoint VM that does not say, in milliseconds.
+pub const DEFAULT_EPOCH_MS: u32 = 20;
+
+fn default_vcpus() -> u32 {
+    DEFAULT_VCPUS
+}
+
+fn is_default_vcpus(n: &u32) -> bool {
+    *n == DEFAULT_VCPUS
+}
+
+impl Vm {
+    /// The checkpoint interval this VM runs with (checkpoint mode).
+    pub fn epoch_ms_or_default(&self) -> u32 {
+        self.epoch_ms.unwrap_or(DEFAULT_EPOCH_MS)
+    }
+}
+
+/// How a VM is protected (`vms[].replication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Replication {
+    /// The Secondary replays the Primary's inputs instruction for
+    /// instruction: one vCPU, the reference guest only.
+    #[default]
+    Lockstep,
+    /// The Primary runs; every `epoch_ms` its changes go to the Secondary,
+    /// and its outputs leave once the Secondary holds them: any Linux guest,
+    /// 1..=4 vCPUs.
+    Checkpoint,
+}
+
+impl Replication {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Replication::Lockstep => "lockstep",
+            Replication::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// The default, left out when a config is written back as TOML or JSON.
+    pub fn is_lockstep(&self) -> bool {
+        *self == Replication::Lockstep
+    }
+}
+
+/// `[[images]]`: a Linux guest (kernel, optional initrd, command line) the
+/// operator wrote to a region of the shared device with `ftctl image write`.
+/// Each part is pinned by length and SHA-256: a host refuses to boot bytes
+/// that differ from the signed config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinuxImage {
+    /// The name `vms[].image` uses; must differ from the shipped images'.
+    pub name: String,
+    /// A `storage.regions` entry that no VM uses as its disk.
+    pub region: String,
+    /// The kernel (bzImage).
+    pub kernel: ImagePart,
+    /// The initial ramdisk, if the guest uses one.
+    #[serde(default)]
+    pub initrd: Option<ImagePart>,
+    /// The kernel command line; ftvmm appends its device announcements.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// One file of a [`LinuxImage`] in its region. `size_bytes = 0` and an
+/// empty `sha256` mean "not yet written" (only `ftctl image write` accepts
+/// that; a config to sign must pin every part).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePart {
+    /// Where the file starts, in MiB from the start of the region.
+    pub offset_mib: u64,
+    /// The file's exact length.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// SHA-256 of the file, 64 lowercase hex digits.
+    #[serde(default)]
+    pub sha256: String,
+}
+
+impl ImagePart {
+    /// Whether the config pins this part's bytes (length and hash).
+    pub fn is_pinned(&self) -> bool {
+        self.size_bytes != 0 || !self.sha256.is_empty()
+    }
 }
 
 /// A VM's desired power state (`vms[].power`).
@@ -325,28 +451,32 @@ impl Power {
     }
 }
 
-/// `vms[].power` as a field: itself in human-readable formats (TOML, the
-/// JSON runtime config init hands over), nothing at all in binary ones.
-/// postcard, the only binary format of a config, has no field names and
-/// could not tell an absent field from the next VM; the canonical encoding
-/// carries power in a trailer of its own (`canonical::encode`).
-mod power_outside_binary {
-    use super::Power;
+/// A field outside the postcard encoding: itself in human-readable formats
+/// (TOML, the JSON runtime config init hands over), nothing at all in binary
+/// ones, where it decodes as its `Default`. postcard, the only binary format
+/// of a config, has no field names and could not tell an absent field from
+/// the next one; the canonical encoding carries these fields in trailers of
+/// its own (`canonical::encode`), which also set them on decode.
+mod outside_binary {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(p: &Power, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            p.serialize(s)
+            v.serialize(s)
         } else {
             s.serialize_unit()
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Power, D::Error> {
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de> + Default,
+        D: Deserializer<'de>,
+    {
         if d.is_human_readable() {
-            Power::deserialize(d)
+            T::deserialize(d)
         } else {
-            <()>::deserialize(d).map(|()| Power::On)
+            <()>::deserialize(d).map(|()| T::default())
         }
     }
 }

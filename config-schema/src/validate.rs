@@ -17,7 +17,6 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::hooks::TestHook;
-use crate::images;
 use crate::model::{ClusterConfig, DeviceLocator, Interface};
 
 /// Largest memory a protected VM may ask for: 3 GiB, what ftvmm can map below
@@ -108,6 +107,17 @@ fn bad_power(toml_text: &str) -> Option<ConfigError> {
 
 /// Validates an already typed config; returns its warnings.
 pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
+    validate_with(c, Pins::Required)
+}
+
+/// Validates a config whose `[[images]]` parts may still be unpinned
+/// (blank `size_bytes` and `sha256`): what `ftctl image write` reads before
+/// it writes the files and prints their pins. Never sign such a config.
+pub fn validate_unpinned(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
+    validate_with(c, Pins::Optional)
+}
+
+fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigError> {
     let mut warnings = Vec::new();
     check_cluster(c)?;
     check_timing(c)?;
@@ -115,6 +125,7 @@ pub fn validate(c: &ClusterConfig) -> Result<Vec<Warning>, ConfigError> {
     check_hosts(c)?;
     net::check_ft_subnets(c, &mut warnings);
     check_groups(c)?;
+    vm::check_images(c, pins)?;
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
     Ok(warnings)
@@ -508,7 +519,7 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
                 ),
             ));
         }
-        check_image(&p, vm)?;
+        vm::check_vm_runtime(c, &p, vm)?;
         let rp = format!("{p}.disk_region");
         if !region_names.contains(vm.disk_region.as_str()) {
             return Err(ConfigError::at(
@@ -561,33 +572,6 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
     Ok(())
 }
 
-/// `vms[i].image` names an image this release ships, and `memory_mib` is at
-/// least what that image needs.
-fn check_image(p: &str, vm: &crate::model::Vm) -> Result<(), ConfigError> {
-    let ip = format!("{p}.image");
-    check_name(&ip, &vm.image)?;
-    let Some(img) = images::shipped(&vm.image) else {
-        return Err(ConfigError::at(
-            ip,
-            format!(
-                "unknown guest image {:?}: this release ships {}",
-                vm.image,
-                images::shipped_names()
-            ),
-        ));
-    };
-    if vm.memory_mib < img.min_memory_mib {
-        return Err(ConfigError::at(
-            format!("{p}.memory_mib"),
-            format!(
-                "{} MiB is too little for image {:?}: it needs at least {} MiB",
-                vm.memory_mib, img.name, img.min_memory_mib
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// `[test] hooks`: known hooks, each once, at least one; and a loud warning.
 fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), ConfigError> {
     let Some(t) = &c.test else {
@@ -623,6 +607,10 @@ fn check_test(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Conf
 
 #[path = "validate_net.rs"]
 mod net;
+
+#[path = "validate_vm.rs"]
+mod vm;
+pub use vm::{resolve_image, ImageRef, Pins, EPOCH_MS, MAX_CHECKPOINT_VCPUS, MAX_CMDLINE};
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

@@ -1,8 +1,12 @@
 //! `ftctl`: the operator's tool for keys, config disks and daemon status.
 //!
 //! Verbs: `keygen`, `host-keygen`, `check`, `make-disk`, `verify`, `show`,
-//! `state`, `update-disk`, `status`. Every failure ends with a non-zero exit
-//! status and one line on stderr naming the reason.
+//! `state`, `update-disk`, `status`, `image write`, `image check`. Every
+//! failure ends with a non-zero exit status and one line on stderr naming
+//! the reason.
+
+#[path = "ftctl/image.rs"]
+mod image;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -90,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         pubkey: PathBuf,
     },
+    /// Operator Linux images ([[images]]) on the shared device: write, check.
+    Image {
+        #[command(subcommand)]
+        cmd: image::ImageCmd,
+    },
     /// Query the daemons' status over their control sockets.
     Status {
         /// One socket; default: ftvmm, heartbeat and fencing under /run.
@@ -125,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::State { disk } => state(&disk),
         Cmd::UpdateDisk { disk, from, pubkey } => update_disk(&disk, &from, &pubkey),
         Cmd::Status { socket } => status(socket),
+        Cmd::Image { cmd } => image::run(cmd),
     }
 }
 
