@@ -4,7 +4,12 @@
 //! `/lib/modules/<release>/`: the `.ko` files and a `modules.dep` in depmod's format where every
 //! line lists **all** dependencies of a module, each before the ones it needs. A module is
 //! loaded as modprobe does: its dependency list from the end, then the module itself; each
-//! file once. [`load_plan`] is pure; [`load_all`] talks to the kernel.
+//! file once. As modprobe does, a module gets the `<module>.<param>=<value>` words of the kernel
+//! command line as its parameters (the kernel applies them only to built-in code); e.g.
+//! `virtio_mmio.device=4K@0xd0000000:5`, which only a kernel with
+//! `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` understands (the pinned Debian kernel does not: it
+//! warns about an unknown parameter and loads the module anyway). [`load_plan`] and
+//! [`module_params`] are pure; [`load_all`] talks to the kernel.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,6 +49,9 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// Its parameters from the command line hold a NUL byte.
+    #[error("parameters of {path}: {params:?} hold a NUL byte")]
+    Params { path: String, params: String },
     /// The kernel refused it.
     #[error("finit_module({path}): {errno}")]
     Kernel {
@@ -86,9 +94,24 @@ pub fn load_plan(modules_dep: &str, wanted: &[&str]) -> Result<Vec<String>, Plan
     Ok(plan)
 }
 
-/// Loads [`WANTED`] from `moddir` (`/lib/modules/<release>`); returns the files loaded.
-/// A module the kernel already has (`EEXIST`) counts as loaded.
-pub fn load_all(moddir: &Path) -> Result<Vec<String>, LoadError> {
+/// The parameters of module `name` on the kernel command line: `name.k=v` words as `k=v`,
+/// space-separated (`-` and `_` in the module name are the same).
+pub fn module_params(cmdline: &str, name: &str) -> String {
+    let name = name.replace('-', "_");
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| {
+            let (module, param) = w.split_once('.')?;
+            (module.replace('-', "_") == name && param.contains('=')).then_some(param)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Loads [`WANTED`] from `moddir` (`/lib/modules/<release>`) with their parameters from
+/// `cmdline`; returns the files loaded. A module the kernel already has (`EEXIST`) counts as
+/// loaded.
+pub fn load_all(moddir: &Path, cmdline: &str) -> Result<Vec<String>, LoadError> {
     let dep_path = moddir.join("modules.dep");
     let text = std::fs::read_to_string(&dep_path).map_err(|source| LoadError::Read {
         path: dep_path.display().to_string(),
@@ -101,7 +124,12 @@ pub fn load_all(moddir: &Path) -> Result<Vec<String>, LoadError> {
             path: path.display().to_string(),
             source,
         })?;
-        match rustix::system::finit_module(&file, c"", 0) {
+        let params = module_params(cmdline, &module_name(rel));
+        let c_params = std::ffi::CString::new(params.clone()).map_err(|_| LoadError::Params {
+            path: path.display().to_string(),
+            params,
+        })?;
+        match rustix::system::finit_module(&file, &c_params, 0) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(errno) => {
                 return Err(LoadError::Kernel {
@@ -118,12 +146,13 @@ pub fn load_all(moddir: &Path) -> Result<Vec<String>, LoadError> {
 mod tests {
     use super::*;
 
+    /// Lines of the modules.dep that `modclosure` writes for the pinned kernel.
     const DEP: &str = "\
-kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
-kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
-kernel/drivers/virtio/virtio.ko:
-kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
 kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
 kernel/net/core/failover.ko:
 ";
 
@@ -133,14 +162,27 @@ kernel/net/core/failover.ko:
         assert_eq!(
             plan,
             [
-                "kernel/drivers/virtio/virtio.ko",
                 "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
                 "kernel/drivers/virtio/virtio_mmio.ko",
                 "kernel/net/core/failover.ko",
                 "kernel/drivers/net/net_failover.ko",
                 "kernel/drivers/net/virtio_net.ko",
             ]
         );
+    }
+
+    #[test]
+    fn parameters_from_the_command_line() {
+        let line =
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio-mmio.device=4K@0xd0001000:6 \
+                    virtio_net.napi_tx=1 virtio_mmio.flag mode=kv";
+        assert_eq!(
+            module_params(line, "virtio_mmio"),
+            "device=4K@0xd0000000:5 device=4K@0xd0001000:6"
+        );
+        assert_eq!(module_params(line, "virtio_net"), "napi_tx=1");
+        assert_eq!(module_params(line, "virtio_blk"), "");
     }
 
     #[test]
@@ -153,5 +195,16 @@ kernel/net/core/failover.ko:
             load_plan("a.ko b.ko\n", &["a"]),
             Err(PlanError::Syntax { line: 1 })
         );
+    }
+
+    #[test]
+    fn the_initramfs_ships_what_init_loads() {
+        let script = include_str!("../build-initramfs.sh");
+        let line = script
+            .lines()
+            .find_map(|l| l.strip_prefix("WANTED_MODULES=("))
+            .and_then(|l| l.strip_suffix(')'))
+            .expect("WANTED_MODULES=(...) in build-initramfs.sh");
+        assert_eq!(line.split(' ').collect::<Vec<_>>(), WANTED);
     }
 }

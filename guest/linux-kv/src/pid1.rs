@@ -55,14 +55,22 @@ fn boot() -> Result<(), String> {
             Ok(())
         }
         Mode::Dirty => crate::workload::dirty(args.dirty_mib, args.dirty_rate),
-        Mode::Kv => kv(&args, &release),
+        Mode::Kv => kv(&args, &release, cmdline),
     }
 }
 
-fn kv(args: &BootArgs, release: &str) -> Result<(), String> {
+fn kv(args: &BootArgs, release: &str, cmdline: &str) -> Result<(), String> {
     let moddir = Path::new("/lib/modules").join(release);
-    let loaded = crate::modules::load_all(&moddir).map_err(|e| e.to_string())?;
+    let loaded = crate::modules::load_all(&moddir, cmdline).map_err(|e| e.to_string())?;
     say!("guest: loaded {} modules", loaded.len());
+    if cmdline.contains("virtio_mmio.device=")
+        && !Path::new("/sys/module/virtio_mmio/parameters/device").exists()
+    {
+        say!(
+            "guest: note: this kernel ignores virtio_mmio.device= (built without \
+             CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES); virtio-mmio devices must be described by ACPI"
+        );
+    }
     wait_for(&format!("the virtio-blk disk {DISK}"), || {
         Path::new(DISK).exists()
     })?;
