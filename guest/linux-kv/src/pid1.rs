@@ -71,7 +71,7 @@ fn kv(args: &BootArgs, release: &str, cmdline: &str) -> Result<(), String> {
              CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES); virtio-mmio devices must be described by ACPI"
         );
     }
-    wait_for(&format!("the virtio-blk disk {DISK}"), || {
+    wait_for(&format!("virtio-blk disk {DISK}"), || {
         Path::new(DISK).exists()
     })?;
     configure_network(args)?;
