@@ -22,6 +22,8 @@ const ALIGN: usize = 4096;
 /// Sectors read at once while the log is replayed.
 pub const READ_AHEAD_SECTORS: usize = 128;
 const BOUNCE_BYTES: usize = READ_AHEAD_SECTORS * SECTOR_SIZE;
+/// The largest single read or write (a group commit must fit).
+pub const MAX_TRANSFER: usize = BOUNCE_BYTES;
 const _: () = assert!(BOUNCE_BYTES.is_multiple_of(ALIGN));
 
 /// A failure of the log device.

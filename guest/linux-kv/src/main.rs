@@ -14,12 +14,10 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use ftguest_kvlog::{BootArgs, Mode};
 
 /// Prints one console line (the contract lines of the reference guest and notes).
-#[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
         $crate::console_line(::std::format_args!($($arg)*))
@@ -64,7 +62,7 @@ pub enum KvError {
 pub fn run_kv(disk: &Path, listen: SocketAddr, shown: Option<SocketAddr>) -> Result<(), KvError> {
     let disk = disk::Disk::open(disk, |note| say!("{note}"))?;
     let service = match server::Service::recover(disk) {
-        Ok(s) => Arc::new(s),
+        Ok(s) => s,
         Err(e) => {
             say!("kv: recovery from disk failed: {e}");
             return Err(KvError::Recover(e));
@@ -77,7 +75,7 @@ pub fn run_kv(disk: &Path, listen: SocketAddr, shown: Option<SocketAddr>) -> Res
     })?;
     let bound = listener.local_addr().unwrap_or(listen);
     let shown = shown.unwrap_or(bound);
-    let (keys, replayed) = service.summary().unwrap_or_default();
+    let (keys, replayed) = service.summary();
     say!(
         "kv: listening on {}:{} keys={keys} replayed={replayed}",
         shown.ip(),

@@ -45,8 +45,19 @@ fn protocol_and_restart() {
     assert_eq!(c.call("SET 07 x").unwrap(), "ERR bad slot");
     let long = format!("PUT k {}", "v".repeat(2000));
     assert_eq!(c.call(&long).unwrap(), "ERR line too long");
+    // Pipelined: PUTs are group-committed, replies stay in order, a GET sees the PUT before it.
+    let mut lines = Vec::new();
+    for i in 0..40 {
+        lines.push(format!("PUT p{} {i}", i % 3));
+        lines.push(format!("GET p{}", i % 3));
+    }
+    let replies = c.pipeline(&lines).unwrap();
+    for (i, pair) in replies.chunks(2).enumerate() {
+        assert_eq!(pair, ["OK".to_string(), format!("VALUE {i}")]);
+    }
+    let mut c = Client::connect(server.addr).unwrap();
     let stat = c.call("STAT").unwrap();
-    assert!(stat.starts_with("STAT keys=2 puts=3 gets=3 "), "{stat}");
+    assert!(stat.starts_with("STAT keys=5 puts=43 gets=43 "), "{stat}");
     drop(c);
     server.kill();
 
@@ -54,10 +65,11 @@ fn protocol_and_restart() {
     let listening = server.lines.last().unwrap();
     assert_eq!(
         (field(listening, "keys"), field(listening, "replayed")),
-        (2, 3)
+        (5, 43)
     );
     let mut c = Client::connect(server.addr).unwrap();
     assert_eq!(c.call("GET a").unwrap(), "VALUE 2");
+    assert_eq!(c.call("GET p0").unwrap(), "VALUE 39");
     assert_eq!(c.call("SET 3 z").unwrap(), "OK 3", "slot versions continue");
     assert_eq!(c.call("PUT b 3").unwrap(), "OK");
 }

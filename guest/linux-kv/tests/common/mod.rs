@@ -92,6 +92,21 @@ impl Client {
         })
     }
 
+    /// Sends `lines` in one write and reads one reply line per line.
+    pub fn pipeline(&mut self, lines: &[String]) -> std::io::Result<Vec<String>> {
+        let all: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.stream.get_mut().write_all(all.as_bytes())?;
+        let mut replies = Vec::new();
+        for _ in lines {
+            let mut reply = String::new();
+            if self.stream.read_line(&mut reply)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            replies.push(reply.trim_end_matches('\n').to_string());
+        }
+        Ok(replies)
+    }
+
     /// Sends one line and reads one reply line (without `\n`).
     pub fn call(&mut self, line: &str) -> std::io::Result<String> {
         self.stream
