@@ -74,10 +74,25 @@ fn kv(args: &BootArgs, release: &str, cmdline: &str) -> Result<(), String> {
     wait_for(&format!("virtio-blk disk {DISK}"), || {
         Path::new(DISK).exists()
     })?;
+    check_block_size()?;
     configure_network(args)?;
     let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port));
     let shown = SocketAddr::from((Ipv4Addr::from(args.ip), args.port));
     crate::run_kv(Path::new(DISK), listen, Some(shown)).map_err(|e| e.to_string())
+}
+
+/// The log is made of 512-byte sectors written with `O_DIRECT`: the disk must take 512-byte
+/// transfers.
+fn check_block_size() -> Result<(), String> {
+    let path = "/sys/block/vda/queue/logical_block_size";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    match text.trim() {
+        "512" => Ok(()),
+        other => Err(format!(
+            "{DISK} has {other}-byte logical blocks; the kvlog format needs 512-byte sectors \
+             (the VMM must not announce a larger blk_size)"
+        )),
+    }
 }
 
 fn mount_basics() -> Result<(), String> {
