@@ -13,6 +13,7 @@ PACKAGES=(
   qemu-utils                           # qemu-nbd, qemu-io: per-host storage paths in the QEMU tests
   tgt                                  # tgtd/tgtadm: the iSCSI target serving shared storage with persistent reservations
   qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
+  libc6-dev binutils                   # static glibc (libc.a) and readelf: guest/linux-kv/build-initramfs.sh
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 

@@ -4,6 +4,8 @@
 //! only once the record and a flush have completed on the device), and only then updates the
 //! table and answers `OK`. `SET` does the same with its slot's one sector, rewritten in place,
 //! and answers `OK <version>`. `GET`, `SLOT` and `STAT` are served from memory.
+//! [`KvService::put_batch`] is the group commit of several PUTs: one write of their contiguous
+//! records, one flush, then all of them are applied.
 //!
 //! Invariant: nothing is answered `OK` or shown by `GET`/`SLOT` before the [`LogWriter`] said it
 //! is durable.
@@ -173,6 +175,55 @@ impl KvService {
             Err(AppendError::LogFull) => out.extend_from_slice(b"ERR log full\n"),
             Err(e) => out.extend_from_slice(format!("ERR {e}\n").as_bytes()),
         }
+    }
+
+    /// Group commit of PUTs, with the effect of running them one after the other: each
+    /// `(key, value)` is encoded at the next log position; all records (contiguous on the
+    /// device) go to [`LogWriter::write_durable`] in **one** call, and only after it returned
+    /// are the table and the cursor updated. Returns one reply line per PUT, in order: `OK`;
+    /// `ERR log full` or a length error for that PUT alone (the others go on); `ERR disk: <e>`
+    /// for every encoded PUT when the write failed (then nothing changed). The writer must
+    /// take up to `MAX_RECORD_SECTORS` sectors per PUT in one write.
+    pub fn put_batch<W: LogWriter + ?Sized>(
+        &mut self,
+        puts: &[(&[u8], &[u8])],
+        log: &mut W,
+    ) -> Vec<Vec<u8>> {
+        let mut cursor = self.cursor;
+        let mut bytes = Vec::new();
+        let mut encoded = Vec::with_capacity(puts.len());
+        let mut replies: Vec<Vec<u8>> = Vec::with_capacity(puts.len());
+        for (key, value) in puts {
+            match cursor.prepare(key, value) {
+                Ok(pending) => {
+                    bytes.extend_from_slice(&pending.bytes);
+                    cursor.commit(&pending);
+                    encoded.push(replies.len());
+                    replies.push(Vec::new());
+                }
+                Err(AppendError::LogFull) => replies.push(b"ERR log full\n".to_vec()),
+                Err(e) => replies.push(format!("ERR {e}\n").into_bytes()),
+            }
+        }
+        if encoded.is_empty() {
+            return replies;
+        }
+        match log.write_durable(self.cursor.next_sector, &bytes) {
+            Ok(()) => {
+                self.cursor = cursor;
+                for &i in &encoded {
+                    let (key, value) = puts[i];
+                    self.store.put(key, value);
+                    replies[i] = b"OK\n".to_vec();
+                }
+            }
+            Err(e) => {
+                for &i in &encoded {
+                    replies[i] = format!("ERR disk: {e}\n").into_bytes();
+                }
+            }
+        }
+        replies
     }
 
     fn set<W: LogWriter + ?Sized>(

@@ -201,3 +201,88 @@ fn a_disk_too_small_for_the_slot_area_is_refused() {
     let msg = alloc::format!("{err}");
     assert!(msg.contains("at least 67 sectors"), "{msg}");
 }
+
+/// A writer that counts calls and can be told to fail.
+struct Counting {
+    disk: MemDisk,
+    writes: usize,
+    fail: bool,
+}
+
+impl LogWriter for Counting {
+    type Error = &'static str;
+    fn write_durable(&mut self, first: u64, bytes: &[u8]) -> Result<(), &'static str> {
+        if self.fail {
+            return Err("injected");
+        }
+        self.writes += 1;
+        self.disk
+            .write_durable(first, bytes)
+            .map_err(|_| "out of range")
+    }
+}
+
+#[test]
+fn put_batch_is_one_write_and_replays_like_single_puts() {
+    let mut w = Counting {
+        disk: MemDisk::new(DISK),
+        writes: 0,
+        fail: false,
+    };
+    let (mut svc, _) = KvService::recover(&mut w.disk).unwrap();
+    let big = [b'v'; 1024];
+    let long_key = [b'k'; 65];
+    let replies = svc.put_batch(
+        &[(b"a", b"1"), (&long_key, b"x"), (b"b", &big), (b"a", b"2")],
+        &mut w,
+    );
+    assert_eq!(w.writes, 1);
+    let text: Vec<String> = replies
+        .iter()
+        .map(|r| String::from_utf8(r.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        text,
+        ["OK\n", "ERR key length 65 not in 1..=64\n", "OK\n", "OK\n"]
+    );
+    assert_eq!(svc.store().puts(), 3);
+    assert_eq!(svc.cursor().next_seq, 4);
+    assert_eq!(run(&mut svc, &mut w.disk, "PUT c 3"), "OK\n");
+
+    // The batch's records replay as three ordinary ones, and the chain continues after them.
+    let (mut again, out) = KvService::recover(&mut w.disk).unwrap();
+    assert_eq!((out.records, out.end), (4, LogEnd::Clean));
+    assert_eq!(run(&mut again, &mut w.disk, "GET a"), "VALUE 2\n");
+    assert_eq!(again.store().len(), 3);
+}
+
+#[test]
+fn put_batch_failure_changes_nothing() {
+    let mut w = Counting {
+        disk: MemDisk::new(DISK),
+        writes: 0,
+        fail: true,
+    };
+    let (mut svc, _) = KvService::recover(&mut w.disk).unwrap();
+    let before = *svc.cursor();
+    let replies = svc.put_batch(&[(b"a", b"1"), (b"b", b"2")], &mut w);
+    assert_eq!(
+        replies,
+        [
+            b"ERR disk: injected\n".to_vec(),
+            b"ERR disk: injected\n".to_vec()
+        ]
+    );
+    assert_eq!(*svc.cursor(), before);
+    assert_eq!(svc.store().len(), 0);
+    // Log full: only the PUT that does not fit is refused.
+    w.fail = false;
+    let big = [b'v'; 1024];
+    let many: Vec<(&[u8], &[u8])> = (0..30).map(|_| (&b"k"[..], &big[..])).collect();
+    let replies = svc.put_batch(&many, &mut w);
+    let ok = replies.iter().filter(|r| r.as_slice() == b"OK\n").count();
+    assert_eq!(ok, 21, "64 log sectors hold 21 records of 3 sectors");
+    assert!(replies[21..]
+        .iter()
+        .all(|r| r.as_slice() == b"ERR log full\n"));
+}
