@@ -160,7 +160,7 @@ pub fn receive(
                 &spec.fencing_socket,
                 &spec.hello.vm,
                 generation,
-                &spec.hello.primary_host,
+                &spec.peer,
             )
             .or_else(|e| abort(ch, format!("paired in generation {generation}: {e}")))?;
             Ok(Restored {
