@@ -73,6 +73,7 @@ fuzz:
 	cd ftvmm && cargo +nightly fuzz run channel_frame -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run platform_hello -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run transfer_message -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run epoch_piece -- -max_total_time=$(FUZZ_SECONDS)
 	cd heartbeat && cargo +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run blocks -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run lease_record -- -max_total_time=$(FUZZ_SECONDS)

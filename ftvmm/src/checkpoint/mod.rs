@@ -4,12 +4,22 @@
 //! does not execute but holds the last complete epoch to resume from.
 //!
 //! - [`state`]: machine state (vCPUs, irqchips, PIT, clock) capture/restore.
+//! - [`epoch`]: the epoch wire format (body, pieces, digest); [`assemble`]
+//!   puts pieces back together and refuses a torn epoch; [`delta`] encodes
+//!   a page against its previous version.
 //!
 //! Deliberately not here: the VM that boots Linux (`linux/`), the threads
 //! that pause vCPUs and carry epochs over the channel, and the member /
 //! fencing wiring (go-live for g+1 works as in lockstep).
 
+pub mod assemble;
+pub mod delta;
+pub mod epoch;
+mod epoch_decode;
 pub mod state;
+
+#[cfg(test)]
+mod epoch_tests;
 
 #[cfg(test)]
 mod state_tests;
