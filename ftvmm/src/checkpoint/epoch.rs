@@ -12,7 +12,7 @@
 //!         body_len:u64 body_sha256:[32] chunk_len:u32 chunk[chunk_len]
 //!         1 <= total <= MAX_PIECES, index < total,
 //!         chunk_len <= MAX_CHUNK_BYTES; the chunks in index order are the body
-//! body  = epoch:u64 generation:u64
+//! body  = epoch:u64 generation:u64 durable_through:u64
 //!         pages:u32   { gfn:u64 kind:u8 (0 zero | 1 raw: [PAGE_SIZE]
 //!                                        | 2 delta: len:u16 delta[len]) }
 //!         machine_len:u32 machine      device_len:u32 devices
@@ -22,7 +22,10 @@
 //! (`delta.rs`) is against the page as of the previous epoch, which only the
 //! receiver holds, so it is checked for form here and applied there. Disk
 //! writes: in the order the guest issued them, each a whole number of
-//! sectors, at least one.
+//! sectors, at least one. `durable_through`: every disk write of the epochs
+//! up to it is durable on the shared device (as the Primary knew when it
+//! closed this epoch), so the Secondary may forget their writes; it
+//! re-writes the others on failover.
 //!
 //! Why every piece repeats the epoch's identity, total, length and digest
 //! (52 bytes per piece of up to 1 MiB): the reassembler (`assemble.rs`)
@@ -102,6 +105,9 @@ impl DiskWrite {
 pub struct Epoch {
     pub number: u64,
     pub generation: u64,
+    /// Every disk write of epochs `<= durable_through` is durable on the
+    /// shared device (0: none known yet).
+    pub durable_through: u64,
     pub pages: Vec<Page>,
     /// `state::MachineState::encode`.
     pub machine: Vec<u8>,
@@ -203,6 +209,7 @@ pub fn encode_body(e: &Epoch) -> Result<Vec<u8>, EpochError> {
     let mut out = Vec::new();
     out.extend_from_slice(&e.number.to_le_bytes());
     out.extend_from_slice(&e.generation.to_le_bytes());
+    out.extend_from_slice(&e.durable_through.to_le_bytes());
     let count = u32::try_from(e.pages.len()).unwrap_or(u32::MAX);
     out.extend_from_slice(&count.to_le_bytes());
     for (index, p) in e.pages.iter().enumerate() {
@@ -300,7 +307,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Encodes `e` as its pieces, each at most [`PIECE_HEADER_BYTES`] +
 /// [`MAX_CHUNK_BYTES`] long. An empty body is impossible (it holds at least
-/// its 28 fixed bytes), so there is always a piece.
+/// its 36 fixed bytes), so there is always a piece.
 pub fn encode_pieces(e: &Epoch) -> Result<Vec<Vec<u8>>, EpochError> {
     encode_pieces_sized(e, MAX_CHUNK_BYTES)
 }

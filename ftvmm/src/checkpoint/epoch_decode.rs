@@ -165,6 +165,7 @@ pub fn decode_body(bytes: &[u8]) -> Result<Epoch, EpochError> {
     let mut r = Reader { bytes, at: 0 };
     let number = r.u64("epoch")?;
     let generation = r.u64("generation")?;
+    let durable_through = r.u64("durable through")?;
     let count = r.count("page count", MIN_PAGE_ENTRY)?;
     let mut pages: Vec<Page> = Vec::with_capacity(count);
     for index in 0..count {
@@ -200,6 +201,7 @@ pub fn decode_body(bytes: &[u8]) -> Result<Epoch, EpochError> {
     Ok(Epoch {
         number,
         generation,
+        durable_through,
         pages,
         machine,
         devices,

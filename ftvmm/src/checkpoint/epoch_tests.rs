@@ -19,6 +19,7 @@ fn sample(number: u64) -> Epoch {
     Epoch {
         number,
         generation: 3,
+        durable_through: number - 1,
         pages: vec![
             Page {
                 gfn: 0,
@@ -235,7 +236,7 @@ fn invalid_bodies_are_refused_when_encoding_and_decoding() {
     ));
     // A lying page count is refused before anything is reserved.
     let mut b = encode_body(&Epoch::default()).unwrap();
-    b[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    b[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(
         decode_body(&b),
         Err(EpochError::Truncated {

@@ -7,6 +7,8 @@
 //! - [`epoch`]: the epoch wire format (body, pieces, digest); [`assemble`]
 //!   puts pieces back together and refuses a torn epoch; [`delta`] encodes
 //!   a page against its previous version.
+//! - [`gate`]: the Output Rule for epochs (Primary side), with the
+//!   [`overlay`] that serves reads of writes not yet on the device.
 //!
 //! Deliberately not here: the VM that boots Linux (`linux/`), the threads
 //! that pause vCPUs and carry epochs over the channel, and the member /
@@ -16,10 +18,14 @@ pub mod assemble;
 pub mod delta;
 pub mod epoch;
 mod epoch_decode;
+pub mod gate;
+pub mod overlay;
 pub mod state;
 
 #[cfg(test)]
 mod epoch_tests;
+#[cfg(test)]
+mod gate_tests;
 
 #[cfg(test)]
 mod state_tests;
