@@ -9,6 +9,8 @@
 //!   a page against its previous version.
 //! - [`gate`]: the Output Rule for epochs (Primary side), with the
 //!   [`overlay`] that serves reads of writes not yet on the device.
+//! - [`receiver`]: the Secondary's side: reassemble, verify, apply in
+//!   order to a staging copy, acknowledge; [`receiver::Receiver::take_over`].
 //!
 //! Deliberately not here: the VM that boots Linux (`linux/`), the threads
 //! that pause vCPUs and carry epochs over the channel, and the member /
@@ -20,12 +22,15 @@ pub mod epoch;
 mod epoch_decode;
 pub mod gate;
 pub mod overlay;
+pub mod receiver;
 pub mod state;
 
 #[cfg(test)]
 mod epoch_tests;
 #[cfg(test)]
 mod gate_tests;
+#[cfg(test)]
+mod receiver_tests;
 
 #[cfg(test)]
 mod state_tests;
