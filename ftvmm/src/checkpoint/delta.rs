@@ -45,6 +45,10 @@ pub fn encode(old: &[u8], new: &[u8], max_len: usize) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < n {
         let zeros_from = i;
+        // Unchanged stretches a word at a time (most of a sparse page).
+        while i + 8 <= n && old[i..i + 8] == new[i..i + 8] {
+            i += 8;
+        }
         while i < n && diff(i) == 0 {
             i += 1;
         }

@@ -12,6 +12,10 @@
 //! - [`receiver`]: the Secondary's side: reassemble, verify, apply in
 //!   order to a staging copy, acknowledge; [`receiver::Receiver::take_over`].
 //!
+//! Checked: `state_tests` (on /dev/kvm), `epoch_tests` (format, torn
+//! epochs, fuzz, delta measurement), `gate_tests`, `receiver_tests`, and a
+//! seeded simulation (`sim_tests`: crashes, failover, a bad link).
+//!
 //! Deliberately not here: the VM that boots Linux (`linux/`), the threads
 //! that pause vCPUs and carry epochs over the channel, and the member /
 //! fencing wiring (go-live for g+1 works as in lockstep).
@@ -31,6 +35,10 @@ mod epoch_tests;
 mod gate_tests;
 #[cfg(test)]
 mod receiver_tests;
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod sim_world;
 
 #[cfg(test)]
 mod state_tests;
