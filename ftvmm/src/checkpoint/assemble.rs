@@ -78,10 +78,9 @@ impl Assembler {
     }
 
     fn start(&mut self, p: Piece) -> Result<Option<Epoch>, EpochError> {
-        let mut buf = Vec::new();
         // Reserve no more than this piece can vouch for (a lying body_len
         // must not allocate a gigabyte).
-        buf.reserve(p.chunk.len());
+        let buf = Vec::with_capacity(p.chunk.len());
         let cur = Partial {
             buf,
             next: 0,

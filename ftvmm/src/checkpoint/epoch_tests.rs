@@ -51,14 +51,11 @@ fn sample(number: u64) -> Epoch {
 
 fn assemble(pieces: &[Vec<u8>]) -> Result<Option<Epoch>, EpochError> {
     let mut a = Assembler::new();
-    let mut last = Ok(None);
+    let mut last = None;
     for p in pieces {
-        last = a.on_piece(p);
-        if last.is_err() {
-            return last;
-        }
+        last = a.on_piece(p)?;
     }
-    last
+    Ok(last)
 }
 
 #[test]

@@ -188,13 +188,11 @@ impl EpochGate {
 
     /// The guest reads at `sector`: pending writes first, the rest from
     /// `device` (one call per run of sectors not pending).
-    pub fn read<E>(
-        &self,
-        sector: u64,
-        buf: &mut [u8],
-        device: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        self.overlay.read(sector, buf, device)
+    pub fn read<E, F>(&self, sector: u64, buf: &mut [u8], mut device: F) -> Result<(), E>
+    where
+        F: FnMut(u64, &mut [u8]) -> Result<(), E>,
+    {
+        self.overlay.read(sector, buf, &mut device)
     }
 
     /// Whether the current epoch should end now, given its dirty page count

@@ -40,12 +40,10 @@ impl Overlay {
 
     /// Fills `buf` (a whole number of sectors from `sector`): sectors held
     /// here from the overlay, every run of others with one `device` read.
-    pub fn read<E>(
-        &self,
-        sector: u64,
-        buf: &mut [u8],
-        device: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub fn read<E, F>(&self, sector: u64, buf: &mut [u8], mut device: F) -> Result<(), E>
+    where
+        F: FnMut(u64, &mut [u8]) -> Result<(), E>,
+    {
         assert!(buf.len().is_multiple_of(SECTOR_SIZE), "partial sector read");
         let n = (buf.len() / SECTOR_SIZE) as u64;
         let mut miss_from: Option<u64> = None;
