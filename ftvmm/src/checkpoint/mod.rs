@@ -12,6 +12,17 @@
 //! - [`receiver`]: the Secondary's side: reassemble, verify, apply in
 //!   order to a staging copy, acknowledge; [`receiver::Receiver::take_over`].
 //!
+//! Page deltas pay, so the format has them (`delta.rs`; measured in
+//! `epoch_tests::measure_page_deltas`, times with `rustc -O` on the loaded
+//! 2-core dev machine, noisy): a page with 8 changed words ships 98 bytes
+//! (2.4% of raw), 64 incremented counters 324 bytes (7.9%), a rewritten
+//! KiB 1032 bytes (25%), a rewritten page goes raw (no delta is tried past
+//! half a page). Encoding ran at 200-1000 MB/s per core against a plain
+//! copy's ~1 GB/s here, off the pause (the guest runs while the sender
+//! encodes); applying a delta is cheaper than copying the page. The price
+//! is the Primary's copy of every page as last shipped (the delta base),
+//! which the integration may keep for hot pages only.
+//!
 //! Checked: `state_tests` (on /dev/kvm), `epoch_tests` (format, torn
 //! epochs, fuzz, delta measurement), `gate_tests`, `receiver_tests`, and a
 //! seeded simulation (`sim_tests`: crashes, failover, a bad link).
