@@ -74,6 +74,7 @@ fuzz:
 	cd ftvmm && cargo +nightly fuzz run channel_frame -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run platform_hello -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run transfer_message -- -max_total_time=$(FUZZ_SECONDS)
+	cd ftvmm && cargo +nightly fuzz run epoch_piece -- -max_total_time=$(FUZZ_SECONDS)
 	cd heartbeat && cargo +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run blocks -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run lease_record -- -max_total_time=$(FUZZ_SECONDS)
@@ -83,7 +84,7 @@ fuzz:
 	cd guest/kvlog && cargo +nightly fuzz run decode_slots -- -max_total_time=$(FUZZ_SECONDS)
 
 ## chaos: long soak / fault-schedule runs (beyond make test)
-## FT_CHAOS_SEEDS: seeds of the fencing simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
+## FT_CHAOS_SEEDS: seeds of the fencing, member and checkpoint simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
 ## The long respawn variants on three QEMU hosts (qemu-tests respawn, `#[ignore]`d) run once
 ## (make test runs its representative: kill the Primary, respawn on host-c, kill the new Primary).
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
@@ -104,6 +105,7 @@ chaos: prereqs image
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
 	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
+	FT_CHECKPOINT_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib checkpoint::sim_tests -- --nocapture
 	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults member_model_joins_long
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \

@@ -8,9 +8,11 @@
 //! pair start), [`vcpu`] (the run loop), [`devices`] (PIC, PIT, serial, bus),
 //! [`virtio`] (virtio-mmio blk/net), [`live`] (real backends behind
 //! `Inputs`/`Outputs`), [`snapshot`] (save/restore),
-//! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service).
+//! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service),
+//! [`checkpoint`] (checkpoint replication: epochs, their Output Rule).
 
 pub mod boot;
+pub mod checkpoint;
 pub mod cpuid;
 pub mod daemon;
 pub mod devices;

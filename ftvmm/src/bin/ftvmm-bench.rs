@@ -8,8 +8,12 @@
 //! stop-and-copy on this host's KVM at 64, 512 and 3072 MiB, with a pause estimate for 10 GbE
 //! (`ftvmm_bench/respawn.rs`, a table of its own); and respawn's live transfer of a 256 MiB guest
 //! idle or busy writing memory (`mode=dirty`): pre-copy rounds, bytes sent, the pause
-//! (`ftvmm_bench/respawn_live.rs`, a table of its own). Needs root and `/dev/kvm`.
+//! (`ftvmm_bench/respawn_live.rs`, a table of its own); and (issue 11) checkpoint epochs without a
+//! VM: bytes per epoch raw vs delta, encode and apply rates (`ftvmm_bench/checkpoint.rs`).
+//! Needs root and `/dev/kvm`.
 
+#[path = "ftvmm_bench/checkpoint.rs"]
+mod checkpoint;
 #[path = "ftvmm_bench/console.rs"]
 mod console;
 #[path = "ftvmm_bench/cpu.rs"]
@@ -87,6 +91,9 @@ struct Args {
     /// Guest memory sizes (MiB) of the respawn section.
     #[arg(long, value_delimiter = ',', default_values_t = respawn::SIZES_MIB)]
     respawn_mib: Vec<u64>,
+    /// Skip the checkpoint epoch encode/apply rates.
+    #[arg(long)]
+    no_checkpoint: bool,
     /// Echo the guests' console lines to stderr.
     #[arg(long)]
     verbose: bool,
@@ -242,6 +249,10 @@ fn main() -> Result<()> {
     ));
     if !args.no_ft {
         rows.extend(ft::rows(&ft_runs, args.kv_ops));
+    }
+    if !args.no_checkpoint {
+        eprintln!("ftvmm-bench: checkpoint epochs");
+        rows.extend(checkpoint::rows(&checkpoint::run()));
     }
 
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);

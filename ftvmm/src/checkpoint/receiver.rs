@@ -1,0 +1,226 @@
+//! The Secondary's side of checkpoint replication as a pure state machine:
+//! it reassembles each epoch from its pieces (`assemble.rs`), checks it
+//! follows the last complete one, applies it to a staging copy (memory
+//! pages, machine state, device state, pending disk writes) and
+//! acknowledges it. On failover, [`Receiver::take_over`] hands back the last
+//! complete epoch's state and the disk writes to (re)write before the guest
+//! resumes.
+//!
+//! Rules:
+//! - Only a complete epoch is applied, and only whole: everything that can
+//!   refuse it (reassembly, digest, decoding, generation, order, page range,
+//!   delta form) is checked before the first byte of staging changes, and
+//!   what follows cannot fail. So the staging copy always equals the
+//!   Primary's state at the end of `last`, the last complete epoch.
+//! - Epochs apply in order: `last + 1` only (dirty pages and deltas are
+//!   relative to the previous epoch). An older one is a resend (the ack got
+//!   lost): re-acknowledged, not applied. A newer one means one in between
+//!   was torn: refused; the Primary resends from its first unacked epoch.
+//! - Acks are cumulative: "every epoch `<= last` is complete here".
+//! - Disk writes are kept for every epoch after the newest `durable_through`
+//!   the Primary reported; on take-over they are to be written, in epoch
+//!   order, before the guest resumes (rewriting a write that did reach the
+//!   device is harmless: every later write follows it in the list).
+//!
+//! Invariant (asserted): the kept writes are of epochs in
+//! `durable_through + 1 ..= last`, ascending.
+
+use std::collections::VecDeque;
+
+use super::assemble::Assembler;
+use super::delta;
+use super::epoch::{DiskWrite, Epoch, EpochError, PageData, PAGE_SIZE};
+
+/// The staging copy of guest memory.
+pub trait StagingMemory {
+    /// Pages of guest memory.
+    fn pages(&self) -> u64;
+    /// Page `gfn` (< [`StagingMemory::pages`]), [`PAGE_SIZE`] bytes.
+    fn page_mut(&mut self, gfn: u64) -> &mut [u8];
+}
+
+/// Guest memory in a `Vec` (tests, the simulation).
+impl StagingMemory for Vec<u8> {
+    fn pages(&self) -> u64 {
+        (self.len() / PAGE_SIZE) as u64
+    }
+    fn page_mut(&mut self, gfn: u64) -> &mut [u8] {
+        let at = gfn as usize * PAGE_SIZE;
+        &mut self[at..at + PAGE_SIZE]
+    }
+}
+
+/// Why an epoch was not applied (none of these change the staging copy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    #[error(transparent)]
+    Torn(#[from] EpochError),
+    #[error("epoch {epoch} is of generation {got}, the pair runs in {expected}")]
+    Generation { epoch: u64, got: u64, expected: u64 },
+    #[error("epoch {got} arrived, epoch {expected} is next (one in between was torn)")]
+    Gap { got: u64, expected: u64 },
+    #[error("epoch {epoch}: page {gfn} is outside guest memory ({pages} pages)")]
+    GfnOutOfRange { epoch: u64, gfn: u64, pages: u64 },
+    #[error("epoch {epoch}: durable_through {durable} is beyond the epoch itself")]
+    Durable { epoch: u64, durable: u64 },
+}
+
+/// What the Secondary resumes from on failover.
+pub struct TakeOver<M> {
+    /// The last complete epoch (0: the initial state only).
+    pub epoch: u64,
+    pub generation: u64,
+    pub memory: M,
+    pub machine: Vec<u8>,
+    pub devices: Vec<u8>,
+    /// Write these to the shared device in this order before the guest
+    /// resumes (under the late-write fence).
+    pub writes: Vec<DiskWrite>,
+}
+
+/// The Secondary's receiver; see the module doc.
+pub struct Receiver<M> {
+    generation: u64,
+    memory: M,
+    assembler: Assembler,
+    last: u64,
+    machine: Vec<u8>,
+    devices: Vec<u8>,
+    durable_through: u64,
+    /// (epoch, its writes), ascending, epochs `> durable_through`.
+    writes: VecDeque<(u64, Vec<DiskWrite>)>,
+    /// Epochs refused (torn, out of order), for status.
+    pub refused: u64,
+}
+
+impl<M: StagingMemory> Receiver<M> {
+    /// A receiver for the pair in `generation` whose staging `memory`
+    /// already holds the Primary's memory at the end of epoch `last` (0 at
+    /// the start; a respawn's first full checkpoint otherwise).
+    pub fn new(generation: u64, memory: M, last: u64) -> Self {
+        Receiver {
+            generation,
+            memory,
+            assembler: Assembler::new(),
+            last,
+            machine: Vec::new(),
+            devices: Vec::new(),
+            durable_through: last,
+            writes: VecDeque::new(),
+            refused: 0,
+        }
+    }
+
+    /// The last complete epoch.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The staging memory (tests compare it).
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// One piece from the channel. `Ok(Some(e))`: acknowledge "every epoch
+    /// `<= e` complete" (sent again for a resent old epoch); `Ok(None)`:
+    /// more pieces are due; an error: the epoch (or piece) was refused and
+    /// nothing changed.
+    pub fn on_piece(&mut self, bytes: &[u8]) -> Result<Option<u64>, ReceiveError> {
+        let e = match self.assembler.on_piece(bytes) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                self.refused += 1;
+                return Err(err.into());
+            }
+        };
+        if e.number <= self.last && e.generation == self.generation {
+            return Ok(Some(self.last));
+        }
+        if let Err(err) = self.check(&e) {
+            self.refused += 1;
+            return Err(err);
+        }
+        self.apply(e);
+        Ok(Some(self.last))
+    }
+
+    fn check(&self, e: &Epoch) -> Result<(), ReceiveError> {
+        if e.generation != self.generation {
+            return Err(ReceiveError::Generation {
+                epoch: e.number,
+                got: e.generation,
+                expected: self.generation,
+            });
+        }
+        if e.number != self.last + 1 {
+            return Err(ReceiveError::Gap {
+                got: e.number,
+                expected: self.last + 1,
+            });
+        }
+        if e.durable_through >= e.number {
+            return Err(ReceiveError::Durable {
+                epoch: e.number,
+                durable: e.durable_through,
+            });
+        }
+        let pages = self.memory.pages();
+        // Pages are in ascending gfn order (the codec checks it): the last
+        // one is the largest.
+        if let Some(p) = e.pages.last().filter(|p| p.gfn >= pages) {
+            return Err(ReceiveError::GfnOutOfRange {
+                epoch: e.number,
+                gfn: p.gfn,
+                pages,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a checked epoch; cannot fail (module doc).
+    fn apply(&mut self, e: Epoch) {
+        for p in e.pages {
+            let page = self.memory.page_mut(p.gfn);
+            match p.data {
+                PageData::Zero => page.fill(0),
+                PageData::Raw(b) => page.copy_from_slice(&b),
+                PageData::Delta(d) => {
+                    delta::apply(page, &d).expect("the codec checked the delta's form")
+                }
+            }
+        }
+        self.machine = e.machine;
+        self.devices = e.devices;
+        self.last = e.number;
+        self.durable_through = self.durable_through.max(e.durable_through);
+        while self
+            .writes
+            .front()
+            .is_some_and(|(n, _)| *n <= self.durable_through)
+        {
+            self.writes.pop_front();
+        }
+        if !e.writes.is_empty() {
+            self.writes.push_back((e.number, e.writes));
+        }
+        assert!(self
+            .writes
+            .iter()
+            .all(|(n, _)| *n > self.durable_through && *n <= self.last));
+    }
+
+    /// Failover: the state of the last complete epoch and the writes to
+    /// finish first. An epoch half-assembled is dropped (it was never
+    /// acknowledged, so nothing of it reached the world).
+    pub fn take_over(self) -> TakeOver<M> {
+        TakeOver {
+            epoch: self.last,
+            generation: self.generation,
+            memory: self.memory,
+            machine: self.machine,
+            devices: self.devices,
+            writes: self.writes.into_iter().flat_map(|(_, w)| w).collect(),
+        }
+    }
+}

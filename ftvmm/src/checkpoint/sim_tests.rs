@@ -1,0 +1,376 @@
+//! Deterministic simulation of checkpoint replication (TigerBeetle style):
+//! a toy KV machine on a Primary ([`EpochGate`] + shipper), a Secondary
+//! ([`Receiver`]), a link that loses, duplicates and reorders, a device
+//! that writes one sector per tick, clients that see replies only from
+//! released frames; then at an arbitrary tick the Primary crashes and the
+//! Secondary takes over (or the Secondary dies and the Primary goes on
+//! alone after winning the next generation).
+//!
+//! Properties (always):
+//! - `released_only_when_safe`: a frame of epoch e leaves only when the
+//!   Secondary holds e complete (its real state, not just an ack message)
+//!   and every write of epochs `<= e` is durable — or, alone, after the
+//!   next generation was won and the writes are durable.
+//! - `takeover_equals_primary`: the Secondary resumes from exactly the
+//!   Primary's memory and machine state at the end of its last complete
+//!   epoch, which is at least the last acknowledged one.
+//! - `no_acknowledged_write_lost`: after the take-over's writes, every key
+//!   on the device equals the resumed memory, and every reply a client saw
+//!   is at or below the resumed value of its key.
+//! - `writes_in_epoch_order`: the device sees one writer's writes in epoch
+//!   order (asserted in `Device::tick`).
+//!
+//! Sometimes (counted over all seeds, so a vacuous run fails): a frame
+//! released, a take-over with writes to finish, a torn epoch refused, a
+//! resend, a delta page, the Secondary lost.
+//!
+//! Seeds: `FT_CHECKPOINT_SIM_SEEDS` (default 2000), from
+//! `FT_CHECKPOINT_SIM_SEED` (default 0); a failing seed is printed.
+
+use std::collections::BTreeMap;
+
+use super::epoch::PageData;
+use super::gate::{EpochGate, GateConfig, Mode};
+use super::receiver::Receiver;
+use super::sim_world::*;
+
+const MAX_UNACKED: usize = 4;
+
+#[derive(Default, Debug)]
+struct Sometimes {
+    released: u64,
+    takeovers: u64,
+    takeover_writes: u64,
+    refused: u64,
+    resends: u64,
+    deltas: u64,
+    secondary_lost: u64,
+}
+
+struct Params {
+    crash_at: u64,
+    kill_secondary: bool,
+    epoch_ticks: u64,
+    request_per_mille: u64,
+    get_per_mille: u64,
+    chunk: usize,
+    rto: u64,
+}
+
+struct World {
+    rng: Rng,
+    now: u64,
+    gate: EpochGate,
+    toy: Toy,
+    shadow: Vec<u8>,
+    dev: Device,
+    fwd: Link,
+    back: Link,
+    shipper: Shipper,
+    rx: Option<Receiver<Vec<u8>>>,
+    /// The Primary's memory at the end of each closed epoch.
+    snapshots: BTreeMap<u64, Vec<u8>>,
+    /// Epochs that had disk writes.
+    write_epochs: std::collections::BTreeSet<u64>,
+    /// Replies clients saw: (key, value).
+    seen: Vec<(u64, u64)>,
+    next_value: u64,
+    /// Since when the Primary runs alone (won the next generation).
+    solo: bool,
+    /// No more client requests (draining at the end).
+    quiet: bool,
+    p: Params,
+    st: Sometimes,
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let fwd = Link::new(rng.below(80), rng.below(80), rng.below(6));
+        let back = Link::new(rng.below(80), rng.below(80), rng.below(6));
+        let p = Params {
+            crash_at: 10 + rng.below(400),
+            kill_secondary: rng.chance(250),
+            epoch_ticks: 2 + rng.below(8),
+            request_per_mille: 200 + rng.below(800),
+            get_per_mille: rng.below(500),
+            chunk: 256 + rng.below(4096) as usize,
+            rto: 10 + rng.below(20),
+        };
+        let cfg = GateConfig {
+            max_dirty_pages: 1 + rng.below(PAGES),
+            max_write_bytes: 512 * (1 + rng.below(8)),
+        };
+        let mut snapshots = BTreeMap::new();
+        snapshots.insert(0, Toy::new().mem);
+        World {
+            rng,
+            now: 0,
+            gate: EpochGate::new(cfg, 1),
+            toy: Toy::new(),
+            shadow: Toy::new().mem,
+            dev: Device::new(),
+            fwd,
+            back,
+            shipper: Shipper {
+                unacked: BTreeMap::new(),
+                last_progress: 0,
+            },
+            rx: Some(Receiver::new(1, Toy::new().mem, 0)),
+            snapshots,
+            seen: Vec::new(),
+            write_epochs: Default::default(),
+            next_value: 1,
+            solo: false,
+            quiet: false,
+            p,
+            st: Sometimes::default(),
+        }
+    }
+
+    fn release(&mut self, released: Vec<(u64, Vec<u8>)>) {
+        for (e, frame) in released {
+            let held = self.rx.as_ref().map_or(0, |r| r.last());
+            assert!(
+                e <= held || self.solo,
+                "released_only_when_safe: frame of epoch {e}, Secondary holds {held}"
+            );
+            if self.solo {
+                assert!(matches!(self.gate.mode(), Mode::Solo { generation: 2 }));
+            }
+            let newest_write = self.write_epochs.range(..=e).next_back().copied();
+            assert!(
+                newest_write.is_none_or(|w| w <= self.dev.durable),
+                "released_only_when_safe: frame of {e}, writes of {newest_write:?} not durable"
+            );
+            self.seen.push(parse_reply(&frame));
+            self.st.released += 1;
+        }
+    }
+
+    fn close_epoch(&mut self) {
+        let (closed, actions) = self.gate.close_epoch();
+        if !closed.writes.is_empty() {
+            self.write_epochs.insert(closed.number);
+        }
+        let pages = self.toy.take_pages(&mut self.shadow);
+        self.st.deltas += pages
+            .iter()
+            .filter(|p| matches!(p.data, PageData::Delta(_)))
+            .count() as u64;
+        self.snapshots.insert(closed.number, self.toy.mem.clone());
+        let machine = Toy::counter(&self.toy.mem).to_le_bytes().to_vec();
+        let pieces = self.shipper.ship(closed, pages, machine, self.p.chunk);
+        if self.shipper.unacked.len() == 1 {
+            self.shipper.last_progress = self.now;
+        }
+        if !self.solo {
+            for piece in pieces {
+                self.fwd.send(&mut self.rng, self.now, Msg::Piece(piece));
+            }
+        } else {
+            self.shipper.unacked.clear();
+        }
+        let r = perform(actions, &mut self.dev);
+        self.release(r);
+    }
+
+    /// One tick of the paired (or solo) system.
+    fn tick(&mut self) {
+        self.now += 1;
+        for m in self.fwd.due(self.now) {
+            let (Msg::Piece(b), Some(rx)) = (m, self.rx.as_mut()) else {
+                continue;
+            };
+            match rx.on_piece(&b) {
+                Ok(Some(e)) => self.back.send(&mut self.rng, self.now, Msg::Ack(e)),
+                Ok(None) => {}
+                Err(_) => self.st.refused += 1,
+            }
+        }
+        for m in self.back.due(self.now) {
+            let Msg::Ack(e) = m else { continue };
+            if let Ok(actions) = self.gate.on_ack(e) {
+                self.shipper.on_ack(e, self.now);
+                let r = perform(actions, &mut self.dev);
+                self.release(r);
+            }
+        }
+        if let Some(e) = self.dev.tick() {
+            let actions = self
+                .gate
+                .on_durable(e)
+                .expect("the device reports what was submitted");
+            let r = perform(actions, &mut self.dev);
+            self.release(r);
+        }
+        if !self.quiet
+            && self.shipper.unacked.len() < MAX_UNACKED
+            && self.rng.chance(self.p.request_per_mille)
+        {
+            let key = self.rng.below(KEYS);
+            let req = if self.rng.chance(self.p.get_per_mille) {
+                Request::Get { key }
+            } else {
+                self.next_value += 1;
+                Request::Put {
+                    key,
+                    value: self.next_value,
+                }
+            };
+            self.toy.handle(req, &mut self.gate, &self.dev);
+        }
+        let early = self.gate.end_early(self.toy.dirty.len() as u64).is_some();
+        if (early || self.now.is_multiple_of(self.p.epoch_ticks))
+            && self.shipper.unacked.len() < MAX_UNACKED
+        {
+            self.close_epoch();
+        }
+        if !self.solo
+            && !self.shipper.unacked.is_empty()
+            && self.now - self.shipper.last_progress > self.p.rto
+        {
+            self.st.resends += 1;
+            self.shipper.last_progress = self.now;
+            let all: Vec<Vec<u8>> = self.shipper.unacked.values().flatten().cloned().collect();
+            for piece in all {
+                self.fwd.send(&mut self.rng, self.now, Msg::Piece(piece));
+            }
+        }
+    }
+
+    /// The Primary crashed: the Secondary takes over and finishes the writes.
+    fn fail_over(mut self) -> Sometimes {
+        let acked = self.gate.progress().0;
+        // The crashed Primary's in-flight writes stop where they are.
+        self.dev.busy = None;
+        let t = self.rx.take().expect("the Secondary is alive").take_over();
+        assert!(
+            t.epoch >= acked,
+            "takeover_equals_primary: holds {} < acked {acked}",
+            t.epoch
+        );
+        assert!(
+            t.memory == self.snapshots[&t.epoch],
+            "takeover_equals_primary: memory at epoch {}",
+            t.epoch
+        );
+        if t.epoch > 0 {
+            let counter = Toy::counter(&self.snapshots[&t.epoch]);
+            assert_eq!(
+                t.machine,
+                counter.to_le_bytes().to_vec(),
+                "takeover_equals_primary: machine"
+            );
+        }
+        self.st.takeovers += 1;
+        self.st.takeover_writes += t.writes.len() as u64;
+        for w in &t.writes {
+            self.dev.write(w);
+        }
+        self.check_consistent(&t.memory);
+        self.st
+    }
+
+    /// The Secondary died: the Primary loses it, races (some ticks), wins
+    /// generation 2 and goes on alone; at the end its writes drain.
+    fn lose_secondary(mut self) -> Sometimes {
+        self.rx = None;
+        self.gate.on_secondary_lost().expect("paired");
+        self.st.secondary_lost += 1;
+        let released_before = self.st.released;
+        for _ in 0..self.rng.below(30) {
+            self.tick();
+        }
+        assert_eq!(
+            self.st.released, released_before,
+            "nothing leaves while racing"
+        );
+        self.solo = true;
+        self.shipper.unacked.clear();
+        let actions = self.gate.on_generation_won(2).expect("lost in 1");
+        let r = perform(actions, &mut self.dev);
+        self.release(r);
+        for _ in 0..self.rng.below(100) {
+            self.tick();
+        }
+        self.quiet = true;
+        self.close_epoch();
+        while self.dev.busy.is_some() {
+            self.tick();
+        }
+        let mem = self.toy.mem.clone();
+        self.check_consistent(&mem);
+        self.st
+    }
+
+    fn check_consistent(&self, mem: &[u8]) {
+        for k in 0..KEYS {
+            assert_eq!(
+                self.dev.value(k),
+                Toy::value_in(mem, k),
+                "no_acknowledged_write_lost: key {k} on the device"
+            );
+        }
+        for &(k, v) in &self.seen {
+            let now = Toy::value_in(mem, k);
+            assert!(
+                now >= v,
+                "no_acknowledged_write_lost: a client saw {k}={v}, resumed {now}"
+            );
+        }
+    }
+}
+
+fn run(seed: u64) -> Sometimes {
+    let mut w = World::new(seed);
+    while w.now < w.p.crash_at {
+        w.tick();
+    }
+    if w.p.kill_secondary {
+        w.lose_secondary()
+    } else {
+        w.fail_over()
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn checkpoint_sim_seeds() {
+    let first = env("FT_CHECKPOINT_SIM_SEED", 0);
+    let seeds = env("FT_CHECKPOINT_SIM_SEEDS", 2000);
+    let mut total = Sometimes::default();
+    for seed in first..first + seeds {
+        let s = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
+            panic!("checkpoint sim seed {seed} failed (rerun: FT_CHECKPOINT_SIM_SEED={seed} FT_CHECKPOINT_SIM_SEEDS=1): {e:?}")
+        });
+        total.released += s.released;
+        total.takeovers += s.takeovers;
+        total.takeover_writes += s.takeover_writes;
+        total.refused += s.refused;
+        total.resends += s.resends;
+        total.deltas += s.deltas;
+        total.secondary_lost += s.secondary_lost;
+    }
+    eprintln!("checkpoint sim: {seeds} seeds from {first}: {total:?}");
+    if seeds >= 100 {
+        let t = &total;
+        for (name, n) in [
+            ("released", t.released),
+            ("takeovers", t.takeovers),
+            ("takeover_writes", t.takeover_writes),
+            ("refused", t.refused),
+            ("resends", t.resends),
+            ("deltas", t.deltas),
+            ("secondary_lost", t.secondary_lost),
+        ] {
+            assert!(n > 0, "sometimes: {name} never happened in {seeds} seeds");
+        }
+    }
+}
