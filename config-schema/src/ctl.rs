@@ -129,6 +129,11 @@ pub struct LeaseView {
     pub live: bool,
     /// Milliseconds since the counter was last seen to move; `None` if never.
     pub last_renewal_ms: Option<u64>,
+    /// Seen, and not moved for the lease timeout since (sanlock's rule): the
+    /// host is dead. Not the negation of `live`: a lease this agent has not
+    /// watched long enough (it just booted) is neither live nor expired.
+    #[serde(default)]
+    pub expired: bool,
     /// The VMs this host publishes (in its lease sector) that it runs, or is
     /// about to run, as Primary.
     #[serde(default)]

@@ -237,6 +237,7 @@ impl Liveness {
                 last_renewal_ms: self.seen[h]
                     .moved_at
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                expired: self.expired(h, now),
                 running: self.seen[h]
                     .running
                     .iter()

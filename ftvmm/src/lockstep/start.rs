@@ -7,7 +7,9 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::LeaseView;
 
 use super::fence::{self, Highest};
 use super::member::Decision;
@@ -15,6 +17,8 @@ use super::member::Decision;
 /// How often a start that waits (storage down, the VM running elsewhere)
 /// looks again.
 const RETRY: Duration = Duration::from_secs(2);
+/// How often a start that waits for the owner or its lease slot looks again.
+const LOOK: Duration = Duration::from_millis(200);
 
 /// Why a VM is not started here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +52,8 @@ pub struct StartCtx<'a> {
     /// Called with the generation about to be acquired (the daemon publishes
     /// it to fencing before the Acquire).
     pub acquiring: &'a dyn Fn(u64),
+    /// [`PUBLISH_SETTLE`] (shorter in tests).
+    pub publish_settle: Duration,
 }
 
 /// Wins the generation to start `vm` in: `Highest + 1`, unless the config is
@@ -63,6 +69,7 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
             said = Some(line);
         }
     };
+    let mut unsure_since = None;
     loop {
         if ctx.cancel.load(Ordering::SeqCst) {
             return Err(StartError::Cancelled);
@@ -84,71 +91,147 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
                 ours: ctx.config_generation,
             });
         }
-        if let Some(owner) = running_elsewhere(ctx, &h) {
+        let leases = fence::leases(ctx.fencing);
+        let owner = owner_state(&h, ctx.host, vm, leases.as_deref().map_err(|e| e.as_str()));
+        if let Owner::Runs(owner) = &owner {
             println!(
                 "ftvmm: vm {vm}: runs on {owner} (generation {}); not starting here while it does",
                 h.generation
             );
             return Err(StartError::RunningElsewhere {
                 generation: h.generation,
-                owner,
+                owner: owner.clone(),
             });
+        }
+        if !settled(&owner, h.generation, &mut unsure_since, ctx.publish_settle) {
+            say_once(match &owner {
+                Owner::Unpublished(o) => format!(
+                    "ftvmm: vm {vm}: {o} owns generation {} and is alive but does not publish \
+                     the VM; waiting up to {} ms before starting here",
+                    h.generation,
+                    ctx.publish_settle.as_millis()
+                ),
+                Owner::Unjudged { owner, why } => format!(
+                    "ftvmm: vm {vm}: {owner} owns generation {} and {why}; waiting to start",
+                    h.generation
+                ),
+                _ => String::new(),
+            });
+            std::thread::sleep(LOOK);
+            continue;
         }
         let next = h.generation + 1;
         (ctx.acquiring)(next);
-        let waiting = |why: &str| {
-            println!("ftvmm: vm {vm}: storage does not answer ({why}); waiting to start")
+        // One attempt at a time: while storage does not answer (or this
+        // host does not hold its lease slot yet, ~7 s after boot) the world
+        // moves on, so the owner is looked at again before every attempt.
+        let decision = match fence::acquire(ctx.fencing, vm, next, ctx.config_generation) {
+            Ok(a) => a.decision,
+            Err(why) => {
+                say_once(format!(
+                    "ftvmm: vm {vm}: storage does not answer ({why}); waiting to start"
+                ));
+                std::thread::sleep(LOOK);
+                continue;
+            }
         };
-        match fence::acquire_until(
-            ctx.fencing,
-            vm,
-            next,
-            ctx.config_generation,
-            ctx.cancel,
-            waiting,
-        )
-        .map(|a| a.decision)
-        {
-            Some(Decision::Won) => {
+        match decision {
+            Decision::Won => {
                 println!("ftvmm: vm {vm}: won generation {next} to start");
                 return Ok(next);
             }
-            Some(Decision::Lost { owner }) => {
+            Decision::Lost { owner } => {
                 return Err(StartError::StartedElsewhere {
                     generation: next,
                     owner,
                 })
             }
             // A later generation appeared meanwhile: look again.
-            Some(Decision::Superseded { .. }) => continue,
-            None => return Err(StartError::Cancelled),
+            Decision::Superseded { .. } => continue,
         }
     }
 }
 
-/// The previous owner, if it is another host whose lease is live and that
-/// publishes `vm` as running.
-fn running_elsewhere(ctx: &StartCtx<'_>, h: &Highest) -> Option<String> {
-    let owner = h.owner.as_deref().filter(|o| *o != ctx.host)?;
-    let leases = fence::leases(ctx.fencing).ok()?;
-    leases
-        .iter()
-        .find(|l| l.host == owner && l.live && l.running.iter().any(|v| v == ctx.vm))
-        .map(|l| l.host.clone())
+/// How long the owner of the highest generation may be alive without
+/// publishing the VM before a host concludes it does not run it: a host that
+/// has just won a go-live publishes with its next lease renewal (every
+/// 500 ms, later on a loaded host).
+pub const PUBLISH_SETTLE: Duration = Duration::from_secs(3);
+
+/// What this host can tell about the owner of a VM's highest generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Nobody else runs it: no owner, this host, or an owner whose lease
+    /// expired.
+    Nobody,
+    /// A live host that publishes that it runs the VM.
+    Runs(String),
+    /// A live host that does not publish the VM: it may have just won and
+    /// not published yet, or it stopped the VM. Taken as [`Owner::Nobody`]
+    /// only once this lasted [`PUBLISH_SETTLE`] for the same generation.
+    Unpublished(String),
+    /// Not judged: this host's fencing agent has not watched the owner's
+    /// lease long enough (it just booted: the first reading is a baseline,
+    /// not movement), or the leases cannot be read. Never taken as nobody:
+    /// a host that rebooted into a running cluster saw every lease as not
+    /// live, started the VM again in a new generation and deposed the copy
+    /// that was serving (chaos seed 22).
+    Unjudged { owner: String, why: String },
 }
 
-/// Which live host, other than `host`, publishes that it runs `vm` as the
-/// owner of its highest generation (`Ok(None)`: none does).
-pub fn runs_elsewhere(fencing: &Path, vm: &str, host: &str) -> Result<Option<String>, String> {
-    let h = fence::highest(fencing, vm)?;
+/// [`Owner`] from the highest generation and the leases (pure).
+pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView], &str>) -> Owner {
     let Some(owner) = h.owner.as_deref().filter(|o| *o != host) else {
-        return Ok(None);
+        return Owner::Nobody;
     };
-    let leases = fence::leases(fencing)?;
-    Ok(leases
-        .iter()
-        .find(|l| l.host == owner && l.live && l.running.iter().any(|v| v == vm))
-        .map(|l| l.host.clone()))
+    let unjudged = |why: String| Owner::Unjudged {
+        owner: owner.to_string(),
+        why,
+    };
+    let leases = match leases {
+        Ok(l) => l,
+        Err(e) => return unjudged(format!("cannot read the leases: {e}")),
+    };
+    match leases.iter().find(|l| l.host == owner) {
+        None => unjudged(format!("no lease of {owner} in the table")),
+        Some(l) if l.live && l.running.iter().any(|v| v == vm) => Owner::Runs(owner.to_string()),
+        Some(l) if l.live => Owner::Unpublished(owner.to_string()),
+        Some(l) if l.expired => Owner::Nobody,
+        Some(_) => unjudged(format!("the lease of {owner} is not judged yet")),
+    }
+}
+
+/// The owner of `vm`'s highest generation as seen from `host`.
+pub fn owner_of(fencing: &Path, vm: &str, host: &str) -> Result<(Highest, Owner), String> {
+    let h = fence::highest(fencing, vm)?;
+    let leases = fence::leases(fencing);
+    let owner = owner_state(&h, host, vm, leases.as_deref().map_err(|e| e.as_str()));
+    Ok((h, owner))
+}
+
+/// Whether `owner` (for generation `g`) lets a start go ahead: `Nobody`, or
+/// `Unpublished` that lasted `settle` (tracked in `since`).
+pub fn settled(
+    owner: &Owner,
+    g: u64,
+    since: &mut Option<(u64, Instant)>,
+    settle: Duration,
+) -> bool {
+    match owner {
+        Owner::Nobody => true,
+        Owner::Runs(_) | Owner::Unjudged { .. } => {
+            *since = None;
+            false
+        }
+        Owner::Unpublished(_) => {
+            let (sg, t) = *since.get_or_insert((g, Instant::now()));
+            if sg != g {
+                *since = Some((g, Instant::now()));
+                return false;
+            }
+            t.elapsed() >= settle
+        }
+    }
 }
 
 /// The Secondary's check of an offered generation: it must be the highest on

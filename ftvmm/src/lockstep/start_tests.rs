@@ -86,6 +86,7 @@ impl Fencing {
                                     host: h.to_string(),
                                     live: true,
                                     last_renewal_ms: Some(100),
+                                    expired: false,
                                     running: if s.running_on.iter().any(|r| r == h) {
                                         vec!["kv".into()]
                                     } else {
@@ -120,6 +121,7 @@ impl Fencing {
             fencing: &self.socket,
             cancel: &cancel,
             acquiring: &acquiring,
+            publish_settle: Duration::from_millis(300),
         });
         (r, published.into_inner().unwrap())
     }
@@ -258,4 +260,75 @@ fn a_join_is_offered_by_the_owner_of_the_highest_generation_in_it_or_an_earlier_
     assert!(ahead.contains("highest on disk is 12"), "{ahead}");
     let other = check_join_offer(&f.socket, "kv", 12, "host-c").unwrap_err();
     assert!(other.contains("owned by host-a"), "{other}");
+}
+
+fn lease(host: &str, live: bool, expired: bool, running: &[&str]) -> LeaseView {
+    LeaseView {
+        host: host.into(),
+        live,
+        last_renewal_ms: live.then_some(100),
+        expired,
+        running: running.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_host_that_cannot_judge_the_owners_lease_never_takes_the_vm_as_running_nowhere() {
+    let h = Highest {
+        generation: 3,
+        owner: Some("host-c".into()),
+        config_generation: 1,
+    };
+    let st = |l: &[LeaseView]| owner_state(&h, "host-a", "kv", Ok(l));
+    // Chaos seed 22: host-a rebooted; its fencing had read host-c's lease
+    // once (a baseline, not movement): neither live nor expired.
+    assert!(matches!(
+        st(&[lease("host-c", false, false, &[])]),
+        Owner::Unjudged { .. }
+    ));
+    assert!(matches!(st(&[]), Owner::Unjudged { .. }));
+    assert!(matches!(
+        owner_state(&h, "host-a", "kv", Err("socket gone")),
+        Owner::Unjudged { .. }
+    ));
+    assert_eq!(
+        st(&[lease("host-c", true, false, &["kv"])]),
+        Owner::Runs("host-c".into())
+    );
+    assert_eq!(
+        st(&[lease("host-c", true, false, &[])]),
+        Owner::Unpublished("host-c".into())
+    );
+    assert_eq!(st(&[lease("host-c", false, true, &["kv"])]), Owner::Nobody);
+    // This host's own generation, or none: nobody else.
+    assert_eq!(owner_state(&h, "host-c", "kv", Ok(&[])), Owner::Nobody);
+}
+
+#[test]
+fn an_unpublished_owner_counts_as_nobody_only_after_the_settle_in_one_generation() {
+    let settle = Duration::from_millis(50);
+    let mut since = None;
+    let o = Owner::Unpublished("host-c".into());
+    assert!(!settled(&o, 3, &mut since, settle));
+    std::thread::sleep(settle);
+    // A new generation restarts the wait.
+    assert!(!settled(&o, 4, &mut since, settle));
+    assert!(!settled(&o, 4, &mut since, settle));
+    std::thread::sleep(settle);
+    assert!(settled(&o, 4, &mut since, settle));
+    // Published in between: the wait starts again.
+    assert!(!settled(
+        &Owner::Runs("host-c".into()),
+        4,
+        &mut since,
+        settle
+    ));
+    assert!(!settled(&o, 4, &mut since, settle));
+    let unjudged = Owner::Unjudged {
+        owner: "host-c".into(),
+        why: "x".into(),
+    };
+    std::thread::sleep(settle);
+    assert!(!settled(&unjudged, 4, &mut since, settle));
+    assert!(settled(&Owner::Nobody, 4, &mut since, settle));
 }

@@ -177,6 +177,7 @@ fn win_generation(
         fencing: &spec.fencing_socket,
         cancel: stop,
         acquiring: &acquiring,
+        publish_settle: super::start::PUBLISH_SETTLE,
     };
     win_start_generation(&ctx).map_err(|e| {
         handle.running.store(0, Ordering::SeqCst);

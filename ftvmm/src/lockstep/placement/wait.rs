@@ -29,7 +29,7 @@ use config_schema::runtime::RuntimeConfig;
 
 use super::{choose, pair_hosts, StopOnDrop};
 use crate::lockstep::respawn::keeper::host_facts;
-use crate::lockstep::start::runs_elsewhere;
+use crate::lockstep::start::{owner_of, settled, PUBLISH_SETTLE};
 
 /// How long a power-on waits for a partner that is down before it goes on
 /// without it.
@@ -145,9 +145,16 @@ impl Watch {
     ) -> Self {
         let (rc, vm) = (rc.clone(), vm.clone());
         let mut last_line = String::new();
+        let mut unsure_since = None;
         Self::spawn(format!("wait-{}", vm.name), stop, move |waited| {
             let here = rc.host_name.clone();
-            let nowhere = matches!(runs_elsewhere(&fencing, &vm.name, &here), Ok(None));
+            // Runs nowhere: no owner, or its lease expired, or it is alive
+            // and has not published the VM for PUBLISH_SETTLE; never while
+            // this host cannot judge the owner's lease (start.rs, `Owner`).
+            let nowhere = match owner_of(&fencing, &vm.name, &here) {
+                Ok((h, owner)) => settled(&owner, h.generation, &mut unsure_since, PUBLISH_SETTLE),
+                Err(_) => false,
+            };
             let facts = if nowhere && waited >= POWER_ON_GRACE {
                 host_facts(&fencing, &here)
             } else {

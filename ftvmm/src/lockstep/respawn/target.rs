@@ -156,13 +156,8 @@ pub fn receive(
             // Only the owner of the highest generation on disk may pair: a
             // Secondary following in any other would race for a generation
             // already decided and lose, leaving the VM unprotected.
-            check_offered_generation(
-                &spec.fencing_socket,
-                &spec.hello.vm,
-                generation,
-                &spec.peer,
-            )
-            .or_else(|e| abort(ch, format!("paired in generation {generation}: {e}")))?;
+            check_offered_generation(&spec.fencing_socket, &spec.hello.vm, generation, &spec.peer)
+                .or_else(|e| abort(ch, format!("paired in generation {generation}: {e}")))?;
             Ok(Restored {
                 vm,
                 generation,
