@@ -17,6 +17,7 @@ pub mod devices;
 pub mod dirty;
 pub mod io;
 pub mod kick;
+pub mod linux;
 pub mod live;
 pub mod lockstep;
 pub mod manager;
