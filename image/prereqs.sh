@@ -13,6 +13,7 @@ PACKAGES=(
   qemu-utils                           # qemu-nbd, qemu-io: per-host storage paths in the QEMU tests
   tgt                                  # tgtd/tgtadm: the iSCSI target serving shared storage with persistent reservations
   qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
+  busybox-static                       # the shell of the L1 host and the Linux guest in qemu-tests linux_vm
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 
