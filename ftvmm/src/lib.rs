@@ -8,7 +8,8 @@
 //! pair start), [`vcpu`] (the run loop), [`devices`] (PIC, PIT, serial, bus),
 //! [`virtio`] (virtio-mmio blk/net), [`live`] (real backends behind
 //! `Inputs`/`Outputs`), [`snapshot`] (save/restore),
-//! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service).
+//! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service),
+//! [`linux`] (checkpoint-mode VMs: stock Linux, several vCPUs, in-kernel irqchip).
 
 pub mod boot;
 pub mod cpuid;
