@@ -10,6 +10,7 @@
 //! `Inputs`/`Outputs`), [`snapshot`] (save/restore),
 //! [`dirty`] (dirty-page tracking), [`daemon`]/[`manager`] (the appliance service),
 //! [`checkpoint`] (checkpoint replication: epochs, their Output Rule).
+//! [`linux`] (checkpoint-mode VMs: stock Linux, several vCPUs, in-kernel irqchip).
 
 pub mod boot;
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod devices;
 pub mod dirty;
 pub mod io;
 pub mod kick;
+pub mod linux;
 pub mod live;
 pub mod lockstep;
 pub mod manager;

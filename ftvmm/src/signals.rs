@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 
 use crate::vm::VmHandle;
 
-static HANDLE: OnceLock<VmHandle> = OnceLock::new();
 static PIPE_WR: OnceLock<libc::c_int> = OnceLock::new();
 
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -17,13 +16,19 @@ extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c
 
 /// Installs handlers; a watcher thread turns a signal into `handle.stop()`.
 pub fn stop_on_sigint(handle: VmHandle) -> std::io::Result<()> {
+    on_sigint(move || handle.stop())
+}
+
+/// Installs handlers; a watcher thread runs `stop` on the first SIGINT or
+/// SIGTERM (once per process).
+pub fn on_sigint(stop: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fds into a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     let (rd, wr) = (fds[0], fds[1]);
-    if PIPE_WR.set(wr).is_err() || HANDLE.set(handle).is_err() {
+    if PIPE_WR.set(wr).is_err() {
         return Err(std::io::Error::other("signal handling installed twice"));
     }
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -37,10 +42,8 @@ pub fn stop_on_sigint(handle: VmHandle) -> std::io::Result<()> {
             // SAFETY: blocking read of one byte into a valid buffer from our pipe.
             let n = unsafe { libc::read(rd, b.as_mut_ptr().cast(), 1) };
             if n == 1 {
-                if let Some(h) = HANDLE.get() {
-                    eprintln!("ftvmm: stopping on signal");
-                    h.stop();
-                }
+                eprintln!("ftvmm: stopping on signal");
+                stop();
             }
         })?;
     Ok(())

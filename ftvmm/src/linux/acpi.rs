@@ -1,0 +1,310 @@
+//! ACPI tables of a checkpoint-mode VM: RSDP, XSDT, a hardware-reduced FADT,
+//! a MADT (one Local APIC per vCPU, the IOAPIC, level/active-high overrides
+//! for the virtio pins) and a DSDT declaring each virtio-mmio slot as an
+//! `LNRO0005` device with its window and interrupt, as Firecracker does.
+//!
+//! Why ACPI next to the MP table: the pinned Debian kernel builds
+//! `virtio_mmio` without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, so the
+//! `virtio_mmio.device=` command-line option does not exist there; x86 Linux
+//! then only finds virtio-mmio devices through ACPI. With ACPI present Linux
+//! takes the CPUs from the MADT; the MP table serves `acpi=off`.
+//!
+//! The FADT says: hardware-reduced (no PM timer, no SCI, no fixed power
+//! button), no VGA, no CMOS RTC, no 8042 (the VMM's reset port at 0x64 still
+//! works with `reboot=k`). There is no `_S5`: power-off halts the vCPUs, so
+//! tests end a guest with `reboot -f` and `reboot=k`.
+//!
+//! Invariant: every table's bytes sum to 0 (mod 256), the RSDP's first 20 and
+//! all 36 bytes too; the tests check it.
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::mptable::{APIC_DEFAULT_PHYS_BASE, IO_APIC_DEFAULT_PHYS_BASE};
+use crate::virtio::GuestMemoryMmap;
+
+/// Where the RSDP goes (scanned by Linux in 0xe0000..0xfffff; also passed in
+/// `boot_params.acpi_rsdp_addr`). The other tables follow it.
+pub const RSDP_ADDR: u64 = 0xe_0000;
+/// The tables may not go past the BIOS area.
+pub const ACPI_LIMIT: u64 = 0x10_0000;
+
+const OEM_ID: &[u8; 6] = b"FTVMM ";
+const OEM_TABLE_ID: &[u8; 8] = b"FTVMMCKP";
+const CREATOR_ID: &[u8; 4] = b"FTVM";
+const HEADER_LEN: usize = 36;
+const FADT_LEN: usize = 276;
+const FADT_F_HW_REDUCED_ACPI: u32 = 1 << 20;
+const FADT_F_PWR_BUTTON: u32 = 1 << 4;
+const FADT_F_SLP_BUTTON: u32 = 1 << 5;
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+/// MPS INTI flags: active high (01), level triggered (11 << 2).
+const INTI_LEVEL_HIGH: u16 = 0b1101;
+
+/// One virtio-mmio slot as the DSDT declares it.
+#[derive(Debug, Clone, Copy)]
+pub struct MmioDevice {
+    pub base: u32,
+    pub size: u32,
+    pub irq: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables: {len} bytes from {RSDP_ADDR:#x} pass {ACPI_LIMIT:#x}")]
+    TooBig { len: u64 },
+    #[error("ACPI tables: guest memory write at {addr:#x} failed: {source}")]
+    Memory {
+        addr: u64,
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+fn checksum(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
+}
+
+/// A system description table: header + `body`, checksummed.
+fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(HEADER_LEN + body.len());
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&((HEADER_LEN + body.len()) as u32).to_le_bytes());
+    t.push(revision);
+    t.push(0);
+    t.extend_from_slice(OEM_ID);
+    t.extend_from_slice(OEM_TABLE_ID);
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(CREATOR_ID);
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(body);
+    t[9] = checksum(&t);
+    t
+}
+
+fn fadt(dsdt: u64) -> Vec<u8> {
+    let mut b = vec![0u8; FADT_LEN - HEADER_LEN];
+    let at = |off: usize| off - HEADER_LEN;
+    b[at(40)..at(44)].copy_from_slice(&(dsdt as u32).to_le_bytes());
+    let iapc = IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT;
+    b[at(109)..at(111)].copy_from_slice(&iapc.to_le_bytes());
+    let flags = FADT_F_HW_REDUCED_ACPI | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON;
+    b[at(112)..at(116)].copy_from_slice(&flags.to_le_bytes());
+    b[at(131)] = 5; // FADT minor version: ACPI 6.5
+    b[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes());
+    b[at(268)..at(276)].copy_from_slice(b"FTVMMKVM");
+    sdt(b"FACP", 6, &b)
+}
+
+fn madt(vcpus: u8, ioapic_id: u8, level_irqs: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&APIC_DEFAULT_PHYS_BASE.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259 present
+    for id in 0..vcpus {
+        b.extend_from_slice(&[0, 8, id, id]);
+        b.extend_from_slice(&1u32.to_le_bytes()); // enabled
+    }
+    b.extend_from_slice(&[1, 12, ioapic_id, 0]);
+    b.extend_from_slice(&IO_APIC_DEFAULT_PHYS_BASE.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // GSI base
+    for &irq in level_irqs {
+        b.extend_from_slice(&[2, 10, 0, irq]);
+        b.extend_from_slice(&u32::from(irq).to_le_bytes());
+        b.extend_from_slice(&INTI_LEVEL_HIGH.to_le_bytes());
+    }
+    // Local APIC NMI on LINT1 of every processor.
+    b.extend_from_slice(&[4, 6, 0xff, 0, 0, 1]);
+    sdt(b"APIC", 5, &b)
+}
+
+/// AML PkgLength + `content` (ACPI 6 §20.2.4), for lengths below 4096.
+fn pkg(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 2);
+    let one = content.len() + 1;
+    if one < 0x40 {
+        out.push(one as u8);
+    } else {
+        let two = content.len() + 2;
+        assert!(two < 0x1000, "AML package too long for two length bytes");
+        out.push(0x40 | (two & 0xf) as u8);
+        out.push((two >> 4) as u8);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn aml_name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x08];
+    v.extend_from_slice(seg);
+    v.extend_from_slice(value);
+    v
+}
+
+fn aml_string(s: &str) -> Vec<u8> {
+    let mut v = vec![0x0d];
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    v
+}
+
+/// `Device (Vnnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt } }`.
+fn aml_virtio_device(i: u8, d: &MmioDevice) -> Vec<u8> {
+    let mut crs = vec![0x86, 9, 0, 1]; // Memory32Fixed, read-write
+    crs.extend_from_slice(&d.base.to_le_bytes());
+    crs.extend_from_slice(&d.size.to_le_bytes());
+    // Extended interrupt: consumer, level, active high, exclusive; one IRQ.
+    crs.extend_from_slice(&[0x89, 6, 0, 0x01, 1]);
+    crs.extend_from_slice(&d.irq.to_le_bytes());
+    crs.extend_from_slice(&[0x79, 0]); // end tag
+    let mut buf = vec![0x0a, crs.len() as u8]; // BufferSize as ByteConst
+    buf.extend_from_slice(&crs);
+    let mut crs_obj = vec![0x11];
+    crs_obj.extend_from_slice(&pkg(&buf));
+
+    let mut body = Vec::new();
+    body.extend_from_slice(format!("V{i:03}").as_bytes());
+    body.extend_from_slice(&aml_name(b"_HID", &aml_string("LNRO0005")));
+    body.extend_from_slice(&aml_name(b"_UID", &[0x0a, i]));
+    body.extend_from_slice(&aml_name(b"_CRS", &crs_obj));
+    let mut dev = vec![0x5b, 0x82];
+    dev.extend_from_slice(&pkg(&body));
+    dev
+}
+
+fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
+    let mut scope = b"\\_SB_".to_vec();
+    for (i, d) in devices.iter().enumerate() {
+        scope.extend_from_slice(&aml_virtio_device(i as u8, d));
+    }
+    let mut aml = vec![0x10];
+    aml.extend_from_slice(&pkg(&scope));
+    sdt(b"DSDT", 2, &aml)
+}
+
+fn rsdp(xsdt: u64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(36);
+    r.extend_from_slice(b"RSD PTR ");
+    r.push(0);
+    r.extend_from_slice(OEM_ID);
+    r.push(2); // revision: ACPI 2.0+
+    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    r.extend_from_slice(&36u32.to_le_bytes());
+    r.extend_from_slice(&xsdt.to_le_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(&r);
+    r
+}
+
+fn align16(x: u64) -> u64 {
+    (x + 15) & !15
+}
+
+/// The tables as (guest address, bytes), RSDP first.
+pub fn build(
+    vcpus: u8,
+    ioapic_id: u8,
+    devices: &[MmioDevice],
+) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+    let level: Vec<u8> = devices.iter().map(|d| d.irq as u8).collect();
+    let dsdt_t = dsdt(devices);
+    let madt_t = madt(vcpus, ioapic_id, &level);
+    let xsdt_addr = align16(RSDP_ADDR + 36);
+    let xsdt_len = (HEADER_LEN + 16) as u64;
+    let fadt_addr = align16(xsdt_addr + xsdt_len);
+    let madt_addr = align16(fadt_addr + FADT_LEN as u64);
+    let dsdt_addr = align16(madt_addr + madt_t.len() as u64);
+    let end = dsdt_addr + dsdt_t.len() as u64;
+    if end > ACPI_LIMIT {
+        return Err(AcpiError::TooBig {
+            len: end - RSDP_ADDR,
+        });
+    }
+    let mut xsdt_body = fadt_addr.to_le_bytes().to_vec();
+    xsdt_body.extend_from_slice(&madt_addr.to_le_bytes());
+    Ok(vec![
+        (RSDP_ADDR, rsdp(xsdt_addr)),
+        (xsdt_addr, sdt(b"XSDT", 1, &xsdt_body)),
+        (fadt_addr, fadt(dsdt_addr)),
+        (madt_addr, madt_t),
+        (dsdt_addr, dsdt_t),
+    ])
+}
+
+/// Writes the tables; returns the RSDP's address.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    ioapic_id: u8,
+    devices: &[MmioDevice],
+) -> Result<u64, AcpiError> {
+    for (addr, bytes) in build(vcpus, ioapic_id, devices)? {
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(|source| AcpiError::Memory { addr, source })?;
+    }
+    Ok(RSDP_ADDR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    #[test]
+    fn tables_checksum_and_point_at_each_other() {
+        let devs = [
+            MmioDevice {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            MmioDevice {
+                base: 0xd000_1000,
+                size: 0x1000,
+                irq: 6,
+            },
+        ];
+        let t = build(2, 3, &devs).unwrap();
+        let (_, rsdp) = &t[0];
+        assert_eq!(sum(&rsdp[..20]), 0);
+        assert_eq!(sum(rsdp), 0);
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        assert_eq!(t[1].0, xsdt_addr);
+        for (addr, bytes) in &t[1..] {
+            assert_eq!(sum(bytes), 0, "table at {addr:#x}");
+            let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+            assert_eq!(len as usize, bytes.len());
+        }
+        let xsdt = &t[1].1;
+        let fadt_addr = u64::from_le_bytes(xsdt[36..44].try_into().unwrap());
+        let madt_addr = u64::from_le_bytes(xsdt[44..52].try_into().unwrap());
+        assert_eq!((fadt_addr, madt_addr), (t[2].0, t[3].0));
+        let fadt = &t[2].1;
+        assert_eq!(&fadt[..4], b"FACP");
+        let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        assert_eq!(x_dsdt, t[4].0);
+        let madt = &t[3].1;
+        // Header, lapic addr + flags, 2 local APICs, 1 IOAPIC, 2 overrides, 1 NMI.
+        assert_eq!(madt.len(), 36 + 8 + 2 * 8 + 12 + 2 * 10 + 6);
+        let dsdt = &t[4].1;
+        let aml = &dsdt[36..];
+        assert_eq!(aml[0], 0x10, "Scope");
+        let text = String::from_utf8_lossy(aml);
+        assert!(text.contains("V000") && text.contains("V001") && text.contains("LNRO0005"));
+    }
+
+    #[test]
+    fn pkg_length_encodings() {
+        assert_eq!(pkg(&[7; 3]), vec![4, 7, 7, 7]);
+        let long = pkg(&[0; 100]);
+        assert_eq!(long.len(), 102);
+        let len = (long[0] & 0xf) as usize | (long[1] as usize) << 4;
+        assert_eq!(len, 102);
+        assert_eq!(long[0] >> 6, 1, "one extra length byte");
+    }
+}

@@ -1,0 +1,253 @@
+//! The device bus of a checkpoint-mode VM, shared by its vCPU threads and
+//! its backend threads under one `Mutex`: COM1 (a `vm-superio` 16550 at
+//! 0x3f8, IRQ 4, output to a writer), the i8042 reset port, the virtio-mmio
+//! slots, and "nobody" (ports and addresses no device owns: reads return all
+//! ones, writes are ignored; both counted).
+//!
+//! Interrupts. The virtio slots are level-triggered IOAPIC pins (declared so
+//! in the MP table and the ACPI MADT): after every access or event the bus
+//! sets the pin to `MmioTransport::irq_level()` with `KVM_IRQ_LINE` when it
+//! changed. Level, not an irqfd edge, because the line must stay up while
+//! `InterruptStatus` is non-zero: the in-kernel IOAPIC then re-delivers after
+//! the guest's EOI if the driver acknowledged only part of the status, and
+//! nothing is lost between the driver reading and acknowledging it. (irqfd
+//! with a resample fd would do the same from another thread; KVM_IRQ_LINE
+//! under the bus lock keeps the level and the device state in one order.)
+//! COM1's interrupt is an edge (the 8250 driver's IRQ 4 is ISA edge): its
+//! `vm-superio` trigger writes an eventfd registered as an irqfd on GSI 4.
+//!
+//! The guest ends the VM by writing 0xfe to port 0x64 (`reboot=k`); the bus
+//! reports that as [`super::End::Reset`].
+
+use std::io::Write;
+
+use kvm_ioctls::VmFd;
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::LinuxBackend;
+use super::End;
+use crate::devices::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::io::{ExitIndex, InputEvent, OutputEvent, Outputs};
+use crate::virtio::{GuestMemoryMmap, MmioTransport};
+
+pub const COM1_BASE: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+const I8042_DATA: u16 = 0x60;
+const I8042_COMMAND: u16 = 0x64;
+const I8042_RESET: u8 = 0xfe;
+/// The devices here run no lockstep: every call is at "exit" 0.
+const NO_EXIT_INDEX: ExitIndex = 0;
+
+/// COM1's interrupt: an eventfd KVM turns into an edge on GSI 4 (irqfd).
+pub struct IrqEvt(pub EventFd);
+
+impl Trigger for IrqEvt {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Accesses nobody owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unowned {
+    pub pio_reads: u64,
+    pub pio_writes: u64,
+    pub mmio_reads: u64,
+    pub mmio_writes: u64,
+}
+
+pub type Console = Box<dyn Write + Send>;
+
+pub struct Bus {
+    serial: Serial<IrqEvt, NoEvents, Console>,
+    virtio: Vec<MmioTransport>,
+    levels: Vec<bool>,
+    vm: std::sync::Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    /// Taken out when the VM ends (its threads are joined without the lock).
+    backend: Option<Box<dyn LinuxBackend>>,
+    pub unowned: Unowned,
+    pub irq_errors: u64,
+}
+
+/// The devices' output door: block requests and frames to the backend.
+struct Door<'a>(Option<&'a mut Box<dyn LinuxBackend>>);
+
+impl Outputs for Door<'_> {
+    fn emit(&mut self, _: ExitIndex, event: OutputEvent) {
+        let Some(b) = self.0.as_mut() else {
+            return;
+        };
+        match event {
+            OutputEvent::Block(req) => b.submit_block(req),
+            OutputEvent::Frame { dev, data } => b.send_frame(dev, data),
+            OutputEvent::Console(_) => {}
+        }
+    }
+}
+
+impl Bus {
+    pub fn new(
+        vm: std::sync::Arc<VmFd>,
+        mem: GuestMemoryMmap,
+        serial_irq: EventFd,
+        console: Console,
+        virtio: Vec<MmioTransport>,
+        backend: Box<dyn LinuxBackend>,
+    ) -> Self {
+        let levels = vec![false; virtio.len()];
+        Bus {
+            serial: Serial::new(IrqEvt(serial_irq), console),
+            virtio,
+            levels,
+            vm,
+            mem,
+            backend: Some(backend),
+            unowned: Unowned::default(),
+            irq_errors: 0,
+        }
+    }
+
+    /// The IOAPIC pin of virtio slot `i`.
+    pub fn virtio_irq(i: usize) -> u32 {
+        u32::from(VIRTIO_IRQ_BASE) + i as u32
+    }
+
+    /// (base, irq) of every virtio slot.
+    pub fn virtio_slots(n: usize) -> Vec<(u64, u32)> {
+        (0..n)
+            .map(|i| {
+                (
+                    VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE,
+                    Self::virtio_irq(i),
+                )
+            })
+            .collect()
+    }
+
+    pub fn take_backend(&mut self) -> Option<Box<dyn LinuxBackend>> {
+        self.backend.take()
+    }
+
+    pub fn put_backend(&mut self, backend: Box<dyn LinuxBackend>) {
+        self.backend = Some(backend);
+    }
+
+    pub fn pio_in(&mut self, port: u16, data: &mut [u8]) {
+        if (COM1_BASE..COM1_BASE + 8).contains(&port) && data.len() == 1 {
+            data[0] = self.serial.read((port - COM1_BASE) as u8);
+        } else if port == I8042_COMMAND || port == I8042_DATA {
+            // Status 0: no data, input buffer empty (a reset write goes through).
+            data.fill(0);
+        } else {
+            self.unowned.pio_reads += 1;
+            data.fill(0xff);
+        }
+    }
+
+    /// Returns `Some(End::Reset)` for the i8042 reset command.
+    pub fn pio_out(&mut self, port: u16, data: &[u8]) -> Option<End> {
+        if (COM1_BASE..COM1_BASE + 8).contains(&port) && data.len() == 1 {
+            if let Err(e) = self.serial.write((port - COM1_BASE) as u8, data[0]) {
+                tracing::debug!("COM1 write: {e:?}");
+            }
+        } else if port == I8042_COMMAND && data.first() == Some(&I8042_RESET) {
+            return Some(End::Reset);
+        } else if port != 0x80 && port != I8042_COMMAND && port != I8042_DATA {
+            self.unowned.pio_writes += 1;
+        }
+        None
+    }
+
+    fn slot(&self, addr: u64) -> Option<(usize, u64)> {
+        let rel = addr.checked_sub(VIRTIO_MMIO_BASE)?;
+        let slot = (rel / VIRTIO_MMIO_SIZE) as usize;
+        (slot < self.virtio.len()).then_some((slot, rel % VIRTIO_MMIO_SIZE))
+    }
+
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        match self.slot(addr) {
+            Some((i, off)) => {
+                self.virtio[i].mmio_read(off, data);
+                self.sync_irq(i);
+            }
+            None => {
+                self.unowned.mmio_reads += 1;
+                data.fill(0xff);
+            }
+        }
+    }
+
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        match self.slot(addr) {
+            Some((i, off)) => {
+                let mut door = Door(self.backend.as_mut());
+                self.virtio[i].mmio_write(NO_EXIT_INDEX, &self.mem, off, data, &mut door);
+                self.sync_irq(i);
+            }
+            None => self.unowned.mmio_writes += 1,
+        }
+    }
+
+    /// A completion or frame from the backend.
+    pub fn deliver(&mut self, ev: InputEvent) {
+        let (want_block, dev) = match &ev {
+            InputEvent::BlockDone { dev, .. } => (true, *dev),
+            InputEvent::Frame { dev, .. } => (false, *dev),
+            InputEvent::ConsoleIn(bytes) => return self.console_in(bytes),
+            InputEvent::TimerTick => return,
+        };
+        let slot = self
+            .virtio
+            .iter()
+            .position(|t| t.dev() == dev && (t.device_id() == VIRTIO_ID_BLOCK) == want_block);
+        let Some(i) = slot else {
+            tracing::debug!(dev, "linux bus: event for a device this VM does not have");
+            return;
+        };
+        let mut door = Door(self.backend.as_mut());
+        self.virtio[i].deliver(NO_EXIT_INDEX, &self.mem, ev, &mut door);
+        self.sync_irq(i);
+    }
+
+    /// Bytes typed on the console.
+    pub fn console_in(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.serial.enqueue_raw_bytes(bytes) {
+            tracing::debug!("COM1 input: {e:?}");
+        }
+    }
+
+    fn sync_irq(&mut self, i: usize) {
+        let level = self.virtio[i].irq_level();
+        if self.levels[i] == level {
+            return;
+        }
+        self.levels[i] = level;
+        if let Err(e) = self.vm.set_irq_line(Self::virtio_irq(i), level) {
+            self.irq_errors += 1;
+            tracing::warn!(slot = i, level, "KVM_IRQ_LINE: {e}");
+        }
+    }
+
+    pub fn virtio(&self) -> &[MmioTransport] {
+        &self.virtio
+    }
+
+    /// Pages the devices wrote since the last call (KVM's dirty log misses
+    /// the VMM's own writes).
+    pub fn take_dirty_pages(&mut self) -> Vec<u64> {
+        self.virtio
+            .iter_mut()
+            .flat_map(|t| t.take_dirty_pages())
+            .collect()
+    }
+
+    pub fn console_flush(&mut self) {
+        let _ = self.serial.writer_mut().flush();
+    }
+}
+
+const VIRTIO_ID_BLOCK: u32 = 2;

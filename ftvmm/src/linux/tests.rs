@@ -1,0 +1,233 @@
+//! Tests of the checkpoint-mode VM on this machine's /dev/kvm (which cannot
+//! boot stock Linux: the QEMU test `qemu-tests/tests/linux_vm.rs` does):
+//! the zero page and e820 of a synthetic bzImage, and a 2-vCPU VM with the
+//! in-kernel irqchip running a few real-mode instructions per vCPU, paused
+//! and resumed, its dirty log read while paused.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::backend::{Deliver, LinuxBackend};
+use super::boot::{self, CMDLINE_ADDR, HIMEM_START};
+use super::machine::LinuxVm;
+use super::End;
+use crate::io::BlockRequest;
+use crate::virtio::GuestMemoryMmap;
+
+/// A file that passes `BzImage::load`'s header checks: one setup sector,
+/// then `payload` bytes of "protected-mode kernel".
+fn fake_bzimage(payload: usize) -> tempfile::NamedTempFile {
+    let mut img = vec![0u8; 2 * 512 + payload];
+    img[0x1f1] = 1; // setup_sects
+    img[0x202..0x206].copy_from_slice(b"HdrS");
+    img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    img[0x211] = 1; // loadflags: LOADED_HIGH
+    img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    img[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    for (i, b) in img[1024..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&img).unwrap();
+    f
+}
+
+#[test]
+fn zero_page_holds_e820_initrd_cmdline_and_rsdp() {
+    let mem_size = 128u64 << 20;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+    let kernel = fake_bzimage(8192);
+    let mut initrd = tempfile::NamedTempFile::new().unwrap();
+    initrd.write_all(&[0x5a; 10_000]).unwrap();
+    let cmdline = boot::cmdline("console=ttyS0 reboot=k", &[(0xd000_0000, 5)]).unwrap();
+    let (loaded, _) = boot::load(
+        &mem,
+        mem_size,
+        kernel.path(),
+        Some(initrd.path()),
+        &cmdline,
+        0xe_0000,
+    )
+    .unwrap();
+    assert_eq!(loaded.entry, HIMEM_START + 0x200);
+    assert_eq!(loaded.kernel_end, HIMEM_START + 8192);
+    assert_eq!(loaded.initrd_addr, (mem_size - 10_000) & !0xfff);
+    let mut k = [0u8; 4];
+    mem.read_slice(&mut k, GuestAddress(HIMEM_START + 4))
+        .unwrap();
+    assert_eq!(k, [4, 5, 6, 7], "the protected-mode kernel is at 1 MiB");
+
+    let p = boot::read_boot_params(&mem).unwrap();
+    assert_eq!({ p.hdr.type_of_loader }, 0xff);
+    assert_eq!({ p.hdr.boot_flag }, 0xaa55);
+    assert_eq!({ p.hdr.header }, 0x5372_6448);
+    assert_eq!({ p.hdr.cmd_line_ptr } as u64, CMDLINE_ADDR);
+    assert_eq!(u64::from(p.hdr.ramdisk_image), loaded.initrd_addr);
+    assert_eq!({ p.hdr.ramdisk_size }, 10_000);
+    assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
+    let e820: Vec<(u64, u64, u32)> = p.e820_table[..p.e820_entries as usize]
+        .iter()
+        .map(|e| ({ e.addr }, { e.size }, { e.r#type }))
+        .collect();
+    assert_eq!(
+        e820,
+        vec![
+            (0, 0x9_fc00, 1),
+            (0x9_fc00, 0x400, 2),
+            (0x10_0000, mem_size - 0x10_0000, 1)
+        ]
+    );
+    let mut line = vec![0u8; { p.hdr.cmdline_size } as usize + 1];
+    mem.read_slice(&mut line, GuestAddress(CMDLINE_ADDR))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5\0"
+    );
+}
+
+#[test]
+fn an_initrd_larger_than_memory_is_refused() {
+    let mem_size = 64u64 << 20;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).unwrap();
+    let kernel = fake_bzimage(4096);
+    let initrd = tempfile::NamedTempFile::new().unwrap();
+    initrd.as_file().set_len(mem_size).unwrap();
+    let cmdline = boot::cmdline("", &[]).unwrap();
+    let err = boot::load(
+        &mem,
+        mem_size,
+        kernel.path(),
+        Some(initrd.path()),
+        &cmdline,
+        0,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+/// Console bytes, shared with the test.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct NoBackend;
+
+impl LinuxBackend for NoBackend {
+    fn start(&mut self, _: Deliver) -> Result<(), super::backend::BackendError> {
+        Ok(())
+    }
+    fn submit_block(&mut self, _: BlockRequest) {}
+    fn send_frame(&mut self, _: u8, _: Vec<u8>) {}
+    fn stop(&mut self) {}
+}
+
+/// Real mode: print '0' + the initial APIC id (CPUID 1, EBX[31:24]) on COM1,
+/// then vCPU 0 counts in the word at 0x2000 forever, the others halt.
+const CODE: &[u8] = &[
+    0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+    0x0f, 0xa2, // cpuid
+    0x66, 0xc1, 0xeb, 0x18, // shr ebx, 24
+    0x80, 0xc3, 0x30, // add bl, '0'
+    0x88, 0xd8, // mov al, bl
+    0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0xee, // out dx, al
+    0x80, 0xfb, 0x30, // cmp bl, '0'
+    0x75, 0x06, // jne halt
+    0xff, 0x06, 0x00, 0x20, // inc word [0x2000]
+    0xeb, 0xfa, // jmp inc
+    0xf4, // halt: hlt
+    0xeb, 0xfd, // jmp halt
+];
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn counter(mem: &GuestMemoryMmap) -> u16 {
+    mem.read_obj(GuestAddress(0x2000)).unwrap()
+}
+
+#[test]
+fn two_vcpus_with_the_in_kernel_irqchip_run_pause_and_resume() {
+    let sink = Sink::default();
+    let vm = LinuxVm::create(
+        2,
+        64 << 20,
+        vec![],
+        Box::new(sink.clone()),
+        Box::new(NoBackend),
+    )
+    .expect("a VM with in-kernel irqchip, PIT and 2 vCPUs (is /dev/kvm there?)");
+    vm.memory().write_slice(CODE, GuestAddress(0x1000)).unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    vm.enter_real_mode(1, 0x1000).unwrap();
+    let mem = vm.memory().clone();
+    let running = vm.start().unwrap();
+    wait_until("both vCPUs printed their APIC id", || {
+        sink.0.lock().unwrap().len() >= 2
+    });
+    let mut ids = sink.0.lock().unwrap().clone();
+    ids.sort();
+    assert_eq!(ids, b"01", "each vCPU sees its own APIC id in CPUID");
+    wait_until("vCPU 0 counts", || counter(&mem) > 10);
+
+    for _ in 0..3 {
+        let (at_pause, dirty) = running.with_paused(|p| {
+            let at = counter(p.mem);
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(counter(p.mem), at, "no vCPU runs while paused");
+            let bitmap = p.vm.get_dirty_log(0, p.mem_size as usize).unwrap();
+            let page = 0x2000 / 4096;
+            let dirty = bitmap[page / 64] & (1 << (page % 64)) != 0;
+            let regs = p.vcpus[1].get_regs().unwrap();
+            assert!((0x1000..0x1000 + CODE.len() as u64).contains(&regs.rip));
+            (at, dirty)
+        });
+        assert!(dirty, "the counter's page is in the dirty log");
+        wait_until("vCPU 0 counts again after resume", || {
+            counter(&mem) != at_pause
+        });
+    }
+    assert_eq!(running.ended(), None);
+    running.stop();
+    let report = running.wait();
+    assert_eq!(report.end, End::Stopped);
+    assert_eq!(report.unowned.pio_writes, 0);
+}
+
+#[test]
+fn i8042_reset_ends_the_vm() {
+    // mov al, 0xfe; out 0x64, al; hlt
+    let code = [0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+    let vm = LinuxVm::create(
+        1,
+        64 << 20,
+        vec![],
+        Box::new(Sink::default()),
+        Box::new(NoBackend),
+    )
+    .unwrap();
+    vm.memory()
+        .write_slice(&code, GuestAddress(0x1000))
+        .unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    let running = vm.start().unwrap();
+    assert_eq!(running.wait().end, End::Reset);
+}

@@ -1,0 +1,204 @@
+//! The vCPU threads of a checkpoint-mode VM and the pause gate between them
+//! and whoever needs the machine still (the checkpoint epochs).
+//!
+//! One thread per vCPU. Each owns its `VcpuFd` behind a `Mutex` that it
+//! holds only inside one `KVM_RUN` and the handling of its exit. Before every
+//! `KVM_RUN` the thread passes [`Control::checkpoint`]: when a pause is on it
+//! parks there (holding no lock), when the VM ended it leaves.
+//!
+//! Pausing: [`Control::pause`] raises the flag, then kicks every vCPU thread
+//! ([`crate::kick`]: a signal whose handler sets `immediate_exit`, so a kick
+//! that lands just before `KVM_RUN` is not lost), and waits until every
+//! thread is parked or gone. A vCPU in HLT sleeps inside `KVM_RUN` (the
+//! in-kernel LAPIC): the signal makes it return `EINTR` too.
+//!
+//! Invariants: `parked + exited <= n`; while a [`PauseGuard`] lives, no
+//! vCPU is inside `KVM_RUN`; `end` is set once (the first reason wins).
+//! Note: a vCPU paused right after an MMIO/PIO read exit has its result
+//! in `kvm_run` but not yet in its registers; KVM completes it on the next
+//! `KVM_RUN`. Saving state there needs one `KVM_RUN` with `immediate_exit`
+//! first (as Cloud Hypervisor does).
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::bus::Bus;
+use super::End;
+use crate::kick::Kicker;
+
+#[derive(Debug, Default)]
+struct St {
+    pause: bool,
+    parked: usize,
+    exited: usize,
+    end: Option<End>,
+}
+
+/// Shared by the vCPU threads, the pauser and the owner.
+pub struct Control {
+    n: usize,
+    st: Mutex<St>,
+    cv: Condvar,
+    kickers: Vec<Arc<Kicker>>,
+    /// One pause at a time.
+    pausing: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// While alive, every vCPU thread is parked or gone.
+pub struct PauseGuard<'a> {
+    ctl: &'a Control,
+    _one: MutexGuard<'a, ()>,
+}
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.ctl.st).pause = false;
+        self.ctl.cv.notify_all();
+    }
+}
+
+impl Control {
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(Control {
+            n,
+            st: Mutex::new(St::default()),
+            cv: Condvar::new(),
+            kickers: (0..n).map(|_| Arc::new(Kicker::new())).collect(),
+            pausing: Mutex::new(()),
+        })
+    }
+
+    fn kick_all(&self) {
+        for k in &self.kickers {
+            k.kick();
+        }
+    }
+
+    /// Ends the VM (the first reason stays) and makes every vCPU leave.
+    pub fn end(&self, reason: End) {
+        {
+            let mut st = lock(&self.st);
+            if st.end.is_none() {
+                tracing::debug!(%reason, "linux VM: end");
+                st.end = Some(reason);
+            }
+        }
+        self.cv.notify_all();
+        self.kick_all();
+    }
+
+    pub fn ended(&self) -> Option<End> {
+        lock(&self.st).end.clone()
+    }
+
+    /// vCPU side, before each `KVM_RUN`: parks while a pause is on; `false`
+    /// once the VM ended.
+    fn checkpoint(&self) -> bool {
+        let mut st = lock(&self.st);
+        if st.pause && st.end.is_none() {
+            st.parked += 1;
+            self.cv.notify_all();
+            while st.pause && st.end.is_none() {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.parked -= 1;
+        }
+        st.end.is_none()
+    }
+
+    fn on_exit(&self) {
+        lock(&self.st).exited += 1;
+        self.cv.notify_all();
+    }
+
+    /// Stops every vCPU outside `KVM_RUN` until the guard is dropped.
+    pub fn pause(&self) -> PauseGuard<'_> {
+        let one = lock(&self.pausing);
+        lock(&self.st).pause = true;
+        self.kick_all();
+        let mut st = lock(&self.st);
+        while st.parked + st.exited < self.n {
+            // A thread between its check and KVM_RUN got the kick's
+            // immediate_exit; one still about to check sees the flag.
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(st);
+        PauseGuard {
+            ctl: self,
+            _one: one,
+        }
+    }
+
+    /// Waits until the VM ended and every vCPU thread left its loop.
+    pub fn wait_end(&self) -> End {
+        let mut st = lock(&self.st);
+        loop {
+            if let Some(end) = &st.end {
+                if st.exited == self.n {
+                    return end.clone();
+                }
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The body of vCPU thread `index`.
+pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: Arc<Mutex<Bus>>) {
+    let guard = {
+        let mut fd = lock(&vcpu);
+        ctl.kickers[index].enter(&mut fd)
+    };
+    match guard {
+        Ok(_guard) => {
+            while ctl.checkpoint() {
+                let mut fd = lock(&vcpu);
+                if let Some(end) = run_once(index, &mut fd, &bus) {
+                    ctl.end(end);
+                    break;
+                }
+            }
+        }
+        Err(e) => ctl.end(End::Error(format!(
+            "vCPU {index}: cannot set up kicks: {e}"
+        ))),
+    }
+    ctl.on_exit();
+}
+
+/// One `KVM_RUN` and its exit; `Some` ends the VM.
+fn run_once(index: usize, fd: &mut VcpuFd, bus: &Mutex<Bus>) -> Option<End> {
+    match fd.run() {
+        Ok(VcpuExit::IoIn(port, data)) => lock(bus).pio_in(port, data),
+        Ok(VcpuExit::IoOut(port, data)) => return lock(bus).pio_out(port, data),
+        Ok(VcpuExit::MmioRead(addr, data)) => lock(bus).mmio_read(addr, data),
+        Ok(VcpuExit::MmioWrite(addr, data)) => lock(bus).mmio_write(addr, data),
+        Ok(VcpuExit::Hlt) => {}
+        Ok(VcpuExit::Intr) => fd.set_kvm_immediate_exit(0),
+        Ok(VcpuExit::Shutdown) => return Some(End::TripleFault),
+        Ok(VcpuExit::SystemEvent(kind, _)) => return Some(End::SystemEvent(kind)),
+        Ok(VcpuExit::FailEntry(reason, _)) => {
+            return Some(End::Error(format!(
+                "vCPU {index}: KVM_RUN entry failed (hardware reason {reason:#x})"
+            )))
+        }
+        Ok(VcpuExit::InternalError) => {
+            return Some(End::Error(format!("vCPU {index}: KVM internal error")))
+        }
+        Ok(other) => {
+            return Some(End::Error(format!(
+                "vCPU {index}: unexpected exit {other:?}"
+            )))
+        }
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+            fd.set_kvm_immediate_exit(0);
+        }
+        Err(e) => return Some(End::Error(format!("vCPU {index}: KVM_RUN: {e}"))),
+    }
+    None
+}
