@@ -195,6 +195,11 @@ impl EpochGate {
         self.overlay.read(sector, buf, &mut device)
     }
 
+    /// Pending (not yet durable) sectors of `[sector, sector + n)`.
+    pub fn pending_in(&self, sector: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
+        self.overlay.held(sector, n)
+    }
+
     /// Whether the current epoch should end now, given its dirty page count
     /// (the dirty log is the caller's).
     pub fn end_early(&self, dirty_pages: u64) -> Option<EndEarly> {

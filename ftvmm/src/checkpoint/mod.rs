@@ -12,6 +12,11 @@
 //! - [`receiver`]: the Secondary's side: reassemble, verify, apply in
 //!   order to a staging copy, acknowledge; [`receiver::Receiver::take_over`].
 //!
+//! On a real VM (`linux/`): [`primary`] is the epoch loop (pause, harvest,
+//! close, resume, ship), [`gated`] the backend that puts the gate between the
+//! devices and the disk/TAP, [`secondary`] the staging memory the take-over
+//! VM runs on and the take-over itself.
+//!
 //! Page deltas pay, so the format has them (`delta.rs`; measured in
 //! `epoch_tests::measure_page_deltas`, times with `rustc -O` on the loaded
 //! 2-core dev machine, noisy): a page with 8 changed words ships 98 bytes
@@ -27,17 +32,19 @@
 //! epochs, fuzz, delta measurement), `gate_tests`, `receiver_tests`, and a
 //! seeded simulation (`sim_tests`: crashes, failover, a bad link).
 //!
-//! Deliberately not here: the VM that boots Linux (`linux/`), the threads
-//! that pause vCPUs and carry epochs over the channel, and the member /
-//! fencing wiring (go-live for g+1 works as in lockstep).
+//! Not here yet: carrying epochs over the authenticated channel between
+//! hosts and the member / fencing wiring (go-live for g+1 as in lockstep).
 
 pub mod assemble;
 pub mod delta;
 pub mod epoch;
 mod epoch_decode;
 pub mod gate;
+pub mod gated;
 pub mod overlay;
+pub mod primary;
 pub mod receiver;
+pub mod secondary;
 pub mod state;
 
 #[cfg(test)]
@@ -53,3 +60,5 @@ mod sim_world;
 
 #[cfg(test)]
 mod state_tests;
+#[cfg(test)]
+mod vm_tests;

@@ -68,6 +68,14 @@ impl Overlay {
     }
 
     /// Sectors held.
+    /// The sectors of `[sector, sector + n)` held here, ascending.
+    pub fn held(&self, sector: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
+        self.sectors
+            .range(sector..sector.saturating_add(n))
+            .map(|(s, (_, b))| (*s, b.to_vec()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.sectors.len()
     }

@@ -31,6 +31,8 @@ use kvm_bindings::{
     kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
     KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
+use std::borrow::Borrow;
+
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
@@ -221,11 +223,16 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, StateError> {
 
 /// Captures the machine state; every vCPU must be stopped. `msrs` from
 /// [`readable_msrs`].
-pub fn capture(vm: &VmFd, vcpus: &[VcpuFd], msrs: &[u32]) -> Result<MachineState, StateError> {
+pub fn capture<V: Borrow<VcpuFd>>(
+    vm: &VmFd,
+    vcpus: &[V],
+    msrs: &[u32],
+) -> Result<MachineState, StateError> {
     // The clock first: it is the VM's notion of "now" at the pause.
     let clock = vm.get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
     let mut out = Vec::with_capacity(vcpus.len());
     for (id, v) in vcpus.iter().enumerate() {
+        let v: &VcpuFd = v.borrow();
         let got = read_msrs(v, msrs, id)?;
         if got.len() != msrs.len() {
             let refused = msrs[got.len()];
@@ -273,9 +280,9 @@ pub fn tsc_ticks(ns: u64, khz: u32) -> u64 {
 /// Restores `s` into a VM with the in-kernel irqchip and PIT2 already
 /// created and exactly `s.vcpus.len()` vCPUs (none running), moving guest
 /// time forward by `advance_ns` (module doc).
-pub fn restore(
+pub fn restore<V: Borrow<VcpuFd>>(
     vm: &VmFd,
-    vcpus: &[VcpuFd],
+    vcpus: &[V],
     s: &MachineState,
     advance_ns: u64,
 ) -> Result<(), StateError> {
@@ -299,7 +306,7 @@ pub fn restore(
         vm.set_irqchip(chip).map_err(vm_err("KVM_SET_IRQCHIP"))?;
     }
     for (id, (v, c)) in vcpus.iter().zip(&s.vcpus).enumerate() {
-        restore_vcpu(v, c, id, advance_ns)?;
+        restore_vcpu(v.borrow(), c, id, advance_ns)?;
     }
     Ok(())
 }

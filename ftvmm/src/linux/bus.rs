@@ -22,18 +22,21 @@
 use std::io::Write;
 
 use kvm_ioctls::VmFd;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::LinuxBackend;
+use super::devstate::{DevStateError, DevicesState, DEVICES_VERSION};
 use super::End;
 use crate::devices::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-use crate::io::{ExitIndex, InputEvent, OutputEvent, Outputs};
-use crate::virtio::{GuestMemoryMmap, MmioTransport};
+use crate::io::{BlockRequest, ExitIndex, InputEvent, OutputEvent, Outputs};
+use crate::virtio::{GuestMemoryMmap, MmioTransport, MmioTransportState};
 
 pub const COM1_BASE: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
+/// Bytes COM1's receive FIFO holds.
+const SERIAL_FIFO: usize = 64;
 const I8042_DATA: u16 = 0x60;
 const I8042_COMMAND: u16 = 0x64;
 const I8042_RESET: u8 = 0xfe;
@@ -97,10 +100,30 @@ impl Bus {
         console: Console,
         virtio: Vec<MmioTransport>,
         backend: Box<dyn LinuxBackend>,
+        serial: SerialState,
     ) -> Self {
         let levels = vec![false; virtio.len()];
+        let mut serial = serial;
+        // The 16550's FIFO holds 64 bytes; a longer buffer is refused.
+        serial.in_buffer.truncate(SERIAL_FIFO);
+        // Restoring signals an interrupt the state says is pending; if that
+        // eventfd write fails the device is built anyway, its interrupt lost
+        // (the guest's driver polls again on its next transmit).
+        let serial = match serial_irq.try_clone() {
+            Ok(dup) => match Serial::from_state(&serial, IrqEvt(dup), NoEvents, console) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("COM1 restore: {e:?}; its output is lost");
+                    Serial::new(IrqEvt(serial_irq), Box::new(std::io::sink()) as Console)
+                }
+            },
+            Err(e) => {
+                tracing::warn!("COM1: cannot duplicate its eventfd ({e}); COM1 starts reset");
+                Serial::new(IrqEvt(serial_irq), console)
+            }
+        };
         Bus {
-            serial: Serial::new(IrqEvt(serial_irq), console),
+            serial,
             virtio,
             levels,
             vm,
@@ -243,6 +266,55 @@ impl Bus {
             .iter_mut()
             .flat_map(|t| t.take_dirty_pages())
             .collect()
+    }
+
+    /// COM1 and every virtio transport (checkpoint epochs; call with the
+    /// vCPUs paused).
+    pub fn save_devices(&self) -> DevicesState {
+        DevicesState {
+            version: DEVICES_VERSION,
+            serial: self.serial.state().into(),
+            virtio: self.virtio.iter().map(MmioTransport::save).collect(),
+        }
+    }
+
+    /// Loads the virtio transports of `s` (COM1 is restored at [`Bus::new`])
+    /// and raises each slot's interrupt line to its restored level: KVM's
+    /// per-source line level is not part of the IOAPIC state.
+    pub fn restore_virtio(&mut self, s: Vec<MmioTransportState>) -> Result<(), DevStateError> {
+        if s.len() != self.virtio.len() {
+            return Err(DevStateError::Slots {
+                expected: self.virtio.len(),
+                found: s.len(),
+            });
+        }
+        for (slot, (t, st)) in self.virtio.iter_mut().zip(s).enumerate() {
+            t.restore(st)
+                .map_err(|source| DevStateError::Virtio { slot, source })?;
+        }
+        for i in 0..self.virtio.len() {
+            self.levels[i] = !self.virtio[i].irq_level();
+            self.sync_irq(i);
+        }
+        Ok(())
+    }
+
+    /// Hands the block requests the restored devices hold in flight to the
+    /// backend again (they were in flight when the epoch was taken; their
+    /// completions never reached the guest). Returns how many.
+    pub fn resubmit_in_flight(&mut self) -> usize {
+        let reqs: Vec<BlockRequest> = self
+            .virtio
+            .iter()
+            .flat_map(|t| t.in_flight_requests(&self.mem))
+            .collect();
+        let n = reqs.len();
+        if let Some(b) = self.backend.as_mut() {
+            for r in reqs {
+                b.submit_block(r);
+            }
+        }
+        n
     }
 
     pub fn console_flush(&mut self) {

@@ -16,15 +16,18 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
+use vm_superio::serial::SerialState;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::acpi::{self, MmioDevice};
 use super::backend::{Deliver, LinuxBackend};
 use super::boot::{self, Loaded};
 use super::bus::{Bus, Console, COM1_IRQ};
+use super::devstate::DevicesState;
 use super::vcpus::{run_vcpu, Control};
 use super::{cpuid, mptable, regs, End, LinuxVmError};
+use crate::checkpoint::state::{self, MachineState};
 use crate::virtio::{GuestMemoryMmap, MmioTransport};
 
 /// KVM needs three pages for the TSS on Intel; out of the way of RAM.
@@ -46,6 +49,8 @@ pub struct LinuxVm {
     mem_size: u64,
     bus: Arc<Mutex<Bus>>,
     nvirtio: usize,
+    /// The MSRs a checkpoint saves (`state::readable_msrs`, once per VM).
+    msrs: Vec<u32>,
 }
 
 impl LinuxVm {
@@ -58,7 +63,37 @@ impl LinuxVm {
         console: Console,
         backend: Box<dyn LinuxBackend>,
     ) -> Result<LinuxVm, LinuxVmError> {
-        if mem_size < (64 << 20)
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
+            .map_err(|e| LinuxVmError::Memory(e.to_string()))?;
+        Self::build(vcpus, mem, virtio, console, backend, None)
+    }
+
+    /// A VM around `mem`, which already holds a running guest's memory (a
+    /// checkpoint Secondary's staging copy): no tables are written; the
+    /// caller restores machine and device state ([`LinuxVm::restore`])
+    /// before [`LinuxVm::start`]. COM1 starts from `serial`.
+    pub fn create_restored(
+        vcpus: u8,
+        mem: GuestMemoryMmap,
+        virtio: Vec<MmioTransport>,
+        console: Console,
+        backend: Box<dyn LinuxBackend>,
+        serial: SerialState,
+    ) -> Result<LinuxVm, LinuxVmError> {
+        Self::build(vcpus, mem, virtio, console, backend, Some(serial))
+    }
+
+    fn build(
+        vcpus: u8,
+        mem: GuestMemoryMmap,
+        virtio: Vec<MmioTransport>,
+        console: Console,
+        backend: Box<dyn LinuxBackend>,
+        restored: Option<SerialState>,
+    ) -> Result<LinuxVm, LinuxVmError> {
+        let mem_size = mem.last_addr().raw_value() + 1;
+        if mem.num_regions() != 1
+            || mem_size < (64 << 20)
             || !mem_size.is_multiple_of(4096)
             || mem_size > crate::vm::MAX_MEM_SIZE
         {
@@ -79,8 +114,6 @@ impl LinuxVm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-            .map_err(|e| LinuxVmError::Memory(e.to_string()))?;
         register_memory(&vm, &mem, mem_size)?;
 
         let base = cpuid::supported(&kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -94,19 +127,22 @@ impl LinuxVm {
             regs::setup_common(&fd, i)?;
             fds.push(Arc::new(Mutex::new(fd)));
         }
+        let msrs = state::readable_msrs(&kvm, &lock(&fds[0]))?;
 
         let slots = Bus::virtio_slots(virtio.len());
-        let level_pins: Vec<u8> = slots.iter().map(|&(_, irq)| irq as u8).collect();
-        mptable::write(&mem, vcpus, &level_pins)?;
-        let devices: Vec<MmioDevice> = slots
-            .iter()
-            .map(|&(base, irq)| MmioDevice {
-                base: base as u32,
-                size: crate::devices::VIRTIO_MMIO_SIZE as u32,
-                irq,
-            })
-            .collect();
-        acpi::write(&mem, vcpus, mptable::ioapic_id(vcpus), &devices)?;
+        if restored.is_none() {
+            let level_pins: Vec<u8> = slots.iter().map(|&(_, irq)| irq as u8).collect();
+            mptable::write(&mem, vcpus, &level_pins)?;
+            let devices: Vec<MmioDevice> = slots
+                .iter()
+                .map(|&(base, irq)| MmioDevice {
+                    base: base as u32,
+                    size: crate::devices::VIRTIO_MMIO_SIZE as u32,
+                    irq,
+                })
+                .collect();
+            acpi::write(&mem, vcpus, mptable::ioapic_id(vcpus), &devices)?;
+        }
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(LinuxVmError::EventFd)?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)
@@ -120,6 +156,7 @@ impl LinuxVm {
             console,
             virtio,
             backend,
+            restored.unwrap_or_default(),
         );
         Ok(LinuxVm {
             vm,
@@ -128,6 +165,7 @@ impl LinuxVm {
             mem_size,
             bus: Arc::new(Mutex::new(bus)),
             nvirtio,
+            msrs,
         })
     }
 
@@ -173,6 +211,22 @@ impl LinuxVm {
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// Loads a checkpoint into a VM from [`LinuxVm::create_restored`]: the
+    /// machine state (guest time moved forward by `advance_ns`) and the
+    /// virtio devices. Nothing runs yet.
+    pub fn restore(
+        &self,
+        machine: &MachineState,
+        devices: DevicesState,
+        advance_ns: u64,
+    ) -> Result<(), LinuxVmError> {
+        let fds: Vec<MutexGuard<'_, VcpuFd>> = self.vcpus.iter().map(|v| lock(v)).collect();
+        let refs: Vec<&VcpuFd> = fds.iter().map(|g| &**g).collect();
+        state::restore(&self.vm, &refs, machine, advance_ns)?;
+        lock(&self.bus).restore_virtio(devices.virtio)?;
+        Ok(())
     }
 
     /// Starts the backend and one thread per vCPU.
@@ -235,6 +289,16 @@ pub struct Paused<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub mem_size: u64,
     pub bus: MutexGuard<'a, Bus>,
+    /// The MSRs to save (`state::capture`).
+    pub msrs: &'a [u32],
+}
+
+impl Paused<'_> {
+    /// The machine state of the paused VM.
+    pub fn capture(&self) -> Result<MachineState, state::StateError> {
+        let refs: Vec<&VcpuFd> = self.vcpus.iter().map(|g| &**g).collect();
+        state::capture(self.vm, &refs, self.msrs)
+    }
 }
 
 /// How the run went.
@@ -263,6 +327,7 @@ impl Running {
             mem: &self.vm.mem,
             mem_size: self.vm.mem_size,
             bus: lock(&self.vm.bus),
+            msrs: &self.vm.msrs,
         };
         f(&mut p)
     }
@@ -295,6 +360,17 @@ impl Running {
             secs: self.started.elapsed().as_secs_f64(),
             unowned: bus.unowned.clone(),
         }
+    }
+
+    /// The guest's memory (shared with the running VM).
+    pub fn memory(&self) -> GuestMemoryMmap {
+        self.vm.mem.clone()
+    }
+
+    /// Resubmits the restored devices' in-flight block requests (after a
+    /// take-over: the backend runs now).
+    pub fn resubmit_in_flight(&self) -> usize {
+        lock(&self.vm.bus).resubmit_in_flight()
     }
 
     /// A handle to stop the VM from elsewhere (signal handlers).

@@ -10,6 +10,7 @@
 //!   Debian kernel needs for virtio-mmio).
 //! - [`cpuid`], [`regs`]: per-vCPU CPUID and boot state.
 //! - [`bus`]: COM1, i8042 reset, virtio slots, unowned ports; IRQ lines.
+//! - [`devstate`]: the userspace devices' state as one value (epochs).
 //! - [`backend`]: the narrow door to disk and TAP ([`LinuxBackend`]).
 //! - [`vcpus`]: the vCPU threads and the pause gate.
 //! - [`machine`]: building the VM, running it, pausing it.
@@ -20,6 +21,7 @@ pub mod backend;
 pub mod boot;
 pub mod bus;
 pub mod cpuid;
+pub mod devstate;
 pub mod machine;
 pub mod mptable;
 pub mod regs;
@@ -27,7 +29,7 @@ pub mod run;
 pub mod vcpus;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use backend::{DirectBackend, LinuxBackend};
 pub use machine::{LinuxVm, Paused, Report, Running};
@@ -93,4 +95,8 @@ pub enum LinuxVmError {
     Disk(#[from] crate::live::DiskError),
     #[error(transparent)]
     Tap(#[from] crate::live::TapError),
+    #[error("machine state: {0}")]
+    State(#[from] crate::checkpoint::state::StateError),
+    #[error(transparent)]
+    Devices(#[from] devstate::DevStateError),
 }

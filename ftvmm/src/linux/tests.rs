@@ -111,7 +111,7 @@ fn an_initrd_larger_than_memory_is_refused() {
 
 /// Console bytes, shared with the test.
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Sink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -123,7 +123,7 @@ impl Write for Sink {
     }
 }
 
-struct NoBackend;
+pub(crate) struct NoBackend;
 
 impl LinuxBackend for NoBackend {
     fn start(&mut self, _: Deliver) -> Result<(), super::backend::BackendError> {
@@ -136,7 +136,7 @@ impl LinuxBackend for NoBackend {
 
 /// Real mode: print '0' + the initial APIC id (CPUID 1, EBX[31:24]) on COM1,
 /// then vCPU 0 counts in the word at 0x2000 forever, the others halt.
-const CODE: &[u8] = &[
+pub(crate) const CODE: &[u8] = &[
     0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
     0x0f, 0xa2, // cpuid
     0x66, 0xc1, 0xeb, 0x18, // shr ebx, 24
@@ -152,7 +152,7 @@ const CODE: &[u8] = &[
     0xeb, 0xfd, // jmp halt
 ];
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
         assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
@@ -160,7 +160,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn counter(mem: &GuestMemoryMmap) -> u16 {
+pub(crate) fn counter(mem: &GuestMemoryMmap) -> u16 {
     mem.read_obj(GuestAddress(0x2000)).unwrap()
 }
 

@@ -13,11 +13,16 @@
 //! in-kernel LAPIC): the signal makes it return `EINTR` too.
 //!
 //! Invariants: `parked + exited <= n`; while a [`PauseGuard`] lives, no
-//! vCPU is inside `KVM_RUN`; `end` is set once (the first reason wins).
-//! Note: a vCPU paused right after an MMIO/PIO read exit has its result
-//! in `kvm_run` but not yet in its registers; KVM completes it on the next
-//! `KVM_RUN`. Saving state there needs one `KVM_RUN` with `immediate_exit`
-//! first (as Cloud Hypervisor does).
+//! vCPU is inside `KVM_RUN` and every parked vCPU's state is complete;
+//! `end` is set once (the first reason wins).
+//!
+//! Complete state: a vCPU stopped right after an MMIO/PIO read exit has the
+//! result in `kvm_run` but not yet in its registers (KVM finishes the
+//! instruction on the next `KVM_RUN`); state saved there would lose the read.
+//! So before parking, a thread *settles*: one `KVM_RUN` with
+//! `immediate_exit` set, which completes any pending instruction and
+//! returns `EINTR` without entering the guest (KVM's API doc; Cloud
+//! Hypervisor and Firecracker do the same before a snapshot).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -33,6 +38,15 @@ struct St {
     parked: usize,
     exited: usize,
     end: Option<End>,
+}
+
+/// What a vCPU thread does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Run,
+    /// Complete any pending exit, then ask again (a pause is on).
+    Settle,
+    Leave,
 }
 
 /// Shared by the vCPU threads, the pauser and the owner.
@@ -96,11 +110,14 @@ impl Control {
         lock(&self.st).end.clone()
     }
 
-    /// vCPU side, before each `KVM_RUN`: parks while a pause is on; `false`
-    /// once the VM ended.
-    fn checkpoint(&self) -> bool {
+    /// vCPU side, before each `KVM_RUN`: parks while a pause is on, once
+    /// the thread `settled` (module doc); [`Step::Settle`] asks it to first.
+    fn checkpoint(&self, settled: bool) -> Step {
         let mut st = lock(&self.st);
         if st.pause && st.end.is_none() {
+            if !settled {
+                return Step::Settle;
+            }
             st.parked += 1;
             self.cv.notify_all();
             while st.pause && st.end.is_none() {
@@ -108,7 +125,11 @@ impl Control {
             }
             st.parked -= 1;
         }
-        st.end.is_none()
+        if st.end.is_none() {
+            Step::Run
+        } else {
+            Step::Leave
+        }
     }
 
     fn on_exit(&self) {
@@ -156,11 +177,22 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
     };
     match guard {
         Ok(_guard) => {
-            while ctl.checkpoint() {
-                let mut fd = lock(&vcpu);
-                if let Some(end) = run_once(index, &mut fd, &bus) {
-                    ctl.end(end);
-                    break;
+            let mut settled = false;
+            loop {
+                match ctl.checkpoint(settled) {
+                    Step::Leave => break,
+                    Step::Settle => {
+                        settle(index, &mut lock(&vcpu));
+                        settled = true;
+                    }
+                    Step::Run => {
+                        settled = false;
+                        let mut fd = lock(&vcpu);
+                        if let Some(end) = run_once(index, &mut fd, &bus) {
+                            ctl.end(end);
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -169,6 +201,18 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
         ))),
     }
     ctl.on_exit();
+}
+
+/// Completes a pending MMIO/PIO exit without running the guest (module
+/// doc): `KVM_RUN` with `immediate_exit` returns `EINTR` at once.
+fn settle(index: usize, fd: &mut VcpuFd) {
+    fd.set_kvm_immediate_exit(1);
+    match fd.run() {
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+        Err(e) => tracing::warn!(vcpu = index, "settling KVM_RUN: {e}"),
+        Ok(exit) => tracing::warn!(vcpu = index, "settling KVM_RUN exited: {exit:?}"),
+    }
+    fd.set_kvm_immediate_exit(0);
 }
 
 /// One `KVM_RUN` and its exit; `Some` ends the VM.

@@ -1,0 +1,390 @@
+//! The checkpoint Primary's backend: the [`EpochGate`] put between a Linux
+//! VM's virtio devices and the world, and the threads that carry out what
+//! the gate decides. The devices do not know (they see a [`LinuxBackend`]).
+//!
+//! - A frame the guest sends goes into the gate (held until its epoch is
+//!   acknowledged and durable); released frames leave on the TAP in the
+//!   order the gate releases them (released under the gate's lock, so two
+//!   threads performing actions never reorder them).
+//! - A disk write goes into the gate and completes to the guest at once; a
+//!   flush completes at once too (nothing the guest wrote can be observed
+//!   before it is durable: its frames wait for that). The gate hands each
+//!   acknowledged epoch's writes back as one `Submit`, which the disk thread
+//!   writes in order, syncs, and reports durable.
+//! - A read is served from the device with the gate's pending writes laid
+//!   over it. The pending sectors are copied *before* the device is read:
+//!   a pending write that becomes durable meanwhile is then on the device,
+//!   and one still pending is in the copy, so a read never misses a write
+//!   the guest saw complete.
+//! - If the device refuses an epoch's writes, nothing of that epoch or later
+//!   is released, ever: the outputs are [`GatedOutputs::failed`] and the
+//!   owner ends the VM (the Secondary, which holds the epoch, re-writes it).
+//!
+//! Completions are delivered from the backend's own threads, never from
+//! inside `submit_block`/`send_frame` (the bus is locked there).
+//!
+//! Lock order: the bus, then the gate. Nothing here takes the bus while
+//! holding the gate.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::epoch::{DiskWrite, SECTOR_SIZE};
+use super::gate::{Action, Closed, EpochGate, GateError};
+use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
+use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
+use crate::live::{DiskBackend, Tap};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where released frames go (the TAP, or a test's capture).
+pub type FrameOut = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Work for the disk thread, in order.
+enum DiskJob {
+    Read(BlockRequest),
+    Submit { epoch: u64, writes: Vec<DiskWrite> },
+}
+
+/// Counters for status and benches.
+#[derive(Debug, Default)]
+pub struct OutputStats {
+    pub frames_released: AtomicU64,
+    pub epochs_durable: AtomicU64,
+    pub bytes_written: AtomicU64,
+}
+
+/// The gate and what performs its actions; shared by the backend, the
+/// epoch thread and whoever receives acks.
+pub struct GatedOutputs {
+    gate: Mutex<EpochGate>,
+    frame_out: Mutex<Option<FrameOut>>,
+    disk_tx: Mutex<Option<Sender<DiskJob>>>,
+    failed: AtomicBool,
+    pub stats: OutputStats,
+}
+
+impl GatedOutputs {
+    pub fn new(gate: EpochGate, frame_out: Option<FrameOut>) -> Arc<Self> {
+        Arc::new(GatedOutputs {
+            gate: Mutex::new(gate),
+            frame_out: Mutex::new(frame_out),
+            disk_tx: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            stats: OutputStats::default(),
+        })
+    }
+
+    /// Whether the device refused an epoch's writes (module doc).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Performs `actions` with the gate locked (frames leave in order).
+    fn perform(&self, _gate: &mut EpochGate, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Release { frame, .. } => {
+                    if self.failed() {
+                        continue;
+                    }
+                    if let Some(out) = lock(&self.frame_out).as_mut() {
+                        out(&frame);
+                    }
+                    self.stats.frames_released.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Submit { epoch, writes } => {
+                    let sent = lock(&self.disk_tx)
+                        .as_ref()
+                        .is_some_and(|tx| tx.send(DiskJob::Submit { epoch, writes }).is_ok());
+                    if !sent {
+                        tracing::error!(
+                            epoch,
+                            "checkpoint: no disk thread for epoch {epoch}'s writes; outputs stop"
+                        );
+                        self.failed.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the current epoch (call with the vCPUs paused).
+    pub fn close_epoch(&self) -> Closed {
+        let mut g = lock(&self.gate);
+        let (closed, actions) = g.close_epoch();
+        self.perform(&mut g, actions);
+        closed
+    }
+
+    /// A fresh acknowledgement from the Secondary: every epoch `<= epoch`.
+    pub fn on_ack(&self, epoch: u64) -> Result<(), GateError> {
+        let mut g = lock(&self.gate);
+        let actions = g.on_ack(epoch)?;
+        self.perform(&mut g, actions);
+        Ok(())
+    }
+
+    /// The Secondary is gone: hold everything (the member races).
+    pub fn on_secondary_lost(&self) -> Result<(), GateError> {
+        lock(&self.gate).on_secondary_lost()
+    }
+
+    /// This member won `generation` and runs alone.
+    pub fn on_generation_won(&self, generation: u64) -> Result<(), GateError> {
+        let mut g = lock(&self.gate);
+        let actions = g.on_generation_won(generation)?;
+        self.perform(&mut g, actions);
+        Ok(())
+    }
+
+    /// Why the epoch should end now, if it should.
+    pub fn end_early(&self, dirty_pages: u64) -> Option<super::gate::EndEarly> {
+        lock(&self.gate).end_early(dirty_pages)
+    }
+
+    /// (current epoch, acked, durable) for status.
+    pub fn progress(&self) -> (u64, u64, u64) {
+        lock(&self.gate).progress()
+    }
+
+    pub fn frames_held(&self) -> usize {
+        lock(&self.gate).frames_held()
+    }
+
+    fn on_durable(&self, epoch: u64) {
+        let mut g = lock(&self.gate);
+        match g.on_durable(epoch) {
+            Ok(actions) => self.perform(&mut g, actions),
+            Err(e) => tracing::error!("checkpoint: {e}"),
+        }
+    }
+
+    /// Sectors of `[sector, sector + n)` pending in the gate: (sector, bytes).
+    fn pending(&self, sector: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
+        lock(&self.gate).pending_in(sector, n)
+    }
+}
+
+/// The [`LinuxBackend`] of a checkpoint Primary.
+pub struct GatedBackend {
+    outputs: Arc<GatedOutputs>,
+    disk: Option<DiskBackend>,
+    rx_tap: Option<Arc<Tap>>,
+    net_dev: u8,
+    done_tx: Option<Sender<InputEvent>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Called once if the device refuses an epoch's writes.
+    on_failure: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+impl GatedBackend {
+    /// `disk`: the VM's disk on the shared device; `rx_tap`: where received
+    /// frames come from (transmitted ones go through `outputs`' frame out).
+    pub fn new(
+        outputs: Arc<GatedOutputs>,
+        disk: Option<DiskBackend>,
+        rx_tap: Option<Arc<Tap>>,
+        net_dev: u8,
+        on_failure: Box<dyn FnOnce(String) + Send>,
+    ) -> Self {
+        GatedBackend {
+            outputs,
+            disk,
+            rx_tap,
+            net_dev,
+            done_tx: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            on_failure: Some(on_failure),
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, BackendError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| BackendError::Thread {
+            what: "checkpoint backend",
+            source,
+        })
+}
+
+/// The disk thread: reads with pending writes laid over, and acknowledged
+/// epochs' writes in order, each epoch synced before it counts as durable.
+fn disk_loop(
+    mut disk: DiskBackend,
+    jobs: Receiver<DiskJob>,
+    outputs: Arc<GatedOutputs>,
+    deliver: Deliver,
+    on_failure: Box<dyn FnOnce(String) + Send>,
+) {
+    let mut on_failure = Some(on_failure);
+    for job in jobs {
+        match job {
+            DiskJob::Read(req) => {
+                let BlockOp::Read { sector, len } = req.op else {
+                    continue;
+                };
+                let pending = outputs.pending(sector, u64::from(len) / SECTOR_SIZE as u64);
+                let (status, mut data) = match disk.execute(&req) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(
+                            id = req.id,
+                            "checkpoint disk: storage refused a read: {e:?}"
+                        );
+                        (BlockStatus::IoError, Vec::new())
+                    }
+                };
+                if status == BlockStatus::Ok {
+                    for (s, bytes) in pending {
+                        let at = (s - sector) as usize * SECTOR_SIZE;
+                        data[at..at + SECTOR_SIZE].copy_from_slice(&bytes);
+                    }
+                }
+                deliver(InputEvent::BlockDone {
+                    dev: req.dev,
+                    id: req.id,
+                    status,
+                    data,
+                });
+            }
+            DiskJob::Submit { epoch, writes } => {
+                if outputs.failed() {
+                    continue;
+                }
+                match write_epoch(&mut disk, &writes) {
+                    Ok(bytes) => {
+                        outputs
+                            .stats
+                            .bytes_written
+                            .fetch_add(bytes, Ordering::Relaxed);
+                        outputs.stats.epochs_durable.fetch_add(1, Ordering::Relaxed);
+                        outputs.on_durable(epoch);
+                    }
+                    Err(why) => {
+                        outputs.failed.store(true, Ordering::SeqCst);
+                        let line =
+                            format!("epoch {epoch}'s disk writes failed: {why}; outputs stop");
+                        tracing::error!("checkpoint: {line}");
+                        if let Some(f) = on_failure.take() {
+                            f(line);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes `writes` in order and syncs; the bytes written.
+fn write_epoch(disk: &mut DiskBackend, writes: &[DiskWrite]) -> Result<u64, String> {
+    let mut bytes = 0u64;
+    for (i, w) in writes.iter().enumerate() {
+        let req = BlockRequest {
+            dev: 0,
+            id: i as u64,
+            op: BlockOp::Write {
+                sector: w.sector,
+                data: w.data.clone(),
+            },
+        };
+        match disk.execute(&req) {
+            Ok((BlockStatus::Ok, _)) => bytes += w.data.len() as u64,
+            Ok((status, _)) => return Err(format!("write at sector {}: {status:?}", w.sector)),
+            Err(e) => return Err(format!("write at sector {}: {e:?}", w.sector)),
+        }
+    }
+    let flush = BlockRequest {
+        dev: 0,
+        id: u64::MAX,
+        op: BlockOp::Flush,
+    };
+    match disk.execute(&flush) {
+        Ok((BlockStatus::Ok, _)) => Ok(bytes),
+        Ok((status, _)) => Err(format!("flush: {status:?}")),
+        Err(e) => Err(format!("flush: {e:?}")),
+    }
+}
+
+impl LinuxBackend for GatedBackend {
+    fn start(&mut self, deliver: Deliver) -> Result<(), BackendError> {
+        let (done_tx, done_rx) = mpsc::channel::<InputEvent>();
+        let d = Arc::clone(&deliver);
+        self.threads.push(spawn("ckpt-complete", move || {
+            for ev in done_rx {
+                d(ev);
+            }
+        })?);
+        self.done_tx = Some(done_tx);
+        if let Some(disk) = self.disk.take() {
+            let (tx, rx) = mpsc::channel::<DiskJob>();
+            *lock(&self.outputs.disk_tx) = Some(tx);
+            let (o, d) = (Arc::clone(&self.outputs), Arc::clone(&deliver));
+            let fail = self.on_failure.take().unwrap_or_else(|| Box::new(|_| {}));
+            self.threads
+                .push(spawn("ckpt-disk", move || disk_loop(disk, rx, o, d, fail))?);
+        }
+        if let Some(tap) = self.rx_tap.clone() {
+            let (stop, dev) = (Arc::clone(&self.stop), self.net_dev);
+            self.threads.push(spawn("ckpt-tap-rx", move || {
+                tap.receive_loop(&stop, |data| deliver(InputEvent::Frame { dev, data }));
+            })?);
+        }
+        Ok(())
+    }
+
+    fn submit_block(&mut self, req: BlockRequest) {
+        let status = match &req.op {
+            BlockOp::Read { .. } => {
+                let sent = lock(&self.outputs.disk_tx)
+                    .as_ref()
+                    .map(|tx| tx.send(DiskJob::Read(req.clone())).is_ok());
+                if sent == Some(true) {
+                    return;
+                }
+                tracing::warn!(id = req.id, "checkpoint disk: read without a disk thread");
+                BlockStatus::IoError
+            }
+            BlockOp::Write { sector, data } => {
+                if data.is_empty() || !data.len().is_multiple_of(SECTOR_SIZE) {
+                    BlockStatus::IoError
+                } else {
+                    lock(&self.outputs.gate).on_write(*sector, data.clone());
+                    BlockStatus::Ok
+                }
+            }
+            BlockOp::Flush => BlockStatus::Ok,
+        };
+        if let Some(tx) = &self.done_tx {
+            let _ = tx.send(InputEvent::BlockDone {
+                dev: req.dev,
+                id: req.id,
+                status,
+                data: Vec::new(),
+            });
+        }
+    }
+
+    fn send_frame(&mut self, _dev: u8, frame: Vec<u8>) {
+        lock(&self.outputs.gate).on_frame(frame);
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.done_tx = None;
+        *lock(&self.outputs.disk_tx) = None;
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::warn!("checkpoint backend: a thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The checkpoint Primary's epoch loop on a running Linux VM: every
+//! `epoch_ms` (or earlier when the gate says the epoch grew too large) it
+//! pauses all vCPUs, harvests the epoch, closes it in the gate, resumes, and
+//! only then encodes and sends it, so the guest waits only for the copy.
+//!
+//! What one pause takes ([`harvest`]): KVM's dirty log (which also resets
+//! it) plus the pages the VMM's devices wrote, copied out; the machine state
+//! (`state::capture`); the userspace devices (`Bus::save_devices`); and the
+//! gate's epoch boundary, all at the same instant, so the epoch's pages,
+//! state, disk writes and frames describe one point of the guest's run.
+//! The first epoch carries every page (the staging copy starts empty).
+//!
+//! Sending: pieces go to an [`EpochSink`] (the channel to the Secondary, or
+//! a test's in-process link) in order; the Secondary's acknowledgements come
+//! back through [`GatedOutputs::on_ack`] from whoever reads them. A sink
+//! that fails ends the loop: the caller treats it as the loss of the
+//! Secondary (gate `on_secondary_lost`, the member races).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
+use super::gated::GatedOutputs;
+use crate::dirty::bitmap_to_gfns;
+use crate::linux::machine::{Paused, Running};
+
+/// Where an epoch's pieces go.
+pub trait EpochSink: Send {
+    fn send(&mut self, piece: Vec<u8>) -> Result<(), String>;
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EpochLoopError {
+    #[error("epoch {epoch}: cannot take the VM's state: {why}")]
+    Harvest { epoch: u64, why: String },
+    #[error("epoch {epoch}: cannot encode: {0}", epoch = .1)]
+    Encode(epoch::EpochError, u64),
+    #[error("epoch {epoch}: the link to the Secondary failed: {why}")]
+    Link { epoch: u64, why: String },
+    #[error("the VM ended")]
+    VmEnded,
+    #[error("the outputs failed (the device refused an epoch's writes)")]
+    OutputsFailed,
+}
+
+/// One pause's take.
+pub struct Harvest {
+    /// Page frame numbers, ascending, and their contents in the same order.
+    pub gfns: Vec<u64>,
+    pub contents: Vec<u8>,
+    pub machine: Vec<u8>,
+    pub devices: Vec<u8>,
+}
+
+/// Takes the epoch from the paused VM (module doc). `full`: every page.
+pub fn harvest(p: &mut Paused<'_>, full: bool) -> Result<Harvest, String> {
+    let pages = p.mem_size / PAGE_SIZE as u64;
+    // Read (and so reset) the dirty log even for a full epoch: the next
+    // epoch must start from this instant.
+    let bitmap =
+        p.vm.get_dirty_log(0, p.mem_size as usize)
+            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+    let device_pages = p.bus.take_dirty_pages();
+    let mut gfns = if full {
+        (0..pages).collect()
+    } else {
+        let mut g = bitmap_to_gfns(&bitmap);
+        g.extend(device_pages.into_iter().filter(|&g| g < pages));
+        g.sort_unstable();
+        g.dedup();
+        g
+    };
+    gfns.retain(|&g| g < pages);
+    let mut contents = vec![0u8; gfns.len() * PAGE_SIZE];
+    for (i, &gfn) in gfns.iter().enumerate() {
+        p.mem
+            .read_slice(
+                &mut contents[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+                GuestAddress(gfn * PAGE_SIZE as u64),
+            )
+            .map_err(|e| format!("page {gfn}: {e}"))?;
+    }
+    let machine = p
+        .capture()
+        .and_then(|m| m.encode())
+        .map_err(|e| e.to_string())?;
+    let devices = p.bus.save_devices().encode().map_err(|e| e.to_string())?;
+    Ok(Harvest {
+        gfns,
+        contents,
+        machine,
+        devices,
+    })
+}
+
+/// The epoch a harvest and its gate boundary make (raw or zero pages; the
+/// delta encoding of `delta.rs` is not used yet).
+pub fn to_epoch(h: Harvest, closed: super::gate::Closed) -> Epoch {
+    let pages = h
+        .gfns
+        .iter()
+        .zip(h.contents.chunks_exact(PAGE_SIZE))
+        .map(|(&gfn, c)| Page {
+            gfn,
+            data: if c.iter().all(|&b| b == 0) {
+                PageData::Zero
+            } else {
+                PageData::Raw(c.to_vec())
+            },
+        })
+        .collect();
+    Epoch {
+        number: closed.number,
+        generation: closed.generation,
+        durable_through: closed.durable_through,
+        pages,
+        machine: h.machine,
+        devices: h.devices,
+        writes: closed.writes,
+    }
+}
+
+/// Figures of one epoch (for status, benches and the console).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpochStats {
+    pub number: u64,
+    pub pause: Duration,
+    pub pages: usize,
+    pub bytes: usize,
+    pub writes: usize,
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    pub epoch: Duration,
+    /// The first epoch carries every page.
+    pub first_full: bool,
+}
+
+/// Pauses, harvests, closes and ships one epoch; returns its figures.
+pub fn one_epoch(
+    running: &Running,
+    outputs: &GatedOutputs,
+    sink: &mut dyn EpochSink,
+    full: bool,
+) -> Result<EpochStats, EpochLoopError> {
+    let t = Instant::now();
+    let (taken, closed) = running.with_paused(|p| {
+        let h = harvest(p, full);
+        // The boundary is drawn even if the harvest failed, so the gate's
+        // epochs stay in step with what was (not) shipped; a failed
+        // harvest ends the loop and nothing of that epoch is ever released.
+        (h, outputs.close_epoch())
+    });
+    let pause = t.elapsed();
+    let number = closed.number;
+    let h = taken.map_err(|why| EpochLoopError::Harvest { epoch: number, why })?;
+    let e = to_epoch(h, closed);
+    let stats = EpochStats {
+        number,
+        pause,
+        pages: e.pages.len(),
+        bytes: 0,
+        writes: e.writes.len(),
+    };
+    let pieces = epoch::encode_pieces(&e).map_err(|err| EpochLoopError::Encode(err, number))?;
+    let mut bytes = 0;
+    for p in pieces {
+        bytes += p.len();
+        sink.send(p)
+            .map_err(|why| EpochLoopError::Link { epoch: number, why })?;
+    }
+    Ok(EpochStats { bytes, ..stats })
+}
+
+/// Runs epochs until `stop`, the VM's end, or an error. `on_epoch` sees each
+/// epoch's figures.
+pub fn run_epochs(
+    running: &Running,
+    outputs: &GatedOutputs,
+    sink: &mut dyn EpochSink,
+    cfg: LoopConfig,
+    stop: &AtomicBool,
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<(), EpochLoopError> {
+    let mut full = cfg.first_full;
+    let tick = Duration::from_millis(1).min(cfg.epoch);
+    loop {
+        let start = Instant::now();
+        while start.elapsed() < cfg.epoch {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if running.ended().is_some() {
+                return Err(EpochLoopError::VmEnded);
+            }
+            if let Some(why) = outputs.end_early(0) {
+                tracing::debug!(?why, "checkpoint: epoch ends early");
+                break;
+            }
+            std::thread::sleep(tick);
+        }
+        if outputs.failed() {
+            return Err(EpochLoopError::OutputsFailed);
+        }
+        let s = one_epoch(running, outputs, sink, full)?;
+        full = false;
+        on_epoch(&s);
+    }
+}

@@ -1,0 +1,319 @@
+//! Checkpoint epochs on real KVM (this machine's /dev/kvm runs no stock
+//! Linux, so the guest is the two-vCPU real-mode counter of
+//! `linux::tests`): the Secondary's staging copy equals the Primary's memory
+//! at an epoch, and a VM restored from the last epoch runs on from there;
+//! and the gated backend's Output Rule with a real file as the disk.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::gate::{EpochGate, GateConfig};
+use super::gated::{GatedBackend, GatedOutputs};
+use super::primary::{self, EpochSink, LoopConfig};
+use super::receiver::Receiver;
+use super::secondary::{self, Rebuild, Staging};
+use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
+use crate::linux::backend::LinuxBackend;
+use crate::linux::machine::LinuxVm;
+use crate::linux::tests::{counter, wait_until, NoBackend, Sink, CODE};
+use crate::live::{DiskBackend, DiskSpec};
+
+const MEM: u64 = 64 << 20;
+
+fn gate() -> EpochGate {
+    EpochGate::new(
+        GateConfig {
+            max_dirty_pages: u64::MAX,
+            max_write_bytes: u64::MAX,
+        },
+        1,
+    )
+}
+
+struct ChanSink(mpsc::Sender<Vec<u8>>);
+
+impl EpochSink for ChanSink {
+    fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
+        self.0.send(piece).map_err(|e| e.to_string())
+    }
+}
+
+fn mem_equal(a: &crate::virtio::GuestMemoryMmap, b: &crate::virtio::GuestMemoryMmap) -> bool {
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    (0..MEM >> 20).all(|i| {
+        a.read_slice(&mut x, GuestAddress(i << 20)).unwrap();
+        b.read_slice(&mut y, GuestAddress(i << 20)).unwrap();
+        x == y
+    })
+}
+
+#[test]
+fn a_vm_restored_from_the_last_epoch_equals_the_primary_there_and_runs_on() {
+    let outputs = GatedOutputs::new(gate(), None);
+    let backend = GatedBackend::new(Arc::clone(&outputs), None, None, 0, Box::new(|_| {}));
+    let sink = Sink::default();
+    let vm = LinuxVm::create(2, MEM, vec![], Box::new(sink.clone()), Box::new(backend))
+        .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)");
+    vm.memory().write_slice(CODE, GuestAddress(0x1000)).unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    vm.enter_real_mode(1, 0x1000).unwrap();
+    let pmem = vm.memory().clone();
+    let running = vm.start().unwrap();
+    wait_until("vCPU 0 counts", || counter(&pmem) > 10);
+
+    // The Secondary: applies pieces, acknowledges through the gate.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let acks = Arc::clone(&outputs);
+    let secondary = std::thread::spawn(move || {
+        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
+        for piece in rx {
+            if let Some(e) = r
+                .on_piece(&piece)
+                .expect("every epoch is whole and in order")
+            {
+                acks.on_ack(e).expect("acks of closed epochs");
+            }
+        }
+        r
+    });
+
+    let mut link = ChanSink(tx);
+    let stop = AtomicBool::new(false);
+    let epochs = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let cfg = LoopConfig {
+                epoch: Duration::from_millis(20),
+                first_full: true,
+            };
+            primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| {
+                epochs.lock().unwrap().push(*e)
+            })
+        });
+        wait_until("six epochs", || epochs.lock().unwrap().len() >= 6);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap().expect("epochs ran without error");
+    });
+    let epochs = epochs.into_inner().unwrap();
+    assert_eq!(
+        epochs[0].pages as u64,
+        MEM / 4096,
+        "the first epoch is full"
+    );
+    assert!(
+        epochs[1..].iter().all(|e| e.pages < 64),
+        "later epochs carry the dirty pages only: {:?}",
+        epochs.iter().map(|e| e.pages).collect::<Vec<_>>()
+    );
+
+    // Stop the Primary and take one last epoch of its final state.
+    running.stop();
+    let last = primary::one_epoch(&running, &outputs, &mut link, false).unwrap();
+    drop(link);
+    let r = secondary.join().unwrap();
+    assert_eq!(r.last(), last.number);
+    let (_, acked, _) = outputs.progress();
+    assert_eq!(acked, last.number, "every epoch acknowledged");
+    assert!(
+        mem_equal(&pmem, r.memory().memory()),
+        "the staging copy equals the Primary's memory at the epoch"
+    );
+    let at_epoch = counter(&pmem);
+    running.wait();
+
+    // Take over: the counter goes on from the epoch's value.
+    let sink2 = Sink::default();
+    let (running2, epoch) = secondary::take_over(
+        r.take_over(),
+        Rebuild {
+            vcpus: 2,
+            virtio: vec![],
+            console: Box::new(sink2.clone()),
+            backend: Box::new(NoBackend),
+            advance_ns: 0,
+        },
+        |w| {
+            assert!(w.is_empty(), "the counter writes no disk");
+            Ok(())
+        },
+    )
+    .expect("take over");
+    assert_eq!(epoch, last.number);
+    // (The restored memory is the staging copy compared above; the word
+    // wraps in microseconds, so "counts on" is "changes".)
+    let mem2 = running2.memory();
+    wait_until("the restored vCPU 0 counts on", || {
+        counter(&mem2) != at_epoch
+    });
+    assert!(
+        sink2.0.lock().unwrap().is_empty(),
+        "nothing restarted from the top (the APIC ids were printed before)"
+    );
+    running2.stop();
+    assert_eq!(running2.wait().end, crate::linux::End::Stopped);
+}
+
+/// Block completions and frames as the gated backend delivers them.
+#[derive(Default, Clone)]
+struct Seen(Arc<Mutex<Vec<InputEvent>>>);
+
+fn disk_file(sectors: u64) -> (tempfile::NamedTempFile, DiskBackend) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(sectors * 512).unwrap();
+    let d = DiskBackend::open(
+        &DiskSpec {
+            path: f.path().into(),
+            region: None,
+        },
+        0,
+    )
+    .unwrap();
+    (f, d)
+}
+
+fn read_done(seen: &Seen, id: u64) -> Option<Vec<u8>> {
+    seen.0.lock().unwrap().iter().find_map(|e| match e {
+        InputEvent::BlockDone {
+            id: i,
+            status: BlockStatus::Ok,
+            data,
+            ..
+        } if *i == id => Some(data.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn writes_complete_at_once_reads_see_them_and_frames_wait_for_ack_and_durable() {
+    let released = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let r2 = Arc::clone(&released);
+    let outputs = GatedOutputs::new(
+        gate(),
+        Some(Box::new(move |f: &[u8]| {
+            r2.lock().unwrap().push(f.to_vec())
+        })),
+    );
+    let (file, disk) = disk_file(64);
+    let mut b = GatedBackend::new(Arc::clone(&outputs), Some(disk), None, 0, Box::new(|_| {}));
+    let seen = Seen::default();
+    let s2 = seen.clone();
+    b.start(Arc::new(move |ev| s2.0.lock().unwrap().push(ev)))
+        .unwrap();
+
+    let data = vec![0xabu8; 1024];
+    b.submit_block(BlockRequest {
+        dev: 0,
+        id: 1,
+        op: BlockOp::Write {
+            sector: 8,
+            data: data.clone(),
+        },
+    });
+    b.send_frame(0, b"reply".to_vec());
+    b.submit_block(BlockRequest {
+        dev: 0,
+        id: 2,
+        op: BlockOp::Read {
+            sector: 7,
+            len: 2048,
+        },
+    });
+    wait_until("the write and the read complete", || {
+        read_done(&seen, 1).is_some() && read_done(&seen, 2).is_some()
+    });
+    let got = read_done(&seen, 2).unwrap();
+    assert_eq!(&got[..512], &[0u8; 512][..], "sector 7 from the device");
+    assert_eq!(
+        &got[512..1536],
+        &data[..],
+        "sectors 8-9 from the pending write"
+    );
+    let on_disk = std::fs::read(file.path()).unwrap();
+    assert!(
+        on_disk.iter().all(|&x| x == 0),
+        "nothing on the device before the ack"
+    );
+
+    let closed = outputs.close_epoch();
+    assert_eq!((closed.number, closed.writes.len()), (1, 1));
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        released.lock().unwrap().is_empty(),
+        "no frame before the ack"
+    );
+
+    outputs.on_ack(1).unwrap();
+    wait_until("the frame leaves once the write is durable", || {
+        !released.lock().unwrap().is_empty()
+    });
+    let on_disk = std::fs::read(file.path()).unwrap();
+    assert_eq!(
+        &on_disk[8 * 512..10 * 512],
+        &data[..],
+        "durable before the frame"
+    );
+    assert_eq!(released.lock().unwrap().as_slice(), &[b"reply".to_vec()]);
+    b.stop();
+}
+
+#[test]
+fn a_refused_epoch_write_releases_nothing_and_reports_once() {
+    let released = Arc::new(Mutex::new(0usize));
+    let r2 = Arc::clone(&released);
+    let outputs = GatedOutputs::new(
+        gate(),
+        Some(Box::new(move |_: &[u8]| *r2.lock().unwrap() += 1)),
+    );
+    let (_file, mut disk) = disk_file(64);
+    disk.fail_next(libc::EIO);
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let f2 = Arc::clone(&failures);
+    let mut b = GatedBackend::new(
+        Arc::clone(&outputs),
+        Some(disk),
+        None,
+        0,
+        Box::new(move |why| f2.lock().unwrap().push(why)),
+    );
+    b.start(Arc::new(|_| {})).unwrap();
+    b.submit_block(BlockRequest {
+        dev: 0,
+        id: 1,
+        op: BlockOp::Write {
+            sector: 0,
+            data: vec![1; 512],
+        },
+    });
+    b.send_frame(0, b"ok".to_vec());
+    outputs.close_epoch();
+    outputs.on_ack(1).unwrap();
+    wait_until("the failure is reported", || outputs.failed());
+    wait_until("the owner hears of it", || {
+        !failures.lock().unwrap().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        *released.lock().unwrap(),
+        0,
+        "the epoch's frame never leaves"
+    );
+    assert!(failures.lock().unwrap()[0].contains("epoch 1"));
+    b.stop();
+}
+
+#[test]
+fn staging_pages_are_the_memory_the_take_over_vm_gets() {
+    use super::receiver::StagingMemory;
+    let mut s = Staging::new(MEM).unwrap();
+    s.page_mut(3).fill(7);
+    let mem = s.into_memory();
+    let mut b = [0u8; 4];
+    mem.read_slice(&mut b, GuestAddress(3 * 4096 + 100))
+        .unwrap();
+    assert_eq!(b, [7; 4]);
+    assert_eq!(mem.num_regions(), 1);
+}
