@@ -79,18 +79,52 @@ enum Cmd {
         /// TAP interface for virtio-net (created if missing).
         #[arg(long)]
         tap: Option<String>,
+        /// Checkpoint the VM to a Secondary inside this process (tests:
+        /// epochs and take-over on one host; no channel, no fencing).
+        #[arg(long)]
+        local_secondary: bool,
+        /// Epoch length with --local-secondary.
+        #[arg(long, default_value_t = 20)]
+        epoch_ms: u64,
+        /// With --local-secondary: when this file appears, abandon the
+        /// Primary (as a dead host) and resume from the Secondary's last
+        /// complete epoch.
+        #[arg(long)]
+        take_over_on: Option<PathBuf>,
     },
 }
 
-fn run_linux_cmd(spec: ftvmm::linux::LinuxSpec) -> ExitCode {
+fn run_linux_cmd(
+    spec: ftvmm::linux::LinuxSpec,
+    pair: Option<ftvmm::checkpoint::local::LocalPair>,
+) -> ExitCode {
     use ftvmm::linux::End;
-    let on_start = |r: &ftvmm::linux::Running| {
-        let ctl = r.control();
-        if let Err(e) = ftvmm::signals::on_sigint(move || ctl.end(End::Stopped)) {
-            tracing::warn!("cannot install SIGINT/SIGTERM handling: {e}");
+    let stopper: std::sync::Arc<
+        std::sync::Mutex<Option<std::sync::Arc<ftvmm::linux::vcpus::Control>>>,
+    > = Default::default();
+    let s2 = std::sync::Arc::clone(&stopper);
+    if let Err(e) = ftvmm::signals::on_sigint(move || {
+        if let Some(c) = s2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            c.end(End::Stopped);
         }
+    }) {
+        tracing::warn!("cannot install SIGINT/SIGTERM handling: {e}");
+    }
+    let on_start = |r: &ftvmm::linux::Running| {
+        *stopper.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.control());
     };
-    match ftvmm::linux::run_linux(&spec, Box::new(std::io::stdout()), on_start) {
+    let result = match pair {
+        None => ftvmm::linux::run_linux(&spec, Box::new(std::io::stdout()), on_start)
+            .map_err(|e| e.to_string()),
+        Some(pair) => ftvmm::checkpoint::local::run_local_pair(
+            &spec,
+            &pair,
+            Box::new(std::io::stdout()),
+            on_start,
+        )
+        .map_err(|e| e.to_string()),
+    };
+    match result {
         Ok(report) => {
             eprintln!(
                 "ftvmm linux: guest ended: {} after {:.1} s (unowned port reads {}, writes {}, MMIO reads {}, writes {})",
@@ -140,16 +174,25 @@ fn main() -> ExitCode {
             mem_mib,
             disk,
             tap,
-        } => run_linux_cmd(ftvmm::linux::LinuxSpec {
-            kernel,
-            initrd,
-            cmdline,
-            vcpus,
-            mem_mib,
-            disk,
-            tap,
-            mac: ftvmm::linux::run::DEFAULT_MAC,
-        }),
+            local_secondary,
+            epoch_ms,
+            take_over_on,
+        } => run_linux_cmd(
+            ftvmm::linux::LinuxSpec {
+                kernel,
+                initrd,
+                cmdline,
+                vcpus,
+                mem_mib,
+                disk,
+                tap,
+                mac: ftvmm::linux::run::DEFAULT_MAC,
+            },
+            local_secondary.then(|| ftvmm::checkpoint::local::LocalPair {
+                epoch: std::time::Duration::from_millis(epoch_ms.max(1)),
+                take_over_on,
+            }),
+        ),
         Cmd::Run {
             kernel,
             mem,

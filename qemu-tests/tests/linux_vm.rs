@@ -183,7 +183,7 @@ reboot -f
 sleep 10
 "#;
 
-fn guest_initrd(inp: &Inputs, out: &Path) {
+fn guest_initrd(inp: &Inputs, body: &str, out: &Path) {
     let mut a = base_archive();
     let mut names = Vec::new();
     for m in GUEST_MODULES {
@@ -197,7 +197,7 @@ fn guest_initrd(inp: &Inputs, out: &Path) {
     }
     let verbose = if verbose() { "1" } else { "" };
     let init = format!(
-        "{PRELUDE}VERBOSE={verbose}\nMODULES='{}'\n{GUEST_INIT}",
+        "{PRELUDE}VERBOSE={verbose}\nMODULES='{}'\n{body}",
         names.join(" ")
     );
     a.insert("/init", script(init)).unwrap();
@@ -209,7 +209,9 @@ fn guest_cmdline() -> String {
     format!("console=ttyS0 reboot=k panic=-1 pci=off no_timer_check{level}")
 }
 
-fn l1_initrd(inp: &Inputs, guest_initrd: &Path, out: &Path) {
+/// L1's init: load kvm, make an 8 MiB disk file starting with a marker,
+/// then `run` (which starts ftvmm on /guest/vmlinuz and /guest/initrd.img).
+fn l1_initrd(inp: &Inputs, guest_initrd: &Path, run: &str, out: &Path) {
     let mut a = base_archive();
     let mut init = PRELUDE.to_string();
     for m in L1_MODULES {
@@ -226,21 +228,29 @@ fn l1_initrd(inp: &Inputs, guest_initrd: &Path, out: &Path) {
         .unwrap();
     a.insert("/guest/initrd.img", file(guest_initrd, 0o644))
         .unwrap();
-    init += &format!(
-        "if [ -c /dev/kvm ]; then echo 'l1: /dev/kvm ok'; else echo 'l1: NO /dev/kvm after loading kvm-amd'; poweroff -f; fi
+    init += "if [ -c /dev/kvm ]; then echo 'l1: /dev/kvm ok'; else echo 'l1: NO /dev/kvm after loading kvm-amd'; poweroff -f; fi
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
 printf 'l1-marker' | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
-echo 'l1: starting ftvmm linux'
-ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 256 \\
-  --disk /tmp/disk.img --cmdline '{}'
-echo \"l1: ftvmm exit $?\"
-echo \"l1: disk holds $(dd if=/tmp/disk.img bs=21 count=1 2>/dev/null)\"
-poweroff -f
-",
-        guest_cmdline()
-    );
+";
+    init += run;
     a.insert("/init", script(init)).unwrap();
     write_archive(&a, out);
+}
+
+fn boot_l1(inp: &Inputs, l1: PathBuf, dir: &Path) -> Host {
+    let mut spec = HostSpec::new(
+        "l1",
+        Boot::Kernel {
+            kernel: inp.vmlinuz.clone(),
+            initrd: l1,
+            append: "console=ttyS0 panic=-1 loglevel=4".into(),
+        },
+        dir,
+    );
+    spec.memory_mib = 1536;
+    spec.cpus = 2;
+    spec.watchdog = false;
+    Host::spawn(spec).unwrap()
 }
 
 fn step(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
@@ -259,24 +269,22 @@ fn stock_linux_boots_with_two_vcpus_and_a_virtio_disk_under_ftvmm() {
         .tempdir()
         .unwrap();
     let guest = dir.path().join("guest-initrd.img");
-    guest_initrd(&inp, &guest);
+    guest_initrd(&inp, GUEST_INIT, &guest);
     let l1 = dir.path().join("l1-initrd.img");
-    l1_initrd(&inp, &guest, &l1);
-
-    let mut spec = HostSpec::new(
-        "l1",
-        Boot::Kernel {
-            kernel: inp.vmlinuz.clone(),
-            initrd: l1,
-            append: "console=ttyS0 panic=-1 loglevel=4".into(),
-        },
-        dir.path(),
+    let run = format!(
+        "echo 'l1: starting ftvmm linux'
+ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 256 \\
+  --disk /tmp/disk.img --cmdline '{}'
+echo \"l1: ftvmm exit $?\"
+echo \"l1: disk holds $(dd if=/tmp/disk.img bs=21 count=1 2>/dev/null)\"
+poweroff -f
+",
+        guest_cmdline()
     );
-    spec.memory_mib = 1536;
-    spec.cpus = 2;
-    spec.watchdog = false;
+    l1_initrd(&inp, &guest, &run, &l1);
+
     let t = Instant::now();
-    let host = Host::spawn(spec).unwrap();
+    let host = boot_l1(&inp, l1, dir.path());
     step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
     step(&host, "ftvmm started", "l1: starting ftvmm linux", t);
     let vm_start = Instant::now();
@@ -320,4 +328,149 @@ fn stock_linux_boots_with_two_vcpus_and_a_virtio_disk_under_ftvmm() {
     host.assert_absent("insmod", Duration::ZERO)
         .unwrap_or_else(|e| panic!("a module did not load: {e}"));
     eprintln!("linux_vm: total {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// The guest of the checkpoint test: writes a counter to sector 1 of its
+/// disk (fsync'd) and says so, sleeping 50 ms between writes (so its timers
+/// must work after a take-over), up to `LAST_WRITE`, then resets.
+const CKPT_GUEST_INIT: &str = r#"
+say() { echo "<2>$*" > /dev/kmsg; }
+say "linux-guest: $(grep -c ^processor /proc/cpuinfo) cpus online ($(cat /sys/devices/system/cpu/online))"
+for m in $MODULES; do
+  insmod /lib/modules/$m.ko || say "linux-guest: insmod $m failed"
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+i=1
+while [ $i -le 120 ]; do
+  printf '%08d' $i | dd of=/dev/vda bs=512 seek=1 conv=sync,fsync 2>/dev/null
+  say "ckpt-guest: wrote $i"
+  sleep 0.05
+  i=$((i+1))
+done
+say 'ckpt-guest: done'
+reboot -f
+sleep 10
+"#;
+
+const LAST_WRITE: u32 = 120;
+const TAKE_OVER_AFTER: u32 = 40;
+
+/// The numbers of the guest's "wrote N" lines, in console order.
+fn writes(host: &Host) -> Vec<(u32, Duration)> {
+    host.console()
+        .lines()
+        .iter()
+        .filter_map(|l| {
+            let n = l.text.split("ckpt-guest: wrote ").nth(1)?;
+            Some((n.trim().parse().ok()?, l.at))
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
+    let inp = inputs();
+    let dir = tempfile::Builder::new()
+        .prefix("ft-linux-ckpt-")
+        .tempdir()
+        .unwrap();
+    let guest = dir.path().join("guest-initrd.img");
+    guest_initrd(&inp, CKPT_GUEST_INIT, &guest);
+    let l1 = dir.path().join("l1-initrd.img");
+    let run = format!(
+        "echo 'l1: starting ftvmm linux with a local secondary'
+ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
+  --disk /tmp/disk.img --cmdline '{cmdline}' --local-secondary --epoch-ms 20 \\
+  --take-over-on /tmp/take-over > /tmp/console 2>&1 &
+PID=$!
+tail -f /tmp/console &
+until grep -q 'ckpt-guest: wrote {TAKE_OVER_AFTER}' /tmp/console; do
+  kill -0 $PID 2>/dev/null || break
+  sleep 0.05
+done
+echo 'l1: take-over triggered'
+touch /tmp/take-over
+wait $PID
+echo \"l1: ftvmm exit $?\"
+echo \"l1: disk holds $(dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 8)\"
+sleep 1
+poweroff -f
+",
+        cmdline = guest_cmdline()
+    );
+    l1_initrd(&inp, &guest, &run, &l1);
+    let t = Instant::now();
+    let host = boot_l1(&inp, l1, dir.path());
+    step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
+    step(&host, "the first (full) epoch", "checkpoint: epoch 1:", t);
+    step(
+        &host,
+        "guest userspace, 2 CPUs",
+        "linux-guest: 2 cpus online (0-1)",
+        t,
+    );
+    step(&host, "the guest writes its disk", "ckpt-guest: wrote 1", t);
+    step(&host, "take-over triggered", "l1: take-over triggered", t);
+    let abandoned = step(
+        &host,
+        "the Primary is abandoned",
+        "checkpoint: primary abandoned",
+        t,
+    );
+    let took = step(
+        &host,
+        "the Secondary took over",
+        "checkpoint: took over at epoch",
+        t,
+    );
+    eprintln!("linux_vm: {abandoned}\nlinux_vm: {took}");
+    step(&host, "the guest finishes", "ckpt-guest: done", t);
+    step(&host, "ftvmm exit status", "l1: ftvmm exit 0", t);
+    let disk = step(&host, "the disk's last write", "l1: disk holds", t);
+    assert!(
+        disk.contains(&format!("{LAST_WRITE:08}")),
+        "the guest's last write is on the disk: {disk}"
+    );
+    assert_eq!(
+        host.console().count("cpus online"),
+        1,
+        "the guest did not boot again after the take-over"
+    );
+    host.assert_absent("insmod", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("a module did not load: {e}"));
+    // The guest's count goes on from the epoch it was resumed at: it may
+    // repeat the numbers it wrote after that epoch, never skips one, and
+    // reaches the end.
+    let w = writes(&host);
+    let nums: Vec<u32> = w.iter().map(|(n, _)| *n).collect();
+    let rewinds: Vec<(u32, u32)> = nums
+        .windows(2)
+        .filter(|p| p[1] != p[0] + 1)
+        .map(|p| (p[0], p[1]))
+        .collect();
+    assert!(
+        rewinds.len() <= 1,
+        "one take-over, one rewind at most: {rewinds:?}"
+    );
+    for (before, after) in &rewinds {
+        assert!(
+            after <= before && *before >= TAKE_OVER_AFTER,
+            "after the take-over the count resumes at or before where it was: {before} -> {after}"
+        );
+    }
+    assert_eq!(nums.first(), Some(&1));
+    assert_eq!(nums.last(), Some(&LAST_WRITE));
+    // The longest gap between two writes: the take-over as the guest saw it.
+    let gap = w
+        .windows(2)
+        .map(|p| p[1].1.saturating_sub(p[0].1))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "linux_vm: {} writes seen, rewinds {rewinds:?}, longest gap between two writes {} ms; total {:.1} s",
+        nums.len(),
+        gap.as_millis(),
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -84,6 +84,12 @@ impl GatedOutputs {
         self.failed.load(Ordering::SeqCst)
     }
 
+    /// This member is done (its host is taken for dead, or it lost the
+    /// race): nothing more leaves, whatever is acknowledged later.
+    pub fn halt(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
     /// Performs `actions` with the gate locked (frames leave in order).
     fn perform(&self, _gate: &mut EpochGate, actions: Vec<Action>) {
         for a in actions {

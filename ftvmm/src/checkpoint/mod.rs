@@ -15,7 +15,8 @@
 //! On a real VM (`linux/`): [`primary`] is the epoch loop (pause, harvest,
 //! close, resume, ship), [`gated`] the backend that puts the gate between the
 //! devices and the disk/TAP, [`secondary`] the staging memory the take-over
-//! VM runs on and the take-over itself.
+//! VM runs on and the take-over itself; [`local`] a pair inside one process
+//! (`ftvmm linux --local-secondary`) for tests where one host runs.
 //!
 //! Page deltas pay, so the format has them (`delta.rs`; measured in
 //! `epoch_tests::measure_page_deltas`, times with `rustc -O` on the loaded
@@ -41,6 +42,7 @@ pub mod epoch;
 mod epoch_decode;
 pub mod gate;
 pub mod gated;
+pub mod local;
 pub mod overlay;
 pub mod primary;
 pub mod receiver;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::backend::DirectBackend;
+use super::backend::{DirectBackend, LinuxBackend};
 use super::bus::Console;
 use super::machine::{LinuxVm, Report, Running};
 use super::LinuxVmError;
@@ -27,9 +27,12 @@ pub struct LinuxSpec {
     pub mac: [u8; 6],
 }
 
-/// Builds, boots and starts the VM (the disk is virtio slot 0, the NIC the
-/// next one). `on_start` gets the running VM (e.g. to stop it on SIGINT).
-pub fn start_linux(spec: &LinuxSpec, console: Console) -> Result<Running, LinuxVmError> {
+/// What [`open_devices`] opens: the disk, the TAP, the virtio transports.
+pub type Devices = (Option<DiskBackend>, Option<Tap>, Vec<MmioTransport>);
+
+/// The VM's disk, TAP and virtio transports as `spec` asks (the disk is
+/// virtio slot 0, the NIC the next one).
+pub fn open_devices(spec: &LinuxSpec) -> Result<Devices, LinuxVmError> {
     let disk = spec
         .disk
         .as_ref()
@@ -43,14 +46,29 @@ pub fn start_linux(spec: &LinuxSpec, console: Console) -> Result<Running, LinuxV
         }
         None => None,
     };
+    let virtio = transports(spec, disk.as_ref().map(DiskBackend::sectors));
+    Ok((disk, tap, virtio))
+}
+
+/// Fresh virtio transports for `spec` (a take-over VM builds the same).
+pub fn transports(spec: &LinuxSpec, disk_sectors: Option<u64>) -> Vec<MmioTransport> {
     let mut virtio: Vec<MmioTransport> = Vec::new();
-    if let Some(d) = &disk {
-        virtio.push(new_block(0, d.sectors()));
+    if let Some(sectors) = disk_sectors {
+        virtio.push(new_block(0, sectors));
     }
-    if tap.is_some() {
+    if spec.tap.is_some() {
         virtio.push(new_net(0, spec.mac));
     }
-    let backend = Box::new(DirectBackend::new(disk, tap, 0));
+    virtio
+}
+
+/// Builds and boots the VM with `backend` between its devices and the world.
+pub fn boot_linux_vm(
+    spec: &LinuxSpec,
+    virtio: Vec<MmioTransport>,
+    console: Console,
+    backend: Box<dyn LinuxBackend>,
+) -> Result<Running, LinuxVmError> {
     let vm = LinuxVm::create(spec.vcpus, spec.mem_mib << 20, virtio, console, backend)?;
     let loaded = vm.boot_linux(&spec.kernel, spec.initrd.as_deref(), &spec.cmdline)?;
     tracing::info!(
@@ -62,6 +80,13 @@ pub fn start_linux(spec: &LinuxSpec, console: Console) -> Result<Running, LinuxV
         "linux VM booting"
     );
     vm.start()
+}
+
+/// Builds, boots and starts the VM, unreplicated.
+pub fn start_linux(spec: &LinuxSpec, console: Console) -> Result<Running, LinuxVmError> {
+    let (disk, tap, virtio) = open_devices(spec)?;
+    let backend = Box::new(DirectBackend::new(disk, tap, 0));
+    boot_linux_vm(spec, virtio, console, backend)
 }
 
 /// Runs the VM to its end.

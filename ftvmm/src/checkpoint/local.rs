@@ -1,0 +1,297 @@
+//! `ftvmm linux --local-secondary`: a checkpoint pair inside one process,
+//! for testing epochs and take-over on a real Linux guest where only one
+//! host runs (the QEMU host with nested KVM): the Primary VM with the gated
+//! backend and the epoch loop; the Secondary a receiver thread that applies
+//! every epoch to staging memory and acknowledges it. When the trigger file
+//! appears, the Primary is abandoned as a dead host's would be (no last
+//! epoch, nothing more released) and the Secondary resumes the guest from
+//! its last complete epoch, on the same disk and TAP, unreplicated.
+//!
+//! What this does not have (the two-host pair does): the authenticated
+//! channel between hosts, failure detection, fencing and generations. The
+//! epoch path, the Output Rule and the take-over are the real ones.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::gate::{EpochGate, GateConfig};
+use super::gated::{FrameOut, GatedBackend, GatedOutputs};
+use super::primary::{self, EpochSink, EpochStats, LoopConfig};
+use super::receiver::Receiver;
+use super::secondary::{self, Rebuild, Staging};
+use crate::io::{BlockOp, BlockRequest, BlockStatus};
+use crate::linux::backend::DirectBackend;
+use crate::linux::bus::Console;
+use crate::linux::machine::{Report, Running};
+use crate::linux::run::{boot_linux_vm, open_devices, transports, LinuxSpec};
+use crate::linux::{End, LinuxVmError};
+use crate::live::{DiskBackend, Tap};
+
+/// The pair's settings.
+#[derive(Debug, Clone)]
+pub struct LocalPair {
+    pub epoch: Duration,
+    /// Take over when this file exists.
+    pub take_over_on: Option<PathBuf>,
+}
+
+/// End an epoch early past 16 MiB dirty or 8 MiB of pending writes.
+const GATE: GateConfig = GateConfig {
+    max_dirty_pages: 4096,
+    max_write_bytes: 8 << 20,
+};
+
+/// How often a console line sums up the epochs.
+const REPORT_EVERY: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPairError {
+    #[error(transparent)]
+    Vm(#[from] LinuxVmError),
+    #[error(transparent)]
+    TakeOver(#[from] secondary::TakeOverError),
+    #[error("the Secondary refused an epoch: {0}")]
+    Refused(#[from] super::receiver::ReceiveError),
+}
+
+struct ChanSink(mpsc::Sender<Vec<u8>>);
+
+impl EpochSink for ChanSink {
+    fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
+        self.0
+            .send(piece)
+            .map_err(|_| "the Secondary is gone".into())
+    }
+}
+
+/// Figures of the epochs, summed up on the console.
+#[derive(Default)]
+struct Summary {
+    pauses_us: Vec<u64>,
+    pages: u64,
+    bytes: u64,
+}
+
+impl Summary {
+    fn add(&mut self, e: &EpochStats) {
+        self.pauses_us.push(e.pause.as_micros() as u64);
+        self.pages += e.pages as u64;
+        self.bytes += e.bytes as u64;
+        if e.number == 1 || e.number.is_multiple_of(REPORT_EVERY) {
+            let mut p = self.pauses_us.clone();
+            p.sort_unstable();
+            let n = p.len().max(1) as u64;
+            eprintln!(
+                "checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch (last {} epochs)",
+                e.number,
+                p.get(p.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
+                p.last().copied().unwrap_or(0) as f64 / 1000.0,
+                self.pages as f64 / n as f64,
+                self.bytes as f64 / n as f64 / 1024.0,
+                p.len()
+            );
+            *self = Summary::default();
+        }
+    }
+}
+
+fn frame_out(tap: Option<Arc<Tap>>) -> Option<FrameOut> {
+    let tap = tap?;
+    Some(Box::new(move |f: &[u8]| {
+        if let Err(e) = tap.send(f) {
+            tracing::debug!("checkpoint TAP send: {e}");
+        }
+    }))
+}
+
+/// Writes `writes` in order, then flushes (the take-over's unfinished epoch
+/// writes).
+fn write_all(disk: &mut DiskBackend, writes: &[super::epoch::DiskWrite]) -> Result<(), String> {
+    let reqs = writes
+        .iter()
+        .map(|w| BlockOp::Write {
+            sector: w.sector,
+            data: w.data.clone(),
+        })
+        .chain(std::iter::once(BlockOp::Flush));
+    for (i, op) in reqs.enumerate() {
+        let req = BlockRequest {
+            dev: 0,
+            id: i as u64,
+            op,
+        };
+        match disk.execute(&req) {
+            Ok((BlockStatus::Ok, _)) => {}
+            Ok((s, _)) => return Err(format!("request {i}: {s:?}")),
+            Err(e) => return Err(format!("request {i}: {e:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pair to the guest's end (module doc).
+pub fn run_local_pair(
+    spec: &LinuxSpec,
+    pair: &LocalPair,
+    console: Console,
+    on_start: impl Fn(&Running),
+) -> Result<Report, LocalPairError> {
+    let (disk, tap, virtio) = open_devices(spec)?;
+    let disk_sectors = disk.as_ref().map(DiskBackend::sectors);
+    let tap = tap.map(Arc::new);
+    let outputs = GatedOutputs::new(EpochGate::new(GATE, 1), frame_out(tap.clone()));
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let f2 = Arc::clone(&failed);
+    let backend = GatedBackend::new(
+        Arc::clone(&outputs),
+        disk,
+        tap,
+        0,
+        Box::new(move |why| *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(why)),
+    );
+    let console = SharedConsole::new(console);
+    let running = boot_linux_vm(spec, virtio, Box::new(console.clone()), Box::new(backend))?;
+    on_start(&running);
+
+    // The Secondary.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let acks = Arc::clone(&outputs);
+    let applied_at: Arc<Mutex<Instant>> = Arc::new(Mutex::new(Instant::now()));
+    let a2 = Arc::clone(&applied_at);
+    let mem_size = spec.mem_mib << 20;
+    let secondary = std::thread::Builder::new()
+        .name("ckpt-secondary".into())
+        .spawn(move || -> Result<Receiver<Staging>, LocalPairError> {
+            let mut r = Receiver::new(1, Staging::new(mem_size)?, 0);
+            for piece in rx {
+                match r.on_piece(&piece) {
+                    Ok(Some(e)) => {
+                        *a2.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                        if let Err(err) = acks.on_ack(e) {
+                            tracing::warn!("checkpoint: {err}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!("checkpoint: epoch refused: {err}"),
+                }
+            }
+            Ok(r)
+        })
+        .map_err(LinuxVmError::Thread)?;
+
+    // The epochs, until the guest ends or the trigger.
+    let stop = AtomicBool::new(false);
+    let mut link = ChanSink(tx);
+    let cfg = LoopConfig {
+        epoch: pair.epoch,
+        first_full: true,
+    };
+    let triggered = std::thread::scope(|s| {
+        let epochs = s.spawn(|| {
+            let mut sum = Summary::default();
+            primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| sum.add(e))
+        });
+        let triggered = loop {
+            if running.ended().is_some() {
+                break false;
+            }
+            if pair.take_over_on.as_ref().is_some_and(|p| p.exists()) {
+                break true;
+            }
+            if let Some(why) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                eprintln!("checkpoint: {why}");
+                running.stop();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        stop.store(true, Ordering::SeqCst);
+        if let Ok(Err(e)) = epochs.join() {
+            if !matches!(e, primary::EpochLoopError::VmEnded) {
+                eprintln!("checkpoint: epoch loop ended: {e}");
+            }
+        }
+        triggered
+    });
+    let (current, acked, durable) = outputs.progress();
+    if !triggered {
+        drop(link);
+        let _ = secondary.join();
+        return Ok(running.wait());
+    }
+
+    // The Primary dies: nothing more leaves it, its VM stops where it is.
+    let t = Instant::now();
+    outputs.halt();
+    running.stop();
+    let old = running.wait();
+    // The old VM's devices hold the TAP and the disk: closed before the
+    // take-over opens them again.
+    drop(running);
+    drop(link);
+    drop(outputs);
+    eprintln!(
+        "checkpoint: primary abandoned in epoch {current} (acknowledged {acked}, durable {durable}; its VM: {})",
+        old.end
+    );
+    let r = secondary
+        .join()
+        .map_err(|_| LinuxVmError::Memory("the Secondary thread panicked".into()))??;
+    let advance = applied_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .elapsed();
+    let (disk, tap, _) = open_devices(spec)?;
+    let mut pending_disk = spec
+        .disk
+        .as_ref()
+        .map(|d| DiskBackend::open(d, 0))
+        .transpose()
+        .map_err(LinuxVmError::from)?;
+    let rebuild = Rebuild {
+        vcpus: spec.vcpus,
+        virtio: transports(spec, disk_sectors),
+        console: Box::new(console),
+        backend: Box::new(DirectBackend::new(disk, tap, 0)),
+        advance_ns: advance.as_nanos() as u64,
+    };
+    let pending = r.take_over();
+    let n_writes = pending.writes.len();
+    let (running2, epoch) = secondary::take_over(pending, rebuild, |w| match &mut pending_disk {
+        Some(d) => write_all(d, w),
+        None if w.is_empty() => Ok(()),
+        None => Err("writes to finish but no disk".into()),
+    })?;
+    eprintln!(
+        "checkpoint: took over at epoch {epoch} in {} ms ({n_writes} unfinished writes rewritten; guest clock moved {} ms)",
+        t.elapsed().as_millis(),
+        advance.as_millis()
+    );
+    on_start(&running2);
+    let report = running2.wait();
+    if let End::Error(e) = &report.end {
+        tracing::warn!("take-over VM: {e}");
+    }
+    Ok(report)
+}
+
+/// One console for both VMs (the take-over VM writes where the Primary did).
+#[derive(Clone)]
+struct SharedConsole(Arc<Mutex<Console>>);
+
+impl SharedConsole {
+    fn new(c: Console) -> Self {
+        SharedConsole(Arc::new(Mutex::new(c)))
+    }
+}
+
+impl std::io::Write for SharedConsole {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
