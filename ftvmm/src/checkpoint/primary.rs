@@ -8,7 +8,8 @@
 //! (`state::capture`); the userspace devices (`Bus::save_devices`); and the
 //! gate's epoch boundary, all at the same instant, so the epoch's pages,
 //! state, disk writes and frames describe one point of the guest's run.
-//! The first epoch carries every page (the staging copy starts empty).
+//! The first epoch carries every page (the staging copy starts empty),
+//! copied while the guest runs and completed in the pause ([`pre_copy`]).
 //!
 //! Sending: pieces go to an [`EpochSink`] (the channel to the Secondary, or
 //! a test's in-process link) in order; the Secondary's acknowledgements come
@@ -55,34 +56,72 @@ pub struct Harvest {
     pub devices: Vec<u8>,
 }
 
-/// Takes the epoch from the paused VM (module doc). `full`: every page.
-pub fn harvest(p: &mut Paused<'_>, full: bool) -> Result<Harvest, String> {
+/// Every page of guest memory, copied while the guest runs, and the dirty
+/// log reset just before the copy started: the first epoch's pause then
+/// only re-copies what the guest wrote since (as live migration's first
+/// round), instead of all of memory with the guest stopped.
+pub struct PreCopy {
+    contents: Vec<u8>,
+}
+
+/// Resets the dirty log (a short pause), then copies all memory while the
+/// guest runs.
+pub fn pre_copy(running: &Running) -> Result<PreCopy, String> {
+    let mem_size = running.with_paused(|p| -> Result<u64, String> {
+        p.vm.get_dirty_log(0, p.mem_size as usize)
+            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+        p.bus.take_dirty_pages();
+        Ok(p.mem_size)
+    })?;
+    let mem = running.memory();
+    let mut contents = vec![0u8; mem_size as usize];
+    for (i, chunk) in contents.chunks_mut(1 << 20).enumerate() {
+        mem.read_slice(chunk, GuestAddress((i as u64) << 20))
+            .map_err(|e| format!("pre-copy at MiB {i}: {e}"))?;
+    }
+    Ok(PreCopy { contents })
+}
+
+/// Takes the epoch from the paused VM (module doc). With `full`, every page:
+/// the pre-copy with the pages dirtied since it started copied again.
+pub fn harvest(p: &mut Paused<'_>, full: Option<PreCopy>) -> Result<Harvest, String> {
     let pages = p.mem_size / PAGE_SIZE as u64;
-    // Read (and so reset) the dirty log even for a full epoch: the next
-    // epoch must start from this instant.
     let bitmap =
         p.vm.get_dirty_log(0, p.mem_size as usize)
             .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
-    let device_pages = p.bus.take_dirty_pages();
-    let mut gfns = if full {
-        (0..pages).collect()
-    } else {
-        let mut g = bitmap_to_gfns(&bitmap);
-        g.extend(device_pages.into_iter().filter(|&g| g < pages));
-        g.sort_unstable();
-        g.dedup();
-        g
-    };
-    gfns.retain(|&g| g < pages);
-    let mut contents = vec![0u8; gfns.len() * PAGE_SIZE];
-    for (i, &gfn) in gfns.iter().enumerate() {
+    let mut dirty = bitmap_to_gfns(&bitmap);
+    dirty.extend(p.bus.take_dirty_pages());
+    dirty.retain(|&g| g < pages);
+    dirty.sort_unstable();
+    dirty.dedup();
+    let copy = |gfn: u64, into: &mut [u8]| {
         p.mem
-            .read_slice(
-                &mut contents[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
-                GuestAddress(gfn * PAGE_SIZE as u64),
-            )
-            .map_err(|e| format!("page {gfn}: {e}"))?;
-    }
+            .read_slice(into, GuestAddress(gfn * PAGE_SIZE as u64))
+            .map_err(|e| format!("page {gfn}: {e}"))
+    };
+    let (gfns, contents) = match full {
+        Some(PreCopy { mut contents }) => {
+            if contents.len() as u64 != p.mem_size {
+                return Err(format!(
+                    "pre-copy of {} bytes for {} bytes of memory",
+                    contents.len(),
+                    p.mem_size
+                ));
+            }
+            for &gfn in &dirty {
+                let at = gfn as usize * PAGE_SIZE;
+                copy(gfn, &mut contents[at..at + PAGE_SIZE])?;
+            }
+            ((0..pages).collect(), contents)
+        }
+        None => {
+            let mut contents = vec![0u8; dirty.len() * PAGE_SIZE];
+            for (i, &gfn) in dirty.iter().enumerate() {
+                copy(gfn, &mut contents[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])?;
+            }
+            (dirty, contents)
+        }
+    };
     let machine = p
         .capture()
         .and_then(|m| m.encode())
@@ -148,9 +187,17 @@ pub fn one_epoch(
     sink: &mut dyn EpochSink,
     full: bool,
 ) -> Result<EpochStats, EpochLoopError> {
+    let pre = if full {
+        Some(pre_copy(running).map_err(|why| EpochLoopError::Harvest {
+            epoch: outputs.progress().0,
+            why,
+        })?)
+    } else {
+        None
+    };
     let t = Instant::now();
     let (taken, closed) = running.with_paused(|p| {
-        let h = harvest(p, full);
+        let h = harvest(p, pre);
         // The boundary is drawn even if the harvest failed, so the gate's
         // epochs stay in step with what was (not) shipped; a failed
         // harvest ends the loop and nothing of that epoch is ever released.
