@@ -368,7 +368,18 @@ fn writes(host: &Host) -> Vec<(u32, Duration)> {
         .collect()
 }
 
+/// KNOWN TO FAIL, so not in `make test` (issue 11, stop 22): the Primary
+/// triple-faults within 2–60 s of running epochs (7 of 7 runs). Bisected
+/// with one-off switches in ftvmm: pauses alone (kick, settle, park) and the
+/// pre-copy of touched pages: the guest runs; epochs that call either
+/// `KVM_GET_DIRTY_LOG` or the state capture (vCPU ioctls from the epoch
+/// thread): it triple-faults; neither: it runs (and reached the take-over,
+/// which then had no machine state). Next: capture on each vCPU's own thread
+/// (as QEMU does), `KVM_CLEAR_DIRTY_LOG`/dirty ring, and a run on real
+/// hardware (the L1 here is nested KVM on QEMU-TCG's emulated SVM).
+/// `FT_CKPT_L1_ENV` puts environment (e.g. `RUST_LOG=debug `) before ftvmm.
 #[test]
+#[ignore = "known failure under nested KVM on TCG: the Primary triple-faults while epochs run (issue 11)"]
 fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
     let inp = inputs();
     let dir = tempfile::Builder::new()
@@ -380,7 +391,7 @@ fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
     let l1 = dir.path().join("l1-initrd.img");
     let run = format!(
         "echo 'l1: starting ftvmm linux with a local secondary'
-ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
+{debug}ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
   --disk /tmp/disk.img --cmdline '{cmdline}' --local-secondary --epoch-ms 20 \\
   --take-over-on /tmp/take-over > /tmp/console 2>&1 &
 PID=$!
@@ -397,7 +408,8 @@ echo \"l1: disk holds $(dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | 
 sleep 1
 poweroff -f
 ",
-        cmdline = guest_cmdline()
+        cmdline = guest_cmdline(),
+        debug = std::env::var("FT_CKPT_L1_ENV").unwrap_or_default()
     );
     l1_initrd(&inp, &guest, &run, &l1);
     let t = Instant::now();

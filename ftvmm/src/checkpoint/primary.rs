@@ -20,7 +20,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
 use super::gated::GatedOutputs;
@@ -56,30 +56,42 @@ pub struct Harvest {
     pub devices: Vec<u8>,
 }
 
-/// Every page of guest memory, copied while the guest runs, and the dirty
-/// log reset just before the copy started: the first epoch's pause then
-/// only re-copies what the guest wrote since (as live migration's first
-/// round), instead of all of memory with the guest stopped.
+/// Every page of guest memory anything ever wrote, copied while the guest
+/// runs, and the dirty log reset just before the copy started: the first
+/// epoch's pause then only re-copies what the guest wrote since (as live
+/// migration's first round), instead of all of memory with the guest
+/// stopped. Pages never touched are zero here and in the staging copy, and
+/// are not read ([`super::resident`]).
 pub struct PreCopy {
+    gfns: Vec<u64>,
     contents: Vec<u8>,
 }
 
-/// Resets the dirty log (a short pause), then copies all memory while the
-/// guest runs.
+/// Resets the dirty log (a short pause), then copies every touched page
+/// while the guest runs.
 pub fn pre_copy(running: &Running) -> Result<PreCopy, String> {
-    let mem_size = running.with_paused(|p| -> Result<u64, String> {
+    running.with_paused(|p| -> Result<(), String> {
         p.vm.get_dirty_log(0, p.mem_size as usize)
             .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
         p.bus.take_dirty_pages();
-        Ok(p.mem_size)
+        Ok(())
     })?;
     let mem = running.memory();
-    let mut contents = vec![0u8; mem_size as usize];
-    for (i, chunk) in contents.chunks_mut(1 << 20).enumerate() {
-        mem.read_slice(chunk, GuestAddress((i as u64) << 20))
-            .map_err(|e| format!("pre-copy at MiB {i}: {e}"))?;
+    let size = mem.last_addr().raw_value() + 1;
+    let base = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| format!("guest memory: {e}"))?;
+    let gfns = super::resident::touched_pages(base, size as usize)
+        .map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    let mut contents = vec![0u8; gfns.len() * PAGE_SIZE];
+    for (i, &gfn) in gfns.iter().enumerate() {
+        mem.read_slice(
+            &mut contents[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+            GuestAddress(gfn * PAGE_SIZE as u64),
+        )
+        .map_err(|e| format!("pre-copy of page {gfn}: {e}"))?;
     }
-    Ok(PreCopy { contents })
+    Ok(PreCopy { gfns, contents })
 }
 
 /// Takes the epoch from the paused VM (module doc). With `full`, every page:
@@ -100,19 +112,33 @@ pub fn harvest(p: &mut Paused<'_>, full: Option<PreCopy>) -> Result<Harvest, Str
             .map_err(|e| format!("page {gfn}: {e}"))
     };
     let (gfns, contents) = match full {
-        Some(PreCopy { mut contents }) => {
-            if contents.len() as u64 != p.mem_size {
-                return Err(format!(
-                    "pre-copy of {} bytes for {} bytes of memory",
-                    contents.len(),
-                    p.mem_size
-                ));
+        Some(PreCopy {
+            gfns: pre,
+            contents: pre_contents,
+        }) => {
+            // The pre-copied pages, then those dirtied since, copied again
+            // now: the union, ascending, each page's newest contents.
+            let mut all: Vec<u64> = pre.iter().chain(&dirty).copied().collect();
+            all.sort_unstable();
+            all.dedup();
+            let mut contents = vec![0u8; all.len() * PAGE_SIZE];
+            let mut from_pre = pre
+                .iter()
+                .zip(pre_contents.chunks_exact(PAGE_SIZE))
+                .peekable();
+            for (i, &gfn) in all.iter().enumerate() {
+                let into = &mut contents[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                while from_pre.peek().is_some_and(|(g, _)| **g < gfn) {
+                    from_pre.next();
+                }
+                match from_pre.peek() {
+                    Some((g, c)) if **g == gfn && dirty.binary_search(&gfn).is_err() => {
+                        into.copy_from_slice(c)
+                    }
+                    _ => copy(gfn, into)?,
+                }
             }
-            for &gfn in &dirty {
-                let at = gfn as usize * PAGE_SIZE;
-                copy(gfn, &mut contents[at..at + PAGE_SIZE])?;
-            }
-            ((0..pages).collect(), contents)
+            (all, contents)
         }
         None => {
             let mut contents = vec![0u8; dirty.len() * PAGE_SIZE];

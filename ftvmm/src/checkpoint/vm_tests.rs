@@ -99,10 +99,13 @@ fn a_vm_restored_from_the_last_epoch_equals_the_primary_there_and_runs_on() {
         h.join().unwrap().expect("epochs ran without error");
     });
     let epochs = epochs.into_inner().unwrap();
-    assert_eq!(
-        epochs[0].pages as u64,
-        MEM / 4096,
-        "the first epoch is full"
+    // The first epoch carries every page ever touched (code, counter,
+    // tables), not the untouched rest of memory (zero on both sides); the
+    // memory comparison below checks that this is enough.
+    assert!(
+        epochs[0].pages >= 2 && (epochs[0].pages as u64) < MEM / 4096 / 2,
+        "first epoch: {} pages",
+        epochs[0].pages
     );
     assert!(
         epochs[1..].iter().all(|e| e.pages < 64),
