@@ -4,12 +4,9 @@
 //! Secondary's staging memory starts zeroed).
 //!
 //! Why not read every page: reading an untouched page of anonymous memory
-//! maps the (huge) zero page into the VMM's page tables; a stock Linux guest
-//! then writing there raced with that mapping under nested KVM in the QEMU
-//! test host and triple-faulted (seen in 3 of 3 runs that read all 128 MiB;
-//! 0 of 1 that did not). Whatever the root cause in the host's KVM, the
-//! first epoch should not fault in memory the guest never used: it costs a
-//! 3 GiB guest 3 GiB of host memory at the first epoch otherwise.
+//! faults it in (the zero page, or a real page with THP), so a first epoch
+//! that read all of a 3 GiB guest would cost the host up to 3 GiB for
+//! nothing, and copying it would lengthen the first epoch for nothing.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
