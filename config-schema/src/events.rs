@@ -64,15 +64,36 @@ pub struct Event {
     pub text: String,
 }
 
-/// A bounded ring of events.
+impl EventKind {
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Failover,
+        EventKind::Respawn,
+        EventKind::Fencing,
+        EventKind::ConfigRefused,
+        EventKind::Membership,
+    ];
+
+    fn index(self) -> usize {
+        EventKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .expect("ALL lists every kind")
+    }
+}
+
+/// A bounded ring of events, and how many of each kind ever happened.
 #[derive(Debug, Default)]
 pub struct EventRing {
     events: VecDeque<Event>,
     dropped: u64,
+    /// Events of each kind since the process started, in [`EventKind::ALL`]
+    /// order; never decreases (the metrics' counters).
+    counts: [u64; EventKind::ALL.len()],
 }
 
 impl EventRing {
     pub fn push(&mut self, e: Event) {
+        self.counts[e.kind.index()] += 1;
         if self.events.len() == CAPACITY {
             self.events.pop_front();
             self.dropped += 1;
@@ -89,11 +110,20 @@ impl EventRing {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+
+    /// `{kind name: count}` for every kind.
+    pub fn counts(&self) -> serde_json::Map<String, serde_json::Value> {
+        EventKind::ALL
+            .iter()
+            .map(|k| (k.name().replace(' ', "_"), self.counts[k.index()].into()))
+            .collect()
+    }
 }
 
 static RING: Mutex<EventRing> = Mutex::new(EventRing {
     events: VecDeque::new(),
     dropped: 0,
+    counts: [0; EventKind::ALL.len()],
 });
 
 fn ring() -> std::sync::MutexGuard<'static, EventRing> {
@@ -129,11 +159,14 @@ pub fn dropped() -> u64 {
     ring().dropped()
 }
 
-/// The `"events"` and `"events_dropped"` fields a daemon adds to its status.
+/// The `"events"`, `"events_dropped"` and `"event_counts"` fields a daemon
+/// adds to its status.
 pub fn status_fields(status: &mut serde_json::Value) {
+    let r = ring();
     if let Some(m) = status.as_object_mut() {
-        m.insert("events".into(), serde_json::json!(recent()));
-        m.insert("events_dropped".into(), serde_json::json!(dropped()));
+        m.insert("events".into(), serde_json::json!(r.events()));
+        m.insert("events_dropped".into(), serde_json::json!(r.dropped()));
+        m.insert("event_counts".into(), serde_json::Value::Object(r.counts()));
     }
 }
 
@@ -162,6 +195,8 @@ mod tests {
         assert_eq!(got[0].unix_ms, 5);
         assert_eq!(got.last().unwrap().unix_ms, CAPACITY as u64 + 4);
         assert_eq!(r.dropped(), 5);
+        assert_eq!(r.counts()["fencing"], CAPACITY as u64 + 5);
+        assert_eq!(r.counts()["config_refused"], 0);
     }
 
     #[test]

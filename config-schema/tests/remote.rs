@@ -73,6 +73,9 @@ impl Backend for Fixed {
             ],
         }
     }
+    fn metrics(&self) -> String {
+        "# TYPE ft_test gauge\nft_test 1\n# EOF\n".into()
+    }
     fn peer_query(&self, _: &mut TcpStream, _: &[u8; 32], _: &str, _: &str) -> Result<(), String> {
         Err("this test backend takes no host queries".into())
     }
@@ -228,6 +231,15 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["metrics", "--host", &addr.to_string(), "--key", DEV_KEY])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "# TYPE ft_test gauge\nft_test 1\n# EOF\n"
+    );
     // Another key: exit 1, one line naming the refusal.
     let dir = tempfile::tempdir().unwrap();
     let st = Command::new(env!("CARGO_BIN_EXE_ftctl"))

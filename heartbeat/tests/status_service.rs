@@ -142,13 +142,12 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
     fake_fencing(&sock);
     let (a, b) = (start(0, sock), start(1, dir.path().join("none.sock")));
     let until = Instant::now() + Duration::from_secs(60);
-    while !a
-        .handle()
-        .peers()
-        .iter()
-        .any(|p| p.host == "host-b" && p.alive)
-    {
-        assert!(Instant::now() < until, "host-a never saw host-b");
+    let sees = |d: &Daemon, h: &str| d.handle().peers().iter().any(|p| p.host == h && p.alive);
+    while !(sees(&a, "host-b") && sees(&b, "host-a")) {
+        assert!(
+            Instant::now() < until,
+            "host-a and host-b never saw each other"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Asked at host-b, gathered from host-a over Noise.
@@ -193,6 +192,21 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
+    // The same figures as OpenMetrics text, for the same operator.
+    let Reply::Metrics { text } =
+        client::query(addr(0), &dev_key(), OperatorRequest::Metrics, T).unwrap()
+    else {
+        panic!("metrics")
+    };
+    for want in [
+        "ft_heartbeat_peer_up{host=\"host-a\",peer=\"host-b\"} 1",
+        "ft_watchdog_armed{host=\"host-a\"} 1",
+        "ft_daemon_up{host=\"host-a\",daemon=\"ftvmm\"} 0",
+        "# TYPE ft_events counter",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
     drop((a, b));
 }
 

@@ -1,7 +1,7 @@
 //! `ftctl`: the operator's tool for keys, config disks and daemon status.
 //!
 //! Verbs: `keygen`, `host-keygen`, `operator-keygen`, `check`, `make-disk`, `verify`, `show`,
-//! `state`, `update-disk`, `status`, `image write`, `image check`. Every
+//! `state`, `update-disk`, `status`, `metrics`, `image write`, `image check`. Every
 //! failure ends with a non-zero exit status and one line on stderr naming
 //! the reason.
 
@@ -104,6 +104,15 @@ enum Cmd {
         #[arg(long)]
         pubkey: PathBuf,
     },
+    /// A host's figures as OpenMetrics text, over the network (operator key).
+    Metrics {
+        /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
+        #[arg(long)]
+        host: String,
+        /// The operator's private key (PKCS#8), listed in the config's [[operators]].
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Operator Linux images ([[images]]) on the shared device: write, check.
     Image {
         #[command(subcommand)]
@@ -169,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             ..
         } => remote::cluster_status(&host, &key, json, only_this_host),
         Cmd::Status { socket, .. } => status(socket),
+        Cmd::Metrics { host, key } => remote::metrics(&host, &key),
         Cmd::Image { cmd } => image::run(cmd),
     }
 }

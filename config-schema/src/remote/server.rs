@@ -28,6 +28,8 @@ pub trait Backend: Send + Sync + 'static {
     fn operators(&self) -> Operators;
     fn host_report(&self) -> HostReport;
     fn cluster_report(&self) -> ClusterReport;
+    /// This host's figures as OpenMetrics text.
+    fn metrics(&self) -> String;
     /// Another host's query (`ClientMsg::Host`): authenticate it with the
     /// Noise message, whose payload must be `nonce`, and answer on `stream`.
     fn peer_query(
@@ -129,6 +131,9 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
                         },
                         OperatorRequest::HostStatus => Reply::Host {
                             report: backend.host_report(),
+                        },
+                        OperatorRequest::Metrics => Reply::Metrics {
+                            text: backend.metrics(),
                         },
                     };
                     if let Err(e) = wire::write_frame(&mut stream, &reply) {

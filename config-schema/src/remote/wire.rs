@@ -29,6 +29,8 @@ pub enum OperatorRequest {
     ClusterStatus,
     /// The queried host's report only.
     HostStatus,
+    /// The queried host's figures as OpenMetrics text.
+    Metrics,
 }
 
 /// The client's one message.
@@ -52,9 +54,19 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Reply {
-    Cluster { report: ClusterReport },
-    Host { report: HostReport },
-    Refused { reason: String },
+    Cluster {
+        report: ClusterReport,
+    },
+    Host {
+        report: HostReport,
+    },
+    /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
+    Metrics {
+        text: String,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Why a frame was not read or not understood.

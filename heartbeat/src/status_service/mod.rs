@@ -12,7 +12,10 @@
 //! - A cluster report: this host's report and every other host's, asked in
 //!   parallel over Noise IK ([`noise`]) with a deadline; a host that does not
 //!   answer is listed with the reason.
+//! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
+//!   same operators over the same protocol (`ftctl metrics`).
 
+pub mod metrics;
 pub mod noise;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -191,6 +194,10 @@ impl Backend for Service {
             vms: self.cfg.vms.clone(),
             hosts,
         }
+    }
+
+    fn metrics(&self) -> String {
+        metrics::openmetrics(&self.host_report())
     }
 
     fn peer_query(

@@ -1,5 +1,5 @@
-//! `ftctl operator-keygen` and `ftctl status --cluster`: operator keys and
-//! the network status query (`config_schema::remote`).
+//! `ftctl operator-keygen`, `ftctl status --cluster` and `ftctl metrics`:
+//! operator keys and the network queries (`config_schema::remote`).
 
 use std::fs;
 use std::path::Path;
@@ -56,6 +56,22 @@ pub fn cluster_status(host: &str, key: &Path, json: bool, only_this_host: bool) 
         Reply::Cluster { report } if json => println!("{}", serde_json::to_string_pretty(&report)?),
         Reply::Cluster { report } => print!("{}", render::render(&report)),
         Reply::Host { report } => println!("{}", serde_json::to_string_pretty(&report)?),
+        Reply::Metrics { .. } => bail!("{addr} answered metrics to a status query"),
+    }
+    Ok(())
+}
+
+/// `ftctl metrics --host ADDR --key FILE`: the host's OpenMetrics text.
+pub fn metrics(host: &str, key: &Path) -> Result<()> {
+    let der =
+        fs::read(key).with_context(|| format!("cannot read operator key {}", key.display()))?;
+    let key =
+        OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
+    let addr = client::resolve(host)?;
+    match client::query(addr, &key, OperatorRequest::Metrics, QUERY_TIMEOUT)? {
+        Reply::Metrics { text } => print!("{text}"),
+        Reply::Refused { reason } => bail!("refused: {reason}"),
+        other => bail!("{addr} answered {other:?} to a metrics query"),
     }
     Ok(())
 }
