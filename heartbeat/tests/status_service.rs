@@ -262,13 +262,26 @@ fn unlisted_operators_impostor_hosts_and_replays_are_refused() {
 }
 
 fn alt(i: usize) -> SocketAddr {
-    SocketAddr::from(([127, 79, 2, i as u8 + 1], TCP))
+    on(2, i)
+}
+
+fn on(net: u8, i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 79, net, i as u8 + 1], TCP))
 }
 
 /// Host `i`'s service alone (no heartbeat daemon) on 127.79.2.x.
 fn start_on(i: usize, dir: &Path) {
+    start_in(2, i, dir)
+}
+
+/// Host `i`'s service alone (no heartbeat daemon) on 127.79.`net`.x, its
+/// peers on the same net.
+fn start_in(net: u8, i: usize, dir: &Path) {
     let mut n = node(i);
-    n.bind = SocketAddr::from(([127, 79, 2, i as u8 + 1], UDP));
+    n.bind = SocketAddr::from(([127, 79, net, i as u8 + 1], UDP));
+    for p in &mut n.peers {
+        p.addr = SocketAddr::from(([127, 79, net, p.id as u8], UDP));
+    }
     let cfg = ServiceConfig {
         node: n,
         cluster: "demo".into(),
@@ -286,4 +299,33 @@ fn start_on(i: usize, dir: &Path) {
     );
     let l = svc.bind().unwrap();
     std::thread::spawn(move || svc.serve(l));
+}
+
+#[test]
+fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(3, 0, dir.path());
+    // host-b's address takes connections and says nothing; host-c has none.
+    let silent = std::net::TcpListener::bind(on(3, 1)).unwrap();
+    std::thread::spawn(move || {
+        let _held: Vec<TcpStream> = silent.incoming().flatten().collect();
+    });
+    let t0 = Instant::now();
+    let Reply::Cluster { report } = client::query(
+        on(3, 0),
+        &dev_key(),
+        OperatorRequest::ClusterStatus,
+        Duration::from_secs(30),
+    )
+    .unwrap() else {
+        panic!("a cluster report")
+    };
+    let took = t0.elapsed();
+    assert!(report.report("host-a").is_some());
+    let b = report.hosts[1].unreachable.as_deref().unwrap();
+    assert_eq!(b, "127.79.3.2:17411: no answer within the time limit");
+    let c = report.hosts[2].unreachable.as_deref().unwrap();
+    assert!(c.contains("cannot connect to 127.79.3.3:17411"), "{c}");
+    // Bounded by the peer deadline (10 s), not by the silent host.
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }

@@ -74,6 +74,8 @@ pub enum Reply {
 pub enum WireError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("no answer within the time limit")]
+    Timeout,
     #[error("frame of {len} bytes exceeds the limit of {cap} bytes")]
     TooLong { len: usize, cap: usize },
     #[error("truncated frame: {0}")]
@@ -102,26 +104,28 @@ pub fn write_raw<W: Write>(w: &mut W, body: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+/// A read error, with a socket timeout (`EAGAIN` under `SO_RCVTIMEO`) said as one.
+fn read_error(e: std::io::Error, eof: &'static str) -> WireError {
+    use std::io::ErrorKind::{TimedOut, UnexpectedEof, WouldBlock};
+    match e.kind() {
+        UnexpectedEof => WireError::Truncated(eof),
+        WouldBlock | TimedOut => WireError::Timeout,
+        _ => WireError::Io(e),
+    }
+}
+
 /// Reads one frame's bytes, refusing one longer than `cap` before reading it.
 pub fn read_raw<R: Read>(r: &mut R, cap: usize) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            WireError::Truncated("connection closed before a frame")
-        }
-        _ => WireError::Io(e),
-    })?;
+    r.read_exact(&mut len)
+        .map_err(|e| read_error(e, "connection closed before a frame"))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > cap {
         return Err(WireError::TooLong { len, cap });
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            WireError::Truncated("connection closed inside a frame")
-        }
-        _ => WireError::Io(e),
-    })?;
+    r.read_exact(&mut body)
+        .map_err(|e| read_error(e, "connection closed inside a frame"))?;
     Ok(body)
 }
 

@@ -15,6 +15,7 @@
 //! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
 //!   same operators over the same protocol (`ftctl metrics`).
 
+mod deadline;
 pub mod metrics;
 pub mod noise;
 
@@ -34,8 +35,12 @@ use serde_json::{json, Value};
 
 use crate::node::{NodeConfig, PeerConf};
 
-/// How long a host waits for another host's report (connect, then each read).
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a host waits to connect to another host's service.
+pub const PEER_CONNECT: Duration = Duration::from_secs(2);
+/// How long a host waits for another host's whole report once connected:
+/// more than a host needs to ask its own daemons (their sockets answer
+/// within `ctl::query`'s 5 s, asked in parallel).
+pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Where a host finds its daemons and its peers' services.
 #[derive(Clone)]
@@ -107,7 +112,8 @@ impl Service {
 
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
         let addr = self.cfg.peer_addr(p);
-        let (mut s, hello) = client::connect(addr, PEER_TIMEOUT).map_err(|e| e.to_string())?;
+        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
+        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
         if hello.host != p.name || hello.cluster != self.cfg.cluster {
             return Err(format!(
                 "{addr} is host {:?} of cluster {:?}, not {} of {}",
@@ -144,24 +150,28 @@ impl Backend for Service {
     }
 
     fn host_report(&self) -> HostReport {
+        // The two sockets are asked at once: a hung daemon costs one timeout.
+        let (fencing, ftvmm) = std::thread::scope(|s| {
+            let f = s.spawn(|| daemon_status(&self.cfg.fencing_socket));
+            let v = daemon_status(&self.cfg.ftvmm_socket);
+            let f = f
+                .join()
+                .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
+            (f, v)
+        });
         HostReport {
             host: self.cfg.node.name.clone(),
             config_generation: self.cfg.config_generation,
             unix_ms: events::unix_ms_now(),
             heartbeat: (self.heartbeat_status)(),
-            fencing: daemon_status(&self.cfg.fencing_socket),
-            ftvmm: daemon_status(&self.cfg.ftvmm_socket),
+            fencing,
+            ftvmm,
         }
     }
 
     fn cluster_report(&self) -> ClusterReport {
-        let own = HostEntry {
-            host: self.cfg.node.name.clone(),
-            addr: self.cfg.bind().to_string(),
-            report: Some(self.host_report()),
-            unreachable: None,
-        };
-        let others: Vec<HostEntry> = std::thread::scope(|s| {
+        let (own, others): (HostEntry, Vec<HostEntry>) = std::thread::scope(|s| {
+            let own = s.spawn(|| self.host_report());
             let asks: Vec<_> = self
                 .cfg
                 .node
@@ -169,7 +179,8 @@ impl Backend for Service {
                 .iter()
                 .map(|p| (p, s.spawn(move || self.ask_peer(p))))
                 .collect();
-            asks.into_iter()
+            let others = asks
+                .into_iter()
                 .map(|(p, h)| {
                     let r = h
                         .join()
@@ -181,7 +192,14 @@ impl Backend for Service {
                         report: r.ok(),
                     }
                 })
-                .collect()
+                .collect();
+            let own = HostEntry {
+                host: self.cfg.node.name.clone(),
+                addr: self.cfg.bind().to_string(),
+                unreachable: None,
+                report: own.join().ok(),
+            };
+            (own, others)
         });
         let mut hosts: Vec<HostEntry> = others;
         hosts.push(own);
