@@ -128,10 +128,10 @@ enum Cmd {
         #[arg(long, requires_all = ["host", "key"])]
         cluster: bool,
         /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
-        #[arg(long)]
+        #[arg(long, requires = "cluster")]
         host: Option<String>,
         /// The operator's private key (PKCS#8), listed in the config's [[operators]].
-        #[arg(long)]
+        #[arg(long, requires = "cluster")]
         key: Option<PathBuf>,
         /// Print the gathered reports as JSON instead of text.
         #[arg(long, requires = "cluster")]

@@ -14,17 +14,19 @@ use super::{MAX_REPLY_FRAME, PORT, VERSION};
 pub enum ClientError {
     #[error("{addr:?} is not an address (want IP, IP:PORT or NAME:PORT)")]
     Address { addr: String },
-    #[error("cannot connect to {addr}: {source}")]
+    // Fields named `error`, not `source`: the message already says it, and
+    // a `source` would be printed twice in `ftctl`'s error chain.
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{addr}: {source}")]
-    Wire { addr: SocketAddr, source: WireError },
+    #[error("{addr}: {error}")]
+    Wire { addr: SocketAddr, error: WireError },
     #[error("{addr} speaks status protocol version {got}; this build speaks {VERSION}")]
     Version { addr: SocketAddr, got: u32 },
-    #[error("{addr}: {source}")]
-    Auth { addr: SocketAddr, source: AuthError },
+    #[error("{addr}: {error}")]
+    Auth { addr: SocketAddr, error: AuthError },
 }
 
 /// `IP`, `IP:PORT` or `NAME:PORT`; the port defaults to [`PORT`].
@@ -45,8 +47,8 @@ pub fn connect(
     timeout: Duration,
 ) -> Result<(TcpStream, ServerHello), ClientError> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|source| ClientError::Connect { addr, source })?;
-    let wire = |source| ClientError::Wire { addr, source };
+        .map_err(|error| ClientError::Connect { addr, error })?;
+    let wire = |error| ClientError::Wire { addr, error };
     s.set_read_timeout(Some(timeout))
         .map_err(|e| wire(e.into()))?;
     s.set_write_timeout(Some(timeout))
@@ -72,8 +74,8 @@ pub fn query(
     let (mut s, hello) = connect(addr, timeout)?;
     let msg = key
         .sign(&hello, request)
-        .map_err(|source| ClientError::Auth { addr, source })?;
-    let wire = |source| ClientError::Wire { addr, source };
+        .map_err(|error| ClientError::Auth { addr, error })?;
+    let wire = |error| ClientError::Wire { addr, error };
     wire::write_frame(&mut s, &msg).map_err(wire)?;
     wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)
 }
