@@ -162,10 +162,13 @@ fn power_trailer_must_be_needed_and_fit() {
     assert!(matches!(decode(&bad_state), Err(CanonicalError::Decode(_))));
     let after = [&on[..], &[1, 1, 1, 0]].concat();
     assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
-    // 2 starts the replication trailer (a lone 2 is a cut one); 3 is nothing.
+    // 2 starts the replication trailer (a lone 2 is a cut one), 3 the
+    // operators trailer; 4 is nothing.
     let cut = [&on[..], &[2]].concat();
     assert!(matches!(decode(&cut), Err(CanonicalError::Decode(_))));
-    let other = [&on[..], &[3]].concat();
+    let cut = [&on[..], &[3]].concat();
+    assert!(matches!(decode(&cut), Err(CanonicalError::Decode(_))));
+    let other = [&on[..], &[4]].concat();
     assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
 }
 
@@ -363,4 +366,62 @@ fn human_readable_round_trips_keep_the_new_fields() {
     );
     assert_eq!(toml_text.matches("replication").count(), 1, "{toml_text}");
     assert_eq!(toml_text.matches("vcpus").count(), 1, "{toml_text}");
+}
+
+/// `examples/cluster.toml` with operators `names`, keys 0202…, 0303…, …
+fn example_operators(names: &[&str]) -> ClusterConfig {
+    let mut text = include_str!("../../examples/cluster.toml").to_string();
+    for (i, n) in names.iter().enumerate() {
+        let key = format!("{:02x}", i + 2).repeat(32);
+        text.push_str(&format!(
+            "\n[[operators]]\nname = \"{n}\"\npublic_key = \"{key}\"\n"
+        ));
+    }
+    parse(&text).unwrap().config
+}
+
+#[test]
+fn no_operators_keeps_the_pinned_bytes() {
+    assert_eq!(sha256_hex(&encode(&example_operators(&[]))), EXAMPLE_SHA256);
+}
+
+#[test]
+fn operators_are_a_signed_trailer_old_builds_refuse() {
+    let none = encode(&example_operators(&[]));
+    let c = example_operators(&["alice", "bob"]);
+    let with = encode(&c);
+    // 3, then 2 operators, each name and key as postcard strings.
+    let mut trailer = vec![3, 2];
+    for (n, k) in [("alice", "02".repeat(32)), ("bob", "03".repeat(32))] {
+        trailer.push(n.len() as u8);
+        trailer.extend(n.as_bytes());
+        trailer.push(64);
+        trailer.extend(k.as_bytes());
+    }
+    assert_eq!(with, [&none[..], &trailer[..]].concat());
+    assert_eq!(decode(&with).unwrap(), c);
+    // A build from before operators sees trailing bytes, not a config without them.
+    let (_, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(&with).unwrap();
+    assert_eq!(rest, &trailer[..]);
+    // Every byte of the trailer is signed: another key, another encoding.
+    let mut other = c.clone();
+    other.operators[1].public_key = "04".repeat(32);
+    assert_ne!(encode(&other), with);
+}
+
+#[test]
+fn operators_trailer_must_be_needed_fit_and_come_last() {
+    let none = encode(&example_operators(&[]));
+    let empty = [&none[..], &[3, 0]].concat();
+    assert!(matches!(decode(&empty), Err(CanonicalError::NoOperators)));
+    let with = encode(&example_operators(&["alice"]));
+    let after = [&with[..], &[0]].concat();
+    assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
+    // Power off and operators: both trailers, in the order of their first byte.
+    let mut c = example_operators(&["alice"]);
+    c.vms[0].power = Power::Off;
+    let both = encode(&c);
+    assert_eq!(both[none.len()..none.len() + 3], [1, 1, 1]);
+    assert_eq!(both[none.len() + 3], 3);
+    assert_eq!(decode(&both).unwrap(), c);
 }

@@ -128,6 +128,7 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     vm::check_images(c, pins)?;
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
+    operators::check_operators(c)?;
     Ok(warnings)
 }
 
@@ -610,6 +611,10 @@ mod net;
 
 #[path = "validate_vm.rs"]
 mod vm;
+
+#[path = "validate_operators.rs"]
+mod operators;
+pub use operators::MAX_OPERATORS;
 pub use vm::{resolve_image, ImageRef, Pins, EPOCH_MS, MAX_CHECKPOINT_VCPUS, MAX_CMDLINE};
 
 #[cfg(test)]

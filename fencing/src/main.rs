@@ -271,6 +271,7 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
                 Err(Response::Error { message }) => s["error"] = message.into(),
                 Err(_) => {}
             }
+            config_schema::events::status_fields(&mut s);
             Response::Status { status: s }
         }
         Request::Acquire {

@@ -126,6 +126,17 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         } => assert_eq!((generation, owner.as_deref()), (4, Some("host-b"))),
         other => panic!("unexpected {other:?}"),
     }
+    // The decision is in the status's recent events (ftctl status --cluster).
+    let s = status(&sock).unwrap();
+    let ev = s["events"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "fencing"))
+        .unwrap_or_else(|| panic!("no fencing event in {}", s["events"]));
+    assert_eq!(ev["vm"], "kv");
+    assert!(ev["text"]
+        .as_str()
+        .unwrap()
+        .contains("decided vm=kv generation=4 owner=host-b"));
     match ctl::query(&sock, &Request::Leases).unwrap() {
         Response::Leases { leases } => {
             assert_eq!(leases.len(), 3);
