@@ -52,12 +52,20 @@
 //! ```
 //!
 //! `vms[].power` came after format version 2 was signed on real disks, and
-//! `replication`, `vcpus`, `epoch_ms` and `[[images]]` after it. They are
+//! `replication`, `vcpus`, `epoch_ms`, `[[images]]` and
+//! `cluster.accept_soft_watchdog` after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
 //! from before them refuses a config that does ("trailing bytes") instead
 //! of running a VM the operator powered off, or a checkpoint VM in lockstep.
+//! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
+//! trailer:
+//!
+//! ```text
+//! 3, cluster.accept_soft_watchdog (1 = true)
+//! ```
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -75,6 +83,9 @@ use crate::model::{ClusterConfig, LinuxImage, Power, Replication, Vm, DEFAULT_VC
 const POWER_TRAILER: u8 = 1;
 /// First byte of the replication trailer (see the module doc).
 const REPLICATION_TRAILER: u8 = 2;
+
+/// First byte of the cluster trailer (see the module doc).
+const CLUSTER_TRAILER: u8 = 3;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -149,6 +160,9 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         bytes.push(REPLICATION_TRAILER);
         bytes.extend(postcard::to_stdvec(&trailer).expect("postcard encodes the trailer"));
     }
+    if config.cluster.accept_soft_watchdog {
+        bytes.extend([CLUSTER_TRAILER, 1]);
+    }
     bytes
 }
 
@@ -185,6 +199,11 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
             r.apply(vm);
         }
         config.images = t.images;
+        rest = after;
+    }
+    if let [CLUSTER_TRAILER, accept, after @ ..] = rest {
+        // Only `1` is canonical: a config that does not accept has no trailer.
+        config.cluster.accept_soft_watchdog = *accept == 1;
         rest = after;
     }
     if !rest.is_empty() {
