@@ -369,7 +369,11 @@ fn human_readable_round_trips_keep_the_new_fields() {
 fn accept_soft_watchdog_is_a_signed_trailer_only_when_true() {
     let plain = encode(&example_power(None));
     let text = include_str!("../../examples/cluster.toml");
-    let spelled = text.replacen("[cluster]\n", "[cluster]\naccept_soft_watchdog = false\n", 1);
+    let spelled = text.replacen(
+        "[cluster]\n",
+        "[cluster]\naccept_soft_watchdog = false\n",
+        1,
+    );
     assert_ne!(spelled, text, "the example has a [cluster] table");
     assert_eq!(
         encode(&parse(&spelled).unwrap().config),
