@@ -26,7 +26,9 @@ if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
   SOURCE_DATE_EPOCH="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)"
 fi
 export SOURCE_DATE_EPOCH
-KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
+# Consoles: the screen (tty0) and both serial ports servers use for serial-over-LAN; the last
+# one, ttyS0, is /dev/console (the daemons' output); init writes its own lines to all three.
+KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=tty0 console=ttyS1,115200 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
 TRUST_ROOT_PUB="${FT_TRUST_ROOT_PUB:-examples/dev-keys/signing.pub}"
 BUILD="$REPO/build"
 CACHE="${FT_CACHE_DIR:-$BUILD/cache}"

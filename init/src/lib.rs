@@ -5,6 +5,7 @@
 //! wire them to the real system.
 
 pub mod cmdline;
+pub mod console;
 pub mod daemons;
 pub mod discover;
 pub mod hardware;

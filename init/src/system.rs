@@ -62,11 +62,64 @@ pub fn attach_console() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prints one console line (contract lines go through here, unbuffered).
+/// The consoles besides /dev/console (`crate::console`), opened once.
+static OTHER_CONSOLES: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// Opens every console of `/proc/consoles` but /dev/console for writing, so
+/// [`say`] and the log reach the screen and every serial port. Returns the
+/// ones opened and those that could not be.
+pub fn open_other_consoles() -> (Vec<String>, Vec<String>) {
+    let text = fs::read_to_string("/proc/consoles").unwrap_or_default();
+    let (mut opened, mut failed) = (Vec::new(), Vec::new());
+    let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    for path in crate::console::others(&crate::console::parse_proc_consoles(&text)) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(f) => {
+                files.push(f);
+                opened.push(path);
+            }
+            Err(e) => failed.push(format!("{path} ({e})")),
+        }
+    }
+    (opened, failed)
+}
+
+/// Writes `bytes` to every other console (best effort).
+fn to_other_consoles(bytes: &[u8]) {
+    let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    for f in files.iter_mut() {
+        let _ = f.write_all(bytes);
+    }
+}
+
+/// Prints one console line on every console (contract lines go through here,
+/// unbuffered).
 pub fn say(line: &str) {
+    let text = format!("{line}\n");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+    drop(out);
+    to_other_consoles(text.as_bytes());
+}
+
+/// init's log writer: stderr (/dev/console) and every other console.
+pub struct AllConsoles;
+
+impl Write for AllConsoles {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(buf)?;
+        to_other_consoles(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn kernel_release() -> String {
