@@ -51,13 +51,30 @@
 //!             cmdline ]
 //! ```
 //!
+//! Then, only when the config has `[[operators]]`, the operators trailer:
+//!
+//! ```text
+//! 3, operators [ name, public_key ]
+//! ```
+//!
 //! `vms[].power` came after format version 2 was signed on real disks, and
-//! `replication`, `vcpus`, `epoch_ms` and `[[images]]` after it. They are
+//! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]` and
+//! `cluster.accept_soft_watchdog` after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
 //! from before them refuses a config that does ("trailing bytes") instead
-//! of running a VM the operator powered off, or a checkpoint VM in lockstep.
+//! of running a VM the operator powered off, or a checkpoint VM in lockstep
+//! (or, for operators, a config whose status service it does not have; for
+//! the soft watchdog, a go-live it would refuse).
+//!
+//! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
+//! trailer:
+//!
+//! ```text
+//! 4, cluster.accept_soft_watchdog (1 = true)
+//! ```
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -69,12 +86,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterConfig, LinuxImage, Power, Replication, Vm, DEFAULT_VCPUS};
+use crate::model::{ClusterConfig, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS};
 
 /// First byte of the power trailer (see the module doc).
 const POWER_TRAILER: u8 = 1;
 /// First byte of the replication trailer (see the module doc).
 const REPLICATION_TRAILER: u8 = 2;
+/// First byte of the operators trailer (see the module doc).
+const OPERATORS_TRAILER: u8 = 3;
+
+/// First byte of the cluster trailer (see the module doc).
+const CLUSTER_TRAILER: u8 = 4;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -127,6 +149,8 @@ pub enum CanonicalError {
     PowerCount { entries: usize, vms: usize },
     #[error("the replication trailer has {entries} entries for {vms} VMs")]
     ReplicationCount { entries: usize, vms: usize },
+    #[error("the operators trailer lists no operator")]
+    NoOperators,
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -148,6 +172,13 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         };
         bytes.push(REPLICATION_TRAILER);
         bytes.extend(postcard::to_stdvec(&trailer).expect("postcard encodes the trailer"));
+    }
+    if !config.operators.is_empty() {
+        bytes.push(OPERATORS_TRAILER);
+        bytes.extend(postcard::to_stdvec(&config.operators).expect("postcard encodes operators"));
+    }
+    if config.cluster.accept_soft_watchdog {
+        bytes.extend([CLUSTER_TRAILER, 1]);
     }
     bytes
 }
@@ -185,6 +216,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
             r.apply(vm);
         }
         config.images = t.images;
+        rest = after;
+    }
+    if let [OPERATORS_TRAILER, list @ ..] = rest {
+        let (operators, after): (Vec<Operator>, &[u8]) = postcard::take_from_bytes(list)?;
+        if operators.is_empty() {
+            return Err(CanonicalError::NoOperators);
+        }
+        config.operators = operators;
+        rest = after;
+    }
+    if let [CLUSTER_TRAILER, accept, after @ ..] = rest {
+        // Only `1` is canonical: a config that does not accept has no trailer
+        // (any other byte fails the re-encoding check below).
+        config.cluster.accept_soft_watchdog = *accept == 1;
         rest = after;
     }
     if !rest.is_empty() {

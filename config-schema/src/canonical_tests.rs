@@ -162,10 +162,13 @@ fn power_trailer_must_be_needed_and_fit() {
     assert!(matches!(decode(&bad_state), Err(CanonicalError::Decode(_))));
     let after = [&on[..], &[1, 1, 1, 0]].concat();
     assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
-    // 2 starts the replication trailer (a lone 2 is a cut one); 3 is nothing.
+    // 2 starts the replication trailer (a lone 2 is a cut one), 3 the
+    // operators trailer; 4 is nothing.
     let cut = [&on[..], &[2]].concat();
     assert!(matches!(decode(&cut), Err(CanonicalError::Decode(_))));
-    let other = [&on[..], &[3]].concat();
+    let cut = [&on[..], &[3]].concat();
+    assert!(matches!(decode(&cut), Err(CanonicalError::Decode(_))));
+    let other = [&on[..], &[4]].concat();
     assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
 }
 
@@ -363,4 +366,99 @@ fn human_readable_round_trips_keep_the_new_fields() {
     );
     assert_eq!(toml_text.matches("replication").count(), 1, "{toml_text}");
     assert_eq!(toml_text.matches("vcpus").count(), 1, "{toml_text}");
+}
+
+/// `examples/cluster.toml` with operators `names`, keys 0202…, 0303…, …
+fn example_operators(names: &[&str]) -> ClusterConfig {
+    let mut text = include_str!("../../examples/cluster.toml").to_string();
+    for (i, n) in names.iter().enumerate() {
+        let key = format!("{:02x}", i + 2).repeat(32);
+        text.push_str(&format!(
+            "\n[[operators]]\nname = \"{n}\"\npublic_key = \"{key}\"\n"
+        ));
+    }
+    parse(&text).unwrap().config
+}
+
+#[test]
+fn no_operators_keeps_the_pinned_bytes() {
+    assert_eq!(sha256_hex(&encode(&example_operators(&[]))), EXAMPLE_SHA256);
+}
+
+#[test]
+fn operators_are_a_signed_trailer_old_builds_refuse() {
+    let none = encode(&example_operators(&[]));
+    let c = example_operators(&["alice", "bob"]);
+    let with = encode(&c);
+    // 3, then 2 operators, each name and key as postcard strings.
+    let mut trailer = vec![3, 2];
+    for (n, k) in [("alice", "02".repeat(32)), ("bob", "03".repeat(32))] {
+        trailer.push(n.len() as u8);
+        trailer.extend(n.as_bytes());
+        trailer.push(64);
+        trailer.extend(k.as_bytes());
+    }
+    assert_eq!(with, [&none[..], &trailer[..]].concat());
+    assert_eq!(decode(&with).unwrap(), c);
+    // A build from before operators sees trailing bytes, not a config without them.
+    let (_, rest): (ClusterConfig, &[u8]) = postcard::take_from_bytes(&with).unwrap();
+    assert_eq!(rest, &trailer[..]);
+    // Every byte of the trailer is signed: another key, another encoding.
+    let mut other = c.clone();
+    other.operators[1].public_key = "04".repeat(32);
+    assert_ne!(encode(&other), with);
+}
+
+#[test]
+fn operators_trailer_must_be_needed_fit_and_come_last() {
+    let none = encode(&example_operators(&[]));
+    let empty = [&none[..], &[3, 0]].concat();
+    assert!(matches!(decode(&empty), Err(CanonicalError::NoOperators)));
+    let with = encode(&example_operators(&["alice"]));
+    let after = [&with[..], &[0]].concat();
+    assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
+    // Power off and operators: both trailers, in the order of their first byte.
+    let mut c = example_operators(&["alice"]);
+    c.vms[0].power = Power::Off;
+    let both = encode(&c);
+    assert_eq!(both[none.len()..none.len() + 3], [1, 1, 1]);
+    assert_eq!(both[none.len() + 3], 3);
+    assert_eq!(decode(&both).unwrap(), c);
+}
+
+#[test]
+fn accept_soft_watchdog_is_a_signed_trailer_only_when_true() {
+    let plain = encode(&example_power(None));
+    let text = include_str!("../../examples/cluster.toml");
+    let spelled = text.replacen(
+        "[cluster]\n",
+        "[cluster]\naccept_soft_watchdog = false\n",
+        1,
+    );
+    assert_ne!(spelled, text, "the example has a [cluster] table");
+    assert_eq!(
+        encode(&parse(&spelled).unwrap().config),
+        plain,
+        "false (the default) keeps the pinned bytes"
+    );
+    let accept = text.replacen("[cluster]\n", "[cluster]\naccept_soft_watchdog = true\n", 1);
+    let c = parse(&accept).unwrap().config;
+    assert!(c.cluster.accept_soft_watchdog);
+    let bytes = encode(&c);
+    assert_eq!(bytes, [&plain[..], &[4, 1]].concat());
+    assert_eq!(decode(&bytes).unwrap(), c);
+    // A trailer saying "false" is not canonical; nor is a second one.
+    let zero = [&plain[..], &[4, 0]].concat();
+    assert!(matches!(decode(&zero), Err(CanonicalError::NotCanonical)));
+    let twice = [&bytes[..], &[4, 1]].concat();
+    assert!(matches!(decode(&twice), Err(CanonicalError::Trailing(2))));
+    // After the replication trailer, never before it.
+    let mut both = parse(LINUX).unwrap().config;
+    both.cluster.accept_soft_watchdog = true;
+    let b = encode(&both);
+    assert_eq!(b[b.len() - 2..], [4, 1]);
+    assert_eq!(decode(&b).unwrap(), both);
+    // The runtime JSON keeps it.
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), c);
 }

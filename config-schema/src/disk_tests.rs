@@ -62,6 +62,30 @@ fn a_powered_off_vm_survives_the_disk_and_the_runtime_json() {
 }
 
 #[test]
+fn operators_survive_the_disk_and_the_runtime_json() {
+    let mut c = example();
+    c.operators = vec![crate::model::Operator {
+        name: "alice".into(),
+        public_key: "ab".repeat(32),
+    }];
+    let s = signer();
+    let img = write_disk(&c, "host-a", &host_a_key(), &s).unwrap();
+    let v = read_disk(&img, s.public_key().as_ref()).unwrap();
+    assert_eq!(v.config, c);
+    let json = serde_json::to_vec(&v.into_runtime()).unwrap();
+    let rt: RuntimeConfig = serde_json::from_slice(&json).unwrap();
+    assert_eq!(rt.config.operators, c.operators);
+    // The operators are signed: a disk whose key was swapped does not verify.
+    let at = img
+        .windows(64)
+        .position(|w| w == "ab".repeat(32).as_bytes())
+        .expect("the key is in the signed bytes");
+    let mut forged = img.clone();
+    forged[at] = b'c';
+    assert!(read_disk(&forged, s.public_key().as_ref()).is_err());
+}
+
+#[test]
 fn signing_is_deterministic() {
     let s = signer();
     let a = write_disk(&example(), "host-a", &host_a_key(), &s).unwrap();

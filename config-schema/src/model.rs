@@ -27,6 +27,16 @@ pub struct ClusterConfig {
         with = "outside_binary"
     )]
     pub images: Vec<LinuxImage>,
+    /// Operators who may query the cluster over the network (`[[operators]]`):
+    /// `ftctl status --cluster` signs its request with one of these keys.
+    /// Not in the postcard encoding of the config: [`crate::canonical`]
+    /// carries them in the operators trailer, only when there are some.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "outside_binary"
+    )]
+    pub operators: Vec<Operator>,
     /// Test hooks (`[test]`), for the test harness only; absent in production.
     /// Signed like every other field: nothing else can enable a hook.
     #[serde(default)]
@@ -54,6 +64,19 @@ pub struct Cluster {
     /// default: x86-64-v1 with 39 physical address bits).
     #[serde(default)]
     pub cpu: CpuBaseline,
+    /// `accept_soft_watchdog = true`: hosts whose only watchdog is `softdog`
+    /// (or none) may still go live. Without it (the default) such a host's
+    /// fencing agent refuses every `Acquire`: a software timer does not reset
+    /// a host whose kernel hangs, so its lease arithmetic would not hold. For
+    /// test clusters on machines without a hardware watchdog; validation warns.
+    /// Not in the postcard encoding of `Cluster`: [`crate::canonical`] appends
+    /// it in the cluster trailer, only when `true`.
+    #[serde(default, skip_serializing_if = "is_false", with = "outside_binary")]
+    pub accept_soft_watchdog: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The cluster's CPU baseline, as VMware's EVC modes: every host presents
@@ -252,6 +275,22 @@ pub struct Host {
     pub vm: Interface,
     /// The host's identity public key: 32-byte X25519 static key, hex. Used by the
     /// Noise logging channel and to key heartbeats.
+    pub public_key: String,
+}
+
+/// `[[operators]]`: a person (or tool) allowed to query the cluster's status
+/// over the network. The key is checked on every query
+/// (`config_schema::remote`); the signed config is the only list of them.
+// NOTICE: signed bytes (the operators trailer, `canonical.rs`). Any change to
+// this struct changes the encoding of every config that lists operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    /// Shown in the hosts' logs when the operator queries or is refused.
+    pub name: String,
+    /// The operator's Ed25519 public key, 64 hex digits (the raw 32 bytes, as
+    /// `ftctl operator-keygen` prints them; the same key type and raw form as
+    /// the config-signing key's `signing.pub`).
     pub public_key: String,
 }
 

@@ -128,6 +128,16 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     vm::check_images(c, pins)?;
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
+    operators::check_operators(c)?;
+    if c.cluster.accept_soft_watchdog {
+        warnings.push(Warning {
+            path: "cluster.accept_soft_watchdog".into(),
+            message: "hosts without a hardware watchdog (only softdog, or none) may go live: \
+                      such a host whose kernel hangs is not reset, and a VM could run on two \
+                      hosts; for test clusters only"
+                .into(),
+        });
+    }
     Ok(warnings)
 }
 
@@ -610,6 +620,10 @@ mod net;
 
 #[path = "validate_vm.rs"]
 mod vm;
+
+#[path = "validate_operators.rs"]
+mod operators;
+pub use operators::MAX_OPERATORS;
 pub use vm::{resolve_image, ImageRef, Pins, EPOCH_MS, MAX_CHECKPOINT_VCPUS, MAX_CMDLINE};
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::Duration;
 use config_schema::clock::BootInstant;
 
 use config_schema::ctl::Response;
+use config_schema::events::{self, EventKind};
 
 use crate::agent::Agent;
 use crate::alarm::Alarm;
@@ -284,9 +285,11 @@ impl Agent {
             .insert((vm.to_string(), generation), (name.clone(), config))
             .is_none();
         if first {
-            println!(
+            let line = format!(
                 "fencing: decided vm={vm} generation={generation} owner={name} (config generation {config})"
             );
+            println!("{line}");
+            events::record(EventKind::Fencing, Some(vm), None, &line);
         }
         Response::Decided {
             vm: vm.to_string(),

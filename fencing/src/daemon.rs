@@ -58,6 +58,12 @@ pub fn request_reset(shared: &Shared, reason: &str) {
             ),
         }
         w.reset_requested = Some(reason.to_string());
+        config_schema::events::record(
+            config_schema::events::EventKind::Fencing,
+            None,
+            None,
+            &format!("fencing: reset of this host requested ({reason})"),
+        );
     }
 }
 

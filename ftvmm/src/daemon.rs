@@ -155,7 +155,7 @@ impl Daemon {
             KvmAvailability::Ok { api_version } => (true, Some(*api_version), None),
             KvmAvailability::Unavailable { error } => (false, None, Some(error.clone())),
         };
-        serde_json::json!({
+        let mut s = serde_json::json!({
             "daemon": "ftvmm",
             "host": self.config.host_name,
             "cluster": self.config.config.cluster.name,
@@ -163,7 +163,9 @@ impl Daemon {
             "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
-        })
+        });
+        config_schema::events::status_fields(&mut s);
+        s
     }
 
     /// Answers one request.
@@ -518,6 +520,7 @@ mod tests {
         assert_eq!(status["kvm"]["ok"], true);
         assert_eq!(status["role"], "idle");
         assert_eq!(status["vms"][0]["state"], "stopped");
+        assert!(status["events"].is_array(), "{status}");
     }
 
     #[test]

@@ -114,7 +114,14 @@ impl Shared {
 
 fn announce(ts: &[Transition]) {
     for t in ts {
-        println!("{t}");
+        let line = t.to_string();
+        println!("{line}");
+        config_schema::events::record(
+            config_schema::events::EventKind::Membership,
+            None,
+            None,
+            &line,
+        );
     }
 }
 
@@ -265,6 +272,7 @@ impl Handle {
                 }
             }
         }
+        config_schema::events::status_fields(&mut s);
         s
     }
 

@@ -14,12 +14,16 @@
 //! - [`node`]: config → keys and addresses; the packet path around the view.
 //! - [`daemon`]: the UDP socket, the send/receive threads, console lines and
 //!   the control-socket handler.
+//! - [`status_service`]: the network status service for operators
+//!   (`ftctl status --cluster`) on TCP 7401 of the FT address: this host's
+//!   and, gathered over Noise, every other host's daemons' status.
 
 pub mod daemon;
 pub mod drops;
 pub mod gate;
 pub mod node;
 pub mod packet;
+pub mod status_service;
 pub mod view;
 
 pub use daemon::Daemon;

@@ -2,7 +2,9 @@
 //!
 //! Serves the control socket at once (init waits for `Status`), then binds the
 //! FT address; until that works (the interface may still be coming up) it
-//! retries every second and `Status` says why it is not running yet.
+//! retries every second and `Status` says why it is not running yet. The
+//! network status service (`status_service`, TCP 7401 on the FT address)
+//! binds the same way, in its own thread.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +17,7 @@ use config_schema::ctl_server::{self, Policy};
 use config_schema::peer::Programs;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
 use heartbeat::daemon::Handle;
+use heartbeat::status_service::{Service, ServiceConfig};
 use heartbeat::{Daemon, NodeConfig, PORT};
 
 #[derive(Parser)]
@@ -27,6 +30,14 @@ struct Cli {
     /// UDP port on the FT network.
     #[arg(long, default_value_t = PORT)]
     port: u16,
+    /// TCP port of the network status service on the FT network.
+    #[arg(long, default_value_t = config_schema::remote::PORT)]
+    status_port: u16,
+    /// For tests: fencing's and ftvmm's control sockets the status service asks.
+    #[arg(long, default_value = config_schema::ctl::FENCING_SOCKET, hide = true)]
+    fencing_socket: PathBuf,
+    #[arg(long, default_value = config_schema::ctl::FTVMM_SOCKET, hide = true)]
+    ftvmm_socket: PathBuf,
     /// For tests: which executable counts as PROGRAM (init, ftvmm, heartbeat,
     /// fencing) on the control socket, instead of the image's `/bin/<program>`.
     #[arg(long, value_name = "PROGRAM=PATH", hide = true)]
@@ -68,9 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Running::Up(h) => h.handle(req),
                 Running::Starting(why) => match req {
                     Request::Status => Response::Status {
-                        status: serde_json::json!({
-                            "daemon": "heartbeat", "host": host, "running": false, "reason": why,
-                        }),
+                        status: starting_status(&host, why),
                     },
                     _ => Response::Error {
                         message: format!("heartbeat not running yet: {why}"),
@@ -79,6 +88,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         })
     });
+    let mut scfg = ServiceConfig::from_runtime(&rt, cfg.clone(), cli.status_port);
+    scfg.fencing_socket = cli.fencing_socket.clone();
+    scfg.ftvmm_socket = cli.ftvmm_socket.clone();
+    let (st, host) = (Arc::clone(&state), cfg.name.clone());
+    let service = Service::new(scfg, move || {
+        match &*st.lock().unwrap_or_else(|e| e.into_inner()) {
+            Running::Up(h) => h.status(),
+            Running::Starting(why) => starting_status(&host, why),
+        }
+    });
+    std::thread::spawn(move || serve_status(service));
     let mut reported = false;
     let daemon = loop {
         match Daemon::start(cfg.clone()) {
@@ -102,6 +122,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     loop {
         std::thread::park();
     }
+}
+
+/// heartbeat's `Status` before its UDP socket is bound.
+fn starting_status(host: &str, why: &str) -> serde_json::Value {
+    let mut s = serde_json::json!({
+        "daemon": "heartbeat", "host": host, "running": false, "reason": why,
+    });
+    config_schema::events::status_fields(&mut s);
+    s
+}
+
+/// Binds the status service (retrying every second, like the UDP socket:
+/// the FT interface may still be coming up), then serves it.
+fn serve_status(service: Service) {
+    let mut reported = false;
+    let listener = loop {
+        match service.bind() {
+            Ok(l) => break l,
+            Err(e) => {
+                if !reported {
+                    println!(
+                        "heartbeat: status service: cannot listen: {e}; retrying every second"
+                    );
+                    reported = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    match listener.local_addr() {
+        Ok(a) => println!("heartbeat: status service on tcp {a}"),
+        Err(e) => println!("heartbeat: status service: {e}"),
+    }
+    service.serve(listener)
 }
 
 fn main() -> ExitCode {

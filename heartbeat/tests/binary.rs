@@ -115,3 +115,80 @@ fn a_private_key_not_matching_the_config_is_refused_with_a_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not match its public_key"), "{err}");
 }
+
+/// The binary serves the network status service on its FT address: the
+/// development operator (listed in the runtime config) gets host-a's report
+/// and host-b (not running) as unreachable; a config without operators
+/// refuses everyone.
+#[test]
+fn the_binary_serves_cluster_status_to_listed_operators() {
+    use config_schema::remote::auth::OperatorKey;
+    use config_schema::remote::{client, OperatorRequest, Reply};
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = examples().join("dev-keys/operators/dev-operator.pk8");
+    let key = OperatorKey::from_pkcs8(&std::fs::read(key_path).unwrap()).unwrap();
+    let serve = |host: &str, port: &str, operators: bool| {
+        let mut rt = runtime(host);
+        for h in &mut rt.config.hosts {
+            h.ft.addr = format!("127.78.1.{}/24", h.id);
+        }
+        if operators {
+            rt.config.operators = vec![config_schema::model::Operator {
+                name: "dev-operator".into(),
+                public_key: key.public_hex(),
+            }];
+        }
+        let cfg = dir.path().join(format!("{host}-{port}.json"));
+        std::fs::write(&cfg, serde_json::to_vec(&rt).unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_heartbeat"))
+            .args(["--config".as_ref(), cfg.as_os_str()])
+            .arg("--socket")
+            .arg(dir.path().join(format!("{host}-{port}.sock")))
+            .args(["--port", "17403", "--status-port", port])
+            .arg("--fencing-socket")
+            .arg(dir.path().join("no-fencing.sock"))
+            .arg("--ftvmm-socket")
+            .arg(dir.path().join("no-ftvmm.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    };
+    let _a = serve("host-a", "17404", true);
+    let addr: std::net::SocketAddr = "127.78.1.1:17404".parse().unwrap();
+    let t = Duration::from_secs(10);
+    let start = Instant::now();
+    let report = loop {
+        match client::query(addr, &key, OperatorRequest::ClusterStatus, t) {
+            Ok(Reply::Cluster { report }) => break report,
+            other => assert!(start.elapsed() < Duration::from_secs(60), "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report.queried, "host-a");
+    assert_eq!(report.hosts.len(), 3);
+    let a = report.report("host-a").unwrap();
+    assert_eq!(a.heartbeat["daemon"], "heartbeat");
+    assert!(a.fencing["error"]
+        .as_str()
+        .unwrap()
+        .contains("no-fencing.sock"));
+    assert!(report.hosts[1]
+        .unreachable
+        .as_deref()
+        .unwrap()
+        .contains("127.78.1.2:17404"));
+
+    let _c = serve("host-c", "17405", false);
+    let addr: std::net::SocketAddr = "127.78.1.3:17405".parse().unwrap();
+    let start = Instant::now();
+    let reason = loop {
+        match client::query(addr, &key, OperatorRequest::HostStatus, t) {
+            Ok(Reply::Refused { reason }) => break reason,
+            other => assert!(start.elapsed() < Duration::from_secs(60), "{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains("lists no [[operators]]"), "{reason}");
+}

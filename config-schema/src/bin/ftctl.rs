@@ -1,12 +1,14 @@
 //! `ftctl`: the operator's tool for keys, config disks and daemon status.
 //!
-//! Verbs: `keygen`, `host-keygen`, `check`, `make-disk`, `verify`, `show`,
-//! `state`, `update-disk`, `status`, `image write`, `image check`. Every
+//! Verbs: `keygen`, `host-keygen`, `operator-keygen`, `check`, `make-disk`, `verify`, `show`,
+//! `state`, `update-disk`, `status`, `metrics`, `image write`, `image check`. Every
 //! failure ends with a non-zero exit status and one line on stderr naming
 //! the reason.
 
 #[path = "ftctl/image.rs"]
 mod image;
+#[path = "ftctl/remote.rs"]
+mod remote;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -44,6 +46,14 @@ enum Cmd {
         out: PathBuf,
         #[arg(long)]
         host: String,
+    },
+    /// Make an operator key: DIR/NAME.pk8 (PKCS#8) and DIR/NAME.pub (hex);
+    /// prints the [[operators]] entry for the config.
+    OperatorKeygen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        name: String,
     },
     /// Validate a TOML cluster config.
     Check {
@@ -94,16 +104,41 @@ enum Cmd {
         #[arg(long)]
         pubkey: PathBuf,
     },
+    /// A host's figures as OpenMetrics text, over the network (operator key).
+    Metrics {
+        /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
+        #[arg(long)]
+        host: String,
+        /// The operator's private key (PKCS#8), listed in the config's [[operators]].
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Operator Linux images ([[images]]) on the shared device: write, check.
     Image {
         #[command(subcommand)]
         cmd: image::ImageCmd,
     },
-    /// Query the daemons' status over their control sockets.
+    /// Query the daemons' status over their control sockets, or (--cluster)
+    /// the whole cluster over the network from any host.
     Status {
         /// One socket; default: ftvmm, heartbeat and fencing under /run.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         socket: Option<PathBuf>,
+        /// Ask a host over the network for every host's and VM's status.
+        #[arg(long, requires_all = ["host", "key"])]
+        cluster: bool,
+        /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
+        #[arg(long, requires = "cluster")]
+        host: Option<String>,
+        /// The operator's private key (PKCS#8), listed in the config's [[operators]].
+        #[arg(long, requires = "cluster")]
+        key: Option<PathBuf>,
+        /// Print the gathered reports as JSON instead of text.
+        #[arg(long, requires = "cluster")]
+        json: bool,
+        /// Only the asked host's own report (JSON), without asking the others.
+        #[arg(long, requires = "cluster")]
+        only_this_host: bool,
     },
 }
 
@@ -121,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Keygen { out } => keygen(&out),
         Cmd::HostKeygen { out, host } => host_keygen(&out, &host),
+        Cmd::OperatorKeygen { out, name } => remote::operator_keygen(&out, &name),
         Cmd::Check { config } => check(&config),
         Cmd::MakeDisk {
             config,
@@ -133,7 +169,16 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Show { disk } => show(&disk),
         Cmd::State { disk } => state(&disk),
         Cmd::UpdateDisk { disk, from, pubkey } => update_disk(&disk, &from, &pubkey),
-        Cmd::Status { socket } => status(socket),
+        Cmd::Status {
+            cluster: true,
+            host: Some(host),
+            key: Some(key),
+            json,
+            only_this_host,
+            ..
+        } => remote::cluster_status(&host, &key, json, only_this_host),
+        Cmd::Status { socket, .. } => status(socket),
+        Cmd::Metrics { host, key } => remote::metrics(&host, &key),
         Cmd::Image { cmd } => image::run(cmd),
     }
 }

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use config_schema::events::{self, EventKind};
+
 use super::driver::Driver;
 use super::pair::run_with_digests;
 use super::pair::DigestForward;
@@ -147,10 +149,13 @@ pub fn go_live(
         }
     }
     let ms = from.lost_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
-    println!(
+    let line = format!(
         "ftvmm: vm {name}: won generation {}; live as primary at exit {n} ({ms} ms after suspicion; {reissued} disk requests re-issued)",
         from.generation
     );
+    println!("{line}");
+    // The pause an outside client sees: from losing the peer to going live.
+    events::record(EventKind::Failover, Some(name), Some(ms as u64), &line);
     let shift = from
         .last_time
         .map(|v| v.wrapping_sub(live::monotonic_ns()))

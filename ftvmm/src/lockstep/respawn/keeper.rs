@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use config_schema::ctl::{self, Request, Response};
+use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
 use super::source::{transfer, Joined, SourceCtx};
@@ -120,7 +121,7 @@ impl Keeper {
                         .protected_at
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                    println!(
+                    let line = format!(
                         "ftvmm: vm {name}: {p} in lockstep from exit {}; generation {g}; pause {} ms; \
                          {} rounds; {} bytes sent for {} MiB of guest memory; unprotected for {} ms",
                         j.log_start_exit,
@@ -130,6 +131,9 @@ impl Keeper {
                         j.memory_bytes >> 20,
                         since.elapsed().as_millis()
                     );
+                    println!("{line}");
+                    let pause_ms = Some(j.pause.as_millis() as u64);
+                    events::record(EventKind::Respawn, Some(&name), pause_ms, &line);
                     println!("ftvmm: vm {name}: stop-and-copy pause: {}", j.pause_detail);
                     alone_since = None;
                 }
@@ -140,9 +144,11 @@ impl Keeper {
                     self.handle.set_protection(&format!(
                         "not protected: secondary on {target} failed: {e}"
                     ));
-                    println!(
+                    let line = format!(
                         "ftvmm: vm {name}: starting secondary on {target} failed: {e}; retrying in {delay} ms"
                     );
+                    println!("{line}");
+                    events::record(EventKind::Respawn, Some(&name), None, &line);
                 }
             }
         }

@@ -1,0 +1,152 @@
+//! The server loop of the status service: one thread per connection, at
+//! most [`MAX_CONNECTIONS`] at once; a fresh challenge per connection; the
+//! operator's signature checked before anything else is done; refusals
+//! answered with the reason and logged at most once per 10 s.
+//!
+//! What a host answers and how it talks to other hosts is the [`Backend`]'s
+//! (the heartbeat daemon's `status_service`); this file only authenticates.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::auth::{self, Operators};
+use super::report::{ClusterReport, HostReport};
+use super::wire::{self, ClientMsg, OperatorRequest, Reply, ServerHello};
+use super::{IO_TIMEOUT, MAX_CLIENT_FRAME, VERSION};
+use crate::ctl_server::RefusalLog;
+
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// What a host answers.
+pub trait Backend: Send + Sync + 'static {
+    fn cluster(&self) -> String;
+    fn host(&self) -> String;
+    /// The `[[operators]]` of the config this host runs.
+    fn operators(&self) -> Operators;
+    fn host_report(&self) -> HostReport;
+    fn cluster_report(&self) -> ClusterReport;
+    /// This host's figures as OpenMetrics text.
+    fn metrics(&self) -> String;
+    /// Another host's query (`ClientMsg::Host`): authenticate it with the
+    /// Noise message, whose payload must be `nonce`, and answer on `stream`.
+    fn peer_query(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        noise: &str,
+    ) -> Result<(), String>;
+}
+
+/// Serves `listener` forever.
+pub fn serve(listener: TcpListener, backend: Arc<dyn Backend>) {
+    let log = Arc::new(RefusalLog::default());
+    let busy = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("status service: accept failed: {e}");
+                continue;
+            }
+        };
+        if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            busy.fetch_sub(1, Ordering::SeqCst);
+            let why = format!(
+                "status service: {MAX_CONNECTIONS} connections busy, closed one from {}",
+                peer_of(&stream)
+            );
+            if let Some(w) = log.on_refusal(Instant::now(), &why) {
+                tracing::warn!("{w}");
+            }
+            continue;
+        }
+        let (backend, log, busy) = (Arc::clone(&backend), Arc::clone(&log), Arc::clone(&busy));
+        std::thread::spawn(move || {
+            serve_one(stream, &*backend, &log);
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+fn peer_of(s: &TcpStream) -> String {
+    s.peer_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One connection: hello, one message, one answer.
+pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let peer = peer_of(&stream);
+    let host = backend.host();
+    let refuse = |stream: &mut TcpStream, why: String| {
+        let line = format!("status service: {host} refuses a query from {peer}: {why}");
+        if let Some(w) = log.on_refusal(Instant::now(), &line) {
+            tracing::warn!("{w}");
+        }
+        let _ = wire::write_frame(stream, &Reply::Refused { reason: line });
+    };
+    let nonce = match auth::fresh_nonce() {
+        Ok(n) => n,
+        Err(e) => return refuse(&mut stream, e.to_string()),
+    };
+    let hello = ServerHello {
+        version: VERSION,
+        cluster: backend.cluster(),
+        host: host.clone(),
+        nonce: hex::encode(nonce),
+    };
+    if let Err(e) = wire::write_frame(&mut stream, &hello) {
+        tracing::debug!("status service: hello to {peer} failed: {e}");
+        return;
+    }
+    let msg: ClientMsg = match wire::read_frame(&mut stream, MAX_CLIENT_FRAME) {
+        Ok(m) => m,
+        Err(e) => return refuse(&mut stream, format!("bad request: {e}")),
+    };
+    match msg {
+        ClientMsg::Operator {
+            public_key,
+            request,
+            signature,
+        } => {
+            let ops = backend.operators();
+            let who = ops.verify(
+                (&hello.cluster, &host, &nonce),
+                &public_key,
+                request,
+                &signature,
+            );
+            match who {
+                Ok(name) => {
+                    tracing::info!("status service: {request:?} for operator {name} from {peer}");
+                    let reply = match request {
+                        OperatorRequest::ClusterStatus => Reply::Cluster {
+                            report: backend.cluster_report(),
+                        },
+                        OperatorRequest::HostStatus => Reply::Host {
+                            report: backend.host_report(),
+                        },
+                        OperatorRequest::Metrics => Reply::Metrics {
+                            text: backend.metrics(),
+                        },
+                    };
+                    if let Err(e) = wire::write_frame(&mut stream, &reply) {
+                        tracing::warn!("status service: reply to {peer} failed: {e}");
+                    }
+                }
+                Err(e) => refuse(&mut stream, e.to_string()),
+            }
+        }
+        ClientMsg::Host { from, noise } => {
+            if let Err(e) = backend.peer_query(&mut stream, &nonce, &from, &noise) {
+                refuse(&mut stream, format!("host query from {from:?}: {e}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! A host's figures as OpenMetrics text (`prometheus-client`), made on each
+//! request from the same report `ftctl status --cluster` shows: the daemons'
+//! `Status` objects. A figure a daemon does not report is left out, never
+//! sent as zero. Every sample carries `host="<name>"`.
+//!
+//! Counters are the daemons' own totals since they started (a daemon restart
+//! resets them, as Prometheus expects of counters); gauges are the current
+//! values.
+
+use std::borrow::Cow;
+use std::sync::atomic::AtomicU64;
+
+use config_schema::remote::report::HostReport;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+type Labels = Vec<(String, String)>;
+type Gauges = Family<Labels, Gauge>;
+type Seconds = Family<Labels, Gauge<f64, AtomicU64>>;
+type Counters = Family<Labels, Counter>;
+
+/// The metric families, registered once per exposition.
+struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    fn gauge(&mut self, name: &str, help: &str) -> Gauges {
+        let g = Gauges::default();
+        self.registry.register(name, help, g.clone());
+        g
+    }
+    fn seconds(&mut self, name: &str, help: &str) -> Seconds {
+        let g = Seconds::default();
+        self.registry.register(name, help, g.clone());
+        g
+    }
+    fn counter(&mut self, name: &str, help: &str) -> Counters {
+        let c = Counters::default();
+        self.registry.register(name, help, c.clone());
+        c
+    }
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn set(g: &Gauges, labels: Labels, v: &Value) {
+    if let Some(v) = v.as_i64() {
+        g.get_or_create(&labels).set(v);
+    }
+}
+
+fn flag(g: &Gauges, labels: Labels, on: Option<bool>) {
+    if let Some(on) = on {
+        g.get_or_create(&labels).set(i64::from(on));
+    }
+}
+
+fn secs(g: &Seconds, labels: Labels, ms: &Value) {
+    if let Some(ms) = ms.as_u64() {
+        g.get_or_create(&labels).set(ms as f64 / 1000.0);
+    }
+}
+
+fn count(c: &Counters, labels: Labels, v: &Value) {
+    if let Some(v) = v.as_u64() {
+        c.get_or_create(&labels).inc_by(v);
+    }
+}
+
+/// The OpenMetrics text of `r` (ends with `# EOF`).
+pub fn openmetrics(r: &HostReport) -> String {
+    let host = [(Cow::Borrowed("host"), Cow::Owned(r.host.clone()))];
+    let mut m = Metrics {
+        registry: Registry::with_labels(host.into_iter()),
+    };
+    heartbeat(&mut m, &r.heartbeat);
+    fencing(&mut m, &r.fencing);
+    ftvmm(&mut m, &r.ftvmm, &r.host);
+    events(&mut m, r);
+    let up = m.gauge(
+        "ft_daemon_up",
+        "1 if the daemon answered Status for this report",
+    );
+    for (d, v) in [
+        ("heartbeat", &r.heartbeat),
+        ("fencing", &r.fencing),
+        ("ftvmm", &r.ftvmm),
+    ] {
+        let answered = v.get("daemon").is_some() || v.get("error").is_none();
+        flag(&up, l(&[("daemon", d)]), Some(answered));
+    }
+    let mut out = String::new();
+    encode(&mut out, &m.registry).expect("writing to a String does not fail");
+    out
+}
+
+fn heartbeat(m: &mut Metrics, h: &Value) {
+    let up = m.gauge(
+        "ft_heartbeat_peer_up",
+        "1 if the peer was heard within the failure timeout",
+    );
+    let seen = m.seconds(
+        "ft_heartbeat_peer_last_seen_seconds",
+        "time since the peer's last sign of life",
+    );
+    let received = m.counter("ft_heartbeat_received", "heartbeats accepted from the peer");
+    let lost = m.counter(
+        "ft_heartbeat_suspicions",
+        "times the peer was suspected (heartbeat losses)",
+    );
+    for p in h["peers"].as_array().into_iter().flatten() {
+        let Some(name) = p["name"].as_str() else {
+            continue;
+        };
+        let peer = || l(&[("peer", name)]);
+        flag(&up, peer(), p["alive"].as_bool());
+        secs(&seen, peer(), &p["last_seen_ms"]);
+        count(&received, peer(), &p["received"]);
+        count(&lost, peer(), &p["suspicions"]);
+    }
+}
+
+fn fencing(m: &mut Metrics, f: &Value) {
+    let wd = m.gauge(
+        "ft_watchdog_armed",
+        "1 if the watchdog is open and armed (fed or starving)",
+    );
+    let st = f["watchdog"]["state"].as_str();
+    flag(
+        &wd,
+        vec![],
+        st.map(|s| matches!(s, "armed" | "fed" | "starving")),
+    );
+    let starving = m.gauge(
+        "ft_watchdog_starving",
+        "1 if fencing stopped feeding the watchdog (reset due)",
+    );
+    flag(&starving, vec![], st.map(|s| s == "starving"));
+    count(
+        &m.counter("ft_watchdog_feeds", "watchdog feeds"),
+        vec![],
+        &f["watchdog"]["feeds"],
+    );
+    let dev = m.gauge(
+        "ft_storage_device_found",
+        "1 if the shared device was found",
+    );
+    flag(&dev, vec![], f["device"]["found"].as_bool());
+    let fe = &f["fencing"];
+    let own = &fe["own_lease"];
+    count(
+        &m.counter("ft_lease_renewals", "own lease renewals written"),
+        vec![],
+        &own["renewals"],
+    );
+    count(
+        &m.counter("ft_lease_renewal_failures", "own lease writes that failed"),
+        vec![],
+        &own["failures"],
+    );
+    let last = m.seconds(
+        "ft_lease_last_renewal_seconds",
+        "time since the own lease was last written",
+    );
+    secs(&last, vec![], &own["last_ok_ms_ago"]);
+    let live = m.gauge(
+        "ft_lease_live",
+        "1 if the host's delta lease moved within the lease timeout",
+    );
+    let expired = m.gauge(
+        "ft_lease_expired",
+        "1 if the host's lease was seen and then stood still for the lease timeout",
+    );
+    for ls in fe["leases"].as_array().into_iter().flatten() {
+        let Some(h) = ls["host"].as_str() else {
+            continue;
+        };
+        flag(&live, l(&[("lease_host", h)]), ls["live"].as_bool());
+        flag(&expired, l(&[("lease_host", h)]), ls["expired"].as_bool());
+    }
+    let decisions = m.gauge(
+        "ft_fencing_decisions",
+        "(vm, generation) decisions this agent knows",
+    );
+    if let Some(d) = fe["decisions"].as_array() {
+        decisions.get_or_create(&vec![]).set(d.len() as i64);
+    }
+    count(
+        &m.counter("ft_freeze_detections", "freezes of this host detected"),
+        vec![],
+        &fe["freeze"]["detections"],
+    );
+    count(
+        &m.counter("ft_fencing_alarms", "corrupt fencing blocks seen"),
+        vec![],
+        &fe["alarms"]["count"],
+    );
+}
+
+fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
+    let running = m.gauge("ft_vm_running", "1 if the VM's member runs on this host");
+    let generation = m.gauge(
+        "ft_vm_generation",
+        "the generation this host's member acts or follows in",
+    );
+    let protected = m.gauge(
+        "ft_vm_protected",
+        "1 if the VM has a Secondary in lockstep (as this host reports it)",
+    );
+    let primary = m.gauge("ft_vm_primary_here", "1 if this host runs the VM's Primary");
+    let records = m.counter("ft_log_records", "log records the Primary produced");
+    let bytes = m.counter("ft_log_bytes", "log bytes the Primary produced");
+    let released = m.counter("ft_outputs_released", "outputs released by the Output Rule");
+    let held = m.gauge("ft_outputs_held", "outputs waiting for an acknowledgement");
+    let lag_ms = m.seconds(
+        "ft_log_lag_seconds",
+        "age of the oldest unacknowledged batch",
+    );
+    let lag_bytes = m.gauge(
+        "ft_log_lag_bytes",
+        "bytes sent or pending and not acknowledged",
+    );
+    let lag_records = m.gauge(
+        "ft_log_lag_records",
+        "records the Secondary has not replayed",
+    );
+    let bw = m.gauge(
+        "ft_log_bytes_per_second_average",
+        "log bytes per second since the pair started",
+    );
+    for vm in f["vms"].as_array().into_iter().flatten() {
+        let Some(name) = vm["name"].as_str() else {
+            continue;
+        };
+        let v = || l(&[("vm", name)]);
+        flag(&running, v(), vm["state"].as_str().map(|s| s == "running"));
+        let ls = &vm["lockstep"];
+        if ls.is_null() {
+            continue;
+        }
+        set(&generation, v(), &ls["generation"]);
+        let p = ls["protection"].as_str();
+        flag(&protected, v(), p.map(|p| p.starts_with("protected")));
+        flag(&primary, v(), Some(ls["primary"].as_str() == Some(host)));
+        let log = &ls["log"];
+        count(&records, v(), &log["stats"]["records"]);
+        count(&bytes, v(), &log["stats"]["log_bytes"]);
+        count(&released, v(), &log["stats"]["outputs_released"]);
+        set(&held, v(), &log["outputs_held"]);
+        secs(&lag_ms, v(), &log["lag"]["ms"]);
+        set(&lag_bytes, v(), &log["lag"]["bytes"]);
+        set(&lag_records, v(), &log["lag"]["records"]);
+        set(&bw, v(), &ls["log_bytes_per_s"]);
+    }
+}
+
+fn events(m: &mut Metrics, r: &HostReport) {
+    let c = m.counter(
+        "ft_events",
+        "events since the daemon started, by kind (failover, respawn, fencing, membership, config_refused)",
+    );
+    for (d, v) in [
+        ("heartbeat", &r.heartbeat),
+        ("fencing", &r.fencing),
+        ("ftvmm", &r.ftvmm),
+    ] {
+        for (kind, n) in v["event_counts"].as_object().into_iter().flatten() {
+            count(&c, l(&[("daemon", d), ("kind", kind)]), n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_report_s_figures_become_samples_and_absent_ones_stay_absent() {
+        let r = HostReport {
+            host: "host-a".into(),
+            config_generation: 1,
+            unix_ms: 0,
+            heartbeat: json!({"daemon": "heartbeat", "peers": [
+                {"name": "host-b", "alive": true, "last_seen_ms": 250, "received": 40, "suspicions": 2}],
+                "event_counts": {"membership": 3, "failover": 0}}),
+            fencing: json!({"daemon": "fencing", "device": {"found": true},
+                "watchdog": {"state": "fed", "feeds": 12},
+                "fencing": {"own_lease": {"renewals": 9, "failures": 1, "last_ok_ms_ago": 100},
+                    "leases": [{"host": "host-b", "live": false, "expired": true}],
+                    "decisions": [{}, {}], "freeze": {"detections": 0}, "alarms": {"count": 0}}}),
+            ftvmm: json!({"error": "cannot reach /run/ftvmm.sock"}),
+        };
+        let t = openmetrics(&r);
+        for want in [
+            "ft_heartbeat_peer_up{host=\"host-a\",peer=\"host-b\"} 1",
+            "ft_heartbeat_peer_last_seen_seconds{host=\"host-a\",peer=\"host-b\"} 0.25",
+            "ft_heartbeat_suspicions_total{host=\"host-a\",peer=\"host-b\"} 2",
+            "# TYPE ft_heartbeat_received counter",
+            "ft_watchdog_armed{host=\"host-a\"} 1",
+            "ft_watchdog_starving{host=\"host-a\"} 0",
+            "ft_lease_renewal_failures_total{host=\"host-a\"} 1",
+            "ft_lease_expired{host=\"host-a\",lease_host=\"host-b\"} 1",
+            "ft_fencing_decisions{host=\"host-a\"} 2",
+            "ft_events_total{host=\"host-a\",daemon=\"heartbeat\",kind=\"membership\"} 3",
+            "ft_daemon_up{host=\"host-a\",daemon=\"ftvmm\"} 0",
+            "ft_daemon_up{host=\"host-a\",daemon=\"fencing\"} 1",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        assert!(t.ends_with("# EOF\n"), "{t}");
+        // ftvmm did not answer: no VM sample at all, not zeros.
+        assert!(!t.contains("vm=\""), "{t}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The network status service, served by the heartbeat daemon on TCP
+//! [`remote::PORT`] of the host's FT address (`config_schema::remote` has the
+//! protocol and the operator's authentication; this module answers).
+//!
+//! Why here: heartbeat already binds the FT address, holds the host's
+//! X25519 key and the config's host list, is not on any safety path (its
+//! view is never a safety input, docs/architecture.md §3), and may ask the
+//! other daemons for `Status` like any root process.
+//!
+//! - A host's report: heartbeat's own status, and fencing's and ftvmm's
+//!   `Status` from their control sockets (each one's error in its place).
+//! - A cluster report: this host's report and every other host's, asked in
+//!   parallel over Noise IK ([`noise`]) with a deadline; a host that does not
+//!   answer is listed with the reason.
+//! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
+//!   same operators over the same protocol (`ftctl metrics`).
+
+mod deadline;
+pub mod metrics;
+pub mod noise;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_schema::ctl::{self, Request, Response};
+use config_schema::events;
+use config_schema::remote::auth::Operators;
+use config_schema::remote::client;
+use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
+use config_schema::remote::server::{self, Backend};
+use config_schema::runtime::RuntimeConfig;
+use serde_json::{json, Value};
+
+use crate::node::{NodeConfig, PeerConf};
+
+/// How long a host waits to connect to another host's service.
+pub const PEER_CONNECT: Duration = Duration::from_secs(2);
+/// How long a host waits for another host's whole report once connected:
+/// more than a host needs to ask its own daemons (their sockets answer
+/// within `ctl::query`'s 5 s, asked in parallel).
+pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where a host finds its daemons and its peers' services.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    pub node: NodeConfig,
+    pub cluster: String,
+    pub config_generation: u64,
+    pub operators: Operators,
+    pub vms: Vec<VmConfig>,
+    /// Every host's name in config order (the report's order).
+    pub host_order: Vec<String>,
+    /// The status service's port on every host (7401; tests use others).
+    pub port: u16,
+    pub fencing_socket: PathBuf,
+    pub ftvmm_socket: PathBuf,
+}
+
+impl ServiceConfig {
+    pub fn from_runtime(rt: &RuntimeConfig, node: NodeConfig, port: u16) -> Self {
+        ServiceConfig {
+            node,
+            cluster: rt.config.cluster.name.clone(),
+            config_generation: rt.config.cluster.generation,
+            operators: Operators::of(&rt.config),
+            vms: VmConfig::all(&rt.config),
+            host_order: rt.config.hosts.iter().map(|h| h.name.clone()).collect(),
+            port,
+            fencing_socket: ctl::FENCING_SOCKET.into(),
+            ftvmm_socket: ctl::FTVMM_SOCKET.into(),
+        }
+    }
+
+    /// This host's service address.
+    pub fn bind(&self) -> SocketAddr {
+        SocketAddr::new(self.node.bind.ip(), self.port)
+    }
+
+    fn peer_addr(&self, p: &PeerConf) -> SocketAddr {
+        SocketAddr::new(p.addr.ip(), self.port)
+    }
+}
+
+/// The service: config plus where heartbeat's own status comes from.
+pub struct Service {
+    cfg: ServiceConfig,
+    heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
+}
+
+impl Service {
+    pub fn new(
+        cfg: ServiceConfig,
+        heartbeat_status: impl Fn() -> Value + Send + Sync + 'static,
+    ) -> Self {
+        Service {
+            cfg,
+            heartbeat_status: Box::new(heartbeat_status),
+        }
+    }
+
+    /// Binds this host's service address.
+    pub fn bind(&self) -> std::io::Result<TcpListener> {
+        TcpListener::bind(self.cfg.bind())
+    }
+
+    /// Serves `listener` forever.
+    pub fn serve(self, listener: TcpListener) {
+        server::serve(listener, Arc::new(self))
+    }
+
+    fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
+        let addr = self.cfg.peer_addr(p);
+        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
+        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
+        if hello.host != p.name || hello.cluster != self.cfg.cluster {
+            return Err(format!(
+                "{addr} is host {:?} of cluster {:?}, not {} of {}",
+                hello.host, hello.cluster, p.name, self.cfg.cluster
+            ));
+        }
+        let me = &self.cfg.node;
+        let bytes = noise::ask(&mut s, &hello, &me.name, &me.private_key, &p.public_key)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed report: {e}"))
+    }
+}
+
+/// A daemon's `Status` object, or `{"error": why}`.
+fn daemon_status(path: &std::path::Path) -> Value {
+    match ctl::query(path, &Request::Status) {
+        Ok(Response::Status { status }) => status,
+        Ok(other) => json!({ "error": format!("unexpected answer {other:?}") }),
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
+impl Backend for Service {
+    fn cluster(&self) -> String {
+        self.cfg.cluster.clone()
+    }
+
+    fn host(&self) -> String {
+        self.cfg.node.name.clone()
+    }
+
+    fn operators(&self) -> Operators {
+        self.cfg.operators.clone()
+    }
+
+    fn host_report(&self) -> HostReport {
+        // The two sockets are asked at once: a hung daemon costs one timeout.
+        let (fencing, ftvmm) = std::thread::scope(|s| {
+            let f = s.spawn(|| daemon_status(&self.cfg.fencing_socket));
+            let v = daemon_status(&self.cfg.ftvmm_socket);
+            let f = f
+                .join()
+                .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
+            (f, v)
+        });
+        HostReport {
+            host: self.cfg.node.name.clone(),
+            config_generation: self.cfg.config_generation,
+            unix_ms: events::unix_ms_now(),
+            heartbeat: (self.heartbeat_status)(),
+            fencing,
+            ftvmm,
+        }
+    }
+
+    fn cluster_report(&self) -> ClusterReport {
+        let (own, others): (HostEntry, Vec<HostEntry>) = std::thread::scope(|s| {
+            let own = s.spawn(|| self.host_report());
+            let asks: Vec<_> = self
+                .cfg
+                .node
+                .peers
+                .iter()
+                .map(|p| (p, s.spawn(move || self.ask_peer(p))))
+                .collect();
+            let others = asks
+                .into_iter()
+                .map(|(p, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err("gathering thread panicked".into()));
+                    HostEntry {
+                        host: p.name.clone(),
+                        addr: self.cfg.peer_addr(p).to_string(),
+                        unreachable: r.as_ref().err().cloned(),
+                        report: r.ok(),
+                    }
+                })
+                .collect();
+            let own = HostEntry {
+                host: self.cfg.node.name.clone(),
+                addr: self.cfg.bind().to_string(),
+                unreachable: None,
+                report: own.join().ok(),
+            };
+            (own, others)
+        });
+        let mut hosts: Vec<HostEntry> = others;
+        hosts.push(own);
+        let order = |h: &HostEntry| self.cfg.host_order.iter().position(|n| *n == h.host);
+        hosts.sort_by_key(order);
+        ClusterReport {
+            cluster: self.cfg.cluster.clone(),
+            config_generation: self.cfg.config_generation,
+            queried: self.cfg.node.name.clone(),
+            vms: self.cfg.vms.clone(),
+            hosts,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        metrics::openmetrics(&self.host_report())
+    }
+
+    fn peer_query(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        msg: &str,
+    ) -> Result<(), String> {
+        let key_of = |h: &str| {
+            self.cfg
+                .node
+                .peers
+                .iter()
+                .find(|p| p.name == h)
+                .map(|p| p.public_key)
+        };
+        let me = &self.cfg.node;
+        noise::answer(
+            stream,
+            (&self.cfg.cluster, &me.name),
+            &me.private_key,
+            nonce,
+            from,
+            msg,
+            key_of,
+            || serde_json::to_vec(&self.host_report()).expect("a report serializes"),
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::debug!("status service: report sent to host {from}");
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Host to host over the status service: one Noise `IK_25519_ChaChaPoly_BLAKE2s`
+//! exchange (snow) keyed by the hosts' X25519 keys from the signed config.
+//!
+//! ```text
+//! A -> B   ClientMsg::Host { from: A, noise: IK message 1 }   payload: B's challenge (nonce)
+//! B -> A   raw frame: IK message 2 (empty payload)
+//! B -> A   raw frames: transport messages: [total length u32 BE], then the
+//!          report's JSON in chunks of at most CHUNK bytes
+//! ```
+//!
+//! Rules: B accepts message 1 only from the static key the config gives the
+//! host named `from`, and only if its payload is this connection's nonce (a
+//! recorded message 1 replayed on another connection fails). The report is
+//! encrypted to A's ephemeral key: only A reads it. Total size ≤
+//! [`MAX_REPLY_FRAME`].
+
+use std::io::{Read, Write};
+
+use config_schema::remote::wire::{self, read_raw, write_raw};
+use config_schema::remote::{ClientMsg, ServerHello, MAX_REPLY_FRAME};
+use snow::{Builder, TransportState};
+
+const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// Plaintext per transport message (Noise messages are at most 65535 bytes, 16 of them the tag).
+const CHUNK: usize = 65_000;
+/// Largest Noise message.
+const MAX_NOISE: usize = 65_535;
+
+fn prologue(cluster: &str, responder: &str) -> Vec<u8> {
+    format!("ftappliance host status v1\0{cluster}\0{responder}").into_bytes()
+}
+
+/// Why a host-to-host exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("noise: {0}")]
+    Noise(#[from] snow::Error),
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    #[error("unknown host {0:?}")]
+    UnknownHost(String),
+    #[error("static key is not host {0}'s key in the config")]
+    WrongKey(String),
+    #[error("the challenge in the noise message is not this connection's (replayed?)")]
+    WrongNonce,
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// A's side: answers `hello` (from `peer`, whose key is `peer_key`) and
+/// returns the report's JSON bytes.
+pub fn ask<S: Read + Write>(
+    stream: &mut S,
+    hello: &ServerHello,
+    me: &str,
+    my_key: &[u8; 32],
+    peer_key: &[u8; 32],
+) -> Result<Vec<u8>, PeerError> {
+    let nonce =
+        hex::decode(&hello.nonce).map_err(|_| PeerError::Protocol("nonce not hex".into()))?;
+    let mut hs = Builder::new(PATTERN.parse()?)
+        .prologue(&prologue(&hello.cluster, &hello.host))
+        .local_private_key(my_key)
+        .remote_public_key(peer_key)
+        .build_initiator()?;
+    let mut buf = vec![0u8; MAX_NOISE];
+    let n = hs.write_message(&nonce, &mut buf)?;
+    let msg = ClientMsg::Host {
+        from: me.to_string(),
+        noise: hex::encode(&buf[..n]),
+    };
+    wire::write_frame(stream, &msg)?;
+    let m2 = read_raw(stream, MAX_NOISE)?;
+    if let Ok(text) = std::str::from_utf8(&m2) {
+        if text.starts_with("{\"result\":\"refused\"") {
+            return Err(PeerError::Protocol(text.to_string()));
+        }
+    }
+    hs.read_message(&m2, &mut buf)?;
+    let mut t = hs.into_transport_mode()?;
+    let len = read_chunk(stream, &mut t, &mut buf)?;
+    let total = u32::from_be_bytes(
+        len.as_slice()
+            .try_into()
+            .map_err(|_| PeerError::Protocol("bad length message".into()))?,
+    ) as usize;
+    if total > MAX_REPLY_FRAME {
+        return Err(PeerError::Protocol(format!(
+            "report of {total} bytes exceeds {MAX_REPLY_FRAME}"
+        )));
+    }
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        out.extend(read_chunk(stream, &mut t, &mut buf)?);
+    }
+    if out.len() != total {
+        return Err(PeerError::Protocol("report longer than announced".into()));
+    }
+    Ok(out)
+}
+
+fn read_chunk<R: Read>(
+    r: &mut R,
+    t: &mut TransportState,
+    buf: &mut [u8],
+) -> Result<Vec<u8>, PeerError> {
+    let c = read_raw(r, MAX_NOISE)?;
+    let n = t.read_message(&c, buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+/// B's side: checks message 1 (`from`'s key, this connection's nonce), then
+/// sends `report()`'s bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn answer<S: Read + Write>(
+    stream: &mut S,
+    (cluster, me): (&str, &str),
+    my_key: &[u8; 32],
+    nonce: &[u8; 32],
+    from: &str,
+    noise: &str,
+    key_of: impl Fn(&str) -> Option<[u8; 32]>,
+    report: impl FnOnce() -> Vec<u8>,
+) -> Result<(), PeerError> {
+    let expected = key_of(from).ok_or_else(|| PeerError::UnknownHost(from.to_string()))?;
+    let m1 = hex::decode(noise).map_err(|_| PeerError::Protocol("noise message not hex".into()))?;
+    let mut hs = Builder::new(PATTERN.parse()?)
+        .prologue(&prologue(cluster, me))
+        .local_private_key(my_key)
+        .build_responder()?;
+    let mut buf = vec![0u8; MAX_NOISE];
+    let n = hs.read_message(&m1, &mut buf)?;
+    if hs.get_remote_static() != Some(&expected[..]) {
+        return Err(PeerError::WrongKey(from.to_string()));
+    }
+    if buf[..n] != nonce[..] {
+        return Err(PeerError::WrongNonce);
+    }
+    let n = hs.write_message(&[], &mut buf)?;
+    write_raw(stream, &buf[..n])?;
+    let mut t = hs.into_transport_mode()?;
+    let body = report();
+    if body.len() > MAX_REPLY_FRAME {
+        return Err(PeerError::Protocol(format!(
+            "report of {} bytes exceeds {MAX_REPLY_FRAME}",
+            body.len()
+        )));
+    }
+    let n = t.write_message(&(body.len() as u32).to_be_bytes(), &mut buf)?;
+    write_raw(stream, &buf[..n])?;
+    for c in body.chunks(CHUNK) {
+        let n = t.write_message(c, &mut buf)?;
+        write_raw(stream, &buf[..n])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The network status service in-process on loopback (127.79.x.y): real
+//! heartbeat daemons, real TCP, the real server loop, Noise between hosts
+//! and a fake fencing socket. An operator's query is answered with every
+//! host (the absent one as unreachable); another key, an impostor host and
+//! a replayed host message are refused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{self, Request, Response};
+use config_schema::model::Operator;
+use config_schema::remote::auth::{OperatorKey, Operators};
+use config_schema::remote::report::VmConfig;
+use config_schema::remote::{client, render, wire, OperatorRequest, Reply, MAX_REPLY_FRAME};
+use heartbeat::node::PeerConf;
+use heartbeat::status_service::{noise, Service, ServiceConfig};
+use heartbeat::{Daemon, NodeConfig};
+
+const UDP: u16 = 17410;
+const TCP: u16 = 17411;
+const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
+const DEV_KEY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/dev-keys/operators/dev-operator.pk8"
+);
+const T: Duration = Duration::from_secs(10);
+
+fn secret(i: usize) -> [u8; 32] {
+    [0x20 + i as u8; 32]
+}
+
+fn ip(i: usize) -> [u8; 4] {
+    [127, 79, 1, i as u8 + 1]
+}
+
+fn node(i: usize) -> NodeConfig {
+    NodeConfig {
+        id: i as u32 + 1,
+        name: NAMES[i].into(),
+        private_key: secret(i),
+        bind: SocketAddr::from((ip(i), UDP)),
+        peers: (0..3)
+            .filter(|j| *j != i)
+            .map(|j| PeerConf {
+                id: j as u32 + 1,
+                name: NAMES[j].into(),
+                public_key: config_schema::keys::host_public_key(&secret(j)),
+                addr: SocketAddr::from((ip(j), UDP)),
+            })
+            .collect(),
+        interval_ms: 100,
+        failure_timeout_ms: 1500,
+    }
+}
+
+fn dev_key() -> OperatorKey {
+    OperatorKey::from_pkcs8(&std::fs::read(DEV_KEY).unwrap()).unwrap()
+}
+
+fn operators() -> Operators {
+    let mut c = config_schema::parse(include_str!("../../examples/cluster.toml"))
+        .unwrap()
+        .config;
+    c.operators = vec![Operator {
+        name: "dev-operator".into(),
+        public_key: dev_key().public_hex(),
+    }];
+    Operators::of(&c)
+}
+
+/// A fencing socket answering `Status` with a fixed object (ctl protocol).
+fn fake_fencing(path: &Path) {
+    let l = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = std::io::BufReader::new(&s);
+            if let Ok(Request::Status) = ctl::read_message::<Request, _>(&mut r, "test") {
+                let status = serde_json::json!({
+                    "daemon": "fencing",
+                    "device": {"found": true, "path": "/dev/fake", "problem": null},
+                    "watchdog": {"state": "fed", "timeout_s": 5},
+                });
+                let _ = ctl::write_message(&mut &s, &Response::Status { status });
+            }
+        }
+    });
+}
+
+/// Starts host `i`'s daemon and service; returns the daemon.
+fn start(i: usize, fencing: PathBuf) -> Daemon {
+    let d = Daemon::start(node(i)).unwrap();
+    let cfg = ServiceConfig {
+        node: node(i),
+        cluster: "demo".into(),
+        config_generation: 7,
+        operators: operators(),
+        vms: vec![VmConfig {
+            name: "kv".into(),
+            replication: "lockstep".into(),
+            power: "on".into(),
+        }],
+        host_order: NAMES.iter().map(|n| n.to_string()).collect(),
+        port: TCP,
+        fencing_socket: fencing,
+        ftvmm_socket: "/nonexistent/ftvmm.sock".into(),
+    };
+    let h = d.handle();
+    let svc = Service::new(cfg, move || h.status());
+    let l = svc.bind().unwrap();
+    std::thread::spawn(move || svc.serve(l));
+    d
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from((ip(i), TCP))
+}
+
+/// Records what a client writes.
+struct Tap<'a>(&'a mut TcpStream, Vec<u8>);
+impl Read for Tap<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(b)
+    }
+}
+impl Write for Tap<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(b);
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fencing.sock");
+    fake_fencing(&sock);
+    let (a, b) = (start(0, sock), start(1, dir.path().join("none.sock")));
+    let until = Instant::now() + Duration::from_secs(60);
+    let sees = |d: &Daemon, h: &str| d.handle().peers().iter().any(|p| p.host == h && p.alive);
+    while !(sees(&a, "host-b") && sees(&b, "host-a")) {
+        assert!(
+            Instant::now() < until,
+            "host-a and host-b never saw each other"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Asked at host-b, gathered from host-a over Noise.
+    let Reply::Cluster { report } =
+        client::query(addr(1), &dev_key(), OperatorRequest::ClusterStatus, T).unwrap()
+    else {
+        panic!("a cluster report")
+    };
+    let names: Vec<&str> = report.hosts.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(names, NAMES);
+    let ra = report.report("host-a").expect("host-a answered host-b");
+    assert_eq!(ra.fencing["device"]["path"], "/dev/fake");
+    assert!(ra.ftvmm["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot reach /nonexistent/ftvmm.sock"));
+    assert_eq!(ra.heartbeat["host"], "host-a");
+    let c = &report.hosts[2];
+    assert!(c.report.is_none());
+    assert!(
+        c.unreachable
+            .as_deref()
+            .unwrap()
+            .contains("cannot connect to 127.79.1.3:17411"),
+        "{c:?}"
+    );
+    let text = render::render(&report);
+    for want in [
+        "cluster demo config generation 7 (gathered by host-b)",
+        "host-a: answers",
+        "heartbeat: up as seen by host-b",
+        "watchdog: armed (fed, timeout 5 s)",
+        "host-b: answers",
+        "heartbeat: this host (the one queried)",
+        "host-c: UNREACHABLE (cannot connect to 127.79.1.3:17411",
+        // Never heard since start: "unknown" until the failure timeout, then "suspected".
+        "as seen by host-b, never heard",
+        "kv (lockstep, power on)",
+        "no answering host reports it",
+        // Both in-process daemons share this process's event ring.
+        "membership: heartbeat: peer host-b up",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    // The same figures as OpenMetrics text, for the same operator.
+    let Reply::Metrics { text } =
+        client::query(addr(0), &dev_key(), OperatorRequest::Metrics, T).unwrap()
+    else {
+        panic!("metrics")
+    };
+    for want in [
+        "ft_heartbeat_peer_up{host=\"host-a\",peer=\"host-b\"} 1",
+        "ft_watchdog_armed{host=\"host-a\"} 1",
+        "ft_daemon_up{host=\"host-a\",daemon=\"ftvmm\"} 0",
+        "# TYPE ft_events counter",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+    drop((a, b));
+}
+
+#[test]
+fn unlisted_operators_impostor_hosts_and_replays_are_refused() {
+    // Other hosts of the same loopback net as the test above: own ports.
+    let dir = tempfile::tempdir().unwrap();
+    start_on(1, dir.path());
+    let other =
+        OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
+    let Reply::Refused { reason } =
+        client::query(alt(1), &other, OperatorRequest::HostStatus, T).unwrap()
+    else {
+        panic!("refused")
+    };
+    assert!(
+        reason.contains("is not an operator of this cluster's config"),
+        "{reason}"
+    );
+
+    // host-a's real key: answered; the recorded message replayed: refused.
+    let (mut s, hello) = client::connect(alt(1), T).unwrap();
+    let mut tap = Tap(&mut s, Vec::new());
+    let peer = config_schema::keys::host_public_key(&secret(1));
+    let bytes = noise::ask(&mut tap, &hello, "host-a", &secret(0), &peer).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(report["host"], "host-b");
+    let recorded = tap.1;
+    let (mut s2, _) = client::connect(alt(1), T).unwrap();
+    s2.write_all(&recorded).unwrap();
+    let Reply::Refused { reason } = wire::read_frame(&mut s2, MAX_REPLY_FRAME).unwrap() else {
+        panic!("refused")
+    };
+    assert!(
+        reason.contains("not this connection's (replayed?)"),
+        "{reason}"
+    );
+
+    // An impostor: claims to be host-a with a key that is not host-a's.
+    let (mut s3, hello) = client::connect(alt(1), T).unwrap();
+    let err = noise::ask(&mut s3, &hello, "host-a", &[0x77; 32], &peer).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("static key is not host host-a's key"),
+        "{err}"
+    );
+    let (mut s4, hello) = client::connect(alt(1), T).unwrap();
+    let err = noise::ask(&mut s4, &hello, "host-z", &secret(0), &peer).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown host \\\"host-z\\\""),
+        "{err}"
+    );
+}
+
+fn alt(i: usize) -> SocketAddr {
+    on(2, i)
+}
+
+fn on(net: u8, i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 79, net, i as u8 + 1], TCP))
+}
+
+/// Host `i`'s service alone (no heartbeat daemon) on 127.79.2.x.
+fn start_on(i: usize, dir: &Path) {
+    start_in(2, i, dir)
+}
+
+/// Host `i`'s service alone (no heartbeat daemon) on 127.79.`net`.x, its
+/// peers on the same net.
+fn start_in(net: u8, i: usize, dir: &Path) {
+    let mut n = node(i);
+    n.bind = SocketAddr::from(([127, 79, net, i as u8 + 1], UDP));
+    for p in &mut n.peers {
+        p.addr = SocketAddr::from(([127, 79, net, p.id as u8], UDP));
+    }
+    let cfg = ServiceConfig {
+        node: n,
+        cluster: "demo".into(),
+        config_generation: 7,
+        operators: operators(),
+        vms: vec![],
+        host_order: NAMES.iter().map(|n| n.to_string()).collect(),
+        port: TCP,
+        fencing_socket: dir.join("none"),
+        ftvmm_socket: dir.join("none"),
+    };
+    let svc = Service::new(
+        cfg,
+        || serde_json::json!({"daemon": "heartbeat", "host": "host-b"}),
+    );
+    let l = svc.bind().unwrap();
+    std::thread::spawn(move || svc.serve(l));
+}
+
+#[test]
+fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(3, 0, dir.path());
+    // host-b's address takes connections and says nothing; host-c has none.
+    let silent = std::net::TcpListener::bind(on(3, 1)).unwrap();
+    std::thread::spawn(move || {
+        let _held: Vec<TcpStream> = silent.incoming().flatten().collect();
+    });
+    let t0 = Instant::now();
+    let Reply::Cluster { report } = client::query(
+        on(3, 0),
+        &dev_key(),
+        OperatorRequest::ClusterStatus,
+        Duration::from_secs(30),
+    )
+    .unwrap() else {
+        panic!("a cluster report")
+    };
+    let took = t0.elapsed();
+    assert!(report.report("host-a").is_some());
+    let b = report.hosts[1].unreachable.as_deref().unwrap();
+    assert_eq!(b, "127.79.3.2:17411: no answer within the time limit");
+    let c = report.hosts[2].unreachable.as_deref().unwrap();
+    assert!(c.contains("cannot connect to 127.79.3.3:17411"), "{c}");
+    // Bounded by the peer deadline (10 s), not by the silent host.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
