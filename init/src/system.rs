@@ -213,8 +213,7 @@ fn discover(loader: &mut Loader<'_>, aliases: &AliasIndex) {
 fn load_watchdog(loader: &mut Loader<'_>) {
     let root = Path::new("/");
     let best_kind = |root: &Path| watchdog::choose(&watchdog::scan(root)).map(|c| c.kind);
-    if best_kind(root).is_none_or(|k| k > WatchdogKind::Hardware)
-        && loader.done.contains("ipmi_si")
+    if best_kind(root).is_none_or(|k| k > WatchdogKind::Hardware) && loader.done.contains("ipmi_si")
     {
         loader.load(IPMI_WATCHDOG);
     }
