@@ -51,6 +51,40 @@ pub struct UartState {
     pub in_buffer: Vec<u8>,
 }
 
+impl From<SerialState> for UartState {
+    fn from(s: SerialState) -> Self {
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<UartState> for SerialState {
+    fn from(s: UartState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
 /// The COM1 device.
 pub struct Uart {
     serial: Serial<IrqLatch, NoEvents, Vec<u8>>,
@@ -111,35 +145,12 @@ impl Uart {
     }
 
     pub fn save(&self) -> UartState {
-        let s = self.serial.state();
-        UartState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
+        self.serial.state().into()
     }
 
     /// Rebuilds the UART from saved state (pending transmit output is empty).
     pub fn restore(s: &UartState) -> Result<Self, String> {
-        let state = SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        };
+        let state = SerialState::from(s.clone());
         let irq = IrqLatch::default();
         let serial = Serial::from_state(&state, irq.clone(), NoEvents, Vec::new())
             .map_err(|e| format!("{e:?}"))?;

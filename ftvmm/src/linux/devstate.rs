@@ -7,68 +7,19 @@
 //! NOTICE: [`DevicesState`] travels in every epoch; any change to it (or to
 //! `virtio::state`) requires a bump of [`DEVICES_VERSION`].
 
-use serde::{Deserialize, Serialize};
-use vm_superio::serial::SerialState;
-
+use crate::devices::serial::UartState;
 use crate::virtio::MmioTransportState;
+use serde::{Deserialize, Serialize};
 
 /// Version of the [`DevicesState`] encoding.
 pub const DEVICES_VERSION: u32 = 1;
-
-/// COM1 (mirror of `vm_superio`'s `SerialState`, which has no serde).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SerialSnap {
-    pub baud_divisor_low: u8,
-    pub baud_divisor_high: u8,
-    pub interrupt_enable: u8,
-    pub interrupt_identification: u8,
-    pub line_control: u8,
-    pub line_status: u8,
-    pub modem_control: u8,
-    pub modem_status: u8,
-    pub scratch: u8,
-    pub in_buffer: Vec<u8>,
-}
-
-impl From<SerialState> for SerialSnap {
-    fn from(s: SerialState) -> Self {
-        SerialSnap {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
-    }
-}
-
-impl From<SerialSnap> for SerialState {
-    fn from(s: SerialSnap) -> Self {
-        SerialState {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
-    }
-}
 
 /// Every userspace device of the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesState {
     pub version: u32,
-    pub serial: SerialSnap,
+    /// COM1 (the lockstep UART's serde mirror of `vm_superio`'s state).
+    pub serial: UartState,
     /// In slot order.
     pub virtio: Vec<MmioTransportState>,
 }
