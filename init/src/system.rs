@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
+use config_schema::watchdog::{self, WatchdogKind};
+
+use crate::hardware::{self, AliasIndex};
 use crate::modules::{self, LoadOutcome, ModuleIndex, Step};
 
 /// Mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). Already mounted is fine.
@@ -59,11 +62,64 @@ pub fn attach_console() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prints one console line (contract lines go through here, unbuffered).
+/// The consoles besides /dev/console (`crate::console`), opened once.
+static OTHER_CONSOLES: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// Opens every console of `/proc/consoles` but /dev/console for writing, so
+/// [`say`] and the log reach the screen and every serial port. Returns the
+/// ones opened and those that could not be.
+pub fn open_other_consoles() -> (Vec<String>, Vec<String>) {
+    let text = fs::read_to_string("/proc/consoles").unwrap_or_default();
+    let (mut opened, mut failed) = (Vec::new(), Vec::new());
+    let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    for path in crate::console::others(&crate::console::parse_proc_consoles(&text)) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(f) => {
+                files.push(f);
+                opened.push(path);
+            }
+            Err(e) => failed.push(format!("{path} ({e})")),
+        }
+    }
+    (opened, failed)
+}
+
+/// Writes `bytes` to every other console (best effort).
+fn to_other_consoles(bytes: &[u8]) {
+    let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
+    for f in files.iter_mut() {
+        let _ = f.write_all(bytes);
+    }
+}
+
+/// Prints one console line on every console (contract lines go through here,
+/// unbuffered).
 pub fn say(line: &str) {
+    let text = format!("{line}\n");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+    drop(out);
+    to_other_consoles(text.as_bytes());
+}
+
+/// init's log writer: stderr (/dev/console) and every other console.
+pub struct AllConsoles;
+
+impl Write for AllConsoles {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(buf)?;
+        to_other_consoles(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 fn kernel_release() -> String {
@@ -72,8 +128,9 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// Loads [`modules::WANTED`] plus the KVM module for this CPU's vendor, and
-/// `softdog` when no hardware watchdog appeared. Logs every step.
+/// Loads what this machine needs: [`hardware::ALWAYS`], the KVM module for
+/// this CPU's vendor, every module whose alias matches a device (repeated
+/// while that finds more), then the watchdog ([`load_watchdog`]). Logs every step.
 pub fn load_modules() {
     let dir = PathBuf::from("/lib/modules").join(kernel_release());
     let read = |name: &str| fs::read_to_string(dir.join(name));
@@ -92,6 +149,7 @@ pub fn load_modules() {
             return;
         }
     };
+    let aliases = AliasIndex::parse(&read("modules.alias").unwrap_or_default());
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let kvm: Vec<&str> = match modules::kvm_module_for_vendor(&cpuinfo) {
         Some(m) => vec![m],
@@ -100,17 +158,17 @@ pub fn load_modules() {
             modules::KVM_MODULES.to_vec()
         }
     };
-    let mut done = BTreeSet::new();
-    for name in modules::WANTED.iter().chain(kvm.iter()) {
-        load_one(&index, &dir, name, &mut done);
+    let mut loader = Loader {
+        index: &index,
+        dir: &dir,
+        done: BTreeSet::new(),
+        tried: BTreeSet::new(),
+    };
+    for name in hardware::ALWAYS.iter().chain(kvm.iter()) {
+        loader.load(name);
     }
-    if !has_watchdog() {
-        tracing::info!(
-            "no hardware watchdog: loading {}",
-            modules::WATCHDOG_FALLBACK
-        );
-        load_one(&index, &dir, modules::WATCHDOG_FALLBACK, &mut done);
-    }
+    discover(&mut loader, &aliases);
+    load_watchdog(&mut loader);
     if Path::new("/dev/kvm").exists() {
         tracing::info!("/dev/kvm present");
     } else {
@@ -118,10 +176,89 @@ pub fn load_modules() {
     }
 }
 
-fn has_watchdog() -> bool {
-    fs::read_dir("/sys/class/watchdog")
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+/// Loads the modules the machine's devices match, pass after pass.
+fn discover(loader: &mut Loader<'_>, aliases: &AliasIndex) {
+    if aliases.is_empty() {
+        tracing::warn!("no modules.alias: no driver is loaded by device");
+        return;
+    }
+    for pass in 1..=hardware::MAX_PASSES {
+        let devices = hardware::read_modaliases(Path::new("/"));
+        let new: Vec<String> = aliases
+            .wanted(&devices)
+            .into_iter()
+            .filter(|m| !loader.tried.contains(m) && !loader.done.contains(m))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "hardware pass {pass}: {} devices, loading {}",
+            devices.len(),
+            new.join(" ")
+        );
+        for m in &new {
+            loader.load(m);
+        }
+    }
+    tracing::warn!(
+        "hardware discovery still found new drivers after {} passes; stopped",
+        hardware::MAX_PASSES
+    );
+}
+
+/// The watchdog: a chipset one came with discovery if the machine has one.
+/// Without it the BMC's (ipmi_watchdog, when ipmi_si found a BMC), and
+/// without any that keeps real time, softdog. Says which one fencing gets.
+fn load_watchdog(loader: &mut Loader<'_>) {
+    let root = Path::new("/");
+    let best_kind = |root: &Path| watchdog::choose(&watchdog::scan(root)).map(|c| c.kind);
+    if best_kind(root).is_none_or(|k| k > WatchdogKind::Hardware) && loader.done.contains("ipmi_si")
+    {
+        loader.load(IPMI_WATCHDOG);
+    }
+    if !best_kind(root).is_some_and(WatchdogKind::real_time) {
+        tracing::info!(
+            "no hardware watchdog: loading {}",
+            modules::WATCHDOG_FALLBACK
+        );
+        loader.load(modules::WATCHDOG_FALLBACK);
+    }
+    let all = watchdog::scan(root);
+    match watchdog::choose(&all) {
+        Some(c) if c.kind.real_time() => say(&format!("init: watchdog: {c}")),
+        Some(c) => say(&format!(
+            "init: watchdog: {c}; no hardware watchdog on this machine: fencing refuses go-live \
+             unless the signed config accepts it ([cluster] accept_soft_watchdog = true)"
+        )),
+        None => say(
+            "init: watchdog: none; fencing refuses go-live unless the signed config accepts it \
+             ([cluster] accept_soft_watchdog = true)",
+        ),
+    }
+    for c in all.iter().skip(1) {
+        tracing::info!("also present: watchdog {c}");
+    }
+}
+
+/// The BMC's watchdog: no alias (it needs an IPMI interface, not a device).
+const IPMI_WATCHDOG: &str = "ipmi_watchdog";
+
+/// Loads modules and their dependencies, each once.
+struct Loader<'a> {
+    index: &'a ModuleIndex,
+    dir: &'a Path,
+    /// Modules resolved (loaded, already loaded, built in, or failed).
+    done: BTreeSet<String>,
+    /// Names asked for, found or not.
+    tried: BTreeSet<String>,
+}
+
+impl Loader<'_> {
+    fn load(&mut self, name: &str) {
+        self.tried.insert(modules::normalize(name));
+        load_one(self.index, self.dir, name, &mut self.done);
+    }
 }
 
 fn load_one(index: &ModuleIndex, dir: &Path, name: &str, done: &mut BTreeSet<String>) {
