@@ -26,9 +26,11 @@ if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
   SOURCE_DATE_EPOCH="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)"
 fi
 export SOURCE_DATE_EPOCH
-# Consoles: the screen (tty0) and both serial ports servers use for serial-over-LAN; the last
-# one, ttyS0, is /dev/console (the daemons' output); init writes its own lines to all three.
-KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=tty0 console=ttyS1,115200 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
+# Consoles: the screen (tty0) and COM1 (ttyS0), which as the last is /dev/console (the daemons'
+# output). Linux takes one console per driver (8250: one serial port; with console=ttyS1 and
+# console=ttyS0 both, only ttyS1 is a console), so COM2 (ttyS1), where many BMCs put
+# serial-over-LAN, is not named here: init writes its own lines there too (init/src/console.rs).
+KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=tty0 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
 TRUST_ROOT_PUB="${FT_TRUST_ROOT_PUB:-examples/dev-keys/signing.pub}"
 BUILD="$REPO/build"
 CACHE="${FT_CACHE_DIR:-$BUILD/cache}"

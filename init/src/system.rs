@@ -65,20 +65,43 @@ pub fn attach_console() -> std::io::Result<()> {
 /// The consoles besides /dev/console (`crate::console`), opened once.
 static OTHER_CONSOLES: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
 
-/// Opens every console of `/proc/consoles` but /dev/console for writing, so
-/// [`say`] and the log reach the screen and every serial port. Returns the
-/// ones opened and those that could not be.
+/// Opens every console of `/proc/consoles` but /dev/console, and every
+/// serial port with a UART that is not a kernel console
+/// ([`crate::console`]), for writing, so [`say`] and the log reach the
+/// screen and every serial port. Returns the ones opened and those that
+/// could not be.
+///
+/// Opened `O_NONBLOCK`: a serial port's open waits for carrier unless
+/// `CLOCAL` is set, and a port the kernel does not drive as a console has
+/// the default termios (no `CLOCAL`, 9600 baud). Init must never hang on a
+/// console, so the port is opened without waiting, then set to 115200 8N1
+/// with `CLOCAL` and no flow control (the command line's speed for ttyS0).
 pub fn open_other_consoles() -> (Vec<String>, Vec<String>) {
     let text = fs::read_to_string("/proc/consoles").unwrap_or_default();
+    let present: Vec<&str> = crate::console::SERIAL_PORTS
+        .into_iter()
+        .filter(|p| {
+            let t = fs::read_to_string(format!("/sys/class/tty/{p}/type")).unwrap_or_default();
+            crate::console::uart_present(&t)
+        })
+        .collect();
     let (mut opened, mut failed) = (Vec::new(), Vec::new());
     let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
-    for path in crate::console::others(&crate::console::parse_proc_consoles(&text)) {
+    let kernel = crate::console::parse_proc_consoles(&text);
+    for path in crate::console::others(&kernel, &present) {
         match fs::OpenOptions::new()
             .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
+            .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(f) => {
+                let name = path.trim_start_matches("/dev/");
+                if name.starts_with("ttyS") && !kernel.iter().any(|c| c.name == name) {
+                    if let Err(e) = raw_serial_115200(&f) {
+                        failed.push(format!("{path} (termios: {e})"));
+                        continue;
+                    }
+                }
                 files.push(f);
                 opened.push(path);
             }
@@ -88,11 +111,50 @@ pub fn open_other_consoles() -> (Vec<String>, Vec<String>) {
     (opened, failed)
 }
 
-/// Writes `bytes` to every other console (best effort).
+/// 115200 baud, 8N1, `CLOCAL`, no flow control, output as is (`OPOST` with
+/// `ONLCR` so `\n` is a new line on a terminal, as on the kernel's consoles).
+fn raw_serial_115200(f: &fs::File) -> nix::Result<()> {
+    use nix::sys::termios::{self, ControlFlags, OutputFlags, SetArg};
+    let mut t = termios::tcgetattr(f)?;
+    // The speed goes into c_cflag's CBAUD bits, which is what glibc's
+    // cfset*speed do on Linux: the libc crate binds those by a versioned
+    // symbol name (`@GLIBC_2.2.5`) that a static link cannot resolve.
+    let b115200 = ControlFlags::from_bits_retain(nix::libc::B115200);
+    t.control_flags &=
+        !(ControlFlags::CBAUD | ControlFlags::CSIZE | ControlFlags::PARENB | ControlFlags::CRTSCTS);
+    t.control_flags |= b115200;
+    t.control_flags |= ControlFlags::CS8 | ControlFlags::CLOCAL | ControlFlags::CREAD;
+    t.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
+    termios::tcsetattr(f, SetArg::TCSANOW, &t)
+}
+
+/// How long one line may wait for room on a slow console before that
+/// console skips it: a stuck port must not stall init.
+const CONSOLE_WAIT_MS: u16 = 500;
+
+/// Writes `bytes` to every other console (best effort; a console whose
+/// buffer stays full for [`CONSOLE_WAIT_MS`] misses the rest of the line).
 fn to_other_consoles(bytes: &[u8]) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
     let mut files = OTHER_CONSOLES.lock().unwrap_or_else(|e| e.into_inner());
     for f in files.iter_mut() {
-        let _ = f.write_all(bytes);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match f.write(rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, PollTimeout::from(CONSOLE_WAIT_MS)) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 
