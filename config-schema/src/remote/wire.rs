@@ -31,6 +31,10 @@ pub enum OperatorRequest {
     HostStatus,
     /// The queried host's figures as OpenMetrics text.
     Metrics,
+    /// Apply a newer signed config (`ftctl apply`): the signed-config file
+    /// whose SHA-256 this is follows as a second frame once the request is
+    /// authenticated (`super::apply`).
+    Apply { config_sha256: [u8; 32] },
 }
 
 /// The client's one message.
@@ -48,6 +52,10 @@ pub enum ClientMsg {
     /// Another host of the cluster asks for this host's report: the first
     /// message of a Noise IK handshake (hex) whose payload is the nonce.
     Host { from: String, noise: String },
+    /// Another host passes on an applied config: the first message of a
+    /// Noise IK handshake (payload: the nonce), then the signed config
+    /// encrypted (`heartbeat::status_service::noise`).
+    HostApply { from: String, noise: String },
 }
 
 /// The server's answer.
@@ -63,6 +71,13 @@ pub enum Reply {
     /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
     Metrics {
         text: String,
+    },
+    /// An apply request is authenticated: send the signed config now.
+    SendConfig,
+    /// What each host did with an applied config, one line per host.
+    Applied {
+        generation: u64,
+        hosts: Vec<super::apply::HostApplied>,
     },
     Refused {
         reason: String,

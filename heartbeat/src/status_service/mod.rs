@@ -14,23 +14,30 @@
 //!   answer is listed with the reason.
 //! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
 //!   same operators over the same protocol (`ftctl metrics`).
+//! - Apply: a newer signed config persisted on this host's config disk and
+//!   passed on to the others ([`apply`], `ftctl apply`).
 
+mod apply;
+mod config_disk;
 mod deadline;
 pub mod metrics;
 pub mod noise;
 
+pub use apply::{ApplyTarget, Live};
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use config_schema::ctl::{self, Request, Response};
 use config_schema::events;
 use config_schema::remote::auth::Operators;
-use config_schema::remote::client;
 use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
+use config_schema::remote::{client, Reply};
 use config_schema::runtime::RuntimeConfig;
+use config_schema::signed::SignedConfig;
 use serde_json::{json, Value};
 
 use crate::node::{NodeConfig, PeerConf};
@@ -41,6 +48,8 @@ pub const PEER_CONNECT: Duration = Duration::from_secs(2);
 /// more than a host needs to ask its own daemons (their sockets answer
 /// within `ctl::query`'s 5 s, asked in parallel).
 pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
+/// Where the image keeps the trust root (as init reads it).
+pub const TRUST_ROOT_PATH: &str = "/etc/ft/trust-root.pub";
 
 /// Where a host finds its daemons and its peers' services.
 #[derive(Clone)]
@@ -56,6 +65,8 @@ pub struct ServiceConfig {
     pub port: u16,
     pub fencing_socket: PathBuf,
     pub ftvmm_socket: PathBuf,
+    /// Where applied configs are persisted; `None`: this host refuses them.
+    pub apply: Option<ApplyTarget>,
 }
 
 impl ServiceConfig {
@@ -70,6 +81,12 @@ impl ServiceConfig {
             port,
             fencing_socket: ctl::FENCING_SOCKET.into(),
             ftvmm_socket: ctl::FTVMM_SOCKET.into(),
+            apply: Some(ApplyTarget {
+                config_disk: None,
+                scan_root: "/".into(),
+                trust_root: TRUST_ROOT_PATH.into(),
+                running: rt.config.clone(),
+            }),
         }
     }
 
@@ -87,6 +104,10 @@ impl ServiceConfig {
 pub struct Service {
     cfg: ServiceConfig,
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
+    /// Operators and generation as applied configs changed them.
+    live: RwLock<Live>,
+    /// One apply at a time ([`apply`]).
+    apply_lock: Mutex<()>,
 }
 
 impl Service {
@@ -94,9 +115,16 @@ impl Service {
         cfg: ServiceConfig,
         heartbeat_status: impl Fn() -> Value + Send + Sync + 'static,
     ) -> Self {
+        let live = Live {
+            running: cfg.apply.as_ref().map(|t| t.running.clone()),
+            operators: cfg.operators.clone(),
+            generation: cfg.config_generation,
+        };
         Service {
             cfg,
             heartbeat_status: Box::new(heartbeat_status),
+            live: RwLock::new(live),
+            apply_lock: Mutex::new(()),
         }
     }
 
@@ -108,6 +136,11 @@ impl Service {
     /// Serves `listener` forever.
     pub fn serve(self, listener: TcpListener) {
         server::serve(listener, Arc::new(self))
+    }
+
+    /// What applied configs changed so far.
+    fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
@@ -146,7 +179,7 @@ impl Backend for Service {
     }
 
     fn operators(&self) -> Operators {
-        self.cfg.operators.clone()
+        self.live().operators
     }
 
     fn host_report(&self) -> HostReport {
@@ -161,7 +194,7 @@ impl Backend for Service {
         });
         HostReport {
             host: self.cfg.node.name.clone(),
-            config_generation: self.cfg.config_generation,
+            config_generation: self.live().generation,
             unix_ms: events::unix_ms_now(),
             heartbeat: (self.heartbeat_status)(),
             fencing,
@@ -207,11 +240,25 @@ impl Backend for Service {
         hosts.sort_by_key(order);
         ClusterReport {
             cluster: self.cfg.cluster.clone(),
-            config_generation: self.cfg.config_generation,
+            config_generation: self.live().generation,
             queried: self.cfg.node.name.clone(),
             vms: self.cfg.vms.clone(),
             hosts,
         }
+    }
+
+    fn apply(&self, config: SignedConfig, operator: &str) -> Reply {
+        self.apply_cluster(config, operator)
+    }
+
+    fn peer_apply(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        noise: &str,
+    ) -> Result<(), String> {
+        self.answer_apply(stream, nonce, from, noise)
     }
 
     fn metrics(&self) -> String {
