@@ -6,11 +6,13 @@
 //! `vms[kv].power` or `timing.heartbeat_interval_ms`.
 //!
 //! Rule: a change is live only when the running daemons really re-read it;
-//! everything else needs a reboot. Today that is [`LIVE`]: the config
-//! generation itself and the `[[operators]]` list (the status service
-//! switches to the new list at once). The daemons (ftvmm, fencing,
-//! heartbeat) read their config once at start, so timing, affinity, power,
-//! VMs, hosts and storage take effect at the next boot of the host.
+//! everything else needs a reboot. Today that is [`LIVE`]: the
+//! `[[operators]]` list (the status service switches to the new list at
+//! once). The daemons (ftvmm, fencing, heartbeat) read their config once at
+//! start, so timing, affinity, power, VMs, hosts and storage take effect at
+//! the next boot of the host. `cluster.generation` always changes and is
+//! not listed: the daemons keep running (and pairing under) the generation
+//! they booted; the apply line says which generation was persisted.
 
 use std::fmt;
 
@@ -19,7 +21,10 @@ use serde_json::Value;
 use crate::model::ClusterConfig;
 
 /// Path prefixes that a running host applies without a reboot.
-pub const LIVE: &[&str] = &["cluster.generation", "operators"];
+pub const LIVE: &[&str] = &["operators"];
+
+/// The path every newer config changes, left out of [`Changes`].
+const GENERATION: &str = "cluster.generation";
 
 /// The changes between two configs, split by how they take effect.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,7 +40,7 @@ impl Changes {
         let mut paths = Vec::new();
         diff("", &a, &b, &mut paths);
         let mut c = Changes::default();
-        for p in paths {
+        for p in paths.into_iter().filter(|p| p != GENERATION) {
             if LIVE
                 .iter()
                 .any(|l| p == *l || p.starts_with(&format!("{l}[")))
@@ -64,7 +69,7 @@ impl fmt::Display for Changes {
             parts.push(format!("needs reboot: {}", self.reboot.join(", ")));
         }
         if parts.is_empty() {
-            parts.push("no changes".into());
+            parts.push("nothing changed but the generation".into());
         }
         write!(f, "{}", parts.join("; "))
     }
@@ -163,14 +168,13 @@ mod tests {
     }
 
     #[test]
-    fn a_new_generation_alone_is_live() {
+    fn a_new_generation_alone_changes_nothing_else() {
         let (a, mut b) = (example(), example());
         b.cluster.generation += 1;
         let c = Changes::between(&a, &b);
-        assert_eq!(c.live, ["cluster.generation"]);
+        assert_eq!(c, Changes::default());
         assert!(!c.needs_reboot());
-        assert_eq!(c.to_string(), "live: cluster.generation");
-        assert_eq!(Changes::between(&a, &a).to_string(), "no changes");
+        assert_eq!(c.to_string(), "nothing changed but the generation");
     }
 
     #[test]
@@ -189,7 +193,7 @@ mod tests {
         b.vms.push(extra);
         let c = Changes::between(&a, &b);
         let vm = &a.vms[0].name;
-        assert_eq!(c.live, ["cluster.generation", "operators[carol] added"]);
+        assert_eq!(c.live, ["operators[carol] added"]);
         assert_eq!(
             c.reboot,
             [
@@ -200,7 +204,9 @@ mod tests {
             ]
         );
         assert!(c.needs_reboot());
-        assert!(c.to_string().starts_with("live: cluster.generation, operators[carol] added; needs reboot: timing.heartbeat_interval_ms"));
+        assert!(c.to_string().starts_with(
+            "live: operators[carol] added; needs reboot: timing.heartbeat_interval_ms"
+        ));
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!   or when it already has that very generation (re-applying catches up a
 //!   host that was down); a host that received it from another host does not
 //!   pass it on.
-//! - Live: what `config_schema::changes::LIVE` lists (the operators and the
-//!   generation); anything else is persisted and said to need a reboot.
+//! - Live: what `config_schema::changes::LIVE` lists (the operators);
+//!   anything else is persisted and said to need a reboot. Status keeps
+//!   reporting the generation the host booted (the one its daemons run and
+//!   pair under).
 
 use std::fs::OpenOptions;
 use std::net::TcpStream;
@@ -51,9 +53,6 @@ pub struct Live {
     /// without an [`ApplyTarget`]).
     pub running: Option<ClusterConfig>,
     pub operators: Operators,
-    /// The running generation: the newest applied config's when every
-    /// change it made was live, else the booted one.
-    pub generation: u64,
 }
 
 /// One host's result and whether an operator's apply passes it on.
@@ -95,10 +94,6 @@ impl Service {
         live.operators = Operators::of(new);
         if let Some(r) = live.running.as_mut() {
             r.operators = new.operators.clone();
-        }
-        if !changes.needs_reboot() {
-            live.running = Some(new.clone());
-            live.generation = new.cluster.generation;
         }
         let line = format!(
             "{host}: generation {} persisted (was {}); {changes}",

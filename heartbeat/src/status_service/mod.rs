@@ -104,7 +104,7 @@ impl ServiceConfig {
 pub struct Service {
     cfg: ServiceConfig,
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
-    /// Operators and generation as applied configs changed them.
+    /// Operators (and the config to compare with) as applied configs changed them.
     live: RwLock<Live>,
     /// One apply at a time ([`apply`]).
     apply_lock: Mutex<()>,
@@ -118,7 +118,6 @@ impl Service {
         let live = Live {
             running: cfg.apply.as_ref().map(|t| t.running.clone()),
             operators: cfg.operators.clone(),
-            generation: cfg.config_generation,
         };
         Service {
             cfg,
@@ -194,7 +193,7 @@ impl Backend for Service {
         });
         HostReport {
             host: self.cfg.node.name.clone(),
-            config_generation: self.live().generation,
+            config_generation: self.cfg.config_generation,
             unix_ms: events::unix_ms_now(),
             heartbeat: (self.heartbeat_status)(),
             fencing,
@@ -240,7 +239,7 @@ impl Backend for Service {
         hosts.sort_by_key(order);
         ClusterReport {
             cluster: self.cfg.cluster.clone(),
-            config_generation: self.live().generation,
+            config_generation: self.cfg.config_generation,
             queried: self.cfg.node.name.clone(),
             vms: self.cfg.vms.clone(),
             hosts,
