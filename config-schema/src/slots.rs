@@ -217,6 +217,15 @@ fn slot1_shadowed(image: &[u8]) -> bool {
 /// one's reason is in [`Active::other_problem`]; with both bad, the error
 /// names both (with slot 1 blank, slot 0's error as it is).
 pub fn read_active(image: &[u8], trust_root: &[u8]) -> Result<Active, DiskError> {
+    if image.len() < DISK_LEN {
+        // Not a slot's problem: say it once, as a disk without slots would.
+        return Err(disk::read_disk(image, trust_root)
+            .err()
+            .unwrap_or(DiskError::Truncated {
+                need: DISK_LEN,
+                have: image.len(),
+            }));
+    }
     let s0 = read_slot(image, 0, trust_root).map(|s| s.expect("slot 0 is never blank"));
     let s1 = if slot1_shadowed(image) {
         Ok(None)

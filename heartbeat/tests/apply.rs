@@ -59,6 +59,9 @@ fn config(generation: u64) -> ClusterConfig {
 /// A cluster of services on 127.79.`net`.x with config disks in a temp dir.
 struct Cluster {
     net: u8,
+    /// The services' catch-up period (`None` in most tests: only what an
+    /// apply does is under test there).
+    catch_up_every: Option<Duration>,
     dir: tempfile::TempDir,
     signer: Ed25519KeyPair,
 }
@@ -75,7 +78,12 @@ impl Cluster {
             img[disk::STATE_OFFSET as usize..].copy_from_slice(&disk::encode_state(7));
             std::fs::write(dir.path().join(name), img).unwrap();
         }
-        Cluster { net, dir, signer }
+        Cluster {
+            net,
+            catch_up_every: None,
+            dir,
+            signer,
+        }
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -119,6 +127,7 @@ impl Cluster {
                 config_disk: Some(self.disk(i)),
                 scan_root: Path::new("/nonexistent").into(),
                 trust_root: self.dir.path().join("trust.pub"),
+                catch_up_every: self.catch_up_every,
                 running: config(7),
             }),
         };
@@ -288,4 +297,45 @@ fn a_host_that_was_down_is_unreachable_then_catches_up_on_a_second_apply() {
         [Outcome::Refused, Outcome::Refused, Outcome::Applied]
     );
     assert_eq!(c.on_disk(2), 8);
+}
+
+#[test]
+fn a_host_that_was_down_catches_up_by_itself() {
+    let mut c = Cluster::new(15);
+    c.catch_up_every = Some(Duration::from_millis(200));
+    c.start(0);
+    c.start(1);
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert_eq!(hosts[2].outcome, Outcome::Unreachable);
+    // host-c comes back booted with generation 7 and asks the others.
+    c.start(2);
+    let t0 = std::time::Instant::now();
+    while c.on_disk(2) != 8 {
+        assert!(t0.elapsed() < T, "host-c did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing older is taken: a peer offering less changes nothing.
+    assert_eq!([c.on_disk(0), c.on_disk(1)], [8, 8]);
+}
+
+#[test]
+fn a_config_passed_on_by_an_impostor_host_is_refused() {
+    let c = Cluster::new(16);
+    c.start(0);
+    let (s, hello) = client::connect(c.addr(0), T).unwrap();
+    let mut s = s;
+    let forged = [0x77u8; 32]; // not host-b's key
+    let body = c.signed(&config(8)).encode();
+    let e = heartbeat::status_service::noise::ask_with(
+        &mut s,
+        &hello,
+        ("host-b", &forged),
+        &keys::host_public_key(&host_key(0)),
+        heartbeat::status_service::noise::Kind::Apply,
+        &body,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("static key is not host host-b's key"), "{e}");
+    assert_eq!(c.on_disk(0), 7);
 }

@@ -64,6 +64,19 @@ pub trait Backend: Send + Sync + 'static {
             self.host()
         ))
     }
+    /// Another host asks for this host's applied config (`ClientMsg::HostFetch`).
+    fn peer_fetch(
+        &self,
+        _stream: &mut TcpStream,
+        _nonce: &[u8; 32],
+        from: &str,
+        _noise: &str,
+    ) -> Result<(), String> {
+        Err(format!(
+            "{} does not hand out configs to other hosts ({from})",
+            self.host()
+        ))
+    }
 }
 
 /// Serves `listener` forever.
@@ -177,6 +190,11 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
         ClientMsg::HostApply { from, noise } => {
             if let Err(e) = backend.peer_apply(&mut stream, &nonce, &from, &noise) {
                 refuse(&mut stream, format!("config from host {from:?}: {e}"));
+            }
+        }
+        ClientMsg::HostFetch { from, noise } => {
+            if let Err(e) = backend.peer_fetch(&mut stream, &nonce, &from, &noise) {
+                refuse(&mut stream, format!("config fetch from host {from:?}: {e}"));
             }
         }
         ClientMsg::Host { from, noise } => {

@@ -56,6 +56,10 @@ pub enum ClientMsg {
     /// Noise IK handshake (payload: the nonce), then the signed config
     /// encrypted (`heartbeat::status_service::noise`).
     HostApply { from: String, noise: String },
+    /// Another host asks for this host's applied config, to catch up after
+    /// it was down: Noise IK as for `Host`; the answer is the signed config
+    /// of this host's active slot (empty if it was made by `make-disk`).
+    HostFetch { from: String, noise: String },
 }
 
 /// The server's answer.

@@ -7,10 +7,10 @@
 //!   check and the write are one step, so of two concurrent applies the
 //!   higher generation ends on disk whichever order they come in (a lower
 //!   one after a higher one is refused as not newer).
-//! - The host an operator asked passes the config on when it persisted it,
-//!   or when it already has that very generation (re-applying catches up a
-//!   host that was down); a host that received it from another host does not
-//!   pass it on.
+//! - The host an operator asked passes the config on unless every host
+//!   would refuse it or it is older than this host's ([`pass_on_despite`]);
+//!   a host that received it from another host does not pass it on.
+//! - A host that was down catches up by itself ([`super::catch_up`]).
 //! - Live: what `config_schema::changes::LIVE` lists (the operators);
 //!   anything else is persisted and said to need a reboot. Status keeps
 //!   reporting the generation the host booted (the one its daemons run and
@@ -42,6 +42,9 @@ pub struct ApplyTarget {
     pub scan_root: PathBuf,
     /// The trust root (raw 32-byte Ed25519 public key).
     pub trust_root: PathBuf,
+    /// How often to ask the other hosts for a newer applied config
+    /// ([`super::catch_up`]); `None`: never.
+    pub catch_up_every: Option<std::time::Duration>,
     /// The config the daemons run (what a new one is compared with).
     pub running: ClusterConfig,
 }
@@ -56,14 +59,14 @@ pub struct Live {
 }
 
 /// One host's result and whether an operator's apply passes it on.
-struct Local {
-    result: HostApplied,
+pub(super) struct Local {
+    pub(super) result: HostApplied,
     pass_on: bool,
 }
 
 impl Service {
     /// Persists `config` here (module rules) and takes its live changes.
-    fn apply_here(&self, config: &SignedConfig) -> Local {
+    pub(super) fn apply_here(&self, config: &SignedConfig) -> Local {
         let host = self.cfg.node.name.clone();
         let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let refused = |line: String, pass_on| {
@@ -81,8 +84,8 @@ impl Service {
         let persisted = match self.persist(config) {
             Ok(p) => p,
             Err(e) => {
-                let same = matches!(e, Persist::Refused(PersistError::NotNewer { offered, current }) if offered == current);
-                return refused(format!("{host}: {e}"), same);
+                let pass_on = pass_on_despite(&e);
+                return refused(format!("{host}: {e}"), pass_on);
             }
         };
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
@@ -115,7 +118,8 @@ impl Service {
         }
     }
 
-    fn persist(&self, config: &SignedConfig) -> Result<persist::Persisted, Persist> {
+    /// This host's config disk and trust root.
+    pub(super) fn disk_and_trust(&self) -> Result<(PathBuf, Vec<u8>), Persist> {
         let t = self.cfg.apply.as_ref().ok_or(Persist::NotConfigured)?;
         let trust = std::fs::read(&t.trust_root)
             .map_err(|e| Persist::Setup(format!("trust root {}: {e}", t.trust_root.display())))?;
@@ -124,6 +128,11 @@ impl Service {
             None => config_disk::find(&t.scan_root, &trust, &self.cfg.node.name)
                 .map_err(Persist::Setup)?,
         };
+        Ok((path, trust))
+    }
+
+    fn persist(&self, config: &SignedConfig) -> Result<persist::Persisted, Persist> {
+        let (path, trust) = self.disk_and_trust()?;
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -221,9 +230,22 @@ impl Service {
     }
 }
 
+/// Whether the asked host passes on a config it did not persist: not one
+/// every host would refuse (its signature or content) nor one older than
+/// this host's; yes one this host already has (the others may not), and one
+/// this host could not persist for its own reasons (no disk, a config that
+/// drops this host).
+fn pass_on_despite(e: &Persist) -> bool {
+    match e {
+        Persist::Refused(PersistError::Signed(_)) => false,
+        Persist::Refused(PersistError::NotNewer { offered, current }) => offered == current,
+        _ => true,
+    }
+}
+
 /// Why this host did not persist.
 #[derive(Debug, thiserror::Error)]
-enum Persist {
+pub(super) enum Persist {
     #[error("refused: this host has no config disk to persist to")]
     NotConfigured,
     #[error("not persisted: {0}")]

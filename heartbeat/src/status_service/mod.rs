@@ -18,6 +18,7 @@
 //!   passed on to the others ([`apply`], `ftctl apply`).
 
 mod apply;
+pub mod catch_up;
 mod config_disk;
 mod deadline;
 pub mod metrics;
@@ -48,6 +49,8 @@ pub const PEER_CONNECT: Duration = Duration::from_secs(2);
 /// more than a host needs to ask its own daemons (their sockets answer
 /// within `ctl::query`'s 5 s, asked in parallel).
 pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a host asks the others for a newer applied config.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// Where the image keeps the trust root (as init reads it).
 pub const TRUST_ROOT_PATH: &str = "/etc/ft/trust-root.pub";
 
@@ -85,6 +88,7 @@ impl ServiceConfig {
                 config_disk: None,
                 scan_root: "/".into(),
                 trust_root: TRUST_ROOT_PATH.into(),
+                catch_up_every: Some(CATCH_UP_EVERY),
                 running: rt.config.clone(),
             }),
         }
@@ -133,8 +137,16 @@ impl Service {
     }
 
     /// Serves `listener` forever.
+    /// Serves `listener` forever; with an [`ApplyTarget`] that says so,
+    /// also catches up with the other hosts' applied configs ([`catch_up`]).
     pub fn serve(self, listener: TcpListener) {
-        server::serve(listener, Arc::new(self))
+        let me = Arc::new(self);
+        let every = me.cfg.apply.as_ref().and_then(|t| t.catch_up_every);
+        if let Some(every) = every {
+            let svc = Arc::clone(&me);
+            std::thread::spawn(move || catch_up::run(svc, every));
+        }
+        server::serve(listener, me)
     }
 
     /// What applied configs changed so far.
@@ -258,6 +270,16 @@ impl Backend for Service {
         noise: &str,
     ) -> Result<(), String> {
         self.answer_apply(stream, nonce, from, noise)
+    }
+
+    fn peer_fetch(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        noise: &str,
+    ) -> Result<(), String> {
+        self.answer_fetch(stream, nonce, from, noise)
     }
 
     fn metrics(&self) -> String {

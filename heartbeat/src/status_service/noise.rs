@@ -11,7 +11,8 @@
 //! An applied config passes between hosts the same way with
 //! `ClientMsg::HostApply` and its own prologue ([`Kind::Apply`]): after the
 //! handshake A sends the signed config like a report (length, chunks), and B
-//! answers its one-line result like a report.
+//! answers its one-line result like a report. [`Kind::Fetch`]
+//! (`ClientMsg::HostFetch`) asks for B's applied config instead of its report.
 //!
 //! Rules: B accepts message 1 only from the static key the config gives the
 //! host named `from`, and only if its payload is this connection's nonce (a
@@ -40,6 +41,8 @@ pub enum Kind {
     Status,
     /// A passes on a signed config; B answers its result.
     Apply,
+    /// A asks for B's applied signed config (catching up).
+    Fetch,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
         match self {
             Kind::Status => ClientMsg::Host { from, noise },
             Kind::Apply => ClientMsg::HostApply { from, noise },
+            Kind::Fetch => ClientMsg::HostFetch { from, noise },
         }
     }
 }
@@ -55,6 +59,7 @@ fn prologue(kind: Kind, cluster: &str, responder: &str) -> Vec<u8> {
     let what = match kind {
         Kind::Status => "status",
         Kind::Apply => "apply",
+        Kind::Fetch => "fetch",
     };
     format!("ftappliance host {what} v1\0{cluster}\0{responder}").into_bytes()
 }
@@ -245,7 +250,7 @@ pub fn answer_with<S: Read + Write>(
     let mut t = hs.into_transport_mode()?;
     let body = match kind {
         Kind::Apply => recv_body(stream, &mut t, &mut buf, MAX_APPLY_FRAME)?,
-        Kind::Status => Vec::new(),
+        Kind::Status | Kind::Fetch => Vec::new(),
     };
     let answer = respond(body);
     send_body(stream, &mut t, &mut buf, &answer)
