@@ -77,8 +77,6 @@ pub struct Persisted {
     pub config: VerifiedConfig,
     /// The generation it replaced (the highest of the active slot and STATE).
     pub previous: u64,
-    /// The config it replaced.
-    pub previous_config: crate::model::ClusterConfig,
     pub slot: usize,
     pub host_name: String,
 }
@@ -141,7 +139,6 @@ pub fn persist(
     Ok(Persisted {
         config: new,
         previous: current,
-        previous_config: cur.disk.config.clone(),
         slot: target,
         host_name: name.clone(),
     })

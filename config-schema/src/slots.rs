@@ -277,12 +277,6 @@ pub fn signed_of_image(image: &[u8], trust_root: &[u8]) -> Result<SignedConfig, 
     })
 }
 
-/// Checks an applied slot's size against slot `slot`'s room.
-pub fn fits(slot: usize, len: usize) -> bool {
-    let (start, end) = SLOTS[slot];
-    len <= end - start
-}
-
 pub use crate::persist::{persist, BlockDev, PersistError, Persisted};
 
 #[cfg(test)]

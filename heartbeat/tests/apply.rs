@@ -62,12 +62,19 @@ struct Cluster {
     /// The services' catch-up period (`None` in most tests: only what an
     /// apply does is under test there).
     catch_up_every: Option<Duration>,
+    /// Services find their disk by scanning `<dir>/root-<host>/{sys/block,dev}`
+    /// as on the appliance, instead of being told the path.
+    scan: bool,
     dir: tempfile::TempDir,
     signer: Ed25519KeyPair,
 }
 
 impl Cluster {
     fn new(net: u8) -> Self {
+        Self::with_scan(net, false)
+    }
+
+    fn with_scan(net: u8, scan: bool) -> Self {
         let (pk8, public) = keys::generate_signing_key().unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("trust.pub"), public).unwrap();
@@ -78,20 +85,40 @@ impl Cluster {
             img[disk::STATE_OFFSET as usize..].copy_from_slice(&disk::encode_state(7));
             std::fs::write(dir.path().join(name), img).unwrap();
         }
-        Cluster {
+        let c = Cluster {
             net,
             catch_up_every: None,
+            scan,
             dir,
             signer,
+        };
+        for (i, name) in NAMES.iter().enumerate() {
+            let from = c.dir.path().join(name);
+            if scan {
+                let root = c.root(i);
+                std::fs::create_dir_all(root.join("sys/block/vda")).unwrap();
+                std::fs::create_dir_all(root.join("sys/block/vdb")).unwrap();
+                std::fs::create_dir_all(root.join("dev")).unwrap();
+                std::fs::write(root.join("dev/vda"), vec![0u8; 8192]).unwrap();
+                std::fs::rename(&from, c.disk(i)).unwrap();
+            }
         }
+        c
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
         SocketAddr::from(([127, 79, self.net, i as u8 + 1], TCP))
     }
 
+    fn root(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("root-{}", NAMES[i]))
+    }
+
     fn disk(&self, i: usize) -> PathBuf {
-        self.dir.path().join(NAMES[i])
+        match self.scan {
+            true => self.root(i).join("dev/vdb"),
+            false => self.dir.path().join(NAMES[i]),
+        }
     }
 
     /// Starts host `i`'s service (booted with generation 7).
@@ -124,8 +151,11 @@ impl Cluster {
             fencing_socket: self.dir.path().join("none"),
             ftvmm_socket: self.dir.path().join("none"),
             apply: Some(ApplyTarget {
-                config_disk: Some(self.disk(i)),
-                scan_root: Path::new("/nonexistent").into(),
+                config_disk: (!self.scan).then(|| self.disk(i)),
+                scan_root: match self.scan {
+                    true => self.root(i),
+                    false => Path::new("/nonexistent").into(),
+                },
                 trust_root: self.dir.path().join("trust.pub"),
                 catch_up_every: self.catch_up_every,
                 running: config(7),
@@ -338,4 +368,19 @@ fn a_config_passed_on_by_an_impostor_host_is_refused() {
     .to_string();
     assert!(e.contains("static key is not host host-b's key"), "{e}");
     assert_eq!(c.on_disk(0), 7);
+}
+
+#[test]
+fn hosts_find_their_config_disk_among_block_devices() {
+    let c = Cluster::with_scan(17, true);
+    (0..3).for_each(|i| c.start(i));
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert!(
+        hosts.iter().all(|h| h.outcome == Outcome::Applied),
+        "{hosts:?}"
+    );
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
+    let (_, hosts) = c.apply(1, &dev_key(), &config(9));
+    assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
 }

@@ -104,9 +104,10 @@ impl Service {
         );
         events::record(EventKind::ConfigApplied, None, None, &line);
         tracing::info!("apply: {line}");
-        let outcome = match changes.needs_reboot() {
-            true => Outcome::NeedsReboot,
-            false => Outcome::Applied,
+        let outcome = if changes.needs_reboot() {
+            Outcome::NeedsReboot
+        } else {
+            Outcome::Applied
         };
         Local {
             result: HostApplied {
@@ -123,12 +124,17 @@ impl Service {
         let t = self.cfg.apply.as_ref().ok_or(Persist::NotConfigured)?;
         let trust = std::fs::read(&t.trust_root)
             .map_err(|e| Persist::Setup(format!("trust root {}: {e}", t.trust_root.display())))?;
-        let path = match &t.config_disk {
-            Some(p) => p.clone(),
-            None => config_disk::find(&t.scan_root, &trust, &self.cfg.node.name)
-                .map_err(Persist::Setup)?,
-        };
-        Ok((path, trust))
+        if let Some(p) = &t.config_disk {
+            return Ok((p.clone(), trust));
+        }
+        let mut found = self.found_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*found {
+            return Ok((p.clone(), trust));
+        }
+        let p =
+            config_disk::find(&t.scan_root, &trust, &self.cfg.node.name).map_err(Persist::Setup)?;
+        *found = Some(p.clone());
+        Ok((p, trust))
     }
 
     fn persist(&self, config: &SignedConfig) -> Result<persist::Persisted, Persist> {

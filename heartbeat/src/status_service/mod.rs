@@ -112,6 +112,9 @@ pub struct Service {
     live: RwLock<Live>,
     /// One apply at a time ([`apply`]).
     apply_lock: Mutex<()>,
+    /// The config disk once found under the scan root (it does not move
+    /// while the host runs).
+    found_disk: Mutex<Option<PathBuf>>,
 }
 
 impl Service {
@@ -128,6 +131,7 @@ impl Service {
             heartbeat_status: Box::new(heartbeat_status),
             live: RwLock::new(live),
             apply_lock: Mutex::new(()),
+            found_disk: Mutex::new(None),
         }
     }
 
