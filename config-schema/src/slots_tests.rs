@@ -118,20 +118,13 @@ fn crash_images(
             out.push(synced.clone());
             continue;
         };
-        let cuts = if state_sector_atomic && w.0 >= STATE_OFFSET {
+        let cuts: Vec<usize> = if state_sector_atomic && w.0 >= STATE_OFFSET {
             vec![0, w.1.len()]
         } else {
-            vec![
-                0,
-                1,
-                7,
-                511,
-                512,
-                1000,
-                w.1.len() / 2,
-                w.1.len() - 1,
-                w.1.len(),
-            ]
+            // Every 256 bytes (each sector boundary and mid-sector), plus a few odd ones.
+            let mut c: Vec<usize> = (0..=w.1.len()).step_by(256).collect();
+            c.extend([1, 7, 27, 29, 1000, w.1.len() - 1, w.1.len()]);
+            c
         };
         for cut in cuts {
             let cut = cut.min(w.1.len());
@@ -164,24 +157,34 @@ fn cut_everywhere(
     (old, g): (u64, u64),
     state_sector_atomic: bool,
 ) -> Vec<u8> {
+    cut_everywhere_with(image, s, (&config(old), &config(g)), state_sector_atomic)
+}
+
+/// [`cut_everywhere`] from config `old_c` to `new_c`; returns the new disk.
+fn cut_everywhere_with(
+    image: &[u8],
+    s: &Ed25519KeyPair,
+    (old_c, new_c): (&ClusterConfig, &ClusterConfig),
+    state_sector_atomic: bool,
+) -> Vec<u8> {
     let pk = s.public_key().as_ref();
-    let sc = SignedConfig::sign(&config(g), s).unwrap();
+    let (old, g) = (old_c.cluster.generation, new_c.cluster.generation);
+    let sc = SignedConfig::sign(new_c, s).unwrap();
     let mut rec = Recorder {
         disk: image.to_vec(),
         ops: vec![],
     };
     let p = persist(&mut rec, pk, &sc).unwrap();
     assert_eq!((p.previous, p.config.generation()), (old, g));
-    let (old_c, new_c) = (config(old), config(g));
     let imgs = crash_images(image, &rec.ops, state_sector_atomic);
     let (mut saw_old, mut saw_new) = (0, 0);
     for (i, img) in imgs.iter().enumerate() {
         let (c, host) = boot(img, pk).unwrap_or_else(|e| panic!("crash image {i}: {e}"));
         assert_eq!(host, "host-a");
-        if c == new_c {
+        if c == *new_c {
             saw_new += 1;
         } else {
-            assert_eq!(c, old_c, "crash image {i}: neither old nor new");
+            assert_eq!(c, *old_c, "crash image {i}: neither old nor new");
             saw_old += 1;
         }
     }
@@ -197,9 +200,9 @@ fn cut_everywhere(
         let r = persist(&mut dev, pk, &sc);
         assert_eq!(r.is_ok(), n == writes, "cut after {n} writes");
         let (c, _) = boot(&dev.disk, pk).unwrap();
-        assert!(c == old_c || c == new_c);
+        assert!(c == *old_c || c == *new_c);
         if n == writes {
-            assert_eq!(c, new_c);
+            assert_eq!(c, *new_c);
         }
     }
     rec.disk
@@ -231,6 +234,28 @@ fn a_cut_at_any_write_leaves_the_old_or_the_new_config() {
 /// the first record has no other beside it, and a torn first record is a
 /// damaged STATE, refused as before slots existed. So this case relies on a
 /// one-sector write landing whole, as init's own STATE write always did.
+/// A config over several write chunks (64 operators): any subset of its
+/// chunks landing is a torn slot, never a config.
+#[test]
+fn a_slot_of_several_chunks_lands_whole_or_not_at_all() {
+    let s = signer();
+    let mut big = config(2);
+    for i in 0..crate::validate::MAX_OPERATORS {
+        let (_, public) = keys::generate_signing_key().unwrap();
+        big.operators.push(crate::model::Operator {
+            name: format!("operator-{i}"),
+            public_key: hex::encode(public),
+        });
+    }
+    let sc = SignedConfig::sign(&big, &s).unwrap();
+    let len = encode_applied(&sc, "host-a", &key_a()).len();
+    assert!(len > crate::persist::CHUNK, "{len} bytes");
+    let mut img = fresh(&s);
+    img[STATE_OFFSET as usize..].copy_from_slice(&encode_state(1));
+    let img = cut_everywhere_with(&img, &s, (&config(1), &big), false);
+    cut_everywhere_with(&img, &s, (&big, &config(3)), false);
+}
+
 #[test]
 fn a_blank_state_sector_relies_on_sector_atomicity() {
     let s = signer();
