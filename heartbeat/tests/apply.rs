@@ -274,8 +274,13 @@ fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
     else {
         panic!("carol's query answered")
     };
-    // Status keeps the generation the daemons booted and pair under.
+    // Status keeps the generation the daemons booted and pair under, and
+    // says what was persisted since.
     assert_eq!(report.config_generation, 7);
+    assert_eq!(
+        report.heartbeat["applied_config"],
+        serde_json::json!({"generation": 8, "changes": "live: operators[carol] added"})
+    );
     // Carol applies the next one herself.
     let mut third = next.clone();
     third.cluster.generation = 9;

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use config_schema::changes::Changes;
 use config_schema::events::{self, EventKind};
 use config_schema::model::ClusterConfig;
-use config_schema::persist::{self, PersistError};
+use config_schema::persist::{self as disk_persist, PersistError};
 use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::Operators;
 use config_schema::remote::{client, Reply};
@@ -56,6 +56,16 @@ pub struct Live {
     /// without an [`ApplyTarget`]).
     pub running: Option<ClusterConfig>,
     pub operators: Operators,
+    /// The newest config persisted since boot, if any.
+    pub persisted: Option<Persisted>,
+}
+
+/// A config persisted since boot: its generation and what it changes
+/// against the booted config (`changes::Changes` as one line).
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    pub generation: u64,
+    pub changes: String,
 }
 
 /// One host's result and whether an operator's apply passes it on.
@@ -98,6 +108,10 @@ impl Service {
         if let Some(r) = live.running.as_mut() {
             r.operators = new.operators.clone();
         }
+        live.persisted = Some(Persisted {
+            generation: new.cluster.generation,
+            changes: changes.to_string(),
+        });
         let line = format!(
             "{host}: generation {} persisted (was {}); {changes}",
             new.cluster.generation, persisted.previous
@@ -137,14 +151,14 @@ impl Service {
         Ok((p, trust))
     }
 
-    fn persist(&self, config: &SignedConfig) -> Result<persist::Persisted, Persist> {
+    fn persist(&self, config: &SignedConfig) -> Result<disk_persist::Persisted, Persist> {
         let (path, trust) = self.disk_and_trust()?;
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| Persist::Setup(format!("config disk {}: {e}", path.display())))?;
-        persist::persist(&mut f, &trust, config).map_err(Persist::Refused)
+        disk_persist::persist(&mut f, &trust, config).map_err(Persist::Refused)
     }
 
     /// An operator's apply: here, then the other hosts in parallel.

@@ -125,6 +125,7 @@ impl Service {
         let live = Live {
             running: cfg.apply.as_ref().map(|t| t.running.clone()),
             operators: cfg.operators.clone(),
+            persisted: None,
         };
         Service {
             cfg,
@@ -207,11 +208,19 @@ impl Backend for Service {
                 .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
             (f, v)
         });
+        let mut heartbeat = (self.heartbeat_status)();
+        if let (Some(p), Some(obj)) = (self.live().persisted, heartbeat.as_object_mut()) {
+            // `ftctl status --cluster` shows it under the host (render.rs).
+            obj.insert(
+                "applied_config".into(),
+                json!({"generation": p.generation, "changes": p.changes}),
+            );
+        }
         HostReport {
             host: self.cfg.node.name.clone(),
             config_generation: self.cfg.config_generation,
             unix_ms: events::unix_ms_now(),
-            heartbeat: (self.heartbeat_status)(),
+            heartbeat,
             fencing,
             ftvmm,
         }
