@@ -162,7 +162,10 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
             );
             match who {
                 Ok(name) => {
-                    tracing::info!("status service: {request:?} for operator {name} from {peer}");
+                    tracing::info!(
+                        "status service: {} for operator {name} from {peer}",
+                        describe(&request)
+                    );
                     let reply = match request {
                         OperatorRequest::Apply { config_sha256 } => {
                             match read_config(&mut stream, &config_sha256) {
@@ -215,4 +218,17 @@ fn read_config(stream: &mut TcpStream, sha256: &[u8; 32]) -> Result<SignedConfig
         return Err("apply: the config sent is not the one the operator signed for".into());
     }
     Ok(c)
+}
+
+/// A request as the log says it (an apply by the start of its config's hash).
+fn describe(request: &OperatorRequest) -> String {
+    match request {
+        OperatorRequest::Apply { config_sha256 } => {
+            format!(
+                "Apply (config sha256 {}…)",
+                hex::encode(&config_sha256[..8])
+            )
+        }
+        other => format!("{other:?}"),
+    }
 }

@@ -211,6 +211,28 @@ mod tests {
     }
 
     #[test]
+    fn apply_and_host_to_host_messages_round_trip() {
+        let apply = ClientMsg::Operator {
+            public_key: "ab".repeat(32),
+            request: OperatorRequest::Apply {
+                config_sha256: [7; 32],
+            },
+            signature: "cd".repeat(64),
+        };
+        let fetch = ClientMsg::HostFetch {
+            from: "host-b".into(),
+            noise: "00".repeat(96),
+        };
+        let pass = ClientMsg::HostApply {
+            from: "host-b".into(),
+            noise: "00".repeat(96),
+        };
+        for m in [apply, fetch, pass] {
+            assert_eq!(decode_client(&frame(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
     fn an_overlong_frame_is_refused_before_it_is_read() {
         let huge = (MAX_CLIENT_FRAME as u32 + 1).to_be_bytes();
         assert!(matches!(
