@@ -39,7 +39,20 @@
 //! | 12 | 4 | reserved, 0 |
 //! | 16 | 8 | highest config generation this host ever accepted, `u64` |
 //! | 24 | 4 | CRC-32C of bytes `[0, 24)` |
-//! | 28 | 4068 | zero |
+//! | 28 | 2020 | zero |
+//! | 2048 | 28 | record B: same fields as bytes `[0, 28)` (record A), or zero |
+//! | 2076 | 2020 | zero |
+//!
+//! Record B is written by `ftctl apply` ([`crate::persist`]), which always
+//! writes the record not holding the highest generation, so a torn write
+//! leaves the other; the sector's generation is the higher valid record.
+//! init and `make-disk` write record A only.
+//!
+//! # Slots
+//!
+//! The signed image above is slot 0. A config applied over the network goes
+//! into the other of two slots, see [`crate::slots`]; a disk made before that
+//! reads as before.
 //!
 //! An all-zero sector means "never written" (a freshly made disk). init reads
 //! it, refuses a config whose generation is lower ([`check_rollback`]), and
@@ -84,7 +97,8 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const HOST_KEY_LEN: usize = 32;
 /// Longest host name the format carries.
 pub const MAX_HOST_NAME_LEN: usize = 255;
-const STATE_RECORD_LEN: usize = 28;
+/// Length of one STATE record.
+pub const STATE_RECORD_LEN: usize = 28;
 
 /// Why a config disk (or its STATE sector) was refused. Display is one line.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +127,13 @@ pub enum DiskError {
     Rollback { offered: u64, accepted: u64 },
     #[error("state sector corrupt: {0}")]
     StateCorrupt(String),
+    #[error("CRC-32C mismatch over slot {slot}'s unsigned part (a torn write?)")]
+    SlotCrc { slot: usize },
+    #[error("no valid config in either slot: slot 0: {slot0}; slot 1: {slot1}")]
+    NoValidSlot {
+        slot0: Box<DiskError>,
+        slot1: Box<DiskError>,
+    },
 }
 
 /// A config disk whose signature, config and host key checked out.
@@ -157,7 +178,7 @@ pub fn looks_like_config_disk(first_bytes: &[u8]) -> bool {
 }
 
 /// Checks the host is in the (validated) config and its key matches.
-fn check_host(
+pub(crate) fn check_host(
     config: &ClusterConfig,
     host_name: &str,
     host_private_key: &[u8; 32],
@@ -207,7 +228,7 @@ pub fn write_disk(
     Ok(img)
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4-byte slice"))
 }
 
@@ -324,9 +345,43 @@ pub fn encode_state(accepted_generation: u64) -> Vec<u8> {
     s
 }
 
-/// Reads a STATE sector: `None` when blank (all zero), the accepted generation
-/// when valid, an error when present but damaged.
-pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
+/// Where the second STATE record starts in the sector (its own 512-byte
+/// sector, so a torn write of one record leaves the other whole).
+pub const STATE_RECORD_B: usize = 2048;
+
+/// One STATE record ([`STATE_RECORD_LEN`] bytes): blank, a generation, or why not.
+fn decode_record(r: &[u8]) -> Result<Option<u64>, DiskError> {
+    if r.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    if r[..8] != STATE_MAGIC {
+        return Err(DiskError::StateCorrupt("wrong magic".into()));
+    }
+    let crc = u32_at(r, 24);
+    if crc32c::crc32c(&r[..24]) != crc {
+        return Err(DiskError::StateCorrupt("CRC-32C mismatch".into()));
+    }
+    let version = u32_at(r, 8);
+    if version != STATE_VERSION {
+        return Err(DiskError::StateCorrupt(format!(
+            "unsupported state version {version}"
+        )));
+    }
+    if u32_at(r, 12) != 0 {
+        return Err(DiskError::StateCorrupt("non-zero reserved bytes".into()));
+    }
+    Ok(Some(u64::from_le_bytes(
+        r[16..24].try_into().expect("8-byte slice"),
+    )))
+}
+
+/// The two records of a STATE sector (A at 0, B at [`STATE_RECORD_B`]),
+/// each blank, valid or damaged. `ftctl apply` writes the record that does
+/// not hold the highest generation (`crate::slots`); init and `make-disk`
+/// write A and leave B zero.
+pub fn decode_state_records(
+    bytes: &[u8],
+) -> Result<[Result<Option<u64>, DiskError>; 2], DiskError> {
     if bytes.len() < STATE_LEN {
         return Err(DiskError::Truncated {
             need: STATE_LEN,
@@ -334,28 +389,38 @@ pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
         });
     }
     let s = &bytes[..STATE_LEN];
-    if s.iter().all(|&b| b == 0) {
-        return Ok(None);
-    }
-    if s[..8] != STATE_MAGIC {
-        return Err(DiskError::StateCorrupt("wrong magic".into()));
-    }
-    let crc = u32_at(s, 24);
-    if crc32c::crc32c(&s[..24]) != crc {
-        return Err(DiskError::StateCorrupt("CRC-32C mismatch".into()));
-    }
-    let version = u32_at(s, 8);
-    if version != STATE_VERSION {
-        return Err(DiskError::StateCorrupt(format!(
-            "unsupported state version {version}"
-        )));
-    }
-    if u32_at(s, 12) != 0 || s[STATE_RECORD_LEN..].iter().any(|&b| b != 0) {
+    let (a, b) = (
+        &s[..STATE_RECORD_LEN],
+        &s[STATE_RECORD_B..STATE_RECORD_B + STATE_RECORD_LEN],
+    );
+    let rest_zero = s[STATE_RECORD_LEN..STATE_RECORD_B]
+        .iter()
+        .chain(&s[STATE_RECORD_B + STATE_RECORD_LEN..])
+        .all(|&x| x == 0);
+    if !rest_zero {
         return Err(DiskError::StateCorrupt("non-zero reserved bytes".into()));
     }
-    Ok(Some(u64::from_le_bytes(
-        s[16..24].try_into().expect("8-byte slice"),
-    )))
+    Ok([decode_record(a), decode_record(b)])
+}
+
+/// Reads a STATE sector: `None` when blank (all zero), the accepted generation
+/// when valid (the higher of its two records), an error when present but
+/// damaged (a damaged record beside a valid one is a torn write: the valid
+/// one counts).
+pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
+    let [a, b] = decode_state_records(bytes)?;
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(a.max(b)),
+        (Ok(Some(g)), Err(_)) | (Err(_), Ok(Some(g))) => Ok(Some(g)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// One STATE record for `generation`, [`STATE_RECORD_LEN`] bytes.
+pub fn encode_state_record(generation: u64) -> Vec<u8> {
+    let mut s = encode_state(generation);
+    s.truncate(STATE_RECORD_LEN);
+    s
 }
 
 /// Refuses an offered generation lower than the accepted one. Equal is fine

@@ -31,6 +31,8 @@ pub enum EventKind {
     Fencing,
     /// A config was refused.
     ConfigRefused,
+    /// A config applied over the network was persisted (`ftctl apply`).
+    ConfigApplied,
     /// A peer came up or was suspected (heartbeat).
     Membership,
 }
@@ -42,6 +44,7 @@ impl EventKind {
             EventKind::Respawn => "respawn",
             EventKind::Fencing => "fencing",
             EventKind::ConfigRefused => "config refused",
+            EventKind::ConfigApplied => "config applied",
             EventKind::Membership => "membership",
         }
     }
@@ -65,12 +68,13 @@ pub struct Event {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Failover,
         EventKind::Respawn,
         EventKind::Fencing,
         EventKind::ConfigRefused,
         EventKind::Membership,
+        EventKind::ConfigApplied,
     ];
 
     fn index(self) -> usize {

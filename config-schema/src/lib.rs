@@ -7,6 +7,7 @@
 //! encoding and the config-disk layout.
 
 pub mod canonical;
+pub mod changes;
 pub mod clock;
 pub mod ctl;
 pub mod ctl_server;
@@ -17,9 +18,12 @@ pub mod images;
 pub mod keys;
 pub mod model;
 pub mod peer;
+pub mod persist;
 pub mod remote;
 pub mod runtime;
 pub mod shared_images;
+pub mod signed;
+pub mod slots;
 pub mod validate;
 
 pub use model::*;

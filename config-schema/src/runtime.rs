@@ -1,8 +1,11 @@
 //! What init hands to the daemons after it verified the config disk.
 //!
 //! init writes one JSON file, `/run/ft/verified.json` (mode 0600, on tmpfs), and
-//! starts each daemon with `--config <that path>`. Daemons never read the config
-//! disk themselves: only init verifies signatures and generations.
+//! starts each daemon with `--config <that path>`. Daemons run what init
+//! verified and never re-read it; the one exception touching the disk is
+//! heartbeat's status service, which persists a config applied over the
+//! network (`ftctl apply`, `crate::persist`) for init to verify at the next
+//! boot, with the same trust root and anti-rollback checks.
 
 use std::path::Path;
 

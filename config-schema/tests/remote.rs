@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use config_schema::keys;
 use config_schema::model::Operator;
+use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
@@ -17,6 +18,7 @@ use config_schema::remote::wire::{self, write_raw};
 use config_schema::remote::{
     client, ClientMsg, OperatorRequest, Reply, ServerHello, MAX_REPLY_FRAME,
 };
+use config_schema::signed::SignedConfig;
 
 const DEV_KEY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -78,6 +80,29 @@ impl Backend for Fixed {
     }
     fn peer_query(&self, _: &mut TcpStream, _: &[u8; 32], _: &str, _: &str) -> Result<(), String> {
         Err("this test backend takes no host queries".into())
+    }
+    fn apply(&self, config: SignedConfig, operator: &str) -> Reply {
+        let g = config_schema::canonical::decode(&config.canonical)
+            .unwrap()
+            .cluster
+            .generation;
+        Reply::Applied {
+            generation: g,
+            hosts: vec![
+                HostApplied {
+                    host: "host-a".into(),
+                    outcome: Outcome::NeedsReboot,
+                    line: format!(
+                        "host-a: generation {g} persisted (was 0); needs reboot: x ({operator})"
+                    ),
+                },
+                HostApplied {
+                    host: "host-b".into(),
+                    outcome: Outcome::Unreachable,
+                    line: "host-b: unreachable: timed out".into(),
+                },
+            ],
+        }
     }
 }
 
@@ -266,4 +291,92 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+fn signed_example(generation: u64) -> (SignedConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["keygen", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = include_str!("../../examples/cluster.toml")
+        .replace("generation = 1", &format!("generation = {generation}"));
+    std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["sign", "--config"])
+        .arg(dir.path().join("c.toml"))
+        .arg("--key")
+        .arg(dir.path().join("signing.pk8"))
+        .arg("--out")
+        .arg(dir.path().join("c.ftcfg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let bytes = std::fs::read(dir.path().join("c.ftcfg")).unwrap();
+    (SignedConfig::decode(&bytes).unwrap(), dir)
+}
+
+#[test]
+fn ftctl_sign_then_apply_prints_one_line_per_host_and_fails_on_an_unreachable_one() {
+    let addr = start();
+    let (_, dir) = signed_example(4);
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["apply", "--host", &addr.to_string(), "--key", DEV_KEY])
+        .arg(dir.path().join("c.ftcfg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "host-a: generation 4 persisted (was 0); needs reboot: x (dev-operator)\n\
+         host-b: unreachable: timed out\n"
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, "generation 4 not applied on host-b\n");
+    // Another key: refused before the config is sent.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["operator-keygen", "--name", "mallory", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args(["apply", "--host", &addr.to_string(), "--key"])
+        .arg(other.join("mallory.pk8"))
+        .arg(dir.path().join("c.ftcfg"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not an operator of this cluster"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_apply_whose_config_is_not_the_one_signed_for_is_refused() {
+    let addr = start();
+    let (a, _d1) = signed_example(4);
+    let (b, _d2) = signed_example(5);
+    let (mut s, hello) = client::connect(addr, T).unwrap();
+    let msg = dev_key()
+        .sign(
+            &hello,
+            OperatorRequest::Apply {
+                config_sha256: a.sha256(),
+            },
+        )
+        .unwrap();
+    wire::write_frame(&mut s, &msg).unwrap();
+    let go: Reply = wire::read_frame(&mut s, MAX_REPLY_FRAME).unwrap();
+    assert_eq!(go, Reply::SendConfig);
+    write_raw(&mut s, &b.encode()).unwrap();
+    let r: Reply = wire::read_frame(&mut s, MAX_REPLY_FRAME).unwrap();
+    assert!(refused(r).ends_with("apply: the config sent is not the one the operator signed for"),);
 }

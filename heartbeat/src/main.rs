@@ -42,6 +42,13 @@ struct Cli {
     /// fencing) on the control socket, instead of the image's `/bin/<program>`.
     #[arg(long, value_name = "PROGRAM=PATH", hide = true)]
     peer_exe: Vec<String>,
+    /// For tests: the config disk `ftctl apply` persists to, instead of the
+    /// one found under /sys/block and /dev.
+    #[arg(long, hide = true)]
+    config_disk: Option<PathBuf>,
+    /// For tests: the trust root instead of the image's.
+    #[arg(long, default_value = heartbeat::status_service::TRUST_ROOT_PATH, hide = true)]
+    trust_root: PathBuf,
 }
 
 enum Running {
@@ -91,6 +98,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut scfg = ServiceConfig::from_runtime(&rt, cfg.clone(), cli.status_port);
     scfg.fencing_socket = cli.fencing_socket.clone();
     scfg.ftvmm_socket = cli.ftvmm_socket.clone();
+    if let Some(t) = scfg.apply.as_mut() {
+        t.config_disk = cli.config_disk.clone();
+        t.trust_root = cli.trust_root.clone();
+    }
     let (st, host) = (Arc::clone(&state), cfg.name.clone());
     let service = Service::new(scfg, move || {
         match &*st.lock().unwrap_or_else(|e| e.into_inner()) {

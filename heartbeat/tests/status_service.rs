@@ -106,6 +106,7 @@ fn start(i: usize, fencing: PathBuf) -> Daemon {
         port: TCP,
         fencing_socket: fencing,
         ftvmm_socket: "/nonexistent/ftvmm.sock".into(),
+        apply: None,
     };
     let h = d.handle();
     let svc = Service::new(cfg, move || h.status());
@@ -292,6 +293,7 @@ fn start_in(net: u8, i: usize, dir: &Path) {
         port: TCP,
         fencing_socket: dir.join("none"),
         ftvmm_socket: dir.join("none"),
+        apply: None,
     };
     let svc = Service::new(
         cfg,

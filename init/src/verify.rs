@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use config_schema::disk::{self, DiskError};
 use config_schema::runtime::RuntimeConfig;
+use config_schema::slots;
 use config_schema::DeviceLocator;
 
 use crate::discover::{self, DiscoverError, Found};
@@ -94,7 +95,9 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
         dev: dev.clone(),
         source,
     };
-    let verified = disk::read_disk(&image, &key).map_err(refuse)?;
+    // The active slot: the valid one with the highest generation (a config
+    // applied over the network lives in the other slot, config_schema::slots).
+    let verified = slots::read_disk_active(&image, &key).map_err(refuse)?;
     if let Some(locator) = names_this_device(root, &found, &verified.config.storage.device) {
         return Err(Refused::OnSharedDevice { dev, locator });
     }

@@ -25,6 +25,20 @@ fn setup_with(
     generation: u64,
     edit: impl FnOnce(&mut config_schema::ClusterConfig),
 ) -> (Setup, Vec<u8>) {
+    let (s, image, _, _) = setup_signer(generation, edit);
+    (s, image)
+}
+
+/// [`setup_with`], also returning the signing key and the config.
+fn setup_signer(
+    generation: u64,
+    edit: impl FnOnce(&mut config_schema::ClusterConfig),
+) -> (
+    Setup,
+    Vec<u8>,
+    ring::signature::Ed25519KeyPair,
+    config_schema::ClusterConfig,
+) {
     let text = include_str!("../../examples/cluster.toml");
     let mut cfg: config_schema::ClusterConfig = toml::from_str(text).unwrap();
     cfg.cluster.generation = generation;
@@ -44,7 +58,28 @@ fn setup_with(
     fs::write(dir.path().join("dev/vdb"), &image).unwrap();
     let trust = dir.path().join("trust-root.pub");
     fs::write(&trust, signing_pub).unwrap();
-    (Setup { dir, trust }, image)
+    (Setup { dir, trust }, image, signer, cfg)
+}
+
+#[test]
+fn a_config_applied_into_the_other_slot_is_the_one_booted() {
+    use config_schema::{persist, signed::SignedConfig};
+    let (s, _, signer, mut cfg) = setup_signer(5, |_| {});
+    load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    let dev = s.dir.path().join("dev/vdb");
+    cfg.cluster.generation = 6;
+    let sc = SignedConfig::sign(&cfg, &signer).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .unwrap();
+    let trust = fs::read(&s.trust).unwrap();
+    persist::persist(&mut f, &trust, &sc).unwrap();
+    let a = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert_eq!(a.generation, 6);
+    assert!(matches!(a.state, StateUpdate::Unchanged));
+    assert_eq!(state_on(&dev), Some(6));
 }
 
 fn state_on(dev: &Path) -> Option<u64> {

@@ -1,13 +1,16 @@
-//! Fuzz target: the config-disk parser (`read_disk`), the unverified reader
-//! behind `ftctl show` (plus validation of what it decodes: the path
-//! read_disk takes after a good signature), and the STATE sector decoder must
-//! never panic on any input. Inputs shorter than a disk are also tried
-//! zero-padded to `DISK_LEN`, so the parser gets past the length check.
+//! Fuzz target: the config-disk parser (`read_disk`), the two-slot reader
+//! (`slots::read_active`, init's), the signed-config decoder (`ftctl apply`),
+//! the unverified reader behind `ftctl show` (plus validation of what it
+//! decodes: the path read_disk takes after a good signature), and the STATE
+//! sector decoder must never panic on any input. Inputs shorter than a disk
+//! are also tried zero-padded to `DISK_LEN`, so the parser gets past the
+//! length check, and placed at slot 1's offset.
 #![no_main]
 
 use std::cell::RefCell;
 
 use config_schema::disk::{self, DISK_LEN, STATE_LEN};
+use config_schema::{signed::SignedConfig, slots};
 use libfuzzer_sys::fuzz_target;
 
 /// A fixed, valid Ed25519 public key (RFC 8032 test 1), so inputs reach
@@ -26,6 +29,7 @@ thread_local! {
 fn parse_all(image: &[u8]) {
     // Nobody but the holder of the private key can make a disk that verifies.
     assert!(disk::read_disk(image, &TRUST_ROOT).is_err());
+    assert!(slots::read_active(image, &TRUST_ROOT).is_err());
     if let Ok((config, _host)) = disk::read_disk_unverified(image) {
         let _ = config_schema::validate(&config);
     }
@@ -34,6 +38,18 @@ fn parse_all(image: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     parse_all(data);
     let _ = disk::decode_state(data);
+    if let Ok(sc) = SignedConfig::decode(data) {
+        assert!(sc.verify(&TRUST_ROOT).is_err());
+    }
+    if data.len() <= DISK_LEN - slots::SLOT1_OFFSET {
+        PADDED.with(|p| {
+            let mut p = p.borrow_mut();
+            let at = slots::SLOT1_OFFSET;
+            p[at..at + data.len()].copy_from_slice(data);
+            let _ = slots::read_slot(&p, 1, &TRUST_ROOT);
+            p[at..at + data.len()].fill(0);
+        });
+    }
     if data.len() < DISK_LEN {
         PADDED.with(|p| {
             let mut p = p.borrow_mut();

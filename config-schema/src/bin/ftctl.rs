@@ -1,10 +1,12 @@
 //! `ftctl`: the operator's tool for keys, config disks and daemon status.
 //!
 //! Verbs: `keygen`, `host-keygen`, `operator-keygen`, `check`, `make-disk`, `verify`, `show`,
-//! `state`, `update-disk`, `status`, `metrics`, `image write`, `image check`. Every
+//! `state`, `update-disk`, `sign`, `apply`, `status`, `metrics`, `image write`, `image check`. Every
 //! failure ends with a non-zero exit status and one line on stderr naming
 //! the reason.
 
+#[path = "ftctl/apply.rs"]
+mod apply;
 #[path = "ftctl/image.rs"]
 mod image;
 #[path = "ftctl/remote.rs"]
@@ -20,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use config_schema::ctl::{self, Request, Response};
 use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
-use config_schema::{keys, validate, ClusterConfig};
+use config_schema::{keys, slots, validate, ClusterConfig};
 
 #[derive(Parser)]
 #[command(
@@ -104,6 +106,31 @@ enum Cmd {
         #[arg(long)]
         pubkey: PathBuf,
     },
+    /// Sign a config for `apply`: no host's key in it, every host verifies it.
+    Sign {
+        #[arg(long)]
+        config: PathBuf,
+        /// The signing key (PKCS#8 DER), whose public half is the trust root.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Send a newer signed config to a host, which persists it and passes
+    /// it on to the others; prints one line per host.
+    Apply {
+        /// The host to send it to: IP, IP:PORT or NAME:PORT (port 7401 by default).
+        #[arg(long)]
+        host: String,
+        /// The operator's private key (PKCS#8), listed in the config's [[operators]].
+        #[arg(long)]
+        key: PathBuf,
+        /// The trust root (raw 32 bytes), when FILE is a config disk image.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// A signed config (`ftctl sign`), or a config disk image holding an applied one.
+        file: PathBuf,
+    },
     /// A host's figures as OpenMetrics text, over the network (operator key).
     Metrics {
         /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
@@ -179,6 +206,13 @@ fn run(cli: Cli) -> Result<()> {
         } => remote::cluster_status(&host, &key, json, only_this_host),
         Cmd::Status { socket, .. } => status(socket),
         Cmd::Metrics { host, key } => remote::metrics(&host, &key),
+        Cmd::Sign { config, key, out } => apply::sign(&config, &key, &out),
+        Cmd::Apply {
+            host,
+            key,
+            pubkey,
+            file,
+        } => apply::apply(&host, &key, pubkey.as_deref(), &file),
         Cmd::Image { cmd } => image::run(cmd),
     }
 }
@@ -327,7 +361,8 @@ fn make_disk(
 fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
     let image = read(disk_path)?;
     let pk = read(pubkey)?;
-    let v = disk::read_disk(&image, &pk).map_err(|e| anyhow!("config refused: {e}"))?;
+    let active = slots::read_active(&image, &pk).map_err(|e| anyhow!("config refused: {e}"))?;
+    let v = &active.current.disk;
     let host = v.config.hosts.iter().find(|h| h.name == v.host_name);
     let id = host.map(|h| h.id).unwrap_or_default();
     println!("ok: host {} (id {id}), {}", v.host_name, summary(&v.config));
@@ -335,6 +370,15 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
         println!("warning: {w}");
     }
     test_hooks_banner(&v.config, &mut std::io::stdout());
+    if active.current.slot != 0 || active.current.format != disk::FORMAT_VERSION {
+        println!(
+            "slot: {} (applied over the network, format {})",
+            active.current.slot, active.current.format
+        );
+    }
+    if let Some(p) = &active.other_problem {
+        println!("other slot: {p}");
+    }
     if image.len() >= DISK_LEN {
         match disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
             Ok(Some(g)) => println!("state: accepted generation {g}"),

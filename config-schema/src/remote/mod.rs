@@ -10,6 +10,11 @@
 //! server -> client   Reply::Cluster | Reply::Host | Reply::Refused { reason }
 //! ```
 //!
+//! An apply (`ftctl apply`, [`apply`]) is an operator request naming the
+//! SHA-256 of a signed config; only once it is authenticated does the server
+//! read the signed config as a second, larger frame, and it answers
+//! `Reply::Applied` with one line per host.
+//!
 //! Every message is one frame: a 4-byte big-endian length, then that many
 //! bytes of JSON. A frame longer than its cap ([`MAX_CLIENT_FRAME`] for what
 //! a server reads, [`MAX_REPLY_FRAME`] for replies) is refused before it is
@@ -30,6 +35,7 @@
 //! from the config and is implemented by the heartbeat daemon, which serves
 //! this protocol.
 
+pub mod apply;
 pub mod auth;
 pub mod client;
 pub mod render;

@@ -71,6 +71,9 @@ fn host_line(
         (None, why) => format!("UNREACHABLE ({})", why.unwrap_or("no answer")),
     };
     let mut s = format!("  {host}: {reach}\n");
+    if let Some(line) = rep.and_then(applied_config) {
+        let _ = writeln!(s, "    config: {line}");
+    }
     let _ = writeln!(s, "    heartbeat: {}", membership(r, host));
     let _ = writeln!(s, "    lease: {}", lease(r, host));
     let own = rep.map(|p| &p.fencing);
@@ -85,6 +88,25 @@ fn host_line(
         own.map_or_else(unreachable_na, storage)
     );
     s
+}
+
+/// A config `ftctl apply` persisted since the host booted (heartbeat's
+/// `applied_config`), said with what it waits for.
+fn applied_config(rep: &HostReport) -> Option<String> {
+    let a = &rep.heartbeat["applied_config"];
+    let g = a["generation"].as_u64()?;
+    let changes = a["changes"].as_str().unwrap_or("?");
+    Some(if changes.contains("needs reboot") {
+        format!(
+            "generation {g} persisted, runs {} until its next boot ({changes})",
+            rep.config_generation
+        )
+    } else {
+        format!(
+            "generation {g} persisted, boots it next time; runs {} with the live changes ({changes})",
+            rep.config_generation
+        )
+    })
 }
 
 fn unreachable_na() -> String {

@@ -138,3 +138,24 @@ fn utc_dates() {
     assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
     assert_eq!(utc(1_800_000_000_000), "2027-01-15 08:00:00 UTC");
 }
+
+#[test]
+fn a_config_applied_since_boot_is_shown_under_its_host() {
+    let mut r = report();
+    let mut a = host_a();
+    a.heartbeat["applied_config"] = json!({
+        "generation": 5,
+        "changes": "needs reboot: timing.failure_timeout_ms",
+    });
+    r.hosts[0].report = Some(a);
+    let t = render(&r);
+    assert!(
+        t.contains(
+            "    config: generation 5 persisted, runs 4 until its next boot \
+             (needs reboot: timing.failure_timeout_ms)\n"
+        ),
+        "{t}"
+    );
+    // Without one, no line.
+    assert!(!render(&report()).contains("    config:"));
+}

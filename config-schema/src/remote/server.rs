@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::apply::MAX_APPLY_FRAME;
 use super::auth::{self, Operators};
 use super::report::{ClusterReport, HostReport};
 use super::wire::{self, ClientMsg, OperatorRequest, Reply, ServerHello};
 use super::{IO_TIMEOUT, MAX_CLIENT_FRAME, VERSION};
 use crate::ctl_server::RefusalLog;
+use crate::signed::SignedConfig;
 
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -39,6 +41,42 @@ pub trait Backend: Send + Sync + 'static {
         from: &str,
         noise: &str,
     ) -> Result<(), String>;
+    /// An operator's authenticated apply (`super::apply`): persist, pass on
+    /// to the other hosts, answer one line per host. The default refuses.
+    fn apply(&self, _config: SignedConfig, operator: &str) -> Reply {
+        Reply::Refused {
+            reason: format!(
+                "{} does not take configs over the network (operator {operator})",
+                self.host()
+            ),
+        }
+    }
+    /// Another host passes on an applied config (`ClientMsg::HostApply`).
+    fn peer_apply(
+        &self,
+        _stream: &mut TcpStream,
+        _nonce: &[u8; 32],
+        from: &str,
+        _noise: &str,
+    ) -> Result<(), String> {
+        Err(format!(
+            "{} does not take configs from other hosts ({from})",
+            self.host()
+        ))
+    }
+    /// Another host asks for this host's applied config (`ClientMsg::HostFetch`).
+    fn peer_fetch(
+        &self,
+        _stream: &mut TcpStream,
+        _nonce: &[u8; 32],
+        from: &str,
+        _noise: &str,
+    ) -> Result<(), String> {
+        Err(format!(
+            "{} does not hand out configs to other hosts ({from})",
+            self.host()
+        ))
+    }
 }
 
 /// Serves `listener` forever.
@@ -124,8 +162,17 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
             );
             match who {
                 Ok(name) => {
-                    tracing::info!("status service: {request:?} for operator {name} from {peer}");
+                    tracing::info!(
+                        "status service: {} for operator {name} from {peer}",
+                        describe(&request)
+                    );
                     let reply = match request {
+                        OperatorRequest::Apply { config_sha256 } => {
+                            match read_config(&mut stream, &config_sha256) {
+                                Ok(c) => backend.apply(c, name),
+                                Err(why) => return refuse(&mut stream, why),
+                            }
+                        }
                         OperatorRequest::ClusterStatus => Reply::Cluster {
                             report: backend.cluster_report(),
                         },
@@ -143,10 +190,45 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
                 Err(e) => refuse(&mut stream, e.to_string()),
             }
         }
+        ClientMsg::HostApply { from, noise } => {
+            if let Err(e) = backend.peer_apply(&mut stream, &nonce, &from, &noise) {
+                refuse(&mut stream, format!("config from host {from:?}: {e}"));
+            }
+        }
+        ClientMsg::HostFetch { from, noise } => {
+            if let Err(e) = backend.peer_fetch(&mut stream, &nonce, &from, &noise) {
+                refuse(&mut stream, format!("config fetch from host {from:?}: {e}"));
+            }
+        }
         ClientMsg::Host { from, noise } => {
             if let Err(e) = backend.peer_query(&mut stream, &nonce, &from, &noise) {
                 refuse(&mut stream, format!("host query from {from:?}: {e}"));
             }
         }
+    }
+}
+
+/// The signed config following an authenticated apply request: at most
+/// [`MAX_APPLY_FRAME`] bytes, with the SHA-256 the operator signed.
+fn read_config(stream: &mut TcpStream, sha256: &[u8; 32]) -> Result<SignedConfig, String> {
+    wire::write_frame(stream, &Reply::SendConfig).map_err(|e| format!("apply: {e}"))?;
+    let bytes = wire::read_raw(stream, MAX_APPLY_FRAME).map_err(|e| format!("apply: {e}"))?;
+    let c = SignedConfig::decode(&bytes).map_err(|e| format!("apply: {e}"))?;
+    if c.sha256() != *sha256 {
+        return Err("apply: the config sent is not the one the operator signed for".into());
+    }
+    Ok(c)
+}
+
+/// A request as the log says it (an apply by the start of its config's hash).
+fn describe(request: &OperatorRequest) -> String {
+    match request {
+        OperatorRequest::Apply { config_sha256 } => {
+            format!(
+                "Apply (config sha256 {}…)",
+                hex::encode(&config_sha256[..8])
+            )
+        }
+        other => format!("{other:?}"),
     }
 }

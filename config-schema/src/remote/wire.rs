@@ -31,6 +31,10 @@ pub enum OperatorRequest {
     HostStatus,
     /// The queried host's figures as OpenMetrics text.
     Metrics,
+    /// Apply a newer signed config (`ftctl apply`): the signed-config file
+    /// whose SHA-256 this is follows as a second frame once the request is
+    /// authenticated (`super::apply`).
+    Apply { config_sha256: [u8; 32] },
 }
 
 /// The client's one message.
@@ -48,6 +52,14 @@ pub enum ClientMsg {
     /// Another host of the cluster asks for this host's report: the first
     /// message of a Noise IK handshake (hex) whose payload is the nonce.
     Host { from: String, noise: String },
+    /// Another host passes on an applied config: the first message of a
+    /// Noise IK handshake (payload: the nonce), then the signed config
+    /// encrypted (`heartbeat::status_service::noise`).
+    HostApply { from: String, noise: String },
+    /// Another host asks for this host's applied config, to catch up after
+    /// it was down: Noise IK as for `Host`; the answer is the signed config
+    /// of this host's active slot (empty if it was made by `make-disk`).
+    HostFetch { from: String, noise: String },
 }
 
 /// The server's answer.
@@ -63,6 +75,13 @@ pub enum Reply {
     /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
     Metrics {
         text: String,
+    },
+    /// An apply request is authenticated: send the signed config now.
+    SendConfig,
+    /// What each host did with an applied config, one line per host.
+    Applied {
+        generation: u64,
+        hosts: Vec<super::apply::HostApplied>,
     },
     Refused {
         reason: String,
@@ -189,6 +208,28 @@ mod tests {
         let mut g = Vec::new();
         write_raw(&mut g, unknown).unwrap();
         assert!(matches!(decode_client(&g), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn apply_and_host_to_host_messages_round_trip() {
+        let apply = ClientMsg::Operator {
+            public_key: "ab".repeat(32),
+            request: OperatorRequest::Apply {
+                config_sha256: [7; 32],
+            },
+            signature: "cd".repeat(64),
+        };
+        let fetch = ClientMsg::HostFetch {
+            from: "host-b".into(),
+            noise: "00".repeat(96),
+        };
+        let pass = ClientMsg::HostApply {
+            from: "host-b".into(),
+            noise: "00".repeat(96),
+        };
+        for m in [apply, fetch, pass] {
+            assert_eq!(decode_client(&frame(&m)).unwrap(), m);
+        }
     }
 
     #[test]

@@ -267,7 +267,7 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
 fn events(m: &mut Metrics, r: &HostReport) {
     let c = m.counter(
         "ft_events",
-        "events since the daemon started, by kind (failover, respawn, fencing, membership, config_refused)",
+        "events since the daemon started, by kind (failover, respawn, fencing, membership, config_refused, config_applied)",
     );
     for (d, v) in [
         ("heartbeat", &r.heartbeat),

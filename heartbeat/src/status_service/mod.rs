@@ -14,23 +14,31 @@
 //!   answer is listed with the reason.
 //! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
 //!   same operators over the same protocol (`ftctl metrics`).
+//! - Apply: a newer signed config persisted on this host's config disk and
+//!   passed on to the others ([`apply`], `ftctl apply`).
 
+mod apply;
+pub mod catch_up;
+mod config_disk;
 mod deadline;
 pub mod metrics;
 pub mod noise;
 
+pub use apply::{ApplyTarget, Live};
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use config_schema::ctl::{self, Request, Response};
 use config_schema::events;
 use config_schema::remote::auth::Operators;
-use config_schema::remote::client;
 use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
+use config_schema::remote::{client, Reply};
 use config_schema::runtime::RuntimeConfig;
+use config_schema::signed::SignedConfig;
 use serde_json::{json, Value};
 
 use crate::node::{NodeConfig, PeerConf};
@@ -41,6 +49,10 @@ pub const PEER_CONNECT: Duration = Duration::from_secs(2);
 /// more than a host needs to ask its own daemons (their sockets answer
 /// within `ctl::query`'s 5 s, asked in parallel).
 pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a host asks the others for a newer applied config.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
+/// Where the image keeps the trust root (as init reads it).
+pub const TRUST_ROOT_PATH: &str = "/etc/ft/trust-root.pub";
 
 /// Where a host finds its daemons and its peers' services.
 #[derive(Clone)]
@@ -56,6 +68,8 @@ pub struct ServiceConfig {
     pub port: u16,
     pub fencing_socket: PathBuf,
     pub ftvmm_socket: PathBuf,
+    /// Where applied configs are persisted; `None`: this host refuses them.
+    pub apply: Option<ApplyTarget>,
 }
 
 impl ServiceConfig {
@@ -70,6 +84,13 @@ impl ServiceConfig {
             port,
             fencing_socket: ctl::FENCING_SOCKET.into(),
             ftvmm_socket: ctl::FTVMM_SOCKET.into(),
+            apply: Some(ApplyTarget {
+                config_disk: None,
+                scan_root: "/".into(),
+                trust_root: TRUST_ROOT_PATH.into(),
+                catch_up_every: Some(CATCH_UP_EVERY),
+                running: rt.config.clone(),
+            }),
         }
     }
 
@@ -87,6 +108,13 @@ impl ServiceConfig {
 pub struct Service {
     cfg: ServiceConfig,
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
+    /// Operators (and the config to compare with) as applied configs changed them.
+    live: RwLock<Live>,
+    /// One apply at a time ([`apply`]).
+    apply_lock: Mutex<()>,
+    /// The config disk once found under the scan root (it does not move
+    /// while the host runs).
+    found_disk: Mutex<Option<PathBuf>>,
 }
 
 impl Service {
@@ -94,9 +122,17 @@ impl Service {
         cfg: ServiceConfig,
         heartbeat_status: impl Fn() -> Value + Send + Sync + 'static,
     ) -> Self {
+        let live = Live {
+            running: cfg.apply.as_ref().map(|t| t.running.clone()),
+            operators: cfg.operators.clone(),
+            persisted: None,
+        };
         Service {
             cfg,
             heartbeat_status: Box::new(heartbeat_status),
+            live: RwLock::new(live),
+            apply_lock: Mutex::new(()),
+            found_disk: Mutex::new(None),
         }
     }
 
@@ -106,8 +142,21 @@ impl Service {
     }
 
     /// Serves `listener` forever.
+    /// Serves `listener` forever; with an [`ApplyTarget`] that says so,
+    /// also catches up with the other hosts' applied configs ([`catch_up`]).
     pub fn serve(self, listener: TcpListener) {
-        server::serve(listener, Arc::new(self))
+        let me = Arc::new(self);
+        let every = me.cfg.apply.as_ref().and_then(|t| t.catch_up_every);
+        if let Some(every) = every {
+            let svc = Arc::clone(&me);
+            std::thread::spawn(move || catch_up::run(svc, every));
+        }
+        server::serve(listener, me)
+    }
+
+    /// What applied configs changed so far.
+    fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
@@ -146,7 +195,7 @@ impl Backend for Service {
     }
 
     fn operators(&self) -> Operators {
-        self.cfg.operators.clone()
+        self.live().operators
     }
 
     fn host_report(&self) -> HostReport {
@@ -159,11 +208,19 @@ impl Backend for Service {
                 .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
             (f, v)
         });
+        let mut heartbeat = (self.heartbeat_status)();
+        if let (Some(p), Some(obj)) = (self.live().persisted, heartbeat.as_object_mut()) {
+            // `ftctl status --cluster` shows it under the host (render.rs).
+            obj.insert(
+                "applied_config".into(),
+                json!({"generation": p.generation, "changes": p.changes}),
+            );
+        }
         HostReport {
             host: self.cfg.node.name.clone(),
             config_generation: self.cfg.config_generation,
             unix_ms: events::unix_ms_now(),
-            heartbeat: (self.heartbeat_status)(),
+            heartbeat,
             fencing,
             ftvmm,
         }
@@ -212,6 +269,30 @@ impl Backend for Service {
             vms: self.cfg.vms.clone(),
             hosts,
         }
+    }
+
+    fn apply(&self, config: SignedConfig, operator: &str) -> Reply {
+        self.apply_cluster(config, operator)
+    }
+
+    fn peer_apply(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        noise: &str,
+    ) -> Result<(), String> {
+        self.answer_apply(stream, nonce, from, noise)
+    }
+
+    fn peer_fetch(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        noise: &str,
+    ) -> Result<(), String> {
+        self.answer_fetch(stream, nonce, from, noise)
     }
 
     fn metrics(&self) -> String {

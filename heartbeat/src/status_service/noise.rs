@@ -8,6 +8,12 @@
 //!          report's JSON in chunks of at most CHUNK bytes
 //! ```
 //!
+//! An applied config passes between hosts the same way with
+//! `ClientMsg::HostApply` and its own prologue ([`Kind::Apply`]): after the
+//! handshake A sends the signed config like a report (length, chunks), and B
+//! answers its one-line result like a report. [`Kind::Fetch`]
+//! (`ClientMsg::HostFetch`) asks for B's applied config instead of its report.
+//!
 //! Rules: B accepts message 1 only from the static key the config gives the
 //! host named `from`, and only if its payload is this connection's nonce (a
 //! recorded message 1 replayed on another connection fails). The report is
@@ -16,6 +22,7 @@
 
 use std::io::{Read, Write};
 
+use config_schema::remote::apply::MAX_APPLY_FRAME;
 use config_schema::remote::wire::{self, read_raw, write_raw};
 use config_schema::remote::{ClientMsg, ServerHello, MAX_REPLY_FRAME};
 use snow::{Builder, TransportState};
@@ -26,8 +33,35 @@ const CHUNK: usize = 65_000;
 /// Largest Noise message.
 const MAX_NOISE: usize = 65_535;
 
-fn prologue(cluster: &str, responder: &str) -> Vec<u8> {
-    format!("ftappliance host status v1\0{cluster}\0{responder}").into_bytes()
+/// What a host-to-host exchange is for (each has its own prologue, so a
+/// handshake for one is refused as the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A asks for B's report.
+    Status,
+    /// A passes on a signed config; B answers its result.
+    Apply,
+    /// A asks for B's applied signed config (catching up).
+    Fetch,
+}
+
+impl Kind {
+    fn message(self, from: String, noise: String) -> ClientMsg {
+        match self {
+            Kind::Status => ClientMsg::Host { from, noise },
+            Kind::Apply => ClientMsg::HostApply { from, noise },
+            Kind::Fetch => ClientMsg::HostFetch { from, noise },
+        }
+    }
+}
+
+fn prologue(kind: Kind, cluster: &str, responder: &str) -> Vec<u8> {
+    let what = match kind {
+        Kind::Status => "status",
+        Kind::Apply => "apply",
+        Kind::Fetch => "fetch",
+    };
+    format!("ftappliance host {what} v1\0{cluster}\0{responder}").into_bytes()
 }
 
 /// Why a host-to-host exchange failed.
@@ -56,19 +90,29 @@ pub fn ask<S: Read + Write>(
     my_key: &[u8; 32],
     peer_key: &[u8; 32],
 ) -> Result<Vec<u8>, PeerError> {
+    ask_with(stream, hello, (me, my_key), peer_key, Kind::Status, &[])
+}
+
+/// A's side of any [`Kind`]: handshake, then `body` (for [`Kind::Apply`]),
+/// then B's answer's bytes.
+pub fn ask_with<S: Read + Write>(
+    stream: &mut S,
+    hello: &ServerHello,
+    (me, my_key): (&str, &[u8; 32]),
+    peer_key: &[u8; 32],
+    kind: Kind,
+    body: &[u8],
+) -> Result<Vec<u8>, PeerError> {
     let nonce =
         hex::decode(&hello.nonce).map_err(|_| PeerError::Protocol("nonce not hex".into()))?;
     let mut hs = Builder::new(PATTERN.parse()?)
-        .prologue(&prologue(&hello.cluster, &hello.host))
+        .prologue(&prologue(kind, &hello.cluster, &hello.host))
         .local_private_key(my_key)
         .remote_public_key(peer_key)
         .build_initiator()?;
     let mut buf = vec![0u8; MAX_NOISE];
     let n = hs.write_message(&nonce, &mut buf)?;
-    let msg = ClientMsg::Host {
-        from: me.to_string(),
-        noise: hex::encode(&buf[..n]),
-    };
+    let msg = kind.message(me.to_string(), hex::encode(&buf[..n]));
     wire::write_frame(stream, &msg)?;
     let m2 = read_raw(stream, MAX_NOISE)?;
     if let Ok(text) = std::str::from_utf8(&m2) {
@@ -78,23 +122,58 @@ pub fn ask<S: Read + Write>(
     }
     hs.read_message(&m2, &mut buf)?;
     let mut t = hs.into_transport_mode()?;
-    let len = read_chunk(stream, &mut t, &mut buf)?;
+    if kind == Kind::Apply {
+        send_body(stream, &mut t, &mut buf, body)?;
+    }
+    recv_body(stream, &mut t, &mut buf, MAX_REPLY_FRAME)
+}
+
+/// Sends `body` as transport messages: its length, then chunks.
+fn send_body<W: Write>(
+    w: &mut W,
+    t: &mut TransportState,
+    buf: &mut [u8],
+    body: &[u8],
+) -> Result<(), PeerError> {
+    if body.len() > MAX_REPLY_FRAME {
+        return Err(PeerError::Protocol(format!(
+            "message of {} bytes exceeds {MAX_REPLY_FRAME}",
+            body.len()
+        )));
+    }
+    let n = t.write_message(&(body.len() as u32).to_be_bytes(), buf)?;
+    write_raw(w, &buf[..n])?;
+    for c in body.chunks(CHUNK) {
+        let n = t.write_message(c, buf)?;
+        write_raw(w, &buf[..n])?;
+    }
+    Ok(())
+}
+
+/// Receives what [`send_body`] sent, refusing more than `cap` bytes.
+fn recv_body<R: Read>(
+    r: &mut R,
+    t: &mut TransportState,
+    buf: &mut [u8],
+    cap: usize,
+) -> Result<Vec<u8>, PeerError> {
+    let len = read_chunk(r, t, buf)?;
     let total = u32::from_be_bytes(
         len.as_slice()
             .try_into()
             .map_err(|_| PeerError::Protocol("bad length message".into()))?,
     ) as usize;
-    if total > MAX_REPLY_FRAME {
+    if total > cap {
         return Err(PeerError::Protocol(format!(
-            "report of {total} bytes exceeds {MAX_REPLY_FRAME}"
+            "message of {total} bytes exceeds {cap}"
         )));
     }
     let mut out = Vec::with_capacity(total);
     while out.len() < total {
-        out.extend(read_chunk(stream, &mut t, &mut buf)?);
+        out.extend(read_chunk(r, t, buf)?);
     }
     if out.len() != total {
-        return Err(PeerError::Protocol("report longer than announced".into()));
+        return Err(PeerError::Protocol("message longer than announced".into()));
     }
     Ok(out)
 }
@@ -122,35 +201,57 @@ pub fn answer<S: Read + Write>(
     key_of: impl Fn(&str) -> Option<[u8; 32]>,
     report: impl FnOnce() -> Vec<u8>,
 ) -> Result<(), PeerError> {
+    let who = Responder {
+        cluster,
+        me,
+        my_key,
+        nonce,
+    };
+    answer_with(stream, &who, (from, noise), key_of, Kind::Status, |_| {
+        report()
+    })
+}
+
+/// Who answers a host-to-host exchange, on which connection.
+pub struct Responder<'a> {
+    pub cluster: &'a str,
+    pub me: &'a str,
+    pub my_key: &'a [u8; 32],
+    pub nonce: &'a [u8; 32],
+}
+
+/// B's side of any [`Kind`]: checks message 1 (`from`'s key, this
+/// connection's nonce), receives A's body for [`Kind::Apply`] (at most
+/// `MAX_APPLY_FRAME` bytes), then sends `respond(body)`.
+pub fn answer_with<S: Read + Write>(
+    stream: &mut S,
+    who: &Responder<'_>,
+    (from, noise): (&str, &str),
+    key_of: impl Fn(&str) -> Option<[u8; 32]>,
+    kind: Kind,
+    respond: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> Result<(), PeerError> {
     let expected = key_of(from).ok_or_else(|| PeerError::UnknownHost(from.to_string()))?;
     let m1 = hex::decode(noise).map_err(|_| PeerError::Protocol("noise message not hex".into()))?;
     let mut hs = Builder::new(PATTERN.parse()?)
-        .prologue(&prologue(cluster, me))
-        .local_private_key(my_key)
+        .prologue(&prologue(kind, who.cluster, who.me))
+        .local_private_key(who.my_key)
         .build_responder()?;
     let mut buf = vec![0u8; MAX_NOISE];
     let n = hs.read_message(&m1, &mut buf)?;
     if hs.get_remote_static() != Some(&expected[..]) {
         return Err(PeerError::WrongKey(from.to_string()));
     }
-    if buf[..n] != nonce[..] {
+    if buf[..n] != who.nonce[..] {
         return Err(PeerError::WrongNonce);
     }
     let n = hs.write_message(&[], &mut buf)?;
     write_raw(stream, &buf[..n])?;
     let mut t = hs.into_transport_mode()?;
-    let body = report();
-    if body.len() > MAX_REPLY_FRAME {
-        return Err(PeerError::Protocol(format!(
-            "report of {} bytes exceeds {MAX_REPLY_FRAME}",
-            body.len()
-        )));
-    }
-    let n = t.write_message(&(body.len() as u32).to_be_bytes(), &mut buf)?;
-    write_raw(stream, &buf[..n])?;
-    for c in body.chunks(CHUNK) {
-        let n = t.write_message(c, &mut buf)?;
-        write_raw(stream, &buf[..n])?;
-    }
-    Ok(())
+    let body = match kind {
+        Kind::Apply => recv_body(stream, &mut t, &mut buf, MAX_APPLY_FRAME)?,
+        Kind::Status | Kind::Fetch => Vec::new(),
+    };
+    let answer = respond(body);
+    send_body(stream, &mut t, &mut buf, &answer)
 }

@@ -56,7 +56,9 @@ pub fn cluster_status(host: &str, key: &Path, json: bool, only_this_host: bool) 
         Reply::Cluster { report } if json => println!("{}", serde_json::to_string_pretty(&report)?),
         Reply::Cluster { report } => print!("{}", render::render(&report)),
         Reply::Host { report } => println!("{}", serde_json::to_string_pretty(&report)?),
-        Reply::Metrics { .. } => bail!("{addr} answered metrics to a status query"),
+        Reply::Metrics { .. } | Reply::Applied { .. } | Reply::SendConfig => {
+            bail!("{addr} answered something else than status to a status query")
+        }
     }
     Ok(())
 }

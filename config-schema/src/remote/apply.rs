@@ -1,0 +1,75 @@
+//! `ftctl apply` over the status protocol: the operator's signed request
+//! names the SHA-256 of a signed config ([`crate::signed`]); once the
+//! signature checks out the server reads the signed config itself as a
+//! second frame (at most [`MAX_APPLY_FRAME`] bytes, so an unauthenticated
+//! client never makes a server read more than `MAX_CLIENT_FRAME`), checks
+//! its hash, persists it and passes it on to the other hosts.
+//!
+//! ```text
+//! server -> client   ServerHello
+//! client -> server   ClientMsg::Operator { request: Apply { config_sha256 }, .. }
+//! server -> client   Reply::SendConfig | Reply::Refused   (authenticated or not)
+//! client -> server   raw frame: the signed-config file bytes
+//! server -> client   Reply::Applied { generation, hosts: [HostApplied] } | Reply::Refused
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::auth::OperatorKey;
+use super::client::{self, ClientError};
+use super::wire::{self, OperatorRequest, Reply};
+use super::MAX_REPLY_FRAME;
+use crate::signed::{self, SignedConfig};
+
+/// Largest signed-config frame a server reads (after authentication).
+pub const MAX_APPLY_FRAME: usize = 12 + signed::MAX_CONFIG_LEN + signed::SIGNATURE_LEN;
+
+/// One host's outcome, said in one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostApplied {
+    pub host: String,
+    pub outcome: Outcome,
+    /// `host-a: generation 8 persisted (was 7); live: ...; needs reboot: ...`
+    /// or `host-a: refused: ...` or `host-b: unreachable: ...`.
+    pub line: String,
+}
+
+/// What a host did with the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Persisted; every change is live.
+    Applied,
+    /// Persisted; some changes take effect at the next boot.
+    NeedsReboot,
+    Refused,
+    Unreachable,
+}
+
+/// Sends `config` to `addr` signed with `key`; the answer (or a refusal).
+pub fn apply(
+    addr: SocketAddr,
+    key: &OperatorKey,
+    config: &SignedConfig,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    let (mut s, hello) = client::connect(addr, timeout)?;
+    let request = OperatorRequest::Apply {
+        config_sha256: config.sha256(),
+    };
+    let msg = key
+        .sign(&hello, request)
+        .map_err(|error| ClientError::Auth { addr, error })?;
+    let wire = |error| ClientError::Wire { addr, error };
+    wire::write_frame(&mut s, &msg).map_err(wire)?;
+    match wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)? {
+        Reply::SendConfig => {}
+        other => return Ok(other),
+    }
+    wire::write_raw(&mut s, &config.encode()).map_err(wire)?;
+    wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)
+}

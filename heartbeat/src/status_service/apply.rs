@@ -1,0 +1,275 @@
+//! `ftctl apply` on a host: persist a newer signed config on this host's
+//! config disk, take what can change live, and pass it on to the other hosts
+//! over Noise ([`noise::Kind::Apply`]); one line per host back.
+//!
+//! Rules:
+//! - One apply at a time per host ([`Service::apply_lock`]): the generation
+//!   check and the write are one step, so of two concurrent applies the
+//!   higher generation ends on disk whichever order they come in (a lower
+//!   one after a higher one is refused as not newer).
+//! - The host an operator asked passes the config on unless every host
+//!   would refuse it or it is older than this host's ([`pass_on_despite`]);
+//!   a host that received it from another host does not pass it on.
+//! - A host that was down catches up by itself ([`super::catch_up`]).
+//! - Live: what `config_schema::changes::LIVE` lists (the operators);
+//!   anything else is persisted and said to need a reboot. Status keeps
+//!   reporting the generation the host booted (the one its daemons run and
+//!   pair under).
+
+use std::fs::OpenOptions;
+use std::net::TcpStream;
+use std::path::PathBuf;
+
+use config_schema::changes::Changes;
+use config_schema::events::{self, EventKind};
+use config_schema::model::ClusterConfig;
+use config_schema::persist::{self as disk_persist, PersistError};
+use config_schema::remote::apply::{HostApplied, Outcome};
+use config_schema::remote::auth::Operators;
+use config_schema::remote::{client, Reply};
+use config_schema::signed::SignedConfig;
+
+use super::noise::{self, Kind, Responder};
+use super::{config_disk, deadline, Service, PEER_CONNECT, PEER_DEADLINE};
+use crate::node::PeerConf;
+
+/// Where a host persists applied configs.
+#[derive(Debug, Clone)]
+pub struct ApplyTarget {
+    /// The config disk; `None`: found at apply time under `scan_root`.
+    pub config_disk: Option<PathBuf>,
+    /// Where block devices are looked for (`/` on the appliance).
+    pub scan_root: PathBuf,
+    /// The trust root (raw 32-byte Ed25519 public key).
+    pub trust_root: PathBuf,
+    /// How often to ask the other hosts for a newer applied config
+    /// ([`super::catch_up`]); `None`: never.
+    pub catch_up_every: Option<std::time::Duration>,
+    /// The config the daemons run (what a new one is compared with).
+    pub running: ClusterConfig,
+}
+
+/// What the running host has taken of the configs applied so far.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The config the daemons run, with the live changes applied (`None`
+    /// without an [`ApplyTarget`]).
+    pub running: Option<ClusterConfig>,
+    pub operators: Operators,
+    /// The newest config persisted since boot, if any.
+    pub persisted: Option<Persisted>,
+}
+
+/// A config persisted since boot: its generation and what it changes
+/// against the booted config (`changes::Changes` as one line).
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    pub generation: u64,
+    pub changes: String,
+}
+
+/// One host's result and whether an operator's apply passes it on.
+pub(super) struct Local {
+    pub(super) result: HostApplied,
+    pass_on: bool,
+}
+
+impl Service {
+    /// Persists `config` here (module rules) and takes its live changes.
+    pub(super) fn apply_here(&self, config: &SignedConfig) -> Local {
+        let host = self.cfg.node.name.clone();
+        let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = |line: String, pass_on| {
+            events::record(EventKind::ConfigRefused, None, None, &line);
+            tracing::warn!("apply: {line}");
+            Local {
+                result: HostApplied {
+                    host: host.clone(),
+                    outcome: Outcome::Refused,
+                    line,
+                },
+                pass_on,
+            }
+        };
+        let persisted = match self.persist(config) {
+            Ok(p) => p,
+            Err(e) => {
+                let pass_on = pass_on_despite(&e);
+                return refused(format!("{host}: {e}"), pass_on);
+            }
+        };
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let new = &persisted.config.config;
+        let changes = match &live.running {
+            Some(r) => Changes::between(r, new),
+            None => Changes::default(),
+        };
+        live.operators = Operators::of(new);
+        if let Some(r) = live.running.as_mut() {
+            r.operators = new.operators.clone();
+        }
+        live.persisted = Some(Persisted {
+            generation: new.cluster.generation,
+            changes: changes.to_string(),
+        });
+        let line = format!(
+            "{host}: generation {} persisted (was {}); {changes}",
+            new.cluster.generation, persisted.previous
+        );
+        events::record(EventKind::ConfigApplied, None, None, &line);
+        tracing::info!("apply: {line}");
+        let outcome = if changes.needs_reboot() {
+            Outcome::NeedsReboot
+        } else {
+            Outcome::Applied
+        };
+        Local {
+            result: HostApplied {
+                host,
+                outcome,
+                line,
+            },
+            pass_on: true,
+        }
+    }
+
+    /// This host's config disk and trust root.
+    pub(super) fn disk_and_trust(&self) -> Result<(PathBuf, Vec<u8>), Persist> {
+        let t = self.cfg.apply.as_ref().ok_or(Persist::NotConfigured)?;
+        let trust = std::fs::read(&t.trust_root)
+            .map_err(|e| Persist::Setup(format!("trust root {}: {e}", t.trust_root.display())))?;
+        if let Some(p) = &t.config_disk {
+            return Ok((p.clone(), trust));
+        }
+        let mut found = self.found_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &*found {
+            return Ok((p.clone(), trust));
+        }
+        let p =
+            config_disk::find(&t.scan_root, &trust, &self.cfg.node.name).map_err(Persist::Setup)?;
+        *found = Some(p.clone());
+        Ok((p, trust))
+    }
+
+    fn persist(&self, config: &SignedConfig) -> Result<disk_persist::Persisted, Persist> {
+        let (path, trust) = self.disk_and_trust()?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Persist::Setup(format!("config disk {}: {e}", path.display())))?;
+        disk_persist::persist(&mut f, &trust, config).map_err(Persist::Refused)
+    }
+
+    /// An operator's apply: here, then the other hosts in parallel.
+    pub(super) fn apply_cluster(&self, config: SignedConfig, operator: &str) -> Reply {
+        tracing::info!("apply: operator {operator} offers a config");
+        let generation = config_schema::canonical::decode(&config.canonical)
+            .map(|c| c.cluster.generation)
+            .unwrap_or(0);
+        let local = self.apply_here(&config);
+        let mut hosts = vec![local.result];
+        if local.pass_on {
+            let body = config.encode();
+            let others: Vec<HostApplied> = std::thread::scope(|s| {
+                let asks: Vec<_> = (self.cfg.node.peers.iter())
+                    .map(|p| (p, s.spawn(|| self.pass_on(p, &body))))
+                    .collect();
+                asks.into_iter()
+                    .map(|(p, h)| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("thread panicked".into()))
+                            .unwrap_or_else(|why| HostApplied {
+                                host: p.name.clone(),
+                                outcome: Outcome::Unreachable,
+                                line: format!("{}: unreachable: {why}", p.name),
+                            })
+                    })
+                    .collect()
+            });
+            hosts.extend(others);
+        }
+        let order = |h: &HostApplied| self.cfg.host_order.iter().position(|n| *n == h.host);
+        hosts.sort_by_key(order);
+        Reply::Applied { generation, hosts }
+    }
+
+    /// Passes the signed config (`body`) on to `p`; its result.
+    fn pass_on(&self, p: &PeerConf, body: &[u8]) -> Result<HostApplied, String> {
+        let addr = self.cfg.peer_addr(p);
+        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
+        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
+        if hello.host != p.name || hello.cluster != self.cfg.cluster {
+            return Err(format!(
+                "{addr} is host {:?} of cluster {:?}, not {} of {}",
+                hello.host, hello.cluster, p.name, self.cfg.cluster
+            ));
+        }
+        let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
+        let bytes = noise::ask_with(&mut s, &hello, me, &p.public_key, Kind::Apply, body)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let r: HostApplied =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed result: {e}"))?;
+        if r.host != p.name {
+            return Err(format!("{addr} answered for host {:?}", r.host));
+        }
+        Ok(r)
+    }
+
+    /// Another host passes a config on: persist it here, answer the result.
+    pub(super) fn answer_apply(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        msg: &str,
+    ) -> Result<(), String> {
+        let me = &self.cfg.node;
+        let who = Responder {
+            cluster: &self.cfg.cluster,
+            me: &me.name,
+            my_key: &me.private_key,
+            nonce,
+        };
+        let key_of = |h: &str| me.peers.iter().find(|p| p.name == h).map(|p| p.public_key);
+        let respond = |body: Vec<u8>| {
+            let result = match SignedConfig::decode(&body) {
+                Ok(c) => self.apply_here(&c).result,
+                Err(e) => HostApplied {
+                    host: me.name.clone(),
+                    outcome: Outcome::Refused,
+                    line: format!("{}: refused: {e}", me.name),
+                },
+            };
+            serde_json::to_vec(&result).expect("a result serializes")
+        };
+        noise::answer_with(stream, &who, (from, msg), key_of, Kind::Apply, respond)
+            .map_err(|e| e.to_string())?;
+        tracing::info!("apply: config from host {from} answered");
+        Ok(())
+    }
+}
+
+/// Whether the asked host passes on a config it did not persist: not one
+/// every host would refuse (its signature or content) nor one older than
+/// this host's; yes one this host already has (the others may not), and one
+/// this host could not persist for its own reasons (no disk, a config that
+/// drops this host).
+fn pass_on_despite(e: &Persist) -> bool {
+    match e {
+        Persist::Refused(PersistError::Signed(_)) => false,
+        Persist::Refused(PersistError::NotNewer { offered, current }) => offered == current,
+        _ => true,
+    }
+}
+
+/// Why this host did not persist.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Persist {
+    #[error("refused: this host has no config disk to persist to")]
+    NotConfigured,
+    #[error("not persisted: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Refused(PersistError),
+}

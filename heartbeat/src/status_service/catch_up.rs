@@ -1,0 +1,144 @@
+//! Catching up: a host that was down (or unreachable) when a config was
+//! applied asks the others for theirs and persists a newer one, so it boots
+//! the cluster's newest config next time without an operator re-applying.
+//!
+//! Rules:
+//! - Every [`ApplyTarget::catch_up_every`](super::ApplyTarget) (first after
+//!   [`FIRST_AFTER`]) the host asks each peer over Noise
+//!   ([`noise::Kind::Fetch`]) for the signed config of its active slot; a
+//!   peer whose slot was made by `make-disk` answers nothing.
+//! - Only a generation above this host's (active slot and STATE) is taken,
+//!   through the same checks and writes as `ftctl apply` (`apply_here`):
+//!   the trust root, the anti-rollback record, one apply at a time. A peer
+//!   cannot make a host take anything the operator's apply would not.
+
+use std::fs::File;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
+use config_schema::remote::client;
+use config_schema::signed::SignedConfig;
+use config_schema::slots;
+
+use super::noise::{self, Kind, Responder};
+use super::{deadline, Service, PEER_CONNECT, PEER_DEADLINE};
+use crate::node::PeerConf;
+
+/// Delay of the first round after the service starts.
+pub const FIRST_AFTER: Duration = Duration::from_secs(5);
+
+/// Asks the peers every `every`, forever.
+pub(super) fn run(svc: Arc<Service>, every: Duration) {
+    std::thread::sleep(FIRST_AFTER.min(every));
+    loop {
+        for line in svc.catch_up_once() {
+            tracing::info!("catch-up: {line}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+impl Service {
+    /// This host's persisted generation (the higher of its active slot and
+    /// STATE) and the applied signed config of its active slot, if any.
+    fn on_disk(&self) -> Result<(u64, Option<SignedConfig>), String> {
+        let (path, trust) = self.disk_and_trust().map_err(|e| e.to_string())?;
+        let mut image = vec![0u8; DISK_LEN];
+        let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::Read::read_exact(&mut f, &mut image)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let a = slots::read_active(&image, &trust).map_err(|e| e.to_string())?;
+        let st = disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN])
+            .map_err(|e| e.to_string())?;
+        let g = a.current.generation().max(st.unwrap_or(0));
+        Ok((g, a.current.signed))
+    }
+
+    /// One round: every peer's applied config; a newer one is persisted.
+    /// Returns one line per config taken or refused (nothing when up to date).
+    pub fn catch_up_once(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut own = match self.on_disk() {
+            Ok((g, _)) => g,
+            Err(e) => {
+                tracing::debug!("catch-up: own config disk: {e}");
+                return lines;
+            }
+        };
+        for p in &self.cfg.node.peers {
+            let sc = match self.fetch(p) {
+                Ok(Some(sc)) => sc,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!("catch-up: {}: {e}", p.name);
+                    continue;
+                }
+            };
+            let g = config_schema::canonical::decode(&sc.canonical)
+                .map(|c| c.cluster.generation)
+                .unwrap_or(0);
+            if g <= own {
+                continue;
+            }
+            let r = self.apply_here(&sc).result;
+            if matches!(
+                r.outcome,
+                config_schema::remote::apply::Outcome::Applied
+                    | config_schema::remote::apply::Outcome::NeedsReboot
+            ) {
+                own = g;
+            }
+            lines.push(format!("from {}: {}", p.name, r.line));
+        }
+        lines
+    }
+
+    /// `p`'s applied signed config (`None`: it has none).
+    fn fetch(&self, p: &PeerConf) -> Result<Option<SignedConfig>, String> {
+        let addr = self.cfg.peer_addr(p);
+        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
+        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
+        if hello.host != p.name || hello.cluster != self.cfg.cluster {
+            return Err(format!("{addr} is host {:?}, not {}", hello.host, p.name));
+        }
+        let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
+        let bytes = noise::ask_with(&mut s, &hello, me, &p.public_key, Kind::Fetch, &[])
+            .map_err(|e| format!("{addr}: {e}"))?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        SignedConfig::decode(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{addr}: {e}"))
+    }
+
+    /// Another host asks for this host's applied config.
+    pub(super) fn answer_fetch(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        msg: &str,
+    ) -> Result<(), String> {
+        let me = &self.cfg.node;
+        let who = Responder {
+            cluster: &self.cfg.cluster,
+            me: &me.name,
+            my_key: &me.private_key,
+            nonce,
+        };
+        let key_of = |h: &str| me.peers.iter().find(|p| p.name == h).map(|p| p.public_key);
+        let respond = |_: Vec<u8>| match self.on_disk() {
+            Ok((_, Some(sc))) => sc.encode(),
+            Ok((_, None)) => Vec::new(),
+            Err(e) => {
+                tracing::warn!("catch-up: cannot read own config disk for {from}: {e}");
+                Vec::new()
+            }
+        };
+        noise::answer_with(stream, &who, (from, msg), key_of, Kind::Fetch, respond)
+            .map_err(|e| e.to_string())
+    }
+}

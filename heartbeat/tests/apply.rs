@@ -1,0 +1,391 @@
+//! `ftctl apply` through the status service on loopback: three services on
+//! 127.79.x.y with temp config disks (real signed images), real TCP, Noise
+//! between hosts. A newer config reaches every disk with one line per host;
+//! older or equal ones and unknown operators are refused with the reason;
+//! a live change (operators) takes effect at once; concurrent applies
+//! converge on the highest generation; a host that was down catches up when
+//! the config is applied again.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config_schema::model::{ClusterConfig, Operator};
+use config_schema::remote::apply::{self, HostApplied, Outcome};
+use config_schema::remote::auth::{OperatorKey, Operators};
+use config_schema::remote::{client, OperatorRequest, Reply};
+use config_schema::signed::SignedConfig;
+use config_schema::{disk, keys, slots};
+use heartbeat::node::PeerConf;
+use heartbeat::status_service::{ApplyTarget, Service, ServiceConfig};
+use heartbeat::NodeConfig;
+use ring::signature::Ed25519KeyPair;
+
+const TCP: u16 = 17431;
+const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
+const T: Duration = Duration::from_secs(30);
+
+fn host_key(i: usize) -> [u8; 32] {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/dev-keys/hosts");
+    let text = std::fs::read_to_string(format!("{dir}/{}.key", NAMES[i])).unwrap();
+    keys::parse_hex_key(&text).unwrap()
+}
+
+fn dev_key() -> OperatorKey {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/dev-keys/operators/dev-operator.pk8"
+    );
+    OperatorKey::from_pkcs8(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn other_key() -> OperatorKey {
+    OperatorKey::from_pkcs8(&keys::generate_signing_key().unwrap().0).unwrap()
+}
+
+/// The example cluster at `generation`, with the development operator.
+fn config(generation: u64) -> ClusterConfig {
+    let mut c = config_schema::parse(include_str!("../../examples/cluster.toml"))
+        .unwrap()
+        .config;
+    c.cluster.generation = generation;
+    c.operators = vec![Operator {
+        name: "dev-operator".into(),
+        public_key: dev_key().public_hex(),
+    }];
+    c
+}
+
+/// A cluster of services on 127.79.`net`.x with config disks in a temp dir.
+struct Cluster {
+    net: u8,
+    /// The services' catch-up period (`None` in most tests: only what an
+    /// apply does is under test there).
+    catch_up_every: Option<Duration>,
+    /// Services find their disk by scanning `<dir>/root-<host>/{sys/block,dev}`
+    /// as on the appliance, instead of being told the path.
+    scan: bool,
+    dir: tempfile::TempDir,
+    signer: Ed25519KeyPair,
+}
+
+impl Cluster {
+    fn new(net: u8) -> Self {
+        Self::with_scan(net, false)
+    }
+
+    fn with_scan(net: u8, scan: bool) -> Self {
+        let (pk8, public) = keys::generate_signing_key().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("trust.pub"), public).unwrap();
+        let signer = keys::load_signing_key(&pk8).unwrap();
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut img = disk::write_disk(&config(7), name, &host_key(i), &signer).unwrap();
+            // As init leaves it after booting generation 7.
+            img[disk::STATE_OFFSET as usize..].copy_from_slice(&disk::encode_state(7));
+            std::fs::write(dir.path().join(name), img).unwrap();
+        }
+        let c = Cluster {
+            net,
+            catch_up_every: None,
+            scan,
+            dir,
+            signer,
+        };
+        for (i, name) in NAMES.iter().enumerate() {
+            let from = c.dir.path().join(name);
+            if scan {
+                let root = c.root(i);
+                std::fs::create_dir_all(root.join("sys/block/vda")).unwrap();
+                std::fs::create_dir_all(root.join("sys/block/vdb")).unwrap();
+                std::fs::create_dir_all(root.join("dev")).unwrap();
+                std::fs::write(root.join("dev/vda"), vec![0u8; 8192]).unwrap();
+                std::fs::rename(&from, c.disk(i)).unwrap();
+            }
+        }
+        c
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 79, self.net, i as u8 + 1], TCP))
+    }
+
+    fn root(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("root-{}", NAMES[i]))
+    }
+
+    fn disk(&self, i: usize) -> PathBuf {
+        match self.scan {
+            true => self.root(i).join("dev/vdb"),
+            false => self.dir.path().join(NAMES[i]),
+        }
+    }
+
+    /// Starts host `i`'s service (booted with generation 7).
+    fn start(&self, i: usize) {
+        let node = NodeConfig {
+            id: i as u32 + 1,
+            name: NAMES[i].into(),
+            private_key: host_key(i),
+            bind: self.addr(i),
+            peers: (0..3)
+                .filter(|j| *j != i)
+                .map(|j| PeerConf {
+                    id: j as u32 + 1,
+                    name: NAMES[j].into(),
+                    public_key: keys::host_public_key(&host_key(j)),
+                    addr: self.addr(j),
+                })
+                .collect(),
+            interval_ms: 100,
+            failure_timeout_ms: 1000,
+        };
+        let cfg = ServiceConfig {
+            node,
+            cluster: "demo".into(),
+            config_generation: 7,
+            operators: Operators::of(&config(7)),
+            vms: vec![],
+            host_order: NAMES.iter().map(|n| n.to_string()).collect(),
+            port: TCP,
+            fencing_socket: self.dir.path().join("none"),
+            ftvmm_socket: self.dir.path().join("none"),
+            apply: Some(ApplyTarget {
+                config_disk: (!self.scan).then(|| self.disk(i)),
+                scan_root: match self.scan {
+                    true => self.root(i),
+                    false => Path::new("/nonexistent").into(),
+                },
+                trust_root: self.dir.path().join("trust.pub"),
+                catch_up_every: self.catch_up_every,
+                running: config(7),
+            }),
+        };
+        let svc = Service::new(cfg, || serde_json::json!({"daemon": "heartbeat"}));
+        let l = svc.bind().unwrap();
+        std::thread::spawn(move || svc.serve(l));
+    }
+
+    fn signed(&self, c: &ClusterConfig) -> SignedConfig {
+        SignedConfig::sign(c, &self.signer).unwrap()
+    }
+
+    /// `ftctl apply` to host `i`: the per-host results.
+    fn apply(&self, i: usize, key: &OperatorKey, c: &ClusterConfig) -> (u64, Vec<HostApplied>) {
+        match apply::apply(self.addr(i), key, &self.signed(c), T).unwrap() {
+            Reply::Applied { generation, hosts } => (generation, hosts),
+            other => panic!("not an apply result: {other:?}"),
+        }
+    }
+
+    /// The generation on host `i`'s disk (active slot and STATE agree).
+    fn on_disk(&self, i: usize) -> u64 {
+        let img = std::fs::read(self.disk(i)).unwrap();
+        let trust = std::fs::read(self.dir.path().join("trust.pub")).unwrap();
+        let a = slots::read_active(&img, &trust).unwrap();
+        let st = disk::decode_state(&img[disk::STATE_OFFSET as usize..]).unwrap();
+        assert_eq!(st, Some(a.current.generation()), "{}", NAMES[i]);
+        a.current.generation()
+    }
+}
+
+fn lines(hosts: &[HostApplied]) -> Vec<String> {
+    hosts.iter().map(|h| h.line.clone()).collect()
+}
+
+#[test]
+fn a_newer_config_reaches_every_host_and_an_older_one_is_refused_everywhere() {
+    let c = Cluster::new(10);
+    (0..3).for_each(|i| c.start(i));
+    let mut next = config(8);
+    next.timing.heartbeat_interval_ms = 150;
+    let (g, hosts) = c.apply(1, &dev_key(), &next);
+    assert_eq!(g, 8);
+    assert_eq!(
+        lines(&hosts),
+        NAMES.map(|n| format!(
+            "{n}: generation 8 persisted (was 7); needs reboot: timing.heartbeat_interval_ms"
+        ))
+    );
+    assert!(hosts.iter().all(|h| h.outcome == Outcome::NeedsReboot));
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
+
+    // The same generation again: refused on the asked host, which passes it
+    // on (a host that was down would take it); the others refuse it too.
+    let (_, hosts) = c.apply(0, &dev_key(), &next);
+    let want = |n: &str, g: u64| {
+        format!(
+            "{n}: refused: generation {g} is not newer than this host's generation 8 \
+             (sign a config with a higher cluster.generation)"
+        )
+    };
+    assert_eq!(lines(&hosts), NAMES.map(|n| want(n, 8)));
+    assert!(hosts.iter().all(|h| h.outcome == Outcome::Refused));
+    // Older: refused with both generations, and not passed on.
+    let (g, hosts) = c.apply(2, &dev_key(), &config(6));
+    assert_eq!(g, 6);
+    assert_eq!(lines(&hosts), [want("host-c", 6)]);
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
+
+    // A config signed by another key: refused, disk unchanged.
+    let stranger = Cluster::new(11);
+    let r = apply::apply(c.addr(0), &dev_key(), &stranger.signed(&config(9)), T).unwrap();
+    let Reply::Applied { hosts, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(hosts.len(), 1);
+    assert!(
+        hosts[0].line.starts_with("host-a: refused: bad signature"),
+        "{hosts:?}"
+    );
+    assert_eq!(c.on_disk(0), 8);
+}
+
+#[test]
+fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
+    let c = Cluster::new(12);
+    (0..3).for_each(|i| c.start(i));
+    let carol = other_key();
+    let r = apply::apply(c.addr(0), &carol, &c.signed(&config(8)), T).unwrap();
+    let Reply::Refused { reason } = r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        reason.contains("is not an operator of this cluster"),
+        "{reason}"
+    );
+    assert_eq!(c.on_disk(0), 7);
+    // Carol may not query yet; a config listing her is live at once.
+    let q = client::query(c.addr(1), &carol, OperatorRequest::HostStatus, T).unwrap();
+    assert!(matches!(q, Reply::Refused { .. }));
+    let mut next = config(8);
+    next.operators.push(Operator {
+        name: "carol".into(),
+        public_key: carol.public_hex(),
+    });
+    let (_, hosts) = c.apply(0, &dev_key(), &next);
+    assert_eq!(
+        lines(&hosts),
+        NAMES.map(|n| format!("{n}: generation 8 persisted (was 7); live: operators[carol] added"))
+    );
+    assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
+    let Reply::Host { report } =
+        client::query(c.addr(1), &carol, OperatorRequest::HostStatus, T).unwrap()
+    else {
+        panic!("carol's query answered")
+    };
+    // Status keeps the generation the daemons booted and pair under, and
+    // says what was persisted since.
+    assert_eq!(report.config_generation, 7);
+    assert_eq!(
+        report.heartbeat["applied_config"],
+        serde_json::json!({"generation": 8, "changes": "live: operators[carol] added"})
+    );
+    // Carol applies the next one herself.
+    let mut third = next.clone();
+    third.cluster.generation = 9;
+    let (_, hosts) = c.apply(2, &carol, &third);
+    assert!(
+        hosts.iter().all(|h| h.outcome == Outcome::Applied),
+        "{hosts:?}"
+    );
+}
+
+#[test]
+fn concurrent_applies_converge_on_the_highest_generation() {
+    let c = Cluster::new(13);
+    (0..3).for_each(|i| c.start(i));
+    for round in 0..3u64 {
+        let (lo, hi) = (8 + 2 * round, 9 + 2 * round);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| c.apply(0, &dev_key(), &config(lo)));
+            let b = s.spawn(|| c.apply(2, &dev_key(), &config(hi)));
+            a.join().unwrap();
+            b.join().unwrap();
+        });
+        assert_eq!(
+            [c.on_disk(0), c.on_disk(1), c.on_disk(2)],
+            [hi, hi, hi],
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn a_host_that_was_down_is_unreachable_then_catches_up_on_a_second_apply() {
+    let c = Cluster::new(14);
+    c.start(0);
+    c.start(1);
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert_eq!(hosts[2].outcome, Outcome::Unreachable);
+    assert!(
+        hosts[2]
+            .line
+            .starts_with("host-c: unreachable: cannot connect to 127.79.14.3"),
+        "{hosts:?}"
+    );
+    assert_eq!(c.on_disk(2), 7);
+    c.start(2);
+    let (_, hosts) = c.apply(1, &dev_key(), &config(8));
+    assert_eq!(
+        hosts.iter().map(|h| h.outcome).collect::<Vec<_>>(),
+        [Outcome::Refused, Outcome::Refused, Outcome::Applied]
+    );
+    assert_eq!(c.on_disk(2), 8);
+}
+
+#[test]
+fn a_host_that_was_down_catches_up_by_itself() {
+    let mut c = Cluster::new(15);
+    c.catch_up_every = Some(Duration::from_millis(200));
+    c.start(0);
+    c.start(1);
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert_eq!(hosts[2].outcome, Outcome::Unreachable);
+    // host-c comes back booted with generation 7 and asks the others.
+    c.start(2);
+    let t0 = std::time::Instant::now();
+    while c.on_disk(2) != 8 {
+        assert!(t0.elapsed() < T, "host-c did not catch up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing older is taken: a peer offering less changes nothing.
+    assert_eq!([c.on_disk(0), c.on_disk(1)], [8, 8]);
+}
+
+#[test]
+fn a_config_passed_on_by_an_impostor_host_is_refused() {
+    let c = Cluster::new(16);
+    c.start(0);
+    let (s, hello) = client::connect(c.addr(0), T).unwrap();
+    let mut s = s;
+    let forged = [0x77u8; 32]; // not host-b's key
+    let body = c.signed(&config(8)).encode();
+    let e = heartbeat::status_service::noise::ask_with(
+        &mut s,
+        &hello,
+        ("host-b", &forged),
+        &keys::host_public_key(&host_key(0)),
+        heartbeat::status_service::noise::Kind::Apply,
+        &body,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("static key is not host host-b's key"), "{e}");
+    assert_eq!(c.on_disk(0), 7);
+}
+
+#[test]
+fn hosts_find_their_config_disk_among_block_devices() {
+    let c = Cluster::with_scan(17, true);
+    (0..3).for_each(|i| c.start(i));
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert!(
+        hosts.iter().all(|h| h.outcome == Outcome::Applied),
+        "{hosts:?}"
+    );
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
+    let (_, hosts) = c.apply(1, &dev_key(), &config(9));
+    assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
+}
