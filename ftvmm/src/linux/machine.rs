@@ -314,6 +314,15 @@ impl Paused<'_> {
         let clock = state::vm_clock(self.vm)?;
         state::capture_vm(self.vm, vcpus, clock)
     }
+
+    /// How many vCPU states their own threads captured at this pause.
+    #[cfg(test)]
+    pub(crate) fn states_from_vcpu_threads(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| matches!(s, Some(Ok(_))))
+            .count()
+    }
 }
 
 /// How the run went.
