@@ -222,7 +222,9 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, StateError> {
 }
 
 /// Captures the machine state; every vCPU must be stopped. `msrs` from
-/// [`readable_msrs`].
+/// [`readable_msrs`]. Reads each vCPU from the calling thread; a running VM
+/// captures each vCPU on its own thread instead ([`capture_vcpu`],
+/// [`capture_vm`], `linux::vcpus`).
 pub fn capture<V: Borrow<VcpuFd>>(
     vm: &VmFd,
     vcpus: &[V],
@@ -232,43 +234,62 @@ pub fn capture<V: Borrow<VcpuFd>>(
     let clock = vm.get_clock().map_err(vm_err("KVM_GET_CLOCK"))?;
     let mut out = Vec::with_capacity(vcpus.len());
     for (id, v) in vcpus.iter().enumerate() {
-        let v: &VcpuFd = v.borrow();
-        let got = read_msrs(v, msrs, id)?;
-        if got.len() != msrs.len() {
-            let refused = msrs[got.len()];
-            return Err(StateError::Msrs {
-                vcpu: id,
-                set: got.len(),
-                total: msrs.len(),
-                refused,
-            });
-        }
-        out.push(VcpuState {
-            mp_state: v.get_mp_state().map_err(vcpu_err("KVM_GET_MP_STATE", id))?,
-            regs: v.get_regs().map_err(vcpu_err("KVM_GET_REGS", id))?,
-            sregs: v.get_sregs().map_err(vcpu_err("KVM_GET_SREGS", id))?,
-            xsave: v.get_xsave().map_err(vcpu_err("KVM_GET_XSAVE", id))?,
-            xcrs: v.get_xcrs().map_err(vcpu_err("KVM_GET_XCRS", id))?,
-            debugregs: v
-                .get_debug_regs()
-                .map_err(vcpu_err("KVM_GET_DEBUGREGS", id))?,
-            lapic: v.get_lapic().map_err(vcpu_err("KVM_GET_LAPIC", id))?,
-            msrs: got,
-            events: v
-                .get_vcpu_events()
-                .map_err(vcpu_err("KVM_GET_VCPU_EVENTS", id))?,
-            tsc_khz: v.get_tsc_khz().unwrap_or(0),
+        out.push(capture_vcpu(v.borrow(), msrs, id)?);
+    }
+    capture_vm(vm, out, clock)
+}
+
+/// One stopped vCPU's state (vCPU `id`, for errors).
+pub fn capture_vcpu(v: &VcpuFd, msrs: &[u32], id: usize) -> Result<VcpuState, StateError> {
+    let got = read_msrs(v, msrs, id)?;
+    if got.len() != msrs.len() {
+        let refused = msrs[got.len()];
+        return Err(StateError::Msrs {
+            vcpu: id,
+            set: got.len(),
+            total: msrs.len(),
+            refused,
         });
     }
+    Ok(VcpuState {
+        mp_state: v.get_mp_state().map_err(vcpu_err("KVM_GET_MP_STATE", id))?,
+        regs: v.get_regs().map_err(vcpu_err("KVM_GET_REGS", id))?,
+        sregs: v.get_sregs().map_err(vcpu_err("KVM_GET_SREGS", id))?,
+        xsave: v.get_xsave().map_err(vcpu_err("KVM_GET_XSAVE", id))?,
+        xcrs: v.get_xcrs().map_err(vcpu_err("KVM_GET_XCRS", id))?,
+        debugregs: v
+            .get_debug_regs()
+            .map_err(vcpu_err("KVM_GET_DEBUGREGS", id))?,
+        lapic: v.get_lapic().map_err(vcpu_err("KVM_GET_LAPIC", id))?,
+        msrs: got,
+        events: v
+            .get_vcpu_events()
+            .map_err(vcpu_err("KVM_GET_VCPU_EVENTS", id))?,
+        tsc_khz: v.get_tsc_khz().unwrap_or(0),
+    })
+}
+
+/// The whole machine state from already captured vCPU states (in vCPU
+/// order), the VM's `clock` and its interrupt controllers and PIT.
+pub fn capture_vm(
+    vm: &VmFd,
+    vcpus: Vec<VcpuState>,
+    clock: kvm_clock_data,
+) -> Result<MachineState, StateError> {
     Ok(MachineState {
         version: STATE_VERSION,
-        vcpus: out,
+        vcpus,
         pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: get_chip(vm, KVM_IRQCHIP_IOAPIC)?,
         pit: vm.get_pit2().map_err(vm_err("KVM_GET_PIT2"))?,
         clock,
     })
+}
+
+/// The VM's clock (`KVM_GET_CLOCK`), for [`capture_vm`].
+pub fn vm_clock(vm: &VmFd) -> Result<kvm_clock_data, StateError> {
+    vm.get_clock().map_err(vm_err("KVM_GET_CLOCK"))
 }
 
 /// TSC ticks in `ns` at `khz` (saturating; 0 when the frequency is unknown).

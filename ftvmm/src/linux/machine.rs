@@ -241,7 +241,7 @@ impl LinuxVm {
                 started?;
             }
         }
-        let ctl = Control::new(self.vcpus.len());
+        let ctl = Control::new(self.vcpus.len(), self.msrs.clone());
         let mut threads = Vec::new();
         for (i, fd) in self.vcpus.iter().enumerate() {
             let (fd, c, bus) = (Arc::clone(fd), Arc::clone(&ctl), Arc::clone(&self.bus));
@@ -291,13 +291,37 @@ pub struct Paused<'a> {
     pub bus: MutexGuard<'a, Bus>,
     /// The MSRs to save (`state::capture`).
     pub msrs: &'a [u32],
+    /// Each vCPU's state, captured on its own thread as it parked
+    /// (`vcpus` module doc); [`Paused::capture`] takes them.
+    states: Vec<Option<Result<state::VcpuState, state::StateError>>>,
 }
 
 impl Paused<'_> {
-    /// The machine state of the paused VM.
-    pub fn capture(&self) -> Result<MachineState, state::StateError> {
-        let refs: Vec<&VcpuFd> = self.vcpus.iter().map(|g| &**g).collect();
-        state::capture(self.vm, &refs, self.msrs)
+    /// The machine state of the paused VM: the vCPU states its threads
+    /// captured at this pause, with the VM-wide state read now. A vCPU whose
+    /// thread had left (the VM ended) is read from this thread: nothing
+    /// runs it any more. Once per pause (the states are moved out; a second
+    /// call reads every vCPU here).
+    pub fn capture(&mut self) -> Result<MachineState, state::StateError> {
+        let mut taken = std::mem::take(&mut self.states).into_iter();
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in 0..self.vcpus.len() {
+            match taken.next().flatten() {
+                Some(got) => vcpus.push(got?),
+                None => vcpus.push(state::capture_vcpu(&self.vcpus[vcpu], self.msrs, vcpu)?),
+            }
+        }
+        let clock = state::vm_clock(self.vm)?;
+        state::capture_vm(self.vm, vcpus, clock)
+    }
+
+    /// How many vCPU states their own threads captured at this pause.
+    #[cfg(test)]
+    pub(crate) fn states_from_vcpu_threads(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|s| matches!(s, Some(Ok(_))))
+            .count()
     }
 }
 
@@ -320,8 +344,9 @@ pub struct Running {
 impl Running {
     /// Pauses every vCPU, runs `f`, resumes.
     pub fn with_paused<R>(&self, f: impl FnOnce(&mut Paused<'_>) -> R) -> R {
-        let _pause = self.ctl.pause();
+        let mut pause = self.ctl.pause();
         let mut p = Paused {
+            states: std::mem::take(&mut pause.states),
             vm: &self.vm.vm,
             vcpus: self.vm.vcpus.iter().map(|v| lock(v)).collect(),
             mem: &self.vm.mem,

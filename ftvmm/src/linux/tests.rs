@@ -193,6 +193,11 @@ fn two_vcpus_with_the_in_kernel_irqchip_run_pause_and_resume() {
             let at = counter(p.mem);
             std::thread::sleep(Duration::from_millis(100));
             assert_eq!(counter(p.mem), at, "no vCPU runs while paused");
+            assert_eq!(
+                p.states_from_vcpu_threads(),
+                2,
+                "each running vCPU captured its own state as it parked"
+            );
             let bitmap = p.vm.get_dirty_log(0, p.mem_size as usize).unwrap();
             let page = 0x2000 / 4096;
             let dirty = bitmap[page / 64] & (1 << (page % 64)) != 0;

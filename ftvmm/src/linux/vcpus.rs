@@ -16,6 +16,13 @@
 //! vCPU is inside `KVM_RUN` and every parked vCPU's state is complete;
 //! `end` is set once (the first reason wins).
 //!
+//! State capture: a pause takes each vCPU's state on the vCPU's own thread,
+//! after it settled and before it parks ([`Control::pause`] hands the states
+//! to the pauser), as QEMU does with `run_on_cpu`: KVM loads a vCPU on the
+//! CPU of whichever thread issues its ioctl, and the vCPU's own thread is the
+//! one place that never moves it. It also takes the n vCPUs' states in
+//! parallel, which keeps the pause short.
+//!
 //! Complete state: a vCPU stopped right after an MMIO/PIO read exit has the
 //! result in `kvm_run` but not yet in its registers (KVM finishes the
 //! instruction on the next `KVM_RUN`); state saved there would lose the read.
@@ -30,14 +37,18 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::bus::Bus;
 use super::End;
+use crate::checkpoint::state::{self, StateError, VcpuState};
 use crate::kick::Kicker;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct St {
     pause: bool,
     parked: usize,
     exited: usize,
     end: Option<End>,
+    /// The vCPU states of the pause on (one slot per vCPU, filled by its
+    /// thread once parked).
+    states: Vec<Option<Result<VcpuState, StateError>>>,
 }
 
 /// What a vCPU thread does next.
@@ -57,6 +68,8 @@ pub struct Control {
     kickers: Vec<Arc<Kicker>>,
     /// One pause at a time.
     pausing: Mutex<()>,
+    /// The MSRs a vCPU state holds (`state::readable_msrs`).
+    msrs: Vec<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +80,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct PauseGuard<'a> {
     ctl: &'a Control,
     _one: MutexGuard<'a, ()>,
+    /// Each vCPU's state at this pause, in vCPU order; `None` for a vCPU
+    /// whose thread had left its loop.
+    pub states: Vec<Option<Result<VcpuState, StateError>>>,
 }
 
 impl Drop for PauseGuard<'_> {
@@ -77,9 +93,10 @@ impl Drop for PauseGuard<'_> {
 }
 
 impl Control {
-    pub fn new(n: usize) -> Arc<Self> {
+    pub fn new(n: usize, msrs: Vec<u32>) -> Arc<Self> {
         Arc::new(Control {
             n,
+            msrs,
             st: Mutex::new(St::default()),
             cv: Condvar::new(),
             kickers: (0..n).map(|_| Arc::new(Kicker::new())).collect(),
@@ -112,7 +129,9 @@ impl Control {
 
     /// vCPU side, before each `KVM_RUN`: parks while a pause is on, once
     /// the thread `settled` (module doc); [`Step::Settle`] asks it to first.
-    fn checkpoint(&self, settled: bool) -> Step {
+    /// Parked, it captures its vCPU's state for every pause that wants it
+    /// (also a pause that began before it woke from the previous one).
+    fn checkpoint(&self, index: usize, settled: bool, vcpu: &Mutex<VcpuFd>) -> Step {
         let mut st = lock(&self.st);
         if st.pause && st.end.is_none() {
             if !settled {
@@ -121,6 +140,19 @@ impl Control {
             st.parked += 1;
             self.cv.notify_all();
             while st.pause && st.end.is_none() {
+                if st.states.get(index).is_some_and(Option::is_none) {
+                    // Not under `st`: the ioctls take time and the other
+                    // vCPUs capture meanwhile. The pauser does not touch
+                    // the vCPU fds until every state is in.
+                    drop(st);
+                    let got = state::capture_vcpu(&lock(vcpu), &self.msrs, index);
+                    st = lock(&self.st);
+                    if let Some(slot) = st.states.get_mut(index) {
+                        *slot = Some(got);
+                    }
+                    self.cv.notify_all();
+                    continue;
+                }
                 st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             st.parked -= 1;
@@ -137,21 +169,32 @@ impl Control {
         self.cv.notify_all();
     }
 
-    /// Stops every vCPU outside `KVM_RUN` until the guard is dropped.
+    /// Stops every vCPU outside `KVM_RUN` until the guard is dropped; the
+    /// guard holds each vCPU's state at the pause (module doc).
     pub fn pause(&self) -> PauseGuard<'_> {
         let one = lock(&self.pausing);
-        lock(&self.st).pause = true;
+        {
+            let mut st = lock(&self.st);
+            st.pause = true;
+            st.states = (0..self.n).map(|_| None).collect();
+        }
         self.kick_all();
         let mut st = lock(&self.st);
-        while st.parked + st.exited < self.n {
-            // A thread between its check and KVM_RUN got the kick's
-            // immediate_exit; one still about to check sees the flag.
+        // Every thread parked (or gone) and every parked one captured. A
+        // thread between its check and KVM_RUN got the kick's
+        // immediate_exit; one still about to check sees the flag. A thread
+        // that leaves (the VM ended) counts as exited, with no state.
+        while st.parked + st.exited < self.n
+            || st.states.iter().filter(|s| s.is_some()).count() < st.parked
+        {
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+        let states = std::mem::take(&mut st.states);
         drop(st);
         PauseGuard {
             ctl: self,
             _one: one,
+            states,
         }
     }
 
@@ -179,7 +222,7 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
         Ok(_guard) => {
             let mut settled = false;
             loop {
-                match ctl.checkpoint(settled) {
+                match ctl.checkpoint(index, settled, &vcpu) {
                     Step::Leave => break,
                     Step::Settle => {
                         settle(index, &mut lock(&vcpu));
