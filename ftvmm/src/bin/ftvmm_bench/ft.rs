@@ -6,7 +6,9 @@
 //! the CPU-bound workload's time, KV PUT/GET throughput and PUT latency, log bytes while the
 //! KV guest idles and under KV load (and per PUT), and the Secondary's lag sampled during
 //! the requests. Both members share this machine's cores, so FT on pays for the Secondary's
-//! vCPU here too; on two hosts it would not.
+//! vCPU here too; on two hosts it would not. Issue 17: the lag limit and the throttle's
+//! controller are options ([`FtOptions`]), and every KV run keeps its per-request timeline
+//! (`ft_timeline.rs`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -21,18 +23,39 @@ use ftvmm::live::{self, DiskBackend, LiveConfig, Tap};
 use ftvmm::lockstep::channel::{self, Identity};
 use ftvmm::lockstep::link;
 use ftvmm::lockstep::log::Body;
-use ftvmm::lockstep::primary::{Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::primary::timeline::{SegmentReport, Timeline};
+use ftvmm::lockstep::primary::{
+    Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs, ThrottleMode, ThrottleStats,
+};
 use ftvmm::lockstep::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::runner::devices_and_cmdline;
 use ftvmm::{RunOutcome, Vm, VmHandle};
 
 use crate::console::{wait_for, Line, LineSink};
+use crate::ft_timeline::{TimedInputs, TimedOutputs};
 use crate::kv::{timed_gets, timed_puts, Client};
 use crate::net;
 use crate::stats::{median, percentile};
 
 /// The Primary is slowed while the Secondary lags more than this (the config's default).
-const LAG_LIMIT: Duration = Duration::from_millis(500);
+pub const LAG_LIMIT: Duration = Duration::from_millis(500);
+
+/// How the FT-on side runs (issue 17).
+#[derive(Debug, Clone, Copy)]
+pub struct FtOptions {
+    pub lag_limit: Duration,
+    pub mode: ThrottleMode,
+    /// Trace one in this many requests of each kind (0: no timeline).
+    pub timeline_every: u64,
+}
+
+/// A short name of a controller for tables.
+pub fn mode_label(mode: ThrottleMode) -> &'static str {
+    match mode {
+        ThrottleMode::UntilAck => "until-ack",
+        ThrottleMode::FixedSleep => "fixed-1ms",
+    }
+}
 /// How long the idle KV guest's log traffic is measured.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(3);
 /// Lag sampling period during the KV requests.
@@ -42,6 +65,9 @@ const LAG_SAMPLE: Duration = Duration::from_millis(10);
 pub struct CpuTimes {
     pub off: Duration,
     pub on: Duration,
+    /// FT on: input calls and ms the throttle slowed the Primary.
+    pub throttled: u64,
+    pub throttled_ms: u64,
 }
 
 /// The KV request phase of one run.
@@ -49,6 +75,8 @@ pub struct KvPhase {
     pub put: Vec<Duration>,
     pub put_total: Duration,
     pub get_total: Duration,
+    /// The per-request timeline of the run (empty without one).
+    pub timeline: Vec<SegmentReport>,
 }
 
 /// What the log and the Secondary did in the FT-on KV run.
@@ -64,6 +92,8 @@ pub struct KvLog {
     pub lag: Vec<Lag>,
     pub stalls: u64,
     pub throttled_ms: u64,
+    /// Input calls that found the lag over the limit.
+    pub throttled: u64,
     pub outputs_emitted: u64,
 }
 
@@ -88,27 +118,31 @@ pub fn run(
     run_no: usize,
     kv: Option<(&Path, usize)>,
     echo: bool,
+    opts: &FtOptions,
 ) -> Result<FtRun> {
     let order = if run_no.is_multiple_of(2) {
         [false, true]
     } else {
         [true, false]
     };
-    let mut cpu = [Duration::ZERO; 2];
+    let mut cpu: [(Duration, Option<ThrottleStats>); 2] = Default::default();
     for ft in order {
-        cpu[usize::from(ft)] =
-            cpu_once(kernel, cpu_iters, ft, echo).with_context(|| format!("CPU, {}", label(ft)))?;
+        cpu[usize::from(ft)] = cpu_once(kernel, cpu_iters, ft, echo, opts)
+            .with_context(|| format!("CPU, {}", label(ft)))?;
     }
+    let throttle = cpu[1].1.take().unwrap_or_default();
     let cpu = CpuTimes {
-        off: cpu[0],
-        on: cpu[1],
+        off: cpu[0].0,
+        on: cpu[1].0,
+        throttled: throttle.throttled,
+        throttled_ms: throttle.throttled_us / 1000,
     };
     let kv = match kv {
         Some((dir, ops)) => {
             let mut phases = [None, None];
             let mut log = None;
             for ft in order {
-                let (phase, l) = kv_once(kernel, dir, run_no, ops, ft, echo)
+                let (phase, l) = kv_once(kernel, dir, run_no, ops, ft, echo, opts)
                     .with_context(|| format!("KV, {}", label(ft)))?;
                 phases[usize::from(ft)] = Some(phase);
                 log = log.or(l);
@@ -124,7 +158,8 @@ pub fn run(
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
-        "ftvmm-bench: FT run {run_no} ({} first): CPU off {:.1} ms, on {:.1} ms{}",
+        "ftvmm-bench: FT run {run_no} [{}] ({} first): CPU off {:.1} ms, on {:.1} ms{}",
+        mode_label(opts.mode),
         label(order[0]),
         ms(cpu.off),
         ms(cpu.on),
@@ -160,6 +195,8 @@ struct GuestSpec {
 struct Guest {
     handle: VmHandle,
     log: Option<Arc<PrimaryLog>>,
+    /// FT off: the timeline around the plain doors.
+    off_timeline: Option<Arc<std::sync::Mutex<Timeline>>>,
     lines: Receiver<Line>,
     thread: JoinHandle<Result<RunOutcome>>,
 }
@@ -172,8 +209,12 @@ fn join_vcpu(thread: JoinHandle<Result<RunOutcome>>) -> Result<RunOutcome> {
 }
 
 /// Starts `spec` on a new thread; with `ft`, as a lockstep pair over loopback.
-fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
+fn start(spec: GuestSpec, ft: bool, echo: bool, opts: &FtOptions) -> Result<Guest> {
     let (sink, lines) = LineSink::new(echo);
+    let opts = *opts;
+    let off_timeline = (!ft && opts.timeline_every > 0)
+        .then(|| Arc::new(std::sync::Mutex::new(Timeline::new(opts.timeline_every))));
+    let off_tl = off_timeline.clone();
     let (started_tx, started_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(
@@ -215,6 +256,17 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
                 },
                 vm.handle().kicker(),
             )?;
+            if let Some(tl) = off_tl {
+                let _ = started_tx.send((vm.handle(), None));
+                let mut inputs = TimedInputs {
+                    inner: inputs,
+                    tl: Arc::clone(&tl),
+                };
+                let mut outputs = TimedOutputs { inner: outputs, tl };
+                let outcome = vm.run(&mut inputs, &mut outputs, None)?;
+                drop((inputs, outputs, backends));
+                return Ok(outcome);
+            }
             if !ft {
                 let _ = started_tx.send((vm.handle(), None));
                 let outcome = vm.run(&mut inputs, &mut outputs, None)?;
@@ -222,7 +274,9 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
                 return Ok(outcome);
             }
             let pair = Pair::start(&spec.kernel, spec.mem_mib, sectors, with_net, &spec.cmdline)?;
-            let log = PrimaryLog::new(Box::new(outputs), LAG_LIMIT);
+            let log = PrimaryLog::new(Box::new(outputs), opts.lag_limit);
+            log.set_throttle_mode(opts.mode);
+            log.set_timeline_every(opts.timeline_every);
             let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log)).with_vm(vm.handle());
             let (tx, rx) = pair.primary_channel.split();
             let link =
@@ -258,6 +312,7 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
         Ok((handle, log)) => Ok(Guest {
             handle,
             log,
+            off_timeline,
             lines,
             thread,
         }),
@@ -389,7 +444,13 @@ impl Pair {
 }
 
 /// The CPU workload once; the guest's time from `guest: mem=` to `cpu: checksum=`.
-fn cpu_once(kernel: &Path, iters: u64, ft: bool, echo: bool) -> Result<Duration> {
+fn cpu_once(
+    kernel: &Path,
+    iters: u64,
+    ft: bool,
+    echo: bool,
+    opts: &FtOptions,
+) -> Result<(Duration, Option<ThrottleStats>)> {
     let g = start(
         GuestSpec {
             kernel: kernel.to_path_buf(),
@@ -400,16 +461,20 @@ fn cpu_once(kernel: &Path, iters: u64, ft: bool, echo: bool) -> Result<Duration>
         },
         ft,
         echo,
+        opts,
     )?;
-    let Guest { lines, thread, .. } = g;
+    let Guest {
+        lines, thread, log, ..
+    } = g;
     let outcome = join_vcpu(thread)?;
+    let throttle = log.map(|l| l.stats().throttle);
     if outcome != RunOutcome::DebugExit(0) {
         bail!("CPU-mode guest ended with {outcome:?}");
     }
     let wait = Duration::from_secs(1);
     let before = wait_for(&lines, "guest: mem=", wait).map_err(anyhow::Error::msg)?;
     let done = wait_for(&lines, "cpu: checksum=", wait).map_err(anyhow::Error::msg)?;
-    Ok(done.at - before.at)
+    Ok((done.at - before.at, throttle))
 }
 
 /// One KV run on a fresh disk: idle log traffic (FT on), then `ops` PUTs and `ops` GETs.
@@ -420,6 +485,7 @@ fn kv_once(
     ops: usize,
     ft: bool,
     echo: bool,
+    opts: &FtOptions,
 ) -> Result<(KvPhase, Option<KvLog>)> {
     let disk = dir.join(format!("ft{run_no}-{}.img", if ft { "on" } else { "off" }));
     std::fs::File::create(&disk)
@@ -435,22 +501,30 @@ fn kv_once(
         },
         ft,
         echo,
+        opts,
     )?;
     let Guest {
         handle,
         log,
+        off_timeline,
         lines,
         thread,
     } = g;
     let result = kv_requests(&lines, log.as_ref(), ops);
     handle.stop();
     let ended = join_vcpu(thread);
-    let (phase, mut kv_log) = result?;
+    let (mut phase, mut kv_log) = result?;
     ended.context("the KV VM")?;
+    phase.timeline = match (&log, &off_timeline) {
+        (Some(log), _) => log.timeline(),
+        (None, Some(tl)) => tl.lock().unwrap_or_else(|p| p.into_inner()).report(),
+        (None, None) => Vec::new(),
+    };
     if let (Some(l), Some(log)) = (&mut kv_log, &log) {
         let s = log.stats();
         l.stalls = s.stalls;
-        l.throttled_ms = s.throttled_ms;
+        l.throttled_ms = s.throttle.throttled_us / 1000;
+        l.throttled = s.throttle.throttled;
         l.outputs_emitted = s.outputs_emitted;
         if s.outputs_released != s.outputs_emitted {
             bail!(
@@ -510,6 +584,7 @@ fn kv_requests(
         put,
         put_total,
         get_total,
+        timeline: Vec::new(),
     };
     let kv_log = idle.map(|(idle_bytes, idle)| KvLog {
         idle_bytes,
@@ -520,13 +595,27 @@ fn kv_requests(
         lag,
         stalls: 0,
         throttled_ms: 0,
+        throttled: 0,
         outputs_emitted: 0,
     });
     Ok((phase, kv_log))
 }
 
 /// The table rows: medians over `runs`.
-pub fn rows(runs: &[FtRun], kv_ops: usize) -> Vec<(String, String, String)> {
+pub fn rows(runs: &[FtRun], kv_ops: usize, opts: &FtOptions) -> Vec<(String, String, String)> {
+    let tag = format!(
+        "[{}, lag {} ms] ",
+        mode_label(opts.mode),
+        opts.lag_limit.as_millis()
+    );
+    let mut rows = rows_untagged(runs, kv_ops, opts);
+    for r in &mut rows {
+        r.0 = r.0.replacen("FT ", &format!("FT {tag}"), 1);
+    }
+    rows
+}
+
+fn rows_untagged(runs: &[FtRun], kv_ops: usize, opts: &FtOptions) -> Vec<(String, String, String)> {
     let med = |xs: Vec<f64>| median(&xs).unwrap_or(f64::NAN);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut rows = Vec::new();
@@ -548,6 +637,18 @@ pub fn rows(runs: &[FtRun], kv_ops: usize) -> Vec<(String, String, String)> {
                 .collect())
         ),
         "per-run ratio, median (1.0 = no cost; VMware FT: 1/0.94..1/0.98)".into(),
+    ));
+    rows.push((
+        "FT CPU throttled calls / ms".into(),
+        format!(
+            "{:.0} / {:.0}",
+            med(runs.iter().map(|r| r.cpu.throttled as f64).collect()),
+            med(runs.iter().map(|r| r.cpu.throttled_ms as f64).collect())
+        ),
+        format!(
+            "input calls and ms the Primary was slowed past the {} ms lag limit (CPU run)",
+            opts.lag_limit.as_millis()
+        ),
     ));
     let kvs: Vec<&KvTimes> = runs.iter().filter_map(|r| r.kv.as_ref()).collect();
     if kvs.is_empty() {
@@ -658,15 +759,16 @@ pub fn rows(runs: &[FtRun], kv_ops: usize) -> Vec<(String, String, String)> {
         ));
     }
     rows.push((
-        "FT stalls / throttled ms".into(),
+        "FT stalls / throttled calls / throttled ms".into(),
         format!(
-            "{:.0} / {:.0}",
+            "{:.0} / {:.0} / {:.0}",
             med(kvs.iter().map(|k| k.log.stalls as f64).collect()),
+            med(kvs.iter().map(|k| k.log.throttled as f64).collect()),
             med(kvs.iter().map(|k| k.log.throttled_ms as f64).collect())
         ),
         format!(
-            "full-window stalls; ms slowed past the {} ms lag limit (KV run, {:.0} outputs)",
-            LAG_LIMIT.as_millis(),
+            "full-window stalls; input calls and ms slowed past the {} ms lag limit (KV run, {:.0} outputs)",
+            opts.lag_limit.as_millis(),
             med(kvs.iter().map(|k| k.log.outputs_emitted as f64).collect())
         ),
     ));
