@@ -200,6 +200,30 @@ impl ReplayQueue {
         (st.received, st.replayed, st.replayed_exit)
     }
 
+    /// Waits up to `timeout` until the replay has consumed every whole body
+    /// received with progress other than `last`, then returns the progress
+    /// and whether that happened (the link's progress thread: a Primary whose
+    /// lag throttle waits is waiting for exactly this report). A closed queue
+    /// does not end the wait early, so a caller looping on it never spins.
+    pub fn wait_progress(
+        &self,
+        last: (u64, u64, ExitIndex),
+        timeout: Duration,
+    ) -> ((u64, u64, ExitIndex), bool) {
+        let st = self.lock();
+        let (st, res) = self
+            .cv
+            .wait_timeout_while(st, timeout, |s| {
+                let now = (s.received, s.replayed, s.replayed_exit);
+                !(s.records.is_empty() && now != last)
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        (
+            (st.received, st.replayed, st.replayed_exit),
+            !res.timed_out(),
+        )
+    }
+
     /// No more records will come.
     pub fn close(&self, why: &str) {
         let mut st = self.lock();
@@ -311,6 +335,10 @@ impl SecondaryInputs {
             if let Some(Whole { rec, end_seq }) = st.records.pop_front() {
                 st.replayed = end_seq;
                 st.replayed_exit = n;
+                if st.records.is_empty() {
+                    // Caught up: the progress thread reports it at once.
+                    self.q.cv.notify_all();
+                }
                 return Head::Here(rec);
             }
             if let Some(why) = &st.closed {
