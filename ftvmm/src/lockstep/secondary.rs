@@ -673,4 +673,40 @@ mod tests {
             "re-issued with the replay's bytes"
         );
     }
+
+    /// The progress thread hears at once when the replay caught up (a
+    /// throttled Primary waits for that report), and not before.
+    #[test]
+    fn a_replay_that_caught_up_is_reported_at_once() {
+        let q = ReplayQueue::new(0);
+        let tick = |seq, n| Record {
+            seq,
+            n,
+            body: Body::Events(vec![InputEvent::TimerTick]),
+        };
+        q.push_batch(vec![tick(0, 1), tick(1, 2)], 0);
+        let last = q.progress();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.wait_progress(last, Duration::from_secs(10)))
+        };
+        let mut sin = SecondaryInputs::new(Arc::clone(&q), VmHandle::standalone());
+        let mut evs = Vec::new();
+        sin.events_at(1, &mut evs);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "reported while a record was still queued"
+        );
+        let t0 = std::time::Instant::now();
+        sin.events_at(2, &mut evs);
+        let (now, caught_up) = waiter.join().unwrap();
+        assert!(caught_up && t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(now, (2, 2, 2));
+        // Nothing new: the wait runs to its timeout and says so.
+        assert_eq!(
+            q.wait_progress(now, Duration::from_millis(20)),
+            ((2, 2, 2), false)
+        );
+    }
 }

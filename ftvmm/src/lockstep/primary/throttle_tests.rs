@@ -36,15 +36,22 @@ fn lagging(log: &PrimaryLog, apart: Duration) -> Batch {
     b
 }
 
-/// Runs `log.throttle()` on a thread; the receiver gets one message when it
-/// returns.
+/// Runs `log.throttle()` on a thread and returns once it is slowed (its
+/// counter moved: a late-scheduled thread cannot pass a test by not having
+/// started yet); the receiver gets one message when it returns.
 fn throttle_on_thread(log: &Arc<PrimaryLog>) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel();
-    let log = Arc::clone(log);
+    let before = log.stats().throttle.throttled;
+    let l = Arc::clone(log);
     std::thread::spawn(move || {
-        log.throttle();
+        l.throttle();
         let _ = tx.send(());
     });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.stats().throttle.throttled == before {
+        assert!(Instant::now() < deadline, "the vCPU was never slowed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     rx
 }
 
