@@ -10,7 +10,8 @@
 //!
 //! One in [`Timeline::every`] of each kind is traced (`0` turns it off; the
 //! default is [`DEFAULT_EVERY`], `FTVMM_TIMELINE_EVERY` overrides it). At most
-//! [`MAX_OPEN`] traces are open at once (more are not sampled), and each
+//! [`MAX_OPEN`] traces are open at once (more are not sampled; one open longer
+//! than [`ABANDON_AFTER`] then makes room), and each
 //! segment keeps its last [`KEEP`] durations; a report gives their count,
 //! median and p99. The recorder is a plain value: [`super::PrimaryLog`] keeps
 //! one under its lock and calls it where the moments happen; the benchmark
@@ -30,6 +31,9 @@ pub const DEFAULT_EVERY: u64 = 16;
 pub const MAX_OPEN: usize = 64;
 /// Each segment keeps this many recent durations.
 pub const KEEP: usize = 4096;
+/// A trace open this long when the open ones are full is dropped (a write
+/// whose completion never came, a VM that stopped): sampling never stops.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(60);
 
 /// What a trace follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,9 +168,16 @@ impl Timeline {
         self.every = every;
     }
 
-    fn sample(&mut self, kind: Kind) -> bool {
-        if self.every == 0 || self.open.len() >= MAX_OPEN {
+    fn sample(&mut self, kind: Kind, now: Instant) -> bool {
+        if self.every == 0 {
             return false;
+        }
+        if self.open.len() >= MAX_OPEN {
+            self.open
+                .retain(|t| now.saturating_duration_since(t.start) < ABANDON_AFTER);
+            if self.open.len() >= MAX_OPEN {
+                return false;
+            }
         }
         let seen = &mut self.seen[kind as usize];
         *seen += 1;
@@ -200,7 +211,7 @@ impl Timeline {
             }
             _ => return None,
         };
-        if !self.sample(kind) {
+        if !self.sample(kind, now) {
             return None;
         }
         let id = self.open_trace(kind, now);
@@ -216,7 +227,7 @@ impl Timeline {
             match ev {
                 InputEvent::Frame { .. } => {
                     if let Some(end) = end_seq {
-                        if self.sample(Kind::FrameIn) {
+                        if self.sample(Kind::FrameIn, now) {
                             let id = self.open_trace(Kind::FrameIn, now);
                             self.trace(id).expect("just opened").need = Some(end);
                         }

@@ -118,6 +118,21 @@ fn one_in_every_n_is_traced_and_zero_traces_nothing() {
 }
 
 #[test]
+fn traces_that_never_end_do_not_stop_the_sampling() {
+    let mut t = Timeline::new(1);
+    let t0 = Instant::now();
+    for id in 0..super::timeline::MAX_OPEN as u64 {
+        assert!(t.on_output(&write(id), t0).is_some());
+    }
+    assert!(t.on_output(&frame(), t0 + ms(10)).is_none(), "full");
+    let later = t0 + super::timeline::ABANDON_AFTER + ms(1);
+    assert!(
+        t.on_output(&frame(), later).is_some(),
+        "abandoned traces made room"
+    );
+}
+
+#[test]
 fn the_log_traces_a_held_reply_from_production_to_the_wire() {
     struct Discard;
     impl Outputs for Discard {
