@@ -86,6 +86,8 @@ pub struct KvLog {
     pub idle: Duration,
     /// Log bytes during the PUT phase and during PUT+GET.
     pub put_bytes: u64,
+    /// Records, batches and acks during the PUT phase.
+    pub put_msgs: [u64; 3],
     pub load_bytes: u64,
     pub load: Duration,
     /// Lag samples taken during PUT+GET.
@@ -568,10 +570,17 @@ fn kv_requests(
             lag
         })
     });
+    let msgs = |l: &Arc<PrimaryLog>| {
+        let s = l.stats();
+        [s.records, s.batches, s.acks]
+    };
     let b0 = log.map(|l| log_bytes(l)).unwrap_or(0);
+    let m0 = log.map(msgs).unwrap_or_default();
     let t0 = Instant::now();
     let (put, put_total) = timed_puts(&mut client, ops)?;
     let put_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
+    let m1 = log.map(msgs).unwrap_or_default();
+    let put_msgs = [m1[0] - m0[0], m1[1] - m0[1], m1[2] - m0[2]];
     let (_, get_total) = timed_gets(&mut client, ops)?;
     let load = t0.elapsed();
     let load_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
@@ -590,6 +599,7 @@ fn kv_requests(
         idle_bytes,
         idle,
         put_bytes,
+        put_msgs,
         load_bytes,
         load,
         lag,
@@ -732,6 +742,17 @@ fn rows_untagged(runs: &[FtRun], kv_ops: usize, opts: &FtOptions) -> Vec<(String
                 .collect())
         ),
         "log bytes during the PUT phase / PUTs".into(),
+    ));
+    let per_put = |i: usize| {
+        med(kvs
+            .iter()
+            .map(|k| k.log.put_msgs[i] as f64 / kv_ops as f64)
+            .collect())
+    };
+    rows.push((
+        "FT records / batches / acks per PUT".into(),
+        format!("{:.1} / {:.1} / {:.1}", per_put(0), per_put(1), per_put(2)),
+        "during the PUT phase: each batch is one channel message, each ack one back".into(),
     ));
     for (label, pick) in [
         ("records", (|l: &Lag| l.records) as fn(&Lag) -> u64),

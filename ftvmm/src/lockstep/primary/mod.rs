@@ -177,6 +177,8 @@ pub struct PrimaryStats {
     pub throttle: ThrottleStats,
     /// Acks that echoed a batch older than the freshness limit.
     pub stale_acks: u64,
+    /// Acks applied (fresh or stale).
+    pub acks: u64,
     /// Times the vCPU waited because output was held.
     pub held_stalls: u64,
 }
@@ -384,6 +386,7 @@ impl PrimaryLog {
             );
             return;
         }
+        st.stats.acks += 1;
         if received > st.acked {
             // Batches are the unit of accounting: a batch leaves the window
             // once all of it is acked.
