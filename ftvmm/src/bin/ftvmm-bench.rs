@@ -25,6 +25,8 @@ mod cpu;
 mod exits;
 #[path = "ftvmm_bench/ft.rs"]
 mod ft;
+#[path = "ftvmm_bench/ft_rows.rs"]
+mod ft_rows;
 #[path = "ftvmm_bench/ft_timeline.rs"]
 mod ft_timeline;
 #[path = "ftvmm_bench/kv.rs"]
@@ -341,7 +343,7 @@ fn main() -> Result<()> {
 fn print_ft(args: &Args, opts: &[ft::FtOptions], runs: &[Vec<ft::FtRun>]) {
     let mut rows = Vec::new();
     for (o, r) in opts.iter().zip(runs) {
-        rows.extend(ft::rows(r, args.kv_ops, o));
+        rows.extend(ft_rows::rows(r, args.kv_ops, o));
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
