@@ -57,7 +57,7 @@ bench: image
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
-	$(CARGO) run --release -p ftvmm --bin ftvmm-bench
+	$(CARGO) run --release -p ftvmm --bin ftvmm-bench -- --ft-throttle until-ack,fixed
 	$(CARGO) bench -p heartbeat --bench flood
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
 

@@ -9,7 +9,10 @@
 //! (`ftvmm_bench/respawn.rs`, a table of its own); and respawn's live transfer of a 256 MiB guest
 //! idle or busy writing memory (`mode=dirty`): pre-copy rounds, bytes sent, the pause
 //! (`ftvmm_bench/respawn_live.rs`, a table of its own); and (issue 11) checkpoint epochs without a
-//! VM: bytes per epoch raw vs delta, encode and apply rates (`ftvmm_bench/checkpoint.rs`).
+//! VM: bytes per epoch raw vs delta, encode and apply rates (`ftvmm_bench/checkpoint.rs`); and
+//! (issue 17) the FT rows per lag-throttle controller (`--ft-throttle until-ack,fixed` runs both
+//! side by side) and the per-request timeline of the KV runs, FT off next to FT on
+//! (`ftvmm_bench/ft_timeline.rs`, a table of its own).
 //! Needs root and `/dev/kvm`.
 
 #[path = "ftvmm_bench/checkpoint.rs"]
@@ -22,6 +25,10 @@ mod cpu;
 mod exits;
 #[path = "ftvmm_bench/ft.rs"]
 mod ft;
+#[path = "ftvmm_bench/ft_rows.rs"]
+mod ft_rows;
+#[path = "ftvmm_bench/ft_timeline.rs"]
+mod ft_timeline;
 #[path = "ftvmm_bench/kv.rs"]
 mod kv;
 #[path = "ftvmm_bench/net.rs"]
@@ -97,6 +104,32 @@ struct Args {
     /// Echo the guests' console lines to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Lag-throttle controllers of the FT-on runs, each run side by side with FT off:
+    /// `until-ack` (wait for the ack that brings the lag back) and/or `fixed` (the earlier
+    /// 1 ms sleep per input call).
+    #[arg(long, value_delimiter = ',', default_value = "until-ack")]
+    ft_throttle: Vec<String>,
+    /// The FT-on runs' lag limit (the config's `timing.lag_limit_ms`).
+    #[arg(long, default_value_t = ft::LAG_LIMIT.as_millis() as u64)]
+    lag_limit_ms: u64,
+    /// Trace one in this many requests of each kind for the timeline (0: none).
+    #[arg(long, default_value_t = 1)]
+    timeline_every: u64,
+    /// Only the FT on vs off section (and its timeline).
+    #[arg(long)]
+    only_ft: bool,
+}
+
+fn throttle_modes(names: &[String]) -> Result<Vec<ftvmm::lockstep::primary::ThrottleMode>> {
+    use ftvmm::lockstep::primary::ThrottleMode;
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "until-ack" => Ok(ThrottleMode::UntilAck),
+            "fixed" => Ok(ThrottleMode::FixedSleep),
+            other => bail!("--ft-throttle {other}: expected until-ack or fixed"),
+        })
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -129,16 +162,29 @@ fn main() -> Result<()> {
         Some(net::TapGuard::create()?)
     };
     let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    let ft_opts: Vec<ft::FtOptions> = throttle_modes(&args.ft_throttle)?
+        .into_iter()
+        .map(|mode| ft::FtOptions {
+            lag_limit: Duration::from_millis(args.lag_limit_ms),
+            mode,
+            timeline_every: args.timeline_every,
+        })
+        .collect();
+    if args.only_ft && args.no_ft {
+        bail!("--only-ft and --no-ft exclude each other");
+    }
 
     let mut cpu_runs = Vec::new();
     let mut exit_runs = Vec::new();
     let mut kv_runs = Vec::new();
-    let mut ft_runs = Vec::new();
+    let mut ft_runs: Vec<Vec<ft::FtRun>> = ft_opts.iter().map(|_| Vec::new()).collect();
     for r in 0..args.runs {
         eprintln!("ftvmm-bench: run {}/{}", r + 1, args.runs);
-        cpu_runs.push(cpu::run(&args.kernel, args.cpu_iters, args.verbose)?);
-        exit_runs.push(exits::run(args.exit_loops)?);
-        if !args.no_kv {
+        if !args.only_ft {
+            cpu_runs.push(cpu::run(&args.kernel, args.cpu_iters, args.verbose)?);
+            exit_runs.push(exits::run(args.exit_loops)?);
+        }
+        if !args.no_kv && !args.only_ft {
             kv_runs.push(kv::run(
                 &args.kernel,
                 tmp.path(),
@@ -148,14 +194,21 @@ fn main() -> Result<()> {
             )?);
         }
         if !args.no_ft {
-            ft_runs.push(ft::run(
-                &args.kernel,
-                args.cpu_iters,
-                r,
-                (!args.no_kv).then(|| (tmp.path(), args.kv_ops)),
-                args.verbose,
-            )?);
+            for (opts, runs) in ft_opts.iter().zip(&mut ft_runs) {
+                runs.push(ft::run(
+                    &args.kernel,
+                    args.cpu_iters,
+                    r,
+                    (!args.no_kv).then(|| (tmp.path(), args.kv_ops)),
+                    args.verbose,
+                    opts,
+                )?);
+            }
         }
+    }
+    if args.only_ft {
+        print_ft(&args, &ft_opts, &ft_runs);
+        return Ok(());
     }
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -247,9 +300,6 @@ fn main() -> Result<()> {
         format!("{:.1}x", guest / native),
         "medians of the same runs".into(),
     ));
-    if !args.no_ft {
-        rows.extend(ft::rows(&ft_runs, args.kv_ops));
-    }
     if !args.no_checkpoint {
         eprintln!("ftvmm-bench: checkpoint epochs");
         rows.extend(checkpoint::rows(&checkpoint::run()));
@@ -270,6 +320,9 @@ fn main() -> Result<()> {
         "note: {nproc} CPUs, load average at start {load}; this host's /dev/kvm is PVM-based and \
          emulates guest instructions, so guest CPU work is far slower than on hardware KVM"
     );
+    if !args.no_ft {
+        print_ft(&args, &ft_opts, &ft_runs);
+    }
     if !args.no_respawn {
         let (rows, notes) = respawn::run(&args.kernel, &args.respawn_mib, args.runs)?;
         respawn_table::print(&rows, &notes, args.runs);
@@ -284,4 +337,42 @@ fn main() -> Result<()> {
         respawn_live_table::print(&runs);
     }
     Ok(())
+}
+
+/// The FT on vs off table (one block of rows per controller) and the timeline table.
+fn print_ft(args: &Args, opts: &[ft::FtOptions], runs: &[Vec<ft::FtRun>]) {
+    let mut rows = Vec::new();
+    for (o, r) in opts.iter().zip(runs) {
+        rows.extend(ft_rows::rows(r, args.kv_ops, o));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    println!();
+    println!(
+        "FT on vs off: medians of {} runs (kv-ops {}, cpu-iters {})",
+        args.runs, args.kv_ops, args.cpu_iters
+    );
+    println!("{:<w0$}  {:>w1$}  how", "what", "median");
+    println!("{}  {}  {}", "-".repeat(w0), "-".repeat(w1), "-".repeat(3));
+    for (a, b, c) in &rows {
+        println!("{a:<w0$}  {b:>w1$}  {c}");
+    }
+    if args.no_kv || args.timeline_every == 0 {
+        return;
+    }
+    let kv = |r: &ft::FtRun, on: bool| {
+        r.kv.as_ref()
+            .map(|k| if on { &k.on } else { &k.off }.timeline.clone())
+    };
+    let mut columns = vec![(
+        "FT off".to_string(),
+        runs.iter().flatten().filter_map(|r| kv(r, false)).collect(),
+    )];
+    for (o, r) in opts.iter().zip(runs) {
+        columns.push((
+            format!("FT on, {}", ft::mode_label(o.mode)),
+            r.iter().filter_map(|r| kv(r, true)).collect(),
+        ));
+    }
+    ft_timeline::print(&columns, args.timeline_every);
 }

@@ -5,7 +5,9 @@
 //! live Primary), and an ack thread feeds acknowledgements to the Output Rule.
 //! Secondary: a receiver thread checks each batch (it must continue the log
 //! exactly; it is decoded all-or-nothing), queues it, and acknowledges receipt
-//! at once; a progress thread reports replay progress for the lag.
+//! at once; a progress thread reports replay progress for the lag (every
+//! [`PROGRESS_EVERY`]; every [`PROGRESS_PROMPT_GAP`] when the replay caught up
+//! or the Primary is quiet).
 //!
 //! Every ending — a refusal, a channel error, the peer's `Bye`, `Resign` or
 //! `Diverged` — is reported to the member as an [`Event`]. On the Primary the
@@ -27,8 +29,14 @@ use super::secondary::ReplayQueue;
 
 /// An idle Primary sends an empty batch this often.
 pub const KEEPALIVE: Duration = Duration::from_millis(50);
-/// The Secondary reports replay progress at most this often.
+/// The Secondary reports replay progress at least this often while it changes;
+/// more often ([`PROGRESS_PROMPT_GAP`]) when it caught up with what it
+/// received, or while the Primary has been quiet that long: a Primary whose
+/// lag throttle waits sends nothing and resumes on such a report (issue 17).
+/// While batches flow, their receipt acks carry the progress anyway.
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+/// The shortest gap between two progress reports.
+const PROGRESS_PROMPT_GAP: Duration = Duration::from_millis(2);
 
 /// A send that TCP cannot take within this long kills the link (a peer behind
 /// a partition must not block the sender, or `Link::stop`, forever).
@@ -382,22 +390,43 @@ pub fn start_secondary(
         })
     };
     let progress = {
-        let (q, tx, stop) = (Arc::clone(&q), Arc::clone(&tx), Arc::clone(&stop));
+        let (q, tx, stop, heard) = (
+            Arc::clone(&q),
+            Arc::clone(&tx),
+            Arc::clone(&stop),
+            Arc::clone(&last_heard),
+        );
         spawn("lockstep-progress", move || {
             let mut last = q.progress();
+            let mut last_sent = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(PROGRESS_EVERY);
-                let now = q.progress();
-                if now != last {
-                    last = now;
-                    if tx
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .send(&ack(&q))
-                        .is_err()
-                    {
-                        return;
-                    }
+                let behind = last.0 > last.1;
+                let wait = if behind {
+                    PROGRESS_PROMPT_GAP
+                } else {
+                    PROGRESS_EVERY
+                };
+                let (mut now, caught_up) = q.wait_progress(last, wait);
+                let quiet = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+                    >= PROGRESS_PROMPT_GAP;
+                let due = last_sent.elapsed() >= PROGRESS_EVERY;
+                if now == last || !(caught_up || quiet || due) {
+                    continue;
+                }
+                let since = last_sent.elapsed();
+                if since < PROGRESS_PROMPT_GAP {
+                    std::thread::sleep(PROGRESS_PROMPT_GAP - since);
+                    now = q.progress();
+                }
+                last = now;
+                last_sent = Instant::now();
+                if tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send(&ack(&q))
+                    .is_err()
+                {
+                    return;
                 }
             }
         })

@@ -200,6 +200,30 @@ impl ReplayQueue {
         (st.received, st.replayed, st.replayed_exit)
     }
 
+    /// Waits up to `timeout` until the replay has consumed every whole body
+    /// received with progress other than `last`, then returns the progress
+    /// and whether that happened (the link's progress thread: a Primary whose
+    /// lag throttle waits is waiting for exactly this report). A closed queue
+    /// does not end the wait early, so a caller looping on it never spins.
+    pub fn wait_progress(
+        &self,
+        last: (u64, u64, ExitIndex),
+        timeout: Duration,
+    ) -> ((u64, u64, ExitIndex), bool) {
+        let st = self.lock();
+        let (st, res) = self
+            .cv
+            .wait_timeout_while(st, timeout, |s| {
+                let now = (s.received, s.replayed, s.replayed_exit);
+                !(s.records.is_empty() && now != last)
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        (
+            (st.received, st.replayed, st.replayed_exit),
+            !res.timed_out(),
+        )
+    }
+
     /// No more records will come.
     pub fn close(&self, why: &str) {
         let mut st = self.lock();
@@ -311,6 +335,10 @@ impl SecondaryInputs {
             if let Some(Whole { rec, end_seq }) = st.records.pop_front() {
                 st.replayed = end_seq;
                 st.replayed_exit = n;
+                if st.records.is_empty() {
+                    // Caught up: the progress thread reports it at once.
+                    self.q.cv.notify_all();
+                }
                 return Head::Here(rec);
             }
             if let Some(why) = &st.closed {
@@ -643,6 +671,42 @@ mod tests {
                 data: b"new".to_vec()
             },
             "re-issued with the replay's bytes"
+        );
+    }
+
+    /// The progress thread hears at once when the replay caught up (a
+    /// throttled Primary waits for that report), and not before.
+    #[test]
+    fn a_replay_that_caught_up_is_reported_at_once() {
+        let q = ReplayQueue::new(0);
+        let tick = |seq, n| Record {
+            seq,
+            n,
+            body: Body::Events(vec![InputEvent::TimerTick]),
+        };
+        q.push_batch(vec![tick(0, 1), tick(1, 2)], 0);
+        let last = q.progress();
+        let waiter = {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || q.wait_progress(last, Duration::from_secs(10)))
+        };
+        let mut sin = SecondaryInputs::new(Arc::clone(&q), VmHandle::standalone());
+        let mut evs = Vec::new();
+        sin.events_at(1, &mut evs);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "reported while a record was still queued"
+        );
+        let t0 = std::time::Instant::now();
+        sin.events_at(2, &mut evs);
+        let (now, caught_up) = waiter.join().unwrap();
+        assert!(caught_up && t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(now, (2, 2, 2));
+        // Nothing new: the wait runs to its timeout and says so.
+        assert_eq!(
+            q.wait_progress(now, Duration::from_millis(20)),
+            ((2, 2, 2), false)
         );
     }
 }

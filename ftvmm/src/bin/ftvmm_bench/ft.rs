@@ -6,7 +6,9 @@
 //! the CPU-bound workload's time, KV PUT/GET throughput and PUT latency, log bytes while the
 //! KV guest idles and under KV load (and per PUT), and the Secondary's lag sampled during
 //! the requests. Both members share this machine's cores, so FT on pays for the Secondary's
-//! vCPU here too; on two hosts it would not.
+//! vCPU here too; on two hosts it would not. Issue 17: the lag limit and the throttle's
+//! controller are options ([`FtOptions`]), and every KV run keeps its per-request timeline
+//! (`ft_timeline.rs`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -21,27 +23,50 @@ use ftvmm::live::{self, DiskBackend, LiveConfig, Tap};
 use ftvmm::lockstep::channel::{self, Identity};
 use ftvmm::lockstep::link;
 use ftvmm::lockstep::log::Body;
-use ftvmm::lockstep::primary::{Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::primary::timeline::{SegmentReport, Timeline};
+use ftvmm::lockstep::primary::{
+    Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs, ThrottleMode, ThrottleStats,
+};
 use ftvmm::lockstep::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::runner::devices_and_cmdline;
 use ftvmm::{RunOutcome, Vm, VmHandle};
 
 use crate::console::{wait_for, Line, LineSink};
+use crate::ft_timeline::{TimedInputs, TimedOutputs};
 use crate::kv::{timed_gets, timed_puts, Client};
 use crate::net;
-use crate::stats::{median, percentile};
 
 /// The Primary is slowed while the Secondary lags more than this (the config's default).
-const LAG_LIMIT: Duration = Duration::from_millis(500);
+pub const LAG_LIMIT: Duration = Duration::from_millis(500);
+
+/// How the FT-on side runs (issue 17).
+#[derive(Debug, Clone, Copy)]
+pub struct FtOptions {
+    pub lag_limit: Duration,
+    pub mode: ThrottleMode,
+    /// Trace one in this many requests of each kind (0: no timeline).
+    pub timeline_every: u64,
+}
+
+/// A short name of a controller for tables.
+pub fn mode_label(mode: ThrottleMode) -> &'static str {
+    match mode {
+        ThrottleMode::UntilAck => "until-ack",
+        ThrottleMode::FixedSleep => "fixed-1ms",
+    }
+}
 /// How long the idle KV guest's log traffic is measured.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(3);
 /// Lag sampling period during the KV requests.
-const LAG_SAMPLE: Duration = Duration::from_millis(10);
+pub const LAG_SAMPLE: Duration = Duration::from_millis(10);
 
 /// One CPU-mode run: guest time from `guest: mem=` to `cpu: checksum=` as the console saw it.
 pub struct CpuTimes {
     pub off: Duration,
     pub on: Duration,
+    /// FT on: input calls and ms the throttle slowed the Primary.
+    pub throttled: u64,
+    pub throttled_ms: u64,
 }
 
 /// The KV request phase of one run.
@@ -49,6 +74,8 @@ pub struct KvPhase {
     pub put: Vec<Duration>,
     pub put_total: Duration,
     pub get_total: Duration,
+    /// The per-request timeline of the run (empty without one).
+    pub timeline: Vec<SegmentReport>,
 }
 
 /// What the log and the Secondary did in the FT-on KV run.
@@ -58,12 +85,16 @@ pub struct KvLog {
     pub idle: Duration,
     /// Log bytes during the PUT phase and during PUT+GET.
     pub put_bytes: u64,
+    /// Records, batches and acks during the PUT phase.
+    pub put_msgs: [u64; 3],
     pub load_bytes: u64,
     pub load: Duration,
     /// Lag samples taken during PUT+GET.
     pub lag: Vec<Lag>,
     pub stalls: u64,
     pub throttled_ms: u64,
+    /// Input calls that found the lag over the limit.
+    pub throttled: u64,
     pub outputs_emitted: u64,
 }
 
@@ -88,27 +119,31 @@ pub fn run(
     run_no: usize,
     kv: Option<(&Path, usize)>,
     echo: bool,
+    opts: &FtOptions,
 ) -> Result<FtRun> {
     let order = if run_no.is_multiple_of(2) {
         [false, true]
     } else {
         [true, false]
     };
-    let mut cpu = [Duration::ZERO; 2];
+    let mut cpu: [(Duration, Option<ThrottleStats>); 2] = Default::default();
     for ft in order {
-        cpu[usize::from(ft)] =
-            cpu_once(kernel, cpu_iters, ft, echo).with_context(|| format!("CPU, {}", label(ft)))?;
+        cpu[usize::from(ft)] = cpu_once(kernel, cpu_iters, ft, echo, opts)
+            .with_context(|| format!("CPU, {}", label(ft)))?;
     }
+    let throttle = cpu[1].1.take().unwrap_or_default();
     let cpu = CpuTimes {
-        off: cpu[0],
-        on: cpu[1],
+        off: cpu[0].0,
+        on: cpu[1].0,
+        throttled: throttle.throttled,
+        throttled_ms: throttle.throttled_us / 1000,
     };
     let kv = match kv {
         Some((dir, ops)) => {
             let mut phases = [None, None];
             let mut log = None;
             for ft in order {
-                let (phase, l) = kv_once(kernel, dir, run_no, ops, ft, echo)
+                let (phase, l) = kv_once(kernel, dir, run_no, ops, ft, echo, opts)
                     .with_context(|| format!("KV, {}", label(ft)))?;
                 phases[usize::from(ft)] = Some(phase);
                 log = log.or(l);
@@ -124,7 +159,8 @@ pub fn run(
     };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
-        "ftvmm-bench: FT run {run_no} ({} first): CPU off {:.1} ms, on {:.1} ms{}",
+        "ftvmm-bench: FT run {run_no} [{}] ({} first): CPU off {:.1} ms, on {:.1} ms{}",
+        mode_label(opts.mode),
         label(order[0]),
         ms(cpu.off),
         ms(cpu.on),
@@ -160,6 +196,8 @@ struct GuestSpec {
 struct Guest {
     handle: VmHandle,
     log: Option<Arc<PrimaryLog>>,
+    /// FT off: the timeline around the plain doors.
+    off_timeline: Option<Arc<std::sync::Mutex<Timeline>>>,
     lines: Receiver<Line>,
     thread: JoinHandle<Result<RunOutcome>>,
 }
@@ -172,8 +210,12 @@ fn join_vcpu(thread: JoinHandle<Result<RunOutcome>>) -> Result<RunOutcome> {
 }
 
 /// Starts `spec` on a new thread; with `ft`, as a lockstep pair over loopback.
-fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
+fn start(spec: GuestSpec, ft: bool, echo: bool, opts: &FtOptions) -> Result<Guest> {
     let (sink, lines) = LineSink::new(echo);
+    let opts = *opts;
+    let off_timeline = (!ft && opts.timeline_every > 0)
+        .then(|| Arc::new(std::sync::Mutex::new(Timeline::new(opts.timeline_every))));
+    let off_tl = off_timeline.clone();
     let (started_tx, started_rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(
@@ -215,6 +257,17 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
                 },
                 vm.handle().kicker(),
             )?;
+            if let Some(tl) = off_tl {
+                let _ = started_tx.send((vm.handle(), None));
+                let mut inputs = TimedInputs {
+                    inner: inputs,
+                    tl: Arc::clone(&tl),
+                };
+                let mut outputs = TimedOutputs { inner: outputs, tl };
+                let outcome = vm.run(&mut inputs, &mut outputs, None)?;
+                drop((inputs, outputs, backends));
+                return Ok(outcome);
+            }
             if !ft {
                 let _ = started_tx.send((vm.handle(), None));
                 let outcome = vm.run(&mut inputs, &mut outputs, None)?;
@@ -222,7 +275,9 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
                 return Ok(outcome);
             }
             let pair = Pair::start(&spec.kernel, spec.mem_mib, sectors, with_net, &spec.cmdline)?;
-            let log = PrimaryLog::new(Box::new(outputs), LAG_LIMIT);
+            let log = PrimaryLog::new(Box::new(outputs), opts.lag_limit);
+            log.set_throttle_mode(opts.mode);
+            log.set_timeline_every(opts.timeline_every);
             let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log)).with_vm(vm.handle());
             let (tx, rx) = pair.primary_channel.split();
             let link =
@@ -258,6 +313,7 @@ fn start(spec: GuestSpec, ft: bool, echo: bool) -> Result<Guest> {
         Ok((handle, log)) => Ok(Guest {
             handle,
             log,
+            off_timeline,
             lines,
             thread,
         }),
@@ -389,7 +445,13 @@ impl Pair {
 }
 
 /// The CPU workload once; the guest's time from `guest: mem=` to `cpu: checksum=`.
-fn cpu_once(kernel: &Path, iters: u64, ft: bool, echo: bool) -> Result<Duration> {
+fn cpu_once(
+    kernel: &Path,
+    iters: u64,
+    ft: bool,
+    echo: bool,
+    opts: &FtOptions,
+) -> Result<(Duration, Option<ThrottleStats>)> {
     let g = start(
         GuestSpec {
             kernel: kernel.to_path_buf(),
@@ -400,16 +462,20 @@ fn cpu_once(kernel: &Path, iters: u64, ft: bool, echo: bool) -> Result<Duration>
         },
         ft,
         echo,
+        opts,
     )?;
-    let Guest { lines, thread, .. } = g;
+    let Guest {
+        lines, thread, log, ..
+    } = g;
     let outcome = join_vcpu(thread)?;
+    let throttle = log.map(|l| l.stats().throttle);
     if outcome != RunOutcome::DebugExit(0) {
         bail!("CPU-mode guest ended with {outcome:?}");
     }
     let wait = Duration::from_secs(1);
     let before = wait_for(&lines, "guest: mem=", wait).map_err(anyhow::Error::msg)?;
     let done = wait_for(&lines, "cpu: checksum=", wait).map_err(anyhow::Error::msg)?;
-    Ok(done.at - before.at)
+    Ok((done.at - before.at, throttle))
 }
 
 /// One KV run on a fresh disk: idle log traffic (FT on), then `ops` PUTs and `ops` GETs.
@@ -420,6 +486,7 @@ fn kv_once(
     ops: usize,
     ft: bool,
     echo: bool,
+    opts: &FtOptions,
 ) -> Result<(KvPhase, Option<KvLog>)> {
     let disk = dir.join(format!("ft{run_no}-{}.img", if ft { "on" } else { "off" }));
     std::fs::File::create(&disk)
@@ -435,22 +502,30 @@ fn kv_once(
         },
         ft,
         echo,
+        opts,
     )?;
     let Guest {
         handle,
         log,
+        off_timeline,
         lines,
         thread,
     } = g;
     let result = kv_requests(&lines, log.as_ref(), ops);
     handle.stop();
     let ended = join_vcpu(thread);
-    let (phase, mut kv_log) = result?;
+    let (mut phase, mut kv_log) = result?;
     ended.context("the KV VM")?;
+    phase.timeline = match (&log, &off_timeline) {
+        (Some(log), _) => log.timeline(),
+        (None, Some(tl)) => tl.lock().unwrap_or_else(|p| p.into_inner()).report(),
+        (None, None) => Vec::new(),
+    };
     if let (Some(l), Some(log)) = (&mut kv_log, &log) {
         let s = log.stats();
         l.stalls = s.stalls;
-        l.throttled_ms = s.throttled_ms;
+        l.throttled_ms = s.throttle.throttled_us / 1000;
+        l.throttled = s.throttle.throttled;
         l.outputs_emitted = s.outputs_emitted;
         if s.outputs_released != s.outputs_emitted {
             bail!(
@@ -494,10 +569,17 @@ fn kv_requests(
             lag
         })
     });
+    let msgs = |l: &Arc<PrimaryLog>| {
+        let s = l.stats();
+        [s.records, s.batches, s.acks]
+    };
     let b0 = log.map(|l| log_bytes(l)).unwrap_or(0);
+    let m0 = log.map(msgs).unwrap_or_default();
     let t0 = Instant::now();
     let (put, put_total) = timed_puts(&mut client, ops)?;
     let put_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
+    let m1 = log.map(msgs).unwrap_or_default();
+    let put_msgs = [m1[0] - m0[0], m1[1] - m0[1], m1[2] - m0[2]];
     let (_, get_total) = timed_gets(&mut client, ops)?;
     let load = t0.elapsed();
     let load_bytes = log.map(|l| log_bytes(l)).unwrap_or(0) - b0;
@@ -510,165 +592,20 @@ fn kv_requests(
         put,
         put_total,
         get_total,
+        timeline: Vec::new(),
     };
     let kv_log = idle.map(|(idle_bytes, idle)| KvLog {
         idle_bytes,
         idle,
         put_bytes,
+        put_msgs,
         load_bytes,
         load,
         lag,
         stalls: 0,
         throttled_ms: 0,
+        throttled: 0,
         outputs_emitted: 0,
     });
     Ok((phase, kv_log))
-}
-
-/// The table rows: medians over `runs`.
-pub fn rows(runs: &[FtRun], kv_ops: usize) -> Vec<(String, String, String)> {
-    let med = |xs: Vec<f64>| median(&xs).unwrap_or(f64::NAN);
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut rows = Vec::new();
-    let off = med(runs.iter().map(|r| ms(r.cpu.off)).collect());
-    let on = med(runs.iter().map(|r| ms(r.cpu.on)).collect());
-    rows.push((
-        "FT CPU workload off / on".into(),
-        format!("{off:.1} / {on:.1} ms"),
-        "same guest and backends, alternating order; on = pair over loopback, console under the Output Rule"
-            .into(),
-    ));
-    rows.push((
-        "FT CPU time ratio on / off".into(),
-        format!(
-            "{:.3}",
-            med(runs
-                .iter()
-                .map(|r| r.cpu.on.as_secs_f64() / r.cpu.off.as_secs_f64())
-                .collect())
-        ),
-        "per-run ratio, median (1.0 = no cost; VMware FT: 1/0.94..1/0.98)".into(),
-    ));
-    let kvs: Vec<&KvTimes> = runs.iter().filter_map(|r| r.kv.as_ref()).collect();
-    if kvs.is_empty() {
-        return rows;
-    }
-    let ops = |total: Duration| kv_ops as f64 / total.as_secs_f64();
-    for (name, off_ops, on_ops) in [
-        (
-            "PUT",
-            med(kvs.iter().map(|k| ops(k.off.put_total)).collect()),
-            med(kvs.iter().map(|k| ops(k.on.put_total)).collect()),
-        ),
-        (
-            "GET",
-            med(kvs.iter().map(|k| ops(k.off.get_total)).collect()),
-            med(kvs.iter().map(|k| ops(k.on.get_total)).collect()),
-        ),
-    ] {
-        rows.push((
-            format!("FT KV {name} ops/s off / on"),
-            format!("{off_ops:.1} / {on_ops:.1}"),
-            format!("{kv_ops} sequential {name}s, one TCP connection"),
-        ));
-        rows.push((
-            format!("FT KV {name} throughput ratio on / off"),
-            format!("{:.3}", on_ops / off_ops),
-            "medians of the same runs (VMware FT: 0.94..0.98)".into(),
-        ));
-    }
-    let p = |f: fn(&KvTimes) -> &KvPhase, q: f64| {
-        med(kvs
-            .iter()
-            .map(|k| percentile(&f(k).put, q).map_or(f64::NAN, ms))
-            .collect())
-    };
-    let (p50_off, p99_off) = (p(|k| &k.off, 50.0), p(|k| &k.off, 99.0));
-    let (p50_on, p99_on) = (p(|k| &k.on, 50.0), p(|k| &k.on, 99.0));
-    rows.push((
-        "FT PUT latency p50 off / on".into(),
-        format!("{p50_off:.2} / {p50_on:.2} ms"),
-        format!("added by FT: {:+.2} ms", p50_on - p50_off),
-    ));
-    rows.push((
-        "FT PUT latency p99 off / on".into(),
-        format!("{p99_off:.2} / {p99_on:.2} ms"),
-        format!("added by FT: {:+.2} ms", p99_on - p99_off),
-    ));
-    let rate = |b: u64, d: Duration| b as f64 / d.as_secs_f64();
-    let idle = med(kvs
-        .iter()
-        .map(|k| rate(k.log.idle_bytes, k.log.idle))
-        .collect());
-    rows.push((
-        "FT log bandwidth, idle guest".into(),
-        format!("{:.0} B/s", idle),
-        format!(
-            "{:.3} Mbit/s; KV guest listening, no requests, {} s (VMware FT: 0.5..1.5 Mbit/s)",
-            idle * 8.0 / 1e6,
-            IDLE_WINDOW.as_secs()
-        ),
-    ));
-    let load = med(kvs
-        .iter()
-        .map(|k| rate(k.log.load_bytes, k.log.load))
-        .collect());
-    rows.push((
-        "FT log bandwidth, KV load".into(),
-        format!("{:.0} B/s", load),
-        format!(
-            "{:.3} Mbit/s over the PUT+GET phase (VMware FT: 1.5..18 Mbit/s)",
-            load * 8.0 / 1e6
-        ),
-    ));
-    rows.push((
-        "FT log bytes per PUT".into(),
-        format!(
-            "{:.0} B",
-            med(kvs
-                .iter()
-                .map(|k| k.log.put_bytes as f64 / kv_ops as f64)
-                .collect())
-        ),
-        "log bytes during the PUT phase / PUTs".into(),
-    ));
-    for (label, pick) in [
-        ("records", (|l: &Lag| l.records) as fn(&Lag) -> u64),
-        ("bytes", |l: &Lag| l.bytes),
-        ("ms", |l: &Lag| l.ms),
-    ] {
-        let max = med(kvs
-            .iter()
-            .map(|k| k.log.lag.iter().map(pick).max().unwrap_or(0) as f64)
-            .collect());
-        let mid = med(kvs
-            .iter()
-            .map(|k| {
-                median(&k.log.lag.iter().map(|l| pick(l) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
-            })
-            .collect());
-        rows.push((
-            format!("FT secondary lag, {label}: median / max"),
-            format!("{mid:.0} / {max:.0}"),
-            format!(
-                "PrimaryLog::lag() every {} ms during PUT+GET ({} samples/run)",
-                LAG_SAMPLE.as_millis(),
-                kvs[0].log.lag.len()
-            ),
-        ));
-    }
-    rows.push((
-        "FT stalls / throttled ms".into(),
-        format!(
-            "{:.0} / {:.0}",
-            med(kvs.iter().map(|k| k.log.stalls as f64).collect()),
-            med(kvs.iter().map(|k| k.log.throttled_ms as f64).collect())
-        ),
-        format!(
-            "full-window stalls; ms slowed past the {} ms lag limit (KV run, {:.0} outputs)",
-            LAG_LIMIT.as_millis(),
-            med(kvs.iter().map(|k| k.log.outputs_emitted as f64).collect())
-        ),
-    ));
-    rows
 }

@@ -2,10 +2,11 @@
 //! and the host's grant (module docs of `primary`).
 
 use std::sync::MutexGuard;
+use std::time::Instant;
 
 use super::{Gate, Held, PrimaryLog, State};
 use crate::io::{ExitIndex, OutputEvent, Outputs};
-use crate::lockstep::log::{Body, LogError};
+use crate::lockstep::log::{Body, Encoded, LogError};
 
 impl PrimaryLog {
     /// An output produced now (vCPU thread). Waits while everything is held
@@ -17,14 +18,30 @@ impl PrimaryLog {
         let mut st = self.stall_while_held(st);
         st.out_digest.add(&ev);
         st.stats.outputs_emitted += 1;
+        let trace = st.timeline.on_output(&ev, Instant::now());
         let now = st.held.is_empty() && st.gate == Gate::Open && self.grant.valid();
         if now {
-            st.sink.emit(n, ev);
-            st.stats.outputs_released += 1;
+            Self::emit_traced(&mut st, n, ev, trace);
         } else {
             // While paired its `need` is set when the covering `Outputs`
             // record is appended; open, it only waits for the grant.
-            st.held.push_back(Held { need: None, ev });
+            st.held.push_back(Held {
+                need: None,
+                ev,
+                trace,
+            });
+        }
+    }
+
+    /// Hands `ev` to the real sink, noting the moments of its trace.
+    fn emit_traced(st: &mut State, n: ExitIndex, ev: OutputEvent, trace: Option<u64>) {
+        if let Some(id) = trace {
+            st.timeline.on_released(id, Instant::now());
+        }
+        st.sink.emit(n, ev);
+        st.stats.outputs_released += 1;
+        if let Some(id) = trace {
+            st.timeline.on_wire(id, Instant::now());
         }
     }
 
@@ -35,18 +52,26 @@ impl PrimaryLog {
         let Some((count, digest)) = self.lock().out_digest.take() else {
             return Ok(());
         };
-        self.append(n, Body::Outputs { count, digest })?;
-        let mut st = self.lock();
-        // The record just appended is the last one (only the vCPU thread
-        // appends); running alone nothing was appended and nothing waits.
-        let covering = st.next_seq;
-        for h in st.held.iter_mut().rev() {
-            if h.need.is_some() {
-                break;
+        let enc = Encoded::new(n, &Body::Outputs { count, digest })?;
+        self.append_encoded(&enc, |st| {
+            // The record just appended is the last one (only the vCPU thread
+            // appends); running alone nothing was appended and nothing
+            // waits. Set under the append's lock, so the timeline sees the
+            // covering record before the sender can take it.
+            let covering = st.next_seq;
+            let now = Instant::now();
+            let State { held, timeline, .. } = st;
+            for h in held.iter_mut().rev() {
+                if h.need.is_some() {
+                    break;
+                }
+                h.need = Some(covering);
+                if let Some(id) = h.trace {
+                    timeline.on_covered(id, covering, now);
+                }
             }
-            h.need = Some(covering);
-        }
-        self.release(&mut st);
+            self.release(st);
+        });
         Ok(())
     }
 
@@ -62,8 +87,7 @@ impl PrimaryLog {
                 break;
             }
             let h = st.held.pop_front().expect("front exists");
-            st.sink.emit(0, h.ev);
-            st.stats.outputs_released += 1;
+            Self::emit_traced(st, 0, h.ev, h.trace);
         }
     }
 
@@ -99,6 +123,9 @@ impl PrimaryLog {
             st.replayed = upto;
             st.sent.clear();
             st.unacked_bytes = 0;
+            // Nothing more is acknowledged: the open traces would end with
+            // moments that are not acks.
+            st.timeline.drop_open();
         }
         self.release(&mut st);
         drop(st);

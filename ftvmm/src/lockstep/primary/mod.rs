@@ -16,7 +16,9 @@
 //!   progress ([`PrimaryLog::on_ack`]), echoing the newest stamp the Secondary
 //!   got. The vCPU thread stalls when unacknowledged bytes exceed
 //!   [`MAX_UNACKED_BYTES`] (nothing is ever dropped) and is slowed while the
-//!   replay lag exceeds the configured limit.
+//!   replay lag exceeds the configured limit (`throttle.rs`: it waits for the
+//!   ack that brings the lag back; liveness only, never part of the Output
+//!   Rule).
 //! - **Sizes.** A body larger than one record is appended as its pieces
 //!   (`log` module docs), the window checked before each; a body the log
 //!   cannot carry is an error for the caller ([`PrimaryLog::append`]), never
@@ -52,9 +54,15 @@
 mod gate;
 mod inputs;
 mod pending;
+mod throttle;
+pub mod timeline;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throttle_tests;
+#[cfg(test)]
+mod timeline_tests;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -70,6 +78,9 @@ pub use super::member::Gate;
 use crate::io::{ExitIndex, InputEvent, OutputEvent, Outputs};
 pub use inputs::{PrimaryInputs, PrimaryOutputs};
 use pending::Pending;
+use throttle::Throttle;
+pub use throttle::{ThrottleMode, ThrottleStats, RECHECK as THROTTLE_RECHECK};
+use timeline::{SegmentReport, Timeline};
 
 /// The vCPU stalls when this many bytes are sent or pending but not acked.
 pub const MAX_UNACKED_BYTES: usize = 64 << 20;
@@ -118,6 +129,8 @@ struct Held {
     /// record that covers it is appended.
     need: Option<u64>,
     ev: OutputEvent,
+    /// Its timeline trace, if it is sampled (`timeline.rs`).
+    trace: Option<u64>,
 }
 
 struct State {
@@ -146,6 +159,8 @@ struct State {
     /// The last clock value handed to the guest (a joining Secondary's
     /// clock continues from it if it ever goes live).
     last_time: Option<u64>,
+    throttle: Throttle,
+    timeline: Timeline,
     stats: PrimaryStats,
 }
 
@@ -158,9 +173,12 @@ pub struct PrimaryStats {
     pub outputs_emitted: u64,
     pub outputs_released: u64,
     pub stalls: u64,
-    pub throttled_ms: u64,
+    /// The lag throttle (`throttle.rs`).
+    pub throttle: ThrottleStats,
     /// Acks that echoed a batch older than the freshness limit.
     pub stale_acks: u64,
+    /// Acks applied (fresh or stale).
+    pub acks: u64,
     /// Times the vCPU waited because output was held.
     pub held_stalls: u64,
 }
@@ -170,7 +188,6 @@ pub struct PrimaryStats {
 pub struct PrimaryLog {
     st: Mutex<State>,
     cv: Condvar,
-    lag_limit: Duration,
     fresh_ack: Duration,
     grant: Arc<HostGrant>,
 }
@@ -223,10 +240,14 @@ impl PrimaryLog {
                 stopping: false,
                 out_digest: OutputDigest::default(),
                 last_time: None,
+                throttle: Throttle {
+                    limit_ms: lag_limit.as_millis() as u64,
+                    mode: ThrottleMode::default(),
+                },
+                timeline: Timeline::default(),
                 stats: PrimaryStats::default(),
             }),
             cv: Condvar::new(),
-            lag_limit,
             fresh_ack,
             grant,
         })
@@ -251,31 +272,36 @@ impl PrimaryLog {
     pub fn append(&self, n: ExitIndex, body: Body) -> Result<(), LogError> {
         let enc = Encoded::new(n, &body)?;
         drop(body);
-        self.append_encoded(&enc);
+        self.append_encoded(&enc, |_| {});
         Ok(())
     }
 
     /// [`PrimaryLog::append`] of an `Events` body of `evs`, without copying
     /// them into a [`Body`].
     pub fn append_events(&self, n: ExitIndex, evs: &[InputEvent]) -> Result<(), LogError> {
-        self.append_encoded(&Encoded::events(n, evs)?);
+        self.append_encoded(&Encoded::events(n, evs)?, |st| {
+            let end = (st.gate != Gate::Open).then_some(st.next_seq);
+            st.timeline.on_inputs(evs, end, Instant::now());
+        });
         Ok(())
     }
 
-    fn append_encoded(&self, enc: &Encoded) {
-        let st = self.lock();
+    /// Appends `enc`'s pieces, then runs `after` under the same lock (so the
+    /// sender cannot take the last piece before `after` has seen it).
+    fn append_encoded(&self, enc: &Encoded, after: impl FnOnce(&mut State)) {
+        let mut st = self.lock();
         if st.gate == Gate::Open {
             // Alone: nothing is recorded, and so nothing waits here (the
             // outputs wait for the grant in `emit`).
-            return;
+            return after(&mut st);
         }
-        let mut st = self.stall_while_held(st);
+        st = self.stall_while_held(st);
         for i in 0..enc.pieces() {
             // Gone solo meanwhile: what was appended counts as acknowledged
             // (`set_gate`) and the rest is not recorded.
             st = self.wait_for_room(st);
             if st.gate == Gate::Open {
-                return;
+                break;
             }
             let seq = st.next_seq;
             st.next_seq += 1;
@@ -286,6 +312,7 @@ impl PrimaryLog {
             // Let the sender ship this piece while we wait for room.
             self.cv.notify_all();
         }
+        after(&mut st);
     }
 
     /// Waits (vCPU thread) while the window is full.
@@ -324,11 +351,13 @@ impl PrimaryLog {
         let first_seq = st.pending_first;
         let end_seq = first_seq + u64::from(seg.records);
         st.pending_first = end_seq;
+        let now = Instant::now();
         st.sent.push_back(Sent {
             end_seq,
             bytes: seg.bytes.len(),
-            at: Instant::now(),
+            at: now,
         });
+        st.timeline.on_batch(end_seq, now);
         st.stats.batches += 1;
         Some(Batch {
             first_seq,
@@ -357,6 +386,7 @@ impl PrimaryLog {
             );
             return;
         }
+        st.stats.acks += 1;
         if received > st.acked {
             // Batches are the unit of accounting: a batch leaves the window
             // once all of it is acked.
@@ -373,6 +403,8 @@ impl PrimaryLog {
         let age = BootInstant::now().saturating_duration_since(BootInstant::from_nanos(echo_ns));
         if age < self.fresh_ack {
             st.fresh_acked = st.fresh_acked.max(received);
+            let fresh = st.fresh_acked;
+            st.timeline.on_fresh_ack(fresh, Instant::now());
         } else {
             st.stats.stale_acks += 1;
             tracing::warn!(
@@ -413,23 +445,7 @@ impl PrimaryLog {
         Lag {
             records: st.next_seq - st.replayed,
             bytes: st.sent.iter().map(|s| s.bytes as u64).sum::<u64>() + st.pending.len() as u64,
-            ms: st
-                .sent
-                .front()
-                .map(|s| s.at.elapsed().as_millis() as u64)
-                .unwrap_or(0),
-        }
-    }
-
-    /// Slows the vCPU while the Secondary's replay lag exceeds the limit.
-    fn throttle(&self) {
-        let over = {
-            let st = self.lock();
-            st.gate == Gate::ByAcks && Self::lag_of(&st).ms > self.lag_limit.as_millis() as u64
-        };
-        if over {
-            std::thread::sleep(Duration::from_millis(1));
-            self.lock().stats.throttled_ms += 1;
+            ms: st.lag_ms(),
         }
     }
 
@@ -447,7 +463,19 @@ impl PrimaryLog {
             "gate": format!("{:?}", st.gate),
             "grant_valid": self.grant.valid(),
             "stats": st.stats,
+            "timeline": st.timeline.report(),
+            "timeline_every": st.timeline.every(),
         })
+    }
+
+    /// The per-request timeline's figures (`timeline.rs`).
+    pub fn timeline(&self) -> Vec<SegmentReport> {
+        self.lock().timeline.report()
+    }
+
+    /// Traces one in `every` requests of each kind from now on (`0`: none).
+    pub fn set_timeline_every(&self, every: u64) {
+        self.lock().timeline.set_every(every);
     }
 
     pub fn stats(&self) -> PrimaryStats {
