@@ -29,7 +29,7 @@ use config_schema::remote::auth::Operators;
 use config_schema::remote::{client, Reply};
 use config_schema::signed::SignedConfig;
 
-use super::noise::{self, Kind, Responder};
+use super::noise::{self, Kind};
 use super::{config_disk, deadline, Service, PEER_CONNECT, PEER_DEADLINE};
 use crate::node::PeerConf;
 
@@ -225,13 +225,6 @@ impl Service {
         msg: &str,
     ) -> Result<(), String> {
         let me = &self.cfg.node;
-        let who = Responder {
-            cluster: &self.cfg.cluster,
-            me: &me.name,
-            my_key: &me.private_key,
-            nonce,
-        };
-        let key_of = |h: &str| me.peers.iter().find(|p| p.name == h).map(|p| p.public_key);
         let respond = |body: Vec<u8>| {
             let result = match SignedConfig::decode(&body) {
                 Ok(c) => self.apply_here(&c).result,
@@ -243,8 +236,7 @@ impl Service {
             };
             serde_json::to_vec(&result).expect("a result serializes")
         };
-        noise::answer_with(stream, &who, (from, msg), key_of, Kind::Apply, respond)
-            .map_err(|e| e.to_string())?;
+        self.answer_host(stream, nonce, (from, msg), Kind::Apply, respond)?;
         tracing::info!("apply: config from host {from} answered");
         Ok(())
     }

@@ -22,7 +22,7 @@ use config_schema::remote::client;
 use config_schema::signed::SignedConfig;
 use config_schema::slots;
 
-use super::noise::{self, Kind, Responder};
+use super::noise::{self, Kind};
 use super::{deadline, Service, PEER_CONNECT, PEER_DEADLINE};
 use crate::node::PeerConf;
 
@@ -122,14 +122,6 @@ impl Service {
         from: &str,
         msg: &str,
     ) -> Result<(), String> {
-        let me = &self.cfg.node;
-        let who = Responder {
-            cluster: &self.cfg.cluster,
-            me: &me.name,
-            my_key: &me.private_key,
-            nonce,
-        };
-        let key_of = |h: &str| me.peers.iter().find(|p| p.name == h).map(|p| p.public_key);
         let respond = |_: Vec<u8>| match self.on_disk() {
             Ok((_, Some(sc))) => sc.encode(),
             Ok((_, None)) => Vec::new(),
@@ -138,7 +130,6 @@ impl Service {
                 Vec::new()
             }
         };
-        noise::answer_with(stream, &who, (from, msg), key_of, Kind::Fetch, respond)
-            .map_err(|e| e.to_string())
+        self.answer_host(stream, nonce, (from, msg), Kind::Fetch, respond)
     }
 }

@@ -159,6 +159,29 @@ impl Service {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Answers another host's Noise exchange of `kind` on this connection as
+    /// this host, knowing the other hosts by the config's keys: `respond`
+    /// gets the asker's body and returns this host's.
+    fn answer_host(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        (from, msg): (&str, &str),
+        kind: noise::Kind,
+        respond: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> Result<(), String> {
+        let me = &self.cfg.node;
+        let who = noise::Responder {
+            cluster: &self.cfg.cluster,
+            me: &me.name,
+            my_key: &me.private_key,
+            nonce,
+        };
+        let key_of = |h: &str| me.peers.iter().find(|p| p.name == h).map(|p| p.public_key);
+        noise::answer_with(stream, &who, (from, msg), key_of, kind, respond)
+            .map_err(|e| e.to_string())
+    }
+
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
         let addr = self.cfg.peer_addr(p);
         let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
@@ -306,26 +329,9 @@ impl Backend for Service {
         from: &str,
         msg: &str,
     ) -> Result<(), String> {
-        let key_of = |h: &str| {
-            self.cfg
-                .node
-                .peers
-                .iter()
-                .find(|p| p.name == h)
-                .map(|p| p.public_key)
-        };
-        let me = &self.cfg.node;
-        noise::answer(
-            stream,
-            (&self.cfg.cluster, &me.name),
-            &me.private_key,
-            nonce,
-            from,
-            msg,
-            key_of,
-            || serde_json::to_vec(&self.host_report()).expect("a report serializes"),
-        )
-        .map_err(|e| e.to_string())?;
+        self.answer_host(stream, nonce, (from, msg), noise::Kind::Status, |_| {
+            serde_json::to_vec(&self.host_report()).expect("a report serializes")
+        })?;
         tracing::debug!("status service: report sent to host {from}");
         Ok(())
     }

@@ -188,30 +188,6 @@ fn read_chunk<R: Read>(
     Ok(buf[..n].to_vec())
 }
 
-/// B's side: checks message 1 (`from`'s key, this connection's nonce), then
-/// sends `report()`'s bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn answer<S: Read + Write>(
-    stream: &mut S,
-    (cluster, me): (&str, &str),
-    my_key: &[u8; 32],
-    nonce: &[u8; 32],
-    from: &str,
-    noise: &str,
-    key_of: impl Fn(&str) -> Option<[u8; 32]>,
-    report: impl FnOnce() -> Vec<u8>,
-) -> Result<(), PeerError> {
-    let who = Responder {
-        cluster,
-        me,
-        my_key,
-        nonce,
-    };
-    answer_with(stream, &who, (from, noise), key_of, Kind::Status, |_| {
-        report()
-    })
-}
-
 /// Who answers a host-to-host exchange, on which connection.
 pub struct Responder<'a> {
     pub cluster: &'a str,
