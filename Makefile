@@ -7,7 +7,7 @@ CARGO ?= cargo
 ISO := out/ftappliance.iso
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 
-.PHONY: all prereqs build image test test-unit test-guest test-qemu test-repro repro-check demo bench chaos fuzz lint clean
+.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro repro-check demo bench chaos fuzz lint clean
 
 all: build
 
@@ -22,7 +22,7 @@ image: prereqs
 	bash image/build.sh
 
 ## test: everything that runs here in well under an hour
-test: prereqs lint test-guest test-unit image test-qemu test-repro
+test: prereqs lint test-guest test-unit image test-image test-qemu test-repro
 	@echo "make test: all suites passed"
 
 lint:
@@ -35,6 +35,11 @@ test-unit: test-guest
 
 test-guest:
 	bash guest/test.sh
+
+# The built image carries every driver of image/drivers.txt with its dependencies and
+# exactly the pinned firmware (image/tests/drivers.rs, over build/stage).
+test-image: image
+	FT_REQUIRE_IMAGE=1 $(CARGO) test -p image --test drivers
 
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
 test-qemu: image

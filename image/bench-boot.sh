@@ -25,7 +25,7 @@ REF_MARKER="refinit: reached /init"
 TARGET_DIR="${FT_TARGET_DIR:-$REPO/build/target}"
 REFINIT="$TARGET_DIR/x86_64-unknown-linux-gnu/release/refinit"
 MKINITRAMFS="$TARGET_DIR/x86_64-unknown-linux-gnu/release/mkinitramfs"
-CMDLINE="console=ttyS0,115200 panic=10 loglevel=4 no_timer_check"
+CMDLINE="console=tty0 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check"
 OVMF=/usr/share/ovmf/OVMF.fd
 QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m 1024 -nographic -no-reboot)
 WORK="$REPO/build/bench"

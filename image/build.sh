@@ -10,7 +10,9 @@
 #   FT_TRUST_ROOT_PUB   raw 32-byte Ed25519 config-signing public key
 #                       (default: examples/dev-keys/signing.pub, the development key)
 #   FT_KERNEL_CMDLINE   kernel command line (default below)
-#   FT_CACHE_DIR        where the kernel .deb is kept (default: build/cache)
+#   FT_CACHE_DIR        where the kernel and firmware .debs are kept (default: build/cache)
+#   FT_DEBIAN_MIRROR    where the firmware .deb is fetched from (default: http://deb.debian.org/debian)
+#   FT_ISO_BUDGET_BYTES the largest ISO the build accepts (default: 64 MiB)
 #   FT_TARGET_DIR       cargo target dir for the image's binaries (default: build/target)
 #   FT_OUT_DIR          output directory (default: out)
 set -euo pipefail
@@ -24,14 +26,22 @@ if [[ -z "${SOURCE_DATE_EPOCH:-}" ]]; then
   SOURCE_DATE_EPOCH="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)"
 fi
 export SOURCE_DATE_EPOCH
-KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
+# Consoles: the screen (tty0) and COM1 (ttyS0), which as the last is /dev/console (the daemons'
+# output). Linux takes one console per driver (8250: one serial port; with console=ttyS1 and
+# console=ttyS0 both, only ttyS1 is a console), so COM2 (ttyS1), where many BMCs put
+# serial-over-LAN, is not named here: init writes its own lines there too (init/src/console.rs).
+KERNEL_CMDLINE="${FT_KERNEL_CMDLINE:-console=tty0 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check}"
 TRUST_ROOT_PUB="${FT_TRUST_ROOT_PUB:-examples/dev-keys/signing.pub}"
 BUILD="$REPO/build"
 CACHE="${FT_CACHE_DIR:-$BUILD/cache}"
 TARGET_DIR="${FT_TARGET_DIR:-$BUILD/target}"
 OUT="${FT_OUT_DIR:-$REPO/out}"
 TRIPLE=x86_64-unknown-linux-gnu
-WANTED_MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod virtio_net virtio_console kvm_amd kvm_intel tun bridge i6300esb softdog button evdev)
+# The modules, by group: image/drivers.txt (docs/hardware.md explains the choice).
+DRIVERS=image/drivers.txt
+FIRMWARE_LOCK=image/firmware.lock
+DEBIAN_MIRROR="${FT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+ISO_BUDGET_BYTES="${FT_ISO_BUDGET_BYTES:-$((64 * 1024 * 1024))}"
 ISO_LABEL=FTAPPLIANCE
 START=$SECONDS
 
@@ -83,6 +93,32 @@ VMLINUZ="$KDIR/boot/vmlinuz-$KERNEL_RELEASE"
 MODDIR="$KDIR/lib/modules/$KERNEL_RELEASE"
 [[ -f "$VMLINUZ" && -d "$MODDIR" ]] || die "$DEB does not hold vmlinuz/modules for $KERNEL_RELEASE (KERNEL_RELEASE in image/kernel.lock?)"
 
+# --- firmware (image/firmware.lock) ----------------------------------------------------
+# Debian ships it in the non-free-firmware component, which the build machine's apt sources
+# may lack: apt-get runs with a sources list and index of its own below the cache dir.
+read -r _ FW_PACKAGE FW_VERSION FW_DEB_SHA256 < <(grep '^package ' "$FIRMWARE_LOCK")
+FW_DEB="$CACHE/${FW_PACKAGE}_${FW_VERSION//:/%3a}_all.deb"
+if [[ ! -f "$FW_DEB" ]]; then
+  say "fetching $FW_PACKAGE=$FW_VERSION (non-free-firmware) with apt-get download"
+  APT_DIR="$CACHE/apt-non-free-firmware"
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRROR bookworm non-free-firmware" > "$APT_DIR/sources.list"
+  APT_OPTS=(-q -o "Dir::Etc::SourceList=$APT_DIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache")
+  if ! { apt-get "${APT_OPTS[@]}" update >/dev/null \
+         && (cd "$CACHE" && apt-get "${APT_OPTS[@]}" download "$FW_PACKAGE=$FW_VERSION" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2); } \
+     || [[ ! -f "$FW_DEB" ]]; then
+    die "cannot download $FW_PACKAGE=$FW_VERSION from $DEBIAN_MIRROR (bookworm non-free-firmware).
+       Copy the .deb (sha256 $FW_DEB_SHA256) into $CACHE/, set FT_DEBIAN_MIRROR, or bump image/firmware.lock."
+  fi
+fi
+got="$(sha256sum "$FW_DEB" | cut -d' ' -f1)"
+[[ "$got" == "$FW_DEB_SHA256" ]] || die "firmware package checksum mismatch for $FW_DEB
+       expected sha256 $FW_DEB_SHA256 (image/firmware.lock)
+       got      sha256 $got
+       Refusing to build. Delete the file to fetch it again, or bump image/firmware.lock deliberately."
+say "firmware $FW_PACKAGE $FW_VERSION (sha256 verified)"
+
 # --- binaries -------------------------------------------------------------------
 CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
 RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$REPO=/build --remap-path-prefix=$CARGO_HOME_DIR=/cargo --remap-path-prefix=$TARGET_DIR=/target"
@@ -108,9 +144,28 @@ fi
 # --- initramfs ------------------------------------------------------------------
 STAGE="$BUILD/stage"
 rm -rf "$STAGE" && mkdir -p "$STAGE"
-"$BIN/modclosure" --moddir "$MODDIR" --out "$STAGE/modules" "${WANTED_MODULES[@]}" > "$STAGE/modules.txt"
+"$BIN/modclosure" --moddir "$MODDIR" --out "$STAGE/modules" --drivers "$DRIVERS" \
+  --firmware-lock "$FIRMWARE_LOCK" > "$STAGE/modules.txt"
 absent="$(awk '/^absent/ {printf "%s ", $2}' "$STAGE/modules.txt")"
 say "modules: $(grep -c '^module' "$STAGE/modules.txt") files, absent: ${absent:-none}"
+
+# Only the pinned files, each checked against its own sha256.
+FW_UNPACK="$STAGE/firmware-deb"
+mkdir -p "$FW_UNPACK" "$STAGE/firmware"
+dpkg-deb --fsys-tarfile "$FW_DEB" | tar -x -C "$FW_UNPACK" ./lib/firmware
+fw_bytes=0 fw_files=0
+while read -r kind path sha module source; do
+  [[ "$kind" == file ]] || continue
+  src="$FW_UNPACK/lib/firmware/${source:-$path}"
+  [[ -f "$src" ]] || die "$FW_PACKAGE $FW_VERSION has no lib/firmware/${source:-$path} (image/firmware.lock, for $module)"
+  got="$(sha256sum "$src" | cut -d' ' -f1)"
+  [[ "$got" == "$sha" ]] || die "firmware $path (for $module): sha256 $got, image/firmware.lock pins $sha"
+  mkdir -p "$(dirname "$STAGE/firmware/$path")"
+  cp "$src" "$STAGE/firmware/$path"
+  fw_bytes=$((fw_bytes + $(stat -c %s "$src"))) fw_files=$((fw_files + 1))
+done < "$FIRMWARE_LOCK"
+rm -rf "$FW_UNPACK"
+fw_gzip="$(find "$STAGE/firmware" -type f | sort | xargs cat | gzip -9n | wc -c)"
 {
   echo "# generated by image/build.sh"
   echo "dir /bin 0755"
@@ -128,6 +183,7 @@ say "modules: $(grep -c '^module' "$STAGE/modules.txt") files, absent: ${absent:
   # Started by init only when the signed config enables the "pr" test hook ([test] hooks; QEMU tests).
   echo "file /bin/ft-pr-test $BIN/ft-pr-test 0755"
   echo "tree /lib/modules/$KERNEL_RELEASE $STAGE/modules"
+  echo "tree /lib/firmware $STAGE/firmware"
   # Guest images: keep in step with config-schema/src/images.rs SHIPPED_IMAGES (a test there reads this line).
   if [[ -n "$GUEST_ELF" ]]; then echo "file /lib/ftvmm/guests/kv-guest.elf $GUEST_ELF 0644"; fi
 } > "$STAGE/initramfs.manifest"
@@ -169,12 +225,21 @@ xorriso -report_about SORRY -as mkisofs -o "$OUT/ftappliance.iso.tmp" -V "$ISO_L
   -eltorito-alt-boot -e boot/grub/efi.img -no-emul-boot -isohybrid-gpt-basdat \
   --modification-date="$ISO_DATE" --set_all_file_dates "$ISO_DATE" --gpt_disk_guid modification-date \
   "$ISO_ROOT" 2> "$STAGE/xorriso.log" || { cat "$STAGE/xorriso.log" >&2; die "xorriso failed"; }
+iso_bytes="$(stat -c %s "$OUT/ftappliance.iso.tmp")"
+if (( iso_bytes > ISO_BUDGET_BYTES )); then
+  die "the ISO has $iso_bytes bytes, over the budget of $ISO_BUDGET_BYTES (FT_ISO_BUDGET_BYTES; docs/hardware.md):
+       drop modules from image/drivers.txt or firmware from image/firmware.lock, or raise the budget deliberately"
+fi
 mv "$OUT/ftappliance.iso.tmp" "$OUT/ftappliance.iso"
 (cd "$OUT" && sha256sum ftappliance.iso > ftappliance.iso.sha256)
 
 say "kernel:     $KERNEL_PACKAGE $KERNEL_VERSION, cmdline: $KERNEL_CMDLINE"
 say "trust root: $TRUST_ROOT_PUB ($(od -An -tx1 -v "$TRUST_ROOT_PUB" | tr -d ' \n' | cut -c1-16)...)"
 say "initramfs:  $(stat -c %s "$ISO_ROOT/boot/initrd.img") bytes (gzip)"
+say "size by group (uncompressed; gzip-compressed alone, about what each adds to the ISO):"
+awk '/^group/ {printf "image:   modules %-9s %3d files %9d bytes %9d bytes gzip\n", $2, $3, $6, $8}' "$STAGE/modules.txt"
+printf 'image:   firmware          %3d files %9d bytes %9d bytes gzip\n' "$fw_files" "$fw_bytes" "$fw_gzip"
+printf 'image:   kernel (vmlinuz)  %19d bytes\n' "$(stat -c %s "$ISO_ROOT/boot/vmlinuz")"
 say "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH, took $((SECONDS - START)) s"
-say "wrote $OUT/ftappliance.iso ($(stat -c %s "$OUT/ftappliance.iso") bytes)"
+say "wrote $OUT/ftappliance.iso ($iso_bytes bytes, budget $ISO_BUDGET_BYTES)"
 say "sha256 $(cut -d' ' -f1 "$OUT/ftappliance.iso.sha256")"

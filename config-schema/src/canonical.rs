@@ -58,14 +58,23 @@
 //! ```
 //!
 //! `vms[].power` came after format version 2 was signed on real disks, and
-//! `replication`, `vcpus`, `epoch_ms`, `[[images]]` and `[[operators]]`
-//! after it. They are
+//! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]` and
+//! `cluster.accept_soft_watchdog` after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
 //! from before them refuses a config that does ("trailing bytes") instead
 //! of running a VM the operator powered off, or a checkpoint VM in lockstep
-//! (or, for operators, a config whose status service it does not have).
+//! (or, for operators, a config whose status service it does not have; for
+//! the soft watchdog, a go-live it would refuse).
+//!
+//! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
+//! trailer:
+//!
+//! ```text
+//! 4, cluster.accept_soft_watchdog (1 = true)
+//! ```
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -85,6 +94,9 @@ const POWER_TRAILER: u8 = 1;
 const REPLICATION_TRAILER: u8 = 2;
 /// First byte of the operators trailer (see the module doc).
 const OPERATORS_TRAILER: u8 = 3;
+
+/// First byte of the cluster trailer (see the module doc).
+const CLUSTER_TRAILER: u8 = 4;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -165,6 +177,9 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         bytes.push(OPERATORS_TRAILER);
         bytes.extend(postcard::to_stdvec(&config.operators).expect("postcard encodes operators"));
     }
+    if config.cluster.accept_soft_watchdog {
+        bytes.extend([CLUSTER_TRAILER, 1]);
+    }
     bytes
 }
 
@@ -209,6 +224,12 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
             return Err(CanonicalError::NoOperators);
         }
         config.operators = operators;
+        rest = after;
+    }
+    if let [CLUSTER_TRAILER, accept, after @ ..] = rest {
+        // Only `1` is canonical: a config that does not accept has no trailer
+        // (any other byte fails the re-encoding check below).
+        config.cluster.accept_soft_watchdog = *accept == 1;
         rest = after;
     }
     if !rest.is_empty() {

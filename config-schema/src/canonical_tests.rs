@@ -425,3 +425,40 @@ fn operators_trailer_must_be_needed_fit_and_come_last() {
     assert_eq!(both[none.len() + 3], 3);
     assert_eq!(decode(&both).unwrap(), c);
 }
+
+#[test]
+fn accept_soft_watchdog_is_a_signed_trailer_only_when_true() {
+    let plain = encode(&example_power(None));
+    let text = include_str!("../../examples/cluster.toml");
+    let spelled = text.replacen(
+        "[cluster]\n",
+        "[cluster]\naccept_soft_watchdog = false\n",
+        1,
+    );
+    assert_ne!(spelled, text, "the example has a [cluster] table");
+    assert_eq!(
+        encode(&parse(&spelled).unwrap().config),
+        plain,
+        "false (the default) keeps the pinned bytes"
+    );
+    let accept = text.replacen("[cluster]\n", "[cluster]\naccept_soft_watchdog = true\n", 1);
+    let c = parse(&accept).unwrap().config;
+    assert!(c.cluster.accept_soft_watchdog);
+    let bytes = encode(&c);
+    assert_eq!(bytes, [&plain[..], &[4, 1]].concat());
+    assert_eq!(decode(&bytes).unwrap(), c);
+    // A trailer saying "false" is not canonical; nor is a second one.
+    let zero = [&plain[..], &[4, 0]].concat();
+    assert!(matches!(decode(&zero), Err(CanonicalError::NotCanonical)));
+    let twice = [&bytes[..], &[4, 1]].concat();
+    assert!(matches!(decode(&twice), Err(CanonicalError::Trailing(2))));
+    // After the replication trailer, never before it.
+    let mut both = parse(LINUX).unwrap().config;
+    both.cluster.accept_soft_watchdog = true;
+    let b = encode(&both);
+    assert_eq!(b[b.len() - 2..], [4, 1]);
+    assert_eq!(decode(&b).unwrap(), both);
+    // The runtime JSON keeps it.
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), c);
+}

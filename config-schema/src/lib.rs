@@ -2,6 +2,7 @@
 //! signing and the on-disk format of the per-host config disk; plus the small
 //! runtime pieces every daemon shares (the verified runtime config init hands
 //! over, and the control protocol on the daemons' Unix sockets).
+//! [`watchdog`]: which watchdog a host has and which one fencing uses.
 //!
 //! See `config-schema/README.md` for the config file reference, the canonical
 //! encoding and the config-disk layout.
@@ -25,6 +26,7 @@ pub mod shared_images;
 pub mod signed;
 pub mod slots;
 pub mod validate;
+pub mod watchdog;
 
 pub use model::*;
 pub use validate::{parse, validate, ConfigError, Validated, Warning};

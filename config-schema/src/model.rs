@@ -64,6 +64,19 @@ pub struct Cluster {
     /// default: x86-64-v1 with 39 physical address bits).
     #[serde(default)]
     pub cpu: CpuBaseline,
+    /// `accept_soft_watchdog = true`: hosts whose only watchdog is `softdog`
+    /// (or none) may still go live. Without it (the default) such a host's
+    /// fencing agent refuses every `Acquire`: a software timer does not reset
+    /// a host whose kernel hangs, so its lease arithmetic would not hold. For
+    /// test clusters on machines without a hardware watchdog; validation warns.
+    /// Not in the postcard encoding of `Cluster`: [`crate::canonical`] appends
+    /// it in the cluster trailer, only when `true`.
+    #[serde(default, skip_serializing_if = "is_false", with = "outside_binary")]
+    pub accept_soft_watchdog: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The cluster's CPU baseline, as VMware's EVC modes: every host presents

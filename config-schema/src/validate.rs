@@ -129,6 +129,15 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     check_vms(c, &mut warnings)?;
     check_test(c, &mut warnings)?;
     operators::check_operators(c)?;
+    if c.cluster.accept_soft_watchdog {
+        warnings.push(Warning {
+            path: "cluster.accept_soft_watchdog".into(),
+            message: "hosts without a hardware watchdog (only softdog, or none) may go live: \
+                      such a host whose kernel hangs is not reset, and a VM could run on two \
+                      hosts; for test clusters only"
+                .into(),
+        });
+    }
     Ok(warnings)
 }
 

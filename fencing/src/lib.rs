@@ -40,6 +40,9 @@
 //!   host won and the device is reservation-fenced, the owner of the newest
 //!   decided generation below is deposed at the device first if it is another
 //!   host ([`storage_fence`]).
+//!   Refused with `Error { message: "fencing: refusing go-live: ..." }` on a
+//!   host without a watchdog that keeps real time, unless the config has
+//!   `[cluster] accept_soft_watchdog = true` ([`watchdog::go_live`]).
 //!   `Superseded { vm, generation, by }` when a later generation `by` already
 //!   reuses the ring slot (16 generations per VM are kept). Otherwise
 //!   `Error { message }`: storage unreachable or slow ("no answer from storage
@@ -60,7 +63,8 @@
 //! - `ResetHost { reason }` → `Ok`: the watchdog is never fed again.
 //! - `Status`: the device, region state, timing, slot claim, own lease
 //!   (renewals, failures, last error), what is published, freeze detection,
-//!   guard state and grant, watchdog (state, feeds, timeout), leases,
+//!   guard state and grant, watchdog (state, feeds, timeout, and the one
+//!   chosen: `device`, `identity`, `kind`, `real_time`, `go_live`), leases,
 //!   `leases_expired` (hosts seen and not renewing for the lease timeout),
 //!   decisions made, alarms (count, last), copies found deposed, and
 //!   `storage_fence`: `active`, `state` (`probing`, `unavailable`,
@@ -95,6 +99,10 @@
 //! fencing: the other machine stopped writing this host's lease slot; took it
 //! fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)
 //! fencing: lease renewal failed: <error>
+//! fencing: watchdog /dev/watchdog0 ("iTCO_wdt", chipset timer)   (the one chosen, at start)
+//! fencing: no watchdog on this host
+//! fencing: refusing go-live: no hardware watchdog, only /dev/watchdog0 ("Software Watchdog", ...): a hung host would not be reset ...; this host wins no generation (...)   (also every Acquire's error)
+//! fencing: WARNING: no hardware watchdog, ...; this host takes part in go-live only because the signed config sets [cluster] accept_soft_watchdog = true (test clusters only): a hung host is not reset
 //! fencing: watchdog /dev/watchdog armed, timeout 5 s
 //! fencing: no watchdog at /dev/watchdog; a hung host will not be reset
 //! fencing: ftvmm answers the output grant (valid 500 ms, sent every 100 ms)

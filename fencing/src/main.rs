@@ -17,6 +17,7 @@ use config_schema::ctl_server::{self, Policy};
 use config_schema::hooks::TestHook;
 use config_schema::peer::Programs;
 use config_schema::runtime::{RuntimeConfig, RUNTIME_CONFIG_PATH};
+use config_schema::watchdog::{self, Candidate};
 use fencing::agent::{Agent, ACQUIRE_BOUND};
 use fencing::daemon::Shared;
 use fencing::guard::Guard;
@@ -24,6 +25,7 @@ use fencing::io::{Device, RegionIo};
 use fencing::layout::{valid_block_size, Geometry};
 use fencing::pr::{self, PrError, ProbeError};
 use fencing::storage_fence::{Probe, Prober};
+use fencing::watchdog::GoLive;
 use fencing::{device, View};
 
 #[derive(Parser)]
@@ -36,9 +38,10 @@ struct Cli {
     /// ftvmm's control socket (output hold requests).
     #[arg(long, default_value = ctl::FTVMM_SOCKET)]
     ftvmm_socket: PathBuf,
-    /// The watchdog device; not used if absent.
-    #[arg(long, default_value = "/dev/watchdog")]
-    watchdog: PathBuf,
+    /// The watchdog device; not used if absent. Default: the best one the
+    /// host has (`config_schema::watchdog::choose`), a hardware one over softdog.
+    #[arg(long)]
+    watchdog: Option<PathBuf>,
     /// Use this device or file instead of the one the config's locator finds.
     #[arg(long)]
     device: Option<PathBuf>,
@@ -192,7 +195,11 @@ fn start(cli: Cli, rt: RuntimeConfig, shared: Arc<Shared>, view: Arc<Mutex<View>
                 );
                 *shared.guard.lock().expect("lock") = Guard::new(a.timing);
                 *shared.agent.lock().expect("lock") = Ok(Arc::clone(&a));
-                fencing::daemon::start(a, shared, cli.watchdog, cli.ftvmm_socket);
+                let wd = cli
+                    .watchdog
+                    .clone()
+                    .unwrap_or_else(|| "/dev/watchdog".into());
+                fencing::daemon::start(a, shared, wd, cli.ftvmm_socket);
                 return;
             }
             Err(e) => {
@@ -218,6 +225,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let found = device::locate(Path::new("/"), &rt.config.storage.device);
     let view = View::new(&rt, found)
         .ok_or_else(|| anyhow::anyhow!("host {} not in config", rt.host_name))?;
+    let mut cli = cli;
+    let chosen = match &cli.watchdog {
+        Some(p) => Some(Candidate::new(
+            p.clone(),
+            &watchdog::identity_of(Path::new("/"), p).unwrap_or_default(),
+        )),
+        None => watchdog::choose(&watchdog::scan(Path::new("/"))).cloned(),
+    };
+    cli.watchdog = chosen.as_ref().map(|c| c.device.clone());
+    let go_live =
+        fencing::watchdog::go_live(chosen.as_ref(), rt.config.cluster.accept_soft_watchdog);
+    match &chosen {
+        Some(c) => println!("fencing: watchdog {c}"),
+        None => println!("fencing: no watchdog on this host"),
+    }
+    if let Some(line) = go_live.line() {
+        println!("{line}");
+    }
+    let wd = WatchdogChoice { chosen, go_live };
     let timing = fencing::lease::LeaseTiming::from_config(&rt.config.timing);
     let shared = Arc::new(Shared::new(Guard::new(timing)));
     handle_signals(Arc::clone(&shared))?;
@@ -235,12 +261,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     ctl_server::serve(listener, Policy::fencing(programs), move |req| {
         let view = view.lock().expect("lock").clone();
-        handle(&shared, &view, req)
+        handle(&shared, &view, &wd, req)
     });
     Ok(())
 }
 
-fn handle(shared: &Shared, view: &View, req: Request) -> Response {
+/// The watchdog fencing uses, and what that means for go-live.
+struct WatchdogChoice {
+    chosen: Option<Candidate>,
+    go_live: GoLive,
+}
+
+fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Response {
     let now = BootInstant::now();
     let agent = shared
         .agent
@@ -257,6 +289,11 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
             s["watchdog"] = serde_json::json!({
                 "state": w.state, "feeds": w.feeds, "timeout_s": w.timeout_s,
                 "reset_requested": w.reset_requested,
+                "device": wd.chosen.as_ref().map(|c| c.device.display().to_string()),
+                "identity": wd.chosen.as_ref().map(|c| c.identity.clone()),
+                "kind": wd.chosen.as_ref().map(|c| c.kind),
+                "real_time": wd.chosen.as_ref().is_some_and(|c| c.kind.real_time()),
+                "go_live": wd.go_live.status(),
             });
             {
                 let g = shared.guard.lock().expect("lock");
@@ -278,9 +315,10 @@ fn handle(shared: &Shared, view: &View, req: Request) -> Response {
             vm,
             generation,
             config_generation,
-        } => match agent {
-            Ok(a) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
-            Err(e) => e,
+        } => match (agent, wd.go_live.acquire_error()) {
+            (_, Some(message)) => Response::Error { message },
+            (Ok(a), None) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
+            (Err(e), None) => e,
         },
         Request::Highest { vm } => match agent {
             Ok(a) => a.highest(&vm, ACQUIRE_BOUND),

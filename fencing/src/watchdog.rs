@@ -9,6 +9,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use config_schema::watchdog::Candidate;
+
 /// The watchdog as the agent uses it.
 pub trait Watchdog: Send {
     /// Restarts the countdown.
@@ -55,9 +57,120 @@ impl Watchdog for DevWatchdog {
     }
 }
 
+/// Whether this host may take part in go-live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoLive {
+    /// A watchdog that keeps real time is present.
+    Allowed,
+    /// None is, but the signed config accepts that (the reason).
+    AcceptedByConfig(String),
+    /// None is (the reason): every `Acquire` is refused.
+    Refused(String),
+}
+
+/// The go-live rule (see the module doc) for the watchdog fencing will use.
+pub fn go_live(chosen: Option<&Candidate>, accept_soft_watchdog: bool) -> GoLive {
+    let why = match chosen {
+        Some(c) if c.kind.real_time() => return GoLive::Allowed,
+        Some(c) => format!("no hardware watchdog, only {c}"),
+        None => "no watchdog at all".to_string(),
+    };
+    if accept_soft_watchdog {
+        GoLive::AcceptedByConfig(why)
+    } else {
+        GoLive::Refused(why)
+    }
+}
+
+impl GoLive {
+    pub fn allowed(&self) -> bool {
+        !matches!(self, GoLive::Refused(_))
+    }
+
+    /// For status: `allowed`, `allowed by config: ...`, `refused: ...`.
+    pub fn status(&self) -> String {
+        match self {
+            GoLive::Allowed => "allowed".into(),
+            GoLive::AcceptedByConfig(why) => {
+                format!("allowed by config ([cluster] accept_soft_watchdog): {why}")
+            }
+            GoLive::Refused(why) => format!("refused: {why}"),
+        }
+    }
+
+    /// The console line, if there is something to say.
+    pub fn line(&self) -> Option<String> {
+        match self {
+            GoLive::Allowed => None,
+            GoLive::AcceptedByConfig(why) => Some(format!(
+                "fencing: WARNING: {why}; this host takes part in go-live only because the \
+                 signed config sets [cluster] accept_soft_watchdog = true (test clusters only): \
+                 a hung host is not reset"
+            )),
+            GoLive::Refused(why) => Some(format!("fencing: refusing go-live: {}", refusal(why))),
+        }
+    }
+
+    /// The error an `Acquire` gets while refused.
+    pub fn acquire_error(&self) -> Option<String> {
+        match self {
+            GoLive::Refused(why) => Some(format!("fencing: refusing go-live: {}", refusal(why))),
+            _ => None,
+        }
+    }
+}
+
+fn refusal(why: &str) -> String {
+    format!(
+        "{why}: a hung host would not be reset and could keep serving a VM another host took \
+         over; this host wins no generation (use a server with a hardware watchdog, enable it \
+         in the firmware setup, or for a test cluster sign [cluster] accept_soft_watchdog = true)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn cand(identity: &str) -> Candidate {
+        Candidate::new(PathBuf::from("/dev/watchdog0"), identity)
+    }
+
+    #[test]
+    fn hardware_watchdogs_allow_go_live_soft_or_none_refuse_it() {
+        for hw in ["iTCO_wdt", "i6300ESB timer", "SP5100 TCO timer", "IPMI"] {
+            assert_eq!(go_live(Some(&cand(hw)), false), GoLive::Allowed, "{hw}");
+        }
+        let soft = go_live(Some(&cand("Software Watchdog")), false);
+        assert!(!soft.allowed());
+        let line = soft.line().unwrap();
+        assert!(line.starts_with("fencing: refusing go-live: no hardware watchdog, only /dev/watchdog0 (\"Software Watchdog\""), "{line}");
+        assert!(line.contains("accept_soft_watchdog = true"), "{line}");
+        assert_eq!(soft.acquire_error().unwrap(), line);
+        let none = go_live(None, false);
+        assert!(
+            none.status().starts_with("refused: no watchdog at all"),
+            "{}",
+            none.status()
+        );
+        // A regular file given for tests is not a watchdog either.
+        assert!(!go_live(Some(&cand("")), false).allowed());
+    }
+
+    #[test]
+    fn the_config_can_accept_softdog_loudly() {
+        let g = go_live(Some(&cand("Software Watchdog")), true);
+        assert!(g.allowed());
+        assert_eq!(g.acquire_error(), None);
+        assert!(g
+            .line()
+            .unwrap()
+            .starts_with("fencing: WARNING: no hardware watchdog"));
+        assert!(g.status().starts_with("allowed by config"));
+        assert!(go_live(None, true).allowed());
+        assert_eq!(go_live(Some(&cand("iTCO_wdt")), true).line(), None);
+    }
 
     #[test]
     fn fake_device_file_gets_feeds_and_magic_close() {

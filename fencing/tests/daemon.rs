@@ -37,12 +37,19 @@ fn status(sock: &Path) -> Option<serde_json::Value> {
 }
 
 /// The example cluster's runtime config for `host`, written where the
-/// daemon is told to read it.
+/// daemon is told to read it. A fake watchdog file keeps no real time, so
+/// it says `[cluster] accept_soft_watchdog = true`, as a test cluster would.
 fn runtime_config(dir: &Path, host: &str) -> std::path::PathBuf {
+    runtime_config_accepting(dir, host, true)
+}
+
+fn runtime_config_accepting(dir: &Path, host: &str, accept: bool) -> std::path::PathBuf {
+    let mut config = config_schema::parse(include_str!("../../examples/cluster.toml"))
+        .unwrap()
+        .config;
+    config.cluster.accept_soft_watchdog = accept;
     let rt = RuntimeConfig {
-        config: config_schema::parse(include_str!("../../examples/cluster.toml"))
-            .unwrap()
-            .config,
+        config,
         host_name: host.into(),
         host_private_key: "00".repeat(32),
     };
@@ -303,4 +310,89 @@ fn an_agent_restarted_after_a_preemption_never_joins_and_resets_the_host() {
         ) && out.contains("fencing: reset requested (this host was preempted at the storage: "),
         "{out}"
     );
+}
+
+#[test]
+fn without_a_real_time_watchdog_go_live_is_refused_unless_the_config_accepts_it() {
+    for accept in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = runtime_config_accepting(dir.path(), "host-b", accept);
+        let dev = dir.path().join("shared");
+        std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+        let wd = dir.path().join("watchdog");
+        std::fs::write(&wd, b"").unwrap();
+        let sock = dir.path().join("fencing.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_fencing"))
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--socket",
+                sock.to_str().unwrap(),
+            ])
+            .args([
+                "--device",
+                dev.to_str().unwrap(),
+                "--watchdog",
+                wd.to_str().unwrap(),
+            ])
+            .arg("--ftvmm-socket")
+            .arg(dir.path().join("no-ftvmm.sock"))
+            .arg("--preempted-marker")
+            .arg(dir.path().join("preempted"))
+            .arg("--peer-exe")
+            .arg(format!(
+                "ftvmm={}",
+                std::env::current_exe().unwrap().display()
+            ))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Kill(child);
+        let s = wait_for("renewals", || {
+            status(&sock).filter(|s| s["fencing"]["own_lease"]["renewals"].as_u64() >= Some(1))
+        });
+        let w = &s["watchdog"];
+        assert_eq!(w["real_time"], false, "{w}");
+        assert_eq!(w["kind"], "unknown", "{w}");
+        let answer = ctl::query(
+            &sock,
+            &Request::Acquire {
+                vm: "kv".into(),
+                generation: 1,
+                config_generation: 1,
+            },
+        )
+        .unwrap();
+        let go_live = w["go_live"].as_str().unwrap().to_string();
+        if accept {
+            assert!(go_live.starts_with("allowed by config"), "{go_live}");
+            assert!(
+                matches!(answer, Response::Decided { won: true, .. }),
+                "{answer:?}"
+            );
+        } else {
+            assert!(
+                go_live.starts_with("refused: no hardware watchdog"),
+                "{go_live}"
+            );
+            match answer {
+                Response::Error { message } => assert!(
+                    message.starts_with("fencing: refusing go-live: no hardware watchdog")
+                        && message.contains("accept_soft_watchdog = true"),
+                    "{message}"
+                ),
+                other => panic!("won without a real-time watchdog: {other:?}"),
+            }
+        }
+        let _ = child.0.kill();
+        let _ = child.0.wait();
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let want = if accept {
+            "fencing: WARNING: no hardware watchdog"
+        } else {
+            "fencing: refusing go-live: no hardware watchdog"
+        };
+        assert!(out.lines().any(|l| l.starts_with(want)), "console:\n{out}");
+    }
 }

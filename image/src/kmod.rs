@@ -12,6 +12,9 @@
 //!   `kernel/a.ko: kernel/b.ko kernel/c.ko`, every dependency listed
 //!   (transitively), each module before the ones it needs, so a loader
 //!   loads the list **from the end** and then the module itself (as modprobe does);
+//! - `modules.alias` in depmod's format (`alias <pattern> <module>`), from
+//!   each included module's `.modinfo` `alias=` fields, sorted: init matches
+//!   the machine's `/sys/bus/*/devices/*/modalias` against it;
 //! - `modules.order` filtered to the included modules; `modules.builtin` as shipped.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,8 +59,24 @@ fn module_name_of(rel: &str) -> Option<String> {
     file.strip_suffix(".ko").map(normalize)
 }
 
+/// What one module's `.modinfo` says about loading it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModInfo {
+    /// `depends=`: modules it needs (normalized).
+    pub depends: Vec<String>,
+    /// `alias=`: device patterns it drives (`pci:v00008086d000010D3sv*...`).
+    pub aliases: Vec<String>,
+    /// `firmware=`: files below `/lib/firmware` it may request.
+    pub firmware: Vec<String>,
+}
+
 /// The `depends=` list of one module file (already normalized).
 pub fn read_depends(path: &Path) -> Result<Vec<String>, KmodError> {
+    Ok(read_modinfo(path)?.depends)
+}
+
+/// The `.modinfo` of one module file.
+pub fn read_modinfo(path: &Path) -> Result<ModInfo, KmodError> {
     let data = fs::read(path).map_err(io_err(path))?;
     let elf = object::File::parse(&*data).map_err(|e| KmodError::Elf {
         path: path.display().to_string(),
@@ -72,7 +91,24 @@ pub fn read_depends(path: &Path) -> Result<Vec<String>, KmodError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    Ok(parse_modinfo_depends(bytes))
+    Ok(parse_modinfo(bytes))
+}
+
+/// Splits the NUL-separated `key=value` strings of `.modinfo`.
+pub fn parse_modinfo(modinfo: &[u8]) -> ModInfo {
+    let values = |key: &[u8]| -> Vec<String> {
+        modinfo
+            .split(|b| *b == 0)
+            .filter_map(|field| field.strip_prefix(key))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    ModInfo {
+        depends: parse_modinfo_depends(modinfo),
+        aliases: values(b"alias="),
+        firmware: values(b"firmware="),
+    }
 }
 
 /// Extracts `depends=` from the NUL-separated `key=value` strings of `.modinfo`.
@@ -105,6 +141,8 @@ pub struct ModuleTree {
 pub struct Closure {
     /// normalized name → (relative path, direct dependencies).
     pub modules: BTreeMap<String, (String, Vec<String>)>,
+    /// normalized name → its `.modinfo` (aliases, firmware).
+    pub info: BTreeMap<String, ModInfo>,
     /// Wanted modules that are built into the kernel (nothing to load).
     pub builtin: Vec<String>,
     /// Wanted modules that exist neither as a file nor built in.
@@ -173,7 +211,8 @@ impl ModuleTree {
                 continue;
             }
             let rel = self.by_name[&name].clone();
-            let mut deps = read_depends(&self.root.join(&rel))?;
+            let info = read_modinfo(&self.root.join(&rel))?;
+            let mut deps = info.depends.clone();
             deps.sort();
             deps.dedup();
             for d in &deps {
@@ -185,6 +224,7 @@ impl ModuleTree {
                 }
                 queue.push(d.clone());
             }
+            closure.info.insert(name.clone(), info);
             closure.modules.insert(name, (rel, deps));
         }
         Ok(closure)
@@ -244,6 +284,22 @@ impl Closure {
         Ok(lines.iter().map(|l| format!("{l}\n")).collect())
     }
 
+    /// `modules.alias` text for the included modules: `alias <pattern> <module>`
+    /// per alias, sorted (depmod's format; init reads it).
+    pub fn modules_alias(&self) -> String {
+        let mut lines: Vec<String> = self
+            .info
+            .iter()
+            .flat_map(|(name, info)| {
+                info.aliases
+                    .iter()
+                    .map(move |a| format!("alias {a} {name}\n"))
+            })
+            .collect();
+        lines.sort();
+        lines.concat()
+    }
+
     /// Writes the `.ko` files and index files of this closure below `out`
     /// (which becomes `lib/modules/<version>` in the image).
     pub fn write_tree(&self, tree: &ModuleTree, out: &Path) -> Result<(), KmodError> {
@@ -256,6 +312,8 @@ impl Closure {
         }
         let dep_path = out.join("modules.dep");
         fs::write(&dep_path, self.modules_dep()?).map_err(io_err(&dep_path))?;
+        let alias_path = out.join("modules.alias");
+        fs::write(&alias_path, self.modules_alias()).map_err(io_err(&alias_path))?;
         let included: BTreeSet<&str> = self.modules.values().map(|(r, _)| r.as_str()).collect();
         let order_src = tree.root.join("modules.order");
         if let Ok(text) = fs::read_to_string(&order_src) {
@@ -333,6 +391,44 @@ mod tests {
     fn cycles_are_reported() {
         let c = closure(&[("a", &["b"]), ("b", &["a"])]);
         assert!(matches!(c.all_deps("a"), Err(KmodError::Cycle { .. })));
+    }
+
+    #[test]
+    fn modinfo_aliases_and_firmware_are_read() {
+        let info = b"firmware=tigon/tg3.bin\0alias=pci:v000014E4d00001644sv*sd*bc*sc*i*\0\
+depends=libphy\0firmware=tigon/tg3_tso.bin\0alias=\0name=tg3\0";
+        let m = parse_modinfo(info);
+        assert_eq!(m.depends, ["libphy"]);
+        assert_eq!(m.aliases, ["pci:v000014E4d00001644sv*sd*bc*sc*i*"]);
+        assert_eq!(m.firmware, ["tigon/tg3.bin", "tigon/tg3_tso.bin"]);
+    }
+
+    #[test]
+    fn modules_alias_lists_every_alias_sorted() {
+        let mut c = closure(&[("tg3", &[]), ("e1000e", &[])]);
+        c.info.insert(
+            "tg3".into(),
+            ModInfo {
+                aliases: vec!["pci:v000014E4d00001644sv*sd*bc*sc*i*".into()],
+                ..ModInfo::default()
+            },
+        );
+        c.info.insert(
+            "e1000e".into(),
+            ModInfo {
+                aliases: vec![
+                    "pci:v00008086d000010D3sv*sd*bc*sc*i*".into(),
+                    "pci:v00008086d0000105Esv*sd*bc*sc*i*".into(),
+                ],
+                ..ModInfo::default()
+            },
+        );
+        assert_eq!(
+            c.modules_alias(),
+            "alias pci:v000014E4d00001644sv*sd*bc*sc*i* tg3\n\
+             alias pci:v00008086d0000105Esv*sd*bc*sc*i* e1000e\n\
+             alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e\n"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`manifest`]: the inputs of an archive: a staging directory and/or a
 //!   manifest file in the style of the kernel's `gen_init_cpio`.
 //! - [`gzip`]: gzip with a fixed header (no name, mtime 0, fixed OS byte).
+//! - [`drivers`]: the driver table, the firmware pin and the cost of each group.
 //! - [`kmod`]: the closure of wanted kernel modules over their dependencies,
 //!   written out as a filtered `modules.dep` tree.
 //!
@@ -15,6 +16,7 @@
 
 pub mod archive;
 pub mod bootcfg;
+pub mod drivers;
 pub mod gzip;
 pub mod kmod;
 pub mod manifest;

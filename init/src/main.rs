@@ -169,6 +169,7 @@ fn main() {
     }
     let mount_errors = system::mount_early();
     let console = system::attach_console();
+    let (other_consoles, missing_consoles) = system::open_other_consoles();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             // netlink-packet-route warns about every newer-kernel attribute it does not know.
@@ -177,11 +178,20 @@ fn main() {
         .with_ansi(false)
         .with_target(false)
         .with_timer(BootClock)
-        .with_writer(std::io::stderr)
+        .with_writer(|| system::AllConsoles)
         .init();
     tracing::info!(
         "init running {:.2} s after kernel start",
         since_boot().as_secs_f64()
+    );
+    tracing::info!(
+        "consoles: /dev/console and [{}]{}",
+        other_consoles.join(", "),
+        if missing_consoles.is_empty() {
+            String::new()
+        } else {
+            format!("; cannot open [{}]", missing_consoles.join(", "))
+        }
     );
     if let Err(e) = console {
         tracing::warn!("cannot open /dev/console: {e}");

@@ -8,30 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Modules the appliance wants, in the order init loads them. `kvm_amd` and
-/// `kvm_intel` are picked by CPU vendor (see [`kvm_module_for_vendor`]);
-/// `softdog` is loaded only when `i6300esb` gave no watchdog.
-pub const WANTED: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    // Shared storage as a SCSI LUN (an iSCSI or SAN disk passed through
-    // virtio-scsi): the sd disk driver carries the persistent-reservation
-    // operations storage fencing uses.
-    "virtio_scsi",
-    "sd_mod",
-    "virtio_net",
-    "virtio_console",
-    "tun",
-    "bridge",
-    "button",
-    "evdev",
-    "i6300esb",
-];
-
 /// The KVM vendor modules, both listed so the image can ship both.
 pub const KVM_MODULES: &[&str] = &["kvm_amd", "kvm_intel"];
 
-/// Watchdog fallback when the i6300esb device is absent.
+/// Watchdog fallback when no watchdog that keeps real time appeared
+/// (`system::load_watchdog`).
 pub const WATCHDOG_FALLBACK: &str = "softdog";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

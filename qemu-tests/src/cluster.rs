@@ -20,7 +20,8 @@ use crate::storage::{IscsiStorage, NbdStorage, StoragePath, ISCSI_LUN};
 
 /// Kernel command line baked into the ISO (mirrors `image/build.sh`); a
 /// kernel+initrd boot starts from it and appends test options.
-pub const APPLIANCE_CMDLINE: &str = "console=ttyS0,115200 panic=10 loglevel=4 no_timer_check";
+pub const APPLIANCE_CMDLINE: &str =
+    "console=tty0 console=ttyS0,115200 panic=10 loglevel=4 no_timer_check";
 
 /// Longest test name used in directory names: Unix socket paths under the
 /// directory must stay below 108 bytes.
