@@ -19,6 +19,10 @@ use super::{wait_paired, BOOT_TIMEOUT, VM};
 pub const RESPAWN_TIMEOUT: Duration = Duration::from_secs(300);
 /// From a kill to the survivor's `won generation` line.
 pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many exits ahead both sides hash memory ([`memories_match`]).
+pub const DIGEST_AHEAD: u64 = 5000;
+/// How long the digests may take (about 11 s quiet).
+pub const DIGEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// The client's progress between steps.
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -230,10 +234,16 @@ pub fn wait_protected(
 /// puts into the log (the test hook `ftvmm-test digest`); the digests must
 /// be equal — a guest write the dirty log missed would show here. The
 /// client must keep the guest busy meanwhile (the point is exits ahead).
+///
+/// 5000 exits ahead: the digest record travels in the log before the
+/// Secondary can reach that exit (it is at most the lag limit, milliseconds,
+/// behind), and the guest makes that many exits in about 11 s on a quiet
+/// machine and under a minute with the cores busy. The earlier 20000 took
+/// 45 s quiet and missed 120 s twice with a compile running beside it.
 pub fn memories_match(primary: &Host, secondary: &Host) {
     let asked = Instant::now();
     primary
-        .send_console(&format!("ftvmm-test digest {VM} 20000\n"))
+        .send_console(&format!("ftvmm-test digest {VM} {DIGEST_AHEAD}\n"))
         .unwrap();
     let digest = |host: &Host, role: &str| {
         let (l, _) = wait_since(
@@ -242,7 +252,7 @@ pub fn memories_match(primary: &Host, secondary: &Host) {
                 r"ftvmm: vm {VM}: memory digest n=\d+ sha256=[0-9a-f]{{64}} role={role}"
             ))
             .unwrap(),
-            Duration::from_secs(120),
+            DIGEST_TIMEOUT,
             asked,
         );
         let n = l.text.split("n=").nth(1).and_then(|r| r.split(' ').next());
