@@ -1,6 +1,11 @@
 //! One appliance host as a QEMU process (TCG, `-cpu max` so KVM works inside):
-//! its boot media, config disk, shared storage, two NICs wired to hubs, an
-//! i6300esb watchdog, and its captured serial console.
+//! its boot media, config disk, shared storage, two NICs wired to hubs, a
+//! watchdog, and its captured serial console.
+//!
+//! Two machine profiles ([`Machine`]): `pc` (i440FX, SeaBIOS, virtio disks
+//! and NICs, an i6300esb), the default of every test; and an emulated server
+//! (q35, OVMF, e1000e NICs, the config disk on the chipset's AHCI, the ICH9
+//! TCO watchdog).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -51,7 +56,41 @@ pub struct IscsiAttach {
     pub initiator: String,
 }
 
-/// A virtio-net NIC connected with `-netdev stream` to a hub's Unix socket.
+/// The emulated machine a host is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Machine {
+    /// QEMU's default `pc` (i440FX): SeaBIOS (or `-bios` OVMF with
+    /// [`Boot::IsoUefi`]), virtio-blk config disk, virtio-net NICs, an
+    /// i6300esb watchdog.
+    #[default]
+    Pc,
+    /// An emulated server: `-M q35` with UEFI (OVMF `code` as read-only
+    /// pflash, a per-host copy of the variable store `vars` in the work
+    /// directory), e1000e NICs, the config disk on the ICH9 chipset's AHCI
+    /// (port 1; the boot CD is on port 0), the shared storage as on `Pc`, and
+    /// the chipset's TCO watchdog (iTCO_wdt in Linux) instead of an i6300esb.
+    /// With `watchdog` the TCO may reset the machine
+    /// (`ICH9-LPC.noreboot=off`; QEMU's default strap forbids it, and
+    /// iTCO_wdt then refuses the device). The firmware is the pflash, so
+    /// [`Boot::IsoUefi`]'s `firmware` is not used. An AHCI disk cannot be
+    /// write-protected: QEMU refuses `config_disk_readonly` here.
+    ServerQ35 { code: PathBuf, vars: PathBuf },
+}
+
+impl Machine {
+    /// The server profile with Debian's OVMF ([`crate::paths::ovmf_pflash`]).
+    pub fn server_q35() -> Result<Machine> {
+        let (code, vars) = crate::paths::ovmf_pflash()?;
+        Ok(Machine::ServerQ35 { code, vars })
+    }
+}
+
+/// Where a host's copy of the OVMF variable store lives.
+fn ovmf_vars_copy(work_dir: &Path) -> PathBuf {
+    work_dir.join("ovmf-vars.fd")
+}
+
+/// A NIC (virtio-net, or e1000e on [`Machine::ServerQ35`]) connected with `-netdev stream` to a hub's Unix socket.
 #[derive(Debug, Clone)]
 pub struct Nic {
     pub mac: String,
@@ -62,6 +101,7 @@ pub struct Nic {
 #[derive(Debug, Clone)]
 pub struct HostSpec {
     pub name: String,
+    pub machine: Machine,
     pub boot: Boot,
     /// Directory for the console log and the QMP socket.
     pub work_dir: PathBuf,
@@ -91,6 +131,7 @@ impl HostSpec {
     pub fn new(name: &str, boot: Boot, work_dir: &Path) -> Self {
         HostSpec {
             name: name.to_owned(),
+            machine: Machine::Pc,
             boot,
             work_dir: work_dir.to_owned(),
             config_disk: None,
@@ -114,7 +155,18 @@ impl HostSpec {
     /// The QEMU command line (without the binary) this spec stands for.
     pub fn qemu_args(&self) -> Vec<OsString> {
         let mut a = Args::default();
-        a.push_all(["-name", &self.name, "-accel", "tcg", "-cpu", "max"]);
+        a.push_all(["-name", &self.name]);
+        if let Machine::ServerQ35 { code, .. } = &self.machine {
+            a.push_all(["-machine", "q35"]);
+            a.push("-drive");
+            a.push(drive_opts(code, "if=pflash,unit=0,format=raw,readonly=on"));
+            a.push("-drive");
+            a.push(drive_opts(
+                &ovmf_vars_copy(&self.work_dir),
+                "if=pflash,unit=1,format=raw",
+            ));
+        }
+        a.push_all(["-accel", "tcg", "-cpu", "max"]);
         a.push_all([
             "-m",
             &self.memory_mib.to_string(),
@@ -139,6 +191,17 @@ impl HostSpec {
             "unix:{},server=on,wait=off",
             self.qmp_socket().display()
         ));
+        self.boot_args(&mut a);
+        self.config_disk_args(&mut a);
+        self.shared_storage_args(&mut a);
+        self.nic_args(&mut a);
+        self.watchdog_args(&mut a);
+        a.0.extend(self.extra_args.iter().cloned());
+        a.0
+    }
+
+    fn boot_args(&self, a: &mut Args) {
+        let server = matches!(self.machine, Machine::ServerQ35 { .. });
         match &self.boot {
             Boot::Iso(iso) => {
                 a.push("-drive");
@@ -149,8 +212,10 @@ impl HostSpec {
                 a.push_all(["-boot", "order=d"]);
             }
             Boot::IsoUefi { iso, firmware } => {
-                a.push("-bios");
-                a.push(firmware);
+                if !server {
+                    a.push("-bios");
+                    a.push(firmware);
+                }
                 a.push("-drive");
                 a.push(drive_opts(
                     iso,
@@ -171,19 +236,30 @@ impl HostSpec {
                 a.push(append);
             }
         }
-        if let Some(disk) = &self.config_disk {
-            a.push("-drive");
-            let ro = if self.config_disk_readonly {
-                ",readonly=on"
-            } else {
-                ""
-            };
-            a.push(drive_opts(
-                disk,
-                &format!("if=none,format=raw,id=config{ro}"),
-            ));
-            a.push_all(["-device", "virtio-blk-pci,drive=config"]);
+    }
+
+    fn config_disk_args(&self, a: &mut Args) {
+        let Some(disk) = &self.config_disk else {
+            return;
+        };
+        a.push("-drive");
+        let ro = if self.config_disk_readonly {
+            ",readonly=on"
+        } else {
+            ""
+        };
+        a.push(drive_opts(
+            disk,
+            &format!("if=none,format=raw,id=config{ro}"),
+        ));
+        match self.machine {
+            Machine::Pc => a.push_all(["-device", "virtio-blk-pci,drive=config"]),
+            // q35's built-in ICH9 AHCI: ide.0 holds the CD-ROM (if=ide index=0).
+            Machine::ServerQ35 { .. } => a.push_all(["-device", "ide-hd,drive=config,bus=ide.1"]),
         }
+    }
+
+    fn shared_storage_args(&self, a: &mut Args) {
         if let Some(iscsi) = &self.shared_storage_iscsi {
             a.push("-blockdev");
             a.push(iscsi_blockdev(iscsi));
@@ -216,6 +292,13 @@ impl HostSpec {
                 "virtio-blk-pci,drive=shared,serial={SHARED_SERIAL},share-rw=on"
             ));
         }
+    }
+
+    fn nic_args(&self, a: &mut Args) {
+        let model = match self.machine {
+            Machine::Pc => "virtio-net-pci",
+            Machine::ServerQ35 { .. } => "e1000e",
+        };
         for (i, nic) in self.nics.iter().enumerate() {
             a.push("-netdev");
             a.push(format!(
@@ -225,16 +308,21 @@ impl HostSpec {
             // romfile= : no iPXE option ROM (we never netboot; Debian's QEMU
             // refuses to start if the ROM package is not installed).
             a.push("-device");
-            a.push(format!(
-                "virtio-net-pci,netdev=net{i},mac={},romfile=",
-                nic.mac
-            ));
+            a.push(format!("{model},netdev=net{i},mac={},romfile=", nic.mac));
         }
-        if self.watchdog {
-            a.push_all(["-device", "i6300esb", "-watchdog-action", "reset"]);
+    }
+
+    fn watchdog_args(&self, a: &mut Args) {
+        if !self.watchdog {
+            return;
         }
-        a.0.extend(self.extra_args.iter().cloned());
-        a.0
+        match self.machine {
+            Machine::Pc => a.push_all(["-device", "i6300esb"]),
+            // The TCO is part of the ICH9 chipset: always there; this only
+            // lets its second timeout reset the machine.
+            Machine::ServerQ35 { .. } => a.push_all(["-global", "ICH9-LPC.noreboot=off"]),
+        }
+        a.push_all(["-watchdog-action", "reset"]);
     }
 }
 
@@ -320,6 +408,12 @@ impl Host {
         let qemu = qemu_binary()?;
         std::fs::create_dir_all(&spec.work_dir)
             .map_err(|e| HarnessError::io(format!("create {}", spec.work_dir.display()), e))?;
+        if let Machine::ServerQ35 { vars, .. } = &spec.machine {
+            let copy = ovmf_vars_copy(&spec.work_dir);
+            std::fs::copy(vars, &copy).map_err(|e| {
+                HarnessError::io(format!("copy {} to {}", vars.display(), copy.display()), e)
+            })?;
+        }
         let args = spec.qemu_args();
         tracing::info!(host = %spec.name, "spawning {} {:?}", qemu.display(), args);
         let stderr_path = spec.work_dir.join("qemu.stderr");
@@ -636,6 +730,52 @@ mod tests {
         );
         assert!(a.contains("-device i6300esb"), "{a}");
         assert!(!a.contains("-kernel"), "{a}");
+    }
+
+    #[test]
+    fn the_server_profile_is_q35_with_pflash_e1000e_ahci_and_the_tco() {
+        let mut spec = HostSpec::new("h", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        spec.machine = Machine::ServerQ35 {
+            code: "/fw/CODE.fd".into(),
+            vars: "/fw/VARS.fd".into(),
+        };
+        spec.config_disk = Some("/w/c.img".into());
+        spec.nics.push(Nic {
+            mac: "52:54:00:f7:00:01".into(),
+            socket: "/w/ft.sock".into(),
+        });
+        let a = joined(&spec);
+        assert!(a.contains("-machine q35"), "{a}");
+        assert!(
+            a.contains("-drive file=/fw/CODE.fd,if=pflash,unit=0,format=raw,readonly=on"),
+            "{a}"
+        );
+        // The host's own copy of the variable store, never the template.
+        assert!(
+            a.contains("-drive file=/w/ovmf-vars.fd,if=pflash,unit=1,format=raw"),
+            "{a}"
+        );
+        assert!(!a.contains("VARS.fd") && !a.contains("-bios"), "{a}");
+        assert!(a.contains("-device ide-hd,drive=config,bus=ide.1"), "{a}");
+        assert!(
+            a.contains("-device e1000e,netdev=net0,mac=52:54:00:f7:00:01,romfile="),
+            "{a}"
+        );
+        assert!(!a.contains("virtio-net") && !a.contains("i6300esb"), "{a}");
+        assert!(
+            a.contains("-global ICH9-LPC.noreboot=off -watchdog-action reset"),
+            "{a}"
+        );
+        spec.watchdog = false;
+        assert!(!joined(&spec).contains("noreboot"));
+    }
+
+    #[test]
+    fn the_pc_profile_names_no_machine() {
+        let spec = HostSpec::new("h", Boot::Iso("/x/ft.iso".into()), Path::new("/w"));
+        let a = joined(&spec);
+        assert!(!a.contains("-machine") && !a.contains("pflash"), "{a}");
+        assert!(a.contains("-device i6300esb -watchdog-action reset"), "{a}");
     }
 
     #[test]

@@ -128,3 +128,23 @@ pub fn ovmf_firmware() -> Result<PathBuf> {
         })
     }
 }
+
+/// OVMF split in code and variable store, for a machine with pflash (q35):
+/// the code is mapped read-only, each host gets its own copy of the store.
+/// The 4 MiB build, the pair Debian's `ovmf` package ships for q35.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The variable store template that goes with [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// [`OVMF_CODE`] and [`OVMF_VARS`], or a clear error naming the package.
+pub fn ovmf_pflash() -> Result<(PathBuf, PathBuf)> {
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).is_file() {
+            return Err(HarnessError::ToolMissing {
+                program: f,
+                package: "ovmf",
+            });
+        }
+    }
+    Ok((PathBuf::from(OVMF_CODE), PathBuf::from(OVMF_VARS)))
+}

@@ -51,6 +51,19 @@ pub fn pair_on_iscsi(name: &str) -> Cluster {
     wait_paired(cluster)
 }
 
+/// [`pair`] on two emulated servers ([`qemu_tests::Machine::ServerQ35`]:
+/// q35, OVMF, e1000e NICs, config disk on AHCI, the ICH9 TCO watchdog),
+/// booting the ISO under UEFI as it ships.
+pub fn pair_on_server_hw(name: &str) -> Cluster {
+    let mut cluster = Cluster::example(name).unwrap();
+    for h in ["host-a", "host-b"] {
+        let mut spec = cluster.host_spec(h).unwrap();
+        spec.machine = qemu_tests::Machine::server_q35().unwrap();
+        cluster.boot_spec(spec).unwrap();
+    }
+    wait_paired(cluster)
+}
+
 /// Waits until host-a and host-b are ready, paired, and the guest serves.
 fn wait_paired(cluster: Cluster) -> Cluster {
     for h in ["host-a", "host-b"] {
