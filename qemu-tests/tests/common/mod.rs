@@ -53,9 +53,13 @@ pub fn pair_on_iscsi(name: &str) -> Cluster {
 
 /// [`pair`] on two emulated servers ([`qemu_tests::Machine::ServerQ35`]:
 /// q35, OVMF, e1000e NICs, config disk on AHCI, the ICH9 TCO watchdog),
-/// booting the ISO under UEFI as it ships.
-pub fn pair_on_server_hw(name: &str) -> Cluster {
+/// booting the ISO under UEFI as it ships; with each host's storage through
+/// its own NBD path if `nbd`.
+pub fn pair_on_server_hw(name: &str, nbd: bool) -> Cluster {
     let mut cluster = Cluster::example(name).unwrap();
+    if nbd {
+        cluster.use_nbd_storage().unwrap();
+    }
     for h in ["host-a", "host-b"] {
         let mut spec = cluster.host_spec(h).unwrap();
         spec.machine = qemu_tests::Machine::server_q35().unwrap();
