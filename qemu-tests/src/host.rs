@@ -70,8 +70,10 @@ pub enum Machine {
     /// (port 1; the boot CD is on port 0), the shared storage as on `Pc`, and
     /// the chipset's TCO watchdog (iTCO_wdt in Linux) instead of an i6300esb.
     /// With `watchdog` the TCO may reset the machine
-    /// (`ICH9-LPC.noreboot=off`; QEMU's default strap forbids it, and
-    /// iTCO_wdt then refuses the device). The firmware is the pflash, so
+    /// (`ICH9-LPC.noreboot=off`). Without it QEMU's default no-reboot strap
+    /// stays on: the TCO cannot reset the machine, yet iTCO_wdt still
+    /// registers it (the strap does not show in the NO_REBOOT bit the driver
+    /// checks), so fencing arms a watchdog that never fires. The firmware is the pflash, so
     /// [`Boot::IsoUefi`]'s `firmware` is not used. An AHCI disk cannot be
     /// write-protected: QEMU refuses `config_disk_readonly` here.
     ServerQ35 { code: PathBuf, vars: PathBuf },

@@ -17,7 +17,11 @@
 //! hands the VM over, asks fencing for a reset, fencing stops feeding the
 //! watchdog, and the ICH9 TCO resets the machine (the QEMU process ends:
 //! hosts run with `-no-reboot`); the time from the request to the reset is
-//! printed.
+//! printed. A third is its control: the same cut with the chipset's
+//! no-reboot strap left as QEMU sets it (`ICH9-LPC.noreboot=on`): iTCO_wdt
+//! still loads and fencing still arms it (QEMU's strap does not show in the
+//! NO_REBOOT bit the driver checks), but the host is not reset — so the
+//! reset of the second test is the TCO's.
 //!
 //! What it does not prove: anything about a real board's firmware, NIC, disk
 //! controller or TCO strap beyond what QEMU emulates (QEMU's ICH9 TCO is
@@ -124,7 +128,7 @@ fn both_use_the_server_hardware(cluster: &Cluster) {
 
 #[test]
 fn a_pair_on_q35_uefi_hosts_uses_itco_and_e1000e_and_fails_over() {
-    let mut cluster = pair_on_server_hw("server-hw-failover", false);
+    let mut cluster = pair_on_server_hw("server-hw-failover", false, true);
     both_use_the_server_hardware(&cluster);
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
@@ -144,17 +148,22 @@ fn a_pair_on_q35_uefi_hosts_uses_itco_and_e1000e_and_fails_over() {
     cluster.pass();
 }
 
-#[test]
-fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
-    let mut cluster = pair_on_server_hw("server-hw-tco-reset", true);
-    both_use_the_server_hardware(&cluster);
+/// Cuts host-a's (the Primary's) storage path: host-b goes live on the
+/// client's connection, host-a's disk requests hang and it asks fencing for
+/// a reset; then the path fails them (`sever`, as in storage_failover.rs:
+/// QEMU carries out a reset only once its in-flight requests end). Returns
+/// the `fencing: reset requested` line.
+fn cut_the_primarys_storage_until_it_asks_for_a_reset(
+    cluster: &Cluster,
+    what: &str,
+) -> qemu_tests::ConsoleLine {
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
     let path_a = cluster.storage_path("host-a").unwrap();
     cluster.vm.start_capture();
     let (_, acked) = survive(
-        &cluster,
-        "primary's (q35) storage path cut",
+        cluster,
+        what,
         || path_a.cut(),
         || {
             wait(a, "fencing: lease renewal failing".into());
@@ -166,14 +175,26 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
     );
     let frames = cluster.vm.stop_capture();
     no_overlap(&frames);
-    // Its disk requests hang on the dead path, so it asks to be reset.
+    all_on_disk(cluster, &acked, what);
     let asked = a
         .wait_for_line("fencing: reset requested", Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("  [host-a {:7.3}] {}", asked.at.as_secs_f64(), asked.text);
-    // QEMU carries out a reset only once its in-flight requests end: the
-    // path now fails them (as in storage_failover.rs).
     path_a.sever();
+    b.assert_absent("lockstep divergence", Duration::ZERO)
+        .unwrap();
+    asked
+}
+
+#[test]
+fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
+    let mut cluster = pair_on_server_hw("server-hw-tco-reset", true, true);
+    both_use_the_server_hardware(&cluster);
+    let asked = cut_the_primarys_storage_until_it_asks_for_a_reset(
+        &cluster,
+        "primary's (q35) storage path cut",
+    );
+    let a = cluster.host("host-a").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while a.is_running() {
         assert!(
@@ -188,8 +209,31 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
         "tco reset: host-a reset by iTCO {:.1} s after fencing stopped feeding it",
         reset_after.as_secs_f64()
     );
-    b.assert_absent("lockstep divergence", Duration::ZERO)
-        .unwrap();
-    all_on_disk(&cluster, &acked, "storage cut (q35)");
+    cluster.pass();
+}
+
+/// How long the control waits for a reset that must not come: more than
+/// twice the 9.6 s the TCO takes when it may reset.
+const NO_RESET_WINDOW: Duration = Duration::from_secs(25);
+
+#[test]
+fn control_with_the_no_reboot_strap_itco_is_armed_but_never_resets() {
+    let mut cluster = pair_on_server_hw("server-hw-tco-strap", true, false);
+    both_use_the_server_hardware(&cluster);
+    cut_the_primarys_storage_until_it_asks_for_a_reset(
+        &cluster,
+        "primary's (q35, no-reboot strap) storage path cut",
+    );
+    let a = cluster.host("host-a").unwrap();
+    std::thread::sleep(NO_RESET_WINDOW);
+    assert!(
+        a.is_running(),
+        "host-a was reset although QEMU's no-reboot strap was on: the reset \
+         of the_q35_tco_resets_a_primary_whose_storage_path_is_cut may not be the TCO's"
+    );
+    eprintln!(
+        "control: host-a still running {} s after asking for a reset (TCO strapped no-reboot)",
+        NO_RESET_WINDOW.as_secs()
+    );
     cluster.pass();
 }

@@ -54,8 +54,9 @@ pub fn pair_on_iscsi(name: &str) -> Cluster {
 /// [`pair`] on two emulated servers ([`qemu_tests::Machine::ServerQ35`]:
 /// q35, OVMF, e1000e NICs, config disk on AHCI, the ICH9 TCO watchdog),
 /// booting the ISO under UEFI as it ships; with each host's storage through
-/// its own NBD path if `nbd`.
-pub fn pair_on_server_hw(name: &str, nbd: bool) -> Cluster {
+/// its own NBD path if `nbd`; `tco_may_reset` false leaves the chipset's
+/// no-reboot strap as QEMU sets it (the TCO then never resets the host).
+pub fn pair_on_server_hw(name: &str, nbd: bool, tco_may_reset: bool) -> Cluster {
     let mut cluster = Cluster::example(name).unwrap();
     if nbd {
         cluster.use_nbd_storage().unwrap();
@@ -63,6 +64,7 @@ pub fn pair_on_server_hw(name: &str, nbd: bool) -> Cluster {
     for h in ["host-a", "host-b"] {
         let mut spec = cluster.host_spec(h).unwrap();
         spec.machine = qemu_tests::Machine::server_q35().unwrap();
+        spec.watchdog = tco_may_reset;
         cluster.boot_spec(spec).unwrap();
     }
     wait_paired(cluster)
