@@ -409,7 +409,7 @@ fn spark_row(
     );
     let scale = max.unwrap_or(0).max(1) as f64;
     let mut segment: Vec<String> = Vec::new();
-    let mut flush = |seg: &mut Vec<String>, s: &mut String| {
+    let flush = |seg: &mut Vec<String>, s: &mut String| {
         if seg.len() == 1 {
             let (px, py) = seg[0].split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(

@@ -129,6 +129,59 @@ fn sample_of(r: &ClusterReport, vm: &str, now_ms: u64, prev: Option<&Sample>) ->
     }
 }
 
+/// What the page's HTTP server answers to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// The headers every answer carries: nothing is cached, nothing loads from
+/// elsewhere, no script runs (the page has none; this makes sure).
+pub const HEADERS: [(&str, &str); 4] = [
+    ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+];
+
+/// Routes one request: `GET /` the page, `GET /status.json` the history;
+/// HEAD the same without a body (the server drops it); any other method
+/// 405 (the server adds `Allow: GET, HEAD`), any other path 404.
+pub fn answer(method: &str, url: &str, h: &History, now_ms: u64) -> Answer {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != "GET" && method != "HEAD" {
+        return Answer {
+            status: 405,
+            content_type: TEXT,
+            body: format!("{method} not allowed: this page is read-only (GET, HEAD)\n"),
+        };
+    }
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    match path {
+        "/" | "/index.html" => Answer {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: html::render(h, now_ms),
+        },
+        "/status.json" => Answer {
+            status: 200,
+            content_type: "application/json",
+            body: serde_json::to_string_pretty(h)
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")),
+        },
+        _ => Answer {
+            status: 404,
+            content_type: TEXT,
+            body: format!("no {path} here: the page is / and its data /status.json\n"),
+        },
+    }
+}
+
 /// `v` as text, `n/a` when absent.
 fn field(v: &Value) -> String {
     super::render::text(v)

@@ -283,3 +283,28 @@ fn bandwidth_restarts_with_a_new_primary_and_old_samples_age_out() {
         "the last poll (1000 ms ago) got no report: no host answered",
     );
 }
+
+#[test]
+fn only_get_and_head_of_two_paths_are_answered() {
+    let mut h = History::default();
+    h.on_report(NOW, "host-b", paired(0));
+    let page = answer("GET", "/?x=1", &h, NOW);
+    assert_eq!(
+        (page.status, page.content_type),
+        (200, "text/html; charset=utf-8")
+    );
+    assert!(page.body.contains("kv · PRIMARY"));
+    let json = answer("HEAD", "/status.json", &h, NOW);
+    assert_eq!(json.status, 200);
+    let v: Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(v["answered_by"], "host-b");
+    assert_eq!(v["report"]["queried"], "host-b");
+    assert_eq!(v["samples"]["kv"][0]["lag_ms"], 3);
+    for m in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        let a = answer(m, "/", &h, NOW);
+        assert_eq!(a.status, 405, "{m}");
+        assert!(a.body.contains("read-only"), "{}", a.body);
+    }
+    assert_eq!(answer("GET", "/etc/passwd", &h, NOW).status, 404);
+    assert_eq!(answer("GET", "/status.json/x", &h, NOW).status, 404);
+}
