@@ -287,9 +287,15 @@ fn vm_tile(
 ) -> String {
     let chars = (w / 7) as usize;
     let ls = t.view.as_ref().map(|v| &v["lockstep"]);
+    let acting = vm_views(r, &t.vm).first().map(|(at, v)| (*at, *v));
     let protection = ls
         .and_then(|l| l["protection"].as_str())
         .map(str::to_owned)
+        .or_else(|| {
+            let (at, v) = acting.filter(|(at, _)| *at != host)?;
+            let p = v["lockstep"]["protection"].as_str()?;
+            Some(format!("{p} (as {at} reports it)"))
+        })
         .unwrap_or_else(|| match &t.named_by {
             Some(by) => format!("n/a (this host does not report it; {by} names it here)"),
             None => "n/a (no protection reported here)".into(),
@@ -348,8 +354,7 @@ fn vm_tile(
             chars
         ))
     );
-    let acting = vm_views(r, &t.vm).first().map(|(at, _)| *at) == Some(host);
-    if acting && t.named_by.is_none() {
+    if acting.map(|(at, _)| at) == Some(host) && t.named_by.is_none() {
         let series = h.samples.get(&t.vm);
         s.push_str(&spark_row(
             series,

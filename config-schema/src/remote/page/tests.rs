@@ -118,6 +118,11 @@ fn primary_and_secondary_are_drawn_on_their_hosts() {
     at(&page, "protected: secondary host-b");
     at(&page, "secondary host-b");
     at(&page, "follows host-a");
+    // The Secondary's tile says the protection as the Primary reports it.
+    at(
+        &page,
+        ">protected: secondary host-b (as host-a reports it)</text>",
+    );
     at(
         &page,
         "heartbeat: <tspan fill=\"#2e7d32\" font-weight=\"bold\">up</tspan>",
