@@ -52,7 +52,7 @@ pub fn pair_on_iscsi(name: &str) -> Cluster {
 }
 
 /// Waits until host-a and host-b are ready, paired, and the guest serves.
-fn wait_paired(cluster: Cluster) -> Cluster {
+pub fn wait_paired(cluster: Cluster) -> Cluster {
     for h in ["host-a", "host-b"] {
         cluster
             .host(h)
