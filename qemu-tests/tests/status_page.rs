@@ -87,14 +87,19 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     let b = cluster.host("host-b").unwrap();
     let t_kill = Instant::now();
     a.kill().unwrap();
-    let html = until(&op, "host-a unreachable", |h| h.contains("UNREACHABLE"));
+    let html = until(&op, "host-a unreachable", |h| {
+        box_of(h, "host-a").contains("UNREACHABLE")
+    });
     eprintln!(
-        "page shows host-a UNREACHABLE {:.1} s after the kill; kv there: {}",
+        "page shows host-a UNREACHABLE {:.1} s after the kill; tiles: {:?}",
         t_kill.elapsed().as_secs_f64(),
-        tile_of(&html)
+        tiles(&html)
     );
     screenshot(&op, &chromium, &shots.join("2-host-a-down.png"));
-    wait(b, format!("ftvmm: vm {VM}: won generation 2; live as primary"));
+    wait(
+        b,
+        format!("ftvmm: vm {VM}: won generation 2; live as primary"),
+    );
     let html = until(&op, "host-b Primary in generation 2", |h| {
         h.contains("generation 2") && h.contains("failover vm kv")
     });
@@ -103,14 +108,24 @@ fn status_page_shows_primary_secondary_and_a_failover() {
         t_kill.elapsed().as_secs_f64()
     );
     in_box(&html, "host-b", "kv · PRIMARY");
-    assert!(!html.contains("kv · SECONDARY"), "a Secondary is still drawn:\n{html}");
+    in_box(&html, "host-a", "UNREACHABLE");
+    assert!(
+        !html.contains("kv · SECONDARY"),
+        "a Secondary is still drawn:\n{html}"
+    );
     let row = html
         .split("<tr>")
         .find(|r| r.starts_with("<td>kv</td>"))
         .expect("kv's row");
     assert!(row.contains("class=\"bad\">"), "kv shown protected: {row}");
-    assert!(row.contains("<td>host-b</td><td>none</td><td>2</td>"), "kv's row: {row}");
-    assert!(row.contains("ago on host-b, pause "), "no failover in kv's row: {row}");
+    assert!(
+        row.contains("<td>host-b</td><td>none</td><td>2</td>"),
+        "kv's row: {row}"
+    );
+    assert!(
+        row.contains("ago on host-b, pause "),
+        "no failover in kv's row: {row}"
+    );
     client.goes_on(40, STEP);
     screenshot(&op, &chromium, &shots.join("3-after-failover.png"));
     let done = client.finish();
@@ -162,16 +177,15 @@ struct Page(Child);
 impl Page {
     fn start(op: &NetnsTap, ftctl: &Path, key: &Path, hosts: &[&str]) -> Page {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", op.netns()]).arg(ftctl).arg("page");
+        cmd.args(["netns", "exec", op.netns()])
+            .arg(ftctl)
+            .arg("page");
         for h in hosts {
             cmd.args(["--host", h]);
         }
         cmd.arg("--key").arg(key).args(["--listen", LISTEN]);
         // `ip netns exec` execs the program: the child is ftctl itself.
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start ftctl page");
+        let child = cmd.stdin(Stdio::null()).spawn().expect("start ftctl page");
         Page(child)
     }
 }
@@ -217,28 +231,34 @@ fn until(op: &NetnsTap, what: &str, ok: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// `what` is drawn inside `host`'s box: after its title, before the next
-/// host's box.
-fn in_box(html: &str, host: &str, what: &str) {
-    let start = html
-        .find(&format!("font-size=\"16\" font-weight=\"bold\">{host}"))
-        .unwrap_or_else(|| panic!("no box of {host}:\n{html}"));
+/// `host`'s box and its tiles: from its title to the next host's box
+/// (empty if the page has none).
+fn box_of<'a>(html: &'a str, host: &str) -> &'a str {
+    let Some(start) = html.find(&format!("font-size=\"16\" font-weight=\"bold\">{host}")) else {
+        return "";
+    };
     let rest = &html[start..];
     let end = rest.find("<g class=\"host\">").unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// `what` is drawn inside `host`'s box.
+fn in_box(html: &str, host: &str, what: &str) {
+    let b = box_of(html, host);
     assert!(
-        rest[..end].contains(what),
-        "{what:?} not in {host}'s box:\n{}",
-        &rest[..end]
+        b.contains(what),
+        "{what:?} not in {host}'s box:\n{b}\npage:\n{html}"
     );
 }
 
-/// The first VM tile's headline, for the log.
-fn tile_of(html: &str) -> String {
-    html.split("<g class=\"vm\">")
-        .nth(1)
-        .and_then(|t| t.split("</text>").next())
-        .map(|t| t.rsplit('>').next().unwrap_or("").to_owned())
-        .unwrap_or_else(|| "none drawn".into())
+/// The VM tiles' headlines, for the log.
+fn tiles(html: &str) -> Vec<String> {
+    html.split("<tspan font-weight=\"bold\">")
+        .skip(1)
+        .filter_map(|t| t.split("</tspan>").next())
+        .filter(|t| t.contains(" · "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A 1200x800 screenshot of the page with headless Chromium in the namespace.

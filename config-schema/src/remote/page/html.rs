@@ -301,7 +301,10 @@ fn vm_tile(
             None => "n/a (no protection reported here)".into(),
         });
     let protected = protection.starts_with("protected");
-    let (fill, stroke) = match (&t.named_by, t.role.as_str(), protected) {
+    // ftvmm says e.g. `primary (unprotected, generation 2)`: the first word
+    // heads the tile, the whole role is its tooltip.
+    let word = t.role.split([' ', '(']).next().unwrap_or("");
+    let (fill, stroke) = match (&t.named_by, word, protected) {
         (Some(_), _, _) => ("#eeeeee", GREY),
         (None, "primary", true) => ("#e8f5e9", GREEN),
         (None, "secondary", _) => ("#e3f2fd", "#1565c0"),
@@ -317,7 +320,7 @@ fn vm_tile(
          fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"2\"{dash}/>\n"
     );
     let config = r.vms.iter().find(|v| v.name == t.vm);
-    let peer = match (t.role.as_str(), ls) {
+    let peer = match (word, ls) {
         ("primary", Some(l)) => format!(" · secondary {}", opt(&l["secondary"])),
         ("secondary", Some(l)) => format!(" · follows {}", opt(&l["primary"])),
         (_, None) => format!(" · as {} names it", t.named_by.as_deref().unwrap_or("?")),
@@ -325,12 +328,13 @@ fn vm_tile(
     };
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"14\"><tspan font-weight=\"bold\">{} · {}</tspan>{}</text>",
+        "<text x=\"{}\" y=\"{}\" font-size=\"14\"><title>{}</title><tspan font-weight=\"bold\">{} · {}</tspan>{}</text>",
         x + 8,
         y + 18,
+        escape(&t.role),
         escape(&t.vm),
-        escape(&t.role.to_uppercase()),
-        escape(&peer)
+        escape(&word.to_uppercase()),
+        escape(&clip(&peer, (chars * 6 / 7).saturating_sub(t.vm.len() + word.len() + 3)))
     );
     let colour = if protected { GREEN } else { ORANGE };
     let _ = writeln!(

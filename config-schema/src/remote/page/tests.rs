@@ -54,7 +54,7 @@ fn primary_view(vm: &str, gen: u64, lag_ms: Option<u64>, log_bytes: u64) -> Valu
         |ms| json!({"ms": ms, "records": 1, "bytes": 10}),
     );
     json!([{"name": vm, "state": "running", "lockstep": {
-        "role": "primary", "generation": gen,
+        "role": format!("primary (generation {gen})"), "generation": gen,
         "protection": "protected: secondary host-b",
         "primary": "host-a", "secondary": "host-b",
         "log": {"lag": lag, "stats": {"log_bytes": log_bytes}},
@@ -118,6 +118,11 @@ fn primary_and_secondary_are_drawn_on_their_hosts() {
     at(&page, "protected: secondary host-b");
     at(&page, "secondary host-b");
     at(&page, "follows host-a");
+    // The whole role as ftvmm says it is the headline's tooltip; a paired
+    // Primary's tile is green, a Secondary's blue.
+    at(&page, "<title>primary (generation 1)</title>");
+    at(&page, "fill=\"#e8f5e9\" stroke=\"#2e7d32\"");
+    at(&page, "fill=\"#e3f2fd\" stroke=\"#1565c0\"");
     // The Secondary's tile says the protection as the Primary reports it.
     at(
         &page,
