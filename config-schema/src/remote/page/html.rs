@@ -62,16 +62,22 @@ fn heading(h: &History, now_ms: u64) -> String {
     let mut s = String::new();
     match (&h.report, h.report_unix_ms) {
         (Some(r), Some(at)) => {
+            // The asked host takes its own daemons' status first, then waits
+            // up to its gathering deadline for the others: during a failure
+            // the report can arrive seconds after it was made.
+            let made = r
+                .report(&r.queried)
+                .map_or("n/a".into(), |q| utc(q.unix_ms));
             let _ = writeln!(
                 s,
-                "<h1>cluster {} · config generation {}</h1><p>gathered by {} (asked {}) \
-                 {} ago, at {}; the page reloads every {REFRESH_S} s</p>",
+                "<h1>cluster {} · config generation {}</h1><p>gathered by {} (asked {}): \
+                 made at {made} on its clock, arrived {} ago; the page reloads every \
+                 {REFRESH_S} s</p>",
                 escape(&r.cluster),
                 r.config_generation,
                 escape(&r.queried),
                 escape(h.answered_by.as_deref().unwrap_or("?")),
                 ago(now_ms.saturating_sub(at)),
-                utc(at)
             );
         }
         _ => s.push_str("<h1>cluster status</h1><p>no report yet</p>\n"),

@@ -157,6 +157,10 @@ fn primary_and_secondary_are_drawn_on_their_hosts() {
     );
     assert!(!page.contains("<script"), "no script on the page");
     at(&page, "http-equiv=\"refresh\"");
+    at(
+        &page,
+        "gathered by host-b (asked host-b): made at 2027-01-15 08:00:00 UTC on its clock, arrived 0 ms ago",
+    );
 }
 
 #[test]
