@@ -51,7 +51,7 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     for h in ["host-a", "host-b"] {
         cluster.boot(h).unwrap();
     }
-    let cluster = wait_paired(cluster);
+    let mut cluster = wait_paired(cluster);
     let client = Client::start(&cluster, "status page");
     let op = NetnsTap::attach(
         &cluster.ft,
@@ -63,7 +63,7 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     .unwrap();
     let key = workspace_root().join("examples/dev-keys/operators/dev-operator.pk8");
     // host-b first: it survives the failover; host-a as the fallback.
-    let _page = Page::start(&op, &ftctl, &key, &["192.0.2.2", "192.0.2.1"]);
+    let page = Page::start(&op, &ftctl, &key, &["192.0.2.2", "192.0.2.1"]);
     client.wait_replies(40, STEP);
 
     // Paired: the VM on both hosts, with figures.
@@ -143,6 +143,9 @@ fn status_page_shows_primary_secondary_and_a_failover() {
         done.acked.len(),
         shots.display()
     );
+    drop(page);
+    drop(op);
+    cluster.pass();
 }
 
 /// The target directory (`<target>/debug/deps/<this test>`'s grandparent's

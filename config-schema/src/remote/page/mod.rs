@@ -15,6 +15,7 @@
 //! - Samples older than [`WINDOW_MS`] before the newest poll are dropped.
 
 pub mod html;
+mod svg;
 
 use std::collections::{BTreeMap, VecDeque};
 
