@@ -1,7 +1,7 @@
 //! `ftctl`: the operator's tool for keys, config disks and daemon status.
 //!
 //! Verbs: `keygen`, `host-keygen`, `operator-keygen`, `check`, `make-disk`, `verify`, `show`,
-//! `state`, `update-disk`, `sign`, `apply`, `status`, `metrics`, `image write`, `image check`. Every
+//! `state`, `update-disk`, `sign`, `apply`, `status`, `metrics`, `page`, `image write`, `image check`. Every
 //! failure ends with a non-zero exit status and one line on stderr naming
 //! the reason.
 
@@ -9,6 +9,8 @@
 mod apply;
 #[path = "ftctl/image.rs"]
 mod image;
+#[path = "ftctl/page.rs"]
+mod page;
 #[path = "ftctl/remote.rs"]
 mod remote;
 
@@ -145,6 +147,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: image::ImageCmd,
     },
+    /// Serve a read-only status page of the cluster on this machine: polls
+    /// the cluster's status every second with the operator's key and draws
+    /// hosts, VMs, Primary and Secondary, lag and log bandwidth.
+    Page {
+        /// A host to ask (IP, IP:PORT or NAME:PORT); give several to go on
+        /// when one goes down.
+        #[arg(long, required = true)]
+        host: Vec<String>,
+        /// The operator's private key (PKCS#8), listed in the config's [[operators]].
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the page is served (keep it on loopback: the page itself
+        /// asks for no key).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Query the daemons' status over their control sockets, or (--cluster)
     /// the whole cluster over the network from any host.
     Status {
@@ -206,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
         } => remote::cluster_status(&host, &key, json, only_this_host),
         Cmd::Status { socket, .. } => status(socket),
         Cmd::Metrics { host, key } => remote::metrics(&host, &key),
+        Cmd::Page { host, key, listen } => page::page(&host, &key, listen),
         Cmd::Sign { config, key, out } => apply::sign(&config, &key, &out),
         Cmd::Apply {
             host,

@@ -38,6 +38,7 @@
 pub mod apply;
 pub mod auth;
 pub mod client;
+pub mod page;
 pub mod render;
 pub mod report;
 pub mod server;

@@ -114,7 +114,7 @@ fn unreachable_na() -> String {
 }
 
 /// The queried host's heartbeat view of `host`.
-fn membership(r: &ClusterReport, host: &str) -> String {
+pub(crate) fn membership(r: &ClusterReport, host: &str) -> String {
     if host == r.queried {
         return "this host (the one queried)".into();
     }
@@ -170,7 +170,7 @@ fn lease(r: &ClusterReport, host: &str) -> String {
     format!("{state}{renewed}{running} (read by {})", r.queried)
 }
 
-fn watchdog(f: &Value) -> String {
+pub(crate) fn watchdog(f: &Value) -> String {
     if f["watchdog"].is_null() {
         return format!("n/a ({})", text(f.get("error").unwrap_or(&Value::Null)));
     }
@@ -185,7 +185,7 @@ fn watchdog(f: &Value) -> String {
     }
 }
 
-fn storage(f: &Value) -> String {
+pub(crate) fn storage(f: &Value) -> String {
     if let Some(e) = f.get("error").filter(|_| f.get("device").is_none()) {
         return format!("n/a ({})", text(e));
     }
@@ -217,7 +217,7 @@ fn storage(f: &Value) -> String {
 }
 
 /// The VM's status on every host that reports it, the acting Primary's first.
-fn vm_views<'a>(r: &'a ClusterReport, vm: &str) -> Vec<(&'a str, &'a Value)> {
+pub(crate) fn vm_views<'a>(r: &'a ClusterReport, vm: &str) -> Vec<(&'a str, &'a Value)> {
     let mut v: Vec<(&str, &Value)> = r
         .hosts
         .iter()
@@ -303,7 +303,7 @@ pub fn events(r: &ClusterReport) -> Vec<(String, u64, Event)> {
     all
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "n/a".into(),
@@ -319,7 +319,7 @@ fn opt(v: &Value) -> String {
     }
 }
 
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     match ms {
         0..=9_999 => format!("{ms} ms"),
         10_000..=5_999_999 => format!("{} s", ms / 1000),

@@ -71,7 +71,7 @@ pub fn pair_on_server_hw(name: &str, nbd: bool, tco_may_reset: bool) -> Cluster 
 }
 
 /// Waits until host-a and host-b are ready, paired, and the guest serves.
-fn wait_paired(cluster: Cluster) -> Cluster {
+pub fn wait_paired(cluster: Cluster) -> Cluster {
     for h in ["host-a", "host-b"] {
         cluster
             .host(h)

@@ -1,0 +1,133 @@
+//! `ftctl page`: the status page, served from the operator's machine.
+//!
+//! One poller thread asks the cluster for its status every [`POLL_EVERY`]
+//! (the same signed `ClusterStatus` query as `ftctl status --cluster`, with
+//! the operator's key) and feeds the [`History`]; the main thread serves
+//! `GET /` and `GET /status.json` from it with `tiny_http`, one request at a
+//! time. Nothing is served on the appliance: the only thing that reaches a
+//! host is the authenticated query.
+//!
+//! With several `--host`s the poller asks the one that answered last first,
+//! then the others in order, so the page goes on when the host it asked
+//! goes down (a failover of its Primary, say).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use config_schema::remote::auth::OperatorKey;
+use config_schema::remote::page::{self, History};
+use config_schema::remote::{client, OperatorRequest, Reply};
+
+/// How often the cluster is asked.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How long one query may take: the asked host waits up to 10 s for a peer
+/// that accepted and went silent (`PEER_DEADLINE`), so a bit longer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// `ftctl page --host ADDR... --key FILE --listen ADDR`; runs until killed.
+pub fn page(hosts: &[String], key: &Path, listen: SocketAddr) -> Result<()> {
+    let der = std::fs::read(key)
+        .with_context(|| format!("cannot read operator key {}", key.display()))?;
+    let key =
+        OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
+    for h in hosts {
+        client::resolve(h)?;
+    }
+    let server =
+        tiny_http::Server::http(listen).map_err(|e| anyhow!("cannot listen on {listen}: {e}"))?;
+    if !listen.ip().is_loopback() {
+        eprintln!(
+            "warning: {listen} is not a loopback address: whoever reaches it reads the cluster's \
+             status without an operator key"
+        );
+    }
+    let history = Arc::new(Mutex::new(History::default()));
+    let poller = {
+        let (history, hosts) = (Arc::clone(&history), hosts.to_vec());
+        std::thread::Builder::new()
+            .name("page-poller".into())
+            .spawn(move || poll_forever(&hosts, &key, &history))?
+    };
+    eprintln!(
+        "status page of {} on http://{listen}/ (data: /status.json); polls every {} s",
+        hosts.join(", "),
+        POLL_EVERY.as_secs()
+    );
+    for request in server.incoming_requests() {
+        if poller.is_finished() {
+            return Err(anyhow!("the poller thread ended"));
+        }
+        let answer = {
+            let h = history.lock().unwrap_or_else(|p| p.into_inner());
+            page::answer(request.method().as_str(), request.url(), &h, now_ms())
+        };
+        let mut response = tiny_http::Response::from_string(answer.body)
+            .with_status_code(answer.status)
+            .with_header(header("Content-Type", answer.content_type));
+        for (k, v) in page::HEADERS {
+            response.add_header(header(k, v));
+        }
+        if answer.status == 405 {
+            response.add_header(header("Allow", "GET, HEAD"));
+        }
+        if let Err(e) = request.respond(response) {
+            eprintln!("page: answering a request failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    // Both are ASCII constants or our own content types.
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
+}
+
+fn poll_forever(hosts: &[String], key: &OperatorKey, history: &Mutex<History>) {
+    let mut first = 0;
+    loop {
+        let started = Instant::now();
+        let result = poll_once(hosts, key, &mut first);
+        let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((host, report)) => h.on_report(now_ms(), &host, report),
+            Err(e) => h.on_error(now_ms(), e),
+        }
+        drop(h);
+        std::thread::sleep(POLL_EVERY.saturating_sub(started.elapsed()));
+    }
+}
+
+/// Asks `hosts[first]`, then the others in order; the one that answers is
+/// asked first next time. The error names every host's failure.
+fn poll_once(
+    hosts: &[String],
+    key: &OperatorKey,
+    first: &mut usize,
+) -> Result<(String, config_schema::remote::report::ClusterReport), String> {
+    let mut failures = Vec::new();
+    for i in (0..hosts.len()).map(|k| (*first + k) % hosts.len()) {
+        let host = &hosts[i];
+        let reply = client::resolve(host).and_then(|addr| {
+            client::query(addr, key, OperatorRequest::ClusterStatus, QUERY_TIMEOUT)
+        });
+        match reply {
+            Ok(Reply::Cluster { report }) => {
+                *first = i;
+                return Ok((host.clone(), report));
+            }
+            Ok(Reply::Refused { reason }) => failures.push(format!("{host} refused: {reason}")),
+            Ok(other) => failures.push(format!("{host} answered {other:?}")),
+            Err(e) => failures.push(format!("{host}: {e}")),
+        }
+    }
+    Err(failures.join("; "))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
