@@ -46,6 +46,7 @@ pub mod local;
 pub mod overlay;
 pub mod primary;
 pub mod receiver;
+pub mod remote;
 pub mod resident;
 pub mod secondary;
 pub mod state;

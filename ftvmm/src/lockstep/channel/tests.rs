@@ -63,6 +63,10 @@ fn all_kinds() -> Vec<Message> {
         Message::Transfer {
             bytes: vec![1, 5, 0, 0, 0, 0],
         },
+        Message::EpochPiece {
+            bytes: vec![1, 0, 0, 0, 0, 0, 0, 0, 1],
+        },
+        Message::EpochAck { epoch: 7 },
     ]
 }
 
