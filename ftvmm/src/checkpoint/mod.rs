@@ -58,6 +58,8 @@ mod gate_tests;
 #[cfg(test)]
 mod receiver_tests;
 #[cfg(test)]
+mod remote_tests;
+#[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
 mod sim_world;

@@ -132,13 +132,13 @@ pub fn run(data: &[u8]) {
             m
         );
     }
-    checkpoint_secondary(outcome.messages);
+    let _ = checkpoint_secondary(outcome.messages);
     // The plaintext decoder alone on the same bytes.
     let _ = wire::decode_message(rest);
 }
 
 /// `len:u16le bytes` items, each sealed as one `EpochPiece` message.
-fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
+pub fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
     let (initiator, _) = session_pair();
     let mut out = Vec::new();
     let mut nonce = 0u64;
@@ -155,8 +155,9 @@ fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The messages into a checkpoint Secondary, as `remote::serve` does.
-pub fn checkpoint_secondary(messages: Vec<Message>) {
+/// The messages into a checkpoint Secondary, as `remote::serve` does;
+/// returns its last complete epoch.
+pub fn checkpoint_secondary(messages: Vec<Message>) -> u64 {
     use crate::checkpoint::receiver::Receiver;
     use crate::checkpoint::remote::on_message;
     let mut r = Receiver::new(1, vec![0u8; 16 * 4096], 0);
@@ -170,8 +171,9 @@ pub fn checkpoint_secondary(messages: Vec<Message>) {
             Ok(None) => assert_eq!(r.last(), before, "no epoch applied without its ack"),
             Err(_) => {
                 assert_eq!(r.last(), before, "a refusal applies nothing");
-                return;
+                return r.last();
             }
         }
     }
+    r.last()
 }
