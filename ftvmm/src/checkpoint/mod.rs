@@ -42,6 +42,7 @@ pub mod epoch;
 mod epoch_decode;
 pub mod gate;
 pub mod gated;
+pub mod hosts;
 pub mod local;
 pub mod overlay;
 pub mod primary;
