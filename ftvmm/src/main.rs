@@ -147,8 +147,11 @@ fn run_linux_cmd(spec: ftvmm::linux::LinuxSpec, mode: LinuxMode) -> ExitCode {
     > = Default::default();
     let s2 = std::sync::Arc::clone(&stopper);
     if let Err(e) = ftvmm::signals::on_sigint(move || {
-        if let Some(c) = s2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            c.end(End::Stopped);
+        match s2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(c) => c.end(End::Stopped),
+            // No VM yet (a Secondary waiting for epochs or its trigger,
+            // a Primary connecting): nothing to stop in order.
+            None => std::process::exit(2),
         }
     }) {
         tracing::warn!("cannot install SIGINT/SIGTERM handling: {e}");

@@ -57,6 +57,8 @@ mod epoch_tests;
 #[cfg(test)]
 mod gate_tests;
 #[cfg(test)]
+mod hosts_tests;
+#[cfg(test)]
 mod receiver_tests;
 #[cfg(test)]
 mod remote_tests;

@@ -29,12 +29,12 @@ use crate::linux::tests::{counter, wait_until, Sink, CODE};
 use crate::lockstep::channel::{self, Channel, ChannelError, Identity, Message};
 use crate::virtio::GuestMemoryMmap;
 
-const MEM: u64 = 64 << 20;
-const TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const MEM: u64 = 64 << 20;
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 /// Read timeout of both sides' receivers (how soon they see `stop`).
 const POLL: Duration = Duration::from_millis(50);
 
-fn gate() -> EpochGate {
+pub(super) fn gate() -> EpochGate {
     EpochGate::new(
         GateConfig {
             max_dirty_pages: u64::MAX,
@@ -100,7 +100,7 @@ fn mem_copy(m: &GuestMemoryMmap) -> Vec<u8> {
 }
 
 /// The counter guest on 2 vCPUs with the gated backend.
-fn counter_vm(outputs: &Arc<GatedOutputs>) -> (Running, GuestMemoryMmap) {
+pub(super) fn counter_vm(outputs: &Arc<GatedOutputs>) -> (Running, GuestMemoryMmap) {
     let backend = GatedBackend::new(Arc::clone(outputs), None, None, 0, Box::new(|_| {}));
     let vm = LinuxVm::create(2, MEM, vec![], Box::new(Sink::default()), Box::new(backend))
         .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)");
