@@ -115,6 +115,10 @@ enum Cmd {
         /// The other host's X25519 public key, 64 hex digits.
         #[arg(long)]
         peer_key: Option<String>,
+        /// Harvest the dirty log with KVM_CLEAR_DIRTY_LOG (manual dirty-log
+        /// protection) instead of KVM_GET_DIRTY_LOG alone.
+        #[arg(long)]
+        clear_dirty_log: bool,
     },
 }
 
@@ -248,8 +252,14 @@ fn main() -> ExitCode {
             listen,
             key,
             peer_key,
+            clear_dirty_log,
         } => {
             let epoch = std::time::Duration::from_millis(epoch_ms.max(1));
+            let dirty = if clear_dirty_log {
+                ftvmm::checkpoint::dirty_log::DirtyLog::GetClear
+            } else {
+                ftvmm::checkpoint::dirty_log::DirtyLog::Get
+            };
             let mode = if checkpoint_primary || checkpoint_secondary {
                 let (identity, peer_key) = match channel_keys(key, peer_key) {
                     Ok(k) => k,
@@ -265,6 +275,7 @@ fn main() -> ExitCode {
                             identity,
                             peer_key,
                             epoch,
+                            dirty,
                         })
                     }
                     (_, Some(listen)) => {
@@ -283,6 +294,7 @@ fn main() -> ExitCode {
             } else if local_secondary {
                 LinuxMode::Local(ftvmm::checkpoint::local::LocalPair {
                     epoch,
+                    dirty,
                     take_over_on,
                 })
             } else {

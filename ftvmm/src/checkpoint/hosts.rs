@@ -59,6 +59,8 @@ pub struct RemotePrimary {
     /// The Secondary's public key.
     pub peer_key: [u8; 32],
     pub epoch: Duration,
+    /// How the epoch loop harvests the dirty log.
+    pub dirty: super::dirty_log::DirtyLog,
 }
 
 /// The Secondary's settings.
@@ -142,7 +144,12 @@ pub fn run_checkpoint_primary(
         Box::new(backend),
     )?;
     on_start(&running);
-    drive_primary(running, &outputs, &failed, ch, cfg.epoch)
+    let loop_cfg = LoopConfig {
+        epoch: cfg.epoch,
+        first_full: true,
+        dirty: cfg.dirty,
+    };
+    drive_primary(running, &outputs, &failed, ch, loop_cfg)
 }
 
 /// The Primary's pair on a running VM whose backend is gated by `outputs`
@@ -153,7 +160,7 @@ pub fn drive_primary(
     outputs: &Arc<GatedOutputs>,
     failed: &Mutex<Option<String>>,
     ch: Channel,
-    epoch: Duration,
+    loop_cfg: LoopConfig,
 ) -> Result<Report, HostError> {
     let (tx, mut rx) = ch.split();
     let stop = Arc::new(AtomicBool::new(false));
@@ -171,10 +178,6 @@ pub fn drive_primary(
             .map_err(LinuxVmError::Thread)?
     };
     let mut sink = ChannelSink(tx);
-    let loop_cfg = LoopConfig {
-        epoch,
-        first_full: true,
-    };
     let loop_stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let epochs = s.spawn(|| {

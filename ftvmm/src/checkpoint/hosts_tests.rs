@@ -15,6 +15,14 @@ use crate::linux::tests::{counter, wait_until, NoBackend, Sink};
 use crate::linux::End;
 use crate::lockstep::channel::{self, Channel, Identity};
 
+fn loop_cfg() -> super::primary::LoopConfig {
+    super::primary::LoopConfig {
+        epoch: Duration::from_millis(20),
+        first_full: true,
+        dirty: Default::default(),
+    }
+}
+
 type SecondaryEnd = Result<
     Option<(
         super::receiver::Receiver<super::secondary::Staging>,
@@ -59,15 +67,8 @@ fn the_secondary_takes_over_on_its_trigger_and_the_primary_stops() {
     let outputs: Arc<GatedOutputs> = GatedOutputs::new(gate(), None);
     let (running, _pmem) = counter_vm(&outputs);
     let o2 = Arc::clone(&outputs);
-    let prim = std::thread::spawn(move || {
-        drive_primary(
-            running,
-            &o2,
-            &Mutex::new(None),
-            ch,
-            Duration::from_millis(20),
-        )
-    });
+    let prim =
+        std::thread::spawn(move || drive_primary(running, &o2, &Mutex::new(None), ch, loop_cfg()));
     wait_until("five epochs acknowledged", || outputs.progress().1 >= 5);
     std::fs::write(&trigger, b"").unwrap();
     let (r, _advance) = sec
@@ -120,15 +121,8 @@ fn the_primary_guest_ending_ends_the_secondary_without_a_take_over() {
     let (running, _pmem) = counter_vm(&outputs);
     let control = running.control();
     let o2 = Arc::clone(&outputs);
-    let prim = std::thread::spawn(move || {
-        drive_primary(
-            running,
-            &o2,
-            &Mutex::new(None),
-            ch,
-            Duration::from_millis(20),
-        )
-    });
+    let prim =
+        std::thread::spawn(move || drive_primary(running, &o2, &Mutex::new(None), ch, loop_cfg()));
     wait_until("three epochs acknowledged", || outputs.progress().1 >= 3);
     control.end(End::Stopped);
     let report = prim.join().unwrap().expect("an orderly end");

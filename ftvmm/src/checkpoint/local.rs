@@ -34,6 +34,8 @@ use crate::live::{DiskBackend, Tap};
 #[derive(Debug, Clone)]
 pub struct LocalPair {
     pub epoch: Duration,
+    /// How the epoch loop harvests the dirty log.
+    pub dirty: super::dirty_log::DirtyLog,
     /// Take over when this file exists.
     pub take_over_on: Option<PathBuf>,
 }
@@ -187,6 +189,7 @@ pub fn run_local_pair(
     let cfg = LoopConfig {
         epoch: pair.epoch,
         first_full: true,
+        dirty: pair.dirty,
     };
     let triggered = std::thread::scope(|s| {
         let epochs = s.spawn(|| {

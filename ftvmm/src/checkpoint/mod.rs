@@ -38,6 +38,7 @@
 
 pub mod assemble;
 pub mod delta;
+pub mod dirty_log;
 pub mod epoch;
 mod epoch_decode;
 pub mod gate;

@@ -148,6 +148,7 @@ impl Pair {
                 let cfg = LoopConfig {
                     epoch: Duration::from_millis(20),
                     first_full: true,
+                    dirty: Default::default(),
                 };
                 primary::run_epochs(&running, &outputs, &mut sink, cfg, &loop_stop, |_| {
                     *epochs.lock().unwrap() += 1
@@ -159,7 +160,8 @@ impl Pair {
             h.join().unwrap().expect("epochs ran without error");
         });
         running.stop();
-        let last = primary::one_epoch(&running, &outputs, &mut sink, false).unwrap();
+        let last =
+            primary::one_epoch(&running, &outputs, &mut sink, false, Default::default()).unwrap();
         wait_until("the last epoch is acknowledged over the channel", || {
             outputs.progress().1 == last.number
         });
