@@ -54,6 +54,8 @@ pub mod secondary;
 pub mod state;
 
 #[cfg(test)]
+mod dirty_tests;
+#[cfg(test)]
 mod epoch_tests;
 #[cfg(test)]
 mod gate_tests;
