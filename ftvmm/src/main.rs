@@ -83,29 +83,79 @@ enum Cmd {
         /// epochs and take-over on one host; no channel, no fencing).
         #[arg(long)]
         local_secondary: bool,
-        /// Epoch length with --local-secondary.
+        /// Epoch length with --local-secondary or --checkpoint-primary.
         #[arg(long, default_value_t = 20)]
         epoch_ms: u64,
-        /// With --local-secondary: when this file appears, abandon the
-        /// Primary (as a dead host) and resume from the Secondary's last
-        /// complete epoch.
+        /// With --local-secondary or --checkpoint-secondary: when this file
+        /// appears, abandon the Primary (as a dead host) and resume from the
+        /// Secondary's last complete epoch.
         #[arg(long)]
         take_over_on: Option<PathBuf>,
+        /// Checkpoint the VM to a Secondary on another host over the
+        /// authenticated channel (connects to --peer; needs --key and
+        /// --peer-key). Exit status 3 when the link is lost (the Primary
+        /// then stops: this mode has no fencing).
+        #[arg(long, conflicts_with_all = ["local_secondary", "checkpoint_secondary"], requires_all = ["peer", "key", "peer_key"])]
+        checkpoint_primary: bool,
+        /// Be the Secondary of a --checkpoint-primary: listen on --listen,
+        /// apply and acknowledge epochs, and with --take-over-on resume the
+        /// guest from the last complete epoch when that file appears. Exit
+        /// status 0 without a take-over when the Primary's guest ended.
+        #[arg(long, conflicts_with = "local_secondary", requires_all = ["listen", "key", "peer_key"])]
+        checkpoint_secondary: bool,
+        /// The Secondary's channel address (host:port).
+        #[arg(long)]
+        peer: Option<std::net::SocketAddr>,
+        /// Where the Secondary listens (host:port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// File with this host's X25519 channel secret, 64 hex digits.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The other host's X25519 public key, 64 hex digits.
+        #[arg(long)]
+        peer_key: Option<String>,
+        /// Harvest the dirty log with KVM_CLEAR_DIRTY_LOG (manual dirty-log
+        /// protection) instead of KVM_GET_DIRTY_LOG alone.
+        #[arg(long)]
+        clear_dirty_log: bool,
     },
 }
 
-fn run_linux_cmd(
-    spec: ftvmm::linux::LinuxSpec,
-    pair: Option<ftvmm::checkpoint::local::LocalPair>,
-) -> ExitCode {
+/// How `ftvmm linux` runs the VM.
+enum LinuxMode {
+    Alone,
+    Local(ftvmm::checkpoint::local::LocalPair),
+    Primary(ftvmm::checkpoint::hosts::RemotePrimary),
+    Secondary(ftvmm::checkpoint::hosts::RemoteSecondary),
+}
+
+/// The channel keys of --key and --peer-key.
+fn channel_keys(
+    key: Option<PathBuf>,
+    peer_key: Option<String>,
+) -> Result<(ftvmm::lockstep::channel::Identity, [u8; 32]), String> {
+    let key = key.ok_or("--key is required")?;
+    let text = std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let private_key = config_schema::keys::parse_hex_key(&text)
+        .map_err(|e| format!("{}: {e} (64 hex digits)", key.display()))?;
+    let peer = config_schema::keys::parse_hex_key(&peer_key.ok_or("--peer-key is required")?)
+        .map_err(|e| format!("--peer-key: {e} (64 hex digits)"))?;
+    Ok((ftvmm::lockstep::channel::Identity { private_key }, peer))
+}
+
+fn run_linux_cmd(spec: ftvmm::linux::LinuxSpec, mode: LinuxMode) -> ExitCode {
     use ftvmm::linux::End;
     let stopper: std::sync::Arc<
         std::sync::Mutex<Option<std::sync::Arc<ftvmm::linux::vcpus::Control>>>,
     > = Default::default();
     let s2 = std::sync::Arc::clone(&stopper);
     if let Err(e) = ftvmm::signals::on_sigint(move || {
-        if let Some(c) = s2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            c.end(End::Stopped);
+        match s2.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(c) => c.end(End::Stopped),
+            // No VM yet (a Secondary waiting for epochs or its trigger,
+            // a Primary connecting): nothing to stop in order.
+            None => std::process::exit(2),
         }
     }) {
         tracing::warn!("cannot install SIGINT/SIGTERM handling: {e}");
@@ -113,16 +163,35 @@ fn run_linux_cmd(
     let on_start = |r: &ftvmm::linux::Running| {
         *stopper.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.control());
     };
-    let result = match pair {
-        None => ftvmm::linux::run_linux(&spec, Box::new(std::io::stdout()), on_start)
-            .map_err(|e| e.to_string()),
-        Some(pair) => ftvmm::checkpoint::local::run_local_pair(
-            &spec,
-            &pair,
-            Box::new(std::io::stdout()),
-            on_start,
-        )
-        .map_err(|e| e.to_string()),
+    let out = || Box::new(std::io::stdout());
+    let result = match mode {
+        LinuxMode::Alone => {
+            ftvmm::linux::run_linux(&spec, out(), on_start).map_err(|e| e.to_string())
+        }
+        LinuxMode::Local(pair) => {
+            ftvmm::checkpoint::local::run_local_pair(&spec, &pair, out(), on_start)
+                .map_err(|e| e.to_string())
+        }
+        LinuxMode::Primary(cfg) => {
+            match ftvmm::checkpoint::hosts::run_checkpoint_primary(&spec, &cfg, out(), on_start) {
+                Err(e @ ftvmm::checkpoint::hosts::HostError::Lost { .. }) => {
+                    eprintln!("ftvmm linux: {e}");
+                    return ExitCode::from(3);
+                }
+                r => r.map_err(|e| e.to_string()),
+            }
+        }
+        LinuxMode::Secondary(cfg) => {
+            match ftvmm::checkpoint::hosts::run_checkpoint_secondary(&spec, &cfg, out(), on_start) {
+                Ok(None) => return ExitCode::SUCCESS,
+                Err(e @ ftvmm::checkpoint::hosts::HostError::Lost { .. }) => {
+                    eprintln!("ftvmm linux: {e}");
+                    return ExitCode::from(3);
+                }
+                Ok(Some(report)) => Ok(report),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     };
     match result {
         Ok(report) => {
@@ -177,22 +246,74 @@ fn main() -> ExitCode {
             local_secondary,
             epoch_ms,
             take_over_on,
-        } => run_linux_cmd(
-            ftvmm::linux::LinuxSpec {
-                kernel,
-                initrd,
-                cmdline,
-                vcpus,
-                mem_mib,
-                disk,
-                tap,
-                mac: ftvmm::linux::run::DEFAULT_MAC,
-            },
-            local_secondary.then(|| ftvmm::checkpoint::local::LocalPair {
-                epoch: std::time::Duration::from_millis(epoch_ms.max(1)),
-                take_over_on,
-            }),
-        ),
+            checkpoint_primary,
+            checkpoint_secondary,
+            peer,
+            listen,
+            key,
+            peer_key,
+            clear_dirty_log,
+        } => {
+            let epoch = std::time::Duration::from_millis(epoch_ms.max(1));
+            let dirty = if clear_dirty_log {
+                ftvmm::checkpoint::dirty_log::DirtyLog::GetClear
+            } else {
+                ftvmm::checkpoint::dirty_log::DirtyLog::Get
+            };
+            let mode = if checkpoint_primary || checkpoint_secondary {
+                let (identity, peer_key) = match channel_keys(key, peer_key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        eprintln!("ftvmm linux: {e}");
+                        return ExitCode::from(126);
+                    }
+                };
+                match (peer, listen) {
+                    (Some(peer), _) if checkpoint_primary => {
+                        LinuxMode::Primary(ftvmm::checkpoint::hosts::RemotePrimary {
+                            peer,
+                            identity,
+                            peer_key,
+                            epoch,
+                            dirty,
+                        })
+                    }
+                    (_, Some(listen)) => {
+                        LinuxMode::Secondary(ftvmm::checkpoint::hosts::RemoteSecondary {
+                            listen,
+                            identity,
+                            peer_key,
+                            take_over_on,
+                        })
+                    }
+                    _ => {
+                        eprintln!("ftvmm linux: --peer or --listen is missing");
+                        return ExitCode::from(126);
+                    }
+                }
+            } else if local_secondary {
+                LinuxMode::Local(ftvmm::checkpoint::local::LocalPair {
+                    epoch,
+                    dirty,
+                    take_over_on,
+                })
+            } else {
+                LinuxMode::Alone
+            };
+            run_linux_cmd(
+                ftvmm::linux::LinuxSpec {
+                    kernel,
+                    initrd,
+                    cmdline,
+                    vcpus,
+                    mem_mib,
+                    disk,
+                    tap,
+                    mac: ftvmm::linux::run::DEFAULT_MAC,
+                },
+                mode,
+            )
+        }
         Cmd::Run {
             kernel,
             mem,

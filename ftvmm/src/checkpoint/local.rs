@@ -34,12 +34,14 @@ use crate::live::{DiskBackend, Tap};
 #[derive(Debug, Clone)]
 pub struct LocalPair {
     pub epoch: Duration,
+    /// How the epoch loop harvests the dirty log.
+    pub dirty: super::dirty_log::DirtyLog,
     /// Take over when this file exists.
     pub take_over_on: Option<PathBuf>,
 }
 
 /// End an epoch early past 16 MiB dirty or 8 MiB of pending writes.
-const GATE: GateConfig = GateConfig {
+pub(super) const GATE: GateConfig = GateConfig {
     max_dirty_pages: 4096,
     max_write_bytes: 8 << 20,
 };
@@ -69,14 +71,14 @@ impl EpochSink for ChanSink {
 
 /// Figures of the epochs, summed up on the console.
 #[derive(Default)]
-struct Summary {
+pub(super) struct Summary {
     pauses_us: Vec<u64>,
     pages: u64,
     bytes: u64,
 }
 
 impl Summary {
-    fn add(&mut self, e: &EpochStats) {
+    pub(super) fn add(&mut self, e: &EpochStats) {
         self.pauses_us.push(e.pause.as_micros() as u64);
         self.pages += e.pages as u64;
         self.bytes += e.bytes as u64;
@@ -98,7 +100,7 @@ impl Summary {
     }
 }
 
-fn frame_out(tap: Option<Arc<Tap>>) -> Option<FrameOut> {
+pub(super) fn frame_out(tap: Option<Arc<Tap>>) -> Option<FrameOut> {
     let tap = tap?;
     Some(Box::new(move |f: &[u8]| {
         if let Err(e) = tap.send(f) {
@@ -140,7 +142,6 @@ pub fn run_local_pair(
     on_start: impl Fn(&Running),
 ) -> Result<Report, LocalPairError> {
     let (disk, tap, virtio) = open_devices(spec)?;
-    let disk_sectors = disk.as_ref().map(DiskBackend::sectors);
     let tap = tap.map(Arc::new);
     let outputs = GatedOutputs::new(EpochGate::new(GATE, 1), frame_out(tap.clone()));
     let failed: Arc<Mutex<Option<String>>> = Arc::default();
@@ -188,6 +189,7 @@ pub fn run_local_pair(
     let cfg = LoopConfig {
         epoch: pair.epoch,
         first_full: true,
+        dirty: pair.dirty,
     };
     let triggered = std::thread::scope(|s| {
         let epochs = s.spawn(|| {
@@ -243,7 +245,24 @@ pub fn run_local_pair(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .elapsed();
+    let report = take_over_and_run(spec, r, console, advance, t, &on_start)?;
+    Ok(report)
+}
+
+/// The Secondary's take-over: opens the disk and TAP, re-writes the
+/// unfinished epochs' writes, resumes the guest from `r`'s last complete
+/// epoch with its clock moved by `advance`, and runs it to its end.
+/// `since` is when the take-over began (for the console line).
+pub(super) fn take_over_and_run(
+    spec: &LinuxSpec,
+    r: Receiver<Staging>,
+    console: SharedConsole,
+    advance: Duration,
+    since: Instant,
+    on_start: &impl Fn(&Running),
+) -> Result<Report, LocalPairError> {
     let (disk, tap, _) = open_devices(spec)?;
+    let disk_sectors = disk.as_ref().map(DiskBackend::sectors);
     let mut pending_disk = spec
         .disk
         .as_ref()
@@ -266,7 +285,7 @@ pub fn run_local_pair(
     })?;
     eprintln!(
         "checkpoint: took over at epoch {epoch} in {} ms ({n_writes} unfinished writes rewritten; guest clock moved {} ms)",
-        t.elapsed().as_millis(),
+        since.elapsed().as_millis(),
         advance.as_millis()
     );
     on_start(&running2);
@@ -279,10 +298,10 @@ pub fn run_local_pair(
 
 /// One console for both VMs (the take-over VM writes where the Primary did).
 #[derive(Clone)]
-struct SharedConsole(Arc<Mutex<Console>>);
+pub(super) struct SharedConsole(Arc<Mutex<Console>>);
 
 impl SharedConsole {
-    fn new(c: Console) -> Self {
+    pub(super) fn new(c: Console) -> Self {
         SharedConsole(Arc::new(Mutex::new(c)))
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::dirty_log::{enable_manual_protect, harvest_bitmap, DirtyLog};
 use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
 use super::gated::GatedOutputs;
 use crate::dirty::bitmap_to_gfns;
@@ -69,10 +70,9 @@ pub struct PreCopy {
 
 /// Resets the dirty log (a short pause), then copies every touched page
 /// while the guest runs.
-pub fn pre_copy(running: &Running) -> Result<PreCopy, String> {
+pub fn pre_copy(running: &Running, dirty: DirtyLog) -> Result<PreCopy, String> {
     running.with_paused(|p| -> Result<(), String> {
-        p.vm.get_dirty_log(0, p.mem_size as usize)
-            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+        harvest_bitmap(p.vm, 0, p.mem_size, dirty).map_err(|e| e.to_string())?;
         p.bus.take_dirty_pages();
         Ok(())
     })?;
@@ -96,11 +96,13 @@ pub fn pre_copy(running: &Running) -> Result<PreCopy, String> {
 
 /// Takes the epoch from the paused VM (module doc). With `full`, every page:
 /// the pre-copy with the pages dirtied since it started copied again.
-pub fn harvest(p: &mut Paused<'_>, full: Option<PreCopy>) -> Result<Harvest, String> {
+pub fn harvest(
+    p: &mut Paused<'_>,
+    full: Option<PreCopy>,
+    dirty: DirtyLog,
+) -> Result<Harvest, String> {
     let pages = p.mem_size / PAGE_SIZE as u64;
-    let bitmap =
-        p.vm.get_dirty_log(0, p.mem_size as usize)
-            .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+    let bitmap = harvest_bitmap(p.vm, 0, p.mem_size, dirty).map_err(|e| e.to_string())?;
     let mut dirty = bitmap_to_gfns(&bitmap);
     dirty.extend(p.bus.take_dirty_pages());
     dirty.retain(|&g| g < pages);
@@ -204,6 +206,9 @@ pub struct LoopConfig {
     pub epoch: Duration,
     /// The first epoch carries every page.
     pub first_full: bool,
+    /// How the dirty log is harvested (`dirty_log.rs`); `GetClear`
+    /// switches the VM to manual protection when the loop starts.
+    pub dirty: DirtyLog,
 }
 
 /// Pauses, harvests, closes and ships one epoch; returns its figures.
@@ -212,18 +217,21 @@ pub fn one_epoch(
     outputs: &GatedOutputs,
     sink: &mut dyn EpochSink,
     full: bool,
+    dirty: DirtyLog,
 ) -> Result<EpochStats, EpochLoopError> {
     let pre = if full {
-        Some(pre_copy(running).map_err(|why| EpochLoopError::Harvest {
-            epoch: outputs.progress().0,
-            why,
-        })?)
+        Some(
+            pre_copy(running, dirty).map_err(|why| EpochLoopError::Harvest {
+                epoch: outputs.progress().0,
+                why,
+            })?,
+        )
     } else {
         None
     };
     let t = Instant::now();
     let (taken, closed) = running.with_paused(|p| {
-        let h = harvest(p, pre);
+        let h = harvest(p, pre, dirty);
         // The boundary is drawn even if the harvest failed, so the gate's
         // epochs stay in step with what was (not) shipped; a failed
         // harvest ends the loop and nothing of that epoch is ever released.
@@ -261,6 +269,14 @@ pub fn run_epochs(
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<(), EpochLoopError> {
     let mut full = cfg.first_full;
+    if cfg.dirty == DirtyLog::GetClear {
+        running
+            .with_paused(|p| enable_manual_protect(p.vm))
+            .map_err(|e| EpochLoopError::Harvest {
+                epoch: outputs.progress().0,
+                why: e.to_string(),
+            })?;
+    }
     let tick = Duration::from_millis(1).min(cfg.epoch);
     loop {
         let start = Instant::now();
@@ -280,7 +296,7 @@ pub fn run_epochs(
         if outputs.failed() {
             return Err(EpochLoopError::OutputsFailed);
         }
-        let s = one_epoch(running, outputs, sink, full)?;
+        let s = one_epoch(running, outputs, sink, full, cfg.dirty)?;
         full = false;
         on_epoch(&s);
     }

@@ -6,9 +6,14 @@
 //! receives (framing, nonce and tag checks); odd — the rest is a list of
 //! `len:u16le flag-and-data` fragments that are sealed as frames with correct
 //! nonces (one bit of the length may skew a nonce), so reassembly and the
-//! message decoder see arbitrary authentic plaintext. Oracles: no panic; a
+//! message decoder see arbitrary authentic plaintext; with bit 1 also set,
+//! each `len:u16le bytes` item is a checkpoint epoch piece, sent as a whole
+//! [`Message::EpochPiece`]. Every decoded message then goes to a checkpoint
+//! Secondary's handler (`checkpoint::remote::on_message`, a staging copy of
+//! 16 pages), as on a real link, until it ends the link. Oracles: no panic; a
 //! decoder that refused something yields only `Dead` afterwards; every decoded
-//! message re-encodes to bytes that decode to the same message.
+//! message re-encodes to bytes that decode to the same message; the
+//! Secondary acknowledges only epochs it applied, in order.
 
 use std::sync::{Arc, OnceLock};
 
@@ -100,6 +105,8 @@ pub fn run(data: &[u8]) {
     };
     let stream = if mode % 2 == 0 {
         rest.to_vec()
+    } else if mode & 2 != 0 {
+        epoch_pieces(rest)
     } else {
         let (initiator, _) = session_pair();
         let mut out = Vec::new();
@@ -125,6 +132,48 @@ pub fn run(data: &[u8]) {
             m
         );
     }
+    let _ = checkpoint_secondary(outcome.messages);
     // The plaintext decoder alone on the same bytes.
     let _ = wire::decode_message(rest);
+}
+
+/// `len:u16le bytes` items, each sealed as one `EpochPiece` message.
+pub fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
+    let (initiator, _) = session_pair();
+    let mut out = Vec::new();
+    let mut nonce = 0u64;
+    while input.len() >= 2 {
+        let len = u16::from_le_bytes([input[0], input[1]]) as usize;
+        let take = len.min(input.len() - 2);
+        let m = Message::EpochPiece {
+            bytes: input[2..2 + take].to_vec(),
+        };
+        let bytes = wire::encode_message(&m).expect("a small piece encodes");
+        wire::seal_message(initiator, &mut nonce, &bytes, &mut out).expect("sealable");
+        input = &input[2 + take..];
+    }
+    out
+}
+
+/// The messages into a checkpoint Secondary, as `remote::serve` does;
+/// returns its last complete epoch.
+pub fn checkpoint_secondary(messages: Vec<Message>) -> u64 {
+    use crate::checkpoint::receiver::Receiver;
+    use crate::checkpoint::remote::on_message;
+    let mut r = Receiver::new(1, vec![0u8; 16 * 4096], 0);
+    for m in messages {
+        let before = r.last();
+        match on_message(&mut r, m) {
+            Ok(Some(e)) => assert!(
+                e == r.last() && e >= before,
+                "acks name the last applied epoch"
+            ),
+            Ok(None) => assert_eq!(r.last(), before, "no epoch applied without its ack"),
+            Err(_) => {
+                assert_eq!(r.last(), before, "a refusal applies nothing");
+                return r.last();
+            }
+        }
+    }
+    r.last()
 }

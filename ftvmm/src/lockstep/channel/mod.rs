@@ -99,6 +99,34 @@ pub enum Message {
         #[serde(with = "crate::io::bytes")]
         bytes: Vec<u8>,
     },
+    /// Checkpoint mode, Primary -> Secondary: one piece of an encoded epoch
+    /// (`checkpoint::epoch`'s own strict format, opaque to the channel; at
+    /// most `PIECE_HEADER_BYTES + MAX_CHUNK_BYTES`, which fits a message).
+    EpochPiece {
+        #[serde(with = "crate::io::bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Checkpoint mode, Secondary -> Primary: every epoch `<= epoch` is
+    /// complete and applied to the staging copy (cumulative).
+    EpochAck { epoch: u64 },
+}
+
+impl Message {
+    /// The variant's name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::HelloReply { .. } => "HelloReply",
+            Message::Batch { .. } => "Batch",
+            Message::Ack { .. } => "Ack",
+            Message::Diverged { .. } => "Diverged",
+            Message::Bye { .. } => "Bye",
+            Message::Resign { .. } => "Resign",
+            Message::Transfer { .. } => "Transfer",
+            Message::EpochPiece { .. } => "EpochPiece",
+            Message::EpochAck { .. } => "EpochAck",
+        }
+    }
 }
 
 /// The Primary's proposal for a pair: the Secondary accepts it only if it runs

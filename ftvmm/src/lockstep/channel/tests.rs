@@ -63,6 +63,10 @@ fn all_kinds() -> Vec<Message> {
         Message::Transfer {
             bytes: vec![1, 5, 0, 0, 0, 0],
         },
+        Message::EpochPiece {
+            bytes: vec![1, 0, 0, 0, 0, 0, 0, 0, 1],
+        },
+        Message::EpochAck { epoch: 7 },
     ]
 }
 
@@ -189,13 +193,16 @@ fn authentic_but_malformed_plaintext_is_refused_by_kind() {
         (vec![], |e| matches!(e, ChannelError::Malformed(_))),
         (vec![7, 1, 0], |e| matches!(e, ChannelError::Malformed(_))), // unknown fragment flag
         // A peer of the previous wire version.
-        (vec![1, 2, 3], |e| {
-            matches!(e, ChannelError::Version { got: 2 })
+        (
+            vec![1, wire::VERSION - 1, 3],
+            |e| matches!(e, ChannelError::Version { got } if *got == wire::VERSION - 1),
+        ),
+        (vec![1, wire::VERSION, 10], |e| {
+            matches!(e, ChannelError::UnknownTag { tag: 10 })
         }),
-        (vec![1, 3, 9], |e| {
-            matches!(e, ChannelError::UnknownTag { tag: 9 })
+        (vec![1, wire::VERSION], |e| {
+            matches!(e, ChannelError::Malformed(_))
         }),
-        (vec![1, 3], |e| matches!(e, ChannelError::Malformed(_))),
         (
             [&[1][..], &ack, &[0]].concat(),
             |e| matches!(e, ChannelError::Malformed(s) if s.contains("trailing")),
@@ -325,4 +332,37 @@ fn a_batch_encodes_as_before_its_bytes_became_a_byte_string() {
     want.extend(postcard::to_allocvec(&(1u64 << 40, 77u32, bytes, 123_456_789_012u64)).unwrap());
     assert_eq!(wire::encode_message(&m).unwrap(), want);
     assert_eq!(wire::decode_message(&want).unwrap(), m);
+}
+
+/// The fuzz body's epoch mode reaches the checkpoint Secondary: a real
+/// epoch in pieces is applied, the same with one byte changed is not.
+#[test]
+fn the_fuzz_body_carries_epoch_pieces_to_a_checkpoint_secondary() {
+    use crate::checkpoint::epoch::{encode_pieces_sized, Epoch, Page, PageData};
+    let e = Epoch {
+        number: 1,
+        generation: 1,
+        pages: vec![Page {
+            gfn: 3,
+            data: PageData::Raw(vec![7; 4096]),
+        }],
+        machine: vec![1, 2],
+        ..Epoch::default()
+    };
+    let pieces = encode_pieces_sized(&e, 1000).unwrap();
+    assert!(pieces.len() > 2);
+    let mut input = vec![3u8];
+    for p in &pieces {
+        input.extend((p.len() as u16).to_le_bytes());
+        input.extend(p);
+    }
+    super::fuzzing::run(&input);
+    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..]), 7);
+    assert_eq!(out.messages.len(), pieces.len());
+    assert_eq!(super::fuzzing::checkpoint_secondary(out.messages), 1);
+    let last = input.len() - 1;
+    input[last] ^= 1;
+    super::fuzzing::run(&input);
+    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..]), 7);
+    assert_eq!(super::fuzzing::checkpoint_secondary(out.messages), 0);
 }

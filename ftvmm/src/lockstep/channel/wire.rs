@@ -24,9 +24,9 @@ use crate::io::bytes::Append;
 
 /// Version byte in front of every encoded [`Message`].
 /// 2: `Batch.sent_ns`, `Ack.echo_ns`, `Diverged`, the platform in `Hello`,
-/// log format 2 in batches. 3: `Transfer`. A peer of another version is
-/// refused.
-pub const VERSION: u8 = 3;
+/// log format 2 in batches. 3: `Transfer`. 4: `EpochPiece`, `EpochAck`
+/// (checkpoint mode). A peer of another version is refused.
+pub const VERSION: u8 = 4;
 /// Bytes of the length field.
 pub const LEN_BYTES: usize = 4;
 /// Bytes of the nonce field.
@@ -56,7 +56,7 @@ const FRAG_LAST: u8 = 1;
 /// varint, so a first byte at or above this is an unknown tag. (It once said
 /// 5 while `Resign` was the sixth: a resignation was refused as an unknown
 /// tag. `tests.rs` round-trips every variant so that cannot happen again.)
-pub(crate) const MESSAGE_TAGS: u8 = 8;
+pub(crate) const MESSAGE_TAGS: u8 = 10;
 
 /// Encodes a message: version byte + postcard. Refuses (without side effects)
 /// a message larger than [`MAX_MESSAGE`].

@@ -59,20 +59,7 @@ pub fn from_channel(m: ChannelMessage) -> Result<Message, String> {
             decode(&bytes).map_err(|e| format!("bad transfer message: {e}"))
         }
         ChannelMessage::Bye { reason } => Err(format!("peer said bye: {reason}")),
-        other => Err(format!("expected a transfer message, got {}", kind(&other))),
-    }
-}
-
-fn kind(m: &ChannelMessage) -> &'static str {
-    match m {
-        ChannelMessage::Hello(_) => "Hello",
-        ChannelMessage::HelloReply { .. } => "HelloReply",
-        ChannelMessage::Batch { .. } => "Batch",
-        ChannelMessage::Ack { .. } => "Ack",
-        ChannelMessage::Diverged { .. } => "Diverged",
-        ChannelMessage::Bye { .. } => "Bye",
-        ChannelMessage::Resign { .. } => "Resign",
-        ChannelMessage::Transfer { .. } => "Transfer",
+        other => Err(format!("expected a transfer message, got {}", other.kind())),
     }
 }
 

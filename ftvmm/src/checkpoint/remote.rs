@@ -1,0 +1,159 @@
+//! Checkpoint epochs over the authenticated channel between two hosts
+//! (`lockstep::channel`, Noise IK): the Primary's encoded epoch pieces go
+//! out as [`Message::EpochPiece`], the Secondary's cumulative
+//! acknowledgements come back as [`Message::EpochAck`].
+//!
+//! - Primary: [`ChannelSink`] is the epoch loop's [`EpochSink`];
+//!   [`read_acks`] turns every `EpochAck` into [`GatedOutputs::on_ack`]
+//!   (the Output Rule releases an epoch's writes and frames only then).
+//! - Secondary: [`serve`] feeds every piece to the [`Receiver`] and sends
+//!   `EpochAck` only after an epoch is complete and applied to staging.
+//!
+//! Rules:
+//! - An ack says "every epoch `<= epoch` is applied here"; it is sent after
+//!   the apply and after the caller's `on_applied`, never before.
+//! - A torn epoch (the connection ends mid-epoch) is never applied: the
+//!   receiver applies only whole epochs, and its take-over drops the
+//!   half-assembled one, so the Secondary stays on the previous complete
+//!   epoch, which is also the newest the Primary can have released.
+//! - Anything wrong on the link ends it with a typed [`LinkError`] naming
+//!   what (a refused piece names the epoch format's own error); nothing
+//!   panics on what the peer sent (fuzzed through
+//!   `lockstep::channel::fuzzing`, which runs [`on_message`]).
+//! - The wrong kind of message for a side (a lockstep `Batch` on a
+//!   checkpoint link, a piece sent to the Primary) ends the link too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::gate::GateError;
+use super::gated::GatedOutputs;
+use super::primary::EpochSink;
+use super::receiver::{ReceiveError, Receiver, StagingMemory};
+use crate::lockstep::channel::{ChannelError, ChannelReceiver, ChannelSender, Message};
+
+/// Why a checkpoint link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// The Secondary's receiver refused a piece or an epoch.
+    #[error("the Secondary refused an epoch piece: {0}")]
+    Refused(#[from] ReceiveError),
+    /// An ack the gate cannot take (of an epoch not closed yet, or going
+    /// backwards): a broken or lying Secondary.
+    #[error("acknowledgement of epoch {epoch} refused: {source}")]
+    Ack { epoch: u64, source: GateError },
+    #[error("a {kind} message on a checkpoint link, where the {side} takes only {expects}")]
+    Unexpected {
+        kind: &'static str,
+        side: &'static str,
+        expects: &'static str,
+    },
+    /// The peer ended the link in order.
+    #[error("the peer said goodbye: {reason}")]
+    Bye { reason: String },
+    /// This side was told to stop.
+    #[error("stopped")]
+    Stopped,
+}
+
+/// The Primary's epoch pieces into the channel.
+pub struct ChannelSink(pub ChannelSender);
+
+impl EpochSink for ChannelSink {
+    fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
+        self.0
+            .send(&Message::EpochPiece { bytes: piece })
+            .map_err(|e| format!("sending to {}: {e}", self.0.peer()))
+    }
+}
+
+/// The Primary's ack reader: every `EpochAck` to the gate, until the link
+/// ends (the returned reason) or `stop` is set (needs a read timeout on
+/// `rx`).
+pub fn read_acks(rx: &mut ChannelReceiver, outputs: &GatedOutputs, stop: &AtomicBool) -> LinkError {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return LinkError::Stopped;
+        }
+        match rx.recv() {
+            Ok(Message::EpochAck { epoch }) => {
+                if let Err(source) = outputs.on_ack(epoch) {
+                    return LinkError::Ack { epoch, source };
+                }
+            }
+            Ok(Message::Bye { reason }) => return LinkError::Bye { reason },
+            Ok(m) => {
+                return LinkError::Unexpected {
+                    kind: m.kind(),
+                    side: "Primary",
+                    expects: "EpochAck and Bye",
+                }
+            }
+            Err(ChannelError::Timeout) => {}
+            Err(e) => return e.into(),
+        }
+    }
+}
+
+/// One message on the Secondary's side: `Ok(Some(e))` means epoch `e` is
+/// complete and applied (acknowledge it), `Ok(None)` more pieces are due.
+pub fn on_message<M: StagingMemory>(
+    r: &mut Receiver<M>,
+    m: Message,
+) -> Result<Option<u64>, LinkError> {
+    match m {
+        Message::EpochPiece { bytes } => Ok(r.on_piece(&bytes)?),
+        Message::Bye { reason } => Err(LinkError::Bye { reason }),
+        m => Err(LinkError::Unexpected {
+            kind: m.kind(),
+            side: "Secondary",
+            expects: "EpochPiece and Bye",
+        }),
+    }
+}
+
+/// The Secondary's side of a link: applies epochs, acknowledging each after
+/// `on_applied(epoch)` returned, until the link ends or `stop` is set
+/// (needs a read timeout on `rx`). Returns why it ended; `r` holds the last
+/// complete epoch either way.
+pub fn serve<M: StagingMemory>(
+    tx: &mut ChannelSender,
+    rx: &mut ChannelReceiver,
+    r: &mut Receiver<M>,
+    stop: &AtomicBool,
+    mut on_applied: impl FnMut(u64),
+) -> LinkError {
+    let end = loop {
+        if stop.load(Ordering::SeqCst) {
+            break LinkError::Stopped;
+        }
+        let m = match rx.recv() {
+            Ok(m) => m,
+            Err(ChannelError::Timeout) => continue,
+            Err(e) => break e.into(),
+        };
+        match on_message(r, m) {
+            Ok(Some(epoch)) => {
+                on_applied(epoch);
+                if let Err(e) = tx.send(&Message::EpochAck { epoch }) {
+                    break e.into();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+    };
+    if !matches!(end, LinkError::Bye { .. } | LinkError::Channel(_)) {
+        tracing::warn!(
+            "checkpoint: link to {} ends at epoch {}: {end}",
+            tx.peer(),
+            r.last()
+        );
+        let _ = tx.send_last(&Message::Bye {
+            reason: end.to_string(),
+        });
+    }
+    tx.shutdown();
+    end
+}
