@@ -713,7 +713,7 @@ mod tests {
         assert!(!batch(&[tick.clone(), check.clone()]));
         assert!(batch(&[tick.clone(), outputs, check]));
         assert!(batch(&[]));
-        assert!(!batch(&[tick.clone()]));
+        assert!(!batch(std::slice::from_ref(&tick)));
         assert!(batch(&[tick, Body::End]));
     }
 
