@@ -363,6 +363,7 @@ impl PrimaryLog {
     /// Takes the oldest pending records, at most [`MAX_BATCH_BYTES`] of them,
     /// as one batch (sender thread); waits up to `wait` for something to
     /// send. `None` when there was nothing.
+    ///
     /// Whatever the log's [`Batching`]: the sender thread uses
     /// [`PrimaryLog::take_due_batch`]; simulations cut batches where they like.
     pub fn take_batch(&self, wait: Duration) -> Option<Batch> {
