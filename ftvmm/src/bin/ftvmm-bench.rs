@@ -11,7 +11,8 @@
 //! (`ftvmm_bench/respawn_live.rs`, a table of its own); and (issue 11) checkpoint epochs without a
 //! VM: bytes per epoch raw vs delta, encode and apply rates (`ftvmm_bench/checkpoint.rs`); and
 //! (issue 17) the FT rows per lag-throttle controller (`--ft-throttle until-ack,fixed` runs both
-//! side by side) and the per-request timeline of the KV runs, FT off next to FT on
+//! side by side) and per batching (`--ft-batching eager,coalesced`: records and acks per PUT,
+//! ratios and latency of each) and the per-request timeline of the KV runs, FT off next to FT on
 //! (`ftvmm_bench/ft_timeline.rs`, a table of its own).
 //! Needs root and `/dev/kvm`.
 
