@@ -15,6 +15,11 @@
 //! live, and it halts instead of continuing a state the world never saw.
 //! (With the older rule "the first record after the output", a time read
 //! after the output released it before its digest was acknowledged.)
+//!
+//! The wire ships either whatever is pending (any cut of the log into
+//! batches) or only what the Primary's coalescing sender would send
+//! (`Batching::Coalesced`, issue 17: records nobody waits on stay behind
+//! until an output waits on them or the delay passes).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use std::time::Duration;
 
 use ftvmm::io::{ExitIndex, Inputs, OutputEvent, Outputs};
 use ftvmm::lockstep::log::{decode_batch, Record};
-use ftvmm::lockstep::primary::{PrimaryInputs, PrimaryLog, PrimaryOutputs};
+use ftvmm::lockstep::primary::{Batching, PrimaryInputs, PrimaryLog, PrimaryOutputs};
 use ftvmm::lockstep::secondary::{ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::vm::VmHandle;
 
@@ -74,12 +79,20 @@ impl Outputs for Counting {
 
 const EXITS: u64 = 1500;
 
-/// Runs the Primary; returns the log, what it released, and for each
-/// release how many records were acknowledged when it happened.
-fn primary(seed: u64) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>) {
+/// Runs the Primary; returns the log, what it released, for each release
+/// how many records were acknowledged when it happened, and the batches
+/// shipped. `coalesced`: the wire ships only what a coalescing sender would.
+fn primary(seed: u64, coalesced: bool) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>, u64) {
     let sink = Sink::default();
     let log = PrimaryLog::new(Box::new(sink.clone()), Duration::from_secs(3600));
+    log.set_batching(if coalesced {
+        Batching::Coalesced
+    } else {
+        Batching::Eager
+    });
     let wire = RefCell::new(Wire {
+        coalesced,
+        batches: 0,
         log: Arc::clone(&log),
         sink: sink.clone(),
         acks: Rng(seed.rotate_left(32) | 1),
@@ -103,13 +116,15 @@ fn primary(seed: u64) -> (Vec<Record>, Vec<OutputEvent>, Vec<u64>) {
     w.note_releases();
     let released = sink.0.lock().unwrap().clone();
     assert_eq!(released.len(), w.released_at.len());
-    (w.records, released, w.released_at)
+    (w.records, released, w.released_at, w.batches)
 }
 
 /// The link, simulated: ships what is pending and, now and then, acks
 /// everything shipped — between exits, and also right after a time read in
 /// the middle of an exit (acks arrive whenever they arrive).
 struct Wire {
+    coalesced: bool,
+    batches: u64,
     log: Arc<PrimaryLog>,
     sink: Sink,
     acks: Rng,
@@ -128,7 +143,13 @@ impl Wire {
 
     fn ship(&mut self) {
         self.note_releases();
-        if let Some(b) = self.log.take_batch(Duration::ZERO) {
+        let batch = if self.coalesced {
+            self.log.take_due_batch(Duration::ZERO)
+        } else {
+            self.log.take_batch(Duration::ZERO)
+        };
+        if let Some(b) = batch {
+            self.batches += 1;
             self.records
                 .extend(decode_batch(&b.bytes, b.first_seq).unwrap());
         }
@@ -181,9 +202,32 @@ fn secondary(records: &[Record]) -> (Vec<OutputEvent>, u64) {
 
 #[test]
 fn every_released_output_is_reproduced_from_the_records_acknowledged_at_its_release() {
+    check_releases(false);
+}
+
+/// The same under the coalescing sender, which must also have coalesced:
+/// fewer batches than the same runs shipping whatever is pending.
+#[test]
+fn under_coalesced_batching_too() {
+    let (records, batches) = check_releases(true);
+    let eager: u64 = (1..=60u64)
+        .map(|seed| primary(seed.wrapping_mul(0x9e37_79b9), false).3)
+        .sum();
+    assert!(
+        batches * 4 < eager * 3,
+        "{batches} batches for {records} records, {eager} shipping eagerly: too little coalesced"
+    );
+}
+
+/// Checks sampled release moments; returns the records and batches shipped.
+fn check_releases(coalesced: bool) -> (u64, u64) {
     let mut checked = 0;
+    let (mut all_records, mut all_batches) = (0, 0);
     for seed in 1..=60u64 {
-        let (records, released, released_at) = primary(seed.wrapping_mul(0x9e37_79b9));
+        let (records, released, released_at, batches) =
+            primary(seed.wrapping_mul(0x9e37_79b9), coalesced);
+        all_records += records.len() as u64;
+        all_batches += batches;
         assert!(!released.is_empty(), "seed {seed}: nothing released");
         // Every distinct ack level at which something was released.
         let mut levels: Vec<(u64, usize)> = Vec::new();
@@ -212,4 +256,5 @@ fn every_released_output_is_reproduced_from_the_records_acknowledged_at_its_rele
         }
     }
     assert!(checked > 100, "only {checked} release points checked");
+    (all_records, all_batches)
 }

@@ -11,7 +11,8 @@
 //! (`ftvmm_bench/respawn_live.rs`, a table of its own); and (issue 11) checkpoint epochs without a
 //! VM: bytes per epoch raw vs delta, encode and apply rates (`ftvmm_bench/checkpoint.rs`); and
 //! (issue 17) the FT rows per lag-throttle controller (`--ft-throttle until-ack,fixed` runs both
-//! side by side) and the per-request timeline of the KV runs, FT off next to FT on
+//! side by side) and per batching (`--ft-batching eager,coalesced`: records and acks per PUT,
+//! ratios and latency of each) and the per-request timeline of the KV runs, FT off next to FT on
 //! (`ftvmm_bench/ft_timeline.rs`, a table of its own).
 //! Needs root and `/dev/kvm`.
 
@@ -109,6 +110,12 @@ struct Args {
     /// 1 ms sleep per input call).
     #[arg(long, value_delimiter = ',', default_value = "until-ack")]
     ft_throttle: Vec<String>,
+    /// How the FT-on runs cut batches and ack them, each run side by side with FT off:
+    /// `coalesced` (a batch when a held output waits, at 64 KiB or after 5 ms; acks at once
+    /// only for what the Primary may wait on) and/or `eager` (every record at once, every
+    /// batch acked at once: before issue 17). Crossed with `--ft-throttle`.
+    #[arg(long, value_delimiter = ',', default_value = "coalesced")]
+    ft_batching: Vec<String>,
     /// The FT-on runs' lag limit (the config's `timing.lag_limit_ms`).
     #[arg(long, default_value_t = ft::LAG_LIMIT.as_millis() as u64)]
     lag_limit_ms: u64,
@@ -128,6 +135,18 @@ fn throttle_modes(names: &[String]) -> Result<Vec<ftvmm::lockstep::primary::Thro
             "until-ack" => Ok(ThrottleMode::UntilAck),
             "fixed" => Ok(ThrottleMode::FixedSleep),
             other => bail!("--ft-throttle {other}: expected until-ack or fixed"),
+        })
+        .collect()
+}
+
+fn batchings(names: &[String]) -> Result<Vec<ftvmm::lockstep::primary::Batching>> {
+    use ftvmm::lockstep::primary::Batching;
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "eager" => Ok(Batching::Eager),
+            "coalesced" => Ok(Batching::Coalesced),
+            other => bail!("--ft-batching {other}: expected eager or coalesced"),
         })
         .collect()
 }
@@ -162,12 +181,16 @@ fn main() -> Result<()> {
         Some(net::TapGuard::create()?)
     };
     let tmp = tempfile::tempdir().context("cannot create a temp dir")?;
+    let batchings = batchings(&args.ft_batching)?;
     let ft_opts: Vec<ft::FtOptions> = throttle_modes(&args.ft_throttle)?
         .into_iter()
-        .map(|mode| ft::FtOptions {
-            lag_limit: Duration::from_millis(args.lag_limit_ms),
-            mode,
-            timeline_every: args.timeline_every,
+        .flat_map(|mode| {
+            batchings.iter().map(move |&batching| ft::FtOptions {
+                lag_limit: Duration::from_millis(args.lag_limit_ms),
+                mode,
+                batching,
+                timeline_every: args.timeline_every,
+            })
         })
         .collect();
     if args.only_ft && args.no_ft {
@@ -370,7 +393,7 @@ fn print_ft(args: &Args, opts: &[ft::FtOptions], runs: &[Vec<ft::FtRun>]) {
     )];
     for (o, r) in opts.iter().zip(runs) {
         columns.push((
-            format!("FT on, {}", ft::mode_label(o.mode)),
+            format!("FT on, {}", ft::mode_label(o)),
             r.iter().filter_map(|r| kv(r, true)).collect(),
         ));
     }

@@ -1,13 +1,27 @@
 //! The threads that move the log over the [`channel`](super::channel).
 //!
-//! Primary: a sender thread ships every pending record as one batch (an empty
-//! batch every [`KEEPALIVE`] when idle, so the Secondary always hears from a
-//! live Primary), and an ack thread feeds acknowledgements to the Output Rule.
+//! Primary: a sender thread ships the pending records as one batch when they
+//! are due (`primary/batching.rs`: at once when a held output waits on them,
+//! else coalesced; an empty batch every [`KEEPALIVE`] when idle, so the
+//! Secondary always hears from a live Primary), and an ack thread feeds
+//! acknowledgements to the Output Rule.
 //! Secondary: a receiver thread checks each batch (it must continue the log
-//! exactly; it is decoded all-or-nothing), queues it, and acknowledges receipt
-//! at once; a progress thread reports replay progress for the lag (every
-//! [`PROGRESS_EVERY`]; every [`PROGRESS_PROMPT_GAP`] when the replay caught up
-//! or the Primary is quiet).
+//! exactly; it is decoded all-or-nothing) and queues it; a progress thread
+//! reports replay progress for the lag (every [`PROGRESS_EVERY`]; every
+//! [`PROGRESS_PROMPT_GAP`] while the Primary is quiet). Acks are cumulative,
+//! and when they are sent depends on the [`Batching`] (issue 17):
+//! - [`Batching::Coalesced`]: a batch the Primary may wait on (it completes
+//!   an `Outputs` or `End` record, or is an empty keepalive) is acknowledged
+//!   at once; the receipt of any other rides with the next ack, or with the
+//!   progress report (within [`PROGRESS_PROMPT_GAP`] once the Primary is
+//!   quiet — a Primary waiting in its lag throttle or for room sends nothing
+//!   — else within [`PROGRESS_EVERY`]).
+//! - [`Batching::Eager`] (before issue 17): every batch is acknowledged at
+//!   once, and progress is also reported within [`PROGRESS_PROMPT_GAP`] when
+//!   the replay caught up with what was received.
+//!
+//! Neither changes what an ack says: it claims exactly the records the
+//! Secondary holds, and the Output Rule releases by it alone.
 //!
 //! Every ending — a refusal, a channel error, the peer's `Bye`, `Resign` or
 //! `Diverged` — is reported to the member as an [`Event`]. On the Primary the
@@ -24,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use super::channel::{ChannelError, ChannelReceiver, ChannelSender, Message};
 use super::member::{Event, Gate};
-use super::primary::PrimaryLog;
+use super::primary::{Batching, PrimaryLog};
 use super::secondary::ReplayQueue;
 
 /// An idle Primary sends an empty batch this often.
@@ -37,6 +51,8 @@ pub const KEEPALIVE: Duration = Duration::from_millis(50);
 const PROGRESS_EVERY: Duration = Duration::from_millis(20);
 /// The shortest gap between two progress reports.
 const PROGRESS_PROMPT_GAP: Duration = Duration::from_millis(2);
+/// The shortest sleep of a progress thread waiting to report.
+const PROGRESS_NAP: Duration = Duration::from_micros(200);
 
 /// A send that TCP cannot take within this long kills the link (a peer behind
 /// a partition must not block the sender, or `Link::stop`, forever).
@@ -176,7 +192,7 @@ pub fn start_primary(
         spawn("lockstep-send", move || {
             let mut last_sent = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                let msg = match log.take_batch(KEEPALIVE / 2) {
+                let msg = match log.take_due_batch(KEEPALIVE / 2) {
                     Some(b) => Message::Batch {
                         first_seq: b.first_seq,
                         count: b.count,
@@ -290,13 +306,57 @@ fn primary_acks(
     }
 }
 
-/// Starts the Secondary's receiver and progress threads.
+/// The Secondary's acks, sent by the receiver and the progress thread,
+/// remembering the progress the last one carried.
+struct Acker {
+    tx: Arc<Mutex<ChannelSender>>,
+    q: Arc<ReplayQueue>,
+    last: Mutex<(u64, u64, u64)>,
+}
+
+impl Acker {
+    /// Sends an ack of the queue's progress now.
+    fn send(&self) -> Result<(), ChannelError> {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let (received, replayed, replayed_exit) = self.q.progress();
+        let m = Message::Ack {
+            received,
+            replayed,
+            replayed_exit,
+            echo_ns: self.q.newest_sent_ns(),
+        };
+        tx.send(&m)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (received, replayed, replayed_exit);
+        Ok(())
+    }
+
+    /// The progress the last ack carried.
+    fn last(&self) -> (u64, u64, u64) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Starts the Secondary's receiver and progress threads, acking as the
+/// default [`Batching`] does.
 pub fn start_secondary(
+    q: Arc<ReplayQueue>,
+    tx: ChannelSender,
+    rx: ChannelReceiver,
+    on_traffic: OnTraffic,
+    notify: Notify,
+) -> Link {
+    start_secondary_with(q, tx, rx, on_traffic, notify, Batching::default())
+}
+
+/// [`start_secondary`], acking as `batching` says (module docs; the
+/// benchmark compares them).
+pub fn start_secondary_with(
     q: Arc<ReplayQueue>,
     tx: ChannelSender,
     mut rx: ChannelReceiver,
     on_traffic: OnTraffic,
     notify: Notify,
+    batching: Batching,
 ) -> Link {
     let Shared {
         stop,
@@ -304,19 +364,15 @@ pub fn start_secondary(
         last_heard,
         peer,
     } = Shared::new(tx, &rx);
-    let ack = |q: &ReplayQueue| {
-        let (received, replayed, replayed_exit) = q.progress();
-        Message::Ack {
-            received,
-            replayed,
-            replayed_exit,
-            echo_ns: q.newest_sent_ns(),
-        }
-    };
+    let acker = Arc::new(Acker {
+        tx: Arc::clone(&tx),
+        q: Arc::clone(&q),
+        last: Mutex::new(q.progress()),
+    });
     let receiver = {
-        let (q, tx, stop, heard) = (
+        let (q, acker, stop, heard) = (
             Arc::clone(&q),
-            Arc::clone(&tx),
+            Arc::clone(&acker),
             Arc::clone(&stop),
             Arc::clone(&last_heard),
         );
@@ -348,10 +404,12 @@ pub fn start_secondary(
                         bytes,
                         sent_ns,
                     } => match q.receive_batch(first_seq, count, &bytes, sent_ns) {
-                        Ok(()) => {
-                            let m = ack(&q);
-                            let sent = tx.lock().unwrap_or_else(|p| p.into_inner()).send(&m);
-                            if sent.is_err() {
+                        Ok(awaited) => {
+                            if !awaited && batching == Batching::Coalesced {
+                                // Rides with the next ack (module docs).
+                                continue;
+                            }
+                            if acker.send().is_err() {
                                 let why = "cannot send acks".to_string();
                                 return end(why.clone(), Event::ChannelLost { why });
                             }
@@ -390,45 +448,9 @@ pub fn start_secondary(
         })
     };
     let progress = {
-        let (q, tx, stop, heard) = (
-            Arc::clone(&q),
-            Arc::clone(&tx),
-            Arc::clone(&stop),
-            Arc::clone(&last_heard),
-        );
+        let (stop, heard) = (Arc::clone(&stop), Arc::clone(&last_heard));
         spawn("lockstep-progress", move || {
-            let mut last = q.progress();
-            let mut last_sent = Instant::now();
-            while !stop.load(Ordering::SeqCst) {
-                let behind = last.0 > last.1;
-                let wait = if behind {
-                    PROGRESS_PROMPT_GAP
-                } else {
-                    PROGRESS_EVERY
-                };
-                let (mut now, caught_up) = q.wait_progress(last, wait);
-                let quiet = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
-                    >= PROGRESS_PROMPT_GAP;
-                let due = last_sent.elapsed() >= PROGRESS_EVERY;
-                if now == last || !(caught_up || quiet || due) {
-                    continue;
-                }
-                let since = last_sent.elapsed();
-                if since < PROGRESS_PROMPT_GAP {
-                    std::thread::sleep(PROGRESS_PROMPT_GAP - since);
-                    now = q.progress();
-                }
-                last = now;
-                last_sent = Instant::now();
-                if tx
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .send(&ack(&q))
-                    .is_err()
-                {
-                    return;
-                }
-            }
+            progress_reports(&q, &acker, &stop, &heard, batching)
         })
     };
     Link {
@@ -436,5 +458,63 @@ pub fn start_secondary(
         tx,
         threads: vec![receiver, progress],
         last_heard,
+    }
+}
+
+/// The Secondary's progress thread: reports replay progress (and receipts
+/// not acknowledged yet) as the module docs say.
+fn progress_reports(
+    q: &ReplayQueue,
+    acker: &Acker,
+    stop: &AtomicBool,
+    heard: &Mutex<Instant>,
+    batching: Batching,
+) {
+    let mut own_last = q.progress();
+    let mut last_sent = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        // Eager reports against its own last report (as before issue 17);
+        // coalesced against the last ack of either thread.
+        let last = match batching {
+            Batching::Eager => own_last,
+            Batching::Coalesced => acker.last(),
+        };
+        let behind = last.0 > last.1;
+        let wait = if behind {
+            PROGRESS_PROMPT_GAP
+        } else {
+            PROGRESS_EVERY
+        };
+        let (mut now, caught_up) = q.wait_progress(last, wait);
+        let heard_ago = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        let quiet = heard_ago >= PROGRESS_PROMPT_GAP;
+        let due = last_sent.elapsed() >= PROGRESS_EVERY;
+        let report = match batching {
+            Batching::Eager => caught_up || quiet || due,
+            Batching::Coalesced => quiet || due,
+        };
+        if now == last {
+            continue;
+        }
+        if !report {
+            if caught_up {
+                // `wait_progress` returns at once while nothing changes:
+                // sleep until the Primary could be quiet or a report due.
+                let to_quiet = PROGRESS_PROMPT_GAP.saturating_sub(heard_ago);
+                let to_due = PROGRESS_EVERY.saturating_sub(last_sent.elapsed());
+                std::thread::sleep(to_quiet.min(to_due).max(PROGRESS_NAP));
+            }
+            continue;
+        }
+        let since = last_sent.elapsed();
+        if since < PROGRESS_PROMPT_GAP {
+            std::thread::sleep(PROGRESS_PROMPT_GAP - since);
+            now = q.progress();
+        }
+        own_last = now;
+        last_sent = Instant::now();
+        if acker.send().is_err() {
+            return;
+        }
     }
 }

@@ -117,22 +117,31 @@ impl ReplayQueue {
     /// log exactly and decode whole; the bodies it completes are queued. All
     /// or nothing: on an error nothing of the batch is queued, and no later
     /// batch is taken (the log cannot continue past it).
+    ///
+    /// Returns whether the Primary may be waiting for this batch's ack: it is
+    /// empty (a keepalive: the ack is the Primary's sign of life), or it
+    /// completes an `Outputs` record (a held output waits on it) or the `End`
+    /// (an ending Primary waits for everything to be acknowledged).
     pub fn receive_batch(
         &self,
         first_seq: u64,
         count: u32,
         bytes: &[u8],
         sent_ns: u64,
-    ) -> Result<(), LogError> {
+    ) -> Result<bool, LogError> {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let wholes = reader.read_batch(bytes, first_seq, count)?;
+        let awaited = count == 0
+            || wholes
+                .iter()
+                .any(|w| matches!(w.rec.body, Body::Outputs { .. } | Body::End));
         let mut st = self.lock();
         st.received = reader.next_seq();
         st.newest_sent_ns = st.newest_sent_ns.max(sent_ns);
         st.records.extend(wholes);
         drop(st);
         self.cv.notify_all();
-        Ok(())
+        Ok(awaited)
     }
 
     /// Queues records already decoded whole, each one record long (bodies
@@ -672,6 +681,40 @@ mod tests {
             },
             "re-issued with the replay's bytes"
         );
+    }
+
+    /// A batch is awaited (acked at once by a coalescing link) exactly when
+    /// the Primary may wait on it: it completes an `Outputs` or `End` record,
+    /// or it is an empty keepalive.
+    #[test]
+    fn a_batch_is_awaited_only_if_it_completes_an_outputs_or_end_record_or_is_empty() {
+        use crate::lockstep::log::Encoded;
+        let q = ReplayQueue::new(0);
+        let mut seq = 0;
+        let mut batch = |bodies: &[Body]| {
+            let mut bytes = Vec::new();
+            for b in bodies {
+                Encoded::new(1, b).unwrap().write_piece(0, seq, &mut bytes);
+                seq += 1;
+            }
+            let first = seq - bodies.len() as u64;
+            q.receive_batch(first, bodies.len() as u32, &bytes, 0)
+                .unwrap()
+        };
+        let tick = Body::Events(vec![InputEvent::TimerTick]);
+        let check = Body::Check {
+            rip: 1,
+            gpr_hash: 2,
+        };
+        let outputs = Body::Outputs {
+            count: 1,
+            digest: 7,
+        };
+        assert!(!batch(&[tick.clone(), check.clone()]));
+        assert!(batch(&[tick.clone(), outputs, check]));
+        assert!(batch(&[]));
+        assert!(!batch(std::slice::from_ref(&tick)));
+        assert!(batch(&[tick, Body::End]));
     }
 
     /// The progress thread hears at once when the replay caught up (a

@@ -238,6 +238,18 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         "ft_log_bytes_per_second_average",
         "log bytes per second since the pair started",
     );
+    let batches = m.counter(
+        "ft_log_batches",
+        "log batches the Primary sent (one channel message each)",
+    );
+    let acks = m.counter(
+        "ft_log_acks",
+        "acknowledgements the Primary got from the Secondary",
+    );
+    let segment = m.seconds(
+        "ft_request_segment_seconds",
+        "per-request timeline (sampled requests): a segment's median (quantile 0.5) and p99",
+    );
     for vm in f["vms"].as_array().into_iter().flatten() {
         let Some(name) = vm["name"].as_str() else {
             continue;
@@ -261,6 +273,25 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         set(&lag_bytes, v(), &log["lag"]["bytes"]);
         set(&lag_records, v(), &log["lag"]["records"]);
         set(&bw, v(), &ls["log_bytes_per_s"]);
+        count(&batches, v(), &log["stats"]["batches"]);
+        count(&acks, v(), &log["stats"]["acks"]);
+        timeline(&segment, name, &log["timeline"]);
+    }
+}
+
+/// The per-request timeline's segments (`lockstep.log.timeline`: entries of
+/// `segment`, `p50_us`, `p99_us`) as gauges by segment and quantile.
+fn timeline(g: &Seconds, vm: &str, tl: &Value) {
+    for seg in tl.as_array().into_iter().flatten() {
+        let Some(name) = seg["segment"].as_str() else {
+            continue;
+        };
+        for (q, key) in [("0.5", "p50_us"), ("0.99", "p99_us")] {
+            if let Some(us) = seg[key].as_u64() {
+                let labels = l(&[("vm", vm), ("segment", name), ("quantile", q)]);
+                g.get_or_create(&labels).set(us as f64 / 1e6);
+            }
+        }
     }
 }
 
@@ -321,5 +352,37 @@ mod tests {
         assert!(t.ends_with("# EOF\n"), "{t}");
         // ftvmm did not answer: no VM sample at all, not zeros.
         assert!(!t.contains("vm=\""), "{t}");
+    }
+
+    #[test]
+    fn the_request_timeline_and_message_counts_become_samples() {
+        let r = HostReport {
+            host: "host-a".into(),
+            config_generation: 1,
+            unix_ms: 0,
+            heartbeat: json!({"daemon": "heartbeat"}),
+            fencing: json!({"daemon": "fencing"}),
+            ftvmm: json!({"daemon": "ftvmm", "vms": [{"name": "kv", "state": "running",
+                "lockstep": {"generation": 3, "primary": "host-a", "log": {
+                    "stats": {"records": 10, "batches": 4, "acks": 5},
+                    "timeline": [
+                        {"segment": "frame in: record sent -> acked", "count": 7, "p50_us": 1500, "p99_us": 4000},
+                        {"segment": "frame out: produced -> released (held)", "count": 7, "p50_us": 250}]}}}]}),
+        };
+        let t = openmetrics(&r);
+        for want in [
+            "ft_log_batches_total{host=\"host-a\",vm=\"kv\"} 4",
+            "ft_log_acks_total{host=\"host-a\",vm=\"kv\"} 5",
+            "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame in: record sent -> acked\",quantile=\"0.5\"} 0.0015",
+            "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame in: record sent -> acked\",quantile=\"0.99\"} 0.004",
+            "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame out: produced -> released (held)\",quantile=\"0.5\"} 0.00025",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // A figure the daemon did not report is left out, not sent as zero.
+        assert!(
+            !t.contains("segment=\"frame out: produced -> released (held)\",quantile=\"0.99\""),
+            "{t}"
+        );
     }
 }

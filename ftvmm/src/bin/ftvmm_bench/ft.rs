@@ -25,7 +25,7 @@ use ftvmm::lockstep::link;
 use ftvmm::lockstep::log::Body;
 use ftvmm::lockstep::primary::timeline::{SegmentReport, Timeline};
 use ftvmm::lockstep::primary::{
-    Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs, ThrottleMode, ThrottleStats,
+    Batching, Lag, PrimaryInputs, PrimaryLog, PrimaryOutputs, ThrottleMode, ThrottleStats,
 };
 use ftvmm::lockstep::secondary::{ReplayEnd, ReplayQueue, SecondaryInputs, SecondaryOutputs};
 use ftvmm::runner::devices_and_cmdline;
@@ -44,16 +44,23 @@ pub const LAG_LIMIT: Duration = Duration::from_millis(500);
 pub struct FtOptions {
     pub lag_limit: Duration,
     pub mode: ThrottleMode,
+    /// How the Primary cuts batches and the Secondary acks them.
+    pub batching: Batching,
     /// Trace one in this many requests of each kind (0: no timeline).
     pub timeline_every: u64,
 }
 
-/// A short name of a controller for tables.
-pub fn mode_label(mode: ThrottleMode) -> &'static str {
-    match mode {
+/// A short name of a controller and a batching for tables.
+pub fn mode_label(opts: &FtOptions) -> String {
+    let mode = match opts.mode {
         ThrottleMode::UntilAck => "until-ack",
         ThrottleMode::FixedSleep => "fixed-1ms",
-    }
+    };
+    let batching = match opts.batching {
+        Batching::Eager => "eager",
+        Batching::Coalesced => "coalesced",
+    };
+    format!("{mode}, {batching}")
 }
 /// How long the idle KV guest's log traffic is measured.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(3);
@@ -160,7 +167,7 @@ pub fn run(
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
         "ftvmm-bench: FT run {run_no} [{}] ({} first): CPU off {:.1} ms, on {:.1} ms{}",
-        mode_label(opts.mode),
+        mode_label(opts),
         label(order[0]),
         ms(cpu.off),
         ms(cpu.on),
@@ -274,9 +281,17 @@ fn start(spec: GuestSpec, ft: bool, echo: bool, opts: &FtOptions) -> Result<Gues
                 drop((inputs, outputs, backends));
                 return Ok(outcome);
             }
-            let pair = Pair::start(&spec.kernel, spec.mem_mib, sectors, with_net, &spec.cmdline)?;
+            let pair = Pair::start(
+                &spec.kernel,
+                spec.mem_mib,
+                sectors,
+                with_net,
+                &spec.cmdline,
+                opts.batching,
+            )?;
             let log = PrimaryLog::new(Box::new(outputs), opts.lag_limit);
             log.set_throttle_mode(opts.mode);
+            log.set_batching(opts.batching);
             log.set_timeline_every(opts.timeline_every);
             let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log)).with_vm(vm.handle());
             let (tx, rx) = pair.primary_channel.split();
@@ -371,6 +386,7 @@ impl Pair {
         disk_sectors: Option<u64>,
         with_net: bool,
         cmdline: &str,
+        batching: Batching,
     ) -> Result<Pair> {
         let (p_secret, p_public) = config_schema::keys::generate_host_key()?;
         let (s_secret, s_public) = config_schema::keys::generate_host_key()?;
@@ -407,12 +423,13 @@ impl Pair {
                     }
                 };
                 let (tx, rx) = ch.split();
-                let link = link::start_secondary(
+                let link = link::start_secondary_with(
                     Arc::clone(&q),
                     tx,
                     rx,
                     Arc::new(|| {}),
                     Arc::new(|_| {}),
+                    batching,
                 );
                 let mut sin = SecondaryInputs::new(Arc::clone(&q), vm.handle());
                 let res = vm.run(&mut sin, &mut SecondaryOutputs(Arc::clone(&q)), None);

@@ -12,7 +12,7 @@ use crate::stats::{median, percentile};
 pub fn rows(runs: &[FtRun], kv_ops: usize, opts: &FtOptions) -> Vec<(String, String, String)> {
     let tag = format!(
         "[{}, lag {} ms] ",
-        mode_label(opts.mode),
+        mode_label(opts),
         opts.lag_limit.as_millis()
     );
     let mut rows = rows_untagged(runs, kv_ops, opts);

@@ -60,12 +60,19 @@ impl PrimaryLog {
             // covering record before the sender can take it.
             let covering = st.next_seq;
             let now = Instant::now();
-            let State { held, timeline, .. } = st;
+            let State {
+                held,
+                timeline,
+                wanted,
+                ..
+            } = st;
             for h in held.iter_mut().rev() {
                 if h.need.is_some() {
                     break;
                 }
                 h.need = Some(covering);
+                // A held output waits on this record: ship it at once.
+                *wanted = covering;
                 if let Some(id) = h.trace {
                     timeline.on_covered(id, covering, now);
                 }
@@ -117,6 +124,7 @@ impl PrimaryLog {
         if gate == Gate::Open {
             let upto = st.next_seq;
             st.pending.clear();
+            st.pending_since = None;
             st.pending_first = upto;
             st.acked = upto;
             st.fresh_acked = upto;

@@ -10,8 +10,9 @@
 //! (`gate.rs`) under one lock:
 //!
 //! - **Window.** A sender thread takes the pending records in batches of at
-//!   most [`MAX_BATCH_BYTES`] ([`PrimaryLog::take_batch`]; `pending.rs`), so
-//!   every batch fits one channel message, stamped with the Primary's
+//!   most [`MAX_BATCH_BYTES`] ([`PrimaryLog::take_due_batch`]; `pending.rs`), so
+//!   every batch fits one channel message, when they are due (`batching.rs`:
+//!   at once if a held output waits on them, else coalesced), stamped with the Primary's
 //!   `CLOCK_BOOTTIME` send time; the ack thread reports receipt and replay
 //!   progress ([`PrimaryLog::on_ack`]), echoing the newest stamp the Secondary
 //!   got. The vCPU thread stalls when unacknowledged bytes exceed
@@ -51,12 +52,15 @@
 //!
 //! `replayed <= acked <= pending_first <= next_seq`; `acked` never decreases.
 
+mod batching;
 mod gate;
 mod inputs;
 mod pending;
 mod throttle;
 pub mod timeline;
 
+#[cfg(test)]
+mod batching_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -76,6 +80,7 @@ use super::grant::HostGrant;
 use super::log::{Body, Encoded, LogError, MAX_BODY_PIECES, MAX_RECORD_LEN};
 pub use super::member::Gate;
 use crate::io::{ExitIndex, InputEvent, OutputEvent, Outputs};
+pub use batching::{Batching, COALESCE_BYTES, COALESCE_DELAY};
 pub use inputs::{PrimaryInputs, PrimaryOutputs};
 use pending::Pending;
 use throttle::Throttle;
@@ -139,6 +144,14 @@ struct State {
     /// Encoded records not yet taken by the sender.
     pending: Pending,
     pending_first: u64,
+    /// When the oldest pending record was appended (`Some` exactly while
+    /// something is pending).
+    pending_since: Option<Instant>,
+    /// Every record `< wanted` is waited on by a held output (its covering
+    /// `Outputs` record and everything before it): the sender ships it at
+    /// once (`batching.rs`).
+    wanted: u64,
+    batching: Batching,
     /// Every record `< acked` was received by the Secondary.
     acked: u64,
     /// Every record `< fresh_acked` was received, as said by a fresh ack:
@@ -228,6 +241,9 @@ impl PrimaryLog {
                 next_seq: 0,
                 pending: Pending::default(),
                 pending_first: 0,
+                pending_since: None,
+                wanted: 0,
+                batching: Batching::default(),
                 acked: 0,
                 fresh_acked: 0,
                 replayed: 0,
@@ -305,14 +321,23 @@ impl PrimaryLog {
             }
             let seq = st.next_seq;
             st.next_seq += 1;
+            let first = st.pending_since.is_none();
             let len = st.pending.push(enc, i, seq);
+            st.pending_since.get_or_insert_with(Instant::now);
             st.unacked_bytes += len;
             st.stats.records += 1;
             st.stats.log_bytes += len as u64;
-            // Let the sender ship this piece while we wait for room.
-            self.cv.notify_all();
+            // Let the sender ship this piece (or learn when it is due) while
+            // we wait for room; a coalescing sender is not woken per record.
+            if first || st.send_due_now() {
+                self.cv.notify_all();
+            }
         }
         after(&mut st);
+        // `after` may have made the pending records wanted by a held output.
+        if st.send_due_now() {
+            self.cv.notify_all();
+        }
     }
 
     /// Waits (vCPU thread) while the window is full.
@@ -338,6 +363,9 @@ impl PrimaryLog {
     /// Takes the oldest pending records, at most [`MAX_BATCH_BYTES`] of them,
     /// as one batch (sender thread); waits up to `wait` for something to
     /// send. `None` when there was nothing.
+    ///
+    /// Whatever the log's [`Batching`]: the sender thread uses
+    /// [`PrimaryLog::take_due_batch`]; simulations cut batches where they like.
     pub fn take_batch(&self, wait: Duration) -> Option<Batch> {
         let mut st = self.lock();
         if st.pending.is_empty() {
@@ -347,7 +375,18 @@ impl PrimaryLog {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        let seg = st.pending.take()?;
+        if st.pending.is_empty() {
+            return None;
+        }
+        Some(Self::take_locked(&mut st))
+    }
+
+    /// Takes the oldest pending segment as a batch; something is pending.
+    fn take_locked(st: &mut State) -> Batch {
+        let seg = st.pending.take().expect("take_locked with nothing pending");
+        if st.pending.is_empty() {
+            st.pending_since = None;
+        }
         let first_seq = st.pending_first;
         let end_seq = first_seq + u64::from(seg.records);
         st.pending_first = end_seq;
@@ -359,12 +398,12 @@ impl PrimaryLog {
         });
         st.timeline.on_batch(end_seq, now);
         st.stats.batches += 1;
-        Some(Batch {
+        Batch {
             first_seq,
             count: seg.records,
             bytes: seg.bytes,
             sent_ns: BootInstant::now().as_nanos(),
-        })
+        }
     }
 
     /// The Secondary received every record `< received` and replayed every

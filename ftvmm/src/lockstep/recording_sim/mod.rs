@@ -282,6 +282,7 @@ impl Pair {
             };
             self.q
                 .receive_batch(first_seq, count, &bytes, sent_ns)
+                .map(|_| ())
                 .or_else(|e| fail(format!("the secondary refused a batch: {e}")))?;
             let (received, replayed, exit) = self.q.progress();
             self.log
