@@ -58,6 +58,36 @@ pub fn classify(identity: &str) -> WatchdogKind {
     }
 }
 
+/// How many expiries of its timer a watchdog needs before it resets the
+/// machine. Intel's TCO (`iTCO_wdt`) raises an SMI at the first expiry and
+/// resets at the second unless the firmware's SMI handler resets at the
+/// first; Linux halves the timer only when TCO SMIs are off, so with SMIs on
+/// and a firmware that does not reset (OVMF on QEMU's q35: a 5 s timeout
+/// reset the host after 9.6 s, `qemu-tests/tests/server_hw.rs`) the reset
+/// comes after twice the timeout. Every other driver resets at the first.
+pub fn expiries_to_reset(identity: &str) -> u32 {
+    if identity.to_ascii_lowercase().contains("itco") {
+        2
+    } else {
+        1
+    }
+}
+
+/// The timeouts to ask a watchdog for, best first, so that `expiries`
+/// expiries fit in `planned` seconds: `planned / expiries` up to `planned`
+/// (a driver refuses values its hardware cannot count, e.g. iTCO below 4
+/// ticks of 0.6 s, so the next one is tried).
+pub fn timeout_requests(planned: u32, expiries: u32) -> Vec<u32> {
+    let first = (planned / expiries.max(1)).max(1);
+    (first..=planned).collect()
+}
+
+/// The latest a watchdog set to `timeout_s` resets the machine after its
+/// last feed, in seconds.
+pub fn reset_bound_s(timeout_s: u32, expiries: u32) -> u32 {
+    timeout_s.saturating_mul(expiries.max(1))
+}
+
 /// One watchdog device of the host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Candidate {
@@ -254,5 +284,16 @@ mod tests {
         assert_eq!(id("/dev/watchdog1").as_deref(), Some("Software Watchdog"));
         assert_eq!(id("/tmp/x/watchdog"), None, "a test file is no device");
         assert_eq!(id("/tmp/fake-file"), None);
+    }
+
+    #[test]
+    fn a_tco_counts_twice_so_it_is_asked_for_half_the_plan() {
+        assert_eq!(expiries_to_reset("iTCO_wdt"), 2);
+        assert_eq!(expiries_to_reset("i6300ESB timer"), 1);
+        assert_eq!(expiries_to_reset(SOFTDOG_IDENTITY), 1);
+        assert_eq!(timeout_requests(5, 2), [2, 3, 4, 5]);
+        assert_eq!(timeout_requests(5, 1), [5]);
+        assert_eq!(reset_bound_s(3, 2), 6);
+        assert_eq!(reset_bound_s(5, 1), 5);
     }
 }

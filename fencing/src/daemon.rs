@@ -195,19 +195,30 @@ fn open_watchdog(path: &Path, slot: &mut WatchdogSlot) {
         );
         return;
     }
-    match DevWatchdog::open(path, WATCHDOG_TIMEOUT_S) {
+    // A TCO resets at the second expiry of its timer (config_schema's
+    // `expiries_to_reset`): ask for the timeout whose last expiry still
+    // falls within the planned W, and say plainly when none does.
+    let identity = config_schema::watchdog::identity_of(Path::new("/"), path).unwrap_or_default();
+    let expiries = config_schema::watchdog::expiries_to_reset(&identity);
+    let requests = config_schema::watchdog::timeout_requests(WATCHDOG_TIMEOUT_S, expiries);
+    match DevWatchdog::open_asking(path, &requests) {
         Ok(w) => {
             slot.timeout_s = w.timeout_s;
             slot.state = "armed".into();
             match w.timeout_s {
-                Some(t) if t <= WATCHDOG_TIMEOUT_S => {
+                Some(t) if config_schema::watchdog::reset_bound_s(t, expiries) <= WATCHDOG_TIMEOUT_S => {
                     println!("fencing: watchdog {} armed, timeout {t} s", path.display())
                 }
-                Some(t) => println!(
-                    "fencing: watchdog {} armed, but its timeout is {t} s, not the planned \
-                     {WATCHDOG_TIMEOUT_S} s: the lease arithmetic does not hold",
-                    path.display()
-                ),
+                Some(t) => {
+                    let bound = config_schema::watchdog::reset_bound_s(t, expiries);
+                    slot.state = format!("armed; resets up to {bound} s after the last feed, plan {WATCHDOG_TIMEOUT_S} s");
+                    println!(
+                        "fencing: watchdog {} armed, but it resets up to {bound} s after its last feed \
+                         (timeout {t} s, {expiries} expiries), not within the planned \
+                         {WATCHDOG_TIMEOUT_S} s: the lease arithmetic does not hold",
+                        path.display()
+                    )
+                }
                 None => println!(
                     "fencing: watchdog {} armed; it refused WDIOC_SETTIMEOUT, its own timeout applies",
                     path.display()

@@ -36,14 +36,36 @@ impl DevWatchdog {
     /// A file that does not take the ioctl (a fake device in tests) still
     /// opens, with `timeout_s = None`.
     pub fn open(path: &Path, timeout_s: u32) -> std::io::Result<Self> {
+        Self::open_asking(path, &[timeout_s])
+    }
+
+    /// Opens (and so arms) the watchdog and asks for each of `requests` in
+    /// turn until the driver takes one (a driver refuses a timeout its
+    /// hardware cannot count); `timeout_s` is the one it took, if any.
+    pub fn open_asking(path: &Path, requests: &[u32]) -> std::io::Result<Self> {
         let file = OpenOptions::new().write(true).open(path)?;
+        let mut w = DevWatchdog {
+            file,
+            timeout_s: None,
+        };
+        for &r in requests {
+            w.timeout_s = w.set_timeout(r);
+            if w.timeout_s.is_some() {
+                break;
+            }
+        }
+        Ok(w)
+    }
+
+    /// `WDIOC_SETTIMEOUT`: the timeout the driver now uses, or `None` if it
+    /// refused the value or the ioctl.
+    fn set_timeout(&mut self, timeout_s: u32) -> Option<u32> {
         let mut t: libc::c_int = timeout_s as libc::c_int;
-        // SAFETY: `file` is an open descriptor for the duration of the call and
-        // WDIOC_SETTIMEOUT reads and writes exactly one `int` through the
-        // pointer, which points to `t`, a live local `c_int`.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
-        let timeout_s = (rc == 0).then_some(t as u32);
-        Ok(DevWatchdog { file, timeout_s })
+        // SAFETY: `self.file` is an open descriptor for the duration of the
+        // call and WDIOC_SETTIMEOUT reads and writes exactly one `int`
+        // through the pointer, which points to `t`, a live local `c_int`.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
+        (rc == 0).then_some(t as u32)
     }
 }
 

@@ -209,7 +209,31 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
         "tco reset: host-a reset by iTCO {:.1} s after fencing stopped feeding it",
         reset_after.as_secs_f64()
     );
+    // Fencing announces when its watchdog resets at the latest (a TCO
+    // resets at the second expiry: `expiries_to_reset`); the reset must come
+    // by then (plus a 0.6 s tick and the console's and QEMU's delays).
+    let armed = a
+        .wait_for_line("fencing: watchdog /dev/watchdog0 armed", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bound_s: f64 = announced_reset_bound(&armed.text)
+        .unwrap_or_else(|| panic!("no reset bound in {:?}", armed.text));
+    eprintln!("tco reset: fencing announced: {}", armed.text);
+    assert!(
+        reset_after.as_secs_f64() <= bound_s + 1.5,
+        "the TCO reset {:.1} s after the last feed, later than the {bound_s} s fencing announced",
+        reset_after.as_secs_f64()
+    );
     cluster.pass();
+}
+
+/// The latest reset fencing's `armed` line announces, in seconds: `timeout
+/// N s` or `resets up to N s`.
+fn announced_reset_bound(line: &str) -> Option<f64> {
+    let after = line
+        .split("resets up to ")
+        .nth(1)
+        .or_else(|| line.split("timeout ").nth(1))?;
+    after.split(' ').next()?.parse().ok()
 }
 
 /// How long the control waits for a reset that must not come: more than
