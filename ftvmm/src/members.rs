@@ -79,12 +79,22 @@ impl Members {
 
     /// Looks whether the grant lapsed or came back and tells the members of
     /// a change (`explicit`: the grant fencing just stated).
+    ///
+    /// The members are told under the `was_valid` lock, and validity is read
+    /// under it too: the grant-watch thread and fencing's thread both call
+    /// this, and if one could read and post outside the lock, a lapse seen
+    /// by the watch could be posted *after* the renewal that ended it (the
+    /// watch reads "lapsed" and drops the lock, fencing's thread renews,
+    /// posts `Ok`, then the watch posts `Lapsed`). The members would then
+    /// believe the grant gone while `was_valid` says it is there, and no
+    /// later change would ever tell them otherwise: a Secondary that won its
+    /// go-live stayed "live but output held" for good (the respawn QEMU test,
+    /// under load).
     fn notice(&self, stated: Grant) {
-        let valid = self.grant.valid();
         let mut was = self.was_valid.lock().unwrap_or_else(|p| p.into_inner());
+        let valid = self.grant.valid();
         let changed = valid != *was;
         *was = valid;
-        drop(was);
         let ev = match (&stated, valid) {
             (Grant::Withdrawn { .. }, _) => Some(stated),
             (_, true) if changed => Some(Grant::Ok),
@@ -96,6 +106,7 @@ impl Members {
                 h.post(Event::Grant(g.clone()));
             });
         }
+        drop(was);
     }
 
     /// Watches the grant expire on its own (fencing gone or stuck), forever.
@@ -181,5 +192,47 @@ mod tests {
             })
         );
         assert!(!m.deposed("other", 4, "host-b"));
+    }
+
+    /// Fencing's renewals racing the lapse watch: whatever interleaving,
+    /// the last grant event a member hears agrees with the grant itself
+    /// (before the fix, a lapse seen just before a renewal could be posted
+    /// after the renewal's `Ok`, and the member stayed "not granted" for
+    /// good). Short grants make lapses and renewals interleave constantly.
+    #[test]
+    fn the_last_grant_event_agrees_with_the_grant_whatever_the_interleaving() {
+        for round in 0..20 {
+            let m = Members::new(HostGrant::none());
+            let h = Arc::new(PairHandle::default());
+            let (tx, rx) = mpsc::channel();
+            h.attach(tx);
+            m.insert("kv", Arc::clone(&h));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watch = {
+                let (m, stop) = (Arc::clone(&m), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        m.notice(Grant::Lapsed);
+                    }
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_millis(100);
+            while std::time::Instant::now() < deadline {
+                m.on_grant(true, 1, "");
+            }
+            // End with a long grant: it is valid from now on.
+            m.on_grant(true, 60_000, "");
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            watch.join().unwrap();
+            let last = rx.try_iter().filter_map(|e| match e {
+                Event::Grant(g) => Some(g),
+                _ => None,
+            });
+            assert_eq!(
+                last.last(),
+                Some(Grant::Ok),
+                "round {round}: the member last heard something other than Ok"
+            );
+        }
     }
 }
