@@ -15,6 +15,7 @@ PACKAGES=(
   qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
   libc6-dev binutils                   # static glibc (libc.a) and readelf: guest/linux-kv/build-initramfs.sh
   busybox-static                       # the shell of the L1 host and the Linux guest in qemu-tests linux_vm
+  chromium fonts-dejavu-core           # headless screenshots of the status page (qemu-tests status_page)
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)
 

@@ -12,11 +12,8 @@
 //! state is also captured by headless Chromium (`chromium --headless
 //! --screenshot`), under `<target>/status-page/`.
 //!
-//! Ignored in `make test`: Chromium is a large package that nothing else
-//! needs, so it is not in `image/prereqs.sh`. Run it with
-//! `cargo test -p qemu-tests --test status_page -- --ignored --nocapture`
-//! after `apt-get install chromium`; it FAILS with that hint when Chromium,
-//! the ISO, QEMU or root is missing.
+//! In `make test` (`image/prereqs.sh` installs Chromium); it FAILS with a
+//! hint when Chromium, the ISO, QEMU or root is missing.
 
 mod common;
 
@@ -37,7 +34,6 @@ const OPERATOR_CIDR: &str = "192.0.2.200/24";
 const STEP: Duration = Duration::from_secs(120);
 
 #[test]
-#[ignore = "needs Debian's chromium (not in image/prereqs.sh); run with --ignored"]
 fn status_page_shows_primary_secondary_and_a_failover() {
     let chromium = find_in_path("chromium").unwrap_or_else(|| {
         panic!("chromium not found in PATH: `apt-get install chromium` (Debian) to run this test")
