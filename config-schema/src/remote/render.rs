@@ -36,24 +36,29 @@ pub fn render(r: &ClusterReport) -> String {
         out.push_str("  none recorded since the daemons started\n");
     }
     for (host, age_ms, e) in evs {
-        let vm =
-            e.vm.as_deref()
-                .map(|v| format!(" vm {v}"))
-                .unwrap_or_default();
-        let pause = e
-            .pause_ms
-            .map(|p| format!(" (pause {p} ms)"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  {} ({} ago) {host} {}{vm}{pause}: {}",
-            utc(e.unix_ms),
-            ago(age_ms),
-            e.kind.name(),
-            e.text
-        );
+        let _ = writeln!(out, "  {}", event_line(&host, age_ms, &e));
     }
     out
+}
+
+/// One event as `ftctl status` and the status page show it: time, age, the
+/// host whose daemon recorded it, kind, VM, pause and text.
+pub(crate) fn event_line(host: &str, age_ms: u64, e: &Event) -> String {
+    let vm =
+        e.vm.as_deref()
+            .map(|v| format!(" vm {v}"))
+            .unwrap_or_default();
+    let pause = e
+        .pause_ms
+        .map(|p| format!(" (pause {p} ms)"))
+        .unwrap_or_default();
+    format!(
+        "{} ({} ago) {host} {}{vm}{pause}: {}",
+        utc(e.unix_ms),
+        ago(age_ms),
+        e.kind.name(),
+        e.text
+    )
 }
 
 fn host_line(

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::super::render::{ago, events, utc, vm_views};
+use super::super::render::{ago, event_line, events, utc, vm_views};
 use super::super::report::ClusterReport;
 use super::{field, svg, History};
 
@@ -159,25 +159,7 @@ fn event_list(r: &ClusterReport) -> String {
         s.push_str("<li>none recorded since the daemons started</li>\n");
     }
     for (host, age, e) in evs.iter().rev().take(EVENTS_SHOWN) {
-        let vm =
-            e.vm.as_deref()
-                .map(|v| format!(" vm {v}"))
-                .unwrap_or_default();
-        let pause = e
-            .pause_ms
-            .map(|p| format!(" (pause {p} ms)"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "<li>{}</li>",
-            escape(&format!(
-                "{} ({} ago) {host} {}{vm}{pause}: {}",
-                utc(e.unix_ms),
-                ago(*age),
-                e.kind.name(),
-                e.text
-            ))
-        );
+        let _ = writeln!(s, "<li>{}</li>", escape(&event_line(host, *age, e)));
     }
     s.push_str("</ul>\n");
     s
