@@ -31,16 +31,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::gate::EpochGate;
-use super::gated::{GatedBackend, GatedOutputs};
-use super::local::{frame_out, take_over_and_run, LocalPairError, SharedConsole, Summary, GATE};
+use super::gated::GatedOutputs;
+use super::local::{
+    gated_devices, take_over_and_run, GatedDevices, LocalPairError, SharedConsole, Summary,
+};
 use super::primary::{self, LoopConfig};
 use super::receiver::Receiver;
 use super::remote::{read_acks, serve, ChannelSink, LinkError};
 use super::secondary::Staging;
 use crate::linux::bus::Console;
 use crate::linux::machine::{Report, Running};
-use crate::linux::run::{boot_linux_vm, open_devices, LinuxSpec};
+use crate::linux::run::{boot_linux_vm, LinuxSpec};
 use crate::linux::LinuxVmError;
 use crate::lockstep::channel::{self, Channel, ChannelError, Identity, Message};
 
@@ -125,18 +126,12 @@ pub fn run_checkpoint_primary(
         .map_err(|e| connect(e.into()))?;
     eprintln!("checkpoint: connected to the Secondary at {}", cfg.peer);
 
-    let (disk, tap, virtio) = open_devices(spec)?;
-    let tap = tap.map(Arc::new);
-    let outputs = GatedOutputs::new(EpochGate::new(GATE, 1), frame_out(tap.clone()));
-    let failed: Arc<Mutex<Option<String>>> = Arc::default();
-    let f2 = Arc::clone(&failed);
-    let backend = GatedBackend::new(
-        Arc::clone(&outputs),
-        disk,
-        tap,
-        0,
-        Box::new(move |why| *lock(&f2) = Some(why)),
-    );
+    let GatedDevices {
+        outputs,
+        backend,
+        virtio,
+        failed,
+    } = gated_devices(spec)?;
     let running = boot_linux_vm(
         spec,
         virtio,

@@ -29,6 +29,7 @@ use crate::linux::machine::{Report, Running};
 use crate::linux::run::{boot_linux_vm, open_devices, transports, LinuxSpec};
 use crate::linux::{End, LinuxVmError};
 use crate::live::{DiskBackend, Tap};
+use crate::virtio::MmioTransport;
 
 /// The pair's settings.
 #[derive(Debug, Clone)]
@@ -100,6 +101,38 @@ impl Summary {
     }
 }
 
+/// A Primary's devices with the epoch gate between them and the world (the
+/// one-process pair and the two-host Primary build the same).
+pub(super) struct GatedDevices {
+    pub outputs: Arc<GatedOutputs>,
+    pub backend: GatedBackend,
+    pub virtio: Vec<MmioTransport>,
+    /// Where the backend reports an epoch's writes the device refused.
+    pub failed: Arc<Mutex<Option<String>>>,
+}
+
+/// Opens `spec`'s disk and TAP and puts the gate in front of them.
+pub(super) fn gated_devices(spec: &LinuxSpec) -> Result<GatedDevices, LinuxVmError> {
+    let (disk, tap, virtio) = open_devices(spec)?;
+    let tap = tap.map(Arc::new);
+    let outputs = GatedOutputs::new(EpochGate::new(GATE, 1), frame_out(tap.clone()));
+    let failed: Arc<Mutex<Option<String>>> = Arc::default();
+    let f2 = Arc::clone(&failed);
+    let backend = GatedBackend::new(
+        Arc::clone(&outputs),
+        disk,
+        tap,
+        0,
+        Box::new(move |why| *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(why)),
+    );
+    Ok(GatedDevices {
+        outputs,
+        backend,
+        virtio,
+        failed,
+    })
+}
+
 pub(super) fn frame_out(tap: Option<Arc<Tap>>) -> Option<FrameOut> {
     let tap = tap?;
     Some(Box::new(move |f: &[u8]| {
@@ -141,18 +174,12 @@ pub fn run_local_pair(
     console: Console,
     on_start: impl Fn(&Running),
 ) -> Result<Report, LocalPairError> {
-    let (disk, tap, virtio) = open_devices(spec)?;
-    let tap = tap.map(Arc::new);
-    let outputs = GatedOutputs::new(EpochGate::new(GATE, 1), frame_out(tap.clone()));
-    let failed: Arc<Mutex<Option<String>>> = Arc::default();
-    let f2 = Arc::clone(&failed);
-    let backend = GatedBackend::new(
-        Arc::clone(&outputs),
-        disk,
-        tap,
-        0,
-        Box::new(move |why| *f2.lock().unwrap_or_else(|p| p.into_inner()) = Some(why)),
-    );
+    let GatedDevices {
+        outputs,
+        backend,
+        virtio,
+        failed,
+    } = gated_devices(spec)?;
     let console = SharedConsole::new(console);
     let running = boot_linux_vm(spec, virtio, Box::new(console.clone()), Box::new(backend))?;
     on_start(&running);
