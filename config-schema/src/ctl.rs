@@ -93,7 +93,7 @@ pub const IO_AGE_LIMIT_MS: u64 = 2_000;
 
 /// The watchdog timeout every host plans for (fencing arms `/dev/watchdog`
 /// with it; lease and late-write arithmetic use it).
-pub const WATCHDOG_TIMEOUT_S: u32 = 5;
+pub const WATCHDOG_TIMEOUT_S: u32 = 6;
 
 /// After a new Primary goes live it defers writes to sectors the deposed
 /// Primary may still have had in flight for this long: such a write was

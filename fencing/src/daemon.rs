@@ -30,6 +30,13 @@ pub struct WatchdogSlot {
     pub state: String,
     pub feeds: u64,
     pub timeout_s: Option<u32>,
+    /// The latest the watchdog resets the host after its last feed (the
+    /// timeout times the expiries it takes, `config_schema::watchdog`).
+    pub reset_bound_s: Option<u32>,
+    /// The armed watchdog resets later than the planned `W` (the reason):
+    /// the lease arithmetic does not hold, so `Acquire` is refused unless the
+    /// config accepts it (`fencing::watchdog::slow_refusal`).
+    pub over_plan: Option<String>,
     /// ftvmm asked for a reset (`Request::ResetHost`): never fed again.
     pub reset_requested: Option<String>,
 }
@@ -43,7 +50,7 @@ const NOT_OPENED: &str = "not opened yet";
 pub fn request_reset(shared: &Shared, reason: &str) {
     let mut w = shared.watchdog.lock().expect("lock");
     if w.reset_requested.is_none() {
-        match w.timeout_s {
+        match w.reset_bound_s {
             Some(t) => println!(
                 "fencing: reset requested ({reason}); no longer feeding the watchdog, the host resets within {t} s"
             ),
@@ -206,18 +213,21 @@ fn open_watchdog(path: &Path, slot: &mut WatchdogSlot) {
             slot.timeout_s = w.timeout_s;
             slot.state = "armed".into();
             match w.timeout_s {
-                Some(t) if config_schema::watchdog::reset_bound_s(t, expiries) <= WATCHDOG_TIMEOUT_S => {
-                    println!("fencing: watchdog {} armed, timeout {t} s", path.display())
-                }
                 Some(t) => {
                     let bound = config_schema::watchdog::reset_bound_s(t, expiries);
-                    slot.state = format!("armed; resets up to {bound} s after the last feed, plan {WATCHDOG_TIMEOUT_S} s");
-                    println!(
-                        "fencing: watchdog {} armed, but it resets up to {bound} s after its last feed \
-                         (timeout {t} s, {expiries} expiries), not within the planned \
-                         {WATCHDOG_TIMEOUT_S} s: the lease arithmetic does not hold",
-                        path.display()
-                    )
+                    slot.reset_bound_s = Some(bound);
+                    println!("{}", armed_line(path, t, expiries));
+                    if bound > WATCHDOG_TIMEOUT_S {
+                        slot.state = format!(
+                            "armed; resets up to {bound} s after the last feed, plan {WATCHDOG_TIMEOUT_S} s"
+                        );
+                        slot.over_plan = Some(format!(
+                            "the watchdog {} resets up to {bound} s after its last feed \
+                             (timeout {t} s, {expiries} expiries), later than the planned \
+                             {WATCHDOG_TIMEOUT_S} s the lease timeout counts on",
+                            path.display()
+                        ));
+                    }
                 }
                 None => println!(
                     "fencing: watchdog {} armed; it refused WDIOC_SETTIMEOUT, its own timeout applies",
@@ -230,6 +240,29 @@ fn open_watchdog(path: &Path, slot: &mut WatchdogSlot) {
             slot.state = format!("cannot open: {e}");
             println!("fencing: cannot open watchdog {}: {e}", path.display());
         }
+    }
+}
+
+/// The console line of an armed watchdog: its timeout and, when it takes
+/// more than one expiry, the latest reset that implies (`resets up to N s`,
+/// which the server-hardware test reads), and whether that fits the plan.
+fn armed_line(path: &Path, timeout_s: u32, expiries: u32) -> String {
+    let bound = config_schema::watchdog::reset_bound_s(timeout_s, expiries);
+    let dev = path.display();
+    if bound > WATCHDOG_TIMEOUT_S {
+        format!(
+            "fencing: watchdog {dev} armed, but it resets up to {bound} s after its last feed \
+             (timeout {timeout_s} s, {expiries} expiries), not within the planned \
+             {WATCHDOG_TIMEOUT_S} s: the lease arithmetic does not hold; this host wins no \
+             generation unless the signed config sets [cluster] accept_soft_watchdog = true"
+        )
+    } else if expiries > 1 {
+        format!(
+            "fencing: watchdog {dev} armed, timeout {timeout_s} s; it resets up to {bound} s after \
+             its last feed ({expiries} expiries), within the planned {WATCHDOG_TIMEOUT_S} s"
+        )
+    } else {
+        format!("fencing: watchdog {dev} armed, timeout {timeout_s} s")
     }
 }
 
@@ -277,4 +310,45 @@ pub fn start(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftvmm: P
     let (a, s) = (Arc::clone(&agent), Arc::clone(&shared));
     std::thread::spawn(move || granter(a, s, ftvmm));
     std::thread::spawn(move || guard_loop(agent, shared, watchdog));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound_in(line: &str) -> Option<u32> {
+        line.split("resets up to ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    #[test]
+    fn the_armed_line_announces_the_reset_a_tco_really_gives() {
+        let dev = Path::new("/dev/watchdog0");
+        // i6300esb / softdog: one expiry, the planned W itself.
+        let one = armed_line(dev, WATCHDOG_TIMEOUT_S, 1);
+        assert_eq!(
+            one,
+            format!("fencing: watchdog /dev/watchdog0 armed, timeout {WATCHDOG_TIMEOUT_S} s")
+        );
+        // A TCO at W/2 resets at its second expiry: within the plan, said so.
+        let tco = armed_line(dev, WATCHDOG_TIMEOUT_S / 2, 2);
+        assert_eq!(bound_in(&tco), Some(WATCHDOG_TIMEOUT_S / 2 * 2), "{tco}");
+        assert!(tco.contains("within the planned"), "{tco}");
+        // A TCO that refused W/2 and took more: over the plan, go-live refused.
+        let slow = armed_line(dev, WATCHDOG_TIMEOUT_S / 2 + 1, 2);
+        assert_eq!(
+            bound_in(&slow),
+            Some((WATCHDOG_TIMEOUT_S / 2 + 1) * 2),
+            "{slow}"
+        );
+        assert!(
+            slow.contains("the lease arithmetic does not hold"),
+            "{slow}"
+        );
+        assert!(slow.contains("wins no generation"), "{slow}");
+    }
 }

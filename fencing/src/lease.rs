@@ -32,7 +32,7 @@
 //!
 //! All hosts derive `T` from the same config and the same planned `W`, so
 //! readers and writers agree. With the example config (`hb` = 100 ms):
-//! R = 500 ms, H = 1 s, V = 500 ms, P = 100 ms, C = 500 ms, W = 5 s, T = 7 s.
+//! R = 500 ms, H = 1 s, V = 500 ms, P = 100 ms, C = 500 ms, W = 6 s, T = 8 s.
 //! None of this holds for a host frozen with its clocks (a hypervisor pause):
 //! that is [`crate::freeze`]'s and the deposition watch's business.
 //!
@@ -270,7 +270,7 @@ mod tests {
         });
         assert_eq!(t.renew, Duration::from_millis(500));
         assert_eq!(t.hold_after, Duration::from_secs(1));
-        assert_eq!(t.timeout, Duration::from_secs(7));
+        assert_eq!(t.timeout, Duration::from_secs(8));
         assert_eq!(t.grant_valid, Duration::from_millis(500));
         assert_eq!(t.grant_period, Duration::from_millis(100));
         assert!(t.hold_after + t.confirm + t.grant_period + t.watchdog < t.timeout);
@@ -280,7 +280,7 @@ mod tests {
             lag_limit_ms: 500,
         });
         assert_eq!(slow.renew, Duration::from_secs(5));
-        assert_eq!(slow.timeout, Duration::from_secs(25)); // 10 + 5 + 5 + 5
+        assert_eq!(slow.timeout, Duration::from_secs(26)); // 10 + 5 + 6 + 5
         assert_eq!(slow.grant_period, Duration::from_millis(100));
     }
 

@@ -86,7 +86,7 @@
 //! ```text
 //! fencing: serving on /run/fencing.sock
 //! fencing: region on /dev/vdb at 0 MiB, 100 blocks of 4096 bytes (device blocks: logical 512, physical 4096), O_DIRECT
-//! fencing: host host-b index 1 of 3; lease every 500 ms, timeout 7000 ms
+//! fencing: host host-b index 1 of 3; lease every 500 ms, timeout 8000 ms
 //! fencing: storage fencing not active: <why>   (not SCSI, no PR, no WERO, a foreign reservation, the pr test hook...)
 //! fencing: storage fencing active on /dev/sda: key 0x4654000289abcdef registered, reservation WERO held by host host-a (0x46540001...)[; the target does not persist registrations (...)]
 //! fencing: storage fencing: joining failed: <error> (retrying; no generation is won until it joins)
@@ -94,16 +94,18 @@
 //! fencing: this host was preempted at the storage (<evidence>): withdrawing the output grant, stopping every VM it runs as primary, no longer feeding the watchdog; it joins again only after a reboot
 //! fencing: <device>: this host's key ... is gone and the device holds no reservation or counts registrations from 0 again (the target lost its registrations); joined again with the same key after clean deposition checks (reservation held by ...)
 //! fencing: not fencing: <why> (retrying every 2 s)   (no device, region too small...)
-//! fencing: watching this host's lease slot for 7000 ms before taking it (incarnation ..., counter 41, 1 running)
+//! fencing: watching this host's lease slot for 8000 ms before taking it (incarnation ..., counter 41, 1 running)
 //! fencing: not fencing: another machine renews this host's lease slot (<before> -> <after>); is this host's config disk in the wrong machine? (watching it; taking it only after 7000 ms without a write)
 //! fencing: the other machine stopped writing this host's lease slot; took it
-//! fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)
+//! fencing: lease renewed (host host-b, every 500 ms, timeout 8000 ms)
 //! fencing: lease renewal failed: <error>
 //! fencing: watchdog /dev/watchdog0 ("iTCO_wdt", chipset timer)   (the one chosen, at start)
 //! fencing: no watchdog on this host
 //! fencing: refusing go-live: no hardware watchdog, only /dev/watchdog0 ("Software Watchdog", ...): a hung host would not be reset ...; this host wins no generation (...)   (also every Acquire's error)
 //! fencing: WARNING: no hardware watchdog, ...; this host takes part in go-live only because the signed config sets [cluster] accept_soft_watchdog = true (test clusters only): a hung host is not reset
-//! fencing: watchdog /dev/watchdog armed, timeout 5 s
+//! fencing: watchdog /dev/watchdog armed, timeout 6 s
+//! fencing: watchdog /dev/watchdog0 armed, timeout 3 s; it resets up to 6 s after its last feed (2 expiries), within the planned 6 s   (a TCO)
+//! fencing: watchdog /dev/watchdog0 armed, but it resets up to 8 s after its last feed (timeout 4 s, 2 expiries), not within the planned 6 s: the lease arithmetic does not hold; this host wins no generation unless ...   (every Acquire is refused then)
 //! fencing: no watchdog at /dev/watchdog; a hung host will not be reset
 //! fencing: ftvmm answers the output grant (valid 500 ms, sent every 100 ms)
 //! fencing: ftvmm did not answer the output grant: <error>
@@ -117,7 +119,7 @@
 //! fencing: ftvmm did not confirm the output hold within 500 ms; no longer feeding the watchdog
 //! fencing: lease renewed again; asking ftvmm to release output
 //! fencing: ftvmm confirmed the output release
-//! fencing: reset requested (<reason>); no longer feeding the watchdog, the host resets within 5 s
+//! fencing: reset requested (<reason>); no longer feeding the watchdog, the host resets within 6 s   (the watchdog's reset bound)
 //! fencing: reset requested (<reason>); arming the watchdog without feeding it   (before the first renewal)
 //! fencing: signal 15: watchdog disarmed, exiting
 //! ```

@@ -243,7 +243,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(line) = go_live.line() {
         println!("{line}");
     }
-    let wd = WatchdogChoice { chosen, go_live };
+    let wd = WatchdogChoice {
+        chosen,
+        go_live,
+        accept_soft_watchdog: rt.config.cluster.accept_soft_watchdog,
+    };
     let timing = fencing::lease::LeaseTiming::from_config(&rt.config.timing);
     let shared = Arc::new(Shared::new(Guard::new(timing)));
     handle_signals(Arc::clone(&shared))?;
@@ -270,6 +274,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 struct WatchdogChoice {
     chosen: Option<Candidate>,
     go_live: GoLive,
+    accept_soft_watchdog: bool,
+}
+
+impl WatchdogChoice {
+    /// Why an `Acquire` is refused now, if it is: no watchdog that keeps
+    /// real time (known at start), or the armed one resets later than the
+    /// plan (known once the guard loop opened it).
+    fn acquire_error(&self, shared: &Shared) -> Option<String> {
+        self.go_live.acquire_error().or_else(|| {
+            let w = shared.watchdog.lock().expect("lock");
+            fencing::watchdog::slow_refusal(w.over_plan.as_deref(), self.accept_soft_watchdog)
+        })
+    }
 }
 
 fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Response {
@@ -288,6 +305,7 @@ fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Re
             let w = shared.watchdog.lock().expect("lock");
             s["watchdog"] = serde_json::json!({
                 "state": w.state, "feeds": w.feeds, "timeout_s": w.timeout_s,
+                "reset_bound_s": w.reset_bound_s, "over_plan": w.over_plan,
                 "reset_requested": w.reset_requested,
                 "device": wd.chosen.as_ref().map(|c| c.device.display().to_string()),
                 "identity": wd.chosen.as_ref().map(|c| c.identity.clone()),
@@ -315,7 +333,7 @@ fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Re
             vm,
             generation,
             config_generation,
-        } => match (agent, wd.go_live.acquire_error()) {
+        } => match (agent, wd.acquire_error(shared)) {
             (_, Some(message)) => Response::Error { message },
             (Ok(a), None) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
             (Err(e), None) => e,

@@ -142,6 +142,20 @@ impl GoLive {
     }
 }
 
+/// The go-live rule for a watchdog that is armed but resets later than the
+/// planned `W` (`daemon::WatchdogSlot::over_plan`, known only once it is
+/// opened): a host it guards could still write after others counted its
+/// lease expired, so `Acquire` is refused with the reason, unless the config
+/// accepts hosts without a watchdog that keeps the plan (test clusters).
+pub fn slow_refusal(over_plan: Option<&str>, accept_soft_watchdog: bool) -> Option<String> {
+    match over_plan {
+        Some(why) if !accept_soft_watchdog => {
+            Some(format!("fencing: refusing go-live: {}", refusal(why)))
+        }
+        _ => None,
+    }
+}
+
 fn refusal(why: &str) -> String {
     format!(
         "{why}: a hung host would not be reset and could keep serving a VM another host took \
@@ -178,6 +192,19 @@ mod tests {
         );
         // A regular file given for tests is not a watchdog either.
         assert!(!go_live(Some(&cand("")), false).allowed());
+    }
+
+    #[test]
+    fn a_watchdog_slower_than_the_plan_refuses_go_live_unless_accepted() {
+        let why = "the watchdog /dev/watchdog0 resets up to 8 s after its last feed";
+        let e = slow_refusal(Some(why), false).expect("refused");
+        assert!(
+            e.starts_with("fencing: refusing go-live: the watchdog"),
+            "{e}"
+        );
+        assert!(e.contains("wins no generation"), "{e}");
+        assert_eq!(slow_refusal(Some(why), true), None);
+        assert_eq!(slow_refusal(None, false), None);
     }
 
     #[test]

@@ -164,7 +164,7 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     for line in [
         "is not a SCSI device (a file, virtio-blk, NVMe without SCSI translation): not a block device",
-        "fencing: lease renewed (host host-b, every 500 ms, timeout 7000 ms)",
+        "fencing: lease renewed (host host-b, every 500 ms, timeout 8000 ms)",
         "fencing: decided vm=kv generation=4 owner=host-b",
         "watchdog disarmed, exiting",
     ] {

@@ -38,7 +38,7 @@ fn a_second_machine_with_the_same_host_config_never_writes_the_slot_while_the_fi
     let r = second.renew_once(t0);
     assert!(r.result.is_err());
     assert!(
-        r.lines[0].contains("watching this host's lease slot for 7000 ms"),
+        r.lines[0].contains("watching this host's lease slot for 8000 ms"),
         "{:?}",
         r.lines
     );
@@ -68,22 +68,22 @@ fn a_second_machine_with_the_same_host_config_never_writes_the_slot_while_the_fi
         Response::Error { message } => assert!(message.contains("does not hold its lease slot")),
         other => panic!("acquired without the slot: {other:?}"),
     }
-    // The first machine goes away; 7 s after its last write the second takes
-    // the slot, and the first, back, is refused in its turn.
+    // The first machine goes away; T = 8 s after its last write the second
+    // takes the slot, and the first, back, is refused in its turn.
     let quiet = t0 + MS * 10_000;
     assert!(second.renew_once(quiet).result.is_err());
     assert!(
-        second.renew_once(quiet + MS * 7_500).result.is_err(),
+        second.renew_once(quiet + MS * 8_500).result.is_err(),
         "writes, then checks"
     );
-    let r = second.renew_once(quiet + MS * 9_000);
+    let r = second.renew_once(quiet + MS * 10_000);
     r.result.unwrap();
     assert!(
         r.lines.iter().any(|l| l.contains("took it")),
         "{:?}",
         r.lines
     );
-    let r = first.renew_once(quiet + MS * 9_500);
+    let r = first.renew_once(quiet + MS * 10_500);
     assert!(r
         .result
         .unwrap_err()

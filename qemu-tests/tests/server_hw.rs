@@ -218,6 +218,13 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
     let bound_s: f64 = announced_reset_bound(&armed.text)
         .unwrap_or_else(|| panic!("no reset bound in {:?}", armed.text));
     eprintln!("tco reset: fencing announced: {}", armed.text);
+    // And that bound fits the planned W the lease timeout counts on, so
+    // this host may take part in go-live (docs/hardware.md).
+    assert!(
+        armed.text.contains("within the planned"),
+        "the q35 TCO does not fit the plan: {}",
+        armed.text
+    );
     assert!(
         reset_after.as_secs_f64() <= bound_s + 1.5,
         "the TCO reset {:.1} s after the last feed, later than the {bound_s} s fencing announced",
@@ -226,8 +233,8 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
     cluster.pass();
 }
 
-/// The latest reset fencing's `armed` line announces, in seconds: `timeout
-/// N s` or `resets up to N s`.
+/// The latest reset fencing's `armed` line announces, in seconds: `resets
+/// up to N s`, or `timeout N s` for a watchdog that resets at its first expiry.
 fn announced_reset_bound(line: &str) -> Option<f64> {
     let after = line
         .split("resets up to ")
