@@ -58,7 +58,9 @@ const OPERATOR_CIDR: &str = "192.0.2.200/24";
 const CLIENT_CIDR: &str = "198.51.100.200/24";
 
 #[derive(Parser, Clone)]
-#[command(about = "FT cost in QEMU appliance hosts: unprotected vs lockstep pair, pings, timeline, failover pause")]
+#[command(
+    about = "FT cost in QEMU appliance hosts: unprotected vs lockstep pair, pings, timeline, failover pause"
+)]
 struct Args {
     /// Cluster config (host-a, host-b, VM kv with host-a first in its affinity).
     #[arg(long, default_value = "examples/cluster.toml")]
@@ -187,14 +189,18 @@ fn sources(args: &Args, dir: &Path) -> Result<(ClusterSource, ClusterSource)> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("read {}", args.config.display()))?;
     let public = pub_path(&args.operator);
-    let pk = std::fs::read_to_string(&public).with_context(|| format!("read {}", public.display()))?;
+    let pk =
+        std::fs::read_to_string(&public).with_context(|| format!("read {}", public.display()))?;
     let text = format!(
         "{text}\n[[operators]]\nname = \"bench-operator\"\npublic_key = \"{}\"\n",
         pk.trim()
     );
     let alone = text.replace(AFFINITY, ALONE);
     if alone == text {
-        bail!("{} has no line {AFFINITY:?} to restrict VM {VM} to {PRIMARY}", args.config.display());
+        bail!(
+            "{} has no line {AFFINITY:?} to restrict VM {VM} to {PRIMARY}",
+            args.config.display()
+        );
     }
     let mut srcs = Vec::new();
     for (name, t) in [("pair.toml", text), ("unprotected.toml", alone)] {
@@ -237,7 +243,10 @@ fn measure(args: &Args, mode: Mode, source: &ClusterSource) -> Result<Run> {
     }
     if mode == Mode::Pair {
         let paired = format!("ftvmm: vm {VM}: paired with primary {PRIMARY}; generation 1");
-        cluster.host(SECONDARY)?.wait_for(paired, boot).context("no pair")?;
+        cluster
+            .host(SECONDARY)?
+            .wait_for(paired, boot)
+            .context("no pair")?;
     }
     let listening = format!("[{VM}] kv: listening on {GUEST}");
     cluster
@@ -267,7 +276,10 @@ fn measure(args: &Args, mode: Mode, source: &ClusterSource) -> Result<Run> {
         (&op, Ipv4Addr::new(192, 0, 2, 2)),
     ];
     for (t, ip) in targets {
-        note(&mut run.errors, ping::ping(t, ip, args.pings, gap, wait).map(|p| run.pings.push(p)));
+        note(
+            &mut run.errors,
+            ping::ping(t, ip, args.pings, gap, wait).map(|p| run.pings.push(p)),
+        );
     }
     run.loads = loads(args, &tap, &mut run.errors, "");
     if mode == Mode::Pair {
@@ -304,7 +316,11 @@ fn loads(args: &Args, tap: &NetnsTap, errors: &mut Vec<String>, what: &str) -> V
     let mut phase = if what.is_empty() { 0 } else { 4 };
     for op in [Op::Put, Op::Get] {
         for &c in &args.clients {
-            eprintln!("ft-bench: {}{what} x{c} for {:.0} s", op.name(), args.seconds);
+            eprintln!(
+                "ft-bench: {}{what} x{c} for {:.0} s",
+                op.name(),
+                args.seconds
+            );
             match load::run(tap, op, c, d, phase) {
                 Ok(l) => out.push(l),
                 Err(e) => errors.push(format!("{}{what} x{c}: {e:#}", op.name())),

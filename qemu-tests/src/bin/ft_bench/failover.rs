@@ -39,7 +39,13 @@ struct Seen {
 
 /// Kills `victim` (the Primary of `vm`) under a running client and waits
 /// until `survivor` is live and the client has 40 more replies.
-pub fn run(cluster: &Cluster, tap: &NetnsTap, vm: &str, victim: &str, survivor: &str) -> Result<Failover> {
+pub fn run(
+    cluster: &Cluster,
+    tap: &NetnsTap,
+    vm: &str,
+    victim: &str,
+    survivor: &str,
+) -> Result<Failover> {
     let (v, s) = (cluster.host(victim)?, cluster.host(survivor)?);
     let timing = &cluster.config().timing;
     let mut kv = guarded(|| Ok(Kv::connect(tap)))?;
@@ -84,7 +90,10 @@ fn client(kv: &mut Kv, stop: &AtomicBool, seen: &Mutex<Seen>) -> Result<()> {
     let mut i = BASE;
     while !stop.load(Ordering::SeqCst) {
         let get = (format!("GET {}", key(i)), format!("VALUE {}", value(i)));
-        for (request, want) in [(format!("PUT {} {}", key(i), value(i)), "OK".to_string()), get] {
+        for (request, want) in [
+            (format!("PUT {} {}", key(i), value(i)), "OK".to_string()),
+            get,
+        ] {
             let reply = kv.one(&request);
             if reply != want {
                 bail!("{request:?} answered {reply:?}, expected {want:?}");
@@ -108,7 +117,10 @@ fn wait_replies(seen: &Mutex<Seen>, n: usize, timeout: Duration) -> Result<()> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("KV client has {} of {n} replies after {timeout:?}", s.replies.len());
+                bail!(
+                    "KV client has {} of {n} replies after {timeout:?}",
+                    s.replies.len()
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(20));

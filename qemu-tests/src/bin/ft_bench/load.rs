@@ -57,7 +57,10 @@ pub fn prefill(tap: &NetnsTap) -> Result<()> {
             .collect();
         for (j, r) in kv.exchange(&puts).iter().enumerate() {
             if r != "OK" {
-                return Err(anyhow!("prefill PUT {} answered {r:?}", key(PREFILL_BASE + j)));
+                return Err(anyhow!(
+                    "prefill PUT {} answered {r:?}",
+                    key(PREFILL_BASE + j)
+                ));
             }
         }
         Ok(())
@@ -66,7 +69,13 @@ pub fn prefill(tap: &NetnsTap) -> Result<()> {
 
 /// Runs `clients` connections doing `op` for `duration`; `phase` keeps the
 /// PUT phases' keys apart.
-pub fn run(tap: &NetnsTap, op: Op, clients: usize, duration: Duration, phase: usize) -> Result<Load> {
+pub fn run(
+    tap: &NetnsTap,
+    op: Op,
+    clients: usize,
+    duration: Duration,
+    phase: usize,
+) -> Result<Load> {
     if clients == 0 {
         bail!("a phase needs at least one client");
     }
@@ -89,7 +98,10 @@ pub fn run(tap: &NetnsTap, op: Op, clients: usize, duration: Duration, phase: us
         let t0 = Instant::now();
         let results: Vec<Result<(Vec<Duration>, Instant)>> = handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("client thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("client thread panicked")))
+            })
             .collect();
         (t0, results)
     });
@@ -112,7 +124,13 @@ pub fn run(tap: &NetnsTap, op: Op, clients: usize, duration: Duration, phase: us
 }
 
 /// One connection's loop: its latencies and when its last reply came.
-fn client(mut kv: Kv, op: Op, c: usize, deadline: Instant, phase: usize) -> Result<(Vec<Duration>, Instant)> {
+fn client(
+    mut kv: Kv,
+    op: Op,
+    c: usize,
+    deadline: Instant,
+    phase: usize,
+) -> Result<(Vec<Duration>, Instant)> {
     let mut lat = Vec::new();
     let mut i = 0;
     while Instant::now() < deadline {

@@ -31,9 +31,17 @@ pub struct Metrics {
 /// `ftctl metrics` of the host at `addr`, from `tap`'s namespace.
 pub fn query(tap: &NetnsTap, addr: SocketAddr, key: &Path) -> Result<String> {
     let der = std::fs::read(key).with_context(|| format!("read {}", key.display()))?;
-    let key = OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
+    let key =
+        OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
     let reply = tap
-        .run_in(|| client::query(addr, &key, OperatorRequest::Metrics, Duration::from_secs(15)))
+        .run_in(|| {
+            client::query(
+                addr,
+                &key,
+                OperatorRequest::Metrics,
+                Duration::from_secs(15),
+            )
+        })
         .context("enter the operator's namespace")?
         .with_context(|| format!("metrics query to {addr}"))?;
     match reply {
@@ -47,9 +55,15 @@ pub fn query(tap: &NetnsTap, addr: SocketAddr, key: &Path) -> Result<String> {
 pub fn parse(text: &str, vm: &str) -> Metrics {
     let mut m = Metrics::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, rest)) = line.split_once('{') else { continue };
-        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
-        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
         let labels = parse_labels(labels);
         if labels.get("vm").map(String::as_str) != Some(vm) {
             continue;
@@ -92,7 +106,10 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 impl Metrics {
     /// The median of a segment whose name is `name`.
     pub fn p50(&self, name: &str) -> Option<u64> {
-        self.segments.iter().find(|r| r.segment == name).and_then(|r| r.p50_us)
+        self.segments
+            .iter()
+            .find(|r| r.segment == name)
+            .and_then(|r| r.p50_us)
     }
 }
 
@@ -113,9 +130,19 @@ ft_vm_running{host=\"host-a\",vm=\"kv\"} 1\n\
         let m = parse(text, "kv");
         assert_eq!(m.segments.len(), 2);
         assert_eq!(m.segments[0].segment, "frame in: record sent -> acked");
-        assert_eq!((m.segments[0].p50_us, m.segments[0].p99_us), (Some(1500), Some(4000)));
-        assert_eq!((m.segments[1].p50_us, m.segments[1].p99_us), (Some(250), None));
-        assert_eq!(m.p50("frame out: sent -> acked"), None, "another VM's segment");
+        assert_eq!(
+            (m.segments[0].p50_us, m.segments[0].p99_us),
+            (Some(1500), Some(4000))
+        );
+        assert_eq!(
+            (m.segments[1].p50_us, m.segments[1].p99_us),
+            (Some(250), None)
+        );
+        assert_eq!(
+            m.p50("frame out: sent -> acked"),
+            None,
+            "another VM's segment"
+        );
         assert_eq!(m.counters.get("ft_log_batches_total"), Some(&120.0));
         assert!(!m.counters.contains_key("ft_vm_running"));
     }

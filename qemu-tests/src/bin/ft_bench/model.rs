@@ -63,7 +63,12 @@ pub fn predict(runs: &[Run]) -> Vec<Prediction> {
         return Vec::new();
     }
     let link = host_rtts.iter().sum::<f64>() / host_rtts.len() as f64;
-    let seg = |name: &str| pair.metrics.as_ref().and_then(|m| m.p50(name)).map(|v| v as f64);
+    let seg = |name: &str| {
+        pair.metrics
+            .as_ref()
+            .and_then(|m| m.p50(name))
+            .map(|v| v as f64)
+    };
     let channel = seg("frame out: sent -> acked");
     let reply_held = seg("frame out: produced -> released (held)");
     let write_held = seg("disk write: produced -> released (held)");
@@ -79,13 +84,27 @@ pub fn predict(runs: &[Run]) -> Vec<Prediction> {
             Op::Put => reply_held.zip(write_held).map(|(a, b)| a + b),
             Op::Get => reply_held,
         };
-        out.push(model(op, us.p50_us as f64, ps.p50_us as f64, link, channel, held));
+        out.push(model(
+            op,
+            us.p50_us as f64,
+            ps.p50_us as f64,
+            link,
+            channel,
+            held,
+        ));
     }
     out
 }
 
 /// The model for one operation from its inputs.
-pub fn model(op: Op, unprotected: f64, pair: f64, link: f64, channel: Option<f64>, held: Option<f64>) -> Prediction {
+pub fn model(
+    op: Op,
+    unprotected: f64,
+    pair: f64,
+    link: f64,
+    channel: Option<f64>,
+    held: Option<f64>,
+) -> Prediction {
     let k = k(op);
     let cost = pair - unprotected;
     let rest = cost - f64::from(k) * link;

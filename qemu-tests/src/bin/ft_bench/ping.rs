@@ -24,7 +24,13 @@ pub struct Ping {
 
 /// Sends `count` echo requests to `dst` from `tap`'s namespace, `gap` apart,
 /// waiting up to `wait` for each reply.
-pub fn ping(tap: &NetnsTap, dst: Ipv4Addr, count: usize, gap: Duration, wait: Duration) -> Result<Ping> {
+pub fn ping(
+    tap: &NetnsTap,
+    dst: Ipv4Addr,
+    count: usize,
+    gap: Duration,
+    wait: Duration,
+) -> Result<Ping> {
     let sock = tap
         .run_in(raw_icmp_socket)
         .context("enter the client's namespace")??;
@@ -37,7 +43,9 @@ pub fn ping(tap: &NetnsTap, dst: Ipv4Addr, count: usize, gap: Duration, wait: Du
         send_to(&sock, &packet, dst)?;
         while sent.elapsed() < wait {
             let mut buf = [0u8; 1500];
-            let Some(n) = recv(&sock, &mut buf)? else { continue };
+            let Some(n) = recv(&sock, &mut buf)? else {
+                continue;
+            };
             if is_reply(&buf[..n], id, seq) {
                 rtts.push(sent.elapsed());
                 break;
@@ -105,7 +113,10 @@ fn send_to(sock: &OwnedFd, packet: &[u8], dst: Ipv4Addr) -> Result<()> {
         )
     };
     if n < 0 {
-        return Err(anyhow!("ICMP echo to {dst}: {}", std::io::Error::last_os_error()));
+        return Err(anyhow!(
+            "ICMP echo to {dst}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -119,7 +130,9 @@ fn recv(sock: &OwnedFd, buf: &mut [u8]) -> Result<Option<usize>> {
     }
     let e = std::io::Error::last_os_error();
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted => Ok(None),
+        std::io::ErrorKind::WouldBlock
+        | std::io::ErrorKind::TimedOut
+        | std::io::ErrorKind::Interrupted => Ok(None),
         _ => Err(anyhow!("ICMP receive: {e}")),
     }
 }
@@ -149,11 +162,16 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// Whether an IP datagram is the echo reply to (`id`, `seq`).
 pub fn is_reply(ip: &[u8], id: u16, seq: u16) -> bool {
-    let Some(&vihl) = ip.first() else { return false };
+    let Some(&vihl) = ip.first() else {
+        return false;
+    };
     let Some(icmp) = ip.get(usize::from(vihl & 0x0f) * 4..) else {
         return false;
     };
-    icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes()
+    icmp.len() >= 8
+        && icmp[0] == 0
+        && icmp[4..6] == id.to_be_bytes()
+        && icmp[6..8] == seq.to_be_bytes()
 }
 
 #[cfg(test)]
@@ -166,7 +184,10 @@ mod tests {
         assert_eq!(p.len(), 8 + PAYLOAD);
         assert_eq!(checksum(&p), 0, "a packet with its checksum sums to 0");
         // The RFC 1071 example: 0001 f203 f4f5 f6f7 sums to ddf2.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
         let mut reply = vec![0x45u8; 1];
         reply.extend([0u8; 19]);
         let mut icmp = p.clone();
@@ -177,6 +198,9 @@ mod tests {
         assert!(!is_reply(&reply, 0x1235, 7));
         let mut request = reply.clone();
         request[20] = 8;
-        assert!(!is_reply(&request, 0x1234, 7), "our own request is not a reply");
+        assert!(
+            !is_reply(&request, 0x1234, 7),
+            "our own request is not a reply"
+        );
     }
 }
