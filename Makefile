@@ -58,9 +58,13 @@ demo: image
 	$(CARGO) run --release -p qemu-tests --bin demo -- examples/cluster.toml
 
 ## bench: numbers for the issue notes (tables on stdout)
+## FT_BENCH_ARGS: options of the QEMU-host section (qemu-tests ft-bench: unprotected vs pair on host-a and
+##   host-b, pings, the Primary's timeline, the failover pause; JSON under the target dir), e.g. --seconds 5
+FT_BENCH_ARGS ?=
 bench: image
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
+	$(CARGO) run --release -p qemu-tests --bin ft-bench -- $(FT_BENCH_ARGS)
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench -- --ft-throttle until-ack,fixed
 	$(CARGO) bench -p heartbeat --bench flood
