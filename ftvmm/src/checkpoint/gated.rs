@@ -20,6 +20,14 @@
 //!   is released, ever: the outputs are [`GatedOutputs::failed`] and the
 //!   owner ends the VM (the Secondary, which holds the epoch, re-writes it).
 //!
+//! - Nothing leaves without the host's output grant (`lockstep/grant.rs`)
+//!   or while the member holds ([`GatedOutputs::set_member_gate`]), as for
+//!   lockstep's held outputs: the gate is held while either says so (looked
+//!   at under the gate's lock before every step), and the disk thread looks
+//!   again right before each write of an epoch it was handed, waiting for
+//!   the grant (a stopping backend gives the writes up instead). A grant
+//!   that comes back releases at the next epoch close or [`GatedOutputs::kick`].
+//!
 //! Completions are delivered from the backend's own threads, never from
 //! inside `submit_block`/`send_frame` (the bus is locked there).
 //!
@@ -32,10 +40,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::epoch::{DiskWrite, SECTOR_SIZE};
-use super::gate::{Action, Closed, EpochGate, GateError};
+use super::gate::{Action, Closed, EpochGate, GateError, Mode};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
 use crate::live::{DiskBackend, Tap};
+use crate::lockstep::grant::HostGrant;
+use crate::lockstep::member::Gate;
+
+/// How often a disk thread waiting for the grant looks again.
+const GRANT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -65,18 +78,118 @@ pub struct GatedOutputs {
     frame_out: Mutex<Option<FrameOut>>,
     disk_tx: Mutex<Option<Sender<DiskJob>>>,
     failed: AtomicBool,
+    /// The host's output grant: nothing leaves without it.
+    grant: Arc<HostGrant>,
+    /// The member holds everything (racing, handing over, fenced).
+    member_held: AtomicBool,
+    /// The backend is stopping: a disk thread waiting for the grant gives up.
+    stopping: AtomicBool,
     pub stats: OutputStats,
 }
 
 impl GatedOutputs {
+    /// Outputs with a grant that never expires and no member hold (the
+    /// one-process pair, the two-process drivers, tests).
     pub fn new(gate: EpochGate, frame_out: Option<FrameOut>) -> Arc<Self> {
+        Self::with_grant(gate, frame_out, HostGrant::always(), false)
+    }
+
+    /// Outputs that also need `grant`, starting held by the member if
+    /// `member_held` (a take-over VM before its member opens the gate).
+    pub fn with_grant(
+        gate: EpochGate,
+        frame_out: Option<FrameOut>,
+        grant: Arc<HostGrant>,
+        member_held: bool,
+    ) -> Arc<Self> {
         Arc::new(GatedOutputs {
             gate: Mutex::new(gate),
             frame_out: Mutex::new(frame_out),
             disk_tx: Mutex::new(None),
             failed: AtomicBool::new(false),
+            grant,
+            member_held: AtomicBool::new(member_held),
+            stopping: AtomicBool::new(false),
             stats: OutputStats::default(),
         })
+    }
+
+    /// Whether outputs may leave now: the grant is valid and the member
+    /// does not hold.
+    pub fn may_release(&self) -> bool {
+        !self.member_held.load(Ordering::SeqCst) && self.grant.valid()
+    }
+
+    /// The gate, locked, with its hold brought up to date.
+    fn lock_gate(&self) -> MutexGuard<'_, EpochGate> {
+        let mut g = lock(&self.gate);
+        g.set_held(!self.may_release());
+        g
+    }
+
+    /// Releases what waited for the grant or the member (either came back).
+    pub fn kick(&self) {
+        let mut g = self.lock_gate();
+        let actions = g.release();
+        self.perform(&mut g, actions);
+    }
+
+    /// The member's gate (`lockstep::member::Gate`), `generation` the one it
+    /// acts in: `Held` holds everything; `ByAcks` lets the Output Rule
+    /// release (paired); `Open` runs alone in `generation`: every closed
+    /// epoch counts as acknowledged (`EpochGate::on_generation_won`).
+    pub fn set_member_gate(&self, gate: Gate, generation: u64) -> Result<(), GateError> {
+        if gate == Gate::Held {
+            self.member_held.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        {
+            let mut g = lock(&self.gate);
+            match (gate, g.mode()) {
+                (Gate::ByAcks, Mode::Paired { .. }) => {}
+                (Gate::Open, Mode::Solo { generation: g0 }) if g0 == generation => {}
+                (Gate::Open, Mode::Paired { generation: g0 } | Mode::Lost { generation: g0 })
+                    if generation > g0 =>
+                {
+                    if let Mode::Paired { .. } = g.mode() {
+                        g.on_secondary_lost()?;
+                    }
+                    // Its actions follow from `kick` below, under the hold.
+                    g.set_held(true);
+                    g.on_generation_won(generation)?;
+                }
+                (_, mode) => {
+                    return Err(GateError::Transition {
+                        what: if gate == Gate::Open {
+                            "run alone in this generation"
+                        } else {
+                            "release by acks"
+                        },
+                        mode,
+                    })
+                }
+            }
+        }
+        self.member_held.store(false, Ordering::SeqCst);
+        self.kick();
+        Ok(())
+    }
+
+    /// Waits until the outputs may leave; false if they never will (halted,
+    /// or the backend stops meanwhile).
+    fn wait_for_release(&self) -> bool {
+        loop {
+            if self.failed() {
+                return false;
+            }
+            if self.may_release() {
+                return true;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(GRANT_POLL);
+        }
     }
 
     /// Whether the device refused an epoch's writes (module doc).
@@ -121,7 +234,7 @@ impl GatedOutputs {
 
     /// Ends the current epoch (call with the vCPUs paused).
     pub fn close_epoch(&self) -> Closed {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let (closed, actions) = g.close_epoch();
         self.perform(&mut g, actions);
         closed
@@ -129,7 +242,7 @@ impl GatedOutputs {
 
     /// A fresh acknowledgement from the Secondary: every epoch `<= epoch`.
     pub fn on_ack(&self, epoch: u64) -> Result<(), GateError> {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let actions = g.on_ack(epoch)?;
         self.perform(&mut g, actions);
         Ok(())
@@ -142,7 +255,7 @@ impl GatedOutputs {
 
     /// This member won `generation` and runs alone.
     pub fn on_generation_won(&self, generation: u64) -> Result<(), GateError> {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let actions = g.on_generation_won(generation)?;
         self.perform(&mut g, actions);
         Ok(())
@@ -163,7 +276,7 @@ impl GatedOutputs {
     }
 
     fn on_durable(&self, epoch: u64) {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         match g.on_durable(epoch) {
             Ok(actions) => self.perform(&mut g, actions),
             Err(e) => tracing::error!("checkpoint: {e}"),
@@ -266,7 +379,7 @@ fn disk_loop(
                 if outputs.failed() {
                     continue;
                 }
-                match write_epoch(&mut disk, &writes) {
+                match write_epoch(&mut disk, &writes, &outputs) {
                     Ok(bytes) => {
                         outputs
                             .stats
@@ -290,10 +403,21 @@ fn disk_loop(
     }
 }
 
-/// Writes `writes` in order and syncs; the bytes written.
-fn write_epoch(disk: &mut DiskBackend, writes: &[DiskWrite]) -> Result<u64, String> {
+/// Writes `writes` in order and syncs, each write only while the outputs
+/// may leave (module doc); the bytes written.
+fn write_epoch(
+    disk: &mut DiskBackend,
+    writes: &[DiskWrite],
+    outputs: &GatedOutputs,
+) -> Result<u64, String> {
     let mut bytes = 0u64;
     for (i, w) in writes.iter().enumerate() {
+        if !outputs.wait_for_release() {
+            return Err(format!(
+                "held at sector {} (no output grant, or halted) while the VM stops",
+                w.sector
+            ));
+        }
         let req = BlockRequest {
             dev: 0,
             id: i as u64,
@@ -385,6 +509,7 @@ impl LinuxBackend for GatedBackend {
 
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.outputs.stopping.store(true, Ordering::SeqCst);
         self.done_tx = None;
         *lock(&self.outputs.disk_tx) = None;
         for t in self.threads.drain(..) {
@@ -394,3 +519,7 @@ impl LinuxBackend for GatedBackend {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "grant_tests.rs"]
+mod grant_tests;
