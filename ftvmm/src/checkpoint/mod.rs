@@ -47,6 +47,7 @@
 pub mod assemble;
 pub mod delta;
 pub mod dirty_log;
+pub mod driver;
 pub mod epoch;
 mod epoch_decode;
 pub mod gate;

@@ -1,0 +1,207 @@
+//! The checkpoint member driver on /dev/kvm: two hosts' members in one
+//! process over TCP loopback with the real channel, the two-vCPU counter
+//! guest, and an in-process fencing that decides each generation once (what
+//! Disk Paxos guarantees). The Primary's host goes away: the Secondary wins
+//! generation 2, resumes from its last complete epoch and the guest counts
+//! on. The link alone is cut: both race, exactly one runs on.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::checkpoint::gated::GatedBackend;
+use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
+use crate::linux::tests::{counter, wait_until, Sink};
+use crate::lockstep::member::Halt;
+
+const FAILURE_TIMEOUT_MS: u64 = 300;
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Generations of one VM, each decided once, first come first served.
+#[derive(Default)]
+struct Generations(Mutex<BTreeMap<u64, String>>);
+
+struct HostFencing {
+    disk: Arc<Generations>,
+    host: &'static str,
+}
+
+impl Fencing for HostFencing {
+    fn acquire(&self, _vm: &str, generation: u64, cancel: &AtomicBool) -> Option<Decision> {
+        if cancel.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut owners = self.disk.0.lock().unwrap();
+        if let Some(&top) = owners.keys().next_back() {
+            if top > generation {
+                return Some(Decision::Superseded { by: top });
+            }
+        }
+        let owner = owners
+            .entry(generation)
+            .or_insert_with(|| self.host.to_string());
+        Some(if owner == self.host {
+            Decision::Won
+        } else {
+            Decision::Lost {
+                owner: owner.clone(),
+            }
+        })
+    }
+}
+
+struct Pair {
+    primary: MemberDriver,
+    secondary: MemberDriver,
+    p_outputs: Arc<GatedOutputs>,
+    live: Arc<Mutex<Option<Live>>>,
+    cut: Box<dyn Fn() + Send>,
+    disk: Arc<Generations>,
+}
+
+fn plan() -> TakeOverPlan {
+    TakeOverPlan {
+        grant: HostGrant::always(),
+        gate: GateConfig {
+            max_dirty_pages: u64::MAX,
+            max_write_bytes: u64::MAX,
+        },
+        epoch: Duration::from_millis(5),
+        frame_out: None,
+        rebuild: Box::new(|outputs| Rebuild {
+            vcpus: 2,
+            virtio: vec![],
+            console: Box::new(Sink::default()),
+            backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
+            advance_ns: 0,
+        }),
+        write_pending: Box::new(|w| {
+            assert!(w.is_empty(), "the counter guest writes no disk");
+            Ok(())
+        }),
+    }
+}
+
+/// host-a Primary and host-b Secondary of "kv" in generation 1, paired,
+/// with five epochs acknowledged.
+fn pair() -> Pair {
+    let disk = Arc::new(Generations::default());
+    disk.0.lock().unwrap().insert(1, "host-a".into());
+    let (p_ch, s_ch) = channel_pair();
+
+    let p_events = MemberDriver::channel();
+    let outputs = GatedOutputs::new(gate(), None);
+    let (running, _pmem) = counter_vm(&outputs);
+    let cfg = LoopConfig {
+        epoch: Duration::from_millis(20),
+        first_full: true,
+        dirty: Default::default(),
+    };
+    let p_fx =
+        PrimaryEffects::start(Arc::new(running), outputs, p_ch, cfg, p_events.0.clone()).unwrap();
+    let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
+    let primary = MemberDriver::start(
+        "kv",
+        Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
+        Box::new(p_fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-a",
+        }),
+        p_events,
+    );
+
+    let s_events = MemberDriver::channel();
+    let s_fx = SecondaryEffects::start("kv", s_ch, 1, MEM, plan(), s_events.0.clone()).unwrap();
+    let live = s_fx.live();
+    let secondary = MemberDriver::start(
+        "kv",
+        Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
+        Box::new(s_fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-b",
+        }),
+        s_events,
+    );
+    wait_until("five epochs acknowledged", || p_outputs.progress().0 >= 5);
+    assert_eq!(primary.state(), State::Paired { g: 1 });
+    assert_eq!(secondary.state(), State::Following { g: 1 });
+    Pair {
+        primary,
+        secondary,
+        p_outputs,
+        live,
+        cut,
+        disk,
+    }
+}
+
+/// The member's state is published before its `GoLive` is performed:
+/// waits for the resumed VM.
+fn resumed(live: &Mutex<Option<Live>>) -> std::sync::MutexGuard<'_, Option<Live>> {
+    wait_until("the VM resumed", || live.lock().unwrap().is_some());
+    live.lock().unwrap()
+}
+
+fn solo(g: u64) -> impl Fn(&State) -> bool {
+    move |s| *s == State::Solo { g }
+}
+
+#[test]
+fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on() {
+    let p = pair();
+    let acked = p.p_outputs.progress().0;
+    // host-a goes away: its member, VM and link are dropped.
+    let last = p.primary.finish();
+    assert_eq!(last, State::Paired { g: 1 });
+    let s = p.secondary.wait_for(SETTLE, solo(2));
+    assert_eq!(s, State::Solo { g: 2 }, "the Secondary runs on in generation 2");
+    assert_eq!(p.disk.0.lock().unwrap().get(&2).map(String::as_str), Some("host-b"));
+
+    let guard = resumed(&p.live);
+    let live = guard.as_ref().expect("the VM was resumed");
+    assert!(
+        live.epoch >= acked,
+        "resumed from epoch {} though {acked} were acknowledged",
+        live.epoch
+    );
+    assert!(!live.outputs.failed());
+    assert!(live.outputs.may_release(), "the member opened the new gate");
+    let mem = live.running.memory();
+    let at = counter(&mem);
+    wait_until("the resumed guest counts on", || counter(&mem) != at);
+    drop(guard);
+    assert_eq!(p.secondary.finish(), State::Solo { g: 2 });
+}
+
+#[test]
+fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
+    let p = pair();
+    (p.cut)();
+    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
+    let a = p.primary.wait_for(SETTLE, settled);
+    let b = p.secondary.wait_for(SETTLE, settled);
+    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
+    match (&a, &b, winner.as_deref()) {
+        (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
+            assert!(!p.p_outputs.failed() && p.p_outputs.may_release());
+            assert!(p.live.lock().unwrap().is_none(), "the loser resumed nothing");
+        }
+        (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
+            assert!(
+                p.p_outputs.failed(),
+                "the losing Primary releases nothing more"
+            );
+            let guard = resumed(&p.live);
+            let mem = guard.as_ref().expect("the winner resumed").running.memory();
+            let at = counter(&mem);
+            wait_until("the resumed guest counts on", || counter(&mem) != at);
+        }
+        other => panic!("not exactly one member running on in generation 2: {other:?}"),
+    }
+    p.primary.finish();
+    p.secondary.finish();
+}
