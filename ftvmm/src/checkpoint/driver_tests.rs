@@ -61,9 +61,9 @@ struct Pair {
     disk: Arc<Generations>,
 }
 
-fn plan() -> TakeOverPlan {
+fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
     TakeOverPlan {
-        grant: HostGrant::always(),
+        grant,
         gate: GateConfig {
             max_dirty_pages: u64::MAX,
             max_write_bytes: u64::MAX,
@@ -87,6 +87,11 @@ fn plan() -> TakeOverPlan {
 /// host-a Primary and host-b Secondary of "kv" in generation 1, paired,
 /// with five epochs acknowledged.
 fn pair() -> Pair {
+    pair_with(HostGrant::always())
+}
+
+/// [`pair`], host-b's output grant being `s_grant`.
+fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let disk = Arc::new(Generations::default());
     disk.0.lock().unwrap().insert(1, "host-a".into());
     let (p_ch, s_ch) = channel_pair();
@@ -114,7 +119,7 @@ fn pair() -> Pair {
     );
 
     let s_events = MemberDriver::channel();
-    let s_fx = SecondaryEffects::start("kv", s_ch, 1, MEM, plan(), s_events.0.clone()).unwrap();
+    let s_fx = SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
     let live = s_fx.live();
     let secondary = MemberDriver::start(
         "kv",
@@ -203,5 +208,41 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
         other => panic!("not exactly one member running on in generation 2: {other:?}"),
     }
     p.primary.finish();
+    p.secondary.finish();
+}
+
+/// host-b's grant is away when it wins: it resumes the VM but holds every
+/// output (`Fenced`); when the grant is back it re-wins generation 3 before
+/// anything leaves, as a lockstep Secondary does.
+#[test]
+fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output() {
+    let grant = HostGrant::none();
+    let p = pair_with(Arc::clone(&grant));
+    p.secondary.post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
+        reason: "lease renewal failing".into(),
+    }));
+    p.primary.finish();
+    let s = p
+        .secondary
+        .wait_for(SETTLE, |s| *s == State::Fenced { g: 2 });
+    assert_eq!(s, State::Fenced { g: 2 }, "live but held");
+    {
+        let guard = resumed(&p.live);
+        let live = guard.as_ref().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!live.outputs.may_release(), "released while fenced");
+        let mem = live.running.memory();
+        let at = counter(&mem);
+        wait_until("the resumed guest counts, held", || counter(&mem) != at);
+    }
+    grant.renew(Duration::from_secs(60));
+    p.secondary
+        .post(Event::Grant(crate::lockstep::member::Grant::Ok));
+    let s = p.secondary.wait_for(SETTLE, solo(3));
+    assert_eq!(s, State::Solo { g: 3 }, "re-won generation 3");
+    assert_eq!(p.disk.0.lock().unwrap().get(&3).map(String::as_str), Some("host-b"));
+    wait_until("the gate opens in generation 3", || {
+        p.live.lock().unwrap().as_ref().unwrap().outputs.may_release()
+    });
     p.secondary.finish();
 }
