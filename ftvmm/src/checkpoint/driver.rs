@@ -29,7 +29,10 @@
 //!   that closes the link because its peer is lost shuts the socket without
 //!   `Bye`, so the peer races too; fencing lets exactly one win.
 //! - The state is published before the actions are performed (as in
-//!   lockstep's driver).
+//!   lockstep's driver), to the caller and to the VM's [`PairHandle`]: its
+//!   role for status, and the generation it runs (or acquires) as Primary
+//!   for fencing's publication; the daemon's grant changes and depositions
+//!   arrive through the handle (`members.rs`), as for lockstep.
 //!
 //! Not here (said in status by the manager where it matters): respawn of a
 //! checkpoint Secondary, fresh-ack stamps, the late-write fence at
@@ -54,7 +57,8 @@ use crate::linux::machine::Running;
 use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
 use crate::lockstep::fence;
 use crate::lockstep::grant::HostGrant;
-use crate::lockstep::member::{Action, Decision, Event, Gate, Member, State};
+use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
+use crate::lockstep::spec::PairHandle;
 
 /// How often the driver looks at the link's silence and deadlines.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -105,6 +109,9 @@ pub trait Effects: Send {
     fn resign(&mut self, reason: &str);
     /// Secondary that won `generation`: resume the VM from epoch `at`.
     fn go_live(&mut self, generation: u64, at: u64);
+    /// The host's grant came back: release what waited for it now rather
+    /// than at the next epoch close.
+    fn grant_back(&mut self);
     /// How long the peer has been silent (0 without a link).
     fn silent_ms(&self) -> u64;
     /// Secondary whose Primary is gone: the epoch to resume from, once
@@ -128,14 +135,18 @@ impl MemberDriver {
         mpsc::channel()
     }
 
-    /// Runs `member` for `vm` over `effects`; applies its initial gate first.
+    /// Runs `member` of `vm` on `host` over `effects`, published to `handle`
+    /// (which takes the daemon's events from now on); applies its initial
+    /// gate first.
     pub fn start(
-        vm: &str,
+        (vm, host): (&str, &str),
         member: Member,
         effects: Box<dyn Effects>,
         fencing: Arc<dyn Fencing>,
+        handle: Arc<PairHandle>,
         (events, rx): (Sender<Event>, EventRx<Event>),
     ) -> Self {
+        handle.attach(events.clone());
         let state = Arc::new(Mutex::new(member.state().clone()));
         let quit = Arc::new(AtomicBool::new(false));
         let mut run = Run {
@@ -145,6 +156,8 @@ impl MemberDriver {
             events: events.clone(),
             cancel: Arc::new(AtomicBool::new(false)),
             state: Arc::clone(&state),
+            handle,
+            host: host.to_string(),
             started: Instant::now(),
         };
         let q = Arc::clone(&quit);
@@ -152,9 +165,12 @@ impl MemberDriver {
             .name(format!("ckpt-member-{vm}"))
             .spawn(move || {
                 let mut member = member;
+                run.show(&member);
                 run.effects
                     .set_gate(member.initial_gate(), member.generation());
                 run.run(&mut member, &rx, &q);
+                run.handle.detach();
+                run.handle.running.store(0, Ordering::SeqCst);
             })
             .expect("spawn checkpoint member driver");
         MemberDriver {
@@ -211,6 +227,8 @@ struct Run {
     /// Ends race workers once the VM stops here.
     cancel: Arc<AtomicBool>,
     state: Arc<Mutex<State>>,
+    handle: Arc<PairHandle>,
+    host: String,
     started: Instant,
 }
 
@@ -243,11 +261,30 @@ impl Run {
     }
 
     fn step(&mut self, member: &mut Member, ev: Event) {
+        let back = ev == Event::Grant(Grant::Ok);
         let actions = member.on_event(ev);
-        *lock(&self.state) = member.state().clone();
+        self.show(member);
+        if back {
+            self.effects.grant_back();
+        }
         for a in actions {
             self.perform(member, a);
         }
+    }
+
+    /// Publishes the member's state (module doc).
+    fn show(&self, member: &Member) {
+        let st = member.state().clone();
+        *lock(&self.state) = st.clone();
+        *lock(&self.handle.member) = Some(st.clone());
+        *lock(&self.handle.hosts) = (self.host.clone(), member.peer().to_string());
+        self.handle.set_role(&format!("checkpoint {st}"));
+        self.handle
+            .generation
+            .store(member.generation(), Ordering::SeqCst);
+        self.handle
+            .running
+            .store(member.published_generation(), Ordering::SeqCst);
     }
 
     fn perform(&mut self, member: &Member, a: Action) {
@@ -466,6 +503,10 @@ impl Effects for PrimaryEffects {
         self.close_link(reason);
     }
 
+    fn grant_back(&mut self) {
+        self.outputs.kick();
+    }
+
     fn go_live(&mut self, generation: u64, _at: u64) {
         tracing::error!("checkpoint: a Primary told to go live in generation {generation}");
     }
@@ -650,6 +691,12 @@ impl Effects for SecondaryEffects {
     }
 
     fn resign(&mut self, _reason: &str) {}
+
+    fn grant_back(&mut self) {
+        if let Some(l) = lock(&self.live).as_ref() {
+            l.outputs.kick();
+        }
+    }
 
     fn go_live(&mut self, generation: u64, at: u64) {
         let t = Instant::now();

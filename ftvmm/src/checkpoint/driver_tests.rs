@@ -3,7 +3,9 @@
 //! guest, and an in-process fencing that decides each generation once (what
 //! Disk Paxos guarantees). The Primary's host goes away: the Secondary wins
 //! generation 2, resumes from its last complete epoch and the guest counts
-//! on. The link alone is cut: both race, exactly one runs on.
+//! on. The link alone is cut: both race, exactly one runs on. A Secondary
+//! that wins while fencing withdrew its grant (told through the daemon's
+//! `Members`) resumes held and re-wins before output.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +17,8 @@ use crate::checkpoint::gated::GatedBackend;
 use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
 use crate::linux::tests::{counter, wait_until, Sink};
 use crate::lockstep::member::Halt;
+use crate::lockstep::spec::PairHandle;
+use crate::members::Members;
 
 const FAILURE_TIMEOUT_MS: u64 = 300;
 const SETTLE: Duration = Duration::from_secs(10);
@@ -56,6 +60,8 @@ struct Pair {
     primary: MemberDriver,
     secondary: MemberDriver,
     p_outputs: Arc<GatedOutputs>,
+    p_handle: Arc<PairHandle>,
+    s_members: Arc<Members>,
     live: Arc<Mutex<Option<Live>>>,
     cut: Box<dyn Fn() + Send>,
     disk: Arc<Generations>,
@@ -96,6 +102,13 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     disk.0.lock().unwrap().insert(1, "host-a".into());
     let (p_ch, s_ch) = channel_pair();
 
+    let p_handle = Arc::new(PairHandle::default());
+    // host-b's daemon side: its members behind its grant (`members.rs`).
+    let s_members = (
+        Members::new(Arc::clone(&s_grant)),
+        Arc::new(PairHandle::default()),
+    );
+    s_members.0.insert("kv", Arc::clone(&s_members.1));
     let p_events = MemberDriver::channel();
     let outputs = GatedOutputs::new(gate(), None);
     let (running, _pmem) = counter_vm(&outputs);
@@ -108,13 +121,14 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
         PrimaryEffects::start(Arc::new(running), outputs, p_ch, cfg, p_events.0.clone()).unwrap();
     let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
     let primary = MemberDriver::start(
-        "kv",
+        ("kv", "host-a"),
         Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
         Box::new(p_fx),
         Arc::new(HostFencing {
             disk: Arc::clone(&disk),
             host: "host-a",
         }),
+        Arc::clone(&p_handle),
         p_events,
     );
 
@@ -122,22 +136,27 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let s_fx = SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
     let live = s_fx.live();
     let secondary = MemberDriver::start(
-        "kv",
+        ("kv", "host-b"),
         Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
         Box::new(s_fx),
         Arc::new(HostFencing {
             disk: Arc::clone(&disk),
             host: "host-b",
         }),
+        Arc::clone(&s_members.1),
         s_events,
     );
     wait_until("five epochs acknowledged", || p_outputs.progress().0 >= 5);
     assert_eq!(primary.state(), State::Paired { g: 1 });
     assert_eq!(secondary.state(), State::Following { g: 1 });
+    assert_eq!(p_handle.running_generation(), Some(1), "published as Primary");
+    assert_eq!(s_members.0.running(), vec![], "a Secondary publishes nothing");
     Pair {
         primary,
         secondary,
         p_outputs,
+        p_handle,
+        s_members: s_members.0,
         live,
         cut,
         disk,
@@ -165,6 +184,15 @@ fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on
     let s = p.secondary.wait_for(SETTLE, solo(2));
     assert_eq!(s, State::Solo { g: 2 }, "the Secondary runs on in generation 2");
     assert_eq!(p.disk.0.lock().unwrap().get(&2).map(String::as_str), Some("host-b"));
+    assert_eq!(p.p_handle.running_generation(), None, "host-a publishes nothing");
+    assert_eq!(
+        p.s_members.running(),
+        vec![config_schema::ctl::RunningVm {
+            vm: "kv".into(),
+            generation: 2
+        }],
+        "host-b publishes generation 2"
+    );
 
     let guard = resumed(&p.live);
     let live = guard.as_ref().expect("the VM was resumed");
@@ -218,9 +246,8 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
 fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output() {
     let grant = HostGrant::none();
     let p = pair_with(Arc::clone(&grant));
-    p.secondary.post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
-        reason: "lease renewal failing".into(),
-    }));
+    // Fencing withdraws host-b's grant, through the daemon's path.
+    p.s_members.on_grant(false, 0, "lease renewal failing");
     p.primary.finish();
     let s = p
         .secondary
@@ -235,9 +262,7 @@ fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output
         let at = counter(&mem);
         wait_until("the resumed guest counts, held", || counter(&mem) != at);
     }
-    grant.renew(Duration::from_secs(60));
-    p.secondary
-        .post(Event::Grant(crate::lockstep::member::Grant::Ok));
+    p.s_members.on_grant(true, 60_000, "");
     let s = p.secondary.wait_for(SETTLE, solo(3));
     assert_eq!(s, State::Solo { g: 3 }, "re-won generation 3");
     assert_eq!(p.disk.0.lock().unwrap().get(&3).map(String::as_str), Some("host-b"));
