@@ -34,11 +34,16 @@
 //!   for fencing's publication; the daemon's grant changes and depositions
 //!   arrive through the handle (`members.rs`), as for lockstep.
 //!
-//! Not here (said in status by the manager where it matters): respawn of a
-//! checkpoint Secondary, fresh-ack stamps, the late-write fence at
-//! take-over, hand-over on storage loss completing by `Resign` (a Primary
-//! losing storage halts after the hand-over deadline and its Secondary
-//! races when the link closes).
+//! - Storage lost on a paired Primary (fencing withdrew its grant past the
+//!   failure timeout): the member stops the VM; once the epoch loop has
+//!   ended and the Secondary acknowledged every closed epoch, `Resign` goes
+//!   out and the Secondary races at once (`PeerResigned`).
+//!
+//! Not here: respawn of a checkpoint Secondary, fresh-ack stamps (acks are
+//! taken as they come, as `remote.rs` does), the late-write fence at
+//! take-over (the unfinished writes are the caller's `write_pending`), and
+//! the daemon wiring (placement, pair start, images): the manager still
+//! refuses checkpoint VMs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver as EventRx, RecvTimeoutError, Sender};
@@ -381,6 +386,8 @@ pub struct PrimaryEffects {
     outputs: Arc<GatedOutputs>,
     link: Arc<PrimaryLink>,
     epochs_stop: Arc<AtomicBool>,
+    /// The epoch loop ended: no epoch closes any more.
+    epochs_done: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -412,9 +419,11 @@ impl PrimaryEffects {
                 })?
         };
         let epochs_stop = Arc::new(AtomicBool::new(false));
+        let epochs_done = Arc::new(AtomicBool::new(false));
         let epochs = {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
             let (stop, mut sink) = (Arc::clone(&epochs_stop), LinkSink(Arc::clone(&link)));
+            let done = Arc::clone(&epochs_done);
             std::thread::Builder::new()
                 .name("ckpt-epochs".into())
                 .spawn(move || {
@@ -426,6 +435,7 @@ impl PrimaryEffects {
                             running.stop();
                         }
                     }
+                    done.store(true, Ordering::SeqCst);
                 })?
         };
         Ok(PrimaryEffects {
@@ -433,6 +443,7 @@ impl PrimaryEffects {
             outputs,
             link,
             epochs_stop,
+            epochs_done,
             threads: vec![acks, epochs],
         })
     }
@@ -499,8 +510,16 @@ impl Effects for PrimaryEffects {
         self.link.close();
     }
 
+    /// Every closed epoch is acknowledged and the VM stopped: `Resign`,
+    /// then close.
     fn resign(&mut self, reason: &str) {
-        self.close_link(reason);
+        self.link.stop.store(true, Ordering::SeqCst);
+        if let Some(mut tx) = lock(&self.link.tx).take() {
+            let _ = tx.send_last(&Message::Resign {
+                reason: reason.to_string(),
+            });
+            tx.shutdown();
+        }
     }
 
     fn grant_back(&mut self) {
@@ -522,8 +541,10 @@ impl Effects for PrimaryEffects {
         None
     }
 
+    /// The VM stopped (no epoch closes any more) and every closed one is
+    /// acknowledged.
     fn all_acked(&self) -> bool {
-        false
+        self.epochs_done.load(Ordering::SeqCst) && self.outputs.all_closed_acked()
     }
 }
 
@@ -603,6 +624,9 @@ impl SecondaryEffects {
                     });
                     let ev = match &end {
                         LinkError::Bye { .. } => Some(Event::PrimaryEnded),
+                        LinkError::Resigned { reason } => Some(Event::PeerResigned {
+                            why: format!("the Primary resigned: {reason}"),
+                        }),
                         LinkError::Stopped => None,
                         e => Some(Event::ChannelLost {
                             why: format!("epoch link: {e}"),

@@ -271,3 +271,34 @@ fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output
     });
     p.secondary.finish();
 }
+
+/// Fencing withdraws host-a's grant and it does not come back: the paired
+/// Primary holds, stops its VM after the failure timeout, and resigns once
+/// every closed epoch is acknowledged; the Secondary races at once and
+/// resumes from exactly that epoch.
+#[test]
+fn a_primary_that_loses_storage_hands_over_at_its_last_acknowledged_epoch() {
+    let p = pair();
+    assert!(p.p_handle.post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
+        reason: "lease renewal failing".into(),
+    })));
+    let a = p.primary.wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(
+        a,
+        State::Halted(Halt::HandedOver { to_secondary: true }),
+        "handed over after every epoch was acknowledged"
+    );
+    let acked = p.p_outputs.progress().0;
+    assert!(p.p_outputs.all_closed_acked() && p.p_outputs.failed());
+    let s = p.secondary.wait_for(SETTLE, solo(2));
+    assert_eq!(s, State::Solo { g: 2 });
+    let guard = resumed(&p.live);
+    assert_eq!(
+        guard.as_ref().unwrap().epoch,
+        acked,
+        "resumed from the Primary's last acknowledged epoch"
+    );
+    drop(guard);
+    p.primary.finish();
+    p.secondary.finish();
+}

@@ -271,6 +271,12 @@ impl GatedOutputs {
         lock(&self.gate).progress()
     }
 
+    /// Whether the Secondary acknowledged every epoch closed so far.
+    pub fn all_closed_acked(&self) -> bool {
+        let g = lock(&self.gate);
+        g.progress().0 + 1 == g.current()
+    }
+
     pub fn frames_held(&self) -> usize {
         lock(&self.gate).frames_held()
     }
