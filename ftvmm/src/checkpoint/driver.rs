@@ -466,13 +466,13 @@ fn read_acks(
                     return Some(format!("acknowledgement of epoch {epoch} refused: {e}"));
                 }
             }
-            Ok(Message::Bye { reason }) => return Some(format!("the secondary said bye: {reason}")),
-            Ok(m) => {
-                return Some(format!(
-                    "a {} message on a checkpoint link, where the Primary takes only EpochAck and Bye",
-                    m.kind()
-                ))
+            Ok(Message::Bye { reason }) => {
+                return Some(format!("the secondary said bye: {reason}"))
             }
+            Ok(m) => return Some(format!(
+                "a {} message on a checkpoint link, where the Primary takes only EpochAck and Bye",
+                m.kind()
+            )),
             Err(ChannelError::Timeout) => {}
             Err(e) => return Some(format!("channel: {e}")),
         }
@@ -574,8 +574,11 @@ pub struct TakeOverPlan {
     /// The VM around the staging memory, its backend gated by the outputs.
     pub rebuild: Box<dyn FnOnce(Arc<GatedOutputs>) -> Rebuild + Send>,
     /// The last epoch's unfinished writes, in order, durably.
-    pub write_pending: Box<dyn FnOnce(&[DiskWrite]) -> Result<(), String> + Send>,
+    pub write_pending: WritePending,
 }
+
+/// Writes a take-over's unfinished epoch writes (`secondary::take_over`).
+pub type WritePending = Box<dyn FnOnce(&[DiskWrite]) -> Result<(), String> + Send>;
 
 /// The VM a Secondary resumed.
 pub struct Live {

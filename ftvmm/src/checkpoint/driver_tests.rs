@@ -133,7 +133,8 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     );
 
     let s_events = MemberDriver::channel();
-    let s_fx = SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
+    let s_fx =
+        SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
     let live = s_fx.live();
     let secondary = MemberDriver::start(
         ("kv", "host-b"),
@@ -149,8 +150,16 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     wait_until("five epochs acknowledged", || p_outputs.progress().0 >= 5);
     assert_eq!(primary.state(), State::Paired { g: 1 });
     assert_eq!(secondary.state(), State::Following { g: 1 });
-    assert_eq!(p_handle.running_generation(), Some(1), "published as Primary");
-    assert_eq!(s_members.0.running(), vec![], "a Secondary publishes nothing");
+    assert_eq!(
+        p_handle.running_generation(),
+        Some(1),
+        "published as Primary"
+    );
+    assert_eq!(
+        s_members.0.running(),
+        vec![],
+        "a Secondary publishes nothing"
+    );
     Pair {
         primary,
         secondary,
@@ -182,9 +191,20 @@ fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on
     let last = p.primary.finish();
     assert_eq!(last, State::Paired { g: 1 });
     let s = p.secondary.wait_for(SETTLE, solo(2));
-    assert_eq!(s, State::Solo { g: 2 }, "the Secondary runs on in generation 2");
-    assert_eq!(p.disk.0.lock().unwrap().get(&2).map(String::as_str), Some("host-b"));
-    assert_eq!(p.p_handle.running_generation(), None, "host-a publishes nothing");
+    assert_eq!(
+        s,
+        State::Solo { g: 2 },
+        "the Secondary runs on in generation 2"
+    );
+    assert_eq!(
+        p.disk.0.lock().unwrap().get(&2).map(String::as_str),
+        Some("host-b")
+    );
+    assert_eq!(
+        p.p_handle.running_generation(),
+        None,
+        "host-a publishes nothing"
+    );
     assert_eq!(
         p.s_members.running(),
         vec![config_schema::ctl::RunningVm {
@@ -221,7 +241,10 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
     match (&a, &b, winner.as_deref()) {
         (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
             assert!(!p.p_outputs.failed() && p.p_outputs.may_release());
-            assert!(p.live.lock().unwrap().is_none(), "the loser resumed nothing");
+            assert!(
+                p.live.lock().unwrap().is_none(),
+                "the loser resumed nothing"
+            );
         }
         (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
             assert!(
@@ -265,9 +288,18 @@ fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output
     p.s_members.on_grant(true, 60_000, "");
     let s = p.secondary.wait_for(SETTLE, solo(3));
     assert_eq!(s, State::Solo { g: 3 }, "re-won generation 3");
-    assert_eq!(p.disk.0.lock().unwrap().get(&3).map(String::as_str), Some("host-b"));
+    assert_eq!(
+        p.disk.0.lock().unwrap().get(&3).map(String::as_str),
+        Some("host-b")
+    );
     wait_until("the gate opens in generation 3", || {
-        p.live.lock().unwrap().as_ref().unwrap().outputs.may_release()
+        p.live
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .outputs
+            .may_release()
     });
     p.secondary.finish();
 }
@@ -279,10 +311,14 @@ fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output
 #[test]
 fn a_primary_that_loses_storage_hands_over_at_its_last_acknowledged_epoch() {
     let p = pair();
-    assert!(p.p_handle.post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
-        reason: "lease renewal failing".into(),
-    })));
-    let a = p.primary.wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert!(p
+        .p_handle
+        .post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
+            reason: "lease renewal failing".into(),
+        })));
+    let a = p
+        .primary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
     assert_eq!(
         a,
         State::Halted(Halt::HandedOver { to_secondary: true }),

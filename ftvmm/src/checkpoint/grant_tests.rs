@@ -33,7 +33,9 @@ fn rig(grant: Arc<HostGrant>, generation: u64) -> Rig {
     let f2 = Arc::clone(&frames);
     let outputs = GatedOutputs::with_grant(
         gate(generation),
-        Some(Box::new(move |f: &[u8]| f2.lock().unwrap().push(f.to_vec()))),
+        Some(Box::new(move |f: &[u8]| {
+            f2.lock().unwrap().push(f.to_vec())
+        })),
         grant,
         false,
     );
@@ -104,7 +106,11 @@ fn a_lapsed_grant_holds_acknowledged_frames_and_writes_until_it_is_back() {
     r.outputs.close_epoch();
     r.outputs.on_ack(1).unwrap();
     r.assert_held(4, "on an ack while the grant had lapsed");
-    assert_eq!(r.outputs.progress(), (1, 0, 0), "acknowledged, not submitted");
+    assert_eq!(
+        r.outputs.progress(),
+        (1, 0, 0),
+        "acknowledged, not submitted"
+    );
 
     grant.renew(Duration::from_secs(60));
     r.outputs.kick();
@@ -122,7 +128,10 @@ fn a_lapsed_grant_holds_acknowledged_frames_and_writes_until_it_is_back() {
     r.outputs.on_ack(2).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(r.frames().len(), 1, "a frame left without a grant");
-    assert!(r.sector(5).iter().all(|&b| b == 0), "written without a grant");
+    assert!(
+        r.sector(5).iter().all(|&b| b == 0),
+        "written without a grant"
+    );
     grant.renew(Duration::from_secs(60));
     r.outputs.close_epoch();
     wait_until("epoch 2 leaves at the next close", || r.frames().len() == 2);
