@@ -469,10 +469,12 @@ fn read_acks(
             Ok(Message::Bye { reason }) => {
                 return Some(format!("the secondary said bye: {reason}"))
             }
-            Ok(m) => return Some(format!(
+            Ok(m) => {
+                return Some(format!(
                 "a {} message on a checkpoint link, where the Primary takes only EpochAck and Bye",
                 m.kind()
-            )),
+            ))
+            }
             Err(ChannelError::Timeout) => {}
             Err(e) => return Some(format!("channel: {e}")),
         }

@@ -27,6 +27,12 @@
 //!   again right before each write of an epoch it was handed, waiting for
 //!   the grant (a stopping backend gives the writes up instead). A grant
 //!   that comes back releases at the next epoch close or [`GatedOutputs::kick`].
+//! - A write is never started more than `IO_AGE_LIMIT` (2 s,
+//!   `live/late_write.rs` rule 1) after its epoch was released to the disk
+//!   thread, on `CLOCK_BOOTTIME`: a host thawed, or held by its grant that
+//!   long, gives the epoch up (the outputs fail, the VM ends; the Secondary
+//!   holds the epoch and re-writes it). Unlike lockstep's disk thread this
+//!   does not ask fencing to reset the host.
 //!
 //! Completions are delivered from the backend's own threads, never from
 //! inside `submit_block`/`send_frame` (the bus is locked there).
@@ -43,9 +49,12 @@ use super::epoch::{DiskWrite, SECTOR_SIZE};
 use super::gate::{Action, Closed, EpochGate, GateError, Mode};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
+use crate::live::late_write::too_old;
+use crate::live::late_write::IO_AGE_LIMIT_MS;
 use crate::live::{DiskBackend, Tap};
 use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::Gate;
+use config_schema::clock::BootInstant;
 
 /// How often a disk thread waiting for the grant looks again.
 const GRANT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
@@ -60,7 +69,12 @@ pub type FrameOut = Box<dyn FnMut(&[u8]) + Send>;
 /// Work for the disk thread, in order.
 enum DiskJob {
     Read(BlockRequest),
-    Submit { epoch: u64, writes: Vec<DiskWrite> },
+    Submit {
+        epoch: u64,
+        writes: Vec<DiskWrite>,
+        /// When the gate let the epoch's writes go.
+        released: BootInstant,
+    },
 }
 
 /// Counters for status and benches.
@@ -217,9 +231,15 @@ impl GatedOutputs {
                     self.stats.frames_released.fetch_add(1, Ordering::Relaxed);
                 }
                 Action::Submit { epoch, writes } => {
-                    let sent = lock(&self.disk_tx)
-                        .as_ref()
-                        .is_some_and(|tx| tx.send(DiskJob::Submit { epoch, writes }).is_ok());
+                    let sent = lock(&self.disk_tx).as_ref().is_some_and(|tx| {
+                        let released = BootInstant::now();
+                        let job = DiskJob::Submit {
+                            epoch,
+                            writes,
+                            released,
+                        };
+                        tx.send(job).is_ok()
+                    });
                     if !sent {
                         tracing::error!(
                             epoch,
@@ -381,11 +401,15 @@ fn disk_loop(
                     data,
                 });
             }
-            DiskJob::Submit { epoch, writes } => {
+            DiskJob::Submit {
+                epoch,
+                writes,
+                released,
+            } => {
                 if outputs.failed() {
                     continue;
                 }
-                match write_epoch(&mut disk, &writes, &outputs) {
+                match write_epoch(&mut disk, &writes, &outputs, released) {
                     Ok(bytes) => {
                         outputs
                             .stats
@@ -415,6 +439,7 @@ fn write_epoch(
     disk: &mut DiskBackend,
     writes: &[DiskWrite],
     outputs: &GatedOutputs,
+    released: BootInstant,
 ) -> Result<u64, String> {
     let mut bytes = 0u64;
     for (i, w) in writes.iter().enumerate() {
@@ -422,6 +447,14 @@ fn write_epoch(
             return Err(format!(
                 "held at sector {} (no output grant, or halted) while the VM stops",
                 w.sector
+            ));
+        }
+        if let Some(age) = too_old(released, BootInstant::now()) {
+            return Err(format!(
+                "the write at sector {} was released {} ms ago (limit {IO_AGE_LIMIT_MS} ms); \
+                 never started",
+                w.sector,
+                age.as_millis()
             ));
         }
         let req = BlockRequest {

@@ -190,7 +190,10 @@ fn the_disk_thread_looks_at_the_grant_again_before_each_write() {
         g2.renew(Duration::from_secs(60));
     });
     let t = std::time::Instant::now();
-    assert_eq!(write_epoch(&mut disk, &writes, &r.outputs), Ok(512));
+    assert_eq!(
+        write_epoch(&mut disk, &writes, &r.outputs, BootInstant::now()),
+        Ok(512)
+    );
     assert!(
         t.elapsed() >= Duration::from_millis(140),
         "written before the grant came back ({:?})",
@@ -205,6 +208,32 @@ fn the_disk_thread_looks_at_the_grant_again_before_each_write() {
         sector: 10,
         data: vec![0xf6; 512],
     }];
-    assert!(write_epoch(&mut disk, &later, &r.outputs).is_err());
+    assert!(write_epoch(&mut disk, &later, &r.outputs, BootInstant::now()).is_err());
     assert!(r.sector(10).iter().all(|&b| b == 0));
+}
+
+/// A write whose epoch was released more than `IO_AGE_LIMIT` ago (a host
+/// thawed, or held that long by its grant) is never started.
+#[test]
+fn a_write_released_too_long_ago_is_never_started() {
+    let r = rig(HostGrant::always(), 1);
+    let mut disk = DiskBackend::open(
+        &DiskSpec {
+            path: r.file.path().into(),
+            region: None,
+        },
+        0,
+    )
+    .unwrap();
+    let writes = vec![DiskWrite {
+        sector: 11,
+        data: vec![0x17; 512],
+    }];
+    let now = BootInstant::now().as_nanos();
+    let stale = BootInstant::from_nanos(now - (IO_AGE_LIMIT_MS + 500) * 1_000_000);
+    let err = write_epoch(&mut disk, &writes, &r.outputs, stale).unwrap_err();
+    assert!(err.contains("never started"), "{err}");
+    assert!(r.sector(11).iter().all(|&b| b == 0), "a stale write landed");
+    let fresh = BootInstant::from_nanos(now - (IO_AGE_LIMIT_MS - 500) * 1_000_000);
+    assert_eq!(write_epoch(&mut disk, &writes, &r.outputs, fresh), Ok(512));
 }
