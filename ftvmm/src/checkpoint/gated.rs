@@ -286,9 +286,14 @@ impl GatedOutputs {
         lock(&self.gate).end_early(dirty_pages)
     }
 
-    /// (current epoch, acked, durable) for status.
+    /// (acked, submitted, durable) for status.
     pub fn progress(&self) -> (u64, u64, u64) {
         lock(&self.gate).progress()
+    }
+
+    /// The epoch the guest runs in.
+    pub fn current(&self) -> u64 {
+        lock(&self.gate).current()
     }
 
     /// Whether the Secondary acknowledged every epoch closed so far.
