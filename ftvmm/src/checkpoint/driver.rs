@@ -34,6 +34,9 @@
 //!   for fencing's publication; the daemon's grant changes and depositions
 //!   arrive through the handle (`members.rs`), as for lockstep.
 //!
+//! - The Primary's guest ending on its own is an orderly end: `Bye`, and
+//!   both members halt (the Secondary without racing). Its epoch loop
+//!   failing stops the VM and the member, and closes the link without `Bye`.
 //! - Storage lost on a paired Primary (fencing withdrew its grant past the
 //!   failure timeout): the member stops the VM; once the epoch loop has
 //!   ended and the Secondary acknowledged every closed epoch, `Resign` goes
@@ -423,19 +426,14 @@ impl PrimaryEffects {
         let epochs = {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
             let (stop, mut sink) = (Arc::clone(&epochs_stop), LinkSink(Arc::clone(&link)));
-            let done = Arc::clone(&epochs_done);
+            let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             std::thread::Builder::new()
                 .name("ckpt-epochs".into())
                 .spawn(move || {
-                    match primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |_| {}) {
-                        Ok(()) | Err(EpochLoopError::VmEnded) => {}
-                        Err(e) => {
-                            println!("ftvmm: checkpoint epoch loop ended: {e}; the VM stops");
-                            outputs.halt();
-                            running.stop();
-                        }
-                    }
+                    let end =
+                        primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |_| {});
                     done.store(true, Ordering::SeqCst);
+                    on_epochs_end(end, &outputs, &link, &running);
                 })?
         };
         Ok(PrimaryEffects {
@@ -447,6 +445,44 @@ impl PrimaryEffects {
             threads: vec![acks, epochs],
         })
     }
+}
+
+/// The epoch loop ended. The member stopped the VM (it halted the outputs
+/// first) or told it to stop: nothing to do. The guest ended on its own: an
+/// orderly end, `Bye` to the Secondary (which halts without racing), and the
+/// member stops. The loop failed: the VM stops and the member with it; the
+/// link closes without `Bye`, so the Secondary races and resumes from its
+/// last complete epoch.
+fn on_epochs_end(
+    end: Result<(), EpochLoopError>,
+    outputs: &GatedOutputs,
+    link: &PrimaryLink,
+    running: &Running,
+) {
+    if outputs.failed() {
+        return;
+    }
+    match end {
+        Ok(()) => return,
+        Err(EpochLoopError::VmEnded) => {
+            let reason = format!(
+                "the Primary's guest ended: {}",
+                running.ended().map_or("?".to_string(), |e| e.to_string())
+            );
+            link.stop.store(true, Ordering::SeqCst);
+            if let Some(mut tx) = lock(&link.tx).take() {
+                let _ = tx.send_last(&Message::Bye { reason });
+                tx.shutdown();
+            }
+        }
+        Err(e) => {
+            println!("ftvmm: checkpoint epoch loop ended: {e}; the VM stops");
+            outputs.halt();
+            running.stop();
+            link.close();
+        }
+    }
+    let _ = lock(&link.events).send(Event::Stop);
 }
 
 /// Acks into the gate until the link ends (`Some(why)`) or is closed here.
@@ -491,6 +527,10 @@ impl PrimaryEffects {
 
     pub(crate) fn outputs(&self) -> Arc<GatedOutputs> {
         Arc::clone(&self.outputs)
+    }
+
+    pub(crate) fn vm_control(&self) -> Arc<crate::linux::vcpus::Control> {
+        self.running.control()
     }
 }
 

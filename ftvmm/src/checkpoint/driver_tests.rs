@@ -61,6 +61,7 @@ struct Pair {
     secondary: MemberDriver,
     p_outputs: Arc<GatedOutputs>,
     p_handle: Arc<PairHandle>,
+    p_control: Arc<crate::linux::vcpus::Control>,
     s_members: Arc<Members>,
     live: Arc<Mutex<Option<Live>>>,
     cut: Box<dyn Fn() + Send>,
@@ -120,6 +121,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let p_fx =
         PrimaryEffects::start(Arc::new(running), outputs, p_ch, cfg, p_events.0.clone()).unwrap();
     let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
+    let p_control = p_fx.vm_control();
     let primary = MemberDriver::start(
         ("kv", "host-a"),
         Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
@@ -165,6 +167,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
         secondary,
         p_outputs,
         p_handle,
+        p_control,
         s_members: s_members.0,
         live,
         cut,
@@ -335,6 +338,26 @@ fn a_primary_that_loses_storage_hands_over_at_its_last_acknowledged_epoch() {
         "resumed from the Primary's last acknowledged epoch"
     );
     drop(guard);
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// The Primary's guest ends on its own: an orderly end of the pair, no race.
+#[test]
+fn the_primary_guest_ending_halts_both_without_a_race() {
+    let p = pair();
+    p.p_control.end(crate::linux::End::Stopped);
+    let a = p
+        .primary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(a, State::Halted(Halt::Stopped));
+    let b = p
+        .secondary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(b, State::Halted(Halt::PrimaryEnded));
+    std::thread::sleep(Duration::from_millis(2 * FAILURE_TIMEOUT_MS));
+    assert_eq!(p.disk.0.lock().unwrap().get(&2), None, "nobody raced");
+    assert!(p.live.lock().unwrap().is_none(), "nothing resumed");
     p.primary.finish();
     p.secondary.finish();
 }
