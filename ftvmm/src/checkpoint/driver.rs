@@ -21,7 +21,8 @@
 //!   gate that starts held and that the member opens in `g + 1`: its
 //!   outputs are released as soon as their epoch closes and its writes are
 //!   durable (no Secondary left), still only under the host's grant. Lost
-//!   or superseded: it halts.
+//!   or superseded: it halts. A Secondary that never completed an epoch has
+//!   nothing to resume from: it halts without racing.
 //!
 //! Rules:
 //! - A link that ends is never taken for an orderly end unless the peer
@@ -123,7 +124,7 @@ pub trait Effects: Send {
     /// How long the peer has been silent (0 without a link).
     fn silent_ms(&self) -> u64;
     /// Secondary whose Primary is gone: the epoch to resume from, once
-    /// nothing is left to apply.
+    /// nothing is left to apply; `Some(0)`: none (it halts, never races).
     fn drained(&mut self) -> Option<u64>;
     /// Primary handing over: the Secondary holds every closed epoch.
     fn all_acked(&self) -> bool;
@@ -257,8 +258,18 @@ impl Run {
             self.step(member, ev);
             // The mode-specific steps the member waits for.
             if matches!(member.state(), State::Draining { .. }) {
-                if let Some(at) = self.effects.drained() {
-                    self.step(member, Event::ReplayExhausted { at });
+                match self.effects.drained() {
+                    // Nothing to resume from: never race (the Primary, if
+                    // alive, races and runs on alone). The member's only
+                    // "halt, never promote" input is `Diverged`.
+                    Some(0) => self.step(
+                        member,
+                        Event::Diverged {
+                            what: "no complete epoch received: nothing to resume from".into(),
+                        },
+                    ),
+                    Some(at) => self.step(member, Event::ReplayExhausted { at }),
+                    None => {}
                 }
             }
             if matches!(member.state(), State::HandingOver { .. }) && self.effects.all_acked() {

@@ -20,7 +20,10 @@ use crate::lockstep::member::Halt;
 use crate::lockstep::spec::PairHandle;
 use crate::members::Members;
 
-const FAILURE_TIMEOUT_MS: u64 = 300;
+/// Long enough for the first (full, 64 MiB) epoch on a loaded machine:
+/// the Primary hears nothing from its Secondary until that is applied
+/// (with 300 ms, parallel tests raced before pairing).
+const FAILURE_TIMEOUT_MS: u64 = 2_000;
 const SETTLE: Duration = Duration::from_secs(10);
 
 /// Generations of one VM, each decided once, first come first served.
@@ -355,9 +358,51 @@ fn the_primary_guest_ending_halts_both_without_a_race() {
         .secondary
         .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
     assert_eq!(b, State::Halted(Halt::PrimaryEnded));
-    std::thread::sleep(Duration::from_millis(2 * FAILURE_TIMEOUT_MS));
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(p.disk.0.lock().unwrap().get(&2), None, "nobody raced");
     assert!(p.live.lock().unwrap().is_none(), "nothing resumed");
     p.primary.finish();
     p.secondary.finish();
+}
+
+/// A Secondary whose Primary goes away before a single epoch completed has
+/// nothing to resume from: it halts and never races.
+#[test]
+fn a_secondary_without_a_complete_epoch_never_races() {
+    let disk = Arc::new(Generations::default());
+    disk.0.lock().unwrap().insert(1, "host-a".into());
+    let (p_ch, s_ch) = channel_pair();
+    let events = MemberDriver::channel();
+    let fx = SecondaryEffects::start(
+        "kv",
+        s_ch,
+        1,
+        MEM,
+        plan(HostGrant::always()),
+        events.0.clone(),
+    )
+    .unwrap();
+    let live = fx.live();
+    let secondary = MemberDriver::start(
+        ("kv", "host-b"),
+        Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
+        Box::new(fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-b",
+        }),
+        Arc::new(PairHandle::default()),
+        events,
+    );
+    let (tx, _rx) = p_ch.split();
+    tx.shutdown();
+    let s = secondary.wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert!(
+        matches!(&s, State::Halted(Halt::Diverged { what }) if what.contains("no complete epoch")),
+        "{s:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(disk.0.lock().unwrap().get(&2), None, "it never raced");
+    assert!(live.lock().unwrap().is_none());
+    secondary.finish();
 }
