@@ -13,9 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
+use crate::checkpoint::gate::GateConfig;
 use crate::checkpoint::gated::GatedBackend;
+use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
+use crate::checkpoint::secondary::Rebuild;
 use crate::linux::tests::{counter, wait_until, Sink};
+use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::Halt;
 use crate::lockstep::spec::PairHandle;
 use crate::members::Members;
