@@ -32,6 +32,10 @@
 //!   closes.
 //! - Acks must be fresh (echoing a recent send on `CLOCK_BOOTTIME`, as in
 //!   lockstep); the driver passes only fresh ones to [`EpochGate::on_ack`].
+//! - Held ([`EpochGate::set_held`]: the host's output grant lapsed or was
+//!   withdrawn, or the member holds for a race or a hand-over): nothing is
+//!   released or submitted, in any mode; acks and closes are still counted,
+//!   and [`EpochGate::release`] catches up once the hold ends.
 //!
 //! # States
 //!
@@ -130,6 +134,8 @@ pub struct EpochGate {
     /// Frames not yet released: (epoch, frame), in the order sent.
     frames: VecDeque<(u64, Vec<u8>)>,
     overlay: Overlay,
+    /// Nothing leaves while set (the grant or the member; module doc).
+    held: bool,
 }
 
 impl EpochGate {
@@ -149,6 +155,7 @@ impl EpochGate {
             flying: Vec::new(),
             frames: VecDeque::new(),
             overlay: Overlay::default(),
+            held: false,
         }
     }
 
@@ -323,11 +330,27 @@ impl EpochGate {
         }
     }
 
+    /// Holds (`true`) or lets go (`false`) every output: the host's grant
+    /// and the member's gate, as the driver sees them before each call.
+    /// Letting go releases nothing by itself: call [`EpochGate::release`].
+    pub fn set_held(&mut self, held: bool) {
+        self.held = held;
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// What the rule lets go now (after a hold ended).
+    pub fn release(&mut self) -> Vec<Action> {
+        self.advance()
+    }
+
     /// Submits the next acknowledged epoch's writes if none are in flight
-    /// and releases the frames the rule allows; nothing while Lost.
+    /// and releases the frames the rule allows; nothing while Lost or held.
     fn advance(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        if matches!(self.mode, Mode::Lost { .. }) {
+        if self.held || matches!(self.mode, Mode::Lost { .. }) {
             self.check();
             return out;
         }

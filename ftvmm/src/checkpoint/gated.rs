@@ -20,6 +20,20 @@
 //!   is released, ever: the outputs are [`GatedOutputs::failed`] and the
 //!   owner ends the VM (the Secondary, which holds the epoch, re-writes it).
 //!
+//! - Nothing leaves without the host's output grant (`lockstep/grant.rs`)
+//!   or while the member holds ([`GatedOutputs::set_member_gate`]), as for
+//!   lockstep's held outputs: the gate is held while either says so (looked
+//!   at under the gate's lock before every step), and the disk thread looks
+//!   again right before each write of an epoch it was handed, waiting for
+//!   the grant (a stopping backend gives the writes up instead). A grant
+//!   that comes back releases at the next epoch close or [`GatedOutputs::kick`].
+//! - A write is never started more than `IO_AGE_LIMIT` (2 s,
+//!   `live/late_write.rs` rule 1) after its epoch was released to the disk
+//!   thread, on `CLOCK_BOOTTIME`: a host thawed, or held by its grant that
+//!   long, gives the epoch up (the outputs fail, the VM ends; the Secondary
+//!   holds the epoch and re-writes it). Unlike lockstep's disk thread this
+//!   does not ask fencing to reset the host.
+//!
 //! Completions are delivered from the backend's own threads, never from
 //! inside `submit_block`/`send_frame` (the bus is locked there).
 //!
@@ -32,10 +46,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::epoch::{DiskWrite, SECTOR_SIZE};
-use super::gate::{Action, Closed, EpochGate, GateError};
+use super::gate::{Action, Closed, EpochGate, GateError, Mode};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
+use crate::live::late_write::too_old;
+use crate::live::late_write::IO_AGE_LIMIT_MS;
 use crate::live::{DiskBackend, Tap};
+use crate::lockstep::grant::HostGrant;
+use crate::lockstep::member::Gate;
+use config_schema::clock::BootInstant;
+
+/// How often a disk thread waiting for the grant looks again.
+const GRANT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -47,7 +69,12 @@ pub type FrameOut = Box<dyn FnMut(&[u8]) + Send>;
 /// Work for the disk thread, in order.
 enum DiskJob {
     Read(BlockRequest),
-    Submit { epoch: u64, writes: Vec<DiskWrite> },
+    Submit {
+        epoch: u64,
+        writes: Vec<DiskWrite>,
+        /// When the gate let the epoch's writes go.
+        released: BootInstant,
+    },
 }
 
 /// Counters for status and benches.
@@ -65,18 +92,118 @@ pub struct GatedOutputs {
     frame_out: Mutex<Option<FrameOut>>,
     disk_tx: Mutex<Option<Sender<DiskJob>>>,
     failed: AtomicBool,
+    /// The host's output grant: nothing leaves without it.
+    grant: Arc<HostGrant>,
+    /// The member holds everything (racing, handing over, fenced).
+    member_held: AtomicBool,
+    /// The backend is stopping: a disk thread waiting for the grant gives up.
+    stopping: AtomicBool,
     pub stats: OutputStats,
 }
 
 impl GatedOutputs {
+    /// Outputs with a grant that never expires and no member hold (the
+    /// one-process pair, the two-process drivers, tests).
     pub fn new(gate: EpochGate, frame_out: Option<FrameOut>) -> Arc<Self> {
+        Self::with_grant(gate, frame_out, HostGrant::always(), false)
+    }
+
+    /// Outputs that also need `grant`, starting held by the member if
+    /// `member_held` (a take-over VM before its member opens the gate).
+    pub fn with_grant(
+        gate: EpochGate,
+        frame_out: Option<FrameOut>,
+        grant: Arc<HostGrant>,
+        member_held: bool,
+    ) -> Arc<Self> {
         Arc::new(GatedOutputs {
             gate: Mutex::new(gate),
             frame_out: Mutex::new(frame_out),
             disk_tx: Mutex::new(None),
             failed: AtomicBool::new(false),
+            grant,
+            member_held: AtomicBool::new(member_held),
+            stopping: AtomicBool::new(false),
             stats: OutputStats::default(),
         })
+    }
+
+    /// Whether outputs may leave now: the grant is valid and the member
+    /// does not hold.
+    pub fn may_release(&self) -> bool {
+        !self.member_held.load(Ordering::SeqCst) && self.grant.valid()
+    }
+
+    /// The gate, locked, with its hold brought up to date.
+    fn lock_gate(&self) -> MutexGuard<'_, EpochGate> {
+        let mut g = lock(&self.gate);
+        g.set_held(!self.may_release());
+        g
+    }
+
+    /// Releases what waited for the grant or the member (either came back).
+    pub fn kick(&self) {
+        let mut g = self.lock_gate();
+        let actions = g.release();
+        self.perform(&mut g, actions);
+    }
+
+    /// The member's gate (`lockstep::member::Gate`), `generation` the one it
+    /// acts in: `Held` holds everything; `ByAcks` lets the Output Rule
+    /// release (paired); `Open` runs alone in `generation`: every closed
+    /// epoch counts as acknowledged (`EpochGate::on_generation_won`).
+    pub fn set_member_gate(&self, gate: Gate, generation: u64) -> Result<(), GateError> {
+        if gate == Gate::Held {
+            self.member_held.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        {
+            let mut g = lock(&self.gate);
+            match (gate, g.mode()) {
+                (Gate::ByAcks, Mode::Paired { .. }) => {}
+                (Gate::Open, Mode::Solo { generation: g0 }) if g0 == generation => {}
+                (Gate::Open, Mode::Paired { generation: g0 } | Mode::Lost { generation: g0 })
+                    if generation > g0 =>
+                {
+                    if let Mode::Paired { .. } = g.mode() {
+                        g.on_secondary_lost()?;
+                    }
+                    // Its actions follow from `kick` below, under the hold.
+                    g.set_held(true);
+                    g.on_generation_won(generation)?;
+                }
+                (_, mode) => {
+                    return Err(GateError::Transition {
+                        what: if gate == Gate::Open {
+                            "run alone in this generation"
+                        } else {
+                            "release by acks"
+                        },
+                        mode,
+                    })
+                }
+            }
+        }
+        self.member_held.store(false, Ordering::SeqCst);
+        self.kick();
+        Ok(())
+    }
+
+    /// Waits until the outputs may leave; false if they never will (halted,
+    /// or the backend stops meanwhile).
+    fn wait_for_release(&self) -> bool {
+        loop {
+            if self.failed() {
+                return false;
+            }
+            if self.may_release() {
+                return true;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(GRANT_POLL);
+        }
     }
 
     /// Whether the device refused an epoch's writes (module doc).
@@ -104,9 +231,15 @@ impl GatedOutputs {
                     self.stats.frames_released.fetch_add(1, Ordering::Relaxed);
                 }
                 Action::Submit { epoch, writes } => {
-                    let sent = lock(&self.disk_tx)
-                        .as_ref()
-                        .is_some_and(|tx| tx.send(DiskJob::Submit { epoch, writes }).is_ok());
+                    let sent = lock(&self.disk_tx).as_ref().is_some_and(|tx| {
+                        let released = BootInstant::now();
+                        let job = DiskJob::Submit {
+                            epoch,
+                            writes,
+                            released,
+                        };
+                        tx.send(job).is_ok()
+                    });
                     if !sent {
                         tracing::error!(
                             epoch,
@@ -121,7 +254,7 @@ impl GatedOutputs {
 
     /// Ends the current epoch (call with the vCPUs paused).
     pub fn close_epoch(&self) -> Closed {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let (closed, actions) = g.close_epoch();
         self.perform(&mut g, actions);
         closed
@@ -129,7 +262,7 @@ impl GatedOutputs {
 
     /// A fresh acknowledgement from the Secondary: every epoch `<= epoch`.
     pub fn on_ack(&self, epoch: u64) -> Result<(), GateError> {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let actions = g.on_ack(epoch)?;
         self.perform(&mut g, actions);
         Ok(())
@@ -142,7 +275,7 @@ impl GatedOutputs {
 
     /// This member won `generation` and runs alone.
     pub fn on_generation_won(&self, generation: u64) -> Result<(), GateError> {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         let actions = g.on_generation_won(generation)?;
         self.perform(&mut g, actions);
         Ok(())
@@ -153,9 +286,20 @@ impl GatedOutputs {
         lock(&self.gate).end_early(dirty_pages)
     }
 
-    /// (current epoch, acked, durable) for status.
+    /// (acked, submitted, durable) for status.
     pub fn progress(&self) -> (u64, u64, u64) {
         lock(&self.gate).progress()
+    }
+
+    /// The epoch the guest runs in.
+    pub fn current(&self) -> u64 {
+        lock(&self.gate).current()
+    }
+
+    /// Whether the Secondary acknowledged every epoch closed so far.
+    pub fn all_closed_acked(&self) -> bool {
+        let g = lock(&self.gate);
+        g.progress().0 + 1 == g.current()
     }
 
     pub fn frames_held(&self) -> usize {
@@ -163,7 +307,7 @@ impl GatedOutputs {
     }
 
     fn on_durable(&self, epoch: u64) {
-        let mut g = lock(&self.gate);
+        let mut g = self.lock_gate();
         match g.on_durable(epoch) {
             Ok(actions) => self.perform(&mut g, actions),
             Err(e) => tracing::error!("checkpoint: {e}"),
@@ -262,11 +406,15 @@ fn disk_loop(
                     data,
                 });
             }
-            DiskJob::Submit { epoch, writes } => {
+            DiskJob::Submit {
+                epoch,
+                writes,
+                released,
+            } => {
                 if outputs.failed() {
                     continue;
                 }
-                match write_epoch(&mut disk, &writes) {
+                match write_epoch(&mut disk, &writes, &outputs, released) {
                     Ok(bytes) => {
                         outputs
                             .stats
@@ -290,10 +438,30 @@ fn disk_loop(
     }
 }
 
-/// Writes `writes` in order and syncs; the bytes written.
-fn write_epoch(disk: &mut DiskBackend, writes: &[DiskWrite]) -> Result<u64, String> {
+/// Writes `writes` in order and syncs, each write only while the outputs
+/// may leave (module doc); the bytes written.
+fn write_epoch(
+    disk: &mut DiskBackend,
+    writes: &[DiskWrite],
+    outputs: &GatedOutputs,
+    released: BootInstant,
+) -> Result<u64, String> {
     let mut bytes = 0u64;
     for (i, w) in writes.iter().enumerate() {
+        if !outputs.wait_for_release() {
+            return Err(format!(
+                "held at sector {} (no output grant, or halted) while the VM stops",
+                w.sector
+            ));
+        }
+        if let Some(age) = too_old(released, BootInstant::now()) {
+            return Err(format!(
+                "the write at sector {} was released {} ms ago (limit {IO_AGE_LIMIT_MS} ms); \
+                 never started",
+                w.sector,
+                age.as_millis()
+            ));
+        }
         let req = BlockRequest {
             dev: 0,
             id: i as u64,
@@ -385,6 +553,7 @@ impl LinuxBackend for GatedBackend {
 
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.outputs.stopping.store(true, Ordering::SeqCst);
         self.done_tx = None;
         *lock(&self.outputs.disk_tx) = None;
         for t in self.threads.drain(..) {
@@ -394,3 +563,7 @@ impl LinuxBackend for GatedBackend {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "grant_tests.rs"]
+mod grant_tests;

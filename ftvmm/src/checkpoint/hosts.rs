@@ -202,7 +202,7 @@ pub fn drive_primary(
     });
     stop.store(true, Ordering::SeqCst);
     let lost = lock(&lost).take();
-    let (epoch, acked, _) = outputs.progress();
+    let (epoch, (acked, _, _)) = (outputs.current(), outputs.progress());
     match lost {
         None => {
             let report = running.wait();

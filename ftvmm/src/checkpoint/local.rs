@@ -244,7 +244,7 @@ pub fn run_local_pair(
         }
         triggered
     });
-    let (current, acked, durable) = outputs.progress();
+    let (current, (acked, _, durable)) = (outputs.current(), outputs.progress());
     if !triggered {
         drop(link);
         let _ = secondary.join();

@@ -41,12 +41,20 @@
 //! over TCP loopback with the real channel, on /dev/kvm), `dirty_tests`
 //! (the pause with either harvest, `--ignored`).
 //!
-//! Not here yet: the member / fencing wiring (go-live for g+1 as in
-//! lockstep) and resending from the first unacked epoch after a reconnect.
+//! [`driver`] runs lockstep's member state machine on a checkpoint pair
+//! (failure detection, the race for g+1 through fencing, resuming from the
+//! last complete epoch, hand-over on storage loss), checked by
+//! `driver_tests` on /dev/kvm with in-process fencing; `gated`'s
+//! `grant_tests` check that the gate obeys the host's output grant.
+//!
+//! Not here yet: the daemon running checkpoint VMs (`manager.rs` refuses
+//! them), respawn in this mode, and resending from the first unacked epoch
+//! after a reconnect.
 
 pub mod assemble;
 pub mod delta;
 pub mod dirty_log;
+pub mod driver;
 pub mod epoch;
 mod epoch_decode;
 pub mod gate;

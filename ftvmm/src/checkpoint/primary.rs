@@ -222,7 +222,7 @@ pub fn one_epoch(
     let pre = if full {
         Some(
             pre_copy(running, dirty).map_err(|why| EpochLoopError::Harvest {
-                epoch: outputs.progress().0,
+                epoch: outputs.current(),
                 why,
             })?,
         )
@@ -273,7 +273,7 @@ pub fn run_epochs(
         running
             .with_paused(|p| enable_manual_protect(p.vm))
             .map_err(|e| EpochLoopError::Harvest {
-                epoch: outputs.progress().0,
+                epoch: outputs.current(),
                 why: e.to_string(),
             })?;
     }

@@ -52,6 +52,10 @@ pub enum LinkError {
     /// The peer ended the link in order.
     #[error("the peer said goodbye: {reason}")]
     Bye { reason: String },
+    /// The Primary handed the VM over (its storage is lost) after every
+    /// epoch it closed was acknowledged: the Secondary races at once.
+    #[error("the Primary resigned: {reason}")]
+    Resigned { reason: String },
     /// This side was told to stop.
     #[error("stopped")]
     Stopped,
@@ -105,10 +109,11 @@ pub fn on_message<M: StagingMemory>(
     match m {
         Message::EpochPiece { bytes } => Ok(r.on_piece(&bytes)?),
         Message::Bye { reason } => Err(LinkError::Bye { reason }),
+        Message::Resign { reason } => Err(LinkError::Resigned { reason }),
         m => Err(LinkError::Unexpected {
             kind: m.kind(),
             side: "Secondary",
-            expects: "EpochPiece and Bye",
+            expects: "EpochPiece, Resign and Bye",
         }),
     }
 }
@@ -144,7 +149,10 @@ pub fn serve<M: StagingMemory>(
             Err(e) => break e,
         }
     };
-    if !matches!(end, LinkError::Bye { .. } | LinkError::Channel(_)) {
+    if !matches!(
+        end,
+        LinkError::Bye { .. } | LinkError::Resigned { .. } | LinkError::Channel(_)
+    ) {
         tracing::warn!(
             "checkpoint: link to {} ends at epoch {}: {end}",
             tx.peer(),

@@ -46,7 +46,7 @@ pub(super) fn gate() -> EpochGate {
 
 /// A Primary's and a Secondary's channel over TCP loopback, after the
 /// Noise handshake with each other's keys.
-fn channel_pair() -> (Channel, Channel) {
+pub(super) fn channel_pair() -> (Channel, Channel) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let primary = Identity {

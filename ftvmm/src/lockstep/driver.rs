@@ -293,16 +293,9 @@ impl Ctx {
         self.handle
             .generation
             .store(member.generation(), Ordering::SeqCst);
-        let running = match st {
-            State::Paired { g }
-            | State::Solo { g }
-            | State::Fenced { g }
-            | State::StorageHeld { g, .. }
-            | State::HandingOver { g, .. } => *g,
-            State::Racing { g, .. } | State::Rechecking { g } | State::Claiming { g, .. } => g + 1,
-            State::Following { .. } | State::Draining { .. } | State::Halted(_) => 0,
-        };
-        self.handle.running.store(running, Ordering::SeqCst);
+        self.handle
+            .running
+            .store(member.published_generation(), Ordering::SeqCst);
     }
 
     fn perform(&mut self, a: Action) {

@@ -304,6 +304,20 @@ impl Member {
         matches!(self.state, State::Halted(_))
     }
 
+    /// The generation this host runs the VM in as Primary, or is acquiring
+    /// as one, for fencing's publication (docs/design.md §1); 0: none.
+    pub fn published_generation(&self) -> u64 {
+        match &self.state {
+            State::Paired { g }
+            | State::Solo { g }
+            | State::Fenced { g }
+            | State::StorageHeld { g, .. }
+            | State::HandingOver { g, .. } => *g,
+            State::Racing { g, .. } | State::Rechecking { g } | State::Claiming { g, .. } => g + 1,
+            State::Following { .. } | State::Draining { .. } | State::Halted(_) => 0,
+        }
+    }
+
     /// Takes one event; returns what to do. The only place `state` changes.
     pub fn on_event(&mut self, ev: Event) -> Vec<Action> {
         if let Event::Tick { now_ms, .. } = ev {

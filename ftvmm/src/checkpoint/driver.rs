@@ -1,0 +1,350 @@
+//! The checkpoint pair's member driver: the one thread that owns a pair
+//! member's [`Member`] — the same state machine lockstep uses
+//! (`lockstep/member.rs`: pairing, racing for a generation, going live) —
+//! and performs its [`Action`]s on a checkpoint VM. Beside
+//! `lockstep/driver.rs`; what differs by mode is behind [`Effects`], and
+//! fencing's `Acquire` behind [`Fencing`] (the daemon's socket, or an
+//! in-process one in tests).
+//!
+//! - Primary ([`PrimaryEffects`]): the epoch loop ships epochs over the
+//!   channel (`remote.rs`), an ack thread feeds the gate; the member's gate
+//!   goes to [`GatedOutputs::set_member_gate`] (held while racing, open —
+//!   every closed epoch acknowledged — once it won `g + 1` and runs alone).
+//!   Losing the link (send or receive failing, the Secondary saying bye) is
+//!   `ChannelLost`: the member holds and races.
+//! - Secondary ([`SecondaryEffects`]): applies epochs to staging memory and
+//!   acknowledges them. It never replays, so once its Primary is gone
+//!   ("draining" in the member's words) it has nothing left to apply: the
+//!   driver reports `ReplayExhausted` at the last complete epoch at once, and
+//!   the member races for `g + 1`. Won: [`Effects::go_live`] resumes the VM
+//!   from that epoch (its unfinished disk writes written first), behind a
+//!   gate that starts held and that the member opens in `g + 1`: its
+//!   outputs are released as soon as their epoch closes and its writes are
+//!   durable (no Secondary left), still only under the host's grant. Lost
+//!   or superseded: it halts. A Secondary that never completed an epoch has
+//!   nothing to resume from: it halts without racing.
+//!
+//! Rules:
+//! - A link that ends is never taken for an orderly end unless the peer
+//!   said `Bye` (Secondary: `PrimaryEnded`, it halts without racing). A side
+//!   that closes the link because its peer is lost shuts the socket without
+//!   `Bye`, so the peer races too; fencing lets exactly one win.
+//! - The state is published before the actions are performed (as in
+//!   lockstep's driver), to the caller and to the VM's [`PairHandle`]: its
+//!   role for status, and the generation it runs (or acquires) as Primary
+//!   for fencing's publication; the daemon's grant changes and depositions
+//!   arrive through the handle (`members.rs`), as for lockstep.
+//!
+//! - The Primary's guest ending on its own is an orderly end: `Bye`, and
+//!   both members halt (the Secondary without racing). Its epoch loop
+//!   failing stops the VM and the member, and closes the link without `Bye`.
+//! - Storage lost on a paired Primary (fencing withdrew its grant past the
+//!   failure timeout): the member stops the VM; once the epoch loop has
+//!   ended and the Secondary acknowledged every closed epoch, `Resign` goes
+//!   out and the Secondary races at once (`PeerResigned`).
+//!
+//! Not here: respawn of a checkpoint Secondary, fresh-ack stamps (acks are
+//! taken as they come, as `remote.rs` does), the late-write fence at
+//! take-over (the unfinished writes are the caller's `write_pending`), and
+//! the daemon wiring (placement, pair start, images): the manager still
+//! refuses checkpoint VMs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver as EventRx, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::lockstep::fence;
+use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
+use crate::lockstep::spec::PairHandle;
+
+#[path = "driver_primary.rs"]
+mod primary_effects;
+#[path = "driver_secondary.rs"]
+mod secondary_effects;
+
+pub use primary_effects::PrimaryEffects;
+pub use secondary_effects::{Live, SecondaryEffects, TakeOverPlan, WritePending};
+
+/// How often the driver looks at the link's silence and deadlines.
+pub const TICK: Duration = Duration::from_millis(50);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fencing as a member's race sees it.
+pub trait Fencing: Send + Sync {
+    /// Blocks until fencing decides `generation` of `vm` for this host;
+    /// `None` once `cancel` is set.
+    fn acquire(&self, vm: &str, generation: u64, cancel: &AtomicBool) -> Option<Decision>;
+}
+
+/// The fencing agent behind its control socket (the daemon's).
+pub struct SocketFencing {
+    pub socket: std::path::PathBuf,
+    pub config_generation: u64,
+}
+
+impl Fencing for SocketFencing {
+    fn acquire(&self, vm: &str, generation: u64, cancel: &AtomicBool) -> Option<Decision> {
+        let waiting = |why: &str| {
+            println!("ftvmm: vm {vm}: storage does not answer ({why}); holding output and waiting")
+        };
+        fence::acquire_until(
+            &self.socket,
+            vm,
+            generation,
+            self.config_generation,
+            cancel,
+            waiting,
+        )
+        .map(|a| a.decision)
+    }
+}
+
+/// What the member's actions act on, by replication mode.
+pub trait Effects: Send {
+    /// The member's gate; `generation` the one it now acts in.
+    fn set_gate(&mut self, gate: Gate, generation: u64);
+    /// Stop the VM here (halting, or handing over); nothing more leaves.
+    fn stop_vcpu(&mut self);
+    /// Close the link to the peer (no `Bye`: module doc).
+    fn close_link(&mut self, reason: &str);
+    /// Primary handing over after a storage loss, every epoch acknowledged.
+    fn resign(&mut self, reason: &str);
+    /// Secondary that won `generation`: resume the VM from epoch `at`.
+    fn go_live(&mut self, generation: u64, at: u64);
+    /// The host's grant came back: release what waited for it now rather
+    /// than at the next epoch close.
+    fn grant_back(&mut self);
+    /// How long the peer has been silent (0 without a link).
+    fn silent_ms(&self) -> u64;
+    /// Secondary whose Primary is gone: the epoch to resume from, once
+    /// nothing is left to apply; `Some(0)`: none (it halts, never races).
+    fn drained(&mut self) -> Option<u64>;
+    /// Primary handing over: the Secondary holds every closed epoch.
+    fn all_acked(&self) -> bool;
+}
+
+/// A running member driver.
+pub struct MemberDriver {
+    events: Sender<Event>,
+    state: Arc<Mutex<State>>,
+    quit: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MemberDriver {
+    /// The driver's event channel, made before the effects that post to it.
+    pub fn channel() -> (Sender<Event>, EventRx<Event>) {
+        mpsc::channel()
+    }
+
+    /// Runs `member` of `vm` on `host` over `effects`, published to `handle`
+    /// (which takes the daemon's events from now on); applies its initial
+    /// gate first.
+    pub fn start(
+        (vm, host): (&str, &str),
+        member: Member,
+        effects: Box<dyn Effects>,
+        fencing: Arc<dyn Fencing>,
+        handle: Arc<PairHandle>,
+        (events, rx): (Sender<Event>, EventRx<Event>),
+    ) -> Self {
+        handle.attach(events.clone());
+        let state = Arc::new(Mutex::new(member.state().clone()));
+        let quit = Arc::new(AtomicBool::new(false));
+        let mut run = Run {
+            vm: vm.to_string(),
+            effects,
+            fencing,
+            events: events.clone(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            state: Arc::clone(&state),
+            handle,
+            host: host.to_string(),
+            started: Instant::now(),
+        };
+        let q = Arc::clone(&quit);
+        let thread = std::thread::Builder::new()
+            .name(format!("ckpt-member-{vm}"))
+            .spawn(move || {
+                let mut member = member;
+                run.show(&member);
+                run.effects
+                    .set_gate(member.initial_gate(), member.generation());
+                run.run(&mut member, &rx, &q);
+                run.handle.detach();
+                run.handle.running.store(0, Ordering::SeqCst);
+            })
+            .expect("spawn checkpoint member driver");
+        MemberDriver {
+            events,
+            state,
+            quit,
+            thread: Some(thread),
+        }
+    }
+
+    /// Posts an event (the daemon's grant and depositions, a stop).
+    pub fn post(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    /// The member's state now.
+    pub fn state(&self) -> State {
+        lock(&self.state).clone()
+    }
+
+    /// Waits until `f` holds for the member's state, or `timeout`; the
+    /// state last seen.
+    pub fn wait_for(&self, timeout: Duration, f: impl Fn(&State) -> bool) -> State {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.state();
+            if f(&s) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Ends the driver thread (the effects are dropped with it: a host that
+    /// goes away) and returns the member's last state.
+    pub fn finish(mut self) -> State {
+        self.quit.store(true, Ordering::SeqCst);
+        let _ = self.events.send(Event::Tick {
+            now_ms: 0,
+            silent_ms: 0,
+        });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.state()
+    }
+}
+
+struct Run {
+    vm: String,
+    effects: Box<dyn Effects>,
+    fencing: Arc<dyn Fencing>,
+    events: Sender<Event>,
+    /// Ends race workers once the VM stops here.
+    cancel: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+    handle: Arc<PairHandle>,
+    host: String,
+    started: Instant,
+}
+
+impl Run {
+    fn run(&mut self, member: &mut Member, rx: &EventRx<Event>, quit: &AtomicBool) {
+        loop {
+            let ev = match rx.recv_timeout(TICK) {
+                Ok(ev) => ev,
+                Err(RecvTimeoutError::Timeout) => Event::Tick {
+                    now_ms: self.started.elapsed().as_millis() as u64,
+                    silent_ms: self.effects.silent_ms(),
+                },
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if quit.load(Ordering::SeqCst) {
+                break;
+            }
+            self.step(member, ev);
+            // The mode-specific steps the member waits for.
+            if matches!(member.state(), State::Draining { .. }) {
+                match self.effects.drained() {
+                    // Nothing to resume from: never race (the Primary, if
+                    // alive, races and runs on alone). The member's only
+                    // "halt, never promote" input is `Diverged`.
+                    Some(0) => self.step(
+                        member,
+                        Event::Diverged {
+                            what: "no complete epoch received: nothing to resume from".into(),
+                        },
+                    ),
+                    Some(at) => self.step(member, Event::ReplayExhausted { at }),
+                    None => {}
+                }
+            }
+            if matches!(member.state(), State::HandingOver { .. }) && self.effects.all_acked() {
+                self.step(member, Event::AllAcked);
+            }
+        }
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn step(&mut self, member: &mut Member, ev: Event) {
+        let back = ev == Event::Grant(Grant::Ok);
+        let actions = member.on_event(ev);
+        self.show(member);
+        if back {
+            self.effects.grant_back();
+        }
+        for a in actions {
+            self.perform(member, a);
+        }
+    }
+
+    /// Publishes the member's state (module doc).
+    fn show(&self, member: &Member) {
+        let st = member.state().clone();
+        *lock(&self.state) = st.clone();
+        *lock(&self.handle.member) = Some(st.clone());
+        *lock(&self.handle.hosts) = (self.host.clone(), member.peer().to_string());
+        self.handle.set_role(&format!("checkpoint {st}"));
+        self.handle
+            .generation
+            .store(member.generation(), Ordering::SeqCst);
+        self.handle
+            .running
+            .store(member.published_generation(), Ordering::SeqCst);
+    }
+
+    fn perform(&mut self, member: &Member, a: Action) {
+        match a {
+            Action::Gate(g) => self.effects.set_gate(g, member.generation()),
+            Action::Acquire { generation } => self.race(generation),
+            Action::StopVcpu => {
+                self.cancel.store(true, Ordering::SeqCst);
+                self.effects.stop_vcpu();
+            }
+            Action::Resign { reason } => self.effects.resign(&reason),
+            Action::SendDiverged { what } => self.effects.close_link(&what),
+            Action::CloseLink { reason } => self.effects.close_link(&reason),
+            Action::GoLive { generation, at } => self.effects.go_live(generation, at),
+            Action::Say(line) => println!("{line}"),
+        }
+    }
+
+    /// Asks fencing for `generation` on a worker; the answer comes back as
+    /// `Decided`.
+    fn race(&self, generation: u64) {
+        let (vm, fencing) = (self.vm.clone(), Arc::clone(&self.fencing));
+        let (events, cancel) = (self.events.clone(), Arc::clone(&self.cancel));
+        let spawned = std::thread::Builder::new()
+            .name(format!("ckpt-race-{vm}-{generation}"))
+            .spawn(move || {
+                if let Some(decision) = fencing.acquire(&vm, generation, &cancel) {
+                    tracing::info!(vm, generation, ?decision, "checkpoint: decided");
+                    let _ = events.send(Event::Decided {
+                        generation,
+                        decision,
+                    });
+                }
+            });
+        if let Err(e) = spawned {
+            println!(
+                "ftvmm: vm {}: cannot race for generation {generation}: {e}; output stays held",
+                self.vm
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

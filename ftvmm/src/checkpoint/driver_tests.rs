@@ -1,0 +1,413 @@
+//! The checkpoint member driver on /dev/kvm: two hosts' members in one
+//! process over TCP loopback with the real channel, the two-vCPU counter
+//! guest, and an in-process fencing that decides each generation once (what
+//! Disk Paxos guarantees). The Primary's host goes away: the Secondary wins
+//! generation 2, resumes from its last complete epoch and the guest counts
+//! on. The link alone is cut: both race, exactly one runs on. A Secondary
+//! that wins while fencing withdrew its grant (told through the daemon's
+//! `Members`) resumes held and re-wins before output.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::checkpoint::gate::GateConfig;
+use crate::checkpoint::gated::GatedBackend;
+use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::primary::LoopConfig;
+use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
+use crate::checkpoint::secondary::Rebuild;
+use crate::linux::tests::{counter, wait_until, Sink};
+use crate::lockstep::grant::HostGrant;
+use crate::lockstep::member::Halt;
+use crate::lockstep::spec::PairHandle;
+use crate::members::Members;
+
+/// Long enough for the first (full, 64 MiB) epoch on a loaded machine:
+/// the Primary hears nothing from its Secondary until that is applied
+/// (with 300 ms, parallel tests raced before pairing).
+const FAILURE_TIMEOUT_MS: u64 = 2_000;
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Generations of one VM, each decided once, first come first served.
+#[derive(Default)]
+struct Generations(Mutex<BTreeMap<u64, String>>);
+
+struct HostFencing {
+    disk: Arc<Generations>,
+    host: &'static str,
+}
+
+impl Fencing for HostFencing {
+    fn acquire(&self, _vm: &str, generation: u64, cancel: &AtomicBool) -> Option<Decision> {
+        if cancel.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut owners = self.disk.0.lock().unwrap();
+        if let Some(&top) = owners.keys().next_back() {
+            if top > generation {
+                return Some(Decision::Superseded { by: top });
+            }
+        }
+        let owner = owners
+            .entry(generation)
+            .or_insert_with(|| self.host.to_string());
+        Some(if owner == self.host {
+            Decision::Won
+        } else {
+            Decision::Lost {
+                owner: owner.clone(),
+            }
+        })
+    }
+}
+
+struct Pair {
+    primary: MemberDriver,
+    secondary: MemberDriver,
+    p_outputs: Arc<GatedOutputs>,
+    p_handle: Arc<PairHandle>,
+    p_control: Arc<crate::linux::vcpus::Control>,
+    s_members: Arc<Members>,
+    live: Arc<Mutex<Option<Live>>>,
+    cut: Box<dyn Fn() + Send>,
+    disk: Arc<Generations>,
+}
+
+fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
+    TakeOverPlan {
+        grant,
+        gate: GateConfig {
+            max_dirty_pages: u64::MAX,
+            max_write_bytes: u64::MAX,
+        },
+        epoch: Duration::from_millis(5),
+        frame_out: None,
+        rebuild: Box::new(|outputs| Rebuild {
+            vcpus: 2,
+            virtio: vec![],
+            console: Box::new(Sink::default()),
+            backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
+            advance_ns: 0,
+        }),
+        write_pending: Box::new(|w| {
+            assert!(w.is_empty(), "the counter guest writes no disk");
+            Ok(())
+        }),
+    }
+}
+
+/// host-a Primary and host-b Secondary of "kv" in generation 1, paired,
+/// with five epochs acknowledged.
+fn pair() -> Pair {
+    pair_with(HostGrant::always())
+}
+
+/// [`pair`], host-b's output grant being `s_grant`.
+fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
+    let disk = Arc::new(Generations::default());
+    disk.0.lock().unwrap().insert(1, "host-a".into());
+    let (p_ch, s_ch) = channel_pair();
+
+    let p_handle = Arc::new(PairHandle::default());
+    // host-b's daemon side: its members behind its grant (`members.rs`).
+    let s_members = (
+        Members::new(Arc::clone(&s_grant)),
+        Arc::new(PairHandle::default()),
+    );
+    s_members.0.insert("kv", Arc::clone(&s_members.1));
+    let p_events = MemberDriver::channel();
+    let outputs = GatedOutputs::new(gate(), None);
+    let (running, _pmem) = counter_vm(&outputs);
+    let cfg = LoopConfig {
+        epoch: Duration::from_millis(20),
+        first_full: true,
+        dirty: Default::default(),
+    };
+    let p_fx =
+        PrimaryEffects::start(Arc::new(running), outputs, p_ch, cfg, p_events.0.clone()).unwrap();
+    let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
+    let p_control = p_fx.vm_control();
+    let primary = MemberDriver::start(
+        ("kv", "host-a"),
+        Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
+        Box::new(p_fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-a",
+        }),
+        Arc::clone(&p_handle),
+        p_events,
+    );
+
+    let s_events = MemberDriver::channel();
+    let s_fx =
+        SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
+    let live = s_fx.live();
+    let secondary = MemberDriver::start(
+        ("kv", "host-b"),
+        Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
+        Box::new(s_fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-b",
+        }),
+        Arc::clone(&s_members.1),
+        s_events,
+    );
+    wait_until("five epochs acknowledged", || p_outputs.progress().0 >= 5);
+    assert_eq!(primary.state(), State::Paired { g: 1 });
+    assert_eq!(secondary.state(), State::Following { g: 1 });
+    assert_eq!(
+        p_handle.running_generation(),
+        Some(1),
+        "published as Primary"
+    );
+    assert_eq!(
+        s_members.0.running(),
+        vec![],
+        "a Secondary publishes nothing"
+    );
+    Pair {
+        primary,
+        secondary,
+        p_outputs,
+        p_handle,
+        p_control,
+        s_members: s_members.0,
+        live,
+        cut,
+        disk,
+    }
+}
+
+/// The member's state is published before its `GoLive` is performed:
+/// waits for the resumed VM.
+fn resumed(live: &Mutex<Option<Live>>) -> std::sync::MutexGuard<'_, Option<Live>> {
+    wait_until("the VM resumed", || live.lock().unwrap().is_some());
+    live.lock().unwrap()
+}
+
+fn solo(g: u64) -> impl Fn(&State) -> bool {
+    move |s| *s == State::Solo { g }
+}
+
+#[test]
+fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on() {
+    let p = pair();
+    let acked = p.p_outputs.progress().0;
+    // host-a goes away: its member, VM and link are dropped.
+    let last = p.primary.finish();
+    assert_eq!(last, State::Paired { g: 1 });
+    let s = p.secondary.wait_for(SETTLE, solo(2));
+    assert_eq!(
+        s,
+        State::Solo { g: 2 },
+        "the Secondary runs on in generation 2"
+    );
+    assert_eq!(
+        p.disk.0.lock().unwrap().get(&2).map(String::as_str),
+        Some("host-b")
+    );
+    assert_eq!(
+        p.p_handle.running_generation(),
+        None,
+        "host-a publishes nothing"
+    );
+    assert_eq!(
+        p.s_members.running(),
+        vec![config_schema::ctl::RunningVm {
+            vm: "kv".into(),
+            generation: 2
+        }],
+        "host-b publishes generation 2"
+    );
+
+    let guard = resumed(&p.live);
+    let live = guard.as_ref().expect("the VM was resumed");
+    assert!(
+        live.epoch >= acked,
+        "resumed from epoch {} though {acked} were acknowledged",
+        live.epoch
+    );
+    assert!(!live.outputs.failed());
+    assert!(live.outputs.may_release(), "the member opened the new gate");
+    let mem = live.running.memory();
+    let at = counter(&mem);
+    wait_until("the resumed guest counts on", || counter(&mem) != at);
+    drop(guard);
+    assert_eq!(p.secondary.finish(), State::Solo { g: 2 });
+}
+
+#[test]
+fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
+    let p = pair();
+    (p.cut)();
+    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
+    let a = p.primary.wait_for(SETTLE, settled);
+    let b = p.secondary.wait_for(SETTLE, settled);
+    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
+    match (&a, &b, winner.as_deref()) {
+        (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
+            assert!(!p.p_outputs.failed() && p.p_outputs.may_release());
+            assert!(
+                p.live.lock().unwrap().is_none(),
+                "the loser resumed nothing"
+            );
+        }
+        (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
+            assert!(
+                p.p_outputs.failed(),
+                "the losing Primary releases nothing more"
+            );
+            let guard = resumed(&p.live);
+            let mem = guard.as_ref().expect("the winner resumed").running.memory();
+            let at = counter(&mem);
+            wait_until("the resumed guest counts on", || counter(&mem) != at);
+        }
+        other => panic!("not exactly one member running on in generation 2: {other:?}"),
+    }
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// host-b's grant is away when it wins: it resumes the VM but holds every
+/// output (`Fenced`); when the grant is back it re-wins generation 3 before
+/// anything leaves, as a lockstep Secondary does.
+#[test]
+fn a_secondary_that_wins_without_its_grant_resumes_held_and_rewins_before_output() {
+    let grant = HostGrant::none();
+    let p = pair_with(Arc::clone(&grant));
+    // Fencing withdraws host-b's grant, through the daemon's path.
+    p.s_members.on_grant(false, 0, "lease renewal failing");
+    p.primary.finish();
+    let s = p
+        .secondary
+        .wait_for(SETTLE, |s| *s == State::Fenced { g: 2 });
+    assert_eq!(s, State::Fenced { g: 2 }, "live but held");
+    {
+        let guard = resumed(&p.live);
+        let live = guard.as_ref().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!live.outputs.may_release(), "released while fenced");
+        let mem = live.running.memory();
+        let at = counter(&mem);
+        wait_until("the resumed guest counts, held", || counter(&mem) != at);
+    }
+    p.s_members.on_grant(true, 60_000, "");
+    let s = p.secondary.wait_for(SETTLE, solo(3));
+    assert_eq!(s, State::Solo { g: 3 }, "re-won generation 3");
+    assert_eq!(
+        p.disk.0.lock().unwrap().get(&3).map(String::as_str),
+        Some("host-b")
+    );
+    wait_until("the gate opens in generation 3", || {
+        p.live
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .outputs
+            .may_release()
+    });
+    p.secondary.finish();
+}
+
+/// Fencing withdraws host-a's grant and it does not come back: the paired
+/// Primary holds, stops its VM after the failure timeout, and resigns once
+/// every closed epoch is acknowledged; the Secondary races at once and
+/// resumes from exactly that epoch.
+#[test]
+fn a_primary_that_loses_storage_hands_over_at_its_last_acknowledged_epoch() {
+    let p = pair();
+    assert!(p
+        .p_handle
+        .post(Event::Grant(crate::lockstep::member::Grant::Withdrawn {
+            reason: "lease renewal failing".into(),
+        })));
+    let a = p
+        .primary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(
+        a,
+        State::Halted(Halt::HandedOver { to_secondary: true }),
+        "handed over after every epoch was acknowledged"
+    );
+    let acked = p.p_outputs.progress().0;
+    assert!(p.p_outputs.all_closed_acked() && p.p_outputs.failed());
+    let s = p.secondary.wait_for(SETTLE, solo(2));
+    assert_eq!(s, State::Solo { g: 2 });
+    let guard = resumed(&p.live);
+    assert_eq!(
+        guard.as_ref().unwrap().epoch,
+        acked,
+        "resumed from the Primary's last acknowledged epoch"
+    );
+    drop(guard);
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// The Primary's guest ends on its own: an orderly end of the pair, no race.
+#[test]
+fn the_primary_guest_ending_halts_both_without_a_race() {
+    let p = pair();
+    p.p_control.end(crate::linux::End::Stopped);
+    let a = p
+        .primary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(a, State::Halted(Halt::Stopped));
+    let b = p
+        .secondary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(b, State::Halted(Halt::PrimaryEnded));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(p.disk.0.lock().unwrap().get(&2), None, "nobody raced");
+    assert!(p.live.lock().unwrap().is_none(), "nothing resumed");
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// A Secondary whose Primary goes away before a single epoch completed has
+/// nothing to resume from: it halts and never races.
+#[test]
+fn a_secondary_without_a_complete_epoch_never_races() {
+    let disk = Arc::new(Generations::default());
+    disk.0.lock().unwrap().insert(1, "host-a".into());
+    let (p_ch, s_ch) = channel_pair();
+    let events = MemberDriver::channel();
+    let fx = SecondaryEffects::start(
+        "kv",
+        s_ch,
+        1,
+        MEM,
+        plan(HostGrant::always()),
+        events.0.clone(),
+    )
+    .unwrap();
+    let live = fx.live();
+    let secondary = MemberDriver::start(
+        ("kv", "host-b"),
+        Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
+        Box::new(fx),
+        Arc::new(HostFencing {
+            disk: Arc::clone(&disk),
+            host: "host-b",
+        }),
+        Arc::new(PairHandle::default()),
+        events,
+    );
+    let (tx, _rx) = p_ch.split();
+    tx.shutdown();
+    let s = secondary.wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert!(
+        matches!(&s, State::Halted(Halt::Diverged { what }) if what.contains("no complete epoch")),
+        "{s:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(disk.0.lock().unwrap().get(&2), None, "it never raced");
+    assert!(live.lock().unwrap().is_none());
+    secondary.finish();
+}
