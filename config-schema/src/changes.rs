@@ -6,13 +6,23 @@
 //! `vms[kv].power` or `timing.heartbeat_interval_ms`.
 //!
 //! Rule: a change is live only when the running daemons really re-read it;
-//! everything else needs a reboot. Today that is [`LIVE`]: the
-//! `[[operators]]` list (the status service switches to the new list at
-//! once). The daemons (ftvmm, fencing, heartbeat) read their config once at
-//! start, so timing, affinity, power, VMs, hosts and storage take effect at
-//! the next boot of the host. `cluster.generation` always changes and is
-//! not listed: the daemons keep running (and pairing under) the generation
-//! they booted; the apply line says which generation was persisted.
+//! everything else needs a reboot. Today that is [`LIVE`]:
+//! - the `[[operators]]` list: the status service switches to the new list
+//!   at once;
+//! - a VM's `power` (`vms[NAME].power`): heartbeat's status service tells
+//!   ftvmm (`ctl::Request::ConfigApplied`) as soon as the config is
+//!   persisted, and ftvmm powers the VM off (a Primary first wins the VM's
+//!   next generation on shared storage, so that no Secondary can go live,
+//!   then stops; a Secondary or standby just stops) or on (as at boot).
+//!   A VM added or removed is not a power change and needs a reboot.
+//!
+//! The daemons (ftvmm, fencing, heartbeat) read the rest of their config
+//! once at start, so timing, affinity, VMs added or removed, hosts and
+//! storage take effect at the next boot of the host. `cluster.generation`
+//! always changes and is not listed: the daemons keep pairing under the
+//! generation they booted (ftvmm records decisions it takes after a live
+//! power change under the newer one); the apply line says which generation
+//! was persisted.
 
 use std::fmt;
 
@@ -20,8 +30,10 @@ use serde_json::Value;
 
 use crate::model::ClusterConfig;
 
-/// Path prefixes that a running host applies without a reboot.
-pub const LIVE: &[&str] = &["operators"];
+/// What a running host applies without a reboot: a path equal to an entry
+/// or below it (`operators[carol] added`); `[*]` stands for any one entry
+/// name (`vms[kv].power`).
+pub const LIVE: &[&str] = &["operators", "vms[*].power"];
 
 /// The path every newer config changes, left out of [`Changes`].
 const GENERATION: &str = "cluster.generation";
@@ -41,10 +53,7 @@ impl Changes {
         diff("", &a, &b, &mut paths);
         let mut c = Changes::default();
         for p in paths.into_iter().filter(|p| p != GENERATION) {
-            if LIVE
-                .iter()
-                .any(|l| p == *l || p.starts_with(&format!("{l}[")))
-            {
+            if LIVE.iter().any(|l| is_under(&p, l)) {
                 c.live.push(p);
             } else {
                 c.reboot.push(p);
@@ -72,6 +81,24 @@ impl fmt::Display for Changes {
             parts.push("nothing changed but the generation".into());
         }
         write!(f, "{}", parts.join("; "))
+    }
+}
+
+/// Whether `path` is `pattern` or below it (a `.field` or an `[entry]`,
+/// added, removed or changed); `[*]` in `pattern` matches any one name.
+fn is_under(path: &str, pattern: &str) -> bool {
+    let Some((head, tail)) = pattern.split_once("[*]") else {
+        return path == pattern
+            || path
+                .strip_prefix(pattern)
+                .is_some_and(|r| r.starts_with('[') || r.starts_with('.'));
+    };
+    let Some(rest) = path.strip_prefix(head).and_then(|r| r.strip_prefix('[')) else {
+        return false;
+    };
+    match rest.split_once(']') {
+        Some((name, after)) if !name.is_empty() => is_under(after, tail),
+        _ => false,
     }
 }
 
@@ -178,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn operators_are_live_timing_power_affinity_and_vms_need_a_reboot() {
+    fn operators_and_power_are_live_timing_affinity_and_vms_need_a_reboot() {
         let (a, mut b) = (example(), example());
         b.cluster.generation += 1;
         b.operators.push(Operator {
@@ -193,20 +220,58 @@ mod tests {
         b.vms.push(extra);
         let c = Changes::between(&a, &b);
         let vm = &a.vms[0].name;
-        assert_eq!(c.live, ["operators[carol] added"]);
+        assert_eq!(
+            c.live,
+            [
+                "operators[carol] added".to_string(),
+                format!("vms[{vm}].power")
+            ]
+        );
         assert_eq!(
             c.reboot,
             [
                 "timing.heartbeat_interval_ms".to_string(),
                 format!("vms[{vm}].affinity.hosts"),
-                format!("vms[{vm}].power"),
                 "vms[extra] added".to_string(),
             ]
         );
         assert!(c.needs_reboot());
-        assert!(c.to_string().starts_with(
-            "live: operators[carol] added; needs reboot: timing.heartbeat_interval_ms"
-        ));
+        assert!(c.to_string().starts_with(&format!(
+            "live: operators[carol] added, vms[{vm}].power; needs reboot: \
+             timing.heartbeat_interval_ms"
+        )));
+    }
+
+    #[test]
+    fn a_power_change_alone_is_live_and_says_so() {
+        let (a, mut b) = (example(), example());
+        b.cluster.generation += 1;
+        b.vms[0].power = Power::Off;
+        let c = Changes::between(&a, &b);
+        let vm = &a.vms[0].name;
+        assert_eq!(c.live, [format!("vms[{vm}].power")]);
+        assert!(!c.needs_reboot());
+        assert_eq!(c.to_string(), format!("live: vms[{vm}].power"));
+        // And back on.
+        let c = Changes::between(&b, &a);
+        assert_eq!(c.to_string(), format!("live: vms[{vm}].power"));
+    }
+
+    #[test]
+    fn live_patterns_match_whole_names_and_fields_only() {
+        assert!(is_under("operators", "operators"));
+        assert!(is_under("operators[carol] added", "operators"));
+        assert!(is_under("operators[carol].public_key", "operators"));
+        assert!(!is_under("operatorsx", "operators"));
+        assert!(is_under("vms[kv].power", "vms[*].power"));
+        assert!(is_under("vms[a.b].power", "vms[*].power"));
+        assert!(!is_under("vms[kv].powerx", "vms[*].power"));
+        assert!(!is_under("vms[kv].memory_mib", "vms[*].power"));
+        assert!(!is_under("vms[kv] added", "vms[*].power"));
+        assert!(!is_under("vms[kv] removed", "vms[*].power"));
+        assert!(!is_under("vms order", "vms[*].power"));
+        assert!(!is_under("vms[].power", "vms[*].power"));
+        assert!(!is_under("hosts[kv].power", "vms[*].power"));
     }
 
     #[test]

@@ -84,6 +84,34 @@ pub enum Request {
     /// a write because another host preempted this one's reservation;
     /// docs/architecture.md §7). Fencing stops feeding the watchdog and answers `Ok`.
     ResetHost { reason: String },
+    /// heartbeat -> ftvmm: this host persisted a newer signed config
+    /// (`ftctl apply` or catch-up; heartbeat checked its signature, the
+    /// trust root and anti-rollback). It carries what ftvmm takes live
+    /// (`changes::LIVE`): every VM's `power`. ftvmm ignores a generation
+    /// older than one it took, powers off (fenced on shared storage first
+    /// when it runs the VM as Primary) and powers on as at boot; answered
+    /// `Ok` once queued (docs/operators-guide.md §3). heartbeat sends it
+    /// again every catch-up round, so an ftvmm that restarted learns it.
+    ConfigApplied { generation: u64, vms: Vec<VmPower> },
+}
+
+/// One VM's power in a config ([`Request::ConfigApplied`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPower {
+    pub vm: String,
+    pub power: crate::model::Power,
+}
+
+impl VmPower {
+    /// Every VM's power in `config`, in config order.
+    pub fn all(config: &crate::model::ClusterConfig) -> Vec<VmPower> {
+        (config.vms.iter())
+            .map(|v| VmPower {
+                vm: v.name.clone(),
+                power: v.power,
+            })
+            .collect()
+    }
 }
 
 /// A disk write of a VM that waited this long to be submitted is never

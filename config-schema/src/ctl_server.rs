@@ -82,11 +82,13 @@ pub enum Senders {
 
 /// ftvmm's socket: the output grant, hold and deposition come from fencing.
 /// `StartVm`/`StopVm` are what ftvmm does itself (config placement, the
-/// console test hook): no process sends them.
+/// console test hook): no process sends them. A persisted newer config
+/// comes from heartbeat (its status service persists `ftctl apply`).
 pub fn ftvmm_senders(req: &Request) -> Senders {
     match req {
         Request::Status => Senders::AnyRoot,
         Request::OutputGrant { .. } | Request::Deposed { .. } => Senders::Only(&[Program::Fencing]),
+        Request::ConfigApplied { .. } => Senders::Only(&[Program::Heartbeat]),
         Request::StartVm { .. } | Request::StopVm { .. } => Senders::Nobody,
         Request::Acquire { .. }
         | Request::Highest { .. }
@@ -110,7 +112,8 @@ pub fn fencing_senders(req: &Request) -> Senders {
         | Request::Peers
         | Request::PeerAlive { .. }
         | Request::OutputGrant { .. }
-        | Request::Deposed { .. } => Senders::Nobody,
+        | Request::Deposed { .. }
+        | Request::ConfigApplied { .. } => Senders::Nobody,
     }
 }
 
@@ -127,7 +130,8 @@ pub fn heartbeat_senders(req: &Request) -> Senders {
         | Request::Leases
         | Request::OutputGrant { .. }
         | Request::Deposed { .. }
-        | Request::ResetHost { .. } => Senders::Nobody,
+        | Request::ResetHost { .. }
+        | Request::ConfigApplied { .. } => Senders::Nobody,
     }
 }
 

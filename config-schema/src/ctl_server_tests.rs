@@ -177,29 +177,44 @@ fn each_daemon_takes_each_request_only_from_who_needs_it() {
             by: "b".into(),
         },
         Request::ResetHost { reason: "r".into() },
+        Request::ConfigApplied {
+            generation: 8,
+            vms: vec![],
+        },
     ];
     // For each daemon: the senders of each request above, in order
     // ("*" = any root process, "-" = nobody).
-    let want: [(&str, Policy, [&str; 11]); 3] = [
+    let want: [(&str, Policy, [&str; 12]); 3] = [
         (
             "ftvmm",
             Policy::ftvmm(programs.clone()),
             [
-                "*", "-", "-", "-", "-", "-", "-", "-", "fencing", "fencing", "-",
+                "*",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "fencing",
+                "fencing",
+                "-",
+                "heartbeat",
             ],
         ),
         (
             "fencing",
             Policy::fencing(programs.clone()),
             [
-                "*", "-", "-", "ftvmm", "ftvmm", "ftvmm", "-", "-", "-", "-", "ftvmm",
+                "*", "-", "-", "ftvmm", "ftvmm", "ftvmm", "-", "-", "-", "-", "ftvmm", "-",
             ],
         ),
         (
             "heartbeat",
             Policy::heartbeat(programs.clone()),
             [
-                "*", "-", "-", "-", "-", "-", "ftvmm", "ftvmm", "-", "-", "-",
+                "*", "-", "-", "-", "-", "-", "ftvmm", "ftvmm", "-", "-", "-", "-",
             ],
         ),
     ];

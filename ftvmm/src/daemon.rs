@@ -129,6 +129,9 @@ pub struct Daemon {
     manager: Mutex<VmManager>,
     /// Fencing's requests are served from here, never under `manager`.
     members: Arc<Members>,
+    /// Live config changes, taken one at a time in arrival order by the
+    /// power worker ([`crate::power::worker`]); `None`: at once (tests).
+    power_tx: Mutex<Option<crate::power::Queue>>,
 }
 
 impl Daemon {
@@ -145,7 +148,13 @@ impl Daemon {
             kvm,
             manager,
             members,
+            power_tx: Mutex::new(None),
         }
+    }
+
+    /// Sets where `ConfigApplied` goes (the power worker).
+    pub(crate) fn set_power_queue(&self, tx: crate::power::Queue) {
+        *self.power_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
     }
 
     /// The JSON object answered to `Status`.
@@ -160,6 +169,7 @@ impl Daemon {
             "host": self.config.host_name,
             "cluster": self.config.config.cluster.name,
             "generation": self.config.config.cluster.generation,
+            "applied_generation": mgr.applied_generation(),
             "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
@@ -219,6 +229,26 @@ impl Daemon {
                     vms: self.members.running(),
                 }
             }
+            Request::ConfigApplied { generation, vms } => {
+                let queued = self
+                    .power_tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match queued {
+                    Some(tx) => match tx.send((generation, vms)) {
+                        Ok(()) => Response::Ok,
+                        Err(_) => Response::Error {
+                            message: "ftvmm's power worker is gone".into(),
+                        },
+                    },
+                    // No worker (tests): at once, on this thread.
+                    None => {
+                        crate::power::apply(self, generation, &vms);
+                        Response::Ok
+                    }
+                }
+            }
             Request::Deposed { vm, generation, by } => {
                 if !self.members.deposed(&vm, generation, &by) {
                     tracing::info!(vm, generation, by, "deposition of a VM not running here");
@@ -234,45 +264,55 @@ impl Daemon {
     /// Starts every config VM whose Primary is this host and says, for each
     /// other VM, where its Primary is.
     pub fn start_primaries(&self) {
+        for (vm, p) in placement(&self.config.config, &self.config.host_name) {
+            self.start_as_at_boot(&vm, &p);
+        }
+    }
+
+    /// Starts this host's member of `vm` as at boot: standby, Secondary or
+    /// Primary by the config's rule, or says why not (a live power-on,
+    /// [`crate::power`], takes the same path).
+    pub fn start_as_at_boot(&self, vm: &str, p: &Placement) {
         let here = &self.config.host_name;
-        for (vm, p) in placement(&self.config.config, here) {
-            let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
-            if let Some(Role::Standby) = vm_cfg.map(|v| member::role(&self.config, v)) {
+        let start = || {
+            if let Response::Error { message } = self.handle(Request::StartVm { name: vm.into() }) {
+                println!("ftvmm: vm {vm}: cannot start: {message}");
+            }
+        };
+        let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
+        match (vm_cfg.map(|v| member::role(&self.config, v)), p) {
+            (Some(Role::Standby), _) => {
                 println!("ftvmm: vm {vm}: standby on {here} for a new secondary");
-                if let Response::Error { message } =
-                    self.handle(Request::StartVm { name: vm.clone() })
-                {
-                    println!("ftvmm: vm {vm}: cannot start: {message}");
-                }
-                continue;
+                start();
             }
-            if let Some(Role::Secondary { primary }) = vm_cfg.map(|v| member::role(&self.config, v))
-            {
+            (Some(Role::Secondary { primary }), _) => {
                 println!("ftvmm: vm {vm}: starting as secondary of {primary} on {here}");
-                if let Response::Error { message } =
-                    self.handle(Request::StartVm { name: vm.clone() })
-                {
-                    println!("ftvmm: vm {vm}: cannot start: {message}");
-                }
-                continue;
+                start();
             }
-            match p {
-                Placement::PrimaryHere => {
-                    println!("ftvmm: vm {vm}: starting as primary on {here}");
-                    if let Response::Error { message } =
-                        self.handle(Request::StartVm { name: vm.clone() })
-                    {
-                        println!("ftvmm: vm {vm}: cannot start: {message}");
-                    }
-                }
-                Placement::PrimaryElsewhere(h) => {
-                    println!("ftvmm: vm {vm}: primary is {h}; not starting here");
-                }
-                Placement::NoAllowedHost => {
-                    println!("ftvmm: vm {vm}: its affinity allows no host; not starting");
-                }
+            (_, Placement::PrimaryHere) => {
+                println!("ftvmm: vm {vm}: starting as primary on {here}");
+                start();
+            }
+            (_, Placement::PrimaryElsewhere(h)) => {
+                println!("ftvmm: vm {vm}: primary is {h}; not starting here");
+            }
+            (_, Placement::NoAllowedHost) => {
+                println!("ftvmm: vm {vm}: its affinity allows no host; not starting");
             }
         }
+    }
+
+    /// The manager (the power module's steps lock it briefly).
+    pub(crate) fn manager(&self) -> std::sync::MutexGuard<'_, VmManager> {
+        self.manager.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where `vm`'s Primary is, seen from this host.
+    pub(crate) fn placement_of(&self, vm: &str) -> Option<Placement> {
+        placement(&self.config.config, &self.config.host_name)
+            .into_iter()
+            .find(|(n, _)| n == vm)
+            .map(|(_, p)| p)
     }
 
     /// Carries out one test-hook command and prints its outcome line:
@@ -336,6 +376,7 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
     }
     let daemon = Arc::new(daemon);
     daemon.members.watch_lapses();
+    crate::power::start_worker(&daemon);
     daemon.start_primaries();
     if test_hook {
         let d = Arc::clone(&daemon);

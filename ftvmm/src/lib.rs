@@ -26,6 +26,7 @@ pub mod lockstep;
 pub mod manager;
 pub mod members;
 pub mod platform;
+pub mod power;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;

@@ -6,7 +6,11 @@
 //! A VM the signed config powers off (`vms[].power = "off"`) is never
 //! started here, whatever asks (the daemon at boot as Primary or Secondary,
 //! `StartVm`): [`VmManager::start`] refuses it, and its status says
-//! `powered off (config)`.
+//! `powered off (config)` with `by config generation N`. A newer config
+//! persisted while the daemon runs changes a VM's power live
+//! ([`crate::power`]): the manager keeps the booted config but takes each
+//! VM's power and the newest config generation from it
+//! ([`VmManager::set_power`], [`VmManager::set_applied_generation`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -132,6 +136,27 @@ pub struct VmManager {
     snapshot_dir: Option<PathBuf>,
     /// The fencing agent's control socket.
     fencing_socket: PathBuf,
+    /// The newest config generation taken live (`ConfigApplied`), at
+    /// least the booted one; starts record it with their decision.
+    applied_generation: u64,
+    /// The config generation that last set a VM's power live.
+    power_by: BTreeMap<String, u64>,
+    /// Why a VM the config powers off still runs here (its power-off
+    /// could not be fenced yet).
+    power_pending: BTreeMap<String, String>,
+}
+
+/// Whether, and how, this host runs a member of a VM right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberHere {
+    /// No member thread.
+    None,
+    /// A member that does not act and races for nothing yet: a Secondary
+    /// following, a standby, a start still waiting.
+    Passive,
+    /// A member that acts as Primary or asks fencing for a generation (a
+    /// Primary in any state, a Secondary racing): `PairHandle::running`.
+    Acting,
 }
 
 /// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`)
@@ -216,7 +241,6 @@ impl VmManager {
     /// A manager whose VMs' output needs `members`' grant.
     pub fn new(config: RuntimeConfig, members: Arc<Members>) -> Self {
         VmManager {
-            config,
             members,
             slots: BTreeMap::new(),
             guest_dir: PathBuf::from(GUEST_DIR),
@@ -224,6 +248,73 @@ impl VmManager {
             bridge: Some(VM_BRIDGE.to_string()),
             snapshot_dir: None,
             fencing_socket: PathBuf::from(config_schema::ctl::FENCING_SOCKET),
+            applied_generation: config.config.cluster.generation,
+            power_by: BTreeMap::new(),
+            power_pending: BTreeMap::new(),
+            config,
+        }
+    }
+
+    /// Tests: where guest images and the fencing agent are, and no bridge.
+    #[cfg(test)]
+    pub(crate) fn set_test_paths(&mut self, guest_dir: &Path, fencing_socket: &Path) {
+        self.guest_dir = guest_dir.into();
+        self.fencing_socket = fencing_socket.into();
+        self.bridge = None;
+    }
+
+    /// The fencing agent's control socket.
+    pub fn fencing_socket(&self) -> &Path {
+        &self.fencing_socket
+    }
+
+    /// The newest config generation taken live.
+    pub fn applied_generation(&self) -> u64 {
+        self.applied_generation
+    }
+
+    /// Takes config generation `g` as the newest (never goes back).
+    pub fn set_applied_generation(&mut self, g: u64) {
+        self.applied_generation = self.applied_generation.max(g);
+    }
+
+    /// VM `name`'s power as the config last set it.
+    pub fn power(&self, name: &str) -> Result<Power, ManagerError> {
+        Ok(self.find(name)?.power)
+    }
+
+    /// Sets VM `name`'s power, as config generation `by` says. From now on
+    /// [`VmManager::start`] follows it; a running member is not touched
+    /// (`crate::power` stops it).
+    pub fn set_power(&mut self, name: &str, power: Power, by: u64) -> Result<(), ManagerError> {
+        let vm = (self.config.config.vms.iter_mut())
+            .find(|v| v.name == name)
+            .ok_or_else(|| ManagerError::UnknownVm(name.to_string()))?;
+        vm.power = power;
+        self.power_by.insert(name.to_string(), by);
+        Ok(())
+    }
+
+    /// Why a powered-off VM still runs here (`None`: it does not, or the
+    /// power-off went through).
+    pub fn set_power_pending(&mut self, name: &str, why: Option<String>) {
+        match why {
+            Some(w) => self.power_pending.insert(name.to_string(), w),
+            None => self.power_pending.remove(name),
+        };
+    }
+
+    /// Whether, and how, this host runs a member of `name`.
+    pub fn member_here(&self, name: &str) -> MemberHere {
+        let Some(slot) = self.slots.get(name) else {
+            return MemberHere::None;
+        };
+        if slot.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return MemberHere::None;
+        }
+        match slot.pair.running.load(Ordering::SeqCst) {
+            0 => MemberHere::Passive,
+            _ => MemberHere::Acting,
         }
     }
 
@@ -260,6 +351,13 @@ impl VmManager {
                     Power::Off => POWERED_OFF,
                 };
                 let mut v = serde_json::json!({ "name": vm.name, "state": idle });
+                let by = self.power_by.get(&vm.name).copied();
+                let by = by.unwrap_or(self.config.config.cluster.generation);
+                let off = vm.power == Power::Off;
+                if off {
+                    v["detail"] = format!("by config generation {by}").into();
+                    v["powered_off_by_config_generation"] = by.into();
+                }
                 if let Some(slot) = self.slots.get(&vm.name) {
                     let state = slot.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let (st, detail) = match state {
@@ -276,6 +374,13 @@ impl VmManager {
                         v["progress"] = p.to_json();
                     }
                     v["lockstep"] = slot.pair.status();
+                    if off && self.member_here(&vm.name) == MemberHere::None {
+                        v["state"] = POWERED_OFF.into();
+                        v["detail"] = format!("by config generation {by}").into();
+                    }
+                }
+                if let Some(why) = self.power_pending.get(&vm.name) {
+                    v["power_off_pending"] = why.clone().into();
                 }
                 v
             })
@@ -374,6 +479,7 @@ impl VmManager {
                     reason: e.to_string(),
                 })?;
         ps.fencing_socket = self.fencing_socket.clone();
+        ps.applied_config_generation = self.applied_generation;
         let rc = self.config.clone();
         let slot = Slot {
             pair: Arc::new(PairHandle::default()),

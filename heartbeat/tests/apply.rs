@@ -8,9 +8,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use config_schema::ctl::{Request, Response, VmPower};
+use config_schema::ctl_server::{self, Policy, Senders};
+use config_schema::model::Power;
 use config_schema::model::{ClusterConfig, Operator};
+use config_schema::peer::Programs;
 use config_schema::remote::apply::{self, HostApplied, Outcome};
 use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::{client, OperatorRequest, Reply};
@@ -67,6 +72,10 @@ struct Cluster {
     scan: bool,
     dir: tempfile::TempDir,
     signer: Ed25519KeyPair,
+    /// Hosts whose ftvmm socket is a fake that records what it is told
+    /// (the others have none).
+    ftvmm: Vec<usize>,
+    told: Arc<Mutex<Vec<(usize, Request)>>>,
 }
 
 impl Cluster {
@@ -91,6 +100,8 @@ impl Cluster {
             scan,
             dir,
             signer,
+            ftvmm: Vec::new(),
+            told: Arc::default(),
         };
         for (i, name) in NAMES.iter().enumerate() {
             let from = c.dir.path().join(name);
@@ -149,7 +160,10 @@ impl Cluster {
             host_order: NAMES.iter().map(|n| n.to_string()).collect(),
             port: TCP,
             fencing_socket: self.dir.path().join("none"),
-            ftvmm_socket: self.dir.path().join("none"),
+            ftvmm_socket: match self.ftvmm.contains(&i) {
+                true => self.fake_ftvmm(i),
+                false => self.dir.path().join("none"),
+            },
             apply: Some(ApplyTarget {
                 config_disk: (!self.scan).then(|| self.disk(i)),
                 scan_root: match self.scan {
@@ -164,6 +178,26 @@ impl Cluster {
         let svc = Service::new(cfg, || serde_json::json!({"daemon": "heartbeat"}));
         let l = svc.bind().unwrap();
         std::thread::spawn(move || svc.serve(l));
+    }
+
+    /// Serves host `i`'s fake ftvmm socket, recording every request.
+    fn fake_ftvmm(&self, i: usize) -> PathBuf {
+        let socket = self.dir.path().join(format!("ftvmm-{i}.sock"));
+        let listener = ctl_server::bind(&socket).unwrap();
+        let told = Arc::clone(&self.told);
+        let policy = Policy::new("ftvmm", |_| Senders::AnyRoot, Programs::appliance());
+        std::thread::spawn(move || {
+            ctl_server::serve(listener, policy, move |req| {
+                if let Request::ConfigApplied { .. } = req {
+                    told.lock().unwrap().push((i, req));
+                    return Response::Ok;
+                }
+                Response::Status {
+                    status: serde_json::json!({"daemon": "ftvmm"}),
+                }
+            })
+        });
+        socket
     }
 
     fn signed(&self, c: &ClusterConfig) -> SignedConfig {
@@ -332,6 +366,71 @@ fn a_host_that_was_down_is_unreachable_then_catches_up_on_a_second_apply() {
         [Outcome::Refused, Outcome::Refused, Outcome::Applied]
     );
     assert_eq!(c.on_disk(2), 8);
+}
+
+#[test]
+fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
+    let mut c = Cluster::new(18);
+    c.ftvmm = vec![0, 1];
+    (0..3).for_each(|i| c.start(i));
+    let mut off = config(8);
+    off.vms[0].power = Power::Off;
+    let (_, hosts) = c.apply(0, &dev_key(), &off);
+    let live = |n: &str, g: u64| {
+        format!(
+            "{n}: generation {g} persisted (was {}); live: vms[kv].power",
+            g - 1
+        )
+    };
+    assert_eq!(lines(&hosts)[..2], [live("host-a", 8), live("host-b", 8)]);
+    // host-c has no ftvmm here: persisted, live, and says it was not told.
+    assert!(
+        hosts[2].line.starts_with(&live("host-c", 8))
+            && hosts[2]
+                .line
+                .contains("; ftvmm not told yet (cannot reach ")
+            && hosts[2]
+                .line
+                .ends_with("): told again every catch-up round"),
+        "{}",
+        hosts[2].line
+    );
+    assert!(
+        hosts.iter().all(|h| h.outcome == Outcome::Applied),
+        "{hosts:?}"
+    );
+    let told = |g: u64, power: Power| Request::ConfigApplied {
+        generation: g,
+        vms: vec![VmPower {
+            vm: "kv".into(),
+            power,
+        }],
+    };
+    let mut seen = c.told.lock().unwrap().clone();
+    seen.sort_by_key(|(i, _)| *i);
+    assert_eq!(seen, [(0, told(8, Power::Off)), (1, told(8, Power::Off))]);
+    // The cluster report shows the power taken live.
+    let power =
+        |i: usize| match client::query(c.addr(i), &dev_key(), OperatorRequest::ClusterStatus, T) {
+            Ok(Reply::Cluster { report }) => report.vms[0].power.clone(),
+            other => panic!("{other:?}"),
+        };
+    assert_eq!(power(2), "off");
+    // Back on: live again (compared with the power taken live, not the
+    // booted one), and told after the power-off.
+    let (_, hosts) = c.apply(1, &dev_key(), &config(9));
+    assert_eq!(lines(&hosts)[..2], [live("host-a", 9), live("host-b", 9)]);
+    let seen = c.told.lock().unwrap().clone();
+    for host in [0, 1] {
+        let mine: Vec<&Request> = (seen.iter())
+            .filter(|(i, _)| *i == host)
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(mine, [&told(8, Power::Off), &told(9, Power::On)]);
+    }
+    assert_eq!(power(0), "on");
+    // Nothing else changed: a power change alone needs no reboot.
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
 }
 
 #[test]

@@ -358,7 +358,7 @@ impl Ctx {
     fn race(&self, generation: u64) {
         let vm = self.spec.hello.vm.clone();
         let fencing = self.spec.fencing_socket.clone();
-        let config_generation = self.spec.hello.config_generation;
+        let config_generation = self.spec.applied_config_generation;
         let (events, cancel) = (self.events.clone(), Arc::clone(&self.cancel));
         let cut = Arc::clone(&self.cut);
         // Publication before the Acquire (docs/design.md §1).

@@ -71,6 +71,13 @@ pub struct PairSpec {
     pub fencing_socket: PathBuf,
     /// The host's output grant from fencing.
     pub grant: Arc<HostGrant>,
+    /// The newest config generation this host took live changes from
+    /// (`ftctl apply`; at least `hello.config_generation`, which stays the
+    /// booted one both members pair under): every `Acquire` records it,
+    /// and a start refuses a VM decided under a newer one (start.rs). So a
+    /// power-off fenced under config `N` stops every host that has not
+    /// taken `N` from starting the VM again.
+    pub applied_config_generation: u64,
 }
 
 /// SHA-256 of the guest image file.

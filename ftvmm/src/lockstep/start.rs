@@ -278,6 +278,76 @@ pub fn check_join_offer(
     Ok(())
 }
 
+/// Why a power-off was not fenced ([`fence_power_off`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PowerOffError {
+    #[error(
+        "generation {generation} was decided under config generation {recorded}, newer than \
+         this power-off's {ours}; the newer config decides"
+    )]
+    NewerConfig {
+        generation: u64,
+        recorded: u64,
+        ours: u64,
+    },
+    #[error("storage does not answer ({why})")]
+    Storage { why: String },
+    #[error("other hosts kept winning the next generation ({attempts} attempts)")]
+    Contended { attempts: u32 },
+}
+
+/// Fences a power-off of `vm` under config generation `config_generation`
+/// before this host stops a copy that acts (or may act) as Primary: wins
+/// `highest + 1` on shared storage, a generation nobody acts in. Every copy
+/// that could act in an earlier one then loses or is deposed: a Secondary
+/// that races because this Primary stops asks for that very generation and
+/// loses (it halts, docs/design.md §1); a copy live elsewhere is deposed by
+/// its host's fencing agent; a host that has not taken the newer config and
+/// tries to start the VM finds it decided under a newer config and refuses
+/// ([`win_start_generation`]). Lost to another host (it raced first): looks
+/// again, at most `attempts` times, `retry` apart while storage does not
+/// answer. Refused when the highest generation was decided under a newer
+/// config than this power-off's (that config, not this one, decides).
+pub fn fence_power_off(
+    fencing: &Path,
+    vm: &str,
+    config_generation: u64,
+    attempts: u32,
+    retry: Duration,
+) -> Result<u64, PowerOffError> {
+    let mut last = PowerOffError::Storage {
+        why: "not asked".into(),
+    };
+    for _ in 0..attempts {
+        let h = match fence::highest(fencing, vm) {
+            Ok(h) => h,
+            Err(why) => {
+                last = PowerOffError::Storage { why };
+                std::thread::sleep(retry);
+                continue;
+            }
+        };
+        if h.config_generation > config_generation {
+            return Err(PowerOffError::NewerConfig {
+                generation: h.generation,
+                recorded: h.config_generation,
+                ours: config_generation,
+            });
+        }
+        let next = h.generation + 1;
+        match fence::acquire(fencing, vm, next, config_generation) {
+            Ok(a) if a.decision == Decision::Won => return Ok(next),
+            // Another host took `next` first (a race, a start): look again.
+            Ok(_) => last = PowerOffError::Contended { attempts },
+            Err(why) => {
+                last = PowerOffError::Storage { why };
+                std::thread::sleep(retry);
+            }
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 #[path = "start_tests.rs"]
 mod tests;

@@ -11,16 +11,21 @@
 //!   would refuse it or it is older than this host's ([`pass_on_despite`]);
 //!   a host that received it from another host does not pass it on.
 //! - A host that was down catches up by itself ([`super::catch_up`]).
-//! - Live: what `config_schema::changes::LIVE` lists (the operators);
-//!   anything else is persisted and said to need a reboot. Status keeps
-//!   reporting the generation the host booted (the one its daemons run and
-//!   pair under).
+//! - Live: what `config_schema::changes::LIVE` lists: the operators (taken
+//!   here) and each VM's power (ftvmm takes it: after every persist this
+//!   host tells its ftvmm, `ctl::Request::ConfigApplied`, and tells it again
+//!   every catch-up round, so an ftvmm that restarted or did not answer
+//!   learns it; ftvmm ignores generations older than one it took).
+//!   Anything else is persisted and said to need a reboot. Status keeps
+//!   reporting the generation the host booted (the one its daemons pair
+//!   under); the VMs' power in the cluster report follows the live one.
 
 use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::path::PathBuf;
 
 use config_schema::changes::Changes;
+use config_schema::ctl::{self, Request, Response, VmPower};
 use config_schema::events::{self, EventKind};
 use config_schema::model::ClusterConfig;
 use config_schema::persist::{self as disk_persist, PersistError};
@@ -66,6 +71,8 @@ pub struct Live {
 pub struct Persisted {
     pub generation: u64,
     pub changes: String,
+    /// Every VM's power in it (what ftvmm is told, [`Service::tell_ftvmm`]).
+    pub vms: Vec<VmPower>,
 }
 
 /// One host's result and whether an operator's apply passes it on.
@@ -107,13 +114,31 @@ impl Service {
         live.operators = Operators::of(new);
         if let Some(r) = live.running.as_mut() {
             r.operators = new.operators.clone();
+            for vm in r.vms.iter_mut() {
+                if let Some(n) = new.vms.iter().find(|n| n.name == vm.name) {
+                    vm.power = n.power;
+                }
+            }
         }
+        let vms = VmPower::all(new);
         live.persisted = Some(Persisted {
             generation: new.cluster.generation,
             changes: changes.to_string(),
+            vms: vms.clone(),
         });
+        drop(live);
+        let told = match self.tell_ftvmm(new.cluster.generation, vms) {
+            Ok(()) => String::new(),
+            Err(why) if changes.live.iter().any(|c| c.starts_with("vms[")) => {
+                format!("; ftvmm not told yet ({why}): told again every catch-up round")
+            }
+            Err(why) => {
+                tracing::info!("apply: ftvmm not told: {why}");
+                String::new()
+            }
+        };
         let line = format!(
-            "{host}: generation {} persisted (was {}); {changes}",
+            "{host}: generation {} persisted (was {}); {changes}{told}",
             new.cluster.generation, persisted.previous
         );
         events::record(EventKind::ConfigApplied, None, None, &line);
@@ -130,6 +155,32 @@ impl Service {
                 line,
             },
             pass_on: true,
+        }
+    }
+
+    /// Tells this host's ftvmm that config `generation` is persisted, with
+    /// every VM's power (module rules).
+    pub(super) fn tell_ftvmm(&self, generation: u64, vms: Vec<VmPower>) -> Result<(), String> {
+        let req = Request::ConfigApplied { generation, vms };
+        match ctl::query(&self.cfg.ftvmm_socket, &req) {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Error { message }) => Err(message),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Tells ftvmm again about the newest config persisted since boot (a
+    /// catch-up round); nothing when none was.
+    pub(super) fn tell_ftvmm_again(&self) {
+        let Some(p) = self.live().persisted else {
+            return;
+        };
+        if let Err(why) = self.tell_ftvmm(p.generation, p.vms) {
+            tracing::warn!(
+                "ftvmm not told of config generation {}: {why}",
+                p.generation
+            );
         }
     }
 

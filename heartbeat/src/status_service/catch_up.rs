@@ -36,6 +36,8 @@ pub(super) fn run(svc: Arc<Service>, every: Duration) {
         for line in svc.catch_up_once() {
             tracing::info!("catch-up: {line}");
         }
+        // An ftvmm that restarted (or did not answer) learns the live part.
+        svc.tell_ftvmm_again();
         std::thread::sleep(every);
     }
 }

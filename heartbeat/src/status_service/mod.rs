@@ -289,7 +289,11 @@ impl Backend for Service {
             cluster: self.cfg.cluster.clone(),
             config_generation: self.cfg.config_generation,
             queried: self.cfg.node.name.clone(),
-            vms: self.cfg.vms.clone(),
+            // The VMs' power as applied configs changed it live.
+            vms: match self.live().running {
+                Some(r) => VmConfig::all(&r),
+                None => self.cfg.vms.clone(),
+            },
             hosts,
         }
     }

@@ -128,6 +128,7 @@ pub fn pair_spec(
         heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
         fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
         grant,
+        applied_config_generation: rc.config.cluster.generation,
     })
 }
 
@@ -173,7 +174,7 @@ fn win_generation(
     let ctx = StartCtx {
         vm: &spec.hello.vm,
         host: &spec.host,
-        config_generation: spec.hello.config_generation,
+        config_generation: spec.applied_config_generation,
         fencing: &spec.fencing_socket,
         cancel: stop,
         acquiring: &acquiring,
