@@ -444,7 +444,8 @@ poweroff -f
 /// which then had no machine state). Next: capture on each vCPU's own thread
 /// (as QEMU does), `KVM_CLEAR_DIRTY_LOG`/dirty ring, and a run on real
 /// hardware (the L1 here is nested KVM on QEMU-TCG's emulated SVM).
-/// `FT_CKPT_L1_ENV` puts environment (e.g. `RUST_LOG=debug `) before ftvmm.
+/// `FT_CKPT_L1_ENV` puts environment (e.g. `RUST_LOG=debug `) before ftvmm,
+/// `FT_CKPT_L1_ARGS` more options after it (e.g. `--clear-dirty-log`).
 #[test]
 #[ignore = "known failure under nested KVM on TCG: the Primary triple-faults while epochs run (issue 11)"]
 fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
@@ -460,7 +461,7 @@ fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
         "echo 'l1: starting ftvmm linux with a local secondary'
 {debug}ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
   --disk /tmp/disk.img --cmdline '{cmdline}' --local-secondary --epoch-ms 20 \\
-  --take-over-on /tmp/take-over > /tmp/console 2>&1 &
+  --take-over-on /tmp/take-over {args}> /tmp/console 2>&1 &
 PID=$!
 tail -f /tmp/console &
 until grep -q 'ckpt-guest: wrote {TAKE_OVER_AFTER}' /tmp/console; do
@@ -476,7 +477,10 @@ sleep 1
 poweroff -f
 ",
         cmdline = guest_cmdline(),
-        debug = std::env::var("FT_CKPT_L1_ENV").unwrap_or_default()
+        debug = std::env::var("FT_CKPT_L1_ENV").unwrap_or_default(),
+        args = std::env::var("FT_CKPT_L1_ARGS")
+            .map(|a| format!("{a} "))
+            .unwrap_or_default()
     );
     l1_initrd(&inp, &guest, &run, &l1);
     let t = Instant::now();
