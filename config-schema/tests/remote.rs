@@ -13,6 +13,7 @@ use config_schema::model::Operator;
 use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
+use config_schema::remote::sealed::ClientSeal;
 use config_schema::remote::server::{self, Backend};
 use config_schema::remote::wire::{self, write_raw};
 use config_schema::remote::{
@@ -27,6 +28,7 @@ const DEV_KEY: &str = concat!(
 
 struct Fixed {
     operators: Operators,
+    reply_key: [u8; 32],
 }
 
 impl Backend for Fixed {
@@ -38,6 +40,9 @@ impl Backend for Fixed {
     }
     fn operators(&self) -> Operators {
         self.operators.clone()
+    }
+    fn reply_key(&self) -> [u8; 32] {
+        self.reply_key
     }
     fn host_report(&self) -> HostReport {
         HostReport {
@@ -106,12 +111,39 @@ impl Backend for Fixed {
     }
 }
 
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml");
+
+/// host-a's X25519 key: the example's development key, so that the
+/// example config (what the operator holds) checks this server's replies.
+fn host_a_secret() -> [u8; 32] {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/dev-keys/hosts/host-a.key"
+    );
+    config_schema::keys::parse_hex_key(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The hosts' keys as the operator's config (the example) gives them.
+fn host_keys() -> client::HostKeys {
+    client::HostKeys::of(
+        &config_schema::parse(include_str!("../../examples/cluster.toml"))
+            .unwrap()
+            .config,
+    )
+}
+
 fn dev_key() -> OperatorKey {
     OperatorKey::from_pkcs8(&std::fs::read(DEV_KEY).unwrap()).unwrap()
 }
 
 /// A server whose config lists the development operator.
 fn start() -> SocketAddr {
+    start_with_key(host_a_secret())
+}
+
+/// The same, sealing its replies with `reply_key` (an impostor's when it is
+/// not host-a's).
+fn start_with_key(reply_key: [u8; 32]) -> SocketAddr {
     let mut c = config_schema::parse(include_str!("../../examples/cluster.toml"))
         .unwrap()
         .config;
@@ -123,6 +155,7 @@ fn start() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     let b: Arc<dyn Backend> = Arc::new(Fixed {
         operators: Operators::of(&c),
+        reply_key,
     });
     std::thread::spawn(move || server::serve(l, b));
     addr
@@ -140,9 +173,14 @@ fn refused(r: Reply) -> String {
 #[test]
 fn an_operator_listed_in_the_config_gets_the_cluster() {
     let addr = start();
-    let Reply::Cluster { report } =
-        client::query(addr, &dev_key(), OperatorRequest::ClusterStatus, T).unwrap()
-    else {
+    let Reply::Cluster { report } = client::query(
+        addr,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::ClusterStatus,
+        T,
+    )
+    .unwrap() else {
         panic!("a cluster report");
     };
     assert_eq!(report.hosts.len(), 2);
@@ -151,9 +189,14 @@ fn an_operator_listed_in_the_config_gets_the_cluster() {
         .as_deref()
         .unwrap()
         .contains("timed out"));
-    let Reply::Host { report } =
-        client::query(addr, &dev_key(), OperatorRequest::HostStatus, T).unwrap()
-    else {
+    let Reply::Host { report } = client::query(
+        addr,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::HostStatus,
+        T,
+    )
+    .unwrap() else {
         panic!("a host report");
     };
     assert_eq!(report.host, "host-a");
@@ -163,7 +206,16 @@ fn an_operator_listed_in_the_config_gets_the_cluster() {
 fn an_unlisted_key_is_refused_with_the_reason() {
     let addr = start();
     let other = OperatorKey::from_pkcs8(&keys::generate_signing_key().unwrap().0).unwrap();
-    let why = refused(client::query(addr, &other, OperatorRequest::ClusterStatus, T).unwrap());
+    let why = refused(
+        client::query(
+            addr,
+            &other,
+            &host_keys(),
+            OperatorRequest::ClusterStatus,
+            T,
+        )
+        .unwrap(),
+    );
     assert!(
         why.contains("host-a refuses a query from 127.0.0.1:"),
         "{why}"
@@ -174,15 +226,84 @@ fn an_unlisted_key_is_refused_with_the_reason() {
     );
 }
 
+fn host_a_public() -> [u8; 32] {
+    config_schema::keys::host_public_key(&host_a_secret())
+}
+
+#[test]
+fn a_host_that_cannot_seal_with_the_configured_key_gives_no_report() {
+    // A machine answering as host-a without host-a's key (in the middle, or
+    // a wrong machine): the query is refused, no report is ever shown.
+    let addr = start_with_key([0x42; 32]);
+    match client::query(
+        addr,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::ClusterStatus,
+        T,
+    ) {
+        Ok(Reply::Refused { reason }) => {
+            assert!(reason.contains("cannot seal the reply"), "{reason}")
+        }
+        other => panic!("a report from an impostor: {other:?}"),
+    }
+    // And ftctl says so, naming the config it checked against.
+    let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
+        .args([
+            "status",
+            "--cluster",
+            "--host",
+            &addr.to_string(),
+            "--key",
+            DEV_KEY,
+        ])
+        .args(["--config", EXAMPLE])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A client whose config names another key for host-a (an impostor that
+    // seals with its own key) fails to open the reply.
+    let addr = start();
+    let wrong = client::HostKeys::from_pairs(
+        "demo",
+        [(
+            "host-a".to_string(),
+            config_schema::keys::host_public_key(&[0x43; 32]),
+        )],
+    );
+    match client::query(addr, &dev_key(), &wrong, OperatorRequest::ClusterStatus, T) {
+        Ok(Reply::Refused { .. }) | Err(_) => {}
+        other => panic!("a report opened with the wrong key: {other:?}"),
+    }
+    // A host the config does not list.
+    let stranger = client::HostKeys::from_pairs("demo", []);
+    let e = client::query(
+        addr,
+        &dev_key(),
+        &stranger,
+        OperatorRequest::ClusterStatus,
+        T,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("which the config given (--config) does not list"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_recorded_query_replayed_on_another_connection_is_refused() {
     let addr = start();
     let (mut s1, h1) = client::connect(addr, T).unwrap();
-    let recorded = dev_key().sign(&h1, OperatorRequest::ClusterStatus).unwrap();
+    let (_, m1) = ClientSeal::start(&h1, &host_a_public()).unwrap();
+    let recorded = dev_key()
+        .sign(&h1, OperatorRequest::ClusterStatus, &m1)
+        .unwrap();
     wire::write_frame(&mut s1, &recorded).unwrap();
     assert!(matches!(
         wire::read_frame(&mut s1, MAX_REPLY_FRAME).unwrap(),
-        Reply::Cluster { .. }
+        Reply::Sealed { .. }
     ));
     let (mut s2, h2) = client::connect(addr, T).unwrap();
     assert_ne!(h1.nonce, h2.nonce);
@@ -215,6 +336,7 @@ fn malformed_and_oversized_requests_are_refused_with_the_reason() {
         public_key: dev_key().public_hex(),
         request: OperatorRequest::ClusterStatus,
         signature: "00".repeat(10),
+        noise: String::new(),
     };
     let mut f = Vec::new();
     wire::write_frame(&mut f, &bad_sig).unwrap();
@@ -224,7 +346,14 @@ fn malformed_and_oversized_requests_are_refused_with_the_reason() {
     let (mut s, _) = client::connect(addr, T).unwrap();
     std::io::Write::write_all(&mut s, &[0, 0, 1]).unwrap();
     drop(s);
-    assert!(client::query(addr, &dev_key(), OperatorRequest::HostStatus, T).is_ok());
+    assert!(client::query(
+        addr,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::HostStatus,
+        T
+    )
+    .is_ok());
 }
 
 #[test]
@@ -238,6 +367,8 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
             &addr.to_string(),
             "--key",
             DEV_KEY,
+            "--config",
+            EXAMPLE,
         ])
         .output()
         .unwrap();
@@ -258,6 +389,7 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
     }
     let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
         .args(["metrics", "--host", &addr.to_string(), "--key", DEV_KEY])
+        .args(["--config", EXAMPLE])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -282,6 +414,7 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
     let out = Command::new(env!("CARGO_BIN_EXE_ftctl"))
         .args(["status", "--cluster", "--host", &addr.to_string(), "--key"])
         .arg(dir.path().join("mallory.pk8"))
+        .args(["--config", EXAMPLE])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -365,18 +498,26 @@ fn an_apply_whose_config_is_not_the_one_signed_for_is_refused() {
     let (a, _d1) = signed_example(4);
     let (b, _d2) = signed_example(5);
     let (mut s, hello) = client::connect(addr, T).unwrap();
+    let (seal, m1) = ClientSeal::start(&hello, &host_a_public()).unwrap();
     let msg = dev_key()
         .sign(
             &hello,
             OperatorRequest::Apply {
                 config_sha256: a.sha256(),
             },
+            &m1,
         )
         .unwrap();
     wire::write_frame(&mut s, &msg).unwrap();
-    let go: Reply = wire::read_frame(&mut s, MAX_REPLY_FRAME).unwrap();
-    assert_eq!(go, Reply::SendConfig);
+    let Reply::Sealed { noise } = wire::read_frame(&mut s, MAX_REPLY_FRAME).unwrap() else {
+        panic!("a sealed exchange")
+    };
+    let mut sealed = seal.finish(&hex::decode(noise).unwrap()).unwrap();
+    let reply = |s: &mut TcpStream, sealed: &mut config_schema::remote::sealed::Sealed| -> Reply {
+        serde_json::from_slice(&sealed.recv(s, MAX_REPLY_FRAME).unwrap()).unwrap()
+    };
+    assert_eq!(reply(&mut s, &mut sealed), Reply::SendConfig);
     write_raw(&mut s, &b.encode()).unwrap();
-    let r: Reply = wire::read_frame(&mut s, MAX_REPLY_FRAME).unwrap();
+    let r = reply(&mut s, &mut sealed);
     assert!(refused(r).ends_with("apply: the config sent is not the one the operator signed for"),);
 }

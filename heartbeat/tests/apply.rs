@@ -206,7 +206,15 @@ impl Cluster {
 
     /// `ftctl apply` to host `i`: the per-host results.
     fn apply(&self, i: usize, key: &OperatorKey, c: &ClusterConfig) -> (u64, Vec<HostApplied>) {
-        match apply::apply(self.addr(i), key, &self.signed(c), T).unwrap() {
+        match apply::apply(
+            self.addr(i),
+            key,
+            &client::HostKeys::of(&config(7)),
+            &self.signed(c),
+            T,
+        )
+        .unwrap()
+        {
             Reply::Applied { generation, hosts } => (generation, hosts),
             other => panic!("not an apply result: {other:?}"),
         }
@@ -263,7 +271,14 @@ fn a_newer_config_reaches_every_host_and_an_older_one_is_refused_everywhere() {
 
     // A config signed by another key: refused, disk unchanged.
     let stranger = Cluster::new(11);
-    let r = apply::apply(c.addr(0), &dev_key(), &stranger.signed(&config(9)), T).unwrap();
+    let r = apply::apply(
+        c.addr(0),
+        &dev_key(),
+        &client::HostKeys::of(&config(7)),
+        &stranger.signed(&config(9)),
+        T,
+    )
+    .unwrap();
     let Reply::Applied { hosts, .. } = r else {
         panic!("{r:?}")
     };
@@ -280,7 +295,14 @@ fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
     let c = Cluster::new(12);
     (0..3).for_each(|i| c.start(i));
     let carol = other_key();
-    let r = apply::apply(c.addr(0), &carol, &c.signed(&config(8)), T).unwrap();
+    let r = apply::apply(
+        c.addr(0),
+        &carol,
+        &client::HostKeys::of(&config(7)),
+        &c.signed(&config(8)),
+        T,
+    )
+    .unwrap();
     let Reply::Refused { reason } = r else {
         panic!("{r:?}")
     };
@@ -290,7 +312,14 @@ fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
     );
     assert_eq!(c.on_disk(0), 7);
     // Carol may not query yet; a config listing her is live at once.
-    let q = client::query(c.addr(1), &carol, OperatorRequest::HostStatus, T).unwrap();
+    let q = client::query(
+        c.addr(1),
+        &carol,
+        &client::HostKeys::of(&config(7)),
+        OperatorRequest::HostStatus,
+        T,
+    )
+    .unwrap();
     assert!(matches!(q, Reply::Refused { .. }));
     let mut next = config(8);
     next.operators.push(Operator {
@@ -303,9 +332,14 @@ fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
         NAMES.map(|n| format!("{n}: generation 8 persisted (was 7); live: operators[carol] added"))
     );
     assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
-    let Reply::Host { report } =
-        client::query(c.addr(1), &carol, OperatorRequest::HostStatus, T).unwrap()
-    else {
+    let Reply::Host { report } = client::query(
+        c.addr(1),
+        &carol,
+        &client::HostKeys::of(&config(7)),
+        OperatorRequest::HostStatus,
+        T,
+    )
+    .unwrap() else {
         panic!("carol's query answered")
     };
     // Status keeps the generation the daemons booted and pair under, and

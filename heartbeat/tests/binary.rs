@@ -155,12 +155,13 @@ fn the_binary_serves_cluster_status_to_listed_operators() {
             .unwrap();
         Proc(child)
     };
+    let hosts = client::HostKeys::of(&runtime("host-a").config);
     let _a = serve("host-a", "17404", true);
     let addr: std::net::SocketAddr = "127.78.1.1:17404".parse().unwrap();
     let t = Duration::from_secs(10);
     let start = Instant::now();
     let report = loop {
-        match client::query(addr, &key, OperatorRequest::ClusterStatus, t) {
+        match client::query(addr, &key, &hosts, OperatorRequest::ClusterStatus, t) {
             Ok(Reply::Cluster { report }) => break report,
             other => assert!(start.elapsed() < Duration::from_secs(60), "{other:?}"),
         }
@@ -184,7 +185,7 @@ fn the_binary_serves_cluster_status_to_listed_operators() {
     let addr: std::net::SocketAddr = "127.78.1.3:17405".parse().unwrap();
     let start = Instant::now();
     let reason = loop {
-        match client::query(addr, &key, OperatorRequest::HostStatus, t) {
+        match client::query(addr, &key, &hosts, OperatorRequest::HostStatus, t) {
             Ok(Reply::Refused { reason }) => break reason,
             other => assert!(start.elapsed() < Duration::from_secs(60), "{other:?}"),
         }

@@ -56,6 +56,19 @@ fn node(i: usize) -> NodeConfig {
     }
 }
 
+/// The hosts' keys as an operator's config gives them.
+fn host_keys() -> client::HostKeys {
+    client::HostKeys::from_pairs(
+        "demo",
+        (0..3).map(|i| {
+            (
+                NAMES[i].to_string(),
+                config_schema::keys::host_public_key(&secret(i)),
+            )
+        }),
+    )
+}
+
 fn dev_key() -> OperatorKey {
     OperatorKey::from_pkcs8(&std::fs::read(DEV_KEY).unwrap()).unwrap()
 }
@@ -152,9 +165,14 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Asked at host-b, gathered from host-a over Noise.
-    let Reply::Cluster { report } =
-        client::query(addr(1), &dev_key(), OperatorRequest::ClusterStatus, T).unwrap()
-    else {
+    let Reply::Cluster { report } = client::query(
+        addr(1),
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::ClusterStatus,
+        T,
+    )
+    .unwrap() else {
         panic!("a cluster report")
     };
     let names: Vec<&str> = report.hosts.iter().map(|h| h.host.as_str()).collect();
@@ -194,9 +212,14 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
     // The same figures as OpenMetrics text, for the same operator.
-    let Reply::Metrics { text } =
-        client::query(addr(0), &dev_key(), OperatorRequest::Metrics, T).unwrap()
-    else {
+    let Reply::Metrics { text } = client::query(
+        addr(0),
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::Metrics,
+        T,
+    )
+    .unwrap() else {
         panic!("metrics")
     };
     for want in [
@@ -219,7 +242,7 @@ fn unlisted_operators_impostor_hosts_and_replays_are_refused() {
     let other =
         OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
     let Reply::Refused { reason } =
-        client::query(alt(1), &other, OperatorRequest::HostStatus, T).unwrap()
+        client::query(alt(1), &other, &host_keys(), OperatorRequest::HostStatus, T).unwrap()
     else {
         panic!("refused")
     };
@@ -316,6 +339,7 @@ fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
     let Reply::Cluster { report } = client::query(
         on(3, 0),
         &dev_key(),
+        &host_keys(),
         OperatorRequest::ClusterStatus,
         Duration::from_secs(30),
     )

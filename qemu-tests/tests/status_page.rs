@@ -59,7 +59,12 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     .unwrap();
     let key = workspace_root().join("examples/dev-keys/operators/dev-operator.pk8");
     // host-b first: it survives the failover; host-a as the fallback.
-    let page = Page::start(&op, &ftctl, &key, &["192.0.2.2", "192.0.2.1"]);
+    let page = Page::start(
+        &op,
+        &ftctl,
+        (&key, &source.config),
+        &["192.0.2.2", "192.0.2.1"],
+    );
     client.wait_replies(40, STEP);
 
     // Paired: the VM on both hosts, with figures.
@@ -183,7 +188,8 @@ fn with_operator(dir: &Path) -> ClusterSource {
 struct Page(Child);
 
 impl Page {
-    fn start(op: &NetnsTap, ftctl: &Path, key: &Path, hosts: &[&str]) -> Page {
+    /// `key` signs the queries; the hosts' keys in `config` check the replies.
+    fn start(op: &NetnsTap, ftctl: &Path, (key, config): (&Path, &Path), hosts: &[&str]) -> Page {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", op.netns()])
             .arg(ftctl)
@@ -191,7 +197,8 @@ impl Page {
         for h in hosts {
             cmd.args(["--host", h]);
         }
-        cmd.arg("--key").arg(key).args(["--listen", LISTEN]);
+        cmd.arg("--key").arg(key).arg("--config").arg(config);
+        cmd.args(["--listen", LISTEN]);
         // `ip netns exec` execs the program: the child is ftctl itself.
         let child = cmd.stdin(Stdio::null()).spawn().expect("start ftctl page");
         Page(child)

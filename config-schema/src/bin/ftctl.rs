@@ -130,6 +130,10 @@ enum Cmd {
         /// The trust root (raw 32 bytes), when FILE is a config disk image.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// The cluster config (TOML or signed) whose hosts' keys the replies
+        /// must be sealed with; default: the applied config's.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// A signed config (`ftctl sign`), or a config disk image holding an applied one.
         file: PathBuf,
     },
@@ -141,6 +145,10 @@ enum Cmd {
         /// The operator's private key (PKCS#8), listed in the config's [[operators]].
         #[arg(long)]
         key: PathBuf,
+        /// The cluster config (TOML or signed) whose hosts' keys the replies
+        /// must be sealed with.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Operator Linux images ([[images]]) on the shared device: write, check.
     Image {
@@ -158,6 +166,10 @@ enum Cmd {
         /// The operator's private key (PKCS#8), listed in the config's [[operators]].
         #[arg(long)]
         key: PathBuf,
+        /// The cluster config (TOML or signed) whose hosts' keys the replies
+        /// must be sealed with.
+        #[arg(long)]
+        config: PathBuf,
         /// Where the page is served (keep it on loopback: the page itself
         /// asks for no key).
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -170,7 +182,7 @@ enum Cmd {
         #[arg(long, conflicts_with = "cluster")]
         socket: Option<PathBuf>,
         /// Ask a host over the network for every host's and VM's status.
-        #[arg(long, requires_all = ["host", "key"])]
+        #[arg(long, requires_all = ["host", "key", "config"])]
         cluster: bool,
         /// The host to ask: IP, IP:PORT or NAME:PORT (port 7401 by default).
         #[arg(long, requires = "cluster")]
@@ -178,6 +190,10 @@ enum Cmd {
         /// The operator's private key (PKCS#8), listed in the config's [[operators]].
         #[arg(long, requires = "cluster")]
         key: Option<PathBuf>,
+        /// The cluster config (TOML or signed) whose hosts' keys the replies
+        /// must be sealed with.
+        #[arg(long, requires = "cluster")]
+        config: Option<PathBuf>,
         /// Print the gathered reports as JSON instead of text.
         #[arg(long, requires = "cluster")]
         json: bool,
@@ -218,20 +234,27 @@ fn run(cli: Cli) -> Result<()> {
             cluster: true,
             host: Some(host),
             key: Some(key),
+            config: Some(config),
             json,
             only_this_host,
             ..
-        } => remote::cluster_status(&host, &key, json, only_this_host),
+        } => remote::cluster_status(&host, &key, &config, json, only_this_host),
         Cmd::Status { socket, .. } => status(socket),
-        Cmd::Metrics { host, key } => remote::metrics(&host, &key),
-        Cmd::Page { host, key, listen } => page::page(&host, &key, listen),
+        Cmd::Metrics { host, key, config } => remote::metrics(&host, &key, &config),
+        Cmd::Page {
+            host,
+            key,
+            config,
+            listen,
+        } => page::page(&host, &key, &config, listen),
         Cmd::Sign { config, key, out } => apply::sign(&config, &key, &out),
         Cmd::Apply {
             host,
             key,
             pubkey,
+            config,
             file,
-        } => apply::apply(&host, &key, pubkey.as_deref(), &file),
+        } => apply::apply(&host, &key, pubkey.as_deref(), config.as_deref(), &file),
         Cmd::Image { cmd } => image::run(cmd),
     }
 }

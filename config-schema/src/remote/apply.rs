@@ -7,10 +7,11 @@
 //!
 //! ```text
 //! server -> client   ServerHello
-//! client -> server   ClientMsg::Operator { request: Apply { config_sha256 }, .. }
-//! server -> client   Reply::SendConfig | Reply::Refused   (authenticated or not)
+//! client -> server   ClientMsg::Operator { request: Apply { config_sha256 }, noise, .. }
+//! server -> client   Reply::Sealed { noise } | Reply::Refused   (not authenticated)
+//! server -> client   sealed: Reply::SendConfig
 //! client -> server   raw frame: the signed-config file bytes
-//! server -> client   Reply::Applied { generation, hosts: [HostApplied] } | Reply::Refused
+//! server -> client   sealed: Reply::Applied { generation, hosts: [HostApplied] } | Reply::Refused
 //! ```
 
 use std::net::SocketAddr;
@@ -19,9 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::auth::OperatorKey;
-use super::client::{self, ClientError};
-use super::wire::{self, OperatorRequest, Reply};
-use super::MAX_REPLY_FRAME;
+use super::client::{ClientError, HostKeys, Session};
+use super::wire::{OperatorRequest, Reply};
 use crate::signed::{self, SignedConfig};
 
 /// Largest signed-config frame a server reads (after authentication).
@@ -50,26 +50,26 @@ pub enum Outcome {
     Unreachable,
 }
 
-/// Sends `config` to `addr` signed with `key`; the answer (or a refusal).
+/// Sends `config` to `addr` signed with `key`; the answer (or a refusal),
+/// opened with the host's key from `hosts`.
 pub fn apply(
     addr: SocketAddr,
     key: &OperatorKey,
+    hosts: &HostKeys,
     config: &SignedConfig,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
-    let (mut s, hello) = client::connect(addr, timeout)?;
     let request = OperatorRequest::Apply {
         config_sha256: config.sha256(),
     };
-    let msg = key
-        .sign(&hello, request)
-        .map_err(|error| ClientError::Auth { addr, error })?;
-    let wire = |error| ClientError::Wire { addr, error };
-    wire::write_frame(&mut s, &msg).map_err(wire)?;
-    match wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)? {
+    let mut session = match Session::open(addr, key, hosts, request, timeout)? {
+        (_, Some(refused)) => return Ok(refused),
+        (session, None) => session,
+    };
+    match session.reply()? {
         Reply::SendConfig => {}
         other => return Ok(other),
     }
-    wire::write_raw(&mut s, &config.encode()).map_err(wire)?;
-    wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)
+    session.send_raw(&config.encode())?;
+    session.reply()
 }

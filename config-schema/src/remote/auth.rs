@@ -3,8 +3,10 @@
 //! `[[operators]]` (the host).
 //!
 //! Signed bytes: the postcard encoding of
-//! `(DOMAIN, cluster, host, nonce, request)` — strings length-prefixed, so no
-//! two tuples share an encoding. The nonce is the server's fresh challenge
+//! `(DOMAIN, cluster, host, nonce, request, noise)` — strings and bytes
+//! length-prefixed, so no two tuples share an encoding; `noise` is message 1
+//! of the exchange that seals the replies (`super::sealed`), so nobody can
+//! swap in their own and read the answers. The nonce is the server's fresh challenge
 //! for this connection: a signature is good for one connection to one host.
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -15,7 +17,7 @@ use crate::keys;
 use crate::model::ClusterConfig;
 
 /// Separates these signatures from every other use of an Ed25519 key.
-pub const DOMAIN: &str = "ftappliance operator status query v1";
+pub const DOMAIN: &str = "ftappliance operator status query v2";
 
 /// Why a query was not authenticated. Each says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,8 +51,13 @@ pub fn fresh_nonce() -> Result<[u8; 32], AuthError> {
 }
 
 /// The bytes an operator signs.
-pub fn signed_bytes(cluster: &str, host: &str, nonce: &[u8; 32], req: OperatorRequest) -> Vec<u8> {
-    postcard::to_stdvec(&(DOMAIN, cluster, host, nonce, req)).expect("postcard encodes a tuple")
+pub fn signed_bytes(
+    (cluster, host, nonce): (&str, &str, &[u8; 32]),
+    req: OperatorRequest,
+    noise: &[u8],
+) -> Vec<u8> {
+    postcard::to_stdvec(&(DOMAIN, cluster, host, nonce, req, noise))
+        .expect("postcard encodes a tuple")
 }
 
 /// An operator's signing key (PKCS#8, as `ftctl operator-keygen` writes it).
@@ -70,20 +77,25 @@ impl OperatorKey {
         hex::encode(keys::signing_public_key(&self.pair))
     }
 
-    /// The signed query answering `hello`.
+    /// The signed query answering `hello`, carrying `noise` (message 1 of
+    /// the sealing exchange).
     pub fn sign(
         &self,
         hello: &ServerHello,
         request: OperatorRequest,
+        noise: &[u8],
     ) -> Result<ClientMsg, AuthError> {
         let nonce = parse32(&hello.nonce).ok_or(AuthError::BadSignatureEncoding)?;
-        let sig = self
-            .pair
-            .sign(&signed_bytes(&hello.cluster, &hello.host, &nonce, request));
+        let sig = self.pair.sign(&signed_bytes(
+            (&hello.cluster, &hello.host, &nonce),
+            request,
+            noise,
+        ));
         Ok(ClientMsg::Operator {
             public_key: self.public_hex(),
             request,
             signature: hex::encode(sig.as_ref()),
+            noise: hex::encode(noise),
         })
     }
 }
@@ -118,6 +130,7 @@ impl Operators {
         public_key: &str,
         request: OperatorRequest,
         signature: &str,
+        noise: &[u8],
     ) -> Result<&str, AuthError> {
         if self.keys.is_empty() {
             return Err(AuthError::NoOperators);
@@ -134,7 +147,7 @@ impl Operators {
             .filter(|s| s.len() == 64)
             .ok_or(AuthError::BadSignatureEncoding)?;
         UnparsedPublicKey::new(&ED25519, key)
-            .verify(&signed_bytes(cluster, host, nonce, request), &sig)
+            .verify(&signed_bytes((cluster, host, nonce), request, noise), &sig)
             .map_err(|_| AuthError::BadSignature(name.to_string()))?;
         Ok(name)
     }
@@ -187,6 +200,7 @@ mod tests {
             public_key,
             request,
             signature,
+            noise,
         } = m
         else {
             panic!("an operator message");
@@ -197,6 +211,7 @@ mod tests {
             public_key,
             *request,
             signature,
+            &hex::decode(noise).unwrap(),
         )
         .map(str::to_string)
     }
@@ -206,7 +221,7 @@ mod tests {
         let (alice, bob) = (key(), key());
         let ops = ops(&[("alice", &alice), ("bob", &bob)]);
         let h = hello([7; 32]);
-        let m = bob.sign(&h, OperatorRequest::ClusterStatus).unwrap();
+        let m = bob.sign(&h, OperatorRequest::ClusterStatus, b"m1").unwrap();
         assert_eq!(check(&ops, &h, &m).unwrap(), "bob");
     }
 
@@ -215,13 +230,17 @@ mod tests {
         let (alice, mallory) = (key(), key());
         let ops = ops(&[("alice", &alice)]);
         let h = hello([7; 32]);
-        let m = mallory.sign(&h, OperatorRequest::ClusterStatus).unwrap();
+        let m = mallory
+            .sign(&h, OperatorRequest::ClusterStatus, b"m1")
+            .unwrap();
         assert!(matches!(
             check(&ops, &h, &m),
             Err(AuthError::NotAnOperator(_))
         ));
         // Alice's query, replayed on a connection with another challenge.
-        let m = alice.sign(&h, OperatorRequest::ClusterStatus).unwrap();
+        let m = alice
+            .sign(&h, OperatorRequest::ClusterStatus, b"m1")
+            .unwrap();
         let other = hello([8; 32]);
         assert_eq!(
             check(&ops, &other, &m),
@@ -236,18 +255,31 @@ mod tests {
         let ClientMsg::Operator {
             public_key,
             signature,
+            noise,
             ..
         } = m
         else {
             unreachable!()
         };
         let altered = ClientMsg::Operator {
-            public_key,
+            public_key: public_key.clone(),
             request: OperatorRequest::HostStatus,
-            signature,
+            signature: signature.clone(),
+            noise: noise.clone(),
         };
         assert!(matches!(
             check(&ops, &h, &altered),
+            Err(AuthError::BadSignature(_))
+        ));
+        // ... or with someone else's sealing message (they would read the reply).
+        let swapped = ClientMsg::Operator {
+            public_key,
+            request: OperatorRequest::ClusterStatus,
+            signature,
+            noise: hex::encode(b"m1 of mallory"),
+        };
+        assert!(matches!(
+            check(&ops, &h, &swapped),
             Err(AuthError::BadSignature(_))
         ));
         assert_eq!(
@@ -265,15 +297,15 @@ mod tests {
         let at = ("demo", "host-a", &n);
         let req = OperatorRequest::ClusterStatus;
         assert!(matches!(
-            ops.verify(at, "zz", req, ""),
+            ops.verify(at, "zz", req, "", b""),
             Err(AuthError::BadKey(_))
         ));
         let pk = alice.public_hex();
         assert_eq!(
-            ops.verify(at, &pk, req, "00"),
+            ops.verify(at, &pk, req, "00", b""),
             Err(AuthError::BadSignatureEncoding)
         );
-        let good = alice.sign(&h, req).unwrap();
+        let good = alice.sign(&h, req, b"").unwrap();
         assert!(check(&ops, &h, &good).is_ok());
     }
 }

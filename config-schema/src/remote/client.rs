@@ -1,13 +1,18 @@
 //! The client side: connect, read the host's challenge, send the signed
-//! query, read the reply (`ftctl status --cluster`), and the same connect
-//! step for host-to-host queries.
+//! query with message 1 of the sealing exchange, open the host's sealed
+//! replies with the host's key from the operator's config (`ftctl status
+//! --cluster`, `ftctl apply`), and the same connect step for host-to-host
+//! queries.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::auth::{AuthError, OperatorKey};
+use super::sealed::{ClientSeal, SealError, Sealed};
 use super::wire::{self, OperatorRequest, Reply, ServerHello, WireError};
 use super::{MAX_REPLY_FRAME, PORT, VERSION};
+use crate::model::ClusterConfig;
 
 /// Why a query got no reply.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,148 @@ pub enum ClientError {
     Version { addr: SocketAddr, got: u32 },
     #[error("{addr}: {error}")]
     Auth { addr: SocketAddr, error: AuthError },
+    #[error(
+        "{addr} says it is host {host:?} of cluster {cluster:?}, which the config given \
+         (--config) does not list: cannot check its answer"
+    )]
+    UnknownHost {
+        addr: SocketAddr,
+        cluster: String,
+        host: String,
+    },
+    #[error("{addr}: the reply is not sealed by host {host}'s key from the config: {error}")]
+    Unsealed {
+        addr: SocketAddr,
+        host: String,
+        error: SealError,
+    },
+}
+
+/// The hosts' X25519 public keys as the operator's copy of the cluster
+/// config gives them: what a sealed reply is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct HostKeys {
+    cluster: String,
+    keys: BTreeMap<String, [u8; 32]>,
+}
+
+impl HostKeys {
+    /// Every host of `config` with a well-formed key (validation refuses
+    /// configs without one, so none is left out of a validated config).
+    pub fn of(config: &ClusterConfig) -> Self {
+        let keys = config
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                let k: [u8; 32] = hex::decode(&h.public_key).ok()?.try_into().ok()?;
+                Some((h.name.clone(), k))
+            })
+            .collect();
+        HostKeys {
+            cluster: config.cluster.name.clone(),
+            keys,
+        }
+    }
+
+    /// Keys given directly (tests, tools that hold no config).
+    pub fn from_pairs(cluster: &str, pairs: impl IntoIterator<Item = (String, [u8; 32])>) -> Self {
+        HostKeys {
+            cluster: cluster.to_string(),
+            keys: pairs.into_iter().collect(),
+        }
+    }
+
+    fn of_hello(&self, addr: SocketAddr, hello: &ServerHello) -> Result<&[u8; 32], ClientError> {
+        self.keys
+            .get(&hello.host)
+            .filter(|_| hello.cluster == self.cluster)
+            .ok_or_else(|| ClientError::UnknownHost {
+                addr,
+                cluster: hello.cluster.clone(),
+                host: hello.host.clone(),
+            })
+    }
+}
+
+/// One operator connection after the signed request: the host's replies,
+/// opened with its key.
+pub struct Session {
+    addr: SocketAddr,
+    host: String,
+    stream: TcpStream,
+    sealed: Option<Sealed>,
+}
+
+impl Session {
+    /// Connects, signs `request` and opens the sealed replies. A refusal
+    /// before authentication comes back as `Ok` with [`Session::refused`].
+    pub fn open(
+        addr: SocketAddr,
+        key: &OperatorKey,
+        hosts: &HostKeys,
+        request: OperatorRequest,
+        timeout: Duration,
+    ) -> Result<(Self, Option<Reply>), ClientError> {
+        let (mut stream, hello) = connect(addr, timeout)?;
+        let host_key = hosts.of_hello(addr, &hello)?;
+        let unsealed = |error| ClientError::Unsealed {
+            addr,
+            host: hello.host.clone(),
+            error,
+        };
+        let (seal, m1) = ClientSeal::start(&hello, host_key).map_err(unsealed)?;
+        let msg = key
+            .sign(&hello, request, &m1)
+            .map_err(|error| ClientError::Auth { addr, error })?;
+        let wire = |error| ClientError::Wire { addr, error };
+        wire::write_frame(&mut stream, &msg).map_err(wire)?;
+        let mut session = Session {
+            addr,
+            host: hello.host.clone(),
+            stream,
+            sealed: None,
+        };
+        match wire::read_frame(&mut session.stream, MAX_REPLY_FRAME).map_err(wire)? {
+            Reply::Sealed { noise } => {
+                let m2 = hex::decode(noise)
+                    .map_err(|_| unsealed(SealError::Protocol("message 2 not hex".into())))?;
+                session.sealed = Some(seal.finish(&m2).map_err(unsealed)?);
+                Ok((session, None))
+            }
+            refused @ Reply::Refused { .. } => Ok((session, Some(refused))),
+            other => Err(unsealed(SealError::Protocol(format!(
+                "a plain reply where a sealed one belongs: {other:?}"
+            )))),
+        }
+    }
+
+    /// The next sealed reply.
+    pub fn reply(&mut self) -> Result<Reply, ClientError> {
+        let addr = self.addr;
+        let host = &self.host;
+        let unsealed = |error| ClientError::Unsealed {
+            addr,
+            host: host.clone(),
+            error,
+        };
+        let sealed = self
+            .sealed
+            .as_mut()
+            .ok_or_else(|| unsealed(SealError::Protocol("no sealed exchange".into())))?;
+        let body = sealed
+            .recv(&mut self.stream, MAX_REPLY_FRAME)
+            .map_err(unsealed)?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Wire {
+            addr,
+            error: WireError::Malformed(e),
+        })
+    }
+
+    /// Sends one raw frame (an apply's signed config).
+    pub fn send_raw(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        let addr = self.addr;
+        wire::write_raw(&mut self.stream, body).map_err(|error| ClientError::Wire { addr, error })
+    }
 }
 
 /// `IP`, `IP:PORT` or `NAME:PORT`; the port defaults to [`PORT`].
@@ -63,19 +210,18 @@ pub fn connect(
     Ok((s, hello))
 }
 
-/// One signed operator query. `timeout` bounds each read: a cluster query
-/// waits for the queried host to gather the others (a few seconds at most).
+/// One signed operator query, its reply opened with the host's key from
+/// `hosts`. `timeout` bounds each read: a cluster query waits for the
+/// queried host to gather the others (a few seconds at most).
 pub fn query(
     addr: SocketAddr,
     key: &OperatorKey,
+    hosts: &HostKeys,
     request: OperatorRequest,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
-    let (mut s, hello) = connect(addr, timeout)?;
-    let msg = key
-        .sign(&hello, request)
-        .map_err(|error| ClientError::Auth { addr, error })?;
-    let wire = |error| ClientError::Wire { addr, error };
-    wire::write_frame(&mut s, &msg).map_err(wire)?;
-    wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)
+    match Session::open(addr, key, hosts, request, timeout)? {
+        (_, Some(refused)) => Ok(refused),
+        (mut session, None) => session.reply(),
+    }
 }

@@ -7,7 +7,8 @@
 //! server -> client   ServerHello { version, cluster, host, nonce }      (fresh 32 random bytes)
 //! client -> server   ClientMsg::Operator { public_key, request, signature }
 //!                  | ClientMsg::Host { from, noise }                     (host to host, see below)
-//! server -> client   Reply::Cluster | Reply::Host | Reply::Refused { reason }
+//! server -> client   Reply::Sealed { noise } | Reply::Refused { reason }   (operator)
+//! server -> client   sealed: Reply::Cluster | Reply::Host | Reply::Metrics | Reply::Refused
 //! ```
 //!
 //! An apply (`ftctl apply`, [`apply`]) is an operator request naming the
@@ -28,9 +29,12 @@
 //! another. The server checks the key against the config it runs and refuses
 //! others with a reason; it logs refusals at most once per 10 s.
 //!
-//! What this does not give: the reply is neither encrypted nor signed (status
-//! is read-only; whoever can read the FT network sees it, and whoever can
-//! rewrite its traffic can show an operator false status). Host-to-host
+//! The replies to an authenticated operator are sealed ([`sealed`]): a Noise
+//! NK exchange keyed by the host's X25519 key from the config the operator
+//! holds (`ftctl --config`), so they are encrypted to the operator and no
+//! machine in the middle can forge them; message 1 of that exchange is part
+//! of what the operator signs. A refusal before authentication stays plain
+//! (it only ever reads as a refusal). Host-to-host
 //! gathering (`ClientMsg::Host`) runs over Noise with the hosts' X25519 keys
 //! from the config and is implemented by the heartbeat daemon, which serves
 //! this protocol.
@@ -41,6 +45,7 @@ pub mod client;
 pub mod page;
 pub mod render;
 pub mod report;
+pub mod sealed;
 pub mod server;
 pub mod wire;
 
@@ -51,7 +56,7 @@ use std::time::Duration;
 /// The TCP port of the status service, on each host's FT address.
 pub const PORT: u16 = 7401;
 /// Protocol version in [`ServerHello`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest frame a server reads from a client.
 pub const MAX_CLIENT_FRAME: usize = 8 << 10;
 /// Largest reply (or hello) frame a client reads.

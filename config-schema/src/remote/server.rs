@@ -1,7 +1,8 @@
 //! The server loop of the status service: one thread per connection, at
 //! most [`MAX_CONNECTIONS`] at once; a fresh challenge per connection; the
-//! operator's signature checked before anything else is done; refusals
-//! answered with the reason and logged at most once per 10 s.
+//! operator's signature checked before anything else is done; every reply to
+//! an authenticated operator sealed with the host's key (`super::sealed`);
+//! refusals answered with the reason and logged at most once per 10 s.
 //!
 //! What a host answers and how it talks to other hosts is the [`Backend`]'s
 //! (the heartbeat daemon's `status_service`); this file only authenticates.
@@ -14,6 +15,7 @@ use std::time::Instant;
 use super::apply::MAX_APPLY_FRAME;
 use super::auth::{self, Operators};
 use super::report::{ClusterReport, HostReport};
+use super::sealed::{self, SealError, Sealed};
 use super::wire::{self, ClientMsg, OperatorRequest, Reply, ServerHello};
 use super::{IO_TIMEOUT, MAX_CLIENT_FRAME, VERSION};
 use crate::ctl_server::RefusalLog;
@@ -28,6 +30,9 @@ pub trait Backend: Send + Sync + 'static {
     fn host(&self) -> String;
     /// The `[[operators]]` of the config this host runs.
     fn operators(&self) -> Operators;
+    /// This host's X25519 private key (its `hosts[].public_key`'s pair),
+    /// which seals the replies to operators (`super::sealed`).
+    fn reply_key(&self) -> [u8; 32];
     fn host_report(&self) -> HostReport;
     fn cluster_report(&self) -> ClusterReport;
     /// This host's figures as OpenMetrics text.
@@ -152,42 +157,70 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
             public_key,
             request,
             signature,
+            noise,
         } => {
+            let Ok(m1) = hex::decode(&noise) else {
+                return refuse(&mut stream, "bad request: noise message not hex".into());
+            };
             let ops = backend.operators();
             let who = ops.verify(
                 (&hello.cluster, &host, &nonce),
                 &public_key,
                 request,
                 &signature,
+                &m1,
             );
-            match who {
-                Ok(name) => {
-                    tracing::info!(
-                        "status service: {} for operator {name} from {peer}",
-                        describe(&request)
-                    );
-                    let reply = match request {
-                        OperatorRequest::Apply { config_sha256 } => {
-                            match read_config(&mut stream, &config_sha256) {
-                                Ok(c) => backend.apply(c, name),
-                                Err(why) => return refuse(&mut stream, why),
-                            }
-                        }
-                        OperatorRequest::ClusterStatus => Reply::Cluster {
-                            report: backend.cluster_report(),
-                        },
-                        OperatorRequest::HostStatus => Reply::Host {
-                            report: backend.host_report(),
-                        },
-                        OperatorRequest::Metrics => Reply::Metrics {
-                            text: backend.metrics(),
-                        },
+            let name = match who {
+                Ok(name) => name,
+                Err(e) => return refuse(&mut stream, e.to_string()),
+            };
+            let mut sealed = match sealed::respond(&hello, &backend.reply_key(), &m1) {
+                Ok((sealed, m2)) => {
+                    let opened = Reply::Sealed {
+                        noise: hex::encode(m2),
                     };
-                    if let Err(e) = wire::write_frame(&mut stream, &reply) {
+                    if let Err(e) = wire::write_frame(&mut stream, &opened) {
                         tracing::warn!("status service: reply to {peer} failed: {e}");
+                        return;
+                    }
+                    sealed
+                }
+                Err(e) => {
+                    return refuse(
+                        &mut stream,
+                        format!("cannot seal the reply for operator {name}: {e}"),
+                    )
+                }
+            };
+            tracing::info!(
+                "status service: {} for operator {name} from {peer}",
+                describe(&request)
+            );
+            let reply = match request {
+                OperatorRequest::Apply { config_sha256 } => {
+                    match read_config(&mut stream, &mut sealed, &config_sha256) {
+                        Ok(c) => backend.apply(c, name),
+                        Err(why) => {
+                            let line = format!(
+                                "status service: {host} refuses an apply from {peer}: {why}"
+                            );
+                            tracing::warn!("{line}");
+                            Reply::Refused { reason: line }
+                        }
                     }
                 }
-                Err(e) => refuse(&mut stream, e.to_string()),
+                OperatorRequest::ClusterStatus => Reply::Cluster {
+                    report: backend.cluster_report(),
+                },
+                OperatorRequest::HostStatus => Reply::Host {
+                    report: backend.host_report(),
+                },
+                OperatorRequest::Metrics => Reply::Metrics {
+                    text: backend.metrics(),
+                },
+            };
+            if let Err(e) = send_sealed(&mut stream, &mut sealed, &reply) {
+                tracing::warn!("status service: reply to {peer} failed: {e}");
             }
         }
         ClientMsg::HostApply { from, noise } => {
@@ -210,14 +243,28 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
 
 /// The signed config following an authenticated apply request: at most
 /// [`MAX_APPLY_FRAME`] bytes, with the SHA-256 the operator signed.
-fn read_config(stream: &mut TcpStream, sha256: &[u8; 32]) -> Result<SignedConfig, String> {
-    wire::write_frame(stream, &Reply::SendConfig).map_err(|e| format!("apply: {e}"))?;
+fn read_config(
+    stream: &mut TcpStream,
+    sealed: &mut Sealed,
+    sha256: &[u8; 32],
+) -> Result<SignedConfig, String> {
+    send_sealed(stream, sealed, &Reply::SendConfig).map_err(|e| format!("apply: {e}"))?;
     let bytes = wire::read_raw(stream, MAX_APPLY_FRAME).map_err(|e| format!("apply: {e}"))?;
     let c = SignedConfig::decode(&bytes).map_err(|e| format!("apply: {e}"))?;
     if c.sha256() != *sha256 {
         return Err("apply: the config sent is not the one the operator signed for".into());
     }
     Ok(c)
+}
+
+/// One reply, sealed to the operator.
+fn send_sealed(
+    stream: &mut TcpStream,
+    sealed: &mut Sealed,
+    reply: &Reply,
+) -> Result<(), SealError> {
+    let body = serde_json::to_vec(reply).map_err(|e| SealError::Protocol(e.to_string()))?;
+    sealed.send(stream, &body)
 }
 
 /// A request as the log says it (an apply by the start of its config's hash).

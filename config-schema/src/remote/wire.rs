@@ -48,6 +48,9 @@ pub enum ClientMsg {
         request: OperatorRequest,
         /// Ed25519 signature over `auth::signed_bytes`, 128 hex digits.
         signature: String,
+        /// Message 1 of the Noise NK exchange that seals the replies (hex;
+        /// `super::sealed`), covered by the signature.
+        noise: String,
     },
     /// Another host of the cluster asks for this host's report: the first
     /// message of a Noise IK handshake (hex) whose payload is the nonce.
@@ -75,6 +78,11 @@ pub enum Reply {
     /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
     Metrics {
         text: String,
+    },
+    /// The request is authenticated: message 2 of the Noise NK exchange
+    /// (hex); every later reply on the connection is sealed (`super::sealed`).
+    Sealed {
+        noise: String,
     },
     /// An apply request is authenticated: send the signed config now.
     SendConfig,
@@ -179,6 +187,7 @@ mod tests {
             public_key: "ab".repeat(32),
             request: OperatorRequest::ClusterStatus,
             signature: "cd".repeat(64),
+            noise: "ef".repeat(48),
         }
     }
 
@@ -204,7 +213,7 @@ mod tests {
             decode_client(&garbage),
             Err(WireError::Malformed(_))
         ));
-        let unknown = br#"{"kind":"operator","public_key":"","request":"cluster_status","signature":"","x":1}"#;
+        let unknown = br#"{"kind":"operator","public_key":"","request":"cluster_status","signature":"","noise":"","x":1}"#;
         let mut g = Vec::new();
         write_raw(&mut g, unknown).unwrap();
         assert!(matches!(decode_client(&g), Err(WireError::Malformed(_))));
@@ -218,6 +227,7 @@ mod tests {
                 config_sha256: [7; 32],
             },
             signature: "cd".repeat(64),
+            noise: "ef".repeat(48),
         };
         let fetch = ClientMsg::HostFetch {
             from: "host-b".into(),

@@ -221,6 +221,10 @@ impl Backend for Service {
         self.live().operators
     }
 
+    fn reply_key(&self) -> [u8; 32] {
+        self.cfg.node.private_key
+    }
+
     fn host_report(&self) -> HostReport {
         // The two sockets are asked at once: a hung daemon costs one timeout.
         let (fencing, ftvmm) = std::thread::scope(|s| {

@@ -5,7 +5,7 @@
 //! A -> B   ClientMsg::Host { from: A, noise: IK message 1 }   payload: B's challenge (nonce)
 //! B -> A   raw frame: IK message 2 (empty payload)
 //! B -> A   raw frames: transport messages: [total length u32 BE], then the
-//!          report's JSON in chunks of at most CHUNK bytes
+//!          report's JSON in chunks (`config_schema::remote::sealed::Sealed`)
 //! ```
 //!
 //! An applied config passes between hosts the same way with
@@ -23,15 +23,12 @@
 use std::io::{Read, Write};
 
 use config_schema::remote::apply::MAX_APPLY_FRAME;
+use config_schema::remote::sealed::{SealError, Sealed, MAX_NOISE};
 use config_schema::remote::wire::{self, read_raw, write_raw};
 use config_schema::remote::{ClientMsg, ServerHello, MAX_REPLY_FRAME};
-use snow::{Builder, TransportState};
+use snow::Builder;
 
 const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
-/// Plaintext per transport message (Noise messages are at most 65535 bytes, 16 of them the tag).
-const CHUNK: usize = 65_000;
-/// Largest Noise message.
-const MAX_NOISE: usize = 65_535;
 
 /// What a host-to-host exchange is for (each has its own prologue, so a
 /// handshake for one is refused as the other).
@@ -79,6 +76,8 @@ pub enum PeerError {
     WrongNonce,
     #[error("{0}")]
     Protocol(String),
+    #[error("{0}")]
+    Sealed(#[from] SealError),
 }
 
 /// A's side: answers `hello` (from `peer`, whose key is `peer_key`) and
@@ -121,71 +120,11 @@ pub fn ask_with<S: Read + Write>(
         }
     }
     hs.read_message(&m2, &mut buf)?;
-    let mut t = hs.into_transport_mode()?;
+    let mut t = Sealed::from_transport(hs.into_transport_mode()?);
     if kind == Kind::Apply {
-        send_body(stream, &mut t, &mut buf, body)?;
+        t.send(stream, body)?;
     }
-    recv_body(stream, &mut t, &mut buf, MAX_REPLY_FRAME)
-}
-
-/// Sends `body` as transport messages: its length, then chunks.
-fn send_body<W: Write>(
-    w: &mut W,
-    t: &mut TransportState,
-    buf: &mut [u8],
-    body: &[u8],
-) -> Result<(), PeerError> {
-    if body.len() > MAX_REPLY_FRAME {
-        return Err(PeerError::Protocol(format!(
-            "message of {} bytes exceeds {MAX_REPLY_FRAME}",
-            body.len()
-        )));
-    }
-    let n = t.write_message(&(body.len() as u32).to_be_bytes(), buf)?;
-    write_raw(w, &buf[..n])?;
-    for c in body.chunks(CHUNK) {
-        let n = t.write_message(c, buf)?;
-        write_raw(w, &buf[..n])?;
-    }
-    Ok(())
-}
-
-/// Receives what [`send_body`] sent, refusing more than `cap` bytes.
-fn recv_body<R: Read>(
-    r: &mut R,
-    t: &mut TransportState,
-    buf: &mut [u8],
-    cap: usize,
-) -> Result<Vec<u8>, PeerError> {
-    let len = read_chunk(r, t, buf)?;
-    let total = u32::from_be_bytes(
-        len.as_slice()
-            .try_into()
-            .map_err(|_| PeerError::Protocol("bad length message".into()))?,
-    ) as usize;
-    if total > cap {
-        return Err(PeerError::Protocol(format!(
-            "message of {total} bytes exceeds {cap}"
-        )));
-    }
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
-        out.extend(read_chunk(r, t, buf)?);
-    }
-    if out.len() != total {
-        return Err(PeerError::Protocol("message longer than announced".into()));
-    }
-    Ok(out)
-}
-
-fn read_chunk<R: Read>(
-    r: &mut R,
-    t: &mut TransportState,
-    buf: &mut [u8],
-) -> Result<Vec<u8>, PeerError> {
-    let c = read_raw(r, MAX_NOISE)?;
-    let n = t.read_message(&c, buf)?;
-    Ok(buf[..n].to_vec())
+    Ok(t.recv(stream, MAX_REPLY_FRAME)?)
 }
 
 /// Who answers a host-to-host exchange, on which connection.
@@ -223,11 +162,11 @@ pub fn answer_with<S: Read + Write>(
     }
     let n = hs.write_message(&[], &mut buf)?;
     write_raw(stream, &buf[..n])?;
-    let mut t = hs.into_transport_mode()?;
+    let mut t = Sealed::from_transport(hs.into_transport_mode()?);
     let body = match kind {
-        Kind::Apply => recv_body(stream, &mut t, &mut buf, MAX_APPLY_FRAME)?,
+        Kind::Apply => t.recv(stream, MAX_APPLY_FRAME)?,
         Kind::Status | Kind::Fetch => Vec::new(),
     };
     let answer = respond(body);
-    send_body(stream, &mut t, &mut buf, &answer)
+    Ok(t.send(stream, &answer)?)
 }

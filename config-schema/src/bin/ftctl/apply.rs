@@ -50,15 +50,28 @@ fn load_signed(file: &Path, pubkey: Option<&Path>) -> Result<SignedConfig> {
     slots::signed_of_image(&bytes, &pk).map_err(|e| anyhow!("{}: {e}", file.display()))
 }
 
-/// `ftctl apply --host ADDR --key FILE [--pubkey FILE] SIGNED`: prints one
-/// line per host; fails when a host refused or was unreachable.
-pub fn apply(host: &str, key: &Path, pubkey: Option<&Path>, file: &Path) -> Result<()> {
+/// `ftctl apply --host ADDR --key FILE [--pubkey FILE] [--config FILE] SIGNED`:
+/// prints one line per host; fails when a host refused or was unreachable.
+/// The replies are checked against the hosts' keys of `--config`, or else of
+/// the applied config itself.
+pub fn apply(
+    host: &str,
+    key: &Path,
+    pubkey: Option<&Path>,
+    keys_from: Option<&Path>,
+    file: &Path,
+) -> Result<()> {
     let config = load_signed(file, pubkey)?;
+    let hosts = match keys_from {
+        Some(p) => super::remote::host_keys(p)?,
+        None => super::remote::host_keys_of_signed(&config)
+            .with_context(|| format!("the hosts' keys of {}", file.display()))?,
+    };
     let der = super::read(key)?;
     let key =
         OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
     let addr = client::resolve(host)?;
-    let (generation, hosts) = match apply::apply(addr, &key, &config, APPLY_TIMEOUT)? {
+    let (generation, hosts) = match apply::apply(addr, &key, &hosts, &config, APPLY_TIMEOUT)? {
         Reply::Applied { generation, hosts } => (generation, hosts),
         Reply::Refused { reason } => bail!("refused: {reason}"),
         other => bail!("{addr} answered {other:?} to an apply"),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use config_schema::remote::auth::OperatorKey;
+use config_schema::remote::client::HostKeys;
 use config_schema::remote::page::{self, History};
 use config_schema::remote::{client, OperatorRequest, Reply};
 
@@ -28,7 +29,8 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// `ftctl page --host ADDR... --key FILE --listen ADDR`; runs until killed.
-pub fn page(hosts: &[String], key: &Path, listen: SocketAddr) -> Result<()> {
+pub fn page(hosts: &[String], key: &Path, config: &Path, listen: SocketAddr) -> Result<()> {
+    let host_keys = super::remote::host_keys(config)?;
     let der = std::fs::read(key)
         .with_context(|| format!("cannot read operator key {}", key.display()))?;
     let key =
@@ -49,7 +51,7 @@ pub fn page(hosts: &[String], key: &Path, listen: SocketAddr) -> Result<()> {
         let (history, hosts) = (Arc::clone(&history), hosts.to_vec());
         std::thread::Builder::new()
             .name("page-poller".into())
-            .spawn(move || poll_forever(&hosts, &key, &history))?
+            .spawn(move || poll_forever(&hosts, &key, &host_keys, &history))?
     };
     eprintln!(
         "status page of {} on http://{listen}/ (data: /status.json); polls every {} s",
@@ -85,11 +87,16 @@ fn header(k: &str, v: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("ASCII header")
 }
 
-fn poll_forever(hosts: &[String], key: &OperatorKey, history: &Mutex<History>) {
+fn poll_forever(
+    hosts: &[String],
+    key: &OperatorKey,
+    host_keys: &HostKeys,
+    history: &Mutex<History>,
+) {
     let mut first = 0;
     loop {
         let started = Instant::now();
-        let result = poll_once(hosts, key, &mut first);
+        let result = poll_once(hosts, key, host_keys, &mut first);
         let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((host, report)) => h.on_report(now_ms(), &host, report),
@@ -105,13 +112,20 @@ fn poll_forever(hosts: &[String], key: &OperatorKey, history: &Mutex<History>) {
 fn poll_once(
     hosts: &[String],
     key: &OperatorKey,
+    host_keys: &HostKeys,
     first: &mut usize,
 ) -> Result<(String, config_schema::remote::report::ClusterReport), String> {
     let mut failures = Vec::new();
     for i in (0..hosts.len()).map(|k| (*first + k) % hosts.len()) {
         let host = &hosts[i];
         let reply = client::resolve(host).and_then(|addr| {
-            client::query(addr, key, OperatorRequest::ClusterStatus, QUERY_TIMEOUT)
+            client::query(
+                addr,
+                key,
+                host_keys,
+                OperatorRequest::ClusterStatus,
+                QUERY_TIMEOUT,
+            )
         });
         match reply {
             Ok(Reply::Cluster { report }) => {

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use config_schema::remote::client::HostKeys;
 use config_schema::remote::{auth::OperatorKey, client, render, OperatorRequest, Reply};
-use config_schema::{keys, validate};
+use config_schema::signed::{self, SignedConfig};
+use config_schema::{canonical, keys, validate};
 
 /// How long each read of a status query waits (the queried host gathers the
 /// others within a few seconds).
@@ -39,8 +41,34 @@ pub fn operator_keygen(out: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `ftctl status --cluster --host ADDR --key FILE [--json] [--only-this-host]`.
-pub fn cluster_status(host: &str, key: &Path, json: bool, only_this_host: bool) -> Result<()> {
+/// The hosts' keys that replies are checked against, from the operator's
+/// copy of the cluster config: the TOML, or a signed config (`ftctl sign`;
+/// its content is read, not verified: it is the operator's own file).
+pub fn host_keys(path: &Path) -> Result<HostKeys> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(&signed::MAGIC) {
+        let sc = SignedConfig::decode(&bytes).with_context(|| path.display().to_string())?;
+        return host_keys_of_signed(&sc).with_context(|| path.display().to_string());
+    }
+    let (c, _) = super::load_config(path)?;
+    Ok(HostKeys::of(&c))
+}
+
+/// The hosts' keys of a signed config's content.
+pub fn host_keys_of_signed(sc: &SignedConfig) -> Result<HostKeys> {
+    let c = canonical::decode(&sc.canonical).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(HostKeys::of(&c))
+}
+
+/// `ftctl status --cluster --host ADDR --key FILE --config FILE [--json] [--only-this-host]`.
+pub fn cluster_status(
+    host: &str,
+    key: &Path,
+    config: &Path,
+    json: bool,
+    only_this_host: bool,
+) -> Result<()> {
+    let hosts = host_keys(config)?;
     let der =
         fs::read(key).with_context(|| format!("cannot read operator key {}", key.display()))?;
     let key =
@@ -51,26 +79,30 @@ pub fn cluster_status(host: &str, key: &Path, json: bool, only_this_host: bool) 
     } else {
         OperatorRequest::ClusterStatus
     };
-    match client::query(addr, &key, request, QUERY_TIMEOUT)? {
+    match client::query(addr, &key, &hosts, request, QUERY_TIMEOUT)? {
         Reply::Refused { reason } => bail!("refused: {reason}"),
         Reply::Cluster { report } if json => println!("{}", serde_json::to_string_pretty(&report)?),
         Reply::Cluster { report } => print!("{}", render::render(&report)),
         Reply::Host { report } => println!("{}", serde_json::to_string_pretty(&report)?),
-        Reply::Metrics { .. } | Reply::Applied { .. } | Reply::SendConfig => {
+        Reply::Metrics { .. }
+        | Reply::Applied { .. }
+        | Reply::SendConfig
+        | Reply::Sealed { .. } => {
             bail!("{addr} answered something else than status to a status query")
         }
     }
     Ok(())
 }
 
-/// `ftctl metrics --host ADDR --key FILE`: the host's OpenMetrics text.
-pub fn metrics(host: &str, key: &Path) -> Result<()> {
+/// `ftctl metrics --host ADDR --key FILE --config FILE`: the host's OpenMetrics text.
+pub fn metrics(host: &str, key: &Path, config: &Path) -> Result<()> {
+    let hosts = host_keys(config)?;
     let der =
         fs::read(key).with_context(|| format!("cannot read operator key {}", key.display()))?;
     let key =
         OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
     let addr = client::resolve(host)?;
-    match client::query(addr, &key, OperatorRequest::Metrics, QUERY_TIMEOUT)? {
+    match client::query(addr, &key, &hosts, OperatorRequest::Metrics, QUERY_TIMEOUT)? {
         Reply::Metrics { text } => print!("{text}"),
         Reply::Refused { reason } => bail!("refused: {reason}"),
         other => bail!("{addr} answered {other:?} to a metrics query"),
