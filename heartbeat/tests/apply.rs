@@ -444,11 +444,16 @@ fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
     seen.sort_by_key(|(i, _)| *i);
     assert_eq!(seen, [(0, told(8, Power::Off)), (1, told(8, Power::Off))]);
     // The cluster report shows the power taken live.
-    let power =
-        |i: usize| match client::query(c.addr(i), &dev_key(), OperatorRequest::ClusterStatus, T) {
-            Ok(Reply::Cluster { report }) => report.vms[0].power.clone(),
-            other => panic!("{other:?}"),
-        };
+    let power = |i: usize| match client::query(
+        c.addr(i),
+        &dev_key(),
+        &client::HostKeys::of(&config(7)),
+        OperatorRequest::ClusterStatus,
+        T,
+    ) {
+        Ok(Reply::Cluster { report }) => report.vms[0].power.clone(),
+        other => panic!("{other:?}"),
+    };
     assert_eq!(power(2), "off");
     // Back on: live again (compared with the power taken live, not the
     // booted one), and told after the power-off.

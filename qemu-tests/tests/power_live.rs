@@ -86,7 +86,7 @@ fn power_off_and_on_live_through_ftctl_apply() {
         answered.is_err(),
         "the guest still answers after the power-off"
     );
-    let status = status(&op, &ftctl, &key_file);
+    let status = status(&op, &ftctl, &key_file, &source.config);
     assert_eq!(
         status.matches("\"state\":\"powered off (config)\"").count(),
         2,
@@ -202,12 +202,14 @@ fn apply(
 }
 
 /// `ftctl status --cluster --json` from the operator's namespace.
-fn status(op: &NetnsTap, ftctl: &Path, key: &Path) -> String {
+fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", op.netns()])
         .arg(ftctl)
         .args(["status", "--cluster", "--host", "192.0.2.2", "--key"])
         .arg(key)
+        .arg("--config")
+        .arg(config)
         .arg("--json")
         .output()
         .unwrap();

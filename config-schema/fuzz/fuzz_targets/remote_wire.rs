@@ -20,13 +20,15 @@ fuzz_target!(|data: &[u8]| {
     let mut again = Vec::new();
     wire::write_frame(&mut again, &msg).expect("a decoded message encodes");
     assert_eq!(wire::decode_client(&again).expect("re-decodes"), msg);
-    if let ClientMsg::Operator { public_key, request, signature } = msg {
+    if let ClientMsg::Operator { public_key, request, signature, noise } = msg {
         let mut c = config_schema::parse(include_str!("../../../examples/cluster.toml"))
             .expect("example config")
             .config;
         c.operators = vec![Operator { name: "o".into(), public_key: OPERATOR.into() }];
         let ops = Operators::of(&c);
         let nonce = [7u8; 32];
-        assert!(ops.verify(("demo", "host-a", &nonce), &public_key, request, &signature).is_err());
+        assert!(ops
+            .verify(("demo", "host-a", &nonce), &public_key, request, &signature, noise.as_bytes())
+            .is_err());
     }
 });

@@ -33,11 +33,21 @@ pub fn query(tap: &NetnsTap, addr: SocketAddr, key: &Path) -> Result<String> {
     let der = std::fs::read(key).with_context(|| format!("read {}", key.display()))?;
     let key =
         OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
+    // The replies are sealed with the hosts' keys of the example config,
+    // which both boots of the bench use (docs/operators-guide.md §9).
+    let example = qemu_tests::paths::workspace_root().join("examples/cluster.toml");
+    let text =
+        std::fs::read_to_string(&example).with_context(|| format!("read {}", example.display()))?;
+    let config = config_schema::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", example.display()))?
+        .config;
+    let hosts = client::HostKeys::of(&config);
     let reply = tap
         .run_in(|| {
             client::query(
                 addr,
                 &key,
+                &hosts,
                 OperatorRequest::Metrics,
                 Duration::from_secs(15),
             )
