@@ -52,6 +52,10 @@
 //! after a reconnect.
 
 pub mod assemble;
+pub mod boot_image;
+pub mod daemon_member;
+pub mod daemon_spec;
+pub mod daemon_status;
 pub mod delta;
 pub mod dirty_log;
 pub mod driver;
@@ -60,6 +64,7 @@ mod epoch_decode;
 pub mod gate;
 pub mod gated;
 pub mod hosts;
+pub mod late_fence;
 pub mod local;
 pub mod overlay;
 pub mod primary;
