@@ -253,13 +253,14 @@ fn a_checkpoint_pair_runs_on_two_daemons_and_the_secondary_takes_over() {
             ("web".into(), 2, "host-b".into())
         ]
     );
+    // The member's state is published before its go-live is performed.
+    let fig = b.slots["web"].figures.clone().unwrap();
+    wait_for("the VM resumed", SETTLE, || fig.resumed_memory().is_some());
     let sb = web(&b);
     assert!(
         sb["checkpoint"]["resumed_from_epoch"].as_u64() >= Some(acked),
         "resumed before epoch {acked}: {sb}"
     );
-    let fig = b.slots["web"].figures.clone().unwrap();
-    wait_for("the VM resumed", SETTLE, || fig.resumed_memory().is_some());
     let mem = fig.resumed_memory().unwrap();
     let at = counter(&mem);
     wait_for("the resumed guest counts on", SETTLE, || {
