@@ -301,3 +301,32 @@ fn a_checkpoint_image_that_does_not_match_its_pin_is_refused_in_one_line() {
     assert!(!m.any_running());
     assert_eq!(web(&m)["state"], "stopped");
 }
+
+/// The Secondary's host has other bytes for the image (here: another
+/// command line pinned for it): the Hello's image digests differ, the
+/// Secondary refuses the pair, and the Primary's start fails naming why —
+/// nothing runs unpaired.
+#[test]
+fn a_secondary_with_another_image_refuses_the_pair() {
+    let mut w = World::new(43);
+    let mut a = w.manager(0);
+    let img = w.config.images.iter_mut().find(|i| i.name == "web-linux");
+    img.unwrap().cmdline = "console=ttyS0 init=/other".into();
+    let mut b = w.manager(1);
+    b.start("web").unwrap();
+    a.start("web").unwrap();
+    wait_for("host-a's start fails", SETTLE, || {
+        web(&a)["state"] == "failed"
+    });
+    let sa = web(&a);
+    assert_eq!(
+        sa["detail"], "secondary refused the pair: guest image differs",
+        "{sa}"
+    );
+    assert!(sa["checkpoint"].get("epoch").is_none(), "a VM ran: {sa}");
+    assert_eq!(
+        web(&b)["lockstep"]["role"],
+        "checkpoint secondary (pairing)"
+    );
+    b.stop("web").unwrap();
+}

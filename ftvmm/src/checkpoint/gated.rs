@@ -682,3 +682,7 @@ impl LinuxBackend for GatedBackend {
 #[cfg(test)]
 #[path = "grant_tests.rs"]
 mod grant_tests;
+
+#[cfg(test)]
+#[path = "fence_tests.rs"]
+mod fence_tests;
