@@ -36,26 +36,27 @@ pub struct BootImage {
 /// Why a verified image could not be kept for booting.
 #[derive(Debug, thiserror::Error)]
 pub enum BootImageError {
+    /// Boxed: the image errors carry paths and hashes.
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Image(Box<ImageError>),
     #[error("vm {vm}: cannot keep its verified {part} image in memory: {source}")]
     Memfd {
         vm: String,
         part: &'static str,
-        source: std::io::Error,
+        source: Box<std::io::Error>,
     },
 }
 
 impl BootImage {
     /// Reads and checks `vm`'s image on `device` (module doc).
     pub fn load(c: &ClusterConfig, vm: &Vm, device: &Path) -> Result<Self, BootImageError> {
-        let img = load_vm_image(c, vm, device)?;
+        let img = load_vm_image(c, vm, device).map_err(|e| BootImageError::Image(Box::new(e)))?;
         let sealed = |part, bytes: &[u8]| {
             sealed_file(&format!("ftvmm-{}-{part}", vm.name), bytes).map_err(|source| {
                 BootImageError::Memfd {
                     vm: vm.name.clone(),
                     part,
-                    source,
+                    source: Box::new(source),
                 }
             })
         };

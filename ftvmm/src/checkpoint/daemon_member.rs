@@ -115,7 +115,8 @@ pub fn run_checkpoint_member(
         Role::Secondary { primary } => {
             handle.set_role("checkpoint secondary (pairing)");
             match accept_primary(ctx, &spec, primary)? {
-                Accepted::Paired(ch, hello) => {
+                Accepted::Paired(paired) => {
+                    let (ch, hello) = *paired;
                     spec.pair.hello.generation = hello.generation;
                     spec.pair.peer = hello.primary_host.clone();
                     println!(
@@ -188,7 +189,8 @@ fn vm_index(ctx: &MemberCtx<'_>) -> usize {
 }
 
 enum Accepted {
-    Paired(Channel, Hello),
+    /// Boxed: a channel and a hello are large beside nothing.
+    Paired(Box<(Channel, Hello)>),
     PowerOnHere,
 }
 
@@ -232,7 +234,7 @@ fn accept_primary(
         &watch.flag,
     );
     match (accepted, watch.end()) {
-        (Ok((ch, hello)), _) => Ok(Accepted::Paired(ch, hello)),
+        (Ok(paired), _) => Ok(Accepted::Paired(Box::new(paired))),
         (Err(PairError::Stopped), Some(WaitEnd::PowerOnHere)) => Ok(Accepted::PowerOnHere),
         (Err(e), _) => Err(e),
     }
