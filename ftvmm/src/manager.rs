@@ -3,6 +3,11 @@
 //! device, its TAP on the VM bridge) on a thread of its own, stopping,
 //! restarting and snapshot-restoring it, and reporting status.
 //!
+//! A checkpoint VM (`replication = "checkpoint"`) starts in the same slot,
+//! by the same placement and members, with the checkpoint member's run
+//! (`manager_checkpoint.rs`); its image is checked on the shared device
+//! before the start is accepted.
+//!
 //! A VM the signed config powers off (`vms[].power = "off"`) is never
 //! started here, whatever asks (the daemon at boot as Primary or Secondary,
 //! `StartVm`): [`VmManager::start`] refuses it, and its status says

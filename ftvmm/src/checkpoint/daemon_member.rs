@@ -93,16 +93,12 @@ pub fn run_checkpoint_member(
             spec.pair.hello.generation = win_generation(&spec.pair, handle, stop)?;
             handle.set_role("checkpoint primary (pairing)");
             spec.pair.peer = secondary.clone();
-            let ch = match pair_with_secondary(ctx, &spec, secondary) {
-                Ok(ch) => ch,
-                Err(PairError::Stopped) if !stop.load(Ordering::SeqCst) => {
-                    println!(
-                        "ftvmm: vm {}: secondary {secondary} is down after power-on; running alone in generation {} (checkpoint VMs have no respawn yet: unprotected until restarted)",
-                        ctx.vm.name, spec.pair.hello.generation
-                    );
-                    return run_alone(ctx, &spec, console, on_start);
-                }
-                Err(e) => return Err(e),
+            let Some(ch) = pair_with_secondary(ctx, &spec, secondary)? else {
+                println!(
+                    "ftvmm: vm {}: secondary {secondary} is down after power-on; running alone in generation {} (checkpoint VMs have no respawn yet: unprotected until restarted)",
+                    ctx.vm.name, spec.pair.hello.generation
+                );
+                return run_alone(ctx, &spec, console, on_start);
             };
             println!(
                 "ftvmm: vm {}: paired with secondary {secondary}; generation {}; checkpoint every {} ms",
@@ -152,13 +148,13 @@ pub fn run_checkpoint_member(
     }
 }
 
-/// The Primary's side of the pair start; `Stopped` without the daemon's
-/// stop: the Secondary's host is down past the grace.
+/// The Primary's side of the pair start; `None`: the Secondary's host is
+/// down past the power-on grace (run alone).
 fn pair_with_secondary(
     ctx: &MemberCtx<'_>,
     spec: &CheckpointSpec,
     secondary: &str,
-) -> Result<Channel, PairError> {
+) -> Result<Option<Channel>, PairError> {
     let rc = ctx.rc;
     let peer = (rc.config.hosts.iter())
         .find(|h| h.name == secondary)
@@ -172,13 +168,8 @@ fn pair_with_secondary(
     let watch = Watch::primary(rc, &ctx.vm.name, secondary, fencing, ctx.stop);
     let paired = primary_handshake(&spec.pair, addr, &peer_key, secondary, &watch.flag);
     match (paired, watch.end()) {
-        (Err(PairError::Stopped), Some(WaitEnd::PartnerDown)) => Err(PairError::Stopped),
-        (Err(PairError::Stopped), _) => {
-            // The daemon's stop (the flag is the wait's own).
-            ctx.stop.store(true, Ordering::SeqCst);
-            Err(PairError::Stopped)
-        }
-        (r, _) => r,
+        (Err(PairError::Stopped), Some(WaitEnd::PartnerDown)) => Ok(None),
+        (r, _) => r.map(Some),
     }
 }
 

@@ -43,11 +43,14 @@
 //!   ended and the Secondary acknowledged every closed epoch, `Resign` goes
 //!   out and the Secondary races at once (`PeerResigned`).
 //!
+//! - A Secondary's take-over writes the unfinished epochs' writes through
+//!   its new gate first, as an epoch of their own with the plan's
+//!   gratuitous ARPs, and sets the late-write fence over them unless
+//!   fencing answered its win with `storage_cut` (`late_fence.rs`).
+//!
 //! Not here: respawn of a checkpoint Secondary, fresh-ack stamps (acks are
-//! taken as they come, as `remote.rs` does), the late-write fence at
-//! take-over (the unfinished writes are the caller's `write_pending`), and
-//! the daemon wiring (placement, pair start, images): the manager still
-//! refuses checkpoint VMs.
+//! taken as they come, as `remote.rs` does). The daemon runs this driver
+//! from `daemon_member.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver as EventRx, RecvTimeoutError, Sender};

@@ -151,9 +151,9 @@ pub struct Hello {
 /// The replication a [`Hello`] proposes (`vms[].replication` with what
 /// both members must run alike).
 ///
-/// NOTICE: part of [`Hello`] on the wire; both members run the same build
-/// (the platform check names the VMM), so a change needs no versioning, but
-/// every field must be compared in `pair::hello::hello_mismatch`.
+/// NOTICE: part of [`Hello`] on the wire: any change to it requires a bump
+/// of `wire::VERSION`, and every field must be compared in
+/// `pair::hello::hello_mismatch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PairMode {
     /// Instruction-level replay of the reference guest.
