@@ -13,7 +13,7 @@ use crate::checkpoint::gate::{EpochGate, GateConfig};
 use crate::checkpoint::gated::{FrameOut, GatedOutputs};
 use crate::checkpoint::late_fence::{LateWriteFence, LATE_WRITE_BOUND_MS};
 use crate::checkpoint::receiver::Receiver;
-use crate::checkpoint::remote::{serve, LinkError};
+use crate::checkpoint::remote::{serve_heard, LinkError};
 use crate::checkpoint::secondary::{self, Rebuild, Staging};
 use crate::linux::machine::Running;
 use crate::lockstep::channel::Channel;
@@ -58,6 +58,8 @@ pub struct SecondaryEffects {
     serve: Option<JoinHandle<Served>>,
     stop: Arc<AtomicBool>,
     applied_at: Arc<Mutex<Instant>>,
+    /// When the Primary last sent anything (its silence, for the member).
+    heard: Arc<Mutex<Instant>>,
     /// The last complete epoch applied (status).
     applied: Arc<AtomicU64>,
     receiver: Option<Receiver<Staging>>,
@@ -80,18 +82,22 @@ impl SecondaryEffects {
         let mut r = Receiver::new(generation, Staging::new(mem_size)?, 0);
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
+        let heard = Arc::new(Mutex::new(Instant::now()));
         let applied = Arc::new(AtomicU64::new(0));
         let serve = {
             let (stop, at) = (Arc::clone(&stop), Arc::clone(&applied_at));
+            let h = Arc::clone(&heard);
             let last = Arc::clone(&applied);
             std::thread::Builder::new()
                 .name(format!("ckpt-serve-{vm}"))
                 .spawn(move || {
                     let (mut tx, mut rx) = ch.split();
-                    let end = serve(&mut tx, &mut rx, &mut r, &stop, |e| {
+                    let applied = |e| {
                         *lock(&at) = Instant::now();
                         last.store(e, Ordering::SeqCst);
-                    });
+                    };
+                    let heard = || *lock(&h) = Instant::now();
+                    let end = serve_heard(&mut tx, &mut rx, &mut r, &stop, applied, heard);
                     let ev = match &end {
                         LinkError::Bye { .. } => Some(Event::PrimaryEnded),
                         LinkError::Resigned { reason } => Some(Event::PeerResigned {
@@ -114,6 +120,7 @@ impl SecondaryEffects {
             serve: Some(serve),
             stop,
             applied_at,
+            heard,
             applied,
             receiver: None,
             plan: Some(plan),
@@ -253,7 +260,9 @@ impl Effects for SecondaryEffects {
 
     fn silent_ms(&self) -> u64 {
         match &self.serve {
-            Some(h) if !h.is_finished() => lock(&self.applied_at).elapsed().as_millis() as u64,
+            // Any message, not only a whole epoch: the first one is all of
+            // guest memory and may take longer than the failure timeout.
+            Some(h) if !h.is_finished() => lock(&self.heard).elapsed().as_millis() as u64,
             _ => 0,
         }
     }
