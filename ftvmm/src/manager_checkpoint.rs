@@ -20,7 +20,7 @@ use crate::checkpoint::daemon_member::{run_checkpoint_member, MemberCtx};
 use crate::checkpoint::daemon_spec::{checkpoint_spec, CheckpointSpec};
 use crate::checkpoint::daemon_status::Figures;
 use crate::checkpoint::driver::SocketFencing;
-use crate::lockstep::placement;
+use crate::lockstep::placement::{self, Role};
 use crate::lockstep::spec::{PairError, PairHandle};
 
 impl VmManager {
@@ -56,9 +56,17 @@ impl VmManager {
     /// Starts checkpoint VM `name` (module doc); the caller checked that it
     /// is not running and is powered on.
     pub(super) fn start_checkpoint(&mut self, name: &str) -> Result<(), ManagerError> {
-        let spec = self.checkpoint_spec_for(name)?;
         let vm_cfg = self.find(name)?.clone();
         let role = placement::role(&self.config, &vm_cfg);
+        if matches!(role, Role::Standby | Role::None) {
+            return Err(ManagerError::NotInMode {
+                name: name.into(),
+                mode: vm_cfg.replication.name(),
+                what:
+                    "this host is not one of its pair, and this mode has no standby or respawn yet",
+            });
+        }
+        let spec = self.checkpoint_spec_for(name)?;
         let figures = Figures::new(spec.epoch, spec.linux.vcpus);
         let slot = Slot {
             pair: Arc::new(PairHandle::default()),

@@ -330,3 +330,20 @@ fn a_secondary_with_another_image_refuses_the_pair() {
     );
     b.stop("web").unwrap();
 }
+
+/// host-c is allowed but not one of the pair: a checkpoint VM has no
+/// standby there (no respawn in this mode), so nothing starts, with a line
+/// saying why.
+#[test]
+fn a_third_host_runs_no_standby_for_a_checkpoint_vm() {
+    let w = World::new(44);
+    let mut c = w.manager(2);
+    let err = c.start("web").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "VM \"web\" (replication = \"checkpoint\"): this host is not one of its pair, and this \
+         mode has no standby or respawn yet"
+    );
+    assert!(c.pair("web").is_none());
+    assert_eq!(web(&c)["state"], "stopped");
+}
