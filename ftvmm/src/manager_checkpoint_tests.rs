@@ -347,3 +347,49 @@ fn a_third_host_runs_no_standby_for_a_checkpoint_vm() {
     assert!(c.pair("web").is_none());
     assert_eq!(web(&c)["state"], "stopped");
 }
+
+/// What both members agree on comes from the signed config alike: mode,
+/// vCPUs, epoch and the image digest in the Hello; the guest's command line
+/// is the image's, then the VM's own words; the kernel booted is the one
+/// checked (sealed memory, same bytes).
+#[test]
+fn a_checkpoint_spec_is_built_from_the_config_and_the_checked_image() {
+    let w = World::new(45);
+    let (a, b) = (w.manager(0), w.manager(1));
+    let (sa, sb) = (
+        a.checkpoint_spec_for("web").unwrap(),
+        b.checkpoint_spec_for("web").unwrap(),
+    );
+    assert_eq!(
+        sa.pair.hello.replication,
+        crate::lockstep::channel::PairMode::Checkpoint {
+            vcpus: 2,
+            epoch_ms: 20
+        }
+    );
+    assert_eq!(sa.pair.hello.image_sha256, sb.pair.hello.image_sha256);
+    assert_eq!(
+        crate::lockstep::pair::hello_mismatch(
+            &sb.pair.hello,
+            &{
+                let mut h = sa.pair.hello.clone();
+                h.generation = 1;
+                h
+            },
+            "host-a"
+        ),
+        None,
+        "the two hosts' Hellos agree"
+    );
+    assert_eq!(
+        sa.linux.cmdline,
+        "console=ttyS0 quiet mode=kv ip=198.51.100.20/24 mac=52:54:00:12:34:60"
+    );
+    assert_eq!((sa.linux.vcpus, sa.linux.mem_mib), (2, 64));
+    assert_eq!(sa.epoch, Duration::from_millis(20));
+    assert_eq!(std::fs::read(&sa.linux.kernel).unwrap(), KERNEL);
+    assert_eq!(
+        std::fs::read(sa.linux.initrd.as_ref().unwrap()).unwrap(),
+        INITRD
+    );
+}

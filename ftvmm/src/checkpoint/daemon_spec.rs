@@ -45,6 +45,9 @@ pub struct CheckpointSpec {
     pub bridge: Option<String>,
     pub epoch: Duration,
     pub boot: Boot,
+    /// The checked image `linux.kernel` and `linux.initrd` name (its
+    /// sealed files are open as long as this spec or a clone lives).
+    pub image: Arc<BootImage>,
 }
 
 /// Why a checkpoint VM's spec could not be built.
@@ -117,10 +120,8 @@ pub fn checkpoint_spec(
     let mut pair = placement::pair_spec(rc, vm, vs, grant)?;
     pair.hello.image_sha256 = image.digest;
     pair.hello.replication = PairMode::Checkpoint { vcpus, epoch_ms };
-    // The sealed image lives as long as any clone of the boot closure.
-    let boot: Boot = Arc::new(move |v: &LinuxVm, spec: &LinuxSpec| {
-        let (kernel, initrd) = (image.kernel_path(), image.initrd_path());
-        v.boot_linux(&kernel, initrd.as_deref(), &spec.cmdline)
+    let boot: Boot = Arc::new(|v: &LinuxVm, spec: &LinuxSpec| {
+        v.boot_linux(&spec.kernel, spec.initrd.as_deref(), &spec.cmdline)
             .map(|_| ())
     });
     Ok(CheckpointSpec {
@@ -129,5 +130,6 @@ pub fn checkpoint_spec(
         bridge: dev.bridge,
         epoch: Duration::from_millis(u64::from(epoch_ms)),
         boot,
+        image,
     })
 }
