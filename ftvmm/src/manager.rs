@@ -3,6 +3,11 @@
 //! device, its TAP on the VM bridge) on a thread of its own, stopping,
 //! restarting and snapshot-restoring it, and reporting status.
 //!
+//! A checkpoint VM (`replication = "checkpoint"`) starts in the same slot,
+//! by the same placement and members, with the checkpoint member's run
+//! (`manager_checkpoint.rs`); its image is checked on the shared device
+//! before the start is accepted.
+//!
 //! A VM the signed config powers off (`vms[].power = "off"`) is never
 //! started here, whatever asks (the daemon at boot as Primary or Secondary,
 //! `StartVm`): [`VmManager::start`] refuses it, and its status says
@@ -24,6 +29,7 @@ use config_schema::{ClusterConfig, DeviceLocator, GuestMode, Power, Replication}
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::checkpoint::daemon_spec::HostDevices;
 use crate::live::DiskSpec;
 use crate::lockstep::member::Event;
 use crate::lockstep::placement::{self, Role};
@@ -49,13 +55,14 @@ pub enum ManagerError {
     PoweredOff(String),
     #[error("cannot start VM {name:?}: {reason}")]
     Start { name: String, reason: String },
-    /// A VM whose replication this build cannot run yet (checkpoint mode
-    /// lands separately, see issue 11).
-    #[error(
-        "cannot start VM {name:?}: replication = \"{mode}\" is not supported by this build yet \
-         (it runs lockstep VMs only)"
-    )]
-    Unsupported { name: String, mode: &'static str },
+    /// An operation a VM's replication does not offer (a lockstep run spec
+    /// of a checkpoint VM, a snapshot restore of one).
+    #[error("VM {name:?} (replication = \"{mode}\"): {what}")]
+    NotInMode {
+        name: String,
+        mode: &'static str,
+        what: &'static str,
+    },
     #[error("snapshot of VM {name:?} failed: {reason}")]
     Snapshot { name: String, reason: String },
 }
@@ -118,6 +125,8 @@ struct Slot {
     state: Arc<Mutex<State>>,
     handle: Arc<Mutex<Option<VmHandle>>>,
     progress: Arc<Mutex<Option<Arc<Progress>>>>,
+    /// A checkpoint member's epoch figures (none for lockstep).
+    figures: Option<Arc<crate::checkpoint::daemon_status::Figures>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -144,6 +153,8 @@ pub struct VmManager {
     /// Why a VM the config powers off still runs here (its power-off
     /// could not be fenced yet).
     power_pending: BTreeMap<String, String>,
+    /// Tests: how checkpoint guests are loaded (`manager_checkpoint.rs`).
+    checkpoint_boot: Option<crate::checkpoint::daemon_spec::Boot>,
 }
 
 /// Whether, and how, this host runs a member of a VM right now.
@@ -251,6 +262,7 @@ impl VmManager {
             applied_generation: config.config.cluster.generation,
             power_by: BTreeMap::new(),
             power_pending: BTreeMap::new(),
+            checkpoint_boot: None,
             config,
         }
     }
@@ -350,7 +362,11 @@ impl VmManager {
                     Power::On => "stopped",
                     Power::Off => POWERED_OFF,
                 };
-                let mut v = serde_json::json!({ "name": vm.name, "state": idle });
+                let mut v = serde_json::json!({
+                    "name": vm.name,
+                    "state": idle,
+                    "replication": vm.replication.name(),
+                });
                 let by = self.power_by.get(&vm.name).copied();
                 let by = by.unwrap_or(self.config.config.cluster.generation);
                 let off = vm.power == Power::Off;
@@ -374,6 +390,9 @@ impl VmManager {
                         v["progress"] = p.to_json();
                     }
                     v["lockstep"] = slot.pair.status();
+                    if let Some(f) = &slot.figures {
+                        v["checkpoint"] = f.to_json();
+                    }
                     if off && self.member_here(&vm.name) == MemberHere::None {
                         v["state"] = POWERED_OFF.into();
                         v["detail"] = format!("by config generation {by}").into();
@@ -387,17 +406,39 @@ impl VmManager {
             .collect()
     }
 
-    /// The run spec of config VM `name` on this host.
+    /// The run spec of lockstep VM `name` on this host.
     pub fn spec_for(&self, name: &str) -> Result<VmSpec, ManagerError> {
         let vm = self.find(name)?;
         if vm.replication != Replication::Lockstep {
-            return Err(ManagerError::Unsupported {
+            return Err(ManagerError::NotInMode {
                 name: name.to_string(),
                 mode: vm.replication.name(),
+                what: "it has no lockstep run spec",
             });
         }
+        let dev = self.host_devices(vm)?;
+        let mode = match vm.mode {
+            GuestMode::Kv => "kv",
+            GuestMode::Cpu => "cpu",
+        };
+        Ok(VmSpec {
+            kernel: self.guest_dir.join(format!("{}.elf", vm.image)),
+            mem_mib: u64::from(vm.memory_mib),
+            disk: Some(dev.disk),
+            tap: Some(dev.tap),
+            cmdline: format!("mode={mode} ip={} mac={}", vm.ip, vm.mac),
+            restore: None,
+            snapshot_on_exit: self.snapshot_path(name),
+            stdin: false,
+            bridge: dev.bridge,
+            cpu: self.config.config.cluster.cpu.clone(),
+        })
+    }
+
+    /// Where VM `vm`'s disk region and TAP are on this host.
+    fn host_devices(&self, vm: &config_schema::Vm) -> Result<HostDevices, ManagerError> {
         let err = |reason: String| ManagerError::Start {
-            name: name.to_string(),
+            name: vm.name.clone(),
             reason,
         };
         let storage = &self.config.config.storage;
@@ -424,24 +465,14 @@ impl VmManager {
         if tap.len() > 15 {
             return Err(err(format!("TAP name {tap:?} is longer than 15 bytes")));
         }
-        let mode = match vm.mode {
-            GuestMode::Kv => "kv",
-            GuestMode::Cpu => "cpu",
-        };
-        Ok(VmSpec {
-            kernel: self.guest_dir.join(format!("{}.elf", vm.image)),
-            mem_mib: u64::from(vm.memory_mib),
-            disk: Some(DiskSpec {
-                path: device,
+        Ok(HostDevices {
+            disk: DiskSpec {
+                path: device.clone(),
                 region: Some((region.offset_mib << 20, region.size_mib << 20)),
-            }),
-            tap: Some(tap),
-            cmdline: format!("mode={mode} ip={} mac={}", vm.ip, vm.mac),
-            restore: None,
-            snapshot_on_exit: self.snapshot_path(name),
-            stdin: false,
+            },
+            device,
+            tap,
             bridge: self.bridge.clone(),
-            cpu: self.config.config.cluster.cpu.clone(),
         })
     }
 
@@ -458,6 +489,16 @@ impl VmManager {
         }
         if self.find(name)?.power == Power::Off {
             return Err(ManagerError::PoweredOff(name.to_string()));
+        }
+        if self.find(name)?.replication == Replication::Checkpoint {
+            if restore.is_some() {
+                return Err(ManagerError::NotInMode {
+                    name: name.into(),
+                    mode: Replication::Checkpoint.name(),
+                    what: "snapshot restore is for lockstep VMs",
+                });
+            }
+            return self.start_checkpoint(name);
         }
         let mut spec = self.spec_for(name)?;
         spec.restore = restore;
@@ -487,6 +528,7 @@ impl VmManager {
             state: Arc::new(Mutex::new(State::Starting)),
             handle: Arc::new(Mutex::new(None)),
             progress: Arc::new(Mutex::new(None)),
+            figures: None,
             thread: None,
         };
         self.members.insert(name, Arc::clone(&slot.pair));
@@ -700,6 +742,12 @@ impl VmManager {
             .ok_or_else(|| ManagerError::UnknownVm(name.to_string()))
     }
 }
+
+#[cfg(test)]
+#[path = "manager_checkpoint_tests.rs"]
+mod checkpoint_tests;
+#[path = "manager_checkpoint.rs"]
+mod checkpoint_vm;
 
 #[cfg(test)]
 mod tests {
@@ -1011,30 +1059,6 @@ mod tests {
         fn decided(&self) -> Vec<(String, u64, String)> {
             self.decided.lock().unwrap().clone()
         }
-    }
-
-    #[test]
-    fn a_checkpoint_vm_is_refused_in_one_line() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/linux-vm.toml"
-        ))
-        .unwrap();
-        let config = config_schema::parse(&text).unwrap().config;
-        let rc = RuntimeConfig {
-            host_name: config.hosts[0].name.clone(),
-            config,
-            host_private_key: "00".repeat(32),
-        };
-        let mut m = VmManager::new(rc, Members::new(HostGrant::always()));
-        let err = m.start("web").unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "cannot start VM \"web\": replication = \"checkpoint\" is not supported by this \
-             build yet (it runs lockstep VMs only)"
-        );
-        assert!(m.pair("web").is_none(), "nothing was set up");
-        assert!(!m.any_running());
     }
 
     #[test]

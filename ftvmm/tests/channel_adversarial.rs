@@ -105,6 +105,7 @@ fn all_kinds() -> Vec<Message> {
             mem_mib: 128,
             start_exit: 0,
             primary_host: "host-a".into(),
+            replication: ftvmm::lockstep::channel::PairMode::Lockstep,
             platform: Box::new(ftvmm::platform::Platform {
                 baseline: "x86-64-v1, 39-bit physical addresses".into(),
                 cpuid: vec![ftvmm::cpuid::Leaf {

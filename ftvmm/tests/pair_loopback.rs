@@ -82,6 +82,7 @@ fn hello() -> Hello {
         mem_mib: KV_MEM_MIB,
         start_exit: 0,
         primary_host: PRIMARY_HOST.into(),
+        replication: ftvmm::lockstep::channel::PairMode::Lockstep,
         platform: Box::new(
             ftvmm::platform::Platform::for_host(&Default::default())
                 .expect("this host provides the default CPU baseline"),

@@ -363,6 +363,7 @@ fn a_secondary_refuses_a_primary_whose_cpuid_differs_in_one_bit_and_names_it() {
         mem_mib: 32,
         start_exit: 0,
         primary_host: "host-a".into(),
+        replication: ftvmm::lockstep::channel::PairMode::Lockstep,
         platform: Box::new(default_platform()),
     };
     // The primary's platform differs in one bit of leaf 0x80000001 ecx

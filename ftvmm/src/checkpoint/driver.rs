@@ -43,11 +43,14 @@
 //!   ended and the Secondary acknowledged every closed epoch, `Resign` goes
 //!   out and the Secondary races at once (`PeerResigned`).
 //!
+//! - A Secondary's take-over writes the unfinished epochs' writes through
+//!   its new gate first, as an epoch of their own with the plan's
+//!   gratuitous ARPs, and sets the late-write fence over them unless
+//!   fencing answered its win with `storage_cut` (`late_fence.rs`).
+//!
 //! Not here: respawn of a checkpoint Secondary, fresh-ack stamps (acks are
-//! taken as they come, as `remote.rs` does), the late-write fence at
-//! take-over (the unfinished writes are the caller's `write_pending`), and
-//! the daemon wiring (placement, pair start, images): the manager still
-//! refuses checkpoint VMs.
+//! taken as they come, as `remote.rs` does). The daemon runs this driver
+//! from `daemon_member.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver as EventRx, RecvTimeoutError, Sender};
@@ -65,7 +68,7 @@ mod primary_effects;
 mod secondary_effects;
 
 pub use primary_effects::PrimaryEffects;
-pub use secondary_effects::{Live, SecondaryEffects, TakeOverPlan, WritePending};
+pub use secondary_effects::{Live, SecondaryEffects, StorageCut, TakeOverPlan};
 
 /// How often the driver looks at the link's silence and deadlines.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -85,6 +88,24 @@ pub trait Fencing: Send + Sync {
 pub struct SocketFencing {
     pub socket: std::path::PathBuf,
     pub config_generation: u64,
+    /// Generations won with the old owner cut off at the storage.
+    cut: Mutex<std::collections::BTreeSet<u64>>,
+}
+
+impl SocketFencing {
+    pub fn new(socket: std::path::PathBuf, config_generation: u64) -> Self {
+        SocketFencing {
+            socket,
+            config_generation,
+            cut: Mutex::default(),
+        }
+    }
+
+    /// Whether fencing answered this host's win of `generation` with
+    /// `storage_cut` (PREEMPT AND ABORT of the old owner).
+    pub fn storage_cut(&self, generation: u64) -> bool {
+        lock(&self.cut).contains(&generation)
+    }
 }
 
 impl Fencing for SocketFencing {
@@ -92,15 +113,18 @@ impl Fencing for SocketFencing {
         let waiting = |why: &str| {
             println!("ftvmm: vm {vm}: storage does not answer ({why}); holding output and waiting")
         };
-        fence::acquire_until(
+        let a = fence::acquire_until(
             &self.socket,
             vm,
             generation,
             self.config_generation,
             cancel,
             waiting,
-        )
-        .map(|a| a.decision)
+        )?;
+        if a.storage_cut && a.decision == Decision::Won {
+            lock(&self.cut).insert(generation);
+        }
+        Some(a.decision)
     }
 }
 

@@ -80,23 +80,50 @@ impl PrimaryEffects {
         cfg: LoopConfig,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
-        let (tx, mut rx) = ch.split();
+        Self::start_with(running, outputs, Some(ch), cfg, events)
+    }
+
+    /// A Primary running alone (no Secondary could be paired at power-on,
+    /// or the VM's rule allows one host): epochs only close, for the gate,
+    /// which the member opens in the generation won (start the gate in the
+    /// one before, as a take-over does).
+    pub fn start_alone(
+        running: Arc<Running>,
+        outputs: Arc<GatedOutputs>,
+        cfg: LoopConfig,
+        events: Sender<Event>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(running, outputs, None, cfg, events)
+    }
+
+    fn start_with(
+        running: Arc<Running>,
+        outputs: Arc<GatedOutputs>,
+        ch: Option<Channel>,
+        cfg: LoopConfig,
+        events: Sender<Event>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = match ch.map(Channel::split) {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
         let link = Arc::new(PrimaryLink {
-            tx: Mutex::new(Some(tx)),
+            tx: Mutex::new(tx),
             stop: AtomicBool::new(false),
             heard: Mutex::new(Instant::now()),
             events: Mutex::new(events),
         });
-        let acks = {
+        let mut threads = Vec::new();
+        if let Some(mut rx) = rx {
             let (link, outputs) = (Arc::clone(&link), Arc::clone(&outputs));
-            std::thread::Builder::new()
-                .name("ckpt-acks".into())
-                .spawn(move || {
+            threads.push(std::thread::Builder::new().name("ckpt-acks".into()).spawn(
+                move || {
                     if let Some(why) = read_acks(&mut rx, &outputs, &link) {
                         link.lost(why);
                     }
-                })?
-        };
+                },
+            )?);
+        }
         let epochs_stop = Arc::new(AtomicBool::new(false));
         let epochs_done = Arc::new(AtomicBool::new(false));
         let epochs = {
@@ -118,7 +145,10 @@ impl PrimaryEffects {
             link,
             epochs_stop,
             epochs_done,
-            threads: vec![acks, epochs],
+            threads: {
+                threads.push(epochs);
+                threads
+            },
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The checkpoint Secondary's [`Effects`]: the link into staging memory
 //! and the take-over when its member wins (module doc of `driver`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,8 +11,9 @@ use super::{lock, Effects};
 use crate::checkpoint::epoch::DiskWrite;
 use crate::checkpoint::gate::{EpochGate, GateConfig};
 use crate::checkpoint::gated::{FrameOut, GatedOutputs};
+use crate::checkpoint::late_fence::{LateWriteFence, LATE_WRITE_BOUND_MS};
 use crate::checkpoint::receiver::Receiver;
-use crate::checkpoint::remote::{serve, LinkError};
+use crate::checkpoint::remote::{serve_heard, LinkError};
 use crate::checkpoint::secondary::{self, Rebuild, Staging};
 use crate::linux::machine::Running;
 use crate::lockstep::channel::Channel;
@@ -26,14 +27,20 @@ pub struct TakeOverPlan {
     /// How often the lone Primary's gate closes an epoch (releases).
     pub epoch: Duration,
     pub frame_out: Option<FrameOut>,
-    /// The VM around the staging memory, its backend gated by the outputs.
-    pub rebuild: Box<dyn FnOnce(Arc<GatedOutputs>) -> Rebuild + Send>,
-    /// The last epoch's unfinished writes, in order, durably.
-    pub write_pending: WritePending,
+    /// The VM around the staging memory, its backend gated by the outputs
+    /// (`Err`: its devices could not be opened; it stays stopped).
+    pub rebuild: Box<dyn FnOnce(Arc<GatedOutputs>) -> Result<Rebuild, String> + Send>,
+    /// Frames the resumed VM announces itself with (gratuitous ARPs), sent
+    /// with the re-written writes' epoch.
+    pub announce: Vec<Vec<u8>>,
+    /// Whether fencing cut the old Primary's host off at the storage when
+    /// it decided `generation` for this host (`Acquired::storage_cut`):
+    /// then the take-over needs no late-write fence.
+    pub storage_cut: StorageCut,
 }
 
-/// Writes a take-over's unfinished epoch writes (`secondary::take_over`).
-pub type WritePending = Box<dyn FnOnce(&[DiskWrite]) -> Result<(), String> + Send>;
+/// Fencing's `storage_cut` for a generation this host won.
+pub type StorageCut = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 /// The VM a Secondary resumed.
 pub struct Live {
@@ -51,6 +58,10 @@ pub struct SecondaryEffects {
     serve: Option<JoinHandle<Served>>,
     stop: Arc<AtomicBool>,
     applied_at: Arc<Mutex<Instant>>,
+    /// When the Primary last sent anything (its silence, for the member).
+    heard: Arc<Mutex<Instant>>,
+    /// The last complete epoch applied (status).
+    applied: Arc<AtomicU64>,
     receiver: Option<Receiver<Staging>>,
     plan: Option<TakeOverPlan>,
     live: Arc<Mutex<Option<Live>>>,
@@ -71,15 +82,22 @@ impl SecondaryEffects {
         let mut r = Receiver::new(generation, Staging::new(mem_size)?, 0);
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
+        let heard = Arc::new(Mutex::new(Instant::now()));
+        let applied = Arc::new(AtomicU64::new(0));
         let serve = {
             let (stop, at) = (Arc::clone(&stop), Arc::clone(&applied_at));
+            let h = Arc::clone(&heard);
+            let last = Arc::clone(&applied);
             std::thread::Builder::new()
                 .name(format!("ckpt-serve-{vm}"))
                 .spawn(move || {
                     let (mut tx, mut rx) = ch.split();
-                    let end = serve(&mut tx, &mut rx, &mut r, &stop, |_| {
-                        *lock(&at) = Instant::now()
-                    });
+                    let applied = |e| {
+                        *lock(&at) = Instant::now();
+                        last.store(e, Ordering::SeqCst);
+                    };
+                    let heard = || *lock(&h) = Instant::now();
+                    let end = serve_heard(&mut tx, &mut rx, &mut r, &stop, applied, heard);
                     let ev = match &end {
                         LinkError::Bye { .. } => Some(Event::PrimaryEnded),
                         LinkError::Resigned { reason } => Some(Event::PeerResigned {
@@ -102,11 +120,18 @@ impl SecondaryEffects {
             serve: Some(serve),
             stop,
             applied_at,
+            heard,
+            applied,
             receiver: None,
             plan: Some(plan),
             live: Arc::default(),
             ticker: None,
         })
+    }
+
+    /// The last complete epoch applied here (status).
+    pub fn applied(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.applied)
     }
 
     /// Where the resumed VM appears (status, tests).
@@ -125,10 +150,17 @@ impl SecondaryEffects {
             plan.grant,
             true,
         );
-        let mut rebuild = (plan.rebuild)(Arc::clone(&outputs));
+        let mut rebuild = (plan.rebuild)(Arc::clone(&outputs))?;
         rebuild.advance_ns = lock(&self.applied_at).elapsed().as_nanos() as u64;
-        let (running, epoch) = secondary::take_over(r.take_over(), rebuild, plan.write_pending)
-            .map_err(|e| e.to_string())?;
+        let storage_cut = (plan.storage_cut)(generation);
+        let (o, vm) = (Arc::clone(&outputs), self.vm.clone());
+        let announce = plan.announce;
+        let reissue = |w: &[DiskWrite]| {
+            reissue_with_fence(&vm, &o, w, &announce, storage_cut);
+            Ok(())
+        };
+        let (running, epoch) =
+            secondary::take_over(r.take_over(), rebuild, reissue).map_err(|e| e.to_string())?;
         let running = Arc::new(running);
         let (o, rn, every) = (Arc::clone(&outputs), Arc::clone(&running), plan.epoch);
         self.ticker = Some(
@@ -147,6 +179,33 @@ impl SecondaryEffects {
             outputs,
             epoch,
         })
+    }
+}
+
+/// The unfinished writes go out first, through the new gate, and later
+/// overlapping writes wait for the old Primary's (`late_fence.rs`), as
+/// lockstep's go-live does with its re-issued requests.
+fn reissue_with_fence(
+    vm: &str,
+    outputs: &GatedOutputs,
+    writes: &[DiskWrite],
+    announce: &[Vec<u8>],
+    storage_cut: bool,
+) {
+    let epoch = outputs.reissue(writes, announce);
+    match LateWriteFence::after_take_over(writes, epoch, storage_cut) {
+        Some(f) => {
+            println!(
+                "ftvmm: vm {vm}: {} re-written write(s); later writes to their sectors wait {LATE_WRITE_BOUND_MS} ms",
+                f.ranges().len()
+            );
+            outputs.set_fence(f);
+        }
+        None if !writes.is_empty() => println!(
+            "ftvmm: vm {vm}: {} re-written write(s) need no wait: the old Primary's host is cut off at the storage",
+            writes.len()
+        ),
+        None => {}
     }
 }
 
@@ -201,7 +260,9 @@ impl Effects for SecondaryEffects {
 
     fn silent_ms(&self) -> u64 {
         match &self.serve {
-            Some(h) if !h.is_finished() => lock(&self.applied_at).elapsed().as_millis() as u64,
+            // Any message, not only a whole epoch: the first one is all of
+            // guest memory and may take longer than the failure timeout.
+            Some(h) if !h.is_finished() => lock(&self.heard).elapsed().as_millis() as u64,
             _ => 0,
         }
     }

@@ -85,17 +85,17 @@ fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
         },
         epoch: Duration::from_millis(5),
         frame_out: None,
-        rebuild: Box::new(|outputs| Rebuild {
-            vcpus: 2,
-            virtio: vec![],
-            console: Box::new(Sink::default()),
-            backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
-            advance_ns: 0,
+        rebuild: Box::new(|outputs| {
+            Ok(Rebuild {
+                vcpus: 2,
+                virtio: vec![],
+                console: Box::new(Sink::default()),
+                backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
+                advance_ns: 0,
+            })
         }),
-        write_pending: Box::new(|w| {
-            assert!(w.is_empty(), "the counter guest writes no disk");
-            Ok(())
-        }),
+        announce: Vec::new(),
+        storage_cut: Arc::new(|_| false),
     }
 }
 

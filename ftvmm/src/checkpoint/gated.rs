@@ -47,6 +47,7 @@ use std::thread::JoinHandle;
 
 use super::epoch::{DiskWrite, SECTOR_SIZE};
 use super::gate::{Action, Closed, EpochGate, GateError, Mode};
+use super::late_fence::LateWriteFence;
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
 use crate::live::late_write::too_old;
@@ -98,6 +99,9 @@ pub struct GatedOutputs {
     member_held: AtomicBool,
     /// The backend is stopping: a disk thread waiting for the grant gives up.
     stopping: AtomicBool,
+    /// Set at a take-over: later epochs overlapping the re-written writes
+    /// wait (`late_fence.rs`).
+    fence: Mutex<Option<LateWriteFence>>,
     pub stats: OutputStats,
 }
 
@@ -124,6 +128,7 @@ impl GatedOutputs {
             grant,
             member_held: AtomicBool::new(member_held),
             stopping: AtomicBool::new(false),
+            fence: Mutex::new(None),
             stats: OutputStats::default(),
         })
     }
@@ -314,6 +319,41 @@ impl GatedOutputs {
         }
     }
 
+    /// A take-over's unfinished epoch writes (the old Primary may not have
+    /// written them): queued as one epoch of their own, closed at once,
+    /// before the resumed guest writes anything, so they reach the device
+    /// first, through this gate like every output (held until the member
+    /// opens it, and only under the grant), and reads see them meanwhile.
+    /// Call before the VM runs. Returns that epoch's number.
+    /// `frames` (gratuitous ARPs) leave with it, after its writes are
+    /// durable, as every frame does.
+    pub fn reissue(&self, writes: &[DiskWrite], frames: &[Vec<u8>]) -> u64 {
+        let mut g = self.lock_gate();
+        for w in writes {
+            g.on_write(w.sector, w.data.clone());
+        }
+        for f in frames {
+            g.on_frame(f.clone());
+        }
+        let (closed, actions) = g.close_epoch();
+        self.perform(&mut g, actions);
+        closed.number
+    }
+
+    /// Sets the take-over's late-write fence (`late_fence.rs`).
+    pub fn set_fence(&self, fence: LateWriteFence) {
+        *lock(&self.fence) = Some(fence);
+    }
+
+    /// How long epoch `epoch` with `writes` must still wait for the
+    /// late-write fence (`None`: it may go).
+    fn fenced_for(&self, epoch: u64, writes: &[DiskWrite]) -> Option<std::time::Duration> {
+        let now = BootInstant::now();
+        let f = lock(&self.fence);
+        let f = f.as_ref()?;
+        f.holds(epoch, writes, now).then(|| f.remaining(now))
+    }
+
     /// Sectors of `[sector, sector + n)` pending in the gate: (sector, bytes).
     fn pending(&self, sector: u64, n: u64) -> Vec<(u64, Vec<u8>)> {
         lock(&self.gate).pending_in(sector, n)
@@ -368,6 +408,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 
 /// The disk thread: reads with pending writes laid over, and acknowledged
 /// epochs' writes in order, each epoch synced before it counts as durable.
+/// An epoch the late-write fence holds waits here while reads go on (the
+/// gate hands over the next epoch only once this one is durable).
 fn disk_loop(
     mut disk: DiskBackend,
     jobs: Receiver<DiskJob>,
@@ -376,63 +418,136 @@ fn disk_loop(
     on_failure: Box<dyn FnOnce(String) + Send>,
 ) {
     let mut on_failure = Some(on_failure);
-    for job in jobs {
-        match job {
-            DiskJob::Read(req) => {
-                let BlockOp::Read { sector, len } = req.op else {
-                    continue;
-                };
-                let pending = outputs.pending(sector, u64::from(len) / SECTOR_SIZE as u64);
-                let (status, mut data) = match disk.execute(&req) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(
-                            id = req.id,
-                            "checkpoint disk: storage refused a read: {e:?}"
-                        );
-                        (BlockStatus::IoError, Vec::new())
-                    }
-                };
-                if status == BlockStatus::Ok {
-                    for (s, bytes) in pending {
-                        let at = (s - sector) as usize * SECTOR_SIZE;
-                        data[at..at + SECTOR_SIZE].copy_from_slice(&bytes);
-                    }
+    let mut held: Option<(u64, Vec<DiskWrite>)> = None;
+    loop {
+        if let Some((epoch, writes)) = held.take() {
+            match outputs.fenced_for(epoch, &writes) {
+                Some(_) => held = Some((epoch, writes)),
+                // Free to go now: its age counts from here (module doc of
+                // `late_fence`).
+                None => {
+                    let released = BootInstant::now();
+                    submit(
+                        &mut disk,
+                        epoch,
+                        &writes,
+                        &outputs,
+                        released,
+                        &mut on_failure,
+                    );
                 }
-                deliver(InputEvent::BlockDone {
-                    dev: req.dev,
-                    id: req.id,
-                    status,
-                    data,
-                });
             }
+        }
+        let job = match &held {
+            None => match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+            Some((epoch, writes)) => {
+                let wait = outputs.fenced_for(*epoch, writes).unwrap_or_default();
+                match jobs.recv_timeout(wait.clamp(
+                    std::time::Duration::from_millis(1),
+                    std::time::Duration::from_millis(100),
+                )) {
+                    Ok(j) => j,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
+        match job {
+            DiskJob::Read(req) => read(&mut disk, req, &outputs, &deliver),
             DiskJob::Submit {
                 epoch,
                 writes,
                 released,
             } => {
-                if outputs.failed() {
-                    continue;
+                assert!(held.is_none(), "the gate submits one epoch at a time");
+                if outputs.fenced_for(epoch, &writes).is_some() {
+                    tracing::info!(
+                        epoch,
+                        "checkpoint: epoch {epoch} overlaps writes the old Primary may still land; held by the late-write fence"
+                    );
+                    held = Some((epoch, writes));
+                } else {
+                    submit(
+                        &mut disk,
+                        epoch,
+                        &writes,
+                        &outputs,
+                        released,
+                        &mut on_failure,
+                    );
                 }
-                match write_epoch(&mut disk, &writes, &outputs, released) {
-                    Ok(bytes) => {
-                        outputs
-                            .stats
-                            .bytes_written
-                            .fetch_add(bytes, Ordering::Relaxed);
-                        outputs.stats.epochs_durable.fetch_add(1, Ordering::Relaxed);
-                        outputs.on_durable(epoch);
-                    }
-                    Err(why) => {
-                        outputs.failed.store(true, Ordering::SeqCst);
-                        let line =
-                            format!("epoch {epoch}'s disk writes failed: {why}; outputs stop");
-                        tracing::error!("checkpoint: {line}");
-                        if let Some(f) = on_failure.take() {
-                            f(line);
-                        }
-                    }
-                }
+            }
+        }
+    }
+    if let Some((epoch, _)) = held {
+        tracing::warn!(
+            epoch,
+            "checkpoint: epoch {epoch} held by the late-write fence given up: the VM stopped"
+        );
+    }
+}
+
+/// A read, with the gate's pending writes laid over what the device holds.
+fn read(disk: &mut DiskBackend, req: BlockRequest, outputs: &GatedOutputs, deliver: &Deliver) {
+    let BlockOp::Read { sector, len } = req.op else {
+        return;
+    };
+    let pending = outputs.pending(sector, u64::from(len) / SECTOR_SIZE as u64);
+    let (status, mut data) = match disk.execute(&req) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(
+                id = req.id,
+                "checkpoint disk: storage refused a read: {e:?}"
+            );
+            (BlockStatus::IoError, Vec::new())
+        }
+    };
+    if status == BlockStatus::Ok {
+        for (s, bytes) in pending {
+            let at = (s - sector) as usize * SECTOR_SIZE;
+            data[at..at + SECTOR_SIZE].copy_from_slice(&bytes);
+        }
+    }
+    deliver(InputEvent::BlockDone {
+        dev: req.dev,
+        id: req.id,
+        status,
+        data,
+    });
+}
+
+/// An acknowledged epoch's writes to the device; durable, or the outputs
+/// fail for good.
+fn submit(
+    disk: &mut DiskBackend,
+    epoch: u64,
+    writes: &[DiskWrite],
+    outputs: &GatedOutputs,
+    released: BootInstant,
+    on_failure: &mut Option<Box<dyn FnOnce(String) + Send>>,
+) {
+    if outputs.failed() {
+        return;
+    }
+    match write_epoch(disk, writes, outputs, released) {
+        Ok(bytes) => {
+            outputs
+                .stats
+                .bytes_written
+                .fetch_add(bytes, Ordering::Relaxed);
+            outputs.stats.epochs_durable.fetch_add(1, Ordering::Relaxed);
+            outputs.on_durable(epoch);
+        }
+        Err(why) => {
+            outputs.failed.store(true, Ordering::SeqCst);
+            let line = format!("epoch {epoch}'s disk writes failed: {why}; outputs stop");
+            tracing::error!("checkpoint: {line}");
+            if let Some(f) = on_failure.take() {
+                f(line);
             }
         }
     }
@@ -567,3 +682,7 @@ impl LinuxBackend for GatedBackend {
 #[cfg(test)]
 #[path = "grant_tests.rs"]
 mod grant_tests;
+
+#[cfg(test)]
+#[path = "fence_tests.rs"]
+mod fence_tests;

@@ -47,11 +47,24 @@
 //! `driver_tests` on /dev/kvm with in-process fencing; `gated`'s
 //! `grant_tests` check that the gate obeys the host's output grant.
 //!
-//! Not here yet: the daemon running checkpoint VMs (`manager.rs` refuses
-//! them), respawn in this mode, and resending from the first unacked epoch
-//! after a reconnect.
+//! The daemon runs checkpoint VMs (`manager_checkpoint.rs`): [`daemon_spec`]
+//! builds what a member runs from (the pair's `Hello` with mode, vCPUs,
+//! epoch and the [`boot_image`] digest: kernel and initrd read from the
+//! shared device, checked against the config's pins, booted from sealed
+//! memory), [`daemon_member`] runs this host's member by lockstep's
+//! placement and pair start with the [`driver`], [`daemon_status`] is what
+//! status shows; [`late_fence`] holds a take-over's later overlapping
+//! epochs (checked by `manager_checkpoint_tests`, two daemons in one
+//! process on /dev/kvm, and `gated`'s `fence_tests`).
+//!
+//! Not here yet: respawn in this mode, and resending from the first
+//! unacked epoch after a reconnect.
 
 pub mod assemble;
+pub mod boot_image;
+pub mod daemon_member;
+pub mod daemon_spec;
+pub mod daemon_status;
 pub mod delta;
 pub mod dirty_log;
 pub mod driver;
@@ -60,6 +73,7 @@ mod epoch_decode;
 pub mod gate;
 pub mod gated;
 pub mod hosts;
+pub mod late_fence;
 pub mod local;
 pub mod overlay;
 pub mod primary;

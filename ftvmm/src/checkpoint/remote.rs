@@ -24,6 +24,7 @@
 //!   checkpoint link, a piece sent to the Primary) ends the link too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::gate::GateError;
 use super::gated::GatedOutputs;
@@ -118,6 +119,10 @@ pub fn on_message<M: StagingMemory>(
     }
 }
 
+/// How long the Secondary may receive pieces of an epoch without saying
+/// anything: past it, it acknowledges its last complete epoch again.
+pub const KEEPALIVE: Duration = Duration::from_millis(100);
+
 /// The Secondary's side of a link: applies epochs, acknowledging each after
 /// `on_applied(epoch)` returned, until the link ends or `stop` is set
 /// (needs a read timeout on `rx`). Returns why it ended; `r` holds the last
@@ -127,8 +132,28 @@ pub fn serve<M: StagingMemory>(
     rx: &mut ChannelReceiver,
     r: &mut Receiver<M>,
     stop: &AtomicBool,
-    mut on_applied: impl FnMut(u64),
+    on_applied: impl FnMut(u64),
 ) -> LinkError {
+    serve_heard(tx, rx, r, stop, on_applied, || {})
+}
+
+/// [`serve`], calling `on_heard` for every message from the Primary.
+///
+/// While an epoch larger than [`KEEPALIVE`] takes to arrive streams in (the
+/// first, full one: all of guest memory), the last complete epoch is
+/// acknowledged again every [`KEEPALIVE`]: acks are cumulative, so a repeat
+/// releases nothing, but it tells the Primary its Secondary is alive and
+/// receiving, so the silence its member measures is never the time a big
+/// epoch takes on the wire (which can exceed the failure timeout).
+pub fn serve_heard<M: StagingMemory>(
+    tx: &mut ChannelSender,
+    rx: &mut ChannelReceiver,
+    r: &mut Receiver<M>,
+    stop: &AtomicBool,
+    mut on_applied: impl FnMut(u64),
+    mut on_heard: impl FnMut(),
+) -> LinkError {
+    let mut said = Instant::now();
     let end = loop {
         if stop.load(Ordering::SeqCst) {
             break LinkError::Stopped;
@@ -138,15 +163,21 @@ pub fn serve<M: StagingMemory>(
             Err(ChannelError::Timeout) => continue,
             Err(e) => break e.into(),
         };
-        match on_message(r, m) {
+        on_heard();
+        let ack = match on_message(r, m) {
             Ok(Some(epoch)) => {
                 on_applied(epoch);
-                if let Err(e) = tx.send(&Message::EpochAck { epoch }) {
-                    break e.into();
-                }
+                Some(epoch)
             }
-            Ok(None) => {}
+            Ok(None) if said.elapsed() >= KEEPALIVE => Some(r.last()),
+            Ok(None) => None,
             Err(e) => break e,
+        };
+        if let Some(epoch) = ack {
+            if let Err(e) = tx.send(&Message::EpochAck { epoch }) {
+                break e.into();
+            }
+            said = Instant::now();
         }
     };
     if !matches!(

@@ -429,3 +429,61 @@ fn a_lockstep_message_on_a_checkpoint_link_is_refused_by_kind() {
     assert_eq!(outputs.progress().1, 0);
     drop(rx);
 }
+
+/// An epoch that takes long to arrive (the first, full one) does not look
+/// like a silent Secondary: while its pieces come in, the Secondary
+/// acknowledges its last complete epoch again every `KEEPALIVE`; the epoch
+/// itself is acknowledged only once whole.
+#[test]
+fn a_slow_epoch_is_kept_alive_by_repeated_acks_of_the_last_one() {
+    let (p, s) = channel_pair();
+    let stop = Arc::new(AtomicBool::new(false));
+    let secondary = spawn_secondary(
+        s,
+        Receiver::new(1, vec![0u8; 64 * PAGE_SIZE], 0),
+        Arc::clone(&stop),
+        |_| {},
+    );
+    let (mut tx, mut rx) = p.split();
+    let e = Epoch {
+        number: 1,
+        generation: 1,
+        pages: (0..40u64)
+            .map(|gfn| Page {
+                gfn,
+                data: PageData::Raw(vec![gfn as u8; PAGE_SIZE]),
+            })
+            .collect(),
+        machine: vec![1],
+        ..Epoch::default()
+    };
+    let pieces = epoch::encode_pieces_sized(&e, 16 << 10).unwrap();
+    assert!(pieces.len() >= 8, "{} pieces", pieces.len());
+    let n = pieces.len();
+    let mut acks = Vec::new();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        tx.send(&Message::EpochPiece { bytes: piece }).unwrap();
+        let deadline = std::time::Instant::now() + super::remote::KEEPALIVE * 2;
+        while std::time::Instant::now() < deadline {
+            match rx.recv() {
+                Ok(Message::EpochAck { epoch }) => acks.push((i, epoch)),
+                Ok(m) => panic!("unexpected {}", m.kind()),
+                Err(ChannelError::Timeout) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let early: Vec<_> = acks.iter().filter(|(i, _)| *i + 1 < n).collect();
+    assert!(
+        early.len() >= 3,
+        "no keep-alive while the epoch arrived: {acks:?}"
+    );
+    assert!(early.iter().all(|(_, e)| *e == 0), "acked early: {acks:?}");
+    assert!(
+        acks.contains(&(n - 1, 1)),
+        "the epoch was not acked: {acks:?}"
+    );
+    tx.shutdown();
+    stop.store(true, Ordering::SeqCst);
+    secondary.join().unwrap();
+}

@@ -5,8 +5,10 @@
 //! forward, finishes that epoch's disk writes, and starts the vCPUs.
 //!
 //! Order at take-over (each step before the next): the writes the old
-//! Primary may not have finished go to the device (caller's closure, under
-//! the late-write fence); the VM is built and its state restored; the vCPUs
+//! Primary may not have finished are handed to the caller's closure (the
+//! member driver queues them first in the new gate, under the late-write
+//! fence; the one-process pair writes them to the device at once); the VM
+//! is built and its state restored; the vCPUs
 //! start; the restored devices' in-flight block requests are submitted again
 //! (their completions never reached the guest).
 

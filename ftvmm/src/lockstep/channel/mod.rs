@@ -140,9 +140,37 @@ pub struct Hello {
     pub mem_mib: u64,
     pub start_exit: u64,
     pub primary_host: String,
+    /// How the pair replicates the VM: a Secondary running the VM in the
+    /// other mode (or a checkpoint VM with other vCPUs or epochs) refuses.
+    pub replication: PairMode,
     /// CPUID, MSR filter and VMM build the VM runs on
     /// (boxed: it is most of the message).
     pub platform: Box<crate::platform::Platform>,
+}
+
+/// The replication a [`Hello`] proposes (`vms[].replication` with what
+/// both members must run alike).
+///
+/// NOTICE: part of [`Hello`] on the wire: any change to it requires a bump
+/// of `wire::VERSION`, and every field must be compared in
+/// `pair::hello::hello_mismatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PairMode {
+    /// Instruction-level replay of the reference guest.
+    Lockstep,
+    /// Epochs of a Linux guest with `vcpus` vCPUs every `epoch_ms`.
+    Checkpoint { vcpus: u8, epoch_ms: u32 },
+}
+
+impl std::fmt::Display for PairMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairMode::Lockstep => write!(f, "lockstep"),
+            PairMode::Checkpoint { vcpus, epoch_ms } => {
+                write!(f, "checkpoint ({vcpus} vCPUs, {epoch_ms} ms epochs)")
+            }
+        }
+    }
 }
 
 /// Why the channel failed or refused something. Refusals ([`Self::is_refusal`])

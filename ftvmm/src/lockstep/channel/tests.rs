@@ -18,6 +18,7 @@ fn all_kinds() -> Vec<Message> {
             mem_mib: 64,
             start_exit: 0,
             primary_host: "host-a".into(),
+            replication: super::PairMode::Lockstep,
             platform: Box::new(crate::platform::Platform {
                 baseline: "x86-64-v1, 39-bit physical addresses".into(),
                 cpuid: vec![crate::cpuid::Leaf {

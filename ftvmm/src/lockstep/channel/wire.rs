@@ -25,8 +25,9 @@ use crate::io::bytes::Append;
 /// Version byte in front of every encoded [`Message`].
 /// 2: `Batch.sent_ns`, `Ack.echo_ns`, `Diverged`, the platform in `Hello`,
 /// log format 2 in batches. 3: `Transfer`. 4: `EpochPiece`, `EpochAck`
-/// (checkpoint mode). A peer of another version is refused.
-pub const VERSION: u8 = 4;
+/// (checkpoint mode). 5: `Hello.replication` (the pair's mode). A peer of
+/// another version is refused.
+pub const VERSION: u8 = 5;
 /// Bytes of the length field.
 pub const LEN_BYTES: usize = 4;
 /// Bytes of the nonce field.

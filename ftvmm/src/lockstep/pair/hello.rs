@@ -194,6 +194,12 @@ pub fn hello_mismatch(ours: &Hello, theirs: &Hello, peer: &str) -> Option<String
             theirs.primary_host, ours.primary_host
         ));
     }
+    if theirs.replication != ours.replication {
+        return Some(format!(
+            "replication {}, ours is {}",
+            theirs.replication, ours.replication
+        ));
+    }
     if theirs.config_generation != ours.config_generation {
         return Some(format!(
             "config generation {}, ours is {}",
@@ -230,6 +236,7 @@ pub fn listen(ip: std::net::IpAddr, index: usize) -> Result<TcpListener, PairErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lockstep::channel::PairMode;
     use std::net::{Ipv4Addr, TcpStream};
     use std::time::Instant;
 
@@ -242,6 +249,7 @@ mod tests {
             mem_mib: 64,
             start_exit: 0,
             primary_host: "host-a".into(),
+            replication: PairMode::Lockstep,
             platform: Box::new(crate::platform::Platform {
                 baseline: "x86-64-v1, 39-bit physical addresses".into(),
                 cpuid: Vec::new(),
@@ -328,5 +336,28 @@ mod tests {
         }
         stop.store(true, Ordering::SeqCst);
         assert!(matches!(server.join().unwrap(), Err(PairError::Stopped)));
+    }
+
+    /// Both sides must run the VM in the same mode, and a checkpoint VM
+    /// with the same vCPUs and epoch: the refusal names both.
+    #[test]
+    fn a_peer_in_another_replication_mode_is_refused_naming_both() {
+        let ours = hello();
+        let mut theirs = hello();
+        theirs.replication = PairMode::Checkpoint {
+            vcpus: 2,
+            epoch_ms: 20,
+        };
+        assert_eq!(
+            hello_mismatch(&ours, &theirs, "host-a").as_deref(),
+            Some("replication checkpoint (2 vCPUs, 20 ms epochs), ours is lockstep")
+        );
+        let mut ours = theirs.clone();
+        ours.replication = PairMode::Checkpoint {
+            vcpus: 4,
+            epoch_ms: 20,
+        };
+        assert!(hello_mismatch(&ours, &theirs, "host-a").is_some_and(|m| m.contains("4 vCPUs")));
+        assert_eq!(hello_mismatch(&theirs, &theirs, "host-a"), None);
     }
 }

@@ -81,11 +81,11 @@ pub fn role(rc: &RuntimeConfig, vm: &config_schema::Vm) -> Role {
     }
 }
 
-fn key(hex_str: &str) -> Option<[u8; 32]> {
+pub(crate) fn key(hex_str: &str) -> Option<[u8; 32]> {
     hex::decode(hex_str).ok()?.try_into().ok()
 }
 
-fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
+pub(crate) fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
     let h = rc.config.hosts.iter().find(|h| h.name == host)?;
     h.ft.addr.split('/').next()?.parse().ok()
 }
@@ -114,6 +114,7 @@ pub fn pair_spec(
             mem_mib: spec.mem_mib,
             start_exit: 0,
             primary_host: primary,
+            replication: super::channel::PairMode::Lockstep,
             platform: Box::new(
                 crate::platform::Platform::for_host(&spec.cpu)
                     .map_err(|e| RunError::Vm(e.into()))?,
@@ -165,7 +166,7 @@ pub fn heartbeat_notifier(_rc: &RuntimeConfig, role: &Role) -> OnTraffic {
 
 /// Wins the generation to start `vm` in (docs/design.md §1), publishing it
 /// through the handle while it is acquired.
-fn win_generation(
+pub(crate) fn win_generation(
     spec: &PairSpec,
     handle: &PairHandle,
     stop: &AtomicBool,

@@ -1,0 +1,455 @@
+//! The daemon's checkpoint member: this host's part of a checkpoint VM,
+//! run to its end — the mirror of lockstep's `placement::run_member`, by the
+//! same placement, generations, pair start and failure handling, with the
+//! checkpoint [`MemberDriver`] (`driver.rs`) in place of the lockstep one.
+//!
+//! - Primary: wins the generation to start in, pairs with the Secondary
+//!   over the channel (`pair::hello`: the Secondary refuses another VM,
+//!   image, config generation, memory, mode, vCPU count or epoch), boots
+//!   the VM behind the epoch gate and ships epochs. Its Secondary's host
+//!   down past the power-on grace: it runs alone (`wait.rs`).
+//! - Secondary: accepts only the configured Primary, for the generation
+//!   fencing says that host owns; applies epochs; on the Primary's loss its
+//!   member races for `g + 1` and, won, resumes the VM from the last
+//!   complete epoch: the unfinished writes first, under the late-write
+//!   fence, then gratuitous ARPs (`driver_secondary.rs`). Its Primary's
+//!   host down past the grace with no live host running the VM: it powers
+//!   the VM on alone, as lockstep's listener does.
+//! - Unprotected (the VM's rule allows this host only): wins and runs alone.
+//!
+//! Not here (stated in the status and on the console where it matters):
+//! respawn — a checkpoint VM that lost its Secondary runs alone until it is
+//! restarted; no standby waits for a transfer, and a join by transfer is
+//! refused in the Hello.
+//!
+//! The run returns once the member halted (stopped, lost, handed over, its
+//! guest ended) — [`MemberDriver::finish`] then stops whatever runs here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use config_schema::runtime::RuntimeConfig;
+
+use super::daemon_spec::CheckpointSpec;
+use super::daemon_status::Figures;
+use super::driver::{
+    Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing, TakeOverPlan,
+};
+use super::gate::EpochGate;
+use super::gated::{FrameOut, GatedBackend, GatedOutputs};
+use super::local::GATE;
+use super::primary::LoopConfig;
+use super::secondary::Rebuild;
+use crate::linux::machine::{LinuxVm, Running};
+use crate::linux::run::{open_devices, transports, LinuxSpec};
+use crate::linux::LinuxVmError;
+use crate::live::{self, ConsoleSink, Tap};
+use crate::lockstep::channel::{Channel, Hello};
+use crate::lockstep::member::{Event, Member, State};
+use crate::lockstep::pair::{listen, primary_handshake, secondary_handshake, Allowed};
+use crate::lockstep::placement::wait::{WaitEnd, Watch};
+use crate::lockstep::placement::{ft_ip, key, win_generation, Role};
+use crate::lockstep::respawn::JOIN_BY_TRANSFER;
+use crate::lockstep::spec::{channel_port, PairError, PairHandle};
+use crate::lockstep::start::check_offered_generation;
+
+/// How often the run looks at its member and VM.
+const LOOK: Duration = Duration::from_millis(50);
+
+/// How a member's run ended.
+#[derive(Debug)]
+pub struct CheckpointEnd {
+    /// The member's last state.
+    pub member: State,
+}
+
+/// What the member's run needs besides the spec.
+pub struct MemberCtx<'a> {
+    pub rc: &'a RuntimeConfig,
+    pub vm: &'a config_schema::Vm,
+    pub handle: &'a Arc<PairHandle>,
+    /// Set by the daemon to stop the member (with `Event::Stop`).
+    pub stop: &'a Arc<AtomicBool>,
+    pub figures: &'a Arc<Figures>,
+    /// The fencing the member races with (the daemon: the agent's socket).
+    pub fencing: Arc<SocketFencing>,
+}
+
+/// Runs this host's part of checkpoint VM `ctx.vm` to its end (blocking;
+/// module doc). `on_start` runs once a VM or a Secondary runs here.
+pub fn run_checkpoint_member(
+    ctx: &MemberCtx<'_>,
+    role: &Role,
+    spec: CheckpointSpec,
+    console: ConsoleSink,
+    on_start: impl FnOnce(),
+) -> Result<CheckpointEnd, PairError> {
+    let mut spec = spec;
+    let (handle, stop) = (ctx.handle, ctx.stop);
+    match role {
+        Role::Primary { secondary } => {
+            handle.set_role("checkpoint primary (winning its generation)");
+            spec.pair.hello.generation = win_generation(&spec.pair, handle, stop)?;
+            handle.set_role("checkpoint primary (pairing)");
+            spec.pair.peer = secondary.clone();
+            let Some(ch) = pair_with_secondary(ctx, &spec, secondary)? else {
+                println!(
+                    "ftvmm: vm {}: secondary {secondary} is down after power-on; running alone in generation {} (checkpoint VMs have no respawn yet: unprotected until restarted)",
+                    ctx.vm.name, spec.pair.hello.generation
+                );
+                return run_alone(ctx, &spec, console, on_start);
+            };
+            println!(
+                "ftvmm: vm {}: paired with secondary {secondary}; generation {}; checkpoint every {} ms",
+                ctx.vm.name,
+                spec.pair.hello.generation,
+                spec.epoch.as_millis()
+            );
+            run_primary(ctx, &spec, Some(ch), console, on_start)
+        }
+        Role::Secondary { primary } => {
+            handle.set_role("checkpoint secondary (pairing)");
+            match accept_primary(ctx, &spec, primary)? {
+                Accepted::Paired(paired) => {
+                    let (ch, hello) = *paired;
+                    spec.pair.hello.generation = hello.generation;
+                    spec.pair.peer = hello.primary_host.clone();
+                    println!(
+                        "ftvmm: vm {}: paired with primary {}; generation {}",
+                        ctx.vm.name, spec.pair.peer, hello.generation
+                    );
+                    run_secondary(ctx, &spec, ch, console, on_start)
+                }
+                Accepted::PowerOnHere => {
+                    handle.set_role("checkpoint primary alone (winning its generation)");
+                    spec.pair.hello.generation = win_generation(&spec.pair, handle, stop)?;
+                    println!(
+                        "ftvmm: vm {}: the hosts before {} are down; powered on here alone in generation {}",
+                        ctx.vm.name, spec.pair.host, spec.pair.hello.generation
+                    );
+                    run_alone(ctx, &spec, console, on_start)
+                }
+            }
+        }
+        Role::Unprotected => {
+            handle.set_role("checkpoint primary alone (winning its generation)");
+            spec.pair.hello.generation = win_generation(&spec.pair, handle, stop)?;
+            println!(
+                "ftvmm: vm {}: runs unprotected on {} in generation {} (its affinity allows no other host)",
+                ctx.vm.name, spec.pair.host, spec.pair.hello.generation
+            );
+            run_alone(ctx, &spec, console, on_start)
+        }
+        Role::Standby | Role::None => Err(PairError::NotStarting(format!(
+            "vm {}: this host is not one of its pair, and checkpoint VMs have no respawn yet",
+            ctx.vm.name
+        ))),
+    }
+}
+
+/// The Primary's side of the pair start; `None`: the Secondary's host is
+/// down past the power-on grace (run alone).
+fn pair_with_secondary(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    secondary: &str,
+) -> Result<Option<Channel>, PairError> {
+    let rc = ctx.rc;
+    let peer = (rc.config.hosts.iter())
+        .find(|h| h.name == secondary)
+        .ok_or_else(|| PairError::Protocol(format!("no host {secondary}")))?;
+    let peer_key = key(&peer.public_key)
+        .ok_or_else(|| PairError::Protocol(format!("bad public key of {secondary}")))?;
+    let ip = ft_ip(rc, secondary)
+        .ok_or_else(|| PairError::Protocol(format!("bad ft.addr of {secondary}")))?;
+    let addr = std::net::SocketAddr::new(ip, channel_port(vm_index(ctx)));
+    let fencing = spec.pair.fencing_socket.clone();
+    let watch = Watch::primary(rc, &ctx.vm.name, secondary, fencing, ctx.stop);
+    let paired = primary_handshake(&spec.pair, addr, &peer_key, secondary, &watch.flag);
+    match (paired, watch.end()) {
+        (Err(PairError::Stopped), Some(WaitEnd::PartnerDown)) => Ok(None),
+        (r, _) => r.map(Some),
+    }
+}
+
+fn vm_index(ctx: &MemberCtx<'_>) -> usize {
+    (ctx.rc.config.vms.iter())
+        .position(|v| v.name == ctx.vm.name)
+        .expect("vm is from this config")
+}
+
+enum Accepted {
+    /// Boxed: a channel and a hello are large beside nothing.
+    Paired(Box<(Channel, Hello)>),
+    PowerOnHere,
+}
+
+/// The Secondary's side of the pair start.
+fn accept_primary(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    primary: &str,
+) -> Result<Accepted, PairError> {
+    let rc = ctx.rc;
+    let ip = ft_ip(rc, &rc.host_name)
+        .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
+    let listener = listen(ip, vm_index(ctx))?;
+    let at = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!(
+        "ftvmm: vm {}: checkpoint secondary waiting for primary {primary} on {at}",
+        ctx.vm.name
+    );
+    let hosts: Vec<(String, [u8; 32])> = (rc.config.hosts.iter())
+        .filter_map(|h| Some((h.name.clone(), key(&h.public_key)?)))
+        .collect();
+    let allowed: Allowed =
+        Arc::new(move |k: &[u8; 32]| hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone()));
+    let fencing = spec.pair.fencing_socket.clone();
+    let verify = |h: &Hello| {
+        if h.start_exit == JOIN_BY_TRANSFER {
+            return Err("checkpoint VMs take no Secondary by live transfer yet".into());
+        }
+        check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
+    };
+    let watch = Watch::listener(rc, ctx.vm, fencing.clone(), ctx.stop, false);
+    let accepted = secondary_handshake(
+        &listener,
+        &spec.pair.identity,
+        allowed,
+        &spec.pair.hello,
+        &verify,
+        &watch.flag,
+    );
+    match (accepted, watch.end()) {
+        (Ok(paired), _) => Ok(Accepted::Paired(Box::new(paired))),
+        (Err(PairError::Stopped), Some(WaitEnd::PowerOnHere)) => Ok(Accepted::PowerOnHere),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// A Primary VM behind the epoch gate, booted; the gate starts held (the
+/// member's first action sets it) in `gate_generation`.
+fn boot_primary(
+    spec: &CheckpointSpec,
+    gate_generation: u64,
+    console: ConsoleSink,
+) -> Result<(Arc<Running>, Arc<GatedOutputs>), PairError> {
+    let vm_err = |e: LinuxVmError| PairError::NotStarting(e.to_string());
+    let (disk, tap, virtio) = open_devices(&spec.linux).map_err(vm_err)?;
+    let tap = tap.map(Arc::new);
+    if let (Some(t), Some(br)) = (&tap, &spec.bridge) {
+        live::tap::bridge_add(br, t.name())
+            .map_err(|e| PairError::NotStarting(format!("TAP {}: {e}", t.name())))?;
+    }
+    let outputs = GatedOutputs::with_grant(
+        EpochGate::new(GATE, gate_generation),
+        super::local::frame_out(tap.clone()),
+        Arc::clone(&spec.pair.grant),
+        true,
+    );
+    let name = spec.pair.hello.vm.clone();
+    let backend = GatedBackend::new(
+        Arc::clone(&outputs),
+        disk,
+        tap,
+        0,
+        Box::new(move |why| println!("ftvmm: vm {name}: {why}; the VM stops")),
+    );
+    let vm = LinuxVm::create(
+        spec.linux.vcpus,
+        spec.linux.mem_mib << 20,
+        virtio,
+        console,
+        Box::new(backend),
+    )
+    .map_err(vm_err)?;
+    (spec.boot)(&vm, &spec.linux).map_err(vm_err)?;
+    let running = vm.start().map_err(vm_err)?;
+    Ok((Arc::new(running), outputs))
+}
+
+/// The Primary, paired over `ch` or alone (`None`).
+fn run_primary(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    ch: Option<Channel>,
+    console: ConsoleSink,
+    on_start: impl FnOnce(),
+) -> Result<CheckpointEnd, PairError> {
+    let g = spec.pair.hello.generation;
+    let paired = ch.is_some();
+    // Alone, the gate starts in the generation before and the member opens
+    // it in `g` (`set_member_gate`).
+    let (running, outputs) = boot_primary(spec, if paired { g } else { g - 1 }, console)?;
+    ctx.figures.set_primary(Arc::clone(&outputs));
+    let events = MemberDriver::channel();
+    let cfg = LoopConfig {
+        epoch: spec.epoch,
+        first_full: true,
+        dirty: Default::default(),
+    };
+    let thread = |e: std::io::Error| PairError::NotStarting(format!("cannot start: {e}"));
+    let effects = match ch {
+        Some(ch) => PrimaryEffects::start(Arc::clone(&running), outputs, ch, cfg, events.0.clone())
+            .map_err(thread)?,
+        None => PrimaryEffects::start_alone(Arc::clone(&running), outputs, cfg, events.0.clone())
+            .map_err(thread)?,
+    };
+    let timeout = spec.pair.failure_timeout.as_millis() as u64;
+    let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout);
+    let driver = MemberDriver::start(
+        (&ctx.vm.name, &spec.pair.host),
+        member,
+        Box::new(effects),
+        ctx.fencing.clone(),
+        Arc::clone(ctx.handle),
+        events,
+    );
+    on_start();
+    Ok(wait_for_end(ctx, driver, || running.ended().is_some()))
+}
+
+fn run_alone(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    console: ConsoleSink,
+    on_start: impl FnOnce(),
+) -> Result<CheckpointEnd, PairError> {
+    let mut spec = spec.clone();
+    spec.pair.peer = String::new();
+    run_primary(ctx, &spec, None, console, on_start)
+}
+
+/// The Secondary over `ch`, with its take-over plan.
+fn run_secondary(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    ch: Channel,
+    console: ConsoleSink,
+    on_start: impl FnOnce(),
+) -> Result<CheckpointEnd, PairError> {
+    let g = spec.pair.hello.generation;
+    let events = MemberDriver::channel();
+    let fencing = Arc::clone(&ctx.fencing);
+    let mem = spec.linux.mem_mib << 20;
+    let plan = take_over_plan(spec, console, Arc::new(move |g| fencing.storage_cut(g)));
+    let effects = SecondaryEffects::start(&ctx.vm.name, ch, g, mem, plan, events.0.clone())
+        .map_err(|e| PairError::NotStarting(e.to_string()))?;
+    let live = effects.live();
+    ctx.figures
+        .set_secondary(effects.applied(), Arc::clone(&live));
+    let timeout = spec.pair.failure_timeout.as_millis() as u64;
+    let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout);
+    let driver = MemberDriver::start(
+        (&ctx.vm.name, &spec.pair.host),
+        member,
+        Box::new(effects),
+        ctx.fencing.clone(),
+        Arc::clone(ctx.handle),
+        events,
+    );
+    on_start();
+    let ended = || live_ended(&live);
+    Ok(wait_for_end(ctx, driver, ended))
+}
+
+fn live_ended(live: &Mutex<Option<Live>>) -> bool {
+    let l = live.lock().unwrap_or_else(|p| p.into_inner());
+    l.as_ref().is_some_and(|l| l.running.ended().is_some())
+}
+
+/// How the Secondary resumes: the same devices as the Primary's (the VM's
+/// disk region, its TAP on this host), and three gratuitous ARPs.
+fn take_over_plan(
+    spec: &CheckpointSpec,
+    console: ConsoleSink,
+    storage_cut: super::driver::StorageCut,
+) -> TakeOverPlan {
+    let tap: Arc<OnceLock<Arc<Tap>>> = Arc::default();
+    let t2 = Arc::clone(&tap);
+    let frame_out: FrameOut = Box::new(move |f: &[u8]| {
+        if let Some(t) = t2.get() {
+            if let Err(e) = t.send(f) {
+                tracing::debug!("checkpoint TAP send: {e}");
+            }
+        }
+    });
+    let (linux, bridge) = (spec.linux.clone(), spec.bridge.clone());
+    TakeOverPlan {
+        grant: Arc::clone(&spec.pair.grant),
+        gate: GATE,
+        epoch: spec.epoch,
+        frame_out: Some(frame_out),
+        rebuild: Box::new(move |outputs| rebuild(&linux, bridge, console, outputs, &tap)),
+        announce: announce(&spec.linux),
+        storage_cut,
+    }
+}
+
+fn rebuild(
+    linux: &LinuxSpec,
+    bridge: Option<String>,
+    console: ConsoleSink,
+    outputs: Arc<GatedOutputs>,
+    tap_slot: &OnceLock<Arc<Tap>>,
+) -> Result<Rebuild, String> {
+    let (disk, tap, _) = open_devices(linux).map_err(|e| e.to_string())?;
+    let tap = tap.map(Arc::new);
+    if let Some(t) = &tap {
+        if let Some(br) = &bridge {
+            live::tap::bridge_add(br, t.name()).map_err(|e| format!("TAP {}: {e}", t.name()))?;
+        }
+        let _ = tap_slot.set(Arc::clone(t));
+    }
+    let sectors = disk.as_ref().map(crate::live::DiskBackend::sectors);
+    let backend = GatedBackend::new(
+        outputs,
+        disk,
+        tap,
+        0,
+        Box::new(|why| println!("ftvmm: {why}")),
+    );
+    Ok(Rebuild {
+        vcpus: linux.vcpus,
+        virtio: transports(linux, sectors),
+        console,
+        backend: Box::new(backend),
+        advance_ns: 0,
+    })
+}
+
+/// Three gratuitous ARPs for the guest's address, if it has one.
+fn announce(linux: &LinuxSpec) -> Vec<Vec<u8>> {
+    use crate::lockstep::golive::{cmdline_ip, gratuitous_arp};
+    match (linux.tap.is_some(), cmdline_ip(&linux.cmdline)) {
+        (true, Some(ip)) => vec![gratuitous_arp(linux.mac, ip); 3],
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until the member halted; a VM that ended here on its own (a
+/// resumed guest, or a lone Primary's) stops the member.
+fn wait_for_end(
+    ctx: &MemberCtx<'_>,
+    driver: MemberDriver,
+    vm_ended: impl Fn() -> bool,
+) -> CheckpointEnd {
+    let mut told = false;
+    loop {
+        if matches!(driver.state(), State::Halted(_)) {
+            break;
+        }
+        if !told && (vm_ended() || ctx.stop.load(Ordering::SeqCst)) {
+            driver.post(Event::Stop);
+            told = true;
+        }
+        std::thread::sleep(LOOK);
+    }
+    CheckpointEnd {
+        member: driver.finish(),
+    }
+}

@@ -1,0 +1,152 @@
+//! Starting a checkpoint VM (`replication = "checkpoint"`) in the daemon:
+//! the same slot, placement, members and stop as a lockstep VM, with the
+//! checkpoint member's run (`checkpoint/daemon_member.rs`) on the VM's
+//! thread.
+//!
+//! Rules:
+//! - Everything that can refuse a start is checked before the thread runs,
+//!   so `StartVm` answers with it: the disk region and TAP, and the image
+//!   on the shared device against the config's pins (one line naming VM,
+//!   part, device, offset and both hashes).
+//! - One run per start: a member that ends (stopped, lost a race, handed
+//!   over, its guest ended) leaves the VM `exited` with the member's last
+//!   state; there is no standby and no respawn for this mode yet.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::{ConsolePrefix, ManagerError, Slot, State, VmManager};
+use crate::checkpoint::daemon_member::{run_checkpoint_member, MemberCtx};
+use crate::checkpoint::daemon_spec::{checkpoint_spec, CheckpointSpec};
+use crate::checkpoint::daemon_status::Figures;
+use crate::checkpoint::driver::SocketFencing;
+use crate::lockstep::placement::{self, Role};
+use crate::lockstep::spec::{PairError, PairHandle};
+
+impl VmManager {
+    /// The spec checkpoint VM `name` runs from here; reads and checks its
+    /// image on the shared device.
+    pub fn checkpoint_spec_for(&self, name: &str) -> Result<CheckpointSpec, ManagerError> {
+        let vm = self.find(name)?;
+        let dev = self.host_devices(vm)?;
+        let mut spec =
+            checkpoint_spec(&self.config, vm, dev, self.members.grant()).map_err(|e| {
+                ManagerError::Start {
+                    name: name.into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        spec.pair.fencing_socket = self.fencing_socket.clone();
+        spec.pair.applied_config_generation = self.applied_generation;
+        if let Some(boot) = &self.checkpoint_boot {
+            spec.boot = Arc::clone(boot);
+            spec.linux.tap = None;
+        }
+        Ok(spec)
+    }
+
+    /// Tests: load checkpoint guests with `boot` instead of the Linux boot
+    /// protocol (this machine's KVM cannot boot a stock kernel), without a
+    /// NIC (two hosts in one process would share one TAP name).
+    #[cfg(test)]
+    pub(crate) fn set_checkpoint_boot(&mut self, boot: crate::checkpoint::daemon_spec::Boot) {
+        self.checkpoint_boot = Some(boot);
+    }
+
+    /// Starts checkpoint VM `name` (module doc); the caller checked that it
+    /// is not running and is powered on.
+    pub(super) fn start_checkpoint(&mut self, name: &str) -> Result<(), ManagerError> {
+        let vm_cfg = self.find(name)?.clone();
+        let role = placement::role(&self.config, &vm_cfg);
+        if matches!(role, Role::Standby | Role::None) {
+            return Err(ManagerError::NotInMode {
+                name: name.into(),
+                mode: vm_cfg.replication.name(),
+                what:
+                    "this host is not one of its pair, and this mode has no standby or respawn yet",
+            });
+        }
+        let spec = self.checkpoint_spec_for(name)?;
+        let figures = Figures::new(spec.epoch, spec.linux.vcpus);
+        let slot = Slot {
+            pair: Arc::new(PairHandle::default()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(Mutex::new(State::Starting)),
+            handle: Arc::new(Mutex::new(None)),
+            progress: Arc::new(Mutex::new(None)),
+            figures: Some(Arc::clone(&figures)),
+            thread: None,
+        };
+        self.members.insert(name, Arc::clone(&slot.pair));
+        let (state, pair, cancel) = (
+            Arc::clone(&slot.state),
+            Arc::clone(&slot.pair),
+            Arc::clone(&slot.cancel),
+        );
+        let fencing = Arc::new(SocketFencing::new(
+            self.fencing_socket.clone(),
+            self.applied_generation,
+        ));
+        let (rc, vm_name) = (self.config.clone(), name.to_string());
+        let thread = std::thread::Builder::new()
+            .name(format!("vm-{name}"))
+            .spawn(move || {
+                let ctx = MemberCtx {
+                    rc: &rc,
+                    vm: &vm_cfg,
+                    handle: &pair,
+                    stop: &cancel,
+                    figures: &figures,
+                    fencing,
+                };
+                let console = Box::new(ConsolePrefix::new(&vm_name));
+                let st = Arc::clone(&state);
+                let running =
+                    move || *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                let end = run_checkpoint_member(&ctx, &role, spec, console, running);
+                *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
+            })
+            .map_err(|e| ManagerError::Start {
+                name: name.into(),
+                reason: format!("cannot spawn VM thread: {e}"),
+            })?;
+        let mut slot = slot;
+        slot.thread = Some(thread);
+        if let Some(old) = self.slots.insert(name.to_string(), slot) {
+            if let Some(t) = old.thread {
+                let _ = t.join();
+            }
+        }
+        println!(
+            "ftvmm: VM {name} starting (checkpoint, {} vCPUs, {} ms epochs)",
+            figures_vcpus(self, name),
+            self.find(name)?
+                .epoch_ms
+                .unwrap_or(config_schema::DEFAULT_EPOCH_MS)
+        );
+        Ok(())
+    }
+}
+
+fn figures_vcpus(m: &VmManager, name: &str) -> u32 {
+    m.find(name).map_or(0, |v| v.vcpus)
+}
+
+/// The VM's state once its member's run ended.
+fn ended(
+    vm: &str,
+    end: Result<crate::checkpoint::daemon_member::CheckpointEnd, PairError>,
+) -> State {
+    match end {
+        Ok(end) => {
+            println!("ftvmm: VM {vm} stopped: checkpoint member {}", end.member);
+            State::Exited(end.member.to_string())
+        }
+        Err(PairError::RunningElsewhere { owner }) => State::Exited(format!("runs on {owner}")),
+        Err(PairError::Stopped) => State::Exited("stopped before the pair started".into()),
+        Err(e) => {
+            println!("ftvmm: VM {vm} failed: {e}");
+            State::Failed(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The daemon's checkpoint VMs on /dev/kvm: two hosts' managers in one
+//! process (their channel over loopback addresses, each its own fencing
+//! socket onto one shared set of decided generations, as Disk Paxos would
+//! decide them), the VM `web` of `examples/linux-vm.toml` with its image
+//! written to the shared device (a file) the way `ftctl image write` does.
+//! This machine's KVM cannot boot a stock kernel, so the guest is the
+//! two-vCPU counter the checkpoint tests use, loaded by the test hook
+//! instead of the Linux boot protocol; everything else is the daemon's
+//! path: image check, placement, generation, Hello, epochs, the race and
+//! the take-over.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use config_schema::ctl::{Request, Response};
+use config_schema::runtime::RuntimeConfig;
+use config_schema::DeviceLocator;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::*;
+use crate::checkpoint::daemon_spec::Boot;
+use crate::linux::tests::{counter, CODE};
+use crate::lockstep::channel::Identity;
+use crate::lockstep::grant::HostGrant;
+
+const KERNEL: &[u8] = b"a kernel, as far as this test is concerned";
+const INITRD: &[u8] = b"an initrd";
+
+/// Decided generations of every VM: (vm, generation) -> owner.
+type Decided = Arc<Mutex<BTreeMap<(String, u64), String>>>;
+
+/// A fencing agent's socket for `me`, deciding each generation once for
+/// whoever asks first, and superseding requests for an older one.
+fn serve_fencing(dir: &Path, me: &str, decided: Decided) -> PathBuf {
+    let socket = dir.join(format!("fencing-{me}.sock"));
+    let listener = config_schema::ctl_server::bind(&socket).unwrap();
+    let me = me.to_string();
+    std::thread::spawn(move || {
+        config_schema::ctl_server::serve(
+            listener,
+            config_schema::ctl_server::Policy::fencing_for_this_test(),
+            move |req| {
+                let mut d = decided.lock().unwrap();
+                let top = |d: &BTreeMap<(String, u64), String>, vm: &str| {
+                    d.iter()
+                        .filter(|((v, _), _)| v == vm)
+                        .map(|((_, g), o)| (*g, o.clone()))
+                        .max_by_key(|x| x.0)
+                };
+                match req {
+                    Request::Highest { vm } => {
+                        let t = top(&d, &vm);
+                        Response::Highest {
+                            generation: t.as_ref().map_or(0, |x| x.0),
+                            owner: t.map(|x| x.1),
+                            vm,
+                            config_generation: 1,
+                        }
+                    }
+                    Request::Acquire { vm, generation, .. } => {
+                        if let Some((g, _)) = top(&d, &vm).filter(|t| t.0 > generation) {
+                            let owner = d[&(vm.clone(), g)].clone();
+                            return Response::Decided {
+                                won: false,
+                                owner,
+                                vm,
+                                generation: g,
+                                config_generation: 1,
+                                storage_cut: false,
+                            };
+                        }
+                        let owner = d
+                            .entry((vm.clone(), generation))
+                            .or_insert_with(|| me.clone())
+                            .clone();
+                        Response::Decided {
+                            vm,
+                            generation,
+                            won: owner == me,
+                            owner,
+                            config_generation: 1,
+                            storage_cut: false,
+                        }
+                    }
+                    Request::Leases => Response::Leases { leases: Vec::new() },
+                    other => Response::Error {
+                        message: format!("not served: {other:?}"),
+                    },
+                }
+            },
+        )
+    });
+    socket
+}
+
+/// Two hosts of `linux-vm.toml` on loopback, a shared device with web's
+/// image on it, and their fencing.
+struct World {
+    dir: tempfile::TempDir,
+    config: config_schema::ClusterConfig,
+    device: PathBuf,
+    decided: Decided,
+}
+
+fn private(host: usize) -> [u8; 32] {
+    [0x50 + host as u8; 32]
+}
+
+impl World {
+    /// `net`: the second octet of this test's loopback addresses (tests
+    /// run in parallel; each pair listens on its own address).
+    fn new(net: u8) -> Self {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/linux-vm.toml"
+        ))
+        .unwrap();
+        let mut config = config_schema::parse(&text).unwrap().config;
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("shared.img");
+        let f = std::fs::File::create(&device).unwrap();
+        f.set_len(config.storage.size_mib << 20).unwrap();
+        // As `ftctl image write` does, against the config as signed.
+        let img = config_schema::shared_images::write_image(
+            &config,
+            "web-linux",
+            &device,
+            KERNEL,
+            Some(INITRD),
+        )
+        .unwrap();
+        let at = config
+            .images
+            .iter()
+            .position(|i| i.name == img.name)
+            .unwrap();
+        config.images[at] = img;
+        // Then what this test's hosts see (validation wants /dev/ paths).
+        config.storage.device = DeviceLocator::Path(device.display().to_string());
+        for (i, h) in config.hosts.iter_mut().enumerate() {
+            h.ft.addr = format!("127.{net}.0.{}/24", i + 1);
+            let id = Identity {
+                private_key: private(i),
+            };
+            h.public_key = hex::encode(id.public_key());
+        }
+        // The first full epoch must arrive well within the failure timeout
+        // on a loaded machine.
+        config.timing.failure_timeout_ms = 2_000;
+        let web = config.vms.iter_mut().find(|v| v.name == "web").unwrap();
+        web.memory_mib = 64;
+        World {
+            dir,
+            config,
+            device,
+            decided: Decided::default(),
+        }
+    }
+
+    /// The manager of host `i` (0: host-a), its guests the counter.
+    fn manager(&self, i: usize) -> VmManager {
+        let rc = RuntimeConfig {
+            host_name: self.config.hosts[i].name.clone(),
+            config: self.config.clone(),
+            host_private_key: hex::encode(private(i)),
+        };
+        let socket = serve_fencing(self.dir.path(), &rc.host_name, Arc::clone(&self.decided));
+        let mut m = VmManager::new(rc, Members::new(HostGrant::always()));
+        m.set_test_paths(self.dir.path(), &socket);
+        m.set_checkpoint_boot(counter_guest());
+        m
+    }
+
+    fn decided(&self) -> Vec<(String, u64, String)> {
+        let d = self.decided.lock().unwrap();
+        d.iter()
+            .map(|((v, g), o)| (v.clone(), *g, o.clone()))
+            .collect()
+    }
+}
+
+/// The two-vCPU counter of `linux::tests`, written into guest memory.
+fn counter_guest() -> Boot {
+    Arc::new(|vm, _spec| {
+        vm.memory()
+            .write_slice(CODE, GuestAddress(0x1000))
+            .map_err(|e| crate::linux::LinuxVmError::Memory(e.to_string()))?;
+        vm.enter_real_mode(0, 0x1000)?;
+        vm.enter_real_mode(1, 0x1000)
+    })
+}
+
+/// `web`'s status on `m`.
+fn web(m: &VmManager) -> serde_json::Value {
+    m.status().into_iter().find(|v| v["name"] == "web").unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// The daemon's path end to end for a checkpoint pair: host-a wins
+/// generation 1 and pairs with host-b (same image digest, mode, vCPUs and
+/// epoch in the Hello), epochs are acknowledged and shown in status; host-a's
+/// member goes away, host-b wins generation 2, resumes from its last
+/// complete epoch and the guest counts on there.
+#[test]
+fn a_checkpoint_pair_runs_on_two_daemons_and_the_secondary_takes_over() {
+    let w = World::new(41);
+    let (mut a, mut b) = (w.manager(0), w.manager(1));
+    assert_eq!(web(&a)["replication"], "checkpoint");
+    assert_eq!(web(&a)["state"], "stopped");
+    b.start("web").unwrap();
+    a.start("web").unwrap();
+    wait_for("five epochs acknowledged", SETTLE, || {
+        web(&a)["checkpoint"]["acknowledged"].as_u64() >= Some(5)
+            && web(&b)["checkpoint"]["applied"].as_u64() >= Some(5)
+    });
+    let (sa, sb) = (web(&a), web(&b));
+    assert_eq!(sa["state"], "running", "{sa}");
+    assert_eq!(
+        sa["lockstep"]["role"], "checkpoint primary (generation 1)",
+        "{sa}"
+    );
+    assert_eq!(sa["lockstep"]["secondary"], "host-b", "{sa}");
+    assert_eq!(sa["checkpoint"]["vcpus"], 2);
+    assert_eq!(sa["checkpoint"]["epoch_ms"], 20);
+    assert_eq!(
+        sb["lockstep"]["role"], "checkpoint secondary (generation 1)",
+        "{sb}"
+    );
+    assert_eq!(sb["lockstep"]["primary"], "host-a", "{sb}");
+    assert_eq!(w.decided(), vec![("web".into(), 1, "host-a".into())]);
+    let acked = sa["checkpoint"]["acknowledged"].as_u64().unwrap();
+
+    // host-a's member goes away: its link closes without a goodbye.
+    a.stop("web").unwrap();
+    wait_for("host-b runs alone in generation 2", SETTLE, || {
+        web(&b)["lockstep"]["role"] == "checkpoint primary (unprotected, generation 2)"
+    });
+    assert_eq!(
+        w.decided(),
+        vec![
+            ("web".into(), 1, "host-a".into()),
+            ("web".into(), 2, "host-b".into())
+        ]
+    );
+    // The member's state is published before its go-live is performed.
+    let fig = b.slots["web"].figures.clone().unwrap();
+    wait_for("the VM resumed", SETTLE, || fig.resumed_memory().is_some());
+    let sb = web(&b);
+    assert!(
+        sb["checkpoint"]["resumed_from_epoch"].as_u64() >= Some(acked),
+        "resumed before epoch {acked}: {sb}"
+    );
+    let mem = fig.resumed_memory().unwrap();
+    let at = counter(&mem);
+    wait_for("the resumed guest counts on", SETTLE, || {
+        counter(&mem) != at
+    });
+    b.stop("web").unwrap();
+    assert_eq!(web(&b)["state"], "exited");
+    assert_eq!(web(&a)["state"], "exited");
+}
+
+/// An image whose bytes on the shared device differ from the config's pin
+/// is refused before anything is set up, in one line naming VM, part and
+/// both hashes, and how to repair it.
+#[test]
+fn a_checkpoint_image_that_does_not_match_its_pin_is_refused_in_one_line() {
+    let w = World::new(42);
+    let c = &w.config;
+    let img = c.images.iter().find(|i| i.name == "web-linux").unwrap();
+    let at = config_schema::shared_images::part_offset(c, img, &img.kernel).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w.device)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"A", at).unwrap();
+    drop(f);
+    let mut m = w.manager(0);
+    let err = m.start("web").unwrap_err().to_string();
+    assert!(!err.contains('\n'), "more than one line: {err}");
+    assert!(
+        err.starts_with("cannot start VM \"web\": vm web: kernel image on "),
+        "{err}"
+    );
+    assert!(
+        err.contains("config pins") && err.contains("ftctl image write"),
+        "{err}"
+    );
+    assert!(m.pair("web").is_none(), "nothing was set up");
+    assert!(!m.any_running());
+    assert_eq!(web(&m)["state"], "stopped");
+}
+
+/// The Secondary's host has other bytes for the image (here: another
+/// command line pinned for it): the Hello's image digests differ, the
+/// Secondary refuses the pair, and the Primary's start fails naming why —
+/// nothing runs unpaired.
+#[test]
+fn a_secondary_with_another_image_refuses_the_pair() {
+    let mut w = World::new(43);
+    let mut a = w.manager(0);
+    let img = w.config.images.iter_mut().find(|i| i.name == "web-linux");
+    img.unwrap().cmdline = "console=ttyS0 init=/other".into();
+    let mut b = w.manager(1);
+    b.start("web").unwrap();
+    a.start("web").unwrap();
+    wait_for("host-a's start fails", SETTLE, || {
+        web(&a)["state"] == "failed"
+    });
+    let sa = web(&a);
+    assert_eq!(
+        sa["detail"], "secondary refused the pair: guest image differs",
+        "{sa}"
+    );
+    assert!(sa["checkpoint"].get("epoch").is_none(), "a VM ran: {sa}");
+    assert_eq!(
+        web(&b)["lockstep"]["role"],
+        "checkpoint secondary (pairing)"
+    );
+    b.stop("web").unwrap();
+}
+
+/// host-c is allowed but not one of the pair: a checkpoint VM has no
+/// standby there (no respawn in this mode), so nothing starts, with a line
+/// saying why.
+#[test]
+fn a_third_host_runs_no_standby_for_a_checkpoint_vm() {
+    let w = World::new(44);
+    let mut c = w.manager(2);
+    let err = c.start("web").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "VM \"web\" (replication = \"checkpoint\"): this host is not one of its pair, and this \
+         mode has no standby or respawn yet"
+    );
+    assert!(c.pair("web").is_none());
+    assert_eq!(web(&c)["state"], "stopped");
+}
+
+/// What both members agree on comes from the signed config alike: mode,
+/// vCPUs, epoch and the image digest in the Hello; the guest's command line
+/// is the image's, then the VM's own words; the kernel booted is the one
+/// checked (sealed memory, same bytes).
+#[test]
+fn a_checkpoint_spec_is_built_from_the_config_and_the_checked_image() {
+    let w = World::new(45);
+    let (a, b) = (w.manager(0), w.manager(1));
+    let (sa, sb) = (
+        a.checkpoint_spec_for("web").unwrap(),
+        b.checkpoint_spec_for("web").unwrap(),
+    );
+    assert_eq!(
+        sa.pair.hello.replication,
+        crate::lockstep::channel::PairMode::Checkpoint {
+            vcpus: 2,
+            epoch_ms: 20
+        }
+    );
+    assert_eq!(sa.pair.hello.image_sha256, sb.pair.hello.image_sha256);
+    assert_eq!(
+        crate::lockstep::pair::hello_mismatch(
+            &sb.pair.hello,
+            &{
+                let mut h = sa.pair.hello.clone();
+                h.generation = 1;
+                h
+            },
+            "host-a"
+        ),
+        None,
+        "the two hosts' Hellos agree"
+    );
+    assert_eq!(
+        sa.linux.cmdline,
+        "console=ttyS0 quiet mode=kv ip=198.51.100.20/24 mac=52:54:00:12:34:60"
+    );
+    assert_eq!((sa.linux.vcpus, sa.linux.mem_mib), (2, 64));
+    assert_eq!(sa.epoch, Duration::from_millis(20));
+    assert_eq!(std::fs::read(&sa.linux.kernel).unwrap(), KERNEL);
+    assert_eq!(
+        std::fs::read(sa.linux.initrd.as_ref().unwrap()).unwrap(),
+        INITRD
+    );
+}

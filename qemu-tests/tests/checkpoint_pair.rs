@@ -1,0 +1,184 @@
+//! A daemon-run checkpoint pair (issue 11): the Linux KV guest (the pinned
+//! Debian kernel and `guest/linux-kv`'s initramfs, 2 vCPUs) as VM `web` of
+//! `examples/linux-vm.toml`, its kernel and initrd written to the shared
+//! device's image region the way `ftctl image write` does and pinned in the
+//! signed config. host-a runs the Primary, host-b the Secondary; a client
+//! does PUT/GET over ONE TCP connection while the harness kills host-a's
+//! QEMU. host-b must win generation 2 and resume the guest from its last
+//! complete epoch; the same connection goes on and every acknowledged PUT is
+//! readable.
+//!
+//! Ignored: it has not passed here yet. Two runs (2026-12-04): the daemons
+//! placed, won generation 1 and paired at once (`paired with secondary
+//! host-b; generation 1; checkpoint every 20 ms`), but the guest never
+//! reached its init. With a 3 s failure timeout the Secondary took the
+//! Primary for dead at epoch 5, 29 s after pairing (the Primary pauses for
+//! seconds per epoch while Linux boots under TCG), host-b won generation 2
+//! and resumed from epoch 5 in 227 ms, host-a lost and halted — and the
+//! resumed guest printed `PCI: Fatal: No config space access function found`
+//! (guest time 1.6 s) and nothing more for two minutes. With 20 s the pair
+//! held (a fencing hold of 440 ms on host-a passed: `output grant back after
+//! 440 ms; the pair goes on`), and the Primary's guest stopped after the
+//! same line (guest time 2.0 s, 28 s after pairing) for the 10 minutes the
+//! test waits. `linux_vm.rs`'s control run boots the same kernel without a
+//! NIC and without the daemon's command-line words (`mode= ip= mac=`):
+//! compare those first. Replay:
+//!
+//! ```sh
+//! make image && bash guest/linux-kv/build-initramfs.sh
+//! flock /work/qemu.lock cargo test -p qemu-tests --test checkpoint_pair -- --ignored --nocapture
+//! ```
+//!
+//! Needs `out/ftappliance.iso` (or `FT_ISO`), `out/linux-kv-vmlinuz` and
+//! `out/linux-kv-initrd.cpio.gz` (or `FT_OUT_DIR`), qemu-system-x86_64 and
+//! root; FAILS with a clear message when one is missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{survive, wait, BOOT_TIMEOUT};
+use qemu_tests::cluster::ClusterSource;
+use qemu_tests::kv::GUEST;
+use qemu_tests::paths::workspace_root;
+use qemu_tests::Cluster;
+
+const VM: &str = "web";
+const IMAGE: &str = "web-linux";
+
+/// The Linux KV guest's files, or a message saying how to build them.
+fn guest_files() -> (Vec<u8>, Vec<u8>) {
+    let out = std::env::var_os("FT_OUT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out"));
+    let read = |name: &str| {
+        let p = out.join(name);
+        std::fs::read(&p).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `bash guest/linux-kv/build-initramfs.sh` first (FT_OUT_DIR as for it)",
+                p.display()
+            )
+        })
+    };
+    (read("linux-kv-vmlinuz"), read("linux-kv-initrd.cpio.gz"))
+}
+
+/// `examples/linux-vm.toml` with only `web`, at the reference guest's
+/// address and MAC (the harness's client talks to that), 128 MiB, and the
+/// image pinned to `kernel` and `initrd`.
+fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
+    let root = workspace_root();
+    let text = std::fs::read_to_string(root.join("examples/linux-vm.toml")).unwrap();
+    let kv_start = text.find("# The reference guest, in lockstep").unwrap();
+    let kv_end = text.find("# The operator's Linux VM.").unwrap();
+    let mut t = format!("{}{}", &text[..kv_start], &text[kv_end..]);
+    let pin = |part: &str, offset: u32, bytes: &[u8]| {
+        format!(
+            "{part} = {{ offset_mib = {offset}, size_bytes = {}, sha256 = \"{}\" }}",
+            bytes.len(),
+            config_schema::shared_images::sha256_hex(bytes)
+        )
+    };
+    let swaps = [
+        // Under TCG a booting Linux dirties most of its memory per epoch,
+        // and copying it pauses the Primary for seconds: with 3 s the
+        // Secondary took a silent Primary for dead at epoch 5 (first run,
+        // see the report of issue 11). 20 s keeps the pair through boot.
+        (
+            "failure_timeout_ms = 1000",
+            "failure_timeout_ms = 20000".to_string(),
+        ),
+        ("memory_mib = 512", "memory_mib = 128".to_string()),
+        (
+            "mac = \"52:54:00:12:34:60\"",
+            "mac = \"52:54:00:12:34:56\"".into(),
+        ),
+        (
+            "ip = \"198.51.100.20/24\"",
+            "ip = \"198.51.100.10/24\"".into(),
+        ),
+        (
+            "cmdline = \"console=ttyS0 quiet\"",
+            "cmdline = \"console=ttyS0 reboot=k panic=-1 pci=off no_timer_check loglevel=4\""
+                .into(),
+        ),
+    ];
+    for (from, to) in swaps {
+        assert!(t.contains(from), "linux-vm.toml changed: no {from:?}");
+        t = t.replace(from, &to);
+    }
+    let lines: Vec<String> = t
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel = {") {
+                pin("kernel", 0, kernel)
+            } else if l.starts_with("initrd = {") {
+                pin("initrd", 32, initrd)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.join("\n") + "\n"
+}
+
+fn source(dir: &Path, kernel: &[u8], initrd: &[u8]) -> ClusterSource {
+    let example = ClusterSource::example();
+    let config = dir.join("checkpoint-pair.toml");
+    std::fs::write(&config, config_text(kernel, initrd)).unwrap();
+    ClusterSource { config, ..example }
+}
+
+#[test]
+#[ignore = "not passed yet under nested KVM on TCG (issue 11): run with --ignored, see the module doc"]
+fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
+    let (kernel, initrd) = guest_files();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster =
+        Cluster::new("checkpoint-pair", &source(tmp.path(), &kernel, &initrd)).unwrap();
+    config_schema::shared_images::write_image(
+        cluster.config(),
+        IMAGE,
+        cluster.shared_storage(),
+        &kernel,
+        Some(&initrd),
+    )
+    .expect("write the image to the shared device");
+    for h in ["host-a", "host-b"] {
+        cluster.boot(h).unwrap();
+    }
+    for h in ["host-a", "host-b"] {
+        cluster
+            .host(h)
+            .unwrap()
+            .wait_for(
+                format!("appliance ready: host={h} generation=1"),
+                BOOT_TIMEOUT,
+            )
+            .unwrap();
+    }
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    wait(
+        b,
+        format!("ftvmm: vm {VM}: paired with primary host-a; generation 1"),
+    );
+    wait(
+        a,
+        format!("ftvmm: vm {VM}: paired with secondary host-b; generation 1"),
+    );
+    let listening = format!("[{VM}] kv: listening on {GUEST}");
+    a.wait_for(listening.as_str(), Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_ms, acked) = survive(
+        &cluster,
+        "checkpoint primary host killed",
+        || a.kill().unwrap(),
+        || {
+            wait(b, format!("ftvmm: vm {VM}: resumed from epoch"));
+        },
+    );
+    assert!(!acked.is_empty(), "no PUT was acknowledged");
+    cluster.pass();
+}
