@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::drops::DropReason;
 use crate::gate::Gate;
+use crate::live::LiveTiming;
 use crate::node::{seal_round, Node, NodeConfig, Received};
 use crate::packet::MAX_PACKET;
 use crate::view::Transition;
@@ -91,16 +92,21 @@ struct Shared {
     noise_opens: AtomicU64,
     /// The gate's per-source rate (tokens/s) and burst.
     rate_limit: (f64, u64),
+    /// The interval and failure timeout, as `ftctl apply` may change them.
+    timing: Arc<LiveTiming>,
 }
 
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+    /// The node, with the live timing taken (two atomic loads).
     fn node(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock leaves a view that is still consistent
         // enough to report; keep serving.
-        self.node.lock().unwrap_or_else(|e| e.into_inner())
+        let mut node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        node.set_timing(self.timing.interval_ms(), self.timing.failure_timeout_ms());
+        node
     }
     /// The node with its suspicion check brought up to `now`, so an answer
     /// never shows a peer dead by the clock but still "up" by state.
@@ -138,6 +144,13 @@ pub struct Daemon {
 impl Daemon {
     /// Binds `cfg.bind`, picks a random boot id and starts both threads.
     pub fn start(cfg: NodeConfig) -> Result<Daemon, DaemonError> {
+        let timing = Arc::new(LiveTiming::new(cfg.interval_ms, cfg.failure_timeout_ms));
+        Self::start_live(cfg, timing)
+    }
+
+    /// [`Daemon::start`] with the timing the status service changes live
+    /// (`ftctl apply`): read every round.
+    pub fn start_live(cfg: NodeConfig, timing: Arc<LiveTiming>) -> Result<Daemon, DaemonError> {
         let mut b = [0u8; 8];
         getrandom::getrandom(&mut b).map_err(DaemonError::Random)?;
         let boot_id = u64::from_le_bytes(b);
@@ -149,7 +162,6 @@ impl Daemon {
             .set_read_timeout(Some(RECV_POLL))
             .map_err(DaemonError::Socket)?;
         let local = socket.local_addr().map_err(DaemonError::Socket)?;
-        let interval = Duration::from_millis(cfg.interval_ms.max(1));
         let gate = Gate::new(&cfg, 0);
         let keys = cfg.clone();
         let shared = Arc::new(Shared {
@@ -160,12 +172,13 @@ impl Daemon {
             send_errors: Mutex::new((0, None)),
             noise_opens: AtomicU64::new(0),
             rate_limit: gate.rate_limit(),
+            timing,
         });
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
             .name("heartbeat-send".into())
-            .spawn(move || send_loop(&s1, &keys, &tx, interval))
+            .spawn(move || send_loop(&s1, &keys, &tx))
             .map_err(DaemonError::Thread)?;
         let s2 = Arc::clone(&shared);
         let receiver = std::thread::Builder::new()
@@ -296,9 +309,12 @@ impl Handle {
     }
 }
 
-fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket, interval: Duration) {
+fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket) {
     let mut next = Instant::now();
     while !s.stop.load(Ordering::SeqCst) {
+        // Read every round: a live interval (`ftctl apply`) takes effect
+        // from the next heartbeat on.
+        let interval = Duration::from_millis(s.timing.interval_ms());
         let now = Instant::now();
         if now < next {
             std::thread::sleep((next - now).min(RECV_POLL));
@@ -355,6 +371,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
                 continue;
             }
         };
+        gate.set_interval_ms(s.timing.gate_interval_ms());
         let admitted = gate.admit(s.now_ms(), src, &buf[..n]);
         s.noise_opens.store(gate.opens(), Ordering::Relaxed);
         let r = {
