@@ -310,19 +310,22 @@ impl Handle {
 }
 
 fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket) {
-    let mut next = Instant::now();
+    // When the last round was due (`None`: none yet).
+    let mut last: Option<Instant> = None;
     while !s.stop.load(Ordering::SeqCst) {
-        // Read every round: a live interval (`ftctl apply`) takes effect
-        // from the next heartbeat on.
+        // Read every pass: a live interval (`ftctl apply`) counts from the
+        // last round, so a shorter one takes effect at once.
         let interval = Duration::from_millis(s.timing.interval_ms());
         let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(RECV_POLL));
-            continue;
-        }
-        next += interval;
-        if next < now {
-            next = now + interval; // fell far behind (suspended): do not burst
+        if let Some(next) = last.map(|l| l + interval) {
+            if now < next {
+                std::thread::sleep((next - now).min(RECV_POLL));
+                continue;
+            }
+            // On time: keep the cadence; far behind (suspended): do not burst.
+            last = Some(if now < next + interval { next } else { now });
+        } else {
+            last = Some(now);
         }
         let (payload, transitions) = {
             let mut node = s.node();
@@ -462,6 +465,57 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(60), "never judged");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_shorter_interval_taken_live_sends_the_next_round_at_once() {
+        let cfg = NodeConfig {
+            id: 1,
+            name: "host-a".into(),
+            private_key: secret(0),
+            bind: addr(2),
+            peers: vec![PeerConf {
+                id: 2,
+                name: "host-b".into(),
+                public_key: config_schema::keys::host_public_key(&secret(1)),
+                addr: addr(3),
+            }],
+            interval_ms: 100,
+            failure_timeout_ms: 1000,
+        };
+        let b = UdpSocket::bind(addr(3)).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // Booted with an interval of ten minutes: one round at start.
+        let timing = Arc::new(LiveTiming::new(600_000, 1_200_000));
+        let d = Daemon::start_live(cfg, Arc::clone(&timing)).unwrap();
+        let mut buf = [0u8; MAX_PACKET + 1];
+        b.recv_from(&mut buf).expect("the first round");
+        assert_eq!(d.handle().status()["interval_ms"], 600_000);
+        // Shortened live (forced: no config moves fencing's renewal this
+        // far live): the next round follows within the read timeout, not
+        // ten minutes later, and status shows it.
+        timing.force_interval_ms(50);
+        let line = timing
+            .adopt(
+                2,
+                &config_schema::Timing {
+                    heartbeat_interval_ms: 50,
+                    failure_timeout_ms: 1000,
+                    lag_limit_ms: 500,
+                },
+            )
+            .unwrap();
+        assert!(
+            line.contains("failure timeout 1200000 -> 1000 ms"),
+            "{line}"
+        );
+        b.recv_from(&mut buf)
+            .expect("no round after the interval was shortened live");
+        let st = d.handle().status();
+        assert_eq!(
+            (&st["interval_ms"], &st["failure_timeout_ms"]),
+            (&json!(50), &json!(1000))
+        );
     }
 
     #[test]

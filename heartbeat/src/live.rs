@@ -51,6 +51,13 @@ impl LiveTiming {
         self.interval_ms().min(self.booted_interval_ms.max(1))
     }
 
+    /// Sets the interval without the lease-renewal rule (tests: a long
+    /// interval to shorten, which no config could change live).
+    #[cfg(test)]
+    pub(crate) fn force_interval_ms(&self, ms: u64) {
+        self.interval_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Takes `t` from config `generation` (an older generation than one
     /// taken is ignored); the console line saying what changed, if anything.
     pub fn adopt(&self, generation: u64, t: &Timing) -> Option<String> {
