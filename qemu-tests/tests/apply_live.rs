@@ -14,7 +14,11 @@
 //!    the reason;
 //! 4. generation 3 (`kv` on) pairs the VM again, without a reboot;
 //! 5. host-c boots again from its disk (generation 1), catches up to
-//!    generation 3 by itself and its daemons take the live timing.
+//!    generation 3 by itself and its daemons take the live timing;
+//! 6. host-c's QEMU is killed 0-300 ms into the apply of generation 4 (a
+//!    power cut around its persist; not provably in the middle of the
+//!    write: `config-schema/src/slots_tests.rs` cuts every write step) and
+//!    boots again with generation 3 or 4, then holds 4.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
 
@@ -207,6 +211,80 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
             "{out}"
         );
     }
+
+    // 6. A power cut around the persist: generation 4 applied to host-a,
+    // host-c's QEMU killed 0-300 ms after ftctl started (host-a persists,
+    // then passes it on: the kill lands before, during or after host-c's
+    // write, not provably during). host-c must boot again with the old
+    // (3) or the new (4) config, and end up with 4.
+    let gen4 = sign(4, "on");
+    let delay = Duration::from_millis(u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 300,
+    ));
+    let applying = {
+        let (op_ns, ftctl, key, gen4) = (
+            op.netns().to_string(),
+            ftctl.clone(),
+            key.clone(),
+            gen4.clone(),
+        );
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &op_ns])
+                .arg(&ftctl)
+                .args(["apply", "--host", "192.0.2.1", "--key"])
+                .arg(&key)
+                .arg(&gen4)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(delay);
+    cluster.host("host-c").unwrap().kill().unwrap();
+    let out = applying.join().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "power cut of host-c {} ms after ftctl apply started:\n{out}",
+        delay.as_millis()
+    );
+    for h in ["host-a", "host-b"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: generation 4 persisted (was 3); nothing changed but the generation"
+            )),
+            "{out}"
+        );
+    }
+    let c = cluster.boot("host-c").unwrap();
+    let ready = c
+        .wait_for(
+            qemu_tests::console::Pattern::regex(r"appliance ready: host=host-c generation=(3|4)\b")
+                .unwrap(),
+            Duration::from_secs(180),
+        )
+        .unwrap();
+    eprintln!("host-c after the power cut: {ready}");
+    c.assert_absent("config refused", Duration::ZERO).unwrap();
+    // Whichever it booted, it ends with 4 (by catch-up, or by this apply
+    // passed on to it).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = apply(&op, &ftctl, &key, &gen4);
+        if out.contains("host-c: refused: generation 4 is not newer than this host's generation 4")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-c never got generation 4: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
     for h in cluster.hosts() {
         h.assert_absent("lockstep divergence", Duration::ZERO)
             .unwrap();
