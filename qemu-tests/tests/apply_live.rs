@@ -15,10 +15,11 @@
 //! 4. generation 3 (`kv` on) pairs the VM again, without a reboot;
 //! 5. host-c boots again from its disk (generation 1), catches up to
 //!    generation 3 by itself and its daemons take the live timing;
-//! 6. host-c's QEMU is killed 0-300 ms into the apply of generation 4 (a
-//!    power cut around its persist; not provably in the middle of the
-//!    write: `config-schema/src/slots_tests.rs` cuts every write step) and
-//!    boots again with generation 3 or 4, then holds 4.
+//! 6. host-c's QEMU is killed as soon as its config disk image starts to
+//!    change during the apply of generation 4 (a power cut during the
+//!    persist; where exactly it lands is up to QEMU's timing:
+//!    `config-schema/src/slots_tests.rs` cuts after every write) and boots
+//!    again with generation 3 or 4, then holds 4.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
 
@@ -212,19 +213,14 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
         );
     }
 
-    // 6. A power cut around the persist: generation 4 applied to host-a,
-    // host-c's QEMU killed 0-300 ms after ftctl started (host-a persists,
-    // then passes it on: the kill lands before, during or after host-c's
-    // write, not provably during). host-c must boot again with the old
-    // (3) or the new (4) config, and end up with 4.
+    // 6. A power cut during the persist: generation 4 applied to host-a;
+    // host-c's QEMU is killed as soon as the first byte of its config disk
+    // image changes (its heartbeat began writing the spare slot; QEMU may
+    // finish more of the persist before the SIGKILL lands). host-c must
+    // boot again with the old (3) or the new (4) config, and end up with 4.
     let gen4 = sign(4, "on");
-    let delay = Duration::from_millis(u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-            % 300,
-    ));
+    let disk = cluster.config_disk("host-c").unwrap().to_path_buf();
+    let before = std::fs::read(&disk).unwrap();
     let applying = {
         let (op_ns, ftctl, key, gen4) = (
             op.netns().to_string(),
@@ -243,13 +239,22 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
                 .unwrap()
         })
     };
-    std::thread::sleep(delay);
+    let t_cut = Instant::now();
+    while std::fs::read(&disk).unwrap() == before {
+        assert!(
+            t_cut.elapsed() < Duration::from_secs(30),
+            "host-c's config disk never changed"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
     cluster.host("host-c").unwrap().kill().unwrap();
+    let changed = first_change(&before, &std::fs::read(&disk).unwrap());
     let out = applying.join().unwrap();
     let out = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!(
-        "power cut of host-c {} ms after ftctl apply started:\n{out}",
-        delay.as_millis()
+        "power cut of host-c {} ms after ftctl apply started, once its config disk changed \
+         ({changed}):\n{out}",
+        t_cut.elapsed().as_millis()
     );
     for h in ["host-a", "host-b"] {
         assert!(
@@ -292,6 +297,20 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
     eprintln!("apply_live: {:.1} s in all", t0.elapsed().as_secs_f64());
     drop(op);
     cluster.pass();
+}
+
+/// Where `b` first differs from `a`, and how many bytes differ (console).
+fn first_change(a: &[u8], b: &[u8]) -> String {
+    let diff: Vec<usize> = (0..a.len().min(b.len()))
+        .filter(|&i| a[i] != b[i])
+        .collect();
+    match (diff.first(), diff.last()) {
+        (Some(f), Some(l)) => format!(
+            "{} bytes differ between offsets {f} and {l} when killed",
+            diff.len()
+        ),
+        _ => "no difference left when killed".into(),
+    }
 }
 
 /// The example config at `generation` with `power`, and (from generation 2
