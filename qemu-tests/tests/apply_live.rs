@@ -248,13 +248,15 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
         std::thread::sleep(Duration::from_micros(200));
     }
     cluster.host("host-c").unwrap().kill().unwrap();
+    let killed_after = t_cut.elapsed();
     let changed = first_change(&before, &std::fs::read(&disk).unwrap());
     let out = applying.join().unwrap();
     let out = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!(
         "power cut of host-c {} ms after ftctl apply started, once its config disk changed \
-         ({changed}):\n{out}",
-        t_cut.elapsed().as_millis()
+         ({changed}; the STATE sector is at {}):\n{out}",
+        killed_after.as_millis(),
+        config_schema::disk::STATE_OFFSET
     );
     for h in ["host-a", "host-b"] {
         assert!(
