@@ -240,6 +240,17 @@ impl Cluster {
         assert_eq!(st, Some(a.current.generation()), "{}", NAMES[i]);
         a.current.generation()
     }
+
+    /// The generation on host `i`'s disk once the active slot and STATE agree, or
+    /// `None` while a write is under way (the daemon writes the slot, then STATE:
+    /// a poll between the two sees them differ, which is not a failure).
+    fn settled_on_disk(&self, i: usize) -> Option<u64> {
+        let img = std::fs::read(self.disk(i)).ok()?;
+        let trust = std::fs::read(self.dir.path().join("trust.pub")).ok()?;
+        let a = slots::read_active(&img, &trust).ok()?;
+        let st = disk::decode_state(&img[disk::STATE_OFFSET as usize..]).ok()?;
+        (st == Some(a.current.generation())).then(|| a.current.generation())
+    }
 }
 
 fn lines(hosts: &[HostApplied]) -> Vec<String> {
@@ -562,7 +573,7 @@ fn a_host_that_was_down_catches_up_by_itself() {
     // host-c comes back booted with generation 7 and asks the others.
     c.start(2);
     let t0 = std::time::Instant::now();
-    while c.on_disk(2) != 8 {
+    while c.settled_on_disk(2) != Some(8) {
         assert!(t0.elapsed() < T, "host-c did not catch up");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -30,6 +30,17 @@
 //! socket already holds before it acts on any of it: a loss found in that read
 //! wins over the acks before it, so a Primary that wakes up after a stall to
 //! "acks..., then bye" releases nothing (docs/design.md §3).
+//!
+//! Silence ([`Link::silent_for`], what the member compares with the failure
+//! timeout) is counted from the peer's last message; before its first one,
+//! from [`FIRST_CONTACT`] after the link started. After `Hello` each side
+//! still builds its VM (memory, kernel, devices) before its link threads
+//! run, and on a starved host that took longer than a 1 s failure timeout:
+//! the Secondary suspected a Primary that was only booting, raced, lost, and
+//! the pair re-formed unprotected for seconds (a `make test` failure of
+//! `respawn.rs` under load, stop 25). Suspicion only ever makes a member ask
+//! fencing, so the allowance costs detection time of a peer that dies in its
+//! first seconds, never safety.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +54,9 @@ use super::secondary::ReplayQueue;
 
 /// An idle Primary sends an empty batch this often.
 pub const KEEPALIVE: Duration = Duration::from_millis(50);
+/// Before the peer's first message its silence counts only from this long
+/// after the link started (module docs).
+pub const FIRST_CONTACT: Duration = Duration::from_secs(5);
 /// The Secondary reports replay progress at least this often while it changes;
 /// more often ([`PROGRESS_PROMPT_GAP`]) when it caught up with what it
 /// received, or while the Primary has been quiet that long: a Primary whose
@@ -69,22 +83,58 @@ pub struct Link {
     tx: Arc<Mutex<ChannelSender>>,
     threads: Vec<JoinHandle<()>>,
     /// Last time anything arrived from the peer.
-    last_heard: Arc<Mutex<Instant>>,
+    last_heard: Arc<Mutex<Heard>>,
+}
+
+/// When the peer was last heard (the link's start until it is), and whether
+/// it was heard at all.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at: Instant,
+    ever: bool,
+}
+
+impl Heard {
+    fn new() -> Self {
+        Heard {
+            at: Instant::now(),
+            ever: false,
+        }
+    }
+
+    /// Time since the peer's last message, as the module docs count it.
+    fn silence(&self) -> Duration {
+        let since = self.at.elapsed();
+        if self.ever {
+            since
+        } else {
+            since.saturating_sub(FIRST_CONTACT)
+        }
+    }
+}
+
+/// Notes a message from the peer.
+fn mark_heard(h: &Mutex<Heard>) {
+    *h.lock().unwrap_or_else(|p| p.into_inner()) = Heard {
+        at: Instant::now(),
+        ever: true,
+    };
 }
 
 impl Link {
-    /// Time since the peer was last heard on the channel.
+    /// Time the peer has been silent on the channel: since its last message,
+    /// or before its first one, since [`FIRST_CONTACT`] after the start.
     pub fn silent_for(&self) -> Duration {
         self.last_heard
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+            .silence()
     }
 
     /// A probe of [`Link::silent_for`] another thread can keep.
     pub fn silence_probe(&self) -> impl Fn() -> Duration + Send + 'static {
         let heard = Arc::clone(&self.last_heard);
-        move || heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+        move || heard.lock().unwrap_or_else(|p| p.into_inner()).silence()
     }
 
     /// Sends `Bye` and ends the threads.
@@ -143,7 +193,7 @@ fn describe(e: &ChannelError) -> String {
 struct Shared {
     stop: Arc<AtomicBool>,
     tx: Arc<Mutex<ChannelSender>>,
-    last_heard: Arc<Mutex<Instant>>,
+    last_heard: Arc<Mutex<Heard>>,
     peer: String,
 }
 
@@ -155,7 +205,7 @@ impl Shared {
         Shared {
             stop: Arc::new(AtomicBool::new(false)),
             tx: Arc::new(Mutex::new(tx)),
-            last_heard: Arc::new(Mutex::new(Instant::now())),
+            last_heard: Arc::new(Mutex::new(Heard::new())),
             peer: rx.peer().to_string(),
         }
     }
@@ -239,7 +289,7 @@ fn primary_acks(
     mut rx: ChannelReceiver,
     log: &PrimaryLog,
     stop: &AtomicBool,
-    heard: &Mutex<Instant>,
+    heard: &Mutex<Heard>,
     peer: &str,
     on_traffic: &OnTraffic,
     notify: &Notify,
@@ -262,7 +312,7 @@ fn primary_acks(
             continue;
         }
         if read.iter().any(|r| r.is_ok()) {
-            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            mark_heard(heard);
             on_traffic();
         }
         // A loss anywhere in what was read holds the gate before any ack of
@@ -395,7 +445,7 @@ pub fn start_secondary_with(
                         return end(why.clone(), Event::ChannelLost { why });
                     }
                 };
-                *heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                mark_heard(&heard);
                 on_traffic();
                 match msg {
                     Message::Batch {
@@ -467,7 +517,7 @@ fn progress_reports(
     q: &ReplayQueue,
     acker: &Acker,
     stop: &AtomicBool,
-    heard: &Mutex<Instant>,
+    heard: &Mutex<Heard>,
     batching: Batching,
 ) {
     let mut own_last = q.progress();
@@ -486,7 +536,7 @@ fn progress_reports(
             PROGRESS_EVERY
         };
         let (mut now, caught_up) = q.wait_progress(last, wait);
-        let heard_ago = heard.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
+        let heard_ago = heard.lock().unwrap_or_else(|p| p.into_inner()).at.elapsed();
         let quiet = heard_ago >= PROGRESS_PROMPT_GAP;
         let due = last_sent.elapsed() >= PROGRESS_EVERY;
         let report = match batching {
@@ -516,5 +566,41 @@ fn progress_reports(
         if acker.send().is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(ago: Duration, ever: bool) -> Heard {
+        Heard {
+            at: Instant::now()
+                .checked_sub(ago)
+                .expect("monotonic clock past ago"),
+            ever,
+        }
+    }
+
+    #[test]
+    fn silence_before_first_contact_starts_after_the_allowance() {
+        let ms = |h: Heard| h.silence().as_millis();
+        // A peer still building its VM 3 s after the link started is not
+        // silent yet; 1.5 s past the allowance it is silent for 1.5 s.
+        assert_eq!(ms(heard(Duration::from_secs(3), false)), 0);
+        let late = ms(heard(FIRST_CONTACT + Duration::from_millis(1500), false));
+        assert!((1500..2500).contains(&late), "{late}");
+        // Once heard, silence is the plain time since its last message.
+        let after = ms(heard(Duration::from_secs(3), true));
+        assert!((3000..4000).contains(&after), "{after}");
+    }
+
+    #[test]
+    fn a_message_ends_the_allowance() {
+        let h = Mutex::new(heard(Duration::from_secs(3), false));
+        mark_heard(&h);
+        let h = *h.lock().unwrap();
+        assert!(h.ever);
+        assert!(h.silence() < Duration::from_secs(1));
     }
 }

@@ -201,12 +201,30 @@ pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView
     }
 }
 
-/// The owner of `vm`'s highest generation as seen from `host`.
-pub fn owner_of(fencing: &Path, vm: &str, host: &str) -> Result<(Highest, Owner), String> {
+/// The owner of `vm`'s highest generation as seen from `host`, and whether
+/// it died in this host's view ([`owner_died_in_view`]).
+pub fn owner_of(fencing: &Path, vm: &str, host: &str) -> Result<(Highest, Owner, bool), String> {
     let h = fence::highest(fencing, vm)?;
     let leases = fence::leases(fencing);
     let owner = owner_state(&h, host, vm, leases.as_deref().map_err(|e| e.as_str()));
-    Ok((h, owner))
+    let died = leases
+        .as_deref()
+        .is_ok_and(|l| owner_died_in_view(&h, host, l));
+    Ok((h, owner, died))
+}
+
+/// Whether the owner of the highest generation (another host) died while
+/// this host's fencing agent watched: it saw the owner's lease counter move,
+/// then stand still for the lease timeout (pure). Then the VM did run and
+/// its host is gone — unlike a cluster powering on, where a configured host
+/// not renewing yet may only be booting slowly, so no power-on grace is due.
+pub fn owner_died_in_view(h: &Highest, host: &str, leases: &[LeaseView]) -> bool {
+    let Some(owner) = h.owner.as_deref().filter(|o| *o != host) else {
+        return false;
+    };
+    leases
+        .iter()
+        .any(|l| l.host == owner && l.expired && !l.live && l.last_renewal_ms.is_some())
 }
 
 /// Whether `owner` (for generation `g`) lets a start go ahead: `Nobody`, or

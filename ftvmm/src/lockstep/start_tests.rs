@@ -332,3 +332,59 @@ fn an_unpublished_owner_counts_as_nobody_only_after_the_settle_in_one_generation
     assert!(!settled(&unjudged, 4, &mut since, settle));
     assert!(settled(&Owner::Nobody, 4, &mut since, settle));
 }
+
+#[test]
+fn an_owner_seen_renewing_then_expired_died_in_this_hosts_view() {
+    let h = Highest {
+        generation: 3,
+        owner: Some("host-a".into()),
+        config_generation: 1,
+    };
+    let view = |live, expired, moved: Option<u64>| LeaseView {
+        host: "host-a".into(),
+        live,
+        last_renewal_ms: moved,
+        expired,
+        running: Vec::new(),
+    };
+    // Seen moving, then still for the lease timeout: it died while watched.
+    assert!(owner_died_in_view(
+        &h,
+        "host-b",
+        &[view(false, true, Some(9000))]
+    ));
+    // Expired but never seen moving (the cluster powers on; host-a may be
+    // booting slowly): not known to have died.
+    assert!(!owner_died_in_view(
+        &h,
+        "host-b",
+        &[view(false, true, None)]
+    ));
+    // Live, or not judged yet: not dead.
+    assert!(!owner_died_in_view(
+        &h,
+        "host-b",
+        &[view(true, false, Some(100))]
+    ));
+    assert!(!owner_died_in_view(
+        &h,
+        "host-b",
+        &[view(false, false, Some(7000))]
+    ));
+    // This host's own generation, no owner, or no lease row: nothing to say.
+    assert!(!owner_died_in_view(
+        &h,
+        "host-a",
+        &[view(false, true, Some(9000))]
+    ));
+    let nobody = Highest {
+        owner: None,
+        ..h.clone()
+    };
+    assert!(!owner_died_in_view(
+        &nobody,
+        "host-b",
+        &[view(false, true, Some(9000))]
+    ));
+    assert!(!owner_died_in_view(&h, "host-b", &[]));
+}

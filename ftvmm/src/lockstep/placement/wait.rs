@@ -18,7 +18,12 @@
 //!   generation: one wins, the other returns to standby.
 //!
 //! The grace keeps a slow boot (hosts of one cluster come up seconds apart)
-//! from taking the VM away from its configured hosts.
+//! from taking the VM away from its configured hosts. It is waived when the
+//! VM's owner died in this host's view (`start::owner_died_in_view`: its
+//! lease was seen renewing, then expired): the VM ran and is down, and every
+//! second of waiting is downtime. Seen in `respawn.rs` under load: a
+//! Secondary whose pair had just re-formed lost its Primary during the
+//! transfer and waited the full 30 s before powering the VM on.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +70,7 @@ pub fn listener_decision(
     standby: bool,
     waited: Duration,
     runs_nowhere: bool,
+    owner_died: bool,
     facts: &[choose::HostFacts],
 ) -> Option<WaitEnd> {
     if !runs_nowhere {
@@ -77,7 +83,7 @@ pub fn listener_decision(
         // runs nowhere (it was waiting only because it ran elsewhere).
         return standby.then_some(WaitEnd::RunsNowhere);
     }
-    if waited < POWER_ON_GRACE {
+    if waited < POWER_ON_GRACE && !owner_died {
         return None;
     }
     let primary = match choose::power_on(&rc.config, &vm.name, facts) {
@@ -151,11 +157,14 @@ impl Watch {
             // Runs nowhere: no owner, or its lease expired, or it is alive
             // and has not published the VM for PUBLISH_SETTLE; never while
             // this host cannot judge the owner's lease (start.rs, `Owner`).
-            let nowhere = match owner_of(&fencing, &vm.name, &here) {
-                Ok((h, owner)) => settled(&owner, h.generation, &mut unsure_since, PUBLISH_SETTLE),
-                Err(_) => false,
+            let (nowhere, died) = match owner_of(&fencing, &vm.name, &here) {
+                Ok((h, owner, died)) => (
+                    settled(&owner, h.generation, &mut unsure_since, PUBLISH_SETTLE),
+                    died,
+                ),
+                Err(_) => (false, false),
             };
-            let facts = if nowhere && waited >= POWER_ON_GRACE {
+            let facts = if nowhere && (waited >= POWER_ON_GRACE || died) {
                 host_facts(&fencing, &here)
             } else {
                 Vec::new()
@@ -170,7 +179,7 @@ impl Watch {
                     last_line = line;
                 }
             }
-            listener_decision(&rc, &vm, standby, waited, nowhere, &facts)
+            listener_decision(&rc, &vm, standby, waited, nowhere, died, &facts)
         })
     }
 
@@ -238,35 +247,79 @@ mod tests {
         let d = listener_decision;
         // The VM runs somewhere: nobody moves.
         for r in [&a, &b, &c] {
-            assert_eq!(d(r, &vm, true, LATE, false, &facts(&["host-b"])), None);
+            assert_eq!(
+                d(r, &vm, true, LATE, false, false, &facts(&["host-b"])),
+                None
+            );
         }
         // The configured Primary waiting as a standby powers on at once.
         assert_eq!(
-            d(&a, &vm, true, Duration::ZERO, true, &[]),
+            d(&a, &vm, true, Duration::ZERO, true, false, &[]),
             Some(WaitEnd::RunsNowhere)
         );
         // host-b (configured Secondary): only past the grace, only with host-a down.
         let only_bc = facts(&["host-b", "host-c"]);
-        assert_eq!(d(&b, &vm, false, LATE / 2, true, &only_bc), None, "grace");
         assert_eq!(
-            d(&b, &vm, false, LATE, true, &only_bc),
+            d(&b, &vm, false, LATE / 2, true, false, &only_bc),
+            None,
+            "grace"
+        );
+        assert_eq!(
+            d(&b, &vm, false, LATE, true, false, &only_bc),
             Some(WaitEnd::PowerOnHere)
         );
         assert_eq!(
-            d(&b, &vm, false, LATE, true, &facts(&["host-a", "host-b"])),
+            d(
+                &b,
+                &vm,
+                false,
+                LATE,
+                true,
+                false,
+                &facts(&["host-a", "host-b"])
+            ),
             None
         );
         // host-c: only when host-a and host-b are both down.
         assert_eq!(
-            d(&c, &vm, true, LATE, true, &only_bc),
+            d(&c, &vm, true, LATE, true, false, &only_bc),
             None,
             "host-b goes first"
         );
         assert_eq!(
-            d(&c, &vm, true, LATE, true, &facts(&["host-c"])),
+            d(&c, &vm, true, LATE, true, false, &facts(&["host-c"])),
             Some(WaitEnd::PowerOnHere)
         );
         // No facts (daemons not answering): nobody powers on.
-        assert_eq!(d(&c, &vm, true, LATE, true, &[]), None);
+        assert_eq!(d(&c, &vm, true, LATE, true, false, &[]), None);
+    }
+
+    #[test]
+    fn the_grace_is_waived_when_the_owner_died_in_this_hosts_view() {
+        let b = rc("host-b");
+        let vm = b.config.vms[0].clone();
+        let only_bc = facts(&["host-b", "host-c"]);
+        // Cluster power-on: host-a never renewed in host-b's view, so host-b
+        // waits the grace for a slow boot.
+        assert_eq!(
+            listener_decision(&b, &vm, true, Duration::ZERO, true, false, &only_bc),
+            None
+        );
+        // host-a ran the VM and died: host-b powers it on at once.
+        assert_eq!(
+            listener_decision(&b, &vm, true, Duration::ZERO, true, true, &only_bc),
+            Some(WaitEnd::PowerOnHere)
+        );
+        // The waiver does not skip the rest: the VM must run nowhere, and
+        // the hosts before this one must be down.
+        assert_eq!(
+            listener_decision(&b, &vm, true, Duration::ZERO, false, true, &only_bc),
+            None
+        );
+        let ab = facts(&["host-a", "host-b"]);
+        assert_eq!(
+            listener_decision(&b, &vm, true, Duration::ZERO, true, true, &ab),
+            None
+        );
     }
 }
