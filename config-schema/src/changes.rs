@@ -15,10 +15,17 @@
 //!   next generation on shared storage, so that no Secondary can go live,
 //!   then stops; a Secondary or standby just stops) or on (as at boot).
 //!   A VM added or removed is not a power change and needs a reboot.
+//! - `timing.failure_timeout_ms` and `timing.lag_limit_ms`, and
+//!   `timing.heartbeat_interval_ms` when fencing's lease renewal stays the
+//!   same: heartbeat takes them at once, ftvmm with the power list
+//!   (`ConfigApplied`'s `timing`); why each is safe to adopt in any order
+//!   is [`crate::timing_live`]. A heartbeat interval that moves the lease
+//!   renewal needs a reboot, and its line says why. Timing lines carry the
+//!   old and new values.
 //!
 //! The daemons (ftvmm, fencing, heartbeat) read the rest of their config
-//! once at start, so timing, affinity, VMs added or removed, hosts and
-//! storage take effect at the next boot of the host. `cluster.generation`
+//! once at start, so affinity, VMs added or removed, hosts and storage
+//! take effect at the next boot of the host. `cluster.generation`
 //! always changes and is not listed: the daemons keep pairing under the
 //! generation they booted (ftvmm records decisions it takes after a live
 //! power change under the newer one); the apply line says which generation
@@ -29,11 +36,20 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::model::ClusterConfig;
+use crate::timing_live;
 
 /// What a running host applies without a reboot: a path equal to an entry
 /// or below it (`operators[carol] added`); `[*]` stands for any one entry
-/// name (`vms[kv].power`).
-pub const LIVE: &[&str] = &["operators", "vms[*].power"];
+/// name (`vms[kv].power`). `timing.heartbeat_interval_ms` is live only when
+/// [`timing_live::interval_is_live`].
+pub const LIVE: &[&str] = &[
+    "operators",
+    "vms[*].power",
+    "timing.failure_timeout_ms",
+    "timing.lag_limit_ms",
+];
+
+const INTERVAL: &str = "timing.heartbeat_interval_ms";
 
 /// The path every newer config changes, left out of [`Changes`].
 const GENERATION: &str = "cluster.generation";
@@ -52,11 +68,31 @@ impl Changes {
         let mut paths = Vec::new();
         diff("", &a, &b, &mut paths);
         let mut c = Changes::default();
+        let (ta, tb) = (&old.timing, &new.timing);
+        let values = |a: u64, b: u64| format!(" {a} -> {b} ms");
         for p in paths.into_iter().filter(|p| p != GENERATION) {
-            if LIVE.iter().any(|l| is_under(&p, l)) {
-                c.live.push(p);
-            } else {
-                c.reboot.push(p);
+            match p.as_str() {
+                INTERVAL => {
+                    let (a, b) = (ta.heartbeat_interval_ms, tb.heartbeat_interval_ms);
+                    match timing_live::interval_reboot_reason(a, b) {
+                        None => c.live.push(format!("{p}{}", values(a, b))),
+                        Some(why) => c.reboot.push(format!("{p}{} ({why})", values(a, b))),
+                    }
+                }
+                "timing.failure_timeout_ms" => {
+                    let (a, b) = (ta.failure_timeout_ms, tb.failure_timeout_ms);
+                    let note = if b < a {
+                        " (a Secondary still waits at least the timeout its host booted with)"
+                    } else {
+                        ""
+                    };
+                    c.live.push(format!("{p}{}{note}", values(a, b)));
+                }
+                "timing.lag_limit_ms" => c
+                    .live
+                    .push(format!("{p}{}", values(ta.lag_limit_ms, tb.lag_limit_ms))),
+                _ if LIVE.iter().any(|l| is_under(&p, l)) => c.live.push(p),
+                _ => c.reboot.push(p),
             }
         }
         c
@@ -205,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn operators_and_power_are_live_timing_affinity_and_vms_need_a_reboot() {
+    fn operators_and_power_are_live_a_lease_moving_interval_affinity_and_vms_need_a_reboot() {
         let (a, mut b) = (example(), example());
         b.cluster.generation += 1;
         b.operators.push(Operator {
@@ -230,7 +266,11 @@ mod tests {
         assert_eq!(
             c.reboot,
             [
-                "timing.heartbeat_interval_ms".to_string(),
+                "timing.heartbeat_interval_ms 100 -> 150 ms (fencing's lease renewal goes from \
+                 500 to 750 ms, and fencing takes it only at boot; hosts renewing that \
+                 differently misjudge each other's leases: restart every host together, not \
+                 one by one)"
+                    .to_string(),
                 format!("vms[{vm}].affinity.hosts"),
                 "vms[extra] added".to_string(),
             ]
@@ -238,8 +278,39 @@ mod tests {
         assert!(c.needs_reboot());
         assert!(c.to_string().starts_with(&format!(
             "live: operators[carol] added, vms[{vm}].power; needs reboot: \
-             timing.heartbeat_interval_ms"
+             timing.heartbeat_interval_ms 100 -> 150 ms"
         )));
+    }
+
+    #[test]
+    fn timing_within_the_lease_renewal_is_live_with_its_values() {
+        let (a, mut b) = (example(), example());
+        b.cluster.generation += 1;
+        b.timing.heartbeat_interval_ms = 50;
+        b.timing.failure_timeout_ms = 3000;
+        b.timing.lag_limit_ms = 250;
+        let c = Changes::between(&a, &b);
+        assert!(!c.needs_reboot(), "{c}");
+        assert_eq!(
+            c.to_string(),
+            "live: timing.failure_timeout_ms 1000 -> 3000 ms, \
+             timing.heartbeat_interval_ms 100 -> 50 ms, timing.lag_limit_ms 500 -> 250 ms"
+        );
+        // Lowered: the line says the Secondary's floor.
+        let c = Changes::between(&b, &a);
+        assert!(c.live[0].starts_with("timing.failure_timeout_ms 3000 -> 1000 ms (a Secondary"));
+    }
+
+    #[test]
+    fn an_interval_far_from_the_running_one_says_restart_every_host_together() {
+        let (a, mut b) = (example(), example());
+        b.timing.heartbeat_interval_ms = 400;
+        b.timing.failure_timeout_ms = 4000;
+        let c = Changes::between(&a, &b);
+        assert_eq!(c.live, ["timing.failure_timeout_ms 1000 -> 4000 ms"]);
+        assert_eq!(c.reboot.len(), 1);
+        assert!(c.reboot[0].contains("500 to 2000 ms"), "{c}");
+        assert!(c.reboot[0].contains("restart every host together"), "{c}");
     }
 
     #[test]

@@ -92,7 +92,15 @@ pub enum Request {
     /// when it runs the VM as Primary) and powers on as at boot; answered
     /// `Ok` once queued (docs/operators-guide.md §3). heartbeat sends it
     /// again every catch-up round, so an ftvmm that restarted learns it.
-    ConfigApplied { generation: u64, vms: Vec<VmPower> },
+    /// `timing`: the timing ftvmm takes live (failure timeout, lag limit;
+    /// `crate::timing_live` says how), taken at once, not queued; absent
+    /// from an older heartbeat.
+    ConfigApplied {
+        generation: u64,
+        vms: Vec<VmPower>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timing: Option<crate::model::Timing>,
+    },
 }
 
 /// One VM's power in a config ([`Request::ConfigApplied`]).

@@ -180,6 +180,7 @@ fn each_daemon_takes_each_request_only_from_who_needs_it() {
         Request::ConfigApplied {
             generation: 8,
             vms: vec![],
+            timing: None,
         },
     ];
     // For each daemon: the senders of each request above, in order

@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod shared_images;
 pub mod signed;
 pub mod slots;
+pub mod timing_live;
 pub mod validate;
 pub mod watchdog;
 

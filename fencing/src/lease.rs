@@ -31,7 +31,11 @@
 //!   which is at least `R - P` before `t0 + T`.
 //!
 //! All hosts derive `T` from the same config and the same planned `W`, so
-//! readers and writers agree. With the example config (`hb` = 100 ms):
+//! readers and writers agree. The agent reads `hb` once at start: a live
+//! config change (`ftctl apply`) never moves `R`, and a change that would is
+//! "needs reboot" (`config_schema::timing_live`; hosts whose `R` differ by
+//! more than about a third misjudge each other's leases, so such a change
+//! means restarting every host together). With the example config (`hb` = 100 ms):
 //! R = 500 ms, H = 1 s, V = 500 ms, P = 100 ms, C = 500 ms, W = 6 s, T = 8 s.
 //! None of this holds for a host frozen with its clocks (a hypervisor pause):
 //! that is [`crate::freeze`]'s and the deposition watch's business.
@@ -81,7 +85,13 @@ pub struct LeaseTiming {
 
 impl LeaseTiming {
     pub fn from_config(t: &Timing) -> Self {
-        let renew = Duration::from_millis((t.heartbeat_interval_ms * 5).max(500));
+        // Taken once, at boot: `ftctl apply` never changes `R` live, and
+        // says a heartbeat interval that moves it needs a reboot
+        // (`config_schema::timing_live`: hosts with different `R` can
+        // misjudge each other's leases).
+        let renew = Duration::from_millis(config_schema::timing_live::lease_renew_ms(
+            t.heartbeat_interval_ms,
+        ));
         let hold_after = renew * 2;
         let confirm = renew;
         let watchdog = Duration::from_secs(u64::from(WATCHDOG_TIMEOUT_S));
@@ -282,6 +292,43 @@ mod tests {
         assert_eq!(slow.renew, Duration::from_secs(5));
         assert_eq!(slow.timeout, Duration::from_secs(26)); // 10 + 5 + 6 + 5
         assert_eq!(slow.grant_period, Duration::from_millis(100));
+    }
+
+    /// `config_schema::timing_live::renewals_mix` (what `ftctl apply` says
+    /// about a heartbeat interval change) agrees with this module's
+    /// arithmetic for a writer and a reader derived from different
+    /// intervals: the writer is held or reset before the reader's timeout.
+    #[test]
+    fn mixed_renewals_are_judged_as_apply_says() {
+        let of = |hb: u64| {
+            LeaseTiming::from_config(&Timing {
+                heartbeat_interval_ms: hb,
+                failure_timeout_ms: hb * 10,
+                lag_limit_ms: 500,
+            })
+        };
+        let hbs = [1, 50, 100, 110, 120, 130, 150, 200, 300, 1000];
+        for a in hbs {
+            for b in hbs {
+                let (w, r) = (of(a), of(b));
+                let safe = |w: &LeaseTiming, r: &LeaseTiming| {
+                    w.hold_after + w.confirm + w.grant_period + w.watchdog < r.timeout
+                };
+                assert_eq!(
+                    safe(&w, &r) && safe(&r, &w),
+                    config_schema::timing_live::renewals_mix(
+                        w.renew.as_millis() as u64,
+                        r.renew.as_millis() as u64
+                    ),
+                    "hb {a} and {b}: {w:?} {r:?}"
+                );
+                assert_eq!(
+                    w == r,
+                    config_schema::timing_live::interval_is_live(a, b),
+                    "hb {a} -> {b}"
+                );
+            }
+        }
     }
 
     #[test]

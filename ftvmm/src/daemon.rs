@@ -170,6 +170,7 @@ impl Daemon {
             "cluster": self.config.config.cluster.name,
             "generation": self.config.config.cluster.generation,
             "applied_generation": mgr.applied_generation(),
+            "timing": self.members.timing().status(&self.config.config.timing),
             "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
@@ -229,7 +230,18 @@ impl Daemon {
                     vms: self.members.running(),
                 }
             }
-            Request::ConfigApplied { generation, vms } => {
+            Request::ConfigApplied {
+                generation,
+                vms,
+                timing,
+            } => {
+                // Timing at once (no fence to wait for); its rules are
+                // `lockstep::live_timing`.
+                if let Some(line) =
+                    (timing.as_ref()).and_then(|t| self.members.timing().adopt(generation, t))
+                {
+                    println!("{line}");
+                }
                 let queued = self
                     .power_tx
                     .lock()

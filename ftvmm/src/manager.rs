@@ -513,12 +513,17 @@ impl VmManager {
         if spec.restore.is_some() {
             self.refuse_paired_restore(name)?;
         }
-        let mut ps =
-            placement::pair_spec(&self.config, &vm_cfg, spec.clone(), self.members.grant())
-                .map_err(|e| ManagerError::Start {
-                    name: name.into(),
-                    reason: e.to_string(),
-                })?;
+        let mut ps = placement::pair_spec(
+            &self.config,
+            &vm_cfg,
+            spec.clone(),
+            self.members.grant(),
+            self.members.timing(),
+        )
+        .map_err(|e| ManagerError::Start {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
         ps.fencing_socket = self.fencing_socket.clone();
         ps.applied_config_generation = self.applied_generation;
         let rc = self.config.clone();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use config_schema::ctl::RunningVm;
 
 use crate::lockstep::grant::HostGrant;
+use crate::lockstep::live_timing::LiveTiming;
 use crate::lockstep::member::{Event, Grant};
 use crate::lockstep::spec::PairHandle;
 
@@ -22,6 +23,8 @@ const LAPSE_POLL: Duration = Duration::from_millis(50);
 /// The members of this host and its grant.
 pub struct Members {
     grant: Arc<HostGrant>,
+    /// The timing taken live from applied configs (every member reads it).
+    timing: Arc<LiveTiming>,
     handles: Mutex<BTreeMap<String, Arc<PairHandle>>>,
     /// Whether the grant was valid when last looked at (to tell members of
     /// a change once, not on every renewal).
@@ -34,6 +37,7 @@ impl Members {
         let was_valid = grant.valid();
         Arc::new(Members {
             grant,
+            timing: Arc::default(),
             handles: Mutex::new(BTreeMap::new()),
             was_valid: Mutex::new(was_valid),
         })
@@ -41,6 +45,11 @@ impl Members {
 
     pub fn grant(&self) -> Arc<HostGrant> {
         Arc::clone(&self.grant)
+    }
+
+    /// The timing taken live (`ConfigApplied`'s `timing`).
+    pub fn timing(&self) -> Arc<LiveTiming> {
+        Arc::clone(&self.timing)
     }
 
     /// The handle of a VM's (newest) member.

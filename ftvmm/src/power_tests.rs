@@ -308,11 +308,35 @@ fn the_daemon_takes_power_changes_in_generation_order_and_says_so() {
     let state = |d: &Daemon| d.status()["vms"][0].clone();
     assert_eq!(state(&d)["state"], "stopped");
     // Through the control request, as heartbeat sends it (no worker: at once).
+    let mut timing = d.status()["timing"].clone();
+    assert_eq!(timing["failure_timeout_ms"], 1000, "{timing}");
+    let mut t = config_schema::Timing {
+        heartbeat_interval_ms: 100,
+        failure_timeout_ms: 2500,
+        lag_limit_ms: 200,
+    };
     let off = Request::ConfigApplied {
         generation: 2,
         vms: vec![vm("kv", Power::Off)],
+        timing: Some(t.clone()),
     };
     assert_eq!(d.handle(off), Response::Ok);
+    // The timing is taken at once, with the rules of `live_timing`.
+    timing = d.status()["timing"].clone();
+    assert_eq!(timing["generation"], 2, "{timing}");
+    assert_eq!(timing["failure_timeout_ms"], 2500, "{timing}");
+    assert_eq!(timing["secondary_silence_ms"], 2500, "{timing}");
+    assert_eq!(timing["ack_freshness_ms"], 1000, "{timing}");
+    assert_eq!(timing["lag_limit_ms"], 200, "{timing}");
+    // An older generation's timing is ignored.
+    t.failure_timeout_ms = 400;
+    let older = Request::ConfigApplied {
+        generation: 1,
+        vms: vec![vm("kv", Power::Off)],
+        timing: Some(t),
+    };
+    assert_eq!(d.handle(older), Response::Ok);
+    assert_eq!(d.status()["timing"]["failure_timeout_ms"], 2500);
     let s = state(&d);
     assert_eq!(s["state"], crate::manager::POWERED_OFF, "{s}");
     assert_eq!(s["detail"], "by config generation 2", "{s}");

@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::drops::DropReason;
 use crate::gate::Gate;
+use crate::live::LiveTiming;
 use crate::node::{seal_round, Node, NodeConfig, Received};
 use crate::packet::MAX_PACKET;
 use crate::view::Transition;
@@ -91,16 +92,21 @@ struct Shared {
     noise_opens: AtomicU64,
     /// The gate's per-source rate (tokens/s) and burst.
     rate_limit: (f64, u64),
+    /// The interval and failure timeout, as `ftctl apply` may change them.
+    timing: Arc<LiveTiming>,
 }
 
 impl Shared {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+    /// The node, with the live timing taken (two atomic loads).
     fn node(&self) -> MutexGuard<'_, Node> {
         // A panic while holding the lock leaves a view that is still consistent
         // enough to report; keep serving.
-        self.node.lock().unwrap_or_else(|e| e.into_inner())
+        let mut node = self.node.lock().unwrap_or_else(|e| e.into_inner());
+        node.set_timing(self.timing.interval_ms(), self.timing.failure_timeout_ms());
+        node
     }
     /// The node with its suspicion check brought up to `now`, so an answer
     /// never shows a peer dead by the clock but still "up" by state.
@@ -138,6 +144,13 @@ pub struct Daemon {
 impl Daemon {
     /// Binds `cfg.bind`, picks a random boot id and starts both threads.
     pub fn start(cfg: NodeConfig) -> Result<Daemon, DaemonError> {
+        let timing = Arc::new(LiveTiming::new(cfg.interval_ms, cfg.failure_timeout_ms));
+        Self::start_live(cfg, timing)
+    }
+
+    /// [`Daemon::start`] with the timing the status service changes live
+    /// (`ftctl apply`): read every round.
+    pub fn start_live(cfg: NodeConfig, timing: Arc<LiveTiming>) -> Result<Daemon, DaemonError> {
         let mut b = [0u8; 8];
         getrandom::getrandom(&mut b).map_err(DaemonError::Random)?;
         let boot_id = u64::from_le_bytes(b);
@@ -149,7 +162,6 @@ impl Daemon {
             .set_read_timeout(Some(RECV_POLL))
             .map_err(DaemonError::Socket)?;
         let local = socket.local_addr().map_err(DaemonError::Socket)?;
-        let interval = Duration::from_millis(cfg.interval_ms.max(1));
         let gate = Gate::new(&cfg, 0);
         let keys = cfg.clone();
         let shared = Arc::new(Shared {
@@ -160,12 +172,13 @@ impl Daemon {
             send_errors: Mutex::new((0, None)),
             noise_opens: AtomicU64::new(0),
             rate_limit: gate.rate_limit(),
+            timing,
         });
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
             .name("heartbeat-send".into())
-            .spawn(move || send_loop(&s1, &keys, &tx, interval))
+            .spawn(move || send_loop(&s1, &keys, &tx))
             .map_err(DaemonError::Thread)?;
         let s2 = Arc::clone(&shared);
         let receiver = std::thread::Builder::new()
@@ -296,17 +309,23 @@ impl Handle {
     }
 }
 
-fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket, interval: Duration) {
-    let mut next = Instant::now();
+fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket) {
+    // When the last round was due (`None`: none yet).
+    let mut last: Option<Instant> = None;
     while !s.stop.load(Ordering::SeqCst) {
+        // Read every pass: a live interval (`ftctl apply`) counts from the
+        // last round, so a shorter one takes effect at once.
+        let interval = Duration::from_millis(s.timing.interval_ms());
         let now = Instant::now();
-        if now < next {
-            std::thread::sleep((next - now).min(RECV_POLL));
-            continue;
-        }
-        next += interval;
-        if next < now {
-            next = now + interval; // fell far behind (suspended): do not burst
+        if let Some(next) = last.map(|l| l + interval) {
+            if now < next {
+                std::thread::sleep((next - now).min(RECV_POLL));
+                continue;
+            }
+            // On time: keep the cadence; far behind (suspended): do not burst.
+            last = Some(if now < next + interval { next } else { now });
+        } else {
+            last = Some(now);
         }
         let (payload, transitions) = {
             let mut node = s.node();
@@ -355,6 +374,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
                 continue;
             }
         };
+        gate.set_interval_ms(s.timing.gate_interval_ms());
         let admitted = gate.admit(s.now_ms(), src, &buf[..n]);
         s.noise_opens.store(gate.opens(), Ordering::Relaxed);
         let r = {
@@ -445,6 +465,57 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(60), "never judged");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_shorter_interval_taken_live_sends_the_next_round_at_once() {
+        let cfg = NodeConfig {
+            id: 1,
+            name: "host-a".into(),
+            private_key: secret(0),
+            bind: addr(2),
+            peers: vec![PeerConf {
+                id: 2,
+                name: "host-b".into(),
+                public_key: config_schema::keys::host_public_key(&secret(1)),
+                addr: addr(3),
+            }],
+            interval_ms: 100,
+            failure_timeout_ms: 1000,
+        };
+        let b = UdpSocket::bind(addr(3)).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // Booted with an interval of ten minutes: one round at start.
+        let timing = Arc::new(LiveTiming::new(600_000, 1_200_000));
+        let d = Daemon::start_live(cfg, Arc::clone(&timing)).unwrap();
+        let mut buf = [0u8; MAX_PACKET + 1];
+        b.recv_from(&mut buf).expect("the first round");
+        assert_eq!(d.handle().status()["interval_ms"], 600_000);
+        // Shortened live (forced: no config moves fencing's renewal this
+        // far live): the next round follows within the read timeout, not
+        // ten minutes later, and status shows it.
+        timing.force_interval_ms(50);
+        let line = timing
+            .adopt(
+                2,
+                &config_schema::Timing {
+                    heartbeat_interval_ms: 50,
+                    failure_timeout_ms: 1000,
+                    lag_limit_ms: 500,
+                },
+            )
+            .unwrap();
+        assert!(
+            line.contains("failure timeout 1200000 -> 1000 ms"),
+            "{line}"
+        );
+        b.recv_from(&mut buf)
+            .expect("no round after the interval was shortened live");
+        let st = d.handle().status();
+        assert_eq!(
+            (&st["interval_ms"], &st["failure_timeout_ms"]),
+            (&json!(50), &json!(1000))
+        );
     }
 
     #[test]

@@ -126,6 +126,15 @@ fn reject(reason: DropReason, peer: Option<u32>, detail: String) -> Admitted {
 }
 
 impl Gate {
+    /// The interval the buckets count in. A live interval (`ftctl apply`)
+    /// only ever raises the allowed rate above the booted one
+    /// ([`crate::live::LiveTiming::gate_interval_ms`]): peers that took a
+    /// shorter interval first send faster, and peers that have not yet
+    /// taken a longer one still send at the old rate.
+    pub fn set_interval_ms(&mut self, interval_ms: u64) {
+        self.interval_ms = interval_ms.max(1);
+    }
+
     /// Every peer's bucket starts full at `now_ms`.
     pub fn new(cfg: &NodeConfig, now_ms: u64) -> Self {
         let interval_ms = cfg.interval_ms.max(1);

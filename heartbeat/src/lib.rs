@@ -11,6 +11,7 @@
 //! - [`gate`]: the receive path before the view, outside the node lock:
 //!   source check and per-source rate limit before any X25519, then the
 //!   Noise open.
+//! - [`live`]: the timing taken live from an applied config (`ftctl apply`).
 //! - [`node`]: config → keys and addresses; the packet path around the view.
 //! - [`daemon`]: the UDP socket, the send/receive threads, console lines and
 //!   the control-socket handler.
@@ -21,6 +22,7 @@
 pub mod daemon;
 pub mod drops;
 pub mod gate;
+pub mod live;
 pub mod node;
 pub mod packet;
 pub mod status_service;

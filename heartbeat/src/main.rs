@@ -102,6 +102,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         t.config_disk = cli.config_disk.clone();
         t.trust_root = cli.trust_root.clone();
     }
+    // The timing `ftctl apply` changes live: the status service adopts it,
+    // the daemon's threads read it every round.
+    let timing = match scfg.apply.as_ref() {
+        Some(t) => Arc::clone(&t.timing),
+        None => Arc::new(heartbeat::live::LiveTiming::new(
+            cfg.interval_ms,
+            cfg.failure_timeout_ms,
+        )),
+    };
     let (st, host) = (Arc::clone(&state), cfg.name.clone());
     let service = Service::new(scfg, move || {
         match &*st.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -112,7 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     std::thread::spawn(move || serve_status(service));
     let mut reported = false;
     let daemon = loop {
-        match Daemon::start(cfg.clone()) {
+        match Daemon::start_live(cfg.clone(), Arc::clone(&timing)) {
             Ok(d) => break d,
             Err(e) => {
                 if !reported {

@@ -147,6 +147,16 @@ impl Node {
         &self.cfg
     }
 
+    /// Takes a live interval and failure timeout ([`crate::live`]): the
+    /// config shown in status and the view's timeout follow.
+    pub fn set_timing(&mut self, interval_ms: u64, failure_timeout_ms: u64) {
+        self.cfg.interval_ms = interval_ms;
+        if self.cfg.failure_timeout_ms != failure_timeout_ms {
+            self.cfg.failure_timeout_ms = failure_timeout_ms;
+            self.view.set_timeout(failure_timeout_ms);
+        }
+    }
+
     pub fn view(&self) -> &Membership {
         &self.view
     }

@@ -168,6 +168,17 @@ impl Membership {
     pub fn me(&self) -> u32 {
         self.me
     }
+
+    /// A failure timeout taken live (`ftctl apply`): peers are judged by it
+    /// from the next tick on. Suspicion is not a safety input
+    /// (`config_schema::timing_live`).
+    pub fn set_timeout(&mut self, failure_timeout_ms: u64) {
+        self.timeout_ms = failure_timeout_ms;
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
     pub fn boot_id(&self) -> u64 {
         self.boot_id
     }

@@ -312,3 +312,22 @@ fn packets_that_fail_the_replay_checks_never_touch_liveness_or_echo() {
     assert_eq!(echo_to(&mut a, 900, 2), echo);
     assert_eq!(a.peer_views(900)[0].last_seen_ms, Some(870));
 }
+
+#[test]
+fn a_failure_timeout_taken_live_judges_from_the_next_tick() {
+    let (mut a, mut b) = (node(1, 0xa1), node(2, 0xb1));
+    handshake(&mut a, &mut b, 10);
+    // Raised live (`ftctl apply`): still alive past the booted timeout.
+    a.set_timeout(3 * TIMEOUT);
+    assert_eq!(a.timeout_ms(), 3 * TIMEOUT);
+    a.tick(10 + 2 * TIMEOUT);
+    assert!(alive(&a, 10 + 2 * TIMEOUT, "host-b"));
+    // Lowered again: suspected at the next tick.
+    a.set_timeout(TIMEOUT / 2);
+    let ts = a.tick(10 + 2 * TIMEOUT);
+    assert!(
+        ts.iter().any(|t| t.to_string().contains("host-b")),
+        "{ts:?}"
+    );
+    assert!(!alive(&a, 10 + 2 * TIMEOUT, "host-b"));
+}

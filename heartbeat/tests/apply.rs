@@ -4,7 +4,8 @@
 //! older or equal ones and unknown operators are refused with the reason;
 //! a live change (operators) takes effect at once; concurrent applies
 //! converge on the highest generation; a host that was down catches up when
-//! the config is applied again.
+//! the config is applied again; a timing change is taken live by heartbeat
+//! and passed to ftvmm.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,8 @@ struct Cluster {
     /// (the others have none).
     ftvmm: Vec<usize>,
     told: Arc<Mutex<Vec<(usize, Request)>>>,
+    /// Each started host's heartbeat live timing.
+    timings: Mutex<Vec<(usize, Arc<heartbeat::live::LiveTiming>)>>,
 }
 
 impl Cluster {
@@ -102,6 +105,7 @@ impl Cluster {
             signer,
             ftvmm: Vec::new(),
             told: Arc::default(),
+            timings: Mutex::default(),
         };
         for (i, name) in NAMES.iter().enumerate() {
             let from = c.dir.path().join(name);
@@ -173,8 +177,15 @@ impl Cluster {
                 trust_root: self.dir.path().join("trust.pub"),
                 catch_up_every: self.catch_up_every,
                 running: config(7),
+                timing: ApplyTarget::timing_of(&config(7)),
             }),
         };
+        if let Some(t) = &cfg.apply {
+            self.timings
+                .lock()
+                .unwrap()
+                .push((i, Arc::clone(&t.timing)));
+        }
         let svc = Service::new(cfg, || serde_json::json!({"daemon": "heartbeat"}));
         let l = svc.bind().unwrap();
         std::thread::spawn(move || svc.serve(l));
@@ -254,10 +265,14 @@ fn a_newer_config_reaches_every_host_and_an_older_one_is_refused_everywhere() {
     next.timing.heartbeat_interval_ms = 150;
     let (g, hosts) = c.apply(1, &dev_key(), &next);
     assert_eq!(g, 8);
+    // 150 ms moves fencing's lease renewal: not live, and the line says why.
     assert_eq!(
         lines(&hosts),
         NAMES.map(|n| format!(
-            "{n}: generation 8 persisted (was 7); needs reboot: timing.heartbeat_interval_ms"
+            "{n}: generation 8 persisted (was 7); needs reboot: timing.heartbeat_interval_ms \
+             100 -> 150 ms (fencing's lease renewal goes from 500 to 750 ms, and fencing takes \
+             it only at boot; hosts renewing that differently misjudge each other's leases: \
+             restart every host together, not one by one)"
         ))
     );
     assert!(hosts.iter().all(|h| h.outcome == Outcome::NeedsReboot));
@@ -450,6 +465,7 @@ fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
             vm: "kv".into(),
             power,
         }],
+        timing: Some(config(7).timing),
     };
     let mut seen = c.told.lock().unwrap().clone();
     seen.sort_by_key(|(i, _)| *i);
@@ -480,6 +496,69 @@ fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
     }
     assert_eq!(power(0), "on");
     // Nothing else changed: a power change alone needs no reboot.
+    assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
+}
+
+#[test]
+fn a_timing_change_is_live_in_heartbeat_and_passed_to_ftvmm() {
+    let mut c = Cluster::new(19);
+    c.ftvmm = vec![0, 1, 2];
+    (0..3).for_each(|i| c.start(i));
+    let mut faster = config(8);
+    faster.timing.heartbeat_interval_ms = 50;
+    faster.timing.failure_timeout_ms = 2500;
+    faster.timing.lag_limit_ms = 300;
+    let (_, hosts) = c.apply(2, &dev_key(), &faster);
+    for (h, name) in hosts.iter().zip(NAMES) {
+        assert_eq!(h.outcome, Outcome::Applied, "{h:?}");
+        assert_eq!(
+            h.line,
+            format!(
+                "{name}: generation 8 persisted (was 7); live: timing.failure_timeout_ms \
+                 1000 -> 2500 ms, timing.heartbeat_interval_ms 100 -> 50 ms, \
+                 timing.lag_limit_ms 500 -> 300 ms"
+            )
+        );
+    }
+    let timings = c.timings.lock().unwrap().clone();
+    assert_eq!(timings.len(), 3);
+    for (_, t) in &timings {
+        assert_eq!((t.interval_ms(), t.failure_timeout_ms()), (50, 2500));
+    }
+    let seen = c.told.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (_, r) in &seen {
+        match r {
+            Request::ConfigApplied {
+                generation, timing, ..
+            } => {
+                assert_eq!((*generation, timing.as_ref()), (8, Some(&faster.timing)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An interval that moves fencing's lease renewal: persisted, the rest
+    // live, the interval kept until reboot, with the reason on every line.
+    let mut slow = faster.clone();
+    slow.cluster.generation = 9;
+    slow.timing.heartbeat_interval_ms = 400;
+    slow.timing.failure_timeout_ms = 4000;
+    let (_, hosts) = c.apply(0, &dev_key(), &slow);
+    for h in &hosts {
+        assert_eq!(h.outcome, Outcome::NeedsReboot, "{h:?}");
+        assert!(
+            h.line.contains(
+                "live: timing.failure_timeout_ms 2500 -> 4000 ms; needs reboot: \
+                 timing.heartbeat_interval_ms 50 -> 400 ms (fencing's lease renewal goes from \
+                 500 to 2000 ms"
+            ),
+            "{}",
+            h.line
+        );
+    }
+    for (_, t) in &timings {
+        assert_eq!((t.interval_ms(), t.failure_timeout_ms()), (50, 4000));
+    }
     assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
 }
 

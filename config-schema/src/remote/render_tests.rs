@@ -145,14 +145,14 @@ fn a_config_applied_since_boot_is_shown_under_its_host() {
     let mut a = host_a();
     a.heartbeat["applied_config"] = json!({
         "generation": 5,
-        "changes": "needs reboot: timing.failure_timeout_ms",
+        "changes": "needs reboot: vms[kv].memory_mib",
     });
     r.hosts[0].report = Some(a);
     let t = render(&r);
     assert!(
         t.contains(
             "    config: generation 5 persisted, runs 4 until its next boot \
-             (needs reboot: timing.failure_timeout_ms)\n"
+             (needs reboot: vms[kv].memory_mib)\n"
         ),
         "{t}"
     );

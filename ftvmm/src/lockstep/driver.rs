@@ -246,10 +246,22 @@ impl Ctx {
     /// that stopped it (a hand-over must never be mistaken for an orderly end
     /// of a paired VM, which would append `End` and make the Secondary halt).
     fn step(&mut self, member: &mut Member, ev: Event) {
+        self.take_live_timing(member);
         let actions = member.on_event(ev);
         self.show(member);
         for a in actions {
             self.perform(a);
+        }
+    }
+
+    /// What `ftctl apply` changed live: the failure timeout into the member
+    /// (which applies its rules), the lag limit into the Primary's log.
+    fn take_live_timing(&self, member: &mut Member) {
+        let live = &self.spec.live_timing;
+        let ft = live.failure_timeout(self.spec.failure_timeout);
+        member.set_live_failure_timeout(ft.as_millis() as u64);
+        if let Some(log) = &self.res.log {
+            log.set_lag_limit(live.lag_limit(self.spec.lag_limit));
         }
     }
 

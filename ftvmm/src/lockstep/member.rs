@@ -219,7 +219,10 @@ pub const HAND_OVER_MS: u64 = 3_000;
 pub struct Member {
     vm: String,
     peer: String,
+    /// The failure timeout the member was made with (the booted one).
     failure_timeout_ms: u64,
+    /// The live one (`ftctl apply`; [`Member::set_live_failure_timeout`]).
+    live_timeout_ms: u64,
     state: State,
     /// Highest generation this member ever acted in (never decreases).
     acted: u64,
@@ -250,11 +253,30 @@ impl Member {
             vm: vm.to_string(),
             peer: peer.to_string(),
             failure_timeout_ms,
+            live_timeout_ms: failure_timeout_ms,
             state,
             acted,
             now_ms: 0,
             granted: true,
         }
+    }
+
+    /// Takes a failure timeout changed live (`ftctl apply`, read by the
+    /// driver each step). A Primary's silence and grant waits follow it: a
+    /// race is decided by Disk Paxos and a hold releases nothing. A
+    /// Secondary never waits less than the timeout it was made with, which
+    /// both members booted with and which bounds the Primary's ack freshness
+    /// (`live_timing`, `config_schema::timing_live`).
+    pub fn set_live_failure_timeout(&mut self, ms: u64) {
+        self.live_timeout_ms = ms;
+    }
+
+    /// A Secondary's channel silence before it drains and races.
+    fn secondary_silence_ms(&self) -> u64 {
+        config_schema::timing_live::secondary_silence_ms(
+            self.failure_timeout_ms,
+            self.live_timeout_ms,
+        )
     }
 
     /// The gate a member starts with (the driver applies it first).
@@ -428,9 +450,7 @@ impl Member {
             (_, Event::PeerDiverged { what }) if paired => {
                 format!("secondary {} diverged: {what}", self.peer)
             }
-            (_, Event::Tick { silent_ms, .. })
-                if paired && silent_ms >= self.failure_timeout_ms =>
-            {
+            (_, Event::Tick { silent_ms, .. }) if paired && silent_ms >= self.live_timeout_ms => {
                 format!(
                     "{} silent on the logging channel for {silent_ms} ms",
                     self.peer
@@ -443,7 +463,7 @@ impl Member {
                     reason,
                 },
                 Event::Tick { now_ms, .. },
-            ) if now_ms >= since_ms + self.failure_timeout_ms => {
+            ) if now_ms >= since_ms + self.live_timeout_ms => {
                 return (
                     Some(State::HandingOver {
                         g: *g,
@@ -557,7 +577,7 @@ impl Member {
                 vec![Action::CloseLink { reason: why }],
             ),
             (State::Following { .. }, Event::Tick { silent_ms, .. })
-                if silent_ms >= self.failure_timeout_ms =>
+                if silent_ms >= self.secondary_silence_ms() =>
             {
                 let why = format!(
                     "{} silent on the logging channel for {silent_ms} ms",
@@ -693,7 +713,7 @@ impl Member {
                     self.say(format!(
                         "fencing withdrew the output grant ({reason}); output held; handing \
                          the VM over to secondary {} unless it is back within {} ms",
-                        self.peer, self.failure_timeout_ms
+                        self.peer, self.live_timeout_ms
                     )),
                 ],
             ),

@@ -210,6 +210,34 @@ fn a_silent_primary_or_a_resignation_starts_the_secondary_draining() {
 }
 
 #[test]
+fn a_live_failure_timeout_moves_a_primarys_silence_but_never_lowers_a_secondarys() {
+    // Raised live: both wait longer.
+    let mut p = primary();
+    p.set_live_failure_timeout(3 * T);
+    assert!(p.on_event(tick(2_000, 2_000)).is_empty());
+    let a = p.on_event(tick(3_000, 3 * T));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    let mut s = secondary();
+    s.set_live_failure_timeout(3 * T);
+    assert!(s.on_event(tick(2_000, 2_000)).is_empty());
+    s.on_event(tick(3_000, 3 * T));
+    assert!(matches!(s.state(), State::Draining { .. }));
+    // Lowered live: the Primary races sooner (Disk Paxos decides); the
+    // Secondary still waits the booted timeout, which bounds the Primary's
+    // ack freshness.
+    let mut p = primary();
+    p.set_live_failure_timeout(T / 4);
+    let a = p.on_event(tick(250, T / 4));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    let mut s = secondary();
+    s.set_live_failure_timeout(T / 4);
+    assert!(s.on_event(tick(900, 900)).is_empty());
+    assert!(matches!(s.state(), State::Following { .. }));
+    s.on_event(tick(1_000, T));
+    assert!(matches!(s.state(), State::Draining { .. }));
+}
+
+#[test]
 fn a_diverged_secondary_says_so_and_never_races() {
     let mut m = secondary();
     let a = m.on_event(Event::Diverged {

@@ -40,6 +40,7 @@ pub mod fence;
 pub mod golive;
 pub mod grant;
 pub mod link;
+pub mod live_timing;
 pub mod log;
 pub mod member;
 pub mod pair;

@@ -65,8 +65,12 @@ pub struct PairSpec {
     /// The other member's host name (empty when running alone).
     pub peer: String,
     /// Silence on the logging channel after which the peer is lost
-    /// (`timing.failure_timeout_ms`); also the freshness limit of acks.
+    /// (`timing.failure_timeout_ms` as booted); also the freshness limit of
+    /// acks, which never changes live. `lag_limit` is the booted one too.
     pub failure_timeout: Duration,
+    /// What `ftctl apply` changed live (failure timeout, lag limit); the
+    /// member's driver reads it each step (`live_timing` has the rules).
+    pub live_timing: Arc<super::live_timing::LiveTiming>,
     pub heartbeat_socket: PathBuf,
     pub fencing_socket: PathBuf,
     /// The host's output grant from fencing.

@@ -12,10 +12,13 @@
 //!   a host that received it from another host does not pass it on.
 //! - A host that was down catches up by itself ([`super::catch_up`]).
 //! - Live: what `config_schema::changes::LIVE` lists: the operators (taken
-//!   here) and each VM's power (ftvmm takes it: after every persist this
-//!   host tells its ftvmm, `ctl::Request::ConfigApplied`, and tells it again
-//!   every catch-up round, so an ftvmm that restarted or did not answer
-//!   learns it; ftvmm ignores generations older than one it took).
+//!   here), heartbeat's timing (interval, failure timeout: taken here into
+//!   [`ApplyTarget::timing`], which the daemon's threads read every round,
+//!   `crate::live`) and each VM's power and ftvmm's timing (failure timeout,
+//!   lag limit; ftvmm takes them: after every persist this host tells its
+//!   ftvmm, `ctl::Request::ConfigApplied`, and tells it again every catch-up
+//!   round, so an ftvmm that restarted or did not answer learns it; ftvmm
+//!   ignores generations older than one it took).
 //!   Anything else is persisted and said to need a reboot. Status keeps
 //!   reporting the generation the host booted (the one its daemons pair
 //!   under); the VMs' power in the cluster report follows the live one.
@@ -23,6 +26,7 @@
 use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use config_schema::changes::Changes;
 use config_schema::ctl::{self, Request, Response, VmPower};
@@ -33,9 +37,12 @@ use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::Operators;
 use config_schema::remote::{client, Reply};
 use config_schema::signed::SignedConfig;
+use config_schema::timing_live;
+use config_schema::Timing;
 
 use super::noise::{self, Kind};
 use super::{config_disk, deadline, Service, PEER_CONNECT, PEER_DEADLINE};
+use crate::live::LiveTiming;
 use crate::node::PeerConf;
 
 /// Where a host persists applied configs.
@@ -52,6 +59,19 @@ pub struct ApplyTarget {
     pub catch_up_every: Option<std::time::Duration>,
     /// The config the daemons run (what a new one is compared with).
     pub running: ClusterConfig,
+    /// Heartbeat's live timing (the daemon reads it every round).
+    pub timing: Arc<LiveTiming>,
+}
+
+impl ApplyTarget {
+    /// The daemon's live timing, starting at `running`'s.
+    pub fn timing_of(running: &ClusterConfig) -> Arc<LiveTiming> {
+        let t = &running.timing;
+        Arc::new(LiveTiming::new(
+            t.heartbeat_interval_ms,
+            t.failure_timeout_ms,
+        ))
+    }
 }
 
 /// What the running host has taken of the configs applied so far.
@@ -73,6 +93,8 @@ pub struct Persisted {
     pub changes: String,
     /// Every VM's power in it (what ftvmm is told, [`Service::tell_ftvmm`]).
     pub vms: Vec<VmPower>,
+    /// Its timing (ftvmm is told it too).
+    pub timing: Timing,
 }
 
 /// One host's result and whether an operator's apply passes it on.
@@ -114,6 +136,9 @@ impl Service {
         live.operators = Operators::of(new);
         if let Some(r) = live.running.as_mut() {
             r.operators = new.operators.clone();
+            // What the daemons take of the new timing (an interval that would
+            // move fencing's lease renewal stays: `timing_live`).
+            r.timing = timing_live::adoptable(&r.timing, &new.timing);
             for vm in r.vms.iter_mut() {
                 if let Some(n) = new.vms.iter().find(|n| n.name == vm.name) {
                     vm.power = n.power;
@@ -125,11 +150,22 @@ impl Service {
             generation: new.cluster.generation,
             changes: changes.to_string(),
             vms: vms.clone(),
+            timing: new.timing.clone(),
         });
         drop(live);
-        let told = match self.tell_ftvmm(new.cluster.generation, vms) {
+        if let Some(t) = &self.cfg.apply {
+            if let Some(line) = t.timing.adopt(new.cluster.generation, &new.timing) {
+                println!("{line}");
+            }
+        }
+        let told = match self.tell_ftvmm(new.cluster.generation, vms, &new.timing) {
             Ok(()) => String::new(),
-            Err(why) if changes.live.iter().any(|c| c.starts_with("vms[")) => {
+            Err(why)
+                if changes
+                    .live
+                    .iter()
+                    .any(|c| c.starts_with("vms[") || c.starts_with("timing.")) =>
+            {
                 format!("; ftvmm not told yet ({why}): told again every catch-up round")
             }
             Err(why) => {
@@ -160,8 +196,17 @@ impl Service {
 
     /// Tells this host's ftvmm that config `generation` is persisted, with
     /// every VM's power (module rules).
-    pub(super) fn tell_ftvmm(&self, generation: u64, vms: Vec<VmPower>) -> Result<(), String> {
-        let req = Request::ConfigApplied { generation, vms };
+    pub(super) fn tell_ftvmm(
+        &self,
+        generation: u64,
+        vms: Vec<VmPower>,
+        timing: &Timing,
+    ) -> Result<(), String> {
+        let req = Request::ConfigApplied {
+            generation,
+            vms,
+            timing: Some(timing.clone()),
+        };
         match ctl::query(&self.cfg.ftvmm_socket, &req) {
             Ok(Response::Ok) => Ok(()),
             Ok(Response::Error { message }) => Err(message),
@@ -176,7 +221,7 @@ impl Service {
         let Some(p) = self.live().persisted else {
             return;
         };
-        if let Err(why) = self.tell_ftvmm(p.generation, p.vms) {
+        if let Err(why) = self.tell_ftvmm(p.generation, p.vms, &p.timing) {
             tracing::warn!(
                 "ftvmm not told of config generation {}: {why}",
                 p.generation

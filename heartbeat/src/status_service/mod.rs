@@ -90,6 +90,7 @@ impl ServiceConfig {
                 trust_root: TRUST_ROOT_PATH.into(),
                 catch_up_every: Some(CATCH_UP_EVERY),
                 running: rt.config.clone(),
+                timing: ApplyTarget::timing_of(&rt.config),
             }),
         }
     }

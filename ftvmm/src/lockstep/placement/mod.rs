@@ -97,6 +97,7 @@ pub fn pair_spec(
     vm: &config_schema::Vm,
     spec: VmSpec,
     grant: Arc<HostGrant>,
+    live_timing: Arc<crate::lockstep::live_timing::LiveTiming>,
 ) -> Result<PairSpec, PairError> {
     let primary = pair_hosts(&rc.config, vm)
         .into_iter()
@@ -126,6 +127,7 @@ pub fn pair_spec(
         host: rc.host_name.clone(),
         peer: String::new(),
         failure_timeout: Duration::from_millis(rc.config.timing.failure_timeout_ms),
+        live_timing,
         heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
         fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
         grant,

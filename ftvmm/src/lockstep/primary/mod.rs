@@ -269,6 +269,18 @@ impl PrimaryLog {
         })
     }
 
+    /// A lag limit changed live (`ftctl apply`): the throttle uses it from
+    /// the next input on.
+    pub fn set_lag_limit(&self, limit: Duration) {
+        let ms = limit.as_millis() as u64;
+        let mut st = self.lock();
+        if st.throttle.limit_ms != ms {
+            st.throttle.limit_ms = ms;
+            drop(st);
+            self.cv.notify_all();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }

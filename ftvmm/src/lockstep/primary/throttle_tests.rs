@@ -193,3 +193,22 @@ fn a_waiting_primary_does_not_make_its_own_backlog_grow() {
     log.throttle();
     assert!(t0.elapsed() < STILL_BLOCKED);
 }
+
+#[test]
+fn a_lag_limit_raised_live_lets_a_slowed_vcpu_run_at_once() {
+    let log = log_with_limit(1);
+    let _b = lagging(&log, Duration::from_millis(10));
+    let done = throttle_on_thread(&log);
+    assert!(done.recv_timeout(STILL_BLOCKED).is_err(), "not slowed");
+    // `ftctl apply` raised the limit: no ack came, the vCPU runs on.
+    log.set_lag_limit(Duration::from_secs(60));
+    done.recv_timeout(THROTTLE_RECHECK / 2)
+        .expect("the raised limit did not wake the vCPU");
+    assert_eq!(log.stats().throttle.rechecks, 0);
+    // And lowered again: slowed again.
+    log.set_lag_limit(Duration::from_millis(1));
+    let done = throttle_on_thread(&log);
+    assert!(done.recv_timeout(STILL_BLOCKED).is_err());
+    log.set_lag_limit(Duration::from_secs(60));
+    done.recv_timeout(THROTTLE_RECHECK / 2).unwrap();
+}

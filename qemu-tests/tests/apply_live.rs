@@ -1,0 +1,469 @@
+//! `ftctl apply` across a 3-host cluster (issue 15), one boot for every check.
+//!
+//! Proves, against host-a (Primary of `kv`), host-b (Secondary) and host-c
+//! (standby), with the development operator key:
+//! 1. host-c's QEMU is killed (a host down during the apply);
+//! 2. generation 2 (failure timeout 1000 -> 2000 ms, heartbeat interval
+//!    100 -> 50 ms, lag limit 500 -> 400 ms, `kv` powered off) is taken live
+//!    on host-a and host-b: the apply lines say `live:` for each field and
+//!    nothing needs a reboot; both consoles say heartbeat and ftvmm took the
+//!    timing; the cluster status shows heartbeat's interval 50 ms and
+//!    ftvmm's failure timeout 2000 ms (ack freshness still the booted
+//!    1000 ms); the VM is powered off by generation 2;
+//! 3. generation 2 again, and generation 1, are refused on both hosts with
+//!    the reason;
+//! 4. generation 3 (`kv` on) pairs the VM again, without a reboot;
+//! 5. host-c boots again from its disk (generation 1), catches up to
+//!    generation 3 by itself and its daemons take the live timing;
+//! 6. host-c's QEMU is killed as soon as its config disk image starts to
+//!    change during the apply of generation 4 (a power cut during the
+//!    persist; where exactly it lands is up to QEMU's timing:
+//!    `config-schema/src/slots_tests.rs` cuts after every write) and boots
+//!    again with generation 3 or 4, then holds 4.
+//!
+//! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{wait, wait_paired, VM};
+use qemu_tests::paths::workspace_root;
+use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+
+const OPERATOR_CIDR: &str = "192.0.2.200/24";
+
+#[test]
+fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_was_down() {
+    let t0 = Instant::now();
+    let ftctl = ftctl();
+    let dir = tempfile::tempdir().unwrap();
+    let source = with_operator(dir.path());
+    let base = std::fs::read_to_string(&source.config).unwrap();
+    let mut cluster = Cluster::new("apply-live", &source).unwrap();
+    cluster.boot_all().unwrap();
+    cluster
+        .host("host-c")
+        .unwrap()
+        .wait_for(
+            "appliance ready: host=host-c generation=1",
+            Duration::from_secs(180),
+        )
+        .unwrap();
+    let mut cluster = wait_paired(cluster);
+    eprintln!(
+        "booted and paired after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let op = NetnsTap::attach(
+        &cluster.ft,
+        "operator",
+        &format!("fta-{}-op", std::process::id()),
+        OPERATOR_CIDR,
+        None,
+    )
+    .unwrap();
+    let key = workspace_root().join("examples/dev-keys/operators/dev-operator.pk8");
+    let sign = |g: u64, power: &str| sign(&ftctl, &source, dir.path(), &base, g, power);
+
+    // 1. host-c goes down.
+    cluster.host("host-c").unwrap().kill().unwrap();
+
+    // 2. Timing and power, live.
+    let gen2 = sign(2, "off");
+    let t_apply = Instant::now();
+    let out = apply(&op, &ftctl, &key, &gen2);
+    for h in ["host-a", "host-b"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: generation 2 persisted (was 1); live: timing.failure_timeout_ms 1000 -> \
+                 2000 ms, timing.heartbeat_interval_ms 100 -> 50 ms, timing.lag_limit_ms 500 \
+                 -> 400 ms, vms[kv].power\n"
+            )),
+            "{out}"
+        );
+    }
+    assert!(out.contains("host-c: unreachable: "), "{out}");
+    assert!(!out.contains("needs reboot"), "{out}");
+    let (a, b) = (
+        cluster.host("host-a").unwrap(),
+        cluster.host("host-b").unwrap(),
+    );
+    for h in [a, b] {
+        wait(
+            h,
+            "heartbeat: timing of config generation 2 taken live: interval 100 -> 50 ms, \
+             failure timeout 1000 -> 2000 ms"
+                .into(),
+        );
+        wait(
+            h,
+            "ftvmm: timing of config generation 2 taken live: failure timeout 2000 ms, lag \
+             limit 400 ms"
+                .into(),
+        );
+        wait(
+            h,
+            format!("ftvmm: vm {VM}: powered off by config generation 2"),
+        );
+    }
+    eprintln!(
+        "generation 2 taken live on host-a and host-b {:.1} s after the apply started",
+        t_apply.elapsed().as_secs_f64()
+    );
+    let st = status(&op, &ftctl, &key, &source.config);
+    for h in ["host-a", "host-b"] {
+        let hb = find_daemon(&st, h, "heartbeat");
+        assert_eq!(hb["interval_ms"], 50, "{h}: {hb}");
+        assert_eq!(hb["failure_timeout_ms"], 2000, "{h}: {hb}");
+        let vmm = find_daemon(&st, h, "ftvmm");
+        let t = &vmm["timing"];
+        assert_eq!(t["generation"], 2, "{h}: {t}");
+        assert_eq!(t["failure_timeout_ms"], 2000, "{h}: {t}");
+        assert_eq!(t["ack_freshness_ms"], 1000, "{h}: {t}");
+        assert_eq!(t["lag_limit_ms"], 400, "{h}: {t}");
+    }
+    // Nothing rebooted: each host booted once.
+    for h in [a, b] {
+        h.assert_absent(
+            format!("appliance ready: host={} generation=2", h.name()).as_str(),
+            Duration::ZERO,
+        )
+        .unwrap();
+    }
+
+    // 3. Equal and older: refused on every host that is up, with the
+    // reason. An equal one is passed on (another host may lack it); an
+    // older one is not, so it is offered to each host in turn.
+    let out = apply(&op, &ftctl, &key, &gen2);
+    for h in ["host-a", "host-b"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: refused: generation 2 is not newer than this host's generation 2"
+            )),
+            "{out}"
+        );
+    }
+    let gen1 = sign(1, "on");
+    for (h, addr) in [("host-a", "192.0.2.1"), ("host-b", "192.0.2.2")] {
+        let out = apply_to(&op, &ftctl, &key, &gen1, addr);
+        assert!(
+            out.contains(&format!(
+                "{h}: refused: generation 1 is not newer than this host's generation 2"
+            )),
+            "{out}"
+        );
+        assert!(!out.contains("persisted"), "{out}");
+    }
+
+    // 4. Power on, live.
+    let gen3 = sign(3, "on");
+    let out = apply(&op, &ftctl, &key, &gen3);
+    for h in ["host-a", "host-b"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: generation 3 persisted (was 2); live: vms[kv].power\n"
+            )),
+            "{out}"
+        );
+    }
+    wait(
+        a,
+        format!("ftvmm: vm {VM}: powered on by config generation 3"),
+    );
+    wait(
+        b,
+        format!("ftvmm: vm {VM}: paired with primary host-a; generation 3"),
+    );
+
+    // 5. host-c comes back with generation 1 on its disk and catches up.
+    let t_back = Instant::now();
+    let c = cluster.boot("host-c").unwrap();
+    c.wait_for(
+        "appliance ready: host=host-c generation=1",
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    wait(
+        c,
+        "heartbeat: timing of config generation 3 taken live: interval 100 -> 50 ms, \
+         failure timeout 1000 -> 2000 ms"
+            .into(),
+    );
+    wait(
+        c,
+        "ftvmm: timing of config generation 3 taken live: failure timeout 2000 ms, lag limit \
+         400 ms"
+            .into(),
+    );
+    eprintln!(
+        "host-c caught up to generation 3 {:.1} s after its QEMU started",
+        t_back.elapsed().as_secs_f64()
+    );
+    // Its disk holds generation 3 now: an apply of 3 is refused there too.
+    let out = apply(&op, &ftctl, &key, &gen3);
+    for h in ["host-a", "host-b", "host-c"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: refused: generation 3 is not newer than this host's generation 3"
+            )),
+            "{out}"
+        );
+    }
+
+    // 6. A power cut during the persist: generation 4 applied to host-a;
+    // host-c's QEMU is killed as soon as the first byte of its config disk
+    // image changes (its heartbeat began writing the spare slot; QEMU may
+    // finish more of the persist before the SIGKILL lands). host-c must
+    // boot again with the old (3) or the new (4) config, and end up with 4.
+    let gen4 = sign(4, "on");
+    let disk = cluster.config_disk("host-c").unwrap().to_path_buf();
+    let before = std::fs::read(&disk).unwrap();
+    let applying = {
+        let (op_ns, ftctl, key, gen4) = (
+            op.netns().to_string(),
+            ftctl.clone(),
+            key.clone(),
+            gen4.clone(),
+        );
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args(["netns", "exec", &op_ns])
+                .arg(&ftctl)
+                .args(["apply", "--host", "192.0.2.1", "--key"])
+                .arg(&key)
+                .arg(&gen4)
+                .output()
+                .unwrap()
+        })
+    };
+    let t_cut = Instant::now();
+    while std::fs::read(&disk).unwrap() == before {
+        assert!(
+            t_cut.elapsed() < Duration::from_secs(30),
+            "host-c's config disk never changed"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    cluster.host("host-c").unwrap().kill().unwrap();
+    let killed_after = t_cut.elapsed();
+    let changed = first_change(&before, &std::fs::read(&disk).unwrap());
+    let out = applying.join().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "power cut of host-c {} ms after ftctl apply started, once its config disk changed \
+         ({changed}; the STATE sector is at {}):\n{out}",
+        killed_after.as_millis(),
+        config_schema::disk::STATE_OFFSET
+    );
+    for h in ["host-a", "host-b"] {
+        assert!(
+            out.contains(&format!(
+                "{h}: generation 4 persisted (was 3); nothing changed but the generation"
+            )),
+            "{out}"
+        );
+    }
+    let c = cluster.boot("host-c").unwrap();
+    let ready = c
+        .wait_for(
+            qemu_tests::console::Pattern::regex(r"appliance ready: host=host-c generation=(3|4)\b")
+                .unwrap(),
+            Duration::from_secs(180),
+        )
+        .unwrap();
+    eprintln!("host-c after the power cut: {ready}");
+    c.assert_absent("config refused", Duration::ZERO).unwrap();
+    // Whichever it booted, it ends with 4 (by catch-up, or by this apply
+    // passed on to it).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = apply(&op, &ftctl, &key, &gen4);
+        if out.contains("host-c: refused: generation 4 is not newer than this host's generation 4")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-c never got generation 4: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
+    for h in cluster.hosts() {
+        h.assert_absent("lockstep divergence", Duration::ZERO)
+            .unwrap();
+    }
+    eprintln!("apply_live: {:.1} s in all", t0.elapsed().as_secs_f64());
+    drop(op);
+    cluster.pass();
+}
+
+/// Where `b` first differs from `a`, and how many bytes differ (console).
+fn first_change(a: &[u8], b: &[u8]) -> String {
+    let diff: Vec<usize> = (0..a.len().min(b.len()))
+        .filter(|&i| a[i] != b[i])
+        .collect();
+    match (diff.first(), diff.last()) {
+        (Some(f), Some(l)) => format!(
+            "{} bytes differ between offsets {f} and {l} when killed",
+            diff.len()
+        ),
+        _ => "no difference left when killed".into(),
+    }
+}
+
+/// The example config at `generation` with `power`, and (from generation 2
+/// on) the new timing; signed.
+fn sign(
+    ftctl: &Path,
+    source: &ClusterSource,
+    dir: &Path,
+    base: &str,
+    generation: u64,
+    power: &str,
+) -> PathBuf {
+    let mut text = base
+        .replacen(
+            "generation = 1\n",
+            &format!("generation = {generation}\n"),
+            1,
+        )
+        .replacen(
+            "disk_region = \"kv-disk\"\n",
+            &format!("disk_region = \"kv-disk\"\npower = \"{power}\"\n"),
+            1,
+        );
+    if generation >= 2 {
+        for (from, to) in [
+            (
+                "heartbeat_interval_ms = 100\n",
+                "heartbeat_interval_ms = 50\n",
+            ),
+            ("failure_timeout_ms = 1000\n", "failure_timeout_ms = 2000\n"),
+            ("lag_limit_ms = 500\n", "lag_limit_ms = 400\n"),
+        ] {
+            assert!(text.contains(from), "the example config changed: {from}");
+            text = text.replacen(from, to, 1);
+        }
+    }
+    let toml = dir.join(format!("gen{generation}.toml"));
+    std::fs::write(&toml, text).unwrap();
+    let signed = dir.join(format!("gen{generation}.ftcfg"));
+    let ok = Command::new(ftctl)
+        .arg("sign")
+        .arg("--config")
+        .arg(&toml)
+        .arg("--key")
+        .arg(&source.signing_key)
+        .arg("--out")
+        .arg(&signed)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ftctl sign failed");
+    signed
+}
+
+/// `ftctl apply` of `signed` to host-a from the operator's namespace; stdout.
+fn apply(op: &NetnsTap, ftctl: &Path, key: &Path, signed: &Path) -> String {
+    apply_to(op, ftctl, key, signed, "192.0.2.1")
+}
+
+/// `ftctl apply` of `signed` to the host at `addr`; stdout.
+fn apply_to(op: &NetnsTap, ftctl: &Path, key: &Path, signed: &Path, addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", op.netns()])
+        .arg(ftctl)
+        .args(["apply", "--host", addr, "--key"])
+        .arg(key)
+        .arg(signed)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "ftctl apply {}:\n{stdout}{}",
+        signed.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `ftctl status --cluster --json` from the operator's namespace.
+fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", op.netns()])
+        .arg(ftctl)
+        .args(["status", "--cluster", "--host", "192.0.2.2", "--key"])
+        .arg(key)
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The status object of `daemon` on `host` somewhere in a cluster report.
+fn find_daemon<'a>(v: &'a serde_json::Value, host: &str, daemon: &str) -> &'a serde_json::Value {
+    fn walk<'a>(
+        v: &'a serde_json::Value,
+        host: &str,
+        daemon: &str,
+    ) -> Option<&'a serde_json::Value> {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("daemon").and_then(|d| d.as_str()) == Some(daemon)
+                    && m.get("host").and_then(|h| h.as_str()) == Some(host)
+                {
+                    return Some(v);
+                }
+                m.values().find_map(|x| walk(x, host, daemon))
+            }
+            serde_json::Value::Array(a) => a.iter().find_map(|x| walk(x, host, daemon)),
+            _ => None,
+        }
+    }
+    walk(v, host, daemon).unwrap_or_else(|| panic!("no {daemon} status of {host} in {v}"))
+}
+
+/// `ftctl` of this build, built if missing.
+fn ftctl() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.ancestors().nth(2).unwrap().to_path_buf();
+    let ftctl = profile.join("ftctl");
+    if !ftctl.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot build ftctl");
+    }
+    ftctl
+}
+
+/// `examples/cluster.toml` with its commented-out development operator.
+fn with_operator(dir: &Path) -> ClusterSource {
+    let mut source = ClusterSource::example();
+    let text = std::fs::read_to_string(&source.config).unwrap();
+    let pk = std::fs::read_to_string(
+        workspace_root().join("examples/dev-keys/operators/dev-operator.pub"),
+    )
+    .unwrap();
+    let text = format!(
+        "{text}\n[[operators]]\nname = \"dev-operator\"\npublic_key = \"{}\"\n",
+        pk.trim()
+    );
+    source.config = dir.join("cluster.toml");
+    std::fs::write(&source.config, text).unwrap();
+    source
+}
