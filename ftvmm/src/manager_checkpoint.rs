@@ -29,13 +29,17 @@ impl VmManager {
     pub fn checkpoint_spec_for(&self, name: &str) -> Result<CheckpointSpec, ManagerError> {
         let vm = self.find(name)?;
         let dev = self.host_devices(vm)?;
-        let mut spec =
-            checkpoint_spec(&self.config, vm, dev, self.members.grant()).map_err(|e| {
-                ManagerError::Start {
-                    name: name.into(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let mut spec = checkpoint_spec(
+            &self.config,
+            vm,
+            dev,
+            self.members.grant(),
+            self.members.timing(),
+        )
+        .map_err(|e| ManagerError::Start {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
         spec.pair.fencing_socket = self.fencing_socket.clone();
         spec.pair.applied_config_generation = self.applied_generation;
         if let Some(boot) = &self.checkpoint_boot {

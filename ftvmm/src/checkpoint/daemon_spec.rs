@@ -78,6 +78,7 @@ pub fn checkpoint_spec(
     vm: &Vm,
     dev: HostDevices,
     grant: Arc<HostGrant>,
+    timing: Arc<crate::lockstep::live_timing::LiveTiming>,
 ) -> Result<CheckpointSpec, SpecError> {
     let image = Arc::new(BootImage::load(&rc.config, vm, &dev.device)?);
     let invalid = |what: String| SpecError::Invalid {
@@ -117,7 +118,10 @@ pub fn checkpoint_spec(
         bridge: dev.bridge.clone(),
         cpu: rc.config.cluster.cpu.clone(),
     };
-    let mut pair = placement::pair_spec(rc, vm, vs, grant)?;
+    // The checkpoint member driver reads the booted failure timeout
+    // (`pair.failure_timeout`); `timing` is carried for the lockstep pair
+    // code the spec shares, not adopted live by this mode yet.
+    let mut pair = placement::pair_spec(rc, vm, vs, grant, timing)?;
     pair.hello.image_sha256 = image.digest;
     pair.hello.replication = PairMode::Checkpoint { vcpus, epoch_ms };
     let boot: Boot = Arc::new(|v: &LinuxVm, spec: &LinuxSpec| {
