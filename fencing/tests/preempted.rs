@@ -147,6 +147,17 @@ fn a_preempted_host_withdraws_its_grant_at_once_stops_its_vm_and_starves_the_wat
     wait_for("the reset request", || {
         shared.watchdog.lock().unwrap().reset_requested.is_some()
     });
+    // The grant messages reach this test's stand-in ftvmm on their own
+    // thread: the reset request can be seen first (failed once under load
+    // with "a withdrawn grant" not yet recorded).
+    wait_for("a withdrawn grant after the depose", || {
+        heard
+            .lock()
+            .unwrap()
+            .grants
+            .iter()
+            .any(|g| g.0 > deposed_at && !g.1)
+    });
     let hd = heard.lock().unwrap();
     let (at, vm, generation, by) = hd.deposed[0].clone();
     assert_eq!((vm.as_str(), generation, by.as_str()), ("kv", 2, "host-b"));
