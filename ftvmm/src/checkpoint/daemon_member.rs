@@ -34,7 +34,7 @@ use config_schema::runtime::RuntimeConfig;
 use super::daemon_spec::CheckpointSpec;
 use super::daemon_status::Figures;
 use super::driver::{
-    Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing, TakeOverPlan,
+    Effects, Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing, TakeOverPlan,
 };
 use super::gate::EpochGate;
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
@@ -299,16 +299,8 @@ fn run_primary(
         None => PrimaryEffects::start_alone(Arc::clone(&running), outputs, cfg, events.0.clone())
             .map_err(thread)?,
     };
-    let timeout = spec.pair.failure_timeout.as_millis() as u64;
-    let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout);
-    let driver = MemberDriver::start(
-        (&ctx.vm.name, &spec.pair.host),
-        member,
-        Box::new(effects),
-        ctx.fencing.clone(),
-        Arc::clone(ctx.handle),
-        events,
-    );
+    let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout_ms(spec));
+    let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     on_start();
     Ok(wait_for_end(ctx, driver, || running.ended().is_some()))
 }
@@ -342,19 +334,37 @@ fn run_secondary(
     let live = effects.live();
     ctx.figures
         .set_secondary(effects.applied(), Arc::clone(&live));
-    let timeout = spec.pair.failure_timeout.as_millis() as u64;
-    let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout);
-    let driver = MemberDriver::start(
-        (&ctx.vm.name, &spec.pair.host),
-        member,
-        Box::new(effects),
-        ctx.fencing.clone(),
-        Arc::clone(ctx.handle),
-        events,
-    );
+    let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout_ms(spec));
+    let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     on_start();
     let ended = || live_ended(&live);
     Ok(wait_for_end(ctx, driver, ended))
+}
+
+/// The booted failure timeout both members compare silence with.
+fn timeout_ms(spec: &CheckpointSpec) -> u64 {
+    spec.pair.failure_timeout.as_millis() as u64
+}
+
+/// The member driver of either role, with the daemon's fencing and handle.
+fn start_driver(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    member: Member,
+    effects: Box<dyn Effects>,
+    events: (
+        std::sync::mpsc::Sender<Event>,
+        std::sync::mpsc::Receiver<Event>,
+    ),
+) -> MemberDriver {
+    MemberDriver::start(
+        (&ctx.vm.name, &spec.pair.host),
+        member,
+        effects,
+        ctx.fencing.clone(),
+        Arc::clone(ctx.handle),
+        events,
+    )
 }
 
 fn live_ended(live: &Mutex<Option<Live>>) -> bool {
