@@ -629,16 +629,20 @@ impl VmManager {
                 name: name.into(),
                 reason: format!("cannot spawn VM thread: {e}"),
             })?;
-        let mut slot = slot;
+        self.install(name, slot, thread);
+        println!("ftvmm: VM {name} starting");
+        Ok(())
+    }
+
+    /// Puts `name`'s new slot with its VM thread in place; a previous,
+    /// finished run of the same VM is replaced (its thread joined).
+    fn install(&mut self, name: &str, mut slot: Slot, thread: JoinHandle<()>) {
         slot.thread = Some(thread);
-        // A previous, finished run of the same VM is replaced.
         if let Some(old) = self.slots.insert(name.to_string(), slot) {
             if let Some(t) = old.thread {
                 let _ = t.join();
             }
         }
-        println!("ftvmm: VM {name} starting");
-        Ok(())
     }
 
     fn any_running_named(&self, name: &str) -> bool {

@@ -114,13 +114,7 @@ impl VmManager {
                 name: name.into(),
                 reason: format!("cannot spawn VM thread: {e}"),
             })?;
-        let mut slot = slot;
-        slot.thread = Some(thread);
-        if let Some(old) = self.slots.insert(name.to_string(), slot) {
-            if let Some(t) = old.thread {
-                let _ = t.join();
-            }
-        }
+        self.install(name, slot, thread);
         println!(
             "ftvmm: VM {name} starting (checkpoint, {} vCPUs, {} ms epochs)",
             figures_vcpus(self, name),
