@@ -256,7 +256,7 @@ fn boot_l1(inp: &Inputs, l1: PathBuf, dir: &Path) -> Host {
 fn step(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
     let line = host
         .wait_for_next(pattern, STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        .unwrap_or_else(|e| fail(host, what, e));
     eprintln!("linux_vm: {what} at {:.1} s", from.elapsed().as_secs_f64());
     line
 }
@@ -268,13 +268,64 @@ fn step(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
 fn step_any(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
     let line = host
         .wait_for(pattern, STEP_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        .unwrap_or_else(|e| fail(host, what, e));
     eprintln!("linux_vm: {what} at {:.1} s", from.elapsed().as_secs_f64());
     line
 }
 
+/// Marks the panic of a step that failed because L1's own kernel died inside
+/// KVM's SVM entry/exit path (see [`retry_once_on_l1_svm_crash`]).
+const L1_SVM_CRASH: &str = "L1 KERNEL CRASHED IN NESTED SVM";
+
+/// A step failed: says whether L1's kernel crashed inside kvm_amd's
+/// VM entry/exit, which the retry wrapper recognises.
+fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
+    let c = host.console();
+    let kvm_amd_oops = c.count("Kernel panic - not syncing") > 0
+        && (c.count("svm_vcpu_run") > 0 || c.count("svm_vcpu_enter_exit") > 0);
+    if kvm_amd_oops {
+        panic!("{L1_SVM_CRASH}: {what}: {e}");
+    }
+    panic!("{what}: {e}")
+}
+
+/// Runs a nested-KVM test body, and once more if L1's *kernel* died inside
+/// KVM's SVM VM entry/exit (`svm_vcpu_run` in the oops, then "Kernel panic").
+///
+/// Why: L1 is QEMU TCG emulating AMD SVM (NESTED-KVM.md), and that emulation
+/// occasionally corrupts L1's own state around VMRUN/#VMEXIT. Seen once, in
+/// CI at stop 25 (`a_checkpoint_pair…`, 31 s into the guest's disk writes):
+/// an oops in `svm_vcpu_enter_exit`, then `exc_page_fault` recursing until
+/// L1's kernel stack overflowed (CR2 = RSP − 8), "Fatal exception in
+/// interrupt". A userspace VMM cannot legitimately crash its host's kernel,
+/// and the same ftvmm code passed every other run, so this is the test bed,
+/// not ftvmm or the guest: retrying once keeps a one-in-N emulator crash
+/// from failing CI, and a second crash still fails (then the emulator is not
+/// the whole story). Any other failure fails at once. The retry is printed.
+fn retry_once_on_l1_svm_crash(name: &str, body: impl Fn()) {
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
+    let Err(payload) = first else { return };
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    if !msg.contains(L1_SVM_CRASH) {
+        std::panic::resume_unwind(payload);
+    }
+    eprintln!(
+        "linux_vm: {name}: L1's kernel crashed in kvm_amd's VM entry/exit (QEMU TCG's \
+         emulated SVM, not ftvmm or the guest): {msg}\nlinux_vm: {name}: retrying once"
+    );
+    body();
+}
+
 #[test]
 fn stock_linux_boots_with_two_vcpus_and_a_virtio_disk_under_ftvmm() {
+    retry_once_on_l1_svm_crash("stock_linux_boots", stock_linux_boots_once);
+}
+
+fn stock_linux_boots_once() {
     let inp = inputs();
     let dir = tempfile::Builder::new()
         .prefix("ft-linux-vm-")
@@ -462,6 +513,10 @@ poweroff -f
 /// `FT_CKPT_L1_ARGS` more options after it (e.g. `--clear-dirty-log`).
 #[test]
 fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
+    retry_once_on_l1_svm_crash("checkpoint_pair_takes_over", checkpoint_pair_once);
+}
+
+fn checkpoint_pair_once() {
     let inp = inputs();
     let dir = tempfile::Builder::new()
         .prefix("ft-linux-ckpt-")
