@@ -123,6 +123,14 @@ fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
     lines.join("\n") + "\n"
 }
 
+/// CPUs of each QEMU host (`FT_CKPT_HOST_CPUS`, default 2).
+fn host_cpus() -> u32 {
+    std::env::var("FT_CKPT_HOST_CPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
 fn source(dir: &Path, kernel: &[u8], initrd: &[u8]) -> ClusterSource {
     let example = ClusterSource::example();
     let config = dir.join("checkpoint-pair.toml");
@@ -146,7 +154,11 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
     )
     .expect("write the image to the shared device");
     for h in ["host-a", "host-b"] {
-        cluster.boot(h).unwrap();
+        // Two CPUs per host, as `linux_vm.rs`'s L1: the guest's two vCPUs
+        // share the host with the epoch loop, the channel and the daemons.
+        let mut spec = cluster.host_spec(h).unwrap();
+        spec.cpus = host_cpus();
+        cluster.boot_spec(spec).unwrap();
     }
     for h in ["host-a", "host-b"] {
         cluster

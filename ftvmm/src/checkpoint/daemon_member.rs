@@ -293,12 +293,25 @@ fn run_primary(
         dirty: Default::default(),
     };
     let thread = |e: std::io::Error| PairError::NotStarting(format!("cannot start: {e}"));
+    let label = format!("ftvmm: vm {}: ", ctx.vm.name);
     let effects = match ch {
-        Some(ch) => PrimaryEffects::start(Arc::clone(&running), outputs, ch, cfg, events.0.clone())
-            .map_err(thread)?,
-        None => PrimaryEffects::start_alone(Arc::clone(&running), outputs, cfg, events.0.clone())
-            .map_err(thread)?,
-    };
+        Some(ch) => PrimaryEffects::start(
+            &label,
+            Arc::clone(&running),
+            outputs,
+            ch,
+            cfg,
+            events.0.clone(),
+        ),
+        None => PrimaryEffects::start_alone(
+            &label,
+            Arc::clone(&running),
+            outputs,
+            cfg,
+            events.0.clone(),
+        ),
+    }
+    .map_err(thread)?;
     let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout_ms(spec));
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     on_start();

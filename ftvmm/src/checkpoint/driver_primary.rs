@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// At most this long between two console summaries of the epochs.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 use super::{lock, Effects};
 use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::local::Summary;
 use crate::checkpoint::primary::{self, EpochLoopError, EpochSink, LoopConfig};
 use crate::linux::machine::Running;
 use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
@@ -72,15 +76,18 @@ pub struct PrimaryEffects {
 
 impl PrimaryEffects {
     /// Starts the epoch loop and the ack thread for `running`, whose
-    /// backend is gated by `outputs`, over `ch` (read timeout set).
+    /// backend is gated by `outputs`, over `ch` (read timeout set). The
+    /// epochs are summed up on the console under `label` (e.g. `ftvmm: vm
+    /// web: `) at epoch 1 and then every 10 s or 100 epochs.
     pub fn start(
+        label: &str,
         running: Arc<Running>,
         outputs: Arc<GatedOutputs>,
         ch: Channel,
         cfg: LoopConfig,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
-        Self::start_with(running, outputs, Some(ch), cfg, events)
+        Self::start_with(label, running, outputs, Some(ch), cfg, events)
     }
 
     /// A Primary running alone (no Secondary could be paired at power-on,
@@ -88,15 +95,17 @@ impl PrimaryEffects {
     /// which the member opens in the generation won (start the gate in the
     /// one before, as a take-over does).
     pub fn start_alone(
+        label: &str,
         running: Arc<Running>,
         outputs: Arc<GatedOutputs>,
         cfg: LoopConfig,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
-        Self::start_with(running, outputs, None, cfg, events)
+        Self::start_with(label, running, outputs, None, cfg, events)
     }
 
     fn start_with(
+        label: &str,
         running: Arc<Running>,
         outputs: Arc<GatedOutputs>,
         ch: Option<Channel>,
@@ -130,11 +139,13 @@ impl PrimaryEffects {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
             let (stop, mut sink) = (Arc::clone(&epochs_stop), LinkSink(Arc::clone(&link)));
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
+            let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
             std::thread::Builder::new()
                 .name("ckpt-epochs".into())
                 .spawn(move || {
-                    let end =
-                        primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |_| {});
+                    let end = primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |e| {
+                        summary.add(e)
+                    });
                     done.store(true, Ordering::SeqCst);
                     on_epochs_end(end, &outputs, &link, &running);
                 })?

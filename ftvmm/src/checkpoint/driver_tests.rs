@@ -126,8 +126,15 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
         first_full: true,
         dirty: Default::default(),
     };
-    let p_fx =
-        PrimaryEffects::start(Arc::new(running), outputs, p_ch, cfg, p_events.0.clone()).unwrap();
+    let p_fx = PrimaryEffects::start(
+        "",
+        Arc::new(running),
+        outputs,
+        p_ch,
+        cfg,
+        p_events.0.clone(),
+    )
+    .unwrap();
     let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
     let p_control = p_fx.vm_control();
     let primary = MemberDriver::start(

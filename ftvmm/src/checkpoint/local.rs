@@ -70,25 +70,45 @@ impl EpochSink for ChanSink {
     }
 }
 
-/// Figures of the epochs, summed up on the console.
+/// Figures of the epochs, summed up on the console: at epoch 1, then every
+/// [`REPORT_EVERY`] epochs, or (when [`Summary::every`] is set, as in the
+/// daemon, where an epoch may last seconds while a Linux guest boots over a
+/// slow link) once that much time has passed, whichever comes first.
 #[derive(Default)]
 pub(super) struct Summary {
+    /// Put before each line, e.g. `ftvmm: vm web: `.
+    prefix: String,
+    every: Option<Duration>,
+    since: Option<Instant>,
     pauses_us: Vec<u64>,
     pages: u64,
     bytes: u64,
 }
 
 impl Summary {
+    /// A summary whose lines start with `prefix` and come at least every `every`.
+    pub(super) fn every(prefix: String, every: Duration) -> Summary {
+        Summary {
+            prefix,
+            every: Some(every),
+            ..Summary::default()
+        }
+    }
+
     pub(super) fn add(&mut self, e: &EpochStats) {
+        let since = *self.since.get_or_insert_with(Instant::now);
         self.pauses_us.push(e.pause.as_micros() as u64);
         self.pages += e.pages as u64;
         self.bytes += e.bytes as u64;
-        if e.number == 1 || e.number.is_multiple_of(REPORT_EVERY) {
+        let due = self.every.is_some_and(|d| since.elapsed() >= d);
+        if e.number == 1 || e.number.is_multiple_of(REPORT_EVERY) || due {
             let mut p = self.pauses_us.clone();
             p.sort_unstable();
             let n = p.len().max(1) as u64;
-            eprintln!(
-                "checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch (last {} epochs)",
+            let rate = p.len() as f64 / since.elapsed().as_secs_f64().max(1e-3);
+            println!(
+                "{}checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch, {rate:.1} epochs/s (last {} epochs)",
+                self.prefix,
                 e.number,
                 p.get(p.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
                 p.last().copied().unwrap_or(0) as f64 / 1000.0,
@@ -96,7 +116,12 @@ impl Summary {
                 self.bytes as f64 / n as f64 / 1024.0,
                 p.len()
             );
-            *self = Summary::default();
+            *self = Summary {
+                prefix: std::mem::take(&mut self.prefix),
+                every: self.every,
+                since: Some(Instant::now()),
+                ..Summary::default()
+            };
         }
     }
 }
