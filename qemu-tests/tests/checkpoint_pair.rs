@@ -100,8 +100,10 @@ fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
         ),
         (
             "cmdline = \"console=ttyS0 quiet\"",
-            "cmdline = \"console=ttyS0 reboot=k panic=-1 pci=off no_timer_check loglevel=4\""
-                .into(),
+            format!(
+                "cmdline = \"console=ttyS0 reboot=k panic=-1 pci=off no_timer_check{}\"",
+                guest_log_level()
+            ),
         ),
     ];
     for (from, to) in swaps {
@@ -121,6 +123,15 @@ fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
         })
         .collect();
     lines.join("\n") + "\n"
+}
+
+/// `loglevel=4` unless `FT_LINUX_VM_VERBOSE=1` (as in `linux_vm.rs`), plus
+/// `FT_CKPT_GUEST_ARGS` (e.g. `initcall_debug`).
+fn guest_log_level() -> String {
+    let verbose = std::env::var_os("FT_LINUX_VM_VERBOSE").is_some_and(|v| v == "1");
+    let extra = std::env::var("FT_CKPT_GUEST_ARGS").unwrap_or_default();
+    let level = if verbose { "" } else { " loglevel=4" };
+    format!("{level} {extra}").trim_end().to_string()
 }
 
 /// CPUs of each QEMU host (`FT_CKPT_HOST_CPUS`, default 2).

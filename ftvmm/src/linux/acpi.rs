@@ -1,7 +1,9 @@
 //! ACPI tables of a checkpoint-mode VM: RSDP, XSDT, a hardware-reduced FADT,
 //! a MADT (one Local APIC per vCPU, the IOAPIC, level/active-high overrides
-//! for the virtio pins) and a DSDT declaring each virtio-mmio slot as an
-//! `LNRO0005` device with its window and interrupt, as Firecracker does.
+//! for the virtio pins) and a DSDT declaring COM1 (`PNP0501`, port 0x3f8,
+//! GSI 4: see [`aml_com1_device`] for why it must be there) and each
+//! virtio-mmio slot as an `LNRO0005` device with its window and interrupt,
+//! as Firecracker does.
 //!
 //! Why ACPI next to the MP table: the pinned Debian kernel builds
 //! `virtio_mmio` without `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`, so the
@@ -38,6 +40,9 @@ const FADT_F_PWR_BUTTON: u32 = 1 << 4;
 const FADT_F_SLP_BUTTON: u32 = 1 << 5;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+/// COM1's I/O base and interrupt (`super::bus`).
+const COM1_PORT: u16 = 0x3f8;
+const COM1_GSI: u32 = 4;
 /// MPS INTI flags: active high (01), level triggered (11 << 2).
 const INTI_LEVEL_HIGH: u16 = 0b1101;
 
@@ -173,8 +178,44 @@ fn aml_virtio_device(i: u8, d: &MmioDevice) -> Vec<u8> {
     dev
 }
 
+/// `Device (COM1) { _HID EISAID("PNP0501"), _UID 0, _CRS { IO (0x3f8, 8),
+/// Interrupt (edge, active high, exclusive) { 4 } } }`.
+///
+/// Why: the FADT says hardware-reduced ACPI, and Linux then runs without a
+/// legacy PIC (`acpi_reduced_hw_init`: `null_legacy_pic`, "preallocated
+/// irqs: 0"), so ISA IRQ 4 has no Linux IRQ unless ACPI maps GSI 4. Without
+/// this device the 8250 driver's `request_irq(4)` failed when init opened
+/// `/dev/console`, the port was marked `TTY_IO_ERROR`, and every byte a
+/// guest's *userspace* wrote to its console was lost (`tx:0` in
+/// `/proc/tty/driver/serial`; only the kernel's polled printk got out). With
+/// it, `8250_pnp` takes the port over with the IRQ ACPI mapped for GSI 4.
+fn aml_com1_device() -> Vec<u8> {
+    let mut crs = vec![0x47, 0x01]; // I/O port, 16-bit decode
+    crs.extend_from_slice(&COM1_PORT.to_le_bytes()); // minimum
+    crs.extend_from_slice(&COM1_PORT.to_le_bytes()); // maximum
+    crs.extend_from_slice(&[1, 8]); // alignment, length
+                                    // Extended interrupt: consumer, edge, active high, exclusive; one IRQ.
+    crs.extend_from_slice(&[0x89, 6, 0, 0x03, 1]);
+    crs.extend_from_slice(&COM1_GSI.to_le_bytes());
+    crs.extend_from_slice(&[0x79, 0]); // end tag
+    let mut buf = vec![0x0a, crs.len() as u8];
+    buf.extend_from_slice(&crs);
+    let mut crs_obj = vec![0x11];
+    crs_obj.extend_from_slice(&pkg(&buf));
+
+    let mut body = b"COM1".to_vec();
+    // EISAID("PNP0501") as a DWordConst.
+    body.extend_from_slice(&aml_name(b"_HID", &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+    body.extend_from_slice(&aml_name(b"_UID", &[0x00]));
+    body.extend_from_slice(&aml_name(b"_CRS", &crs_obj));
+    let mut dev = vec![0x5b, 0x82];
+    dev.extend_from_slice(&pkg(&body));
+    dev
+}
+
 fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     let mut scope = b"\\_SB_".to_vec();
+    scope.extend_from_slice(&aml_com1_device());
     for (i, d) in devices.iter().enumerate() {
         scope.extend_from_slice(&aml_virtio_device(i as u8, d));
     }
@@ -296,6 +337,19 @@ mod tests {
         assert_eq!(aml[0], 0x10, "Scope");
         let text = String::from_utf8_lossy(aml);
         assert!(text.contains("V000") && text.contains("V001") && text.contains("LNRO0005"));
+        // COM1 with PNP0501's EISA id, port 0x3f8 and GSI 4, edge.
+        let com1 = aml
+            .windows(4)
+            .position(|w| w == b"COM1")
+            .expect("a COM1 device");
+        assert_eq!(&aml[com1 + 9..com1 + 14], &[0x0c, 0x41, 0xd0, 0x05, 0x01]);
+        let io = [0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 1, 8];
+        assert!(aml.windows(io.len()).any(|w| w == io), "COM1's I/O port");
+        let irq = [0x89, 6, 0, 0x03, 1, 4, 0, 0, 0];
+        assert!(
+            aml.windows(irq.len()).any(|w| w == irq),
+            "COM1's edge IRQ 4"
+        );
     }
 
     #[test]
