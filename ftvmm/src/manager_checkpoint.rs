@@ -8,9 +8,13 @@
 //!   so `StartVm` answers with it: the disk region and TAP, and the image
 //!   on the shared device against the config's pins (one line naming VM,
 //!   part, device, offset and both hashes).
+//! - Placement as for lockstep: the configured Primary and Secondary, and
+//!   on every other host the VM's affinity allows a standby that waits for
+//!   a running Primary's join (respawn, `checkpoint/respawn.rs`); a host the
+//!   config does not allow refuses the start.
 //! - One run per start: a member that ends (stopped, lost a race, handed
 //!   over, its guest ended) leaves the VM `exited` with the member's last
-//!   state; there is no standby and no respawn for this mode yet.
+//!   state. A standby whose join failed listens again within the same run.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -41,10 +45,15 @@ impl VmManager {
             reason: e.to_string(),
         })?;
         spec.pair.fencing_socket = self.fencing_socket.clone();
+        spec.pair.heartbeat_socket = self.heartbeat_socket.clone();
         spec.pair.applied_config_generation = self.applied_generation;
         if let Some(boot) = &self.checkpoint_boot {
             spec.boot = Arc::clone(boot);
             spec.linux.tap = None;
+        }
+        #[cfg(test)]
+        {
+            spec.join_cuts = Arc::clone(&self.checkpoint_join_cuts);
         }
         Ok(spec)
     }
@@ -57,17 +66,24 @@ impl VmManager {
         self.checkpoint_boot = Some(boot);
     }
 
+    /// Tests: the next `n` joins of a new Secondary on this host cut their
+    /// link after the full epoch's first piece.
+    #[cfg(test)]
+    pub(crate) fn cut_checkpoint_joins(&self, n: u32) {
+        self.checkpoint_join_cuts
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Starts checkpoint VM `name` (module doc); the caller checked that it
     /// is not running and is powered on.
     pub(super) fn start_checkpoint(&mut self, name: &str) -> Result<(), ManagerError> {
         let vm_cfg = self.find(name)?.clone();
         let role = placement::role(&self.config, &vm_cfg);
-        if matches!(role, Role::Standby | Role::None) {
+        if role == Role::None {
             return Err(ManagerError::NotInMode {
                 name: name.into(),
                 mode: vm_cfg.replication.name(),
-                what:
-                    "this host is not one of its pair, and this mode has no standby or respawn yet",
+                what: "the config does not allow it on this host",
             });
         }
         let spec = self.checkpoint_spec_for(name)?;

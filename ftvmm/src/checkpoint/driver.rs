@@ -67,7 +67,8 @@ mod primary_effects;
 #[path = "driver_secondary.rs"]
 mod secondary_effects;
 
-pub use primary_effects::PrimaryEffects;
+pub use primary_effects::{JoinPort, PrimaryEffects};
+pub(crate) use primary_effects::{JoinedLink, PendingJoin};
 pub use secondary_effects::{Live, SecondaryEffects, StorageCut, TakeOverPlan};
 
 /// How often the driver looks at the link's silence and deadlines.

@@ -69,21 +69,20 @@ pub struct SecondaryEffects {
 }
 
 impl SecondaryEffects {
-    /// Serves `ch` (read timeout set) into staging memory of `mem_size`
-    /// bytes for the pair in `generation`.
+    /// Serves `ch` (read timeout set) into `r`'s staging memory: a fresh
+    /// receiver at power-on, or one a join filled with its full epoch.
     pub fn start(
         vm: &str,
         ch: Channel,
-        generation: u64,
-        mem_size: u64,
+        mut r: Receiver<Staging>,
         plan: TakeOverPlan,
         events: Sender<Event>,
     ) -> Result<Self, crate::linux::LinuxVmError> {
-        let mut r = Receiver::new(generation, Staging::new(mem_size)?, 0);
+        let first = r.last();
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
         let heard = Arc::new(Mutex::new(Instant::now()));
-        let applied = Arc::new(AtomicU64::new(0));
+        let applied = Arc::new(AtomicU64::new(first));
         let serve = {
             let (stop, at) = (Arc::clone(&stop), Arc::clone(&applied_at));
             let h = Arc::clone(&heard);

@@ -80,6 +80,7 @@ pub mod primary;
 pub mod receiver;
 pub mod remote;
 pub mod resident;
+pub mod respawn;
 pub mod secondary;
 pub mod state;
 
