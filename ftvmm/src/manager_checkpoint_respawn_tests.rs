@@ -87,7 +87,8 @@ fn lose_host_b(w: &World, a: &VmManager, b: &mut VmManager) {
 /// (a) The Secondary's host goes away, the Primary runs alone, its keeper
 /// places a new Secondary on host-c by a full checkpoint, then the
 /// Primary's host goes away and host-c takes over: the guest goes on from
-/// where it was (its count continues; it was not restarted).
+/// where it was (its count continues; it was not restarted). Then host-b
+/// comes back and the resumed VM on host-c gets it as its new Secondary.
 #[test]
 fn a_lone_checkpoint_primary_gets_a_new_secondary_that_takes_over() {
     let (w, mut a, mut b, mut c) = three_hosts(46, 0);
@@ -155,7 +156,27 @@ fn a_lone_checkpoint_primary_gets_a_new_secondary_that_takes_over() {
     wait_for("the resumed guest counts on", SETTLE, || {
         count(&mem) > resumed
     });
+
+    // After the take-over host-c runs alone; host-b comes back (its
+    // configured Secondary's listener) and host-c's keeper brings it in.
+    w.set_alive(&["host-b", "host-c"]);
+    b.start("web").unwrap();
+    wait_for("host-b joined host-c in generation 3", SETTLE, || {
+        let (sb, sc) = (web(&b), web(&c));
+        sc["lockstep"]["role"] == "checkpoint primary (generation 3)"
+            && sc["checkpoint"]["protection"] == "protected: secondary host-b"
+            && sb["lockstep"]["role"] == "checkpoint secondary (generation 3)"
+            && u(&sb["checkpoint"]["applied"]) > 0
+    });
+    let acked = u(&web(&c)["checkpoint"]["acknowledged"]);
+    wait_for(
+        "host-b acknowledges epochs of the resumed guest",
+        SETTLE,
+        || u(&web(&c)["checkpoint"]["acknowledged"]) >= acked + 5,
+    );
+    assert!(count(&mem) > resumed);
     c.stop("web").unwrap();
+    b.stop("web").unwrap();
 }
 
 /// (b) A join whose link breaks in the middle of its full epoch (host-c

@@ -476,8 +476,12 @@ fn run_secondary(
     let live = effects.live();
     ctx.figures
         .set_secondary(effects.applied(), Arc::clone(&live));
+    let port = effects.join_port();
     let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout_ms(spec));
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
+    // Once it took over, the resumed VM gets a new Secondary like any lone
+    // Primary (the keeper waits while the member follows).
+    let _keeper = start_keeper(ctx, spec, port);
     on_start();
     let ended = || live_ended(&live);
     Ok(wait_for_end(ctx, driver, ended))
