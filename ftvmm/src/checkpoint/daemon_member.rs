@@ -17,10 +17,17 @@
 //!   the VM on alone, as lockstep's listener does.
 //! - Unprotected (the VM's rule allows this host only): wins and runs alone.
 //!
-//! Not here (stated in the status and on the console where it matters):
-//! respawn — a checkpoint VM that lost its Secondary runs alone until it is
-//! restarted; no standby waits for a transfer, and a join by transfer is
-//! refused in the Hello.
+//! - Standby (allowed here, not one of the pair): listens for a running
+//!   Primary's join only. A join (`Hello.start_exit == JOIN_BY_TRANSFER`)
+//!   is taken by a standby or the configured Secondary, only for a VM the
+//!   config allows here and only from the owner of the generation on disk
+//!   ([`check_join`]); the full first checkpoint is received
+//!   (`respawn.rs`), and after `Paired` this host is a normal checkpoint
+//!   Secondary. A join that fails before `Paired` discards the copy and the
+//!   host listens again.
+//! - Respawn: beside every Primary (and every Secondary, for after its
+//!   take-over) runs lockstep's keeper with the checkpoint [`CheckpointJoin`]:
+//!   whenever the member runs alone it places a new Secondary.
 //!
 //! The run returns once the member halted (stopped, lost, handed over, its
 //! guest ended) — [`MemberDriver::finish`] then stops whatever runs here.
