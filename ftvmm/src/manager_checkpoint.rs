@@ -12,11 +12,13 @@
 //!   on every other host the VM's affinity allows a standby that waits for
 //!   a running Primary's join (respawn, `checkpoint/respawn.rs`); a host the
 //!   config does not allow refuses the start.
-//! - One run per start: a member that ends (stopped, lost a race, handed
-//!   over, its guest ended) leaves the VM `exited` with the member's last
-//!   state. A standby whose join failed listens again within the same run.
+//! - A member that ends here without being stopped (lost a race, found the
+//!   VM running elsewhere, handed over, its guest ended) leaves the VM
+//!   `exited` with the member's last state, and the host then waits as a
+//!   standby for a join, as lockstep's VM thread does; a stop ends the
+//!   thread. A standby whose join failed listens again.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{ConsolePrefix, ManagerError, Slot, State, VmManager};
@@ -119,12 +121,34 @@ impl VmManager {
                     figures: &figures,
                     fencing,
                 };
-                let console = Box::new(ConsolePrefix::new(&vm_name));
-                let st = Arc::clone(&state);
-                let running =
-                    move || *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
-                let end = run_checkpoint_member(&ctx, &role, spec, console, running);
-                *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
+                let mut role = role;
+                loop {
+                    let console = Box::new(ConsolePrefix::new(&vm_name));
+                    let st = Arc::clone(&state);
+                    let running =
+                        move || *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                    figures.reset();
+                    let end = run_checkpoint_member(&ctx, &role, spec.clone(), console, running);
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
+                    let allowed_here = !matches!(
+                        placement::role(&rc, &vm_cfg),
+                        Role::None | Role::Unprotected
+                    );
+                    if cancel.load(Ordering::SeqCst) || !allowed_here {
+                        break;
+                    }
+                    // As for lockstep: a member that ended here (lost a
+                    // race, found the VM running elsewhere, handed over)
+                    // waits as a standby for a join; a standby's wait that
+                    // ended goes back to the configured role.
+                    role = match role {
+                        Role::Standby => placement::role(&rc, &vm_cfg),
+                        _ => Role::Standby,
+                    };
+                    if role != Role::Standby {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
             })
             .map_err(|e| ManagerError::Start {
                 name: name.into(),

@@ -88,7 +88,9 @@ fn lose_host_b(w: &World, a: &VmManager, b: &mut VmManager) {
 /// places a new Secondary on host-c by a full checkpoint, then the
 /// Primary's host goes away and host-c takes over: the guest goes on from
 /// where it was (its count continues; it was not restarted). Then host-b
-/// comes back and the resumed VM on host-c gets it as its new Secondary.
+/// comes back and the resumed VM on host-c gets it as its new Secondary;
+/// and once host-b is gone again, host-a (whose start finds the VM running
+/// on host-c and turns it into a standby).
 #[test]
 fn a_lone_checkpoint_primary_gets_a_new_secondary_that_takes_over() {
     let (w, mut a, mut b, mut c) = three_hosts(46, 0);
@@ -175,8 +177,26 @@ fn a_lone_checkpoint_primary_gets_a_new_secondary_that_takes_over() {
         || u(&web(&c)["checkpoint"]["acknowledged"]) >= acked + 5,
     );
     assert!(count(&mem) > resumed);
-    c.stop("web").unwrap();
+
+    // host-b goes away again; host-a's manager starts the VM as its
+    // configured Primary, finds it running on host-c, and waits as a
+    // standby: host-c's keeper brings it in.
+    w.set_alive(&["host-a", "host-c"]);
     b.stop("web").unwrap();
+    a.start("web").unwrap();
+    wait_for("host-a joined host-c in generation 4", SETTLE, || {
+        let (sa, sc) = (web(&a), web(&c));
+        sc["lockstep"]["role"] == "checkpoint primary (generation 4)"
+            && sc["checkpoint"]["protection"] == "protected: secondary host-a"
+            && sa["lockstep"]["role"] == "checkpoint secondary (generation 4)"
+    });
+    assert_eq!(
+        w.decided().last(),
+        Some(&("web".to_string(), 4, "host-c".to_string()))
+    );
+    assert!(count(&mem) > resumed);
+    c.stop("web").unwrap();
+    a.stop("web").unwrap();
 }
 
 /// (b) A join whose link breaks in the middle of its full epoch (host-c

@@ -117,6 +117,8 @@ pub(super) fn serve_fencing(dir: &Path, me: &str, decided: Decided, alive: Alive
                             storage_cut: false,
                         }
                     }
+                    // A live host publishes the VMs whose highest
+                    // generation it owns, as a running Primary does.
                     Request::Leases => Response::Leases {
                         leases: (alive.lock().unwrap().iter())
                             .map(|h| config_schema::ctl::LeaseView {
@@ -124,7 +126,9 @@ pub(super) fn serve_fencing(dir: &Path, me: &str, decided: Decided, alive: Alive
                                 live: true,
                                 last_renewal_ms: Some(0),
                                 expired: false,
-                                running: Vec::new(),
+                                running: (d.keys().map(|(v, _)| v.clone()))
+                                    .filter(|v| top(&d, v).is_some_and(|t| &t.1 == h))
+                                    .collect(),
                             })
                             .collect(),
                     },

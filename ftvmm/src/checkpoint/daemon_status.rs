@@ -55,6 +55,14 @@ impl Figures {
         *lock(&self.live) = Some(live);
     }
 
+    /// A new run of the member starts: nothing of the last one is shown.
+    pub fn reset(&self) {
+        *lock(&self.primary) = None;
+        *lock(&self.applied) = None;
+        *lock(&self.live) = None;
+        *lock(&self.memory) = None;
+    }
+
     /// The outputs acting now: a Primary's, or a Secondary's resumed VM's.
     fn outputs(&self) -> Option<Arc<GatedOutputs>> {
         if let Some(o) = lock(&self.primary).clone() {
