@@ -322,7 +322,6 @@ fn start_keeper(
         handle: Arc::clone(ctx.handle),
         stop: Arc::clone(&stop),
         join: Arc::new(CheckpointJoin {
-            vm: ctx.vm.name.clone(),
             handle: Arc::clone(ctx.handle),
             port,
             timeout: join_timeout(spec),

@@ -86,7 +86,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The Primary's side of a checkpoint join (module doc).
 pub struct CheckpointJoin {
-    pub vm: String,
     pub handle: Arc<PairHandle>,
     /// The running Primary's port (its epoch loop's), once there is one.
     pub port: Arc<Mutex<Option<JoinPort>>>,
