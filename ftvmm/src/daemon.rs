@@ -292,14 +292,7 @@ impl Daemon {
             }
         };
         let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
-        let checkpoint =
-            vm_cfg.is_some_and(|v| v.replication == config_schema::Replication::Checkpoint);
         match (vm_cfg.map(|v| member::role(&self.config, v)), p) {
-            (Some(Role::Standby), _) if checkpoint => {
-                println!(
-                    "ftvmm: vm {vm}: not one of its pair; checkpoint VMs have no standby yet (no respawn in this mode)"
-                );
-            }
             (Some(Role::Standby), _) => {
                 println!("ftvmm: vm {vm}: standby on {here} for a new secondary");
                 start();

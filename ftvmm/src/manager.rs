@@ -145,6 +145,9 @@ pub struct VmManager {
     snapshot_dir: Option<PathBuf>,
     /// The fencing agent's control socket.
     fencing_socket: PathBuf,
+    /// The heartbeat daemon's control socket (the respawn keeper's view of
+    /// which hosts are alive).
+    heartbeat_socket: PathBuf,
     /// The newest config generation taken live (`ConfigApplied`), at
     /// least the booted one; starts record it with their decision.
     applied_generation: u64,
@@ -155,6 +158,9 @@ pub struct VmManager {
     power_pending: BTreeMap<String, String>,
     /// Tests: how checkpoint guests are loaded (`manager_checkpoint.rs`).
     checkpoint_boot: Option<crate::checkpoint::daemon_spec::Boot>,
+    /// Tests: joins of a new Secondary here cut after their first piece.
+    #[cfg(test)]
+    checkpoint_join_cuts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Whether, and how, this host runs a member of a VM right now.
@@ -259,10 +265,13 @@ impl VmManager {
             bridge: Some(VM_BRIDGE.to_string()),
             snapshot_dir: None,
             fencing_socket: PathBuf::from(config_schema::ctl::FENCING_SOCKET),
+            heartbeat_socket: PathBuf::from(config_schema::ctl::HEARTBEAT_SOCKET),
             applied_generation: config.config.cluster.generation,
             power_by: BTreeMap::new(),
             power_pending: BTreeMap::new(),
             checkpoint_boot: None,
+            #[cfg(test)]
+            checkpoint_join_cuts: Arc::default(),
             config,
         }
     }
@@ -273,6 +282,12 @@ impl VmManager {
         self.guest_dir = guest_dir.into();
         self.fencing_socket = fencing_socket.into();
         self.bridge = None;
+    }
+
+    /// Tests: the heartbeat socket the respawn keeper asks.
+    #[cfg(test)]
+    pub(crate) fn set_test_heartbeat(&mut self, socket: &Path) {
+        self.heartbeat_socket = socket.into();
     }
 
     /// The fencing agent's control socket.
@@ -392,6 +407,11 @@ impl VmManager {
                     v["lockstep"] = slot.pair.status();
                     if let Some(f) = &slot.figures {
                         v["checkpoint"] = f.to_json();
+                        // The keeper's line (respawn), where checkpoint
+                        // status is read as well as in `lockstep`.
+                        if let Some(p) = v["lockstep"].get("protection").cloned() {
+                            v["checkpoint"]["protection"] = p;
+                        }
                     }
                     if off && self.member_here(&vm.name) == MemberHere::None {
                         v["state"] = POWERED_OFF.into();
@@ -525,6 +545,7 @@ impl VmManager {
             reason: e.to_string(),
         })?;
         ps.fencing_socket = self.fencing_socket.clone();
+        ps.heartbeat_socket = self.heartbeat_socket.clone();
         ps.applied_config_generation = self.applied_generation;
         let rc = self.config.clone();
         let slot = Slot {
@@ -752,6 +773,9 @@ impl VmManager {
     }
 }
 
+#[cfg(test)]
+#[path = "manager_checkpoint_respawn_tests.rs"]
+mod checkpoint_respawn_tests;
 #[cfg(test)]
 #[path = "manager_checkpoint_tests.rs"]
 mod checkpoint_tests;

@@ -8,11 +8,17 @@
 //!   so `StartVm` answers with it: the disk region and TAP, and the image
 //!   on the shared device against the config's pins (one line naming VM,
 //!   part, device, offset and both hashes).
-//! - One run per start: a member that ends (stopped, lost a race, handed
-//!   over, its guest ended) leaves the VM `exited` with the member's last
-//!   state; there is no standby and no respawn for this mode yet.
+//! - Placement as for lockstep: the configured Primary and Secondary, and
+//!   on every other host the VM's affinity allows a standby that waits for
+//!   a running Primary's join (respawn, `checkpoint/respawn.rs`); a host the
+//!   config does not allow refuses the start.
+//! - A member that ends here without being stopped (lost a race, found the
+//!   VM running elsewhere, handed over, its guest ended) leaves the VM
+//!   `exited` with the member's last state, and the host then waits as a
+//!   standby for a join, as lockstep's VM thread does; a stop ends the
+//!   thread. A standby whose join failed listens again.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{ConsolePrefix, ManagerError, Slot, State, VmManager};
@@ -41,10 +47,15 @@ impl VmManager {
             reason: e.to_string(),
         })?;
         spec.pair.fencing_socket = self.fencing_socket.clone();
+        spec.pair.heartbeat_socket = self.heartbeat_socket.clone();
         spec.pair.applied_config_generation = self.applied_generation;
         if let Some(boot) = &self.checkpoint_boot {
             spec.boot = Arc::clone(boot);
             spec.linux.tap = None;
+        }
+        #[cfg(test)]
+        {
+            spec.join_cuts = Arc::clone(&self.checkpoint_join_cuts);
         }
         Ok(spec)
     }
@@ -57,17 +68,24 @@ impl VmManager {
         self.checkpoint_boot = Some(boot);
     }
 
+    /// Tests: the next `n` joins of a new Secondary on this host cut their
+    /// link after the full epoch's first piece.
+    #[cfg(test)]
+    pub(crate) fn cut_checkpoint_joins(&self, n: u32) {
+        self.checkpoint_join_cuts
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Starts checkpoint VM `name` (module doc); the caller checked that it
     /// is not running and is powered on.
     pub(super) fn start_checkpoint(&mut self, name: &str) -> Result<(), ManagerError> {
         let vm_cfg = self.find(name)?.clone();
         let role = placement::role(&self.config, &vm_cfg);
-        if matches!(role, Role::Standby | Role::None) {
+        if role == Role::None {
             return Err(ManagerError::NotInMode {
                 name: name.into(),
                 mode: vm_cfg.replication.name(),
-                what:
-                    "this host is not one of its pair, and this mode has no standby or respawn yet",
+                what: "the config does not allow it on this host",
             });
         }
         let spec = self.checkpoint_spec_for(name)?;
@@ -103,12 +121,34 @@ impl VmManager {
                     figures: &figures,
                     fencing,
                 };
-                let console = Box::new(ConsolePrefix::new(&vm_name));
-                let st = Arc::clone(&state);
-                let running =
-                    move || *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
-                let end = run_checkpoint_member(&ctx, &role, spec, console, running);
-                *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
+                let mut role = role;
+                loop {
+                    let console = Box::new(ConsolePrefix::new(&vm_name));
+                    let st = Arc::clone(&state);
+                    let running =
+                        move || *st.lock().unwrap_or_else(|p| p.into_inner()) = State::Running;
+                    figures.reset();
+                    let end = run_checkpoint_member(&ctx, &role, spec.clone(), console, running);
+                    *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
+                    let allowed_here = !matches!(
+                        placement::role(&rc, &vm_cfg),
+                        Role::None | Role::Unprotected
+                    );
+                    if cancel.load(Ordering::SeqCst) || !allowed_here {
+                        break;
+                    }
+                    // As for lockstep: a member that ended here (lost a
+                    // race, found the VM running elsewhere, handed over)
+                    // waits as a standby for a join; a standby's wait that
+                    // ended goes back to the configured role.
+                    role = match role {
+                        Role::Standby => placement::role(&rc, &vm_cfg),
+                        _ => Role::Standby,
+                    };
+                    if role != Role::Standby {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    }
+                }
             })
             .map_err(|e| ManagerError::Start {
                 name: name.into(),

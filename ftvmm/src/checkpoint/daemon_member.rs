@@ -17,10 +17,17 @@
 //!   the VM on alone, as lockstep's listener does.
 //! - Unprotected (the VM's rule allows this host only): wins and runs alone.
 //!
-//! Not here (stated in the status and on the console where it matters):
-//! respawn — a checkpoint VM that lost its Secondary runs alone until it is
-//! restarted; no standby waits for a transfer, and a join by transfer is
-//! refused in the Hello.
+//! - Standby (allowed here, not one of the pair): listens for a running
+//!   Primary's join only. A join (`Hello.start_exit == JOIN_BY_TRANSFER`)
+//!   is taken by a standby or the configured Secondary, only for a VM the
+//!   config allows here and only from the owner of the generation on disk
+//!   ([`check_join`]); the full first checkpoint is received
+//!   (`respawn.rs`), and after `Paired` this host is a normal checkpoint
+//!   Secondary. A join that fails before `Paired` discards the copy and the
+//!   host listens again.
+//! - Respawn: beside every Primary (and every Secondary, for after its
+//!   take-over) runs lockstep's keeper with the checkpoint [`CheckpointJoin`]:
+//!   whenever the member runs alone it places a new Secondary.
 //!
 //! The run returns once the member halted (stopped, lost, handed over, its
 //! guest ended) — [`MemberDriver::finish`] then stops whatever runs here.
@@ -34,25 +41,27 @@ use config_schema::runtime::RuntimeConfig;
 use super::daemon_spec::CheckpointSpec;
 use super::daemon_status::Figures;
 use super::driver::{
-    Effects, Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing, TakeOverPlan,
+    Effects, JoinPort, Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing,
+    TakeOverPlan,
 };
 use super::gate::EpochGate;
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
 use super::local::GATE;
 use super::primary::LoopConfig;
-use super::secondary::Rebuild;
+use super::receiver::Receiver;
+use super::respawn::CheckpointJoin;
+use super::secondary::{Rebuild, Staging};
 use crate::linux::machine::{LinuxVm, Running};
 use crate::linux::run::{open_devices, transports, LinuxSpec};
 use crate::linux::LinuxVmError;
 use crate::live::{self, ConsoleSink, Tap};
-use crate::lockstep::channel::{Channel, Hello};
+use crate::lockstep::channel::Channel;
 use crate::lockstep::member::{Event, Member, State};
-use crate::lockstep::pair::{listen, primary_handshake, secondary_handshake, Allowed};
+use crate::lockstep::pair::primary_handshake;
 use crate::lockstep::placement::wait::{WaitEnd, Watch};
-use crate::lockstep::placement::{ft_ip, key, win_generation, Role};
-use crate::lockstep::respawn::JOIN_BY_TRANSFER;
+use crate::lockstep::placement::{ft_ip, key, win_generation, Role, StopOnDrop};
+use crate::lockstep::respawn::keeper::Keeper;
 use crate::lockstep::spec::{channel_port, PairError, PairHandle};
-use crate::lockstep::start::check_offered_generation;
 
 /// How often the run looks at its member and VM.
 const LOOK: Duration = Duration::from_millis(50);
@@ -95,7 +104,7 @@ pub fn run_checkpoint_member(
             spec.pair.peer = secondary.clone();
             let Some(ch) = pair_with_secondary(ctx, &spec, secondary)? else {
                 println!(
-                    "ftvmm: vm {}: secondary {secondary} is down after power-on; running alone in generation {} (checkpoint VMs have no respawn yet: unprotected until restarted)",
+                    "ftvmm: vm {}: secondary {secondary} is down after power-on; running alone in generation {} until a secondary can be placed",
                     ctx.vm.name, spec.pair.hello.generation
                 );
                 return run_alone(ctx, &spec, console, on_start);
@@ -108,9 +117,14 @@ pub fn run_checkpoint_member(
             );
             run_primary(ctx, &spec, Some(ch), console, on_start)
         }
-        Role::Secondary { primary } => {
-            handle.set_role("checkpoint secondary (pairing)");
-            match accept_primary(ctx, &spec, primary)? {
+        Role::Secondary { .. } | Role::Standby => loop {
+            let standby = *role == Role::Standby;
+            handle.set_role(if standby {
+                "checkpoint standby"
+            } else {
+                "checkpoint secondary (pairing)"
+            });
+            match accept_primary(ctx, &spec, role)? {
                 Accepted::Paired(paired) => {
                     let (ch, hello) = *paired;
                     spec.pair.hello.generation = hello.generation;
@@ -119,7 +133,26 @@ pub fn run_checkpoint_member(
                         "ftvmm: vm {}: paired with primary {}; generation {}",
                         ctx.vm.name, spec.pair.peer, hello.generation
                     );
-                    run_secondary(ctx, &spec, ch, console, on_start)
+                    return run_secondary(ctx, &spec, ch, None, console, on_start);
+                }
+                Accepted::Join(paired) => {
+                    let (mut ch, hello) = *paired;
+                    let mut s = spec.clone();
+                    s.pair.hello.generation = hello.generation;
+                    s.pair.peer = hello.primary_host.clone();
+                    match receive(ctx, &s, &mut ch) {
+                        Ok(r) => {
+                            println!(
+                                "ftvmm: vm {}: joined primary {} as its secondary by a full checkpoint (holds epoch {}); generation {}",
+                                ctx.vm.name, s.pair.peer, r.last(), hello.generation
+                            );
+                            return run_secondary(ctx, &s, ch, Some(r), console, on_start);
+                        }
+                        Err(e) => println!(
+                            "ftvmm: vm {}: join from {} failed: {e}; copy discarded",
+                            ctx.vm.name, s.pair.peer
+                        ),
+                    }
                 }
                 Accepted::PowerOnHere => {
                     handle.set_role("checkpoint primary alone (winning its generation)");
@@ -128,10 +161,13 @@ pub fn run_checkpoint_member(
                         "ftvmm: vm {}: the hosts before {} are down; powered on here alone in generation {}",
                         ctx.vm.name, spec.pair.host, spec.pair.hello.generation
                     );
-                    run_alone(ctx, &spec, console, on_start)
+                    return run_alone(ctx, &spec, console, on_start);
                 }
             }
-        }
+            if stop.load(Ordering::SeqCst) {
+                return Err(PairError::Stopped);
+            }
+        },
         Role::Unprotected => {
             handle.set_role("checkpoint primary alone (winning its generation)");
             spec.pair.hello.generation = win_generation(&spec.pair, handle, stop)?;
@@ -141,8 +177,8 @@ pub fn run_checkpoint_member(
             );
             run_alone(ctx, &spec, console, on_start)
         }
-        Role::Standby | Role::None => Err(PairError::NotStarting(format!(
-            "vm {}: this host is not one of its pair, and checkpoint VMs have no respawn yet",
+        Role::None => Err(PairError::NotStarting(format!(
+            "vm {}: the config does not allow this host",
             ctx.vm.name
         ))),
     }
@@ -179,56 +215,17 @@ fn vm_index(ctx: &MemberCtx<'_>) -> usize {
         .expect("vm is from this config")
 }
 
-enum Accepted {
-    /// Boxed: a channel and a hello are large beside nothing.
-    Paired(Box<(Channel, Hello)>),
-    PowerOnHere,
-}
+#[path = "daemon_listen.rs"]
+mod listen;
 
-/// The Secondary's side of the pair start.
-fn accept_primary(
-    ctx: &MemberCtx<'_>,
-    spec: &CheckpointSpec,
-    primary: &str,
-) -> Result<Accepted, PairError> {
-    let rc = ctx.rc;
-    let ip = ft_ip(rc, &rc.host_name)
-        .ok_or_else(|| PairError::Protocol("bad ft.addr of this host".into()))?;
-    let listener = listen(ip, vm_index(ctx))?;
-    let at = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    println!(
-        "ftvmm: vm {}: checkpoint secondary waiting for primary {primary} on {at}",
-        ctx.vm.name
-    );
-    let hosts: Vec<(String, [u8; 32])> = (rc.config.hosts.iter())
-        .filter_map(|h| Some((h.name.clone(), key(&h.public_key)?)))
-        .collect();
-    let allowed: Allowed =
-        Arc::new(move |k: &[u8; 32]| hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone()));
-    let fencing = spec.pair.fencing_socket.clone();
-    let verify = |h: &Hello| {
-        if h.start_exit == JOIN_BY_TRANSFER {
-            return Err("checkpoint VMs take no Secondary by live transfer yet".into());
-        }
-        check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
-    };
-    let watch = Watch::listener(rc, ctx.vm, fencing.clone(), ctx.stop, false);
-    let accepted = secondary_handshake(
-        &listener,
-        &spec.pair.identity,
-        allowed,
-        &spec.pair.hello,
-        &verify,
-        &watch.flag,
-    );
-    match (accepted, watch.end()) {
-        (Ok(paired), _) => Ok(Accepted::Paired(Box::new(paired))),
-        (Err(PairError::Stopped), Some(WaitEnd::PowerOnHere)) => Ok(Accepted::PowerOnHere),
-        (Err(e), _) => Err(e),
-    }
+#[cfg(test)]
+pub(crate) use listen::check_join;
+use listen::{accept_primary, receive, Accepted};
+
+/// How long either side of a join waits for the other: the failure
+/// timeout, but never less than 10 s (a full epoch is all of memory).
+fn join_timeout(spec: &CheckpointSpec) -> Duration {
+    (spec.pair.failure_timeout * 5).max(Duration::from_secs(10))
 }
 
 /// A Primary VM behind the epoch gate, booted; the gate starts held (the
@@ -285,7 +282,8 @@ fn run_primary(
     // Alone, the gate starts in the generation before and the member opens
     // it in `g` (`set_member_gate`).
     let (running, outputs) = boot_primary(spec, if paired { g } else { g - 1 }, console)?;
-    ctx.figures.set_primary(Arc::clone(&outputs));
+    ctx.figures
+        .set_primary(Arc::clone(&outputs), running.memory());
     let events = MemberDriver::channel();
     let cfg = LoopConfig {
         epoch: spec.epoch,
@@ -312,10 +310,41 @@ fn run_primary(
         ),
     }
     .map_err(thread)?;
+    let port = Arc::new(Mutex::new(Some(effects.join_port())));
     let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout_ms(spec));
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
+    let _keeper = start_keeper(ctx, spec, port);
     on_start();
     Ok(wait_for_end(ctx, driver, || running.ended().is_some()))
+}
+
+/// The respawn keeper beside a member (`respawn.rs`, lockstep's
+/// `keeper.rs`): whenever the member runs alone with an epoch loop behind
+/// `port`, it brings a new Secondary in. It stops when the run ends.
+fn start_keeper(
+    ctx: &MemberCtx<'_>,
+    spec: &CheckpointSpec,
+    port: Arc<Mutex<Option<JoinPort>>>,
+) -> StopOnDrop {
+    let stop = Arc::new(AtomicBool::new(false));
+    let keeper = Keeper {
+        rc: ctx.rc.clone(),
+        vm: ctx.vm.clone(),
+        index: vm_index(ctx),
+        spec: spec.pair.clone(),
+        handle: Arc::clone(ctx.handle),
+        stop: Arc::clone(&stop),
+        join: Arc::new(CheckpointJoin {
+            handle: Arc::clone(ctx.handle),
+            port,
+            timeout: join_timeout(spec),
+        }),
+    };
+    let thread = keeper
+        .spawn()
+        .map_err(|e| tracing::error!("cannot start the respawn keeper: {e}"))
+        .ok();
+    StopOnDrop::new(stop, thread)
 }
 
 fn run_alone(
@@ -329,11 +358,13 @@ fn run_alone(
     run_primary(ctx, &spec, None, console, on_start)
 }
 
-/// The Secondary over `ch`, with its take-over plan.
+/// The Secondary over `ch`, with its take-over plan; `joined`: the
+/// receiver a join filled (respawn), else a power-on pair's empty one.
 fn run_secondary(
     ctx: &MemberCtx<'_>,
     spec: &CheckpointSpec,
     ch: Channel,
+    joined: Option<Receiver<Staging>>,
     console: ConsoleSink,
     on_start: impl FnOnce(),
 ) -> Result<CheckpointEnd, PairError> {
@@ -342,13 +373,25 @@ fn run_secondary(
     let fencing = Arc::clone(&ctx.fencing);
     let mem = spec.linux.mem_mib << 20;
     let plan = take_over_plan(spec, console, Arc::new(move |g| fencing.storage_cut(g)));
-    let effects = SecondaryEffects::start(&ctx.vm.name, ch, g, mem, plan, events.0.clone())
+    let r = match joined {
+        Some(r) => r,
+        None => Receiver::new(
+            g,
+            Staging::new(mem).map_err(|e| PairError::NotStarting(e.to_string()))?,
+            0,
+        ),
+    };
+    let effects = SecondaryEffects::start(&ctx.vm.name, ch, r, plan, events.0.clone())
         .map_err(|e| PairError::NotStarting(e.to_string()))?;
     let live = effects.live();
     ctx.figures
         .set_secondary(effects.applied(), Arc::clone(&live));
+    let port = effects.join_port();
     let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout_ms(spec));
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
+    // Once it took over, the resumed VM gets a new Secondary like any lone
+    // Primary (the keeper waits while the member follows).
+    let _keeper = start_keeper(ctx, spec, port);
     on_start();
     let ended = || live_ended(&live);
     Ok(wait_for_end(ctx, driver, ended))

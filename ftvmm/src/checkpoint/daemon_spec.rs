@@ -48,6 +48,10 @@ pub struct CheckpointSpec {
     /// The checked image `linux.kernel` and `linux.initrd` name (its
     /// sealed files are open as long as this spec or a clone lives).
     pub image: Arc<BootImage>,
+    /// Tests: a join's new Secondary here cuts its link after the first
+    /// piece of the full epoch, this many more times (`respawn.rs`).
+    #[cfg(test)]
+    pub join_cuts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Why a checkpoint VM's spec could not be built.
@@ -135,5 +139,7 @@ pub fn checkpoint_spec(
         epoch: Duration::from_millis(u64::from(epoch_ms)),
         boot,
         image,
+        #[cfg(test)]
+        join_cuts: Arc::default(),
     })
 }

@@ -26,6 +26,8 @@ pub struct Figures {
     applied: Mutex<Option<Arc<AtomicU64>>>,
     /// A Secondary's resumed VM, once it took over.
     live: Mutex<Option<Arc<Mutex<Option<Live>>>>>,
+    /// A Primary's guest memory (tests watch its guest).
+    memory: Mutex<Option<crate::virtio::GuestMemoryMmap>>,
 }
 
 impl Figures {
@@ -37,13 +39,28 @@ impl Figures {
         Arc::new(f)
     }
 
-    pub fn set_primary(&self, outputs: Arc<GatedOutputs>) {
+    pub fn set_primary(&self, outputs: Arc<GatedOutputs>, memory: crate::virtio::GuestMemoryMmap) {
         *lock(&self.primary) = Some(outputs);
+        *lock(&self.memory) = Some(memory);
+    }
+
+    /// The memory of a Primary's guest (tests watch it).
+    #[cfg(test)]
+    pub(crate) fn primary_memory(&self) -> Option<crate::virtio::GuestMemoryMmap> {
+        lock(&self.memory).clone()
     }
 
     pub fn set_secondary(&self, applied: Arc<AtomicU64>, live: Arc<Mutex<Option<Live>>>) {
         *lock(&self.applied) = Some(applied);
         *lock(&self.live) = Some(live);
+    }
+
+    /// A new run of the member starts: nothing of the last one is shown.
+    pub fn reset(&self) {
+        *lock(&self.primary) = None;
+        *lock(&self.applied) = None;
+        *lock(&self.live) = None;
+        *lock(&self.memory) = None;
     }
 
     /// The outputs acting now: a Primary's, or a Secondary's resumed VM's.

@@ -48,9 +48,13 @@
 //!   gratuitous ARPs, and sets the late-write fence over them unless
 //!   fencing answered its win with `storage_cut` (`late_fence.rs`).
 //!
-//! Not here: respawn of a checkpoint Secondary, fresh-ack stamps (acks are
-//! taken as they come, as `remote.rs` does). The daemon runs this driver
-//! from `daemon_member.rs`.
+//! - A Secondary that took over runs the Primary's epoch loop on the
+//!   resumed VM ([`PrimaryEffects::start_alone`]), so a respawned Secondary
+//!   can join it (`respawn.rs`); from then on the effects of a Primary
+//!   (the new link's silence, closing it, resigning) are that loop's.
+//!
+//! Not here: fresh-ack stamps (acks are taken as they come, as `remote.rs`
+//! does). The daemon runs this driver from `daemon_member.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver as EventRx, RecvTimeoutError, Sender};
@@ -67,7 +71,8 @@ mod primary_effects;
 #[path = "driver_secondary.rs"]
 mod secondary_effects;
 
-pub use primary_effects::PrimaryEffects;
+pub use primary_effects::{JoinPort, PrimaryEffects};
+pub(crate) use primary_effects::{JoinedLink, PendingJoin};
 pub use secondary_effects::{Live, SecondaryEffects, StorageCut, TakeOverPlan};
 
 /// How often the driver looks at the link's silence and deadlines.

@@ -1,7 +1,7 @@
 //! The checkpoint Primary's [`Effects`]: its VM, the epoch loop over the
 //! link and the ack thread (module doc of `driver`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,48 +18,193 @@ use crate::linux::machine::Running;
 use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
 use crate::lockstep::member::{Event, Gate};
 
-/// The Primary's end of the link: the epoch sender, the ack thread's stop,
-/// when the Secondary was last heard.
-struct PrimaryLink {
-    tx: Mutex<Option<ChannelSender>>,
-    stop: AtomicBool,
+/// One connection to a Secondary: its sender and its ack thread's stop.
+struct Conn {
+    /// Tells this connection from a later one (a respawned Secondary's).
+    id: u64,
+    tx: ChannelSender,
+    stop: Arc<AtomicBool>,
+}
+
+/// A Secondary waiting to join (respawn): its channel, the generation it
+/// joins in, and where the epoch loop says which epoch was its full one.
+pub(crate) struct PendingJoin {
+    pub ch: Channel,
+    pub generation: u64,
+    pub reply: Sender<Result<JoinedLink, String>>,
+}
+
+/// The join's full epoch closed and its link is the Primary's now.
+pub(crate) struct JoinedLink {
+    /// The full epoch.
+    pub epoch: u64,
+    /// The connection it goes over (`PrimaryLink::is_up`).
+    pub conn: u64,
+}
+
+/// The Primary's end of the link: the epoch sender (while a Secondary is
+/// connected), a join waiting for the next epoch, when the Secondary was
+/// last heard.
+pub(crate) struct PrimaryLink {
+    conn: Mutex<Option<Conn>>,
+    next_id: AtomicU64,
+    join: Mutex<Option<PendingJoin>>,
     heard: Mutex<Instant>,
     events: Mutex<Sender<Event>>,
 }
 
 impl PrimaryLink {
-    /// The link is gone (`why`): close it, tell the member once.
-    fn lost(&self, why: String) {
-        if let Some(tx) = lock(&self.tx).take() {
-            tx.shutdown();
+    /// Connection `id` is gone (`why`): close it, tell the member once.
+    /// A later connection is left alone.
+    fn lost(&self, id: u64, why: String) {
+        let mut c = lock(&self.conn);
+        if c.as_ref().is_some_and(|c| c.id == id) {
+            let c = c.take().expect("checked");
+            c.stop.store(true, Ordering::SeqCst);
+            c.tx.shutdown();
             let _ = lock(&self.events).send(Event::ChannelLost { why });
         }
     }
 
+    /// Closes the connection there is, if any (no `Bye`).
     fn close(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(tx) = lock(&self.tx).take() {
-            tx.shutdown();
+        if let Some(c) = lock(&self.conn).take() {
+            c.stop.store(true, Ordering::SeqCst);
+            c.tx.shutdown();
+        }
+    }
+
+    /// Whether connection `id` is still the Primary's.
+    pub(crate) fn is_up(&self, id: u64) -> bool {
+        lock(&self.conn).as_ref().is_some_and(|c| c.id == id)
+    }
+
+    /// Whether a Secondary is connected.
+    fn connected(&self) -> bool {
+        lock(&self.conn).is_some()
+    }
+
+    /// Takes `ch` as the connection (read timeout set) and starts its ack
+    /// thread; returns its id.
+    fn adopt(
+        self: &Arc<Self>,
+        ch: Channel,
+        outputs: &Arc<GatedOutputs>,
+    ) -> std::io::Result<(u64, JoinHandle<()>)> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, mut rx) = ch.split();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
+        *lock(&self.heard) = Instant::now();
+        *lock(&self.conn) = Some(Conn { id, tx, stop });
+        let acks = std::thread::Builder::new()
+            .name("ckpt-acks".into())
+            .spawn(move || {
+                if let Some(why) = read_acks(&mut rx, &outputs, &link, &st) {
+                    link.lost(id, why);
+                }
+            });
+        match acks {
+            Ok(t) => Ok((id, t)),
+            Err(e) => {
+                self.close();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `m` on connection `id`.
+    pub(crate) fn send_on(&self, id: u64, m: &Message) -> Result<(), String> {
+        let mut c = lock(&self.conn);
+        match c.as_mut() {
+            Some(c) if c.id == id => c.tx.send(m).map_err(|e| e.to_string()),
+            _ => Err("the link to the joining secondary is gone".into()),
+        }
+    }
+
+    /// Offers a joining Secondary to the epoch loop (respawn).
+    pub(crate) fn offer_join(&self, join: PendingJoin) -> Result<(), String> {
+        if self.connected() {
+            return Err("a secondary is connected".into());
+        }
+        let mut j = lock(&self.join);
+        if j.is_some() {
+            return Err("another join is under way".into());
+        }
+        *j = Some(join);
+        Ok(())
+    }
+
+    /// Takes a pending offer back; false if the epoch loop took it already
+    /// (its answer comes when the join's epoch closes).
+    pub(crate) fn withdraw_join(&self) -> bool {
+        lock(&self.join).take().is_some()
+    }
+
+    /// Gives a join up: a pending offer is dropped; connection `conn`, if
+    /// it is still the Primary's, is closed (no `Bye`: the new Secondary
+    /// was never told it is paired, so it never races).
+    pub(crate) fn give_up_join(&self, conn: Option<u64>) {
+        lock(&self.join).take();
+        if let Some(id) = conn {
+            let mut c = lock(&self.conn);
+            if c.as_ref().is_some_and(|c| c.id == id) {
+                let c = c.take().expect("checked");
+                c.stop.store(true, Ordering::SeqCst);
+                c.tx.shutdown();
+            }
         }
     }
 }
 
 /// Epochs into the link while there is one; without one (the member runs
-/// alone, or races) an epoch is only closed, for the gate.
-struct LinkSink(Arc<PrimaryLink>);
+/// alone, or races) an epoch is only closed, for the gate. A join offered
+/// meanwhile makes the next epoch full and takes its link when it closes.
+struct LinkSink {
+    link: Arc<PrimaryLink>,
+    outputs: Arc<GatedOutputs>,
+    /// The join whose epoch is being taken.
+    joining: Option<PendingJoin>,
+    /// Ack threads of joined links.
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
 
 impl EpochSink for LinkSink {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
-        let mut tx = lock(&self.0.tx);
-        let Some(t) = tx.as_mut() else {
+        let mut c = lock(&self.link.conn);
+        let Some(conn) = c.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = t.send(&Message::EpochPiece { bytes: piece }) {
-            let why = format!("sending an epoch to {}: {e}", t.peer());
-            drop(tx);
-            self.0.lost(why);
+        if let Err(e) = conn.tx.send(&Message::EpochPiece { bytes: piece }) {
+            let why = format!("sending an epoch to {}: {e}", conn.tx.peer());
+            let id = conn.id;
+            drop(c);
+            self.link.lost(id, why);
         }
         Ok(())
+    }
+
+    fn join(&mut self) -> Option<u64> {
+        if self.link.connected() {
+            return None;
+        }
+        self.joining = lock(&self.link.join).take();
+        self.joining.as_ref().map(|j| j.generation)
+    }
+
+    fn join_closed(&mut self, closed: Result<u64, String>) {
+        let Some(j) = self.joining.take() else {
+            return;
+        };
+        let joined = closed.and_then(|epoch| {
+            let (conn, t) = self
+                .link
+                .adopt(j.ch, &self.outputs)
+                .map_err(|e| format!("cannot start the ack thread: {e}"))?;
+            lock(&self.threads).push(t);
+            Ok(JoinedLink { epoch, conn })
+        });
+        let _ = j.reply.send(joined);
     }
 }
 
@@ -71,7 +216,7 @@ pub struct PrimaryEffects {
     epochs_stop: Arc<AtomicBool>,
     /// The epoch loop ended: no epoch closes any more.
     epochs_done: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl PrimaryEffects {
@@ -112,32 +257,29 @@ impl PrimaryEffects {
         cfg: LoopConfig,
         events: Sender<Event>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = match ch.map(Channel::split) {
-            Some((tx, rx)) => (Some(tx), Some(rx)),
-            None => (None, None),
-        };
         let link = Arc::new(PrimaryLink {
-            tx: Mutex::new(tx),
-            stop: AtomicBool::new(false),
+            conn: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            join: Mutex::new(None),
             heard: Mutex::new(Instant::now()),
             events: Mutex::new(events),
         });
-        let mut threads = Vec::new();
-        if let Some(mut rx) = rx {
-            let (link, outputs) = (Arc::clone(&link), Arc::clone(&outputs));
-            threads.push(std::thread::Builder::new().name("ckpt-acks".into()).spawn(
-                move || {
-                    if let Some(why) = read_acks(&mut rx, &outputs, &link) {
-                        link.lost(why);
-                    }
-                },
-            )?);
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        if let Some(ch) = ch {
+            let (_, t) = link.adopt(ch, &outputs)?;
+            lock(&threads).push(t);
         }
         let epochs_stop = Arc::new(AtomicBool::new(false));
         let epochs_done = Arc::new(AtomicBool::new(false));
         let epochs = {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
-            let (stop, mut sink) = (Arc::clone(&epochs_stop), LinkSink(Arc::clone(&link)));
+            let stop = Arc::clone(&epochs_stop);
+            let mut sink = LinkSink {
+                link: Arc::clone(&link),
+                outputs: Arc::clone(&outputs),
+                joining: None,
+                threads: Arc::clone(&threads),
+            };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
             std::thread::Builder::new()
@@ -150,17 +292,40 @@ impl PrimaryEffects {
                     on_epochs_end(end, &outputs, &link, &running);
                 })?
         };
+        lock(&threads).push(epochs);
         Ok(PrimaryEffects {
             running,
             outputs,
             link,
             epochs_stop,
             epochs_done,
-            threads: {
-                threads.push(epochs);
-                threads
-            },
+            threads,
         })
+    }
+
+    /// Where a respawn brings a new Secondary in (`respawn.rs`).
+    pub fn join_port(&self) -> JoinPort {
+        JoinPort {
+            link: Arc::clone(&self.link),
+            outputs: Arc::clone(&self.outputs),
+            epochs_done: Arc::clone(&self.epochs_done),
+        }
+    }
+}
+
+/// A running Primary's door for a joining Secondary (respawn): the link
+/// the epoch loop ships to and the gate it closes epochs in.
+#[derive(Clone)]
+pub struct JoinPort {
+    pub(crate) link: Arc<PrimaryLink>,
+    pub(crate) outputs: Arc<GatedOutputs>,
+    epochs_done: Arc<AtomicBool>,
+}
+
+impl JoinPort {
+    /// Whether the epoch loop still runs (a join can be taken).
+    pub fn running(&self) -> bool {
+        !self.epochs_done.load(Ordering::SeqCst) && !self.outputs.failed()
     }
 }
 
@@ -186,10 +351,10 @@ fn on_epochs_end(
                 "the Primary's guest ended: {}",
                 running.ended().map_or("?".to_string(), |e| e.to_string())
             );
-            link.stop.store(true, Ordering::SeqCst);
-            if let Some(mut tx) = lock(&link.tx).take() {
-                let _ = tx.send_last(&Message::Bye { reason });
-                tx.shutdown();
+            if let Some(mut c) = lock(&link.conn).take() {
+                c.stop.store(true, Ordering::SeqCst);
+                let _ = c.tx.send_last(&Message::Bye { reason });
+                c.tx.shutdown();
             }
         }
         Err(e) => {
@@ -207,9 +372,10 @@ fn read_acks(
     rx: &mut crate::lockstep::channel::ChannelReceiver,
     outputs: &GatedOutputs,
     link: &PrimaryLink,
+    stop: &AtomicBool,
 ) -> Option<String> {
     loop {
-        if link.stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
             return None;
         }
         match rx.recv() {
@@ -239,7 +405,12 @@ impl PrimaryEffects {
     /// Cuts the link as a partition would (both sides see it end).
     pub(crate) fn link_cutter(&self) -> impl Fn() + Send + 'static {
         let link = Arc::clone(&self.link);
-        move || link.lost("cut by the test".into())
+        move || {
+            let id = lock(&link.conn).as_ref().map(|c| c.id);
+            if let Some(id) = id {
+                link.lost(id, "cut by the test".into());
+            }
+        }
     }
 
     pub(crate) fn outputs(&self) -> Arc<GatedOutputs> {
@@ -272,12 +443,12 @@ impl Effects for PrimaryEffects {
     /// Every closed epoch is acknowledged and the VM stopped: `Resign`,
     /// then close.
     fn resign(&mut self, reason: &str) {
-        self.link.stop.store(true, Ordering::SeqCst);
-        if let Some(mut tx) = lock(&self.link.tx).take() {
-            let _ = tx.send_last(&Message::Resign {
+        if let Some(mut c) = lock(&self.link.conn).take() {
+            c.stop.store(true, Ordering::SeqCst);
+            let _ = c.tx.send_last(&Message::Resign {
                 reason: reason.to_string(),
             });
-            tx.shutdown();
+            c.tx.shutdown();
         }
     }
 
@@ -290,7 +461,7 @@ impl Effects for PrimaryEffects {
     }
 
     fn silent_ms(&self) -> u64 {
-        if lock(&self.link.tx).is_none() {
+        if !self.link.connected() {
             return 0;
         }
         lock(&self.link.heard).elapsed().as_millis() as u64
@@ -312,10 +483,17 @@ impl Drop for PrimaryEffects {
     fn drop(&mut self) {
         self.outputs.halt();
         self.epochs_stop.store(true, Ordering::SeqCst);
+        self.link.give_up_join(None);
         self.link.close();
         self.running.stop();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        // Twice: a join the epoch loop took while stopping adds a link
+        // and its ack thread once more.
+        for _ in 0..2 {
+            let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+            for t in threads {
+                let _ = t.join();
+            }
+            self.link.close();
         }
         let _ = self.running.wait();
     }

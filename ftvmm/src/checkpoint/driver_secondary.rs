@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{lock, Effects};
+use super::{lock, Effects, JoinPort, PrimaryEffects};
 use crate::checkpoint::epoch::DiskWrite;
 use crate::checkpoint::gate::{EpochGate, GateConfig};
 use crate::checkpoint::gated::{FrameOut, GatedOutputs};
 use crate::checkpoint::late_fence::{LateWriteFence, LATE_WRITE_BOUND_MS};
+use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::receiver::Receiver;
 use crate::checkpoint::remote::{serve_heard, LinkError};
 use crate::checkpoint::secondary::{self, Rebuild, Staging};
@@ -65,25 +66,30 @@ pub struct SecondaryEffects {
     receiver: Option<Receiver<Staging>>,
     plan: Option<TakeOverPlan>,
     live: Arc<Mutex<Option<Live>>>,
-    ticker: Option<JoinHandle<()>>,
+    /// The resumed VM's epoch loop, once it took over: it runs as a lone
+    /// Primary, and a respawned Secondary joins through it.
+    primary: Option<PrimaryEffects>,
+    /// Where the respawn keeper finds that loop (`respawn.rs`).
+    port: Arc<Mutex<Option<JoinPort>>>,
+    events: Sender<Event>,
 }
 
 impl SecondaryEffects {
-    /// Serves `ch` (read timeout set) into staging memory of `mem_size`
-    /// bytes for the pair in `generation`.
+    /// Serves `ch` (read timeout set) into `r`'s staging memory: a fresh
+    /// receiver at power-on, or one a join filled with its full epoch.
     pub fn start(
         vm: &str,
         ch: Channel,
-        generation: u64,
-        mem_size: u64,
+        mut r: Receiver<Staging>,
         plan: TakeOverPlan,
         events: Sender<Event>,
     ) -> Result<Self, crate::linux::LinuxVmError> {
-        let mut r = Receiver::new(generation, Staging::new(mem_size)?, 0);
+        let first = r.last();
+        let member_events = events.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
         let heard = Arc::new(Mutex::new(Instant::now()));
-        let applied = Arc::new(AtomicU64::new(0));
+        let applied = Arc::new(AtomicU64::new(first));
         let serve = {
             let (stop, at) = (Arc::clone(&stop), Arc::clone(&applied_at));
             let h = Arc::clone(&heard);
@@ -125,8 +131,15 @@ impl SecondaryEffects {
             receiver: None,
             plan: Some(plan),
             live: Arc::default(),
-            ticker: None,
+            primary: None,
+            port: Arc::default(),
+            events: member_events,
         })
+    }
+
+    /// Where the respawn keeper finds the resumed VM's epoch loop.
+    pub fn join_port(&self) -> Arc<Mutex<Option<JoinPort>>> {
+        Arc::clone(&self.port)
     }
 
     /// The last complete epoch applied here (status).
@@ -162,18 +175,23 @@ impl SecondaryEffects {
         let (running, epoch) =
             secondary::take_over(r.take_over(), rebuild, reissue).map_err(|e| e.to_string())?;
         let running = Arc::new(running);
-        let (o, rn, every) = (Arc::clone(&outputs), Arc::clone(&running), plan.epoch);
-        self.ticker = Some(
-            std::thread::Builder::new()
-                .name(format!("ckpt-solo-{}", self.vm))
-                .spawn(move || {
-                    while rn.ended().is_none() && !o.failed() {
-                        std::thread::sleep(every);
-                        o.close_epoch();
-                    }
-                })
-                .map_err(|e| e.to_string())?,
-        );
+        // The resumed VM runs the Primary's epoch loop, alone: its epochs
+        // close for the gate, and a respawned Secondary joins through it.
+        let cfg = LoopConfig {
+            epoch: plan.epoch,
+            first_full: false,
+            dirty: Default::default(),
+        };
+        let p = PrimaryEffects::start_alone(
+            &format!("ftvmm: vm {}: ", self.vm),
+            Arc::clone(&running),
+            Arc::clone(&outputs),
+            cfg,
+            self.events.clone(),
+        )
+        .map_err(|e| format!("cannot start the epoch loop: {e}"))?;
+        *lock(&self.port) = Some(p.join_port());
+        self.primary = Some(p);
         Ok(Live {
             running,
             outputs,
@@ -227,11 +245,18 @@ impl Effects for SecondaryEffects {
     }
 
     fn close_link(&mut self, reason: &str) {
+        if let Some(p) = &mut self.primary {
+            return p.close_link(reason);
+        }
         tracing::info!("checkpoint: closing the link to the Primary: {reason}");
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    fn resign(&mut self, _reason: &str) {}
+    fn resign(&mut self, reason: &str) {
+        if let Some(p) = &mut self.primary {
+            p.resign(reason);
+        }
+    }
 
     fn grant_back(&mut self) {
         if let Some(l) = lock(&self.live).as_ref() {
@@ -259,6 +284,10 @@ impl Effects for SecondaryEffects {
     }
 
     fn silent_ms(&self) -> u64 {
+        if let Some(p) = &self.primary {
+            // A respawned Secondary's silence, once one joined.
+            return p.silent_ms();
+        }
         match &self.serve {
             // Any message, not only a whole epoch: the first one is all of
             // guest memory and may take longer than the failure timeout.
@@ -279,7 +308,7 @@ impl Effects for SecondaryEffects {
     }
 
     fn all_acked(&self) -> bool {
-        false
+        self.primary.as_ref().is_some_and(|p| p.all_acked())
     }
 }
 
@@ -289,13 +318,13 @@ impl Drop for SecondaryEffects {
         if let Some(h) = self.serve.take() {
             let _ = h.join();
         }
+        lock(&self.port).take();
+        // Stops the VM and its epoch loop and link first.
+        drop(self.primary.take());
         if let Some(l) = lock(&self.live).take() {
             l.outputs.halt();
             l.running.stop();
             let _ = l.running.wait();
-        }
-        if let Some(t) = self.ticker.take() {
-            let _ = t.join();
         }
     }
 }

@@ -17,8 +17,9 @@ use crate::checkpoint::gate::GateConfig;
 use crate::checkpoint::gated::GatedBackend;
 use crate::checkpoint::gated::GatedOutputs;
 use crate::checkpoint::primary::LoopConfig;
+use crate::checkpoint::receiver::Receiver;
 use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
-use crate::checkpoint::secondary::Rebuild;
+use crate::checkpoint::secondary::{Rebuild, Staging};
 use crate::linux::tests::{counter, wait_until, Sink};
 use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::Halt;
@@ -151,7 +152,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
 
     let s_events = MemberDriver::channel();
     let s_fx =
-        SecondaryEffects::start("kv", s_ch, 1, MEM, plan(s_grant), s_events.0.clone()).unwrap();
+        SecondaryEffects::start("kv", s_ch, fresh(1), plan(s_grant), s_events.0.clone()).unwrap();
     let live = s_fx.live();
     let secondary = MemberDriver::start(
         ("kv", "host-b"),
@@ -388,8 +389,7 @@ fn a_secondary_without_a_complete_epoch_never_races() {
     let fx = SecondaryEffects::start(
         "kv",
         s_ch,
-        1,
-        MEM,
+        fresh(1),
         plan(HostGrant::always()),
         events.0.clone(),
     )
@@ -417,4 +417,9 @@ fn a_secondary_without_a_complete_epoch_never_races() {
     assert_eq!(disk.0.lock().unwrap().get(&2), None, "it never raced");
     assert!(live.lock().unwrap().is_none());
     secondary.finish();
+}
+
+/// A power-on Secondary's receiver in `generation`: empty staging memory.
+fn fresh(generation: u64) -> Receiver<Staging> {
+    Receiver::new(generation, Staging::new(MEM).unwrap(), 0)
 }

@@ -42,6 +42,8 @@
 //! ```text
 //! Paired{g} --on_secondary_lost--> Lost{g} --on_generation_won(g')--> Solo{g'}
 //! Solo{g}   --on_paired(g')-------> Paired{g'}        (a respawned Secondary)
+//! Solo{g}   --close_epoch_joining(g)--> Paired{g} --abandon_join(g)--> Solo{g}
+//! Solo{g}   --on_generation_rewon(g')--> Solo{g'}    (a lone Primary re-won)
 //! ```
 //!
 //! # Invariants (asserted)
@@ -136,6 +138,8 @@ pub struct EpochGate {
     overlay: Overlay,
     /// Nothing leaves while set (the grant or the member; module doc).
     held: bool,
+    /// A join's full epoch closed and the member has not paired yet.
+    joining: bool,
 }
 
 impl EpochGate {
@@ -156,6 +160,7 @@ impl EpochGate {
             frames: VecDeque::new(),
             overlay: Overlay::default(),
             held: false,
+            joining: false,
         }
     }
 
@@ -293,6 +298,7 @@ impl EpochGate {
         match self.mode {
             Mode::Paired { generation } => {
                 self.mode = Mode::Lost { generation };
+                self.joining = false;
                 Ok(())
             }
             mode => Err(GateError::Transition {
@@ -316,6 +322,88 @@ impl EpochGate {
                 mode,
             }),
         }
+    }
+
+    /// A lone Primary re-won a later generation (its grant came back after
+    /// a lapse and it re-checked, `member.rs` `Rechecking`): it still runs
+    /// alone, now in `generation`.
+    pub fn on_generation_rewon(&mut self, generation: u64) -> Result<Vec<Action>, GateError> {
+        match self.mode {
+            Mode::Solo { generation: g } if generation > g => {
+                self.mode = Mode::Solo { generation };
+                Ok(self.advance())
+            }
+            mode => Err(GateError::Transition {
+                what: "run alone in a later generation",
+                mode,
+            }),
+        }
+    }
+
+    /// A new Secondary joins the lone Primary in the generation it owns
+    /// (respawn, `respawn.rs`): closes the current epoch `J` — the join's
+    /// full epoch — in `Paired { generation }`, so `J` and every later
+    /// epoch wait for the new Secondary's acks, while the epochs before `J`,
+    /// closed alone and counted as acknowledged then, go on releasing as
+    /// their writes become durable. The returned `Closed` carries, before
+    /// `J`'s own writes, every write of the earlier epochs not yet durable
+    /// (in order): the new Secondary never had those epochs, and must be able
+    /// to re-write them should it take over before they reach the device.
+    /// The gate keeps only `J`'s own writes to submit for `J`.
+    pub fn close_epoch_joining(
+        &mut self,
+        generation: u64,
+    ) -> Result<(Closed, Vec<Action>), GateError> {
+        match self.mode {
+            Mode::Solo { generation: g } if g == generation => {}
+            mode => {
+                return Err(GateError::Transition {
+                    what: "take a joining Secondary",
+                    mode,
+                })
+            }
+        }
+        let mut earlier: Vec<DiskWrite> = self.flying.clone();
+        for (_, w) in &self.unsubmitted {
+            earlier.extend(w.iter().cloned());
+        }
+        self.mode = Mode::Paired { generation };
+        self.joining = true;
+        let (mut closed, actions) = self.close_epoch();
+        earlier.append(&mut closed.writes);
+        closed.writes = earlier;
+        Ok((closed, actions))
+    }
+
+    /// A join in `generation` failed before the member paired: the Primary
+    /// runs alone in the generation it never left, so every closed epoch
+    /// counts as acknowledged again (the would-be Secondary never races: it
+    /// was never told it is paired).
+    pub fn abandon_join(&mut self, generation: u64) -> Result<Vec<Action>, GateError> {
+        match self.mode {
+            Mode::Paired { generation: g } if g == generation && self.joining => {
+                self.mode = Mode::Solo { generation };
+                self.joining = false;
+                self.acked = self.current - 1;
+                Ok(self.advance())
+            }
+            mode => Err(GateError::Transition {
+                what: "give a join up",
+                mode,
+            }),
+        }
+    }
+
+    /// Whether a join's full epoch closed and the member has not paired
+    /// with the new Secondary yet.
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
+    /// The member paired with the joining Secondary (or left the join's
+    /// generation): the join is over.
+    pub fn end_join(&mut self) {
+        self.joining = false;
     }
 
     /// A new Secondary holds the state at the end of the last closed epoch

@@ -228,3 +228,86 @@ fn an_epoch_ends_early_past_its_bounds() {
     g.close_epoch();
     assert_eq!(g.end_early(0), None);
 }
+
+/// A lone gate in generation 2 (lost generation 1's Secondary, won 2).
+fn solo() -> EpochGate {
+    let mut g = EpochGate::new(CFG, 1);
+    g.on_secondary_lost().unwrap();
+    g.on_generation_won(2).unwrap();
+    g
+}
+
+/// Respawn (`respawn.rs`): epochs closed alone before the join release
+/// without the new Secondary; the join's full epoch and later ones wait for
+/// its acks; writes of earlier epochs not yet durable travel in the join's
+/// epoch, ahead of its own.
+#[test]
+fn a_join_holds_its_full_epoch_and_later_ones_for_the_new_secondarys_acks() {
+    let mut g = solo();
+    g.on_frame(b"alone".to_vec());
+    g.on_write(8, sectors(1, 1));
+    let (c1, acts) = g.close_epoch();
+    assert_eq!(submitted(&acts), vec![c1.number], "alone: acked at close");
+    g.on_write(16, sectors(2, 1));
+    g.on_frame(b"joining".to_vec());
+    let (j, acts) = g.close_epoch_joining(2).unwrap();
+    assert!(acts.is_empty(), "epoch 1's writes are still in flight");
+    assert_eq!(g.mode(), Mode::Paired { generation: 2 });
+    // Epoch 1's write (not durable yet) rides in the full epoch, first.
+    let at: Vec<u64> = j.writes.iter().map(|w| w.sector).collect();
+    assert_eq!(at, vec![8, 16]);
+    // Epoch 1 becomes durable: its frame leaves without any ack.
+    let acts = g.on_durable(c1.number).unwrap();
+    assert_eq!(released(&acts), vec![b"alone".to_vec()]);
+    assert!(
+        submitted(&acts).is_empty(),
+        "the join's epoch waits for its ack"
+    );
+    g.on_frame(b"after".to_vec());
+    let (c3, acts) = g.close_epoch();
+    assert!(acts.is_empty(), "paired: nothing without acks");
+    // The new Secondary's ack of the full epoch: its own write goes out.
+    let acts = g.on_ack(j.number).unwrap();
+    assert_eq!(submitted(&acts), vec![j.number]);
+    let acts = g.on_durable(j.number).unwrap();
+    assert_eq!(released(&acts), vec![b"joining".to_vec()]);
+    assert!(released(&g.on_ack(c3.number).unwrap()).len() == 1);
+}
+
+/// A join given up before the member paired: alone again in the same
+/// generation, every closed epoch released; a join in another generation,
+/// or a second one, is refused.
+#[test]
+fn an_abandoned_join_runs_alone_again_in_its_generation() {
+    let mut g = solo();
+    assert!(matches!(
+        g.close_epoch_joining(3),
+        Err(GateError::Transition { .. })
+    ));
+    g.on_frame(b"f".to_vec());
+    let (j, acts) = g.close_epoch_joining(2).unwrap();
+    assert!(released(&acts).is_empty());
+    assert!(matches!(
+        g.close_epoch_joining(2),
+        Err(GateError::Transition { .. })
+    ));
+    assert!(g.abandon_join(3).is_err());
+    let acts = g.abandon_join(2).unwrap();
+    assert_eq!(g.mode(), Mode::Solo { generation: 2 });
+    assert_eq!(released(&acts), vec![b"f".to_vec()]);
+    assert_eq!(g.progress().0, j.number, "every closed epoch acked");
+    assert!(g.abandon_join(2).is_err(), "only once");
+}
+
+/// A lone Primary that re-won a later generation stays alone in it; never
+/// backwards.
+#[test]
+fn a_lone_gate_follows_a_later_generation_won_again() {
+    let mut g = solo();
+    assert!(g.on_generation_rewon(2).is_err());
+    g.on_generation_rewon(4).unwrap();
+    assert_eq!(g.mode(), Mode::Solo { generation: 4 });
+    g.on_frame(b"x".to_vec());
+    let (c, acts) = g.close_epoch();
+    assert_eq!((c.generation, released(&acts)), (4, vec![b"x".to_vec()]));
+}

@@ -165,7 +165,17 @@ impl GatedOutputs {
         {
             let mut g = lock(&self.gate);
             match (gate, g.mode()) {
-                (Gate::ByAcks, Mode::Paired { .. }) => {}
+                (Gate::ByAcks, Mode::Paired { .. }) => g.end_join(),
+                // A join is under way in the generation the member runs
+                // alone in (`EpochGate::close_epoch_joining`): releasing by
+                // the new Secondary's acks is the stricter of the two, so it
+                // stays until the join completes or is given up.
+                (Gate::Open, Mode::Paired { generation: g0 })
+                    if g0 == generation && g.joining() => {}
+                (Gate::Open, Mode::Solo { generation: g0 }) if generation > g0 => {
+                    g.set_held(true);
+                    g.on_generation_rewon(generation)?;
+                }
                 (Gate::Open, Mode::Solo { generation: g0 }) if g0 == generation => {}
                 (Gate::Open, Mode::Paired { generation: g0 } | Mode::Lost { generation: g0 })
                     if generation > g0 =>
@@ -263,6 +273,29 @@ impl GatedOutputs {
         let (closed, actions) = g.close_epoch();
         self.perform(&mut g, actions);
         closed
+    }
+
+    /// Ends the current epoch as the full epoch of a Secondary joining in
+    /// `generation` (call with the vCPUs paused; `EpochGate::close_epoch_joining`).
+    pub fn close_epoch_joining(&self, generation: u64) -> Result<Closed, GateError> {
+        let mut g = self.lock_gate();
+        let (closed, actions) = g.close_epoch_joining(generation)?;
+        self.perform(&mut g, actions);
+        Ok(closed)
+    }
+
+    /// The join in `generation` failed before the member paired
+    /// (`EpochGate::abandon_join`).
+    pub fn abandon_join(&self, generation: u64) -> Result<(), GateError> {
+        let mut g = self.lock_gate();
+        let actions = g.abandon_join(generation)?;
+        self.perform(&mut g, actions);
+        Ok(())
+    }
+
+    /// Whom the gate answers to now.
+    pub fn mode(&self) -> Mode {
+        lock(&self.gate).mode()
     }
 
     /// A fresh acknowledgement from the Secondary: every epoch `<= epoch`.

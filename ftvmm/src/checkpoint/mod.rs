@@ -57,8 +57,15 @@
 //! epochs (checked by `manager_checkpoint_tests`, two daemons in one
 //! process on /dev/kvm, and `gated`'s `fence_tests`).
 //!
-//! Not here yet: respawn in this mode, and resending from the first
-//! unacked epoch after a reconnect.
+//! [`respawn`]: a Primary running alone (after a take-over, after its
+//! Secondary was lost, or alone at power-on) gets a new Secondary through
+//! lockstep's keeper (placement, Hello, back-off, protection line); the
+//! first full checkpoint is the state transfer, and the gate pairs at that
+//! epoch (the Output Rule across a join is argued in its module doc).
+//! Checked by `gate_tests` and `manager_checkpoint_respawn_tests` (three
+//! daemons in one process on /dev/kvm).
+//!
+//! Not here yet: resending from the first unacked epoch after a reconnect.
 
 pub mod assemble;
 pub mod boot_image;
@@ -80,6 +87,7 @@ pub mod primary;
 pub mod receiver;
 pub mod remote;
 pub mod resident;
+pub mod respawn;
 pub mod secondary;
 pub mod state;
 

@@ -9,7 +9,9 @@
 //! gate's epoch boundary, all at the same instant, so the epoch's pages,
 //! state, disk writes and frames describe one point of the guest's run.
 //! The first epoch carries every page (the staging copy starts empty),
-//! copied while the guest runs and completed in the pause ([`pre_copy`]).
+//! copied while the guest runs and completed in the pause ([`pre_copy`]);
+//! so does a joining Secondary's first (respawn, [`EpochSink::join`]): a
+//! join is exactly a first epoch, to a new link.
 //!
 //! Sending: pieces go to an [`EpochSink`] (the channel to the Secondary, or
 //! a test's in-process link) in order; the Secondary's acknowledgements come
@@ -31,6 +33,18 @@ use crate::linux::machine::{Paused, Running};
 /// Where an epoch's pieces go.
 pub trait EpochSink: Send {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String>;
+
+    /// A Secondary waits to join in this generation (respawn): the next
+    /// epoch is full and closes the gate's lone run
+    /// (`GatedOutputs::close_epoch_joining`). Asked before every epoch.
+    fn join(&mut self) -> Option<u64> {
+        None
+    }
+
+    /// The join's epoch closed as `Ok(number)` (its pieces follow through
+    /// [`EpochSink::send`], to the joining Secondary), or the gate refused
+    /// the join (`Err`; the epoch closed as an ordinary one).
+    fn join_closed(&mut self, _closed: Result<u64, String>) {}
 }
 
 /// Why the loop stopped.
@@ -211,7 +225,23 @@ pub struct LoopConfig {
     pub dirty: DirtyLog,
 }
 
+/// Closes the epoch, as a join's (`join`: its generation) or an ordinary
+/// one; the join's outcome beside it.
+fn close(
+    outputs: &GatedOutputs,
+    join: Option<u64>,
+) -> (super::gate::Closed, Option<Result<(), String>>) {
+    match join {
+        None => (outputs.close_epoch(), None),
+        Some(g) => match outputs.close_epoch_joining(g) {
+            Ok(c) => (c, Some(Ok(()))),
+            Err(e) => (outputs.close_epoch(), Some(Err(e.to_string()))),
+        },
+    }
+}
+
 /// Pauses, harvests, closes and ships one epoch; returns its figures.
+/// `join`: the generation a Secondary joins in (the epoch is full).
 pub fn one_epoch(
     running: &Running,
     outputs: &GatedOutputs,
@@ -219,6 +249,8 @@ pub fn one_epoch(
     full: bool,
     dirty: DirtyLog,
 ) -> Result<EpochStats, EpochLoopError> {
+    let join = sink.join();
+    let full = full || join.is_some();
     let pre = if full {
         Some(
             pre_copy(running, dirty).map_err(|why| EpochLoopError::Harvest {
@@ -230,15 +262,18 @@ pub fn one_epoch(
         None
     };
     let t = Instant::now();
-    let (taken, closed) = running.with_paused(|p| {
+    let (taken, (closed, joined)) = running.with_paused(|p| {
         let h = harvest(p, pre, dirty);
         // The boundary is drawn even if the harvest failed, so the gate's
         // epochs stay in step with what was (not) shipped; a failed
         // harvest ends the loop and nothing of that epoch is ever released.
-        (h, outputs.close_epoch())
+        (h, close(outputs, join))
     });
     let pause = t.elapsed();
     let number = closed.number;
+    if let Some(j) = joined {
+        sink.join_closed(j.map(|()| number));
+    }
     let h = taken.map_err(|why| EpochLoopError::Harvest { epoch: number, why })?;
     let e = to_epoch(h, closed);
     let stats = EpochStats {

@@ -20,7 +20,7 @@ use super::pair::{
     listen, primary_handshake, run_alone, run_primary, run_secondary, secondary_handshake, Allowed,
     PairReport,
 };
-use super::respawn::keeper::Keeper;
+use super::respawn::keeper::{Keeper, LockstepJoin};
 use super::respawn::{target, JOIN_BY_TRANSFER};
 use super::spec::{channel_port, image_sha256, PairError, PairHandle, PairSpec};
 use super::start::{
@@ -431,6 +431,11 @@ fn start_keeper(
         spec: spec.clone(),
         handle: Arc::clone(handle),
         stop: Arc::clone(&stop),
+        join: Arc::new(LockstepJoin {
+            rc: rc.clone(),
+            spec: spec.clone(),
+            handle: Arc::clone(handle),
+        }),
     };
     let thread = keeper
         .spawn()

@@ -165,7 +165,11 @@ impl Watch {
                 Err(_) => (false, false),
             };
             let facts = if nowhere && (waited >= POWER_ON_GRACE || died) {
-                host_facts(&fencing, &here)
+                host_facts(
+                    std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
+                    &fencing,
+                    &here,
+                )
             } else {
                 Vec::new()
             };
@@ -196,7 +200,11 @@ impl Watch {
             if waited < POWER_ON_GRACE {
                 return None;
             }
-            let facts = host_facts(&fencing, &here);
+            let facts = host_facts(
+                std::path::Path::new(config_schema::ctl::HEARTBEAT_SOCKET),
+                &fencing,
+                &here,
+            );
             let alive = facts.iter().any(|h| h.name == secondary && h.alive);
             (!alive).then_some(WaitEnd::PartnerDown)
         })

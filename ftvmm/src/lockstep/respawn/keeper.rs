@@ -1,8 +1,12 @@
 //! The keeper of a VM's protection on its Primary's host: whenever the
-//! member runs alone in a generation it owns (`Solo`, gate open, grant
-//! held), it chooses a host for a new Secondary (`placement::choose`), says
-//! why in one console line, connects, and runs the transfer (`source.rs`).
-//! A failed attempt is reported and retried with back-off; no eligible host
+//! member runs alone in a generation it owns (`Solo`, its outputs released
+//! by this host alone, grant held), it chooses a host for a new Secondary
+//! (`placement::choose`), says why in one console line, connects with a
+//! Hello that says "join" (`JOIN_BY_TRANSFER`, the pair's Hello otherwise:
+//! mode, image digest, memory), and hands the channel to the mode's
+//! [`JoinSource`]: lockstep's live transfer (`source.rs`, [`LockstepJoin`]),
+//! or a checkpoint VM's full first epoch (`checkpoint/respawn.rs`). A
+//! failed attempt is reported and retried with back-off; no eligible host
 //! leaves the VM `not protected` with the reason, re-examined every
 //! [`LOOK_EVERY`] (a host that boots again, or comes back after a partition
 //! heals, becomes eligible again without anyone's action).
@@ -21,7 +25,7 @@ use config_schema::ctl::{self, Request, Response};
 use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
-use super::source::{transfer, Joined, SourceCtx};
+use super::source::{transfer, SourceCtx};
 use super::target::platform_sha256;
 use super::JOIN_BY_TRANSFER;
 use crate::lockstep::channel::{self, Channel, Message};
@@ -39,14 +43,109 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// new Secondary is behind a partition).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Progress of one join, in percent (for the protection line).
+pub type JoinProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A join that worked: what the console's `protected` line adds.
+pub struct JoinReport {
+    /// After `protected: secondary host-c`: how and from where.
+    pub detail: String,
+    /// The guest's pause, if the join paused it (the event's figure).
+    pub pause_ms: Option<u64>,
+    /// One more console line, if the mode has one.
+    pub after: Option<String>,
+}
+
+/// How a VM's mode brings a new Secondary in over an accepted channel.
+pub trait JoinSource: Send + Sync {
+    /// Whether the VM can take a new Secondary now, besides the member's
+    /// `Solo` (lockstep: its log's gate is open).
+    fn ready(&self) -> bool;
+    /// One join to `target` over `ch` (its Hello was accepted) in
+    /// generation `g`: returns once the member paired with it, or why not
+    /// (the VM runs on alone either way).
+    fn join(
+        &self,
+        ch: Channel,
+        target: &str,
+        g: u64,
+        progress: JoinProgress,
+    ) -> Result<JoinReport, String>;
+}
+
+/// Lockstep's join: live state transfer (`source.rs`).
+pub struct LockstepJoin {
+    pub rc: RuntimeConfig,
+    pub spec: PairSpec,
+    pub handle: Arc<PairHandle>,
+}
+
+impl LockstepJoin {
+    fn log(&self) -> Option<Arc<crate::lockstep::primary::PrimaryLog>> {
+        self.handle
+            .primary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl JoinSource for LockstepJoin {
+    fn ready(&self) -> bool {
+        self.log().is_some_and(|l| l.gate() == Gate::Open)
+    }
+
+    fn join(
+        &self,
+        ch: Channel,
+        target: &str,
+        g: u64,
+        progress: JoinProgress,
+    ) -> Result<JoinReport, String> {
+        let log = self.log().ok_or("the member has no log")?;
+        let role = placement::Role::Primary {
+            secondary: target.to_string(),
+        };
+        let ctx = SourceCtx {
+            vm: self.spec.hello.vm.clone(),
+            generation: g,
+            target: target.to_string(),
+            handle: Arc::clone(&self.handle),
+            log,
+            platform_sha256: platform_sha256(&self.spec.hello.platform),
+            on_traffic: placement::heartbeat_notifier(&self.rc, &role),
+            progress: Arc::new(move |pct| progress(pct)),
+        };
+        let j = transfer(&ctx, ch)?;
+        Ok(JoinReport {
+            detail: format!(
+                "in lockstep from exit {}; generation {g}; pause {} ms; {} rounds; {} bytes sent for {} MiB of guest memory",
+                j.log_start_exit,
+                j.pause.as_millis(),
+                j.stats.rounds,
+                j.bytes_sent,
+                j.memory_bytes >> 20,
+            ),
+            pause_ms: Some(j.pause.as_millis() as u64),
+            after: Some(format!(
+                "ftvmm: vm {}: stop-and-copy pause: {}",
+                self.spec.hello.vm, j.pause_detail
+            )),
+        })
+    }
+}
+
 /// What the keeper of one VM needs.
 pub struct Keeper {
     pub rc: RuntimeConfig,
     pub vm: config_schema::Vm,
     pub index: usize,
+    /// The pair's agreement: the join's Hello is its Hello.
     pub spec: PairSpec,
     pub handle: Arc<PairHandle>,
     pub stop: Arc<AtomicBool>,
+    /// How this VM's mode brings the Secondary in.
+    pub join: Arc<dyn JoinSource>,
 }
 
 impl Keeper {
@@ -83,19 +182,14 @@ impl Keeper {
                 None => continue,
             };
             let since = *alone_since.get_or_insert_with(Instant::now);
-            let Some(log) = self
-                .handle
-                .primary
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            else {
-                continue;
-            };
-            if log.gate() != Gate::Open || Instant::now() < retry_at {
+            if !self.join.ready() || Instant::now() < retry_at {
                 continue;
             }
-            let facts = host_facts(Path::new(&self.spec.fencing_socket), &here);
+            let facts = host_facts(
+                &self.spec.heartbeat_socket,
+                Path::new(&self.spec.fencing_socket),
+                &here,
+            );
             let choice = choose_secondary(&self.rc.config, &name, &here, &facts);
             let line = choice.line();
             if line != last_line {
@@ -110,7 +204,7 @@ impl Keeper {
             println!("ftvmm: vm {name}: starting secondary on {target} (generation {g})");
             self.handle
                 .set_protection(&format!("starting secondary on {target} (0%)"));
-            match self.attempt(&target, g, &log) {
+            match self.attempt(&target, g) {
                 Ok(j) => {
                     backoff.on_success();
                     last_line.clear();
@@ -122,19 +216,15 @@ impl Keeper {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                     let line = format!(
-                        "ftvmm: vm {name}: {p} in lockstep from exit {}; generation {g}; pause {} ms; \
-                         {} rounds; {} bytes sent for {} MiB of guest memory; unprotected for {} ms",
-                        j.log_start_exit,
-                        j.pause.as_millis(),
-                        j.stats.rounds,
-                        j.bytes_sent,
-                        j.memory_bytes >> 20,
+                        "ftvmm: vm {name}: {p} {}; unprotected for {} ms",
+                        j.detail,
                         since.elapsed().as_millis()
                     );
                     println!("{line}");
-                    let pause_ms = Some(j.pause.as_millis() as u64);
-                    events::record(EventKind::Respawn, Some(&name), pause_ms, &line);
-                    println!("ftvmm: vm {name}: stop-and-copy pause: {}", j.pause_detail);
+                    events::record(EventKind::Respawn, Some(&name), j.pause_ms, &line);
+                    if let Some(after) = j.after {
+                        println!("{after}");
+                    }
                     alone_since = None;
                 }
                 Err(e) => {
@@ -154,13 +244,8 @@ impl Keeper {
         }
     }
 
-    /// One transfer to `target` in generation `g`.
-    fn attempt(
-        &self,
-        target: &str,
-        g: u64,
-        log: &Arc<crate::lockstep::primary::PrimaryLog>,
-    ) -> Result<Joined, String> {
+    /// One join to `target` in generation `g`.
+    fn attempt(&self, target: &str, g: u64) -> Result<JoinReport, String> {
         let ch = self.connect(target, g)?;
         let (handle, vm, target_s) = (
             Arc::clone(&self.handle),
@@ -168,27 +253,14 @@ impl Keeper {
             target.to_string(),
         );
         let said = std::sync::atomic::AtomicU64::new(0);
-        let progress = Arc::new(move |pct: u64| {
+        let progress: JoinProgress = Arc::new(move |pct: u64| {
             handle.set_protection(&format!("starting secondary on {target_s} ({pct}%)"));
             // One console line per quarter crossed.
             if pct / 25 > said.swap(pct / 25, Ordering::SeqCst) {
                 println!("ftvmm: vm {vm}: starting secondary on {target_s} ({pct}%)");
             }
         });
-        let role = placement::Role::Primary {
-            secondary: target.to_string(),
-        };
-        let ctx = SourceCtx {
-            vm: self.vm.name.clone(),
-            generation: g,
-            target: target.to_string(),
-            handle: Arc::clone(&self.handle),
-            log: Arc::clone(log),
-            platform_sha256: platform_sha256(&self.spec.hello.platform),
-            on_traffic: placement::heartbeat_notifier(&self.rc, &role),
-            progress,
-        };
-        transfer(&ctx, ch)
+        self.join.join(ch, target, g, progress)
     }
 
     /// Connects to `target`'s listener for this VM and proposes the join.
@@ -241,11 +313,11 @@ fn reason_of(c: &placement::Choice) -> String {
     }
 }
 
-/// Every host as heartbeat and fencing see it now: alive (heartbeat; this
-/// host is alive), leased (fencing's lease view). Free memory is not
-/// reported by any daemon yet: unknown.
-pub fn host_facts(fencing: &Path, here: &str) -> Vec<HostFacts> {
-    let peers = match ctl::query(Path::new(ctl::HEARTBEAT_SOCKET), &Request::Peers) {
+/// Every host as heartbeat (behind `heartbeat`) and fencing see it now:
+/// alive (heartbeat; this host is alive), leased (fencing's lease view).
+/// Free memory is not reported by any daemon yet: unknown.
+pub fn host_facts(heartbeat: &Path, fencing: &Path, here: &str) -> Vec<HostFacts> {
+    let peers = match ctl::query(heartbeat, &Request::Peers) {
         Ok(Response::Peers { peers }) => peers,
         _ => Vec::new(),
     };
