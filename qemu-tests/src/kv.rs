@@ -31,7 +31,11 @@ impl Kv {
     /// once (1 run in ~10) the first SYN to a pair's freshly listening guest
     /// was answered with a reset, because the guest announced `listening`
     /// before its sockets listened (fixed in guest/src/kv.rs). The retry
-    /// stays as a guard, visible if it ever fires again.
+    /// stays as a guard, visible if it ever fires again. "No route to host"
+    /// (the guest's ARP reply did not come within the client kernel's 3 s)
+    /// is retried the same way: a checkpoint Primary holds every frame,
+    /// ARP replies too, until its epoch is acknowledged, which takes seconds
+    /// while a Linux guest boots on the TCG hosts.
     pub fn connect(client: &NetnsTap) -> Kv {
         let addr: SocketAddr = GUEST.parse().expect("valid address");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -40,7 +44,8 @@ impl Kv {
             match client.tcp_connect(addr, Duration::from_secs(60)) {
                 Ok(s) => break s,
                 Err(e)
-                    if e.to_string().contains("refused")
+                    if (e.to_string().contains("refused")
+                        || e.to_string().contains("No route to host"))
                         && std::time::Instant::now() < deadline =>
                 {
                     refused += 1;

@@ -194,6 +194,17 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
     let listening = format!("[{VM}] kv: listening on {GUEST}");
     a.wait_for(listening.as_str(), Duration::from_secs(600))
         .unwrap_or_else(|e| panic!("{e}"));
+    // Booting, the guest dirties ~16 MiB per epoch and an epoch takes
+    // seconds over the TCG hosts' FT network (0.3 epochs/s): an ARP reply
+    // held that long fails the client's connect ("No route to host"). The
+    // next epoch summary (every 10 s) comes after the boot's churn.
+    let settled = a
+        .wait_for_next(
+            format!("ftvmm: vm {VM}: checkpoint: epoch "),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("checkpoint-pair: after the guest listens: {settled}");
     let (_ms, acked) = survive(
         &cluster,
         "checkpoint primary host killed",
