@@ -3,13 +3,18 @@
 //! over Noise ([`noise::Kind::Apply`]); one line per host back.
 //!
 //! Rules:
-//! - One apply at a time per host ([`Service::apply_lock`]): the generation
-//!   check and the write are one step, so of two concurrent applies the
-//!   higher generation ends on disk whichever order they come in (a lower
-//!   one after a higher one is refused as not newer).
+//! - One apply at a time per host ([`Service::apply_lock`]): the check and
+//!   the write are one step, so of two concurrent applies the newer ends on
+//!   disk whichever order they come in (a lower one after a higher one is
+//!   refused as not newer). Newer is the order of
+//!   `config_schema::config_id`: a higher generation, or the same
+//!   generation with a higher digest, so two operators' different configs
+//!   of one generation end as the same one on every host (the one with the
+//!   higher digest; a host holding it refuses the other and says so).
 //! - The host an operator asked passes the config on unless every host
-//!   would refuse it or it is older than this host's ([`pass_on_despite`]);
-//!   a host that received it from another host does not pass it on.
+//!   would refuse it or it is older than this host's, the same generation
+//!   with a lower digest included ([`pass_on_despite`]); a host that
+//!   received it from another host does not pass it on.
 //! - A host that was down catches up by itself ([`super::catch_up`]).
 //! - Live: what `config_schema::changes::LIVE` lists: the operators (taken
 //!   here), heartbeat's timing (interval, failure timeout: taken here into
@@ -173,10 +178,7 @@ impl Service {
                 String::new()
             }
         };
-        let line = format!(
-            "{host}: generation {} persisted (was {}); {changes}{told}",
-            new.cluster.generation, persisted.previous
-        );
+        let line = persisted_line(&host, &persisted, &format!("{changes}{told}"));
         events::record(EventKind::ConfigApplied, None, None, &line);
         tracing::info!("apply: {line}");
         let outcome = if changes.needs_reboot() {
@@ -335,6 +337,26 @@ impl Service {
         self.answer_host(stream, nonce, (from, msg), Kind::Apply, respond)?;
         tracing::info!("apply: config from host {from} answered");
         Ok(())
+    }
+}
+
+/// The line of a persisted config: `host-a: generation 8 persisted (was 7);
+/// <changes>`, or for one that replaced another config of its generation
+/// `host-b: persisted generation 8 (replaced another generation-8 config,
+/// digest 1a2b… < 3c4d…); <changes>`.
+fn persisted_line(host: &str, p: &disk_persist::Persisted, rest: &str) -> String {
+    let (g, was) = (p.id.generation, p.previous);
+    if was.generation == g {
+        format!(
+            "{host}: persisted generation {g} (replaced another generation-{g} config, digest {} < {}); {rest}",
+            was.short_digest(),
+            p.id.short_digest()
+        )
+    } else {
+        format!(
+            "{host}: generation {g} persisted (was {}); {rest}",
+            was.generation
+        )
     }
 }
 
