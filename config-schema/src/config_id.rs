@@ -13,10 +13,11 @@
 //!   under a signature that covers its host's key, and must name the same
 //!   config as the signed config every host verifies. The canonical config
 //!   contains the generation, so two configs with one digest are equal.
-//! - A STATE record written before digests existed (`crate::disk`, version
-//!   1) names a generation only; it reads as [`UNKNOWN_DIGEST`] (all zero),
-//!   below every real digest, so it bounds the generation as before and
-//!   lets any config of that generation through.
+//! - A STATE record written before digests existed (version 1 of
+//!   `crate::disk`'s record) names a generation only; it reads as
+//!   [`UNKNOWN_DIGEST`] (all zero), below every real digest, so it bounds
+//!   the generation as before and lets any config of that generation
+//!   through.
 
 use std::fmt;
 

@@ -423,13 +423,13 @@ fn two_configs_of_one_generation_end_as_the_higher_on_every_disk_in_any_order() 
         vec![2, 1, 0],
     ];
     let mut endings = std::collections::BTreeSet::new();
-    for o in 0..orders.len() {
+    for (o, order) in orders.iter().enumerate() {
         let mut rec = Recorder {
             disk: fresh(&s),
             ops: vec![],
         };
         let mut held: Option<ConfigId> = None;
-        for &k in orders[o].iter().chain(&orders[o]) {
+        for &k in order.iter().chain(order) {
             let (c, id) = all[k];
             let before = rec.disk.clone();
             match persist(&mut rec, &pk, &SignedConfig::sign(c, &s).unwrap()) {

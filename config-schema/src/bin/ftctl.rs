@@ -412,6 +412,10 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
         println!("warning: {w}");
     }
     test_hooks_banner(&v.config, &mut std::io::stdout());
+    println!(
+        "config digest: {} (of two configs of one generation, the higher digest is newer)",
+        active.current.id.short_digest()
+    );
     if active.current.slot != 0 || active.current.format != disk::FORMAT_VERSION {
         println!(
             "slot: {} (applied over the network, format {})",
@@ -422,8 +426,13 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
         println!("other slot: {p}");
     }
     if image.len() >= DISK_LEN {
-        match disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
-            Ok(Some(g)) => println!("state: accepted generation {g}"),
+        match disk::decode_state_id(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
+            Ok(Some(id)) if id.has_digest() => println!(
+                "state: accepted generation {} (digest {})",
+                id.generation,
+                id.short_digest()
+            ),
+            Ok(Some(id)) => println!("state: accepted generation {}", id.generation),
             Ok(None) => println!("state: blank"),
             Err(e) => println!("state: {e}"),
         }
