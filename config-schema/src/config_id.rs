@@ -21,6 +21,8 @@
 
 use std::fmt;
 
+use crate::model::ClusterConfig;
+
 /// The digest a STATE record without one reads as (below every real one).
 pub const UNKNOWN_DIGEST: [u8; 32] = [0; 32];
 
@@ -45,6 +47,14 @@ impl ConfigId {
             generation,
             digest: digest(canonical),
         }
+    }
+
+    /// The identity of `config`: its canonical encoding's digest (the
+    /// encoding is deterministic, so the same config gives the same id on
+    /// every host, whether it came from a `make-disk` image or an applied
+    /// slot; `crate::canonical` round-trips).
+    pub fn of_config(config: &ClusterConfig) -> Self {
+        Self::of_canonical(config.cluster.generation, &crate::canonical::encode(config))
     }
 
     /// A generation whose digest is not known (a version-1 STATE record).
@@ -114,6 +124,14 @@ mod tests {
         assert_eq!(
             ConfigId::of_canonical(3, b"").to_string(),
             "generation 3 (digest e3b0c442…)"
+        );
+        let c = crate::parse(include_str!("../../examples/cluster.toml"))
+            .unwrap()
+            .config;
+        let bytes = crate::canonical::encode(&c);
+        assert_eq!(
+            ConfigId::of_config(&crate::canonical::decode(&bytes).unwrap()),
+            ConfigId::of_canonical(c.cluster.generation, &bytes)
         );
         assert_eq!(
             ConfigId::generation_only(3).to_string(),
