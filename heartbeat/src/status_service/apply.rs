@@ -23,7 +23,9 @@
 //!   lag limit; ftvmm takes them: after every persist this host tells its
 //!   ftvmm, `ctl::Request::ConfigApplied`, and tells it again every catch-up
 //!   round, so an ftvmm that restarted or did not answer learns it; ftvmm
-//!   ignores generations older than one it took).
+//!   ignores generations older than one it took, and takes one of the same
+//!   generation in arrival order, so heartbeat tells it under the apply
+//!   lock, in persist order, and the last it hears is this host's newest).
 //!   Anything else is persisted and said to need a reboot. Status keeps
 //!   reporting the generation the host booted (the one its daemons pair
 //!   under); the VMs' power in the cluster report follows the live one.
@@ -218,8 +220,12 @@ impl Service {
     }
 
     /// Tells ftvmm again about the newest config persisted since boot (a
-    /// catch-up round); nothing when none was.
+    /// catch-up round); nothing when none was. Under the apply lock: ftvmm
+    /// takes a config of the generation it has in arrival order (it cannot
+    /// tell two configs of one generation apart), so this must not resend a
+    /// config that an apply replaced meanwhile with one of its generation.
     pub(super) fn tell_ftvmm_again(&self) {
+        let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = self.live().persisted else {
             return;
         };
