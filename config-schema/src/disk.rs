@@ -32,21 +32,34 @@
 //!
 //! # The STATE sector: anti-rollback
 //!
-//! | offset in sector | size | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `FTCFGST1` |
-//! | 8 | 4 | state version, `u32` = 1 |
-//! | 12 | 4 | reserved, 0 |
-//! | 16 | 8 | highest config generation this host ever accepted, `u64` |
-//! | 24 | 4 | CRC-32C of bytes `[0, 24)` |
-//! | 28 | 2020 | zero |
-//! | 2048 | 28 | record B: same fields as bytes `[0, 28)` (record A), or zero |
-//! | 2076 | 2020 | zero |
+//! Two records, A at 0 and B at [`STATE_RECORD_B`] = 2048, each blank (all
+//! zero) or one of:
+//!
+//! | offset in record | size | version 1 (before digests) | version 2 |
+//! |---|---|---|---|
+//! | 0 | 8 | magic `FTCFGST1` | magic `FTCFGST1` |
+//! | 8 | 4 | state version, `u32` = 1 | state version, `u32` = 2 |
+//! | 12 | 4 | reserved, 0 | reserved, 0 |
+//! | 16 | 8 | highest config generation this host ever accepted, `u64` | the same |
+//! | 24 | 4 | CRC-32C of bytes `[0, 24)` | digest of that config (32 bytes, [`crate::config_id`]) |
+//! | 28 | 32 | zero | (digest, continued) |
+//! | 56 | 4 | zero | CRC-32C of bytes `[0, 56)` |
+//! | 60 | 1988 | zero | zero |
+//!
+//! A record names the highest [`ConfigId`] (generation, then digest) this
+//! host accepted. Version 2 adds the digest so that of two configs of one
+//! generation the host can refuse the lower one ([`crate::config_id`]); a
+//! version-1 record (every disk written before) still reads, as its
+//! generation with the unknown (all-zero) digest, below every config of that
+//! generation: it bounds the generation exactly as before. This release
+//! writes version 2 only; an older release reads a version-2 record as
+//! "unsupported state version 2" and refuses the disk (going back to it
+//! needs the config disk made again).
 //!
 //! Record B is written by `ftctl apply` ([`crate::persist`]), which always
-//! writes the record not holding the highest generation, so a torn write
-//! leaves the other; the sector's generation is the higher valid record.
-//! init and `make-disk` write record A only.
+//! writes the record not holding the highest id, so a torn write leaves the
+//! other; the sector's id is the higher valid record. init and `make-disk`
+//! write record A only.
 //!
 //! # Slots
 //!
@@ -70,6 +83,7 @@ use std::fmt;
 use ring::signature::{Ed25519KeyPair, UnparsedPublicKey, ED25519};
 
 use crate::canonical;
+use crate::config_id::ConfigId;
 use crate::model::ClusterConfig;
 use crate::runtime::RuntimeConfig;
 use crate::validate::{self, ConfigError, Warning};
@@ -87,8 +101,9 @@ pub const STATE_LEN: usize = 4096;
 pub const STATE_OFFSET: u64 = (DISK_LEN - STATE_LEN) as u64;
 /// Magic of the STATE sector.
 pub const STATE_MAGIC: [u8; 8] = *b"FTCFGST1";
-/// Version of the STATE record.
-pub const STATE_VERSION: u32 = 1;
+/// Version of the STATE record written (2: with the digest; 1, read too,
+/// has none).
+pub const STATE_VERSION: u32 = 2;
 /// Bytes before the canonical config.
 pub const HEADER_LEN: usize = 20;
 /// Ed25519 signature length.
@@ -97,8 +112,11 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const HOST_KEY_LEN: usize = 32;
 /// Longest host name the format carries.
 pub const MAX_HOST_NAME_LEN: usize = 255;
-/// Length of one STATE record.
-pub const STATE_RECORD_LEN: usize = 28;
+/// Length of one STATE record (version 2; version 1 used the first 28
+/// bytes and left the rest zero).
+pub const STATE_RECORD_LEN: usize = 60;
+/// Length of a version-1 STATE record.
+const STATE_RECORD_V1_LEN: usize = 28;
 
 /// Why a config disk (or its STATE sector) was refused. Display is one line.
 #[derive(Debug, thiserror::Error)]
@@ -123,8 +141,11 @@ pub enum DiskError {
     UnknownHost(String),
     #[error("host key mismatch: the private key does not match the public key of host {0:?}")]
     HostKeyMismatch(String),
-    #[error("rollback: offered generation {offered} < accepted generation {accepted}")]
-    Rollback { offered: u64, accepted: u64 },
+    #[error("{}", rollback_line(offered, accepted))]
+    Rollback {
+        offered: ConfigId,
+        accepted: ConfigId,
+    },
     #[error("state sector corrupt: {0}")]
     StateCorrupt(String),
     #[error("CRC-32C mismatch over slot {slot}'s unsigned part (a torn write?)")]
@@ -332,11 +353,13 @@ pub fn read_disk_unverified(image: &[u8]) -> Result<(ClusterConfig, String), Dis
     decode_payload(&layout(image)?)
 }
 
-/// The STATE sector recording `accepted_generation` ([`STATE_LEN`] bytes).
+/// A STATE sector in the layout before digests (a version-1 record A with
+/// `accepted_generation`; [`STATE_LEN`] bytes): what init wrote until this
+/// release, kept to make such disks in tests.
 pub fn encode_state(accepted_generation: u64) -> Vec<u8> {
     let mut s = Vec::with_capacity(STATE_LEN);
     s.extend(STATE_MAGIC);
-    s.extend(STATE_VERSION.to_le_bytes());
+    s.extend(1u32.to_le_bytes());
     s.extend(0u32.to_le_bytes());
     s.extend(accepted_generation.to_le_bytes());
     let crc = crc32c::crc32c(&s);
@@ -345,43 +368,74 @@ pub fn encode_state(accepted_generation: u64) -> Vec<u8> {
     s
 }
 
+/// The STATE sector recording `accepted` in record A ([`STATE_LEN`] bytes).
+pub fn encode_state_id(accepted: ConfigId) -> Vec<u8> {
+    let mut s = encode_state_record(accepted);
+    s.resize(STATE_LEN, 0);
+    s
+}
+
+/// One version-2 STATE record for `id`, [`STATE_RECORD_LEN`] bytes.
+pub fn encode_state_record(id: ConfigId) -> Vec<u8> {
+    let mut s = Vec::with_capacity(STATE_RECORD_LEN);
+    s.extend(STATE_MAGIC);
+    s.extend(STATE_VERSION.to_le_bytes());
+    s.extend(0u32.to_le_bytes());
+    s.extend(id.generation.to_le_bytes());
+    s.extend(id.digest);
+    let crc = crc32c::crc32c(&s);
+    s.extend(crc.to_le_bytes());
+    debug_assert_eq!(s.len(), STATE_RECORD_LEN);
+    s
+}
+
 /// Where the second STATE record starts in the sector (its own 512-byte
 /// sector, so a torn write of one record leaves the other whole).
 pub const STATE_RECORD_B: usize = 2048;
 
-/// One STATE record ([`STATE_RECORD_LEN`] bytes): blank, a generation, or why not.
-fn decode_record(r: &[u8]) -> Result<Option<u64>, DiskError> {
+const _: () = assert!(STATE_RECORD_LEN <= 512 && STATE_RECORD_B + STATE_RECORD_LEN <= STATE_LEN);
+
+/// One STATE record ([`STATE_RECORD_LEN`] bytes): blank, an id, or why not.
+fn decode_record(r: &[u8]) -> Result<Option<ConfigId>, DiskError> {
     if r.iter().all(|&b| b == 0) {
         return Ok(None);
     }
     if r[..8] != STATE_MAGIC {
         return Err(DiskError::StateCorrupt("wrong magic".into()));
     }
-    let crc = u32_at(r, 24);
-    if crc32c::crc32c(&r[..24]) != crc {
+    let version = u32_at(r, 8);
+    let crc_at = match version {
+        1 => STATE_RECORD_V1_LEN - 4,
+        STATE_VERSION => STATE_RECORD_LEN - 4,
+        _ => {
+            return Err(DiskError::StateCorrupt(format!(
+                "unsupported state version {version}"
+            )))
+        }
+    };
+    if crc32c::crc32c(&r[..crc_at]) != u32_at(r, crc_at) {
         return Err(DiskError::StateCorrupt("CRC-32C mismatch".into()));
     }
-    let version = u32_at(r, 8);
-    if version != STATE_VERSION {
-        return Err(DiskError::StateCorrupt(format!(
-            "unsupported state version {version}"
-        )));
-    }
-    if u32_at(r, 12) != 0 {
+    if u32_at(r, 12) != 0 || r[crc_at + 4..].iter().any(|&b| b != 0) {
         return Err(DiskError::StateCorrupt("non-zero reserved bytes".into()));
     }
-    Ok(Some(u64::from_le_bytes(
-        r[16..24].try_into().expect("8-byte slice"),
-    )))
+    let generation = u64::from_le_bytes(r[16..24].try_into().expect("8-byte slice"));
+    Ok(Some(match version {
+        1 => ConfigId::generation_only(generation),
+        _ => ConfigId {
+            generation,
+            digest: r[24..56].try_into().expect("32-byte slice"),
+        },
+    }))
 }
 
 /// The two records of a STATE sector (A at 0, B at [`STATE_RECORD_B`]),
 /// each blank, valid or damaged. `ftctl apply` writes the record that does
-/// not hold the highest generation (`crate::slots`); init and `make-disk`
-/// write A and leave B zero.
+/// not hold the highest id (`crate::slots`); init and `make-disk` write A
+/// and leave B zero.
 pub fn decode_state_records(
     bytes: &[u8],
-) -> Result<[Result<Option<u64>, DiskError>; 2], DiskError> {
+) -> Result<[Result<Option<ConfigId>, DiskError>; 2], DiskError> {
     if bytes.len() < STATE_LEN {
         return Err(DiskError::Truncated {
             need: STATE_LEN,
@@ -403,11 +457,11 @@ pub fn decode_state_records(
     Ok([decode_record(a), decode_record(b)])
 }
 
-/// Reads a STATE sector: `None` when blank (all zero), the accepted generation
+/// Reads a STATE sector: `None` when blank (all zero), the accepted id
 /// when valid (the higher of its two records), an error when present but
 /// damaged (a damaged record beside a valid one is a torn write: the valid
 /// one counts).
-pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
+pub fn decode_state_id(bytes: &[u8]) -> Result<Option<ConfigId>, DiskError> {
     let [a, b] = decode_state_records(bytes)?;
     match (a, b) {
         (Ok(a), Ok(b)) => Ok(a.max(b)),
@@ -416,19 +470,38 @@ pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
     }
 }
 
-/// One STATE record for `generation`, [`STATE_RECORD_LEN`] bytes.
-pub fn encode_state_record(generation: u64) -> Vec<u8> {
-    let mut s = encode_state(generation);
-    s.truncate(STATE_RECORD_LEN);
-    s
+/// [`decode_state_id`]'s generation.
+pub fn decode_state(bytes: &[u8]) -> Result<Option<u64>, DiskError> {
+    Ok(decode_state_id(bytes)?.map(|id| id.generation))
 }
 
-/// Refuses an offered generation lower than the accepted one. Equal is fine
-/// (the same config after a reboot).
-pub fn check_rollback(accepted: Option<u64>, offered: u64) -> Result<(), DiskError> {
+/// Refuses an offered config below the accepted one: a lower generation,
+/// or the same generation with a lower digest ([`crate::config_id`]; a
+/// record without a digest bounds the generation only). Equal is fine (the
+/// same config after a reboot).
+pub fn check_rollback(accepted: Option<ConfigId>, offered: ConfigId) -> Result<(), DiskError> {
     match accepted {
         Some(accepted) if offered < accepted => Err(DiskError::Rollback { offered, accepted }),
         _ => Ok(()),
+    }
+}
+
+/// [`DiskError::Rollback`]'s line.
+fn rollback_line(offered: &ConfigId, accepted: &ConfigId) -> String {
+    if offered.generation < accepted.generation {
+        format!(
+            "rollback: offered generation {} < accepted generation {}",
+            offered.generation, accepted.generation
+        )
+    } else {
+        format!(
+            "rollback: offered generation {g} has digest {} below the accepted generation-{g} \
+             config's {} (two configs of one generation: the higher digest wins; sign a higher \
+             cluster.generation)",
+            offered.short_digest(),
+            accepted.short_digest(),
+            g = offered.generation,
+        )
     }
 }
 

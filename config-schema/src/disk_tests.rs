@@ -271,19 +271,87 @@ fn state_round_trip_and_corruption() {
     }
 }
 
+fn gen(g: u64) -> ConfigId {
+    ConfigId::generation_only(g)
+}
+
+fn id(g: u64, d: u8) -> ConfigId {
+    ConfigId {
+        generation: g,
+        digest: [d; 32],
+    }
+}
+
 #[test]
 fn rollback() {
-    check_rollback(None, 1).unwrap();
-    check_rollback(Some(5), 5).unwrap();
-    check_rollback(Some(5), 6).unwrap();
-    let e = check_rollback(Some(5), 3).unwrap_err();
+    check_rollback(None, gen(1)).unwrap();
+    check_rollback(Some(gen(5)), gen(5)).unwrap();
+    check_rollback(Some(gen(5)), gen(6)).unwrap();
+    let e = check_rollback(Some(gen(5)), gen(3)).unwrap_err();
     assert_eq!(
         e.to_string(),
         "rollback: offered generation 3 < accepted generation 5"
     );
     // Through the state sector as init does it.
-    let accepted = decode_state(&encode_state(5)).unwrap();
-    assert!(check_rollback(accepted, 4).is_err());
+    let accepted = decode_state_id(&encode_state(5)).unwrap();
+    assert!(check_rollback(accepted, id(4, 0xff)).is_err());
+    // A record without a digest lets any config of its generation through.
+    check_rollback(accepted, id(5, 0x01)).unwrap();
+}
+
+#[test]
+fn rollback_within_a_generation_follows_the_digest() {
+    check_rollback(Some(id(5, 0x22)), id(5, 0x22)).unwrap();
+    check_rollback(Some(id(5, 0x22)), id(5, 0x33)).unwrap();
+    check_rollback(Some(id(5, 0x22)), id(6, 0x01)).unwrap();
+    let e = check_rollback(Some(id(5, 0x22)), id(5, 0x11)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rollback: offered generation 5 has digest 11111111… below the accepted generation-5 \
+         config's 22222222… (two configs of one generation: the higher digest wins; sign a \
+         higher cluster.generation)"
+    );
+    let e = check_rollback(Some(id(5, 0x22)), id(4, 0xff)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rollback: offered generation 4 < accepted generation 5"
+    );
+}
+
+#[test]
+fn a_version_2_record_round_trips_and_a_version_1_record_still_reads() {
+    let s = encode_state_id(id(9, 0xab));
+    assert_eq!(s.len(), STATE_LEN);
+    assert_eq!(decode_state_id(&s).unwrap(), Some(id(9, 0xab)));
+    assert_eq!(decode_state(&s).unwrap(), Some(9));
+    // Every byte of a version-2 record is covered.
+    for at in 0..STATE_RECORD_LEN + 4 {
+        let mut bad = s.clone();
+        bad[at] ^= 1;
+        assert!(
+            matches!(decode_state_id(&bad), Err(DiskError::StateCorrupt(_))),
+            "byte {at}"
+        );
+    }
+    // The layout before digests: generation only, digest unknown.
+    let old = encode_state(7);
+    assert_eq!(decode_state_id(&old).unwrap(), Some(gen(7)));
+    // Record A old, record B new (an old disk after one apply): the higher counts.
+    let mut mixed = old.clone();
+    mixed[STATE_RECORD_B..STATE_RECORD_B + STATE_RECORD_LEN]
+        .copy_from_slice(&encode_state_record(id(7, 0x01)));
+    assert_eq!(decode_state_id(&mixed).unwrap(), Some(id(7, 0x01)));
+    mixed[STATE_RECORD_B..STATE_RECORD_B + STATE_RECORD_LEN]
+        .copy_from_slice(&encode_state_record(id(6, 0xff)));
+    assert_eq!(decode_state_id(&mixed).unwrap(), Some(gen(7)));
+    // A record of an unknown version is refused, naming it.
+    let mut v3 = s.clone();
+    v3[8] = 3;
+    let e = decode_state_id(&v3).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "state sector corrupt: unsupported state version 3"
+    );
 }
 
 #[test]
@@ -292,7 +360,8 @@ fn every_error_is_one_line() {
     let mut errors = vec![
         read_disk(&img[..3], &pk).unwrap_err(),
         read_disk(&[0u8; 64], &pk).unwrap_err(),
-        check_rollback(Some(2), 1).unwrap_err(),
+        check_rollback(Some(gen(2)), gen(1)).unwrap_err(),
+        check_rollback(Some(id(2, 2)), id(2, 1)).unwrap_err(),
     ];
     let mut bad = img.clone();
     bad[30] ^= 1;

@@ -4,17 +4,23 @@
 //!
 //! Rules:
 //! - The offered config must verify against the trust root, keep this host
-//!   with the same key, and be newer than both the active slot and STATE
-//!   (equal is refused too: the same generation applied twice is a mistake
-//!   or a replay, and two different configs must never share a generation).
-//! - The active slot and the STATE record holding the highest generation are
-//!   never written; the writes are sector-aligned ([`CHUNK`]).
-//! - Invariant, checked before the STATE write: STATE never names a
-//!   generation above that of a valid slot, so every prefix of the writes
-//!   leaves a disk that boots with the old or the new config.
+//!   with the same key, and be newer than both the active slot and STATE in
+//!   the order of [`ConfigId`] (generation, then digest;
+//!   [`crate::config_id`]): a higher generation, or the same generation with
+//!   a higher digest (two operators signed two configs with one generation:
+//!   every host ends on the one with the higher digest). The same config
+//!   again is refused as not newer, as is anything lower.
+//! - The active slot and the STATE record holding the highest id are never
+//!   written; the writes are sector-aligned ([`CHUNK`]).
+//! - Invariant: STATE never names an id above that of a valid slot (the
+//!   slot is written and synced before the record), so every prefix of the
+//!   writes leaves a disk that boots with the old or the new config. For a
+//!   config of the same generation as the old one this holds as for a
+//!   higher one: the new slot counts once whole, since its id is higher.
 
 use std::io;
 
+use crate::config_id::ConfigId;
 use crate::disk::{self, DiskError, DISK_LEN, STATE_LEN, STATE_OFFSET};
 use crate::signed::{SignedConfig, SignedError, VerifiedConfig};
 use crate::slots::{self, SLOTS};
@@ -49,8 +55,11 @@ impl BlockDev for std::fs::File {
 pub enum PersistError {
     #[error("refused: {0}")]
     Signed(#[from] SignedError),
-    #[error("refused: generation {offered} is not newer than this host's generation {current} (sign a config with a higher cluster.generation)")]
-    NotNewer { offered: u64, current: u64 },
+    #[error("refused: {}", not_newer_line(offered, current))]
+    NotNewer {
+        offered: ConfigId,
+        current: ConfigId,
+    },
     #[error("refused: the new config does not keep this host ({0}); a host's name or key changes with a new config disk")]
     HostChanged(DiskError),
     #[error(
@@ -75,8 +84,10 @@ pub enum PersistError {
 #[derive(Debug, Clone)]
 pub struct Persisted {
     pub config: VerifiedConfig,
-    /// The generation it replaced (the highest of the active slot and STATE).
-    pub previous: u64,
+    /// Its id.
+    pub id: ConfigId,
+    /// The id it replaced (the highest of the active slot and STATE).
+    pub previous: ConfigId,
     pub slot: usize,
     pub host_name: String,
 }
@@ -98,13 +109,14 @@ pub fn persist(
     let active = slots::read_active(&image, trust_root).map_err(PersistError::Current)?;
     let state_bytes = &image[STATE_OFFSET as usize..][..STATE_LEN];
     let [a, _] = disk::decode_state_records(state_bytes).map_err(PersistError::State)?;
-    let accepted = disk::decode_state(state_bytes).map_err(PersistError::State)?;
+    let accepted = disk::decode_state_id(state_bytes).map_err(PersistError::State)?;
     let new = offered.verify(trust_root)?;
+    let id = ConfigId::of_canonical(new.generation(), &offered.canonical);
     let cur = &active.current;
-    let current = cur.generation().max(accepted.unwrap_or(0));
-    if new.generation() <= current {
+    let current = accepted.map_or(cur.id, |s| s.max(cur.id));
+    if id <= current {
         return Err(PersistError::NotNewer {
-            offered: new.generation(),
+            offered: id,
             current,
         });
     }
@@ -125,23 +137,40 @@ pub fn persist(
     }
     write_slot(dev, start, &bytes)?;
     dev.sync()?;
-    // Write the record that does not hold the highest generation.
+    // Write the record that does not hold the highest id.
     let keep_a = matches!(a, Ok(Some(g)) if accepted == Some(g));
     let record = if keep_a { disk::STATE_RECORD_B } else { 0 };
-    let mut sector = disk::encode_state_record(new.generation());
+    let mut sector = disk::encode_state_record(id);
     sector.resize(RECORD_WRITE, 0);
     dev.write_at(STATE_OFFSET + record as u64, &sector)?;
     dev.sync()?;
-    tracing::info!(
-        "config disk: generation {} persisted in slot {target} (was {current})",
-        new.generation()
-    );
+    tracing::info!("config disk: {id} persisted in slot {target} (was {current})");
     Ok(Persisted {
         config: new,
+        id,
         previous: current,
         slot: target,
         host_name: name.clone(),
     })
+}
+
+/// [`PersistError::NotNewer`]'s line, after `refused: `.
+fn not_newer_line(offered: &ConfigId, current: &ConfigId) -> String {
+    if offered.generation == current.generation && offered.digest < current.digest {
+        format!(
+            "holds another generation-{g} config with a higher digest ({} > {}); the cluster \
+             converges on that one",
+            current.short_digest(),
+            offered.short_digest(),
+            g = current.generation,
+        )
+    } else {
+        format!(
+            "generation {} is not newer than this host's generation {} (sign a config with a \
+             higher cluster.generation)",
+            offered.generation, current.generation
+        )
+    }
 }
 
 /// Writes `bytes` at `start` in [`CHUNK`]s, the last padded with zeros.

@@ -35,13 +35,17 @@
 //!
 //! # Which slot counts; how a new config is persisted
 //!
-//! The reader takes the valid slot with the highest generation
-//! ([`read_active`]). [`persist`] writes the new config into the other slot,
-//! syncs, then writes the STATE record that does not hold the highest
-//! generation, and syncs. Invariant: the STATE's generation is never above
-//! the generation of a valid slot, so a cut at any write leaves a disk that
-//! boots (tested in `slots_tests.rs` by cutting at every write).
+//! The reader takes the valid slot with the highest [`ConfigId`]
+//! (generation, then the digest of its canonical config,
+//! [`crate::config_id`]; [`read_active`]). [`persist`] writes the new config
+//! into the other slot, syncs, then writes the STATE record that does not
+//! hold the highest id, and syncs. Invariant: the STATE's id is never above
+//! the id of a valid slot, so a cut at any write leaves a disk that boots
+//! (tested in `slots_tests.rs` by cutting at every write, also for a config
+//! replacing another of the same generation: the slot write is the point
+//! where the new one counts, as for a higher generation).
 
+use crate::config_id::ConfigId;
 use crate::disk::{self, DiskError, VerifiedDisk, DISK_LEN, MAGIC, STATE_OFFSET};
 use crate::signed::{self, SignedConfig};
 
@@ -74,6 +78,8 @@ pub struct SlotConfig {
     pub signed: Option<SignedConfig>,
     /// End of the slot's bytes, from its start.
     pub len: usize,
+    /// Its generation and the digest of its canonical config.
+    pub id: ConfigId,
 }
 
 impl SlotConfig {
@@ -144,6 +150,7 @@ fn read_applied(bytes: &[u8], slot: usize, trust_root: &[u8]) -> Result<SlotConf
         .to_string();
     let key: [u8; 32] = bytes[name_at + n..end].try_into().expect("32 bytes");
     disk::check_host(&v.config, &host_name, &key)?;
+    let id = ConfigId::of_canonical(v.config.cluster.generation, &sc.canonical);
     Ok(SlotConfig {
         slot,
         format: APPLIED_VERSION,
@@ -153,8 +160,9 @@ fn read_applied(bytes: &[u8], slot: usize, trust_root: &[u8]) -> Result<SlotConf
             host_private_key: key,
             warnings: v.warnings,
         },
-        signed: Some(sc),
         len: end + 4,
+        id,
+        signed: Some(sc),
     })
 }
 
@@ -192,9 +200,13 @@ pub fn read_slot(
     match disk::u32_at(bytes, 8) {
         disk::FORMAT_VERSION if slot == 0 => {
             let d = disk::read_disk(image, trust_root)?;
+            // read_disk checked the lengths: the canonical config follows the header.
+            let c = disk::u32_at(image, 12) as usize;
+            let canonical = &image[disk::HEADER_LEN..disk::HEADER_LEN + c];
             Ok(Some(SlotConfig {
                 slot,
                 format: disk::FORMAT_VERSION,
+                id: ConfigId::of_canonical(d.generation(), canonical),
                 disk: d,
                 signed: None,
                 len: format2_len(image),
@@ -212,7 +224,7 @@ fn slot1_shadowed(image: &[u8]) -> bool {
         && format2_len(image) > SLOT1_OFFSET
 }
 
-/// The config that counts: the valid slot with the highest generation.
+/// The config that counts: the valid slot with the highest [`ConfigId`].
 /// With one slot bad and the other valid, the valid one counts and the bad
 /// one's reason is in [`Active::other_problem`]; with both bad, the error
 /// names both (with slot 1 blank, slot 0's error as it is).
@@ -233,7 +245,7 @@ pub fn read_active(image: &[u8], trust_root: &[u8]) -> Result<Active, DiskError>
         read_slot(image, 1, trust_root)
     };
     match (s0, s1) {
-        (Ok(a), Ok(Some(b))) if b.generation() > a.generation() => Ok(Active {
+        (Ok(a), Ok(Some(b))) if b.id > a.id => Ok(Active {
             current: b,
             other_problem: None,
         }),

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use super::*;
-use crate::disk::{decode_state, encode_state, write_disk, STATE_LEN};
+use crate::config_id::ConfigId;
+use crate::disk::{decode_state, decode_state_id, encode_state, write_disk, STATE_LEN};
 use crate::keys;
 use crate::model::ClusterConfig;
 use crate::persist::{persist, BlockDev, PersistError};
@@ -26,6 +27,21 @@ fn config(generation: u64) -> ClusterConfig {
         .config;
     c.cluster.generation = generation;
     c
+}
+
+/// Configs of one generation that differ (in `timing.lag_limit_ms`), with
+/// their ids, lowest id first.
+fn same_generation(generation: u64, n: u64) -> Vec<(ClusterConfig, ConfigId)> {
+    let mut v: Vec<_> = (0..n)
+        .map(|k| {
+            let mut c = config(generation);
+            c.timing.lag_limit_ms = 400 + k;
+            let id = ConfigId::of_canonical(generation, &crate::canonical::encode(&c));
+            (c, id)
+        })
+        .collect();
+    v.sort_by_key(|(_, id)| *id);
+    v
 }
 
 fn key_a() -> [u8; 32] {
@@ -88,8 +104,8 @@ impl BlockDev for CutAfter {
 fn boot(image: &[u8], trust_root: &[u8]) -> Result<(ClusterConfig, String), String> {
     let a = read_active(image, trust_root).map_err(|e| e.to_string())?;
     let st =
-        decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]).map_err(|e| e.to_string())?;
-    disk::check_rollback(st, a.current.generation()).map_err(|e| e.to_string())?;
+        decode_state_id(&image[STATE_OFFSET as usize..][..STATE_LEN]).map_err(|e| e.to_string())?;
+    disk::check_rollback(st, a.current.id).map_err(|e| e.to_string())?;
     Ok((a.current.disk.config, a.current.disk.host_name))
 }
 
@@ -175,7 +191,7 @@ fn cut_everywhere_with(
         ops: vec![],
     };
     let p = persist(&mut rec, pk, &sc).unwrap();
-    assert_eq!((p.previous, p.config.generation()), (old, g));
+    assert_eq!((p.previous.generation, p.config.generation()), (old, g));
     let imgs = crash_images(image, &rec.ops, state_sector_atomic);
     let (mut saw_old, mut saw_new) = (0, 0);
     for (i, img) in imgs.iter().enumerate() {
@@ -275,7 +291,8 @@ fn older_or_equal_generations_are_refused_with_both_numbers() {
     for g in [1, 2, 3] {
         let e = persist(&mut rec, &pk, &SignedConfig::sign(&config(g), &s).unwrap()).unwrap_err();
         assert!(
-            matches!(e, PersistError::NotNewer { offered, current: 3 } if offered == g),
+            matches!(e, PersistError::NotNewer { offered, current }
+                if offered.generation == g && current.generation == 3),
             "{e}"
         );
         assert_eq!(
@@ -318,12 +335,145 @@ fn a_state_ahead_of_the_slots_refuses_what_it_must() {
     let e = persist(&mut rec, &pk, &SignedConfig::sign(&config(5), &s).unwrap()).unwrap_err();
     assert!(matches!(
         e,
-        PersistError::NotNewer {
-            offered: 5,
-            current: 7
-        }
+        PersistError::NotNewer { offered, current }
+            if offered.generation == 5 && current == ConfigId::generation_only(7)
     ));
+    // STATE of the layout before digests names generation 7 without one: a
+    // generation-7 config is newer than it (the slots hold only 1).
+    persist(&mut rec, &pk, &SignedConfig::sign(&config(7), &s).unwrap()).unwrap();
     persist(&mut rec, &pk, &SignedConfig::sign(&config(8), &s).unwrap()).unwrap();
+}
+
+#[test]
+fn a_cut_at_any_write_replacing_a_config_of_the_same_generation_leaves_one_of_them() {
+    let s = signer();
+    let pk = s.public_key().as_ref().to_vec();
+    let two = same_generation(2, 3);
+    let mut img = fresh(&s);
+    img[STATE_OFFSET as usize..].copy_from_slice(&encode_state(1));
+    // Generation 2 (lowest digest) into slot 1, then a higher digest of
+    // generation 2 over the make-disk image in slot 0, then the highest
+    // over slot 1; byte-level tears everywhere.
+    let img = cut_everywhere_with(&img, &s, (&config(1), &two[0].0), false);
+    let img = cut_everywhere_with(&img, &s, (&two[0].0, &two[1].0), false);
+    let img = cut_everywhere_with(&img, &s, (&two[1].0, &two[2].0), false);
+    let a = read_active(&img, &pk).unwrap();
+    assert_eq!((a.current.slot, a.current.id), (1, two[2].1));
+    assert_eq!(
+        decode_state_id(&img[STATE_OFFSET as usize..]).unwrap(),
+        Some(two[2].1)
+    );
+    // Both slots hold generation 2: the higher digest counts, whichever slot.
+    let other = read_slot(&img, 0, &pk).unwrap().unwrap();
+    assert_eq!(other.id, two[1].1);
+}
+
+#[test]
+fn a_make_disk_config_is_replaced_by_a_higher_digest_of_its_generation() {
+    // The digest is of the canonical config, so a make-disk image and a
+    // signed config of the same config are the same config.
+    let s = signer();
+    let pk = s.public_key().as_ref().to_vec();
+    let made = fresh(&s);
+    let made_id = read_active(&made, &pk).unwrap().current.id;
+    assert_eq!(
+        made_id,
+        ConfigId::of_canonical(1, &crate::canonical::encode(&config(1)))
+    );
+    let mut rec = Recorder {
+        disk: made.clone(),
+        ops: vec![],
+    };
+    let e = persist(&mut rec, &pk, &SignedConfig::sign(&config(1), &s).unwrap()).unwrap_err();
+    assert!(matches!(e, PersistError::NotNewer { offered, current }
+        if offered == made_id && current == made_id));
+    let ones = same_generation(1, 8);
+    let above = ones
+        .iter()
+        .find(|(_, id)| *id > made_id)
+        .expect("one of 8 above");
+    let mut img = made;
+    img[STATE_OFFSET as usize..].copy_from_slice(&encode_state(1));
+    cut_everywhere_with(&img, &s, (&config(1), &above.0), false);
+}
+
+#[test]
+fn two_configs_of_one_generation_end_as_the_higher_on_every_disk_in_any_order() {
+    // X and Y: generation 8, Y's digest higher; W: generation 7. Each of
+    // the 6 orders delivered twice over to a disk of its own (a host's
+    // deliveries are serialized, hosts are independent, so every way three
+    // hosts can receive them is among these): every disk ends on Y; whatever
+    // comes after Y is refused with its reason and leaves the disk as it was.
+    let s = signer();
+    let pk = s.public_key().as_ref().to_vec();
+    let eight = same_generation(8, 2);
+    let (x, y) = (&eight[0], &eight[1]);
+    let w = {
+        let c = config(7);
+        let id = ConfigId::of_canonical(7, &crate::canonical::encode(&c));
+        (c, id)
+    };
+    let all = [&w, x, y];
+    let orders: Vec<Vec<usize>> = vec![
+        vec![0, 1, 2],
+        vec![0, 2, 1],
+        vec![1, 0, 2],
+        vec![1, 2, 0],
+        vec![2, 0, 1],
+        vec![2, 1, 0],
+    ];
+    let mut endings = std::collections::BTreeSet::new();
+    for (o, order) in orders.iter().enumerate() {
+        let mut rec = Recorder {
+            disk: fresh(&s),
+            ops: vec![],
+        };
+        let mut held: Option<ConfigId> = None;
+        for &k in order.iter().chain(order) {
+            let (c, id) = all[k];
+            let before = rec.disk.clone();
+            match persist(&mut rec, &pk, &SignedConfig::sign(c, &s).unwrap()) {
+                Ok(p) => {
+                    assert!(
+                        held.is_none_or(|h| *id > h),
+                        "order {o}: took {id} over {held:?}"
+                    );
+                    assert_eq!(p.id, *id);
+                    held = Some(*id);
+                }
+                Err(PersistError::NotNewer { offered, current }) => {
+                    assert_eq!((offered, Some(current)), (*id, held), "order {o}");
+                    assert!(*id <= current);
+                    assert!(rec.disk == before, "a refusal wrote");
+                    let e = PersistError::NotNewer { offered, current }.to_string();
+                    if id.generation == 8 && *id < current {
+                        assert_eq!(
+                            e,
+                            format!(
+                                "refused: holds another generation-8 config with a higher \
+                                 digest ({} > {}); the cluster converges on that one",
+                                current.short_digest(),
+                                id.short_digest()
+                            )
+                        );
+                    } else {
+                        assert!(
+                            e.contains("is not newer than this host's generation"),
+                            "{e}"
+                        );
+                    }
+                }
+                Err(e) => panic!("order {o}: {e}"),
+            }
+        }
+        let a = read_active(&rec.disk, &pk).unwrap();
+        assert_eq!(
+            decode_state_id(&rec.disk[STATE_OFFSET as usize..]).unwrap(),
+            Some(a.current.id)
+        );
+        endings.insert(a.current.id);
+    }
+    assert_eq!(endings.into_iter().collect::<Vec<_>>(), [y.1]);
 }
 
 #[test]

@@ -101,6 +101,7 @@ fn all_kinds() -> Vec<Message> {
             vm: "kv".into(),
             generation: 7,
             config_generation: 3,
+            config_digest: [0x2b; 32],
             image_sha256: [0x5a; 32],
             mem_mib: 128,
             start_exit: 0,

@@ -78,6 +78,7 @@ fn hello() -> Hello {
         vm: VM_NAME.into(),
         generation: 1,
         config_generation: 1,
+        config_digest: [0x2b; 32],
         image_sha256: image_sha256(&guest_elf()).expect("hash the guest image"),
         mem_mib: KV_MEM_MIB,
         start_exit: 0,

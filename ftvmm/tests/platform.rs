@@ -359,6 +359,7 @@ fn a_secondary_refuses_a_primary_whose_cpuid_differs_in_one_bit_and_names_it() {
         vm: "kv".into(),
         generation: 1,
         config_generation: 1,
+        config_digest: [0x2b; 32],
         image_sha256: [7; 32],
         mem_mib: 32,
         start_exit: 0,

@@ -7,9 +7,15 @@
 //!   device (`storage.device`) is refused: that device holds the fencing area
 //!   and the VMs' disks, so its first bytes are not the operator's to vouch for
 //!   (validation also keeps every VM region off its first MiB).
-//! - A newer generation is accepted only once it is recorded in the STATE
+//! - A config below the one the STATE sector records (a lower generation,
+//!   or the same generation with a lower digest, `config_schema::config_id`)
+//!   is a rollback and refused.
+//! - A newer config is accepted only once it is recorded in the STATE
 //!   sector: if that write fails the config is refused, since a host that
-//!   cannot record what it accepted cannot refuse a rollback later.
+//!   cannot record what it accepted cannot refuse a rollback later. A
+//!   record of the running generation without a digest (written before
+//!   digests existed) is left as it is: it is not wrong, and rewriting it
+//!   would make the disk unreadable to the release before for no gain.
 //!
 //! Every refusal is one [`Refused`] whose `Display` is the one-line reason init
 //! prints as `config refused: <reason>`.
@@ -18,6 +24,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use config_schema::config_id::ConfigId;
 use config_schema::disk::{self, DiskError};
 use config_schema::runtime::RuntimeConfig;
 use config_schema::slots;
@@ -68,8 +75,8 @@ pub struct Accepted {
 pub enum StateUpdate {
     /// Already recorded this generation.
     Unchanged,
-    /// Recorded the new generation.
-    Written { previous: Option<u64> },
+    /// Recorded the new config's id.
+    Written { previous: Option<ConfigId> },
 }
 
 /// Finds, reads and verifies the config disk under `root` (`/` on the
@@ -95,9 +102,10 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
         dev: dev.clone(),
         source,
     };
-    // The active slot: the valid one with the highest generation (a config
-    // applied over the network lives in the other slot, config_schema::slots).
-    let verified = slots::read_disk_active(&image, &key).map_err(refuse)?;
+    // The active slot: the valid one with the highest id (a config applied
+    // over the network lives in the other slot, config_schema::slots).
+    let active = slots::read_active(&image, &key).map_err(refuse)?.current;
+    let (id, verified) = (active.id, active.disk);
     if let Some(locator) = names_this_device(root, &found, &verified.config.storage.device) {
         return Err(Refused::OnSharedDevice { dev, locator });
     }
@@ -106,12 +114,15 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
         dev: dev.clone(),
         source,
     })?;
-    let accepted = disk::decode_state(&accepted).map_err(refuse)?;
-    disk::check_rollback(accepted, generation).map_err(refuse)?;
-    let state = if accepted.is_some_and(|a| a >= generation) {
+    let accepted = disk::decode_state_id(&accepted).map_err(refuse)?;
+    disk::check_rollback(accepted, id).map_err(refuse)?;
+    // check_rollback passed: the record is at most `id`.
+    let recorded =
+        accepted.is_some_and(|a| a == id || (a.generation == generation && !a.has_digest()));
+    let state = if recorded {
         StateUpdate::Unchanged
     } else {
-        write_state(&found.path, &disk::encode_state(generation)).map_err(|source| {
+        write_state(&found.path, &disk::encode_state_id(id)).map_err(|source| {
             Refused::StateWrite {
                 dev: dev.clone(),
                 generation,

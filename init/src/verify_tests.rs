@@ -114,6 +114,63 @@ fn an_older_generation_than_accepted_is_refused() {
 }
 
 #[test]
+fn a_state_record_of_the_layout_before_digests_boots_and_stays() {
+    use config_schema::config_id::ConfigId;
+    let (s, _) = setup(5);
+    let dev = s.dir.path().join("dev/vdb");
+    write_state(&dev, &encode_state(5)).unwrap();
+    let a = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert!(matches!(a.state, StateUpdate::Unchanged));
+    let img = fs::read(&dev).unwrap();
+    let st = &img[disk::STATE_OFFSET as usize..][..disk::STATE_LEN];
+    assert_eq!(
+        disk::decode_state_id(st).unwrap(),
+        Some(ConfigId::generation_only(5))
+    );
+    // A newer generation is recorded with its digest.
+    let (s, image) = setup(6);
+    let dev = s.dir.path().join("dev/vdb");
+    write_state(&dev, &encode_state(5)).unwrap();
+    let a = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert!(matches!(
+        a.state,
+        StateUpdate::Written { previous: Some(p) } if p == ConfigId::generation_only(5)
+    ));
+    let c = u32::from_le_bytes(image[12..16].try_into().unwrap()) as usize;
+    let want = ConfigId::of_canonical(6, &image[20..20 + c]);
+    let img = fs::read(&dev).unwrap();
+    let st = &img[disk::STATE_OFFSET as usize..][..disk::STATE_LEN];
+    assert_eq!(disk::decode_state_id(st).unwrap(), Some(want));
+}
+
+#[test]
+fn a_lower_digest_of_the_accepted_generation_is_a_rollback() {
+    use config_schema::config_id::ConfigId;
+    let (s, _) = setup(5);
+    let dev = s.dir.path().join("dev/vdb");
+    let above = ConfigId {
+        generation: 5,
+        digest: [0xff; 32],
+    };
+    write_state(&dev, &disk::encode_state_id(above)).unwrap();
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.starts_with("config disk vdb: rollback: offered generation 5 has digest ")
+            && e.contains("below the accepted generation-5 config's ffffffff…"),
+        "{e}"
+    );
+    // The same config is fine, and stays recorded.
+    let (s, image) = setup(5);
+    let dev = s.dir.path().join("dev/vdb");
+    let c = u32::from_le_bytes(image[12..16].try_into().unwrap()) as usize;
+    let same = ConfigId::of_canonical(5, &image[20..20 + c]);
+    write_state(&dev, &disk::encode_state_id(same)).unwrap();
+    let a = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    assert!(matches!(a.state, StateUpdate::Unchanged));
+}
+
+#[test]
 fn a_tampered_disk_is_refused_with_one_line() {
     let (s, mut image) = setup(1);
     image[100] ^= 0x40;

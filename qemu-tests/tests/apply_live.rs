@@ -19,7 +19,11 @@
 //!    change during the apply of generation 4 (a power cut during the
 //!    persist; where exactly it lands is up to QEMU's timing:
 //!    `config-schema/src/slots_tests.rs` cuts after every write) and boots
-//!    again with generation 3 or 4, then holds 4.
+//!    again with generation 3 or 4, then holds 4;
+//! 7. two operators sign two different configs of generation 5 and apply
+//!    them at once, one to host-a, one to host-c: every host ends on the
+//!    one with the higher digest (offered the other, each refuses it naming
+//!    both digests), whatever order the hosts saw them in.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
 
@@ -292,6 +296,88 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
         std::thread::sleep(Duration::from_secs(5));
     }
 
+    // 7. Two operators, one generation: X to host-a and Y to host-c at once.
+    let t_two = Instant::now();
+    let lag = |ms: u64| {
+        move |t: String| t.replacen("lag_limit_ms = 400\n", &format!("lag_limit_ms = {ms}\n"), 1)
+    };
+    let x = sign_edited(
+        &ftctl,
+        &source,
+        dir.path(),
+        &base,
+        (5, "on"),
+        "gen5-x",
+        lag(450),
+    );
+    let y = sign_edited(
+        &ftctl,
+        &source,
+        dir.path(),
+        &base,
+        (5, "on"),
+        "gen5-y",
+        lag(350),
+    );
+    let (lo, hi) = {
+        let (ix, iy) = (config_id(&x), config_id(&y));
+        assert_ne!(ix, iy);
+        match ix < iy {
+            true => ((x, ix), (y, iy)),
+            false => ((y, iy), (x, ix)),
+        }
+    };
+    // The lower digest to host-a, the higher to host-c (the digests do not
+    // depend on the signing key: the same each run).
+    let (to_a, to_c) = (lo.0.clone(), hi.0.clone());
+    let (out_a, out_c) = std::thread::scope(|s| {
+        let a = s.spawn(|| apply_in(op.netns(), &ftctl, &key, &to_a, "192.0.2.1"));
+        let c = s.spawn(|| apply_in(op.netns(), &ftctl, &key, &to_c, "192.0.2.3"));
+        (a.join().unwrap(), c.join().unwrap())
+    });
+    for line in out_a.lines().chain(out_c.lines()) {
+        assert!(
+            line.contains("persisted generation 5 (replaced another generation-5 config")
+                || line.contains("generation 5 persisted (was 4)")
+                || line.contains("refused: holds another generation-5 config with a higher digest"),
+            "{line}"
+        );
+    }
+    let want = |h: &str| {
+        format!(
+            "{h}: refused: holds another generation-5 config with a higher digest ({} > {}); \
+             the cluster converges on that one",
+            hi.1.short_digest(),
+            lo.1.short_digest()
+        )
+    };
+    // Every host ends on the higher digest: offered the lower one, each
+    // refuses it with both digests (at once, or after a catch-up round).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (h, addr) in [
+        ("host-a", "192.0.2.1"),
+        ("host-b", "192.0.2.2"),
+        ("host-c", "192.0.2.3"),
+    ] {
+        loop {
+            let out = apply_to(&op, &ftctl, &key, &lo.0, addr);
+            if out.contains(&want(h)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{h} did not end on the higher digest {}: {out}",
+                hi.1
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+    eprintln!(
+        "two configs of generation 5: every host holds {} {:.1} s after the two applies started",
+        hi.1,
+        t_two.elapsed().as_secs_f64()
+    );
+
     for h in cluster.hosts() {
         h.assert_absent("lockstep divergence", Duration::ZERO)
             .unwrap();
@@ -325,6 +411,28 @@ fn sign(
     generation: u64,
     power: &str,
 ) -> PathBuf {
+    let name = format!("gen{generation}");
+    sign_edited(ftctl, source, dir, base, (generation, power), &name, |t| t)
+}
+
+/// The id (generation, digest) of a signed-config file.
+fn config_id(signed: &Path) -> config_schema::config_id::ConfigId {
+    let sc = config_schema::signed::SignedConfig::decode(&std::fs::read(signed).unwrap()).unwrap();
+    let c = config_schema::canonical::decode(&sc.canonical).unwrap();
+    config_schema::config_id::ConfigId::of_canonical(c.cluster.generation, &sc.canonical)
+}
+
+/// [`sign`]'s config edited by `edit`, written as `<name>.toml` and signed
+/// as `<name>.ftcfg`.
+fn sign_edited(
+    ftctl: &Path,
+    source: &ClusterSource,
+    dir: &Path,
+    base: &str,
+    (generation, power): (u64, &str),
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> PathBuf {
     let mut text = base
         .replacen(
             "generation = 1\n",
@@ -349,9 +457,10 @@ fn sign(
             text = text.replacen(from, to, 1);
         }
     }
-    let toml = dir.join(format!("gen{generation}.toml"));
+    let text = edit(text);
+    let toml = dir.join(format!("{name}.toml"));
     std::fs::write(&toml, text).unwrap();
-    let signed = dir.join(format!("gen{generation}.ftcfg"));
+    let signed = dir.join(format!("{name}.ftcfg"));
     let ok = Command::new(ftctl)
         .arg("sign")
         .arg("--config")
@@ -374,8 +483,13 @@ fn apply(op: &NetnsTap, ftctl: &Path, key: &Path, signed: &Path) -> String {
 
 /// `ftctl apply` of `signed` to the host at `addr`; stdout.
 fn apply_to(op: &NetnsTap, ftctl: &Path, key: &Path, signed: &Path, addr: &str) -> String {
+    apply_in(op.netns(), ftctl, key, signed, addr)
+}
+
+/// [`apply_to`] from the network namespace `netns`.
+fn apply_in(netns: &str, ftctl: &Path, key: &Path, signed: &Path, addr: &str) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
+        .args(["netns", "exec", netns])
         .arg(ftctl)
         .args(["apply", "--host", addr, "--key"])
         .arg(key)

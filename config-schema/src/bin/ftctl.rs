@@ -412,6 +412,10 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
         println!("warning: {w}");
     }
     test_hooks_banner(&v.config, &mut std::io::stdout());
+    println!(
+        "config digest: {} (of two configs of one generation, the higher digest is newer)",
+        active.current.id.short_digest()
+    );
     if active.current.slot != 0 || active.current.format != disk::FORMAT_VERSION {
         println!(
             "slot: {} (applied over the network, format {})",
@@ -422,8 +426,13 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
         println!("other slot: {p}");
     }
     if image.len() >= DISK_LEN {
-        match disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
-            Ok(Some(g)) => println!("state: accepted generation {g}"),
+        match disk::decode_state_id(&image[STATE_OFFSET as usize..][..STATE_LEN]) {
+            Ok(Some(id)) if id.has_digest() => println!(
+                "state: accepted generation {} (digest {})",
+                id.generation,
+                id.short_digest()
+            ),
+            Ok(Some(id)) => println!("state: accepted generation {}", id.generation),
             Ok(None) => println!("state: blank"),
             Err(e) => println!("state: {e}"),
         }
@@ -444,17 +453,22 @@ fn show(disk_path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_state(image: &[u8]) -> Result<Option<u64>> {
+fn read_state(image: &[u8]) -> Result<Option<config_schema::config_id::ConfigId>> {
     let end = STATE_OFFSET as usize + STATE_LEN;
     let s = image
         .get(STATE_OFFSET as usize..end)
         .ok_or_else(|| anyhow!("disk is {} bytes, shorter than {end}", image.len()))?;
-    Ok(disk::decode_state(s)?)
+    Ok(disk::decode_state_id(s)?)
 }
 
 fn state(disk_path: &Path) -> Result<()> {
     match read_state(&read(disk_path)?)? {
-        Some(g) => println!("accepted generation {g}"),
+        Some(id) if id.has_digest() => println!(
+            "accepted generation {} (digest {})",
+            id.generation,
+            id.short_digest()
+        ),
+        Some(id) => println!("accepted generation {}", id.generation),
         None => println!("blank (no config accepted yet)"),
     }
     Ok(())
@@ -467,8 +481,11 @@ fn update_disk(target: &Path, from: &Path, pubkey: &Path) -> Result<()> {
     let old = read(target)?;
     if disk::looks_like_config_disk(&old) {
         let accepted = read_state(&old)?;
-        disk::check_rollback(accepted, v.generation())
-            .map_err(|e| anyhow!("config refused: {e}"))?;
+        let id = slots::read_slot(&new, 0, &pk)
+            .map_err(|e| anyhow!("config refused: {e}"))?
+            .map(|s| s.id)
+            .ok_or_else(|| anyhow!("config refused: slot 0 is blank"))?;
+        disk::check_rollback(accepted, id).map_err(|e| anyhow!("config refused: {e}"))?;
     }
     let signed_part = &new[..STATE_OFFSET as usize];
     let mut f = OpenOptions::new()

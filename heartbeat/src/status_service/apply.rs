@@ -3,13 +3,18 @@
 //! over Noise ([`noise::Kind::Apply`]); one line per host back.
 //!
 //! Rules:
-//! - One apply at a time per host ([`Service::apply_lock`]): the generation
-//!   check and the write are one step, so of two concurrent applies the
-//!   higher generation ends on disk whichever order they come in (a lower
-//!   one after a higher one is refused as not newer).
+//! - One apply at a time per host ([`Service::apply_lock`]): the check and
+//!   the write are one step, so of two concurrent applies the newer ends on
+//!   disk whichever order they come in (a lower one after a higher one is
+//!   refused as not newer). Newer is the order of
+//!   `config_schema::config_id`: a higher generation, or the same
+//!   generation with a higher digest, so two operators' different configs
+//!   of one generation end as the same one on every host (the one with the
+//!   higher digest; a host holding it refuses the other and says so).
 //! - The host an operator asked passes the config on unless every host
-//!   would refuse it or it is older than this host's ([`pass_on_despite`]);
-//!   a host that received it from another host does not pass it on.
+//!   would refuse it or it is older than this host's, the same generation
+//!   with a lower digest included ([`pass_on_despite`]); a host that
+//!   received it from another host does not pass it on.
 //! - A host that was down catches up by itself ([`super::catch_up`]).
 //! - Live: what `config_schema::changes::LIVE` lists: the operators (taken
 //!   here), heartbeat's timing (interval, failure timeout: taken here into
@@ -18,7 +23,9 @@
 //!   lag limit; ftvmm takes them: after every persist this host tells its
 //!   ftvmm, `ctl::Request::ConfigApplied`, and tells it again every catch-up
 //!   round, so an ftvmm that restarted or did not answer learns it; ftvmm
-//!   ignores generations older than one it took).
+//!   ignores generations older than one it took, and takes one of the same
+//!   generation in arrival order, so heartbeat tells it under the apply
+//!   lock, in persist order, and the last it hears is this host's newest).
 //!   Anything else is persisted and said to need a reboot. Status keeps
 //!   reporting the generation the host booted (the one its daemons pair
 //!   under); the VMs' power in the cluster report follows the live one.
@@ -173,10 +180,7 @@ impl Service {
                 String::new()
             }
         };
-        let line = format!(
-            "{host}: generation {} persisted (was {}); {changes}{told}",
-            new.cluster.generation, persisted.previous
-        );
+        let line = persisted_line(&host, &persisted, &format!("{changes}{told}"));
         events::record(EventKind::ConfigApplied, None, None, &line);
         tracing::info!("apply: {line}");
         let outcome = if changes.needs_reboot() {
@@ -216,8 +220,12 @@ impl Service {
     }
 
     /// Tells ftvmm again about the newest config persisted since boot (a
-    /// catch-up round); nothing when none was.
+    /// catch-up round); nothing when none was. Under the apply lock: ftvmm
+    /// takes a config of the generation it has in arrival order (it cannot
+    /// tell two configs of one generation apart), so this must not resend a
+    /// config that an apply replaced meanwhile with one of its generation.
     pub(super) fn tell_ftvmm_again(&self) {
+        let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = self.live().persisted else {
             return;
         };
@@ -335,6 +343,26 @@ impl Service {
         self.answer_host(stream, nonce, (from, msg), Kind::Apply, respond)?;
         tracing::info!("apply: config from host {from} answered");
         Ok(())
+    }
+}
+
+/// The line of a persisted config: `host-a: generation 8 persisted (was 7);
+/// <changes>`, or for one that replaced another config of its generation
+/// `host-b: persisted generation 8 (replaced another generation-8 config,
+/// digest 1a2b… < 3c4d…); <changes>`.
+fn persisted_line(host: &str, p: &disk_persist::Persisted, rest: &str) -> String {
+    let (g, was) = (p.id.generation, p.previous);
+    if was.generation == g {
+        format!(
+            "{host}: persisted generation {g} (replaced another generation-{g} config, digest {} < {}); {rest}",
+            was.short_digest(),
+            p.id.short_digest()
+        )
+    } else {
+        format!(
+            "{host}: generation {g} persisted (was {}); {rest}",
+            was.generation
+        )
     }
 }
 

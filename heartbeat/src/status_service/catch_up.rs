@@ -7,16 +7,21 @@
 //!   [`FIRST_AFTER`]) the host asks each peer over Noise
 //!   ([`noise::Kind::Fetch`]) for the signed config of its active slot; a
 //!   peer whose slot was made by `make-disk` answers nothing.
-//! - Only a generation above this host's (active slot and STATE) is taken,
-//!   through the same checks and writes as `ftctl apply` (`apply_here`):
-//!   the trust root, the anti-rollback record, one apply at a time. A peer
-//!   cannot make a host take anything the operator's apply would not.
+//! - Only a config newer than this host's (active slot and STATE) is taken:
+//!   a higher generation, or the same generation with a higher digest
+//!   (`config_schema::config_id`), so two different configs of one
+//!   generation applied by two operators end as the same one everywhere.
+//!   It goes through the same checks and writes as `ftctl apply`
+//!   (`apply_here`): the trust root, the anti-rollback record, one apply at
+//!   a time. A peer cannot make a host take anything the operator's apply
+//!   would not.
 
 use std::fs::File;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use config_schema::config_id::ConfigId;
 use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
 use config_schema::remote::client;
 use config_schema::signed::SignedConfig;
@@ -43,19 +48,19 @@ pub(super) fn run(svc: Arc<Service>, every: Duration) {
 }
 
 impl Service {
-    /// This host's persisted generation (the higher of its active slot and
+    /// This host's persisted config id (the higher of its active slot and
     /// STATE) and the applied signed config of its active slot, if any.
-    fn on_disk(&self) -> Result<(u64, Option<SignedConfig>), String> {
+    fn on_disk(&self) -> Result<(ConfigId, Option<SignedConfig>), String> {
         let (path, trust) = self.disk_and_trust().map_err(|e| e.to_string())?;
         let mut image = vec![0u8; DISK_LEN];
         let mut f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         std::io::Read::read_exact(&mut f, &mut image)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let a = slots::read_active(&image, &trust).map_err(|e| e.to_string())?;
-        let st = disk::decode_state(&image[STATE_OFFSET as usize..][..STATE_LEN])
+        let st = disk::decode_state_id(&image[STATE_OFFSET as usize..][..STATE_LEN])
             .map_err(|e| e.to_string())?;
-        let g = a.current.generation().max(st.unwrap_or(0));
-        Ok((g, a.current.signed))
+        let id = st.map_or(a.current.id, |s| s.max(a.current.id));
+        Ok((id, a.current.signed))
     }
 
     /// One round: every peer's applied config; a newer one is persisted.
@@ -81,7 +86,8 @@ impl Service {
             let g = config_schema::canonical::decode(&sc.canonical)
                 .map(|c| c.cluster.generation)
                 .unwrap_or(0);
-            if g <= own {
+            let id = ConfigId::of_canonical(g, &sc.canonical);
+            if id <= own {
                 continue;
             }
             let r = self.apply_here(&sc).result;
@@ -90,7 +96,7 @@ impl Service {
                 config_schema::remote::apply::Outcome::Applied
                     | config_schema::remote::apply::Outcome::NeedsReboot
             ) {
-                own = g;
+                own = id;
             }
             lines.push(format!("from {}: {}", p.name, r.line));
         }

@@ -135,7 +135,13 @@ impl Message {
 pub struct Hello {
     pub vm: String,
     pub generation: u64,
+    /// The config generation both hosts booted, and the SHA-256 of its
+    /// canonical bytes (`config_schema::config_id`): two hosts that booted
+    /// different configs of one generation (two operators' applies, before
+    /// every host converged on the higher digest) must not pair, since the
+    /// VM may be defined differently on each.
     pub config_generation: u64,
+    pub config_digest: [u8; 32],
     pub image_sha256: [u8; 32],
     pub mem_mib: u64,
     pub start_exit: u64,

@@ -14,6 +14,7 @@ fn all_kinds() -> Vec<Message> {
             vm: "kv".into(),
             generation: 3,
             config_generation: 17,
+            config_digest: [0x5a; 32],
             image_sha256: [0xab; 32],
             mem_mib: 64,
             start_exit: 0,

@@ -25,9 +25,9 @@ use crate::io::bytes::Append;
 /// Version byte in front of every encoded [`Message`].
 /// 2: `Batch.sent_ns`, `Ack.echo_ns`, `Diverged`, the platform in `Hello`,
 /// log format 2 in batches. 3: `Transfer`. 4: `EpochPiece`, `EpochAck`
-/// (checkpoint mode). 5: `Hello.replication` (the pair's mode). A peer of
-/// another version is refused.
-pub const VERSION: u8 = 5;
+/// (checkpoint mode). 5: `Hello.replication` (the pair's mode). 6:
+/// `Hello.config_digest`. A peer of another version is refused.
+pub const VERSION: u8 = 6;
 /// Bytes of the length field.
 pub const LEN_BYTES: usize = 4;
 /// Bytes of the nonce field.

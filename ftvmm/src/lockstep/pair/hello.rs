@@ -225,6 +225,29 @@ pub fn hello_mismatch(ours: &Hello, theirs: &Hello, peer: &str) -> Option<String
         return Some("generation 0".into());
     }
     crate::platform::mismatch(&ours.platform, &theirs.platform)
+        .or_else(|| config_mismatch(ours, theirs))
+}
+
+/// Different configs of one generation (last: a difference named above,
+/// such as another image, is the clearer reason).
+fn config_mismatch(ours: &Hello, theirs: &Hello) -> Option<String> {
+    if theirs.config_digest != ours.config_digest {
+        Some(format!(
+            "config generation {g} with digest {}, ours is generation {g} with digest {} \
+             (two different configs of one generation: every host converges on the higher \
+             digest; the pair forms once both hosts booted the same one)",
+            short_digest(&theirs.config_digest),
+            short_digest(&ours.config_digest),
+            g = ours.config_generation,
+        ))
+    } else {
+        None
+    }
+}
+
+/// The first 4 bytes of a config digest in hex, as `ftctl verify` shows it.
+fn short_digest(d: &[u8; 32]) -> String {
+    format!("{}…", hex::encode(&d[..4]))
 }
 
 /// Binds the Secondary's listener for the VM at `index` on `ip`.
@@ -245,6 +268,7 @@ mod tests {
             vm: "kv".into(),
             generation: 3,
             config_generation: 1,
+            config_digest: [0x1a; 32],
             image_sha256: [7; 32],
             mem_mib: 64,
             start_exit: 0,
@@ -336,6 +360,30 @@ mod tests {
         }
         stop.store(true, Ordering::SeqCst);
         assert!(matches!(server.join().unwrap(), Err(PairError::Stopped)));
+    }
+
+    /// Two hosts that booted different configs of one generation do not
+    /// pair: the refusal names both digests.
+    #[test]
+    fn a_peer_that_booted_another_config_of_the_generation_is_refused_naming_both() {
+        let ours = hello();
+        let mut theirs = hello();
+        theirs.config_digest = [0x3c; 32];
+        assert_eq!(
+            hello_mismatch(&ours, &theirs, "host-a").as_deref(),
+            Some(
+                "config generation 1 with digest 3c3c3c3c…, ours is generation 1 with digest \
+                 1a1a1a1a… (two different configs of one generation: every host converges on \
+                 the higher digest; the pair forms once both hosts booted the same one)"
+            )
+        );
+        // Another generation is said as before.
+        theirs.config_generation = 2;
+        assert_eq!(
+            hello_mismatch(&ours, &theirs, "host-a").as_deref(),
+            Some("config generation 2, ours is 1")
+        );
+        assert_eq!(hello_mismatch(&ours, &hello(), "host-a"), None);
     }
 
     /// Both sides must run the VM in the same mode, and a checkpoint VM

@@ -111,6 +111,7 @@ pub fn pair_spec(
             // Won before the VM starts (start.rs); go-live moves it.
             generation: 0,
             config_generation: rc.config.cluster.generation,
+            config_digest: config_schema::config_id::ConfigId::of_config(&rc.config).digest,
             image_sha256: image_sha256(&spec.kernel)?,
             mem_mib: spec.mem_mib,
             start_exit: 0,
