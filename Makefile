@@ -7,7 +7,7 @@ CARGO ?= cargo
 ISO := out/ftappliance.iso
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 
-.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro repro-check demo bench chaos fuzz lint clean
+.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro linux-kv repro-check demo bench chaos fuzz lint clean
 
 all: build
 
@@ -42,8 +42,13 @@ test-image: image
 	FT_REQUIRE_IMAGE=1 $(CARGO) test -p image --test drivers
 
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
-test-qemu: image
+# checkpoint_pair.rs protects the Linux KV guest (out/linux-kv-*), built here.
+test-qemu: image linux-kv
 	$(CARGO) test -p qemu-tests -- --test-threads=1
+
+## linux-kv: the stock-Linux test guest of checkpoint mode (out/linux-kv-vmlinuz, out/linux-kv-initrd.cpio.gz)
+linux-kv: prereqs
+	bash guest/linux-kv/build-initramfs.sh
 
 # A second ISO build from a fresh clone must equal the one `image` just made.
 test-repro: image
