@@ -160,7 +160,6 @@ fn source(dir: &Path, kernel: &[u8], initrd: &[u8]) -> ClusterSource {
 }
 
 #[test]
-#[ignore = "not passed yet under nested KVM on TCG (issue 11): run with --ignored, see the module doc"]
 fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
     let (kernel, initrd) = guest_files();
     let tmp = tempfile::tempdir().unwrap();

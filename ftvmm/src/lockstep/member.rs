@@ -563,7 +563,7 @@ impl Member {
                     Action::SendDiverged { what: what.clone() },
                     Action::StopVcpu,
                     self.say(format!(
-                        "this secondary diverged; it halts and is never promoted ({what})"
+                        "this secondary halts and is never promoted ({what})"
                     )),
                 ],
             ),
