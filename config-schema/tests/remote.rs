@@ -48,6 +48,7 @@ impl Backend for Fixed {
         HostReport {
             host: "host-a".into(),
             config_generation: 1,
+            config_digest: Some("abcdef01".repeat(8)),
             unix_ms: 1_800_000_000_000,
             heartbeat: serde_json::json!({"peers": []}),
             fencing: serde_json::json!({"error": "not fencing"}),
@@ -58,6 +59,7 @@ impl Backend for Fixed {
         ClusterReport {
             cluster: "demo".into(),
             config_generation: 1,
+            config_digest: Some("abcdef01".repeat(8)),
             queried: "host-a".into(),
             vms: vec![VmConfig {
                 name: "kv".into(),
@@ -379,7 +381,7 @@ fn ftctl_status_cluster_prints_hosts_vms_and_the_unreachable_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     for want in [
-        "cluster demo config generation 1 (gathered by host-a)",
+        "cluster demo config generation 1 (digest abcdef01…), gathered by host-a",
         "host-a: answers",
         "host-b: UNREACHABLE (cannot connect to 192.0.2.2:7401: timed out)",
         "kv (lockstep, power on)",

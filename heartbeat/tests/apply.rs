@@ -133,9 +133,13 @@ fn only_listed_operators_may_apply_and_a_new_operator_is_live_at_once() {
     // Status keeps the generation the daemons booted and pair under, and
     // says what was persisted since.
     assert_eq!(report.config_generation, 7);
+    assert_eq!(report.config_digest, Some("1a".repeat(32)));
+    // The persisted config's digest is that of the config applied.
+    let digest = config_schema::config_id::ConfigId::of_config(&next).digest;
     assert_eq!(
         report.heartbeat["applied_config"],
-        serde_json::json!({"generation": 8, "changes": "live: operators[carol] added"})
+        serde_json::json!({"generation": 8, "digest": hex::encode(digest),
+                           "changes": "live: operators[carol] added"})
     );
     // Carol applies the next one herself.
     let mut third = next.clone();

@@ -109,6 +109,7 @@ fn start(i: usize, fencing: PathBuf) -> Daemon {
         node: node(i),
         cluster: "demo".into(),
         config_generation: 7,
+        config_digest: [0x1a; 32],
         operators: operators(),
         vms: vec![VmConfig {
             name: "kv".into(),
@@ -195,7 +196,7 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
     );
     let text = render::render(&report);
     for want in [
-        "cluster demo config generation 7 (gathered by host-b)",
+        "cluster demo config generation 7 (digest 1a1a1a1a…), gathered by host-b",
         "host-a: answers",
         "heartbeat: up as seen by host-b",
         "watchdog: armed (fed, timeout 5 s)",
@@ -310,6 +311,7 @@ fn start_in(net: u8, i: usize, dir: &Path) {
         node: n,
         cluster: "demo".into(),
         config_generation: 7,
+        config_digest: [0x1a; 32],
         operators: operators(),
         vms: vec![],
         host_order: NAMES.iter().map(|n| n.to_string()).collect(),

@@ -14,8 +14,10 @@ pub fn render(r: &ClusterReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "cluster {} config generation {} (gathered by {})",
-        r.cluster, r.config_generation, r.queried
+        "cluster {} config {}, gathered by {}",
+        r.cluster,
+        r.config_id(),
+        r.queried
     );
     out.push_str("\nHOSTS\n");
     for h in &r.hosts {
@@ -68,11 +70,7 @@ fn host_line(
     unreachable: Option<&str>,
 ) -> String {
     let reach = match (rep, unreachable) {
-        (Some(rep), _) if rep.config_generation != r.config_generation => format!(
-            "answers (config generation {}, not {})",
-            rep.config_generation, r.config_generation
-        ),
-        (Some(_), _) => "answers".to_string(),
+        (Some(rep), _) => format!("answers{}", config_differs(r, rep)),
         (None, why) => format!("UNREACHABLE ({})", why.unwrap_or("no answer")),
     };
     let mut s = format!("  {host}: {reach}\n");
@@ -95,21 +93,37 @@ fn host_line(
     s
 }
 
+/// ` (config generation 8 (digest 1a2b3c4d…), not generation 8 (digest
+/// 3c4d5e6f…))` when the host runs another config than the queried host
+/// (generation or digest), ` (config digest unknown)` when it does not say
+/// its digest (an older host) and `""` when it runs the same config.
+fn config_differs(r: &ClusterReport, rep: &HostReport) -> String {
+    let (theirs, ours) = (rep.config_id(), r.config_id());
+    if theirs.generation == ours.generation && !(theirs.has_digest() && ours.has_digest()) {
+        if theirs.has_digest() {
+            return String::new();
+        }
+        return " (config digest unknown)".into();
+    }
+    if theirs == ours {
+        return String::new();
+    }
+    format!(" (config {theirs}, not {ours})")
+}
+
 /// A config `ftctl apply` persisted since the host booted (heartbeat's
 /// `applied_config`), said with what it waits for.
 fn applied_config(rep: &HostReport) -> Option<String> {
     let a = &rep.heartbeat["applied_config"];
     let g = a["generation"].as_u64()?;
+    let persisted = super::report::id_of(g, a["digest"].as_str());
+    let runs = rep.config_id();
     let changes = a["changes"].as_str().unwrap_or("?");
     Some(if changes.contains("needs reboot") {
-        format!(
-            "generation {g} persisted, runs {} until its next boot ({changes})",
-            rep.config_generation
-        )
+        format!("{persisted} persisted, runs {runs} until its next boot ({changes})")
     } else {
         format!(
-            "generation {g} persisted, boots it next time; runs {} with the live changes ({changes})",
-            rep.config_generation
+            "{persisted} persisted, boots it next time; runs {runs} with the live changes ({changes})"
         )
     })
 }

@@ -9,6 +9,7 @@ fn host_a() -> HostReport {
     HostReport {
         host: "host-a".into(),
         config_generation: 4,
+        config_digest: Some("1a2b3c4d".repeat(8)),
         unix_ms: NOW,
         heartbeat: json!({
             "daemon": "heartbeat",
@@ -58,6 +59,7 @@ fn report() -> ClusterReport {
     ClusterReport {
         cluster: "demo".into(),
         config_generation: 4,
+        config_digest: Some("1a2b3c4d".repeat(8)),
         queried: "host-a".into(),
         vms: vec![VmConfig {
             name: "kv".into(),
@@ -92,7 +94,7 @@ fn every_host_vm_and_event_is_shown_with_what_is_not_available() {
     let t = render(&report());
     println!("{t}");
     for want in [
-        "cluster demo config generation 4 (gathered by host-a)",
+        "cluster demo config generation 4 (digest 1a2b3c4d…), gathered by host-a",
         "host-a: answers",
         "heartbeat: this host (the one queried)",
         "lease: live, renewed 100 ms ago, publishes primary of kv (read by host-a)",
@@ -145,17 +147,65 @@ fn a_config_applied_since_boot_is_shown_under_its_host() {
     let mut a = host_a();
     a.heartbeat["applied_config"] = json!({
         "generation": 5,
+        "digest": "5e6f7a8b".repeat(8),
         "changes": "needs reboot: vms[kv].memory_mib",
     });
     r.hosts[0].report = Some(a);
     let t = render(&r);
     assert!(
         t.contains(
-            "    config: generation 5 persisted, runs 4 until its next boot \
-             (needs reboot: vms[kv].memory_mib)\n"
+            "    config: generation 5 (digest 5e6f7a8b…) persisted, runs generation 4 \
+             (digest 1a2b3c4d…) until its next boot (needs reboot: vms[kv].memory_mib)\n"
         ),
         "{t}"
     );
     // Without one, no line.
     assert!(!render(&report()).contains("    config:"));
+}
+
+#[test]
+fn a_host_on_another_config_of_the_generation_says_both_digests() {
+    let mut r = report();
+    // host-b runs the same generation with another digest.
+    r.hosts[1].report.as_mut().unwrap().config_digest = Some("3c4d5e6f".repeat(8));
+    let t = render(&r);
+    assert!(t.contains("  host-a: answers\n"), "{t}");
+    assert!(
+        t.contains(
+            "  host-b: answers (config generation 4 (digest 3c4d5e6f…), \
+             not generation 4 (digest 1a2b3c4d…))\n"
+        ),
+        "{t}"
+    );
+    // Another generation says both too.
+    r.hosts[1].report.as_mut().unwrap().config_generation = 5;
+    assert!(render(&r).contains(
+        "host-b: answers (config generation 5 (digest 3c4d5e6f…), not generation 4 (digest 1a2b3c4d…))"
+    ));
+}
+
+#[test]
+fn a_host_that_does_not_report_its_digest_shows_it_unknown() {
+    let mut r = report();
+    r.hosts[1].report.as_mut().unwrap().config_digest = None;
+    let t = render(&r);
+    assert!(
+        t.contains("  host-b: answers (config digest unknown)\n"),
+        "{t}"
+    );
+    // A queried host without one: the header says so, the hosts of its
+    // generation are not called different.
+    r.config_digest = None;
+    let t = render(&r);
+    assert!(
+        t.contains("cluster demo config generation 4 (digest unknown), gathered by host-a"),
+        "{t}"
+    );
+    assert!(t.contains("  host-a: answers\n"), "{t}");
+    // A malformed digest is unknown, not an error.
+    r.hosts[1].report.as_mut().unwrap().config_digest = Some("xyz".into());
+    assert_eq!(
+        r.hosts[1].report.as_ref().unwrap().config_id(),
+        crate::config_id::ConfigId::generation_only(4)
+    );
 }

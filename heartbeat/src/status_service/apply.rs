@@ -97,6 +97,8 @@ pub struct Live {
 #[derive(Debug, Clone)]
 pub struct Persisted {
     pub generation: u64,
+    /// Its digest ([`config_schema::config_id`]).
+    pub digest: [u8; 32],
     pub changes: String,
     /// Every VM's power in it (what ftvmm is told, [`Service::tell_ftvmm`]).
     pub vms: Vec<VmPower>,
@@ -155,6 +157,7 @@ impl Service {
         let vms = VmPower::all(new);
         live.persisted = Some(Persisted {
             generation: new.cluster.generation,
+            digest: persisted.id.digest,
             changes: changes.to_string(),
             vms: vms.clone(),
             timing: new.timing.clone(),

@@ -321,6 +321,7 @@ mod tests {
         let r = HostReport {
             host: "host-a".into(),
             config_generation: 1,
+            config_digest: None,
             unix_ms: 0,
             heartbeat: json!({"daemon": "heartbeat", "peers": [
                 {"name": "host-b", "alive": true, "last_seen_ms": 250, "received": 40, "suspicions": 2}],
@@ -359,6 +360,7 @@ mod tests {
         let r = HostReport {
             host: "host-a".into(),
             config_generation: 1,
+            config_digest: None,
             unix_ms: 0,
             heartbeat: json!({"daemon": "heartbeat"}),
             fencing: json!({"daemon": "fencing"}),

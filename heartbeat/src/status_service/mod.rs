@@ -31,10 +31,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use config_schema::config_id::ConfigId;
 use config_schema::ctl::{self, Request, Response};
 use config_schema::events;
 use config_schema::remote::auth::Operators;
-use config_schema::remote::report::{ClusterReport, HostEntry, HostReport, VmConfig};
+use config_schema::remote::report::{digest_hex, ClusterReport, HostEntry, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
 use config_schema::remote::{client, Reply};
 use config_schema::runtime::RuntimeConfig;
@@ -60,6 +61,9 @@ pub struct ServiceConfig {
     pub node: NodeConfig,
     pub cluster: String,
     pub config_generation: u64,
+    /// The SHA-256 of the booted config ([`config_schema::config_id`]);
+    /// reported as hex beside the generation.
+    pub config_digest: [u8; 32],
     pub operators: Operators,
     pub vms: Vec<VmConfig>,
     /// Every host's name in config order (the report's order).
@@ -78,6 +82,7 @@ impl ServiceConfig {
             node,
             cluster: rt.config.cluster.name.clone(),
             config_generation: rt.config.cluster.generation,
+            config_digest: ConfigId::of_config(&rt.config).digest,
             operators: Operators::of(&rt.config),
             vms: VmConfig::all(&rt.config),
             host_order: rt.config.hosts.iter().map(|h| h.name.clone()).collect(),
@@ -92,6 +97,14 @@ impl ServiceConfig {
                 running: rt.config.clone(),
                 timing: ApplyTarget::timing_of(&rt.config),
             }),
+        }
+    }
+
+    /// The booted config's identity.
+    pub fn config_id(&self) -> ConfigId {
+        ConfigId {
+            generation: self.config_generation,
+            digest: self.config_digest,
         }
     }
 
@@ -241,12 +254,13 @@ impl Backend for Service {
             // `ftctl status --cluster` shows it under the host (render.rs).
             obj.insert(
                 "applied_config".into(),
-                json!({"generation": p.generation, "changes": p.changes}),
+                json!({"generation": p.generation, "digest": hex::encode(p.digest), "changes": p.changes}),
             );
         }
         HostReport {
             host: self.cfg.node.name.clone(),
             config_generation: self.cfg.config_generation,
+            config_digest: digest_hex(&self.cfg.config_id()),
             unix_ms: events::unix_ms_now(),
             heartbeat,
             fencing,
@@ -293,6 +307,7 @@ impl Backend for Service {
         ClusterReport {
             cluster: self.cfg.cluster.clone(),
             config_generation: self.cfg.config_generation,
+            config_digest: digest_hex(&self.cfg.config_id()),
             queried: self.cfg.node.name.clone(),
             // The VMs' power as applied configs changed it live.
             vms: match self.live().running {

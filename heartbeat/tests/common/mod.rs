@@ -155,6 +155,7 @@ impl Cluster {
             node,
             cluster: "demo".into(),
             config_generation: 7,
+            config_digest: [0x1a; 32],
             operators: Operators::of(&config(7)),
             vms: vec![],
             host_order: NAMES.iter().map(|n| n.to_string()).collect(),

@@ -60,11 +60,11 @@ fn heading(h: &History, now_ms: u64) -> String {
                 .map_or("n/a".into(), |q| utc(q.unix_ms));
             let _ = writeln!(
                 s,
-                "<h1>cluster {} · config generation {}</h1><p>gathered by {} (asked {}): \
+                "<h1>cluster {} · config {}</h1><p>gathered by {} (asked {}): \
                  made at {made} on its clock, arrived {} ago; the page reloads every \
                  {REFRESH_S} s</p>",
                 escape(&r.cluster),
-                r.config_generation,
+                escape(&r.config_id().to_string()),
                 escape(&r.queried),
                 escape(h.answered_by.as_deref().unwrap_or("?")),
                 ago(now_ms.saturating_sub(at)),

@@ -10,6 +10,7 @@ fn host(name: &str, ftvmm: Value, events: Value) -> HostReport {
     HostReport {
         host: name.into(),
         config_generation: 4,
+        config_digest: Some("1a2b3c4d".repeat(8)),
         unix_ms: NOW,
         heartbeat: json!({"peers": [
             {"name": "host-a", "state": "up", "last_seen_ms": 50},
@@ -38,6 +39,7 @@ fn cluster(queried: &str, vm: &str, hosts: Vec<HostEntry>) -> ClusterReport {
     ClusterReport {
         cluster: "demo".into(),
         config_generation: 4,
+        config_digest: Some("1a2b3c4d".repeat(8)),
         queried: queried.into(),
         vms: vec![VmConfig {
             name: vm.into(),
@@ -157,6 +159,10 @@ fn primary_and_secondary_are_drawn_on_their_hosts() {
     );
     assert!(!page.contains("<script"), "no script on the page");
     at(&page, "http-equiv=\"refresh\"");
+    at(
+        &page,
+        "<h1>cluster demo · config generation 4 (digest 1a2b3c4d…)</h1>",
+    );
     at(
         &page,
         "gathered by host-b (asked host-b): made at 2027-01-15 08:00:00 UTC on its clock, arrived 0 ms ago",

@@ -35,8 +35,9 @@ use crate::vm::Vm;
 
 /// Stop-and-copy when at most this much is left to send (256 pages).
 pub const STOP_COPY_BYTES: u64 = 1 << 20;
-/// How long the vCPU may take to reach an exit for a short piece of work.
-const VCPU_WAIT: Duration = Duration::from_secs(5);
+/// How long the vCPU may take to reach an exit for a short piece of work
+/// (the new Secondary allows the Primary this much silence, `target.rs`).
+pub const VCPU_WAIT: Duration = Duration::from_secs(5);
 
 /// What the transfer needs from the running Primary.
 pub struct SourceCtx {

@@ -16,9 +16,10 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::pagehash::{is_zero, PageHashes};
+use super::source::VCPU_WAIT;
 use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
 use crate::live::ConsoleSink;
-use crate::lockstep::channel::Channel;
+use crate::lockstep::channel::{Channel, ChannelError};
 use crate::lockstep::link::OnTraffic;
 use crate::lockstep::pair::{boot, follow, PairReport};
 use crate::lockstep::secondary::{ReplayQueue, SecondaryInputs};
@@ -28,7 +29,7 @@ use crate::lockstep::transfer::message::Message;
 use crate::lockstep::transfer::receiver::{
     Expected, GuestMemoryImage, MemoryImageError, Receiver, RxAction,
 };
-use crate::lockstep::transfer::sender::{ACK_TIMEOUT_MS, PAUSE_TIMEOUT_MS};
+use crate::lockstep::transfer::sender::PAUSE_TIMEOUT_MS;
 use crate::vm::{Progress, Vm, VmHandle};
 
 /// The received pages go straight into the new VM's memory; their hashes
@@ -114,15 +115,22 @@ pub fn receive(
     let memory = VmMemory::new(vm.memory().clone(), vm.mem_size());
     let mut rx = Receiver::new(expected, memory);
     let mut restored: Option<(u64, Option<u64>, u64)> = None;
-    let wait = Duration::from_millis(ACK_TIMEOUT_MS + PAUSE_TIMEOUT_MS);
+    // Whether this side's last word was a round's ack (the Primary may be
+    // pausing the guest for the stop-and-copy: `silence_limit`).
+    let mut acked = false;
     while !rx.is_done() {
-        let actions = match recv(ch, wait) {
-            Ok(m) => rx.on_message(m),
+        let failure_timeout = spec.live_timing.failure_timeout(spec.failure_timeout);
+        let actions = match recv_silent(ch, silence_limit(failure_timeout, acked)) {
+            Ok(m) => {
+                acked = false;
+                rx.on_message(m)
+            }
             Err(e) => rx.on_cut(&e),
         };
         for a in actions {
             match a {
                 RxAction::Send(m) => {
+                    acked = matches!(m, Message::RoundAck { .. });
                     if let Err(e) = send(ch, &m) {
                         rx.on_cut(&e);
                     }
@@ -201,6 +209,45 @@ fn send(ch: &mut Channel, m: &Message) -> Result<(), String> {
         .map_err(|e| format!("send failed: {e}"))
 }
 
+/// How long the new Secondary lets the Primary send nothing during the
+/// transfer before it counts the Primary as lost; `after_round_ack`: this
+/// side's last word was a `RoundAck`.
+///
+/// It is a limit on silence, not on a message: the channel's read timeout
+/// runs between the bytes that arrive, so a large page batch over a slow
+/// link is not silence. The Primary is silent legitimately only while its
+/// vCPU is brought to an exit: to start or read the dirty log (after the
+/// `Accept`, after each round's pages; bounded by `source::VCPU_WAIT`) or
+/// to pause the guest for the stop-and-copy (after a `RoundAck`; bounded
+/// by `PAUSE_TIMEOUT_MS + VCPU_WAIT`, the source's own limit). So a dead
+/// Primary is lost after the VM's failure timeout plus the longest such
+/// pause it could be in; the pause work itself (reading the dirty log,
+/// saving the vCPU and device state) is covered by the failure timeout.
+pub fn silence_limit(failure_timeout: Duration, after_round_ack: bool) -> Duration {
+    let pause = if after_round_ack {
+        Duration::from_millis(PAUSE_TIMEOUT_MS) + VCPU_WAIT
+    } else {
+        VCPU_WAIT
+    };
+    failure_timeout + pause
+}
+
+/// The next transfer message, or an error naming the silence if nothing
+/// arrived for `limit` (`silence_limit`).
+fn recv_silent(ch: &mut Channel, limit: Duration) -> Result<Message, String> {
+    ch.set_read_timeout(Some(limit))
+        .map_err(|e| format!("channel: {e}"))?;
+    match ch.recv() {
+        Ok(m) => from_channel(m),
+        Err(ChannelError::Timeout) => Err(format!(
+            "the primary sent nothing for {} ms (the failure timeout plus the longest pause \
+             it can be in)",
+            limit.as_millis()
+        )),
+        Err(e) => Err(format!("channel: {e}")),
+    }
+}
+
 fn recv(ch: &mut Channel, timeout: Duration) -> Result<Message, String> {
     ch.set_read_timeout(Some(timeout))
         .map_err(|e| format!("channel: {e}"))?;
@@ -253,3 +300,7 @@ pub fn join_as_secondary(
         .map_err(crate::lockstep::channel::ChannelError::Io)?;
     follow(spec, ch, vm, q, sin, console, handle, on_start, on_traffic)
 }
+
+#[cfg(test)]
+#[path = "target_tests.rs"]
+mod tests;
