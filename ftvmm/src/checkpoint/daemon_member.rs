@@ -53,7 +53,7 @@ use super::respawn::CheckpointJoin;
 use super::secondary::{Rebuild, Staging};
 use crate::linux::machine::{LinuxVm, Running};
 use crate::linux::run::{open_devices, transports, LinuxSpec};
-use crate::linux::LinuxVmError;
+use crate::linux::{End, LinuxVmError};
 use crate::live::{self, ConsoleSink, Tap};
 use crate::lockstep::channel::Channel;
 use crate::lockstep::member::{Event, Member, State};
@@ -315,7 +315,7 @@ fn run_primary(
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     let _keeper = start_keeper(ctx, spec, port);
     on_start();
-    Ok(wait_for_end(ctx, driver, || running.ended().is_some()))
+    Ok(wait_for_end(ctx, driver, || running.ended()))
 }
 
 /// The respawn keeper beside a member (`respawn.rs`, lockstep's
@@ -423,9 +423,9 @@ fn start_driver(
     )
 }
 
-fn live_ended(live: &Mutex<Option<Live>>) -> bool {
+fn live_ended(live: &Mutex<Option<Live>>) -> Option<End> {
     let l = live.lock().unwrap_or_else(|p| p.into_inner());
-    l.as_ref().is_some_and(|l| l.running.ended().is_some())
+    l.as_ref().and_then(|l| l.running.ended())
 }
 
 /// How the Secondary resumes: the same devices as the Primary's (the VM's
@@ -498,20 +498,31 @@ fn announce(linux: &LinuxSpec) -> Vec<Vec<u8>> {
 }
 
 /// Waits until the member halted; a VM that ended here on its own (a
-/// resumed guest, or a lone Primary's) stops the member.
+/// resumed guest, or a lone Primary's) stops the member, and says why on
+/// the console (a run under load once stopped with no reason shown).
 fn wait_for_end(
     ctx: &MemberCtx<'_>,
     driver: MemberDriver,
-    vm_ended: impl Fn() -> bool,
+    vm_ended: impl Fn() -> Option<End>,
 ) -> CheckpointEnd {
     let mut told = false;
     loop {
         if matches!(driver.state(), State::Halted(_)) {
             break;
         }
-        if !told && (vm_ended() || ctx.stop.load(Ordering::SeqCst)) {
-            driver.post(Event::Stop);
-            told = true;
+        if !told {
+            if let Some(end) = vm_ended() {
+                println!(
+                    "ftvmm: vm {}: the guest ended: {end}; the member stops",
+                    ctx.vm.name
+                );
+                driver.post(Event::Stop);
+                told = true;
+            } else if ctx.stop.load(Ordering::SeqCst) {
+                println!("ftvmm: vm {}: stopping (asked by this host)", ctx.vm.name);
+                driver.post(Event::Stop);
+                told = true;
+            }
         }
         std::thread::sleep(LOOK);
     }
