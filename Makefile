@@ -42,8 +42,7 @@ test-image: image
 	FT_REQUIRE_IMAGE=1 $(CARGO) test -p image --test drivers
 
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
-# checkpoint_pair.rs protects the Linux KV guest (out/linux-kv-*), built here.
-test-qemu: image linux-kv
+test-qemu: image
 	$(CARGO) test -p qemu-tests -- --test-threads=1
 
 ## linux-kv: the stock-Linux test guest of checkpoint mode (out/linux-kv-vmlinuz, out/linux-kv-initrd.cpio.gz)
@@ -114,7 +113,7 @@ FT_CHAOS_PAIR_BOOTS ?= 300
 FT_CHAOS_MODEL_FAULTS ?= 2
 FT_CHAOS_QEMU_RUNS ?= $(or $(FT_CHAOS_RUNS),10)
 FT_CHAOS_QEMU_SEED ?= $(or $(FT_CHAOS_SEED),1)
-chaos: prereqs image
+chaos: prereqs image linux-kv
 	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
@@ -125,6 +124,7 @@ chaos: prereqs image
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done
 	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
+	cargo test -p qemu-tests --test checkpoint_pair -- --ignored --nocapture
 	FT_CHAOS_SEED=$(FT_CHAOS_QEMU_SEED) FT_CHAOS_RUNS=$(FT_CHAOS_QEMU_RUNS) cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign
 
 clean:
