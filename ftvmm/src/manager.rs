@@ -628,21 +628,9 @@ impl VmManager {
                     };
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
                     *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    let allowed_here = !matches!(
-                        placement::role(&rc, &vm_cfg),
-                        Role::None | Role::Unprotected
-                    );
-                    if cancel.load(Ordering::SeqCst) || !allowed_here {
-                        break;
-                    }
-                    role = match role {
-                        Role::Standby => placement::role(&rc, &vm_cfg),
-                        _ => Role::Standby,
-                    };
-                    if role != Role::Standby {
-                        // Back to the configured role after a standby wait
-                        // ended: not in a tight loop if it ends at once.
-                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    match next_role(&rc, &vm_cfg, &role, &cancel) {
+                        Some(next) => role = next,
+                        None => break,
                     }
                 }
             })
@@ -771,6 +759,33 @@ impl VmManager {
             .find(|v| v.name == name)
             .ok_or_else(|| ManagerError::UnknownVm(name.to_string()))
     }
+}
+
+/// What a VM thread does after its member's run ended (lockstep and
+/// checkpoint VMs alike): `None` — stop — when the VM was stopped or this
+/// host is no longer allowed to hold it (the config changed); otherwise the
+/// role of the next run. A member that ended here (lost a race, found the VM
+/// running elsewhere, handed over) waits as a standby for a join; a
+/// standby's wait that ended goes back to the configured role, after a 1 s
+/// pause so a wait that ends at once is not a tight loop.
+fn next_role(
+    rc: &RuntimeConfig,
+    vm_cfg: &config_schema::Vm,
+    role: &Role,
+    cancel: &AtomicBool,
+) -> Option<Role> {
+    let allowed_here = !matches!(placement::role(rc, vm_cfg), Role::None | Role::Unprotected);
+    if cancel.load(Ordering::SeqCst) || !allowed_here {
+        return None;
+    }
+    let next = match role {
+        Role::Standby => placement::role(rc, vm_cfg),
+        _ => Role::Standby,
+    };
+    if next != Role::Standby {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    Some(next)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //!   standby for a join, as lockstep's VM thread does; a stop ends the
 //!   thread. A standby whose join failed listens again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use super::{ConsolePrefix, ManagerError, Slot, State, VmManager};
@@ -130,23 +130,9 @@ impl VmManager {
                     figures.reset();
                     let end = run_checkpoint_member(&ctx, &role, spec.clone(), console, running);
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
-                    let allowed_here = !matches!(
-                        placement::role(&rc, &vm_cfg),
-                        Role::None | Role::Unprotected
-                    );
-                    if cancel.load(Ordering::SeqCst) || !allowed_here {
-                        break;
-                    }
-                    // As for lockstep: a member that ended here (lost a
-                    // race, found the VM running elsewhere, handed over)
-                    // waits as a standby for a join; a standby's wait that
-                    // ended goes back to the configured role.
-                    role = match role {
-                        Role::Standby => placement::role(&rc, &vm_cfg),
-                        _ => Role::Standby,
-                    };
-                    if role != Role::Standby {
-                        std::thread::sleep(std::time::Duration::from_secs(1));
+                    match super::next_role(&rc, &vm_cfg, &role, &cancel) {
+                        Some(next) => role = next,
+                        None => break,
                     }
                 }
             })

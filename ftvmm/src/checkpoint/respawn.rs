@@ -69,7 +69,9 @@ use super::remote::{on_message, KEEPALIVE};
 use super::secondary::Staging;
 use crate::lockstep::channel::{Channel, ChannelError, Message};
 use crate::lockstep::member::{Event, State};
-use crate::lockstep::respawn::keeper::{JoinProgress, JoinReport, JoinSource, SEND_TIMEOUT};
+use crate::lockstep::respawn::keeper::{
+    await_paired, JoinProgress, JoinReport, JoinSource, SEND_TIMEOUT,
+};
 use crate::lockstep::respawn::{from_channel, to_channel};
 use crate::lockstep::spec::PairHandle;
 use crate::lockstep::start::check_offered_generation;
@@ -216,23 +218,14 @@ impl CheckpointJoin {
             abandon(port, g, Some(joined.conn));
             return Err("the member is gone".into());
         }
-        let deadline = Instant::now() + PAIR_TIMEOUT;
-        loop {
-            match self.handle.member_state() {
-                Some(State::Paired { g: pg }) if pg == g => break,
-                Some(State::Solo { g: sg }) if sg == g && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                other => {
-                    abandon(port, g, Some(joined.conn));
-                    // Should the member still take the join after this, it
-                    // must not stay paired with nobody: a loss makes it race.
-                    self.handle.post(Event::ChannelLost {
-                        why: format!("join of {target} given up"),
-                    });
-                    return Err(format!("the member did not pair (it is {other:?})"));
-                }
-            }
+        if let Err(other) = await_paired(&self.handle, g, PAIR_TIMEOUT) {
+            abandon(port, g, Some(joined.conn));
+            // Should the member still take the join after this, it must not
+            // stay paired with nobody: a loss makes it race.
+            self.handle.post(Event::ChannelLost {
+                why: format!("join of {target} given up"),
+            });
+            return Err(format!("the member did not pair (it is {other:?})"));
         }
         // From here on a loss of the new Secondary is a loss like any other.
         let paired = to_channel(&TransferMessage::Paired { generation: g })?;

@@ -43,6 +43,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// new Secondary is behind a partition).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After a join posted `SecondaryJoined { generation: g }`: waits until the
+/// member is `Paired { g }` (`Ok`), or returns the state it is in instead
+/// once it left `Solo { g }` or `timeout` passed (`Err`). Both modes' joins
+/// wait here; what a failure undoes is theirs.
+pub fn await_paired(handle: &PairHandle, g: u64, timeout: Duration) -> Result<(), Option<State>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match handle.member_state() {
+            Some(State::Paired { g: pg }) if pg == g => return Ok(()),
+            Some(State::Solo { g: sg }) if sg == g && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => return Err(other),
+        }
+    }
+}
+
 /// Progress of one join, in percent (for the protection line).
 pub type JoinProgress = Arc<dyn Fn(u64) + Send + Sync>;
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::keeper::await_paired;
 use super::pagehash::{is_zero, PageHashes};
 use super::{from_channel, to_channel, SwitchState, PAGE_SIZE};
 use crate::lockstep::channel::{Channel, Message as ChannelMessage};
@@ -456,27 +457,18 @@ impl StopAndCopy {
         }) {
             return Err("the member is gone".into());
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match self.handle.member_state() {
-                Some(State::Paired { g: pg }) if pg == g => break,
-                Some(State::Solo { g: sg }) if sg == g && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                other => {
-                    let why = format!("the member did not pair (it is {other:?})");
-                    let _ = self.io.send(&Message::Abort {
-                        reason: why.clone(),
-                    });
-                    // Should the member still take the join after this, it
-                    // must not stay paired with nobody: a loss makes it race
-                    // (in `Solo` it is ignored).
-                    self.handle.post(MemberEvent::ChannelLost {
-                        why: format!("join of {} given up: {why}", self.target),
-                    });
-                    return Err(why);
-                }
-            }
+        if let Err(other) = await_paired(&self.handle, g, Duration::from_secs(2)) {
+            let why = format!("the member did not pair (it is {other:?})");
+            let _ = self.io.send(&Message::Abort {
+                reason: why.clone(),
+            });
+            // Should the member still take the join after this, it must not
+            // stay paired with nobody: a loss makes it race (in `Solo` it is
+            // ignored).
+            self.handle.post(MemberEvent::ChannelLost {
+                why: format!("join of {} given up: {why}", self.target),
+            });
+            return Err(why);
         }
         // From here on a loss of the new Secondary is a loss like any other:
         // the member holds and races for g + 1.
