@@ -17,8 +17,10 @@
 //! pause when the Primary's QEMU is killed, and (unless `--no-survivor`) the
 //! same load on the survivor running alone with its peer dead.
 //!
-//! A plain table on stdout, the cost model under it, and JSON under the
-//! target dir (`<target>/ft-bench/`). Needs root, QEMU and the ISO.
+//! A plain table on stdout, the cost model under it, JSON under the target
+//! dir (`<target>/ft-bench/`) and beside it an SVG of where a request's time
+//! goes (`picture.rs`: a stacked bar per configuration). Needs root, QEMU
+//! and the ISO.
 
 #[path = "ft_bench/failover.rs"]
 mod failover;
@@ -28,6 +30,8 @@ mod load;
 mod metrics;
 #[path = "ft_bench/model.rs"]
 mod model;
+#[path = "ft_bench/picture.rs"]
+mod picture;
 #[path = "ft_bench/ping.rs"]
 mod ping;
 #[path = "ft_bench/report.rs"]
@@ -176,6 +180,17 @@ fn main() -> Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&bench)?)
         .with_context(|| format!("write {}", json.display()))?;
     println!("ft-bench: JSON in {}", json.display());
+    if !bench.model.is_empty() {
+        let svg = json.with_extension("svg");
+        let title = format!(
+            "Where a request's time goes: unprotected vs lockstep pair (TCG hosts, load {})",
+            bench.load_average
+        );
+        match picture::draw(&svg, &title, &picture::bars(&bench.model)) {
+            Ok(()) => println!("ft-bench: picture in {}", svg.display()),
+            Err(e) => println!("ft-bench: no picture: {e}"),
+        }
+    }
     let failed: Vec<&String> = bench.runs.iter().flat_map(|r| &r.errors).collect();
     if !failed.is_empty() {
         bail!("{} step(s) failed (see the table)", failed.len());
