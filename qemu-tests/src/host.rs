@@ -99,6 +99,10 @@ pub struct Nic {
     pub socket: PathBuf,
 }
 
+/// The file a host's second serial port writes to ([`HostSpec::add_com2`]),
+/// in its work directory.
+pub const COM2_LOG: &str = "ttyS1.log";
+
 /// Everything needed to start one host.
 #[derive(Debug, Clone)]
 pub struct HostSpec {
@@ -152,6 +156,20 @@ impl HostSpec {
 
     fn qmp_socket(&self) -> PathBuf {
         self.work_dir.join("qmp.sock")
+    }
+
+    /// Gives the host a second serial port (COM2, ttyS1 to its kernel)
+    /// written to [`COM2_LOG`] in its work directory: serial-over-LAN on
+    /// many servers (Dell iDRAC, HPE iLO) is COM2, and init writes its
+    /// contract lines to every console it finds.
+    pub fn add_com2(&mut self) {
+        let com2 = self.work_dir.join(COM2_LOG);
+        self.extra_args.extend([
+            "-chardev".into(),
+            format!("file,id=com2,path={}", com2.display()).into(),
+            "-serial".into(),
+            "chardev:com2".into(),
+        ]);
     }
 
     /// The QEMU command line (without the binary) this spec stands for.
@@ -502,6 +520,33 @@ impl Host {
     ) -> Result<ConsoleLine> {
         let r = self.console.wait_for(pattern, timeout);
         self.with_exit_status(r)
+    }
+
+    /// Waits until the host's second serial port ([`HostSpec::add_com2`])
+    /// has written a line containing `want`, and returns that line. COM2 is
+    /// a plain file, not the parsed console: this polls it.
+    pub fn wait_for_com2(&self, want: &str, timeout: Duration) -> Result<String> {
+        let path = self.work_dir.join(COM2_LOG);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read(&path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(want)) {
+                return Ok(line.trim().to_string());
+            }
+            if std::time::Instant::now() >= deadline {
+                let tail: Vec<&str> = text.lines().rev().take(10).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(HarnessError::Timeout {
+                    host: format!("{} (ttyS1, {})", self.name, path.display()),
+                    pattern: format!("{want:?}"),
+                    timeout,
+                    tail: tail.join("\n"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits for a matching line after the last matched one (ordering checks).

@@ -242,11 +242,21 @@ fn missing_config_disk_is_reported() {
     let mut cluster = Cluster::example("no-config-disk").unwrap();
     let mut spec = cluster.host_spec("host-a").unwrap();
     spec.config_disk = None;
+    // The contract's refusal line must reach serial-over-LAN too (COM2 on
+    // many servers), as `server_hw.rs` checks for `appliance ready`.
+    spec.add_com2();
     let host = cluster.boot_spec(spec).unwrap();
     let refused = host.wait_for("config refused: ", BOOT_TIMEOUT).unwrap();
     assert!(
         refused.contains("no config disk found"),
         "reason should say no config disk was found: {refused}"
+    );
+    let on_com2 = host
+        .wait_for_com2("config refused: ", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        on_com2.contains("no config disk found"),
+        "ttyS1's refusal should name the reason: {on_com2}"
     );
     host.assert_absent("init: started", Duration::from_secs(3))
         .unwrap();

@@ -131,26 +131,13 @@ fn both_use_the_server_hardware(cluster: &Cluster) {
 /// COM2) as well as the first: serial-over-LAN on many servers is COM2.
 fn contract_line_on_com2(cluster: &Cluster, h: &str) {
     let host = cluster.host(h).unwrap();
-    let path = host.work_dir().join(common::COM2_LOG);
-    let want = format!("appliance ready: host={h} ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read(&path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if text.contains(&want) {
-            eprintln!("{h}: ttyS1 has \"{}\"", want.trim());
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{h}: no \"{want}\" on ttyS1 ({}): {} bytes there, last: {:?}",
-            path.display(),
-            text.len(),
-            text.lines().last()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let line = host
+        .wait_for_com2(
+            &format!("appliance ready: host={h} "),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    eprintln!("{h}: ttyS1 has {line:?}");
 }
 
 #[test]

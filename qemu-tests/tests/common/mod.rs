@@ -56,10 +56,6 @@ pub fn pair_on_iscsi(name: &str) -> Cluster {
 /// booting the ISO under UEFI as it ships; with each host's storage through
 /// its own NBD path if `nbd`; `tco_may_reset` false leaves the chipset's
 /// no-reboot strap as QEMU sets it (the TCO then never resets the host).
-/// The file a server-hardware host's second serial port (ttyS1) writes to,
-/// in its work directory.
-pub const COM2_LOG: &str = "ttyS1.log";
-
 pub fn pair_on_server_hw(name: &str, nbd: bool, tco_may_reset: bool) -> Cluster {
     let mut cluster = Cluster::example(name).unwrap();
     if nbd {
@@ -70,14 +66,8 @@ pub fn pair_on_server_hw(name: &str, nbd: bool, tco_may_reset: bool) -> Cluster 
         spec.machine = qemu_tests::Machine::server_q35().unwrap();
         spec.watchdog = tco_may_reset;
         // COM2 (ttyS1), where serial-over-LAN usually is on Dell and HPE
-        // servers, into a file: init writes its lines there too.
-        let com2 = spec.work_dir.join(COM2_LOG);
-        spec.extra_args.extend([
-            "-chardev".into(),
-            format!("file,id=com2,path={}", com2.display()).into(),
-            "-serial".into(),
-            "chardev:com2".into(),
-        ]);
+        // servers: init writes its lines there too.
+        spec.add_com2();
         cluster.boot_spec(spec).unwrap();
     }
     wait_paired(cluster)
