@@ -35,7 +35,8 @@
 //!
 //! Checked: `state_tests` (on /dev/kvm), `epoch_tests` (format, torn
 //! epochs, fuzz, delta measurement), `gate_tests`, `receiver_tests`, and a
-//! seeded simulation (`sim_tests`: crashes, failover, a bad link).
+//! seeded simulation (`sim_tests`: crashes, failover, a bad link, joins of
+//! a new Secondary to a lone Primary with their own faults, `sim_join.rs`).
 //!
 //! Also checked: `remote_tests` and `hosts_tests` (a Primary and a Secondary
 //! over TCP loopback with the real channel, on /dev/kvm), `dirty_tests`

@@ -4,7 +4,15 @@
 //! that writes one sector per tick, clients that see replies only from
 //! released frames; then at an arbitrary tick the Primary crashes and the
 //! Secondary takes over (or the Secondary dies and the Primary goes on
-//! alone after winning the next generation).
+//! alone after winning the next generation). A lone Primary may then take a
+//! new Secondary (respawn, `respawn.rs`: a full epoch `J` closed with
+//! [`EpochGate::close_epoch_joining`]), over the same bad link; the join
+//! succeeds when `J`'s ack comes back, or is given up at a random tick, and
+//! is tried again; and then the Primary crashes (the new Secondary takes
+//! over if it heard `Paired`; a join in flight leaves nobody, the single
+//! failure the pair does not survive), or the new Secondary dies too (the
+//! Primary goes alone in the next generation), or the run drains
+//! (`sim_join.rs`).
 //!
 //! Properties (always):
 //! - `released_only_when_safe`: a frame of epoch e leaves only when the
@@ -19,10 +27,17 @@
 //!   is at or below the resumed value of its key.
 //! - `writes_in_epoch_order`: the device sees one writer's writes in epoch
 //!   order (asserted in `Device::tick`).
+//! - with joins: epochs closed alone (before `J`) release without a
+//!   Secondary; `J` and later ones only once the new Secondary holds them;
+//!   a new Secondary that takes over resumes exactly the Primary's state
+//!   and re-writes what was not durable, including the writes of the
+//!   epochs before `J` that it never saw as epochs (`J` carries them).
 //!
 //! Sometimes (counted over all seeds, so a vacuous run fails): a frame
 //! released, a take-over with writes to finish, a torn epoch refused, a
-//! resend, a delta page, the Secondary lost.
+//! resend, a delta page, the Secondary lost, a join paired, a join given
+//! up, a take-over by a joined Secondary, a join's `J` carrying earlier
+//! epochs' writes.
 //!
 //! Seeds: `FT_CHECKPOINT_SIM_SEEDS` (default 2000), from
 //! `FT_CHECKPOINT_SIM_SEED` (default 0); a failing seed is printed.
@@ -33,6 +48,9 @@ use super::epoch::PageData;
 use super::gate::{EpochGate, GateConfig, Mode};
 use super::receiver::Receiver;
 use super::sim_world::*;
+
+#[path = "sim_join.rs"]
+mod join;
 
 const MAX_UNACKED: usize = 4;
 
@@ -45,6 +63,10 @@ struct Sometimes {
     resends: u64,
     deltas: u64,
     secondary_lost: u64,
+    joins_paired: u64,
+    joins_given_up: u64,
+    joined_takeovers: u64,
+    join_carried_writes: u64,
 }
 
 struct Params {
@@ -72,11 +94,19 @@ struct World {
     snapshots: BTreeMap<u64, Vec<u8>>,
     /// Epochs that had disk writes.
     write_epochs: std::collections::BTreeSet<u64>,
+    /// The guest wrote in the open epoch.
+    wrote: bool,
     /// Replies clients saw: (key, value).
     seen: Vec<(u64, u64)>,
     next_value: u64,
-    /// Since when the Primary runs alone (won the next generation).
-    solo: bool,
+    /// Epochs below this one were closed with the Primary alone and may
+    /// release without a Secondary (0 while paired from the start;
+    /// `u64::MAX` alone; the join's `J` while a joined Secondary is taken).
+    alone_below: u64,
+    /// The generation the Primary runs in.
+    generation: u64,
+    /// A join in progress (`sim_join.rs`).
+    join: Option<join::Join>,
     /// No more client requests (draining at the end).
     quiet: bool,
     p: Params,
@@ -120,8 +150,11 @@ impl World {
             snapshots,
             seen: Vec::new(),
             write_epochs: Default::default(),
+            wrote: false,
             next_value: 1,
-            solo: false,
+            alone_below: 0,
+            generation: 1,
+            join: None,
             quiet: false,
             p,
             st: Sometimes::default(),
@@ -132,11 +165,16 @@ impl World {
         for (e, frame) in released {
             let held = self.rx.as_ref().map_or(0, |r| r.last());
             assert!(
-                e <= held || self.solo,
-                "released_only_when_safe: frame of epoch {e}, Secondary holds {held}"
+                e <= held || e < self.alone_below,
+                "released_only_when_safe: frame of epoch {e}, Secondary holds {held}, alone below {}",
+                self.alone_below
             );
-            if self.solo {
-                assert!(matches!(self.gate.mode(), Mode::Solo { generation: 2 }));
+            if e > held {
+                assert!(
+                    matches!(self.gate.mode(), Mode::Solo { generation } | Mode::Paired { generation } if generation == self.generation && generation > 1),
+                    "released alone only in a generation won alone: {:?}",
+                    self.gate.mode()
+                );
             }
             let newest_write = self.write_epochs.range(..=e).next_back().copied();
             assert!(
@@ -150,7 +188,15 @@ impl World {
 
     fn close_epoch(&mut self) {
         let (closed, actions) = self.gate.close_epoch();
-        if !closed.writes.is_empty() {
+        self.ship(closed, actions);
+    }
+
+    /// A closed epoch: its pages and machine state to the Secondary (if one
+    /// is taken), the gate's actions performed.
+    fn ship(&mut self, closed: super::gate::Closed, actions: Vec<super::gate::Action>) {
+        // The guest's own writes of this epoch (a join's `J` also carries
+        // earlier epochs' writes, which are not `J`'s).
+        if std::mem::take(&mut self.wrote) {
             self.write_epochs.insert(closed.number);
         }
         let pages = self.toy.take_pages(&mut self.shadow);
@@ -164,7 +210,7 @@ impl World {
         if self.shipper.unacked.len() == 1 {
             self.shipper.last_progress = self.now;
         }
-        if !self.solo {
+        if self.rx.is_some() {
             for piece in pieces {
                 self.fwd.send(&mut self.rng, self.now, Msg::Piece(piece));
             }
@@ -190,12 +236,16 @@ impl World {
         }
         for m in self.back.due(self.now) {
             let Msg::Ack(e) = m else { continue };
+            if self.rx.is_none() {
+                continue;
+            }
             if let Ok(actions) = self.gate.on_ack(e) {
                 self.shipper.on_ack(e, self.now);
                 let r = perform(actions, &mut self.dev);
                 self.release(r);
             }
         }
+        self.join_tick();
         if let Some(e) = self.dev.tick() {
             let actions = self
                 .gate
@@ -213,6 +263,7 @@ impl World {
                 Request::Get { key }
             } else {
                 self.next_value += 1;
+                self.wrote = true;
                 Request::Put {
                     key,
                     value: self.next_value,
@@ -226,7 +277,7 @@ impl World {
         {
             self.close_epoch();
         }
-        if !self.solo
+        if self.rx.is_some()
             && !self.shipper.unacked.is_empty()
             && self.now - self.shipper.last_progress > self.p.rto
         {
@@ -264,6 +315,9 @@ impl World {
             );
         }
         self.st.takeovers += 1;
+        if self.alone_below > 0 {
+            self.st.joined_takeovers += 1;
+        }
         self.st.takeover_writes += t.writes.len() as u64;
         for w in &t.writes {
             self.dev.write(w);
@@ -273,8 +327,22 @@ impl World {
     }
 
     /// The Secondary died: the Primary loses it, races (some ticks), wins
-    /// generation 2 and goes on alone; at the end its writes drain.
+    /// the next generation and goes on alone; then maybe takes a new
+    /// Secondary (`sim_join.rs`), or at the end its writes drain.
     fn lose_secondary(mut self) -> Sometimes {
+        self.go_alone();
+        for _ in 0..self.rng.below(100) {
+            self.tick();
+        }
+        if self.rng.chance(700) {
+            return self.joins();
+        }
+        self.drain()
+    }
+
+    /// The Secondary is gone: hold while racing, then run alone in the next
+    /// generation.
+    fn go_alone(&mut self) {
         self.rx = None;
         self.gate.on_secondary_lost().expect("paired");
         self.st.secondary_lost += 1;
@@ -286,18 +354,40 @@ impl World {
             self.st.released, released_before,
             "nothing leaves while racing"
         );
-        self.solo = true;
+        self.alone_below = u64::MAX;
         self.shipper.unacked.clear();
-        let actions = self.gate.on_generation_won(2).expect("lost in 1");
+        self.generation += 1;
+        let actions = self
+            .gate
+            .on_generation_won(self.generation)
+            .expect("lost in the previous generation");
         let r = perform(actions, &mut self.dev);
         self.release(r);
-        for _ in 0..self.rng.below(100) {
-            self.tick();
-        }
+    }
+
+    /// No more requests: every closed epoch's writes reach the device
+    /// (acknowledged first if a Secondary is taken), then the device must
+    /// equal the Primary's memory.
+    fn drain(mut self) -> Sometimes {
         self.quiet = true;
         self.close_epoch();
-        while self.dev.busy.is_some() {
+        // Every write is in an epoch up to this one (no requests now; the
+        // empty epochs still closing after it carry none).
+        let last = self.gate.current() - 1;
+        let mut ticks = 0;
+        while self.dev.busy.is_some() || self.gate.progress().2 < last {
             self.tick();
+            ticks += 1;
+            assert!(
+                ticks < 100_000,
+                "drain: the writes never became durable: gate {:?} {:?} current {} rx {:?} join {:?} unacked {:?}",
+                self.gate.mode(),
+                self.gate.progress(),
+                self.gate.current(),
+                self.rx.as_ref().map(|r| r.last()),
+                self.join.as_ref().map(|j| j.j()),
+                self.shipper.unacked.keys().collect::<Vec<_>>(),
+            );
         }
         let mem = self.toy.mem.clone();
         self.check_consistent(&mem);
@@ -357,6 +447,10 @@ fn checkpoint_sim_seeds() {
         total.resends += s.resends;
         total.deltas += s.deltas;
         total.secondary_lost += s.secondary_lost;
+        total.joins_paired += s.joins_paired;
+        total.joins_given_up += s.joins_given_up;
+        total.joined_takeovers += s.joined_takeovers;
+        total.join_carried_writes += s.join_carried_writes;
     }
     eprintln!("checkpoint sim: {seeds} seeds from {first}: {total:?}");
     if seeds >= 100 {
@@ -369,6 +463,10 @@ fn checkpoint_sim_seeds() {
             ("resends", t.resends),
             ("deltas", t.deltas),
             ("secondary_lost", t.secondary_lost),
+            ("joins_paired", t.joins_paired),
+            ("joins_given_up", t.joins_given_up),
+            ("joined_takeovers", t.joined_takeovers),
+            ("join_carried_writes", t.join_carried_writes),
         ] {
             assert!(n > 0, "sometimes: {name} never happened in {seeds} seeds");
         }

@@ -194,12 +194,16 @@ pub(super) enum Msg {
     Ack(u64),
 }
 
-/// A link that loses, duplicates and reorders (random delays).
+/// A link that loses, duplicates and reorders (random delays), or one that
+/// only delays, in order ([`Link::tcp`]).
 pub(super) struct Link {
     pub(super) queue: Vec<(u64, u64, Msg)>,
     pub(super) loss_per_mille: u64,
     pub(super) dup_per_mille: u64,
     pub(super) max_delay: u64,
+    /// Deliver in the order sent (delays never overtake).
+    in_order: bool,
+    last_at: u64,
     seq: u64,
 }
 
@@ -210,7 +214,18 @@ impl Link {
             loss_per_mille,
             dup_per_mille,
             max_delay,
+            in_order: false,
+            last_at: 0,
             seq: 0,
+        }
+    }
+
+    /// A fresh TCP connection: random delays, nothing lost, duplicated or
+    /// reordered (a cut is the end of the connection, modelled by its user).
+    pub(super) fn tcp(max_delay: u64) -> Self {
+        Link {
+            in_order: true,
+            ..Link::new(0, 0, max_delay)
         }
     }
 
@@ -220,7 +235,11 @@ impl Link {
         }
         let copies = if rng.chance(self.dup_per_mille) { 2 } else { 1 };
         for _ in 0..copies {
-            let at = now + 1 + rng.below(self.max_delay + 1);
+            let mut at = now + 1 + rng.below(self.max_delay + 1);
+            if self.in_order {
+                at = at.max(self.last_at);
+                self.last_at = at;
+            }
             self.seq += 1;
             self.queue.push((at, self.seq, m.clone()));
         }
