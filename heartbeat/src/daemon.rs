@@ -5,11 +5,16 @@
 //! one line per reason every [`DROP_LOG_EVERY`].
 //!
 //! Rule: no X25519 under the node lock. The receive thread owns the [`Gate`]
-//! (source check, rate limit, Noise open) and takes the lock only to judge or
-//! count the result; the send thread takes the lock for the next payload and
-//! seals it for every peer after releasing it. A flood therefore costs the
-//! lock one counter update per packet, and never delays the send thread, the
-//! suspicion check or a control-socket answer by a Diffie-Hellman.
+//! (source check, rate limit, Noise open) and takes the lock only to judge
+//! what the gate opened; what it refused is counted in the receive thread
+//! ([`Refused`]) and added to the node's counters under the lock in batches,
+//! at most every [`REFUSED_FLUSH_EVERY`] (and before an opened packet is
+//! judged). The send thread takes the lock for the next payload and seals it
+//! for every peer after releasing it. A flood of garbage therefore never
+//! takes the lock per packet: the send thread, the suspicion check and a
+//! control-socket answer wait neither for a Diffie-Hellman nor behind a lock
+//! retaken tens of thousands of times a second (a loaded host's heartbeat
+//! rounds came late that way, and its peers suspected it).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +26,7 @@ use config_schema::ctl::{PeerView, Request, Response};
 use serde_json::json;
 
 use crate::drops::DropReason;
-use crate::gate::Gate;
+use crate::gate::{Admitted, Gate};
 use crate::live::LiveTiming;
 use crate::node::{seal_round, Node, NodeConfig, Received};
 use crate::packet::MAX_PACKET;
@@ -31,6 +36,39 @@ use crate::view::Transition;
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
 /// How long a blocked receive waits before checking for shutdown.
 const RECV_POLL: Duration = Duration::from_millis(200);
+/// How stale the status's drop counters may be under a flood.
+pub const REFUSED_FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// The gate's refusals not yet added to the node's counters, by (the peer
+/// the header named, reason).
+#[derive(Debug, Default)]
+struct Refused {
+    counts: Vec<((Option<u32>, DropReason), u64)>,
+    since: Option<Instant>,
+}
+
+impl Refused {
+    fn add(&mut self, peer: Option<u32>, reason: DropReason, now: Instant) {
+        self.since.get_or_insert(now);
+        match self.counts.iter_mut().find(|(k, _)| *k == (peer, reason)) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push(((peer, reason), 1)),
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.since
+            .is_some_and(|t| now.duration_since(t) >= REFUSED_FLUSH_EVERY)
+    }
+
+    /// Adds every pending count to the node's (under its lock).
+    fn flush_into(&mut self, node: &mut Node) {
+        for ((peer, reason), n) in self.counts.drain(..) {
+            node.view_mut().record_drops(peer, reason, n);
+        }
+        self.since = None;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -55,6 +93,20 @@ struct DropLog {
 }
 
 impl DropLog {
+    /// Whether a drop for `reason` at `now` gets a line (then build its
+    /// details and call [`DropLog::line`]); one that does not is counted as
+    /// not shown, as `line` would.
+    fn due(&mut self, now: Instant, reason: DropReason) -> bool {
+        let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) else {
+            return false;
+        };
+        if self.last[i].is_none_or(|t| now.duration_since(t) >= DROP_LOG_EVERY) {
+            return true;
+        }
+        self.suppressed[i] += 1;
+        false
+    }
+
     /// The line to print for this drop, if any.
     fn line(
         &mut self,
@@ -357,8 +409,13 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
     // One byte more than the largest valid packet, so oversize datagrams are seen as such.
     let mut buf = vec![0u8; MAX_PACKET + 1];
     let mut drops = DropLog::default();
+    let mut refused = Refused::default();
     while !s.stop.load(Ordering::SeqCst) {
-        let (n, src) = match socket.recv_from(&mut buf) {
+        let got = socket.recv_from(&mut buf);
+        if refused.due(Instant::now()) {
+            refused.flush_into(&mut s.node());
+        }
+        let (n, src) = match got {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -377,10 +434,29 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
         gate.set_interval_ms(s.timing.gate_interval_ms());
         let admitted = gate.admit(s.now_ms(), src, &buf[..n]);
         s.noise_opens.store(gate.opens(), Ordering::Relaxed);
-        let r = {
-            let mut node = s.node();
-            let t = s.now_ms();
-            node.on_admitted(t, admitted)
+        let r = match admitted {
+            Admitted::Rejected(r) => {
+                // Counted here, without the node's lock (module doc); the
+                // lock only for the name in a console line, which is rare.
+                let now = Instant::now();
+                refused.add(r.peer, r.reason, now);
+                if drops.due(now, r.reason) {
+                    let claimed = r.peer.and_then(|id| s.node().peer_name(id));
+                    Received::Dropped {
+                        reason: r.reason,
+                        claimed,
+                        detail: r.detail,
+                    }
+                } else {
+                    continue;
+                }
+            }
+            opened => {
+                let mut node = s.node();
+                refused.flush_into(&mut node);
+                let t = s.now_ms();
+                node.on_admitted(t, opened)
+            }
         };
         match r {
             Received::Accepted { transitions, .. } => announce(&transitions),
@@ -399,6 +475,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
             }
         }
     }
+    refused.flush_into(&mut s.node());
 }
 
 #[cfg(test)]

@@ -80,7 +80,10 @@ pub struct DropCounts([u64; DropReason::ALL.len()]);
 
 impl DropCounts {
     pub fn add(&mut self, r: DropReason) {
-        self.0[r.index()] += 1;
+        self.add_n(r, 1);
+    }
+    pub fn add_n(&mut self, r: DropReason, n: u64) {
+        self.0[r.index()] += n;
     }
     pub fn get(&self, r: DropReason) -> u64 {
         self.0[r.index()]

@@ -171,7 +171,7 @@ impl Node {
         seal_round(&self.cfg, &payload)
     }
 
-    fn peer_name(&self, id: u32) -> Option<String> {
+    pub fn peer_name(&self, id: u32) -> Option<String> {
         self.cfg
             .peers
             .iter()

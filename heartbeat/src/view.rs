@@ -232,9 +232,15 @@ impl Membership {
 
     /// Counts a dropped packet, against `peer` when the header named one.
     pub fn record_drop(&mut self, peer: Option<u32>, reason: DropReason) {
-        self.dropped.add(reason);
+        self.record_drops(peer, reason, 1);
+    }
+
+    /// `n` drops of one kind at once (the daemon counts the gate's
+    /// refusals outside the node's lock and adds them in batches).
+    pub fn record_drops(&mut self, peer: Option<u32>, reason: DropReason, n: u64) {
+        self.dropped.add_n(reason, n);
         if let Some(p) = peer.and_then(|id| self.peer_mut(id)) {
-            p.dropped.add(reason);
+            p.dropped.add_n(reason, n);
         }
     }
 
