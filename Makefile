@@ -106,7 +106,8 @@ fuzz:
 ## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
 ##   reports in target/tmp/chaos/. Not part of make test. Any 11 consecutive seeds start with every fault class.
-## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, after the respawn's `protected:` line (default off).
+## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, once the pair is protected again: after the respawn's
+##   `protected:` line, or healed with the pair unchanged if the first cost no member (default off).
 FT_CHAOS_SEEDS ?= 200000
 FT_CHAOS_ROUNDS ?= 3
 FT_CHAOS_PAIR_BOOTS ?= 300

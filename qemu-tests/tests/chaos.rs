@@ -9,9 +9,10 @@
 //! drawn by weight, kills of the pair's hosts, a freeze of the Primary's and
 //! pair partitions first; each seed's first fault of another class in turn,
 //! so any 11 consecutive seeds start with every class), with at most one
-//! pair failure per run, or with `FT_CHAOS_SEQUENTIAL=1` a second one after
-//! the respawn's `protected:` line (`chaos/plan.rs`, `chaos/nemesis.rs`),
-//! over ~60 s. Killed hosts boot again into the running cluster
+//! pair failure per run, or with `FT_CHAOS_SEQUENTIAL=1` a second one once
+//! the pair is protected again: after the respawn's `protected:` line, or
+//! when the first cost no member, healed with the pair unchanged
+//! (`chaos/plan.rs`, `chaos/nemesis.rs`, `chaos::pair_watch`), over ~60 s. Killed hosts boot again into the running cluster
 //! (`chaos/fleet.rs`) and may become the new Secondary; slowed hosts get
 //! their QEMU stopped part of every 100 ms until the heal. Then it heals,
 //! lets the clients be served again, stops them and GETs every key on a

@@ -11,6 +11,8 @@
 //!   and the stratified first fault of each seed.
 //! - [`roles`]: the predicted pair, [`costs_a_member`] (pair failures), and
 //!   the [`Gate`] of a second pair failure (`FT_CHAOS_SEQUENTIAL=1`).
+//! - [`pair_watch`]: what the gate reads on the consoles: protected again by
+//!   a respawn, or a pair failure that cost no member.
 //! - [`report`]: [`RunReport`], [`CampaignReport`] (JSON, and a fixed-width
 //!   table for people with the line that replays a failing seed).
 //! - [`plot`]: [`plot::plot_run`], latency over time as SVG.
@@ -26,6 +28,7 @@
 pub mod draw;
 pub mod fault;
 mod model;
+pub mod pair_watch;
 pub mod plot;
 pub mod report;
 mod rng;
@@ -146,6 +149,8 @@ pub fn replay_line(seed: u64, sequential: bool) -> String {
 mod draw_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod pair_watch_tests;
 #[cfg(test)]
 mod plot_tests;
 #[cfg(test)]

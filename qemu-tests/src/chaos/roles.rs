@@ -19,7 +19,8 @@
 //!   after a partition or a freeze is decided at run time, so faults on any
 //!   of them may cost the pair a member. Each later pair failure carries a
 //!   [`Gate`] naming the predicted pair; the nemesis renames hosts by the pair
-//!   it actually sees.
+//!   it actually sees (the old pair when the failure cost no member after
+//!   all, a storage fault of the Secondary's host for one: `pair_watch`).
 
 use super::fault::Fault;
 use serde::{Deserialize, Serialize};
@@ -42,10 +43,12 @@ pub fn costs_a_member<S: AsRef<str>>(fault: &Fault, members: &[S]) -> bool {
 /// A step held until the pair is protected again after the previous pair
 /// failure: the nemesis applies it only once it has seen `ftvmm: vm <vm>:
 /// protected: secondary <host>` on a console after that failure (on the
-/// Primary's console, naming the respawned Secondary), and moves it and every
-/// later step by the wait. The schedule assumed `primary` and `secondary` as
-/// that pair; from this step on the nemesis renames hosts to the pair it saw
-/// ([`Gate::renaming`]).
+/// Primary's console, naming the respawned Secondary), or found that the
+/// failure cost no member after all (`super::pair_watch`: a pair failure
+/// *can* cost a member; a storage fault of the Secondary's host never does),
+/// and moves it and every later step by the wait. The schedule assumed
+/// `primary` and `secondary` as that pair; from this step on the nemesis
+/// renames hosts to the pair it found ([`Gate::renaming`]).
 ///
 /// NOTICE: serialized in run reports (a step's `gate`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,34 +7,62 @@
 //! which ends it cleanly (the throttle thread joined, QEMU continued) and
 //! notes what it did. A reboot boots the killed host again into the running
 //! cluster (`chaos/fleet.rs`): the host whose kill it follows, whatever a
-//! gate renamed since. A gated step
-//! ([`chaos::Gate`], the second pair failure with `FT_CHAOS_SEQUENTIAL=1`)
-//! is applied only after the nemesis has seen the respawn's `ftvmm: vm kv:
-//! protected: secondary <host>` line on a console after the first pair
-//! failure, at least [`AFTER_PROTECTED_MS`] after it: that step and every
-//! later one come as late as the wait made them, and from there hosts are
-//! renamed to the pair the line names (the schedule predicted who wins; a
-//! partition or freeze decides it at run time). Without the line within
+//! gate renamed since.
+//!
+//! A gated step ([`chaos::Gate`], the second pair failure with
+//! `FT_CHAOS_SEQUENTIAL=1`) is applied only once the pair is protected again
+//! after the first pair failure (`chaos::pair_watch`, read from the consoles
+//! of every process): either the respawn's `ftvmm: vm kv: protected:
+//! secondary <host>` line came, and the step waits at least
+//! [`AFTER_PROTECTED_MS`] after it, or the first pair failure cost no member
+//! (a storage fault of the Secondary's host, a freeze shorter than the
+//! failure timeout: no respawn, so no such line), and at its planned time
+//! no console shows a pair change, no fault that can cost a member has been
+//! in force for [`quiet`], and both hosts of the pair hold their output
+//! grant. The step and every later one come as late as the wait made them,
+//! and from there hosts are renamed to the pair found (the schedule
+//! predicted who wins; a partition or freeze decides it at run time, and a
+//! failure that cost no member leaves the old pair). Without either within
 //! [`PROTECTED_TIMEOUT`] of the first pair failure the gated step is
-//! dropped, with a note.
+//! dropped, with a note saying why, and so is the reboot of a dropped kill.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use qemu_tests::chaos::{slow_stopped_ms, Fault, Gate, Schedule, Step, SLOW_PERIOD_MS};
+use qemu_tests::chaos::pair_watch::{PairNow, PairWatch, Seen};
+use qemu_tests::chaos::{
+    costs_a_member, slow_stopped_ms, Fault, Gate, Schedule, Step, SLOW_PERIOD_MS,
+};
 use qemu_tests::history::Recorder;
 
 use crate::common::VM;
 use crate::fleet::Fleet;
-use crate::plan::costs_a_member;
 
-/// How long after the first pair failure a gated step waits for the
-/// `protected:` line of the respawn before it is dropped.
+/// How long after the first pair failure a gated step waits for the pair to
+/// be protected again (module doc) before it is dropped.
 pub const PROTECTED_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the `protected:` line, a gated step waits at least this much more.
 pub const AFTER_PROTECTED_MS: u64 = 2_000;
 /// How often a gate looks at the consoles.
 const POLL_MS: u64 = 250;
+
+/// How long after the last fault that can cost a member ended (a heal, a
+/// thaw, a kill's instant) a pair change it caused may still first show on a
+/// console: two failure timeouts of the cluster's config (`[timing]`, 1 s in
+/// examples/cluster.toml). A member is lost only through a silence its peer
+/// suspects or a withdrawn output grant. A silence that began before the
+/// fault ended is suspected at most one failure timeout after it began; a
+/// withdrawn grant shows at once as fencing's hold line, and the gate waits
+/// for its release anyway (`chaos::pair_watch`). So one failure timeout
+/// bounds the change; the second is margin for the member's monitor tick,
+/// the serial console and a loaded machine's late TCG timers. Not a proof:
+/// a change later than that shows as a pair change to the verdicts like any
+/// other, the second failure then only lands on a pair still settling.
+/// Gated steps come `respawn_ms` (15 s) after the first pair failure anyway,
+/// so the quiet time rarely delays one.
+pub fn quiet(failure_timeout_ms: u64) -> Duration {
+    Duration::from_millis(2 * failure_timeout_ms)
+}
 
 /// One applied step.
 #[derive(Debug, Clone)]
@@ -84,6 +112,20 @@ struct Nemesis<'a, 'c> {
     delay_ms: u64,
     /// Schedule host names to actual ones, from a gate on.
     rename: BTreeMap<String, String>,
+    /// Every host of the run (after the first pair failure any may be a
+    /// member).
+    hosts: Vec<String>,
+    /// Faults in force that can cost a member, but kills (a freeze, a
+    /// partition, a storage fault).
+    member_faults: Vec<Fault>,
+    /// When the last of `member_faults` ended or the last kill came: from
+    /// then on nothing that can cost a member is in force.
+    settled: Option<Instant>,
+    /// [`quiet`] of the cluster's failure timeout.
+    quiet: Duration,
+    /// Hosts (schedule names) whose gated kill was dropped: their reboot is
+    /// dropped too.
+    dropped_kills: BTreeSet<String>,
 }
 
 /// Applies the steps of `schedule` at their times on `rec`'s clock (a freeze
@@ -91,6 +133,7 @@ struct Nemesis<'a, 'c> {
 /// line, module doc), then heals everything and returns at the schedule's
 /// end (its `settle_ms` after the last heal, plus any wait at a gate).
 pub fn play(fleet: &mut Fleet<'_>, schedule: &Schedule, rec: &Recorder) -> Played {
+    let failure_timeout_ms = fleet.cluster().config().timing.failure_timeout_ms;
     let mut n = Nemesis {
         fleet,
         rec,
@@ -101,11 +144,30 @@ pub fn play(fleet: &mut Fleet<'_>, schedule: &Schedule, rec: &Recorder) -> Playe
         first_failure: None,
         delay_ms: 0,
         rename: BTreeMap::new(),
+        hosts: schedule.hosts.clone(),
+        member_faults: Vec::new(),
+        settled: Some(Instant::now()),
+        quiet: quiet(failure_timeout_ms),
+        dropped_kills: BTreeSet::new(),
     };
     for step in &schedule.steps {
         if let Some(gate) = &step.gate {
             if let Err(why) = n.pass(gate, step.at_ms, &schedule.hosts) {
                 let note = format!("dropped {} at {} ms: {why}", step.fault, step.at_ms);
+                eprintln!("chaos: {note}");
+                n.played.notes.push(note);
+                if let Fault::KillHost { host } = &step.fault {
+                    n.dropped_kills.insert(host.clone());
+                }
+                continue;
+            }
+        }
+        if let Fault::RebootHost { host } = &step.fault {
+            if !n.killed.contains_key(host) && n.dropped_kills.remove(host) {
+                let note = format!(
+                    "dropped {} at {} ms: its kill was dropped at the gate",
+                    step.fault, step.at_ms
+                );
                 eprintln!("chaos: {note}");
                 n.played.notes.push(note);
                 continue;
@@ -168,6 +230,7 @@ impl Nemesis<'_, '_> {
             for host in due {
                 self.frozen.remove(&host);
                 let r = thaw(self.fleet, &host, &mut self.played);
+                self.thawed(&host);
                 self.record(format!("thaw {host}"), r);
             }
             if now >= at_ms {
@@ -188,6 +251,7 @@ impl Nemesis<'_, '_> {
                 // The kill ends the host's freeze and slowdown (the model's
                 // rule): no thaw or throttle may reach a later process.
                 self.frozen.remove(host);
+                self.thawed(host);
                 self.end_slow(host, "its kill");
                 apply(self.fleet, fault)
             }
@@ -208,8 +272,21 @@ impl Nemesis<'_, '_> {
             if let Fault::FreezeHost { host, for_ms } = fault {
                 self.frozen.insert(host.clone(), self.now_ms() + for_ms);
             }
-            if costs_a_member(fault) && self.first_failure.is_none() {
+            if crate::plan::costs_a_member(fault) && self.first_failure.is_none() {
                 self.first_failure = Some(Instant::now());
+            }
+            if costs_a_member(fault, &self.hosts) {
+                match fault {
+                    Fault::KillHost { .. } => {
+                        if self.member_faults.is_empty() {
+                            self.settled = Some(Instant::now());
+                        }
+                    }
+                    f => {
+                        self.member_faults.push(f.clone());
+                        self.settled = None;
+                    }
+                }
             }
         }
         let what = match fault {
@@ -260,27 +337,70 @@ impl Nemesis<'_, '_> {
         for host in self.slowed.clone() {
             self.end_slow(&host, "the heal");
         }
+        if !self.member_faults.is_empty() {
+            self.member_faults.clear();
+            self.settled = Some(Instant::now());
+        }
     }
 
-    /// Waits for the `protected:` line after the first pair failure (module
-    /// doc); on it, delays the steps from the gated one (planned at
-    /// `planned_ms`) and renames hosts to the pair it names.
+    /// `host` thawed: its freeze no longer in force.
+    fn thawed(&mut self, host: &str) {
+        let before = self.member_faults.len();
+        (self.member_faults)
+            .retain(|f| !matches!(f, Fault::FreezeHost { host: h, .. } if h == host));
+        if before > 0 && self.member_faults.is_empty() {
+            self.settled = Some(Instant::now());
+        }
+    }
+
+    /// Waits until the pair is protected again after the first pair failure
+    /// (module doc, `chaos::pair_watch`); then delays the steps from the
+    /// gated one (planned at `planned_ms`) as the wait made them and renames
+    /// hosts to the pair found.
     fn pass(&mut self, gate: &Gate, planned_ms: u64, hosts: &[String]) -> Result<(), String> {
         let since = self
             .first_failure
             .ok_or("no pair failure was applied before it")?;
-        let line = regex::Regex::new(&format!(r"ftvmm: vm {VM}: protected: secondary ([\w.-]+)"))
-            .expect("a valid regex");
+        let watch = PairWatch::new(VM);
+        let mut why = String::from("not looked yet");
         loop {
-            if let Some((primary, secondary)) = protected_after(self.fleet, &line, since) {
+            let lines = console_lines(self.fleet);
+            let seen: Vec<Seen> = (lines.iter())
+                .map(|(host, at, text)| Seen {
+                    host,
+                    at: *at,
+                    text,
+                })
+                .collect();
+            let look = watch.look(&seen, since, self.settled, Instant::now(), self.quiet);
+            let now = self.now_ms();
+            let found = match look {
+                PairNow::Respawned { primary, secondary } => {
+                    let due = (now + AFTER_PROTECTED_MS).max(planned_ms + self.delay_ms);
+                    Some((primary, secondary, due, "protected again"))
+                }
+                // Looked at when the step is due: what it meets.
+                PairNow::Intact { primary, secondary } if now >= planned_ms + self.delay_ms => {
+                    Some((
+                        primary,
+                        secondary,
+                        now,
+                        "the first pair failure cost no member",
+                    ))
+                }
+                PairNow::Intact { .. } => None,
+                PairNow::Waiting(w) => {
+                    why = w;
+                    None
+                }
+            };
+            if let Some((primary, secondary, due, how)) = found {
                 let rename = gate.renaming(hosts, &primary, &secondary).ok_or(format!(
-                    "the protected: line names {primary} and {secondary}, not a pair of this run"
+                    "{how}, but the pair {primary}, {secondary} is not a pair of this run"
                 ))?;
-                let seen = self.now_ms();
-                let due = (seen + AFTER_PROTECTED_MS).max(planned_ms + self.delay_ms);
                 self.delay_ms = due - planned_ms;
                 let note = format!(
-                    "protected again by {seen} ms: primary {primary}, secondary {secondary} \
+                    "{how} by {now} ms: primary {primary}, secondary {secondary} \
                      (planned {}, {}); steps from {planned_ms} ms come {} ms late",
                     gate.primary, gate.secondary, self.delay_ms
                 );
@@ -291,7 +411,7 @@ impl Nemesis<'_, '_> {
             }
             if since.elapsed() >= PROTECTED_TIMEOUT {
                 return Err(format!(
-                    "no protected: line within {PROTECTED_TIMEOUT:?} of the first pair failure"
+                    "not protected again within {PROTECTED_TIMEOUT:?} of the first pair failure: {why}"
                 ));
             }
             let now = self.now_ms();
@@ -300,25 +420,15 @@ impl Nemesis<'_, '_> {
     }
 }
 
-/// The pair of the last `protected:` line (`re`, capturing the Secondary's
-/// host) that arrived after `since` on any console: the host it is on (the
-/// Primary's) and the host it names. Every process's console: a rebooted
-/// host's too.
-fn protected_after(fleet: &Fleet, re: &regex::Regex, since: Instant) -> Option<(String, String)> {
-    let mut last: Option<(Instant, String, String)> = None;
-    for host in fleet.processes() {
-        for l in host.console().lines() {
-            let at = host.spawned_at() + l.at;
-            let Some(c) = re.captures(&l.text).filter(|_| at > since) else {
-                continue;
-            };
-            if last.as_ref().is_none_or(|(t, _, _)| at > *t) {
-                let secondary = c[1].trim_end_matches('.').to_string();
-                last = Some((at, host.name().to_string(), secondary));
-            }
-        }
-    }
-    last.map(|(_, p, s)| (p, s))
+/// Every console line of every process (a rebooted host's too): its host,
+/// when it arrived, its text.
+fn console_lines(fleet: &Fleet) -> Vec<(String, Instant, String)> {
+    (fleet.processes())
+        .flat_map(|host| {
+            (host.console().lines().into_iter())
+                .map(move |l| (host.name().to_string(), host.spawned_at() + l.at, l.text))
+        })
+        .collect()
 }
 
 /// Applies a fault of the hubs, the storage paths or a host's QEMU (the
