@@ -2,7 +2,12 @@
 //! between the moments the Primary sees (issue 17).
 //!
 //! - a received frame: taken from the live door and recorded → the batch
-//!   holding its record sent → that record freshly acknowledged;
+//!   holding its record sent → that record freshly acknowledged; and
+//!   recorded → the guest's next frame or disk request (for a request, the
+//!   guest's own work until its first answer: a disk access or the reply;
+//!   console bytes do not count). With several clients at once the next
+//!   output may answer another request: the figure is meant for one
+//!   sequential client, as the bench's cost model uses it;
 //! - a disk write and a transmitted frame (a reply): produced by the guest →
 //!   covered by an `Outputs` digest record → that record sent → freshly
 //!   acknowledged → released by the Output Rule → completed by the disk (a
@@ -46,6 +51,7 @@ pub enum Kind {
 /// A segment of a trace, between two moments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
+    InRecordedToNextOutput,
     InRecordedToSent,
     InSentToAcked,
     WriteProducedToCovered,
@@ -63,7 +69,8 @@ pub enum Segment {
 }
 
 impl Segment {
-    pub const ALL: [Segment; 14] = [
+    pub const ALL: [Segment; 15] = [
+        Segment::InRecordedToNextOutput,
         Segment::InRecordedToSent,
         Segment::InSentToAcked,
         Segment::WriteProducedToCovered,
@@ -82,6 +89,7 @@ impl Segment {
 
     pub fn name(self) -> &'static str {
         match self {
+            Segment::InRecordedToNextOutput => "frame in: recorded -> next output produced",
             Segment::InRecordedToSent => "frame in: recorded -> record sent",
             Segment::InSentToAcked => "frame in: record sent -> acked",
             Segment::WriteProducedToCovered => "disk write: produced -> digest record",
@@ -131,6 +139,11 @@ struct Trace {
 pub struct Timeline {
     every: u64,
     seen: [u64; 3],
+    /// Received frames seen, for the next-output sample (counted apart from
+    /// `seen`: it samples also when nothing is recorded, FT off).
+    requests: u64,
+    /// A sampled received frame waiting for the guest's next output.
+    awaiting_output: Option<Instant>,
     next_id: u64,
     open: Vec<Trace>,
     kept: Vec<VecDeque<u32>>,
@@ -153,6 +166,8 @@ impl Timeline {
         Timeline {
             every,
             seen: [0; 3],
+            requests: 0,
+            awaiting_output: None,
             next_id: 1,
             open: Vec::new(),
             kept: vec![VecDeque::new(); Segment::ALL.len()],
@@ -204,6 +219,11 @@ impl Timeline {
     /// An output produced now: a trace id if it is traced (writes and frames
     /// only).
     pub fn on_output(&mut self, ev: &OutputEvent, now: Instant) -> Option<u64> {
+        if matches!(ev, OutputEvent::Frame { .. } | OutputEvent::Block(_)) {
+            if let Some(at) = self.awaiting_output.take() {
+                self.add(Segment::InRecordedToNextOutput, at, Some(now));
+            }
+        }
         let (kind, block) = match ev {
             OutputEvent::Frame { .. } => (Kind::Reply, None),
             OutputEvent::Block(r) if matches!(r.op, BlockOp::Write { .. }) => {
@@ -226,6 +246,13 @@ impl Timeline {
         for ev in evs {
             match ev {
                 InputEvent::Frame { .. } => {
+                    self.requests += 1;
+                    if self.every != 0
+                        && self.awaiting_output.is_none()
+                        && (self.requests - 1).is_multiple_of(self.every)
+                    {
+                        self.awaiting_output = Some(now);
+                    }
                     if let Some(end) = end_seq {
                         if self.sample(Kind::FrameIn, now) {
                             let id = self.open_trace(Kind::FrameIn, now);
@@ -309,6 +336,7 @@ impl Timeline {
     /// Forgets open traces (the log restarted or the VM stops).
     pub fn drop_open(&mut self) {
         self.open.clear();
+        self.awaiting_output = None;
     }
 
     fn trace(&mut self, id: u64) -> Option<&mut Trace> {

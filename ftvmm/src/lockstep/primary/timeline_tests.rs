@@ -172,3 +172,31 @@ fn the_log_traces_a_held_reply_from_production_to_the_wire() {
         .as_array()
         .is_some_and(|a| !a.is_empty()));
 }
+
+fn request() -> InputEvent {
+    InputEvent::Frame {
+        dev: 0,
+        data: vec![9; 60],
+    }
+}
+
+#[test]
+fn a_request_is_measured_to_the_guests_next_frame_or_disk_request() {
+    let mut t = Timeline::new(2);
+    let t0 = Instant::now();
+    // Sampled also with nothing recorded (FT off): the guest's own work.
+    t.on_inputs(&[request()], None, t0);
+    t.on_output(&OutputEvent::Console(b"log line".to_vec()), t0 + ms(1));
+    t.on_output(&write(7), t0 + ms(3));
+    // The write answered it: a later output is not the request's.
+    t.on_output(&frame(), t0 + ms(9));
+    assert_eq!(t.median(Segment::InRecordedToNextOutput), Some(ms(3)));
+    // The second request of two is not sampled (one in `every`), the third is.
+    t.on_inputs(&[request()], Some(4), t0 + ms(10));
+    t.on_output(&frame(), t0 + ms(11));
+    t.on_inputs(&[request()], Some(5), t0 + ms(20));
+    t.on_output(&frame(), t0 + ms(25));
+    assert_eq!(t.samples(Segment::InRecordedToNextOutput), vec![3000, 5000]);
+    let names: Vec<_> = t.report().iter().map(|r| r.segment).collect();
+    assert!(names.contains(&"frame in: recorded -> next output produced"));
+}

@@ -9,7 +9,8 @@ use super::{Bench, Mode, Run};
 
 /// The timeline's segments in the order a request meets them
 /// (`ftvmm::lockstep::primary::timeline::Segment::name`); others go last.
-const ORDER: [&str; 14] = [
+const ORDER: [&str; 15] = [
+    "frame in: recorded -> next output produced",
     "frame in: recorded -> record sent",
     "frame in: record sent -> acked",
     "disk write: produced -> digest record",
