@@ -23,6 +23,7 @@ pub mod peer;
 pub mod persist;
 pub mod remote;
 pub mod runtime;
+pub mod sched;
 pub mod shared_images;
 pub mod signed;
 pub mod slots;

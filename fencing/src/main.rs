@@ -218,6 +218,18 @@ fn start(cli: Cli, rt: RuntimeConfig, shared: Arc<Shared>, view: Arc<Mutex<View>
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any thread starts, so every one inherits it: lease renewals and
+    // the watchdog feed must not wait behind busy guests (`sched`'s doc).
+    match config_schema::sched::realtime_thread(config_schema::sched::FENCING_PRIORITY) {
+        Ok(()) => println!(
+            "fencing: scheduling {}",
+            config_schema::sched::describe_thread()
+        ),
+        Err(e) => println!(
+            "fencing: no real-time scheduling ({e}); normal priority, so busy guests can delay \
+             lease renewals"
+        ),
+    }
     let rt = RuntimeConfig::load(&cli.config)?;
     let programs = Programs::appliance()
         .with_overrides(&cli.peer_exe)

@@ -4,6 +4,10 @@
 //! console with `println!` like the other daemons; dropped packets too, at most
 //! one line per reason every [`DROP_LOG_EVERY`].
 //!
+//! Both threads run under `SCHED_RR` ([`config_schema::sched`]) when the
+//! process may (root): busy guests' vCPU threads must not delay a round or
+//! the reading of a peer's, or a healthy host looks dead.
+//!
 //! Rule: no X25519 under the node lock. The receive thread owns the [`Gate`]
 //! (source check, rate limit, Noise open) and takes the lock only to judge
 //! what the gate opened; what it refused is counted in the receive thread
@@ -23,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use config_schema::ctl::{PeerView, Request, Response};
+use config_schema::sched;
 use serde_json::json;
 
 use crate::drops::DropReason;
@@ -146,6 +151,8 @@ struct Shared {
     rate_limit: (f64, u64),
     /// The interval and failure timeout, as `ftctl apply` may change them.
     timing: Arc<LiveTiming>,
+    /// The send thread's scheduling (`config_schema::sched`), for status.
+    scheduling: Mutex<String>,
 }
 
 impl Shared {
@@ -225,17 +232,34 @@ impl Daemon {
             noise_opens: AtomicU64::new(0),
             rate_limit: gate.rate_limit(),
             timing,
+            scheduling: Mutex::new("SCHED_OTHER".into()),
         });
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
             .name("heartbeat-send".into())
-            .spawn(move || send_loop(&s1, &keys, &tx))
+            .spawn(move || {
+                // Said once, by this thread (the receive thread does the same).
+                match sched::realtime_thread(sched::HEARTBEAT_PRIORITY) {
+                    Ok(()) => {
+                        *s1.scheduling.lock().unwrap_or_else(|e| e.into_inner()) =
+                            sched::describe_thread()
+                    }
+                    Err(e) => println!(
+                        "heartbeat: no real-time scheduling ({e}); the threads run at normal \
+                         priority, so busy guests can delay heartbeats"
+                    ),
+                }
+                send_loop(&s1, &keys, &tx)
+            })
             .map_err(DaemonError::Thread)?;
         let s2 = Arc::clone(&shared);
         let receiver = std::thread::Builder::new()
             .name("heartbeat-recv".into())
-            .spawn(move || recv_loop(&s2, gate, &socket));
+            .spawn(move || {
+                let _ = sched::realtime_thread(sched::HEARTBEAT_PRIORITY);
+                recv_loop(&s2, gate, &socket)
+            });
         let receiver = match receiver {
             Ok(r) => r,
             Err(e) => {
@@ -313,6 +337,15 @@ impl Handle {
                 ("interval_ms", json!(cfg.interval_ms)),
                 ("failure_timeout_ms", json!(cfg.failure_timeout_ms)),
                 ("uptime_ms", json!(now)),
+                (
+                    "scheduling",
+                    json!(self
+                        .0
+                        .scheduling
+                        .lock()
+                        .map(|g| g.clone())
+                        .unwrap_or_default()),
+                ),
                 ("send_errors", json!(send_errors)),
                 ("last_send_error", json!(last_send_error)),
                 (
