@@ -59,6 +59,7 @@ pub fn run(
         });
         let driven = (|| {
             wait_replies(&seen, 20, Duration::from_secs(120)).context("before the kill")?;
+            still_the_first_pair(cluster, vm, &[victim, survivor])?;
             let before = seen.lock().unwrap().replies.len();
             let kill_at = Instant::now();
             v.kill().with_context(|| format!("kill {victim}"))?;
@@ -83,6 +84,29 @@ pub fn run(
         stop.store(true, Ordering::SeqCst);
         driven
     })
+}
+
+/// The pair the bench booted is still the one it measures: no member won
+/// a later generation or lost its partner since the start. Otherwise the
+/// kill would measure a cold start of an unprotected VM (its client's
+/// connection reset), not a failover: say so instead (seen with a 500 ms
+/// failure timeout on a machine at load 9, where lease renewals lapsed and
+/// the pair re-formed twice before the kill).
+fn still_the_first_pair(cluster: &Cluster, vm: &str, hosts: &[&str]) -> Result<()> {
+    for h in hosts {
+        let c = cluster.host(h)?.console();
+        let changed = c.lines().into_iter().map(|l| l.text).find(|t| {
+            (t.contains(&format!("ftvmm: vm {vm}: won generation"))
+                && !t.contains("won generation 1 to start"))
+                || t.contains(&format!("ftvmm: vm {vm}: UNPROTECTED"))
+        });
+        if let Some(line) = changed {
+            bail!(
+                "the pair changed before the kill, so no failover can be measured: {h} said {line:?}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// PUT key i then GET key i until `stop`.
