@@ -340,9 +340,9 @@ pub fn look_at_secondary(
     if peer.is_empty() {
         return None;
     }
-    let leases = crate::lockstep::fence::leases(fencing);
+    let table = crate::lockstep::fence::lease_table(fencing);
     let lease = secondary_lease::judge(
-        leases.as_deref().map_err(|e| e.as_str()),
+        table.as_ref().map_err(|e| e.as_str()),
         &rc.host_name,
         &peer,
         secondary_lease::stale_after_ms(&rc.config.timing),

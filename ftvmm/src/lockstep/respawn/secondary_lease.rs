@@ -43,14 +43,20 @@
 //! the agents booted with. With the example config (`hb` = 100 ms): R =
 //! 500 ms, H = 1 s.
 //!
-//! When this host's own lease is not fresh either, every other counter
-//! stands still in its view whatever the others do (lease.rs: "do not take
-//! a lease that went stale while the reader could not read as proof"): then
-//! nothing is judged and the last verdict stays, as it does when the agent
-//! does not answer.
+//! When this host's own reading is not current either, every other
+//! counter stands still in its view whatever the others do (lease.rs: "do
+//! not take a lease that went stale while the reader could not read as
+//! proof"): then nothing is judged and the last verdict stays, as it does
+//! when the agent does not answer. "Current" is the agent's last *complete*
+//! renewal (its own write and every other lease read,
+//! `Response::Leases::renewal_complete_ms`) within `H`, the point where this
+//! host's own grant is withdrawn too; an agent without that field is judged
+//! by its own lease's write alone.
 
 use config_schema::ctl::LeaseView;
 use config_schema::Timing;
+
+use crate::lockstep::fence::LeaseTable;
 
 /// After how many ms without a seen renewal the Secondary is called unable
 /// to take over: `H = 2R` (module doc).
@@ -71,24 +77,27 @@ pub enum SecondaryLease {
 
 /// Judges `secondary`'s lease from `here`'s lease table (module doc).
 pub fn judge(
-    leases: Result<&[LeaseView], &str>,
+    table: Result<&LeaseTable, &str>,
     here: &str,
     secondary: &str,
     stale_after_ms: u64,
 ) -> SecondaryLease {
-    let leases = match leases {
-        Ok(l) => l,
+    let table = match table {
+        Ok(t) => t,
         Err(e) => return SecondaryLease::Unknown(format!("cannot read the leases: {e}")),
     };
     let seen = |host: &str| {
-        leases
+        table
+            .leases
             .iter()
-            .find(|l| l.host == host)
+            .find(|l: &&LeaseView| l.host == host)
             .map(|l| l.last_renewal_ms)
     };
-    match seen(here) {
-        Some(Some(ms)) if ms <= stale_after_ms => {}
-        _ => return SecondaryLease::Unknown(format!("{here}'s own lease is not fresh")),
+    let own = table.renewal_complete_ms.or_else(|| seen(here).flatten());
+    if own.is_none_or(|ms| ms > stale_after_ms) {
+        return SecondaryLease::Unknown(format!(
+            "{here}'s own reading of the leases is not current"
+        ));
     }
     match seen(secondary) {
         None => SecondaryLease::Unknown(format!("no lease of {secondary} in the table")),

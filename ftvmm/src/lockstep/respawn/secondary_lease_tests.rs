@@ -16,9 +16,21 @@ fn lease(host: &str, last_renewal_ms: Option<u64>) -> LeaseView {
     }
 }
 
-/// host-a (this host, the Primary) renewed 100 ms ago; host-b as given.
-fn table(b: Option<u64>) -> Vec<LeaseView> {
-    vec![lease("host-a", Some(100)), lease("host-b", b)]
+/// The agent's answer: `leases`, its last complete renewal `complete_ms`.
+fn answer(leases: Vec<LeaseView>, complete_ms: Option<u64>) -> LeaseTable {
+    LeaseTable {
+        leases,
+        renewal_complete_ms: complete_ms,
+    }
+}
+
+/// host-a (this host, the Primary) renewed 100 ms ago, completely; host-b
+/// as given.
+fn table(b: Option<u64>) -> LeaseTable {
+    answer(
+        vec![lease("host-a", Some(100)), lease("host-b", b)],
+        Some(100),
+    )
 }
 
 fn judge_b(b: Option<u64>) -> SecondaryLease {
@@ -65,11 +77,27 @@ fn nothing_is_judged_without_evidence() {
     )));
     // The agent does not answer.
     assert!(unknown(judge(Err("no socket"), "host-a", "host-b", H)));
-    // This host's own lease is stale: every other counter stands still in
-    // its view, whatever the Secondary does.
-    let own_stale = vec![lease("host-a", Some(H + 500)), lease("host-b", Some(5000))];
+    // This host's own reading is not current: every other counter stands
+    // still in its view, whatever the Secondary does. Its own write may
+    // still land (the own lease looks fresh) while its reads fail.
+    let b_stale = || vec![lease("host-a", Some(100)), lease("host-b", Some(5000))];
+    let reads_fail = answer(b_stale(), Some(H + 500));
+    assert!(unknown(judge(Ok(&reads_fail), "host-a", "host-b", H)));
+    let never = answer(b_stale(), None);
+    assert_eq!(
+        judge(Ok(&never), "host-a", "host-b", H),
+        SecondaryLease::Stale { for_ms: 5000 },
+        "an agent without the field: judged by the own lease's write"
+    );
+    let own_stale = answer(
+        vec![lease("host-a", Some(H + 500)), lease("host-b", Some(5000))],
+        None,
+    );
     assert!(unknown(judge(Ok(&own_stale), "host-a", "host-b", H)));
-    let own_never = vec![lease("host-a", None), lease("host-b", Some(5000))];
+    let own_never = answer(
+        vec![lease("host-a", None), lease("host-b", Some(5000))],
+        None,
+    );
     assert!(unknown(judge(Ok(&own_never), "host-a", "host-b", H)));
 }
 
@@ -118,7 +146,10 @@ fn a_verdict_belongs_to_one_secondary() {
     assert!(w.on_lease("host-b", judge_b(Some(5000))).say.is_some());
     // The pair broke and re-formed with host-c (renewing): protected, and
     // no "renews again" line about host-b.
-    let c = vec![lease("host-a", Some(100)), lease("host-c", Some(100))];
+    let c = answer(
+        vec![lease("host-a", Some(100)), lease("host-c", Some(100))],
+        Some(100),
+    );
     let l = w.on_lease("host-c", judge(Ok(&c), "host-a", "host-c", H));
     assert_eq!(l, Look::default());
     // Unpaired in between: a later stale lease is a new line.
@@ -198,6 +229,7 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
             move |req| match req {
                 Request::Leases => Response::Leases {
                     leases: vec![lease(&h2, Some(50)), lease(&p2, *served.lock().unwrap())],
+                    renewal_complete_ms: Some(50),
                 },
                 other => Response::Error {
                     message: format!("not served: {other:?}"),
