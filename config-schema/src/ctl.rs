@@ -224,6 +224,14 @@ pub enum Response {
     },
     Leases {
         leases: Vec<LeaseView>,
+        /// Milliseconds since this agent's last *complete* renewal: its own
+        /// lease written and every other host's read (the `leases` above
+        /// are that current). `None`: none yet, or an agent that predates
+        /// the field. The own `LeaseView` counts the write alone, so a host
+        /// whose reads fail still looks fresh there while every other lease
+        /// stands still in its view.
+        #[serde(default)]
+        renewal_complete_ms: Option<u64>,
     },
     /// ftvmm's answer to `OutputGrant`: the VMs it runs (or is acquiring)
     /// as Primary here, with the generation each acts in.

@@ -39,6 +39,17 @@ pub fn lease_renew_ms(heartbeat_interval_ms: u64) -> u64 {
     heartbeat_interval_ms.saturating_mul(5).max(500)
 }
 
+/// Fencing's hold point `H = 2R` in ms for a heartbeat interval: a host
+/// whose last successful lease renewal was issued `H` or more ago no longer
+/// trusts its lease (it withdraws its output grant; `fencing/src/lease.rs`),
+/// and a Primary that has not seen its Secondary's lease move for longer
+/// calls that Secondary unable to take over (ftvmm's
+/// `lockstep/respawn/secondary_lease.rs`). `fencing::lease::LeaseTiming` and
+/// ftvmm both use this.
+pub fn lease_hold_after_ms(heartbeat_interval_ms: u64) -> u64 {
+    lease_renew_ms(heartbeat_interval_ms).saturating_mul(2)
+}
+
 /// Fencing's grant period `P = min(R / 5, 100 ms)`.
 fn grant_period_ms(renew_ms: u64) -> u64 {
     (renew_ms / 5).min(100)
@@ -118,6 +129,8 @@ mod tests {
         assert_eq!(lease_renew_ms(100), 500);
         assert_eq!(lease_renew_ms(20), 500);
         assert_eq!(lease_renew_ms(200), 1000);
+        assert_eq!(lease_hold_after_ms(100), 1000);
+        assert_eq!(lease_hold_after_ms(200), 2000);
         assert!(interval_is_live(100, 50));
         assert!(interval_is_live(20, 100));
         assert!(!interval_is_live(100, 101));

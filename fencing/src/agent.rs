@@ -249,6 +249,14 @@ impl Agent {
         self.slot.lock().expect("lock").claim.held()
     }
 
+    /// Milliseconds since the last complete renewal (own write and every
+    /// other host's lease read; `renew.rs`), `None` before the first.
+    pub fn last_renewal_ok_ms(&self, now: BootInstant) -> Option<u64> {
+        let c = self.counters.lock().expect("lock");
+        c.last_ok
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64)
+    }
+
     /// `Request::Leases`.
     pub fn leases(&self, now: BootInstant) -> Vec<LeaseView> {
         let mut v = self

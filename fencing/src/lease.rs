@@ -92,7 +92,9 @@ impl LeaseTiming {
         let renew = Duration::from_millis(config_schema::timing_live::lease_renew_ms(
             t.heartbeat_interval_ms,
         ));
-        let hold_after = renew * 2;
+        let hold_after = Duration::from_millis(config_schema::timing_live::lease_hold_after_ms(
+            t.heartbeat_interval_ms,
+        ));
         let confirm = renew;
         let watchdog = Duration::from_secs(u64::from(WATCHDOG_TIMEOUT_S));
         let timeout = (renew * 4).max(hold_after + confirm + watchdog + renew);

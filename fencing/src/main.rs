@@ -357,6 +357,7 @@ fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Re
         Request::Leases => match agent {
             Ok(a) => Response::Leases {
                 leases: a.leases(now),
+                renewal_complete_ms: a.last_renewal_ok_ms(now),
             },
             Err(e) => e,
         },

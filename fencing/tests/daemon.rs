@@ -145,9 +145,14 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         .unwrap()
         .contains("decided vm=kv generation=4 owner=host-b"));
     match ctl::query(&sock, &Request::Leases).unwrap() {
-        Response::Leases { leases } => {
+        Response::Leases {
+            leases,
+            renewal_complete_ms,
+        } => {
             assert_eq!(leases.len(), 3);
             assert!(leases[1].live && !leases[0].live && !leases[2].live);
+            // It renewed (its own lease is live): it says when it last did.
+            assert!(renewal_complete_ms.is_some());
         }
         other => panic!("unexpected {other:?}"),
     }

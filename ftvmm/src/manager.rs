@@ -1093,7 +1093,10 @@ mod tests {
                                     storage_cut: false,
                                 }
                             }
-                            Request::Leases => Response::Leases { leases: Vec::new() },
+                            Request::Leases => Response::Leases {
+                                leases: Vec::new(),
+                                renewal_complete_ms: None,
+                            },
                             other => Response::Error {
                                 message: format!("not served: {other:?}"),
                             },

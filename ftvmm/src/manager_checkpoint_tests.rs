@@ -131,6 +131,7 @@ pub(super) fn serve_fencing(dir: &Path, me: &str, decided: Decided, alive: Alive
                                     .collect(),
                             })
                             .collect(),
+                        renewal_complete_ms: Some(0),
                     },
                     other => Response::Error {
                         message: format!("not served: {other:?}"),

@@ -150,7 +150,10 @@ fn answer(t: &mut Table, me: &str, req: Request) -> Response {
                 storage_cut: false,
             }
         }
-        Request::Leases => Response::Leases { leases: vec![] },
+        Request::Leases => Response::Leases {
+            leases: vec![],
+            renewal_complete_ms: None,
+        },
         other => Response::Error {
             message: format!("not served: {other:?}"),
         },

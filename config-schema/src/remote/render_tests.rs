@@ -209,3 +209,22 @@ fn a_host_that_does_not_report_its_digest_shows_it_unknown() {
         crate::config_id::ConfigId::generation_only(4)
     );
 }
+
+#[test]
+fn a_paired_secondary_that_cannot_take_over_is_shown_not_protected_with_why() {
+    // ftvmm's keeper says so while the Secondary's host cannot renew its
+    // storage lease; the pair still runs.
+    let reason = "not protected: secondary host-b cannot renew its storage lease (for 1200 ms); \
+                  it could not take over";
+    let mut r = report();
+    r.hosts[0].report.as_mut().unwrap().ftvmm["vms"][0]["lockstep"]["protection"] = reason.into();
+    let t = render(&r);
+    assert!(
+        t.contains(&format!("protection: {reason} (as host-a reports it)")),
+        "{t}"
+    );
+    assert!(
+        t.contains("primary: host-a  secondary: host-b  generation: 3"),
+        "{t}"
+    );
+}

@@ -115,8 +115,29 @@ pub fn highest(socket: &Path, vm: &str) -> Result<Highest, String> {
 
 /// `Leases`: every host's delta lease and publication.
 pub fn leases(socket: &Path) -> Result<Vec<LeaseView>, String> {
+    lease_table(socket).map(|t| t.leases)
+}
+
+/// What `Leases` says: the table, and how current this host's reading of
+/// it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTable {
+    pub leases: Vec<LeaseView>,
+    /// Ms since the agent's last complete renewal (own write and every
+    /// other lease read); `None`: none yet, or an agent without the field.
+    pub renewal_complete_ms: Option<u64>,
+}
+
+/// `Leases`, with the agent's last complete renewal.
+pub fn lease_table(socket: &Path) -> Result<LeaseTable, String> {
     match ctl::query(socket, &Request::Leases) {
-        Ok(Response::Leases { leases }) => Ok(leases),
+        Ok(Response::Leases {
+            leases,
+            renewal_complete_ms,
+        }) => Ok(LeaseTable {
+            leases,
+            renewal_complete_ms,
+        }),
         Ok(Response::Error { message }) => Err(message),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(e) => Err(e.to_string()),

@@ -122,6 +122,10 @@ pub struct PairHandle {
     pub protection: Mutex<String>,
     /// When redundancy was last restored by a transfer.
     pub protected_at: Mutex<Option<Instant>>,
+    /// While paired: the Secondary (named) and why it could not take over
+    /// now (its host cannot renew its storage lease), as the keeper judged
+    /// it (`respawn/secondary_lease.rs`); status then says `not protected`.
+    pub secondary_unfit: Mutex<Option<(String, String)>>,
     /// This host and the member's peer, as its driver last published them.
     pub hosts: Mutex<(String, String)>,
 }
@@ -181,6 +185,28 @@ impl PairHandle {
         *self.protection.lock().unwrap_or_else(|p| p.into_inner()) = p.to_string();
     }
 
+    /// The keeper's verdict on the paired Secondary `peer`: `Some(reason)`
+    /// it could not take over now, `None` it could.
+    pub fn set_secondary_unfit(&self, peer: &str, reason: Option<String>) {
+        *self
+            .secondary_unfit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = reason.map(|r| (peer.to_string(), r));
+    }
+
+    /// The protection of a member paired with `peer`: protected unless the
+    /// keeper found that `peer` could not take over.
+    pub fn paired_protection(&self, peer: &str) -> String {
+        match &*self
+            .secondary_unfit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            Some((p, reason)) if p == peer => format!("not protected: {reason}"),
+            _ => format!("protected: secondary {peer}"),
+        }
+    }
+
     /// Releases what waited for the host grant (it came back).
     pub fn kick(&self) {
         if let Some(log) = &*self.primary.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -231,7 +257,7 @@ impl PairHandle {
             Some(State::Paired { .. }) => {
                 v["primary"] = here.into();
                 v["secondary"] = peer.clone().into();
-                v["protection"] = format!("protected: secondary {peer}").into();
+                v["protection"] = self.paired_protection(&peer).into();
             }
             Some(State::Following { .. } | State::Draining { .. }) => {
                 v["primary"] = peer.into();

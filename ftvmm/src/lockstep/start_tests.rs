@@ -94,6 +94,7 @@ impl Fencing {
                                     },
                                 })
                                 .collect(),
+                            renewal_complete_ms: Some(100),
                         },
                         other => Response::Error {
                             message: format!("not served: {other:?}"),

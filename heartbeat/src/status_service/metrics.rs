@@ -356,6 +356,34 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_whose_secondary_cannot_take_over_is_not_protected() {
+        let vm = |protection: &str| HostReport {
+            host: "host-a".into(),
+            config_generation: 1,
+            config_digest: None,
+            unix_ms: 0,
+            heartbeat: json!({}),
+            fencing: json!({}),
+            ftvmm: json!({"vms": [{"name": "kv", "state": "running", "lockstep": {
+                "role": "primary", "generation": 2, "primary": "host-a", "secondary": "host-b",
+                "protection": protection}}]}),
+        };
+        let t = openmetrics(&vm("protected: secondary host-b"));
+        assert!(
+            t.contains("ft_vm_protected{host=\"host-a\",vm=\"kv\"} 1"),
+            "{t}"
+        );
+        let t = openmetrics(&vm(
+            "not protected: secondary host-b cannot renew its storage lease (for 1200 ms); \
+             it could not take over",
+        ));
+        assert!(
+            t.contains("ft_vm_protected{host=\"host-a\",vm=\"kv\"} 0"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn the_request_timeline_and_message_counts_become_samples() {
         let r = HostReport {
             host: "host-a".into(),

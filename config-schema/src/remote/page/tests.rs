@@ -328,3 +328,29 @@ fn only_get_and_head_of_two_paths_are_answered() {
     assert_eq!(answer("GET", "/etc/passwd", &h, NOW).status, 404);
     assert_eq!(answer("GET", "/status.json/x", &h, NOW).status, 404);
 }
+
+#[test]
+fn a_paired_secondary_that_cannot_take_over_shows_not_protected() {
+    // ftvmm's keeper: the Secondary's host cannot renew its storage lease
+    // (ftvmm/src/lockstep/respawn/secondary_lease.rs); both still run.
+    let reason = "not protected: secondary host-b cannot renew its storage lease (for 1200 ms); \
+                  it could not take over";
+    let mut r = paired(5_000);
+    let mut view = primary_view("kv", 1, Some(3), 5_000);
+    view[0]["lockstep"]["protection"] = reason.into();
+    r.hosts[0].report.as_mut().unwrap().ftvmm = json!({"vms": view, "events": []});
+    let mut h = History::default();
+    h.on_report(NOW, "host-b", r);
+    let page = render(&h, NOW);
+    at(&page, &format!("<td class=\"bad\">{}</td>", escape(reason)));
+    // The Primary's tile is orange, not green; the Secondary's says why.
+    at(&page, "kv · PRIMARY");
+    assert!(
+        !page.contains("fill=\"#e8f5e9\" stroke=\"#2e7d32\""),
+        "a green Primary:\n{page}"
+    );
+    at(
+        &page,
+        &format!("<title>{} (as host-a reports it)</title>", escape(reason)),
+    );
+}

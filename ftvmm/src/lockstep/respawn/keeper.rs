@@ -13,6 +13,11 @@
 //!
 //! It also keeps the VM's protection line for status: `protected: secondary
 //! host-c`, `not protected: <reason>`, `starting secondary on host-c (37%)`.
+//! While the member is paired it watches the Secondary's host's storage
+//! lease (`secondary_lease.rs`): a Secondary whose host cannot renew it could
+//! not win the next generation, so the pair is `not protected` until the
+//! lease moves again (one console line each way). Such a Secondary is not
+//! replaced.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +30,7 @@ use config_schema::ctl::{self, Request, Response};
 use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
+use super::secondary_lease::{self, Watch};
 use super::source::{transfer, SourceCtx};
 use super::target::platform_sha256;
 use super::JOIN_BY_TRANSFER;
@@ -181,12 +187,24 @@ impl Keeper {
         let mut last_line = String::new();
         // Since when the VM runs without a Secondary (for the console).
         let mut alone_since: Option<Instant> = None;
+        let mut watch = Watch::new(&name);
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(LOOK_EVERY);
-            let g = match self.handle.member_state() {
+            let state = self.handle.member_state();
+            if !matches!(state, Some(State::Paired { .. })) {
+                watch.unpaired();
+                self.handle.set_secondary_unfit("", None);
+            }
+            let g = match state {
                 Some(State::Solo { g }) => g,
                 Some(State::Paired { .. }) => {
                     alone_since = None;
+                    let fencing = Path::new(&self.spec.fencing_socket);
+                    if let Some(line) =
+                        look_at_secondary(&self.handle, fencing, &self.rc, &mut watch)
+                    {
+                        println!("{line}");
+                    }
                     continue;
                 }
                 Some(State::Following { .. }) => continue,
@@ -319,6 +337,36 @@ impl Keeper {
             other => Err(format!("expected a hello reply, got {other:?}")),
         }
     }
+}
+
+/// While paired: whether the Secondary's host renews its storage lease, in
+/// the lease table of `fencing` (`secondary_lease.rs`). Sets the verdict
+/// status shows; returns the console line of a change.
+pub fn look_at_secondary(
+    handle: &PairHandle,
+    fencing: &Path,
+    rc: &RuntimeConfig,
+    watch: &mut Watch,
+) -> Option<String> {
+    let peer = handle
+        .hosts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .1
+        .clone();
+    if peer.is_empty() {
+        return None;
+    }
+    let table = crate::lockstep::fence::lease_table(fencing);
+    let lease = secondary_lease::judge(
+        table.as_ref().map_err(|e| e.as_str()),
+        &rc.host_name,
+        &peer,
+        secondary_lease::stale_after_ms(&rc.config.timing),
+    );
+    let look = watch.on_lease(&peer, lease);
+    handle.set_secondary_unfit(&peer, look.not_protected);
+    look.say
 }
 
 /// The reason part of an unprotected choice line.

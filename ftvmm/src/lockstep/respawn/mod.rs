@@ -7,6 +7,8 @@
 //!   alone, chooses the host (`placement::choose_secondary`), connects,
 //!   transfers, and retries with back-off; it keeps the VM's protection
 //!   line for status and the console.
+//! - [`secondary_lease`]: whether the paired Secondary could take over,
+//!   judged by its host's storage lease (the keeper shows it).
 //! - [`source`]: the Primary's side of one transfer on the real VM.
 //! - [`target`]: the new Secondary's side: check the proposal, receive into
 //!   a freshly built VM, restore, wait for `Paired`, then replay the log.
@@ -17,6 +19,7 @@
 
 pub mod keeper;
 pub mod pagehash;
+pub mod secondary_lease;
 pub mod source;
 pub mod target;
 
