@@ -141,28 +141,39 @@ fn under_coalescing_a_held_output_leaves_only_once_its_covering_record_is_acked(
     assert_eq!(*out.lock().unwrap(), vec![console(b'a')]);
 }
 
+/// The sender's wait for the covering record.
+const WAIT: Duration = Duration::from_secs(5);
+
 #[test]
 fn a_waiting_sender_ships_the_covering_record_as_soon_as_it_is_appended() {
     let (log, out) = log(Batching::Coalesced);
     tick(&log, 1);
     log.emit(2, console(b'a'));
+    // The sender's second wait must be under way when the covering record
+    // is appended: the main thread waits for its first batch (a sleep here
+    // was not enough on a loaded machine: a starved sender then found both
+    // records in its first batch and the second wait had nothing).
+    let (first_taken, first) = std::sync::mpsc::channel();
     let sender = {
         let log = Arc::clone(&log);
         std::thread::spawn(move || {
             // First the tick alone after the delay, then the covering record.
             let a = log.take_due_batch(Duration::from_secs(5)).unwrap();
-            let b = log.take_due_batch(Duration::from_secs(5)).unwrap();
+            first_taken.send(()).unwrap();
+            let b = log.take_due_batch(WAIT).unwrap();
             (a, b)
         })
     };
-    std::thread::sleep(COALESCE_DELAY * 20);
+    first.recv().unwrap();
     let t0 = Instant::now();
     log.append_output_digest(3).unwrap();
     let (a, b) = sender.join().unwrap();
     assert_eq!((a.count, b.first_seq, b.count), (1, 1, 1));
+    // Woken by the append, not by the end of its wait (a wake-up, however
+    // late on a loaded machine, is far below WAIT).
     assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "the covering record waited for a timeout"
+        t0.elapsed() < WAIT - Duration::from_secs(1),
+        "the covering record waited for the sender's timeout"
     );
     log.on_ack(2, 0, 0, b.sent_ns);
     assert_eq!(*out.lock().unwrap(), vec![console(b'a')]);
