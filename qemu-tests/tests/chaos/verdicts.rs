@@ -258,7 +258,7 @@ pub fn stale_wins(fleet: &Fleet) -> Vec<String> {
 /// hosts run, the owner of the highest generation won (by the `won
 /// generation` lines of every process) must be protected again: a
 /// `protected:` line of its keeper, or the power-on pairing of generation 1,
-/// after its win, within `wait` of the later of now (the end) and the first
+/// after its win and not undone by a later `not protected:` line, within `wait` of the later of now (the end) and the first
 /// `appliance ready` of another running host (a host rebooted late boots
 /// first: it gets `boot` for that from its spawn). `None` when it is, or
 /// when fewer than two hosts run (no host is eligible); else why not.
@@ -284,15 +284,25 @@ pub fn unprotected_at_end(fleet: &Fleet, wait: Duration, boot: Duration) -> Opti
             return Some("no host ever won a generation".into());
         };
         let name = fleet.label(owner);
-        let protected = owner.console().lines().iter().any(|l| {
-            owner.spawned_at() + l.at >= won_at
-                && (l
-                    .text
-                    .contains(&format!("ftvmm: vm {VM}: protected: secondary "))
-                    || (g == 1
-                        && l.text
-                            .contains(&format!("ftvmm: vm {VM}: paired with secondary"))))
-        });
+        // The last word after the win counts: a `not protected:` line (a
+        // Secondary whose host cannot renew its storage lease could not take
+        // over) undoes an earlier `protected:`.
+        let mut protected = false;
+        for l in owner.console().lines() {
+            if owner.spawned_at() + l.at < won_at {
+                continue;
+            }
+            if l.text
+                .contains(&format!("ftvmm: vm {VM}: protected: secondary "))
+                || (g == 1
+                    && l.text
+                        .contains(&format!("ftvmm: vm {VM}: paired with secondary")))
+            {
+                protected = true;
+            } else if l.text.contains(&format!("ftvmm: vm {VM}: not protected: ")) {
+                protected = false;
+            }
+        }
         if protected {
             return None;
         }
