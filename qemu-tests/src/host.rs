@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::console::{Console, ConsoleLine, LineHook, Pattern};
@@ -475,7 +475,11 @@ impl Host {
         };
         Ok(Host {
             name: spec.name.clone(),
-            child: Arc::new(Mutex::new(child)),
+            child: {
+                let child = Arc::new(Mutex::new(child));
+                register(&child);
+                child
+            },
             throttle: Mutex::new(None),
             stdin: Mutex::new(stdin),
             console,
@@ -690,9 +694,75 @@ impl Drop for Host {
     }
 }
 
+/// The QEMU processes this process started (dropped ones are gone).
+static SPAWNED: Mutex<Vec<Weak<Mutex<Child>>>> = Mutex::new(Vec::new());
+
+fn register(child: &Arc<Mutex<Child>>) {
+    let mut v = SPAWNED.lock().unwrap_or_else(|e| e.into_inner());
+    v.retain(|w| w.strong_count() > 0);
+    v.push(Arc::downgrade(child));
+}
+
+/// SIGKILLs every QEMU this process started and has not dropped: for a
+/// panic hook of the bench binaries, which are built with `panic = "abort"`
+/// (the release profile) and so run no `Drop` on a panic. Without it a
+/// panicked bench left its hosts running at full CPU, unseen, under every
+/// later test and measurement (a 500 ms failover bench, 23 minutes).
+/// `Child::kill` signals nothing for a child already reaped, so a reused
+/// pid is never hit.
+pub fn kill_all_spawned() {
+    let children: Vec<_> = SPAWNED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for c in children {
+        // A thread that panicked holding this lock leaves it poisoned or
+        // held: take it anyway if poisoned, skip it if held.
+        let mut guard = match c.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => continue,
+        };
+        let _ = guard.kill();
+    }
+}
+
+/// Installs a panic hook that prints the panic as usual, then
+/// [`kill_all_spawned`] (bench and demo binaries).
+pub fn kill_hosts_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        kill_all_spawned();
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_hook_kills_what_was_spawned_and_not_dropped() {
+        use std::os::unix::process::ExitStatusExt;
+        let sleeper = || {
+            Arc::new(Mutex::new(
+                Command::new("sleep").arg("60").spawn().expect("sleep runs"),
+            ))
+        };
+        let (alive, reaped) = (sleeper(), sleeper());
+        register(&alive);
+        register(&reaped);
+        {
+            let mut r = reaped.lock().unwrap();
+            r.kill().unwrap();
+            r.wait().unwrap();
+        }
+        kill_all_spawned();
+        let status = alive.lock().unwrap().wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
 
     fn joined(spec: &HostSpec) -> String {
         spec.qemu_args()

@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    qemu_tests::host::kill_hosts_on_panic();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
