@@ -1,5 +1,7 @@
 //! Failover when the Primary's host loses its storage path (issue 5, test 4)
-//! or its writes reach storage late (docs/architecture.md §7). Each host reaches the shared
+//! or its writes reach storage late (docs/architecture.md §7); and no
+//! failover, but an honest "not protected", while the Secondary's host has
+//! lost its path. Each host reaches the shared
 //! storage through its own NBD path (`Cluster::use_nbd_storage`) that the
 //! harness can cut (I/O hangs, nothing more lands) or slow down (every byte
 //! towards storage lands `d` late, in order). A client does PUT/GET over ONE
@@ -114,5 +116,52 @@ fn delayed_writes_of_the_primary_land_late_and_no_acknowledged_write_is_lost() {
     b.assert_absent("lockstep divergence", Duration::ZERO)
         .unwrap();
     all_on_disk(&cluster, &acked, "storage delay");
+    cluster.pass();
+}
+
+/// The Secondary's host loses its storage path (severed: its I/O fails, as
+/// a path that is down does): its lease stops moving, so it could not win
+/// the next generation were the Primary to die now. The Primary says the VM
+/// is not protected, with the reason, goes on serving (its own storage is
+/// fine: no failover, no pause beyond noise), and says protected again once
+/// the path is back and the lease moves.
+#[test]
+fn the_secondary_hosts_storage_lost_means_not_protected_until_it_returns() {
+    let mut cluster = pair_with("storage-secondary-lost", true);
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    let path_b = cluster.storage_path("host-b").unwrap();
+    let (ms, acked) = survive(
+        &cluster,
+        "secondary's storage path severed and restored",
+        || path_b.sever(),
+        || {
+            wait(
+                a,
+                format!(
+                    "ftvmm: vm {VM}: not protected: secondary host-b cannot renew its storage lease"
+                ),
+            );
+            path_b.restore();
+            wait(
+                a,
+                format!(
+                    "ftvmm: vm {VM}: protected: secondary host-b renews its storage lease again"
+                ),
+            );
+        },
+    );
+    for h in [a, b] {
+        h.assert_absent(
+            regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation [2-9]")).unwrap(),
+            Duration::ZERO,
+        )
+        .unwrap();
+    }
+    a.assert_absent("storage lost", Duration::ZERO).unwrap();
+    b.assert_absent("lockstep divergence", Duration::ZERO)
+        .unwrap();
+    eprintln!("secondary's storage lost: the client's longest pause {ms:.0} ms (no failover)");
+    all_on_disk(&cluster, &acked, "secondary's storage lost");
     cluster.pass();
 }
