@@ -1,5 +1,7 @@
 //! The checkpoint Primary's [`Effects`]: its VM, the epoch loop over the
-//! link and the ack thread (module doc of `driver`).
+//! link, the ack thread and the keep-alive thread (module doc of `driver`;
+//! `keepalive.rs`: the Secondary hears this process every `KEEPALIVE`
+//! while it harvests, encodes, pre-copies or sends a large epoch).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -12,6 +14,7 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 use super::{lock, Effects};
 use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::keepalive::{self, Progress, KEEPALIVE};
 use crate::checkpoint::local::Summary;
 use crate::checkpoint::primary::{self, EpochLoopError, EpochSink, LoopConfig};
 use crate::linux::machine::Running;
@@ -23,6 +26,8 @@ struct Conn {
     /// Tells this connection from a later one (a respawned Secondary's).
     id: u64,
     tx: ChannelSender,
+    /// When anything last went out on it (the keep-alive thread's clock).
+    sent: Instant,
     stop: Arc<AtomicBool>,
 }
 
@@ -96,7 +101,12 @@ impl PrimaryLink {
         let stop = Arc::new(AtomicBool::new(false));
         let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
         *lock(&self.heard) = Instant::now();
-        *lock(&self.conn) = Some(Conn { id, tx, stop });
+        *lock(&self.conn) = Some(Conn {
+            id,
+            tx,
+            sent: Instant::now(),
+            stop,
+        });
         let acks = std::thread::Builder::new()
             .name("ckpt-acks".into())
             .spawn(move || {
@@ -117,8 +127,30 @@ impl PrimaryLink {
     pub(crate) fn send_on(&self, id: u64, m: &Message) -> Result<(), String> {
         let mut c = lock(&self.conn);
         match c.as_mut() {
-            Some(c) if c.id == id => c.tx.send(m).map_err(|e| e.to_string()),
+            Some(c) if c.id == id => {
+                c.sent = Instant::now();
+                c.tx.send(m).map_err(|e| e.to_string())
+            }
             _ => Err("the link to the joining secondary is gone".into()),
+        }
+    }
+
+    /// The keep-alive thread's turn: `Alive` on the connection there is,
+    /// if nothing went out on it for [`KEEPALIVE`]; a failed send loses it.
+    fn keep_alive(&self) {
+        let mut c = lock(&self.conn);
+        let Some(conn) = c.as_mut() else {
+            return;
+        };
+        if conn.sent.elapsed() < KEEPALIVE {
+            return;
+        }
+        conn.sent = Instant::now();
+        if let Err(e) = conn.tx.send(&Message::Alive) {
+            let why = format!("sending a keep-alive to {}: {e}", conn.tx.peer());
+            let id = conn.id;
+            drop(c);
+            self.lost(id, why);
         }
     }
 
@@ -167,14 +199,24 @@ struct LinkSink {
     joining: Option<PendingJoin>,
     /// Ack threads of joined links.
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Stamped at every step of the epoch loop (`keepalive.rs`).
+    progress: Arc<Progress>,
+    /// Tests: each piece waits this many ms before it is sent (an epoch
+    /// loop busy for that long, as a large harvest or encode is).
+    #[cfg(test)]
+    slow_ms: Arc<AtomicU64>,
 }
 
 impl EpochSink for LinkSink {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
+        #[cfg(test)]
+        std::thread::sleep(Duration::from_millis(self.slow_ms.load(Ordering::SeqCst)));
+        self.progress.stamp();
         let mut c = lock(&self.link.conn);
         let Some(conn) = c.as_mut() else {
             return Ok(());
         };
+        conn.sent = Instant::now();
         if let Err(e) = conn.tx.send(&Message::EpochPiece { bytes: piece }) {
             let why = format!("sending an epoch to {}: {e}", conn.tx.peer());
             let id = conn.id;
@@ -182,6 +224,10 @@ impl EpochSink for LinkSink {
             self.link.lost(id, why);
         }
         Ok(())
+    }
+
+    fn progress(&mut self) {
+        self.progress.stamp();
     }
 
     fn join(&mut self) -> Option<u64> {
@@ -216,6 +262,10 @@ pub struct PrimaryEffects {
     epochs_stop: Arc<AtomicBool>,
     /// The epoch loop ended: no epoch closes any more.
     epochs_done: Arc<AtomicBool>,
+    /// Ends the keep-alive thread.
+    alive_stop: Arc<AtomicBool>,
+    #[cfg(test)]
+    slow_ms: Arc<AtomicU64>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -271,6 +321,29 @@ impl PrimaryEffects {
         }
         let epochs_stop = Arc::new(AtomicBool::new(false));
         let epochs_done = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        #[cfg(test)]
+        let slow_ms = Arc::new(AtomicU64::new(0));
+        let alive_stop = Arc::new(AtomicBool::new(false));
+        let alive = {
+            let l = Arc::clone(&link);
+            keepalive::spawn(
+                "ckpt-alive".into(),
+                (Arc::clone(&alive_stop), keepalive::STALL_LIMIT),
+                Arc::clone(&progress),
+                move || {
+                    l.keep_alive();
+                    Ok(())
+                },
+            )
+        };
+        match alive {
+            Ok(t) => lock(&threads).push(t),
+            Err(e) => {
+                link.close();
+                return Err(e);
+            }
+        }
         let epochs = {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
             let stop = Arc::clone(&epochs_stop);
@@ -279,6 +352,9 @@ impl PrimaryEffects {
                 outputs: Arc::clone(&outputs),
                 joining: None,
                 threads: Arc::clone(&threads),
+                progress,
+                #[cfg(test)]
+                slow_ms: Arc::clone(&slow_ms),
             };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
@@ -299,6 +375,9 @@ impl PrimaryEffects {
             link,
             epochs_stop,
             epochs_done,
+            alive_stop,
+            #[cfg(test)]
+            slow_ms,
             threads,
         })
     }
@@ -379,6 +458,8 @@ fn read_acks(
             return None;
         }
         match rx.recv() {
+            // Heard, and nothing more (`keepalive.rs`).
+            Ok(Message::Alive) => *lock(&link.heard) = Instant::now(),
             Ok(Message::EpochAck { epoch }) => {
                 *lock(&link.heard) = Instant::now();
                 if let Err(e) = outputs.on_ack(epoch) {
@@ -390,7 +471,7 @@ fn read_acks(
             }
             Ok(m) => {
                 return Some(format!(
-                "a {} message on a checkpoint link, where the Primary takes only EpochAck and Bye",
+                "a {} message on a checkpoint link, where the Primary takes only EpochAck, Alive and Bye",
                 m.kind()
             ))
             }
@@ -411,6 +492,17 @@ impl PrimaryEffects {
                 link.lost(id, "cut by the test".into());
             }
         }
+    }
+
+    /// How long the Secondary has been silent, as the member sees it.
+    pub(crate) fn silence(&self) -> impl Fn() -> u64 + Send + 'static {
+        let link = Arc::clone(&self.link);
+        move || lock(&link.heard).elapsed().as_millis() as u64
+    }
+
+    /// Makes every epoch piece wait this many ms before it is sent.
+    pub(crate) fn slow_sends(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.slow_ms)
     }
 
     pub(crate) fn outputs(&self) -> Arc<GatedOutputs> {
@@ -483,6 +575,7 @@ impl Drop for PrimaryEffects {
     fn drop(&mut self) {
         self.outputs.halt();
         self.epochs_stop.store(true, Ordering::SeqCst);
+        self.alive_stop.store(true, Ordering::SeqCst);
         self.link.give_up_join(None);
         self.link.close();
         self.running.stop();

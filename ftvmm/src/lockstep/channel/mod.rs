@@ -109,6 +109,11 @@ pub enum Message {
     /// Checkpoint mode, Secondary -> Primary: every epoch `<= epoch` is
     /// complete and applied to the staging copy (cumulative).
     EpochAck { epoch: u64 },
+    /// Checkpoint mode, either way: "this side's process still runs". Sent
+    /// by a keep-alive thread whenever its side sent nothing for a while
+    /// (`checkpoint::keepalive`); it says nothing about epochs: it never
+    /// acknowledges, completes or releases one.
+    Alive,
 }
 
 impl Message {
@@ -125,6 +130,7 @@ impl Message {
             Message::Transfer { .. } => "Transfer",
             Message::EpochPiece { .. } => "EpochPiece",
             Message::EpochAck { .. } => "EpochAck",
+            Message::Alive => "Alive",
         }
     }
 }
