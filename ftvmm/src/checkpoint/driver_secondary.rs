@@ -64,6 +64,11 @@ pub struct SecondaryEffects {
     applied_at: Arc<Mutex<Instant>>,
     /// When the Primary last sent anything (its silence, for the member).
     heard: Arc<Mutex<Instant>>,
+    /// The link's authentic frames so far, and when that count last
+    /// moved: a frame of a message still arriving (a 1 MiB piece takes a
+    /// second on a slow FT network) is heard too.
+    frames: Arc<AtomicU64>,
+    frames_seen: Mutex<(u64, Instant)>,
     /// The last complete epoch applied (status).
     applied: Arc<AtomicU64>,
     receiver: Option<Receiver<Staging>>,
@@ -88,6 +93,7 @@ impl SecondaryEffects {
         events: Sender<Event>,
     ) -> Result<Self, crate::linux::LinuxVmError> {
         let first = r.last();
+        let frames = ch.frame_counter();
         let member_events = events.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
@@ -137,6 +143,8 @@ impl SecondaryEffects {
             stop,
             applied_at,
             heard,
+            frames,
+            frames_seen: Mutex::new((0, Instant::now())),
             applied,
             receiver: None,
             plan: Some(plan),
@@ -328,8 +336,17 @@ impl Effects for SecondaryEffects {
         }
         match &self.serve {
             // Any message, not only a whole epoch: the first one is all of
-            // guest memory and may take longer than the failure timeout.
-            Some(h) if !h.is_finished() => lock(&self.heard).elapsed().as_millis() as u64,
+            // guest memory and may take longer than the failure timeout;
+            // and any authentic frame, also inside a message.
+            Some(h) if !h.is_finished() => {
+                let by_message = lock(&self.heard).elapsed();
+                let frames = self.frames.load(Ordering::Relaxed);
+                let mut seen = lock(&self.frames_seen);
+                if seen.0 != frames {
+                    *seen = (frames, Instant::now());
+                }
+                by_message.min(seen.1.elapsed()).as_millis() as u64
+            }
             _ => 0,
         }
     }

@@ -26,11 +26,16 @@
 //!   than the failure timeout. The loops stamp [`Progress`] at every step.
 //! - Keep-alives go through the same sender as the epoch pieces and acks,
 //!   one whole message at a time under its lock, so they interleave between
-//!   pieces (at most `MAX_CHUNK_BYTES` each) and never inside one.
+//!   pieces (at most `MAX_CHUNK_BYTES` each) and never inside one. A piece
+//!   itself can take a second on a slow FT network, so the Secondary also
+//!   counts every authentic frame (64 KiB) of a message still arriving as
+//!   heard (`ChannelReceiver::frame_counter`, `driver_secondary.rs`).
 //!
-//! Checked: `keepalive_tests` (a Primary whose epoch send is held for many
-//! keep-alive periods stays heard on the Secondary; a stalled loop stops its
-//! keep-alives; `Alive` between pieces changes nothing applied or acked),
+//! Checked: `driver_tests` (a Primary whose every piece waits three failure
+//! timeouts stays heard on the Secondary, and the Secondary on it: neither
+//! member suspects), `keepalive_tests` (a stalled loop stops its
+//! keep-alives; one goes out only when nothing else did; the frame counter
+//! moves while a 1 MiB piece crawls through a slow proxy),
 //! the channel's round trip of every message kind, and the `channel_frame`
 //! fuzz target (mode bit 2 interleaves `Alive` between epoch pieces).
 

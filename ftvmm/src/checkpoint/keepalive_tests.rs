@@ -79,3 +79,79 @@ fn a_keepalive_goes_out_only_when_nothing_else_did() {
         other => panic!("a keep-alive although one was sent just now: {other:?}"),
     }
 }
+
+/// A message of many frames crossing a slow link moves the receiver's
+/// frame counter before it is whole (the Secondary's member counts such
+/// frames as heard): one 1 MiB epoch piece through a proxy that passes
+/// 256 KiB/s.
+#[test]
+fn the_frame_counter_moves_while_a_large_message_arrives() {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    use crate::lockstep::channel::{self, Identity};
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let (to, via) = (listener.local_addr().unwrap(), proxy.local_addr().unwrap());
+    // Primary -> Secondary at 16 KiB per 62 ms; the other way as it comes.
+    std::thread::spawn(move || {
+        let (mut from_p, _) = proxy.accept().unwrap();
+        let mut to_s = TcpStream::connect(to).unwrap();
+        let (mut back_s, mut back_p) = (to_s.try_clone().unwrap(), from_p.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut back_s, &mut back_p));
+        let mut buf = vec![0u8; 16 << 10];
+        while let Ok(n @ 1..) = from_p.read(&mut buf) {
+            if to_s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(62));
+        }
+    });
+    let (p_id, s_id) = (
+        Identity {
+            private_key: [0x41; 32],
+        },
+        Identity {
+            private_key: [0x42; 32],
+        },
+    );
+    let (p_pub, s_pub) = (p_id.public_key(), s_id.public_key());
+    let timeout = Duration::from_secs(5);
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let allowed = move |k: &[u8; 32]| (*k == p_pub).then(|| "host-a".to_string());
+        channel::accept(stream, &s_id, &allowed, timeout).unwrap()
+    });
+    let p = channel::connect(via, &p_id, &s_pub, "host-b", timeout).unwrap();
+    let s = server.join().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let frames = s.frame_counter();
+    let (mut tx, _) = p.split();
+    let (_, mut rx) = s.split();
+    let big = Message::EpochPiece {
+        bytes: vec![7u8; 1 << 20],
+    };
+    let sender = std::thread::spawn(move || tx.send(&big).map(|()| tx));
+    let mut counts = Vec::new();
+    let got = loop {
+        counts.push(frames.load(Ordering::Relaxed));
+        match rx.recv() {
+            Ok(m) => break m,
+            Err(ChannelError::Timeout) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(matches!(got, Message::EpochPiece { ref bytes } if bytes.len() == 1 << 20));
+    counts.dedup();
+    let whole = frames.load(Ordering::Relaxed);
+    assert!(
+        whole >= 17,
+        "a 1 MiB message is at least 17 frames: {whole}"
+    );
+    assert!(
+        counts.iter().filter(|&&c| c > 0 && c < whole).count() >= 3,
+        "the counter did not move while the message arrived: {counts:?} of {whole}"
+    );
+    sender.join().unwrap().unwrap();
+}
