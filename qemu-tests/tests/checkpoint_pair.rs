@@ -27,8 +27,14 @@
 //! harvested and encoded, host-b took it for dead, won generation 2 and
 //! resumed the guest from epoch 4, host-a lost the race and halted (safe:
 //! one live copy, fenced), and the test, which kills host-a, waited for a
-//! guest that now ran on host-b. The Primary needs keep-alives that do not
-//! wait for the epoch thread (issue 11's note).
+//! guest that now ran on host-b. Since then each member sends keep-alives
+//! from a thread of its own and the Secondary counts every authentic frame
+//! as heard (`ftvmm/src/checkpoint/keepalive.rs`): 3 of 3 passed with the
+//! machine otherwise in use by other builds (pause 7.0, 9.9, 5.9 s), and 4
+//! of 4 passed started with two `yes` (pause 6.0, 7.6, 7.5, 8.1 s), but in
+//! the first three the `yes` processes were killed by someone else at an
+//! unknown point, so only one run is known to have been loaded throughout;
+//! it stays out of `make test` until 3 loaded runs are confirmed.
 //! `FT_CKPT_FAILURE_TIMEOUT_MS` (default 5000; 1000 fails here, see
 //! `config_text`), `FT_LINUX_VM_VERBOSE=1` boots the guest without
 //! `loglevel=4`, `FT_CKPT_GUEST_ARGS` adds kernel arguments. Replay:
@@ -168,7 +174,7 @@ fn source(dir: &Path, kernel: &[u8], initrd: &[u8]) -> ClusterSource {
 }
 
 #[test]
-#[ignore = "in make chaos, not make test: 4/4 passed quiet, 0/2 with the cores busy (a false suspicion at boot, see the module doc)"]
+#[ignore = "in make chaos, not make test: with keep-alives 3/3 passed quiet, 1 confirmed loaded run passed (see the module doc)"]
 fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
     let (kernel, initrd) = guest_files();
     let tmp = tempfile::tempdir().unwrap();
