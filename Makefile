@@ -42,7 +42,8 @@ test-image: image
 	FT_REQUIRE_IMAGE=1 $(CARGO) test -p image --test drivers
 
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
-test-qemu: image
+# checkpoint_pair boots the Linux KV guest (linux-kv).
+test-qemu: image linux-kv
 	$(CARGO) test -p qemu-tests -- --test-threads=1
 
 ## linux-kv: the stock-Linux test guest of checkpoint mode (out/linux-kv-vmlinuz, out/linux-kv-initrd.cpio.gz)
@@ -125,7 +126,7 @@ chaos: prereqs image linux-kv
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
 	done
 	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
-	cargo test -p qemu-tests --test checkpoint_pair -- --ignored --nocapture
+	cargo test -p qemu-tests --test checkpoint_pair -- --nocapture
 	FT_CHAOS_SEED=$(FT_CHAOS_QEMU_SEED) FT_CHAOS_RUNS=$(FT_CHAOS_QEMU_RUNS) cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign
 
 clean:

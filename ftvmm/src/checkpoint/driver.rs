@@ -66,13 +66,15 @@ use crate::lockstep::fence;
 use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
 use crate::lockstep::spec::PairHandle;
 
+#[path = "driver_link.rs"]
+mod link;
 #[path = "driver_primary.rs"]
 mod primary_effects;
 #[path = "driver_secondary.rs"]
 mod secondary_effects;
 
+pub(crate) use link::{JoinedLink, PendingJoin};
 pub use primary_effects::{JoinPort, PrimaryEffects};
-pub(crate) use primary_effects::{JoinedLink, PendingJoin};
 pub use secondary_effects::{Live, SecondaryEffects, StorageCut, TakeOverPlan};
 
 /// How often the driver looks at the link's silence and deadlines.

@@ -1,5 +1,7 @@
 //! The checkpoint Primary's [`Effects`]: its VM, the epoch loop over the
-//! link and the ack thread (module doc of `driver`).
+//! link, the ack thread and the keep-alive thread (module doc of `driver`;
+//! `keepalive.rs`: the Secondary hears this process every `KEEPALIVE`
+//! while it harvests, encodes, pre-copies or sends a large epoch).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -10,152 +12,15 @@ use std::time::{Duration, Instant};
 /// At most this long between two console summaries of the epochs.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
+use super::link::{JoinedLink, PendingJoin, PrimaryLink};
 use super::{lock, Effects};
 use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::keepalive::{self, Progress};
 use crate::checkpoint::local::Summary;
 use crate::checkpoint::primary::{self, EpochLoopError, EpochSink, LoopConfig};
 use crate::linux::machine::Running;
-use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
+use crate::lockstep::channel::{Channel, Message};
 use crate::lockstep::member::{Event, Gate};
-
-/// One connection to a Secondary: its sender and its ack thread's stop.
-struct Conn {
-    /// Tells this connection from a later one (a respawned Secondary's).
-    id: u64,
-    tx: ChannelSender,
-    stop: Arc<AtomicBool>,
-}
-
-/// A Secondary waiting to join (respawn): its channel, the generation it
-/// joins in, and where the epoch loop says which epoch was its full one.
-pub(crate) struct PendingJoin {
-    pub ch: Channel,
-    pub generation: u64,
-    pub reply: Sender<Result<JoinedLink, String>>,
-}
-
-/// The join's full epoch closed and its link is the Primary's now.
-pub(crate) struct JoinedLink {
-    /// The full epoch.
-    pub epoch: u64,
-    /// The connection it goes over (`PrimaryLink::is_up`).
-    pub conn: u64,
-}
-
-/// The Primary's end of the link: the epoch sender (while a Secondary is
-/// connected), a join waiting for the next epoch, when the Secondary was
-/// last heard.
-pub(crate) struct PrimaryLink {
-    conn: Mutex<Option<Conn>>,
-    next_id: AtomicU64,
-    join: Mutex<Option<PendingJoin>>,
-    heard: Mutex<Instant>,
-    events: Mutex<Sender<Event>>,
-}
-
-impl PrimaryLink {
-    /// Connection `id` is gone (`why`): close it, tell the member once.
-    /// A later connection is left alone.
-    fn lost(&self, id: u64, why: String) {
-        let mut c = lock(&self.conn);
-        if c.as_ref().is_some_and(|c| c.id == id) {
-            let c = c.take().expect("checked");
-            c.stop.store(true, Ordering::SeqCst);
-            c.tx.shutdown();
-            let _ = lock(&self.events).send(Event::ChannelLost { why });
-        }
-    }
-
-    /// Closes the connection there is, if any (no `Bye`).
-    fn close(&self) {
-        if let Some(c) = lock(&self.conn).take() {
-            c.stop.store(true, Ordering::SeqCst);
-            c.tx.shutdown();
-        }
-    }
-
-    /// Whether connection `id` is still the Primary's.
-    pub(crate) fn is_up(&self, id: u64) -> bool {
-        lock(&self.conn).as_ref().is_some_and(|c| c.id == id)
-    }
-
-    /// Whether a Secondary is connected.
-    fn connected(&self) -> bool {
-        lock(&self.conn).is_some()
-    }
-
-    /// Takes `ch` as the connection (read timeout set) and starts its ack
-    /// thread; returns its id.
-    fn adopt(
-        self: &Arc<Self>,
-        ch: Channel,
-        outputs: &Arc<GatedOutputs>,
-    ) -> std::io::Result<(u64, JoinHandle<()>)> {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let (tx, mut rx) = ch.split();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
-        *lock(&self.heard) = Instant::now();
-        *lock(&self.conn) = Some(Conn { id, tx, stop });
-        let acks = std::thread::Builder::new()
-            .name("ckpt-acks".into())
-            .spawn(move || {
-                if let Some(why) = read_acks(&mut rx, &outputs, &link, &st) {
-                    link.lost(id, why);
-                }
-            });
-        match acks {
-            Ok(t) => Ok((id, t)),
-            Err(e) => {
-                self.close();
-                Err(e)
-            }
-        }
-    }
-
-    /// Sends `m` on connection `id`.
-    pub(crate) fn send_on(&self, id: u64, m: &Message) -> Result<(), String> {
-        let mut c = lock(&self.conn);
-        match c.as_mut() {
-            Some(c) if c.id == id => c.tx.send(m).map_err(|e| e.to_string()),
-            _ => Err("the link to the joining secondary is gone".into()),
-        }
-    }
-
-    /// Offers a joining Secondary to the epoch loop (respawn).
-    pub(crate) fn offer_join(&self, join: PendingJoin) -> Result<(), String> {
-        if self.connected() {
-            return Err("a secondary is connected".into());
-        }
-        let mut j = lock(&self.join);
-        if j.is_some() {
-            return Err("another join is under way".into());
-        }
-        *j = Some(join);
-        Ok(())
-    }
-
-    /// Takes a pending offer back; false if the epoch loop took it already
-    /// (its answer comes when the join's epoch closes).
-    pub(crate) fn withdraw_join(&self) -> bool {
-        lock(&self.join).take().is_some()
-    }
-
-    /// Gives a join up: a pending offer is dropped; connection `conn`, if
-    /// it is still the Primary's, is closed (no `Bye`: the new Secondary
-    /// was never told it is paired, so it never races).
-    pub(crate) fn give_up_join(&self, conn: Option<u64>) {
-        lock(&self.join).take();
-        if let Some(id) = conn {
-            let mut c = lock(&self.conn);
-            if c.as_ref().is_some_and(|c| c.id == id) {
-                let c = c.take().expect("checked");
-                c.stop.store(true, Ordering::SeqCst);
-                c.tx.shutdown();
-            }
-        }
-    }
-}
 
 /// Epochs into the link while there is one; without one (the member runs
 /// alone, or races) an epoch is only closed, for the gate. A join offered
@@ -167,14 +32,24 @@ struct LinkSink {
     joining: Option<PendingJoin>,
     /// Ack threads of joined links.
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Stamped at every step of the epoch loop (`keepalive.rs`).
+    progress: Arc<Progress>,
+    /// Tests: each piece waits this many ms before it is sent (an epoch
+    /// loop busy for that long, as a large harvest or encode is).
+    #[cfg(test)]
+    slow_ms: Arc<AtomicU64>,
 }
 
 impl EpochSink for LinkSink {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
+        #[cfg(test)]
+        std::thread::sleep(Duration::from_millis(self.slow_ms.load(Ordering::SeqCst)));
+        self.progress.stamp();
         let mut c = lock(&self.link.conn);
         let Some(conn) = c.as_mut() else {
             return Ok(());
         };
+        conn.sent = Instant::now();
         if let Err(e) = conn.tx.send(&Message::EpochPiece { bytes: piece }) {
             let why = format!("sending an epoch to {}: {e}", conn.tx.peer());
             let id = conn.id;
@@ -182,6 +57,10 @@ impl EpochSink for LinkSink {
             self.link.lost(id, why);
         }
         Ok(())
+    }
+
+    fn progress(&mut self) {
+        self.progress.stamp();
     }
 
     fn join(&mut self) -> Option<u64> {
@@ -216,6 +95,10 @@ pub struct PrimaryEffects {
     epochs_stop: Arc<AtomicBool>,
     /// The epoch loop ended: no epoch closes any more.
     epochs_done: Arc<AtomicBool>,
+    /// Ends the keep-alive thread.
+    alive_stop: Arc<AtomicBool>,
+    #[cfg(test)]
+    slow_ms: Arc<AtomicU64>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -271,6 +154,29 @@ impl PrimaryEffects {
         }
         let epochs_stop = Arc::new(AtomicBool::new(false));
         let epochs_done = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Progress::default());
+        #[cfg(test)]
+        let slow_ms = Arc::new(AtomicU64::new(0));
+        let alive_stop = Arc::new(AtomicBool::new(false));
+        let alive = {
+            let l = Arc::clone(&link);
+            keepalive::spawn(
+                "ckpt-alive".into(),
+                (Arc::clone(&alive_stop), keepalive::STALL_LIMIT),
+                Arc::clone(&progress),
+                move || {
+                    l.keep_alive();
+                    Ok(())
+                },
+            )
+        };
+        match alive {
+            Ok(t) => lock(&threads).push(t),
+            Err(e) => {
+                link.close();
+                return Err(e);
+            }
+        }
         let epochs = {
             let (running, outputs) = (Arc::clone(&running), Arc::clone(&outputs));
             let stop = Arc::clone(&epochs_stop);
@@ -279,6 +185,9 @@ impl PrimaryEffects {
                 outputs: Arc::clone(&outputs),
                 joining: None,
                 threads: Arc::clone(&threads),
+                progress,
+                #[cfg(test)]
+                slow_ms: Arc::clone(&slow_ms),
             };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
@@ -299,6 +208,9 @@ impl PrimaryEffects {
             link,
             epochs_stop,
             epochs_done,
+            alive_stop,
+            #[cfg(test)]
+            slow_ms,
             threads,
         })
     }
@@ -367,39 +279,6 @@ fn on_epochs_end(
     let _ = lock(&link.events).send(Event::Stop);
 }
 
-/// Acks into the gate until the link ends (`Some(why)`) or is closed here.
-fn read_acks(
-    rx: &mut crate::lockstep::channel::ChannelReceiver,
-    outputs: &GatedOutputs,
-    link: &PrimaryLink,
-    stop: &AtomicBool,
-) -> Option<String> {
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        match rx.recv() {
-            Ok(Message::EpochAck { epoch }) => {
-                *lock(&link.heard) = Instant::now();
-                if let Err(e) = outputs.on_ack(epoch) {
-                    return Some(format!("acknowledgement of epoch {epoch} refused: {e}"));
-                }
-            }
-            Ok(Message::Bye { reason }) => {
-                return Some(format!("the secondary said bye: {reason}"))
-            }
-            Ok(m) => {
-                return Some(format!(
-                "a {} message on a checkpoint link, where the Primary takes only EpochAck and Bye",
-                m.kind()
-            ))
-            }
-            Err(ChannelError::Timeout) => {}
-            Err(e) => return Some(format!("channel: {e}")),
-        }
-    }
-}
-
 #[cfg(test)]
 impl PrimaryEffects {
     /// Cuts the link as a partition would (both sides see it end).
@@ -411,6 +290,17 @@ impl PrimaryEffects {
                 link.lost(id, "cut by the test".into());
             }
         }
+    }
+
+    /// How long the Secondary has been silent, as the member sees it.
+    pub(crate) fn silence(&self) -> impl Fn() -> u64 + Send + 'static {
+        let link = Arc::clone(&self.link);
+        move || lock(&link.heard).elapsed().as_millis() as u64
+    }
+
+    /// Makes every epoch piece wait this many ms before it is sent.
+    pub(crate) fn slow_sends(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.slow_ms)
     }
 
     pub(crate) fn outputs(&self) -> Arc<GatedOutputs> {
@@ -483,6 +373,7 @@ impl Drop for PrimaryEffects {
     fn drop(&mut self) {
         self.outputs.halt();
         self.epochs_stop.store(true, Ordering::SeqCst);
+        self.alive_stop.store(true, Ordering::SeqCst);
         self.link.give_up_join(None);
         self.link.close();
         self.running.stop();

@@ -1,5 +1,7 @@
 //! The checkpoint Secondary's [`Effects`]: the link into staging memory
-//! and the take-over when its member wins (module doc of `driver`).
+//! (with its keep-alive thread, `keepalive.rs`: the Primary hears this
+//! process every `KEEPALIVE` while it applies a large epoch) and the
+//! take-over when its member wins (module doc of `driver`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -11,6 +13,7 @@ use super::{lock, Effects, JoinPort, PrimaryEffects};
 use crate::checkpoint::epoch::DiskWrite;
 use crate::checkpoint::gate::{EpochGate, GateConfig};
 use crate::checkpoint::gated::{FrameOut, GatedOutputs};
+use crate::checkpoint::keepalive::{self, Progress, SharedSender, KEEPALIVE};
 use crate::checkpoint::late_fence::{LateWriteFence, LATE_WRITE_BOUND_MS};
 use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::receiver::Receiver;
@@ -61,6 +64,11 @@ pub struct SecondaryEffects {
     applied_at: Arc<Mutex<Instant>>,
     /// When the Primary last sent anything (its silence, for the member).
     heard: Arc<Mutex<Instant>>,
+    /// The link's authentic frames so far, and when that count last
+    /// moved: a frame of a message still arriving (a 1 MiB piece takes a
+    /// second on a slow FT network) is heard too.
+    frames: Arc<AtomicU64>,
+    frames_seen: Mutex<(u64, Instant)>,
     /// The last complete epoch applied (status).
     applied: Arc<AtomicU64>,
     receiver: Option<Receiver<Staging>>,
@@ -85,6 +93,7 @@ impl SecondaryEffects {
         events: Sender<Event>,
     ) -> Result<Self, crate::linux::LinuxVmError> {
         let first = r.last();
+        let frames = ch.frame_counter();
         let member_events = events.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
@@ -97,13 +106,20 @@ impl SecondaryEffects {
             std::thread::Builder::new()
                 .name(format!("ckpt-serve-{vm}"))
                 .spawn(move || {
-                    let (mut tx, mut rx) = ch.split();
+                    let (tx, mut rx) = ch.split();
+                    let tx = Arc::new(SharedSender::new(tx));
+                    let (progress, alive_stop) = (Arc::default(), Arc::default());
+                    let alive = spawn_keepalive(&tx, &progress, &alive_stop);
                     let applied = |e| {
                         *lock(&at) = Instant::now();
                         last.store(e, Ordering::SeqCst);
                     };
                     let heard = || *lock(&h) = Instant::now();
-                    let end = serve_heard(&mut tx, &mut rx, &mut r, &stop, applied, heard);
+                    let end = serve_heard(&tx, &mut rx, &mut r, (&stop, &progress), applied, heard);
+                    alive_stop.store(true, Ordering::SeqCst);
+                    if let Some(t) = alive {
+                        let _ = t.join();
+                    }
                     let ev = match &end {
                         LinkError::Bye { .. } => Some(Event::PrimaryEnded),
                         LinkError::Resigned { reason } => Some(Event::PeerResigned {
@@ -127,6 +143,8 @@ impl SecondaryEffects {
             stop,
             applied_at,
             heard,
+            frames,
+            frames_seen: Mutex::new((0, Instant::now())),
             applied,
             receiver: None,
             plan: Some(plan),
@@ -135,6 +153,13 @@ impl SecondaryEffects {
             port: Arc::default(),
             events: member_events,
         })
+    }
+
+    /// When the Primary was last heard (tests sample the silence the
+    /// member sees).
+    #[cfg(test)]
+    pub(crate) fn heard(&self) -> Arc<Mutex<Instant>> {
+        Arc::clone(&self.heard)
     }
 
     /// Where the respawn keeper finds the resumed VM's epoch loop.
@@ -197,6 +222,27 @@ impl SecondaryEffects {
             outputs,
             epoch,
         })
+    }
+}
+
+/// The Secondary's keep-alive thread on `tx` while `progress` moves
+/// (`keepalive.rs`); `None` (logged) if it cannot start: the link runs
+/// without, as before keep-alives.
+fn spawn_keepalive(
+    tx: &Arc<SharedSender>,
+    progress: &Arc<Progress>,
+    stop: &Arc<AtomicBool>,
+) -> Option<JoinHandle<()>> {
+    let tx2 = Arc::clone(tx);
+    let tick = move || tx2.keep_alive(KEEPALIVE).map_err(|e| e.to_string());
+    let name = "ckpt-alive".to_string();
+    let stop = (Arc::clone(stop), keepalive::STALL_LIMIT);
+    match keepalive::spawn(name, stop, Arc::clone(progress), tick) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("checkpoint: no keep-alive thread to {}: {e}", tx.peer());
+            None
+        }
     }
 }
 
@@ -290,8 +336,17 @@ impl Effects for SecondaryEffects {
         }
         match &self.serve {
             // Any message, not only a whole epoch: the first one is all of
-            // guest memory and may take longer than the failure timeout.
-            Some(h) if !h.is_finished() => lock(&self.heard).elapsed().as_millis() as u64,
+            // guest memory and may take longer than the failure timeout;
+            // and any authentic frame, also inside a message.
+            Some(h) if !h.is_finished() => {
+                let by_message = lock(&self.heard).elapsed();
+                let frames = self.frames.load(Ordering::Relaxed);
+                let mut seen = lock(&self.frames_seen);
+                if seen.0 != frames {
+                    *seen = (frames, Instant::now());
+                }
+                by_message.min(seen.1.elapsed()).as_millis() as u64
+            }
             _ => 0,
         }
     }

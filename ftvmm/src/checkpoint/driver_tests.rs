@@ -26,9 +26,10 @@ use crate::lockstep::member::Halt;
 use crate::lockstep::spec::PairHandle;
 use crate::members::Members;
 
-/// Long enough for the first (full, 64 MiB) epoch on a loaded machine:
-/// the Primary hears nothing from its Secondary until that is applied
-/// (with 300 ms, parallel tests raced before pairing).
+/// Long enough for the first (full, 64 MiB) epoch on a loaded machine
+/// (with 300 ms, parallel tests raced before pairing, when a member heard
+/// nothing from its peer until that epoch was applied; keep-alives,
+/// `keepalive.rs`, now cover that, and the value stays).
 const FAILURE_TIMEOUT_MS: u64 = 2_000;
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -75,6 +76,12 @@ struct Pair {
     live: Arc<Mutex<Option<Live>>>,
     cut: Box<dyn Fn() + Send>,
     disk: Arc<Generations>,
+    /// ms each of the Primary's epoch pieces waits before it is sent.
+    p_slow: Arc<std::sync::atomic::AtomicU64>,
+    /// The Secondary's silence as host-a's member sees it.
+    p_silence: Box<dyn Fn() -> u64 + Send>,
+    /// When host-b last heard its Primary.
+    s_heard: Arc<Mutex<std::time::Instant>>,
 }
 
 fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
@@ -138,6 +145,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     .unwrap();
     let (cut, p_outputs) = (Box::new(p_fx.link_cutter()), p_fx.outputs());
     let p_control = p_fx.vm_control();
+    let (p_slow, p_silence) = (p_fx.slow_sends(), Box::new(p_fx.silence()));
     let primary = MemberDriver::start(
         ("kv", "host-a"),
         Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
@@ -153,7 +161,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let s_events = MemberDriver::channel();
     let s_fx =
         SecondaryEffects::start("kv", s_ch, fresh(1), plan(s_grant), s_events.0.clone()).unwrap();
-    let live = s_fx.live();
+    let (live, s_heard) = (s_fx.live(), s_fx.heard());
     let secondary = MemberDriver::start(
         ("kv", "host-b"),
         Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
@@ -188,6 +196,9 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
         live,
         cut,
         disk,
+        p_slow,
+        p_silence,
+        s_heard,
     }
 }
 
@@ -200,6 +211,41 @@ fn resumed(live: &Mutex<Option<Live>>) -> std::sync::MutexGuard<'_, Option<Live>
 
 fn solo(g: u64) -> impl Fn(&State) -> bool {
     move |s| *s == State::Solo { g }
+}
+
+/// The Primary's epoch loop is busy for three failure timeouts before each
+/// piece (as a large harvest, pre-copy or encode is on a loaded host): its
+/// keep-alive thread still reaches the Secondary, and the Secondary's the
+/// Primary (`keepalive.rs`), so neither member suspects the other; once
+/// the loop is quick again, epochs are acknowledged as before.
+#[test]
+fn a_primary_busy_longer_than_the_failure_timeout_stays_heard() {
+    let p = pair();
+    let busy = 3 * FAILURE_TIMEOUT_MS;
+    p.p_slow.store(busy, Ordering::SeqCst);
+    let acked = p.p_outputs.progress().0;
+    let start = std::time::Instant::now();
+    let (mut s_max, mut p_max) = (0, 0);
+    while start.elapsed() < Duration::from_millis(2 * busy) {
+        s_max = s_max.max(p.s_heard.lock().unwrap().elapsed().as_millis() as u64);
+        p_max = p_max.max((p.p_silence)());
+        let (a, b) = (p.primary.state(), p.secondary.state());
+        assert!(
+            a == State::Paired { g: 1 } && b == State::Following { g: 1 },
+            "suspected after {} ms busy: host-a {a:?}, host-b {b:?}; silence seen up to {s_max} ms by host-b, {p_max} ms by host-a",
+            start.elapsed().as_millis()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("busy {busy} ms per piece: silence seen by host-b up to {s_max} ms, by host-a up to {p_max} ms");
+    assert!(s_max < FAILURE_TIMEOUT_MS && p_max < FAILURE_TIMEOUT_MS);
+    p.p_slow.store(0, Ordering::SeqCst);
+    wait_until("epochs acknowledged again", || {
+        p.p_outputs.progress().0 > acked + 3
+    });
+    assert_eq!(p.disk.0.lock().unwrap().get(&2), None, "nobody raced");
+    p.primary.finish();
+    p.secondary.finish();
 }
 
 #[test]

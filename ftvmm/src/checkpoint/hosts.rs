@@ -348,10 +348,10 @@ fn serve_until_trigger(
     applied_at: &Mutex<Instant>,
 ) -> LinkError {
     let stop = AtomicBool::new(false);
-    let (mut tx, mut rx) = ch.split();
+    let (tx, mut rx) = ch.split();
     std::thread::scope(|s| {
         let server = s.spawn(|| {
-            serve(&mut tx, &mut rx, r, &stop, |_| {
+            serve(tx, &mut rx, r, &stop, |_| {
                 *lock(applied_at) = Instant::now()
             })
         });

@@ -18,7 +18,9 @@
 //! VM runs on and the take-over itself; [`local`] a pair inside one process
 //! (`ftvmm linux --local-secondary`) for tests where one host runs;
 //! [`remote`] epochs and acks over the authenticated channel between hosts
-//! and [`hosts`] the two-process pair (`--checkpoint-primary` /
+//! ([`keepalive`]: each side says it is alive from a thread of its own, so
+//! a long epoch step is not taken for a dead peer) and [`hosts`] the
+//! two-process pair (`--checkpoint-primary` /
 //! `--checkpoint-secondary`); [`dirty_log`] the harvest switch
 //! (`KVM_GET_DIRTY_LOG` alone or with `KVM_CLEAR_DIRTY_LOG`).
 //!
@@ -38,7 +40,7 @@
 //! seeded simulation (`sim_tests`: crashes, failover, a bad link, joins of
 //! a new Secondary to a lone Primary with their own faults, `sim_join.rs`).
 //!
-//! Also checked: `remote_tests` and `hosts_tests` (a Primary and a Secondary
+//! Also checked: `keepalive_tests`, `remote_tests` and `hosts_tests` (a Primary and a Secondary
 //! over TCP loopback with the real channel, on /dev/kvm), `dirty_tests`
 //! (the pause with either harvest, `--ignored`).
 //!
@@ -81,6 +83,7 @@ mod epoch_decode;
 pub mod gate;
 pub mod gated;
 pub mod hosts;
+pub mod keepalive;
 pub mod late_fence;
 pub mod local;
 pub mod overlay;
@@ -100,6 +103,8 @@ mod epoch_tests;
 mod gate_tests;
 #[cfg(test)]
 mod hosts_tests;
+#[cfg(test)]
+mod keepalive_tests;
 #[cfg(test)]
 mod receiver_tests;
 #[cfg(test)]

@@ -34,6 +34,11 @@ use crate::linux::machine::{Paused, Running};
 pub trait EpochSink: Send {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String>;
 
+    /// The loop moved (called at every step: each wait tick, after the
+    /// pre-copy, the pause, the encode, before each piece), for a
+    /// keep-alive that stops once the loop is wedged (`keepalive.rs`).
+    fn progress(&mut self) {}
+
     /// A Secondary waits to join in this generation (respawn): the next
     /// epoch is full and closes the gate's lone run
     /// (`GatedOutputs::close_epoch_joining`). Asked before every epoch.
@@ -251,6 +256,7 @@ pub fn one_epoch(
 ) -> Result<EpochStats, EpochLoopError> {
     let join = sink.join();
     let full = full || join.is_some();
+    sink.progress();
     let pre = if full {
         Some(
             pre_copy(running, dirty).map_err(|why| EpochLoopError::Harvest {
@@ -261,6 +267,7 @@ pub fn one_epoch(
     } else {
         None
     };
+    sink.progress();
     let t = Instant::now();
     let (taken, (closed, joined)) = running.with_paused(|p| {
         let h = harvest(p, pre, dirty);
@@ -270,6 +277,7 @@ pub fn one_epoch(
         (h, close(outputs, join))
     });
     let pause = t.elapsed();
+    sink.progress();
     let number = closed.number;
     if let Some(j) = joined {
         sink.join_closed(j.map(|()| number));
@@ -284,6 +292,7 @@ pub fn one_epoch(
         writes: e.writes.len(),
     };
     let pieces = epoch::encode_pieces(&e).map_err(|err| EpochLoopError::Encode(err, number))?;
+    sink.progress();
     let mut bytes = 0;
     for p in pieces {
         bytes += p.len();
@@ -316,6 +325,7 @@ pub fn run_epochs(
     loop {
         let start = Instant::now();
         while start.elapsed() < cfg.epoch {
+            sink.progress();
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }

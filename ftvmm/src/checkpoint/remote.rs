@@ -8,6 +8,8 @@
 //!   (the Output Rule releases an epoch's writes and frames only then).
 //! - Secondary: [`serve`] feeds every piece to the [`Receiver`] and sends
 //!   `EpochAck` only after an epoch is complete and applied to staging.
+//! - Either side may get [`Message::Alive`] (`keepalive.rs`): heard, and
+//!   nothing more — it completes, acknowledges and releases nothing.
 //!
 //! Rules:
 //! - An ack says "every epoch `<= epoch` is applied here"; it is sent after
@@ -24,10 +26,12 @@
 //!   checkpoint link, a piece sent to the Primary) ends the link too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::gate::GateError;
 use super::gated::GatedOutputs;
+pub use super::keepalive::KEEPALIVE;
+use super::keepalive::{Progress, SharedSender};
 use super::primary::EpochSink;
 use super::receiver::{ReceiveError, Receiver, StagingMemory};
 use crate::lockstep::channel::{ChannelError, ChannelReceiver, ChannelSender, Message};
@@ -87,12 +91,13 @@ pub fn read_acks(rx: &mut ChannelReceiver, outputs: &GatedOutputs, stop: &Atomic
                     return LinkError::Ack { epoch, source };
                 }
             }
+            Ok(Message::Alive) => {}
             Ok(Message::Bye { reason }) => return LinkError::Bye { reason },
             Ok(m) => {
                 return LinkError::Unexpected {
                     kind: m.kind(),
                     side: "Primary",
-                    expects: "EpochAck and Bye",
+                    expects: "EpochAck, Alive and Bye",
                 }
             }
             Err(ChannelError::Timeout) => {}
@@ -102,42 +107,43 @@ pub fn read_acks(rx: &mut ChannelReceiver, outputs: &GatedOutputs, stop: &Atomic
 }
 
 /// One message on the Secondary's side: `Ok(Some(e))` means epoch `e` is
-/// complete and applied (acknowledge it), `Ok(None)` more pieces are due.
+/// complete and applied (acknowledge it), `Ok(None)` more pieces are due
+/// (or the message was a keep-alive, which completes nothing).
 pub fn on_message<M: StagingMemory>(
     r: &mut Receiver<M>,
     m: Message,
 ) -> Result<Option<u64>, LinkError> {
     match m {
         Message::EpochPiece { bytes } => Ok(r.on_piece(&bytes)?),
+        Message::Alive => Ok(None),
         Message::Bye { reason } => Err(LinkError::Bye { reason }),
         Message::Resign { reason } => Err(LinkError::Resigned { reason }),
         m => Err(LinkError::Unexpected {
             kind: m.kind(),
             side: "Secondary",
-            expects: "EpochPiece, Resign and Bye",
+            expects: "EpochPiece, Alive, Resign and Bye",
         }),
     }
 }
-
-/// How long the Secondary may receive pieces of an epoch without saying
-/// anything: past it, it acknowledges its last complete epoch again.
-pub const KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// The Secondary's side of a link: applies epochs, acknowledging each after
 /// `on_applied(epoch)` returned, until the link ends or `stop` is set
 /// (needs a read timeout on `rx`). Returns why it ended; `r` holds the last
 /// complete epoch either way.
 pub fn serve<M: StagingMemory>(
-    tx: &mut ChannelSender,
+    tx: ChannelSender,
     rx: &mut ChannelReceiver,
     r: &mut Receiver<M>,
     stop: &AtomicBool,
     on_applied: impl FnMut(u64),
 ) -> LinkError {
-    serve_heard(tx, rx, r, stop, on_applied, || {})
+    let tx = SharedSender::new(tx);
+    serve_heard(&tx, rx, r, (stop, &Progress::default()), on_applied, || {})
 }
 
-/// [`serve`], calling `on_heard` for every message from the Primary.
+/// [`serve`], calling `on_heard` for every message from the Primary,
+/// sending through `tx` (which a keep-alive thread may share,
+/// `keepalive.rs`) and stamping `progress` at every turn of its loop.
 ///
 /// While an epoch larger than [`KEEPALIVE`] takes to arrive streams in (the
 /// first, full one: all of guest memory), the last complete epoch is
@@ -146,15 +152,16 @@ pub fn serve<M: StagingMemory>(
 /// receiving, so the silence its member measures is never the time a big
 /// epoch takes on the wire (which can exceed the failure timeout).
 pub fn serve_heard<M: StagingMemory>(
-    tx: &mut ChannelSender,
+    tx: &SharedSender,
     rx: &mut ChannelReceiver,
     r: &mut Receiver<M>,
-    stop: &AtomicBool,
+    (stop, progress): (&AtomicBool, &Progress),
     mut on_applied: impl FnMut(u64),
     mut on_heard: impl FnMut(),
 ) -> LinkError {
     let mut said = Instant::now();
     let end = loop {
+        progress.stamp();
         if stop.load(Ordering::SeqCst) {
             break LinkError::Stopped;
         }
@@ -164,12 +171,14 @@ pub fn serve_heard<M: StagingMemory>(
             Err(e) => break e.into(),
         };
         on_heard();
+        // A keep-alive is heard and nothing more: no ack, no repeat.
+        let piece = matches!(m, Message::EpochPiece { .. });
         let ack = match on_message(r, m) {
             Ok(Some(epoch)) => {
                 on_applied(epoch);
                 Some(epoch)
             }
-            Ok(None) if said.elapsed() >= KEEPALIVE => Some(r.last()),
+            Ok(None) if piece && said.elapsed() >= KEEPALIVE => Some(r.last()),
             Ok(None) => None,
             Err(e) => break e,
         };

@@ -78,8 +78,8 @@ fn spawn_secondary<M: StagingMemory + Send + 'static>(
     on_applied: impl FnMut(u64) + Send + 'static,
 ) -> JoinHandle<(Receiver<M>, LinkError)> {
     std::thread::spawn(move || {
-        let (mut tx, mut rx) = ch.split();
-        let end = serve(&mut tx, &mut rx, &mut r, &stop, on_applied);
+        let (tx, mut rx) = ch.split();
+        let end = serve(tx, &mut rx, &mut r, &stop, on_applied);
         (r, end)
     })
 }

@@ -314,6 +314,8 @@ pub fn receive_join(t: &JoinTarget<'_>, ch: &mut Channel) -> Result<Receiver<Sta
                     Err(e) => return Err(e.to_string()),
                 }
             }
+            // Heard (above), and nothing more (`keepalive.rs`).
+            Message::Alive => None,
             Message::Bye { reason } => return Err(format!("the primary said bye: {reason}")),
             other => return Err(format!("a {} message during a join", other.kind())),
         };

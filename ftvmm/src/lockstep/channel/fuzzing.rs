@@ -8,12 +8,15 @@
 //! nonces (one bit of the length may skew a nonce), so reassembly and the
 //! message decoder see arbitrary authentic plaintext; with bit 1 also set,
 //! each `len:u16le bytes` item is a checkpoint epoch piece, sent as a whole
-//! [`Message::EpochPiece`]. Every decoded message then goes to a checkpoint
+//! [`Message::EpochPiece`], and with bit 2 also set each piece is followed by
+//! a [`Message::Alive`] (a keep-alive between the pieces of an epoch, as the
+//! keep-alive thread interleaves them). Every decoded message then goes to a checkpoint
 //! Secondary's handler (`checkpoint::remote::on_message`, a staging copy of
 //! 16 pages), as on a real link, until it ends the link. Oracles: no panic; a
 //! decoder that refused something yields only `Dead` afterwards; every decoded
 //! message re-encodes to bytes that decode to the same message; the
-//! Secondary acknowledges only epochs it applied, in order.
+//! Secondary acknowledges only epochs it applied, in order; keep-alives
+//! between the pieces change nothing it applies or acknowledges.
 
 use std::sync::{Arc, OnceLock};
 
@@ -106,7 +109,26 @@ pub fn run(data: &[u8]) {
     let stream = if mode % 2 == 0 {
         rest.to_vec()
     } else if mode & 2 != 0 {
-        epoch_pieces(rest)
+        let alive = mode & 4 != 0;
+        if alive {
+            // The same pieces without the keep-alives end the same way.
+            let plain = decode_stream(&epoch_pieces(rest, false), 4096);
+            let with = decode_stream(&epoch_pieces(rest, true), 4096);
+            let pieces = |o: Outcome| -> Vec<Message> {
+                o.messages
+                    .into_iter()
+                    .filter(|m| *m != Message::Alive)
+                    .collect()
+            };
+            let (a, b) = (pieces(plain), pieces(with));
+            assert_eq!(a, b, "keep-alives change the pieces");
+            assert_eq!(
+                checkpoint_secondary(a),
+                checkpoint_secondary(b),
+                "keep-alives change what is applied"
+            );
+        }
+        epoch_pieces(rest, alive)
     } else {
         let (initiator, _) = session_pair();
         let mut out = Vec::new();
@@ -137,8 +159,9 @@ pub fn run(data: &[u8]) {
     let _ = wire::decode_message(rest);
 }
 
-/// `len:u16le bytes` items, each sealed as one `EpochPiece` message.
-pub fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
+/// `len:u16le bytes` items, each sealed as one `EpochPiece` message (with
+/// `alive`, each followed by an `Alive`).
+pub fn epoch_pieces(mut input: &[u8], alive: bool) -> Vec<u8> {
     let (initiator, _) = session_pair();
     let mut out = Vec::new();
     let mut nonce = 0u64;
@@ -150,6 +173,10 @@ pub fn epoch_pieces(mut input: &[u8]) -> Vec<u8> {
         };
         let bytes = wire::encode_message(&m).expect("a small piece encodes");
         wire::seal_message(initiator, &mut nonce, &bytes, &mut out).expect("sealable");
+        if alive {
+            let bytes = wire::encode_message(&Message::Alive).expect("encodes");
+            wire::seal_message(initiator, &mut nonce, &bytes, &mut out).expect("sealable");
+        }
         input = &input[2 + take..];
     }
     out

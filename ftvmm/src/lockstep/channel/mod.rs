@@ -109,6 +109,11 @@ pub enum Message {
     /// Checkpoint mode, Secondary -> Primary: every epoch `<= epoch` is
     /// complete and applied to the staging copy (cumulative).
     EpochAck { epoch: u64 },
+    /// Checkpoint mode, either way: "this side's process still runs". Sent
+    /// by a keep-alive thread whenever its side sent nothing for a while
+    /// (`checkpoint::keepalive`); it says nothing about epochs: it never
+    /// acknowledges, completes or releases one.
+    Alive,
 }
 
 impl Message {
@@ -125,6 +130,7 @@ impl Message {
             Message::Transfer { .. } => "Transfer",
             Message::EpochPiece { .. } => "EpochPiece",
             Message::EpochAck { .. } => "EpochAck",
+            Message::Alive => "Alive",
         }
     }
 }
@@ -324,6 +330,7 @@ impl Channel {
             decoder: Decoder::new(state.clone()),
             peer: peer.clone(),
             chunk: vec![0u8; 64 * 1024],
+            frames: Arc::default(),
         };
         let tx = ChannelSender {
             stream,
@@ -355,6 +362,11 @@ impl Channel {
 
     pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
         self.rx.set_read_timeout(d)
+    }
+
+    /// [`ChannelReceiver::frame_counter`].
+    pub fn frame_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.rx.frame_counter()
     }
 
     /// A send TCP cannot take within `d` fails (a peer behind a partition
@@ -462,6 +474,8 @@ pub struct ChannelReceiver {
     decoder: Decoder,
     peer: Arc<str>,
     chunk: Vec<u8>,
+    /// Authentic frames accepted so far ([`ChannelReceiver::frame_counter`]).
+    frames: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ChannelReceiver {
@@ -470,7 +484,7 @@ impl ChannelReceiver {
     /// connection, after which every call returns `Dead`.
     pub fn recv(&mut self) -> Result<Message, ChannelError> {
         loop {
-            match self.decoder.poll() {
+            match self.poll() {
                 Ok(Some(m)) => return Ok(m),
                 Ok(None) => {}
                 Err(ChannelError::Dead) => return Err(ChannelError::Dead),
@@ -502,6 +516,26 @@ impl ChannelReceiver {
         }
     }
 
+    /// The decoder's next message, counting the authentic frames it took.
+    fn poll(&mut self) -> Result<Option<Message>, ChannelError> {
+        let m = self.decoder.poll();
+        self.frames.store(
+            self.decoder.next_nonce(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m
+    }
+
+    /// How many authentic frames this side accepted so far, readable from
+    /// other threads while one blocks in `recv`. It also moves in the middle
+    /// of a message of many frames (an epoch piece is up to 17 of 64 KiB),
+    /// so it tells that the peer is sending before the message is whole.
+    /// Every frame is authenticated with the session's key and numbered in
+    /// sequence: nobody but the peer can move it.
+    pub fn frame_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        Arc::clone(&self.frames)
+    }
+
     fn refuse(&mut self, e: ChannelError) -> ChannelError {
         tracing::warn!("channel: refused message from {}: {e}", self.peer);
         self.decoder.kill();
@@ -516,7 +550,7 @@ impl ChannelReceiver {
     pub fn try_recv(&mut self) -> Result<Option<Message>, ChannelError> {
         use std::os::unix::io::AsRawFd;
         loop {
-            match self.decoder.poll() {
+            match self.poll() {
                 Ok(Some(m)) => return Ok(Some(m)),
                 Ok(None) => {}
                 Err(ChannelError::Dead) => return Err(ChannelError::Dead),

@@ -69,6 +69,7 @@ fn all_kinds() -> Vec<Message> {
             bytes: vec![1, 0, 0, 0, 0, 0, 0, 0, 1],
         },
         Message::EpochAck { epoch: 7 },
+        Message::Alive,
     ]
 }
 
@@ -199,9 +200,10 @@ fn authentic_but_malformed_plaintext_is_refused_by_kind() {
             vec![1, wire::VERSION - 1, 3],
             |e| matches!(e, ChannelError::Version { got } if *got == wire::VERSION - 1),
         ),
-        (vec![1, wire::VERSION, 10], |e| {
-            matches!(e, ChannelError::UnknownTag { tag: 10 })
-        }),
+        (
+            vec![1, wire::VERSION, wire::MESSAGE_TAGS],
+            |e| matches!(e, ChannelError::UnknownTag { tag } if *tag == wire::MESSAGE_TAGS),
+        ),
         (vec![1, wire::VERSION], |e| {
             matches!(e, ChannelError::Malformed(_))
         }),
@@ -359,12 +361,26 @@ fn the_fuzz_body_carries_epoch_pieces_to_a_checkpoint_secondary() {
         input.extend(p);
     }
     super::fuzzing::run(&input);
-    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..]), 7);
+    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..], false), 7);
     assert_eq!(out.messages.len(), pieces.len());
     assert_eq!(super::fuzzing::checkpoint_secondary(out.messages), 1);
+    // Mode bit 2: a keep-alive after every piece; the epoch still applies.
+    input[0] = 7;
+    super::fuzzing::run(&input);
+    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..], true), 7);
+    assert_eq!(out.messages.len(), 2 * pieces.len());
+    assert_eq!(
+        out.messages
+            .iter()
+            .filter(|m| **m == Message::Alive)
+            .count(),
+        pieces.len()
+    );
+    assert_eq!(super::fuzzing::checkpoint_secondary(out.messages), 1);
+    input[0] = 3;
     let last = input.len() - 1;
     input[last] ^= 1;
     super::fuzzing::run(&input);
-    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..]), 7);
+    let out = decode_stream(&super::fuzzing::epoch_pieces(&input[1..], false), 7);
     assert_eq!(super::fuzzing::checkpoint_secondary(out.messages), 0);
 }

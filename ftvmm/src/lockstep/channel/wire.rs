@@ -6,7 +6,7 @@
 //! frame     = len:u32be  nonce:u64be  ciphertext          (len = 8 + |ciphertext|)
 //! ciphertext= ChaChaPoly(key of this direction, nonce, fragment)   16 <= |ct| <= 65535
 //! fragment  = flag:u8 (0 = more fragments follow, 1 = last)  data
-//! message   = version:u8 (= 2)  postcard(Message)            |message| <= MAX_MESSAGE
+//! message   = version:u8 (= VERSION)  postcard(Message)            |message| <= MAX_MESSAGE
 //! ```
 //!
 //! Each direction numbers its frames 0, 1, 2, ... and the receiver accepts only
@@ -26,8 +26,9 @@ use crate::io::bytes::Append;
 /// 2: `Batch.sent_ns`, `Ack.echo_ns`, `Diverged`, the platform in `Hello`,
 /// log format 2 in batches. 3: `Transfer`. 4: `EpochPiece`, `EpochAck`
 /// (checkpoint mode). 5: `Hello.replication` (the pair's mode). 6:
-/// `Hello.config_digest`. A peer of another version is refused.
-pub const VERSION: u8 = 6;
+/// `Hello.config_digest`. 7: `Alive` (checkpoint keep-alives). A peer of
+/// another version is refused.
+pub const VERSION: u8 = 7;
 /// Bytes of the length field.
 pub const LEN_BYTES: usize = 4;
 /// Bytes of the nonce field.
@@ -57,7 +58,7 @@ const FRAG_LAST: u8 = 1;
 /// varint, so a first byte at or above this is an unknown tag. (It once said
 /// 5 while `Resign` was the sixth: a resignation was refused as an unknown
 /// tag. `tests.rs` round-trips every variant so that cannot happen again.)
-pub(crate) const MESSAGE_TAGS: u8 = 10;
+pub(crate) const MESSAGE_TAGS: u8 = 11;
 
 /// Encodes a message: version byte + postcard. Refuses (without side effects)
 /// a message larger than [`MAX_MESSAGE`].

@@ -1,0 +1,219 @@
+//! The checkpoint Primary's end of the link (module doc of `driver`): the
+//! connection to its Secondary, a join waiting for the next epoch, when the
+//! Secondary was last heard, the keep-alive's turn (`keepalive.rs`) and the
+//! ack reader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::lock;
+use crate::checkpoint::gated::GatedOutputs;
+use crate::checkpoint::keepalive::KEEPALIVE;
+use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
+use crate::lockstep::member::Event;
+
+/// One connection to a Secondary: its sender and its ack thread's stop.
+pub(super) struct Conn {
+    /// Tells this connection from a later one (a respawned Secondary's).
+    pub(super) id: u64,
+    pub(super) tx: ChannelSender,
+    /// When anything last went out on it (the keep-alive thread's clock).
+    pub(super) sent: Instant,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+/// A Secondary waiting to join (respawn): its channel, the generation it
+/// joins in, and where the epoch loop says which epoch was its full one.
+pub(crate) struct PendingJoin {
+    pub ch: Channel,
+    pub generation: u64,
+    pub reply: Sender<Result<JoinedLink, String>>,
+}
+
+/// The join's full epoch closed and its link is the Primary's now.
+pub(crate) struct JoinedLink {
+    /// The full epoch.
+    pub epoch: u64,
+    /// The connection it goes over (`PrimaryLink::is_up`).
+    pub conn: u64,
+}
+
+/// The Primary's end of the link: the epoch sender (while a Secondary is
+/// connected), a join waiting for the next epoch, when the Secondary was
+/// last heard.
+pub(crate) struct PrimaryLink {
+    pub(super) conn: Mutex<Option<Conn>>,
+    pub(super) next_id: AtomicU64,
+    pub(super) join: Mutex<Option<PendingJoin>>,
+    pub(super) heard: Mutex<Instant>,
+    pub(super) events: Mutex<Sender<Event>>,
+}
+
+impl PrimaryLink {
+    /// Connection `id` is gone (`why`): close it, tell the member once.
+    /// A later connection is left alone.
+    pub(super) fn lost(&self, id: u64, why: String) {
+        let mut c = lock(&self.conn);
+        if c.as_ref().is_some_and(|c| c.id == id) {
+            let c = c.take().expect("checked");
+            c.stop.store(true, Ordering::SeqCst);
+            c.tx.shutdown();
+            let _ = lock(&self.events).send(Event::ChannelLost { why });
+        }
+    }
+
+    /// Closes the connection there is, if any (no `Bye`).
+    pub(super) fn close(&self) {
+        if let Some(c) = lock(&self.conn).take() {
+            c.stop.store(true, Ordering::SeqCst);
+            c.tx.shutdown();
+        }
+    }
+
+    /// Whether connection `id` is still the Primary's.
+    pub(crate) fn is_up(&self, id: u64) -> bool {
+        lock(&self.conn).as_ref().is_some_and(|c| c.id == id)
+    }
+
+    /// Whether a Secondary is connected.
+    pub(super) fn connected(&self) -> bool {
+        lock(&self.conn).is_some()
+    }
+
+    /// Takes `ch` as the connection (read timeout set) and starts its ack
+    /// thread; returns its id.
+    pub(super) fn adopt(
+        self: &Arc<Self>,
+        ch: Channel,
+        outputs: &Arc<GatedOutputs>,
+    ) -> std::io::Result<(u64, JoinHandle<()>)> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, mut rx) = ch.split();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
+        *lock(&self.heard) = Instant::now();
+        *lock(&self.conn) = Some(Conn {
+            id,
+            tx,
+            sent: Instant::now(),
+            stop,
+        });
+        let acks = std::thread::Builder::new()
+            .name("ckpt-acks".into())
+            .spawn(move || {
+                if let Some(why) = read_acks(&mut rx, &outputs, &link, &st) {
+                    link.lost(id, why);
+                }
+            });
+        match acks {
+            Ok(t) => Ok((id, t)),
+            Err(e) => {
+                self.close();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `m` on connection `id`.
+    pub(crate) fn send_on(&self, id: u64, m: &Message) -> Result<(), String> {
+        let mut c = lock(&self.conn);
+        match c.as_mut() {
+            Some(c) if c.id == id => {
+                c.sent = Instant::now();
+                c.tx.send(m).map_err(|e| e.to_string())
+            }
+            _ => Err("the link to the joining secondary is gone".into()),
+        }
+    }
+
+    /// The keep-alive thread's turn: `Alive` on the connection there is,
+    /// if nothing went out on it for [`KEEPALIVE`]; a failed send loses it.
+    pub(super) fn keep_alive(&self) {
+        let mut c = lock(&self.conn);
+        let Some(conn) = c.as_mut() else {
+            return;
+        };
+        if conn.sent.elapsed() < KEEPALIVE {
+            return;
+        }
+        conn.sent = Instant::now();
+        if let Err(e) = conn.tx.send(&Message::Alive) {
+            let why = format!("sending a keep-alive to {}: {e}", conn.tx.peer());
+            let id = conn.id;
+            drop(c);
+            self.lost(id, why);
+        }
+    }
+
+    /// Offers a joining Secondary to the epoch loop (respawn).
+    pub(crate) fn offer_join(&self, join: PendingJoin) -> Result<(), String> {
+        if self.connected() {
+            return Err("a secondary is connected".into());
+        }
+        let mut j = lock(&self.join);
+        if j.is_some() {
+            return Err("another join is under way".into());
+        }
+        *j = Some(join);
+        Ok(())
+    }
+
+    /// Takes a pending offer back; false if the epoch loop took it already
+    /// (its answer comes when the join's epoch closes).
+    pub(crate) fn withdraw_join(&self) -> bool {
+        lock(&self.join).take().is_some()
+    }
+
+    /// Gives a join up: a pending offer is dropped; connection `conn`, if
+    /// it is still the Primary's, is closed (no `Bye`: the new Secondary
+    /// was never told it is paired, so it never races).
+    pub(crate) fn give_up_join(&self, conn: Option<u64>) {
+        lock(&self.join).take();
+        if let Some(id) = conn {
+            let mut c = lock(&self.conn);
+            if c.as_ref().is_some_and(|c| c.id == id) {
+                let c = c.take().expect("checked");
+                c.stop.store(true, Ordering::SeqCst);
+                c.tx.shutdown();
+            }
+        }
+    }
+}
+
+/// Acks into the gate until the link ends (`Some(why)`) or is closed here.
+fn read_acks(
+    rx: &mut crate::lockstep::channel::ChannelReceiver,
+    outputs: &GatedOutputs,
+    link: &PrimaryLink,
+    stop: &AtomicBool,
+) -> Option<String> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        match rx.recv() {
+            // Heard, and nothing more (`keepalive.rs`).
+            Ok(Message::Alive) => *lock(&link.heard) = Instant::now(),
+            Ok(Message::EpochAck { epoch }) => {
+                *lock(&link.heard) = Instant::now();
+                if let Err(e) = outputs.on_ack(epoch) {
+                    return Some(format!("acknowledgement of epoch {epoch} refused: {e}"));
+                }
+            }
+            Ok(Message::Bye { reason }) => {
+                return Some(format!("the secondary said bye: {reason}"))
+            }
+            Ok(m) => {
+                return Some(format!(
+                "a {} message on a checkpoint link, where the Primary takes only EpochAck, Alive and Bye",
+                m.kind()
+            ))
+            }
+            Err(ChannelError::Timeout) => {}
+            Err(e) => return Some(format!("channel: {e}")),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Keep-alives (`keepalive.rs`) on their own: they go out only while the
+//! side's loop moves, and only when nothing else went out.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::keepalive::{self, Progress, SharedSender, KEEPALIVE};
+use super::remote_tests::channel_pair;
+use crate::lockstep::channel::{ChannelError, Message};
+
+/// A loop that stops moving stops its keep-alives once the limit passed;
+/// they resume when it moves again.
+#[test]
+fn a_stalled_loop_stops_its_keepalives() {
+    let progress = Arc::new(Progress::default());
+    let (stop, ticks) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let limit = KEEPALIVE * 5;
+    let t = {
+        let ticks = Arc::clone(&ticks);
+        let tick = move || {
+            ticks.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        keepalive::spawn(
+            "test-alive".into(),
+            (Arc::clone(&stop), limit),
+            Arc::clone(&progress),
+            tick,
+        )
+        .unwrap()
+    };
+    let moving = Instant::now();
+    while moving.elapsed() < KEEPALIVE * 10 {
+        progress.stamp();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        ticks.load(Ordering::SeqCst) >= 2,
+        "no keep-alive while moving"
+    );
+    // Stalled: past the limit (and one tick), no more.
+    std::thread::sleep(limit + KEEPALIVE * 3);
+    let at = ticks.load(Ordering::SeqCst);
+    std::thread::sleep(KEEPALIVE * 10);
+    assert_eq!(
+        ticks.load(Ordering::SeqCst),
+        at,
+        "keep-alives from a stalled loop"
+    );
+    progress.stamp();
+    let again = Instant::now();
+    while ticks.load(Ordering::SeqCst) == at {
+        assert!(again.elapsed() < Duration::from_secs(10), "never resumed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+}
+
+/// `keep_alive` sends `Alive` only when the side sent nothing for the
+/// period; the peer gets it as a message of its own.
+#[test]
+fn a_keepalive_goes_out_only_when_nothing_else_did() {
+    let (p, s) = channel_pair();
+    let (tx, _) = p.split();
+    let (_, mut rx) = s.split();
+    let tx = SharedSender::new(tx);
+    tx.send(&Message::EpochAck { epoch: 3 }).unwrap();
+    tx.keep_alive(Duration::from_secs(3600)).unwrap();
+    tx.keep_alive(Duration::ZERO).unwrap();
+    assert_eq!(rx.recv().unwrap(), Message::EpochAck { epoch: 3 });
+    assert_eq!(rx.recv().unwrap(), Message::Alive);
+    match rx.recv() {
+        Err(ChannelError::Timeout) => {}
+        other => panic!("a keep-alive although one was sent just now: {other:?}"),
+    }
+}
+
+/// A message of many frames crossing a slow link moves the receiver's
+/// frame counter before it is whole (the Secondary's member counts such
+/// frames as heard): one 1 MiB epoch piece through a proxy that passes
+/// 256 KiB/s.
+#[test]
+fn the_frame_counter_moves_while_a_large_message_arrives() {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    use crate::lockstep::channel::{self, Identity};
+
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let (to, via) = (listener.local_addr().unwrap(), proxy.local_addr().unwrap());
+    // Primary -> Secondary at 16 KiB per 62 ms; the other way as it comes.
+    std::thread::spawn(move || {
+        let (mut from_p, _) = proxy.accept().unwrap();
+        let mut to_s = TcpStream::connect(to).unwrap();
+        let (mut back_s, mut back_p) = (to_s.try_clone().unwrap(), from_p.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut back_s, &mut back_p));
+        let mut buf = vec![0u8; 16 << 10];
+        while let Ok(n @ 1..) = from_p.read(&mut buf) {
+            if to_s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(62));
+        }
+    });
+    let (p_id, s_id) = (
+        Identity {
+            private_key: [0x41; 32],
+        },
+        Identity {
+            private_key: [0x42; 32],
+        },
+    );
+    let (p_pub, s_pub) = (p_id.public_key(), s_id.public_key());
+    let timeout = Duration::from_secs(5);
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let allowed = move |k: &[u8; 32]| (*k == p_pub).then(|| "host-a".to_string());
+        channel::accept(stream, &s_id, &allowed, timeout).unwrap()
+    });
+    let p = channel::connect(via, &p_id, &s_pub, "host-b", timeout).unwrap();
+    let s = server.join().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let frames = s.frame_counter();
+    let (mut tx, _) = p.split();
+    let (_, mut rx) = s.split();
+    let big = Message::EpochPiece {
+        bytes: vec![7u8; 1 << 20],
+    };
+    let sender = std::thread::spawn(move || tx.send(&big).map(|()| tx));
+    let mut counts = Vec::new();
+    let got = loop {
+        counts.push(frames.load(Ordering::Relaxed));
+        match rx.recv() {
+            Ok(m) => break m,
+            Err(ChannelError::Timeout) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(matches!(got, Message::EpochPiece { ref bytes } if bytes.len() == 1 << 20));
+    counts.dedup();
+    let whole = frames.load(Ordering::Relaxed);
+    assert!(
+        whole >= 17,
+        "a 1 MiB message is at least 17 frames: {whole}"
+    );
+    assert!(
+        counts.iter().filter(|&&c| c > 0 && c < whole).count() >= 3,
+        "the counter did not move while the message arrived: {counts:?} of {whole}"
+    );
+    sender.join().unwrap().unwrap();
+}
