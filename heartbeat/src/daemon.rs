@@ -120,11 +120,10 @@ impl DropLog {
         src: SocketAddr,
         detail: &str,
     ) -> Option<String> {
-        let i = DropReason::ALL.iter().position(|r| *r == reason)?;
-        if self.last[i].is_some_and(|t| now.duration_since(t) < DROP_LOG_EVERY) {
-            self.suppressed[i] += 1;
+        if !self.due(now, reason) {
             return None;
         }
+        let i = DropReason::ALL.iter().position(|r| *r == reason)?;
         let more = std::mem::take(&mut self.suppressed[i]);
         self.last[i] = Some(now);
         let more = if more > 0 {
@@ -474,12 +473,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
                 let now = Instant::now();
                 refused.add(r.peer, r.reason, now);
                 if drops.due(now, r.reason) {
-                    let claimed = r.peer.and_then(|id| s.node().peer_name(id));
-                    Received::Dropped {
-                        reason: r.reason,
-                        claimed,
-                        detail: r.detail,
-                    }
+                    s.node().describe_rejected(r)
                 } else {
                     continue;
                 }

@@ -182,6 +182,12 @@ impl Node {
     /// Counts a datagram the gate refused.
     pub fn on_rejected(&mut self, r: Rejected) -> Received {
         self.view.record_drop(r.peer, r.reason);
+        self.describe_rejected(r)
+    }
+
+    /// The drop a refused datagram is reported as, without counting it (the
+    /// daemon's receive loop counts refusals itself, outside the lock).
+    pub fn describe_rejected(&self, r: Rejected) -> Received {
         Received::Dropped {
             reason: r.reason,
             claimed: r.peer.and_then(|id| self.peer_name(id)),
