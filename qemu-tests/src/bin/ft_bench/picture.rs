@@ -89,24 +89,21 @@ pub fn bars(model: &[Prediction]) -> Vec<Bar> {
             label: format!("{op} unprotected"),
             blocks: vec![(Part::Guest, guest)],
         });
-        out.push(Bar {
-            label: format!("{op} pair"),
+        // The measured pair and the model differ only in the link's block.
+        let pair_bar = |label: String, link_us: f64| Bar {
+            label,
             blocks: vec![
                 (Part::Guest, guest),
-                (Part::LinkRtt, link),
+                (Part::LinkRtt, link_us),
                 (Part::HeldBeyondLink, held),
                 (Part::Other, other),
             ],
-        });
-        out.push(Bar {
-            label: format!("{op} pair, {REAL_RTT_US:.0} us RTT (model)"),
-            blocks: vec![
-                (Part::Guest, guest),
-                (Part::LinkRtt, real_link),
-                (Part::HeldBeyondLink, held),
-                (Part::Other, other),
-            ],
-        });
+        };
+        out.push(pair_bar(format!("{op} pair"), link));
+        out.push(pair_bar(
+            format!("{op} pair, {REAL_RTT_US:.0} us RTT (model)"),
+            real_link,
+        ));
     }
     out
 }
