@@ -3,7 +3,8 @@
 //! words, going live. Everything else that learns something — the link
 //! threads, the vCPU's run thread, the daemon (fencing's grant and
 //! depositions), the race workers — sends it an [`Event`]; a tick every
-//! [`TICK`] carries the channel's silence.
+//! [`TICK`], and one when the channel's silence reaches the member's limit,
+//! carries the silence.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -213,12 +214,28 @@ impl Driver {
 
 impl Ctx {
     fn run(&mut self, member: &mut Member, rx: Receiver<Msg>) {
+        let mut next_tick = Instant::now() + TICK;
         loop {
             self.adopt_link(member);
-            let ev = match rx.recv_timeout(TICK) {
+            let wait = next_tick
+                .saturating_duration_since(Instant::now())
+                .min(self.until_silence_limit(member));
+            let ev = match rx.recv_timeout(wait) {
                 Ok(Msg::Event(ev)) => ev,
                 Ok(Msg::Quit) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => self.tick(),
+                Err(RecvTimeoutError::Timeout) => {
+                    next_tick = Instant::now() + TICK;
+                    self.tick()
+                }
+            };
+            // Events arriving faster than the tick must not starve it: the
+            // tick is what notices silence.
+            let ev = if Instant::now() >= next_tick {
+                self.step(member, ev);
+                next_tick = Instant::now() + TICK;
+                self.tick()
+            } else {
+                ev
             };
             self.step(member, ev);
             if member.is_halted() {
@@ -262,6 +279,22 @@ impl Ctx {
         member.set_live_failure_timeout(ft.as_millis() as u64);
         if let Some(log) = &self.res.log {
             log.set_lag_limit(live.lag_limit(self.spec.lag_limit));
+        }
+    }
+
+    /// How long until the channel's silence reaches the member's limit
+    /// (just past it, so the tick then sees it reached); a long wait when
+    /// the member watches no silence or has no link (then the regular tick
+    /// counts the unlinked time).
+    fn until_silence_limit(&self, member: &Member) -> Duration {
+        match (member.silence_limit_ms(), &self.res.link) {
+            (Some(limit), Some(l)) => {
+                Duration::from_millis(limit)
+                    .saturating_sub(l.silent_for())
+                    .max(Duration::from_millis(1))
+                    + Duration::from_millis(1)
+            }
+            _ => TICK,
         }
     }
 

@@ -279,6 +279,18 @@ impl Member {
         )
     }
 
+    /// The channel silence at which this member acts on a tick (a paired
+    /// Primary races, a following Secondary drains), if it watches silence
+    /// at all: the driver wakes for it instead of at its next regular tick,
+    /// so suspicion lands when the timeout runs out, not up to a tick later.
+    pub fn silence_limit_ms(&self) -> Option<u64> {
+        match self.state {
+            State::Paired { .. } | State::StorageHeld { .. } => Some(self.live_timeout_ms),
+            State::Following { .. } => Some(self.secondary_silence_ms()),
+            _ => None,
+        }
+    }
+
     /// The gate a member starts with (the driver applies it first).
     pub fn initial_gate(&self) -> Gate {
         match self.state {
