@@ -36,6 +36,8 @@ mod picture;
 mod ping;
 #[path = "ft_bench/report.rs"]
 mod report;
+#[path = "ft_bench/soak.rs"]
+mod soak;
 #[path = "ft_bench/stats.rs"]
 mod stats;
 
@@ -96,6 +98,10 @@ struct Args {
     /// Skip the load on the survivor after the failover.
     #[arg(long)]
     no_survivor: bool,
+    /// Before the failover, hold the pair this many seconds, half idle and
+    /// half under four PUT connections, counting false suspicions.
+    #[arg(long, default_value_t = 0)]
+    soak: u64,
     /// Where the JSON goes (default: <target>/ft-bench/ft-bench-<unix time>.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -120,6 +126,8 @@ pub struct Run {
     pub loads: Vec<Load>,
     pub metrics: Option<metrics::Metrics>,
     pub failover: Option<failover::Failover>,
+    /// The soak before the failover (`--soak`).
+    pub soak: Option<soak::Soak>,
     /// The load on the survivor alone, its peer dead.
     pub survivor: Vec<Load>,
     pub errors: Vec<String>,
@@ -281,6 +289,7 @@ fn measure(args: &Args, mode: Mode, source: &ClusterSource) -> Result<Run> {
         loads: Vec::new(),
         metrics: None,
         failover: None,
+        soak: None,
         survivor: Vec::new(),
         errors: Vec::new(),
     };
@@ -305,6 +314,14 @@ fn measure(args: &Args, mode: Mode, source: &ClusterSource) -> Result<Run> {
             &mut run.errors,
             metrics::query(&op, addr, &key).map(|t| run.metrics = Some(metrics::parse(&t, VM))),
         );
+        if args.soak > 0 {
+            let hosts = [PRIMARY, SECONDARY];
+            let d = Duration::from_secs(args.soak);
+            note(
+                &mut run.errors,
+                soak::run(&cluster, &hosts, &tap, d).map(|s| run.soak = Some(s)),
+            );
+        }
         if !args.no_failover {
             let f = failover::run(&cluster, &tap, VM, PRIMARY, SECONDARY);
             let ok = f.is_ok();

@@ -52,6 +52,7 @@ pub fn render(b: &Bench) -> String {
     loads(w, b);
     pings(w, b);
     timeline(w, b);
+    soak(w, b);
     failover(w, b);
     model(w, b);
     for r in &b.runs {
@@ -181,6 +182,25 @@ fn timeline(w: &mut String, b: &Bench) {
     }
     for (k, v) in &m.counters {
         let _ = writeln!(w, "  {k} = {v}");
+    }
+}
+
+fn soak(w: &mut String, b: &Bench) {
+    let Some(s) = run(b, Mode::Pair).and_then(|r| r.soak.as_ref()) else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "\nSoak: the pair idle {:.0} s, then 4 PUT connections {:.0} s ({} operations); failure timeout {} ms",
+        s.idle_s, s.loaded_s, s.loaded_ops, b.failure_timeout_ms
+    );
+    let _ = writeln!(
+        w,
+        "  false suspicions (heartbeat, pair, protection lines on both hosts): {} idle, {} loaded",
+        s.false_suspicions_idle, s.false_suspicions_loaded
+    );
+    for l in &s.lines {
+        let _ = writeln!(w, "    {l}");
     }
 }
 
