@@ -6,27 +6,11 @@
 //! after (docs/design.md §1: nothing leaves before the member opens it): the
 //! block requests the replay issued and the log never completed — with the
 //! bytes the *replay* produced, not what guest memory holds now — and three
-//! gratuitous ARPs announcing the guest's MAC — and then the TCP segments the
-//! replay produced in its last moments ([`tcp_to_resend`]). The clock
-//! continues from the last recorded value; the timer is re-armed from the PIT.
-//!
-//! Why send TCP segments again: the deposed Primary held its last outputs
-//! until the Secondary acknowledged them and may have died holding them;
-//! the replay produced the same segments and dropped them. Left alone, the
-//! guest's own retransmission timer sends them again — a timer that stood
-//! still during the outage (the guest's time did not move) and runs its
-//! whole course after go-live — and a client whose request was lost with
-//! the old host waits for its own retransmission timeout (≥ 200 ms on
-//! Linux, doubled at every try). Sent at once, a segment the client lacks
-//! is delivered, and one it already has is a duplicate that makes it
-//! acknowledge at once, which (with SACK) tells it what to send again
-//! without waiting for its timer. A duplicate TCP segment is harmless by
-//! TCP's design, and these are the surviving member's own outputs, which
-//! the Output Rule lets it release; other protocols are not sent again
-//! (a UDP application may count a duplicate datagram).
+//! gratuitous ARPs announcing the guest's MAC. The clock continues from the
+//! last recorded value; the timer is re-armed from the PIT.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use config_schema::events::{self, EventKind};
 
@@ -35,7 +19,7 @@ use super::pair::run_with_digests;
 use super::pair::DigestForward;
 use super::pair::{new_gate, start_live, stop_on_reset};
 use super::primary::{Gate, PrimaryInputs, PrimaryOutputs};
-use super::secondary::{RecentFrame, ReplayQueue};
+use super::secondary::ReplayQueue;
 use super::spec::PairHandle;
 use super::spec::{PairError, PairSpec};
 use crate::io::{
@@ -166,23 +150,9 @@ pub fn go_live(
             }
         }
     }
-    let mut resent = 0;
-    if with_tap {
-        let window = 2 * spec.live_timing.failure_timeout(spec.failure_timeout);
-        for f in tcp_to_resend(q.recent_tcp_frames(), from.lost_at, window) {
-            resent += 1;
-            out.emit(
-                n,
-                OutputEvent::Frame {
-                    dev: f.dev,
-                    data: f.data,
-                },
-            );
-        }
-    }
     let ms = from.lost_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
     let line = format!(
-        "ftvmm: vm {name}: won generation {}; live as primary at exit {n} ({ms} ms after suspicion; {reissued} disk requests re-issued; {resent} TCP segments sent again; backends opened in {opened_ms} ms)",
+        "ftvmm: vm {name}: won generation {}; live as primary at exit {n} ({ms} ms after suspicion; {reissued} disk requests re-issued; backends opened in {opened_ms} ms)",
         from.generation
     );
     println!("{line}");
@@ -241,39 +211,6 @@ fn check_in_flight(name: &str, vm: &Vm, reissue: &[crate::io::BlockRequest]) {
     }
 }
 
-/// The TCP segments a go-live sends again: those the replay produced
-/// within `window` before the Primary was lost (`lost_at`; all of them when
-/// unknown), oldest first. `window` is twice the failure timeout: the
-/// Primary was last heard a failure timeout before it was lost, and the
-/// segments it may have held were produced shortly before that.
-pub fn tcp_to_resend(
-    recent: Vec<RecentFrame>,
-    lost_at: Option<Instant>,
-    window: Duration,
-) -> Vec<RecentFrame> {
-    let since = lost_at.and_then(|t| t.checked_sub(window));
-    recent
-        .into_iter()
-        .filter(|f| since.is_none_or(|s| f.at >= s))
-        .collect()
-}
-
-/// Whether an Ethernet frame carries a TCP segment (IPv4 or IPv6 with TCP
-/// as the next header, with or without one 802.1Q tag).
-pub fn is_tcp(frame: &[u8]) -> bool {
-    const TCP: u8 = 6;
-    let (ethertype, l3) = match frame.get(12..14) {
-        Some([0x81, 0x00]) => (frame.get(16..18), 18),
-        Some(t) => (Some(t), 14),
-        None => return false,
-    };
-    match ethertype {
-        Some([0x08, 0x00]) => frame.get(l3 + 9) == Some(&TCP),
-        Some([0x86, 0xdd]) => frame.get(l3 + 6) == Some(&TCP),
-        _ => false,
-    }
-}
-
 /// A gratuitous ARP request announcing `ip` at `mac` (so switches and
 /// neighbours learn the guest's new port at once).
 pub fn gratuitous_arp(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
@@ -299,63 +236,6 @@ pub fn cmdline_ip(cmdline: &str) -> Option<[u8; 4]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An Ethernet frame: `ethertype` after the MACs, then `l3`.
-    fn frame(ethertype: &[u8], l3: &[u8]) -> Vec<u8> {
-        [&[0u8; 12][..], ethertype, l3].concat()
-    }
-
-    fn ipv4(protocol: u8) -> Vec<u8> {
-        let mut h = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, protocol, 0, 0];
-        h.extend([198, 51, 100, 10, 198, 51, 100, 200]);
-        h.extend([0u8; 20]);
-        h
-    }
-
-    #[test]
-    fn only_tcp_segments_count_as_tcp() {
-        assert!(is_tcp(&frame(&[0x08, 0x00], &ipv4(6))));
-        assert!(!is_tcp(&frame(&[0x08, 0x00], &ipv4(17))), "UDP");
-        assert!(!is_tcp(&frame(&[0x08, 0x00], &ipv4(1))), "ICMP");
-        let mut v6 = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
-        v6.extend([0u8; 32]);
-        assert!(is_tcp(&frame(&[0x86, 0xdd], &v6)));
-        v6[6] = 17;
-        assert!(!is_tcp(&frame(&[0x86, 0xdd], &v6)), "UDP over IPv6");
-        let tagged = frame(&[0x81, 0x00, 0x00, 0x05, 0x08, 0x00], &ipv4(6));
-        assert!(is_tcp(&tagged), "one 802.1Q tag");
-        assert!(!is_tcp(&gratuitous_arp([2, 0, 0, 0, 0, 1], [192, 0, 2, 1])));
-        // Cut short anywhere: not TCP, and no panic.
-        let full = frame(&[0x08, 0x00], &ipv4(6));
-        for n in 0..24 {
-            assert!(!is_tcp(&full[..n]), "{n} bytes");
-        }
-        assert!(is_tcp(&full[..24]));
-    }
-
-    #[test]
-    fn segments_from_before_the_window_are_not_sent_again() {
-        // In the future, so subtracting never underflows the clock.
-        let lost = Instant::now() + Duration::from_secs(10);
-        let window = Duration::from_millis(1000);
-        let seg = |ago_ms: u64, tag: u8| RecentFrame {
-            at: lost - Duration::from_millis(ago_ms),
-            dev: 0,
-            data: vec![tag],
-        };
-        let recent = vec![seg(3000, 1), seg(1001, 2), seg(999, 3), seg(10, 4)];
-        let tags = |v: Vec<RecentFrame>| v.into_iter().map(|f| f.data[0]).collect::<Vec<_>>();
-        assert_eq!(
-            tags(tcp_to_resend(recent.clone(), Some(lost), window)),
-            [3, 4],
-            "oldest first, within the window only"
-        );
-        assert_eq!(
-            tags(tcp_to_resend(recent, None, window)),
-            [1, 2, 3, 4],
-            "when the loss time is unknown, every kept segment"
-        );
-    }
 
     #[test]
     fn gratuitous_arp_announces_the_guest() {

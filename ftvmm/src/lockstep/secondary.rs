@@ -32,18 +32,6 @@ use super::primary::CHECK_EVERY;
 use crate::io::{BlockRequest, ExitIndex, InputEvent, Inputs, OutputEvent, Outputs, TimeSource};
 use crate::vm::VmHandle;
 
-/// TCP segments of the replay kept for a go-live to send again.
-pub const RECENT_TCP: usize = 32;
-
-/// A TCP segment the replay produced (and dropped).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecentFrame {
-    /// When the replay produced it.
-    pub at: std::time::Instant,
-    pub dev: u8,
-    pub data: Vec<u8>,
-}
-
 /// How long one blocking wait lasts before re-checking for a stop request.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -68,9 +56,6 @@ struct State {
     /// Block requests the replayed VM issued and the log has not completed
     /// yet, with the bytes the replay produced: what a go-live re-issues.
     in_flight: BTreeMap<(u8, u64), BlockRequest>,
-    /// The last TCP segments the replay produced, with when: what a go-live
-    /// sends again (`golive::tcp_to_resend`).
-    recent_tcp: VecDeque<RecentFrame>,
     /// Every record `< received` arrived (pieces of an unfinished body
     /// included).
     received: u64,
@@ -107,7 +92,6 @@ impl ReplayQueue {
                 records: VecDeque::new(),
                 newest_sent_ns: 0,
                 in_flight: BTreeMap::new(),
-                recent_tcp: VecDeque::new(),
                 received: first_seq,
                 replayed: first_seq,
                 replayed_exit: 0,
@@ -201,12 +185,6 @@ impl ReplayQueue {
     /// flight, and guest memory may have changed since they were issued).
     pub fn in_flight_block_requests(&self) -> Vec<BlockRequest> {
         self.lock().in_flight.values().cloned().collect()
-    }
-
-    /// The last (at most [`RECENT_TCP`]) TCP segments the replay produced,
-    /// oldest first, each with when the replay produced it.
-    pub fn recent_tcp_frames(&self) -> Vec<RecentFrame> {
-        self.lock().recent_tcp.iter().cloned().collect()
     }
 
     /// A Secondary restored by live transfer: the block requests the
@@ -634,21 +612,8 @@ impl Outputs for SecondaryOutputs {
         let mut st = self.0.lock();
         st.out_digest.add(&event);
         st.outputs_dropped += 1;
-        match event {
-            OutputEvent::Block(req) => {
-                st.in_flight.insert((req.dev, req.id), req);
-            }
-            OutputEvent::Frame { dev, data } if super::golive::is_tcp(&data) => {
-                if st.recent_tcp.len() == RECENT_TCP {
-                    st.recent_tcp.pop_front();
-                }
-                st.recent_tcp.push_back(RecentFrame {
-                    at: std::time::Instant::now(),
-                    dev,
-                    data,
-                });
-            }
-            _ => {}
+        if let OutputEvent::Block(req) = event {
+            st.in_flight.insert((req.dev, req.id), req);
         }
     }
 }
@@ -667,51 +632,6 @@ mod tests {
                 data: data.to_vec(),
             },
         })
-    }
-
-    /// The replay keeps its last TCP segments (for a go-live to send again),
-    /// no other frames, and no more than [`RECENT_TCP`].
-    #[test]
-    fn the_replay_keeps_its_last_tcp_segments_only() {
-        let q = ReplayQueue::new(0);
-        let mut out = SecondaryOutputs(Arc::clone(&q));
-        let frame = |protocol: u8, tag: u8| {
-            let mut f = vec![0u8; 12];
-            f.extend([0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0, 0, 64, protocol]);
-            f.extend([0u8; 28]);
-            f.push(tag);
-            f
-        };
-        for i in 0..40u8 {
-            out.emit(
-                0,
-                OutputEvent::Frame {
-                    dev: 0,
-                    data: frame(6, i),
-                },
-            );
-            out.emit(
-                0,
-                OutputEvent::Frame {
-                    dev: 0,
-                    data: frame(17, i),
-                },
-            );
-        }
-        let kept = q.recent_tcp_frames();
-        assert_eq!(kept.len(), RECENT_TCP);
-        let tags: Vec<u8> = kept.iter().map(|f| *f.data.last().unwrap()).collect();
-        assert_eq!(
-            tags,
-            (8..40).collect::<Vec<u8>>(),
-            "the last ones, in order"
-        );
-        assert!(kept.iter().all(|f| f.data[23] == 6), "TCP only");
-        assert_eq!(
-            q.status()["outputs_dropped"],
-            80,
-            "every output still digested and dropped"
-        );
     }
 
     /// What a go-live re-issues is what the replay issued, with the bytes the
