@@ -65,11 +65,15 @@ demo: image
 ## bench: numbers for the issue notes (tables on stdout)
 ## FT_BENCH_ARGS: options of the QEMU-host section (qemu-tests ft-bench: unprotected vs pair on host-a and
 ##   host-b, pings, the Primary's timeline, the failover pause; JSON under the target dir), e.g. --seconds 5
+## SCALE_BENCH_ARGS: options of the scaling section (qemu-tests scale-bench: 1, 2, 4, 8 protected VMs on the
+##   three hosts, per-VM PUT/s and log bandwidth, CPU and memory per host, a host kill), e.g. --vms 1,4
 FT_BENCH_ARGS ?=
+SCALE_BENCH_ARGS ?=
 bench: image
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
 	$(CARGO) run --release -p qemu-tests --bin ft-bench -- $(FT_BENCH_ARGS)
+	$(CARGO) run --release -p qemu-tests --bin scale-bench -- $(SCALE_BENCH_ARGS)
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench -- --ft-throttle until-ack,fixed
 	$(CARGO) bench -p heartbeat --bench flood

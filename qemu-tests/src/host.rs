@@ -489,6 +489,12 @@ impl Host {
         })
     }
 
+    /// The QEMU process's id (its CPU time in `/proc/<pid>/stat` is the
+    /// host's).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -37,7 +37,11 @@ impl Kv {
     /// ARP replies too, until its epoch is acknowledged, which takes seconds
     /// while a Linux guest boots on the TCG hosts.
     pub fn connect(client: &NetnsTap) -> Kv {
-        let addr: SocketAddr = GUEST.parse().expect("valid address");
+        Kv::connect_to(client, GUEST.parse().expect("valid address"))
+    }
+
+    /// [`Kv::connect`] to the guest at `addr` (a cluster with several VMs).
+    pub fn connect_to(client: &NetnsTap, addr: SocketAddr) -> Kv {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut refused = 0;
         let stream = loop {
@@ -49,12 +53,10 @@ impl Kv {
                         && std::time::Instant::now() < deadline =>
                 {
                     refused += 1;
-                    eprintln!(
-                        "kv client: connection to {GUEST} refused ({refused}); retrying: {e}"
-                    );
+                    eprintln!("kv client: connection to {addr} refused ({refused}); retrying: {e}");
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err(e) => panic!("cannot connect to the guest at {GUEST}: {e}"),
+                Err(e) => panic!("cannot connect to the guest at {addr}: {e}"),
             }
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();

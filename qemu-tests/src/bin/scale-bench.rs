@@ -1,0 +1,615 @@
+//! `make bench`'s scaling section (issue 17): N protected VMs on the three
+//! hosts of `examples/cluster.toml` (1, 2, 4 and 8 by default), the pairs
+//! rotating over (host-a, host-b), (host-b, host-c), (host-a, host-c) (see
+//! [`vm`]), each with its own disk region, MAC and address. For each N, one boot of the
+//! three hosts:
+//!
+//! - **load**: every VM under one PUT connection at once for `--seconds`:
+//!   per-VM ops/s, each VM's log bandwidth (the Primary's
+//!   `ft_log_bytes_total` over the phase), each host's CPU (its QEMU
+//!   process's CPU time over the phase, in cores) and memory (QEMU's resident
+//!   set: guest RAM the host touched);
+//! - **kill**: the host running the most Primaries is killed (SIGKILL) under
+//!   a PUT/GET client per VM; every VM must answer again (its pause is the
+//!   longest gap between its replies), and every acknowledged PUT is read back
+//!   on a fresh connection — a missing or different value is a lost write.
+//!
+//! A table on stdout and JSON under the target dir. Needs root, QEMU and the
+//! ISO.
+
+#[path = "ft_bench/load.rs"]
+#[allow(dead_code)]
+mod load;
+#[path = "ft_bench/metrics.rs"]
+#[allow(dead_code)]
+mod metrics;
+#[path = "ft_bench/stats.rs"]
+#[allow(dead_code)]
+mod stats;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use qemu_tests::kv::Kv;
+use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+
+use load::guarded;
+
+const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
+/// Region size per VM (the shared device of the example has 256 MiB, 16 of
+/// them for fencing).
+const REGION_MIB: u64 = 24;
+const MAX_VMS: usize = 9;
+/// Each QEMU host's memory: up to six members of 64 MiB VMs, their VMM
+/// buffers and the appliance, which runs from RAM.
+const HOST_MEMORY_MIB: u32 = 2048;
+const OPERATOR_CIDR: &str = "192.0.2.200/24";
+const CLIENT_CIDR: &str = "198.51.100.200/24";
+
+#[derive(Parser)]
+#[command(
+    about = "FT with N protected VMs on three QEMU hosts: throughput, log bandwidth, CPU and memory per host, a host kill"
+)]
+struct Args {
+    /// Base cluster config (hosts, timing, storage; its VMs are replaced).
+    #[arg(long, default_value = "examples/cluster.toml")]
+    config: PathBuf,
+    #[arg(long, default_value = "examples/dev-keys/signing.pk8")]
+    key: PathBuf,
+    #[arg(long, default_value = "examples/dev-keys/hosts")]
+    host_keys: PathBuf,
+    /// Operator key for `ftctl metrics` (its public half is added to the config).
+    #[arg(long, default_value = "examples/dev-keys/operators/dev-operator")]
+    operator: PathBuf,
+    /// Numbers of VMs, one boot each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    vms: Vec<usize>,
+    /// Seconds of the load phase.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Skip the host kill.
+    #[arg(long)]
+    no_kill: bool,
+    /// Seconds to wait for hosts, pairs and guests.
+    #[arg(long, default_value_t = 600)]
+    boot_timeout: u64,
+    /// Where the JSON goes (default: <target>/scale-bench/scale-bench-<unix time>.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One VM of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+struct VmRow {
+    name: String,
+    primary: String,
+    secondary: String,
+    puts: usize,
+    ops_per_s: f64,
+    log_bytes_per_s: Option<f64>,
+    /// After the kill: the longest gap between the VM's replies.
+    pause_ms: Option<u64>,
+    acked_puts: Option<usize>,
+    lost_puts: Option<usize>,
+}
+
+/// One host of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+struct HostRow {
+    name: String,
+    primaries: usize,
+    secondaries: usize,
+    /// QEMU's CPU time over the load phase per second of it (1.0 = one core).
+    cpu_cores: f64,
+    rss_mib: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Run {
+    vms: usize,
+    seconds: f64,
+    rows: Vec<VmRow>,
+    hosts: Vec<HostRow>,
+    victim: Option<String>,
+    errors: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    qemu_tests::host::kill_hosts_on_panic();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.vms.iter().any(|&n| n == 0 || n > MAX_VMS) || args.seconds <= 0.0 {
+        bail!("--vms takes numbers from 1 to {MAX_VMS}, --seconds a positive number");
+    }
+    let base = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("read {}", args.config.display()))?;
+    let operator_pub = std::fs::read_to_string(args.operator.with_extension("pub"))
+        .context("read the operator's public key")?;
+    let dir = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for &n in &args.vms {
+        let path = dir.path().join(format!("scale-{n}.toml"));
+        std::fs::write(&path, config(&base, n, operator_pub.trim())?)?;
+        let src = ClusterSource {
+            config: path,
+            signing_key: args.key.clone(),
+            host_keys: args.host_keys.clone(),
+        };
+        let run = measure(&args, n, &src)?;
+        print!("{}", render(&run));
+        runs.push(run);
+    }
+    let json = match &args.json {
+        Some(p) => p.clone(),
+        None => default_json()?,
+    };
+    if let Some(d) = json.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(&runs)?)?;
+    println!("scale-bench: JSON in {}", json.display());
+    let failed: usize = runs.iter().map(|r| r.errors.len()).sum();
+    if failed > 0 {
+        bail!("{failed} step(s) failed (see the tables)");
+    }
+    Ok(())
+}
+
+/// VM `i`'s name, Primary and Secondary hosts. Its affinity allows exactly
+/// these two, and placement puts the Primary on the first of them in the
+/// config's `hosts` order (`ftvmm/src/lockstep/placement/choose.rs`; the
+/// order of an affinity list is no preference), so the pairs rotate over
+/// (a, b), (b, c), (a, c): host-c is never a Primary while host-a or host-b
+/// is allowed.
+fn vm(i: usize) -> (String, &'static str, &'static str) {
+    let (p, s) = [(0, 1), (1, 2), (0, 2)][i % 3];
+    (format!("kv{i}"), HOSTS[p], HOSTS[s])
+}
+
+fn vm_addr(i: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(198, 51, 100, 10 + i as u8), 7000))
+}
+
+/// The base config with its regions and VMs replaced by `n` VMs and the
+/// operator added.
+fn config(base: &str, n: usize, operator_pub: &str) -> Result<String> {
+    let cut = |from: &str| {
+        base.find(from)
+            .with_context(|| format!("the base config has no {from:?}"))
+    };
+    let (regions, groups, vms) = (
+        cut("[[storage.regions]]")?,
+        cut("[[host_groups]]")?,
+        cut("[[vms]]")?,
+    );
+    if !(regions < groups && groups < vms) {
+        bail!("the base config must have its regions, then its host groups, then its VMs");
+    }
+    let mut t = base[..regions].to_string();
+    for i in 0..n {
+        t += &format!(
+            "[[storage.regions]]\nname = \"kv{i}-disk\"\noffset_mib = {}\nsize_mib = {REGION_MIB}\n\n",
+            16 + REGION_MIB * i as u64
+        );
+    }
+    t += &base[groups..vms];
+    t += &format!("[[operators]]\nname = \"bench-operator\"\npublic_key = \"{operator_pub}\"\n\n");
+    for i in 0..n {
+        let (name, p, s) = vm(i);
+        t += &format!(
+            "[[vms]]\nname = \"{name}\"\nmemory_mib = 64\nimage = \"kv-guest\"\nmode = \"kv\"\n\
+             disk_region = \"{name}-disk\"\nmac = \"52:54:00:12:34:{:02x}\"\nip = \"198.51.100.{}/24\"\n\
+             affinity = {{ hosts = [\"{p}\", \"{s}\"] }}\n\n",
+            0x56 + i,
+            10 + i
+        );
+    }
+    Ok(t)
+}
+
+fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
+    eprintln!("scale-bench: {n} VM(s): booting {}", HOSTS.join(", "));
+    let mut cluster = Cluster::new(&format!("scale-bench-{n}"), src)?;
+    for h in HOSTS {
+        let mut spec = cluster.host_spec(h)?;
+        spec.memory_mib = HOST_MEMORY_MIB;
+        cluster.boot_spec(spec)?;
+    }
+    let t = Duration::from_secs(args.boot_timeout);
+    for h in HOSTS {
+        cluster
+            .host(h)?
+            .wait_for(format!("appliance ready: host={h} "), t)
+            .with_context(|| format!("{h} not ready"))?;
+    }
+    for i in 0..n {
+        let (name, p, s) = vm(i);
+        cluster
+            .host(s)?
+            .wait_for(
+                format!("ftvmm: vm {name}: paired with primary {p}; generation 1"),
+                t,
+            )
+            .with_context(|| format!("{name} not paired ({p} Primary, {s} Secondary)"))?;
+        cluster
+            .host(p)?
+            .wait_for(format!("[{name}] kv: listening on"), t)
+            .with_context(|| format!("{name}'s guest does not listen"))?;
+    }
+    let tap = cluster.vm_client("client", CLIENT_CIDR)?;
+    let op = NetnsTap::attach(
+        &cluster.ft,
+        "operator",
+        &format!("fts-{}-op", std::process::id()),
+        OPERATOR_CIDR,
+        None,
+    )?;
+    let mut run = Run {
+        vms: n,
+        seconds: args.seconds,
+        rows: Vec::new(),
+        hosts: Vec::new(),
+        victim: None,
+        errors: Vec::new(),
+    };
+    let key = args.operator.with_extension("pk8");
+    let before = log_bytes(&op, &key, n);
+    let cpu0 = cpu_seconds(&cluster)?;
+    let t0 = Instant::now();
+    let puts = put_load(&tap, n, Duration::from_secs_f64(args.seconds));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(&cluster)?;
+    let after = log_bytes(&op, &key, n);
+    for (i, put) in puts.iter().enumerate() {
+        let (name, p, s) = vm(i);
+        let (count, err) = match put {
+            Ok(c) => (*c, None),
+            Err(e) => (0, Some(format!("{name}: load: {e:#}"))),
+        };
+        run.errors.extend(err);
+        let bw = match (&before, &after) {
+            (Ok(b), Ok(a)) => a.get(&name).zip(b.get(&name)).map(|(a, b)| (a - b) / wall),
+            _ => None,
+        };
+        run.rows.push(VmRow {
+            name,
+            primary: p.into(),
+            secondary: s.into(),
+            puts: count,
+            ops_per_s: count as f64 / wall,
+            log_bytes_per_s: bw,
+            pause_ms: None,
+            acked_puts: None,
+            lost_puts: None,
+        });
+    }
+    if let Err(e) = before.and(after) {
+        run.errors.push(format!("metrics: {e:#}"));
+    }
+    for (k, h) in HOSTS.iter().enumerate() {
+        run.hosts.push(HostRow {
+            name: h.to_string(),
+            primaries: (0..n).filter(|&i| vm(i).1 == *h).count(),
+            secondaries: (0..n).filter(|&i| vm(i).2 == *h).count(),
+            cpu_cores: (cpu1[k] - cpu0[k]) / wall,
+            rss_mib: rss_mib(cluster.host(h)?.pid()).unwrap_or(f64::NAN),
+        });
+    }
+    if !args.no_kill {
+        if let Err(e) = kill(&cluster, &tap, n, &mut run) {
+            run.errors.push(format!("kill: {e:#}"));
+        }
+    }
+    drop((tap, op));
+    if run.errors.is_empty() {
+        cluster.pass();
+    }
+    Ok(run)
+}
+
+/// One PUT connection per VM for `d`; PUTs answered per VM.
+fn put_load(tap: &NetnsTap, n: usize, d: Duration) -> Vec<Result<usize>> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                s.spawn(move || {
+                    guarded(|| {
+                        let mut kv = Kv::connect_to(tap, vm_addr(i));
+                        let deadline = Instant::now() + d;
+                        let mut k = 0;
+                        while Instant::now() < deadline {
+                            let r = kv.one(&format!("PUT s{i}-{k} v{k}"));
+                            if r != "OK" {
+                                bail!("PUT answered {r:?}");
+                            }
+                            k += 1;
+                        }
+                        Ok(k)
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("load thread panicked")))
+            .collect()
+    })
+}
+
+/// `ft_log_bytes_total` per VM, summed over the hosts (only a Primary
+/// reports its log).
+fn log_bytes(op: &NetnsTap, key: &Path, n: usize) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for (k, _) in HOSTS.iter().enumerate() {
+        let addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1 + k as u8), 7401));
+        let text = metrics::query(op, addr, key)?;
+        for i in 0..n {
+            let name = vm(i).0;
+            let m = metrics::parse(&text, &name);
+            if let Some(v) = m.counters.get("ft_log_bytes_total") {
+                *out.entry(name).or_insert(0.0) += v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds (user + system) of each host's QEMU, in [`HOSTS`] order.
+fn cpu_seconds(cluster: &Cluster) -> Result<Vec<f64>> {
+    // SAFETY: sysconf reads a constant of the C library; no memory is shared.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    HOSTS
+        .iter()
+        .map(|h| {
+            let pid = cluster.host(h)?.pid();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // Fields after the command name (which may hold spaces).
+            let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, s): (f64, f64) = (f[11].parse()?, f[12].parse()?);
+            Ok((u + s) / hz)
+        })
+        .collect()
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[derive(Default)]
+struct Seen {
+    replies: Vec<Instant>,
+    acked: Vec<usize>,
+    error: Option<String>,
+}
+
+/// Kills the host with the most Primaries under a PUT/GET client per VM.
+fn kill(cluster: &Cluster, tap: &NetnsTap, n: usize, run: &mut Run) -> Result<()> {
+    let victim = HOSTS
+        .iter()
+        .max_by_key(|h| {
+            (
+                (0..n).filter(|&i| vm(i).1 == **h).count(),
+                std::cmp::Reverse(**h),
+            )
+        })
+        .copied()
+        .expect("three hosts");
+    run.victim = Some(victim.into());
+    let stop = AtomicBool::new(false);
+    let seen: Vec<Mutex<Seen>> = (0..n).map(|_| Mutex::new(Seen::default())).collect();
+    std::thread::scope(|sc| -> Result<()> {
+        for (i, s) in seen.iter().enumerate() {
+            let stop = &stop;
+            sc.spawn(move || {
+                let r = guarded(|| {
+                    let mut kv = Kv::connect_to(tap, vm_addr(i));
+                    let mut k = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let r = kv.one(&format!("PUT f{i}-{k} v{k}"));
+                        if r != "OK" {
+                            bail!("PUT answered {r:?}");
+                        }
+                        {
+                            let mut s = s.lock().unwrap();
+                            s.replies.push(Instant::now());
+                            s.acked.push(k);
+                        }
+                        let r = kv.one(&format!("GET f{i}-{k}"));
+                        if r != format!("VALUE v{k}") {
+                            bail!("GET f{i}-{k} answered {r:?}");
+                        }
+                        s.lock().unwrap().replies.push(Instant::now());
+                        k += 1;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    s.lock().unwrap().error.get_or_insert(format!("{e:#}"));
+                }
+            });
+        }
+        let driven = (|| -> Result<()> {
+            wait_all(&seen, |_| 10, Duration::from_secs(120)).context("before the kill")?;
+            let before: Vec<usize> = seen
+                .iter()
+                .map(|s| s.lock().unwrap().replies.len())
+                .collect();
+            let kill_at = Instant::now();
+            cluster.host(victim)?.kill()?;
+            wait_all(&seen, |i| before[i] + 20, Duration::from_secs(180))
+                .context("after the kill")?;
+            for (i, s) in seen.iter().enumerate() {
+                let s = s.lock().unwrap();
+                let mut last = kill_at;
+                let mut gap = Duration::ZERO;
+                for t in s.replies.iter().filter(|t| **t >= kill_at) {
+                    gap = gap.max(*t - last);
+                    last = *t;
+                }
+                run.rows[i].pause_ms = Some(gap.as_millis() as u64);
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        driven
+    })?;
+    // Every acknowledged PUT, read back on a fresh connection.
+    for (i, s) in seen.iter().enumerate() {
+        let s = s.lock().unwrap();
+        if let Some(e) = &s.error {
+            run.errors.push(format!("{}: {e}", vm(i).0));
+        }
+        let acked = s.acked.clone();
+        let lost = guarded(|| {
+            let mut kv = Kv::connect_to(tap, vm_addr(i));
+            Ok(acked
+                .iter()
+                .filter(|k| kv.one(&format!("GET f{i}-{k}")) != format!("VALUE v{k}"))
+                .count())
+        })?;
+        run.rows[i].acked_puts = Some(acked.len());
+        run.rows[i].lost_puts = Some(lost);
+        if lost > 0 {
+            run.errors
+                .push(format!("{}: {lost} acknowledged PUT(s) lost", vm(i).0));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until VM `i` has `want(i)` replies, for every VM.
+fn wait_all(seen: &[Mutex<Seen>], want: impl Fn(usize) -> usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut short = Vec::new();
+        for (i, s) in seen.iter().enumerate() {
+            let s = s.lock().unwrap();
+            if let Some(e) = &s.error {
+                bail!("{}: {e}", vm(i).0);
+            }
+            if s.replies.len() < want(i) {
+                short.push(format!("{} {}/{}", vm(i).0, s.replies.len(), want(i)));
+            }
+        }
+        if short.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("replies after {timeout:?}: {}", short.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn render(r: &Run) -> String {
+    use std::fmt::Write;
+    let mut w = String::new();
+    let _ = writeln!(
+        w,
+        "\nSCALE: {} protected VM(s) on host-a, host-b, host-c; one PUT connection per VM, {:.0} s",
+        r.vms, r.seconds
+    );
+    let _ = writeln!(
+        w,
+        "  {:<5} {:<7} {:<9} {:>8} {:>12} {:>9} {:>11}",
+        "vm", "primary", "secondary", "PUT/s", "log KiB/s", "pause ms", "lost/acked"
+    );
+    for v in &r.rows {
+        let opt = |x: Option<u64>| x.map_or("-".into(), |x| x.to_string());
+        let _ = writeln!(
+            w,
+            "  {:<5} {:<7} {:<9} {:>8.1} {:>12} {:>9} {:>11}",
+            v.name,
+            v.primary,
+            v.secondary,
+            v.ops_per_s,
+            v.log_bytes_per_s
+                .map_or("-".into(), |b| format!("{:.1}", b / 1024.0)),
+            opt(v.pause_ms),
+            match (v.lost_puts, v.acked_puts) {
+                (Some(l), Some(a)) => format!("{l}/{a}"),
+                _ => "-".into(),
+            }
+        );
+    }
+    let total: f64 = r.rows.iter().map(|v| v.ops_per_s).sum();
+    let _ = writeln!(w, "  all VMs: {total:.1} PUT/s");
+    let _ = writeln!(
+        w,
+        "  {:<7} {:>9} {:>11} {:>10} {:>9}",
+        "host", "primaries", "secondaries", "CPU cores", "RSS MiB"
+    );
+    for h in &r.hosts {
+        let _ = writeln!(
+            w,
+            "  {:<7} {:>9} {:>11} {:>10.2} {:>9.0}",
+            h.name, h.primaries, h.secondaries, h.cpu_cores, h.rss_mib
+        );
+    }
+    if let Some(v) = &r.victim {
+        let _ = writeln!(w, "  killed: {v} (SIGKILL) under a PUT/GET client per VM; pause = longest gap between a VM's replies from the kill on");
+    }
+    for e in &r.errors {
+        let _ = writeln!(w, "FAILED: {e}");
+    }
+    w
+}
+
+fn default_json() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .ancestors()
+        .nth(2)
+        .context("the binary is not in a cargo target dir")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(target
+        .join("scale-bench")
+        .join(format!("scale-bench-{now}.json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generated_configs_are_valid_and_spread_the_primaries() {
+        let base = include_str!("../../../examples/cluster.toml");
+        for n in 1..=MAX_VMS {
+            let t = config(base, n, &"ab".repeat(32)).unwrap();
+            let c = config_schema::parse(&t)
+                .unwrap_or_else(|e| panic!("{n} VMs: {e}\n{t}"))
+                .config;
+            assert_eq!(c.vms.len(), n);
+            for (i, v) in c.vms.iter().enumerate() {
+                assert_eq!(v.name, vm(i).0);
+            }
+        }
+        let pairs: Vec<(&str, &str)> = (0..4).map(|i| (vm(i).1, vm(i).2)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("host-a", "host-b"),
+                ("host-b", "host-c"),
+                ("host-a", "host-c"),
+                ("host-a", "host-b")
+            ]
+        );
+    }
+}
