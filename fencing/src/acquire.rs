@@ -158,7 +158,7 @@ impl Agent {
         }
         let v = v as u32;
         let me = Running { vm: v, generation };
-        let r = self.bounded(bound, move |agent, deadline| {
+        let r = self.bounded(v, bound, move |agent, deadline| {
             // Published, and that lease write completed, before any Paxos
             // write of this Acquire (docs/design.md §1).
             agent.publication.lock().expect("lock").begin_acquire(me)?;
@@ -178,6 +178,7 @@ impl Agent {
             // the storage (storage_fence.rs).
             let r = r.and_then(|o| match o {
                 Outcome::Decided { owner, .. } if owner == agent.me => {
+                    let _one_at_a_time = agent.win_fence.lock().expect("lock");
                     agent.fence_for_win(v, generation).map(|w| (o, w))
                 }
                 o => Ok((o, WinFence::default())),
@@ -225,7 +226,7 @@ impl Agent {
         let Some(v) = self.vms.iter().position(|n| n == vm) else {
             return err(format!("fencing: no vm {vm:?} in the config"));
         };
-        let r = self.bounded(bound, move |agent, _| {
+        let r = self.bounded(v as u32, bound, move |agent, _| {
             Ok(scan_highest(&*agent.io, &agent.geo, v as u32))
         });
         match r {
@@ -243,10 +244,11 @@ impl Agent {
         }
     }
 
-    /// Runs `f` in a worker (one at a time, after the header check) and
-    /// waits at most about `bound` for its result.
+    /// Runs `f` in a worker (one at a time for VM index `vm`, after the
+    /// header check) and waits at most about `bound` for its result.
     fn bounded<T: Send + 'static>(
         self: &Arc<Self>,
+        vm: u32,
         bound: Duration,
         f: impl FnOnce(&Agent, BootInstant) -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
@@ -254,7 +256,7 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         let agent = Arc::clone(self);
         std::thread::spawn(move || {
-            let Ok(_one_at_a_time) = agent.paxos.lock() else {
+            let Some(Ok(_one_at_a_time)) = agent.paxos.get(vm as usize).map(|m| m.lock()) else {
                 return;
             };
             if BootInstant::now() >= deadline {

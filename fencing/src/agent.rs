@@ -116,8 +116,17 @@ pub struct Agent {
     pub(crate) alarms: Mutex<Alarms>,
     /// (vm index, generation) of running copies found deposed (said once).
     pub(crate) deposed: Mutex<BTreeSet<Running>>,
-    /// One Disk Paxos run (or scan) at a time.
-    pub(crate) paxos: Arc<Mutex<()>>,
+    /// One Disk Paxos run (or scan) at a time per VM, by VM index. The
+    /// instances of different VMs are different blocks, so their rounds run
+    /// side by side: a host taking over several Primaries at once decides
+    /// them together, not one after another (measured with 8 VMs: the third
+    /// of three decisions on one host waited for the first two, 125 → 266
+    /// ms). One VM's runs stay serial: a run that outlived its bound still
+    /// holds the lock, so a retry never overlaps it.
+    pub(crate) paxos: Arc<Vec<Mutex<()>>>,
+    /// Deposing a previous owner at the storage (persistent reservations)
+    /// stays one at a time, as before per-VM Paxos.
+    pub(crate) win_fence: Mutex<()>,
     /// Persistent reservations on the shared device.
     pub(crate) fence: Mutex<StorageFence>,
     /// The first I/O the device refused with RESERVATION CONFLICT since the
@@ -172,7 +181,8 @@ impl Agent {
             decisions: Mutex::new(BTreeMap::new()),
             alarms: Mutex::new(Alarms::default()),
             deposed: Mutex::new(BTreeSet::new()),
-            paxos: Arc::new(Mutex::new(())),
+            paxos: Arc::new(c.vms.iter().map(|_| Mutex::new(())).collect()),
+            win_fence: Mutex::new(()),
             fence: Mutex::new(StorageFence::new(c.hosts[me as usize].id, incarnation)),
             conflict,
         })

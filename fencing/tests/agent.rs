@@ -273,3 +273,88 @@ fn acquire_on_hung_storage_answers_an_error_within_the_bound() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// The example cluster with a second VM (`kv2`), as `host` sees it.
+fn two_vm_runtime(host: &str) -> config_schema::runtime::RuntimeConfig {
+    let text = include_str!("../../examples/cluster.toml").replace(
+        "[[host_groups]]",
+        "[[storage.regions]]\nname = \"kv2-disk\"\noffset_mib = 80\nsize_mib = 64\n\n[[host_groups]]",
+    ) + "\n[[vms]]\nname = \"kv2\"\nmemory_mib = 64\nimage = \"kv-guest\"\nmode = \"kv\"\n\
+         disk_region = \"kv2-disk\"\nmac = \"52:54:00:12:34:57\"\nip = \"198.51.100.11/24\"\n";
+    let mut r = runtime(host);
+    r.config = config_schema::parse(&text).expect("two-VM config").config;
+    r
+}
+
+/// A region whose reads of VM 0's Paxos blocks wait until `open` is set:
+/// storage that is stuck for one VM only.
+struct StuckForVm0 {
+    inner: Arc<dyn BlockIo>,
+    geo: Geometry,
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl BlockIo for StuckForVm0 {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn read(&self, at: u64) -> std::io::Result<Block> {
+        if matches!(self.geo.paxos_position(at), Some((0, _, _))) {
+            let (m, cv) = &*self.open;
+            let mut open = m.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+        }
+        self.inner.read(at)
+    }
+    fn write(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(at, data)
+    }
+}
+
+/// A host taking over several VMs decides them side by side: one VM's
+/// Disk Paxos stuck on its storage does not hold up another VM's (it did
+/// when every run of a host took one lock: the second Acquire ran out of
+/// its bound waiting for the first). The stuck one still decides once its
+/// storage answers.
+#[test]
+fn a_decision_for_one_vm_does_not_wait_for_another_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("shared");
+    std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+    let rt = two_vm_runtime("host-a");
+    let geo = Geometry::of_config(&rt.config, 512);
+    let dev = fencing::io::Device::open(&p).unwrap();
+    let region: Arc<dyn BlockIo> =
+        Arc::new(fencing::io::RegionIo::new(dev, 0, 512, geo.blocks()).unwrap());
+    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let io: Arc<dyn BlockIo> = Arc::new(StuckForVm0 {
+        inner: region,
+        geo,
+        open: Arc::clone(&open),
+    });
+    let a = Arc::new(Agent::new(&rt, io, 7).unwrap());
+    take_slot(&a);
+    let stuck = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || a.acquire("kv", 1, 1, Duration::from_secs(30)))
+    };
+    // Give the first Acquire time to take its VM's lock and get stuck (if
+    // it has not yet, the second one simply runs first: still no wait).
+    std::thread::sleep(Duration::from_millis(200));
+    match a.acquire("kv2", 1, 1, Duration::from_secs(5)) {
+        Response::Decided { vm, won: true, .. } => assert_eq!(vm, "kv2"),
+        other => panic!("kv2 waited for kv's stuck decision: {other:?}"),
+    }
+    assert!(!stuck.is_finished(), "kv's decision is still stuck");
+    {
+        let (m, cv) = &*open;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    match stuck.join().unwrap() {
+        Response::Decided { vm, won: true, .. } => assert_eq!(vm, "kv"),
+        other => panic!("kv: {other:?}"),
+    }
+}
