@@ -375,6 +375,7 @@ mod tests {
                 addr: "198.51.100.1/24".into(),
             },
             public_key: String::new(),
+            mgmt: None,
         }
     }
 
