@@ -58,21 +58,28 @@
 //! ```
 //!
 //! `vms[].power` came after format version 2 was signed on real disks, and
-//! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]` and
-//! `cluster.accept_soft_watchdog` after it. They are
+//! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]`,
+//! `cluster.accept_soft_watchdog` and `hosts[].mgmt` after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
 //! from before them refuses a config that does ("trailing bytes") instead
 //! of running a VM the operator powered off, or a checkpoint VM in lockstep
 //! (or, for operators, a config whose status service it does not have; for
-//! the soft watchdog, a go-live it would refuse).
+//! the soft watchdog, a go-live it would refuse; for `mgmt`, a host whose
+//! management NIC it would leave down and whose operators it would not hear).
 //!
 //! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
 //! trailer:
 //!
 //! ```text
 //! 4, cluster.accept_soft_watchdog (1 = true)
+//! ```
+//!
+//! Then, only when some host has `mgmt`, the management trailer:
+//!
+//! ```text
+//! 5, hosts [ mgmt (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
 //! ```
 //!
 //! The trailers come in the order of their first byte.
@@ -86,7 +93,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterConfig, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS};
+use crate::model::{
+    ClusterConfig, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
+};
 
 /// First byte of the power trailer (see the module doc).
 const POWER_TRAILER: u8 = 1;
@@ -97,6 +106,8 @@ const OPERATORS_TRAILER: u8 = 3;
 
 /// First byte of the cluster trailer (see the module doc).
 const CLUSTER_TRAILER: u8 = 4;
+/// First byte of the management trailer (see the module doc).
+const MGMT_TRAILER: u8 = 5;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -151,6 +162,8 @@ pub enum CanonicalError {
     ReplicationCount { entries: usize, vms: usize },
     #[error("the operators trailer lists no operator")]
     NoOperators,
+    #[error("the management trailer has {entries} entries for {hosts} hosts")]
+    MgmtCount { entries: usize, hosts: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -179,6 +192,11 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     }
     if config.cluster.accept_soft_watchdog {
         bytes.extend([CLUSTER_TRAILER, 1]);
+    }
+    if config.hosts.iter().any(|h| h.mgmt.is_some()) {
+        let mgmt: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.mgmt).collect();
+        bytes.push(MGMT_TRAILER);
+        bytes.extend(postcard::to_stdvec(&mgmt).expect("postcard encodes interfaces"));
     }
     bytes
 }
@@ -230,6 +248,21 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         // Only `1` is canonical: a config that does not accept has no trailer
         // (any other byte fails the re-encoding check below).
         config.cluster.accept_soft_watchdog = *accept == 1;
+        rest = after;
+    }
+    if let [MGMT_TRAILER, list @ ..] = rest {
+        // A list with no `mgmt` at all is not canonical (no trailer is):
+        // the re-encoding check below refuses it.
+        let (mgmt, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
+        if mgmt.len() != config.hosts.len() {
+            return Err(CanonicalError::MgmtCount {
+                entries: mgmt.len(),
+                hosts: config.hosts.len(),
+            });
+        }
+        for (host, m) in config.hosts.iter_mut().zip(mgmt) {
+            host.mgmt = m;
+        }
         rest = after;
     }
     if !rest.is_empty() {

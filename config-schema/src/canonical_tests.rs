@@ -462,3 +462,6 @@ fn accept_soft_watchdog_is_a_signed_trailer_only_when_true() {
     let json = serde_json::to_string(&c).unwrap();
     assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), c);
 }
+
+#[path = "canonical_mgmt_tests.rs"]
+mod mgmt;

@@ -356,4 +356,21 @@ mod tests {
         let c = Changes::between(&a, &a2);
         assert_eq!(c.reboot, ["hosts order"]);
     }
+
+    #[test]
+    fn a_management_nic_needs_a_reboot() {
+        // init brings the NIC up and heartbeat binds its address at boot.
+        let (a, mut b) = (example(), example());
+        b.hosts[1].mgmt = Some(crate::model::Interface {
+            mac: "52:54:00:f9:00:02".into(),
+            addr: "203.0.113.2/24".into(),
+        });
+        let c = Changes::between(&a, &b);
+        assert_eq!(c.reboot, ["hosts[host-b].mgmt"]);
+        assert!(c.live.is_empty());
+        let mut moved = b.clone();
+        moved.hosts[1].mgmt.as_mut().unwrap().addr = "203.0.113.9/24".into();
+        let c = Changes::between(&b, &moved);
+        assert_eq!(c.reboot, ["hosts[host-b].mgmt.addr"]);
+    }
 }

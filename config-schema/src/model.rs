@@ -273,6 +273,18 @@ pub struct Host {
     pub ft: Interface,
     /// Interface on the VM network (bridged with the guests' TAPs).
     pub vm: Interface,
+    /// Interface on the management network (`mgmt = { mac, addr }`,
+    /// optional): the status service (`ftctl status --cluster`, `apply`,
+    /// `metrics`, `page`) listens on this address too, so operators need
+    /// not reach the FT network. Not in the postcard encoding of `Host`:
+    /// [`crate::canonical`] carries it in the management trailer, only when
+    /// some host has one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub mgmt: Option<Interface>,
     /// The host's identity public key: 32-byte X25519 static key, hex. Used by the
     /// Noise logging channel and to key heartbeats.
     pub public_key: String,
@@ -295,6 +307,9 @@ pub struct Operator {
 }
 
 /// A NIC identified by its MAC (stable across kernels, unlike `eth0`).
+// NOTICE: signed bytes (in `Host`, and as `hosts[].mgmt` in the management
+// trailer, `canonical.rs`). Any change to this struct changes the encoding of
+// every config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Interface {

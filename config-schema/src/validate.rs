@@ -123,6 +123,7 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     check_timing(c)?;
     check_storage(c)?;
     check_hosts(c)?;
+    net::check_mgmt_subnets(c)?;
     net::check_ft_subnets(c, &mut warnings);
     check_groups(c)?;
     vm::check_images(c, pins)?;
@@ -410,7 +411,8 @@ impl<T: std::hash::Hash + Eq> Unique<T> {
     }
 }
 
-/// The MACs and IPv4 addresses of hosts and VMs must all be distinct.
+/// The MACs and IPv4 addresses of hosts (every NIC: FT, VM, management) and
+/// VMs must all be distinct.
 struct NetIds {
     macs: Unique<[u8; 6]>,
     ips: Unique<Ipv4Addr>,
@@ -435,6 +437,9 @@ fn host_net_ids(c: &ClusterConfig) -> Result<NetIds, ConfigError> {
     for (i, h) in c.hosts.iter().enumerate() {
         n.iface(&format!("hosts[{i}].ft"), &h.ft)?;
         n.iface(&format!("hosts[{i}].vm"), &h.vm)?;
+        if let Some(m) = &h.mgmt {
+            n.iface(&format!("hosts[{i}].mgmt"), m)?;
+        }
     }
     Ok(n)
 }
@@ -629,3 +634,7 @@ pub use vm::{resolve_image, ImageRef, Pins, EPOCH_MS, MAX_CHECKPOINT_VCPUS, MAX_
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "validate_mgmt_tests.rs"]
+mod mgmt_tests;

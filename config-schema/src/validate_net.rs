@@ -1,4 +1,6 @@
-//! Network warnings: hosts whose FT addresses are not on one subnet.
+//! Subnets of the hosts' networks: hosts whose FT addresses are not on one
+//! subnet (a warning), and management subnets that overlap the FT or VM
+//! network (an error).
 //!
 //! Each host's `ft.addr` is `a.b.c.d/prefix`; init gives the FT NIC exactly
 //! that address and adds no route. Two hosts reach each other on the FT
@@ -6,10 +8,16 @@
 //! address lies in the other's subnet (address and prefix as written). When
 //! they do not, that is a [`Warning`], not an error: a network may route
 //! between the subnets (proxy ARP) and the config cannot know.
+//!
+//! A host's `mgmt.addr` goes on its own NIC, beside the FT NIC and the VM
+//! bridge. If its subnet overlapped one of theirs, the kernel would have two
+//! routes for the same addresses and answer an operator (or send
+//! heartbeats) through whichever NIC its routing picks: so a management
+//! subnet that overlaps any host's FT or VM subnet is refused, naming both.
 
 use std::net::Ipv4Addr;
 
-use super::{parse_cidr, Warning};
+use super::{parse_cidr, ConfigError, Warning};
 use crate::model::ClusterConfig;
 
 /// The network of `ip/prefix`: `ip` with the host bits cleared.
@@ -21,6 +29,52 @@ fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
 /// Whether `other` lies in the subnet `ip/prefix`.
 fn contains(ip: Ipv4Addr, prefix: u8, other: Ipv4Addr) -> bool {
     network(ip, prefix) == network(other, prefix)
+}
+
+/// Whether the subnets `a/pa` and `b/pb` share an address: one contains
+/// the other.
+fn overlap((a, pa): (Ipv4Addr, u8), (b, pb): (Ipv4Addr, u8)) -> bool {
+    let p = pa.min(pb);
+    network(a, p) == network(b, p)
+}
+
+/// Refuses a host's management subnet that overlaps the FT or VM subnet of
+/// any host (its own first), at `hosts[i].mgmt.addr`. Addresses that do not
+/// parse are skipped: `check_hosts` refuses them first.
+pub(super) fn check_mgmt_subnets(c: &ClusterConfig) -> Result<(), ConfigError> {
+    for (i, h) in c.hosts.iter().enumerate() {
+        let Some(m) = &h.mgmt else { continue };
+        let Some((mip, mp)) = parse_cidr(&m.addr) else {
+            continue;
+        };
+        let own_first = std::iter::once((i, h)).chain(c.hosts.iter().enumerate());
+        for (j, o) in own_first {
+            for (net, addr) in [("FT", &o.ft.addr), ("VM", &o.vm.addr)] {
+                let Some((oip, op)) = parse_cidr(addr) else {
+                    continue;
+                };
+                if !overlap((mip, mp), (oip, op)) {
+                    continue;
+                }
+                let whose = match j == i {
+                    true => "its own".to_string(),
+                    false => format!("{}'s (hosts[{j}])", o.name),
+                };
+                return Err(ConfigError::at(
+                    format!("hosts[{i}].mgmt.addr"),
+                    format!(
+                        "host {}: management subnet {}/{mp} ({}) overlaps {whose} {net} subnet \
+                         {}/{op} ({addr}): the management network needs a subnet of its own",
+                        h.name,
+                        network(mip, mp),
+                        m.addr,
+                        network(oip, op),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One warning for each host whose FT address is not on one subnet with an
@@ -70,5 +124,14 @@ mod tests {
         assert_eq!(network(ip("192.0.2.77"), 0), ip("0.0.0.0"));
         assert!(contains(ip("10.1.2.3"), 16, ip("10.1.200.1")));
         assert!(!contains(ip("10.1.2.3"), 24, ip("10.1.200.1")));
+    }
+
+    #[test]
+    fn subnets_overlap_when_one_contains_the_other() {
+        assert!(overlap((ip("10.1.2.3"), 16), (ip("10.1.200.1"), 24)));
+        assert!(overlap((ip("10.1.200.1"), 24), (ip("10.1.2.3"), 16)));
+        assert!(!overlap((ip("10.1.2.3"), 24), (ip("10.1.200.1"), 24)));
+        assert!(overlap((ip("192.0.2.1"), 0), (ip("203.0.113.1"), 24)));
+        assert!(!overlap((ip("192.0.2.1"), 32), (ip("192.0.2.2"), 32)));
     }
 }

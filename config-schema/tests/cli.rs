@@ -449,3 +449,37 @@ fn status_pretty_prints_a_daemon_answer() {
     server.join().unwrap();
     assert!(out.contains("\"daemon\": \"test\""), "{out}");
 }
+
+#[test]
+fn check_prints_the_management_network() {
+    let t = Setup::new();
+    let text = std::fs::read_to_string(example_config()).unwrap();
+    let line = "vm = { mac = \"52:54:00:f8:00:02\", addr = \"198.51.100.2/24\" }\n";
+    assert!(text.contains(line));
+    let mgmt = |addr: &str| {
+        text.replacen(
+            line,
+            &format!("{line}mgmt = {{ mac = \"52:54:00:f9:00:02\", addr = \"{addr}\" }}\n"),
+            1,
+        )
+    };
+    std::fs::write(t.p("mgmt.toml"), mgmt("203.0.113.2/24")).unwrap();
+    let out = ok(&["check", "--config", &t.p("mgmt.toml")]);
+    assert!(
+        out.ends_with(
+            "management network: host-b at 203.0.113.2/24 (NIC 52:54:00:f9:00:02); \
+             status service 203.0.113.2:7401\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.matches("management network").count(), 1, "{out}");
+    // The example has none.
+    assert!(!ok(&["check", "--config", &example_config()]).contains("management"));
+    // On the FT subnet: refused, naming the host and the field.
+    std::fs::write(t.p("bad.toml"), mgmt("192.0.2.102/24")).unwrap();
+    let e = fails(&["check", "--config", &t.p("bad.toml")]);
+    assert!(
+        e.contains("hosts[1].mgmt.addr: host host-b: management subnet 192.0.2.0/24"),
+        "{e}"
+    );
+}

@@ -3,8 +3,9 @@
 //! Serves the control socket at once (init waits for `Status`), then binds the
 //! FT address; until that works (the interface may still be coming up) it
 //! retries every second and `Status` says why it is not running yet. The
-//! network status service (`status_service`, TCP 7401 on the FT address)
-//! binds the same way, in its own thread.
+//! network status service (`status_service`, TCP 7401 on the FT address and
+//! on the management address if the host has one) binds each address the
+//! same way, each in its own thread.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ struct Cli {
     /// UDP port on the FT network.
     #[arg(long, default_value_t = PORT)]
     port: u16,
-    /// TCP port of the network status service on the FT network.
+    /// TCP port of the network status service (FT and management addresses).
     #[arg(long, default_value_t = config_schema::remote::PORT)]
     status_port: u16,
     /// For tests: fencing's and ftvmm's control sockets the status service asks.
@@ -118,7 +119,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Running::Starting(why) => starting_status(&host, why),
         }
     });
-    std::thread::spawn(move || serve_status(service));
+    serve_status(service);
     let mut reported = false;
     let daemon = loop {
         match Daemon::start_live(cfg.clone(), Arc::clone(&timing)) {
@@ -153,29 +154,43 @@ fn starting_status(host: &str, why: &str) -> serde_json::Value {
     s
 }
 
-/// Binds the status service (retrying every second, like the UDP socket:
-/// the FT interface may still be coming up), then serves it.
+/// Starts the status service: one thread per address it listens on, which
+/// binds it (retrying every second, like the UDP socket: the interface may
+/// still be coming up), then serves it. An address that cannot be bound
+/// does not keep the others from serving.
 fn serve_status(service: Service) {
+    let addrs = service.listen_addrs();
+    let service = service.start();
+    for addr in addrs {
+        let svc = Arc::clone(&service);
+        std::thread::spawn(move || {
+            let listener = bind_retrying(addr);
+            match listener.local_addr() {
+                Ok(a) => println!("heartbeat: status service on tcp {a}"),
+                Err(e) => println!("heartbeat: status service: {e}"),
+            }
+            Service::serve_on(&svc, listener)
+        });
+    }
+}
+
+fn bind_retrying(addr: std::net::SocketAddr) -> std::net::TcpListener {
     let mut reported = false;
-    let listener = loop {
-        match service.bind() {
-            Ok(l) => break l,
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return l,
             Err(e) => {
                 if !reported {
                     println!(
-                        "heartbeat: status service: cannot listen: {e}; retrying every second"
+                        "heartbeat: status service: cannot listen on {addr}: {e}; retrying \
+                         every second"
                     );
                     reported = true;
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-    };
-    match listener.local_addr() {
-        Ok(a) => println!("heartbeat: status service on tcp {a}"),
-        Err(e) => println!("heartbeat: status service: {e}"),
     }
-    service.serve(listener)
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 //! a replayed host message are refused.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,6 +118,7 @@ fn start(i: usize, fencing: PathBuf) -> Daemon {
         }],
         host_order: NAMES.iter().map(|n| n.to_string()).collect(),
         port: TCP,
+        mgmt: None,
         fencing_socket: fencing,
         ftvmm_socket: "/nonexistent/ftvmm.sock".into(),
         apply: None,
@@ -302,6 +303,11 @@ fn start_on(i: usize, dir: &Path) {
 /// Host `i`'s service alone (no heartbeat daemon) on 127.79.`net`.x, its
 /// peers on the same net.
 fn start_in(net: u8, i: usize, dir: &Path) {
+    start_with_mgmt(net, i, dir, None)
+}
+
+/// [`start_in`], the service also listening on the management address `mgmt`.
+fn start_with_mgmt(net: u8, i: usize, dir: &Path, mgmt: Option<IpAddr>) {
     let mut n = node(i);
     n.bind = SocketAddr::from(([127, 79, net, i as u8 + 1], UDP));
     for p in &mut n.peers {
@@ -316,6 +322,7 @@ fn start_in(net: u8, i: usize, dir: &Path) {
         vms: vec![],
         host_order: NAMES.iter().map(|n| n.to_string()).collect(),
         port: TCP,
+        mgmt,
         fencing_socket: dir.join("none"),
         ftvmm_socket: dir.join("none"),
         apply: None,
@@ -356,4 +363,63 @@ fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
     assert!(c.contains("cannot connect to 127.79.3.3:17411"), "{c}");
     // Bounded by the peer deadline (10 s), not by the silent host.
     assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn the_management_address_answers_operators_and_hosts_still_ask_on_ft() {
+    let dir = tempfile::tempdir().unwrap();
+    // host-a on its FT address only; host-b also on 127.80.4.2 (management).
+    let mgmt_b = SocketAddr::from(([127, 80, 4, 2], TCP));
+    start_in(4, 0, dir.path());
+    start_with_mgmt(4, 1, dir.path(), Some(mgmt_b.ip()));
+    // Asked at host-b's management address: host-b gathers the others on FT.
+    let Reply::Cluster { report } = client::query(
+        mgmt_b,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::ClusterStatus,
+        Duration::from_secs(30),
+    )
+    .unwrap() else {
+        panic!("a cluster report")
+    };
+    assert_eq!(report.queried, "host-b");
+    assert!(report.report("host-a").is_some(), "{report:?}");
+    assert!(report.report("host-b").is_some(), "{report:?}");
+    assert_eq!(report.hosts[1].addr, "127.79.4.2:17411");
+    let c = report.hosts[2].unreachable.as_deref().unwrap();
+    assert!(c.contains("cannot connect to 127.79.4.3:17411"), "{c}");
+    // Metrics too, and the FT address still answers.
+    for at in [mgmt_b, on(4, 1)] {
+        let reply = client::query(at, &dev_key(), &host_keys(), OperatorRequest::Metrics, T);
+        assert!(
+            matches!(reply, Ok(Reply::Metrics { .. })),
+            "{at}: {reply:?}"
+        );
+    }
+    // Only operators: another key is refused there as on FT.
+    let other =
+        OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
+    let Reply::Refused { reason } =
+        client::query(mgmt_b, &other, &host_keys(), OperatorRequest::HostStatus, T).unwrap()
+    else {
+        panic!("refused")
+    };
+    assert!(
+        reason.contains("is not an operator of this cluster's config"),
+        "{reason}"
+    );
+    // host-a has no management address: nothing listens on 127.80.4.1.
+    let none = SocketAddr::from(([127, 80, 4, 1], TCP));
+    let e = client::query(
+        none,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::HostStatus,
+        T,
+    );
+    assert!(
+        matches!(e, Err(client::ClientError::Connect { .. })),
+        "{e:?}"
+    );
 }

@@ -1,7 +1,9 @@
 //! Network bring-up over rtnetlink (synchronous `netlink-sys` socket, messages
 //! from `netlink-packet-route`): `lo` up, the FT NIC (found by MAC) with its
-//! address, and the bridge `ftbr0` enslaving the VM-network NIC and holding
-//! the host's VM-network address, so ftvmm can add guest TAPs to it.
+//! address, the bridge `ftbr0` enslaving the VM-network NIC and holding
+//! the host's VM-network address, so ftvmm can add guest TAPs to it, and,
+//! when the host has one, the management NIC (found by MAC) with its address,
+//! brought up exactly as the FT NIC.
 //!
 //! [`plan`] is pure (config + link list -> steps) and unit-tested; [`Netlink`]
 //! talks to the kernel.
@@ -108,6 +110,8 @@ pub struct Plan {
     pub vm: Link,
     /// Goes on the bridge, not on the NIC.
     pub vm_addr: Cidr,
+    /// The management NIC and its address (`hosts[].mgmt`), if configured.
+    pub mgmt: Option<(Link, Cidr)>,
 }
 
 /// Matches the host's configured NICs (by MAC) to the kernel's links.
@@ -131,11 +135,16 @@ pub fn plan(host: &Host, links: &[Link]) -> Result<Plan, NetError> {
                     .join(", "),
             })
     };
+    let mgmt = match &host.mgmt {
+        Some(m) => Some((find(&m.mac, "management")?, parse_cidr(&m.addr)?)),
+        None => None,
+    };
     Ok(Plan {
         ft_addr: parse_cidr(&host.ft.addr)?,
         vm_addr: parse_cidr(&host.vm.addr)?,
         ft: find(&host.ft.mac, "FT")?,
         vm: find(&host.vm.mac, "VM")?,
+        mgmt,
     })
 }
 
@@ -335,14 +344,7 @@ pub fn bring_up(host: &Host) -> Result<Plan, NetError> {
         tracing::info!("net: lo up");
     }
     let p = plan(host, &links)?;
-    nl.add_address(p.ft.index, p.ft_addr)?;
-    nl.set_up(p.ft.index)?;
-    tracing::info!(
-        "net: FT network {} ({}) = {} up",
-        p.ft.name,
-        host.ft.mac,
-        p.ft_addr
-    );
+    up_with_address(&mut nl, "FT", (&p.ft, &host.ft.mac), p.ft_addr)?;
     let br = nl.ensure_bridge(BRIDGE)?;
     nl.set_master(p.vm.index, br)?;
     nl.set_up(p.vm.index)?;
@@ -354,7 +356,24 @@ pub fn bring_up(host: &Host) -> Result<Plan, NetError> {
         host.vm.mac,
         p.vm_addr
     );
+    if let (Some((link, cidr)), Some(m)) = (&p.mgmt, &host.mgmt) {
+        up_with_address(&mut nl, "management", (link, &m.mac), *cidr)?;
+    }
     Ok(p)
+}
+
+/// A NIC of its own network (FT, management): `cidr` on it, then up; says so
+/// as `net: <network> network <name> (<mac>) = <cidr> up`.
+fn up_with_address(
+    nl: &mut Netlink,
+    network: &str,
+    (link, mac): (&Link, &str),
+    cidr: Cidr,
+) -> Result<(), NetError> {
+    nl.add_address(link.index, cidr)?;
+    nl.set_up(link.index)?;
+    tracing::info!("net: {network} network {} ({mac}) = {cidr} up", link.name);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -375,6 +394,7 @@ mod tests {
                 addr: "198.51.100.1/24".into(),
             },
             public_key: String::new(),
+            mgmt: None,
         }
     }
 
@@ -420,6 +440,47 @@ mod tests {
         let e = plan(&host(), &l).unwrap_err().to_string();
         assert!(e.contains("52:54:00:f7:00:01 (FT network)"), "{e}");
         assert!(e.contains("ens3=52:54:00:f8:00:01"), "{e}");
+    }
+
+    fn with_mgmt() -> (Host, Vec<Link>) {
+        let mut h = host();
+        h.mgmt = Some(Interface {
+            mac: "52:54:00:f9:00:01".into(),
+            addr: "203.0.113.1/24".into(),
+        });
+        let mut l = links();
+        l.push(Link {
+            index: 4,
+            name: "ens5".into(),
+            mac: Some([0x52, 0x54, 0, 0xf9, 0, 1]),
+        });
+        (h, l)
+    }
+
+    #[test]
+    fn the_management_nic_is_matched_by_mac_too() {
+        assert_eq!(plan(&host(), &links()).unwrap().mgmt, None);
+        let (h, mut l) = with_mgmt();
+        l.rotate_left(2); // order does not matter
+        let p = plan(&h, &l).unwrap();
+        let (link, cidr) = p.mgmt.unwrap();
+        assert_eq!((link.index, link.name.as_str()), (4, "ens5"));
+        assert_eq!(cidr.to_string(), "203.0.113.1/24");
+        assert_eq!(p.ft.name, "ens4");
+    }
+
+    #[test]
+    fn a_missing_management_nic_is_refused_like_a_missing_ft_nic() {
+        let (h, mut l) = with_mgmt();
+        l.pop();
+        let e = plan(&h, &l).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "no interface with MAC 52:54:00:f9:00:01 (management network); present: ["
+            ),
+            "{e}"
+        );
+        assert!(e.contains("ens4=52:54:00:f7:00:01"), "{e}");
     }
 
     #[test]

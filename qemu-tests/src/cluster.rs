@@ -2,7 +2,8 @@
 //! signed config disk per host made with the `config_schema` library, one
 //! sparse shared storage file (attached directly, or on opt-in served over
 //! NBD or iSCSI through a per-host storage path that tests can cut or
-//! delay), the FT and VM hubs with a port per host, and the hosts themselves.
+//! delay), the FT and VM hubs with a port per host (and the management hub
+//! when the config gives hosts `mgmt` NICs), and the hosts themselves.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,9 @@ pub struct Cluster {
     pub ft: Hub,
     /// The VM network (protected VMs' traffic, test clients); one port per host.
     pub vm: Hub,
+    /// The management network (operators only): a port per host with
+    /// `hosts[].mgmt`; `None` when no host has one.
+    pub mgmt: Option<Hub>,
     config: ClusterConfig,
     iso: PathBuf,
     shared: PathBuf,
@@ -236,9 +240,16 @@ impl Cluster {
             .map_err(|e| HarnessError::io(format!("create {}", shared.display()), e))?;
         let ft = Hub::new("ft", &dir.path().join("ft"))?;
         let vm = Hub::new("vm", &dir.path().join("vm"))?;
+        let mgmt = match config.hosts.iter().any(|h| h.mgmt.is_some()) {
+            true => Some(Hub::new("mgmt", &dir.path().join("mgmt"))?),
+            false => None,
+        };
         for h in &config.hosts {
             ft.add_stream_port(&h.name)?;
             vm.add_stream_port(&h.name)?;
+            if let (Some(hub), Some(_)) = (&mgmt, &h.mgmt) {
+                hub.add_stream_port(&h.name)?;
+            }
         }
         Ok(Cluster {
             hosts: BTreeMap::new(),
@@ -247,6 +258,7 @@ impl Cluster {
             iscsi: None,
             ft,
             vm,
+            mgmt,
             config,
             iso,
             shared,
@@ -367,7 +379,8 @@ impl Cluster {
 
     /// The spec [`Cluster::boot`] uses for `host`: ISO boot, its config disk,
     /// the shared storage (over its storage path after
-    /// [`Cluster::use_nbd_storage`] or [`Cluster::use_iscsi_storage`]), its FT and VM NICs (MACs from the config) and the
+    /// [`Cluster::use_nbd_storage`] or [`Cluster::use_iscsi_storage`]), its FT and VM NICs
+    /// and its management NIC if it has one (MACs from the config), and the
     /// watchdog. Change it and pass it to [`Cluster::boot_spec`].
     pub fn host_spec(&self, host: &str) -> Result<HostSpec> {
         let h = self
@@ -401,6 +414,12 @@ impl Cluster {
                 socket: self.vm.socket_path(host)?,
             },
         ];
+        if let (Some(m), Some(hub)) = (&h.mgmt, &self.mgmt) {
+            spec.nics.push(Nic {
+                mac: m.mac.clone(),
+                socket: hub.socket_path(host)?,
+            });
+        }
         Ok(spec)
     }
 

@@ -371,6 +371,18 @@ fn summary(c: &ClusterConfig) -> String {
 fn check(path: &Path) -> Result<()> {
     let (c, _) = load_config(path)?;
     println!("ok: {}", summary(&c));
+    for h in &c.hosts {
+        if let Some(m) = &h.mgmt {
+            let ip = m.addr.split('/').next().unwrap_or_default();
+            println!(
+                "management network: {} at {} (NIC {}); status service {ip}:{}",
+                h.name,
+                m.addr,
+                m.mac,
+                config_schema::remote::PORT
+            );
+        }
+    }
     Ok(())
 }
 

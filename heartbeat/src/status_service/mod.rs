@@ -1,6 +1,10 @@
 //! The network status service, served by the heartbeat daemon on TCP
-//! [`remote::PORT`] of the host's FT address (`config_schema::remote` has the
-//! protocol and the operator's authentication; this module answers).
+//! [`remote::PORT`] of the host's FT address, and of its management address
+//! when the config gives it one (`hosts[].mgmt`; [`ServiceConfig::listen_addrs`]
+//! is the one list of both). `config_schema::remote` has the protocol and the
+//! operator's authentication; this module answers. Both addresses answer the
+//! same requests with the same authentication; hosts always talk to each
+//! other on the FT network.
 //!
 //! Why here: heartbeat already binds the FT address, holds the host's
 //! X25519 key and the config's host list, is not on any safety path (its
@@ -26,7 +30,7 @@ pub mod noise;
 
 pub use apply::{ApplyTarget, Live};
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -70,6 +74,9 @@ pub struct ServiceConfig {
     pub host_order: Vec<String>,
     /// The status service's port on every host (7401; tests use others).
     pub port: u16,
+    /// This host's management address (`hosts[].mgmt.addr`), which the
+    /// service listens on beside the FT address; `None`: FT only.
+    pub mgmt: Option<IpAddr>,
     pub fencing_socket: PathBuf,
     pub ftvmm_socket: PathBuf,
     /// Where applied configs are persisted; `None`: this host refuses them.
@@ -87,6 +94,7 @@ impl ServiceConfig {
             vms: VmConfig::all(&rt.config),
             host_order: rt.config.hosts.iter().map(|h| h.name.clone()).collect(),
             port,
+            mgmt: mgmt_ip(rt),
             fencing_socket: ctl::FENCING_SOCKET.into(),
             ftvmm_socket: ctl::FTVMM_SOCKET.into(),
             apply: Some(ApplyTarget {
@@ -108,14 +116,29 @@ impl ServiceConfig {
         }
     }
 
-    /// This host's service address.
-    pub fn bind(&self) -> SocketAddr {
+    /// This host's service address on the FT network (the one other hosts use).
+    pub fn ft_addr(&self) -> SocketAddr {
         SocketAddr::new(self.node.bind.ip(), self.port)
+    }
+
+    /// Every address the service listens on: the FT address, then the
+    /// management address if the host has one.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mgmt = self.mgmt.map(|ip| SocketAddr::new(ip, self.port));
+        std::iter::once(self.ft_addr()).chain(mgmt).collect()
     }
 
     fn peer_addr(&self, p: &PeerConf) -> SocketAddr {
         SocketAddr::new(p.addr.ip(), self.port)
     }
+}
+
+/// This host's management address in `rt`, if it has one. The config was
+/// validated (init refuses any other), so the address parses.
+fn mgmt_ip(rt: &RuntimeConfig) -> Option<IpAddr> {
+    let me = rt.config.hosts.iter().find(|h| h.name == rt.host_name)?;
+    let (ip, _) = config_schema::validate::parse_cidr(&me.mgmt.as_ref()?.addr)?;
+    Some(IpAddr::V4(ip))
 }
 
 /// The service: config plus where heartbeat's own status comes from.
@@ -150,22 +173,55 @@ impl Service {
         }
     }
 
-    /// Binds this host's service address.
-    pub fn bind(&self) -> std::io::Result<TcpListener> {
-        TcpListener::bind(self.cfg.bind())
+    /// The addresses to listen on ([`ServiceConfig::listen_addrs`]).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.cfg.listen_addrs()
     }
 
-    /// Serves `listener` forever.
-    /// Serves `listener` forever; with an [`ApplyTarget`] that says so,
-    /// also catches up with the other hosts' applied configs ([`catch_up`]).
-    pub fn serve(self, listener: TcpListener) {
+    /// Binds every address of [`Service::listen_addrs`], in that order; an
+    /// error names the address.
+    pub fn bind(&self) -> std::io::Result<Vec<TcpListener>> {
+        self.listen_addrs()
+            .into_iter()
+            .map(|a| {
+                TcpListener::bind(a).map_err(|e| std::io::Error::new(e.kind(), format!("{a}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Serves `listeners` (those of [`Service::bind`]) forever, each in its
+    /// own thread; see [`Service::start`].
+    pub fn serve(self, listeners: Vec<TcpListener>) {
+        let me = self.start();
+        let threads: Vec<_> = listeners
+            .into_iter()
+            .map(|l| {
+                let svc = Arc::clone(&me);
+                std::thread::spawn(move || Service::serve_on(&svc, l))
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Readies the service to serve listeners from any number of threads
+    /// ([`Service::serve_on`]); with an [`ApplyTarget`] that says so, also
+    /// starts catching up with the other hosts' applied configs ([`catch_up`]).
+    pub fn start(self) -> Arc<Service> {
         let me = Arc::new(self);
         let every = me.cfg.apply.as_ref().and_then(|t| t.catch_up_every);
         if let Some(every) = every {
             let svc = Arc::clone(&me);
             std::thread::spawn(move || catch_up::run(svc, every));
         }
-        server::serve(listener, me)
+        me
+    }
+
+    /// Serves one listener forever (each address has its own connection
+    /// limit, [`server::MAX_CONNECTIONS`]).
+    pub fn serve_on(me: &Arc<Service>, listener: TcpListener) {
+        server::serve(listener, Arc::clone(me) as Arc<dyn Backend>)
     }
 
     /// What applied configs changed so far.
@@ -294,7 +350,7 @@ impl Backend for Service {
                 .collect();
             let own = HostEntry {
                 host: self.cfg.node.name.clone(),
-                addr: self.cfg.bind().to_string(),
+                addr: self.cfg.ft_addr().to_string(),
                 unreachable: None,
                 report: own.join().ok(),
             };

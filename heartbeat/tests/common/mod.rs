@@ -160,6 +160,7 @@ impl Cluster {
             vms: vec![],
             host_order: NAMES.iter().map(|n| n.to_string()).collect(),
             port: TCP,
+            mgmt: None,
             fencing_socket: self.dir.path().join("none"),
             ftvmm_socket: match self.ftvmm.contains(&i) {
                 true => self.fake_ftvmm(i),
