@@ -120,7 +120,7 @@ impl LinkSink {
         // acks; the Output Rule takes acks from the switch epoch on.)
         let acked = self.link.acked();
         s.unacked.retain(|&(n, _)| n > acked);
-        if !s.full.is_some_and(|f| acked >= f) {
+        if s.full.is_none_or(|f| acked < f) {
             return JoinStep::None;
         }
         let backlog: usize = s.unacked.iter().map(|&(_, b)| b).sum();

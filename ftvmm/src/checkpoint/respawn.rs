@@ -47,6 +47,7 @@
 //!   acknowledgement, which the outputs wait for, has a deadline;
 //! - the new Secondary gives up on a Primary silent (no message and no
 //!   authentic frame) for the join timeout.
+//!
 //! A frozen or dead process sends no keep-alives and a wedged link loop
 //! stops them (`keepalive::STALL_LIMIT`), so either still gives the join up.
 //!
