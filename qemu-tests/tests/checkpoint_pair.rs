@@ -189,6 +189,17 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
 /// TCG hosts' FT network, many failure timeouts long, streamed while
 /// host-b runs alone (`ftvmm/src/checkpoint/respawn.rs`) — and the VM is
 /// protected again.
+///
+/// Runs (stop 28, helper ckpt7): 1 of 2 passed. Passed: failover pause
+/// 1,740 ms; protected again 36.5 s after host-a's reboot began (join
+/// 13.9 s from the hello, full epoch 898, switch 999). Failed: during the
+/// boot-time epochs host-b took host-a for silent (2,211 ms at epoch 4),
+/// won generation 2 and resumed the guest before it listened on host-a, so
+/// this test's wait for the guest on host-a timed out — the steady pair's
+/// liveness under 1 s on these hosts, not the join: host-a then joined as
+/// host-b's Secondary (full epoch 18, 62.5 MiB, 1.1 s pause; switch at 20;
+/// 25.6 s from the hello, 24.4 s of it streaming alone). Not in `make
+/// test` until the boot-time suspicion is fixed.
 #[test]
 fn kill_the_primary_host_the_checkpoint_pair_is_protected_again_with_the_examples_timeout() {
     let (mut cluster, _tmp) = pair_killed("checkpoint-pair-1s", 1_000);
