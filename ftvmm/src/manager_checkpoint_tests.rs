@@ -159,9 +159,31 @@ pub(super) fn private(host: usize) -> [u8; 32] {
     [0x50 + host as u8; 32]
 }
 
+/// Where this test process's hosts of `World::new(net)` listen:
+/// `127.net.k.0/24`, `k` the first whose claim socket (`127.net.k.254`,
+/// port 7099) this process could take. Members listen on fixed ports (the
+/// VM's channel port) at their host's address, and tests of other
+/// processes on this machine (a second `cargo test` beside `make test`) use
+/// the same `net`s: with one fixed /24 per `net`, a standby a test left
+/// listening (host-a of `a_secondary_with_another_image_refuses_the_pair`
+/// turns standby after its refused start and listens until its process
+/// exits) made the other process's host-a fail with `Address already in
+/// use 127.43.0.1:7101`. The claim is held until this process exits, as
+/// such a listener may be.
+fn subnet(net: u8) -> u8 {
+    (0..=u8::MAX)
+        .find(|&k| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, net, k, 254), 7099))
+                .map(|claim| Box::leak(Box::new(claim)))
+                .is_ok()
+        })
+        .unwrap_or_else(|| panic!("no free 127.{net}.k.0/24 for this test process"))
+}
+
 impl World {
     /// `net`: the second octet of this test's loopback addresses (tests
-    /// run in parallel; each pair listens on its own address).
+    /// run in parallel; each pair listens on its own address; the third is
+    /// this process's, [`subnet`]).
     pub(super) fn new(net: u8) -> Self {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -190,8 +212,9 @@ impl World {
         config.images[at] = img;
         // Then what this test's hosts see (validation wants /dev/ paths).
         config.storage.device = DeviceLocator::Path(device.display().to_string());
+        let k = subnet(net);
         for (i, h) in config.hosts.iter_mut().enumerate() {
-            h.ft.addr = format!("127.{net}.0.{}/24", i + 1);
+            h.ft.addr = format!("127.{net}.{k}.{}/24", i + 1);
             let id = Identity {
                 private_key: private(i),
             };

@@ -35,8 +35,9 @@
 //! with `yes` passed too, 6.0, 7.6, 7.5 s, but someone killed the `yes`
 //! processes part-way). So it runs in `make test` (which builds
 //! `make linux-kv` for it) and in `make chaos`.
-//! `FT_CKPT_FAILURE_TIMEOUT_MS` (default 5000; 1000 fails here, see
-//! `config_text`), `FT_LINUX_VM_VERBOSE=1` boots the guest without
+//! `FT_CKPT_FAILURE_TIMEOUT_MS` (default 5000; the examples' 1000 is the
+//! second test, `--ignored`, which also reboots host-a and waits until it
+//! is the new Secondary by a join), `FT_LINUX_VM_VERBOSE=1` boots the guest without
 //! `loglevel=4`, `FT_CKPT_GUEST_ARGS` adds kernel arguments. Replay:
 //!
 //! ```sh
@@ -80,9 +81,10 @@ fn guest_files() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// `examples/linux-vm.toml` with only `web`, at the reference guest's
-/// address and MAC (the harness's client talks to that), 128 MiB, and the
-/// image pinned to `kernel` and `initrd`.
-fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
+/// address and MAC (the harness's client talks to that), 128 MiB, the
+/// image pinned to `kernel` and `initrd`, and the failure timeout
+/// `failure_timeout_ms`.
+fn config_text(kernel: &[u8], initrd: &[u8], failure_timeout_ms: u64) -> String {
     let root = workspace_root();
     let text = std::fs::read_to_string(root.join("examples/linux-vm.toml")).unwrap();
     let kv_start = text.find("# The reference guest, in lockstep").unwrap();
@@ -100,10 +102,11 @@ fn config_text(kernel: &[u8], initrd: &[u8]) -> String {
         // network in 1 MiB pieces at ~1-2 MB/s: with the example's 1 s
         // each side took the other for silent during it (stop 26), and the
         // respawn that followed held the guest's frames for its 10 s join
-        // timeout, so the client's connect failed. 5 s passes here.
+        // timeout, so the client's connect failed. 5 s passes here; the
+        // example's 1 s is `..._protected_again_with_the_examples_timeout`.
         (
             "failure_timeout_ms = 1000",
-            format!("failure_timeout_ms = {}", failure_timeout_ms()),
+            format!("failure_timeout_ms = {failure_timeout_ms}"),
         ),
         ("memory_mib = 512", "memory_mib = 128".to_string()),
         (
@@ -166,19 +169,100 @@ fn host_cpus() -> u32 {
         .unwrap_or(2)
 }
 
-fn source(dir: &Path, kernel: &[u8], initrd: &[u8]) -> ClusterSource {
+fn source(dir: &Path, kernel: &[u8], initrd: &[u8], failure_timeout_ms: u64) -> ClusterSource {
     let example = ClusterSource::example();
     let config = dir.join("checkpoint-pair.toml");
-    std::fs::write(&config, config_text(kernel, initrd)).unwrap();
+    std::fs::write(&config, config_text(kernel, initrd, failure_timeout_ms)).unwrap();
     ClusterSource { config, ..example }
 }
 
 #[test]
 fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
+    let (mut cluster, _tmp) = pair_killed("checkpoint-pair", failure_timeout_ms());
+    cluster.pass();
+}
+
+/// With the examples' timing (heartbeat 100 ms, failure timeout 1 s): the
+/// Primary's host is killed, host-b resumes the guest with the client's
+/// connection intact, then host-a boots again and host-b's keeper brings
+/// it in as the new Secondary by a full checkpoint — tens of MiB over the
+/// TCG hosts' FT network, many failure timeouts long, streamed while
+/// host-b runs alone (`ftvmm/src/checkpoint/respawn.rs`) — and the VM is
+/// protected again.
+///
+/// Runs (stop 28, helper ckpt7): 2 of 3 passed. Passed: failover pause
+/// 1,740 and 1,775 ms; protected again 36.5 and 34.6 s after host-a's
+/// reboot began (join 13.9 and 13.8 s from the hello, nearly all of it
+/// streaming alone; full epoch 898 / 870, switch 999 / 975; the full
+/// epoch's pause 634 ms in the second; the first had two false
+/// suspicions before the kill too — host-b resumed in generation 4 — and
+/// the joins after them worked). Failed: during the
+/// boot-time epochs host-b took host-a for silent (2,211 ms at epoch 4),
+/// won generation 2 and resumed the guest before it listened on host-a, so
+/// this test's wait for the guest on host-a timed out — the steady pair's
+/// liveness under 1 s on these hosts, not the join: host-a then joined as
+/// host-b's Secondary (full epoch 18, 62.5 MiB, 1.1 s pause; switch at 20;
+/// 25.6 s from the hello, 24.4 s of it streaming alone). So it is not in
+/// `make test` or `make chaos` until the boot-time suspicion is fixed: run
+/// it with `--ignored`.
+#[test]
+#[ignore = "2 of 3 passed: a boot-time false suspicion of the steady pair under 1 s (see its doc); run with --ignored"]
+fn kill_the_primary_host_the_checkpoint_pair_is_protected_again_with_the_examples_timeout() {
+    let (mut cluster, _tmp) = pair_killed("checkpoint-pair-1s", 1_000);
+    let mut spec = cluster.host_spec("host-a").unwrap();
+    spec.cpus = host_cpus();
+    let t = std::time::Instant::now();
+    cluster.boot_spec(spec).unwrap();
+    let (a, b) = (
+        cluster.host("host-a").unwrap(),
+        cluster.host("host-b").unwrap(),
+    );
+    a.wait_for("appliance ready: host=host-a generation=1", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = b
+        .wait_for_line(
+            format!("ftvmm: vm {VM}: protected: secondary host-a").as_str(),
+            Duration::from_secs(900),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "checkpoint-pair-1s: host-a rebooted; protected again {:.1} s after its boot started: {}",
+        t.elapsed().as_secs_f64(),
+        line.text
+    );
+    wait(
+        a,
+        format!("ftvmm: vm {VM}: joined primary host-b as its secondary"),
+    );
+    // Still paired an epoch summary later (10 s: many failure timeouts).
+    b.wait_for_next(
+        format!("ftvmm: vm {VM}: checkpoint: epoch "),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let lost: Vec<String> = (b.console().lines().into_iter())
+        .filter(|l| l.at >= line.at)
+        .map(|l| l.text)
+        .filter(|t| t.contains("secondary suspected") || t.contains("not protected"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "host-b lost its new secondary again: {lost:?}"
+    );
+    cluster.pass();
+}
+
+/// Boots host-a and host-b paired on the Linux KV guest with
+/// `failure_timeout_ms`, kills host-a under a client's connection and
+/// waits until host-b resumed it and the connection went on.
+fn pair_killed(name: &str, failure_timeout_ms: u64) -> (Cluster, tempfile::TempDir) {
     let (kernel, initrd) = guest_files();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster =
-        Cluster::new("checkpoint-pair", &source(tmp.path(), &kernel, &initrd)).unwrap();
+    let mut cluster = Cluster::new(
+        name,
+        &source(tmp.path(), &kernel, &initrd, failure_timeout_ms),
+    )
+    .unwrap();
     config_schema::shared_images::write_image(
         cluster.config(),
         IMAGE,
@@ -237,5 +321,5 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
         },
     );
     assert!(!acked.is_empty(), "no PUT was acknowledged");
-    cluster.pass();
+    (cluster, tmp)
 }

@@ -9,6 +9,7 @@ use config_schema::runtime::RuntimeConfig;
 use config_schema::validate::allowed_hosts;
 
 use super::super::daemon_spec::CheckpointSpec;
+use super::super::keepalive::AliveLink;
 use super::super::receiver::Receiver;
 use super::super::respawn::{receive_join, JoinTarget};
 use super::super::secondary::Staging;
@@ -106,12 +107,13 @@ pub(crate) fn check_join(
     check_join_offer(fencing, &h.vm, h.generation, &h.primary_host)
 }
 
-/// A join's full epoch into staging memory (`respawn.rs`).
+/// A join's full epoch and those after it into staging memory
+/// (`respawn.rs`); the link goes on, its keep-alive thread running.
 pub(super) fn receive(
     ctx: &MemberCtx<'_>,
     spec: &CheckpointSpec,
-    ch: &mut Channel,
-) -> Result<Receiver<Staging>, String> {
+    ch: Channel,
+) -> Result<(Receiver<Staging>, AliveLink), String> {
     ctx.handle
         .set_role("checkpoint secondary (receiving its first checkpoint)");
     println!(

@@ -46,6 +46,7 @@ use super::driver::{
 };
 use super::gate::EpochGate;
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
+use super::keepalive::AliveLink;
 use super::local::GATE;
 use super::primary::LoopConfig;
 use super::receiver::Receiver;
@@ -133,20 +134,21 @@ pub fn run_checkpoint_member(
                         "ftvmm: vm {}: paired with primary {}; generation {}",
                         ctx.vm.name, spec.pair.peer, hello.generation
                     );
-                    return run_secondary(ctx, &spec, ch, None, console, on_start);
+                    let link = AliveLink::start(ch, "ckpt-alive");
+                    return run_secondary(ctx, &spec, link, None, console, on_start);
                 }
                 Accepted::Join(paired) => {
-                    let (mut ch, hello) = *paired;
+                    let (ch, hello) = *paired;
                     let mut s = spec.clone();
                     s.pair.hello.generation = hello.generation;
                     s.pair.peer = hello.primary_host.clone();
-                    match receive(ctx, &s, &mut ch) {
-                        Ok(r) => {
+                    match receive(ctx, &s, ch) {
+                        Ok((r, link)) => {
                             println!(
                                 "ftvmm: vm {}: joined primary {} as its secondary by a full checkpoint (holds epoch {}); generation {}",
                                 ctx.vm.name, s.pair.peer, r.last(), hello.generation
                             );
-                            return run_secondary(ctx, &s, ch, Some(r), console, on_start);
+                            return run_secondary(ctx, &s, link, Some(r), console, on_start);
                         }
                         Err(e) => println!(
                             "ftvmm: vm {}: join from {} failed: {e}; copy discarded",
@@ -222,8 +224,11 @@ mod listen;
 pub(crate) use listen::check_join;
 use listen::{accept_primary, receive, Accepted};
 
-/// How long either side of a join waits for the other: the failure
-/// timeout, but never less than 10 s (a full epoch is all of memory).
+/// How long the epoch loop may take to take a join and its switch epoch to
+/// be acknowledged, and how long a joining Secondary waits for a silent
+/// Primary: five failure timeouts, never less than 10 s. The Primary gives
+/// a silent joining Secondary up after the failure timeout itself; nothing
+/// bounds how long a full epoch takes to stream (`respawn.rs`, liveness).
 fn join_timeout(spec: &CheckpointSpec) -> Duration {
     (spec.pair.failure_timeout * 5).max(Duration::from_secs(10))
 }
@@ -338,6 +343,7 @@ fn start_keeper(
             handle: Arc::clone(ctx.handle),
             port,
             timeout: join_timeout(spec),
+            silence: spec.pair.failure_timeout,
         }),
     };
     let thread = keeper
@@ -358,12 +364,12 @@ fn run_alone(
     run_primary(ctx, &spec, None, console, on_start)
 }
 
-/// The Secondary over `ch`, with its take-over plan; `joined`: the
+/// The Secondary over `link`, with its take-over plan; `joined`: the
 /// receiver a join filled (respawn), else a power-on pair's empty one.
 fn run_secondary(
     ctx: &MemberCtx<'_>,
     spec: &CheckpointSpec,
-    ch: Channel,
+    link: AliveLink,
     joined: Option<Receiver<Staging>>,
     console: ConsoleSink,
     on_start: impl FnOnce(),
@@ -381,7 +387,7 @@ fn run_secondary(
             0,
         ),
     };
-    let effects = SecondaryEffects::start(&ctx.vm.name, ch, r, plan, events.0.clone())
+    let effects = SecondaryEffects::start_on(&ctx.vm.name, link, r, plan, events.0.clone())
         .map_err(|e| PairError::NotStarting(e.to_string()))?;
     let live = effects.live();
     ctx.figures

@@ -1,7 +1,15 @@
 //! The checkpoint Primary's end of the link (module doc of `driver`): the
 //! connection to its Secondary, a join waiting for the next epoch, when the
-//! Secondary was last heard, the keep-alive's turn (`keepalive.rs`) and the
-//! ack reader.
+//! Secondary was last heard and what it last acknowledged, the keep-alive's
+//! turn (`keepalive.rs`) and the ack reader.
+//!
+//! A joining Secondary's connection becomes the link as soon as the epoch
+//! loop takes the join (`respawn.rs`): from then on the keep-alive thread
+//! speaks on it and the ack reader hears it, while the Primary still runs
+//! alone and streams the Secondary up to date. The gate takes no acks while
+//! it runs alone (`Mode::Solo`: every closed epoch counts as acknowledged at
+//! its close), so the ack reader only records them ([`PrimaryLink::acked`])
+//! for the join to see how far the new Secondary got.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -10,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lock;
+use crate::checkpoint::gate::{GateError, Mode};
 use crate::checkpoint::gated::GatedOutputs;
 use crate::checkpoint::keepalive::KEEPALIVE;
 use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
@@ -26,16 +35,28 @@ pub(super) struct Conn {
 }
 
 /// A Secondary waiting to join (respawn): its channel, the generation it
-/// joins in, and where the epoch loop says which epoch was its full one.
+/// joins in, and where the epoch loop tells how the join goes.
 pub(crate) struct PendingJoin {
     pub ch: Channel,
     pub generation: u64,
-    pub reply: Sender<Result<JoinedLink, String>>,
+    pub reply: Sender<JoinNews>,
 }
 
-/// The join's full epoch closed and its link is the Primary's now.
+/// What the epoch loop tells a join (`respawn.rs`), in this order.
+pub(crate) enum JoinNews {
+    /// The loop took the join: its channel is connection `conn` now, and
+    /// the next epoch, full, goes to it; the Primary still runs alone.
+    Streaming { conn: u64 },
+    /// The switch epoch closed paired (`Ok`), or the join ended (`Err`; its
+    /// connection is closed and the gate runs alone).
+    Switched(Result<JoinedLink, String>),
+}
+
+/// The join's switch epoch closed paired, on the Primary's link.
 pub(crate) struct JoinedLink {
-    /// The full epoch.
+    /// The full epoch (the first the new Secondary got).
+    pub full: u64,
+    /// The switch epoch: the first closed paired.
     pub epoch: u64,
     /// The connection it goes over (`PrimaryLink::is_up`).
     pub conn: u64,
@@ -49,6 +70,9 @@ pub(crate) struct PrimaryLink {
     pub(super) next_id: AtomicU64,
     pub(super) join: Mutex<Option<PendingJoin>>,
     pub(super) heard: Mutex<Instant>,
+    /// The last epoch the connected Secondary acknowledged, in any mode of
+    /// the gate (0: none yet on this connection).
+    pub(super) acked: AtomicU64,
     pub(super) events: Mutex<Sender<Event>>,
 }
 
@@ -78,8 +102,18 @@ impl PrimaryLink {
         lock(&self.conn).as_ref().is_some_and(|c| c.id == id)
     }
 
+    /// How long since the connected Secondary was last heard.
+    pub(crate) fn silent_for(&self) -> std::time::Duration {
+        lock(&self.heard).elapsed()
+    }
+
+    /// The last epoch the connected Secondary acknowledged.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
     /// Whether a Secondary is connected.
-    pub(super) fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         lock(&self.conn).is_some()
     }
 
@@ -95,6 +129,7 @@ impl PrimaryLink {
         let stop = Arc::new(AtomicBool::new(false));
         let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
         *lock(&self.heard) = Instant::now();
+        self.acked.store(0, Ordering::SeqCst);
         *lock(&self.conn) = Some(Conn {
             id,
             tx,
@@ -199,8 +234,14 @@ fn read_acks(
             Ok(Message::Alive) => *lock(&link.heard) = Instant::now(),
             Ok(Message::EpochAck { epoch }) => {
                 *lock(&link.heard) = Instant::now();
-                if let Err(e) = outputs.on_ack(epoch) {
-                    return Some(format!("acknowledgement of epoch {epoch} refused: {e}"));
+                link.acked.fetch_max(epoch, Ordering::SeqCst);
+                match outputs.on_ack(epoch) {
+                    // Alone (a join streaming its Secondary up to date):
+                    // every closed epoch counts as acknowledged already.
+                    Ok(()) | Err(GateError::AckNotPaired { mode: Mode::Solo { .. } }) => {}
+                    Err(e) => {
+                        return Some(format!("acknowledgement of epoch {epoch} refused: {e}"))
+                    }
                 }
             }
             Ok(Message::Bye { reason }) => {

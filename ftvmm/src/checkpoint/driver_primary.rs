@@ -12,24 +12,49 @@ use std::time::{Duration, Instant};
 /// At most this long between two console summaries of the epochs.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-use super::link::{JoinedLink, PendingJoin, PrimaryLink};
+use super::link::{JoinNews, JoinedLink, PrimaryLink};
 use super::{lock, Effects};
+use crate::checkpoint::gate::Mode;
 use crate::checkpoint::gated::GatedOutputs;
 use crate::checkpoint::keepalive::{self, Progress};
 use crate::checkpoint::local::Summary;
-use crate::checkpoint::primary::{self, EpochLoopError, EpochSink, LoopConfig};
+use crate::checkpoint::primary::{self, EpochLoopError, EpochSink, JoinStep, LoopConfig};
 use crate::linux::machine::Running;
 use crate::lockstep::channel::{Channel, Message};
 use crate::lockstep::member::{Event, Gate};
 
+/// The switch epoch comes once the new Secondary acknowledged the full
+/// epoch and every epoch shipped to it but the last one — or the last two,
+/// if together they are at most this many bytes (one piece; an ack may be
+/// on its way): it is about one epoch behind, and the switch epoch and
+/// those are all the outputs then wait for. A Secondary that never catches
+/// up (a guest that dirties memory faster than the link carries) is
+/// streamed to for as long as it is alive, the Primary alone meanwhile:
+/// switching anyway would hold the outputs for the whole backlog.
+const SWITCH_BACKLOG_BYTES: usize = 1 << 20;
+
+/// A join the epoch loop took: its Secondary is streamed up to date while
+/// the Primary runs alone, until the switch epoch (`respawn.rs`).
+struct Stream {
+    generation: u64,
+    conn: u64,
+    reply: Sender<JoinNews>,
+    /// The full epoch, once shipped (the first on the link).
+    full: Option<u64>,
+    /// Epochs shipped on the link and their bytes, not acknowledged yet.
+    unacked: std::collections::VecDeque<(u64, usize)>,
+}
+
 /// Epochs into the link while there is one; without one (the member runs
 /// alone, or races) an epoch is only closed, for the gate. A join offered
-/// meanwhile makes the next epoch full and takes its link when it closes.
+/// meanwhile takes the link at once: the next epoch is full, the following
+/// ones bring the new Secondary up to date while the gate still runs alone,
+/// and once it caught up an epoch closes paired (the switch).
 struct LinkSink {
     link: Arc<PrimaryLink>,
     outputs: Arc<GatedOutputs>,
-    /// The join whose epoch is being taken.
-    joining: Option<PendingJoin>,
+    /// The join being streamed, if any.
+    stream: Option<Stream>,
     /// Ack threads of joined links.
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// Stamped at every step of the epoch loop (`keepalive.rs`).
@@ -38,6 +63,87 @@ struct LinkSink {
     /// loop busy for that long, as a large harvest or encode is).
     #[cfg(test)]
     slow_ms: Arc<AtomicU64>,
+}
+
+impl LinkSink {
+    /// Takes a join offered (the link is free): its channel becomes the
+    /// link now, so keep-alives and acks flow from the first byte.
+    fn take_join(&mut self) -> JoinStep {
+        if self.link.connected() {
+            return JoinStep::None;
+        }
+        let Some(j) = lock(&self.link.join).take() else {
+            return JoinStep::None;
+        };
+        match self.link.adopt(j.ch, &self.outputs) {
+            Ok((conn, t)) => {
+                lock(&self.threads).push(t);
+                let _ = j.reply.send(JoinNews::Streaming { conn });
+                self.stream = Some(Stream {
+                    generation: j.generation,
+                    conn,
+                    reply: j.reply,
+                    full: None,
+                    unacked: Default::default(),
+                });
+                JoinStep::Full
+            }
+            Err(e) => {
+                let why = format!("cannot start the ack thread: {e}");
+                let _ = j.reply.send(JoinNews::Switched(Err(why)));
+                JoinStep::None
+            }
+        }
+    }
+
+    /// The join streams: an ordinary epoch (closed alone, shipped to the
+    /// new Secondary), or the switch once it caught up; or the join ends
+    /// (its link went, or the gate no longer runs alone in its generation).
+    fn stream_step(&mut self) -> JoinStep {
+        let s = self.stream.as_mut().expect("streaming");
+        let g = s.generation;
+        if !self.link.is_up(s.conn) {
+            self.end_stream(
+                "the link to the joining secondary ended while it was brought up to date".into(),
+            );
+            return JoinStep::None;
+        }
+        let mode = self.outputs.mode();
+        if mode != (Mode::Solo { generation: g }) {
+            self.end_stream(format!(
+                "the gate left the lone run in generation {g} (it is {mode:?})"
+            ));
+            return JoinStep::None;
+        }
+        // A late ack of an earlier connection is of an epoch before the
+        // full one: it never counts here. (Only the pace depends on these
+        // acks; the Output Rule takes acks from the switch epoch on.)
+        let acked = self.link.acked();
+        s.unacked.retain(|&(n, _)| n > acked);
+        if s.full.is_none_or(|f| acked < f) {
+            return JoinStep::None;
+        }
+        let backlog: usize = s.unacked.iter().map(|&(_, b)| b).sum();
+        let caught_up = match s.unacked.len() {
+            0 | 1 => true,
+            2 => backlog <= SWITCH_BACKLOG_BYTES,
+            _ => false,
+        };
+        if caught_up {
+            JoinStep::Switch { generation: g }
+        } else {
+            JoinStep::None
+        }
+    }
+
+    /// The join ends without a switch: its link closes (no `Bye`: the new
+    /// Secondary was never told it is paired), the gate runs alone still.
+    fn end_stream(&mut self, why: String) {
+        if let Some(s) = self.stream.take() {
+            self.link.give_up_join(Some(s.conn));
+            let _ = s.reply.send(JoinNews::Switched(Err(why)));
+        }
+    }
 }
 
 impl EpochSink for LinkSink {
@@ -63,27 +169,47 @@ impl EpochSink for LinkSink {
         self.progress.stamp();
     }
 
-    fn join(&mut self) -> Option<u64> {
-        if self.link.connected() {
-            return None;
+    fn join(&mut self) -> JoinStep {
+        match self.stream {
+            Some(_) => self.stream_step(),
+            None => self.take_join(),
         }
-        self.joining = lock(&self.link.join).take();
-        self.joining.as_ref().map(|j| j.generation)
+    }
+
+    fn shipped(&mut self, number: u64, bytes: usize) {
+        if let Some(s) = self.stream.as_mut() {
+            s.full.get_or_insert(number);
+            s.unacked.push_back((number, bytes));
+        }
     }
 
     fn join_closed(&mut self, closed: Result<u64, String>) {
-        let Some(j) = self.joining.take() else {
+        let Some(s) = self.stream.take() else {
             return;
         };
-        let joined = closed.and_then(|epoch| {
-            let (conn, t) = self
-                .link
-                .adopt(j.ch, &self.outputs)
-                .map_err(|e| format!("cannot start the ack thread: {e}"))?;
-            lock(&self.threads).push(t);
-            Ok(JoinedLink { epoch, conn })
-        });
-        let _ = j.reply.send(joined);
+        let full = s.full.unwrap_or(0);
+        let joined = match closed {
+            Ok(epoch) if self.link.is_up(s.conn) => Ok(JoinedLink {
+                full,
+                epoch,
+                conn: s.conn,
+            }),
+            // The join was given up while the switch closed (its link
+            // closed first): alone again, nobody will acknowledge it.
+            Ok(epoch) => {
+                if let Err(e) = self.outputs.abandon_join(s.generation) {
+                    tracing::info!("checkpoint: giving a join up: {e}");
+                }
+                Err(format!(
+                    "the link to the joining secondary ended as its switch epoch {epoch} closed"
+                ))
+            }
+            Err(e) => {
+                self.link.give_up_join(Some(s.conn));
+                Err(format!("the gate refused the join: {e}"))
+            }
+        };
+        let _ = s.reply.send(JoinNews::Switched(joined));
     }
 }
 
@@ -145,6 +271,7 @@ impl PrimaryEffects {
             next_id: AtomicU64::new(1),
             join: Mutex::new(None),
             heard: Mutex::new(Instant::now()),
+            acked: AtomicU64::new(0),
             events: Mutex::new(events),
         });
         let threads = Arc::new(Mutex::new(Vec::new()));
@@ -183,7 +310,7 @@ impl PrimaryEffects {
             let mut sink = LinkSink {
                 link: Arc::clone(&link),
                 outputs: Arc::clone(&outputs),
-                joining: None,
+                stream: None,
                 threads: Arc::clone(&threads),
                 progress,
                 #[cfg(test)]

@@ -13,7 +13,7 @@ use super::{lock, Effects, JoinPort, PrimaryEffects};
 use crate::checkpoint::epoch::DiskWrite;
 use crate::checkpoint::gate::{EpochGate, GateConfig};
 use crate::checkpoint::gated::{FrameOut, GatedOutputs};
-use crate::checkpoint::keepalive::{self, Progress, SharedSender, KEEPALIVE};
+use crate::checkpoint::keepalive::AliveLink;
 use crate::checkpoint::late_fence::{LateWriteFence, LATE_WRITE_BOUND_MS};
 use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::receiver::Receiver;
@@ -64,6 +64,9 @@ pub struct SecondaryEffects {
     applied_at: Arc<Mutex<Instant>>,
     /// When the Primary last sent anything (its silence, for the member).
     heard: Arc<Mutex<Instant>>,
+    /// Since when the serve loop is taking a message in (applying an
+    /// epoch): it reads nothing meanwhile (`remote::serve_heard`).
+    busy: Arc<Mutex<Option<Instant>>>,
     /// The link's authentic frames so far, and when that count last
     /// moved: a frame of a message still arriving (a 1 MiB piece takes a
     /// second on a slow FT network) is heard too.
@@ -88,38 +91,54 @@ impl SecondaryEffects {
     pub fn start(
         vm: &str,
         ch: Channel,
+        r: Receiver<Staging>,
+        plan: TakeOverPlan,
+        events: Sender<Event>,
+    ) -> Result<Self, crate::linux::LinuxVmError> {
+        Self::start_on(vm, AliveLink::start(ch, "ckpt-alive"), r, plan, events)
+    }
+
+    /// [`SecondaryEffects::start`] on a link whose keep-alive thread runs
+    /// already (a join's, `respawn.rs`: the Primary keeps hearing this
+    /// host across the hand-over from the join to the Secondary).
+    pub fn start_on(
+        vm: &str,
+        link: AliveLink,
         mut r: Receiver<Staging>,
         plan: TakeOverPlan,
         events: Sender<Event>,
     ) -> Result<Self, crate::linux::LinuxVmError> {
         let first = r.last();
-        let frames = ch.frame_counter();
+        let frames = link.rx.frame_counter();
         let member_events = events.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let applied_at = Arc::new(Mutex::new(Instant::now()));
         let heard = Arc::new(Mutex::new(Instant::now()));
+        let busy = Arc::new(Mutex::new(None));
         let applied = Arc::new(AtomicU64::new(first));
         let serve = {
             let (stop, at) = (Arc::clone(&stop), Arc::clone(&applied_at));
-            let h = Arc::clone(&heard);
+            let (h, b) = (Arc::clone(&heard), Arc::clone(&busy));
             let last = Arc::clone(&applied);
             std::thread::Builder::new()
                 .name(format!("ckpt-serve-{vm}"))
                 .spawn(move || {
-                    let (tx, mut rx) = ch.split();
-                    let tx = Arc::new(SharedSender::new(tx));
-                    let (progress, alive_stop) = (Arc::default(), Arc::default());
-                    let alive = spawn_keepalive(&tx, &progress, &alive_stop);
+                    let mut link = link;
                     let applied = |e| {
                         *lock(&at) = Instant::now();
                         last.store(e, Ordering::SeqCst);
                     };
                     let heard = || *lock(&h) = Instant::now();
-                    let end = serve_heard(&tx, &mut rx, &mut r, (&stop, &progress), applied, heard);
-                    alive_stop.store(true, Ordering::SeqCst);
-                    if let Some(t) = alive {
-                        let _ = t.join();
-                    }
+                    let end = serve_heard(
+                        &link.tx,
+                        &mut link.rx,
+                        &mut r,
+                        (&stop, &link.progress),
+                        applied,
+                        (heard, &*b),
+                    );
+                    // Stops the keep-alive thread.
+                    drop(link);
                     let ev = match &end {
                         LinkError::Bye { .. } => Some(Event::PrimaryEnded),
                         LinkError::Resigned { reason } => Some(Event::PeerResigned {
@@ -143,6 +162,7 @@ impl SecondaryEffects {
             stop,
             applied_at,
             heard,
+            busy,
             frames,
             frames_seen: Mutex::new((0, Instant::now())),
             applied,
@@ -222,27 +242,6 @@ impl SecondaryEffects {
             outputs,
             epoch,
         })
-    }
-}
-
-/// The Secondary's keep-alive thread on `tx` while `progress` moves
-/// (`keepalive.rs`); `None` (logged) if it cannot start: the link runs
-/// without, as before keep-alives.
-fn spawn_keepalive(
-    tx: &Arc<SharedSender>,
-    progress: &Arc<Progress>,
-    stop: &Arc<AtomicBool>,
-) -> Option<JoinHandle<()>> {
-    let tx2 = Arc::clone(tx);
-    let tick = move || tx2.keep_alive(KEEPALIVE).map_err(|e| e.to_string());
-    let name = "ckpt-alive".to_string();
-    let stop = (Arc::clone(stop), keepalive::STALL_LIMIT);
-    match keepalive::spawn(name, stop, Arc::clone(progress), tick) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!("checkpoint: no keep-alive thread to {}: {e}", tx.peer());
-            None
-        }
     }
 }
 
@@ -345,7 +344,15 @@ impl Effects for SecondaryEffects {
                 if seen.0 != frames {
                     *seen = (frames, Instant::now());
                 }
-                by_message.min(seen.1.elapsed()).as_millis() as u64
+                let silent = by_message.min(seen.1.elapsed());
+                // While this side applies an epoch it reads nothing: what
+                // the Primary sends meanwhile waits in the socket. Its
+                // silence stands still until this side listens again (a
+                // 32 MiB boot-time epoch took over a second to apply on a
+                // QEMU host, and its Secondary took a live Primary for
+                // silent under a 1 s failure timeout).
+                let deaf = lock(&self.busy).map_or(Duration::ZERO, |t| t.elapsed());
+                silent.saturating_sub(deaf).as_millis() as u64
             }
             _ => 0,
         }

@@ -30,10 +30,18 @@
 //!   itself can take a second on a slow FT network, so the Secondary also
 //!   counts every authentic frame (64 KiB) of a message still arriving as
 //!   heard (`ChannelReceiver::frame_counter`, `driver_secondary.rs`).
+//! - A join (`respawn.rs`) has them too, from its first message: the
+//!   joining Secondary's thread starts with the join ([`AliveLink`]) and
+//!   runs on into the Secondary it becomes, and the Primary's speaks on the
+//!   join's link from the moment its epoch loop took it. Both sides judge a
+//!   join by them, never by how long its full epoch takes.
 //!
 //! Checked: `driver_tests` (a Primary whose every piece waits three failure
 //! timeouts stays heard on the Secondary, and the Secondary on it: neither
-//! member suspects), `keepalive_tests` (a stalled loop stops its
+//! member suspects), `respawn_tests` (a join whose full epoch crawls
+//! through a 2 MiB/s proxy for several failure timeouts: the Primary
+//! hears the joining Secondary throughout, and neither member suspects
+//! after the hand-over), `keepalive_tests` (a stalled loop stops its
 //! keep-alives; one goes out only when nothing else did; the frame counter
 //! moves while a 1 MiB piece crawls through a slow proxy),
 //! the channel's round trip of every message kind, and the `channel_frame`
@@ -44,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lockstep::channel::{ChannelError, ChannelSender, Message};
+use crate::lockstep::channel::{Channel, ChannelError, ChannelReceiver, ChannelSender, Message};
 
 /// How long a side may send nothing before its keep-alive thread says
 /// `Alive` (and how often that thread looks).
@@ -171,4 +179,59 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// One side's end of a checkpoint link with its keep-alive thread running:
+/// the sending half (shared by the link loop and the thread), the receiving
+/// half, and the link loop's [`Progress`]. A joining Secondary starts it at
+/// its first message (`respawn.rs`'s `receive_join`) and hands it on, with
+/// the thread still running, to the Secondary it becomes
+/// (`SecondaryEffects::start_on`), so the Primary hears it every
+/// [`KEEPALIVE`] from the join's first piece to the end of the link, while
+/// a full epoch arrives and while it is applied. Dropping it stops the
+/// thread.
+pub struct AliveLink {
+    pub tx: Arc<SharedSender>,
+    pub rx: ChannelReceiver,
+    pub progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AliveLink {
+    /// Splits `ch` and starts its keep-alive thread (`name`); without a
+    /// thread (it could not start, logged) the link runs without
+    /// keep-alives, as before they existed.
+    pub fn start(ch: Channel, name: &str) -> Self {
+        let (tx, rx) = ch.split();
+        let tx = Arc::new(SharedSender::new(tx));
+        let progress = Arc::new(Progress::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let tx2 = Arc::clone(&tx);
+        let tick = move || tx2.keep_alive(KEEPALIVE).map_err(|e| e.to_string());
+        let limits = (Arc::clone(&stop), STALL_LIMIT);
+        let thread = match spawn(name.to_string(), limits, Arc::clone(&progress), tick) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("checkpoint: no keep-alive thread to {}: {e}", tx.peer());
+                None
+            }
+        };
+        AliveLink {
+            tx,
+            rx,
+            progress,
+            stop,
+            thread,
+        }
+    }
+}
+
+impl Drop for AliveLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

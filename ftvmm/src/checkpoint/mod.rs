@@ -64,8 +64,12 @@
 //! Secondary was lost, or alone at power-on) gets a new Secondary through
 //! lockstep's keeper (placement, Hello, back-off, protection line); the
 //! first full checkpoint is the state transfer, and the gate pairs at that
-//! epoch (the Output Rule across a join is argued in its module doc).
-//! Checked by `gate_tests` and `manager_checkpoint_respawn_tests` (three
+//! epoch (the Output Rule across a join is argued in its module doc). The
+//! new Secondary is streamed up to date while the Primary runs alone, and
+//! the pair forms at a later, small epoch; both sides judge the join by
+//! keep-alives, not by how long the bulk takes. Checked by `gate_tests`,
+//! `respawn_tests` (a join over a 2 MiB/s link, its full epoch several
+//! failure timeouts long) and `manager_checkpoint_respawn_tests` (three
 //! daemons in one process on /dev/kvm).
 //!
 //! Not here yet: resending from the first unacked epoch after a reconnect.
@@ -109,6 +113,8 @@ mod keepalive_tests;
 mod receiver_tests;
 #[cfg(test)]
 mod remote_tests;
+#[cfg(test)]
+mod respawn_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]

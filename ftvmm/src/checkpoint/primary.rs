@@ -11,7 +11,8 @@
 //! The first epoch carries every page (the staging copy starts empty),
 //! copied while the guest runs and completed in the pause ([`pre_copy`]);
 //! so does a joining Secondary's first (respawn, [`EpochSink::join`]): a
-//! join is exactly a first epoch, to a new link.
+//! join starts with a first epoch, to a new link, and pairs at a later,
+//! small one ([`JoinStep`]).
 //!
 //! Sending: pieces go to an [`EpochSink`] (the channel to the Secondary, or
 //! a test's in-process link) in order; the Secondary's acknowledgements come
@@ -39,17 +40,33 @@ pub trait EpochSink: Send {
     /// keep-alive that stops once the loop is wedged (`keepalive.rs`).
     fn progress(&mut self) {}
 
-    /// A Secondary waits to join in this generation (respawn): the next
-    /// epoch is full and closes the gate's lone run
-    /// (`GatedOutputs::close_epoch_joining`). Asked before every epoch.
-    fn join(&mut self) -> Option<u64> {
-        None
+    /// What the next epoch is for a joining Secondary (respawn); asked
+    /// before every epoch.
+    fn join(&mut self) -> JoinStep {
+        JoinStep::None
     }
 
-    /// The join's epoch closed as `Ok(number)` (its pieces follow through
+    /// Epoch `number`'s pieces, `bytes` in all, went to
+    /// [`EpochSink::send`].
+    fn shipped(&mut self, _number: u64, _bytes: usize) {}
+
+    /// The switch epoch closed as `Ok(number)` (its pieces follow through
     /// [`EpochSink::send`], to the joining Secondary), or the gate refused
     /// the join (`Err`; the epoch closed as an ordinary one).
     fn join_closed(&mut self, _closed: Result<u64, String>) {}
+}
+
+/// What an epoch is for a join (respawn, `respawn.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinStep {
+    /// Nothing special: an ordinary epoch (to the joining Secondary too, if
+    /// one is being streamed up to date).
+    None,
+    /// The join's first epoch: full, closed alone like any other.
+    Full,
+    /// The joining Secondary caught up: this epoch closes paired in this
+    /// generation (`GatedOutputs::close_epoch_joining`).
+    Switch { generation: u64 },
 }
 
 /// Why the loop stopped.
@@ -230,8 +247,8 @@ pub struct LoopConfig {
     pub dirty: DirtyLog,
 }
 
-/// Closes the epoch, as a join's (`join`: its generation) or an ordinary
-/// one; the join's outcome beside it.
+/// Closes the epoch, as a join's switch (`join`: its generation) or an
+/// ordinary one; the join's outcome beside it.
 fn close(
     outputs: &GatedOutputs,
     join: Option<u64>,
@@ -246,7 +263,7 @@ fn close(
 }
 
 /// Pauses, harvests, closes and ships one epoch; returns its figures.
-/// `join`: the generation a Secondary joins in (the epoch is full).
+/// The sink says whether it is a join's full epoch or its switch.
 pub fn one_epoch(
     running: &Running,
     outputs: &GatedOutputs,
@@ -254,8 +271,12 @@ pub fn one_epoch(
     full: bool,
     dirty: DirtyLog,
 ) -> Result<EpochStats, EpochLoopError> {
-    let join = sink.join();
-    let full = full || join.is_some();
+    let step = sink.join();
+    let full = full || step == JoinStep::Full;
+    let join = match step {
+        JoinStep::Switch { generation } => Some(generation),
+        JoinStep::None | JoinStep::Full => None,
+    };
     sink.progress();
     let pre = if full {
         Some(
@@ -299,6 +320,7 @@ pub fn one_epoch(
         sink.send(p)
             .map_err(|why| EpochLoopError::Link { epoch: number, why })?;
     }
+    sink.shipped(number, bytes);
     Ok(EpochStats { bytes, ..stats })
 }
 

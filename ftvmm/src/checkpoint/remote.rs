@@ -26,6 +26,7 @@
 //!   checkpoint link, a piece sent to the Primary) ends the link too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use super::gate::GateError;
@@ -138,12 +139,19 @@ pub fn serve<M: StagingMemory>(
     on_applied: impl FnMut(u64),
 ) -> LinkError {
     let tx = SharedSender::new(tx);
-    serve_heard(&tx, rx, r, (stop, &Progress::default()), on_applied, || {})
+    let busy = Mutex::new(None);
+    let heard = (|| {}, &busy);
+    serve_heard(&tx, rx, r, (stop, &Progress::default()), on_applied, heard)
 }
 
 /// [`serve`], calling `on_heard` for every message from the Primary,
 /// sending through `tx` (which a keep-alive thread may share,
 /// `keepalive.rs`) and stamping `progress` at every turn of its loop.
+/// `busy` holds since when the loop is taking a message in (applying an
+/// epoch, which can take over a second for a large one on a slow host):
+/// meanwhile it reads nothing, so what the Primary sends waits in the
+/// socket, and the Primary's silence as the member measures it must not
+/// grow (`driver_secondary.rs`' `silent_ms`).
 ///
 /// While an epoch larger than [`KEEPALIVE`] takes to arrive streams in (the
 /// first, full one: all of guest memory), the last complete epoch is
@@ -157,7 +165,7 @@ pub fn serve_heard<M: StagingMemory>(
     r: &mut Receiver<M>,
     (stop, progress): (&AtomicBool, &Progress),
     mut on_applied: impl FnMut(u64),
-    mut on_heard: impl FnMut(),
+    (mut on_heard, busy): (impl FnMut(), &Mutex<Option<Instant>>),
 ) -> LinkError {
     let mut said = Instant::now();
     let end = loop {
@@ -173,7 +181,10 @@ pub fn serve_heard<M: StagingMemory>(
         on_heard();
         // A keep-alive is heard and nothing more: no ack, no repeat.
         let piece = matches!(m, Message::EpochPiece { .. });
-        let ack = match on_message(r, m) {
+        *busy.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let took = on_message(r, m);
+        *busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let ack = match took {
             Ok(Some(epoch)) => {
                 on_applied(epoch);
                 Some(epoch)

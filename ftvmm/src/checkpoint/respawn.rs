@@ -8,44 +8,87 @@
 //! - Primary ([`CheckpointJoin`], the keeper's [`JoinSource`]): the keeper
 //!   connected with a Hello that says "join" (`JOIN_BY_TRANSFER`) and
 //!   carries the pair's mode, vCPUs, epoch and image digest; the channel is
-//!   offered to the epoch loop ([`JoinPort`]), whose next epoch `J` is full
-//!   (every resident page, copied while the guest runs and completed in the
-//!   pause, plus the whole machine state) and goes to the new link. Once the
-//!   new Secondary acknowledged `J`, the member pairs (`SecondaryJoined`:
-//!   `Solo{g}` -> `Paired{g}`, gate `ByAcks`) and only then is the Secondary
-//!   told `Paired`; incremental epochs follow on the same link.
+//!   offered to the epoch loop ([`JoinPort`]), which takes it as its link
+//!   at once (keep-alives and acks flow from then on) and streams the new
+//!   Secondary up to date **while the Primary still runs alone**: its next
+//!   epoch `F` is full (every resident page, copied while the guest runs
+//!   and completed in the pause, plus the whole machine state), the epochs
+//!   after it are ordinary ones (what the guest dirtied meanwhile), all
+//!   closed in `Solo{g}`, their outputs released as alone. Once the new
+//!   Secondary acknowledged `F` and is about one epoch behind (the bytes
+//!   it was sent and has not acknowledged are few), the next epoch `J`,
+//!   small, closes paired (the switch, `close_epoch_joining`). Once the new
+//!   Secondary acknowledged `J`, the member pairs (`SecondaryJoined`:
+//!   `Solo{g}` -> `Paired{g}`, gate `ByAcks`) and only then is the
+//!   Secondary told `Paired`; epochs follow on the same link.
 //! - Secondary ([`receive_join`]): accepts a join only for a VM the config
 //!   allows on this host and only from the owner of the generation on disk
-//!   (`check_join_offer`); builds staging memory, applies `J` (the receiver
-//!   starts at `J - 1`), acknowledges, and waits for `Paired`. From then on
-//!   it is a normal checkpoint Secondary (it races for `g + 1` through
-//!   fencing when its Primary dies). Before `Paired`, any end of the link
-//!   discards the copy: a Secondary the Primary never counted on never races.
+//!   (`check_join_offer`); builds staging memory, applies `F` (the receiver
+//!   starts at `F - 1`) and every epoch after it, acknowledging each, and
+//!   waits for `Paired`. From then on it is a normal checkpoint Secondary
+//!   (it races for `g + 1` through fencing when its Primary dies). Before
+//!   `Paired`, any end of the link discards the copy: a Secondary the
+//!   Primary never counted on never races.
+//!
+//! # Liveness during a join
+//!
+//! A full epoch is all of guest memory: tens of MiB, which on a slow FT
+//! network (QEMU hosts) take tens of seconds to arrive and a second or more
+//! to apply — many failure timeouts. So neither side measures the join by
+//! how long it takes, only by whether the other is there:
+//! - the new Secondary's keep-alive thread (`keepalive::AliveLink`) starts
+//!   at the join's first message and runs on into the Secondary it becomes,
+//!   so the Primary hears it every `KEEPALIVE` while pieces arrive, while
+//!   an epoch is applied, and across the hand-over; the Primary's keep-alive
+//!   thread speaks on the join's link from the moment the epoch loop took it;
+//! - the Primary's join gives up when the new Secondary was silent for the
+//!   failure timeout (or the link ended, or a send could not go out for
+//!   `SEND_TIMEOUT`), not after a fixed time; only the switch epoch's
+//!   acknowledgement, which the outputs wait for, has a deadline;
+//! - the new Secondary gives up on a Primary silent (no message and no
+//!   authentic frame) for the join timeout.
+//!
+//! A frozen or dead process sends no keep-alives and a wedged link loop
+//! stops them (`keepalive::STALL_LIMIT`), so either still gives the join up.
 //!
 //! # The Output Rule across a join
 //!
 //! While alone in generation `g` the gate releases an epoch's outputs as
 //! soon as it closes and its writes are durable (`Solo{g}`): nobody else
-//! can resume the VM, so nobody can contradict them. The join's epoch `J`
-//! is closed in the pause by `EpochGate::close_epoch_joining`, which, under
-//! the gate's lock and with the vCPUs stopped, switches the gate to
-//! `Paired{g}` and closes `J` in it:
+//! can resume the VM, so nobody can contradict them. That holds while the
+//! new Secondary is streamed up to date (`F` up to `J - 1`): it acknowledges
+//! those epochs, but the gate takes no acks alone (the ack reader only
+//! records them, to pace the switch), and the new Secondary may not race
+//! (it was not told `Paired`), so for the Output Rule it does not exist
+//! yet. The switch epoch `J` is closed in the pause by
+//! `EpochGate::close_epoch_joining`, which, under the gate's lock and with
+//! the vCPUs stopped, switches the gate to `Paired{g}` and closes `J` in it:
 //!
 //! - Epochs `< J` were closed alone and count as acknowledged since their
 //!   close; their writes go on being submitted in order and their frames
 //!   released as those writes become durable, without waiting for the new
-//!   Secondary — it never had those epochs, and nothing it could resume
-//!   from precedes `J`. The writes of them not yet durable at `J`'s close
-//!   travel inside `J`, ahead of `J`'s own, so should the new Secondary take
-//!   over before they reach the device it writes them again (in order,
-//!   under the late-write fence, as for any unfinished epoch).
+//!   Secondary. Everything they released happened before `J`'s boundary,
+//!   and the new Secondary can only ever resume from `J` or later (it is
+//!   told `Paired` only once `J` is acknowledged, i.e. applied whole on top
+//!   of `F .. J - 1`: the receiver applies epochs in order and only whole),
+//!   a state that follows every output released alone. The writes of
+//!   epochs `< J` not yet durable at `J`'s close travel inside `J`, ahead
+//!   of `J`'s own, so should the new Secondary take over before they reach
+//!   the device it writes them again (in order, under the late-write
+//!   fence, as for any unfinished epoch); epochs `F .. J - 1` carried their
+//!   own writes too, and a take-over writing one of those twice is
+//!   harmless: its second copy, in `J`'s list, is followed by every write
+//!   that came after it.
 //! - `J` and every later epoch wait for the new Secondary's acks: nothing
 //!   of epoch `e >= J` leaves before `e` is acknowledged and `e`'s writes
 //!   (and every earlier epoch's) are durable. Every frame the guest sent in
-//!   `J` — including during the pre-copy, while the guest ran — is held
-//!   until the Secondary holds the state after it.
-//! - If the join fails before the member paired (the link ends mid full
-//!   epoch, no ack in time, the member no longer `Solo{g}`),
+//!   `J` is held until the Secondary holds the state after it. `J` is
+//!   small (what the guest dirtied in about one epoch), so the outputs wait
+//!   about one round trip at the switch, not for all of memory to cross.
+//! - If the join fails while streaming, nothing changes for the gate (it
+//!   ran alone throughout); the link closes.
+//! - If the join fails after the switch, before the member paired (the
+//!   link ends, no ack of `J` in time, the member no longer `Solo{g}`),
 //!   `EpochGate::abandon_join` puts the gate back to `Solo{g}`: every
 //!   closed epoch counts as acknowledged again. That is safe because the
 //!   would-be Secondary was never told `Paired` and so never races; the
@@ -61,9 +104,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::driver::{JoinPort, JoinedLink, PendingJoin};
+use super::driver::{JoinNews, JoinPort, JoinedLink, PendingJoin};
 use super::epoch::decode_piece;
 use super::gate::Mode;
+use super::keepalive::AliveLink;
 use super::receiver::Receiver;
 use super::remote::{on_message, KEEPALIVE};
 use super::secondary::Staging;
@@ -77,7 +121,7 @@ use crate::lockstep::spec::PairHandle;
 use crate::lockstep::start::check_offered_generation;
 use crate::lockstep::transfer::message::Message as TransferMessage;
 
-/// How long the member may take to pair once the full epoch is acked.
+/// How long the member may take to pair once the switch epoch is acked.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the join looks at its link and the gate.
 const POLL: Duration = Duration::from_millis(5);
@@ -91,9 +135,12 @@ pub struct CheckpointJoin {
     pub handle: Arc<PairHandle>,
     /// The running Primary's port (its epoch loop's), once there is one.
     pub port: Arc<Mutex<Option<JoinPort>>>,
-    /// How long the full epoch may take to close, and then to be
-    /// acknowledged.
+    /// How long the epoch loop may take to take the join, and the switch
+    /// epoch to be acknowledged.
     pub timeout: Duration,
+    /// The failure timeout: a joining Secondary silent this long is given
+    /// up (module doc, liveness).
+    pub silence: Duration,
 }
 
 impl CheckpointJoin {
@@ -122,9 +169,23 @@ impl JoinSource for CheckpointJoin {
             .map_err(|e| format!("channel: {e}"))?;
         ch.set_write_timeout(Some(SEND_TIMEOUT))
             .map_err(|e| format!("channel: {e}"))?;
-        let joined = self.full_epoch(&port, ch, g)?;
+        let (reply, news) = mpsc::channel();
+        port.link.offer_join(PendingJoin {
+            ch,
+            generation: g,
+            reply,
+        })?;
+        let conn = self.taken(&port, &news)?;
+        progress(10);
+        let joined = match self.streamed(&port, &news, conn, g) {
+            Ok(j) => j,
+            Err(e) => {
+                abandon(&port, g, Some(conn));
+                return Err(e);
+            }
+        };
+        let streamed_ms = t0.elapsed().as_millis();
         progress(50);
-        let j = joined.epoch;
         if let Err(e) = self.wait_acked(&port, &joined, g) {
             abandon(&port, g, Some(joined.conn));
             return Err(e);
@@ -133,7 +194,9 @@ impl JoinSource for CheckpointJoin {
         self.pair(&port, &joined, target, g)?;
         Ok(JoinReport {
             detail: format!(
-                "by a full checkpoint at epoch {j}; generation {g}; {} ms from the hello to its acknowledgement",
+                "by a full checkpoint at epoch {}, paired at epoch {}; generation {g}; {} ms from the hello to its acknowledgement ({streamed_ms} ms streaming alone)",
+                joined.full,
+                joined.epoch,
                 t0.elapsed().as_millis()
             ),
             pause_ms: None,
@@ -143,32 +206,78 @@ impl JoinSource for CheckpointJoin {
 }
 
 impl CheckpointJoin {
-    /// Offers `ch` to the epoch loop and waits until its full epoch closed.
-    fn full_epoch(&self, port: &JoinPort, ch: Channel, g: u64) -> Result<JoinedLink, String> {
-        let (reply, rx) = mpsc::channel();
-        port.link.offer_join(PendingJoin {
-            ch,
-            generation: g,
-            reply,
-        })?;
-        let got = match rx.recv_timeout(self.timeout) {
-            Ok(r) => r,
-            // Taken meanwhile: its epoch is being harvested; the answer
-            // comes at its close (or the loop ended).
-            Err(_) if !port.link.withdraw_join() => rx
+    /// Waits until the epoch loop took the offered join; its connection.
+    fn taken(&self, port: &JoinPort, news: &mpsc::Receiver<JoinNews>) -> Result<u64, String> {
+        let got = match news.recv_timeout(self.timeout) {
+            Ok(n) => n,
+            // Taken meanwhile: the news is on its way (or the loop ended).
+            Err(_) if !port.link.withdraw_join() => news
                 .recv()
                 .map_err(|_| "the epoch loop ended during the join".to_string())?,
             Err(_) => {
                 return Err(format!(
-                    "no epoch closed for the join within {} ms",
+                    "the epoch loop did not take the join within {} ms",
                     self.timeout.as_millis()
                 ))
             }
         };
-        got.map_err(|e| format!("the gate refused the join: {e}"))
+        match got {
+            JoinNews::Streaming { conn } => Ok(conn),
+            JoinNews::Switched(Ok(j)) => Err(format!(
+                "the join switched at epoch {} before it streamed",
+                j.epoch
+            )),
+            JoinNews::Switched(Err(e)) => Err(e),
+        }
     }
 
-    /// Waits until the new Secondary acknowledged the full epoch.
+    /// Waits while the new Secondary is streamed up to date (the Primary
+    /// alone) until the switch epoch closed paired; gives up on a silent
+    /// Secondary, a link that ended, or a gate that left the lone run.
+    fn streamed(
+        &self,
+        port: &JoinPort,
+        news: &mpsc::Receiver<JoinNews>,
+        conn: u64,
+        g: u64,
+    ) -> Result<JoinedLink, String> {
+        loop {
+            match news.recv_timeout(POLL * 10) {
+                Ok(JoinNews::Switched(r)) => return r,
+                Ok(JoinNews::Streaming { .. }) => {
+                    return Err("the epoch loop took the join twice".into())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the epoch loop ended during the join".into())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.alive(port, conn, "while it was brought up to date")?;
+            let mode = port.outputs.mode();
+            if !matches!(mode, Mode::Solo { generation } | Mode::Paired { generation } if generation == g)
+            {
+                return Err(format!("the gate left the join (it is {mode:?})"));
+            }
+        }
+    }
+
+    /// Whether the joining Secondary on connection `conn` is still there:
+    /// the link is up and it was heard within the failure timeout.
+    fn alive(&self, port: &JoinPort, conn: u64, when: &str) -> Result<(), String> {
+        if !port.link.is_up(conn) {
+            return Err(format!("the link to the joining secondary ended {when}"));
+        }
+        let silent = port.link.silent_for();
+        if silent >= self.silence {
+            return Err(format!(
+                "the joining secondary was silent for {} ms {when}",
+                silent.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the new Secondary acknowledged the switch epoch.
     fn wait_acked(&self, port: &JoinPort, joined: &JoinedLink, g: u64) -> Result<(), String> {
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -179,15 +288,11 @@ impl CheckpointJoin {
             if port.outputs.progress().0 >= joined.epoch {
                 return Ok(());
             }
-            if !port.link.is_up(joined.conn) {
-                return Err(format!(
-                    "the link ended before the full epoch {} was acknowledged",
-                    joined.epoch
-                ));
-            }
+            let when = format!("before the switch epoch {} was acknowledged", joined.epoch);
+            self.alive(port, joined.conn, &when)?;
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "the full epoch {} was not acknowledged within {} ms",
+                    "the switch epoch {} was not acknowledged within {} ms",
                     joined.epoch,
                     self.timeout.as_millis()
                 ));
@@ -263,31 +368,49 @@ pub struct JoinTarget<'a> {
     pub cuts: Option<&'a std::sync::atomic::AtomicU32>,
 }
 
-/// The new Secondary's side: the full epoch into staging memory,
-/// acknowledged, then `Paired` (module doc). Returns the receiver holding
-/// the full epoch (and any that followed before `Paired`) and the
-/// generation the pair runs in.
-pub fn receive_join(t: &JoinTarget<'_>, ch: &mut Channel) -> Result<Receiver<Staging>, String> {
+/// The new Secondary's side: the full epoch and those after it into
+/// staging memory, each acknowledged, then `Paired` (module doc). Its
+/// keep-alive thread runs from the start (module doc, liveness) and goes on
+/// in the returned link, which the Secondary it becomes serves
+/// (`SecondaryEffects::start_on`). Returns the receiver holding every epoch
+/// applied before `Paired`.
+pub fn receive_join(
+    t: &JoinTarget<'_>,
+    ch: Channel,
+) -> Result<(Receiver<Staging>, AliveLink), String> {
     ch.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| format!("channel: {e}"))?;
     ch.set_write_timeout(Some(SEND_TIMEOUT))
         .map_err(|e| format!("channel: {e}"))?;
+    let mut link = AliveLink::start(ch, "ckpt-join-alive");
+    let frames = link.rx.frame_counter();
     let mut r: Option<Receiver<Staging>> = None;
     // The full epoch (0 until its first piece).
     let mut first = 0;
     let (mut heard, mut said) = (Instant::now(), Instant::now());
+    let mut frames_seen = frames.load(Ordering::Relaxed);
     loop {
+        link.progress.stamp();
         if t.stop.load(Ordering::SeqCst) {
             return Err("stopped".into());
         }
-        let m = match ch.recv() {
+        let m = match link.rx.recv() {
             Ok(m) => m,
-            Err(ChannelError::Timeout) if heard.elapsed() < t.timeout => continue,
             Err(ChannelError::Timeout) => {
+                // An authentic frame of a message still arriving is heard
+                // too (a 1 MiB piece over a slow FT network).
+                let now = frames.load(Ordering::Relaxed);
+                if now != frames_seen {
+                    frames_seen = now;
+                    heard = Instant::now();
+                }
+                if heard.elapsed() < t.timeout {
+                    continue;
+                }
                 return Err(format!(
                     "the primary was silent for {} ms",
                     t.timeout.as_millis()
-                ))
+                ));
             }
             Err(e) => return Err(format!("channel: {e}")),
         };
@@ -295,7 +418,7 @@ pub fn receive_join(t: &JoinTarget<'_>, ch: &mut Channel) -> Result<Receiver<Sta
         let ack = match m {
             Message::Transfer { .. } => {
                 let rx = r.take().ok_or("paired before any epoch")?;
-                return paired(t, m, rx, first);
+                return Ok((paired(t, m, rx, first)?, link));
             }
             Message::EpochPiece { bytes } => {
                 if r.is_none() {
@@ -320,7 +443,8 @@ pub fn receive_join(t: &JoinTarget<'_>, ch: &mut Channel) -> Result<Receiver<Sta
             other => return Err(format!("a {} message during a join", other.kind())),
         };
         if let Some(epoch) = ack {
-            ch.send(&Message::EpochAck { epoch })
+            link.tx
+                .send(&Message::EpochAck { epoch })
                 .map_err(|e| format!("acknowledging epoch {epoch}: {e}"))?;
             said = Instant::now();
         }

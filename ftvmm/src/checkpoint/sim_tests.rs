@@ -5,10 +5,12 @@
 //! released frames; then at an arbitrary tick the Primary crashes and the
 //! Secondary takes over (or the Secondary dies and the Primary goes on
 //! alone after winning the next generation). A lone Primary may then take a
-//! new Secondary (respawn, `respawn.rs`: a full epoch `J` closed with
-//! [`EpochGate::close_epoch_joining`]), over the same bad link; the join
-//! succeeds when `J`'s ack comes back, or is given up at a random tick, and
-//! is tried again; and then the Primary crashes (the new Secondary takes
+//! new Secondary (respawn, `respawn.rs`: a full epoch `F` and the epochs
+//! after it streamed while the Primary still runs alone, then a switch
+//! epoch `J` closed with [`EpochGate::close_epoch_joining`]), over a new
+//! in-order connection; the join succeeds when `J`'s ack comes back, or is
+//! given up at a random tick (streaming or after the switch), and is tried
+//! again; and then the Primary crashes (the new Secondary takes
 //! over if it heard `Paired`; a join in flight leaves nobody, the single
 //! failure the pair does not survive), or the new Secondary dies too (the
 //! Primary goes alone in the next generation), or the run drains
@@ -27,17 +29,20 @@
 //!   is at or below the resumed value of its key.
 //! - `writes_in_epoch_order`: the device sees one writer's writes in epoch
 //!   order (asserted in `Device::tick`).
-//! - with joins: epochs closed alone (before `J`) release without a
-//!   Secondary; `J` and later ones only once the new Secondary holds them;
-//!   a new Secondary that takes over resumes exactly the Primary's state
-//!   and re-writes what was not durable, including the writes of the
-//!   epochs before `J` that it never saw as epochs (`J` carries them).
+//! - with joins: epochs closed alone (before `J`, the streamed ones
+//!   included) release without a Secondary; `J` and later ones only once
+//!   the new Secondary holds them; a new Secondary that takes over resumes
+//!   exactly the Primary's state (the full epoch and every streamed one
+//!   applied in order) and re-writes what was not durable, including the
+//!   writes of the epochs before `F` that it never saw as epochs (`J`
+//!   carries them).
 //!
 //! Sometimes (counted over all seeds, so a vacuous run fails): a frame
 //! released, a take-over with writes to finish, a torn epoch refused, a
-//! resend, a delta page, the Secondary lost, a join paired, a join given
-//! up, a take-over by a joined Secondary, a join's `J` carrying earlier
-//! epochs' writes.
+//! resend, a delta page, the Secondary lost, a join switched, a join
+//! paired, a join given up while streaming and after the switch, a
+//! take-over by a joined Secondary, a join's `J` carrying the writes of
+//! epochs before `F`.
 //!
 //! Seeds: `FT_CHECKPOINT_SIM_SEEDS` (default 2000), from
 //! `FT_CHECKPOINT_SIM_SEED` (default 0); a failing seed is printed.
@@ -45,7 +50,7 @@
 use std::collections::BTreeMap;
 
 use super::epoch::PageData;
-use super::gate::{EpochGate, GateConfig, Mode};
+use super::gate::{EpochGate, GateConfig, GateError, Mode};
 use super::receiver::Receiver;
 use super::sim_world::*;
 
@@ -63,8 +68,10 @@ struct Sometimes {
     resends: u64,
     deltas: u64,
     secondary_lost: u64,
+    joins_switched: u64,
     joins_paired: u64,
     joins_given_up: u64,
+    joins_given_up_streaming: u64,
     joined_takeovers: u64,
     join_carried_writes: u64,
 }
@@ -239,10 +246,18 @@ impl World {
             if self.rx.is_none() {
                 continue;
             }
-            if let Ok(actions) = self.gate.on_ack(e) {
-                self.shipper.on_ack(e, self.now);
-                let r = perform(actions, &mut self.dev);
-                self.release(r);
+            match self.gate.on_ack(e) {
+                Ok(actions) => {
+                    self.shipper.on_ack(e, self.now);
+                    let r = perform(actions, &mut self.dev);
+                    self.release(r);
+                }
+                // A join streaming while the gate runs alone: the ack only
+                // paces the switch (the Primary's link records it).
+                Err(GateError::AckNotPaired {
+                    mode: Mode::Solo { .. },
+                }) => self.shipper.on_ack(e, self.now),
+                Err(_) => {}
             }
         }
         self.join_tick();
@@ -447,8 +462,10 @@ fn checkpoint_sim_seeds() {
         total.resends += s.resends;
         total.deltas += s.deltas;
         total.secondary_lost += s.secondary_lost;
+        total.joins_switched += s.joins_switched;
         total.joins_paired += s.joins_paired;
         total.joins_given_up += s.joins_given_up;
+        total.joins_given_up_streaming += s.joins_given_up_streaming;
         total.joined_takeovers += s.joined_takeovers;
         total.join_carried_writes += s.join_carried_writes;
     }
@@ -463,8 +480,10 @@ fn checkpoint_sim_seeds() {
             ("resends", t.resends),
             ("deltas", t.deltas),
             ("secondary_lost", t.secondary_lost),
+            ("joins_switched", t.joins_switched),
             ("joins_paired", t.joins_paired),
             ("joins_given_up", t.joins_given_up),
+            ("joins_given_up_streaming", t.joins_given_up_streaming),
             ("joined_takeovers", t.joined_takeovers),
             ("join_carried_writes", t.join_carried_writes),
         ] {
