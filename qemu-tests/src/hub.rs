@@ -472,6 +472,15 @@ impl Hub {
         *self.inner.capture.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
     }
 
+    /// Whether frames are being recorded.
+    pub fn capturing(&self) -> bool {
+        self.inner
+            .capture
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// The frames recorded so far (empty if capture is off).
     pub fn captured(&self) -> Vec<CapturedFrame> {
         self.inner
@@ -685,6 +694,8 @@ fn read_full(inner: &Inner, stream: &mut UnixStream, buf: &mut [u8]) -> bool {
     }
     true
 }
+
+pub mod frames;
 
 #[cfg(test)]
 mod tests;

@@ -90,20 +90,31 @@ impl Client {
 
     /// Waits until the client has `n` replies; panics on a client error or timeout.
     pub fn wait_replies(&self, n: usize, timeout: Duration) {
+        if let Err(e) = self.try_wait_replies(n, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the client has `n` replies; a client error or the
+    /// timeout is the message.
+    pub fn try_wait_replies(&self, n: usize, timeout: Duration) -> Result<(), String> {
         let what = &self.what;
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.seen.lock().unwrap();
-            assert!(s.error.is_none(), "{what}: {}", s.error.as_ref().unwrap());
+            if let Some(e) = &s.error {
+                return Err(format!("{what}: {e}"));
+            }
             if s.replies.len() >= n {
-                return;
+                return Ok(());
             }
             let got = s.replies.len();
             drop(s);
-            assert!(
-                Instant::now() < deadline,
-                "{what}: client made no progress ({got} of {n} replies after {timeout:?})"
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{what}: client made no progress ({got} of {n} replies after {timeout:?})"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -109,13 +109,21 @@ pub fn survive(
     fault: impl FnOnce(),
     recovered: impl FnOnce(),
 ) -> (f64, Vec<usize>) {
+    // The VM network's frames, for the diagnosis if the client stalls (a
+    // test that captures for its own checks has started this already).
+    if !cluster.vm.capturing() {
+        cluster.vm.start_capture();
+    }
     let client = Client::start(cluster, what);
     client.wait_replies(40, Duration::from_secs(120));
     let before = client.replies();
     let t_fault = Instant::now();
     fault();
     recovered();
-    client.wait_replies(before + 40, Duration::from_secs(180));
+    if let Err(e) = client.try_wait_replies(before + 40, Duration::from_secs(180)) {
+        stalled(cluster, t_fault);
+        panic!("{e}");
+    }
     let done = client.finish();
     let ms = done.pause(t_fault, None).as_secs_f64() * 1000.0;
     eprintln!(
@@ -124,6 +132,43 @@ pub fn survive(
         done.acked.len()
     );
     (ms, done.acked)
+}
+
+/// What the VM network carried around a stall: each port's counters, the
+/// frames from 2 s before the fault on (the last 80 as lines on stderr,
+/// all of them as `vm-network.pcap` in the cluster's directory, which a
+/// failing test keeps).
+fn stalled(cluster: &Cluster, t_fault: Instant) {
+    use qemu_tests::hub::frames;
+    for (port, s) in cluster.vm.all_stats() {
+        eprintln!(
+            "vm network port {port}: in {} frames, out {} frames, dropped {}",
+            s.rx_frames, s.tx_frames, s.dropped
+        );
+    }
+    let from = t_fault
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or(t_fault);
+    let frames: Vec<_> = cluster
+        .vm
+        .captured()
+        .into_iter()
+        .filter(|f| f.at >= from)
+        .collect();
+    let lines = frames::timeline(&frames, t_fault);
+    eprintln!(
+        "vm network: {} frames from 2 s before the fault (times from the fault); the last {}:",
+        lines.len(),
+        lines.len().min(80)
+    );
+    for l in &lines[lines.len().saturating_sub(80)..] {
+        eprintln!("  {l}");
+    }
+    let pcap = cluster.dir().join("vm-network.pcap");
+    match frames::write_pcap(&pcap, &frames) {
+        Ok(()) => eprintln!("vm network: capture in {}", pcap.display()),
+        Err(e) => eprintln!("vm network: {}: {e}", pcap.display()),
+    }
 }
 
 pub fn wait(host: &Host, line: String) -> String {
