@@ -289,9 +289,7 @@ impl Ctx {
     fn until_silence_limit(&self, member: &Member) -> Duration {
         match (member.silence_limit_ms(), &self.res.link) {
             (Some(limit), Some(l)) => {
-                Duration::from_millis(limit)
-                    .saturating_sub(l.silent_for())
-                    .max(Duration::from_millis(1))
+                Duration::from_millis(limit).saturating_sub(l.silent_for())
                     + Duration::from_millis(1)
             }
             _ => TICK,

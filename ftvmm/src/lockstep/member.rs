@@ -291,6 +291,13 @@ impl Member {
         }
     }
 
+    /// Whether `silent_ms` of channel silence is what this member acts on
+    /// (the one test the driver's wake-up and the tick guards share).
+    fn silence_reached(&self, silent_ms: u64) -> bool {
+        self.silence_limit_ms()
+            .is_some_and(|limit| silent_ms >= limit)
+    }
+
     /// The gate a member starts with (the driver applies it first).
     pub fn initial_gate(&self) -> Gate {
         match self.state {
@@ -462,7 +469,7 @@ impl Member {
             (_, Event::PeerDiverged { what }) if paired => {
                 format!("secondary {} diverged: {what}", self.peer)
             }
-            (_, Event::Tick { silent_ms, .. }) if paired && silent_ms >= self.live_timeout_ms => {
+            (_, Event::Tick { silent_ms, .. }) if paired && self.silence_reached(silent_ms) => {
                 format!(
                     "{} silent on the logging channel for {silent_ms} ms",
                     self.peer
@@ -589,7 +596,7 @@ impl Member {
                 vec![Action::CloseLink { reason: why }],
             ),
             (State::Following { .. }, Event::Tick { silent_ms, .. })
-                if silent_ms >= self.secondary_silence_ms() =>
+                if self.silence_reached(silent_ms) =>
             {
                 let why = format!(
                     "{} silent on the logging channel for {silent_ms} ms",
