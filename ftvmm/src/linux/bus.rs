@@ -20,6 +20,8 @@
 //! reports that as [`super::End::Reset`].
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use kvm_ioctls::VmFd;
 use vm_superio::serial::{NoEvents, SerialState};
@@ -43,13 +45,28 @@ const I8042_RESET: u8 = 0xfe;
 /// The devices here run no lockstep: every call is at "exit" 0.
 const NO_EXIT_INDEX: ExitIndex = 0;
 
-/// COM1's interrupt: an eventfd KVM turns into an edge on GSI 4 (irqfd).
-pub struct IrqEvt(pub EventFd);
+/// COM1's interrupt: an eventfd KVM turns into an edge on GSI 4 (irqfd),
+/// held back while the bus holds its interrupts ([`Bus::hold_irqs`]).
+pub struct IrqEvt {
+    fd: EventFd,
+    hold: Arc<EdgeHold>,
+}
+
+/// A held edge: raised while held, it fires when the hold ends.
+#[derive(Default)]
+struct EdgeHold {
+    held: AtomicBool,
+    pending: AtomicBool,
+}
 
 impl Trigger for IrqEvt {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
+        if self.hold.held.load(Ordering::SeqCst) {
+            self.hold.pending.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
+        self.fd.write(1)
     }
 }
 
@@ -66,8 +83,15 @@ pub type Console = Box<dyn Write + Send>;
 
 pub struct Bus {
     serial: Serial<IrqEvt, NoEvents, Console>,
+    /// COM1's edge held while `irqs_held` (it only reads the flag there).
+    serial_hold: Arc<EdgeHold>,
+    /// The fd COM1's held edge fires on when the hold ends.
+    serial_fd: Option<EventFd>,
     virtio: Vec<MmioTransport>,
+    /// The level KVM has for each virtio slot's line.
     levels: Vec<bool>,
+    /// [`Bus::hold_irqs`]: line changes wait in the devices' state.
+    irqs_held: bool,
     vm: std::sync::Arc<VmFd>,
     mem: GuestMemoryMmap,
     /// Taken out when the VM ends (its threads are joined without the lock).
@@ -106,26 +130,35 @@ impl Bus {
         let mut serial = serial;
         // The 16550's FIFO holds 64 bytes; a longer buffer is refused.
         serial.in_buffer.truncate(SERIAL_FIFO);
+        let serial_hold = Arc::new(EdgeHold::default());
+        let serial_fd = serial_irq.try_clone().ok();
+        let evt = |fd: EventFd| IrqEvt {
+            fd,
+            hold: Arc::clone(&serial_hold),
+        };
         // Restoring signals an interrupt the state says is pending; if that
         // eventfd write fails the device is built anyway, its interrupt lost
         // (the guest's driver polls again on its next transmit).
         let serial = match serial_irq.try_clone() {
-            Ok(dup) => match Serial::from_state(&serial, IrqEvt(dup), NoEvents, console) {
+            Ok(dup) => match Serial::from_state(&serial, evt(dup), NoEvents, console) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("COM1 restore: {e:?}; its output is lost");
-                    Serial::new(IrqEvt(serial_irq), Box::new(std::io::sink()) as Console)
+                    Serial::new(evt(serial_irq), Box::new(std::io::sink()) as Console)
                 }
             },
             Err(e) => {
                 tracing::warn!("COM1: cannot duplicate its eventfd ({e}); COM1 starts reset");
-                Serial::new(IrqEvt(serial_irq), console)
+                Serial::new(evt(serial_irq), console)
             }
         };
         Bus {
             serial,
+            serial_hold,
+            serial_fd,
             virtio,
             levels,
+            irqs_held: false,
             vm,
             mem,
             backend: Some(backend),
@@ -243,9 +276,42 @@ impl Bus {
         }
     }
 
+    /// Holds every device interrupt line where KVM has it: changes stay in
+    /// the devices' state (virtio `InterruptStatus`, COM1's pending edge)
+    /// until [`Bus::release_irqs`]. A checkpoint pause holds them from
+    /// before its vCPUs stop until its capture is done, so the machine
+    /// state (LAPICs, IOAPIC, PIC) and the device state are of one instant:
+    /// a line raised in between, after a vCPU's LAPIC was read but before
+    /// the IOAPIC, would leave a restored IOAPIC waiting (remote IRR) for
+    /// an EOI of an interrupt no restored LAPIC holds — that device's line
+    /// dead for good. The restored devices raise their lines from their
+    /// state ([`Bus::restore_virtio`]), so nothing held is lost there.
+    pub fn hold_irqs(&mut self) {
+        self.irqs_held = true;
+        self.serial_hold.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends [`Bus::hold_irqs`]: every line to its device's level now, and
+    /// COM1's edge if one was raised meanwhile.
+    pub fn release_irqs(&mut self) {
+        self.irqs_held = false;
+        for i in 0..self.virtio.len() {
+            self.sync_irq(i);
+        }
+        self.serial_hold.held.store(false, Ordering::SeqCst);
+        if self.serial_hold.pending.swap(false, Ordering::SeqCst) {
+            if let Some(fd) = &self.serial_fd {
+                if let Err(e) = fd.write(1) {
+                    self.irq_errors += 1;
+                    tracing::warn!("COM1 interrupt after a hold: {e}");
+                }
+            }
+        }
+    }
+
     fn sync_irq(&mut self, i: usize) {
         let level = self.virtio[i].irq_level();
-        if self.levels[i] == level {
+        if self.levels[i] == level || self.irqs_held {
             return;
         }
         self.levels[i] = level;

@@ -344,6 +344,10 @@ pub struct Running {
 impl Running {
     /// Pauses every vCPU, runs `f`, resumes.
     pub fn with_paused<R>(&self, f: impl FnOnce(&mut Paused<'_>) -> R) -> R {
+        // The devices' interrupt lines stay as they are from before the
+        // vCPUs stop until `f` is done (`Bus::hold_irqs`): what `f` reads of
+        // the irqchips and the devices is then one instant.
+        lock(&self.vm.bus).hold_irqs();
         let mut pause = self.ctl.pause();
         let mut p = Paused {
             states: std::mem::take(&mut pause.states),
@@ -354,7 +358,11 @@ impl Running {
             bus: lock(&self.vm.bus),
             msrs: &self.vm.msrs,
         };
-        f(&mut p)
+        let r = f(&mut p);
+        // Still paused: what the lines owe the guest is delivered as it
+        // runs again.
+        p.bus.release_irqs();
+        r
     }
 
     /// Asks the VM to end ([`End::Stopped`]).

@@ -217,6 +217,63 @@ fn two_vcpus_with_the_in_kernel_irqchip_run_pause_and_resume() {
     assert_eq!(report.unowned.pio_writes, 0);
 }
 
+/// The IOAPIC's IRR bit of `pin` (the line level KVM holds for it).
+fn ioapic_line(vm: &kvm_ioctls::VmFd, pin: u32) -> bool {
+    let mut chip = kvm_bindings::kvm_irqchip {
+        chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip).unwrap();
+    // SAFETY: chip_id IOAPIC: KVM filled the `ioapic` member of the union.
+    let irr = unsafe { chip.chip.ioapic.irr };
+    irr & (1 << pin) != 0
+}
+
+/// A device interrupt raised while a checkpoint pause is on reaches KVM
+/// only when the pause ends (`Bus::hold_irqs`): the irqchip state read in
+/// the pause is of the same instant as the device state, so a restored
+/// IOAPIC never waits for an interrupt no restored LAPIC holds. Without the
+/// hold the IOAPIC line is up inside the pause already.
+#[test]
+fn a_device_interrupt_raised_in_a_pause_reaches_kvm_only_after_it() {
+    let vm = LinuxVm::create(
+        1,
+        64 << 20,
+        vec![crate::virtio::new_net(0, [0x52, 0x54, 0, 0, 0, 1])],
+        Box::new(Sink::default()),
+        Box::new(NoBackend),
+    )
+    .expect("a VM with in-kernel irqchip (is /dev/kvm there?)");
+    vm.memory().write_slice(CODE, GuestAddress(0x1000)).unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    let running = vm.start().unwrap();
+    let pin = super::bus::Bus::virtio_irq(0);
+    let notify = crate::devices::VIRTIO_MMIO_BASE
+        + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
+    running.with_paused(|p| {
+        assert!(!ioapic_line(p.vm, pin), "the NIC's line starts low");
+        // A notify before DRIVER_OK: the device needs a reset and raises a
+        // configuration interrupt (InterruptStatus bit 1).
+        p.bus.mmio_write(notify, &0u32.to_le_bytes());
+        assert!(
+            p.bus.virtio()[0].irq_level(),
+            "the device wants its line up"
+        );
+        assert!(
+            !ioapic_line(p.vm, pin),
+            "a line raised in the pause reached the IOAPIC before the pause ended"
+        );
+    });
+    running.with_paused(|p| {
+        assert!(
+            ioapic_line(p.vm, pin),
+            "the held line was raised when the pause ended"
+        );
+    });
+    running.stop();
+    assert_eq!(running.wait().end, End::Stopped);
+}
+
 #[test]
 fn i8042_reset_ends_the_vm() {
     // mov al, 0xfe; out 0x64, al; hlt
