@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod respawn;
+pub mod roles;
 pub mod slots;
 
 use std::time::{Duration, Instant};

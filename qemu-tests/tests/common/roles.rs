@@ -1,0 +1,215 @@
+//! Who runs a checkpoint VM now, read from the hosts' consoles, and the
+//! test bed's one boot failure a test may retry.
+//!
+//! A test that kills "the Primary's host" must kill the host that runs the
+//! guest *now*: during the boot-time epochs a pair may already have failed
+//! over once (the Secondary took the Primary for silent, or the Primary's
+//! guest ended) and paired again the other way round. [`steady_pair`] waits
+//! until the VM runs on a Primary with a Secondary paired to it and says
+//! which hosts those are, and [`role_history`] prints how it got there.
+//!
+//! [`wait_ready`] tells a host whose whole kernel froze while it booted
+//! (its console silent, its heartbeat gone to its peers, no `appliance
+//! ready`) from one that is slow: see [`L1_FROZE`].
+
+use std::time::{Duration, Instant};
+
+use qemu_tests::{Cluster, Host};
+
+/// Marks the panic of a host whose kernel froze before it was ready (see
+/// [`wait_ready`]); [`retry_once_on_l1_freeze`] retries on it.
+pub const L1_FROZE: &str = "test bed: L1 froze while booting";
+
+/// A console line that says who runs the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// `primary` runs the guest with `secondary` paired to it.
+    Paired { primary: String, secondary: String },
+    /// `primary` resumed or runs the guest without a Secondary.
+    Alone { primary: String },
+    /// The guest ended on `host` (its member stopped).
+    Ended { host: String },
+}
+
+/// Every role line of `vm` on `hosts`, oldest first, with its time and text.
+pub fn role_history(hosts: &[&Host], vm: &str) -> Vec<(Instant, Role, String)> {
+    let paired = format!("ftvmm: vm {vm}: paired with secondary ");
+    let protected = format!("ftvmm: vm {vm}: protected: secondary ");
+    let resumed = format!("ftvmm: vm {vm}: resumed from epoch");
+    let ended = format!("ftvmm: vm {vm}: the guest ended");
+    let mut out = Vec::new();
+    for h in hosts {
+        let name = h.name().to_string();
+        for l in h.console().lines() {
+            let at = h.spawned_at() + l.at;
+            let other = |prefix: &str| {
+                l.text.find(prefix).map(|i| {
+                    l.text[i + prefix.len()..]
+                        .split([';', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            };
+            let role = if let Some(s) = other(&paired).or_else(|| other(&protected)) {
+                Role::Paired {
+                    primary: name.clone(),
+                    secondary: s,
+                }
+            } else if l.text.contains(&resumed) {
+                Role::Alone {
+                    primary: name.clone(),
+                }
+            } else if l.text.contains(&ended) {
+                Role::Ended { host: name.clone() }
+            } else {
+                continue;
+            };
+            out.push((at, role, format!("[{name}] {}", l.text)));
+        }
+    }
+    out.sort_by_key(|(at, _, _)| *at);
+    out
+}
+
+/// Waits until the last role line of `vm` says a Primary runs it with a
+/// Secondary paired and a line containing `serving` appeared on either
+/// host; returns (Primary, Secondary). The history is printed when the
+/// pair is not the first one (`expected_primary` is not the Primary or
+/// there were several role lines).
+pub fn steady_pair<'c>(
+    cluster: &'c Cluster,
+    hosts: [&str; 2],
+    vm: &str,
+    serving: &str,
+    expected_primary: &str,
+    timeout: Duration,
+) -> (&'c Host, &'c Host) {
+    let hs: Vec<&Host> = hosts.iter().map(|h| cluster.host(h).unwrap()).collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let history = role_history(&hs, vm);
+        let serves = hs.iter().any(|h| h.console().count(serving) > 0);
+        if let (true, Some((_, Role::Paired { primary, secondary }, _))) = (serves, history.last())
+        {
+            if primary != expected_primary || history.len() > 1 {
+                eprintln!(
+                    "NOTE: vm {vm}'s pair changed before the test's fault; it runs on {primary} \
+                     with {secondary} as its secondary now. Role lines:"
+                );
+                for (_, _, text) in &history {
+                    eprintln!("  {text}");
+                }
+            }
+            let p = cluster.host(primary).unwrap();
+            let s = cluster.host(secondary).unwrap();
+            return (p, s);
+        }
+        if Instant::now() >= deadline {
+            let lines: Vec<String> = history.into_iter().map(|(_, _, t)| t).collect();
+            panic!(
+                "vm {vm}: no steady pair (a Primary with a paired Secondary, {serving:?} seen: {serves}) \
+                 after {timeout:?}; role lines: {lines:#?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until `host` prints a line containing `pattern` that was not
+/// there before (`before` of them were).
+pub fn wait_new_line(host: &Host, pattern: &str, before: usize, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines: Vec<String> = host
+            .console()
+            .lines()
+            .into_iter()
+            .map(|l| l.text)
+            .filter(|t| t.contains(pattern))
+            .collect();
+        if lines.len() > before {
+            let l = lines[before].clone();
+            eprintln!("  [{}] {l}", host.name());
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: no new {pattern:?} within {timeout:?}; last lines:\n{}",
+            host.name(),
+            host.console().tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How long a booting host's console may stay silent, its peers hearing
+/// nothing from it, before it counts as frozen: a slow boot (a loaded
+/// machine) still prints every few seconds; a frozen one never again.
+const FROZEN_SILENCE: Duration = Duration::from_secs(90);
+
+/// Waits for `host`'s "appliance ready" line. Panics with [`L1_FROZE`] if
+/// its kernel froze while booting: no ready line, its console silent for
+/// [`FROZEN_SILENCE`], and a peer's heartbeat reporting it silent. Seen
+/// once (stop 29, 1 of 8 runs of checkpoint_pair): host-b's console ended
+/// at "heartbeat: peer host-a up", right after ftvmm's "/dev/kvm ok" and
+/// before its first use of KVM (the platform measurement) printed; host-a
+/// reported host-b silent 5 s later and it never printed again. L1 is QEMU
+/// TCG emulating AMD SVM (NESTED-KVM.md), whose emulation has crashed L1's
+/// kernel around VMRUN before (`linux_vm.rs`); a userspace process cannot
+/// legitimately freeze its host's heartbeat daemon.
+pub fn wait_ready(host: &Host, peers: &[&Host], timeout: Duration) {
+    let ready = format!("appliance ready: host={}", host.name());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if host.console().count(ready.as_str()) > 0 {
+            return;
+        }
+        let silent = host
+            .console()
+            .lines()
+            .last()
+            .map(|l| (host.spawned_at() + l.at).elapsed())
+            .unwrap_or_else(|| host.spawned_at().elapsed());
+        let suspected = format!("heartbeat: peer {} suspected (silent", host.name());
+        let peer_says = peers
+            .iter()
+            .any(|p| p.console().count(suspected.as_str()) > 0);
+        if silent >= FROZEN_SILENCE && peer_says {
+            panic!(
+                "{L1_FROZE}: {} printed nothing for {silent:?} before it was ready and a peer's \
+                 heartbeat lost it; its last lines:\n{}",
+                host.name(),
+                host.console().tail(8)
+            );
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{}: not ready after {timeout:?}; last lines:\n{}",
+                host.name(),
+                host.console().tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Runs `body`, and once more if it panicked with [`L1_FROZE`] (printed);
+/// any other panic, or a second freeze, fails the test.
+pub fn retry_once_on_l1_freeze<T>(name: &str, body: impl Fn() -> T) -> T {
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
+    let payload = match first {
+        Ok(v) => return v,
+        Err(p) => p,
+    };
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    if !msg.contains(L1_FROZE) {
+        std::panic::resume_unwind(payload);
+    }
+    eprintln!("{name}: {msg}\n{name}: retrying once with a new cluster");
+    body()
+}
