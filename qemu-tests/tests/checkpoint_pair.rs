@@ -35,6 +35,16 @@
 //! with `yes` passed too, 6.0, 7.6, 7.5 s, but someone killed the `yes`
 //! processes part-way). So it runs in `make test` (which builds
 //! `make linux-kv` for it) and in `make chaos`.
+//! Stop 29 (CI failed once: host-b resumed the guest and it never answered
+//! again): an epoch's machine state was not one instant — a device line
+//! raised between reading a LAPIC and the IOAPIC left the restored IOAPIC
+//! waiting for an EOI no LAPIC owed, the NIC dead (fixed in ftvmm,
+//! `Bus::hold_irqs`). The test now kills whichever host runs the guest once
+//! the pair is steady (`common/roles.rs`: a boot-time failover and the
+//! rejoin that follows are the product working) and retries once, with a
+//! new cluster, only when a host's L1 kernel froze while booting or crashed
+//! in kvm_amd before the fault (QEMU TCG's emulated SVM; both seen here).
+//! Runs with the fix: 5 of 5 passed (4 quiet, 1 with two `yes` running).
 //! `FT_CKPT_FAILURE_TIMEOUT_MS` (default 5000; the examples' 1000 is the
 //! second test, `--ignored`, which also reboots host-a and waits until it
 //! is the new Secondary by a join), `FT_LINUX_VM_VERBOSE=1` boots the guest without
