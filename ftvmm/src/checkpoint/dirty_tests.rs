@@ -101,7 +101,7 @@ fn measure(mode: DirtyLog, mem_mib: u64, epochs: usize) -> Row {
     std::thread::scope(|s| {
         let h = s.spawn(|| {
             primary::run_epochs(&running, &outputs, &mut Discard, cfg, &stop, |e| {
-                stats.lock().unwrap().push(*e)
+                stats.lock().unwrap().push(e.clone())
             })
         });
         wait_until("epochs", || stats.lock().unwrap().len() > epochs);

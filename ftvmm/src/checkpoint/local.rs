@@ -116,6 +116,15 @@ impl Summary {
                 self.bytes as f64 / n as f64 / 1024.0,
                 p.len()
             );
+            for l in &e.unanswered {
+                println!(
+                    "{}WARNING: virtio slot {} ({}): its interrupt line has been up for {:.1} s and the guest has not acknowledged it: the guest no longer takes that device's interrupts (lost on the way in)",
+                    self.prefix,
+                    l.slot,
+                    l.device,
+                    l.high_for.as_secs_f64()
+                );
+            }
             *self = Summary {
                 prefix: std::mem::take(&mut self.prefix),
                 every: self.every,

@@ -29,6 +29,7 @@ use super::dirty_log::{enable_manual_protect, harvest_bitmap, DirtyLog};
 use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
 use super::gated::GatedOutputs;
 use crate::dirty::bitmap_to_gfns;
+use crate::linux::bus::UnansweredLine;
 use crate::linux::machine::{Paused, Running};
 
 /// Where an epoch's pieces go.
@@ -227,14 +228,22 @@ pub fn to_epoch(h: Harvest, closed: super::gate::Closed) -> Epoch {
 }
 
 /// Figures of one epoch (for status, benches and the console).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct EpochStats {
     pub number: u64,
     pub pause: Duration,
     pub pages: usize,
     pub bytes: usize,
     pub writes: usize,
+    /// Device lines up for [`UNANSWERED_AFTER`] or more at this epoch's
+    /// pause without the guest acknowledging them (`Bus::lines_unanswered`).
+    pub unanswered: Vec<UnansweredLine>,
 }
+
+/// How long a device's interrupt line may stay up unanswered before the
+/// epoch summary says the guest no longer takes that interrupt (a driver
+/// answers in milliseconds; a boot-time epoch pauses the guest ~1 s).
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(5);
 
 /// Settings of the loop.
 #[derive(Debug, Clone, Copy)]
@@ -290,12 +299,13 @@ pub fn one_epoch(
     };
     sink.progress();
     let t = Instant::now();
-    let (taken, (closed, joined)) = running.with_paused(|p| {
+    let (taken, (closed, joined), unanswered) = running.with_paused(|p| {
+        let unanswered = p.bus.lines_unanswered(UNANSWERED_AFTER);
         let h = harvest(p, pre, dirty);
         // The boundary is drawn even if the harvest failed, so the gate's
         // epochs stay in step with what was (not) shipped; a failed
         // harvest ends the loop and nothing of that epoch is ever released.
-        (h, close(outputs, join))
+        (h, close(outputs, join), unanswered)
     });
     let pause = t.elapsed();
     sink.progress();
@@ -311,6 +321,7 @@ pub fn one_epoch(
         pages: e.pages.len(),
         bytes: 0,
         writes: e.writes.len(),
+        unanswered,
     };
     let pieces = epoch::encode_pieces(&e).map_err(|err| EpochLoopError::Encode(err, number))?;
     sink.progress();

@@ -104,7 +104,7 @@ fn restored_from_the_last_epoch(dirty: DirtyLog) {
                 dirty,
             };
             primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| {
-                epochs.lock().unwrap().push(*e)
+                epochs.lock().unwrap().push(e.clone())
             })
         });
         wait_until("six epochs", || epochs.lock().unwrap().len() >= 6);

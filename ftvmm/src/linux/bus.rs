@@ -22,6 +22,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VmFd;
 use vm_superio::serial::{NoEvents, SerialState};
@@ -92,6 +93,8 @@ pub struct Bus {
     levels: Vec<bool>,
     /// [`Bus::hold_irqs`]: line changes wait in the devices' state.
     irqs_held: bool,
+    /// Since when KVM has had each virtio slot's line up.
+    raised_at: Vec<Option<Instant>>,
     vm: std::sync::Arc<VmFd>,
     mem: GuestMemoryMmap,
     /// Taken out when the VM ends (its threads are joined without the lock).
@@ -127,6 +130,7 @@ impl Bus {
         serial: SerialState,
     ) -> Self {
         let levels = vec![false; virtio.len()];
+        let n_virtio = virtio.len();
         let mut serial = serial;
         // The 16550's FIFO holds 64 bytes; a longer buffer is refused.
         serial.in_buffer.truncate(SERIAL_FIFO);
@@ -159,6 +163,7 @@ impl Bus {
             virtio,
             levels,
             irqs_held: false,
+            raised_at: vec![None; n_virtio],
             vm,
             mem,
             backend: Some(backend),
@@ -315,10 +320,37 @@ impl Bus {
             return;
         }
         self.levels[i] = level;
+        self.raised_at[i] = level.then(Instant::now);
         if let Err(e) = self.vm.set_irq_line(Self::virtio_irq(i), level) {
             self.irq_errors += 1;
             tracing::warn!(slot = i, level, "KVM_IRQ_LINE: {e}");
         }
+    }
+
+    /// The virtio slots whose line KVM has had up for at least `min`
+    /// without the guest acknowledging it (a driver acknowledges within
+    /// milliseconds). Such a device is dead to the guest: its interrupt
+    /// was lost on the way (e.g. an in-service bit never EOI'd blocks its
+    /// vector) — worth one console line, it explains a guest that runs but
+    /// no longer answers on its NIC.
+    pub fn lines_unanswered(&self, min: Duration) -> Vec<UnansweredLine> {
+        self.raised_at
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, at)| {
+                let high_for = at.map(|t| t.elapsed()).filter(|d| *d >= min)?;
+                let device = match self.virtio[slot].device_id() {
+                    VIRTIO_ID_NET => "net",
+                    VIRTIO_ID_BLOCK => "block",
+                    _ => "virtio",
+                };
+                Some(UnansweredLine {
+                    slot,
+                    device,
+                    high_for,
+                })
+            })
+            .collect()
     }
 
     pub fn virtio(&self) -> &[MmioTransport] {
@@ -388,4 +420,14 @@ impl Bus {
     }
 }
 
+const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_ID_BLOCK: u32 = 2;
+
+/// A device line up without the guest answering ([`Bus::lines_unanswered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnansweredLine {
+    pub slot: usize,
+    /// "net" or "block".
+    pub device: &'static str,
+    pub high_for: Duration,
+}

@@ -141,6 +141,15 @@ pub fn survive(
 /// failing test keeps).
 fn stalled(cluster: &Cluster, t_fault: Instant) {
     use qemu_tests::hub::frames;
+    // A checkpoint VM's epoch summary names a device whose interrupt the
+    // guest stopped taking (`Bus::lines_unanswered`).
+    for h in cluster.hosts() {
+        for l in h.console().lines() {
+            if l.text.contains("WARNING: virtio slot") {
+                eprintln!("[{} {:7.3}] {}", h.name(), l.at.as_secs_f64(), l.text);
+            }
+        }
+    }
     for (port, s) in cluster.vm.all_stats() {
         eprintln!(
             "vm network port {port}: in {} frames, out {} frames, dropped {}",
