@@ -23,6 +23,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod console;
 pub mod error;
+pub mod ftctl;
 pub mod guest_disk;
 pub mod history;
 pub mod host;

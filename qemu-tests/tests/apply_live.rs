@@ -34,6 +34,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{wait, wait_paired, VM};
+use qemu_tests::ftctl;
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
 
@@ -42,9 +43,9 @@ const OPERATOR_CIDR: &str = "192.0.2.200/24";
 #[test]
 fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_was_down() {
     let t0 = Instant::now();
-    let ftctl = ftctl();
+    let ftctl = ftctl::binary();
     let dir = tempfile::tempdir().unwrap();
-    let source = with_operator(dir.path());
+    let source = ftctl::with_operator(dir.path());
     let base = std::fs::read_to_string(&source.config).unwrap();
     let mut cluster = Cluster::new("apply-live", &source).unwrap();
     cluster.boot_all().unwrap();
@@ -457,23 +458,7 @@ fn sign_edited(
             text = text.replacen(from, to, 1);
         }
     }
-    let text = edit(text);
-    let toml = dir.join(format!("{name}.toml"));
-    std::fs::write(&toml, text).unwrap();
-    let signed = dir.join(format!("{name}.ftcfg"));
-    let ok = Command::new(ftctl)
-        .arg("sign")
-        .arg("--config")
-        .arg(&toml)
-        .arg("--key")
-        .arg(&source.signing_key)
-        .arg("--out")
-        .arg(&signed)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ftctl sign failed");
-    signed
+    ftctl::sign(ftctl, &edit(text), &source.signing_key, dir, name)
 }
 
 /// `ftctl apply` of `signed` to host-a from the operator's namespace; stdout.
@@ -546,38 +531,4 @@ fn find_daemon<'a>(v: &'a serde_json::Value, host: &str, daemon: &str) -> &'a se
         }
     }
     walk(v, host, daemon).unwrap_or_else(|| panic!("no {daemon} status of {host} in {v}"))
-}
-
-/// `ftctl` of this build, built if missing.
-fn ftctl() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.ancestors().nth(2).unwrap().to_path_buf();
-    let ftctl = profile.join("ftctl");
-    if !ftctl.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot build ftctl");
-    }
-    ftctl
-}
-
-/// `examples/cluster.toml` with its commented-out development operator.
-fn with_operator(dir: &Path) -> ClusterSource {
-    let mut source = ClusterSource::example();
-    let text = std::fs::read_to_string(&source.config).unwrap();
-    let pk = std::fs::read_to_string(
-        workspace_root().join("examples/dev-keys/operators/dev-operator.pub"),
-    )
-    .unwrap();
-    let text = format!(
-        "{text}\n[[operators]]\nname = \"dev-operator\"\npublic_key = \"{}\"\n",
-        pk.trim()
-    );
-    source.config = dir.join("cluster.toml");
-    std::fs::write(&source.config, text).unwrap();
-    source
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::BOOT_TIMEOUT;
 use qemu_tests::console::Pattern;
+use qemu_tests::ftctl;
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
 
@@ -39,7 +40,7 @@ fn mgmt_ip(n: usize) -> String {
 
 #[test]
 fn operators_query_and_apply_over_the_management_network() {
-    let ftctl = ftctl();
+    let ftctl = ftctl::binary();
     let dir = tempfile::tempdir().unwrap();
     let source = with_mgmt_and_operator(dir.path());
     let base = std::fs::read_to_string(&source.config).unwrap();
@@ -227,14 +228,7 @@ fn with_mgmt_and_operator(dir: &Path) -> ClusterSource {
             format!("mgmt = {{ mac = \"52:54:00:f9:00:0{n}\", addr = \"203.0.113.{n}/24\" }}\n");
         text = text.replacen(&vm, &format!("{vm}{mgmt}"), 1);
     }
-    let pk = std::fs::read_to_string(
-        workspace_root().join("examples/dev-keys/operators/dev-operator.pub"),
-    )
-    .unwrap();
-    text.push_str(&format!(
-        "\n[[operators]]\nname = \"dev-operator\"\npublic_key = \"{}\"\n",
-        pk.trim()
-    ));
+    text.push_str(&ftctl::dev_operator_block());
     source.config = dir.join("cluster.toml");
     std::fs::write(&source.config, text).unwrap();
     source
@@ -250,37 +244,5 @@ fn sign(ftctl: &Path, source: &ClusterSource, dir: &Path, base: &str) -> PathBuf
         assert!(text.contains(from), "the example config changed: {from}");
         text = text.replacen(from, to, 1);
     }
-    let toml = dir.join("gen2.toml");
-    std::fs::write(&toml, text).unwrap();
-    let signed = dir.join("gen2.ftcfg");
-    let ok = Command::new(ftctl)
-        .arg("sign")
-        .arg("--config")
-        .arg(&toml)
-        .arg("--key")
-        .arg(&source.signing_key)
-        .arg("--out")
-        .arg(&signed)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ftctl sign failed");
-    signed
-}
-
-/// `ftctl` of this build, built if missing.
-fn ftctl() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.ancestors().nth(2).unwrap().to_path_buf();
-    let ftctl = profile.join("ftctl");
-    if !ftctl.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot build ftctl")
-    }
-    ftctl
+    ftctl::sign(ftctl, &text, &source.signing_key, dir, "gen2")
 }

@@ -16,11 +16,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{wait, wait_paired, Client, VM};
+use qemu_tests::ftctl;
 use qemu_tests::kv::{key, value, Kv, GUEST};
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
@@ -30,9 +31,9 @@ const STEP: Duration = Duration::from_secs(120);
 
 #[test]
 fn power_off_and_on_live_through_ftctl_apply() {
-    let ftctl = ftctl();
+    let ftctl = ftctl::binary();
     let dir = tempfile::tempdir().unwrap();
-    let source = with_operator(dir.path());
+    let source = ftctl::with_operator(dir.path());
     let base = std::fs::read_to_string(&source.config).unwrap();
     let mut cluster = Cluster::new("power-live", &source).unwrap();
     for h in ["host-a", "host-b"] {
@@ -164,21 +165,13 @@ fn apply(
             &format!("disk_region = \"kv-disk\"\npower = \"{power}\"\n"),
             1,
         );
-    let toml = dir.join(format!("gen{generation}.toml"));
-    std::fs::write(&toml, text).unwrap();
-    let signed = dir.join(format!("gen{generation}.ftcfg"));
-    let ok = Command::new(ftctl)
-        .arg("sign")
-        .arg("--config")
-        .arg(&toml)
-        .arg("--key")
-        .arg(&source.signing_key)
-        .arg("--out")
-        .arg(&signed)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ftctl sign failed");
+    let signed = ftctl::sign(
+        ftctl,
+        &text,
+        &source.signing_key,
+        dir,
+        &format!("gen{generation}"),
+    );
     let out = Command::new("ip")
         .args(["netns", "exec", op.netns()])
         .arg(ftctl)
@@ -235,38 +228,4 @@ fn wait_serving(tap: &NetnsTap) -> Kv {
         std::thread::sleep(Duration::from_millis(500));
     }
     Kv::connect(tap)
-}
-
-/// `ftctl` of this build, built if missing.
-fn ftctl() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.ancestors().nth(2).unwrap().to_path_buf();
-    let ftctl = profile.join("ftctl");
-    if !ftctl.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot build ftctl");
-    }
-    ftctl
-}
-
-/// `examples/cluster.toml` with its commented-out development operator.
-fn with_operator(dir: &Path) -> ClusterSource {
-    let mut source = ClusterSource::example();
-    let text = std::fs::read_to_string(&source.config).unwrap();
-    let pk = std::fs::read_to_string(
-        workspace_root().join("examples/dev-keys/operators/dev-operator.pub"),
-    )
-    .unwrap();
-    let text = format!(
-        "{text}\n[[operators]]\nname = \"dev-operator\"\npublic_key = \"{}\"\n",
-        pk.trim()
-    );
-    source.config = dir.join("cluster.toml");
-    std::fs::write(&source.config, text).unwrap();
-    source
 }

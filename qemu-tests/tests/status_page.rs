@@ -19,13 +19,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{wait, wait_paired, Client, VM};
+use qemu_tests::ftctl;
 use qemu_tests::paths::{find_in_path, workspace_root};
-use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+use qemu_tests::{Cluster, NetnsTap};
 
 /// Where `ftctl page` listens, inside the operator's namespace.
 const LISTEN: &str = "127.0.0.1:8080";
@@ -38,11 +39,13 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     let chromium = find_in_path("chromium").unwrap_or_else(|| {
         panic!("chromium not found in PATH: `apt-get install chromium` (Debian) to run this test")
     });
-    let (target, ftctl) = target_and_ftctl();
+    let ftctl = ftctl::binary();
+    // The target directory: `<target>/<profile>/ftctl`.
+    let target = ftctl.ancestors().nth(2).unwrap().to_path_buf();
     let shots = target.join("status-page");
     std::fs::create_dir_all(&shots).unwrap();
     let config_dir = tempfile::tempdir().unwrap();
-    let source = with_operator(config_dir.path());
+    let source = ftctl::with_operator(config_dir.path());
     let mut cluster = Cluster::new("status-page", &source).unwrap();
     for h in ["host-a", "host-b"] {
         cluster.boot(h).unwrap();
@@ -147,41 +150,6 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     drop(page);
     drop(op);
     cluster.pass();
-}
-
-/// The target directory (`<target>/debug/deps/<this test>`'s grandparent's
-/// parent) and `ftctl` in it, built if missing.
-fn target_and_ftctl() -> (PathBuf, PathBuf) {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.ancestors().nth(2).unwrap().to_path_buf();
-    let ftctl = profile.join("ftctl");
-    if !ftctl.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot build ftctl");
-    }
-    (profile.parent().unwrap().to_path_buf(), ftctl)
-}
-
-/// `examples/cluster.toml` with its commented-out development operator.
-fn with_operator(dir: &Path) -> ClusterSource {
-    let mut source = ClusterSource::example();
-    let text = std::fs::read_to_string(&source.config).unwrap();
-    let pk = std::fs::read_to_string(
-        workspace_root().join("examples/dev-keys/operators/dev-operator.pub"),
-    )
-    .unwrap();
-    let text = format!(
-        "{text}\n[[operators]]\nname = \"dev-operator\"\npublic_key = \"{}\"\n",
-        pk.trim()
-    );
-    source.config = dir.join("cluster.toml");
-    std::fs::write(&source.config, text).unwrap();
-    source
 }
 
 /// `ftctl page` in the operator's namespace; killed on drop.
