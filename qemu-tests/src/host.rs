@@ -735,6 +735,18 @@ pub fn kill_all_spawned() {
     }
 }
 
+/// What every bench and demo binary does first: [`kill_hosts_on_panic`],
+/// and `tracing` to stderr (`RUST_LOG`, default `warn`).
+pub fn bin_init() {
+    kill_hosts_on_panic();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Installs a panic hook that prints the panic as usual, then
 /// [`kill_all_spawned`] (bench and demo binaries).
 pub fn kill_hosts_on_panic() {

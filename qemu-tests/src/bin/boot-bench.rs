@@ -50,13 +50,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn main() -> Result<()> {
-    qemu_tests::host::kill_hosts_on_panic();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    qemu_tests::host::bin_init();
     let args = Args::parse();
     if args.runs == 0 {
         bail!("--runs must be at least 1");

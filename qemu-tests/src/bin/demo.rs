@@ -60,13 +60,7 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    qemu_tests::host::kill_hosts_on_panic();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    qemu_tests::host::bin_init();
     let args = Args::parse();
     let source = ClusterSource {
         config: args.config.clone(),

@@ -147,13 +147,7 @@ pub struct Bench {
 }
 
 fn main() -> Result<()> {
-    qemu_tests::host::kill_hosts_on_panic();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    qemu_tests::host::bin_init();
     let args = Args::parse();
     if args.seconds <= 0.0 || args.clients.is_empty() || args.clients.contains(&0) {
         bail!("--seconds must be positive and --clients a list of numbers of at least 1");

@@ -124,13 +124,7 @@ struct Run {
 }
 
 fn main() -> Result<()> {
-    qemu_tests::host::kill_hosts_on_panic();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    qemu_tests::host::bin_init();
     let args = Args::parse();
     if args.vms.iter().any(|&n| n == 0 || n > MAX_VMS) || args.seconds <= 0.0 {
         bail!("--vms takes numbers from 1 to {MAX_VMS}, --seconds a positive number");
