@@ -251,6 +251,35 @@ pub fn serve<F>(listener: UnixListener, policy: Policy, handle: F)
 where
     F: Fn(Request) -> Response + Send + Sync + 'static,
 {
+    serve_urgent(listener, policy, None, handle)
+}
+
+/// Requests a daemon answers at real-time priority (`sched`): the priority
+/// and which requests.
+#[derive(Clone, Copy)]
+pub struct Urgent {
+    pub priority: i32,
+    pub is_urgent: fn(&Request) -> bool,
+}
+
+/// [`serve`], with the `urgent` requests answered at real-time priority: the
+/// accept loop runs at it (the calling thread: call this last, after every
+/// thread of normal priority was started), each connection's thread
+/// inherits it, and a thread whose request is not urgent goes back to the
+/// normal policy before `handle` sees the request (so threads a handler
+/// starts, such as a VM's vCPUs, are never real-time). Without the
+/// privilege for it everything runs as [`serve`] does (a warning says so).
+pub fn serve_urgent<F>(listener: UnixListener, policy: Policy, urgent: Option<Urgent>, handle: F)
+where
+    F: Fn(Request) -> Response + Send + Sync + 'static,
+{
+    let urgent = urgent.filter(|u| match crate::sched::realtime_thread(u.priority) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("{}: urgent requests at normal priority: {e}", policy.daemon);
+            false
+        }
+    });
     let handle = Arc::new(handle);
     let policy = Arc::new(policy);
     let log = Arc::new(RefusalLog::default());
@@ -259,7 +288,7 @@ where
             Ok(stream) => {
                 let (handle, policy, log) =
                     (Arc::clone(&handle), Arc::clone(&policy), Arc::clone(&log));
-                std::thread::spawn(move || serve_one(stream, &policy, &log, &*handle));
+                std::thread::spawn(move || serve_one(stream, &policy, &log, urgent, &*handle));
             }
             Err(e) => tracing::warn!("control accept failed: {e}"),
         }
@@ -270,11 +299,26 @@ fn serve_one(
     stream: UnixStream,
     policy: &Policy,
     log: &RefusalLog,
+    urgent: Option<Urgent>,
     handle: &dyn Fn(Request) -> Response,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let peer = Peer::of(&stream);
-    let resp = match ctl::read_message::<Request, _>(&mut BufReader::new(&stream), "client") {
+    let request = ctl::read_message::<Request, _>(&mut BufReader::new(&stream), "client");
+    if let Some(u) = urgent {
+        let keep = request.as_ref().is_ok_and(|r| (u.is_urgent)(r));
+        if !keep {
+            if let Err(e) = crate::sched::normal_thread() {
+                // Refuse rather than run a handler that may start
+                // threads at real-time priority.
+                let message = format!("{}: cannot leave real-time priority: {e}", policy.daemon);
+                tracing::error!("{message}");
+                let _ = ctl::write_message(&mut &stream, &Response::Error { message });
+                return;
+            }
+        }
+    }
+    let resp = match request {
         Ok(req) => {
             let allowed = peer
                 .map_err(|e| {

@@ -253,3 +253,54 @@ fn refusal_warnings_are_rate_limited() {
         Some("r8")
     );
 }
+
+/// With [`serve_urgent`], an urgent request is handled at the real-time
+/// priority and any other on the normal policy (so a handler that starts
+/// threads never starts them real-time); as root here. Without the
+/// privilege both are normal.
+#[test]
+fn urgent_requests_are_answered_real_time_and_the_rest_at_normal_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sock");
+    let l = bind(&path).unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(bool, String)>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let urgent = Urgent {
+            priority: crate::sched::HEARTBEAT_PRIORITY,
+            is_urgent: |r| matches!(r, Request::OutputGrant { .. }),
+        };
+        serve_urgent(
+            l,
+            Policy::new("testd", anyone, Programs::appliance()),
+            Some(urgent),
+            move |req| {
+                let grant = matches!(req, Request::OutputGrant { .. });
+                let policy = crate::sched::describe_thread();
+                s.lock().unwrap().push((grant, policy));
+                Response::Ok
+            },
+        )
+    });
+    let grant = Request::OutputGrant {
+        ok: true,
+        valid_ms: 500,
+        reason: String::new(),
+    };
+    for req in [&grant, &Request::Status, &grant] {
+        assert!(matches!(ctl::query(&path, req).unwrap(), Response::Ok));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    let root = crate::sched::realtime_thread(crate::sched::HEARTBEAT_PRIORITY).is_ok();
+    // (That moved this test's thread; back, so nothing else inherits it.)
+    let _ = crate::sched::normal_thread();
+    for (grant, policy) in seen {
+        let want = if grant && root {
+            "SCHED_RR 10"
+        } else {
+            "SCHED_OTHER"
+        };
+        assert_eq!(policy, want, "output grant: {grant}");
+    }
+}

@@ -16,6 +16,12 @@
 pub const HEARTBEAT_PRIORITY: i32 = 10;
 /// The fencing agent (its lease renewals and watchdog feed come first).
 pub const FENCING_PRIORITY: i32 = 11;
+/// ftvmm answering fencing's output grants: a hold fencing asked for must
+/// be confirmed within 500 ms or fencing stops feeding the watchdog, and a
+/// host whose guests keep every core busy (a take-over's first seconds)
+/// did not get ftvmm's control thread scheduled in time (stop 29: the lone
+/// survivor of a checkpoint pair fenced itself that way).
+pub const FTVMM_GRANT_PRIORITY: i32 = 9;
 
 /// Moves the calling thread to `SCHED_RR` at `priority`; threads it starts
 /// afterwards inherit the policy. Fails without `CAP_SYS_NICE` (not root),
@@ -28,6 +34,21 @@ pub fn realtime_thread(priority: i32) -> std::io::Result<()> {
     // SAFETY: `param` is a live, initialized sched_param the call only
     // reads; pid 0 is the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Moves the calling thread back to the normal policy (`SCHED_OTHER`),
+/// e.g. a connection thread that inherited a real-time accept loop's
+/// policy and serves a request that may start threads of its own.
+pub fn normal_thread() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `realtime_thread`: a live sched_param, read only; pid 0
+    // is the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
     if rc == 0 {
         Ok(())
     } else {

@@ -400,10 +400,30 @@ pub fn run(config_path: &Path, socket: &Path) -> Result<(), DaemonError> {
         }
     }
     // Each request only from the program that sends it (ctl_server::ftvmm_senders).
-    ctl_server::serve(listener, Policy::ftvmm(Programs::appliance()), move |req| {
-        tracing::debug!(?req, "control request");
-        daemon.handle(req)
-    });
+    // fencing's output grants are answered at real-time priority: a hold it
+    // asks for must be confirmed within 500 ms whatever the guests do to
+    // the host's cores (config_schema::sched::FTVMM_GRANT_PRIORITY).
+    // (serve_urgent moves this thread too; done here first to say how.)
+    match config_schema::sched::realtime_thread(config_schema::sched::FTVMM_GRANT_PRIORITY) {
+        Ok(()) => println!(
+            "ftvmm: output grants answered at {} (other requests at normal priority)",
+            config_schema::sched::describe_thread()
+        ),
+        Err(e) => println!("ftvmm: output grants answered at normal priority: {e}"),
+    }
+    let urgent = ctl_server::Urgent {
+        priority: config_schema::sched::FTVMM_GRANT_PRIORITY,
+        is_urgent: |r| matches!(r, Request::OutputGrant { .. }),
+    };
+    ctl_server::serve_urgent(
+        listener,
+        Policy::ftvmm(Programs::appliance()),
+        Some(urgent),
+        move |req| {
+            tracing::debug!(?req, "control request");
+            daemon.handle(req)
+        },
+    );
     Ok(())
 }
 
