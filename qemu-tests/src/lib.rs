@@ -33,6 +33,7 @@ pub mod paths;
 pub mod qmp;
 pub mod storage;
 mod sys;
+pub mod testbed;
 pub mod throttle;
 
 pub mod kv;

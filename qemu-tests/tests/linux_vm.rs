@@ -281,10 +281,7 @@ const L1_SVM_CRASH: &str = "L1 KERNEL CRASHED IN NESTED SVM";
 /// A step failed: says whether L1's kernel crashed inside kvm_amd's
 /// VM entry/exit, which the retry wrapper recognises.
 fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
-    let c = host.console();
-    let kvm_amd_oops = c.count("Kernel panic - not syncing") > 0
-        && (c.count("svm_vcpu_run") > 0 || c.count("svm_vcpu_enter_exit") > 0);
-    if kvm_amd_oops {
+    if qemu_tests::testbed::l1_svm_crashed(host.console()) {
         panic!("{L1_SVM_CRASH}: {what}: {e}");
     }
     panic!("{what}: {e}")
@@ -304,21 +301,7 @@ fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
 /// from failing CI, and a second crash still fails (then the emulator is not
 /// the whole story). Any other failure fails at once. The retry is printed.
 fn retry_once_on_l1_svm_crash(name: &str, body: impl Fn()) {
-    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
-    let Err(payload) = first else { return };
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    if !msg.contains(L1_SVM_CRASH) {
-        std::panic::resume_unwind(payload);
-    }
-    eprintln!(
-        "linux_vm: {name}: L1's kernel crashed in kvm_amd's VM entry/exit (QEMU TCG's \
-         emulated SVM, not ftvmm or the guest): {msg}\nlinux_vm: {name}: retrying once"
-    );
-    body();
+    qemu_tests::testbed::retry_once_on(&format!("linux_vm: {name}"), &[L1_SVM_CRASH], body)
 }
 
 #[test]

@@ -28,17 +28,12 @@ pub const L1_FROZE: &str = "test bed: L1 froze while booting";
 /// [`L1_FROZE`] is.
 pub const L1_SVM_CRASH: &str = "test bed: L1 kernel crashed in kvm_amd's VM entry";
 
-/// The host whose console shows its kernel dying inside kvm_amd's VMRUN
-/// path ("Kernel panic" with `svm_vcpu_run` in the trace): QEMU TCG's
-/// emulated SVM corrupting L1 (seen in `linux_vm.rs` at stop 25 and here at
-/// stop 29, both times `exc_page_fault` recursing in a vCPU thread until
-/// the stack guard page).
+/// The first of `hosts` whose kernel crashed inside kvm_amd's VM entry
+/// ([`qemu_tests::testbed::l1_svm_crashed`]).
 pub fn l1_svm_crash(hosts: &[&Host]) -> Option<String> {
-    hosts.iter().find_map(|h| {
-        let c = h.console();
-        let crashed = c.count("Kernel panic - not syncing") > 0 && c.count("svm_vcpu_run") > 0;
-        crashed.then(|| h.name().to_string())
-    })
+    (hosts.iter())
+        .find(|h| qemu_tests::testbed::l1_svm_crashed(h.console()))
+        .map(|h| h.name().to_string())
 }
 
 /// A console line that says who runs the VM.
@@ -225,19 +220,5 @@ pub fn wait_ready(host: &Host, peers: &[&Host], timeout: Duration) {
 /// [`L1_SVM_CRASH`] (printed); any other panic, or a second one of those,
 /// fails the test.
 pub fn retry_once_on_l1_freeze<T>(name: &str, body: impl Fn() -> T) -> T {
-    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body));
-    let payload = match first {
-        Ok(v) => return v,
-        Err(p) => p,
-    };
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    if !msg.contains(L1_FROZE) && !msg.contains(L1_SVM_CRASH) {
-        std::panic::resume_unwind(payload);
-    }
-    eprintln!("{name}: {msg}\n{name}: retrying once with a new cluster");
-    body()
+    qemu_tests::testbed::retry_once_on(name, &[L1_FROZE, L1_SVM_CRASH], body)
 }
