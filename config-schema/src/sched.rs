@@ -22,6 +22,15 @@ pub const FENCING_PRIORITY: i32 = 11;
 /// did not get ftvmm's control thread scheduled in time (stop 29: the lone
 /// survivor of a checkpoint pair fenced itself that way).
 pub const FTVMM_GRANT_PRIORITY: i32 = 9;
+/// ftvmm's checkpoint-link liveness threads: each side's keep-alive thread
+/// and the Primary's ack reader (which stamps when the Secondary was last
+/// heard and releases held outputs). Starved behind the Primary's own vCPU
+/// threads, a healthy peer goes unheard for a failure timeout (a false
+/// suspicion, a needless failover) and outputs wait longer than the link
+/// does. Both sleep almost always. Below the grant answer: a hold must be
+/// confirmed first. Set with [`realtime_thread_alone`], so nothing they
+/// start inherits it.
+pub const FTVMM_LINK_PRIORITY: i32 = 8;
 
 /// Moves the calling thread to `SCHED_RR` at `priority`; threads it starts
 /// afterwards inherit the policy. Fails without `CAP_SYS_NICE` (not root),
@@ -34,6 +43,24 @@ pub fn realtime_thread(priority: i32) -> std::io::Result<()> {
     // SAFETY: `param` is a live, initialized sched_param the call only
     // reads; pid 0 is the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Like [`realtime_thread`], but threads the caller starts afterwards
+/// begin at the normal policy (`SCHED_RESET_ON_FORK`): for a thread of a
+/// process whose other threads (a VMM's vCPUs) must never run real-time.
+pub fn realtime_thread_alone(priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: as in `realtime_thread`: a live sched_param, read only; pid 0
+    // is the calling thread; the flag is part of the policy argument.
+    let rc =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
     if rc == 0 {
         Ok(())
     } else {
@@ -67,7 +94,8 @@ pub fn describe_thread() -> String {
         libc::sched_getparam(0, &mut param);
         (policy, param.sched_priority)
     };
-    match policy {
+    // `realtime_thread_alone`'s flag is reported inside the policy.
+    match policy & !libc::SCHED_RESET_ON_FORK {
         libc::SCHED_RR => format!("SCHED_RR {prio}"),
         libc::SCHED_FIFO => format!("SCHED_FIFO {prio}"),
         libc::SCHED_OTHER => "SCHED_OTHER".into(),
@@ -98,6 +126,24 @@ mod tests {
                     assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
                     assert_eq!(describe_thread(), "SCHED_OTHER");
                 }
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_thread_real_time_alone_starts_its_threads_at_normal_priority() {
+        std::thread::spawn(|| match realtime_thread_alone(FTVMM_LINK_PRIORITY) {
+            Ok(()) => {
+                assert_eq!(describe_thread(), "SCHED_RR 8");
+                // Not inherited: a vCPU thread started from here runs normal.
+                let child = std::thread::spawn(describe_thread).join().unwrap();
+                assert_eq!(child, "SCHED_OTHER");
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                assert_eq!(describe_thread(), "SCHED_OTHER");
             }
         })
         .join()

@@ -155,3 +155,39 @@ fn the_frame_counter_moves_while_a_large_message_arrives() {
     );
     sender.join().unwrap().unwrap();
 }
+
+/// The keep-alive thread runs real-time (`SCHED_RR` at the link priority)
+/// where the process may, and a thread it starts does not inherit that:
+/// a Primary's vCPU threads must never run real-time.
+#[test]
+fn the_keepalive_thread_runs_real_time_and_its_threads_do_not() {
+    use config_schema::sched;
+    use std::sync::Mutex;
+    let allowed = std::thread::spawn(|| sched::realtime_thread(1).is_ok())
+        .join()
+        .unwrap();
+    let seen: Arc<Mutex<Option<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&seen);
+    let t = keepalive::spawn(
+        "test-alive".into(),
+        (Arc::clone(&stop), Duration::from_secs(60)),
+        Arc::new(Progress::default()),
+        move || {
+            let child = std::thread::spawn(sched::describe_thread).join().unwrap();
+            *s2.lock().unwrap() = Some((sched::describe_thread(), child));
+            Err("seen".into())
+        },
+    )
+    .unwrap();
+    t.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (own, child) = seen.lock().unwrap().take().expect("the tick ran");
+    let want = if allowed {
+        format!("SCHED_RR {}", sched::FTVMM_LINK_PRIORITY)
+    } else {
+        "SCHED_OTHER".to_string()
+    };
+    assert_eq!(own, want);
+    assert_eq!(child, "SCHED_OTHER");
+}
