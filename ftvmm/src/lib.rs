@@ -27,6 +27,7 @@ pub mod manager;
 pub mod members;
 pub mod platform;
 pub mod power;
+pub mod priority;
 pub mod runner;
 pub mod signals;
 pub mod snapshot;

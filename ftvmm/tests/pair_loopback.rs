@@ -330,6 +330,7 @@ fn primary_process() {
         .store(DIGEST_DISTANCE, Ordering::SeqCst);
     let (tx, rx) = ch.split();
     let link = link::start_primary(Arc::clone(&log), tx, rx, Arc::new(|| {}), Arc::new(|_| {}));
+    link_threads_run_real_time(&["lockstep-send", "lockstep-ack"]);
     let stop_kicks = Arc::new(AtomicBool::new(false));
     let kicks = kick_every_few_us(pvm.handle().kicker(), Arc::clone(&stop_kicks));
 
@@ -433,4 +434,47 @@ fn primary_process() {
         stats.outputs_emitted,
         stats.outputs_released
     );
+}
+
+/// The link's threads run `SCHED_RR` at the link priority where this
+/// process may (root), and the thread that started them — the one that
+/// runs the vCPU here — stays at the normal policy (`ftvmm::priority`).
+fn link_threads_run_real_time(names: &[&str]) {
+    use config_schema::sched;
+    let allowed = std::thread::spawn(|| sched::realtime_thread(1).is_ok())
+        .join()
+        .unwrap();
+    let policy = |tid: i32| {
+        // SAFETY: sched_getscheduler only reads the policy of task `tid`.
+        let p = unsafe { libc::sched_getscheduler(tid) };
+        p & !libc::SCHED_RESET_ON_FORK
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for name in names {
+        let want = if allowed {
+            libc::SCHED_RR
+        } else {
+            libc::SCHED_OTHER
+        };
+        loop {
+            let found: Vec<i32> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|e| {
+                    let tid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+                    (comm.trim() == *name).then_some(policy(tid))
+                })
+                .collect();
+            if !found.is_empty() && found.iter().all(|p| *p == want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "thread {name}: policies {found:?}, want {want} (real-time allowed: {allowed})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(sched::describe_thread(), "SCHED_OTHER", "the vCPU's thread");
 }

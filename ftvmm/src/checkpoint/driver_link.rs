@@ -139,7 +139,7 @@ impl PrimaryLink {
         let acks = std::thread::Builder::new()
             .name("ckpt-acks".into())
             .spawn(move || {
-                crate::checkpoint::keepalive::link_thread_priority();
+                crate::priority::link_thread();
                 if let Some(why) = read_acks(&mut rx, &outputs, &link, &st) {
                     link.lost(id, why);
                 }

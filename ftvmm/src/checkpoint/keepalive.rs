@@ -159,7 +159,7 @@ pub fn spawn(
     mut tick: impl FnMut() -> Result<(), String> + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(move || {
-        link_thread_priority();
+        crate::priority::link_thread();
         let mut said_stalled = false;
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(KEEPALIVE);
@@ -180,27 +180,6 @@ pub fn spawn(
             }
         }
     })
-}
-
-/// Moves the calling link thread (a keep-alive thread, the Primary's ack
-/// reader) to `SCHED_RR` [`FTVMM_LINK_PRIORITY`], not inherited by threads
-/// it starts: a Primary's vCPU threads, busy on every core, must not keep
-/// it from saying or hearing "alive" within the failure timeout (why, in
-/// `config_schema::sched`). Without the right (not root, no real-time
-/// budget) the thread goes on at normal priority; said once per process.
-///
-/// [`FTVMM_LINK_PRIORITY`]: config_schema::sched::FTVMM_LINK_PRIORITY
-pub fn link_thread_priority() {
-    use config_schema::sched;
-    static SAID: std::sync::Once = std::sync::Once::new();
-    let got = sched::realtime_thread_alone(sched::FTVMM_LINK_PRIORITY);
-    SAID.call_once(|| match &got {
-        Ok(()) => tracing::info!(
-            "checkpoint: link threads (keep-alives, acks) at {}",
-            sched::describe_thread()
-        ),
-        Err(e) => tracing::warn!("checkpoint: link threads at normal priority: {e}"),
-    });
 }
 
 /// One side's end of a checkpoint link with its keep-alive thread running:

@@ -174,10 +174,15 @@ impl Link {
     }
 }
 
+/// Starts a link thread, real-time (`crate::priority`: a replay or a busy
+/// guest on every core must not delay an ack or a keep-alive).
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(f)
+        .spawn(move || {
+            crate::priority::link_thread();
+            f()
+        })
         .expect("spawn link thread")
 }
 
