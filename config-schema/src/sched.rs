@@ -22,14 +22,14 @@ pub const FENCING_PRIORITY: i32 = 11;
 /// did not get ftvmm's control thread scheduled in time (stop 29: the lone
 /// survivor of a checkpoint pair fenced itself that way).
 pub const FTVMM_GRANT_PRIORITY: i32 = 9;
-/// ftvmm's checkpoint-link liveness threads: each side's keep-alive thread
-/// and the Primary's ack reader (which stamps when the Secondary was last
-/// heard and releases held outputs). Starved behind the Primary's own vCPU
-/// threads, a healthy peer goes unheard for a failure timeout (a false
-/// suspicion, a needless failover) and outputs wait longer than the link
-/// does. Both sleep almost always. Below the grant answer: a hold must be
-/// confirmed first. Set with [`realtime_thread_alone`], so nothing they
-/// start inherits it.
+/// ftvmm's replication-link threads (`ftvmm::priority`): lockstep's
+/// sender, ack, receiver and progress threads, each checkpoint side's
+/// keep-alive thread and the checkpoint Primary's ack reader. Starved
+/// behind the guests' vCPU threads, a healthy peer goes unheard for a
+/// failure timeout (a false suspicion, a needless failover) and held
+/// outputs wait longer than the link does. They sleep almost always.
+/// Below the grant answer: a hold must be confirmed first. Set with
+/// [`realtime_thread_alone`], so nothing they start inherits it.
 pub const FTVMM_LINK_PRIORITY: i32 = 8;
 
 /// Moves the calling thread to `SCHED_RR` at `priority`; threads it starts
