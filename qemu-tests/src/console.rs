@@ -416,6 +416,14 @@ mod tests {
         (c, dir)
     }
 
+    /// A console over a socket the test writes to as it goes.
+    fn live_console() -> (Console, std::os::unix::net::UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = Console::start("h", r, &dir.path().join("c.log"), Instant::now(), None).unwrap();
+        (c, w, dir)
+    }
+
     #[test]
     fn splits_lines_strips_cr_and_logs_raw_bytes() {
         let (c, dir) = console_over(b"one\r\ntwo\nthree");
@@ -439,9 +447,7 @@ mod tests {
 
     #[test]
     fn wait_after_sees_only_lines_after_the_mark_and_moves_the_cursor() {
-        let dir = tempfile::tempdir().unwrap();
-        let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let c = Console::start("h", r, &dir.path().join("c.log"), Instant::now(), None).unwrap();
+        let (c, mut w, _d) = live_console();
         w.write_all(b"x 1\n").unwrap();
         c.wait_for("x 1", Duration::from_secs(10)).unwrap();
         let mark = c.mark();
@@ -488,9 +494,7 @@ mod tests {
 
     #[test]
     fn timeout_reports_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let c = Console::start("h", r, &dir.path().join("c.log"), Instant::now(), None).unwrap();
+        let (c, mut w, _d) = live_console();
         w.write_all(b"hello\n").unwrap();
         let err = c.wait_for("never", Duration::from_millis(200)).unwrap_err();
         match &err {
