@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use config_schema::ctl::{self, Request, Response};
 use config_schema::model::Operator;
 use config_schema::remote::auth::{OperatorKey, Operators};
-use config_schema::remote::report::VmConfig;
+use config_schema::remote::report::{ClusterReport, VmConfig};
 use config_schema::remote::{client, render, wire, OperatorRequest, Reply, MAX_REPLY_FRAME};
 use heartbeat::node::PeerConf;
 use heartbeat::status_service::{noise, Service, ServiceConfig};
@@ -134,6 +134,34 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from((ip(i), TCP))
 }
 
+/// The cluster report the service at `at` gathers for the dev operator.
+fn cluster_status(at: SocketAddr, timeout: Duration) -> ClusterReport {
+    let Reply::Cluster { report } = client::query(
+        at,
+        &dev_key(),
+        &host_keys(),
+        OperatorRequest::ClusterStatus,
+        timeout,
+    )
+    .unwrap() else {
+        panic!("a cluster report")
+    };
+    report
+}
+
+/// Why the service at `at` refuses a host status query signed with a
+/// fresh key, one that is no operator's.
+fn stranger_refused(at: SocketAddr) -> String {
+    let other =
+        OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
+    let Reply::Refused { reason } =
+        client::query(at, &other, &host_keys(), OperatorRequest::HostStatus, T).unwrap()
+    else {
+        panic!("refused")
+    };
+    reason
+}
+
 /// Records what a client writes.
 struct Tap<'a>(&'a mut TcpStream, Vec<u8>);
 impl Read for Tap<'_> {
@@ -167,16 +195,7 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Asked at host-b, gathered from host-a over Noise.
-    let Reply::Cluster { report } = client::query(
-        addr(1),
-        &dev_key(),
-        &host_keys(),
-        OperatorRequest::ClusterStatus,
-        T,
-    )
-    .unwrap() else {
-        panic!("a cluster report")
-    };
+    let report = cluster_status(addr(1), T);
     let names: Vec<&str> = report.hosts.iter().map(|h| h.host.as_str()).collect();
     assert_eq!(names, NAMES);
     let ra = report.report("host-a").expect("host-a answered host-b");
@@ -241,13 +260,7 @@ fn unlisted_operators_impostor_hosts_and_replays_are_refused() {
     // Other hosts of the same loopback net as the test above: own ports.
     let dir = tempfile::tempdir().unwrap();
     start_on(1, dir.path());
-    let other =
-        OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
-    let Reply::Refused { reason } =
-        client::query(alt(1), &other, &host_keys(), OperatorRequest::HostStatus, T).unwrap()
-    else {
-        panic!("refused")
-    };
+    let reason = stranger_refused(alt(1));
     assert!(
         reason.contains("is not an operator of this cluster's config"),
         "{reason}"
@@ -345,16 +358,7 @@ fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
         let _held: Vec<TcpStream> = silent.incoming().flatten().collect();
     });
     let t0 = Instant::now();
-    let Reply::Cluster { report } = client::query(
-        on(3, 0),
-        &dev_key(),
-        &host_keys(),
-        OperatorRequest::ClusterStatus,
-        Duration::from_secs(30),
-    )
-    .unwrap() else {
-        panic!("a cluster report")
-    };
+    let report = cluster_status(on(3, 0), Duration::from_secs(30));
     let took = t0.elapsed();
     assert!(report.report("host-a").is_some());
     let b = report.hosts[1].unreachable.as_deref().unwrap();
@@ -373,16 +377,7 @@ fn the_management_address_answers_operators_and_hosts_still_ask_on_ft() {
     start_in(4, 0, dir.path());
     start_with_mgmt(4, 1, dir.path(), Some(mgmt_b.ip()));
     // Asked at host-b's management address: host-b gathers the others on FT.
-    let Reply::Cluster { report } = client::query(
-        mgmt_b,
-        &dev_key(),
-        &host_keys(),
-        OperatorRequest::ClusterStatus,
-        Duration::from_secs(30),
-    )
-    .unwrap() else {
-        panic!("a cluster report")
-    };
+    let report = cluster_status(mgmt_b, Duration::from_secs(30));
     assert_eq!(report.queried, "host-b");
     assert!(report.report("host-a").is_some(), "{report:?}");
     assert!(report.report("host-b").is_some(), "{report:?}");
@@ -398,13 +393,7 @@ fn the_management_address_answers_operators_and_hosts_still_ask_on_ft() {
         );
     }
     // Only operators: another key is refused there as on FT.
-    let other =
-        OperatorKey::from_pkcs8(&config_schema::keys::generate_signing_key().unwrap().0).unwrap();
-    let Reply::Refused { reason } =
-        client::query(mgmt_b, &other, &host_keys(), OperatorRequest::HostStatus, T).unwrap()
-    else {
-        panic!("refused")
-    };
+    let reason = stranger_refused(mgmt_b);
     assert!(
         reason.contains("is not an operator of this cluster's config"),
         "{reason}"

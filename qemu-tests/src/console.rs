@@ -1,9 +1,12 @@
 //! A host's serial console: a reader thread copies QEMU's console output to a
 //! log file and into an in-memory list of timestamped lines, which tests wait
-//! on (`wait_for`, `wait_for_next`) or assert against (`assert_absent`).
+//! on (`wait_for`, `wait_for_next`, `wait_after`) or assert against
+//! (`assert_absent`).
 //!
-//! The console keeps a cursor: `wait_for` and `wait_for_next` move it past the
-//! line they matched, so a sequence of `wait_for_next` calls checks ordering.
+//! The console keeps a cursor: `wait_for`, `wait_for_next` and `wait_after`
+//! move it past the line they matched, so a sequence of `wait_for_next` calls
+//! checks ordering. A [`Mark`] (`mark`) is the console's end at one moment:
+//! `wait_after` waits for a line that arrived after it, whatever the cursor.
 
 use std::fmt;
 use std::fs::File;
@@ -79,6 +82,18 @@ pub struct ConsoleLine {
     pub at: Duration,
 }
 
+/// A place in one console's lines: the end of them when [`Console::mark`]
+/// was called. Lines that arrive later are after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(usize);
+
+/// Where a wait starts looking.
+enum Start {
+    First,
+    Cursor,
+    At(Mark),
+}
+
 #[derive(Default)]
 struct State {
     lines: Vec<ConsoleLine>,
@@ -131,7 +146,7 @@ impl Console {
     /// Waits until any console line (from the very first one) matches, and
     /// moves the cursor past it. Lines that arrived before the call count.
     pub fn wait_for(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<ConsoleLine> {
-        self.wait(pattern.into(), timeout, false)
+        self.wait(pattern.into(), timeout, Start::First)
     }
 
     /// Waits until a line after the cursor (the last line matched by a
@@ -141,15 +156,36 @@ impl Console {
         pattern: impl Into<Pattern>,
         timeout: Duration,
     ) -> Result<ConsoleLine> {
-        self.wait(pattern.into(), timeout, true)
+        self.wait(pattern.into(), timeout, Start::Cursor)
     }
 
-    fn wait(&self, pattern: Pattern, timeout: Duration, after_cursor: bool) -> Result<ConsoleLine> {
+    /// The end of the console now: the lines that arrive from here on are
+    /// after this mark.
+    pub fn mark(&self) -> Mark {
+        Mark(self.state().lines.len())
+    }
+
+    /// Waits until a line that arrived after `mark` matches, and moves the
+    /// cursor past it.
+    pub fn wait_after(
+        &self,
+        mark: Mark,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<ConsoleLine> {
+        self.wait(pattern.into(), timeout, Start::At(mark))
+    }
+
+    fn wait(&self, pattern: Pattern, timeout: Duration, start: Start) -> Result<ConsoleLine> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state();
         loop {
-            let from = if after_cursor { state.cursor } else { 0 };
-            let found = state.lines[from..]
+            let from = match start {
+                Start::First => 0,
+                Start::Cursor => state.cursor,
+                Start::At(Mark(i)) => i,
+            };
+            let found = (state.lines.get(from..).unwrap_or_default())
                 .iter()
                 .position(|l| pattern.matches(&l.text))
                 .map(|i| from + i);
@@ -237,6 +273,15 @@ impl Console {
     /// A copy of every line so far.
     pub fn lines(&self) -> Vec<ConsoleLine> {
         self.state().lines.clone()
+    }
+
+    /// A copy of the lines that arrived after `mark` so far.
+    pub fn lines_after(&self, mark: Mark) -> Vec<ConsoleLine> {
+        self.state()
+            .lines
+            .get(mark.0..)
+            .unwrap_or_default()
+            .to_vec()
     }
 
     /// The last `n` lines, one per line of text.
@@ -371,6 +416,14 @@ mod tests {
         (c, dir)
     }
 
+    /// A console over a socket the test writes to as it goes.
+    fn live_console() -> (Console, std::os::unix::net::UnixStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = Console::start("h", r, &dir.path().join("c.log"), Instant::now(), None).unwrap();
+        (c, w, dir)
+    }
+
     #[test]
     fn splits_lines_strips_cr_and_logs_raw_bytes() {
         let (c, dir) = console_over(b"one\r\ntwo\nthree");
@@ -390,6 +443,25 @@ mod tests {
         let err = c.wait_for_next("a", Duration::from_secs(5)).unwrap_err();
         assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
         assert!(err.to_string().contains("c\n"), "tail missing: {err}");
+    }
+
+    #[test]
+    fn wait_after_sees_only_lines_after_the_mark_and_moves_the_cursor() {
+        let (c, mut w, _d) = live_console();
+        w.write_all(b"x 1\n").unwrap();
+        c.wait_for("x 1", Duration::from_secs(10)).unwrap();
+        let mark = c.mark();
+        let err = c.wait_after(mark, "x", Duration::ZERO).unwrap_err();
+        assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+        w.write_all(b"y\nx 2\nx 3\n").unwrap();
+        let line = c.wait_after(mark, "x", Duration::from_secs(10)).unwrap();
+        assert_eq!(line.text, "x 2");
+        c.wait_for("x 3", Duration::from_secs(10)).unwrap();
+        let after: Vec<_> = c.lines_after(mark).into_iter().map(|l| l.text).collect();
+        assert_eq!(after, ["y", "x 2", "x 3"]);
+        // The cursor is past "x 2": the next "x" is "x 3".
+        c.wait_after(mark, "x 2", Duration::ZERO).unwrap();
+        assert_eq!(c.wait_for_next("x", Duration::ZERO).unwrap().text, "x 3");
     }
 
     #[test]
@@ -422,9 +494,7 @@ mod tests {
 
     #[test]
     fn timeout_reports_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
-        let c = Console::start("h", r, &dir.path().join("c.log"), Instant::now(), None).unwrap();
+        let (c, mut w, _d) = live_console();
         w.write_all(b"hello\n").unwrap();
         let err = c.wait_for("never", Duration::from_millis(200)).unwrap_err();
         match &err {

@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::console::{Console, ConsoleLine, LineHook, Pattern};
+use crate::console::{Console, ConsoleLine, LineHook, Mark, Pattern};
 use crate::error::{HarnessError, Result};
 use crate::paths::qemu_binary;
 use crate::qmp;
@@ -562,6 +562,18 @@ impl Host {
     /// Waits for a matching line after the last matched one (ordering checks).
     pub fn wait_for_next(&self, pattern: impl Into<Pattern>, timeout: Duration) -> Result<String> {
         let r = self.console.wait_for_next(pattern, timeout);
+        self.with_exit_status(r).map(|l| l.text)
+    }
+
+    /// Waits for a matching line that arrived after `mark` (taken with
+    /// `console().mark()`), whatever matched before; moves the cursor past it.
+    pub fn wait_after(
+        &self,
+        mark: Mark,
+        pattern: impl Into<Pattern>,
+        timeout: Duration,
+    ) -> Result<String> {
+        let r = self.console.wait_after(mark, pattern, timeout);
         self.with_exit_status(r).map(|l| l.text)
     }
 

@@ -38,7 +38,7 @@ pub mod throttle;
 
 pub mod kv;
 pub use cluster::{Cluster, ClusterSource, TestDir};
-pub use console::{ConsoleLine, Pattern};
+pub use console::{ConsoleLine, Mark, Pattern};
 pub use error::{HarnessError, Result};
 pub use host::{Boot, Host, HostSpec, Machine, Nic};
 pub use hub::{CapturedFrame, ChannelPort, Hub, LinkParams, PortSender, PortStats};

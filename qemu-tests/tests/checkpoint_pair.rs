@@ -222,11 +222,7 @@ fn kill_the_primary_host_the_checkpoint_pair_is_protected_again_with_the_example
     let k = pair_killed("checkpoint-pair-1s", 1_000);
     let (mut cluster, killed, survivor) = (k.cluster, k.killed, k.survivor);
     let protected = format!("ftvmm: vm {VM}: protected: secondary {killed}");
-    let before = cluster
-        .host(&survivor)
-        .unwrap()
-        .console()
-        .count(protected.as_str());
+    let before = cluster.host(&survivor).unwrap().console().mark();
     let mut spec = cluster.host_spec(&killed).unwrap();
     spec.cpus = host_cpus();
     let t = std::time::Instant::now();
@@ -245,21 +241,16 @@ fn kill_the_primary_host_the_checkpoint_pair_is_protected_again_with_the_example
         a,
         format!("ftvmm: vm {VM}: joined primary {survivor} as its secondary"),
     );
-    // From the protected line on (the `before`-th of its kind).
-    let since = (b.console().lines().iter())
-        .enumerate()
-        .filter(|(_, l)| l.text.contains(&protected))
-        .nth(before)
-        .map_or(0, |(i, _)| i);
     // Still paired an epoch summary later (10 s: many failure timeouts).
     b.wait_for_next(
         format!("ftvmm: vm {VM}: checkpoint: epoch "),
         Duration::from_secs(60),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let lost: Vec<String> = (b.console().lines().into_iter())
-        .skip(since)
+    // From the protected line on (the first of its kind after `before`).
+    let lost: Vec<String> = (b.console().lines_after(before).into_iter())
         .map(|l| l.text)
+        .skip_while(|t| !t.contains(&protected))
         .filter(|t| t.contains("secondary suspected") || t.contains("not protected"))
         .collect();
     assert!(
@@ -332,15 +323,14 @@ fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
     // held that long fails the client's connect ("No route to host"). The
     // next epoch summary (every 10 s) comes after the boot's churn.
     let summary = format!("ftvmm: vm {VM}: checkpoint: epoch ");
-    let summaries = p.console().count(summary.as_str());
-    let settled = wait_new_line(p, &summary, summaries, Duration::from_secs(120));
+    let settled = wait_new_line(p, &summary, p.console().mark(), Duration::from_secs(120));
     eprintln!(
         "checkpoint-pair: primary {}, secondary {}; after the guest listens: {settled}",
         p.name(),
         s.name()
     );
     let resumed = format!("ftvmm: vm {VM}: resumed from epoch");
-    let before = s.console().count(resumed.as_str());
+    let before = s.console().mark();
     let (_ms, acked) = survive(
         &cluster,
         "checkpoint primary host killed",

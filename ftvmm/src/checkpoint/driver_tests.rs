@@ -13,14 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::checkpoint::gate::GateConfig;
-use crate::checkpoint::gated::GatedBackend;
 use crate::checkpoint::gated::GatedOutputs;
 use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::receiver::Receiver;
-use crate::checkpoint::remote_tests::{channel_pair, counter_vm, gate, MEM};
-use crate::checkpoint::secondary::{Rebuild, Staging};
-use crate::linux::tests::{counter, wait_until, Sink};
+use crate::checkpoint::remote_tests::{counter_vm, gate, MEM};
+use crate::checkpoint::secondary::Staging;
+use crate::checkpoint::test_support::{channel_pair, plan};
+use crate::linux::tests::{counter, wait_until};
 use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::Halt;
 use crate::lockstep::spec::PairHandle;
@@ -82,29 +81,6 @@ struct Pair {
     p_silence: Box<dyn Fn() -> u64 + Send>,
     /// When host-b last heard its Primary.
     s_heard: Arc<Mutex<std::time::Instant>>,
-}
-
-fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
-    TakeOverPlan {
-        grant,
-        gate: GateConfig {
-            max_dirty_pages: u64::MAX,
-            max_write_bytes: u64::MAX,
-        },
-        epoch: Duration::from_millis(5),
-        frame_out: None,
-        rebuild: Box::new(|outputs| {
-            Ok(Rebuild {
-                vcpus: 2,
-                virtio: vec![],
-                console: Box::new(Sink::default()),
-                backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
-                advance_ns: 0,
-            })
-        }),
-        announce: Vec::new(),
-        storage_cut: Arc::new(|_| false),
-    }
 }
 
 /// host-a Primary and host-b Secondary of "kv" in generation 1, paired,

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use super::gated::GatedOutputs;
 use super::hosts::{drive_primary, secondary_until_take_over, HostError, RemoteSecondary};
-use super::remote_tests::{counter_vm, gate, MEM, TIMEOUT};
+use super::remote_tests::{counter_vm, gate, MEM};
 use super::secondary::{self, Rebuild};
+use super::test_support::{identities, TIMEOUT};
 use crate::linux::tests::{counter, wait_until, NoBackend, Sink};
 use crate::linux::End;
-use crate::lockstep::channel::{self, Channel, Identity};
+use crate::lockstep::channel::{self, Channel};
 
 fn loop_cfg() -> super::primary::LoopConfig {
     super::primary::LoopConfig {
@@ -35,12 +36,7 @@ type SecondaryEnd = Result<
 fn secondary_and_channel(
     take_over_on: Option<std::path::PathBuf>,
 ) -> (std::thread::JoinHandle<SecondaryEnd>, Channel) {
-    let primary = Identity {
-        private_key: [0x41; 32],
-    };
-    let secondary = Identity {
-        private_key: [0x42; 32],
-    };
+    let (primary, secondary) = identities();
     let s_pub = secondary.public_key();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();

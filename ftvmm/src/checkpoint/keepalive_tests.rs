@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::keepalive::{self, Progress, SharedSender, KEEPALIVE};
-use super::remote_tests::channel_pair;
+use super::test_support::{channel_pair, slow_channel_pair};
 use crate::lockstep::channel::{ChannelError, Message};
 
 /// A loop that stops moving stops its keep-alives once the limit passed;
@@ -86,45 +86,8 @@ fn a_keepalive_goes_out_only_when_nothing_else_did() {
 /// 256 KiB/s.
 #[test]
 fn the_frame_counter_moves_while_a_large_message_arrives() {
-    use std::io::{Read, Write};
-    use std::net::{Ipv4Addr, TcpListener, TcpStream};
-
-    use crate::lockstep::channel::{self, Identity};
-
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let (to, via) = (listener.local_addr().unwrap(), proxy.local_addr().unwrap());
     // Primary -> Secondary at 16 KiB per 62 ms; the other way as it comes.
-    std::thread::spawn(move || {
-        let (mut from_p, _) = proxy.accept().unwrap();
-        let mut to_s = TcpStream::connect(to).unwrap();
-        let (mut back_s, mut back_p) = (to_s.try_clone().unwrap(), from_p.try_clone().unwrap());
-        std::thread::spawn(move || std::io::copy(&mut back_s, &mut back_p));
-        let mut buf = vec![0u8; 16 << 10];
-        while let Ok(n @ 1..) = from_p.read(&mut buf) {
-            if to_s.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(62));
-        }
-    });
-    let (p_id, s_id) = (
-        Identity {
-            private_key: [0x41; 32],
-        },
-        Identity {
-            private_key: [0x42; 32],
-        },
-    );
-    let (p_pub, s_pub) = (p_id.public_key(), s_id.public_key());
-    let timeout = Duration::from_secs(5);
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let allowed = move |k: &[u8; 32]| (*k == p_pub).then(|| "host-a".to_string());
-        channel::accept(stream, &s_id, &allowed, timeout).unwrap()
-    });
-    let p = channel::connect(via, &p_id, &s_pub, "host-b", timeout).unwrap();
-    let s = server.join().unwrap();
+    let (p, s) = slow_channel_pair(16 << 10);
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let frames = s.frame_counter();
     let (mut tx, _) = p.split();

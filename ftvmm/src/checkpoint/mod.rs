@@ -123,4 +123,6 @@ mod sim_world;
 #[cfg(test)]
 mod state_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod vm_tests;

@@ -7,7 +7,6 @@
 //! to arrive over the channel; garbage and wrong messages end the link with
 //! the error naming them.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,17 +21,15 @@ use super::primary::{self, EpochSink, LoopConfig};
 use super::receiver::{ReceiveError, Receiver, StagingMemory};
 use super::remote::{read_acks, serve, ChannelSink, LinkError};
 use super::secondary::Staging;
+use super::test_support::{channel_pair, TIMEOUT};
 use crate::io::{BlockOp, BlockRequest};
 use crate::linux::backend::LinuxBackend;
 use crate::linux::machine::{LinuxVm, Running};
 use crate::linux::tests::{counter, wait_until, Sink, CODE};
-use crate::lockstep::channel::{self, Channel, ChannelError, Identity, Message};
+use crate::lockstep::channel::{self, Channel, ChannelError, Message};
 use crate::virtio::GuestMemoryMmap;
 
 pub(super) const MEM: u64 = 64 << 20;
-pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
-/// Read timeout of both sides' receivers (how soon they see `stop`).
-const POLL: Duration = Duration::from_millis(50);
 
 pub(super) fn gate() -> EpochGate {
     EpochGate::new(
@@ -42,30 +39,6 @@ pub(super) fn gate() -> EpochGate {
         },
         1,
     )
-}
-
-/// A Primary's and a Secondary's channel over TCP loopback, after the
-/// Noise handshake with each other's keys.
-pub(super) fn channel_pair() -> (Channel, Channel) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let primary = Identity {
-        private_key: [0x31; 32],
-    };
-    let secondary = Identity {
-        private_key: [0x32; 32],
-    };
-    let (p_pub, s_pub) = (primary.public_key(), secondary.public_key());
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let allowed = move |k: &[u8; 32]| (*k == p_pub).then(|| "host-a".to_string());
-        channel::accept(stream, &secondary, &allowed, TIMEOUT).unwrap()
-    });
-    let p = channel::connect(addr, &primary, &s_pub, "host-b", TIMEOUT).unwrap();
-    let s = server.join().unwrap();
-    p.set_read_timeout(Some(POLL)).unwrap();
-    s.set_read_timeout(Some(POLL)).unwrap();
-    (p, s)
 }
 
 /// The Secondary on its own thread: serves the link until it ends, then

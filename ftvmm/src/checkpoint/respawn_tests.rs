@@ -10,8 +10,6 @@
 //! throughout, and after the hand-over both members stay paired without
 //! racing.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,15 +18,13 @@ use std::time::{Duration, Instant};
 use config_schema::ctl::{Request, Response};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::driver::{Fencing, MemberDriver, PrimaryEffects, SecondaryEffects, TakeOverPlan};
+use super::driver::{Fencing, MemberDriver, PrimaryEffects, SecondaryEffects};
 use super::gate::{EpochGate, GateConfig, Mode};
-use super::gated::{GatedBackend, GatedOutputs};
+use super::gated::GatedOutputs;
 use super::primary::LoopConfig;
 use super::remote_tests::{counter_vm, MEM};
 use super::respawn::{receive_join, CheckpointJoin, JoinTarget};
-use super::secondary::Rebuild;
-use crate::linux::tests::Sink;
-use crate::lockstep::channel::{self, Channel, Identity};
+use super::test_support::{plan, slow_channel_pair};
 use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::{Decision, Member, State};
 use crate::lockstep::respawn::keeper::JoinSource;
@@ -72,69 +68,6 @@ fn fencing_socket(dir: &Path) -> PathBuf {
         )
     });
     socket
-}
-
-/// A Primary's and a Secondary's channel through a proxy that passes
-/// 128 KiB every 62 ms (2 MiB/s) from the Primary to the Secondary and the
-/// other way as it comes.
-fn slow_channel_pair() -> (Channel, Channel) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let (to, via) = (listener.local_addr().unwrap(), proxy.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let (mut from_p, _) = proxy.accept().unwrap();
-        let mut to_s = TcpStream::connect(to).unwrap();
-        let (mut back_s, mut back_p) = (to_s.try_clone().unwrap(), from_p.try_clone().unwrap());
-        std::thread::spawn(move || std::io::copy(&mut back_s, &mut back_p));
-        let mut buf = vec![0u8; 128 << 10];
-        while let Ok(n @ 1..) = from_p.read(&mut buf) {
-            if to_s.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(62));
-        }
-        let _ = to_s.shutdown(std::net::Shutdown::Both);
-    });
-    let (p_id, s_id) = (
-        Identity {
-            private_key: [0x61; 32],
-        },
-        Identity {
-            private_key: [0x62; 32],
-        },
-    );
-    let (p_pub, s_pub) = (p_id.public_key(), s_id.public_key());
-    let timeout = Duration::from_secs(5);
-    let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let allowed = move |k: &[u8; 32]| (*k == p_pub).then(|| "host-a".to_string());
-        channel::accept(stream, &s_id, &allowed, timeout).unwrap()
-    });
-    let p = channel::connect(via, &p_id, &s_pub, "host-b", timeout).unwrap();
-    (p, server.join().unwrap())
-}
-
-fn plan() -> TakeOverPlan {
-    TakeOverPlan {
-        grant: HostGrant::always(),
-        gate: GateConfig {
-            max_dirty_pages: u64::MAX,
-            max_write_bytes: u64::MAX,
-        },
-        epoch: Duration::from_millis(5),
-        frame_out: None,
-        rebuild: Box::new(|outputs| {
-            Ok(Rebuild {
-                vcpus: 2,
-                virtio: vec![],
-                console: Box::new(Sink::default()),
-                backend: Box::new(GatedBackend::new(outputs, None, None, 0, Box::new(|_| {}))),
-                advance_ns: 0,
-            })
-        }),
-        announce: Vec::new(),
-        storage_cut: Arc::new(|_| false),
-    }
 }
 
 /// Parses "… at epoch F, paired at epoch J; …" of a join's report.
@@ -201,7 +134,8 @@ fn a_join_whose_full_epoch_takes_several_failure_timeouts_pairs_and_nobody_is_ta
     }
 
     // host-b joins through the slow proxy.
-    let (p_ch, s_ch) = slow_channel_pair();
+    // 128 KiB per 62 ms (2 MiB/s) from the Primary to the Secondary.
+    let (p_ch, s_ch) = slow_channel_pair(128 << 10);
     let joiner = {
         let fencing = fencing.clone();
         std::thread::spawn(move || {
@@ -251,7 +185,9 @@ fn a_join_whose_full_epoch_takes_several_failure_timeouts_pairs_and_nobody_is_ta
     let took = t0.elapsed();
     let (r, link) = joiner.join().unwrap().expect("host-b joined");
     let s_events = MemberDriver::channel();
-    let s_fx = SecondaryEffects::start_on("kv", link, r, plan(), s_events.0.clone()).unwrap();
+    let s_fx =
+        SecondaryEffects::start_on("kv", link, r, plan(HostGrant::always()), s_events.0.clone())
+            .unwrap();
     let secondary = MemberDriver::start(
         ("kv", "host-b"),
         Member::secondary("kv", "host-a", 1, ft_ms),

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use qemu_tests::{Cluster, Host};
+use qemu_tests::{Cluster, Host, Mark};
 
 /// Marks the panic of a host whose kernel froze before it was ready (see
 /// [`wait_ready`]); [`retry_once_on_l1_freeze`] retries on it.
@@ -138,31 +138,12 @@ pub fn steady_pair<'c>(
     }
 }
 
-/// Waits until `host` prints a line containing `pattern` that was not
-/// there before (`before` of them were).
-pub fn wait_new_line(host: &Host, pattern: &str, before: usize, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let lines: Vec<String> = host
-            .console()
-            .lines()
-            .into_iter()
-            .map(|l| l.text)
-            .filter(|t| t.contains(pattern))
-            .collect();
-        if lines.len() > before {
-            let l = lines[before].clone();
-            eprintln!("  [{}] {l}", host.name());
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: no new {pattern:?} within {timeout:?}; last lines:\n{}",
-            host.name(),
-            host.console().tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits until `host` prints a line containing `pattern` after `mark`
+/// (`host.console().mark()`), and echoes it on stderr.
+pub fn wait_new_line(host: &Host, pattern: &str, mark: Mark, timeout: Duration) -> String {
+    let l = (host.wait_after(mark, pattern, timeout)).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("  [{}] {l}", host.name());
+    l
 }
 
 /// How long a booting host's console may stay silent, its peers hearing
