@@ -76,6 +76,7 @@
 
 pub mod assemble;
 pub mod boot_image;
+pub mod brief;
 pub mod daemon_member;
 pub mod daemon_spec;
 pub mod daemon_status;

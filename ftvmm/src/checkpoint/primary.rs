@@ -25,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::brief::{self, VcpuBrief};
 use super::dirty_log::{enable_manual_protect, harvest_bitmap, DirtyLog};
 use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
 use super::gated::GatedOutputs;
 use crate::dirty::bitmap_to_gfns;
 use crate::linux::bus::UnansweredLine;
 use crate::linux::machine::{Paused, Running};
+use crate::linux::End;
 
 /// Where an epoch's pieces go.
 pub trait EpochSink: Send {
@@ -92,6 +94,8 @@ pub struct Harvest {
     pub contents: Vec<u8>,
     pub machine: Vec<u8>,
     pub devices: Vec<u8>,
+    /// Where each vCPU was (`brief.rs`: printed if the guest triple-faults).
+    pub vcpus: Vec<VcpuBrief>,
 }
 
 /// Every page of guest memory anything ever wrote, copied while the guest
@@ -187,16 +191,16 @@ pub fn harvest(
             (dirty, contents)
         }
     };
-    let machine = p
-        .capture()
-        .and_then(|m| m.encode())
-        .map_err(|e| e.to_string())?;
+    let state = p.capture().map_err(|e| e.to_string())?;
+    let vcpus = state.vcpus.iter().map(VcpuBrief::of).collect();
+    let machine = state.encode().map_err(|e| e.to_string())?;
     let devices = p.bus.save_devices().encode().map_err(|e| e.to_string())?;
     Ok(Harvest {
         gfns,
         contents,
         machine,
         devices,
+        vcpus,
     })
 }
 
@@ -238,6 +242,8 @@ pub struct EpochStats {
     /// Device lines up for [`UNANSWERED_AFTER`] or more at this epoch's
     /// pause without the guest acknowledging them (`Bus::lines_unanswered`).
     pub unanswered: Vec<UnansweredLine>,
+    /// Where each vCPU was at the pause (`brief.rs`).
+    pub vcpus: Vec<VcpuBrief>,
 }
 
 /// How long a device's interrupt line may stay up unanswered before the
@@ -313,7 +319,8 @@ pub fn one_epoch(
     if let Some(j) = joined {
         sink.join_closed(j.map(|()| number));
     }
-    let h = taken.map_err(|why| EpochLoopError::Harvest { epoch: number, why })?;
+    let mut h = taken.map_err(|why| EpochLoopError::Harvest { epoch: number, why })?;
+    let vcpus = std::mem::take(&mut h.vcpus);
     let e = to_epoch(h, closed);
     let stats = EpochStats {
         number,
@@ -322,6 +329,7 @@ pub fn one_epoch(
         bytes: 0,
         writes: e.writes.len(),
         unanswered,
+        vcpus,
     };
     let pieces = epoch::encode_pieces(&e).map_err(|err| EpochLoopError::Encode(err, number))?;
     sink.progress();
@@ -355,6 +363,8 @@ pub fn run_epochs(
             })?;
     }
     let tick = Duration::from_millis(1).min(cfg.epoch);
+    // The last pause's vCPUs, for a triple fault's report (`brief.rs`).
+    let mut last: Option<(u64, Instant, Vec<VcpuBrief>)> = None;
     loop {
         let start = Instant::now();
         while start.elapsed() < cfg.epoch {
@@ -362,7 +372,13 @@ pub fn run_epochs(
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if running.ended().is_some() {
+            if let Some(end) = running.ended() {
+                if let (End::TripleFault, Some((n, at, vcpus))) = (end, &last) {
+                    let ms = at.elapsed().as_millis();
+                    for line in brief::fault_report(*n, ms, vcpus) {
+                        println!("{line}");
+                    }
+                }
                 return Err(EpochLoopError::VmEnded);
             }
             if let Some(why) = outputs.end_early(0) {
@@ -374,8 +390,9 @@ pub fn run_epochs(
         if outputs.failed() {
             return Err(EpochLoopError::OutputsFailed);
         }
-        let s = one_epoch(running, outputs, sink, full, cfg.dirty)?;
+        let mut s = one_epoch(running, outputs, sink, full, cfg.dirty)?;
         full = false;
+        last = Some((s.number, Instant::now(), std::mem::take(&mut s.vcpus)));
         on_epoch(&s);
     }
 }
