@@ -318,6 +318,7 @@ impl PrimaryEffects {
             };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
+            let label = label.to_owned();
             std::thread::Builder::new()
                 .name("ckpt-epochs".into())
                 .spawn(move || {
@@ -325,7 +326,7 @@ impl PrimaryEffects {
                         summary.add(e)
                     });
                     done.store(true, Ordering::SeqCst);
-                    on_epochs_end(end, &outputs, &link, &running);
+                    on_epochs_end(&label, end, &outputs, &link, &running);
                 })?
         };
         lock(&threads).push(epochs);
@@ -374,7 +375,12 @@ impl JoinPort {
 /// member stops. The loop failed: the VM stops and the member with it; the
 /// link closes without `Bye`, so the Secondary races and resumes from its
 /// last complete epoch.
+/// The guest's end is said on the console here (`label`, e.g. `ftvmm: vm
+/// web: `): the member halts as `stopped` a moment later, and the daemon's
+/// own line about an ended guest comes only if it sees the end first (a
+/// resumed guest that ended at once was shown as a bare `stopped`).
 fn on_epochs_end(
+    label: &str,
     end: Result<(), EpochLoopError>,
     outputs: &GatedOutputs,
     link: &PrimaryLink,
@@ -386,10 +392,9 @@ fn on_epochs_end(
     match end {
         Ok(()) => return,
         Err(EpochLoopError::VmEnded) => {
-            let reason = format!(
-                "the Primary's guest ended: {}",
-                running.ended().map_or("?".to_string(), |e| e.to_string())
-            );
+            let ended = running.ended().map_or("?".to_string(), |e| e.to_string());
+            println!("{label}the guest ended: {ended}; the member stops");
+            let reason = format!("the Primary's guest ended: {ended}");
             if let Some(mut c) = lock(&link.conn).take() {
                 c.stop.store(true, Ordering::SeqCst);
                 let _ = c.tx.send_last(&Message::Bye { reason });

@@ -365,6 +365,7 @@ pub fn run_epochs(
     let tick = Duration::from_millis(1).min(cfg.epoch);
     // The last pause's vCPUs, for a triple fault's report (`brief.rs`).
     let mut last: Option<(u64, Instant, Vec<VcpuBrief>)> = None;
+    let began = Instant::now();
     loop {
         let start = Instant::now();
         while start.elapsed() < cfg.epoch {
@@ -373,9 +374,19 @@ pub fn run_epochs(
                 return Ok(());
             }
             if let Some(end) = running.ended() {
-                if let (End::TripleFault, Some((n, at, vcpus))) = (end, &last) {
-                    let ms = at.elapsed().as_millis();
-                    for line in brief::fault_report(*n, ms, vcpus) {
+                if end == End::TripleFault {
+                    let lines = match &last {
+                        Some((n, at, vcpus)) => {
+                            brief::fault_report(*n, at.elapsed().as_millis(), vcpus)
+                        }
+                        None => vec![format!(
+                            "checkpoint: the guest triple-faulted before this loop's first \
+                             epoch ({} ms after it started; a resumed guest: right after \
+                             its resume)",
+                            began.elapsed().as_millis()
+                        )],
+                    };
+                    for line in lines {
                         println!("{line}");
                     }
                 }
