@@ -125,7 +125,15 @@ pub fn survive(
         stalled(cluster, t_fault);
         panic!("{e}");
     }
-    let done = client.finish();
+    // The read-back of every acknowledged PUT can stall too (a guest that
+    // served after the fault and then went away): the same diagnosis then.
+    let done = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client.finish())) {
+        Ok(done) => done,
+        Err(e) => {
+            stalled(cluster, t_fault);
+            std::panic::resume_unwind(e)
+        }
+    };
     let ms = done.pause(t_fault, None).as_secs_f64() * 1000.0;
     eprintln!(
         "failover: {what}: pause {ms:.0} ms (failure timeout {} ms); {} acknowledged PUTs all readable on the same connection",
