@@ -519,11 +519,10 @@ fn checkpoint_pair_once() {
     let l1 = dir.path().join("l1-initrd.img");
     let run = format!(
         "echo 'l1: starting ftvmm linux with a local secondary'
-{debug}ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
+( {debug}ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
   --disk /tmp/disk.img --cmdline '{cmdline}' --local-secondary --epoch-ms 20 \\
-  --take-over-on /tmp/take-over {args}> /tmp/console 2>&1 &
+  --take-over-on /tmp/take-over {args}2>&1; echo $? > /tmp/ftvmm-rc ) | tee /tmp/console &
 PID=$!
-tail -f /tmp/console &
 until grep -q 'ckpt-guest: wrote {TAKE_OVER_AFTER}' /tmp/console; do
   kill -0 $PID 2>/dev/null || break
   sleep 0.05
@@ -531,7 +530,7 @@ done
 echo 'l1: take-over triggered'
 touch /tmp/take-over
 wait $PID
-echo \"l1: ftvmm exit $?\"
+echo \"l1: ftvmm exit $(cat /tmp/ftvmm-rc)\"
 echo \"l1: disk holds $(dd if=/tmp/disk.img bs=512 skip=1 count=1 2>/dev/null | head -c 8)\"
 sleep 1
 poweroff -f
