@@ -263,9 +263,11 @@ fn step(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
 }
 
 /// [`step`] for a line whose order against the previous steps' is not
-/// defined: L1's own `echo` lines reach the console directly, the guest's
-/// and ftvmm's through `tail -f /tmp/console`, so "l1: ftvmm exit 0" can come
-/// before the guest's last line (seen in a run that passed every check).
+/// defined. (Until stop 30 the checkpoint pair's ftvmm reached the console
+/// through `tail -f /tmp/console`, so "l1: ftvmm exit 0" could come before,
+/// or inside, the guest's last line; it goes through `tee` now, finished
+/// before the script's next `echo`, and the steps after ftvmm's end keep
+/// this looser wait.)
 fn step_any(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
     let line = host
         .wait_for(pattern, STEP_TIMEOUT)
