@@ -37,45 +37,31 @@ pub const FTVMM_LINK_PRIORITY: i32 = 8;
 /// or where real-time scheduling is not allowed (a cgroup without a
 /// real-time budget): callers go on at normal priority and say so.
 pub fn realtime_thread(priority: i32) -> std::io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: `param` is a live, initialized sched_param the call only
-    // reads; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    set_scheduler(libc::SCHED_RR, priority)
 }
 
 /// Like [`realtime_thread`], but threads the caller starts afterwards
 /// begin at the normal policy (`SCHED_RESET_ON_FORK`): for a thread of a
 /// process whose other threads (a VMM's vCPUs) must never run real-time.
 pub fn realtime_thread_alone(priority: i32) -> std::io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
-    // SAFETY: as in `realtime_thread`: a live sched_param, read only; pid 0
-    // is the calling thread; the flag is part of the policy argument.
-    let rc =
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    set_scheduler(libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, priority)
 }
 
 /// Moves the calling thread back to the normal policy (`SCHED_OTHER`),
 /// e.g. a connection thread that inherited a real-time accept loop's
 /// policy and serves a request that may start threads of its own.
 pub fn normal_thread() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `realtime_thread`: a live sched_param, read only; pid 0
-    // is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    set_scheduler(libc::SCHED_OTHER, 0)
+}
+
+fn set_scheduler(policy: i32, priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a live, initialized sched_param the call only
+    // reads; pid 0 is the calling thread; `policy` is a policy constant,
+    // with `SCHED_RESET_ON_FORK` or-ed in where the caller wants it.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
         Ok(())
     } else {
