@@ -30,17 +30,20 @@
 //! report younger than `T` from a watch longer than `T`.
 //!
 //! - The Secondary's host hears some peer on the VM network: it reaches it.
-//! - It has heard none for more than `T`, and this host hears some peer
-//!   there: its VM network is cut (from its side: a host that hears nobody
-//!   either receives nothing, or, through the echo, is not answered by
-//!   anyone), so `secondary <h> has no VM network (no peer heard on it for
-//!   N ms); it could not serve after a take-over`.
-//! - Neither hears any peer (with two hosts up, a cut between them looks
-//!   the same from both sides): `the VM network between <here> and <h>
-//!   carries no heartbeat (for N ms; either side may be cut)`. Not
-//!   protected either way: if the Secondary's side is cut, a take-over
-//!   serves nobody; if this host's is, the VM serves nobody now, and no
-//!   take-over comes (FT is whole).
+//! - It has heard none for more than `T` (N ms), and this host hears some
+//!   third host there: this host's side works, and the third host reaches
+//!   this one but not the Secondary's, so the Secondary's VM network is cut
+//!   (a host that hears nobody either receives nothing or, through the
+//!   echo, is answered by nobody): `secondary <h> has no VM network (no
+//!   peer heard on it for N ms); it could not serve after a take-over`.
+//! - It hears none and this host hears no third host (with two hosts up, a
+//!   cut between them looks the same from both sides; that this host may
+//!   still hear the Secondary's host for a moment proves nothing about the
+//!   other direction): `the VM network between <here> and <h> carries no
+//!   heartbeat (for N ms; either side may be cut)`. Not protected either
+//!   way: if the Secondary's side is cut, a take-over serves nobody; if
+//!   this host's is, the VM serves nobody now, and no take-over comes (FT
+//!   is whole).
 //!
 //! Why `T`: a host's "hears" is "an accepted VM-network heartbeat within
 //! `T`", the same bound FT suspicion uses, so a lost datagram or two is
@@ -56,9 +59,10 @@ pub enum SecondaryVmNet {
     /// It hears a peer on the VM network (or has not been quiet for `T`).
     Reaches,
     /// It has heard no peer there for `for_ms` (more than `T`), and this
-    /// host hears one: its side is cut.
+    /// host hears a third one: its side is cut.
     Cut { for_ms: u64 },
-    /// Neither it nor this host hears any peer there (for at least `for_ms`).
+    /// It has heard no peer there for `for_ms`, and this host hears no
+    /// third one: either side may be cut.
     NoneBetween { for_ms: u64 },
     /// Nothing to judge by, and why (keep the last verdict).
     Unknown(String),
@@ -89,14 +93,14 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Sec
     if !reach.hears.is_empty() || reach.quiet_ms <= t {
         return SecondaryVmNet::Reaches;
     }
-    if view.own.hears.is_empty() {
-        SecondaryVmNet::NoneBetween {
-            for_ms: reach.quiet_ms.min(view.own.quiet_ms),
-        }
+    let for_ms = reach.quiet_ms;
+    // Only a third host heard here shows that this host's side works: that
+    // it hears the Secondary's host says nothing about who drops the
+    // other direction.
+    if view.own.hears.iter().any(|h| h != secondary) {
+        SecondaryVmNet::Cut { for_ms }
     } else {
-        SecondaryVmNet::Cut {
-            for_ms: reach.quiet_ms,
-        }
+        SecondaryVmNet::NoneBetween { for_ms }
     }
 }
 

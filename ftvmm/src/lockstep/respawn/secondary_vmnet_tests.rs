@@ -75,10 +75,8 @@ fn a_secondary_host_that_hears_no_peer_past_the_timeout_has_no_vm_network() {
         judge_b(&view(&["host-c"], b_cut(T + 1))),
         SecondaryVmNet::Cut { for_ms: T + 1 }
     );
-    // host-a still hears host-b (one way): host-b hears nobody, so it
-    // could not take clients' requests either.
     assert_eq!(
-        judge_b(&view(&["host-b"], b_cut(5_000))),
+        judge_b(&view(&["host-b", "host-c"], b_cut(5_000))),
         SecondaryVmNet::Cut { for_ms: 5_000 }
     );
 }
@@ -88,11 +86,16 @@ fn when_neither_side_hears_anyone_the_cut_is_not_blamed_on_one() {
     // Two hosts up (or everyone else quiet too): either side may be cut.
     assert_eq!(
         judge_b(&view(&[], b_cut(6_000))),
-        SecondaryVmNet::NoneBetween { for_ms: 4_000 }
+        SecondaryVmNet::NoneBetween { for_ms: 6_000 }
     );
-    let mut v = view(&[], b_cut(2_500));
-    v.own.quiet_ms = 3_000;
-    assert_eq!(judge_b(&v), SecondaryVmNet::NoneBetween { for_ms: 2_500 });
+    // host-a still hears host-b (one way, for up to a timeout or two until
+    // the echo stops it): host-a's transmit side or host-b's receive side,
+    // nobody can tell which. Not blamed on host-b.
+    assert_eq!(
+        judge_b(&view(&["host-b"], b_cut(1_200))),
+        SecondaryVmNet::NoneBetween { for_ms: 1_200 }
+    );
+    let v = view(&[], b_cut(2_500));
     assert_eq!(
         reason("host-a", "host-b", &judge_b(&v)).unwrap(),
         "the VM network between host-a and host-b carries no heartbeat \
@@ -180,7 +183,7 @@ fn one_line_when_the_secondary_loses_the_vm_network_and_one_when_it_hears_again(
         l.say.as_deref(),
         Some(
             "ftvmm: vm kv: protected: secondary host-b hears its peers on the VM network \
-             again (it had heard none for at least 4000 ms)"
+             again (it had heard none for at least 9500 ms)"
         )
     );
     assert_eq!(look(&mut w, view(&["host-c"], b_fine())), Look::default());
