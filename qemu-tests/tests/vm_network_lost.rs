@@ -103,17 +103,11 @@ fn the_secondary_hosts_vm_network_lost_means_not_protected_until_it_returns() {
     // FT was whole: neither member of the pair was suspected after having
     // been heard (a boot may say `never heard in …` before the other is up),
     // nobody went live.
+    let won = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation [2-9]")).unwrap();
+    let suspected = regex::Regex::new(r"heartbeat: peer host-[ab] suspected \(silent").unwrap();
     for h in [a, b] {
-        h.assert_absent(
-            regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation [2-9]")).unwrap(),
-            Duration::ZERO,
-        )
-        .unwrap();
-        h.assert_absent(
-            regex::Regex::new(r"heartbeat: peer host-[ab] suspected \(silent").unwrap(),
-            Duration::ZERO,
-        )
-        .unwrap();
+        h.assert_absent(won.clone(), Duration::ZERO).unwrap();
+        h.assert_absent(suspected.clone(), Duration::ZERO).unwrap();
     }
     b.assert_absent("lockstep divergence", Duration::ZERO)
         .unwrap();
