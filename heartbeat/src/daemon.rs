@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use config_schema::ctl::{PeerView, PeerVmReach, Request, Response, VmNetView, VmReach};
+use config_schema::ctl::{PeerView, Request, Response, VmNetView};
 use config_schema::sched;
 use serde_json::json;
 
@@ -34,8 +34,13 @@ use crate::drops::DropReason;
 use crate::gate::{Admitted, Gate};
 use crate::live::LiveTiming;
 use crate::node::{seal_round, seal_vm_round, Node, NodeConfig, Received};
-use crate::packet::{Net, VmReport, MAX_PACKET};
+use crate::packet::{Net, MAX_PACKET};
 use crate::view::Transition;
+
+#[path = "daemon_vm.rs"]
+mod vm;
+pub use vm::vm_line;
+use vm::{announce_vm, vm_loop, vm_net_view};
 
 /// At most one console line per drop reason in this period.
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -191,36 +196,6 @@ impl Shared {
             announce_vm(&vm.tick(now));
         }
         (node, now)
-    }
-}
-
-/// The console line of a VM-network view's transition (a restart is the
-/// FT view's to say).
-pub fn vm_line(t: &Transition) -> Option<String> {
-    Some(match t {
-        Transition::Up { host } => format!("heartbeat: peer {host} heard on the VM network"),
-        Transition::Suspected { host, silent_ms } => {
-            format!("heartbeat: peer {host} not heard on the VM network (silent {silent_ms} ms)")
-        }
-        Transition::NeverHeard {
-            host,
-            since_start_ms,
-        } => format!(
-            "heartbeat: peer {host} not heard on the VM network (never heard in {since_start_ms} ms)"
-        ),
-        Transition::Restarted { .. } => return None,
-    })
-}
-
-fn announce_vm(ts: &[Transition]) {
-    for line in ts.iter().filter_map(vm_line) {
-        println!("{line}");
-        config_schema::events::record(
-            config_schema::events::EventKind::Membership,
-            None,
-            None,
-            &line,
-        );
     }
 }
 
@@ -473,119 +448,6 @@ impl Handle {
             },
         }
     }
-}
-
-impl Handle {
-    /// Status's `vm_network` object (heartbeat/README.md, Status).
-    fn vm_status(&self, node: &Node, now: u64) -> serde_json::Value {
-        let cfg = node.config();
-        let Some(vm) = &cfg.vm else {
-            return json!({"configured": false});
-        };
-        let view = vm_net_view(node, now);
-        let mut v = json!({
-            "configured": true,
-            "addr": vm.bind.to_string(),
-            "listening": view.own.watch_ms.is_some(),
-            "not_listening_because": *self.0.vm_unbound.lock().unwrap_or_else(|e| e.into_inner()),
-            "watch_ms": view.own.watch_ms,
-            "quiet_ms": view.own.quiet_ms,
-            "hears": view.own.hears,
-            "send_errors": self.0.vm_send_errors.load(Ordering::Relaxed),
-            "noise_opens": self.0.vm_noise_opens.load(Ordering::Relaxed),
-            "peers_report": view.peers,
-        });
-        if let Some(vv) = node.vm_view() {
-            let st = vv.status(now);
-            v["peers"] = st["peers"].clone();
-            v["dropped"] = st["dropped"].clone();
-            v["seq"] = st["seq"].clone();
-        }
-        v
-    }
-}
-
-/// The node's [`VmNetView`] at `now`.
-fn vm_net_view(node: &Node, now: u64) -> VmNetView {
-    let view = node.view();
-    let names = |ids: &[u32]| -> Vec<String> {
-        ids.iter()
-            .map(|id| {
-                view.name_of(*id)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("id {id}"))
-            })
-            .collect()
-    };
-    let reach = |r: &VmReport| VmReach {
-        watch_ms: (r.watch_ms > 0).then_some(u64::from(r.watch_ms)),
-        quiet_ms: u64::from(r.quiet_ms),
-        hears: names(&r.hears),
-    };
-    let own = match node.vm_report(now) {
-        Some(r) => reach(&r),
-        None => VmReach {
-            watch_ms: None,
-            quiet_ms: 0,
-            hears: Vec::new(),
-        },
-    };
-    let peers = (view.their_vm(now).into_iter())
-        .map(|t| PeerVmReach {
-            host: t.name,
-            ft_alive: t.alive,
-            age_ms: t.report.as_ref().map(|(_, age)| *age),
-            reach: t.report.as_ref().map(|(r, _)| reach(r)),
-        })
-        .collect();
-    VmNetView {
-        failure_timeout_ms: view.timeout_ms(),
-        own,
-        peers,
-    }
-}
-
-/// Binds the VM-network address (retrying every second until it exists:
-/// init puts it on the bridge), starts the node's VM-network view and
-/// receives there until stop. The send thread sends there once bound.
-fn vm_loop(s: &Shared, gate: Gate, addr: SocketAddr) {
-    let _ = sched::realtime_thread(sched::HEARTBEAT_PRIORITY);
-    let mut said = false;
-    let socket = loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let bound = UdpSocket::bind(addr).and_then(|sock| {
-            sock.set_read_timeout(Some(RECV_POLL))?;
-            let tx = sock.try_clone()?;
-            Ok((sock, tx))
-        });
-        match bound {
-            Ok((sock, tx)) => {
-                let _ = s.vm_socket.set(tx);
-                break sock;
-            }
-            Err(e) => {
-                let why = format!("cannot bind UDP {addr}: {e}");
-                if !said {
-                    println!("heartbeat: VM network: {why}; retrying every second");
-                    said = true;
-                }
-                *s.vm_unbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                for _ in 0..5 {
-                    if s.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(RECV_POLL);
-                }
-            }
-        }
-    };
-    *s.vm_unbound.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let now = s.now_ms();
-    s.node().start_vm(now);
-    println!("heartbeat: VM network: heartbeats on {addr} (reachability only; suspicion is the FT network's)");
-    recv_loop(s, gate, &socket, Net::Vm);
 }
 
 /// Sends one sealed round; errors are counted (the first FT one printed).
