@@ -55,6 +55,10 @@ pub enum Request {
     /// heartbeat: ftvmm saw traffic from `host` on a logging channel (a sign of
     /// life that counts like a heartbeat).
     PeerAlive { host: String },
+    /// heartbeat: which peers this host and, by their FT heartbeats, every
+    /// other host hear on the VM network. Answered with
+    /// `Response::VmNetwork`. Not an input to failure suspicion.
+    VmNetwork,
     /// fencing -> ftvmm, every renewal period (level-triggered hold): whether
     /// this host may release the output of the VMs it runs as Primary. `ok`
     /// grants it for `valid_ms` from receipt (measured on `CLOCK_BOOTTIME`);
@@ -150,6 +154,43 @@ pub struct PeerView {
     pub last_seen_ms: Option<u64>,
 }
 
+/// One host's reachability on the VM network: heartbeats exchanged with its
+/// peers at their `hosts[].vm.addr` (heartbeat's VM-network view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReach {
+    /// How long the host has listened on its VM-network address (ms);
+    /// `None`: it does not (address not up yet): nothing below counts.
+    pub watch_ms: Option<u64>,
+    /// How long since it last heard any peer there (ms; counted from the
+    /// start of its watch if it never heard one); 0 while it hears one.
+    pub quiet_ms: u64,
+    /// The peers it heard there within the failure timeout.
+    pub hears: Vec<String>,
+}
+
+/// A peer's own VM-network reachability, as its last FT heartbeat said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerVmReach {
+    pub host: String,
+    /// Heard on the FT network within the failure timeout.
+    pub ft_alive: bool,
+    /// Its report and the report's age (ms since the FT heartbeat that
+    /// carried it); `None`: none received since this daemon started.
+    pub reach: Option<VmReach>,
+    pub age_ms: Option<u64>,
+}
+
+/// heartbeat's answer to `Request::VmNetwork`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNetView {
+    /// The failure timeout in force (the judgement's threshold).
+    pub failure_timeout_ms: u64,
+    /// This host's own reachability.
+    pub own: VmReach,
+    /// Every peer's, by its FT heartbeats.
+    pub peers: Vec<PeerVmReach>,
+}
+
 /// A VM this host runs (or is acquiring) as Primary, in `generation`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningVm {
@@ -240,6 +281,9 @@ pub enum Response {
     },
     Peers {
         peers: Vec<PeerView>,
+    },
+    VmNetwork {
+        view: VmNetView,
     },
 }
 

@@ -95,6 +95,7 @@ pub fn ftvmm_senders(req: &Request) -> Senders {
         | Request::Leases
         | Request::Peers
         | Request::PeerAlive { .. }
+        | Request::VmNetwork
         | Request::ResetHost { .. } => Senders::Nobody,
     }
 }
@@ -111,6 +112,7 @@ pub fn fencing_senders(req: &Request) -> Senders {
         | Request::StopVm { .. }
         | Request::Peers
         | Request::PeerAlive { .. }
+        | Request::VmNetwork
         | Request::OutputGrant { .. }
         | Request::Deposed { .. }
         | Request::ConfigApplied { .. } => Senders::Nobody,
@@ -122,7 +124,9 @@ pub fn fencing_senders(req: &Request) -> Senders {
 pub fn heartbeat_senders(req: &Request) -> Senders {
     match req {
         Request::Status => Senders::AnyRoot,
-        Request::Peers | Request::PeerAlive { .. } => Senders::Only(&[Program::Ftvmm]),
+        Request::Peers | Request::PeerAlive { .. } | Request::VmNetwork => {
+            Senders::Only(&[Program::Ftvmm])
+        }
         Request::StartVm { .. }
         | Request::StopVm { .. }
         | Request::Acquire { .. }

@@ -35,8 +35,13 @@ pub(super) type Decided = Arc<Mutex<BTreeMap<(String, u64), String>>>;
 /// keeper's facts; empty: nobody but the asking host).
 pub(super) type Alive = Arc<Mutex<Vec<String>>>;
 
-/// A heartbeat daemon's socket for `me`: every host of `alive` is alive.
-pub(super) fn serve_heartbeat(dir: &Path, me: &str, alive: Alive) -> PathBuf {
+/// The VM-network view each host's heartbeat answers (`Request::VmNetwork`);
+/// a host without one answers an error (nothing to judge by).
+pub(super) type VmNets = Arc<Mutex<BTreeMap<String, config_schema::ctl::VmNetView>>>;
+
+/// A heartbeat daemon's socket for `me`: every host of `alive` is alive;
+/// the VM-network view is `me`'s in `vmnets`.
+pub(super) fn serve_heartbeat(dir: &Path, me: &str, alive: Alive, vmnets: VmNets) -> PathBuf {
     let socket = dir.join(format!("heartbeat-{me}.sock"));
     let listener = config_schema::ctl_server::bind(&socket).unwrap();
     let me_exe = std::env::current_exe().unwrap();
@@ -44,8 +49,15 @@ pub(super) fn serve_heartbeat(dir: &Path, me: &str, alive: Alive) -> PathBuf {
         config_schema::peer::Programs::appliance()
             .with(config_schema::peer::Program::Ftvmm, &me_exe),
     );
+    let me = me.to_string();
     std::thread::spawn(move || {
         config_schema::ctl_server::serve(listener, policy, move |req| match req {
+            Request::VmNetwork => match vmnets.lock().unwrap().get(&me) {
+                Some(view) => Response::VmNetwork { view: view.clone() },
+                None => Response::Error {
+                    message: "no VM-network view in this test".into(),
+                },
+            },
             Request::Peers => Response::Peers {
                 peers: (alive.lock().unwrap().iter())
                     .map(|h| config_schema::ctl::PeerView {
@@ -151,6 +163,8 @@ pub(super) struct World {
     device: PathBuf,
     decided: Decided,
     alive: Alive,
+    /// What each host's heartbeat says of the VM network.
+    pub(super) vmnets: VmNets,
     /// The guest the managers load (the counter unless a test sets one).
     pub(super) boot: Boot,
 }
@@ -231,6 +245,7 @@ impl World {
             device,
             decided: Decided::default(),
             alive: Alive::default(),
+            vmnets: VmNets::default(),
             boot: counter_guest(),
         }
     }
@@ -244,7 +259,8 @@ impl World {
         };
         let (dir, alive) = (self.dir.path(), &self.alive);
         let socket = serve_fencing(dir, &rc.host_name, Arc::clone(&self.decided), alive.clone());
-        let heartbeat = serve_heartbeat(dir, &rc.host_name, alive.clone());
+        let heartbeat =
+            serve_heartbeat(dir, &rc.host_name, alive.clone(), Arc::clone(&self.vmnets));
         let mut m = VmManager::new(rc, Members::new(HostGrant::always()));
         m.set_test_paths(self.dir.path(), &socket);
         m.set_test_heartbeat(&heartbeat);
@@ -459,4 +475,69 @@ fn a_checkpoint_spec_is_built_from_the_config_and_the_checked_image() {
         std::fs::read(sa.linux.initrd.as_ref().unwrap()).unwrap(),
         INITRD
     );
+}
+
+/// The respawn keeper's protection judgement covers checkpoint VMs: a
+/// paired checkpoint Primary says `not protected` while its Secondary's host
+/// hears no peer on the VM network (its heartbeat's view says so, as the
+/// daemon's would), and `protected` again when it hears them; the pair runs
+/// on throughout (epochs acknowledged, nobody goes live).
+#[test]
+fn a_checkpoint_primary_is_not_protected_while_its_secondarys_host_has_no_vm_network() {
+    use config_schema::ctl::{PeerVmReach, VmNetView, VmReach};
+    let w = World::new(49);
+    let (mut a, mut b) = (w.manager(0), w.manager(1));
+    w.set_alive(&["host-a", "host-b"]);
+    b.start("web").unwrap();
+    a.start("web").unwrap();
+    let protection = |m: &VmManager| web(m)["checkpoint"]["protection"].clone();
+    wait_for("paired and protected", SETTLE, || {
+        protection(&a) == "protected: secondary host-b"
+            && web(&a)["checkpoint"]["acknowledged"].as_u64() >= Some(3)
+    });
+    // host-a listens for a minute and hears host-c; host-b, heard on FT,
+    // says it has heard nobody for 5 s.
+    let view = |b_hears: &[&str], b_quiet_ms: u64| VmNetView {
+        failure_timeout_ms: w.config.timing.failure_timeout_ms,
+        own: VmReach {
+            watch_ms: Some(60_000),
+            quiet_ms: 0,
+            hears: vec!["host-c".into()],
+        },
+        peers: vec![PeerVmReach {
+            host: "host-b".into(),
+            ft_alive: true,
+            reach: Some(VmReach {
+                watch_ms: Some(60_000),
+                quiet_ms: b_quiet_ms,
+                hears: b_hears.iter().map(|h| h.to_string()).collect(),
+            }),
+            age_ms: Some(50),
+        }],
+    };
+    let set = |v: VmNetView| {
+        w.vmnets.lock().unwrap().insert("host-a".into(), v);
+    };
+    set(view(&[], 5_000));
+    wait_for("not protected: host-b has no VM network", SETTLE, || {
+        protection(&a)
+            .as_str()
+            .is_some_and(|p| p.starts_with("not protected: secondary host-b has no VM network"))
+    });
+    assert_eq!(
+        web(&a)["lockstep"]["protection"],
+        protection(&a),
+        "lockstep and checkpoint status agree"
+    );
+    let acked = web(&a)["checkpoint"]["acknowledged"].as_u64().unwrap();
+    set(view(&["host-a"], 0));
+    wait_for("protected again", SETTLE, || {
+        protection(&a) == "protected: secondary host-b"
+    });
+    wait_for("epochs go on being acknowledged", SETTLE, || {
+        web(&a)["checkpoint"]["acknowledged"].as_u64() > Some(acked)
+    });
+    assert_eq!(w.decided(), vec![("web".into(), 1, "host-a".into())]);
+    a.stop("web").unwrap();
+    b.stop("web").unwrap();
 }

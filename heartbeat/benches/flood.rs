@@ -55,6 +55,7 @@ fn config() -> NodeConfig {
         }],
         interval_ms: INTERVAL_MS,
         failure_timeout_ms: 1000,
+        vm: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn kinds() -> Vec<Kind> {
         boot_id: 1,
         seq: 1,
         view: vec![],
+        vm: None,
     };
     let a_pub = config_schema::keys::host_public_key(&secret(0));
     let h = Header {

@@ -25,9 +25,15 @@ fn main() -> anyhow::Result<()> {
                 heard: None,
             },
         ],
+        vm: Some(heartbeat::packet::VmReport {
+            watch_ms: 5000,
+            quiet_ms: 0,
+            hears: vec![1, 3],
+        }),
     };
     let empty = Payload {
         view: vec![],
+        vm: None,
         ..full.clone()
     };
     let h = Header {

@@ -22,20 +22,25 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use config_schema::ctl::{PeerView, Request, Response};
+use config_schema::ctl::{PeerView, Request, Response, VmNetView};
 use config_schema::sched;
 use serde_json::json;
 
 use crate::drops::DropReason;
 use crate::gate::{Admitted, Gate};
 use crate::live::LiveTiming;
-use crate::node::{seal_round, Node, NodeConfig, Received};
-use crate::packet::MAX_PACKET;
+use crate::node::{seal_round, seal_vm_round, Node, NodeConfig, Received};
+use crate::packet::{Net, MAX_PACKET};
 use crate::view::Transition;
+
+#[path = "daemon_vm.rs"]
+mod vm;
+pub use vm::vm_line;
+use vm::{announce_vm, vm_loop, vm_net_view};
 
 /// At most one console line per drop reason in this period.
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -66,10 +71,16 @@ impl Refused {
             .is_some_and(|t| now.duration_since(t) >= REFUSED_FLUSH_EVERY)
     }
 
-    /// Adds every pending count to the node's (under its lock).
-    fn flush_into(&mut self, node: &mut Node) {
+    /// Adds every pending count to the node's view of `net` (under its lock).
+    fn flush_into(&mut self, node: &mut Node, net: Net) {
         for ((peer, reason), n) in self.counts.drain(..) {
-            node.view_mut().record_drops(peer, reason, n);
+            let view = match net {
+                Net::Ft => Some(node.view_mut()),
+                Net::Vm => node.vm_view_mut(),
+            };
+            if let Some(v) = view {
+                v.record_drops(peer, reason, n);
+            }
         }
         self.since = None;
     }
@@ -152,6 +163,15 @@ struct Shared {
     timing: Arc<LiveTiming>,
     /// The send thread's scheduling (`config_schema::sched`), for status.
     scheduling: Mutex<String>,
+    /// The VM-network socket (the send thread's clone), once bound.
+    vm_socket: OnceLock<UdpSocket>,
+    /// Why the VM-network socket is not bound (yet).
+    vm_unbound: Mutex<Option<String>>,
+    /// Failed VM-network sends (counted only: a cut network is what the
+    /// VM-network view is there to show).
+    vm_send_errors: AtomicU64,
+    /// Noise opens of the VM network's gate.
+    vm_noise_opens: AtomicU64,
 }
 
 impl Shared {
@@ -172,6 +192,9 @@ impl Shared {
         let mut node = self.node();
         let now = self.now_ms();
         announce(&node.view_mut().tick(now));
+        if let Some(vm) = node.vm_view_mut() {
+            announce_vm(&vm.tick(now));
+        }
         (node, now)
     }
 }
@@ -232,7 +255,13 @@ impl Daemon {
             rate_limit: gate.rate_limit(),
             timing,
             scheduling: Mutex::new("SCHED_OTHER".into()),
+            vm_socket: OnceLock::new(),
+            vm_unbound: Mutex::new(Some("not bound yet".into())),
+            vm_send_errors: AtomicU64::new(0),
+            vm_noise_opens: AtomicU64::new(0),
         });
+        let vm_gate = Gate::new_vm(&keys, 0);
+        let vm_bind = keys.vm.as_ref().map(|v| v.bind);
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
@@ -257,7 +286,7 @@ impl Daemon {
             .name("heartbeat-recv".into())
             .spawn(move || {
                 let _ = sched::realtime_thread(sched::HEARTBEAT_PRIORITY);
-                recv_loop(&s2, gate, &socket)
+                recv_loop(&s2, gate, &socket, Net::Ft)
             });
         let receiver = match receiver {
             Ok(r) => r,
@@ -267,9 +296,26 @@ impl Daemon {
                 return Err(DaemonError::Thread(e));
             }
         };
+        let mut threads = vec![sender, receiver];
+        if let Some(addr) = vm_bind {
+            let s3 = Arc::clone(&shared);
+            let vm = std::thread::Builder::new()
+                .name("heartbeat-vmnet".into())
+                .spawn(move || vm_loop(&s3, vm_gate, addr));
+            match vm {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.stop.store(true, Ordering::SeqCst);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(DaemonError::Thread(e));
+                }
+            }
+        }
         Ok(Daemon {
             handle: Handle(shared),
-            threads: vec![sender, receiver],
+            threads,
         })
     }
 
@@ -306,6 +352,13 @@ impl Handle {
     pub fn peers(&self) -> Vec<PeerView> {
         let (node, now) = self.0.ticked();
         node.view().peer_views(now)
+    }
+
+    /// Which peers this host, and by their FT heartbeats every other host,
+    /// hear on the VM network (`Request::VmNetwork`).
+    pub fn vm_network(&self) -> VmNetView {
+        let (node, now) = self.0.ticked();
+        vm_net_view(&node, now)
     }
 
     /// ftvmm saw logging-channel traffic from `host` (`Request::PeerAlive`).
@@ -368,6 +421,7 @@ impl Handle {
                     p["addr"] = json!(conf.addr.to_string());
                 }
             }
+            m.insert("vm_network".into(), self.vm_status(&node, now));
         }
         config_schema::events::status_fields(&mut s);
         s
@@ -382,6 +436,9 @@ impl Handle {
             Request::Peers => Response::Peers {
                 peers: self.peers(),
             },
+            Request::VmNetwork => Response::VmNetwork {
+                view: self.vm_network(),
+            },
             Request::PeerAlive { host } => match self.peer_alive(&host) {
                 Ok(()) => Response::Ok,
                 Err(message) => Response::Error { message },
@@ -390,6 +447,34 @@ impl Handle {
                 message: format!("heartbeat does not handle {other:?}"),
             },
         }
+    }
+}
+
+/// Sends one sealed round; errors are counted (the first FT one printed).
+fn send_round(
+    s: &Shared,
+    socket: &UdpSocket,
+    round: Vec<(SocketAddr, Result<Vec<u8>, crate::packet::PacketError>)>,
+    net: Net,
+) {
+    for (addr, sealed) in round {
+        let res = sealed.map_err(|e| e.to_string()).and_then(|p| {
+            socket
+                .send_to(&p, addr)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let Err(e) = res else { continue };
+        if net == Net::Vm {
+            s.vm_send_errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut g = s.send_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            println!("heartbeat: cannot send to {addr}: {e} (further send errors only counted in status)");
+        }
+        g.0 += 1;
+        g.1 = Some(format!("{addr}: {e}"));
     }
 }
 
@@ -411,33 +496,27 @@ fn send_loop(s: &Shared, keys: &NodeConfig, socket: &UdpSocket) {
         } else {
             last = Some(now);
         }
-        let (payload, transitions) = {
+        let (payload, transitions, vm) = {
             let mut node = s.node();
             let t = s.now_ms();
-            (node.view_mut().next_heartbeat(t), node.view_mut().tick(t))
+            let payload = node.next_ft_heartbeat(t);
+            let transitions = node.view_mut().tick(t);
+            let vm_payload = node.next_vm_heartbeat(t);
+            let vm_transitions = node.vm_view_mut().map(|v| v.tick(t)).unwrap_or_default();
+            (payload, transitions, (vm_payload, vm_transitions))
         };
+        // The FT round first: it is the one failure detection hangs on.
         let round = seal_round(keys, &payload);
         announce(&transitions);
-        for (addr, sealed) in round {
-            let res = sealed.map_err(|e| e.to_string()).and_then(|p| {
-                socket
-                    .send_to(&p, addr)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            });
-            if let Err(e) = res {
-                let mut g = s.send_errors.lock().unwrap_or_else(|e| e.into_inner());
-                if g.0 == 0 {
-                    println!("heartbeat: cannot send to {addr}: {e} (further send errors only counted in status)");
-                }
-                g.0 += 1;
-                g.1 = Some(format!("{addr}: {e}"));
-            }
+        send_round(s, socket, round, Net::Ft);
+        announce_vm(&vm.1);
+        if let (Some(p), Some(vm_socket)) = (vm.0, s.vm_socket.get()) {
+            send_round(s, vm_socket, seal_vm_round(keys, &p), Net::Vm);
         }
     }
 }
 
-fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
+fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket, net: Net) {
     // One byte more than the largest valid packet, so oversize datagrams are seen as such.
     let mut buf = vec![0u8; MAX_PACKET + 1];
     let mut drops = DropLog::default();
@@ -445,7 +524,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
     while !s.stop.load(Ordering::SeqCst) {
         let got = socket.recv_from(&mut buf);
         if refused.due(Instant::now()) {
-            refused.flush_into(&mut s.node());
+            refused.flush_into(&mut s.node(), net);
         }
         let (n, src) = match got {
             Ok(x) => x,
@@ -465,7 +544,10 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
         };
         gate.set_interval_ms(s.timing.gate_interval_ms());
         let admitted = gate.admit(s.now_ms(), src, &buf[..n]);
-        s.noise_opens.store(gate.opens(), Ordering::Relaxed);
+        match net {
+            Net::Ft => s.noise_opens.store(gate.opens(), Ordering::Relaxed),
+            Net::Vm => s.vm_noise_opens.store(gate.opens(), Ordering::Relaxed),
+        }
         let r = match admitted {
             Admitted::Rejected(r) => {
                 // Counted here, without the node's lock (module doc); the
@@ -480,13 +562,17 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
             }
             opened => {
                 let mut node = s.node();
-                refused.flush_into(&mut node);
+                refused.flush_into(&mut node, net);
                 let t = s.now_ms();
-                node.on_admitted(t, opened)
+                match net {
+                    Net::Ft => node.on_admitted(t, opened),
+                    Net::Vm => node.on_admitted_vm(t, opened),
+                }
             }
         };
         match r {
-            Received::Accepted { transitions, .. } => announce(&transitions),
+            Received::Accepted { transitions, .. } if net == Net::Ft => announce(&transitions),
+            Received::Accepted { transitions, .. } => announce_vm(&transitions),
             Received::Dropped {
                 reason,
                 claimed,
@@ -502,7 +588,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket) {
             }
         }
     }
-    refused.flush_into(&mut s.node());
+    refused.flush_into(&mut s.node(), net);
 }
 
 #[cfg(test)]
@@ -534,6 +620,7 @@ mod tests {
             }],
             interval_ms: 100,
             failure_timeout_ms: 1000,
+            vm: None,
         };
         let a_pub = config_schema::keys::host_public_key(&secret(0));
         let d = Daemon::start(cfg).unwrap();
@@ -544,6 +631,7 @@ mod tests {
             boot_id: 7,
             seq: 1,
             view: vec![],
+            vm: None,
         };
         let h = Header {
             sender: 2,
@@ -586,6 +674,7 @@ mod tests {
             }],
             interval_ms: 100,
             failure_timeout_ms: 1000,
+            vm: None,
         };
         let b = UdpSocket::bind(addr(3)).unwrap();
         b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();

@@ -9,7 +9,8 @@
 //! 1. `Header::parse`: size, magic, wire version (`Malformed`, `BadVersion`).
 //! 2. The header's sender is a configured peer (`UnknownSender`).
 //! 3. The datagram comes from that peer's FT address and heartbeat port, the
-//!    only address its daemon sends from (`WrongSource`).
+//!    only address its daemon sends from (`WrongSource`); on the VM network's
+//!    gate, from its VM-network address, and the magic is `FTHV`.
 //! 4. The header names us as receiver (`NotForUs`).
 //! 5. The source has a token in its bucket (`RateLimited`): a genuine peer
 //!    sends one packet per heartbeat interval; its bucket refills
@@ -32,7 +33,7 @@ use std::net::SocketAddr;
 
 use crate::drops::DropReason;
 use crate::node::NodeConfig;
-use crate::packet::{self, Header, PacketError, Payload};
+use crate::packet::{self, Header, Net, PacketError, Payload};
 
 /// Tokens a source's bucket gains per heartbeat interval (a genuine peer
 /// spends one).
@@ -108,8 +109,12 @@ pub enum Admitted {
 }
 
 /// The receive thread's gate: keys, peer addresses, one bucket per peer.
+/// One per network: the VM network's ([`Gate::new_vm`]) takes only
+/// `FTHV` packets from the peers' VM-network addresses, with buckets of its
+/// own.
 #[derive(Debug, Clone)]
 pub struct Gate {
+    net: Net,
     me: u32,
     private_key: [u8; 32],
     interval_ms: u64,
@@ -135,24 +140,39 @@ impl Gate {
         self.interval_ms = interval_ms.max(1);
     }
 
-    /// Every peer's bucket starts full at `now_ms`.
+    /// The FT network's gate; every peer's bucket starts full at `now_ms`.
     pub fn new(cfg: &NodeConfig, now_ms: u64) -> Self {
+        let addrs = cfg.peers.iter().map(|p| (p.id, p.addr)).collect();
+        Self::on(Net::Ft, cfg, addrs, now_ms)
+    }
+
+    /// The VM network's gate: the peers at their VM-network addresses
+    /// (`cfg.vm`; none without it).
+    pub fn new_vm(cfg: &NodeConfig, now_ms: u64) -> Self {
+        let addrs = cfg.vm.as_ref().map(|v| v.peers.clone()).unwrap_or_default();
+        Self::on(Net::Vm, cfg, addrs, now_ms)
+    }
+
+    fn on(net: Net, cfg: &NodeConfig, addrs: Vec<(u32, SocketAddr)>, now_ms: u64) -> Self {
         let interval_ms = cfg.interval_ms.max(1);
-        Gate {
-            me: cfg.id,
-            private_key: cfg.private_key,
-            interval_ms,
-            sources: cfg
-                .peers
-                .iter()
-                .map(|p| Source {
+        let sources = (cfg.peers.iter())
+            .filter_map(|p| {
+                let addr = addrs.iter().find(|(id, _)| *id == p.id)?.1;
+                Some(Source {
                     id: p.id,
                     name: p.name.clone(),
-                    addr: p.addr,
+                    addr,
                     public_key: p.public_key,
                     bucket: Bucket::full(interval_ms, now_ms),
                 })
-                .collect(),
+            })
+            .collect();
+        Gate {
+            net,
+            me: cfg.id,
+            private_key: cfg.private_key,
+            interval_ms,
+            sources,
             opens: 0,
         }
     }
@@ -169,7 +189,7 @@ impl Gate {
 
     /// Rules 1-6 of the module docs for one datagram from `src`.
     pub fn admit(&mut self, now_ms: u64, src: SocketAddr, datagram: &[u8]) -> Admitted {
-        let header = match Header::parse(datagram) {
+        let header = match Header::parse_on(datagram, self.net) {
             Ok((h, _)) => h,
             Err(e @ PacketError::WireVersion(_)) => {
                 return reject(DropReason::BadVersion, None, e.to_string())
@@ -183,8 +203,12 @@ impl Gate {
         };
         let peer = Some(source.id);
         if src != source.addr {
+            let net = match self.net {
+                Net::Ft => "FT",
+                Net::Vm => "VM-network",
+            };
             let detail = format!(
-                "not from {}'s FT address {} (heartbeats come only from there)",
+                "not from {}'s {net} address {} (heartbeats come only from there)",
                 source.name, source.addr
             );
             return reject(DropReason::WrongSource, peer, detail);
@@ -201,7 +225,7 @@ impl Gate {
             return reject(DropReason::RateLimited, peer, detail);
         }
         self.opens += 1;
-        match packet::open(datagram, &self.private_key, &source.public_key) {
+        match packet::open_on(self.net, datagram, &self.private_key, &source.public_key) {
             Ok((_, payload)) => Admitted::Opened {
                 sender: source.id,
                 payload,

@@ -34,6 +34,7 @@ fn config(i: usize) -> NodeConfig {
             .collect(),
         interval_ms: INTERVAL_MS,
         failure_timeout_ms: 1000,
+        vm: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn sealed(from: usize, to: usize, seq: u64) -> Vec<u8> {
             alive: true,
             heard: None,
         }],
+        vm: None,
     };
     let h = Header {
         sender: from as u32 + 1,

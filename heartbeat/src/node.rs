@@ -14,7 +14,7 @@ use config_schema::runtime::RuntimeConfig;
 
 use crate::drops::DropReason;
 use crate::gate::{Admitted, Gate, Rejected};
-use crate::packet::{self, Header, PacketError, Payload};
+use crate::packet::{self, Header, Net, PacketError, Payload, VmReport};
 use crate::view::{Membership, Transition};
 
 /// The UDP port heartbeats use on the FT network.
@@ -24,7 +24,7 @@ pub const PORT: u16 = 7400;
 pub enum ConfigError {
     #[error("host {0} is not in the config")]
     UnknownHost(String),
-    #[error("host {host}: ft.addr {addr:?} is not a.b.c.d/prefix")]
+    #[error("host {host}: address {addr:?} is not a.b.c.d/prefix")]
     BadAddr { host: String, addr: String },
     #[error("host {host}: {what} is not 32 bytes of hex")]
     BadKey { host: String, what: &'static str },
@@ -41,6 +41,14 @@ pub struct PeerConf {
     pub addr: SocketAddr,
 }
 
+/// The VM network: where this host listens, where each peer's VM-network
+/// heartbeats go and come from (host id, address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNetConfig {
+    pub bind: SocketAddr,
+    pub peers: Vec<(u32, SocketAddr)>,
+}
+
 /// Everything a node needs, from the runtime config or built by a test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -52,6 +60,8 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConf>,
     pub interval_ms: u64,
     pub failure_timeout_ms: u64,
+    /// Heartbeats on the VM network too (reachability only); `None`: not.
+    pub vm: Option<VmNetConfig>,
 }
 
 fn ft_ip(host: &str, addr: &str) -> Result<IpAddr, ConfigError> {
@@ -73,7 +83,8 @@ fn key(host: &str, what: &'static str, hex_key: &str) -> Result<[u8; 32], Config
 
 impl NodeConfig {
     /// This host's node: bind its FT address at `port`, a peer for every
-    /// other host at its FT address and the same port.
+    /// other host at its FT address and the same port; on the VM network
+    /// the same with `hosts[].vm.addr`.
     pub fn from_runtime(rt: &RuntimeConfig, port: u16) -> Result<Self, ConfigError> {
         let cfg = &rt.config;
         let me = cfg
@@ -102,6 +113,10 @@ impl NodeConfig {
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
+        let vm_peers = (cfg.hosts.iter())
+            .filter(|h| h.name != me.name)
+            .map(|h| Ok((h.id, SocketAddr::new(ft_ip(&h.name, &h.vm.addr)?, port))))
+            .collect::<Result<_, ConfigError>>()?;
         Ok(NodeConfig {
             id: me.id,
             name: me.name.clone(),
@@ -110,6 +125,10 @@ impl NodeConfig {
             peers,
             interval_ms: cfg.timing.heartbeat_interval_ms,
             failure_timeout_ms: cfg.timing.failure_timeout_ms,
+            vm: Some(VmNetConfig {
+                bind: SocketAddr::new(ft_ip(&me.name, &me.vm.addr)?, port),
+                peers: vm_peers,
+            }),
         })
     }
 }
@@ -130,17 +149,107 @@ pub enum Received {
 }
 
 /// The heartbeat core of one host.
+///
+/// Two views with the same rules ([`Membership`]): the FT network's, the
+/// only input to failure suspicion, and, once the VM-network socket is
+/// bound ([`Node::start_vm`]), the VM network's, with its own seqs, echoes
+/// and drop counters: which peers this host hears there. Its verdicts go
+/// to status, to the FT heartbeats' [`VmReport`] and to console lines of
+/// their own, never to suspicion.
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
     view: Membership,
+    vm: Option<Membership>,
+}
+
+/// ms as a u32, saturating (the wire's width).
+fn ms32(ms: u64) -> u32 {
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 impl Node {
     pub fn new(cfg: NodeConfig, boot_id: u64, now_ms: u64) -> Self {
-        let peers = cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect();
-        let view = Membership::new(cfg.id, peers, boot_id, cfg.failure_timeout_ms, now_ms);
-        Node { cfg, view }
+        let view = Membership::new(
+            cfg.id,
+            Self::peer_names(&cfg),
+            boot_id,
+            cfg.failure_timeout_ms,
+            now_ms,
+        );
+        Node {
+            cfg,
+            view,
+            vm: None,
+        }
+    }
+
+    fn peer_names(cfg: &NodeConfig) -> Vec<(u32, String)> {
+        cfg.peers.iter().map(|p| (p.id, p.name.clone())).collect()
+    }
+
+    /// This host listens on the VM network from `now_ms` on (its socket is
+    /// bound): the VM network's view starts, with the FT view's boot id.
+    /// Does nothing without `cfg.vm` or when it runs already.
+    pub fn start_vm(&mut self, now_ms: u64) {
+        if self.cfg.vm.is_none() || self.vm.is_some() {
+            return;
+        }
+        let peers = Self::peer_names(&self.cfg);
+        let (id, boot, timeout) = (
+            self.cfg.id,
+            self.view.boot_id(),
+            self.cfg.failure_timeout_ms,
+        );
+        self.vm = Some(Membership::new(id, peers, boot, timeout, now_ms));
+    }
+
+    /// The VM network's view, once this host listens there.
+    pub fn vm_view(&self) -> Option<&Membership> {
+        self.vm.as_ref()
+    }
+
+    pub fn vm_view_mut(&mut self) -> Option<&mut Membership> {
+        self.vm.as_mut()
+    }
+
+    /// What this host's FT heartbeats say of its VM network at `now_ms`:
+    /// `None` without `cfg.vm` (payload version 1); a zero watch until the
+    /// socket is bound.
+    pub fn vm_report(&self, now_ms: u64) -> Option<VmReport> {
+        self.cfg.vm.as_ref()?;
+        let Some(vm) = &self.vm else {
+            return Some(VmReport {
+                watch_ms: 0,
+                quiet_ms: 0,
+                hears: Vec::new(),
+            });
+        };
+        let hears = vm.alive_ids(now_ms);
+        let quiet_ms = if hears.is_empty() {
+            let since = vm.last_heard_any().unwrap_or(0).max(vm.started_ms());
+            now_ms.saturating_sub(since)
+        } else {
+            0
+        };
+        Some(VmReport {
+            // At least 1 once listening: 0 says "not listening".
+            watch_ms: ms32(now_ms.saturating_sub(vm.started_ms())).max(1),
+            quiet_ms: ms32(quiet_ms),
+            hears,
+        })
+    }
+
+    /// The next FT heartbeat: the FT view's, with the VM report.
+    pub fn next_ft_heartbeat(&mut self, now_ms: u64) -> Payload {
+        let mut p = self.view.next_heartbeat(now_ms);
+        p.vm = self.vm_report(now_ms);
+        p
+    }
+
+    /// The next VM-network heartbeat, once this host listens there.
+    pub fn next_vm_heartbeat(&mut self, now_ms: u64) -> Option<Payload> {
+        self.vm.as_mut().map(|v| v.next_heartbeat(now_ms))
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -154,6 +263,9 @@ impl Node {
         if self.cfg.failure_timeout_ms != failure_timeout_ms {
             self.cfg.failure_timeout_ms = failure_timeout_ms;
             self.view.set_timeout(failure_timeout_ms);
+            if let Some(vm) = &mut self.vm {
+                vm.set_timeout(failure_timeout_ms);
+            }
         }
     }
 
@@ -167,8 +279,20 @@ impl Node {
 
     /// One round of heartbeats, sealed (tests; the daemon seals outside its lock).
     pub fn heartbeats(&mut self, now_ms: u64) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
-        let payload = self.view.next_heartbeat(now_ms);
+        let payload = self.next_ft_heartbeat(now_ms);
         seal_round(&self.cfg, &payload)
+    }
+
+    /// One round of VM-network heartbeats, sealed (tests); empty until
+    /// [`Node::start_vm`].
+    pub fn vm_heartbeats(
+        &mut self,
+        now_ms: u64,
+    ) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
+        match self.next_vm_heartbeat(now_ms) {
+            Some(p) => seal_vm_round(&self.cfg, &p),
+            None => Vec::new(),
+        }
     }
 
     pub fn peer_name(&self, id: u32) -> Option<String> {
@@ -224,6 +348,63 @@ impl Node {
         }
     }
 
+    /// Judges what the VM network's gate let through (or counts what it
+    /// refused) against the VM network's view; before [`Node::start_vm`]
+    /// everything is dropped as `malformed` (nothing listens yet).
+    pub fn on_admitted_vm(&mut self, now_ms: u64, admitted: Admitted) -> Received {
+        let cfg = &self.cfg;
+        let name = |id: u32| {
+            cfg.peers
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.name.clone())
+        };
+        let Some(vm) = &mut self.vm else {
+            return Received::Dropped {
+                reason: DropReason::Malformed,
+                claimed: None,
+                detail: "the VM-network view has not started".into(),
+            };
+        };
+        let (sender, payload) = match admitted {
+            Admitted::Opened { sender, payload } => (sender, payload),
+            Admitted::Rejected(r) => {
+                vm.record_drop(r.peer, r.reason);
+                return Received::Dropped {
+                    reason: r.reason,
+                    claimed: r.peer.and_then(name),
+                    detail: r.detail,
+                };
+            }
+        };
+        match vm.on_heartbeat(now_ms, sender, &payload) {
+            Ok(transitions) => Received::Accepted {
+                from: name(sender).unwrap_or_default(),
+                transitions,
+            },
+            Err(reason) => Received::Dropped {
+                reason,
+                claimed: name(sender),
+                detail: format!(
+                    "VM network: boot {:016x} seq {}",
+                    payload.boot_id, payload.seq
+                ),
+            },
+        }
+    }
+
+    /// Gate, then judge, one VM-network datagram (tests and fuzzing).
+    pub fn receive_vm(
+        &mut self,
+        gate: &mut Gate,
+        now_ms: u64,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Received {
+        let admitted = gate.admit(now_ms, src, datagram);
+        self.on_admitted_vm(now_ms, admitted)
+    }
+
     /// Gate, then judge, one datagram from `src` (tests and fuzzing: the
     /// daemon runs the gate outside its lock).
     pub fn receive(
@@ -259,6 +440,32 @@ pub fn seal_round(
         .collect()
 }
 
+/// `payload` sealed for every peer's VM-network address (`cfg.vm`; none
+/// without it), with the `FTHV` magic.
+pub fn seal_vm_round(
+    cfg: &NodeConfig,
+    payload: &Payload,
+) -> Vec<(SocketAddr, Result<Vec<u8>, PacketError>)> {
+    let Some(vm) = &cfg.vm else {
+        return Vec::new();
+    };
+    (cfg.peers.iter())
+        .filter_map(|p| {
+            let addr = vm.peers.iter().find(|(id, _)| *id == p.id)?.1;
+            let h = Header {
+                sender: cfg.id,
+                receiver: p.id,
+            };
+            let sealed = packet::seal_on(Net::Vm, h, payload, &cfg.private_key, &p.public_key);
+            Some((addr, sealed))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "node_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "node_vm_tests.rs"]
+mod vm_tests;

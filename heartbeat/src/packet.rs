@@ -3,15 +3,29 @@
 //! encrypted payload is the heartbeat itself.
 //!
 //! ```text
-//! packet  = "FTHB" | wire version u8 (= 1) | sender id u32le | receiver id u32le | noise message
+//! packet  = magic | wire version u8 (= 1) | sender id u32le | receiver id u32le | noise message
+//! magic   = "FTHB" on the FT network, "FTHV" on the VM network
 //! noise   = e (32 bytes) | ChaChaPoly(payload) (payload + 16-byte tag)
-//! payload = version u8 (= 1) | sender id u32le | boot id u64le | seq u64le | count u8
-//!           | count × entry
+//! payload = version u8 (1 or 2) | sender id u32le | boot id u64le | seq u64le | count u8
+//!           | count × entry | (version 2 only) vm
 //! entry   = host id u32le | flags u8 | boot id u64le | seq u64le
 //! flags   = bit 0: the sender considers the host alive
 //!           bit 1: the sender has heard (an authenticated packet) from that host;
 //!                  boot id and seq are then the last ones it heard (else zero)
+//! vm      = watch ms u32le | quiet ms u32le | n u8 | n × host id u32le (strictly increasing)
 //! ```
+//!
+//! The magic is part of the prologue, so a packet sealed for one network does
+//! not open on the other: a recording of FT heartbeats replayed onto the VM
+//! network (or back) is `forged` or `malformed`, never a sign of life there.
+//!
+//! Version 2 (sent on the FT network) adds the sender's VM-network
+//! reachability ([`VmReport`]): how long it has listened on its VM-network
+//! address, how long since it last heard any peer there, and which peers it
+//! hears there now. VM-network heartbeats carry version 1 (their own view:
+//! seq, echo). A daemon of a release that decodes only version 1 drops the
+//! FT heartbeats of this one as `bad_version`: every host of a cluster must
+//! run the same release (as the logging channel's version already requires).
 //!
 //! Both static keys are known from the config (the K pattern's pre-messages), so
 //! every packet authenticates its sender to its receiver on its own; loss and
@@ -24,12 +38,16 @@ use snow::params::NoiseParams;
 
 /// The Noise protocol every heartbeat uses.
 pub const NOISE_PARAMS: &str = "Noise_K_25519_ChaChaPoly_BLAKE2s";
-/// First four bytes of every heartbeat packet.
+/// First four bytes of every heartbeat packet on the FT network.
 pub const MAGIC: [u8; 4] = *b"FTHB";
+/// First four bytes of every heartbeat packet on the VM network.
+pub const VM_MAGIC: [u8; 4] = *b"FTHV";
 /// Version of the outer packet format.
 pub const WIRE_VERSION: u8 = 1;
-/// Version of the encrypted payload format.
+/// Version of the encrypted payload format without a VM-network report.
 pub const PAYLOAD_VERSION: u8 = 1;
+/// Version of the encrypted payload format with one ([`VmReport`]).
+pub const PAYLOAD_VERSION_VM: u8 = 2;
 /// Length of the clear header (the Noise prologue).
 pub const HEADER_LEN: usize = 4 + 1 + 4 + 4;
 /// Ephemeral public key plus AEAD tag around the payload.
@@ -38,8 +56,9 @@ pub const NOISE_OVERHEAD: usize = 32 + 16;
 pub const MAX_ENTRIES: usize = 64;
 const ENTRY_LEN: usize = 4 + 1 + 8 + 8;
 const PAYLOAD_FIXED: usize = 1 + 4 + 8 + 8 + 1;
+const VM_FIXED: usize = 4 + 4 + 1;
 /// Largest payload and packet we ever produce or accept.
-pub const MAX_PAYLOAD: usize = PAYLOAD_FIXED + MAX_ENTRIES * ENTRY_LEN;
+pub const MAX_PAYLOAD: usize = PAYLOAD_FIXED + MAX_ENTRIES * ENTRY_LEN + VM_FIXED + MAX_ENTRIES * 4;
 pub const MAX_PACKET: usize = HEADER_LEN + NOISE_OVERHEAD + MAX_PAYLOAD;
 
 const FLAG_ALIVE: u8 = 1;
@@ -66,6 +85,24 @@ pub enum PacketError {
     Noise(String),
 }
 
+/// Which network a heartbeat travels on (its magic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// The FT network: membership and failure suspicion.
+    Ft,
+    /// The VM network: reachability only, never suspicion.
+    Vm,
+}
+
+impl Net {
+    pub fn magic(self) -> [u8; 4] {
+        match self {
+            Net::Ft => MAGIC,
+            Net::Vm => VM_MAGIC,
+        }
+    }
+}
+
 /// The clear header in front of the Noise message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -74,25 +111,36 @@ pub struct Header {
 }
 
 impl Header {
+    /// The header of an FT-network packet.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
+        self.encode_on(Net::Ft)
+    }
+
+    /// The header of a packet on `net`.
+    pub fn encode_on(&self, net: Net) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
-        h[..4].copy_from_slice(&MAGIC);
+        h[..4].copy_from_slice(&net.magic());
         h[4] = WIRE_VERSION;
         h[5..9].copy_from_slice(&self.sender.to_le_bytes());
         h[9..13].copy_from_slice(&self.receiver.to_le_bytes());
         h
     }
 
-    /// Splits a packet into its header and Noise message, checking sizes,
-    /// magic and version. Nothing here is authenticated yet.
+    /// Splits an FT-network packet into its header and Noise message,
+    /// checking sizes, magic and version. Nothing here is authenticated yet.
     pub fn parse(packet: &[u8]) -> Result<(Header, &[u8]), PacketError> {
+        Self::parse_on(packet, Net::Ft)
+    }
+
+    /// [`Header::parse`] for a packet received on `net` (its magic).
+    pub fn parse_on(packet: &[u8], net: Net) -> Result<(Header, &[u8]), PacketError> {
         if packet.len() < HEADER_LEN + NOISE_OVERHEAD + PAYLOAD_FIXED {
             return Err(PacketError::Short(packet.len()));
         }
         if packet.len() > MAX_PACKET {
             return Err(PacketError::Long(packet.len()));
         }
-        if packet[..4] != MAGIC {
+        if packet[..4] != net.magic() {
             return Err(PacketError::BadMagic);
         }
         if packet[4] != WIRE_VERSION {
@@ -113,6 +161,21 @@ pub struct Entry {
     pub heard: Option<(u64, u64)>,
 }
 
+/// The sender's reachability on the VM network (payload version 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmReport {
+    /// How long the sender has listened on its VM-network address (ms,
+    /// saturating); 0: it does not (not bound yet): the rest says nothing.
+    pub watch_ms: u32,
+    /// How long since it last heard any peer on the VM network (ms,
+    /// saturating; counted from `watch` when it never heard one); 0 while
+    /// it hears one.
+    pub quiet_ms: u32,
+    /// The peers it heard on the VM network within the failure timeout,
+    /// host ids in increasing order.
+    pub hears: Vec<u32>,
+}
+
 /// The decrypted heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
@@ -120,17 +183,23 @@ pub struct Payload {
     pub boot_id: u64,
     pub seq: u64,
     pub view: Vec<Entry>,
+    /// Version 2 only: the sender's VM-network reachability.
+    pub vm: Option<VmReport>,
 }
 
 impl Payload {
     /// The explicit binary encoding (see the module docs).
     ///
     /// # Panics
-    /// If `view` has more than [`MAX_ENTRIES`] entries (the config has far fewer hosts).
+    /// If `view` or the VM report has more than [`MAX_ENTRIES`] entries (the
+    /// config has far fewer hosts), or the report's ids are not increasing.
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.view.len() <= MAX_ENTRIES, "too many view entries");
-        let mut out = Vec::with_capacity(PAYLOAD_FIXED + self.view.len() * ENTRY_LEN);
-        out.push(PAYLOAD_VERSION);
+        let mut out = Vec::with_capacity(MAX_PAYLOAD);
+        out.push(match self.vm {
+            None => PAYLOAD_VERSION,
+            Some(_) => PAYLOAD_VERSION_VM,
+        });
         out.extend_from_slice(&self.sender.to_le_bytes());
         out.extend_from_slice(&self.boot_id.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
@@ -144,6 +213,19 @@ impl Payload {
             out.extend_from_slice(&boot.to_le_bytes());
             out.extend_from_slice(&seq.to_le_bytes());
         }
+        if let Some(vm) = &self.vm {
+            assert!(vm.hears.len() <= MAX_ENTRIES, "too many VM-network hosts");
+            assert!(
+                vm.hears.windows(2).all(|w| w[0] < w[1]),
+                "VM-network hosts must be strictly increasing"
+            );
+            out.extend_from_slice(&vm.watch_ms.to_le_bytes());
+            out.extend_from_slice(&vm.quiet_ms.to_le_bytes());
+            out.push(vm.hears.len() as u8);
+            for h in &vm.hears {
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+        }
         out
     }
 
@@ -151,7 +233,7 @@ impl Payload {
     pub fn decode(b: &[u8]) -> Result<Payload, PacketError> {
         let mut r = Reader(b);
         let version = r.u8()?;
-        if version != PAYLOAD_VERSION {
+        if version != PAYLOAD_VERSION && version != PAYLOAD_VERSION_VM {
             return Err(PacketError::PayloadVersion(version));
         }
         let sender = r.u32()?;
@@ -161,7 +243,13 @@ impl Payload {
         if count > MAX_ENTRIES {
             return Err(PacketError::Payload("too many view entries"));
         }
-        if r.0.len() != count * ENTRY_LEN {
+        let vm_len = if version == PAYLOAD_VERSION_VM {
+            let n = r.0.get(count * ENTRY_LEN + 8).copied().unwrap_or(0) as usize;
+            VM_FIXED + 4 * n
+        } else {
+            0
+        };
+        if r.0.len() != count * ENTRY_LEN + vm_len {
             return Err(PacketError::Payload("length does not match entry count"));
         }
         let mut view = Vec::with_capacity(count);
@@ -189,13 +277,44 @@ impl Payload {
                 heard,
             });
         }
+        let vm = if version == PAYLOAD_VERSION_VM {
+            Some(decode_vm(&mut r)?)
+        } else {
+            None
+        };
         Ok(Payload {
             sender,
             boot_id,
             seq,
             view,
+            vm,
         })
     }
+}
+
+/// The VM section of a version 2 payload (its length was checked).
+fn decode_vm(r: &mut Reader<'_>) -> Result<VmReport, PacketError> {
+    let watch_ms = r.u32()?;
+    let quiet_ms = r.u32()?;
+    let n = r.u8()? as usize;
+    if n > MAX_ENTRIES {
+        return Err(PacketError::Payload("too many VM-network hosts"));
+    }
+    let mut hears: Vec<u32> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let h = r.u32()?;
+        if hears.last().is_some_and(|l| *l >= h) {
+            return Err(PacketError::Payload(
+                "VM-network hosts not strictly increasing",
+            ));
+        }
+        hears.push(h);
+    }
+    Ok(VmReport {
+        watch_ms,
+        quiet_ms,
+        hears,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -232,7 +351,18 @@ pub fn seal(
     my_private: &[u8; 32],
     receiver_public: &[u8; 32],
 ) -> Result<Vec<u8>, PacketError> {
-    let h = header.encode();
+    seal_on(Net::Ft, header, payload, my_private, receiver_public)
+}
+
+/// [`seal`] for `net` (its magic in the header, and so in the prologue).
+pub fn seal_on(
+    net: Net,
+    header: Header,
+    payload: &Payload,
+    my_private: &[u8; 32],
+    receiver_public: &[u8; 32],
+) -> Result<Vec<u8>, PacketError> {
+    let h = header.encode_on(net);
     let noise_err = |e: snow::Error| PacketError::Noise(e.to_string());
     let mut hs = snow::Builder::new(params())
         .local_private_key(my_private)
@@ -258,7 +388,17 @@ pub fn open(
     my_private: &[u8; 32],
     sender_public: &[u8; 32],
 ) -> Result<(Header, Payload), PacketError> {
-    let (header, msg) = Header::parse(packet)?;
+    open_on(Net::Ft, packet, my_private, sender_public)
+}
+
+/// [`open`] for a packet received on `net`.
+pub fn open_on(
+    net: Net,
+    packet: &[u8],
+    my_private: &[u8; 32],
+    sender_public: &[u8; 32],
+) -> Result<(Header, Payload), PacketError> {
+    let (header, msg) = Header::parse_on(packet, net)?;
     let mut hs = snow::Builder::new(params())
         .local_private_key(my_private)
         .remote_public_key(sender_public)
@@ -304,6 +444,18 @@ mod tests {
                     heard: None,
                 },
             ],
+            vm: None,
+        }
+    }
+
+    fn sample_vm() -> Payload {
+        Payload {
+            vm: Some(VmReport {
+                watch_ms: 4_000,
+                quiet_ms: 1_500,
+                hears: vec![2, 7],
+            }),
+            ..sample()
         }
     }
 
@@ -311,14 +463,78 @@ mod tests {
     fn payload_round_trips() {
         let p = sample();
         assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+        assert_eq!(p.encode()[0], PAYLOAD_VERSION);
+        let v = sample_vm();
+        assert_eq!(v.encode()[0], PAYLOAD_VERSION_VM);
+        assert_eq!(Payload::decode(&v.encode()).unwrap(), v);
+        let none = Payload {
+            vm: Some(VmReport {
+                watch_ms: 0,
+                quiet_ms: 0,
+                hears: vec![],
+            }),
+            ..sample()
+        };
+        assert_eq!(Payload::decode(&none.encode()).unwrap(), none);
+    }
+
+    #[test]
+    fn the_vm_report_decoder_is_strict() {
+        let good = sample_vm().encode();
+        // Cut short, one byte more, a count that does not match.
+        assert!(Payload::decode(&good[..good.len() - 1]).is_err());
+        let mut t = good.clone();
+        t.push(0);
+        assert!(Payload::decode(&t).is_err());
+        let n_at = good.len() - 2 * 4 - 1;
+        let mut c = good.clone();
+        c[n_at] = 3;
+        assert!(Payload::decode(&c).is_err());
+        // Hosts out of order or repeated: not canonical, refused.
+        let mut o = good.clone();
+        let (a, b) = (good.len() - 8, good.len() - 4);
+        o[a..b].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(
+            Payload::decode(&o),
+            Err(PacketError::Payload(
+                "VM-network hosts not strictly increasing"
+            ))
+        );
+        // A version 1 payload with a VM section is too long.
+        let mut v1 = good.clone();
+        v1[0] = PAYLOAD_VERSION;
+        assert!(Payload::decode(&v1).is_err());
+    }
+
+    #[test]
+    fn a_packet_sealed_for_one_network_does_not_open_on_the_other() {
+        let (a, a_pub, b, b_pub) = keys();
+        let h = Header {
+            sender: 1,
+            receiver: 2,
+        };
+        let ft = seal(h, &sample(), &a, &b_pub).unwrap();
+        let vm = seal_on(Net::Vm, h, &sample(), &a, &b_pub).unwrap();
+        assert_eq!(&vm[..4], b"FTHV");
+        assert_eq!(open_on(Net::Vm, &vm, &b, &a_pub).unwrap().1, sample());
+        // Wrong magic for the socket: refused before any X25519.
+        assert_eq!(
+            open_on(Net::Vm, &ft, &b, &a_pub),
+            Err(PacketError::BadMagic)
+        );
+        assert_eq!(open(&vm, &b, &a_pub), Err(PacketError::BadMagic));
+        // The magic rewritten: the prologue differs, so it does not open.
+        let mut moved = ft.clone();
+        moved[..4].copy_from_slice(&VM_MAGIC);
+        assert_eq!(open_on(Net::Vm, &moved, &b, &a_pub), Err(PacketError::Auth));
     }
 
     #[test]
     fn payload_decoder_is_strict() {
         let good = sample().encode();
         let mut v = good.clone();
-        v[0] = 2;
-        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(2)));
+        v[0] = 3;
+        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(3)));
         let mut t = good.clone();
         t.push(0);
         assert!(matches!(Payload::decode(&t), Err(PacketError::Payload(_))));

@@ -34,7 +34,7 @@ use config_schema::ctl::PeerView;
 use serde_json::json;
 
 use crate::drops::{DropCounts, DropReason};
-use crate::packet::{Entry, Payload};
+use crate::packet::{Entry, Payload, VmReport};
 
 /// How many replaced boot ids per peer are remembered and refused.
 const RETIRED_BOOTS: usize = 8;
@@ -104,12 +104,25 @@ struct PeerState {
     dropped: DropCounts,
     /// The peer's own view, from its last accepted heartbeat.
     their_view: Vec<Entry>,
+    /// The peer's VM-network reachability and when it came (its last
+    /// accepted heartbeat that carried one).
+    their_vm: Option<(VmReport, u64)>,
 }
 
 impl PeerState {
     fn last_seen(&self) -> Option<u64> {
         self.last_heartbeat_ms.max(self.last_peer_alive_ms)
     }
+}
+
+/// A peer's VM-network reachability as its heartbeats said it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TheirVm {
+    pub name: String,
+    /// Alive in this view now.
+    pub alive: bool,
+    /// Its last report and the report's age (ms).
+    pub report: Option<(VmReport, u64)>,
 }
 
 /// This host's membership view.
@@ -159,6 +172,7 @@ impl Membership {
                     suspicions: 0,
                     dropped: DropCounts::default(),
                     their_view: Vec::new(),
+                    their_vm: None,
                 })
                 .collect(),
             dropped: DropCounts::default(),
@@ -227,7 +241,47 @@ impl Membership {
             boot_id: self.boot_id,
             seq: self.seq,
             view,
+            vm: None,
         }
+    }
+
+    /// When this view started (ms on its clock).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// The peers alive now (heard within the failure timeout), by id in
+    /// increasing order.
+    pub fn alive_ids(&self, now: u64) -> Vec<u32> {
+        let mut ids: Vec<u32> = (self.peers.iter())
+            .filter(|p| self.alive(p, now))
+            .map(|p| p.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// When any peer was last heard (accepted heartbeat or sign of life).
+    pub fn last_heard_any(&self) -> Option<u64> {
+        self.peers.iter().filter_map(|p| p.last_seen()).max()
+    }
+
+    /// Every peer's last VM-network report, at `now`.
+    pub fn their_vm(&self, now: u64) -> Vec<TheirVm> {
+        (self.peers.iter())
+            .map(|p| TheirVm {
+                name: p.name.clone(),
+                alive: self.alive(p, now),
+                report: (p.their_vm.clone()).map(|(r, at)| (r, now.saturating_sub(at))),
+            })
+            .collect()
+    }
+
+    /// A peer's name.
+    pub fn name_of(&self, id: u32) -> Option<&str> {
+        (self.peers.iter())
+            .find(|p| p.id == id)
+            .map(|p| p.name.as_str())
     }
 
     /// Counts a dropped packet, against `peer` when the header named one.
@@ -273,6 +327,9 @@ impl Membership {
                 peer.last_heartbeat_ms = Some(now);
                 peer.received += 1;
                 peer.their_view = p.view.clone();
+                if let Some(vm) = &p.vm {
+                    peer.their_vm = Some((vm.clone(), now));
+                }
                 let mut out = Vec::new();
                 if restarted {
                     out.push(Transition::Restarted {

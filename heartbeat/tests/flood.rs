@@ -52,6 +52,7 @@ fn config(i: usize) -> NodeConfig {
             .collect(),
         interval_ms: INTERVAL_MS,
         failure_timeout_ms: TIMEOUT_MS,
+        vm: None,
     }
 }
 

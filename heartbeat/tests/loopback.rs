@@ -45,6 +45,7 @@ fn config(net: u8, i: usize) -> NodeConfig {
             .collect(),
         interval_ms: INTERVAL_MS,
         failure_timeout_ms: TIMEOUT_MS,
+        vm: None,
     }
 }
 
@@ -228,6 +229,7 @@ fn a_packet_sealed_for_another_key_pair_never_opens() {
         boot_id: 1,
         seq: 1,
         view: vec![],
+        vm: None,
     };
     let h = Header {
         sender: 2,

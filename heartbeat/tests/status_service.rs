@@ -53,6 +53,7 @@ fn node(i: usize) -> NodeConfig {
             .collect(),
         interval_ms: 100,
         failure_timeout_ms: 1500,
+        vm: None,
     }
 }
 

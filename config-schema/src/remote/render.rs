@@ -79,6 +79,11 @@ fn host_line(
     }
     let _ = writeln!(s, "    heartbeat: {}", membership(r, host));
     let _ = writeln!(s, "    lease: {}", lease(r, host));
+    let _ = writeln!(
+        s,
+        "    vm network: {}",
+        rep.map_or_else(unreachable_na, |p| vm_network(&p.heartbeat))
+    );
     let own = rep.map(|p| &p.fencing);
     let _ = writeln!(
         s,
@@ -154,6 +159,32 @@ pub(crate) fn membership(r: &ClusterReport, host: &str) -> String {
         }
         None => format!("n/a ({}'s heartbeat does not list it)", r.queried),
     }
+}
+
+/// The host's reachability on the VM network, from its own heartbeat's
+/// `vm_network` (the peers it heard there within the failure timeout).
+pub(crate) fn vm_network(hb: &Value) -> String {
+    if let Some(e) = hb.get("error") {
+        return format!("n/a ({})", text(e));
+    }
+    let v = &hb["vm_network"];
+    if v.is_null() {
+        return "n/a (its heartbeat does not report it)".into();
+    }
+    if v["listening"] != true {
+        let why = v["not_listening_because"]
+            .as_str()
+            .unwrap_or("not configured");
+        return format!("NOT LISTENING ({why})");
+    }
+    let hears: Vec<&str> = (v["hears"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    if hears.is_empty() {
+        let quiet = v["quiet_ms"].as_u64().unwrap_or(0);
+        return format!("HEARS NO PEER (for {quiet} ms)");
+    }
+    format!("hears {}", hears.join(", "))
 }
 
 /// `host`'s storage lease, as the queried host's fencing agent reads it.

@@ -228,3 +228,33 @@ fn a_paired_secondary_that_cannot_take_over_is_shown_not_protected_with_why() {
         "{t}"
     );
 }
+
+#[test]
+fn every_host_says_which_peers_it_hears_on_the_vm_network() {
+    let mut r = report();
+    let hb = |v: serde_json::Value| json!({"peers": [], "vm_network": v});
+    r.hosts[0].report.as_mut().unwrap().heartbeat["vm_network"] =
+        json!({"listening": true, "hears": ["host-b", "host-c"], "quiet_ms": 0});
+    r.hosts[1].report.as_mut().unwrap().heartbeat =
+        hb(json!({"listening": true, "hears": [], "quiet_ms": 5300}));
+    let t = render(&r);
+    for want in [
+        "vm network: hears host-b, host-c",
+        "vm network: HEARS NO PEER (for 5300 ms)",
+        "vm network: n/a (host unreachable)",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    r.hosts[1].report.as_mut().unwrap().heartbeat = hb(json!({
+        "listening": false,
+        "not_listening_because": "cannot bind UDP 198.51.100.2:7400: Cannot assign requested address"
+    }));
+    let t = render(&r);
+    assert!(
+        t.contains("vm network: NOT LISTENING (cannot bind UDP 198.51.100.2:7400"),
+        "{t}"
+    );
+    // A host whose heartbeat predates the VM network says so.
+    r.hosts[1].report.as_mut().unwrap().heartbeat = json!({"peers": []});
+    assert!(render(&r).contains("vm network: n/a (its heartbeat does not report it)"));
+}

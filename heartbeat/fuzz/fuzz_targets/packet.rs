@@ -8,15 +8,19 @@
 //! - from host-b's FT address, one heartbeat interval later each time (so
 //!   the rate limit never starves the fuzzer of the open path): a dropped
 //!   datagram leaves the view untouched, no datagram is accepted twice, and
-//!   the opens stay within the rate limit's bound.
+//!   the opens stay within the rate limit's bound;
+//! - the same on the VM-network path (`Gate::new_vm`, `Node::receive_vm`):
+//!   from a stranger, no X25519; from host-b's VM-network address, a drop
+//!   leaves both views untouched, nothing is accepted twice, and nothing
+//!   that arrives there ever changes the FT view (suspicion).
 #![no_main]
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 
 use heartbeat::gate::{self, Admitted};
-use heartbeat::node::{NodeConfig, PeerConf, Received};
-use heartbeat::packet::{self, Header, Payload};
+use heartbeat::node::{NodeConfig, PeerConf, Received, VmNetConfig};
+use heartbeat::packet::{self, Header, Net, Payload};
 use heartbeat::{DropReason, Gate, Node};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +29,7 @@ const B_SECRET: [u8; 32] = [0x22; 32];
 const INTERVAL_MS: u64 = 100;
 const B_ADDR: &str = "127.0.0.2:7400";
 const STRANGER: &str = "127.0.0.9:7400";
+const B_VM_ADDR: &str = "127.0.1.2:7400";
 
 fn config() -> NodeConfig {
     NodeConfig {
@@ -40,20 +45,30 @@ fn config() -> NodeConfig {
         }],
         interval_ms: INTERVAL_MS,
         failure_timeout_ms: 1000,
+        vm: Some(VmNetConfig {
+            bind: "127.0.1.1:7400".parse().unwrap(),
+            peers: vec![(2, B_VM_ADDR.parse().unwrap())],
+        }),
     }
 }
 
 struct State {
     node: Node,
     gate: Gate,
+    vm_gate: Gate,
     b_pub: [u8; 32],
     now: u64,
 }
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State {
-        node: Node::new(config(), 1, 0),
+        node: {
+            let mut n = Node::new(config(), 1, 0);
+            n.start_vm(0);
+            n
+        },
         gate: Gate::new(&config(), 0),
+        vm_gate: Gate::new_vm(&config(), 0),
         b_pub: config_schema::keys::host_public_key(&B_SECRET),
         now: 0,
     });
@@ -74,6 +89,7 @@ fn before_x25519(r: DropReason) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let _ = Header::parse(data);
+    let _ = Header::parse_on(data, Net::Vm);
     if let Ok(p) = Payload::decode(data) {
         assert_eq!(p.encode(), data, "payload encoding is canonical");
     }
@@ -108,5 +124,34 @@ fuzz_target!(|data: &[u8]| {
             ),
         }
         assert!(st.gate.opens() <= gate::max_opens(INTERVAL_MS, now));
+
+        // The VM network: its own gate and view.
+        let opens = st.vm_gate.opens();
+        match st.vm_gate.admit(now, stranger, data) {
+            Admitted::Rejected(r) => assert!(before_x25519(r.reason), "{r:?}"),
+            other => panic!("a stranger's datagram got through on the VM network: {other:?}"),
+        }
+        assert_eq!(st.vm_gate.opens(), opens, "X25519 for a stranger's datagram");
+        let ft_before = st.node.view().peer_views(now);
+        let vm_before = st.node.vm_view().unwrap().peer_views(now);
+        let bv: SocketAddr = B_VM_ADDR.parse().unwrap();
+        match st.node.receive_vm(&mut st.vm_gate, now, bv, data) {
+            Received::Dropped { .. } => {
+                assert_eq!(st.node.vm_view().unwrap().peer_views(now), vm_before)
+            }
+            Received::Accepted { .. } => assert!(
+                matches!(
+                    st.node.receive_vm(&mut st.vm_gate, now, bv, data),
+                    Received::Dropped { .. }
+                ),
+                "the same datagram is never accepted twice on the VM network"
+            ),
+        }
+        assert_eq!(
+            st.node.view().peer_views(now),
+            ft_before,
+            "a VM-network datagram changed the FT view"
+        );
+        assert!(st.vm_gate.opens() <= gate::max_opens(INTERVAL_MS, now));
     });
 });

@@ -128,6 +128,31 @@ fn heartbeat(m: &mut Metrics, h: &Value) {
         count(&received, peer(), &p["received"]);
         count(&lost, peer(), &p["suspicions"]);
     }
+    vm_network(m, &h["vm_network"]);
+}
+
+/// The VM network's view (reachability only, not suspicion).
+fn vm_network(m: &mut Metrics, v: &Value) {
+    if v["listening"] != true {
+        return;
+    }
+    let up = m.gauge(
+        "ft_vm_network_peer_up",
+        "1 if the peer was heard on the VM network within the failure timeout",
+    );
+    let quiet = m.seconds(
+        "ft_vm_network_quiet_seconds",
+        "time since any peer was last heard on the VM network (0 while one is)",
+    );
+    let hears: Vec<&str> = (v["hears"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for p in v["peers"].as_array().into_iter().flatten() {
+        if let Some(name) = p["name"].as_str() {
+            flag(&up, l(&[("peer", name)]), Some(hears.contains(&name)));
+        }
+    }
+    secs(&quiet, l(&[]), &v["quiet_ms"]);
 }
 
 fn fencing(m: &mut Metrics, f: &Value) {
@@ -353,6 +378,33 @@ mod tests {
         assert!(t.ends_with("# EOF\n"), "{t}");
         // ftvmm did not answer: no VM sample at all, not zeros.
         assert!(!t.contains("vm=\""), "{t}");
+    }
+
+    #[test]
+    fn vm_network_reachability_becomes_samples() {
+        let r = HostReport {
+            host: "host-a".into(),
+            config_generation: 1,
+            config_digest: None,
+            unix_ms: 0,
+            heartbeat: json!({"daemon": "heartbeat", "peers": [], "vm_network": {
+                "listening": true, "hears": ["host-c"], "quiet_ms": 0,
+                "peers": [{"name": "host-b"}, {"name": "host-c"}]}}),
+            fencing: json!({}),
+            ftvmm: json!({}),
+        };
+        let t = openmetrics(&r);
+        for want in [
+            "ft_vm_network_peer_up{host=\"host-a\",peer=\"host-b\"} 0",
+            "ft_vm_network_peer_up{host=\"host-a\",peer=\"host-c\"} 1",
+            "ft_vm_network_quiet_seconds{host=\"host-a\"} 0",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // Not listening (yet): no VM-network samples at all.
+        let mut r = r;
+        r.heartbeat["vm_network"] = json!({"listening": false});
+        assert!(!openmetrics(&r).contains("ft_vm_network_"));
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Cluster {
                 .collect(),
             interval_ms: 100,
             failure_timeout_ms: 1000,
+            vm: None,
         };
         let cfg = ServiceConfig {
             node,

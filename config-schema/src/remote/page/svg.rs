@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::super::render::{ago, membership, storage, vm_views, watchdog};
+use super::super::render::{ago, membership, storage, vm_network, vm_views, watchdog};
 use super::super::report::{ClusterReport, HostEntry};
 use super::html::{clip, escape, ms, opt, per_s};
 use super::{field, History, Sample, WINDOW_MS};
@@ -15,7 +15,7 @@ use super::{field, History, Sample, WINDOW_MS};
 /// The picture's width in SVG units (the page scales it to the window).
 const WIDTH: u32 = 1160;
 const GAP: u32 = 12;
-const HEADER_H: u32 = 92;
+const HEADER_H: u32 = 108;
 const TILE_H: u32 = 150;
 
 const GREEN: &str = "#2e7d32";
@@ -111,6 +111,8 @@ fn host_box(r: &ClusterReport, e: &HostEntry, x: u32, y: u32, w: u32, h: u32) ->
     let (beat, beat_ok) = heartbeat_short(r, e);
     let (dog, dog_ok) = fencing.map_or(("n/a", false), watchdog_short);
     let (disk, disk_ok) = fencing.map_or(("n/a", false), storage_short);
+    let heartbeat = e.report.as_ref().map(|rep| &rep.heartbeat);
+    let (vmnet, vmnet_ok) = heartbeat.map_or(("n/a", false), vm_network_short);
     let stroke = if beat_ok { GREEN } else { RED };
     let chars = (w / 7) as usize;
     let mut s = format!(
@@ -143,6 +145,12 @@ fn host_box(r: &ClusterReport, e: &HostEntry, x: u32, y: u32, w: u32, h: u32) ->
             disk,
             disk_ok,
             fencing.map_or_else(unreachable, storage),
+        ),
+        (
+            "vm network",
+            vmnet,
+            vmnet_ok,
+            heartbeat.map_or_else(unreachable, vm_network),
         ),
     ];
     for (i, (what, short, ok, long)) in lines.into_iter().enumerate() {
@@ -179,6 +187,19 @@ fn heartbeat_short<'a>(r: &'a ClusterReport, e: &'a HostEntry) -> (&'a str, bool
         // It answered the gathering, so it is there; the queried host's
         // heartbeat has no opinion.
         None => ("answers (no heartbeat view)", true),
+    }
+}
+
+fn vm_network_short(hb: &Value) -> (&'static str, bool) {
+    let v = &hb["vm_network"];
+    if v.is_null() {
+        ("n/a", false)
+    } else if v["listening"] != true {
+        ("NOT LISTENING", false)
+    } else if v["hears"].as_array().is_some_and(|h| !h.is_empty()) {
+        ("ok", true)
+    } else {
+        ("HEARS NO PEER", false)
     }
 }
 

@@ -354,3 +354,25 @@ fn a_paired_secondary_that_cannot_take_over_shows_not_protected() {
         &format!("<title>{} (as host-a reports it)</title>", escape(reason)),
     );
 }
+
+#[test]
+fn each_host_box_says_whether_it_hears_a_peer_on_the_vm_network() {
+    let mut r = paired(5_000);
+    r.hosts[0].report.as_mut().unwrap().heartbeat["vm_network"] =
+        json!({"listening": true, "hears": ["host-b"], "quiet_ms": 0});
+    r.hosts[1].report.as_mut().unwrap().heartbeat["vm_network"] =
+        json!({"listening": true, "hears": [], "quiet_ms": 4100});
+    let mut h = History::default();
+    h.on_report(NOW, "host-b", r);
+    let page = render(&h, NOW);
+    at(
+        &page,
+        "vm network: <tspan fill=\"#2e7d32\" font-weight=\"bold\">ok</tspan>",
+    );
+    at(
+        &page,
+        "vm network: <tspan fill=\"#c62828\" font-weight=\"bold\">HEARS NO PEER</tspan>",
+    );
+    at(&page, "<title>HEARS NO PEER (for 4100 ms)</title>");
+    at(&page, "<title>hears host-b</title>");
+}

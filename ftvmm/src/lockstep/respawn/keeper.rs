@@ -16,8 +16,11 @@
 //! While the member is paired it watches the Secondary's host's storage
 //! lease (`secondary_lease.rs`): a Secondary whose host cannot renew it could
 //! not win the next generation, so the pair is `not protected` until the
-//! lease moves again (one console line each way). Such a Secondary is not
-//! replaced.
+//! lease moves again (one console line each way); and its host's VM
+//! network (`secondary_vmnet.rs`): a Secondary whose host hears no peer
+//! there could win but not serve. Such a Secondary is not replaced. Both
+//! modes' Primaries run this keeper, so both judgements cover lockstep and
+//! checkpoint VMs alike.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,7 +33,8 @@ use config_schema::ctl::{self, Request, Response};
 use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
-use super::secondary_lease::{self, Watch};
+use super::secondary_lease;
+use super::secondary_vmnet;
 use super::source::{transfer, SourceCtx};
 use super::target::platform_sha256;
 use super::JOIN_BY_TRANSFER;
@@ -187,7 +191,7 @@ impl Keeper {
         let mut last_line = String::new();
         // Since when the VM runs without a Secondary (for the console).
         let mut alone_since: Option<Instant> = None;
-        let mut watch = Watch::new(&name);
+        let mut watch = SecondaryWatch::new(&name, &here);
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(LOOK_EVERY);
             let state = self.handle.member_state();
@@ -199,10 +203,11 @@ impl Keeper {
                 Some(State::Solo { g }) => g,
                 Some(State::Paired { .. }) => {
                     alone_since = None;
-                    let fencing = Path::new(&self.spec.fencing_socket);
-                    if let Some(line) =
-                        look_at_secondary(&self.handle, fencing, &self.rc, &mut watch)
-                    {
+                    let daemons = Daemons {
+                        fencing: Path::new(&self.spec.fencing_socket),
+                        heartbeat: &self.spec.heartbeat_socket,
+                    };
+                    for line in look_at_secondary(&self.handle, &daemons, &self.rc, &mut watch) {
                         println!("{line}");
                     }
                     continue;
@@ -339,15 +344,57 @@ impl Keeper {
     }
 }
 
+/// The verdicts about the paired Secondary over time: its storage lease
+/// and its host's VM network.
+#[derive(Debug)]
+pub struct SecondaryWatch {
+    pub lease: secondary_lease::Watch,
+    pub vmnet: secondary_vmnet::Watch,
+}
+
+impl SecondaryWatch {
+    pub fn new(vm: &str, here: &str) -> Self {
+        SecondaryWatch {
+            lease: secondary_lease::Watch::new(vm),
+            vmnet: secondary_vmnet::Watch::new(vm, here),
+        }
+    }
+
+    /// The member is not paired: no verdict.
+    pub fn unpaired(&mut self) {
+        self.lease.unpaired();
+        self.vmnet.unpaired();
+    }
+}
+
+/// Where the keeper asks: fencing's socket (the lease table) and
+/// heartbeat's (the VM-network view).
+pub struct Daemons<'a> {
+    pub fencing: &'a Path,
+    pub heartbeat: &'a Path,
+}
+
+/// This host's heartbeat's VM-network view.
+pub fn vm_network(heartbeat: &Path) -> Result<ctl::VmNetView, String> {
+    match ctl::query(heartbeat, &Request::VmNetwork) {
+        Ok(Response::VmNetwork { view }) => Ok(view),
+        Ok(Response::Error { message }) => Err(message),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// While paired: whether the Secondary's host renews its storage lease, in
-/// the lease table of `fencing` (`secondary_lease.rs`). Sets the verdict
-/// status shows; returns the console line of a change.
+/// the lease table of fencing (`secondary_lease.rs`), and whether it hears
+/// its peers on the VM network, in heartbeat's view (`secondary_vmnet.rs`).
+/// Sets the verdict status shows (both reasons when both hold); returns
+/// the console lines of the changes.
 pub fn look_at_secondary(
     handle: &PairHandle,
-    fencing: &Path,
+    daemons: &Daemons<'_>,
     rc: &RuntimeConfig,
-    watch: &mut Watch,
-) -> Option<String> {
+    watch: &mut SecondaryWatch,
+) -> Vec<String> {
     let peer = handle
         .hosts
         .lock()
@@ -355,18 +402,25 @@ pub fn look_at_secondary(
         .1
         .clone();
     if peer.is_empty() {
-        return None;
+        return Vec::new();
     }
-    let table = crate::lockstep::fence::lease_table(fencing);
+    let table = crate::lockstep::fence::lease_table(daemons.fencing);
     let lease = secondary_lease::judge(
         table.as_ref().map_err(|e| e.as_str()),
         &rc.host_name,
         &peer,
         secondary_lease::stale_after_ms(&rc.config.timing),
     );
-    let look = watch.on_lease(&peer, lease);
-    handle.set_secondary_unfit(&peer, look.not_protected);
-    look.say
+    let lease = watch.lease.on_lease(&peer, lease);
+    let view = vm_network(daemons.heartbeat);
+    let vmnet = secondary_vmnet::judge(view.as_ref().map_err(|e| e.as_str()), &rc.host_name, &peer);
+    let vmnet = watch.vmnet.on_vmnet(&peer, vmnet);
+    let reasons: Vec<String> = [lease.not_protected, vmnet.not_protected]
+        .into_iter()
+        .flatten()
+        .collect();
+    handle.set_secondary_unfit(&peer, (!reasons.is_empty()).then(|| reasons.join("; ")));
+    [lease.say, vmnet.say].into_iter().flatten().collect()
 }
 
 /// The reason part of an unprotected choice line.

@@ -9,6 +9,8 @@
 //!   line for status and the console.
 //! - [`secondary_lease`]: whether the paired Secondary could take over,
 //!   judged by its host's storage lease (the keeper shows it).
+//! - [`secondary_vmnet`]: whether it could serve after a take-over, judged
+//!   by its host's reachability on the VM network (the keeper shows it).
 //! - [`source`]: the Primary's side of one transfer on the real VM.
 //! - [`target`]: the new Secondary's side: check the proposal, receive into
 //!   a freshly built VM, restore, wait for `Paired`, then replay the log.
@@ -20,6 +22,7 @@
 pub mod keeper;
 pub mod pagehash;
 pub mod secondary_lease;
+pub mod secondary_vmnet;
 pub mod source;
 pub mod target;
 

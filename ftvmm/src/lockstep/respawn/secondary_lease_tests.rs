@@ -201,7 +201,7 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
     use config_schema::ctl::{Request, Response};
 
     use crate::lockstep::member::State;
-    use crate::lockstep::respawn::keeper::look_at_secondary;
+    use crate::lockstep::respawn::keeper::{look_at_secondary, Daemons, SecondaryWatch};
     use crate::lockstep::spec::PairHandle;
 
     let text = std::fs::read_to_string(concat!(
@@ -240,8 +240,14 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
     let h = PairHandle::default();
     *h.member.lock().unwrap() = Some(State::Paired { g: 2 });
     *h.hosts.lock().unwrap() = (here.clone(), peer.clone());
-    let mut w = Watch::new("kv");
-    let mut look = || look_at_secondary(&h, &socket, &rc, &mut w);
+    let mut w = SecondaryWatch::new("kv", &here);
+    // No heartbeat answers: the VM network is not judged.
+    let heartbeat = dir.path().join("heartbeat.sock");
+    let daemons = Daemons {
+        fencing: &socket,
+        heartbeat: &heartbeat,
+    };
+    let mut look = || look_at_secondary(&h, &daemons, &rc, &mut w).pop();
     assert_eq!(look(), None);
     assert_eq!(
         h.status()["protection"].as_str().unwrap(),
