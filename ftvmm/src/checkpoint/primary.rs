@@ -370,26 +370,29 @@ pub fn run_epochs(
         let start = Instant::now();
         while start.elapsed() < cfg.epoch {
             sink.progress();
+            // A triple fault is reported whichever of the two comes first
+            // (a local pair's driver sets `stop` when it sees the VM end).
+            let ended = running.ended();
+            if ended == Some(End::TripleFault) {
+                let lines = match &last {
+                    Some((n, at, vcpus)) => {
+                        brief::fault_report(*n, at.elapsed().as_millis(), vcpus)
+                    }
+                    None => vec![format!(
+                        "checkpoint: the guest triple-faulted before this loop's first \
+                         epoch ({} ms after it started; a resumed guest: right after \
+                         its resume)",
+                        began.elapsed().as_millis()
+                    )],
+                };
+                for line in lines {
+                    println!("{line}");
+                }
+            }
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if let Some(end) = running.ended() {
-                if end == End::TripleFault {
-                    let lines = match &last {
-                        Some((n, at, vcpus)) => {
-                            brief::fault_report(*n, at.elapsed().as_millis(), vcpus)
-                        }
-                        None => vec![format!(
-                            "checkpoint: the guest triple-faulted before this loop's first \
-                             epoch ({} ms after it started; a resumed guest: right after \
-                             its resume)",
-                            began.elapsed().as_millis()
-                        )],
-                    };
-                    for line in lines {
-                        println!("{line}");
-                    }
-                }
+            if ended.is_some() {
                 return Err(EpochLoopError::VmEnded);
             }
             if let Some(why) = outputs.end_early(0) {
