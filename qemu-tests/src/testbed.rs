@@ -32,6 +32,6 @@ pub fn retry_once_on<T>(name: &str, markers: &[&str], body: impl Fn() -> T) -> T
     if !markers.iter().any(|m| msg.contains(m)) {
         std::panic::resume_unwind(payload);
     }
-    eprintln!("{name}: {msg}\n{name}: the test bed failed (not ftvmm or the guest); retrying once");
+    eprintln!("{name}: {msg}\n{name}: a failure the test bed makes on its own (the marker says which); retrying once");
     body()
 }

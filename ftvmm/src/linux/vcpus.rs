@@ -33,7 +33,7 @@
 //! (a failure seen before that change too, at a lower rate). Measured at
 //! stop 30 (`linux_vm`'s pair, interleaved runs on one loaded machine): the
 //! guest triple-faulted at boot in 2 of 18 runs with the all-parked order,
-//! in 0 of 18 with this one — and in 1 of 12 runs of plain `ftvmm linux`
+//! in 1 of 25 with this one — and in 1 of 12 runs of plain `ftvmm linux`
 //! with no epochs at all (while running, not at boot). So the nested test
 //! bed faults this guest without any capture, and the all-parked order
 //! looks worse there; which of the two orders real hardware prefers is not
