@@ -117,13 +117,7 @@ impl Summary {
                 p.len()
             );
             for l in &e.unanswered {
-                println!(
-                    "{}WARNING: virtio slot {} ({}): its interrupt line has been up for {:.1} s and the guest has not acknowledged it: the guest no longer takes that device's interrupts (lost on the way in)",
-                    self.prefix,
-                    l.slot,
-                    l.device,
-                    l.high_for.as_secs_f64()
-                );
+                println!("{}{l}", self.prefix);
             }
             *self = Summary {
                 prefix: std::mem::take(&mut self.prefix),

@@ -246,10 +246,7 @@ pub struct EpochStats {
     pub vcpus: Vec<VcpuBrief>,
 }
 
-/// How long a device's interrupt line may stay up unanswered before the
-/// epoch summary says the guest no longer takes that interrupt (a driver
-/// answers in milliseconds; a boot-time epoch pauses the guest ~1 s).
-pub const UNANSWERED_AFTER: Duration = Duration::from_secs(5);
+pub use crate::linux::bus::UNANSWERED_AFTER;
 
 /// Settings of the loop.
 #[derive(Debug, Clone, Copy)]

@@ -423,6 +423,11 @@ impl Bus {
 const VIRTIO_ID_NET: u32 = 1;
 const VIRTIO_ID_BLOCK: u32 = 2;
 
+/// How long a device's interrupt line may stay up unanswered before the
+/// console says the guest no longer takes that interrupt (a driver answers
+/// in milliseconds; a boot-time checkpoint epoch pauses the guest ~1 s).
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(5);
+
 /// A device line up without the guest answering ([`Bus::lines_unanswered`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnansweredLine {
@@ -430,4 +435,18 @@ pub struct UnansweredLine {
     /// "net" or "block".
     pub device: &'static str,
     pub high_for: Duration,
+}
+
+impl std::fmt::Display for UnansweredLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WARNING: virtio slot {} ({}): its interrupt line has been up for {:.1} s and the \
+             guest has not acknowledged it: the guest no longer takes that device's interrupts \
+             (lost on the way in)",
+            self.slot,
+            self.device,
+            self.high_for.as_secs_f64()
+        )
+    }
 }

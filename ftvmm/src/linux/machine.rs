@@ -374,6 +374,12 @@ impl Running {
         self.ctl.ended()
     }
 
+    /// The device lines up for `min` or more without the guest answering
+    /// (`Bus::lines_unanswered`).
+    pub fn lines_unanswered(&self, min: std::time::Duration) -> Vec<super::bus::UnansweredLine> {
+        lock(&self.vm.bus).lines_unanswered(min)
+    }
+
     /// Waits for the end, joins the threads, stops the backend.
     pub fn wait(&self) -> Report {
         let end = self.ctl.wait_end();

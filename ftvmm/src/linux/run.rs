@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::backend::{DirectBackend, LinuxBackend};
-use super::bus::Console;
+use super::bus::{Console, UNANSWERED_AFTER};
 use super::machine::{LinuxVm, Report, Running};
 use super::LinuxVmError;
 use crate::live::{self, DiskBackend, DiskSpec, Tap};
@@ -89,7 +89,10 @@ pub fn start_linux(spec: &LinuxSpec, console: Console) -> Result<Running, LinuxV
     boot_linux_vm(spec, virtio, console, backend)
 }
 
-/// Runs the VM to its end.
+/// Runs the VM to its end. Meanwhile, once a second, a device line that
+/// has been up for [`UNANSWERED_AFTER`] without the guest answering is said
+/// on the console (once per episode), as a checkpoint VM's epoch summary
+/// says it: a guest that stops on a lost device interrupt then says so.
 pub fn run_linux(
     spec: &LinuxSpec,
     console: Console,
@@ -97,5 +100,24 @@ pub fn run_linux(
 ) -> Result<Report, LinuxVmError> {
     let running = start_linux(spec, console)?;
     on_start(&running);
-    Ok(running.wait())
+    let report = std::thread::scope(|s| {
+        s.spawn(|| watch_lines(&running));
+        running.wait()
+    });
+    Ok(report)
+}
+
+/// [`run_linux`]'s watch: until the VM ends, every second.
+fn watch_lines(running: &Running) {
+    let mut said: Vec<usize> = Vec::new();
+    while running.ended().is_none() {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = running.lines_unanswered(UNANSWERED_AFTER);
+        for l in &now {
+            if !said.contains(&l.slot) {
+                println!("ftvmm linux: {l}");
+            }
+        }
+        said = now.iter().map(|l| l.slot).collect();
+    }
 }

@@ -304,3 +304,20 @@ fn i8042_reset_ends_the_vm() {
     let running = vm.start().unwrap();
     assert_eq!(running.wait().end, End::Reset);
 }
+
+/// The line a checkpoint epoch summary and plain `ftvmm linux` both print
+/// for a device whose interrupt the guest no longer takes.
+#[test]
+fn an_unanswered_line_is_said_with_its_slot_device_and_time() {
+    let l = super::bus::UnansweredLine {
+        slot: 1,
+        device: "net",
+        high_for: std::time::Duration::from_millis(12_340),
+    };
+    let s = l.to_string();
+    assert!(
+        s.starts_with("WARNING: virtio slot 1 (net): its interrupt line has been up for 12.3 s"),
+        "{s}"
+    );
+    assert!(s.ends_with("(lost on the way in)"), "{s}");
+}
