@@ -201,15 +201,19 @@ impl Shared {
 
 fn announce(ts: &[Transition]) {
     for t in ts {
-        let line = t.to_string();
-        println!("{line}");
-        config_schema::events::record(
-            config_schema::events::EventKind::Membership,
-            None,
-            None,
-            &line,
-        );
+        say_membership(&t.to_string());
     }
+}
+
+/// A membership line: on the console and in the events (FT and VM network).
+pub(super) fn say_membership(line: &str) {
+    println!("{line}");
+    config_schema::events::record(
+        config_schema::events::EventKind::Membership,
+        None,
+        None,
+        line,
+    );
 }
 
 /// A cloneable handle on the running daemon (for the control socket).

@@ -36,13 +36,7 @@ pub fn vm_line(t: &Transition) -> Option<String> {
 
 pub(super) fn announce_vm(ts: &[Transition]) {
     for line in ts.iter().filter_map(vm_line) {
-        println!("{line}");
-        config_schema::events::record(
-            config_schema::events::EventKind::Membership,
-            None,
-            None,
-            &line,
-        );
+        super::say_membership(&line);
     }
 }
 

@@ -119,7 +119,8 @@ pub fn reason(peer: &str, for_ms: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Look {
     /// `Some(reason)`: the pair is `not protected: <reason>`; `None`:
-    /// protected as far as the lease shows.
+    /// protected as far as this judgement shows (the lease here; the VM
+    /// network in `secondary_vmnet.rs`, which uses this type too).
     pub not_protected: Option<String>,
     /// A console line, on a change only.
     pub say: Option<String>,

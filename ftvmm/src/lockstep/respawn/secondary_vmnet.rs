@@ -140,15 +140,9 @@ pub fn reason(here: &str, peer: &str, v: &SecondaryVmNet) -> Option<String> {
     }
 }
 
-/// One look's result: what status shows and what the console says.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Look {
-    /// `Some(reason)`: `not protected: <reason>`; `None`: protected as far
-    /// as the VM network shows.
-    pub not_protected: Option<String>,
-    /// A console line, on a change only.
-    pub say: Option<String>,
-}
+/// One look's result (the storage judgement's type: both say the same two
+/// things, a status reason and a console line on a change).
+pub use super::secondary_lease::Look;
 
 /// The verdict over time for one VM's pair: a console line on each change
 /// (from reaching to cut or none-between, between those two, and back).
