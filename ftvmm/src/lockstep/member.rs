@@ -78,7 +78,8 @@ pub enum Halt {
     Deposed { generation: u64, by: String },
     /// This Secondary's replay differs from the Primary's execution.
     Diverged { what: String },
-    /// Storage lost while paired: the VM was handed to the Secondary.
+    /// This host could not serve the VM while paired (storage lost, or its
+    /// VM network cut): the VM was handed to the Secondary.
     HandedOver { to_secondary: bool },
     /// The Primary ended the VM in an orderly way (Secondary side).
     PrimaryEnded,
@@ -120,10 +121,12 @@ pub enum State {
         since_ms: u64,
         reason: String,
     },
-    /// Paired Primary that lost storage: VM stopped, handing over.
+    /// Paired Primary whose host cannot serve the VM (storage lost, or
+    /// its VM network cut, `why`): VM stopped, handing over.
     HandingOver {
         g: u64,
         deadline_ms: u64,
+        why: String,
     },
     /// Secondary replaying the Primary's log in generation `g`.
     Following {
@@ -152,7 +155,7 @@ pub enum Event {
     ChannelLost { why: String },
     /// The Secondary diverged and says so: never promote it.
     PeerDiverged { what: String },
-    /// The Primary resigned (storage lost on its host).
+    /// The Primary resigned (its host could not serve the VM).
     PeerResigned { why: String },
     /// The Primary ended the VM in an orderly way.
     PrimaryEnded,
@@ -168,6 +171,12 @@ pub enum Event {
     Deposed { generation: u64, by: String },
     /// The Secondary acknowledged every record (hand-over may complete).
     AllAcked,
+    /// This host cannot serve the VM although its Secondary's host could
+    /// (the keeper found this host's VM network cut while the Secondary's
+    /// host is heard there: `respawn/own_vmnet.rs`): a paired Primary hands
+    /// the VM over at once, as after a long storage hold; in any other
+    /// state there is nobody to hand it to and nothing changes.
+    LeaveHost { why: String },
     /// Stop on request (operator, power-off, daemon shutdown).
     Stop,
     /// A new Secondary on `peer` restored this Primary's state by live
@@ -213,6 +222,10 @@ pub enum Action {
 
 /// How long a resigning Primary waits for the last acknowledgements.
 pub const HAND_OVER_MS: u64 = 3_000;
+
+/// Why a Primary whose grant stayed withdrawn hands over (the console's
+/// words since storage hand-over exists; the QEMU tests look for them).
+const STORAGE_LOST: &str = "storage lost (fencing holds output)";
 
 /// One member of a pair for one VM.
 #[derive(Debug, Clone)]
@@ -483,67 +496,67 @@ impl Member {
                 },
                 Event::Tick { now_ms, .. },
             ) if now_ms >= since_ms + self.live_timeout_ms => {
-                return (
-                    Some(State::HandingOver {
-                        g: *g,
-                        deadline_ms: now_ms + HAND_OVER_MS,
-                    }),
-                    vec![
-                        Action::Gate(Gate::Held),
-                        Action::StopVcpu,
-                        self.say(format!(
-                            "fencing withdrew the output grant {} ms ago ({reason}); handing \
-                             the VM over to secondary {}",
-                            now_ms - since_ms,
-                            self.peer
-                        )),
-                    ],
+                return self.hand_over(
+                    *g,
+                    STORAGE_LOST.to_string(),
+                    format!(
+                        "fencing withdrew the output grant {} ms ago ({reason}); handing the VM \
+                         over to secondary {}",
+                        now_ms - since_ms,
+                        self.peer
+                    ),
                 );
             }
-            (State::HandingOver { g, .. }, Event::AllAcked) => {
+            (State::Paired { g } | State::StorageHeld { g, .. }, Event::LeaveHost { why }) => {
+                let line = format!("{why}; handing the VM over to secondary {}", self.peer);
+                return self.hand_over(*g, why, line);
+            }
+            (State::HandingOver { g, why, .. }, Event::AllAcked) => {
                 let g = *g;
                 return (
                     Some(State::Halted(Halt::HandedOver { to_secondary: true })),
                     vec![
                         Action::Resign {
-                            reason: "storage lost (fencing holds output)".into(),
+                            reason: why.clone(),
                         },
                         self.say(format!(
-                            "storage lost (fencing holds output); handed the VM over to \
-                             secondary {} in generation {g}; halting here",
-                            self.peer
-                        )),
-                    ],
-                );
-            }
-            (State::HandingOver { deadline_ms, .. }, Event::Tick { now_ms, .. })
-                if now_ms >= *deadline_ms =>
-            {
-                return (
-                    Some(State::Halted(Halt::HandedOver {
-                        to_secondary: false,
-                    })),
-                    vec![
-                        Action::CloseLink {
-                            reason: "storage lost; could not hand over".into(),
-                        },
-                        self.say(format!(
-                            "storage lost (fencing holds output); could not hand over to \
-                             secondary {} (log not fully acknowledged or channel down); \
+                            "{why}; handed the VM over to secondary {} in generation {g}; \
                              halting here",
                             self.peer
                         )),
                     ],
                 );
             }
-            (State::HandingOver { .. }, Event::ChannelLost { why }) => {
+            (
+                State::HandingOver {
+                    deadline_ms, why, ..
+                },
+                Event::Tick { now_ms, .. },
+            ) if now_ms >= *deadline_ms => {
+                return (
+                    Some(State::Halted(Halt::HandedOver {
+                        to_secondary: false,
+                    })),
+                    vec![
+                        Action::CloseLink {
+                            reason: format!("{why}; could not hand over"),
+                        },
+                        self.say(format!(
+                            "{why}; could not hand over to secondary {} (log not fully \
+                             acknowledged or channel down); halting here",
+                            self.peer
+                        )),
+                    ],
+                );
+            }
+            (State::HandingOver { why, .. }, Event::ChannelLost { why: lost }) => {
                 return (
                     Some(State::Halted(Halt::HandedOver {
                         to_secondary: false,
                     })),
                     vec![self.say(format!(
-                        "storage lost (fencing holds output); channel to secondary {} ended \
-                         ({why}) before the hand-over; halting here",
+                        "{why}; channel to secondary {} ended ({lost}) before the hand-over; \
+                         halting here",
                         self.peer
                     ))],
                 );
@@ -696,6 +709,21 @@ impl Member {
             },
             d => self.halt_on(generation, d),
         }
+    }
+
+    /// A paired Primary in `g` stops its VM and holds output to hand the
+    /// VM over: once the Secondary acknowledged every record it resigns
+    /// (the Secondary replays to the end and races for `g + 1`), or halts
+    /// after [`HAND_OVER_MS`] without. `why` heads its later lines.
+    fn hand_over(&self, g: u64, why: String, line: String) -> (Option<State>, Vec<Action>) {
+        (
+            Some(State::HandingOver {
+                g,
+                deadline_ms: self.now_ms + HAND_OVER_MS,
+                why,
+            }),
+            vec![Action::Gate(Gate::Held), Action::StopVcpu, self.say(line)],
+        )
     }
 
     fn halt_on(&self, generation: u64, d: Decision) -> (Option<State>, Vec<Action>) {
@@ -858,7 +886,7 @@ impl fmt::Display for Halt {
             Halt::HandedOver { to_secondary: true } => write!(f, "handed over"),
             Halt::HandedOver {
                 to_secondary: false,
-            } => write!(f, "storage lost, hand-over failed"),
+            } => write!(f, "hand-over failed"),
             Halt::PrimaryEnded => write!(f, "primary ended the VM"),
             Halt::Stopped => write!(f, "stopped"),
         }

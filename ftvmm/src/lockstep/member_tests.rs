@@ -288,6 +288,74 @@ fn a_paired_primary_losing_its_grant_holds_then_hands_over_once_everything_is_ac
 }
 
 #[test]
+fn a_paired_primary_whose_host_cannot_serve_hands_over_at_once_and_says_why() {
+    let why = "VM network lost on host-a (no peer heard on it for 1500 ms) while secondary \
+               host-b hears host-c";
+    let leave = || Event::LeaveHost { why: why.into() };
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    let a = m.on_event(leave());
+    assert_eq!(a[0], Action::Gate(Gate::Held), "holding comes first");
+    assert!(has(&a, |x| *x == Action::StopVcpu));
+    assert!(has(&a, |x| *x
+        == Action::Say(format!(
+            "ftvmm: vm kv: {why}; handing the VM over to secondary host-b"
+        ))));
+    assert!(matches!(m.state(), State::HandingOver { g: 1, .. }));
+    // Asked again while handing over: nothing new.
+    assert!(m.on_event(leave()).is_empty());
+    let a = m.on_event(Event::AllAcked);
+    assert!(has(&a, |x| *x == Action::Resign { reason: why.into() }));
+    assert!(has(&a, |x| *x
+        == Action::Say(format!(
+            "ftvmm: vm kv: {why}; handed the VM over to secondary host-b in generation 1; \
+             halting here"
+        ))));
+    assert_eq!(
+        m.state(),
+        &State::Halted(Halt::HandedOver { to_secondary: true })
+    );
+    // Not acked in time: it halts without resigning, and says why.
+    let mut m = primary();
+    m.on_event(tick(10_000, 0));
+    m.on_event(leave());
+    let a = m.on_event(tick(10_000 + HAND_OVER_MS, 0));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::CloseLink { reason } if reason.starts_with(why))
+    ));
+    assert_eq!(
+        m.state(),
+        &State::Halted(Halt::HandedOver {
+            to_secondary: false
+        })
+    );
+    // A Primary already holding for fencing leaves too.
+    let mut m = primary();
+    m.on_event(Event::Grant(Grant::Withdrawn { reason: "x".into() }));
+    m.on_event(leave());
+    assert!(matches!(m.state(), State::HandingOver { .. }));
+}
+
+#[test]
+fn only_a_paired_primary_leaves_its_host() {
+    let leave = || Event::LeaveHost { why: "x".into() };
+    // Alone: nobody to hand the VM to.
+    let mut m = Member::primary("kv", "host-b", 1, false, T);
+    assert!(m.on_event(leave()).is_empty());
+    assert_eq!(m.state(), &State::Solo { g: 1 });
+    // A Secondary never takes it.
+    let mut m = secondary();
+    assert!(m.on_event(leave()).is_empty());
+    assert_eq!(m.state(), &State::Following { g: 1 });
+    // Racing: the pair is already gone.
+    let mut m = primary();
+    m.on_event(Event::ChannelLost { why: "x".into() });
+    assert!(m.on_event(leave()).is_empty());
+    assert!(matches!(m.state(), State::Racing { .. }));
+}
+
+#[test]
 fn a_grant_back_within_the_failure_timeout_resumes_the_pair_and_a_loss_meanwhile_races() {
     let mut m = primary();
     m.on_event(tick(10_000, 0));

@@ -1,6 +1,7 @@
 //! Seeded simulation of a pair's members (the real [`Member`] code) under
 //! lost and late messages, partitions, freezes with and without a running
-//! clock, fencing answers that come late, grants that lapse, and a Secondary
+//! clock, fencing answers that come late, grants that lapse, a Primary asked
+//! to leave its host (its VM network cut), and a Secondary
 //! that diverges. Time is simulated; fencing is an oracle that decides each
 //! generation once (what Disk Paxos guarantees, `fencing/src/sim.rs`).
 //!
@@ -168,6 +169,14 @@ impl Sim {
         }
         if rng.chance(150) {
             nodes[1].diverge_at = Some(rng.below(STEPS * STEP));
+        }
+        if rng.chance(150) {
+            // The keeper finds the Primary's VM network cut and its
+            // Secondary's whole (`respawn/own_vmnet.rs`), at any moment:
+            // while paired it hands over, elsewhere nothing happens.
+            let at = rng.below(STEPS * STEP);
+            let why = "VM network lost".into();
+            nodes[0].pending.push((at, Event::LeaveHost { why }));
         }
         if rng.chance(200) {
             // The Primary stalls with its clock running while a one-way cut

@@ -82,6 +82,12 @@ impl Sys {
             if n.link_open {
                 out.push(Act::LinkFails(i));
             }
+            if matches!(
+                n.state(),
+                Some(State::Paired { .. } | State::StorageHeld { .. })
+            ) {
+                out.push(Act::Leave(i));
+            }
         }
         if !n.grant {
             out.push(Act::Restore(i));

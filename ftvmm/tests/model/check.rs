@@ -65,11 +65,23 @@ impl Model for MemberModel {
                 |_, s: &Sys| matches!(s.nodes[0].state(), Some(State::Solo { g }) if g >= &2),
             ),
             Property::sometimes("a storage hand-over completes", |_, s: &Sys| {
-                matches!(
-                    s.nodes[0].state(),
-                    Some(State::Halted(Halt::HandedOver { to_secondary: true }))
-                )
+                !s.flags.left_host
+                    && matches!(
+                        s.nodes[0].state(),
+                        Some(State::Halted(Halt::HandedOver { to_secondary: true }))
+                    )
             }),
+            Property::sometimes(
+                "a Primary that left its host handed over and its Secondary went live",
+                |_, s: &Sys| {
+                    s.flags.left_host
+                        && matches!(
+                            s.nodes[0].state(),
+                            Some(State::Halted(Halt::HandedOver { to_secondary: true }))
+                        )
+                        && matches!(s.nodes[1].state(), Some(State::Solo { .. }))
+                },
+            ),
             Property::sometimes("output in a generation >= 2", |_, s: &Sys| s.out_max >= 2),
             Property::sometimes(
                 "an ack releases output of g after output of a later generation",

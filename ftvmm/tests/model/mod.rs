@@ -151,6 +151,9 @@ pub struct Flags {
     /// Not a violation: an ack released output in `g` after output in a
     /// later generation (its sender had acked, so replayed, those records).
     pub late_vouched: bool,
+    /// Not a violation: a paired Primary was asked to leave its host
+    /// (`Act::Leave`).
+    pub left_host: bool,
     /// Two members (hosts, or incarnations of one host) released output
     /// in the same generation.
     pub two_releasers: bool,
@@ -204,6 +207,9 @@ pub enum Act {
     Diverge(usize),
     ReplayDone(usize),
     AllAcked(usize),
+    /// The keeper finds the paired Primary's host cannot serve the VM
+    /// (its VM network cut) and asks it to hand over (`LeaveHost`).
+    Leave(usize),
     Depose(usize),
     Emit(usize),
     StartC,

@@ -188,6 +188,12 @@ impl Sys {
                 s.feed(b, i, Event::ReplayExhausted { at });
             }
             Act::AllAcked(i) => s.feed(b, i, Event::AllAcked),
+            Act::Leave(i) => {
+                s.faults += 1;
+                s.flags.left_host = true;
+                let why = "VM network lost".into();
+                s.feed(b, i, Event::LeaveHost { why });
+            }
             Act::Depose(i) => s.depose(b, i),
             Act::Emit(i) => s.release(i, None),
             Act::StartC => {
