@@ -7,9 +7,12 @@
 //! - Candidates are the hosts the VM's affinity allows ([`allowed_hosts`]: the
 //!   listed hosts plus the hosts of the listed groups; no rule = every host).
 //! - A candidate is eligible when it is alive (in the heartbeat view), holds a
-//!   valid storage lease (it can be fenced and can win a generation), and has
-//!   the VM's memory plus [`MEMORY_OVERHEAD_MIB`] free. Unknown free memory
-//!   counts as enough, and the line says it was unknown.
+//!   valid storage lease (it can be fenced and can win a generation), is not
+//!   known to have lost the VM network (it could win but serve nobody:
+//!   `respawn/secondary_vmnet.rs` says how that is known; unknown counts as
+//!   reaching it), and has the VM's memory plus [`MEMORY_OVERHEAD_MIB`]
+//!   free. Unknown free memory counts as enough, and the line says it was
+//!   unknown.
 //! - A Secondary never goes to the Primary's host (anti-affinity, by
 //!   construction: that host is excluded first, and `debug_assert!`ed).
 //! - The first eligible host in the config's `hosts` order is chosen. Why this
@@ -22,8 +25,8 @@
 //!   between members' views, so two members could pick two hosts.
 //! - Hosts of the config missing from the facts count as down; facts about
 //!   hosts not in the config are ignored; a host listed more than once gets the
-//!   worst of its entries (alive and leased only if all say so, the least known
-//!   free memory), so the answer does not depend on the order of the facts.
+//!   worst of its entries (alive and leased only if all say so, cut if any
+//!   says so, the least known free memory), so the answer does not depend on the order of the facts.
 //! - Power-on: the Primary goes to the first allowed host that is alive, leased
 //!   and has the memory (the same test as a Secondary's: a Primary without
 //!   memory would fail to start), the Secondary as above. A rule allowing one
@@ -32,7 +35,7 @@
 //! - A VM not in the config is allowed nowhere (every host: excluded by affinity).
 //!
 //! Every host not chosen because it cannot be is named with one [`Reason`], the
-//! first that applies of: Primary, Affinity, Down, NoLease, Memory.
+//! first that applies of: Primary, Affinity, Down, NoLease, NoVmNetwork, Memory.
 
 use config_schema::validate::allowed_hosts;
 use config_schema::ClusterConfig;
@@ -61,6 +64,9 @@ pub struct HostFacts {
     pub alive: bool,
     /// Holds a valid storage lease.
     pub lease_valid: bool,
+    /// Known to hear no peer on the VM network while another host does
+    /// (`false` when unknown).
+    pub vm_network_cut: bool,
     /// Free memory; `None` = unknown.
     pub free_memory_mib: Option<u64>,
 }
@@ -74,6 +80,8 @@ pub enum Reason {
     Down,
     /// No valid storage lease.
     NoLease,
+    /// Its VM network is cut: it would serve nobody.
+    NoVmNetwork,
     /// The VM's affinity does not allow it.
     Affinity,
     /// Too little free memory (MiB).
@@ -87,6 +95,7 @@ impl Reason {
             Reason::Primary => format!("{host} is primary"),
             Reason::Down => format!("{host} is down"),
             Reason::NoLease => format!("{host} has no storage lease"),
+            Reason::NoVmNetwork => format!("{host} has no VM network"),
             Reason::Affinity => format!("{host} excluded by affinity"),
             Reason::Memory { free, need } => {
                 format!("{host} has only {free} MiB free (needs {need} MiB)")
@@ -250,6 +259,9 @@ fn fit(facts: &[HostFacts], host: &str, need: u64) -> Result<bool, Reason> {
     }
     if !mine.iter().all(|f| f.lease_valid) {
         return Err(Reason::NoLease);
+    }
+    if mine.iter().any(|f| f.vm_network_cut) {
+        return Err(Reason::NoVmNetwork);
     }
     match mine.iter().filter_map(|f| f.free_memory_mib).min() {
         Some(free) if free < need => Err(Reason::Memory { free, need }),

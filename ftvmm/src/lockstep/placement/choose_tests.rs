@@ -58,6 +58,7 @@ fn up(name: &str) -> HostFacts {
         name: name.into(),
         alive: true,
         lease_valid: true,
+        vm_network_cut: false,
         free_memory_mib: Some(4096),
     }
 }
@@ -112,6 +113,45 @@ fn first_eligible_in_config_order_and_the_line_names_every_exclusion() {
     assert_eq!(
         ch.line(),
         "ftvmm: vm kv: secondary -> host-c (host-a is primary; host-b is down; host-d excluded by affinity)"
+    );
+}
+
+#[test]
+fn a_host_without_vm_network_serves_nobody_and_is_not_chosen() {
+    let cut = |name: &str| HostFacts {
+        vm_network_cut: true,
+        ..up(name)
+    };
+    // After host-a handed the VM over for its cut VM network, host-b's
+    // keeper places the new Secondary on host-c, not back on host-a.
+    let c = config(&["host-a", "host-b", "host-c"], &[], &[], &[]);
+    let facts = [cut("host-a"), up("host-b"), up("host-c")];
+    let ch = choose_secondary(&c, "kv", "host-b", &facts);
+    assert_eq!(ch.chosen.as_deref(), Some("host-c"));
+    assert_eq!(
+        ch.line(),
+        "ftvmm: vm kv: secondary -> host-c (host-a has no VM network; host-b is primary)"
+    );
+    // Nor does a Primary power on there; one entry saying so is enough.
+    let p = power_on(
+        &c,
+        "kv",
+        &[up("host-a"), cut("host-a"), up("host-b"), up("host-c")],
+    );
+    assert!(
+        matches!(&p, PowerOn::Paired { primary, secondary, .. } if primary == "host-b" && secondary == "host-c"),
+        "{}",
+        p.line()
+    );
+    // Down and unleased are said first.
+    let gone = HostFacts {
+        alive: false,
+        ..cut("host-c")
+    };
+    let ch = choose_secondary(&c, "kv", "host-b", &[cut("host-a"), up("host-b"), gone]);
+    assert_eq!(
+        ch.line(),
+        "ftvmm: vm kv: UNPROTECTED: no host for a secondary (host-a has no VM network; host-b is primary; host-c is down)"
     );
 }
 
@@ -283,7 +323,9 @@ fn power_on_with_no_host_for_the_primary_waits() {
 fn eligible(facts: &[HostFacts], host: &str, need: u64) -> bool {
     let mine: Vec<_> = facts.iter().filter(|f| f.name == host).collect();
     !mine.is_empty()
-        && mine.iter().all(|f| f.alive && f.lease_valid)
+        && mine
+            .iter()
+            .all(|f| f.alive && f.lease_valid && !f.vm_network_cut)
         && mine
             .iter()
             .all(|f| f.free_memory_mib.is_none_or(|m| m >= need))
@@ -301,6 +343,7 @@ fn case() -> impl Strategy<Value = (ClusterConfig, Vec<HostFacts>, Vec<HostFacts
                 prop::bool::weighted(0.85),
                 prop::bool::weighted(0.85),
                 prop::option::weighted(0.8, 100u64..1000),
+                prop::bool::weighted(0.1),
             );
             (
                 Just(n),
@@ -327,7 +370,7 @@ fn case() -> impl Strategy<Value = (ClusterConfig, Vec<HostFacts>, Vec<HostFacts
             let c = config(hosts, &groups, &rule_hosts, &rule_groups);
             let facts: Vec<HostFacts> = raw
                 .into_iter()
-                .map(|(i, alive, lease, mem)| HostFacts {
+                .map(|(i, alive, lease, mem, cut)| HostFacts {
                     name: if i < n {
                         NAMES[i].into()
                     } else {
@@ -335,6 +378,7 @@ fn case() -> impl Strategy<Value = (ClusterConfig, Vec<HostFacts>, Vec<HostFacts
                     },
                     alive,
                     lease_valid: lease,
+                    vm_network_cut: cut,
                     free_memory_mib: mem,
                 })
                 .collect();

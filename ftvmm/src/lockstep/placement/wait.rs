@@ -241,6 +241,7 @@ mod tests {
                 name: h.to_string(),
                 alive: up.contains(h),
                 lease_valid: up.contains(h),
+                vm_network_cut: false,
                 free_memory_mib: None,
             })
             .collect()

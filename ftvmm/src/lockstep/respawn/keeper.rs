@@ -18,9 +18,11 @@
 //! not win the next generation, so the pair is `not protected` until the
 //! lease moves again (one console line each way); and its host's VM
 //! network (`secondary_vmnet.rs`): a Secondary whose host hears no peer
-//! there could win but not serve. Such a Secondary is not replaced. Both
-//! modes' Primaries run this keeper, so both judgements cover lockstep and
-//! checkpoint VMs alike.
+//! there could win but not serve. Such a Secondary is not replaced. It also
+//! watches this host's own VM network (`own_vmnet.rs`): a Primary whose
+//! host hears no peer there while its Secondary's host does hands the VM
+//! over to it (`Event::LeaveHost`). Both modes' Primaries run this keeper,
+//! so these judgements cover lockstep and checkpoint VMs alike.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,13 +35,14 @@ use config_schema::ctl::{self, Request, Response};
 use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
+use super::own_vmnet::{self, OwnVmNet};
 use super::secondary_lease;
 use super::secondary_vmnet;
 use super::source::{transfer, SourceCtx};
 use super::target::platform_sha256;
 use super::JOIN_BY_TRANSFER;
 use crate::lockstep::channel::{self, Channel, Message};
-use crate::lockstep::member::State;
+use crate::lockstep::member::{Event, State};
 use crate::lockstep::placement::{self, choose_secondary, HostFacts};
 use crate::lockstep::primary::Gate;
 use crate::lockstep::spec::{channel_port, PairHandle, PairSpec};
@@ -207,8 +210,14 @@ impl Keeper {
                         fencing: Path::new(&self.spec.fencing_socket),
                         heartbeat: &self.spec.heartbeat_socket,
                     };
-                    for line in look_at_secondary(&self.handle, &daemons, &self.rc, &mut watch) {
+                    let look = look_at_secondary(&self.handle, &daemons, &self.rc, &mut watch);
+                    for line in look.lines {
                         println!("{line}");
+                    }
+                    if let Some(why) = look.leave {
+                        // The member hands over on its own thread; it is
+                        // no longer `Paired` at the next look.
+                        self.handle.post(Event::LeaveHost { why });
                     }
                     continue;
                 }
@@ -344,12 +353,16 @@ impl Keeper {
     }
 }
 
-/// The verdicts about the paired Secondary over time: its storage lease
-/// and its host's VM network.
+/// The verdicts about the pair over time: the Secondary's storage lease,
+/// its host's VM network, and this host's own.
 #[derive(Debug)]
 pub struct SecondaryWatch {
     pub lease: secondary_lease::Watch,
     pub vmnet: secondary_vmnet::Watch,
+    /// This host's own VM network at the last judged look (a console line
+    /// when it must stay cut, and when it hears its peers again).
+    own: Own,
+    vm: String,
 }
 
 impl SecondaryWatch {
@@ -357,6 +370,8 @@ impl SecondaryWatch {
         SecondaryWatch {
             lease: secondary_lease::Watch::new(vm),
             vmnet: secondary_vmnet::Watch::new(vm, here),
+            own: Own::Serves,
+            vm: vm.to_string(),
         }
     }
 
@@ -364,7 +379,26 @@ impl SecondaryWatch {
     pub fn unpaired(&mut self) {
         self.lease.unpaired();
         self.vmnet.unpaired();
+        self.own = Own::Serves;
     }
+}
+
+/// The kind of the last [`OwnVmNet`] verdict judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    Serves,
+    Leave,
+    Stay,
+}
+
+/// What one look at a pair found.
+#[derive(Debug, Default)]
+pub struct Looked {
+    /// Console lines of the changes.
+    pub lines: Vec<String>,
+    /// This host cannot serve the VM and the Secondary's could: why (the
+    /// member's `LeaveHost`).
+    pub leave: Option<String>,
 }
 
 /// Where the keeper asks: fencing's socket (the lease table) and
@@ -387,14 +421,16 @@ pub fn vm_network(heartbeat: &Path) -> Result<ctl::VmNetView, String> {
 /// While paired: whether the Secondary's host renews its storage lease, in
 /// the lease table of fencing (`secondary_lease.rs`), and whether it hears
 /// its peers on the VM network, in heartbeat's view (`secondary_vmnet.rs`).
-/// Sets the verdict status shows (both reasons when both hold); returns
-/// the console lines of the changes.
+/// Also whether this host itself still reaches the VM network
+/// (`own_vmnet.rs`). Sets the verdict status shows (every reason that
+/// holds); returns the console lines of the changes and, when this host
+/// should hand the VM over, why.
 pub fn look_at_secondary(
     handle: &PairHandle,
     daemons: &Daemons<'_>,
     rc: &RuntimeConfig,
     watch: &mut SecondaryWatch,
-) -> Vec<String> {
+) -> Looked {
     let peer = handle
         .hosts
         .lock()
@@ -402,7 +438,7 @@ pub fn look_at_secondary(
         .1
         .clone();
     if peer.is_empty() {
-        return Vec::new();
+        return Looked::default();
     }
     let table = crate::lockstep::fence::lease_table(daemons.fencing);
     let lease = secondary_lease::judge(
@@ -413,14 +449,39 @@ pub fn look_at_secondary(
     );
     let lease = watch.lease.on_lease(&peer, lease);
     let view = vm_network(daemons.heartbeat);
-    let vmnet = secondary_vmnet::judge(view.as_ref().map_err(|e| e.as_str()), &rc.host_name, &peer);
+    let view = view.as_ref().map_err(|e| e.as_str());
+    let here = &rc.host_name;
+    let own = own_vmnet::judge(view, here, &peer);
+    let vmnet = secondary_vmnet::judge(view, here, &peer);
     let vmnet = watch.vmnet.on_vmnet(&peer, vmnet);
-    let reasons: Vec<String> = [lease.not_protected, vmnet.not_protected]
+    let own_reason = own_vmnet::reason(here, &own);
+    let reasons: Vec<String> = [lease.not_protected, vmnet.not_protected, own_reason.clone()]
         .into_iter()
         .flatten()
         .collect();
     handle.set_secondary_unfit(&peer, (!reasons.is_empty()).then(|| reasons.join("; ")));
-    [lease.say, vmnet.say].into_iter().flatten().collect()
+    let mut lines: Vec<String> = [lease.say, vmnet.say].into_iter().flatten().collect();
+    let vm = &watch.vm;
+    let leave = own_vmnet::leave_why(here, &peer, &own);
+    // The member says why it leaves; staying is said here, once.
+    let kind = match &own {
+        OwnVmNet::Serves => Own::Serves,
+        OwnVmNet::Leave { .. } => Own::Leave,
+        OwnVmNet::Stay { .. } => Own::Stay,
+        OwnVmNet::Unknown(_) => watch.own,
+    };
+    match (&own, watch.own) {
+        (OwnVmNet::Stay { why, .. }, Own::Serves | Own::Leave) => lines.push(format!(
+            "ftvmm: vm {vm}: not protected: {}; it stays here: {why}",
+            own_reason.as_deref().unwrap_or_default()
+        )),
+        (OwnVmNet::Serves, Own::Leave | Own::Stay) => lines.push(format!(
+            "ftvmm: vm {vm}: {here} hears its peers on the VM network again"
+        )),
+        _ => {}
+    }
+    watch.own = kind;
+    Looked { lines, leave }
 }
 
 /// The reason part of an unprotected choice line.
@@ -433,12 +494,23 @@ fn reason_of(c: &placement::Choice) -> String {
 }
 
 /// Every host as heartbeat (behind `heartbeat`) and fencing see it now:
-/// alive (heartbeat; this host is alive), leased (fencing's lease view).
-/// Free memory is not reported by any daemon yet: unknown.
+/// alive (heartbeat; this host is alive), leased (fencing's lease view),
+/// VM network cut (heartbeat's VM-network view, judged as a paired
+/// Secondary's would be: `secondary_vmnet::judge` says `Cut`; this host
+/// itself never, as nothing here could serve instead). Free memory is not
+/// reported by any daemon yet: unknown.
 pub fn host_facts(heartbeat: &Path, fencing: &Path, here: &str) -> Vec<HostFacts> {
     let peers = match ctl::query(heartbeat, &Request::Peers) {
         Ok(Response::Peers { peers }) => peers,
         _ => Vec::new(),
+    };
+    let vmnet = vm_network(heartbeat);
+    let cut = |name: &str| {
+        name != here
+            && matches!(
+                secondary_vmnet::judge(vmnet.as_ref().map_err(|e| e.as_str()), here, name),
+                secondary_vmnet::SecondaryVmNet::Cut { .. }
+            )
     };
     let leases = crate::lockstep::fence::leases(fencing).unwrap_or_default();
     let mut names: Vec<String> = peers.iter().map(|p| p.host.clone()).collect();
@@ -451,6 +523,7 @@ pub fn host_facts(heartbeat: &Path, fencing: &Path, here: &str) -> Vec<HostFacts
         .map(|name| HostFacts {
             alive: name == here || peers.iter().any(|p| p.host == name && p.alive),
             lease_valid: leases.iter().any(|l| l.host == name && l.live),
+            vm_network_cut: cut(&name),
             free_memory_mib: None,
             name,
         })

@@ -11,6 +11,9 @@
 //!   judged by its host's storage lease (the keeper shows it).
 //! - [`secondary_vmnet`]: whether it could serve after a take-over, judged
 //!   by its host's reachability on the VM network (the keeper shows it).
+//! - [`own_vmnet`]: whether the Primary's own host still reaches the VM
+//!   network, and whether the Secondary's could serve instead (the keeper
+//!   then hands the VM over).
 //! - [`source`]: the Primary's side of one transfer on the real VM.
 //! - [`target`]: the new Secondary's side: check the proposal, receive into
 //!   a freshly built VM, restore, wait for `Paired`, then replay the log.
@@ -20,6 +23,7 @@
 //! channel as `channel::Message::Transfer`, before the log starts on it.
 
 pub mod keeper;
+pub mod own_vmnet;
 pub mod pagehash;
 pub mod secondary_lease;
 pub mod secondary_vmnet;

@@ -247,7 +247,7 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
         fencing: &socket,
         heartbeat: &heartbeat,
     };
-    let mut look = || look_at_secondary(&h, &daemons, &rc, &mut w).pop();
+    let mut look = || look_at_secondary(&h, &daemons, &rc, &mut w).lines.pop();
     assert_eq!(look(), None);
     assert_eq!(
         h.status()["protection"].as_str().unwrap(),

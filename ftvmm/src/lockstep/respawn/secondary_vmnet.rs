@@ -106,7 +106,7 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Sec
 
 /// The peer's report, if it may be judged by (heard on FT, fresh, from a
 /// watch longer than `t`).
-fn usable(p: &PeerVmReach, t: u64) -> Result<&config_schema::ctl::VmReach, String> {
+pub(super) fn usable(p: &PeerVmReach, t: u64) -> Result<&config_schema::ctl::VmReach, String> {
     let host = &p.host;
     if !p.ft_alive {
         return Err(format!("{host} is not heard on the FT network"));

@@ -221,7 +221,8 @@ fn a_verdict_belongs_to_one_secondary() {
 /// The keeper's look (`keeper::look_at_secondary`) against fake fencing
 /// and heartbeat sockets: the Secondary's lease is fine, its host's VM
 /// network is cut and heals; status and the console follow; with its
-/// lease stale too, status gives both reasons.
+/// lease stale too, status gives both reasons. Then this host's own VM
+/// network is cut while host-b hears host-c: the look says to leave.
 #[test]
 fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     use std::sync::{Arc, Mutex};
@@ -247,7 +248,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     let fencing = dir.path().join("fencing.sock");
     let heartbeat = dir.path().join("heartbeat.sock");
     let b_lease_ms = Arc::new(Mutex::new(100u64));
-    let b_reach = Arc::new(Mutex::new(b_fine()));
+    let served_view = Arc::new(Mutex::new(view(&["host-c"], b_fine())));
     let lease = |host: &str, ms: u64| LeaseView {
         host: host.into(),
         live: true,
@@ -275,7 +276,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
             },
         )
     });
-    let served = Arc::clone(&b_reach);
+    let served = Arc::clone(&served_view);
     let listener = config_schema::ctl_server::bind(&heartbeat).unwrap();
     let me_exe = std::env::current_exe().unwrap();
     let policy = config_schema::ctl_server::Policy::heartbeat(
@@ -285,7 +286,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     std::thread::spawn(move || {
         config_schema::ctl_server::serve(listener, policy, move |req| match req {
             Request::VmNetwork => Response::VmNetwork {
-                view: view(&["host-c"], served.lock().unwrap().clone()),
+                view: served.lock().unwrap().clone(),
             },
             other => Response::Error {
                 message: format!("not served: {other:?}"),
@@ -300,12 +301,17 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
         fencing: &fencing,
         heartbeat: &heartbeat,
     };
-    let mut look = || look_at_secondary(&h, &daemons, &rc, &mut w);
+    let b_reach = |r: VmReach| *served_view.lock().unwrap() = view(&["host-c"], r);
+    let mut look = || {
+        let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+        assert_eq!(l.leave, None, "host-a hears host-c: it stays");
+        l.lines
+    };
     let protection = |h: &PairHandle| h.status()["protection"].as_str().unwrap().to_string();
     assert!(look().is_empty());
     assert_eq!(protection(&h), "protected: secondary host-b");
     // host-b's VM network is cut.
-    *b_reach.lock().unwrap() = b_cut(1_500);
+    b_reach(b_cut(1_500));
     let lines = look();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
@@ -325,11 +331,56 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     );
     // Both come back.
     *b_lease_ms.lock().unwrap() = 100;
-    *b_reach.lock().unwrap() = b_fine();
+    b_reach(b_fine());
     let lines = look();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].starts_with(
         "ftvmm: vm kv: protected: secondary host-b hears its peers on the VM network again"
     ));
+    assert_eq!(protection(&h), "protected: secondary host-b");
+    // host-a's own VM network is cut: it hears nobody, nobody hears it,
+    // host-b hears host-c. The look says to hand over, and why.
+    let mut cut = view(&[], reach(Some(60_000), 0, &["host-c"]));
+    cut.peers[1].reach = Some(reach(Some(60_000), 0, &["host-b"]));
+    *served_view.lock().unwrap() = cut;
+    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    assert_eq!(
+        l.leave.as_deref(),
+        Some(
+            "VM network lost on host-a (no peer heard on it for 4000 ms) while secondary \
+             host-b hears host-c"
+        )
+    );
+    assert!(l.lines.is_empty(), "the member says it: {:?}", l.lines);
+    assert!(protection(&h).starts_with("not protected: primary host-a hears no peer"));
+    // host-b hears nobody either: nobody could serve instead (nor is it
+    // known whose side is cut). One line from each judgement.
+    let mut alone = view(&[], reach(Some(60_000), 3_000, &[]));
+    alone.peers[1].reach = Some(reach(Some(60_000), 3_000, &[]));
+    *served_view.lock().unwrap() = alone;
+    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    assert_eq!(l.leave, None);
+    assert_eq!(l.lines.len(), 2, "{:?}", l.lines);
+    assert!(
+        l.lines[0].contains("either side may be cut"),
+        "{:?}",
+        l.lines
+    );
+    assert_eq!(
+        l.lines[1],
+        "ftvmm: vm kv: not protected: primary host-a hears no peer on the VM network (for \
+         4000 ms); it stays here: secondary host-b hears no other host there either"
+    );
+    assert!(look_at_secondary(&h, &daemons, &rc, &mut w)
+        .lines
+        .is_empty());
+    // Healed: one line back from each.
+    *served_view.lock().unwrap() = view(&["host-c"], b_fine());
+    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    assert_eq!(l.lines.len(), 2, "{:?}", l.lines);
+    assert_eq!(
+        l.lines[1],
+        "ftvmm: vm kv: host-a hears its peers on the VM network again"
+    );
     assert_eq!(protection(&h), "protected: secondary host-b");
 }

@@ -1,0 +1,146 @@
+//! Whether a paired Primary's own host still serves the guest's clients, by
+//! its reachability on the VM network, and whether its Secondary's host
+//! could serve them instead (pure; the keeper acts on it, `keeper.rs`).
+//!
+//! The chaos campaign's seed 65 cut the VM-network port of the Primary's
+//! host: the FT network, storage and the pair were whole, so nothing failed
+//! over, and the clients had no service for 15.5 s, until the heal, while
+//! status said `protected`. The Secondary's host, one FT hop away, still
+//! reached the clients. When the evidence says exactly that, the Primary
+//! hands the VM over to its Secondary (`member.rs`, `Event::LeaveHost`):
+//! the same orderly hand-over as after a lost storage path, so the same
+//! safety argument holds (outputs held, every record acknowledged, then
+//! `Resign`; the Secondary replays to the end and races for `g + 1`
+//! through fencing like any go-live).
+//!
+//! # The evidence (heartbeat's VM-network view, `secondary_vmnet.rs`)
+//!
+//! A host "hears" a peer there when it accepted a VM-network heartbeat from
+//! it within the failure timeout `T`, and heartbeat accepts only a
+//! heartbeat that echoes one of its own recent ones: hearing is both
+//! directions at once.
+//!
+//! # The rule
+//!
+//! Nothing is judged unless this host has listened on the VM network for
+//! more than `T`, and while it hears any peer there (or has been quiet for
+//! no more than `T`) it serves. Otherwise, quiet for `N > T` ms:
+//!
+//! - **Leave**: the Secondary's host is heard on FT with a fresh report
+//!   from a watch longer than `T` that hears some host other than this one
+//!   there (so its side works, both ways), and no fresh report of any peer
+//!   hears this host (which would contradict this host's silence: then
+//!   this host's own view is what is broken, and a hand-over would cost a
+//!   pause for nothing). Two hosts alone can never show this: each one's
+//!   silence looks the same from both sides.
+//! - **Stay**: otherwise, with the reason (nobody could serve instead, or
+//!   nothing shows who is cut). The VM is unreachable either way; status
+//!   says so, and a take-over would not help.
+//!
+//! Why `T`: the same bound FT suspicion uses, so a lost datagram or two is
+//! never a verdict, and a hand-over costs no more than a failover's pause.
+
+use config_schema::ctl::VmNetView;
+
+use super::secondary_vmnet::usable;
+
+/// What the VM-network view says about this (the Primary's) host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnVmNet {
+    /// It hears a peer on the VM network (or has not been quiet for `T`).
+    Serves,
+    /// It has heard no peer for `for_ms` (more than `T`) while the
+    /// Secondary's host hears `secondary_hears` there: hand over.
+    Leave {
+        for_ms: u64,
+        secondary_hears: Vec<String>,
+    },
+    /// It has heard no peer for `for_ms`, and nothing shows the Secondary
+    /// could serve instead (`why`).
+    Stay { for_ms: u64, why: String },
+    /// Nothing to judge by, and why.
+    Unknown(String),
+}
+
+/// Judges `here`'s own VM network, paired with `secondary` (module doc).
+pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> OwnVmNet {
+    let view = match view {
+        Ok(v) => v,
+        Err(e) => return OwnVmNet::Unknown(format!("cannot ask heartbeat: {e}")),
+    };
+    let t = view.failure_timeout_ms;
+    let own = &view.own;
+    match own.watch_ms {
+        Some(w) if w > t => {}
+        w => {
+            return OwnVmNet::Unknown(format!(
+                "{here}'s own VM-network view is too young (listening for {w:?} ms)"
+            ))
+        }
+    }
+    if !own.hears.is_empty() || own.quiet_ms <= t {
+        return OwnVmNet::Serves;
+    }
+    let for_ms = own.quiet_ms;
+    let stay = |why: String| OwnVmNet::Stay { for_ms, why };
+    // A fresh report that hears this host contradicts its silence.
+    if let Some(p) = view
+        .peers
+        .iter()
+        .find(|p| usable(p, t).is_ok_and(|r| r.hears.iter().any(|h| h == here)))
+    {
+        return stay(format!(
+            "{} hears {here} there, so {here}'s own view may be what is broken",
+            p.host
+        ));
+    }
+    let Some(peer) = view.peers.iter().find(|p| p.host == secondary) else {
+        return OwnVmNet::Unknown(format!("{secondary} is not a peer of {here}"));
+    };
+    let reach = match usable(peer, t) {
+        Ok(r) => r,
+        Err(why) => return stay(why),
+    };
+    let secondary_hears: Vec<String> = reach.hears.iter().filter(|h| *h != here).cloned().collect();
+    if secondary_hears.is_empty() {
+        return stay(format!(
+            "secondary {secondary} hears no other host there either"
+        ));
+    }
+    OwnVmNet::Leave {
+        for_ms,
+        secondary_hears,
+    }
+}
+
+/// The reason a pair whose Primary's host hears nobody on the VM network
+/// is not protected (whether or not it can leave; with two hosts that
+/// does not show whose side is cut, so it says what was seen).
+pub fn reason(here: &str, v: &OwnVmNet) -> Option<String> {
+    match v {
+        OwnVmNet::Leave { for_ms, .. } | OwnVmNet::Stay { for_ms, .. } => Some(format!(
+            "primary {here} hears no peer on the VM network (for {for_ms} ms)"
+        )),
+        OwnVmNet::Serves | OwnVmNet::Unknown(_) => None,
+    }
+}
+
+/// Why the member leaves (its hand-over lines begin with it).
+pub fn leave_why(here: &str, secondary: &str, v: &OwnVmNet) -> Option<String> {
+    let OwnVmNet::Leave {
+        for_ms,
+        secondary_hears,
+    } = v
+    else {
+        return None;
+    };
+    Some(format!(
+        "VM network lost on {here} (no peer heard on it for {for_ms} ms) while secondary \
+         {secondary} hears {}",
+        secondary_hears.join(", ")
+    ))
+}
+
+#[cfg(test)]
+#[path = "own_vmnet_tests.rs"]
+mod tests;
