@@ -1,7 +1,10 @@
-//! No failover, but an honest "not protected", while the Secondary's host has
-//! lost the VM network (the chaos campaign's seed 62: host-b's VM-network
-//! port dropped, host-a killed, host-b went live into the cut and the
-//! client waited 17.8 s for the heal, while the pair had said `protected`).
+//! A host that lost the VM network, as the pair sees it. The Secondary's:
+//! no failover, but an honest "not protected" (the chaos campaign's seed
+//! 62: host-b's VM-network port dropped, host-a killed, host-b went live
+//! into the cut and the client waited 17.8 s for the heal, while the pair
+//! had said `protected`). The Primary's: it hands the VM over to its
+//! Secondary, whose host still reaches the clients (seed 65: host-a's port
+//! dropped, and the client had no service for 15.5 s, until the heal).
 //! The counterpart of `storage_failover.rs`'s
 //! `the_secondary_hosts_storage_lost_means_not_protected_until_it_returns`:
 //! the hub cuts host-b's port on the VM network (as chaos's `cut_vm_net`
@@ -16,6 +19,23 @@ mod common;
 use std::time::Duration;
 
 use common::{all_on_disk, pair, survive, wait, BOOT_TIMEOUT, VM};
+use qemu_tests::Cluster;
+
+/// host-a (Primary) and host-b (Secondary) paired and host-c up, each
+/// hearing the others on the VM network.
+fn trio_on_vm_network(name: &str) -> Cluster {
+    let mut cluster = pair(name);
+    cluster.boot("host-c").unwrap();
+    let c = cluster.host("host-c").unwrap();
+    c.wait_for("appliance ready: host=host-c generation=1", BOOT_TIMEOUT)
+        .unwrap();
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    wait(a, "heartbeat: peer host-b heard on the VM network".into());
+    wait(a, "heartbeat: peer host-c heard on the VM network".into());
+    wait(b, "heartbeat: peer host-c heard on the VM network".into());
+    cluster
+}
 
 /// host-a (Primary) and host-b (Secondary) paired, host-c up (so host-a
 /// hears a third host on the VM network, and the cut can be put on host-b's
@@ -27,17 +47,12 @@ use common::{all_on_disk, pair, survive, wait, BOOT_TIMEOUT, VM};
 /// connection goes on throughout.
 #[test]
 fn the_secondary_hosts_vm_network_lost_means_not_protected_until_it_returns() {
-    let mut cluster = pair("vm-network-secondary-lost");
-    cluster.boot("host-c").unwrap();
-    let c = cluster.host("host-c").unwrap();
-    c.wait_for("appliance ready: host=host-c generation=1", BOOT_TIMEOUT)
-        .unwrap();
-    let a = cluster.host("host-a").unwrap();
-    let b = cluster.host("host-b").unwrap();
-    // Every host hears the others on the VM network first.
-    wait(a, "heartbeat: peer host-b heard on the VM network".into());
-    wait(a, "heartbeat: peer host-c heard on the VM network".into());
-    wait(b, "heartbeat: peer host-c heard on the VM network".into());
+    let mut cluster = trio_on_vm_network("vm-network-secondary-lost");
+    let (a, b, c) = (
+        cluster.host("host-a").unwrap(),
+        cluster.host("host-b").unwrap(),
+        cluster.host("host-c").unwrap(),
+    );
     a.assert_absent(
         format!("ftvmm: vm {VM}: not protected").as_str(),
         Duration::ZERO,
@@ -113,5 +128,63 @@ fn the_secondary_hosts_vm_network_lost_means_not_protected_until_it_returns() {
         .unwrap();
     eprintln!("secondary's VM network lost: the client's longest pause {ms:.0} ms (no failover)");
     all_on_disk(&cluster, &acked, "secondary's VM network lost");
+    cluster.pass();
+}
+
+/// host-a (Primary) loses its VM-network port while host-b (Secondary) and
+/// host-c still hear each other there; FT and storage stay whole. host-a
+/// hands the VM over to host-b, naming the cut and whom host-b hears;
+/// host-b replays to the end, wins generation 2 and serves; its keeper
+/// places the new Secondary on host-c, passing over host-a for its VM
+/// network. The client's one connection goes on after one pause, and every
+/// acknowledged PUT is on disk. host-a never goes live again.
+#[test]
+fn the_primary_hosts_vm_network_lost_hands_the_vm_over_to_its_secondary() {
+    let mut cluster = trio_on_vm_network("vm-network-primary-lost");
+    let (a, b, c) = (
+        cluster.host("host-a").unwrap(),
+        cluster.host("host-b").unwrap(),
+        cluster.host("host-c").unwrap(),
+    );
+    let (ms, acked) = survive(
+        &cluster,
+        "primary's VM network cut",
+        || cluster.vm.isolate("host-a").unwrap(),
+        || {
+            wait(
+                a,
+                format!("ftvmm: vm {VM}: VM network lost on host-a (no peer heard on it for"),
+            );
+            wait(
+                a,
+                "while secondary host-b hears host-c; handed the VM over to secondary \
+                     host-b in generation 1; halting here"
+                    .to_string(),
+            );
+            wait(b, format!("ftvmm: vm {VM}: won generation 2"));
+            wait(
+                b,
+                format!(
+                    "ftvmm: vm {VM}: secondary -> host-c (host-a has no VM network; host-b is \
+                     primary)"
+                ),
+            );
+            wait(b, format!("ftvmm: vm {VM}: protected: secondary host-c "));
+        },
+    );
+    cluster.vm.heal_all();
+    // Only host-b went live; host-a left once and never came back.
+    let won = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation [2-9]")).unwrap();
+    a.assert_absent(won.clone(), Duration::ZERO).unwrap();
+    c.assert_absent(won, Duration::ZERO).unwrap();
+    for h in [b, c] {
+        h.assert_absent("lockstep divergence", Duration::ZERO)
+            .unwrap();
+    }
+    eprintln!(
+        "primary's VM network lost: hand-over to the secondary; the client's longest pause \
+         {ms:.0} ms"
+    );
+    all_on_disk(&cluster, &acked, "primary's VM network lost");
     cluster.pass();
 }
