@@ -567,11 +567,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket, net: Net) {
             opened => {
                 let mut node = s.node();
                 refused.flush_into(&mut node, net);
-                let t = s.now_ms();
-                match net {
-                    Net::Ft => node.on_admitted(t, opened),
-                    Net::Vm => node.on_admitted_vm(t, opened),
-                }
+                node.on_admitted_on(net, s.now_ms(), opened)
             }
         };
         match r {
