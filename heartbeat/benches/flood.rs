@@ -16,13 +16,15 @@
 //! CPU times are the measuring thread's own (`CLOCK_THREAD_CPUTIME_ID`) or,
 //! for a receiver thread, its `/proc/self/task/<tid>/schedstat` run time.
 
+#[path = "../src/test_hosts.rs"]
+mod test_hosts;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use heartbeat::gate::{Admitted, Gate, Rejected};
-use heartbeat::node::PeerConf;
 use heartbeat::packet::{self, Header, PacketError, MAX_PACKET};
 use heartbeat::{Daemon, DropReason, Node, NodeConfig};
 
@@ -42,21 +44,14 @@ fn stranger() -> SocketAddr {
 
 /// host-a (id 1) with one peer, host-b (id 2), on 127.77.90.x.
 fn config() -> NodeConfig {
-    NodeConfig {
-        id: 1,
-        name: "host-a".into(),
-        private_key: secret(0),
-        bind: addr(0),
-        peers: vec![PeerConf {
-            id: 2,
-            name: "host-b".into(),
-            public_key: config_schema::keys::host_public_key(&secret(1)),
-            addr: addr(1),
-        }],
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: 1000,
-        vm: None,
-    }
+    test_hosts::config(
+        0,
+        2,
+        |i| secret(i as u8),
+        |i| addr(i as u8),
+        INTERVAL_MS,
+        1000,
+    )
 }
 
 /// CPU time of the calling thread.
