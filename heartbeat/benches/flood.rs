@@ -105,19 +105,8 @@ fn kinds() -> Vec<Kind> {
     .encode()
     .to_vec();
     plausible.extend((0..120u8).map(|i| i.wrapping_mul(37)));
-    let payload = packet::Payload {
-        sender: 2,
-        boot_id: 1,
-        seq: 1,
-        view: vec![],
-        vm: None,
-    };
     let a_pub = config_schema::keys::host_public_key(&secret(0));
-    let h = Header {
-        sender: 2,
-        receiver: 1,
-    };
-    let authentic = packet::seal(h, &payload, &secret(1), &a_pub).expect("seal");
+    let authentic = test_hosts::b_to_a(1, &secret(1), &a_pub);
     vec![
         Kind {
             name: "plausible header, wrong source",

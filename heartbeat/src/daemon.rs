@@ -594,7 +594,6 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket, net: Net) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{self, Header, Payload};
     use crate::test_hosts;
 
     fn secret(i: usize) -> [u8; 32] {
@@ -613,18 +612,7 @@ mod tests {
         let d = Daemon::start(cfg).unwrap();
         let b = UdpSocket::bind(addr(1)).unwrap();
         let shared = &d.handle().0;
-        let payload = Payload {
-            sender: 2,
-            boot_id: 7,
-            seq: 1,
-            view: vec![],
-            vm: None,
-        };
-        let h = Header {
-            sender: 2,
-            receiver: 1,
-        };
-        let pkt = packet::seal(h, &payload, &secret(1), &a_pub).unwrap();
+        let pkt = test_hosts::b_to_a(7, &secret(1), &a_pub);
         // Hold the node lock, as a slow control-socket answer or a send
         // round would: the receive thread must still open the packet.
         let guard = shared.node();

@@ -1,6 +1,6 @@
 //! Test clusters: up to three hosts named host-a, host-b, host-c (ids 1, 2,
-//! 3) with the keys and addresses a test picks, and the example cluster with
-//! its development keys. One file for the unit tests (`#[cfg(test)]` in
+//! 3) with the keys and addresses a test picks, a first heartbeat between
+//! two of them, and the example cluster with its development keys. One file for the unit tests (`#[cfg(test)]` in
 //! lib.rs), the integration tests (`tests/common`) and the bench, which
 //! include it by path: it names this crate `heartbeat` in all of them.
 #![allow(dead_code)]
@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use config_schema::runtime::RuntimeConfig;
 use heartbeat::node::{NodeConfig, PeerConf};
+use heartbeat::packet::{self, Header, Payload};
 
 pub const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
@@ -41,6 +42,23 @@ pub fn config(
         failure_timeout_ms,
         vm: None,
     }
+}
+
+/// host-b's (id 2) first heartbeat (seq 1, empty view) of boot `boot_id` to
+/// host-a (id 1), sealed with `b_secret` for `a_public`.
+pub fn b_to_a(boot_id: u64, b_secret: &[u8; 32], a_public: &[u8; 32]) -> Vec<u8> {
+    let payload = Payload {
+        sender: 2,
+        boot_id,
+        seq: 1,
+        view: vec![],
+        vm: None,
+    };
+    let h = Header {
+        sender: 2,
+        receiver: 1,
+    };
+    packet::seal(h, &payload, b_secret, a_public).expect("seal")
 }
 
 /// `host` of the example cluster (`examples/cluster.toml`) with its

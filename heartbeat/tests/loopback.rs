@@ -9,7 +9,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use config_schema::ctl::{self, PeerView, Request, Response};
-use heartbeat::packet::{self, Header};
+use heartbeat::packet;
 use heartbeat::{Daemon, Gate, Node, NodeConfig};
 
 use common::wait_for;
@@ -198,22 +198,11 @@ fn a_packet_sealed_for_another_key_pair_never_opens() {
     // The same check the daemon relies on, end to end through packet::open.
     let a = config(3, 0);
     let b = config(3, 1);
-    let payload = packet::Payload {
-        sender: 2,
-        boot_id: 1,
-        seq: 1,
-        view: vec![],
-        vm: None,
-    };
-    let h = Header {
-        sender: 2,
-        receiver: 1,
-    };
     let a_pub = config_schema::keys::host_public_key(&a.private_key);
     let b_pub = config_schema::keys::host_public_key(&b.private_key);
-    let good = packet::seal(h, &payload, &b.private_key, &a_pub).unwrap();
+    let good = common::hosts::b_to_a(1, &b.private_key, &a_pub);
     assert!(packet::open(&good, &a.private_key, &b_pub).is_ok());
-    let not_a = packet::seal(h, &payload, &b.private_key, &b_pub).unwrap();
+    let not_a = common::hosts::b_to_a(1, &b.private_key, &b_pub);
     assert!(packet::open(&not_a, &a.private_key, &b_pub).is_err());
 }
 
