@@ -16,13 +16,15 @@
 //! CPU times are the measuring thread's own (`CLOCK_THREAD_CPUTIME_ID`) or,
 //! for a receiver thread, its `/proc/self/task/<tid>/schedstat` run time.
 
+#[path = "../src/test_hosts.rs"]
+mod test_hosts;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use heartbeat::gate::{Admitted, Gate, Rejected};
-use heartbeat::node::PeerConf;
 use heartbeat::packet::{self, Header, PacketError, MAX_PACKET};
 use heartbeat::{Daemon, DropReason, Node, NodeConfig};
 
@@ -42,21 +44,14 @@ fn stranger() -> SocketAddr {
 
 /// host-a (id 1) with one peer, host-b (id 2), on 127.77.90.x.
 fn config() -> NodeConfig {
-    NodeConfig {
-        id: 1,
-        name: "host-a".into(),
-        private_key: secret(0),
-        bind: addr(0),
-        peers: vec![PeerConf {
-            id: 2,
-            name: "host-b".into(),
-            public_key: config_schema::keys::host_public_key(&secret(1)),
-            addr: addr(1),
-        }],
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: 1000,
-        vm: None,
-    }
+    test_hosts::config(
+        0,
+        2,
+        |i| secret(i as u8),
+        |i| addr(i as u8),
+        INTERVAL_MS,
+        1000,
+    )
 }
 
 /// CPU time of the calling thread.
@@ -110,19 +105,8 @@ fn kinds() -> Vec<Kind> {
     .encode()
     .to_vec();
     plausible.extend((0..120u8).map(|i| i.wrapping_mul(37)));
-    let payload = packet::Payload {
-        sender: 2,
-        boot_id: 1,
-        seq: 1,
-        view: vec![],
-        vm: None,
-    };
     let a_pub = config_schema::keys::host_public_key(&secret(0));
-    let h = Header {
-        sender: 2,
-        receiver: 1,
-    };
-    let authentic = packet::seal(h, &payload, &secret(1), &a_pub).expect("seal");
+    let authentic = test_hosts::b_to_a(1, &secret(1), &a_pub);
     vec![
         Kind {
             name: "plausible header, wrong source",

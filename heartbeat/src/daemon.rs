@@ -567,11 +567,7 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket, net: Net) {
             opened => {
                 let mut node = s.node();
                 refused.flush_into(&mut node, net);
-                let t = s.now_ms();
-                match net {
-                    Net::Ft => node.on_admitted(t, opened),
-                    Net::Vm => node.on_admitted_vm(t, opened),
-                }
+                node.on_admitted_on(net, s.now_ms(), opened)
             }
         };
         match r {
@@ -598,50 +594,25 @@ fn recv_loop(s: &Shared, mut gate: Gate, socket: &UdpSocket, net: Net) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::PeerConf;
-    use crate::packet::{self, Header, Payload};
+    use crate::test_hosts;
 
-    fn secret(i: u8) -> [u8; 32] {
-        [0x30 + i; 32]
+    fn secret(i: usize) -> [u8; 32] {
+        [0x30 + i as u8; 32]
     }
 
-    fn addr(i: u8) -> SocketAddr {
-        SocketAddr::from(([127, 77, 60, i + 1], 17402))
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 77, 60, i as u8 + 1], 17402))
     }
 
     #[test]
     fn x25519_runs_while_another_thread_holds_the_node_lock() {
-        let cfg = NodeConfig {
-            id: 1,
-            name: "host-a".into(),
-            private_key: secret(0),
-            bind: addr(0),
-            peers: vec![PeerConf {
-                id: 2,
-                name: "host-b".into(),
-                public_key: config_schema::keys::host_public_key(&secret(1)),
-                addr: addr(1),
-            }],
-            interval_ms: 100,
-            failure_timeout_ms: 1000,
-            vm: None,
-        };
+        // host-a with one peer, host-b.
+        let cfg = test_hosts::config(0, 2, secret, addr, 100, 1000);
         let a_pub = config_schema::keys::host_public_key(&secret(0));
         let d = Daemon::start(cfg).unwrap();
         let b = UdpSocket::bind(addr(1)).unwrap();
         let shared = &d.handle().0;
-        let payload = Payload {
-            sender: 2,
-            boot_id: 7,
-            seq: 1,
-            view: vec![],
-            vm: None,
-        };
-        let h = Header {
-            sender: 2,
-            receiver: 1,
-        };
-        let pkt = packet::seal(h, &payload, &secret(1), &a_pub).unwrap();
+        let pkt = test_hosts::b_to_a(7, &secret(1), &a_pub);
         // Hold the node lock, as a slow control-socket answer or a send
         // round would: the receive thread must still open the packet.
         let guard = shared.node();
@@ -665,21 +636,8 @@ mod tests {
 
     #[test]
     fn a_shorter_interval_taken_live_sends_the_next_round_at_once() {
-        let cfg = NodeConfig {
-            id: 1,
-            name: "host-a".into(),
-            private_key: secret(0),
-            bind: addr(2),
-            peers: vec![PeerConf {
-                id: 2,
-                name: "host-b".into(),
-                public_key: config_schema::keys::host_public_key(&secret(1)),
-                addr: addr(3),
-            }],
-            interval_ms: 100,
-            failure_timeout_ms: 1000,
-            vm: None,
-        };
+        // host-a at addr(2) with one peer, host-b at addr(3).
+        let cfg = test_hosts::config(0, 2, secret, |i| addr(i + 2), 100, 1000);
         let b = UdpSocket::bind(addr(3)).unwrap();
         b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         // Booted with an interval of ten minutes: one round at start.

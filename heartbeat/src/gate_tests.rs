@@ -2,11 +2,11 @@
 //! [`Gate::opens`]), and the per-source rate limit on an explicit clock.
 
 use super::*;
-use crate::node::{Node, PeerConf};
+use crate::node::Node;
 use crate::packet::Entry;
+use crate::test_hosts;
 
 const INTERVAL_MS: u64 = 100;
-const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
 fn secret(i: usize) -> [u8; 32] {
     [0x10 + i as u8; 32]
@@ -18,24 +18,7 @@ fn addr(i: usize) -> SocketAddr {
 
 /// Host `i` (id i+1) of a 3-host cluster on 192.0.2.x.
 fn config(i: usize) -> NodeConfig {
-    NodeConfig {
-        id: i as u32 + 1,
-        name: NAMES[i].into(),
-        private_key: secret(i),
-        bind: addr(i),
-        peers: (0..3)
-            .filter(|j| *j != i)
-            .map(|j| PeerConf {
-                id: j as u32 + 1,
-                name: NAMES[j].into(),
-                public_key: config_schema::keys::host_public_key(&secret(j)),
-                addr: addr(j),
-            })
-            .collect(),
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: 1000,
-        vm: None,
-    }
+    test_hosts::config(i, 3, secret, addr, INTERVAL_MS, 1000)
 }
 
 /// An authentic packet host `from` (0-based) seals for host `to`.

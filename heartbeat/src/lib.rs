@@ -28,6 +28,13 @@ pub mod packet;
 pub mod status_service;
 pub mod view;
 
+// The test clusters (`test_hosts.rs`) name this crate `heartbeat`, as the
+// integration tests that share them do.
+#[cfg(test)]
+extern crate self as heartbeat;
+#[cfg(test)]
+mod test_hosts;
+
 pub use daemon::Daemon;
 pub use drops::DropReason;
 pub use gate::Gate;

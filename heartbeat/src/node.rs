@@ -296,11 +296,7 @@ impl Node {
     }
 
     pub fn peer_name(&self, id: u32) -> Option<String> {
-        self.cfg
-            .peers
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.name.clone())
+        peer_name(&self.cfg, id)
     }
 
     /// Counts a datagram the gate refused.
@@ -312,53 +308,34 @@ impl Node {
     /// The drop a refused datagram is reported as, without counting it (the
     /// daemon's receive loop counts refusals itself, outside the lock).
     pub fn describe_rejected(&self, r: Rejected) -> Received {
-        Received::Dropped {
-            reason: r.reason,
-            claimed: r.peer.and_then(|id| self.peer_name(id)),
-            detail: r.detail,
-        }
+        describe_rejected(&self.cfg, r)
     }
 
     /// Judges what the gate let through (or counts what it refused).
     pub fn on_admitted(&mut self, now_ms: u64, admitted: Admitted) -> Received {
-        let (sender, payload) = match admitted {
-            Admitted::Opened { sender, payload } => (sender, payload),
-            Admitted::Rejected(r) => return self.on_rejected(r),
-        };
-        match self.view.on_heartbeat(now_ms, sender, &payload) {
-            Ok(transitions) => Received::Accepted {
-                from: self.peer_name(sender).unwrap_or_default(),
-                transitions,
+        judge(
+            &self.cfg,
+            &mut self.view,
+            now_ms,
+            admitted,
+            |reason, payload| match reason {
+                DropReason::UnconfirmedBoot => format!(
+                    "boot {:016x} seq {}: new boot id, counted once it echoes one of ours",
+                    payload.boot_id, payload.seq
+                ),
+                DropReason::Stale => format!(
+                    "boot {:016x} seq {}: echoes none of our heartbeats of the last {} ms",
+                    payload.boot_id, payload.seq, self.cfg.failure_timeout_ms
+                ),
+                _ => format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
             },
-            Err(reason) => Received::Dropped {
-                reason,
-                claimed: self.peer_name(sender),
-                detail: match reason {
-                    DropReason::UnconfirmedBoot => format!(
-                        "boot {:016x} seq {}: new boot id, counted once it echoes one of ours",
-                        payload.boot_id, payload.seq
-                    ),
-                    DropReason::Stale => format!(
-                        "boot {:016x} seq {}: echoes none of our heartbeats of the last {} ms",
-                        payload.boot_id, payload.seq, self.cfg.failure_timeout_ms
-                    ),
-                    _ => format!("boot {:016x} seq {}", payload.boot_id, payload.seq),
-                },
-            },
-        }
+        )
     }
 
     /// Judges what the VM network's gate let through (or counts what it
     /// refused) against the VM network's view; before [`Node::start_vm`]
     /// everything is dropped as `malformed` (nothing listens yet).
     pub fn on_admitted_vm(&mut self, now_ms: u64, admitted: Admitted) -> Received {
-        let cfg = &self.cfg;
-        let name = |id: u32| {
-            cfg.peers
-                .iter()
-                .find(|p| p.id == id)
-                .map(|p| p.name.clone())
-        };
         let Some(vm) = &mut self.vm else {
             return Received::Dropped {
                 reason: DropReason::Malformed,
@@ -366,47 +343,37 @@ impl Node {
                 detail: "the VM-network view has not started".into(),
             };
         };
-        let (sender, payload) = match admitted {
-            Admitted::Opened { sender, payload } => (sender, payload),
-            Admitted::Rejected(r) => {
-                vm.record_drop(r.peer, r.reason);
-                return Received::Dropped {
-                    reason: r.reason,
-                    claimed: r.peer.and_then(name),
-                    detail: r.detail,
-                };
-            }
-        };
-        match vm.on_heartbeat(now_ms, sender, &payload) {
-            Ok(transitions) => Received::Accepted {
-                from: name(sender).unwrap_or_default(),
-                transitions,
-            },
-            Err(reason) => Received::Dropped {
-                reason,
-                claimed: name(sender),
-                detail: format!(
-                    "VM network: boot {:016x} seq {}",
-                    payload.boot_id, payload.seq
-                ),
-            },
+        judge(&self.cfg, vm, now_ms, admitted, |_, payload| {
+            format!(
+                "VM network: boot {:016x} seq {}",
+                payload.boot_id, payload.seq
+            )
+        })
+    }
+
+    /// [`Node::on_admitted`] or [`Node::on_admitted_vm`], as `net` says.
+    pub fn on_admitted_on(&mut self, net: Net, now_ms: u64, admitted: Admitted) -> Received {
+        match net {
+            Net::Ft => self.on_admitted(now_ms, admitted),
+            Net::Vm => self.on_admitted_vm(now_ms, admitted),
         }
     }
 
-    /// Gate, then judge, one VM-network datagram (tests and fuzzing).
-    pub fn receive_vm(
+    /// Gate, then judge, one datagram from `src` on `net` (tests and
+    /// fuzzing: the daemon runs the gate outside its lock).
+    pub fn receive_on(
         &mut self,
+        net: Net,
         gate: &mut Gate,
         now_ms: u64,
         src: SocketAddr,
         datagram: &[u8],
     ) -> Received {
         let admitted = gate.admit(now_ms, src, datagram);
-        self.on_admitted_vm(now_ms, admitted)
+        self.on_admitted_on(net, now_ms, admitted)
     }
 
-    /// Gate, then judge, one datagram from `src` (tests and fuzzing: the
-    /// daemon runs the gate outside its lock).
+    /// [`Node::receive_on`] the FT network.
     pub fn receive(
         &mut self,
         gate: &mut Gate,
@@ -414,8 +381,65 @@ impl Node {
         src: SocketAddr,
         datagram: &[u8],
     ) -> Received {
-        let admitted = gate.admit(now_ms, src, datagram);
-        self.on_admitted(now_ms, admitted)
+        self.receive_on(Net::Ft, gate, now_ms, src, datagram)
+    }
+
+    /// [`Node::receive_on`] the VM network.
+    pub fn receive_vm(
+        &mut self,
+        gate: &mut Gate,
+        now_ms: u64,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Received {
+        self.receive_on(Net::Vm, gate, now_ms, src, datagram)
+    }
+}
+
+/// The name of `cfg`'s peer `id`, if it is one.
+fn peer_name(cfg: &NodeConfig, id: u32) -> Option<String> {
+    cfg.peers
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| p.name.clone())
+}
+
+/// The drop a refused datagram is reported as (not counted here).
+fn describe_rejected(cfg: &NodeConfig, r: Rejected) -> Received {
+    Received::Dropped {
+        reason: r.reason,
+        claimed: r.peer.and_then(|id| peer_name(cfg, id)),
+        detail: r.detail,
+    }
+}
+
+/// Judges what a gate let through against `view` (either network's), or
+/// counts there what it refused; `detail` says why a heartbeat the view
+/// refused was dropped.
+fn judge(
+    cfg: &NodeConfig,
+    view: &mut Membership,
+    now_ms: u64,
+    admitted: Admitted,
+    detail: impl FnOnce(DropReason, &Payload) -> String,
+) -> Received {
+    let (sender, payload) = match admitted {
+        Admitted::Opened { sender, payload } => (sender, payload),
+        Admitted::Rejected(r) => {
+            view.record_drop(r.peer, r.reason);
+            return describe_rejected(cfg, r);
+        }
+    };
+    match view.on_heartbeat(now_ms, sender, &payload) {
+        Ok(transitions) => Received::Accepted {
+            from: peer_name(cfg, sender).unwrap_or_default(),
+            transitions,
+        },
+        Err(reason) => Received::Dropped {
+            reason,
+            claimed: peer_name(cfg, sender),
+            detail: detail(reason, &payload),
+        },
     }
 }
 

@@ -2,6 +2,7 @@
 //! every kind of bad packet dropped, counted, and harmless to the view.
 
 use super::*;
+use crate::test_hosts::example_runtime;
 
 /// A node with its gate, receiving from the example cluster's addresses.
 struct Host {
@@ -36,22 +37,8 @@ impl Host {
     }
 }
 
-fn runtime(host: &str) -> RuntimeConfig {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let cfg =
-        config_schema::parse(&std::fs::read_to_string(format!("{dir}/cluster.toml")).unwrap())
-            .expect("example config is valid")
-            .config;
-    let key = std::fs::read_to_string(format!("{dir}/dev-keys/hosts/{host}.key")).unwrap();
-    RuntimeConfig {
-        config: cfg,
-        host_name: host.into(),
-        host_private_key: key.trim().into(),
-    }
-}
-
 fn node(host: &str, boot: u64) -> Host {
-    let cfg = NodeConfig::from_runtime(&runtime(host), PORT).unwrap();
+    let cfg = NodeConfig::from_runtime(&example_runtime(host), PORT).unwrap();
     Host {
         gate: Gate::new(&cfg, 0),
         node: Node::new(cfg, boot, 0),
@@ -104,7 +91,7 @@ fn pair() -> (Host, Host) {
 
 #[test]
 fn config_gives_ft_addresses_port_and_keys() {
-    let c = NodeConfig::from_runtime(&runtime("host-b"), PORT).unwrap();
+    let c = NodeConfig::from_runtime(&example_runtime("host-b"), PORT).unwrap();
     assert_eq!((c.id, c.bind), (2, "192.0.2.2:7400".parse().unwrap()));
     let peers: Vec<_> = c.peers.iter().map(|p| (p.name.as_str(), p.addr)).collect();
     assert_eq!(
@@ -115,7 +102,7 @@ fn config_gives_ft_addresses_port_and_keys() {
         ]
     );
     assert_eq!((c.interval_ms, c.failure_timeout_ms), (100, 1000));
-    let mut wrong = runtime("host-b");
+    let mut wrong = example_runtime("host-b");
     wrong.host_private_key = "11".repeat(32);
     assert!(matches!(
         NodeConfig::from_runtime(&wrong, PORT),

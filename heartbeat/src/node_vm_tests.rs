@@ -3,6 +3,7 @@
 //! reported in the FT heartbeats, never touching failure suspicion.
 
 use super::*;
+use crate::test_hosts::example_runtime;
 
 struct Host {
     node: Node,
@@ -10,22 +11,8 @@ struct Host {
     vm_gate: Gate,
 }
 
-fn runtime(host: &str) -> RuntimeConfig {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-    let cfg =
-        config_schema::parse(&std::fs::read_to_string(format!("{dir}/cluster.toml")).unwrap())
-            .expect("example config is valid")
-            .config;
-    let key = std::fs::read_to_string(format!("{dir}/dev-keys/hosts/{host}.key")).unwrap();
-    RuntimeConfig {
-        config: cfg,
-        host_name: host.into(),
-        host_private_key: key.trim().into(),
-    }
-}
-
 fn host(name: &str, boot: u64) -> Host {
-    let cfg = NodeConfig::from_runtime(&runtime(name), PORT).unwrap();
+    let cfg = NodeConfig::from_runtime(&example_runtime(name), PORT).unwrap();
     Host {
         gate: Gate::new(&cfg, 0),
         vm_gate: Gate::new_vm(&cfg, 0),

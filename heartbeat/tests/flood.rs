@@ -6,26 +6,26 @@
 //! drop is counted, and the X25519 work stays within the rate limit.
 //! Nothing asserts speed; the flood is paced, and its rate is printed.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heartbeat::gate;
-use heartbeat::node::PeerConf;
 use heartbeat::packet::Header;
 use heartbeat::{Daemon, Node, NodeConfig};
+
+use common::wait_for;
 
 const PORT: u16 = 17400;
 const INTERVAL_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1500;
-const DEADLINE: Duration = Duration::from_secs(60);
 /// How long the flood lasts: several failure timeouts.
 const FLOOD: Duration = Duration::from_millis(4 * TIMEOUT_MS);
 /// Datagrams per millisecond to each daemon (20,000 per second).
 const PER_MS: usize = 20;
-
-const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
 fn secret(i: usize) -> [u8; 32] {
     [0x50 + i as u8; 32]
@@ -36,24 +36,7 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn config(i: usize) -> NodeConfig {
-    NodeConfig {
-        id: i as u32 + 1,
-        name: NAMES[i].into(),
-        private_key: secret(i),
-        bind: addr(i),
-        peers: (0..3)
-            .filter(|j| *j != i)
-            .map(|j| PeerConf {
-                id: j as u32 + 1,
-                name: NAMES[j].into(),
-                public_key: config_schema::keys::host_public_key(&secret(j)),
-                addr: addr(j),
-            })
-            .collect(),
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: TIMEOUT_MS,
-        vm: None,
-    }
+    common::hosts::config(i, 3, secret, addr, INTERVAL_MS, TIMEOUT_MS)
 }
 
 /// Authentic packets host `from` seals for host `to` (a boot of its own:
@@ -104,14 +87,6 @@ fn flood_for(to: usize) -> Vec<(bool, Vec<u8>)> {
         out.push((true, p));
     }
     out
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn sees(d: &Daemon, host: &str) -> bool {

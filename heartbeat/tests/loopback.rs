@@ -3,21 +3,20 @@
 //! dropped and counted and keep nobody alive, PeerAlive keeps a peer alive.
 //! Every wait polls against a generous deadline; nothing asserts speed.
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use config_schema::ctl::{self, PeerView, Request, Response};
-use heartbeat::node::PeerConf;
-use heartbeat::packet::{self, Header};
+use heartbeat::packet;
 use heartbeat::{Daemon, Gate, Node, NodeConfig};
+
+use common::wait_for;
 
 const PORT: u16 = 17400;
 const INTERVAL_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1500;
-/// How long any condition may take to become true on a slow shared machine.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
 fn secret(i: usize) -> [u8; 32] {
     [0x10 + i as u8; 32]
@@ -29,36 +28,11 @@ fn addr(net: u8, i: usize) -> SocketAddr {
 
 /// Host `i` (0-based, id i+1) of a 3-host cluster on 127.77.`net`.x.
 fn config(net: u8, i: usize) -> NodeConfig {
-    NodeConfig {
-        id: i as u32 + 1,
-        name: NAMES[i].into(),
-        private_key: secret(i),
-        bind: addr(net, i),
-        peers: (0..3)
-            .filter(|j| *j != i)
-            .map(|j| PeerConf {
-                id: j as u32 + 1,
-                name: NAMES[j].into(),
-                public_key: config_schema::keys::host_public_key(&secret(j)),
-                addr: addr(net, j),
-            })
-            .collect(),
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: TIMEOUT_MS,
-        vm: None,
-    }
+    common::hosts::config(i, 3, secret, |j| addr(net, j), INTERVAL_MS, TIMEOUT_MS)
 }
 
 fn view_of(peers: &[PeerView], host: &str) -> PeerView {
     peers.iter().find(|p| p.host == host).unwrap().clone()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -224,22 +198,11 @@ fn a_packet_sealed_for_another_key_pair_never_opens() {
     // The same check the daemon relies on, end to end through packet::open.
     let a = config(3, 0);
     let b = config(3, 1);
-    let payload = packet::Payload {
-        sender: 2,
-        boot_id: 1,
-        seq: 1,
-        view: vec![],
-        vm: None,
-    };
-    let h = Header {
-        sender: 2,
-        receiver: 1,
-    };
     let a_pub = config_schema::keys::host_public_key(&a.private_key);
     let b_pub = config_schema::keys::host_public_key(&b.private_key);
-    let good = packet::seal(h, &payload, &b.private_key, &a_pub).unwrap();
+    let good = common::hosts::b_to_a(1, &b.private_key, &a_pub);
     assert!(packet::open(&good, &a.private_key, &b_pub).is_ok());
-    let not_a = packet::seal(h, &payload, &b.private_key, &b_pub).unwrap();
+    let not_a = common::hosts::b_to_a(1, &b.private_key, &b_pub);
     assert!(packet::open(&not_a, &a.private_key, &b_pub).is_err());
 }
 

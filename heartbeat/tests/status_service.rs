@@ -4,6 +4,8 @@
 //! host (the absent one as unreachable); another key, an impostor host and
 //! a replayed host message are refused.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -15,13 +17,13 @@ use config_schema::model::Operator;
 use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::report::{ClusterReport, VmConfig};
 use config_schema::remote::{client, render, wire, OperatorRequest, Reply, MAX_REPLY_FRAME};
-use heartbeat::node::PeerConf;
 use heartbeat::status_service::{noise, Service, ServiceConfig};
 use heartbeat::{Daemon, NodeConfig};
 
+use common::NAMES;
+
 const UDP: u16 = 17410;
 const TCP: u16 = 17411;
-const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 const DEV_KEY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../examples/dev-keys/operators/dev-operator.pk8"
@@ -37,24 +39,7 @@ fn ip(i: usize) -> [u8; 4] {
 }
 
 fn node(i: usize) -> NodeConfig {
-    NodeConfig {
-        id: i as u32 + 1,
-        name: NAMES[i].into(),
-        private_key: secret(i),
-        bind: SocketAddr::from((ip(i), UDP)),
-        peers: (0..3)
-            .filter(|j| *j != i)
-            .map(|j| PeerConf {
-                id: j as u32 + 1,
-                name: NAMES[j].into(),
-                public_key: config_schema::keys::host_public_key(&secret(j)),
-                addr: SocketAddr::from((ip(j), UDP)),
-            })
-            .collect(),
-        interval_ms: 100,
-        failure_timeout_ms: 1500,
-        vm: None,
-    }
+    common::hosts::config(i, 3, secret, |j| SocketAddr::from((ip(j), UDP)), 100, 1500)
 }
 
 /// The hosts' keys as an operator's config gives them.

@@ -5,18 +5,19 @@
 //! nothing listens, and drop what it sends from the wrong address. FT is
 //! whole. Every wait polls against a generous deadline.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use config_schema::ctl::{Request, Response, VmNetView};
-use heartbeat::node::{PeerConf, VmNetConfig};
+use heartbeat::node::VmNetConfig;
 use heartbeat::{Daemon, NodeConfig};
+
+use common::wait_for;
 
 const PORT: u16 = 17420;
 const INTERVAL_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1500;
-const DEADLINE: Duration = Duration::from_secs(60);
-const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 
 fn secret(i: usize) -> [u8; 32] {
     [0x40 + i as u8; 32]
@@ -36,21 +37,6 @@ fn config(net: u8, i: usize, b_cut: bool) -> NodeConfig {
         vm(i)
     };
     NodeConfig {
-        id: i as u32 + 1,
-        name: NAMES[i].into(),
-        private_key: secret(i),
-        bind: at(77, net, i),
-        peers: (0..3)
-            .filter(|j| *j != i)
-            .map(|j| PeerConf {
-                id: j as u32 + 1,
-                name: NAMES[j].into(),
-                public_key: config_schema::keys::host_public_key(&secret(j)),
-                addr: at(77, net, j),
-            })
-            .collect(),
-        interval_ms: INTERVAL_MS,
-        failure_timeout_ms: TIMEOUT_MS,
         vm: Some(VmNetConfig {
             bind: own_vm,
             peers: (0..3)
@@ -58,14 +44,7 @@ fn config(net: u8, i: usize, b_cut: bool) -> NodeConfig {
                 .map(|j| (j as u32 + 1, vm(j)))
                 .collect(),
         }),
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
+        ..common::hosts::config(i, 3, secret, |j| at(77, net, j), INTERVAL_MS, TIMEOUT_MS)
     }
 }
 

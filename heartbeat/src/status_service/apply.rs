@@ -1,6 +1,7 @@
 //! `ftctl apply` on a host: persist a newer signed config on this host's
 //! config disk, take what can change live, and pass it on to the other hosts
-//! over Noise ([`noise::Kind::Apply`]); one line per host back.
+//! over Noise ([`noise::Kind::Apply`](super::noise::Kind::Apply)); one line
+//! per host back.
 //!
 //! Rules:
 //! - One apply at a time per host ([`Service::apply_lock`]): the check and
@@ -31,7 +32,6 @@
 //!   under); the VMs' power in the cluster report follows the live one.
 
 use std::fs::OpenOptions;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,13 +42,13 @@ use config_schema::model::ClusterConfig;
 use config_schema::persist::{self as disk_persist, PersistError};
 use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::Operators;
-use config_schema::remote::{client, Reply};
+use config_schema::remote::Reply;
 use config_schema::signed::SignedConfig;
 use config_schema::timing_live;
 use config_schema::Timing;
 
-use super::noise::{self, Kind};
-use super::{config_disk, deadline, Service, PEER_CONNECT, PEER_DEADLINE};
+use super::noise::Kind;
+use super::{config_disk, Service};
 use crate::live::LiveTiming;
 use crate::node::PeerConf;
 
@@ -304,17 +304,7 @@ impl Service {
     /// Passes the signed config (`body`) on to `p`; its result.
     fn pass_on(&self, p: &PeerConf, body: &[u8]) -> Result<HostApplied, String> {
         let addr = self.cfg.peer_addr(p);
-        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
-        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
-        if hello.host != p.name || hello.cluster != self.cfg.cluster {
-            return Err(format!(
-                "{addr} is host {:?} of cluster {:?}, not {} of {}",
-                hello.host, hello.cluster, p.name, self.cfg.cluster
-            ));
-        }
-        let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
-        let bytes = noise::ask_with(&mut s, &hello, me, &p.public_key, Kind::Apply, body)
-            .map_err(|e| format!("{addr}: {e}"))?;
+        let bytes = self.ask_host(p, Kind::Apply, body, |h| self.not_p(addr, h, p))?;
         let r: HostApplied =
             serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed result: {e}"))?;
         if r.host != p.name {
@@ -323,29 +313,19 @@ impl Service {
         Ok(r)
     }
 
-    /// Another host passes a config on: persist it here, answer the result.
-    pub(super) fn answer_apply(
-        &self,
-        stream: &mut TcpStream,
-        nonce: &[u8; 32],
-        from: &str,
-        msg: &str,
-    ) -> Result<(), String> {
+    /// Another host passes a config (`body`) on: persist it here; the result
+    /// to answer with ([`Backend::peer_apply`](super::Backend::peer_apply)).
+    pub(super) fn apply_passed_on(&self, body: &[u8]) -> Vec<u8> {
         let me = &self.cfg.node;
-        let respond = |body: Vec<u8>| {
-            let result = match SignedConfig::decode(&body) {
-                Ok(c) => self.apply_here(&c).result,
-                Err(e) => HostApplied {
-                    host: me.name.clone(),
-                    outcome: Outcome::Refused,
-                    line: format!("{}: refused: {e}", me.name),
-                },
-            };
-            serde_json::to_vec(&result).expect("a result serializes")
+        let result = match SignedConfig::decode(body) {
+            Ok(c) => self.apply_here(&c).result,
+            Err(e) => HostApplied {
+                host: me.name.clone(),
+                outcome: Outcome::Refused,
+                line: format!("{}: refused: {e}", me.name),
+            },
         };
-        self.answer_host(stream, nonce, (from, msg), Kind::Apply, respond)?;
-        tracing::info!("apply: config from host {from} answered");
-        Ok(())
+        serde_json::to_vec(&result).expect("a result serializes")
     }
 }
 

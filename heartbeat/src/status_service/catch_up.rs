@@ -5,8 +5,9 @@
 //! Rules:
 //! - Every [`ApplyTarget::catch_up_every`](super::ApplyTarget) (first after
 //!   [`FIRST_AFTER`]) the host asks each peer over Noise
-//!   ([`noise::Kind::Fetch`]) for the signed config of its active slot; a
-//!   peer whose slot was made by `make-disk` answers nothing.
+//!   ([`noise::Kind::Fetch`](super::noise::Kind::Fetch)) for the signed
+//!   config of its active slot; a peer whose slot was made by `make-disk`
+//!   answers nothing.
 //! - Only a config newer than this host's (active slot and STATE) is taken:
 //!   a higher generation, or the same generation with a higher digest
 //!   (`config_schema::config_id`), so two different configs of one
@@ -17,18 +18,17 @@
 //!   would not.
 
 use std::fs::File;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use config_schema::config_id::ConfigId;
 use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
-use config_schema::remote::client;
+use config_schema::remote::wire::ServerHello;
 use config_schema::signed::SignedConfig;
 use config_schema::slots;
 
-use super::noise::{self, Kind};
-use super::{deadline, Service, PEER_CONNECT, PEER_DEADLINE};
+use super::noise::Kind;
+use super::Service;
 use crate::node::PeerConf;
 
 /// Delay of the first round after the service starts.
@@ -106,14 +106,8 @@ impl Service {
     /// `p`'s applied signed config (`None`: it has none).
     fn fetch(&self, p: &PeerConf) -> Result<Option<SignedConfig>, String> {
         let addr = self.cfg.peer_addr(p);
-        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
-        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
-        if hello.host != p.name || hello.cluster != self.cfg.cluster {
-            return Err(format!("{addr} is host {:?}, not {}", hello.host, p.name));
-        }
-        let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
-        let bytes = noise::ask_with(&mut s, &hello, me, &p.public_key, Kind::Fetch, &[])
-            .map_err(|e| format!("{addr}: {e}"))?;
+        let not_p = |h: &ServerHello| format!("{addr} is host {:?}, not {}", h.host, p.name);
+        let bytes = self.ask_host(p, Kind::Fetch, &[], not_p)?;
         if bytes.is_empty() {
             return Ok(None);
         }
@@ -122,22 +116,17 @@ impl Service {
             .map_err(|e| format!("{addr}: {e}"))
     }
 
-    /// Another host asks for this host's applied config.
-    pub(super) fn answer_fetch(
-        &self,
-        stream: &mut TcpStream,
-        nonce: &[u8; 32],
-        from: &str,
-        msg: &str,
-    ) -> Result<(), String> {
-        let respond = |_: Vec<u8>| match self.on_disk() {
+    /// Host `from` asks for this host's applied config: its signed config to
+    /// answer with, or nothing
+    /// ([`Backend::peer_fetch`](super::Backend::peer_fetch)).
+    pub(super) fn applied_for(&self, from: &str) -> Vec<u8> {
+        match self.on_disk() {
             Ok((_, Some(sc))) => sc.encode(),
             Ok((_, None)) => Vec::new(),
             Err(e) => {
                 tracing::warn!("catch-up: cannot read own config disk for {from}: {e}");
                 Vec::new()
             }
-        };
-        self.answer_host(stream, nonce, (from, msg), Kind::Fetch, respond)
+        }
     }
 }

@@ -41,6 +41,7 @@ use config_schema::events;
 use config_schema::remote::auth::Operators;
 use config_schema::remote::report::{digest_hex, ClusterReport, HostEntry, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
+use config_schema::remote::wire::ServerHello;
 use config_schema::remote::{client, Reply};
 use config_schema::runtime::RuntimeConfig;
 use config_schema::signed::SignedConfig;
@@ -254,18 +255,38 @@ impl Service {
 
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
         let addr = self.cfg.peer_addr(p);
+        let bytes = self.ask_host(p, noise::Kind::Status, &[], |h| self.not_p(addr, h, p))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed report: {e}"))
+    }
+
+    /// Asks peer `p` for `kind` (sending `body`) over Noise: connected
+    /// within [`PEER_CONNECT`], the rest within [`PEER_DEADLINE`]. The
+    /// answer's bytes, or why not; `not_p` says it when the host that
+    /// answers is not `p` of this cluster.
+    fn ask_host(
+        &self,
+        p: &PeerConf,
+        kind: noise::Kind,
+        body: &[u8],
+        not_p: impl FnOnce(&ServerHello) -> String,
+    ) -> Result<Vec<u8>, String> {
+        let addr = self.cfg.peer_addr(p);
         let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
         let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
         if hello.host != p.name || hello.cluster != self.cfg.cluster {
-            return Err(format!(
-                "{addr} is host {:?} of cluster {:?}, not {} of {}",
-                hello.host, hello.cluster, p.name, self.cfg.cluster
-            ));
+            return Err(not_p(&hello));
         }
-        let me = &self.cfg.node;
-        let bytes = noise::ask(&mut s, &hello, &me.name, &me.private_key, &p.public_key)
-            .map_err(|e| format!("{addr}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed report: {e}"))
+        let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
+        noise::ask_with(&mut s, &hello, me, &p.public_key, kind, body)
+            .map_err(|e| format!("{addr}: {e}"))
+    }
+
+    /// Why the host at `addr` that said `hello` is not `p` of this cluster.
+    fn not_p(&self, addr: SocketAddr, hello: &ServerHello, p: &PeerConf) -> String {
+        format!(
+            "{addr} is host {:?} of cluster {:?}, not {} of {}",
+            hello.host, hello.cluster, p.name, self.cfg.cluster
+        )
     }
 }
 
@@ -383,9 +404,13 @@ impl Backend for Service {
         stream: &mut TcpStream,
         nonce: &[u8; 32],
         from: &str,
-        noise: &str,
+        msg: &str,
     ) -> Result<(), String> {
-        self.answer_apply(stream, nonce, from, noise)
+        self.answer_host(stream, nonce, (from, msg), noise::Kind::Apply, |body| {
+            self.apply_passed_on(&body)
+        })?;
+        tracing::info!("apply: config from host {from} answered");
+        Ok(())
     }
 
     fn peer_fetch(
@@ -393,9 +418,11 @@ impl Backend for Service {
         stream: &mut TcpStream,
         nonce: &[u8; 32],
         from: &str,
-        noise: &str,
+        msg: &str,
     ) -> Result<(), String> {
-        self.answer_fetch(stream, nonce, from, noise)
+        self.answer_host(stream, nonce, (from, msg), noise::Kind::Fetch, |_| {
+            self.applied_for(from)
+        })
     }
 
     fn metrics(&self) -> String {

@@ -1,4 +1,6 @@
-//! The loopback cluster the `ftctl apply` tests share: three status
+//! What the integration tests share: the test clusters' node configs
+//! (`hosts`, the file the unit tests use too), waiting on a condition, and
+//! the loopback cluster the `ftctl apply` tests share: three status
 //! services on 127.79.`net`.x with temp config disks (real signed images),
 //! real TCP, Noise between hosts. Each test file uses part of it.
 #![allow(dead_code)]
@@ -6,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use config_schema::config_id::ConfigId;
 use config_schema::ctl::{Request, Response};
@@ -18,14 +20,26 @@ use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::{client, Reply};
 use config_schema::signed::SignedConfig;
 use config_schema::{disk, keys, slots};
-use heartbeat::node::PeerConf;
 use heartbeat::status_service::{ApplyTarget, Service, ServiceConfig};
-use heartbeat::NodeConfig;
 use ring::signature::Ed25519KeyPair;
 
+#[path = "../../src/test_hosts.rs"]
+pub mod hosts;
+pub use hosts::NAMES;
+
 pub const TCP: u16 = 17431;
-pub const NAMES: [&str; 3] = ["host-a", "host-b", "host-c"];
 pub const T: Duration = Duration::from_secs(30);
+/// How long any condition may take to become true on a slow shared machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `cond` every 50 ms until it holds; fails the test after [`DEADLINE`].
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 pub fn host_key(i: usize) -> [u8; 32] {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/dev-keys/hosts");
@@ -134,24 +148,7 @@ impl Cluster {
 
     /// Starts host `i`'s service (booted with generation 7).
     pub fn start(&self, i: usize) {
-        let node = NodeConfig {
-            id: i as u32 + 1,
-            name: NAMES[i].into(),
-            private_key: host_key(i),
-            bind: self.addr(i),
-            peers: (0..3)
-                .filter(|j| *j != i)
-                .map(|j| PeerConf {
-                    id: j as u32 + 1,
-                    name: NAMES[j].into(),
-                    public_key: keys::host_public_key(&host_key(j)),
-                    addr: self.addr(j),
-                })
-                .collect(),
-            interval_ms: 100,
-            failure_timeout_ms: 1000,
-            vm: None,
-        };
+        let node = hosts::config(i, 3, host_key, |j| self.addr(j), 100, 1000);
         let cfg = ServiceConfig {
             node,
             cluster: "demo".into(),
