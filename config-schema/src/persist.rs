@@ -156,7 +156,14 @@ pub fn persist(
 
 /// [`PersistError::NotNewer`]'s line, after `refused: `.
 fn not_newer_line(offered: &ConfigId, current: &ConfigId) -> String {
-    if offered.generation == current.generation && offered.digest < current.digest {
+    if offered == current {
+        format!(
+            "generation {g} is not newer than this host's generation {g}: this host already \
+             holds this very config (digest {})",
+            current.short_digest(),
+            g = current.generation,
+        )
+    } else if offered.generation == current.generation && offered.digest < current.digest {
         format!(
             "holds another generation-{g} config with a higher digest ({} > {}); the cluster \
              converges on that one",

@@ -102,11 +102,13 @@ impl Backend for Fixed {
                     line: format!(
                         "host-a: generation {g} persisted (was 0); needs reboot: x ({operator})"
                     ),
+                    holds: true,
                 },
                 HostApplied {
                     host: "host-b".into(),
                     outcome: Outcome::Unreachable,
                     line: "host-b: unreachable: timed out".into(),
+                    holds: false,
                 },
             ],
         }

@@ -40,21 +40,32 @@ fn a_newer_config_reaches_every_host_and_an_older_one_is_refused_everywhere() {
     assert!(hosts.iter().all(|h| h.outcome == Outcome::NeedsReboot));
     assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
 
-    // The same generation again: refused on the asked host, which passes it
-    // on (a host that was down would take it); the others refuse it too.
+    // The same config again: refused on the asked host, which passes it
+    // on (a host that was down would take it); the others refuse it too,
+    // each saying it holds this very config (so `ftctl apply` succeeds).
     let (_, hosts) = c.apply(0, &dev_key(), &next);
-    let want = |n: &str, g: u64| {
+    let digest = c.id_on_disk(0).short_digest();
+    let same = |n: &str| {
         format!(
-            "{n}: refused: generation {g} is not newer than this host's generation 8 \
-             (sign a config with a higher cluster.generation)"
+            "{n}: refused: generation 8 is not newer than this host's generation 8: this host \
+             already holds this very config (digest {digest})"
         )
     };
-    assert_eq!(lines(&hosts), NAMES.map(|n| want(n, 8)));
-    assert!(hosts.iter().all(|h| h.outcome == Outcome::Refused));
+    assert_eq!(lines(&hosts), NAMES.map(same));
+    assert!(hosts
+        .iter()
+        .all(|h| h.outcome == Outcome::Refused && h.holds));
     // Older: refused with both generations, and not passed on.
     let (g, hosts) = c.apply(2, &dev_key(), &config(6));
     assert_eq!(g, 6);
-    assert_eq!(lines(&hosts), [want("host-c", 6)]);
+    assert_eq!(
+        lines(&hosts),
+        [
+            "host-c: refused: generation 6 is not newer than this host's generation 8 \
+          (sign a config with a higher cluster.generation)"
+        ]
+    );
+    assert!(!hosts[0].holds);
     assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [8, 8, 8]);
 
     // A config signed by another key: refused, disk unchanged.

@@ -36,6 +36,13 @@ pub struct HostApplied {
     /// `host-a: generation 8 persisted (was 7); live: ...; needs reboot: ...`
     /// or `host-a: refused: ...` or `host-b: unreachable: ...`.
     pub line: String,
+    /// After this apply the host holds this very config: it persisted it,
+    /// or refused it as not newer because it already had it (a catch-up
+    /// from the host this apply went to can get there first; a second
+    /// apply of the same file). `ftctl apply` fails only where this is
+    /// false. Absent (an older host): false.
+    #[serde(default)]
+    pub holds: bool,
 }
 
 /// What a host did with the config.

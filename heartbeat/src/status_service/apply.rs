@@ -117,7 +117,7 @@ impl Service {
     pub(super) fn apply_here(&self, config: &SignedConfig) -> Local {
         let host = self.cfg.node.name.clone();
         let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let refused = |line: String, pass_on| {
+        let refused = |line: String, pass_on, holds| {
             events::record(EventKind::ConfigRefused, None, None, &line);
             tracing::warn!("apply: {line}");
             Local {
@@ -125,6 +125,7 @@ impl Service {
                     host: host.clone(),
                     outcome: Outcome::Refused,
                     line,
+                    holds,
                 },
                 pass_on,
             }
@@ -132,8 +133,8 @@ impl Service {
         let persisted = match self.persist(config) {
             Ok(p) => p,
             Err(e) => {
-                let pass_on = pass_on_despite(&e);
-                return refused(format!("{host}: {e}"), pass_on);
+                let (pass_on, holds) = (pass_on_despite(&e), holds_already(&e));
+                return refused(format!("{host}: {e}"), pass_on, holds);
             }
         };
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +197,7 @@ impl Service {
                 host,
                 outcome,
                 line,
+                holds: true,
             },
             pass_on: true,
         }
@@ -290,6 +292,7 @@ impl Service {
                                 host: p.name.clone(),
                                 outcome: Outcome::Unreachable,
                                 line: format!("{}: unreachable: {why}", p.name),
+                                holds: false,
                             })
                     })
                     .collect()
@@ -323,6 +326,7 @@ impl Service {
                 host: me.name.clone(),
                 outcome: Outcome::Refused,
                 line: format!("{}: refused: {e}", me.name),
+                holds: false,
             },
         };
         serde_json::to_vec(&result).expect("a result serializes")
@@ -357,9 +361,15 @@ fn persisted_line(host: &str, p: &disk_persist::Persisted, rest: &str) -> String
 fn pass_on_despite(e: &Persist) -> bool {
     match e {
         Persist::Refused(PersistError::Signed(_)) => false,
-        Persist::Refused(PersistError::NotNewer { offered, current }) => offered == current,
+        Persist::Refused(PersistError::NotNewer { .. }) => holds_already(e),
         _ => true,
     }
+}
+
+/// Whether a refusal leaves this host holding the offered config (it had
+/// this very one already).
+fn holds_already(e: &Persist) -> bool {
+    matches!(e, Persist::Refused(PersistError::NotNewer { offered, current }) if offered == current)
 }
 
 /// Why this host did not persist.

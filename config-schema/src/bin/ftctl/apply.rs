@@ -81,7 +81,7 @@ pub fn apply(
     }
     let failed: Vec<&str> = hosts
         .iter()
-        .filter(|h| matches!(h.outcome, Outcome::Refused | Outcome::Unreachable))
+        .filter(|h| !h.holds && matches!(h.outcome, Outcome::Refused | Outcome::Unreachable))
         .map(|h| h.host.as_str())
         .collect();
     if !failed.is_empty() {
