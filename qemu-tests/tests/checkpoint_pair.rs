@@ -216,8 +216,13 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
 /// 25.6 s from the hello, 24.4 s of it streaming alone). So it is not in
 /// `make test` or `make chaos` until the boot-time suspicion is fixed: run
 /// it with `--ignored`.
+///
+/// Later runs (stops 29–30): 7 of 9 in all passed. The second failure was
+/// not a suspicion: the guest host-b resumed ended about 40 s after the
+/// take-over (cause not found; the guest's own failures without epochs are
+/// measured by `linux_vm`'s control test).
 #[test]
-#[ignore = "2 of 3 passed: a boot-time false suspicion of the steady pair under 1 s (see its doc); run with --ignored"]
+#[ignore = "7 of 9 passed: a boot-time false suspicion of the steady pair under 1 s, and a resumed guest that ended (see its doc); run with --ignored"]
 fn kill_the_primary_host_the_checkpoint_pair_is_protected_again_with_the_examples_timeout() {
     let k = pair_killed("checkpoint-pair-1s", 1_000);
     let (mut cluster, killed, survivor) = (k.cluster, k.killed, k.survivor);
