@@ -35,6 +35,9 @@ pub enum EventKind {
     ConfigApplied,
     /// A peer came up or was suspected (heartbeat).
     Membership,
+    /// A VM's protection changed: not protected, with the reason, or
+    /// protected again (ftvmm).
+    Protection,
 }
 
 impl EventKind {
@@ -46,6 +49,7 @@ impl EventKind {
             EventKind::ConfigRefused => "config refused",
             EventKind::ConfigApplied => "config applied",
             EventKind::Membership => "membership",
+            EventKind::Protection => "protection",
         }
     }
 }
@@ -68,13 +72,14 @@ pub struct Event {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Failover,
         EventKind::Respawn,
         EventKind::Fencing,
         EventKind::ConfigRefused,
         EventKind::Membership,
         EventKind::ConfigApplied,
+        EventKind::Protection,
     ];
 
     fn index(self) -> usize {
@@ -201,6 +206,20 @@ mod tests {
         assert_eq!(r.dropped(), 5);
         assert_eq!(r.counts()["fencing"], CAPACITY as u64 + 5);
         assert_eq!(r.counts()["config_refused"], 0);
+    }
+
+    #[test]
+    fn every_kind_is_counted_under_its_own_name() {
+        let mut r = EventRing::default();
+        for k in EventKind::ALL {
+            r.push(Event { kind: k, ..ev(0) });
+        }
+        let counts = r.counts();
+        assert_eq!(counts.len(), EventKind::ALL.len());
+        assert_eq!(counts["protection"], 1);
+        assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+        let json = serde_json::to_value(EventKind::Protection).unwrap();
+        assert_eq!(json, "protection");
     }
 
     #[test]

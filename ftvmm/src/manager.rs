@@ -549,7 +549,7 @@ impl VmManager {
         ps.applied_config_generation = self.applied_generation;
         let rc = self.config.clone();
         let slot = Slot {
-            pair: Arc::new(PairHandle::default()),
+            pair: Arc::new(PairHandle::for_vm(name)),
             cancel: Arc::new(AtomicBool::new(false)),
             state: Arc::new(Mutex::new(State::Starting)),
             handle: Arc::new(Mutex::new(None)),

@@ -91,7 +91,7 @@ impl VmManager {
         let spec = self.checkpoint_spec_for(name)?;
         let figures = Figures::new(spec.epoch, spec.linux.vcpus);
         let slot = Slot {
-            pair: Arc::new(PairHandle::default()),
+            pair: Arc::new(PairHandle::for_vm(name)),
             cancel: Arc::new(AtomicBool::new(false)),
             state: Arc::new(Mutex::new(State::Starting)),
             handle: Arc::new(Mutex::new(None)),

@@ -19,7 +19,8 @@
 //!   memory digests both sides compute.
 //! - [`link`]: the threads moving batches and acks over the [`channel`], the
 //!   authenticated, encrypted TCP link (Noise).
-//! - [`spec`]: what a member is given and shows.
+//! - [`spec`]: what a member is given and shows; [`protection_change`]: when
+//!   the protection it shows changed enough to be an event.
 //! - [`recording_sim`]: a Primary and a Secondary joined by the real log and
 //!   wire without KVM (the recording path's fuzz target and tests).
 //! - [`transfer`]: live state transfer to a new Secondary (pre-copy rounds,
@@ -47,6 +48,7 @@ pub mod pair;
 pub mod pause;
 pub mod placement;
 pub mod primary;
+pub mod protection_change;
 pub mod recording_sim;
 pub mod respawn;
 pub mod secondary;

@@ -2,6 +2,8 @@
 //! on ([`PairSpec`]), the handle status and the daemon use to reach a running
 //! member ([`PairHandle`]), and the errors of starting one ([`PairError`]).
 //! A leaf module: the driver and the pair code import it, never the reverse.
+//! The handle also records a `protection` event whenever the protection
+//! status shows changes meaning (`protection_change.rs` decides).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,12 +12,15 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use config_schema::events::{self, EventKind};
+
 use super::channel::{ChannelError, Hello, Identity};
 use super::grant::HostGrant;
 use super::link::{Link, Notify};
 use super::member::{Event, State};
 use super::pause::PausePoint;
 use super::primary::PrimaryLog;
+use super::protection_change::ProtectionChanges;
 use super::secondary::ReplayQueue;
 use crate::runner::{RunError, VmSpec};
 
@@ -98,6 +103,8 @@ pub fn image_sha256(path: &Path) -> Result<[u8; 32], PairError> {
 /// hooks. Written by the member's driver and run threads.
 #[derive(Default)]
 pub struct PairHandle {
+    /// The VM's name, for its events (empty in tests that need none).
+    vm: String,
     /// The member's state, as shown in status (`member::State`'s Display).
     pub role: Mutex<String>,
     pub primary: Mutex<Option<Arc<PrimaryLog>>>,
@@ -128,9 +135,19 @@ pub struct PairHandle {
     pub secondary_unfit: Mutex<Option<(String, String)>>,
     /// This host and the member's peer, as its driver last published them.
     pub hosts: Mutex<(String, String)>,
+    /// Whether the protection shown changed meaning (a `protection` event).
+    protection_changes: Mutex<ProtectionChanges>,
 }
 
 impl PairHandle {
+    /// The handle of a member of VM `vm`.
+    pub fn for_vm(vm: &str) -> Self {
+        PairHandle {
+            vm: vm.to_string(),
+            ..PairHandle::default()
+        }
+    }
+
     /// Sets the role shown in status.
     pub fn set_role(&self, role: &str) {
         *self.role.lock().unwrap_or_else(|p| p.into_inner()) = role.to_string();
@@ -183,6 +200,7 @@ impl PairHandle {
 
     pub fn set_protection(&self, p: &str) {
         *self.protection.lock().unwrap_or_else(|p| p.into_inner()) = p.to_string();
+        self.note_protection();
     }
 
     /// The keeper's verdict on the paired Secondary `peer`: `Some(reason)`
@@ -192,6 +210,7 @@ impl PairHandle {
             .secondary_unfit
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = reason.map(|r| (peer.to_string(), r));
+        self.note_protection();
     }
 
     /// The protection of a member paired with `peer`: protected unless the
@@ -204,6 +223,46 @@ impl PairHandle {
         {
             Some((p, reason)) if p == peer => format!("not protected: {reason}"),
             _ => format!("protected: secondary {peer}"),
+        }
+    }
+
+    /// The protection status shows for a member in `state` whose peer is
+    /// `peer` (`None`: status shows none).
+    fn shown_protection(&self, state: Option<&State>, peer: &str) -> Option<String> {
+        if let Some(State::Paired { .. }) = state {
+            return Some(self.paired_protection(peer));
+        }
+        let p = self
+            .protection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (!p.is_empty()).then_some(p)
+    }
+
+    /// Records a `protection` event if the protection status shows now
+    /// changed meaning (`protection_change.rs`). Called on every write of
+    /// the line or the verdict: the keeper writes one at each look, so a
+    /// member that left `Paired` is seen within a look too.
+    fn note_protection(&self) {
+        let peer = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let shown = self.shown_protection(self.member_state().as_ref(), &peer);
+        let mut changes = self
+            .protection_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(line) = shown.filter(|l| changes.on_line(Some(l.as_str()))) {
+            let vm = (!self.vm.is_empty()).then_some(self.vm.as_str());
+            let text = match vm {
+                Some(vm) => format!("ftvmm: vm {vm}: {line}"),
+                None => format!("ftvmm: {line}"),
+            };
+            events::record(EventKind::Protection, vm, None, &text);
         }
     }
 
@@ -240,24 +299,19 @@ impl PairHandle {
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_secs_f64())
             .unwrap_or(0.0);
-        let protection = self
-            .protection
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let mut v = serde_json::json!({
             "role": role,
             "generation": self.generation.load(Ordering::Relaxed),
         });
-        if !protection.is_empty() {
-            v["protection"] = protection.into();
-        }
         let (here, peer) = self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match self.member_state() {
+        let state = self.member_state();
+        if let Some(p) = self.shown_protection(state.as_ref(), &peer) {
+            v["protection"] = p.into();
+        }
+        match state {
             Some(State::Paired { .. }) => {
                 v["primary"] = here.into();
-                v["secondary"] = peer.clone().into();
-                v["protection"] = self.paired_protection(&peer).into();
+                v["secondary"] = peer.into();
             }
             Some(State::Following { .. } | State::Draining { .. }) => {
                 v["primary"] = peer.into();
@@ -285,5 +339,94 @@ impl PairHandle {
             v["replay"] = s.status();
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config_schema::events::Event as Recorded;
+
+    /// The `protection` events of VM `vm` recorded so far (the ring is the
+    /// process's: other tests' events are left out by the name).
+    fn protection_events(vm: &str) -> Vec<Recorded> {
+        events::recent()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Protection && e.vm.as_deref() == Some(vm))
+            .collect()
+    }
+
+    fn paired(vm: &str) -> PairHandle {
+        let h = PairHandle::for_vm(vm);
+        *h.member.lock().unwrap() = Some(State::Paired { g: 3 });
+        *h.hosts.lock().unwrap() = ("host-a".into(), "host-b".into());
+        h
+    }
+
+    fn stale(ms: u64) -> Option<String> {
+        Some(format!(
+            "secondary host-b cannot renew its storage lease (for {ms} ms); it could not take over"
+        ))
+    }
+
+    #[test]
+    fn a_paired_vm_records_losing_and_regaining_protection_once_each() {
+        let vm = "spec-test-paired";
+        let h = paired(vm);
+        h.set_secondary_unfit("host-b", None);
+        assert!(protection_events(vm).is_empty(), "protected is no change");
+        for ms in [1500, 1750, 2000] {
+            h.set_secondary_unfit("host-b", stale(ms));
+        }
+        h.set_secondary_unfit("host-b", None);
+        h.set_secondary_unfit("host-b", None);
+        let got: Vec<String> = protection_events(vm).into_iter().map(|e| e.text).collect();
+        assert_eq!(
+            got,
+            [
+                format!("ftvmm: vm {vm}: not protected: {}", stale(1500).unwrap()),
+                format!("ftvmm: vm {vm}: protected: secondary host-b"),
+            ]
+        );
+        assert_eq!(h.status()["protection"], "protected: secondary host-b");
+    }
+
+    #[test]
+    fn an_unpaired_vm_records_the_keeper_s_line_but_not_its_progress() {
+        let vm = "spec-test-solo";
+        let h = PairHandle::for_vm(vm);
+        *h.member.lock().unwrap() = Some(State::Solo { g: 4 });
+        h.set_protection("not protected: no host for a secondary (host-b is down)");
+        h.set_protection("not protected: no host for a secondary (host-b is down; host-c is down)");
+        h.set_protection("starting secondary on host-c (0%)");
+        h.set_protection("starting secondary on host-c (37%)");
+        assert_eq!(
+            h.status()["protection"],
+            "starting secondary on host-c (37%)"
+        );
+        h.set_protection("protected: secondary host-c");
+        let got: Vec<String> = protection_events(vm).into_iter().map(|e| e.text).collect();
+        assert_eq!(
+            got,
+            [
+                format!("ftvmm: vm {vm}: not protected: no host for a secondary (host-b is down)"),
+                format!("ftvmm: vm {vm}: protected: secondary host-c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_shows_the_paired_verdict_over_the_keeper_s_line() {
+        let h = paired("spec-test-status");
+        h.set_protection("protected: secondary host-b");
+        h.set_secondary_unfit("host-b", stale(900));
+        assert_eq!(
+            h.status()["protection"],
+            format!("not protected: {}", stale(900).unwrap())
+        );
+        *h.member.lock().unwrap() = Some(State::Solo { g: 3 });
+        assert_eq!(h.status()["protection"], "protected: secondary host-b");
+        h.set_protection("");
+        assert!(h.status().get("protection").is_none());
     }
 }

@@ -323,7 +323,7 @@ fn timeline(g: &Seconds, vm: &str, tl: &Value) {
 fn events(m: &mut Metrics, r: &HostReport) {
     let c = m.counter(
         "ft_events",
-        "events since the daemon started, by kind (failover, respawn, fencing, membership, config_refused, config_applied)",
+        "events since the daemon started, by kind (failover, respawn, fencing, membership, config_refused, config_applied, protection)",
     );
     for (d, v) in [
         ("heartbeat", &r.heartbeat),
