@@ -70,15 +70,20 @@ impl Handle {
     }
 }
 
-/// The node's [`VmNetView`] at `now`.
+/// The node's [`VmNetView`] at `now`. A peer's report names this host
+/// too (it hears it): by this host's name, as every other host names it —
+/// ftvmm's judgements compare those names with this host's (the view holds
+/// peers only, and showed this host as `id <n>`, so a Primary could not
+/// see that its Secondary still heard it).
 pub(super) fn vm_net_view(node: &Node, now: u64) -> VmNetView {
     let view = node.view();
+    let me = node.config();
     let names = |ids: &[u32]| -> Vec<String> {
         ids.iter()
-            .map(|id| {
-                view.name_of(*id)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("id {id}"))
+            .map(|&id| match view.name_of(id) {
+                Some(n) => n.to_string(),
+                None if id == me.id => me.name.clone(),
+                None => format!("id {id}"),
             })
             .collect()
     };

@@ -72,6 +72,17 @@ fn three_daemons_hear_each_other_on_the_vm_network_too() {
                 .all(|p| p.ft_alive && p.reach.as_ref().is_some_and(|r| r.hears.len() == 2))
         })
     });
+    // Each report names the hosts by name, the asking host's own included.
+    let a = vm_view(&ds[0]);
+    let of = |h: &str| a.peers.iter().find(|p| p.host == h).unwrap();
+    assert_eq!(
+        of("host-b").reach.as_ref().unwrap().hears,
+        ["host-a", "host-c"]
+    );
+    assert_eq!(
+        of("host-c").reach.as_ref().unwrap().hears,
+        ["host-a", "host-b"]
+    );
     let s = ds[0].handle().status();
     assert_eq!(s["vm_network"]["listening"], true, "{s}");
     assert_eq!(

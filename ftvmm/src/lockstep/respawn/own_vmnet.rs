@@ -26,13 +26,15 @@
 //! more than `T`, and while it hears any peer there (or has been quiet for
 //! no more than `T`) it serves. Otherwise, quiet for `N > T` ms:
 //!
+//! - Not judged while a fresh report of any peer still hears this host: it
+//!   contradicts this host's silence, for up to a report's age plus `T`
+//!   after a real cut (a peer's report lists whom it heard within `T`), or
+//!   for good if this host's own view is what is broken (then a hand-over
+//!   would cost a pause for nothing).
 //! - **Leave**: the Secondary's host is heard on FT with a fresh report
 //!   from a watch longer than `T` that hears some host other than this one
-//!   there (so its side works, both ways), and no fresh report of any peer
-//!   hears this host (which would contradict this host's silence: then
-//!   this host's own view is what is broken, and a hand-over would cost a
-//!   pause for nothing). Two hosts alone can never show this: each one's
-//!   silence looks the same from both sides.
+//!   there (so its side works, both ways). Two hosts alone can never show
+//!   this: each one's silence looks the same from both sides.
 //! - **Stay**: otherwise, with the reason (nobody could serve instead, or
 //!   nothing shows who is cut). The VM is unreachable either way; status
 //!   says so, and a take-over would not help.
@@ -83,14 +85,17 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Own
     }
     let for_ms = own.quiet_ms;
     let stay = |why: String| OwnVmNet::Stay { for_ms, why };
-    // A fresh report that hears this host contradicts its silence.
+    // A fresh report that hears this host contradicts its silence: for up
+    // to a report's age plus `T` after a real cut (a peer heard this host
+    // within `T` of its report), or for good if this host's own view is
+    // what is broken. Either way nothing is judged yet.
     if let Some(p) = view
         .peers
         .iter()
         .find(|p| usable(p, t).is_ok_and(|r| r.hears.iter().any(|h| h == here)))
     {
-        return stay(format!(
-            "{} hears {here} there, so {here}'s own view may be what is broken",
+        return OwnVmNet::Unknown(format!(
+            "{} still hears {here} there, although {here} hears nobody",
             p.host
         ));
     }
