@@ -44,7 +44,7 @@
 
 use config_schema::ctl::VmNetView;
 
-use super::secondary_vmnet::usable;
+use super::secondary_vmnet::{judgeable, usable};
 
 /// What the VM-network view says about this (the Primary's) host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,20 +66,12 @@ pub enum OwnVmNet {
 
 /// Judges `here`'s own VM network, paired with `secondary` (module doc).
 pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> OwnVmNet {
-    let view = match view {
+    let view = match judgeable(view, here) {
         Ok(v) => v,
-        Err(e) => return OwnVmNet::Unknown(format!("cannot ask heartbeat: {e}")),
+        Err(why) => return OwnVmNet::Unknown(why),
     };
     let t = view.failure_timeout_ms;
     let own = &view.own;
-    match own.watch_ms {
-        Some(w) if w > t => {}
-        w => {
-            return OwnVmNet::Unknown(format!(
-                "{here}'s own VM-network view is too young (listening for {w:?} ms)"
-            ))
-        }
-    }
     if !own.hears.is_empty() || own.quiet_ms <= t {
         return OwnVmNet::Serves;
     }

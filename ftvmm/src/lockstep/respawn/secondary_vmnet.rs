@@ -70,19 +70,11 @@ pub enum SecondaryVmNet {
 
 /// Judges `secondary`'s VM network from `here`'s heartbeat view (module doc).
 pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> SecondaryVmNet {
-    let view = match view {
+    let view = match judgeable(view, here) {
         Ok(v) => v,
-        Err(e) => return SecondaryVmNet::Unknown(format!("cannot ask heartbeat: {e}")),
+        Err(why) => return SecondaryVmNet::Unknown(why),
     };
     let t = view.failure_timeout_ms;
-    match view.own.watch_ms {
-        Some(w) if w > t => {}
-        w => {
-            return SecondaryVmNet::Unknown(format!(
-                "{here}'s own VM-network view is too young (listening for {w:?} ms)"
-            ))
-        }
-    }
     let Some(peer) = view.peers.iter().find(|p| p.host == secondary) else {
         return SecondaryVmNet::Unknown(format!("{secondary} is not a peer of {here}"));
     };
@@ -101,6 +93,22 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Sec
         SecondaryVmNet::Cut { for_ms }
     } else {
         SecondaryVmNet::NoneBetween { for_ms }
+    }
+}
+
+/// The view, if anything may be judged by it: heartbeat answered, and
+/// `here` has listened on the VM network for longer than the failure
+/// timeout (just booted, it may simply not have heard anyone yet).
+pub(super) fn judgeable<'v>(
+    view: Result<&'v VmNetView, &str>,
+    here: &str,
+) -> Result<&'v VmNetView, String> {
+    let view = view.map_err(|e| format!("cannot ask heartbeat: {e}"))?;
+    match view.own.watch_ms {
+        Some(w) if w > view.failure_timeout_ms => Ok(view),
+        w => Err(format!(
+            "{here}'s own VM-network view is too young (listening for {w:?} ms)"
+        )),
     }
 }
 
