@@ -380,6 +380,31 @@ fn a_primary_that_loses_storage_hands_over_at_its_last_acknowledged_epoch() {
     p.secondary.finish();
 }
 
+/// The keeper asks host-a to leave (its VM network cut while host-b's
+/// works, `respawn/own_vmnet.rs`): the paired Primary stops its VM at once
+/// (no fencing hold first) and resigns once every closed epoch is
+/// acknowledged; the Secondary races and resumes from exactly that epoch.
+#[test]
+fn a_primary_asked_to_leave_its_host_hands_over_at_its_last_acknowledged_epoch() {
+    let p = pair();
+    assert!(p.p_handle.post(Event::LeaveHost {
+        why: "VM network lost on host-a".into(),
+    }));
+    let a = p
+        .primary
+        .wait_for(SETTLE, |s| matches!(s, State::Halted(_)));
+    assert_eq!(a, State::Halted(Halt::HandedOver { to_secondary: true }));
+    let acked = p.p_outputs.progress().0;
+    assert!(p.p_outputs.all_closed_acked());
+    let s = p.secondary.wait_for(SETTLE, solo(2));
+    assert_eq!(s, State::Solo { g: 2 });
+    let guard = resumed(&p.live);
+    assert_eq!(guard.as_ref().unwrap().epoch, acked);
+    drop(guard);
+    p.primary.finish();
+    p.secondary.finish();
+}
+
 /// The Primary's guest ends on its own: an orderly end of the pair, no race.
 #[test]
 fn the_primary_guest_ending_halts_both_without_a_race() {
