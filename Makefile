@@ -127,7 +127,7 @@ chaos: prereqs image linux-kv
 	FT_CHECKPOINT_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib checkpoint::sim_tests -- --nocapture
 	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults member_model_joins_long
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
-	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host -- --test-threads=1 --nocapture || exit 1; \
+	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host --test vm_network_lost -- --test-threads=1 --nocapture || exit 1; \
 	done
 	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
 	cargo test -p qemu-tests --test checkpoint_pair -- --nocapture
