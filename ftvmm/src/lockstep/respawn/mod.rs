@@ -7,6 +7,8 @@
 //!   alone, chooses the host (`placement::choose_secondary`), connects,
 //!   transfers, and retries with back-off; it keeps the VM's protection
 //!   line for status and the console.
+//! - [`look`]: the keeper's look at a paired VM, putting the next three
+//!   judgements together.
 //! - [`secondary_lease`]: whether the paired Secondary could take over,
 //!   judged by its host's storage lease (the keeper shows it).
 //! - [`secondary_vmnet`]: whether it could serve after a take-over, judged
@@ -23,6 +25,7 @@
 //! channel as `channel::Message::Transfer`, before the log starts on it.
 
 pub mod keeper;
+pub mod look;
 pub mod own_vmnet;
 pub mod pagehash;
 pub mod secondary_lease;
