@@ -30,6 +30,14 @@ pub enum Boot {
     Iso(PathBuf),
     /// The appliance ISO, UEFI boot from CD-ROM with `firmware` (OVMF): GRUB.
     IsoUefi { iso: PathBuf, firmware: PathBuf },
+    /// The ISO written with `dd` to `image` (see [`crate::written_iso`]),
+    /// booted from `disk`: by SeaBIOS, or by UEFI with `firmware` (OVMF; on
+    /// [`Machine::ServerQ35`] the pflash OVMF is used instead).
+    Written {
+        image: PathBuf,
+        disk: crate::written_iso::BootDisk,
+        firmware: Option<PathBuf>,
+    },
     /// A kernel and initramfs given directly, with our own command line.
     Kernel {
         kernel: PathBuf,
@@ -242,6 +250,17 @@ impl HostSpec {
                     "if=ide,index=0,media=cdrom,readonly=on,format=raw",
                 ));
                 a.push_all(["-boot", "order=d"]);
+            }
+            Boot::Written {
+                image,
+                disk,
+                firmware,
+            } => {
+                if let (Some(f), false) = (firmware, server) {
+                    a.push("-bios");
+                    a.push(f);
+                }
+                a.0.extend(disk.qemu_args(image));
             }
             Boot::Kernel {
                 kernel,

@@ -35,6 +35,7 @@ pub mod storage;
 mod sys;
 pub mod testbed;
 pub mod throttle;
+pub mod written_iso;
 
 pub mod kv;
 pub use cluster::{Cluster, ClusterSource, TestDir};
