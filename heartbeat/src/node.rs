@@ -383,17 +383,6 @@ impl Node {
     ) -> Received {
         self.receive_on(Net::Ft, gate, now_ms, src, datagram)
     }
-
-    /// [`Node::receive_on`] the VM network.
-    pub fn receive_vm(
-        &mut self,
-        gate: &mut Gate,
-        now_ms: u64,
-        src: SocketAddr,
-        datagram: &[u8],
-    ) -> Received {
-        self.receive_on(Net::Vm, gate, now_ms, src, datagram)
-    }
 }
 
 /// The name of `cfg`'s peer `id`, if it is one.

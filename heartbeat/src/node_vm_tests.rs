@@ -55,7 +55,7 @@ fn send(x: &mut Host, y: &mut Host, now: u64, vm_cut: bool) {
     }
     let p = pick(vm, vm_addr(y));
     let src = vm_addr(x);
-    y.node.receive_vm(&mut y.vm_gate, now, src, &p);
+    y.node.receive_on(Net::Vm, &mut y.vm_gate, now, src, &p);
 }
 
 fn ids(h: &Host, names: &[&str]) -> Vec<u32> {
@@ -166,7 +166,9 @@ fn ft_packets_on_the_vm_network_and_vm_packets_on_ft_are_dropped() {
     // host-b's VM address: wrong magic, before any X25519.
     let ft = pick(b.node.heartbeats(100), ft_addr(&a));
     let opens = a.vm_gate.opens();
-    let r = a.node.receive_vm(&mut a.vm_gate, 100, vm_addr(&b), &ft);
+    let r = a
+        .node
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, vm_addr(&b), &ft);
     assert!(
         matches!(
             r,
@@ -192,7 +194,9 @@ fn ft_packets_on_the_vm_network_and_vm_packets_on_ft_are_dropped() {
         "{r:?}"
     );
     // A VM packet from host-b's FT address (not its VM address): wrong source.
-    let r = a.node.receive_vm(&mut a.vm_gate, 100, ft_addr(&b), &vm);
+    let r = a
+        .node
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, ft_addr(&b), &vm);
     assert!(
         matches!(
             r,
@@ -206,13 +210,15 @@ fn ft_packets_on_the_vm_network_and_vm_packets_on_ft_are_dropped() {
     // Garbage: malformed. None of it made anybody heard anywhere.
     let r = a
         .node
-        .receive_vm(&mut a.vm_gate, 100, vm_addr(&b), &[0u8; 90]);
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, vm_addr(&b), &[0u8; 90]);
     assert!(matches!(r, Received::Dropped { .. }));
     assert!(a.node.vm_report(100).unwrap().hears.is_empty());
     assert!(a.node.view().alive_ids(100).is_empty());
     // The genuine VM packet from the VM address: accepted once (its first
     // packet needs an echo; a replay of it never counts).
-    let r = a.node.receive_vm(&mut a.vm_gate, 100, vm_addr(&b), &vm);
+    let r = a
+        .node
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, vm_addr(&b), &vm);
     assert!(
         matches!(
             r,
@@ -223,7 +229,9 @@ fn ft_packets_on_the_vm_network_and_vm_packets_on_ft_are_dropped() {
         ),
         "{r:?}"
     );
-    let r = a.node.receive_vm(&mut a.vm_gate, 100, vm_addr(&b), &vm);
+    let r = a
+        .node
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, vm_addr(&b), &vm);
     assert!(
         matches!(
             r,
@@ -245,7 +253,9 @@ fn before_the_vm_socket_is_bound_nothing_is_heard_there() {
     let (mut a, mut b) = (host("host-a", 1), host("host-b", 2));
     b.node.start_vm(0);
     let vm = pick(b.node.vm_heartbeats(100), vm_addr(&a));
-    let r = a.node.receive_vm(&mut a.vm_gate, 100, vm_addr(&b), &vm);
+    let r = a
+        .node
+        .receive_on(Net::Vm, &mut a.vm_gate, 100, vm_addr(&b), &vm);
     assert!(matches!(r, Received::Dropped { .. }));
     assert!(a.node.vm_heartbeats(100).is_empty());
     // No `[vm]` config: version 1 heartbeats, no report.

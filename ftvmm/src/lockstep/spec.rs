@@ -256,7 +256,11 @@ impl PairHandle {
             .protection_changes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(line) = shown.filter(|l| changes.on_line(Some(l.as_str()))) {
+        // `on_line` is true only for a line (never for `None`).
+        if let Some(line) = shown
+            .as_deref()
+            .filter(|_| changes.on_line(shown.as_deref()))
+        {
             let vm = (!self.vm.is_empty()).then_some(self.vm.as_str());
             let text = match vm {
                 Some(vm) => format!("ftvmm: vm {vm}: {line}"),

@@ -9,7 +9,7 @@
 //!   the rate limit never starves the fuzzer of the open path): a dropped
 //!   datagram leaves the view untouched, no datagram is accepted twice, and
 //!   the opens stay within the rate limit's bound;
-//! - the same on the VM-network path (`Gate::new_vm`, `Node::receive_vm`):
+//! - the same on the VM-network path (`Gate::new_vm`, `Node::receive_on(Net::Vm, …)`):
 //!   from a stranger, no X25519; from host-b's VM-network address, a drop
 //!   leaves both views untouched, nothing is accepted twice, and nothing
 //!   that arrives there ever changes the FT view (suspicion).
@@ -135,13 +135,13 @@ fuzz_target!(|data: &[u8]| {
         let ft_before = st.node.view().peer_views(now);
         let vm_before = st.node.vm_view().unwrap().peer_views(now);
         let bv: SocketAddr = B_VM_ADDR.parse().unwrap();
-        match st.node.receive_vm(&mut st.vm_gate, now, bv, data) {
+        match st.node.receive_on(Net::Vm, &mut st.vm_gate, now, bv, data) {
             Received::Dropped { .. } => {
                 assert_eq!(st.node.vm_view().unwrap().peer_views(now), vm_before)
             }
             Received::Accepted { .. } => assert!(
                 matches!(
-                    st.node.receive_vm(&mut st.vm_gate, now, bv, data),
+                    st.node.receive_on(Net::Vm, &mut st.vm_gate, now, bv, data),
                     Received::Dropped { .. }
                 ),
                 "the same datagram is never accepted twice on the VM network"

@@ -35,7 +35,7 @@ use config_schema::ctl::{self, Request, Response};
 use config_schema::events::{self, EventKind};
 use config_schema::runtime::RuntimeConfig;
 
-pub use super::look::{look_at_secondary, vm_network, Daemons, Looked, SecondaryWatch};
+pub use super::look::{look_at_pair, vm_network, Daemons, Looked, SecondaryWatch};
 use super::secondary_vmnet;
 use super::source::{transfer, SourceCtx};
 use super::target::platform_sha256;
@@ -209,7 +209,7 @@ impl Keeper {
                         fencing: Path::new(&self.spec.fencing_socket),
                         heartbeat: &self.spec.heartbeat_socket,
                     };
-                    let look = look_at_secondary(&self.handle, &daemons, &self.rc, &mut watch);
+                    let look = look_at_pair(&self.handle, &daemons, &self.rc, &mut watch);
                     for line in look.lines {
                         println!("{line}");
                     }

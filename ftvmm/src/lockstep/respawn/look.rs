@@ -87,7 +87,7 @@ pub fn vm_network(heartbeat: &Path) -> Result<ctl::VmNetView, String> {
 /// (`own_vmnet.rs`). Sets the verdict status shows (every reason that
 /// holds); returns the console lines of the changes and, when this host
 /// should hand the VM over, why.
-pub fn look_at_secondary(
+pub fn look_at_pair(
     handle: &PairHandle,
     daemons: &Daemons<'_>,
     rc: &RuntimeConfig,

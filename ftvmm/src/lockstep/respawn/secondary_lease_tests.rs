@@ -191,7 +191,7 @@ fn status_says_not_protected_while_the_paired_secondary_cannot_take_over() {
     assert_eq!(h.status()["protection"], "protected: secondary host-b");
 }
 
-/// The keeper's look (`keeper::look_at_secondary`) against a fake fencing
+/// The keeper's look (`keeper::look_at_pair`) against a fake fencing
 /// agent whose lease table the test sets: status and the console follow
 /// the Secondary's lease through a cut and back.
 #[test]
@@ -201,7 +201,7 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
     use config_schema::ctl::{Request, Response};
 
     use crate::lockstep::member::State;
-    use crate::lockstep::respawn::keeper::{look_at_secondary, Daemons, SecondaryWatch};
+    use crate::lockstep::respawn::keeper::{look_at_pair, Daemons, SecondaryWatch};
     use crate::lockstep::spec::PairHandle;
 
     let text = std::fs::read_to_string(concat!(
@@ -247,7 +247,7 @@ fn the_keeper_follows_the_secondarys_lease_through_the_fencing_socket() {
         fencing: &socket,
         heartbeat: &heartbeat,
     };
-    let mut look = || look_at_secondary(&h, &daemons, &rc, &mut w).lines.pop();
+    let mut look = || look_at_pair(&h, &daemons, &rc, &mut w).lines.pop();
     assert_eq!(look(), None);
     assert_eq!(
         h.status()["protection"].as_str().unwrap(),

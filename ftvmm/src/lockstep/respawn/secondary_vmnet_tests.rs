@@ -218,7 +218,7 @@ fn a_verdict_belongs_to_one_secondary() {
     );
 }
 
-/// The keeper's look (`keeper::look_at_secondary`) against fake fencing
+/// The keeper's look (`keeper::look_at_pair`) against fake fencing
 /// and heartbeat sockets: the Secondary's lease is fine, its host's VM
 /// network is cut and heals; status and the console follow; with its
 /// lease stale too, status gives both reasons. Then this host's own VM
@@ -230,7 +230,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     use config_schema::ctl::{LeaseView, Request, Response};
 
     use crate::lockstep::member::State;
-    use crate::lockstep::respawn::keeper::{look_at_secondary, Daemons, SecondaryWatch};
+    use crate::lockstep::respawn::keeper::{look_at_pair, Daemons, SecondaryWatch};
     use crate::lockstep::spec::PairHandle;
 
     let text = std::fs::read_to_string(concat!(
@@ -303,7 +303,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     };
     let b_reach = |r: VmReach| *served_view.lock().unwrap() = view(&["host-c"], r);
     let mut look = || {
-        let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+        let l = look_at_pair(&h, &daemons, &rc, &mut w);
         assert_eq!(l.leave, None, "host-a hears host-c: it stays");
         l.lines
     };
@@ -343,7 +343,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     let mut cut = view(&[], reach(Some(60_000), 0, &["host-c"]));
     cut.peers[1].reach = Some(reach(Some(60_000), 0, &["host-b"]));
     *served_view.lock().unwrap() = cut;
-    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    let l = look_at_pair(&h, &daemons, &rc, &mut w);
     assert_eq!(
         l.leave.as_deref(),
         Some(
@@ -358,7 +358,7 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
     let mut alone = view(&[], reach(Some(60_000), 3_000, &[]));
     alone.peers[1].reach = Some(reach(Some(60_000), 3_000, &[]));
     *served_view.lock().unwrap() = alone;
-    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    let l = look_at_pair(&h, &daemons, &rc, &mut w);
     assert_eq!(l.leave, None);
     assert_eq!(l.lines.len(), 2, "{:?}", l.lines);
     assert!(
@@ -371,12 +371,10 @@ fn the_keeper_follows_the_secondarys_vm_network_through_the_heartbeat_socket() {
         "ftvmm: vm kv: not protected: primary host-a hears no peer on the VM network (for \
          4000 ms); it stays here: secondary host-b hears no other host there either"
     );
-    assert!(look_at_secondary(&h, &daemons, &rc, &mut w)
-        .lines
-        .is_empty());
+    assert!(look_at_pair(&h, &daemons, &rc, &mut w).lines.is_empty());
     // Healed: one line back from each.
     *served_view.lock().unwrap() = view(&["host-c"], b_fine());
-    let l = look_at_secondary(&h, &daemons, &rc, &mut w);
+    let l = look_at_pair(&h, &daemons, &rc, &mut w);
     assert_eq!(l.lines.len(), 2, "{:?}", l.lines);
     assert_eq!(
         l.lines[1],
