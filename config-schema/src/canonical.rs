@@ -23,7 +23,9 @@
 //! cluster.cpu.level (0 = x86-64-v1 .. 3 = x86-64-v4), cluster.cpu.features [ feature index ],
 //! cluster.cpu.phys_addr_bits (one byte),
 //! timing.heartbeat_interval_ms, timing.failure_timeout_ms, timing.lag_limit_ms,
-//! storage.device (0 = serial, 1 = path; then the string), storage.size_mib,
+//! storage.device (0 = serial, 1 = path, then the string;
+//!                 2 = iscsi, then portal, target, lun, initiator_prefix,
+//!                 chap (0 = none; 1, then user, secret)), storage.size_mib,
 //! storage.fencing.offset_mib, storage.fencing.size_mib,
 //! storage.regions [ name, offset_mib, size_mib ],
 //! host_groups [ name, hosts [ string ] ],
@@ -59,7 +61,8 @@
 //!
 //! `vms[].power` came after format version 2 was signed on real disks, and
 //! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]`,
-//! `cluster.accept_soft_watchdog` and `hosts[].mgmt` after it. They are
+//! `cluster.accept_soft_watchdog`, `hosts[].mgmt` and `hosts[].storage`
+//! after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
@@ -67,7 +70,9 @@
 //! of running a VM the operator powered off, or a checkpoint VM in lockstep
 //! (or, for operators, a config whose status service it does not have; for
 //! the soft watchdog, a go-live it would refuse; for `mgmt`, a host whose
-//! management NIC it would leave down and whose operators it would not hear).
+//! management NIC it would leave down and whose operators it would not hear;
+//! for `storage`, an iSCSI device it could not reach: a build from before
+//! the `iscsi` locator refuses it anyway, variant 2 of `storage.device`).
 //!
 //! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
 //! trailer:
@@ -80,6 +85,12 @@
 //!
 //! ```text
 //! 5, hosts [ mgmt (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
+//! ```
+//!
+//! Then, only when some host has `storage`, the storage trailer:
+//!
+//! ```text
+//! 6, hosts [ storage (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
 //! ```
 //!
 //! The trailers come in the order of their first byte.
@@ -108,6 +119,8 @@ const OPERATORS_TRAILER: u8 = 3;
 const CLUSTER_TRAILER: u8 = 4;
 /// First byte of the management trailer (see the module doc).
 const MGMT_TRAILER: u8 = 5;
+/// First byte of the storage trailer (see the module doc).
+const STORAGE_TRAILER: u8 = 6;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -164,6 +177,8 @@ pub enum CanonicalError {
     NoOperators,
     #[error("the management trailer has {entries} entries for {hosts} hosts")]
     MgmtCount { entries: usize, hosts: usize },
+    #[error("the storage trailer has {entries} entries for {hosts} hosts")]
+    StorageCount { entries: usize, hosts: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -197,6 +212,11 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         let mgmt: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.mgmt).collect();
         bytes.push(MGMT_TRAILER);
         bytes.extend(postcard::to_stdvec(&mgmt).expect("postcard encodes interfaces"));
+    }
+    if config.hosts.iter().any(|h| h.storage.is_some()) {
+        let storage: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.storage).collect();
+        bytes.push(STORAGE_TRAILER);
+        bytes.extend(postcard::to_stdvec(&storage).expect("postcard encodes interfaces"));
     }
     bytes
 }
@@ -262,6 +282,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         }
         for (host, m) in config.hosts.iter_mut().zip(mgmt) {
             host.mgmt = m;
+        }
+        rest = after;
+    }
+    if let [STORAGE_TRAILER, list @ ..] = rest {
+        // As for `mgmt`: a list with no `storage` at all is not canonical.
+        let (storage, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
+        if storage.len() != config.hosts.len() {
+            return Err(CanonicalError::StorageCount {
+                entries: storage.len(),
+                hosts: config.hosts.len(),
+            });
+        }
+        for (host, s) in config.hosts.iter_mut().zip(storage) {
+            host.storage = s;
         }
         rest = after;
     }
