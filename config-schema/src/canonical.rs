@@ -105,7 +105,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ClusterConfig, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
+    ClusterConfig, Host, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
 };
 
 /// First byte of the power trailer (see the module doc).
@@ -208,17 +208,45 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     if config.cluster.accept_soft_watchdog {
         bytes.extend([CLUSTER_TRAILER, 1]);
     }
-    if config.hosts.iter().any(|h| h.mgmt.is_some()) {
-        let mgmt: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.mgmt).collect();
-        bytes.push(MGMT_TRAILER);
-        bytes.extend(postcard::to_stdvec(&mgmt).expect("postcard encodes interfaces"));
-    }
-    if config.hosts.iter().any(|h| h.storage.is_some()) {
-        let storage: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.storage).collect();
-        bytes.push(STORAGE_TRAILER);
-        bytes.extend(postcard::to_stdvec(&storage).expect("postcard encodes interfaces"));
-    }
+    push_nics(&mut bytes, MGMT_TRAILER, config, |h| &h.mgmt);
+    push_nics(&mut bytes, STORAGE_TRAILER, config, |h| &h.storage);
     bytes
+}
+
+/// A per-host NIC trailer (management, storage): `tag`, then each host's
+/// NIC or none, only when some host has one.
+fn push_nics(
+    bytes: &mut Vec<u8>,
+    tag: u8,
+    config: &ClusterConfig,
+    nic: fn(&Host) -> &Option<Interface>,
+) {
+    if config.hosts.iter().all(|h| nic(h).is_none()) {
+        return;
+    }
+    let nics: Vec<&Option<Interface>> = config.hosts.iter().map(nic).collect();
+    bytes.push(tag);
+    bytes.extend(postcard::to_stdvec(&nics).expect("postcard encodes interfaces"));
+}
+
+/// Reads a per-host NIC trailer's list (after its tag) into the hosts'
+/// `nic`; `count` is the error for a list that does not have one entry per
+/// host. A list with no NIC at all is not canonical (no trailer is): the
+/// re-encoding check of [`decode`] refuses it.
+fn take_nics<'a>(
+    list: &'a [u8],
+    config: &mut ClusterConfig,
+    nic: fn(&mut Host) -> &mut Option<Interface>,
+    count: fn(usize, usize) -> CanonicalError,
+) -> Result<&'a [u8], CanonicalError> {
+    let (nics, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
+    if nics.len() != config.hosts.len() {
+        return Err(count(nics.len(), config.hosts.len()));
+    }
+    for (host, n) in config.hosts.iter_mut().zip(nics) {
+        *nic(host) = n;
+    }
+    Ok(after)
 }
 
 /// Decodes canonical bytes, refusing trailing data and any non-canonical
@@ -271,33 +299,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         rest = after;
     }
     if let [MGMT_TRAILER, list @ ..] = rest {
-        // A list with no `mgmt` at all is not canonical (no trailer is):
-        // the re-encoding check below refuses it.
-        let (mgmt, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
-        if mgmt.len() != config.hosts.len() {
-            return Err(CanonicalError::MgmtCount {
-                entries: mgmt.len(),
-                hosts: config.hosts.len(),
-            });
-        }
-        for (host, m) in config.hosts.iter_mut().zip(mgmt) {
-            host.mgmt = m;
-        }
-        rest = after;
+        rest = take_nics(
+            list,
+            &mut config,
+            |h| &mut h.mgmt,
+            |entries, hosts| CanonicalError::MgmtCount { entries, hosts },
+        )?;
     }
     if let [STORAGE_TRAILER, list @ ..] = rest {
-        // As for `mgmt`: a list with no `storage` at all is not canonical.
-        let (storage, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
-        if storage.len() != config.hosts.len() {
-            return Err(CanonicalError::StorageCount {
-                entries: storage.len(),
-                hosts: config.hosts.len(),
-            });
-        }
-        for (host, s) in config.hosts.iter_mut().zip(storage) {
-            host.storage = s;
-        }
-        rest = after;
+        rest = take_nics(
+            list,
+            &mut config,
+            |h| &mut h.storage,
+            |entries, hosts| CanonicalError::StorageCount { entries, hosts },
+        )?;
     }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));
