@@ -23,7 +23,9 @@
 //! cluster.cpu.level (0 = x86-64-v1 .. 3 = x86-64-v4), cluster.cpu.features [ feature index ],
 //! cluster.cpu.phys_addr_bits (one byte),
 //! timing.heartbeat_interval_ms, timing.failure_timeout_ms, timing.lag_limit_ms,
-//! storage.device (0 = serial, 1 = path; then the string), storage.size_mib,
+//! storage.device (0 = serial, 1 = path, then the string;
+//!                 2 = iscsi, then portal, target, lun, initiator_prefix,
+//!                 chap (0 = none; 1, then user, secret)), storage.size_mib,
 //! storage.fencing.offset_mib, storage.fencing.size_mib,
 //! storage.regions [ name, offset_mib, size_mib ],
 //! host_groups [ name, hosts [ string ] ],
@@ -59,7 +61,8 @@
 //!
 //! `vms[].power` came after format version 2 was signed on real disks, and
 //! `replication`, `vcpus`, `epoch_ms`, `[[images]]`, `[[operators]]`,
-//! `cluster.accept_soft_watchdog` and `hosts[].mgmt` after it. They are
+//! `cluster.accept_soft_watchdog`, `hosts[].mgmt` and `hosts[].storage`
+//! after it. They are
 //! not fields of the entries above (postcard has no field names, so an
 //! added field would change every config's bytes): a config that does not
 //! use them has no trailer and keeps its bytes and signatures, and a build
@@ -67,7 +70,9 @@
 //! of running a VM the operator powered off, or a checkpoint VM in lockstep
 //! (or, for operators, a config whose status service it does not have; for
 //! the soft watchdog, a go-live it would refuse; for `mgmt`, a host whose
-//! management NIC it would leave down and whose operators it would not hear).
+//! management NIC it would leave down and whose operators it would not hear;
+//! for `storage`, an iSCSI device it could not reach: a build from before
+//! the `iscsi` locator refuses it anyway, variant 2 of `storage.device`).
 //!
 //! Then, only when `cluster.accept_soft_watchdog` is `true`, the cluster
 //! trailer:
@@ -82,6 +87,12 @@
 //! 5, hosts [ mgmt (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
 //! ```
 //!
+//! Then, only when some host has `storage`, the storage trailer:
+//!
+//! ```text
+//! 6, hosts [ storage (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
+//! ```
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -94,7 +105,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ClusterConfig, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
+    ClusterConfig, Host, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
 };
 
 /// First byte of the power trailer (see the module doc).
@@ -108,6 +119,8 @@ const OPERATORS_TRAILER: u8 = 3;
 const CLUSTER_TRAILER: u8 = 4;
 /// First byte of the management trailer (see the module doc).
 const MGMT_TRAILER: u8 = 5;
+/// First byte of the storage trailer (see the module doc).
+const STORAGE_TRAILER: u8 = 6;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -164,6 +177,8 @@ pub enum CanonicalError {
     NoOperators,
     #[error("the management trailer has {entries} entries for {hosts} hosts")]
     MgmtCount { entries: usize, hosts: usize },
+    #[error("the storage trailer has {entries} entries for {hosts} hosts")]
+    StorageCount { entries: usize, hosts: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -193,12 +208,45 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     if config.cluster.accept_soft_watchdog {
         bytes.extend([CLUSTER_TRAILER, 1]);
     }
-    if config.hosts.iter().any(|h| h.mgmt.is_some()) {
-        let mgmt: Vec<&Option<Interface>> = config.hosts.iter().map(|h| &h.mgmt).collect();
-        bytes.push(MGMT_TRAILER);
-        bytes.extend(postcard::to_stdvec(&mgmt).expect("postcard encodes interfaces"));
-    }
+    push_nics(&mut bytes, MGMT_TRAILER, config, |h| &h.mgmt);
+    push_nics(&mut bytes, STORAGE_TRAILER, config, |h| &h.storage);
     bytes
+}
+
+/// A per-host NIC trailer (management, storage): `tag`, then each host's
+/// NIC or none, only when some host has one.
+fn push_nics(
+    bytes: &mut Vec<u8>,
+    tag: u8,
+    config: &ClusterConfig,
+    nic: fn(&Host) -> &Option<Interface>,
+) {
+    if config.hosts.iter().all(|h| nic(h).is_none()) {
+        return;
+    }
+    let nics: Vec<&Option<Interface>> = config.hosts.iter().map(nic).collect();
+    bytes.push(tag);
+    bytes.extend(postcard::to_stdvec(&nics).expect("postcard encodes interfaces"));
+}
+
+/// Reads a per-host NIC trailer's list (after its tag) into the hosts'
+/// `nic`; `count` is the error for a list that does not have one entry per
+/// host. A list with no NIC at all is not canonical (no trailer is): the
+/// re-encoding check of [`decode`] refuses it.
+fn take_nics<'a>(
+    list: &'a [u8],
+    config: &mut ClusterConfig,
+    nic: fn(&mut Host) -> &mut Option<Interface>,
+    count: fn(usize, usize) -> CanonicalError,
+) -> Result<&'a [u8], CanonicalError> {
+    let (nics, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
+    if nics.len() != config.hosts.len() {
+        return Err(count(nics.len(), config.hosts.len()));
+    }
+    for (host, n) in config.hosts.iter_mut().zip(nics) {
+        *nic(host) = n;
+    }
+    Ok(after)
 }
 
 /// Decodes canonical bytes, refusing trailing data and any non-canonical
@@ -251,19 +299,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         rest = after;
     }
     if let [MGMT_TRAILER, list @ ..] = rest {
-        // A list with no `mgmt` at all is not canonical (no trailer is):
-        // the re-encoding check below refuses it.
-        let (mgmt, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
-        if mgmt.len() != config.hosts.len() {
-            return Err(CanonicalError::MgmtCount {
-                entries: mgmt.len(),
-                hosts: config.hosts.len(),
-            });
-        }
-        for (host, m) in config.hosts.iter_mut().zip(mgmt) {
-            host.mgmt = m;
-        }
-        rest = after;
+        rest = take_nics(
+            list,
+            &mut config,
+            |h| &mut h.mgmt,
+            |entries, hosts| CanonicalError::MgmtCount { entries, hosts },
+        )?;
+    }
+    if let [STORAGE_TRAILER, list @ ..] = rest {
+        rest = take_nics(
+            list,
+            &mut config,
+            |h| &mut h.storage,
+            |entries, hosts| CanonicalError::StorageCount { entries, hosts },
+        )?;
     }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));

@@ -465,3 +465,6 @@ fn accept_soft_watchdog_is_a_signed_trailer_only_when_true() {
 
 #[path = "canonical_mgmt_tests.rs"]
 mod mgmt;
+
+#[path = "canonical_storage_tests.rs"]
+mod storage;

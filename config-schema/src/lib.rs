@@ -17,6 +17,7 @@ pub mod disk;
 pub mod events;
 pub mod hooks;
 pub mod images;
+pub mod iscsi_block;
 pub mod keys;
 pub mod model;
 pub mod peer;

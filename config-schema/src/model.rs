@@ -231,6 +231,8 @@ pub struct Storage {
 }
 
 /// How to find a block device on a host.
+// NOTICE: signed bytes (`storage.device`, `canonical.rs`): postcard encodes
+// the variant index. Append variants only; never reorder or remove one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum DeviceLocator {
@@ -238,6 +240,107 @@ pub enum DeviceLocator {
     Serial(String),
     /// A fixed device path such as `/dev/vdb`.
     Path(String),
+    /// A LUN on an iSCSI target that each host logs in to itself (init),
+    /// through its `hosts[].storage` NIC.
+    Iscsi(IscsiLun),
+}
+
+impl DeviceLocator {
+    /// This locator with any secret (the CHAP secret) replaced by a note of
+    /// its length: for status answers and logs, which must not carry it.
+    pub fn redacted(&self) -> DeviceLocator {
+        match self {
+            DeviceLocator::Iscsi(lun) => DeviceLocator::Iscsi(IscsiLun {
+                chap: lun.chap.as_ref().map(|c| Chap {
+                    user: c.user.clone(),
+                    secret: c.hidden(),
+                }),
+                ..lun.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+}
+
+/// `device = { iscsi = { portal, target, lun, initiator_prefix, chap } }`:
+/// the shared device as a LUN of an iSCSI target (RFC 3720).
+// NOTICE: signed bytes (inside `storage.device`, `canonical.rs`). Any change
+// to this struct or [`Chap`] changes the encoding of every iSCSI config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiLun {
+    /// `a.b.c.d:port` of the target's portal (IPv4; port explicit, usually 3260).
+    pub portal: String,
+    /// The target's name (IQN `iqn.yyyy-mm.reversed.domain[:unique]`, or
+    /// `eui.` + 16 hex digits), RFC 3720 §3.2.6.
+    pub target: String,
+    /// The LUN of the shared device on that target.
+    pub lun: u32,
+    /// Each host logs in as `<initiator_prefix>:<host name>` (its own I_T
+    /// nexus: SCSI-3 persistent reservations are per initiator). An IQN
+    /// without the `:unique` part.
+    pub initiator_prefix: String,
+    /// One-way CHAP, optional. Always in the postcard encoding (as an
+    /// `Option`: 0 = none; 1, then user, secret).
+    #[serde(default)]
+    pub chap: Option<Chap>,
+}
+
+/// Why [`IscsiLun::portal`] is not a portal address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortalError {
+    #[error("{0:?} is not an IPv4 address and port (a.b.c.d:port)")]
+    Syntax(String),
+    #[error("{0:?} has port 0")]
+    ZeroPort(String),
+}
+
+impl IscsiLun {
+    /// The portal's address. Errors on anything but `a.b.c.d:port` with a
+    /// non-zero port; validation refuses such a config, so after it this
+    /// always succeeds (validation also refuses unusable addresses such as
+    /// `0.0.0.0`, which this accepts).
+    pub fn portal_addr(&self) -> Result<std::net::SocketAddrV4, PortalError> {
+        let addr: std::net::SocketAddrV4 = self
+            .portal
+            .parse()
+            .map_err(|_| PortalError::Syntax(self.portal.clone()))?;
+        if addr.port() == 0 {
+            return Err(PortalError::ZeroPort(self.portal.clone()));
+        }
+        Ok(addr)
+    }
+
+    /// The initiator name host `host` logs in with: `<initiator_prefix>:<host>`.
+    pub fn initiator_name(&self, host: &str) -> String {
+        format!("{}:{}", self.initiator_prefix, host)
+    }
+}
+
+/// One-way CHAP credentials (the target authenticates the initiator).
+/// `Debug` shows the secret's length only; nothing displays or logs the
+/// secret (status answers carry [`DeviceLocator::redacted`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+}
+
+impl Chap {
+    /// What shows instead of the secret: `<hidden, 16 bytes>`.
+    fn hidden(&self) -> String {
+        format!("<hidden, {} bytes>", self.secret.len())
+    }
+}
+
+impl std::fmt::Debug for Chap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chap")
+            .field("user", &self.user)
+            .field("secret", &self.hidden())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +388,17 @@ pub struct Host {
         with = "outside_binary"
     )]
     pub mgmt: Option<Interface>,
+    /// NIC on the storage network (`storage = { mac, addr }`), the one that
+    /// reaches the iSCSI portal. Required with an iSCSI device, refused
+    /// without one. Not in the postcard encoding of `Host`:
+    /// [`crate::canonical`] carries it in the storage trailer, only when
+    /// some host has one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub storage: Option<Interface>,
     /// The host's identity public key: 32-byte X25519 static key, hex. Used by the
     /// Noise logging channel and to key heartbeats.
     pub public_key: String,
@@ -307,8 +421,8 @@ pub struct Operator {
 }
 
 /// A NIC identified by its MAC (stable across kernels, unlike `eth0`).
-// NOTICE: signed bytes (in `Host`, and as `hosts[].mgmt` in the management
-// trailer, `canonical.rs`). Any change to this struct changes the encoding of
+// NOTICE: signed bytes (in `Host`, and as `hosts[].mgmt` and
+// `hosts[].storage` in the management and storage trailers, `canonical.rs`). Any change to this struct changes the encoding of
 // every config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

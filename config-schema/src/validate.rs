@@ -123,6 +123,7 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     check_timing(c)?;
     check_storage(c)?;
     check_hosts(c)?;
+    iscsi::check_portal_reach(c)?;
     net::check_mgmt_subnets(c)?;
     net::check_ft_subnets(c, &mut warnings);
     check_groups(c)?;
@@ -237,6 +238,10 @@ fn check_storage(c: &ClusterConfig) -> Result<(), ConfigError> {
     let (kind, value) = match &s.device {
         DeviceLocator::Serial(v) => ("serial", v),
         DeviceLocator::Path(v) => ("path", v),
+        DeviceLocator::Iscsi(lun) => {
+            iscsi::check_lun(lun)?;
+            ("iscsi", &lun.target)
+        }
     };
     if value.trim().is_empty() {
         return Err(ConfigError::at(
@@ -411,8 +416,8 @@ impl<T: std::hash::Hash + Eq> Unique<T> {
     }
 }
 
-/// The MACs and IPv4 addresses of hosts (every NIC: FT, VM, management) and
-/// VMs must all be distinct.
+/// The MACs and IPv4 addresses of hosts (every NIC: FT, VM, management,
+/// storage) and VMs must all be distinct.
 struct NetIds {
     macs: Unique<[u8; 6]>,
     ips: Unique<Ipv4Addr>,
@@ -439,6 +444,9 @@ fn host_net_ids(c: &ClusterConfig) -> Result<NetIds, ConfigError> {
         n.iface(&format!("hosts[{i}].vm"), &h.vm)?;
         if let Some(m) = &h.mgmt {
             n.iface(&format!("hosts[{i}].mgmt"), m)?;
+        }
+        if let Some(s) = &h.storage {
+            n.iface(&format!("hosts[{i}].storage"), s)?;
         }
     }
     Ok(n)
@@ -467,6 +475,7 @@ fn check_hosts(c: &ClusterConfig) -> Result<(), ConfigError> {
             .ok_or_else(|| ConfigError::at(&kp, "must be a 32-byte X25519 key as 64 hex digits"))?;
         keys.insert(key, &kp, &h.public_key)?;
     }
+    iscsi::check_storage_nics_present(c)?;
     host_net_ids(c)?;
     Ok(())
 }
@@ -626,6 +635,10 @@ mod net;
 #[path = "validate_vm.rs"]
 mod vm;
 
+#[path = "validate_iscsi.rs"]
+mod iscsi;
+pub use iscsi::{iscsi_name_problem, MAX_CHAP, MAX_ISCSI_NAME, MAX_LUN, MIN_CHAP_SECRET};
+
 #[path = "validate_operators.rs"]
 mod operators;
 pub use operators::MAX_OPERATORS;
@@ -638,3 +651,7 @@ mod tests;
 #[cfg(test)]
 #[path = "validate_mgmt_tests.rs"]
 mod mgmt_tests;
+
+#[cfg(test)]
+#[path = "validate_iscsi_tests.rs"]
+mod iscsi_tests;

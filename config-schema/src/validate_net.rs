@@ -21,13 +21,13 @@ use super::{parse_cidr, ConfigError, Warning};
 use crate::model::ClusterConfig;
 
 /// The network of `ip/prefix`: `ip` with the host bits cleared.
-fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+pub(super) fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
     Ipv4Addr::from(u32::from(ip) & mask)
 }
 
 /// Whether `other` lies in the subnet `ip/prefix`.
-fn contains(ip: Ipv4Addr, prefix: u8, other: Ipv4Addr) -> bool {
+pub(super) fn contains(ip: Ipv4Addr, prefix: u8, other: Ipv4Addr) -> bool {
     network(ip, prefix) == network(other, prefix)
 }
 

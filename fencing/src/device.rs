@@ -1,11 +1,14 @@
 //! Locating the shared block device named by `storage.device`.
 //!
-//! Takes a `root` under which `sys/block` and `dev` live, so tests run over a
-//! temporary tree; on the appliance the root is `/`.
+//! Takes a `root` under which `sys` and `dev` live, so tests run over a
+//! temporary tree; on the appliance the root is `/`. An iSCSI LUN is found
+//! once init has logged in, by its session in sysfs
+//! ([`config_schema::iscsi_block`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use config_schema::iscsi_block::{self, IscsiBlockError};
 use config_schema::DeviceLocator;
 use serde::Serialize;
 
@@ -24,6 +27,8 @@ pub enum LocateError {
     NoSerial { serial: String, seen: Vec<String> },
     #[error("{0} does not exist")]
     NoPath(String),
+    #[error(transparent)]
+    Iscsi(#[from] IscsiBlockError),
 }
 
 /// Finds the device under `root`.
@@ -70,6 +75,13 @@ pub fn locate(root: &Path, locator: &DeviceLocator) -> Result<SharedDevice, Loca
             Ok(SharedDevice {
                 path: PathBuf::from(p),
                 size_bytes: sysfs_size(&sys),
+            })
+        }
+        DeviceLocator::Iscsi(lun) => {
+            let name = iscsi_block::find_block(&root.join("sys"), lun)?;
+            Ok(SharedDevice {
+                path: PathBuf::from("/dev").join(&name),
+                size_bytes: sysfs_size(&root.join("sys/block").join(&name)),
             })
         }
     }
@@ -179,5 +191,52 @@ mod tests {
             locate(t.path(), &DeviceLocator::Path("/dev/vdz".into())).unwrap_err(),
             LocateError::NoPath("/dev/vdz".into())
         );
+    }
+
+    fn iscsi(target: &str, lun: u32) -> DeviceLocator {
+        DeviceLocator::Iscsi(config_schema::IscsiLun {
+            portal: "10.0.2.100:3260".into(),
+            target: target.into(),
+            lun,
+            initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
+            chap: None,
+        })
+    }
+
+    const TARGET: &str = "iqn.2026-01.test.ftappliance:shared";
+
+    #[test]
+    fn an_iscsi_lun_by_its_session_with_its_size() {
+        let t = tree();
+        let sys = t.path().join("sys");
+        iscsi_block::fake::session(&sys, 1, TARGET);
+        iscsi_block::fake::disk(&sys, "sdb", 2, 1, 0, 8);
+        iscsi_block::fake::disk(&sys, "sdc", 2, 1, 1, 262144);
+        let d = locate(t.path(), &iscsi(TARGET, 1)).unwrap();
+        assert_eq!(d.path, PathBuf::from("/dev/sdc"));
+        assert_eq!(d.size_bytes, Some(128 << 20));
+        let e = locate(t.path(), &iscsi(TARGET, 2)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no block device for LUN 2 of iqn.2026-01.test.ftappliance:shared: session1 has no \
+             LUN 2 (its block devices: [sdb = LUN 0, sdc = LUN 1])"
+        );
+        let e = locate(t.path(), &iscsi("iqn.2026-01.test.ftappliance:other", 1)).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                ": no iSCSI session to that target (sessions: \
+                 [session1=iqn.2026-01.test.ftappliance:shared])"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_iscsi_lun_before_the_login_is_not_found() {
+        let t = tree();
+        assert!(matches!(
+            locate(t.path(), &iscsi(TARGET, 1)),
+            Err(LocateError::Iscsi(IscsiBlockError::NoSession { .. }))
+        ));
     }
 }

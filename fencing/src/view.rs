@@ -14,6 +14,7 @@ pub struct View {
     pub slot: u32,
     /// Number of slots (hosts in the config).
     pub slots: usize,
+    /// The config's locator, without its CHAP secret: it is shown in status.
     pub locator: DeviceLocator,
     pub fencing_region: Region,
     /// Size the config's layout assumes, bytes.
@@ -30,7 +31,7 @@ impl View {
             host: me.name.clone(),
             slot: me.id,
             slots: rt.config.hosts.len(),
-            locator: st.device.clone(),
+            locator: st.device.redacted(),
             fencing_region: st.fencing,
             configured_size_bytes: st.size_mib.saturating_mul(1 << 20),
             device: device.map_err(|e| e.to_string()),
@@ -120,5 +121,28 @@ mod tests {
         let v = View::new(&runtime("host-a"), missing).unwrap();
         assert_eq!(v.status()["device"]["found"], false);
         assert_eq!(v.device_problem().as_deref(), Some("/dev/x does not exist"));
+    }
+
+    #[test]
+    fn status_does_not_carry_the_chap_secret() {
+        let mut rt = runtime("host-a");
+        rt.config.storage.device = DeviceLocator::Iscsi(config_schema::IscsiLun {
+            portal: "10.0.2.100:3260".into(),
+            target: "iqn.2026-01.test.ftappliance:shared".into(),
+            lun: 1,
+            initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
+            chap: Some(config_schema::Chap {
+                user: "ft".into(),
+                secret: "twelve+bytes".into(),
+            }),
+        });
+        let v = View::new(&rt, dev(256 << 20)).unwrap();
+        let s = v.status();
+        let locator = &s["device"]["locator"]["iscsi"];
+        assert_eq!(locator["lun"], 1);
+        assert_eq!(locator["chap"]["user"], "ft");
+        assert_eq!(locator["chap"]["secret"], "<hidden, 12 bytes>");
+        assert!(!s.to_string().contains("twelve+bytes"), "{s}");
+        assert!(!format!("{v:?}").contains("twelve+bytes"));
     }
 }

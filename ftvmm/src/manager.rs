@@ -480,6 +480,14 @@ impl VmManager {
                     self.sys_block.display()
                 ))
             })?,
+            DeviceLocator::Iscsi(lun) => {
+                // The LUN init logged in to, by its session in sysfs
+                // (`sys_block`'s parent is the sysfs mount, `/sys`).
+                let sys = self.sys_block.parent().unwrap_or(Path::new("/sys"));
+                let name = config_schema::iscsi_block::find_block(sys, lun)
+                    .map_err(|e| err(e.to_string()))?;
+                Path::new("/dev").join(name)
+            }
         };
         let tap = format!("ft-{}", vm.name);
         if tap.len() > 15 {
@@ -1110,6 +1118,31 @@ mod tests {
         fn decided(&self) -> Vec<(String, u64, String)> {
             self.decided.lock().unwrap().clone()
         }
+    }
+
+    #[test]
+    fn an_iscsi_lun_is_found_by_its_session() {
+        use config_schema::iscsi_block::fake;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config();
+        let target = "iqn.2026-01.test.ftappliance:shared";
+        cfg.config.storage.device = DeviceLocator::Iscsi(config_schema::IscsiLun {
+            portal: "10.0.2.100:3260".into(),
+            target: target.into(),
+            lun: 1,
+            initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
+            chap: None,
+        });
+        let mut m = VmManager::new(cfg.clone(), Members::new(HostGrant::always()));
+        m.sys_block = dir.path().join("block");
+        let vm = &cfg.config.vms[0].name;
+        let err = m.spec_for(vm).unwrap_err().to_string();
+        assert!(err.contains("no iSCSI session to that target"), "{err}");
+        fake::session(dir.path(), 1, target);
+        fake::disk(dir.path(), "sdb", 2, 1, 0, 8);
+        fake::disk(dir.path(), "sdc", 2, 1, 1, 8);
+        let spec = m.spec_for(vm).unwrap();
+        assert_eq!(spec.disk.unwrap().path, PathBuf::from("/dev/sdc"));
     }
 
     #[test]

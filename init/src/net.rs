@@ -395,6 +395,7 @@ mod tests {
             },
             public_key: String::new(),
             mgmt: None,
+            storage: None,
         }
     }
 

@@ -145,7 +145,9 @@ pub fn load(root: &Path, trust_root: &Path, wait: Duration) -> Result<Accepted, 
 
 /// `Some(how the config names it)` when `locator` names the found disk: its
 /// `/sys/block/<name>/serial`, or its `/dev` node (also through a symlink such
-/// as `/dev/disk/by-id/...`).
+/// as `/dev/disk/by-id/...`), or, for an iSCSI LUN, the block device of that
+/// LUN when this host is logged in to its target (before the login no disk
+/// is it).
 pub fn names_this_device(root: &Path, found: &Found, locator: &DeviceLocator) -> Option<String> {
     match locator {
         DeviceLocator::Serial(serial) => {
@@ -161,6 +163,11 @@ pub fn names_this_device(root: &Path, found: &Found, locator: &DeviceLocator) ->
                     (Ok(a), Ok(b)) if a == b
                 );
             same.then(|| format!("storage.device path {p:?}"))
+        }
+        DeviceLocator::Iscsi(lun) => {
+            let name = config_schema::iscsi_block::find_block(&root.join("sys"), lun).ok()?;
+            (name == found.name)
+                .then(|| format!("storage.device iSCSI LUN {} of {}", lun.lun, lun.target))
         }
     }
 }

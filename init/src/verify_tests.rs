@@ -267,6 +267,41 @@ fn a_config_naming_its_own_device_path_as_shared_is_refused() {
     assert!(e.to_string().contains("is the shared device"), "{e}");
 }
 
+#[test]
+fn a_config_naming_its_own_iscsi_lun_as_shared_is_refused() {
+    let target = "iqn.2026-01.test.ftappliance:shared";
+    let (s, _) = setup_with(1, |c| {
+        c.storage.device = config_schema::DeviceLocator::Iscsi(config_schema::IscsiLun {
+            portal: "10.0.2.100:3260".into(),
+            target: target.into(),
+            lun: 1,
+            initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
+            chap: None,
+        });
+        for (i, h) in c.hosts.iter_mut().enumerate() {
+            h.storage = Some(config_schema::Interface {
+                mac: format!("52:54:00:fa:00:{:02x}", i + 1),
+                addr: format!("10.0.2.{}/24", 11 + i),
+            });
+        }
+    });
+    // Not logged in: vdb is no LUN of the target.
+    load(s.dir.path(), &s.trust, Duration::ZERO).unwrap();
+    // Logged in, and vdb is LUN 1 of a session to the target.
+    let sys = s.dir.path().join("sys");
+    fs::remove_dir(sys.join("block/vdb")).unwrap();
+    config_schema::iscsi_block::fake::session(&sys, 1, target);
+    config_schema::iscsi_block::fake::disk(&sys, "vdb", 2, 1, 1, 16);
+    let e = load(s.dir.path(), &s.trust, Duration::ZERO).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "config disk vdb is the shared device its config names (storage.device iSCSI LUN 1 \
+             of iqn.2026-01.test.ftappliance:shared)"
+        ),
+        "{e}"
+    );
+}
+
 /// Makes a file immutable (`chattr +i`: even root cannot open it for
 /// writing) until dropped.
 struct Immutable(std::path::PathBuf);

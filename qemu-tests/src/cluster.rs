@@ -318,7 +318,9 @@ impl Cluster {
         self.refuse_second_server("iSCSI")?;
         let serial = match &self.config.storage.device {
             config_schema::DeviceLocator::Serial(s) => s.clone(),
-            config_schema::DeviceLocator::Path(_) => SHARED_SERIAL.to_owned(),
+            config_schema::DeviceLocator::Path(_) | config_schema::DeviceLocator::Iscsi(_) => {
+                SHARED_SERIAL.to_owned()
+            }
         };
         let dir = self.dir().join("storage");
         std::fs::create_dir_all(&dir)

@@ -1,10 +1,10 @@
 //! Fuzz target: the trailers of the canonical encoding (1 `power`, 2
 //! `replication`: vcpus, epoch_ms, `[[images]]`; 3 `[[operators]]`, 4
-//! `cluster.accept_soft_watchdog`, 5 `hosts[].mgmt`), which random disk
-//! bytes rarely reach through `config_disk`. Every input is tried on its own and
-//! after the trailer-less encoding of `examples/linux-vm.toml`; whatever
-//! decodes must re-encode to exactly the input (one config, one encoding)
-//! and must not make validation panic.
+//! `cluster.accept_soft_watchdog`, 5 `hosts[].mgmt`, 6 `hosts[].storage`),
+//! which random disk bytes rarely reach through `config_disk`. Every input is
+//! tried on its own and after the trailer-less encoding of
+//! `examples/linux-vm.toml`; whatever decodes must re-encode to exactly the
+//! input (one config, one encoding) and must not make validation panic.
 #![no_main]
 
 use std::sync::OnceLock;
