@@ -12,6 +12,7 @@ fn iscsi(chap: bool) -> DeviceLocator {
         portal: "10.0.2.100:3260".into(),
         target: LUN.into(),
         lun: 1,
+        tpgt: 1,
         initiator_prefix: PREFIX.into(),
         chap: chap.then(|| Chap {
             user: "ft".into(),
@@ -69,11 +70,12 @@ fn the_iscsi_locator_is_variant_2_and_signed_field_by_field() {
     let span = device_span(&plain);
     let c = example_iscsi(false);
     let bytes = encode(&c);
-    // 2, portal, target, lun (varint), initiator_prefix, chap none.
+    // 2, portal, target, lun (varint), tpgt (varint), initiator_prefix, chap none.
     let device = [
         &[2][..],
         &string("10.0.2.100:3260"),
         &string(LUN),
+        &[1],
         &[1],
         &string(PREFIX),
         &[0],

@@ -202,6 +202,7 @@ mod tests {
             portal: "10.0.2.100:3260".into(),
             target: TARGET.into(),
             lun: n,
+            tpgt: 1,
             initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
             chap: None,
         }

@@ -276,6 +276,12 @@ pub struct IscsiLun {
     pub target: String,
     /// The LUN of the shared device on that target.
     pub lun: u32,
+    /// The target portal group tag of `portal` (the login checks it: a
+    /// target answering with another tag is refused). 1 on Linux's LIO and
+    /// tgt and on most arrays; the target's own listing names it
+    /// (`targetcli ls`, `tgtadm --mode target --op show`).
+    #[serde(default = "default_tpgt")]
+    pub tpgt: u16,
     /// Each host logs in as `<initiator_prefix>:<host name>` (its own I_T
     /// nexus: SCSI-3 persistent reservations are per initiator). An IQN
     /// without the `:unique` part.
@@ -284,6 +290,11 @@ pub struct IscsiLun {
     /// `Option`: 0 = none; 1, then user, secret).
     #[serde(default)]
     pub chap: Option<Chap>,
+}
+
+/// [`IscsiLun::tpgt`] when the config does not name it.
+fn default_tpgt() -> u16 {
+    1
 }
 
 /// Why [`IscsiLun::portal`] is not a portal address.

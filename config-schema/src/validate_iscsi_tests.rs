@@ -14,6 +14,7 @@ fn with_iscsi() -> ClusterConfig {
         portal: "10.0.2.100:3260".into(),
         target: "iqn.2026-01.test.ftappliance:shared".into(),
         lun: 1,
+        tpgt: 1,
         initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
         chap: None,
     });
@@ -392,4 +393,37 @@ fn the_portal_is_no_address_of_the_cluster() {
         "storage.device.iscsi.portal",
         &["10.0.2.100 is the address of vms[0].ip"],
     );
+}
+
+#[test]
+fn a_storage_subnet_is_its_own() {
+    // (The portal must stay inside the storage subnet, or that rule speaks
+    // first: hence a subnet wide enough to hold both.)
+    assert_refused(
+        |c| nic(c, 1).addr = "10.0.2.12/0".into(),
+        "hosts[1].storage.addr",
+        &["host host-b: storage subnet 0.0.0.0/0 (10.0.2.12/0) overlaps its own FT subnet \
+           192.0.2.0/24 (192.0.2.2/24): the storage network needs a subnet of its own"],
+    );
+    assert_refused(
+        |c| {
+            c.hosts[2].mgmt = Some(Interface {
+                mac: "52:54:00:f9:00:03".into(),
+                addr: "10.0.0.3/16".into(),
+            })
+        },
+        "hosts[0].storage.addr",
+        &["overlaps host-c's (hosts[2]) management subnet 10.0.0.0/16"],
+    );
+}
+
+#[test]
+fn the_portal_group_tag_defaults_to_1() {
+    let lun = |text: &str| -> IscsiLun { toml::from_str(text).unwrap() };
+    let text = r#"portal = "10.0.2.100:3260"
+        target = "iqn.2026-01.test.ftappliance:shared"
+        lun = 1
+        initiator_prefix = "iqn.2026-01.test.ftappliance""#;
+    assert_eq!(lun(text).tpgt, 1);
+    assert_eq!(lun(&format!("{text}\ntpgt = 7")).tpgt, 7);
 }

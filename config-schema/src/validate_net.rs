@@ -14,6 +14,8 @@
 //! routes for the same addresses and answer an operator (or send
 //! heartbeats) through whichever NIC its routing picks: so a management
 //! subnet that overlaps any host's FT or VM subnet is refused, naming both.
+//! The same holds for a storage subnet (`hosts[].storage`, the NIC to an
+//! iSCSI portal), which must not overlap a management subnet either.
 
 use std::net::Ipv4Addr;
 
@@ -38,39 +40,52 @@ fn overlap((a, pa): (Ipv4Addr, u8), (b, pb): (Ipv4Addr, u8)) -> bool {
     network(a, p) == network(b, p)
 }
 
-/// Refuses a host's management subnet that overlaps the FT or VM subnet of
-/// any host (its own first), at `hosts[i].mgmt.addr`. Addresses that do not
-/// parse are skipped: `check_hosts` refuses them first.
+/// Refuses a host's management or storage subnet that overlaps the FT or
+/// VM subnet of any host (its own first), and a storage subnet that
+/// overlaps any host's management subnet, at `hosts[i].mgmt.addr` or
+/// `hosts[i].storage.addr`. Addresses that do not parse are skipped:
+/// `check_hosts` refuses them first.
 pub(super) fn check_mgmt_subnets(c: &ClusterConfig) -> Result<(), ConfigError> {
     for (i, h) in c.hosts.iter().enumerate() {
-        let Some(m) = &h.mgmt else { continue };
-        let Some((mip, mp)) = parse_cidr(&m.addr) else {
-            continue;
-        };
-        let own_first = std::iter::once((i, h)).chain(c.hosts.iter().enumerate());
-        for (j, o) in own_first {
-            for (net, addr) in [("FT", &o.ft.addr), ("VM", &o.vm.addr)] {
-                let Some((oip, op)) = parse_cidr(addr) else {
-                    continue;
-                };
-                if !overlap((mip, mp), (oip, op)) {
-                    continue;
+        let own = [
+            ("mgmt", "management", h.mgmt.as_ref()),
+            ("storage", "storage", h.storage.as_ref()),
+        ];
+        for (field, what, nic) in own {
+            let Some(m) = nic else { continue };
+            let Some((mip, mp)) = parse_cidr(&m.addr) else {
+                continue;
+            };
+            let own_first = std::iter::once((i, h)).chain(c.hosts.iter().enumerate());
+            for (j, o) in own_first {
+                let mut others = vec![("FT", Some(&o.ft.addr)), ("VM", Some(&o.vm.addr))];
+                if field == "storage" {
+                    others.push(("management", o.mgmt.as_ref().map(|n| &n.addr)));
                 }
-                let whose = match j == i {
-                    true => "its own".to_string(),
-                    false => format!("{}'s (hosts[{j}])", o.name),
-                };
-                return Err(ConfigError::at(
-                    format!("hosts[{i}].mgmt.addr"),
-                    format!(
-                        "host {}: management subnet {}/{mp} ({}) overlaps {whose} {net} subnet \
-                         {}/{op} ({addr}): the management network needs a subnet of its own",
-                        h.name,
-                        network(mip, mp),
-                        m.addr,
-                        network(oip, op),
-                    ),
-                ));
+                for (net, addr) in others {
+                    let Some(addr) = addr else { continue };
+                    let Some((oip, op)) = parse_cidr(addr) else {
+                        continue;
+                    };
+                    if !overlap((mip, mp), (oip, op)) {
+                        continue;
+                    }
+                    let whose = match j == i {
+                        true => "its own".to_string(),
+                        false => format!("{}'s (hosts[{j}])", o.name),
+                    };
+                    return Err(ConfigError::at(
+                        format!("hosts[{i}].{field}.addr"),
+                        format!(
+                            "host {}: {what} subnet {}/{mp} ({}) overlaps {whose} {net} subnet \
+                             {}/{op} ({addr}): the {what} network needs a subnet of its own",
+                            h.name,
+                            network(mip, mp),
+                            m.addr,
+                            network(oip, op),
+                        ),
+                    ));
+                }
             }
         }
     }

@@ -198,6 +198,7 @@ mod tests {
             portal: "10.0.2.100:3260".into(),
             target: target.into(),
             lun,
+            tpgt: 1,
             initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
             chap: None,
         })

@@ -130,6 +130,7 @@ mod tests {
             portal: "10.0.2.100:3260".into(),
             target: "iqn.2026-01.test.ftappliance:shared".into(),
             lun: 1,
+            tpgt: 1,
             initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
             chap: Some(config_schema::Chap {
                 user: "ft".into(),

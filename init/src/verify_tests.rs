@@ -275,6 +275,7 @@ fn a_config_naming_its_own_iscsi_lun_as_shared_is_refused() {
             portal: "10.0.2.100:3260".into(),
             target: target.into(),
             lun: 1,
+            tpgt: 1,
             initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
             chap: None,
         });
