@@ -402,8 +402,10 @@ fn a_storage_subnet_is_its_own() {
     assert_refused(
         |c| nic(c, 1).addr = "10.0.2.12/0".into(),
         "hosts[1].storage.addr",
-        &["host host-b: storage subnet 0.0.0.0/0 (10.0.2.12/0) overlaps its own FT subnet \
-           192.0.2.0/24 (192.0.2.2/24): the storage network needs a subnet of its own"],
+        &[
+            "host host-b: storage subnet 0.0.0.0/0 (10.0.2.12/0) overlaps its own FT subnet \
+           192.0.2.0/24 (192.0.2.2/24): the storage network needs a subnet of its own",
+        ],
     );
     assert_refused(
         |c| {

@@ -9,6 +9,7 @@ pub mod console;
 pub mod daemons;
 pub mod discover;
 pub mod hardware;
+pub mod iscsi;
 pub mod modules;
 pub mod net;
 pub mod power;

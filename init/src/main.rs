@@ -17,7 +17,7 @@ use config_schema::runtime::RUNTIME_CONFIG_PATH;
 use init::daemons::{self, DAEMONS};
 use init::supervise::{Policy, Supervisor};
 use init::system::{self, say};
-use init::{cmdline, net, power, verify};
+use init::{cmdline, iscsi, net, power, verify};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -249,6 +249,9 @@ fn main() {
         },
         None => say("init: this host is not in the config; network not configured"),
     }
+    if let Some(login) = iscsi_login(rt) {
+        log_in_to_shared_storage(login, rt.config.storage.device.clone());
+    }
     if accepted.runtime.config.test_hooks().contains(&TestHook::Pr) {
         // Test hook: not supervised; init reaps it as an orphan when it ends.
         match daemons::spawn("ft-pr-test", Path::new(RUNTIME_CONFIG_PATH)) {
@@ -258,6 +261,68 @@ fn main() {
     }
     let crash = cmdline::crash_daemon(&accepted.runtime.config);
     supervise(&mut events, &accepted, crash.as_deref())
+}
+
+/// How long init waits for the first iSCSI login before it starts the
+/// daemons anyway (the login goes on; fencing and ftvmm wait for the device).
+const ISCSI_WAIT: Duration = Duration::from_secs(60);
+
+/// The login the signed config asks for, if its shared device is an iSCSI LUN.
+fn iscsi_login(rt: &config_schema::runtime::RuntimeConfig) -> Option<iscsi::Login> {
+    let config_schema::DeviceLocator::Iscsi(lun) = &rt.config.storage.device else {
+        return None;
+    };
+    let portal = match lun.portal_addr() {
+        Ok(p) => p,
+        Err(e) => {
+            say(&format!(
+                "init: iscsi: storage.device.iscsi.portal: {e}; not logging in"
+            ));
+            return None;
+        }
+    };
+    Some(iscsi::Login {
+        portal,
+        target: lun.target.clone(),
+        tpgt: lun.tpgt,
+        lun: lun.lun,
+        initiator: lun.initiator_name(&rt.host_name),
+        chap: lun
+            .chap
+            .as_ref()
+            .map(|c| (c.user.clone(), c.secret.clone())),
+    })
+}
+
+/// Loads the software initiator, starts the login keeper
+/// ([`iscsi::keep`]) and waits up to [`ISCSI_WAIT`] for the LUN's device.
+fn log_in_to_shared_storage(login: iscsi::Login, device: config_schema::DeviceLocator) {
+    system::load_named(&iscsi::MODULES);
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("iscsi".into())
+        .spawn(move || {
+            let locate = move || match &device {
+                config_schema::DeviceLocator::Iscsi(lun) => {
+                    config_schema::iscsi_block::find_block(Path::new("/sys"), lun)
+                        .map(|name| Path::new("/dev").join(name))
+                        .map_err(|e| e.to_string())
+                }
+                _ => Err("not an iSCSI device".to_owned()),
+            };
+            iscsi::keep(login, "/sys".into(), locate, tx)
+        });
+    if let Err(e) = spawned {
+        say(&format!("init: iscsi: cannot start the login thread: {e}"));
+        return;
+    }
+    if rx.recv_timeout(ISCSI_WAIT).is_err() {
+        say(&format!(
+            "init: iscsi: the shared device is not there after {} s; starting the daemons \
+             anyway (the login goes on)",
+            ISCSI_WAIT.as_secs()
+        ));
+    }
 }
 
 fn report_accepted(a: &verify::Accepted) {

@@ -112,6 +112,9 @@ pub struct Plan {
     pub vm_addr: Cidr,
     /// The management NIC and its address (`hosts[].mgmt`), if configured.
     pub mgmt: Option<(Link, Cidr)>,
+    /// The storage-network NIC (`hosts[].storage`: the one that reaches an
+    /// iSCSI portal), if configured.
+    pub storage: Option<(Link, Cidr)>,
 }
 
 /// Matches the host's configured NICs (by MAC) to the kernel's links.
@@ -139,12 +142,17 @@ pub fn plan(host: &Host, links: &[Link]) -> Result<Plan, NetError> {
         Some(m) => Some((find(&m.mac, "management")?, parse_cidr(&m.addr)?)),
         None => None,
     };
+    let storage = match &host.storage {
+        Some(m) => Some((find(&m.mac, "storage")?, parse_cidr(&m.addr)?)),
+        None => None,
+    };
     Ok(Plan {
         ft_addr: parse_cidr(&host.ft.addr)?,
         vm_addr: parse_cidr(&host.vm.addr)?,
         ft: find(&host.ft.mac, "FT")?,
         vm: find(&host.vm.mac, "VM")?,
         mgmt,
+        storage,
     })
 }
 
@@ -359,6 +367,9 @@ pub fn bring_up(host: &Host) -> Result<Plan, NetError> {
     if let (Some((link, cidr)), Some(m)) = (&p.mgmt, &host.mgmt) {
         up_with_address(&mut nl, "management", (link, &m.mac), *cidr)?;
     }
+    if let (Some((link, cidr)), Some(m)) = (&p.storage, &host.storage) {
+        up_with_address(&mut nl, "storage", (link, &m.mac), *cidr)?;
+    }
     Ok(p)
 }
 
@@ -468,6 +479,29 @@ mod tests {
         assert_eq!((link.index, link.name.as_str()), (4, "ens5"));
         assert_eq!(cidr.to_string(), "203.0.113.1/24");
         assert_eq!(p.ft.name, "ens4");
+    }
+
+    #[test]
+    fn the_storage_nic_is_matched_by_mac_and_named_when_missing() {
+        let mut h = host();
+        h.storage = Some(Interface {
+            mac: "52:54:00:fa:00:01".into(),
+            addr: "10.0.2.21/24".into(),
+        });
+        let mut l = links();
+        let e = plan(&h, &l).unwrap_err().to_string();
+        assert!(
+            e.starts_with("no interface with MAC 52:54:00:fa:00:01 (storage network)"),
+            "{e}"
+        );
+        l.push(Link {
+            index: 5,
+            name: "ens6".into(),
+            mac: Some([0x52, 0x54, 0, 0xfa, 0, 1]),
+        });
+        let (link, cidr) = plan(&h, &l).unwrap().storage.unwrap();
+        assert_eq!((link.index, cidr.to_string().as_str()), (5, "10.0.2.21/24"));
+        assert_eq!(plan(&host(), &l).unwrap().storage, None);
     }
 
     #[test]

@@ -238,6 +238,27 @@ pub fn load_modules() {
     }
 }
 
+/// Loads `names` and their dependencies by name: drivers no device
+/// announces (the software iSCSI initiator's), outside discovery.
+pub fn load_named(names: &[&str]) {
+    let dir = PathBuf::from("/lib/modules").join(kernel_release());
+    let index = fs::read_to_string(dir.join("modules.dep"))
+        .map_err(|e| e.to_string())
+        .and_then(|dep| {
+            let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+            ModuleIndex::parse(&dep, &builtin).map_err(|e| e.to_string())
+        });
+    match index {
+        Ok(index) => {
+            let mut done = BTreeSet::new();
+            for name in names {
+                load_one(&index, &dir, name, &mut done);
+            }
+        }
+        Err(e) => tracing::error!("{}/modules.dep: {e}: cannot load {names:?}", dir.display()),
+    }
+}
+
 /// Loads the modules the machine's devices match, pass after pass.
 fn discover(loader: &mut Loader<'_>, aliases: &AliasIndex) {
     if aliases.is_empty() {

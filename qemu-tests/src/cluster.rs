@@ -12,7 +12,7 @@ use config_schema::disk::{self, HEADER_LEN};
 use config_schema::{keys, ClusterConfig};
 
 use crate::error::{HarnessError, Result};
-use crate::host::{Boot, Host, HostSpec, IscsiAttach, Nic, SHARED_SERIAL};
+use crate::host::{Boot, Host, HostSpec, IscsiAttach, Nic, StorageNic, SHARED_SERIAL};
 use crate::hub::Hub;
 use crate::netns::NetnsTap;
 use crate::paths::{appliance_iso, extract_boot_files, qemu_binary, workspace_root, BootFiles};
@@ -395,6 +395,12 @@ impl Cluster {
         spec.config_disk = Some(self.config_disk(host)?.to_owned());
         spec.shared_storage = Some(self.shared.clone());
         match self.storage_paths.get(host) {
+            // The appliance logs in itself: no disk of the shared storage,
+            // a storage NIC whose portal leads to the host's path.
+            Some(p) if self.iscsi.is_some() && self.appliance_logs_in() => {
+                spec.shared_storage = None;
+                spec.storage_nic = Some(self.storage_nic(h, p)?);
+            }
             Some(p) if self.iscsi.is_some() => {
                 spec.shared_storage_iscsi = Some(IscsiAttach {
                     portal: p.tcp_addr().expect("iSCSI storage paths are TCP"),
@@ -455,6 +461,39 @@ impl Cluster {
     /// The appliance ISO this cluster boots.
     pub fn iso(&self) -> &Path {
         &self.iso
+    }
+
+    /// Whether the config names the shared device as an iSCSI LUN the
+    /// appliance logs in to itself (then [`Cluster::use_iscsi_storage`]
+    /// serves it and hosts reach it through a [`StorageNic`]).
+    pub fn appliance_logs_in(&self) -> bool {
+        matches!(
+            self.config.storage.device,
+            config_schema::DeviceLocator::Iscsi(_)
+        )
+    }
+
+    /// `h`'s storage NIC: its `hosts[].storage` MAC, the config's portal
+    /// forwarded to the host's storage path `p`.
+    fn storage_nic(&self, h: &config_schema::Host, p: &StoragePath) -> Result<StorageNic> {
+        let bad = |reason: String| HarnessError::ConfigDisk {
+            host: h.name.clone(),
+            reason,
+        };
+        let config_schema::DeviceLocator::Iscsi(lun) = &self.config.storage.device else {
+            return Err(bad("the shared device is not an iSCSI LUN".into()));
+        };
+        let nic = h
+            .storage
+            .as_ref()
+            .ok_or_else(|| bad("no hosts[].storage NIC in the config".into()))?;
+        Ok(StorageNic {
+            mac: nic.mac.clone(),
+            portal: lun.portal_addr().map_err(|e| bad(e.to_string()))?,
+            forward_to: p
+                .tcp_addr()
+                .ok_or_else(|| bad("its storage path is not TCP".into()))?,
+        })
     }
 
     /// Boots `host` the standard way. A host of that name that is already

@@ -107,6 +107,30 @@ pub struct Nic {
     pub socket: PathBuf,
 }
 
+/// A NIC on a storage network of its own that reaches only an iSCSI portal:
+/// QEMU's user-mode network (`-netdev user`, `restrict=on`: nothing leaves
+/// it) whose one forward takes TCP to `portal` (inside the host's network)
+/// to `forward_to` on this machine — the host's [`crate::StoragePath`] to
+/// the target, so the harness can cut, sever or delay it. The appliance's
+/// own initiator logs in over it (`storage.device = { iscsi = … }`).
+#[derive(Debug, Clone)]
+pub struct StorageNic {
+    pub mac: String,
+    /// `10.0.2.0/24` is the user network's; the portal must be inside it.
+    pub portal: std::net::SocketAddrV4,
+    pub forward_to: std::net::SocketAddr,
+}
+
+impl StorageNic {
+    /// The `-netdev` value.
+    pub fn netdev(&self, id: &str) -> String {
+        format!(
+            "user,id={id},net=10.0.2.0/24,restrict=on,guestfwd=tcp:{}-tcp:{}",
+            self.portal, self.forward_to
+        )
+    }
+}
+
 /// The file a host's second serial port writes to ([`HostSpec::add_com2`]),
 /// in its work directory.
 pub const COM2_LOG: &str = "ttyS1.log";
@@ -132,6 +156,8 @@ pub struct HostSpec {
     pub shared_storage_iscsi: Option<IscsiAttach>,
     /// In order: the FT network NIC, then the VM network NIC.
     pub nics: Vec<Nic>,
+    /// A NIC to the iSCSI portal, after `nics`.
+    pub storage_nic: Option<StorageNic>,
     pub memory_mib: u32,
     pub cpus: u32,
     pub watchdog: bool,
@@ -154,6 +180,7 @@ impl HostSpec {
             shared_storage_nbd: None,
             shared_storage_iscsi: None,
             nics: Vec::new(),
+            storage_nic: None,
             memory_mib: 1024,
             cpus: 1,
             watchdog: true,
@@ -348,6 +375,12 @@ impl HostSpec {
             // refuses to start if the ROM package is not installed).
             a.push("-device");
             a.push(format!("{model},netdev=net{i},mac={},romfile=", nic.mac));
+        }
+        if let Some(s) = &self.storage_nic {
+            a.push("-netdev");
+            a.push(s.netdev("storage"));
+            a.push("-device");
+            a.push(format!("{model},netdev=storage,mac={},romfile=", s.mac));
         }
     }
 

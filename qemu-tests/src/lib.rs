@@ -41,7 +41,7 @@ pub mod kv;
 pub use cluster::{Cluster, ClusterSource, TestDir};
 pub use console::{ConsoleLine, Mark, Pattern};
 pub use error::{HarnessError, Result};
-pub use host::{Boot, Host, HostSpec, Machine, Nic};
+pub use host::{Boot, Host, HostSpec, Machine, Nic, StorageNic};
 pub use hub::{CapturedFrame, ChannelPort, Hub, LinkParams, PortSender, PortStats};
 pub use netns::NetnsTap;
 pub use storage::{NbdStorage, PathMode, PathStats, StoragePath};

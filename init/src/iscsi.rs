@@ -1,0 +1,366 @@
+//! Logging in to the shared device when the signed config names it as an
+//! iSCSI LUN (`storage.device = { iscsi = … }`, issue 16).
+//!
+//! The kernel's software initiator (`iscsi_tcp`) carries the session; the
+//! login itself — TCP connect, the login PDUs, CHAP — is done by open-iscsi's
+//! `iscsistart` (pinned in the image, `image/iscsi.lock`), which hands the
+//! logged-in connection to the kernel and exits. The LUN then appears as an
+//! ordinary SCSI disk (`/dev/sdX`) that fencing, the VMs' disks and SCSI-3
+//! persistent reservations use as they use a local one.
+//!
+//! [`keep`] runs in a thread of init for the host's life: it logs in
+//! (retrying with a back-off, one console line per failed attempt naming the
+//! reason), says which `/dev/sdX` the LUN became, and then watches the
+//! session's state in sysfs and says when it leaves and regains `LOGGED_IN`.
+//! `iscsistart` leaves no daemon behind, so nobody reconnects a session whose
+//! TCP connection broke: it stays `FAILED` and its I/O hangs, which the
+//! fencing agent treats like any lost storage path (hold, hand-over, reset
+//! by the watchdog; the host logs in again when it boots). Reconnecting in
+//! place needs `iscsid`, which is not in the image yet.
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::system::say;
+
+/// The initiator's login tool in the image.
+pub const ISCSISTART: &str = "/sbin/iscsistart";
+/// Kernel modules of the software initiator (no device announces them, so
+/// discovery never loads them): loaded by name before the first login.
+pub const MODULES: [&str; 2] = ["iscsi_tcp", "sd_mod"];
+/// A login attempt that has not ended by then is killed and counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Back-off between failed attempts: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the LUN's block device may take to appear after the login.
+const DEVICE_WAIT: Duration = Duration::from_secs(20);
+/// How often the session's state is looked at once logged in.
+const WATCH_PERIOD: Duration = Duration::from_secs(1);
+
+/// What to log in to, from the signed config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub portal: SocketAddrV4,
+    pub target: String,
+    /// The target portal group tag `iscsistart` insists on.
+    pub tpgt: u16,
+    pub lun: u32,
+    /// `<initiator_prefix>:<host name>`.
+    pub initiator: String,
+    /// One-way CHAP: user and secret.
+    pub chap: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Login {
+    /// Never shows the CHAP secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.shown())
+    }
+}
+
+impl Login {
+    /// `iscsistart`'s arguments. The CHAP secret is among them: it is visible
+    /// in `/proc/<pid>/cmdline` to the appliance's own processes only (no
+    /// shell, no other user), and never printed.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "-i".into(),
+            self.initiator.clone(),
+            "-t".into(),
+            self.target.clone(),
+            "-g".into(),
+            self.tpgt.to_string(),
+            "-a".into(),
+            self.portal.ip().to_string(),
+            "-p".into(),
+            self.portal.port().to_string(),
+        ];
+        if let Some((user, secret)) = &self.chap {
+            a.extend(["-u".into(), user.clone(), "-w".into(), secret.clone()]);
+        }
+        a
+    }
+
+    /// How console lines name this login (no secret).
+    pub fn shown(&self) -> String {
+        format!(
+            "{} at {} as {}{}",
+            self.target,
+            self.portal,
+            self.initiator,
+            if self.chap.is_some() { " (CHAP)" } else { "" }
+        )
+    }
+}
+
+/// An iSCSI session the kernel has: `sessionN` and its state
+/// (`LOGGED_IN`, `FAILED`, `FREE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub name: String,
+    pub state: String,
+}
+
+impl Session {
+    pub fn logged_in(&self) -> bool {
+        self.state == "LOGGED_IN"
+    }
+}
+
+/// The kernel's sessions to `target` (`<sys>/class/iscsi_session/*/
+/// targetname`), newest (highest number) first.
+pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
+    let dir = sys.join("class/iscsi_session");
+    let mut found: Vec<(u64, Session)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u64 = name.strip_prefix("session")?.parse().ok()?;
+            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+            (read("targetname")?.trim() == target).then(|| {
+                let state = read("state").unwrap_or_default().trim().to_owned();
+                (n, Session { name, state })
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.into_iter().map(|(_, s)| s).collect()
+}
+
+/// The reason a failed `iscsistart` gives, in one line: its last
+/// `iscsistart:` error line (the "initiator reported error (8 - connection
+/// timed out)" kind), else its last non-empty line, else its exit status.
+pub fn failure_reason(stderr: &str, status: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("version "))
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("error") || l.contains("rror"))
+        .or(lines.last())
+        .map(|l| l.trim_start_matches("iscsistart: ").to_owned())
+        .unwrap_or_else(|| format!("iscsistart {status} without a message"))
+}
+
+/// One login attempt: `iscsistart`, killed after [`ATTEMPT_TIMEOUT`].
+fn attempt(login: &Login) -> Result<(), String> {
+    let mut child = Command::new(ISCSISTART)
+        .args(login.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {ISCSISTART}: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() > ATTEMPT_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("waiting for {ISCSISTART}: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("reading {ISCSISTART}'s output: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Err(failure_reason(&text, &out.status.to_string()))
+}
+
+/// Logs in (again and again until it works), reports the LUN's device on
+/// `ready` once, then watches the session for the host's life. `locate`
+/// finds the LUN's block device once the session is up.
+pub fn keep(
+    login: Login,
+    sys: PathBuf,
+    locate: impl Fn() -> Result<PathBuf, String>,
+    ready: mpsc::Sender<PathBuf>,
+) {
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let mut backoff = BACKOFF_FIRST;
+    let session = loop {
+        if let Some(s) = sessions(&sys, &login.target)
+            .into_iter()
+            .find(Session::logged_in)
+        {
+            break s;
+        }
+        attempts += 1;
+        match attempt(&login) {
+            Ok(()) => {
+                backoff = BACKOFF_FIRST;
+                // The next look finds the session; a login that "worked"
+                // without one is retried like a failure.
+            }
+            Err(why) => {
+                say(&format!(
+                    "iscsi: login to {} failed (attempt {attempts}): {why}; retrying in {} s",
+                    login.shown(),
+                    backoff.as_secs()
+                ));
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    };
+    let deadline = Instant::now() + DEVICE_WAIT;
+    let device = loop {
+        match locate() {
+            Ok(d) => break Some(d),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(why) => {
+                say(&format!(
+                    "iscsi: logged in to {} ({}), but LUN {} has no block device after {} s: {why}",
+                    login.shown(),
+                    session.name,
+                    login.lun,
+                    DEVICE_WAIT.as_secs()
+                ));
+                break None;
+            }
+        }
+    };
+    if let Some(d) = device {
+        say(&format!(
+            "iscsi: logged in to {} ({}, attempt {attempts}, {:.1} s): LUN {} is {}",
+            login.shown(),
+            session.name,
+            started.elapsed().as_secs_f64(),
+            login.lun,
+            d.display()
+        ));
+        let _ = ready.send(d);
+    }
+    watch(&login, &sys, session);
+}
+
+/// Says when the session leaves `LOGGED_IN` and when it is back.
+fn watch(login: &Login, sys: &Path, session: Session) {
+    let mut last = session.state.clone();
+    loop {
+        std::thread::sleep(WATCH_PERIOD);
+        let now = sessions(sys, &login.target)
+            .into_iter()
+            .find(|s| s.name == session.name)
+            .map(|s| s.state)
+            .unwrap_or_else(|| "gone".to_owned());
+        if now != last {
+            if now == "LOGGED_IN" {
+                say(&format!(
+                    "iscsi: {} to {} is logged in again",
+                    session.name, login.target
+                ));
+            } else {
+                say(&format!(
+                    "iscsi: {} to {} is {now} (was {last}): the path to {} is lost; \
+                     its I/O waits, and fencing handles it as a lost storage path",
+                    session.name, login.target, login.portal
+                ));
+            }
+            last = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(chap: bool) -> Login {
+        Login {
+            portal: "10.0.2.100:3260".parse().unwrap(),
+            target: "iqn.2026-01.test.ftappliance:shared".into(),
+            tpgt: 1,
+            lun: 1,
+            initiator: "iqn.2026-01.test.ftappliance:host-a".into(),
+            chap: chap.then(|| ("ft".to_owned(), "twelve-bytes-secret".to_owned())),
+        }
+    }
+
+    #[test]
+    fn args_name_everything_iscsistart_requires() {
+        assert_eq!(
+            login(false).args().join(" "),
+            "-i iqn.2026-01.test.ftappliance:host-a -t iqn.2026-01.test.ftappliance:shared \
+             -g 1 -a 10.0.2.100 -p 3260"
+        );
+        let a = login(true).args();
+        assert_eq!(&a[a.len() - 4..], ["-u", "ft", "-w", "twelve-bytes-secret"]);
+    }
+
+    #[test]
+    fn the_secret_is_never_shown() {
+        let l = login(true);
+        for text in [l.shown(), format!("{l:?}")] {
+            assert!(!text.contains("twelve-bytes-secret"), "{text}");
+            assert!(text.contains("(CHAP)"), "{text}");
+        }
+    }
+
+    #[test]
+    fn sessions_to_the_target_newest_first() {
+        let sys = tempfile::tempdir().unwrap();
+        let add = |n: &str, target: &str, state: &str| {
+            let d = sys.path().join("class/iscsi_session").join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("targetname"), format!("{target}\n")).unwrap();
+            std::fs::write(d.join("state"), format!("{state}\n")).unwrap();
+        };
+        let t = "iqn.2026-01.test.ftappliance:shared";
+        add("session1", t, "FAILED");
+        add("session2", "iqn.2026-01.other:x", "LOGGED_IN");
+        add("session10", t, "LOGGED_IN");
+        let s = sessions(sys.path(), t);
+        assert_eq!(
+            s,
+            [
+                Session {
+                    name: "session10".into(),
+                    state: "LOGGED_IN".into()
+                },
+                Session {
+                    name: "session1".into(),
+                    state: "FAILED".into()
+                },
+            ]
+        );
+        assert!(sessions(&sys.path().join("none"), t).is_empty());
+    }
+
+    #[test]
+    fn the_failure_reason_is_one_line() {
+        let stderr = "iscsistart: version 2.1.8\n\
+                      iscsistart: cannot make connection to 10.0.2.100: Connection refused\n\
+                      iscsistart: initiator reported error (8 - connection timed out)\n";
+        assert_eq!(
+            failure_reason(stderr, "exit status: 255"),
+            "initiator reported error (8 - connection timed out)"
+        );
+        assert_eq!(
+            failure_reason("\n", "exit status: 1"),
+            "iscsistart exit status: 1 without a message"
+        );
+        assert_eq!(failure_reason("odd\n", "x"), "odd");
+    }
+}
