@@ -96,7 +96,8 @@ pub fn parse_drivers(text: &str) -> Result<Vec<Driver>, ListError> {
     Ok(out)
 }
 
-fn is_sha256(s: &str) -> bool {
+/// 64 lowercase hex digits.
+pub(crate) fn is_sha256(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

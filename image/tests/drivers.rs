@@ -198,3 +198,36 @@ fn firmware_is_exactly_the_pinned_files_with_their_checksums() {
         }
     }
 }
+
+/// The iSCSI group: no device brings it in (init loads it by name), so its
+/// dependencies are checked by name here, not only through the table.
+#[test]
+fn the_iscsi_initiator_modules_are_shipped_with_their_dependencies() {
+    let table =
+        parse_drivers(&std::fs::read_to_string(repo().join("image/drivers.txt")).unwrap()).unwrap();
+    let group: Vec<&str> = table
+        .iter()
+        .filter(|d| d.group == "iscsi")
+        .map(|d| d.module.as_str())
+        .collect();
+    assert_eq!(group, ["iscsi_tcp"], "the iscsi group of image/drivers.txt");
+    let Some(stage) = stage() else { return };
+    let dep = modules_dep(&stage.join("modules"));
+    let (_, all) = &dep["iscsi_tcp"];
+    for m in [
+        "libiscsi_tcp",
+        "libiscsi",
+        "scsi_transport_iscsi",
+        "scsi_mod",
+    ] {
+        assert!(
+            all.contains(&m.to_string()),
+            "iscsi_tcp: modules.dep lacks {m}"
+        );
+        assert!(dep.contains_key(m), "{m} not shipped");
+    }
+    // The disks of an iSCSI LUN need sd_mod, which base loads always.
+    assert!(table
+        .iter()
+        .any(|d| d.module == "sd_mod" && d.group == "base"));
+}
