@@ -12,6 +12,7 @@ PACKAGES=(
   iproute2                             # network namespaces for the test clients
   qemu-utils                           # qemu-nbd, qemu-io: per-host storage paths in the QEMU tests
   tgt                                  # tgtd/tgtadm: the iSCSI target serving shared storage with persistent reservations
+  socat                                # one TCP connection per guest connection to a host's iSCSI storage path (qemu-tests iscsi_login)
   qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
   libc6-dev binutils                   # static glibc (libc.a) and readelf: guest/linux-kv/build-initramfs.sh
   busybox-static                       # the shell of the L1 host and the Linux guest in qemu-tests linux_vm

@@ -210,7 +210,11 @@ fn the_iscsi_initiator_modules_are_shipped_with_their_dependencies() {
         .filter(|d| d.group == "iscsi")
         .map(|d| d.module.as_str())
         .collect();
-    assert_eq!(group, ["iscsi_tcp"], "the iscsi group of image/drivers.txt");
+    assert_eq!(
+        group,
+        ["iscsi_tcp", "crc32c_generic", "crc32c_intel"],
+        "the iscsi group of image/drivers.txt"
+    );
     let Some(stage) = stage() else { return };
     let dep = modules_dep(&stage.join("modules"));
     let (_, all) = &dep["iscsi_tcp"];
@@ -225,6 +229,14 @@ fn the_iscsi_initiator_modules_are_shipped_with_their_dependencies() {
             "iscsi_tcp: modules.dep lacks {m}"
         );
         assert!(dep.contains_key(m), "{m} not shipped");
+    }
+    // iscsi_tcp's connections need crc32c from the crypto API (no modprobe
+    // in the image to load it on demand: init loads these by name).
+    for m in ["crc32c_generic", "crc32c_intel"] {
+        assert!(
+            dep.contains_key(m) || dep.contains_key(&m.replace('_', "-")),
+            "{m} not shipped"
+        );
     }
     // The disks of an iSCSI LUN need sd_mod, which base loads always.
     assert!(table

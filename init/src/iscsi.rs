@@ -10,7 +10,7 @@
 //!
 //! [`keep`] runs in a thread of init for the host's life: it logs in
 //! (retrying with a back-off, one console line per failed attempt naming the
-//! reason), says which `/dev/sdX` the LUN became, and then watches the
+//! reason, and one for an attempt still waiting for the portal after 15 s), says which `/dev/sdX` the LUN became, and then watches the
 //! session's state in sysfs and says when it leaves and regains `LOGGED_IN`.
 //! `iscsistart` leaves no daemon behind, so nobody reconnects a session whose
 //! TCP connection broke: it stays `FAILED` and its I/O hangs, which the
@@ -29,10 +29,20 @@ use crate::system::say;
 /// The initiator's login tool in the image.
 pub const ISCSISTART: &str = "/sbin/iscsistart";
 /// Kernel modules of the software initiator (no device announces them, so
-/// discovery never loads them): loaded by name before the first login.
-pub const MODULES: [&str; 2] = ["iscsi_tcp", "sd_mod"];
-/// A login attempt that has not ended by then is killed and counts as failed.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// discovery never loads them): loaded by name before the first login. The
+/// crc32c ones because `iscsi_tcp` asks the crypto API for `crc32c` when it
+/// creates a connection, and the kernel has no modprobe to call here
+/// (without one: "Could not create connection due to crc32c loading error").
+pub const MODULES: [&str; 4] = ["crc32c_intel", "crc32c_generic", "iscsi_tcp", "sd_mod"];
+/// A login attempt that has not ended by then is killed and counts as
+/// failed. Only a safety net: `iscsistart` retries a failing login itself
+/// and gives up on its own, cleaning up the kernel's half-made session; a
+/// killed one leaves that session behind, and every later attempt then
+/// fails with "session exists" until the host reboots.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// An attempt still running then is said once (`iscsistart` retries a
+/// login whose portal does not answer for minutes before it gives up).
+const SLOW_NOTICE: Duration = Duration::from_secs(15);
 /// Back-off between failed attempts: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -129,7 +139,7 @@ pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
             })
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|e| std::cmp::Reverse(e.0));
     found.into_iter().map(|(_, s)| s).collect()
 }
 
@@ -152,7 +162,12 @@ pub fn failure_reason(stderr: &str, status: &str) -> String {
 }
 
 /// One login attempt: `iscsistart`, killed after [`ATTEMPT_TIMEOUT`].
-fn attempt(login: &Login) -> Result<(), String> {
+/// Its exit status is not used: init, PID 1, reaps every child its
+/// supervisor does not know (orphans), and may reap this one first. So the
+/// attempt ends when `iscsistart`'s output ends (it and the child it forks
+/// have exited), and it worked if the kernel has a logged-in session to the
+/// target; else its last error line is the reason.
+fn attempt(login: &Login, sys: &Path, n: u32) -> Result<(), String> {
     let mut child = Command::new(ISCSISTART)
         .args(login.args())
         .stdin(Stdio::null())
@@ -160,31 +175,73 @@ fn attempt(login: &Login) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {ISCSISTART}: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut { pipe }, &mut text);
+            let _ = tx.send(text);
+        });
+    }
+    drop(tx);
     let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() > ATTEMPT_TIMEOUT => {
+    let deadline = start + ATTEMPT_TIMEOUT;
+    let mut noticed = false;
+    let mut output = String::new();
+    let mut ended = 0;
+    while ended < 2 {
+        let until = match noticed {
+            true => deadline,
+            false => deadline.min(start + SLOW_NOTICE),
+        };
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(text) => {
+                output.push_str(&text);
+                ended += 1;
+            }
+            Err(_) if !noticed && Instant::now() < deadline => {
+                noticed = true;
+                say(&format!(
+                    "iscsi: login to {} not done after {} s (attempt {n}): the portal or the \
+                     target does not answer; iscsistart keeps trying",
+                    login.shown(),
+                    SLOW_NOTICE.as_secs()
+                ));
+            }
+            Err(_) => {
+                // Still running (or its forked child is): end it. A pid
+                // reaped by the supervisor cannot be here, since its
+                // output would have ended.
                 let _ = child.kill();
-                let _ = child.wait();
+                let _ = child.try_wait();
                 return Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("waiting for {ISCSISTART}: {e}")),
         }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("reading {ISCSISTART}'s output: {e}"))?;
-    if out.status.success() {
+    // Collect the status if nobody else has (ECHILD otherwise: ignored).
+    let status = child
+        .try_wait()
+        .ok()
+        .flatten()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "ended".to_owned());
+    if sessions(sys, &login.target).iter().any(Session::logged_in) {
         return Ok(());
     }
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Err(failure_reason(&text, &out.status.to_string()))
+    Err(failure_reason(&output, &status))
 }
 
 /// Logs in (again and again until it works), reports the LUN's device on
@@ -207,7 +264,7 @@ pub fn keep(
             break s;
         }
         attempts += 1;
-        match attempt(&login) {
+        match attempt(&login, &sys, attempts) {
             Ok(()) => {
                 backoff = BACKOFF_FIRST;
                 // The next look finds the session; a login that "worked"

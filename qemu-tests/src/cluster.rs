@@ -487,6 +487,12 @@ impl Cluster {
             .storage
             .as_ref()
             .ok_or_else(|| bad("no hosts[].storage NIC in the config".into()))?;
+        if crate::paths::find_in_path("socat").is_none() {
+            return Err(HarnessError::ToolMissing {
+                program: "socat",
+                package: "socat",
+            });
+        }
         Ok(StorageNic {
             mac: nic.mac.clone(),
             portal: lun.portal_addr().map_err(|e| bad(e.to_string()))?,

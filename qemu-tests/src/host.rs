@@ -113,6 +113,11 @@ pub struct Nic {
 /// to `forward_to` on this machine — the host's [`crate::StoragePath`] to
 /// the target, so the harness can cut, sever or delay it. The appliance's
 /// own initiator logs in over it (`storage.device = { iscsi = … }`).
+///
+/// The forward runs `socat` for each connection the host opens (`cmd:`): a
+/// `tcp:` forward would be ONE connection to `forward_to`, made when QEMU
+/// starts, carrying every guest connection — lost for good once the path
+/// severs it, and garbled by a second login.
 #[derive(Debug, Clone)]
 pub struct StorageNic {
     pub mac: String,
@@ -125,7 +130,7 @@ impl StorageNic {
     /// The `-netdev` value.
     pub fn netdev(&self, id: &str) -> String {
         format!(
-            "user,id={id},net=10.0.2.0/24,restrict=on,guestfwd=tcp:{}-tcp:{}",
+            "user,id={id},net=10.0.2.0/24,restrict=on,guestfwd=tcp:{}-cmd:socat - TCP:{}",
             self.portal, self.forward_to
         )
     }
