@@ -276,10 +276,11 @@ pub struct IscsiLun {
     pub target: String,
     /// The LUN of the shared device on that target.
     pub lun: u32,
-    /// The target portal group tag of `portal` (the login checks it: a
-    /// target answering with another tag is refused). 1 on Linux's LIO and
-    /// tgt and on most arrays; the target's own listing names it
-    /// (`targetcli ls`, `tgtadm --mode target --op show`).
+    /// The target portal group tag of `portal`: `iscsistart` will not log
+    /// in without one. 1 on Linux's LIO and tgt and on most arrays; the
+    /// target's own listing names it (`targetcli ls`, `tgtadm --mode target
+    /// --op show`). open-iscsi 2.1.8 logged in to tgt with 7 as well
+    /// (qemu-tests, stop 32), so a wrong value may go unnoticed there.
     #[serde(default = "default_tpgt")]
     pub tpgt: u16,
     /// Each host logs in as `<initiator_prefix>:<host name>` (its own I_T

@@ -143,23 +143,36 @@ pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
     found.into_iter().map(|(_, s)| s).collect()
 }
 
-/// The reason a failed `iscsistart` gives, in one line: its last
-/// `iscsistart:` error line (the "initiator reported error (8 - connection
-/// timed out)" kind), else its last non-empty line, else its exit status.
+/// The reason a failed `iscsistart` gives, in one line: its distinct
+/// message lines (the target's rejection, then the "initiator reported
+/// error (…)" summary), without its version banner and `iscsistart: `
+/// prefixes, joined by `; ` and cut at [`REASON_MAX`] bytes; or its exit
+/// status when it said nothing.
 pub fn failure_reason(stderr: &str, status: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.contains("version "))
-        .collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.contains("error") || l.contains("rror"))
-        .or(lines.last())
-        .map(|l| l.trim_start_matches("iscsistart: ").to_owned())
-        .unwrap_or_else(|| format!("iscsistart {status} without a message"))
+    let mut lines: Vec<&str> = Vec::new();
+    for l in stderr.lines().map(str::trim) {
+        let l = l.trim_start_matches("iscsistart: ").trim();
+        if !l.is_empty() && !l.starts_with("version ") && !lines.contains(&l) {
+            lines.push(l);
+        }
+    }
+    if lines.is_empty() {
+        return format!("iscsistart {status} without a message");
+    }
+    let mut joined = lines.join("; ");
+    if joined.len() > REASON_MAX {
+        let mut cut = REASON_MAX;
+        while !joined.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        joined.truncate(cut);
+        joined.push('…');
+    }
+    joined
 }
+
+/// The longest reason a console line quotes.
+const REASON_MAX: usize = 300;
 
 /// One login attempt: `iscsistart`, killed after [`ATTEMPT_TIMEOUT`].
 /// Its exit status is not used: init, PID 1, reaps every child its
@@ -408,16 +421,23 @@ mod tests {
     #[test]
     fn the_failure_reason_is_one_line() {
         let stderr = "iscsistart: version 2.1.8\n\
-                      iscsistart: cannot make connection to 10.0.2.100: Connection refused\n\
-                      iscsistart: initiator reported error (8 - connection timed out)\n";
+                      iscsistart: conn 0 login rejected: target not found (02/03)\n\
+                      iscsistart: conn 0 login rejected: target not found (02/03)\n\
+                      iscsistart: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n";
         assert_eq!(
             failure_reason(stderr, "exit status: 255"),
-            "initiator reported error (8 - connection timed out)"
+            "conn 0 login rejected: target not found (02/03); initiator reported error (19 - \
+             encountered non-retryable iSCSI login failure)"
         );
         assert_eq!(
             failure_reason("\n", "exit status: 1"),
             "iscsistart exit status: 1 without a message"
         );
-        assert_eq!(failure_reason("odd\n", "x"), "odd");
+        let long = "é".repeat(400);
+        let r = failure_reason(&long, "x");
+        assert!(
+            r.len() <= REASON_MAX + '…'.len_utf8() && r.ends_with('…'),
+            "{r}"
+        );
     }
 }

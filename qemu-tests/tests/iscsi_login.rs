@@ -21,6 +21,10 @@
 //!   (within iscsistart's own retries, or at a later attempt of init's after
 //!   a one-line failure).
 //!
+//! - `a_refused_login_is_one_line_per_attempt_and_retried`: a config whose
+//!   target the portal does not serve: one line per failed attempt, with
+//!   iscsistart's reason, retried 1, 2, 4 s later.
+//!
 //! Kernel+initrd boots with `no_timer_check` (as `pair_on_iscsi`). Needs
 //! root, `tgt`, qemu-system-x86_64 with user-mode networking and the ISO;
 //! FAILS with a clear message when one is missing.
@@ -146,6 +150,47 @@ fn an_unanswered_login_is_reported_and_completes_once_the_path_is_back() {
     )
     .unwrap();
     cluster.pass();
+}
+
+/// A login the target refuses (here: the config names a target the portal
+/// does not serve): one console line per failed attempt naming the target
+/// and iscsistart's reason, retried with a back-off, and no block device,
+/// so nothing is started on a wrong disk.
+#[test]
+fn a_refused_login_is_one_line_per_attempt_and_retried() {
+    let mut dir = qemu_tests::TestDir::new("iscsi-login-refused-config").unwrap();
+    let mut src = source();
+    let text = std::fs::read_to_string(&src.config)
+        .unwrap()
+        .replace("ftappliance:shared\"", "ftappliance:nosuch\"");
+    assert!(
+        text.contains(":nosuch"),
+        "the example's device line changed"
+    );
+    src.config = dir.path().join("cluster-iscsi-nosuch.toml");
+    std::fs::write(&src.config, text).unwrap();
+    let mut cluster = Cluster::new("iscsi-login-refused", &src).unwrap();
+    cluster.use_iscsi_storage().unwrap();
+    boot(&mut cluster, "host-a");
+    let a = cluster.host("host-a").unwrap();
+    let failed = |n: u32, backoff: u32| {
+        let line = a
+            .wait_for(
+                Pattern::regex(&format!(
+                    r"iscsi: login to iqn\.2026-01\.test\.ftappliance:nosuch at 10\.0\.2\.100:3260 as \S+ failed \(attempt {n}\): .+; retrying in {backoff} s"
+                ))
+                .unwrap(),
+                common::BOOT_TIMEOUT,
+            )
+            .unwrap();
+        eprintln!("host-a: {line}");
+    };
+    failed(1, 1);
+    failed(2, 2);
+    failed(3, 4);
+    a.assert_absent("iscsi: logged in", Duration::ZERO).unwrap();
+    cluster.pass();
+    dir.pass();
 }
 
 /// The Primary's iSCSI path cut (its session's I/O hangs): as with a cut
