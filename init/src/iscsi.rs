@@ -149,13 +149,34 @@ pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
 /// prefixes, joined by `; ` and cut at [`REASON_MAX`] bytes; or its exit
 /// status when it said nothing.
 pub fn failure_reason(stderr: &str, status: &str) -> String {
-    let mut lines: Vec<&str> = Vec::new();
+    let mut all: Vec<&str> = Vec::new();
     for l in stderr.lines().map(str::trim) {
         let l = l.trim_start_matches("iscsistart: ").trim();
-        if !l.is_empty() && !l.starts_with("version ") && !lines.contains(&l) {
-            lines.push(l);
+        if !l.is_empty() && !l.starts_with("version ") && !all.contains(&l) {
+            all.push(l);
         }
     }
+    // The lines that say what went wrong; the rest ("Logging into …",
+    // "… is shutdown.") only when there are none.
+    let telling = |l: &str| {
+        let l = l.to_ascii_lowercase();
+        [
+            "reject",
+            "error",
+            "fail",
+            "refused",
+            "timed out",
+            "not found",
+            "unreachable",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    };
+    let told: Vec<&str> = all.iter().copied().filter(|l| telling(l)).collect();
+    let lines: Vec<&str> = match told.is_empty() {
+        true => all.last().into_iter().copied().collect(),
+        false => told,
+    };
     if lines.is_empty() {
         return format!("iscsistart {status} without a message");
     }
@@ -420,15 +441,18 @@ mod tests {
 
     #[test]
     fn the_failure_reason_is_one_line() {
+        // As iscsistart 2.1.8 says it (seen in qemu-tests iscsi_login).
         let stderr = "iscsistart: version 2.1.8\n\
-                      iscsistart: conn 0 login rejected: target not found (02/03)\n\
-                      iscsistart: conn 0 login rejected: target not found (02/03)\n\
+                      iscsistart: Logging into iqn.2026-01.x:nosuch 10.0.2.100:3260,1\n\
+                      iscsistart: connection1:0 login rejected: initiator error - target not found (02/03)\n\
+                      iscsistart: Connection1:0 to [target: iqn.2026-01.x:nosuch, portal: 10.0.2.100,3260] through [iface: default] is shutdown.\n\
                       iscsistart: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n";
         assert_eq!(
             failure_reason(stderr, "exit status: 255"),
-            "conn 0 login rejected: target not found (02/03); initiator reported error (19 - \
-             encountered non-retryable iSCSI login failure)"
+            "connection1:0 login rejected: initiator error - target not found (02/03); initiator \
+             reported error (19 - encountered non-retryable iSCSI login failure)"
         );
+        assert_eq!(failure_reason("a\nb\n", "x"), "b");
         assert_eq!(
             failure_reason("\n", "exit status: 1"),
             "iscsistart exit status: 1 without a message"
