@@ -46,6 +46,45 @@ pub enum IscsiBlockError {
     },
 }
 
+/// A session the kernel has: `/sys/class/iscsi_session/sessionN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub number: u32,
+    /// `sessionN`.
+    pub name: String,
+    /// Its `targetname` (empty when unreadable).
+    pub target: String,
+    /// Its `state`: `LOGGED_IN`, `FAILED`, `FREE` (empty when unreadable).
+    pub state: String,
+}
+
+impl Session {
+    pub fn logged_in(&self) -> bool {
+        self.state == "LOGGED_IN"
+    }
+}
+
+/// Every session under `sys` (the sysfs mount), by number.
+pub fn sessions(sys: &Path) -> Vec<Session> {
+    let dir = sys.join("class/iscsi_session");
+    numbered(&dir, "session")
+        .into_iter()
+        .map(|(number, name)| {
+            let read = |f: &str| {
+                fs::read_to_string(dir.join(&name).join(f))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default()
+            };
+            Session {
+                number,
+                target: read("targetname"),
+                state: read("state"),
+                name,
+            }
+        })
+        .collect()
+}
+
 /// The name (`sdb`) of the block device that is LUN `lun.lun` of target
 /// `lun.target`, under `sys` (the sysfs mount: `/sys` on a host).
 ///
@@ -60,18 +99,11 @@ pub enum IscsiBlockError {
 pub fn find_block(sys: &Path, lun: &IscsiLun) -> Result<String, IscsiBlockError> {
     let mut seen = Vec::new();
     let mut sessions = BTreeMap::new();
-    for (n, name) in numbered(&sys.join("class/iscsi_session"), "session") {
-        let target = fs::read_to_string(
-            sys.join("class/iscsi_session")
-                .join(&name)
-                .join("targetname"),
-        )
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
-        if target == lun.target {
-            sessions.insert(n, Vec::new());
+    for s in self::sessions(sys) {
+        if s.target == lun.target {
+            sessions.insert(s.number, Vec::new());
         }
-        seen.push(format!("{name}={target}"));
+        seen.push(format!("{}={}", s.name, s.target));
     }
     if sessions.is_empty() {
         return Err(IscsiBlockError::NoSession {

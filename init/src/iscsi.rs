@@ -24,6 +24,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use config_schema::iscsi_block::{self, Session};
+use config_schema::{IscsiLun, PortalError};
+
 use crate::system::say;
 
 /// The initiator's login tool in the image.
@@ -51,18 +54,14 @@ const DEVICE_WAIT: Duration = Duration::from_secs(20);
 /// How often the session's state is looked at once logged in.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
 
-/// What to log in to, from the signed config.
+/// What to log in to: the signed config's LUN, as this host logs in to it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
+    pub lun: IscsiLun,
+    /// `lun.portal`, parsed.
     pub portal: SocketAddrV4,
-    pub target: String,
-    /// The target portal group tag `iscsistart` insists on.
-    pub tpgt: u16,
-    pub lun: u32,
     /// `<initiator_prefix>:<host name>`.
     pub initiator: String,
-    /// One-way CHAP: user and secret.
-    pub chap: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for Login {
@@ -73,6 +72,16 @@ impl std::fmt::Debug for Login {
 }
 
 impl Login {
+    /// Host `host`'s login to `lun`; fails only on a portal that validation
+    /// refuses.
+    pub fn new(lun: &IscsiLun, host: &str) -> Result<Login, PortalError> {
+        Ok(Login {
+            portal: lun.portal_addr()?,
+            initiator: lun.initiator_name(host),
+            lun: lun.clone(),
+        })
+    }
+
     /// `iscsistart`'s arguments. The CHAP secret is among them: it is visible
     /// in `/proc/<pid>/cmdline` to the appliance's own processes only (no
     /// shell, no other user), and never printed.
@@ -81,16 +90,21 @@ impl Login {
             "-i".into(),
             self.initiator.clone(),
             "-t".into(),
-            self.target.clone(),
+            self.lun.target.clone(),
             "-g".into(),
-            self.tpgt.to_string(),
+            self.lun.tpgt.to_string(),
             "-a".into(),
             self.portal.ip().to_string(),
             "-p".into(),
             self.portal.port().to_string(),
         ];
-        if let Some((user, secret)) = &self.chap {
-            a.extend(["-u".into(), user.clone(), "-w".into(), secret.clone()]);
+        if let Some(chap) = &self.lun.chap {
+            a.extend([
+                "-u".into(),
+                chap.user.clone(),
+                "-w".into(),
+                chap.secret.clone(),
+            ]);
         }
         a
     }
@@ -99,48 +113,26 @@ impl Login {
     pub fn shown(&self) -> String {
         format!(
             "{} at {} as {}{}",
-            self.target,
+            self.lun.target,
             self.portal,
             self.initiator,
-            if self.chap.is_some() { " (CHAP)" } else { "" }
+            if self.lun.chap.is_some() {
+                " (CHAP)"
+            } else {
+                ""
+            }
         )
     }
 }
 
-/// An iSCSI session the kernel has: `sessionN` and its state
-/// (`LOGGED_IN`, `FAILED`, `FREE`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub name: String,
-    pub state: String,
-}
-
-impl Session {
-    pub fn logged_in(&self) -> bool {
-        self.state == "LOGGED_IN"
-    }
-}
-
-/// The kernel's sessions to `target` (`<sys>/class/iscsi_session/*/
-/// targetname`), newest (highest number) first.
+/// The kernel's sessions to `target`, newest (highest number) first.
 pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
-    let dir = sys.join("class/iscsi_session");
-    let mut found: Vec<(u64, Session)> = std::fs::read_dir(&dir)
+    let mut to: Vec<Session> = iscsi_block::sessions(sys)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n: u64 = name.strip_prefix("session")?.parse().ok()?;
-            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
-            (read("targetname")?.trim() == target).then(|| {
-                let state = read("state").unwrap_or_default().trim().to_owned();
-                (n, Session { name, state })
-            })
-        })
+        .filter(|s| s.target == target)
         .collect();
-    found.sort_by_key(|e| std::cmp::Reverse(e.0));
-    found.into_iter().map(|(_, s)| s).collect()
+    to.reverse();
+    to
 }
 
 /// The reason a failed `iscsistart` gives, in one line: its distinct
@@ -272,7 +264,10 @@ fn attempt(login: &Login, sys: &Path, n: u32) -> Result<(), String> {
         .flatten()
         .map(|s| s.to_string())
         .unwrap_or_else(|| "ended".to_owned());
-    if sessions(sys, &login.target).iter().any(Session::logged_in) {
+    if sessions(sys, &login.lun.target)
+        .iter()
+        .any(Session::logged_in)
+    {
         return Ok(());
     }
     Err(failure_reason(&output, &status))
@@ -291,7 +286,7 @@ pub fn keep(
     let mut attempts = 0u32;
     let mut backoff = BACKOFF_FIRST;
     let session = loop {
-        if let Some(s) = sessions(&sys, &login.target)
+        if let Some(s) = sessions(&sys, &login.lun.target)
             .into_iter()
             .find(Session::logged_in)
         {
@@ -325,7 +320,7 @@ pub fn keep(
                     "iscsi: logged in to {} ({}), but LUN {} has no block device after {} s: {why}",
                     login.shown(),
                     session.name,
-                    login.lun,
+                    login.lun.lun,
                     DEVICE_WAIT.as_secs()
                 ));
                 break None;
@@ -338,7 +333,7 @@ pub fn keep(
             login.shown(),
             session.name,
             started.elapsed().as_secs_f64(),
-            login.lun,
+            login.lun.lun,
             d.display()
         ));
         let _ = ready.send(d);
@@ -351,7 +346,7 @@ fn watch(login: &Login, sys: &Path, session: Session) {
     let mut last = session.state.clone();
     loop {
         std::thread::sleep(WATCH_PERIOD);
-        let now = sessions(sys, &login.target)
+        let now = sessions(sys, &login.lun.target)
             .into_iter()
             .find(|s| s.name == session.name)
             .map(|s| s.state)
@@ -360,13 +355,13 @@ fn watch(login: &Login, sys: &Path, session: Session) {
             if now == "LOGGED_IN" {
                 say(&format!(
                     "iscsi: {} to {} is logged in again",
-                    session.name, login.target
+                    session.name, login.lun.target
                 ));
             } else {
                 say(&format!(
                     "iscsi: {} to {} is {now} (was {last}): the path to {} is lost; \
                      its I/O waits, and fencing handles it as a lost storage path",
-                    session.name, login.target, login.portal
+                    session.name, login.lun.target, login.portal
                 ));
             }
             last = now;
@@ -379,14 +374,18 @@ mod tests {
     use super::*;
 
     fn login(chap: bool) -> Login {
-        Login {
-            portal: "10.0.2.100:3260".parse().unwrap(),
+        let lun = IscsiLun {
+            portal: "10.0.2.100:3260".into(),
             target: "iqn.2026-01.test.ftappliance:shared".into(),
-            tpgt: 1,
             lun: 1,
-            initiator: "iqn.2026-01.test.ftappliance:host-a".into(),
-            chap: chap.then(|| ("ft".to_owned(), "twelve-bytes-secret".to_owned())),
-        }
+            tpgt: 1,
+            initiator_prefix: "iqn.2026-01.test.ftappliance".into(),
+            chap: chap.then(|| config_schema::Chap {
+                user: "ft".to_owned(),
+                secret: "twelve-bytes-secret".to_owned(),
+            }),
+        };
+        Login::new(&lun, "host-a").unwrap()
     }
 
     #[test]
@@ -422,18 +421,15 @@ mod tests {
         add("session1", t, "FAILED");
         add("session2", "iqn.2026-01.other:x", "LOGGED_IN");
         add("session10", t, "LOGGED_IN");
-        let s = sessions(sys.path(), t);
+        let s: Vec<(String, String)> = sessions(sys.path(), t)
+            .into_iter()
+            .map(|s| (s.name, s.state))
+            .collect();
         assert_eq!(
             s,
             [
-                Session {
-                    name: "session10".into(),
-                    state: "LOGGED_IN".into()
-                },
-                Session {
-                    name: "session1".into(),
-                    state: "FAILED".into()
-                },
+                ("session10".to_owned(), "LOGGED_IN".to_owned()),
+                ("session1".to_owned(), "FAILED".to_owned()),
             ]
         );
         assert!(sessions(&sys.path().join("none"), t).is_empty());

@@ -250,7 +250,7 @@ fn main() {
         None => say("init: this host is not in the config; network not configured"),
     }
     if let Some(login) = iscsi_login(rt) {
-        log_in_to_shared_storage(login, rt.config.storage.device.clone());
+        log_in_to_shared_storage(login);
     }
     if accepted.runtime.config.test_hooks().contains(&TestHook::Pr) {
         // Test hook: not supervised; init reaps it as an orphan when it ends.
@@ -272,43 +272,30 @@ fn iscsi_login(rt: &config_schema::runtime::RuntimeConfig) -> Option<iscsi::Logi
     let config_schema::DeviceLocator::Iscsi(lun) = &rt.config.storage.device else {
         return None;
     };
-    let portal = match lun.portal_addr() {
-        Ok(p) => p,
+    match iscsi::Login::new(lun, &rt.host_name) {
+        Ok(login) => Some(login),
         Err(e) => {
             say(&format!(
                 "init: iscsi: storage.device.iscsi.portal: {e}; not logging in"
             ));
-            return None;
+            None
         }
-    };
-    Some(iscsi::Login {
-        portal,
-        target: lun.target.clone(),
-        tpgt: lun.tpgt,
-        lun: lun.lun,
-        initiator: lun.initiator_name(&rt.host_name),
-        chap: lun
-            .chap
-            .as_ref()
-            .map(|c| (c.user.clone(), c.secret.clone())),
-    })
+    }
 }
 
 /// Loads the software initiator, starts the login keeper
 /// ([`iscsi::keep`]) and waits up to [`ISCSI_WAIT`] for the LUN's device.
-fn log_in_to_shared_storage(login: iscsi::Login, device: config_schema::DeviceLocator) {
+fn log_in_to_shared_storage(login: iscsi::Login) {
     system::load_named(&iscsi::MODULES);
     let (tx, rx) = mpsc::channel();
+    let lun = login.lun.clone();
     let spawned = std::thread::Builder::new()
         .name("iscsi".into())
         .spawn(move || {
-            let locate = move || match &device {
-                config_schema::DeviceLocator::Iscsi(lun) => {
-                    config_schema::iscsi_block::find_block(Path::new("/sys"), lun)
-                        .map(|name| Path::new("/dev").join(name))
-                        .map_err(|e| e.to_string())
-                }
-                _ => Err("not an iSCSI device".to_owned()),
+            let locate = move || {
+                config_schema::iscsi_block::find_block(Path::new("/sys"), &lun)
+                    .map(|name| Path::new("/dev").join(name))
+                    .map_err(|e| e.to_string())
             };
             iscsi::keep(login, "/sys".into(), locate, tx)
         });
