@@ -196,18 +196,14 @@ fn kernel_release() -> String {
 pub fn load_modules() {
     let dir = PathBuf::from("/lib/modules").join(kernel_release());
     let read = |name: &str| fs::read_to_string(dir.join(name));
-    let dep = match read("modules.dep") {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("no {}/modules.dep ({e}): loading no modules", dir.display());
+    let index = match module_index(&dir) {
+        Ok(i) => i,
+        Err(IndexError::Missing(e)) => {
+            tracing::warn!("{e}: loading no modules");
             return;
         }
-    };
-    let builtin = read("modules.builtin").unwrap_or_default();
-    let index = match ModuleIndex::parse(&dep, &builtin) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!("modules.dep: {e}: loading no modules");
+        Err(IndexError::Malformed(e)) => {
+            tracing::error!("{e}: loading no modules");
             return;
         }
     };
@@ -242,21 +238,32 @@ pub fn load_modules() {
 /// announces (the software iSCSI initiator's), outside discovery.
 pub fn load_named(names: &[&str]) {
     let dir = PathBuf::from("/lib/modules").join(kernel_release());
-    let index = fs::read_to_string(dir.join("modules.dep"))
-        .map_err(|e| e.to_string())
-        .and_then(|dep| {
-            let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-            ModuleIndex::parse(&dep, &builtin).map_err(|e| e.to_string())
-        });
-    match index {
+    match module_index(&dir) {
         Ok(index) => {
             let mut done = BTreeSet::new();
             for name in names {
                 load_one(&index, &dir, name, &mut done);
             }
         }
-        Err(e) => tracing::error!("{}/modules.dep: {e}: cannot load {names:?}", dir.display()),
+        Err(IndexError::Missing(e) | IndexError::Malformed(e)) => {
+            tracing::error!("{e}: cannot load {names:?}")
+        }
     }
+}
+
+/// Why `modules.dep` gave no index (the text says which file and why).
+enum IndexError {
+    Missing(String),
+    Malformed(String),
+}
+
+/// `dir`'s `modules.dep` and `modules.builtin`, parsed.
+fn module_index(dir: &Path) -> Result<ModuleIndex, IndexError> {
+    let dep = fs::read_to_string(dir.join("modules.dep"))
+        .map_err(|e| IndexError::Missing(format!("no {}/modules.dep ({e})", dir.display())))?;
+    let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    ModuleIndex::parse(&dep, &builtin)
+        .map_err(|e| IndexError::Malformed(format!("modules.dep: {e}")))
 }
 
 /// Loads the modules the machine's devices match, pass after pass.
