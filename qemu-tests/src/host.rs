@@ -685,6 +685,19 @@ impl Host {
         matches!(self.child().try_wait(), Ok(None))
     }
 
+    /// Waits up to `within` for the QEMU process to end (a watchdog reset
+    /// ends it: hosts run with `-no-reboot`); false if it still runs then.
+    pub fn wait_stopped(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.is_running() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+
     /// SIGKILLs QEMU (a host dying at once) and reaps it, ending a throttle
     /// first. Idempotent.
     pub fn kill(&self) -> Result<()> {

@@ -228,14 +228,10 @@ fn cutting_the_primarys_iscsi_path_hands_the_vm_over_and_resets_it() {
     no_overlap(&frames);
     wait(a, "fencing: reset requested".into());
     let asked = std::time::Instant::now();
-    let deadline = asked + Duration::from_secs(60);
-    while a.is_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "host-a was not reset within 60 s of asking for it"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        a.wait_stopped(Duration::from_secs(60)),
+        "host-a was not reset within 60 s of asking for it"
+    );
     a.assert_absent("Kernel panic", Duration::ZERO).unwrap();
     eprintln!(
         "iSCSI path cut: pause {ms:.0} ms; host-a reset by its watchdog {:.1} s after asking",

@@ -37,8 +37,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use std::time::Instant;
-
 use common::{all_on_disk, no_overlap, pair_on_server_hw, survive, wait, VM};
 use qemu_tests::{Cluster, Host, Pattern};
 
@@ -209,14 +207,10 @@ fn the_q35_tco_resets_a_primary_whose_storage_path_is_cut() {
         "primary's (q35) storage path cut",
     );
     let a = cluster.host("host-a").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "host-a was not reset by the TCO within 60 s of asking for it"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        a.wait_stopped(Duration::from_secs(60)),
+        "host-a was not reset by the TCO within 60 s of asking for it"
+    );
     let reset_after = a.spawned_at().elapsed().saturating_sub(asked.at);
     a.assert_absent("Kernel panic", Duration::ZERO).unwrap();
     eprintln!(

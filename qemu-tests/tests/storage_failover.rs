@@ -66,15 +66,11 @@ fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_ov
     path_a.sever();
     // The harness runs hosts with -no-reboot: the watchdog's reset ends the
     // QEMU process (a panic would too, so the console must not show one).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while a.is_running() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "host-a was not reset within 60 s of asking for it (path stats {:?})",
-            path_a.stats()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        a.wait_stopped(Duration::from_secs(60)),
+        "host-a was not reset within 60 s of asking for it (path stats {:?})",
+        path_a.stats()
+    );
     a.assert_absent("Kernel panic", Duration::ZERO).unwrap();
     eprintln!(
         "storage cut: host-a reset by its watchdog; path stats {:?}",

@@ -166,14 +166,10 @@ fn a_frozen_primary_is_preempted_at_the_storage_and_nothing_it_writes_after_the_
                 ),
             );
             line(a, r"^fencing: reset requested \(");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while a.is_running() {
-                assert!(
-                    Instant::now() < deadline,
-                    "host-a was not reset within 60 s of asking"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            assert!(
+                a.wait_stopped(Duration::from_secs(60)),
+                "host-a was not reset within 60 s of asking"
+            );
             phases.lock().unwrap().reset = Some(Instant::now());
             // Writes of the VM that ftvmm submitted after the thaw (in
             // flight at the freeze) were refused at the target too.
