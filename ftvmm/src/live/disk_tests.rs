@@ -233,7 +233,7 @@ fn thread_cpu() -> Duration {
 /// buffer, wall time and this thread's CPU time per request (`cargo test
 /// --release -p ftvmm --lib bounce_bench -- --ignored --nocapture`).
 #[test]
-#[ignore]
+#[ignore = "a measurement: prints the bounce buffer's cost per request size"]
 fn bounce_bench() {
     let (_f, mut d) = disk(64 << 20, None);
     for size in [4usize << 10, 64 << 10, 1 << 20] {
