@@ -27,7 +27,7 @@ pub struct Kv {
 
 impl Kv {
     /// Connects from `client` to [`GUEST`] (panics with the reason if it can't).
-    /// A refused connection is retried for up to 10 s and reported on stderr:
+    /// A refused connection is retried for up to 20 s and reported on stderr:
     /// once (1 run in ~10) the first SYN to a pair's freshly listening guest
     /// was answered with a reset, because the guest announced `listening`
     /// before its sockets listened (fixed in guest/src/kv.rs). The retry
@@ -42,7 +42,7 @@ impl Kv {
 
     /// [`Kv::connect`] to the guest at `addr` (a cluster with several VMs).
     pub fn connect_to(client: &NetnsTap, addr: SocketAddr) -> Kv {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut refused = 0;
         let stream = loop {
             match client.tcp_connect(addr, Duration::from_secs(60)) {

@@ -174,7 +174,11 @@ pub fn wait_ready(host: &Host, peers: &[&Host], timeout: Duration) {
             .last()
             .map(|l| (host.spawned_at() + l.at).elapsed())
             .unwrap_or_else(|| host.spawned_at().elapsed());
-        let suspected = format!("heartbeat: peer {} suspected (silent", host.name());
+        // "suspected (silent for …)" once heard, "suspected (never heard in
+        // …)" when it froze before its first heartbeat (seen in stop 33's
+        // first run: host-a's console ended at "ftvmm: /dev/kvm ok" before
+        // heartbeat sent anything, and this loop waited for BOOT_TIMEOUT).
+        let suspected = format!("heartbeat: peer {} suspected (", host.name());
         let peer_says = peers
             .iter()
             .any(|p| p.console().count(suspected.as_str()) > 0);
