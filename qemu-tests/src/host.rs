@@ -251,6 +251,11 @@ impl HostSpec {
             "unix:{},server=on,wait=off",
             self.qmp_socket().display()
         ));
+        // QEMU logs "Triple fault" here when the host's CPU triple-faults:
+        // with `-no-reboot` that ends QEMU with status 0 exactly as a
+        // watchdog reset does, and the console says neither.
+        a.push_all(["-d", "cpu_reset", "-D"]);
+        a.push(self.work_dir.join(RESET_LOG).display().to_string());
         self.boot_args(&mut a);
         self.config_disk_args(&mut a);
         self.shared_storage_args(&mut a);
@@ -669,6 +674,9 @@ impl Host {
                 } else {
                     format!("{status}; QEMU stderr: {stderr}")
                 };
+                let reset_log =
+                    std::fs::read_to_string(self.work_dir.join(RESET_LOG)).unwrap_or_default();
+                let status = format!("{status}; {}", why_reset(&reset_log));
                 Err(HarnessError::Exited {
                     host,
                     pattern,
@@ -839,8 +847,30 @@ pub fn kill_hosts_on_panic() {
     }));
 }
 
+/// QEMU's `-d cpu_reset` log in a host's directory.
+const RESET_LOG: &str = "qemu-reset.log";
+
+/// What a host's `-d cpu_reset` log says about how it ended: a triple fault
+/// of its CPU (its kernel crashed without a word), or a reset request
+/// (the watchdog, the kernel's own reboot, ACPI), which the log cannot tell
+/// apart.
+fn why_reset(reset_log: &str) -> &'static str {
+    if reset_log.contains("Triple fault") {
+        "QEMU logged a triple fault of the host's CPU"
+    } else {
+        "no triple fault logged (a reset request: the watchdog, a reboot or ACPI)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_triple_fault_is_told_from_a_reset_request() {
+        let log = "CPU Reset (CPU 0)\nEAX=00000000\nTriple fault\n";
+        assert!(super::why_reset(log).contains("triple fault of the host's CPU"));
+        assert!(super::why_reset("CPU Reset (CPU 0)\n").contains("no triple fault"));
+    }
+
     use super::*;
 
     #[test]
@@ -924,6 +954,7 @@ mod tests {
         });
         let a = joined(&spec);
         assert!(a.contains("-accel tcg -cpu max -m 1024 -smp 1"), "{a}");
+        assert!(a.contains(" -d cpu_reset -D "), "{a}");
         assert!(
             a.contains("file=/x/ft.iso,if=ide,index=0,media=cdrom"),
             "{a}"
