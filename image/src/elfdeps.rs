@@ -220,10 +220,11 @@ fn host_mode(path: &Path) -> Result<u32, ElfError> {
     Ok(crate::manifest::staged_file_mode(meta.permissions().mode()))
 }
 
-/// The program `program` (a path inside one of `roots`, e.g. `sbin/iscsistart`)
-/// shipped at `dest`, with its loader and every library it needs, directly or
-/// not, sorted by destination. Libraries come only from `roots`.
-pub fn closure(roots: &[PathBuf], program: &str, dest: &str) -> Result<Vec<Shipped>, ElfError> {
+/// The programs `(program, dest)` (`program` a path inside one of `roots`,
+/// e.g. `sbin/iscsid`, shipped at `dest`), with their loader and every library
+/// they need, directly or not, each once, sorted by destination. Libraries come
+/// only from `roots`.
+pub fn closure(roots: &[PathBuf], programs: &[(&str, &str)]) -> Result<Vec<Shipped>, ElfError> {
     let roots_text = || {
         roots
             .iter()
@@ -231,37 +232,39 @@ pub fn closure(roots: &[PathBuf], program: &str, dest: &str) -> Result<Vec<Shipp
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let source = find_in_roots(roots, program)?.ok_or_else(|| ElfError::ProgramNotFound {
-        path: program.to_string(),
-        roots: roots_text(),
-    })?;
-    let deps = read_elf(&source)?;
     let mut out: BTreeMap<String, Shipped> = BTreeMap::new();
-    out.insert(
-        dest.to_string(),
-        Shipped::File {
-            dest: dest.to_string(),
-            source: source.clone(),
-            mode: 0o755,
-        },
-    );
     // (soname, needed by) still to look up.
     let mut queue: Vec<(String, String)> = Vec::new();
-    if let Some(interp) = &deps.interp {
-        let name = interp.rsplit('/').next().unwrap_or(interp).to_string();
-        let loader_dest = format!("{IMAGE_LIB_DIR}/{name}");
-        if *interp != loader_dest {
-            out.insert(
-                interp.clone(),
-                Shipped::Symlink {
-                    dest: interp.clone(),
-                    target: loader_dest,
-                },
-            );
+    for &(program, dest) in programs {
+        let source = find_in_roots(roots, program)?.ok_or_else(|| ElfError::ProgramNotFound {
+            path: program.to_string(),
+            roots: roots_text(),
+        })?;
+        let deps = read_elf(&source)?;
+        out.insert(
+            dest.to_string(),
+            Shipped::File {
+                dest: dest.to_string(),
+                source: source.clone(),
+                mode: 0o755,
+            },
+        );
+        if let Some(interp) = &deps.interp {
+            let name = interp.rsplit('/').next().unwrap_or(interp).to_string();
+            let loader_dest = format!("{IMAGE_LIB_DIR}/{name}");
+            if *interp != loader_dest {
+                out.insert(
+                    interp.clone(),
+                    Shipped::Symlink {
+                        dest: interp.clone(),
+                        target: loader_dest,
+                    },
+                );
+            }
+            queue.push((name, dest.to_string()));
         }
-        queue.push((name, dest.to_string()));
+        queue.extend(deps.needed.iter().map(|n| (n.clone(), dest.to_string())));
     }
-    queue.extend(deps.needed.iter().map(|n| (n.clone(), dest.to_string())));
     while let Some((soname, needed_by)) = queue.pop() {
         let lib_dest = format!("{IMAGE_LIB_DIR}/{soname}");
         if out.contains_key(&lib_dest) {
@@ -371,7 +374,7 @@ mod tests {
         let deps = read_elf(&exe).unwrap();
         fs::create_dir_all(root.join("sbin")).unwrap();
         fs::copy(&exe, root.join("sbin/prog")).unwrap();
-        let got = closure(&[root], "sbin/prog", "/sbin/prog");
+        let got = closure(&[root], &[("sbin/prog", "/sbin/prog")]);
         if deps.interp.is_none() && deps.needed.is_empty() {
             // A static test binary: the closure is the program alone.
             assert_eq!(got.unwrap().len(), 1);

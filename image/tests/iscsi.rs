@@ -1,7 +1,8 @@
 //! The built initramfs carries the iSCSI initiator of `image/iscsi.lock`:
-//! `/sbin/iscsistart`, its loader and every library of its `DT_NEEDED`
+//! every `program` of the lock (`/sbin/iscsid`, `/sbin/iscsiadm`,
+//! `/sbin/iscsistart`), their loader and every library of their `DT_NEEDED`
 //! closure, all resolvable inside the initramfs itself, each byte-identical to
-//! the file in the pinned `.deb` (whose sha256 is checked again here); and the
+//! the file in the pinned `.deb` (whose sha256 is checked again here); and each
 //! program, run from those bytes on this machine through the shipped loader,
 //! loads nothing from the host and prints its version.
 //!
@@ -120,11 +121,15 @@ fn sha256_hex(path: &Path) -> String {
 }
 
 #[test]
-fn the_lock_pins_iscsistart_and_glibc() {
+fn the_lock_pins_iscsid_iscsiadm_iscsistart_and_glibc() {
     let l = lock();
     assert_eq!(
-        (l.program.as_str(), l.dest.as_str()),
-        ("sbin/iscsistart", "/sbin/iscsistart")
+        l.program_paths(),
+        [
+            ("sbin/iscsistart", "/sbin/iscsistart"),
+            ("sbin/iscsid", "/sbin/iscsid"),
+            ("sbin/iscsiadm", "/sbin/iscsiadm"),
+        ]
     );
     for p in ["open-iscsi", "libc6"] {
         assert!(l.packages.iter().any(|d| d.package == p), "{p} not pinned");
@@ -135,30 +140,29 @@ fn the_lock_pins_iscsistart_and_glibc() {
 /// every `DT_NEEDED` of the program and of each library, in the loader's
 /// system directories (there is no ld.so.cache).
 #[test]
-fn iscsistart_and_its_whole_closure_are_in_the_initramfs() {
+fn the_programs_and_their_whole_closure_are_in_the_initramfs() {
     let Some((initrd, _)) = built() else { return };
     let archive = read_initramfs(&initrd);
-    let dest = lock().dest;
-    let Some(Entry::File { mode, data }) = archive.get(&dest) else {
-        panic!("{dest} is not a regular file of {}", initrd.display());
-    };
-    assert_eq!(*mode, 0o755, "{dest} mode");
-    let deps = parse_elf(data).unwrap();
-    let interp = deps
-        .interp
-        .clone()
-        .expect("iscsistart is dynamically linked");
-    let (loader, _) = resolve(&archive, &interp)
-        .unwrap_or_else(|| panic!("the loader {interp} is not in the initramfs"));
-    assert!(
-        matches!(archive.get(&loader), Some(Entry::File { mode: 0o755, .. })),
-        "{loader} is not an executable file"
-    );
-    let mut queue: Vec<(String, String)> = deps
-        .needed
-        .iter()
-        .map(|n| (n.clone(), dest.clone()))
-        .collect();
+    // (soname, needed by) still to look up.
+    let mut queue: Vec<(String, String)> = Vec::new();
+    for dest in lock().programs.into_iter().map(|p| p.dest) {
+        let Some(Entry::File { mode, data }) = archive.get(&dest) else {
+            panic!("{dest} is not a regular file of {}", initrd.display());
+        };
+        assert_eq!(*mode, 0o755, "{dest} mode");
+        let deps = parse_elf(data).unwrap();
+        let interp = deps
+            .interp
+            .clone()
+            .unwrap_or_else(|| panic!("{dest} is dynamically linked"));
+        let (loader, _) = resolve(&archive, &interp)
+            .unwrap_or_else(|| panic!("the loader {interp} of {dest} is not in the initramfs"));
+        assert!(
+            matches!(archive.get(&loader), Some(Entry::File { mode: 0o755, .. })),
+            "{loader} is not an executable file"
+        );
+        queue.extend(deps.needed.iter().map(|n| (n.clone(), dest.clone())));
+    }
     let mut found = BTreeMap::new();
     while let Some((soname, by)) = queue.pop() {
         if found.contains_key(&soname) {
@@ -172,7 +176,14 @@ fn iscsistart_and_its_whole_closure_are_in_the_initramfs() {
         queue.extend(lib.needed.iter().map(|n| (n.clone(), path.clone())));
         found.insert(soname, path);
     }
-    for want in ["libc.so.6", "libcrypto.so.3", "libkmod.so.2"] {
+    for want in [
+        "libc.so.6",
+        "libcrypto.so.3",
+        "libkmod.so.2",
+        "libisns.so.0",
+        "libmount.so.1",
+        "libsystemd.so.0",
+    ] {
         assert!(found.contains_key(want), "{want} missing: {found:?}");
     }
 }
@@ -211,7 +222,7 @@ fn the_shipped_files_are_the_pinned_packages_bytes() {
         assert!(st.success(), "dpkg-deb -x {}", deb.display());
         roots.push(root);
     }
-    let shipped = closure(&roots, &l.program, &l.dest).unwrap();
+    let shipped = closure(&roots, &l.program_paths()).unwrap();
     for s in &shipped {
         match (s, archive.get(s.dest())) {
             (Shipped::File { dest, source, mode }, Some(Entry::File { mode: m, data })) => {
@@ -237,19 +248,21 @@ fn the_shipped_files_are_the_pinned_packages_bytes() {
     assert!(extra.is_empty(), "not in the closure: {extra:?}");
 }
 
-/// Runs the shipped bytes here: `ld-linux --list` must find every library in
-/// the copied tree (none from the host), and `iscsistart -v` prints the
-/// pinned upstream version.
+/// Runs the shipped bytes here: for each program, `ld-linux --list` must find
+/// every library in the copied tree (none from the host), and
+/// `<program> --version` (which iscsid, iscsiadm and iscsistart 2.1.8 all
+/// accept) prints `<name> version <the pinned upstream version>`.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
-fn the_shipped_iscsistart_runs_with_only_the_shipped_libraries() {
+fn the_shipped_programs_run_with_only_the_shipped_libraries() {
     let Some((initrd, _)) = built() else { return };
     let archive = read_initramfs(&initrd);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let dest = lock().dest;
+    let l = lock();
+    let dests: Vec<&str> = l.programs.iter().map(|p| p.dest.as_str()).collect();
     for (path, entry) in &archive {
-        if !(path == &dest || path.starts_with(&format!("{IMAGE_LIB_DIR}/"))) {
+        if !(dests.contains(&path.as_str()) || path.starts_with(&format!("{IMAGE_LIB_DIR}/"))) {
             continue;
         }
         if let Entry::File { data, .. } = entry {
@@ -262,48 +275,44 @@ fn the_shipped_iscsistart_runs_with_only_the_shipped_libraries() {
     }
     let libdir = root.join(IMAGE_LIB_DIR.trim_start_matches('/'));
     let loader = libdir.join("ld-linux-x86-64.so.2");
-    let program = root.join(dest.trim_start_matches('/'));
-    let run = |args: &[&str]| {
-        let out = Command::new(&loader)
-            .env_clear()
-            .arg("--inhibit-cache")
-            .arg("--library-path")
-            .arg(&libdir)
-            .args(args)
-            .arg(&program)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
-    let (ok, list) = run(&["--list"]);
-    assert!(ok, "ld-linux --list iscsistart:\n{list}");
-    let inside = libdir.display().to_string();
-    for line in list.lines().filter(|l| l.contains("=>")) {
-        assert!(
-            line.contains(&inside),
-            "a library from outside the shipped tree: {line}\n{list}"
-        );
-    }
-    let out = Command::new(&loader)
-        .env_clear()
-        .arg("--inhibit-cache")
-        .arg("--library-path")
-        .arg(&libdir)
-        .arg(&program)
-        .arg("-v")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = lock()
+    let version = l
         .packages
         .iter()
         .find(|p| p.package == "open-iscsi")
         .map(|p| p.version.split('-').next().unwrap().to_string())
         .unwrap();
-    assert!(out.status.success(), "iscsistart -v: {out:?}");
-    assert_eq!(text.trim(), format!("iscsistart version {version}"));
+    let inside = libdir.display().to_string();
+    for dest in dests {
+        let program = root.join(dest.trim_start_matches('/'));
+        let name = dest.rsplit('/').next().unwrap();
+        // The loader's own options go before the program, the program's after it.
+        let run = |loader_args: &[&str], program_args: &[&str]| {
+            let out = Command::new(&loader)
+                .env_clear()
+                .arg("--inhibit-cache")
+                .arg("--library-path")
+                .arg(&libdir)
+                .args(loader_args)
+                .arg(&program)
+                .args(program_args)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, list, err) = run(&["--list"], &[]);
+        assert!(ok, "ld-linux --list {name}:\n{list}{err}");
+        for line in list.lines().filter(|l| l.contains("=>")) {
+            assert!(
+                line.contains(&inside),
+                "{name}: a library from outside the shipped tree: {line}\n{list}"
+            );
+        }
+        let (ok, text, err) = run(&[], &["--version"]);
+        assert!(ok, "{name} --version failed:\n{text}{err}");
+        assert_eq!(text.trim(), format!("{name} version {version}"));
+    }
 }
