@@ -8,9 +8,9 @@
 //!   manifest file in the style of the kernel's `gen_init_cpio`.
 //! - [`gzip`]: gzip with a fixed header (no name, mtime 0, fixed OS byte).
 //! - [`drivers`]: the driver table, the firmware pin and the cost of each group.
-//! - [`debpin`]: a program pinned by Debian package version and `.deb`
+//! - [`debpin`]: programs pinned by Debian package version and `.deb`
 //!   sha256 (`image/iscsi.lock`).
-//! - [`elfdeps`]: that program's loader and shared-library closure, found
+//! - [`elfdeps`]: those programs' loader and shared-library closure, found
 //!   only in the unpacked pinned packages.
 //! - [`kmod`]: the closure of wanted kernel modules over their dependencies,
 //!   written out as a filtered `modules.dep` tree.
