@@ -30,6 +30,8 @@ fn add(total: &mut sim::SimStats, s: &sim::SimStats) {
     total.impostors += s.impostors;
     total.slot_refusals += s.slot_refusals;
     total.slot_takeovers += s.slot_takeovers;
+    total.duels += s.duels;
+    total.duel_aborts += s.duel_aborts;
 }
 
 #[test]
@@ -66,7 +68,9 @@ fn seeded_schedules_never_decide_two_owners_and_a_lone_host_decides() {
             && total.tears > 0
             && total.impostors > 0
             && total.slot_refusals > 0
-            && total.slot_takeovers > 0,
+            && total.slot_takeovers > 0
+            && total.duels > count / 2
+            && total.duel_aborts > 0,
         "{total:?}"
     );
     // Layout 2: no write ever touched another block.

@@ -20,8 +20,9 @@
 //! 4. *Commit*: write `owner := v` into `dblock`. Anyone who reads a block with
 //!    an owner adopts it at once (only decided values are ever committed).
 //!
-//! On abort the driver waits (randomized backoff) and calls
-//! [`Proposer::retry`], which starts phase 1 with a higher ballot.
+//! On abort the driver waits (randomized backoff, its window doubling with
+//! each abort in a row: [`backoff_wait`]) and calls [`Proposer::retry`],
+//! which starts phase 1 with a higher ballot.
 //!
 //! A block that is written but does not read as a block of its position
 //! ([`SlotView::Corrupt`]) is read again up to [`CORRUPT_REREADS`] times (a
@@ -43,7 +44,7 @@ use std::collections::BTreeMap;
 
 use crate::layout::{view_paxos, Block, Geometry, PaxosBlock, SlotView};
 
-pub use decide::{decide, Ask, DecideError};
+pub use decide::{backoff_wait, decide, Ask, DecideError, BACKOFF_DOUBLINGS};
 
 /// Identifies one I/O request of a proposer.
 pub type Token = u64;

@@ -265,3 +265,16 @@ fn a_higher_ballot_on_disk_makes_the_proposer_retry_higher() {
         Poll::Done(Outcome::IoFailed)
     );
 }
+
+#[test]
+fn the_backoff_window_doubles_with_each_abort_in_a_row_up_to_a_cap() {
+    let base = Duration::from_millis(50);
+    let almost = 0.999;
+    let window = |aborts| super::backoff_wait(base, aborts, almost);
+    assert!(window(1) < base && window(1) > base * 99 / 100);
+    assert!(window(2) > base && window(2) < base * 2);
+    let cap = base * (1 << super::BACKOFF_DOUBLINGS);
+    assert!(window(5) < cap && window(5) > cap * 99 / 100);
+    assert_eq!(window(5), window(50), "the window stops growing");
+    assert_eq!(super::backoff_wait(base, 3, 0.0), Duration::ZERO);
+}

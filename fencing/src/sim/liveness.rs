@@ -58,7 +58,7 @@ impl World {
     }
 
     /// Whether a block of (`vm`, `generation`)'s instance is corrupt now.
-    fn instance_damaged(&self, vm: u32, generation: u64) -> bool {
+    pub(super) fn instance_damaged(&self, vm: u32, generation: u64) -> bool {
         (0..self.geo.hosts).any(|h| {
             let b = self.disk.read(self.geo.paxos_block(vm, generation, h));
             matches!(

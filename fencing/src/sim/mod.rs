@@ -28,20 +28,33 @@
 //! - *liveness*: after the chaos one machine alone takes its slot and decides
 //!   a fresh generation for itself within two ballots (in a ring slot without
 //!   damage), and re-asking any generation decided before yields the same
-//!   decision, "superseded", or an alarm over a damaged block.
+//!   decision, "superseded", or an alarm over a damaged block;
+//! - *no duel* (`duel.rs`): then two machines of different hosts race for a
+//!   fresh generation on a clock (one request at a time each, random
+//!   latencies, the daemon's backoff), the rival as fast or at a quarter of
+//!   the speed, starting together, first or later: the fast machine decides
+//!   within three quarters of `ACQUIRE_BOUND`, the rival within twice it,
+//!   and both learn the same decision.
 
 mod check;
 mod disk;
+mod duel;
 mod liveness;
 mod machines;
+mod pool;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::layout::Geometry;
-use crate::paxos::{Decision, IoRequest, IoResult, Op, Poll, Proposer};
+use crate::paxos::{Decision, IoRequest, Op, Proposer};
 use crate::rng::SplitMix;
 use disk::{Disk, PendingWrite};
 use machines::Machine;
+
+pub use duel::{
+    DuelSetup, DuelStats, Finish, Pace, Rival, FAST_BOUND_TICKS, SLOW_BOUND_TICKS, TICKS_PER_MS,
+    TICK_US,
+};
 
 /// What a run simulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +116,9 @@ pub struct SimStats {
     pub slot_refusals: u64,
     /// Slots taken after such a refusal (the other machine had stopped).
     pub slot_takeovers: u64,
+    /// Duels run after the lone phase, and the fast machine's aborts in them.
+    pub duels: u64,
+    pub duel_aborts: u64,
 }
 
 /// Which invariant a run broke.
@@ -177,14 +193,28 @@ const GARBAGE_STREAK: u32 = 2;
 /// Chaos steps per run before the liveness phase.
 const CHAOS_STEPS: u64 = 600;
 
-/// Runs one seeded simulation with options drawn from the seed.
+/// Runs one seeded simulation with options drawn from the seed, then a
+/// duel ([`DuelSetup::drawn`]).
 pub fn run(seed: u64, trace: bool) -> Result<SimStats, SimFailure> {
     let mut rng = SplitMix::new(seed ^ 0x6f70_7473);
-    run_with(seed, trace, Options::drawn(&mut rng))
+    let mut w = chaos_and_lone(seed, trace, Options::drawn(&mut rng))?;
+    let setup = DuelSetup::drawn(&mut w.rng);
+    if let Some(d) = w.duel_phase(setup)? {
+        d.check_fast()
+            .map_err(|what| w.fail(FailureKind::Liveness, what))?;
+        w.stats.duels += 1;
+        w.stats.duel_aborts += u64::from(d.fast.aborts);
+    }
+    w.stats.steps = w.step;
+    Ok(w.stats)
 }
 
-/// Runs one seeded simulation with `opts`.
+/// Runs one seeded simulation with `opts` (no duel).
 pub fn run_with(seed: u64, trace: bool, opts: Options) -> Result<SimStats, SimFailure> {
+    chaos_and_lone(seed, trace, opts).map(|w| w.stats)
+}
+
+fn chaos_and_lone(seed: u64, trace: bool, opts: Options) -> Result<World, SimFailure> {
     let mut w = World::new(seed, trace, opts);
     while w.step < CHAOS_STEPS {
         w.step += 1;
@@ -193,7 +223,18 @@ pub fn run_with(seed: u64, trace: bool, opts: Options) -> Result<SimStats, SimFa
     w.liveness()?;
     w.stats.steps = w.step;
     w.stats.distinct_decided = w.decided.len() as u64;
-    Ok(w.stats)
+    Ok(w)
+}
+
+/// Runs one duel ([`DuelSetup`]) on a fresh world drawn from `seed`, no
+/// chaos before it: an error if a machine does not decide within
+/// [`SLOW_BOUND_TICKS`] or two decisions differ; the fast machine's time is
+/// left to [`DuelStats::check_fast`] (measurements want it unchecked).
+pub fn duel(seed: u64, trace: bool, setup: DuelSetup) -> Result<DuelStats, SimFailure> {
+    let mut rng = SplitMix::new(seed ^ 0x6f70_7473);
+    let mut w = World::new(seed, trace, Options::drawn(&mut rng));
+    let d = w.duel_phase(setup)?;
+    Ok(d.expect("a fresh world has no damage"))
 }
 
 impl World {
@@ -411,90 +452,5 @@ impl World {
             w.block
         ));
         self.damaged.extend(damaged);
-    }
-
-    fn complete(&mut self, i: usize) -> Result<(), SimFailure> {
-        let p = self.pending.swap_remove(i);
-        let failed = self.rng.chance(1, 100);
-        let result = match (&p.req.op, &p.write) {
-            (Op::Read { .. }, _) if failed => IoResult::Failed,
-            (Op::Read { block }, _) => {
-                let mut data = self.disk.read(*block);
-                let streak = self.garbage_streak.entry((p.machine, *block)).or_default();
-                if self.opts.corrupt
-                    && *streak < GARBAGE_STREAK
-                    && self.rng.chance(1, 150)
-                    && !self.disk.blank(*block)
-                {
-                    *streak += 1;
-                    self.stats.garbage_reads += 1;
-                    disk::garbage(&mut data, &mut self.rng);
-                } else {
-                    *streak = 0;
-                }
-                IoResult::Read(data)
-            }
-            (Op::Write { .. }, Some(w)) => {
-                if !failed || self.rng.chance(1, 2) {
-                    self.land(w);
-                }
-                if failed {
-                    IoResult::Failed
-                } else {
-                    IoResult::Written
-                }
-            }
-            (Op::Write { .. }, None) => unreachable!("every write is issued to the disk"),
-        };
-        if failed {
-            self.stats.io_failures += 1;
-        }
-        let mc = &mut self.machines[p.machine];
-        assert!(
-            mc.alive && mc.epoch == p.epoch,
-            "a crashed machine's requests are removed at the crash"
-        );
-        let run = mc.run.as_mut().expect("pending requests belong to a run");
-        let poll = run.proposer.complete(p.req.token, result);
-        let (vm, generation, early) = (run.vm, run.generation, run.proposer.decided());
-        if let (Some(d), Poll::Io(_)) = (early, &poll) {
-            // Decided, commit write not yet done: check agreement already.
-            self.agree(p.machine, vm, generation, d)?;
-        }
-        self.after(p.machine, poll)
-    }
-
-    fn after(&mut self, m: usize, poll: Poll) -> Result<(), SimFailure> {
-        match poll {
-            Poll::Io(reqs) => self.issue(m, reqs),
-            Poll::Wait => {}
-            Poll::Retry => {
-                self.stats.aborts += 1;
-                let at = self.step + 1 + self.rng.below(30);
-                let run = self.machines[m].run.as_mut().expect("running");
-                run.retry_at = Some(at);
-            }
-            Poll::Done(o) => {
-                let run = self.machines[m].run.take().expect("running");
-                // Failed or corrupt reads may leave requests of the run
-                // pending: drop them (their writes land or not).
-                let epoch = self.machines[m].epoch;
-                let mut kept = Vec::new();
-                for p in std::mem::take(&mut self.pending) {
-                    if p.machine == m && p.epoch == epoch {
-                        if let Some(w) = &p.write {
-                            if self.rng.chance(1, 2) {
-                                self.land(w);
-                            }
-                        }
-                    } else {
-                        kept.push(p);
-                    }
-                }
-                self.pending = kept;
-                self.record(m, run.vm, run.generation, o)?;
-            }
-        }
-        Ok(())
     }
 }
