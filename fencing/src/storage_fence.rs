@@ -24,17 +24,26 @@
 //!   a hold, wins after itself: nobody is deposed. Offered but not joined, a
 //!   failed depose, or a scan that cannot name the previous owner: `Error`,
 //!   never `Won` without the fence.
-//! - **Preempted** (a write refused with RESERVATION CONFLICT, a `2a/03` or
-//!   `2a/05` unit attention, or this host's key gone while another holds the
-//!   reservation): final for this incarnation. The grant is withdrawn at once,
+//! - **Preempted** (a write refused with RESERVATION CONFLICT while this
+//!   host's key is gone, a `2a/03` or `2a/05` unit attention, or this host's
+//!   key gone while another holds the reservation): final for this
+//!   incarnation. The grant is withdrawn at once,
 //!   every VM run here as Primary is deposed, the watchdog is starved, and
 //!   the agent never registers again; a marker file (in `/run`, gone at the
 //!   reboot) keeps a restarted agent from joining in the same boot.
 //! - **Registrations lost** (this host's key gone, and the device holds no
 //!   reservation or its PR generation went backwards: a target that does not
-//!   persist registrations restarted): the agent joins again with the same
-//!   key only if the deposition check of this renewal, and another one right
-//!   after the registration, find nothing; otherwise it counts as preempted.
+//!   persist registrations restarted; or a write refused with RESERVATION
+//!   CONFLICT while this host's key is still registered: the iSCSI session
+//!   was logged in again and the target, like tgt, ties registrations to the
+//!   session, so the new I_T nexus is not registered — a preemption would
+//!   have removed the key from every nexus): the agent joins again with the
+//!   same key only if the deposition check of this renewal, and another one
+//!   right after the registration, find nothing; otherwise it counts as
+//!   preempted. The checks are what makes this safe: a host deposed before
+//!   the second check sees it and takes its registration back; one deposed
+//!   after it loses the new registration with the depose's PREEMPT, which
+//!   removes the key from every nexus.
 //!
 //! Invariant: `Active` holds only after a successful join in this
 //! incarnation, and nothing leaves `Preempted`.
@@ -448,9 +457,20 @@ impl Agent {
         let Some(res) = res else {
             f.generation = Some(keys.generation);
             if let Some(why) = conflict {
-                f.preempt(format!(
-                    "{why}, although this host's key {key} is registered"
-                ));
+                // Registered, yet refused: this I_T nexus is not registered
+                // although the key is (through the nexus that registered it).
+                // A preemption removes the key from every nexus, so this is
+                // not one: the session was logged in again at a target that
+                // ties registrations to the session (tgt). Join again like
+                // after a target restart, between two deposition checks.
+                drop(f);
+                let lost = format!(
+                    "{}: {why}, although this host's key {key} is registered: this host's I_T \
+                     nexus is not (the target ties registrations to the iSCSI session, which was \
+                     logged in again)",
+                    dev.device()
+                );
+                self.rejoin(&*dev, key, lost, r);
             }
             return;
         };
@@ -470,16 +490,22 @@ impl Agent {
             }
             _ => {
                 drop(f);
-                self.rejoin(&*dev, key, r);
+                let lost = format!(
+                    "{}: this host's key {key} is gone and the device holds no reservation or \
+                     counts registrations from 0 again (the target lost its registrations)",
+                    dev.device()
+                );
+                self.rejoin(&*dev, key, lost, r);
             }
         }
     }
 
-    /// The device lost this host's registration (a target restart without
-    /// persistence): join again only between two clean deposition checks;
-    /// a deposition found after the registration takes it back.
-    fn rejoin(&self, dev: &dyn Reservations, key: Key, r: &mut Renewal) {
-        let lost = format!("{}: this host's key {key} is gone and the device holds no reservation or counts registrations from 0 again (the target lost its registrations)", dev.device());
+    /// The device lost this host's registration (`lost` says how: a target
+    /// restart without persistence, or a session logged in again where the
+    /// target ties registrations to the session): join again only between
+    /// two clean deposition checks; a deposition found after the
+    /// registration takes it back.
+    fn rejoin(&self, dev: &dyn Reservations, key: Key, lost: String, r: &mut Renewal) {
         let deposed = format!("{lost}, and a VM this host runs was deposed");
         match self.watch_deposition() {
             Ok(found) if found.is_empty() && r.deposed.is_empty() => {}

@@ -577,6 +577,61 @@ fn after_a_target_restart_lost_registrations_hosts_join_again_unless_deposed() {
     assert!(!a.nexus.may_write());
 }
 
+/// A host whose iSCSI session was logged in again, at a target that ties
+/// registrations to the session (tgt): its next write is refused although
+/// its key is still listed. Not a preemption (that removes the key from
+/// every nexus): it joins again between two clean deposition checks — and
+/// stays out when a VM it runs was deposed meanwhile (qemu-tests
+/// iscsi_login: a Secondary's severed session).
+#[test]
+fn a_session_logged_in_again_joins_again_unless_deposed() {
+    let r = rig();
+    let a = r.host("host-a", 1);
+    let b = r.host("host-b", 2);
+    claim(&a);
+    claim(&b);
+    a_runs_kv(&a, &b);
+
+    b.nexus.log_in_again();
+    assert!(!b.nexus.may_write(), "the new nexus is not registered");
+    assert!(r.keys().contains(&b.key), "the old registration is listed");
+    let rb = renew(&b);
+    assert!(rb.preempted.is_none(), "{rb:?}");
+    assert!(
+        rb.lines.iter().any(|l| l.contains(&format!(
+            "although this host's key {} is registered: this host's I_T nexus is not (the target ties registrations to the iSCSI session, which was logged in again); joined again with the same key after clean deposition checks",
+            b.key
+        ))),
+        "{:?}",
+        rb.lines
+    );
+    assert!(b.nexus.may_write());
+    renew(&b).result.unwrap();
+    assert_eq!(
+        b.agent.status(BootInstant::now())["storage_fence"]["rejoins"],
+        1
+    );
+
+    // host-a's session is logged in again too, but host-b decided
+    // generation 2 of kv before it could depose host-a (the target was
+    // unreachable then): host-a's key is still listed, yet it must not
+    // join again.
+    a.nexus.log_in_again();
+    r.target.set_offline(true);
+    assert!(
+        matches!(acquire(&b, 2), Response::Error { .. }),
+        "no win without the fence"
+    );
+    r.target.set_offline(false);
+    assert!(r.keys().contains(&a.key));
+    let ra = renew(&a);
+    let why = ra.preempted.expect("host-a stays out");
+    assert!(why.contains("a VM this host runs was deposed"), "{why}");
+    assert!(!a.nexus.may_write());
+    assert!(won(acquire(&b, 2)), "host-b asks again and wins");
+    assert!(!r.keys().contains(&a.key));
+}
+
 #[test]
 fn disk_paxos_stops_at_a_reservation_conflict_instead_of_retrying_to_the_deadline() {
     use fencing::paxos::{decide, Ask, DecideError};

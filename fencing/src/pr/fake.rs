@@ -22,6 +22,7 @@
 //! registered key is non-zero (`Key` cannot be zero).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::prin::{self, Keys, Reservation, Sense};
@@ -89,7 +90,7 @@ impl FakeTarget {
         st.next_nexus += 1;
         FakeNexus {
             target: self.clone(),
-            id,
+            id: Arc::new(AtomicU32::new(id)),
             name: name.to_owned(),
         }
     }
@@ -124,18 +125,37 @@ impl FakeTarget {
 #[derive(Debug, Clone)]
 pub struct FakeNexus {
     target: FakeTarget,
-    id: NexusId,
+    /// Shared by the clones: [`FakeNexus::log_in_again`] changes it for all.
+    id: Arc<AtomicU32>,
     name: String,
 }
 
 impl FakeNexus {
+    fn id(&self) -> NexusId {
+        self.id.load(Ordering::SeqCst)
+    }
+
+    /// The host's session logged in again, at a target that ties
+    /// registrations to the session (tgt 1.0.85: its I_T nexus includes the
+    /// session's TSIH): from now on this host is a new, unregistered nexus,
+    /// while the old nexus's registration (and reservation, if it held it)
+    /// stays, so READ KEYS still lists the host's key.
+    pub fn log_in_again(&self) {
+        let mut st = self.target.lock();
+        let id = st.next_nexus;
+        st.next_nexus += 1;
+        self.id.store(id, Ordering::SeqCst);
+    }
+
     /// Whether a write from this nexus would be executed now.
     pub fn may_write(&self) -> bool {
         let st = self.target.lock();
         match st.reservation {
             None => true,
-            Some((holder, _)) if holder == self.id => true,
-            Some((_, kind)) => kind.registrants_may_write() && st.registered.contains_key(&self.id),
+            Some((holder, _)) if holder == self.id() => true,
+            Some((_, kind)) => {
+                kind.registrants_may_write() && st.registered.contains_key(&self.id())
+            }
         }
     }
 
@@ -143,8 +163,8 @@ impl FakeNexus {
     pub fn may_read(&self) -> bool {
         let st = self.target.lock();
         match st.reservation {
-            Some((holder, kind)) if holder != self.id && !kind.others_may_read() => {
-                kind.registrants_may_write() && st.registered.contains_key(&self.id)
+            Some((holder, kind)) if holder != self.id() && !kind.others_may_read() => {
+                kind.registrants_may_write() && st.registered.contains_key(&self.id())
             }
             _ => true,
         }
@@ -161,7 +181,7 @@ impl FakeNexus {
         if st.offline {
             return Err(self.fail(op, Fail::Offline));
         }
-        let changed = f(&mut st, self.id).map_err(|e| self.fail(op, e))?;
+        let changed = f(&mut st, self.id()).map_err(|e| self.fail(op, e))?;
         if changed {
             st.generation = st.generation.wrapping_add(1);
         }
@@ -379,7 +399,7 @@ impl Reservations for FakeNexus {
         self.target
             .lock()
             .attentions
-            .remove(&self.id)
+            .remove(&self.id())
             .unwrap_or_default()
     }
 }
