@@ -41,7 +41,7 @@ TRIPLE=x86_64-unknown-linux-gnu
 # The modules, by group: image/drivers.txt (docs/hardware.md explains the choice).
 DRIVERS=image/drivers.txt
 FIRMWARE_LOCK=image/firmware.lock
-# /sbin/iscsid, /sbin/iscsiadm, /sbin/iscsistart and their shared libraries, from pinned Debian packages.
+# /sbin/iscsid, /sbin/iscsiadm and their shared libraries, from pinned Debian packages.
 ISCSI_LOCK=image/iscsi.lock
 DEBIAN_MIRROR="${FT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 ISO_BUDGET_BYTES="${FT_ISO_BUDGET_BYTES:-$((64 * 1024 * 1024))}"
@@ -125,7 +125,7 @@ say "firmware $FW_PACKAGE $FW_VERSION (sha256 verified)"
 # --- iSCSI initiator (image/iscsi.lock) --------------------------------------------------
 # Each .deb fetched like the kernel's, checked against its pinned sha256 and unpacked
 # (again only when the .deb changed). elfclosure, below, takes the libraries of the lock's
-# programs (iscsid, iscsiadm, iscsistart) from these trees only.
+# programs (iscsid, iscsiadm) from these trees only.
 ISCSI_ROOTS=() ISCSI_PKGS=()
 while read -r _ pkg ver sha; do
   deb="$CACHE/${pkg}_${ver//:/%3a}_amd64.deb"
@@ -201,10 +201,10 @@ while read -r kind path sha module source; do
 done < "$FIRMWARE_LOCK"
 rm -rf "$FW_UNPACK"
 fw_gzip="$(find "$STAGE/firmware" -type f | sort | xargs cat | gzip -9n | wc -c)"
-# iscsid, iscsiadm, iscsistart, the loader and the libraries: manifest lines from the
+# iscsid, iscsiadm, the loader and the libraries: manifest lines from the
 # unpacked packages only.
 "$BIN/elfclosure" --lock "$ISCSI_LOCK" "${ISCSI_ROOTS[@]}" > "$STAGE/iscsi.manifest" \
-  || die "cannot ship the iSCSI programs (iscsid, iscsiadm, iscsistart): a library they need is in none of the packages of $ISCSI_LOCK (above)"
+  || die "cannot ship the iSCSI programs (iscsid, iscsiadm): a library they need is in none of the packages of $ISCSI_LOCK (above)"
 mapfile -t iscsi_files < <(awk '$1 == "file" {print $3}' "$STAGE/iscsi.manifest")
 iscsi_bytes="$(cat "${iscsi_files[@]}" | wc -c)"
 iscsi_gzip="$(cat "${iscsi_files[@]}" | gzip -9n | wc -c)"
@@ -226,9 +226,9 @@ iscsi_gzip="$(cat "${iscsi_files[@]}" | gzip -9n | wc -c)"
   echo "file /bin/ft-pr-test $BIN/ft-pr-test 0755"
   echo "tree /lib/modules/$KERNEL_RELEASE $STAGE/modules"
   echo "tree /lib/firmware $STAGE/firmware"
-  # The iSCSI initiator (image/iscsi.lock): /sbin/iscsid, /sbin/iscsiadm, /sbin/iscsistart,
+  # The iSCSI initiator (image/iscsi.lock): /sbin/iscsid, /sbin/iscsiadm,
   # /lib/x86_64-linux-gnu/*, and /lib64/ld-linux-x86-64.so.2 -> the loader. No /etc/iscsi
-  # is shipped: iscsistart takes everything on its command line; iscsid and iscsiadm use
+  # is shipped: iscsid and iscsiadm use
   # /etc/iscsi (initiatorname.iscsi, the node records) and /run/lock/iscsi at run time,
   # made by whoever starts them (image/README.md); /run is init's tmpfs.
   cat "$STAGE/iscsi.manifest"
@@ -287,7 +287,7 @@ say "initramfs:  $(stat -c %s "$ISO_ROOT/boot/initrd.img") bytes (gzip)"
 say "size by group (uncompressed; gzip-compressed alone, about what each adds to the ISO):"
 awk '/^group/ {printf "image:   modules %-9s %3d files %9d bytes %9d bytes gzip\n", $2, $3, $6, $8}' "$STAGE/modules.txt"
 printf 'image:   firmware          %3d files %9d bytes %9d bytes gzip\n' "$fw_files" "$fw_bytes" "$fw_gzip"
-printf 'image:   iscsi+libs        %3d files %9d bytes %9d bytes gzip (iscsid, iscsiadm, iscsistart)\n' "${#iscsi_files[@]}" "$iscsi_bytes" "$iscsi_gzip"
+printf 'image:   iscsi+libs        %3d files %9d bytes %9d bytes gzip (iscsid, iscsiadm)\n' "${#iscsi_files[@]}" "$iscsi_bytes" "$iscsi_gzip"
 printf 'image:   kernel (vmlinuz)  %19d bytes\n' "$(stat -c %s "$ISO_ROOT/boot/vmlinuz")"
 say "SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH, took $((SECONDS - START)) s"
 say "wrote $OUT/ftappliance.iso ($iso_bytes bytes, budget $ISO_BUDGET_BYTES)"

@@ -276,8 +276,8 @@ pub struct IscsiLun {
     pub target: String,
     /// The LUN of the shared device on that target.
     pub lun: u32,
-    /// The target portal group tag of `portal`: `iscsistart` will not log
-    /// in without one. 1 on Linux's LIO and tgt and on most arrays; the
+    /// The target portal group tag of `portal`: the node record iscsiadm
+    /// writes is named by it. 1 on Linux's LIO and tgt and on most arrays; the
     /// target's own listing names it (`targetcli ls`, `tgtadm --mode target
     /// --op show`). open-iscsi 2.1.8 logged in to tgt with 7 as well
     /// (qemu-tests, stop 32), so a wrong value may go unnoticed there.

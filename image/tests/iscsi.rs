@@ -1,6 +1,5 @@
 //! The built initramfs carries the iSCSI initiator of `image/iscsi.lock`:
-//! every `program` of the lock (`/sbin/iscsid`, `/sbin/iscsiadm`,
-//! `/sbin/iscsistart`), their loader and every library of their `DT_NEEDED`
+//! every `program` of the lock (`/sbin/iscsid`, `/sbin/iscsiadm`), their loader and every library of their `DT_NEEDED`
 //! closure, all resolvable inside the initramfs itself, each byte-identical to
 //! the file in the pinned `.deb` (whose sha256 is checked again here); and each
 //! program, run from those bytes on this machine through the shipped loader,
@@ -121,12 +120,11 @@ fn sha256_hex(path: &Path) -> String {
 }
 
 #[test]
-fn the_lock_pins_iscsid_iscsiadm_iscsistart_and_glibc() {
+fn the_lock_pins_iscsid_iscsiadm_and_glibc() {
     let l = lock();
     assert_eq!(
         l.program_paths(),
         [
-            ("sbin/iscsistart", "/sbin/iscsistart"),
             ("sbin/iscsid", "/sbin/iscsid"),
             ("sbin/iscsiadm", "/sbin/iscsiadm"),
         ]
@@ -250,7 +248,7 @@ fn the_shipped_files_are_the_pinned_packages_bytes() {
 
 /// Runs the shipped bytes here: for each program, `ld-linux --list` must find
 /// every library in the copied tree (none from the host), and
-/// `<program> --version` (which iscsid, iscsiadm and iscsistart 2.1.8 all
+/// `<program> --version` (which iscsid and iscsiadm 2.1.8 both
 /// accept) prints `<name> version <the pinned upstream version>`.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]

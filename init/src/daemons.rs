@@ -36,7 +36,6 @@ pub fn argv(name: &str, config: &Path) -> Vec<String> {
 /// Starts a daemon with stdout/stderr on init's console and an empty signal
 /// mask (init blocks the signals it reads through signalfd).
 pub fn spawn(name: &str, config: &Path) -> std::io::Result<i32> {
-    use std::os::unix::process::CommandExt;
     let args = argv(name, config);
     let mut cmd = Command::new(&args[0]);
     cmd.args(&args[1..])
@@ -46,14 +45,22 @@ pub fn spawn(name: &str, config: &Path) -> std::io::Result<i32> {
         .env_clear()
         .env("PATH", "/bin")
         .env("RUST_LOG", "info");
+    unblock_signals(&mut cmd);
+    let child = cmd.spawn()?;
+    // init reaps with waitpid(-1); the Child handle is not used again.
+    Ok(child.id() as i32)
+}
+
+/// Makes `cmd`'s process start with an empty signal mask: init blocks the
+/// signals it reads through signalfd, and a child would inherit that mask
+/// (SIGTERM then could not stop it).
+pub fn unblock_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls pthread_sigmask, which is
     // async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(|| SigSet::all().thread_unblock().map_err(std::io::Error::from));
     }
-    let child = cmd.spawn()?;
-    // init reaps with waitpid(-1); the Child handle is not used again.
-    Ok(child.id() as i32)
 }
 
 /// "exit status 3", "signal SIGKILL", ... for the console.

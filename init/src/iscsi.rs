@@ -1,22 +1,29 @@
 //! Logging in to the shared device when the signed config names it as an
 //! iSCSI LUN (`storage.device = { iscsi = … }`, issue 16).
 //!
-//! The kernel's software initiator (`iscsi_tcp`) carries the session; the
-//! login itself — TCP connect, the login PDUs, CHAP — is done by open-iscsi's
-//! `iscsistart` (pinned in the image, `image/iscsi.lock`), which hands the
-//! logged-in connection to the kernel and exits. The LUN then appears as an
-//! ordinary SCSI disk (`/dev/sdX`) that fencing, the VMs' disks and SCSI-3
-//! persistent reservations use as they use a local one.
+//! The kernel's software initiator (`iscsi_tcp`) carries the session;
+//! open-iscsi's daemon `iscsid` (pinned in the image, `image/iscsi.lock`)
+//! does the login — TCP connect, the login PDUs, CHAP — and hands the
+//! logged-in connection to the kernel, and stays: when the connection
+//! breaks it reconnects and logs in again by itself ([`iscsid`]). The LUN
+//! appears as an ordinary SCSI disk (`/dev/sdX`) that fencing, the VMs'
+//! disks and SCSI-3 persistent reservations use as they use a local one.
 //!
-//! [`keep`] runs in a thread of init for the host's life: it logs in
-//! (retrying with a back-off, one console line per failed attempt naming the
-//! reason, and one for an attempt still waiting for the portal after 15 s), says which `/dev/sdX` the LUN became, and then watches the
-//! session's state in sysfs and says when it leaves and regains `LOGGED_IN`.
-//! `iscsistart` leaves no daemon behind, so nobody reconnects a session whose
-//! TCP connection broke: it stays `FAILED` and its I/O hangs, which the
-//! fencing agent treats like any lost storage path (hold, hand-over, reset
-//! by the watchdog; the host logs in again when it boots). Reconnecting in
-//! place needs `iscsid`, which is not in the image yet.
+//! [`keep`] runs in a thread of init for the host's life: it writes
+//! iscsid's files, starts iscsid, and logs in through `iscsiadm` (retrying
+//! with a back-off, one console line per failed attempt naming the reason,
+//! and one for an attempt still waiting for the portal after 15 s), says
+//! which `/dev/sdX` the LUN became, and then watches the session's state in
+//! sysfs: it says when the session leaves `LOGGED_IN` and when iscsid has
+//! it logged in again, and starts iscsid again if it ended. While the
+//! session is down its I/O waits; the fencing agent treats a lease write
+//! that does not complete in time like any lost storage path (hold,
+//! hand-over, reset by the watchdog), so a blip shorter than that costs
+//! nothing and a longer one costs a failover, never two live copies.
+
+mod iscsid;
+
+pub use iscsid::{Iscsid, ISCSIADM, ISCSID};
 
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
@@ -29,8 +36,6 @@ use config_schema::{IscsiLun, PortalError};
 
 use crate::system::say;
 
-/// The initiator's login tool in the image.
-pub const ISCSISTART: &str = "/sbin/iscsistart";
 /// Kernel modules of the software initiator (no device announces them, so
 /// discovery never loads them): loaded by name before the first login. The
 /// crc32c ones because `iscsi_tcp` asks the crypto API for `crc32c` when it
@@ -38,13 +43,12 @@ pub const ISCSISTART: &str = "/sbin/iscsistart";
 /// (without one: "Could not create connection due to crc32c loading error").
 pub const MODULES: [&str; 4] = ["crc32c_intel", "crc32c_generic", "iscsi_tcp", "sd_mod"];
 /// A login attempt that has not ended by then is killed and counts as
-/// failed. Only a safety net: `iscsistart` retries a failing login itself
-/// and gives up on its own, cleaning up the kernel's half-made session; a
-/// killed one leaves that session behind, and every later attempt then
-/// fails with "session exists" until the host reboots.
+/// failed. Only a safety net: iscsid retries a failing first login itself
+/// ([`iscsid::INITIAL_LOGIN_RETRY_MAX`] × [`iscsid::LOGIN_TIMEOUT_S`], 2
+/// min) and then gives up and `iscsiadm` reports it.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
-/// An attempt still running then is said once (`iscsistart` retries a
-/// login whose portal does not answer for minutes before it gives up).
+/// An attempt still running then is said once (iscsid retries a login
+/// whose portal does not answer for 2 minutes before it gives up).
 const SLOW_NOTICE: Duration = Duration::from_secs(15);
 /// Back-off between failed attempts: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -82,33 +86,6 @@ impl Login {
         })
     }
 
-    /// `iscsistart`'s arguments. The CHAP secret is among them: it is visible
-    /// in `/proc/<pid>/cmdline` to the appliance's own processes only (no
-    /// shell, no other user), and never printed.
-    pub fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "-i".into(),
-            self.initiator.clone(),
-            "-t".into(),
-            self.lun.target.clone(),
-            "-g".into(),
-            self.lun.tpgt.to_string(),
-            "-a".into(),
-            self.portal.ip().to_string(),
-            "-p".into(),
-            self.portal.port().to_string(),
-        ];
-        if let Some(chap) = &self.lun.chap {
-            a.extend([
-                "-u".into(),
-                chap.user.clone(),
-                "-w".into(),
-                chap.secret.clone(),
-            ]);
-        }
-        a
-    }
-
     /// How console lines name this login (no secret).
     pub fn shown(&self) -> String {
         format!(
@@ -135,15 +112,15 @@ pub fn sessions(sys: &Path, target: &str) -> Vec<Session> {
     to
 }
 
-/// The reason a failed `iscsistart` gives, in one line: its distinct
-/// message lines (the target's rejection, then the "initiator reported
-/// error (…)" summary), without its version banner and `iscsistart: `
-/// prefixes, joined by `; ` and cut at [`REASON_MAX`] bytes; or its exit
-/// status when it said nothing.
+/// The reason a failed `iscsiadm` gives, in one line: its distinct message
+/// lines that say what went wrong (the "initiator reported error (…)"
+/// summary; iscsid's own lines, e.g. the target's rejection, are on the
+/// console already), without the `iscsiadm: ` prefixes, joined by `; ` and
+/// cut at [`REASON_MAX`] bytes; or its exit status when it said nothing.
 pub fn failure_reason(stderr: &str, status: &str) -> String {
     let mut all: Vec<&str> = Vec::new();
     for l in stderr.lines().map(str::trim) {
-        let l = l.trim_start_matches("iscsistart: ").trim();
+        let l = l.trim_start_matches("iscsiadm: ").trim();
         if !l.is_empty() && !l.starts_with("version ") && !all.contains(&l) {
             all.push(l);
         }
@@ -170,7 +147,7 @@ pub fn failure_reason(stderr: &str, status: &str) -> String {
         false => told,
     };
     if lines.is_empty() {
-        return format!("iscsistart {status} without a message");
+        return format!("iscsiadm {status} without a message");
     }
     let mut joined = lines.join("; ");
     if joined.len() > REASON_MAX {
@@ -187,20 +164,19 @@ pub fn failure_reason(stderr: &str, status: &str) -> String {
 /// The longest reason a console line quotes.
 const REASON_MAX: usize = 300;
 
-/// One login attempt: `iscsistart`, killed after [`ATTEMPT_TIMEOUT`].
-/// Its exit status is not used: init, PID 1, reaps every child its
-/// supervisor does not know (orphans), and may reap this one first. So the
-/// attempt ends when `iscsistart`'s output ends (it and the child it forks
-/// have exited), and it worked if the kernel has a logged-in session to the
-/// target; else its last error line is the reason.
-fn attempt(login: &Login, sys: &Path, n: u32) -> Result<(), String> {
-    let mut child = Command::new(ISCSISTART)
-        .args(login.args())
+/// Runs `iscsiadm args` (killed after [`ATTEMPT_TIMEOUT`]) and returns
+/// what it printed. Its exit status is not trusted: init, PID 1, reaps every
+/// child its supervisor does not know (orphans) and may reap this one
+/// first. So the run ends when its output ends, and the caller judges by
+/// the kernel's sessions or the files iscsiadm wrote.
+fn iscsiadm(login: &Login, args: &[String], n: u32) -> Result<(String, String), String> {
+    let mut child = Command::new(ISCSIADM)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {ISCSISTART}: {e}"))?;
+        .map_err(|e| format!("cannot run {ISCSIADM}: {e}"))?;
     let (tx, rx) = mpsc::channel();
     for pipe in [
         child
@@ -242,15 +218,14 @@ fn attempt(login: &Login, sys: &Path, n: u32) -> Result<(), String> {
                 noticed = true;
                 say(&format!(
                     "iscsi: login to {} not done after {} s (attempt {n}): the portal or the \
-                     target does not answer; iscsistart keeps trying",
+                     target does not answer; iscsid keeps trying",
                     login.shown(),
                     SLOW_NOTICE.as_secs()
                 ));
             }
             Err(_) => {
-                // Still running (or its forked child is): end it. A pid
-                // reaped by the supervisor cannot be here, since its
-                // output would have ended.
+                // Still running: end it. A pid reaped by the supervisor
+                // cannot be here, since its output would have ended.
                 let _ = child.kill();
                 let _ = child.try_wait();
                 return Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()));
@@ -264,13 +239,32 @@ fn attempt(login: &Login, sys: &Path, n: u32) -> Result<(), String> {
         .flatten()
         .map(|s| s.to_string())
         .unwrap_or_else(|| "ended".to_owned());
+    Ok((output, status))
+}
+
+/// One login attempt: iscsid running, the node record written (once), then
+/// `iscsiadm --login`. It worked if the kernel has a logged-in session to
+/// the target; else the reason, in one line.
+fn attempt(login: &Login, iscsid: &mut Iscsid, sys: &Path, n: u32) -> Result<(), String> {
+    iscsid.ensure()?;
+    let root = Path::new("/");
+    if !iscsid::node_record(root, login).exists() {
+        let (out, status) = iscsiadm(login, &iscsid::node_args(login, &["-o", "new"]), n)?;
+        if !iscsid::node_record(root, login).exists() {
+            return Err(format!(
+                "cannot write the node record: {}",
+                failure_reason(&out, &status)
+            ));
+        }
+    }
+    let (out, status) = iscsiadm(login, &iscsid::node_args(login, &["--login"]), n)?;
     if sessions(sys, &login.lun.target)
         .iter()
         .any(Session::logged_in)
     {
         return Ok(());
     }
-    Err(failure_reason(&output, &status))
+    Err(failure_reason(&out, &status))
 }
 
 /// Logs in (again and again until it works), reports the LUN's device on
@@ -283,6 +277,14 @@ pub fn keep(
     ready: mpsc::Sender<PathBuf>,
 ) {
     let started = Instant::now();
+    if let Err(e) = iscsid::prepare(Path::new("/"), &login) {
+        say(&format!(
+            "iscsi: cannot write iscsid's files in /etc/iscsi: {e}; not logging in to {}",
+            login.shown()
+        ));
+        return;
+    }
+    let mut iscsid = Iscsid::new();
     let mut attempts = 0u32;
     let mut backoff = BACKOFF_FIRST;
     let session = loop {
@@ -293,7 +295,7 @@ pub fn keep(
             break s;
         }
         attempts += 1;
-        match attempt(&login, &sys, attempts) {
+        match attempt(&login, &mut iscsid, &sys, attempts) {
             Ok(()) => {
                 backoff = BACKOFF_FIRST;
                 // The next look finds the session; a login that "worked"
@@ -338,42 +340,61 @@ pub fn keep(
         ));
         let _ = ready.send(d);
     }
-    watch(&login, &sys, session);
+    watch(&login, &mut iscsid, &sys, session);
 }
 
-/// Says when the session leaves `LOGGED_IN` and when it is back.
-fn watch(login: &Login, sys: &Path, session: Session) {
+/// Says when the session leaves `LOGGED_IN` and when iscsid has it logged
+/// in again (and how long it was down), and keeps iscsid running.
+fn watch(login: &Login, iscsid: &mut Iscsid, sys: &Path, session: Session) {
     let mut last = session.state.clone();
+    let mut down_since: Option<Instant> = None;
     loop {
         std::thread::sleep(WATCH_PERIOD);
+        if let Err(e) = iscsid.ensure() {
+            say(&format!(
+                "iscsi: {e}; nothing reconnects {} if its connection breaks",
+                session.name
+            ));
+        }
         let now = sessions(sys, &login.lun.target)
             .into_iter()
             .find(|s| s.name == session.name)
             .map(|s| s.state)
             .unwrap_or_else(|| "gone".to_owned());
-        if now != last {
-            if now == "LOGGED_IN" {
-                say(&format!(
-                    "iscsi: {} to {} is logged in again",
-                    session.name, login.lun.target
-                ));
-            } else {
-                say(&format!(
-                    "iscsi: {} to {} is {now} (was {last}): the path to {} is lost; \
-                     its I/O waits, and fencing handles it as a lost storage path",
-                    session.name, login.lun.target, login.portal
-                ));
-            }
-            last = now;
+        if now == last {
+            continue;
         }
+        if now == "LOGGED_IN" {
+            say(&format!(
+                "iscsi: {} to {} is logged in again{}",
+                session.name,
+                login.lun.target,
+                down_since
+                    .take()
+                    .map(|t| format!(" after {:.1} s", t.elapsed().as_secs_f64()))
+                    .unwrap_or_default()
+            ));
+        } else {
+            down_since.get_or_insert_with(Instant::now);
+            say(&format!(
+                "iscsi: {} to {} is {now} (was {last}): the connection to {} is lost; iscsid \
+                 reconnects, its I/O waits up to {} s, and fencing handles a lease write that \
+                 waits too long as a lost storage path",
+                session.name,
+                login.lun.target,
+                login.portal,
+                iscsid::REPLACEMENT_TIMEOUT_S
+            ));
+        }
+        last = now;
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn login(chap: bool) -> Login {
+    pub(crate) fn login(chap: bool) -> Login {
         let lun = IscsiLun {
             portal: "10.0.2.100:3260".into(),
             target: "iqn.2026-01.test.ftappliance:shared".into(),
@@ -386,17 +407,6 @@ mod tests {
             }),
         };
         Login::new(&lun, "host-a").unwrap()
-    }
-
-    #[test]
-    fn args_name_everything_iscsistart_requires() {
-        assert_eq!(
-            login(false).args().join(" "),
-            "-i iqn.2026-01.test.ftappliance:host-a -t iqn.2026-01.test.ftappliance:shared \
-             -g 1 -a 10.0.2.100 -p 3260"
-        );
-        let a = login(true).args();
-        assert_eq!(&a[a.len() - 4..], ["-u", "ft", "-w", "twelve-bytes-secret"]);
     }
 
     #[test]
@@ -437,21 +447,19 @@ mod tests {
 
     #[test]
     fn the_failure_reason_is_one_line() {
-        // As iscsistart 2.1.8 says it (seen in qemu-tests iscsi_login).
-        let stderr = "iscsistart: version 2.1.8\n\
-                      iscsistart: Logging into iqn.2026-01.x:nosuch 10.0.2.100:3260,1\n\
-                      iscsistart: connection1:0 login rejected: initiator error - target not found (02/03)\n\
-                      iscsistart: Connection1:0 to [target: iqn.2026-01.x:nosuch, portal: 10.0.2.100,3260] through [iface: default] is shutdown.\n\
-                      iscsistart: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n";
+        // As iscsiadm 2.1.8 says it (usr/iscsiadm.c, usr/iscsi_err.c).
+        let out = "Logging in to [iface: default, target: iqn.2026-01.x:nosuch, portal: 10.0.2.100,3260]\n\
+                   iscsiadm: Could not login to [iface: default, target: iqn.2026-01.x:nosuch, portal: 10.0.2.100,3260].\n\
+                   iscsiadm: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n\
+                   iscsiadm: Could not log into all portals\n";
         assert_eq!(
-            failure_reason(stderr, "exit status: 255"),
-            "connection1:0 login rejected: initiator error - target not found (02/03); initiator \
-             reported error (19 - encountered non-retryable iSCSI login failure)"
+            failure_reason(out, "exit status: 19"),
+            "initiator reported error (19 - encountered non-retryable iSCSI login failure)"
         );
         assert_eq!(failure_reason("a\nb\n", "x"), "b");
         assert_eq!(
             failure_reason("\n", "exit status: 1"),
-            "iscsistart exit status: 1 without a message"
+            "iscsiadm exit status: 1 without a message"
         );
         let long = "é".repeat(400);
         let r = failure_reason(&long, "x");

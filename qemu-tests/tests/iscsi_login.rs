@@ -18,12 +18,15 @@
 //! - `an_unanswered_login_is_reported_and_completes_once_the_path_is_back`: host-a boots with its path
 //!   severed: a console line says the login is not done after 15 s and the
 //!   portal does not answer; the path is restored and the login completes
-//!   (within iscsistart's own retries, or at a later attempt of init's after
+//!   (within iscsid's own retries, or at a later attempt of init's after
 //!   a one-line failure).
+//! - `a_broken_iscsi_connection_is_logged_in_again_without_a_reboot`: the
+//!   Secondary's path severed for 2 s: its session fails and iscsid logs it
+//!   in again in place; then host-a is killed and host-b takes over on it.
 //!
 //! - `a_refused_login_is_one_line_per_attempt_and_retried`: a config whose
 //!   target the portal does not serve: one line per failed attempt, with
-//!   iscsistart's reason, retried 1, 2, 4 s later.
+//!   iscsiadm's reason, retried 1, 2, 4 s later.
 //!
 //! Kernel+initrd boots with `no_timer_check` (as `pair_on_iscsi`). Needs
 //! root, `tgt`, qemu-system-x86_64 with user-mode networking and the ISO;
@@ -115,6 +118,79 @@ fn a_pair_logs_in_over_iscsi_and_fails_over() {
     cluster.pass();
 }
 
+/// The Secondary's iSCSI connection broken: its storage path severed (the
+/// TCP connection closed, new ones closed at once) for 2 s. The session
+/// goes `FAILED`, iscsid reconnects once the path is back and the same
+/// session is logged in again in place — no reboot, no reset; then the
+/// Primary's host is killed and host-b takes the VM over on that session,
+/// the client's connection intact and every acknowledged PUT on the LUN.
+/// With `iscsistart` (stop 32) nothing reconnected: the session stayed
+/// `FAILED` and host-b was reset.
+#[test]
+fn a_broken_iscsi_connection_is_logged_in_again_without_a_reboot() {
+    let cluster = pair_logged_in("iscsi-login-again");
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    let path_b = cluster.storage_path("host-b").unwrap();
+    let mark = b.console().mark();
+    let severed = std::time::Instant::now();
+    path_b.sever();
+    let session = r"iscsi: (session\d+) to iqn\.2026-01\.test\.ftappliance:shared";
+    let down = b
+        .wait_after(
+            mark,
+            Pattern::regex(&format!("{session} is FAILED")).unwrap(),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("host-b's session did not fail when its path was severed: {e}"));
+    eprintln!("host-b: {down}");
+    std::thread::sleep(Duration::from_secs(2));
+    path_b.pass();
+    let restored = std::time::Instant::now();
+    let again = b
+        .wait_after(
+            mark,
+            Pattern::regex(&format!("{session} is logged in again after [0-9.]+ s")).unwrap(),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("host-b's session was not logged in again: {e}"));
+    eprintln!(
+        "host-b: {again} ({:.1} s after the path was back, {:.1} s after it was severed)",
+        restored.elapsed().as_secs_f64(),
+        severed.elapsed().as_secs_f64()
+    );
+    let name =
+        |line: &str| regex::Regex::new(session).unwrap().captures(line).unwrap()[1].to_string();
+    assert_eq!(name(&down), name(&again), "not the same session");
+    b.assert_absent("fencing: reset requested", Duration::ZERO)
+        .unwrap();
+    assert_eq!(
+        b.console().count("appliance ready: host=host-b"),
+        1,
+        "host-b rebooted"
+    );
+    let (_, acked) = survive(
+        &cluster,
+        "primary host killed after the secondary's iSCSI session was logged in again",
+        || a.kill().unwrap(),
+        || {
+            wait(
+                b,
+                format!("ftvmm: vm {VM}: won generation 2; live as primary"),
+            );
+        },
+    );
+    all_on_disk(
+        &cluster,
+        &acked,
+        "after the failover on a re-logged-in session",
+    );
+    b.assert_absent("lockstep divergence", Duration::ZERO)
+        .unwrap();
+    let mut cluster = cluster;
+    cluster.pass();
+}
+
 #[test]
 fn an_unanswered_login_is_reported_and_completes_once_the_path_is_back() {
     let mut cluster = Cluster::new("iscsi-login-retry", &source()).unwrap();
@@ -122,7 +198,7 @@ fn an_unanswered_login_is_reported_and_completes_once_the_path_is_back() {
     cluster.storage_path("host-a").unwrap().sever();
     boot(&mut cluster, "host-a");
     let a = cluster.host("host-a").unwrap();
-    // iscsistart itself retries a portal that does not answer, for minutes:
+    // iscsid itself retries a portal that does not answer, for 2 minutes:
     // init says so after 15 s of an attempt, in one line.
     let waiting = a
         .wait_for(
@@ -154,7 +230,7 @@ fn an_unanswered_login_is_reported_and_completes_once_the_path_is_back() {
 
 /// A login the target refuses (here: the config names a target the portal
 /// does not serve): one console line per failed attempt naming the target
-/// and iscsistart's reason, retried with a back-off, and no block device,
+/// and iscsiadm's reason, retried with a back-off, and no block device,
 /// so nothing is started on a wrong disk.
 #[test]
 fn a_refused_login_is_one_line_per_attempt_and_retried() {
