@@ -36,7 +36,14 @@ pub fn argv(name: &str, config: &Path) -> Vec<String> {
 /// Starts a daemon with stdout/stderr on init's console and an empty signal
 /// mask (init blocks the signals it reads through signalfd).
 pub fn spawn(name: &str, config: &Path) -> std::io::Result<i32> {
-    let args = argv(name, config);
+    spawn_argv(&argv(name, config))
+}
+
+/// Starts `args[0]` with the arguments `args[1..]` as init starts its
+/// daemons (also iscsid, `iscsi::Iscsid`): stdin `/dev/null`, stdout and
+/// stderr on the console, only `PATH=/bin RUST_LOG=info` in the
+/// environment, an empty signal mask. Returns its pid.
+pub fn spawn_argv(args: &[String]) -> std::io::Result<i32> {
     let mut cmd = Command::new(&args[0]);
     cmd.args(&args[1..])
         .stdin(Stdio::null())
@@ -54,7 +61,7 @@ pub fn spawn(name: &str, config: &Path) -> std::io::Result<i32> {
 /// Makes `cmd`'s process start with an empty signal mask: init blocks the
 /// signals it reads through signalfd, and a child would inherit that mask
 /// (SIGTERM then could not stop it).
-pub fn unblock_signals(cmd: &mut Command) {
+fn unblock_signals(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls pthread_sigmask, which is
     // async-signal-safe, between fork and exec.

@@ -121,7 +121,7 @@ pub fn failure_reason(stderr: &str, status: &str) -> String {
     let mut all: Vec<&str> = Vec::new();
     for l in stderr.lines().map(str::trim) {
         let l = l.trim_start_matches("iscsiadm: ").trim();
-        if !l.is_empty() && !l.starts_with("version ") && !all.contains(&l) {
+        if !l.is_empty() && !all.contains(&l) {
             all.push(l);
         }
     }
@@ -348,13 +348,20 @@ pub fn keep(
 fn watch(login: &Login, iscsid: &mut Iscsid, sys: &Path, session: Session) {
     let mut last = session.state.clone();
     let mut down_since: Option<Instant> = None;
+    // The last iscsid failure said, so a lasting one is said once.
+    let mut said: Option<String> = None;
     loop {
         std::thread::sleep(WATCH_PERIOD);
-        if let Err(e) = iscsid.ensure() {
-            say(&format!(
-                "iscsi: {e}; nothing reconnects {} if its connection breaks",
-                session.name
-            ));
+        match iscsid.ensure() {
+            Ok(()) => said = None,
+            Err(e) if said.as_ref() != Some(&e) => {
+                say(&format!(
+                    "iscsi: {e}; nothing reconnects {} if its connection breaks",
+                    session.name
+                ));
+                said = Some(e);
+            }
+            Err(_) => {}
         }
         let now = sessions(sys, &login.lun.target)
             .into_iter()

@@ -29,10 +29,10 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Login;
+use crate::supervise::{Policy, Supervisor};
 
 /// The daemon in the image.
 pub const ISCSID: &str = "/sbin/iscsid";
@@ -127,53 +127,61 @@ pub fn node_args(login: &Login, then: &[&str]) -> Vec<String> {
     a
 }
 
-/// The running iscsid, started again when it is gone.
+/// The running iscsid, started again when it is gone — with the back-off
+/// init gives its own daemons ([`Supervisor`], [`Policy::default`]), so an
+/// iscsid that cannot start is not respawned in a loop.
 pub struct Iscsid {
-    pid: Option<u32>,
-    starts: u32,
+    sup: Supervisor,
 }
+
+/// iscsid's name in its [`Supervisor`].
+const NAME: &str = "iscsid";
 
 impl Iscsid {
     pub fn new() -> Iscsid {
         Iscsid {
-            pid: None,
-            starts: 0,
+            sup: Supervisor::new(Policy::default(), &[NAME]),
         }
     }
 
-    /// Starts iscsid unless it runs; `Err` says why it could not. Once
-    /// started it waits (up to [`LISTEN_WAIT`]) until it serves iscsiadm.
-    /// A restarted iscsid finds the kernel's sessions and their node
-    /// records and takes them over (`sync_sessions` at its start).
+    /// Starts iscsid unless it runs or its restart is not due yet; `Err`
+    /// says why it does not run. Once started it waits (up to
+    /// [`LISTEN_WAIT`]) until it serves iscsiadm. A restarted iscsid finds
+    /// the kernel's sessions and their node records and takes them over
+    /// (`sync_sessions` at its start).
     pub fn ensure(&mut self) -> Result<(), String> {
-        if self.pid.is_some_and(alive) {
-            return Ok(());
+        let now = Instant::now();
+        if let Some(pid) = self.sup.pid_of(NAME) {
+            if alive(pid) {
+                return Ok(());
+            }
+            // init reaps with waitpid(-1) (the supervisor's loop); liveness
+            // comes from /proc, so the exit is noticed here.
+            if let Some(plan) = self.sup.exited(pid, now) {
+                crate::system::say(&format!(
+                    "iscsi: iscsid (pid {pid}) ended; restart #{} in {} ms",
+                    plan.restart,
+                    plan.delay.as_millis()
+                ));
+            }
         }
-        if let Some(pid) = self.pid.take() {
-            crate::system::say(&format!(
-                "iscsi: iscsid (pid {pid}) is gone; starting it again (start {})",
-                self.starts + 1
-            ));
+        if self.sup.due(now).is_empty() {
+            return Err(format!("{ISCSID} is not running (its restart is pending)"));
         }
-        let mut cmd = Command::new(ISCSID);
-        cmd.arg("-f")
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        crate::daemons::unblock_signals(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {ISCSID}: {e}"))?;
-        // init reaps with waitpid(-1) (the supervisor's loop); the Child
-        // handle is not waited on, liveness comes from /proc.
-        self.pid = Some(child.id());
-        self.starts += 1;
+        let pid = match crate::daemons::spawn_argv(&[ISCSID.to_owned(), "-f".to_owned()]) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.sup.spawn_failed(NAME, now);
+                return Err(format!("cannot run {ISCSID}: {e}"));
+            }
+        };
+        self.sup.started(NAME, pid, now);
         let until = Instant::now() + LISTEN_WAIT;
         while Instant::now() < until {
             if listening(&fs::read_to_string("/proc/net/unix").unwrap_or_default()) {
                 return Ok(());
             }
-            if !alive(child.id()) {
+            if !alive(pid) {
                 return Err(format!("{ISCSID} ended as it started (its lines above)"));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -199,7 +207,7 @@ fn listening(proc_net_unix: &str) -> bool {
 }
 
 /// Whether `pid` is an iscsid that has not ended (a zombie has ended).
-fn alive(pid: u32) -> bool {
+fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| stat_alive(&s))
 }
 
