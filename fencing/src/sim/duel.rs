@@ -19,7 +19,6 @@
 
 use super::{FailureKind, SimFailure, World};
 use crate::acquire::ACQUIRE_BOUND;
-use crate::layout::Block;
 use crate::paxos::{backoff_wait, IoRequest, IoResult, Op, Outcome, Poll, Proposer};
 use crate::sim::disk::PendingWrite;
 
@@ -155,7 +154,8 @@ struct InFlight {
     req: IoRequest,
     write: Option<PendingWrite>,
     effect_at: u64,
-    read: Option<Block>,
+    /// What it did, once it took effect.
+    result: Option<IoResult>,
     ack_at: u64,
 }
 
@@ -350,23 +350,13 @@ impl World {
         if let Some(f) = c.inflight.as_mut().filter(|f| f.effect_at > 0) {
             debug_assert_eq!(f.effect_at, now);
             f.effect_at = 0;
-            match (&f.req.op, &f.write) {
-                (Op::Read { block }, _) => f.read = Some(self.disk.read(*block)),
-                (Op::Write { .. }, Some(w)) => {
-                    let w = w.clone();
-                    self.land(&w);
-                }
-                (Op::Write { .. }, None) => unreachable!("every write is issued to the disk"),
-            }
+            f.result = Some(self.take_effect(&f.req.op, f.write.as_ref()));
             return Ok(());
         }
         let poll = match c.inflight.take() {
             Some(f) => {
                 debug_assert_eq!(f.ack_at, now);
-                let result = match f.read {
-                    Some(data) => IoResult::Read(data),
-                    None => IoResult::Written,
-                };
+                let result = (f.result).expect("a request is acknowledged after it took effect");
                 p.complete(f.req.token, result)
             }
             None => {
@@ -431,7 +421,7 @@ impl World {
             req,
             write,
             effect_at,
-            read: None,
+            result: None,
             ack_at: now + latency.max(1) + 1,
         });
     }

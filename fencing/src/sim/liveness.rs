@@ -3,7 +3,7 @@
 
 use super::{FailureKind, SimFailure, World};
 use crate::layout::{view_paxos, SlotView};
-use crate::paxos::{Decision, IoResult, Op, Outcome, Poll};
+use crate::paxos::{Decision, Outcome, Poll};
 
 impl World {
     /// Runs machine `m` alone until its run ends; returns the outcome and ballots.
@@ -33,14 +33,7 @@ impl World {
             );
             let i = self.rng.below(self.pending.len() as u64) as usize;
             let p = self.pending.swap_remove(i);
-            let result = match (&p.req.op, &p.write) {
-                (Op::Read { block }, _) => IoResult::Read(self.disk.read(*block)),
-                (Op::Write { .. }, Some(w)) => {
-                    self.land(w);
-                    IoResult::Written
-                }
-                (Op::Write { .. }, None) => unreachable!("every write is issued to the disk"),
-            };
+            let result = self.take_effect(&p.req.op, p.write.as_ref());
             let run = self.machines[m].run.as_mut().expect("running");
             let poll = run.proposer.complete(p.req.token, result);
             let ballots = run.proposer.ballots();

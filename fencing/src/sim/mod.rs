@@ -46,7 +46,7 @@ mod pool;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::layout::Geometry;
-use crate::paxos::{Decision, IoRequest, Op, Proposer};
+use crate::paxos::{Decision, IoRequest, IoResult, Op, Proposer};
 use crate::rng::SplitMix;
 use disk::{Disk, PendingWrite};
 use machines::Machine;
@@ -429,6 +429,21 @@ impl World {
         self.pending = kept;
         self.crash_leases(m);
         self.log(format_args!("m{m} crashes"));
+    }
+
+    /// Carries out a request without a fault: a read returns the block, a
+    /// write (`write`, its issued copy) lands. The lone and duel phases
+    /// complete every request so; the chaos pool (`pool.rs`) adds its faults
+    /// around the same steps.
+    fn take_effect(&mut self, op: &Op, write: Option<&PendingWrite>) -> IoResult {
+        match (op, write) {
+            (Op::Read { block }, _) => IoResult::Read(self.disk.read(*block)),
+            (Op::Write { .. }, Some(w)) => {
+                self.land(w);
+                IoResult::Written
+            }
+            (Op::Write { .. }, None) => unreachable!("every write is issued to the disk"),
+        }
     }
 
     fn land(&mut self, w: &PendingWrite) {
