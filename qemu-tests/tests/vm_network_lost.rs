@@ -5,6 +5,10 @@
 //! had said `protected`). The Primary's: it hands the VM over to its
 //! Secondary, whose host still reaches the clients (seed 65: host-a's port
 //! dropped, and the client had no service for 15.5 s, until the heal).
+//! And a Secondary cut from the VM network that also stops hearing its
+//! Primary (seed 94: a one-way FT cut Primary → Secondary at the same
+//! moment) lets the Primary win the race, instead of winning it and going
+//! live into the cut (the clients then waited 10.3–13.2 s for the heal).
 //! The counterpart of `storage_failover.rs`'s
 //! `the_secondary_hosts_storage_lost_means_not_protected_until_it_returns`:
 //! the hub cuts host-b's port on the VM network (as chaos's `cut_vm_net`
@@ -261,5 +265,81 @@ fn the_primary_hosts_vm_network_lost_hands_the_vm_over_to_its_secondary() {
          {ms:.0} ms"
     );
     all_on_disk(&cluster, &acked, "primary's VM network lost");
+    cluster.pass();
+}
+
+/// Seed 94, made deterministic: the FT network is cut one way, Primary →
+/// Secondary, and the Secondary's VM-network port is cut at the same
+/// moment; the third host still hears the Primary on the VM network. The
+/// Secondary suspects its Primary and claims the next generation, but its
+/// own VM network is cut while the third host's works, so it defers its
+/// race (`claim_vmnet.rs`); the Primary, told bye, races, wins and keeps
+/// serving; the Secondary loses and halts. The client's one connection
+/// goes on after one short pause, long before the heal; after the heal
+/// the VM is protected again. Nobody diverges, only the Primary wins.
+#[test]
+fn a_secondary_cut_from_the_vm_network_lets_its_primary_win_the_race() {
+    let mut cluster = trio_on_vm_network("vm-network-claim-deferred");
+    let cut = std::cell::OnceCell::new();
+    let (ms, acked) = survive(
+        &cluster,
+        "FT cut primary -> secondary and the secondary's VM network cut",
+        || {
+            let (p, s) = steady_pair(&cluster);
+            let marks: Vec<_> = cluster.hosts().map(|h| h.console().mark()).collect();
+            eprintln!("  the pair now: primary {p}, secondary {s}; cutting {p} -> {s} on FT and {s}'s VM network");
+            cluster.ft.cut_one_way(&p, &s).unwrap();
+            cluster.vm.isolate(&s).unwrap();
+            cut.set((p, s, marks)).unwrap();
+        },
+        || {
+            let (p, s, marks) = cut.get().unwrap();
+            let after = |h: &str, what: String| {
+                let i = cluster.hosts().position(|x| x.name() == h).unwrap();
+                let host = cluster.host(h).unwrap();
+                let l = host
+                    .wait_after(marks[i], what.as_str(), Duration::from_secs(120))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                eprintln!("  [{h}] {l}");
+            };
+            after(
+                s,
+                format!("ftvmm: vm {VM}: this host hears no peer on the VM network (for"),
+            );
+            after(p, format!("ftvmm: vm {VM}: won generation"));
+            after(s, format!("ftvmm: vm {VM}: lost generation"));
+        },
+    );
+    let (p, s, marks) = cut.into_inner().unwrap();
+    cluster.ft.heal_all();
+    cluster.vm.heal_all();
+    let pi = cluster.hosts().position(|h| h.name() == p).unwrap();
+    let protected = cluster
+        .host(&p)
+        .unwrap()
+        .wait_after(
+            marks[pi],
+            format!("ftvmm: vm {VM}: protected: secondary ").as_str(),
+            Duration::from_secs(180),
+        )
+        .unwrap();
+    eprintln!("  [{p}] {protected}");
+    // Only the Primary won a generation after the cut; nobody diverged.
+    let won = format!("ftvmm: vm {VM}: won generation");
+    for (h, mark) in cluster.hosts().zip(&marks) {
+        let wins = (h.console().lines_after(*mark).iter())
+            .filter(|l| l.text.contains(&won))
+            .count();
+        if h.name() != p {
+            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
+        }
+        h.assert_absent("lockstep divergence", Duration::ZERO)
+            .unwrap();
+    }
+    eprintln!(
+        "secondary {s} cut from the VM network and from its primary: {p} won the race; the \
+         client's longest pause {ms:.0} ms"
+    );
+    all_on_disk(&cluster, &acked, "secondary's claim deferred");
     cluster.pass();
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::claim_vmnet;
 use super::fence;
 use super::link::{Link, Notify};
 use super::member::{Action, Event, Member, State};
@@ -397,10 +398,17 @@ impl Ctx {
     }
 
     /// Asks fencing for `generation` on a worker; the answer comes back as
-    /// `Decided`. While storage does not answer it says so once.
+    /// `Decided`. While storage does not answer it says so once. A
+    /// Secondary's claim first waits as its own VM network says
+    /// (`claim_vmnet.rs`: cut, it lets a member that can serve win first).
     fn race(&self, generation: u64) {
         let vm = self.spec.hello.vm.clone();
         let fencing = self.spec.fencing_socket.clone();
+        let claiming = matches!(
+            *self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            State::Claiming { .. }
+        );
+        let (heartbeat, here) = (self.spec.heartbeat_socket.clone(), self.spec.host.clone());
         let config_generation = self.spec.applied_config_generation;
         let (events, cancel) = (self.events.clone(), Arc::clone(&self.cancel));
         let cut = Arc::clone(&self.cut);
@@ -415,6 +423,11 @@ impl Ctx {
                         "ftvmm: vm {vm}: storage does not answer ({why}); holding output and waiting"
                     )
                 };
+                if claiming
+                    && !claim_vmnet::wait_before_claim(&heartbeat, (&vm, &here), generation, &cancel)
+                {
+                    return;
+                }
                 let decided = fence::acquire_until(
                     &fencing,
                     &vm,

@@ -11,7 +11,9 @@
 //! - [`pair`]: running a Primary, a Secondary, or a Primary alone; pair start
 //!   (hello); [`golive`]: a Secondary switching to the real backends.
 //! - [`start`]: winning a durable generation before a VM starts; [`fence`]:
-//!   the fencing agent's client; [`grant`]: the host's output grant.
+//!   the fencing agent's client; [`grant`]: the host's output grant;
+//!   [`claim_vmnet`]: whether a Secondary's race waits for a member that can
+//!   serve (its own VM network cut).
 //! - [`placement`]: which host runs which half of a config VM.
 //! - [`primary`]: recording inputs, the Output Rule and gate, flow control.
 //! - [`secondary`]: replaying at the same exits, divergence detection.
@@ -35,6 +37,7 @@
 //! once; the receiver restores only memory with the Switch's digest).
 
 pub mod channel;
+pub mod claim_vmnet;
 pub mod digest;
 pub mod driver;
 pub mod fence;

@@ -99,7 +99,7 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Sec
 /// The view, if anything may be judged by it: heartbeat answered, and
 /// `here` has listened on the VM network for longer than the failure
 /// timeout (just booted, it may simply not have heard anyone yet).
-pub(super) fn judgeable<'v>(
+pub(crate) fn judgeable<'v>(
     view: Result<&'v VmNetView, &str>,
     here: &str,
 ) -> Result<&'v VmNetView, String> {
@@ -114,7 +114,7 @@ pub(super) fn judgeable<'v>(
 
 /// The peer's report, if it may be judged by (heard on FT, fresh, from a
 /// watch longer than `t`).
-pub(super) fn usable(p: &PeerVmReach, t: u64) -> Result<&config_schema::ctl::VmReach, String> {
+pub(crate) fn usable(p: &PeerVmReach, t: u64) -> Result<&config_schema::ctl::VmReach, String> {
     let host = &p.host;
     if !p.ft_alive {
         return Err(format!("{host} is not heard on the FT network"));
