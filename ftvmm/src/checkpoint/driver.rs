@@ -249,6 +249,7 @@ impl MemberDriver {
         let _ = self.events.send(Event::Tick {
             now_ms: 0,
             silent_ms: 0,
+            unacked_ms: 0,
         });
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -275,9 +276,13 @@ impl Run {
         loop {
             let ev = match rx.recv_timeout(TICK) {
                 Ok(ev) => ev,
+                // The epoch gate's own ack accounting is not reported
+                // here: a checkpoint Primary heard but not acknowledged
+                // holds output until silence (not covered yet).
                 Err(RecvTimeoutError::Timeout) => Event::Tick {
                     now_ms: self.started.elapsed().as_millis() as u64,
                     silent_ms: self.effects.silent_ms(),
+                    unacked_ms: 0,
                 },
                 Err(RecvTimeoutError::Disconnected) => break,
             };

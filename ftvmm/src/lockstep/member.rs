@@ -149,8 +149,18 @@ pub enum State {
 /// What happened (one source per variant, see the driver).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Monitor tick: time now and how long the channel has been silent.
-    Tick { now_ms: u64, silent_ms: u64 },
+    /// Monitor tick: time now, how long the channel has been silent, and
+    /// (a Primary) how long the oldest batch the Secondary has not
+    /// acknowledged has waited (0: none waits). A Secondary that is still
+    /// heard (its progress reports while it replays a backlog) but does not
+    /// acknowledge what it is sent — the Primary-to-Secondary direction cut
+    /// or stalled, or its receiving side wedged — is not silent; its
+    /// unacknowledged log ages instead.
+    Tick {
+        now_ms: u64,
+        silent_ms: u64,
+        unacked_ms: u64,
+    },
     /// The channel ended or failed, or the peer said bye.
     ChannelLost { why: String },
     /// The Secondary diverged and says so: never promote it.
@@ -485,6 +495,18 @@ impl Member {
             (_, Event::Tick { silent_ms, .. }) if paired && self.silence_reached(silent_ms) => {
                 format!(
                     "{} silent on the logging channel for {silent_ms} ms",
+                    self.peer
+                )
+            }
+            // Heard, but acknowledging nothing new: the records do not
+            // reach it (the Primary-to-Secondary direction cut or stalled)
+            // or its receiving side is wedged, while it still reports
+            // progress. A Secondary that receives acknowledges within a
+            // round trip plus its progress period (20 ms); the failure
+            // timeout is far above that.
+            (_, Event::Tick { unacked_ms, .. }) if paired && self.silence_reached(unacked_ms) => {
+                format!(
+                    "secondary {} heard but acknowledged none of the log sent {unacked_ms} ms ago",
                     self.peer
                 )
             }

@@ -18,7 +18,11 @@ fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
 }
 
 fn tick(now_ms: u64, silent_ms: u64) -> Event {
-    Event::Tick { now_ms, silent_ms }
+    Event::Tick {
+        now_ms,
+        silent_ms,
+        unacked_ms: 0,
+    }
 }
 
 #[test]
@@ -53,6 +57,35 @@ fn silence_alone_is_a_loss_and_a_diverged_secondary_too() {
         what: "at exit 5".into(),
     });
     assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+}
+
+/// A Secondary heard but acknowledging nothing new (the Primary-to-Secondary
+/// direction cut while it still reports replay progress, or its receiving
+/// side wedged): its unacknowledged log ages past the failure timeout,
+/// which is a loss like silence; a Secondary never acts on it.
+#[test]
+fn a_secondary_heard_but_not_acknowledging_is_a_loss() {
+    let unacked = |now_ms, unacked_ms| Event::Tick {
+        now_ms,
+        silent_ms: 10,
+        unacked_ms,
+    };
+    let mut m = primary();
+    assert!(
+        m.on_event(unacked(900, 999)).is_empty(),
+        "below the timeout"
+    );
+    let a = m.on_event(unacked(1_000, 1_000));
+    assert_eq!(a[0], Action::Gate(Gate::Held), "holding comes first");
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert!(
+        has(&a, |x| matches!(x, Action::Say(l) if l.contains(
+            "secondary host-b heard but acknowledged none of the log sent 1000 ms ago"
+        ))),
+        "{a:?}"
+    );
+    let mut s = secondary();
+    assert!(s.on_event(unacked(1_000, 5_000)).is_empty());
 }
 
 #[test]
