@@ -250,6 +250,7 @@ impl MemberDriver {
             now_ms: 0,
             silent_ms: 0,
             unacked_ms: 0,
+            unacked_grace_ms: 0,
         });
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -283,6 +284,7 @@ impl Run {
                     now_ms: self.started.elapsed().as_millis() as u64,
                     silent_ms: self.effects.silent_ms(),
                     unacked_ms: 0,
+                    unacked_grace_ms: 0,
                 },
                 Err(RecvTimeoutError::Disconnected) => break,
             };

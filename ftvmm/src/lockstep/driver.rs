@@ -328,6 +328,8 @@ impl Ctx {
             now_ms: self.started.elapsed().as_millis() as u64,
             silent_ms,
             unacked_ms,
+            // Receipt acks are prompt: no apply to allow for.
+            unacked_grace_ms: 0,
         }
     }
 

@@ -64,6 +64,7 @@ impl Sys {
                     silent_ms: u64::from(silent) * UNIT_MS,
                     // The model's links fail both ways (silence).
                     unacked_ms: 0,
+                    unacked_grace_ms: 0,
                 };
                 s.feed(b, i, ev);
             }
