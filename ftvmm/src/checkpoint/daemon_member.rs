@@ -57,7 +57,7 @@ use crate::linux::run::{open_devices, transports, LinuxSpec};
 use crate::linux::{End, LinuxVmError};
 use crate::live::{self, ConsoleSink, Tap};
 use crate::lockstep::channel::Channel;
-use crate::lockstep::member::{Event, Member, State};
+use crate::lockstep::member::{Acks, Event, Member, State};
 use crate::lockstep::pair::primary_handshake;
 use crate::lockstep::placement::wait::{WaitEnd, Watch};
 use crate::lockstep::placement::{ft_ip, key, win_generation, Role, StopOnDrop};
@@ -316,7 +316,8 @@ fn run_primary(
     }
     .map_err(thread)?;
     let port = Arc::new(Mutex::new(Some(effects.join_port())));
-    let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout_ms(spec));
+    let member = Member::primary(&ctx.vm.name, &spec.pair.peer, g, paired, timeout_ms(spec))
+        .acknowledging(Acks::Epochs);
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     let _keeper = start_keeper(ctx, spec, port);
     on_start();
@@ -393,7 +394,10 @@ fn run_secondary(
     ctx.figures
         .set_secondary(effects.applied(), Arc::clone(&live));
     let port = effects.join_port();
-    let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout_ms(spec));
+    // Epochs too: once it took over, a respawned Secondary acknowledges
+    // its epochs.
+    let member = Member::secondary(&ctx.vm.name, &spec.pair.peer, g, timeout_ms(spec))
+        .acknowledging(Acks::Epochs);
     let driver = start_driver(ctx, spec, member, Box::new(effects), events);
     // Once it took over, the resumed VM gets a new Secondary like any lone
     // Primary (the keeper waits while the member follows).

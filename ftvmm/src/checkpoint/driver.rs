@@ -11,7 +11,10 @@
 //!   goes to [`GatedOutputs::set_member_gate`] (held while racing, open —
 //!   every closed epoch acknowledged — once it won `g + 1` and runs alone).
 //!   Losing the link (send or receive failing, the Secondary saying bye) is
-//!   `ChannelLost`: the member holds and races.
+//!   `ChannelLost`: the member holds and races; so is the link's silence,
+//!   and a Secondary that is heard but acknowledges no epoch for the
+//!   failure timeout past the waiting epoch's apply grace (`ack_wait.rs`:
+//!   its serve loop wedged or taking nothing in; the tick carries it).
 //! - Secondary ([`SecondaryEffects`]): applies epochs to staging memory and
 //!   acknowledges them. It never replays, so once its Primary is gone
 //!   ("draining" in the member's words) it has nothing left to apply: the
@@ -152,6 +155,10 @@ pub trait Effects: Send {
     fn grant_back(&mut self);
     /// How long the peer has been silent (0 without a link).
     fn silent_ms(&self) -> u64;
+    /// Primary: how long its Secondary has acknowledged nothing while an
+    /// epoch it was sent waits, and the part of that the epoch's apply may
+    /// take, in ms (`ack_wait.rs`; `(0, 0)`: nothing waits, or no link).
+    fn unacked(&self) -> (u64, u64);
     /// Secondary whose Primary is gone: the epoch to resume from, once
     /// nothing is left to apply; `Some(0)`: none (it halts, never races).
     fn drained(&mut self) -> Option<u64>;
@@ -249,6 +256,8 @@ impl MemberDriver {
         let _ = self.events.send(Event::Tick {
             now_ms: 0,
             silent_ms: 0,
+            unacked_ms: 0,
+            unacked_grace_ms: 0,
         });
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -275,10 +284,17 @@ impl Run {
         loop {
             let ev = match rx.recv_timeout(TICK) {
                 Ok(ev) => ev,
-                Err(RecvTimeoutError::Timeout) => Event::Tick {
-                    now_ms: self.started.elapsed().as_millis() as u64,
-                    silent_ms: self.effects.silent_ms(),
-                },
+                // A Secondary heard (its keep-alives) but acknowledging no
+                // epoch is not silent: its waiting epochs age instead.
+                Err(RecvTimeoutError::Timeout) => {
+                    let (unacked_ms, unacked_grace_ms) = self.effects.unacked();
+                    Event::Tick {
+                        now_ms: self.started.elapsed().as_millis() as u64,
+                        silent_ms: self.effects.silent_ms(),
+                        unacked_ms,
+                        unacked_grace_ms,
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             if quit.load(Ordering::SeqCst) {

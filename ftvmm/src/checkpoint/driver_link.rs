@@ -10,6 +10,11 @@
 //! it runs alone (`Mode::Solo`: every closed epoch counts as acknowledged at
 //! its close), so the ack reader only records them ([`PrimaryLink::acked`])
 //! for the join to see how far the new Secondary got.
+//!
+//! It also keeps the connection's epochs that wait for an ack
+//! (`ack_wait.rs`, [`PrimaryLink::unacked`]): a paired member counts a
+//! Secondary that is heard but acknowledges no epoch for the failure
+//! timeout (past the waiting epoch's apply grace) as lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -18,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::lock;
+use crate::checkpoint::ack_wait::AckWait;
 use crate::checkpoint::gate::{GateError, Mode};
 use crate::checkpoint::gated::GatedOutputs;
 use crate::checkpoint::keepalive::KEEPALIVE;
@@ -73,6 +79,11 @@ pub(crate) struct PrimaryLink {
     /// The last epoch the connected Secondary acknowledged, in any mode of
     /// the gate (0: none yet on this connection).
     pub(super) acked: AtomicU64,
+    /// The connection's id and its epochs that wait for an ack, timed on
+    /// [`PrimaryLink::clock`].
+    pub(super) ack_wait: Mutex<(u64, AckWait)>,
+    /// The clock of `ack_wait` (made with the link).
+    pub(super) clock: Instant,
     pub(super) events: Mutex<Sender<Event>>,
 }
 
@@ -117,6 +128,33 @@ impl PrimaryLink {
         lock(&self.conn).is_some()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Epoch `number`'s last piece (`bytes` in all) went out now: it waits
+    /// for the connected Secondary's ack (nothing without a connection).
+    pub(super) fn shipped(&self, number: u64, bytes: usize) {
+        let id = lock(&self.conn).as_ref().map(|c| c.id);
+        let mut w = lock(&self.ack_wait);
+        if id == Some(w.0) {
+            let now = self.now_ms();
+            w.1.shipped(number, bytes, now);
+        }
+    }
+
+    /// How long the connected Secondary has acknowledged nothing while an
+    /// epoch waits for it, and that epoch's apply grace, in ms
+    /// (`ack_wait.rs`); `(0, 0)` without a connection or a waiting epoch.
+    pub(crate) fn unacked(&self) -> (u64, u64) {
+        let id = lock(&self.conn).as_ref().map(|c| c.id);
+        let w = lock(&self.ack_wait);
+        match id {
+            Some(id) if id == w.0 => w.1.unacked(self.now_ms()),
+            _ => (0, 0),
+        }
+    }
+
     /// Takes `ch` as the connection (read timeout set) and starts its ack
     /// thread; returns its id.
     pub(super) fn adopt(
@@ -130,6 +168,11 @@ impl PrimaryLink {
         let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
         *lock(&self.heard) = Instant::now();
         self.acked.store(0, Ordering::SeqCst);
+        {
+            let mut w = lock(&self.ack_wait);
+            w.0 = id;
+            w.1.reset(self.now_ms());
+        }
         *lock(&self.conn) = Some(Conn {
             id,
             tx,
@@ -140,7 +183,7 @@ impl PrimaryLink {
             .name("ckpt-acks".into())
             .spawn(move || {
                 crate::priority::link_thread();
-                if let Some(why) = read_acks(&mut rx, &outputs, &link, &st) {
+                if let Some(why) = read_acks(&mut rx, &outputs, (&link, id), &st) {
                     link.lost(id, why);
                 }
             });
@@ -219,11 +262,12 @@ impl PrimaryLink {
     }
 }
 
-/// Acks into the gate until the link ends (`Some(why)`) or is closed here.
+/// Acks of connection `id` into the gate until the link ends (`Some(why)`)
+/// or is closed here.
 fn read_acks(
     rx: &mut crate::lockstep::channel::ChannelReceiver,
     outputs: &GatedOutputs,
-    link: &PrimaryLink,
+    (link, id): (&PrimaryLink, u64),
     stop: &AtomicBool,
 ) -> Option<String> {
     loop {
@@ -236,6 +280,15 @@ fn read_acks(
             Ok(Message::EpochAck { epoch }) => {
                 *lock(&link.heard) = Instant::now();
                 link.acked.fetch_max(epoch, Ordering::SeqCst);
+                {
+                    // Any ack, a repeat too, ends the wait (`ack_wait.rs`);
+                    // not one of a connection replaced meanwhile.
+                    let mut w = lock(&link.ack_wait);
+                    if w.0 == id {
+                        let now = link.now_ms();
+                        w.1.acked(epoch, now);
+                    }
+                }
                 match outputs.on_ack(epoch) {
                     // Alone (a join streaming its Secondary up to date):
                     // every closed epoch counts as acknowledged already.

@@ -177,6 +177,7 @@ impl EpochSink for LinkSink {
     }
 
     fn shipped(&mut self, number: u64, bytes: usize) {
+        self.link.shipped(number, bytes);
         if let Some(s) = self.stream.as_mut() {
             s.full.get_or_insert(number);
             s.unacked.push_back((number, bytes));
@@ -272,6 +273,8 @@ impl PrimaryEffects {
             join: Mutex::new(None),
             heard: Mutex::new(Instant::now()),
             acked: AtomicU64::new(0),
+            ack_wait: Mutex::default(),
+            clock: Instant::now(),
             events: Mutex::new(events),
         });
         let threads = Arc::new(Mutex::new(Vec::new()));
@@ -487,6 +490,10 @@ impl Effects for PrimaryEffects {
             return 0;
         }
         lock(&self.link.heard).elapsed().as_millis() as u64
+    }
+
+    fn unacked(&self) -> (u64, u64) {
+        self.link.unacked()
     }
 
     fn drained(&mut self) -> Option<u64> {

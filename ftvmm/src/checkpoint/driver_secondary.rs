@@ -358,6 +358,11 @@ impl Effects for SecondaryEffects {
         }
     }
 
+    fn unacked(&self) -> (u64, u64) {
+        // A respawned Secondary's acks, once one joined the resumed VM.
+        self.primary.as_ref().map_or((0, 0), |p| p.unacked())
+    }
+
     fn drained(&mut self) -> Option<u64> {
         if self.serve.as_ref().is_some_and(|h| h.is_finished()) {
             let h = self.serve.take()?;

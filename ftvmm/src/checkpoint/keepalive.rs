@@ -13,7 +13,9 @@
 //! - `Alive` says only "this process runs". It never acknowledges,
 //!   completes or releases an epoch: the receivers take it as heard and
 //!   nothing else (`remote::on_message` returns no ack for it; the Primary's
-//!   ack reader only stamps `heard`). The Output Rule is untouched.
+//!   ack reader only stamps `heard`). The Output Rule is untouched. Nor
+//!   does it keep a Secondary that acknowledges no epoch paired: its
+//!   Primary counts it lost past the failure timeout (`ack_wait.rs`).
 //! - The keep-alive thread belongs to the same process as the epoch loop
 //!   (Primary) or the serve loop (Secondary): a host that is frozen (QMP
 //!   `stop`, SIGSTOP, a hung kernel) or a process that died stops its

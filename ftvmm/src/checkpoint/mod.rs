@@ -8,7 +8,9 @@
 //!   puts pieces back together and refuses a torn epoch; [`delta`] encodes
 //!   a page against its previous version.
 //! - [`gate`]: the Output Rule for epochs (Primary side), with the
-//!   [`overlay`] that serves reads of writes not yet on the device.
+//!   [`overlay`] that serves reads of writes not yet on the device;
+//!   [`ack_wait`] how long the Secondary has acknowledged no epoch while
+//!   one waits (a Secondary heard but acknowledging nothing is lost).
 //! - [`receiver`]: the Secondary's side: reassemble, verify, apply in
 //!   order to a staging copy, acknowledge; [`receiver::Receiver::take_over`].
 //!
@@ -74,6 +76,7 @@
 //!
 //! Not here yet: resending from the first unacked epoch after a reconnect.
 
+pub mod ack_wait;
 pub mod assemble;
 pub mod boot_image;
 pub mod brief;
@@ -100,6 +103,8 @@ pub mod respawn;
 pub mod secondary;
 pub mod state;
 
+#[cfg(test)]
+mod ack_wait_tests;
 #[cfg(test)]
 mod dirty_tests;
 #[cfg(test)]

@@ -49,6 +49,7 @@ impl World {
         self.toy.dirty = (0..PAGES).collect();
         self.shadow = vec![0; self.toy.mem.len()];
         self.shipper.unacked.clear();
+        self.acks.reset(self.now * TICK_MS);
         self.rx = Some(Receiver::new(g, Toy::new().mem, f - 1));
         self.join = Some(Join {
             full: f,

@@ -4,7 +4,10 @@
 //! that writes one sector per tick, clients that see replies only from
 //! released frames; then at an arbitrary tick the Primary crashes and the
 //! Secondary takes over (or the Secondary dies and the Primary goes on
-//! alone after winning the next generation). A lone Primary may then take a
+//! alone after winning the next generation; or the Secondary wedges: still
+//! heard, it takes nothing in and acknowledges nothing, and the Primary's
+//! member counts it lost by `ack_wait.rs`'s clock, then goes on alone as
+//! for a dead one). A lone Primary may then take a
 //! new Secondary (respawn, `respawn.rs`: a full epoch `F` and the epochs
 //! after it streamed while the Primary still runs alone, then a switch
 //! epoch `J` closed with [`EpochGate::close_epoch_joining`]), over a new
@@ -29,6 +32,10 @@
 //!   is at or below the resumed value of its key.
 //! - `writes_in_epoch_order`: the device sees one writer's writes in epoch
 //!   order (asserted in `Device::tick`).
+//! - `a_wedged_secondary_is_lost`: a Secondary that wedges is counted lost
+//!   by the member, with its reason, within the failure timeout of the
+//!   first epoch it leaves unacknowledged (no grace: the toy's epochs are
+//!   tiny), and nothing of the epochs it never held leaves meanwhile.
 //! - with joins: epochs closed alone (before `J`, the streamed ones
 //!   included) release without a Secondary; `J` and later ones only once
 //!   the new Secondary holds them; a new Secondary that takes over resumes
@@ -39,7 +46,8 @@
 //!
 //! Sometimes (counted over all seeds, so a vacuous run fails): a frame
 //! released, a take-over with writes to finish, a torn epoch refused, a
-//! resend, a delta page, the Secondary lost, a join switched, a join
+//! resend, a delta page, the Secondary lost, a wedged Secondary counted
+//! lost, a join switched, a join
 //! paired, a join given up while streaming and after the switch, a
 //! take-over by a joined Secondary, a join's `J` carrying the writes of
 //! epochs before `F`.
@@ -49,15 +57,22 @@
 
 use std::collections::BTreeMap;
 
+use super::ack_wait::AckWait;
 use super::epoch::PageData;
 use super::gate::{EpochGate, GateConfig, GateError, Mode};
 use super::receiver::Receiver;
 use super::sim_world::*;
+use crate::lockstep::member::{Acks, Action, Event, Member, State};
 
 #[path = "sim_join.rs"]
 mod join;
 
 const MAX_UNACKED: usize = 4;
+
+/// A tick in the member's time (`Event::Tick`, `ack_wait.rs`).
+const TICK_MS: u64 = 10;
+/// The member's failure timeout.
+const TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Default, Debug)]
 struct Sometimes {
@@ -68,6 +83,7 @@ struct Sometimes {
     resends: u64,
     deltas: u64,
     secondary_lost: u64,
+    wedged_lost: u64,
     joins_switched: u64,
     joins_paired: u64,
     joins_given_up: u64,
@@ -79,6 +95,8 @@ struct Sometimes {
 struct Params {
     crash_at: u64,
     kill_secondary: bool,
+    /// With `kill_secondary`: it wedges instead of dying.
+    wedge_secondary: bool,
     epoch_ticks: u64,
     request_per_mille: u64,
     get_per_mille: u64,
@@ -96,7 +114,13 @@ struct World {
     fwd: Link,
     back: Link,
     shipper: Shipper,
+    /// The Primary's link's epochs waiting for an ack (`ack_wait.rs`),
+    /// time in ms (`TICK_MS` a tick).
+    acks: AckWait,
     rx: Option<Receiver<Vec<u8>>>,
+    /// The Secondary takes no piece in (and so acknowledges nothing) but
+    /// is heard.
+    wedged: bool,
     /// The Primary's memory at the end of each closed epoch.
     snapshots: BTreeMap<u64, Vec<u8>>,
     /// Epochs that had disk writes.
@@ -128,6 +152,8 @@ impl World {
         let p = Params {
             crash_at: 10 + rng.below(400),
             kill_secondary: rng.chance(250),
+            // Its own stream: the other parameters stay as they were.
+            wedge_secondary: Rng(seed ^ 0x3ed6_e5ec).chance(500),
             epoch_ticks: 2 + rng.below(8),
             request_per_mille: 200 + rng.below(800),
             get_per_mille: rng.below(500),
@@ -153,7 +179,9 @@ impl World {
                 unacked: BTreeMap::new(),
                 last_progress: 0,
             },
+            acks: AckWait::default(),
             rx: Some(Receiver::new(1, Toy::new().mem, 0)),
+            wedged: false,
             snapshots,
             seen: Vec::new(),
             write_epochs: Default::default(),
@@ -213,7 +241,12 @@ impl World {
             .count() as u64;
         self.snapshots.insert(closed.number, self.toy.mem.clone());
         let machine = Toy::counter(&self.toy.mem).to_le_bytes().to_vec();
+        let number = closed.number;
         let pieces = self.shipper.ship(closed, pages, machine, self.p.chunk);
+        if self.rx.is_some() {
+            let bytes = pieces.iter().map(Vec::len).sum();
+            self.acks.shipped(number, bytes, self.now * TICK_MS);
+        }
         if self.shipper.unacked.len() == 1 {
             self.shipper.last_progress = self.now;
         }
@@ -232,7 +265,7 @@ impl World {
     fn tick(&mut self) {
         self.now += 1;
         for m in self.fwd.due(self.now) {
-            let (Msg::Piece(b), Some(rx)) = (m, self.rx.as_mut()) else {
+            let (Msg::Piece(b), Some(rx), false) = (m, self.rx.as_mut(), self.wedged) else {
                 continue;
             };
             match rx.on_piece(&b) {
@@ -246,6 +279,7 @@ impl World {
             if self.rx.is_none() {
                 continue;
             }
+            self.acks.acked(e, self.now * TICK_MS);
             match self.gate.on_ack(e) {
                 Ok(actions) => {
                     self.shipper.on_ack(e, self.now);
@@ -355,6 +389,50 @@ impl World {
         self.drain()
     }
 
+    /// The Secondary wedges: heard (its keep-alives) but taking nothing in,
+    /// it acknowledges nothing. The Primary's member counts it lost once no
+    /// epoch was acknowledged for the failure timeout while one waited
+    /// (`ack_wait.rs`): at the latest the timeout after the next epoch is
+    /// shipped or the last ack in flight arrives. Then as for a dead one.
+    fn wedge_secondary(mut self) -> Sometimes {
+        let at = self.now;
+        self.wedged = true;
+        let mut m = Member::primary("kv", "host-b", self.generation, true, TIMEOUT_MS)
+            .acknowledging(Acks::Epochs);
+        let max_delay = self.back.max_delay.max(self.fwd.max_delay) + 1;
+        let bound = at + self.p.epoch_ticks + max_delay + TIMEOUT_MS / TICK_MS + 1;
+        loop {
+            self.tick();
+            let (unacked_ms, unacked_grace_ms) = self.acks.unacked(self.now * TICK_MS);
+            let a = m.on_event(Event::Tick {
+                now_ms: self.now * TICK_MS,
+                silent_ms: 0,
+                unacked_ms,
+                unacked_grace_ms,
+            });
+            if a.contains(&Action::Acquire {
+                generation: self.generation + 1,
+            }) {
+                break;
+            }
+            assert!(
+                self.now <= bound,
+                "a_wedged_secondary_is_lost: wedged at tick {at}, not lost by {bound} \
+                 (waiting {:?}, unacked {unacked_ms} ms)",
+                self.acks.waiting().collect::<Vec<_>>()
+            );
+        }
+        let State::Racing { why, .. } = m.state() else {
+            panic!("a_wedged_secondary_is_lost: {:?}", m.state());
+        };
+        assert!(
+            why.starts_with("secondary host-b heard but acknowledged no epoch for "),
+            "a_wedged_secondary_is_lost: {why}"
+        );
+        self.st.wedged_lost += 1;
+        self.lose_secondary()
+    }
+
     /// The Secondary is gone: hold while racing, then run alone in the next
     /// generation.
     fn go_alone(&mut self) {
@@ -432,7 +510,9 @@ fn run(seed: u64) -> Sometimes {
     while w.now < w.p.crash_at {
         w.tick();
     }
-    if w.p.kill_secondary {
+    if w.p.kill_secondary && w.p.wedge_secondary {
+        w.wedge_secondary()
+    } else if w.p.kill_secondary {
         w.lose_secondary()
     } else {
         w.fail_over()
@@ -462,6 +542,7 @@ fn checkpoint_sim_seeds() {
         total.resends += s.resends;
         total.deltas += s.deltas;
         total.secondary_lost += s.secondary_lost;
+        total.wedged_lost += s.wedged_lost;
         total.joins_switched += s.joins_switched;
         total.joins_paired += s.joins_paired;
         total.joins_given_up += s.joins_given_up;
@@ -480,6 +561,7 @@ fn checkpoint_sim_seeds() {
             ("resends", t.resends),
             ("deltas", t.deltas),
             ("secondary_lost", t.secondary_lost),
+            ("wedged_lost", t.wedged_lost),
             ("joins_switched", t.joins_switched),
             ("joins_paired", t.joins_paired),
             ("joins_given_up", t.joins_given_up),

@@ -319,9 +319,18 @@ impl Ctx {
                 0
             }
         };
+        // A Primary's oldest batch the Secondary has not acknowledged: a
+        // Secondary heard but acknowledging nothing new is not silent.
+        let unacked_ms = match (&self.res.link, &self.res.log) {
+            (Some(_), Some(log)) => log.unacked_for().as_millis() as u64,
+            _ => 0,
+        };
         Event::Tick {
             now_ms: self.started.elapsed().as_millis() as u64,
             silent_ms,
+            unacked_ms,
+            // Receipt acks are prompt: no apply to allow for.
+            unacked_grace_ms: 0,
         }
     }
 

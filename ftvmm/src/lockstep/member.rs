@@ -149,8 +149,26 @@ pub enum State {
 /// What happened (one source per variant, see the driver).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Monitor tick: time now and how long the channel has been silent.
-    Tick { now_ms: u64, silent_ms: u64 },
+    /// Monitor tick: time now, how long the channel has been silent, and
+    /// (a Primary) how long the oldest batch the Secondary has not
+    /// acknowledged has waited (0: none waits). A Secondary that is still
+    /// heard (its progress reports while it replays a backlog) but does not
+    /// acknowledge what it is sent — the Primary-to-Secondary direction cut
+    /// or stalled, or its receiving side wedged — is not silent; its
+    /// unacknowledged log ages instead.
+    ///
+    /// Checkpoint mode ([`Acks::Epochs`]): `unacked_ms` is how long the
+    /// Secondary has acknowledged nothing while an epoch it was sent waits,
+    /// and `unacked_grace_ms` the part of it the Secondary may spend
+    /// applying that epoch (it acknowledges an epoch only once it applied
+    /// it whole; the grace grows with the epoch's size,
+    /// `checkpoint/ack_wait.rs`). Lockstep's receipt acks need none (0).
+    Tick {
+        now_ms: u64,
+        silent_ms: u64,
+        unacked_ms: u64,
+        unacked_grace_ms: u64,
+    },
     /// The channel ended or failed, or the peer said bye.
     ChannelLost { why: String },
     /// The Secondary diverged and says so: never promote it.
@@ -227,11 +245,25 @@ pub const HAND_OVER_MS: u64 = 3_000;
 /// words since storage hand-over exists; the QEMU tests look for them).
 const STORAGE_LOST: &str = "storage lost (fencing holds output)";
 
+/// What a paired Primary's Secondary acknowledges: the words a Primary
+/// uses when it counts a Secondary that is heard but acknowledges nothing
+/// as lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Lockstep: the receipt of log records.
+    #[default]
+    Log,
+    /// Checkpoint: epochs, each once applied whole.
+    Epochs,
+}
+
 /// One member of a pair for one VM.
 #[derive(Debug, Clone)]
 pub struct Member {
     vm: String,
     peer: String,
+    /// What the Secondary acknowledges ([`Member::acknowledging`]).
+    acks: Acks,
     /// The failure timeout the member was made with (the booted one).
     failure_timeout_ms: u64,
     /// The live one (`ftctl apply`; [`Member::set_live_failure_timeout`]).
@@ -265,6 +297,7 @@ impl Member {
         Member {
             vm: vm.to_string(),
             peer: peer.to_string(),
+            acks: Acks::default(),
             failure_timeout_ms,
             live_timeout_ms: failure_timeout_ms,
             state,
@@ -272,6 +305,13 @@ impl Member {
             now_ms: 0,
             granted: true,
         }
+    }
+
+    /// The member of a pair whose Secondary acknowledges `acks` (lockstep's
+    /// log by default; a checkpoint pair's members say [`Acks::Epochs`]).
+    pub fn acknowledging(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
     }
 
     /// Takes a failure timeout changed live (`ftctl apply`, read by the
@@ -309,6 +349,24 @@ impl Member {
     fn silence_reached(&self, silent_ms: u64) -> bool {
         self.silence_limit_ms()
             .is_some_and(|limit| silent_ms >= limit)
+    }
+
+    /// Why a Primary counts a Secondary that is heard but acknowledges
+    /// nothing as lost (`grace_ms`: the apply time its epoch was allowed).
+    fn unacked_loss(&self, unacked_ms: u64, grace_ms: u64) -> String {
+        let peer = &self.peer;
+        match self.acks {
+            Acks::Log => {
+                format!("secondary {peer} heard but acknowledged none of the log sent {unacked_ms} ms ago")
+            }
+            Acks::Epochs if grace_ms == 0 => {
+                format!("secondary {peer} heard but acknowledged no epoch for {unacked_ms} ms")
+            }
+            Acks::Epochs => format!(
+                "secondary {peer} heard but acknowledged no epoch for {unacked_ms} ms \
+                 ({grace_ms} ms of it allowed for applying the epoch that waits)"
+            ),
+        }
     }
 
     /// The gate a member starts with (the driver applies it first).
@@ -487,6 +545,27 @@ impl Member {
                     "{} silent on the logging channel for {silent_ms} ms",
                     self.peer
                 )
+            }
+            // Heard, but acknowledging nothing new: the records do not
+            // reach it (the Primary-to-Secondary direction cut or stalled)
+            // or its receiving side is wedged, while it still reports
+            // progress. A Secondary that receives acknowledges within a
+            // round trip plus its progress period (20 ms); the failure
+            // timeout is far above that. A checkpoint Secondary heard (its
+            // keep-alives) whose serve loop takes no epoch in: the same,
+            // past the time its apply may take.
+            (
+                _,
+                Event::Tick {
+                    unacked_ms,
+                    unacked_grace_ms,
+                    ..
+                },
+            ) if paired
+                && unacked_ms > unacked_grace_ms
+                && self.silence_reached(unacked_ms - unacked_grace_ms) =>
+            {
+                self.unacked_loss(unacked_ms, unacked_grace_ms)
             }
             (
                 State::StorageHeld {

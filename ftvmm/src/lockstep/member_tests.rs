@@ -18,7 +18,12 @@ fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
 }
 
 fn tick(now_ms: u64, silent_ms: u64) -> Event {
-    Event::Tick { now_ms, silent_ms }
+    Event::Tick {
+        now_ms,
+        silent_ms,
+        unacked_ms: 0,
+        unacked_grace_ms: 0,
+    }
 }
 
 #[test]
@@ -53,6 +58,81 @@ fn silence_alone_is_a_loss_and_a_diverged_secondary_too() {
         what: "at exit 5".into(),
     });
     assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+}
+
+/// A Secondary heard but acknowledging nothing new (the Primary-to-Secondary
+/// direction cut while it still reports replay progress, or its receiving
+/// side wedged): its unacknowledged log ages past the failure timeout,
+/// which is a loss like silence; a Secondary never acts on it.
+#[test]
+fn a_secondary_heard_but_not_acknowledging_is_a_loss() {
+    let unacked = |now_ms, unacked_ms| Event::Tick {
+        now_ms,
+        silent_ms: 10,
+        unacked_ms,
+        unacked_grace_ms: 0,
+    };
+    let mut m = primary();
+    assert!(
+        m.on_event(unacked(900, 999)).is_empty(),
+        "below the timeout"
+    );
+    let a = m.on_event(unacked(1_000, 1_000));
+    assert_eq!(a[0], Action::Gate(Gate::Held), "holding comes first");
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert!(
+        has(&a, |x| matches!(x, Action::Say(l) if l.contains(
+            "secondary host-b heard but acknowledged none of the log sent 1000 ms ago"
+        ))),
+        "{a:?}"
+    );
+    let mut s = secondary();
+    assert!(s.on_event(unacked(1_000, 5_000)).is_empty());
+}
+
+/// Checkpoint: a Secondary heard but acknowledging no epoch is lost once
+/// the wait passes the failure timeout plus the grace its waiting epoch's
+/// apply gets, and says so in its reason (console and status); within the
+/// grace it is not.
+#[test]
+fn a_checkpoint_secondary_heard_but_acknowledging_no_epoch_is_lost_past_its_grace() {
+    let unacked = |now_ms, unacked_ms, unacked_grace_ms| Event::Tick {
+        now_ms,
+        silent_ms: 10,
+        unacked_ms,
+        unacked_grace_ms,
+    };
+    let said =
+        |a: &[Action], what: &str| has(a, |x| matches!(x, Action::Say(l) if l.contains(what)));
+    let mut m = primary().acknowledging(Acks::Epochs);
+    assert!(
+        m.on_event(unacked(900, 999, 0)).is_empty(),
+        "below the timeout"
+    );
+    assert!(
+        m.on_event(unacked(4_900, 4_999, 4_000)).is_empty(),
+        "the epoch's apply may take its grace"
+    );
+    let a = m.on_event(unacked(5_000, 5_000, 4_000));
+    assert_eq!(a[0], Action::Gate(Gate::Held), "holding comes first");
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    let why = "secondary host-b heard but acknowledged no epoch for 5000 ms (4000 ms of it \
+               allowed for applying the epoch that waits)";
+    assert!(said(&a, why), "{a:?}");
+    assert!(m.state().to_string().contains(why), "{}", m.state());
+    // Without a grace, the failure timeout alone.
+    let mut m = primary().acknowledging(Acks::Epochs);
+    let a = m.on_event(unacked(1_000, 1_000, 0));
+    assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert!(
+        said(
+            &a,
+            "secondary host-b heard but acknowledged no epoch for 1000 ms)"
+        ),
+        "{a:?}"
+    );
+    let mut s = secondary().acknowledging(Acks::Epochs);
+    assert!(s.on_event(unacked(1_000, 5_000, 0)).is_empty());
 }
 
 #[test]

@@ -367,6 +367,9 @@ impl Sim {
             Event::Tick {
                 now_ms: clock,
                 silent_ms: silent,
+                // Cuts here are both ways: silence covers them.
+                unacked_ms: 0,
+                unacked_grace_ms: 0,
             },
         );
         if self.nodes[i].link_open && matches!(self.nodes[i].m.state(), State::HandingOver { .. }) {

@@ -62,6 +62,9 @@ impl Sys {
                 let ev = Event::Tick {
                     now_ms: u64::from(s.now) * UNIT_MS,
                     silent_ms: u64::from(silent) * UNIT_MS,
+                    // The model's links fail both ways (silence).
+                    unacked_ms: 0,
+                    unacked_grace_ms: 0,
                 };
                 s.feed(b, i, ev);
             }

@@ -482,6 +482,17 @@ impl PrimaryLog {
         self.cv.notify_all();
     }
 
+    /// How long the oldest sent batch the Secondary has not acknowledged
+    /// (received) has waited since it was taken for sending; zero when
+    /// every sent batch is acknowledged. A receiving Secondary acknowledges
+    /// within a round trip plus its progress period (`link.rs`).
+    pub fn unacked_for(&self) -> Duration {
+        let st = self.lock();
+        (st.sent.iter())
+            .find(|s| s.end_seq > st.acked)
+            .map_or(Duration::ZERO, |s| s.at.elapsed())
+    }
+
     /// Every record so far was received by the Secondary.
     pub fn all_acked(&self) -> bool {
         let st = self.lock();

@@ -114,6 +114,28 @@ fn a_keepalive_starts_at_the_first_unsent_record_not_the_next_one() {
 }
 
 #[test]
+fn the_oldest_unacknowledged_batch_ages_until_an_ack_covers_it() {
+    let (log, _) = log();
+    assert_eq!(log.unacked_for(), Duration::ZERO, "nothing sent");
+    log.append(1, Body::End).unwrap();
+    assert_eq!(log.unacked_for(), Duration::ZERO, "pending is not sent");
+    let first = log.take_batch(Duration::ZERO).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    log.append(2, Body::End).unwrap();
+    let second = log.take_batch(Duration::ZERO).unwrap();
+    let aged = log.unacked_for();
+    assert!(aged >= Duration::from_millis(30), "{aged:?}");
+    // Receipt of the first batch only: the second's age counts now.
+    log.on_ack(1, 0, 0, first.sent_ns);
+    assert!(log.unacked_for() < aged, "{:?}", log.unacked_for());
+    // Replay progress alone does not count as receipt.
+    log.on_ack(1, 1, 1, first.sent_ns);
+    assert!(log.unacked_for() > Duration::ZERO);
+    log.on_ack(2, 1, 1, second.sent_ns);
+    assert_eq!(log.unacked_for(), Duration::ZERO);
+}
+
+#[test]
 fn an_ack_for_unsent_records_releases_nothing() {
     let (log, out) = log();
     log.append(1, Body::End).unwrap();
