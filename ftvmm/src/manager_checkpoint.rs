@@ -105,10 +105,10 @@ impl VmManager {
             Arc::clone(&slot.pair),
             Arc::clone(&slot.cancel),
         );
-        let fencing = Arc::new(SocketFencing::new(
-            self.fencing_socket.clone(),
-            self.applied_generation,
-        ));
+        let fencing = Arc::new(
+            SocketFencing::new(self.fencing_socket.clone(), self.applied_generation)
+                .with_claim_view(self.heartbeat_socket.clone(), &self.config.host_name),
+        );
         let (rc, vm_name) = (self.config.clone(), name.to_string());
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))

@@ -65,9 +65,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::lockstep::fence;
 use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
 use crate::lockstep::spec::PairHandle;
+use crate::lockstep::{claim_vmnet, fence};
 
 #[path = "driver_link.rs"]
 mod link;
@@ -92,6 +92,15 @@ pub trait Fencing: Send + Sync {
     /// Blocks until fencing decides `generation` of `vm` for this host;
     /// `None` once `cancel` is set.
     fn acquire(&self, vm: &str, generation: u64, cancel: &AtomicBool) -> Option<Decision>;
+
+    /// Before a Secondary that lost its Primary asks for `generation`:
+    /// waits as this host's own VM network says
+    /// (`lockstep/claim_vmnet.rs`: cut while a third host's works, it lets
+    /// a member that can serve win first); `false` once `cancel` is set.
+    /// By default it asks at once.
+    fn before_claim(&self, _vm: &str, _generation: u64, _cancel: &AtomicBool) -> bool {
+        true
+    }
 }
 
 /// The fencing agent behind its control socket (the daemon's).
@@ -100,6 +109,9 @@ pub struct SocketFencing {
     pub config_generation: u64,
     /// Generations won with the old owner cut off at the storage.
     cut: Mutex<std::collections::BTreeSet<u64>>,
+    /// This host's heartbeat socket and name, for a claim's look at its
+    /// own VM network ([`Fencing::before_claim`]; `None`: claim at once).
+    claim_view: Option<(std::path::PathBuf, String)>,
 }
 
 impl SocketFencing {
@@ -108,7 +120,15 @@ impl SocketFencing {
             socket,
             config_generation,
             cut: Mutex::default(),
+            claim_view: None,
         }
+    }
+
+    /// Claims look at this host's VM network first, in heartbeat's view at
+    /// `heartbeat`, as host `host` ([`Fencing::before_claim`]).
+    pub fn with_claim_view(mut self, heartbeat: std::path::PathBuf, host: &str) -> Self {
+        self.claim_view = Some((heartbeat, host.to_string()));
+        self
     }
 
     /// Whether fencing answered this host's win of `generation` with
@@ -135,6 +155,15 @@ impl Fencing for SocketFencing {
             lock(&self.cut).insert(generation);
         }
         Some(a.decision)
+    }
+
+    fn before_claim(&self, vm: &str, generation: u64, cancel: &AtomicBool) -> bool {
+        match &self.claim_view {
+            Some((heartbeat, host)) => {
+                claim_vmnet::wait_before_claim(heartbeat, (vm, host), generation, cancel)
+            }
+            None => !cancel.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -372,9 +401,13 @@ impl Run {
     fn race(&self, generation: u64) {
         let (vm, fencing) = (self.vm.clone(), Arc::clone(&self.fencing));
         let (events, cancel) = (self.events.clone(), Arc::clone(&self.cancel));
+        let claiming = matches!(*lock(&self.state), State::Claiming { .. });
         let spawned = std::thread::Builder::new()
             .name(format!("ckpt-race-{vm}-{generation}"))
             .spawn(move || {
+                if claiming && !fencing.before_claim(&vm, generation, &cancel) {
+                    return;
+                }
                 if let Some(decision) = fencing.acquire(&vm, generation, &cancel) {
                     tracing::info!(vm, generation, ?decision, "checkpoint: decided");
                     let _ = events.send(Event::Decided {
