@@ -196,13 +196,14 @@ fn run_linux_cmd(spec: ftvmm::linux::LinuxSpec, mode: LinuxMode) -> ExitCode {
     match result {
         Ok(report) => {
             eprintln!(
-                "ftvmm linux: guest ended: {} after {:.1} s (unowned port reads {}, writes {}, MMIO reads {}, writes {})",
+                "ftvmm linux: guest ended: {} after {:.1} s (unowned port reads {}, writes {}, MMIO reads {}, writes {}){}",
                 report.end,
                 report.secs,
                 report.unowned.pio_reads,
                 report.unowned.pio_writes,
                 report.unowned.mmio_reads,
-                report.unowned.mmio_writes
+                report.unowned.mmio_writes,
+                report.note.map(|n| format!("; {n}")).unwrap_or_default()
             );
             match report.end {
                 End::Reset | End::TripleFault | End::SystemEvent(_) => ExitCode::SUCCESS,

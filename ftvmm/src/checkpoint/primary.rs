@@ -371,7 +371,7 @@ pub fn run_epochs(
             // (a local pair's driver sets `stop` when it sees the VM end).
             let ended = running.ended();
             if ended == Some(End::TripleFault) {
-                let lines = match &last {
+                let mut lines = match &last {
                     Some((n, at, vcpus)) => {
                         brief::fault_report(*n, at.elapsed().as_millis(), vcpus)
                     }
@@ -382,6 +382,9 @@ pub fn run_epochs(
                         began.elapsed().as_millis()
                     )],
                 };
+                if let Some(note) = running.end_note() {
+                    lines.push(format!("checkpoint:   the fault: {note}"));
+                }
                 for line in lines {
                     println!("{line}");
                 }

@@ -329,6 +329,8 @@ impl Paused<'_> {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub end: End,
+    /// Where and when it ended (`vcpus::EndNote`).
+    pub note: Option<super::vcpus::EndNote>,
     pub secs: f64,
     pub unowned: super::bus::Unowned,
 }
@@ -374,6 +376,11 @@ impl Running {
         self.ctl.ended()
     }
 
+    /// Where and when the VM ended, once it did (`vcpus::EndNote`).
+    pub fn end_note(&self) -> Option<super::vcpus::EndNote> {
+        self.ctl.end_note()
+    }
+
     /// The device lines up for `min` or more without the guest answering
     /// (`Bus::lines_unanswered`).
     pub fn lines_unanswered(&self, min: std::time::Duration) -> Vec<super::bus::UnansweredLine> {
@@ -396,6 +403,7 @@ impl Running {
         bus.console_flush();
         Report {
             end,
+            note: self.ctl.end_note(),
             secs: self.started.elapsed().as_secs_f64(),
             unowned: bus.unowned.clone(),
         }

@@ -48,7 +48,9 @@
 //! returns `EINTR` without entering the guest (KVM's API doc; Cloud
 //! Hypervisor and Firecracker do the same before a snapshot).
 
+use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -63,15 +65,68 @@ struct St {
     parked: usize,
     exited: usize,
     end: Option<End>,
+    /// Where and when the end came ([`EndNote`]).
+    note: Option<EndNote>,
+    /// Pauses begun so far, and when the last one ended.
+    pauses: u64,
+    resumed_at: Option<Instant>,
     /// The vCPU states of the pause on (one slot per vCPU, filled by its
     /// thread once parked).
     states: Vec<Option<Result<VcpuState, StateError>>>,
 }
 
+/// Where and when the VM ended, for a fault's report: issue 11's boot-time
+/// triple faults under nested KVM came whichever way the vCPUs were
+/// captured, and this tells a fault in the first `KVM_RUN` after a pause
+/// (the capture or the settle perturbed the vCPU) from one in the middle
+/// of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndNote {
+    /// The vCPU whose exit ended the VM (`None`: its owner ended it).
+    pub vcpu: Option<usize>,
+    /// That exit came from the vCPU's first `KVM_RUN` after a pause.
+    pub first_run_after_pause: bool,
+    /// A pause was on (the exit came from a settle or a thread not yet
+    /// parked).
+    pub during_pause: bool,
+    /// Pauses begun before the end.
+    pub pauses: u64,
+    /// From the end of the last pause to the end (`None`: none ended yet).
+    pub since_resume: Option<Duration>,
+}
+
+impl fmt::Display for EndNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.vcpu {
+            Some(i) => write!(f, "vCPU {i}")?,
+            None => write!(f, "the VMM")?,
+        }
+        if self.during_pause {
+            write!(f, ", during pause {}", self.pauses)?;
+        } else if let Some(d) = self.since_resume {
+            write!(
+                f,
+                ", {:.3} ms after pause {} ended",
+                d.as_secs_f64() * 1e3,
+                self.pauses
+            )?;
+        } else {
+            write!(f, ", before any pause")?;
+        }
+        if self.first_run_after_pause {
+            write!(f, " (its first KVM_RUN after it)")?;
+        }
+        Ok(())
+    }
+}
+
 /// What a vCPU thread does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    Run,
+    /// Enter the guest; `pauses` begun so far.
+    Run {
+        pauses: u64,
+    },
     /// Complete any pending exit, then ask again (a pause is on).
     Settle,
     Leave,
@@ -104,7 +159,10 @@ pub struct PauseGuard<'a> {
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.ctl.st).pause = false;
+        let mut st = lock(&self.ctl.st);
+        st.pause = false;
+        st.resumed_at = Some(Instant::now());
+        drop(st);
         self.ctl.cv.notify_all();
     }
 }
@@ -129,15 +187,33 @@ impl Control {
 
     /// Ends the VM (the first reason stays) and makes every vCPU leave.
     pub fn end(&self, reason: End) {
+        self.end_by(None, false, reason)
+    }
+
+    /// [`Control::end`] from vCPU `vcpu`'s exit (`first`: its first
+    /// `KVM_RUN` after a pause), noting where and when ([`EndNote`]).
+    fn end_by(&self, vcpu: Option<usize>, first: bool, reason: End) {
         {
             let mut st = lock(&self.st);
             if st.end.is_none() {
-                tracing::debug!(%reason, "linux VM: end");
+                tracing::debug!(%reason, ?vcpu, "linux VM: end");
                 st.end = Some(reason);
+                st.note = Some(EndNote {
+                    vcpu,
+                    first_run_after_pause: first,
+                    during_pause: st.pause,
+                    pauses: st.pauses,
+                    since_resume: st.resumed_at.map(|t| t.elapsed()),
+                });
             }
         }
-        self.cv.notify_all();
         self.kick_all();
+        self.cv.notify_all();
+    }
+
+    /// Where and when the VM ended, once it did.
+    pub fn end_note(&self) -> Option<EndNote> {
+        lock(&self.st).note.clone()
     }
 
     pub fn ended(&self) -> Option<End> {
@@ -177,7 +253,7 @@ impl Control {
             st.parked -= 1;
         }
         if st.end.is_none() {
-            Step::Run
+            Step::Run { pauses: st.pauses }
         } else {
             Step::Leave
         }
@@ -195,6 +271,7 @@ impl Control {
         {
             let mut st = lock(&self.st);
             st.pause = true;
+            st.pauses += 1;
             st.states = (0..self.n).map(|_| None).collect();
         }
         self.kick_all();
@@ -240,6 +317,8 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
     match guard {
         Ok(_guard) => {
             let mut settled = false;
+            // Pauses begun before this thread's previous KVM_RUN.
+            let mut seen = 0;
             loop {
                 match ctl.checkpoint(index, settled, &vcpu) {
                     Step::Leave => break,
@@ -247,11 +326,13 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
                         settle(index, &mut lock(&vcpu));
                         settled = true;
                     }
-                    Step::Run => {
+                    Step::Run { pauses } => {
                         settled = false;
+                        let first = pauses != seen;
+                        seen = pauses;
                         let mut fd = lock(&vcpu);
                         if let Some(end) = run_once(index, &mut fd, &bus) {
-                            ctl.end(end);
+                            ctl.end_by(Some(index), first, end);
                             break;
                         }
                     }
