@@ -32,9 +32,10 @@ use crate::members::Members;
 const FAILURE_TIMEOUT_MS: u64 = 2_000;
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// Generations of one VM, each decided once, first come first served.
+/// Generations of one VM, each decided once, first come first served;
+/// and the claims looked at before asking (host, generation).
 #[derive(Default)]
-struct Generations(Mutex<BTreeMap<u64, String>>);
+struct Generations(Mutex<BTreeMap<u64, String>>, Mutex<Vec<(String, u64)>>);
 
 struct HostFencing {
     disk: Arc<Generations>,
@@ -62,6 +63,12 @@ impl Fencing for HostFencing {
                 owner: owner.clone(),
             }
         })
+    }
+
+    fn before_claim(&self, _vm: &str, generation: u64, _cancel: &AtomicBool) -> bool {
+        let claim = (self.host.to_string(), generation);
+        self.disk.1.lock().unwrap().push(claim);
+        true
     }
 }
 
@@ -242,6 +249,11 @@ fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on
         Some("host-b")
     );
     assert_eq!(
+        *p.disk.1.lock().unwrap(),
+        vec![("host-b".to_string(), 2)],
+        "the Secondary's claim looked at its VM network first"
+    );
+    assert_eq!(
         p.p_handle.running_generation(),
         None,
         "host-a publishes nothing"
@@ -279,6 +291,13 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
     let a = p.primary.wait_for(SETTLE, settled);
     let b = p.secondary.wait_for(SETTLE, settled);
     let winner = p.disk.0.lock().unwrap().get(&2).cloned();
+    // Only the Secondary's race is a claim; a Primary racing after losing
+    // its Secondary asks at once (`claim_vmnet.rs`).
+    let claims = p.disk.1.lock().unwrap().clone();
+    assert!(
+        claims.iter().all(|c| c.0 == "host-b"),
+        "a Primary looked before racing: {claims:?}"
+    );
     match (&a, &b, winner.as_deref()) {
         (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
             assert!(!p.p_outputs.failed() && p.p_outputs.may_release());
