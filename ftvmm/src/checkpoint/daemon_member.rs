@@ -41,8 +41,8 @@ use config_schema::runtime::RuntimeConfig;
 use super::daemon_spec::CheckpointSpec;
 use super::daemon_status::Figures;
 use super::driver::{
-    Effects, JoinPort, Live, MemberDriver, PrimaryEffects, SecondaryEffects, SocketFencing,
-    TakeOverPlan,
+    Effects, JoinPort, Live, LiveFailureTimeout, MemberDriver, PrimaryEffects, SecondaryEffects,
+    SocketFencing, TakeOverPlan,
 };
 use super::gate::EpochGate;
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
@@ -423,13 +423,17 @@ fn start_driver(
         std::sync::mpsc::Receiver<Event>,
     ),
 ) -> MemberDriver {
-    MemberDriver::start(
+    MemberDriver::start_timed(
         (&ctx.vm.name, &spec.pair.host),
         member,
         effects,
         ctx.fencing.clone(),
         Arc::clone(ctx.handle),
         events,
+        Some(LiveFailureTimeout {
+            timing: Arc::clone(&spec.pair.live_timing),
+            booted: spec.pair.failure_timeout,
+        }),
     )
 }
 

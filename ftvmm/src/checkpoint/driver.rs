@@ -65,6 +65,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::lockstep::live_timing::LiveTiming;
 use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
 use crate::lockstep::spec::PairHandle;
 use crate::lockstep::{claim_vmnet, fence};
@@ -195,6 +196,20 @@ pub trait Effects: Send {
     fn all_acked(&self) -> bool;
 }
 
+/// The failure timeout `ftctl apply` may change live, and the booted one
+/// it stands for until then.
+pub struct LiveFailureTimeout {
+    pub timing: Arc<LiveTiming>,
+    pub booted: Duration,
+}
+
+/// Gives `member` the failure timeout in force now (none: it keeps its own).
+fn take_live(member: &mut Member, live: Option<&LiveFailureTimeout>) {
+    if let Some(l) = live {
+        member.set_live_failure_timeout(l.timing.failure_timeout(l.booted).as_millis() as u64);
+    }
+}
+
 /// A running member driver.
 pub struct MemberDriver {
     events: Sender<Event>,
@@ -211,14 +226,30 @@ impl MemberDriver {
 
     /// Runs `member` of `vm` on `host` over `effects`, published to `handle`
     /// (which takes the daemon's events from now on); applies its initial
-    /// gate first.
+    /// gate first. Its failure timeout stays the one it was made with.
     pub fn start(
+        names: (&str, &str),
+        member: Member,
+        effects: Box<dyn Effects>,
+        fencing: Arc<dyn Fencing>,
+        handle: Arc<PairHandle>,
+        events: (Sender<Event>, EventRx<Event>),
+    ) -> Self {
+        Self::start_timed(names, member, effects, fencing, handle, events, None)
+    }
+
+    /// [`MemberDriver::start`], the member taking the failure timeout
+    /// `ftctl apply` changes live from `live` before every step, as a
+    /// lockstep member's driver does (`lockstep/live_timing.rs` has the
+    /// rules the member applies to it).
+    pub fn start_timed(
         (vm, host): (&str, &str),
         member: Member,
         effects: Box<dyn Effects>,
         fencing: Arc<dyn Fencing>,
         handle: Arc<PairHandle>,
         (events, rx): (Sender<Event>, EventRx<Event>),
+        live: Option<LiveFailureTimeout>,
     ) -> Self {
         handle.attach(events.clone());
         let state = Arc::new(Mutex::new(member.state().clone()));
@@ -233,6 +264,7 @@ impl MemberDriver {
             handle,
             host: host.to_string(),
             started: Instant::now(),
+            live,
         };
         let q = Arc::clone(&quit);
         let thread = std::thread::Builder::new()
@@ -306,6 +338,8 @@ struct Run {
     handle: Arc<PairHandle>,
     host: String,
     started: Instant,
+    /// Where the live failure timeout comes from (`None`: the booted one).
+    live: Option<LiveFailureTimeout>,
 }
 
 impl Run {
@@ -354,6 +388,7 @@ impl Run {
     }
 
     fn step(&mut self, member: &mut Member, ev: Event) {
+        take_live(member, self.live.as_ref());
         let back = ev == Event::Grant(Grant::Ok);
         let actions = member.on_event(ev);
         self.show(member);

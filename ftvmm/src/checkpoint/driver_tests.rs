@@ -489,3 +489,37 @@ fn a_secondary_without_a_complete_epoch_never_races() {
 fn fresh(generation: u64) -> Receiver<Staging> {
     Receiver::new(generation, Staging::new(MEM).unwrap(), 0)
 }
+
+/// A checkpoint member takes the failure timeout `ftctl apply` changed
+/// live, as a lockstep member does: a paired Primary's silence limit is
+/// the live value, a Secondary's never below the booted one.
+#[test]
+fn a_member_takes_the_failure_timeout_applied_live() {
+    let live = LiveFailureTimeout {
+        timing: Arc::new(crate::lockstep::live_timing::LiveTiming::default()),
+        booted: Duration::from_millis(FAILURE_TIMEOUT_MS),
+    };
+    let mut p = Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS);
+    let mut s = Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS);
+    super::take_live(&mut p, Some(&live));
+    assert_eq!(p.silence_limit_ms(), Some(FAILURE_TIMEOUT_MS));
+    let timing = |ms| config_schema::Timing {
+        heartbeat_interval_ms: 100,
+        failure_timeout_ms: ms,
+        lag_limit_ms: 100,
+    };
+    live.timing.adopt(2, &timing(FAILURE_TIMEOUT_MS / 2));
+    super::take_live(&mut p, Some(&live));
+    super::take_live(&mut s, Some(&live));
+    assert_eq!(p.silence_limit_ms(), Some(FAILURE_TIMEOUT_MS / 2));
+    assert_eq!(s.silence_limit_ms(), Some(FAILURE_TIMEOUT_MS));
+    live.timing.adopt(3, &timing(3 * FAILURE_TIMEOUT_MS));
+    super::take_live(&mut p, Some(&live));
+    super::take_live(&mut s, Some(&live));
+    assert_eq!(p.silence_limit_ms(), Some(3 * FAILURE_TIMEOUT_MS));
+    assert_eq!(s.silence_limit_ms(), Some(3 * FAILURE_TIMEOUT_MS));
+    // Without a live source the member keeps its own.
+    let mut q = Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS);
+    super::take_live(&mut q, None);
+    assert_eq!(q.silence_limit_ms(), Some(FAILURE_TIMEOUT_MS));
+}
