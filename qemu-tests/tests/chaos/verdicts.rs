@@ -75,7 +75,7 @@ pub fn consoles(fleet: &Fleet) -> Consoles {
     ))
     .expect("a valid regex");
     let generation = regex::Regex::new(&format!(
-        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed)|ftvmm: lockstep: primary .* hands over"
+        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed|suspected|deferring the race|racing for)|ftvmm: lockstep: primary .* hands over"
     ))
     .expect("a valid regex");
     let mut c = Consoles {
