@@ -189,6 +189,13 @@ pub struct VmNetView {
     pub own: VmReach,
     /// Every peer's, by its FT heartbeats.
     pub peers: Vec<PeerVmReach>,
+    /// How long since this host last heard any peer on the VM network
+    /// (ms), whether or not it still counts as hearing one (`own.quiet_ms`
+    /// stays 0 until the failure timeout passed); `None`: it never heard
+    /// one, or does not listen. What a Secondary's claim looks at
+    /// (`ftvmm/src/lockstep/claim_vmnet.rs`); absent from an older daemon.
+    #[serde(default)]
+    pub own_since_heard_ms: Option<u64>,
 }
 
 /// A VM this host runs (or is acquiring) as Primary, in `generation`.

@@ -514,6 +514,7 @@ fn a_checkpoint_primary_is_not_protected_while_its_secondarys_host_has_no_vm_net
             }),
             age_ms: Some(50),
         }],
+        own_since_heard_ms: Some(0),
     };
     let set = |v: VmNetView| {
         w.vmnets.lock().unwrap().insert("host-a".into(), v);

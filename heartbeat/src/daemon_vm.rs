@@ -108,10 +108,14 @@ pub(super) fn vm_net_view(node: &Node, now: u64) -> VmNetView {
             reach: t.report.as_ref().map(|(r, _)| reach(r)),
         })
         .collect();
+    let own_since_heard_ms = (node.vm_view())
+        .and_then(|v| v.last_heard_any())
+        .map(|t| now.saturating_sub(t));
     VmNetView {
         failure_timeout_ms: view.timeout_ms(),
         own,
         peers,
+        own_since_heard_ms,
     }
 }
 

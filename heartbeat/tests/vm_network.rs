@@ -83,6 +83,9 @@ fn three_daemons_hear_each_other_on_the_vm_network_too() {
         of("host-c").reach.as_ref().unwrap().hears,
         ["host-a", "host-b"]
     );
+    // The time since host-a last heard a peer there: about an interval.
+    let since = a.own_since_heard_ms.expect("host-a heard peers");
+    assert!(since < TIMEOUT_MS, "last heard a peer {since} ms ago");
     let s = ds[0].handle().status();
     assert_eq!(s["vm_network"]["listening"], true, "{s}");
     assert_eq!(
@@ -116,11 +119,13 @@ fn a_host_cut_from_the_vm_network_is_reported_and_not_suspected() {
     for d in &ds {
         assert!(d.handle().peers().iter().all(|p| p.alive));
     }
-    let own_b = vm_view(b).own;
+    let view_b = vm_view(b);
+    let own_b = &view_b.own;
     assert!(
         own_b.watch_ms.is_some() && own_b.hears.is_empty(),
         "{own_b:?}"
     );
+    assert_eq!(view_b.own_since_heard_ms, None, "host-b never heard a peer");
     // host-b's packets from the wrong VM address are dropped, counted.
     let s = a.handle().status();
     let wrong = s["vm_network"]["dropped"]["wrong_source"]

@@ -34,9 +34,10 @@
 //!   dead too), this host takes it: its clients could not be served by
 //!   anyone else either. The VM network coming back ends the wait at once.
 //! - **Unsure**: a witness, and this host has heard no peer for more than
-//!   `T / 4` (two heartbeats or more missed) but not yet `T`: the cut may
-//!   have come with the FT fault (seed 94's did). It looks again, for up to
-//!   `T` from its claim, and then races as it then judges.
+//!   `T / 4` (two heartbeats or more missed; heartbeat's
+//!   `own_since_heard_ms`) but does not yet count as hearing nobody: the
+//!   cut may have come with the FT fault (seed 94's did). It looks again,
+//!   for up to `T` from its claim, and then races as it then judges.
 //! - **Now**: otherwise (it hears a peer, no witness, or heartbeat cannot
 //!   answer).
 //!
@@ -85,7 +86,15 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str) -> Claim {
     };
     let t = view.failure_timeout_ms;
     let own = &view.own;
-    if own.quiet_ms <= t / 4 {
+    // `own.quiet_ms` stays 0 while any peer was heard within `T`; the time
+    // since the last one heard shows a cut as it begins (seed 94's claim
+    // came about `T` after the cut, when `quiet_ms` was often still 0).
+    let quiet = if own.hears.is_empty() {
+        own.quiet_ms
+    } else {
+        view.own_since_heard_ms.unwrap_or(0)
+    };
+    if quiet <= t / 4 {
         return Claim::Now;
     }
     let witness = view.peers.iter().filter(|p| p.host != here).find_map(|p| {
@@ -101,16 +110,14 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str) -> Claim {
     let Some((witness, hears)) = witness else {
         return Claim::Now;
     };
-    if own.quiet_ms > t && own.hears.is_empty() {
+    if own.hears.is_empty() && quiet > t {
         Claim::Defer {
-            for_ms: own.quiet_ms,
+            for_ms: quiet,
             witness,
             hears,
         }
     } else {
-        Claim::Unsure {
-            quiet_ms: own.quiet_ms,
-        }
+        Claim::Unsure { quiet_ms: quiet }
     }
 }
 

@@ -26,17 +26,23 @@ fn peer(host: &str, ft_alive: bool, r: VmReach) -> PeerVmReach {
     }
 }
 
-/// host-c quiet for `c_quiet` ms (hearing nobody once past `T`), host-a
-/// heard on FT hearing `a_hears`, host-b not heard on FT (the one-way cut).
+/// host-c last heard a peer `c_quiet` ms ago (as heartbeat reports it:
+/// `quiet_ms` 0 and the peer still heard until `T` passed), host-a heard
+/// on FT hearing `a_hears`, host-b not heard on FT (the one-way cut).
 fn view(c_quiet: u64, a_hears: &[&str]) -> VmNetView {
-    let c_hears: &[&str] = if c_quiet > T { &[] } else { &["host-a"] };
+    let (c_hears, quiet): (&[&str], u64) = if c_quiet > T {
+        (&[], c_quiet)
+    } else {
+        (&["host-a"], 0)
+    };
     VmNetView {
         failure_timeout_ms: T,
-        own: reach(c_quiet, c_hears),
+        own: reach(quiet, c_hears),
         peers: vec![
             peer("host-a", true, reach(0, a_hears)),
             peer("host-b", false, reach(0, &["host-a", "host-c"])),
         ],
+        own_since_heard_ms: Some(c_quiet),
     }
 }
 
@@ -64,10 +70,20 @@ fn a_secondary_that_hears_a_peer_races_at_once() {
 
 #[test]
 fn a_quiet_shorter_than_the_timeout_is_looked_at_again() {
+    // Heartbeat still counts host-c as hearing a peer (`quiet_ms` 0): the
+    // time since it last heard one is what shows the cut beginning.
+    let v = view(T / 2, &["host-b", "host-c"]);
+    assert_eq!(v.own.quiet_ms, 0);
+    assert_eq!(judge_c(&v), Claim::Unsure { quiet_ms: T / 2 });
+    // At exactly `T`, still counted as hearing: unsure, not yet a verdict.
     assert_eq!(
-        judge_c(&view(T / 2, &["host-b", "host-c"])),
-        Claim::Unsure { quiet_ms: T / 2 }
+        judge_c(&view(T, &["host-b"])),
+        Claim::Unsure { quiet_ms: T }
     );
+    // An older daemon's answer (no `own_since_heard_ms`) reads as heard.
+    let mut old = view(T / 2, &["host-b"]);
+    old.own_since_heard_ms = None;
+    assert_eq!(judge_c(&old), Claim::Now);
 }
 
 #[test]
@@ -77,6 +93,7 @@ fn without_a_witness_it_races_at_once() {
         failure_timeout_ms: T,
         own: reach(T + 500, &[]),
         peers: vec![peer("host-b", false, reach(0, &["host-c"]))],
+        own_since_heard_ms: Some(T + 500),
     };
     assert_eq!(judge_c(&two), Claim::Now);
     // A third host that hears only this host proves nothing else works.

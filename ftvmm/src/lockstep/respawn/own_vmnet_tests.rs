@@ -34,6 +34,7 @@ fn view(a_quiet: u64, b: VmReach, c: Option<VmReach>) -> VmNetView {
         failure_timeout_ms: T,
         own: reach(a_quiet, if a_quiet == 0 { &["host-b"] } else { &[] }),
         peers,
+        own_since_heard_ms: Some(a_quiet),
     }
 }
 

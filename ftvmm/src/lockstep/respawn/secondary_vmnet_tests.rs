@@ -40,6 +40,7 @@ fn view(a_hears: &[&str], b: VmReach) -> VmNetView {
                 age_ms: Some(100),
             },
         ],
+        own_since_heard_ms: Some(if a_hears.is_empty() { 4_000 } else { 0 }),
     }
 }
 
