@@ -418,6 +418,14 @@ impl Member {
 
     /// The generation this host runs the VM in as Primary, or is acquiring
     /// as one, for fencing's publication (docs/design.md §1); 0: none.
+    ///
+    /// A draining Secondary publishes `g + 1` already: it will claim it once
+    /// it has replayed what it holds, and that drain can take seconds on a
+    /// loaded host. Unpublished, a third host saw the VM's owner dead and
+    /// nobody else publishing it, and cold-started the VM from its disk
+    /// while the Secondary that held all of its state was still draining
+    /// (chaos seed 105): every client's connection broke. A start elsewhere
+    /// waits while a live host publishes the VM (`start::Owner::Claimed`).
     pub fn published_generation(&self) -> u64 {
         match &self.state {
             State::Paired { g }
@@ -425,8 +433,11 @@ impl Member {
             | State::Fenced { g }
             | State::StorageHeld { g, .. }
             | State::HandingOver { g, .. } => *g,
-            State::Racing { g, .. } | State::Rechecking { g } | State::Claiming { g, .. } => g + 1,
-            State::Following { .. } | State::Draining { .. } | State::Halted(_) => 0,
+            State::Racing { g, .. }
+            | State::Rechecking { g }
+            | State::Draining { g, .. }
+            | State::Claiming { g, .. } => g + 1,
+            State::Following { .. } | State::Halted(_) => 0,
         }
     }
 
@@ -884,13 +895,13 @@ impl Member {
     fn on_deposed(&self, generation: u64, by: String) -> (Option<State>, Vec<Action>) {
         let mine = self.generation();
         // Only a Primary (or one racing/fenced) acts; a deposition names a
-        // generation later than the one it acts in. A Secondary claiming
-        // `g + 1` is deposed by a later one (its win, arriving after a
-        // freeze, would be stale: tests/member_model.rs); `g + 1` itself is
-        // its race, which its own answer settles.
+        // generation later than the one it acts in. A Secondary draining or
+        // claiming publishes `g + 1` and is deposed by a later one (its win,
+        // arriving after a freeze, would be stale: tests/member_model.rs);
+        // `g + 1` itself is its race, which its own answer settles.
         let deposes = match self.state {
-            State::Following { .. } | State::Draining { .. } => false,
-            State::Claiming { g, .. } => generation > g + 1,
+            State::Following { .. } => false,
+            State::Draining { g, .. } | State::Claiming { g, .. } => generation > g + 1,
             _ => generation > mine,
         };
         if !deposes {

@@ -178,9 +178,18 @@ fn a_decision_for_another_generation_is_ignored() {
 fn a_secondary_replays_then_races_and_goes_live() {
     let mut m = secondary();
     assert_eq!(m.initial_gate(), Gate::Held);
+    assert_eq!(m.published_generation(), 0, "a follower publishes nothing");
     let a = m.on_event(Event::ChannelLost {
         why: "primary said bye".into(),
     });
+    // Chaos seed 105: from the suspicion on, through a drain that may take
+    // seconds, the host publishes the generation it will claim, so no
+    // third host cold-starts the VM meanwhile.
+    assert_eq!(
+        m.published_generation(),
+        2,
+        "a draining Secondary publishes"
+    );
     assert!(has(&a, |x| matches!(x, Action::CloseLink { .. })));
     assert!(
         !has(&a, |x| matches!(x, Action::Acquire { .. })),
@@ -188,6 +197,7 @@ fn a_secondary_replays_then_races_and_goes_live() {
     );
     let a = m.on_event(Event::ReplayExhausted { at: 4_242 });
     assert!(has(&a, |x| *x == Action::Acquire { generation: 2 }));
+    assert_eq!(m.published_generation(), 2);
     let a = m.on_event(Event::Decided {
         generation: 2,
         decision: Decision::Won,

@@ -115,8 +115,19 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
                     "ftvmm: vm {vm}: {owner} owns generation {} and {why}; waiting to start",
                     h.generation
                 ),
+                Owner::Claimed(c) => format!(
+                    "ftvmm: vm {vm}: {c} publishes the VM (it claims generation {}, holding its \
+                     state); waiting to start until it wins, stops or its lease expires",
+                    h.generation + 1
+                ),
                 _ => String::new(),
             });
+            if matches!(owner, Owner::Claimed(_)) {
+                // Withdraw this host's own publication of an earlier attempt
+                // (its Acquire found storage silent): two starters must not
+                // each wait for the other.
+                (ctx.acquiring)(0);
+            }
             std::thread::sleep(LOOK);
             continue;
         }
@@ -177,10 +188,46 @@ pub enum Owner {
     /// live, started the VM again in a new generation and deposed the copy
     /// that was serving (chaos seed 22).
     Unjudged { owner: String, why: String },
+    /// Another host than the owner, its lease not expired, publishes the
+    /// VM: a Secondary draining or racing for the next generation (or a
+    /// host starting it). It holds the VM's state; a start here would boot
+    /// the VM from its disk and break every connection (chaos seed 105).
+    /// It ends when that host wins (then it is the owner), stops
+    /// publishing (it lost), or its lease expires (it died).
+    Claimed(String),
 }
 
 /// [`Owner`] from the highest generation and the leases (pure).
 pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView], &str>) -> Owner {
+    let owner = owner_only(h, host, vm, leases);
+    if matches!(owner, Owner::Runs(_)) || h.generation == 0 {
+        // Before any generation nothing holds state: power-on races are
+        // for fencing to decide, and two hosts starting at once each
+        // publishing would otherwise wait for the other.
+        return owner;
+    }
+    match leases.ok().and_then(|l| claimer(l, h, host, vm)) {
+        Some(c) => Owner::Claimed(c.to_string()),
+        None => owner,
+    }
+}
+
+/// A host other than this one and the owner whose lease is not expired and
+/// that publishes `vm`.
+fn claimer<'a>(leases: &'a [LeaseView], h: &Highest, host: &str, vm: &str) -> Option<&'a str> {
+    leases
+        .iter()
+        .find(|l| {
+            l.host != host
+                && h.owner.as_deref() != Some(l.host.as_str())
+                && !l.expired
+                && l.running.iter().any(|v| v == vm)
+        })
+        .map(|l| l.host.as_str())
+}
+
+/// [`owner_state`] from the owner's lease alone.
+fn owner_only(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView], &str>) -> Owner {
     let Some(owner) = h.owner.as_deref().filter(|o| *o != host) else {
         return Owner::Nobody;
     };
@@ -237,7 +284,7 @@ pub fn settled(
 ) -> bool {
     match owner {
         Owner::Nobody => true,
-        Owner::Runs(_) | Owner::Unjudged { .. } => {
+        Owner::Runs(_) | Owner::Unjudged { .. } | Owner::Claimed(_) => {
             *since = None;
             false
         }

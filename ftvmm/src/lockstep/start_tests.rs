@@ -18,8 +18,10 @@ struct Script {
     /// Answers to the next `Acquire`s, in order; then every further one is
     /// won by `host-a`.
     acquire: Vec<Response>,
-    /// Hosts that publish the VM (live leases).
+    /// Hosts that publish the VM.
     running_on: Vec<String>,
+    /// Hosts whose lease expired (the others' are live).
+    dead: Vec<String>,
     /// Every `Acquire` asked: (generation, config generation).
     asked: Vec<(u64, u64)>,
 }
@@ -80,13 +82,13 @@ impl Fencing {
                             }
                         }
                         Request::Leases => Response::Leases {
-                            leases: ["host-a", "host-b"]
+                            leases: ["host-a", "host-b", "host-c"]
                                 .iter()
                                 .map(|h| LeaseView {
                                     host: h.to_string(),
-                                    live: true,
+                                    live: !s.dead.iter().any(|d| d == h),
                                     last_renewal_ms: Some(100),
-                                    expired: false,
+                                    expired: s.dead.iter().any(|d| d == h),
                                     running: if s.running_on.iter().any(|r| r == h) {
                                         vec!["kv".into()]
                                     } else {
@@ -224,6 +226,32 @@ fn a_start_refuses_while_the_owner_is_live_and_publishes_the_vm_and_wins_after()
     f.script.lock().unwrap().running_on.clear();
     let (r, _) = f.start(1);
     assert_eq!(r, Ok(10), "once host-b no longer runs it");
+}
+
+/// Chaos seed 105, at the start itself: the owner died, its Secondary
+/// (host-c) publishes the VM while it drains; host-a does not start it,
+/// withdraws any publication of its own, and starts once host-c lost.
+#[test]
+fn a_start_waits_while_another_host_claims_the_vm_its_dead_owner_ran() {
+    let f = Fencing::serve(Script {
+        highest: (4, Some("host-b".into()), 1),
+        dead: vec!["host-b".into()],
+        running_on: vec!["host-c".into()],
+        ..Script::default()
+    });
+    let (r, published) = std::thread::scope(|sc| {
+        let start = sc.spawn(|| f.start(1));
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(f.asked().is_empty(), "no Acquire while host-c claims");
+        f.script.lock().unwrap().running_on.clear();
+        start.join().unwrap()
+    });
+    assert_eq!(r, Ok(5));
+    assert_eq!(published.last(), Some(&5));
+    assert!(
+        published[..published.len() - 1].iter().all(|g| *g == 0),
+        "only withdrawals before the Acquire: {published:?}"
+    );
 }
 
 #[test]
@@ -388,4 +416,50 @@ fn an_owner_seen_renewing_then_expired_died_in_this_hosts_view() {
         &[view(false, true, Some(9000))]
     ));
     assert!(!owner_died_in_view(&h, "host-b", &[]));
+}
+
+/// Chaos seed 105: host-a (the owner) died with its storage; host-b, its
+/// Secondary, slowed, was still draining; host-c saw the owner's lease
+/// expire and nobody publishing, and cold-started the VM. A host that
+/// publishes the VM besides the owner holds it now.
+#[test]
+fn a_host_publishing_the_vm_besides_its_owner_blocks_a_start_until_its_lease_expires() {
+    let h = Highest {
+        generation: 1,
+        owner: Some("host-a".into()),
+        config_generation: 1,
+    };
+    let dead_owner = lease("host-a", false, true, &["kv"]);
+    let st = |l: &[LeaseView]| owner_state(&h, "host-c", "kv", Ok(l));
+    assert_eq!(st(std::slice::from_ref(&dead_owner)), Owner::Nobody);
+    let claim = [dead_owner.clone(), lease("host-b", true, false, &["kv"])];
+    assert_eq!(st(&claim), Owner::Claimed("host-b".into()));
+    let mut since = None;
+    assert!(!settled(&st(&claim), 1, &mut since, Duration::ZERO));
+    // Not judged yet (this host just booted) is not expired: still held.
+    let unjudged = [dead_owner.clone(), lease("host-b", false, false, &["kv"])];
+    assert_eq!(st(&unjudged), Owner::Claimed("host-b".into()));
+    // It died (lease expired), or stopped publishing (it lost): nobody.
+    let died = [dead_owner.clone(), lease("host-b", false, true, &["kv"])];
+    assert_eq!(st(&died), Owner::Nobody);
+    let lost = [dead_owner.clone(), lease("host-b", true, false, &["other"])];
+    assert_eq!(st(&lost), Owner::Nobody);
+    // A live owner that publishes is where it runs, whoever else claims.
+    let runs = [
+        lease("host-a", true, false, &["kv"]),
+        lease("host-b", true, false, &["kv"]),
+    ];
+    assert_eq!(st(&runs), Owner::Runs("host-a".into()));
+    // This host's own publication is not someone else's claim.
+    assert_eq!(owner_state(&h, "host-b", "kv", Ok(&claim)), Owner::Nobody);
+    // Before any generation nothing holds state: fencing decides the race.
+    let none = Highest {
+        generation: 0,
+        owner: None,
+        config_generation: 0,
+    };
+    assert_eq!(
+        owner_state(&none, "host-c", "kv", Ok(&claim)),
+        Owner::Nobody
+    );
 }

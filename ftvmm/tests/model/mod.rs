@@ -371,7 +371,21 @@ impl Sys {
             Run::Frozen { since } => self.now - since >= FRESH_UNITS,
             Run::Up => o.member().is_none_or(|m| m.is_halted()),
         };
-        gone && owner != 2
+        // Design §1 "Publication": a host besides the owner that publishes
+        // the VM (a Secondary draining or claiming) and whose lease is not
+        // expired holds it; host-c does not cold-start it meanwhile (chaos
+        // seed 105).
+        let claimed = self.nodes.iter().enumerate().any(|(i, n)| {
+            i != owner as usize
+                && i != 2
+                && n.member().is_some_and(|m| m.published_generation() > 0)
+                && match n.run {
+                    Run::Crashed => false,
+                    Run::Frozen { since } => self.now - since < FRESH_UNITS,
+                    Run::Up => true,
+                }
+        });
+        gone && !claimed && owner != 2
     }
 
     /// Whether a later generation than `i` acts in is owned by another host.
@@ -380,8 +394,8 @@ impl Sys {
         // Fencing watches what the host runs or acquires (its publication):
         // a claimer of `g + 1` is deposed by a generation after that.
         let mine = match m.state() {
-            State::Following { .. } | State::Draining { .. } => return None,
-            State::Claiming { g, .. } => *g as u8 + 1,
+            State::Following { .. } => return None,
+            State::Draining { g, .. } | State::Claiming { g, .. } => *g as u8 + 1,
             _ => m.generation() as u8,
         };
         self.register

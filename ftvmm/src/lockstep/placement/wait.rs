@@ -34,7 +34,7 @@ use config_schema::runtime::RuntimeConfig;
 
 use super::{choose, pair_hosts, StopOnDrop};
 use crate::lockstep::respawn::keeper::host_facts;
-use crate::lockstep::start::{owner_of, settled, PUBLISH_SETTLE};
+use crate::lockstep::start::{owner_of, settled, Owner, PUBLISH_SETTLE};
 
 /// How long a power-on waits for a partner that is down before it goes on
 /// without it.
@@ -158,10 +158,24 @@ impl Watch {
             // and has not published the VM for PUBLISH_SETTLE; never while
             // this host cannot judge the owner's lease (start.rs, `Owner`).
             let (nowhere, died) = match owner_of(&fencing, &vm.name, &here) {
-                Ok((h, owner, died)) => (
-                    settled(&owner, h.generation, &mut unsure_since, PUBLISH_SETTLE),
-                    died,
-                ),
+                Ok((h, owner, died)) => {
+                    if let Owner::Claimed(c) = &owner {
+                        let line = format!(
+                            "ftvmm: vm {}: {c} claims generation {} (it publishes the VM); \
+                             not powering it on here",
+                            vm.name,
+                            h.generation + 1
+                        );
+                        if line != last_line {
+                            println!("{line}");
+                            last_line = line;
+                        }
+                    }
+                    (
+                        settled(&owner, h.generation, &mut unsure_since, PUBLISH_SETTLE),
+                        died,
+                    )
+                }
                 Err(_) => (false, false),
             };
             let facts = if nowhere && (waited >= POWER_ON_GRACE || died) {
