@@ -58,6 +58,14 @@ for cmd in qemu-system-x86_64 qemu-nbd qemu-io qemu-img xorriso; do
   fi
 done
 
+# `make test` from a fresh clone writes about 7 GB (test builds 2.4 GB, the
+# image's release build and the reproducibility rebuild ~1.5 GB each, QEMU
+# test disks); say so up front rather than fail deep inside a build.
+free_kib="$(df -Pk . | awk 'NR == 2 { print $4 }')"
+if [[ -n "$free_kib" ]] && ((free_kib < 10 * 1024 * 1024)); then
+  echo "prereqs: WARNING: only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); make test needs about 7 GiB" >&2
+fi
+
 if ! command -v rustup >/dev/null; then
   echo "prereqs: rustup not found; install Rust via https://rustup.rs" >&2
   exit 1
