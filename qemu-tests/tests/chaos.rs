@@ -303,11 +303,21 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
     report.lost_acked_writes = verdicts::final_values_on_disk(&cluster, &finals);
     let consoles = verdicts::consoles(&fleet);
     let (switches, held) = verdicts::guest_switches(&frames, &played.thaws);
-    if switches > consoles.golives.len() {
+    // A switch is explained by a go-live; one that a cold start explains
+    // is a failure of its own (the VM restarted from disk: every connection
+    // broke), not two live copies; anything else is dual-live.
+    let (lives, colds) = (consoles.golives.len(), consoles.cold_starts.len());
+    if switches > lives + colds {
         report.dual_live.push(format!(
-            "guest frames switched host {switches} times, {} go-live(s) on the consoles",
-            consoles.golives.len()
+            "guest frames switched host {switches} times, {lives} go-live(s) and {colds} cold \
+             start(s) on the consoles"
         ));
+    } else if switches > lives {
+        report
+            .cold_restarts
+            .extend(consoles.cold_starts.iter().map(|l| {
+                format!("guest frames switched host {switches} times, {lives} go-live(s); {l}")
+            }));
     }
     report.dual_live.extend(verdicts::stale_wins(&fleet));
     report.divergences = consoles.divergences.clone();

@@ -87,6 +87,11 @@ pub struct RunReport {
     pub dual_live: Vec<String>,
     /// Disk or state divergences between what the hosts hold.
     pub divergences: Vec<String>,
+    /// The VM was started again from its disk on another host (a cold
+    /// start after it had run: its memory and every connection lost) while
+    /// no go-live explains the switch (chaos seed 105).
+    #[serde(default)]
+    pub cold_restarts: Vec<String>,
     /// The VM stopped serving: a client that could not reconnect, final
     /// reads without an answer.
     #[serde(default)]
@@ -122,6 +127,7 @@ impl RunReport {
             lost_acked_writes: Vec::new(),
             dual_live: Vec::new(),
             divergences: Vec::new(),
+            cold_restarts: Vec::new(),
             unavailable: Vec::new(),
             unprotected: Vec::new(),
             pauses_ms: Vec::new(),
@@ -145,6 +151,7 @@ impl RunReport {
             ("lost acked write", &self.lost_acked_writes),
             ("dual live", &self.dual_live),
             ("divergence", &self.divergences),
+            ("cold restart", &self.cold_restarts),
             ("unavailable", &self.unavailable),
             ("unprotected", &self.unprotected),
         ] {
@@ -255,6 +262,8 @@ pub struct CampaignReport {
     pub lost_acked_writes: Vec<SeedNote>,
     pub dual_live: Vec<SeedNote>,
     pub divergences: Vec<SeedNote>,
+    #[serde(default)]
+    pub cold_restarts: Vec<SeedNote>,
     pub by_kind: BTreeMap<FaultKind, KindStats>,
     /// The runs had `FT_CHAOS_SEQUENTIAL=1` (their replay lines say so).
     #[serde(default)]
@@ -273,6 +282,7 @@ impl CampaignReport {
             lost_acked_writes: Vec::new(),
             dual_live: Vec::new(),
             divergences: Vec::new(),
+            cold_restarts: Vec::new(),
             by_kind: BTreeMap::new(),
             sequential: runs.iter().any(|r| r.schedule.params.sequential()),
         };
@@ -304,6 +314,7 @@ impl CampaignReport {
                 .extend(r.lost_acked_writes.iter().map(note));
             c.dual_live.extend(r.dual_live.iter().map(note));
             c.divergences.extend(r.divergences.iter().map(note));
+            c.cold_restarts.extend(r.cold_restarts.iter().map(note));
             for step in &r.schedule.steps {
                 c.by_kind.entry(step.fault.kind()).or_default().faults += 1;
             }
@@ -371,10 +382,11 @@ impl CampaignReport {
         );
         let _ = writeln!(
             out,
-            "lost acked writes: {}, dual-live: {}, divergences: {}",
+            "lost acked writes: {}, dual-live: {}, divergences: {}, cold restarts: {}",
             self.lost_acked_writes.len(),
             self.dual_live.len(),
-            self.divergences.len()
+            self.divergences.len(),
+            self.cold_restarts.len()
         );
         let _ = writeln!(
             out,

@@ -57,6 +57,7 @@ fn campaign_runs() -> Vec<RunReport> {
     };
     r3.lost_acked_writes = vec!["put k1=v1".into()];
     r3.dual_live = vec!["host-a and host-b live at 12.3 s".into()];
+    r3.cold_restarts = vec!["host-c [58.234] ftvmm: vm kv: won generation 2 to start".into()];
     r3.pauses_ms = vec![(Kill, 4_000)];
     r3.recovery_ms = vec![(Kill, 6_000)];
 
@@ -90,7 +91,11 @@ fn judging_runs() {
     let runs = campaign_runs();
     assert!(runs[0].passed && runs[1].passed && !runs[2].passed);
     let why = runs[2].failures();
-    assert_eq!(why.len(), 3, "{why:?}");
+    assert_eq!(why.len(), 4, "{why:?}");
+    assert!(
+        why.iter().any(|w| w.starts_with("cold restart: ")),
+        "{why:?}"
+    );
     // A run that checked nothing, or whose verdict is unknown, fails.
     let mut empty = RunReport::new(schedule(1, vec![]));
     empty.linearizable = Verdict::Linearizable;
@@ -128,6 +133,12 @@ fn campaign_aggregates() {
     assert_eq!(c.failed[0].seed, 12);
     assert_eq!(c.lost_acked_writes[0].seed, 12);
     assert_eq!(c.dual_live.len(), 1);
+    assert_eq!(c.cold_restarts.len(), 1);
+    assert!(
+        c.failed[0].what.contains("cold restart: host-c"),
+        "{}",
+        c.failed[0].what
+    );
     assert!(c.divergences.is_empty());
     let kill = c.by_kind[&FaultKind::KillHost];
     assert_eq!(kill.faults, 2);
@@ -183,7 +194,7 @@ fn campaign_table() {
         "{t}"
     );
     assert!(
-        t.contains("lost acked writes: 1, dual-live: 1, divergences: 0"),
+        t.contains("lost acked writes: 1, dual-live: 1, divergences: 0, cold restarts: 1"),
         "{t}"
     );
     assert_eq!(

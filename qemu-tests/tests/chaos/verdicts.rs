@@ -65,6 +65,9 @@ pub fn points(h: &History) -> Vec<OpPoint> {
 /// a loser halting) for the notes.
 pub struct Consoles {
     pub golives: Vec<String>,
+    /// `won generation <g> to start` after the first start (g > 1): the VM
+    /// booted again from its disk.
+    pub cold_starts: Vec<String>,
     pub divergences: Vec<String>,
     pub generations: Vec<String>,
 }
@@ -78,8 +81,11 @@ pub fn consoles(fleet: &Fleet) -> Consoles {
         r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed|suspected|deferring the race|racing for)|ftvmm: lockstep: primary .* hands over"
     ))
     .expect("a valid regex");
+    let cold = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation (\d+) to start"))
+        .expect("a valid regex");
     let mut c = Consoles {
         golives: Vec::new(),
+        cold_starts: Vec::new(),
         divergences: Vec::new(),
         generations: Vec::new(),
     };
@@ -87,6 +93,12 @@ pub fn consoles(fleet: &Fleet) -> Consoles {
         let name = fleet.label(host);
         for l in host.console().lines() {
             let line = format!("{name} [{:.3}] {}", l.at.as_secs_f64(), l.text);
+            if cold
+                .captures(&l.text)
+                .is_some_and(|m| m[1].parse::<u64>().is_ok_and(|g| g > 1))
+            {
+                c.cold_starts.push(line.clone());
+            }
             if live.is_match(&l.text) {
                 c.golives.push(line);
             } else if l.text.contains("lockstep divergence") {
