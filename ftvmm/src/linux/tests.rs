@@ -346,6 +346,71 @@ fn an_end_in_the_first_run_after_a_pause_says_so() {
     );
 }
 
+/// A guest in the middle of a long `rep outsb` to the serial port while
+/// pauses come and go: KVM hands a string I/O to userspace a chunk at a
+/// time, and the settle before a pause completes one chunk and may get the
+/// next as an exit instead of `EINTR`. Every byte reaches the console, none
+/// twice, whatever the pauses hit.
+#[test]
+fn pauses_during_a_string_io_lose_no_byte() {
+    const N: u16 = 0xffff;
+    let code = [
+        0xb9, 0xff, 0xff, // mov cx, N
+        0xbe, 0x00, 0x40, // mov si, 0x4000
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xf3, 0x6e, // rep outsb
+        0xc6, 0x06, 0x00, 0x30, 0x01, // mov byte [0x3000], 1
+        0xf4, // hlt
+        0xeb, 0xfd, // jmp hlt
+    ];
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let vm = LinuxVm::create(
+        1,
+        64 << 20,
+        vec![],
+        Box::new(Sink(Arc::clone(&out))),
+        Box::new(NoBackend),
+    )
+    .unwrap();
+    // The bytes to send, from 0x4000 on (DS 0: SI wraps at 64 KiB, so
+    // they are read from 0x4000..0x10000 and then 0..0x3fff).
+    let fill: Vec<u8> = (0..0x10000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    vm.memory().write_slice(&fill, GuestAddress(0)).unwrap();
+    vm.memory()
+        .write_slice(&code, GuestAddress(0x1000))
+        .unwrap();
+    vm.memory().write_obj(0u8, GuestAddress(0x3000)).unwrap();
+    // What the guest will send: the first 64 KiB as they are now (the
+    // code and the flag included, where SI wraps over them).
+    let mut bytes = vec![0u8; 0x10000];
+    vm.memory().read_slice(&mut bytes, GuestAddress(0)).unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    let running = vm.start().unwrap();
+    let mem = running.memory();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pauses = 0;
+    while mem.read_obj::<u8>(GuestAddress(0x3000)).unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the string I/O never ended");
+        running.with_paused(|_| ());
+        pauses += 1;
+    }
+    running.stop();
+    running.wait();
+    let got = out.lock().unwrap().clone();
+    let want: Vec<u8> = (0..u32::from(N))
+        .map(|i| bytes[((0x4000 + i) % 0x10000) as usize])
+        .collect();
+    assert!(pauses > 0);
+    assert_eq!(got.len(), want.len(), "{pauses} pauses");
+    let first = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(
+        first.is_none(),
+        "{pauses} pauses: the bytes differ from {first:?}: got {:?}, want {:?}",
+        String::from_utf8_lossy(&got[first.unwrap()..first.unwrap() + 40]),
+        String::from_utf8_lossy(&want[first.unwrap()..first.unwrap() + 40])
+    );
+}
+
 /// The line a checkpoint epoch summary and plain `ftvmm linux` both print
 /// for a device whose interrupt the guest no longer takes.
 #[test]

@@ -323,7 +323,10 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
                 match ctl.checkpoint(index, settled, &vcpu) {
                     Step::Leave => break,
                     Step::Settle => {
-                        settle(index, &mut lock(&vcpu));
+                        if let Some(end) = settle(index, &mut lock(&vcpu), &bus) {
+                            ctl.end_by(Some(index), false, end);
+                            break;
+                        }
                         settled = true;
                     }
                     Step::Run { pauses } => {
@@ -331,7 +334,7 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
                         let first = pauses != seen;
                         seen = pauses;
                         let mut fd = lock(&vcpu);
-                        if let Some(end) = run_once(index, &mut fd, &bus) {
+                        if let Ran::Ended(end) = run_once(index, &mut fd, &bus) {
                             ctl.end_by(Some(index), first, end);
                             break;
                         }
@@ -347,45 +350,74 @@ pub fn run_vcpu(index: usize, vcpu: Arc<Mutex<VcpuFd>>, ctl: Arc<Control>, bus: 
 }
 
 /// Completes a pending MMIO/PIO exit without running the guest (module
-/// doc): `KVM_RUN` with `immediate_exit` returns `EINTR` at once.
-fn settle(index: usize, fd: &mut VcpuFd) {
-    fd.set_kvm_immediate_exit(1);
-    match fd.run() {
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-        Err(e) => tracing::warn!(vcpu = index, "settling KVM_RUN: {e}"),
-        Ok(exit) => tracing::warn!(vcpu = index, "settling KVM_RUN exited: {exit:?}"),
+/// doc): `KVM_RUN` with `immediate_exit` returns `EINTR` at once. Completing
+/// one step of a string I/O instruction (`rep outsb`) can hand the next
+/// step to userspace instead of returning `EINTR`: that exit is handled like
+/// any other and the vCPU settled again, so no I/O is dropped. `Some` ends
+/// the VM.
+fn settle(index: usize, fd: &mut VcpuFd, bus: &Mutex<Bus>) -> Option<End> {
+    for _ in 0..SETTLE_ROUNDS {
+        fd.set_kvm_immediate_exit(1);
+        match run_once(index, fd, bus) {
+            Ran::Interrupted => return None,
+            Ran::Ended(end) => return Some(end),
+            Ran::Exited => {}
+        }
     }
     fd.set_kvm_immediate_exit(0);
+    Some(End::Error(format!(
+        "vCPU {index}: still exiting to userspace after {SETTLE_ROUNDS} settling rounds"
+    )))
 }
 
-/// One `KVM_RUN` and its exit; `Some` ends the VM.
-fn run_once(index: usize, fd: &mut VcpuFd, bus: &Mutex<Bus>) -> Option<End> {
+/// Settling rounds before a vCPU that keeps exiting is an error: a string
+/// I/O of at most a page per exit completes in far fewer.
+const SETTLE_ROUNDS: usize = 10_000;
+
+/// What one `KVM_RUN` did.
+enum Ran {
+    /// An exit, handled.
+    Exited,
+    /// Interrupted before or instead of entering the guest (a kick or
+    /// `immediate_exit`): `immediate_exit` is cleared again.
+    Interrupted,
+    /// The VM ends.
+    Ended(End),
+}
+
+/// One `KVM_RUN` and its exit.
+fn run_once(index: usize, fd: &mut VcpuFd, bus: &Mutex<Bus>) -> Ran {
+    let ended = |e: Option<End>| e.map_or(Ran::Exited, Ran::Ended);
     match fd.run() {
         Ok(VcpuExit::IoIn(port, data)) => lock(bus).pio_in(port, data),
-        Ok(VcpuExit::IoOut(port, data)) => return lock(bus).pio_out(port, data),
+        Ok(VcpuExit::IoOut(port, data)) => return ended(lock(bus).pio_out(port, data)),
         Ok(VcpuExit::MmioRead(addr, data)) => lock(bus).mmio_read(addr, data),
         Ok(VcpuExit::MmioWrite(addr, data)) => lock(bus).mmio_write(addr, data),
         Ok(VcpuExit::Hlt) => {}
-        Ok(VcpuExit::Intr) => fd.set_kvm_immediate_exit(0),
-        Ok(VcpuExit::Shutdown) => return Some(End::TripleFault),
-        Ok(VcpuExit::SystemEvent(kind, _)) => return Some(End::SystemEvent(kind)),
+        Ok(VcpuExit::Intr) => {
+            fd.set_kvm_immediate_exit(0);
+            return Ran::Interrupted;
+        }
+        Ok(VcpuExit::Shutdown) => return Ran::Ended(End::TripleFault),
+        Ok(VcpuExit::SystemEvent(kind, _)) => return Ran::Ended(End::SystemEvent(kind)),
         Ok(VcpuExit::FailEntry(reason, _)) => {
-            return Some(End::Error(format!(
+            return Ran::Ended(End::Error(format!(
                 "vCPU {index}: KVM_RUN entry failed (hardware reason {reason:#x})"
             )))
         }
         Ok(VcpuExit::InternalError) => {
-            return Some(End::Error(format!("vCPU {index}: KVM internal error")))
+            return Ran::Ended(End::Error(format!("vCPU {index}: KVM internal error")))
         }
         Ok(other) => {
-            return Some(End::Error(format!(
+            return Ran::Ended(End::Error(format!(
                 "vCPU {index}: unexpected exit {other:?}"
             )))
         }
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
             fd.set_kvm_immediate_exit(0);
+            return Ran::Interrupted;
         }
-        Err(e) => return Some(End::Error(format!("vCPU {index}: KVM_RUN: {e}"))),
+        Err(e) => return Ran::Ended(End::Error(format!("vCPU {index}: KVM_RUN: {e}"))),
     }
-    None
+    Ran::Exited
 }
