@@ -120,9 +120,14 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
                      state); waiting to start until it wins, stops or its lease expires",
                     h.generation + 1
                 ),
+                Owner::Stale { host, why } => format!(
+                    "ftvmm: vm {vm}: {host} may claim generation {} ({why}); waiting to start \
+                     until its lease renews or expires",
+                    h.generation + 1
+                ),
                 _ => String::new(),
             });
-            if matches!(owner, Owner::Claimed(_)) {
+            if matches!(owner, Owner::Claimed(_) | Owner::Stale { .. }) {
                 // Withdraw this host's own publication of an earlier attempt
                 // (its Acquire found storage silent): two starters must not
                 // each wait for the other.
@@ -195,7 +200,19 @@ pub enum Owner {
     /// It ends when that host wins (then it is the owner), stops
     /// publishing (it lost), or its lease expires (it died).
     Claimed(String),
+    /// Another host than the owner, its lease not expired, was seen renewing
+    /// but not for longer than [`FRESH_PUBLICATION`]: a claim it made since
+    /// would not show yet. Seed 105 again: the slowed
+    /// Secondary drained and published, but its renewals stalled for 7 s,
+    /// so the record on disk still said it claimed nothing. It ends when
+    /// that host renews (its record then says) or its lease expires.
+    Stale { host: String, why: String },
 }
+
+/// How recent another host's lease renewal must be for its publication to
+/// count as current: a few renewal periods (500 ms with the example config),
+/// well inside the lease timeout.
+pub const FRESH_PUBLICATION: Duration = Duration::from_secs(2);
 
 /// [`Owner`] from the highest generation and the leases (pure).
 pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView], &str>) -> Owner {
@@ -206,10 +223,35 @@ pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView
         // publishing would otherwise wait for the other.
         return owner;
     }
-    match leases.ok().and_then(|l| claimer(l, h, host, vm)) {
-        Some(c) => Owner::Claimed(c.to_string()),
+    let Ok(leases) = leases else {
+        return owner;
+    };
+    if let Some(c) = claimer(leases, h, host, vm) {
+        return Owner::Claimed(c.to_string());
+    }
+    match stale(leases, h, host) {
+        Some(s) => s,
         None => owner,
     }
+}
+
+/// The first host other than this one and the owner whose lease is not
+/// expired and not renewed within [`FRESH_PUBLICATION`].
+fn stale(leases: &[LeaseView], h: &Highest, host: &str) -> Option<Owner> {
+    let fresh = FRESH_PUBLICATION.as_millis() as u64;
+    leases
+        .iter()
+        .filter(|l| l.host != host && h.owner.as_deref() != Some(l.host.as_str()) && !l.expired)
+        // Never seen renewing (this host just booted, or that one never
+        // did): no claim can have been seen either way; the owner's own
+        // lease has its rule for this (`Unjudged`).
+        .find_map(|l| match l.last_renewal_ms {
+            Some(ms) if ms > fresh => Some(Owner::Stale {
+                host: l.host.clone(),
+                why: format!("its lease was last renewed {ms} ms ago"),
+            }),
+            _ => None,
+        })
 }
 
 /// A host other than this one and the owner whose lease is not expired and
@@ -284,7 +326,7 @@ pub fn settled(
 ) -> bool {
     match owner {
         Owner::Nobody => true,
-        Owner::Runs(_) | Owner::Unjudged { .. } | Owner::Claimed(_) => {
+        Owner::Runs(_) | Owner::Unjudged { .. } | Owner::Claimed(_) | Owner::Stale { .. } => {
             *since = None;
             false
         }

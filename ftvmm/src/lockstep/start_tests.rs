@@ -452,6 +452,25 @@ fn a_host_publishing_the_vm_besides_its_owner_blocks_a_start_until_its_lease_exp
     assert_eq!(st(&runs), Owner::Runs("host-a".into()));
     // This host's own publication is not someone else's claim.
     assert_eq!(owner_state(&h, "host-b", "kv", Ok(&claim)), Owner::Nobody);
+    // Seed 105 again: host-b drained and claimed, but its renewals had
+    // stalled for 7 s, so its record on disk did not show the claim yet.
+    // Live but not renewed lately: it may claim; expired: it died; never
+    // seen renewing: no evidence either way (the owner's rule covers a
+    // reader that just booted).
+    let mut stalled = lease("host-b", true, false, &[]);
+    stalled.last_renewal_ms = Some(7_000);
+    let stale = [dead_owner.clone(), stalled.clone()];
+    assert!(matches!(st(&stale), Owner::Stale { ref host, .. } if host == "host-b"));
+    assert!(!settled(&st(&stale), 1, &mut since, Duration::ZERO));
+    stalled.last_renewal_ms = Some(300);
+    assert_eq!(st(&[dead_owner.clone(), stalled.clone()]), Owner::Nobody);
+    stalled.last_renewal_ms = Some(9_000);
+    stalled.live = false;
+    stalled.expired = true;
+    assert_eq!(st(&[dead_owner.clone(), stalled.clone()]), Owner::Nobody);
+    stalled.last_renewal_ms = None;
+    stalled.expired = false;
+    assert_eq!(st(&[dead_owner.clone(), stalled]), Owner::Nobody);
     // Before any generation nothing holds state: fencing decides the race.
     let none = Highest {
         generation: 0,

@@ -159,13 +159,22 @@ impl Watch {
             // this host cannot judge the owner's lease (start.rs, `Owner`).
             let (nowhere, died) = match owner_of(&fencing, &vm.name, &here) {
                 Ok((h, owner, died)) => {
-                    if let Owner::Claimed(c) = &owner {
-                        let line = format!(
+                    let line = match &owner {
+                        Owner::Claimed(c) => Some(format!(
                             "ftvmm: vm {}: {c} claims generation {} (it publishes the VM); \
                              not powering it on here",
                             vm.name,
                             h.generation + 1
-                        );
+                        )),
+                        Owner::Stale { host, .. } if died => Some(format!(
+                            "ftvmm: vm {}: {host} may claim generation {} (its lease is not \
+                             current); not powering it on here until it renews or expires",
+                            vm.name,
+                            h.generation + 1
+                        )),
+                        _ => None,
+                    };
+                    if let Some(line) = line {
                         if line != last_line {
                             println!("{line}");
                             last_line = line;
