@@ -120,9 +120,10 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
                      state); waiting to start until it wins, stops or its lease expires",
                     h.generation + 1
                 ),
-                Owner::Stale { host, why } => format!(
-                    "ftvmm: vm {vm}: {host} may claim generation {} ({why}); waiting to start \
-                     until its lease renews or expires",
+                // No milliseconds in the line: it is said once, not every look.
+                Owner::Stale { host, .. } => format!(
+                    "ftvmm: vm {vm}: {host} may claim generation {} (its lease is not current); \
+                     waiting to start until it renews or expires",
                     h.generation + 1
                 ),
                 _ => String::new(),
