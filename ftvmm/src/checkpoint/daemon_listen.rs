@@ -1,6 +1,6 @@
 //! The listening side of the daemon's checkpoint member
 //! (`daemon_member.rs`): a configured Secondary waiting for its Primary's
-//! power-on Hello or a join, a standby waiting for a join, and receiving a
+//! power-on Hello or a join, a standby waiting for either, and receiving a
 //! join's full first epoch (`respawn.rs`).
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ pub(super) enum Accepted {
 }
 
 /// The listening side: a configured Secondary waits for its Primary's
-/// power-on Hello or a join; a standby (`Role::Standby`) for a join only.
+/// power-on Hello or a join; a standby (`Role::Standby`) as well (seed 112).
 /// A join is taken only for a VM the config allows here and only from the
 /// owner of the generation on disk.
 pub(super) fn accept_primary(
@@ -68,9 +68,8 @@ pub(super) fn accept_primary(
         if h.start_exit == JOIN_BY_TRANSFER {
             return check_join(rc, ctx.vm, &fencing, h);
         }
-        if standby {
-            return Err("this host is a standby: it joins only a running primary".into());
-        }
+        // A standby takes a power-on pair too (lockstep's
+        // `placement::run_member`, chaos seed 112).
         check_offered_generation(&fencing, &h.vm, h.generation, &h.primary_host)
     };
     let watch = Watch::listener(rc, ctx.vm, fencing.clone(), ctx.stop, standby);

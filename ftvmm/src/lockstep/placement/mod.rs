@@ -48,7 +48,8 @@ pub enum Role {
     /// Only this host is allowed: run it alone, unprotected.
     Unprotected,
     /// Allowed here, run elsewhere: wait for its Primary to bring this host
-    /// in as a new Secondary by live transfer (respawn).
+    /// in as a new Secondary by live transfer (respawn), or for a power-on
+    /// pair from the owner of a newer generation (the VM ran nowhere).
     Standby,
     /// Not this host's business.
     None,
@@ -294,10 +295,15 @@ pub fn run_member(
                 hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone())
             });
             let fencing = spec.fencing_socket.clone();
+            // A standby takes a power-on pair too, from the owner of the
+            // highest generation: chaos seed 112 — host-b, a standby after
+            // its member halted, refused the configured Primary's power-on
+            // pair ("joins only by live transfer"); the Primary's start
+            // failed, it found the VM running nowhere, won the next
+            // generation and asked again: 104 generations in 90 s and the
+            // VM never ran. A power-on pair boots both members from the
+            // start; it needs no state this host lacks.
             let verify = |h: &Hello| {
-                if standby && h.start_exit != JOIN_BY_TRANSFER {
-                    return Err("this host is a standby: it joins only by live transfer".into());
-                }
                 if h.start_exit == JOIN_BY_TRANSFER {
                     check_join_offer(&fencing, &h.vm, h.generation, &h.primary_host)
                 } else {
