@@ -488,6 +488,11 @@ impl PrimaryLog {
     /// within a round trip plus its progress period (`link.rs`).
     pub fn unacked_for(&self) -> Duration {
         let st = self.lock();
+        if st.stats.acks == 0 {
+            // Not one ack yet: the Secondary is still starting its side
+            // (building its VM); silence is what counts until it acks.
+            return Duration::ZERO;
+        }
         (st.sent.iter())
             .find(|s| s.end_seq > st.acked)
             .map_or(Duration::ZERO, |s| s.at.elapsed())
