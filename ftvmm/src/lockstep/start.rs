@@ -227,46 +227,35 @@ pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView
     let Ok(leases) = leases else {
         return owner;
     };
-    if let Some(c) = claimer(leases, h, host, vm) {
-        return Owner::Claimed(c.to_string());
+    let others = || unexpired_others(leases, h, host);
+    if let Some(c) = others().find(|l| l.running.iter().any(|v| v == vm)) {
+        return Owner::Claimed(c.host.clone());
     }
-    match stale(leases, h, host) {
-        Some(s) => s,
-        None => owner,
-    }
-}
-
-/// The first host other than this one and the owner whose lease is not
-/// expired and not renewed within [`FRESH_PUBLICATION`].
-fn stale(leases: &[LeaseView], h: &Highest, host: &str) -> Option<Owner> {
     let fresh = FRESH_PUBLICATION.as_millis() as u64;
-    leases
-        .iter()
-        .filter(|l| l.host != host && h.owner.as_deref() != Some(l.host.as_str()) && !l.expired)
-        // Never seen renewing (this host just booted, or that one never
-        // did): no claim can have been seen either way; the owner's own
-        // lease has its rule for this (`Unjudged`).
-        .find_map(|l| match l.last_renewal_ms {
-            Some(ms) if ms > fresh => Some(Owner::Stale {
-                host: l.host.clone(),
-                why: format!("its lease was last renewed {ms} ms ago"),
-            }),
-            _ => None,
-        })
+    // Never seen renewing (this host just booted, or that one never did):
+    // no claim can have been seen either way; the owner's own lease has its
+    // rule for this (`Unjudged`).
+    let stale = others().find_map(|l| match l.last_renewal_ms {
+        Some(ms) if ms > fresh => Some(Owner::Stale {
+            host: l.host.clone(),
+            why: format!("its lease was last renewed {ms} ms ago"),
+        }),
+        _ => None,
+    });
+    stale.unwrap_or(owner)
 }
 
-/// A host other than this one and the owner whose lease is not expired and
-/// that publishes `vm`.
-fn claimer<'a>(leases: &'a [LeaseView], h: &Highest, host: &str, vm: &str) -> Option<&'a str> {
-    leases
-        .iter()
-        .find(|l| {
-            l.host != host
-                && h.owner.as_deref() != Some(l.host.as_str())
-                && !l.expired
-                && l.running.iter().any(|v| v == vm)
-        })
-        .map(|l| l.host.as_str())
+/// The leases of the hosts other than this one and the owner that have not
+/// expired: the hosts that may hold a claim on the VM (a claim of their
+/// own, `Claimed`, or one their record may not show yet, `Stale`).
+fn unexpired_others<'a>(
+    leases: &'a [LeaseView],
+    h: &'a Highest,
+    host: &'a str,
+) -> impl Iterator<Item = &'a LeaseView> {
+    leases.iter().filter(move |l| {
+        l.host != host && h.owner.as_deref() != Some(l.host.as_str()) && !l.expired
+    })
 }
 
 /// [`owner_state`] from the owner's lease alone.
