@@ -100,9 +100,24 @@ impl Shared {
 
 /// Renews the own lease every `renew` interval, forever.
 pub fn renewer(agent: Arc<Agent>, shared: Arc<Shared>, ftvmm: PathBuf) {
+    // When the last renewal's own steps ended, and when the next was due.
+    let mut last: Option<(BootInstant, BootInstant)> = None;
     loop {
         let issued = BootInstant::now();
+        // Time between renewals that no renewal's own steps account for
+        // (`renew_once` says those): this thread held up elsewhere (the
+        // guard's lock, the console, the scheduler).
+        if let Some((done, due)) = last {
+            let late = issued.saturating_duration_since(due.max(done));
+            if late >= agent.timing.timeout / 4 {
+                println!(
+                    "fencing: lease renewal started {} ms late, held up outside the renewal",
+                    late.as_millis()
+                );
+            }
+        }
         let r = agent.renew_once(issued);
+        last = Some((BootInstant::now(), issued + agent.timing.renew));
         for l in &r.lines {
             println!("{l}");
         }

@@ -49,6 +49,20 @@ pub struct Renewal {
     pub newly_preempted: bool,
 }
 
+/// How long the steps of one renewal took (steps 2–3, 4, 5).
+#[derive(Debug, Default, Clone, Copy)]
+struct StepTimes {
+    own: std::time::Duration,
+    others: std::time::Duration,
+    deposition: std::time::Duration,
+}
+
+impl StepTimes {
+    fn total(&self) -> std::time::Duration {
+        self.own + self.others + self.deposition
+    }
+}
+
 /// A `Request::Deposed` to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deposed {
@@ -79,7 +93,24 @@ impl Agent {
             self.check_fence(&mut r);
             return r;
         } else {
-            r.result = self.renew_held(now, &mut r);
+            let mut steps = StepTimes::default();
+            r.result = self.renew_held(now, &mut r, &mut steps);
+            // A renewal that takes a quarter of the lease timeout is on its
+            // way to letting the lease expire in the other hosts' view while
+            // this host lives (chaos seed 111, a host slowed to a quarter
+            // with its storage delayed): say where the time went.
+            if steps.total() >= self.timing.timeout / 4 {
+                r.lines.push(format!(
+                    "fencing: lease renewal took {} ms (own lease {} ms, other leases {} ms, \
+                     deposition watch {} ms); other hosts count the lease expired after {} ms \
+                     without one",
+                    steps.total().as_millis(),
+                    steps.own.as_millis(),
+                    steps.others.as_millis(),
+                    steps.deposition.as_millis(),
+                    self.timing.timeout.as_millis()
+                ));
+            }
         }
         self.count(now, &r.result, &mut r.lines);
         let held = self.slot_held();
@@ -156,15 +187,29 @@ impl Agent {
         })
     }
 
-    /// Steps 2–5.
-    fn renew_held(&self, now: BootInstant, r: &mut Renewal) -> Result<(), String> {
-        let rec = self.write_own(true, &mut r.lines)?;
+    /// Steps 2–5, timed into `steps`.
+    fn renew_held(
+        &self,
+        now: BootInstant,
+        r: &mut Renewal,
+        steps: &mut StepTimes,
+    ) -> Result<(), String> {
+        let t = std::time::Instant::now();
+        let rec = self.write_own(true, &mut r.lines);
+        steps.own = t.elapsed();
+        let rec = rec?;
         self.liveness
             .lock()
             .expect("lock")
             .own_renewed(self.me as usize, &rec, now);
-        let evidence = self.read_others()?;
-        let deposed = self.watch_deposition()?;
+        let t = std::time::Instant::now();
+        let evidence = self.read_others();
+        steps.others = t.elapsed();
+        let evidence = evidence?;
+        let t = std::time::Instant::now();
+        let deposed = self.watch_deposition();
+        steps.deposition = t.elapsed();
+        let deposed = deposed?;
         let mut f = self.freeze.lock().expect("lock");
         match evidence {
             Some(e) => {

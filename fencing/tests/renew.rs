@@ -308,3 +308,63 @@ fn an_own_older_record_landing_late_is_rewritten_not_taken_for_another_machine()
     io.write(slot, &other.encode(a.geo.block_len())).unwrap();
     assert!(a.renew_once(t0 + MS * 1500).result.is_err());
 }
+
+/// A block I/O whose reads take `delay` (a slow or loaded storage path).
+struct SlowReads {
+    inner: Arc<dyn BlockIo>,
+    delay: Mutex<Duration>,
+}
+
+impl BlockIo for SlowReads {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn read(&self, index: u64) -> std::io::Result<Block> {
+        std::thread::sleep(*self.delay.lock().unwrap());
+        self.inner.read(index)
+    }
+    fn write(&self, index: u64, data: &[u8]) -> std::io::Result<()> {
+        self.inner.write(index, data)
+    }
+}
+
+#[test]
+fn a_renewal_that_takes_a_quarter_of_the_lease_timeout_says_where_its_time_went() {
+    let (_d, inner) = region();
+    let slow = Arc::new(SlowReads {
+        inner,
+        delay: Mutex::new(Duration::ZERO),
+    });
+    let io: Arc<dyn BlockIo> = slow.clone();
+    let a = agent(&io, "host-a", 1);
+    take_slot(&a);
+    let r = a.renew_once(BootInstant::now());
+    r.result.unwrap();
+    assert!(
+        !r.lines.iter().any(|l| l.contains("lease renewal took")),
+        "{:?}",
+        r.lines
+    );
+    // Three hosts: one read of its own lease and two of the others'; with
+    // 700 ms each the renewal takes 2.1 s, past 8 s / 4.
+    *slow.delay.lock().unwrap() = MS * 700;
+    let r = a.renew_once(BootInstant::now());
+    r.result.unwrap();
+    let line = r
+        .lines
+        .iter()
+        .find(|l| l.contains("lease renewal took"))
+        .unwrap_or_else(|| panic!("no slow-renewal line: {:?}", r.lines));
+    let ms = |after: &str| -> u64 {
+        let rest = &line[line.find(after).unwrap() + after.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        ms("took ") >= 2_100 && ms("other leases ") >= 1_400,
+        "{line}"
+    );
+    assert!(
+        line.ends_with("other hosts count the lease expired after 8000 ms without one"),
+        "{line}"
+    );
+}

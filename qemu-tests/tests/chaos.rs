@@ -287,6 +287,7 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
     let finals = clients::final_gets(seed, &net, &rec);
     std::thread::sleep(Duration::from_secs(2));
     let frames = cluster.vm.stop_capture();
+    let t0 = rec.started();
     let history = rec.finish();
 
     // The steps as played (a gate's wait and renaming): what windows, pauses
@@ -301,11 +302,14 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
     report.ops = OpCounts::of(&points);
     report.linearizable = verdicts::linearizability(&history);
     report.lost_acked_writes = verdicts::final_values_on_disk(&cluster, &finals);
-    let consoles = verdicts::consoles(&fleet);
+    let consoles = verdicts::consoles(&fleet, t0);
     let (switches, held) = verdicts::guest_switches(&frames, &played.thaws);
-    // A switch is explained by a go-live; one that a cold start explains
-    // is a failure of its own (the VM restarted from disk: every connection
-    // broke), not two live copies; anything else is dual-live.
+    // A switch is explained by a go-live; one that a cold start explains is
+    // a double fault when the start's account holds up (`chaos::cold`: no
+    // member holding the VM's state was left; counted, not failed), else a
+    // failure of its own (the VM restarted from disk with a member holding
+    // its state alive: every connection broke for nothing); anything else is
+    // dual-live.
     let (lives, colds) = (consoles.golives.len(), consoles.cold_starts.len());
     if switches > lives + colds {
         report.dual_live.push(format!(
@@ -313,11 +317,15 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
              start(s) on the consoles"
         ));
     } else if switches > lives {
-        report
-            .cold_restarts
-            .extend(consoles.cold_starts.iter().map(|l| {
-                format!("guest frames switched host {switches} times, {lives} go-live(s); {l}")
-            }));
+        let windows = schedule.windows();
+        for (line, cold) in &consoles.cold_starts {
+            match chaos::cold::judge(cold, &windows, &consoles.said) {
+                Ok(account) => report.double_faults.push(format!("{line} ({account})")),
+                Err(why) => report.cold_restarts.push(format!(
+                    "guest frames switched host {switches} times, {lives} go-live(s); {line}: {why}"
+                )),
+            }
+        }
     }
     report.dual_live.extend(verdicts::stale_wins(&fleet));
     report.divergences = consoles.divergences.clone();

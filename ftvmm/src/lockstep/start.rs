@@ -154,7 +154,16 @@ pub fn win_start_generation(ctx: &StartCtx<'_>) -> Result<u64, StartError> {
         };
         match decision {
             Decision::Won => {
-                println!("ftvmm: vm {vm}: won generation {next} to start");
+                // The facts the start went by, for the operator and for the
+                // chaos verdict on a cold restart (it checks them against
+                // the faults it applied).
+                let why = start_reason(
+                    &h,
+                    ctx.host,
+                    &owner,
+                    leases.as_deref().map_err(|e| e.as_str()),
+                );
+                println!("ftvmm: vm {vm}: won generation {next} to start: {why}");
                 return Ok(next);
             }
             Decision::Lost { owner } => {
@@ -243,6 +252,50 @@ pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView
         _ => None,
     });
     stale.unwrap_or(owner)
+}
+
+/// Why a start went ahead, from the facts it went by (pure): the previous
+/// generation and what became of its owner, then every other host's lease.
+/// One line, `; `-separated: `first start (no generation on disk)` or
+/// `after <owner> (generation <g>): <its state>`, then `<host>: <state>` per
+/// other host, a state being `lease expired`, `renewing, does not publish the VM`,
+/// `not seen renewing yet` or (the owner) `alive, not publishing the VM`.
+/// `qemu_tests::chaos::cold` parses it: keep the two in step.
+pub fn start_reason(
+    h: &Highest,
+    host: &str,
+    owner: &Owner,
+    leases: Result<&[LeaseView], &str>,
+) -> String {
+    let mut parts = vec![match (h.generation, h.owner.as_deref()) {
+        (0, _) => "first start (no generation on disk)".to_string(),
+        (g, Some(o)) if o == host => format!("after this host (generation {g})"),
+        (g, Some(o)) => format!(
+            "after {o} (generation {g}): {}",
+            match owner {
+                Owner::Unpublished(_) => "alive, not publishing the VM",
+                _ => "lease expired",
+            }
+        ),
+        (g, None) => format!("after generation {g} (no owner recorded)"),
+    }];
+    match leases {
+        Err(e) => parts.push(format!("other leases unreadable ({e})")),
+        Ok(leases) => parts.extend(
+            leases
+                .iter()
+                .filter(|l| l.host != host && h.owner.as_deref() != Some(l.host.as_str()))
+                .map(|l| {
+                    let state = match (l.expired, l.last_renewal_ms) {
+                        (true, _) => "lease expired",
+                        (false, Some(_)) => "renewing, does not publish the VM",
+                        (false, None) => "not seen renewing yet",
+                    };
+                    format!("{}: {state}", l.host)
+                }),
+        ),
+    }
+    parts.join("; ")
 }
 
 /// The leases of the hosts other than this one and the owner that have not

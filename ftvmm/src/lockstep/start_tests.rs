@@ -482,3 +482,45 @@ fn a_host_publishing_the_vm_besides_its_owner_blocks_a_start_until_its_lease_exp
         Owner::Nobody
     );
 }
+
+#[test]
+fn a_start_says_what_became_of_the_owner_and_every_other_lease() {
+    let h = Highest {
+        generation: 2,
+        owner: Some("host-a".into()),
+        config_generation: 1,
+    };
+    let mut never = lease("host-d", false, false, &[]);
+    never.last_renewal_ms = None;
+    let leases = [
+        lease("host-a", false, true, &["kv"]),
+        lease("host-b", false, true, &[]),
+        lease("host-c", true, false, &[]),
+        never,
+    ];
+    let why = |owner: &Owner| start_reason(&h, "host-c", owner, Ok(&leases));
+    assert_eq!(
+        why(&Owner::Nobody),
+        "after host-a (generation 2): lease expired; host-b: lease expired; \
+         host-d: not seen renewing yet"
+    );
+    assert!(why(&Owner::Unpublished("host-a".into()))
+        .starts_with("after host-a (generation 2): alive, not publishing the VM; "));
+    let first = Highest {
+        generation: 0,
+        owner: None,
+        config_generation: 0,
+    };
+    assert_eq!(
+        start_reason(&first, "host-a", &Owner::Nobody, Ok(&leases[2..3])),
+        "first start (no generation on disk); host-c: renewing, does not publish the VM"
+    );
+    let own = Highest {
+        owner: Some("host-c".into()),
+        ..h.clone()
+    };
+    assert_eq!(
+        start_reason(&own, "host-c", &Owner::Nobody, Err("device gone")),
+        "after this host (generation 2); other leases unreadable (device gone)"
+    );
+}

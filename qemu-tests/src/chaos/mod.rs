@@ -13,6 +13,7 @@
 //!   the [`Gate`] of a second pair failure (`FT_CHAOS_SEQUENTIAL=1`).
 //! - [`pair_watch`]: what the gate reads on the consoles: protected again by
 //!   a respawn, or a pair failure that cost no member.
+//! - [`cold`]: judging a cold restart: a double fault, or a bug.
 //! - [`report`]: [`RunReport`], [`CampaignReport`] (JSON, and a fixed-width
 //!   table for people with the line that replays a failing seed).
 //! - [`plot`]: [`plot::plot_run`], latency over time as SVG.
@@ -25,6 +26,7 @@
 //! `FT_CHAOS_SEQUENTIAL=1` ([`sequential_from_env`]) allows a second pair
 //! failure after a respawn; a replay needs it too ([`replay_line`]).
 
+pub mod cold;
 pub mod draw;
 pub mod fault;
 mod model;

@@ -92,6 +92,11 @@ pub struct RunReport {
     /// no go-live explains the switch (chaos seed 105).
     #[serde(default)]
     pub cold_restarts: Vec<String>,
+    /// Cold restarts after a double fault (`super::cold::judge`): no member
+    /// holding the VM's state was left, so starting it from its disk was the
+    /// only way back. Beyond what a pair promises: counted, not failed.
+    #[serde(default)]
+    pub double_faults: Vec<String>,
     /// The VM stopped serving: a client that could not reconnect, final
     /// reads without an answer.
     #[serde(default)]
@@ -128,6 +133,7 @@ impl RunReport {
             dual_live: Vec::new(),
             divergences: Vec::new(),
             cold_restarts: Vec::new(),
+            double_faults: Vec::new(),
             unavailable: Vec::new(),
             unprotected: Vec::new(),
             pauses_ms: Vec::new(),
@@ -264,6 +270,9 @@ pub struct CampaignReport {
     pub divergences: Vec<SeedNote>,
     #[serde(default)]
     pub cold_restarts: Vec<SeedNote>,
+    /// [`RunReport::double_faults`] of every run.
+    #[serde(default)]
+    pub double_faults: Vec<SeedNote>,
     pub by_kind: BTreeMap<FaultKind, KindStats>,
     /// The runs had `FT_CHAOS_SEQUENTIAL=1` (their replay lines say so).
     #[serde(default)]
@@ -283,6 +292,7 @@ impl CampaignReport {
             dual_live: Vec::new(),
             divergences: Vec::new(),
             cold_restarts: Vec::new(),
+            double_faults: Vec::new(),
             by_kind: BTreeMap::new(),
             sequential: runs.iter().any(|r| r.schedule.params.sequential()),
         };
@@ -315,6 +325,7 @@ impl CampaignReport {
             c.dual_live.extend(r.dual_live.iter().map(note));
             c.divergences.extend(r.divergences.iter().map(note));
             c.cold_restarts.extend(r.cold_restarts.iter().map(note));
+            c.double_faults.extend(r.double_faults.iter().map(note));
             for step in &r.schedule.steps {
                 c.by_kind.entry(step.fault.kind()).or_default().faults += 1;
             }
@@ -382,11 +393,13 @@ impl CampaignReport {
         );
         let _ = writeln!(
             out,
-            "lost acked writes: {}, dual-live: {}, divergences: {}, cold restarts: {}",
+            "lost acked writes: {}, dual-live: {}, divergences: {}, cold restarts: {} (and {} \
+             after a double fault)",
             self.lost_acked_writes.len(),
             self.dual_live.len(),
             self.divergences.len(),
-            self.cold_restarts.len()
+            self.cold_restarts.len(),
+            self.double_faults.len()
         );
         let _ = writeln!(
             out,
@@ -406,6 +419,13 @@ impl CampaignReport {
                 s.recovery.n,
                 ms(s.recovery.median_ms),
                 ms(s.recovery.max_ms)
+            );
+        }
+        for d in &self.double_faults {
+            let _ = writeln!(
+                out,
+                "double fault, seed {}: cold restart {}",
+                d.seed, d.what
             );
         }
         for f in &self.failed {

@@ -49,6 +49,8 @@ fn campaign_runs() -> Vec<RunReport> {
     r2.linearizable = Verdict::Linearizable;
     r2.pauses_ms = vec![(Kill, 3_000), (Kill, 2_000)];
     r2.recovery_ms = vec![(Kill, 7_000), (Freeze, 100)];
+    // Counted, never failing: no member holding the VM's state was left.
+    r2.double_faults = vec!["host-c [40.1] ftvmm: vm kv: won generation 3 to start: … (…)".into()];
 
     let mut r3 = RunReport::new(schedule(12, vec![]));
     r3.ops.ok = 10;
@@ -134,6 +136,8 @@ fn campaign_aggregates() {
     assert_eq!(c.lost_acked_writes[0].seed, 12);
     assert_eq!(c.dual_live.len(), 1);
     assert_eq!(c.cold_restarts.len(), 1);
+    assert_eq!(c.double_faults.len(), 1);
+    assert_eq!(c.double_faults[0].seed, 11);
     assert!(
         c.failed[0].what.contains("cold restart: host-c"),
         "{}",
@@ -194,7 +198,14 @@ fn campaign_table() {
         "{t}"
     );
     assert!(
-        t.contains("lost acked writes: 1, dual-live: 1, divergences: 0, cold restarts: 1"),
+        t.contains(
+            "lost acked writes: 1, dual-live: 1, divergences: 0, cold restarts: 1 (and 1 after a \
+             double fault)"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("double fault, seed 11: cold restart host-c [40.1]"),
         "{t}"
     );
     assert_eq!(

@@ -159,6 +159,11 @@ impl Recorder {
         }
     }
 
+    /// When the recorder was made: time zero of [`Recorder::now`].
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// Nanoseconds since the recorder was made.
     pub fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)

@@ -66,44 +66,55 @@ pub fn points(h: &History) -> Vec<OpPoint> {
 pub struct Consoles {
     pub golives: Vec<String>,
     /// `won generation <g> to start` after the first start (g > 1): the VM
-    /// booted again from its disk.
-    pub cold_starts: Vec<String>,
+    /// booted again from its disk. The line for people, and as parsed.
+    pub cold_starts: Vec<(String, chaos::cold::ColdStart)>,
     pub divergences: Vec<String>,
     pub generations: Vec<String>,
+    /// The generation lines by host name on the run's clock, for judging a
+    /// cold start ([`chaos::cold::judge`]).
+    pub said: Vec<chaos::cold::Said>,
 }
 
-pub fn consoles(fleet: &Fleet) -> Consoles {
+/// The consoles' findings; `t0` is the run clock's zero (the recorder's
+/// start), to place console lines among the schedule's steps.
+pub fn consoles(fleet: &Fleet, t0: Instant) -> Consoles {
     let live = regex::Regex::new(&format!(
         r"ftvmm: vm {VM}: won generation \d+; live as primary"
     ))
     .expect("a valid regex");
     let generation = regex::Regex::new(&format!(
-        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed|suspected|deferring the race|racing for)|ftvmm: lockstep: primary .* hands over"
+        r"ftvmm: vm {VM}: .*(won generation|lost generation|superseded|deposed|halting|handing|handed|suspected|deferring the race|racing for|asking for generation)|ftvmm: lockstep: primary .* hands over"
     ))
     .expect("a valid regex");
-    let cold = regex::Regex::new(&format!(r"ftvmm: vm {VM}: won generation (\d+) to start"))
-        .expect("a valid regex");
     let mut c = Consoles {
         golives: Vec::new(),
         cold_starts: Vec::new(),
         divergences: Vec::new(),
         generations: Vec::new(),
+        said: Vec::new(),
     };
     for host in fleet.processes() {
         let name = fleet.label(host);
         for l in host.console().lines() {
             let line = format!("{name} [{:.3}] {}", l.at.as_secs_f64(), l.text);
-            if cold
-                .captures(&l.text)
-                .is_some_and(|m| m[1].parse::<u64>().is_ok_and(|g| g > 1))
+            let at_ms = (host.spawned_at() + l.at)
+                .saturating_duration_since(t0)
+                .as_millis() as u64;
+            if let Some(cold) = chaos::cold::parse(host.name(), at_ms, VM, &l.text)
+                .filter(|cold| cold.generation > 1)
             {
-                c.cold_starts.push(line.clone());
+                c.cold_starts.push((line.clone(), cold));
             }
             if live.is_match(&l.text) {
                 c.golives.push(line);
             } else if l.text.contains("lockstep divergence") {
                 c.divergences.push(line);
             } else if generation.is_match(&l.text) {
+                c.said.push(chaos::cold::Said {
+                    host: host.name().to_string(),
+                    at_ms,
+                    text: l.text.clone(),
+                });
                 c.generations.push(line);
             }
         }
