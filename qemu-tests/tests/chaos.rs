@@ -23,7 +23,11 @@
 //! GET without an answer; more switches of the host emitting guest frames
 //! than go-lives on the consoles of all QEMU processes (`won generation N;
 //! live as primary`), frames a thawed host's NIC held at its freeze left
-//! out; a rebooted host winning a generation won before it booted; `lockstep
+//! out — a switch that a cold start (`won generation N to start: <why>`,
+//! N > 1) explains is a double fault, counted and not failed, only when
+//! `chaos::cold::judge` finds its account true against the schedule and
+//! the consoles (no member holding the VM's state was left), else a failed
+//! `cold restart`; a rebooted host winning a generation won before it booted; `lockstep
 //! divergence` on any console; a client that could not reconnect; the VM not
 //! protected again at the end while two hosts run. Faults the harness failed
 //! to apply are notes. Per run it writes `report.json`,
