@@ -705,14 +705,25 @@ impl Member {
                     "{} silent on the logging channel for {silent_ms} ms",
                     self.peer
                 );
+                // Said: a drain can take seconds on a loaded host, and while
+                // it lasts this host claims the VM (it publishes `g + 1`).
+                let line = self.say(format!(
+                    "primary {} suspected ({why}); replaying what the log holds, then asking \
+                     for generation {}",
+                    self.peer,
+                    g + 1
+                ));
                 (
                     Some(State::Draining {
                         g,
                         why: why.clone(),
                     }),
-                    vec![Action::CloseLink {
-                        reason: format!("primary suspected: {why}"),
-                    }],
+                    vec![
+                        Action::CloseLink {
+                            reason: format!("primary suspected: {why}"),
+                        },
+                        line,
+                    ],
                 )
             }
             (State::Following { .. } | State::Draining { .. }, Event::ReplayExhausted { at }) => {

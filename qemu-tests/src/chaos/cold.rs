@@ -16,8 +16,8 @@
 //!   [`RECENT_MS`] before the start — an expiry nothing in the schedule
 //!   explains is a bug, not a double fault;
 //! - no host the line names as renewing had an open claim on its console
-//!   (asking for, racing for or deferring a generation of the VM, not yet
-//!   ended by a loss) within [`RECENT_MS`] before the start.
+//!   (draining towards, asking for, racing for or deferring a generation of
+//!   the VM, not yet ended by a loss) within [`RECENT_MS`] before the start.
 
 use super::fault::Fault;
 use super::schedule::Window;
@@ -112,8 +112,9 @@ fn stops_renewals(fault: &Fault, host: &str) -> bool {
     }
 }
 
-const CLAIMS: [&str; 4] = [
+const CLAIMS: [&str; 5] = [
     "asking for generation",
+    "replaying what the log holds, then asking",
     "racing for generation",
     "deferring the race",
     "handing the VM over",

@@ -144,6 +144,14 @@ fn a_renewing_host_with_an_open_claim_makes_the_cold_start_wrong() {
         why.contains("host-b renewed and claimed the VM at 31000 ms"),
         "{why}"
     );
+    // Draining (before it asks) is a claim too.
+    let draining = said(
+        "host-b",
+        30_000,
+        "ftvmm: vm kv: primary host-a suspected (x); replaying what the log holds, then asking \
+         for generation 3",
+    );
+    assert!(judge(&c, &cut, std::slice::from_ref(&draining)).is_err());
     // The claim ended (it lost) before the start: no state left there.
     let lost = said(
         "host-b",
