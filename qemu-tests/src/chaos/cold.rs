@@ -10,7 +10,9 @@
 //! lease. [`judge`] accepts the restart only if that account holds up against
 //! what the harness knows on its own:
 //! - the previous owner's lease expired (an owner alive and not publishing
-//!   the VM stopped it: not a cold restart this harness provokes);
+//!   the VM stopped it: not a cold restart this harness provokes), or the
+//!   highest generation was never decided (an Acquire that died with its
+//!   host: no owner recorded) and some other host's lease expired;
 //! - every host the line names `lease expired` was under a fault that stops
 //!   renewals (a kill, freeze, slow-down or storage fault) within
 //!   [`RECENT_MS`] before the start — an expiry nothing in the schedule
@@ -38,6 +40,19 @@ pub enum Seen {
     AliveNotPublishing,
 }
 
+/// What a start line says about the generation before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Previous {
+    /// `after <owner> (generation <g>): <state>`.
+    Owner(String, Seen),
+    /// `after generation <g> (no owner recorded)`: never decided.
+    Undecided,
+    /// `after this host (generation <g>)`.
+    ThisHost,
+    /// `first start …`, or a line without reasons (an older image).
+    None,
+}
+
 /// A parsed `won generation <g> to start: <why>` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColdStart {
@@ -45,9 +60,7 @@ pub struct ColdStart {
     /// On the run's clock (the recorder's, as the schedule's steps).
     pub at_ms: u64,
     pub generation: u64,
-    /// The previous generation's owner and its state (`None`: the line
-    /// names none, or this host).
-    pub owner: Option<(String, Seen)>,
+    pub previous: Previous,
     pub others: Vec<(String, Seen)>,
 }
 
@@ -80,10 +93,17 @@ pub fn parse(host: &str, at_ms: u64, vm: &str, text: &str) -> Option<ColdStart> 
     let why = why.strip_prefix(": ").unwrap_or("");
     let mut parts = why.split("; ");
     let first = parts.next().unwrap_or("");
-    let owner = first
-        .strip_prefix("after ")
-        .and_then(|o| o.split_once(" (generation "))
-        .and_then(|(o, tail)| Some((o.to_string(), seen(tail.split_once("): ")?.1)?)));
+    let previous = match first.strip_prefix("after ") {
+        Some(o) if o.starts_with("this host (generation ") => Previous::ThisHost,
+        Some(o) if o.starts_with("generation ") && o.ends_with(" (no owner recorded)") => {
+            Previous::Undecided
+        }
+        Some(o) => o
+            .split_once(" (generation ")
+            .and_then(|(o, tail)| Some(Previous::Owner(o.into(), seen(tail.split_once("): ")?.1)?)))
+            .unwrap_or(Previous::None),
+        None => Previous::None,
+    };
     let others = parts
         .filter_map(|p| {
             let (h, s) = p.split_once(": ")?;
@@ -94,7 +114,7 @@ pub fn parse(host: &str, at_ms: u64, vm: &str, text: &str) -> Option<ColdStart> 
         host: host.to_string(),
         at_ms,
         generation,
-        owner,
+        previous,
         others,
     })
 }
@@ -131,21 +151,29 @@ const ENDS: [&str; 5] = [
 /// the report) or says why it is not one (module doc). `windows`: the fault
 /// windows as played; `said`: the VM's generation lines on every console.
 pub fn judge(cold: &ColdStart, windows: &[Window], said: &[Said]) -> Result<String, String> {
-    let Some((owner, state)) = &cold.owner else {
-        return Err("the start names no previous owner whose lease expired".into());
+    let owner = match &cold.previous {
+        Previous::Owner(o, Seen::LeaseExpired) => Some(o),
+        Previous::Owner(o, state) => {
+            return Err(format!("its previous owner {o} was {state:?}, not expired"))
+        }
+        Previous::Undecided => None,
+        Previous::ThisHost | Previous::None => {
+            return Err("the start names no previous owner whose lease expired".into())
+        }
     };
-    if *state != Seen::LeaseExpired {
-        return Err(format!(
-            "its previous owner {owner} was {state:?}, not expired"
-        ));
-    }
     let from = cold.at_ms.saturating_sub(RECENT_MS);
     let mut account = Vec::new();
-    let expired = std::iter::once(owner).chain(
-        (cold.others.iter())
-            .filter(|(_, s)| *s == Seen::LeaseExpired)
-            .map(|(h, _)| h),
-    );
+    let expired: Vec<&String> = owner
+        .into_iter()
+        .chain(
+            (cold.others.iter())
+                .filter(|(_, s)| *s == Seen::LeaseExpired)
+                .map(|(h, _)| h),
+        )
+        .collect();
+    if expired.is_empty() {
+        return Err("no host named whose lease expired: nobody held the VM's state".into());
+    }
     for h in expired {
         let fault = windows
             .iter()

@@ -45,11 +45,14 @@ fn seed_111_windows() -> Vec<Window> {
 fn a_start_line_parses_into_the_owner_and_every_other_lease() {
     let c = parse("host-c", 58_000, "kv", SEED_111).unwrap();
     assert_eq!(c.generation, 3);
-    assert_eq!(c.owner, Some(("host-a".into(), Seen::LeaseExpired)));
+    assert_eq!(
+        c.previous,
+        Previous::Owner("host-a".into(), Seen::LeaseExpired)
+    );
     assert_eq!(c.others, vec![("host-b".into(), Seen::LeaseExpired)]);
     // An older line without reasons, or another VM's, or not a start.
     let bare = parse("host-c", 1, "kv", "ftvmm: vm kv: won generation 2 to start").unwrap();
-    assert_eq!((bare.owner, bare.others.len()), (None, 0));
+    assert_eq!((bare.previous, bare.others.len()), (Previous::None, 0));
     assert_eq!(parse("host-c", 1, "db", SEED_111), None);
     assert_eq!(
         parse(
@@ -68,7 +71,7 @@ fn a_start_line_parses_into_the_owner_and_every_other_lease() {
          renewing, does not publish the VM",
     )
     .unwrap();
-    assert_eq!(own.owner, None);
+    assert_eq!(own.previous, Previous::ThisHost);
     assert_eq!(own.others, vec![("host-b".into(), Seen::Renewing)]);
 }
 
@@ -181,4 +184,20 @@ fn an_owner_alive_or_unnamed_is_never_a_double_fault() {
     )
     .unwrap();
     assert!(judge(&bare, &seed_111_windows(), &[]).is_err());
+}
+
+#[test]
+fn an_undecided_highest_generation_is_judged_by_the_leases_named() {
+    // Seed 111's replay: host-a (slowed) began re-winning generation 3 and
+    // was reset by its watchdog before a decision; host-b killed.
+    let line = "ftvmm: vm kv: won generation 4 to start: after generation 3 (no owner recorded); \
+                host-a: lease expired; host-b: lease expired";
+    let c = parse("host-c", 30_000, "kv", line).unwrap();
+    assert_eq!(c.previous, Previous::Undecided);
+    assert!(judge(&c, &seed_111_windows(), &[]).is_ok());
+    // Nobody named expired: nobody held the state it lost.
+    let line = "ftvmm: vm kv: won generation 4 to start: after generation 3 (no owner recorded); \
+                host-a: renewing, does not publish the VM";
+    let c = parse("host-c", 30_000, "kv", line).unwrap();
+    assert!(judge(&c, &seed_111_windows(), &[]).is_err());
 }
