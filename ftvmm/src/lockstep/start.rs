@@ -256,10 +256,12 @@ pub fn owner_state(h: &Highest, host: &str, vm: &str, leases: Result<&[LeaseView
 
 /// Why a start went ahead, from the facts it went by (pure): the previous
 /// generation and what became of its owner, then every other host's lease.
-/// One line, `; `-separated: `first start (no generation on disk)` or
-/// `after <owner> (generation <g>): <its state>`, then `<host>: <state>` per
-/// other host, a state being `lease expired`, `renewing, does not publish the VM`,
-/// `not seen renewing yet` or (the owner) `alive, not publishing the VM`.
+/// One line, `; `-separated: `first start (no generation on disk)`,
+/// `after this host (generation <g>)`, `after generation <g> (no owner
+/// recorded)` (an Acquire that was never decided) or `after <owner>
+/// (generation <g>): <its state>`, then `<host>: <state>` per other host, a
+/// state being `lease expired`, `renewing, does not publish the VM`, `not
+/// seen renewing yet` or (the owner) `alive, not publishing the VM`.
 /// `qemu_tests::chaos::cold` parses it: keep the two in step.
 pub fn start_reason(
     h: &Highest,
