@@ -515,6 +515,14 @@ fn a_start_says_what_became_of_the_owner_and_every_other_lease() {
         start_reason(&first, "host-a", &Owner::Nobody, Ok(&leases[2..3])),
         "first start (no generation on disk); host-c: renewing, does not publish the VM"
     );
+    let undecided = Highest {
+        owner: None,
+        ..h.clone()
+    };
+    assert!(
+        start_reason(&undecided, "host-c", &Owner::Nobody, Ok(&leases))
+            .starts_with("after generation 2 (no owner recorded); host-a: lease expired; ")
+    );
     let own = Highest {
         owner: Some("host-c".into()),
         ..h.clone()
