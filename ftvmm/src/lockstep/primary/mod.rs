@@ -484,8 +484,11 @@ impl PrimaryLog {
 
     /// How long the oldest sent batch the Secondary has not acknowledged
     /// (received) has waited since it was taken for sending; zero when
-    /// every sent batch is acknowledged. A receiving Secondary acknowledges
-    /// within a round trip plus its progress period (`link.rs`).
+    /// every sent batch is acknowledged, and zero before the first ack of
+    /// this log (a Secondary still building its VM reports late; until it
+    /// acks once, only the channel's silence counts). Receipt acks ride on
+    /// the Secondary's progress reports (`link.rs`): a receiving Secondary
+    /// acknowledges within a round trip plus its progress period.
     pub fn unacked_for(&self) -> Duration {
         let st = self.lock();
         if st.stats.acks == 0 {
