@@ -197,7 +197,8 @@ pub fn judge(cold: &ColdStart, windows: &[Window], said: &[Said]) -> Result<Stri
             .iter()
             .filter(|s| &s.host == h && s.at_ms >= from && s.at_ms <= cold.at_ms)
             .filter(|s| CLAIMS.iter().chain(&ENDS).any(|k| s.text.contains(k)))
-            .last();
+            // The latest by time: `said` is by process, not in time order.
+            .max_by_key(|s| s.at_ms);
         if let Some(s) = last.filter(|s| CLAIMS.iter().any(|k| s.text.contains(k))) {
             return Err(format!(
                 "{h} renewed and claimed the VM at {} ms: {}",
