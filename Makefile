@@ -78,6 +78,7 @@ bench: image
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench -- --ft-throttle until-ack,fixed
 	$(CARGO) bench -p heartbeat --bench flood
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
+	$(CARGO) test --release -p fencing --lib decide_bench -- --ignored --nocapture
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60

@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 
 use crate::layout::{view_paxos, Block, Geometry, PaxosBlock, SlotView};
 
-pub use decide::{backoff_wait, decide, Ask, DecideError, BACKOFF_DOUBLINGS};
+pub use decide::{backoff_wait, decide, decide_with, Ask, DecideError, Exec, BACKOFF_DOUBLINGS};
 
 /// Identifies one I/O request of a proposer.
 pub type Token = u64;

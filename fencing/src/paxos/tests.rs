@@ -278,3 +278,158 @@ fn the_backoff_window_doubles_with_each_abort_in_a_row_up_to_a_cap() {
     assert_eq!(window(5), window(50), "the window stops growing");
     assert_eq!(super::backoff_wait(base, 3, 0.0), Duration::ZERO);
 }
+
+/// A block I/O that takes `delay` per request and counts how many were in
+/// flight at once (a slow storage path).
+struct Slow {
+    inner: Arc<RegionIo>,
+    delay: Duration,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Slow {
+    fn new(inner: Arc<RegionIo>, delay: Duration) -> Slow {
+        Slow {
+            inner,
+            delay,
+            in_flight: 0.into(),
+            most: 0.into(),
+            requests: 0.into(),
+        }
+    }
+
+    fn around<T>(&self, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.requests.fetch_add(1, SeqCst);
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(self.delay);
+        let r = f();
+        self.in_flight.fetch_sub(1, SeqCst);
+        r
+    }
+}
+
+impl BlockIo for Slow {
+    fn block_size(&self) -> usize {
+        self.inner.block_size()
+    }
+    fn read(&self, index: u64) -> std::io::Result<Block> {
+        self.around(|| self.inner.read(index))
+    }
+    fn write(&self, index: u64, data: &[u8]) -> std::io::Result<()> {
+        self.around(|| self.inner.write(index, data))
+    }
+}
+
+#[test]
+fn a_phase_reads_every_other_block_at_once_and_contenders_still_agree() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let g = geo(5);
+    let (_d, io) = region(&g);
+    // 50 ms per request: the four reads overlap even on a loaded machine.
+    let slow = Slow::new(Arc::clone(&io), Duration::from_millis(50));
+    let o = decide(&slow, ask(g, 1, 5, 11), far(), Duration::from_millis(5)).unwrap();
+    assert!(matches!(o, Outcome::Decided { owner: 1, .. }), "{o:?}");
+    // A lone proposer's phases read the four other blocks together.
+    assert_eq!(slow.most.load(SeqCst), 4);
+    // One at a time, as before.
+    let seq = Slow::new(Arc::clone(&io), Duration::from_millis(2));
+    let o = decide_with(
+        &seq,
+        ask(g, 2, 6, 12),
+        far(),
+        Duration::from_millis(5),
+        Exec::Sequential,
+    )
+    .unwrap();
+    assert!(matches!(o, Outcome::Decided { owner: 2, .. }), "{o:?}");
+    assert_eq!(seq.most.load(SeqCst), 1);
+    // Five batched proposers on a slow path, several generations: one owner
+    // each, the same for all.
+    let slow = Arc::new(Slow::new(io, Duration::from_millis(1)));
+    for generation in 7..=9u64 {
+        let outcomes: Vec<Outcome> = (0..5)
+            .map(|me| {
+                let slow = Arc::clone(&slow);
+                std::thread::spawn(move || {
+                    decide(
+                        &*slow,
+                        ask(g, me, generation, 10 + u64::from(me)),
+                        far(),
+                        Duration::from_millis(3),
+                    )
+                    .unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(
+            matches!(outcomes[0], Outcome::Decided { .. })
+                && outcomes.iter().all(|o| *o == outcomes[0]),
+            "generation {generation}: {outcomes:?}"
+        );
+    }
+}
+
+/// `make bench`: one uncontended decision's time with every request taking
+/// `delay` (a storage round trip), one at a time against batched, side by
+/// side. Run: `cargo test --release -p fencing --lib decide_bench --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: make bench"]
+fn decide_bench() {
+    println!("decide_bench: one uncontended Disk Paxos decision, every request taking <delay>");
+    println!(
+        "{:>5} {:>9} | {:>14} {:>8} | {:>14} {:>8} | {:>6}",
+        "hosts", "delay ms", "sequential ms", "requests", "batched ms", "rounds", "ratio"
+    );
+    for hosts in [3usize, 8] {
+        for delay_ms in [1u64, 5, 20] {
+            let g = geo(hosts);
+            let (_d, io) = region(&g);
+            let time = |exec: Exec, generation: u64| {
+                let slow = Slow::new(Arc::clone(&io), Duration::from_millis(delay_ms));
+                let t = std::time::Instant::now();
+                let o = decide_with(
+                    &slow,
+                    ask(g, 0, generation, 1),
+                    far(),
+                    Duration::from_millis(5),
+                    exec,
+                )
+                .unwrap();
+                assert!(matches!(o, Outcome::Decided { owner: 0, .. }));
+                (
+                    t.elapsed(),
+                    slow.requests.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            };
+            // Alternate, three each, medians (the machine is shared).
+            let mut seq = Vec::new();
+            let mut bat = Vec::new();
+            for i in 0..3u64 {
+                seq.push(time(Exec::Sequential, 10 + 2 * i));
+                bat.push(time(Exec::Batched, 11 + 2 * i));
+            }
+            seq.sort();
+            bat.sort();
+            let (s, b) = (seq[1], bat[1]);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "{:>5} {:>9} | {:>14.1} {:>8} | {:>14.1} {:>8.1} | {:>6.2}",
+                hosts,
+                delay_ms,
+                ms(s.0),
+                s.1,
+                ms(b.0),
+                ms(b.0) / delay_ms as f64,
+                ms(b.0) / ms(s.0)
+            );
+        }
+    }
+}
