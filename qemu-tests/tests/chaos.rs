@@ -23,8 +23,8 @@
 //! GET without an answer; more switches of the host emitting guest frames
 //! than go-lives on the consoles of all QEMU processes (`won generation N;
 //! live as primary`), frames a thawed host's NIC held at its freeze left
-//! out — a switch that a cold start (`won generation N to start: <why>`,
-//! N > 1) explains is a double fault, counted and not failed, only when
+//! out, and cold starts; every cold start (`won generation N to start:
+//! <why>`, N > 1) is a double fault, counted and not failed, only when
 //! `chaos::cold::judge` finds its account true against the schedule and
 //! the consoles (no member holding the VM's state was left), else a failed
 //! `cold restart`; a rebooted host winning a generation won before it booted; `lockstep
@@ -308,27 +308,28 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
     report.lost_acked_writes = verdicts::final_values_on_disk(&cluster, &finals);
     let consoles = verdicts::consoles(&fleet, t0);
     let (switches, held) = verdicts::guest_switches(&frames, &played.thaws);
-    // A switch is explained by a go-live; one that a cold start explains is
-    // a double fault when the start's account holds up (`chaos::cold`: no
-    // member holding the VM's state was left; counted, not failed), else a
-    // failure of its own (the VM restarted from disk with a member holding
-    // its state alive: every connection broke for nothing); anything else is
-    // dual-live.
+    // A switch is explained by a go-live or a cold start; anything else is
+    // dual-live. Every cold start after the first generation is judged,
+    // whether or not the switch count needs it (seed 111's replay on this
+    // stop: host-c's cold start was hidden behind host-b's go-live, whose
+    // output never flowed): a double fault when its account holds up
+    // (`chaos::cold`: no member holding the VM's state was left; counted,
+    // not failed), else a failure of its own (the VM restarted from disk
+    // with a member holding its state alive).
     let (lives, colds) = (consoles.golives.len(), consoles.cold_starts.len());
     if switches > lives + colds {
         report.dual_live.push(format!(
             "guest frames switched host {switches} times, {lives} go-live(s) and {colds} cold \
              start(s) on the consoles"
         ));
-    } else if switches > lives {
-        let windows = schedule.windows();
-        for (line, cold) in &consoles.cold_starts {
-            match chaos::cold::judge(cold, &windows, &consoles.said) {
-                Ok(account) => report.double_faults.push(format!("{line} ({account})")),
-                Err(why) => report.cold_restarts.push(format!(
-                    "guest frames switched host {switches} times, {lives} go-live(s); {line}: {why}"
-                )),
-            }
+    }
+    let windows = schedule.windows();
+    for (line, cold) in &consoles.cold_starts {
+        match chaos::cold::judge(cold, &windows, &consoles.said) {
+            Ok(account) => report.double_faults.push(format!("{line} ({account})")),
+            Err(why) => report.cold_restarts.push(format!(
+                "guest frames switched host {switches} times, {lives} go-live(s); {line}: {why}"
+            )),
         }
     }
     report.dual_live.extend(verdicts::stale_wins(&fleet));
