@@ -80,8 +80,51 @@ pub struct Shared {
     pub agent: Mutex<Result<Arc<Agent>, String>>,
     pub guard: Mutex<Guard>,
     pub watchdog: Mutex<WatchdogSlot>,
-    /// Held while one grant is computed, sent and answered.
-    pub grant_lock: Mutex<()>,
+    /// Held while one grant is computed, sent and answered; how slowly
+    /// ftvmm answered lately.
+    pub grant_lock: Mutex<AnswerTimes>,
+}
+
+/// ftvmm's slow answers to grants, said at most every [`AnswerTimes::EVERY`]:
+/// a hold must be confirmed within `confirm` of a grant's sending, so answers
+/// that take half of that are the first sign of a host about to be reset by
+/// its own watchdog (chaos seed 111: a host slowed to a quarter).
+#[derive(Debug, Default)]
+pub struct AnswerTimes {
+    worst: std::time::Duration,
+    said_at: Option<BootInstant>,
+}
+
+impl AnswerTimes {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// An answer that took `took`, at `now`; the line to say, if any.
+    pub fn note(
+        &mut self,
+        took: std::time::Duration,
+        now: BootInstant,
+        confirm: std::time::Duration,
+    ) -> Option<String> {
+        if took < confirm / 2 {
+            return None;
+        }
+        self.worst = self.worst.max(took);
+        if self
+            .said_at
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::EVERY)
+        {
+            return None;
+        }
+        self.said_at = Some(now);
+        let worst = std::mem::take(&mut self.worst);
+        Some(format!(
+            "fencing: ftvmm took {} ms to answer an output grant (the slowest in {} s; a hold \
+             must be confirmed within {} ms)",
+            worst.as_millis(),
+            Self::EVERY.as_secs(),
+            confirm.as_millis()
+        ))
+    }
 }
 
 impl Shared {
@@ -93,7 +136,7 @@ impl Shared {
                 state: NOT_OPENED.into(),
                 ..WatchdogSlot::default()
             }),
-            grant_lock: Mutex::new(()),
+            grant_lock: Mutex::new(AnswerTimes::default()),
         }
     }
 }
@@ -152,7 +195,7 @@ pub fn renewer(agent: Arc<Agent>, shared: Arc<Shared>, ftvmm: PathBuf) {
 
 /// Sends one `OutputGrant` computed now, and takes ftvmm's answer.
 pub fn send_grant(agent: &Agent, shared: &Shared, ftvmm: &Path) {
-    let _one_at_a_time = shared.grant_lock.lock().expect("lock");
+    let mut one_at_a_time = shared.grant_lock.lock().expect("lock");
     let sent_at = BootInstant::now();
     let grant = shared.guard.lock().expect("lock").grant(sent_at);
     let epoch = agent.grant_sent();
@@ -171,6 +214,13 @@ pub fn send_grant(agent: &Agent, shared: &Shared, ftvmm: &Path) {
         Ok(other) => Err(format!("answered {other:?}")),
         Err(e) => Err(e.to_string()),
     };
+    let now = BootInstant::now();
+    if answer.is_ok() {
+        let took = now.saturating_duration_since(sent_at);
+        if let Some(l) = one_at_a_time.note(took, now, agent.timing.confirm) {
+            println!("{l}");
+        }
+    }
     let lines = shared
         .guard
         .lock()
@@ -329,6 +379,35 @@ pub fn start(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf, ftvmm: P
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slow_grant_answers_are_said_at_most_every_five_seconds_with_the_worst() {
+        use super::AnswerTimes;
+        use config_schema::clock::BootInstant;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let t0 = BootInstant::now();
+        let confirm = ms(500);
+        let mut a = AnswerTimes::default();
+        assert_eq!(a.note(ms(249), t0, confirm), None, "under half of confirm");
+        let first = a.note(ms(260), t0, confirm).unwrap();
+        assert!(
+            first.starts_with("fencing: ftvmm took 260 ms to answer"),
+            "{first}"
+        );
+        assert!(
+            first.ends_with("must be confirmed within 500 ms)"),
+            "{first}"
+        );
+        assert_eq!(a.note(ms(700), t0 + ms(1_000), confirm), None);
+        assert_eq!(a.note(ms(300), t0 + ms(4_000), confirm), None);
+        let next = a.note(ms(280), t0 + ms(5_000), confirm).unwrap();
+        assert!(
+            next.starts_with("fencing: ftvmm took 700 ms"),
+            "the worst: {next}"
+        );
+        assert_eq!(a.note(ms(100), t0 + ms(20_000), confirm), None);
+    }
+
     use super::*;
 
     fn bound_in(line: &str) -> Option<u32> {
