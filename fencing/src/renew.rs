@@ -213,19 +213,25 @@ impl Agent {
         // Steps 4 and 5 read different blocks and depend on nothing the
         // other finds: side by side, so a slow path costs one round trip
         // for both, not one per block (each step's reads go at once too).
+        let deposition_timed = || {
+            let t = std::time::Instant::now();
+            (self.watch_deposition(), t.elapsed())
+        };
         let (others, deposition) = std::thread::scope(|s| {
-            let d = s.spawn(|| {
-                let t = std::time::Instant::now();
-                (self.watch_deposition(), t.elapsed())
-            });
+            // No thread to be had (no resources): the watch runs after
+            // step 4 instead, as it did before.
+            let d = std::thread::Builder::new().spawn_scoped(s, deposition_timed);
             let t = std::time::Instant::now();
             let e = (self.read_others(), t.elapsed());
-            let d = d.join().unwrap_or_else(|_| {
-                (
-                    Err("the deposition watch panicked".to_string()),
-                    std::time::Duration::ZERO,
-                )
-            });
+            let d = match d {
+                Ok(d) => d.join().unwrap_or_else(|_| {
+                    (
+                        Err("the deposition watch panicked".to_string()),
+                        std::time::Duration::ZERO,
+                    )
+                }),
+                Err(_) => deposition_timed(),
+            };
             (e, d)
         });
         (steps.others, steps.deposition) = (others.1, deposition.1);
@@ -348,16 +354,26 @@ impl Agent {
         // is all freeze detection looks at.
         let hosts: Vec<u32> = (0..self.geo.hosts).filter(|&h| h != self.me).collect();
         let reads: Vec<_> = std::thread::scope(|s| {
+            let read = move |h: u32| {
+                let issued = BootInstant::now();
+                let r = self.io.read(self.geo.lease_block(h));
+                (h, issued, r, BootInstant::now())
+            };
+            // A thread that cannot be made reads here and now instead.
             let running: Vec<_> = (hosts.iter())
                 .map(|&h| {
-                    s.spawn(move || {
-                        let issued = BootInstant::now();
-                        let r = self.io.read(self.geo.lease_block(h));
-                        (h, issued, r, BootInstant::now())
-                    })
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, move || read(h))
+                        .map_err(|_| read(h))
                 })
                 .collect();
-            running.into_iter().map(|t| t.join()).collect()
+            running
+                .into_iter()
+                .map(|t| match t {
+                    Ok(t) => t.join().map_err(|_| ()),
+                    Err(done) => Ok(done),
+                })
+                .collect()
         });
         let mut evidence = None;
         for read in reads {
