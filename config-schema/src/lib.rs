@@ -11,6 +11,7 @@ pub mod canonical;
 pub mod changes;
 pub mod clock;
 pub mod config_id;
+pub mod console;
 pub mod ctl;
 pub mod ctl_server;
 pub mod disk;

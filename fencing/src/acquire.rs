@@ -189,7 +189,7 @@ impl Agent {
         let (outcome, storage_cut) = match r {
             Ok((o, w)) => {
                 if let Some(l) = w.line {
-                    println!("{l}");
+                    config_schema::console::say(l);
                 }
                 (o, w.storage_cut)
             }
@@ -290,7 +290,7 @@ impl Agent {
             let line = format!(
                 "fencing: decided vm={vm} generation={generation} owner={name} (config generation {config})"
             );
-            println!("{line}");
+            config_schema::console::say(line.clone());
             events::record(EventKind::Fencing, Some(vm), None, &line);
         }
         Response::Decided {
@@ -320,7 +320,7 @@ impl Agent {
         };
         let message = alarm.line();
         if let Some(line) = self.alarms.lock().expect("lock").raise(alarm) {
-            println!("{line}");
+            config_schema::console::say(line);
         }
         message
     }

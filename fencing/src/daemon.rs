@@ -10,11 +10,14 @@
 //!   renewer (a freeze) can never be overtaken by an older `ok` one.
 //! - Nothing that talks to ftvmm runs on the renewer's thread: a hung ftvmm
 //!   must not stop the lease renewals.
+//! - The renewer, the guard loop and the granter never wait for the console
+//!   (`config_schema::console::say`): a slow serial console held them up.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use config_schema::clock::BootInstant;
+use config_schema::console::say;
 use config_schema::ctl::{self, Request, Response};
 
 use crate::agent::Agent;
@@ -153,16 +156,16 @@ pub fn renewer(agent: Arc<Agent>, shared: Arc<Shared>, ftvmm: PathBuf) {
         if let Some((done, due)) = last {
             let late = issued.saturating_duration_since(due.max(done));
             if late >= agent.timing.timeout / 4 {
-                println!(
+                say(format!(
                     "fencing: lease renewal started {} ms late, held up outside the renewal",
                     late.as_millis()
-                );
+                ));
             }
         }
         let r = agent.renew_once(issued);
         last = Some((BootInstant::now(), issued + agent.timing.renew));
-        for l in &r.lines {
-            println!("{l}");
+        for l in r.lines.iter().cloned() {
+            say(l);
         }
         {
             let mut g = shared.guard.lock().expect("lock");
@@ -218,7 +221,7 @@ pub fn send_grant(agent: &Agent, shared: &Shared, ftvmm: &Path) {
     if answer.is_ok() {
         let took = now.saturating_duration_since(sent_at);
         if let Some(l) = one_at_a_time.note(took, now, agent.timing.confirm) {
-            println!("{l}");
+            say(l);
         }
     }
     let lines = shared
@@ -227,7 +230,7 @@ pub fn send_grant(agent: &Agent, shared: &Shared, ftvmm: &Path) {
         .expect("lock")
         .on_answer(&grant, sent_at, answer);
     for l in lines {
-        println!("{l}");
+        say(l);
     }
 }
 
@@ -351,8 +354,9 @@ pub fn guard_loop(agent: Arc<Agent>, shared: Arc<Shared>, watchdog: PathBuf) {
             open_watchdog(&watchdog, &mut shared.watchdog.lock().expect("lock"));
         }
         let actions = shared.guard.lock().expect("lock").tick(BootInstant::now());
-        for l in &actions.say {
-            println!("{l}");
+        // Never wait for the console before feeding the watchdog.
+        for l in actions.say.iter().cloned() {
+            say(l);
         }
         let mut w = shared.watchdog.lock().expect("lock");
         let feed = actions.feed && w.reset_requested.is_none();

@@ -280,7 +280,7 @@ impl Agent {
         let mut lines = Vec::new();
         let r = self.write_own(false, &mut lines).map(|_| ());
         for l in lines {
-            println!("{l}");
+            config_schema::console::say(l);
         }
         r
     }

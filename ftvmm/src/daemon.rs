@@ -216,7 +216,9 @@ impl Daemon {
                 let was = self.members.grant().valid();
                 self.members.on_grant(ok, valid_ms, &reason);
                 if was != ok {
-                    println!(
+                    // Said without waiting for the console: this answer is
+                    // what fencing times (`config_schema::console`).
+                    config_schema::console::say(format!(
                         "ftvmm: output {} by fencing{}",
                         if ok { "granted" } else { "held" },
                         if reason.is_empty() {
@@ -224,7 +226,7 @@ impl Daemon {
                         } else {
                             format!(": {reason}")
                         }
-                    );
+                    ));
                 }
                 Response::Running {
                     vms: self.members.running(),
