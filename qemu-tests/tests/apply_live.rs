@@ -80,16 +80,17 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
     let gen2 = sign(2, "off");
     let t_apply = Instant::now();
     let out = apply(&op, &ftctl, &key, &gen2);
-    for h in ["host-a", "host-b"] {
-        assert!(
-            out.contains(&format!(
-                "{h}: generation 2 persisted (was 1); live: timing.failure_timeout_ms 1000 -> \
-                 2000 ms, timing.heartbeat_interval_ms 100 -> 50 ms, timing.lag_limit_ms 500 \
-                 -> 400 ms, vms[kv].power\n"
-            )),
-            "{out}"
-        );
-    }
+    let gen2_line = |h: &str| {
+        format!(
+            "{h}: generation 2 persisted (was 1); live: timing.failure_timeout_ms 1000 -> 2000 \
+             ms, timing.heartbeat_interval_ms 100 -> 50 ms, timing.lag_limit_ms 500 -> 400 ms, \
+             vms[kv].power\n"
+        )
+    };
+    // host-a, asked, persists it itself; host-b by the pass-on or first by
+    // its catch-up ([`took`]).
+    assert!(out.contains(&gen2_line("host-a")), "{out}");
+    assert!(took(&out, "host-b", 2, &gen2_line("host-b")), "{out}");
     assert!(out.contains("host-c: unreachable: "), "{out}");
     assert!(!out.contains("needs reboot"), "{out}");
     let (a, b) = (
@@ -166,14 +167,9 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
     // 4. Power on, live.
     let gen3 = sign(3, "on");
     let out = apply(&op, &ftctl, &key, &gen3);
-    for h in ["host-a", "host-b"] {
-        assert!(
-            out.contains(&format!(
-                "{h}: generation 3 persisted (was 2); live: vms[kv].power\n"
-            )),
-            "{out}"
-        );
-    }
+    let gen3_line = |h: &str| format!("{h}: generation 3 persisted (was 2); live: vms[kv].power\n");
+    assert!(out.contains(&gen3_line("host-a")), "{out}");
+    assert!(took(&out, "host-b", 3, &gen3_line("host-b")), "{out}");
     wait(
         a,
         format!("ftvmm: vm {VM}: powered on by config generation 3"),
@@ -267,18 +263,7 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
         format!("{h}: generation 4 persisted (was 3); nothing changed but the generation")
     };
     assert!(out.contains(&persisted("host-a")), "{out}");
-    // host-b persisted it through this apply passed on, or its catch-up
-    // from host-a got there first (host-a's heartbeat already said 4 while
-    // the pass-on was on its way: seen once under load, 5.5 s after host-a
-    // persisted) and the pass-on found it holding this very config.
-    assert!(
-        out.contains(&persisted("host-b"))
-            || out.contains(
-                "host-b: refused: generation 4 is not newer than this host's generation 4: \
-                 this host already holds this very config"
-            ),
-        "{out}"
-    );
+    assert!(took(&out, "host-b", 4, &persisted("host-b")), "{out}");
     let c = cluster.boot("host-c").unwrap();
     let ready = c
         .wait_for(
@@ -403,6 +388,22 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
     eprintln!("apply_live: {:.1} s in all", t0.elapsed().as_secs_f64());
     drop(op);
     cluster.pass();
+}
+
+/// Whether host `h` took generation `g` in an apply's output `out`: its line
+/// `want` (persisted through this apply's pass-on), or that it already holds
+/// this very config. The second happens when its catch-up from the asked
+/// host gets there first: that host's heartbeat announces the new
+/// generation at once, while the pass-on needs a Noise handshake (seen at
+/// generation 4 once under load, 5.5 s after host-a persisted, and at
+/// generation 2 in stop 36's `make test`). The live changes are checked on
+/// the consoles either way.
+fn took(out: &str, h: &str, g: u64, want: &str) -> bool {
+    out.contains(want)
+        || out.contains(&format!(
+            "{h}: refused: generation {g} is not newer than this host's generation {g}: this \
+             host already holds this very config"
+        ))
 }
 
 /// Where `b` first differs from `a`, and how many bytes differ (console).
