@@ -66,8 +66,9 @@ struct StepTimes {
 }
 
 impl StepTimes {
+    /// Steps 4 and 5 run side by side: the longer of them counts.
     fn total(&self) -> std::time::Duration {
-        self.own + self.others + self.deposition
+        self.own + self.others.max(self.deposition)
     }
 }
 
@@ -484,5 +485,22 @@ impl Agent {
             generation: d.later,
             by,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StepTimes;
+    use std::time::Duration;
+
+    #[test]
+    fn a_renewal_takes_its_own_step_then_the_longer_of_the_two_side_by_side() {
+        let ms = Duration::from_millis;
+        let t = StepTimes {
+            own: ms(300),
+            others: ms(200),
+            deposition: ms(500),
+        };
+        assert_eq!(t.total(), ms(800));
     }
 }
