@@ -394,3 +394,42 @@ fn hosts_find_their_config_disk_among_block_devices() {
     assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
     assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
 }
+
+#[test]
+fn a_pass_on_that_finds_the_config_its_catch_up_just_took_answers_what_that_did() {
+    // host-a holds generation 8 before host-b does (as right after an
+    // operator's apply, when host-b's catch-up beats host-a's pass-on).
+    let mut c = Cluster::new(20);
+    c.catch_up_every = Some(Duration::from_millis(200));
+    c.seed(0, &config(8));
+    c.start(0);
+    c.start(1);
+    let t0 = std::time::Instant::now();
+    while c.settled_on_disk(1) != Some(8) {
+        assert!(t0.elapsed() < T, "host-b did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The apply reaches host-a, which holds it and passes it on: host-b
+    // answers with what its catch-up did, not with a refusal.
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    let l = lines(&hosts);
+    assert!(
+        l[0].starts_with("host-a: refused: generation 8 is not newer"),
+        "{l:?}"
+    );
+    assert_eq!(
+        l[1], "host-b: generation 8 persisted (was 7); nothing changed but the generation",
+        "{l:?}"
+    );
+    assert_eq!(hosts[1].outcome, Outcome::Applied);
+    // Once: the same apply again is refused there as held.
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    assert!(
+        lines(&hosts)[1].contains(
+            "host-b: refused: generation 8 is not newer than this host's \
+             generation 8: this host already holds this very config"
+        ),
+        "{:?}",
+        lines(&hosts)
+    );
+}
