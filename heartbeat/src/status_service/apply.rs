@@ -106,17 +106,6 @@ pub struct Persisted {
     pub timing: Timing,
 }
 
-/// How a config reaches [`Service::apply_here`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Via {
-    /// An operator's `ftctl apply` to this host.
-    Operator,
-    /// Another host passing an operator's apply on.
-    PassOn,
-    /// This host's catch-up from a peer ([`super::catch_up`]).
-    CatchUp,
-}
-
 /// One host's result and whether an operator's apply passes it on.
 pub(super) struct Local {
     pub(super) result: HostApplied,
@@ -125,9 +114,9 @@ pub(super) struct Local {
 
 impl Service {
     /// Persists `config` here (module rules) and takes its live changes.
-    pub(super) fn apply_here(&self, config: &SignedConfig, via: Via) -> Local {
+    pub(super) fn apply_here(&self, config: &SignedConfig) -> Local {
         let host = self.cfg.node.name.clone();
-        let mut last = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let refused = |line: String, pass_on, holds| {
             events::record(EventKind::ConfigRefused, None, None, &line);
             tracing::warn!("apply: {line}");
@@ -143,23 +132,6 @@ impl Service {
         };
         let persisted = match self.persist(config) {
             Ok(p) => p,
-            // The pass-on of this very config, which this host's catch-up
-            // took from a peer a moment before (the catch-up can beat the
-            // pass-on: the asked host's heartbeat announces the generation
-            // at once, the pass-on needs a Noise handshake first): answer
-            // what that apply did here, once, not a refusal of what this
-            // host just took (stop 36's `make test`, twice).
-            Err(Persist::Refused(PersistError::NotNewer { offered, current }))
-                if via == Via::PassOn
-                    && offered == current
-                    && last.as_ref().is_some_and(|(id, _)| *id == current) =>
-            {
-                let (_, result) = last.take().expect("checked");
-                return Local {
-                    result,
-                    pass_on: true,
-                };
-            }
             Err(e) => {
                 let (pass_on, holds) = (pass_on_despite(&e), holds_already(&e));
                 return refused(format!("{host}: {e}"), pass_on, holds);
@@ -220,16 +192,13 @@ impl Service {
         } else {
             Outcome::Applied
         };
-        let result = HostApplied {
-            host,
-            outcome,
-            line,
-            holds: true,
-        };
-        // Kept only for a catch-up's result (above); any other apply ends it.
-        *last = (via == Via::CatchUp).then(|| (persisted.id, result.clone()));
         Local {
-            result,
+            result: HostApplied {
+                host,
+                outcome,
+                line,
+                holds: true,
+            },
             pass_on: true,
         }
     }
@@ -307,7 +276,7 @@ impl Service {
         let generation = config_schema::canonical::decode(&config.canonical)
             .map(|c| c.cluster.generation)
             .unwrap_or(0);
-        let local = self.apply_here(&config, Via::Operator);
+        let local = self.apply_here(&config);
         let mut hosts = vec![local.result];
         if local.pass_on {
             let body = config.encode();
@@ -352,7 +321,7 @@ impl Service {
     pub(super) fn apply_passed_on(&self, body: &[u8]) -> Vec<u8> {
         let me = &self.cfg.node;
         let result = match SignedConfig::decode(body) {
-            Ok(c) => self.apply_here(&c, Via::PassOn).result,
+            Ok(c) => self.apply_here(&c).result,
             Err(e) => HostApplied {
                 host: me.name.clone(),
                 outcome: Outcome::Refused,

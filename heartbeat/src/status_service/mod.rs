@@ -148,10 +148,8 @@ pub struct Service {
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
     /// Operators (and the config to compare with) as applied configs changed them.
     live: RwLock<Live>,
-    /// One apply at a time ([`apply`]); under it, the config this host's
-    /// last catch-up persisted and its result, until a pass-on of that
-    /// config asks (`apply::Service::apply_here`).
-    apply_lock: Mutex<Option<(ConfigId, config_schema::remote::apply::HostApplied)>>,
+    /// One apply at a time ([`apply`]).
+    apply_lock: Mutex<()>,
     /// The config disk once found under the scan root (it does not move
     /// while the host runs).
     found_disk: Mutex<Option<PathBuf>>,
@@ -171,7 +169,7 @@ impl Service {
             cfg,
             heartbeat_status: Box::new(heartbeat_status),
             live: RwLock::new(live),
-            apply_lock: Mutex::new(None),
+            apply_lock: Mutex::new(()),
             found_disk: Mutex::new(None),
         }
     }
