@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{wait, wait_paired, VM};
+use common::{took, wait, wait_paired, VM};
 use qemu_tests::ftctl;
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
@@ -388,22 +388,6 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
     eprintln!("apply_live: {:.1} s in all", t0.elapsed().as_secs_f64());
     drop(op);
     cluster.pass();
-}
-
-/// Whether host `h` took generation `g` in an apply's output `out`: its line
-/// `want` (persisted through this apply's pass-on), or that it already holds
-/// this very config. The second happens when its catch-up from the asked
-/// host gets there first: that host's heartbeat announces the new
-/// generation at once, while the pass-on needs a Noise handshake (seen at
-/// generation 4 once under load, 5.5 s after host-a persisted, and at
-/// generation 2 in stop 36's `make test`). The live changes are checked on
-/// the consoles either way.
-fn took(out: &str, h: &str, g: u64, want: &str) -> bool {
-    out.contains(want)
-        || out.contains(&format!(
-            "{h}: refused: generation {g} is not newer than this host's generation {g}: this \
-             host already holds this very config"
-        ))
 }
 
 /// Where `b` first differs from `a`, and how many bytes differ (console).
