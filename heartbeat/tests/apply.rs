@@ -394,3 +394,59 @@ fn hosts_find_their_config_disk_among_block_devices() {
     assert!(hosts.iter().all(|h| h.outcome == Outcome::Applied));
     assert_eq!([c.on_disk(0), c.on_disk(1), c.on_disk(2)], [9, 9, 9]);
 }
+
+#[test]
+fn a_host_that_holds_the_offered_config_by_catch_up_says_from_whom_and_how_long_ago() {
+    // host-b's catch-up takes generation 8 from host-a (as right after an
+    // operator's apply, when host-b's catch-up beats host-a's pass-on).
+    let mut c = Cluster::new(20);
+    c.catch_up_every = Some(Duration::from_millis(200));
+    c.seed(0, &config(8));
+    c.start(0);
+    c.start(1);
+    let t0 = std::time::Instant::now();
+    while c.settled_on_disk(1) != Some(8) {
+        assert!(t0.elapsed() < T, "host-b did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The apply reaches host-a, which holds it and passes it on: host-b
+    // refuses it as held (a pass-on cannot say whether the catch-up was
+    // part of this apply) and says how it came to hold it.
+    let (_, hosts) = c.apply(0, &dev_key(), &config(8));
+    let l = lines(&hosts);
+    assert!(
+        l[0].starts_with("host-a: refused: generation 8 is not newer"),
+        "{l:?}"
+    );
+    let (head, how) = l[1]
+        .split_once("; this host's catch-up took it from host-a ")
+        .unwrap_or_else(|| panic!("host-b names its catch-up: {l:?}"));
+    assert!(
+        head.starts_with(
+            "host-b: refused: generation 8 is not newer than this host's \
+             generation 8: this host already holds this very config"
+        ),
+        "{l:?}"
+    );
+    let (ms, what) = how.split_once(" ms before this request (").expect("ms");
+    assert!(ms.parse::<u64>().is_ok(), "{l:?}");
+    assert_eq!(
+        what, "generation 8 persisted (was 7); nothing changed but the generation)",
+        "{l:?}"
+    );
+    assert_eq!(hosts[1].outcome, Outcome::Refused);
+    assert!(hosts[1].holds, "host-b holds it: {l:?}");
+    // An operator's apply that persists ends the note: host-b, asked for
+    // generation 9, persists it, and a second apply of it is refused there
+    // as held with no word of a catch-up. (host-a may take 9 by its own
+    // catch-up first and say so: the race this note is for.)
+    let (_, hosts) = c.apply(1, &dev_key(), &config(9));
+    assert_eq!(hosts[1].outcome, Outcome::Applied, "{:?}", lines(&hosts));
+    let (_, hosts) = c.apply(1, &dev_key(), &config(9));
+    let l = lines(&hosts);
+    assert!(
+        l[1].starts_with("host-b: refused: generation 9 is not newer")
+            && !l[1].contains("catch-up"),
+        "{l:?}"
+    );
+}

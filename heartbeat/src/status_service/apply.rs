@@ -34,8 +34,10 @@
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use config_schema::changes::Changes;
+use config_schema::config_id::ConfigId;
 use config_schema::ctl::{self, Request, Response, VmPower};
 use config_schema::events::{self, EventKind};
 use config_schema::model::ClusterConfig;
@@ -106,6 +108,34 @@ pub struct Persisted {
     pub timing: Timing,
 }
 
+/// What this host's last catch-up persisted (kept under
+/// [`Service::apply_lock`]): a pass-on or apply of that very config says,
+/// in its refusal, that and when the catch-up took it. The asked host's
+/// heartbeat announces a new generation at once and a peer's catch-up can
+/// fetch and persist it before the asked host's pass-on (a Noise handshake)
+/// arrives; a bare "already holds this very config" then reads as if the
+/// peer had refused what it just took (stop 36). How long ago tells "a
+/// moment before this request" from "seconds ago" (stop 36's first try
+/// answered with the catch-up's own result and claimed a persist a host had
+/// made seconds before the operator asked).
+#[derive(Debug, Clone)]
+pub(super) struct CaughtUp {
+    pub(super) id: ConfigId,
+    pub(super) from: String,
+    pub(super) at: Instant,
+    /// The catch-up apply's line, without this host's name.
+    pub(super) line: String,
+}
+
+/// How a config reaches [`Service::apply_here`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via<'a> {
+    /// An operator's `ftctl apply`, or another host passing one on.
+    Apply,
+    /// This host's catch-up from peer `from` ([`super::catch_up`]).
+    CatchUp { from: &'a str },
+}
+
 /// One host's result and whether an operator's apply passes it on.
 pub(super) struct Local {
     pub(super) result: HostApplied,
@@ -114,9 +144,9 @@ pub(super) struct Local {
 
 impl Service {
     /// Persists `config` here (module rules) and takes its live changes.
-    pub(super) fn apply_here(&self, config: &SignedConfig) -> Local {
+    pub(super) fn apply_here(&self, config: &SignedConfig, via: Via) -> Local {
         let host = self.cfg.node.name.clone();
-        let _one = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut caught_up = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         let refused = |line: String, pass_on, holds| {
             events::record(EventKind::ConfigRefused, None, None, &line);
             tracing::warn!("apply: {line}");
@@ -134,7 +164,19 @@ impl Service {
             Ok(p) => p,
             Err(e) => {
                 let (pass_on, holds) = (pass_on_despite(&e), holds_already(&e));
-                return refused(format!("{host}: {e}"), pass_on, holds);
+                let how = caught_up
+                    .as_ref()
+                    .filter(|c| holds && held_id(&e) == Some(c.id))
+                    .map(|c| {
+                        format!(
+                            "; this host's catch-up took it from {} {} ms before this request ({})",
+                            c.from,
+                            c.at.elapsed().as_millis(),
+                            c.line
+                        )
+                    })
+                    .unwrap_or_default();
+                return refused(format!("{host}: {e}{how}"), pass_on, holds);
             }
         };
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
@@ -185,6 +227,18 @@ impl Service {
             }
         };
         let line = persisted_line(&host, &persisted, &format!("{changes}{told}"));
+        *caught_up = match via {
+            Via::CatchUp { from } => Some(CaughtUp {
+                id: persisted.id,
+                from: from.to_string(),
+                at: Instant::now(),
+                line: line
+                    .strip_prefix(&format!("{host}: "))
+                    .unwrap_or(&line)
+                    .to_string(),
+            }),
+            Via::Apply => None,
+        };
         events::record(EventKind::ConfigApplied, None, None, &line);
         tracing::info!("apply: {line}");
         let outcome = if changes.needs_reboot() {
@@ -276,7 +330,7 @@ impl Service {
         let generation = config_schema::canonical::decode(&config.canonical)
             .map(|c| c.cluster.generation)
             .unwrap_or(0);
-        let local = self.apply_here(&config);
+        let local = self.apply_here(&config, Via::Apply);
         let mut hosts = vec![local.result];
         if local.pass_on {
             let body = config.encode();
@@ -321,7 +375,7 @@ impl Service {
     pub(super) fn apply_passed_on(&self, body: &[u8]) -> Vec<u8> {
         let me = &self.cfg.node;
         let result = match SignedConfig::decode(body) {
-            Ok(c) => self.apply_here(&c).result,
+            Ok(c) => self.apply_here(&c, Via::Apply).result,
             Err(e) => HostApplied {
                 host: me.name.clone(),
                 outcome: Outcome::Refused,
@@ -366,10 +420,20 @@ fn pass_on_despite(e: &Persist) -> bool {
     }
 }
 
+/// The config this host holds when a refusal says it holds the offered one.
+fn held_id(e: &Persist) -> Option<ConfigId> {
+    match e {
+        Persist::Refused(PersistError::NotNewer { offered, current }) if offered == current => {
+            Some(*current)
+        }
+        _ => None,
+    }
+}
+
 /// Whether a refusal leaves this host holding the offered config (it had
 /// this very one already).
 fn holds_already(e: &Persist) -> bool {
-    matches!(e, Persist::Refused(PersistError::NotNewer { offered, current }) if offered == current)
+    held_id(e).is_some()
 }
 
 /// Why this host did not persist.

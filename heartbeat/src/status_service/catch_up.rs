@@ -27,6 +27,7 @@ use config_schema::remote::wire::ServerHello;
 use config_schema::signed::SignedConfig;
 use config_schema::slots;
 
+use super::apply::Via;
 use super::noise::Kind;
 use super::Service;
 use crate::node::PeerConf;
@@ -90,7 +91,7 @@ impl Service {
             if id <= own {
                 continue;
             }
-            let r = self.apply_here(&sc).result;
+            let r = self.apply_here(&sc, Via::CatchUp { from: &p.name }).result;
             if matches!(
                 r.outcome,
                 config_schema::remote::apply::Outcome::Applied

@@ -148,8 +148,9 @@ pub struct Service {
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
     /// Operators (and the config to compare with) as applied configs changed them.
     live: RwLock<Live>,
-    /// One apply at a time ([`apply`]).
-    apply_lock: Mutex<()>,
+    /// One apply at a time ([`apply`]); under it, what the last catch-up persisted, until another apply
+    /// persists (`apply::CaughtUp`).
+    apply_lock: Mutex<Option<apply::CaughtUp>>,
     /// The config disk once found under the scan root (it does not move
     /// while the host runs).
     found_disk: Mutex<Option<PathBuf>>,
@@ -169,7 +170,7 @@ impl Service {
             cfg,
             heartbeat_status: Box::new(heartbeat_status),
             live: RwLock::new(live),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(None),
             found_disk: Mutex::new(None),
         }
     }
