@@ -26,19 +26,24 @@
 //! lands between one vCPU's capture and another's or the IOAPIC's.
 //!
 //! Open: an IPI from a vCPU still running to one already captured is in
-//! neither saved LAPIC (the sender's state says it was sent). Capturing
-//! only once every vCPU is parked closes that; it was tried at stop 29 and
-//! taken out again before landing, because `linux_vm`'s in-process pair
-//! then failed 2 of 3 `make test` runs with a Primary triple fault at boot
-//! (a failure seen before that change too, at a lower rate). Measured at
-//! stop 30 (`linux_vm`'s pair, interleaved runs on one loaded machine): the
-//! guest triple-faulted at boot in 2 of 18 runs with the all-parked order,
-//! in 1 of 25 with this one — and in 1 of 12 runs of plain `ftvmm linux`
-//! with no epochs at all (while running, not at boot). So the nested test
-//! bed faults this guest without any capture, and the all-parked order
-//! looks worse there; which of the two orders real hardware prefers is not
-//! known. A Primary whose guest triple-faults prints each vCPU's registers
-//! from the last epoch (`checkpoint/brief.rs`), for the next such run.
+//! neither saved LAPIC (the sender's state says it was sent), and a guest
+//! resumed from that epoch could wait for it forever (a TLB shootdown).
+//! Two fixes close it — capture everything only once every vCPU is parked
+//! (stop 29), or keep this order and, once all are parked, read each
+//! vCPU's LAPIC, MP state and events again (branch `ipi-refresh-wip`, with
+//! a KVM unit test of the re-read) — and both went with more failures of
+//! the nested test bed (QEMU TCG emulating AMD SVM, which faults and hangs
+//! this guest with no epochs at all too). Stop 37's boot loop
+//! (`qemu-tests linux_vm`, QEMU 10, boots to "cpus online" as the
+//! checkpoint Primary): this order, 1 guest triple fault in 24 boots;
+//! everything once all parked, 4 faults in 8 and then L1's kernel crashed;
+//! the re-read by all threads at once, 2 faults and 2 L1 triple faults in
+//! 19; the re-read one thread after the other, 1 fault and an L1 crash in
+//! 11, and the checkpoint test faulted in 3 attempts of 3 once. Small
+//! numbers on an emulator, but enough that this order stays until the fix
+//! can be measured on real AMD/Intel hardware or a steadier test bed. A
+//! Primary whose guest triple-faults prints each vCPU's registers from the
+//! last epoch (`checkpoint/brief.rs`), for the next such run.
 //!
 //! Complete state: a vCPU stopped right after an MMIO/PIO read exit has the
 //! result in `kvm_run` but not yet in its registers (KVM finishes the
