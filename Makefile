@@ -7,7 +7,7 @@ CARGO ?= cargo
 ISO := out/ftappliance.iso
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 
-.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro linux-kv repro-check demo bench chaos fuzz lint clean
+.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro linux-kv nested-qemu repro-check demo bench chaos fuzz lint clean
 
 all: build
 
@@ -43,8 +43,12 @@ test-image: image
 
 # QEMU appliance hosts boot one after another: the machine has 2 cores.
 # checkpoint_pair boots the Linux KV guest (linux-kv).
-test-qemu: image linux-kv
+test-qemu: image linux-kv nested-qemu
 	$(CARGO) test -p qemu-tests -- --test-threads=1
+
+## nested-qemu: the pinned QEMU of the nested-Linux tests' L1 hosts (qemu-tests/nested-qemu.lock)
+nested-qemu: prereqs
+	bash qemu-tests/nested-qemu.sh
 
 ## linux-kv: the stock-Linux test guest of checkpoint mode (out/linux-kv-vmlinuz, out/linux-kv-initrd.cpio.gz)
 linux-kv: prereqs

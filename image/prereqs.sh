@@ -16,6 +16,7 @@ PACKAGES=(
   qemu-block-extra                     # QEMU's iSCSI block driver (block-iscsi.so, libiscsi)
   libc6-dev binutils                   # static glibc (libc.a) and readelf: guest/linux-kv/build-initramfs.sh
   busybox-static                       # the shell of the L1 host and the Linux guest in qemu-tests linux_vm
+  curl ca-certificates                 # fetching the pinned QEMU of linux_vm's L1 hosts (qemu-tests/nested-qemu.sh)
   chromium fonts-dejavu-core           # headless screenshots of the status page (qemu-tests status_page)
 )
 RUST_TARGETS=(x86_64-unknown-none x86_64-unknown-linux-gnu)

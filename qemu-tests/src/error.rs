@@ -30,6 +30,13 @@ pub enum HarnessError {
     IsoMissing { path: PathBuf },
 
     #[error(
+        "the nested test bed's QEMU {} is missing: run `make nested-qemu` \
+         (qemu-tests/nested-qemu.lock says which QEMU and why)",
+        path.display()
+    )]
+    NestedQemuMissing { path: PathBuf },
+
+    #[error(
         "host {host}: timed out after {timeout:?} waiting for {pattern}\n\
          --- last console lines of {host} ---\n{tail}"
     )]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::console::{Console, ConsoleLine, LineHook, Mark, Pattern};
 use crate::error::{HarnessError, Result};
-use crate::paths::qemu_binary;
+use crate::paths::{qemu_binary, QemuBuild};
 use crate::qmp;
 use crate::throttle::{Throttle, ThrottleStats};
 
@@ -170,7 +170,22 @@ pub struct HostSpec {
     /// (also switched on by `QEMU_TESTS_ECHO=1`).
     pub echo: bool,
     pub extra_args: Vec<OsString>,
+    /// The emulated CPU (`-cpu`): [`DEFAULT_CPU`], or `FT_QEMU_CPU`.
+    pub cpu: String,
+    /// The accelerator (`-accel`): [`DEFAULT_ACCEL`], or `FT_QEMU_ACCEL`.
+    pub accel: String,
+    /// A QEMU other than the system's (`None`: `qemu-system-x86_64` from
+    /// `PATH`), e.g. [`crate::paths::nested_qemu`].
+    pub qemu: Option<QemuBuild>,
 }
+
+/// The accelerator every host runs on: TCG (this machine's /dev/kvm runs
+/// no nested KVM, NESTED-KVM.md).
+pub const DEFAULT_ACCEL: &str = "tcg";
+
+/// The CPU every host emulates: TCG's `max` (it emulates AMD SVM, so a
+/// host gets a working /dev/kvm: NESTED-KVM.md).
+pub const DEFAULT_CPU: &str = "max";
 
 impl HostSpec {
     pub fn new(name: &str, boot: Boot, work_dir: &Path) -> Self {
@@ -191,6 +206,9 @@ impl HostSpec {
             watchdog: true,
             echo: std::env::var_os("QEMU_TESTS_ECHO").is_some_and(|v| v == "1"),
             extra_args: Vec::new(),
+            cpu: std::env::var("FT_QEMU_CPU").unwrap_or_else(|_| DEFAULT_CPU.to_string()),
+            accel: std::env::var("FT_QEMU_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.to_string()),
+            qemu: None,
         }
     }
 
@@ -215,6 +233,10 @@ impl HostSpec {
     /// The QEMU command line (without the binary) this spec stands for.
     pub fn qemu_args(&self) -> Vec<OsString> {
         let mut a = Args::default();
+        for dir in self.qemu.iter().flat_map(|q| &q.data_dirs) {
+            a.push("-L");
+            a.push(dir.as_os_str());
+        }
         a.push_all(["-name", &self.name]);
         if let Machine::ServerQ35 { code, .. } = &self.machine {
             a.push_all(["-machine", "q35"]);
@@ -226,7 +248,7 @@ impl HostSpec {
                 "if=pflash,unit=1,format=raw",
             ));
         }
-        a.push_all(["-accel", "tcg", "-cpu", "max"]);
+        a.push_all(["-accel", &self.accel, "-cpu", &self.cpu]);
         a.push_all([
             "-m",
             &self.memory_mib.to_string(),
@@ -487,7 +509,10 @@ pub struct Host {
 impl Host {
     /// Starts QEMU for `spec`. The hubs the NICs point at must already listen.
     pub fn spawn(spec: HostSpec) -> Result<Host> {
-        let qemu = qemu_binary()?;
+        let qemu = match &spec.qemu {
+            Some(q) => q.binary.clone(),
+            None => qemu_binary()?,
+        };
         std::fs::create_dir_all(&spec.work_dir)
             .map_err(|e| HarnessError::io(format!("create {}", spec.work_dir.display()), e))?;
         if let Machine::ServerQ35 { vars, .. } = &spec.machine {
@@ -1024,6 +1049,23 @@ mod tests {
         let a = joined(&spec);
         assert!(!a.contains("-machine") && !a.contains("pflash"), "{a}");
         assert!(a.contains("-device i6300esb -watchdog-action reset"), "{a}");
+    }
+
+    #[test]
+    fn another_qemu_searches_its_firmware_directories_first() {
+        let mut spec = HostSpec::new("l1", Boot::Iso("/w/a.iso".into()), Path::new("/w"));
+        spec.qemu = Some(QemuBuild {
+            binary: PathBuf::from("/q/bin/qemu-system-x86_64"),
+            data_dirs: vec![
+                PathBuf::from("/q/share/qemu"),
+                PathBuf::from("/usr/share/seabios"),
+            ],
+        });
+        let a = joined(&spec);
+        assert!(
+            a.starts_with("-L /q/share/qemu -L /usr/share/seabios -name l1 "),
+            "{a}"
+        );
     }
 
     #[test]

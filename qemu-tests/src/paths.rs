@@ -39,6 +39,34 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A QEMU other than the system's, with the firmware directories it
+/// searches first (`-L`, in order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuBuild {
+    pub binary: PathBuf,
+    pub data_dirs: Vec<PathBuf>,
+}
+
+/// The QEMU of the nested-Linux tests' L1 hosts (`qemu-tests/nested-qemu.lock`
+/// says which and why), unpacked by `make nested-qemu` into
+/// `build/nested-qemu/root`: its own firmware directory first, then the
+/// system's SeaBIOS (the backports package ships no BIOS of its own).
+pub fn nested_qemu() -> Result<QemuBuild> {
+    let root = workspace_root().join("build/nested-qemu/root/usr");
+    let binary = root.join("bin").join(QEMU);
+    if !binary.is_file() {
+        return Err(HarnessError::NestedQemuMissing { path: binary });
+    }
+    Ok(QemuBuild {
+        binary,
+        data_dirs: vec![
+            root.join("share/qemu"),
+            PathBuf::from("/usr/share/seabios"),
+            PathBuf::from("/usr/share/qemu"),
+        ],
+    })
+}
+
 /// The QEMU binary, or a clear error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
     find_in_path(QEMU).ok_or(HarnessError::ToolMissing {

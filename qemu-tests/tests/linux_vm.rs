@@ -11,10 +11,15 @@
 //! ACPI), reads L1's marker, writes its own and resets itself (`reboot -f`
 //! with `reboot=k`); L1 then prints what the disk file holds.
 //!
+//! L1 runs on the pinned QEMU 10 of `qemu-tests/nested-qemu.lock`, not the
+//! system's 7.2, whose TCG emulation of AMD SVM broke this test bed far more
+//! often (the lock's header and [`retry_on_test_bed_failure`] have stop 37's
+//! counts; [`boot_loop_counts_guest_faults`] measures it).
+//!
 //! Needs: `make image` (it leaves the kernel in `build/kernel/<release>/`
 //! and the static ftvmm in `$FT_TARGET_DIR`, default `build/target`),
-//! qemu-system-x86_64 and busybox-static (`make prereqs`). FAILS with a
-//! clear message when one is missing, and when L1 has no /dev/kvm.
+//! `make nested-qemu` (L1's QEMU) and busybox-static (`make prereqs`). FAILS
+//! with a clear message when one is missing, and when L1 has no /dev/kvm.
 //! `QEMU_TESTS_ECHO=1` echoes the console; `FT_LINUX_VM_VERBOSE=1` boots
 //! the guest without `loglevel=4`.
 
@@ -52,6 +57,8 @@ struct Inputs {
     vmlinuz: PathBuf,
     moddir: PathBuf,
     ftvmm: PathBuf,
+    /// L1's QEMU (`qemu-tests/nested-qemu.lock`; `None`: the system's).
+    qemu: Option<qemu_tests::paths::QemuBuild>,
 }
 
 fn kernel_release(root: &Path) -> String {
@@ -91,11 +98,19 @@ fn inputs() -> Inputs {
         Path::new(BUSYBOX).is_file(),
         "{BUSYBOX} is missing: `make prereqs` or `apt-get install {BUSYBOX_PACKAGE}`"
     );
-    qemu_tests::paths::qemu_binary().unwrap_or_else(|e| panic!("{e}"));
+    // `FT_L1_QEMU=system`: the system's QEMU instead, to compare the two
+    // (boot_loop_counts_guest_faults).
+    let qemu = if std::env::var("FT_L1_QEMU").as_deref() == Ok("system") {
+        qemu_tests::paths::qemu_binary().unwrap_or_else(|e| panic!("{e}"));
+        None
+    } else {
+        Some(qemu_tests::paths::nested_qemu().unwrap_or_else(|e| panic!("{e}")))
+    };
     Inputs {
         vmlinuz,
         moddir,
         ftvmm,
+        qemu,
     }
 }
 
@@ -251,6 +266,7 @@ fn boot_l1(inp: &Inputs, l1: PathBuf, dir: &Path) -> Host {
     spec.memory_mib = 1536;
     spec.cpus = 2;
     spec.watchdog = false;
+    spec.qemu = inp.qemu.clone();
     Host::spawn(spec).unwrap()
 }
 
@@ -277,18 +293,41 @@ fn step_any(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
 }
 
 /// Marks the panic of a step that failed because L1's own kernel died inside
-/// KVM's SVM entry/exit path (see [`retry_once_on_test_bed_failure`]).
+/// KVM's SVM entry/exit path (see [`retry_on_test_bed_failure`]).
 const L1_SVM_CRASH: &str = "L1 KERNEL CRASHED IN NESTED SVM";
 
-/// A step failed: says whether L1's kernel crashed inside kvm_amd's
-/// VM entry/exit, which the retry wrapper recognises.
 /// Marks the panic of a step that failed because the guest triple-faulted
-/// before any take-over (see [`retry_once_on_test_bed_failure`]).
+/// before any take-over (see [`retry_on_test_bed_failure`]).
 const GUEST_FAULT: &str = "GUEST TRIPLE FAULT BEFORE ANY TAKE-OVER";
 
+/// Marks the panic of a step that failed because L1 itself died or hung:
+/// its CPU triple-faulted (QEMU logged it), its kernel oopsed or panicked
+/// (stop 37: the stack guard page hit by `exc_page_fault` recursing in a
+/// vCPU thread, with no `svm_vcpu_run` left in the trace), or it found one
+/// of its CPUs stuck in a vCPU thread for over 20 s (a soft lockup: the
+/// emulated VMRUN never came back to it). Not what runs on L1.
+const L1_DIED: &str = "L1 DIED OR LOCKED UP";
+
+/// Whether L1's console says L1's own kernel died or hung ([`L1_DIED`]).
+/// The guest's console lines reach it too, so only lines no guest of
+/// `ftvmm linux` prints count: an oops, panic or warning dump that names
+/// L1's (emulated) board, and a soft lockup of one of ftvmm's vCPU threads.
+fn l1_kernel_died(host: &Host) -> bool {
+    host.console().lines().iter().any(|l| {
+        l.text.contains("Hardware name: QEMU Standard PC")
+            || (l.text.contains("soft lockup - CPU#") && l.text.contains("[vcpu"))
+    })
+}
+
+/// A step failed: says whether it was the test bed's (a marker the retry
+/// wrapper recognises) or not.
 fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
     if qemu_tests::testbed::l1_svm_crashed(host.console()) {
         panic!("{L1_SVM_CRASH}: {what}: {e}");
+    }
+    let e = e.to_string();
+    if e.contains("QEMU logged a triple fault of the host's CPU") || l1_kernel_died(host) {
+        panic!("{L1_DIED}: {what}: {e}");
     }
     // The guest's triple fault, with no take-over before it (the
     // Secondary's resumed guest faulting is never retried).
@@ -302,38 +341,39 @@ fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
     panic!("{what}: {e}")
 }
 
-/// Runs a nested-KVM test body, and once more if L1's *kernel* died inside
-/// KVM's SVM VM entry/exit (`svm_vcpu_run` in the oops, then "Kernel panic").
+/// Runs a nested-KVM test body up to three times in all while it fails
+/// for the test bed's reasons only: L1's *kernel* died inside KVM's SVM VM
+/// entry/exit (`svm_vcpu_run` in the oops, then "Kernel panic"), L1's CPU
+/// triple-faulted or locked up ([`L1_DIED`]), or the guest triple-faulted
+/// before any take-over ([`GUEST_FAULT`]). Any other failure fails at once,
+/// and so does a fault of the guest the Secondary resumed. Each retry is
+/// printed with the failure.
 ///
-/// Why: L1 is QEMU TCG emulating AMD SVM (NESTED-KVM.md), and that emulation
-/// occasionally corrupts L1's own state around VMRUN/#VMEXIT. Seen once, in
-/// CI at stop 25 (`a_checkpoint_pair…`, 31 s into the guest's disk writes):
-/// an oops in `svm_vcpu_enter_exit`, then `exc_page_fault` recursing until
-/// L1's kernel stack overflowed (CR2 = RSP − 8), "Fatal exception in
-/// interrupt". A userspace VMM cannot legitimately crash its host's kernel,
-/// and the same ftvmm code passed every other run, so this is the test bed,
-/// not ftvmm or the guest: retrying once keeps a one-in-N emulator crash
-/// from failing CI, and a second crash still fails (then the emulator is not
-/// the whole story). Any other failure fails at once. The retry is printed.
-///
-/// Also once more if the guest triple-faulted before any take-over: stop 30
-/// measured this test bed faulting the same 2-vCPU guest under plain
-/// `ftvmm linux` with no epochs at all (1 of 12 runs, while running), and
-/// the checkpoint Primary with the capture order in use no more often (1
-/// of 25 at boot); the fault's registers are printed
-/// (`checkpoint/brief.rs`) and a second one fails. A fault of the guest the
-/// Secondary resumed is never retried.
-fn retry_once_on_test_bed_failure(name: &str, body: impl Fn()) {
-    qemu_tests::testbed::retry_once_on(
+/// Why: L1 is QEMU TCG emulating AMD SVM (NESTED-KVM.md), and that
+/// emulation now and then corrupts L1's own state around VMRUN/#VMEXIT (an
+/// oops in `svm_vcpu_enter_exit`, `exc_page_fault` recursing until L1's
+/// stack overflowed: CI at stop 25), triple-faults L1's CPU, or faults the
+/// guest — with no epochs at all too (plain `ftvmm linux`, stop 30: 1 of
+/// 12 runs). A userspace VMM cannot crash, triple-fault or lock up its
+/// host's kernel. Stop 37 measured it ([`boot_loop_counts_guest_faults`]:
+/// boots of this guest to "cpus online" as the checkpoint Primary): with
+/// Debian 12's QEMU 7.2, 9 guest faults and 4 L1 deaths in 40 boots (CI
+/// had failed both attempts of the checkpoint test so); with the QEMU 10
+/// of `nested-qemu.lock`, 1 in 24, and up to one in four with capture
+/// orders it did not keep (`linux/vcpus.rs`). A run is longer than a boot,
+/// so two failures in a row were too likely for a test CI runs once.
+fn retry_on_test_bed_failure(name: &str, body: impl Fn()) {
+    qemu_tests::testbed::retry_on(
         &format!("linux_vm: {name}"),
-        &[L1_SVM_CRASH, GUEST_FAULT],
+        &[L1_SVM_CRASH, L1_DIED, GUEST_FAULT],
+        3,
         body,
     )
 }
 
 #[test]
 fn stock_linux_boots_with_two_vcpus_and_a_virtio_disk_under_ftvmm() {
-    retry_once_on_test_bed_failure("stock_linux_boots", stock_linux_boots_once);
+    retry_on_test_bed_failure("stock_linux_boots", stock_linux_boots_once);
 }
 
 fn stock_linux_boots_once() {
@@ -532,7 +572,7 @@ poweroff -f
 /// `FT_CKPT_L1_ARGS` more options after it (e.g. `--clear-dirty-log`).
 #[test]
 fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
-    retry_once_on_test_bed_failure("checkpoint_pair_takes_over", checkpoint_pair_once);
+    retry_on_test_bed_failure("checkpoint_pair_takes_over", checkpoint_pair_once);
 }
 
 fn checkpoint_pair_once() {
@@ -650,5 +690,101 @@ poweroff -f
         nums.len(),
         gap.as_millis(),
         t.elapsed().as_secs_f64()
+    );
+}
+
+/// A measurement of the test bed, not in `make test`: boots the checkpoint
+/// test's guest `FT_BOOTLOOP_N` times (default 20) in one L1, each up to
+/// "cpus online" (where issue 11's triple faults came), and counts how each
+/// boot ended. `FT_BOOTLOOP_MODE=plain` boots under plain `ftvmm linux`
+/// (no epochs), otherwise as the checkpoint test's Primary (20 ms epochs,
+/// a local Secondary); `FT_BOOTLOOP_CMDLINE` adds to the guest's command
+/// line (e.g. `no5lvl`). Fails if any boot did not reach "cpus online".
+#[test]
+#[ignore = "a fault-rate measurement of the nested test bed (issue 11), minutes long: run with --ignored"]
+fn boot_loop_counts_guest_faults() {
+    let n: u32 = std::env::var("FT_BOOTLOOP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let checkpoint = std::env::var("FT_BOOTLOOP_MODE").as_deref() != Ok("plain");
+    let extra = std::env::var("FT_BOOTLOOP_CMDLINE").unwrap_or_default();
+    let inp = inputs();
+    let dir = tempfile::Builder::new()
+        .prefix("ft-linux-loop-")
+        .tempdir()
+        .unwrap();
+    let guest = dir.path().join("guest-initrd.img");
+    guest_initrd(&inp, CKPT_GUEST_INIT, &guest);
+    let l1 = dir.path().join("l1-initrd.img");
+    let mode = if checkpoint {
+        "--local-secondary --epoch-ms 20 --take-over-on /tmp/never"
+    } else {
+        ""
+    };
+    let run = format!(
+        "i=0
+while [ $i -lt {n} ]; do
+  i=$((i+1))
+  ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
+    --disk /tmp/disk.img --cmdline '{cmdline} {extra}' {mode} > /tmp/c 2>&1 &
+  PID=$!
+  w=0
+  until grep -q 'cpus online' /tmp/c; do
+    kill -0 $PID 2>/dev/null || break
+    w=$((w+1)); [ $w -gt 2400 ] && break
+    sleep 0.05
+  done
+  if grep -q 'cpus online' /tmp/c; then echo \"l1: boot $i ok\"
+  elif grep -q 'guest triple fault' /tmp/c; then
+    grep -E 'the fault:|vcpu [0-9]:' /tmp/c
+    echo \"l1: boot $i fault\"
+  else
+    tail -n 3 /tmp/c
+    echo \"l1: boot $i other\"
+  fi
+  kill -9 $PID 2>/dev/null; wait $PID 2>/dev/null
+done
+echo 'l1: boots done'
+poweroff -f
+",
+        cmdline = guest_cmdline(),
+    );
+    l1_initrd(&inp, &guest, &run, &l1);
+    let t = Instant::now();
+    let host = boot_l1(&inp, l1, dir.path());
+    step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
+    let mut ends = Vec::new();
+    for i in 1..=n {
+        let line = step(&host, &format!("boot {i}"), &format!("l1: boot {i} "), t);
+        let end = line.rsplit(' ').next().unwrap_or("").to_string();
+        if end != "ok" {
+            // What L1 printed of this boot's end (the fault's registers).
+            let lines = host.console().lines();
+            let to = lines
+                .iter()
+                .rposition(|l| l.text.contains(&format!("l1: boot {i} ")));
+            let from = lines
+                .iter()
+                .rposition(|l| l.text.contains(&format!("l1: boot {} ", i - 1)));
+            for l in &lines[from.map_or(0, |f| f + 1)..to.unwrap_or(0)] {
+                eprintln!("linux_vm:   {}", l.text);
+            }
+        }
+        ends.push(end);
+    }
+    let count = |k: &str| ends.iter().filter(|e| *e == k).count();
+    eprintln!(
+        "linux_vm: boot loop, {} mode, cmdline extra '{extra}': {n} boots, {} ok, {} triple faults, {} other, {:.0} s",
+        if checkpoint { "checkpoint" } else { "plain" },
+        count("ok"),
+        count("fault"),
+        count("other"),
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        count("ok"),
+        n as usize,
+        "every boot reached 'cpus online': {ends:?}"
     );
 }
