@@ -41,5 +41,5 @@ done < <(awk '$1 == "package"' "$LOCK")
 bin="$OUT/root/usr/bin/qemu-system-x86_64"
 missing="$(ldd "$bin" | awk '/not found/ { print $1 }' | tr '\n' ' ')"
 [[ -z "$missing" ]] || die "$bin needs libraries this machine lacks: $missing(image/prereqs.sh installs Debian 12's qemu-system-x86, whose libraries it uses)"
-"$bin" --version | head -n 1 | sed 's/^/nested-qemu: /'
+"$bin" --version | sed -n '1s/^/nested-qemu: /p'
 echo "$want" > "$OUT/lock.sha256"

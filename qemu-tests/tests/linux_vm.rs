@@ -732,7 +732,7 @@ while [ $i -lt {n} ]; do
   w=0
   until grep -q 'cpus online' /tmp/c; do
     kill -0 $PID 2>/dev/null || break
-    w=$((w+1)); [ $w -gt 2400 ] && break
+    w=$((w+1)); [ $w -gt 1600 ] && break
     sleep 0.05
   done
   if grep -q 'cpus online' /tmp/c; then echo \"l1: boot $i ok\"

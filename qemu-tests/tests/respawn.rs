@@ -63,17 +63,22 @@ fn kill_primary_respawn_on_third_then_kill_new_primary() {
 /// test's first kill (see [`pair_held`]); retried once.
 const PAIR_BROKE: &str = "test bed: the pair broke before the test's fault";
 
-/// Fails (with [`PAIR_BROKE`]) when host-a already dropped host-b before the
-/// test's first fault. Seen once in `make test` (stop 36): three TCG hosts
+/// Fails (with [`PAIR_BROKE`]) when host-a already dropped host-b, or host-b
+/// host-a, before the test's first fault. Seen once in `make test` (stop 36): three TCG hosts
 /// on two cores, each starved for over a second while their VMs booted
 /// (host-b's heartbeats and acks more than 1 s old on arrival, host-a's own
 /// lease renewal failing for 1 s), so with the 1 s failure timeout host-a
 /// took host-b for silent, went on alone in generations 2 and 3 and
 /// respawned a Secondary: right, but not the pair this test kills.
-fn pair_held(a: &Host) {
-    let lost = format!("ftvmm: vm {VM}: secondary suspected");
-    if a.console().count(&lost) > 0 {
-        panic!("{PAIR_BROKE}: {}", common::respawn::last_line(a, &lost));
+fn pair_held(a: &Host, b: &Host) {
+    let lost = [
+        (a, format!("ftvmm: vm {VM}: secondary suspected")),
+        (b, format!("ftvmm: vm {VM}: primary host-a lost")),
+    ];
+    for (h, line) in &lost {
+        if h.console().count(line.as_str()) > 0 {
+            panic!("{PAIR_BROKE}: {}", common::respawn::last_line(h, line));
+        }
     }
 }
 
@@ -82,7 +87,7 @@ fn kill_primary_respawn_on_third_then_kill_new_primary_once() {
     let (a, b, c) = hosts(&cluster);
     let client = Client::start(&cluster, "respawn chain");
     client.wait_replies(STEP, Duration::from_secs(120));
-    pair_held(a);
+    pair_held(a, b);
 
     let kill_a = Instant::now();
     a.kill().unwrap();
