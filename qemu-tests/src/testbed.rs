@@ -5,6 +5,8 @@
 //! a test that sees it retries once with fresh hosts, says so, and fails on
 //! a second one or on anything else (`linux_vm.rs`, `checkpoint_pair.rs`).
 
+use std::io::Write;
+
 use crate::console::Console;
 
 /// Whether `console` shows L1's kernel dying inside kvm_amd's VM entry/exit
@@ -42,9 +44,40 @@ pub fn retry_on<T>(name: &str, markers: &[&str], attempts: u32, body: impl Fn() 
             std::panic::resume_unwind(payload);
         }
         attempt += 1;
-        eprintln!(
+        // Straight to the process's stderr, past the test harness's capture
+        // (it takes only the print macros): a test that passed on a retry
+        // says so in CI's log too.
+        let _ = writeln!(
+            std::io::stderr(),
             "{name}: {msg}\n{name}: a failure the test bed makes on its own (the marker says \
              which); retrying (attempt {attempt} of {attempts})"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_on;
+    use std::cell::Cell;
+
+    #[test]
+    fn marked_failures_are_retried_up_to_the_attempts_and_others_are_not() {
+        let runs = Cell::new(0);
+        let flaky = || {
+            runs.set(runs.get() + 1);
+            if runs.get() < 3 {
+                panic!("TEST BED: run {}", runs.get());
+            }
+            runs.get()
+        };
+        assert_eq!(retry_on("t", &["TEST BED"], 3, flaky), 3);
+        for (marker, attempts, want_runs) in [("OTHER", 3, 1), ("TEST BED", 2, 2)] {
+            runs.set(0);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                retry_on("t", &[marker], attempts, flaky)
+            }));
+            assert!(r.is_err(), "{marker}: the failure is not swallowed");
+            assert_eq!(runs.get(), want_runs, "{marker}");
+        }
     }
 }

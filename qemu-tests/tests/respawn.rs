@@ -64,8 +64,9 @@ fn kill_primary_respawn_on_third_then_kill_new_primary() {
 const PAIR_BROKE: &str = "test bed: the pair broke before the test's fault";
 
 /// Fails (with [`PAIR_BROKE`]) when host-a already dropped host-b, or host-b
-/// host-a, before the test's first fault. Seen once in `make test` (stop 36): three TCG hosts
-/// on two cores, each starved for over a second while their VMs booted
+/// host-a, before the test's first fault. Seen once in `make test` (stop
+/// 36): three TCG hosts on two cores, each starved for over a second while
+/// their VMs booted
 /// (host-b's heartbeats and acks more than 1 s old on arrival, host-a's own
 /// lease renewal failing for 1 s), so with the 1 s failure timeout host-a
 /// took host-b for silent, went on alone in generations 2 and 3 and
