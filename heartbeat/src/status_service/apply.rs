@@ -123,8 +123,8 @@ pub(super) struct CaughtUp {
     pub(super) id: ConfigId,
     pub(super) from: String,
     pub(super) at: Instant,
-    /// The catch-up apply's line, without this host's name.
-    pub(super) line: String,
+    /// What the catch-up apply did ([`persisted_text`]).
+    pub(super) text: String,
 }
 
 /// How a config reaches [`Service::apply_here`].
@@ -163,19 +163,20 @@ impl Service {
         let persisted = match self.persist(config) {
             Ok(p) => p,
             Err(e) => {
-                let (pass_on, holds) = (pass_on_despite(&e), holds_already(&e));
+                let held = held_id(&e);
                 let how = caught_up
                     .as_ref()
-                    .filter(|c| holds && held_id(&e) == Some(c.id))
+                    .filter(|c| held == Some(c.id))
                     .map(|c| {
                         format!(
                             "; this host's catch-up took it from {} {} ms before this request ({})",
                             c.from,
                             c.at.elapsed().as_millis(),
-                            c.line
+                            c.text
                         )
                     })
                     .unwrap_or_default();
+                let (pass_on, holds) = (pass_on_despite(&e), held.is_some());
                 return refused(format!("{host}: {e}{how}"), pass_on, holds);
             }
         };
@@ -226,16 +227,14 @@ impl Service {
                 String::new()
             }
         };
-        let line = persisted_line(&host, &persisted, &format!("{changes}{told}"));
+        let text = persisted_text(&persisted, &format!("{changes}{told}"));
+        let line = format!("{host}: {text}");
         *caught_up = match via {
             Via::CatchUp { from } => Some(CaughtUp {
                 id: persisted.id,
                 from: from.to_string(),
                 at: Instant::now(),
-                line: line
-                    .strip_prefix(&format!("{host}: "))
-                    .unwrap_or(&line)
-                    .to_string(),
+                text,
             }),
             Via::Apply => None,
         };
@@ -387,23 +386,20 @@ impl Service {
     }
 }
 
-/// The line of a persisted config: `host-a: generation 8 persisted (was 7);
-/// <changes>`, or for one that replaced another config of its generation
-/// `host-b: persisted generation 8 (replaced another generation-8 config,
-/// digest 1a2b… < 3c4d…); <changes>`.
-fn persisted_line(host: &str, p: &disk_persist::Persisted, rest: &str) -> String {
+/// What a persist did, for its line (`host-a: ` goes before it):
+/// `generation 8 persisted (was 7); <changes>`, or for one that replaced
+/// another config of its generation `persisted generation 8 (replaced
+/// another generation-8 config, digest 1a2b… < 3c4d…); <changes>`.
+fn persisted_text(p: &disk_persist::Persisted, rest: &str) -> String {
     let (g, was) = (p.id.generation, p.previous);
     if was.generation == g {
         format!(
-            "{host}: persisted generation {g} (replaced another generation-{g} config, digest {} < {}); {rest}",
+            "persisted generation {g} (replaced another generation-{g} config, digest {} < {}); {rest}",
             was.short_digest(),
             p.id.short_digest()
         )
     } else {
-        format!(
-            "{host}: generation {g} persisted (was {}); {rest}",
-            was.generation
-        )
+        format!("generation {g} persisted (was {}); {rest}", was.generation)
     }
 }
 

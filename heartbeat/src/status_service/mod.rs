@@ -148,8 +148,8 @@ pub struct Service {
     heartbeat_status: Box<dyn Fn() -> Value + Send + Sync>,
     /// Operators (and the config to compare with) as applied configs changed them.
     live: RwLock<Live>,
-    /// One apply at a time ([`apply`]); under it, what the last catch-up persisted, until another apply
-    /// persists (`apply::CaughtUp`).
+    /// One apply at a time ([`apply`]); under it, what the last catch-up
+    /// persisted, until another apply persists (`apply::CaughtUp`).
     apply_lock: Mutex<Option<apply::CaughtUp>>,
     /// The config disk once found under the scan root (it does not move
     /// while the host runs).
