@@ -1,9 +1,10 @@
 //! Failures of the test bed, not of what runs on it, that a QEMU test may
-//! retry once: L1 is QEMU TCG emulating AMD SVM (NESTED-KVM.md), whose
-//! emulation now and then corrupts L1's own kernel around VMRUN/#VMEXIT. A
-//! userspace VMM cannot legitimately crash or freeze its host's kernel, so
-//! a test that sees it retries once with fresh hosts, says so, and fails on
-//! a second one or on anything else (`linux_vm.rs`, `checkpoint_pair.rs`).
+//! retry: L1 is QEMU TCG emulating AMD SVM (NESTED-KVM.md), whose emulation
+//! now and then corrupts L1's own kernel around VMRUN/#VMEXIT. A userspace
+//! VMM cannot legitimately crash or freeze its host's kernel, so a test that
+//! sees it retries with fresh hosts (once, or up to a measured number of
+//! attempts), says so, and fails on the last one or on anything else
+//! (`linux_vm.rs`, `checkpoint_pair.rs`, `respawn.rs`).
 
 use std::io::Write;
 
@@ -16,6 +17,22 @@ use crate::console::Console;
 pub fn l1_svm_crashed(console: &Console) -> bool {
     console.count("Kernel panic - not syncing") > 0
         && (console.count("svm_vcpu_run") > 0 || console.count("svm_vcpu_enter_exit") > 0)
+}
+
+/// Whether `console` (an L1 running `ftvmm linux`) says L1's own kernel
+/// died or hung in any way: an oops, panic or warning dump naming L1's
+/// emulated board, or a soft lockup of one of ftvmm's vCPU threads (the
+/// emulated VMRUN never came back to L1). The guest's console lines reach
+/// L1's console too, so only lines no guest of `ftvmm linux` prints count
+/// (it gives its guest no SMBIOS, so a guest's dump names no board). Wider
+/// than [`l1_svm_crashed`]: stop 37 saw the stack guard page hit by
+/// `exc_page_fault` recursing in a vCPU thread with no `svm_vcpu_run` left
+/// in the trace.
+pub fn l1_kernel_died(console: &Console) -> bool {
+    console.lines().iter().any(|l| {
+        l.text.contains("Hardware name: QEMU Standard PC")
+            || (l.text.contains("soft lockup - CPU#") && l.text.contains("[vcpu"))
+    })
 }
 
 /// Runs `body`, and once more if it panicked with a message containing one

@@ -308,17 +308,6 @@ const GUEST_FAULT: &str = "GUEST TRIPLE FAULT BEFORE ANY TAKE-OVER";
 /// emulated VMRUN never came back to it). Not what runs on L1.
 const L1_DIED: &str = "L1 DIED OR LOCKED UP";
 
-/// Whether L1's console says L1's own kernel died or hung ([`L1_DIED`]).
-/// The guest's console lines reach it too, so only lines no guest of
-/// `ftvmm linux` prints count: an oops, panic or warning dump that names
-/// L1's (emulated) board, and a soft lockup of one of ftvmm's vCPU threads.
-fn l1_kernel_died(host: &Host) -> bool {
-    host.console().lines().iter().any(|l| {
-        l.text.contains("Hardware name: QEMU Standard PC")
-            || (l.text.contains("soft lockup - CPU#") && l.text.contains("[vcpu"))
-    })
-}
-
 /// A step failed: says whether it was the test bed's (a marker the retry
 /// wrapper recognises) or not.
 fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
@@ -326,7 +315,9 @@ fn fail(host: &Host, what: &str, e: impl std::fmt::Display) -> ! {
         panic!("{L1_SVM_CRASH}: {what}: {e}");
     }
     let e = e.to_string();
-    if e.contains("QEMU logged a triple fault of the host's CPU") || l1_kernel_died(host) {
+    if e.contains("QEMU logged a triple fault of the host's CPU")
+        || qemu_tests::testbed::l1_kernel_died(host.console())
+    {
         panic!("{L1_DIED}: {what}: {e}");
     }
     // The guest's triple fault, with no take-over before it (the
