@@ -225,6 +225,23 @@ fn guest_cmdline() -> String {
     format!("console=ttyS0 reboot=k panic=-1 pci=off no_timer_check{level}")
 }
 
+/// A temporary directory named `prefix…` holding the guest's initramfs
+/// (`guest_init`) and L1's (`run`, [`l1_initrd`]); the directory and L1's
+/// initramfs, to boot with [`boot_l1`].
+fn initrds(
+    inp: &Inputs,
+    prefix: &str,
+    guest_init: &str,
+    run: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let guest = dir.path().join("guest-initrd.img");
+    guest_initrd(inp, guest_init, &guest);
+    let l1 = dir.path().join("l1-initrd.img");
+    l1_initrd(inp, &guest, run, &l1);
+    (dir, l1)
+}
+
 /// L1's init: load kvm, make an 8 MiB disk file starting with a marker,
 /// then `run` (which starts ftvmm on /guest/vmlinuz and /guest/initrd.img).
 fn l1_initrd(inp: &Inputs, guest_initrd: &Path, run: &str, out: &Path) {
@@ -369,13 +386,6 @@ fn stock_linux_boots_with_two_vcpus_and_a_virtio_disk_under_ftvmm() {
 
 fn stock_linux_boots_once() {
     let inp = inputs();
-    let dir = tempfile::Builder::new()
-        .prefix("ft-linux-vm-")
-        .tempdir()
-        .unwrap();
-    let guest = dir.path().join("guest-initrd.img");
-    guest_initrd(&inp, GUEST_INIT, &guest);
-    let l1 = dir.path().join("l1-initrd.img");
     let run = format!(
         "echo 'l1: starting ftvmm linux'
 ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 256 \\
@@ -386,7 +396,7 @@ poweroff -f
 ",
         guest_cmdline()
     );
-    l1_initrd(&inp, &guest, &run, &l1);
+    let (dir, l1) = initrds(&inp, "ft-linux-vm-", GUEST_INIT, &run);
 
     let t = Instant::now();
     let host = boot_l1(&inp, l1, dir.path());
@@ -492,13 +502,6 @@ fn writes(host: &Host) -> Vec<(u32, Duration)> {
 #[ignore = "control run for the checkpoint test (issue 11), minutes long: run with --ignored"]
 fn a_control_the_counter_guest_runs_to_its_end_without_epochs() {
     let inp = inputs();
-    let dir = tempfile::Builder::new()
-        .prefix("ft-linux-ctl-")
-        .tempdir()
-        .unwrap();
-    let guest = dir.path().join("guest-initrd.img");
-    guest_initrd(&inp, CKPT_GUEST_INIT, &guest);
-    let l1 = dir.path().join("l1-initrd.img");
     let run = format!(
         "echo 'l1: starting ftvmm linux without epochs'
 ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
@@ -510,7 +513,7 @@ poweroff -f
 ",
         guest_cmdline()
     );
-    l1_initrd(&inp, &guest, &run, &l1);
+    let (dir, l1) = initrds(&inp, "ft-linux-ctl-", CKPT_GUEST_INIT, &run);
     let t = Instant::now();
     let host = boot_l1(&inp, l1, dir.path());
     step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
@@ -568,13 +571,6 @@ fn a_checkpoint_pair_in_one_process_takes_over_a_running_linux_guest() {
 
 fn checkpoint_pair_once() {
     let inp = inputs();
-    let dir = tempfile::Builder::new()
-        .prefix("ft-linux-ckpt-")
-        .tempdir()
-        .unwrap();
-    let guest = dir.path().join("guest-initrd.img");
-    guest_initrd(&inp, CKPT_GUEST_INIT, &guest);
-    let l1 = dir.path().join("l1-initrd.img");
     let run = format!(
         "echo 'l1: starting ftvmm linux with a local secondary'
 ( {debug}ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 128 \\
@@ -599,7 +595,7 @@ poweroff -f
             .map(|a| format!("{a} "))
             .unwrap_or_default()
     );
-    l1_initrd(&inp, &guest, &run, &l1);
+    let (dir, l1) = initrds(&inp, "ft-linux-ckpt-", CKPT_GUEST_INIT, &run);
     let t = Instant::now();
     let host = boot_l1(&inp, l1, dir.path());
     step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
@@ -701,13 +697,6 @@ fn boot_loop_counts_guest_faults() {
     let checkpoint = std::env::var("FT_BOOTLOOP_MODE").as_deref() != Ok("plain");
     let extra = std::env::var("FT_BOOTLOOP_CMDLINE").unwrap_or_default();
     let inp = inputs();
-    let dir = tempfile::Builder::new()
-        .prefix("ft-linux-loop-")
-        .tempdir()
-        .unwrap();
-    let guest = dir.path().join("guest-initrd.img");
-    guest_initrd(&inp, CKPT_GUEST_INIT, &guest);
-    let l1 = dir.path().join("l1-initrd.img");
     let mode = if checkpoint {
         "--local-secondary --epoch-ms 20 --take-over-on /tmp/never"
     } else {
@@ -741,7 +730,7 @@ poweroff -f
 ",
         cmdline = guest_cmdline(),
     );
-    l1_initrd(&inp, &guest, &run, &l1);
+    let (dir, l1) = initrds(&inp, "ft-linux-loop-", CKPT_GUEST_INIT, &run);
     let t = Instant::now();
     let host = boot_l1(&inp, l1, dir.path());
     step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
