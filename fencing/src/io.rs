@@ -1,6 +1,7 @@
 //! Block I/O on the fencing region: the [`BlockIo`] trait, the shared device
-//! ([`Device`], with its logical and physical block sizes) and the region on
-//! it ([`RegionIo`]).
+//! ([`Device`], with its logical and physical block sizes), the region on
+//! it ([`RegionIo`]) and `each_at_once`, which issues several requests
+//! together.
 //!
 //! # Rules
 //!
@@ -310,6 +311,47 @@ fn end_offset(file: &File) -> std::io::Result<u64> {
     f.seek(std::io::SeekFrom::End(0))
 }
 
+/// Runs `f` on every item at once, one scoped thread each, and returns the
+/// results in `items` order: `Err` (the panic's payload) for an item whose
+/// `f` panicked, the others unaffected.
+///
+/// Why: on a slow storage path every request is a round trip, so `n`
+/// requests one after the other cost `n` round trips and at once about one
+/// (a Disk Paxos phase, [`crate::paxos::decide`]; a renewal's reads of the
+/// other hosts' leases, [`crate::renew`]). Only for requests whose callers
+/// are right in any completion order: they are issued together and may
+/// complete in any order; only the results come back in input order.
+///
+/// A thread that cannot be made (no resources) runs its item here and now
+/// instead, before the next item is started: slower, never wrong, since the
+/// caller accepts any completion order and this is one of them. Its panic
+/// is caught and reported for that item, as a thread's would be (the other
+/// items' threads keep running either way, so catching it here exposes
+/// nothing a panicked thread would not).
+pub(crate) fn each_at_once<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<std::thread::Result<R>> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let running: Vec<_> = items
+            .iter()
+            .map(|item| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, move || f(item))
+                    .map_err(|_| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|t| match t {
+                Ok(t) => t.join(),
+                Err(done_here) => done_here,
+            })
+            .collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +416,58 @@ mod tests {
             let s = b.as_mut();
             assert_eq!(s.len(), len);
             assert_eq!(s.as_ptr() as usize % len.max(4096), 0);
+        }
+    }
+
+    #[test]
+    fn each_at_once_returns_results_in_input_order() {
+        // Later items finish first, so completion order is not input order.
+        let items: Vec<u64> = (0..8).collect();
+        let out = each_at_once(&items, |&i| {
+            std::thread::sleep(std::time::Duration::from_millis(5 * (8 - i)));
+            i * 10
+        });
+        let out: Vec<u64> = out.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(out, (0..8).map(|i| i * 10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn each_at_once_runs_every_item_exactly_once() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let runs: Vec<AtomicU32> = (0..16).map(|_| AtomicU32::new(0)).collect();
+        let items: Vec<usize> = (0..16).collect();
+        let out = each_at_once(&items, |&i| runs[i].fetch_add(1, Ordering::SeqCst));
+        assert_eq!(out.len(), 16);
+        assert!(
+            out.into_iter().all(|r| r.unwrap() == 0),
+            "no item ran twice"
+        );
+        assert!(runs.iter().all(|n| n.load(Ordering::SeqCst) == 1));
+        assert!(each_at_once(&[] as &[u8], |_| ()).is_empty());
+    }
+
+    #[test]
+    fn each_at_once_reports_a_panic_for_its_item_only() {
+        let items = [1u32, 2, 3, 4];
+        let out = each_at_once(&items, |&i| {
+            if i == 3 {
+                panic!("item 3 fails (expected by this test)");
+            }
+            i
+        });
+        assert_eq!(out.len(), 4);
+        for (i, r) in items.iter().zip(out) {
+            match r {
+                Ok(v) => {
+                    assert_ne!(*i, 3, "item 3 should have panicked");
+                    assert_eq!(v, *i);
+                }
+                Err(payload) => {
+                    assert_eq!(*i, 3, "only item 3 panicked");
+                    let msg = payload.downcast_ref::<&str>().copied().unwrap_or("");
+                    assert!(msg.contains("item 3 fails"), "{msg:?}");
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - [`layout`]: the on-disk layout of the fencing region (version 2: one
 //!   physical block per record), byte by byte; blank / valid / corrupt.
 //! - [`io`]: whole-block I/O on the region (`O_DIRECT | O_SYNC`), the device's
-//!   logical and physical block sizes.
+//!   logical and physical block sizes, and several requests issued at once.
 //! - [`paxos`]: Disk Paxos as a pure state machine driven by I/O completions,
 //!   plus the synchronous driver the daemon uses ([`paxos::decide`]).
 //! - [`acquire`]: `Acquire` and `Highest`; [`alarm`]: corrupt-block alarms.

@@ -33,6 +33,7 @@ use config_schema::clock::BootInstant;
 use crate::agent::Agent;
 use crate::depose::{deposition, Deposition};
 use crate::freeze::Evidence;
+use crate::io::each_at_once;
 use crate::layout::{view_paxos, LeaseRecord, Running, SlotView};
 use crate::paxos::{CorruptBlock, CORRUPT_REREADS};
 use crate::slot::{describe, ClaimAction};
@@ -354,27 +355,10 @@ impl Agent {
         // order; each read keeps its own issue and completion times, which
         // is all freeze detection looks at.
         let hosts: Vec<u32> = (0..self.geo.hosts).filter(|&h| h != self.me).collect();
-        let reads: Vec<_> = std::thread::scope(|s| {
-            let read = move |h: u32| {
-                let issued = BootInstant::now();
-                let r = self.io.read(self.geo.lease_block(h));
-                (h, issued, r, BootInstant::now())
-            };
-            // A thread that cannot be made reads here and now instead.
-            let running: Vec<_> = (hosts.iter())
-                .map(|&h| {
-                    std::thread::Builder::new()
-                        .spawn_scoped(s, move || read(h))
-                        .map_err(|_| read(h))
-                })
-                .collect();
-            running
-                .into_iter()
-                .map(|t| match t {
-                    Ok(t) => t.join().map_err(|_| ()),
-                    Err(done) => Ok(done),
-                })
-                .collect()
+        let reads = each_at_once(&hosts, |&h| {
+            let issued = BootInstant::now();
+            let r = self.io.read(self.geo.lease_block(h));
+            (h, issued, r, BootInstant::now())
         });
         let mut evidence = None;
         for read in reads {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use config_schema::clock::BootInstant;
 
 use super::{IoRequest, IoResult, Op, Outcome, Poll, Proposer};
-use crate::io::BlockIo;
+use crate::io::{each_at_once, BlockIo};
 use crate::layout::Geometry;
 
 /// Why [`decide`] gave up.
@@ -92,27 +92,10 @@ fn perform_all(
     if exec == Exec::Sequential || batch.len() < 2 {
         return batch.iter().map(|r| perform(io, r)).collect();
     }
-    std::thread::scope(|s| {
-        // A thread that cannot be made (no resources) does its request here
-        // and now instead: slower, never wrong.
-        let running: Vec<_> = batch
-            .iter()
-            .map(|r| {
-                std::thread::Builder::new()
-                    .spawn_scoped(s, move || perform(io, r))
-                    .map_err(|_| perform(io, r))
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|t| match t {
-                Ok(t) => t
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("an i/o thread panicked"))),
-                Err(done) => done,
-            })
-            .collect()
-    })
+    each_at_once(batch, |r| perform(io, r))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|_| Err(std::io::Error::other("an i/o thread panicked"))))
+        .collect()
 }
 
 /// Runs Disk Paxos for `ask` on `io`, retrying after aborts (randomized
