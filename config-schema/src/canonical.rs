@@ -93,6 +93,15 @@
 //! 6, hosts [ storage (0 = none; 1, then mac, addr) ]  (one entry per host, in order)
 //! ```
 //!
+//! Then, only when `cluster.vm_witness` is set, the witness trailer:
+//!
+//! ```text
+//! 7, cluster.vm_witness (string)
+//! ```
+//!
+//! A build from before it refuses such a config ("trailing bytes") instead
+//! of running without the witness the operator counted on.
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -121,6 +130,8 @@ const CLUSTER_TRAILER: u8 = 4;
 const MGMT_TRAILER: u8 = 5;
 /// First byte of the storage trailer (see the module doc).
 const STORAGE_TRAILER: u8 = 6;
+/// First byte of the witness trailer (see the module doc).
+const WITNESS_TRAILER: u8 = 7;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -210,6 +221,10 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     }
     push_nics(&mut bytes, MGMT_TRAILER, config, |h| &h.mgmt);
     push_nics(&mut bytes, STORAGE_TRAILER, config, |h| &h.storage);
+    if let Some(w) = &config.cluster.vm_witness {
+        bytes.push(WITNESS_TRAILER);
+        bytes.extend(postcard::to_stdvec(w).expect("postcard encodes a string"));
+    }
     bytes
 }
 
@@ -313,6 +328,11 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
             |h| &mut h.storage,
             |entries, hosts| CanonicalError::StorageCount { entries, hosts },
         )?;
+    }
+    if let [WITNESS_TRAILER, text @ ..] = rest {
+        let (w, after): (String, &[u8]) = postcard::take_from_bytes(text)?;
+        config.cluster.vm_witness = Some(w);
+        rest = after;
     }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));

@@ -468,3 +468,6 @@ mod mgmt;
 
 #[path = "canonical_storage_tests.rs"]
 mod storage;
+
+#[path = "canonical_witness_tests.rs"]
+mod witness;

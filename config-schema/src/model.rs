@@ -73,6 +73,22 @@ pub struct Cluster {
     /// it in the cluster trailer, only when `true`.
     #[serde(default, skip_serializing_if = "is_false", with = "outside_binary")]
     pub accept_soft_watchdog: bool,
+    /// `vm_witness = "a.b.c.d"` (optional): an address on the VM network,
+    /// outside the appliance (the clients' router, say), that every host's
+    /// heartbeat pings (ICMP echo) from its VM-network address. A host that
+    /// hears neither a peer nor the witness there has lost the VM network;
+    /// one that hears the witness has not. With two hosts that is the only
+    /// way to tell whose side of a cut VM network is cut
+    /// (`heartbeat/README.md`, The VM witness). Evidence of reachability
+    /// only: it never decides who goes live (fencing does). Not in the
+    /// postcard encoding of `Cluster`: [`crate::canonical`] carries it in
+    /// the witness trailer, only when set.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub vm_witness: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -126,6 +126,7 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     iscsi::check_portal_reach(c)?;
     net::check_mgmt_subnets(c)?;
     net::check_ft_subnets(c, &mut warnings);
+    witness::check_vm_witness(c)?;
     check_groups(c)?;
     vm::check_images(c, pins)?;
     check_vms(c, &mut warnings)?;
@@ -634,6 +635,9 @@ mod net;
 
 #[path = "validate_vm.rs"]
 mod vm;
+
+#[path = "validate_witness.rs"]
+mod witness;
 
 #[path = "validate_iscsi.rs"]
 mod iscsi;

@@ -1,0 +1,148 @@
+//! `cluster.vm_witness`: an address outside the appliance on the VM network
+//! that every host's heartbeat pings from its VM-network address (the
+//! clients' router, say; `heartbeat/README.md`, The VM witness).
+//!
+//! It must be a plain unicast IPv4 address (no prefix), inside every
+//! host's VM subnet: init adds no route, so only a directly connected
+//! witness is pinged through the VM bridge (a routed one would be pinged
+//! through whatever NIC the kernel picks, or not at all, and then say
+//! nothing about the VM network). It must not be an appliance host's
+//! address (that host is a peer, heard already) nor a protected VM's: a VM
+//! answers from whichever host runs it, so a Primary would always hear its
+//! own guest and never see its VM network cut.
+
+use std::net::Ipv4Addr;
+
+use super::net::{contains, network};
+use super::{parse_cidr, ConfigError};
+use crate::model::ClusterConfig;
+
+const PATH: &str = "cluster.vm_witness";
+
+/// Refuses a witness that could not show a host's VM network (module doc).
+/// Addresses elsewhere in the config that do not parse are skipped: their
+/// own checks refuse them first.
+pub(super) fn check_vm_witness(c: &ClusterConfig) -> Result<(), ConfigError> {
+    let Some(text) = &c.cluster.vm_witness else {
+        return Ok(());
+    };
+    let bad = |problem: String| Err(ConfigError::at(PATH, problem));
+    let Ok(ip) = text.parse::<Ipv4Addr>() else {
+        return bad(format!(
+            "{text:?} is not an IPv4 address (a.b.c.d, without a prefix)"
+        ));
+    };
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return bad(format!("{ip} cannot answer a ping as one witness"));
+    }
+    for (i, h) in c.hosts.iter().enumerate() {
+        let nics = [("ft", Some(&h.ft)), ("vm", Some(&h.vm))]
+            .into_iter()
+            .chain([("mgmt", h.mgmt.as_ref()), ("storage", h.storage.as_ref())]);
+        for (field, nic) in nics {
+            let Some((nip, _)) = nic.and_then(|n| parse_cidr(&n.addr)) else {
+                continue;
+            };
+            if nip == ip {
+                return bad(format!(
+                    "{ip} is host {}'s own address (hosts[{i}].{field}.addr): the witness \
+                     must be outside the appliance",
+                    h.name
+                ));
+            }
+        }
+    }
+    if let Some((i, vm)) = (c.vms.iter().enumerate())
+        .find(|(_, vm)| parse_cidr(&vm.ip).is_some_and(|(vip, _)| vip == ip))
+    {
+        return bad(format!(
+            "{ip} is VM {}'s address (vms[{i}].ip): a VM answers from whichever host runs \
+             it, so its Primary would always hear it",
+            vm.name
+        ));
+    }
+    for (i, h) in c.hosts.iter().enumerate() {
+        let Some((vip, vp)) = parse_cidr(&h.vm.addr) else {
+            continue;
+        };
+        if !contains(vip, vp, ip) {
+            return bad(format!(
+                "{ip} is outside host {}'s VM subnet ({}, hosts[{i}].vm.addr): init adds \
+                 no route, so the witness must be on the VM network itself",
+                h.name, h.vm.addr
+            ));
+        }
+        if vp < 31 && ip == network(vip, vp) {
+            return bad(format!(
+                "{ip} is the network address of host {}'s VM subnet ({})",
+                h.name, h.vm.addr
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::validate::{parse, ConfigError};
+
+    const EXAMPLE: &str = include_str!("../../examples/cluster.toml");
+
+    /// The example with `vm_witness = <w>` in `[cluster]`.
+    fn with(w: &str) -> Result<crate::validate::Validated, ConfigError> {
+        let text = EXAMPLE.replacen(
+            "[cluster]\n",
+            &format!("[cluster]\nvm_witness = {w:?}\n"),
+            1,
+        );
+        assert_ne!(text, EXAMPLE, "the example has a [cluster] table");
+        parse(&text)
+    }
+
+    fn refused(w: &str) -> String {
+        let e = with(w).expect_err(w);
+        assert_eq!(e.path(), Some("cluster.vm_witness"), "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn an_address_on_every_hosts_vm_subnet_is_taken() {
+        let v = with("198.51.100.254").unwrap();
+        assert_eq!(
+            v.config.cluster.vm_witness.as_deref(),
+            Some("198.51.100.254")
+        );
+        assert!(parse(EXAMPLE).unwrap().config.cluster.vm_witness.is_none());
+    }
+
+    #[test]
+    fn what_could_not_show_a_hosts_vm_network_is_refused_by_name() {
+        let e = refused("198.51.100.254/24");
+        assert!(
+            e.contains("is not an IPv4 address (a.b.c.d, without a prefix)"),
+            "{e}"
+        );
+        assert!(refused("witness.example").contains("is not an IPv4 address"));
+        assert!(refused("255.255.255.255").contains("cannot answer a ping"));
+        assert!(refused("224.0.0.1").contains("cannot answer a ping"));
+        let e = refused("198.51.100.2");
+        assert!(
+            e.contains("is host host-b's own address (hosts[1].vm.addr)"),
+            "{e}"
+        );
+        let e = refused("192.0.2.3");
+        assert!(e.contains("host-c's own address (hosts[2].ft.addr)"), "{e}");
+        let e = refused("203.0.113.1");
+        assert!(e.contains("outside host"), "{e}");
+        assert!(
+            e.contains("VM subnet (198.51.100.1/24, hosts[0].vm.addr)"),
+            "{e}"
+        );
+        let e = refused("198.51.100.10");
+        assert!(
+            e.contains("(vms[0].ip)") && e.contains("answers from whichever host runs it"),
+            "{e}"
+        );
+        assert!(refused("198.51.100.0").contains("network address"));
+    }
+}
