@@ -99,6 +99,7 @@ fuzz:
 	cd ftvmm && cargo +nightly fuzz run transfer_message -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run epoch_piece -- -max_total_time=$(FUZZ_SECONDS)
 	cd heartbeat && cargo +nightly fuzz run packet -- -max_total_time=$(FUZZ_SECONDS)
+	cd heartbeat && cargo +nightly fuzz run witness_reply -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run blocks -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run lease_record -- -max_total_time=$(FUZZ_SECONDS)
 	cd fencing && cargo +nightly fuzz run prin -- -max_total_time=$(FUZZ_SECONDS)

@@ -29,8 +29,13 @@ fn main() -> anyhow::Result<()> {
             watch_ms: 5000,
             quiet_ms: 0,
             hears: vec![1, 3],
+            witness: None,
         }),
     };
+    let mut with_witness = full.clone();
+    if let Some(vm) = with_witness.vm.as_mut() {
+        vm.witness = Some(true);
+    }
     let empty = Payload {
         view: vec![],
         vm: None,
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         ("sealed-b-to-a", sealed),
         ("payload-full", full.encode()),
         ("payload-empty", empty.encode()),
+        ("payload-witness", with_witness.encode()),
     ] {
         std::fs::write(format!("{dir}/{name}"), bytes)?;
     }

@@ -39,7 +39,10 @@ use crate::view::Transition;
 
 #[path = "daemon_vm.rs"]
 mod vm;
-pub use vm::vm_line;
+pub use vm::{vm_line, witness_name};
+
+#[path = "daemon_witness.rs"]
+mod witness;
 use vm::{announce_vm, vm_loop, vm_net_view};
 
 /// At most one console line per drop reason in this period.
@@ -266,6 +269,10 @@ impl Daemon {
         });
         let vm_gate = Gate::new_vm(&keys, 0);
         let vm_bind = keys.vm.as_ref().map(|v| v.bind);
+        let witness = (keys.vm.as_ref()).and_then(|v| match (v.bind.ip(), v.witness) {
+            (std::net::IpAddr::V4(ip), Some(w)) => Some((ip, w)),
+            _ => None,
+        });
         let tx = socket.try_clone().map_err(DaemonError::Socket)?;
         let s1 = Arc::clone(&shared);
         let sender = std::thread::Builder::new()
@@ -306,16 +313,14 @@ impl Daemon {
             let vm = std::thread::Builder::new()
                 .name("heartbeat-vmnet".into())
                 .spawn(move || vm_loop(&s3, vm_gate, addr));
-            match vm {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    shared.stop.store(true, Ordering::SeqCst);
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(DaemonError::Thread(e));
-                }
-            }
+            push_or_stop(&shared, &mut threads, vm)?;
+        }
+        if let Some((ip, w)) = witness {
+            let s4 = Arc::clone(&shared);
+            let t = std::thread::Builder::new()
+                .name("heartbeat-witness".into())
+                .spawn(move || witness::witness_loop(&s4, ip, w));
+            push_or_stop(&shared, &mut threads, t)?;
         }
         Ok(Daemon {
             handle: Handle(shared),
@@ -479,6 +484,28 @@ fn send_round(
         }
         g.0 += 1;
         g.1 = Some(format!("{addr}: {e}"));
+    }
+}
+
+/// Keeps a started thread, or, if it could not start, stops and joins
+/// every thread started so far.
+fn push_or_stop(
+    shared: &Shared,
+    threads: &mut Vec<JoinHandle<()>>,
+    spawned: std::io::Result<JoinHandle<()>>,
+) -> Result<(), DaemonError> {
+    match spawned {
+        Ok(t) => {
+            threads.push(t);
+            Ok(())
+        }
+        Err(e) => {
+            shared.stop.store(true, Ordering::SeqCst);
+            for t in threads.drain(..) {
+                let _ = t.join();
+            }
+            Err(DaemonError::Thread(e))
+        }
     }
 }
 

@@ -16,6 +16,12 @@ use crate::node::Node;
 use crate::packet::{Net, VmReport};
 use crate::view::Transition;
 
+/// How the VM-network view names the witness at `ip` among the hosts a
+/// host hears (`ctl::VmReach::hears`).
+pub fn witness_name(ip: std::net::Ipv4Addr) -> String {
+    format!("witness:{ip}")
+}
+
 /// The console line of a VM-network view's transition (a restart is the
 /// FT view's to say).
 pub fn vm_line(t: &Transition) -> Option<String> {
@@ -56,6 +62,7 @@ impl Handle {
             "watch_ms": view.own.watch_ms,
             "quiet_ms": view.own.quiet_ms,
             "hears": view.own.hears,
+            "witness": node.witness().map(|w| w.status(now, cfg.failure_timeout_ms)),
             "send_errors": self.0.vm_send_errors.load(Ordering::Relaxed),
             "noise_opens": self.0.vm_noise_opens.load(Ordering::Relaxed),
             "peers_report": view.peers,
@@ -78,19 +85,27 @@ impl Handle {
 pub(super) fn vm_net_view(node: &Node, now: u64) -> VmNetView {
     let view = node.view();
     let me = node.config();
-    let names = |ids: &[u32]| -> Vec<String> {
-        ids.iter()
-            .map(|&id| match view.name_of(id) {
-                Some(n) => n.to_string(),
-                None if id == me.id => me.name.clone(),
-                None => format!("id {id}"),
-            })
-            .collect()
+    // The witness is named by this host's config (the cluster's one
+    // witness); `witness:` cannot begin a host name (`:` is not allowed in
+    // one), so ftvmm's rules take it as one more party heard, never as a
+    // host.
+    let witness = (me.vm.as_ref()).and_then(|v| v.witness);
+    let names = |ids: &[u32], heard_witness: Option<bool>| -> Vec<String> {
+        let hosts = ids.iter().map(|&id| match view.name_of(id) {
+            Some(n) => n.to_string(),
+            None if id == me.id => me.name.clone(),
+            None => format!("id {id}"),
+        });
+        let w = match (witness, heard_witness) {
+            (Some(ip), Some(true)) => Some(witness_name(ip)),
+            _ => None,
+        };
+        hosts.chain(w).collect()
     };
     let reach = |r: &VmReport| VmReach {
         watch_ms: (r.watch_ms > 0).then_some(u64::from(r.watch_ms)),
         quiet_ms: u64::from(r.quiet_ms),
-        hears: names(&r.hears),
+        hears: names(&r.hears, r.witness),
     };
     let own = match node.vm_report(now) {
         Some(r) => reach(&r),
@@ -109,7 +124,7 @@ pub(super) fn vm_net_view(node: &Node, now: u64) -> VmNetView {
         })
         .collect();
     let own_since_heard_ms = (node.vm_view())
-        .and_then(|v| v.last_heard_any())
+        .and(node.vm_last_heard())
         .map(|t| now.saturating_sub(t));
     VmNetView {
         failure_timeout_ms: view.timeout_ms(),

@@ -27,6 +27,7 @@ pub mod node;
 pub mod packet;
 pub mod status_service;
 pub mod view;
+pub mod witness;
 
 // The test clusters (`test_hosts.rs`) name this crate `heartbeat`, as the
 // integration tests that share them do.

@@ -8,7 +8,7 @@
 //! outside it; [`Node::heartbeats`] and [`Node::receive`] chain both halves
 //! for tests and the fuzz target.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use config_schema::runtime::RuntimeConfig;
 
@@ -16,6 +16,7 @@ use crate::drops::DropReason;
 use crate::gate::{Admitted, Gate, Rejected};
 use crate::packet::{self, Header, Net, PacketError, Payload, VmReport};
 use crate::view::{Membership, Transition};
+use crate::witness::Witness;
 
 /// The UDP port heartbeats use on the FT network.
 pub const PORT: u16 = 7400;
@@ -30,6 +31,8 @@ pub enum ConfigError {
     BadKey { host: String, what: &'static str },
     #[error("host {host}: private key does not match its public_key in the config")]
     KeyMismatch { host: String },
+    #[error("cluster.vm_witness {0:?} is not an IPv4 address")]
+    BadWitness(String),
 }
 
 /// A peer: who, its static key, where its heartbeats go.
@@ -47,6 +50,9 @@ pub struct PeerConf {
 pub struct VmNetConfig {
     pub bind: SocketAddr,
     pub peers: Vec<(u32, SocketAddr)>,
+    /// The VM witness this host pings from `bind`'s address
+    /// (`cluster.vm_witness`, [`crate::witness`]); `None`: none.
+    pub witness: Option<Ipv4Addr>,
 }
 
 /// Everything a node needs, from the runtime config or built by a test.
@@ -128,6 +134,10 @@ impl NodeConfig {
             vm: Some(VmNetConfig {
                 bind: SocketAddr::new(ft_ip(&me.name, &me.vm.addr)?, port),
                 peers: vm_peers,
+                witness: match &cfg.cluster.vm_witness {
+                    None => None,
+                    Some(w) => Some(w.parse().map_err(|_| ConfigError::BadWitness(w.clone()))?),
+                },
             }),
         })
     }
@@ -161,6 +171,9 @@ pub struct Node {
     cfg: NodeConfig,
     view: Membership,
     vm: Option<Membership>,
+    /// The VM witness, when the config names one (its prober is the
+    /// daemon's witness thread).
+    witness: Option<Witness>,
 }
 
 /// ms as a u32, saturating (the wire's width).
@@ -177,11 +190,40 @@ impl Node {
             cfg.failure_timeout_ms,
             now_ms,
         );
+        // The echo id and payload nonce come from the boot id (random per
+        // daemon start): another daemon's pings, or this one's before a
+        // restart, do not count as answers to this one's.
+        let mixed = boot_id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        let witness = (cfg.vm.as_ref().and_then(|v| v.witness))
+            .map(|addr| Witness::new(addr, (mixed >> 48) as u16, mixed ^ boot_id));
         Node {
             cfg,
             view,
             vm: None,
+            witness,
         }
+    }
+
+    /// The VM witness's state, when the config names one.
+    pub fn witness(&self) -> Option<&Witness> {
+        self.witness.as_ref()
+    }
+
+    pub fn witness_mut(&mut self) -> Option<&mut Witness> {
+        self.witness.as_mut()
+    }
+
+    /// Whether this host hears its VM witness now (`None`: it has none).
+    pub fn hears_witness(&self, now_ms: u64) -> Option<bool> {
+        (self.witness.as_ref()).map(|w| w.heard(now_ms, self.cfg.failure_timeout_ms))
+    }
+
+    /// When this host last heard anyone on the VM network: a peer, or the
+    /// witness (ms; `None`: never).
+    pub fn vm_last_heard(&self) -> Option<u64> {
+        let peer = self.vm.as_ref().and_then(|v| v.last_heard_any());
+        let witness = self.witness.as_ref().and_then(|w| w.last_reply_ms);
+        peer.max(witness)
     }
 
     fn peer_names(cfg: &NodeConfig) -> Vec<(u32, String)> {
@@ -218,16 +260,20 @@ impl Node {
     /// socket is bound.
     pub fn vm_report(&self, now_ms: u64) -> Option<VmReport> {
         self.cfg.vm.as_ref()?;
+        let witness = self.hears_witness(now_ms);
         let Some(vm) = &self.vm else {
             return Some(VmReport {
                 watch_ms: 0,
                 quiet_ms: 0,
                 hears: Vec::new(),
+                witness,
             });
         };
         let hears = vm.alive_ids(now_ms);
-        let quiet_ms = if hears.is_empty() {
-            let since = vm.last_heard_any().unwrap_or(0).max(vm.started_ms());
+        // Quiet: since this host last heard anyone there, the witness
+        // included (hearing it shows this host's side works, as a peer does).
+        let quiet_ms = if hears.is_empty() && witness != Some(true) {
+            let since = self.vm_last_heard().unwrap_or(0).max(vm.started_ms());
             now_ms.saturating_sub(since)
         } else {
             0
@@ -237,6 +283,7 @@ impl Node {
             watch_ms: ms32(now_ms.saturating_sub(vm.started_ms())).max(1),
             quiet_ms: ms32(quiet_ms),
             hears,
+            witness,
         })
     }
 

@@ -6,13 +6,14 @@
 //! packet  = magic | wire version u8 (= 1) | sender id u32le | receiver id u32le | noise message
 //! magic   = "FTHB" on the FT network, "FTHV" on the VM network
 //! noise   = e (32 bytes) | ChaChaPoly(payload) (payload + 16-byte tag)
-//! payload = version u8 (1 or 2) | sender id u32le | boot id u64le | seq u64le | count u8
-//!           | count × entry | (version 2 only) vm
+//! payload = version u8 (1, 2 or 3) | sender id u32le | boot id u64le | seq u64le | count u8
+//!           | count × entry | (versions 2 and 3) vm | (version 3 only) witness u8
 //! entry   = host id u32le | flags u8 | boot id u64le | seq u64le
 //! flags   = bit 0: the sender considers the host alive
 //!           bit 1: the sender has heard (an authenticated packet) from that host;
 //!                  boot id and seq are then the last ones it heard (else zero)
 //! vm      = watch ms u32le | quiet ms u32le | n u8 | n × host id u32le (strictly increasing)
+//! witness = 0: the sender does not hear the VM witness, 1: it does
 //! ```
 //!
 //! The magic is part of the prologue, so a packet sealed for one network does
@@ -26,6 +27,13 @@
 //! seq, echo). A daemon of a release that decodes only version 1 drops the
 //! FT heartbeats of this one as `bad_version`: every host of a cluster must
 //! run the same release (as the logging channel's version already requires).
+//!
+//! Version 3 adds whether the sender hears the VM witness
+//! (`cluster.vm_witness`, [`crate::witness`]); it is sent only by a host
+//! whose config names a witness, so a cluster without one keeps version 2
+//! on the wire. A config with a witness is refused by a build from before
+//! it (the config's witness trailer), so no host of such a cluster sends
+//! version 3 to one that cannot read it.
 //!
 //! Both static keys are known from the config (the K pattern's pre-messages), so
 //! every packet authenticates its sender to its receiver on its own; loss and
@@ -48,6 +56,8 @@ pub const WIRE_VERSION: u8 = 1;
 pub const PAYLOAD_VERSION: u8 = 1;
 /// Version of the encrypted payload format with one ([`VmReport`]).
 pub const PAYLOAD_VERSION_VM: u8 = 2;
+/// Version with one that says whether the sender hears the VM witness.
+pub const PAYLOAD_VERSION_WITNESS: u8 = 3;
 /// Length of the clear header (the Noise prologue).
 pub const HEADER_LEN: usize = 4 + 1 + 4 + 4;
 /// Ephemeral public key plus AEAD tag around the payload.
@@ -58,7 +68,8 @@ const ENTRY_LEN: usize = 4 + 1 + 8 + 8;
 const PAYLOAD_FIXED: usize = 1 + 4 + 8 + 8 + 1;
 const VM_FIXED: usize = 4 + 4 + 1;
 /// Largest payload and packet we ever produce or accept.
-pub const MAX_PAYLOAD: usize = PAYLOAD_FIXED + MAX_ENTRIES * ENTRY_LEN + VM_FIXED + MAX_ENTRIES * 4;
+pub const MAX_PAYLOAD: usize =
+    PAYLOAD_FIXED + MAX_ENTRIES * ENTRY_LEN + VM_FIXED + MAX_ENTRIES * 4 + 1;
 pub const MAX_PACKET: usize = HEADER_LEN + NOISE_OVERHEAD + MAX_PAYLOAD;
 
 const FLAG_ALIVE: u8 = 1;
@@ -174,6 +185,9 @@ pub struct VmReport {
     /// The peers it heard on the VM network within the failure timeout,
     /// host ids in increasing order.
     pub hears: Vec<u32>,
+    /// Whether it heard the VM witness within the failure timeout; `None`:
+    /// its config names none (payload version 2).
+    pub witness: Option<bool>,
 }
 
 /// The decrypted heartbeat.
@@ -196,9 +210,12 @@ impl Payload {
     pub fn encode(&self) -> Vec<u8> {
         assert!(self.view.len() <= MAX_ENTRIES, "too many view entries");
         let mut out = Vec::with_capacity(MAX_PAYLOAD);
-        out.push(match self.vm {
+        out.push(match &self.vm {
             None => PAYLOAD_VERSION,
-            Some(_) => PAYLOAD_VERSION_VM,
+            Some(VmReport { witness: None, .. }) => PAYLOAD_VERSION_VM,
+            Some(VmReport {
+                witness: Some(_), ..
+            }) => PAYLOAD_VERSION_WITNESS,
         });
         out.extend_from_slice(&self.sender.to_le_bytes());
         out.extend_from_slice(&self.boot_id.to_le_bytes());
@@ -225,6 +242,9 @@ impl Payload {
             for h in &vm.hears {
                 out.extend_from_slice(&h.to_le_bytes());
             }
+            if let Some(w) = vm.witness {
+                out.push(u8::from(w));
+            }
         }
         out
     }
@@ -233,7 +253,7 @@ impl Payload {
     pub fn decode(b: &[u8]) -> Result<Payload, PacketError> {
         let mut r = Reader(b);
         let version = r.u8()?;
-        if version != PAYLOAD_VERSION && version != PAYLOAD_VERSION_VM {
+        if !(PAYLOAD_VERSION..=PAYLOAD_VERSION_WITNESS).contains(&version) {
             return Err(PacketError::PayloadVersion(version));
         }
         let sender = r.u32()?;
@@ -243,9 +263,9 @@ impl Payload {
         if count > MAX_ENTRIES {
             return Err(PacketError::Payload("too many view entries"));
         }
-        let vm_len = if version == PAYLOAD_VERSION_VM {
+        let vm_len = if version >= PAYLOAD_VERSION_VM {
             let n = r.0.get(count * ENTRY_LEN + 8).copied().unwrap_or(0) as usize;
-            VM_FIXED + 4 * n
+            VM_FIXED + 4 * n + usize::from(version == PAYLOAD_VERSION_WITNESS)
         } else {
             0
         };
@@ -277,8 +297,8 @@ impl Payload {
                 heard,
             });
         }
-        let vm = if version == PAYLOAD_VERSION_VM {
-            Some(decode_vm(&mut r)?)
+        let vm = if version >= PAYLOAD_VERSION_VM {
+            Some(decode_vm(&mut r, version == PAYLOAD_VERSION_WITNESS)?)
         } else {
             None
         };
@@ -292,8 +312,9 @@ impl Payload {
     }
 }
 
-/// The VM section of a version 2 payload (its length was checked).
-fn decode_vm(r: &mut Reader<'_>) -> Result<VmReport, PacketError> {
+/// The VM section of a version 2 or 3 payload (its length was checked),
+/// with the witness byte when `witness`.
+fn decode_vm(r: &mut Reader<'_>, witness: bool) -> Result<VmReport, PacketError> {
     let watch_ms = r.u32()?;
     let quiet_ms = r.u32()?;
     let n = r.u8()? as usize;
@@ -310,10 +331,19 @@ fn decode_vm(r: &mut Reader<'_>) -> Result<VmReport, PacketError> {
         }
         hears.push(h);
     }
+    let witness = match witness {
+        false => None,
+        true => match r.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => return Err(PacketError::Payload("witness byte neither 0 nor 1")),
+        },
+    };
     Ok(VmReport {
         watch_ms,
         quiet_ms,
         hears,
+        witness,
     })
 }
 
@@ -454,6 +484,7 @@ mod tests {
                 watch_ms: 4_000,
                 quiet_ms: 1_500,
                 hears: vec![2, 7],
+                witness: None,
             }),
             ..sample()
         }
@@ -472,10 +503,48 @@ mod tests {
                 watch_ms: 0,
                 quiet_ms: 0,
                 hears: vec![],
+                witness: None,
             }),
             ..sample()
         };
         assert_eq!(Payload::decode(&none.encode()).unwrap(), none);
+    }
+
+    #[test]
+    fn version_3_carries_the_witness_and_only_when_one_is_configured() {
+        let v2 = sample_vm().encode();
+        for heard in [false, true] {
+            let mut p = sample_vm();
+            p.vm.as_mut().unwrap().witness = Some(heard);
+            let b = p.encode();
+            assert_eq!(b[0], PAYLOAD_VERSION_WITNESS);
+            // Version 2's bytes, then one byte.
+            assert_eq!(b[1..b.len() - 1], v2[1..]);
+            assert_eq!(b[b.len() - 1], u8::from(heard));
+            assert_eq!(Payload::decode(&b).unwrap(), p);
+        }
+        let mut p = sample_vm();
+        p.vm.as_mut().unwrap().witness = Some(true);
+        let good = p.encode();
+        // Strict: a byte other than 0 or 1, cut short, one byte more; a
+        // version 2 payload with the byte, a version 3 one without.
+        let mut two = good.clone();
+        *two.last_mut().unwrap() = 2;
+        assert_eq!(
+            Payload::decode(&two),
+            Err(PacketError::Payload("witness byte neither 0 nor 1"))
+        );
+        assert!(Payload::decode(&good[..good.len() - 1]).is_err());
+        let mut more = good.clone();
+        more.push(1);
+        assert!(Payload::decode(&more).is_err());
+        let mut as_v2 = good.clone();
+        as_v2[0] = PAYLOAD_VERSION_VM;
+        assert!(Payload::decode(&as_v2).is_err());
+        let mut as_v3 = v2.clone();
+        as_v3[0] = PAYLOAD_VERSION_WITNESS;
+        assert!(Payload::decode(&as_v3).is_err());
+        assert!(good.len() <= MAX_PAYLOAD);
     }
 
     #[test]
@@ -533,8 +602,10 @@ mod tests {
     fn payload_decoder_is_strict() {
         let good = sample().encode();
         let mut v = good.clone();
-        v[0] = 3;
-        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(3)));
+        v[0] = 4;
+        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(4)));
+        v[0] = 0;
+        assert_eq!(Payload::decode(&v), Err(PacketError::PayloadVersion(0)));
         let mut t = good.clone();
         t.push(0);
         assert!(matches!(Payload::decode(&t), Err(PacketError::Payload(_))));

@@ -43,6 +43,7 @@ fn config(net: u8, i: usize, b_cut: bool) -> NodeConfig {
                 .filter(|j| *j != i)
                 .map(|j| (j as u32 + 1, vm(j)))
                 .collect(),
+            witness: None,
         }),
         ..common::hosts::config(i, 3, secret, |j| at(77, net, j), INTERVAL_MS, TIMEOUT_MS)
     }

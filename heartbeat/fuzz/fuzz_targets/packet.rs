@@ -30,6 +30,7 @@ const INTERVAL_MS: u64 = 100;
 const B_ADDR: &str = "127.0.0.2:7400";
 const STRANGER: &str = "127.0.0.9:7400";
 const B_VM_ADDR: &str = "127.0.1.2:7400";
+const WITNESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 1, 254);
 
 fn config() -> NodeConfig {
     NodeConfig {
@@ -48,6 +49,7 @@ fn config() -> NodeConfig {
         vm: Some(VmNetConfig {
             bind: "127.0.1.1:7400".parse().unwrap(),
             peers: vec![(2, B_VM_ADDR.parse().unwrap())],
+            witness: Some(WITNESS),
         }),
     }
 }

@@ -153,6 +153,14 @@ fn vm_network(m: &mut Metrics, v: &Value) {
         }
     }
     secs(&quiet, l(&[]), &v["quiet_ms"]);
+    let w = &v["witness"];
+    if let Some(addr) = w["addr"].as_str() {
+        let up = m.gauge(
+            "ft_vm_witness_up",
+            "1 if the VM witness answered this host's pings within the failure timeout",
+        );
+        flag(&up, l(&[("witness", addr)]), w["heard"].as_bool());
+    }
 }
 
 fn fencing(m: &mut Metrics, f: &Value) {
@@ -401,10 +409,26 @@ mod tests {
         ] {
             assert!(t.contains(want), "missing {want:?} in\n{t}");
         }
-        // Not listening (yet): no VM-network samples at all.
+        assert!(
+            !t.contains("ft_vm_witness_up"),
+            "no witness configured: {t}"
+        );
+        // With a VM witness: whether this host hears it.
         let mut r = r;
+        for heard in [true, false] {
+            r.heartbeat["vm_network"]["witness"] =
+                json!({"addr": "198.51.100.254", "heard": heard});
+            let want = format!(
+                "ft_vm_witness_up{{host=\"host-a\",witness=\"198.51.100.254\"}} {}",
+                u8::from(heard)
+            );
+            let t = openmetrics(&r);
+            assert!(t.contains(&want), "missing {want:?} in\n{t}");
+        }
+        // Not listening (yet): no VM-network samples at all.
         r.heartbeat["vm_network"] = json!({"listening": false});
         assert!(!openmetrics(&r).contains("ft_vm_network_"));
+        assert!(!openmetrics(&r).contains("ft_vm_witness_"));
     }
 
     #[test]
