@@ -161,10 +161,13 @@ pub struct VmReach {
     /// How long the host has listened on its VM-network address (ms);
     /// `None`: it does not (address not up yet): nothing below counts.
     pub watch_ms: Option<u64>,
-    /// How long since it last heard any peer there (ms; counted from the
-    /// start of its watch if it never heard one); 0 while it hears one.
+    /// How long since it last heard any peer (or the VM witness) there (ms;
+    /// counted from the start of its watch if it never heard one); 0 while
+    /// it hears one.
     pub quiet_ms: u64,
-    /// The peers it heard there within the failure timeout.
+    /// The peers it heard there within the failure timeout, by host name,
+    /// then `witness:<ip>` if it heard the VM witness (`cluster.vm_witness`)
+    /// within it too (no host name has a `:`).
     pub hears: Vec<String>,
 }
 
@@ -189,8 +192,8 @@ pub struct VmNetView {
     pub own: VmReach,
     /// Every peer's, by its FT heartbeats.
     pub peers: Vec<PeerVmReach>,
-    /// How long since this host last heard any peer on the VM network
-    /// (ms), whether or not it still counts as hearing one (`own.quiet_ms`
+    /// How long since this host last heard any peer (or the VM witness) on
+    /// the VM network (ms), whether or not it still counts as hearing one (`own.quiet_ms`
     /// stays 0 until the failure timeout passed); `None`: it never heard
     /// one, or does not listen. What a Secondary's claim looks at
     /// (`ftvmm/src/lockstep/claim_vmnet.rs`); absent from an older daemon.

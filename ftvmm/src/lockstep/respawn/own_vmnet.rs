@@ -34,7 +34,12 @@
 //! - **Leave**: the Secondary's host is heard on FT with a fresh report
 //!   from a watch longer than `T` that hears some host other than this one
 //!   there (so its side works, both ways). Two hosts alone can never show
-//!   this: each one's silence looks the same from both sides.
+//!   this: each one's silence looks the same from both sides — unless the
+//!   config names a VM witness (`cluster.vm_witness`, an address outside
+//!   the appliance that every host pings there): heartbeat lists it as
+//!   `witness:<ip>` among what a host hears, so a Secondary that hears the
+//!   witness while this host hears nobody (neither peer nor witness) shows
+//!   its side works, and this host leaves.
 //! - **Stay**: otherwise, with the reason (nobody could serve instead, or
 //!   nothing shows who is cut). The VM is unreachable either way; status
 //!   says so, and a take-over would not help.

@@ -127,3 +127,38 @@ fn nothing_is_judged_without_evidence() {
     assert!(unknown(judge(Ok(&a_cut(5_000)), "host-a", "host-z")));
     assert_eq!(reason("host-a", &OwnVmNet::Unknown("x".into())), None);
 }
+
+/// Two hosts and a VM witness (`cluster.vm_witness`, heartbeat names it
+/// `witness:<ip>` among what a host hears): host-a hears nobody, host-b
+/// hears the witness. That breaks the two-host tie: host-a's side is cut.
+#[test]
+fn of_two_hosts_a_primary_that_hears_nobody_leaves_when_its_secondary_hears_the_witness() {
+    const W: &str = "witness:198.51.100.254";
+    let v = view(5_000, reach(0, &[W]), None);
+    let leave = OwnVmNet::Leave {
+        for_ms: 5_000,
+        secondary_hears: vec![W.into()],
+    };
+    assert_eq!(judge_a(&v), leave);
+    assert_eq!(
+        leave_why("host-a", "host-b", &leave).unwrap(),
+        "VM network lost on host-a (no peer heard on it for 5000 ms) while secondary host-b \
+         hears witness:198.51.100.254"
+    );
+    // host-b hears host-a's heartbeats too (the cut is one way, for a
+    // moment): contradicted, not judged, witness or not.
+    assert!(matches!(
+        judge_a(&view(5_000, reach(0, &["host-a", W]), None)),
+        OwnVmNet::Unknown(_)
+    ));
+    // host-a hears only the witness: it serves (its side works; host-b's
+    // may be cut, which is the Secondary's judgement).
+    let mut v = view(0, reach(5_000, &[]), None);
+    v.own.hears = vec![W.into()];
+    assert_eq!(judge_a(&v), OwnVmNet::Serves);
+    // Nobody hears the witness either: still a tie, it stays.
+    assert!(matches!(
+        judge_a(&view(5_000, reach(5_000, &[]), None)),
+        OwnVmNet::Stay { .. }
+    ));
+}

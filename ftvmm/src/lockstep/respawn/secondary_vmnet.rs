@@ -45,6 +45,11 @@
 //!   this host's is, the VM serves nobody now, and no take-over comes (FT
 //!   is whole).
 //!
+//! A VM witness (`cluster.vm_witness`) counts as a third host here:
+//! heartbeat lists it as `witness:<ip>` among what a host hears (an echo
+//! reply within `T`), so with two hosts a Primary that hears the witness
+//! while its Secondary's host hears nobody says `Cut`, not `NoneBetween`.
+//!
 //! Why `T`: a host's "hears" is "an accepted VM-network heartbeat within
 //! `T`", the same bound FT suspicion uses, so a lost datagram or two is
 //! never a verdict; the report rides the next FT heartbeat, so the verdict

@@ -104,6 +104,25 @@ fn when_neither_side_hears_anyone_the_cut_is_not_blamed_on_one() {
     );
 }
 
+/// Two hosts and a VM witness: host-a hears the witness (heartbeat names
+/// it `witness:<ip>`), host-b hears nobody: host-b's side is cut, where
+/// without the witness nobody could say which.
+#[test]
+fn of_two_hosts_the_witness_shows_whose_side_is_cut() {
+    let w = "witness:198.51.100.254";
+    let mut v = view(&[w], b_cut(3_000));
+    v.peers.truncate(1);
+    assert_eq!(judge_b(&v), SecondaryVmNet::Cut { for_ms: 3_000 });
+    // host-b hears the witness: it reaches the VM network.
+    let mut v = view(&[], reach(Some(60_000), 0, &[w]));
+    v.peers.truncate(1);
+    assert_eq!(judge_b(&v), SecondaryVmNet::Reaches);
+    // host-a hears only host-b's heartbeats, not the witness: still a tie.
+    let mut v = view(&["host-b"], b_cut(3_000));
+    v.peers.truncate(1);
+    assert_eq!(judge_b(&v), SecondaryVmNet::NoneBetween { for_ms: 3_000 });
+}
+
 #[test]
 fn nothing_is_judged_without_evidence() {
     let unknown = |v: SecondaryVmNet| matches!(v, SecondaryVmNet::Unknown(_));
