@@ -101,8 +101,9 @@ fn mgmt_trailer_must_be_needed_fit_and_be_well_formed() {
     assert!(matches!(decode(&after), Err(CanonicalError::Trailing(1))));
     let twice = [&with[..], &with[plain.len()..]].concat();
     assert!(matches!(decode(&twice), Err(CanonicalError::Trailing(_))));
-    // 6 is the storage trailer (canonical_storage_tests.rs), 7 is nothing.
-    let other = [&plain[..], &[7]].concat();
+    // 6 is the storage trailer (canonical_storage_tests.rs), 7 the witness
+    // trailer (canonical_witness_tests.rs), 8 is nothing.
+    let other = [&plain[..], &[8]].concat();
     assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
 }
 

@@ -126,7 +126,7 @@ fn validate_with(c: &ClusterConfig, pins: Pins) -> Result<Vec<Warning>, ConfigEr
     iscsi::check_portal_reach(c)?;
     net::check_mgmt_subnets(c)?;
     net::check_ft_subnets(c, &mut warnings);
-    witness::check_vm_witness(c)?;
+    witness::check_vm_witness(c, &mut warnings)?;
     check_groups(c)?;
     vm::check_images(c, pins)?;
     check_vms(c, &mut warnings)?;

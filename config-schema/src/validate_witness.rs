@@ -14,16 +14,31 @@
 use std::net::Ipv4Addr;
 
 use super::net::{contains, network};
-use super::{parse_cidr, ConfigError};
+use super::{parse_cidr, ConfigError, Warning};
 use crate::model::ClusterConfig;
 
 const PATH: &str = "cluster.vm_witness";
 
-/// Refuses a witness that could not show a host's VM network (module doc).
-/// Addresses elsewhere in the config that do not parse are skipped: their
-/// own checks refuse them first.
-pub(super) fn check_vm_witness(c: &ClusterConfig) -> Result<(), ConfigError> {
+/// Refuses a witness that could not show a host's VM network (module doc),
+/// and warns about a two-host cluster without one. Addresses elsewhere in
+/// the config that do not parse are skipped: their own checks refuse them
+/// first.
+pub(super) fn check_vm_witness(
+    c: &ClusterConfig,
+    warnings: &mut Vec<Warning>,
+) -> Result<(), ConfigError> {
     let Some(text) = &c.cluster.vm_witness else {
+        if c.hosts.len() == 2 {
+            warnings.push(Warning {
+                path: PATH.into(),
+                message: "two hosts and no VM witness: when the VM network is cut on one \
+                          side, neither host can tell which, so a Primary cut from it keeps \
+                          the VM there, unreachable until the cut heals; name an address \
+                          outside the appliance on the VM network (the clients' router) as \
+                          [cluster] vm_witness"
+                    .into(),
+            });
+        }
         return Ok(());
     };
     let bad = |problem: String| Err(ConfigError::at(PATH, problem));
@@ -103,6 +118,40 @@ mod tests {
         let e = with(w).expect_err(w);
         assert_eq!(e.path(), Some("cluster.vm_witness"), "{e}");
         e.to_string()
+    }
+
+    #[test]
+    fn two_hosts_without_a_witness_are_warned_about() {
+        let three = parse(EXAMPLE).unwrap();
+        assert!(three
+            .warnings
+            .iter()
+            .all(|w| w.path != "cluster.vm_witness"));
+        // host-c's entry removed (and the VM affinity naming it).
+        let at = EXAMPLE.find("[[hosts]]\nid = 3").unwrap();
+        let end = at + EXAMPLE[at..].find("\n\n").unwrap();
+        let two =
+            format!("{}{}", &EXAMPLE[..at], &EXAMPLE[end..]).replace(r#", hosts = ["host-c"]"#, "");
+        let v = parse(&two).unwrap_or_else(|e| panic!("{e}\n{two}"));
+        assert_eq!(v.config.hosts.len(), 2);
+        let w: Vec<_> = v
+            .warnings
+            .iter()
+            .filter(|w| w.path == "cluster.vm_witness")
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", v.warnings);
+        assert!(
+            w[0].message.contains("two hosts and no VM witness"),
+            "{}",
+            w[0]
+        );
+        let with = two.replacen(
+            "[cluster]\n",
+            "[cluster]\nvm_witness = \"198.51.100.254\"\n",
+            1,
+        );
+        let v = parse(&with).unwrap();
+        assert!(v.warnings.iter().all(|w| w.path != "cluster.vm_witness"));
     }
 
     #[test]
