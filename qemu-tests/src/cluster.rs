@@ -87,6 +87,10 @@ impl Drop for TestDir {
     }
 }
 
+/// The VM witness of [`Cluster::example_with_witness`]: a router's address
+/// on the example's VM subnet (the clients use .200 and up, the VM .10).
+pub const VM_WITNESS: &str = "198.51.100.254";
+
 /// Where a cluster's config and keys come from.
 #[derive(Debug, Clone)]
 pub struct ClusterSource {
@@ -204,6 +208,31 @@ impl Cluster {
     /// `examples/cluster.toml` with the development keys.
     pub fn example(test_name: &str) -> Result<Cluster> {
         Cluster::new(test_name, &ClusterSource::example())
+    }
+
+    /// `examples/cluster.toml` with the development keys and `[cluster]
+    /// vm_witness = VM_WITNESS`; the witness itself is
+    /// [`Cluster::vm_witness_router`].
+    pub fn example_with_witness(test_name: &str) -> Result<Cluster> {
+        let source = ClusterSource::example();
+        let text = std::fs::read_to_string(&source.config)
+            .map_err(|e| HarnessError::io(format!("read {}", source.config.display()), e))?;
+        let with = text.replacen(
+            "[cluster]\n",
+            &format!("[cluster]\nvm_witness = \"{VM_WITNESS}\"\n"),
+            1,
+        );
+        if with == text {
+            return Err(HarnessError::ConfigDisk {
+                host: "*".into(),
+                reason: format!("{}: no [cluster] table", source.config.display()),
+            });
+        }
+        // Read once, into every host's config disk, by `with_hooks`.
+        let dir = tempfile::tempdir().map_err(|e| HarnessError::io("create temp dir", e))?;
+        let config = dir.path().join("cluster.toml");
+        write(&config, with.as_bytes())?;
+        Cluster::with_hooks(test_name, &ClusterSource { config, ..source }, &[])
     }
 
     /// `examples/cluster.toml` with the development keys, its signed config
@@ -547,6 +576,14 @@ impl Cluster {
     pub fn vm_client(&self, port: &str, cidr: &str) -> Result<NetnsTap> {
         let netns = format!("ftc-{}-{port}", std::process::id());
         NetnsTap::attach(&self.vm, port, &netns, cidr, None)
+    }
+
+    /// Joins the VM witness of [`Cluster::example_with_witness`] to the VM
+    /// network: a router at [`VM_WITNESS`] (answering pings) on a VM hub
+    /// port of its own, `router`, so cutting a host's port cuts it from
+    /// the witness too. Dropping it takes the witness away. Needs root.
+    pub fn vm_witness_router(&self) -> Result<NetnsTap> {
+        self.vm_client("router", &format!("{VM_WITNESS}/24"))
     }
 
     /// Marks the test as passed: its directory is deleted when the cluster drops.

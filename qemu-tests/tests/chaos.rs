@@ -2,7 +2,10 @@
 //! `FT_CHAOS_RUNS`; defaults seed 1, one run) it boots host-a and host-b as
 //! the lockstep pair of VM `kv` on NBD storage paths (as `frozen_host.rs`
 //! does), and host-c beside them if it boots in time — a standby: respawn
-//! places a new Secondary there after a failure. It starts the VM network
+//! places a new Secondary there after a failure. Even seeds' configs name a
+//! VM witness (`cluster.vm_witness`), a router on a VM hub port of its own,
+//! so a VM-network cut also cuts a host from it; odd seeds keep the rules
+//! without one under the nemesis. It starts the VM network
 //! capture and four clients (`chaos/clients.rs`: three long-lived
 //! connections, one connection per op) on 8 overlapping keys, recording every
 //! op in a `history::Recorder`; plays the seeded `chaos::Schedule` (faults
@@ -66,8 +69,10 @@ use std::time::{Duration, Instant};
 use common::{BOOT_TIMEOUT, VM};
 use fleet::Fleet;
 use qemu_tests::chaos::{self, CampaignReport, OpCounts, RunReport, Schedule};
+use qemu_tests::cluster::VM_WITNESS;
 use qemu_tests::history::Recorder;
 use qemu_tests::kv::GUEST;
+use qemu_tests::netns::NetnsTap;
 use qemu_tests::Cluster;
 
 /// How long host-c may take to be ready once the pair serves.
@@ -133,9 +138,22 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-/// Boots the pair (and host-c if it comes up); the hosts in the run and notes.
-fn boot(seed: u64) -> (Cluster, Vec<String>, Vec<String>) {
-    let mut cluster = Cluster::example(&format!("chaos-{seed}")).unwrap();
+/// Whether run `seed`'s config names a VM witness (even seeds: both the
+/// witness and the three-host rules without one stay under the nemesis).
+fn with_witness(seed: u64) -> bool {
+    seed.is_multiple_of(2)
+}
+
+/// Boots the pair (and host-c if it comes up); the hosts in the run and
+/// notes. With a VM witness ([`with_witness`]) its router is up before the
+/// hosts boot; it lives as long as the cluster's VM hub.
+fn boot(seed: u64) -> (Cluster, Option<NetnsTap>, Vec<String>, Vec<String>) {
+    let name = format!("chaos-{seed}");
+    let mut cluster = match with_witness(seed) {
+        true => Cluster::example_with_witness(&name).unwrap(),
+        false => Cluster::example(&name).unwrap(),
+    };
+    let router = (with_witness(seed)).then(|| cluster.vm_witness_router().unwrap());
     cluster.use_nbd_storage().unwrap();
     for h in ["host-a", "host-b", "host-c"] {
         cluster.boot(h).unwrap();
@@ -149,6 +167,11 @@ fn boot(seed: u64) -> (Cluster, Vec<String>, Vec<String>) {
         .unwrap();
     }
     let mut notes = Vec::new();
+    if router.is_some() {
+        notes.push(format!(
+            "VM witness {VM_WITNESS} (a router on its own VM hub port)"
+        ));
+    }
     let mut hosts = match power_on_pair(&cluster) {
         Ok((primary, secondary, note)) => {
             notes.extend(note);
@@ -170,7 +193,7 @@ fn boot(seed: u64) -> (Cluster, Vec<String>, Vec<String>) {
             let _ = c.kill();
         }
     }
-    (cluster, hosts, notes)
+    (cluster, router, hosts, notes)
 }
 
 /// The pair the cluster formed at power-on: (Primary, Secondary, a note if
@@ -245,7 +268,7 @@ fn power_on_pair(cluster: &Cluster) -> Result<(String, String, Option<String>), 
 
 /// One seeded run (module doc).
 fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
-    let (mut cluster, hosts, boot_notes) = boot(seed);
+    let (mut cluster, _router, hosts, boot_notes) = boot(seed);
     let mut notes = vec![format!("replay: {}", chaos::replay_line(seed, sequential))];
     notes.extend(boot_notes);
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();

@@ -15,6 +15,11 @@
 //! does); the FT network and storage stay whole. A client does PUT/GET
 //! over ONE TCP connection to the Primary throughout.
 //!
+//! With two hosts alone neither can tell whose side of a cut is cut; a VM
+//! witness (`cluster.vm_witness`, the clients' router here: a port of its
+//! own on the hub) tells them, and the Primary's cut hands the VM over
+//! as with three hosts.
+//!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root;
 //! FAILS with a clear message when one is missing.
 
@@ -22,7 +27,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{all_on_disk, pair, survive, wait, BOOT_TIMEOUT, VM};
+use common::{all_on_disk, pair, survive, wait, wait_paired, BOOT_TIMEOUT, VM};
+use qemu_tests::cluster::VM_WITNESS;
 use qemu_tests::Cluster;
 
 /// host-a (Primary) and host-b (Secondary) paired and host-c up, each
@@ -341,5 +347,110 @@ fn a_secondary_cut_from_the_vm_network_lets_its_primary_win_the_race() {
          client's longest pause {ms:.0} ms"
     );
     all_on_disk(&cluster, &acked, "secondary's claim deferred");
+    cluster.pass();
+}
+
+/// host-a (Primary) and host-b (Secondary) paired, no third host, the
+/// config naming a VM witness; the witness (a router: its own network
+/// namespace on its own hub port, answering pings) up, and both hosts
+/// hearing it. Returns the router too: dropping it takes the witness away.
+fn two_hosts_and_a_witness(name: &str) -> (Cluster, qemu_tests::netns::NetnsTap) {
+    let mut cluster = Cluster::example_with_witness(name).unwrap();
+    let router = cluster.vm_witness_router().unwrap();
+    for h in ["host-a", "host-b"] {
+        cluster.boot(h).unwrap();
+    }
+    let cluster = wait_paired(cluster);
+    for h in ["host-a", "host-b"] {
+        wait(
+            cluster.host(h).unwrap(),
+            format!("heartbeat: witness {VM_WITNESS} answers on the VM network"),
+        );
+    }
+    (cluster, router)
+}
+
+/// Two hosts and a VM witness. First host-b's VM-network port is cut:
+/// host-a, hearing the witness, blames host-b's side (with two hosts and
+/// no witness it could only say "either side may be cut", as the first
+/// test shows); healed, protected. Then the Primary's port is cut: it
+/// hears neither host-b nor the witness while host-b hears the witness,
+/// so it hands the VM over to host-b, naming the witness, and host-b
+/// serves. The client's one connection goes on after one pause, every
+/// acknowledged PUT is on disk, only host-b goes live, nobody diverges.
+#[test]
+fn of_two_hosts_a_vm_witness_shows_whose_side_is_cut_and_the_primary_hands_over() {
+    let (mut cluster, _router) = two_hosts_and_a_witness("vm-network-witness");
+    let cut = std::cell::OnceCell::new();
+    let w = format!("witness:{VM_WITNESS}");
+    let (ms, acked) = survive(
+        &cluster,
+        "two hosts and a witness: secondary's VM network cut and healed, then the primary's cut",
+        || {
+            let (p, s) = steady_pair(&cluster);
+            let (ph, sh) = (cluster.host(&p).unwrap(), cluster.host(&s).unwrap());
+            eprintln!("  the pair now: primary {p}, secondary {s}; cutting {s}'s VM network");
+            cluster.vm.isolate(&s).unwrap();
+            wait(
+                sh,
+                format!("heartbeat: witness {VM_WITNESS} not heard on the VM network (silent"),
+            );
+            wait(
+                ph,
+                format!(
+                    "ftvmm: vm {VM}: not protected: secondary {s} has no VM network \
+                     (no peer heard on it for"
+                ),
+            );
+            cluster.vm.heal_all();
+            wait(
+                ph,
+                format!(
+                    "ftvmm: vm {VM}: protected: secondary {s} hears its peers on the VM \
+                     network again"
+                ),
+            );
+            let marks: Vec<_> = cluster.hosts().map(|h| h.console().mark()).collect();
+            eprintln!("  healed; cutting {p}'s VM network");
+            cluster.vm.isolate(&p).unwrap();
+            cut.set((p, s, marks)).unwrap();
+        },
+        || {
+            let (p, s, _) = cut.get().unwrap();
+            let (ph, sh) = (cluster.host(p).unwrap(), cluster.host(s).unwrap());
+            wait(
+                ph,
+                format!("ftvmm: vm {VM}: VM network lost on {p} (no peer heard on it for"),
+            );
+            wait(
+                ph,
+                format!(
+                    "while secondary {s} hears {w}; handed the VM over to secondary {s} in \
+                     generation"
+                ),
+            );
+            wait(sh, format!("ftvmm: vm {VM}: won generation"));
+        },
+    );
+    cluster.vm.heal_all();
+    let won = format!("ftvmm: vm {VM}: won generation");
+    let (p, s, marks) = cut.into_inner().unwrap();
+    for (h, mark) in cluster.hosts().zip(&marks) {
+        let wins = (h.console().lines_after(*mark).iter())
+            .filter(|l| l.text.contains(&won))
+            .count();
+        if h.name() != s {
+            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
+        }
+        h.assert_absent("lockstep divergence", Duration::ZERO)
+            .unwrap();
+        h.assert_absent("carries no heartbeat", Duration::ZERO)
+            .unwrap();
+    }
+    eprintln!(
+        "two hosts and a witness: {p}'s VM network lost, handed over to {s}; the client's \
+         longest pause {ms:.0} ms"
+    );
+    all_on_disk(&cluster, &acked, "two hosts and a witness");
     cluster.pass();
 }
