@@ -126,11 +126,12 @@ pub struct Protected {
 
 impl Protected {
     /// Parses `ftvmm: vm kv: protected: secondary H in lockstep from exit N;
-    /// generation G; pause P ms; R rounds; B bytes sent for M MiB of guest
-    /// memory; unprotected for U ms`; panics with the line if it is not that.
+    /// generation G[ (the join began in generation S)]; pause P ms; R rounds;
+    /// B bytes sent for M MiB of guest memory; unprotected for U ms`; panics
+    /// with the line if it is not that.
     pub fn parse(line: &str) -> Protected {
         let re = Regex::new(&format!(
-            r"ftvmm: vm {VM}: protected: secondary (\S+) in lockstep from exit (\d+); generation (\d+); pause (\d+) ms; (\d+) rounds; (\d+) bytes sent for (\d+) MiB of guest memory; unprotected for (\d+) ms"
+            r"ftvmm: vm {VM}: protected: secondary (\S+) in lockstep from exit (\d+); generation (\d+)(?: \(the join began in generation \d+\))?; pause (\d+) ms; (\d+) rounds; (\d+) bytes sent for (\d+) MiB of guest memory; unprotected for (\d+) ms"
         ))
         .unwrap();
         let c = re

@@ -146,9 +146,16 @@ impl JoinSource for LockstepJoin {
             progress: Arc::new(move |pct| progress(pct)),
         };
         let j = transfer(&ctx, ch)?;
+        // The pair's generation, which a lone Primary's re-wins during a
+        // long join move past the one it began in: naming the start's made
+        // a later pair look older than the generations won meanwhile.
+        let generation = match j.generation {
+            p if p == g => format!("generation {p}"),
+            p => format!("generation {p} (the join began in generation {g})"),
+        };
         Ok(JoinReport {
             detail: format!(
-                "in lockstep from exit {}; generation {g}; pause {} ms; {} rounds; {} bytes sent for {} MiB of guest memory",
+                "in lockstep from exit {}; {generation}; pause {} ms; {} rounds; {} bytes sent for {} MiB of guest memory",
                 j.log_start_exit,
                 j.pause.as_millis(),
                 j.stats.rounds,

@@ -59,6 +59,10 @@ pub struct SourceCtx {
 pub struct Joined {
     pub stats: SenderStats,
     pub log_start_exit: u64,
+    /// The generation the pair formed in: the member's when the new
+    /// Secondary restored, which is later than the one the join began in if
+    /// the lone Primary re-won its generation meanwhile (`StopAndCopy::pair`).
+    pub generation: u64,
     /// How long the guest was paused for the stop-and-copy.
     pub pause: Duration,
     pub bytes_sent: u64,
@@ -252,6 +256,7 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
                     log: Arc::clone(&ctx.log),
                     handle: Arc::clone(&ctx.handle),
                     generation: ctx.generation,
+                    paired_in: None,
                     target: ctx.target.clone(),
                     on_traffic: Arc::clone(&ctx.on_traffic),
                     started,
@@ -259,9 +264,10 @@ pub fn transfer(ctx: &SourceCtx, ch: Channel) -> Result<Joined, String> {
                 let timeout = Duration::from_millis(PAUSE_TIMEOUT_MS) + VCPU_WAIT;
                 return match pause.run(timeout, move |vm: &mut Vm| job.run(vm)) {
                     Ok((res, stats, bytes_sent, pause_detail)) => {
-                        res.map(|(log_start_exit, paused)| Joined {
+                        res.map(|(log_start_exit, paused, generation)| Joined {
                             stats,
                             log_start_exit,
+                            generation,
                             pause: paused,
                             bytes_sent,
                             memory_bytes,
@@ -304,6 +310,8 @@ struct StopAndCopy {
     log: Arc<PrimaryLog>,
     handle: Arc<PairHandle>,
     generation: u64,
+    /// The generation [`StopAndCopy::pair`] paired in.
+    paired_in: Option<u64>,
     target: String,
     on_traffic: OnTraffic,
     started: Instant,
@@ -311,7 +319,14 @@ struct StopAndCopy {
     marks: Vec<(&'static str, u128)>,
 }
 
-type StopResult = (Result<(u64, Duration), String>, SenderStats, u64, String);
+/// (log start exit, pause, generation paired in) or why it failed, the
+/// sender's stats, bytes sent, where the pause went.
+type StopResult = (
+    Result<(u64, Duration, u64), String>,
+    SenderStats,
+    u64,
+    String,
+);
 
 impl StopAndCopy {
     /// Runs with the guest paused; returns (log start exit, pause) or why
@@ -320,7 +335,8 @@ impl StopAndCopy {
         let t0 = Instant::now();
         let res = self.perform(vm, t0);
         let _ = vm.stop_dirty_tracking();
-        let res = res.map(|n| (n, t0.elapsed()));
+        let paired_in = self.paired_in.unwrap_or(self.generation);
+        let res = res.map(|n| (n, t0.elapsed(), paired_in));
         let mut last = 0;
         let detail: Vec<String> = self
             .marks
@@ -457,6 +473,7 @@ impl StopAndCopy {
         }) {
             return Err("the member is gone".into());
         }
+        self.paired_in = Some(g);
         if let Err(other) = await_paired(&self.handle, g, Duration::from_secs(2)) {
             let why = format!("the member did not pair (it is {other:?})");
             let _ = self.io.send(&Message::Abort {
