@@ -43,6 +43,7 @@ pub mod apply;
 pub mod auth;
 pub mod client;
 pub mod page;
+pub mod pass_on;
 pub mod render;
 pub mod report;
 pub mod sealed;

@@ -69,6 +69,20 @@ pub trait Backend: Send + Sync + 'static {
             self.host()
         ))
     }
+    /// Another host passes on an applied config with what it knows of it
+    /// (`ClientMsg::HostPassOn`, body `super::pass_on::PassOn`).
+    fn peer_pass_on(
+        &self,
+        _stream: &mut TcpStream,
+        _nonce: &[u8; 32],
+        from: &str,
+        _noise: &str,
+    ) -> Result<(), String> {
+        Err(format!(
+            "{} does not take configs from other hosts ({from})",
+            self.host()
+        ))
+    }
     /// Another host asks for this host's applied config (`ClientMsg::HostFetch`).
     fn peer_fetch(
         &self,
@@ -225,6 +239,11 @@ pub fn serve_one(mut stream: TcpStream, backend: &dyn Backend, log: &RefusalLog)
         }
         ClientMsg::HostApply { from, noise } => {
             if let Err(e) = backend.peer_apply(&mut stream, &nonce, &from, &noise) {
+                refuse(&mut stream, format!("config from host {from:?}: {e}"));
+            }
+        }
+        ClientMsg::HostPassOn { from, noise } => {
+            if let Err(e) = backend.peer_pass_on(&mut stream, &nonce, &from, &noise) {
                 refuse(&mut stream, format!("config from host {from:?}: {e}"));
             }
         }

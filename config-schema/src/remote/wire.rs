@@ -57,8 +57,15 @@ pub enum ClientMsg {
     Host { from: String, noise: String },
     /// Another host passes on an applied config: the first message of a
     /// Noise IK handshake (payload: the nonce), then the signed config
-    /// encrypted (`heartbeat::status_service::noise`).
+    /// encrypted (`heartbeat::status_service::noise`). What hosts without
+    /// `HostPassOn` send, and what a host sends to one that refuses
+    /// `HostPassOn`.
     HostApply { from: String, noise: String },
+    /// Another host passes on an applied config with what it knows of it:
+    /// as `HostApply` with its own Noise prologue, the body a
+    /// [`super::pass_on::PassOn`]. A host without it refuses the message
+    /// before the handshake (an unknown kind).
+    HostPassOn { from: String, noise: String },
     /// Another host asks for this host's applied config, to catch up after
     /// it was down: Noise IK as for `Host`; the answer is the signed config
     /// of this host's active slot (empty if it was made by `make-disk`).
@@ -237,7 +244,11 @@ mod tests {
             from: "host-b".into(),
             noise: "00".repeat(96),
         };
-        for m in [apply, fetch, pass] {
+        let pass_on = ClientMsg::HostPassOn {
+            from: "host-b".into(),
+            noise: "00".repeat(96),
+        };
+        for m in [apply, fetch, pass, pass_on] {
             assert_eq!(decode_client(&frame(&m)).unwrap(), m);
         }
     }
