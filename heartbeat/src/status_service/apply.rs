@@ -16,7 +16,22 @@
 //!   would refuse it or it is older than this host's, the same generation
 //!   with a lower digest included ([`pass_on_despite`]); a host that
 //!   received it from another host does not pass it on.
+//! - The asked host tells each host whether it persisted the config in
+//!   this apply (`config_schema::remote::pass_on::PassOn`, over
+//!   [`Kind::PassOn`]); a host that refuses that message before the
+//!   handshake (one without it) gets the bare config over [`Kind::Apply`]
+//!   ([`Service::pass_on`]).
 //! - A host that was down catches up by itself ([`super::catch_up`]).
+//! - A host whose last catch-up took the config it is offered says so
+//!   ([`CaughtUp`]). When the catch-up took it from the asked host and the
+//!   asked host persisted it in this apply, the catch-up was part of this
+//!   apply ([`CaughtUp::during_this_apply`] says why): the host answers
+//!   what that catch-up did, `Applied` or `NeedsReboot` (`host-b:
+//!   generation 8 persisted (was 7); …; taken by this host's catch-up from
+//!   host-a 212 ms before this request, during this apply`). Otherwise it
+//!   refuses the config as held, with from whom and how long before the
+//!   request its catch-up took it: nothing says whether that was in this
+//!   apply, and a refusal never claims a persist.
 //! - Live: what `config_schema::changes::LIVE` lists: the operators (taken
 //!   here), heartbeat's timing (interval, failure timeout: taken here into
 //!   [`ApplyTarget::timing`], which the daemon's threads read every round,
@@ -44,13 +59,14 @@ use config_schema::model::ClusterConfig;
 use config_schema::persist::{self as disk_persist, PersistError};
 use config_schema::remote::apply::{HostApplied, Outcome};
 use config_schema::remote::auth::Operators;
-use config_schema::remote::Reply;
+use config_schema::remote::pass_on::PassOn;
+use config_schema::remote::{Reply, ServerHello};
 use config_schema::signed::SignedConfig;
 use config_schema::timing_live;
 use config_schema::Timing;
 
 use super::noise::Kind;
-use super::{config_disk, Service};
+use super::{config_disk, AskError, Service};
 use crate::live::LiveTiming;
 use crate::node::PeerConf;
 
@@ -109,15 +125,17 @@ pub struct Persisted {
 }
 
 /// What this host's last catch-up persisted (kept under
-/// [`Service::apply_lock`]): a pass-on or apply of that very config says,
-/// in its refusal, that and when the catch-up took it. The asked host's
-/// heartbeat announces a new generation at once and a peer's catch-up can
-/// fetch and persist it before the asked host's pass-on (a Noise handshake)
-/// arrives; a bare "already holds this very config" then reads as if the
-/// peer had refused what it just took (stop 36). How long ago tells "a
-/// moment before this request" from "seconds ago" (stop 36's first try
-/// answered with the catch-up's own result and claimed a persist a host had
-/// made seconds before the operator asked).
+/// [`Service::apply_lock`]): a pass-on or apply of that very config says
+/// that and when the catch-up took it. The asked host's heartbeat announces
+/// a new generation at once and a peer's catch-up can fetch and persist it
+/// before the asked host's pass-on (a Noise handshake) arrives; a bare
+/// "already holds this very config" then reads as if the peer had refused
+/// what it just took (stop 36). How long ago tells "a moment before this
+/// request" from "seconds ago" (stop 36's first try answered with the
+/// catch-up's own result whenever the ids matched, and claimed a persist a
+/// host had made seconds before the operator asked). The catch-up's own
+/// result is the answer only when the catch-up provably belongs to this
+/// apply ([`CaughtUp::during_this_apply`]).
 #[derive(Debug, Clone)]
 pub(super) struct CaughtUp {
     pub(super) id: ConfigId,
@@ -125,13 +143,46 @@ pub(super) struct CaughtUp {
     pub(super) at: Instant,
     /// What the catch-up apply did ([`persisted_text`]).
     pub(super) text: String,
+    /// The catch-up's outcome: `NeedsReboot`, else `Applied` (it persisted).
+    pub(super) needs_reboot: bool,
+}
+
+impl CaughtUp {
+    /// Whether this catch-up is part of the apply `via` passes on: the
+    /// pass-on comes from the host this catch-up took the config from, and
+    /// that host persisted the config in this apply (the caller checked
+    /// that the catch-up took this very config). Why that is enough: a host
+    /// persists only a config newer than the one it holds, and what it
+    /// holds only grows (its anti-rollback record), so before this apply's
+    /// persist the sender never held the config and could hand it to no
+    /// catch-up; this catch-up fetched it from the sender after that
+    /// persist, i.e. during this apply. From another host, or without the
+    /// flag (the sender held the config already, or is a host without
+    /// `PassOn`), nothing says when the catch-up ran against this apply.
+    pub(super) fn during_this_apply(&self, via: Via) -> bool {
+        matches!(via, Via::PassOn { from, persisted_there: true } if from == self.from)
+    }
+
+    /// The catch-up's outcome as an apply's.
+    fn outcome(&self) -> Outcome {
+        match self.needs_reboot {
+            true => Outcome::NeedsReboot,
+            false => Outcome::Applied,
+        }
+    }
 }
 
 /// How a config reaches [`Service::apply_here`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Via<'a> {
-    /// An operator's `ftctl apply`, or another host passing one on.
-    Apply,
+    /// An operator's `ftctl apply` to this host.
+    Operator,
+    /// Host `from` passes an operator's apply on; `persisted_there`: it
+    /// persisted the config in this apply (`PassOn::persisted_by_sender`).
+    PassOn {
+        from: &'a str,
+        persisted_there: bool,
+    },
     /// This host's catch-up from peer `from` ([`super::catch_up`]).
     CatchUp { from: &'a str },
 }
@@ -140,6 +191,8 @@ pub(super) enum Via<'a> {
 pub(super) struct Local {
     pub(super) result: HostApplied,
     pass_on: bool,
+    /// This call persisted the config (what a pass-on tells the others).
+    persisted_now: bool,
 }
 
 impl Service {
@@ -147,38 +200,9 @@ impl Service {
     pub(super) fn apply_here(&self, config: &SignedConfig, via: Via) -> Local {
         let host = self.cfg.node.name.clone();
         let mut caught_up = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let refused = |line: String, pass_on, holds| {
-            events::record(EventKind::ConfigRefused, None, None, &line);
-            tracing::warn!("apply: {line}");
-            Local {
-                result: HostApplied {
-                    host: host.clone(),
-                    outcome: Outcome::Refused,
-                    line,
-                    holds,
-                },
-                pass_on,
-            }
-        };
         let persisted = match self.persist(config) {
             Ok(p) => p,
-            Err(e) => {
-                let held = held_id(&e);
-                let how = caught_up
-                    .as_ref()
-                    .filter(|c| held == Some(c.id))
-                    .map(|c| {
-                        format!(
-                            "; this host's catch-up took it from {} {} ms before this request ({})",
-                            c.from,
-                            c.at.elapsed().as_millis(),
-                            c.text
-                        )
-                    })
-                    .unwrap_or_default();
-                let (pass_on, holds) = (pass_on_despite(&e), held.is_some());
-                return refused(format!("{host}: {e}{how}"), pass_on, holds);
-            }
+            Err(e) => return not_persisted(host, &e, caught_up.as_ref(), via),
         };
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let new = &persisted.config.config;
@@ -235,8 +259,9 @@ impl Service {
                 from: from.to_string(),
                 at: Instant::now(),
                 text,
+                needs_reboot: changes.needs_reboot(),
             }),
-            Via::Apply => None,
+            Via::Operator | Via::PassOn { .. } => None,
         };
         events::record(EventKind::ConfigApplied, None, None, &line);
         tracing::info!("apply: {line}");
@@ -253,6 +278,7 @@ impl Service {
                 holds: true,
             },
             pass_on: true,
+            persisted_now: true,
         }
     }
 
@@ -329,13 +355,16 @@ impl Service {
         let generation = config_schema::canonical::decode(&config.canonical)
             .map(|c| c.cluster.generation)
             .unwrap_or(0);
-        let local = self.apply_here(&config, Via::Apply);
+        let local = self.apply_here(&config, Via::Operator);
         let mut hosts = vec![local.result];
         if local.pass_on {
-            let body = config.encode();
+            let offer = PassOn {
+                config,
+                persisted_by_sender: local.persisted_now,
+            };
             let others: Vec<HostApplied> = std::thread::scope(|s| {
                 let asks: Vec<_> = (self.cfg.node.peers.iter())
-                    .map(|p| (p, s.spawn(|| self.pass_on(p, &body))))
+                    .map(|p| (p, s.spawn(|| self.pass_on(p, &offer))))
                     .collect();
                 asks.into_iter()
                     .map(|(p, h)| {
@@ -357,10 +386,27 @@ impl Service {
         Reply::Applied { generation, hosts }
     }
 
-    /// Passes the signed config (`body`) on to `p`; its result.
-    fn pass_on(&self, p: &PeerConf, body: &[u8]) -> Result<HostApplied, String> {
+    /// Passes `offer` on to `p` ([`Kind::PassOn`]); its result. A host that
+    /// refuses that before the handshake, as one without it does (an unknown
+    /// message), did nothing: it is asked again with the bare signed config
+    /// ([`Kind::Apply`]), which says nothing of this host's persist. (A
+    /// host that refuses for another reason, an unknown key, refuses that
+    /// too, and its second refusal is the answer.)
+    fn pass_on(&self, p: &PeerConf, offer: &PassOn) -> Result<HostApplied, String> {
         let addr = self.cfg.peer_addr(p);
-        let bytes = self.ask_host(p, Kind::Apply, body, |h| self.not_p(addr, h, p))?;
+        let not_p = |h: &ServerHello| self.not_p(addr, h, p);
+        let bytes = match self.ask_host(p, Kind::PassOn, &offer.encode(), not_p) {
+            Ok(bytes) => bytes,
+            Err(AskError::Refused(why)) => {
+                tracing::info!(
+                    "apply: {} refused a pass-on ({why}); sending the bare config",
+                    p.name
+                );
+                let bare = offer.config.encode();
+                (self.ask_host(p, Kind::Apply, &bare, not_p)).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let r: HostApplied =
             serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed result: {e}"))?;
         if r.host != p.name {
@@ -369,12 +415,20 @@ impl Service {
         Ok(r)
     }
 
-    /// Another host passes a config (`body`) on: persist it here; the result
-    /// to answer with ([`Backend::peer_apply`](super::Backend::peer_apply)).
-    pub(super) fn apply_passed_on(&self, body: &[u8]) -> Vec<u8> {
+    /// Host `from` passes a config on (`body`: a `PassOn`, or the bare
+    /// signed config of a host without it): persist it here; the result to
+    /// answer with ([`Backend::peer_pass_on`](super::Backend::peer_pass_on),
+    /// [`Backend::peer_apply`](super::Backend::peer_apply)).
+    pub(super) fn apply_passed_on(&self, from: &str, body: &[u8]) -> Vec<u8> {
         let me = &self.cfg.node;
-        let result = match SignedConfig::decode(body) {
-            Ok(c) => self.apply_here(&c, Via::Apply).result,
+        let result = match PassOn::decode(body) {
+            Ok(offer) => {
+                let via = Via::PassOn {
+                    from,
+                    persisted_there: offer.persisted_by_sender,
+                };
+                self.apply_here(&offer.config, via).result
+            }
             Err(e) => HostApplied {
                 host: me.name.clone(),
                 outcome: Outcome::Refused,
@@ -383,6 +437,58 @@ impl Service {
             },
         };
         serde_json::to_vec(&result).expect("a result serializes")
+    }
+}
+
+/// This host's result for a config it did not persist (`e`): refused, or,
+/// when it holds the config because its last catch-up (`caught_up`) took
+/// it during this apply ([`CaughtUp::during_this_apply`]), what that
+/// catch-up did.
+fn not_persisted(host: String, e: &Persist, caught_up: Option<&CaughtUp>, via: Via) -> Local {
+    let held = held_id(e);
+    let (pass_on, holds) = (pass_on_despite(e), held.is_some());
+    let refused = |line: String| {
+        events::record(EventKind::ConfigRefused, None, None, &line);
+        tracing::warn!("apply: {line}");
+        let result = HostApplied {
+            host: host.clone(),
+            outcome: Outcome::Refused,
+            line,
+            holds,
+        };
+        Local {
+            result,
+            pass_on,
+            persisted_now: false,
+        }
+    };
+    let Some(c) = caught_up.filter(|c| held == Some(c.id)) else {
+        return refused(format!("{host}: {e}"));
+    };
+    let ago_ms = c.at.elapsed().as_millis();
+    if !c.during_this_apply(via) {
+        return refused(format!(
+            "{host}: {e}; this host's catch-up took it from {} {ago_ms} ms before this request ({})",
+            c.from, c.text
+        ));
+    }
+    let line = format!(
+        "{host}: {}; taken by this host's catch-up from {} {ago_ms} ms before this request, \
+         during this apply",
+        c.text, c.from
+    );
+    // No event: the catch-up recorded its persist (`ConfigApplied`).
+    tracing::info!("apply: {line}");
+    let result = HostApplied {
+        host,
+        outcome: c.outcome(),
+        line,
+        holds: true,
+    };
+    Local {
+        result,
+        pass_on,
+        persisted_now: false,
     }
 }
 

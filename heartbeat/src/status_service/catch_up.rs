@@ -108,7 +108,7 @@ impl Service {
     fn fetch(&self, p: &PeerConf) -> Result<Option<SignedConfig>, String> {
         let addr = self.cfg.peer_addr(p);
         let not_p = |h: &ServerHello| format!("{addr} is host {:?}, not {}", h.host, p.name);
-        let bytes = self.ask_host(p, Kind::Fetch, &[], not_p)?;
+        let bytes = (self.ask_host(p, Kind::Fetch, &[], not_p)).map_err(|e| e.to_string())?;
         if bytes.is_empty() {
             return Ok(None);
         }

@@ -256,7 +256,9 @@ impl Service {
 
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
         let addr = self.cfg.peer_addr(p);
-        let bytes = self.ask_host(p, noise::Kind::Status, &[], |h| self.not_p(addr, h, p))?;
+        let bytes = self
+            .ask_host(p, noise::Kind::Status, &[], |h| self.not_p(addr, h, p))
+            .map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed report: {e}"))
     }
 
@@ -270,16 +272,19 @@ impl Service {
         kind: noise::Kind,
         body: &[u8],
         not_p: impl FnOnce(&ServerHello) -> String,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, AskError> {
         let addr = self.cfg.peer_addr(p);
-        let (s, hello) = client::connect(addr, PEER_CONNECT).map_err(|e| e.to_string())?;
+        let (s, hello) =
+            client::connect(addr, PEER_CONNECT).map_err(|e| AskError::Failed(e.to_string()))?;
         let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
         if hello.host != p.name || hello.cluster != self.cfg.cluster {
-            return Err(not_p(&hello));
+            return Err(AskError::Failed(not_p(&hello)));
         }
         let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
-        noise::ask_with(&mut s, &hello, me, &p.public_key, kind, body)
-            .map_err(|e| format!("{addr}: {e}"))
+        noise::ask_with(&mut s, &hello, me, &p.public_key, kind, body).map_err(|e| match e {
+            noise::PeerError::Refused(_) => AskError::Refused(format!("{addr}: {e}")),
+            _ => AskError::Failed(format!("{addr}: {e}")),
+        })
     }
 
     /// Why the host at `addr` that said `hello` is not `p` of this cluster.
@@ -289,6 +294,18 @@ impl Service {
             hello.host, hello.cluster, p.name, self.cfg.cluster
         )
     }
+}
+
+/// Why asking another host ([`Service::ask_host`]) failed; Display is the
+/// reason, starting with the host's address once it answered.
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    /// It refused before the Noise handshake ([`noise::PeerError::Refused`]):
+    /// it did nothing with the exchange.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A daemon's `Status` object, or `{"error": why}`.
@@ -408,7 +425,21 @@ impl Backend for Service {
         msg: &str,
     ) -> Result<(), String> {
         self.answer_host(stream, nonce, (from, msg), noise::Kind::Apply, |body| {
-            self.apply_passed_on(&body)
+            self.apply_passed_on(from, &body)
+        })?;
+        tracing::info!("apply: config from host {from} answered");
+        Ok(())
+    }
+
+    fn peer_pass_on(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        from: &str,
+        msg: &str,
+    ) -> Result<(), String> {
+        self.answer_host(stream, nonce, (from, msg), noise::Kind::PassOn, |body| {
+            self.apply_passed_on(from, &body)
         })?;
         tracing::info!("apply: config from host {from} answered");
         Ok(())

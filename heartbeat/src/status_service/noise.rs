@@ -9,10 +9,15 @@
 //! ```
 //!
 //! An applied config passes between hosts the same way with
-//! `ClientMsg::HostApply` and its own prologue ([`Kind::Apply`]): after the
-//! handshake A sends the signed config like a report (length, chunks), and B
-//! answers its one-line result like a report. [`Kind::Fetch`]
-//! (`ClientMsg::HostFetch`) asks for B's applied config instead of its report.
+//! `ClientMsg::HostPassOn` and its own prologue ([`Kind::PassOn`]): after the
+//! handshake A sends the pass-on body (`config_schema::remote::pass_on`: the
+//! signed config and whether A persisted it in this apply) like a report
+//! (length, chunks), and B answers its one-line result like a report.
+//! [`Kind::Apply`] (`ClientMsg::HostApply`) is the same with the bare signed
+//! config as body: what hosts without `HostPassOn` send and take (they
+//! refuse `HostPassOn` before the handshake, [`PeerError::Refused`]).
+//! [`Kind::Fetch`] (`ClientMsg::HostFetch`) asks for B's applied config
+//! instead of its report.
 //!
 //! Rules: B accepts message 1 only from the static key the config gives the
 //! host named `from`, and only if its payload is this connection's nonce (a
@@ -23,6 +28,7 @@
 use std::io::{Read, Write};
 
 use config_schema::remote::apply::MAX_APPLY_FRAME;
+use config_schema::remote::pass_on::MAX_PASS_ON_FRAME;
 use config_schema::remote::sealed::{SealError, Sealed, MAX_NOISE};
 use config_schema::remote::wire::{self, read_raw, write_raw};
 use config_schema::remote::{ClientMsg, ServerHello, MAX_REPLY_FRAME};
@@ -36,8 +42,12 @@ const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 pub enum Kind {
     /// A asks for B's report.
     Status,
-    /// A passes on a signed config; B answers its result.
+    /// A passes on a bare signed config; B answers its result (hosts
+    /// without [`Kind::PassOn`]).
     Apply,
+    /// A passes on a signed config with what it knows of it
+    /// (`config_schema::remote::pass_on::PassOn`); B answers its result.
+    PassOn,
     /// A asks for B's applied signed config (catching up).
     Fetch,
 }
@@ -47,6 +57,7 @@ impl Kind {
         match self {
             Kind::Status => ClientMsg::Host { from, noise },
             Kind::Apply => ClientMsg::HostApply { from, noise },
+            Kind::PassOn => ClientMsg::HostPassOn { from, noise },
             Kind::Fetch => ClientMsg::HostFetch { from, noise },
         }
     }
@@ -56,6 +67,7 @@ fn prologue(kind: Kind, cluster: &str, responder: &str) -> Vec<u8> {
     let what = match kind {
         Kind::Status => "status",
         Kind::Apply => "apply",
+        Kind::PassOn => "pass-on",
         Kind::Fetch => "fetch",
     };
     format!("ftappliance host {what} v1\0{cluster}\0{responder}").into_bytes()
@@ -76,6 +88,11 @@ pub enum PeerError {
     WrongNonce,
     #[error("{0}")]
     Protocol(String),
+    /// B refused before the handshake (`Reply::Refused`, as it came): an
+    /// unknown host or key, or a message kind B does not know; B did
+    /// nothing with the exchange.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Sealed(#[from] SealError),
 }
@@ -92,8 +109,8 @@ pub fn ask<S: Read + Write>(
     ask_with(stream, hello, (me, my_key), peer_key, Kind::Status, &[])
 }
 
-/// A's side of any [`Kind`]: handshake, then `body` (for [`Kind::Apply`]),
-/// then B's answer's bytes.
+/// A's side of any [`Kind`]: handshake, then `body` (for [`Kind::Apply`] and
+/// [`Kind::PassOn`]), then B's answer's bytes.
 pub fn ask_with<S: Read + Write>(
     stream: &mut S,
     hello: &ServerHello,
@@ -116,12 +133,12 @@ pub fn ask_with<S: Read + Write>(
     let m2 = read_raw(stream, MAX_NOISE)?;
     if let Ok(text) = std::str::from_utf8(&m2) {
         if text.starts_with("{\"result\":\"refused\"") {
-            return Err(PeerError::Protocol(text.to_string()));
+            return Err(PeerError::Refused(text.to_string()));
         }
     }
     hs.read_message(&m2, &mut buf)?;
     let mut t = Sealed::from_transport(hs.into_transport_mode()?);
-    if kind == Kind::Apply {
+    if matches!(kind, Kind::Apply | Kind::PassOn) {
         t.send(stream, body)?;
     }
     Ok(t.recv(stream, MAX_REPLY_FRAME)?)
@@ -137,7 +154,8 @@ pub struct Responder<'a> {
 
 /// B's side of any [`Kind`]: checks message 1 (`from`'s key, this
 /// connection's nonce), receives A's body for [`Kind::Apply`] (at most
-/// `MAX_APPLY_FRAME` bytes), then sends `respond(body)`.
+/// `MAX_APPLY_FRAME` bytes) and [`Kind::PassOn`] (at most
+/// `MAX_PASS_ON_FRAME`), then sends `respond(body)`.
 pub fn answer_with<S: Read + Write>(
     stream: &mut S,
     who: &Responder<'_>,
@@ -165,6 +183,7 @@ pub fn answer_with<S: Read + Write>(
     let mut t = Sealed::from_transport(hs.into_transport_mode()?);
     let body = match kind {
         Kind::Apply => t.recv(stream, MAX_APPLY_FRAME)?,
+        Kind::PassOn => t.recv(stream, MAX_PASS_ON_FRAME)?,
         Kind::Status | Kind::Fetch => Vec::new(),
     };
     let answer = respond(body);
