@@ -5,7 +5,7 @@
 //! real TCP, Noise between hosts. Each test file uses part of it.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,6 +148,23 @@ impl Cluster {
 
     /// Starts host `i`'s service (booted with generation 7).
     pub fn start(&self, i: usize) {
+        let svc = self.service(i);
+        let l = svc.bind().unwrap();
+        std::thread::spawn(move || svc.serve(l));
+    }
+
+    /// Host `i`'s service bound but not serving yet ([`Paused`]).
+    pub fn start_paused(&self, i: usize) -> Paused {
+        let svc = self.service(i);
+        let listeners = svc.bind().unwrap();
+        Paused {
+            svc: svc.start(),
+            listeners,
+        }
+    }
+
+    /// Host `i`'s service (booted with generation 7), not yet bound.
+    fn service(&self, i: usize) -> Service {
         let node = hosts::config(i, 3, host_key, |j| self.addr(j), 100, 1000);
         let cfg = ServiceConfig {
             node,
@@ -182,9 +199,7 @@ impl Cluster {
                 .unwrap()
                 .push((i, Arc::clone(&t.timing)));
         }
-        let svc = Service::new(cfg, || serde_json::json!({"daemon": "heartbeat"}));
-        let l = svc.bind().unwrap();
-        std::thread::spawn(move || svc.serve(l));
+        Service::new(cfg, || serde_json::json!({"daemon": "heartbeat"}))
     }
 
     /// Serves host `i`'s fake ftvmm socket, recording every request.
@@ -290,6 +305,26 @@ impl Cluster {
             .open(self.disk(i))
             .unwrap();
         config_schema::persist::persist(&mut f, &trust, &self.signed(c)).unwrap();
+    }
+}
+
+/// A host's service that listens but does not answer yet: a host that
+/// connects waits in the listen backlog (for its hello, up to
+/// `status_service::PEER_CONNECT`) until [`Paused::serve`]. Meanwhile the
+/// test can run the service's catch-up (`svc.catch_up_once()`; it runs no
+/// catch-up of its own unless `Cluster::catch_up_every` says so).
+pub struct Paused {
+    pub svc: Arc<Service>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Paused {
+    /// Answers from now on, the connections waiting first.
+    pub fn serve(self) {
+        for l in self.listeners {
+            let svc = Arc::clone(&self.svc);
+            std::thread::spawn(move || Service::serve_on(&svc, l));
+        }
     }
 }
 
