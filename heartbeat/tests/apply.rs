@@ -587,11 +587,14 @@ fn a_host_without_the_pass_on_message_is_passed_the_bare_config() {
     );
 }
 
+/// What a fake host was sent: each message's kind and body (empty when it
+/// read none).
+type Sent = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Host `i` as a host without `HostPassOn` answers: it refuses that message
 /// before the handshake (its JSON decoder does not know the kind), takes
-/// `HostApply` and says it persisted. What it was sent: each message's kind
-/// and, for `HostApply`, the body.
-fn older_host(c: &Cluster, i: usize) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+/// `HostApply` and says it persisted.
+fn older_host(c: &Cluster, i: usize) -> Sent {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let l = TcpListener::bind(c.addr(i)).unwrap();
     let log = Arc::clone(&seen);
