@@ -91,6 +91,8 @@ fuzz:
 	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	cd config-schema && cargo +nightly fuzz run config_disk -- -max_total_time=$(FUZZ_SECONDS)
 	cd config-schema && cargo +nightly fuzz run canonical_trailers -- -max_total_time=$(FUZZ_SECONDS)
+	cd config-schema && cargo +nightly fuzz run remote_wire -- -max_total_time=$(FUZZ_SECONDS)
+	cd config-schema && cargo +nightly fuzz run pass_on -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run virtio_chain -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run lockstep_log -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run lockstep_record -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
