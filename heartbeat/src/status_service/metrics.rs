@@ -142,7 +142,7 @@ fn vm_network(m: &mut Metrics, v: &Value) {
     );
     let quiet = m.seconds(
         "ft_vm_network_quiet_seconds",
-        "time since any peer was last heard on the VM network (0 while one is)",
+        "time since any peer (or the VM witness) was last heard on the VM network (0 while one is)",
     );
     let hears: Vec<&str> = (v["hears"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
