@@ -141,6 +141,22 @@ fn the_secondary_hosts_vm_network_lost_means_not_protected_until_it_returns() {
     cluster.pass();
 }
 
+/// After the cut (each host's console `marks`, in host order), only `live`
+/// won a generation, and nobody diverged.
+fn only_live_after_the_cut(cluster: &Cluster, marks: &[qemu_tests::Mark], live: &str) {
+    let won = format!("ftvmm: vm {VM}: won generation");
+    for (h, mark) in cluster.hosts().zip(marks) {
+        let wins = (h.console().lines_after(*mark).iter())
+            .filter(|l| l.text.contains(&won))
+            .count();
+        if h.name() != live {
+            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
+        }
+        h.assert_absent("lockstep divergence", Duration::ZERO)
+            .unwrap();
+    }
+}
+
 /// The pair as the consoles say it now: `(primary, secondary)` of the
 /// line with the highest generation among `paired with primary P;
 /// generation G` (a Secondary at power-on) and `protected: secondary S in
@@ -254,18 +270,8 @@ fn the_primary_hosts_vm_network_lost_hands_the_vm_over_to_its_secondary() {
     cluster.vm.heal_all();
     // Only the old Secondary went live after the cut; the old Primary left
     // once and never came back, and nobody diverged.
-    let won = format!("ftvmm: vm {VM}: won generation");
     let (p, s, marks) = cut.into_inner().unwrap();
-    for (h, mark) in cluster.hosts().zip(&marks) {
-        let wins = (h.console().lines_after(*mark).iter())
-            .filter(|l| l.text.contains(&won))
-            .count();
-        if h.name() != s {
-            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
-        }
-        h.assert_absent("lockstep divergence", Duration::ZERO)
-            .unwrap();
-    }
+    only_live_after_the_cut(&cluster, &marks, &s);
     eprintln!(
         "primary's VM network lost: {p} handed the VM over to {s}; the client's longest pause \
          {ms:.0} ms"
@@ -331,17 +337,7 @@ fn a_secondary_cut_from_the_vm_network_lets_its_primary_win_the_race() {
         .unwrap();
     eprintln!("  [{p}] {protected}");
     // Only the Primary won a generation after the cut; nobody diverged.
-    let won = format!("ftvmm: vm {VM}: won generation");
-    for (h, mark) in cluster.hosts().zip(&marks) {
-        let wins = (h.console().lines_after(*mark).iter())
-            .filter(|l| l.text.contains(&won))
-            .count();
-        if h.name() != p {
-            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
-        }
-        h.assert_absent("lockstep divergence", Duration::ZERO)
-            .unwrap();
-    }
+    only_live_after_the_cut(&cluster, &marks, &p);
     eprintln!(
         "secondary {s} cut from the VM network and from its primary: {p} won the race; the \
          client's longest pause {ms:.0} ms"
@@ -433,17 +429,9 @@ fn of_two_hosts_a_vm_witness_shows_whose_side_is_cut_and_the_primary_hands_over(
         },
     );
     cluster.vm.heal_all();
-    let won = format!("ftvmm: vm {VM}: won generation");
     let (p, s, marks) = cut.into_inner().unwrap();
-    for (h, mark) in cluster.hosts().zip(&marks) {
-        let wins = (h.console().lines_after(*mark).iter())
-            .filter(|l| l.text.contains(&won))
-            .count();
-        if h.name() != s {
-            assert_eq!(wins, 0, "{} won a generation after the cut", h.name());
-        }
-        h.assert_absent("lockstep divergence", Duration::ZERO)
-            .unwrap();
+    only_live_after_the_cut(&cluster, &marks, &s);
+    for h in cluster.hosts() {
         h.assert_absent("carries no heartbeat", Duration::ZERO)
             .unwrap();
     }
