@@ -254,6 +254,22 @@ impl Service {
             .map_err(|e| e.to_string())
     }
 
+    /// Answers another host passing a config on (`kind`: the bare config
+    /// or a `PassOn`; `apply::Service::apply_passed_on` reads either).
+    fn answer_passed_on(
+        &self,
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
+        (from, msg): (&str, &str),
+        kind: noise::Kind,
+    ) -> Result<(), String> {
+        self.answer_host(stream, nonce, (from, msg), kind, |body| {
+            self.apply_passed_on(from, &body)
+        })?;
+        tracing::info!("apply: config from host {from} answered");
+        Ok(())
+    }
+
     fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
         let addr = self.cfg.peer_addr(p);
         let bytes = self
@@ -424,11 +440,7 @@ impl Backend for Service {
         from: &str,
         msg: &str,
     ) -> Result<(), String> {
-        self.answer_host(stream, nonce, (from, msg), noise::Kind::Apply, |body| {
-            self.apply_passed_on(from, &body)
-        })?;
-        tracing::info!("apply: config from host {from} answered");
-        Ok(())
+        self.answer_passed_on(stream, nonce, (from, msg), noise::Kind::Apply)
     }
 
     fn peer_pass_on(
@@ -438,11 +450,7 @@ impl Backend for Service {
         from: &str,
         msg: &str,
     ) -> Result<(), String> {
-        self.answer_host(stream, nonce, (from, msg), noise::Kind::PassOn, |body| {
-            self.apply_passed_on(from, &body)
-        })?;
-        tracing::info!("apply: config from host {from} answered");
-        Ok(())
+        self.answer_passed_on(stream, nonce, (from, msg), noise::Kind::PassOn)
     }
 
     fn peer_fetch(
