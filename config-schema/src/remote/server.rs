@@ -70,18 +70,16 @@ pub trait Backend: Send + Sync + 'static {
         ))
     }
     /// Another host passes on an applied config with what it knows of it
-    /// (`ClientMsg::HostPassOn`, body `super::pass_on::PassOn`).
+    /// (`ClientMsg::HostPassOn`, body `super::pass_on::PassOn`); by default
+    /// as [`Backend::peer_apply`].
     fn peer_pass_on(
         &self,
-        _stream: &mut TcpStream,
-        _nonce: &[u8; 32],
+        stream: &mut TcpStream,
+        nonce: &[u8; 32],
         from: &str,
-        _noise: &str,
+        noise: &str,
     ) -> Result<(), String> {
-        Err(format!(
-            "{} does not take configs from other hosts ({from})",
-            self.host()
-        ))
+        self.peer_apply(stream, nonce, from, noise)
     }
     /// Another host asks for this host's applied config (`ClientMsg::HostFetch`).
     fn peer_fetch(
