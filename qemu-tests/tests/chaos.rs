@@ -4,7 +4,8 @@
 //! does), and host-c beside them if it boots in time — a standby: respawn
 //! places a new Secondary there after a failure. Even seeds' configs name a
 //! VM witness (`cluster.vm_witness`), a router on a VM hub port of its own,
-//! so a VM-network cut also cuts a host from it; odd seeds keep the rules
+//! so a VM-network cut also cuts a host from it (`FT_CHAOS_WITNESS=on|off`
+//! overrides, e.g. to replay a seed's schedule both ways); odd seeds keep the rules
 //! without one under the nemesis. It starts the VM network
 //! capture and four clients (`chaos/clients.rs`: three long-lived
 //! connections, one connection per op) on 8 overlapping keys, recording every
@@ -138,10 +139,17 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-/// Whether run `seed`'s config names a VM witness (even seeds: both the
-/// witness and the three-host rules without one stay under the nemesis).
+/// Whether run `seed`'s config names a VM witness: even seeds (both the
+/// witness and the three-host rules without one stay under the nemesis),
+/// unless `FT_CHAOS_WITNESS` is `on` or `off` (to replay a seed's schedule
+/// the other way: the schedule does not depend on it).
 fn with_witness(seed: u64) -> bool {
-    seed.is_multiple_of(2)
+    match std::env::var("FT_CHAOS_WITNESS").as_deref() {
+        Ok("on") => true,
+        Ok("off") => false,
+        Ok(other) => panic!("FT_CHAOS_WITNESS={other:?}: neither \"on\" nor \"off\""),
+        Err(_) => seed.is_multiple_of(2),
+    }
 }
 
 /// Boots the pair (and host-c if it comes up); the hosts in the run and
@@ -170,6 +178,11 @@ fn boot(seed: u64) -> (Cluster, Option<NetnsTap>, Vec<String>, Vec<String>) {
     if router.is_some() {
         notes.push(format!(
             "VM witness {VM_WITNESS} (a router on its own VM hub port)"
+        ));
+    }
+    if let Ok(w) = std::env::var("FT_CHAOS_WITNESS") {
+        notes.push(format!(
+            "FT_CHAOS_WITNESS={w} (add it to the replay line to replay this run)"
         ));
     }
     let mut hosts = match power_on_pair(&cluster) {
