@@ -48,7 +48,10 @@ pub(super) fn check_vm_witness(
         ));
     };
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-        return bad(format!("{ip} cannot answer a ping as one witness"));
+        return bad(format!(
+            "{ip} is not one host's unicast address: nothing could answer a ping from it as \
+             the witness"
+        ));
     }
     for (i, h) in c.hosts.iter().enumerate() {
         let nics = [("ft", Some(&h.ft)), ("vm", Some(&h.vm))]
@@ -172,8 +175,8 @@ mod tests {
             "{e}"
         );
         assert!(refused("witness.example").contains("is not an IPv4 address"));
-        assert!(refused("255.255.255.255").contains("cannot answer a ping"));
-        assert!(refused("224.0.0.1").contains("cannot answer a ping"));
+        assert!(refused("255.255.255.255").contains("is not one host's unicast address"));
+        assert!(refused("224.0.0.1").contains("is not one host's unicast address"));
         let e = refused("198.51.100.2");
         assert!(
             e.contains("is host host-b's own address (hosts[1].vm.addr)"),
