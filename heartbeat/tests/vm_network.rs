@@ -9,11 +9,10 @@ mod common;
 
 use std::net::SocketAddr;
 
-use config_schema::ctl::{Request, Response, VmNetView};
 use heartbeat::node::VmNetConfig;
 use heartbeat::{Daemon, NodeConfig};
 
-use common::wait_for;
+use common::{vm_view, wait_for};
 
 const PORT: u16 = 17420;
 const INTERVAL_MS: u64 = 100;
@@ -46,13 +45,6 @@ fn config(net: u8, i: usize, b_cut: bool) -> NodeConfig {
             witness: None,
         }),
         ..common::hosts::config(i, 3, secret, |j| at(77, net, j), INTERVAL_MS, TIMEOUT_MS)
-    }
-}
-
-fn vm_view(d: &Daemon) -> VmNetView {
-    match d.handle().handle(Request::VmNetwork) {
-        Response::VmNetwork { view } => view,
-        other => panic!("{other:?}"),
     }
 }
 

@@ -14,11 +14,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use config_schema::ctl::{Request, Response, VmNetView};
 use heartbeat::node::VmNetConfig;
 use heartbeat::{Daemon, NodeConfig};
 
-use common::wait_for;
+use common::{vm_view, wait_for};
 
 const PORT: u16 = 17430;
 const INTERVAL_MS: u64 = 100;
@@ -53,13 +52,6 @@ fn config(net: u8, i: usize, cut: bool) -> NodeConfig {
             }),
         }),
         ..common::hosts::config(i, 2, secret, |j| at(77, net, j), INTERVAL_MS, TIMEOUT_MS)
-    }
-}
-
-fn vm_view(d: &Daemon) -> VmNetView {
-    match d.handle().handle(Request::VmNetwork) {
-        Response::VmNetwork { view } => view,
-        other => panic!("{other:?}"),
     }
 }
 

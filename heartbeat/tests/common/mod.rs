@@ -41,6 +41,14 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A daemon's VM-network view, as ftvmm asks for it (`Request::VmNetwork`).
+pub fn vm_view(d: &heartbeat::Daemon) -> config_schema::ctl::VmNetView {
+    match d.handle().handle(Request::VmNetwork) {
+        Response::VmNetwork { view } => view,
+        other => panic!("{other:?}"),
+    }
+}
+
 pub fn host_key(i: usize) -> [u8; 32] {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/dev-keys/hosts");
     let text = std::fs::read_to_string(format!("{dir}/{}.key", NAMES[i])).unwrap();
