@@ -141,6 +141,24 @@ fn the_secondary_hosts_vm_network_lost_means_not_protected_until_it_returns() {
     cluster.pass();
 }
 
+/// Primary `p`, cut from the VM network, hands the VM over to secondary
+/// `s` because `s` hears `hears` there, and `s` wins the next generation.
+fn handed_over(cluster: &Cluster, p: &str, s: &str, hears: &str) {
+    let (ph, sh) = (cluster.host(p).unwrap(), cluster.host(s).unwrap());
+    wait(
+        ph,
+        format!("ftvmm: vm {VM}: VM network lost on {p} (no peer heard on it for"),
+    );
+    wait(
+        ph,
+        format!(
+            "while secondary {s} hears {hears}; handed the VM over to secondary {s} in \
+             generation"
+        ),
+    );
+    wait(sh, format!("ftvmm: vm {VM}: won generation"));
+}
+
 /// After the cut (each host's console `marks`, in host order), only `live`
 /// won a generation, and nobody diverged.
 fn only_live_after_the_cut(cluster: &Cluster, marks: &[qemu_tests::Mark], live: &str) {
@@ -238,19 +256,8 @@ fn the_primary_hosts_vm_network_lost_hands_the_vm_over_to_its_secondary() {
                 .into_iter()
                 .find(|h| *h != p && *h != s)
                 .unwrap();
-            let (ph, sh) = (cluster.host(p).unwrap(), cluster.host(s).unwrap());
-            wait(
-                ph,
-                format!("ftvmm: vm {VM}: VM network lost on {p} (no peer heard on it for"),
-            );
-            wait(
-                ph,
-                format!(
-                    "while secondary {s} hears {third}; handed the VM over to secondary {s} in \
-                     generation"
-                ),
-            );
-            wait(sh, format!("ftvmm: vm {VM}: won generation"));
+            handed_over(&cluster, p, s, third);
+            let sh = cluster.host(s).unwrap();
             let placed = wait(sh, format!("ftvmm: vm {VM}: secondary -> {third}"));
             let why: Vec<String> = ["host-a", "host-b", "host-c"]
                 .into_iter()
@@ -413,19 +420,7 @@ fn of_two_hosts_a_vm_witness_shows_whose_side_is_cut_and_the_primary_hands_over(
         },
         || {
             let (p, s, _) = cut.get().unwrap();
-            let (ph, sh) = (cluster.host(p).unwrap(), cluster.host(s).unwrap());
-            wait(
-                ph,
-                format!("ftvmm: vm {VM}: VM network lost on {p} (no peer heard on it for"),
-            );
-            wait(
-                ph,
-                format!(
-                    "while secondary {s} hears {w}; handed the VM over to secondary {s} in \
-                     generation"
-                ),
-            );
-            wait(sh, format!("ftvmm: vm {VM}: won generation"));
+            handed_over(&cluster, p, s, &w);
         },
     );
     cluster.vm.heal_all();
