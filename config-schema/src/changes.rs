@@ -15,6 +15,14 @@
 //!   next generation on shared storage, so that no Secondary can go live,
 //!   then stops; a Secondary or standby just stops) or on (as at boot).
 //!   A VM added or removed is not a power change and needs a reboot.
+//! - a VM's `affinity` (`vms[NAME].affinity`) and `host_groups` (they only
+//!   serve affinity): `ConfigApplied` carries the hosts each VM may run on,
+//!   resolved, and ftvmm moves the VM's members to them
+//!   (`ftvmm/src/lockstep/live_affinity.rs`): a Secondary or standby on a
+//!   host no longer allowed stops, a host newly allowed waits as a standby,
+//!   the keeper places a new Secondary among the allowed hosts, and a
+//!   Primary on a host no longer allowed hands the VM over to its Secondary
+//!   once that one runs on an allowed host and is in lockstep.
 //! - `timing.failure_timeout_ms` and `timing.lag_limit_ms`, and
 //!   `timing.heartbeat_interval_ms` when fencing's lease renewal stays the
 //!   same: heartbeat takes them at once, ftvmm with the power list
@@ -24,8 +32,11 @@
 //!   old and new values.
 //!
 //! The daemons (ftvmm, fencing, heartbeat) read the rest of their config
-//! once at start, so affinity, VMs added or removed, hosts and storage
-//! take effect at the next boot of the host. `cluster.generation`
+//! once at start, so VMs added or removed, hosts and storage take effect
+//! at the next boot of the host. A VM added or removed also changes the
+//! fencing region's layout (one Disk Paxos ring per VM, the VM count and
+//! names in its header: `fencing/src/layout.rs`), which every host must
+//! agree on: all hosts restart on the new config. `cluster.generation`
 //! always changes and is not listed: the daemons keep pairing under the
 //! generation they booted (ftvmm records decisions it takes after a live
 //! power change under the newer one); the apply line says which generation
@@ -45,6 +56,8 @@ use crate::timing_live;
 pub const LIVE: &[&str] = &[
     "operators",
     "vms[*].power",
+    "vms[*].affinity",
+    "host_groups",
     "timing.failure_timeout_ms",
     "timing.lag_limit_ms",
 ];
@@ -241,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn operators_and_power_are_live_a_lease_moving_interval_affinity_and_vms_need_a_reboot() {
+    fn operators_power_and_affinity_are_live_a_lease_moving_interval_and_vms_need_a_reboot() {
         let (a, mut b) = (example(), example());
         b.cluster.generation += 1;
         b.operators.push(Operator {
@@ -260,7 +273,8 @@ mod tests {
             c.live,
             [
                 "operators[carol] added".to_string(),
-                format!("vms[{vm}].power")
+                format!("vms[{vm}].affinity.hosts"),
+                format!("vms[{vm}].power"),
             ]
         );
         assert_eq!(
@@ -271,13 +285,12 @@ mod tests {
                  differently misjudge each other's leases: restart every host together, not \
                  one by one)"
                     .to_string(),
-                format!("vms[{vm}].affinity.hosts"),
                 "vms[extra] added".to_string(),
             ]
         );
         assert!(c.needs_reboot());
         assert!(c.to_string().starts_with(&format!(
-            "live: operators[carol] added, vms[{vm}].power; needs reboot: \
+            "live: operators[carol] added, vms[{vm}].affinity.hosts, vms[{vm}].power; needs reboot: \
              timing.heartbeat_interval_ms 100 -> 150 ms"
         )));
     }

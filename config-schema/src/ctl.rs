@@ -91,7 +91,8 @@ pub enum Request {
     /// heartbeat -> ftvmm: this host persisted a newer signed config
     /// (`ftctl apply` or catch-up; heartbeat checked its signature, the
     /// trust root and anti-rollback). It carries what ftvmm takes live
-    /// (`changes::LIVE`): every VM's `power`. ftvmm ignores a generation
+    /// (`changes::LIVE`): every VM's `power` and the hosts its affinity
+    /// allows (`VmPower::allowed`). ftvmm ignores a generation
     /// older than one it took, powers off (fenced on shared storage first
     /// when it runs the VM as Primary) and powers on as at boot; answered
     /// `Ok` once queued (docs/operators-guide.md §3). heartbeat sends it
@@ -107,20 +108,38 @@ pub enum Request {
     },
 }
 
-/// One VM's power in a config ([`Request::ConfigApplied`]).
+/// One VM's power in a config ([`Request::ConfigApplied`]), and where it
+/// may run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPower {
     pub vm: String,
     pub power: crate::model::Power,
+    /// The hosts the VM's affinity allows in this config, resolved
+    /// (`validate::allowed_hosts`: listed hosts plus the hosts of listed
+    /// groups; every host when the rule is empty), in the config's `hosts`
+    /// order. Resolved by the sender so that a change of `host_groups`
+    /// reaches ftvmm as what it means for each VM. Absent from an older
+    /// heartbeat: ftvmm keeps the affinity it booted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
 }
 
 impl VmPower {
-    /// Every VM's power in `config`, in config order.
+    /// Every VM's power and allowed hosts in `config`, in config order.
     pub fn all(config: &crate::model::ClusterConfig) -> Vec<VmPower> {
         (config.vms.iter())
-            .map(|v| VmPower {
-                vm: v.name.clone(),
-                power: v.power,
+            .map(|v| {
+                let allowed = crate::validate::allowed_hosts(config, v);
+                VmPower {
+                    vm: v.name.clone(),
+                    power: v.power,
+                    allowed: Some(
+                        (config.hosts.iter())
+                            .filter(|h| allowed.contains(h.name.as_str()))
+                            .map(|h| h.name.clone())
+                            .collect(),
+                    ),
+                }
             })
             .collect()
     }

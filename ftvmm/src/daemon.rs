@@ -278,7 +278,7 @@ impl Daemon {
     /// Starts every config VM whose Primary is this host and says, for each
     /// other VM, where its Primary is.
     pub fn start_primaries(&self) {
-        for (vm, p) in placement(&self.config.config, &self.config.host_name) {
+        for (vm, p) in placement(&self.live_config().config, &self.config.host_name) {
             self.start_as_at_boot(&vm, &p);
         }
     }
@@ -293,8 +293,9 @@ impl Daemon {
                 println!("ftvmm: vm {vm}: cannot start: {message}");
             }
         };
-        let vm_cfg = self.config.config.vms.iter().find(|v| v.name == vm);
-        match (vm_cfg.map(|v| member::role(&self.config, v)), p) {
+        let rc = self.live_config();
+        let vm_cfg = rc.config.vms.iter().find(|v| v.name == vm);
+        match (vm_cfg.map(|v| member::role(&rc, v)), p) {
             (Some(Role::Standby), _) => {
                 println!("ftvmm: vm {vm}: standby on {here} for a new secondary");
                 start();
@@ -321,9 +322,25 @@ impl Daemon {
         self.manager.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The booted config with the affinity in force
+    /// (`lockstep::live_affinity`).
+    pub(crate) fn live_config(&self) -> RuntimeConfig {
+        self.members.affinity().apply(&self.config)
+    }
+
+    /// The booted config as this daemon loaded it.
+    pub(crate) fn booted_config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// The affinity taken live (`lockstep::live_affinity`).
+    pub(crate) fn affinity(&self) -> Arc<crate::lockstep::live_affinity::LiveAffinity> {
+        self.members.affinity()
+    }
+
     /// Where `vm`'s Primary is, seen from this host.
     pub(crate) fn placement_of(&self, vm: &str) -> Option<Placement> {
-        placement(&self.config.config, &self.config.host_name)
+        placement(&self.live_config().config, &self.config.host_name)
             .into_iter()
             .find(|(n, _)| n == vm)
             .map(|(_, p)| p)

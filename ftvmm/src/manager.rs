@@ -105,6 +105,10 @@ pub fn placement(config: &ClusterConfig, host: &str) -> Vec<(String, Placement)>
         .collect()
 }
 
+/// The status state of a VM whose affinity does not allow this host and
+/// that runs nothing here.
+pub const NOT_ALLOWED: &str = "not allowed here (config)";
+
 /// The status state of a VM the config powers off and that has not run.
 pub const POWERED_OFF: &str = "powered off (config)";
 
@@ -421,6 +425,24 @@ impl VmManager {
                 if let Some(why) = self.power_pending.get(&vm.name) {
                     v["power_off_pending"] = why.clone().into();
                 }
+                // Where the affinity in force lets it run (`live_affinity`).
+                let affinity = self.members.affinity();
+                let allowed = affinity.allowed(&self.config.config, &vm.name);
+                let here = &self.config.host_name;
+                if !off && !allowed.contains(here) && self.member_here(&vm.name) == MemberHere::None
+                {
+                    v["state"] = NOT_ALLOWED.into();
+                    let by = match affinity.generation() {
+                        0 => self.config.config.cluster.generation,
+                        g => g,
+                    };
+                    v["detail"] = format!(
+                        "config generation {by} allows it on {} only",
+                        allowed.join(", ")
+                    )
+                    .into();
+                }
+                v["allowed_hosts"] = allowed.into();
                 v
             })
             .collect()
@@ -504,14 +526,34 @@ impl VmManager {
         })
     }
 
-    /// Boots config VM `name` from its guest image.
+    /// Boots config VM `name` from its guest image, in the role the
+    /// affinity in force gives this host.
     pub fn start(&mut self, name: &str) -> Result<(), ManagerError> {
-        self.start_from(name, None)
+        self.start_from(name, None, None)
+    }
+
+    /// Starts this host's member of `name` as a standby for a join (a host
+    /// a live affinity change newly allows, `lockstep::live_affinity`).
+    pub fn start_standby(&mut self, name: &str) -> Result<(), ManagerError> {
+        self.start_from(name, None, Some(Role::Standby))
+    }
+
+    /// This host's role for `vm` by the affinity in force
+    /// (`lockstep::live_affinity`).
+    fn role_now(&self, vm: &config_schema::Vm) -> Role {
+        let rc = self.members.affinity().apply(&self.config);
+        placement::role(&rc, &vm_of(&rc, vm))
     }
 
     /// Starts VM `name`, booting its image or, with `restore`, continuing
-    /// from that snapshot file (deleted once it has been loaded).
-    fn start_from(&mut self, name: &str, restore: Option<PathBuf>) -> Result<(), ManagerError> {
+    /// from that snapshot file (deleted once it has been loaded); `role`
+    /// when given, else by [`Self::role_now`].
+    fn start_from(
+        &mut self,
+        name: &str,
+        restore: Option<PathBuf>,
+        role: Option<Role>,
+    ) -> Result<(), ManagerError> {
         if self.any_running_named(name) {
             return Err(ManagerError::AlreadyRunning(name.to_string()));
         }
@@ -526,7 +568,7 @@ impl VmManager {
                     what: "snapshot restore is for lockstep VMs",
                 });
             }
-            return self.start_checkpoint(name);
+            return self.start_checkpoint(name, role);
         }
         let mut spec = self.spec_for(name)?;
         spec.restore = restore;
@@ -537,7 +579,7 @@ impl VmManager {
             });
         }
         let vm_cfg = self.find(name)?.clone();
-        let role = placement::role(&self.config, &vm_cfg);
+        let role = role.unwrap_or_else(|| self.role_now(&vm_cfg));
         if spec.restore.is_some() {
             self.refuse_paired_restore(name)?;
         }
@@ -555,7 +597,9 @@ impl VmManager {
         ps.fencing_socket = self.fencing_socket.clone();
         ps.heartbeat_socket = self.heartbeat_socket.clone();
         ps.applied_config_generation = self.applied_generation;
+        ps.live_affinity = self.members.affinity();
         let rc = self.config.clone();
+        let affinity = self.members.affinity();
         let slot = Slot {
             pair: Arc::new(PairHandle::for_vm(name)),
             cancel: Arc::new(AtomicBool::new(false)),
@@ -586,6 +630,9 @@ impl VmManager {
                 let mut role = role;
                 let mut restored_from = restored_from;
                 loop {
+                    // Each run places by the affinity in force when it starts.
+                    let rc = affinity.apply(&rc);
+                    let vm_cfg = vm_of(&rc, &vm_cfg);
                     let console = Box::new(ConsolePrefix::new(&vm_name));
                     let st = Arc::clone(&state);
                     let traffic = placement::heartbeat_notifier(&rc, &role);
@@ -636,7 +683,7 @@ impl VmManager {
                     };
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = new_state;
                     *handle.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    match next_role(&rc, &vm_cfg, &role, &cancel) {
+                    match next_role(&affinity.apply(&rc), &vm_cfg, &role, &cancel) {
                         Some(next) => role = next,
                         None => break,
                     }
@@ -737,7 +784,7 @@ impl VmManager {
                 reason: format!("{} was not written", path.display()),
             });
         }
-        self.start_from(name, Some(path))
+        self.start_from(name, Some(path), None)
     }
 
     /// A restore is a second start of a copy whose pair partner may be
@@ -769,9 +816,18 @@ impl VmManager {
     }
 }
 
+/// `vm` as `rc` has it (its live affinity), or `vm` itself if `rc` lacks it.
+fn vm_of(rc: &RuntimeConfig, vm: &config_schema::Vm) -> config_schema::Vm {
+    (rc.config.vms.iter())
+        .find(|v| v.name == vm.name)
+        .unwrap_or(vm)
+        .clone()
+}
+
 /// What a VM thread does after its member's run ended (lockstep and
-/// checkpoint VMs alike): `None` — stop — when the VM was stopped or this
-/// host is no longer allowed to hold it (the config changed); otherwise the
+/// checkpoint VMs alike; `rc` has the affinity in force): `None` — stop —
+/// when the VM was stopped or this host is no longer allowed to hold it
+/// (a live affinity change: a Primary that handed the VM over ends here); otherwise the
 /// role of the next run. A member that ended here (lost a race, found the VM
 /// running elsewhere, handed over) waits as a standby for a join; a
 /// standby's wait that ended goes back to the configured role, after a 1 s

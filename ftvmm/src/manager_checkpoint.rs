@@ -26,7 +26,7 @@ use crate::checkpoint::daemon_member::{run_checkpoint_member, MemberCtx};
 use crate::checkpoint::daemon_spec::{checkpoint_spec, CheckpointSpec};
 use crate::checkpoint::daemon_status::Figures;
 use crate::checkpoint::driver::SocketFencing;
-use crate::lockstep::placement::{self, Role};
+use crate::lockstep::placement::Role;
 use crate::lockstep::spec::{PairError, PairHandle};
 
 impl VmManager {
@@ -49,6 +49,7 @@ impl VmManager {
         spec.pair.fencing_socket = self.fencing_socket.clone();
         spec.pair.heartbeat_socket = self.heartbeat_socket.clone();
         spec.pair.applied_config_generation = self.applied_generation;
+        spec.pair.live_affinity = self.members.affinity();
         if let Some(boot) = &self.checkpoint_boot {
             spec.boot = Arc::clone(boot);
             spec.linux.tap = None;
@@ -78,9 +79,13 @@ impl VmManager {
 
     /// Starts checkpoint VM `name` (module doc); the caller checked that it
     /// is not running and is powered on.
-    pub(super) fn start_checkpoint(&mut self, name: &str) -> Result<(), ManagerError> {
+    pub(super) fn start_checkpoint(
+        &mut self,
+        name: &str,
+        role: Option<Role>,
+    ) -> Result<(), ManagerError> {
         let vm_cfg = self.find(name)?.clone();
-        let role = placement::role(&self.config, &vm_cfg);
+        let role = role.unwrap_or_else(|| self.role_now(&vm_cfg));
         if role == Role::None {
             return Err(ManagerError::NotInMode {
                 name: name.into(),
@@ -110,19 +115,23 @@ impl VmManager {
                 .with_claim_view(self.heartbeat_socket.clone(), &self.config.host_name),
         );
         let (rc, vm_name) = (self.config.clone(), name.to_string());
+        let affinity = self.members.affinity();
         let thread = std::thread::Builder::new()
             .name(format!("vm-{name}"))
             .spawn(move || {
-                let ctx = MemberCtx {
-                    rc: &rc,
-                    vm: &vm_cfg,
-                    handle: &pair,
-                    stop: &cancel,
-                    figures: &figures,
-                    fencing,
-                };
                 let mut role = role;
                 loop {
+                    // Each run places by the affinity in force when it starts.
+                    let rc = affinity.apply(&rc);
+                    let vm_cfg = super::vm_of(&rc, &vm_cfg);
+                    let ctx = MemberCtx {
+                        rc: &rc,
+                        vm: &vm_cfg,
+                        handle: &pair,
+                        stop: &cancel,
+                        figures: &figures,
+                        fencing: Arc::clone(&fencing),
+                    };
                     let console = Box::new(ConsolePrefix::new(&vm_name));
                     let st = Arc::clone(&state);
                     let running =
@@ -130,7 +139,7 @@ impl VmManager {
                     figures.reset();
                     let end = run_checkpoint_member(&ctx, &role, spec.clone(), console, running);
                     *state.lock().unwrap_or_else(|p| p.into_inner()) = ended(&vm_name, end);
-                    match super::next_role(&rc, &vm_cfg, &role, &cancel) {
+                    match super::next_role(&affinity.apply(&rc), &vm_cfg, &role, &cancel) {
                         Some(next) => role = next,
                         None => break,
                     }

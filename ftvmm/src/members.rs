@@ -13,6 +13,7 @@ use std::time::Duration;
 use config_schema::ctl::RunningVm;
 
 use crate::lockstep::grant::HostGrant;
+use crate::lockstep::live_affinity::LiveAffinity;
 use crate::lockstep::live_timing::LiveTiming;
 use crate::lockstep::member::{Event, Grant};
 use crate::lockstep::spec::PairHandle;
@@ -25,6 +26,8 @@ pub struct Members {
     grant: Arc<HostGrant>,
     /// The timing taken live from applied configs (every member reads it).
     timing: Arc<LiveTiming>,
+    /// The affinity taken live from applied configs (every placement reads it).
+    affinity: Arc<LiveAffinity>,
     handles: Mutex<BTreeMap<String, Arc<PairHandle>>>,
     /// Whether the grant was valid when last looked at (to tell members of
     /// a change once, not on every renewal).
@@ -38,6 +41,7 @@ impl Members {
         Arc::new(Members {
             grant,
             timing: Arc::default(),
+            affinity: Arc::default(),
             handles: Mutex::new(BTreeMap::new()),
             was_valid: Mutex::new(was_valid),
         })
@@ -50,6 +54,11 @@ impl Members {
     /// The timing taken live (`ConfigApplied`'s `timing`).
     pub fn timing(&self) -> Arc<LiveTiming> {
         Arc::clone(&self.timing)
+    }
+
+    /// The affinity taken live (`ConfigApplied`'s allowed hosts).
+    pub fn affinity(&self) -> Arc<LiveAffinity> {
+        Arc::clone(&self.affinity)
     }
 
     /// The handle of a VM's (newest) member.

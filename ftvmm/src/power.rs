@@ -73,6 +73,7 @@ use config_schema::ctl::VmPower;
 use config_schema::Power;
 
 use crate::daemon::Daemon;
+use crate::lockstep::live_affinity;
 use crate::lockstep::start::{fence_power_off, PowerOffError};
 use crate::manager::MemberHere;
 
@@ -132,7 +133,7 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
         println!("{line}");
         lines.push(line);
     };
-    let (steps, fencing) = {
+    let (steps, moves, fencing) = {
         let mut m = daemon.manager();
         if generation < m.applied_generation() {
             say(format!(
@@ -143,6 +144,25 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
         }
         m.set_applied_generation(generation);
         let steps = plan(vms, |n| m.power(n).ok(), |n| m.member_here(n));
+        // Affinity is taken with the power list, under the manager's lock
+        // (nothing starts or ends a member meanwhile); its steps come after
+        // the power steps, for the VMs no power step touches.
+        let booted = daemon.booted_config();
+        let affinity = daemon.affinity();
+        let moved = affinity.adopt(&booted.config, generation, vms);
+        let powered = |vm: &str| {
+            steps.iter().any(|s| match s {
+                Step::Off { vm: v, .. } | Step::On { vm: v } => v == vm,
+            })
+        };
+        let untouched: Vec<VmPower> = vms.iter().filter(|v| !powered(&v.vm)).cloned().collect();
+        let moves = live_affinity::plan(
+            &booted.host_name,
+            &untouched,
+            &moved,
+            |n| affinity.allowed(&booted.config, n),
+            |n| m.member_here(n),
+        );
         for s in &steps {
             let (vm, power) = match s {
                 Step::Off { vm, .. } => (vm, Power::Off),
@@ -153,7 +173,7 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
             m.set_power(vm, power, generation)
                 .expect("planned VMs exist");
         }
-        (steps, m.fencing_socket().to_path_buf())
+        (steps, moves, m.fencing_socket().to_path_buf())
     };
     for s in steps {
         match s {
@@ -188,6 +208,37 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
                 match daemon.placement_of(&vm) {
                     Some(p) => daemon.start_as_at_boot(&vm, &p),
                     None => say(format!("ftvmm: vm {vm}: not in this host's config")),
+                }
+            }
+        }
+    }
+    let here = &daemon.booted_config().host_name;
+    for s in moves {
+        match s {
+            live_affinity::Step::Leave { vm, allowed } => {
+                say(format!(
+                    "ftvmm: vm {vm}: config generation {generation} allows it on {} only: \
+                     stopping its member on {here}",
+                    allowed.join(", ")
+                ));
+                match daemon.manager().stop(&vm) {
+                    Ok(()) | Err(crate::manager::ManagerError::NotRunning(_)) => {}
+                    Err(e) => say(format!("ftvmm: vm {vm}: stop failed: {e}")),
+                }
+            }
+            live_affinity::Step::MoveOff { vm, allowed } => say(format!(
+                "ftvmm: vm {vm}: config generation {generation} allows it on {} only: the \
+                 primary on {here} hands it over once its secondary runs on one of them in \
+                 lockstep",
+                allowed.join(", ")
+            )),
+            live_affinity::Step::Join { vm } => {
+                say(format!(
+                    "ftvmm: vm {vm}: config generation {generation} allows it on {here}: \
+                     standby here for a new secondary"
+                ));
+                if let Err(e) = daemon.manager().start_standby(&vm) {
+                    say(format!("ftvmm: vm {vm}: cannot start: {e}"));
                 }
             }
         }

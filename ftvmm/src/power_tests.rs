@@ -20,6 +20,7 @@ fn vm(name: &str, power: Power) -> VmPower {
     VmPower {
         vm: name.into(),
         power,
+        allowed: None,
     }
 }
 
@@ -445,4 +446,112 @@ fn a_running_vm_is_fenced_stopped_and_started_again_by_live_power_changes() {
     assert_eq!(s["lockstep"]["generation"], 3, "{s}");
     assert_eq!(f.decided()[2], ("pwr".into(), 3, "host-a".into(), 3));
     d.manager().stop("pwr").unwrap();
+}
+
+#[test]
+fn a_secondary_leaves_a_host_the_config_no_longer_allows_and_a_newly_allowed_one_waits() {
+    let elf = std::env::var_os("FTGUEST_ELF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        elf.exists(),
+        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
+        elf.display()
+    );
+    let f = SharedFencing::serve(&["host-b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rc = config("host-b");
+    let shared = dir.path().join("shared.img");
+    let file = std::fs::File::create(&shared).unwrap();
+    file.set_len(rc.config.storage.size_mib << 20).unwrap();
+    rc.config.storage.device = config_schema::DeviceLocator::Path(shared.display().to_string());
+    // Loopback FT addresses of this test's own (host-b's listener binds).
+    let net = 100 + std::process::id() % 100;
+    for (i, h) in rc.config.hosts.iter_mut().enumerate() {
+        h.ft.addr = format!("127.{net}.31.{}/24", i + 1);
+    }
+    rc.config.vms[0].name = "aff".into();
+    rc.config.vms[0].affinity.groups.clear();
+    rc.config.vms[0].affinity.hosts = vec!["host-a".into(), "host-b".into()];
+    let image = rc.config.vms[0].image.clone();
+    std::os::unix::fs::symlink(&elf, dir.path().join(format!("{image}.elf"))).unwrap();
+    let d = Daemon::with_grant(
+        rc,
+        KvmAvailability::Ok { api_version: 12 },
+        HostGrant::always(),
+    );
+    d.manager().set_test_paths(dir.path(), &f.sockets[0]);
+    // host-b is the Secondary of host-a (which never comes): it waits.
+    d.start_primaries();
+    let role = |d: &Daemon| d.status()["vms"][0]["lockstep"]["role"].clone();
+    let wait_role = |d: &Daemon, want: &str| {
+        for _ in 0..200 {
+            if role(d) == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("role {} is not {want:?}: {}", role(d), d.status());
+    };
+    wait_role(&d, "secondary (pairing)");
+    assert_eq!(d.manager().member_here("aff"), MemberHere::Passive);
+    let allowed = |hosts: &[&str]| VmPower {
+        vm: "aff".into(),
+        power: Power::On,
+        allowed: Some(hosts.iter().map(|h| h.to_string()).collect()),
+    };
+
+    // Generation 2 moves the VM to host-a and host-c: host-b's member stops.
+    let lines = apply(&d, 2, &[allowed(&["host-a", "host-c"])]);
+    assert_eq!(
+        lines,
+        [
+            "ftvmm: vm aff: config generation 2 allows it on host-a, host-c only: stopping its \
+          member on host-b"
+        ]
+    );
+    assert_eq!(d.manager().member_here("aff"), MemberHere::None);
+    let s = d.status()["vms"][0].clone();
+    assert_eq!(s["state"], crate::manager::NOT_ALLOWED, "{s}");
+    assert_eq!(
+        s["detail"], "config generation 2 allows it on host-a, host-c only",
+        "{s}"
+    );
+    assert_eq!(s["allowed_hosts"], serde_json::json!(["host-a", "host-c"]));
+    // A pair or join offered by a Primary that has not taken generation 2
+    // is refused here.
+    assert_eq!(
+        d.affinity()
+            .check(&d.booted_config().config, "aff", "host-b"),
+        Err("config generation 2 does not allow vm aff on host-b".into())
+    );
+    // The same config again (a catch-up round): nothing more.
+    assert_eq!(
+        apply(&d, 2, &[allowed(&["host-a", "host-c"])]),
+        Vec::<String>::new()
+    );
+    // An older generation's rule is not taken.
+    apply(&d, 1, &[allowed(&["host-b"])]);
+    assert!(!d
+        .affinity()
+        .allows(&d.booted_config().config, "aff", "host-b"));
+
+    // Generation 3 allows host-b again: it waits as a standby for a join.
+    let lines = apply(&d, 3, &[allowed(&["host-b", "host-c"])]);
+    assert_eq!(
+        lines,
+        [
+            "ftvmm: vm aff: config generation 3 allows it on host-b: standby here for a new \
+          secondary"
+        ]
+    );
+    wait_role(&d, "standby");
+    assert_eq!(d.manager().member_here("aff"), MemberHere::Passive);
+    let s = d.status()["vms"][0].clone();
+    assert_eq!(s["allowed_hosts"], serde_json::json!(["host-b", "host-c"]));
+    assert!(f.decided().is_empty(), "nothing raced: {:?}", f.decided());
+    d.manager().stop("aff").unwrap();
 }

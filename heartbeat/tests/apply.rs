@@ -242,6 +242,8 @@ fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
         vms: vec![VmPower {
             vm: "kv".into(),
             power,
+            // Resolved: the example's `rack-1` group and host-c.
+            allowed: Some(vec!["host-a".into(), "host-b".into(), "host-c".into()]),
         }],
         timing: Some(config(7).timing),
     };

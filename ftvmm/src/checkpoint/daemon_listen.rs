@@ -64,7 +64,9 @@ pub(super) fn accept_primary(
     let allowed: Allowed =
         Arc::new(move |k: &[u8; 32]| hosts.iter().find(|(_, pk)| pk == k).map(|(n, _)| n.clone()));
     let fencing = spec.pair.fencing_socket.clone();
+    let live = Arc::clone(&spec.pair.live_affinity);
     let verify = |h: &Hello| {
+        live.check(&rc.config, &h.vm, &rc.host_name)?;
         if h.start_exit == JOIN_BY_TRANSFER {
             return check_join(rc, ctx.vm, &fencing, h);
         }

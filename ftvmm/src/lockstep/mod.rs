@@ -44,6 +44,7 @@ pub mod fence;
 pub mod golive;
 pub mod grant;
 pub mod link;
+pub mod live_affinity;
 pub mod live_timing;
 pub mod log;
 pub mod member;

@@ -76,6 +76,10 @@ pub struct PairSpec {
     /// What `ftctl apply` changed live (failure timeout, lag limit); the
     /// member's driver reads it each step (`live_timing` has the rules).
     pub live_timing: Arc<super::live_timing::LiveTiming>,
+    /// Where `ftctl apply` says the VM may run now (`live_affinity` has the
+    /// rules); the keeper and the listeners read it (the booted rule until
+    /// a config changed it).
+    pub live_affinity: Arc<super::live_affinity::LiveAffinity>,
     pub heartbeat_socket: PathBuf,
     pub fencing_socket: PathBuf,
     /// The host's output grant from fencing.

@@ -216,9 +216,13 @@ impl Service {
             // What the daemons take of the new timing (an interval that would
             // move fencing's lease renewal stays: `timing_live`).
             r.timing = timing_live::adoptable(&r.timing, &new.timing);
+            // Affinity and the groups it names are live too (ftvmm takes
+            // each VM's allowed hosts, `VmPower::allowed`).
+            r.host_groups = new.host_groups.clone();
             for vm in r.vms.iter_mut() {
                 if let Some(n) = new.vms.iter().find(|n| n.name == vm.name) {
                     vm.power = n.power;
+                    vm.affinity = n.affinity.clone();
                 }
             }
         }
@@ -239,10 +243,11 @@ impl Service {
         let told = match self.tell_ftvmm(new.cluster.generation, vms, &new.timing) {
             Ok(()) => String::new(),
             Err(why)
-                if changes
-                    .live
-                    .iter()
-                    .any(|c| c.starts_with("vms[") || c.starts_with("timing.")) =>
+                if changes.live.iter().any(|c| {
+                    ["vms[", "timing.", "host_groups"]
+                        .iter()
+                        .any(|p| c.starts_with(p))
+                }) =>
             {
                 format!("; ftvmm not told yet ({why}): told again every catch-up round")
             }

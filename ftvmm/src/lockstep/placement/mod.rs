@@ -130,6 +130,8 @@ pub fn pair_spec(
         peer: String::new(),
         failure_timeout: Duration::from_millis(rc.config.timing.failure_timeout_ms),
         live_timing,
+        // The daemon's manager puts its members' one in (`Members::affinity`).
+        live_affinity: Arc::default(),
         heartbeat_socket: config_schema::ctl::HEARTBEAT_SOCKET.into(),
         fencing_socket: config_schema::ctl::FENCING_SOCKET.into(),
         grant,
@@ -303,7 +305,11 @@ pub fn run_member(
             // generation and asked again: 104 generations in 90 s and the
             // VM never ran. A power-on pair boots both members from the
             // start; it needs no state this host lacks.
+            let live = Arc::clone(&spec.live_affinity);
             let verify = |h: &Hello| {
+                // A Primary that has not taken the newest config may ask a
+                // host it excludes (`live_affinity`).
+                live.check(&rc.config, &h.vm, &rc.host_name)?;
                 if h.start_exit == JOIN_BY_TRANSFER {
                     check_join_offer(&fencing, &h.vm, h.generation, &h.primary_host)
                 } else {

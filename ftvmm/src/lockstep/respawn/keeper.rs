@@ -21,8 +21,12 @@
 //! there could win but not serve. Such a Secondary is not replaced. It also
 //! watches this host's own VM network (`own_vmnet.rs`): a Primary whose
 //! host hears no peer there while its Secondary's host does hands the VM
-//! over to it (`Event::LeaveHost`). Both modes' Primaries run this keeper,
-//! so these judgements cover lockstep and checkpoint VMs alike.
+//! over to it (`Event::LeaveHost`), and so does a Primary on a host a live
+//! affinity change no longer allows, once its Secondary runs on an allowed
+//! host and nothing is found against the pair (`live_affinity.rs`). It
+//! places new Secondaries by the affinity in force. Both modes' Primaries
+//! run this keeper, so these judgements cover lockstep and checkpoint VMs
+//! alike.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -220,7 +224,16 @@ impl Keeper {
                     for line in look.lines {
                         println!("{line}");
                     }
-                    if let Some(why) = look.leave {
+                    // A config that moved the VM off this host: hand it over
+                    // to a fit Secondary on an allowed host (`live_affinity`).
+                    let moved = || {
+                        let booted = &self.rc.config;
+                        let live = &self.spec.live_affinity;
+                        (look.fit && !look.peer.is_empty())
+                            .then(|| live.leave_why(booted, &name, &here, &look.peer))
+                            .flatten()
+                    };
+                    if let Some(why) = look.leave.clone().or_else(moved) {
                         // The member hands over on its own thread; it is
                         // no longer `Paired` at the next look.
                         self.handle.post(Event::LeaveHost { why });
@@ -245,7 +258,9 @@ impl Keeper {
                 Path::new(&self.spec.fencing_socket),
                 &here,
             );
-            let choice = choose_secondary(&self.rc.config, &name, &here, &facts);
+            // By the affinity in force (`live_affinity`).
+            let live = self.spec.live_affinity.apply(&self.rc);
+            let choice = choose_secondary(&live.config, &name, &here, &facts);
             let line = choice.line();
             if line != last_line {
                 println!("{line}");

@@ -61,6 +61,11 @@ pub struct Looked {
     /// This host cannot serve the VM and the Secondary's could: why (the
     /// member's `LeaveHost`).
     pub leave: Option<String>,
+    /// The Secondary's host (empty: not known yet).
+    pub peer: String,
+    /// Nothing found against the pair (the Secondary could take over and
+    /// serve, this host serves): a planned hand-over may go ahead.
+    pub fit: bool,
 }
 
 /// Where the keeper asks: fencing's socket (the lease table) and
@@ -143,5 +148,11 @@ pub fn look_at_pair(
         _ => {}
     }
     watch.own = kind;
-    Looked { lines, leave }
+    let fit = reasons.is_empty();
+    Looked {
+        lines,
+        leave,
+        peer,
+        fit,
+    }
 }
