@@ -1,0 +1,242 @@
+//! A running VM moved between hosts live with `ftctl apply` of a new
+//! affinity (issue 15; `ftvmm/src/lockstep/live_affinity.rs`).
+//!
+//! Proves, on three QEMU hosts (host-a Primary and host-b Secondary of VM
+//! `kv` in generation 1, host-c a standby; a config with the development
+//! operator key) with a client doing PUT/GET over ONE TCP connection
+//! throughout:
+//! 1. generation 2 allows `kv` on host-a and host-c only: every host takes
+//!    it live (`live: vms[kv].affinity...`, no reboot), host-b stops its
+//!    Secondary, host-a goes on alone and places the new Secondary on
+//!    host-c by live transfer;
+//! 2. generation 3 allows host-b and host-c only: host-a, whose Primary is
+//!    no longer allowed, hands the VM over to host-c (a planned hand-over,
+//!    not a failure), host-b waits as a standby again, and host-c, live,
+//!    places its Secondary on host-b;
+//! 3. the client's connection survives both moves, every acknowledged PUT
+//!    is read back on it, no host diverged, host-a never went live again and
+//!    host-b never went live, and `ftctl status --cluster` shows the live
+//!    rule (`allowed_hosts`) and host-a's `not allowed here (config)`.
+//!
+//! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::respawn::{
+    never_diverged, never_went_live, wait_protected, wait_since, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT,
+};
+use common::{took, wait, wait_paired, Client, BOOT_TIMEOUT, VM};
+use qemu_tests::ftctl;
+use qemu_tests::paths::workspace_root;
+use qemu_tests::{Cluster, ClusterSource, NetnsTap};
+
+const OPERATOR_CIDR: &str = "192.0.2.200/24";
+/// Replies the client must add between steps.
+const STEP: usize = 40;
+/// The example's rule: the `rack-1` group (host-a, host-b) and host-c.
+const BOOTED_RULE: &str = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c\"] }\n";
+
+#[test]
+fn affinity_moves_a_running_vm_between_hosts_live_through_ftctl_apply() {
+    let ftctl = ftctl::binary();
+    let dir = tempfile::tempdir().unwrap();
+    let source = ftctl::with_operator(dir.path());
+    let base = std::fs::read_to_string(&source.config).unwrap();
+    assert!(base.contains(BOOTED_RULE), "the example's affinity changed");
+    let mut cluster = Cluster::new("affinity-live", &source).unwrap();
+    for h in ["host-a", "host-b", "host-c"] {
+        cluster.boot(h).unwrap();
+    }
+    let mut cluster = wait_paired(cluster);
+    let a = cluster.host("host-a").unwrap();
+    let b = cluster.host("host-b").unwrap();
+    let c = cluster.host("host-c").unwrap();
+    c.wait_for("appliance ready: host=host-c generation=1", BOOT_TIMEOUT)
+        .unwrap();
+    let client = Client::start(&cluster, "affinity moves");
+    client.wait_replies(STEP, Duration::from_secs(120));
+    let op = NetnsTap::attach(
+        &cluster.ft,
+        "operator",
+        &format!("fta-{}-op", std::process::id()),
+        OPERATOR_CIDR,
+        None,
+    )
+    .unwrap();
+    let key_file = workspace_root().join("examples/dev-keys/operators/dev-operator.pk8");
+    let live = "live: vms[kv].affinity.groups, vms[kv].affinity.hosts\n";
+
+    // 1. Off host-b: host-a and host-c only.
+    let t2 = Instant::now();
+    let rule = "affinity = { hosts = [\"host-a\", \"host-c\"] }\n";
+    let out = apply(&op, &ftctl, &key_file, &source, dir.path(), &base, 2, rule);
+    let line = |h: &str, g: u64| format!("{h}: generation {g} persisted (was {}); {live}", g - 1);
+    assert!(out.contains(&line("host-a", 2)), "{out}");
+    for h in ["host-b", "host-c"] {
+        assert!(took(&out, h, 2, &line(h, 2)), "{out}");
+    }
+    wait(
+        b,
+        format!(
+            "ftvmm: vm {VM}: config generation 2 allows it on host-a, host-c only: stopping its \
+             member on host-b"
+        ),
+    );
+    wait_since(
+        a,
+        format!("ftvmm: vm {VM}: won generation 2"),
+        FAILOVER_TIMEOUT,
+        t2,
+    );
+    let (prot2, to_c) = wait_protected(a, c, 2, t2);
+    client.goes_on(STEP, PROGRESS_TIMEOUT);
+
+    // 2. Off host-a: host-b and host-c only. host-a hands over to host-c.
+    let t3 = Instant::now();
+    let rule = "affinity = { hosts = [\"host-b\", \"host-c\"] }\n";
+    let out = apply(&op, &ftctl, &key_file, &source, dir.path(), &base, 3, rule);
+    let live3 = "live: vms[kv].affinity.hosts\n";
+    let line3 = |h: &str| format!("{h}: generation 3 persisted (was 2); {live3}");
+    assert!(out.contains(&line3("host-a")), "{out}");
+    for h in ["host-b", "host-c"] {
+        assert!(took(&out, h, 3, &line3(h)), "{out}");
+    }
+    wait(
+        a,
+        format!(
+            "ftvmm: vm {VM}: config generation 3 allows it on host-b, host-c only: the primary \
+             on host-a hands it over once its secondary runs on one of them in lockstep"
+        ),
+    );
+    wait(
+        b,
+        format!(
+            "ftvmm: vm {VM}: config generation 3 allows it on host-b: standby here for a new \
+             secondary"
+        ),
+    );
+    let (handed, _) = wait_since(
+        a,
+        format!("ftvmm: vm {VM}: config generation 3 allows vm {VM} on host-b, host-c only, not on host-a; handed the VM over to secondary host-c in generation 2"),
+        FAILOVER_TIMEOUT,
+        t3,
+    );
+    let (_, to_live) = wait_since(
+        c,
+        format!("ftvmm: vm {VM}: won generation 3; live as primary"),
+        FAILOVER_TIMEOUT,
+        t3,
+    );
+    let (prot3, to_b) = wait_protected(c, b, 3, t3);
+    client.goes_on(STEP, PROGRESS_TIMEOUT);
+
+    // 3. What the operator sees, and what never happened.
+    let status = status(&op, &ftctl, &key_file, &source.config);
+    assert!(
+        status.contains("\"allowed_hosts\":[\"host-b\",\"host-c\"]"),
+        "{status}"
+    );
+    assert!(
+        status.contains("\"state\":\"not allowed here (config)\""),
+        "host-a's VM state: {status}"
+    );
+    let done = client.finish();
+    let (pause2, pause3) = (done.pause(t2, Some(t3)), done.pause(t3, None));
+    eprintln!(
+        "affinity: off host-b: host-c protects host-a {:.1} s after the apply (copy pause {} ms); client's longest pause {} ms",
+        to_c.as_secs_f64(),
+        prot2.pause_ms,
+        pause2.as_millis()
+    );
+    eprintln!(
+        "affinity: off host-a: {}; host-c live {:.1} s and protected by host-b {:.1} s after the apply (copy pause {} ms); client's longest pause {} ms; {} acknowledged PUTs all readable on the same connection",
+        handed.text,
+        to_live.as_secs_f64(),
+        to_b.as_secs_f64(),
+        prot3.pause_ms,
+        pause3.as_millis(),
+        done.acked.len()
+    );
+    a.assert_absent("; live as primary", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("host-a went live: {e}"));
+    for h in [a, c] {
+        h.assert_absent("; needs reboot", Duration::ZERO)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    never_went_live(b);
+    never_diverged(&[a, b, c]);
+    cluster.pass();
+}
+
+/// Signs the example with the operator, generation `generation` and the
+/// VM's affinity line replaced by `rule`, and applies it to host-a.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    op: &NetnsTap,
+    ftctl: &Path,
+    key: &Path,
+    source: &ClusterSource,
+    dir: &Path,
+    base: &str,
+    generation: u64,
+    rule: &str,
+) -> String {
+    let text = base
+        .replacen(
+            "generation = 1\n",
+            &format!("generation = {generation}\n"),
+            1,
+        )
+        .replacen(BOOTED_RULE, rule, 1);
+    let signed = ftctl::sign(
+        ftctl,
+        &text,
+        &source.signing_key,
+        dir,
+        &format!("gen{generation}"),
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", op.netns()])
+        .arg(ftctl)
+        .args(["apply", "--host", "192.0.2.1", "--key"])
+        .arg(key)
+        .arg(&signed)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "ftctl apply generation {generation} ({}):\n{stdout}{}",
+        rule.trim(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not the exit status: a host that took the config by its catch-up
+    // before the pass-on says `refused: ... already holds this very config`
+    // (`common::took`); the lines are checked instead.
+    stdout
+}
+
+/// `ftctl status --cluster --json` from the operator's namespace, asked of
+/// host-c.
+fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", op.netns()])
+        .arg(ftctl)
+        .args(["status", "--cluster", "--host", "192.0.2.3", "--key"])
+        .arg(key)
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.to_string()
+}
