@@ -8,8 +8,9 @@
 //!   is ignored; the same one again re-checks (a power-off that could not be
 //!   fenced is retried then).
 //! - The booted config stays what the VMs run and pair under; only each
-//!   VM's `power` and the newest generation are taken
-//!   (`config_schema::changes::LIVE`).
+//!   VM's `power`, its allowed hosts (`lockstep::live_affinity`, planned
+//!   after the power steps, for the VMs they leave on) and the newest
+//!   generation are taken (`config_schema::changes::LIVE`).
 //! - Power off (`on` → `off`, or `off` while a member still runs here): the
 //!   VM's power is set first, so nothing on this host starts it again; a
 //!   member that acts as Primary or races ([`MemberHere::Acting`]) is
