@@ -302,6 +302,12 @@ fn vm_line(r: &ClusterReport, vm: &str, replication: &str, power: &str) -> Strin
         opt(&ls["secondary"]),
         opt(&ls["generation"])
     );
+    // The affinity in force (`ftctl apply` changes it live).
+    let allowed = match p["allowed_hosts"].as_array() {
+        Some(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
+        None => format!("n/a ({at}'s ftvmm does not report it)"),
+    };
+    let _ = writeln!(s, "    allowed hosts: {allowed}");
     let lag = &ls["log"]["lag"];
     let lag = if lag.is_null() {
         "n/a (not a paired primary here)".into()

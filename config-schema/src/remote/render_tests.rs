@@ -34,7 +34,7 @@ fn host_a() -> HostReport {
             "events": [{"unix_ms": NOW - 3000, "kind": "fencing", "vm": "kv", "text": "fencing: vm kv generation 3 decided: host-a"}],
         }),
         ftvmm: json!({
-            "vms": [{"name": "kv", "state": "running", "lockstep": {
+            "vms": [{"name": "kv", "state": "running", "allowed_hosts": ["host-a", "host-b"], "lockstep": {
                 "role": "primary", "generation": 3,
                 "protection": "protected: secondary host-b",
                 "primary": "host-a", "secondary": "host-b",
@@ -111,6 +111,7 @@ fn every_host_vm_and_event_is_shown_with_what_is_not_available() {
         "kv (lockstep, power on)",
         "protection: protected: secondary host-b (as host-a reports it)",
         "primary: host-a  secondary: host-b  generation: 3",
+        "allowed hosts: host-a, host-b",
         "lag: 2 ms, 5 records, 900 bytes; log bandwidth: 35000 B/s (average since the pair started)",
         "last failover: 2500 ms ago on host-a, pause 812 ms",
     ] {
@@ -257,4 +258,20 @@ fn every_host_says_which_peers_it_hears_on_the_vm_network() {
     // A host whose heartbeat predates the VM network says so.
     r.hosts[1].report.as_mut().unwrap().heartbeat = json!({"peers": []});
     assert!(render(&r).contains("vm network: n/a (its heartbeat does not report it)"));
+}
+
+#[test]
+fn the_allowed_hosts_of_an_ftvmm_that_does_not_report_them_are_not_available() {
+    let mut r = report();
+    let mut a = host_a();
+    a.ftvmm["vms"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("allowed_hosts");
+    r.hosts[0].report = Some(a);
+    let t = render(&r);
+    assert!(
+        t.contains("    allowed hosts: n/a (host-a's ftvmm does not report it)\n"),
+        "{t}"
+    );
 }
