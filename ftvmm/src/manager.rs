@@ -838,6 +838,11 @@ fn next_role(
     role: &Role,
     cancel: &AtomicBool,
 ) -> Option<Role> {
+    // The VM as `rc` has it: a run that started before a live affinity
+    // change holds the rule of then (seen: a Primary that handed the VM
+    // over because the new rule excludes its host waited there as a
+    // standby again, judged by the old rule).
+    let vm_cfg = &vm_of(rc, vm_cfg);
     let allowed_here = !matches!(placement::role(rc, vm_cfg), Role::None | Role::Unprotected);
     if cancel.load(Ordering::SeqCst) || !allowed_here {
         return None;
@@ -879,6 +884,30 @@ mod tests {
             config,
             host_private_key: "00".repeat(32),
         }
+    }
+
+    #[test]
+    fn a_run_that_ends_after_a_live_affinity_change_is_judged_by_the_new_rule() {
+        // The run started when host-a was allowed; the config now in force
+        // allows host-b and host-c only: host-a's member ends for good.
+        let mut rc = config();
+        let then = rc.config.vms[0].clone();
+        rc.config.vms[0].affinity = config_schema::Affinity {
+            hosts: vec!["host-b".into(), "host-c".into()],
+            groups: Vec::new(),
+        };
+        let cancel = AtomicBool::new(false);
+        let primary = Role::Primary {
+            secondary: "host-c".into(),
+        };
+        assert_eq!(next_role(&rc, &then, &primary, &cancel), None);
+        assert_eq!(next_role(&rc, &then, &Role::Standby, &cancel), None);
+        // Still allowed (host-a back in the rule): a standby next.
+        rc.config.vms[0].affinity.hosts.push("host-a".into());
+        assert_eq!(
+            next_role(&rc, &then, &primary, &cancel),
+            Some(Role::Standby)
+        );
     }
 
     #[test]
