@@ -217,12 +217,25 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
     for s in moves {
         match s {
             live_affinity::Step::Leave { vm, allowed } => {
+                let mut m = daemon.manager();
+                // Planned passive; a Secondary whose Primary died since may
+                // race now, or be live: not stopped unfenced (its keeper
+                // moves it once it is a paired Primary; the next catch-up
+                // round plans again).
+                if m.member_here(&vm) != MemberHere::Passive {
+                    say(format!(
+                        "ftvmm: vm {vm}: config generation {generation} allows it on {} only; \
+                         its member on {here} acts now and is not stopped",
+                        allowed.join(", ")
+                    ));
+                    continue;
+                }
                 say(format!(
                     "ftvmm: vm {vm}: config generation {generation} allows it on {} only: \
                      stopping its member on {here}",
                     allowed.join(", ")
                 ));
-                match daemon.manager().stop(&vm) {
+                match m.stop(&vm) {
                     Ok(()) | Err(crate::manager::ManagerError::NotRunning(_)) => {}
                     Err(e) => say(format!("ftvmm: vm {vm}: stop failed: {e}")),
                 }
