@@ -27,8 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::respawn::{
-    never_diverged, never_went_live, wait_since, Protected, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT,
-    RESPAWN_TIMEOUT,
+    never_diverged, never_went_live, pair_held, wait_since, Protected, FAILOVER_TIMEOUT,
+    PAIR_BROKE, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
 };
 use common::{took, wait, wait_paired, Client, BOOT_TIMEOUT, VM};
 use qemu_tests::ftctl;
@@ -44,6 +44,14 @@ const BOOTED_RULE: &str = "affinity = { groups = [\"rack-1\"], hosts = [\"host-c
 
 #[test]
 fn affinity_moves_a_running_vm_between_hosts_live_through_ftctl_apply() {
+    qemu_tests::testbed::retry_once_on(
+        "affinity_live",
+        &[PAIR_BROKE],
+        affinity_moves_a_running_vm_once,
+    );
+}
+
+fn affinity_moves_a_running_vm_once() {
     let ftctl = ftctl::binary();
     let dir = tempfile::tempdir().unwrap();
     let source = ftctl::with_operator(dir.path());
@@ -73,6 +81,9 @@ fn affinity_moves_a_running_vm_between_hosts_live_through_ftctl_apply() {
     // No `\n` at the end: a host that took the config by its catch-up
     // during the apply adds how (`; taken by this host's catch-up ...`).
     let live = "live: vms[kv].affinity.groups, vms[kv].affinity.hosts";
+    // The steps below assume the pair of power-on (a starved test bed can
+    // break it first; retried once).
+    pair_held(a, b);
 
     // 1. Off host-b: host-a and host-c only.
     let t2 = Instant::now();

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use common::client::Finished;
 use common::respawn::{
-    memories_match, never_diverged, never_went_live, never_won_up_to, reboot, trio, wait_protected,
-    wait_since, Protected, FAILOVER_TIMEOUT, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
+    memories_match, never_diverged, never_went_live, never_won_up_to, pair_held, reboot, trio,
+    wait_protected, wait_since, Protected, FAILOVER_TIMEOUT, PAIR_BROKE, PROGRESS_TIMEOUT,
+    RESPAWN_TIMEOUT,
 };
 use common::{Client, BOOT_TIMEOUT, VM};
 use qemu_tests::{Cluster, Host};
@@ -57,30 +58,6 @@ fn kill_primary_respawn_on_third_then_kill_new_primary() {
         &[PAIR_BROKE],
         kill_primary_respawn_on_third_then_kill_new_primary_once,
     );
-}
-
-/// Marks the panic of a run whose generation-1 pair broke before the
-/// test's first kill (see [`pair_held`]); retried once.
-const PAIR_BROKE: &str = "test bed: the pair broke before the test's fault";
-
-/// Fails (with [`PAIR_BROKE`]) when host-a already dropped host-b, or host-b
-/// host-a, before the test's first fault. Seen once in `make test` (stop
-/// 36): three TCG hosts on two cores, each starved for over a second while
-/// their VMs booted
-/// (host-b's heartbeats and acks more than 1 s old on arrival, host-a's own
-/// lease renewal failing for 1 s), so with the 1 s failure timeout host-a
-/// took host-b for silent, went on alone in generations 2 and 3 and
-/// respawned a Secondary: right, but not the pair this test kills.
-fn pair_held(a: &Host, b: &Host) {
-    let lost = [
-        (a, format!("ftvmm: vm {VM}: secondary suspected")),
-        (b, format!("ftvmm: vm {VM}: primary host-a lost")),
-    ];
-    for (h, line) in &lost {
-        if h.console().count(line.as_str()) > 0 {
-            panic!("{PAIR_BROKE}: {}", common::respawn::last_line(h, line));
-        }
-    }
 }
 
 fn kill_primary_respawn_on_third_then_kill_new_primary_once() {

@@ -295,6 +295,33 @@ pub fn last_line(host: &Host, needle: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Marks the panic of a run whose generation-1 pair broke before the
+/// test's first kill (see [`pair_held`]); retried once.
+pub const PAIR_BROKE: &str = "test bed: the pair broke before the test's fault";
+
+/// Fails (with [`PAIR_BROKE`]) when host-a already dropped host-b, or host-b
+/// host-a, before the test's first fault (or first config change:
+/// `affinity_live.rs`, which saw it with one core busy and a compile
+/// beside it: host-a's lease renewals failing, it handed the VM over to
+/// host-b before the apply). Seen once in `make test` (stop
+/// 36): three TCG hosts on two cores, each starved for over a second while
+/// their VMs booted
+/// (host-b's heartbeats and acks more than 1 s old on arrival, host-a's own
+/// lease renewal failing for 1 s), so with the 1 s failure timeout host-a
+/// took host-b for silent, went on alone in generations 2 and 3 and
+/// respawned a Secondary: right, but not the pair this test kills.
+pub fn pair_held(a: &Host, b: &Host) {
+    let lost = [
+        (a, format!("ftvmm: vm {VM}: secondary suspected")),
+        (b, format!("ftvmm: vm {VM}: primary host-a lost")),
+    ];
+    for (h, line) in &lost {
+        if h.console().count(line.as_str()) > 0 {
+            panic!("{PAIR_BROKE}: {}", last_line(h, line));
+        }
+    }
+}
+
 /// No console of `hosts` reported a lockstep divergence.
 pub fn never_diverged(hosts: &[&Host]) {
     for h in hosts {
