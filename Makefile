@@ -120,7 +120,7 @@ fuzz:
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
 ##   reports in target/tmp/chaos/. Not part of make test. Any 11 consecutive seeds start with every fault class.
 ##   Even seeds name a VM witness (cluster.vm_witness, a router on its own VM hub port); FT_CHAOS_WITNESS=on|off
-##   overrides, e.g. to replay one seed's schedule both ways.
+##   overrides, e.g. to replay one seed's schedule both ways (a replay line carries the override).
 ## FT_CHAOS_REPLAYS: seeds replayed first, each once, with FT_CHAOS_SEQUENTIAL=1 (their finding in parentheses):
 ##   105 (a third host cold-started the VM while its slowed Secondary claimed it; it failed 1 run in 2)
 ## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, once the pair is protected again: after the respawn's

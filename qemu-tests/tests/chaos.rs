@@ -5,8 +5,9 @@
 //! places a new Secondary there after a failure. Even seeds' configs name a
 //! VM witness (`cluster.vm_witness`), a router on a VM hub port of its own,
 //! so a VM-network cut also cuts a host from it (`FT_CHAOS_WITNESS=on|off`
-//! overrides, e.g. to replay a seed's schedule both ways); odd seeds keep the rules
-//! without one under the nemesis. It starts the VM network
+//! overrides, e.g. to replay a seed's schedule both ways; the replay line
+//! carries the override); odd seeds keep the rules without one under the
+//! nemesis. It starts the VM network
 //! capture and four clients (`chaos/clients.rs`: three long-lived
 //! connections, one connection per op) on 8 overlapping keys, recording every
 //! op in a `history::Recorder`; plays the seeded `chaos::Schedule` (faults
@@ -42,8 +43,9 @@
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64, qemu-nbd
 //! and root. Run: `FT_CHAOS_SEED=1 FT_CHAOS_RUNS=1 cargo test -p qemu-tests
 //! --test chaos -- --ignored --nocapture`. A seed's schedule depends on the
-//! seed, the hosts that booted and `FT_CHAOS_SEQUENTIAL` only: the replay
-//! line each report prints gives it back.
+//! seed, the hosts that booted and `FT_CHAOS_SEQUENTIAL` only, its cluster
+//! on the seed and `FT_CHAOS_WITNESS`: the replay line each report prints
+//! (`chaos::replay_line`) gives both back.
 
 #[path = "chaos/clients.rs"]
 mod clients;
@@ -90,11 +92,12 @@ const PROTECTED_AT_END: Duration = Duration::from_secs(60);
 fn chaos_campaign() {
     let seeds = chaos::seeds_from_env(1, 1).unwrap_or_else(|e| panic!("{e}"));
     let sequential = chaos::sequential_from_env().unwrap_or_else(|e| panic!("{e}"));
+    let witness = chaos::witness_from_env().unwrap_or_else(|e| panic!("{e}"));
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     let mut runs = Vec::new();
     for seed in seeds {
         let dir = out.join(format!("seed-{seed}"));
-        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential)) {
+        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential, witness)) {
             Ok(r) => r,
             Err(p) => {
                 let why = p
@@ -104,6 +107,7 @@ fn chaos_campaign() {
                     .unwrap_or_else(|| "panic".into());
                 let planned = plan::generate(seed, &["host-a", "host-b", "host-c"], sequential);
                 let mut r = RunReport::new(planned);
+                r.witness = witness;
                 r.linearizable = chaos::Verdict::Unknown {
                     why: format!("the run broke off: {why}"),
                 };
@@ -115,7 +119,7 @@ fn chaos_campaign() {
         if !report.passed {
             eprintln!(
                 "chaos: seed {seed} FAILED; replay: {}",
-                chaos::replay_line(seed, sequential)
+                chaos::replay_line(seed, sequential, witness)
             );
         }
         runs.push(report);
@@ -141,27 +145,24 @@ fn write(path: &Path, text: &str) {
 
 /// Whether run `seed`'s config names a VM witness: even seeds (both the
 /// witness and the three-host rules without one stay under the nemesis),
-/// unless `FT_CHAOS_WITNESS` is `on` or `off` (to replay a seed's schedule
-/// the other way: the schedule does not depend on it).
-fn with_witness(seed: u64) -> bool {
-    match std::env::var("FT_CHAOS_WITNESS").as_deref() {
-        Ok("on") => true,
-        Ok("off") => false,
-        Ok(other) => panic!("FT_CHAOS_WITNESS={other:?}: neither \"on\" nor \"off\""),
-        Err(_) => seed.is_multiple_of(2),
-    }
+/// unless `FT_CHAOS_WITNESS` (`witness`, [`chaos::witness_from_env`]) is `on`
+/// or `off` (to replay a seed's schedule the other way: the schedule does not
+/// depend on it; the replay line carries the override).
+fn with_witness(seed: u64, witness: Option<bool>) -> bool {
+    witness.unwrap_or(seed.is_multiple_of(2))
 }
 
 /// Boots the pair (and host-c if it comes up); the hosts in the run and
 /// notes. With a VM witness ([`with_witness`]) its router is up before the
 /// hosts boot; it lives as long as the cluster's VM hub.
-fn boot(seed: u64) -> (Cluster, Option<NetnsTap>, Vec<String>, Vec<String>) {
+fn boot(seed: u64, witness: Option<bool>) -> (Cluster, Option<NetnsTap>, Vec<String>, Vec<String>) {
     let name = format!("chaos-{seed}");
-    let mut cluster = match with_witness(seed) {
+    let with_witness = with_witness(seed, witness);
+    let mut cluster = match with_witness {
         true => Cluster::example_with_witness(&name).unwrap(),
         false => Cluster::example(&name).unwrap(),
     };
-    let router = (with_witness(seed)).then(|| cluster.vm_witness_router().unwrap());
+    let router = with_witness.then(|| cluster.vm_witness_router().unwrap());
     cluster.use_nbd_storage().unwrap();
     for h in ["host-a", "host-b", "host-c"] {
         cluster.boot(h).unwrap();
@@ -178,11 +179,6 @@ fn boot(seed: u64) -> (Cluster, Option<NetnsTap>, Vec<String>, Vec<String>) {
     if router.is_some() {
         notes.push(format!(
             "VM witness {VM_WITNESS} (a router on its own VM hub port)"
-        ));
-    }
-    if let Ok(w) = std::env::var("FT_CHAOS_WITNESS") {
-        notes.push(format!(
-            "FT_CHAOS_WITNESS={w} (add it to the replay line to replay this run)"
         ));
     }
     let mut hosts = match power_on_pair(&cluster) {
@@ -280,9 +276,12 @@ fn power_on_pair(cluster: &Cluster) -> Result<(String, String, Option<String>), 
 }
 
 /// One seeded run (module doc).
-fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
-    let (mut cluster, _router, hosts, boot_notes) = boot(seed);
-    let mut notes = vec![format!("replay: {}", chaos::replay_line(seed, sequential))];
+fn run(seed: u64, dir: &Path, sequential: bool, witness: Option<bool>) -> RunReport {
+    let (mut cluster, _router, hosts, boot_notes) = boot(seed, witness);
+    let mut notes = vec![format!(
+        "replay: {}",
+        chaos::replay_line(seed, sequential, witness)
+    )];
     notes.extend(boot_notes);
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let generated = plan::generate(seed, &names, sequential);
@@ -338,6 +337,7 @@ fn run(seed: u64, dir: &Path, sequential: bool) -> RunReport {
     };
     notes.extend(played.notes.iter().cloned());
     let mut report = RunReport::new(schedule.clone());
+    report.witness = witness;
     let points = verdicts::points(&history);
     report.ops = OpCounts::of(&points);
     report.linearizable = verdicts::linearizability(&history);

@@ -25,6 +25,10 @@
 //! function of its seed alone (its first fault's class too, see [`draw`]).
 //! `FT_CHAOS_SEQUENTIAL=1` ([`sequential_from_env`]) allows a second pair
 //! failure after a respawn; a replay needs it too ([`replay_line`]).
+//! `FT_CHAOS_WITNESS=on|off` ([`witness_from_env`]) overrides whether a
+//! run's config names a VM witness (by default even seeds do): it leaves the
+//! schedule alone but changes the cluster the schedule runs against, so a
+//! replay line carries it when it was set.
 
 pub mod cold;
 pub mod draw;
@@ -56,6 +60,9 @@ pub const ENV_RUNS: &str = "FT_CHAOS_RUNS";
 /// Environment variable: `1` allows a second pair failure per run, after
 /// the pair is protected again by a respawn (off by default).
 pub const ENV_SEQUENTIAL: &str = "FT_CHAOS_SEQUENTIAL";
+/// Environment variable: `on` or `off` overrides whether every run's config
+/// names a VM witness (unset: even seeds do).
+pub const ENV_WITNESS: &str = "FT_CHAOS_WITNESS";
 
 /// Errors of the chaos pieces.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +129,28 @@ pub fn sequential_from_env() -> Result<bool, ChaosError> {
     })
 }
 
+/// The `FT_CHAOS_WITNESS` override: `Some(true)` for `on`, `Some(false)`
+/// for `off`, `None` when unset or empty (each seed's default), anything else
+/// an error.
+pub fn witness_from_env() -> Result<Option<bool>, ChaosError> {
+    let value = std::env::var(ENV_WITNESS).unwrap_or_default();
+    parse_witness(&value).ok_or(ChaosError::BadEnv {
+        var: ENV_WITNESS,
+        value,
+    })
+}
+
+/// A `FT_CHAOS_WITNESS` value (see [`witness_from_env`]): `None` if it is
+/// neither `on`, `off` nor empty.
+pub fn parse_witness(s: &str) -> Option<Option<bool>> {
+    match s.trim() {
+        "" => Some(None),
+        "on" => Some(Some(true)),
+        "off" => Some(Some(false)),
+        _ => None,
+    }
+}
+
 /// An on/off switch's value (see [`sequential_from_env`]).
 pub fn parse_switch(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -137,14 +166,18 @@ pub fn seeds(first: u64, runs: u64) -> Vec<u64> {
 }
 
 /// The shell line that replays one run of a campaign (`sequential`: the
-/// campaign ran with `FT_CHAOS_SEQUENTIAL=1`).
-pub fn replay_line(seed: u64, sequential: bool) -> String {
-    let knob = if sequential {
-        format!("{ENV_SEQUENTIAL}=1 ")
-    } else {
-        String::new()
-    };
-    format!("{knob}{ENV_SEED}={seed} {ENV_RUNS}=1 make chaos")
+/// campaign ran with `FT_CHAOS_SEQUENTIAL=1`; `witness`: its
+/// `FT_CHAOS_WITNESS` override, [`witness_from_env`]). Without either knob
+/// it is just the seed's line.
+pub fn replay_line(seed: u64, sequential: bool, witness: Option<bool>) -> String {
+    let mut knobs = String::new();
+    if sequential {
+        knobs.push_str(&format!("{ENV_SEQUENTIAL}=1 "));
+    }
+    if let Some(on) = witness {
+        knobs.push_str(&format!("{ENV_WITNESS}={} ", if on { "on" } else { "off" }));
+    }
+    format!("{knobs}{ENV_SEED}={seed} {ENV_RUNS}=1 make chaos")
 }
 
 #[cfg(test)]

@@ -116,6 +116,11 @@ pub struct RunReport {
     /// go-lives it saw.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The run's `FT_CHAOS_WITNESS` override (`super::witness_from_env`;
+    /// `None`: unset, the seed's default). Not part of the schedule, so the
+    /// runner sets it; the replay line carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<bool>,
 }
 
 impl RunReport {
@@ -140,6 +145,7 @@ impl RunReport {
             recovery_ms: Vec::new(),
             passed: false,
             notes: Vec::new(),
+            witness: None,
         }
     }
 
@@ -277,6 +283,10 @@ pub struct CampaignReport {
     /// The runs had `FT_CHAOS_SEQUENTIAL=1` (their replay lines say so).
     #[serde(default)]
     pub sequential: bool,
+    /// The runs' `FT_CHAOS_WITNESS` override ([`RunReport::witness`]; one
+    /// environment, so one for all); the replay lines carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<bool>,
 }
 
 impl CampaignReport {
@@ -295,6 +305,7 @@ impl CampaignReport {
             double_faults: Vec::new(),
             by_kind: BTreeMap::new(),
             sequential: runs.iter().any(|r| r.schedule.params.sequential()),
+            witness: runs.iter().find_map(|r| r.witness),
         };
         let mut pauses: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
         let mut recoveries: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
@@ -430,7 +441,8 @@ impl CampaignReport {
         }
         for f in &self.failed {
             let _ = writeln!(out, "FAILED seed {}: {}", f.seed, f.what);
-            let _ = writeln!(out, "  replay: {}", replay_line(f.seed, self.sequential));
+            let line = replay_line(f.seed, self.sequential, self.witness);
+            let _ = writeln!(out, "  replay: {line}");
         }
     }
 }

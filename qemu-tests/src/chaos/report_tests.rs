@@ -258,6 +258,17 @@ fn run_table() {
         t.contains("replay: FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos"),
         "{t}"
     );
+    // A run with FT_CHAOS_WITNESS set replays with it, in its own table and
+    // in the campaign's; its JSON keeps it, and leaves it out when unset.
+    let mut off = runs[2].clone();
+    off.witness = Some(false);
+    let line = "replay: FT_CHAOS_WITNESS=off FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos";
+    assert!(off.table().contains(line), "{}", off.table());
+    let c = CampaignReport::from_runs(&[runs[0].clone(), off.clone()]);
+    assert!(c.table().contains(line), "{}", c.table());
+    assert_eq!(RunReport::from_json(&off.to_json()).unwrap(), off);
+    assert_eq!(CampaignReport::from_json(&c.to_json()).unwrap(), c);
+    assert!(!runs[2].to_json().contains("witness"));
 }
 
 #[test]

@@ -214,14 +214,29 @@ fn seeds_and_replay_line() {
     assert_eq!(parse_seed("0x10"), Some(16));
     assert_eq!(parse_seed(" 42 "), Some(42));
     assert_eq!(parse_seed("x"), None);
+    // Without FT_CHAOS_WITNESS the line is the one old reports printed.
     assert_eq!(
-        replay_line(9, false),
+        replay_line(9, false, None),
         "FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
     );
     assert_eq!(
-        replay_line(9, true),
+        replay_line(9, true, None),
         "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
     );
+    // With it, the override travels: an even seed run without its witness
+    // replays without it.
+    assert_eq!(
+        replay_line(134, false, Some(false)),
+        "FT_CHAOS_WITNESS=off FT_CHAOS_SEED=134 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(
+        replay_line(133, true, Some(true)),
+        "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_WITNESS=on FT_CHAOS_SEED=133 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(parse_witness(""), Some(None));
+    assert_eq!(parse_witness(" off "), Some(Some(false)));
+    assert_eq!(parse_witness("on"), Some(Some(true)));
+    assert_eq!(parse_witness("1"), None);
     assert_eq!(parse_switch(" 1 "), Some(true));
     assert_eq!(parse_switch(""), Some(false));
     assert_eq!(parse_switch("0"), Some(false));
