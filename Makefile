@@ -118,11 +118,13 @@ fuzz:
 ##   and join runs, member_model_three_hosts_two_faults and member_model_joins_long ~8 min, have fixed bounds)
 ## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
-##   reports in target/tmp/chaos/. Not part of make test. Any 11 consecutive seeds start with every fault class.
+##   reports in target/tmp/chaos/. Not part of make test. Any 15 consecutive seeds start with every fault class
+##   (any 10 with every pair-failure kind); seeds of reports from before the storage classes were split draw other schedules.
 ##   Even seeds name a VM witness (cluster.vm_witness, a router on its own VM hub port); FT_CHAOS_WITNESS=on|off
 ##   overrides, e.g. to replay one seed's schedule both ways (a replay line carries the override).
 ## FT_CHAOS_REPLAYS: seeds replayed first, each once, with FT_CHAOS_SEQUENTIAL=1 (their finding in parentheses):
 ##   105 (a third host cold-started the VM while its slowed Secondary claimed it; it failed 1 run in 2)
+##   Found with the schedules from before the storage classes were split: seed 105 now draws another one.
 ## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, once the pair is protected again: after the respawn's
 ##   `protected:` line, or healed with the pair unchanged if the first cost no member (default off).
 FT_CHAOS_SEEDS ?= 200000

@@ -11,9 +11,10 @@
 //! capture and four clients (`chaos/clients.rs`: three long-lived
 //! connections, one connection per op) on 8 overlapping keys, recording every
 //! op in a `history::Recorder`; plays the seeded `chaos::Schedule` (faults
-//! drawn by weight, kills of the pair's hosts, a freeze of the Primary's and
-//! pair partitions first; each seed's first fault of another class in turn,
-//! so any 11 consecutive seeds start with every class), with at most one
+//! drawn by weight, the pair failures first: kills, freezes, FT partitions
+//! and each storage kind alike; each seed's first fault of another class in
+//! turn, so any 15 consecutive seeds start with every class and any 10 with
+//! every pair-failure kind), with at most one
 //! pair failure per run, or with `FT_CHAOS_SEQUENTIAL=1` a second one once
 //! the pair is protected again: after the respawn's `protected:` line, or
 //! when the first cost no member, healed with the pair unchanged

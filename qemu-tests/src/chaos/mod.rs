@@ -6,9 +6,9 @@
 //! - [`schedule`]: [`Fault`], [`Step`], [`Params`], [`Schedule::generate`]
 //!   (deterministic in the seed; a model of the cluster keeps one host alive,
 //!   reboots only killed hosts, heals before the end).
-//! - [`draw`]: [`FaultClass`] and [`WEIGHTS`], how a fault is picked (kills
-//!   of pair hosts, a freeze of the Primary's, pair partitions weigh most),
-//!   and the stratified first fault of each seed.
+//! - [`draw`]: [`FaultClass`] and [`WEIGHTS`], how a fault is picked (the
+//!   pair failures weigh most: kills, freezes, partitions and each storage
+//!   kind alike), and the stratified first fault of each seed.
 //! - [`roles`]: the predicted pair, [`costs_a_member`] (pair failures), and
 //!   the [`Gate`] of a second pair failure (`FT_CHAOS_SEQUENTIAL=1`).
 //! - [`pair_watch`]: what the gate reads on the consoles: protected again by
@@ -22,7 +22,12 @@
 //! seed and `FT_CHAOS_RUNS` the number of runs ([`seeds_from_env`]); run `i`
 //! uses seed `FT_CHAOS_SEED + i`, so `FT_CHAOS_SEED=<seed> FT_CHAOS_RUNS=1`
 //! regenerates exactly the schedule of the failing run: a schedule is a
-//! function of its seed alone (its first fault's class too, see [`draw`]).
+//! function of its seed alone (its first fault's class too, see [`draw`]),
+//! for one version of the draw: [`draw::WEIGHTS`] changed when the storage
+//! faults got classes of their own per kind and role (15 classes, from 11),
+//! so a seed from a report written before then replays another schedule
+//! (its report's `schedule` shows the old one; [`Schedule::replays`] is
+//! false for it).
 //! `FT_CHAOS_SEQUENTIAL=1` ([`sequential_from_env`]) allows a second pair
 //! failure after a respawn; a replay needs it too ([`replay_line`]).
 //! `FT_CHAOS_WITNESS=on|off` ([`witness_from_env`]) overrides whether a

@@ -6,8 +6,8 @@
 //! `min_gap_ms` apart and at most `max_concurrent` are in force; sometimes
 //! two faults start together (e.g. a freeze and a partition).
 //!
-//! Faults are drawn by class and weight (module `draw`: kills of either pair
-//! host, a freeze of the Primary's, partitions between the pair weigh most),
+//! Faults are drawn by class and weight (module `draw`: the pair failures,
+//! kills, freezes, partitions and storage faults of the pair, weigh most),
 //! the first one stratified by the seed so a campaign's runs start with every
 //! class in turn. At most `Params::pair_failures` faults per run can cost the
 //! pair a member (module `roles`); a second one waits for a respawn: its step
