@@ -119,12 +119,14 @@ fuzz:
 ## FT_CHAOS_QEMU_RUNS: seeded nemesis runs on QEMU hosts (qemu-tests chaos: ~80 s each here, 10 ~ 14 min, 45 ~ an hour),
 ##   from seed FT_CHAOS_QEMU_SEED (FT_CHAOS_SEED / FT_CHAOS_RUNS, as the replay line prints them, set both);
 ##   reports in target/tmp/chaos/. Not part of make test. Any 15 consecutive seeds start with every fault class
-##   (any 10 with every pair-failure kind); seeds of reports from before the storage classes were split draw other schedules.
+##   (any 10 with every pair-failure kind). FT_CHAOS_DRAW=1|2: the draw's version (unset: 2, storage classes split by
+##   kind and role); 1 draws exactly as campaigns before draws had versions (the notes' seeds 1-158): replay their seeds with it
+##   (a replay line carries FT_CHAOS_DRAW=1; a report without a draw was draw 1).
 ##   Even seeds name a VM witness (cluster.vm_witness, a router on its own VM hub port); FT_CHAOS_WITNESS=on|off
 ##   overrides, e.g. to replay one seed's schedule both ways (a replay line carries the override).
-## FT_CHAOS_REPLAYS: seeds replayed first, each once, with FT_CHAOS_SEQUENTIAL=1 (their finding in parentheses):
+## FT_CHAOS_REPLAYS: seeds replayed first, each once, with FT_CHAOS_SEQUENTIAL=1 and FT_CHAOS_DRAW=1, the draw that
+##   found them (under draw 2 they draw other schedules); their finding in parentheses:
 ##   105 (a third host cold-started the VM while its slowed Secondary claimed it; it failed 1 run in 2)
-##   Found with the schedules from before the storage classes were split: seed 105 now draws another one.
 ## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, once the pair is protected again: after the respawn's
 ##   `protected:` line, or healed with the pair unchanged if the first cost no member (default off).
 FT_CHAOS_SEEDS ?= 200000
@@ -147,7 +149,7 @@ chaos: prereqs image linux-kv
 	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
 	cargo test -p qemu-tests --test checkpoint_pair -- --nocapture
 	for s in $(FT_CHAOS_REPLAYS); do \
-	  FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=$$s FT_CHAOS_RUNS=1 cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign || exit 1; \
+	  FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_DRAW=1 FT_CHAOS_SEED=$$s FT_CHAOS_RUNS=1 cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign || exit 1; \
 	done
 	FT_CHAOS_SEED=$(FT_CHAOS_QEMU_SEED) FT_CHAOS_RUNS=$(FT_CHAOS_QEMU_RUNS) cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign
 

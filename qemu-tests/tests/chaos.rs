@@ -14,7 +14,9 @@
 //! drawn by weight, the pair failures first: kills, freezes, FT partitions
 //! and each storage kind alike; each seed's first fault of another class in
 //! turn, so any 15 consecutive seeds start with every class and any 10 with
-//! every pair-failure kind), with at most one
+//! every pair-failure kind; that is draw 2, the default: `FT_CHAOS_DRAW=1`
+//! draws as campaigns did before draws had versions, to replay their seeds,
+//! `chaos::draw`), with at most one
 //! pair failure per run, or with `FT_CHAOS_SEQUENTIAL=1` a second one once
 //! the pair is protected again: after the respawn's `protected:` line, or
 //! when the first cost no member, healed with the pair unchanged
@@ -44,9 +46,9 @@
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64, qemu-nbd
 //! and root. Run: `FT_CHAOS_SEED=1 FT_CHAOS_RUNS=1 cargo test -p qemu-tests
 //! --test chaos -- --ignored --nocapture`. A seed's schedule depends on the
-//! seed, the hosts that booted and `FT_CHAOS_SEQUENTIAL` only, its cluster
-//! on the seed and `FT_CHAOS_WITNESS`: the replay line each report prints
-//! (`chaos::replay_line`) gives both back.
+//! seed, the hosts that booted, `FT_CHAOS_SEQUENTIAL` and `FT_CHAOS_DRAW`
+//! only, its cluster on the seed and `FT_CHAOS_WITNESS`: the replay line each
+//! report prints (`chaos::replay_line`) gives both back.
 
 #[path = "chaos/clients.rs"]
 mod clients;
@@ -72,7 +74,7 @@ use std::time::{Duration, Instant};
 
 use common::{BOOT_TIMEOUT, VM};
 use fleet::Fleet;
-use qemu_tests::chaos::{self, CampaignReport, OpCounts, RunReport, Schedule};
+use qemu_tests::chaos::{self, CampaignReport, Draw, OpCounts, RunReport, Schedule};
 use qemu_tests::cluster::VM_WITNESS;
 use qemu_tests::history::Recorder;
 use qemu_tests::kv::GUEST;
@@ -94,11 +96,12 @@ fn chaos_campaign() {
     let seeds = chaos::seeds_from_env(1, 1).unwrap_or_else(|e| panic!("{e}"));
     let sequential = chaos::sequential_from_env().unwrap_or_else(|e| panic!("{e}"));
     let witness = chaos::witness_from_env().unwrap_or_else(|e| panic!("{e}"));
+    let draw = chaos::draw_from_env().unwrap_or_else(|e| panic!("{e}"));
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     let mut runs = Vec::new();
     for seed in seeds {
         let dir = out.join(format!("seed-{seed}"));
-        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential, witness)) {
+        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential, draw, witness)) {
             Ok(r) => r,
             Err(p) => {
                 let why = p
@@ -106,7 +109,8 @@ fn chaos_campaign() {
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "panic".into());
-                let planned = plan::generate(seed, &["host-a", "host-b", "host-c"], sequential);
+                let hosts = ["host-a", "host-b", "host-c"];
+                let planned = plan::generate(seed, &hosts, sequential, draw);
                 let mut r = RunReport::new(planned);
                 r.witness = witness;
                 r.linearizable = chaos::Verdict::Unknown {
@@ -120,7 +124,7 @@ fn chaos_campaign() {
         if !report.passed {
             eprintln!(
                 "chaos: seed {seed} FAILED; replay: {}",
-                chaos::replay_line(seed, sequential, witness)
+                chaos::replay_line(seed, sequential, draw, witness)
             );
         }
         runs.push(report);
@@ -277,15 +281,15 @@ fn power_on_pair(cluster: &Cluster) -> Result<(String, String, Option<String>), 
 }
 
 /// One seeded run (module doc).
-fn run(seed: u64, dir: &Path, sequential: bool, witness: Option<bool>) -> RunReport {
+fn run(seed: u64, dir: &Path, sequential: bool, draw: Draw, witness: Option<bool>) -> RunReport {
     let (mut cluster, _router, hosts, boot_notes) = boot(seed, witness);
     let mut notes = vec![format!(
         "replay: {}",
-        chaos::replay_line(seed, sequential, witness)
+        chaos::replay_line(seed, sequential, draw, witness)
     )];
     notes.extend(boot_notes);
     let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let generated = plan::generate(seed, &names, sequential);
+    let generated = plan::generate(seed, &names, sequential, draw);
     let (schedule, dropped) = plan::restrict(&generated);
     notes.extend(dropped);
     for s in &schedule.steps {

@@ -1,7 +1,7 @@
 //! How the schedule generator picks a fault: a [`FaultClass`] (a fault kind
 //! aimed at a role: the Primary's host, the Secondary's, a spare) by the
-//! weights of [`WEIGHTS`], then one of the class's kinds and one of its
-//! targets uniformly, then the fault's parameters from [`Params`].
+//! weights of its [`Draw`]'s table, then one of the class's kinds and one of
+//! its targets uniformly, then the fault's parameters from [`Params`].
 //!
 //! Rules:
 //! - A class is enabled if one of its kinds is in `Params::kinds`; an enabled
@@ -9,25 +9,95 @@
 //!   the kind the step already has) is left out and the others' weights
 //!   renormalize.
 //! - Stratified first fault: the first fault of seed `s`'s schedule is of
-//!   class `enabled[s % K]` ([`first_class`]; `K` enabled classes, in
-//!   [`WEIGHTS`] order), or weighted if that class has no target. A campaign
+//!   class `enabled[s % K]` ([`first_class`]; `K` enabled classes, in the
+//!   table's order), or weighted if that class has no target. A campaign
 //!   runs consecutive seeds, so any `K` of its runs start with every enabled
 //!   class once (unless the seeds wrap past `u64::MAX`); the rest of each
 //!   schedule is weighted. The schedule stays a function of the seed alone:
 //!   replaying a seed gives its campaign schedule.
 //! - The classes, their order and their weights are part of every seed's
-//!   schedule: changing [`WEIGHTS`] changes nearly every seed's (its first
-//!   class is `seed % K`, and every weighted draw maps the PRNG's number
-//!   through the weights). Splitting the storage class by kind and role (11
-//!   classes to 15, so campaigns draw each storage kind about as often as a
-//!   kill) did: seeds of reports written before it replay other schedules.
+//!   schedule: changing a table changes nearly every seed's (its first class
+//!   is `seed % K`, and every weighted draw maps the PRNG's number through
+//!   the weights). So a table, once campaigns ran with it, is never edited: a
+//!   new one is a new [`Draw`] version, `Params::draw` picks it, and a seed
+//!   is replayed with the draw it ran with (`FT_CHAOS_DRAW`, on the replay
+//!   line when not the default).
+//! - [`Draw::V1`] ([`WEIGHTS_V1`], 11 classes) drew every campaign before
+//!   draws had versions (the notes' seeds 1–158, the Makefile's seed 105);
+//!   use it only to replay those seeds. It starves storage faults.
+//!   [`Draw::V2`] ([`WEIGHTS_V2`], 15 classes, the default) splits the
+//!   storage class by kind and role so campaigns draw each storage kind about
+//!   as often as a kill.
 
 use super::fault::{Fault, FaultKind};
 use super::model::Model;
 use super::rng::Rng;
 use super::roles::Roles;
 use super::schedule::Params;
+use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// A version of the draw: which weight table the generator uses. Part of
+/// [`Params`], so of every schedule and report (JSON `1` or `2`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Draw {
+    /// [`WEIGHTS_V1`]: every campaign before draws had versions.
+    V1,
+    /// [`WEIGHTS_V2`]: storage classes by kind and role.
+    #[default]
+    V2,
+}
+
+impl Draw {
+    /// The versions, as `FT_CHAOS_DRAW` takes them.
+    pub const ALL: [Draw; 2] = [Draw::V1, Draw::V2];
+
+    /// The draw of a schedule whose JSON has none: it was written before
+    /// draws had versions, so with the only table there was, draw 1 (not the
+    /// default, which new campaigns use).
+    pub fn unrecorded() -> Draw {
+        Draw::V1
+    }
+
+    /// The weight table, in stratified first-fault order.
+    pub fn weights(self) -> &'static [(FaultClass, u32)] {
+        match self {
+            Draw::V1 => &WEIGHTS_V1,
+            Draw::V2 => &WEIGHTS_V2,
+        }
+    }
+
+    /// The version's number, as in JSON and `FT_CHAOS_DRAW`.
+    pub fn number(self) -> u8 {
+        match self {
+            Draw::V1 => 1,
+            Draw::V2 => 2,
+        }
+    }
+}
+
+impl From<Draw> for u8 {
+    fn from(d: Draw) -> u8 {
+        d.number()
+    }
+}
+
+impl TryFrom<u8> for Draw {
+    type Error = String;
+    fn try_from(n: u8) -> Result<Draw, String> {
+        Draw::ALL
+            .into_iter()
+            .find(|d| d.number() == n)
+            .ok_or_else(|| format!("draw {n}: this build has draws 1 and 2"))
+    }
+}
+
+impl fmt::Display for Draw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
 
 /// A class of faults the generator draws from: a kind aimed at a role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,6 +114,10 @@ pub enum FaultClass {
     PartitionBoth,
     /// Freeze the Secondary's host.
     FreezeSecondary,
+    /// Draw 1 only: cut or sever a pair host's storage path.
+    StorageCut,
+    /// Draw 1 only: delay a pair host's storage requests.
+    StorageDelay,
     /// Cut the Primary's host's storage path (requests hang).
     CutStoragePrimary,
     /// Cut the Secondary's host's storage path.
@@ -64,8 +138,32 @@ pub enum FaultClass {
     Spare,
 }
 
-/// The classes and their weights: out of 100 with every class enabled. The
-/// order is the stratified first faults' (module doc).
+/// Draw 1's classes and weights (out of 100; the order is the stratified
+/// first faults'), as every campaign before draws had versions ran them.
+/// Never edit: old seeds replay by it.
+///
+/// Two thirds go to the faults the appliance exists for, which the first 18
+/// campaign runs (uniform over kinds, then hosts) never drew: losing the
+/// Primary's host (killed, or frozen for 0.5–4 s) or the Secondary's
+/// (killed), and FT partitions between the pair. The last third keeps the
+/// paths around them exercised at a lower rate, storage faults among them:
+/// since a run has one pair failure, that starved them ([`WEIGHTS_V2`]).
+pub const WEIGHTS_V1: [(FaultClass, u32); 11] = [
+    (FaultClass::KillPrimary, 16),
+    (FaultClass::KillSecondary, 14),
+    (FaultClass::FreezePrimary, 16),
+    (FaultClass::PartitionOneWay, 10),
+    (FaultClass::PartitionBoth, 10),
+    (FaultClass::FreezeSecondary, 6),
+    (FaultClass::StorageCut, 6),
+    (FaultClass::StorageDelay, 5),
+    (FaultClass::CutVmNet, 5),
+    (FaultClass::SlowHost, 4),
+    (FaultClass::Spare, 8),
+];
+
+/// Draw 2's classes and weights (the default): out of 100 with every class
+/// enabled. The order is the stratified first faults' (module doc).
 ///
 /// A run has one pair failure (two with `FT_CHAOS_SEQUENTIAL=1`), so the
 /// pair-failure classes ([`FaultClass::is_pair_failure`]) share one slot per
@@ -88,7 +186,7 @@ pub enum FaultClass {
 /// fencing member that costs the pair nothing; with respawn, the next
 /// Secondary's host). The order puts each kind's two classes 7 apart, so any
 /// 10 consecutive seeds start with every pair-failure kind.
-pub const WEIGHTS: [(FaultClass, u32); 15] = [
+pub const WEIGHTS_V2: [(FaultClass, u32); 15] = [
     (FaultClass::KillPrimary, 8),
     (FaultClass::FreezePrimary, 8),
     (FaultClass::PartitionBoth, 6),
@@ -106,16 +204,17 @@ pub const WEIGHTS: [(FaultClass, u32); 15] = [
     (FaultClass::Spare, 8),
 ];
 
-const fn total_weight() -> u32 {
+const fn total_weight(table: &[(FaultClass, u32)]) -> u32 {
     let mut sum = 0;
     let mut i = 0;
-    while i < WEIGHTS.len() {
-        sum += WEIGHTS[i].1;
+    while i < table.len() {
+        sum += table[i].1;
         i += 1;
     }
     sum
 }
-const _: () = assert!(total_weight() == 100, "the weights are per cent");
+const _: () = assert!(total_weight(&WEIGHTS_V1) == 100, "the weights are per cent");
+const _: () = assert!(total_weight(&WEIGHTS_V2) == 100, "the weights are per cent");
 
 impl FaultClass {
     /// The snake_case name.
@@ -127,6 +226,8 @@ impl FaultClass {
             FaultClass::PartitionOneWay => "partition_one_way",
             FaultClass::PartitionBoth => "partition_both",
             FaultClass::FreezeSecondary => "freeze_secondary",
+            FaultClass::StorageCut => "storage_cut",
+            FaultClass::StorageDelay => "storage_delay",
             FaultClass::CutStoragePrimary => "cut_storage_primary",
             FaultClass::CutStorageSecondary => "cut_storage_secondary",
             FaultClass::SeverStoragePrimary => "sever_storage_primary",
@@ -139,16 +240,16 @@ impl FaultClass {
         }
     }
 
-    pub fn weight(self) -> u32 {
-        WEIGHTS
-            .iter()
+    /// The class's weight in `draw` (0 if not in its table).
+    pub fn weight(self, draw: Draw) -> u32 {
+        (draw.weights().iter())
             .find(|(c, _)| *c == self)
             .map_or(0, |(_, w)| *w)
     }
 
     /// The classes of pair failures (`super::roles`: a kill, freeze or
     /// storage fault of a pair host, an FT partition between the pair): the
-    /// faults the appliance exists for, given most weight ([`WEIGHTS`]).
+    /// faults the appliance exists for, given most weight ([`WEIGHTS_V2`]).
     /// (After a respawn a [`FaultClass::Spare`] fault can be one too: the
     /// loser's host stays a member.)
     pub fn is_pair_failure(self) -> bool {
@@ -164,6 +265,8 @@ impl FaultClass {
             FaultClass::KillPrimary | FaultClass::KillSecondary => &[FaultKind::KillHost],
             FaultClass::FreezePrimary | FaultClass::FreezeSecondary => &[FaultKind::FreezeHost],
             FaultClass::PartitionOneWay | FaultClass::PartitionBoth => &[FaultKind::PartitionFt],
+            FaultClass::StorageCut => &[FaultKind::CutStorage, FaultKind::SeverStorage],
+            FaultClass::StorageDelay => &[FaultKind::DelayStorage],
             FaultClass::CutStoragePrimary | FaultClass::CutStorageSecondary => {
                 &[FaultKind::CutStorage]
             }
@@ -179,24 +282,23 @@ impl FaultClass {
         }
     }
 
-    /// The enabled classes of `params`, in [`WEIGHTS`] order.
+    /// The enabled classes of `params`, in its draw's table order.
     pub fn enabled(params: &Params) -> Vec<FaultClass> {
-        WEIGHTS
-            .iter()
+        (params.draw.weights().iter())
             .filter(|(c, w)| *w > 0 && c.kinds().iter().any(|k| params.kinds.contains(k)))
             .map(|(c, _)| *c)
             .collect()
     }
 
-    /// The class of an injected `fault` at the start of a run on `hosts`
-    /// (the Primary's first, the Secondary's second, spares after); `None`
-    /// for recovery steps and faults on unknown hosts.
-    pub fn of(fault: &Fault, hosts: &[String]) -> Option<FaultClass> {
-        FaultClass::under(fault, &Roles::new(hosts))
+    /// The class of an injected `fault` in `draw` at the start of a run on
+    /// `hosts` (the Primary's first, the Secondary's second, spares after);
+    /// `None` for recovery steps and faults on unknown hosts.
+    pub fn of(fault: &Fault, hosts: &[String], draw: Draw) -> Option<FaultClass> {
+        FaultClass::under(fault, &Roles::new(hosts), draw)
     }
 
-    /// The class of an injected `fault` under `roles`.
-    pub(crate) fn under(fault: &Fault, roles: &Roles) -> Option<FaultClass> {
+    /// The class of an injected `fault` in `draw` under `roles`.
+    pub(crate) fn under(fault: &Fault, roles: &Roles, draw: Draw) -> Option<FaultClass> {
         if fault.hosts().iter().any(|h| roles.is_spare(h)) {
             return Some(FaultClass::Spare);
         }
@@ -222,7 +324,13 @@ impl FaultClass {
             Fault::SlowHost { host, .. } if pair(host) => FaultClass::SlowHost,
             _ => return None,
         };
-        Some(class)
+        // Draw 1 has one class for pair hosts' storage cuts and severs, one
+        // for their delays.
+        Some(match (draw, class.kinds()) {
+            (Draw::V1, [FaultKind::CutStorage | FaultKind::SeverStorage]) => FaultClass::StorageCut,
+            (Draw::V1, [FaultKind::DelayStorage]) => FaultClass::StorageDelay,
+            _ => class,
+        })
     }
 }
 
@@ -310,6 +418,9 @@ impl<'a> Scope<'a> {
             }
             FaultClass::PartitionOneWay => partition(true),
             FaultClass::PartitionBoth => partition(false),
+            // Draw 1: in this order (the draw picks among them by index).
+            FaultClass::StorageCut => [both(cut), both(sever)].concat(),
+            FaultClass::StorageDelay => both(delay),
             FaultClass::CutStoragePrimary => on(&r.primary, cut),
             FaultClass::CutStorageSecondary => on(&r.secondary, cut),
             FaultClass::SeverStoragePrimary => on(&r.primary, sever),
@@ -359,7 +470,7 @@ impl<'a> Scope<'a> {
     fn weighted(&self, rng: &mut Rng) -> Option<(FaultClass, Vec<Fault>)> {
         let choices: Vec<(FaultClass, u32, Vec<Fault>)> = FaultClass::enabled(self.params)
             .into_iter()
-            .map(|c| (c, c.weight(), self.targets(c)))
+            .map(|c| (c, c.weight(self.params.draw), self.targets(c)))
             .filter(|(_, _, t)| !t.is_empty())
             .collect();
         let total: u64 = choices.iter().map(|(_, w, _)| u64::from(*w)).sum();

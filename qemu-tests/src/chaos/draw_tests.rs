@@ -1,5 +1,6 @@
 //! Tests of the weighted, stratified draw and of the pair-failure rules:
-//! every class starts one of any `K` consecutive seeds, a seed replays its
+//! every class of either draw starts one of any `K` consecutive seeds, each
+//! injection has a class of either draw's table, a seed replays its
 //! campaign schedule, the pair-failure classes dominate and share alike
 //! (any 10 consecutive seeds start with every pair-failure kind), one pair
 //! failure per run
@@ -47,7 +48,7 @@ fn hosts() -> Vec<String> {
 fn first_fault_class(s: &Schedule) -> Option<FaultClass> {
     let roles = Roles::new(&s.hosts);
     let step = s.steps.iter().find(|st| st.fault.kind().is_injection())?;
-    FaultClass::under(&step.fault, &roles)
+    FaultClass::under(&step.fault, &roles, s.params.draw)
 }
 
 fn pair_failures(s: &Schedule) -> Vec<&Step> {
@@ -60,10 +61,13 @@ fn pair_failures(s: &Schedule) -> Vec<&Step> {
 #[test]
 fn every_class_starts_one_of_the_first_k_seeds_of_a_campaign() {
     let mut rng = Rng::new(99);
-    for p in [Params::default(), campaign(false), campaign(true)] {
+    let both_draws = |p: Params| Draw::ALL.map(|draw| Params { draw, ..p.clone() });
+    let all = [Params::default(), campaign(false), campaign(true)].map(both_draws);
+    for p in all.into_iter().flatten() {
         let enabled = FaultClass::enabled(&p);
         let k = enabled.len() as u64;
-        assert_eq!(k, 15);
+        assert_eq!(k, p.draw.weights().len() as u64);
+        assert_eq!(k, if p.draw == Draw::V1 { 11 } else { 15 });
         for first in [0, 1, 7, u64::MAX - 20, rng.next_u64(), rng.next_u64()] {
             let got: Vec<FaultClass> = seeds(first, k)
                 .into_iter()
@@ -81,7 +85,11 @@ fn every_class_starts_one_of_the_first_k_seeds_of_a_campaign() {
 
 #[test]
 fn a_seed_replays_its_campaign_schedule() {
-    for p in [campaign(false), campaign(true)] {
+    let draw1 = Params {
+        draw: Draw::V1,
+        ..campaign(true)
+    };
+    for p in [campaign(false), campaign(true), draw1] {
         let first = 1_000;
         let campaign_runs: Vec<Schedule> = seeds(first, 20).iter().map(|s| gen(*s, &p)).collect();
         for (i, s) in campaign_runs.iter().enumerate() {
@@ -100,10 +108,9 @@ fn the_weights_put_pair_host_faults_in_most_schedules() {
     for _ in 0..1_000 {
         let s = gen(rng.next_u64(), &p);
         let roles = Roles::new(&s.hosts);
-        if s.steps
-            .iter()
-            .any(|st| FaultClass::under(&st.fault, &roles).is_some_and(FaultClass::is_pair_failure))
-        {
+        if s.steps.iter().any(|st| {
+            FaultClass::under(&st.fault, &roles, p.draw).is_some_and(FaultClass::is_pair_failure)
+        }) {
             with_failure += 1;
         }
     }
@@ -126,7 +133,7 @@ fn the_weights_put_pair_host_faults_in_most_schedules() {
     let n = 10_000;
     let drawn: Vec<Fault> = (0..n)
         .filter_map(|_| scope.draw(&mut rng, None))
-        .filter(|f| FaultClass::under(f, &roles).is_some_and(FaultClass::is_pair_failure))
+        .filter(|f| FaultClass::under(f, &roles, p.draw).is_some_and(FaultClass::is_pair_failure))
         .collect();
     let share = drawn.len() as f64 / n as f64;
     assert!((0.80..0.90).contains(&share), "pair-failure share {share}");
@@ -270,7 +277,10 @@ fn roles_move_as_predicted() {
     r.fail(&kill_a, 0, false);
     assert_eq!(r.primary.as_deref(), Some("host-a"));
     assert!(!r.is_pair_failure(&freeze_c));
-    assert_eq!(FaultClass::under(&freeze_c, &r), Some(FaultClass::Spare));
+    assert_eq!(
+        FaultClass::under(&freeze_c, &r, Draw::V2),
+        Some(FaultClass::Spare)
+    );
 }
 
 #[test]
@@ -301,24 +311,26 @@ fn a_gate_renames_the_predicted_pair_to_the_seen_one() {
 fn classes_partition_the_injections() {
     let roles = Roles::new(&hosts());
     let model = Model::new(&hosts());
-    for kind in FaultKind::INJECTIONS {
-        for f in model.targets(kind) {
-            assert!(FaultClass::under(&f, &roles).is_some(), "{f} has no class");
-        }
-    }
-    let names: BTreeSet<&str> = WEIGHTS.iter().map(|(c, _)| c.name()).collect();
-    assert_eq!(names.len(), WEIGHTS.len());
-    let weight: u32 = WEIGHTS
-        .iter()
-        .filter(|(c, _)| c.is_pair_failure())
-        .map(|(_, w)| w)
-        .sum();
-    assert!(weight >= 50, "pair-failure classes weigh {weight} of 100");
-    // A pair-failure class is one whose faults cost the pair a member.
-    for kind in FaultKind::INJECTIONS {
-        for f in model.targets(kind) {
-            let class = FaultClass::under(&f, &roles).expect("a class");
-            assert_eq!(class.is_pair_failure(), roles.is_pair_failure(&f), "{f}");
+    for draw in Draw::ALL {
+        let table = draw.weights();
+        let names: BTreeSet<&str> = table.iter().map(|(c, _)| c.name()).collect();
+        assert_eq!(names.len(), table.len());
+        let weight: u32 = (table.iter())
+            .filter(|(c, _)| c.is_pair_failure())
+            .map(|(_, w)| w)
+            .sum();
+        assert!(
+            weight >= 50,
+            "draw {draw}: pair failures weigh {weight} of 100"
+        );
+        // Every injection has a class of the draw's table, a pair-failure
+        // class when it costs the pair a member.
+        for kind in FaultKind::INJECTIONS {
+            for f in model.targets(kind) {
+                let class = FaultClass::under(&f, &roles, draw).expect("a class");
+                assert!(class.weight(draw) > 0, "draw {draw}: {f} is {class}");
+                assert_eq!(class.is_pair_failure(), roles.is_pair_failure(&f), "{f}");
+            }
         }
     }
 }

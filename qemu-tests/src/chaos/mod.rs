@@ -6,9 +6,10 @@
 //! - [`schedule`]: [`Fault`], [`Step`], [`Params`], [`Schedule::generate`]
 //!   (deterministic in the seed; a model of the cluster keeps one host alive,
 //!   reboots only killed hosts, heals before the end).
-//! - [`draw`]: [`FaultClass`] and [`WEIGHTS`], how a fault is picked (the
-//!   pair failures weigh most: kills, freezes, partitions and each storage
-//!   kind alike), and the stratified first fault of each seed.
+//! - [`draw`]: [`FaultClass`] and the weight table of each [`Draw`], how a
+//!   fault is picked (the pair failures weigh most; in draw 2 kills,
+//!   freezes, partitions and each storage kind alike), and the stratified
+//!   first fault of each seed.
 //! - [`roles`]: the predicted pair, [`costs_a_member`] (pair failures), and
 //!   the [`Gate`] of a second pair failure (`FT_CHAOS_SEQUENTIAL=1`).
 //! - [`pair_watch`]: what the gate reads on the consoles: protected again by
@@ -22,12 +23,17 @@
 //! seed and `FT_CHAOS_RUNS` the number of runs ([`seeds_from_env`]); run `i`
 //! uses seed `FT_CHAOS_SEED + i`, so `FT_CHAOS_SEED=<seed> FT_CHAOS_RUNS=1`
 //! regenerates exactly the schedule of the failing run: a schedule is a
-//! function of its seed alone (its first fault's class too, see [`draw`]),
-//! for one version of the draw: [`draw::WEIGHTS`] changed when the storage
-//! faults got classes of their own per kind and role (15 classes, from 11),
-//! so a seed from a report written before then replays another schedule
-//! (its report's `schedule` shows the old one; [`Schedule::replays`] is
-//! false for it).
+//! function of its seed (its first fault's class too, see [`draw`]) and of
+//! the draw's version, `FT_CHAOS_DRAW=1|2` ([`draw_from_env`]; unset: 2).
+//! Draw 2 gave the storage faults classes of their own per kind and role
+//! (15 classes, from 11), so that campaigns draw them about as often as
+//! kills; draw 1 is the table from before, kept as it was. Replay a seed
+//! from a campaign before draws had versions (seeds 1–158 of the team's
+//! notes, the Makefile's seed 105, any report whose schedule has no `draw`)
+//! with `FT_CHAOS_DRAW=1`, or it draws another schedule; new campaigns use
+//! draw 2. A replay line carries `FT_CHAOS_DRAW=1` when the run used draw 1,
+//! and reports record the draw (`Params::draw`; old ones parse as draw 1, so
+//! [`Schedule::replays`] regenerates them with the draw they were made by).
 //! `FT_CHAOS_SEQUENTIAL=1` ([`sequential_from_env`]) allows a second pair
 //! failure after a respawn; a replay needs it too ([`replay_line`]).
 //! `FT_CHAOS_WITNESS=on|off` ([`witness_from_env`]) overrides whether a
@@ -46,7 +52,7 @@ mod rng;
 pub mod roles;
 pub mod schedule;
 
-pub use draw::{first_class, FaultClass, WEIGHTS};
+pub use draw::{first_class, Draw, FaultClass, WEIGHTS_V1, WEIGHTS_V2};
 pub use fault::{slow_stopped_ms, Fault, FaultKind, SLOW_PERIOD_MS};
 pub use plot::{plot_run, OpPoint, Outcome};
 pub use report::{
@@ -68,6 +74,9 @@ pub const ENV_SEQUENTIAL: &str = "FT_CHAOS_SEQUENTIAL";
 /// Environment variable: `on` or `off` overrides whether every run's config
 /// names a VM witness (unset: even seeds do).
 pub const ENV_WITNESS: &str = "FT_CHAOS_WITNESS";
+/// Environment variable: the draw's version, `1` or `2` (unset: 2; module
+/// doc).
+pub const ENV_DRAW: &str = "FT_CHAOS_DRAW";
 
 /// Errors of the chaos pieces.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +89,12 @@ pub enum ChaosError {
     },
     #[error("{var}={value:?} is not a number")]
     BadEnv { var: &'static str, value: String },
+    #[error("{var}={value:?}: want one of {allowed}")]
+    BadChoice {
+        var: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
     #[error("schedule step {index} at {at_ms} ms ({fault}): {why}")]
     Invalid {
         index: usize,
@@ -156,6 +171,25 @@ pub fn parse_witness(s: &str) -> Option<Option<bool>> {
     }
 }
 
+/// The draw's version from `FT_CHAOS_DRAW`: `1` or `2`, unset or empty the
+/// default (2), anything else an error naming the allowed values.
+pub fn draw_from_env() -> Result<Draw, ChaosError> {
+    let value = std::env::var(ENV_DRAW).unwrap_or_default();
+    parse_draw(&value).ok_or(ChaosError::BadChoice {
+        var: ENV_DRAW,
+        value,
+        allowed: "1, 2 (unset: 2)",
+    })
+}
+
+/// A `FT_CHAOS_DRAW` value (see [`draw_from_env`]).
+pub fn parse_draw(s: &str) -> Option<Draw> {
+    match s.trim() {
+        "" => Some(Draw::default()),
+        n => Draw::try_from(n.parse::<u8>().ok()?).ok(),
+    }
+}
+
 /// An on/off switch's value (see [`sequential_from_env`]).
 pub fn parse_switch(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -171,13 +205,17 @@ pub fn seeds(first: u64, runs: u64) -> Vec<u64> {
 }
 
 /// The shell line that replays one run of a campaign (`sequential`: the
-/// campaign ran with `FT_CHAOS_SEQUENTIAL=1`; `witness`: its
-/// `FT_CHAOS_WITNESS` override, [`witness_from_env`]). Without either knob
-/// it is just the seed's line.
-pub fn replay_line(seed: u64, sequential: bool, witness: Option<bool>) -> String {
+/// campaign ran with `FT_CHAOS_SEQUENTIAL=1`; `draw`: its draw, named when
+/// not the default, [`draw_from_env`]; `witness`: its `FT_CHAOS_WITNESS`
+/// override, [`witness_from_env`]). Without a knob it is just the seed's
+/// line.
+pub fn replay_line(seed: u64, sequential: bool, draw: Draw, witness: Option<bool>) -> String {
     let mut knobs = String::new();
     if sequential {
         knobs.push_str(&format!("{ENV_SEQUENTIAL}=1 "));
+    }
+    if draw != Draw::default() {
+        knobs.push_str(&format!("{ENV_DRAW}={draw} "));
     }
     if let Some(on) = witness {
         knobs.push_str(&format!("{ENV_WITNESS}={} ", if on { "on" } else { "off" }));

@@ -5,6 +5,7 @@
 //! for machines and a fixed-width table for people; a failing run's lines
 //! end with the command that replays its seed.
 
+use super::draw::Draw;
 use super::fault::FaultKind;
 use super::plot::{OpPoint, Outcome};
 use super::schedule::Schedule;
@@ -283,6 +284,12 @@ pub struct CampaignReport {
     /// The runs had `FT_CHAOS_SEQUENTIAL=1` (their replay lines say so).
     #[serde(default)]
     pub sequential: bool,
+    /// The runs' draw (`Params::draw`; one environment, so one for all: like
+    /// `witness`, a run's other than the default wins); the replay lines name
+    /// draw 1. Reports written before draws had versions have none and were
+    /// all drawn by draw 1, so they parse as 1.
+    #[serde(default = "Draw::unrecorded")]
+    pub draw: Draw,
     /// The runs' `FT_CHAOS_WITNESS` override ([`RunReport::witness`]; one
     /// environment, so one for all); the replay lines carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,6 +312,9 @@ impl CampaignReport {
             double_faults: Vec::new(),
             by_kind: BTreeMap::new(),
             sequential: runs.iter().any(|r| r.schedule.params.sequential()),
+            draw: (runs.iter().map(|r| r.schedule.params.draw))
+                .find(|d| *d != Draw::default())
+                .unwrap_or_default(),
             witness: runs.iter().find_map(|r| r.witness),
         };
         let mut pauses: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
@@ -441,7 +451,7 @@ impl CampaignReport {
         }
         for f in &self.failed {
             let _ = writeln!(out, "FAILED seed {}: {}", f.seed, f.what);
-            let line = replay_line(f.seed, self.sequential, self.witness);
+            let line = replay_line(f.seed, self.sequential, self.draw, self.witness);
             let _ = writeln!(out, "  replay: {line}");
         }
     }

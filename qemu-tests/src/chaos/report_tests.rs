@@ -269,6 +269,40 @@ fn run_table() {
     assert_eq!(RunReport::from_json(&off.to_json()).unwrap(), off);
     assert_eq!(CampaignReport::from_json(&c.to_json()).unwrap(), c);
     assert!(!runs[2].to_json().contains("witness"));
+    // A run of draw 1 replays with it; the default draw needs no word.
+    let mut draw1 = runs[2].clone();
+    draw1.schedule.params.draw = Draw::V1;
+    let line = "replay: FT_CHAOS_DRAW=1 FT_CHAOS_SEED=12 FT_CHAOS_RUNS=1 make chaos";
+    assert!(draw1.table().contains(line), "{}", draw1.table());
+    let c = CampaignReport::from_runs(&[runs[0].clone(), draw1.clone()]);
+    assert!(c.table().contains(line), "{}", c.table());
+    assert!(!runs[2].table().contains("FT_CHAOS_DRAW"));
+}
+
+/// Reports written before draws had versions name no draw: all their runs
+/// were drawn by draw 1, so they parse as draw 1 and their replay lines say
+/// `FT_CHAOS_DRAW=1`.
+#[test]
+fn old_reports_without_a_draw_are_draw_1() {
+    let mut run = campaign_runs()[2].clone();
+    run.schedule.params.draw = Draw::V1;
+    let mut v: serde_json::Value = serde_json::from_str(&run.to_json()).unwrap();
+    assert_eq!(v["schedule"]["params"]["draw"], 1);
+    v["schedule"]["params"]
+        .as_object_mut()
+        .unwrap()
+        .remove("draw");
+    let back = RunReport::from_json(&v.to_string()).unwrap();
+    assert_eq!(back, run);
+    assert!(back
+        .table()
+        .contains("replay: FT_CHAOS_DRAW=1 FT_CHAOS_SEED=12"));
+    let c = CampaignReport::from_runs(&[run]);
+    let mut v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+    assert_eq!(v["draw"], 1);
+    v.as_object_mut().unwrap().remove("draw");
+    assert_eq!(CampaignReport::from_json(&v.to_string()).unwrap(), c);
+    assert_eq!(CampaignReport::from_runs(&campaign_runs()).draw, Draw::V2);
 }
 
 #[test]

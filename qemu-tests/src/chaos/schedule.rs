@@ -17,7 +17,7 @@
 //! hosts, duration and parameters, so [`Schedule::replays`] can tell that a
 //! regeneration from the seed gives it back.
 
-use super::draw::{first_class, Scope};
+use super::draw::{first_class, Draw, Scope};
 pub use super::fault::{Fault, FaultKind};
 use super::model::Model;
 use super::rng::Rng;
@@ -60,6 +60,12 @@ pub struct Params {
     /// (the respawn's time to `protected:`; the nemesis waits longer if it
     /// has to).
     pub respawn_ms: u64,
+    /// The draw's version (module `draw`): which weight table. Missing from
+    /// JSON written before draws had versions, which was all drawn by draw
+    /// 1, so it parses as draw 1 and those schedules still replay; new
+    /// params default to draw 2.
+    #[serde(default = "Draw::unrecorded")]
+    pub draw: Draw,
 }
 
 impl Params {
@@ -86,6 +92,7 @@ impl Default for Params {
             one_way_percent: 30,
             pair_failures: 1,
             respawn_ms: 15_000,
+            draw: Draw::default(),
         }
     }
 }

@@ -187,6 +187,33 @@ fn json_round_trip_and_replay() {
     assert!(Schedule::from_json("{\"seed\": 1}").is_err());
 }
 
+/// Schedules written before draws had versions have no `draw`: they were all
+/// drawn by draw 1, parse as draw 1, and so replay.
+#[test]
+fn a_schedule_without_a_draw_is_draw_1() {
+    let old = gen(
+        42,
+        &Params {
+            draw: Draw::V1,
+            ..Params::default()
+        },
+    );
+    let mut json: serde_json::Value = serde_json::from_str(&old.to_json()).unwrap();
+    assert_eq!(json["params"]["draw"], 1);
+    json["params"].as_object_mut().unwrap().remove("draw");
+    let back = Schedule::from_json(&json.to_string()).unwrap();
+    assert_eq!(back, old);
+    assert!(back.replays());
+    // New params are draw 2, and say so.
+    assert_eq!(Params::default().draw, Draw::V2);
+    let new = gen(42, &Params::default());
+    assert!(new.to_json().contains("\"draw\": 2"), "{}", new.to_json());
+    assert_ne!(new.steps, old.steps);
+    json["params"]["draw"] = 3.into();
+    let e = Schedule::from_json(&json.to_string()).unwrap_err();
+    assert!(e.to_string().contains("draws 1 and 2"), "{e}");
+}
+
 #[test]
 fn fault_json_shape() {
     let f = Fault::PartitionFt {
@@ -214,24 +241,49 @@ fn seeds_and_replay_line() {
     assert_eq!(parse_seed("0x10"), Some(16));
     assert_eq!(parse_seed(" 42 "), Some(42));
     assert_eq!(parse_seed("x"), None);
-    // Without FT_CHAOS_WITNESS the line is the one old reports printed.
+    // Without FT_CHAOS_WITNESS, with the default draw, the line is the one
+    // old reports printed.
+    let v2 = Draw::V2;
     assert_eq!(
-        replay_line(9, false, None),
+        replay_line(9, false, v2, None),
         "FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
     );
     assert_eq!(
-        replay_line(9, true, None),
+        replay_line(9, true, v2, None),
         "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_SEED=9 FT_CHAOS_RUNS=1 make chaos"
     );
     // With it, the override travels: an even seed run without its witness
     // replays without it.
     assert_eq!(
-        replay_line(134, false, Some(false)),
+        replay_line(134, false, v2, Some(false)),
         "FT_CHAOS_WITNESS=off FT_CHAOS_SEED=134 FT_CHAOS_RUNS=1 make chaos"
     );
     assert_eq!(
-        replay_line(133, true, Some(true)),
+        replay_line(133, true, v2, Some(true)),
         "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_WITNESS=on FT_CHAOS_SEED=133 FT_CHAOS_RUNS=1 make chaos"
+    );
+    // Draw 1 travels too (the default needs no word).
+    assert_eq!(
+        replay_line(105, true, Draw::V1, None),
+        "FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_DRAW=1 FT_CHAOS_SEED=105 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(
+        replay_line(104, false, Draw::V1, Some(false)),
+        "FT_CHAOS_DRAW=1 FT_CHAOS_WITNESS=off FT_CHAOS_SEED=104 FT_CHAOS_RUNS=1 make chaos"
+    );
+    assert_eq!(parse_draw(""), Some(Draw::V2));
+    assert_eq!(parse_draw(" 1 "), Some(Draw::V1));
+    assert_eq!(parse_draw("2"), Some(Draw::V2));
+    assert_eq!(parse_draw("3"), None);
+    assert_eq!(parse_draw("v1"), None);
+    let e = ChaosError::BadChoice {
+        var: ENV_DRAW,
+        value: "3".into(),
+        allowed: "1, 2 (unset: 2)",
+    };
+    assert_eq!(
+        e.to_string(),
+        "FT_CHAOS_DRAW=\"3\": want one of 1, 2 (unset: 2)"
     );
     assert_eq!(parse_witness(""), Some(None));
     assert_eq!(parse_witness(" off "), Some(Some(false)));
@@ -291,35 +343,57 @@ fn print_schedule() {
     }
 }
 
-/// Old reports name failing runs by seed: a change of the PRNG or of the
-/// generator's draws would make their seeds replay other schedules. If this
-/// fails on purpose, say so in the commit (old seeds no longer replay).
+/// Old reports name failing runs by seed: a change of the PRNG or of a
+/// draw's table would make their seeds replay other schedules. Each draw
+/// keeps its seeds' schedules: a change of the draw is a new draw version
+/// (module `draw`), never an edit of an old one.
 #[test]
 fn seeds_keep_their_schedules() {
     let mut rng = super::rng::Rng::new(0);
     // splitmix64's published first outputs for seed 0.
     assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
     assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    let s = gen(1, &Params::default());
-    let head: Vec<String> = s
-        .steps
-        .iter()
-        .take(6)
-        .map(|st| format!("{} {}", st.at_ms, st.fault))
-        .collect();
-    // Since the storage classes were split by kind and role (15 classes,
-    // `draw::WEIGHTS`); before, seed 1 began "10000 kill_host host-b",
-    // "23332 slow host-c x3", "40860 reboot_host host-b", in 20 steps.
+    let head = |draw: Draw| {
+        let s = gen(
+            1,
+            &Params {
+                draw,
+                ..Params::default()
+            },
+        );
+        let head: Vec<String> = (s.steps.iter().take(6))
+            .map(|st| format!("{} {}", st.at_ms, st.fault))
+            .collect();
+        (head, s.steps.len())
+    };
+    // Draw 1: seed 1 as every campaign before draws had versions drew it.
     assert_eq!(
-        head,
-        [
-            "10000 freeze host-a 3899ms",
-            "23331 slow host-c x3",
-            "36181 slow host-a x3",
-            "51925 heal",
-            "68106 kill_host host-c",
-            "77583 reboot_host host-c",
-        ]
+        head(Draw::V1),
+        (
+            vec![
+                "10000 kill_host host-b".to_string(),
+                "23332 slow host-c x3".into(),
+                "40860 reboot_host host-b".into(),
+                "56125 cut_storage host-c".into(),
+                "71869 heal".into(),
+                "88050 kill_host host-c".into(),
+            ],
+            20
+        )
     );
-    assert_eq!(s.steps.len(), 21);
+    // Draw 2, the storage classes split by kind and role.
+    assert_eq!(
+        head(Draw::V2),
+        (
+            vec![
+                "10000 freeze host-a 3899ms".to_string(),
+                "23331 slow host-c x3".into(),
+                "36181 slow host-a x3".into(),
+                "51925 heal".into(),
+                "68106 kill_host host-c".into(),
+                "77583 reboot_host host-c".into(),
+            ],
+            21
+        )
+    );
 }

@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 
-use qemu_tests::chaos::{self, Fault, FaultKind, Params, Schedule};
+use qemu_tests::chaos::{self, Draw, Fault, FaultKind, Params, Schedule};
 
 /// A run's length: faults within it, healed `settle_ms` before its end (a
 /// wait at a gate makes it longer).
@@ -37,8 +37,9 @@ pub const PAIR: [&str; 2] = ["host-a", "host-b"];
 
 /// The generator's parameters: every injection kind, slowdowns by 2 to 4
 /// (stopped 50 to 75 of every 100 ms); a second pair failure with
-/// `sequential` (`FT_CHAOS_SEQUENTIAL=1`).
-pub fn params(sequential: bool) -> Params {
+/// `sequential` (`FT_CHAOS_SEQUENTIAL=1`); the weight table of `draw`
+/// (`FT_CHAOS_DRAW`).
+pub fn params(sequential: bool, draw: Draw) -> Params {
     Params {
         start_ms: 8_000,
         min_gap_ms: 6_000,
@@ -63,13 +64,14 @@ pub fn params(sequential: bool) -> Params {
         one_way_percent: 30,
         pair_failures: if sequential { 2 } else { 1 },
         respawn_ms: 15_000,
+        draw,
     }
 }
 
 /// The schedule of `seed` on `hosts` (host-a, host-b, and host-c if it
 /// booted).
-pub fn generate(seed: u64, hosts: &[&str], sequential: bool) -> Schedule {
-    Schedule::generate(seed, hosts, DURATION_MS, &params(sequential))
+pub fn generate(seed: u64, hosts: &[&str], sequential: bool, draw: Draw) -> Schedule {
+    Schedule::generate(seed, hosts, DURATION_MS, &params(sequential, draw))
 }
 
 /// Whether `fault` can cost the pair host-a/host-b a member (module doc).

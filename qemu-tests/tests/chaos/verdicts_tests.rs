@@ -2,7 +2,7 @@
 //! kill's outage is the kill's, and a reboot counts only a gap that opens
 //! after it (its rejoin's stop-and-copy).
 
-use qemu_tests::chaos::{Fault, FaultKind, Schedule, Step};
+use qemu_tests::chaos::{Draw, Fault, FaultKind, Schedule, Step};
 use qemu_tests::history::{History, Op, OpKind, Outcome};
 
 use crate::{plan, verdicts};
@@ -23,7 +23,7 @@ fn replies(gaps: &[(u64, u64)]) -> History {
 fn schedule(steps: Vec<(u64, Fault)>) -> Schedule {
     Schedule {
         steps: steps.into_iter().map(|(t, f)| Step::new(t, f)).collect(),
-        ..plan::generate(0, &["host-a", "host-b", "host-c"], false)
+        ..plan::generate(0, &["host-a", "host-b", "host-c"], false, Draw::V2)
     }
 }
 
