@@ -96,6 +96,11 @@ pub fn run_checkpoint_member(
     on_start: impl FnOnce(),
 ) -> Result<CheckpointEnd, PairError> {
     let mut spec = spec;
+    // The Primary a power-on pair comes from, by the rule in force for
+    // this run (`live_affinity`), as in lockstep's `run_member`.
+    if let Some(p) = crate::lockstep::placement::pair_hosts(&ctx.rc.config, ctx.vm).first() {
+        spec.pair.hello.primary_host = p.clone();
+    }
     let (handle, stop) = (ctx.handle, ctx.stop);
     match role {
         Role::Primary { secondary } => {

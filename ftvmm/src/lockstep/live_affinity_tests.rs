@@ -77,6 +77,18 @@ fn a_config_moves_a_vm_and_says_from_where_to_where() {
             primary: "host-a".into()
         }
     );
+    // A power-on pair's Hellos name the Primary by the rule in force
+    // (`placement::run_member` sets it from this).
+    assert_eq!(
+        crate::lockstep::placement::pair_hosts(&r.config, &r.config.vms[0]),
+        names(&["host-a", "host-c"])
+    );
+    live.adopt(&c, 3, &[on("kv", &["host-b", "host-c"])]);
+    let r = live.apply(&rc("host-c"));
+    assert_eq!(
+        crate::lockstep::placement::pair_hosts(&r.config, &r.config.vms[0]),
+        names(&["host-b", "host-c"])
+    );
 }
 
 #[test]

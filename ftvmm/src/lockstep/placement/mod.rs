@@ -218,6 +218,12 @@ pub fn run_member(
         .position(|v| v.name == vm.name)
         .expect("vm is from this config");
     let mut spec = spec;
+    // The Primary a power-on pair comes from (both sides' Hellos name it),
+    // by the rule in force for this run: after a live affinity change it
+    // may no longer be the booted rule's (`live_affinity`).
+    if let Some(p) = pair_hosts(&rc.config, vm).first() {
+        spec.hello.primary_host = p.clone();
+    }
     match role {
         Role::Primary { secondary } => {
             let peer = rc
