@@ -16,7 +16,10 @@
 //! 3. the client's connection survives both moves, every acknowledged PUT
 //!    is read back on it, no host diverged, host-a never went live again and
 //!    host-b never went live, and `ftctl status --cluster` shows the live
-//!    rule (`allowed_hosts`) and host-a's `not allowed here (config)`.
+//!    rule (`allowed_hosts`) and host-a's `not allowed here (config)`;
+//! 4. generations 4 and 5 power the VM off and on under that rule: it pairs
+//!    as the rule says (host-b Primary, host-c Secondary), not as the booted
+//!    config did, and serves every PUT acknowledged before.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
 
@@ -30,8 +33,9 @@ use common::respawn::{
     never_diverged, never_went_live, pair_held, wait_since, Protected, FAILOVER_TIMEOUT,
     PAIR_BROKE, PROGRESS_TIMEOUT, RESPAWN_TIMEOUT,
 };
-use common::{took, wait, wait_paired, Client, BOOT_TIMEOUT, VM};
+use common::{took, wait, wait_paired, wait_serving, Client, BOOT_TIMEOUT, VM};
 use qemu_tests::ftctl;
+use qemu_tests::kv::{key, value};
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, Host, NetnsTap};
 use regex::Regex;
@@ -176,6 +180,47 @@ fn affinity_moves_a_running_vm_once() {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     never_went_live(b);
+    never_diverged(&[a, b, c]);
+
+    // 4. Powered off and on again under the moved rule: the pair of
+    // power-on is the rule's (host-b Primary, host-c Secondary), not the
+    // booted config's (host-a, host-b), and it serves what was acknowledged.
+    let off = format!("{rule}power = \"off\"\n");
+    let out = apply(&op, &ftctl, &key_file, &source, dir.path(), &base, 4, &off);
+    for h in [a, b, c] {
+        persisted_live(&out, h, 4, "live: vms[kv].power");
+    }
+    for h in [b, c] {
+        wait(
+            h,
+            format!("ftvmm: vm {VM}: powered off by config generation 4"),
+        );
+    }
+    let out = apply(&op, &ftctl, &key_file, &source, dir.path(), &base, 5, rule);
+    for h in [a, b, c] {
+        persisted_live(&out, h, 5, "live: vms[kv].power");
+    }
+    wait(b, format!("ftvmm: vm {VM}: starting as primary on host-b"));
+    wait(
+        c,
+        format!("ftvmm: vm {VM}: paired with primary host-b; generation"),
+    );
+    let after = cluster.vm_client("after", "198.51.100.202/24").unwrap();
+    let mut kv = wait_serving(&after);
+    for i in &done.acked {
+        assert_eq!(
+            kv.one(&format!("GET {}", key(*i))),
+            format!("VALUE {}", value(*i)),
+            "acknowledged PUT {} lost across the power cycle",
+            key(*i)
+        );
+    }
+    eprintln!(
+        "affinity: powered on under the moved rule: host-b primary, host-c secondary; {} acknowledged PUTs readable",
+        done.acked.len()
+    );
+    a.assert_absent("; live as primary", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("host-a went live: {e}"));
     never_diverged(&[a, b, c]);
     cluster.pass();
 }

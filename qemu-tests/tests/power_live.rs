@@ -20,9 +20,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{took, wait, wait_paired, Client, VM};
+use common::{took, wait, wait_paired, wait_serving, Client, VM};
 use qemu_tests::ftctl;
-use qemu_tests::kv::{key, value, Kv, GUEST};
+use qemu_tests::kv::{key, value, GUEST};
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
 
@@ -211,18 +211,4 @@ fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> String {
     // One line per JSON value, no spaces: the matches above count fields.
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.to_string()
-}
-
-/// A KV connection once the guest answers again (it boots from its disk).
-fn wait_serving(tap: &NetnsTap) -> Kv {
-    let addr: SocketAddr = GUEST.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while tap.tcp_connect(addr, Duration::from_secs(5)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the guest does not answer after the power-on"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Kv::connect(tap)
 }

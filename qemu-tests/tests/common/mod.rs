@@ -343,3 +343,18 @@ pub fn took(out: &str, h: &str, g: u64, want: &str) -> bool {
              host already holds this very config"
         ))
 }
+
+/// A KV connection once the guest answers again after a power-on (it boots
+/// from its disk; `power_live.rs`, `affinity_live.rs`).
+pub fn wait_serving(tap: &qemu_tests::NetnsTap) -> qemu_tests::kv::Kv {
+    let addr: std::net::SocketAddr = GUEST.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tap.tcp_connect(addr, Duration::from_secs(5)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest does not answer after the power-on"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    qemu_tests::kv::Kv::connect(tap)
+}
