@@ -92,7 +92,7 @@ fn vm_table(r: &ClusterReport, h: &History) -> String {
     let mut s = String::from(
         "<h2>VMs</h2><table><tr><th>VM</th><th>mode</th><th>power</th><th>protection</th>\
          <th>Primary</th><th>Secondary</th><th>generation</th><th>lag</th>\
-         <th>log bandwidth</th><th>last failover</th></tr>\n",
+         <th>log bandwidth</th><th>last failover</th><th>allowed hosts</th></tr>\n",
     );
     let evs = events(r);
     for vm in &r.vms {
@@ -128,10 +128,15 @@ fn vm_table(r: &ClusterReport, h: &History) -> String {
                 e.pause_ms.map_or("n/a".into(), |p| format!("{p} ms"))
             )
         });
+        // The affinity in force (it changes live with `ftctl apply`).
+        let allowed = first.and_then(|(_, v)| v["allowed_hosts"].as_array());
+        let allowed = allowed.map_or("n/a".to_owned(), |a| {
+            a.iter().map(field).collect::<Vec<_>>().join(", ")
+        });
         let _ = writeln!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&vm.name),
             escape(&vm.replication),
             escape(&vm.power),
@@ -141,7 +146,8 @@ fn vm_table(r: &ClusterReport, h: &History) -> String {
             escape(&get("generation")),
             escape(&lag),
             escape(&bw),
-            escape(&last)
+            escape(&last),
+            escape(&allowed)
         );
     }
     s.push_str("</table>\n");

@@ -55,7 +55,7 @@ fn primary_view(vm: &str, gen: u64, lag_ms: Option<u64>, log_bytes: u64) -> Valu
         Value::Null,
         |ms| json!({"ms": ms, "records": 1, "bytes": 10}),
     );
-    json!([{"name": vm, "state": "running", "lockstep": {
+    json!([{"name": vm, "state": "running", "allowed_hosts": ["host-a", "host-b"], "lockstep": {
         "role": format!("primary (generation {gen})"), "generation": gen,
         "protection": "protected: secondary host-b",
         "primary": "host-a", "secondary": "host-b",
@@ -157,6 +157,9 @@ fn primary_and_secondary_are_drawn_on_their_hosts() {
         &page,
         "<td>host-a</td><td>host-b</td><td>1</td><td>3 ms</td><td>50 kB/s</td>",
     );
+    // Where it may run (the affinity in force), after the last failover.
+    at(&page, "<th>allowed hosts</th></tr>");
+    at(&page, "</td><td>host-a, host-b</td></tr>");
     assert!(!page.contains("<script"), "no script on the page");
     at(&page, "http-equiv=\"refresh\"");
     at(
@@ -227,7 +230,7 @@ fn figures_nobody_reports_are_na() {
     at(
         &page,
         "<td>web</td><td>checkpoint</td><td>off</td><td class=\"bad\">n/a (no answering host reports it)</td>\
-         <td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>none recorded</td>",
+         <td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>none recorded</td><td>n/a</td></tr>",
     );
     // host-c is unreachable: its watchdog and storage are n/a, not "ok".
     let c = at(&page, ">host-c</text>");
