@@ -119,6 +119,7 @@ pub fn look_at_pair(
     let view = view.as_ref().map_err(|e| e.as_str());
     let here = &rc.host_name;
     let own = own_vmnet::judge(view, here, &peer);
+    let own = own_vmnet::unless_lease_lost(own, lease.not_protected.as_deref());
     let vmnet = secondary_vmnet::judge(view, here, &peer);
     let vmnet = watch.vmnet.on_vmnet(&peer, vmnet);
     let own_reason = own_vmnet::reason(here, &own);

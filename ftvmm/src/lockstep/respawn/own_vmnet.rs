@@ -42,7 +42,9 @@
 //!   its side works, and this host leaves.
 //! - **Stay**: otherwise, with the reason (nobody could serve instead, or
 //!   nothing shows who is cut). The VM is unreachable either way; status
-//!   says so, and a take-over would not help.
+//!   says so, and a take-over would not help. Also instead of Leave while
+//!   the Secondary's host cannot renew its storage lease
+//!   ([`unless_lease_lost`]): it could not win the generation to take over.
 //!
 //! Why `T`: the same bound FT suspicion uses, so a lost datagram or two is
 //! never a verdict, and a hand-over costs no more than a failover's pause.
@@ -112,6 +114,23 @@ pub fn judge(view: Result<&VmNetView, &str>, here: &str, secondary: &str) -> Own
     OwnVmNet::Leave {
         for_ms,
         secondary_hears,
+    }
+}
+
+/// `v`, except that a Leave becomes a Stay while the Secondary's host
+/// cannot renew its storage lease (`lease_lost`: `secondary_lease.rs`'s
+/// reason): it could not win the generation a hand-over needs, so leaving
+/// would halt the VM here for nobody. Chaos seed 160: host-b's storage
+/// path cut, then host-a's VM network; host-a handed over, host-b could not
+/// win, and host-a cold-started the VM from its disk (its memory lost).
+/// Staying keeps the VM's state; it serves again when either fault heals.
+pub fn unless_lease_lost(v: OwnVmNet, lease_lost: Option<&str>) -> OwnVmNet {
+    match (v, lease_lost) {
+        (OwnVmNet::Leave { for_ms, .. }, Some(why)) => OwnVmNet::Stay {
+            for_ms,
+            why: why.to_string(),
+        },
+        (v, _) => v,
     }
 }
 

@@ -162,3 +162,29 @@ fn of_two_hosts_a_primary_that_hears_nobody_leaves_when_its_secondary_hears_the_
         OwnVmNet::Stay { .. }
     ));
 }
+
+#[test]
+fn a_primary_stays_while_its_secondarys_host_cannot_renew_its_storage_lease() {
+    let leave = OwnVmNet::Leave {
+        for_ms: 5_000,
+        secondary_hears: vec!["host-c".into()],
+    };
+    let lost = crate::lockstep::respawn::secondary_lease::reason("host-b", 1_045);
+    let stay = unless_lease_lost(leave.clone(), Some(&lost));
+    assert_eq!(
+        stay,
+        OwnVmNet::Stay {
+            for_ms: 5_000,
+            why: "secondary host-b cannot renew its storage lease (for 1045 ms); it could not \
+                  take over"
+                .into(),
+        }
+    );
+    assert_eq!(leave_why("host-a", "host-b", &stay), None);
+    // Its lease moves: the hand-over goes ahead; other verdicts pass as
+    // they are.
+    assert_eq!(unless_lease_lost(leave.clone(), None), leave);
+    for v in [OwnVmNet::Serves, OwnVmNet::Unknown("x".into())] {
+        assert_eq!(unless_lease_lost(v.clone(), Some(&lost)), v);
+    }
+}
