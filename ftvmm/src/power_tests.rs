@@ -373,37 +373,9 @@ fn the_daemon_takes_power_changes_in_generation_order_and_says_so() {
 /// recorded under config 3. Needs /dev/kvm and the guest (root).
 #[test]
 fn a_running_vm_is_fenced_stopped_and_started_again_by_live_power_changes() {
-    let elf = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        elf.exists(),
-        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
-        elf.display()
-    );
-    let f = SharedFencing::serve(&["host-a"]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut rc = config("host-a");
-    let shared = dir.path().join("shared.img");
-    let file = std::fs::File::create(&shared).unwrap();
-    file.set_len(rc.config.storage.size_mib << 20).unwrap();
-    rc.config.storage.device = config_schema::DeviceLocator::Path(shared.display().to_string());
-    // A TAP name of its own (other tests run `kv` at the same time).
-    rc.config.vms[0].name = "pwr".into();
-    // Alone on host-a: no pairing in this test.
-    rc.config.vms[0].affinity.groups.clear();
-    rc.config.vms[0].affinity.hosts = vec!["host-a".into()];
-    let image = rc.config.vms[0].image.clone();
-    std::os::unix::fs::symlink(&elf, dir.path().join(format!("{image}.elf"))).unwrap();
-    let d = Daemon::with_grant(
-        rc,
-        KvmAvailability::Ok { api_version: 12 },
-        HostGrant::always(),
-    );
-    d.manager().set_test_paths(dir.path(), &f.sockets[0]);
+    // A TAP name of its own (other tests run `kv` at the same time); alone
+    // on host-a: no pairing in this test.
+    let (d, f, _dir) = daemon_with_vm("host-a", "pwr", &["host-a"]);
     d.start_primaries();
     let running = |d: &Daemon| {
         for _ in 0..600 {
@@ -450,40 +422,7 @@ fn a_running_vm_is_fenced_stopped_and_started_again_by_live_power_changes() {
 
 #[test]
 fn a_secondary_leaves_a_host_the_config_no_longer_allows_and_a_newly_allowed_one_waits() {
-    let elf = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        elf.exists(),
-        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
-        elf.display()
-    );
-    let f = SharedFencing::serve(&["host-b"]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut rc = config("host-b");
-    let shared = dir.path().join("shared.img");
-    let file = std::fs::File::create(&shared).unwrap();
-    file.set_len(rc.config.storage.size_mib << 20).unwrap();
-    rc.config.storage.device = config_schema::DeviceLocator::Path(shared.display().to_string());
-    // Loopback FT addresses of this test's own (host-b's listener binds).
-    let net = 100 + std::process::id() % 100;
-    for (i, h) in rc.config.hosts.iter_mut().enumerate() {
-        h.ft.addr = format!("127.{net}.31.{}/24", i + 1);
-    }
-    rc.config.vms[0].name = "aff".into();
-    rc.config.vms[0].affinity.groups.clear();
-    rc.config.vms[0].affinity.hosts = vec!["host-a".into(), "host-b".into()];
-    let image = rc.config.vms[0].image.clone();
-    std::os::unix::fs::symlink(&elf, dir.path().join(format!("{image}.elf"))).unwrap();
-    let d = Daemon::with_grant(
-        rc,
-        KvmAvailability::Ok { api_version: 12 },
-        HostGrant::always(),
-    );
-    d.manager().set_test_paths(dir.path(), &f.sockets[0]);
+    let (d, f, _dir) = daemon_with_vm("host-b", "aff", &["host-a", "host-b"]);
     // host-b is the Secondary of host-a (which never comes): it waits.
     d.start_primaries();
     let role = |d: &Daemon| d.status()["vms"][0]["lockstep"]["role"].clone();
@@ -554,4 +493,50 @@ fn a_secondary_leaves_a_host_the_config_no_longer_allows_and_a_newly_allowed_one
     assert_eq!(s["allowed_hosts"], serde_json::json!(["host-b", "host-c"]));
     assert!(f.decided().is_empty(), "nothing raced: {:?}", f.decided());
     d.manager().stop("aff").unwrap();
+}
+
+/// A daemon of `host` (the example cluster, a shared device in a temp dir,
+/// loopback FT addresses of this process's own, the reference guest as
+/// every image) whose first VM is named `vm` and allowed on `hosts`, behind
+/// a scripted fencing agent that grants always; its fencing and temp dir.
+fn daemon_with_vm(
+    host: &str,
+    vm: &str,
+    hosts: &[&str],
+) -> (Daemon, SharedFencing, tempfile::TempDir) {
+    let elf = std::env::var_os("FTGUEST_ELF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        elf.exists(),
+        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
+        elf.display()
+    );
+    let f = SharedFencing::serve(&[host]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rc = config(host);
+    let shared = dir.path().join("shared.img");
+    let file = std::fs::File::create(&shared).unwrap();
+    file.set_len(rc.config.storage.size_mib << 20).unwrap();
+    rc.config.storage.device = config_schema::DeviceLocator::Path(shared.display().to_string());
+    // Loopback FT addresses of this process's own (a listener binds there).
+    let net = 100 + std::process::id() % 100;
+    for (i, h) in rc.config.hosts.iter_mut().enumerate() {
+        h.ft.addr = format!("127.{net}.31.{}/24", i + 1);
+    }
+    rc.config.vms[0].name = vm.into();
+    rc.config.vms[0].affinity.groups.clear();
+    rc.config.vms[0].affinity.hosts = hosts.iter().map(|h| h.to_string()).collect();
+    let image = rc.config.vms[0].image.clone();
+    std::os::unix::fs::symlink(&elf, dir.path().join(format!("{image}.elf"))).unwrap();
+    let d = Daemon::with_grant(
+        rc,
+        KvmAvailability::Ok { api_version: 12 },
+        HostGrant::always(),
+    );
+    d.manager().set_test_paths(dir.path(), &f.sockets[0]);
+    (d, f, dir)
 }

@@ -1,7 +1,8 @@
 //! The operator's tool from the QEMU tests: this build's `ftctl` (built if
-//! missing), `ftctl sign` of a config text, and the example config with the
-//! development operator key listed (the tests that query or apply as an
-//! operator use it).
+//! missing), `ftctl sign` of a config text, `ftctl apply` and `ftctl status
+//! --cluster` from an operator's network namespace, and the example config
+//! with the development operator key listed (the tests that query or apply
+//! as an operator use it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,6 +56,58 @@ pub fn sign(ftctl: &Path, text: &str, key: &Path, dir: &Path, name: &str) -> Pat
         .success();
     assert!(ok, "ftctl sign of {} failed", toml.display());
     signed
+}
+
+/// `ftctl apply` of `signed` to the host at `addr` (its status service's
+/// IP), run in the network namespace `netns` (an operator's machine on the
+/// FT or management network); stdout, also printed with stderr. The exit
+/// status is not checked: a host that took the config by its catch-up
+/// first answers `refused: ... already holds this very config`, and tests
+/// read the lines.
+pub fn apply_in(netns: &str, ftctl: &Path, key: &Path, signed: &Path, addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(ftctl)
+        .args(["apply", "--host", addr, "--key"])
+        .arg(key)
+        .arg(signed)
+        .output()
+        .expect("ip netns exec ftctl apply runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "ftctl apply {}:\n{stdout}{}",
+        signed.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `ftctl status --cluster --json` asked of the host at `addr` from the
+/// network namespace `netns`; the cluster report (panics with ftctl's
+/// stderr when it fails).
+pub fn cluster_status(
+    netns: &str,
+    ftctl: &Path,
+    key: &Path,
+    config: &Path,
+    addr: &str,
+) -> serde_json::Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(ftctl)
+        .args(["status", "--cluster", "--host", addr, "--key"])
+        .arg(key)
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .output()
+        .expect("ip netns exec ftctl status runs");
+    assert!(
+        out.status.success(),
+        "ftctl status --cluster --host {addr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ftctl status --json prints JSON")
 }
 
 /// The `[[operators]]` block listing the development operator.

@@ -26,7 +26,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::respawn::{
@@ -307,20 +306,7 @@ fn apply(
         dir,
         &format!("gen{generation}"),
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
-        .arg(ftctl)
-        .args(["apply", "--host", "192.0.2.1", "--key"])
-        .arg(key)
-        .arg(&signed)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "ftctl apply generation {generation} ({}):\n{stdout}{}",
-        rule.trim(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ftctl::apply_in(op.netns(), ftctl, key, &signed, "192.0.2.1");
     assert!(!stdout.contains("needs reboot"), "{stdout}");
     // Not the exit status: a host that took the config by its catch-up
     // before the pass-on says `refused: ... already holds this very config`
@@ -328,24 +314,8 @@ fn apply(
     stdout
 }
 
-/// `ftctl status --cluster --json` from the operator's namespace, asked of
-/// host-c.
+/// `ftctl status --cluster --json` from the operator's namespace, asked
+/// of host-c, as one line.
 fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
-        .arg(ftctl)
-        .args(["status", "--cluster", "--host", "192.0.2.3", "--key"])
-        .arg(key)
-        .arg("--config")
-        .arg(config)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.to_string()
+    ftctl::cluster_status(op.netns(), ftctl, key, config, "192.0.2.3").to_string()
 }

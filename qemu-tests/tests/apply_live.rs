@@ -475,41 +475,12 @@ fn apply_to(op: &NetnsTap, ftctl: &Path, key: &Path, signed: &Path, addr: &str) 
 
 /// [`apply_to`] from the network namespace `netns`.
 fn apply_in(netns: &str, ftctl: &Path, key: &Path, signed: &Path, addr: &str) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(ftctl)
-        .args(["apply", "--host", addr, "--key"])
-        .arg(key)
-        .arg(signed)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "ftctl apply {}:\n{stdout}{}",
-        signed.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    ftctl::apply_in(netns, ftctl, key, signed, addr)
 }
 
 /// `ftctl status --cluster --json` from the operator's namespace.
 fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> serde_json::Value {
-    let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
-        .arg(ftctl)
-        .args(["status", "--cluster", "--host", "192.0.2.2", "--key"])
-        .arg(key)
-        .arg("--config")
-        .arg(config)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    ftctl::cluster_status(op.netns(), ftctl, key, config, "192.0.2.2")
 }
 
 /// The status object of `daemon` on `host` somewhere in a cluster report.

@@ -17,7 +17,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{took, wait, wait_paired, wait_serving, Client, VM};
@@ -169,19 +168,7 @@ fn apply(
         dir,
         &format!("gen{generation}"),
     );
-    let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
-        .arg(ftctl)
-        .args(["apply", "--host", "192.0.2.1", "--key"])
-        .arg(key)
-        .arg(&signed)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "ftctl apply generation {generation} (power {power}):\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ftctl::apply_in(op.netns(), ftctl, key, &signed, "192.0.2.1");
     // host-c is not booted: its line says unreachable, and the exit status
     // is 1 for that alone.
     assert!(
@@ -191,24 +178,8 @@ fn apply(
     stdout
 }
 
-/// `ftctl status --cluster --json` from the operator's namespace.
+/// `ftctl status --cluster --json` from the operator's namespace, as one
+/// line (the matches count fields).
 fn status(op: &NetnsTap, ftctl: &Path, key: &Path, config: &Path) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", op.netns()])
-        .arg(ftctl)
-        .args(["status", "--cluster", "--host", "192.0.2.2", "--key"])
-        .arg(key)
-        .arg("--config")
-        .arg(config)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // One line per JSON value, no spaces: the matches above count fields.
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.to_string()
+    ftctl::cluster_status(op.netns(), ftctl, key, config, "192.0.2.2").to_string()
 }
