@@ -4,8 +4,10 @@
 //! daemon ([`crate::members::Members::affinity`]); every placement decision
 //! reads it: a member's role when it starts or ends (`manager.rs`), the
 //! keeper's choice of a new Secondary and its hand-over off a host no longer
-//! allowed (`respawn/keeper.rs`), and whether a listener takes a join or a
-//! pair (`placement::run_member`, `checkpoint/daemon_listen.rs`).
+//! allowed (`respawn/keeper.rs`), whether a listener takes a join or a
+//! pair (`placement::run_member`, `checkpoint/daemon_listen.rs`), and which
+//! Primary a power-on pair's Hellos name (both sides check it: by the
+//! booted rule, a VM powered on after a change would not pair).
 //!
 //! What a change does on each host (`crate::power::apply` plans it with
 //! [`plan`]):
@@ -14,8 +16,10 @@
 //!   Primary runs alone and its keeper places a new Secondary on an allowed
 //!   host;
 //! - this host no longer allowed, its member acting (a Primary): it keeps
-//!   running; once paired with a Secondary on an allowed host its keeper
-//!   hands the VM over to it (`member::Event::LeaveHost`), and until then
+//!   running; once paired with a Secondary on an allowed host that is fit
+//!   (its lease moves, it hears the VM network: the keeper's look finds
+//!   nothing against the pair) its keeper hands the VM over to it
+//!   (`member::Event::LeaveHost`), and until then
 //!   it places the new Secondary on an allowed host ([`Step::MoveOff`]
 //!   only says so);
 //! - this host newly allowed and running nothing of the VM: it waits as a
