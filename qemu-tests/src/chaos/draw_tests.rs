@@ -137,14 +137,7 @@ fn the_weights_put_pair_host_faults_in_most_schedules() {
         .collect();
     let share = drawn.len() as f64 / n as f64;
     assert!((0.80..0.90).contains(&share), "pair-failure share {share}");
-    for kind in [
-        FaultKind::KillHost,
-        FaultKind::FreezeHost,
-        FaultKind::PartitionFt,
-        FaultKind::CutStorage,
-        FaultKind::SeverStorage,
-        FaultKind::DelayStorage,
-    ] {
+    for kind in FaultKind::PAIR_FAILURES {
         let of_kind = drawn.iter().filter(|f| f.kind() == kind).count();
         let share = of_kind as f64 / drawn.len() as f64;
         assert!((0.12..0.21).contains(&share), "{kind}: share {share}");
@@ -161,14 +154,7 @@ fn any_ten_consecutive_seeds_start_with_every_pair_failure_kind() {
     };
     let firsts: Vec<FaultKind> = (0..40).map(kind).collect();
     for (i, w) in firsts.windows(10).enumerate() {
-        for want in [
-            FaultKind::KillHost,
-            FaultKind::FreezeHost,
-            FaultKind::PartitionFt,
-            FaultKind::CutStorage,
-            FaultKind::SeverStorage,
-            FaultKind::DelayStorage,
-        ] {
+        for want in FaultKind::PAIR_FAILURES {
             assert!(w.contains(&want), "seeds {i}..{}: no {want}: {w:?}", i + 9);
         }
     }

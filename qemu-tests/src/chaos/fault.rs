@@ -63,6 +63,18 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// The kinds that can cost the pair a member when aimed at one of its
+    /// hosts (a run's pair failures: `tests/chaos/plan.rs`); the others of
+    /// [`Self::INJECTIONS`] (a VM-network cut, a slowdown) cannot.
+    pub const PAIR_FAILURES: [FaultKind; 6] = [
+        FaultKind::KillHost,
+        FaultKind::FreezeHost,
+        FaultKind::PartitionFt,
+        FaultKind::CutStorage,
+        FaultKind::SeverStorage,
+        FaultKind::DelayStorage,
+    ];
+
     /// The kinds that inject a fault (all but `RebootHost` and `Heal`, the
     /// recovery steps, which are always allowed).
     pub const INJECTIONS: [FaultKind; 8] = [

@@ -336,14 +336,7 @@ fn storage_kinds_are_drawn_about_as_often_as_kills() {
     }
     println!("{table}");
     let steps = |k: FaultKind| by_kind.get(&k).map_or(0, |c| c.0);
-    let pair_failures = [
-        FaultKind::KillHost,
-        FaultKind::FreezeHost,
-        FaultKind::PartitionFt,
-        FaultKind::CutStorage,
-        FaultKind::SeverStorage,
-        FaultKind::DelayStorage,
-    ];
+    let pair_failures = FaultKind::PAIR_FAILURES;
     let kills = steps(FaultKind::KillHost);
     for k in [
         FaultKind::CutStorage,
