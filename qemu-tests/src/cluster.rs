@@ -214,20 +214,27 @@ impl Cluster {
     /// vm_witness = VM_WITNESS`; the witness itself is
     /// [`Cluster::vm_witness_router`].
     pub fn example_with_witness(test_name: &str) -> Result<Cluster> {
+        Cluster::example_edited(
+            test_name,
+            "[cluster]\n",
+            &format!("[cluster]\nvm_witness = \"{VM_WITNESS}\"\n"),
+        )
+    }
+
+    /// `examples/cluster.toml` with the development keys, its first `from`
+    /// replaced by `to` (e.g. another failure timeout); an error if the
+    /// example has no `from`.
+    pub fn example_edited(test_name: &str, from: &str, to: &str) -> Result<Cluster> {
         let source = ClusterSource::example();
         let text = std::fs::read_to_string(&source.config)
             .map_err(|e| HarnessError::io(format!("read {}", source.config.display()), e))?;
-        let with = text.replacen(
-            "[cluster]\n",
-            &format!("[cluster]\nvm_witness = \"{VM_WITNESS}\"\n"),
-            1,
-        );
-        if with == text {
+        if !text.contains(from) {
             return Err(HarnessError::ConfigDisk {
                 host: "*".into(),
-                reason: format!("{}: no [cluster] table", source.config.display()),
+                reason: format!("{}: no {from:?} to replace", source.config.display()),
             });
         }
+        let with = text.replacen(from, to, 1);
         // Read once, into every host's config disk, by `with_hooks`.
         let dir = tempfile::tempdir().map_err(|e| HarnessError::io("create temp dir", e))?;
         let config = dir.path().join("cluster.toml");

@@ -36,7 +36,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{all_on_disk, no_overlap, survive, wait, wait_paired, VM};
+use common::{all_on_disk, no_overlap, survive, wait, wait_paired, wait_storage_hand_over, VM};
 use qemu_tests::{Cluster, ClusterSource, Pattern};
 
 fn source() -> ClusterSource {
@@ -296,12 +296,7 @@ fn cutting_the_primarys_iscsi_path_hands_the_vm_over_and_resets_it() {
         || path_a.cut(),
         || {
             wait(a, "fencing: lease renewal failing".into());
-            wait(
-                a,
-                format!(
-                    "ftvmm: vm {VM}: storage lost (fencing holds output); handed the VM over to secondary host-b"
-                ),
-            );
+            wait_storage_hand_over(a, "host-b");
             wait(
                 b,
                 format!("ftvmm: vm {VM}: won generation 2; live as primary"),

@@ -15,15 +15,46 @@ mod common;
 
 use std::time::Duration;
 
-use common::{all_on_disk, no_overlap, pair_with, survive, wait, VM};
+use common::{
+    all_on_disk, boot_pair, no_overlap, pair_with, survive, wait, wait_storage_hand_over,
+    StorageHandOver, VM,
+};
+use qemu_tests::Cluster;
 
 #[test]
 fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_over() {
-    let mut cluster = pair_with("storage-cut", true);
+    let cluster = pair_with("storage-cut", true);
+    cut_the_primarys_path(cluster, None);
+}
+
+/// With a failure timeout (3 s) longer than a disk request's age limit (2 s)
+/// the grant hold cannot hand over first: the request stuck on the cut path
+/// gets the host reset, and the Primary hands the VM over before it is (it
+/// does not merely stop and leave the Secondary to find the channel gone).
+#[test]
+fn a_request_stuck_on_the_primarys_cut_path_hands_the_vm_over_before_the_reset() {
+    let cluster = Cluster::example_edited(
+        "storage-cut-stuck",
+        "failure_timeout_ms = 1000\n",
+        "failure_timeout_ms = 3000\n",
+    )
+    .unwrap();
+    cut_the_primarys_path(
+        boot_pair(cluster, true),
+        Some(StorageHandOver::StuckRequest),
+    );
+}
+
+/// Cuts host-a's storage path under a client: host-a holds output and hands
+/// the VM over to host-b (by `route` if given), the client's connection
+/// goes on, host-a gets itself reset, every acknowledged PUT is on disk.
+fn cut_the_primarys_path(mut cluster: Cluster, route: Option<StorageHandOver>) {
+    let name = cluster.dir().display().to_string();
     let a = cluster.host("host-a").unwrap();
     let b = cluster.host("host-b").unwrap();
     let path_a = cluster.storage_path("host-a").unwrap();
     cluster.vm.start_capture();
+    let mut took = None;
     let (_, acked) = survive(
         &cluster,
         "primary's storage path cut",
@@ -31,18 +62,18 @@ fn cut_the_primary_hosts_storage_path_it_stops_output_and_the_secondary_takes_ov
         || {
             wait(a, "fencing: lease renewal failing".into());
             wait(a, "fencing: ftvmm confirmed the output hold".into());
-            wait(
-                a,
-                format!(
-                    "ftvmm: vm {VM}: storage lost (fencing holds output); handed the VM over to secondary host-b"
-                ),
-            );
+            took = Some(wait_storage_hand_over(a, "host-b"));
             wait(
                 b,
                 format!("ftvmm: vm {VM}: won generation 2; live as primary"),
             );
         },
     );
+    let took = took.expect("handed over");
+    eprintln!("storage cut ({name}): handed over by {took:?}");
+    if let Some(route) = route {
+        assert_eq!(took, route, "the hand-over's route");
+    }
     let frames = cluster.vm.stop_capture();
     no_overlap(&frames);
     // The deposed side's disk requests hang on the dead path: it may not let

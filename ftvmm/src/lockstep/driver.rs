@@ -192,10 +192,16 @@ impl Driver {
     /// Waits until the member has halted (a hand-over completing) or
     /// `timeout` passed.
     pub fn wait_halted(&self, timeout: Duration) -> State {
+        self.wait_while(|s| !matches!(s, State::Halted(_)), timeout)
+    }
+
+    /// Waits while the member's state is `during` (an event posted being
+    /// taken, a hand-over completing), at most `timeout`; the state then.
+    pub fn wait_while(&self, during: impl Fn(&State) -> bool, timeout: Duration) -> State {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.state();
-            if matches!(s, State::Halted(_)) || Instant::now() >= deadline {
+            if !during(&s) || Instant::now() >= deadline {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -17,7 +17,7 @@ use config_schema::events::{self, EventKind};
 use super::driver::Driver;
 use super::pair::run_with_digests;
 use super::pair::DigestForward;
-use super::pair::{new_gate, start_live, stop_on_reset};
+use super::pair::{hand_over_at_end, new_gate, start_live, stop_on_reset};
 use super::primary::{Gate, PrimaryInputs, PrimaryOutputs};
 use super::secondary::ReplayQueue;
 use super::spec::PairHandle;
@@ -180,6 +180,8 @@ pub fn go_live(
         Some(pause),
         |p| p.take_pause(),
     );
+    // A Secondary that joined since (respawn) takes over by hand-over.
+    hand_over_at_end(driver, &backends);
     gate.detach_sink();
     drop(inputs);
     drop(backends);

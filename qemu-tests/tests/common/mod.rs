@@ -27,7 +27,12 @@ pub fn pair(name: &str) -> Cluster {
 
 /// [`pair`], with each host's storage through its own NBD path if `nbd`.
 pub fn pair_with(name: &str, nbd: bool) -> Cluster {
-    let mut cluster = Cluster::example(name).unwrap();
+    boot_pair(Cluster::example(name).unwrap(), nbd)
+}
+
+/// Boots `cluster`'s host-a and host-b (each with its storage through its
+/// own NBD path if `nbd`) and waits until the pair serves.
+pub fn boot_pair(mut cluster: Cluster, nbd: bool) -> Cluster {
     if nbd {
         cluster.use_nbd_storage().unwrap();
     }
@@ -186,6 +191,40 @@ fn stalled(cluster: &Cluster, t_fault: Instant) {
     match frames::write_pcap(&pcap, &frames) {
         Ok(()) => eprintln!("vm network: capture in {}", pcap.display()),
         Err(e) => eprintln!("vm network: {}: {e}", pcap.display()),
+    }
+}
+
+/// The route by which a Primary that lost its storage path handed the VM
+/// over ([`wait_storage_hand_over`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageHandOver {
+    /// Fencing withdrew the output grant and it stayed withdrawn for the
+    /// failure timeout.
+    GrantHeld,
+    /// A disk request stuck on the path reached its age limit first: the
+    /// host must be reset, and hands over before it is.
+    StuckRequest,
+}
+
+/// Waits until `host` handed the VM over to secondary `to` after losing its
+/// storage path, by whichever route came first (both are right: a cut path
+/// withdraws the grant about a second after the cut and the hold hands over
+/// a failure timeout later, while the first request stuck on the path
+/// reaches its age limit, 2 s, from its submission; with the example's 1 s
+/// failure timeout the two are within tens of ms of each other).
+pub fn wait_storage_hand_over(host: &Host, to: &str) -> StorageHandOver {
+    let re = regex::Regex::new(&format!(
+        r"ftvmm: vm {VM}: (storage lost \(fencing holds output\)|this host must be reset \(.*\)); handed the VM over to secondary {to} in generation"
+    ))
+    .unwrap();
+    let l = host
+        .wait_for_line(re, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("  [{} {:7.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
+    if l.text.contains("this host must be reset") {
+        StorageHandOver::StuckRequest
+    } else {
+        StorageHandOver::GrantHeld
     }
 }
 

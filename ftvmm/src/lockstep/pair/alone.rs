@@ -81,6 +81,8 @@ pub fn run_alone(
         |p| p.take_pause(),
     );
     let secs = started.elapsed().as_secs_f64();
+    // A Secondary that joined since (respawn) takes over by hand-over.
+    super::hand_over_at_end(&driver, &backends);
     let member = driver.finish();
     let outcome = outcome?;
     save_snapshot(vs, &mut vm)?;

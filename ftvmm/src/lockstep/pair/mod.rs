@@ -169,7 +169,7 @@ pub fn run_primary(
         backends,
     } = start_live(spec, disk, tap, console, &vm)?;
     let log = new_gate(spec, Box::new(outputs), Gate::ByAcks);
-    let reset = stop_on_reset(&backends, &vm, &log);
+    stop_on_reset(&backends, &vm, &log);
     let mut pin = PrimaryInputs::new(inputs, Arc::clone(&log))
         .with_vm(vm.handle())
         .with_pause_point(Arc::clone(&handle.pause));
@@ -199,13 +199,8 @@ pub fn run_primary(
     );
     let n = vm.exit_index();
     match driver.state() {
-        // Storage lost: the driver finishes the hand-over.
-        State::HandingOver { .. } => {
-            driver.wait_halted(Duration::from_millis(HAND_OVER_MS + 1_000));
-        }
-        // This host must be reset (a stale or refused write): no orderly
-        // end — the Secondary must find the channel lost and take over.
-        _ if reset.load(Ordering::SeqCst) => {}
+        // A hand-over, or a host that must be reset: no orderly end.
+        _ if hand_over_at_end(&driver, &backends) => {}
         // The guest ended, or an operator stopped it: an orderly end the
         // Secondary replays up to (it then halts instead of going live).
         State::Paired { .. } | State::Halted(super::member::Halt::Stopped) => {
@@ -334,22 +329,51 @@ fn timeout_ms(spec: &PairSpec) -> u64 {
 
 /// When this host must stop acting for the VM (the disk path asked fencing
 /// to reset the host: a stale or refused write, a request stuck in flight),
-/// the vCPU stops at once and nothing it holds is released. True once that
-/// happened.
-pub(crate) fn stop_on_reset(
-    backends: &live::Backends,
-    vm: &Vm,
-    log: &Arc<PrimaryLog>,
-) -> Arc<AtomicBool> {
-    let reset = Arc::new(AtomicBool::new(false));
-    let (r, h, l) = (Arc::clone(&reset), vm.handle(), Arc::clone(log));
+/// the vCPU stops at once and nothing it holds is released.
+pub(crate) fn stop_on_reset(backends: &live::Backends, vm: &Vm, log: &Arc<PrimaryLog>) {
+    let (h, l) = (vm.handle(), Arc::clone(log));
     backends.on_reset_requested(move || {
-        r.store(true, Ordering::SeqCst);
         l.set_gate(Gate::Held);
         l.stop_waiting();
         h.stop();
     });
-    reset
+}
+
+/// The end of a Primary's run (this one, a Secondary gone live, a lone
+/// Primary a Secondary joined). True when it is no orderly end:
+///
+/// - **This host must be reset** (`stop_on_reset` ran). If it is paired, it
+///   hands the VM over first (`Event::LeaveHost`): the vCPU has stopped and
+///   the gate holds, so nothing more executes or is released here, and once
+///   the Secondary acknowledged the whole log it goes live at once on
+///   `Resign`, instead of first finding the channel gone. That is exactly as
+///   safe as its go-live after a crash: its Disk Paxos win decides the
+///   generation, and its go-live holds later writes overlapping the requests
+///   still in flight here for the late-write bound (`live::late_write` rule
+///   2), which this host's reset falls within. It also settles a race: a cut
+///   storage path withdraws the grant about a second after the cut and hands
+///   over a failure timeout later, while the first request stuck on the path
+///   reaches its age limit two seconds after its submission; whichever comes
+///   first, the Secondary takes over by hand-over.
+/// - **A hand-over is under way** (that one, a storage hold past the failure
+///   timeout, a host the Primary must leave): it is carried to its end,
+///   `Resign` once the log is fully acknowledged or a halt at its deadline.
+pub(crate) fn hand_over_at_end(driver: &Driver, backends: &live::Backends) -> bool {
+    let reset = backends.guard().stop_reason();
+    let paired = |s: &State| matches!(s, State::Paired { .. } | State::StorageHeld { .. });
+    if let Some(why) = &reset {
+        if paired(&driver.state()) {
+            driver.post(Event::LeaveHost {
+                why: format!("this host must be reset ({why})"),
+            });
+            driver.wait_while(paired, Duration::from_secs(1));
+        }
+    }
+    if matches!(driver.state(), State::HandingOver { .. }) {
+        driver.wait_halted(Duration::from_millis(HAND_OVER_MS + 1_000));
+        return true;
+    }
+    reset.is_some()
 }
 
 /// A Primary's output gate over `sink`: the host grant, fresh acks within
