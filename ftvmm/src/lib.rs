@@ -38,3 +38,22 @@ pub mod vm;
 
 pub use vcpu::{ExitKind, RunOutcome, TraceEntry};
 pub use vm::{Vm, VmError, VmHandle};
+
+/// The reference guest's ELF for in-process tests that boot it: `FTGUEST_ELF`,
+/// or the guest's release build in the repository. Panics, saying how to get
+/// it, when it is missing (a test that needs it fails, never skips).
+#[cfg(test)]
+pub(crate) fn test_guest_elf() -> std::path::PathBuf {
+    let elf = std::env::var_os("FTGUEST_ELF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../guest/target/x86_64-unknown-none/release/ftguest")
+        });
+    assert!(
+        elf.exists(),
+        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
+        elf.display()
+    );
+    elf
+}

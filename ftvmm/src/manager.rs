@@ -1068,17 +1068,7 @@ mod tests {
     /// /dev/kvm and /dev/net/tun (root); fails with a clear message otherwise.
     #[test]
     fn a_config_vm_starts_runs_and_stops() {
-        let elf = std::env::var_os("FTGUEST_ELF")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../guest/target/x86_64-unknown-none/release/ftguest")
-            });
-        assert!(
-            elf.exists(),
-            "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
-            elf.display()
-        );
+        let elf = crate::test_guest_elf();
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config();
         let shared = dir.path().join("shared.img");

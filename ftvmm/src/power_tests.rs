@@ -504,17 +504,7 @@ fn daemon_with_vm(
     vm: &str,
     hosts: &[&str],
 ) -> (Daemon, SharedFencing, tempfile::TempDir) {
-    let elf = std::env::var_os("FTGUEST_ELF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../guest/target/x86_64-unknown-none/release/ftguest")
-        });
-    assert!(
-        elf.exists(),
-        "reference guest {} missing: `cd guest && cargo build --release` or set FTGUEST_ELF",
-        elf.display()
-    );
+    let elf = crate::test_guest_elf();
     let f = SharedFencing::serve(&[host]);
     let dir = tempfile::tempdir().unwrap();
     let mut rc = config(host);

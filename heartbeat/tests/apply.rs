@@ -196,6 +196,13 @@ fn a_host_that_was_down_is_unreachable_then_catches_up_on_a_second_apply() {
             .starts_with("host-c: unreachable: cannot connect to 127.79.14.3"),
         "{hosts:?}"
     );
+    assert!(
+        hosts[2].line.ends_with(
+            "; if it has not taken generation 8 yet, it does at its next catch-up (every 30 s) \
+             from a host that holds it; `ftctl status --cluster` shows each host's config"
+        ),
+        "{hosts:?}"
+    );
     assert_eq!(c.on_disk(2), 7);
     c.start(2);
     let (_, hosts) = c.apply(1, &dev_key(), &config(8));

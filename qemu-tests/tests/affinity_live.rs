@@ -34,7 +34,6 @@ use common::respawn::{
 };
 use common::{took, wait, wait_paired, wait_serving, Client, BOOT_TIMEOUT, VM};
 use qemu_tests::ftctl;
-use qemu_tests::kv::{key, value};
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, Host, NetnsTap};
 use regex::Regex;
@@ -206,14 +205,7 @@ fn affinity_moves_a_running_vm_once() {
     );
     let after = cluster.vm_client("after", "198.51.100.202/24").unwrap();
     let mut kv = wait_serving(&after);
-    for i in &done.acked {
-        assert_eq!(
-            kv.one(&format!("GET {}", key(*i))),
-            format!("VALUE {}", value(*i)),
-            "acknowledged PUT {} lost across the power cycle",
-            key(*i)
-        );
-    }
+    common::client::read_back(&mut kv, &done.acked, "across the power cycle");
     eprintln!(
         "affinity: powered on under the moved rule: host-b primary, host-c secondary; {} acknowledged PUTs readable",
         done.acked.len()

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{took, wait, wait_paired, wait_serving, Client, VM};
 use qemu_tests::ftctl;
-use qemu_tests::kv::{key, value, GUEST};
+use qemu_tests::kv::GUEST;
 use qemu_tests::paths::workspace_root;
 use qemu_tests::{Cluster, ClusterSource, NetnsTap};
 
@@ -117,14 +117,7 @@ fn power_off_and_on_live_through_ftctl_apply() {
         "power on: paired and serving {:.1} s after the apply started",
         t_on.elapsed().as_secs_f64()
     );
-    for i in &before.acked {
-        assert_eq!(
-            kv.one(&format!("GET {}", key(*i))),
-            format!("VALUE {}", value(*i)),
-            "acknowledged PUT {} lost across the power-off",
-            key(*i)
-        );
-    }
+    common::client::read_back(&mut kv, &before.acked, "across the power-off");
     eprintln!(
         "{} acknowledged PUTs from before the power-off all readable after the power-on",
         before.acked.len()

@@ -378,7 +378,14 @@ impl Service {
                             .unwrap_or_else(|why| HostApplied {
                                 host: p.name.clone(),
                                 outcome: Outcome::Unreachable,
-                                line: format!("{}: unreachable: {why}", p.name),
+                                line: format!(
+                                    "{}: unreachable: {why}; if it has not taken generation \
+                                     {generation} yet, it does at its next catch-up (every {} s) \
+                                     from a host that holds it; `ftctl status --cluster` shows \
+                                     each host's config",
+                                    p.name,
+                                    super::CATCH_UP_EVERY.as_secs()
+                                ),
                                 holds: false,
                             })
                     })

@@ -134,15 +134,22 @@ impl Client {
         assert!(s.error.is_none(), "{what}: {}", s.error.as_ref().unwrap());
         let (replies, acked) = (s.replies.clone(), s.acked.clone());
         drop(s);
-        for i in &acked {
-            assert_eq!(
-                kv.one(&format!("GET {}", key(*i))),
-                format!("VALUE {}", value(*i)),
-                "{what}: acknowledged PUT {} lost",
-                key(*i)
-            );
-        }
+        read_back(&mut kv, &acked, &what);
         Finished { replies, acked }
+    }
+}
+
+/// Reads every PUT of `acked` back over `kv`; panics naming the first one
+/// whose value is not there (`what`: the test's words for when, e.g.
+/// "across the power-off").
+pub fn read_back(kv: &mut Kv, acked: &[usize], what: &str) {
+    for i in acked {
+        assert_eq!(
+            kv.one(&format!("GET {}", key(*i))),
+            format!("VALUE {}", value(*i)),
+            "{what}: acknowledged PUT {} lost",
+            key(*i)
+        );
     }
 }
 
