@@ -37,7 +37,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{all_on_disk, no_overlap, pair_on_server_hw, survive, wait, VM};
+use common::{all_on_disk, no_overlap, pair_on_server_hw, survive, wait, wait_line, VM};
 use qemu_tests::{Cluster, Host, Pattern};
 
 /// Modules init must have loaded because of the machine's devices.
@@ -188,10 +188,7 @@ fn cut_the_primarys_storage_until_it_asks_for_a_reset(
     let frames = cluster.vm.stop_capture();
     no_overlap(&frames);
     all_on_disk(cluster, &acked, what);
-    let asked = a
-        .wait_for_line("fencing: reset requested", Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("  [host-a {:7.3}] {}", asked.at.as_secs_f64(), asked.text);
+    let asked = wait_line(a, "fencing: reset requested");
     path_a.sever();
     b.assert_absent("lockstep divergence", Duration::ZERO)
         .unwrap();

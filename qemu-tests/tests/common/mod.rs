@@ -12,7 +12,7 @@ pub mod slots;
 use std::time::{Duration, Instant};
 
 use qemu_tests::kv::{key, on_disk, value, GUEST};
-use qemu_tests::{Cluster, Host};
+use qemu_tests::{Cluster, ConsoleLine, Host, Pattern};
 
 pub use client::Client;
 
@@ -217,10 +217,7 @@ pub fn wait_storage_hand_over(host: &Host, to: &str) -> StorageHandOver {
         r"ftvmm: vm {VM}: (storage lost \(fencing holds output\)|this host must be reset \(.*\)); handed the VM over to secondary {to} in generation"
     ))
     .unwrap();
-    let l = host
-        .wait_for_line(re, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("  [{} {:7.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
+    let l = wait_line(host, re);
     if l.text.contains("this host must be reset") {
         StorageHandOver::StuckRequest
     } else {
@@ -229,13 +226,19 @@ pub fn wait_storage_hand_over(host: &Host, to: &str) -> StorageHandOver {
 }
 
 pub fn wait(host: &Host, line: String) -> String {
+    wait_line(host, line).text
+}
+
+/// Waits up to 120 s for a console line of `host` matching `pattern` (fails
+/// the test otherwise) and prints it with its time.
+pub fn wait_line(host: &Host, pattern: impl Into<Pattern>) -> ConsoleLine {
     let l = host
-        .wait_for_line(line.as_str(), Duration::from_secs(120))
+        .wait_for_line(pattern, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     // The timeline of a failover on stderr, so a slow run can be told apart
     // (detection and go-live here, the client's retransmissions elsewhere).
     eprintln!("  [{} {:7.3}] {}", host.name(), l.at.as_secs_f64(), l.text);
-    l.text
+    l
 }
 
 /// The frames the guest sent (its MAC as source), in capture order.
