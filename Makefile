@@ -7,7 +7,7 @@ CARGO ?= cargo
 ISO := out/ftappliance.iso
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 
-.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro linux-kv nested-qemu repro-check demo bench chaos fuzz lint clean
+.PHONY: all prereqs build image test test-image test-unit test-guest test-qemu test-repro linux-kv nested-qemu repro-check demo bench chaos chaos-report fuzz lint clean
 
 all: build
 
@@ -129,6 +129,8 @@ fuzz:
 ##   105 (a third host cold-started the VM while its slowed Secondary claimed it; it failed 1 run in 2)
 ## FT_CHAOS_SEQUENTIAL=1: allow a second pair failure per run, once the pair is protected again: after the respawn's
 ##   `protected:` line, or healed with the pair unchanged if the first cost no member (default off).
+## chaos-report: one summary (summary.json, summary.txt) of every run report under FT_CHAOS_REPORTS (directories,
+##   space-separated; unset: target/tmp/chaos), e.g. campaigns of one image over several sessions; lists the images.
 FT_CHAOS_SEEDS ?= 200000
 FT_CHAOS_ROUNDS ?= 3
 FT_CHAOS_PAIR_BOOTS ?= 300
@@ -152,6 +154,9 @@ chaos: prereqs image linux-kv
 	  FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_DRAW=1 FT_CHAOS_SEED=$$s FT_CHAOS_RUNS=1 cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign || exit 1; \
 	done
 	FT_CHAOS_SEED=$(FT_CHAOS_QEMU_SEED) FT_CHAOS_RUNS=$(FT_CHAOS_QEMU_RUNS) cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign
+
+chaos-report:
+	cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_summary
 
 clean:
 	rm -rf out build

@@ -31,6 +31,33 @@ pub fn appliance_iso() -> Result<PathBuf> {
     }
 }
 
+/// Names the appliance image at `iso` for reports: `sha256:<first 16 hex
+/// digits> <file name>`. The image is built reproducibly, so the digest names
+/// the product a run tested whichever file it was copied to.
+pub fn image_id(iso: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(iso)
+        .map_err(|e| HarnessError::io(format!("open {}", iso.display()), e))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| HarnessError::io(format!("read {}", iso.display()), e))?;
+        match buf.get(..n) {
+            Some([]) | None => break,
+            Some(chunk) => ctx.update(chunk),
+        }
+    }
+    let hex: String = (ctx.finish().as_ref().iter().take(8))
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name = iso
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    Ok(format!("sha256:{hex} {name}"))
+}
+
 /// Finds `program` in `PATH`.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -175,4 +202,26 @@ pub fn ovmf_pflash() -> Result<(PathBuf, PathBuf)> {
         }
     }
     Ok((PathBuf::from(OVMF_CODE), PathBuf::from(OVMF_VARS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest is SHA-256 of the whole file (FIPS 180-2's "abc" example),
+    /// cut to 16 hex digits, with the file's name after it.
+    #[test]
+    fn image_id_is_the_files_sha256_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let iso = dir.path().join("x.iso");
+        std::fs::write(&iso, b"abc").unwrap();
+        assert_eq!(image_id(&iso).unwrap(), "sha256:ba7816bf8f01cfea x.iso");
+        let big = dir.path().join("big.iso");
+        std::fs::write(&big, vec![7u8; (1 << 20) + 3]).unwrap();
+        let (a, b) = (image_id(&big).unwrap(), image_id(&big).unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a.split(' ').next(), Some("sha256:ba7816bf8f01cfea"));
+        let e = image_id(&dir.path().join("none.iso")).unwrap_err();
+        assert!(e.to_string().contains("none.iso"), "{e}");
+    }
 }

@@ -42,6 +42,8 @@
 //! `history.json`, `table.txt` and `latency.svg` under
 //! `$CARGO_TARGET_TMPDIR/chaos/seed-<seed>/`, and at the end the campaign's
 //! `campaign.json` and `campaign.txt`; a failed run prints its replay line.
+//! Each report names the image it booted. `chaos_summary` (`make
+//! chaos-report`) sums the run reports of several campaigns into one.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64, qemu-nbd
 //! and root. Run: `FT_CHAOS_SEED=1 FT_CHAOS_RUNS=1 cargo test -p qemu-tests
@@ -97,11 +99,17 @@ fn chaos_campaign() {
     let sequential = chaos::sequential_from_env().unwrap_or_else(|e| panic!("{e}"));
     let witness = chaos::witness_from_env().unwrap_or_else(|e| panic!("{e}"));
     let draw = chaos::draw_from_env().unwrap_or_else(|e| panic!("{e}"));
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos");
+    let out = out_dir();
+    let image = qemu_tests::paths::appliance_iso()
+        .and_then(|iso| qemu_tests::paths::image_id(&iso))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("chaos: image {image}");
     let mut runs = Vec::new();
     for seed in seeds {
         let dir = out.join(format!("seed-{seed}"));
-        let report = match std::panic::catch_unwind(|| run(seed, &dir, sequential, draw, witness)) {
+        let image = Some(image.clone());
+        let run = || run(seed, &dir, sequential, draw, witness, image.clone());
+        let report = match std::panic::catch_unwind(run) {
             Ok(r) => r,
             Err(p) => {
                 let why = p
@@ -113,6 +121,7 @@ fn chaos_campaign() {
                 let planned = plan::generate(seed, &hosts, sequential, draw);
                 let mut r = RunReport::new(planned);
                 r.witness = witness;
+                r.image = image;
                 r.linearizable = chaos::Verdict::Unknown {
                     why: format!("the run broke off: {why}"),
                 };
@@ -139,6 +148,61 @@ fn chaos_campaign() {
         out.join("campaign.json").display()
     );
     assert!(campaign.all_passed(), "chaos campaign failed:\n{table}");
+}
+
+/// Every run report under the directories of `FT_CHAOS_REPORTS`
+/// (whitespace-separated; unset: this runner's own, where `make chaos`
+/// writes), summed into one campaign report, written as `summary.json` and
+/// `summary.txt` beside the first: the figures of many campaigns, e.g. of
+/// one image over several sessions (`make chaos-report`). Each run counts
+/// once per directory it is in; the summary lists the images the runs
+/// booted and each failed run's own replay line. Fails on a report it
+/// cannot read, naming the file, and on no report at all.
+#[test]
+#[ignore = "make chaos-report"]
+fn chaos_summary() {
+    let dirs: Vec<PathBuf> = match std::env::var("FT_CHAOS_REPORTS") {
+        Ok(v) => v.split_whitespace().map(PathBuf::from).collect(),
+        Err(_) => vec![out_dir()],
+    };
+    let mut runs = Vec::new();
+    for dir in &dirs {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut files: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let seed = name.strip_prefix("seed-")?.parse().ok()?;
+                Some((seed, e.path().join("report.json")))
+            })
+            .filter(|(_, p)| p.is_file())
+            .collect();
+        files.sort();
+        for (_, path) in files {
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let report = chaos::RunReport::from_json(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            runs.push(report);
+        }
+    }
+    assert!(!runs.is_empty(), "no seed-*/report.json under {dirs:?}");
+    let summary = CampaignReport::from_runs(&runs);
+    let table = summary.table();
+    let first = &dirs[0];
+    write(&first.join("summary.json"), &summary.to_json());
+    write(&first.join("summary.txt"), &table);
+    eprintln!("{table}");
+    eprintln!(
+        "chaos: summary of {} run(s) in {}",
+        runs.len(),
+        first.join("summary.json").display()
+    );
+}
+
+/// Where run reports and the campaign's go.
+fn out_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos")
 }
 
 fn write(path: &Path, text: &str) {
@@ -281,7 +345,14 @@ fn power_on_pair(cluster: &Cluster) -> Result<(String, String, Option<String>), 
 }
 
 /// One seeded run (module doc).
-fn run(seed: u64, dir: &Path, sequential: bool, draw: Draw, witness: Option<bool>) -> RunReport {
+fn run(
+    seed: u64,
+    dir: &Path,
+    sequential: bool,
+    draw: Draw,
+    witness: Option<bool>,
+    image: Option<String>,
+) -> RunReport {
     let (mut cluster, _router, hosts, boot_notes) = boot(seed, witness);
     let mut notes = vec![format!(
         "replay: {}",
@@ -343,6 +414,7 @@ fn run(seed: u64, dir: &Path, sequential: bool, draw: Draw, witness: Option<bool
     notes.extend(played.notes.iter().cloned());
     let mut report = RunReport::new(schedule.clone());
     report.witness = witness;
+    report.image = image;
     let points = verdicts::points(&history);
     report.ops = OpCounts::of(&points);
     report.linearizable = verdicts::linearizability(&history);

@@ -122,6 +122,12 @@ pub struct RunReport {
     /// runner sets it; the replay line carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<bool>,
+    /// The appliance image the run booted ([`crate::paths::image_id`]:
+    /// its SHA-256 and file name), so runs summed across campaigns can be
+    /// told apart by the product they tested. Reports written before it
+    /// existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl RunReport {
@@ -147,6 +153,7 @@ impl RunReport {
             passed: false,
             notes: Vec::new(),
             witness: None,
+            image: None,
         }
     }
 
@@ -210,6 +217,11 @@ impl RunReport {
 pub struct SeedNote {
     pub seed: u64,
     pub what: String,
+    /// For a failed run: the command that replays it, from the run's own
+    /// settings (a summary over campaigns mixes draws and overrides, so the
+    /// campaign's cannot stand for every run). Older reports have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
 }
 
 /// Count, median and max of a set of durations.
@@ -294,6 +306,10 @@ pub struct CampaignReport {
     /// environment, so one for all); the replay lines carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<bool>,
+    /// Runs per appliance image ([`RunReport::image`]; "unrecorded" for
+    /// reports that name none).
+    #[serde(default)]
+    pub images: BTreeMap<String, u64>,
 }
 
 impl CampaignReport {
@@ -316,6 +332,7 @@ impl CampaignReport {
                 .find(|d| *d != Draw::default())
                 .unwrap_or_default(),
             witness: runs.iter().find_map(|r| r.witness),
+            images: BTreeMap::new(),
         };
         let mut pauses: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
         let mut recoveries: BTreeMap<FaultKind, Vec<u64>> = BTreeMap::new();
@@ -323,7 +340,10 @@ impl CampaignReport {
             let note = |what: &String| SeedNote {
                 seed: r.seed,
                 what: what.clone(),
+                replay: None,
             };
+            let image = r.image.clone().unwrap_or_else(|| "unrecorded".into());
+            *c.images.entry(image).or_default() += 1;
             if r.passed {
                 c.passed += 1;
             } else {
@@ -333,7 +353,16 @@ impl CampaignReport {
                 } else {
                     why.join("; ")
                 };
-                c.failed.push(note(&what));
+                let params = &r.schedule.params;
+                c.failed.push(SeedNote {
+                    replay: Some(replay_line(
+                        r.seed,
+                        params.sequential(),
+                        params.draw,
+                        r.witness,
+                    )),
+                    ..note(&what)
+                });
             }
             c.ops.add(&r.ops);
             match r.linearizable {
@@ -449,9 +478,16 @@ impl CampaignReport {
                 d.seed, d.what
             );
         }
+        if self.images.len() > 1 || self.images.keys().any(|i| i != "unrecorded") {
+            let images: Vec<String> = (self.images.iter())
+                .map(|(image, n)| format!("{image} ({n} run{})", if *n == 1 { "" } else { "s" }))
+                .collect();
+            let _ = writeln!(out, "images: {}", images.join(", "));
+        }
         for f in &self.failed {
             let _ = writeln!(out, "FAILED seed {}: {}", f.seed, f.what);
-            let line = replay_line(f.seed, self.sequential, self.draw, self.witness);
+            let line = (f.replay.clone())
+                .unwrap_or_else(|| replay_line(f.seed, self.sequential, self.draw, self.witness));
             let _ = writeln!(out, "  replay: {line}");
         }
     }

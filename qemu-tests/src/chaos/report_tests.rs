@@ -333,3 +333,66 @@ fn json_round_trips() {
     assert_eq!(v["pauses_ms"][0], serde_json::json!(["kill_host", 4000]));
     assert!(RunReport::from_json("[]").is_err());
 }
+
+/// A summary over campaigns mixes settings: each failed run keeps the
+/// replay line of its own draw and witness override, and the runs are
+/// counted by the image they booted (none recorded: "unrecorded").
+#[test]
+fn a_summary_of_mixed_campaigns_replays_each_run_as_it_ran() {
+    let mut runs = campaign_runs();
+    runs[0].image = Some("sha256:00112233aabbccdd a.iso".into());
+    runs[1].image = Some("sha256:00112233aabbccdd a.iso".into());
+    // The failed run was drawn by draw 1 with the witness forced off.
+    runs[2].schedule.params.draw = Draw::V1;
+    runs[2].witness = Some(false);
+    let c = CampaignReport::from_runs(&runs);
+    assert_eq!(
+        c.images,
+        std::collections::BTreeMap::from([
+            ("sha256:00112233aabbccdd a.iso".to_string(), 2),
+            ("unrecorded".to_string(), 1)
+        ])
+    );
+    let own = replay_line(12, false, Draw::V1, Some(false));
+    assert_eq!(c.failed[0].replay.as_deref(), Some(own.as_str()));
+    let table = c.table();
+    assert!(
+        table.contains("images: sha256:00112233aabbccdd a.iso (2 runs), unrecorded (1 run)"),
+        "{table}"
+    );
+    assert!(table.contains(&format!("  replay: {own}")), "{table}");
+    // The campaign-wide settings (the first non-default draw) would say
+    // the same here; a failed run of draw 2 in the same summary would not.
+    runs[2].schedule.params.draw = Draw::V2;
+    runs[0].schedule.params.draw = Draw::V1;
+    let c = CampaignReport::from_runs(&runs);
+    assert_eq!(c.draw, Draw::V1);
+    let own = replay_line(12, false, Draw::V2, Some(false));
+    assert!(
+        c.table().contains(&format!("  replay: {own}")),
+        "{}",
+        c.table()
+    );
+}
+
+/// Reports and campaigns written before images were recorded still parse:
+/// no image, no images, no replay per failed run (the campaign's is used).
+#[test]
+fn old_reports_without_images_still_parse() {
+    let runs = campaign_runs();
+    let v: serde_json::Value = serde_json::from_str(&runs[0].to_json()).unwrap();
+    assert!(v.get("image").is_none());
+    assert_eq!(RunReport::from_json(&v.to_string()).unwrap(), runs[0]);
+    let c = CampaignReport::from_runs(&runs);
+    let mut v: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+    v.as_object_mut().unwrap().remove("images");
+    v["failed"][0].as_object_mut().unwrap().remove("replay");
+    let back = CampaignReport::from_json(&v.to_string()).unwrap();
+    assert!(back.images.is_empty() && back.failed[0].replay.is_none());
+    assert!(
+        back.table().contains("  replay: FT_CHAOS_SEED=12"),
+        "{}",
+        back.table()
+    );
+    assert!(!back.table().contains("images:"));
+}
