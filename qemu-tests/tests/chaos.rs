@@ -155,8 +155,9 @@ fn chaos_campaign() {
 /// writes), summed into one campaign report, written as `summary.json` and
 /// `summary.txt` beside the first: the figures of many campaigns, e.g. of
 /// one image over several sessions (`make chaos-report`). Each run counts
-/// once per directory it is in; the summary lists the images the runs
-/// booted and each failed run's own replay line. Fails on a report it
+/// once: a report equal to one already read (the same file copied into two
+/// directories) is skipped and counted. The summary lists the images the
+/// runs booted and each failed run's own replay line. Fails on a report it
 /// cannot read, naming the file, and on no report at all.
 #[test]
 #[ignore = "make chaos-report"]
@@ -165,7 +166,8 @@ fn chaos_summary() {
         Ok(v) => v.split_whitespace().map(PathBuf::from).collect(),
         Err(_) => vec![out_dir()],
     };
-    let mut runs = Vec::new();
+    let mut runs: Vec<chaos::RunReport> = Vec::new();
+    let mut copies = 0;
     for dir in &dirs {
         let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut files: Vec<(u64, PathBuf)> = entries
@@ -183,7 +185,10 @@ fn chaos_summary() {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let report = chaos::RunReport::from_json(&text)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            runs.push(report);
+            match runs.contains(&report) {
+                true => copies += 1,
+                false => runs.push(report),
+            }
         }
     }
     assert!(!runs.is_empty(), "no seed-*/report.json under {dirs:?}");
@@ -194,7 +199,7 @@ fn chaos_summary() {
     write(&first.join("summary.txt"), &table);
     eprintln!("{table}");
     eprintln!(
-        "chaos: summary of {} run(s) in {}",
+        "chaos: summary of {} run(s) ({copies} copied report(s) skipped) in {}",
         runs.len(),
         first.join("summary.json").display()
     );
