@@ -42,6 +42,8 @@ use qemu_tests::{Cluster, Host};
 /// Stopped this much of every [`PERIOD`]: a quarter of the speed.
 const STOPPED: Duration = Duration::from_millis(75);
 const PERIOD: Duration = Duration::from_millis(100);
+/// How long the client runs at full speed first, for its rate.
+const BASELINE: Duration = Duration::from_secs(10);
 /// How long each slowdown lasts.
 const SLOW_FOR: Duration = Duration::from_secs(12);
 /// How long the VM may take to be protected again after a slowdown: a
@@ -146,7 +148,10 @@ fn a_slowed_primary_then_a_slowed_secondary_lose_nothing_and_the_vm_is_protected
     cluster.vm.start_capture();
     let client = Client::start(&cluster, "slowed hosts");
     client.wait_replies(40, Duration::from_secs(120));
+    // The rate before any slowdown, to compare with.
     let start = Instant::now();
+    std::thread::sleep(BASELINE);
+    let baseline_end = Instant::now();
     let mut phases = Vec::new();
     for role in ["primary", "secondary"] {
         let (p, s) = wait_protected(&hosts, &format!("before slowing the {role}"));
@@ -175,7 +180,7 @@ fn a_slowed_primary_then_a_slowed_secondary_lose_nothing_and_the_vm_is_protected
     }
     let done = client.finish();
     let frames = cluster.vm.stop_capture();
-    let normal = served(&done.replies, start - Duration::from_secs(5), start).0;
+    let normal = served(&done.replies, start, baseline_end).0;
     eprintln!("slow host: before the slowdowns {normal:.1} replies/s");
     for (role, host, from, to) in &phases {
         let (rate, gap) = served(&done.replies, *from, *to + Duration::from_secs(3));
