@@ -27,6 +27,9 @@
 //! - `a_refused_login_is_one_line_per_attempt_and_retried`: a config whose
 //!   target the portal does not serve: one line per failed attempt, with
 //!   iscsiadm's reason, retried 1, 2, 4 s later.
+//! - `a_chap_target_lets_in_the_configured_secret_and_refuses_another`: a
+//!   target that requires CHAP lets in the config's user and secret and
+//!   refuses another secret, one line per attempt.
 //!
 //! Kernel+initrd boots with `no_timer_check` (as `pair_on_iscsi`). Needs
 //! root, `tgt`, qemu-system-x86_64 with user-mode networking and the ISO;
@@ -273,6 +276,83 @@ fn a_refused_login_is_one_line_per_attempt_and_retried() {
     failed(2, 2);
     failed(3, 4);
     a.assert_absent("iscsi: logged in", Duration::ZERO).unwrap();
+    cluster.pass();
+    dir.pass();
+}
+
+/// One-way CHAP (the config's `storage.device.iscsi.chap`) against a
+/// target that requires it (tgt with an account bound to the target): a
+/// host whose signed config carries that user and secret logs in and comes
+/// up ready; a host whose config carries another secret is refused — one
+/// console line per attempt with iscsiadm's reason (an authorization
+/// failure), retried, and no block device, so nothing runs on it. Without
+/// this, the CHAP lines init writes into iscsid.conf were checked by unit
+/// tests only, never by a target.
+#[test]
+fn a_chap_target_lets_in_the_configured_secret_and_refuses_another() {
+    const USER: &str = "ftappliance";
+    const SECRET: &str = "chap-secret-0123";
+    let mut dir = qemu_tests::TestDir::new("iscsi-login-chap-configs").unwrap();
+    let config_with = |name: &str, secret: &str| {
+        let mut src = source();
+        let plain = r#"initiator_prefix = "iqn.2026-01.test.ftappliance" } }"#;
+        let text = std::fs::read_to_string(&src.config).unwrap();
+        assert!(text.contains(plain), "the example's device line changed");
+        let text = text.replace(
+            plain,
+            &format!(
+                r#"initiator_prefix = "iqn.2026-01.test.ftappliance", chap = {{ user = "{USER}", secret = "{secret}" }} }} }}"#
+            ),
+        );
+        src.config = dir.path().join(name);
+        std::fs::write(&src.config, text).unwrap();
+        src
+    };
+    let right = config_with("cluster-iscsi-chap.toml", SECRET);
+    let wrong = config_with("cluster-iscsi-chap-wrong.toml", "not-the-secret-4567");
+
+    // The configured secret: logged in, ready.
+    let mut cluster = Cluster::new("iscsi-login-chap", &right).unwrap();
+    cluster.use_iscsi_storage().unwrap();
+    cluster.iscsi().unwrap().require_chap(USER, SECRET).unwrap();
+    boot(&mut cluster, "host-a");
+    let line = logged_in(&cluster, "host-a", common::BOOT_TIMEOUT);
+    assert!(line.contains("attempt 1,"), "{line}");
+    let a = cluster.host("host-a").unwrap();
+    a.wait_for("appliance ready: host=host-a", common::BOOT_TIMEOUT)
+        .unwrap();
+    a.assert_absent("iscsi: login to", Duration::ZERO).unwrap();
+    let nexus = cluster.iscsi().unwrap().initiators().unwrap();
+    assert!(
+        nexus.iter().any(|i| i.ends_with(":host-a")),
+        "tgt lists no I_T nexus of host-a: {nexus:?}"
+    );
+    cluster.pass();
+
+    // Another secret: refused at every attempt, never a disk.
+    let mut cluster = Cluster::new("iscsi-login-chap-wrong", &wrong).unwrap();
+    cluster.use_iscsi_storage().unwrap();
+    cluster.iscsi().unwrap().require_chap(USER, SECRET).unwrap();
+    boot(&mut cluster, "host-a");
+    let a = cluster.host("host-a").unwrap();
+    for (n, backoff) in [(1, 1), (2, 2)] {
+        let line = a
+            .wait_for(
+                Pattern::regex(&format!(
+                    r"iscsi: login to iqn\.2026-01\.test\.ftappliance:shared at 10\.0\.2\.100:3260 as \S+ failed \(attempt {n}\): .*authori[sz]ation failure.*; retrying in {backoff} s"
+                ))
+                .unwrap(),
+                common::BOOT_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("host-a with a wrong CHAP secret: {e}\n{}", a.console().tail(30)));
+        eprintln!("host-a (wrong secret): {line}");
+    }
+    a.assert_absent("iscsi: logged in", Duration::ZERO).unwrap();
+    a.assert_absent("appliance ready", Duration::ZERO).unwrap();
+    assert!(
+        cluster.iscsi().unwrap().initiators().unwrap().is_empty(),
+        "tgt let an initiator with a wrong CHAP secret in"
+    );
     cluster.pass();
     dir.pass();
 }

@@ -218,6 +218,26 @@ impl IscsiStorage {
         Ok(())
     }
 
+    /// Makes the target ask every initiator for one-way CHAP: an incoming
+    /// account `user`/`secret` bound to the target (`tgtadm --mode account`),
+    /// as an array's "CHAP required" setting. Call before a host logs in.
+    pub fn require_chap(&self, user: &str, secret: &str) -> Result<()> {
+        self.tgtadm(&[
+            "--op",
+            "new",
+            "--mode",
+            "account",
+            "--user",
+            user,
+            "--password",
+            secret,
+        ])?;
+        self.tgtadm(&[
+            "--op", "bind", "--mode", "account", "--tid", TID, "--user", user,
+        ])?;
+        Ok(())
+    }
+
     /// Runs `tgtadm -C <control> --lld iscsi <args>` and returns its stdout.
     pub fn tgtadm(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.tgtadm)
