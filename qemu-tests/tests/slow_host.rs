@@ -21,13 +21,12 @@
 //! after each slowdown (the same pair, or a new Secondary placed by the
 //! keeper).
 //!
-//! Measured here (stop 41, one run; docs/architecture.md §7 "Slow hosts"):
-//! the Primary slowed ×4 for 12 s was handed over to its Secondary after
-//! 10 s (its lease renewals lagged past 1 s), the client's longest gap
-//! 3.6 s; a Secondary slowed ×4 was dropped (silent on the logging
-//! channel for 1 s) and respawned 10 s later, with no gap; ×3 passed
-//! without a role change, gaps up to 1.2 s. A VM running alone slowed ×3
-//! showed gaps up to 2.9 s (its holds and re-wins).
+//! Measured (stop 41: 4 runs, 2 with a core busy; the figures are in
+//! docs/architecture.md §7 "Slow hosts"): the slowed Primary kept its role
+//! in 2 runs and was replaced by its Secondary in 2 (longest gaps 1.5–6.3
+//! s); the slowed Secondary's longest gaps were 1.1–2.4 s, and 6.4 s once
+//! with a core busy (its renewals lagged on and off; the lag throttle held
+//! the pair to its pace). The test passed all 4.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and
 //! root; FAILS with a clear message when one is missing.
