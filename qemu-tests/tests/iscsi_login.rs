@@ -48,7 +48,8 @@ fn source() -> ClusterSource {
     s
 }
 
-/// The `iscsi: logged in` line of `host`, on its console within `timeout`.
+/// The `iscsi: logged in` line of `host`, on its console within `timeout`
+/// (`(CHAP)` after the initiator when the config has CHAP).
 fn logged_in(cluster: &Cluster, host: &str, timeout: Duration) -> String {
     let line = cluster
         .host(host)
@@ -57,7 +58,7 @@ fn logged_in(cluster: &Cluster, host: &str, timeout: Duration) -> String {
             Pattern::regex(&format!(
                 "{}{host}{}",
                 r"iscsi: logged in to iqn\.2026-01\.test\.ftappliance:shared at 10\.0\.2\.100:3260 as iqn\.2026-01\.test\.ftappliance:",
-                r" \(session\d+, attempt \d+, [0-9.]+ s\): LUN 1 is /dev/sd[a-z]+"
+                r"( \(CHAP\))? \(session\d+, attempt \d+, [0-9.]+ s\): LUN 1 is /dev/sd[a-z]+"
             ))
             .unwrap(),
             timeout,
@@ -317,6 +318,7 @@ fn a_chap_target_lets_in_the_configured_secret_and_refuses_another() {
     cluster.iscsi().unwrap().require_chap(USER, SECRET).unwrap();
     boot(&mut cluster, "host-a");
     let line = logged_in(&cluster, "host-a", common::BOOT_TIMEOUT);
+    assert!(line.contains(":host-a (CHAP) (session"), "{line}");
     assert!(line.contains("attempt 1,"), "{line}");
     let a = cluster.host("host-a").unwrap();
     a.wait_for("appliance ready: host=host-a", common::BOOT_TIMEOUT)
