@@ -40,7 +40,7 @@ mod common;
 use std::time::Duration;
 
 use common::{all_on_disk, no_overlap, survive, wait, wait_paired, wait_storage_hand_over, VM};
-use qemu_tests::{Cluster, ClusterSource, Pattern};
+use qemu_tests::{Cluster, ClusterSource, Host, Pattern};
 
 fn source() -> ClusterSource {
     let mut s = ClusterSource::example();
@@ -66,6 +66,21 @@ fn logged_in(cluster: &Cluster, host: &str, timeout: Duration) -> String {
         .unwrap_or_else(|e| panic!("{host} did not log in to the iSCSI target: {e}"));
     eprintln!("{host}: {line}");
     line
+}
+
+/// Waits for `host`'s line saying its login attempt `n` to target
+/// `iqn.2026-01.test.ftappliance:<target>` failed (`chap`: the regex after
+/// the initiator's name, ` \(CHAP\)` with CHAP; `why`: the reason's regex)
+/// and will be retried in `backoff` s; prints it. Panics with the console's
+/// tail when it does not come.
+fn login_failed(host: &Host, target: &str, chap: &str, n: u32, why: &str, backoff: u32) {
+    let pattern = format!(
+        r"iscsi: login to iqn\.2026-01\.test\.ftappliance:{target} at 10\.0\.2\.100:3260 as \S+{chap} failed \(attempt {n}\): {why}; retrying in {backoff} s"
+    );
+    let line = host
+        .wait_for(Pattern::regex(&pattern).unwrap(), common::BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", host.name(), host.console().tail(30)));
+    eprintln!("{}: {line}", host.name());
 }
 
 fn boot(cluster: &mut Cluster, host: &str) {
@@ -261,21 +276,9 @@ fn a_refused_login_is_one_line_per_attempt_and_retried() {
     cluster.use_iscsi_storage().unwrap();
     boot(&mut cluster, "host-a");
     let a = cluster.host("host-a").unwrap();
-    let failed = |n: u32, backoff: u32| {
-        let line = a
-            .wait_for(
-                Pattern::regex(&format!(
-                    r"iscsi: login to iqn\.2026-01\.test\.ftappliance:nosuch at 10\.0\.2\.100:3260 as \S+ failed \(attempt {n}\): .+; retrying in {backoff} s"
-                ))
-                .unwrap(),
-                common::BOOT_TIMEOUT,
-            )
-            .unwrap();
-        eprintln!("host-a: {line}");
-    };
-    failed(1, 1);
-    failed(2, 2);
-    failed(3, 4);
+    for (n, backoff) in [(1, 1), (2, 2), (3, 4)] {
+        login_failed(a, "nosuch", "", n, ".+", backoff);
+    }
     a.assert_absent("iscsi: logged in", Duration::ZERO).unwrap();
     cluster.pass();
     dir.pass();
@@ -338,16 +341,14 @@ fn a_chap_target_lets_in_the_configured_secret_and_refuses_another() {
     boot(&mut cluster, "host-a");
     let a = cluster.host("host-a").unwrap();
     for (n, backoff) in [(1, 1), (2, 2)] {
-        let line = a
-            .wait_for(
-                Pattern::regex(&format!(
-                    r"iscsi: login to iqn\.2026-01\.test\.ftappliance:shared at 10\.0\.2\.100:3260 as \S+ \(CHAP\) failed \(attempt {n}\): .*authori[sz]ation failure.*; retrying in {backoff} s"
-                ))
-                .unwrap(),
-                common::BOOT_TIMEOUT,
-            )
-            .unwrap_or_else(|e| panic!("host-a with a wrong CHAP secret: {e}\n{}", a.console().tail(30)));
-        eprintln!("host-a (wrong secret): {line}");
+        login_failed(
+            a,
+            "shared",
+            r" \(CHAP\)",
+            n,
+            r".*authori[sz]ation failure.*",
+            backoff,
+        );
     }
     // (init starts the daemons after 60 s without the device, and they
     // wait for it: what matters is that no session exists.)
