@@ -101,17 +101,10 @@ fn wait_protected(hosts: &[&Host], what: &str) -> (String, String) {
     }
 }
 
-/// Replies per second and the longest gap between replies in `from..to`.
-fn served(replies: &[Instant], from: Instant, to: Instant) -> (f64, Duration) {
-    let mut prev = replies.iter().rev().find(|t| **t <= from).copied();
-    let mut n = 0;
-    let mut gap = Duration::ZERO;
-    for t in replies.iter().filter(|t| **t > from && **t <= to) {
-        n += 1;
-        gap = gap.max(*t - prev.unwrap_or(from));
-        prev = Some(*t);
-    }
-    (n as f64 / (to - from).as_secs_f64(), gap)
+/// Replies per second in `from..to`.
+fn rate(replies: &[Instant], from: Instant, to: Instant) -> f64 {
+    let n = replies.iter().filter(|t| **t > from && **t <= to).count();
+    n as f64 / (to - from).as_secs_f64()
 }
 
 /// The pair's role lines on `hosts` since `since`, for the log.
@@ -179,10 +172,14 @@ fn a_slowed_primary_then_a_slowed_secondary_lose_nothing_and_the_vm_is_protected
     }
     let done = client.finish();
     let frames = cluster.vm.stop_capture();
-    let normal = served(&done.replies, start, baseline_end).0;
+    let normal = rate(&done.replies, start, baseline_end);
     eprintln!("slow host: before the slowdowns {normal:.1} replies/s");
     for (role, host, from, to) in &phases {
-        let (rate, gap) = served(&done.replies, *from, *to + Duration::from_secs(3));
+        let end = *to + Duration::from_secs(3);
+        let (rate, gap) = (
+            rate(&done.replies, *from, end),
+            done.pause(*from, Some(end)),
+        );
         eprintln!(
             "slow host: {role} {host} slowed: {rate:.1} replies/s, longest gap {} ms",
             gap.as_millis()
