@@ -4,6 +4,10 @@
 //! [`vm`]), each with its own disk region, MAC and address. For each N, one boot of the
 //! three hosts:
 //!
+//! - **idle**: every VM paired and serving nobody for `--idle-seconds`: each
+//!   host's CPU and each VM's log bandwidth then — what a protected VM costs
+//!   its two hosts before it does any work (its timer ticks, recorded,
+//!   shipped, acknowledged and replayed), the fixed cost that grows with N;
 //! - **load**: every VM under one PUT connection at once for `--seconds`:
 //!   per-VM ops/s, each VM's log bandwidth (the Primary's
 //!   `ft_log_bytes_total` over the phase), each host's CPU (its QEMU
@@ -73,6 +77,9 @@ struct Args {
     /// Seconds of the load phase.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Seconds of the idle phase before it (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    idle_seconds: f64,
     /// Skip the host kill.
     #[arg(long)]
     no_kill: bool,
@@ -96,6 +103,8 @@ struct VmRow {
     puts: usize,
     ops_per_s: f64,
     log_bytes_per_s: Option<f64>,
+    /// The log's bandwidth over the idle phase.
+    idle_log_bytes_per_s: Option<f64>,
     /// After the kill: the longest gap between the VM's replies.
     pause_ms: Option<u64>,
     acked_puts: Option<usize>,
@@ -110,6 +119,8 @@ struct HostRow {
     secondaries: usize,
     /// QEMU's CPU time over the load phase per second of it (1.0 = one core).
     cpu_cores: f64,
+    /// The same over the idle phase.
+    idle_cpu_cores: Option<f64>,
     rss_mib: f64,
 }
 
@@ -117,6 +128,7 @@ struct HostRow {
 struct Run {
     vms: usize,
     seconds: f64,
+    idle_seconds: f64,
     rows: Vec<VmRow>,
     hosts: Vec<HostRow>,
     victim: Option<String>,
@@ -126,8 +138,14 @@ struct Run {
 fn main() -> Result<()> {
     qemu_tests::host::bin_init();
     let args = Args::parse();
-    if args.vms.iter().any(|&n| n == 0 || n > MAX_VMS) || args.seconds <= 0.0 {
-        bail!("--vms takes numbers from 1 to {MAX_VMS}, --seconds a positive number");
+    if args.vms.iter().any(|&n| n == 0 || n > MAX_VMS)
+        || args.seconds <= 0.0
+        || args.idle_seconds < 0.0
+    {
+        bail!(
+            "--vms takes numbers from 1 to {MAX_VMS}, --seconds a positive number, \
+             --idle-seconds zero or more"
+        );
     }
     let base = std::fs::read_to_string(&args.config)
         .with_context(|| format!("read {}", args.config.display()))?;
@@ -254,12 +272,14 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
     let mut run = Run {
         vms: n,
         seconds: args.seconds,
+        idle_seconds: args.idle_seconds,
         rows: Vec::new(),
         hosts: Vec::new(),
         victim: None,
         errors: Vec::new(),
     };
     let key = args.operator.with_extension("pk8");
+    let idle = idle(args, &cluster, &op, &key, n, &mut run.errors)?;
     let before = log_bytes(&op, &key, n);
     let cpu0 = cpu_seconds(&cluster)?;
     let t0 = Instant::now();
@@ -279,6 +299,7 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             (Ok(b), Ok(a)) => a.get(&name).zip(b.get(&name)).map(|(a, b)| (a - b) / wall),
             _ => None,
         };
+        let idle_bw = idle.as_ref().and_then(|d| d.log.get(&name).copied());
         run.rows.push(VmRow {
             name,
             primary: p,
@@ -287,6 +308,7 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             puts: count,
             ops_per_s: count as f64 / wall,
             log_bytes_per_s: bw,
+            idle_log_bytes_per_s: idle_bw,
             pause_ms: None,
             acked_puts: None,
             lost_puts: None,
@@ -301,6 +323,7 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             primaries: run.rows.iter().filter(|r| r.primary == *h).count(),
             secondaries: run.rows.iter().filter(|r| r.secondary == *h).count(),
             cpu_cores: (cpu1[k] - cpu0[k]) / wall,
+            idle_cpu_cores: idle.as_ref().map(|d| d.cpu_cores[k]),
             rss_mib: rss_mib(cluster.host(h)?.pid()).unwrap_or(f64::NAN),
         });
     }
@@ -314,6 +337,53 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
         cluster.pass();
     }
     Ok(run)
+}
+
+/// What the idle phase measured.
+struct Idle {
+    /// Per host, in [`HOSTS`] order.
+    cpu_cores: Vec<f64>,
+    /// Log bytes per second, per VM.
+    log: BTreeMap<String, f64>,
+}
+
+/// Every VM paired and serving nobody for `--idle-seconds` (`None` when 0).
+/// A metrics query that fails is an error of the run, not of the bench.
+fn idle(
+    args: &Args,
+    cluster: &Cluster,
+    op: &NetnsTap,
+    key: &Path,
+    n: usize,
+    errors: &mut Vec<String>,
+) -> Result<Option<Idle>> {
+    if args.idle_seconds <= 0.0 {
+        return Ok(None);
+    }
+    eprintln!("scale-bench: {n} VM(s): idle for {:.0} s", args.idle_seconds);
+    let before = log_bytes(op, key, n);
+    let cpu0 = cpu_seconds(cluster)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.idle_seconds));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(cluster)?;
+    let after = log_bytes(op, key, n);
+    let log = match (before, after) {
+        (Ok(b), Ok(a)) => a
+            .iter()
+            .filter_map(|(k, a)| Some((k.clone(), (a - b.get(k)?) / wall)))
+            .collect(),
+        (b, a) => {
+            if let Err(e) = b.and(a) {
+                errors.push(format!("idle metrics: {e:#}"));
+            }
+            BTreeMap::new()
+        }
+    };
+    Ok(Some(Idle {
+        cpu_cores: cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) / wall).collect(),
+        log,
+    }))
 }
 
 /// Waits until some host's console has a line containing `pattern`.
@@ -570,21 +640,30 @@ fn render(r: &Run) -> String {
     );
     let _ = writeln!(
         w,
-        "  {:<5} {:<7} {:<9} {:>3} {:>8} {:>12} {:>9} {:>11}",
-        "vm", "primary", "secondary", "gen", "PUT/s", "log KiB/s", "pause ms", "lost/acked"
+        "  {:<5} {:<7} {:<9} {:>3} {:>8} {:>12} {:>14} {:>9} {:>11}",
+        "vm",
+        "primary",
+        "secondary",
+        "gen",
+        "PUT/s",
+        "log KiB/s",
+        "idle log KiB/s",
+        "pause ms",
+        "lost/acked"
     );
     for v in &r.rows {
         let opt = |x: Option<u64>| x.map_or("-".into(), |x| x.to_string());
+        let kib = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.1}", b / 1024.0));
         let _ = writeln!(
             w,
-            "  {:<5} {:<7} {:<9} {:>3} {:>8.1} {:>12} {:>9} {:>11}",
+            "  {:<5} {:<7} {:<9} {:>3} {:>8.1} {:>12} {:>14} {:>9} {:>11}",
             v.name,
             v.primary,
             v.secondary,
             v.generation,
             v.ops_per_s,
-            v.log_bytes_per_s
-                .map_or("-".into(), |b| format!("{:.1}", b / 1024.0)),
+            kib(v.log_bytes_per_s),
+            kib(v.idle_log_bytes_per_s),
             opt(v.pause_ms),
             match (v.lost_puts, v.acked_puts) {
                 (Some(l), Some(a)) => format!("{l}/{a}"),
@@ -599,14 +678,29 @@ fn render(r: &Run) -> String {
     );
     let _ = writeln!(
         w,
-        "  {:<7} {:>9} {:>11} {:>10} {:>9}",
-        "host", "primaries", "secondaries", "CPU cores", "RSS MiB"
+        "  {:<7} {:>9} {:>11} {:>10} {:>15} {:>9}",
+        "host", "primaries", "secondaries", "CPU cores", "idle CPU cores", "RSS MiB"
     );
     for h in &r.hosts {
         let _ = writeln!(
             w,
-            "  {:<7} {:>9} {:>11} {:>10.2} {:>9.0}",
-            h.name, h.primaries, h.secondaries, h.cpu_cores, h.rss_mib
+            "  {:<7} {:>9} {:>11} {:>10.2} {:>15} {:>9.0}",
+            h.name,
+            h.primaries,
+            h.secondaries,
+            h.cpu_cores,
+            h.idle_cpu_cores.map_or("-".into(), |c| format!("{c:.2}")),
+            h.rss_mib
+        );
+    }
+    let idle: Option<f64> = r.hosts.iter().map(|h| h.idle_cpu_cores).sum();
+    if let Some(c) = idle {
+        let _ = writeln!(
+            w,
+            "  idle {:.0} s: {c:.2} cores for the three hosts, {:.3} per VM (the appliance's own \
+             idle work included: the per-VM cost is the growth with N)",
+            r.idle_seconds,
+            c / r.vms as f64
         );
     }
     if let Some(v) = &r.victim {
