@@ -4,7 +4,7 @@
 //! IRQ handlers only count ticks, acknowledge virtio-mmio interrupts and bump an event counter;
 //! all real work happens in the main loop, which sleeps with `sti; hlt` until the next interrupt.
 
-use crate::port::{cli, outb, sti_hlt};
+use crate::port::{cli, inb, outb, sti_hlt};
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -164,17 +164,22 @@ extern "C" fn exception_handler(vector: u64, error: u64, rip: u64, cr2: u64) -> 
 }
 
 extern "C" fn irq_handler(irq: u32) {
-    // Both PICs run in auto-EOI mode (`init`): the in-service bit is cleared by the
-    // acknowledge cycle itself, so the handler writes no EOI. Every port write is an exit, and
-    // in lockstep each exit is recorded by the Primary and replayed by the Secondary; the EOI
-    // was one of the two exits of every idle 100 Hz tick (the other is the `hlt`), which made
-    // up most of what an idle protected VM costs its hosts (issue 17, `scale-bench`'s idle
-    // phase). No nesting follows from it: the handler runs with interrupts off.
-    //
-    // A spurious IRQ 7 or 15 cannot be told from a real one without an in-service bit; it is
-    // handled as real, which is harmless: a virtio device with nothing pending reads 0 and
-    // acknowledges nothing, and the main loop polls once more.
     let irq = irq as usize;
+    if irq == 7 || irq == 15 {
+        // Spurious interrupts set no in-service bit and must not be acknowledged.
+        let (cmd, cascade) = if irq == 7 {
+            (0x20, false)
+        } else {
+            (0xa0, true)
+        };
+        outb(cmd, 0x0b);
+        if inb(cmd) & 0x80 == 0 {
+            if cascade {
+                outb(0x20, 0x20);
+            }
+            return;
+        }
+    }
     if irq == 0 {
         TICKS.fetch_add(1, Ordering::Relaxed);
     }
@@ -191,6 +196,10 @@ extern "C" fn irq_handler(irq: u32) {
         }
     }
     EVENTS.fetch_add(1, Ordering::Release);
+    if irq >= 8 {
+        outb(0xa0, 0x20);
+    }
+    outb(0x20, 0x20);
 }
 
 fn write_pic_masks() {
@@ -220,16 +229,15 @@ pub fn init() {
         asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
     }
 
-    // ICW1..ICW4: edge triggered, cascade, vector offsets 0x20/0x28, 8086 mode with auto-EOI
-    // (ICW4 bit 1; see `irq_handler`).
+    // ICW1..ICW4: edge triggered, cascade, vector offsets 0x20/0x28, 8086 mode.
     outb(0x20, 0x11);
     outb(0xa0, 0x11);
     outb(0x21, IRQ_BASE);
     outb(0xa1, IRQ_BASE + 8);
     outb(0x21, 0x04);
     outb(0xa1, 0x02);
-    outb(0x21, 0x03);
-    outb(0xa1, 0x03);
+    outb(0x21, 0x01);
+    outb(0xa1, 0x01);
     IRQ_ENABLED.store(0b101, Ordering::Relaxed);
     write_pic_masks();
 
