@@ -1,5 +1,15 @@
 //! IDT, exception stubs, the 8259 PIC, the 8254 PIT tick and interrupt-driven waiting.
 //!
+//! The tick is the guest's only clock ([`now_ms`]) and, in lockstep, its main cost when idle:
+//! every tick is a VM entry, a `hlt` exit and a wake-up of the vCPU thread on the Primary and
+//! again on the Secondary's replay. A KV guest that has had nothing to do for a moment slows the
+//! PIT from [`TICK_HZ`] to [`IDLE_TICK_HZ`] ([`set_idle`]; measured in `scale-bench`'s idle
+//! phase, issue 17). The clock then advances by each tick's period. A switch restarts the PIT's
+//! count (the elapsed part of the current period is not counted) and an IRQ 0 already pending at
+//! the switch belongs to the old period, so the first tick after a switch advances the clock by
+//! the shorter of the two periods: the clock may fall behind by up to one slow period per switch,
+//! never run ahead. Only smoltcp's timers read it, and they tolerate a clock that runs late.
+//!
 //! Exceptions print their vector, error code, RIP and CR2 and stop the VM with exit code 0xEE.
 //! IRQ handlers only count ticks, acknowledge virtio-mmio interrupts and bump an event counter;
 //! all real work happens in the main loop, which sleeps with `sti; hlt` until the next interrupt.
@@ -12,23 +22,64 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 pub const IRQ_BASE: u8 = 0x20;
 /// Timer frequency programmed into PIT channel 0.
 pub const TICK_HZ: u32 = 100;
+/// The rate of an idle KV guest ([`set_idle`]); 18.2 Hz is the PIT's slowest.
+pub const IDLE_TICK_HZ: u32 = 20;
 const PIT_INPUT_HZ: u32 = 1_193_182;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// The guest's clock: milliseconds the ticks so far stand for.
+static CLOCK_MS: AtomicU64 = AtomicU64::new(0);
+/// What the next tick adds to [`CLOCK_MS`], and what the ones after it add.
+static PERIOD_MS: AtomicU64 = AtomicU64::new(1000 / TICK_HZ as u64);
+static NEXT_PERIOD_MS: AtomicU64 = AtomicU64::new(1000 / TICK_HZ as u64);
 static EVENTS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts handled other than the tick's.
+static DEVICE_EVENTS: AtomicU64 = AtomicU64::new(0);
 /// Per IRQ line: base address of a virtio-mmio device to acknowledge, or 0.
 static VIRTIO_BASE: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 /// Bit mask of unmasked IRQ lines (bit 2, the cascade, always set).
 static IRQ_ENABLED: AtomicU32 = AtomicU32::new(0b101);
 
-/// Timer ticks (10 ms each) since the PIT was started.
+/// Timer ticks since the PIT was started (10 ms each unless the guest [`set_idle`]).
 pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
+}
+
+/// The guest's clock in milliseconds (module docs: it may run late, never early).
+pub fn now_ms() -> u64 {
+    CLOCK_MS.load(Ordering::Relaxed)
+}
+
+/// Ticks at [`IDLE_TICK_HZ`] (`true`) or [`TICK_HZ`]; a no-op when already so.
+pub fn set_idle(idle: bool) {
+    let new = 1000 / u64::from(if idle { IDLE_TICK_HZ } else { TICK_HZ });
+    if NEXT_PERIOD_MS.load(Ordering::Relaxed) == new {
+        return;
+    }
+    cli();
+    let old = NEXT_PERIOD_MS.swap(new, Ordering::Relaxed);
+    PERIOD_MS.store(old.min(new), Ordering::Relaxed);
+    program_pit(if idle { IDLE_TICK_HZ } else { TICK_HZ });
+    crate::port::sti();
+}
+
+/// PIT channel 0, lobyte/hibyte, mode 2 (rate generator) at `hz`; the count restarts at once.
+fn program_pit(hz: u32) {
+    let divisor = (PIT_INPUT_HZ + hz / 2) / hz;
+    debug_assert!(divisor <= 0xffff, "{hz} Hz is below the PIT's slowest rate");
+    outb(0x43, 0x34);
+    outb(0x40, divisor as u8);
+    outb(0x40, (divisor >> 8) as u8);
 }
 
 /// Count of interrupts handled so far (any source).
 pub fn events() -> u64 {
     EVENTS.load(Ordering::Acquire)
+}
+
+/// Count of interrupts handled so far other than IRQ 0 (the tick).
+pub fn device_events() -> u64 {
+    DEVICE_EVENTS.load(Ordering::Acquire)
 }
 
 #[repr(C)]
@@ -182,6 +233,11 @@ extern "C" fn irq_handler(irq: u32) {
     }
     if irq == 0 {
         TICKS.fetch_add(1, Ordering::Relaxed);
+        let period = PERIOD_MS.load(Ordering::Relaxed);
+        CLOCK_MS.fetch_add(period, Ordering::Relaxed);
+        PERIOD_MS.store(NEXT_PERIOD_MS.load(Ordering::Relaxed), Ordering::Relaxed);
+    } else {
+        DEVICE_EVENTS.fetch_add(1, Ordering::Release);
     }
     let base = VIRTIO_BASE[irq].load(Ordering::Relaxed);
     if base != 0 {
@@ -241,11 +297,7 @@ pub fn init() {
     IRQ_ENABLED.store(0b101, Ordering::Relaxed);
     write_pic_masks();
 
-    // PIT channel 0, lobyte/hibyte, mode 2 (rate generator).
-    let divisor = (PIT_INPUT_HZ + TICK_HZ / 2) / TICK_HZ;
-    outb(0x43, 0x34);
-    outb(0x40, divisor as u8);
-    outb(0x40, (divisor >> 8) as u8);
+    program_pit(TICK_HZ);
 }
 
 /// Routes `irq` to acknowledging the virtio-mmio device at `base` and unmasks it.

@@ -7,7 +7,7 @@
 //! deterministic.
 
 use crate::blk::Disk;
-use crate::interrupts::{self, ticks};
+use crate::interrupts;
 use crate::net::NetDevice;
 use crate::println;
 use alloc::vec;
@@ -25,9 +25,16 @@ const SOCKET_BUF: usize = 16 * 1024;
 /// Stop taking new lines from a client while this much output is queued for it.
 const OUTPUT_HIGH_WATER: usize = 4096;
 
-/// smoltcp time from the PIT tick counter (10 ms per tick); never from a TSC.
+/// After this long without an interrupt but the tick's, the PIT slows to
+/// [`interrupts::IDLE_TICK_HZ`] (the idle cost of a protected VM is its ticks). Short, so that
+/// a stray broadcast frame costs little; long enough that one request's frames, which come
+/// milliseconds apart, do not switch the rate back and forth (a switch is three port writes and
+/// a recorded PIT load).
+const IDLE_AFTER_MS: u64 = 200;
+
+/// smoltcp time from the PIT ticks ([`interrupts::now_ms`]); never from a TSC.
 fn now() -> Instant {
-    Instant::from_millis((ticks() * 10) as i64)
+    Instant::from_millis(interrupts::now_ms() as i64)
 }
 
 struct Conn {
@@ -136,6 +143,7 @@ pub fn run<B: Transport, N: Transport>(
     );
 
     let mut seen = interrupts::events();
+    let (mut devices, mut busy_at) = (interrupts::device_events(), interrupts::now_ms());
     loop {
         iface.poll(now(), &mut dev, &mut sockets);
         let mut progress = false;
@@ -146,6 +154,18 @@ pub fn run<B: Transport, N: Transport>(
             // Replies were queued: let smoltcp send them before sleeping.
             continue;
         }
+        // Tick slowly once nothing but the tick has woken us for IDLE_AFTER_MS and smoltcp
+        // has no timer due sooner than that (a retransmission or a delayed ACK keeps the fast
+        // tick); any other interrupt brings the fast tick back before we sleep again.
+        let d = interrupts::device_events();
+        if d != devices {
+            (devices, busy_at) = (d, interrupts::now_ms());
+        }
+        let quiet = interrupts::now_ms().saturating_sub(busy_at) >= IDLE_AFTER_MS;
+        let timers = iface
+            .poll_delay(now(), &sockets)
+            .is_some_and(|t| t.total_millis() < IDLE_AFTER_MS);
+        interrupts::set_idle(quiet && !timers);
         seen = interrupts::wait_for_event(seen);
     }
 }
@@ -180,7 +200,8 @@ fn serve<B: Transport>(
             break;
         }
         if let Some(line) = conn.lines.pop_line() {
-            svc.handle_line(&line, ticks(), disk, &mut conn.out);
+            // STAT's `ticks` stay 10 ms units of the guest's clock.
+            svc.handle_line(&line, interrupts::now_ms() / 10, disk, &mut conn.out);
             progress = true;
             continue;
         }
