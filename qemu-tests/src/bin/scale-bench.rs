@@ -360,7 +360,10 @@ fn idle(
     if args.idle_seconds <= 0.0 {
         return Ok(None);
     }
-    eprintln!("scale-bench: {n} VM(s): idle for {:.0} s", args.idle_seconds);
+    eprintln!(
+        "scale-bench: {n} VM(s): idle for {:.0} s",
+        args.idle_seconds
+    );
     let before = log_bytes(op, key, n);
     let cpu0 = cpu_seconds(cluster)?;
     let t0 = Instant::now();
@@ -381,7 +384,11 @@ fn idle(
         }
     };
     Ok(Some(Idle {
-        cpu_cores: cpu0.iter().zip(&cpu1).map(|(a, b)| (b - a) / wall).collect(),
+        cpu_cores: cpu0
+            .iter()
+            .zip(&cpu1)
+            .map(|(a, b)| (b - a) / wall)
+            .collect(),
         log,
     }))
 }
