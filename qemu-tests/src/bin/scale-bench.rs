@@ -280,13 +280,10 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
     };
     let key = args.operator.with_extension("pk8");
     let idle = idle(args, &cluster, &op, &key, n, &mut run.errors)?;
-    let before = log_bytes(&op, &key, n);
-    let cpu0 = cpu_seconds(&cluster)?;
-    let t0 = Instant::now();
+    let window = Window::open(&cluster, &op, &key, n)?;
     let puts = put_load(&tap, n, Duration::from_secs_f64(args.seconds));
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(&cluster)?;
-    let after = log_bytes(&op, &key, n);
+    let load = window.close(&cluster, &op, &key, n)?;
+    let wall = load.wall;
     for (i, put) in puts.iter().enumerate() {
         let name = vm(i).0;
         let (p, s, generation) = roles(&cluster, &name)?;
@@ -295,11 +292,10 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             Err(e) => (0, Some(format!("{name}: load: {e:#}"))),
         };
         run.errors.extend(err);
-        let bw = match (&before, &after) {
-            (Ok(b), Ok(a)) => a.get(&name).zip(b.get(&name)).map(|(a, b)| (a - b) / wall),
-            _ => None,
-        };
-        let idle_bw = idle.as_ref().and_then(|d| d.log.get(&name).copied());
+        let bw = load.log.as_ref().ok().and_then(|l| l.get(&name).copied());
+        let idle_bw = idle
+            .as_ref()
+            .and_then(|d| d.log.as_ref().ok()?.get(&name).copied());
         run.rows.push(VmRow {
             name,
             primary: p,
@@ -314,7 +310,7 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             lost_puts: None,
         });
     }
-    if let Err(e) = before.and(after) {
+    if let Err(e) = &load.log {
         run.errors.push(format!("metrics: {e:#}"));
     }
     for (k, h) in HOSTS.iter().enumerate() {
@@ -322,7 +318,7 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
             name: h.to_string(),
             primaries: run.rows.iter().filter(|r| r.primary == *h).count(),
             secondaries: run.rows.iter().filter(|r| r.secondary == *h).count(),
-            cpu_cores: (cpu1[k] - cpu0[k]) / wall,
+            cpu_cores: load.cpu_cores[k],
             idle_cpu_cores: idle.as_ref().map(|d| d.cpu_cores[k]),
             rss_mib: rss_mib(cluster.host(h)?.pid()).unwrap_or(f64::NAN),
         });
@@ -339,12 +335,55 @@ fn measure(args: &Args, n: usize, src: &ClusterSource) -> Result<Run> {
     Ok(run)
 }
 
-/// What the idle phase measured.
-struct Idle {
-    /// Per host, in [`HOSTS`] order.
+/// A phase's measuring window: each host's QEMU CPU time and each VM's log
+/// bytes at its start, read again at its end.
+struct Window {
+    log: Result<BTreeMap<String, f64>>,
+    cpu: Vec<f64>,
+    t0: Instant,
+}
+
+/// What a [`Window`] saw, per second of it.
+struct Rates {
+    wall: f64,
+    /// Per host, in [`HOSTS`] order (1.0 = one core).
     cpu_cores: Vec<f64>,
-    /// Log bytes per second, per VM.
-    log: BTreeMap<String, f64>,
+    /// Log bytes per second per VM, or why the metrics query failed.
+    log: Result<BTreeMap<String, f64>>,
+}
+
+impl Window {
+    fn open(cluster: &Cluster, op: &NetnsTap, key: &Path, n: usize) -> Result<Self> {
+        let log = log_bytes(op, key, n);
+        let cpu = cpu_seconds(cluster)?;
+        Ok(Window {
+            log,
+            cpu,
+            t0: Instant::now(),
+        })
+    }
+
+    fn close(self, cluster: &Cluster, op: &NetnsTap, key: &Path, n: usize) -> Result<Rates> {
+        let wall = self.t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(cluster)?;
+        let after = log_bytes(op, key, n);
+        let log = self.log.and_then(|b| {
+            Ok(after?
+                .iter()
+                .filter_map(|(k, a)| Some((k.clone(), (a - b.get(k)?) / wall)))
+                .collect())
+        });
+        Ok(Rates {
+            wall,
+            cpu_cores: self
+                .cpu
+                .iter()
+                .zip(&cpu)
+                .map(|(a, b)| (b - a) / wall)
+                .collect(),
+            log,
+        })
+    }
 }
 
 /// Every VM paired and serving nobody for `--idle-seconds` (`None` when 0).
@@ -356,7 +395,7 @@ fn idle(
     key: &Path,
     n: usize,
     errors: &mut Vec<String>,
-) -> Result<Option<Idle>> {
+) -> Result<Option<Rates>> {
     if args.idle_seconds <= 0.0 {
         return Ok(None);
     }
@@ -364,33 +403,13 @@ fn idle(
         "scale-bench: {n} VM(s): idle for {:.0} s",
         args.idle_seconds
     );
-    let before = log_bytes(op, key, n);
-    let cpu0 = cpu_seconds(cluster)?;
-    let t0 = Instant::now();
+    let window = Window::open(cluster, op, key, n)?;
     std::thread::sleep(Duration::from_secs_f64(args.idle_seconds));
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(cluster)?;
-    let after = log_bytes(op, key, n);
-    let log = match (before, after) {
-        (Ok(b), Ok(a)) => a
-            .iter()
-            .filter_map(|(k, a)| Some((k.clone(), (a - b.get(k)?) / wall)))
-            .collect(),
-        (b, a) => {
-            if let Err(e) = b.and(a) {
-                errors.push(format!("idle metrics: {e:#}"));
-            }
-            BTreeMap::new()
-        }
-    };
-    Ok(Some(Idle {
-        cpu_cores: cpu0
-            .iter()
-            .zip(&cpu1)
-            .map(|(a, b)| (b - a) / wall)
-            .collect(),
-        log,
-    }))
+    let rates = window.close(cluster, op, key, n)?;
+    if let Err(e) = &rates.log {
+        errors.push(format!("idle metrics: {e:#}"));
+    }
+    Ok(Some(rates))
 }
 
 /// Waits until some host's console has a line containing `pattern`.
