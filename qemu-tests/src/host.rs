@@ -216,6 +216,13 @@ impl HostSpec {
         self.work_dir.join("qmp.sock")
     }
 
+    /// A second QMP monitor, held open by [`qmp::record_events`] for the
+    /// host's life (a QMP socket serves one client at a time, and
+    /// [`Host::qmp`] connects per command).
+    fn qmp_events_socket(&self) -> PathBuf {
+        self.work_dir.join("qmp-events.sock")
+    }
+
     /// Gives the host a second serial port (COM2, ttyS1 to its kernel)
     /// written to [`COM2_LOG`] in its work directory: serial-over-LAN on
     /// many servers (Dell iDRAC, HPE iLO) is COM2, and init writes its
@@ -272,6 +279,11 @@ impl HostSpec {
         a.push(format!(
             "unix:{},server=on,wait=off",
             self.qmp_socket().display()
+        ));
+        a.push("-qmp");
+        a.push(format!(
+            "unix:{},server=on,wait=off",
+            self.qmp_events_socket().display()
         ));
         // QEMU logs "Triple fault" here when the host's CPU triple-faults:
         // with `-no-reboot` that ends QEMU with status 0 exactly as a
@@ -534,6 +546,13 @@ impl Host {
             .stderr(stderr)
             .spawn()
             .map_err(|e| HarnessError::io(format!("spawn {}", qemu.display()), e))?;
+        {
+            let (socket, log) = (
+                spec.qmp_events_socket(),
+                spec.work_dir.join(qmp::EVENTS_LOG),
+            );
+            std::thread::spawn(move || qmp::record_events(socket, log, spawned_at));
+        }
         let stdout = child.stdout.take().expect("stdout was piped");
         let stdin = child.stdin.take();
         let hook: Option<LineHook> = spec.echo.then(|| {
@@ -699,9 +718,11 @@ impl Host {
                 } else {
                     format!("{status}; QEMU stderr: {stderr}")
                 };
-                let reset_log =
-                    std::fs::read_to_string(self.work_dir.join(RESET_LOG)).unwrap_or_default();
-                let status = format!("{status}; {}", why_reset(&reset_log));
+                let read = |f: &str| std::fs::read_to_string(self.work_dir.join(f));
+                let reset_log = read(RESET_LOG).unwrap_or_default();
+                let events = read(qmp::EVENTS_LOG).unwrap_or_default();
+                let last_line = self.console.lines().last().map(|l| l.at.as_secs_f64());
+                let status = format!("{status}; {}", why_reset(&reset_log, &events, last_line));
                 Err(HarnessError::Exited {
                     host,
                     pattern,
@@ -875,16 +896,38 @@ pub fn kill_hosts_on_panic() {
 /// QEMU's `-d cpu_reset` log in a host's directory.
 const RESET_LOG: &str = "qemu-reset.log";
 
-/// What a host's `-d cpu_reset` log says about how it ended: a triple fault
-/// of its CPU (its kernel crashed without a word), or a reset request
-/// (the watchdog, the kernel's own reboot, ACPI), which the log cannot tell
-/// apart.
-fn why_reset(reset_log: &str) -> &'static str {
+/// Why a host's QEMU ended, from its `-d cpu_reset` log (a triple fault:
+/// its kernel crashed without a word) and its QMP events (a `WATCHDOG`
+/// event: the watchdog fired, so the host stopped feeding it — its kernel
+/// froze, or fencing chose to; a `SHUTDOWN` without one: the host's own
+/// reboot, power-off or ACPI), with the time since its last console line
+/// (`last_line`, seconds since spawn) when the log has one.
+fn why_reset(reset_log: &str, events: &str, last_line: Option<f64>) -> String {
+    let after = |at: f64| match last_line {
+        Some(l) => format!(" at {at:.3} s, {:.3} s after its last console line", at - l),
+        None => format!(" at {at:.3} s"),
+    };
     if reset_log.contains("Triple fault") {
-        "QEMU logged a triple fault of the host's CPU"
-    } else {
-        "no triple fault logged (a reset request: the watchdog, a reboot or ACPI)"
+        return "QEMU logged a triple fault of the host's CPU".into();
     }
+    if let Some((at, _)) = qmp::find_event(events, "WATCHDOG") {
+        return format!("the watchdog fired{}", after(at));
+    }
+    if let Some((at, e)) = qmp::find_event(events, "SHUTDOWN") {
+        let reason = e["data"]["reason"].as_str().unwrap_or("unknown").to_string();
+        return format!(
+            "no triple fault or watchdog: the host asked QEMU to end it ({reason}: a reboot, \
+             a power-off or ACPI){}",
+            after(at)
+        );
+    }
+    if events.starts_with("# not connected") {
+        return format!(
+            "no triple fault logged; QMP events not recorded ({})",
+            events.lines().next().unwrap_or_default()
+        );
+    }
+    "no triple fault logged and no QMP event (QEMU itself ended: a signal or an error)".into()
 }
 
 #[cfg(test)]
@@ -892,8 +935,18 @@ mod tests {
     #[test]
     fn a_triple_fault_is_told_from_a_reset_request() {
         let log = "CPU Reset (CPU 0)\nEAX=00000000\nTriple fault\n";
-        assert!(super::why_reset(log).contains("triple fault of the host's CPU"));
-        assert!(super::why_reset("CPU Reset (CPU 0)\n").contains("no triple fault"));
+        assert!(super::why_reset(log, "", None).contains("triple fault of the host's CPU"));
+        let reset = "CPU Reset (CPU 0)\n";
+        let watchdog = "12.500 {\"event\": \"WATCHDOG\", \"data\": {\"action\": \"reset\"}}\n\
+                        12.501 {\"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-reset\"}}\n";
+        assert_eq!(
+            super::why_reset(reset, watchdog, Some(6.0)),
+            "the watchdog fired at 12.500 s, 6.500 s after its last console line"
+        );
+        let reboot = "3.000 {\"event\": \"SHUTDOWN\", \"data\": {\"guest\": true, \"reason\": \"guest-reset\"}}\n";
+        let why = super::why_reset(reset, reboot, None);
+        assert!(why.contains("asked QEMU to end it (guest-reset") && why.contains("at 3.000 s"));
+        assert!(super::why_reset(reset, "", None).contains("no QMP event"));
     }
 
     use super::*;

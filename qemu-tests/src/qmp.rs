@@ -1,10 +1,13 @@
 //! A minimal QMP client: one connection per command (greeting, capabilities
-//! negotiation, the command, its reply; asynchronous events are skipped).
+//! negotiation, the command, its reply; asynchronous events are skipped),
+//! and an event recorder on a second monitor ([`record_events`]) that says
+//! afterwards why a host's QEMU ended (the watchdog, a reset request, a
+//! power-off).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -32,6 +35,67 @@ pub fn execute(socket: &Path, command: &str, arguments: Option<Value>) -> Result
     }
     send(&mut writer, &msg)?;
     reply(&mut reader)
+}
+
+/// The file [`record_events`] writes: one line per event, `<seconds since
+/// spawn> <event JSON>`.
+pub const EVENTS_LOG: &str = "qmp-events.log";
+
+/// Connects to the QMP monitor at `socket` (retrying while QEMU creates it,
+/// up to 30 s), negotiates capabilities and appends every asynchronous event
+/// to `log` with the seconds since `since`, until QEMU closes the
+/// connection. Runs on its own thread; a failure is written into `log`
+/// too, so an empty log means "connected and nothing happened".
+pub fn record_events(socket: PathBuf, log: PathBuf, since: Instant) {
+    let mut out = match std::fs::File::create(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("qmp: create {}: {e}", log.display());
+            return;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        match UnixStream::connect(&socket) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                let _ = writeln!(out, "# not connected: {}: {e}", socket.display());
+                return;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = writeln!(out, "# not connected: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(stream);
+    let negotiated = read_message(&mut reader)
+        .and_then(|_| send(&mut writer, &json!({ "execute": "qmp_capabilities" })))
+        .and_then(|_| reply(&mut reader));
+    if let Err(e) = negotiated {
+        let _ = writeln!(out, "# not connected: {e}");
+        return;
+    }
+    while let Ok(msg) = read_message(&mut reader) {
+        if msg.get("event").is_some() {
+            let at = since.elapsed().as_secs_f64();
+            let _ = writeln!(out, "{at:.3} {msg}");
+        }
+    }
+}
+
+/// The first event named `name` in an [`EVENTS_LOG`]'s text: its time (s
+/// since spawn) and its JSON.
+pub fn find_event(log: &str, name: &str) -> Option<(f64, Value)> {
+    log.lines().find_map(|l| {
+        let (at, json) = l.split_once(' ')?;
+        let v: Value = serde_json::from_str(json).ok()?;
+        (v["event"] == name).then_some((at.parse().ok()?, v))
+    })
 }
 
 fn send(w: &mut impl Write, msg: &Value) -> Result<(), String> {
