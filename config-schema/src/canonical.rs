@@ -102,6 +102,15 @@
 //! A build from before it refuses such a config ("trailing bytes") instead
 //! of running without the witness the operator counted on.
 //!
+//! Then, only when some VM says its `slot`, the slot trailer:
+//!
+//! ```text
+//! 8, vms [ slot (0 = absent; 1, then the value) ]  (one entry per VM, in order)
+//! ```
+//!
+//! A build from before it refuses such a config instead of putting a VM in
+//! the fencing slot of its position, which may be another VM's.
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -132,6 +141,8 @@ const MGMT_TRAILER: u8 = 5;
 const STORAGE_TRAILER: u8 = 6;
 /// First byte of the witness trailer (see the module doc).
 const WITNESS_TRAILER: u8 = 7;
+/// First byte of the slot trailer (see the module doc).
+const SLOT_TRAILER: u8 = 8;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -190,6 +201,8 @@ pub enum CanonicalError {
     MgmtCount { entries: usize, hosts: usize },
     #[error("the storage trailer has {entries} entries for {hosts} hosts")]
     StorageCount { entries: usize, hosts: usize },
+    #[error("the slot trailer has {entries} entries for {vms} VMs")]
+    SlotCount { entries: usize, vms: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -224,6 +237,11 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     if let Some(w) = &config.cluster.vm_witness {
         bytes.push(WITNESS_TRAILER);
         bytes.extend(postcard::to_stdvec(w).expect("postcard encodes a string"));
+    }
+    if config.vms.iter().any(|vm| vm.slot.is_some()) {
+        let slots: Vec<Option<u32>> = config.vms.iter().map(|vm| vm.slot).collect();
+        bytes.push(SLOT_TRAILER);
+        bytes.extend(postcard::to_stdvec(&slots).expect("postcard encodes slots"));
     }
     bytes
 }
@@ -332,6 +350,19 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
     if let [WITNESS_TRAILER, text @ ..] = rest {
         let (w, after): (String, &[u8]) = postcard::take_from_bytes(text)?;
         config.cluster.vm_witness = Some(w);
+        rest = after;
+    }
+    if let [SLOT_TRAILER, list @ ..] = rest {
+        let (slots, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
+        if slots.len() != config.vms.len() {
+            return Err(CanonicalError::SlotCount {
+                entries: slots.len(),
+                vms: config.vms.len(),
+            });
+        }
+        for (vm, s) in config.vms.iter_mut().zip(slots) {
+            vm.slot = s;
+        }
         rest = after;
     }
     if !rest.is_empty() {

@@ -471,3 +471,6 @@ mod storage;
 
 #[path = "canonical_witness_tests.rs"]
 mod witness;
+
+#[path = "canonical_slot_tests.rs"]
+mod slot;

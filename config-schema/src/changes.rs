@@ -33,10 +33,12 @@
 //!
 //! The daemons (ftvmm, fencing, heartbeat) read the rest of their config
 //! once at start, so VMs added or removed, hosts and storage take effect
-//! at the next boot of the host. A VM added or removed also changes the
-//! fencing region's layout (one Disk Paxos ring per VM, the VM count and
-//! names in its header: `fencing/src/layout.rs`), which every host must
-//! agree on: all hosts restart on the new config. `cluster.generation`
+//! at the next boot of the host. A VM added or removed leaves the fencing
+//! region as it is (the header names hosts, not VMs; each VM's Disk Paxos
+//! ring is in its fencing slot, `vms[].slot` or its position:
+//! `fencing/src/layout.rs`), so hosts may reboot one at a time; what keeps
+//! two VM lists side by side safe is [`transition_errors`], which every host
+//! checks before it persists a config. `cluster.generation`
 //! always changes and is not listed: the daemons keep pairing under the
 //! generation they booted (ftvmm records decisions it takes after a live
 //! power change under the newer one); the apply line says which generation
@@ -114,6 +116,41 @@ impl Changes {
     pub fn needs_reboot(&self) -> bool {
         !self.reboot.is_empty()
     }
+}
+
+/// Why a host holding `held` must refuse `new`, one line per VM: every VM
+/// that is on in `held` must be in `new` in the same fencing slot
+/// (`vms[].slot`, or its position). A VM's Disk Paxos ring lives in its
+/// slot, so a host that has not taken `new` yet keeps racing for the VM
+/// there: a running VM moved to another slot could be won in both, and
+/// run on two hosts; a running VM removed leaves its slot (and its disk
+/// region) to a VM added later while it still runs on such a host. Power it
+/// off first (one config), then move or remove it (the next): the power-off
+/// wins the VM's next generation under the newer config, and no host starts
+/// a VM decided under a config newer than its own (`ftvmm/src/power.rs`).
+/// A VM that is off in `held` may move, go, or leave its slot to another.
+pub fn transition_errors(held: &ClusterConfig, new: &ClusterConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, vm) in held.vms.iter().enumerate() {
+        if !vm.power.is_on() {
+            continue;
+        }
+        let slot = held.vm_slot(i);
+        match new.slot_of(&vm.name) {
+            Some(s) if s == slot => {}
+            Some(s) => errors.push(format!(
+                "vms[{}] would move from fencing slot {slot} to {s} while it runs (generation {}); \
+                 a running VM keeps its slot: give it `slot = {slot}`, or power it off first",
+                vm.name, held.cluster.generation
+            )),
+            None => errors.push(format!(
+                "vms[{}] would be removed while it runs (generation {}); power it off in one \
+                 config, then remove it in the next",
+                vm.name, held.cluster.generation
+            )),
+        }
+    }
+    errors
 }
 
 impl fmt::Display for Changes {
@@ -385,5 +422,48 @@ mod tests {
         moved.hosts[1].mgmt.as_mut().unwrap().addr = "203.0.113.9/24".into();
         let c = Changes::between(&b, &moved);
         assert_eq!(c.reboot, ["hosts[host-b].mgmt.addr"]);
+    }
+
+    #[test]
+    fn a_running_vm_keeps_its_slot_and_only_an_off_vm_moves_or_goes() {
+        let mut a = example();
+        let mut web = a.vms[0].clone();
+        web.name = "web".into();
+        a.vms.push(web); // kv in slot 0, web in slot 1 (their positions)
+        let mut b = a.clone();
+        b.cluster.generation += 1;
+        // Adding a VM, explicit slots equal to the positions: fine.
+        let mut extra = a.vms[0].clone();
+        extra.name = "extra".into();
+        b.vms.push(extra);
+        b.vms[1].slot = Some(1);
+        assert_eq!(transition_errors(&a, &b), Vec::<String>::new());
+        // Removing kv shifts web to position 0: refused for both.
+        let mut gone = b.clone();
+        gone.vms.remove(0);
+        gone.vms[0].slot = None;
+        assert_eq!(
+            transition_errors(&a, &gone),
+            [
+                "vms[kv] would be removed while it runs (generation 1); power it off in one \
+                 config, then remove it in the next",
+                "vms[web] would move from fencing slot 1 to 0 while it runs (generation 1); \
+                 a running VM keeps its slot: give it `slot = 1`, or power it off first",
+            ]
+        );
+        // Once kv is off (the held config says so), it may go, and web,
+        // saying its slot, stays where it was; another VM may take slot 0.
+        let mut off = a.clone();
+        off.vms[0].power = Power::Off;
+        let mut next = gone.clone();
+        next.vms[0].slot = Some(1);
+        next.vms[1].slot = Some(0);
+        assert_eq!(transition_errors(&off, &next), Vec::<String>::new());
+        // An off VM may move; powering it on in the same config is the new
+        // config's business, not the held one's.
+        let mut moved = off.clone();
+        moved.vms[0].slot = Some(9);
+        moved.vms[0].power = Power::On;
+        assert_eq!(transition_errors(&off, &moved), Vec::<String>::new());
     }
 }

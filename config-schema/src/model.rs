@@ -44,6 +44,18 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The fencing slot of the VM at `index` in `vms`: its `slot`, or its
+    /// position when it has none.
+    pub fn vm_slot(&self, index: usize) -> u32 {
+        self.vms[index].slot.unwrap_or(index as u32)
+    }
+
+    /// The fencing slot of the VM named `name`, if the config has it.
+    pub fn slot_of(&self, name: &str) -> Option<u32> {
+        let i = self.vms.iter().position(|v| v.name == name)?;
+        Some(self.vm_slot(i))
+    }
+
     /// The test hooks this config enables (none without a `[test]` section).
     pub fn test_hooks(&self) -> Vec<crate::hooks::TestHook> {
         self.test
@@ -526,7 +538,25 @@ pub struct Vm {
         with = "outside_binary"
     )]
     pub epoch_ms: Option<u32>,
+    /// The VM's fencing slot: where its Disk Paxos ring lives in the
+    /// fencing region and which replication port its pair uses
+    /// (`channel_port`). Absent = the VM's position in `vms` (what every
+    /// config had before the field). A VM keeps its slot for life: a
+    /// config that moves a VM to another slot is refused at apply
+    /// ([`crate::changes::transition_errors`]), so a VM removed from the
+    /// middle of the list leaves the ones after it to say their slot.
+    /// Outside the postcard encoding (the slot trailer of `canonical`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub slot: Option<u32>,
 }
+
+/// The highest fencing slot a VM may have (`vms[].slot`): slots index the
+/// fencing region's VM rings and the replication ports (7100 + slot).
+pub const MAX_SLOT: u32 = 255;
 
 /// vCPUs of a VM that does not say.
 pub const DEFAULT_VCPUS: u32 = 1;

@@ -76,6 +76,8 @@ pub enum PersistError {
     },
     #[error("slot 1 is taken by the make-disk image in slot 0 (a config over 512 KiB); make a smaller config disk")]
     Slot1Shadowed,
+    #[error("refused: {}", .0.join("; "))]
+    Transition(Vec<String>),
     #[error("config disk i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -122,6 +124,10 @@ pub fn persist(
     }
     let (name, key) = (&cur.disk.host_name, &cur.disk.host_private_key);
     disk::check_host(&new.config, name, key).map_err(PersistError::HostChanged)?;
+    let moved = crate::changes::transition_errors(&cur.disk.config, &new.config);
+    if !moved.is_empty() {
+        return Err(PersistError::Transition(moved));
+    }
     let target = 1 - cur.slot;
     if target == 1 && cur.format == disk::FORMAT_VERSION && cur.len > slots::SLOT1_OFFSET {
         return Err(PersistError::Slot1Shadowed);

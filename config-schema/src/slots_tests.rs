@@ -591,3 +591,31 @@ proptest! {
         prop_assert!(!e.to_string().is_empty());
     }
 }
+
+#[test]
+fn a_running_vm_removed_is_refused_and_the_disk_keeps_the_old_config() {
+    let s = signer();
+    let pk = s.public_key().as_ref().to_vec();
+    let mut rec = Recorder {
+        disk: fresh(&s),
+        ops: vec![],
+    };
+    let mut gone = config(2);
+    gone.vms.clear();
+    let e = persist(&mut rec, &pk, &SignedConfig::sign(&gone, &s).unwrap()).unwrap_err();
+    assert!(matches!(e, PersistError::Transition(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("vms[kv] would be removed while it runs"),
+        "{e}"
+    );
+    assert!(rec.ops.is_empty(), "nothing written: {} ops", rec.ops.len());
+    assert_eq!(boot(&rec.disk, &pk).unwrap().0.cluster.generation, 1);
+    // Off first, then gone: both persist.
+    let mut off = config(2);
+    off.vms[0].power = crate::model::Power::Off;
+    persist(&mut rec, &pk, &SignedConfig::sign(&off, &s).unwrap()).unwrap();
+    gone.cluster.generation = 3;
+    persist(&mut rec, &pk, &SignedConfig::sign(&gone, &s).unwrap()).unwrap();
+    assert!(boot(&rec.disk, &pk).unwrap().0.vms.is_empty());
+}

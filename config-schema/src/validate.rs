@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::hooks::TestHook;
-use crate::model::{ClusterConfig, DeviceLocator, Interface};
+use crate::model::{ClusterConfig, DeviceLocator, Interface, MAX_SLOT};
 
 /// Largest memory a protected VM may ask for: 3 GiB, what ftvmm can map below
 /// the virtio-mmio window at 0xd000_0000 (`ftvmm::vm::MAX_MEM_SIZE` is tied to
@@ -531,10 +531,23 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
     let region_names: BTreeSet<&str> = c.storage.regions.iter().map(|r| r.name.as_str()).collect();
     let mut names = Unique::new("VM name");
     let mut regions = Unique::new("disk region");
+    let mut slots = Unique::new("fencing slot");
     for (i, vm) in c.vms.iter().enumerate() {
         let p = format!("vms[{i}]");
         check_name(&format!("{p}.name"), &vm.name)?;
         names.insert(vm.name.as_str(), &format!("{p}.name"), &vm.name)?;
+        // A VM without `slot` takes its position: say so where it clashes.
+        let (sp, slot) = match vm.slot {
+            Some(s) => (format!("{p}.slot"), s),
+            None => (format!("{p} (no slot: its position)"), i as u32),
+        };
+        if slot > MAX_SLOT {
+            return Err(ConfigError::at(
+                &sp,
+                format!("fencing slot {slot} is out of range 0..={MAX_SLOT}"),
+            ));
+        }
+        slots.insert(slot, &sp, &slot.to_string())?;
         if vm.memory_mib == 0 || vm.memory_mib > MAX_VM_MEMORY_MIB {
             return Err(ConfigError::at(
                 format!("{p}.memory_mib"),

@@ -337,3 +337,31 @@ fn an_image_can_be_built_in_code() {
     });
     validate(&c).unwrap();
 }
+
+#[test]
+fn fencing_slots_are_unique_and_in_range_counting_positions() {
+    // Explicit slots anywhere in range, in any order.
+    assert_valid(|c| {
+        c.vms[0].slot = Some(7);
+        c.vms[1].slot = Some(2);
+    });
+    // "web" has no slot: it takes its position, 1.
+    assert_refused(
+        |c| c.vms[0].slot = Some(1),
+        "vms[1] (no slot: its position)",
+        "duplicate fencing slot 1: already used by vms[0].slot",
+    );
+    assert_refused(
+        |c| {
+            c.vms[0].slot = Some(4);
+            c.vms[1].slot = Some(4);
+        },
+        "vms[1].slot",
+        "duplicate fencing slot 4",
+    );
+    assert_refused(
+        |c| c.vms[1].slot = Some(crate::model::MAX_SLOT + 1),
+        "vms[1].slot",
+        "fencing slot 256 is out of range 0..=255",
+    );
+}

@@ -142,8 +142,9 @@ impl Agent {
         bound: Duration,
     ) -> Response {
         let err = |message: String| Response::Error { message };
-        let Some(v) = self.vms.iter().position(|n| n == vm) else {
-            return err(format!("fencing: no vm {vm:?} in the config"));
+        let v = match self.slot_of(vm) {
+            Ok(v) => v,
+            Err(e) => return err(e),
         };
         if generation == 0 {
             return err(format!(
@@ -156,7 +157,6 @@ impl Agent {
                  storage ({why}); it acts for no VM until it rebooted"
             ));
         }
-        let v = v as u32;
         let me = Running { vm: v, generation };
         let r = self.bounded(v, bound, move |agent, deadline| {
             // Published, and that lease write completed, before any Paxos
@@ -223,11 +223,12 @@ impl Agent {
     /// for `vm`, its owner and config generation, within about `bound`.
     pub fn highest(self: &Arc<Self>, vm: &str, bound: Duration) -> Response {
         let err = |message: String| Response::Error { message };
-        let Some(v) = self.vms.iter().position(|n| n == vm) else {
-            return err(format!("fencing: no vm {vm:?} in the config"));
+        let v = match self.slot_of(vm) {
+            Ok(v) => v,
+            Err(e) => return err(e),
         };
-        let r = self.bounded(v as u32, bound, move |agent, _| {
-            Ok(scan_highest(&*agent.io, &agent.geo, v as u32))
+        let r = self.bounded(v, bound, move |agent, _| {
+            Ok(scan_highest(&*agent.io, &agent.geo, v))
         });
         match r {
             Ok(Ok(h)) => Response::Highest {

@@ -15,7 +15,9 @@ use serde::Serialize;
 use crate::alarm::Alarms;
 use crate::freeze::{Evidence, FreezeDetector};
 use crate::io::BlockIo;
-use crate::layout::{decode_header, DecodeError, Geometry, LeaseRecord, Running, VERSION};
+use crate::layout::{
+    decode_header, DecodeError, Geometry, LeaseRecord, Running, VERSION, VERSION_2,
+};
 use crate::lease::{LeaseTiming, Liveness, OwnLease};
 use crate::publish::Publication;
 use crate::slot::SlotClaim;
@@ -31,9 +33,9 @@ pub enum AgentError {
     Io(String),
     #[error(
         "the fencing region's header names another layout (version {version}, {block}-byte \
-         blocks, {hosts} hosts, {vms} vms, ring {ring}, names digest {digest:08x}); this config \
+         blocks, {hosts} hosts, {vms} VM slots, ring {ring}, names digest {digest:08x}); this config \
          and device need version {VERSION}, {want_block}-byte blocks, {want_hosts} hosts, \
-         {want_vms} vms, ring {want_ring}, names digest {want_digest:08x}"
+         {want_vms} VM slots, ring {want_ring}, names digest {want_digest:08x}"
     )]
     Mismatch {
         version: u32,
@@ -63,6 +65,9 @@ pub enum RegionState {
     Found,
     /// Was blank; this host wrote it.
     Initialized,
+    /// Was version 2 with this config's VMs in the slots of their
+    /// positions; this host rewrote it as version 3.
+    Upgraded,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -100,6 +105,9 @@ pub struct Agent {
     pub hosts: Vec<String>,
     /// `hosts[].id` of the config, in config order (reservation keys).
     pub host_ids: Vec<u32>,
+    /// VM names by fencing slot (`ClusterConfig::vm_slot`): the index of
+    /// a VM's blocks and running-list entries. A slot no VM of this config
+    /// has holds [`no_vm`]'s `(slot N)`, which no VM name can be.
     pub vms: Vec<String>,
     pub me: u32,
     pub geo: Geometry,
@@ -132,6 +140,27 @@ pub struct Agent {
     /// The first I/O the device refused with RESERVATION CONFLICT since the
     /// last renewal looked (`io` records it).
     pub(crate) conflict: Arc<Mutex<Option<String>>>,
+    /// The config the agent started with (a version 2 header is checked
+    /// against it, [`Geometry::upgrades_v2`]).
+    config: config_schema::ClusterConfig,
+}
+
+/// What [`Agent::vms`] holds for a slot no VM of the config has.
+pub fn no_vm(slot: u32) -> String {
+    format!("(slot {slot})")
+}
+
+/// VM names by fencing slot, up to the highest slot in use.
+fn by_slot(c: &config_schema::ClusterConfig) -> Vec<String> {
+    let n = (0..c.vms.len())
+        .map(|i| c.vm_slot(i) + 1)
+        .max()
+        .unwrap_or(0);
+    let mut v: Vec<String> = (0..n).map(no_vm).collect();
+    for (i, vm) in c.vms.iter().enumerate() {
+        v[c.vm_slot(i) as usize] = vm.name.clone();
+    }
+    v
 }
 
 impl Agent {
@@ -158,7 +187,7 @@ impl Agent {
         Ok(Agent {
             hosts: c.hosts.iter().map(|h| h.name.clone()).collect(),
             host_ids: c.hosts.iter().map(|h| h.id).collect(),
-            vms: c.vms.iter().map(|v| v.name.clone()).collect(),
+            vms: by_slot(c),
             me,
             geo,
             timing,
@@ -181,10 +210,11 @@ impl Agent {
             decisions: Mutex::new(BTreeMap::new()),
             alarms: Mutex::new(Alarms::default()),
             deposed: Mutex::new(BTreeSet::new()),
-            paxos: Arc::new(c.vms.iter().map(|_| Mutex::new(())).collect()),
+            paxos: Arc::new(by_slot(c).iter().map(|_| Mutex::new(())).collect()),
             win_fence: Mutex::new(()),
             fence: Mutex::new(StorageFence::new(c.hosts[me as usize].id, incarnation)),
             conflict,
+            config: c.clone(),
         })
     }
 
@@ -207,6 +237,21 @@ impl Agent {
         let s = self.io.read(0).map_err(io_err)?;
         match decode_header(&s) {
             Ok(h) if h.version == VERSION && h.geometry == self.geo => Ok(RegionState::Found),
+            // Every host that finds the version 2 header writes the same
+            // block (a function of the config, like the first header), and
+            // a host still on a version 2 build keeps its header read at
+            // start: the blocks it uses are where version 3 has them.
+            Ok(h) if h.version == VERSION_2 && self.geo.upgrades_v2(&self.config, &h.geometry) => {
+                self.io
+                    .write(0, &self.geo.encode_header())
+                    .map_err(io_err)?;
+                println!(
+                    "fencing: region header upgraded from layout version 2 ({} VMs) to 3 ({} VM \
+                     slots): every VM's blocks stay where they were",
+                    h.geometry.vms, self.geo.vms
+                );
+                Ok(RegionState::Upgraded)
+            }
             Ok(h) => Err(self.mismatch(h.version, h.geometry)),
             Err(DecodeError::BlockSize { recorded, .. }) => Err(self.mismatch(
                 VERSION,
@@ -239,6 +284,24 @@ impl Agent {
             want_ring: self.geo.ring,
             want_digest: self.geo.names_digest,
         }
+    }
+
+    /// The fencing slot of `vm`, or why it has none here: not in the
+    /// config, or beyond the slots the region holds.
+    pub(crate) fn slot_of(&self, vm: &str) -> Result<u32, String> {
+        let Some(v) = self.vms.iter().position(|n| n == vm) else {
+            return Err(format!("fencing: no vm {vm:?} in the config"));
+        };
+        let v = v as u32;
+        if v >= self.geo.vms {
+            return Err(format!(
+                "fencing: vm {vm}: fencing slot {v} is beyond the {} slots the fencing region \
+                 holds ({} MiB in {}-byte blocks for {} hosts); give it a lower `slot` or \
+                 enlarge storage.fencing",
+                self.geo.vms, self.config.storage.fencing.size_mib, self.geo.block, self.geo.hosts
+            ));
+        }
+        Ok(v)
     }
 
     fn region_ok(&self) -> Result<(), String> {
@@ -306,12 +369,12 @@ impl Agent {
         let mut unknown = Vec::new();
         let list: Vec<Running> = vms
             .iter()
-            .filter_map(|r| match self.vms.iter().position(|n| *n == r.vm) {
-                Some(v) => Some(Running {
-                    vm: v as u32,
+            .filter_map(|r| match self.slot_of(&r.vm) {
+                Ok(v) => Some(Running {
+                    vm: v,
                     generation: r.generation,
                 }),
-                None => {
+                Err(_) => {
                     unknown.push(r.vm.clone());
                     None
                 }

@@ -19,26 +19,38 @@
 //! below are zero.
 //!
 //! With `N` hosts (config order; host *index* = position in `hosts`, 0-based),
-//! `M` VMs (config order) and a ring of `K` Disk Paxos instances per VM, the
-//! region holds `1 + N + M*K*N` blocks:
+//! room for `S` VM rings (*slots*) and a ring of `K` Disk Paxos instances
+//! per VM, the region holds `1 + N + S*K*N` blocks:
 //!
 //! | block                          | content                                  |
 //! |--------------------------------|------------------------------------------|
 //! | `0`                            | header                                   |
 //! | `1 + h`                        | delta lease of host `h`                  |
-//! | `1 + N + ((v*K + s) * N) + h`  | Disk Paxos block of host `h` for VM `v`, ring slot `s = generation mod K` |
+//! | `1 + N + ((v*K + s) * N) + h`  | Disk Paxos block of host `h` for the VM in slot `v`, ring slot `s = generation mod K` |
+//!
+//! A VM's slot is `vms[].slot` in the config, or its position in `vms`
+//! (`ClusterConfig::vm_slot`); a running VM keeps it for life
+//! (`config_schema::changes::transition_errors`). `S` is what the
+//! configured region holds, at most 256 ([`Geometry::of_config`]), so the
+//! layout does not depend on which VMs the config has: adding or removing
+//! a VM leaves the header and every other VM's blocks (its durable
+//! generations) as they are. Version 2 had `S` = the number of VMs and their
+//! names in the digest, so adding a VM made every host refuse the region
+//! until it was zeroed; a version 2 header that matches the config is
+//! rewritten as version 3 (the blocks are where they were,
+//! [`Geometry::upgrades_v2`]).
 //!
 //! **Header** (block 0):
 //!
 //! | bytes     | field                                                           |
 //! |-----------|-----------------------------------------------------------------|
 //! | `0..8`    | magic `FTFENCE\0`                                               |
-//! | `8..12`   | layout version (`2`)                                            |
+//! | `8..12`   | layout version (`3`)                                            |
 //! | `12..16`  | block size `B`                                                  |
 //! | `16..20`  | host count `N`                                                  |
-//! | `20..24`  | VM count `M`                                                    |
+//! | `20..24`  | slot count `S` (version 2: the VM count)                        |
 //! | `24..28`  | ring size `K`                                                   |
-//! | `28..32`  | names digest: CRC-32C of every host name then every VM name, each followed by a NUL byte, a `0x01` byte between the two lists |
+//! | `28..32`  | names digest: CRC-32C of every host name, each followed by a NUL byte, then a `0x01` byte (version 2: then every VM name, each followed by a NUL) |
 //! | `32..B-4` | zero                                                            |
 //! | `B-4..B`  | CRC-32C of `0..B-4`                                             |
 //!
@@ -85,7 +97,11 @@
 use serde::Serialize;
 
 /// The layout version written in the header.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// The version before slots, read only to upgrade it ([`Geometry::upgrades_v2`]).
+pub const VERSION_2: u32 = 2;
+/// Most VM slots a region holds (`config_schema::model::MAX_SLOT` + 1).
+pub const MAX_SLOTS: u32 = config_schema::model::MAX_SLOT + 1;
 /// Smallest and largest block size.
 pub const MIN_BLOCK: u32 = 512;
 pub const MAX_BLOCK: u32 = 64 << 10;
@@ -123,6 +139,20 @@ pub enum DecodeError {
     Field(String),
 }
 
+/// The digest input of host names (each then a NUL, then `0x01`) and
+/// their count.
+fn host_names<'a>(hosts: impl IntoIterator<Item = &'a str>) -> (Vec<u8>, u32) {
+    let mut bytes = Vec::new();
+    let mut h = 0u32;
+    for n in hosts {
+        bytes.extend_from_slice(n.as_bytes());
+        bytes.push(0);
+        h += 1;
+    }
+    bytes.push(1);
+    (bytes, h)
+}
+
 /// Whether `b` is a valid block size.
 pub fn valid_block_size(b: u64) -> bool {
     b.is_power_of_two() && (u64::from(MIN_BLOCK)..=u64::from(MAX_BLOCK)).contains(&b)
@@ -134,34 +164,26 @@ pub struct Geometry {
     /// Bytes per block.
     pub block: u32,
     pub hosts: u32,
+    /// VM rings the region holds (slots `0..vms`).
     pub vms: u32,
     pub ring: u32,
     pub names_digest: u32,
 }
 
 impl Geometry {
-    /// The geometry for these host and VM names (config order) with blocks
-    /// of `block` bytes.
+    /// The geometry for these host names (config order) with room for
+    /// `slots` VM rings of `ring` instances, blocks of `block` bytes.
     pub fn new<'a>(
         hosts: impl IntoIterator<Item = &'a str>,
-        vms: impl IntoIterator<Item = &'a str>,
+        slots: u32,
         ring: u32,
         block: u32,
     ) -> Self {
-        let mut bytes = Vec::new();
-        let mut h = 0u32;
-        for n in hosts {
-            bytes.extend_from_slice(n.as_bytes());
-            bytes.push(0);
-            h += 1;
-        }
-        bytes.push(1);
-        let mut v = 0u32;
-        for n in vms {
-            bytes.extend_from_slice(n.as_bytes());
-            bytes.push(0);
-            v += 1;
-        }
+        let (bytes, h) = host_names(hosts);
+        Geometry::checked(block, h, slots, ring, crc32c::crc32c(&bytes))
+    }
+
+    fn checked(block: u32, hosts: u32, vms: u32, ring: u32, names_digest: u32) -> Self {
         assert!(ring > 0, "ring size must be positive");
         assert!(
             valid_block_size(u64::from(block)),
@@ -169,21 +191,45 @@ impl Geometry {
         );
         Geometry {
             block,
-            hosts: h,
-            vms: v,
+            hosts,
+            vms,
             ring,
-            names_digest: crc32c::crc32c(&bytes),
+            names_digest,
         }
     }
 
-    /// The geometry of a cluster config (ring of [`DEFAULT_RING`]).
+    /// The geometry of a cluster config (ring of [`DEFAULT_RING`]): as many
+    /// slots as its fencing region holds with blocks of `block` bytes, at
+    /// most [`MAX_SLOTS`] (0 if it cannot even hold the leases).
     pub fn of_config(c: &config_schema::ClusterConfig, block: u32) -> Self {
+        let n = c.hosts.len() as u64;
+        let region_blocks = (c.storage.fencing.size_mib << 20) / u64::from(block);
+        let fit = region_blocks.saturating_sub(1 + n) / (u64::from(DEFAULT_RING) * n.max(1));
         Geometry::new(
             c.hosts.iter().map(|h| h.name.as_str()),
-            c.vms.iter().map(|v| v.name.as_str()),
+            fit.min(u64::from(MAX_SLOTS)) as u32,
             DEFAULT_RING,
             block,
         )
+    }
+
+    /// Whether a version 2 header with geometry `v2` laid the region out
+    /// as this version 3 geometry does for config `c`: same block size,
+    /// hosts and ring, the digest of version 2 over `c`'s host and VM names,
+    /// every VM in the slot of its position (where version 2 put it), and
+    /// room for them. Then every block version 2 wrote is where version 3
+    /// reads it, and writing this geometry's header keeps them all.
+    pub fn upgrades_v2(&self, c: &config_schema::ClusterConfig, v2: &Geometry) -> bool {
+        let (mut bytes, _) = host_names(c.hosts.iter().map(|h| h.name.as_str()));
+        for vm in &c.vms {
+            bytes.extend_from_slice(vm.name.as_bytes());
+            bytes.push(0);
+        }
+        (v2.block, v2.hosts, v2.ring) == (self.block, self.hosts, self.ring)
+            && v2.names_digest == crc32c::crc32c(&bytes)
+            && v2.vms as usize == c.vms.len()
+            && v2.vms <= self.vms
+            && (0..c.vms.len()).all(|i| c.vm_slot(i) == i as u32)
     }
 
     /// Blocks the region needs.
@@ -260,19 +306,21 @@ pub struct Header {
     pub geometry: Geometry,
 }
 
-/// Decodes a header block. A header of another version or block size is
-/// reported as such (from its first 16 bytes, before the checksum can be
-/// checked: it sits at the end of a block of another size).
+/// Decodes a header block (this version or [`VERSION_2`], which
+/// [`Header::version`] tells apart). A header of another version or block
+/// size is reported as such (from its first 16 bytes, before the checksum
+/// can be checked: it sits at the end of a block of another size).
 pub fn decode_header(b: &[u8]) -> Result<Header, DecodeError> {
     length(b)?;
     if b.iter().all(|&x| x == 0) {
         return Err(DecodeError::Blank);
     }
+    let mut version = VERSION;
     if &b[0..8] == HEADER_MAGIC {
-        match u32_at(b, 8) {
-            VERSION => {}
+        version = match u32_at(b, 8) {
+            v @ (VERSION | VERSION_2) => v,
             v => return Err(DecodeError::Version(v)),
-        }
+        };
         let recorded = u32_at(b, 12);
         if recorded as usize != b.len() {
             return Err(DecodeError::BlockSize {
@@ -288,7 +336,7 @@ pub fn decode_header(b: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Field("ring size 0".into()));
     }
     Ok(Header {
-        version: VERSION,
+        version,
         geometry: Geometry {
             block: u32_at(s, 12),
             hosts: u32_at(s, 16),

@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 
 fn geo(block: u32) -> Geometry {
-    Geometry::new(["a", "b", "c"], ["kv", "cpu"], 4, block)
+    Geometry::new(["a", "b", "c"], 2, 4, block)
 }
 
 #[test]
@@ -16,13 +16,117 @@ fn header_round_trips_at_every_block_size_and_names_matter() {
     }
     let g = geo(512);
     assert_ne!(
-        Geometry::new(["a", "b", "x"], ["kv", "cpu"], 4, 512).names_digest,
+        Geometry::new(["a", "b", "x"], 2, 4, 512).names_digest,
         g.names_digest
     );
-    // Moving a name from one list to the other changes the digest.
     assert_ne!(
-        Geometry::new(["a", "b"], ["c", "kv", "cpu"], 4, 512).names_digest,
+        Geometry::new(["b", "a", "c"], 2, 4, 512),
+        g,
+        "host order matters"
+    );
+    // The VMs are not in the header: only how many slots the region holds.
+    assert_eq!(
+        Geometry::new(["a", "b", "c"], 9, 4, 512).names_digest,
         g.names_digest
+    );
+}
+
+/// `examples/cluster.toml` (hosts a, b, c; VM kv; a 16 MiB region) with
+/// `vms` extra VMs after kv.
+fn example(vms: usize) -> config_schema::ClusterConfig {
+    let mut c = config_schema::parse(include_str!("../../examples/cluster.toml"))
+        .unwrap()
+        .config;
+    for i in 0..vms {
+        let mut v = c.vms[0].clone();
+        v.name = format!("vm{i}");
+        c.vms.push(v);
+    }
+    c
+}
+
+#[test]
+fn the_slots_are_what_the_region_holds_whatever_the_vms() {
+    let (one, three) = (example(0), example(2));
+    for block in [512, 4096] {
+        assert_eq!(
+            Geometry::of_config(&one, block),
+            Geometry::of_config(&three, block)
+        );
+    }
+    // 16 MiB: 32768 blocks of 512 bytes, 16 * 3 per slot after 4: capped.
+    assert_eq!(Geometry::of_config(&one, 512).vms, MAX_SLOTS);
+    // 4096 blocks of 4 KiB: (4096 - 4) / 48 = 85 slots.
+    assert_eq!(Geometry::of_config(&one, 4096).vms, 85);
+    assert!(Geometry::of_config(&one, 4096).bytes() <= 16 << 20);
+    let mut tiny = one.clone();
+    tiny.storage.fencing.size_mib = 0;
+    assert_eq!(Geometry::of_config(&tiny, 512).vms, 0);
+}
+
+/// The version 2 geometry of a config: its VM count, and the digest of
+/// its host names, `0x01`, its VM names.
+fn v2_of(c: &config_schema::ClusterConfig, block: u32) -> Geometry {
+    let mut bytes = Vec::new();
+    for n in c.hosts.iter().map(|h| &h.name) {
+        bytes.extend_from_slice(n.as_bytes());
+        bytes.push(0);
+    }
+    bytes.push(1);
+    for n in c.vms.iter().map(|v| &v.name) {
+        bytes.extend_from_slice(n.as_bytes());
+        bytes.push(0);
+    }
+    Geometry {
+        block,
+        hosts: c.hosts.len() as u32,
+        vms: c.vms.len() as u32,
+        ring: DEFAULT_RING,
+        names_digest: crc32c::crc32c(&bytes),
+    }
+}
+
+#[test]
+fn a_version_2_header_upgrades_only_for_its_own_vms_in_their_positions() {
+    let c = example(1);
+    let g = Geometry::of_config(&c, 512);
+    let v2 = v2_of(&c, 512);
+    assert!(g.upgrades_v2(&c, &v2));
+    // Its blocks are where version 3 puts them.
+    for v in 0..v2.vms {
+        for h in 0..v2.hosts {
+            assert_eq!(v2.paxos_block(v, 5, h), g.paxos_block(v, 5, h));
+        }
+    }
+    assert_eq!(v2.lease_block(2), g.lease_block(2));
+    // Another VM list (one added, renamed, reordered), another slot, block
+    // size or ring: no.
+    assert!(!g.upgrades_v2(&example(2), &v2));
+    let mut renamed = c.clone();
+    renamed.vms[1].name = "other".into();
+    assert!(!g.upgrades_v2(&renamed, &v2));
+    let mut swapped = c.clone();
+    swapped.vms.swap(0, 1);
+    assert!(!g.upgrades_v2(&swapped, &v2));
+    let mut slotted = c.clone();
+    slotted.vms[1].slot = Some(7);
+    assert!(!g.upgrades_v2(&slotted, &v2));
+    assert!(!Geometry::of_config(&c, 4096).upgrades_v2(&c, &v2));
+    assert!(!g.upgrades_v2(&c, &Geometry { ring: 8, ..v2 }));
+    // An explicit slot equal to the position is the same layout.
+    let mut same = c.clone();
+    same.vms[1].slot = Some(1);
+    assert!(g.upgrades_v2(&same, &v2));
+    // The header of version 2 decodes as such.
+    let mut h = v2.encode_header();
+    h[8..12].copy_from_slice(&VERSION_2.to_le_bytes());
+    seal(&mut h);
+    assert_eq!(
+        decode_header(&h),
+        Ok(Header {
+            version: VERSION_2,
+            geometry: v2
+        })
     );
 }
 

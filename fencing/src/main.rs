@@ -89,10 +89,11 @@ fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, 
     let io = RegionIo::new(dev, region.offset_mib << 20, block, geo.blocks())
         .map_err(|e| e.to_string())?;
     println!(
-        "fencing: region on {} at {} MiB, {} blocks of {block} bytes (device blocks: logical {}, physical {}){}",
+        "fencing: region on {} at {} MiB, {} blocks of {block} bytes for {} VM slots (device blocks: logical {}, physical {}){}",
         path.display(),
         region.offset_mib,
         geo.blocks(),
+        geo.vms,
         sizes.logical,
         sizes.physical,
         if io.direct() {

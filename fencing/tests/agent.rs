@@ -187,7 +187,7 @@ fn highest_over_a_corrupt_block_is_an_alarm_not_a_number() {
 #[test]
 fn a_header_of_another_layout_is_refused_and_acquire_errors() {
     let (_d, io) = region();
-    let other = Geometry::new(["x", "y"], ["kv"], 16, 512);
+    let other = Geometry::new(["x", "y"], 1, 16, 512);
     io.write(0, &other.encode_header()).unwrap();
     let a = unclaimed(&io);
     assert!(matches!(
@@ -322,7 +322,7 @@ impl BlockIo for StuckForVm0 {
 fn a_decision_for_one_vm_does_not_wait_for_another_vms() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("shared");
-    std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&p, vec![0u8; 16 << 20]).unwrap();
     let rt = two_vm_runtime("host-a");
     let geo = Geometry::of_config(&rt.config, 512);
     let dev = fencing::io::Device::open(&p).unwrap();

@@ -29,7 +29,7 @@ fn direct_512_byte_write(dev: &std::path::Path) -> std::io::Result<()> {
 
 #[test]
 fn a_4kn_device_gets_4096_byte_blocks_and_the_agents_decide_on_it() {
-    let lo = Loop::new(1 << 20, 4096);
+    let lo = Loop::new(16 << 20, 4096);
     let dev = Device::open(&lo.dev).unwrap();
     assert!(dev.direct, "a block device is opened O_DIRECT");
     assert_eq!((dev.sizes.logical, dev.sizes.physical), (4096, 4096));
@@ -77,7 +77,7 @@ fn a_4kn_device_gets_4096_byte_blocks_and_the_agents_decide_on_it() {
 
 #[test]
 fn a_512_byte_device_gets_512_byte_blocks() {
-    let lo = Loop::new(1 << 20, 512);
+    let lo = Loop::new(16 << 20, 512);
     let dev = Device::open(&lo.dev).unwrap();
     assert_eq!((dev.sizes.logical, dev.sizes.layout_block()), (512, 512));
     direct_512_byte_write(&lo.dev).unwrap();

@@ -63,7 +63,7 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = runtime_config(dir.path(), "host-b");
     let dev = dir.path().join("shared");
-    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&dev, vec![0u8; 16 << 20]).unwrap();
     let wd = dir.path().join("watchdog");
     std::fs::write(&wd, b"").unwrap();
     let sock = dir.path().join("fencing.sock");
@@ -227,7 +227,7 @@ fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
         Response::Error { message } => assert!(message.contains("not fencing"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
-    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&dev, vec![0u8; 16 << 20]).unwrap();
     wait_for("renewals on the late device, no watchdog", || {
         status(&sock).filter(|s| {
             s["fencing"]["own_lease"]["renewals"].as_u64() >= Some(1)
@@ -243,7 +243,7 @@ fn an_agent_restarted_after_a_preemption_never_joins_and_resets_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = runtime_config(dir.path(), "host-a");
     let dev = dir.path().join("shared");
-    std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&dev, vec![0u8; 16 << 20]).unwrap();
     let wd = dir.path().join("watchdog");
     std::fs::write(&wd, b"").unwrap();
     let marker = dir.path().join("preempted");
@@ -323,7 +323,7 @@ fn without_a_real_time_watchdog_go_live_is_refused_unless_the_config_accepts_it(
         let dir = tempfile::tempdir().unwrap();
         let cfg = runtime_config_accepting(dir.path(), "host-b", accept);
         let dev = dir.path().join("shared");
-        std::fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&dev, vec![0u8; 16 << 20]).unwrap();
         let wd = dir.path().join("watchdog");
         std::fs::write(&wd, b"").unwrap();
         let sock = dir.path().join("fencing.sock");

@@ -69,7 +69,7 @@ fn rig(running: Option<Vec<RunningVm>>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let rt = common::runtime("host-a");
     let p = dir.path().join("shared");
-    std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&p, vec![0u8; 16 << 20]).unwrap();
     let io = Arc::new(Flaky {
         inner: common::region_on(&p, None),
         broken: AtomicBool::new(false),

@@ -914,7 +914,10 @@ fn why_reset(reset_log: &str, events: &str, last_line: Option<f64>) -> String {
         return format!("the watchdog fired{}", after(at));
     }
     if let Some((at, e)) = qmp::find_event(events, "SHUTDOWN") {
-        let reason = e["data"]["reason"].as_str().unwrap_or("unknown").to_string();
+        let reason = e["data"]["reason"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
         return format!(
             "no triple fault or watchdog: the host asked QEMU to end it ({reason}: a reboot, \
              a power-off or ACPI){}",

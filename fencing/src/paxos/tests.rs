@@ -7,7 +7,7 @@ use config_schema::clock::BootInstant;
 
 fn geo(n: usize) -> Geometry {
     let names: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
-    Geometry::new(names.iter().map(String::as_str), ["kv"], 4, 512)
+    Geometry::new(names.iter().map(String::as_str), 1, 4, 512)
 }
 
 fn region(g: &Geometry) -> (tempfile::TempDir, Arc<RegionIo>) {

@@ -244,10 +244,9 @@ impl World {
         let vms = 1 + rng.below(2) as u32;
         let ring = 2 + rng.below(3) as u32;
         let names: Vec<String> = (0..hosts).map(|i| format!("h{i}")).collect();
-        let vm_names: Vec<String> = (0..vms).map(|i| format!("vm{i}")).collect();
         let geo = Geometry::new(
             names.iter().map(String::as_str),
-            vm_names.iter().map(String::as_str),
+            vms,
             ring,
             opts.block as u32,
         );

@@ -25,7 +25,8 @@ pub fn runtime(host: &str) -> RuntimeConfig {
 pub fn file_region(block: u32) -> (tempfile::TempDir, Arc<RegionIo>) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("shared");
-    std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+    let geo = Geometry::of_config(&runtime("host-a").config, block);
+    std::fs::write(&p, vec![0u8; geo.bytes() as usize]).unwrap();
     let io = region_on(&p, Some(block));
     (dir, io)
 }

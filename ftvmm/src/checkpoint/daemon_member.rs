@@ -216,10 +216,9 @@ fn pair_with_secondary(
     }
 }
 
+/// The VM's fencing slot: its channel port (`channel_port`).
 fn vm_index(ctx: &MemberCtx<'_>) -> usize {
-    (ctx.rc.config.vms.iter())
-        .position(|v| v.name == ctx.vm.name)
-        .expect("vm is from this config")
+    (ctx.rc.config.slot_of(&ctx.vm.name)).expect("vm is from this config") as usize
 }
 
 #[path = "daemon_listen.rs"]

@@ -24,9 +24,13 @@ use super::protection_change::ProtectionChanges;
 use super::secondary::ReplayQueue;
 use crate::runner::{RunError, VmSpec};
 
-/// TCP port of the logging channel for the VM at `index` in the config.
-pub fn channel_port(index: usize) -> u16 {
-    7100 + index as u16
+/// TCP port of the logging channel for the VM in fencing slot `slot`
+/// (`ClusterConfig::vm_slot`: its `slot`, or its position in `vms`). The
+/// slot, not the position: a VM keeps it for life, so two hosts whose
+/// configs list the VMs differently (one has taken a config that adds or
+/// removes another VM, the other not yet) still meet on one port.
+pub fn channel_port(slot: usize) -> u16 {
+    7100 + slot as u16
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -250,7 +250,7 @@ fn short_digest(d: &[u8; 32]) -> String {
     format!("{}…", hex::encode(&d[..4]))
 }
 
-/// Binds the Secondary's listener for the VM at `index` on `ip`.
+/// Binds the Secondary's listener for the VM in fencing slot `index` on `ip`.
 pub fn listen(ip: std::net::IpAddr, index: usize) -> Result<TcpListener, PairError> {
     let addr = SocketAddr::new(ip, channel_port(index));
     TcpListener::bind(addr).map_err(|source| PairError::Listen { addr, source })

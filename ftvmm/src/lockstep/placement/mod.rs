@@ -211,12 +211,8 @@ pub fn run_member(
     on_start: impl FnOnce(VmHandle, Arc<Progress>),
     on_traffic: OnTraffic,
 ) -> Result<PairReport, PairError> {
-    let index = rc
-        .config
-        .vms
-        .iter()
-        .position(|v| v.name == vm.name)
-        .expect("vm is from this config");
+    // The VM's fencing slot: its channel port (`channel_port`).
+    let index = (rc.config.slot_of(&vm.name)).expect("vm is from this config") as usize;
     let mut spec = spec;
     // The Primary a power-on pair comes from (both sides' Hellos name it),
     // by the rule in force for this run: after a live affinity change it

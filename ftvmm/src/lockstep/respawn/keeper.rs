@@ -179,6 +179,7 @@ impl JoinSource for LockstepJoin {
 pub struct Keeper {
     pub rc: RuntimeConfig,
     pub vm: config_schema::Vm,
+    /// The VM's fencing slot (its channel port, `channel_port`).
     pub index: usize,
     /// The pair's agreement: the join's Hello is its Hello.
     pub spec: PairSpec,
