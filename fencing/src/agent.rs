@@ -286,6 +286,12 @@ impl Agent {
         }
     }
 
+    /// The name of the VM in `slot` ([`no_vm`]'s `(slot N)` for one this
+    /// config does not have: another host's config may).
+    pub(crate) fn vm_name(&self, slot: u32) -> String {
+        (self.vms.get(slot as usize).cloned()).unwrap_or_else(|| no_vm(slot))
+    }
+
     /// The fencing slot of `vm`, or why it has none here: not in the
     /// config, or beyond the slots the region holds.
     pub(crate) fn slot_of(&self, vm: &str) -> Result<u32, String> {
@@ -344,7 +350,7 @@ impl Agent {
 
     fn names(&self, list: &[Running]) -> Vec<String> {
         list.iter()
-            .map(|r| self.vms[r.vm as usize].clone())
+            .map(|r| self.vm_name(r.vm))
             .collect()
     }
 
@@ -431,7 +437,7 @@ impl Agent {
             .expect("lock")
             .published()
             .iter()
-            .map(|r| serde_json::json!({"vm": self.vms[r.vm as usize], "generation": r.generation}))
+            .map(|r| serde_json::json!({"vm": self.vm_name(r.vm), "generation": r.generation}))
             .collect();
         let freeze = {
             let f = self.freeze.lock().expect("lock");

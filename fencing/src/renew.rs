@@ -429,7 +429,7 @@ impl Agent {
                 .decisions
                 .lock()
                 .expect("lock")
-                .get(&(self.vms[vm as usize].clone(), generation))
+                .get(&(self.vm_name(vm), generation))
                 .is_some_and(|(o, _)| *o == self.hosts[self.me as usize])
     }
 
@@ -451,7 +451,7 @@ impl Agent {
     }
 
     fn on_deposed(&self, d: Deposition, r: &mut Renewal) {
-        let vm = self.vms[d.vm as usize].clone();
+        let vm = self.vm_name(d.vm);
         let by = self.hosts[d.by as usize].clone();
         let first = self.deposed.lock().expect("lock").insert(Running {
             vm: d.vm,

@@ -393,7 +393,7 @@ impl Agent {
     /// generation (the fence is per host: the copy may be deposed only
     /// because another VM of this host was taken over).
     fn preempted_copy(&self, v: Running, by: &str) -> Deposed {
-        let vm = self.vms[v.vm as usize].clone();
+        let vm = self.vm_name(v.vm);
         if let Ok(h) = scan_highest(&*self.io, &self.geo, v.vm) {
             if let Some(o) = h
                 .owner
@@ -562,7 +562,7 @@ impl Agent {
         };
         let blocks = scan_blocks(&*self.io, &self.geo, vm).map_err(|e| match e {
             ScanError::Io(e) => format!("finding the previous owner: storage i/o failed: {e}"),
-            ScanError::Corrupt(c) => self.alarm(&self.vms[vm as usize], Some(generation), c),
+            ScanError::Corrupt(c) => self.alarm(&self.vm_name(vm), Some(generation), c),
         })?;
         let Some((prev, owner)) = previous_owner(&blocks, generation) else {
             return Ok(WinFence::default());
@@ -572,7 +572,7 @@ impl Agent {
         }
         let victim = self.host_ids[owner as usize] as u16;
         let name = &self.hosts[owner as usize];
-        let vm_name = &self.vms[vm as usize];
+        let vm_name = &self.vm_name(vm);
         match fence::depose(&*dev, key, victim) {
             Ok(d) => {
                 let line = (!d.removed.is_empty()).then(|| {
@@ -618,7 +618,7 @@ impl Agent {
                 .expect("lock")
                 .views(&self.hosts, &self.vms, BootInstant::now());
         let v = &views[h as usize];
-        v.live && !v.running.contains(&self.vms[vm as usize])
+        v.live && !v.running.contains(&self.vm_name(vm))
     }
 
     /// `Status` `storage_fence`.
