@@ -23,7 +23,12 @@
 //! 7. two operators sign two different configs of generation 5 and apply
 //!    them at once, one to host-a, one to host-c: every host ends on the
 //!    one with the higher digest (offered the other, each refuses it naming
-//!    both digests), whatever order the hosts saw them in.
+//!    both digests), whatever order the hosts saw them in;
+//! 8. generation 6 without `kv` (running) is refused on every host with the
+//!    reason; generation 6 adding `web` (fencing slot 5, allowed on host-c
+//!    only) is persisted everywhere and needs a reboot; host-c reboots on
+//!    it, wins web's first generation in the same fencing region the
+//!    others use for `kv` on the old VM list, and web answers a client.
 //!
 //! Needs `out/ftappliance.iso` (or `FT_ISO`), qemu-system-x86_64 and root.
 
@@ -380,6 +385,96 @@ fn apply_takes_timing_and_power_live_refuses_older_and_catches_up_a_host_that_wa
         hi.1,
         t_two.elapsed().as_secs_f64()
     );
+
+    // 8. VMs: removing kv while it runs is refused everywhere; adding web
+    // (fencing slot 5, host-c only) persists and needs a reboot; host-c
+    // reboots on it and runs web from the same fencing region the others,
+    // on the old VM list, go on using for kv.
+    let t_vms = Instant::now();
+    let no_kv = sign_edited(
+        &ftctl,
+        &source,
+        dir.path(),
+        &base,
+        (6, "on"),
+        "gen6-no-kv",
+        |t| {
+            let at = t.find("[[vms]]").expect("the example has a VM");
+            t[..at].to_string()
+        },
+    );
+    let out = apply(&op, &ftctl, &key, &no_kv);
+    for h in ["host-a", "host-b", "host-c"] {
+        let want = format!(
+            "{h}: refused: vms[kv] would be removed while it runs (generation 5); power it off \
+             in one config, then remove it in the next"
+        );
+        assert!(out.contains(&want), "{want}\n{out}");
+    }
+    let with_web = sign_edited(
+        &ftctl,
+        &source,
+        dir.path(),
+        &base,
+        (6, "on"),
+        "gen6-web",
+        |t| {
+            t.replacen(
+                "[[host_groups]]",
+                "[[storage.regions]]\nname = \"web-disk\"\noffset_mib = 80\nsize_mib = 64\n\n\
+             [[host_groups]]",
+                1,
+            ) + "\n[[vms]]\nname = \"web\"\nslot = 5\nmemory_mib = 64\nimage = \"kv-guest\"\n\
+             mode = \"kv\"\ndisk_region = \"web-disk\"\nmac = \"52:54:00:12:34:57\"\n\
+             ip = \"198.51.100.11/24\"\naffinity = { hosts = [\"host-c\"] }\n"
+        },
+    );
+    let out = apply(&op, &ftctl, &key, &with_web);
+    for h in ["host-a", "host-b", "host-c"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{h}: ")))
+            .unwrap_or_else(|| panic!("no line for {h}: {out}"));
+        assert!(
+            line.contains("generation 6 persisted (was 5)")
+                && line.contains("needs reboot: storage.regions[web-disk] added, vms[web] added"),
+            "{line}"
+        );
+    }
+    cluster.host("host-c").unwrap().kill().unwrap();
+    cluster.boot("host-c").unwrap();
+    let c = cluster.host("host-c").unwrap();
+    c.wait_for(
+        "appliance ready: host=host-c generation=6",
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    wait(
+        c,
+        "fencing: region on /dev/vdb at 0 MiB, 12292 blocks of 512 bytes for 256 VM slots".into(),
+    );
+    wait(
+        c,
+        "fencing: decided vm=web generation=1 owner=host-c".into(),
+    );
+    let client = cluster.vm_client("web", "198.51.100.201/24").unwrap();
+    let mut web = qemu_tests::kv::Kv::connect_to(&client, "198.51.100.11:7000".parse().unwrap());
+    qemu_tests::kv::put_all(&mut web, 20);
+    qemu_tests::kv::get_all(&mut web, 20);
+    // kv went on paired on host-a and host-b, in its generation.
+    for h in ["host-a", "host-b"] {
+        let h = cluster.host(h).unwrap();
+        h.assert_absent("another layout", Duration::ZERO).unwrap();
+        h.assert_absent("secondary suspected", Duration::ZERO)
+            .unwrap();
+    }
+    c.assert_absent("another layout", Duration::ZERO).unwrap();
+    eprintln!(
+        "a VM added by config: refused removal, persisted, host-c rebooted and serves web {:.1} s \
+         after the first apply",
+        t_vms.elapsed().as_secs_f64()
+    );
+    drop(client);
 
     for h in cluster.hosts() {
         h.assert_absent("lockstep divergence", Duration::ZERO)

@@ -64,7 +64,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::roles::{retry_once_on_l1_freeze, steady_pair, wait_new_line, wait_ready};
+use common::roles::{
+    kernel_stopped, retry_once_on_l1_freeze, steady_pair, wait_new_line, wait_ready, L1_STOPPED,
+};
 use common::{survive, wait, BOOT_TIMEOUT};
 use qemu_tests::cluster::ClusterSource;
 use qemu_tests::console::Pattern;
@@ -308,7 +310,9 @@ struct Killed {
 /// `failure_timeout_ms`, kills the Primary's host under a client's
 /// connection and waits until the other host resumed it and the connection
 /// went on. Retried once, with a new cluster, only if a host's kernel froze
-/// while booting (`roles::wait_ready`).
+/// while booting (`roles::wait_ready`) or the survivor's kernel stopped
+/// while taking the VM over (`roles::kernel_stopped`: CI, stop 42, once in
+/// the runs of this test since stop 26; 0 of 8 runs here after it).
 fn pair_killed(name: &str, failure_timeout_ms: u64) -> Killed {
     retry_once_on_l1_freeze(name, || pair_killed_once(name, failure_timeout_ms))
 }
@@ -378,8 +382,12 @@ fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
         &cluster,
         "checkpoint primary host killed",
         || p.kill().unwrap(),
-        || {
-            wait_new_line(s, &resumed, before, Duration::from_secs(120));
+        || match s.wait_after(before, resumed.as_str(), Duration::from_secs(120)) {
+            Ok(l) => eprintln!("  [{}] {l}", s.name()),
+            Err(e) if kernel_stopped(s, before, &e.to_string()) => {
+                panic!("{L1_STOPPED}: {} while taking the VM over: {e}", s.name())
+            }
+            Err(e) => panic!("{e}"),
         },
     );
     assert!(!acked.is_empty(), "no PUT was acknowledged");

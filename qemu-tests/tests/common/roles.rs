@@ -13,7 +13,9 @@
 //! ready`) from one that is slow: see [`L1_FROZE`]; [`steady_pair`] stops
 //! on a host whose kernel crashed in kvm_amd before the fault
 //! ([`L1_SVM_CRASH`]). Those two, and only before the test's fault, are
-//! the test bed's; [`retry_once_on_l1_freeze`] retries them once.
+//! the test bed's; so is a host the watchdog reset without any daemon
+//! having said it would ([`kernel_stopped`], [`L1_STOPPED`]), before or
+//! after the fault; [`retry_once_on_l1_freeze`] retries them once.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,37 @@ pub const L1_FROZE: &str = "test bed: L1 froze while booting";
 /// entry/exit before the test's fault (see [`l1_svm_crash`]); retried as
 /// [`L1_FROZE`] is.
 pub const L1_SVM_CRASH: &str = "test bed: L1 kernel crashed in kvm_amd's VM entry";
+
+/// Marks the panic of a host whose kernel stopped after the test's fault:
+/// the watchdog reset it and nothing on its console said why (see
+/// [`kernel_stopped`]); [`retry_once_on_l1_freeze`] retries on it.
+pub const L1_STOPPED: &str = "test bed: L1's kernel stopped (the watchdog fired unannounced)";
+
+/// Whether `host`'s QEMU ended (`err`, the harness's error for a wait that
+/// saw it exit) because its watchdog fired while nothing since `since` on
+/// its console says that anything chose to stop feeding it. fencing feeds
+/// the watchdog from a SCHED_RR 11 thread, above every other thread on the
+/// host, and stops only after saying so (`fencing: reset requested (…); no
+/// longer feeding the watchdog`, or `… no longer feeding the watchdog` when
+/// ftvmm does not confirm an output hold); a fencing process that died is
+/// restarted and logged by init. So an unannounced watchdog reset means the
+/// host's kernel ran none of them for the watchdog's timeout: L1 stopped.
+/// Seen once in CI (stop 42): host-b won the checkpoint VM's generation 2,
+/// took it over (its first nested VM entry since boot: a checkpoint
+/// Secondary does not run the guest) and printed nothing more; QEMU ended
+/// about 6 s later. The QMP events recorded since (`qemu_tests::qmp`) tell a
+/// watchdog reset from the host's own reboot.
+pub fn kernel_stopped(host: &Host, since: Mark, err: &str) -> bool {
+    let announced = [
+        "no longer feeding the watchdog",
+        "reset requested",
+        "init: daemon ",
+    ];
+    err.contains("QEMU exited")
+        && err.contains("the watchdog fired")
+        && !(host.console().lines_after(since).iter())
+            .any(|l| announced.iter().any(|a| l.text.contains(a)))
+}
 
 /// The first of `hosts` whose kernel crashed inside kvm_amd's VM entry
 /// ([`qemu_tests::testbed::l1_svm_crashed`]).
@@ -201,9 +234,9 @@ pub fn wait_ready(host: &Host, peers: &[&Host], timeout: Duration) {
     }
 }
 
-/// Runs `body`, and once more if it panicked with [`L1_FROZE`] or
-/// [`L1_SVM_CRASH`] (printed); any other panic, or a second one of those,
-/// fails the test.
+/// Runs `body`, and once more if it panicked with [`L1_FROZE`],
+/// [`L1_SVM_CRASH`] or [`L1_STOPPED`] (printed); any other panic, or a
+/// second one of those, fails the test.
 pub fn retry_once_on_l1_freeze<T>(name: &str, body: impl Fn() -> T) -> T {
-    qemu_tests::testbed::retry_once_on(name, &[L1_FROZE, L1_SVM_CRASH], body)
+    qemu_tests::testbed::retry_once_on(name, &[L1_FROZE, L1_SVM_CRASH, L1_STOPPED], body)
 }
