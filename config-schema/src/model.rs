@@ -558,6 +558,22 @@ pub struct Vm {
 /// fencing region's VM rings and the replication ports (7100 + slot).
 pub const MAX_SLOT: u32 = 255;
 
+/// Disk Paxos instances (generations) kept per VM slot in the fencing region.
+pub const FENCING_RING: u32 = 16;
+
+impl ClusterConfig {
+    /// How many VM slots the fencing region (`storage.fencing`) holds with
+    /// blocks of `block` bytes: after the header and one lease block per
+    /// host, [`FENCING_RING`] blocks per host per slot, at most
+    /// [`MAX_SLOT`] + 1 (`fencing/src/layout.rs`).
+    pub fn fencing_slots(&self, block: u32) -> u32 {
+        let n = self.hosts.len() as u64;
+        let blocks = (self.storage.fencing.size_mib << 20) / u64::from(block.max(1));
+        let fit = blocks.saturating_sub(1 + n) / (u64::from(FENCING_RING) * n.max(1));
+        fit.min(u64::from(MAX_SLOT) + 1) as u32
+    }
+}
+
 /// vCPUs of a VM that does not say.
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Epoch of a checkpoint VM that does not say, in milliseconds.

@@ -548,6 +548,33 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
             ));
         }
         slots.insert(slot, &sp, &slot.to_string())?;
+        // The region's blocks are the device's physical block size, known
+        // only on the host: 512 bytes is the most it can hold, 4 KiB a
+        // common device's.
+        let fencing = c.storage.fencing.size_mib;
+        let (most, on_4k) = (c.fencing_slots(512), c.fencing_slots(4096));
+        if slot >= most {
+            return Err(ConfigError::at(
+                &sp,
+                format!(
+                    "fencing slot {slot}: storage.fencing ({fencing} MiB) holds {most} VM slots \
+                     for {} hosts even with 512-byte blocks; give the VM a lower slot or \
+                     enlarge storage.fencing",
+                    c.hosts.len()
+                ),
+            ));
+        }
+        if slot >= on_4k {
+            warnings.push(Warning {
+                path: sp.clone(),
+                message: format!(
+                    "fencing slot {slot}: on a device with 4 KiB physical blocks storage.fencing \
+                     ({fencing} MiB) holds {on_4k} VM slots for {} hosts, and fencing refuses \
+                     this VM there",
+                    c.hosts.len()
+                ),
+            });
+        }
         if vm.memory_mib == 0 || vm.memory_mib > MAX_VM_MEMORY_MIB {
             return Err(ConfigError::at(
                 format!("{p}.memory_mib"),

@@ -365,3 +365,34 @@ fn fencing_slots_are_unique_and_in_range_counting_positions() {
         "fencing slot 256 is out of range 0..=255",
     );
 }
+
+#[test]
+fn a_slot_the_fencing_region_cannot_hold_is_refused_or_warned_about() {
+    // 1 MiB for 3 hosts: 42 slots with 512-byte blocks, 5 with 4 KiB.
+    assert_refused(
+        |c| {
+            c.storage.fencing.size_mib = 1;
+            c.vms[1].slot = Some(42);
+        },
+        "vms[1].slot",
+        "fencing slot 42: storage.fencing (1 MiB) holds 42 VM slots for 3 hosts even with \
+         512-byte blocks",
+    );
+    let mut c = base();
+    c.storage.fencing.size_mib = 1;
+    c.vms[1].slot = Some(5);
+    let v = validate(&c).unwrap();
+    let w: Vec<_> = v.iter().filter(|w| w.path == "vms[1].slot").collect();
+    assert_eq!(w.len(), 1, "{v:?}");
+    assert!(
+        w[0].message
+            .contains("4 KiB physical blocks storage.fencing (1 MiB) holds 5 VM slots"),
+        "{}",
+        w[0].message
+    );
+    c.vms[1].slot = Some(4);
+    assert!(validate(&c)
+        .unwrap()
+        .iter()
+        .all(|w| w.path != "vms[1].slot"));
+}

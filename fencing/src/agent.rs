@@ -349,9 +349,7 @@ impl Agent {
     }
 
     fn names(&self, list: &[Running]) -> Vec<String> {
-        list.iter()
-            .map(|r| self.vm_name(r.vm))
-            .collect()
+        list.iter().map(|r| self.vm_name(r.vm)).collect()
     }
 
     /// Hosts whose lease this host judges expired (seen, and not moving for

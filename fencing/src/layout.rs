@@ -106,7 +106,7 @@ pub const MAX_SLOTS: u32 = config_schema::model::MAX_SLOT + 1;
 pub const MIN_BLOCK: u32 = 512;
 pub const MAX_BLOCK: u32 = 64 << 10;
 /// Default number of Disk Paxos instances kept per VM.
-pub const DEFAULT_RING: u32 = 16;
+pub const DEFAULT_RING: u32 = config_schema::model::FENCING_RING;
 
 const HEADER_MAGIC: &[u8; 8] = b"FTFENCE\0";
 const LEASE_MAGIC: &[u8; 8] = b"FTLEASE\0";
@@ -202,12 +202,9 @@ impl Geometry {
     /// slots as its fencing region holds with blocks of `block` bytes, at
     /// most [`MAX_SLOTS`] (0 if it cannot even hold the leases).
     pub fn of_config(c: &config_schema::ClusterConfig, block: u32) -> Self {
-        let n = c.hosts.len() as u64;
-        let region_blocks = (c.storage.fencing.size_mib << 20) / u64::from(block);
-        let fit = region_blocks.saturating_sub(1 + n) / (u64::from(DEFAULT_RING) * n.max(1));
         Geometry::new(
             c.hosts.iter().map(|h| h.name.as_str()),
-            fit.min(u64::from(MAX_SLOTS)) as u32,
+            c.fencing_slots(block),
             DEFAULT_RING,
             block,
         )
