@@ -1,5 +1,5 @@
-//! The operator's tool from the QEMU tests: this build's `ftctl` (built if
-//! missing), `ftctl sign` of a config text, `ftctl apply` and `ftctl status
+//! The operator's tool from the QEMU tests: this build's `ftctl` (built
+//! first), `ftctl sign` of a config text, `ftctl apply` and `ftctl status
 //! --cluster` from an operator's network namespace, and the example config
 //! with the development operator key listed (the tests that query or apply
 //! as an operator use it).
@@ -16,7 +16,10 @@ pub fn dev_operator_key() -> PathBuf {
 }
 
 /// `ftctl` next to the running test binary (`<profile>/deps/<test>`'s
-/// `<profile>/ftctl`), built with cargo if it is not there yet.
+/// `<profile>/ftctl`), brought up to date with cargo first (a no-op when
+/// it is): an older `ftctl` left in a target directory signs configs this
+/// build may not read the same way (seen: `unknown field slot`). cargo
+/// holds its build lock only while it builds, so a test may call it.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile = exe
@@ -24,16 +27,26 @@ pub fn binary() -> PathBuf {
         .nth(2)
         .expect("the test binary sits in <profile>/deps")
         .to_path_buf();
-    let ftctl = profile.join("ftctl");
-    if !ftctl.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "config-schema", "--bin", "ftctl"])
-            .status()
-            .expect("cargo runs")
-            .success();
-        assert!(ok, "cannot build ftctl");
+    let target = profile.parent().expect("a profile directory has a parent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build",
+            "-p",
+            "config-schema",
+            "--bin",
+            "ftctl",
+            "--target-dir",
+        ])
+        .arg(target)
+        .current_dir(workspace_root());
+    if profile.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
     }
+    let ok = build.status().expect("cargo runs").success();
+    let ftctl = profile.join("ftctl");
+    assert!(ok && ftctl.exists(), "cannot build {}", ftctl.display());
     ftctl
 }
 
