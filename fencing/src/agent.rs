@@ -294,7 +294,7 @@ impl Agent {
 
     /// The fencing slot of `vm`, or why it has none here: not in the
     /// config, or beyond the slots the region holds.
-    pub(crate) fn slot_of(&self, vm: &str) -> Result<u32, String> {
+    pub fn slot_of(&self, vm: &str) -> Result<u32, String> {
         let Some(v) = self.vms.iter().position(|n| n == vm) else {
             return Err(format!("fencing: no vm {vm:?} in the config"));
         };

@@ -87,6 +87,7 @@
 //! fencing: serving on /run/fencing.sock
 //! fencing: region on /dev/vdb at 0 MiB, 4084 blocks of 4096 bytes for 85 VM slots (device blocks: logical 512, physical 4096), O_DIRECT
 //! fencing: region header upgraded from layout version 2 (1 VMs) to 3 (256 VM slots): every VM's blocks stay where they were
+//! fencing: vm web: fencing slot 7 is beyond the 5 slots the fencing region holds (1 MiB in 4096-byte blocks for 3 hosts); give it a lower `slot` or enlarge storage.fencing
 //! fencing: host host-b index 1 of 3; lease every 500 ms, timeout 8000 ms
 //! fencing: storage fencing not active: <why>   (not SCSI, no PR, no WERO, a foreign reservation, the pr test hook...)
 //! fencing: storage fencing active on /dev/sda: key 0x4654000289abcdef registered, reservation WERO held by host host-a (0x46540001...)[; the target does not persist registrations (...)]

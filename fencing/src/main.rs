@@ -104,6 +104,12 @@ fn open_agent(cli: &Cli, rt: &RuntimeConfig, view: &View) -> Result<Arc<Agent>, 
     );
     let incarnation = fencing::rng::SplitMix::from_entropy(0).next_u64();
     let agent = Agent::new(rt, Arc::new(io), incarnation).map_err(|e| e.to_string())?;
+    // Said once at start, not only at the VM's first Acquire.
+    for vm in &rt.config.vms {
+        if let Err(why) = agent.slot_of(&vm.name) {
+            println!("{why}");
+        }
+    }
     let probe = if rt.config.test_hooks().contains(&TestHook::Pr) {
         // The hook's tool registers and preempts through this host's own
         // I_T nexus: two owners of one registration cannot coexist.
