@@ -236,7 +236,9 @@ impl Agent {
         let io_err = |e: std::io::Error| AgentError::Io(e.to_string());
         let s = self.io.read(0).map_err(io_err)?;
         match decode_header(&s) {
-            Ok(h) if h.version == VERSION && h.geometry == self.geo => Ok(RegionState::Found),
+            Ok(h) if h.version == VERSION && h.geometry.same_layout(&self.geo) => {
+                Ok(RegionState::Found)
+            }
             // Every host that finds the version 2 header writes the same
             // block (a function of the config, like the first header), and
             // a host still on a version 2 build keeps its header read at

@@ -31,8 +31,11 @@
 //! A VM's slot is `vms[].slot` in the config, or its position in `vms`
 //! (`ClusterConfig::vm_slot`); a running VM keeps it for life
 //! (`config_schema::changes::transition_errors`). `S` is what the
-//! configured region holds, at most 256 ([`Geometry::of_config`]), so the
-//! layout does not depend on which VMs the config has: adding or removing
+//! configured region holds, at most 256 ([`Geometry::of_config`]; the
+//! header records the count of the host that laid the region out, and a
+//! host whose config gives the area another size reads it all the same:
+//! [`Geometry::same_layout`]), so the layout does not depend on which VMs
+//! the config has: adding or removing
 //! a VM leaves the header and every other VM's blocks (its durable
 //! generations) as they are. Version 2 had `S` = the number of VMs and their
 //! names in the digest, so adding a VM made every host refuse the region
@@ -208,6 +211,16 @@ impl Geometry {
             DEFAULT_RING,
             block,
         )
+    }
+
+    /// Whether a region laid out as `other` has its blocks where this
+    /// geometry reads them: the same block size, hosts, ring and names. The
+    /// slot count is not compared: no block's position depends on it (a
+    /// host whose config gives `storage.fencing` another size, or whose
+    /// device has another block size limit, only allows other slots), so
+    /// the header keeps the count of the host that laid the region out.
+    pub fn same_layout(&self, other: &Geometry) -> bool {
+        Geometry { vms: 0, ..*self } == Geometry { vms: 0, ..*other }
     }
 
     /// Whether a version 2 header with geometry `v2` laid the region out

@@ -216,3 +216,29 @@ fn a_slot_beyond_the_region_is_refused_for_that_vm_alone() {
     }
     decided(a[0].acquire("kv", 1, 1, ACQUIRE_BOUND));
 }
+
+#[test]
+fn an_area_of_another_size_in_the_config_finds_the_same_region() {
+    // Laid out with a 4 MiB area (170 slots of 512-byte blocks), then the
+    // operator enlarges storage.fencing to 16 MiB (256), then shrinks it
+    // to 1 MiB (42): the blocks do not move, so every host finds the
+    // region, and kv's generation stays.
+    let (_d, io) = file_region(512);
+    let io: Arc<dyn BlockIo> = io;
+    let sized = |mib: u64| move |h: &str| runtime_with(h, |c| c.storage.fencing.size_mib = mib);
+    let small = boot(&io, sized(4), 1);
+    assert_eq!(small[0].geo.vms, 170);
+    decided(small[0].acquire("kv", 2, 1, ACQUIRE_BOUND));
+    let header = io.read(0).unwrap();
+    for (n, mib, slots) in [(2, 16, 256), (3, 1, 42)] {
+        let a = boot(&io, sized(mib), n);
+        assert_eq!(a[1].geo.vms, slots);
+        assert_eq!(a[1].init_region().unwrap(), RegionState::Found);
+        assert_eq!(highest(&a[1], "kv"), (2, Some("host-a".into())));
+        assert_eq!(
+            io.read(0).unwrap(),
+            header,
+            "the header keeps the first count"
+        );
+    }
+}
