@@ -61,6 +61,24 @@ pub fn kernel_stopped(host: &Host, since: Mark, err: &str) -> bool {
             .any(|l| announced.iter().any(|a| l.text.contains(a)))
 }
 
+/// Marks the panic of a checkpoint test whose guest triple-faulted on its
+/// Primary before the test's fault (see [`guest_fault_before`]).
+pub const GUEST_FAULT: &str = "test bed: the guest triple-faulted before the test's fault";
+
+/// The console line of `host` saying `vm`'s guest ended in a triple fault,
+/// if one came before `until` (`None`: at any time). On this test bed the
+/// Linux guest triple-faults now and then with no epochs at all (plain
+/// `ftvmm linux`: `linux_vm.rs`, whose boot loop counted 9 guest faults in
+/// 40 boots on Debian 12's QEMU 7.2, the L1 QEMU of the cluster tests), so
+/// before the fault it is the test bed's; after it, a fault of the guest
+/// the Secondary resumed is the test's failure.
+pub fn guest_fault_before(host: &Host, vm: &str, until: Option<Instant>) -> Option<String> {
+    let ended = format!("ftvmm: vm {vm}: the guest ended: guest triple fault");
+    (host.console().lines().into_iter())
+        .find(|l| l.text.contains(&ended) && until.is_none_or(|u| host.spawned_at() + l.at < u))
+        .map(|l| l.text)
+}
+
 /// The first of `hosts` whose kernel crashed inside kvm_amd's VM entry
 /// ([`qemu_tests::testbed::l1_svm_crashed`]).
 pub fn l1_svm_crash(hosts: &[&Host]) -> Option<String> {
