@@ -532,6 +532,11 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
     let mut names = Unique::new("VM name");
     let mut regions = Unique::new("disk region");
     let mut slots = Unique::new("fencing slot");
+    // The region's blocks are the device's physical block size, known only
+    // on the host: 512 bytes is the most it can hold, 4 KiB a common
+    // device's.
+    let fencing = c.storage.fencing.size_mib;
+    let (most, on_4k) = (c.fencing_slots(512), c.fencing_slots(4096));
     for (i, vm) in c.vms.iter().enumerate() {
         let p = format!("vms[{i}]");
         check_name(&format!("{p}.name"), &vm.name)?;
@@ -548,11 +553,6 @@ fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), Confi
             ));
         }
         slots.insert(slot, &sp, &slot.to_string())?;
-        // The region's blocks are the device's physical block size, known
-        // only on the host: 512 bytes is the most it can hold, 4 KiB a
-        // common device's.
-        let fencing = c.storage.fencing.size_mib;
-        let (most, on_4k) = (c.fencing_slots(512), c.fencing_slots(4096));
         if slot >= most {
             return Err(ConfigError::at(
                 &sp,

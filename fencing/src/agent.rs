@@ -184,10 +184,12 @@ impl Agent {
             inner: io,
             seen: Arc::clone(&conflict),
         });
+        let vms = by_slot(c);
+        let paxos = Arc::new(vms.iter().map(|_| Mutex::new(())).collect());
         Ok(Agent {
             hosts: c.hosts.iter().map(|h| h.name.clone()).collect(),
             host_ids: c.hosts.iter().map(|h| h.id).collect(),
-            vms: by_slot(c),
+            vms,
             me,
             geo,
             timing,
@@ -210,7 +212,7 @@ impl Agent {
             decisions: Mutex::new(BTreeMap::new()),
             alarms: Mutex::new(Alarms::default()),
             deposed: Mutex::new(BTreeSet::new()),
-            paxos: Arc::new(by_slot(c).iter().map(|_| Mutex::new(())).collect()),
+            paxos,
             win_fence: Mutex::new(()),
             fence: Mutex::new(StorageFence::new(c.hosts[me as usize].id, incarnation)),
             conflict,

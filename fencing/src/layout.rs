@@ -183,10 +183,6 @@ impl Geometry {
         block: u32,
     ) -> Self {
         let (bytes, h) = host_names(hosts);
-        Geometry::checked(block, h, slots, ring, crc32c::crc32c(&bytes))
-    }
-
-    fn checked(block: u32, hosts: u32, vms: u32, ring: u32, names_digest: u32) -> Self {
         assert!(ring > 0, "ring size must be positive");
         assert!(
             valid_block_size(u64::from(block)),
@@ -194,10 +190,10 @@ impl Geometry {
         );
         Geometry {
             block,
-            hosts,
-            vms,
+            hosts: h,
+            vms: slots,
             ring,
-            names_digest,
+            names_digest: crc32c::crc32c(&bytes),
         }
     }
 
