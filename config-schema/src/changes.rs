@@ -14,7 +14,13 @@
 //!   persisted, and ftvmm powers the VM off (a Primary first wins the VM's
 //!   next generation on shared storage, so that no Secondary can go live,
 //!   then stops; a Secondary or standby just stops) or on (as at boot).
-//!   A VM added or removed is not a power change and needs a reboot.
+//!   A VM removed is not a power change and needs a reboot.
+//! - a VM added (`vms[NAME] added`), with the regions and `[[images]]`
+//!   entries only added VMs use: ftvmm takes the VM into the config it
+//!   runs (`crate::live_add`: its slot, disk region and image from the
+//!   newer config) and starts it as at boot when it is on; its line says
+//!   why not when the running config cannot take it (a region that
+//!   overlaps one in use, a slot another VM of the running config holds).
 //! - a VM's `affinity` (`vms[NAME].affinity`) and `host_groups` (they only
 //!   serve affinity): `ConfigApplied` carries the hosts each VM may run on,
 //!   resolved, and ftvmm moves the VM's members to them
@@ -32,8 +38,8 @@
 //!   old and new values.
 //!
 //! The daemons (ftvmm, fencing, heartbeat) read the rest of their config
-//! once at start, so VMs added or removed, hosts and storage take effect
-//! at the next boot of the host. A VM added or removed leaves the fencing
+//! once at start, so VMs removed, hosts and storage take effect at the
+//! next boot of the host. A VM added or removed leaves the fencing
 //! region as it is (the header names hosts, not VMs; each VM's Disk Paxos
 //! ring is in its fencing slot, `vms[].slot` or its position:
 //! `fencing/src/layout.rs`), so hosts may reboot one at a time; what keeps
@@ -85,7 +91,15 @@ impl Changes {
         let mut c = Changes::default();
         let (ta, tb) = (&old.timing, &new.timing);
         let values = |a: u64, b: u64| format!(" {a} -> {b} ms");
+        let added = Added::between(old, new);
         for p in paths.into_iter().filter(|p| p != GENERATION) {
+            if let Some(why) = added.reboot_reason(&p) {
+                match why {
+                    None => c.live.push(p),
+                    Some(why) => c.reboot.push(format!("{p} ({why})")),
+                }
+                continue;
+            }
             match p.as_str() {
                 INTERVAL => {
                     let (a, b) = (ta.heartbeat_interval_ms, tb.heartbeat_interval_ms);
@@ -115,6 +129,66 @@ impl Changes {
 
     pub fn needs_reboot(&self) -> bool {
         !self.reboot.is_empty()
+    }
+}
+
+/// The VMs a newer config adds, and whether a running host takes each
+/// live (`crate::live_add`).
+struct Added<'a> {
+    new: &'a ClusterConfig,
+    /// Added VM name -> why it needs a reboot (`None`: live).
+    vms: std::collections::BTreeMap<&'a str, Option<String>>,
+}
+
+impl<'a> Added<'a> {
+    fn between(old: &ClusterConfig, new: &'a ClusterConfig) -> Self {
+        let vms = (new.vms.iter())
+            .filter(|v| old.slot_of(&v.name).is_none())
+            .map(|v| {
+                let why = crate::live_add::with_added(old, new, &v.name).err();
+                (v.name.as_str(), why)
+            })
+            .collect();
+        Added { new, vms }
+    }
+
+    /// For a path about an added VM, or an added region or image: `None`
+    /// when the path is none of those; `Some(None)` when it is live;
+    /// `Some(Some(why))` when it needs a reboot. A region or image added is
+    /// live when only VMs added live use it (nothing running reads it).
+    fn reboot_reason(&self, path: &str) -> Option<Option<String>> {
+        let name = |prefix: &str| {
+            path.strip_prefix(prefix)?
+                .strip_suffix("] added")
+                .filter(|n| !n.contains(']'))
+        };
+        if let Some(vm) = name("vms[") {
+            return self.vms.get(vm).cloned();
+        }
+        let users: Vec<&str> = if let Some(r) = name("storage.regions[") {
+            let images: Vec<&str> = (self.new.images.iter())
+                .filter(|i| i.region == r)
+                .map(|i| i.name.as_str())
+                .collect();
+            (self.new.vms.iter())
+                .filter(|v| v.disk_region == r || images.contains(&v.image.as_str()))
+                .map(|v| v.name.as_str())
+                .collect()
+        } else if let Some(i) = name("images[") {
+            (self.new.vms.iter())
+                .filter(|v| v.image == i)
+                .map(|v| v.name.as_str())
+                .collect()
+        } else {
+            return None;
+        };
+        let not_live: Vec<&str> = (users.into_iter())
+            .filter(|u| !matches!(self.vms.get(u), Some(None)))
+            .collect();
+        Some(
+            (!not_live.is_empty())
+                .then(|| format!("used by vms[{}], not added live", not_live.join("], vms["))),
+        )
     }
 }
 
@@ -291,7 +365,8 @@ mod tests {
     }
 
     #[test]
-    fn operators_power_and_affinity_are_live_a_lease_moving_interval_and_vms_need_a_reboot() {
+    fn operators_power_and_affinity_are_live_a_lease_moving_interval_and_a_clashing_vm_need_a_reboot(
+    ) {
         let (a, mut b) = (example(), example());
         b.cluster.generation += 1;
         b.operators.push(Operator {
@@ -322,7 +397,9 @@ mod tests {
                  differently misjudge each other's leases: restart every host together, not \
                  one by one)"
                     .to_string(),
-                "vms[extra] added".to_string(),
+                "vms[extra] added (with it the running config is invalid: vms[1].disk_region: \
+                 duplicate disk region kv-disk: already used by vms[0].disk_region)"
+                    .to_string(),
             ]
         );
         assert!(c.needs_reboot());
@@ -422,6 +499,56 @@ mod tests {
         moved.hosts[1].mgmt.as_mut().unwrap().addr = "203.0.113.9/24".into();
         let c = Changes::between(&b, &moved);
         assert_eq!(c.reboot, ["hosts[host-b].mgmt.addr"]);
+    }
+
+    #[test]
+    fn a_vm_added_with_its_own_region_is_live_a_vm_removed_is_not() {
+        let a = example();
+        let mut b = a.clone();
+        b.cluster.generation += 1;
+        let mut web = a.vms[0].clone();
+        web.name = "web".into();
+        web.mac = "52:54:00:12:34:57".into();
+        web.ip = "198.51.100.11/24".into();
+        web.disk_region = "web-disk".into();
+        web.slot = Some(3);
+        b.vms.push(web);
+        let region = |name: &str, offset_mib| crate::model::NamedRegion {
+            name: name.into(),
+            offset_mib,
+            size_mib: 32,
+        };
+        b.storage.regions.push(region("web-disk", 96));
+        b.storage.regions.push(region("spare", 200));
+        let c = Changes::between(&a, &b);
+        assert_eq!(
+            c.live,
+            [
+                "storage.regions[web-disk] added",
+                "storage.regions[spare] added",
+                "vms[web] added"
+            ]
+        );
+        assert!(!c.needs_reboot(), "{c}");
+        // A region the running kv uses, grown for web: kv's disk changes.
+        let mut grown = b.clone();
+        grown.storage.regions[0].size_mib += 1;
+        let c = Changes::between(&a, &grown);
+        assert_eq!(c.reboot, ["storage.regions[kv-disk].size_mib"]);
+        // An added region kv is moved onto (a reboot) is not live either.
+        let mut moved = b.clone();
+        moved.vms[0].disk_region = "spare".into();
+        let c = Changes::between(&a, &moved);
+        assert_eq!(
+            c.reboot,
+            [
+                "storage.regions[spare] added (used by vms[kv], not added live)",
+                "vms[kv].disk_region"
+            ]
+        );
+        // Removing web again: a reboot (removal is not live).
+        let c = Changes::between(&b, &a);
+        assert!(c.reboot.contains(&"vms[web] removed".to_string()), "{c}");
     }
 
     #[test]

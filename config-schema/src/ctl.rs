@@ -42,11 +42,22 @@ pub enum Request {
         /// than the one recorded, docs/design.md §1).
         #[serde(default)]
         config_generation: u64,
+        /// The VM's fencing slot in the asking host's config. An agent
+        /// whose booted config lacks the VM (it was added live,
+        /// `crate::live_add`) learns it here when no VM of its config has
+        /// the slot; one that has the VM checks the slot is the same.
+        /// Absent from an older ftvmm.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<u32>,
     },
     /// fencing: the highest generation of `vm` that any host's block on disk
     /// names (decided or not). Answered with `Response::Highest`. Every start
-    /// of a VM asks for `generation + 1` of this.
-    Highest { vm: String },
+    /// of a VM asks for `generation + 1` of this. `slot`: as in `Acquire`.
+    Highest {
+        vm: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<u32>,
+    },
     /// fencing: the host-liveness (delta) leases it reads on the shared device.
     /// Answered with `Response::Leases`.
     Leases,
@@ -105,6 +116,11 @@ pub enum Request {
         vms: Vec<VmPower>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timing: Option<crate::model::Timing>,
+        /// The config itself, for the VMs it adds: ftvmm takes each into
+        /// the config it runs (`crate::live_add`). Absent from an older
+        /// heartbeat: a VM added then waits for the host's next boot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<Box<crate::model::ClusterConfig>>,
     },
 }
 
@@ -225,6 +241,11 @@ pub struct VmNetView {
 pub struct RunningVm {
     pub vm: String,
     pub generation: u64,
+    /// The VM's fencing slot (as in `Request::Acquire`: a fencing agent
+    /// restarted since the VM was added live learns it here). Absent from
+    /// an older ftvmm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 /// One host's delta lease as the fencing agent last read it.

@@ -34,6 +34,7 @@ fn acquire() -> Request {
         vm: "kv".into(),
         generation: 2,
         config_generation: 1,
+        slot: Some(0),
     }
 }
 
@@ -162,7 +163,10 @@ fn each_daemon_takes_each_request_only_from_who_needs_it() {
         Request::StartVm { name: "kv".into() },
         Request::StopVm { name: "kv".into() },
         acquire(),
-        Request::Highest { vm: "kv".into() },
+        Request::Highest {
+            vm: "kv".into(),
+            slot: None,
+        },
         Request::Leases,
         Request::Peers,
         Request::PeerAlive { host: "b".into() },
@@ -181,6 +185,7 @@ fn each_daemon_takes_each_request_only_from_who_needs_it() {
             generation: 8,
             vms: vec![],
             timing: None,
+            config: None,
         },
     ];
     // For each daemon: the senders of each request above, in order

@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod images;
 pub mod iscsi_block;
 pub mod keys;
+pub mod live_add;
 pub mod model;
 pub mod peer;
 pub mod persist;

@@ -5,7 +5,7 @@
 //! run it on a temporary file or a loop device.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use config_schema::clock::BootInstant;
 use config_schema::ctl::{LeaseView, RunningVm};
@@ -107,8 +107,9 @@ pub struct Agent {
     pub host_ids: Vec<u32>,
     /// VM names by fencing slot (`ClusterConfig::vm_slot`): the index of
     /// a VM's blocks and running-list entries. A slot no VM of this config
-    /// has holds [`no_vm`]'s `(slot N)`, which no VM name can be.
-    pub vms: Vec<String>,
+    /// has holds [`no_vm`]'s `(slot N)`, which no VM name can be, until a
+    /// VM added live is learned there ([`Agent::learn`]).
+    vms: RwLock<Vec<String>>,
     pub me: u32,
     pub geo: Geometry,
     pub timing: LeaseTiming,
@@ -185,11 +186,13 @@ impl Agent {
             seen: Arc::clone(&conflict),
         });
         let vms = by_slot(c);
-        let paxos = Arc::new(vms.iter().map(|_| Mutex::new(())).collect());
+        // A lock per slot the region holds (a VM learned later gets one).
+        let locks = vms.len().max(geo.vms as usize);
+        let paxos = Arc::new((0..locks).map(|_| Mutex::new(())).collect());
         Ok(Agent {
             hosts: c.hosts.iter().map(|h| h.name.clone()).collect(),
             host_ids: c.hosts.iter().map(|h| h.id).collect(),
-            vms,
+            vms: RwLock::new(vms),
             me,
             geo,
             timing,
@@ -293,13 +296,58 @@ impl Agent {
     /// The name of the VM in `slot` ([`no_vm`]'s `(slot N)` for one this
     /// config does not have: another host's config may).
     pub(crate) fn vm_name(&self, slot: u32) -> String {
-        (self.vms.get(slot as usize).cloned()).unwrap_or_else(|| no_vm(slot))
+        (self.slot_names().get(slot as usize).cloned()).unwrap_or_else(|| no_vm(slot))
+    }
+
+    /// VM names by slot ([`Agent::vms`]).
+    pub fn slot_names(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.vms.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes VM `vm` in fencing slot `slot`, as the asking ftvmm's config
+    /// has it: nothing to do when this agent's table says the same; learned
+    /// when `vm` is not in the table and no VM of it has the slot (a VM
+    /// added live, `config_schema::live_add`); refused otherwise — the two
+    /// configs disagree on the slot, and racing in either ring could let
+    /// the VM win twice (docs/design.md §15).
+    pub fn learn(&self, vm: &str, slot: u32) -> Result<(), String> {
+        let mut names = self.vms.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(have) = names.iter().position(|n| n == vm) {
+            if have as u32 == slot {
+                return Ok(());
+            }
+            return Err(format!(
+                "fencing: vm {vm}: this host's config has it in fencing slot {have}, the request \
+                 says slot {slot}; refused (the two configs disagree)"
+            ));
+        }
+        if slot >= self.geo.vms {
+            return Err(format!(
+                "fencing: vm {vm}: fencing slot {slot} is beyond the {} slots the fencing region \
+                 holds",
+                self.geo.vms
+            ));
+        }
+        let at = slot as usize;
+        if let Some(other) = names.get(at).filter(|n| **n != no_vm(slot)) {
+            return Err(format!(
+                "fencing: vm {vm}: fencing slot {slot} is vm {other}'s in this host's config; \
+                 refused (a host reuses a slot after a reboot)"
+            ));
+        }
+        while names.len() <= at {
+            let n = names.len() as u32;
+            names.push(no_vm(n));
+        }
+        names[at] = vm.to_string();
+        println!("fencing: vm {vm}: learned in fencing slot {slot} (a VM added live)");
+        Ok(())
     }
 
     /// The fencing slot of `vm`, or why it has none here: not in the
-    /// config, or beyond the slots the region holds.
+    /// config (nor learned), or beyond the slots the region holds.
     pub fn slot_of(&self, vm: &str) -> Result<u32, String> {
-        let Some(v) = self.vms.iter().position(|n| n == vm) else {
+        let Some(v) = self.slot_names().iter().position(|n| n == vm) else {
             return Err(format!("fencing: no vm {vm:?} in the config"));
         };
         let v = v as u32;
@@ -346,7 +394,7 @@ impl Agent {
             .liveness
             .lock()
             .expect("lock")
-            .views(&self.hosts, &self.vms, now);
+            .views(&self.hosts, &self.slot_names(), now);
         v[self.me as usize].running =
             self.names(&self.publication.lock().expect("lock").published());
         v
@@ -377,14 +425,19 @@ impl Agent {
         let mut unknown = Vec::new();
         let list: Vec<Running> = vms
             .iter()
-            .filter_map(|r| match self.slot_of(&r.vm) {
-                Ok(v) => Some(Running {
-                    vm: v,
-                    generation: r.generation,
-                }),
-                Err(_) => {
-                    unknown.push(r.vm.clone());
-                    None
+            .filter_map(|r| {
+                match (r.slot.map(|s| self.learn(&r.vm, s)))
+                    .unwrap_or(Ok(()))
+                    .and_then(|()| self.slot_of(&r.vm))
+                {
+                    Ok(v) => Some(Running {
+                        vm: v,
+                        generation: r.generation,
+                    }),
+                    Err(_) => {
+                        unknown.push(r.vm.clone());
+                        None
+                    }
                 }
             })
             .collect();

@@ -352,13 +352,20 @@ fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Re
             vm,
             generation,
             config_generation,
+            slot,
         } => match (agent, wd.acquire_error(shared)) {
             (_, Some(message)) => Response::Error { message },
-            (Ok(a), None) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
+            (Ok(a), None) => match learned(&a, &vm, slot) {
+                Ok(()) => a.acquire(&vm, generation, config_generation, ACQUIRE_BOUND),
+                Err(e) => e,
+            },
             (Err(e), None) => e,
         },
-        Request::Highest { vm } => match agent {
-            Ok(a) => a.highest(&vm, ACQUIRE_BOUND),
+        Request::Highest { vm, slot } => match agent {
+            Ok(a) => match learned(&a, &vm, slot) {
+                Ok(()) => a.highest(&vm, ACQUIRE_BOUND),
+                Err(e) => e,
+            },
             Err(e) => e,
         },
         Request::Leases => match agent {
@@ -375,6 +382,15 @@ fn handle(shared: &Shared, view: &View, wd: &WatchdogChoice, req: Request) -> Re
         other => Response::Error {
             message: format!("fencing does not handle {other:?}"),
         },
+    }
+}
+
+/// Takes the slot an ftvmm names for `vm` (`Agent::learn`); the refusal
+/// as the answer.
+fn learned(a: &Agent, vm: &str, slot: Option<u32>) -> Result<(), Response> {
+    match slot.map(|s| a.learn(vm, s)) {
+        Some(Err(message)) => Err(Response::Error { message }),
+        _ => Ok(()),
     }
 }
 

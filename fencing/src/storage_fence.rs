@@ -612,11 +612,11 @@ impl Agent {
     /// Host `h`'s lease is live and it does not publish `vm`: it stopped
     /// acting for it.
     fn stopped_acting(&self, h: u32, vm: u32) -> bool {
-        let views =
-            self.liveness
-                .lock()
-                .expect("lock")
-                .views(&self.hosts, &self.vms, BootInstant::now());
+        let views = self.liveness.lock().expect("lock").views(
+            &self.hosts,
+            &self.slot_names(),
+            BootInstant::now(),
+        );
         let v = &views[h as usize];
         v.live && !v.running.contains(&self.vm_name(vm))
     }

@@ -113,6 +113,7 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
             vm: "kv".into(),
             generation: 4,
             config_generation: 1,
+            slot: None,
         },
     )
     .unwrap()
@@ -127,11 +128,65 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    match ctl::query(&sock, &Request::Highest { vm: "kv".into() }).unwrap() {
+    match ctl::query(
+        &sock,
+        &Request::Highest {
+            vm: "kv".into(),
+            slot: None,
+        },
+    )
+    .unwrap()
+    {
         Response::Highest {
             generation, owner, ..
         } => assert_eq!((generation, owner.as_deref()), (4, Some("host-b"))),
         other => panic!("unexpected {other:?}"),
+    }
+    // A VM added live (not in this host's booted config) is learned at the
+    // slot its ftvmm names, if no VM of the config has that slot; a slot
+    // that disagrees with the config is refused, and so is kv's slot for
+    // another name.
+    let highest = |vm: &str, slot| {
+        ctl::query(
+            &sock,
+            &Request::Highest {
+                vm: vm.into(),
+                slot,
+            },
+        )
+    };
+    match highest("web", None).unwrap() {
+        Response::Error { message } => assert!(message.contains("no vm \"web\""), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match highest("web", Some(3)).unwrap() {
+        Response::Highest { generation, .. } => assert_eq!(generation, 0),
+        other => panic!("unexpected {other:?}"),
+    }
+    let web = Request::Acquire {
+        vm: "web".into(),
+        generation: 1,
+        config_generation: 2,
+        slot: Some(3),
+    };
+    match ctl::query(&sock, &web).unwrap() {
+        Response::Decided { won, .. } => assert!(won),
+        other => panic!("unexpected {other:?}"),
+    }
+    match highest("web", None).unwrap() {
+        Response::Highest { generation, .. } => assert_eq!(generation, 1, "learned for good"),
+        other => panic!("unexpected {other:?}"),
+    }
+    for (vm, slot, words) in [
+        ("web", 4, "in fencing slot 3, the request says slot 4"),
+        ("kv", 2, "in fencing slot 0, the request says slot 2"),
+        ("other", 0, "fencing slot 0 is vm kv's"),
+        ("other", 3, "fencing slot 3 is vm web's"),
+    ] {
+        match highest(vm, Some(slot)).unwrap() {
+            Response::Error { message } => assert!(message.contains(words), "{message}"),
+            other => panic!("{vm} at {slot}: unexpected {other:?}"),
+        }
     }
     // The decision is in the status's recent events (ftctl status --cluster).
     let s = status(&sock).unwrap();
@@ -220,6 +275,7 @@ fn a_device_that_appears_late_is_picked_up_and_status_says_why_meanwhile() {
             vm: "kv".into(),
             generation: 1,
             config_generation: 1,
+            slot: None,
         },
     )
     .unwrap()
@@ -289,6 +345,7 @@ fn an_agent_restarted_after_a_preemption_never_joins_and_resets_the_host() {
             vm: "kv".into(),
             generation: 1,
             config_generation: 1,
+            slot: None,
         },
     )
     .unwrap()
@@ -365,6 +422,7 @@ fn without_a_real_time_watchdog_go_live_is_refused_unless_the_config_accepts_it(
                 vm: "kv".into(),
                 generation: 1,
                 config_generation: 1,
+                slot: None,
             },
         )
         .unwrap();

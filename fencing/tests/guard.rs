@@ -183,6 +183,7 @@ fn what_ftvmm_answers_it_runs_is_published_in_the_lease_record() {
     let kv = RunningVm {
         vm: "kv".into(),
         generation: 5,
+        slot: None,
     };
     let r = rig(Some(vec![kv]));
     let geo = fencing::layout::Geometry::of_config(&common::runtime("host-a").config, 512);

@@ -97,6 +97,7 @@ fn a_preempted_host_withdraws_its_grant_at_once_stops_its_vm_and_starves_the_wat
                     vms: vec![RunningVm {
                         vm: "kv".into(),
                         generation: 1,
+                        slot: None,
                     }],
                 }
             }

@@ -112,6 +112,7 @@ fn runs(a: &Agent, vm: &str, generation: u64) {
         &[RunningVm {
             vm: vm.into(),
             generation,
+            slot: None,
         }],
         epoch,
     );

@@ -124,7 +124,10 @@ impl KvmAvailability {
 
 /// Shared daemon state behind the socket.
 pub struct Daemon {
-    config: RuntimeConfig,
+    /// The booted config, plus the VMs added live since (`crate::power`);
+    /// `power` as booted (the manager keeps each VM's power).
+    config: std::sync::RwLock<Arc<RuntimeConfig>>,
+    host_name: String,
     kvm: KvmAvailability,
     manager: Mutex<VmManager>,
     /// Fencing's requests are served from here, never under `manager`.
@@ -144,7 +147,8 @@ impl Daemon {
         let members = Members::new(grant);
         let manager = Mutex::new(VmManager::new(config.clone(), Arc::clone(&members)));
         Daemon {
-            config,
+            host_name: config.host_name.clone(),
+            config: std::sync::RwLock::new(Arc::new(config)),
             kvm,
             manager,
             members,
@@ -166,11 +170,11 @@ impl Daemon {
         };
         let mut s = serde_json::json!({
             "daemon": "ftvmm",
-            "host": self.config.host_name,
-            "cluster": self.config.config.cluster.name,
-            "generation": self.config.config.cluster.generation,
+            "host": self.host_name,
+            "cluster": self.booted_config().config.cluster.name,
+            "generation": self.booted_config().config.cluster.generation,
             "applied_generation": mgr.applied_generation(),
-            "timing": self.members.timing().status(&self.config.config.timing),
+            "timing": self.members.timing().status(&self.booted_config().config.timing),
             "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
@@ -236,6 +240,7 @@ impl Daemon {
                 generation,
                 vms,
                 timing,
+                config,
             } => {
                 // Timing at once (no fence to wait for); its rules are
                 // `lockstep::live_timing`.
@@ -250,7 +255,7 @@ impl Daemon {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 match queued {
-                    Some(tx) => match tx.send((generation, vms)) {
+                    Some(tx) => match tx.send((generation, vms, config)) {
                         Ok(()) => Response::Ok,
                         Err(_) => Response::Error {
                             message: "ftvmm's power worker is gone".into(),
@@ -258,7 +263,7 @@ impl Daemon {
                     },
                     // No worker (tests): at once, on this thread.
                     None => {
-                        crate::power::apply(self, generation, &vms);
+                        crate::power::apply_config(self, generation, &vms, config.as_deref());
                         Response::Ok
                     }
                 }
@@ -278,7 +283,7 @@ impl Daemon {
     /// Starts every config VM whose Primary is this host and says, for each
     /// other VM, where its Primary is.
     pub fn start_primaries(&self) {
-        for (vm, p) in placement(&self.live_config().config, &self.config.host_name) {
+        for (vm, p) in placement(&self.live_config().config, &self.host_name) {
             self.start_as_at_boot(&vm, &p);
         }
     }
@@ -287,7 +292,7 @@ impl Daemon {
     /// Primary by the config's rule, or says why not (a live power-on,
     /// [`crate::power`], takes the same path).
     pub fn start_as_at_boot(&self, vm: &str, p: &Placement) {
-        let here = &self.config.host_name;
+        let here = &self.host_name;
         let start = || {
             if let Response::Error { message } = self.handle(Request::StartVm { name: vm.into() }) {
                 println!("ftvmm: vm {vm}: cannot start: {message}");
@@ -325,12 +330,29 @@ impl Daemon {
     /// The booted config with the affinity in force
     /// (`lockstep::live_affinity`).
     pub(crate) fn live_config(&self) -> RuntimeConfig {
-        self.members.affinity().apply(&self.config)
+        self.members.affinity().apply(&self.booted_config())
     }
 
-    /// The booted config as this daemon loaded it.
-    pub(crate) fn booted_config(&self) -> &RuntimeConfig {
-        &self.config
+    /// The booted config as this daemon loaded it, plus the VMs added live.
+    pub(crate) fn booted_config(&self) -> Arc<RuntimeConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes VM `name` of config `newer` live (`VmManager::add_vm`), under
+    /// the manager's lock `m`; the VM is off until the power list that
+    /// follows powers it on (a start as at boot).
+    pub(crate) fn add_vm(
+        &self,
+        m: &mut VmManager,
+        newer: &config_schema::ClusterConfig,
+        name: &str,
+        by: u64,
+    ) -> Result<(), String> {
+        m.add_vm(newer, name, by)?;
+        let mut rc = (*self.booted_config()).clone();
+        rc.config = m.config().clone();
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rc);
+        Ok(())
     }
 
     /// The affinity taken live (`lockstep::live_affinity`).
@@ -340,7 +362,7 @@ impl Daemon {
 
     /// Where `vm`'s Primary is, seen from this host.
     pub(crate) fn placement_of(&self, vm: &str) -> Option<Placement> {
-        placement(&self.live_config().config, &self.config.host_name)
+        placement(&self.live_config().config, &self.host_name)
             .into_iter()
             .find(|(n, _)| n == vm)
             .map(|(_, p)| p)

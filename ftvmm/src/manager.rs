@@ -314,6 +314,42 @@ impl VmManager {
         Ok(self.find(name)?.power)
     }
 
+    /// The cluster config this manager runs (booted, with power taken live
+    /// and VMs added live).
+    pub fn config(&self) -> &config_schema::ClusterConfig {
+        &self.config.config
+    }
+
+    /// Records VM `name`'s fencing slot for the fencing client
+    /// (`lockstep::fence::know_slot`) and returns it.
+    pub(crate) fn know_slot(&self, name: &str) -> Option<u32> {
+        let slot = self.config.config.slot_of(name)?;
+        crate::lockstep::fence::know_slot(&self.fencing_socket, name, slot);
+        Some(slot)
+    }
+
+    /// Takes VM `name` of config `newer` into the config this manager runs
+    /// (`config_schema::live_add`: its slot, region and image; the others
+    /// keep their booted definitions), powered as `newer` says, by config
+    /// generation `by`. Returns the VM's definition as added; `Err`: why the
+    /// running config cannot take it (the VM waits for a reboot).
+    pub fn add_vm(
+        &mut self,
+        newer: &config_schema::ClusterConfig,
+        name: &str,
+        by: u64,
+    ) -> Result<(), String> {
+        let mut added = config_schema::live_add::with_added(&self.config.config, newer, name)?;
+        // Off until the power list powers it on: a start as at boot.
+        if let Some(vm) = added.vms.iter_mut().find(|v| v.name == name) {
+            vm.power = Power::Off;
+        }
+        self.config.config = added;
+        self.power_by.insert(name.to_string(), by);
+        self.know_slot(name);
+        Ok(())
+    }
+
     /// Sets VM `name`'s power, as config generation `by` says. From now on
     /// [`VmManager::start`] follows it; a running member is not touched
     /// (`crate::power` stops it).
@@ -609,7 +645,9 @@ impl VmManager {
             figures: None,
             thread: None,
         };
-        self.members.insert(name, Arc::clone(&slot.pair));
+        let fencing_slot = self.know_slot(name);
+        self.members
+            .insert(name, fencing_slot, Arc::clone(&slot.pair));
         let (state, handle, progress, pair, cancel) = (
             Arc::clone(&slot.state),
             Arc::clone(&slot.handle),
@@ -1149,7 +1187,7 @@ mod tests {
                     move |req| {
                         let mut d = d2.lock().unwrap();
                         match req {
-                            Request::Highest { vm } => {
+                            Request::Highest { vm, .. } => {
                                 let top = d.iter().filter(|x| x.0 == vm).max_by_key(|x| x.1);
                                 Response::Highest {
                                     vm,

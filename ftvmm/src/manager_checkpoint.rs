@@ -104,7 +104,9 @@ impl VmManager {
             figures: Some(Arc::clone(&figures)),
             thread: None,
         };
-        self.members.insert(name, Arc::clone(&slot.pair));
+        let fencing_slot = self.know_slot(name);
+        self.members
+            .insert(name, fencing_slot, Arc::clone(&slot.pair));
         let (state, pair, cancel) = (
             Arc::clone(&slot.state),
             Arc::clone(&slot.pair),

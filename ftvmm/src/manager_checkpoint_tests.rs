@@ -95,7 +95,7 @@ pub(super) fn serve_fencing(dir: &Path, me: &str, decided: Decided, alive: Alive
                         .max_by_key(|x| x.0)
                 };
                 match req {
-                    Request::Highest { vm } => {
+                    Request::Highest { vm, .. } => {
                         let t = top(&d, &vm);
                         Response::Highest {
                             generation: t.as_ref().map_or(0, |x| x.0),

@@ -29,6 +29,9 @@ pub struct Members {
     /// The affinity taken live from applied configs (every placement reads it).
     affinity: Arc<LiveAffinity>,
     handles: Mutex<BTreeMap<String, Arc<PairHandle>>>,
+    /// Each member's fencing slot (sent with the running list: a fencing
+    /// agent restarted since a VM was added live learns it there).
+    slots: Mutex<BTreeMap<String, u32>>,
     /// Whether the grant was valid when last looked at (to tell members of
     /// a change once, not on every renewal).
     was_valid: Mutex<bool>,
@@ -43,6 +46,7 @@ impl Members {
             timing: Arc::default(),
             affinity: Arc::default(),
             handles: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
             was_valid: Mutex::new(was_valid),
         })
     }
@@ -61,8 +65,12 @@ impl Members {
         Arc::clone(&self.affinity)
     }
 
-    /// The handle of a VM's (newest) member.
-    pub fn insert(&self, vm: &str, h: Arc<PairHandle>) {
+    /// The handle of a VM's (newest) member, and the VM's fencing slot.
+    pub fn insert(&self, vm: &str, slot: Option<u32>, h: Arc<PairHandle>) {
+        if let Some(s) = slot {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.insert(vm.to_string(), s);
+        }
         self.lock().insert(vm.to_string(), h);
     }
 
@@ -143,12 +151,14 @@ impl Members {
 
     /// The VMs this host runs (or is acquiring) as Primary.
     pub fn running(&self) -> Vec<RunningVm> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.lock()
             .iter()
             .filter_map(|(vm, h)| {
                 h.running_generation().map(|generation| RunningVm {
                     vm: vm.clone(),
                     generation,
+                    slot: slots.get(vm).copied(),
                 })
             })
             .collect()
@@ -179,7 +189,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         h.attach(tx);
         h.running.store(3, std::sync::atomic::Ordering::SeqCst);
-        m.insert("kv", Arc::clone(&h));
+        m.insert("kv", Some(4), Arc::clone(&h));
         m.on_grant(true, 60, "");
         m.on_grant(true, 60, "");
         assert_eq!(rx.try_recv(), Ok(Event::Grant(Grant::Ok)));
@@ -198,7 +208,8 @@ mod tests {
             m.running(),
             vec![RunningVm {
                 vm: "kv".into(),
-                generation: 3
+                generation: 3,
+                slot: Some(4),
             }]
         );
         assert!(m.deposed("kv", 4, "host-b"));
@@ -224,7 +235,7 @@ mod tests {
             let h = Arc::new(PairHandle::default());
             let (tx, rx) = mpsc::channel();
             h.attach(tx);
-            m.insert("kv", Arc::clone(&h));
+            m.insert("kv", None, Arc::clone(&h));
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let watch = {
                 let (m, stop) = (Arc::clone(&m), Arc::clone(&stop));

@@ -71,7 +71,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config_schema::ctl::VmPower;
-use config_schema::Power;
+use config_schema::{ClusterConfig, Power};
 
 use crate::daemon::Daemon;
 use crate::lockstep::live_affinity;
@@ -84,9 +84,12 @@ pub const FENCE_ATTEMPTS: u32 = 10;
 /// Pause between two fence attempts while storage does not answer.
 pub const FENCE_RETRY: Duration = Duration::from_millis(500);
 
-/// Where `ConfigApplied` is queued for the power worker: (config
-/// generation, every VM's power).
-pub type Queue = std::sync::mpsc::Sender<(u64, Vec<VmPower>)>;
+/// One `ConfigApplied`: config generation, every VM's power, the config
+/// (for the VMs it adds).
+pub type Applied = (u64, Vec<VmPower>, Option<Box<ClusterConfig>>);
+
+/// Where `ConfigApplied` is queued for the power worker.
+pub type Queue = std::sync::mpsc::Sender<Applied>;
 
 /// One step of a live power change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,8 +102,9 @@ pub enum Step {
 }
 
 /// The steps for a config's power list (pure): `power_now` is each VM's
-/// power as this host last took it (`None`: not a VM of the booted config:
-/// a VM added needs a reboot), `member` how this host runs it.
+/// power as this host last took it (`None`: a VM this host does not run: an
+/// added one the running config could not take waits for a reboot),
+/// `member` how this host runs it.
 pub fn plan(
     vms: &[VmPower],
     power_now: impl Fn(&str) -> Option<Power>,
@@ -129,6 +133,18 @@ pub fn plan(
 /// Takes config `generation`'s power list (module rules); returns the
 /// console lines it printed, in order.
 pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
+    apply_config(daemon, generation, vms, None)
+}
+
+/// [`apply`], with the config itself: a VM it adds is taken into the
+/// running config first (off), so that its power list starts it as at
+/// boot (module rules, "Adding a VM").
+pub fn apply_config(
+    daemon: &Daemon,
+    generation: u64,
+    vms: &[VmPower],
+    config: Option<&ClusterConfig>,
+) -> Vec<String> {
     let mut lines = Vec::new();
     let mut say = |line: String| {
         println!("{line}");
@@ -143,7 +159,31 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
             ));
             return lines;
         }
+        let first = generation > m.applied_generation();
         m.set_applied_generation(generation);
+        let newer = config.filter(|c| c.cluster.generation == generation);
+        for v in vms.iter().filter(|_| newer.is_some()) {
+            if m.power(&v.vm).is_ok() {
+                continue;
+            }
+            let newer = newer.expect("filtered");
+            match daemon.add_vm(&mut m, newer, &v.vm, generation) {
+                Ok(()) => say(format!(
+                    "ftvmm: vm {}: added by config generation {generation} (fencing slot {}, \
+                     disk region {})",
+                    v.vm,
+                    m.config().slot_of(&v.vm).expect("just added"),
+                    (m.config().vms.iter().find(|x| x.name == v.vm))
+                        .map_or("?", |x| x.disk_region.as_str())
+                )),
+                Err(why) if first => say(format!(
+                    "ftvmm: vm {}: added by config generation {generation} but not taken live: \
+                     {why}; it runs here after this host's next boot",
+                    v.vm
+                )),
+                Err(_) => {}
+            }
+        }
         let steps = plan(vms, |n| m.power(n).ok(), |n| m.member_here(n));
         // Affinity is taken with the power list, under the manager's lock
         // (nothing starts or ends a member meanwhile); its steps come after
@@ -213,7 +253,8 @@ pub fn apply(daemon: &Daemon, generation: u64, vms: &[VmPower]) -> Vec<String> {
             }
         }
     }
-    let here = &daemon.booted_config().host_name;
+    let booted = daemon.booted_config();
+    let here = &booted.host_name;
     for s in moves {
         match s {
             live_affinity::Step::Leave { vm, allowed } => {
@@ -277,13 +318,13 @@ fn not_fenced(vm: &str, generation: u64, e: &PowerOffError) -> String {
 /// Starts the worker that takes `ConfigApplied` in arrival order (the
 /// control request only queues it: a fence may take seconds).
 pub fn start_worker(daemon: &Arc<Daemon>) {
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<VmPower>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<Applied>();
     let d = Arc::clone(daemon);
     let spawned = std::thread::Builder::new()
         .name("power".into())
         .spawn(move || {
-            for (generation, vms) in rx {
-                apply(&d, generation, &vms);
+            for (generation, vms, config) in rx {
+                apply_config(&d, generation, &vms, config.as_deref());
             }
         });
     match spawned {

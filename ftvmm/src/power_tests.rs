@@ -119,7 +119,7 @@ impl SharedFencing {
 
 fn answer(t: &mut Table, me: &str, req: Request) -> Response {
     match req {
-        Request::Highest { vm } => {
+        Request::Highest { vm, .. } => {
             let top = t.decided.iter().filter(|d| d.0 == vm).max_by_key(|d| d.1);
             Response::Highest {
                 vm,
@@ -132,6 +132,7 @@ fn answer(t: &mut Table, me: &str, req: Request) -> Response {
             vm,
             generation,
             config_generation,
+            ..
         } => {
             let found = t.decided.iter().find(|d| d.0 == vm && d.1 == generation);
             let (owner, config) = match found {
@@ -323,6 +324,7 @@ fn the_daemon_takes_power_changes_in_generation_order_and_says_so() {
         generation: 2,
         vms: vec![vm("kv", Power::Off)],
         timing: Some(t.clone()),
+        config: None,
     };
     assert_eq!(d.handle(off), Response::Ok);
     // The timing is taken at once, with the rules of `live_timing`.
@@ -338,6 +340,7 @@ fn the_daemon_takes_power_changes_in_generation_order_and_says_so() {
         generation: 1,
         vms: vec![vm("kv", Power::Off)],
         timing: Some(t),
+        config: None,
     };
     assert_eq!(d.handle(older), Response::Ok);
     assert_eq!(d.status()["timing"]["failure_timeout_ms"], 2500);
@@ -418,6 +421,128 @@ fn a_running_vm_is_fenced_stopped_and_started_again_by_live_power_changes() {
     assert_eq!(s["lockstep"]["generation"], 3, "{s}");
     assert_eq!(f.decided()[2], ("pwr".into(), 3, "host-a".into(), 3));
     d.manager().stop("pwr").unwrap();
+}
+
+/// Adding a VM live, end to end on /dev/kvm (as the test above): config 2
+/// adds `addv` (its own disk region, fencing slot 4, host-a only); the
+/// daemon takes it into the config it runs, fencing is asked with its slot,
+/// and it starts as at boot and runs beside the booted VM, which is not
+/// touched. A VM the running config cannot take (its region overlaps one in
+/// use) is refused with one line, once per config generation.
+#[test]
+fn a_vm_added_by_a_newer_config_starts_live_beside_the_running_one() {
+    // Alone on host-a (no pair): the example's FT addresses, a valid config.
+    let (d, f, _dir) = daemon_with("host-a", "keep", &["host-a"], false);
+    d.start_primaries();
+    let running = |d: &Daemon, i: usize| {
+        for _ in 0..600 {
+            let s = d.status()["vms"][i].clone();
+            assert_ne!(s["state"], "failed", "{s}");
+            if s["progress"]["exit_index"].as_u64().unwrap_or(0) > 50 {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("vm {i} made no progress: {}", d.status());
+    };
+    running(&d, 0);
+    let booted = d.booted_config().config.clone();
+    let mut newer = booted.clone();
+    newer.cluster.generation = 2;
+    let mut add = newer.vms[0].clone();
+    add.name = "addv".into();
+    add.mac = "52:54:00:12:34:58".into();
+    add.ip = "198.51.100.12/24".into();
+    add.disk_region = "addv-disk".into();
+    add.slot = Some(4);
+    newer.vms.insert(0, add);
+    newer.storage.regions.push(config_schema::NamedRegion {
+        name: "addv-disk".into(),
+        offset_mib: 96,
+        size_mib: 32,
+    });
+    config_schema::validate::validate(&newer).unwrap();
+    let power = [vm("addv", Power::On), vm("keep", Power::On)];
+    let lines = apply_config(&d, 2, &power, Some(&newer));
+    assert_eq!(
+        lines,
+        [
+            "ftvmm: vm addv: added by config generation 2 (fencing slot 4, disk region addv-disk)",
+            "ftvmm: vm addv: powered on by config generation 2",
+        ]
+    );
+    let s = running(&d, 1);
+    assert_eq!(s["name"], "addv", "{s}");
+    assert_eq!(s["lockstep"]["generation"], 1, "{s}");
+    assert_eq!(
+        crate::lockstep::fence::slot_of(&f.sockets[0], "addv"),
+        Some(4),
+        "fencing is asked with the VM's slot"
+    );
+    assert!(
+        f.decided()
+            .contains(&("addv".into(), 1, "host-a".into(), 2)),
+        "{:?}",
+        f.decided()
+    );
+    assert_eq!(
+        d.manager().member_here("keep"),
+        MemberHere::Acting,
+        "untouched"
+    );
+    assert_eq!(d.booted_config().config.slot_of("addv"), Some(4));
+    // The same config again (a catch-up round): nothing more.
+    assert_eq!(
+        apply_config(&d, 2, &power, Some(&newer)),
+        Vec::<String>::new()
+    );
+    // A VM whose region overlaps keep's disk: refused, said once.
+    let mut clash = newer.clone();
+    clash.cluster.generation = 3;
+    let mut bad = clash.vms[0].clone();
+    bad.name = "clash".into();
+    bad.mac = "52:54:00:12:34:59".into();
+    bad.ip = "198.51.100.13/24".into();
+    bad.disk_region = "clash-disk".into();
+    bad.slot = Some(6);
+    clash.vms.push(bad);
+    clash.storage.regions.push(config_schema::NamedRegion {
+        name: "clash-disk".into(),
+        offset_mib: 130,
+        size_mib: 32,
+    });
+    // In the newer config keep's disk moved away (a reboot's business);
+    // here keep still runs on it.
+    let keep = booted.storage.regions[0].clone();
+    let moved = (clash.storage.regions.iter_mut())
+        .find(|r| r.name == keep.name)
+        .unwrap();
+    moved.offset_mib = 200;
+    moved.size_mib = 16;
+    let last = clash.storage.regions.len() - 1;
+    clash.storage.regions[last].offset_mib = keep.offset_mib;
+    config_schema::validate::validate(&clash).unwrap();
+    let power = [
+        vm("addv", Power::On),
+        vm("keep", Power::On),
+        vm("clash", Power::On),
+    ];
+    let lines = apply_config(&d, 3, &power, Some(&clash));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(
+            "ftvmm: vm clash: added by config generation 3 but not taken live: with it the \
+             running config is invalid:"
+        ) && lines[0].ends_with("it runs here after this host's next boot"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        apply_config(&d, 3, &power, Some(&clash)),
+        Vec::<String>::new()
+    );
+    assert!(d.manager().power("clash").is_err());
+    d.manager().stop("addv").unwrap();
+    d.manager().stop("keep").unwrap();
 }
 
 #[test]
@@ -504,9 +629,22 @@ fn daemon_with_vm(
     vm: &str,
     hosts: &[&str],
 ) -> (Daemon, SharedFencing, tempfile::TempDir) {
+    daemon_with(host, vm, hosts, true)
+}
+
+/// [`daemon_with_vm`]; `loopback_ft`: FT addresses on loopback (a pair can
+/// meet; the config is then invalid, as no NIC has such an address).
+fn daemon_with(
+    host: &str,
+    vm: &str,
+    hosts: &[&str],
+    loopback_ft: bool,
+) -> (Daemon, SharedFencing, tempfile::TempDir) {
     let elf = crate::test_guest_elf();
     let f = SharedFencing::serve(&[host]);
-    let dir = tempfile::tempdir().unwrap();
+    // Under /dev/ (tmpfs), so that the config stays valid (the shared
+    // device's path): a VM added live is validated with the config it joins.
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let mut rc = config(host);
     let shared = dir.path().join("shared.img");
     let file = std::fs::File::create(&shared).unwrap();
@@ -514,7 +652,10 @@ fn daemon_with_vm(
     rc.config.storage.device = config_schema::DeviceLocator::Path(shared.display().to_string());
     // Loopback FT addresses of this process's own (a listener binds there).
     let net = 100 + std::process::id() % 100;
-    for (i, h) in rc.config.hosts.iter_mut().enumerate() {
+    for (i, h) in (rc.config.hosts.iter_mut())
+        .enumerate()
+        .filter(|_| loopback_ft)
+    {
         h.ft.addr = format!("127.{net}.31.{}/24", i + 1);
     }
     rc.config.vms[0].name = vm.into();

@@ -253,6 +253,11 @@ fn a_power_change_is_live_and_each_hosts_ftvmm_is_told_in_order() {
             allowed: Some(vec!["host-a".into(), "host-b".into(), "host-c".into()]),
         }],
         timing: Some(config(7).timing),
+        config: Some(Box::new({
+            let mut c = config(g);
+            c.vms[0].power = power;
+            c
+        })),
     };
     let mut seen = c.told.lock().unwrap().clone();
     seen.sort_by_key(|(i, _)| *i);

@@ -108,7 +108,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
         Members::new(Arc::clone(&s_grant)),
         Arc::new(PairHandle::default()),
     );
-    s_members.0.insert("kv", Arc::clone(&s_members.1));
+    s_members.0.insert("kv", None, Arc::clone(&s_members.1));
     let p_events = MemberDriver::channel();
     let outputs = GatedOutputs::new(gate(), None);
     let (running, _pmem) = counter_vm(&outputs);
@@ -262,7 +262,8 @@ fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on
         p.s_members.running(),
         vec![config_schema::ctl::RunningVm {
             vm: "kv".into(),
-            generation: 2
+            generation: 2,
+            slot: None,
         }],
         "host-b publishes generation 2"
     );

@@ -55,7 +55,7 @@ fn fencing_socket(dir: &Path) -> PathBuf {
             listener,
             config_schema::ctl_server::Policy::fencing_for_this_test(),
             |req| match req {
-                Request::Highest { vm } => Response::Highest {
+                Request::Highest { vm, .. } => Response::Highest {
                     generation: 1,
                     owner: Some("host-a".into()),
                     vm,

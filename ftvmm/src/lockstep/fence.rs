@@ -3,13 +3,35 @@
 //! Every answer is typed; an agent that cannot answer is an error the caller
 //! waits out (storage unreachable: keep holding, say so once).
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use config_schema::ctl::{self, LeaseView, Request, Response};
 
 use super::member::Decision;
+
+/// The fencing slot of every VM this process started or added, by fencing
+/// socket: sent with each `Acquire` and `Highest`, so that an agent whose
+/// booted config lacks a VM added live learns it (`fencing::Agent::learn`),
+/// also after it restarted. Keyed by socket so that tests with several
+/// agents in one process stay apart.
+static SLOTS: Mutex<BTreeMap<(PathBuf, String), u32>> = Mutex::new(BTreeMap::new());
+
+/// Records `vm`'s fencing slot for the agent at `socket` (the config that
+/// starts or adds the VM says it).
+pub fn know_slot(socket: &Path, vm: &str, slot: u32) {
+    let mut m = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    m.insert((socket.to_path_buf(), vm.to_string()), slot);
+}
+
+/// `vm`'s fencing slot as recorded for `socket` ([`know_slot`]).
+pub fn slot_of(socket: &Path, vm: &str) -> Option<u32> {
+    let m = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    m.get(&(socket.to_path_buf(), vm.to_string())).copied()
+}
 
 /// What `Highest { vm }` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +64,7 @@ pub fn acquire(
         vm: vm.to_string(),
         generation,
         config_generation,
+        slot: slot_of(socket, vm),
     };
     let plain = |decision| {
         Ok(Acquired {
@@ -96,7 +119,11 @@ pub fn acquire_until(
 
 /// `Highest { vm }`.
 pub fn highest(socket: &Path, vm: &str) -> Result<Highest, String> {
-    match ctl::query(socket, &Request::Highest { vm: vm.to_string() }) {
+    let req = Request::Highest {
+        vm: vm.to_string(),
+        slot: slot_of(socket, vm),
+    };
+    match ctl::query(socket, &req) {
         Ok(Response::Highest {
             generation,
             owner,

@@ -57,7 +57,7 @@ impl Fencing {
                 move |req| {
                     let mut s = s.lock().unwrap();
                     match req {
-                        Request::Highest { vm } => Response::Highest {
+                        Request::Highest { vm, .. } => Response::Highest {
                             vm,
                             generation: s.highest.0,
                             owner: s.highest.1.clone(),

@@ -122,6 +122,8 @@ pub struct Persisted {
     pub vms: Vec<VmPower>,
     /// Its timing (ftvmm is told it too).
     pub timing: Timing,
+    /// The config itself (ftvmm takes the VMs it adds from it).
+    pub config: Box<ClusterConfig>,
 }
 
 /// What this host's last catch-up persisted (kept under
@@ -225,6 +227,12 @@ impl Service {
                     vm.affinity = n.affinity.clone();
                 }
             }
+            // VMs added, as ftvmm takes them (`config_schema::live_add`).
+            for n in &new.vms {
+                if let Ok(added) = config_schema::live_add::with_added(r, new, &n.name) {
+                    *r = added;
+                }
+            }
         }
         let vms = VmPower::all(new);
         live.persisted = Some(Persisted {
@@ -233,6 +241,7 @@ impl Service {
             changes: changes.to_string(),
             vms: vms.clone(),
             timing: new.timing.clone(),
+            config: Box::new(new.clone()),
         });
         drop(live);
         if let Some(t) = &self.cfg.apply {
@@ -240,7 +249,7 @@ impl Service {
                 println!("{line}");
             }
         }
-        let told = match self.tell_ftvmm(new.cluster.generation, vms, &new.timing) {
+        let told = match self.tell_ftvmm(new.cluster.generation, vms, &new.timing, new) {
             Ok(()) => String::new(),
             Err(why)
                 if changes.live.iter().any(|c| {
@@ -294,11 +303,13 @@ impl Service {
         generation: u64,
         vms: Vec<VmPower>,
         timing: &Timing,
+        config: &ClusterConfig,
     ) -> Result<(), String> {
         let req = Request::ConfigApplied {
             generation,
             vms,
             timing: Some(timing.clone()),
+            config: Some(Box::new(config.clone())),
         };
         match ctl::query(&self.cfg.ftvmm_socket, &req) {
             Ok(Response::Ok) => Ok(()),
@@ -318,7 +329,7 @@ impl Service {
         let Some(p) = self.live().persisted else {
             return;
         };
-        if let Err(why) = self.tell_ftvmm(p.generation, p.vms, &p.timing) {
+        if let Err(why) = self.tell_ftvmm(p.generation, p.vms, &p.timing, &p.config) {
             tracing::warn!(
                 "ftvmm not told of config generation {}: {why}",
                 p.generation
