@@ -157,6 +157,13 @@ pub struct VmManager {
     applied_generation: u64,
     /// The config generation that last set a VM's power live.
     power_by: BTreeMap<String, u64>,
+    /// The generation and digest of the config this host booted: what a
+    /// booted VM's `Hello` names (a pair forms between hosts that booted the
+    /// same config; power and VMs taken live since do not change it).
+    booted_id: (u64, [u8; 32]),
+    /// The same for each VM added live: the config that added it here (two
+    /// hosts that added it from the same config run the same definition).
+    added_by: BTreeMap<String, (u64, [u8; 32])>,
     /// Why a VM the config powers off still runs here (its power-off
     /// could not be fenced yet).
     power_pending: BTreeMap<String, String>,
@@ -178,6 +185,12 @@ pub enum MemberHere {
     /// A member that acts as Primary or asks fencing for a generation (a
     /// Primary in any state, a Secondary racing): `PairHandle::running`.
     Acting,
+}
+
+/// A config's generation and digest, as a `Hello` names them.
+fn config_identity(c: &ClusterConfig) -> (u64, [u8; 32]) {
+    let id = config_schema::config_id::ConfigId::of_config(c);
+    (c.cluster.generation, id.digest)
 }
 
 /// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`)
@@ -272,6 +285,8 @@ impl VmManager {
             heartbeat_socket: PathBuf::from(config_schema::ctl::HEARTBEAT_SOCKET),
             applied_generation: config.config.cluster.generation,
             power_by: BTreeMap::new(),
+            booted_id: config_identity(&config.config),
+            added_by: BTreeMap::new(),
             power_pending: BTreeMap::new(),
             checkpoint_boot: None,
             #[cfg(test)]
@@ -320,6 +335,12 @@ impl VmManager {
         &self.config.config
     }
 
+    /// The config generation and digest VM `name`'s `Hello` names: the
+    /// config that added it here, or the booted one.
+    pub(crate) fn pair_identity(&self, name: &str) -> (u64, [u8; 32]) {
+        self.added_by.get(name).copied().unwrap_or(self.booted_id)
+    }
+
     /// Records VM `name`'s fencing slot for the fencing client
     /// (`lockstep::fence::know_slot`) and returns it.
     pub(crate) fn know_slot(&self, name: &str) -> Option<u32> {
@@ -346,6 +367,8 @@ impl VmManager {
         }
         self.config.config = added;
         self.power_by.insert(name.to_string(), by);
+        self.added_by
+            .insert(name.to_string(), config_identity(newer));
         self.know_slot(name);
         Ok(())
     }
@@ -632,6 +655,7 @@ impl VmManager {
         })?;
         ps.fencing_socket = self.fencing_socket.clone();
         ps.heartbeat_socket = self.heartbeat_socket.clone();
+        (ps.hello.config_generation, ps.hello.config_digest) = self.pair_identity(name);
         ps.applied_config_generation = self.applied_generation;
         ps.live_affinity = self.members.affinity();
         let rc = self.config.clone();

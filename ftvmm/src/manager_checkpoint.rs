@@ -48,6 +48,10 @@ impl VmManager {
         })?;
         spec.pair.fencing_socket = self.fencing_socket.clone();
         spec.pair.heartbeat_socket = self.heartbeat_socket.clone();
+        (
+            spec.pair.hello.config_generation,
+            spec.pair.hello.config_digest,
+        ) = self.pair_identity(name);
         spec.pair.applied_config_generation = self.applied_generation;
         spec.pair.live_affinity = self.members.affinity();
         if let Some(boot) = &self.checkpoint_boot {

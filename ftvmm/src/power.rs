@@ -21,6 +21,17 @@
 //!   says `powered off (config)`, `by config generation N`.
 //! - Power on (`off` → `on`): the member starts as at boot
 //!   ([`Daemon::start_as_at_boot`]).
+//! - Adding a VM: a VM of the power list this host does not run is taken
+//!   from the config `ConfigApplied` carries into the config the daemon
+//!   runs (`config_schema::live_add`: its slot, disk region and image; the
+//!   other VMs keep their booted definitions), as `off`; the power list
+//!   then powers it on like any other VM. The fencing client sends its slot
+//!   with every `Acquire` and `Highest`, and this host's fencing agent,
+//!   booted without the VM, learns it there. A VM the running config
+//!   cannot take (its region overlaps one in use here, its slot is another
+//!   running VM's) is said once per config generation and waits for the
+//!   host's next boot. Why two VM lists side by side are safe:
+//!   docs/design.md §15.
 //!
 //! # Why no Secondary goes live when its VM is powered off
 //!

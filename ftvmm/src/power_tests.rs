@@ -490,6 +490,14 @@ fn a_vm_added_by_a_newer_config_starts_live_beside_the_running_one() {
         MemberHere::Acting,
         "untouched"
     );
+    // Its pair is named by the config that added it; keep's by the booted
+    // one, whatever was taken live since.
+    let id = |c: &config_schema::ClusterConfig| {
+        let digest = config_schema::config_id::ConfigId::of_config(c).digest;
+        (c.cluster.generation, digest)
+    };
+    assert_eq!(d.manager().pair_identity("addv"), id(&newer));
+    assert_eq!(d.manager().pair_identity("keep"), id(&booted));
     assert_eq!(d.booted_config().config.slot_of("addv"), Some(4));
     // The same config again (a catch-up round): nothing more.
     assert_eq!(
