@@ -10,7 +10,11 @@
 //! host-a UNREACHABLE, `kv` PRIMARY in host-b's box in generation 2, not
 //! protected with its reason, and the failover event with its pause. Each
 //! state is also captured by headless Chromium (`chromium --headless
-//! --screenshot`), under `<target>/status-page/`.
+//! --screenshot`), under `<target>/status-page/`. Before and after the
+//! failover, `ftctl status --cluster` and the page's `/metrics?host=ADDR`
+//! (a host's OpenMetrics text, fetched with the operator key) say who is
+//! Primary, whether `kv` is protected and its generation; a host not given
+//! to the page is refused, a dead one is a 502.
 //!
 //! In `make test` (`image/prereqs.sh` installs Chromium); it FAILS with a
 //! hint when Chromium, the ISO, QEMU or root is missing.
@@ -85,6 +89,33 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     let post = get(&op, "POST", "/");
     assert!(post.contains(" 405 "), "POST not refused: {post}");
     screenshot(&op, &chromium, &shots.join("1-paired.png"));
+    let status = |host: &str| status_cluster(&op, &ftctl, (&key, &source.config), host);
+    let before = status("192.0.2.2");
+    assert!(
+        before.contains("    primary: host-a  secondary: host-b  generation: 1\n"),
+        "{before}"
+    );
+    let m = get(&op, "GET", "/metrics?host=192.0.2.1");
+    for want in [
+        " 200 ",
+        "application/openmetrics-text",
+        "ft_vm_primary_here{host=\"host-a\",vm=\"kv\"} 1\n",
+        "ft_vm_protected{host=\"host-a\",vm=\"kv\"} 1\n",
+        "ft_vm_generation{host=\"host-a\",vm=\"kv\"} 1\n",
+    ] {
+        assert!(m.contains(want), "host-a's metrics lack {want:?}:\n{m}");
+    }
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    let m = get(&op, "GET", "/metrics?host=192.0.2.2");
+    assert!(
+        m.contains("ft_vm_primary_here{host=\"host-b\",vm=\"kv\"} 0\n"),
+        "host-b's metrics:\n{m}"
+    );
+    let m = get(&op, "GET", "/metrics?host=192.0.2.3");
+    assert!(
+        m.contains(" 404 ") && m.contains("192.0.2.3 is not one of this page's hosts"),
+        "{m}"
+    );
 
     // Kill the Primary's QEMU.
     let a = cluster.host("host-a").unwrap();
@@ -141,6 +172,28 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     );
     client.goes_on(40, STEP);
     screenshot(&op, &chromium, &shots.join("3-after-failover.png"));
+    let after = status("192.0.2.2");
+    assert!(
+        after.contains("    primary: host-b  secondary: "),
+        "{after}"
+    );
+    assert!(!after.contains("primary: host-a"), "{after}");
+    let m = get(&op, "GET", "/metrics?host=192.0.2.2");
+    for want in [
+        "ft_vm_primary_here{host=\"host-b\",vm=\"kv\"} 1\n",
+        "ft_vm_protected{host=\"host-b\",vm=\"kv\"} 0\n",
+    ] {
+        assert!(m.contains(want), "host-b's metrics lack {want:?}:\n{m}");
+    }
+    let g = (m.lines())
+        .find_map(|l| l.strip_prefix("ft_vm_generation{host=\"host-b\",vm=\"kv\"} "))
+        .and_then(|g| g.trim().parse::<u64>().ok());
+    assert!(g >= Some(2), "kv's generation on host-b: {g:?}\n{m}");
+    let m = get(&op, "GET", "/metrics?host=192.0.2.1");
+    assert!(
+        m.contains(" 502 ") && m.contains("no metrics from 192.0.2.1: "),
+        "{m}"
+    );
     let done = client.finish();
     eprintln!(
         "client: {} acknowledged PUTs all readable after the failover; screenshots in {}",
@@ -180,6 +233,34 @@ impl Drop for Page {
     }
 }
 
+/// `ftctl status --cluster --host HOST` from the operator's namespace: its
+/// output (the test fails with it when the command does).
+fn status_cluster(
+    op: &NetnsTap,
+    ftctl: &Path,
+    (key, config): (&Path, &Path),
+    host: &str,
+) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", op.netns()])
+        .arg(ftctl)
+        .args(["status", "--cluster", "--host", host])
+        .arg("--key")
+        .arg(key)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run ftctl status --cluster");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ftctl status --cluster --host {host}: {}\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// One HTTP/1.0 request to the page from inside the namespace: the whole
 /// answer (status line, headers, body), or the connection error.
 fn get(op: &NetnsTap, method: &str, path: &str) -> String {
@@ -188,7 +269,7 @@ fn get(op: &NetnsTap, method: &str, path: &str) -> String {
         Ok(s) => s,
         Err(e) => return format!("no connection: {e}"),
     };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let req = format!("{method} {path} HTTP/1.0\r\nHost: {LISTEN}\r\nContent-Length: 0\r\n\r\n");
     if let Err(e) = s.write_all(req.as_bytes()) {
         return format!("write failed: {e}");

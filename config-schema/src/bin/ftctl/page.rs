@@ -10,6 +10,12 @@
 //! With several `--host`s the poller asks the one that answered last first,
 //! then the others in order, so the page goes on when the host it asked
 //! goes down (a failover of its Primary, say).
+//!
+//! `GET /metrics?host=ADDR` (ADDR one of the `--host`s) asks that host for
+//! its OpenMetrics text with the same key, on a thread of its own (a host
+//! that does not answer holds up neither the page nor other scrapes), and
+//! passes it on: 200 with the text, 502 with the reason when the host
+//! refused or did not answer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,14 +53,17 @@ pub fn page(hosts: &[String], key: &Path, config: &Path, listen: SocketAddr) -> 
         );
     }
     let history = Arc::new(Mutex::new(History::default()));
+    let (key, host_keys) = (Arc::new(key), Arc::new(host_keys));
     let poller = {
         let (history, hosts) = (Arc::clone(&history), hosts.to_vec());
+        let (key, host_keys) = (Arc::clone(&key), Arc::clone(&host_keys));
         std::thread::Builder::new()
             .name("page-poller".into())
             .spawn(move || poll_forever(&hosts, &key, &host_keys, &history))?
     };
     eprintln!(
-        "status page of {} on http://{listen}/ (data: /status.json); polls every {} s",
+        "status page of {} on http://{listen}/ (data: /status.json, metrics: \
+         /metrics?host=ADDR); polls every {} s",
         hosts.join(", "),
         POLL_EVERY.as_secs()
     );
@@ -62,24 +71,75 @@ pub fn page(hosts: &[String], key: &Path, config: &Path, listen: SocketAddr) -> 
         if poller.is_finished() {
             return Err(anyhow!("the poller thread ended"));
         }
+        match page::metrics_target(request.method().as_str(), request.url(), hosts) {
+            Some(Ok(host)) => {
+                let (host, key, host_keys) =
+                    (host.to_string(), Arc::clone(&key), Arc::clone(&host_keys));
+                let spawned = std::thread::Builder::new()
+                    .name("page-metrics".into())
+                    .spawn(move || respond(request, metrics_of(&host, &key, &host_keys)));
+                if let Err(e) = spawned {
+                    eprintln!("page: cannot start a metrics request: {e}");
+                }
+                continue;
+            }
+            Some(Err(answer)) => {
+                respond(request, answer);
+                continue;
+            }
+            None => {}
+        }
         let answer = {
             let h = history.lock().unwrap_or_else(|p| p.into_inner());
             page::answer(request.method().as_str(), request.url(), &h, now_ms())
         };
-        let mut response = tiny_http::Response::from_string(answer.body)
-            .with_status_code(answer.status)
-            .with_header(header("Content-Type", answer.content_type));
-        for (k, v) in page::HEADERS {
-            response.add_header(header(k, v));
-        }
-        if answer.status == 405 {
-            response.add_header(header("Allow", "GET, HEAD"));
-        }
-        if let Err(e) = request.respond(response) {
-            eprintln!("page: answering a request failed: {e}");
-        }
+        respond(request, answer);
     }
     Ok(())
+}
+
+/// Sends `answer` with the page's headers.
+fn respond(request: tiny_http::Request, answer: page::Answer) {
+    let mut response = tiny_http::Response::from_string(answer.body)
+        .with_status_code(answer.status)
+        .with_header(header("Content-Type", answer.content_type));
+    for (k, v) in page::HEADERS {
+        response.add_header(header(k, v));
+    }
+    if answer.status == 405 {
+        response.add_header(header("Allow", "GET, HEAD"));
+    }
+    if let Err(e) = request.respond(response) {
+        eprintln!("page: answering a request failed: {e}");
+    }
+}
+
+/// One host's OpenMetrics text, or 502 with why not.
+fn metrics_of(host: &str, key: &OperatorKey, host_keys: &HostKeys) -> page::Answer {
+    let reply = client::resolve(host).and_then(|addr| {
+        client::query(
+            addr,
+            key,
+            host_keys,
+            OperatorRequest::Metrics,
+            QUERY_TIMEOUT,
+        )
+    });
+    let failed = |why: String| page::Answer {
+        status: 502,
+        content_type: "text/plain; charset=utf-8",
+        body: format!("no metrics from {host}: {why}\n"),
+    };
+    match reply {
+        Ok(Reply::Metrics { text }) => page::Answer {
+            status: 200,
+            content_type: page::OPENMETRICS,
+            body: text,
+        },
+        Ok(Reply::Refused { reason }) => failed(format!("refused: {reason}")),
+        Ok(other) => failed(format!("answered {other:?}")),
+        Err(e) => failed(e.to_string()),
+    }
 }
 
 fn header(k: &str, v: &str) -> tiny_http::Header {

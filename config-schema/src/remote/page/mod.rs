@@ -13,6 +13,9 @@
 //!   Primary); the daemons' own `log_bytes_per_s` is an average since the
 //!   pair started and is not what "the last minutes" means.
 //! - Samples older than [`WINDOW_MS`] before the newest poll are dropped.
+//! - `GET /metrics?host=ADDR` passes one host's OpenMetrics text on, fetched
+//!   with the operator's key when asked ([`metrics_target`]): a Prometheus
+//!   scrape target per host, without an unauthenticated port on any host.
 
 pub mod html;
 mod svg;
@@ -179,6 +182,57 @@ pub fn answer(method: &str, url: &str, h: &History, now_ms: u64) -> Answer {
             status: 404,
             content_type: TEXT,
             body: format!("no {path} here: the page is / and its data /status.json\n"),
+        },
+    }
+}
+
+/// The content type of OpenMetrics text.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics?host=ADDR`: the host whose figures to fetch (the
+/// multi-target pattern of Prometheus exporters: one scrape job, the host
+/// as a `params` value), or the answer that refuses the request. `None`:
+/// not a metrics request. Only one of the page's own `--host`s may be
+/// asked: the page is not a proxy to anywhere else.
+pub fn metrics_target<'a>(
+    method: &str,
+    url: &str,
+    hosts: &'a [String],
+) -> Option<Result<&'a str, Answer>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if path != "/metrics" {
+        return None;
+    }
+    let refuse = |status, body: String| {
+        Some(Err(Answer {
+            status,
+            content_type: TEXT,
+            body,
+        }))
+    };
+    if method != "GET" && method != "HEAD" {
+        return refuse(
+            405,
+            format!("{method} not allowed: metrics are read-only (GET, HEAD)\n"),
+        );
+    }
+    let asked = (query.split('&'))
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "host")
+        .map(|(_, v)| v);
+    let listed = hosts.join(", ");
+    match asked {
+        None => refuse(
+            400,
+            format!("say which host: /metrics?host=ADDR, one of {listed}\n"),
+        ),
+        Some(a) => match hosts.iter().find(|h| h.as_str() == a) {
+            Some(h) => Some(Ok(h.as_str())),
+            None => refuse(
+                404,
+                format!("{a} is not one of this page's hosts ({listed})\n"),
+            ),
         },
     }
 }

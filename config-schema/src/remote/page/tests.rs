@@ -379,3 +379,32 @@ fn each_host_box_says_whether_it_hears_a_peer_on_the_vm_network() {
     at(&page, "<title>HEARS NO PEER (for 4100 ms)</title>");
     at(&page, "<title>hears host-b</title>");
 }
+
+#[test]
+fn metrics_are_asked_of_one_of_the_pages_hosts_only() {
+    let hosts = vec!["192.0.2.2".to_string(), "192.0.2.1".to_string()];
+    assert_eq!(metrics_target("GET", "/", &hosts), None);
+    assert_eq!(metrics_target("GET", "/metricsx", &hosts), None);
+    assert_eq!(
+        metrics_target("GET", "/metrics?host=192.0.2.1", &hosts),
+        Some(Ok("192.0.2.1"))
+    );
+    assert_eq!(
+        metrics_target("HEAD", "/metrics?x=1&host=192.0.2.2", &hosts),
+        Some(Ok("192.0.2.2"))
+    );
+    let refused = |m, u| match metrics_target(m, u, &hosts) {
+        Some(Err(a)) => (a.status, a.body),
+        other => panic!("{m} {u}: {other:?}"),
+    };
+    let (status, body) = refused("GET", "/metrics?host=10.0.0.9");
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        "10.0.0.9 is not one of this page's hosts (192.0.2.2, 192.0.2.1)\n"
+    );
+    let (status, body) = refused("GET", "/metrics");
+    assert_eq!(status, 400);
+    assert!(body.contains("/metrics?host=ADDR"), "{body}");
+    assert_eq!(refused("POST", "/metrics?host=192.0.2.1").0, 405);
+}
