@@ -158,6 +158,7 @@ impl Agent {
             ));
         }
         let me = Running { vm: v, generation };
+        let started = std::time::Instant::now();
         let r = self.bounded(v, bound, move |agent, deadline| {
             // Published, and that lease write completed, before any Paxos
             // write of this Acquire (docs/design.md §1).
@@ -195,6 +196,16 @@ impl Agent {
             }
             Err(e) => return err(format!("fencing: vm {vm} generation {generation}: {e}")),
         };
+        if matches!(
+            outcome,
+            Outcome::Decided { .. } | Outcome::Superseded { .. }
+        ) {
+            self.counters
+                .lock()
+                .expect("lock")
+                .decide
+                .add(started.elapsed());
+        }
         match outcome {
             Outcome::Decided {
                 owner,

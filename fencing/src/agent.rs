@@ -78,6 +78,29 @@ pub(crate) struct Counters {
     pub last_ok: Option<BootInstant>,
     pub last_error: Option<String>,
     pub renewing: Option<bool>,
+    /// Disk Paxos runs of `Acquire` that decided (or found the instance
+    /// superseded): how many, and how long each took from the request to
+    /// the answer, publication and a win's storage fence included (µs).
+    pub decide: DecideTimes,
+}
+
+/// How long `Acquire`s took to decide ([`Counters::decide`]).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub(crate) struct DecideTimes {
+    pub runs: u64,
+    pub us_total: u64,
+    pub us_last: u64,
+    pub us_max: u64,
+}
+
+impl DecideTimes {
+    pub fn add(&mut self, took: std::time::Duration) {
+        let us = took.as_micros() as u64;
+        self.runs += 1;
+        self.us_total += us;
+        self.us_last = us;
+        self.us_max = self.us_max.max(us);
+    }
 }
 
 /// The own lease slot: the claim, the record, and what was written.
@@ -521,6 +544,7 @@ impl Agent {
             "leases": self.leases(now),
             "leases_expired": self.expired(now),
             "decisions": decisions,
+            "decide": self.counters.lock().expect("lock").decide,
             "alarms": self.alarms.lock().expect("lock").status(),
             "deposed": self.deposed.lock().expect("lock").len(),
             "storage_fence": self.fence_status(),

@@ -199,6 +199,12 @@ fn daemon_serves_status_acquire_leases_and_disarms_the_watchdog_on_sigterm() {
         .as_str()
         .unwrap()
         .contains("decided vm=kv generation=4 owner=host-b"));
+    // Both Acquires (kv's and web's) were timed, request to answer.
+    let d = &s["fencing"]["decide"];
+    assert_eq!(d["runs"], 2, "{d}");
+    let us = |k: &str| d[k].as_u64().unwrap();
+    assert!(us("us_max") > 0 && us("us_max") <= us("us_total"), "{d}");
+    assert!(us("us_last") <= us("us_max"), "{d}");
     match ctl::query(&sock, &Request::Leases).unwrap() {
         Response::Leases {
             leases,

@@ -70,6 +70,15 @@ fn three_hosts(net: u8, ballast: usize) -> (World, VmManager, VmManager, VmManag
         u(&s["checkpoint"]["acknowledged"]) >= 5 && s["lockstep"]["secondary"] == "host-b"
     });
     assert_eq!(web(&c)["lockstep"]["role"], "checkpoint standby");
+    // The Primary's epoch figures (status and metrics read them).
+    let f = &web(&a)["checkpoint"];
+    assert!(u(&f["epochs"]) >= u(&f["acknowledged"]), "{f}");
+    assert!(u(&f["pause_us_max"]) >= u(&f["pause_us_last"]), "{f}");
+    assert!(u(&f["pause_us_total"]) >= u(&f["pause_us_max"]), "{f}");
+    assert!(
+        u(&f["pause_us_max"]) > 0 && u(&f["epoch_bytes_total"]) > 0,
+        "{f}"
+    );
     (w, a, b, c)
 }
 

@@ -87,6 +87,13 @@ impl Figures {
             v["frames_held"] = o.frames_held().into();
             v["frames_released"] = o.stats.frames_released.load(Ordering::Relaxed).into();
             v["bytes_written"] = o.stats.bytes_written.load(Ordering::Relaxed).into();
+            let st = &o.stats;
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            v["epochs"] = n(&st.epochs).into();
+            v["pause_us_last"] = n(&st.pause_us_last).into();
+            v["pause_us_max"] = n(&st.pause_us_max).into();
+            v["pause_us_total"] = n(&st.pause_us_total).into();
+            v["epoch_bytes_total"] = n(&st.epoch_bytes_total).into();
             v["outputs_stopped"] = o.failed().into();
         }
         if let Some(a) = lock(&self.applied).as_ref() {

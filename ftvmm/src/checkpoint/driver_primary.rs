@@ -321,11 +321,13 @@ impl PrimaryEffects {
             };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
             let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
+            let counted = Arc::clone(&outputs);
             let label = label.to_owned();
             std::thread::Builder::new()
                 .name("ckpt-epochs".into())
                 .spawn(move || {
                     let end = primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |e| {
+                        counted.stats.on_epoch(e.pause, e.bytes);
                         summary.add(e)
                     });
                     done.store(true, Ordering::SeqCst);

@@ -84,6 +84,25 @@ pub struct OutputStats {
     pub frames_released: AtomicU64,
     pub epochs_durable: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Epochs the Primary's loop took, the sum, last and largest of their
+    /// pauses (µs) and the bytes of their pieces ([`OutputStats::on_epoch`]).
+    pub epochs: AtomicU64,
+    pub pause_us_total: AtomicU64,
+    pub pause_us_last: AtomicU64,
+    pub pause_us_max: AtomicU64,
+    pub epoch_bytes_total: AtomicU64,
+}
+
+impl OutputStats {
+    /// One epoch taken: its pause and its size (`primary::EpochStats`).
+    pub fn on_epoch(&self, pause: std::time::Duration, bytes: usize) {
+        let us = pause.as_micros() as u64;
+        self.epochs.fetch_add(1, Ordering::Relaxed);
+        self.pause_us_total.fetch_add(us, Ordering::Relaxed);
+        self.pause_us_last.store(us, Ordering::Relaxed);
+        self.pause_us_max.fetch_max(us, Ordering::Relaxed);
+        (self.epoch_bytes_total).fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 /// The gate and what performs its actions; shared by the backend, the

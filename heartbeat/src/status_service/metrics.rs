@@ -22,6 +22,7 @@ type Labels = Vec<(String, String)>;
 type Gauges = Family<Labels, Gauge>;
 type Seconds = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
+type SecondsTotal = Family<Labels, Counter<f64, AtomicU64>>;
 
 /// The metric families, registered once per exposition.
 struct Metrics {
@@ -41,6 +42,11 @@ impl Metrics {
     }
     fn counter(&mut self, name: &str, help: &str) -> Counters {
         let c = Counters::default();
+        self.registry.register(name, help, c.clone());
+        c
+    }
+    fn seconds_total(&mut self, name: &str, help: &str) -> SecondsTotal {
+        let c = SecondsTotal::default();
         self.registry.register(name, help, c.clone());
         c
     }
@@ -228,6 +234,39 @@ fn fencing(m: &mut Metrics, f: &Value) {
     if let Some(d) = fe["decisions"].as_array() {
         decisions.get_or_create(&vec![]).set(d.len() as i64);
     }
+    // How long this host's `Acquire`s took (request to answer).
+    let d = &fe["decide"];
+    count(
+        &m.counter(
+            "ft_fencing_decide_runs",
+            "Acquires this host's agent decided (Disk Paxos runs)",
+        ),
+        vec![],
+        &d["runs"],
+    );
+    let took = m.seconds_total(
+        "ft_fencing_decide_seconds",
+        "time this host's Acquires took from request to answer (divided by the runs: the mean)",
+    );
+    if let Some(us) = d["us_total"].as_u64() {
+        took.get_or_create(&vec![]).inc_by(us as f64 / 1e6);
+    }
+    for (name, key, help) in [
+        (
+            "ft_fencing_decide_last_seconds",
+            "us_last",
+            "the last Acquire's time",
+        ),
+        (
+            "ft_fencing_decide_max_seconds",
+            "us_max",
+            "the longest Acquire's time",
+        ),
+    ] {
+        if let Some(us) = d[key].as_u64() {
+            (m.seconds(name, help).get_or_create(&vec![])).set(us as f64 / 1e6);
+        }
+    }
     count(
         &m.counter("ft_freeze_detections", "freezes of this host detected"),
         vec![],
@@ -283,12 +322,14 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         "ft_request_segment_seconds",
         "per-request timeline (sampled requests): a segment's median (quantile 0.5) and p99",
     );
+    let ckpt = Checkpoint::register(m);
     for vm in f["vms"].as_array().into_iter().flatten() {
         let Some(name) = vm["name"].as_str() else {
             continue;
         };
         let v = || l(&[("vm", name)]);
         flag(&running, v(), vm["state"].as_str().map(|s| s == "running"));
+        ckpt.add(name, &vm["checkpoint"]);
         let ls = &vm["lockstep"];
         if ls.is_null() {
             continue;
@@ -309,6 +350,80 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         count(&batches, v(), &log["stats"]["batches"]);
         count(&acks, v(), &log["stats"]["acks"]);
         timeline(&segment, name, &log["timeline"]);
+    }
+}
+
+/// A checkpoint Primary's epochs (`vms[].checkpoint` of ftvmm's status):
+/// how many, their pauses and sizes, and what waits for the Secondary.
+struct Checkpoint {
+    epochs: Counters,
+    pause: SecondsTotal,
+    pause_last: Seconds,
+    pause_max: Seconds,
+    bytes: Counters,
+    written: Counters,
+    held: Gauges,
+    unacked: Gauges,
+}
+
+impl Checkpoint {
+    fn register(m: &mut Metrics) -> Self {
+        Checkpoint {
+            epochs: m.counter("ft_checkpoint_epochs", "epochs the checkpoint Primary took"),
+            pause: m.seconds_total(
+                "ft_checkpoint_pause_seconds",
+                "time the guest was paused for its epochs (divided by the epochs: the mean pause)",
+            ),
+            pause_last: m.seconds("ft_checkpoint_pause_last_seconds", "the last epoch's pause"),
+            pause_max: m.seconds(
+                "ft_checkpoint_pause_max_seconds",
+                "the longest epoch pause since the Primary started",
+            ),
+            bytes: m.counter(
+                "ft_checkpoint_epoch_bytes",
+                "bytes of the epochs sent to the Secondary (pages, machine state, writes)",
+            ),
+            written: m.counter(
+                "ft_checkpoint_disk_bytes_written",
+                "bytes of acknowledged epochs written to the shared device",
+            ),
+            held: m.gauge(
+                "ft_checkpoint_frames_held",
+                "guest frames waiting for their epoch's acknowledgement",
+            ),
+            unacked: m.gauge(
+                "ft_checkpoint_epochs_unacknowledged",
+                "epochs taken and not yet acknowledged by the Secondary",
+            ),
+        }
+    }
+
+    fn add(&self, vm: &str, c: &Value) {
+        let Some(epochs) = c["epochs"].as_u64() else {
+            return;
+        };
+        let v = || l(&[("vm", vm)]);
+        self.epochs.get_or_create(&v()).inc_by(epochs);
+        let us = |k: &str| c[k].as_u64().map(|us| us as f64 / 1e6);
+        if let Some(t) = us("pause_us_total") {
+            self.pause.get_or_create(&v()).inc_by(t);
+        }
+        for (g, k) in [
+            (&self.pause_last, "pause_us_last"),
+            (&self.pause_max, "pause_us_max"),
+        ] {
+            if let Some(t) = us(k) {
+                g.get_or_create(&v()).set(t);
+            }
+        }
+        count(&self.bytes, v(), &c["epoch_bytes_total"]);
+        count(&self.written, v(), &c["bytes_written"]);
+        set(&self.held, v(), &c["frames_held"]);
+        if let (Some(e), Some(a)) = (c["epoch"].as_u64(), c["acknowledged"].as_u64()) {
+            self.unacked
+                .get_or_create(&v())
+                .set(e.saturating_sub(a) as i64);
+        }
     }
 }
 
@@ -363,7 +478,8 @@ mod tests {
                 "watchdog": {"state": "fed", "feeds": 12},
                 "fencing": {"own_lease": {"renewals": 9, "failures": 1, "last_ok_ms_ago": 100},
                     "leases": [{"host": "host-b", "live": false, "expired": true}],
-                    "decisions": [{}, {}], "freeze": {"detections": 0}, "alarms": {"count": 0}}}),
+                    "decisions": [{}, {}], "freeze": {"detections": 0}, "alarms": {"count": 0},
+                    "decide": {"runs": 2, "us_total": 250000, "us_last": 50000, "us_max": 200000}}}),
             ftvmm: json!({"error": "cannot reach /run/ftvmm.sock"}),
         };
         let t = openmetrics(&r);
@@ -377,6 +493,10 @@ mod tests {
             "ft_lease_renewal_failures_total{host=\"host-a\"} 1",
             "ft_lease_expired{host=\"host-a\",lease_host=\"host-b\"} 1",
             "ft_fencing_decisions{host=\"host-a\"} 2",
+            "ft_fencing_decide_runs_total{host=\"host-a\"} 2",
+            "ft_fencing_decide_seconds_total{host=\"host-a\"} 0.25",
+            "ft_fencing_decide_last_seconds{host=\"host-a\"} 0.05",
+            "ft_fencing_decide_max_seconds{host=\"host-a\"} 0.2",
             "ft_events_total{host=\"host-a\",daemon=\"heartbeat\",kind=\"membership\"} 3",
             "ft_daemon_up{host=\"host-a\",daemon=\"ftvmm\"} 0",
             "ft_daemon_up{host=\"host-a\",daemon=\"fencing\"} 1",
@@ -455,6 +575,44 @@ mod tests {
         ));
         assert!(
             t.contains("ft_vm_protected{host=\"host-a\",vm=\"kv\"} 0"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_primarys_epochs_become_samples() {
+        let r = HostReport {
+            host: "host-a".into(),
+            config_generation: 1,
+            config_digest: None,
+            unix_ms: 0,
+            heartbeat: json!({}),
+            fencing: json!({}),
+            ftvmm: json!({"vms": [
+                {"name": "web", "state": "running", "checkpoint": {
+                    "epoch_ms": 20, "vcpus": 2, "epoch": 812, "acknowledged": 810,
+                    "frames_held": 3, "bytes_written": 4096, "epochs": 811,
+                    "pause_us_last": 1250, "pause_us_max": 4100, "pause_us_total": 1_500_000,
+                    "epoch_bytes_total": 9_000_000}},
+                {"name": "sec", "state": "running", "checkpoint": {"epoch_ms": 20, "applied": 9}}
+            ]}),
+        };
+        let t = openmetrics(&r);
+        for want in [
+            "ft_checkpoint_epochs_total{host=\"host-a\",vm=\"web\"} 811\n",
+            "ft_checkpoint_pause_seconds_total{host=\"host-a\",vm=\"web\"} 1.5\n",
+            "ft_checkpoint_pause_last_seconds{host=\"host-a\",vm=\"web\"} 0.00125\n",
+            "ft_checkpoint_pause_max_seconds{host=\"host-a\",vm=\"web\"} 0.0041\n",
+            "ft_checkpoint_epoch_bytes_total{host=\"host-a\",vm=\"web\"} 9000000\n",
+            "ft_checkpoint_disk_bytes_written_total{host=\"host-a\",vm=\"web\"} 4096\n",
+            "ft_checkpoint_frames_held{host=\"host-a\",vm=\"web\"} 3\n",
+            "ft_checkpoint_epochs_unacknowledged{host=\"host-a\",vm=\"web\"} 2\n",
+        ] {
+            assert!(t.contains(want), "lacks {want:?}:\n{t}");
+        }
+        // A Secondary reports no epochs of its own: no sample, not a zero.
+        assert!(
+            !(t.lines()).any(|l| l.starts_with("ft_checkpoint_") && l.contains("vm=\"sec\"")),
             "{t}"
         );
     }
