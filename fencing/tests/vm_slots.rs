@@ -189,6 +189,67 @@ fn a_version_2_header_of_the_same_vms_is_upgraded_in_place_and_another_is_refuse
 }
 
 #[test]
+fn a_vm_added_live_is_learned_in_its_slot_and_decided_as_after_a_reboot() {
+    let (_d, io) = file_region(512);
+    let io: Arc<dyn BlockIo> = io;
+    // Booted on kv alone; web is added live in slot 5 (ftvmm names it).
+    let live = boot(&io, runtime, 1);
+    live[0].init_region().unwrap();
+    let unknown = |a: &Arc<Agent>| match a.highest("web", ACQUIRE_BOUND) {
+        Response::Error { message } => message,
+        other => panic!("web known before it was learned: {other:?}"),
+    };
+    assert!(unknown(&live[1]).contains("no vm \"web\""));
+    live[0].learn("web", 5).unwrap();
+    live[0].learn("web", 5).unwrap(); // again: nothing changes
+    assert_eq!(live[0].slot_of("web"), Ok(5));
+    assert_eq!(
+        decided(live[0].acquire("web", 1, 2, ACQUIRE_BOUND)).2,
+        "host-a"
+    );
+    // host-b learns it from its running list (a fencing restarted since
+    // the VM was added learns it there too).
+    let running = [config_schema::ctl::RunningVm {
+        vm: "web".into(),
+        generation: 1,
+        slot: Some(5),
+    }];
+    let epoch = live[1].grant_sent();
+    assert_eq!(live[1].on_running(&running, epoch), None);
+    assert_eq!(highest(&live[1], "web"), (1, Some("host-a".into())));
+    // host-c has not learned it: it neither knows nor races for it.
+    assert!(unknown(&live[2]).contains("no vm \"web\""));
+    // Refused: kv's slot for web, web in another slot, a slot the region
+    // does not hold (16 MiB in 512-byte blocks: 256).
+    for (vm, slot, words) in [
+        ("other", 0, "fencing slot 0 is vm kv's"),
+        (
+            "web",
+            6,
+            "has it in fencing slot 5, the request says slot 6",
+        ),
+        ("other", 5, "fencing slot 5 is vm web's"),
+        ("far", 256, "fencing slot 256 is beyond the 256 slots"),
+    ] {
+        let e = live[0].learn(vm, slot).unwrap_err();
+        assert!(e.contains(words), "{vm} at {slot}: {e}");
+    }
+    // Every host reboots on the config with web in slot 5: the same blocks.
+    let booted = boot(
+        &io,
+        |h| {
+            runtime_with(h, |c| {
+                add_web(c);
+                c.vms[1].slot = Some(5);
+            })
+        },
+        2,
+    );
+    assert_eq!(highest(&booted[2], "web"), (1, Some("host-a".into())));
+    assert_eq!(decided(booted[2].acquire("web", 2, 2, ACQUIRE_BOUND)).1, 2);
+}
+
+#[test]
 fn a_slot_beyond_the_region_is_refused_for_that_vm_alone() {
     // 1 MiB in 4 KiB blocks: (256 - 4) / 48 = 5 slots.
     let small = |h: &str| {
