@@ -351,9 +351,10 @@ impl VmManager {
 
     /// Takes VM `name` of config `newer` into the config this manager runs
     /// (`config_schema::live_add`: its slot, region and image; the others
-    /// keep their booted definitions), powered as `newer` says, by config
-    /// generation `by`. Returns the VM's definition as added; `Err`: why the
-    /// running config cannot take it (the VM waits for a reboot).
+    /// keep their booted definitions), powered off until the power list of
+    /// config generation `by` powers it on (`crate::power`); its `Hello`
+    /// names `newer`. `Err`: why the running config cannot take it (the VM
+    /// waits for a reboot).
     pub fn add_vm(
         &mut self,
         newer: &config_schema::ClusterConfig,
