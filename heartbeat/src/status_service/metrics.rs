@@ -579,24 +579,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_checkpoint_primarys_epochs_become_samples() {
-        let r = HostReport {
+    /// host-a's report with heartbeat and fencing answering, and `ftvmm`.
+    fn with_ftvmm(ftvmm: Value) -> HostReport {
+        HostReport {
             host: "host-a".into(),
             config_generation: 1,
             config_digest: None,
             unix_ms: 0,
-            heartbeat: json!({}),
-            fencing: json!({}),
-            ftvmm: json!({"vms": [
+            heartbeat: json!({"daemon": "heartbeat"}),
+            fencing: json!({"daemon": "fencing"}),
+            ftvmm,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_primarys_epochs_become_samples() {
+        let r = with_ftvmm(json!({"vms": [
                 {"name": "web", "state": "running", "checkpoint": {
                     "epoch_ms": 20, "vcpus": 2, "epoch": 812, "acknowledged": 810,
                     "frames_held": 3, "bytes_written": 4096, "epochs": 811,
                     "pause_us_last": 1250, "pause_us_max": 4100, "pause_us_total": 1_500_000,
                     "epoch_bytes_total": 9_000_000}},
                 {"name": "sec", "state": "running", "checkpoint": {"epoch_ms": 20, "applied": 9}}
-            ]}),
-        };
+        ]}));
         let t = openmetrics(&r);
         for want in [
             "ft_checkpoint_epochs_total{host=\"host-a\",vm=\"web\"} 811\n",
@@ -619,20 +624,14 @@ mod tests {
 
     #[test]
     fn the_request_timeline_and_message_counts_become_samples() {
-        let r = HostReport {
-            host: "host-a".into(),
-            config_generation: 1,
-            config_digest: None,
-            unix_ms: 0,
-            heartbeat: json!({"daemon": "heartbeat"}),
-            fencing: json!({"daemon": "fencing"}),
-            ftvmm: json!({"daemon": "ftvmm", "vms": [{"name": "kv", "state": "running",
+        let r = with_ftvmm(
+            json!({"daemon": "ftvmm", "vms": [{"name": "kv", "state": "running",
                 "lockstep": {"generation": 3, "primary": "host-a", "log": {
                     "stats": {"records": 10, "batches": 4, "acks": 5},
                     "timeline": [
                         {"segment": "frame in: record sent -> acked", "count": 7, "p50_us": 1500, "p99_us": 4000},
                         {"segment": "frame out: produced -> released (held)", "count": 7, "p50_us": 250}]}}}]}),
-        };
+        );
         let t = openmetrics(&r);
         for want in [
             "ft_log_batches_total{host=\"host-a\",vm=\"kv\"} 4",
