@@ -423,6 +423,52 @@ fn update_disk_keeps_state_and_refuses_rollback() {
         &pk,
     ]);
     assert!(ok(&["state", "--disk", &t.p("live.img")]).contains("accepted generation 2"));
+    // A disk no host booted yet (blank STATE) does not go back either: what
+    // it holds is the floor.
+    let offline = t.p("v2-offline.img");
+    std::fs::copy(t.p("v2.img"), &offline).unwrap();
+    let e = fails(&[
+        "update-disk",
+        "--disk",
+        &offline,
+        "--from",
+        &t.p("v1.img"),
+        "--pubkey",
+        &pk,
+    ]);
+    assert!(
+        e.starts_with("config refused: rollback: offered generation 1"),
+        "{e}"
+    );
+    // Nor does it become another host's disk.
+    let key_b = examples().join("dev-keys/hosts/host-b.key");
+    let o = ftctl(&[
+        "make-disk",
+        "--config",
+        &t.p("v2.toml"),
+        "--host",
+        "host-b",
+        "--key",
+        &t.p("keys/signing.pk8"),
+        "--host-key",
+        s(&key_b),
+        "--out",
+        &t.p("b.img"),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let e = fails(&[
+        "update-disk",
+        "--disk",
+        &offline,
+        "--from",
+        &t.p("b.img"),
+        "--pubkey",
+        &pk,
+    ]);
+    assert!(
+        e.contains("is host-a's config disk and") && e.contains("is host-b's"),
+        "{e}"
+    );
 }
 
 #[test]

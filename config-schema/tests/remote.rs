@@ -452,7 +452,15 @@ fn signed_example(generation: u64) -> (SignedConfig, tempfile::TempDir) {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let bytes = std::fs::read(dir.path().join("c.ftcfg")).unwrap();
-    (SignedConfig::decode(&bytes).unwrap(), dir)
+    let sc = SignedConfig::decode(&bytes).unwrap();
+    // It names the digest that decides between two configs of a generation.
+    let said = String::from_utf8(out.stdout).unwrap();
+    let digest = config_schema::config_id::digest(&sc.canonical);
+    assert!(
+        said.ends_with(&format!("; digest {}\n", hex::encode(digest))),
+        "{said}"
+    );
+    (sc, dir)
 }
 
 #[test]

@@ -497,7 +497,24 @@ fn update_disk(target: &Path, from: &Path, pubkey: &Path) -> Result<()> {
             .map_err(|e| anyhow!("config refused: {e}"))?
             .map(|s| s.id)
             .ok_or_else(|| anyhow!("config refused: slot 0 is blank"))?;
-        disk::check_rollback(accepted, id).map_err(|e| anyhow!("config refused: {e}"))?;
+        // What the disk holds now counts too: its STATE sector is blank
+        // until a host booted from it, and a disk prepared offline must
+        // not go back either, nor become another host's (its slot carries
+        // that host's private key).
+        let held = slots::read_active(&old, &pk).ok().map(|a| a.current);
+        if let Some(h) = held.as_ref().filter(|h| h.disk.host_name != v.host_name) {
+            bail!(
+                "config refused: {} is {}'s config disk and {} is {}'s (each carries its host's \
+                 private key); make {}'s disk with make-disk",
+                target.display(),
+                h.disk.host_name,
+                from.display(),
+                v.host_name,
+                v.host_name
+            );
+        }
+        let floor = accepted.max(held.map(|h| h.id));
+        disk::check_rollback(floor, id).map_err(|e| anyhow!("config refused: {e}"))?;
     }
     let signed_part = &new[..STATE_OFFSET as usize];
     let mut f = OpenOptions::new()

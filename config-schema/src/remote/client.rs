@@ -19,6 +19,11 @@ use crate::model::ClusterConfig;
 pub enum ClientError {
     #[error("{addr:?} is not an address (want IP, IP:PORT or NAME:PORT)")]
     Address { addr: String },
+    #[error(
+        "{addr:?} is not an address (want IP, IP:PORT or NAME:PORT, NAME a DNS name this \
+         machine resolves, not a [[hosts]] name): {error}"
+    )]
+    Resolve { addr: String, error: String },
     // Fields named `error`, not `source`: the message already says it, and
     // a `source` would be printed twice in `ftctl`'s error chain.
     #[error("cannot connect to {addr}: {error}")]
@@ -182,10 +187,14 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
     if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, PORT));
     }
-    addr.to_socket_addrs()
-        .map_err(|_| bad())?
-        .next()
-        .ok_or_else(bad)
+    match addr.to_socket_addrs() {
+        Ok(mut a) => a.next().ok_or_else(bad),
+        // A name the resolver does not know, or no port: say which.
+        Err(e) => Err(ClientError::Resolve {
+            addr: addr.into(),
+            error: e.to_string(),
+        }),
+    }
 }
 
 /// Connects and reads the host's hello.
@@ -223,5 +232,32 @@ pub fn query(
     match Session::open(addr, key, hosts, request, timeout)? {
         (_, Some(refused)) => Ok(refused),
         (mut session, None) => session.reply(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_resolve_and_a_name_that_does_not_says_why() {
+        assert_eq!(
+            resolve("192.0.2.1").unwrap(),
+            "192.0.2.1:7401".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("192.0.2.1:9000").unwrap(),
+            "192.0.2.1:9000".parse().unwrap()
+        );
+        // `.invalid` never resolves (RFC 2606); a name without a port is
+        // not a socket address either.
+        for addr in ["host-a.invalid:7401", "localhost"] {
+            let e = resolve(addr).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{addr:?} is not an address"))
+                    && e.contains("not a [[hosts]] name): "),
+                "{e}"
+            );
+        }
     }
 }

@@ -23,7 +23,15 @@ pub fn sign(config: &Path, key: &Path, out: &Path) -> Result<()> {
         .with_context(|| format!("signing key {}", key.display()))?;
     let sc = SignedConfig::sign(&c, &signer)?;
     super::write_new(out, &sc.encode(), 0o644)?;
-    println!("wrote {}: {}", out.display(), super::summary(&c));
+    // The digest decides between two configs of one generation (the higher
+    // wins everywhere): printed so that two operators can compare.
+    let id = config_schema::config_id::ConfigId::of_config(&c);
+    println!(
+        "wrote {}: {}; digest {}",
+        out.display(),
+        super::summary(&c),
+        hex::encode(id.digest)
+    );
     Ok(())
 }
 
