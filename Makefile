@@ -93,6 +93,7 @@ fuzz:
 	cd config-schema && cargo +nightly fuzz run canonical_trailers -- -max_total_time=$(FUZZ_SECONDS)
 	cd config-schema && cargo +nightly fuzz run remote_wire -- -max_total_time=$(FUZZ_SECONDS)
 	cd config-schema && cargo +nightly fuzz run pass_on -- -max_total_time=$(FUZZ_SECONDS)
+	cd config-schema && cargo +nightly fuzz run page_request -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run virtio_chain -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run lockstep_log -- -max_total_time=$(FUZZ_SECONDS)
 	cd ftvmm && cargo +nightly fuzz run lockstep_record -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
