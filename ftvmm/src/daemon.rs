@@ -125,7 +125,8 @@ impl KvmAvailability {
 /// Shared daemon state behind the socket.
 pub struct Daemon {
     /// The booted config, plus the VMs added live since (`crate::power`);
-    /// `power` as booted (the manager keeps each VM's power).
+    /// each VM's `power` is the manager's business (`VmManager::power`),
+    /// not this copy's.
     config: std::sync::RwLock<Arc<RuntimeConfig>>,
     host_name: String,
     kvm: KvmAvailability,
