@@ -169,13 +169,14 @@ impl Daemon {
             KvmAvailability::Ok { api_version } => (true, Some(*api_version), None),
             KvmAvailability::Unavailable { error } => (false, None, Some(error.clone())),
         };
+        let rc = self.running_config();
         let mut s = serde_json::json!({
             "daemon": "ftvmm",
             "host": self.host_name,
-            "cluster": self.booted_config().config.cluster.name,
-            "generation": self.booted_config().config.cluster.generation,
+            "cluster": rc.config.cluster.name,
+            "generation": rc.config.cluster.generation,
             "applied_generation": mgr.applied_generation(),
-            "timing": self.members.timing().status(&self.booted_config().config.timing),
+            "timing": self.members.timing().status(&rc.config.timing),
             "role": if mgr.any_running() { "running" } else { "idle" },
             "kvm": { "ok": kvm_ok, "api_version": kvm_api, "error": kvm_error },
             "vms": mgr.status(),
@@ -328,14 +329,14 @@ impl Daemon {
         self.manager.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The booted config with the affinity in force
+    /// The running config with the affinity in force
     /// (`lockstep::live_affinity`).
     pub(crate) fn live_config(&self) -> RuntimeConfig {
-        self.members.affinity().apply(&self.booted_config())
+        self.members.affinity().apply(&self.running_config())
     }
 
     /// The booted config as this daemon loaded it, plus the VMs added live.
-    pub(crate) fn booted_config(&self) -> Arc<RuntimeConfig> {
+    pub(crate) fn running_config(&self) -> Arc<RuntimeConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -350,7 +351,7 @@ impl Daemon {
         by: u64,
     ) -> Result<(), String> {
         m.add_vm(newer, name, by)?;
-        let mut rc = (*self.booted_config()).clone();
+        let mut rc = (*self.running_config()).clone();
         rc.config = m.config().clone();
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rc);
         Ok(())

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use config_schema::config_id::ConfigId;
 use config_schema::runtime::RuntimeConfig;
 use config_schema::validate::allowed_hosts;
 use config_schema::{ClusterConfig, DeviceLocator, GuestMode, Power, Replication};
@@ -160,10 +161,10 @@ pub struct VmManager {
     /// The generation and digest of the config this host booted: what a
     /// booted VM's `Hello` names (a pair forms between hosts that booted the
     /// same config; power and VMs taken live since do not change it).
-    booted_id: (u64, [u8; 32]),
+    booted_id: ConfigId,
     /// The same for each VM added live: the config that added it here (two
     /// hosts that added it from the same config run the same definition).
-    added_by: BTreeMap<String, (u64, [u8; 32])>,
+    added_by: BTreeMap<String, ConfigId>,
     /// Why a VM the config powers off still runs here (its power-off
     /// could not be fenced yet).
     power_pending: BTreeMap<String, String>,
@@ -185,12 +186,6 @@ pub enum MemberHere {
     /// A member that acts as Primary or asks fencing for a generation (a
     /// Primary in any state, a Secondary racing): `PairHandle::running`.
     Acting,
-}
-
-/// A config's generation and digest, as a `Hello` names them.
-fn config_identity(c: &ClusterConfig) -> (u64, [u8; 32]) {
-    let id = config_schema::config_id::ConfigId::of_config(c);
-    (c.cluster.generation, id.digest)
 }
 
 /// Finds `/dev/<name>` whose `/sys/block/<name>/serial` (or `device/serial`)
@@ -285,7 +280,7 @@ impl VmManager {
             heartbeat_socket: PathBuf::from(config_schema::ctl::HEARTBEAT_SOCKET),
             applied_generation: config.config.cluster.generation,
             power_by: BTreeMap::new(),
-            booted_id: config_identity(&config.config),
+            booted_id: ConfigId::of_config(&config.config),
             added_by: BTreeMap::new(),
             power_pending: BTreeMap::new(),
             checkpoint_boot: None,
@@ -337,7 +332,7 @@ impl VmManager {
 
     /// The config generation and digest VM `name`'s `Hello` names: the
     /// config that added it here, or the booted one.
-    pub(crate) fn pair_identity(&self, name: &str) -> (u64, [u8; 32]) {
+    pub(crate) fn pair_identity(&self, name: &str) -> ConfigId {
         self.added_by.get(name).copied().unwrap_or(self.booted_id)
     }
 
@@ -368,8 +363,7 @@ impl VmManager {
         }
         self.config.config = added;
         self.power_by.insert(name.to_string(), by);
-        self.added_by
-            .insert(name.to_string(), config_identity(newer));
+        (self.added_by).insert(name.to_string(), ConfigId::of_config(newer));
         self.know_slot(name);
         Ok(())
     }
@@ -646,6 +640,7 @@ impl VmManager {
         let mut ps = placement::pair_spec(
             &self.config,
             &vm_cfg,
+            self.pair_identity(name),
             spec.clone(),
             self.members.grant(),
             self.members.timing(),
@@ -656,7 +651,6 @@ impl VmManager {
         })?;
         ps.fencing_socket = self.fencing_socket.clone();
         ps.heartbeat_socket = self.heartbeat_socket.clone();
-        (ps.hello.config_generation, ps.hello.config_digest) = self.pair_identity(name);
         ps.applied_config_generation = self.applied_generation;
         ps.live_affinity = self.members.affinity();
         let rc = self.config.clone();

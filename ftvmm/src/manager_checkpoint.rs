@@ -38,6 +38,7 @@ impl VmManager {
         let mut spec = checkpoint_spec(
             &self.config,
             vm,
+            self.pair_identity(name),
             dev,
             self.members.grant(),
             self.members.timing(),
@@ -48,10 +49,6 @@ impl VmManager {
         })?;
         spec.pair.fencing_socket = self.fencing_socket.clone();
         spec.pair.heartbeat_socket = self.heartbeat_socket.clone();
-        (
-            spec.pair.hello.config_generation,
-            spec.pair.hello.config_digest,
-        ) = self.pair_identity(name);
         spec.pair.applied_config_generation = self.applied_generation;
         spec.pair.live_affinity = self.members.affinity();
         if let Some(boot) = &self.checkpoint_boot {

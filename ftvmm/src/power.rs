@@ -173,11 +173,10 @@ pub fn apply_config(
         let first = generation > m.applied_generation();
         m.set_applied_generation(generation);
         let newer = config.filter(|c| c.cluster.generation == generation);
-        for v in vms.iter().filter(|_| newer.is_some()) {
+        for (v, newer) in vms.iter().filter_map(|v| Some((v, newer?))) {
             if m.power(&v.vm).is_ok() {
                 continue;
             }
-            let newer = newer.expect("filtered");
             match daemon.add_vm(&mut m, newer, &v.vm, generation) {
                 Ok(()) => say(format!(
                     "ftvmm: vm {}: added by config generation {generation} (fencing slot {}, \
@@ -199,9 +198,9 @@ pub fn apply_config(
         // Affinity is taken with the power list, under the manager's lock
         // (nothing starts or ends a member meanwhile); its steps come after
         // the power steps, for the VMs no power step touches.
-        let booted = daemon.booted_config();
+        let running = daemon.running_config();
         let affinity = daemon.affinity();
-        let moved = affinity.adopt(&booted.config, generation, vms);
+        let moved = affinity.adopt(&running.config, generation, vms);
         let powered = |vm: &str| {
             steps.iter().any(|s| match s {
                 Step::Off { vm: v, .. } | Step::On { vm: v } => v == vm,
@@ -209,10 +208,10 @@ pub fn apply_config(
         };
         let untouched: Vec<VmPower> = vms.iter().filter(|v| !powered(&v.vm)).cloned().collect();
         let moves = live_affinity::plan(
-            &booted.host_name,
+            &running.host_name,
             &untouched,
             &moved,
-            |n| affinity.allowed(&booted.config, n),
+            |n| affinity.allowed(&running.config, n),
             |n| m.member_here(n),
         );
         for s in &steps {
@@ -264,8 +263,8 @@ pub fn apply_config(
             }
         }
     }
-    let booted = daemon.booted_config();
-    let here = &booted.host_name;
+    let running = daemon.running_config();
+    let here = &running.host_name;
     for s in moves {
         match s {
             live_affinity::Step::Leave { vm, allowed } => {

@@ -446,7 +446,7 @@ fn a_vm_added_by_a_newer_config_starts_live_beside_the_running_one() {
         panic!("vm {i} made no progress: {}", d.status());
     };
     running(&d, 0);
-    let booted = d.booted_config().config.clone();
+    let booted = d.running_config().config.clone();
     let mut newer = booted.clone();
     newer.cluster.generation = 2;
     let mut add = newer.vms[0].clone();
@@ -492,13 +492,10 @@ fn a_vm_added_by_a_newer_config_starts_live_beside_the_running_one() {
     );
     // Its pair is named by the config that added it; keep's by the booted
     // one, whatever was taken live since.
-    let id = |c: &config_schema::ClusterConfig| {
-        let digest = config_schema::config_id::ConfigId::of_config(c).digest;
-        (c.cluster.generation, digest)
-    };
+    let id = config_schema::config_id::ConfigId::of_config;
     assert_eq!(d.manager().pair_identity("addv"), id(&newer));
     assert_eq!(d.manager().pair_identity("keep"), id(&booted));
-    assert_eq!(d.booted_config().config.slot_of("addv"), Some(4));
+    assert_eq!(d.running_config().config.slot_of("addv"), Some(4));
     // The same config again (a catch-up round): nothing more.
     assert_eq!(
         apply_config(&d, 2, &power, Some(&newer)),
@@ -597,7 +594,7 @@ fn a_secondary_leaves_a_host_the_config_no_longer_allows_and_a_newly_allowed_one
     // is refused here.
     assert_eq!(
         d.affinity()
-            .check(&d.booted_config().config, "aff", "host-b"),
+            .check(&d.running_config().config, "aff", "host-b"),
         Err("config generation 2 does not allow vm aff on host-b".into())
     );
     // The same config again (a catch-up round): nothing more.
@@ -609,7 +606,7 @@ fn a_secondary_leaves_a_host_the_config_no_longer_allows_and_a_newly_allowed_one
     apply(&d, 1, &[allowed(&["host-b"])]);
     assert!(!d
         .affinity()
-        .allows(&d.booted_config().config, "aff", "host-b"));
+        .allows(&d.running_config().config, "aff", "host-b"));
 
     // Generation 3 allows host-b again: it waits as a standby for a join.
     let lines = apply(&d, 3, &[allowed(&["host-b", "host-c"])]);

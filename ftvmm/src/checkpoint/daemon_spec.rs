@@ -80,6 +80,7 @@ pub struct HostDevices {
 pub fn checkpoint_spec(
     rc: &RuntimeConfig,
     vm: &Vm,
+    config: config_schema::config_id::ConfigId,
     dev: HostDevices,
     grant: Arc<HostGrant>,
     timing: Arc<crate::lockstep::live_timing::LiveTiming>,
@@ -125,7 +126,7 @@ pub fn checkpoint_spec(
     // The checkpoint member driver reads the booted failure timeout
     // (`pair.failure_timeout`); `timing` is carried for the lockstep pair
     // code the spec shares, not adopted live by this mode yet.
-    let mut pair = placement::pair_spec(rc, vm, vs, grant, timing)?;
+    let mut pair = placement::pair_spec(rc, vm, config, vs, grant, timing)?;
     pair.hello.image_sha256 = image.digest;
     pair.hello.replication = PairMode::Checkpoint { vcpus, epoch_ms };
     let boot: Boot = Arc::new(|v: &LinuxVm, spec: &LinuxSpec| {

@@ -93,9 +93,12 @@ pub(crate) fn ft_ip(rc: &RuntimeConfig, host: &str) -> Option<IpAddr> {
 
 /// Everything both sides agree on for `vm`, and this host's identity and
 /// output grant. The generation is set when it is won (or offered).
+/// `config`: the config the pair's `Hello` names — the booted one, or for a
+/// VM added live the one that added it (`VmManager::pair_identity`).
 pub fn pair_spec(
     rc: &RuntimeConfig,
     vm: &config_schema::Vm,
+    config: config_schema::config_id::ConfigId,
     spec: VmSpec,
     grant: Arc<HostGrant>,
     live_timing: Arc<crate::lockstep::live_timing::LiveTiming>,
@@ -111,8 +114,8 @@ pub fn pair_spec(
             vm: vm.name.clone(),
             // Won before the VM starts (start.rs); go-live moves it.
             generation: 0,
-            config_generation: rc.config.cluster.generation,
-            config_digest: config_schema::config_id::ConfigId::of_config(&rc.config).digest,
+            config_generation: config.generation,
+            config_digest: config.digest,
             image_sha256: image_sha256(&spec.kernel)?,
             mem_mib: spec.mem_mib,
             start_exit: 0,
