@@ -144,18 +144,10 @@ impl VmPower {
     /// Every VM's power and allowed hosts in `config`, in config order.
     pub fn all(config: &crate::model::ClusterConfig) -> Vec<VmPower> {
         (config.vms.iter())
-            .map(|v| {
-                let allowed = crate::validate::allowed_hosts(config, v);
-                VmPower {
-                    vm: v.name.clone(),
-                    power: v.power,
-                    allowed: Some(
-                        (config.hosts.iter())
-                            .filter(|h| allowed.contains(h.name.as_str()))
-                            .map(|h| h.name.clone())
-                            .collect(),
-                    ),
-                }
+            .map(|v| VmPower {
+                vm: v.name.clone(),
+                power: v.power,
+                allowed: Some(crate::validate::allowed_in_order(config, v)),
             })
             .collect()
     }

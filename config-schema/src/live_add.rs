@@ -49,12 +49,8 @@ pub fn with_added(
     let mut vm = newer.vms[i].clone();
     vm.slot = Some(slot);
     if !vm.affinity.hosts.is_empty() || !vm.affinity.groups.is_empty() {
-        let allowed = validate::allowed_hosts(newer, &vm);
         vm.affinity = Affinity {
-            hosts: (newer.hosts.iter())
-                .filter(|h| allowed.contains(h.name.as_str()))
-                .map(|h| h.name.clone())
-                .collect(),
+            hosts: validate::allowed_in_order(newer, &vm),
             groups: Vec::new(),
         };
     }

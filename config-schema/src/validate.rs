@@ -524,6 +524,16 @@ pub fn allowed_hosts<'a>(c: &'a ClusterConfig, vm: &crate::model::Vm) -> BTreeSe
     out
 }
 
+/// [`allowed_hosts`] as names in the config's `hosts` order (what
+/// `ConfigApplied` carries, and a VM added live keeps as its rule).
+pub fn allowed_in_order(c: &ClusterConfig, vm: &crate::model::Vm) -> Vec<String> {
+    let allowed = allowed_hosts(c, vm);
+    (c.hosts.iter())
+        .filter(|h| allowed.contains(h.name.as_str()))
+        .map(|h| h.name.clone())
+        .collect()
+}
+
 fn check_vms(c: &ClusterConfig, warnings: &mut Vec<Warning>) -> Result<(), ConfigError> {
     let mut net = host_net_ids(c)?;
     let host_names: BTreeSet<&str> = c.hosts.iter().map(|h| h.name.as_str()).collect();

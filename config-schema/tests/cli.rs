@@ -49,13 +49,18 @@ impl Setup {
         s(&self.dir.join(name)).to_string()
     }
     fn make_disk(&self, config: &str, out: &str) -> Output {
-        let key = examples().join("dev-keys/hosts/host-a.key");
+        self.make_disk_for("host-a", config, out)
+    }
+
+    /// [`Setup::make_disk`] for `host` (its development key).
+    fn make_disk_for(&self, host: &str, config: &str, out: &str) -> Output {
+        let key = examples().join(format!("dev-keys/hosts/{host}.key"));
         ftctl(&[
             "make-disk",
             "--config",
             config,
             "--host",
-            "host-a",
+            host,
             "--key",
             &self.p("keys/signing.pk8"),
             "--host-key",
@@ -441,20 +446,7 @@ fn update_disk_keeps_state_and_refuses_rollback() {
         "{e}"
     );
     // Nor does it become another host's disk.
-    let key_b = examples().join("dev-keys/hosts/host-b.key");
-    let o = ftctl(&[
-        "make-disk",
-        "--config",
-        &t.p("v2.toml"),
-        "--host",
-        "host-b",
-        "--key",
-        &t.p("keys/signing.pk8"),
-        "--host-key",
-        s(&key_b),
-        "--out",
-        &t.p("b.img"),
-    ]);
+    let o = t.make_disk_for("host-b", &t.p("v2.toml"), "b.img");
     assert!(o.status.success(), "{o:?}");
     let e = fails(&[
         "update-disk",

@@ -116,29 +116,17 @@ fn respond(request: tiny_http::Request, answer: page::Answer) {
 
 /// One host's OpenMetrics text, or 502 with why not.
 fn metrics_of(host: &str, key: &OperatorKey, host_keys: &HostKeys) -> page::Answer {
-    let reply = client::resolve(host).and_then(|addr| {
-        client::query(
-            addr,
-            key,
-            host_keys,
-            OperatorRequest::Metrics,
-            QUERY_TIMEOUT,
-        )
-    });
-    let failed = |why: String| page::Answer {
-        status: 502,
-        content_type: "text/plain; charset=utf-8",
-        body: format!("no metrics from {host}: {why}\n"),
-    };
-    match reply {
-        Ok(Reply::Metrics { text }) => page::Answer {
+    match super::remote::fetch_metrics(host, key, host_keys, QUERY_TIMEOUT) {
+        Ok(text) => page::Answer {
             status: 200,
             content_type: page::OPENMETRICS,
             body: text,
         },
-        Ok(Reply::Refused { reason }) => failed(format!("refused: {reason}")),
-        Ok(other) => failed(format!("answered {other:?}")),
-        Err(e) => failed(e.to_string()),
+        Err(e) => page::Answer {
+            status: 502,
+            content_type: "text/plain; charset=utf-8",
+            body: format!("no metrics from {host}: {e:#}\n"),
+        },
     }
 }
 

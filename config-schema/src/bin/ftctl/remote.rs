@@ -101,11 +101,22 @@ pub fn metrics(host: &str, key: &Path, config: &Path) -> Result<()> {
         fs::read(key).with_context(|| format!("cannot read operator key {}", key.display()))?;
     let key =
         OperatorKey::from_pkcs8(&der).with_context(|| format!("operator key {}", key.display()))?;
+    print!("{}", fetch_metrics(host, &key, &hosts, QUERY_TIMEOUT)?);
+    Ok(())
+}
+
+/// `host`'s OpenMetrics text, asked with `key` (also `ftctl page`'s
+/// `/metrics?host=`).
+pub fn fetch_metrics(
+    host: &str,
+    key: &OperatorKey,
+    hosts: &HostKeys,
+    timeout: Duration,
+) -> Result<String> {
     let addr = client::resolve(host)?;
-    match client::query(addr, &key, &hosts, OperatorRequest::Metrics, QUERY_TIMEOUT)? {
-        Reply::Metrics { text } => print!("{text}"),
+    match client::query(addr, key, hosts, OperatorRequest::Metrics, timeout)? {
+        Reply::Metrics { text } => Ok(text),
         Reply::Refused { reason } => bail!("refused: {reason}"),
         other => bail!("{addr} answered {other:?} to a metrics query"),
     }
-    Ok(())
 }
