@@ -298,6 +298,11 @@ pub struct SecondaryInputs {
     pause: Option<ExitIndex>,
     /// The last time value replayed (a go-live continues the clock from it).
     last_time: Option<u64>,
+    /// A call was answered without the log because the VM is being stopped:
+    /// from then on the guest runs unguided until the vCPU loop sees its stop,
+    /// so no later call may take a record (it would read the Primary's record
+    /// for an exit already passed as a divergence).
+    aborted: bool,
 }
 
 impl SecondaryInputs {
@@ -308,6 +313,7 @@ impl SecondaryInputs {
             end: None,
             pause: None,
             last_time: None,
+            aborted: false,
         }
     }
 
@@ -334,6 +340,9 @@ impl SecondaryInputs {
     /// Blocks until the head of the queue is known, then pops it if it is for
     /// exit `n` (`peek_only` leaves it).
     fn head(&mut self, n: ExitIndex) -> Head {
+        if self.aborted {
+            return Head::Aborted;
+        }
         let mut st = self.q.lock();
         loop {
             if let Some(Whole { rec, .. }) = st.records.front() {
@@ -354,6 +363,7 @@ impl SecondaryInputs {
                 return Head::Exhausted(why.clone());
             }
             if st.abort || self.vm.is_stopping() {
+                self.aborted = true;
                 return Head::Aborted;
             }
             st = self
@@ -715,6 +725,33 @@ mod tests {
         assert!(batch(&[]));
         assert!(!batch(std::slice::from_ref(&tick)));
         assert!(batch(&[tick, Body::End]));
+    }
+
+    /// A stop that came while the replay waited for the record of exit 5
+    /// answers that call with nothing; the guest may run a few exits more
+    /// before the vCPU loop sees the stop (the stopping thread can be
+    /// preempted between aborting the queue and stopping the VM). The record
+    /// for exit 5 arriving then is not a divergence: `affinity_live` on CI
+    /// reported one while affinity stopped a Secondary.
+    #[test]
+    fn a_replay_aborted_by_a_stop_takes_no_record_afterwards() {
+        let q = ReplayQueue::new(0);
+        let mut sin = SecondaryInputs::new(Arc::clone(&q), VmHandle::standalone());
+        q.abort();
+        let mut evs = Vec::new();
+        sin.events_at(5, &mut evs);
+        assert!(evs.is_empty());
+        let tick = |seq, n| Record {
+            seq,
+            n,
+            body: Body::Events(vec![InputEvent::TimerTick]),
+        };
+        q.push_batch(vec![tick(0, 5), tick(1, 8)], 0);
+        sin.events_at(6, &mut evs);
+        sin.events_at_halt(8, &mut evs);
+        assert!(evs.is_empty(), "records taken after the abort: {evs:?}");
+        assert_eq!(sin.end(), None);
+        assert_eq!(q.divergences(), 0);
     }
 
     /// The progress thread hears at once when the replay caught up (a
