@@ -71,9 +71,12 @@ demo: image
 ##   host-b, pings, the Primary's timeline, the failover pause; JSON under the target dir), e.g. --seconds 5
 ## SCALE_BENCH_ARGS: options of the scaling section (qemu-tests scale-bench: 1, 2, 4, 8 protected VMs on the
 ##   three hosts, per-VM PUT/s and log bandwidth, CPU and memory per host, a host kill), e.g. --vms 1,4
+## Checkpoint mode on a stock Linux guest (qemu-tests linux_vm checkpoint_bench, in one nested-KVM L1, ~15 min):
+##   CPU-bound ratio on/off side by side, pause per epoch against dirty pages, bytes per epoch and Mbit/s;
+##   FT_CKPT_BENCH_ITERS, FT_CKPT_BENCH_ROUNDS, FT_CKPT_BENCH_SECONDS (module docs of qemu-tests/tests/linux_vm/bench.rs)
 FT_BENCH_ARGS ?=
 SCALE_BENCH_ARGS ?=
-bench: image
+bench: image linux-kv nested-qemu
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
 	$(CARGO) run --release -p qemu-tests --bin ft-bench -- $(FT_BENCH_ARGS)
@@ -83,6 +86,7 @@ bench: image
 	$(CARGO) bench -p heartbeat --bench flood
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
 	$(CARGO) test --release -p fencing --lib decide_bench -- --ignored --nocapture
+	$(CARGO) test -p qemu-tests --test linux_vm checkpoint_bench -- --ignored --nocapture
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60

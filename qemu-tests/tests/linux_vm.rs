@@ -52,6 +52,9 @@ const GUEST_MODULES: &[&str] = &[
 ];
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 
+#[path = "linux_vm/bench.rs"]
+mod bench;
+
 /// What the test needs from the build, or a message saying what to do.
 struct Inputs {
     vmlinuz: PathBuf,
