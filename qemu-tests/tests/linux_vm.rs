@@ -248,7 +248,21 @@ fn initrds(
 /// L1's init: load kvm, make an 8 MiB disk file starting with a marker,
 /// then `run` (which starts ftvmm on /guest/vmlinuz and /guest/initrd.img).
 fn l1_initrd(inp: &Inputs, guest_initrd: &Path, run: &str, out: &Path) {
+    l1_initrd_with(inp, guest_initrd, run, out, Vec::new())
+}
+
+/// [`l1_initrd`] with more files in L1 (path in L1, file).
+fn l1_initrd_with(
+    inp: &Inputs,
+    guest_initrd: &Path,
+    run: &str,
+    out: &Path,
+    extra: Vec<(String, Node)>,
+) {
     let mut a = base_archive();
+    for (path, node) in extra {
+        a.insert(&path, node).unwrap();
+    }
     let mut init = PRELUDE.to_string();
     for m in L1_MODULES {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();

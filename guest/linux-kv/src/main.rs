@@ -24,6 +24,7 @@ macro_rules! say {
     };
 }
 
+mod client;
 mod disk;
 mod modules;
 mod net;
@@ -87,6 +88,7 @@ pub fn run_kv(disk: &Path, listen: SocketAddr, shown: Option<SocketAddr>) -> Res
 const USAGE: &str =
     "usage: ftguest-linux-kv --serve --disk FILE --listen ADDR:PORT [--cmdline LINE]
        ftguest-linux-kv --cmdline 'mode=cpu cpu_iters=N'
+       ftguest-linux-kv --client ADDR:PORT [--conns N] [--seconds S]
        (as PID 1 it reads /proc/cmdline and does the guest's boot duties)";
 
 struct HostArgs {
@@ -94,6 +96,9 @@ struct HostArgs {
     disk: Option<PathBuf>,
     listen: Option<SocketAddr>,
     cmdline: String,
+    client: Option<SocketAddr>,
+    conns: usize,
+    seconds: u64,
 }
 
 fn parse_host_args(mut argv: impl Iterator<Item = String>) -> Result<HostArgs, String> {
@@ -102,6 +107,9 @@ fn parse_host_args(mut argv: impl Iterator<Item = String>) -> Result<HostArgs, S
         disk: None,
         listen: None,
         cmdline: String::new(),
+        client: None,
+        conns: 1,
+        seconds: 10,
     };
     while let Some(flag) = argv.next() {
         let mut value = |name: &str| argv.next().ok_or(format!("{name} needs a value"));
@@ -113,6 +121,18 @@ fn parse_host_args(mut argv: impl Iterator<Item = String>) -> Result<HostArgs, S
                 a.listen = Some(v.parse().map_err(|e| format!("--listen {v}: {e}"))?);
             }
             "--cmdline" => a.cmdline = value("--cmdline")?,
+            "--client" => {
+                let v = value("--client")?;
+                a.client = Some(v.parse().map_err(|e| format!("--client {v}: {e}"))?);
+            }
+            "--conns" => {
+                let v = value("--conns")?;
+                a.conns = v.parse().map_err(|e| format!("--conns {v}: {e}"))?;
+            }
+            "--seconds" => {
+                let v = value("--seconds")?;
+                a.seconds = v.parse().map_err(|e| format!("--seconds {v}: {e}"))?;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -121,6 +141,9 @@ fn parse_host_args(mut argv: impl Iterator<Item = String>) -> Result<HostArgs, S
 
 fn host_main() -> Result<(), String> {
     let host = parse_host_args(std::env::args().skip(1))?;
+    if let Some(addr) = host.client {
+        return client::run(addr, host.conns, host.seconds);
+    }
     let args = BootArgs::parse(&host.cmdline).map_err(|e| e.to_string())?;
     match (host.serve, args.mode) {
         (true, _) => {

@@ -11,6 +11,14 @@
 //!   local Secondary (`--local-secondary`, 20 ms epochs: the real epoch
 //!   path, gate and staging; not the channel), `FT_CKPT_BENCH_ROUNDS`
 //!   rounds (default 3). The ratio is off/on per round.
+//! - **KV service**: the same guest in `mode=kv` on a 64 MiB disk file and a
+//!   TAP, without epochs and as a checkpoint Primary, alternately; in L1
+//!   `ftguest-linux-kv --client` (4 connections, each PUT waiting for its
+//!   `OK`, which the guest sends once the record is durable) for
+//!   `FT_CKPT_BENCH_SECONDS`: PUTs/s and request latency p50/p99, so the
+//!   ops/s ratio and the latency checkpointing adds (the Output Rule holds
+//!   every reply until its epoch is acknowledged and its writes durable),
+//!   and the epochs' bandwidth under that load.
 //! - **Dirty memory**: the same guest in `mode=dirty` (a 64 MiB working set
 //!   written at `dirty_rate` pages per ms; 0 is an idle guest) as a
 //!   checkpoint Primary for `FT_CKPT_BENCH_SECONDS` (default 20) per rate:
@@ -20,10 +28,9 @@
 //!   issue's (2 ms + 1 ms per 4 MiB dirtied) for comparison: absolute times
 //!   only mean something on real hardware, L1 here is QEMU TCG.
 //!
-//! What it does not measure: KV ops/s and added request latency (a client
-//! on the VM network: the cluster test `checkpoint_pair` has one; not yet a
-//! benchmark), the remote channel's cost, failover pause against the
-//! failure timeout (`checkpoint_pair`'s output).
+//! What it does not measure: the remote channel's cost (the Secondary is in
+//! the same process), failover pause against the failure timeout
+//! (`checkpoint_pair`'s output).
 //!
 //! A guest triple fault (the nested test bed's, see
 //! [`super::retry_on_test_bed_failure`]) makes L1 run that step again, once;
@@ -34,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use qemu_tests::paths::workspace_root;
 
-use super::{boot_l1, guest_cmdline, inputs, l1_initrd, step, Host};
+use super::{boot_l1, file, guest_cmdline, inputs, l1_initrd_with, step, Host};
 
 /// The longest a step of L1's script may take (a CPU run under TCG).
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -70,6 +77,7 @@ fn script(iters: u64, rounds: u64, seconds: u64) -> String {
 VM='ftvmm linux --kernel /guest/vmlinuz --initrd /guest/initrd.img --vcpus 2 --mem-mib 256'
 CK='--local-secondary --epoch-ms 20'
 faulted() {{ grep -q 'guest triple fault' /tmp/out && echo 'bench: guest fault, run again' && tail -n 5 /tmp/out; }}
+insmod /lib/modules/tun.ko || echo 'l1: insmod tun.ko failed'
 r=0
 while [ $r -lt {rounds} ]; do
   r=$((r+1))
@@ -81,6 +89,30 @@ while [ $r -lt {rounds} ]; do
       faulted || break
     done
     echo "bench: cpu $m $r rc=$rc $(grep -o 'ticks=[0-9]*' /tmp/out | head -1) | $(grep 'checkpoint: epoch' /tmp/out | tail -n 1)"
+  done
+done
+r=0
+while [ $r -lt {rounds} ]; do
+  r=$((r+1))
+  for m in off on; do
+    a=; [ $m = on ] && a=$CK
+    for try in 1 2; do
+      dd if=/dev/zero of=/tmp/kv.img bs=1M count=64 2>/dev/null
+      $VM --disk /tmp/kv.img --tap tap0 --cmdline "$G mode=kv" $a > /tmp/out 2>&1 &
+      PID=$!
+      w=0
+      until grep -q 'kv: listening' /tmp/out; do
+        kill -0 $PID 2>/dev/null || break
+        w=$((w+1)); [ $w -gt 3000 ] && break
+        sleep 0.1
+      done
+      ip addr add 198.51.100.1/24 dev tap0 2>/dev/null; ip link set tap0 up
+      c=$(kv-client --client 198.51.100.10:7000 --conns 4 --seconds {seconds} 2>/tmp/client-err)
+      kill -9 $PID; wait $PID 2>/dev/null
+      faulted || break
+    done
+    echo "bench: kv $m $r $c | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1)"
+    [ -s /tmp/client-err ] && sed 's/^/bench: client error: /' /tmp/client-err | head -n 3
   done
 done
 for rate in {rates}; do
@@ -106,6 +138,31 @@ fn ticks(line: &str) -> Option<u64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("ticks="))
         .and_then(|v| v.parse().ok())
+}
+
+/// The figures of a `kv-client:` line.
+#[derive(Debug, Clone, Copy)]
+struct ClientLine {
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn client(line: &str) -> Option<ClientLine> {
+    let rest = &line[line.find("kv-client:")?..];
+    let get = |key: &str| -> Option<f64> {
+        rest.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some(ClientLine {
+        ops_per_s: get("ops_per_s")?,
+        p50_ms: get("p50_ms")?,
+        p99_ms: get("p99_ms")?,
+        errors: get("errors")? as u64,
+    })
 }
 
 /// The figures of a `checkpoint: epoch N: pause median X ms max Y ms, P
@@ -166,7 +223,23 @@ fn checkpoint_bench() {
         .tempdir()
         .unwrap();
     let l1 = dir.path().join("l1-initrd.img");
-    l1_initrd(&inp, &kv_initrd(), &script(iters, rounds, seconds), &l1);
+    let extra = vec![
+        (
+            "/lib/modules/tun.ko".to_string(),
+            file(&inp.moddir.join("drivers/net/tun.ko"), 0o644),
+        ),
+        (
+            "/bin/kv-client".to_string(),
+            file(&inp.ftvmm.with_file_name("ftguest-linux-kv"), 0o755),
+        ),
+    ];
+    l1_initrd_with(
+        &inp,
+        &kv_initrd(),
+        &script(iters, rounds, seconds),
+        &l1,
+        extra,
+    );
     let t = Instant::now();
     let host = boot_l1(&inp, l1, dir.path());
     step(&host, "L1 has /dev/kvm", "l1: /dev/kvm ok", t);
@@ -199,6 +272,48 @@ fn checkpoint_bench() {
     println!(
         "CPU-bound ratio (checkpoint on vs off), median of {rounds}: {:.3} (goal >= 0.90)",
         ratios[ratios.len() / 2]
+    );
+
+    println!(
+        "\nKV service (mode=kv; 4 client connections in L1, a PUT at a time each, {seconds} s per run):"
+    );
+    println!(
+        "{:>5} {:>9} {:>9} {:>7}  {:>15} {:>15} {:>10} {:>8}",
+        "round",
+        "off PUT/s",
+        "on PUT/s",
+        "on/off",
+        "off p50/p99 ms",
+        "on p50/p99 ms",
+        "added p50",
+        "Mbit/s"
+    );
+    let (mut kv_ratios, mut added) = (Vec::new(), Vec::new());
+    for r in 1..=rounds {
+        let off = wait_bench_line(&host, &format!("kv off {r} "), t);
+        let on = wait_bench_line(&host, &format!("kv on {r} "), t);
+        let (Some(a), Some(b)) = (client(&off), client(&on)) else {
+            panic!("a KV run printed no client line: {off:?} / {on:?}");
+        };
+        let s = summary(&on).unwrap_or_default();
+        let mbit = s.kib * 1024.0 * 8.0 * s.per_s / 1e6;
+        let ratio = b.ops_per_s / a.ops_per_s.max(1e-9);
+        kv_ratios.push(ratio);
+        added.push(b.p50_ms - a.p50_ms);
+        println!(
+            "{r:>5} {:>9.1} {:>9.1} {ratio:>7.3}  {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>7.2} ms {mbit:>8.1}",
+            a.ops_per_s, b.ops_per_s, a.p50_ms, a.p99_ms, b.p50_ms, b.p99_ms, b.p50_ms - a.p50_ms
+        );
+        if a.errors + b.errors > 0 {
+            println!("      client errors: off {}, on {}", a.errors, b.errors);
+        }
+    }
+    kv_ratios.sort_by(f64::total_cmp);
+    added.sort_by(f64::total_cmp);
+    println!(
+        "KV PUT/s ratio (on/off), median of {rounds}: {:.3}; added p50 latency, median: {:.2} ms (goal < one epoch + 5 ms = 25 ms)",
+        kv_ratios[kv_ratios.len() / 2],
+        added[added.len() / 2]
     );
 
     println!(
@@ -248,4 +363,10 @@ fn summary_lines_parse() {
     );
     assert!(summary("bench: dirty 4 | ").is_none());
     assert_eq!(ticks("bench: cpu off 1 rc=0 ticks=512 | "), Some(512));
+    let c = client("bench: kv on 2 kv-client: conns=4 seconds=20.0 ops=811 ops_per_s=40.5 p50_ms=61.20 p99_ms=180.00 max_ms=201.00 errors=1 | checkpoint: epoch 9").unwrap();
+    assert_eq!(
+        (c.ops_per_s, c.p50_ms, c.p99_ms, c.errors),
+        (40.5, 61.2, 180.0, 1)
+    );
+    assert!(client("bench: kv on 2  | ").is_none());
 }
