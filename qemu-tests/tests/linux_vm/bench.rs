@@ -1,6 +1,6 @@
 //! Checkpoint mode measured on a stock Linux guest (issue 11's "Measure"),
 //! not a test: `make bench` runs it (`--ignored --nocapture`) and it prints
-//! two tables. Everything runs in one L1 (the nested-KVM host of the tests
+//! three tables. Everything runs in one L1 (the nested-KVM host of the tests
 //! around it) so the two sides of every ratio share the machine and the
 //! minute:
 //!
@@ -220,11 +220,17 @@ fn wait_bench_line(host: &Host, what: &str, t: Instant) -> String {
     line
 }
 
-/// `make bench`: the two tables (module docs).
+/// `make bench`: the three tables (module docs). L1 dying (the emulator's
+/// fault, seen once in a KV round) runs the whole bench again, at most
+/// three times in all, as the tests around it do.
 #[test]
-#[ignore = "a benchmark (make bench), tens of minutes: run with --ignored --nocapture"]
+#[ignore = "a benchmark (make bench), ~15 minutes: run with --ignored --nocapture"]
 fn checkpoint_bench() {
-    let iters = env_u64("FT_CKPT_BENCH_ITERS", 3_000_000);
+    super::retry_on_test_bed_failure("checkpoint_bench", bench_once);
+}
+
+fn bench_once() {
+    let iters = env_u64("FT_CKPT_BENCH_ITERS", 1_000_000_000);
     let rounds = env_u64("FT_CKPT_BENCH_ROUNDS", 3);
     let seconds = env_u64("FT_CKPT_BENCH_SECONDS", 20);
     let inp = inputs();
