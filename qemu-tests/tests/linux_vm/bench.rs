@@ -143,11 +143,17 @@ poweroff -f
     )
 }
 
+/// The value of the first `key=value` word of `line`.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
 /// `ticks=N` of a CPU line.
 fn ticks(line: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("ticks="))
-        .and_then(|v| v.parse().ok())
+    field(line, "ticks").map(|t| t as u64)
 }
 
 /// The figures of a `kv-client:` line.
@@ -161,12 +167,7 @@ struct ClientLine {
 
 fn client(line: &str) -> Option<ClientLine> {
     let rest = &line[line.find("kv-client:")?..];
-    let get = |key: &str| -> Option<f64> {
-        rest.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
-            .parse()
-            .ok()
-    };
+    let get = |key: &str| field(rest, key);
     Some(ClientLine {
         ops_per_s: get("ops_per_s")?,
         p50_ms: get("p50_ms")?,
