@@ -112,31 +112,28 @@ fn parse_host_args(mut argv: impl Iterator<Item = String>) -> Result<HostArgs, S
         seconds: 10,
     };
     while let Some(flag) = argv.next() {
-        let mut value = |name: &str| argv.next().ok_or(format!("{name} needs a value"));
+        // Taken only by the flags that have a value (`--serve` has none).
+        let mut value = || argv.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--serve" => a.serve = true,
-            "--disk" => a.disk = Some(PathBuf::from(value("--disk")?)),
-            "--listen" => {
-                let v = value("--listen")?;
-                a.listen = Some(v.parse().map_err(|e| format!("--listen {v}: {e}"))?);
-            }
-            "--cmdline" => a.cmdline = value("--cmdline")?,
-            "--client" => {
-                let v = value("--client")?;
-                a.client = Some(v.parse().map_err(|e| format!("--client {v}: {e}"))?);
-            }
-            "--conns" => {
-                let v = value("--conns")?;
-                a.conns = v.parse().map_err(|e| format!("--conns {v}: {e}"))?;
-            }
-            "--seconds" => {
-                let v = value("--seconds")?;
-                a.seconds = v.parse().map_err(|e| format!("--seconds {v}: {e}"))?;
-            }
+            "--disk" => a.disk = Some(PathBuf::from(value()?)),
+            "--listen" => a.listen = Some(parsed(&flag, value()?)?),
+            "--cmdline" => a.cmdline = value()?,
+            "--client" => a.client = Some(parsed(&flag, value()?)?),
+            "--conns" => a.conns = parsed(&flag, value()?)?,
+            "--seconds" => a.seconds = parsed(&flag, value()?)?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(a)
+}
+
+/// `value` of `flag`, parsed, or an error naming both.
+fn parsed<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| format!("{flag} {value}: {e}"))
 }
 
 fn host_main() -> Result<(), String> {
