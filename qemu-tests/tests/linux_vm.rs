@@ -305,8 +305,13 @@ fn boot_l1(inp: &Inputs, l1: PathBuf, dir: &Path) -> Host {
 }
 
 fn step(host: &Host, what: &str, pattern: &str, from: Instant) -> String {
+    step_within(host, what, pattern, from, STEP_TIMEOUT)
+}
+
+/// [`step`] waiting up to `timeout`.
+fn step_within(host: &Host, what: &str, pattern: &str, from: Instant, timeout: Duration) -> String {
     let line = host
-        .wait_for_next(pattern, STEP_TIMEOUT)
+        .wait_for_next(pattern, timeout)
         .unwrap_or_else(|e| fail(host, what, e));
     eprintln!("linux_vm: {what} at {:.1} s", from.elapsed().as_secs_f64());
     line

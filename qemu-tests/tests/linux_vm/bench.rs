@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use qemu_tests::paths::workspace_root;
 
-use super::{boot_l1, file, guest_cmdline, inputs, l1_initrd_with, step, Host};
+use super::{boot_l1, file, guest_cmdline, inputs, l1_initrd_with, step, step_within, Host};
 
 /// The longest a step of L1's script may take (a CPU run under TCG).
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -224,15 +224,9 @@ fn summary(line: &str) -> Option<Summary> {
     })
 }
 
+/// L1's `bench: <what>` line (a step of up to [`RUN_TIMEOUT`]).
 fn wait_bench_line(host: &Host, what: &str, t: Instant) -> String {
-    let line = host
-        .wait_for_next(format!("bench: {what}"), RUN_TIMEOUT)
-        .unwrap_or_else(|e| super::fail(host, what, e));
-    eprintln!(
-        "checkpoint_bench: {what} at {:.0} s",
-        t.elapsed().as_secs_f64()
-    );
-    line
+    step_within(host, what, &format!("bench: {what}"), t, RUN_TIMEOUT)
 }
 
 /// `make bench`: the three tables (module docs). L1 dying (the emulator's
