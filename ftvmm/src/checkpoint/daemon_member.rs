@@ -34,7 +34,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use config_schema::runtime::RuntimeConfig;
 
@@ -48,7 +48,7 @@ use super::gate::EpochGate;
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
 use super::keepalive::AliveLink;
 use super::local::GATE;
-use super::primary::LoopConfig;
+use super::primary::{self, LoopConfig};
 use super::receiver::Receiver;
 use super::respawn::CheckpointJoin;
 use super::secondary::{Rebuild, Staging};
@@ -66,6 +66,9 @@ use crate::lockstep::spec::{channel_port, PairError, PairHandle};
 
 /// How often the run looks at its member and VM.
 const LOOK: Duration = Duration::from_millis(50);
+/// Beyond the last epoch's limit, before a guest's own end stops the member
+/// from here ([`wait_for_end`]): the epoch loop's own stop follows its wait.
+const LAST_EPOCH_SLACK: Duration = Duration::from_secs(2);
 
 /// How a member's run ended.
 #[derive(Debug)]
@@ -518,24 +521,39 @@ fn announce(linux: &LinuxSpec) -> Vec<Vec<u8>> {
 /// Waits until the member halted; a VM that ended here on its own (a
 /// resumed guest, or a lone Primary's) stops the member, and says why on
 /// the console (a run under load once stopped with no reason shown).
+/// A guest that ended itself first gets its last epoch made durable by the
+/// epoch loop (`primary::last_epoch`), which then stops the member: the
+/// stop is posted here only if the member has not halted once that may
+/// have taken its longest.
 fn wait_for_end(
     ctx: &MemberCtx<'_>,
     driver: MemberDriver,
     vm_ended: impl Fn() -> Option<End>,
 ) -> CheckpointEnd {
     let mut told = false;
+    let mut seen: Option<Instant> = None;
     loop {
         if matches!(driver.state(), State::Halted(_)) {
             break;
         }
         if !told {
             if let Some(end) = vm_ended() {
-                println!(
-                    "ftvmm: vm {}: the guest ended: {end}; the member stops",
-                    ctx.vm.name
-                );
-                driver.post(Event::Stop);
-                told = true;
+                let since = *seen.get_or_insert_with(|| {
+                    println!(
+                        "ftvmm: vm {}: the guest ended: {end}; the member stops",
+                        ctx.vm.name
+                    );
+                    Instant::now()
+                });
+                let grace = if end.is_guest_end() {
+                    primary::LAST_EPOCH_LIMIT + LAST_EPOCH_SLACK
+                } else {
+                    Duration::ZERO
+                };
+                if since.elapsed() >= grace {
+                    driver.post(Event::Stop);
+                    told = true;
+                }
             } else if ctx.stop.load(Ordering::SeqCst) {
                 println!("ftvmm: vm {}: stopping (asked by this host)", ctx.vm.name);
                 driver.post(Event::Stop);

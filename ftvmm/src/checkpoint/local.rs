@@ -264,7 +264,12 @@ pub fn run_local_pair(
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        stop.store(true, Ordering::SeqCst);
+        // A guest that ended on its own: the loop ships its last epoch and
+        // waits for it to be durable (`primary::last_epoch`), then ends by
+        // itself; stopping it here would drop those writes.
+        if triggered || running.ended().is_some_and(|e| !e.is_guest_end()) {
+            stop.store(true, Ordering::SeqCst);
+        }
         if let Ok(Err(e)) = epochs.join() {
             if !matches!(e, primary::EpochLoopError::VmEnded) {
                 eprintln!("checkpoint: epoch loop ended: {e}");

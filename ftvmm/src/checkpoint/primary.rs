@@ -235,6 +235,8 @@ pub fn to_epoch(h: Harvest, closed: super::gate::Closed) -> Epoch {
 #[derive(Debug, Clone, Default)]
 pub struct EpochStats {
     pub number: u64,
+    /// When the vCPUs ran again: the next epoch is timed from here.
+    pub resumed: Option<Instant>,
     pub pause: Duration,
     pub pages: usize,
     pub bytes: usize,
@@ -310,7 +312,8 @@ pub fn one_epoch(
         // harvest ends the loop and nothing of that epoch is ever released.
         (h, close(outputs, join), unanswered)
     });
-    let pause = t.elapsed();
+    let resumed = Instant::now();
+    let pause = resumed - t;
     sink.progress();
     let number = closed.number;
     if let Some(j) = joined {
@@ -321,6 +324,7 @@ pub fn one_epoch(
     let e = to_epoch(h, closed);
     let stats = EpochStats {
         number,
+        resumed: Some(resumed),
         pause,
         pages: e.pages.len(),
         bytes: 0,
@@ -363,8 +367,13 @@ pub fn run_epochs(
     // The last pause's vCPUs, for a triple fault's report (`brief.rs`).
     let mut last: Option<(u64, Instant, Vec<VcpuBrief>)> = None;
     let began = Instant::now();
+    // Each epoch is timed from the previous one's resume, not from the end
+    // of its send: the guest ran during the send, so an epoch that waited
+    // `epoch` after the send would be `epoch` + send long, and its held
+    // replies that much later (issue 11's bench: 13 ms of send on the test
+    // bed's FT network made 20 ms epochs 33 ms long).
+    let mut start = began;
     loop {
-        let start = Instant::now();
         while start.elapsed() < cfg.epoch {
             sink.progress();
             // A triple fault is reported whichever of the two comes first
@@ -392,7 +401,15 @@ pub fn run_epochs(
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if ended.is_some() {
+            if let Some(end) = ended {
+                if end.is_guest_end() {
+                    // A failure here still ends the guest's way (`Bye`, no
+                    // race): the guest asked to end, a Secondary resuming
+                    // it would only end it again.
+                    if let Err(e) = last_epoch(running, outputs, sink, full, cfg.dirty, stop) {
+                        tracing::warn!("checkpoint: the ended guest's last epoch: {e}");
+                    }
+                }
                 return Err(EpochLoopError::VmEnded);
             }
             if let Some(why) = outputs.end_early(0) {
@@ -405,8 +422,73 @@ pub fn run_epochs(
             return Err(EpochLoopError::OutputsFailed);
         }
         let mut s = one_epoch(running, outputs, sink, full, cfg.dirty)?;
+        start = s.resumed.unwrap_or_else(Instant::now);
         full = false;
         last = Some((s.number, Instant::now(), std::mem::take(&mut s.vcpus)));
         on_epoch(&s);
+    }
+}
+
+/// How long the last epoch of a guest that ended on its own may take to be
+/// acknowledged and made durable ([`last_epoch`]).
+pub const LAST_EPOCH_LIMIT: Duration = Duration::from_secs(5);
+
+/// The guest ended on its own (power-off, reset, a crash): what it did in
+/// its last moments is an epoch like any other. Its disk writes completed to
+/// the guest (a `sync` before `poweroff` returned), so they must reach the
+/// shared device, which only happens once the Secondary holds them (the
+/// Output Rule), before the Primary says `Bye` and both members halt; the
+/// loop used to return at once, and the writes of the open epoch and of
+/// every epoch not yet durable were dropped with the member.
+///
+/// The harvest works on the ended VM: its vCPU threads have left, and
+/// `Paused::capture` reads their state from this thread. A vCPU that ended
+/// the VM with a port write (0xfe to 0x64, the ACPI sleep register) has not
+/// completed it (KVM advances RIP on the next `KVM_RUN`): a Secondary that
+/// resumed from this epoch (the Primary died before its `Bye`) executes the
+/// write again and ends too, instead of running past it.
+///
+/// `full`: no epoch was taken yet, this one carries every page.
+/// Waits until the epoch is durable (its frames are then released too),
+/// the loop is told to stop, the outputs fail, or [`LAST_EPOCH_LIMIT`]; a
+/// lapse or a failure is logged and the member ends as before (`Bye`),
+/// without those writes.
+fn last_epoch(
+    running: &Running,
+    outputs: &GatedOutputs,
+    sink: &mut dyn EpochSink,
+    full: bool,
+    dirty: DirtyLog,
+    stop: &AtomicBool,
+) -> Result<(), EpochLoopError> {
+    let s = one_epoch(running, outputs, sink, full, dirty)?;
+    let t = Instant::now();
+    loop {
+        sink.progress();
+        let durable = outputs.progress().2;
+        if durable >= s.number {
+            tracing::info!(
+                epoch = s.number,
+                writes = s.writes,
+                ms = t.elapsed().as_millis() as u64,
+                "checkpoint: the ended guest's last epoch is durable"
+            );
+            return Ok(());
+        }
+        if stop.load(Ordering::SeqCst) || outputs.failed() {
+            return Ok(());
+        }
+        if t.elapsed() >= LAST_EPOCH_LIMIT {
+            tracing::warn!(
+                epoch = s.number,
+                durable,
+                writes = s.writes,
+                "checkpoint: the ended guest's last epoch was not durable within {} s; \
+                 its writes are given up",
+                LAST_EPOCH_LIMIT.as_secs()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -333,3 +333,120 @@ fn staging_pages_are_the_memory_the_take_over_vm_gets() {
     assert_eq!(b, [7; 4]);
     assert_eq!(mem.num_regions(), 1);
 }
+
+/// A guest that ends itself (here a reset; `poweroff` and a crash are the
+/// same to the loop) with a disk write and a frame still in its open
+/// epoch: the loop ships that epoch, and ends only once the Secondary holds
+/// it and its write is durable — the guest saw the write complete, so it
+/// must survive the VM. The epoch is 60 s long so that nothing but the end
+/// closes it: before the fix the loop returned at once and the write and
+/// the frame were dropped with the member.
+#[test]
+fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
+    let released = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let r2 = Arc::clone(&released);
+    let outputs = GatedOutputs::new(
+        gate(),
+        Some(Box::new(move |f: &[u8]| {
+            r2.lock().unwrap().push(f.to_vec())
+        })),
+    );
+    // The write goes in through a backend of its own on the same gate (the
+    // real-mode guest drives no virtio device).
+    let (file, disk) = disk_file(64);
+    let mut b = GatedBackend::new(Arc::clone(&outputs), Some(disk), None, 0, Box::new(|_| {}));
+    let seen = Seen::default();
+    let s2 = seen.clone();
+    b.start(Arc::new(move |ev| s2.0.lock().unwrap().push(ev)))
+        .unwrap();
+    // Spin until the byte at 0x3000 is set, mark 0x3008, reset.
+    let mut code = vec![0xa0, 0x00, 0x30, 0x84, 0xc0, 0x74, 0xf9];
+    code.extend_from_slice(&[0xc6, 0x06, 0x08, 0x30, 0x5a]);
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4]);
+    let vm = LinuxVm::create(
+        1,
+        MEM,
+        vec![],
+        Box::new(Sink::default()),
+        Box::new(super::super::linux::tests::NoBackend),
+    )
+    .expect("a VM (is /dev/kvm there?)");
+    vm.memory()
+        .write_slice(&code, GuestAddress(0x1000))
+        .unwrap();
+    vm.enter_real_mode(0, 0x1000).unwrap();
+    let running = vm.start().unwrap();
+
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let acks = Arc::clone(&outputs);
+    let secondary = std::thread::spawn(move || {
+        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
+        for piece in rx {
+            if let Some(e) = r.on_piece(&piece).expect("whole epochs") {
+                acks.on_ack(e).expect("acks of closed epochs");
+            }
+        }
+        r
+    });
+
+    let data = vec![0xcdu8; 512];
+    b.submit_block(BlockRequest {
+        dev: 0,
+        id: 1,
+        op: BlockOp::Write {
+            sector: 8,
+            data: data.clone(),
+        },
+    });
+    b.send_frame(0, b"done".to_vec());
+    wait_until("the write completes to the guest", || {
+        seen.0.lock().unwrap().iter().any(|e| {
+            matches!(
+                e,
+                InputEvent::BlockDone {
+                    id: 1,
+                    status: BlockStatus::Ok,
+                    ..
+                }
+            )
+        })
+    });
+
+    let mut link = ChanSink(tx);
+    let stop = AtomicBool::new(false);
+    let end = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let cfg = LoopConfig {
+                epoch: Duration::from_secs(60),
+                first_full: true,
+                dirty: DirtyLog::Get,
+            };
+            primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |_| {})
+        });
+        // The guest ends itself.
+        running.with_paused(|p| p.mem.write_obj(1u8, GuestAddress(0x3000)).unwrap());
+        wait_until("the loop ends by itself", || h.is_finished());
+        h.join().unwrap()
+    });
+    assert!(
+        matches!(end, Err(primary::EpochLoopError::VmEnded)),
+        "{end:?}"
+    );
+    assert_eq!(running.ended(), Some(crate::linux::End::Reset));
+    let (_, acked, durable) = outputs.progress();
+    assert_eq!((acked, durable), (1, 1), "the last epoch acked and durable");
+    let on_disk = std::fs::read(file.path()).unwrap();
+    assert_eq!(
+        &on_disk[8 * 512..9 * 512],
+        &data[..],
+        "the write is on the device"
+    );
+    assert_eq!(released.lock().unwrap().as_slice(), &[b"done".to_vec()]);
+    drop(link);
+    let r = secondary.join().unwrap();
+    assert_eq!(r.last(), 1);
+    let marker: u8 = r.memory().memory().read_obj(GuestAddress(0x3008)).unwrap();
+    assert_eq!(marker, 0x5a, "the epoch holds what the guest did last");
+    running.wait();
+    b.stop();
+}

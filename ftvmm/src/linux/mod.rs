@@ -50,6 +50,15 @@ pub enum End {
     Error(String),
 }
 
+impl End {
+    /// The guest ended itself (reset, power-off, a crash), as opposed to
+    /// the host stopping it or the VMM failing: what it wrote up to then is
+    /// kept (`checkpoint::primary`'s last epoch).
+    pub fn is_guest_end(&self) -> bool {
+        !matches!(self, End::Stopped | End::Error(_))
+    }
+}
+
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
