@@ -17,7 +17,9 @@
 //! byte-wide I/O port, [`SLEEP_PORT`], and the DSDT names `\_S5_` (SLP_TYP
 //! 5), as Cloud Hypervisor's "ACPI shutdown device" does: a guest's
 //! `poweroff` writes [`S5_SLEEP_CONTROL`] there (Linux's
-//! `acpi_hw_extended_sleep`).
+//! `acpi_hw_extended_sleep`) and the bus ends the VM with
+//! [`super::End::PowerOff`]. A guest can end itself with `poweroff` as well
+//! as with `reboot` (`reboot=k`).
 //!
 //! Invariant: every table's bytes sum to 0 (mod 256), the RSDP's first 20 and
 //! all 36 bytes too; the tests check it.
