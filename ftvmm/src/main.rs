@@ -54,9 +54,9 @@ enum Cmd {
     },
     /// Run a stock Linux kernel as a checkpoint-mode VM (no replication yet):
     /// bzImage + initrd, 1-4 vCPUs, in-kernel irqchip; console on stdout.
-    /// Exit status: 0 when the guest reset itself (reboot=k) or triple-faulted
-    /// (reboot=t), 2 when stopped by a signal, 125 on a VM error, 126 when
-    /// the VM could not be built.
+    /// Exit status: 0 when the guest reset itself (reboot=k), powered off
+    /// (ACPI S5) or triple-faulted (reboot=t), 2 when stopped by a signal,
+    /// 125 on a VM error, 126 when the VM could not be built.
     Linux {
         /// Guest kernel (bzImage).
         #[arg(long)]
@@ -206,7 +206,9 @@ fn run_linux_cmd(spec: ftvmm::linux::LinuxSpec, mode: LinuxMode) -> ExitCode {
                 report.note.map(|n| format!("; {n}")).unwrap_or_default()
             );
             match report.end {
-                End::Reset | End::TripleFault | End::SystemEvent(_) => ExitCode::SUCCESS,
+                End::Reset | End::PowerOff | End::TripleFault | End::SystemEvent(_) => {
+                    ExitCode::SUCCESS
+                }
                 End::Stopped => ExitCode::from(2),
                 End::Error(_) => ExitCode::from(125),
             }

@@ -13,8 +13,13 @@
 //!
 //! The FADT says: hardware-reduced (no PM timer, no SCI, no fixed power
 //! button), no VGA, no CMOS RTC, no 8042 (the VMM's reset port at 0x64 still
-//! works with `reboot=k`). There is no `_S5`: power-off halts the vCPUs, so
-//! tests end a guest with `reboot -f` and `reboot=k`.
+//! works with `reboot=k`). Its sleep control and status registers are one
+//! byte-wide I/O port, [`SLEEP_PORT`], and the DSDT names `\_S5_` (SLP_TYP
+//! 5), as Cloud Hypervisor's "ACPI shutdown device" does: a guest's
+//! `poweroff` writes [`S5_SLEEP_CONTROL`] there (Linux's
+//! `acpi_hw_extended_sleep`) and the bus ends the VM with
+//! [`super::End::PowerOff`]. A guest can end itself with `poweroff` as well
+//! as with `reboot` (`reboot=k`).
 //!
 //! Invariant: every table's bytes sum to 0 (mod 256), the RSDP's first 20 and
 //! all 36 bytes too; the tests check it.
@@ -45,6 +50,26 @@ const COM1_PORT: u16 = 0x3f8;
 const COM1_GSI: u32 = 4;
 /// MPS INTI flags: active high (01), level triggered (11 << 2).
 const INTI_LEVEL_HIGH: u16 = 0b1101;
+/// The I/O port of the FADT's SLEEP_CONTROL_REG and SLEEP_STATUS_REG (one
+/// byte each, the same port; [`super::bus`] owns it). 0x600 as in Cloud
+/// Hypervisor: no device of this VM, KVM's in-kernel PIC/PIT or a legacy
+/// PC device a Linux guest probes uses it.
+pub const SLEEP_PORT: u16 = 0x600;
+/// `\_S5_`'s SLP_TYP, the value the sleep control register takes for S5.
+const S5_SLP_TYP: u8 = 5;
+/// SLEEP_CONTROL_REG: SLP_TYP in bits 2..=4, SLP_EN bit 5 (ACPI 6.5
+/// §4.8.3.7).
+const SLP_TYP_SHIFT: u8 = 2;
+const SLP_EN: u8 = 1 << 5;
+/// What a guest entering S5 (power-off) writes to [`SLEEP_PORT`]: 0x34.
+pub const S5_SLEEP_CONTROL: u8 = (S5_SLP_TYP << SLP_TYP_SHIFT) | SLP_EN;
+/// FADT offsets of SLEEP_CONTROL_REG and SLEEP_STATUS_REG (ACPI 5.0+).
+const FADT_SLEEP_CONTROL: usize = 244;
+const FADT_SLEEP_STATUS: usize = 256;
+/// Generic Address Structure: address space ID of system I/O.
+const GAS_SYSTEM_IO: u8 = 1;
+/// Generic Address Structure: access size "byte".
+const GAS_ACCESS_BYTE: u8 = 1;
 
 /// One virtio-mmio slot as the DSDT declares it.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +114,18 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
+/// A Generic Address Structure (ACPI 6.5 §5.2.3.2) for the byte-wide I/O
+/// port `port`: 12 bytes.
+fn gas_io_byte(port: u16) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = GAS_SYSTEM_IO;
+    g[1] = 8; // register bit width
+    g[2] = 0; // register bit offset
+    g[3] = GAS_ACCESS_BYTE;
+    g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    g
+}
+
 fn fadt(dsdt: u64) -> Vec<u8> {
     let mut b = vec![0u8; FADT_LEN - HEADER_LEN];
     let at = |off: usize| off - HEADER_LEN;
@@ -99,6 +136,9 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     b[at(112)..at(116)].copy_from_slice(&flags.to_le_bytes());
     b[at(131)] = 5; // FADT minor version: ACPI 6.5
     b[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes());
+    let sleep = gas_io_byte(SLEEP_PORT);
+    b[at(FADT_SLEEP_CONTROL)..at(FADT_SLEEP_CONTROL + 12)].copy_from_slice(&sleep);
+    b[at(FADT_SLEEP_STATUS)..at(FADT_SLEEP_STATUS + 12)].copy_from_slice(&sleep);
     b[at(268)..at(276)].copy_from_slice(b"FTVMMKVM");
     sdt(b"FACP", 6, &b)
 }
@@ -213,6 +253,18 @@ fn aml_com1_device() -> Vec<u8> {
     dev
 }
 
+/// `Name (_S5_, Package () { 5, 0, 0, 0 })` in the root scope: S5 (soft
+/// off) with SLP_TYPa 5 (what the sleep control register takes), SLP_TYPb
+/// and the reserved two 0. Without it Linux finds no S5 and its power-off
+/// halts the vCPUs.
+fn aml_s5() -> Vec<u8> {
+    // NumElements, BytePrefix S5_SLP_TYP, then three ZeroOps.
+    let elements = [4, 0x0a, S5_SLP_TYP, 0x00, 0x00, 0x00];
+    let mut package = vec![0x12]; // PackageOp
+    package.extend_from_slice(&pkg(&elements));
+    aml_name(b"_S5_", &package)
+}
+
 fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     let mut scope = b"\\_SB_".to_vec();
     scope.extend_from_slice(&aml_com1_device());
@@ -221,6 +273,7 @@ fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
     }
     let mut aml = vec![0x10];
     aml.extend_from_slice(&pkg(&scope));
+    aml.extend_from_slice(&aml_s5());
     sdt(b"DSDT", 2, &aml)
 }
 
@@ -296,8 +349,7 @@ mod tests {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
     }
 
-    #[test]
-    fn tables_checksum_and_point_at_each_other() {
+    fn two_devices() -> Vec<(u64, Vec<u8>)> {
         let devs = [
             MmioDevice {
                 base: 0xd000_0000,
@@ -310,7 +362,12 @@ mod tests {
                 irq: 6,
             },
         ];
-        let t = build(2, 3, &devs).unwrap();
+        build(2, 3, &devs).unwrap()
+    }
+
+    #[test]
+    fn tables_checksum_and_point_at_each_other() {
+        let t = two_devices();
         let (_, rsdp) = &t[0];
         assert_eq!(sum(&rsdp[..20]), 0);
         assert_eq!(sum(rsdp), 0);
@@ -350,6 +407,83 @@ mod tests {
             aml.windows(irq.len()).any(|w| w == irq),
             "COM1's edge IRQ 4"
         );
+    }
+
+    #[test]
+    fn fadt_has_the_sleep_registers_at_port_0x600() {
+        let t = two_devices();
+        let fadt = &t[2].1;
+        assert_eq!(&fadt[..4], b"FACP");
+        assert_eq!(fadt.len(), 276, "up to the hypervisor vendor identity");
+        assert!(
+            fadt[8] >= 5,
+            "FADT revision {} has no sleep registers",
+            fadt[8]
+        );
+        assert_eq!(sum(fadt), 0);
+        // SystemIO, 8 bits wide at offset 0, byte access, address 0x600.
+        let gas = [1, 8, 0, 1, 0x00, 0x06, 0, 0, 0, 0, 0, 0];
+        assert_eq!(&fadt[244..256], &gas, "SLEEP_CONTROL_REG");
+        assert_eq!(&fadt[256..268], &gas, "SLEEP_STATUS_REG");
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & FADT_F_HW_REDUCED_ACPI, 0, "still hardware-reduced");
+        assert_eq!(&fadt[268..276], b"FTVMMKVM");
+        // Linux writes (SLP_TYP << 2) | SLP_EN for S5.
+        assert_eq!(S5_SLEEP_CONTROL, 0x34);
+    }
+
+    /// A PkgLength at `aml[0]`: (the length it encodes, counted from
+    /// `aml[0]`; how many bytes the PkgLength itself takes).
+    fn pkg_length(aml: &[u8]) -> (usize, usize) {
+        let follow = (aml[0] >> 6) as usize;
+        if follow == 0 {
+            return ((aml[0] & 0x3f) as usize, 1);
+        }
+        let mut len = (aml[0] & 0x0f) as usize;
+        for (i, b) in aml[1..=follow].iter().enumerate() {
+            len |= (*b as usize) << (4 + 8 * i);
+        }
+        (len, follow + 1)
+    }
+
+    #[test]
+    fn dsdt_names_s5_in_the_root_scope() {
+        let t = two_devices();
+        let dsdt = &t[4].1;
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(sum(dsdt), 0);
+        let aml = &dsdt[36..];
+        // Name (_S5_, Package (4) { BytePrefix 5, Zero, Zero, Zero }).
+        let s5 = [
+            0x08, b'_', b'S', b'5', b'_', 0x12, 0x07, 0x04, 0x0a, 0x05, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(aml_s5(), s5);
+        // The top level is exactly Scope (\_SB_) { ... } then the Name: each
+        // object's length ends where the next begins, the last at the end.
+        let mut at = 0;
+        let mut objects = Vec::new();
+        while at < aml.len() {
+            match aml[at] {
+                0x10 => {
+                    let (len, n) = pkg_length(&aml[at + 1..]);
+                    objects.push(("Scope", aml[at + 1 + n..at + 1 + n + 5].to_vec()));
+                    at += 1 + len;
+                }
+                0x08 => {
+                    let name = aml[at + 1..at + 5].to_vec();
+                    assert_eq!(aml[at + 5], 0x12, "a Package");
+                    let (len, _) = pkg_length(&aml[at + 6..]);
+                    assert_eq!(&aml[at..at + 6 + len], &s5);
+                    objects.push(("Name", name));
+                    at += 6 + len;
+                }
+                op => panic!("top-level opcode {op:#x} at {at}"),
+            }
+        }
+        assert_eq!(at, aml.len(), "the last object ends at the table's end");
+        assert_eq!(objects.len(), 2, "{objects:?}");
+        assert_eq!(objects[0], ("Scope", b"\\_SB_".to_vec()));
+        assert_eq!(objects[1], ("Name", b"_S5_".to_vec()));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The device bus of a checkpoint-mode VM, shared by its vCPU threads and
 //! its backend threads under one `Mutex`: COM1 (a `vm-superio` 16550 at
-//! 0x3f8, IRQ 4, output to a writer), the i8042 reset port, the virtio-mmio
-//! slots, and "nobody" (ports and addresses no device owns: reads return all
+//! 0x3f8, IRQ 4, output to a writer), the i8042 reset port, the ACPI sleep
+//! control/status port (0x600, power-off), the virtio-mmio slots, and
+//! "nobody" (ports and addresses no device owns: reads return all
 //! ones, writes are ignored; both counted).
 //!
 //! Interrupts. The virtio slots are level-triggered IOAPIC pins (declared so
@@ -16,8 +17,13 @@
 //! COM1's interrupt is an edge (the 8250 driver's IRQ 4 is ISA edge): its
 //! `vm-superio` trigger writes an eventfd registered as an irqfd on GSI 4.
 //!
-//! The guest ends the VM by writing 0xfe to port 0x64 (`reboot=k`); the bus
-//! reports that as [`super::End::Reset`].
+//! The guest ends the VM by writing 0xfe to port 0x64 (`reboot=k`), which
+//! the bus reports as [`super::End::Reset`], or by powering off: a guest's
+//! `poweroff` writes [`S5_SLEEP_CONTROL`] (SLP_TYP 5 | SLP_EN) to the ACPI
+//! sleep control register at [`SLEEP_PORT`] (the FADT's, see
+//! [`super::acpi`]), which the bus reports as [`super::End::PowerOff`]. Other
+//! writes there (Linux first clears the sleep status's WAK_STS with 0x80)
+//! are ignored; reads return 0 (sleep status: nothing set).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +35,7 @@ use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::acpi::{S5_SLEEP_CONTROL, SLEEP_PORT};
 use super::backend::LinuxBackend;
 use super::devstate::{DevStateError, DevicesState, DEVICES_VERSION};
 use super::End;
@@ -203,13 +210,17 @@ impl Bus {
         } else if port == I8042_COMMAND || port == I8042_DATA {
             // Status 0: no data, input buffer empty (a reset write goes through).
             data.fill(0);
+        } else if port == SLEEP_PORT {
+            // Sleep status 0: no wake event.
+            data.fill(0);
         } else {
             self.unowned.pio_reads += 1;
             data.fill(0xff);
         }
     }
 
-    /// Returns `Some(End::Reset)` for the i8042 reset command.
+    /// Returns `Some(End::Reset)` for the i8042 reset command and
+    /// `Some(End::PowerOff)` for S5 written to the sleep control register.
     pub fn pio_out(&mut self, port: u16, data: &[u8]) -> Option<End> {
         if (COM1_BASE..COM1_BASE + 8).contains(&port) && data.len() == 1 {
             if let Err(e) = self.serial.write((port - COM1_BASE) as u8, data[0]) {
@@ -217,6 +228,11 @@ impl Bus {
             }
         } else if port == I8042_COMMAND && data.first() == Some(&I8042_RESET) {
             return Some(End::Reset);
+        } else if port == SLEEP_PORT {
+            if data == [S5_SLEEP_CONTROL] {
+                return Some(End::PowerOff);
+            }
+            tracing::debug!(?data, "ACPI sleep register write ignored (not S5)");
         } else if port != 0x80 && port != I8042_COMMAND && port != I8042_DATA {
             self.unowned.pio_writes += 1;
         }

@@ -7,14 +7,21 @@
 //! - [`boot`]: bzImage, initrd, command line, zero page and e820.
 //! - [`mptable`], [`acpi`]: how the guest finds its CPUs, IOAPIC and
 //!   virtio-mmio devices (MP table; ACPI MADT + DSDT, which the pinned
-//!   Debian kernel needs for virtio-mmio).
+//!   Debian kernel needs for virtio-mmio), and how it powers off (FADT
+//!   sleep registers, `\_S5_`).
 //! - [`cpuid`], [`regs`]: per-vCPU CPUID and boot state.
-//! - [`bus`]: COM1, i8042 reset, virtio slots, unowned ports; IRQ lines.
+//! - [`bus`]: COM1, i8042 reset, the ACPI sleep control port (power-off),
+//!   virtio slots, unowned ports; IRQ lines.
 //! - [`devstate`]: the userspace devices' state as one value (epochs).
 //! - [`backend`]: the narrow door to disk and TAP ([`LinuxBackend`]).
 //! - [`vcpus`]: the vCPU threads and the pause gate.
 //! - [`machine`]: building the VM, running it, pausing it.
 //! - [`run`]: `ftvmm linux` (CLI).
+//!
+//! A guest ends its VM by resetting (`reboot` with `reboot=k`:
+//! [`End::Reset`]) or powering off (`poweroff`: [`End::PowerOff`]); a
+//! triple fault, a KVM system event, the host or an error end it too
+//! ([`End`]).
 
 pub mod acpi;
 pub mod backend;
@@ -40,6 +47,10 @@ pub use run::{run_linux, LinuxSpec};
 pub enum End {
     /// The guest wrote 0xfe to port 0x64 (`reboot=k`): its normal end.
     Reset,
+    /// The guest entered ACPI S5 (`poweroff`): it wrote
+    /// [`acpi::S5_SLEEP_CONTROL`] to the sleep control register
+    /// ([`acpi::SLEEP_PORT`]). A normal end too.
+    PowerOff,
     /// A triple fault (`reboot=t`, or a crash).
     TripleFault,
     /// `KVM_EXIT_SYSTEM_EVENT` of this type.
@@ -63,6 +74,7 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::Reset => write!(f, "guest reset (i8042 0xfe)"),
+            End::PowerOff => write!(f, "guest power-off (ACPI S5)"),
             End::TripleFault => write!(f, "guest triple fault (shutdown)"),
             End::SystemEvent(t) => write!(f, "system event {t}"),
             End::Stopped => write!(f, "stopped by the host"),

@@ -2,16 +2,20 @@
 //! boot stock Linux: the QEMU test `qemu-tests/tests/linux_vm.rs` does):
 //! the zero page and e820 of a synthetic bzImage, and a 2-vCPU VM with the
 //! in-kernel irqchip running a few real-mode instructions per vCPU, paused
-//! and resumed, its dirty log read while paused.
+//! and resumed, its dirty log read while paused; the guest's two ends
+//! (i8042 reset, ACPI S5 power-off) as a vCPU's port writes.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
+use vm_superio::serial::SerialState;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{Deliver, LinuxBackend};
 use super::boot::{self, CMDLINE_ADDR, HIMEM_START};
+use super::bus::Bus;
 use super::machine::{LinuxVm, Running};
 use super::End;
 use crate::io::BlockRequest;
@@ -288,6 +292,61 @@ fn a_device_interrupt_raised_in_a_pause_reaches_kvm_only_after_it() {
 #[test]
 fn i8042_reset_ends_the_vm() {
     assert_eq!(one_vcpu_at(&RESET).wait().end, End::Reset);
+}
+
+/// A guest's `poweroff` as Linux's `acpi_hw_extended_sleep` does it: 0x80
+/// (clear WAK_STS) to the sleep status register, then SLP_TYP 5 | SLP_EN
+/// (0x34) to the sleep control register, both at port 0x600: the VM ends
+/// with a power-off.
+#[test]
+fn acpi_s5_on_the_sleep_port_ends_the_vm() {
+    let code = [
+        0xba, 0x00, 0x06, // mov dx, 0x600
+        0xb0, 0x80, // mov al, 0x80
+        0xee, // out dx, al
+        0xb0, 0x34, // mov al, 0x34
+        0xee, // out dx, al
+        0xf4, // hlt
+    ];
+    let running = one_vcpu_at(&code);
+    // Without the power-off the vCPU halts for good: fail, do not hang.
+    wait_until("the VM ends", || running.ended().is_some());
+    let report = running.wait();
+    assert_eq!(report.end, End::PowerOff);
+    assert_eq!(report.end.to_string(), "guest power-off (ACPI S5)");
+    assert_eq!(report.unowned.pio_writes, 0, "the sleep port is owned");
+}
+
+/// The bus alone: only 0x34, one byte, at port 0x600 ends the VM; other
+/// values there are ignored (not unowned), reads there return 0.
+#[test]
+fn the_bus_ends_the_vm_only_for_s5_at_the_sleep_port() {
+    let vm = Arc::new(kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap());
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mut bus = Bus::new(
+        vm,
+        mem,
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        Box::new(Sink::default()),
+        vec![],
+        Box::new(NoBackend),
+        SerialState::default(),
+    );
+    for v in [0x00, 0x80, 0x14, 0x20, 0x30, 0x35, 0xb4, 0xff] {
+        assert_eq!(bus.pio_out(0x600, &[v]), None, "{v:#x}");
+    }
+    assert_eq!(bus.pio_out(0x600, &[0x34, 0]), None, "a 16-bit write");
+    assert_eq!(
+        bus.unowned.pio_writes, 0,
+        "writes to the sleep port are not unowned"
+    );
+    assert_eq!(bus.pio_out(0x601, &[0x34]), None, "the next port");
+    assert_eq!(bus.unowned.pio_writes, 1);
+    let mut status = [0xaa];
+    bus.pio_in(0x600, &mut status);
+    assert_eq!(status, [0]);
+    assert_eq!(bus.unowned.pio_reads, 0);
+    assert_eq!(bus.pio_out(0x600, &[0x34]), Some(End::PowerOff));
 }
 
 /// `mov al, 0xfe; out 0x64, al; hlt`: the i8042 reset line, an end that
