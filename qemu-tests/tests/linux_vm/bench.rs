@@ -108,8 +108,8 @@ while [ $r -lt {rounds} ]; do
   for m in off on; do
     a=; [ $m = on ] && a=$CK
     for try in 1 2; do
-      # The guest powers off after its line: with no _S5 in the VM's ACPI that halts
-      # its vCPUs, and ftvmm runs on until killed.
+      # The guest powers off after its line (ACPI S5 ends ftvmm since stop 46;
+      # reap still kills an ftvmm that did not end, e.g. a guest that hung).
       $VM --cmdline "$G mode=cpu cpu_iters={iters}" $a > /tmp/out 2>&1 &
       PID=$!
       until_line 'cpu: checksum' 6000
