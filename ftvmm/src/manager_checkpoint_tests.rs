@@ -542,3 +542,76 @@ fn a_checkpoint_primary_is_not_protected_while_its_secondarys_host_has_no_vm_net
     a.stop("web").unwrap();
     b.stop("web").unwrap();
 }
+
+/// Real mode, two vCPUs: vCPU 0 spins until the byte at 0x3000 is set and
+/// then powers the VM off the way Linux does (0x34, SLP_TYP 5 | SLP_EN, to
+/// the ACPI sleep control port 0x600); the others halt.
+const POWER_OFF_ON_0X3000: &[u8] = &[
+    0x66, 0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax, 1
+    0x0f, 0xa2, // cpuid
+    0x66, 0xc1, 0xeb, 0x18, // shr ebx, 24
+    0x80, 0xfb, 0x00, // cmp bl, 0
+    0x75, 0x0d, // jne halt
+    0xa0, 0x00, 0x30, // spin: mov al, [0x3000]
+    0x84, 0xc0, // test al, al
+    0x74, 0xf9, // jz spin
+    0xba, 0x00, 0x06, // mov dx, 0x600
+    0xb0, 0x34, // mov al, 0x34
+    0xee, // out dx, al
+    0xf4, // halt: hlt
+    0xeb, 0xfd, // jmp halt
+];
+
+/// A guest that powers itself off ends the pair in order: the Primary
+/// takes the ended VM's last epoch, the Secondary acknowledges it, the
+/// Primary says `Bye`, and both members halt; the Secondary does not race
+/// (no generation 2 is decided) and the guest is not resumed anywhere.
+/// Guards the daemon's side of `primary::last_epoch`: the member's watcher
+/// waits for the epoch loop instead of stopping it.
+#[test]
+fn a_guest_that_powers_off_ends_both_members_without_a_take_over() {
+    let mut w = World::new(46);
+    w.boot = Arc::new(|vm, _spec| {
+        vm.memory()
+            .write_slice(POWER_OFF_ON_0X3000, GuestAddress(0x1000))
+            .map_err(|e| crate::linux::LinuxVmError::Memory(e.to_string()))?;
+        vm.enter_real_mode(0, 0x1000)?;
+        vm.enter_real_mode(1, 0x1000)
+    });
+    let (mut a, mut b) = (w.manager(0), w.manager(1));
+    b.start("web").unwrap();
+    a.start("web").unwrap();
+    wait_for("three epochs acknowledged", SETTLE, || {
+        web(&a)["checkpoint"]["acknowledged"].as_u64() >= Some(3)
+    });
+    let fig = a.slots["web"].figures.clone().unwrap();
+    let mem = fig.primary_memory().expect("host-a runs the Primary");
+    mem.write_obj(1u8, GuestAddress(0x3000)).unwrap();
+    let t = Instant::now();
+    wait_for("both members halted", SETTLE, || {
+        web(&a)["state"] == "exited" && web(&b)["state"] == "exited"
+    });
+    let took = t.elapsed();
+    // The Secondary halted on the goodbye: well inside the 2 s failure
+    // timeout plus a race, and without one.
+    assert_eq!(
+        w.decided(),
+        vec![("web".into(), 1, "host-a".into())],
+        "no take-over: {}, {}",
+        web(&a),
+        web(&b)
+    );
+    assert!(
+        fig.resumed_memory().is_none()
+            && b.slots["web"]
+                .figures
+                .clone()
+                .unwrap()
+                .resumed_memory()
+                .is_none(),
+        "the guest was resumed somewhere"
+    );
+    eprintln!("power-off to both halted: {} ms", took.as_millis());
+    a.stop("web").ok();
+    b.stop("web").ok();
+}
