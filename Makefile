@@ -74,8 +74,11 @@ demo: image
 ## Checkpoint mode on a stock Linux guest (qemu-tests linux_vm checkpoint_bench, in one nested-KVM L1, ~15 min):
 ##   CPU-bound ratio on/off side by side, pause per epoch against dirty pages, bytes per epoch and Mbit/s;
 ##   FT_CKPT_BENCH_ITERS, FT_CKPT_BENCH_ROUNDS, FT_CKPT_BENCH_SECONDS (module docs of qemu-tests/tests/linux_vm/bench.rs)
+## CKPT_BENCH_TIMEOUTS_MS: failure timeouts of the checkpoint pair's failover runs (qemu-tests checkpoint_pair, the
+##   Linux KV guest on two QEMU hosts, ~5 min each): "failover: ... pause N ms (failure timeout T ms)"
 FT_BENCH_ARGS ?=
 SCALE_BENCH_ARGS ?=
+CKPT_BENCH_TIMEOUTS_MS ?= 2000 5000
 bench: image linux-kv nested-qemu
 	bash image/bench-boot.sh
 	$(CARGO) run --release -p qemu-tests --bin boot-bench
@@ -87,6 +90,12 @@ bench: image linux-kv nested-qemu
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
 	$(CARGO) test --release -p fencing --lib decide_bench -- --ignored --nocapture
 	$(CARGO) test -p qemu-tests --test linux_vm checkpoint_bench -- --ignored --nocapture
+	# Checkpoint failover pause against the failure timeout ("failover: ... pause N ms
+	# (failure timeout T ms)"), the Linux KV guest's pair on two QEMU hosts, two timeouts.
+	for t in $(CKPT_BENCH_TIMEOUTS_MS); do \
+	  FT_CKPT_FAILURE_TIMEOUT_MS=$$t $(CARGO) test -p qemu-tests --test checkpoint_pair \
+	    kill_the_primary_host_the_checkpoint_pair_keeps_the_connection -- --nocapture || exit 1; \
+	done
 
 ## fuzz: every fuzz target for FUZZ_SECONDS each (needs nightly + cargo-fuzz)
 FUZZ_SECONDS ?= 60
