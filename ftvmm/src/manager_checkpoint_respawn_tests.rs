@@ -79,6 +79,20 @@ fn three_hosts(net: u8, ballast: usize) -> (World, VmManager, VmManager, VmManag
         u(&f["pause_us_max"]) > 0 && u(&f["epoch_bytes_total"]) > 0,
         "{f}"
     );
+    // Where the epochs' outputs waited: the Secondary's acks and the
+    // durability of what the acks let go (`checkpoint/latency.rs`).
+    assert!(u(&f["ack_wait_epochs"]) > 0, "{f}");
+    assert!(u(&f["durable_wait_epochs"]) > 0, "{f}");
+    assert!(u(&f["ack_wait_us_max"]) >= u(&f["ack_wait_us_last"]), "{f}");
+    assert!(
+        u(&f["ack_wait_us_total"]) >= u(&f["ack_wait_us_max"]),
+        "{f}"
+    );
+    assert_eq!(
+        f["output_hold_buckets"]["epochs"].as_array().map(Vec::len),
+        Some(11),
+        "{f}"
+    );
     (w, a, b, c)
 }
 

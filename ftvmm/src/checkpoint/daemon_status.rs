@@ -1,7 +1,8 @@
 //! A checkpoint member's figures for the daemon's status (`vms[].checkpoint`):
 //! the epoch the guest runs in, what the Secondary acknowledged, what is
-//! durable on the shared device and what left; on a Secondary the last
-//! complete epoch it holds. Set by the member's run as its parts appear;
+//! durable on the shared device and what left, the epochs' pauses and how
+//! long their outputs waited after they closed (`latency.rs`); on a
+//! Secondary the last complete epoch it holds. Set by the member's run as its parts appear;
 //! read by status without touching the member.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,7 @@ impl Figures {
             v["pause_us_max"] = n(&st.pause_us_max).into();
             v["pause_us_total"] = n(&st.pause_us_total).into();
             v["epoch_bytes_total"] = n(&st.epoch_bytes_total).into();
+            st.latency.put_json(&mut v);
             v["outputs_stopped"] = o.failed().into();
         }
         if let Some(a) = lock(&self.applied).as_ref() {

@@ -482,6 +482,12 @@ impl EpochGate {
         self.frames.len()
     }
 
+    /// The epoch of the oldest frame not yet released (frames leave in
+    /// epoch order, so no frame of an earlier epoch is held).
+    pub fn oldest_held_frame(&self) -> Option<u64> {
+        self.frames.front().map(|(e, _)| *e)
+    }
+
     /// Sectors waiting in the overlay.
     pub fn pending_sectors(&self) -> usize {
         self.overlay.len()

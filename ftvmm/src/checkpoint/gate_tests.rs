@@ -311,3 +311,22 @@ fn a_lone_gate_follows_a_later_generation_won_again() {
     let (c, acts) = g.close_epoch();
     assert_eq!((c.generation, released(&acts)), (4, vec![b"x".to_vec()]));
 }
+
+#[test]
+fn the_oldest_held_frame_names_its_epoch_until_it_leaves() {
+    let mut g = EpochGate::new(CFG, 1);
+    assert_eq!(g.oldest_held_frame(), None);
+    g.close_epoch();
+    g.on_frame(b"a".to_vec());
+    g.close_epoch();
+    g.on_frame(b"b".to_vec());
+    g.close_epoch();
+    assert_eq!(g.oldest_held_frame(), Some(2));
+    // Epoch 1 (no frame) acknowledged: epoch 2's frame still waits.
+    assert!(released(&g.on_ack(1).unwrap()).is_empty());
+    assert_eq!(g.oldest_held_frame(), Some(2));
+    assert_eq!(released(&g.on_ack(2).unwrap()), vec![b"a".to_vec()]);
+    assert_eq!(g.oldest_held_frame(), Some(3));
+    g.on_ack(3).unwrap();
+    assert_eq!(g.oldest_held_frame(), None);
+}

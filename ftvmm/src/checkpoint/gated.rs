@@ -34,6 +34,10 @@
 //!   holds the epoch and re-writes it). Unlike lockstep's disk thread this
 //!   does not ask fencing to reset the host.
 //!
+//! Each step of the gate is watched for where the epochs' outputs wait
+//! (closed, acknowledged, durable, released: `latency.rs`), stamped here,
+//! under the gate's lock; the gate itself has no clock.
+//!
 //! Completions are delivered from the backend's own threads, never from
 //! inside `submit_block`/`send_frame` (the bus is locked there).
 //!
@@ -44,10 +48,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::epoch::{DiskWrite, SECTOR_SIZE};
 use super::gate::{Action, Closed, EpochGate, GateError, Mode};
 use super::late_fence::LateWriteFence;
+use super::latency::{EpochLatency, EpochStamps, Reached};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::{BackendError, Deliver, LinuxBackend};
 use crate::live::late_write::too_old;
@@ -62,6 +68,17 @@ const GRANT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What `gate` reached, for the latency stamps.
+fn reached(gate: &EpochGate) -> Reached {
+    let (acked, _, durable) = gate.progress();
+    Reached {
+        closed: gate.current() - 1,
+        acked,
+        durable,
+        paired: matches!(gate.mode(), Mode::Paired { .. }),
+    }
 }
 
 /// Where released frames go (the TAP, or a test's capture).
@@ -91,6 +108,8 @@ pub struct OutputStats {
     pub pause_us_last: AtomicU64,
     pub pause_us_max: AtomicU64,
     pub epoch_bytes_total: AtomicU64,
+    /// Where closed epochs' outputs wait (`latency.rs`).
+    pub latency: EpochLatency,
 }
 
 impl OutputStats {
@@ -121,6 +140,9 @@ pub struct GatedOutputs {
     /// Set at a take-over: later epochs overlapping the re-written writes
     /// wait (`late_fence.rs`).
     fence: Mutex<Option<LateWriteFence>>,
+    /// The epochs followed for [`OutputStats::latency`]; locked only under
+    /// the gate's lock.
+    stamps: Mutex<EpochStamps>,
     pub stats: OutputStats,
 }
 
@@ -139,6 +161,7 @@ impl GatedOutputs {
         grant: Arc<HostGrant>,
         member_held: bool,
     ) -> Arc<Self> {
+        let stamps = EpochStamps::new(reached(&gate));
         Arc::new(GatedOutputs {
             gate: Mutex::new(gate),
             frame_out: Mutex::new(frame_out),
@@ -148,6 +171,7 @@ impl GatedOutputs {
             member_held: AtomicBool::new(member_held),
             stopping: AtomicBool::new(false),
             fence: Mutex::new(None),
+            stamps: Mutex::new(stamps),
             stats: OutputStats::default(),
         })
     }
@@ -251,14 +275,19 @@ impl GatedOutputs {
         self.failed.store(true, Ordering::SeqCst);
     }
 
-    /// Performs `actions` with the gate locked (frames leave in order).
-    fn perform(&self, _gate: &mut EpochGate, actions: Vec<Action>) {
+    /// Performs `actions` with the gate locked (frames leave in order),
+    /// stamping what the gate reached (`latency.rs`).
+    fn perform(&self, gate: &mut EpochGate, actions: Vec<Action>) {
+        let mut stamps = lock(&self.stamps);
+        let latency = &self.stats.latency;
+        stamps.observe(reached(gate), Instant::now(), latency);
         for a in actions {
             match a {
-                Action::Release { frame, .. } => {
+                Action::Release { epoch, frame } => {
                     if self.failed() {
                         continue;
                     }
+                    stamps.released(epoch, Instant::now(), latency);
                     if let Some(out) = lock(&self.frame_out).as_mut() {
                         out(&frame);
                     }
@@ -284,6 +313,7 @@ impl GatedOutputs {
                 }
             }
         }
+        stamps.retire(gate.oldest_held_frame());
     }
 
     /// Ends the current epoch (call with the vCPUs paused).
@@ -738,3 +768,7 @@ mod grant_tests;
 #[cfg(test)]
 #[path = "fence_tests.rs"]
 mod fence_tests;
+
+#[cfg(test)]
+#[path = "latency_tests.rs"]
+mod latency_tests;

@@ -16,7 +16,8 @@
 //!
 //! On a real VM (`linux/`): [`primary`] is the epoch loop (pause, harvest,
 //! close, resume, ship), [`gated`] the backend that puts the gate between the
-//! devices and the disk/TAP, [`secondary`] the staging memory the take-over
+//! devices and the disk/TAP ([`latency`]: where its epochs' outputs wait
+//! after they close), [`secondary`] the staging memory the take-over
 //! VM runs on and the take-over itself; [`local`] a pair inside one process
 //! (`ftvmm linux --local-secondary`) for tests where one host runs;
 //! [`remote`] epochs and acks over the authenticated channel between hosts
@@ -50,7 +51,8 @@
 //! (failure detection, the race for g+1 through fencing, resuming from the
 //! last complete epoch, hand-over on storage loss), checked by
 //! `driver_tests` on /dev/kvm with in-process fencing; `gated`'s
-//! `grant_tests` check that the gate obeys the host's output grant.
+//! `grant_tests` check that the gate obeys the host's output grant, its
+//! `latency_tests` that each wait is stamped for the right epochs.
 //!
 //! The daemon runs checkpoint VMs (`manager_checkpoint.rs`): [`daemon_spec`]
 //! builds what a member runs from (the pair's `Hello` with mode, vCPUs,
@@ -93,6 +95,7 @@ pub mod gated;
 pub mod hosts;
 pub mod keepalive;
 pub mod late_fence;
+pub mod latency;
 pub mod local;
 pub mod overlay;
 pub mod primary;

@@ -9,12 +9,15 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
 
 use config_schema::remote::report::HostReport;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
@@ -23,6 +26,38 @@ type Gauges = Family<Labels, Gauge>;
 type Seconds = Family<Labels, Gauge<f64, AtomicU64>>;
 type Counters = Family<Labels, Counter>;
 type SecondsTotal = Family<Labels, Counter<f64, AtomicU64>>;
+type Histograms = Family<Labels, Counted>;
+
+/// A histogram a daemon counted (its status carries the buckets): sum, count
+/// and each bucket's own count (upper bound, not cumulative; the encoder
+/// sums them up), set once per exposition.
+#[derive(Debug, Default)]
+struct Counted(OnceLock<Spread>);
+
+/// A histogram's figures: sum, count, (upper bound, own count) per bucket.
+#[derive(Debug)]
+struct Spread {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl TypedMetric for Counted {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Counted {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.0.get() {
+            Some(s) => encoder.encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None),
+            None => Ok(()),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// The metric families, registered once per exposition.
 struct Metrics {
@@ -49,6 +84,11 @@ impl Metrics {
         let c = SecondsTotal::default();
         self.registry.register(name, help, c.clone());
         c
+    }
+    fn histogram(&mut self, name: &str, help: &str) -> Histograms {
+        let h = Histograms::default();
+        self.registry.register(name, help, h.clone());
+        h
     }
 }
 
@@ -354,7 +394,8 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
 }
 
 /// A checkpoint Primary's epochs (`vms[].checkpoint` of ftvmm's status):
-/// how many, their pauses and sizes, and what waits for the Secondary.
+/// how many, their pauses and sizes, what waits for the Secondary, and how
+/// long the epochs' outputs waited after they closed.
 struct Checkpoint {
     epochs: Counters,
     pause: SecondsTotal,
@@ -364,6 +405,79 @@ struct Checkpoint {
     written: Counters,
     held: Gauges,
     unacked: Gauges,
+    waits: [Wait; 3],
+    hold: Histograms,
+    hold_last: Seconds,
+    hold_max: Seconds,
+}
+
+/// One of a checkpoint Primary's waits after an epoch closes (ftvmm's
+/// `checkpoint/latency.rs`; status keys `<key>_epochs`, `<key>_us_total`,
+/// `<key>_us_last`, `<key>_us_max`): the epochs timed, the sum, the last
+/// and the longest.
+struct Wait {
+    key: &'static str,
+    epochs: Counters,
+    total: SecondsTotal,
+    last: Seconds,
+    max: Seconds,
+}
+
+impl Wait {
+    fn register(m: &mut Metrics, key: &'static str, what: &str) -> Self {
+        let name = format!("ft_checkpoint_{key}");
+        Wait {
+            key,
+            epochs: m.counter(&format!("{name}_epochs"), &format!("epochs timed {what}")),
+            total: m.seconds_total(
+                &format!("{name}_seconds"),
+                &format!("time per epoch {what}, summed (divided by the epochs: the mean)"),
+            ),
+            last: m.seconds(
+                &format!("{name}_last_seconds"),
+                &format!("the last epoch's time {what}"),
+            ),
+            max: m.seconds(
+                &format!("{name}_max_seconds"),
+                &format!("the longest epoch's time {what} since the Primary started"),
+            ),
+        }
+    }
+
+    fn add(&self, vm: &str, c: &Value) {
+        let k = |s: &str| &c[format!("{}_{s}", self.key)];
+        let v = || l(&[("vm", vm)]);
+        let secs = |s: &str| k(s).as_u64().map(|us| us as f64 / 1e6);
+        count(&self.epochs, v(), k("epochs"));
+        if let Some(t) = secs("us_total") {
+            self.total.get_or_create(&v()).inc_by(t);
+        }
+        for (g, s) in [(&self.last, "us_last"), (&self.max, "us_max")] {
+            if let Some(t) = secs(s) {
+                g.get_or_create(&v()).set(t);
+            }
+        }
+    }
+}
+
+/// `output_hold` as a histogram: its buckets (`output_hold_buckets`:
+/// `le_ms` and each bucket's `epochs`, one more than the bounds: `+Inf`),
+/// sum and count; `None` if any is missing or the lengths disagree.
+fn hold_histogram(c: &Value) -> Option<Spread> {
+    let b = &c["output_hold_buckets"];
+    let nums =
+        |v: &Value| -> Option<Vec<u64>> { v.as_array()?.iter().map(Value::as_u64).collect() };
+    let (le, epochs) = (nums(&b["le_ms"])?, nums(&b["epochs"])?);
+    if epochs.len() != le.len() + 1 {
+        return None;
+    }
+    let bounds = (le.iter().map(|&ms| ms as f64 / 1000.0)).chain([f64::INFINITY]);
+    let buckets = bounds.zip(epochs).collect();
+    Some(Spread {
+        sum: c["output_hold_us_total"].as_u64()? as f64 / 1e6,
+        count: c["output_hold_epochs"].as_u64()?,
+        buckets,
+    })
 }
 
 impl Checkpoint {
@@ -395,6 +509,35 @@ impl Checkpoint {
                 "ft_checkpoint_epochs_unacknowledged",
                 "epochs taken and not yet acknowledged by the Secondary",
             ),
+            waits: [
+                Wait::register(
+                    m,
+                    "ack_wait",
+                    "from close to the Secondary's acknowledgement (epochs it acknowledged)",
+                ),
+                Wait::register(
+                    m,
+                    "durable_wait",
+                    "from acknowledgement to disk writes durable on the shared device",
+                ),
+                Wait::register(
+                    m,
+                    "release_wait",
+                    "from writes durable to frames released (the output grant's or the member's hold; epochs holding frames)",
+                ),
+            ],
+            hold: m.histogram(
+                "ft_checkpoint_output_hold_seconds",
+                "time from an epoch's close to its frames' release, for epochs that held frames (what a client waits for after its reply's epoch closed)",
+            ),
+            hold_last: m.seconds(
+                "ft_checkpoint_output_hold_last_seconds",
+                "the last frame-holding epoch's time from close to release",
+            ),
+            hold_max: m.seconds(
+                "ft_checkpoint_output_hold_max_seconds",
+                "the longest time from an epoch's close to its frames' release since the Primary started",
+            ),
         }
     }
 
@@ -423,6 +566,21 @@ impl Checkpoint {
             self.unacked
                 .get_or_create(&v())
                 .set(e.saturating_sub(a) as i64);
+        }
+        for w in &self.waits {
+            w.add(vm, c);
+        }
+        if let Some(h) = hold_histogram(c) {
+            // A VM named twice in one report keeps its first figures.
+            let _ = self.hold.get_or_create(&v()).0.set(h);
+        }
+        for (g, k) in [
+            (&self.hold_last, "output_hold_us_last"),
+            (&self.hold_max, "output_hold_us_max"),
+        ] {
+            if let Some(t) = us(k) {
+                g.get_or_create(&v()).set(t);
+            }
         }
     }
 }
@@ -620,6 +778,64 @@ mod tests {
             !(t.lines()).any(|l| l.starts_with("ft_checkpoint_") && l.contains("vm=\"sec\"")),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_primarys_output_waits_become_samples_and_a_histogram() {
+        let mut c = json!({"epoch_ms": 20, "epochs": 100, "epoch": 101, "acknowledged": 100,
+            "ack_wait_epochs": 100, "ack_wait_us_total": 2_500_000,
+            "ack_wait_us_last": 20_000, "ack_wait_us_max": 61_000,
+            "durable_wait_epochs": 100, "durable_wait_us_total": 500_000,
+            "durable_wait_us_last": 4000, "durable_wait_us_max": 9000,
+            "release_wait_epochs": 40, "release_wait_us_total": 40,
+            "release_wait_us_last": 1, "release_wait_us_max": 3,
+            "output_hold_epochs": 40, "output_hold_us_total": 1_200_000,
+            "output_hold_us_last": 25_000, "output_hold_us_max": 70_000,
+            "output_hold_buckets": {"le_ms": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+                "epochs": [0, 0, 0, 0, 10, 25, 5, 0, 0, 0, 0]}});
+        let r = |c: &Value| {
+            with_ftvmm(json!({"vms": [{"name": "web", "state": "running",
+            "checkpoint": c}]}))
+        };
+        let t = openmetrics(&r(&c));
+        let vm = "{host=\"host-a\",vm=\"web\"}";
+        let hold = "ft_checkpoint_output_hold_seconds";
+        let bucket = |le: &str, n: u64| {
+            format!("{hold}_bucket{{host=\"host-a\",le=\"{le}\",vm=\"web\"}} {n}\n")
+        };
+        for want in [
+            format!("ft_checkpoint_ack_wait_epochs_total{vm} 100\n"),
+            format!("ft_checkpoint_ack_wait_seconds_total{vm} 2.5\n"),
+            format!("ft_checkpoint_ack_wait_last_seconds{vm} 0.02\n"),
+            format!("ft_checkpoint_ack_wait_max_seconds{vm} 0.061\n"),
+            format!("ft_checkpoint_durable_wait_seconds_total{vm} 0.5\n"),
+            format!("ft_checkpoint_durable_wait_max_seconds{vm} 0.009\n"),
+            format!("ft_checkpoint_release_wait_epochs_total{vm} 40\n"),
+            format!("ft_checkpoint_release_wait_last_seconds{vm} 0.000001\n"),
+            format!("ft_checkpoint_output_hold_last_seconds{vm} 0.025\n"),
+            format!("ft_checkpoint_output_hold_max_seconds{vm} 0.07\n"),
+            format!("# TYPE {hold} histogram\n"),
+            format!("{hold}_sum{vm} 1.2\n"),
+            format!("{hold}_count{vm} 40\n"),
+            // Cumulative, as Prometheus reads them.
+            bucket("0.01", 0),
+            bucket("0.02", 10),
+            bucket("0.05", 35),
+            bucket("0.1", 40),
+            bucket("1.0", 40),
+            bucket("+Inf", 40),
+        ] {
+            assert!(t.contains(&want), "lacks {want:?}:\n{t}");
+        }
+        // Buckets that do not fit their bounds: no histogram, the rest stays.
+        c["output_hold_buckets"]["epochs"] = json!([40]);
+        let t = openmetrics(&r(&c));
+        assert!(!t.contains(&format!("{hold}_")), "{t}");
+        assert!(t.contains(&format!("ft_checkpoint_output_hold_max_seconds{vm} 0.07\n")));
+        // An ftvmm that reports no waits: none of them, not zeros.
+        let t = openmetrics(&r(&json!({"epochs": 3, "epoch": 4})));
+        assert!(!t.contains("_wait_"), "{t}");
+        assert!(!t.contains("output_hold"), "{t}");
     }
 
     #[test]
