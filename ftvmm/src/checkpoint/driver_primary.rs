@@ -320,7 +320,8 @@ impl PrimaryEffects {
                 slow_ms: Arc::clone(&slow_ms),
             };
             let (done, link) = (Arc::clone(&epochs_done), Arc::clone(&link));
-            let mut summary = Summary::every(label.to_owned(), SUMMARY_EVERY);
+            let mut summary =
+                Summary::every(label.to_owned(), SUMMARY_EVERY).with_waits(Arc::clone(&outputs));
             let counted = Arc::clone(&outputs);
             let label = label.to_owned();
             std::thread::Builder::new()

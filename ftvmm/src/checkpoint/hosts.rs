@@ -176,7 +176,7 @@ pub fn drive_primary(
     let loop_stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let epochs = s.spawn(|| {
-            let mut sum = Summary::default();
+            let mut sum = Summary::default().with_waits(Arc::clone(outputs));
             primary::run_epochs(&running, outputs, &mut sink, loop_cfg, &loop_stop, |e| {
                 sum.add(e)
             })

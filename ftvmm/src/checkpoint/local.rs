@@ -83,6 +83,47 @@ pub(super) struct Summary {
     pauses_us: Vec<u64>,
     pages: u64,
     bytes: u64,
+    /// Whose output waits (`latency.rs`) each line shows, and their
+    /// (count, µs) at the previous line: the line shows this window's.
+    waits: Option<(Arc<GatedOutputs>, Waits)>,
+}
+
+/// (count, µs total) of the Secondary's acks and of the outputs' holds.
+#[derive(Default, Clone, Copy)]
+struct Waits {
+    ack: (u64, u64),
+    hold: (u64, u64),
+}
+
+impl Waits {
+    fn of(o: &GatedOutputs) -> Waits {
+        let l = &o.stats.latency;
+        let n = |i: &super::latency::Interval| {
+            (
+                i.count.load(Ordering::Relaxed),
+                i.us_total.load(Ordering::Relaxed),
+            )
+        };
+        Waits {
+            ack: n(&l.ack_wait),
+            hold: n(&l.output_hold),
+        }
+    }
+
+    /// `, ack wait avg A ms, output hold avg H ms (N epochs with frames)`
+    /// since `before`.
+    fn since(self, before: Waits) -> String {
+        let avg = |(n1, us1): (u64, u64), (n0, us0): (u64, u64)| {
+            let n = n1.saturating_sub(n0);
+            let ms = us1.saturating_sub(us0) as f64 / 1000.0 / n.max(1) as f64;
+            (n, ms)
+        };
+        let (_, ack) = avg(self.ack, before.ack);
+        let (held, hold) = avg(self.hold, before.hold);
+        format!(
+            ", ack wait avg {ack:.2} ms, output hold avg {hold:.2} ms ({held} epochs with frames)"
+        )
+    }
 }
 
 impl Summary {
@@ -93,6 +134,13 @@ impl Summary {
             every: Some(every),
             ..Summary::default()
         }
+    }
+
+    /// Lines also show `outputs`' waits after an epoch closed (`latency.rs`).
+    pub(super) fn with_waits(mut self, outputs: Arc<GatedOutputs>) -> Summary {
+        let now = Waits::of(&outputs);
+        self.waits = Some((outputs, now));
+        self
     }
 
     pub(super) fn add(&mut self, e: &EpochStats) {
@@ -106,8 +154,17 @@ impl Summary {
             p.sort_unstable();
             let n = p.len().max(1) as u64;
             let rate = p.len() as f64 / since.elapsed().as_secs_f64().max(1e-3);
+            let waits = match &mut self.waits {
+                Some((o, before)) => {
+                    let now = Waits::of(o);
+                    let said = now.since(*before);
+                    *before = now;
+                    said
+                }
+                None => String::new(),
+            };
             println!(
-                "{}checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch, {rate:.1} epochs/s (last {} epochs)",
+                "{}checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch, {rate:.1} epochs/s (last {} epochs){waits}",
                 self.prefix,
                 e.number,
                 p.get(p.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
@@ -123,6 +180,7 @@ impl Summary {
                 prefix: std::mem::take(&mut self.prefix),
                 every: self.every,
                 since: Some(Instant::now()),
+                waits: self.waits.take(),
                 ..Summary::default()
             };
         }
@@ -248,7 +306,7 @@ pub fn run_local_pair(
     };
     let triggered = std::thread::scope(|s| {
         let epochs = s.spawn(|| {
-            let mut sum = Summary::default();
+            let mut sum = Summary::default().with_waits(Arc::clone(&outputs));
             primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| sum.add(e))
         });
         let triggered = loop {
@@ -372,5 +430,31 @@ impl std::io::Write for SharedConsole {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Waits;
+
+    #[test]
+    fn a_summary_shows_the_waits_of_its_own_window() {
+        let before = Waits {
+            ack: (10, 50_000),
+            hold: (4, 100_000),
+        };
+        let now = Waits {
+            ack: (20, 80_000),
+            hold: (6, 160_000),
+        };
+        assert_eq!(
+            now.since(before),
+            ", ack wait avg 3.00 ms, output hold avg 30.00 ms (2 epochs with frames)"
+        );
+        // No epoch with frames in the window: no division by zero.
+        assert_eq!(
+            before.since(before),
+            ", ack wait avg 0.00 ms, output hold avg 0.00 ms (0 epochs with frames)"
+        );
     }
 }

@@ -18,7 +18,10 @@
 //!   `FT_CKPT_BENCH_SECONDS`: PUTs/s and request latency p50/p99, so the
 //!   ops/s ratio and the latency checkpointing adds (the Output Rule holds
 //!   every reply until its epoch is acknowledged and its writes durable),
-//!   and the epochs' bandwidth under that load.
+//!   the epochs' bandwidth under that load, and where a held reply waits
+//!   once its epoch closed (the last summary's average Secondary ack wait
+//!   and close-to-release hold, `checkpoint/latency.rs`; the rest of the
+//!   added latency is the wait for the epoch to close).
 //! - **Dirty memory**: the same guest in `mode=dirty` (a 64 MiB working set
 //!   written at `dirty_rate` pages per ms; 0 is an idle guest) as a
 //!   checkpoint Primary for `FT_CKPT_BENCH_SECONDS` (default 20) per rate
@@ -199,6 +202,16 @@ struct Summary {
     pages: f64,
     kib: f64,
     per_s: f64,
+    /// The window's average Secondary ack wait and output hold (close to
+    /// release), when the line has them (`Summary::with_waits` in ftvmm).
+    ack_ms: Option<f64>,
+    hold_ms: Option<f64>,
+}
+
+/// The number after `key` in `line`.
+fn number_after(line: &str, key: &str) -> Option<f64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 fn summary(line: &str) -> Option<Summary> {
@@ -221,6 +234,8 @@ fn summary(line: &str) -> Option<Summary> {
         pages: before("pages")?,
         kib: before("KiB")?,
         per_s: before("epochs/s")?,
+        ack_ms: number_after(line, "ack wait avg "),
+        hold_ms: number_after(line, "output hold avg "),
     })
 }
 
@@ -303,7 +318,7 @@ fn bench_once() {
         "\nKV service (mode=kv; 4 client connections in L1, a PUT at a time each, {seconds} s per run):"
     );
     println!(
-        "{:>5} {:>9} {:>9} {:>7}  {:>15} {:>15} {:>10} {:>8}",
+        "{:>5} {:>9} {:>9} {:>7}  {:>15} {:>15} {:>10} {:>8} {:>15}",
         "round",
         "off PUT/s",
         "on PUT/s",
@@ -311,7 +326,8 @@ fn bench_once() {
         "off p50/p99 ms",
         "on p50/p99 ms",
         "added p50",
-        "Mbit/s"
+        "Mbit/s",
+        "ack/hold avg ms"
     );
     let (mut kv_ratios, mut added) = (Vec::new(), Vec::new());
     for r in 1..=rounds {
@@ -325,8 +341,12 @@ fn bench_once() {
         let ratio = b.ops_per_s / a.ops_per_s.max(1e-9);
         kv_ratios.push(ratio);
         added.push(b.p50_ms - a.p50_ms);
+        let waits = match (s.ack_ms, s.hold_ms) {
+            (Some(ack), Some(hold)) => format!("{ack:.2}/{hold:.2}"),
+            _ => "-".into(),
+        };
         println!(
-            "{r:>5} {:>9.1} {:>9.1} {ratio:>7.3}  {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>7.2} ms {mbit:>8.1}",
+            "{r:>5} {:>9.1} {:>9.1} {ratio:>7.3}  {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>7.2} ms {mbit:>8.1} {waits:>15}",
             a.ops_per_s, b.ops_per_s, a.p50_ms, a.p99_ms, b.p50_ms, b.p99_ms, b.p50_ms - a.p50_ms
         );
         if a.errors + b.errors > 0 {
@@ -385,6 +405,15 @@ fn summary_lines_parse() {
     assert_eq!(
         (s.median_ms, s.max_ms, s.pages, s.kib, s.per_s),
         (1.25, 9.5, 812.0, 3301.0, 31.4)
+    );
+    assert_eq!((s.ack_ms, s.hold_ms), (None, None));
+    let w = summary(
+        "checkpoint: epoch 300: pause median 1.25 ms max 9.50 ms, 812 pages and 3301 KiB per epoch, 31.4 epochs/s (last 100 epochs), ack wait avg 14.20 ms, output hold avg 41.07 ms (37 epochs with frames)",
+    )
+    .unwrap();
+    assert_eq!(
+        (w.per_s, w.ack_ms, w.hold_ms),
+        (31.4, Some(14.2), Some(41.07))
     );
     assert!(summary("bench: dirty 4 | ").is_none());
     assert_eq!(ticks("bench: cpu off 1 ticks=512 | "), Some(512));
