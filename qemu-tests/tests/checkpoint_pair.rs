@@ -197,6 +197,44 @@ fn kill_the_primary_host_the_checkpoint_pair_keeps_the_connection() {
     k.cluster.pass();
 }
 
+/// The FT network between the pair is cut both ways under a client's
+/// connection: both members race for the next generation through fencing,
+/// exactly one goes on (the Primary alone, or the Secondary resuming the
+/// guest from its last complete epoch), the other halts its VM, guest
+/// frames never come from both, and the client's connection goes on with
+/// every acknowledged PUT readable. In `make chaos` (a QEMU cluster run of
+/// minutes; `make test` keeps the kill as this pair's representative).
+#[test]
+#[ignore = "checkpoint-mode partition, minutes long: make chaos (run with --ignored)"]
+fn ft_partition_of_the_checkpoint_pair_exactly_one_goes_on() {
+    let mut k = pair_faulted(
+        "checkpoint-partition",
+        failure_timeout_ms(),
+        Fault::FtPartition,
+    );
+    eprintln!(
+        "checkpoint-pair: partition: {} goes on, {} halted",
+        k.survivor, k.killed
+    );
+    k.cluster.pass();
+}
+
+/// The Primary's host loses its path to the shared storage under a
+/// client's connection: its fencing lease lapses, it stops its VM and
+/// resigns, the Secondary resumes the guest and the connection goes on,
+/// every acknowledged PUT readable, guest frames from one host at a time.
+/// In `make chaos` as the partition above.
+#[test]
+#[ignore = "checkpoint-mode storage cut, minutes long: make chaos (run with --ignored)"]
+fn cut_the_checkpoint_primarys_storage_path_the_secondary_takes_over() {
+    let mut k = pair_faulted(
+        "checkpoint-storage-cut",
+        failure_timeout_ms(),
+        Fault::CutPrimaryStoragePath,
+    );
+    k.cluster.pass();
+}
+
 /// With the examples' timing (heartbeat 100 ms, failure timeout 1 s): the
 /// Primary's host is killed, host-b resumes the guest with the client's
 /// connection intact, then host-a boots again and host-b's keeper brings
@@ -322,15 +360,35 @@ struct Killed {
 /// hosts run Debian 12's QEMU 7.2, where that test counted a guest fault
 /// in about one boot of five.
 fn pair_killed(name: &str, failure_timeout_ms: u64) -> Killed {
+    pair_faulted(name, failure_timeout_ms, Fault::KillPrimaryHost)
+}
+
+/// What the harness does to the steady pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL to the Primary's host's QEMU: the Secondary resumes the guest.
+    KillPrimaryHost,
+    /// The FT network between the two hosts is cut both ways: both race
+    /// through fencing, exactly one goes on, the other halts its VM.
+    FtPartition,
+    /// The Primary's host's path to the shared storage hangs (NBD): its
+    /// fencing lease lapses, it stops its VM and resigns, and the Secondary
+    /// resumes the guest.
+    CutPrimaryStoragePath,
+}
+
+/// [`pair_killed`] for any [`Fault`]; `killed` is the host that stopped
+/// running the guest, `survivor` the one that runs it afterwards.
+fn pair_faulted(name: &str, failure_timeout_ms: u64, fault: Fault) -> Killed {
     qemu_tests::testbed::retry_on(
         name,
         &[L1_FROZE, L1_SVM_CRASH, L1_STOPPED, GUEST_FAULT],
         3,
-        || pair_killed_once(name, failure_timeout_ms),
+        || pair_faulted_once(name, failure_timeout_ms, fault),
     )
 }
 
-fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
+fn pair_faulted_once(name: &str, failure_timeout_ms: u64, fault: Fault) -> Killed {
     let (kernel, initrd) = guest_files();
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(
@@ -346,6 +404,9 @@ fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
         Some(&initrd),
     )
     .expect("write the image to the shared device");
+    if fault == Fault::CutPrimaryStoragePath {
+        cluster.use_nbd_storage().unwrap();
+    }
     for h in ["host-a", "host-b"] {
         // Two CPUs per host, as `linux_vm.rs`'s L1: the guest's two vCPUs
         // share the host with the epoch loop, the channel and the daemons.
@@ -400,21 +461,44 @@ fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
     );
     let resumed = format!("ftvmm: vm {VM}: resumed from epoch");
     let before = s.console().mark();
+    let before_p = p.console().mark();
     let killed_at = std::sync::Mutex::new(None);
+    let winner = std::sync::Mutex::new(s.name().to_string());
+    cluster.vm.start_capture();
+    let what = match fault {
+        Fault::KillPrimaryHost => "checkpoint primary host killed",
+        Fault::FtPartition => "checkpoint pair's FT network partitioned",
+        Fault::CutPrimaryStoragePath => "checkpoint primary's storage path cut",
+    };
+    let resumed_on_s = || match s.wait_after(before, resumed.as_str(), Duration::from_secs(120)) {
+        Ok(l) => eprintln!("  [{}] {l}", s.name()),
+        Err(e) if kernel_stopped(s, before, &e.to_string()) => {
+            panic!("{L1_STOPPED}: {} while taking the VM over: {e}", s.name())
+        }
+        Err(e) => panic!("{e}"),
+    };
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         survive(
             &cluster,
-            "checkpoint primary host killed",
+            what,
             || {
                 *killed_at.lock().unwrap() = Some(Instant::now());
-                p.kill().unwrap()
-            },
-            || match s.wait_after(before, resumed.as_str(), Duration::from_secs(120)) {
-                Ok(l) => eprintln!("  [{}] {l}", s.name()),
-                Err(e) if kernel_stopped(s, before, &e.to_string()) => {
-                    panic!("{L1_STOPPED}: {} while taking the VM over: {e}", s.name())
+                match fault {
+                    Fault::KillPrimaryHost => p.kill().unwrap(),
+                    Fault::FtPartition => cluster.ft.partition(&[p.name()], &[s.name()]).unwrap(),
+                    Fault::CutPrimaryStoragePath => cluster.storage_path(p.name()).unwrap().cut(),
                 }
-                Err(e) => panic!("{e}"),
+            },
+            || match fault {
+                Fault::KillPrimaryHost => resumed_on_s(),
+                Fault::CutPrimaryStoragePath => {
+                    wait(p, "fencing: lease renewal failing".into());
+                    resumed_on_s()
+                }
+                Fault::FtPartition => {
+                    let w = one_wins_the_race(p, before_p, s, before);
+                    *winner.lock().unwrap() = w;
+                }
             },
         )
     }));
@@ -429,11 +513,99 @@ fn pair_killed_once(name: &str, failure_timeout_ms: u64) -> Killed {
         }
     };
     assert!(!acked.is_empty(), "no PUT was acknowledged");
-    let (killed, survivor) = (p.name().to_string(), s.name().to_string());
+    let frames = cluster.vm.stop_capture();
+    let survivor = winner.into_inner().unwrap();
+    let killed = if survivor == p.name() {
+        s.name()
+    } else {
+        p.name()
+    }
+    .to_string();
+    one_emitter_at_a_time(&frames, p.name(), &survivor);
     Killed {
         cluster,
         _tmp: tmp,
         killed,
         survivor,
     }
+}
+
+/// Both sides of a partitioned pair race for the next generation: waits
+/// until one of them won it (the Primary goes on alone, or the Secondary
+/// resumed the guest) and the other says it lost and halts its VM; never
+/// both. Returns the winner's name.
+fn one_wins_the_race(
+    p: &qemu_tests::Host,
+    p_mark: qemu_tests::console::Mark,
+    s: &qemu_tests::Host,
+    s_mark: qemu_tests::console::Mark,
+) -> String {
+    let won = Pattern::regex(&format!(r"ftvmm: vm {VM}: won generation \d+")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (w, l, l_mark) = loop {
+        let p_won = !p
+            .console()
+            .lines_after(p_mark)
+            .iter()
+            .all(|x| !won.matches(&x.text));
+        let s_won = !s
+            .console()
+            .lines_after(s_mark)
+            .iter()
+            .all(|x| !won.matches(&x.text));
+        assert!(
+            !(p_won && s_won),
+            "both hosts won a generation after the partition"
+        );
+        if p_won {
+            break (p, s, s_mark);
+        }
+        if s_won {
+            break (s, p, p_mark);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody won the race after the partition"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lost = Pattern::regex(&format!(
+        r"ftvmm: vm {VM}: (lost generation \d+ to {}|generation \d+ is superseded by generation \d+); halting the VM",
+        w.name()
+    ))
+    .unwrap();
+    l.wait_after(l_mark, lost, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{} won, {} did not halt: {e}", w.name(), l.name()));
+    eprintln!(
+        "checkpoint-pair: partition: {} won, {} halted its VM",
+        w.name(),
+        l.name()
+    );
+    w.name().to_string()
+}
+
+/// Guest frames came from one host at a time: if the Primary `p` stayed
+/// the winner, from it alone (a Secondary never emits); otherwise the
+/// Primary's last one precedes the winner's first.
+fn one_emitter_at_a_time(frames: &[qemu_tests::hub::CapturedFrame], p: &str, winner: &str) {
+    let guest = common::guest_frames(frames);
+    assert!(!guest.is_empty(), "no guest frames captured");
+    if winner == p {
+        let others: Vec<_> = guest.iter().filter(|f| f.from != p).collect();
+        assert!(
+            others.is_empty(),
+            "the Secondary emitted guest output: {} frames",
+            others.len()
+        );
+        return;
+    }
+    let first_w = guest.iter().find(|f| f.from == winner).map(|f| f.at);
+    let last_p = guest.iter().rev().find(|f| f.from == p).map(|f| f.at);
+    if let (Some(fw), Some(lp)) = (first_w, last_p) {
+        assert!(lp < fw, "{p} emitted guest output after {winner} went live");
+    }
+    assert!(
+        guest.iter().all(|f| f.from == p || f.from == winner),
+        "guest output from a third host"
+    );
 }
