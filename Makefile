@@ -127,6 +127,8 @@ fuzz:
 ## FT_CHAOS_SEEDS: seeds of the fencing, member and checkpoint simulations; FT_CHAOS_ROUNDS: repeats of the QEMU failover tests
 ## The long respawn variants on three QEMU hosts (qemu-tests respawn, `#[ignore]`d) run once
 ## (make test runs its representative: kill the Primary, respawn on host-c, kill the new Primary).
+## The checkpoint pair (Linux KV guest) under an FT partition and a cut storage path of its Primary (qemu-tests
+##   checkpoint_pair, `#[ignore]`d; make test runs its host kill).
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
 ## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long; the three-host
 ##   and join runs, member_model_three_hosts_two_faults and member_model_joins_long ~8 min, have fixed bounds)
@@ -164,6 +166,8 @@ chaos: prereqs image linux-kv
 	done
 	cargo test -p qemu-tests --test respawn -- --ignored --test-threads=1 --nocapture
 	cargo test -p qemu-tests --test checkpoint_pair -- --nocapture
+	cargo test -p qemu-tests --test checkpoint_pair -- --ignored --test-threads=1 --nocapture \
+	  ft_partition_of_the_checkpoint_pair cut_the_checkpoint_primarys_storage_path
 	for s in $(FT_CHAOS_REPLAYS); do \
 	  FT_CHAOS_SEQUENTIAL=1 FT_CHAOS_DRAW=1 FT_CHAOS_SEED=$$s FT_CHAOS_RUNS=1 cargo test -p qemu-tests --test chaos -- --ignored --nocapture chaos_campaign || exit 1; \
 	done
