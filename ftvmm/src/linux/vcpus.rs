@@ -25,23 +25,22 @@
 //! held for the whole pause (`Bus::hold_irqs`), so no device interrupt
 //! lands between one vCPU's capture and another's or the IOAPIC's.
 //!
-//! Open: an IPI from a vCPU still running to one already captured is in
-//! neither saved LAPIC (the sender's state says it was sent), and a guest
-//! resumed from that epoch could wait for it forever (a TLB shootdown).
-//! Two fixes close it — capture everything only once every vCPU is parked
-//! (stop 29), or keep this order and, once all are parked, read each
-//! vCPU's LAPIC, MP state and events again (branch `ipi-refresh-wip`, with
-//! a KVM unit test of the re-read) — and both went with more failures of
-//! the nested test bed (QEMU TCG emulating AMD SVM, which faults and hangs
-//! this guest with no epochs at all too). Stop 37's boot loop
-//! (`qemu-tests linux_vm`, QEMU 10, boots to "cpus online" as the
-//! checkpoint Primary): this order, 1 guest triple fault in 24 boots;
-//! everything once all parked, 4 faults in 8 and then L1's kernel crashed;
-//! the re-read by all threads at once, 2 faults and 2 L1 triple faults in
-//! 19; the re-read one thread after the other, 1 fault and an L1 crash in
-//! 11, and the checkpoint test faulted in 3 attempts of 3 once. Small
-//! numbers on an emulator, but enough that this order stays until the fix
-//! can be measured on real AMD/Intel hardware or a steadier test bed. A
+//! One instant for the interrupts between vCPUs: a thread captures only
+//! once every vCPU is parked (or gone), so no vCPU runs between one
+//! capture and another. Captured as each parked, an IPI from a vCPU still
+//! running to one already captured was in neither saved LAPIC while the
+//! sender's state said it was sent, and a guest resumed from that epoch
+//! could wait for it forever (a TLB shootdown): on this machine's KVM,
+//! `linux::tests::every_pause_captures_an_ipi_in_flight_with_its_target`
+//! caught it in 2 to 11 of 30,000 pauses of two vCPUs playing IPI
+//! ping-pong, 4 runs of 4 (stop 46); none since. The cost is the wait for the
+//! last vCPU to park before the captures start (they still run in
+//! parallel). Stops 29 and 37 had tried this order and counted more guest
+//! faults on the nested test bed (QEMU TCG emulating AMD SVM, which faults
+//! this guest with no epochs at all too: 4 in 8 boots against 1 in 24), too
+//! few to tell an emulator's noise from a cause; the gap itself is now
+//! shown on real KVM, so correctness wins, and the bed's counts are
+//! `qemu-tests linux_vm boot_loop_counts_guest_faults`' to watch. A
 //! Primary whose guest triple-faults prints each vCPU's registers from the
 //! last epoch (`checkpoint/brief.rs`), for the next such run.
 //!
@@ -238,9 +237,11 @@ impl Control {
             st.parked += 1;
             self.cv.notify_all();
             while st.pause && st.end.is_none() {
-                // Open (module doc): a vCPU still running may IPI this one
-                // after its LAPIC was read here.
-                if st.states.get(index).is_some_and(Option::is_none) {
+                // Only once no vCPU is inside KVM_RUN (module doc: one
+                // still running could IPI this one after its LAPIC was
+                // read). The last thread to park wakes the others.
+                let all_out = st.parked + st.exited == self.n;
+                if all_out && st.states.get(index).is_some_and(Option::is_none) {
                     // Not under `st`: the ioctls take time and the other
                     // vCPUs capture meanwhile. The pauser does not touch
                     // the vCPU fds until every state is in.
