@@ -77,7 +77,7 @@ mod primary_effects;
 #[path = "driver_secondary.rs"]
 mod secondary_effects;
 
-pub(crate) use link::{JoinNews, JoinedLink, PendingJoin};
+pub(crate) use link::{JoinNews, JoinedLink, PendingJoin, SEND_TIMEOUT};
 pub use primary_effects::{JoinPort, PrimaryEffects};
 pub use secondary_effects::{Live, SecondaryEffects, StorageCut, TakeOverPlan};
 

@@ -30,6 +30,13 @@ use crate::checkpoint::keepalive::KEEPALIVE;
 use crate::lockstep::channel::{Channel, ChannelError, ChannelSender, Message};
 use crate::lockstep::member::Event;
 
+/// A send TCP cannot take within this fails and loses the connection (a
+/// peer behind a partition must not hold the sender, and everyone waiting
+/// for `PrimaryLink::conn` behind it, for ever), as lockstep's link does.
+/// An epoch piece is 128 KiB: milliseconds on a real FT network, ~0.1 s on
+/// the QEMU test hosts'.
+pub(crate) const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One connection to a Secondary: its sender and its ack thread's stop.
 pub(super) struct Conn {
     /// Tells this connection from a later one (a respawned Secondary's).
@@ -72,7 +79,15 @@ pub(crate) struct JoinedLink {
 /// connected), a join waiting for the next epoch, when the Secondary was
 /// last heard.
 pub(crate) struct PrimaryLink {
+    /// Held by whoever sends on the connection, for as long as TCP takes
+    /// the message (up to the channel's write timeout, [`SEND_TIMEOUT`]).
     pub(super) conn: Mutex<Option<Conn>>,
+    /// The id of the connection in `conn` (0: none), set under its lock and
+    /// read without it: the member's clock (`silent_ms`, `unacked`) must
+    /// not wait behind a send blocked on a peer behind a partition (a
+    /// checkpoint Primary so partitioned in a QEMU test never raced, nor
+    /// halted when deposed: its driver thread waited on this lock).
+    pub(super) conn_id: AtomicU64,
     pub(super) next_id: AtomicU64,
     pub(super) join: Mutex<Option<PendingJoin>>,
     pub(super) heard: Mutex<Instant>,
@@ -94,23 +109,39 @@ impl PrimaryLink {
         let mut c = lock(&self.conn);
         if c.as_ref().is_some_and(|c| c.id == id) {
             let c = c.take().expect("checked");
+            self.conn_id.store(0, Ordering::SeqCst);
             c.stop.store(true, Ordering::SeqCst);
             c.tx.shutdown();
             let _ = lock(&self.events).send(Event::ChannelLost { why });
         }
     }
 
+    /// Takes the connection there is, if any, out of the link.
+    pub(super) fn take_conn(&self) -> Option<Conn> {
+        let mut c = lock(&self.conn);
+        self.conn_id.store(0, Ordering::SeqCst);
+        c.take()
+    }
+
     /// Closes the connection there is, if any (no `Bye`).
     pub(super) fn close(&self) {
-        if let Some(c) = lock(&self.conn).take() {
+        if let Some(c) = self.take_conn() {
             c.stop.store(true, Ordering::SeqCst);
             c.tx.shutdown();
         }
     }
 
+    /// The connection's id, without waiting for a send (0: none).
+    fn current(&self) -> Option<u64> {
+        match self.conn_id.load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
     /// Whether connection `id` is still the Primary's.
     pub(crate) fn is_up(&self, id: u64) -> bool {
-        lock(&self.conn).as_ref().is_some_and(|c| c.id == id)
+        self.current() == Some(id)
     }
 
     /// How long since the connected Secondary was last heard.
@@ -125,7 +156,7 @@ impl PrimaryLink {
 
     /// Whether a Secondary is connected.
     pub(crate) fn connected(&self) -> bool {
-        lock(&self.conn).is_some()
+        self.current().is_some()
     }
 
     fn now_ms(&self) -> u64 {
@@ -135,7 +166,7 @@ impl PrimaryLink {
     /// Epoch `number`'s last piece (`bytes` in all) went out now: it waits
     /// for the connected Secondary's ack (nothing without a connection).
     pub(super) fn shipped(&self, number: u64, bytes: usize) {
-        let id = lock(&self.conn).as_ref().map(|c| c.id);
+        let id = self.current();
         let mut w = lock(&self.ack_wait);
         if id == Some(w.0) {
             let now = self.now_ms();
@@ -147,7 +178,7 @@ impl PrimaryLink {
     /// epoch waits for it, and that epoch's apply grace, in ms
     /// (`ack_wait.rs`); `(0, 0)` without a connection or a waiting epoch.
     pub(crate) fn unacked(&self) -> (u64, u64) {
-        let id = lock(&self.conn).as_ref().map(|c| c.id);
+        let id = self.current();
         let w = lock(&self.ack_wait);
         match id {
             Some(id) if id == w.0 => w.1.unacked(self.now_ms()),
@@ -163,6 +194,7 @@ impl PrimaryLink {
         outputs: &Arc<GatedOutputs>,
     ) -> std::io::Result<(u64, JoinHandle<()>)> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        ch.set_write_timeout(Some(SEND_TIMEOUT))?;
         let (tx, mut rx) = ch.split();
         let stop = Arc::new(AtomicBool::new(false));
         let (link, outputs, st) = (Arc::clone(self), Arc::clone(outputs), Arc::clone(&stop));
@@ -173,12 +205,15 @@ impl PrimaryLink {
             w.0 = id;
             w.1.reset(self.now_ms());
         }
-        *lock(&self.conn) = Some(Conn {
+        let mut c = lock(&self.conn);
+        *c = Some(Conn {
             id,
             tx,
             sent: Instant::now(),
             stop,
         });
+        self.conn_id.store(id, Ordering::SeqCst);
+        drop(c);
         let acks = std::thread::Builder::new()
             .name("ckpt-acks".into())
             .spawn(move || {
@@ -255,6 +290,7 @@ impl PrimaryLink {
             let mut c = lock(&self.conn);
             if c.as_ref().is_some_and(|c| c.id == id) {
                 let c = c.take().expect("checked");
+                self.conn_id.store(0, Ordering::SeqCst);
                 c.stop.store(true, Ordering::SeqCst);
                 c.tx.shutdown();
             }

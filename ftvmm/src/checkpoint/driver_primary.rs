@@ -269,6 +269,7 @@ impl PrimaryEffects {
     ) -> std::io::Result<Self> {
         let link = Arc::new(PrimaryLink {
             conn: Mutex::new(None),
+            conn_id: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             join: Mutex::new(None),
             heard: Mutex::new(Instant::now()),
@@ -401,7 +402,7 @@ fn on_epochs_end(
             let ended = running.ended().map_or("?".to_string(), |e| e.to_string());
             println!("{label}the guest ended: {ended}; the member stops");
             let reason = format!("the Primary's guest ended: {ended}");
-            if let Some(mut c) = lock(&link.conn).take() {
+            if let Some(mut c) = link.take_conn() {
                 c.stop.store(true, Ordering::SeqCst);
                 let _ = c.tx.send_last(&Message::Bye { reason });
                 c.tx.shutdown();
@@ -471,7 +472,7 @@ impl Effects for PrimaryEffects {
     /// Every closed epoch is acknowledged and the VM stopped: `Resign`,
     /// then close.
     fn resign(&mut self, reason: &str) {
-        if let Some(mut c) = lock(&self.link.conn).take() {
+        if let Some(mut c) = self.link.take_conn() {
             c.stop.store(true, Ordering::SeqCst);
             let _ = c.tx.send_last(&Message::Resign {
                 reason: reason.to_string(),

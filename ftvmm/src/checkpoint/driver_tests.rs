@@ -18,7 +18,7 @@ use crate::checkpoint::primary::LoopConfig;
 use crate::checkpoint::receiver::Receiver;
 use crate::checkpoint::remote_tests::{counter_vm, gate, MEM};
 use crate::checkpoint::secondary::Staging;
-use crate::checkpoint::test_support::{channel_pair, plan};
+use crate::checkpoint::test_support::{channel_pair, frozen_channel_pair, plan};
 use crate::linux::tests::{counter, wait_until};
 use crate::lockstep::grant::HostGrant;
 use crate::lockstep::member::Halt;
@@ -98,9 +98,19 @@ fn pair() -> Pair {
 
 /// [`pair`], host-b's output grant being `s_grant`.
 fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
+    let (p_ch, s_ch) = channel_pair();
+    pair_on(s_grant, p_ch, s_ch, FAILURE_TIMEOUT_MS)
+}
+
+/// [`pair_with`] over the channels given, with the failure timeout given.
+fn pair_on(
+    s_grant: Arc<HostGrant>,
+    p_ch: crate::lockstep::channel::Channel,
+    s_ch: crate::lockstep::channel::Channel,
+    failure_timeout_ms: u64,
+) -> Pair {
     let disk = Arc::new(Generations::default());
     disk.0.lock().unwrap().insert(1, "host-a".into());
-    let (p_ch, s_ch) = channel_pair();
 
     let p_handle = Arc::new(PairHandle::default());
     // host-b's daemon side: its members behind its grant (`members.rs`).
@@ -131,7 +141,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let (p_slow, p_silence) = (p_fx.slow_sends(), Box::new(p_fx.silence()));
     let primary = MemberDriver::start(
         ("kv", "host-a"),
-        Member::primary("kv", "host-b", 1, true, FAILURE_TIMEOUT_MS),
+        Member::primary("kv", "host-b", 1, true, failure_timeout_ms),
         Box::new(p_fx),
         Arc::new(HostFencing {
             disk: Arc::clone(&disk),
@@ -147,7 +157,7 @@ fn pair_with(s_grant: Arc<HostGrant>) -> Pair {
     let (live, s_heard) = (s_fx.live(), s_fx.heard());
     let secondary = MemberDriver::start(
         ("kv", "host-b"),
-        Member::secondary("kv", "host-a", 1, FAILURE_TIMEOUT_MS),
+        Member::secondary("kv", "host-a", 1, failure_timeout_ms),
         Box::new(s_fx),
         Arc::new(HostFencing {
             disk: Arc::clone(&disk),
@@ -316,6 +326,45 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
             let mem = guard.as_ref().expect("the winner resumed").running.memory();
             let at = counter(&mem);
             wait_until("the resumed guest counts on", || counter(&mem) != at);
+        }
+        other => panic!("not exactly one member running on in generation 2: {other:?}"),
+    }
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// A partition as TCP sees it: the connection stays open but nothing is
+/// read at either end any more, so the Primary's next epoch piece blocks
+/// in its send. Both members still race and exactly one runs on. Before
+/// the link's connection id was readable without its lock and sends had a
+/// timeout, the Primary's member waited for that lock behind the blocked
+/// send on every tick: it never raced, and never halted when deposed (found
+/// by `qemu-tests checkpoint_pair`'s partition test: the Secondary won
+/// generation 2 and resumed the guest, the old Primary went on saying it
+/// was protected).
+/// The failure timeout is long (8 s) so that the Primary's epochs fill the
+/// loopback buffers (megabytes) and its send blocks before anyone races.
+#[test]
+fn a_partition_that_blocks_the_primarys_send_still_ends_with_one_running() {
+    let (p_ch, s_ch, frozen) = frozen_channel_pair();
+    let p = pair_on(HostGrant::always(), p_ch, s_ch, 8_000);
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
+    let a = p.primary.wait_for(Duration::from_secs(40), settled);
+    let b = p.secondary.wait_for(Duration::from_secs(40), settled);
+    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
+    match (&a, &b, winner.as_deref()) {
+        (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
+            assert!(
+                p.live.lock().unwrap().is_none(),
+                "the loser resumed nothing"
+            );
+        }
+        (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
+            assert!(
+                p.p_outputs.failed(),
+                "the losing Primary releases nothing more"
+            );
         }
         other => panic!("not exactly one member running on in generation 2: {other:?}"),
     }

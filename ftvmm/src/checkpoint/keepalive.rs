@@ -206,6 +206,14 @@ impl AliveLink {
     /// thread (it could not start, logged) the link runs without
     /// keep-alives, as before they existed.
     pub fn start(ch: Channel, name: &str) -> Self {
+        // A send the Primary's TCP cannot take (a partition) fails after
+        // this instead of blocking the acks and keep-alives for ever.
+        if let Err(e) = ch.set_write_timeout(Some(super::driver::SEND_TIMEOUT)) {
+            tracing::warn!(
+                "checkpoint: no write timeout on the link to {}: {e}",
+                ch.peer()
+            );
+        }
         let (tx, rx) = ch.split();
         let tx = Arc::new(SharedSender::new(tx));
         let progress = Arc::new(Progress::default());

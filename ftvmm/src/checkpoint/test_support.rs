@@ -1,10 +1,13 @@
 //! What the checkpoint tests share: the two hosts' channel identities, a
 //! Primary's and a Secondary's channel over TCP loopback (directly, or
-//! through a proxy that slows the Primary-to-Secondary direction), and the
-//! take-over plan of a Secondary running the counter guest.
+//! through a proxy that slows the Primary-to-Secondary direction, or one
+//! that a test freezes as a partition would), and the take-over plan of a
+//! Secondary running the counter guest.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +69,82 @@ fn channel_pair_via(via: impl FnOnce(SocketAddr) -> SocketAddr) -> (Channel, Cha
     });
     let p = channel::connect(addr, &p_id, &s_pub, "host-b", TIMEOUT).unwrap();
     (p, server.join().unwrap())
+}
+
+/// [`channel_pair`] through a proxy that forwards both ways until the
+/// returned flag is set, then reads nothing more from either side and
+/// keeps both connections open: a partition as TCP sees it. Its sockets'
+/// receive buffers are small (4 KiB), so a sender behind it blocks within
+/// a few epochs instead of filling megabytes of loopback buffers first.
+pub(super) fn frozen_channel_pair() -> (Channel, Channel, Arc<AtomicBool>) {
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&frozen);
+    let (p, s) = channel_pair_via(move |to| freezable_proxy(to, f));
+    p.set_read_timeout(Some(POLL)).unwrap();
+    s.set_read_timeout(Some(POLL)).unwrap();
+    (p, s, frozen)
+}
+
+/// Sets the receive buffer of `socket` (a listener's is inherited by the
+/// connections it accepts, and sets the window they advertise) to `bytes`.
+fn small_receive_buffer(socket: &impl AsRawFd, bytes: libc::c_int) {
+    // SAFETY: the fd is `socket`'s, open for the call; the option value is
+    // a c_int that lives across the call, and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
+
+/// Copies `from` to `to` in small reads until `frozen` (then reads
+/// nothing more, holding both open) or either side ends.
+fn forward_until_frozen(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+    from.set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if frozen.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A proxy for one connection to `to` that stops forwarding once
+/// `frozen` is set ([`frozen_channel_pair`]). Returns its address.
+fn freezable_proxy(to: SocketAddr, frozen: Arc<AtomicBool>) -> SocketAddr {
+    let proxy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    small_receive_buffer(&proxy, 4096);
+    let via = proxy.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (from_p, _) = proxy.accept().unwrap();
+        let to_s = TcpStream::connect(to).unwrap();
+        let (back_s, back_p) = (to_s.try_clone().unwrap(), from_p.try_clone().unwrap());
+        let f2 = Arc::clone(&frozen);
+        std::thread::spawn(move || forward_until_frozen(back_s, back_p, f2));
+        forward_until_frozen(from_p, to_s, frozen);
+    });
+    via
 }
 
 /// A proxy for one connection to `to`: `chunk` bytes every [`PACE`]
