@@ -540,7 +540,12 @@ fn one_wins_the_race(
     s: &qemu_tests::Host,
     s_mark: qemu_tests::console::Mark,
 ) -> String {
-    let won = Pattern::regex(&format!(r"ftvmm: vm {VM}: won generation \d+")).unwrap();
+    // A Primary that wins runs on alone (the member's "won generation N;
+    // primary continues ..."); a Secondary that wins says where it resumed.
+    let won = Pattern::regex(&format!(
+        r"ftvmm: vm {VM}: (won generation \d+|resumed from epoch \d+ .*in generation \d+)"
+    ))
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let (w, l, l_mark) = loop {
         let p_won = !p
