@@ -298,10 +298,7 @@ fn the_primary_host_lost_the_secondary_wins_generation_2_and_the_guest_counts_on
 fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
     let p = pair();
     (p.cut)();
-    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
-    let a = p.primary.wait_for(SETTLE, settled);
-    let b = p.secondary.wait_for(SETTLE, settled);
-    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
+    let winner = exactly_one_runs_on(&p, SETTLE);
     // Only the Secondary's race is a claim; a Primary racing after losing
     // its Secondary asks at once (`claim_vmnet.rs`).
     let claims = p.disk.1.lock().unwrap().clone();
@@ -309,28 +306,44 @@ fn a_cut_link_makes_both_race_and_exactly_one_runs_on() {
         claims.iter().all(|c| c.0 == "host-b"),
         "a Primary looked before racing: {claims:?}"
     );
+    if winner == "host-a" {
+        assert!(p.p_outputs.may_release());
+    } else {
+        let guard = resumed(&p.live);
+        let mem = guard.as_ref().expect("the winner resumed").running.memory();
+        let at = counter(&mem);
+        wait_until("the resumed guest counts on", || counter(&mem) != at);
+    }
+    p.primary.finish();
+    p.secondary.finish();
+}
+
+/// Waits up to `within` for both members to settle; exactly one runs on
+/// in generation 2 and the other lost it (the loser resumed nothing, or
+/// the losing Primary releases nothing more). Returns the winner.
+fn exactly_one_runs_on(p: &Pair, within: Duration) -> &'static str {
+    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
+    let a = p.primary.wait_for(within, settled);
+    let b = p.secondary.wait_for(within, settled);
+    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
     match (&a, &b, winner.as_deref()) {
         (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
-            assert!(!p.p_outputs.failed() && p.p_outputs.may_release());
+            assert!(!p.p_outputs.failed());
             assert!(
                 p.live.lock().unwrap().is_none(),
                 "the loser resumed nothing"
             );
+            "host-a"
         }
         (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
             assert!(
                 p.p_outputs.failed(),
                 "the losing Primary releases nothing more"
             );
-            let guard = resumed(&p.live);
-            let mem = guard.as_ref().expect("the winner resumed").running.memory();
-            let at = counter(&mem);
-            wait_until("the resumed guest counts on", || counter(&mem) != at);
+            "host-b"
         }
         other => panic!("not exactly one member running on in generation 2: {other:?}"),
     }
-    p.primary.finish();
-    p.secondary.finish();
 }
 
 /// A partition as TCP sees it: the connection stays open but nothing is
@@ -349,25 +362,7 @@ fn a_partition_that_blocks_the_primarys_send_still_ends_with_one_running() {
     let (p_ch, s_ch, frozen) = frozen_channel_pair();
     let p = pair_on(HostGrant::always(), p_ch, s_ch, 8_000);
     frozen.store(true, std::sync::atomic::Ordering::SeqCst);
-    let settled = |s: &State| matches!(s, State::Solo { .. } | State::Halted(_));
-    let a = p.primary.wait_for(Duration::from_secs(40), settled);
-    let b = p.secondary.wait_for(Duration::from_secs(40), settled);
-    let winner = p.disk.0.lock().unwrap().get(&2).cloned();
-    match (&a, &b, winner.as_deref()) {
-        (State::Solo { g: 2 }, State::Halted(Halt::Lost { generation: 2, .. }), Some("host-a")) => {
-            assert!(
-                p.live.lock().unwrap().is_none(),
-                "the loser resumed nothing"
-            );
-        }
-        (State::Halted(Halt::Lost { generation: 2, .. }), State::Solo { g: 2 }, Some("host-b")) => {
-            assert!(
-                p.p_outputs.failed(),
-                "the losing Primary releases nothing more"
-            );
-        }
-        other => panic!("not exactly one member running on in generation 2: {other:?}"),
-    }
+    exactly_one_runs_on(&p, Duration::from_secs(40));
     p.primary.finish();
     p.secondary.finish();
 }

@@ -203,8 +203,17 @@ fn read_done(seen: &Seen, id: u64) -> Option<Vec<u8>> {
     })
 }
 
-#[test]
-fn writes_complete_at_once_reads_see_them_and_frames_wait_for_ack_and_durable() {
+/// A gate whose released frames are captured, and a started backend on it
+/// writing a 64-sector temporary file, its completions seen.
+struct Gated {
+    released: Arc<Mutex<Vec<Vec<u8>>>>,
+    outputs: Arc<GatedOutputs>,
+    file: tempfile::NamedTempFile,
+    b: GatedBackend,
+    seen: Seen,
+}
+
+fn gated() -> Gated {
     let released = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
     let r2 = Arc::clone(&released);
     let outputs = GatedOutputs::new(
@@ -219,6 +228,24 @@ fn writes_complete_at_once_reads_see_them_and_frames_wait_for_ack_and_durable() 
     let s2 = seen.clone();
     b.start(Arc::new(move |ev| s2.0.lock().unwrap().push(ev)))
         .unwrap();
+    Gated {
+        released,
+        outputs,
+        file,
+        b,
+        seen,
+    }
+}
+
+#[test]
+fn writes_complete_at_once_reads_see_them_and_frames_wait_for_ack_and_durable() {
+    let Gated {
+        released,
+        outputs,
+        file,
+        mut b,
+        seen,
+    } = gated();
 
     let data = vec![0xabu8; 1024];
     b.submit_block(BlockRequest {
@@ -343,22 +370,15 @@ fn staging_pages_are_the_memory_the_take_over_vm_gets() {
 /// the frame were dropped with the member.
 #[test]
 fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
-    let released = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    let r2 = Arc::clone(&released);
-    let outputs = GatedOutputs::new(
-        gate(),
-        Some(Box::new(move |f: &[u8]| {
-            r2.lock().unwrap().push(f.to_vec())
-        })),
-    );
     // The write goes in through a backend of its own on the same gate (the
     // real-mode guest drives no virtio device).
-    let (file, disk) = disk_file(64);
-    let mut b = GatedBackend::new(Arc::clone(&outputs), Some(disk), None, 0, Box::new(|_| {}));
-    let seen = Seen::default();
-    let s2 = seen.clone();
-    b.start(Arc::new(move |ev| s2.0.lock().unwrap().push(ev)))
-        .unwrap();
+    let Gated {
+        released,
+        outputs,
+        file,
+        mut b,
+        seen,
+    } = gated();
     // Spin until the byte at 0x3000 is set, mark 0x3008, reset.
     let mut code = vec![0xa0, 0x00, 0x30, 0x84, 0xc0, 0x74, 0xf9];
     code.extend_from_slice(&[0xc6, 0x06, 0x08, 0x30, 0x5a]);
