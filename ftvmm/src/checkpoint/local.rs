@@ -187,6 +187,21 @@ impl Summary {
     }
 }
 
+/// What delta encoding would have saved on the raw pages the Secondary
+/// received up to epoch `e` since the last line (`receiver::DeltaProbe`);
+/// `None` when no raw page came.
+fn delta_line(e: u64, p: &super::receiver::DeltaProbe) -> Option<String> {
+    (p.pages > 0).then(|| {
+        format!(
+            "checkpoint: delta probe at epoch {e}: {} raw pages, {:.0} KiB raw, {:.0} KiB as deltas ({:.1} %)",
+            p.pages,
+            p.raw_bytes as f64 / 1024.0,
+            p.delta_bytes as f64 / 1024.0,
+            100.0 * p.delta_bytes as f64 / p.raw_bytes as f64
+        )
+    })
+}
+
 /// A Primary's devices with the epoch gate between them and the world (the
 /// one-process pair and the two-host Primary build the same).
 pub(super) struct GatedDevices {
@@ -286,6 +301,12 @@ pub fn run_local_pair(
                         *a2.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                         if let Err(err) = acks.on_ack(e) {
                             tracing::warn!("checkpoint: {err}");
+                        }
+                        if e.is_multiple_of(REPORT_EVERY) {
+                            if let Some(line) = delta_line(e, &r.probe) {
+                                println!("{line}");
+                            }
+                            r.probe = Default::default();
                         }
                     }
                     Ok(None) => {}
@@ -435,7 +456,22 @@ impl std::io::Write for SharedConsole {
 
 #[cfg(test)]
 mod tests {
-    use super::Waits;
+    use super::{delta_line, Waits};
+    use crate::checkpoint::receiver::DeltaProbe;
+
+    #[test]
+    fn the_delta_probe_line_says_the_share_of_raw_bytes() {
+        let p = DeltaProbe {
+            pages: 2,
+            raw_bytes: 2 * 4097,
+            delta_bytes: 4097 + 40,
+        };
+        assert_eq!(
+            delta_line(300, &p).unwrap(),
+            "checkpoint: delta probe at epoch 300: 2 raw pages, 8 KiB raw, 4 KiB as deltas (50.5 %)"
+        );
+        assert_eq!(delta_line(300, &DeltaProbe::default()), None);
+    }
 
     #[test]
     fn a_summary_shows_the_waits_of_its_own_window() {

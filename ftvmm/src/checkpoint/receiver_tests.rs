@@ -129,3 +129,48 @@ fn take_over_hands_back_the_last_complete_epoch_and_unfinished_writes() {
     let sectors: Vec<u64> = t.writes.iter().map(|w| w.sector).collect();
     assert_eq!(sectors, vec![2, 3]);
 }
+
+/// The delta probe measures raw pages against the page as held before the
+/// epoch: a page with one word changed would go as a few bytes, a page
+/// changed everywhere raw; at most `PER_EPOCH` pages an epoch.
+#[test]
+fn the_delta_probe_measures_raw_pages_against_the_held_copy() {
+    use super::epoch::{Epoch, Page, PageData, PAGE_SIZE};
+    use super::receiver::{DeltaProbe, Receiver};
+    let mut r = Receiver::new(1, vec![0u8; 600 * PAGE_SIZE], 0);
+    let mut one_word = vec![0u8; PAGE_SIZE];
+    one_word[100..104].copy_from_slice(&[1, 2, 3, 4]);
+    let everywhere = vec![0x5au8; PAGE_SIZE];
+    let mut pages = vec![
+        Page {
+            gfn: 0,
+            data: PageData::Raw(one_word),
+        },
+        Page {
+            gfn: 1,
+            data: PageData::Raw(everywhere),
+        },
+    ];
+    for gfn in 2..600 {
+        pages.push(Page {
+            gfn,
+            data: PageData::Raw(vec![0x11; PAGE_SIZE]),
+        });
+    }
+    let e = Epoch {
+        number: 1,
+        generation: 1,
+        pages,
+        ..Epoch::default()
+    };
+    for piece in super::epoch::encode_pieces(&e).unwrap() {
+        r.on_piece(&piece).unwrap();
+    }
+    assert_eq!(r.last(), 1);
+    let p = r.probe;
+    assert_eq!(p.pages, DeltaProbe::PER_EPOCH as u64, "bounded per epoch");
+    assert_eq!(p.raw_bytes, p.pages * (PAGE_SIZE as u64 + 1));
+    // Page 0: a few bytes; every other page: raw (no smaller delta).
+    let raw = PAGE_SIZE as u64 + 1;
+    assert!(p.delta_bytes > (p.pages - 1) * raw && p.delta_bytes < p.pages * raw - 4000);
+}
