@@ -137,7 +137,7 @@ while [ $r -lt {rounds} ]; do
       reap
       faulted || break
     done
-    echo "bench: kv $m $r $c | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1)"
+    echo "bench: kv $m $r $c | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1) | $(grep 'checkpoint: delta probe' /tmp/out | tail -n 1)"
     [ -s /tmp/client-err ] && sed 's/^/bench: client error: /' /tmp/client-err | head -n 3
   done
 done
@@ -150,7 +150,7 @@ for rate in {rates}; do
     reap
     faulted || break
   done
-  echo "bench: dirty $rate | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1)"
+  echo "bench: dirty $rate | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1) | $(grep 'checkpoint: delta probe' /tmp/out | tail -n 1)"
 done
 echo 'bench: done'
 poweroff -f
@@ -206,6 +206,9 @@ struct Summary {
     /// release), when the line has them (`Summary::with_waits` in ftvmm).
     ack_ms: Option<f64>,
     hold_ms: Option<f64>,
+    /// The last delta probe's share of raw page bytes a delta would have
+    /// taken (%), when the line has one (`receiver::DeltaProbe`).
+    delta_pct: Option<f64>,
 }
 
 /// The number after `key` in `line`.
@@ -236,6 +239,7 @@ fn summary(line: &str) -> Option<Summary> {
         per_s: before("epochs/s")?,
         ack_ms: number_after(line, "ack wait avg "),
         hold_ms: number_after(line, "output hold avg "),
+        delta_pct: number_after(line, "as deltas ("),
     })
 }
 
@@ -352,6 +356,9 @@ fn bench_once() {
         if a.errors + b.errors > 0 {
             println!("      client errors: off {}, on {}", a.errors, b.errors);
         }
+        if let Some(d) = s.delta_pct {
+            println!("      raw pages as deltas: {d:.1} % of their bytes");
+        }
     }
     kv_ratios.sort_by(f64::total_cmp);
     added.sort_by(f64::total_cmp);
@@ -365,7 +372,7 @@ fn bench_once() {
         "\nDirty memory (mode=dirty dirty_mib=64, {seconds} s per rate; the last 100 epochs):"
     );
     println!(
-        "{:>10} {:>11} {:>12} {:>10} {:>9} {:>10} {:>9} {:>8}",
+        "{:>10} {:>11} {:>12} {:>10} {:>9} {:>10} {:>9} {:>8} {:>8}",
         "pages/ms",
         "pages/epoch",
         "pause median",
@@ -373,7 +380,8 @@ fn bench_once() {
         "goal",
         "KiB/epoch",
         "epochs/s",
-        "Mbit/s"
+        "Mbit/s",
+        "delta %"
     );
     for rate in RATES {
         let line = wait_bench_line(&host, &format!("dirty {rate} "), t);
@@ -383,8 +391,9 @@ fn bench_once() {
         };
         let goal = 2.0 + s.pages * 4096.0 / f64::from(4 << 20);
         let mbit = s.kib * 1024.0 * 8.0 * s.per_s / 1e6;
+        let delta = s.delta_pct.map_or("-".into(), |d| format!("{d:.1}"));
         println!(
-            "{rate:>10} {:>11.0} {:>9.2} ms {:>7.2} ms {:>6.2} ms {:>10.0} {:>9.1} {:>8.1}",
+            "{rate:>10} {:>11.0} {:>9.2} ms {:>7.2} ms {:>6.2} ms {:>10.0} {:>9.1} {:>8.1} {delta:>8}",
             s.pages, s.median_ms, s.max_ms, goal, s.kib, s.per_s, mbit
         );
     }
@@ -415,6 +424,8 @@ fn summary_lines_parse() {
         (w.per_s, w.ack_ms, w.hold_ms),
         (31.4, Some(14.2), Some(41.07))
     );
+    let d = summary("bench: dirty 4 | checkpoint: epoch 300: pause median 1.25 ms max 9.50 ms, 812 pages and 3301 KiB per epoch, 31.4 epochs/s (last 100 epochs) | checkpoint: delta probe at epoch 300: 25600 raw pages, 102425 KiB raw, 20480 KiB as deltas (20.0 %)").unwrap();
+    assert_eq!((d.pages, d.kib, d.delta_pct), (812.0, 3301.0, Some(20.0)));
     assert!(summary("bench: dirty 4 | ").is_none());
     assert_eq!(ticks("bench: cpu off 1 ticks=512 | "), Some(512));
     let c = client("bench: kv on 2 kv-client: conns=4 seconds=20.0 ops=811 ops_per_s=40.5 p50_ms=61.20 p99_ms=180.00 max_ms=201.00 errors=1 | checkpoint: epoch 9").unwrap();
