@@ -74,6 +74,7 @@ demo: image
 ## Checkpoint mode on a stock Linux guest (qemu-tests linux_vm checkpoint_bench, in one nested-KVM L1, ~15 min):
 ##   CPU-bound ratio on/off side by side, pause per epoch against dirty pages, bytes per epoch and Mbit/s;
 ##   FT_CKPT_BENCH_ITERS, FT_CKPT_BENCH_ROUNDS, FT_CKPT_BENCH_SECONDS (module docs of qemu-tests/tests/linux_vm/bench.rs)
+## Checkpoint pause on this machine's own /dev/kvm (no nesting; ftvmm checkpoint_pause_bench, 2 vCPUs, 500 epochs).
 ## CKPT_BENCH_TIMEOUTS_MS: failure timeouts of the checkpoint pair's failover runs (qemu-tests checkpoint_pair, the
 ##   Linux KV guest on two QEMU hosts, ~5 min each): "failover: ... pause N ms (failure timeout T ms)"
 FT_BENCH_ARGS ?=
@@ -88,6 +89,7 @@ bench: image linux-kv nested-qemu
 	$(CARGO) run --release -p ftvmm --bin ftvmm-bench -- --ft-throttle until-ack,fixed
 	$(CARGO) bench -p heartbeat --bench flood
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
+	$(CARGO) test --release -p ftvmm --lib checkpoint_pause_bench -- --ignored --nocapture
 	$(CARGO) test --release -p fencing --lib decide_bench -- --ignored --nocapture
 	$(CARGO) test -p qemu-tests --test linux_vm checkpoint_bench -- --ignored --nocapture
 	# Checkpoint failover pause against the failure timeout ("failover: ... pause N ms
