@@ -204,7 +204,8 @@ const FROZEN_SILENCE: Duration = Duration::from_secs(90);
 
 /// Waits for `host`'s "appliance ready" line. Panics with [`L1_FROZE`] if
 /// its kernel froze while booting: no ready line, its console silent for
-/// [`FROZEN_SILENCE`], and a peer's heartbeat reporting it silent. Seen
+/// [`FROZEN_SILENCE`], and a peer's heartbeat reporting it silent; or no
+/// ready line by the deadline and the kernel reported a soft lockup. Seen
 /// once (stop 29, 1 of 8 runs of checkpoint_pair): host-b's console ended
 /// at "heartbeat: peer host-a up", right after ftvmm's "/dev/kvm ok" and
 /// before its first use of KVM (the platform measurement) printed; host-a
@@ -233,6 +234,19 @@ pub fn wait_ready(host: &Host, peers: &[&Host], timeout: Duration) {
         let peer_says = peers
             .iter()
             .any(|p| p.console().count(suspected.as_str()) > 0);
+        // The kernel's own report of a CPU stuck for tens of seconds, and
+        // never ready (stop 46: host-b of a checkpoint pair, booting with
+        // this machine's other core kept busy, "soft lockup - CPU#0 stuck
+        // for 280s" and RCU stalls): the same freeze of the emulated host,
+        // only printing while stuck.
+        if Instant::now() >= deadline && host.console().count("BUG: soft lockup") > 0 {
+            panic!(
+                "{L1_FROZE}: {} reported a soft lockup and was not ready after {timeout:?}; \
+                 its last lines:\n{}",
+                host.name(),
+                host.console().tail(8)
+            );
+        }
         if silent >= FROZEN_SILENCE && peer_says {
             panic!(
                 "{L1_FROZE}: {} printed nothing for {silent:?} before it was ready and a peer's \
