@@ -20,7 +20,7 @@ use super::secondary::{self, Rebuild, Staging};
 use crate::io::{BlockOp, BlockRequest, BlockStatus, InputEvent};
 use crate::linux::backend::LinuxBackend;
 use crate::linux::machine::LinuxVm;
-use crate::linux::tests::{counter, wait_until, NoBackend, Sink, CODE};
+use crate::linux::tests::{counter, wait_until, wait_until_within, NoBackend, Sink, CODE};
 use crate::live::{DiskBackend, DiskSpec};
 
 const MEM: u64 = 64 << 20;
@@ -41,6 +41,29 @@ impl EpochSink for ChanSink {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
         self.0.send(piece).map_err(|e| e.to_string())
     }
+}
+
+/// The Secondary in a thread of this process: applies the pieces sent to
+/// the returned sink and acknowledges each complete epoch through
+/// `outputs`' gate; its receiver comes back when the sink is dropped.
+fn in_process_secondary(
+    outputs: &Arc<GatedOutputs>,
+) -> (ChanSink, std::thread::JoinHandle<Receiver<Staging>>) {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let acks = Arc::clone(outputs);
+    let secondary = std::thread::spawn(move || {
+        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
+        for piece in rx {
+            if let Some(e) = r
+                .on_piece(&piece)
+                .expect("every epoch is whole and in order")
+            {
+                acks.on_ack(e).expect("acks of closed epochs");
+            }
+        }
+        r
+    });
+    (ChanSink(tx), secondary)
 }
 
 fn mem_equal(a: &crate::virtio::GuestMemoryMmap, b: &crate::virtio::GuestMemoryMmap) -> bool {
@@ -77,23 +100,7 @@ fn restored_from_the_last_epoch(dirty: DirtyLog) {
     let running = vm.start().unwrap();
     wait_until("vCPU 0 counts", || counter(&pmem) > 10);
 
-    // The Secondary: applies pieces, acknowledges through the gate.
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let acks = Arc::clone(&outputs);
-    let secondary = std::thread::spawn(move || {
-        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
-        for piece in rx {
-            if let Some(e) = r
-                .on_piece(&piece)
-                .expect("every epoch is whole and in order")
-            {
-                acks.on_ack(e).expect("acks of closed epochs");
-            }
-        }
-        r
-    });
-
-    let mut link = ChanSink(tx);
+    let (mut link, secondary) = in_process_secondary(&outputs);
     let stop = AtomicBool::new(false);
     let epochs = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -397,17 +404,7 @@ fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
     vm.enter_real_mode(0, 0x1000).unwrap();
     let running = vm.start().unwrap();
 
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let acks = Arc::clone(&outputs);
-    let secondary = std::thread::spawn(move || {
-        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
-        for piece in rx {
-            if let Some(e) = r.on_piece(&piece).expect("whole epochs") {
-                acks.on_ack(e).expect("acks of closed epochs");
-            }
-        }
-        r
-    });
+    let (mut link, secondary) = in_process_secondary(&outputs);
 
     let data = vec![0xcdu8; 512];
     b.submit_block(BlockRequest {
@@ -432,7 +429,6 @@ fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
         })
     });
 
-    let mut link = ChanSink(tx);
     let stop = AtomicBool::new(false);
     let end = std::thread::scope(|s| {
         let h = s.spawn(|| {
@@ -481,24 +477,8 @@ fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
 #[ignore = "a benchmark (make bench): run with --ignored --nocapture"]
 fn checkpoint_pause_bench() {
     let outputs = GatedOutputs::new(gate(), None);
-    let backend = GatedBackend::new(Arc::clone(&outputs), None, None, 0, Box::new(|_| {}));
-    let vm = LinuxVm::create(2, MEM, vec![], Box::new(Sink::default()), Box::new(backend))
-        .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)");
-    vm.memory().write_slice(CODE, GuestAddress(0x1000)).unwrap();
-    vm.enter_real_mode(0, 0x1000).unwrap();
-    vm.enter_real_mode(1, 0x1000).unwrap();
-    let running = vm.start().unwrap();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let acks = Arc::clone(&outputs);
-    let secondary = std::thread::spawn(move || {
-        let mut r = Receiver::new(1, Staging::new(MEM).unwrap(), 0);
-        for piece in rx {
-            if let Some(e) = r.on_piece(&piece).expect("whole epochs") {
-                acks.on_ack(e).expect("acks of closed epochs");
-            }
-        }
-    });
-    let mut link = ChanSink(tx);
+    let (running, _) = super::remote_tests::counter_vm(&outputs);
+    let (mut link, secondary) = in_process_secondary(&outputs);
     let stop = AtomicBool::new(false);
     let epochs = Mutex::new(Vec::new());
     let n = 500;
@@ -537,12 +517,4 @@ fn checkpoint_pause_bench() {
         q(1.0),
         q(0.5) / 20.0 * 100.0
     );
-}
-
-fn wait_until_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = std::time::Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

@@ -156,10 +156,15 @@ pub(crate) const CODE: &[u8] = &[
     0xeb, 0xfd, // jmp halt
 ];
 
-pub(crate) fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(20), f)
+}
+
+/// [`wait_until`] with a limit of its own.
+pub(crate) fn wait_until_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(t.elapsed() < limit, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
