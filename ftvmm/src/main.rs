@@ -119,6 +119,10 @@ enum Cmd {
         /// protection) instead of KVM_GET_DIRTY_LOG alone.
         #[arg(long)]
         clear_dirty_log: bool,
+        /// MiB of page copies the checkpoint Primary keeps to ship dirty
+        /// pages as deltas against their last version (0: every page raw).
+        #[arg(long, default_value_t = ftvmm::checkpoint::delta_base::DEFAULT_BYTES >> 20)]
+        delta_cache_mib: usize,
     },
 }
 
@@ -256,7 +260,9 @@ fn main() -> ExitCode {
             key,
             peer_key,
             clear_dirty_log,
+            delta_cache_mib,
         } => {
+            let delta_bytes = delta_cache_mib << 20;
             let epoch = std::time::Duration::from_millis(epoch_ms.max(1));
             let dirty = if clear_dirty_log {
                 ftvmm::checkpoint::dirty_log::DirtyLog::GetClear
@@ -279,6 +285,7 @@ fn main() -> ExitCode {
                             peer_key,
                             epoch,
                             dirty,
+                            delta_bytes,
                         })
                     }
                     (_, Some(listen)) => {
@@ -298,6 +305,7 @@ fn main() -> ExitCode {
                 LinuxMode::Local(ftvmm::checkpoint::local::LocalPair {
                     epoch,
                     dirty,
+                    delta_bytes,
                     take_over_on,
                 })
             } else {

@@ -79,6 +79,12 @@ fn three_hosts(net: u8, ballast: usize) -> (World, VmManager, VmManager, VmManag
         u(&f["pause_us_max"]) > 0 && u(&f["epoch_bytes_total"]) > 0,
         "{f}"
     );
+    // The counter's page ships as a delta from the third epoch on.
+    assert!(
+        u(&f["epoch_pages_total"]) >= u(&f["epoch_delta_pages_total"])
+            && u(&f["epoch_delta_pages_total"]) > 0,
+        "{f}"
+    );
     // Where the epochs' outputs waited: the Secondary's acks and the
     // durability of what the acks let go (`checkpoint/latency.rs`).
     assert!(u(&f["ack_wait_epochs"]) > 0, "{f}");

@@ -301,6 +301,7 @@ fn run_primary(
         epoch: spec.epoch,
         first_full: true,
         dirty: Default::default(),
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
     };
     let thread = |e: std::io::Error| PairError::NotStarting(format!("cannot start: {e}"));
     let label = format!("ftvmm: vm {}: ", ctx.vm.name);

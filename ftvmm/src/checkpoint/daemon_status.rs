@@ -95,6 +95,8 @@ impl Figures {
             v["pause_us_max"] = n(&st.pause_us_max).into();
             v["pause_us_total"] = n(&st.pause_us_total).into();
             v["epoch_bytes_total"] = n(&st.epoch_bytes_total).into();
+            v["epoch_pages_total"] = n(&st.epoch_pages_total).into();
+            v["epoch_delta_pages_total"] = n(&st.epoch_delta_pages_total).into();
             st.latency.put_json(&mut v);
             v["outputs_stopped"] = o.failed().into();
         }

@@ -97,6 +97,7 @@ fn measure(mode: DirtyLog, mem_mib: u64, epochs: usize) -> Row {
         epoch: Duration::from_millis(10),
         first_full: true,
         dirty: mode,
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
     };
     std::thread::scope(|s| {
         let h = s.spawn(|| {

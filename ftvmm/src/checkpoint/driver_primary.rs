@@ -329,7 +329,7 @@ impl PrimaryEffects {
                 .name("ckpt-epochs".into())
                 .spawn(move || {
                     let end = primary::run_epochs(&running, &outputs, &mut sink, cfg, &stop, |e| {
-                        counted.stats.on_epoch(e.pause, e.bytes);
+                        counted.stats.on_epoch(e);
                         summary.add(e)
                     });
                     done.store(true, Ordering::SeqCst);

@@ -226,6 +226,7 @@ impl SecondaryEffects {
             epoch: plan.epoch,
             first_full: false,
             dirty: Default::default(),
+            delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
         };
         let p = PrimaryEffects::start_alone(
             &format!("ftvmm: vm {}: ", self.vm),

@@ -126,6 +126,7 @@ fn pair_on(
         epoch: Duration::from_millis(20),
         first_full: true,
         dirty: Default::default(),
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
     };
     let p_fx = PrimaryEffects::start(
         "",

@@ -108,13 +108,20 @@ pub struct OutputStats {
     pub pause_us_last: AtomicU64,
     pub pause_us_max: AtomicU64,
     pub epoch_bytes_total: AtomicU64,
+    /// Dirty pages the epochs carried, and of those the ones shipped as
+    /// deltas (`delta_base.rs`).
+    pub epoch_pages_total: AtomicU64,
+    pub epoch_delta_pages_total: AtomicU64,
     /// Where closed epochs' outputs wait (`latency.rs`).
     pub latency: EpochLatency,
 }
 
 impl OutputStats {
     /// One epoch taken: its pause and its size (`primary::EpochStats`).
-    pub fn on_epoch(&self, pause: std::time::Duration, bytes: usize) {
+    pub fn on_epoch(&self, e: &super::primary::EpochStats) {
+        let (pause, bytes) = (e.pause, e.bytes);
+        (self.epoch_pages_total).fetch_add(e.pages as u64, Ordering::Relaxed);
+        (self.epoch_delta_pages_total).fetch_add(e.deltas as u64, Ordering::Relaxed);
         let us = pause.as_micros() as u64;
         self.epochs.fetch_add(1, Ordering::Relaxed);
         self.pause_us_total.fetch_add(us, Ordering::Relaxed);

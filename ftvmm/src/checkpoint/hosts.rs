@@ -62,6 +62,8 @@ pub struct RemotePrimary {
     pub epoch: Duration,
     /// How the epoch loop harvests the dirty log.
     pub dirty: super::dirty_log::DirtyLog,
+    /// The Primary's delta cache (`delta_base.rs`; 0: raw pages only).
+    pub delta_bytes: usize,
 }
 
 /// The Secondary's settings.
@@ -143,6 +145,7 @@ pub fn run_checkpoint_primary(
         epoch: cfg.epoch,
         first_full: true,
         dirty: cfg.dirty,
+        delta_bytes: cfg.delta_bytes,
     };
     drive_primary(running, &outputs, &failed, ch, loop_cfg)
 }

@@ -21,6 +21,7 @@ fn loop_cfg() -> super::primary::LoopConfig {
         epoch: Duration::from_millis(20),
         first_full: true,
         dirty: Default::default(),
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
     }
 }
 

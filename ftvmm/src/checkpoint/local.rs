@@ -37,6 +37,8 @@ pub struct LocalPair {
     pub epoch: Duration,
     /// How the epoch loop harvests the dirty log.
     pub dirty: super::dirty_log::DirtyLog,
+    /// The Primary's delta cache (`delta_base.rs`; 0: raw pages only).
+    pub delta_bytes: usize,
     /// Take over when this file exists.
     pub take_over_on: Option<PathBuf>,
 }
@@ -82,6 +84,7 @@ pub(super) struct Summary {
     since: Option<Instant>,
     pauses_us: Vec<u64>,
     pages: u64,
+    deltas: u64,
     bytes: u64,
     /// Whose output waits (`latency.rs`) each line shows, and their
     /// (count, µs) at the previous line: the line shows this window's.
@@ -147,6 +150,7 @@ impl Summary {
         let since = *self.since.get_or_insert_with(Instant::now);
         self.pauses_us.push(e.pause.as_micros() as u64);
         self.pages += e.pages as u64;
+        self.deltas += e.deltas as u64;
         self.bytes += e.bytes as u64;
         let due = self.every.is_some_and(|d| since.elapsed() >= d);
         if e.number == 1 || e.number.is_multiple_of(REPORT_EVERY) || due {
@@ -164,12 +168,13 @@ impl Summary {
                 None => String::new(),
             };
             println!(
-                "{}checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages and {:.0} KiB per epoch, {rate:.1} epochs/s (last {} epochs){waits}",
+                "{}checkpoint: epoch {}: pause median {:.2} ms max {:.2} ms, {:.0} pages ({:.0} % as deltas) and {:.0} KiB per epoch, {rate:.1} epochs/s (last {} epochs){waits}",
                 self.prefix,
                 e.number,
                 p.get(p.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
                 p.last().copied().unwrap_or(0) as f64 / 1000.0,
                 self.pages as f64 / n as f64,
+                100.0 * self.deltas as f64 / self.pages.max(1) as f64,
                 self.bytes as f64 / n as f64 / 1024.0,
                 p.len()
             );
@@ -324,6 +329,7 @@ pub fn run_local_pair(
         epoch: pair.epoch,
         first_full: true,
         dirty: pair.dirty,
+        delta_bytes: pair.delta_bytes,
     };
     let triggered = std::thread::scope(|s| {
         let epochs = s.spawn(|| {

@@ -35,8 +35,8 @@
 //! half a page). Encoding ran at 200-1000 MB/s per core against a plain
 //! copy's ~1 GB/s here, off the pause (the guest runs while the sender
 //! encodes); applying a delta is cheaper than copying the page. The price
-//! is the Primary's copy of every page as last shipped (the delta base),
-//! which the integration may keep for hot pages only.
+//! is the Primary's copy of each page as last shipped (the delta base),
+//! which [`delta_base`] keeps for a bounded set of recently shipped pages.
 //!
 //! Checked: `state_tests` (on /dev/kvm), `epoch_tests` (format, torn
 //! epochs, fuzz, delta measurement), `gate_tests`, `receiver_tests`, and a
@@ -86,6 +86,7 @@ pub mod daemon_member;
 pub mod daemon_spec;
 pub mod daemon_status;
 pub mod delta;
+pub mod delta_base;
 pub mod dirty_log;
 pub mod driver;
 pub mod epoch;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::brief::{self, VcpuBrief};
+use super::delta_base::DeltaBase;
 use super::dirty_log::{enable_manual_protect, harvest_bitmap, DirtyLog};
 use super::epoch::{self, Epoch, Page, PageData, PAGE_SIZE};
 use super::gated::GatedOutputs;
@@ -204,19 +205,33 @@ pub fn harvest(
     })
 }
 
-/// The epoch a harvest and its gate boundary make (raw or zero pages; the
-/// delta encoding of `delta.rs` is not used yet).
-pub fn to_epoch(h: Harvest, closed: super::gate::Closed) -> Epoch {
+/// The epoch a harvest and its gate boundary make. Pages ship as deltas
+/// against `base` where it holds their last version (`delta_base.rs`); a
+/// `full` epoch is for a receiver that holds nothing yet: `base` is reset
+/// and every page goes raw (or zero).
+pub fn to_epoch(
+    h: Harvest,
+    closed: super::gate::Closed,
+    base: &mut DeltaBase,
+    full: bool,
+) -> Epoch {
+    if full {
+        base.reset();
+    }
     let pages = h
         .gfns
         .iter()
         .zip(h.contents.chunks_exact(PAGE_SIZE))
         .map(|(&gfn, c)| Page {
             gfn,
-            data: if c.iter().all(|&b| b == 0) {
-                PageData::Zero
+            data: if full {
+                if c.iter().all(|&b| b == 0) {
+                    PageData::Zero
+                } else {
+                    PageData::Raw(c.to_vec())
+                }
             } else {
-                PageData::Raw(c.to_vec())
+                base.ship(gfn, c)
             },
         })
         .collect();
@@ -239,6 +254,8 @@ pub struct EpochStats {
     pub resumed: Option<Instant>,
     pub pause: Duration,
     pub pages: usize,
+    /// Of those, shipped as deltas (`delta_base.rs`).
+    pub deltas: usize,
     pub bytes: usize,
     pub writes: usize,
     /// Device lines up for [`UNANSWERED_AFTER`] or more at this epoch's
@@ -259,6 +276,9 @@ pub struct LoopConfig {
     /// How the dirty log is harvested (`dirty_log.rs`); `GetClear`
     /// switches the VM to manual protection when the loop starts.
     pub dirty: DirtyLog,
+    /// Bytes of page copies the Primary keeps to ship deltas
+    /// (`delta_base.rs`; 0: every page raw).
+    pub delta_bytes: usize,
 }
 
 /// Closes the epoch, as a join's switch (`join`: its generation) or an
@@ -284,6 +304,7 @@ pub fn one_epoch(
     sink: &mut dyn EpochSink,
     full: bool,
     dirty: DirtyLog,
+    base: &mut DeltaBase,
 ) -> Result<EpochStats, EpochLoopError> {
     let step = sink.join();
     let full = full || step == JoinStep::Full;
@@ -321,12 +342,17 @@ pub fn one_epoch(
     }
     let mut h = taken.map_err(|why| EpochLoopError::Harvest { epoch: number, why })?;
     let vcpus = std::mem::take(&mut h.vcpus);
-    let e = to_epoch(h, closed);
+    let e = to_epoch(h, closed, base, full);
     let stats = EpochStats {
         number,
         resumed: Some(resumed),
         pause,
         pages: e.pages.len(),
+        deltas: e
+            .pages
+            .iter()
+            .filter(|p| matches!(p.data, PageData::Delta(_)))
+            .count(),
         bytes: 0,
         writes: e.writes.len(),
         unanswered,
@@ -355,6 +381,7 @@ pub fn run_epochs(
     mut on_epoch: impl FnMut(&EpochStats),
 ) -> Result<(), EpochLoopError> {
     let mut full = cfg.first_full;
+    let mut base = DeltaBase::new(cfg.delta_bytes);
     if cfg.dirty == DirtyLog::GetClear {
         running
             .with_paused(|p| enable_manual_protect(p.vm))
@@ -406,7 +433,9 @@ pub fn run_epochs(
                     // A failure here still ends the guest's way (`Bye`, no
                     // race): the guest asked to end, a Secondary resuming
                     // it would only end it again.
-                    if let Err(e) = last_epoch(running, outputs, sink, full, cfg.dirty, stop) {
+                    if let Err(e) =
+                        last_epoch(running, outputs, sink, full, cfg.dirty, &mut base, stop)
+                    {
                         tracing::warn!("checkpoint: the ended guest's last epoch: {e}");
                     }
                 }
@@ -421,7 +450,7 @@ pub fn run_epochs(
         if outputs.failed() {
             return Err(EpochLoopError::OutputsFailed);
         }
-        let mut s = one_epoch(running, outputs, sink, full, cfg.dirty)?;
+        let mut s = one_epoch(running, outputs, sink, full, cfg.dirty, &mut base)?;
         start = s.resumed.unwrap_or_else(Instant::now);
         full = false;
         last = Some((s.number, Instant::now(), std::mem::take(&mut s.vcpus)));
@@ -459,9 +488,10 @@ fn last_epoch(
     sink: &mut dyn EpochSink,
     full: bool,
     dirty: DirtyLog,
+    base: &mut DeltaBase,
     stop: &AtomicBool,
 ) -> Result<(), EpochLoopError> {
-    let s = one_epoch(running, outputs, sink, full, dirty)?;
+    let s = one_epoch(running, outputs, sink, full, dirty, base)?;
     let t = Instant::now();
     loop {
         sink.progress();

@@ -100,8 +100,8 @@ pub struct Receiver<M> {
 /// [`DeltaProbe::PER_EPOCH`] raw pages of each epoch, the size the delta
 /// against the page as the Secondary held it (`delta.rs`) would have had,
 /// next to the raw size. Only the Secondary holds the previous version of
-/// a page, so it measures; the Primary sends raw (delta encoding there
-/// would need a copy of all guest memory on the Primary). Bounded per
+/// every page, so it measures what the Primary still ships raw (pages its
+/// bounded delta cache, `delta_base.rs`, did not hold). Bounded per
 /// epoch so a full epoch's apply is not slowed by a scan of every page.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DeltaProbe {

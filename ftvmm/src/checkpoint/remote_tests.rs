@@ -122,6 +122,7 @@ impl Pair {
                     epoch: Duration::from_millis(20),
                     first_full: true,
                     dirty: Default::default(),
+                    delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
                 };
                 primary::run_epochs(&running, &outputs, &mut sink, cfg, &loop_stop, |_| {
                     *epochs.lock().unwrap() += 1
@@ -133,8 +134,15 @@ impl Pair {
             h.join().unwrap().expect("epochs ran without error");
         });
         running.stop();
-        let last =
-            primary::one_epoch(&running, &outputs, &mut sink, false, Default::default()).unwrap();
+        let last = primary::one_epoch(
+            &running,
+            &outputs,
+            &mut sink,
+            false,
+            Default::default(),
+            &mut crate::checkpoint::delta_base::DeltaBase::new(0),
+        )
+        .unwrap();
         wait_until("the last epoch is acknowledged over the channel", || {
             outputs.progress().1 == last.number
         });

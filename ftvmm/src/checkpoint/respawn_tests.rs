@@ -108,6 +108,7 @@ fn a_join_whose_full_epoch_takes_several_failure_timeouts_pairs_and_nobody_is_ta
         epoch: Duration::from_millis(20),
         first_full: false,
         dirty: Default::default(),
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
     };
     let p_fx = PrimaryEffects::start_alone(
         "",

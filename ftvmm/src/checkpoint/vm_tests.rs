@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::delta_base::DeltaBase;
 use super::dirty_log::DirtyLog;
 use super::gate::{EpochGate, GateConfig};
 use super::gated::{GatedBackend, GatedOutputs};
@@ -101,24 +102,21 @@ fn restored_from_the_last_epoch(dirty: DirtyLog) {
     wait_until("vCPU 0 counts", || counter(&pmem) > 10);
 
     let (mut link, secondary) = in_process_secondary(&outputs);
-    let stop = AtomicBool::new(false);
-    let epochs = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let cfg = LoopConfig {
-                epoch: Duration::from_millis(20),
-                first_full: true,
-                dirty,
-            };
-            primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| {
-                epochs.lock().unwrap().push(e.clone())
-            })
-        });
-        wait_until("six epochs", || epochs.lock().unwrap().len() >= 6);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        h.join().unwrap().expect("epochs ran without error");
-    });
-    let epochs = epochs.into_inner().unwrap();
+    // The loop's steps by hand (`run_epochs` is the same with a clock), so
+    // that the last epoch below shares their delta cache: the staging copy
+    // compared with the Primary's memory is then built from deltas too.
+    if dirty == DirtyLog::GetClear {
+        running
+            .with_paused(|p| crate::checkpoint::dirty_log::enable_manual_protect(p.vm))
+            .unwrap();
+    }
+    let mut base = DeltaBase::new(crate::checkpoint::delta_base::DEFAULT_BYTES);
+    let mut epochs = Vec::new();
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(20));
+        let e = primary::one_epoch(&running, &outputs, &mut link, i == 0, dirty, &mut base);
+        epochs.push(e.expect("an epoch"));
+    }
     // The first epoch carries every page ever touched (code, counter,
     // tables), not the untouched rest of memory (zero on both sides); the
     // memory comparison below checks that this is enough.
@@ -132,10 +130,18 @@ fn restored_from_the_last_epoch(dirty: DirtyLog) {
         "later epochs carry the dirty pages only: {:?}",
         epochs.iter().map(|e| e.pages).collect::<Vec<_>>()
     );
+    // From the third epoch on, the counter's page (shipped raw once, by the
+    // second) goes as a delta: the staging copy compared below is built
+    // from deltas too.
+    assert!(
+        epochs[2..].iter().all(|e| e.deltas > 0),
+        "pages shipped as deltas: {:?}",
+        epochs.iter().map(|e| e.deltas).collect::<Vec<_>>()
+    );
 
     // Stop the Primary and take one last epoch of its final state.
     running.stop();
-    let last = primary::one_epoch(&running, &outputs, &mut link, false, dirty).unwrap();
+    let last = primary::one_epoch(&running, &outputs, &mut link, false, dirty, &mut base).unwrap();
     drop(link);
     let r = secondary.join().unwrap();
     assert_eq!(r.last(), last.number);
@@ -436,6 +442,7 @@ fn a_guest_that_ends_itself_has_its_last_epoch_shipped_and_durable_first() {
                 epoch: Duration::from_secs(60),
                 first_full: true,
                 dirty: DirtyLog::Get,
+                delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
             };
             primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |_| {})
         });
@@ -488,6 +495,7 @@ fn checkpoint_pause_bench() {
                 epoch: Duration::from_millis(20),
                 first_full: true,
                 dirty: DirtyLog::GetClear,
+                delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
             };
             primary::run_epochs(&running, &outputs, &mut link, cfg, &stop, |e| {
                 epochs.lock().unwrap().push((e.pause, e.pages, e.bytes))

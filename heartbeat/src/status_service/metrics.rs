@@ -402,6 +402,8 @@ struct Checkpoint {
     pause_last: Seconds,
     pause_max: Seconds,
     bytes: Counters,
+    pages: Counters,
+    delta_pages: Counters,
     written: Counters,
     held: Gauges,
     unacked: Gauges,
@@ -497,6 +499,14 @@ impl Checkpoint {
                 "ft_checkpoint_epoch_bytes",
                 "bytes of the epochs sent to the Secondary (pages, machine state, writes)",
             ),
+            pages: m.counter(
+                "ft_checkpoint_epoch_pages",
+                "dirty pages the epochs carried",
+            ),
+            delta_pages: m.counter(
+                "ft_checkpoint_epoch_delta_pages",
+                "of those, pages shipped as a delta against their last version (the Primary's delta cache)",
+            ),
             written: m.counter(
                 "ft_checkpoint_disk_bytes_written",
                 "bytes of acknowledged epochs written to the shared device",
@@ -560,6 +570,8 @@ impl Checkpoint {
             }
         }
         count(&self.bytes, v(), &c["epoch_bytes_total"]);
+        count(&self.pages, v(), &c["epoch_pages_total"]);
+        count(&self.delta_pages, v(), &c["epoch_delta_pages_total"]);
         count(&self.written, v(), &c["bytes_written"]);
         set(&self.held, v(), &c["frames_held"]);
         if let (Some(e), Some(a)) = (c["epoch"].as_u64(), c["acknowledged"].as_u64()) {
@@ -757,7 +769,8 @@ mod tests {
                     "epoch_ms": 20, "vcpus": 2, "epoch": 812, "acknowledged": 810,
                     "frames_held": 3, "bytes_written": 4096, "epochs": 811,
                     "pause_us_last": 1250, "pause_us_max": 4100, "pause_us_total": 1_500_000,
-                    "epoch_bytes_total": 9_000_000}},
+                    "epoch_bytes_total": 9_000_000, "epoch_pages_total": 40_000,
+                    "epoch_delta_pages_total": 38_000}},
                 {"name": "sec", "state": "running", "checkpoint": {"epoch_ms": 20, "applied": 9}}
         ]}));
         let t = openmetrics(&r);
@@ -767,6 +780,8 @@ mod tests {
             "ft_checkpoint_pause_last_seconds{host=\"host-a\",vm=\"web\"} 0.00125\n",
             "ft_checkpoint_pause_max_seconds{host=\"host-a\",vm=\"web\"} 0.0041\n",
             "ft_checkpoint_epoch_bytes_total{host=\"host-a\",vm=\"web\"} 9000000\n",
+            "ft_checkpoint_epoch_pages_total{host=\"host-a\",vm=\"web\"} 40000\n",
+            "ft_checkpoint_epoch_delta_pages_total{host=\"host-a\",vm=\"web\"} 38000\n",
             "ft_checkpoint_disk_bytes_written_total{host=\"host-a\",vm=\"web\"} 4096\n",
             "ft_checkpoint_frames_held{host=\"host-a\",vm=\"web\"} 3\n",
             "ft_checkpoint_epochs_unacknowledged{host=\"host-a\",vm=\"web\"} 2\n",

@@ -12,7 +12,9 @@
 //!   path, gate and staging; not the channel), `FT_CKPT_BENCH_ROUNDS`
 //!   rounds (default 3). The ratio is off/on per round.
 //! - **KV service**: the same guest in `mode=kv` on a 64 MiB disk file and a
-//!   TAP, without epochs and as a checkpoint Primary, alternately; in L1
+//!   TAP, without epochs, as a checkpoint Primary, and as one that ships
+//!   every page raw (`--delta-cache-mib 0`: what the deltas of
+//!   `checkpoint/delta_base.rs` are worth), in turn; in L1
 //!   `ftguest-linux-kv --client` (4 connections, each PUT waiting for its
 //!   `OK`, which the guest sends once the record is durable) for
 //!   `FT_CKPT_BENCH_SECONDS`: PUTs/s and request latency p50/p99, so the
@@ -27,7 +29,8 @@
 //!   checkpoint Primary for `FT_CKPT_BENCH_SECONDS` (default 20) per rate
 //!   from the guest's first line in that mode:
 //!   pause per epoch (median, max) against dirty pages per epoch, bytes per
-//!   epoch, epochs per second and the bandwidth they make, each from the
+//!   epoch, epochs per second and the bandwidth they make, the share of
+//!   pages shipped as deltas, each from the
 //!   last summary line ftvmm printed (100 epochs). The goal column is the
 //!   issue's (2 ms + 1 ms per 4 MiB dirtied) for comparison: absolute times
 //!   only mean something on real hardware, L1 here is QEMU TCG.
@@ -125,8 +128,8 @@ done
 r=0
 while [ $r -lt {rounds} ]; do
   r=$((r+1))
-  for m in off on; do
-    a=; [ $m = on ] && a=$CK
+  for m in off on raw; do
+    a=; [ $m = on ] && a=$CK; [ $m = raw ] && a="$CK --delta-cache-mib 0"
     for try in 1 2; do
       dd if=/dev/zero of=/tmp/kv.img bs=1M count=64 2>/dev/null
       $VM --disk /tmp/kv.img --tap tap0 --cmdline "$G mode=kv" $a > /tmp/out 2>&1 &
@@ -210,6 +213,9 @@ struct Summary {
     /// release), when the line has them (`Summary::with_waits` in ftvmm).
     ack_ms: Option<f64>,
     hold_ms: Option<f64>,
+    /// The share of the window's pages the Primary shipped as deltas
+    /// (`delta_base.rs`), when the line has it.
+    as_deltas_pct: Option<f64>,
     /// The last delta probe's share of raw page bytes a delta would have
     /// taken (%), when the line has one (`receiver::DeltaProbe`).
     delta_pct: Option<f64>,
@@ -244,6 +250,7 @@ fn summary(line: &str) -> Option<Summary> {
         ack_ms: number_after(line, "ack wait avg "),
         hold_ms: number_after(line, "output hold avg "),
         delta_pct: number_after(line, "as deltas ("),
+        as_deltas_pct: number_after(line, " pages ("),
     })
 }
 
@@ -341,6 +348,7 @@ fn bench_once() {
     for r in 1..=rounds {
         let off = wait_bench_line(&host, &format!("kv off {r} "), t);
         let on = wait_bench_line(&host, &format!("kv on {r} "), t);
+        let raw = wait_bench_line(&host, &format!("kv raw {r} "), t);
         let (Some(a), Some(b)) = (client(&off), client(&on)) else {
             panic!("a KV run printed no client line: {off:?} / {on:?}");
         };
@@ -360,8 +368,31 @@ fn bench_once() {
         if a.errors + b.errors > 0 {
             println!("      client errors: off {}, on {}", a.errors, b.errors);
         }
+        if let Some(d) = s.as_deltas_pct {
+            println!("      pages shipped as deltas: {d:.0} %");
+        }
         if let Some(d) = s.delta_pct {
-            println!("      raw pages as deltas: {d:.1} % of their bytes");
+            println!(
+                "      the pages still shipped raw, as deltas: {d:.1} % of their bytes (probe)"
+            );
+        }
+        // The same checkpoint run without deltas (--delta-cache-mib 0),
+        // right after: what the deltas are worth.
+        match (client(&raw), summary(&raw)) {
+            (Some(c), Some(rs)) => {
+                let rmbit = rs.kib * 1024.0 * 8.0 * rs.per_s / 1e6;
+                println!(
+                    "      without deltas: {:.1} PUT/s, p50/p99 {:.2}/{:.2} ms, {:.0} KiB/epoch against {:.0}, {rmbit:.1} Mbit/s against {mbit:.1}, ack/hold avg {}/{} ms",
+                    c.ops_per_s,
+                    c.p50_ms,
+                    c.p99_ms,
+                    rs.kib,
+                    s.kib,
+                    rs.ack_ms.map_or("-".into(), |v| format!("{v:.2}")),
+                    rs.hold_ms.map_or("-".into(), |v| format!("{v:.2}")),
+                );
+            }
+            _ => println!("      without deltas: no figures: {raw:?}"),
         }
     }
     kv_ratios.sort_by(f64::total_cmp);
@@ -376,7 +407,7 @@ fn bench_once() {
         "\nDirty memory (mode=dirty dirty_mib=64, {seconds} s per rate; the last 100 epochs):"
     );
     println!(
-        "{:>10} {:>11} {:>12} {:>10} {:>9} {:>10} {:>9} {:>8} {:>8}",
+        "{:>10} {:>11} {:>12} {:>10} {:>9} {:>10} {:>9} {:>8} {:>9} {:>8}",
         "pages/ms",
         "pages/epoch",
         "pause median",
@@ -385,7 +416,8 @@ fn bench_once() {
         "KiB/epoch",
         "epochs/s",
         "Mbit/s",
-        "delta %"
+        "as deltas",
+        "probe %"
     );
     for rate in RATES {
         let line = wait_bench_line(&host, &format!("dirty {rate} "), t);
@@ -396,8 +428,9 @@ fn bench_once() {
         let goal = 2.0 + s.pages * 4096.0 / f64::from(4 << 20);
         let mbit = s.kib * 1024.0 * 8.0 * s.per_s / 1e6;
         let delta = s.delta_pct.map_or("-".into(), |d| format!("{d:.1}"));
+        let as_deltas = s.as_deltas_pct.map_or("-".into(), |d| format!("{d:.0} %"));
         println!(
-            "{rate:>10} {:>11.0} {:>9.2} ms {:>7.2} ms {:>6.2} ms {:>10.0} {:>9.1} {:>8.1} {delta:>8}",
+            "{rate:>10} {:>11.0} {:>9.2} ms {:>7.2} ms {:>6.2} ms {:>10.0} {:>9.1} {:>8.1} {as_deltas:>9} {delta:>8}",
             s.pages, s.median_ms, s.max_ms, goal, s.kib, s.per_s, mbit
         );
     }
@@ -430,6 +463,11 @@ fn summary_lines_parse() {
     );
     let d = summary("bench: dirty 4 | checkpoint: epoch 300: pause median 1.25 ms max 9.50 ms, 812 pages and 3301 KiB per epoch, 31.4 epochs/s (last 100 epochs) | checkpoint: delta probe at epoch 300: 25600 raw pages, 102425 KiB raw, 20480 KiB as deltas (20.0 %)").unwrap();
     assert_eq!((d.pages, d.kib, d.delta_pct), (812.0, 3301.0, Some(20.0)));
+    let n = summary("checkpoint: epoch 300: pause median 1.25 ms max 9.50 ms, 812 pages (97 % as deltas) and 301 KiB per epoch, 31.4 epochs/s (last 100 epochs)").unwrap();
+    assert_eq!(
+        (n.pages, n.kib, n.per_s, n.as_deltas_pct, n.delta_pct),
+        (812.0, 301.0, 31.4, Some(97.0), None)
+    );
     assert!(summary("bench: dirty 4 | ").is_none());
     assert_eq!(ticks("bench: cpu off 1 ticks=512 | "), Some(512));
     let c = client("bench: kv on 2 kv-client: conns=4 seconds=20.0 ops=811 ops_per_s=40.5 p50_ms=61.20 p99_ms=180.00 max_ms=201.00 errors=1 | checkpoint: epoch 9").unwrap();
