@@ -65,6 +65,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::stall::{self, Busy};
 use crate::lockstep::live_timing::LiveTiming;
 use crate::lockstep::member::{Action, Decision, Event, Gate, Grant, Member, State};
 use crate::lockstep::spec::PairHandle;
@@ -216,6 +217,9 @@ pub struct MemberDriver {
     state: Arc<Mutex<State>>,
     quit: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// What the member thread is doing, for its watch (`stall.rs`).
+    busy: Arc<Busy>,
+    watch: Option<JoinHandle<()>>,
 }
 
 impl MemberDriver {
@@ -254,6 +258,8 @@ impl MemberDriver {
         handle.attach(events.clone());
         let state = Arc::new(Mutex::new(member.state().clone()));
         let quit = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(Busy::default());
+        let started = Instant::now();
         let mut run = Run {
             vm: vm.to_string(),
             effects,
@@ -263,8 +269,9 @@ impl MemberDriver {
             state: Arc::clone(&state),
             handle,
             host: host.to_string(),
-            started: Instant::now(),
+            started,
             live,
+            busy: Arc::clone(&busy),
         };
         let q = Arc::clone(&quit);
         let thread = std::thread::Builder::new()
@@ -279,11 +286,21 @@ impl MemberDriver {
                 run.handle.running.store(0, Ordering::SeqCst);
             })
             .expect("spawn checkpoint member driver");
+        let watch = stall::watch(
+            vm.to_string(),
+            Arc::clone(&busy),
+            started,
+            Arc::clone(&quit),
+        )
+        .map_err(|e| tracing::error!("checkpoint member of vm {vm}: no watch on it: {e}"))
+        .ok();
         MemberDriver {
             events,
             state,
             quit,
             thread: Some(thread),
+            busy,
+            watch,
         }
     }
 
@@ -323,7 +340,15 @@ impl MemberDriver {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.watch.take() {
+            let _ = t.join();
+        }
         self.state()
+    }
+
+    /// Steps of the member thread its watch reported as stalled.
+    pub fn stalls(&self) -> u64 {
+        self.busy.stalls.load(Ordering::SeqCst)
     }
 }
 
@@ -340,12 +365,21 @@ struct Run {
     started: Instant,
     /// Where the live failure timeout comes from (`None`: the booted one).
     live: Option<LiveFailureTimeout>,
+    /// Marked around every step, for the watch (`stall.rs`).
+    busy: Arc<Busy>,
 }
 
 impl Run {
     fn run(&mut self, member: &mut Member, rx: &EventRx<Event>, quit: &AtomicBool) {
         loop {
-            let ev = match rx.recv_timeout(TICK) {
+            self.busy.end();
+            let got = rx.recv_timeout(TICK);
+            let what = match &got {
+                Ok(_) => "an event",
+                Err(_) => "the tick (the link's silence and unacknowledged epochs)",
+            };
+            self.busy.begin(what, self.started.elapsed());
+            let ev = match got {
                 Ok(ev) => ev,
                 // A Secondary heard (its keep-alives) but acknowledging no
                 // epoch is not silent: its waiting epochs age instead.
@@ -384,6 +418,7 @@ impl Run {
                 self.step(member, Event::AllAcked);
             }
         }
+        self.busy.end();
         self.cancel.store(true, Ordering::SeqCst);
     }
 

@@ -569,3 +569,64 @@ fn a_member_takes_the_failure_timeout_applied_live() {
     super::take_live(&mut q, None);
     assert_eq!(q.silence_limit_ms(), Some(FAILURE_TIMEOUT_MS));
 }
+
+/// Effects that do nothing, whose tick (`silent_ms`) blocks once for as
+/// long as `block_ms` says: the member thread stuck in one step, as the
+/// partitioned Primary of stop 46 was.
+struct StuckTick {
+    block_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Effects for StuckTick {
+    fn set_gate(&mut self, _: Gate, _: u64) {}
+    fn stop_vcpu(&mut self) {}
+    fn close_link(&mut self, _: &str) {}
+    fn resign(&mut self, _: &str) {}
+    fn go_live(&mut self, _: u64, _: u64) {}
+    fn grant_back(&mut self) {}
+    fn silent_ms(&self) -> u64 {
+        let ms = self.block_ms.swap(0, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        0
+    }
+    fn unacked(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn drained(&mut self) -> Option<u64> {
+        None
+    }
+    fn all_acked(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_member_step_that_blocks_is_reported_while_it_lasts() {
+    let block_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let d = MemberDriver::start(
+        ("kv", "host-b"),
+        Member::secondary("kv", "host-a", 1, 60_000),
+        Box::new(StuckTick {
+            block_ms: Arc::clone(&block_ms),
+        }),
+        Arc::new(HostFencing {
+            disk: Arc::new(Generations::default()),
+            host: "host-b",
+        }),
+        Arc::new(PairHandle::default()),
+        MemberDriver::channel(),
+    );
+    // Ticks every 50 ms for a second: none is a stall.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(d.stalls(), 0);
+    block_ms.store(
+        (super::stall::STALL_AFTER + Duration::from_millis(1500)).as_millis() as u64,
+        Ordering::SeqCst,
+    );
+    wait_until("the stuck tick reported", || d.stalls() == 1);
+    // It returns; the member ticks on and nothing more is reported.
+    wait_until("the tick returned", || block_ms.load(Ordering::SeqCst) == 0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.stalls(), 1);
+    assert_eq!(d.finish(), State::Following { g: 1 });
+}

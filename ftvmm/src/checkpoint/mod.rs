@@ -105,6 +105,7 @@ pub mod remote;
 pub mod resident;
 pub mod respawn;
 pub mod secondary;
+pub mod stall;
 pub mod state;
 
 #[cfg(test)]
