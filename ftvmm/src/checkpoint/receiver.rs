@@ -65,6 +65,26 @@ pub enum ReceiveError {
     Durable { epoch: u64, durable: u64 },
 }
 
+/// What a piece completed ([`Receiver::take_piece`]).
+pub enum Piece {
+    /// More pieces are due.
+    More,
+    /// An epoch already applied came again (a resend): acknowledge this,
+    /// the last complete epoch, again.
+    Again(u64),
+    /// A complete epoch, checked: acknowledge it, then apply it.
+    Ready(Ready),
+}
+
+/// A complete, checked epoch whose apply cannot fail.
+pub struct Ready(Epoch);
+
+impl Ready {
+    pub fn number(&self) -> u64 {
+        self.0.number
+    }
+}
+
 /// What the Secondary resumes from on failover.
 pub struct TakeOver<M> {
     /// The last complete epoch (0: the initial state only).
@@ -91,6 +111,8 @@ pub struct Receiver<M> {
     writes: VecDeque<(u64, Vec<DiskWrite>)>,
     /// Epochs refused (torn, out of order), for status.
     pub refused: u64,
+    /// A [`Ready`] epoch is out, not applied yet.
+    ready_out: bool,
     /// What delta encoding would save on the raw pages received
     /// ([`DeltaProbe`]).
     pub probe: DeltaProbe,
@@ -143,6 +165,7 @@ impl<M: StagingMemory> Receiver<M> {
             durable_through: last,
             writes: VecDeque::new(),
             refused: 0,
+            ready_out: false,
             probe: DeltaProbe::default(),
         }
     }
@@ -162,23 +185,53 @@ impl<M: StagingMemory> Receiver<M> {
     /// more pieces are due; an error: the epoch (or piece) was refused and
     /// nothing changed.
     pub fn on_piece(&mut self, bytes: &[u8]) -> Result<Option<u64>, ReceiveError> {
+        Ok(match self.take_piece(bytes)? {
+            Piece::More => None,
+            Piece::Again(e) => Some(e),
+            Piece::Ready(r) => Some(self.apply_ready(r)),
+        })
+    }
+
+    /// [`Receiver::on_piece`] up to the apply: a complete epoch comes back
+    /// checked ([`Piece::Ready`]), to acknowledge before it is applied
+    /// with [`Receiver::apply_ready`] — everything that can refuse it was
+    /// checked (module doc), so the Secondary holds it from here on, and
+    /// the Primary's outputs need not wait for the copy into staging (nor
+    /// for the delta probe). The caller applies it before it takes the
+    /// next piece or hands the receiver over (asserted).
+    pub fn take_piece(&mut self, bytes: &[u8]) -> Result<Piece, ReceiveError> {
+        assert!(!self.ready_out, "a checked epoch was never applied");
         let e = match self.assembler.on_piece(bytes) {
             Ok(Some(e)) => e,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Piece::More),
             Err(err) => {
                 self.refused += 1;
                 return Err(err.into());
             }
         };
         if e.number <= self.last && e.generation == self.generation {
-            return Ok(Some(self.last));
+            return Ok(Piece::Again(self.last));
         }
         if let Err(err) = self.check(&e) {
             self.refused += 1;
             return Err(err);
         }
-        self.apply(e);
-        Ok(Some(self.last))
+        self.ready_out = true;
+        Ok(Piece::Ready(Ready(e)))
+    }
+
+    /// Applies the epoch [`Receiver::take_piece`] checked; its number (the
+    /// new last complete epoch).
+    pub fn apply_ready(&mut self, r: Ready) -> u64 {
+        assert!(
+            self.ready_out && r.0.number == self.last + 1,
+            "epoch {} applied after {}, not as checked",
+            r.0.number,
+            self.last
+        );
+        self.ready_out = false;
+        self.apply(r.0);
+        self.last
     }
 
     fn check(&self, e: &Epoch) -> Result<(), ReceiveError> {
@@ -257,6 +310,10 @@ impl<M: StagingMemory> Receiver<M> {
     /// finish first. An epoch half-assembled is dropped (it was never
     /// acknowledged, so nothing of it reached the world).
     pub fn take_over(self) -> TakeOver<M> {
+        assert!(
+            !self.ready_out,
+            "taking over with an acknowledged epoch not applied"
+        );
         TakeOver {
             epoch: self.last,
             generation: self.generation,

@@ -174,3 +174,37 @@ fn the_delta_probe_measures_raw_pages_against_the_held_copy() {
     let raw = PAGE_SIZE as u64 + 1;
     assert!(p.delta_bytes > (p.pages - 1) * raw && p.delta_bytes < p.pages * raw - 4000);
 }
+
+/// The serve loop's order: a complete epoch comes back checked, to be
+/// acknowledged, and changes staging only when applied; nothing else is
+/// taken in, and no take-over happens, in between.
+#[test]
+fn a_checked_epoch_is_acknowledged_before_its_apply_and_applied_before_anything_else() {
+    use super::receiver::Piece;
+    let mut r = Receiver::new(2, vec![0u8; PAGES * PAGE_SIZE], 0);
+    let pieces = encode_pieces_sized(&epoch(1, 0, 7), 512).unwrap();
+    let (last, rest) = pieces.split_last().unwrap();
+    for p in rest {
+        assert!(matches!(r.take_piece(p), Ok(Piece::More)));
+    }
+    let Ok(Piece::Ready(ready)) = r.take_piece(last) else {
+        panic!("the last piece completes the epoch");
+    };
+    assert_eq!(ready.number(), 1);
+    assert_eq!(r.last(), 0, "checked, not applied yet");
+    assert!(r.memory().iter().all(|&b| b == 0), "staging unchanged");
+    // Taking a piece in before the apply is a bug of the caller's.
+    let again = encode_pieces_sized(&epoch(1, 0, 7), 512).unwrap();
+    let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = r.take_piece(&again[0]);
+    }));
+    assert!(taken.is_err(), "a piece taken with an epoch not applied");
+    assert_eq!(r.apply_ready(ready), 1);
+    assert_eq!(&r.memory()[PAGE_SIZE..2 * PAGE_SIZE], &[7u8; PAGE_SIZE][..]);
+    // A resend of it is acknowledged again, not applied again.
+    let mut out = None;
+    for p in &again {
+        out = Some(r.take_piece(p));
+    }
+    assert!(matches!(out, Some(Ok(Piece::Again(1)))));
+}

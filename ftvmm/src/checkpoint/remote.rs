@@ -34,7 +34,7 @@ use super::gated::GatedOutputs;
 pub use super::keepalive::KEEPALIVE;
 use super::keepalive::{Progress, SharedSender};
 use super::primary::EpochSink;
-use super::receiver::{ReceiveError, Receiver, StagingMemory};
+use super::receiver::{Piece, ReceiveError, Receiver, StagingMemory};
 use crate::lockstep::channel::{ChannelError, ChannelReceiver, ChannelSender, Message};
 
 /// Why a checkpoint link ended.
@@ -107,16 +107,13 @@ pub fn read_acks(rx: &mut ChannelReceiver, outputs: &GatedOutputs, stop: &Atomic
     }
 }
 
-/// One message on the Secondary's side: `Ok(Some(e))` means epoch `e` is
-/// complete and applied (acknowledge it), `Ok(None)` more pieces are due
-/// (or the message was a keep-alive, which completes nothing).
-pub fn on_message<M: StagingMemory>(
-    r: &mut Receiver<M>,
-    m: Message,
-) -> Result<Option<u64>, LinkError> {
+/// One message on the Secondary's side: what its piece completed
+/// (`Piece::Ready`: an epoch to acknowledge, then apply), `Piece::More` for
+/// a keep-alive, which completes nothing.
+pub fn on_message<M: StagingMemory>(r: &mut Receiver<M>, m: Message) -> Result<Piece, LinkError> {
     match m {
-        Message::EpochPiece { bytes } => Ok(r.on_piece(&bytes)?),
-        Message::Alive => Ok(None),
+        Message::EpochPiece { bytes } => Ok(r.take_piece(&bytes)?),
+        Message::Alive => Ok(Piece::More),
         Message::Bye { reason } => Err(LinkError::Bye { reason }),
         Message::Resign { reason } => Err(LinkError::Resigned { reason }),
         m => Err(LinkError::Unexpected {
@@ -127,8 +124,9 @@ pub fn on_message<M: StagingMemory>(
     }
 }
 
-/// The Secondary's side of a link: applies epochs, acknowledging each after
-/// `on_applied(epoch)` returned, until the link ends or `stop` is set
+/// The Secondary's side of a link: applies epochs, acknowledging each once
+/// it is complete and checked, then applying it and calling
+/// `on_applied(epoch)`, until the link ends or `stop` is set
 /// (needs a read timeout on `rx`). Returns why it ended; `r` holds the last
 /// complete epoch either way.
 pub fn serve<M: StagingMemory>(
@@ -183,20 +181,33 @@ pub fn serve_heard<M: StagingMemory>(
         let piece = matches!(m, Message::EpochPiece { .. });
         *busy.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let took = on_message(r, m);
-        *busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let ack = match took {
-            Ok(Some(epoch)) => {
-                on_applied(epoch);
-                Some(epoch)
+        let (ack, ready) = match took {
+            // Acknowledged as soon as it is whole and checked: the apply
+            // that follows cannot fail, and this thread finishes it before
+            // it reads on or returns (a take-over gets the receiver only
+            // from its return), so the Secondary holds the epoch either way.
+            Ok(Piece::Ready(ready)) => (Some(ready.number()), Some(ready)),
+            Ok(Piece::Again(epoch)) => (Some(epoch), None),
+            Ok(Piece::More) if piece && said.elapsed() >= KEEPALIVE => (Some(r.last()), None),
+            Ok(Piece::More) => (None, None),
+            Err(e) => {
+                *busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                break e;
             }
-            Ok(None) if piece && said.elapsed() >= KEEPALIVE => Some(r.last()),
-            Ok(None) => None,
-            Err(e) => break e,
         };
-        if let Some(epoch) = ack {
-            if let Err(e) = tx.send(&Message::EpochAck { epoch }) {
-                break e.into();
-            }
+        let sent = match ack {
+            Some(epoch) => tx.send(&Message::EpochAck { epoch }),
+            None => Ok(()),
+        };
+        if let Some(ready) = ready {
+            let epoch = r.apply_ready(ready);
+            on_applied(epoch);
+        }
+        *busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Err(e) = sent {
+            break e.into();
+        }
+        if ack.is_some() {
             said = Instant::now();
         }
     };

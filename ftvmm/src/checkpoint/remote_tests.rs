@@ -42,8 +42,8 @@ pub(super) fn gate() -> EpochGate {
 }
 
 /// The Secondary on its own thread: serves the link until it ends, then
-/// hands back the receiver and why the link ended. `on_applied` runs before
-/// each ack.
+/// hands back the receiver and why the link ended. `on_applied` runs after
+/// each epoch's ack was sent and the epoch applied.
 fn spawn_secondary<M: StagingMemory + Send + 'static>(
     ch: Channel,
     mut r: Receiver<M>,
@@ -276,20 +276,16 @@ fn a_frame_and_a_disk_write_wait_for_their_epochs_ack_over_the_channel() {
 
     let (p, s) = channel_pair();
     let stop = Arc::new(AtomicBool::new(false));
-    // The Secondary holds its ack until the test lets it go.
+    // The Secondary acknowledges (then applies) at once; the Primary reads
+    // no ack until the test starts its ack reader.
     let (applied_tx, applied_rx) = mpsc::channel::<u64>();
-    let (go_tx, go_rx) = mpsc::channel::<()>();
     let secondary = spawn_secondary(
         s,
         Receiver::new(1, vec![0u8; 16 * PAGE_SIZE], 0),
         Arc::clone(&stop),
-        move |e| {
-            applied_tx.send(e).unwrap();
-            go_rx.recv().unwrap();
-        },
+        move |e| applied_tx.send(e).unwrap(),
     );
     let (tx, rx) = p.split();
-    let acks = spawn_acks(rx, Arc::clone(&outputs), Arc::clone(&stop));
     let mut sink = ChannelSink(tx);
 
     let closed = outputs.close_epoch();
@@ -308,13 +304,13 @@ fn a_frame_and_a_disk_write_wait_for_their_epochs_ack_over_the_channel() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         released.lock().unwrap().is_empty(),
-        "no frame before the ack, though the Secondary applied the epoch"
+        "no frame before the ack is read, though the Secondary applied the epoch"
     );
     assert!(
         std::fs::read(file.path()).unwrap().iter().all(|&x| x == 0),
         "no write on the device before the ack"
     );
-    go_tx.send(()).unwrap();
+    let acks = spawn_acks(rx, Arc::clone(&outputs), Arc::clone(&stop));
     wait_until("the frame leaves after the ack", || {
         !released.lock().unwrap().is_empty()
     });

@@ -108,7 +108,7 @@ use super::driver::{JoinNews, JoinPort, JoinedLink, PendingJoin};
 use super::epoch::decode_piece;
 use super::gate::Mode;
 use super::keepalive::AliveLink;
-use super::receiver::Receiver;
+use super::receiver::{Piece, Receiver};
 use super::remote::{on_message, KEEPALIVE};
 use super::secondary::Staging;
 use crate::lockstep::channel::{Channel, ChannelError, Message};
@@ -430,10 +430,13 @@ pub fn receive_join(
                     return Err("link cut by the test after the first piece".into());
                 }
                 let rx = r.as_mut().expect("set above");
+                // Applied, then acknowledged: a join's pace is not the
+                // outputs' (they wait for no epoch of it before the switch).
                 match on_message(rx, Message::EpochPiece { bytes }) {
-                    Ok(Some(e)) => Some(e),
-                    Ok(None) if said.elapsed() >= KEEPALIVE => Some(rx.last()),
-                    Ok(None) => None,
+                    Ok(Piece::Ready(ready)) => Some(rx.apply_ready(ready)),
+                    Ok(Piece::Again(e)) => Some(e),
+                    Ok(Piece::More) if said.elapsed() >= KEEPALIVE => Some(rx.last()),
+                    Ok(Piece::More) => None,
                     Err(e) => return Err(e.to_string()),
                 }
             }

@@ -185,17 +185,22 @@ pub fn epoch_pieces(mut input: &[u8], alive: bool) -> Vec<u8> {
 /// The messages into a checkpoint Secondary, as `remote::serve` does;
 /// returns its last complete epoch.
 pub fn checkpoint_secondary(messages: Vec<Message>) -> u64 {
-    use crate::checkpoint::receiver::Receiver;
+    use crate::checkpoint::receiver::{Piece, Receiver};
     use crate::checkpoint::remote::on_message;
     let mut r = Receiver::new(1, vec![0u8; 16 * 4096], 0);
     for m in messages {
         let before = r.last();
         match on_message(&mut r, m) {
-            Ok(Some(e)) => assert!(
+            Ok(Piece::Ready(ready)) => {
+                let n = ready.number();
+                assert_eq!(n, before + 1, "a checked epoch follows the last");
+                assert_eq!(r.apply_ready(ready), n);
+            }
+            Ok(Piece::Again(e)) => assert!(
                 e == r.last() && e >= before,
                 "acks name the last applied epoch"
             ),
-            Ok(None) => assert_eq!(r.last(), before, "no epoch applied without its ack"),
+            Ok(Piece::More) => assert_eq!(r.last(), before, "no epoch applied without its ack"),
             Err(_) => {
                 assert_eq!(r.last(), before, "a refusal applies nothing");
                 return r.last();
