@@ -16,7 +16,12 @@
 //!   relative to the previous epoch). An older one is a resend (the ack got
 //!   lost): re-acknowledged, not applied. A newer one means one in between
 //!   was torn: refused; the Primary resends from its first unacked epoch.
-//! - Acks are cumulative: "every epoch `<= last` is complete here".
+//! - Acks are cumulative: "every epoch `<= last` is complete here". An
+//!   epoch is acknowledged once it is whole and checked, before its apply
+//!   ([`Receiver::take_piece`], [`Receiver::apply_ready`]): the apply cannot
+//!   fail and comes before the next piece or a take-over (asserted), so the
+//!   Secondary holds the epoch from the check on, and the Primary's held
+//!   outputs do not wait for the copy into staging.
 //! - Disk writes are kept for every epoch after the newest `durable_through`
 //!   the Primary reported; on take-over they are to be written, in epoch
 //!   order, before the guest resumes (rewriting a write that did reach the
