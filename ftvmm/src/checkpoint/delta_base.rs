@@ -46,7 +46,7 @@ pub struct DeltaStats {
     /// Pages shipped as deltas.
     pub deltas: u64,
     /// Pages shipped raw while their previous version was in the cache
-    /// (the delta would not have been shorter than [`MAX_DELTA`]).
+    /// (the delta would not have been shorter than half a page).
     pub raw_hits: u64,
     /// Pages shipped raw because the cache did not hold them.
     pub misses: u64,
