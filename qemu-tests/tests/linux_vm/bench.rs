@@ -122,6 +122,8 @@ while [ $r -lt {rounds} ]; do
       reap
       faulted || break
     done
+    # (Before the line the bench waits for, so that it is on the console by then.)
+    grep -q 'ticks=' /tmp/out || echo "bench: ended cpu $m $r without its line: $(grep -v 'checkpoint: epoch' /tmp/out | tail -n 6 | tr '\n' '|')"
     echo "bench: cpu $m $r $(grep -o 'ticks=[0-9]*' /tmp/out | head -1) | $(grep 'checkpoint: epoch' /tmp/out | tail -n 1)"
   done
 done
@@ -312,8 +314,23 @@ fn bench_once() {
     for r in 1..=rounds {
         let off = wait_bench_line(&host, &format!("cpu off {r} "), t);
         let on = wait_bench_line(&host, &format!("cpu on {r} "), t);
+        // A run that ended without its line (its guest crashed, stop 47's
+        // round 2) is shown with what ftvmm printed last; the other rounds
+        // still count.
         let (Some(a), Some(b)) = (ticks(&off), ticks(&on)) else {
-            panic!("a CPU run printed no ticks: {off:?} / {on:?}");
+            let ended = format!(
+                "bench: cpu {} {r} ended",
+                if ticks(&off).is_none() { "off" } else { "on" }
+            );
+            let why: Vec<String> = host
+                .console()
+                .lines()
+                .into_iter()
+                .filter(|l| l.text.contains(&ended))
+                .map(|l| l.text)
+                .collect();
+            println!("{r:>5}  no ticks: {off:?} / {on:?} {why:?}");
+            continue;
         };
         let s = summary(&on).unwrap_or_default();
         let ratio = a as f64 / b.max(1) as f64;
@@ -324,10 +341,13 @@ fn bench_once() {
         );
     }
     ratios.sort_by(f64::total_cmp);
-    println!(
-        "CPU-bound ratio (checkpoint on vs off), median of {rounds}: {:.3} (goal >= 0.90)",
-        ratios[ratios.len() / 2]
-    );
+    match ratios.get(ratios.len() / 2) {
+        Some(m) => println!(
+            "CPU-bound ratio (checkpoint on vs off), median of {} of {rounds} rounds: {m:.3} (goal >= 0.90)",
+            ratios.len()
+        ),
+        None => println!("CPU-bound ratio: no round completed"),
+    }
 
     println!(
         "\nKV service (mode=kv; 4 client connections in L1, a PUT at a time each, {seconds} s per run):"
