@@ -147,7 +147,8 @@ while [ $r -lt {rounds} ]; do
       echo "bench: kv $m $r: the client printed nothing (try $try): $(tail -n 2 /tmp/out | tr '\n' '|')"
     done
     echo "bench: kv $m $r $c | $(grep 'checkpoint: epoch' /tmp/out | grep -v 'epoch 1:' | tail -n 1) | $(grep 'checkpoint: delta probe' /tmp/out | tail -n 1)"
-    [ -s /tmp/client-err ] && sed 's/^/bench: client error: /' /tmp/client-err | head -n 3
+    [ -s /tmp/client-err ] && sed "s/^/bench: client error: kv $m $r: /" /tmp/client-err | head -n 3
+    [ -s /tmp/client-err ] && grep -v 'checkpoint: epoch' /tmp/out | tail -n 4 | sed "s/^/bench: client error: kv $m $r: ftvmm said: /"
   done
 done
 for rate in {rates}; do
@@ -413,6 +414,13 @@ fn bench_once() {
                 );
             }
             _ => println!("      without deltas: no figures: {raw:?}"),
+        }
+    }
+    // What the client and ftvmm said of runs with client errors (the plain
+    // runs' trouble on this bed, open since stop 37).
+    for l in host.console().lines() {
+        if l.text.contains("bench: client error: ") {
+            println!("      {}", l.text.trim());
         }
     }
     kv_ratios.sort_by(f64::total_cmp);
