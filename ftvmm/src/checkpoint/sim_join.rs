@@ -47,7 +47,8 @@ impl World {
         self.fwd = Link::tcp(self.fwd.max_delay);
         self.back = Link::tcp(self.back.max_delay);
         self.toy.dirty = (0..PAGES).collect();
-        self.shadow = vec![0; self.toy.mem.len()];
+        // A new receiver: nothing it holds is known (a full epoch).
+        self.base.reset();
         self.shipper.unacked.clear();
         self.acks.reset(self.now * TICK_MS);
         self.rx = Some(Receiver::new(g, Toy::new().mem, f - 1));

@@ -58,7 +58,8 @@
 use std::collections::BTreeMap;
 
 use super::ack_wait::AckWait;
-use super::epoch::PageData;
+use super::delta_base::DeltaBase;
+use super::epoch::{PageData, PAGE_SIZE};
 use super::gate::{EpochGate, GateConfig, GateError, Mode};
 use super::receiver::Receiver;
 use super::sim_world::*;
@@ -109,7 +110,8 @@ struct World {
     now: u64,
     gate: EpochGate,
     toy: Toy,
-    shadow: Vec<u8>,
+    /// The Primary's delta cache, of 0 to all `PAGES` pages (by the seed).
+    base: DeltaBase,
     dev: Device,
     fwd: Link,
     back: Link,
@@ -160,6 +162,7 @@ impl World {
             chunk: 256 + rng.below(4096) as usize,
             rto: 10 + rng.below(20),
         };
+        let delta_pages = rng.below(PAGES + 1) as usize;
         let cfg = GateConfig {
             max_dirty_pages: 1 + rng.below(PAGES),
             max_write_bytes: 512 * (1 + rng.below(8)),
@@ -171,7 +174,7 @@ impl World {
             now: 0,
             gate: EpochGate::new(cfg, 1),
             toy: Toy::new(),
-            shadow: Toy::new().mem,
+            base: DeltaBase::new(delta_pages * PAGE_SIZE),
             dev: Device::new(),
             fwd,
             back,
@@ -234,7 +237,7 @@ impl World {
         if std::mem::take(&mut self.wrote) {
             self.write_epochs.insert(closed.number);
         }
-        let pages = self.toy.take_pages(&mut self.shadow);
+        let pages = self.toy.take_pages(&mut self.base);
         self.st.deltas += pages
             .iter()
             .filter(|p| matches!(p.data, PageData::Delta(_)))

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::delta;
-use super::epoch::{encode_pieces_sized, DiskWrite, Epoch, Page, PageData, PAGE_SIZE, SECTOR_SIZE};
+use super::delta_base::DeltaBase;
+use super::epoch::{encode_pieces_sized, DiskWrite, Epoch, Page, PAGE_SIZE, SECTOR_SIZE};
 use super::gate::{Action, Closed, EpochGate};
 
 pub(super) const PAGES: u64 = 4;
@@ -111,21 +111,14 @@ impl Toy {
         }
     }
 
-    /// The dirty pages as an epoch carries them: zero, delta against the
-    /// copy the Secondary holds (`shadow`), or raw.
-    pub(super) fn take_pages(&mut self, shadow: &mut [u8]) -> Vec<Page> {
+    /// The dirty pages as an epoch carries them, by the Primary's delta
+    /// cache (`delta_base.rs`, the real one): zero, delta against the
+    /// version the Secondary holds, or raw.
+    pub(super) fn take_pages(&mut self, base: &mut DeltaBase) -> Vec<Page> {
         let mut pages = Vec::new();
         for gfn in std::mem::take(&mut self.dirty) {
             let r = gfn as usize * PAGE_SIZE..(gfn as usize + 1) * PAGE_SIZE;
-            let new = &self.mem[r.clone()];
-            let data = if crate::lockstep::respawn::pagehash::is_zero(new) {
-                PageData::Zero
-            } else if let Some(d) = delta::encode(&shadow[r.clone()], new, PAGE_SIZE / 2) {
-                PageData::Delta(d)
-            } else {
-                PageData::Raw(new.to_vec())
-            };
-            shadow[r].copy_from_slice(new);
+            let data = base.ship(gfn, &self.mem[r]);
             pages.push(Page { gfn, data });
         }
         pages
