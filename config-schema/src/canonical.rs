@@ -111,6 +111,16 @@
 //! A build from before it refuses such a config instead of putting a VM in
 //! the fencing slot of its position, which may be another VM's.
 //!
+//! Then, only when some VM says its `delta_cache_mib`, the delta cache
+//! trailer:
+//!
+//! ```text
+//! 9, vms [ delta_cache_mib (0 = absent; 1, then the value) ]  (one entry per VM, in order)
+//! ```
+//!
+//! A build from before it refuses such a config instead of running the
+//! Primary with another cache than the operator sized.
+//!
 //! The trailers come in the order of their first byte.
 //!
 //! Strings are kept exactly as written (no case folding of MACs, for
@@ -143,6 +153,8 @@ const STORAGE_TRAILER: u8 = 6;
 const WITNESS_TRAILER: u8 = 7;
 /// First byte of the slot trailer (see the module doc).
 const SLOT_TRAILER: u8 = 8;
+/// First byte of the delta cache trailer (see the module doc).
+const DELTA_CACHE_TRAILER: u8 = 9;
 
 /// The replication trailer.
 // NOTICE: signed bytes. Any change to these structs changes the encoding of
@@ -203,6 +215,8 @@ pub enum CanonicalError {
     StorageCount { entries: usize, hosts: usize },
     #[error("the slot trailer has {entries} entries for {vms} VMs")]
     SlotCount { entries: usize, vms: usize },
+    #[error("the delta cache trailer has {entries} entries for {vms} VMs")]
+    DeltaCacheCount { entries: usize, vms: usize },
     #[error("config encoding is not canonical")]
     NotCanonical,
 }
@@ -242,6 +256,11 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         let slots: Vec<Option<u32>> = config.vms.iter().map(|vm| vm.slot).collect();
         bytes.push(SLOT_TRAILER);
         bytes.extend(postcard::to_stdvec(&slots).expect("postcard encodes slots"));
+    }
+    if config.vms.iter().any(|vm| vm.delta_cache_mib.is_some()) {
+        let mib: Vec<Option<u32>> = config.vms.iter().map(|vm| vm.delta_cache_mib).collect();
+        bytes.push(DELTA_CACHE_TRAILER);
+        bytes.extend(postcard::to_stdvec(&mib).expect("postcard encodes sizes"));
     }
     bytes
 }
@@ -362,6 +381,19 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         }
         for (vm, s) in config.vms.iter_mut().zip(slots) {
             vm.slot = s;
+        }
+        rest = after;
+    }
+    if let [DELTA_CACHE_TRAILER, list @ ..] = rest {
+        let (mib, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
+        if mib.len() != config.vms.len() {
+            return Err(CanonicalError::DeltaCacheCount {
+                entries: mib.len(),
+                vms: config.vms.len(),
+            });
+        }
+        for (vm, m) in config.vms.iter_mut().zip(mib) {
+            vm.delta_cache_mib = m;
         }
         rest = after;
     }

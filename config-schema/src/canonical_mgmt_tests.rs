@@ -103,8 +103,9 @@ fn mgmt_trailer_must_be_needed_fit_and_be_well_formed() {
     assert!(matches!(decode(&twice), Err(CanonicalError::Trailing(_))));
     // 6 is the storage trailer (canonical_storage_tests.rs), 7 the witness
     // trailer (canonical_witness_tests.rs), 8 the slot trailer
-    // (canonical_slot_tests.rs), 9 is nothing.
-    let other = [&plain[..], &[9]].concat();
+    // and 9 the delta cache trailer (canonical_slot_tests.rs), 10 is
+    // nothing.
+    let other = [&plain[..], &[10]].concat();
     assert!(matches!(decode(&other), Err(CanonicalError::Trailing(1))));
 }
 

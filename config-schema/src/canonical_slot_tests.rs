@@ -1,4 +1,5 @@
-//! The slot trailer (`vms[].slot`): signed, only when some VM says its slot.
+//! The slot trailer (`vms[].slot`) and the delta cache trailer
+//! (`vms[].delta_cache_mib`): signed, only when some VM says its value.
 
 use super::*;
 use crate::validate::parse;
@@ -50,4 +51,42 @@ fn a_vms_slot_is_a_signed_trailer_only_when_some_vm_says_it() {
     assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), c);
     let json = serde_json::to_string(&plain_config).unwrap();
     assert!(!json.contains("\"slot\""), "{json}");
+}
+
+#[test]
+fn a_vms_delta_cache_is_a_signed_trailer_after_the_slots_only_when_some_vm_says_it() {
+    let plain_config = parse(EXAMPLE).unwrap().config;
+    assert_eq!(plain_config.vms[0].delta_cache_mib, None);
+    let plain = encode(&plain_config);
+    let mut c = plain_config.clone();
+    c.vms[0].delta_cache_mib = Some(128);
+    let bytes = encode(&c);
+    // Tag 9, one entry, Some(128) (a two-byte varint).
+    assert_eq!(bytes, [&plain[..], &[9, 1, 1, 0x80, 0x01]].concat());
+    assert_eq!(decode(&bytes).unwrap(), c);
+    // After the slot trailer.
+    c.vms[0].slot = Some(3);
+    let both = encode(&c);
+    assert_eq!(
+        both,
+        [&plain[..], &[8, 1, 1, 3], &[9, 1, 1, 0x80, 0x01]].concat()
+    );
+    assert_eq!(decode(&both).unwrap(), c);
+    // Every VM absent is not canonical; a wrong count, a torn trailer and a
+    // second one do not decode.
+    let none = [&plain[..], &[9, 1, 0]].concat();
+    assert!(matches!(decode(&none), Err(CanonicalError::NotCanonical)));
+    let two = [&plain[..], &[9, 2, 1, 0, 0]].concat();
+    assert!(matches!(
+        decode(&two),
+        Err(CanonicalError::DeltaCacheCount { entries: 2, vms: 1 })
+    ));
+    assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    let twice = [&bytes[..], &[9, 1, 1, 0]].concat();
+    assert!(matches!(decode(&twice), Err(CanonicalError::Trailing(4))));
+    // The runtime JSON keeps it; without it the JSON has no such key.
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<ClusterConfig>(&json).unwrap(), c);
+    let json = serde_json::to_string(&plain_config).unwrap();
+    assert!(!json.contains("delta_cache_mib"), "{json}");
 }

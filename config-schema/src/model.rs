@@ -552,6 +552,17 @@ pub struct Vm {
         with = "outside_binary"
     )]
     pub slot: Option<u32>,
+    /// MiB of page copies a checkpoint Primary keeps to ship dirty pages as
+    /// deltas against their last version (checkpoint mode only; absent =
+    /// [`DEFAULT_DELTA_CACHE_MIB`], 0 = every dirty page whole). Memory on
+    /// the Primary's host on top of the VM's own. Outside the postcard
+    /// encoding (the delta cache trailer of `canonical`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "outside_binary"
+    )]
+    pub delta_cache_mib: Option<u32>,
 }
 
 /// The highest fencing slot a VM may have (`vms[].slot`): slots index the
@@ -578,6 +589,8 @@ impl ClusterConfig {
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Epoch of a checkpoint VM that does not say, in milliseconds.
 pub const DEFAULT_EPOCH_MS: u32 = 20;
+/// A checkpoint Primary's delta cache when `delta_cache_mib` is absent.
+pub const DEFAULT_DELTA_CACHE_MIB: u32 = 64;
 
 fn default_vcpus() -> u32 {
     DEFAULT_VCPUS
@@ -591,6 +604,11 @@ impl Vm {
     /// The checkpoint interval this VM runs with (checkpoint mode).
     pub fn epoch_ms_or_default(&self) -> u32 {
         self.epoch_ms.unwrap_or(DEFAULT_EPOCH_MS)
+    }
+
+    /// The delta cache this VM's checkpoint Primary keeps, in MiB.
+    pub fn delta_cache_mib_or_default(&self) -> u32 {
+        self.delta_cache_mib.unwrap_or(DEFAULT_DELTA_CACHE_MIB)
     }
 }
 

@@ -1,13 +1,13 @@
 //! Validation of what a VM runs and how it is replicated (`vms[].image`,
-//! `replication`, `vcpus`, `epoch_ms`, `memory_mib`), and of the operator's
+//! `replication`, `vcpus`, `epoch_ms`, `delta_cache_mib`, `memory_mib`), and of the operator's
 //! Linux images on the shared device (`[[images]]`).
 //!
 //! What each mode allows:
 //!
-//! | `replication`          | `vcpus` | `image`                           | `epoch_ms`            |
-//! |------------------------|---------|-----------------------------------|-----------------------|
-//! | `lockstep` (default)   | 1       | the reference guest (`kv-guest`)  | not allowed           |
-//! | `checkpoint`           | 1..=4   | a Linux image (`[[images]]`)      | 5..=1000, default 20  |
+//! | `replication`          | `vcpus` | `image`                           | `epoch_ms`            | `delta_cache_mib`           |
+//! |------------------------|---------|-----------------------------------|-----------------------|-----------------------------|
+//! | `lockstep` (default)   | 1       | the reference guest (`kv-guest`)  | not allowed           | not allowed                 |
+//! | `checkpoint`           | 1..=4   | a Linux image (`[[images]]`)      | 5..=1000, default 20  | 0..=memory_mib, default 64  |
 //!
 //! Lockstep replays the Primary instruction for instruction, which only the
 //! reference guest allows (Linux reads the TSC, which KVM cannot trap). A
@@ -130,6 +130,15 @@ fn check_lockstep(p: &str, who: &str, vm: &Vm, img: ImageRef) -> Result<(), Conf
             ),
         ));
     }
+    if let Some(m) = vm.delta_cache_mib {
+        return Err(ConfigError::at(
+            format!("{p}.delta_cache_mib"),
+            format!(
+                "{who}: delta_cache_mib = {m} applies to replication = \"checkpoint\" only; \
+                 this VM is lockstep"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -168,6 +177,16 @@ fn check_checkpoint(p: &str, who: &str, vm: &Vm, img: ImageRef) -> Result<(), Co
                  holds its output until the Secondary has it)",
                 EPOCH_MS.start(),
                 EPOCH_MS.end()
+            ),
+        ));
+    }
+    if let Some(m) = vm.delta_cache_mib.filter(|&m| m > vm.memory_mib) {
+        return Err(ConfigError::at(
+            format!("{p}.delta_cache_mib"),
+            format!(
+                "{who}: delta_cache_mib = {m} is more than the VM's memory_mib = {} (a copy of \
+                 every page takes that much; 0 sends every dirty page whole)",
+                vm.memory_mib
             ),
         ));
     }

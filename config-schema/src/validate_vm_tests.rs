@@ -122,6 +122,25 @@ fn epoch_in_range() {
 }
 
 #[test]
+fn the_delta_cache_is_checkpoint_only_and_at_most_the_vms_memory() {
+    assert_refused(
+        |c| c.vms[0].delta_cache_mib = Some(64),
+        "vms[0].delta_cache_mib",
+        "delta_cache_mib = 64 applies to replication = \"checkpoint\" only",
+    );
+    // web has 512 MiB.
+    assert_refused(
+        |c| c.vms[1].delta_cache_mib = Some(513),
+        "vms[1].delta_cache_mib",
+        "delta_cache_mib = 513 is more than the VM's memory_mib = 512",
+    );
+    for m in [0, 64, 512] {
+        assert_valid(|c| c.vms[1].delta_cache_mib = Some(m));
+    }
+    assert_eq!(base().vms[1].delta_cache_mib_or_default(), 64);
+}
+
+#[test]
 fn linux_has_no_reference_workload() {
     assert_refused(
         |c| c.vms[1].mode = GuestMode::Cpu,

@@ -470,11 +470,18 @@ fn a_checkpoint_spec_is_built_from_the_config_and_the_checked_image() {
     );
     assert_eq!((sa.linux.vcpus, sa.linux.mem_mib), (2, 64));
     assert_eq!(sa.epoch, Duration::from_millis(20));
+    assert_eq!(sa.delta_bytes, 64 << 20, "the default delta cache");
     assert_eq!(std::fs::read(&sa.linux.kernel).unwrap(), KERNEL);
     assert_eq!(
         std::fs::read(sa.linux.initrd.as_ref().unwrap()).unwrap(),
         INITRD
     );
+    // The config's delta cache reaches the Primary's epoch loop.
+    let mut w = w;
+    let web = w.config.vms.iter_mut().find(|v| v.name == "web").unwrap();
+    web.delta_cache_mib = Some(8);
+    let s = w.manager(0).checkpoint_spec_for("web").unwrap();
+    assert_eq!(s.delta_bytes, 8 << 20);
 }
 
 /// The respawn keeper's protection judgement covers checkpoint VMs: a

@@ -301,7 +301,7 @@ fn run_primary(
         epoch: spec.epoch,
         first_full: true,
         dirty: Default::default(),
-        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
+        delta_bytes: spec.delta_bytes,
     };
     let thread = |e: std::io::Error| PairError::NotStarting(format!("cannot start: {e}"));
     let label = format!("ftvmm: vm {}: ", ctx.vm.name);
@@ -471,6 +471,7 @@ fn take_over_plan(
         grant: Arc::clone(&spec.pair.grant),
         gate: GATE,
         epoch: spec.epoch,
+        delta_bytes: spec.delta_bytes,
         frame_out: Some(frame_out),
         rebuild: Box::new(move |outputs| rebuild(&linux, bridge, console, outputs, &tap)),
         announce: announce(&spec.linux),

@@ -44,6 +44,8 @@ pub struct CheckpointSpec {
     /// The bridge the VM's TAP joins (none in tests).
     pub bridge: Option<String>,
     pub epoch: Duration,
+    /// The Primary's delta cache, bytes (`vms[].delta_cache_mib`).
+    pub delta_bytes: usize,
     pub boot: Boot,
     /// The checked image `linux.kernel` and `linux.initrd` name (its
     /// sealed files are open as long as this spec or a clone lives).
@@ -138,6 +140,7 @@ pub fn checkpoint_spec(
         linux,
         bridge: dev.bridge,
         epoch: Duration::from_millis(u64::from(epoch_ms)),
+        delta_bytes: (vm.delta_cache_mib_or_default() as usize) << 20,
         boot,
         image,
         #[cfg(test)]

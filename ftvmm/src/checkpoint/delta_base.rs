@@ -28,10 +28,10 @@ use std::collections::HashMap;
 use super::delta;
 use super::epoch::{PageData, PAGE_SIZE};
 
-/// Default cache size in bytes of page copies: 64 MiB (16,384 pages),
-/// about a hundred times the dirty set of a busy Linux guest's 20 ms epoch
-/// on the test bed (70-100 pages).
-pub const DEFAULT_BYTES: usize = 64 << 20;
+/// Default cache size in bytes of page copies: 64 MiB (16,384 pages;
+/// `vms[].delta_cache_mib` sets another), about a hundred times the dirty
+/// set of a busy Linux guest's 20 ms epoch on the test bed (70-100 pages).
+pub const DEFAULT_BYTES: usize = (config_schema::model::DEFAULT_DELTA_CACHE_MIB as usize) << 20;
 
 /// A delta is only tried up to half a page: past that the page goes raw
 /// (the saving would be small and the encoding time not).

@@ -30,6 +30,8 @@ pub struct TakeOverPlan {
     pub gate: GateConfig,
     /// How often the lone Primary's gate closes an epoch (releases).
     pub epoch: Duration,
+    /// The resumed Primary's delta cache, bytes (`delta_base.rs`).
+    pub delta_bytes: usize,
     pub frame_out: Option<FrameOut>,
     /// The VM around the staging memory, its backend gated by the outputs
     /// (`Err`: its devices could not be opened; it stays stopped).
@@ -226,7 +228,7 @@ impl SecondaryEffects {
             epoch: plan.epoch,
             first_full: false,
             dirty: Default::default(),
-            delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
+            delta_bytes: plan.delta_bytes,
         };
         let p = PrimaryEffects::start_alone(
             &format!("ftvmm: vm {}: ", self.vm),

@@ -179,6 +179,7 @@ pub(super) fn plan(grant: Arc<HostGrant>) -> TakeOverPlan {
             max_write_bytes: u64::MAX,
         },
         epoch: Duration::from_millis(5),
+        delta_bytes: crate::checkpoint::delta_base::DEFAULT_BYTES,
         frame_out: None,
         rebuild: Box::new(|outputs| {
             Ok(Rebuild {
