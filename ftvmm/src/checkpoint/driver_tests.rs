@@ -620,13 +620,13 @@ fn a_member_step_that_blocks_is_reported_while_it_lasts() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(d.stalls(), 0);
     block_ms.store(
-        (super::stall::STALL_AFTER + Duration::from_millis(1500)).as_millis() as u64,
+        (super::stall::STALL_AFTER + Duration::from_secs(3)).as_millis() as u64,
         Ordering::SeqCst,
     );
     wait_until("the stuck tick reported", || d.stalls() == 1);
-    // It returns; the member ticks on and nothing more is reported.
-    wait_until("the tick returned", || block_ms.load(Ordering::SeqCst) == 0);
-    std::thread::sleep(Duration::from_secs(3));
+    // It returns (8 s after it began); the member ticks on and nothing
+    // more is reported.
+    std::thread::sleep(Duration::from_secs(6));
     assert_eq!(d.stalls(), 1);
     assert_eq!(d.finish(), State::Following { g: 1 });
 }
