@@ -252,17 +252,44 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
         bytes.push(WITNESS_TRAILER);
         bytes.extend(postcard::to_stdvec(w).expect("postcard encodes a string"));
     }
-    if config.vms.iter().any(|vm| vm.slot.is_some()) {
-        let slots: Vec<Option<u32>> = config.vms.iter().map(|vm| vm.slot).collect();
-        bytes.push(SLOT_TRAILER);
-        bytes.extend(postcard::to_stdvec(&slots).expect("postcard encodes slots"));
-    }
-    if config.vms.iter().any(|vm| vm.delta_cache_mib.is_some()) {
-        let mib: Vec<Option<u32>> = config.vms.iter().map(|vm| vm.delta_cache_mib).collect();
-        bytes.push(DELTA_CACHE_TRAILER);
-        bytes.extend(postcard::to_stdvec(&mib).expect("postcard encodes sizes"));
-    }
+    push_vm_values(&mut bytes, SLOT_TRAILER, config, |vm| vm.slot);
+    push_vm_values(&mut bytes, DELTA_CACHE_TRAILER, config, |vm| {
+        vm.delta_cache_mib
+    });
     bytes
+}
+
+/// A per-VM value trailer (slot, delta cache): `tag`, then each VM's value
+/// or none, only when some VM has one.
+fn push_vm_values(
+    bytes: &mut Vec<u8>,
+    tag: u8,
+    config: &ClusterConfig,
+    value: fn(&Vm) -> Option<u32>,
+) {
+    let values: Vec<Option<u32>> = config.vms.iter().map(value).collect();
+    if values.iter().any(Option::is_some) {
+        bytes.push(tag);
+        bytes.extend(postcard::to_stdvec(&values).expect("postcard encodes a list of values"));
+    }
+}
+
+/// Reads a per-VM value trailer's list (after its tag) into the VMs'
+/// field; `count` names a list of the wrong length. Returns what follows.
+fn take_vm_values<'a>(
+    list: &'a [u8],
+    config: &mut ClusterConfig,
+    field: fn(&mut Vm) -> &mut Option<u32>,
+    count: fn(usize, usize) -> CanonicalError,
+) -> Result<&'a [u8], CanonicalError> {
+    let (values, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
+    if values.len() != config.vms.len() {
+        return Err(count(values.len(), config.vms.len()));
+    }
+    for (vm, v) in config.vms.iter_mut().zip(values) {
+        *field(vm) = v;
+    }
+    Ok(after)
 }
 
 /// A per-host NIC trailer (management, storage): `tag`, then each host's
@@ -372,30 +399,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         rest = after;
     }
     if let [SLOT_TRAILER, list @ ..] = rest {
-        let (slots, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
-        if slots.len() != config.vms.len() {
-            return Err(CanonicalError::SlotCount {
-                entries: slots.len(),
-                vms: config.vms.len(),
-            });
-        }
-        for (vm, s) in config.vms.iter_mut().zip(slots) {
-            vm.slot = s;
-        }
-        rest = after;
+        rest = take_vm_values(
+            list,
+            &mut config,
+            |vm| &mut vm.slot,
+            |entries, vms| CanonicalError::SlotCount { entries, vms },
+        )?;
     }
     if let [DELTA_CACHE_TRAILER, list @ ..] = rest {
-        let (mib, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
-        if mib.len() != config.vms.len() {
-            return Err(CanonicalError::DeltaCacheCount {
-                entries: mib.len(),
-                vms: config.vms.len(),
-            });
-        }
-        for (vm, m) in config.vms.iter_mut().zip(mib) {
-            vm.delta_cache_mib = m;
-        }
-        rest = after;
+        rest = take_vm_values(
+            list,
+            &mut config,
+            |vm| &mut vm.delta_cache_mib,
+            |entries, vms| CanonicalError::DeltaCacheCount { entries, vms },
+        )?;
     }
     if !rest.is_empty() {
         return Err(CanonicalError::Trailing(rest.len()));

@@ -121,23 +121,19 @@ fn check_lockstep(p: &str, who: &str, vm: &Vm, img: ImageRef) -> Result<(), Conf
             ),
         ));
     }
-    if let Some(e) = vm.epoch_ms {
-        return Err(ConfigError::at(
-            format!("{p}.epoch_ms"),
-            format!(
-                "{who}: epoch_ms = {e} applies to replication = \"checkpoint\" only; \
-                 this VM is lockstep"
-            ),
-        ));
-    }
-    if let Some(m) = vm.delta_cache_mib {
-        return Err(ConfigError::at(
-            format!("{p}.delta_cache_mib"),
-            format!(
-                "{who}: delta_cache_mib = {m} applies to replication = \"checkpoint\" only; \
-                 this VM is lockstep"
-            ),
-        ));
+    for (field, value) in [
+        ("epoch_ms", vm.epoch_ms),
+        ("delta_cache_mib", vm.delta_cache_mib),
+    ] {
+        if let Some(v) = value {
+            return Err(ConfigError::at(
+                format!("{p}.{field}"),
+                format!(
+                    "{who}: {field} = {v} applies to replication = \"checkpoint\" only; \
+                     this VM is lockstep"
+                ),
+            ));
+        }
     }
     Ok(())
 }
