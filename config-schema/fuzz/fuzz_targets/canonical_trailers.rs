@@ -1,7 +1,7 @@
 //! Fuzz target: the trailers of the canonical encoding (1 `power`, 2
 //! `replication`: vcpus, epoch_ms, `[[images]]`; 3 `[[operators]]`, 4
 //! `cluster.accept_soft_watchdog`, 5 `hosts[].mgmt`, 6 `hosts[].storage`, 7
-//! `cluster.vm_witness`, 8 `vms[].slot`),
+//! `cluster.vm_witness`, 8 `vms[].slot`, 9 `vms[].delta_cache_mib`),
 //! which random disk bytes rarely reach through `config_disk`. Every input is
 //! tried on its own and after the trailer-less encoding of
 //! `examples/linux-vm.toml`; whatever decodes must re-encode to exactly the
