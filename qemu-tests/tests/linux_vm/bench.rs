@@ -183,6 +183,18 @@ fn ticks(line: &str) -> Option<u64> {
     field(line, "ticks").map(|t| t as u64)
 }
 
+/// The script's `bench: ended cpu M R without its line: …` lines of round
+/// `r` (either mode) among L1's console lines.
+fn ended_cpu_runs(lines: impl Iterator<Item = String>, r: u64) -> Vec<String> {
+    let keys = [
+        format!("bench: ended cpu off {r} "),
+        format!("bench: ended cpu on {r} "),
+    ];
+    lines
+        .filter(|l| keys.iter().any(|k| l.contains(k)))
+        .collect()
+}
+
 /// The figures of a `kv-client:` line.
 #[derive(Debug, Clone, Copy)]
 struct ClientLine {
@@ -319,17 +331,7 @@ fn bench_once() {
         // round 2) is shown with what ftvmm printed last; the other rounds
         // still count.
         let (Some(a), Some(b)) = (ticks(&off), ticks(&on)) else {
-            let ended = format!(
-                "bench: cpu {} {r} ended",
-                if ticks(&off).is_none() { "off" } else { "on" }
-            );
-            let why: Vec<String> = host
-                .console()
-                .lines()
-                .into_iter()
-                .filter(|l| l.text.contains(&ended))
-                .map(|l| l.text)
-                .collect();
+            let why = ended_cpu_runs(host.console().lines().into_iter().map(|l| l.text), r);
             println!("{r:>5}  no ticks: {off:?} / {on:?} {why:?}");
             continue;
         };
@@ -498,6 +500,15 @@ fn summary_lines_parse() {
     );
     assert!(summary("bench: dirty 4 | ").is_none());
     assert_eq!(ticks("bench: cpu off 1 ticks=512 | "), Some(512));
+    let console = [
+        "[ 91.2] bench: ended cpu on 2 without its line: kernel panic|",
+        "[ 91.3] bench: cpu on 2  | checkpoint: epoch 300: …",
+        "[ 99.0] bench: ended cpu on 12 without its line: other round|",
+    ];
+    assert_eq!(
+        ended_cpu_runs(console.iter().map(|s| s.to_string()), 2),
+        vec![console[0].to_string()]
+    );
     let c = client("bench: kv on 2 kv-client: conns=4 seconds=20.0 ops=811 ops_per_s=40.5 p50_ms=61.20 p99_ms=180.00 max_ms=201.00 errors=1 | checkpoint: epoch 9").unwrap();
     assert_eq!(
         (c.ops_per_s, c.p50_ms, c.p99_ms, c.errors),
