@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::gate::{EpochGate, GateConfig};
 use super::gated::{FrameOut, GatedBackend, GatedOutputs};
 use super::primary::{self, EpochSink, EpochStats, LoopConfig};
-use super::receiver::{Piece, Receiver};
+use super::receiver::Receiver;
 use super::secondary::{self, Rebuild, Staging};
 use crate::io::{BlockOp, BlockRequest, BlockStatus};
 use crate::linux::backend::DirectBackend;
@@ -301,26 +301,13 @@ pub fn run_local_pair(
         .spawn(move || -> Result<Receiver<Staging>, LocalPairError> {
             let mut r = Receiver::new(1, Staging::new(mem_size)?, 0);
             for piece in rx {
-                // Acknowledged once whole and checked, then applied (as
-                // `remote::serve_heard`).
-                let e = match r.take_piece(&piece) {
-                    Ok(Piece::Ready(ready)) => {
-                        let n = ready.number();
-                        if let Err(err) = acks.on_ack(n) {
-                            tracing::warn!("checkpoint: {err}");
-                        }
-                        Ok(Some(r.apply_ready(ready)))
+                // Acknowledged once whole and checked, then applied.
+                let took = r.on_piece_acking(&piece, |e| {
+                    if let Err(err) = acks.on_ack(e) {
+                        tracing::warn!("checkpoint: {err}");
                     }
-                    Ok(Piece::Again(e)) => {
-                        if let Err(err) = acks.on_ack(e) {
-                            tracing::warn!("checkpoint: {err}");
-                        }
-                        Ok(Some(e))
-                    }
-                    Ok(Piece::More) => Ok(None),
-                    Err(err) => Err(err),
-                };
-                match e {
+                });
+                match took {
                     Ok(Some(e)) => {
                         *a2.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                         if e.is_multiple_of(REPORT_EVERY) {

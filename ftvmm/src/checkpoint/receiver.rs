@@ -190,10 +190,27 @@ impl<M: StagingMemory> Receiver<M> {
     /// more pieces are due; an error: the epoch (or piece) was refused and
     /// nothing changed.
     pub fn on_piece(&mut self, bytes: &[u8]) -> Result<Option<u64>, ReceiveError> {
+        self.on_piece_acking(bytes, |_| {})
+    }
+
+    /// [`Receiver::on_piece`], calling `ack(e)` for what it returns before
+    /// a complete epoch is applied (a resend's re-ack too): the order of
+    /// `remote::serve_heard`, for a Secondary whose ack is a call.
+    pub fn on_piece_acking(
+        &mut self,
+        bytes: &[u8],
+        mut ack: impl FnMut(u64),
+    ) -> Result<Option<u64>, ReceiveError> {
         Ok(match self.take_piece(bytes)? {
             Piece::More => None,
-            Piece::Again(e) => Some(e),
-            Piece::Ready(r) => Some(self.apply_ready(r)),
+            Piece::Again(e) => {
+                ack(e);
+                Some(e)
+            }
+            Piece::Ready(r) => {
+                ack(r.number());
+                Some(self.apply_ready(r))
+            }
         })
     }
 

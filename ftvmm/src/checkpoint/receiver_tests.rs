@@ -207,4 +207,13 @@ fn a_checked_epoch_is_acknowledged_before_its_apply_and_applied_before_anything_
         out = Some(r.take_piece(p));
     }
     assert!(matches!(out, Some(Ok(Piece::Again(1)))));
+    // The same order through `on_piece_acking`: one ack per complete epoch
+    // (and per resend), each of the epoch it returns.
+    let mut acked = Vec::new();
+    let mut last = None;
+    for p in encode_pieces_sized(&epoch(2, 1, 9), 512).unwrap() {
+        last = Some(r.on_piece_acking(&p, |e| acked.push(e)).unwrap());
+    }
+    assert_eq!((last, acked), (Some(Some(2)), vec![2]));
+    assert_eq!(&r.memory()[PAGE_SIZE..2 * PAGE_SIZE], &[9u8; PAGE_SIZE][..]);
 }
