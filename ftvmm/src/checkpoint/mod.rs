@@ -111,6 +111,8 @@ pub mod state;
 #[cfg(test)]
 mod ack_wait_tests;
 #[cfg(test)]
+mod delta_base_bench;
+#[cfg(test)]
 mod dirty_tests;
 #[cfg(test)]
 mod epoch_tests;
