@@ -378,6 +378,10 @@ fn summary(c: &ClusterConfig) -> String {
 
 fn check(path: &Path) -> Result<()> {
     let (c, _) = load_config(path)?;
+    // Apart from validation's warnings (see the function's doc).
+    if let Some(w) = validate::no_operators_warning(&c) {
+        eprintln!("warning: {w}");
+    }
     println!("ok: {}", summary(&c));
     for h in &c.hosts {
         if let Some(m) = &h.mgmt {
