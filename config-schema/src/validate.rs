@@ -695,7 +695,7 @@ pub use iscsi::{iscsi_name_problem, MAX_CHAP, MAX_ISCSI_NAME, MAX_LUN, MIN_CHAP_
 
 #[path = "validate_operators.rs"]
 mod operators;
-pub use operators::MAX_OPERATORS;
+pub use operators::{no_operators_warning, MAX_OPERATORS};
 pub use vm::{resolve_image, ImageRef, Pins, EPOCH_MS, MAX_CHECKPOINT_VCPUS, MAX_CMDLINE};
 
 #[cfg(test)]

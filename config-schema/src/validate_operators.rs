@@ -4,8 +4,12 @@
 //! [`check_name`]); each key is 64 hex digits of an Ed25519 public key, not a
 //! degenerate one, unique across operators; at most
 //! [`MAX_OPERATORS`] (the hosts check a query's key against every one).
+//!
+//! None at all is valid, but every host then refuses every network query
+//! (status, apply, metrics, the status page): [`no_operators_warning`] says
+//! so, for `ftctl check` only (its doc says why).
 
-use super::{check_name, parse_key_hex, ConfigError, Unique};
+use super::{check_name, parse_key_hex, ConfigError, Unique, Warning};
 use crate::model::ClusterConfig;
 
 /// Most operators a config may list.
@@ -51,6 +55,27 @@ pub(super) fn check_operators(c: &ClusterConfig) -> Result<(), ConfigError> {
         keys.insert(key, &kp, &o.public_key)?;
     }
     Ok(())
+}
+
+/// The warning for a config without `[[operators]]`, and how to fix it.
+///
+/// Not one of [`super::validate`]'s warnings: those reach init's console at
+/// every boot, `make-disk`, `sign` and `verify`, and the example config
+/// leaves operators out on purpose (its canonical bytes are pinned), with
+/// many tests asserting it validates without a warning. `ftctl check`, where
+/// an operator writes a config, prints this one.
+pub fn no_operators_warning(c: &ClusterConfig) -> Option<Warning> {
+    if !c.operators.is_empty() {
+        return None;
+    }
+    Some(Warning {
+        path: "operators".into(),
+        message: "none listed, so no host will answer `ftctl status --cluster`, `ftctl apply`, \
+                  `ftctl metrics` or the status page (`ftctl page`): every network query is \
+                  refused; make an operator key with `ftctl operator-keygen --out ~/.ft --name \
+                  alice` and paste the [[operators]] entry it prints into this config"
+            .into(),
+    })
 }
 
 /// Whether `key` is not one of the degenerate encodings a copy-paste slip
@@ -113,6 +138,23 @@ mod tests {
             let e = with(&block).unwrap_err();
             assert!(e.contains(want), "{e:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn none_is_valid_but_warned_of_apart() {
+        let example = parse(include_str!("../../examples/cluster.toml")).unwrap();
+        assert!(example.warnings.is_empty(), "{:?}", example.warnings);
+        let w = super::no_operators_warning(&example.config).unwrap();
+        assert_eq!(w.path, "operators");
+        assert!(w.message.contains("ftctl operator-keygen"), "{w}");
+        let text = format!(
+            "{}\n{}",
+            include_str!("../../examples/cluster.toml"),
+            op("alice", &"ab".repeat(32))
+        );
+        let one = parse(&text).unwrap();
+        assert!(one.warnings.is_empty(), "{:?}", one.warnings);
+        assert_eq!(super::no_operators_warning(&one.config), None);
     }
 
     #[test]

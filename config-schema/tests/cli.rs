@@ -79,6 +79,10 @@ fn example_config() -> String {
     s(&examples().join("cluster.toml")).to_string()
 }
 
+/// The development operator's entry (as in the example's comment).
+const DEV_OPERATOR: &str = "\n[[operators]]\nname = \"dev-operator\"\n\
+    public_key = \"491e5d3ffbaed2abd578c1692b89612590695718a1cd59896843addc524597b0\"\n";
+
 #[test]
 fn keygen_make_disk_verify_show() {
     let t = Setup::new();
@@ -306,7 +310,8 @@ fn config_without_affinity_passes_check_and_make_disk() {
         "",
     );
     assert!(!text.contains("affinity"));
-    std::fs::write(t.p("any.toml"), text).unwrap();
+    // With an operator, so that check has nothing at all to warn of.
+    std::fs::write(t.p("any.toml"), text + DEV_OPERATOR).unwrap();
     let o = ftctl(&["check", "--config", &t.p("any.toml")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
@@ -316,6 +321,38 @@ fn config_without_affinity_passes_check_and_make_disk() {
     );
     let o = t.make_disk(&t.p("any.toml"), "any.img");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn check_warns_of_a_config_without_operators_and_passes_it() {
+    let t = Setup::new();
+    let want = "warning: operators: none listed, so no host will answer `ftctl status \
+                --cluster`, `ftctl apply`, `ftctl metrics` or the status page";
+    let o = ftctl(&["check", "--config", &example_config()]);
+    assert!(o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.starts_with(want), "{err}");
+    assert!(
+        err.contains(
+            "`ftctl operator-keygen --out ~/.ft --name alice` and paste the \
+                      [[operators]] entry it prints"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(String::from_utf8(o.stdout)
+        .unwrap()
+        .starts_with("ok: cluster demo"));
+
+    let text = std::fs::read_to_string(example_config()).unwrap() + DEV_OPERATOR;
+    std::fs::write(t.p("op.toml"), text).unwrap();
+    let o = ftctl(&["check", "--config", &t.p("op.toml")]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

@@ -3,10 +3,13 @@
 //! Verbs: `keygen`, `host-keygen`, `operator-keygen`, `check`, `make-disk`, `verify`, `show`,
 //! `state`, `update-disk`, `sign`, `apply`, `status`, `metrics`, `page`, `image write`, `image check`. Every
 //! failure ends with a non-zero exit status and one line on stderr naming
-//! the reason.
+//! the reason. `verify`, `show` and `apply` take a config disk image or a
+//! signed config (`ftctl/config_file.rs` tells them apart).
 
 #[path = "ftctl/apply.rs"]
 mod apply;
+#[path = "ftctl/config_file.rs"]
+mod config_file;
 #[path = "ftctl/image.rs"]
 mod image;
 #[path = "ftctl/page.rs"]
@@ -22,6 +25,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
+use config_file::ConfigFile;
 use config_schema::ctl::{self, Request, Response};
 use config_schema::disk::{self, DISK_LEN, STATE_LEN, STATE_OFFSET};
 use config_schema::{keys, slots, validate, ClusterConfig};
@@ -79,16 +83,20 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Verify a config disk against the trust-root public key (raw 32 bytes).
+    /// Verify a config disk, or a signed config (`ftctl sign`), against the
+    /// trust-root public key (raw 32 bytes).
     Verify {
-        #[arg(long)]
+        /// A config disk image or a signed config file.
+        #[arg(long, visible_alias = "file")]
         disk: PathBuf,
         #[arg(long)]
         pubkey: PathBuf,
     },
-    /// Print the config a disk holds, as TOML. Checks NO signature and does not validate.
+    /// Print the config a disk or a signed config holds, as TOML. Checks NO
+    /// signature and does not validate.
     Show {
-        #[arg(long)]
+        /// A config disk image or a signed config file.
+        #[arg(long, visible_alias = "file")]
         disk: PathBuf,
     },
     /// Print the anti-rollback STATE sector of a config disk.
@@ -370,6 +378,10 @@ fn summary(c: &ClusterConfig) -> String {
 
 fn check(path: &Path) -> Result<()> {
     let (c, _) = load_config(path)?;
+    // Apart from validation's warnings (see the function's doc).
+    if let Some(w) = validate::no_operators_warning(&c) {
+        eprintln!("warning: {w}");
+    }
     println!("ok: {}", summary(&c));
     for h in &c.hosts {
         if let Some(m) = &h.mgmt {
@@ -412,8 +424,13 @@ fn make_disk(
     Ok(())
 }
 
-fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
-    let image = read(disk_path)?;
+fn verify(path: &Path, pubkey: &Path) -> Result<()> {
+    let file =
+        config_file::classify(path, read(path)?).map_err(|e| anyhow!("config refused: {e:#}"))?;
+    let image = match file {
+        ConfigFile::Signed(sc) => return config_file::verify_signed(path, &sc, pubkey),
+        ConfigFile::Disk(image) => image,
+    };
     let pk = read(pubkey)?;
     let active = slots::read_active(&image, &pk).map_err(|e| anyhow!("config refused: {e}"))?;
     let v = &active.current.disk;
@@ -452,10 +469,13 @@ fn verify(disk_path: &Path, pubkey: &Path) -> Result<()> {
     Ok(())
 }
 
-fn show(disk_path: &Path) -> Result<()> {
-    let image = read(disk_path)?;
+fn show(path: &Path) -> Result<()> {
+    let image = match config_file::read(path)? {
+        ConfigFile::Signed(sc) => return config_file::show_signed(path, &sc),
+        ConfigFile::Disk(image) => image,
+    };
     let (c, host) = disk::read_disk_unverified(&image)
-        .with_context(|| format!("{} is not a readable config disk", disk_path.display()))?;
+        .with_context(|| format!("{} is not a readable config disk", path.display()))?;
     println!("# host: {host}");
     println!("# NOT verified: this shows what the disk claims; use `ftctl verify` to check it.");
     print!(

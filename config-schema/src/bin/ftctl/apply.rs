@@ -9,8 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use config_schema::remote::apply::{self, Outcome};
 use config_schema::remote::auth::OperatorKey;
 use config_schema::remote::{client, Reply};
-use config_schema::signed::{self, SignedConfig};
-use config_schema::{disk, keys, slots};
+use config_schema::signed::SignedConfig;
+use config_schema::{keys, slots};
+
+use super::config_file::ConfigFile;
 
 /// How long each read of an apply waits: the asked host persists, then
 /// passes the config on to the others (each within a few seconds).
@@ -38,16 +40,10 @@ pub fn sign(config: &Path, key: &Path, out: &Path) -> Result<()> {
 /// The signed config in `file`: a signed-config file, or a config disk
 /// image whose active slot was applied (checked against `pubkey`).
 fn load_signed(file: &Path, pubkey: Option<&Path>) -> Result<SignedConfig> {
-    let bytes = super::read(file)?;
-    if bytes.starts_with(&signed::MAGIC) {
-        return Ok(SignedConfig::decode(&bytes)?);
-    }
-    if !disk::looks_like_config_disk(&bytes) {
-        bail!(
-            "{} is neither a signed config (`ftctl sign`) nor a config disk image",
-            file.display()
-        );
-    }
+    let bytes = match super::config_file::read(file)? {
+        ConfigFile::Signed(sc) => return Ok(sc),
+        ConfigFile::Disk(bytes) => bytes,
+    };
     let Some(pubkey) = pubkey else {
         bail!(
             "{} is a config disk image: give --pubkey (the trust root) to find its active slot",
