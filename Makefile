@@ -157,7 +157,7 @@ FT_CHAOS_MODEL_FAULTS ?= 2
 FT_CHAOS_QEMU_RUNS ?= $(or $(FT_CHAOS_RUNS),10)
 FT_CHAOS_QEMU_SEED ?= $(or $(FT_CHAOS_SEED),1)
 FT_CHAOS_REPLAYS ?= 105 105 105
-chaos: prereqs image linux-kv
+chaos: prereqs image linux-kv nested-qemu
 	FENCING_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p fencing --release --test sim
 	cd guest && cargo build --release --target x86_64-unknown-none --target-dir target
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded

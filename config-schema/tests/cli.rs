@@ -344,15 +344,42 @@ fn check_warns_of_a_config_without_operators_and_passes_it() {
         .unwrap()
         .starts_with("ok: cluster demo"));
 
+    // So do make-disk and sign, after what they wrote.
+    let sign = |config: &str, out: &str| {
+        ftctl(&[
+            "sign",
+            "--config",
+            config,
+            "--key",
+            &t.p("keys/signing.pk8"),
+            "--out",
+            &t.p(out),
+        ])
+    };
+    for o in [
+        t.make_disk(&example_config(), "no-op.img"),
+        sign(&example_config(), "no-op.ftcfg"),
+    ] {
+        assert!(o.status.success());
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert!(err.starts_with(want), "{err}");
+        assert!(String::from_utf8(o.stdout).unwrap().starts_with("wrote "));
+    }
+
     let text = std::fs::read_to_string(example_config()).unwrap() + DEV_OPERATOR;
     std::fs::write(t.p("op.toml"), text).unwrap();
-    let o = ftctl(&["check", "--config", &t.p("op.toml")]);
-    assert!(o.status.success());
-    assert!(
-        o.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    for o in [
+        ftctl(&["check", "--config", &t.p("op.toml")]),
+        t.make_disk(&t.p("op.toml"), "op.img"),
+        sign(&t.p("op.toml"), "op.ftcfg"),
+    ] {
+        assert!(o.status.success());
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 #[test]

@@ -376,12 +376,19 @@ fn summary(c: &ClusterConfig) -> String {
     )
 }
 
-fn check(path: &Path) -> Result<()> {
-    let (c, _) = load_config(path)?;
-    // Apart from validation's warnings (see the function's doc).
-    if let Some(w) = validate::no_operators_warning(&c) {
+/// A config without `[[operators]]` is valid but locks every operator out
+/// of the hosts that run it; said (apart from validation's warnings, see
+/// the function's doc) where an operator makes or signs one, after what
+/// succeeded (a refusal stays one line).
+fn warn_no_operators(c: &config_schema::model::ClusterConfig) {
+    if let Some(w) = validate::no_operators_warning(c) {
         eprintln!("warning: {w}");
     }
+}
+
+fn check(path: &Path) -> Result<()> {
+    let (c, _) = load_config(path)?;
+    warn_no_operators(&c);
     println!("ok: {}", summary(&c));
     for h in &c.hosts {
         if let Some(m) = &h.mgmt {
@@ -421,6 +428,7 @@ fn make_disk(
     let image = disk::write_disk(&c, host, &secret, &signer)?;
     fs::write(out, &image).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote {} for host {host}: {}", out.display(), summary(&c));
+    warn_no_operators(&c);
     Ok(())
 }
 

@@ -34,6 +34,7 @@ pub fn sign(config: &Path, key: &Path, out: &Path) -> Result<()> {
         super::summary(&c),
         hex::encode(id.digest)
     );
+    super::warn_no_operators(&c);
     Ok(())
 }
 
