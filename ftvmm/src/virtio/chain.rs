@@ -8,6 +8,7 @@
 //! and we check every buffer against guest memory before anyone copies.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{fence, Ordering};
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -191,6 +192,19 @@ pub(crate) fn scatter<'a>(
 
 /// Put `head` into the used ring with `len` bytes written; returns whether the
 /// driver wants an interrupt for it.
+///
+/// The used index is published *before* the driver's flag is read, with a
+/// full barrier between the two. The driver re-enables interrupts the other
+/// way round (Linux `virtqueue_enable_cb`: clear `VRING_AVAIL_F_NO_INTERRUPT`,
+/// `mb()`, read `used->idx`; virtio-blk's completion loop and virtio-net's
+/// NAPI end that way). Without the barrier this is the store-buffering
+/// pattern, which x86 allows: our read of the flag passes our still-buffered
+/// store of the index, so the device reads the old flag (interrupts off) while
+/// the driver reads the old index (nothing new) — no interrupt, and a driver
+/// waiting for one: a block request that never completes. The device threads
+/// (TAP, disk) call this while a vCPU runs the driver, so it can happen.
+/// vhost (`vhost_notify`), QEMU (`virtio_should_notify`) and virtio-queue's
+/// own `needs_notification` (which we do not call) have the same barrier.
 pub(crate) fn add_used(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
@@ -203,10 +217,14 @@ pub(crate) fn add_used(
     let used = queue.used_ring();
     dirty.mark(used, 4);
     dirty.mark(used.saturating_add(4 + slot * 8), 8);
+    // StoreLoad: the used index above is visible to every CPU before the
+    // flag below is read (an `mfence` on x86; pairs with the driver's mb()).
+    fence(Ordering::SeqCst);
     // VIRTIO_F_EVENT_IDX is never offered, so the only suppression is the
-    // driver's VRING_AVAIL_F_NO_INTERRUPT flag (virtio-queue ignores it).
+    // driver's VRING_AVAIL_F_NO_INTERRUPT flag (virtio-queue ignores it). An
+    // atomic load: the driver writes the flag concurrently.
     let flags: u16 = mem
-        .read_obj(GuestAddress(queue.avail_ring()))
+        .load(GuestAddress(queue.avail_ring()), Ordering::Relaxed)
         .map_err(virtio_queue::Error::GuestMemory)?;
     Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
 }

@@ -10,3 +10,4 @@ mod mmio;
 mod net;
 mod prop;
 mod snapshot;
+mod suppress;
