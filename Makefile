@@ -132,6 +132,7 @@ fuzz:
 ## (make test runs its representative: kill the Primary, respawn on host-c, kill the new Primary).
 ## The checkpoint pair (Linux KV guest) under an FT partition and a cut storage path of its Primary (qemu-tests
 ##   checkpoint_pair, `#[ignore]`d; make test runs its host kill).
+## virtio::tests::suppress: the used-ring publish against a driver re-enabling interrupts on another core (stress; needs idle cores)
 ## FT_CHAOS_PAIR_BOOTS: seeded pair boots of the reference guest under host exits (ftvmm lockstep_seeded)
 ## FT_CHAOS_MODEL_FAULTS: fault budget of the exhaustive member model check (ftvmm member_model_long; the three-host
 ##   and join runs, member_model_three_hosts_two_faults and member_model_joins_long ~8 min, have fixed bounds)
@@ -163,6 +164,7 @@ chaos: prereqs image linux-kv nested-qemu
 	FTVMM_LOCKSTEP_SEEDS=$(FT_CHAOS_PAIR_BOOTS) cargo test -p ftvmm --release --test lockstep_seeded
 	MEMBER_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib sim_member
 	FT_CHECKPOINT_SIM_SEEDS=$(FT_CHAOS_SEEDS) cargo test -p ftvmm --release --lib checkpoint::sim_tests -- --nocapture
+	cargo test -p ftvmm --release --lib virtio::tests::suppress -- --ignored --nocapture
 	MEMBER_MODEL_DEPTH=$(FT_CHAOS_MODEL_FAULTS) cargo test -p ftvmm --release --test member_model -- --ignored --nocapture member_model_long member_model_three_hosts_two_faults member_model_joins_long
 	for i in $$(seq $(FT_CHAOS_ROUNDS)); do \
 	  cargo test -p qemu-tests --test failover --test storage_failover --test frozen_host --test vm_network_lost -- --test-threads=1 --nocapture || exit 1; \
