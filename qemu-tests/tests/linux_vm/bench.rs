@@ -141,6 +141,19 @@ while [ $r -lt {rounds} ]; do
       # Bounded: a run that never serves (stop 46: a plain run's guest did not
       # answer, and the bench waited 900 s for its line) is run again once.
       c=$(timeout $(({seconds}+60)) kv-client --client 198.51.100.10:7000 --conns 4 --seconds {seconds} 2>/tmp/client-err)
+      # A run whose client erred (the plain runs' stall, open since stop 37):
+      # before the reap, where ftvmm's threads wait in L1's kernel, whether a
+      # device line is left unanswered (ftvmm's virtio-slot warning), and
+      # whether kicking every vCPU out of KVM_RUN and back (SIGSTOP/SIGCONT,
+      # which an epoch's pause also does) makes the guest answer again: a
+      # lost vCPU wakeup in L1's KVM, not a device's lost notification.
+      if [ -s /tmp/client-err ] && [ -e /proc/$PID ]; then
+        th=; for t in /proc/$PID/task/*; do th="$th $(cat $t/comm 2>/dev/null):$(cut -d' ' -f3 $t/stat 2>/dev/null):$(cat $t/wchan 2>/dev/null)"; done
+        echo "bench: client error: kv $m $r: stall: $(grep -c 'WARNING: virtio slot' /tmp/out) virtio-slot warnings; threads$th"
+        kill -STOP $PID; sleep 0.2; kill -CONT $PID
+        k=$(timeout 30 kv-client --client 198.51.100.10:7000 --conns 1 --seconds 3 2>&1 | tail -n 1)
+        echo "bench: client error: kv $m $r: stall: after SIGSTOP/SIGCONT of ftvmm: $k"
+      fi
       reap
       faulted && continue
       [ -n "$c" ] && break
