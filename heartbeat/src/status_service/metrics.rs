@@ -358,6 +358,13 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         "ft_log_acks",
         "acknowledgements the Primary got from the Secondary",
     );
+    let ack_round_trip = Wait::register_as(
+        m,
+        "ft_log",
+        "ack_round_trip",
+        "ack",
+        "from the send of the newest log batch it echoes to its arrival at the Primary",
+    );
     let segment = m.seconds(
         "ft_request_segment_seconds",
         "per-request timeline (sampled requests): a segment's median (quantile 0.5) and p99",
@@ -389,6 +396,7 @@ fn ftvmm(m: &mut Metrics, f: &Value, host: &str) {
         set(&bw, v(), &ls["log_bytes_per_s"]);
         count(&batches, v(), &log["stats"]["batches"]);
         count(&acks, v(), &log["stats"]["acks"]);
+        ack_round_trip.add(name, &log["stats"]);
         timeline(&segment, name, &log["timeline"]);
     }
 }
@@ -419,6 +427,8 @@ struct Checkpoint {
 /// and the longest.
 struct Wait {
     key: &'static str,
+    /// What is timed, one of them: `epoch` (checkpoint), `ack` (lockstep).
+    unit: &'static str,
     epochs: Counters,
     total: SecondsTotal,
     last: Seconds,
@@ -427,21 +437,35 @@ struct Wait {
 
 impl Wait {
     fn register(m: &mut Metrics, key: &'static str, what: &str) -> Self {
-        let name = format!("ft_checkpoint_{key}");
+        Self::register_as(m, "ft_checkpoint", key, "epoch", what)
+    }
+
+    /// Metrics `<prefix>_<key>_<unit>s_total`, `…_seconds_total`,
+    /// `…_last_seconds`, `…_max_seconds` of status keys `<key>_<unit>s`,
+    /// `<key>_us_total`, `<key>_us_last`, `<key>_us_max`.
+    fn register_as(
+        m: &mut Metrics,
+        prefix: &str,
+        key: &'static str,
+        unit: &'static str,
+        what: &str,
+    ) -> Self {
+        let name = format!("{prefix}_{key}");
         Wait {
             key,
-            epochs: m.counter(&format!("{name}_epochs"), &format!("epochs timed {what}")),
+            unit,
+            epochs: m.counter(&format!("{name}_{unit}s"), &format!("{unit}s timed {what}")),
             total: m.seconds_total(
                 &format!("{name}_seconds"),
-                &format!("time per epoch {what}, summed (divided by the epochs: the mean)"),
+                &format!("time per {unit} {what}, summed (divided by the {unit}s: the mean)"),
             ),
             last: m.seconds(
                 &format!("{name}_last_seconds"),
-                &format!("the last epoch's time {what}"),
+                &format!("the last {unit}'s time {what}"),
             ),
             max: m.seconds(
                 &format!("{name}_max_seconds"),
-                &format!("the longest epoch's time {what} since the Primary started"),
+                &format!("the longest {unit}'s time {what} since the Primary started"),
             ),
         }
     }
@@ -450,7 +474,7 @@ impl Wait {
         let k = |s: &str| &c[format!("{}_{s}", self.key)];
         let v = || l(&[("vm", vm)]);
         let secs = |s: &str| k(s).as_u64().map(|us| us as f64 / 1e6);
-        count(&self.epochs, v(), k("epochs"));
+        count(&self.epochs, v(), k(&format!("{}s", self.unit)));
         if let Some(t) = secs("us_total") {
             self.total.get_or_create(&v()).inc_by(t);
         }
@@ -858,7 +882,9 @@ mod tests {
         let r = with_ftvmm(
             json!({"daemon": "ftvmm", "vms": [{"name": "kv", "state": "running",
                 "lockstep": {"generation": 3, "primary": "host-a", "log": {
-                    "stats": {"records": 10, "batches": 4, "acks": 5},
+                    "stats": {"records": 10, "batches": 4, "acks": 5,
+                        "ack_round_trip_acks": 5, "ack_round_trip_us_total": 7_500,
+                        "ack_round_trip_us_last": 1_200, "ack_round_trip_us_max": 3_000},
                     "timeline": [
                         {"segment": "frame in: record sent -> acked", "count": 7, "p50_us": 1500, "p99_us": 4000},
                         {"segment": "frame out: produced -> released (held)", "count": 7, "p50_us": 250}]}}}]}),
@@ -867,6 +893,10 @@ mod tests {
         for want in [
             "ft_log_batches_total{host=\"host-a\",vm=\"kv\"} 4",
             "ft_log_acks_total{host=\"host-a\",vm=\"kv\"} 5",
+            "ft_log_ack_round_trip_acks_total{host=\"host-a\",vm=\"kv\"} 5",
+            "ft_log_ack_round_trip_seconds_total{host=\"host-a\",vm=\"kv\"} 0.0075",
+            "ft_log_ack_round_trip_last_seconds{host=\"host-a\",vm=\"kv\"} 0.0012",
+            "ft_log_ack_round_trip_max_seconds{host=\"host-a\",vm=\"kv\"} 0.003",
             "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame in: record sent -> acked\",quantile=\"0.5\"} 0.0015",
             "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame in: record sent -> acked\",quantile=\"0.99\"} 0.004",
             "ft_request_segment_seconds{host=\"host-a\",vm=\"kv\",segment=\"frame out: produced -> released (held)\",quantile=\"0.5\"} 0.00025",

@@ -192,6 +192,14 @@ pub struct PrimaryStats {
     pub stale_acks: u64,
     /// Acks applied (fresh or stale).
     pub acks: u64,
+    /// Per ack, from the send of the newest batch it echoes to its arrival
+    /// here (the log channel's round trip, plus the Secondary's replay for
+    /// an ack sent after a replay; what an output the Output Rule holds
+    /// waits for once its batch is sent): acks timed, sum, last, longest.
+    pub ack_round_trip_acks: u64,
+    pub ack_round_trip_us_total: u64,
+    pub ack_round_trip_us_last: u64,
+    pub ack_round_trip_us_max: u64,
     /// Times the vCPU waited because output was held.
     pub held_stalls: u64,
 }
@@ -452,6 +460,11 @@ impl PrimaryLog {
             st.acked = received;
         }
         let age = BootInstant::now().saturating_duration_since(BootInstant::from_nanos(echo_ns));
+        let us = u64::try_from(age.as_micros()).unwrap_or(u64::MAX);
+        st.stats.ack_round_trip_acks += 1;
+        st.stats.ack_round_trip_us_total = st.stats.ack_round_trip_us_total.saturating_add(us);
+        st.stats.ack_round_trip_us_last = us;
+        st.stats.ack_round_trip_us_max = st.stats.ack_round_trip_us_max.max(us);
         if age < self.fresh_ack {
             st.fresh_acked = st.fresh_acked.max(received);
             let fresh = st.fresh_acked;

@@ -96,6 +96,19 @@ fn a_stale_ack_moves_the_window_but_releases_nothing() {
     assert_eq!(log.stats().stale_acks, 1);
     log.on_ack(2, 0, 0, now_ns());
     assert_eq!(*out.lock().unwrap(), vec![console(b'x')]);
+    // Both acks timed: the stale one's round trip is its echo's age (at
+    // least the 2 s), the longest; the last one's is the fresh one's.
+    let st = log.stats();
+    assert_eq!(st.ack_round_trip_acks, 2);
+    assert!(st.ack_round_trip_us_max >= 2_000_000, "{st:?}");
+    assert!(
+        st.ack_round_trip_us_last < st.ack_round_trip_us_max,
+        "{st:?}"
+    );
+    assert_eq!(
+        st.ack_round_trip_us_total,
+        st.ack_round_trip_us_max + st.ack_round_trip_us_last
+    );
 }
 
 #[test]
