@@ -94,6 +94,17 @@ pub fn nested_qemu() -> Result<QemuBuild> {
     })
 }
 
+/// The QEMU of an L1 host that runs a nested Linux guest (`linux_vm`'s L1,
+/// `checkpoint_pair`'s hosts): [`nested_qemu`], or with
+/// `FT_L1_QEMU=system` the system's (`None`), to compare the two.
+pub fn l1_qemu() -> Result<Option<QemuBuild>> {
+    if std::env::var("FT_L1_QEMU").as_deref() == Ok("system") {
+        qemu_binary()?;
+        return Ok(None);
+    }
+    nested_qemu().map(Some)
+}
+
 /// The QEMU binary, or a clear error naming the package to install.
 pub fn qemu_binary() -> Result<PathBuf> {
     find_in_path(QEMU).ok_or(HarnessError::ToolMissing {

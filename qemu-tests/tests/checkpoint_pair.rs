@@ -202,11 +202,12 @@ fn host_cpus() -> u32 {
 /// L1 — Debian 12's QEMU 7.2 emulates SVM worse (its guest triple faults:
 /// `nested-qemu.lock`), and this test's guest ran under nested KVM on it
 /// until stop 48, whose `make chaos` partition run lost the guest host-b
-/// had resumed to a triple fault 2.3 s later.
+/// had resumed to a triple fault 2.3 s later (`FT_L1_QEMU=system` runs it
+/// there again).
 fn pair_host(cluster: &Cluster, host: &str) -> qemu_tests::HostSpec {
     let mut spec = cluster.host_spec(host).unwrap();
     spec.cpus = host_cpus();
-    spec.qemu = Some(qemu_tests::paths::nested_qemu().unwrap_or_else(|e| panic!("{e}")));
+    spec.qemu = qemu_tests::paths::l1_qemu().unwrap_or_else(|e| panic!("{e}"));
     spec
 }
 

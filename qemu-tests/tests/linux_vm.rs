@@ -103,12 +103,7 @@ fn inputs() -> Inputs {
     );
     // `FT_L1_QEMU=system`: the system's QEMU instead, to compare the two
     // (boot_loop_counts_guest_faults).
-    let qemu = if std::env::var("FT_L1_QEMU").as_deref() == Ok("system") {
-        qemu_tests::paths::qemu_binary().unwrap_or_else(|e| panic!("{e}"));
-        None
-    } else {
-        Some(qemu_tests::paths::nested_qemu().unwrap_or_else(|e| panic!("{e}")))
-    };
+    let qemu = qemu_tests::paths::l1_qemu().unwrap_or_else(|e| panic!("{e}"));
     Inputs {
         vmlinuz,
         moddir,
