@@ -7,7 +7,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Deadline {
     stream: TcpStream,
@@ -16,10 +16,6 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    pub fn new(stream: TcpStream, budget: Duration) -> Self {
-        Self::until(stream, Instant::now() + budget)
-    }
-
     pub fn until(stream: TcpStream, until: Instant) -> Self {
         Deadline {
             stream,
@@ -87,6 +83,7 @@ impl Write for Deadline {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::time::Duration;
 
     #[test]
     fn a_silent_peer_is_given_up_on_at_the_deadline() {
