@@ -459,6 +459,9 @@ fn a_hung_daemon_costs_its_own_entry_not_its_hosts_report() {
         assert_eq!(r.fencing["error"], hung.as_str(), "{h}");
         assert!(r.ftvmm["error"].as_str().unwrap().contains("cannot reach"));
     }
+    let text = render::render(&report);
+    let line = format!("    watchdog: n/a ({hung})\n");
+    assert_eq!(text.matches(&line).count(), 2, "{text}");
 }
 
 #[test]
