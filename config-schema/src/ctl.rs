@@ -348,13 +348,27 @@ pub enum CtlError {
     },
     #[error("message on {path} exceeds {MAX_LINE} bytes")]
     TooLong { path: String },
+    #[error("no answer on {path} within {ms} ms")]
+    Timeout { path: String, ms: u128 },
 }
 
 /// A message line longer than this is refused.
 pub const MAX_LINE: usize = 1 << 20;
 
-/// Sends one request to the daemon at `path` and returns its response.
+/// How long [`query`] waits for a daemon's answer.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one request to the daemon at `path` and returns its response,
+/// waiting up to [`QUERY_TIMEOUT`] for it.
 pub fn query(path: &Path, req: &Request) -> Result<Response, CtlError> {
+    query_within(path, req, QUERY_TIMEOUT)
+}
+
+/// [`query`] waiting up to `timeout` (at least 1 ms) for the answer, which
+/// a daemon writes as one line: a daemon busy for longer is
+/// [`CtlError::Timeout`], for a caller that would rather say so than wait.
+pub fn query_within(path: &Path, req: &Request, timeout: Duration) -> Result<Response, CtlError> {
+    let timeout = timeout.max(Duration::from_millis(1));
     let p = path.display().to_string();
     let io = |source| CtlError::Io {
         path: p.clone(),
@@ -364,12 +378,24 @@ pub fn query(path: &Path, req: &Request) -> Result<Response, CtlError> {
         path: p.clone(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("Request always serializes");
     line.push(b'\n');
     s.write_all(&line).map_err(io)?;
-    read_message(&mut BufReader::new(s), &p)
+    read_message(&mut BufReader::new(s), &p).map_err(|e| match e {
+        CtlError::Io { path, source }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            CtlError::Timeout {
+                path,
+                ms: timeout.as_millis(),
+            }
+        }
+        e => e,
+    })
 }
 
 /// Reads one JSON line (bounded by `MAX_LINE`) and decodes it.
@@ -427,5 +453,21 @@ mod tests {
             read_message::<Request, _>(&mut r, "test"),
             Err(CtlError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn a_daemon_that_takes_the_request_and_never_answers_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Accepted and held, never answered (a daemon stuck behind a lock).
+        let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+        let e = query_within(&path, &Request::Status, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(e, CtlError::Timeout { ms: 50, .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("no answer on {} within 50 ms", path.display())
+        );
+        drop(held.join());
     }
 }

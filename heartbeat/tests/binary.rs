@@ -118,11 +118,13 @@ fn a_private_key_not_matching_the_config_is_refused_with_a_reason() {
 
 /// The binary serves the network status service on its FT address: the
 /// development operator (listed in the runtime config) gets host-a's report
-/// and host-b (not running) as unreachable; a config without operators
+/// and host-b (not running) as unreachable, not asked once host-a's
+/// heartbeat runs (it never heard host-b); a config without operators
 /// refuses everyone.
 #[test]
 fn the_binary_serves_cluster_status_to_listed_operators() {
     use config_schema::remote::auth::OperatorKey;
+    use config_schema::remote::report::ClusterReport;
     use config_schema::remote::{client, OperatorRequest, Reply};
     let dir = tempfile::tempdir().unwrap();
     let key_path = examples().join("dev-keys/operators/dev-operator.pk8");
@@ -160,9 +162,14 @@ fn the_binary_serves_cluster_status_to_listed_operators() {
     let addr: std::net::SocketAddr = "127.78.1.1:17404".parse().unwrap();
     let t = Duration::from_secs(10);
     let start = Instant::now();
+    // Until heartbeat runs (its status lists peers), the service has no view.
+    let runs = |r: &ClusterReport| {
+        r.report("host-a")
+            .is_some_and(|a| a.heartbeat["peers"].is_array())
+    };
     let report = loop {
         match client::query(addr, &key, &hosts, OperatorRequest::ClusterStatus, t) {
-            Ok(Reply::Cluster { report }) => break report,
+            Ok(Reply::Cluster { report }) if runs(&report) => break report,
             other => assert!(start.elapsed() < Duration::from_secs(60), "{other:?}"),
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -175,11 +182,11 @@ fn the_binary_serves_cluster_status_to_listed_operators() {
         .as_str()
         .unwrap()
         .contains("no-fencing.sock"));
-    assert!(report.hosts[1]
-        .unreachable
-        .as_deref()
-        .unwrap()
-        .contains("127.78.1.2:17404"));
+    assert_eq!(report.hosts[1].addr, "127.78.1.2:17404");
+    assert_eq!(
+        report.hosts[1].unreachable.as_deref(),
+        Some("not asked: down as seen by host-a's heartbeat, never heard")
+    );
 
     let _c = serve("host-c", "17405", false);
     let addr: std::net::SocketAddr = "127.78.1.3:17405".parse().unwrap();

@@ -1,8 +1,10 @@
 //! The network status service in-process on loopback (127.79.x.y): real
 //! heartbeat daemons, real TCP, the real server loop, Noise between hosts
 //! and a fake fencing socket. An operator's query is answered with every
-//! host (the absent one as unreachable); another key, an impostor host and
-//! a replayed host message are refused.
+//! host (the absent one as unreachable); a host the asked host's heartbeat
+//! does not hear is not asked, one it hears that does not answer is given
+//! up on at the report deadline, a hung daemon costs its own entry only;
+//! another key, an impostor host and a replayed host message are refused.
 
 mod common;
 
@@ -17,7 +19,7 @@ use config_schema::model::Operator;
 use config_schema::remote::auth::{OperatorKey, Operators};
 use config_schema::remote::report::{ClusterReport, VmConfig};
 use config_schema::remote::{client, render, wire, OperatorRequest, Reply, MAX_REPLY_FRAME};
-use heartbeat::status_service::{noise, Service, ServiceConfig};
+use heartbeat::status_service::{noise, Service, ServiceConfig, PEER_DEADLINE};
 use heartbeat::{Daemon, NodeConfig};
 
 use common::NAMES;
@@ -191,13 +193,13 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
         .unwrap()
         .contains("cannot reach /nonexistent/ftvmm.sock"));
     assert_eq!(ra.heartbeat["host"], "host-a");
+    // host-c never started: host-b's heartbeat never heard it, so host-b
+    // did not wait for it.
     let c = &report.hosts[2];
     assert!(c.report.is_none());
-    assert!(
-        c.unreachable
-            .as_deref()
-            .unwrap()
-            .contains("cannot connect to 127.79.1.3:17411"),
+    assert_eq!(
+        c.unreachable.as_deref(),
+        Some("not asked: down as seen by host-b's heartbeat, never heard"),
         "{c:?}"
     );
     let text = render::render(&report);
@@ -208,7 +210,7 @@ fn cluster_status_from_any_host_with_the_absent_one_unreachable() {
         "watchdog: armed (fed, timeout 5 s)",
         "host-b: answers",
         "heartbeat: this host (the one queried)",
-        "host-c: UNREACHABLE (cannot connect to 127.79.1.3:17411",
+        "host-c: UNREACHABLE (not asked: down as seen by host-b's heartbeat, never heard)",
         // Never heard since start: "unknown" until the failure timeout, then "suspected".
         "as seen by host-b, never heard",
         "kv (lockstep, power on)",
@@ -307,6 +309,20 @@ fn start_in(net: u8, i: usize, dir: &Path) {
 
 /// [`start_in`], the service also listening on the management address `mgmt`.
 fn start_with_mgmt(net: u8, i: usize, dir: &Path, mgmt: Option<IpAddr>) {
+    let hb = serde_json::json!({"daemon": "heartbeat", "host": NAMES[i]});
+    start_with(net, i, dir, mgmt, hb, dir.join("none"))
+}
+
+/// [`start_with_mgmt`] with `heartbeat` as heartbeat's status (its `peers`:
+/// the view the gathering decides on) and fencing's socket at `fencing`.
+fn start_with(
+    net: u8,
+    i: usize,
+    dir: &Path,
+    mgmt: Option<IpAddr>,
+    heartbeat: serde_json::Value,
+    fencing: PathBuf,
+) {
     let mut n = node(i);
     n.bind = SocketAddr::from(([127, 79, net, i as u8 + 1], UDP));
     for p in &mut n.peers {
@@ -322,37 +338,130 @@ fn start_with_mgmt(net: u8, i: usize, dir: &Path, mgmt: Option<IpAddr>) {
         host_order: NAMES.iter().map(|n| n.to_string()).collect(),
         port: TCP,
         mgmt,
-        fencing_socket: dir.join("none"),
+        fencing_socket: fencing,
         ftvmm_socket: dir.join("none"),
         apply: None,
     };
-    let svc = Service::new(
-        cfg,
-        || serde_json::json!({"daemon": "heartbeat", "host": "host-b"}),
-    );
+    let svc = Service::new(cfg, move || heartbeat.clone());
     let l = svc.bind().unwrap();
     std::thread::spawn(move || svc.serve(l));
 }
 
-#[test]
-fn a_host_that_accepts_and_never_answers_is_shown_unreachable() {
-    let dir = tempfile::tempdir().unwrap();
-    start_in(3, 0, dir.path());
-    // host-b's address takes connections and says nothing; host-c has none.
-    let silent = std::net::TcpListener::bind(on(3, 1)).unwrap();
-    std::thread::spawn(move || {
-        let _held: Vec<TcpStream> = silent.incoming().flatten().collect();
+/// heartbeat's status listing `peers` as (name, alive, last heard ms ago).
+fn heartbeat_hearing(me: &str, peers: &[(&str, bool, u64)]) -> serde_json::Value {
+    let peers: Vec<_> = (peers.iter())
+        .map(|&(name, alive, ms)| {
+            let state = if alive { "up" } else { "suspected" };
+            serde_json::json!({"name": name, "state": state, "alive": alive, "last_seen_ms": ms})
+        })
+        .collect();
+    serde_json::json!({"daemon": "heartbeat", "host": me, "peers": peers})
+}
+
+/// Accepts every connection at `at` and holds it; with `hello`, first
+/// sends host `hello`'s hello as a status service would, then nothing.
+fn silent_host(at: SocketAddr, hello: Option<&str>) {
+    let l = std::net::TcpListener::bind(at).unwrap();
+    let hello = hello.map(|host| wire::ServerHello {
+        version: config_schema::remote::VERSION,
+        cluster: "demo".into(),
+        host: host.into(),
+        nonce: "00".repeat(32),
     });
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in l.incoming().flatten() {
+            if let Some(h) = &hello {
+                wire::write_frame(&mut s, h).unwrap();
+            }
+            held.push(s);
+        }
+    });
+}
+
+#[test]
+fn a_heard_host_that_accepts_and_never_answers_is_given_up_on_at_the_report_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    // host-a's heartbeat hears both (they died a moment ago, say): asked.
+    let hb = heartbeat_hearing("host-a", &[("host-b", true, 20), ("host-c", true, 20)]);
+    start_with(3, 0, dir.path(), None, hb, dir.path().join("none"));
+    // host-b says its hello, then nothing (the deadline that was 10 s);
+    // host-c takes the connection and says nothing at all.
+    silent_host(on(3, 1), Some("host-b"));
+    silent_host(on(3, 2), None);
     let t0 = Instant::now();
     let report = cluster_status(on(3, 0), Duration::from_secs(30));
     let took = t0.elapsed();
     assert!(report.report("host-a").is_some());
     let b = report.hosts[1].unreachable.as_deref().unwrap();
-    assert_eq!(b, "127.79.3.2:17411: no answer within the time limit");
+    assert_eq!(b, "127.79.3.2:17411: no report within 1500 ms");
     let c = report.hosts[2].unreachable.as_deref().unwrap();
-    assert!(c.contains("cannot connect to 127.79.3.3:17411"), "{c}");
-    // Bounded by the peer deadline (10 s), not by the silent host.
-    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(c, "127.79.3.3:17411: no report within 1500 ms");
+    // Given up on well before the old deadline for the exchange alone (a
+    // loose bound: only a machine stalled for seconds could miss it).
+    assert!(took < PEER_DEADLINE, "{took:?}");
+}
+
+#[test]
+fn a_host_the_heartbeat_does_not_hear_is_not_asked_and_one_it_hears_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let hb = heartbeat_hearing("host-a", &[("host-b", false, 4200), ("host-c", true, 30)]);
+    start_with(5, 0, dir.path(), None, hb, dir.path().join("none"));
+    // host-b's address would take a connection (into the backlog, never
+    // answered); host-c serves.
+    let b_listener = std::net::TcpListener::bind(on(5, 1)).unwrap();
+    start_in(5, 2, dir.path());
+    let report = cluster_status(on(5, 0), Duration::from_secs(30));
+    let b = report.hosts[1].unreachable.as_deref();
+    assert_eq!(
+        b,
+        Some("not asked: down as seen by host-a's heartbeat, last heard 4200 ms ago")
+    );
+    // Nothing ever connected to host-b: the answer did not wait for it.
+    b_listener.set_nonblocking(true).unwrap();
+    let accepted = b_listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "host-b was contacted: {accepted:?}"
+    );
+    assert!(report.report("host-c").is_some(), "{report:?}");
+    // The reason and the heartbeat line under it come from one snapshot.
+    let text = render::render(&report);
+    for want in [
+        "host-b: UNREACHABLE (not asked: down as seen by host-a's heartbeat, last heard 4200 ms ago)",
+        "heartbeat: suspected as seen by host-a, last heard 4200 ms ago",
+        "host-c: answers",
+        "heartbeat: up as seen by host-a, last heard 30 ms ago",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn a_hung_daemon_costs_its_own_entry_not_its_hosts_report() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fencing socket that takes every request and never answers.
+    let sock = dir.path().join("hung-fencing.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let _held: Vec<_> = l.incoming().flatten().collect();
+    });
+    for i in [0, 1] {
+        let hb = serde_json::json!({"daemon": "heartbeat", "host": NAMES[i]});
+        start_with(7, i, dir.path(), None, hb, sock.clone());
+    }
+    let report = cluster_status(on(7, 0), Duration::from_secs(30));
+    let hung = format!("no answer on {} within 1000 ms", sock.display());
+    for h in ["host-a", "host-b"] {
+        let r = report
+            .report(h)
+            .unwrap_or_else(|| panic!("{h}: {report:?}"));
+        assert_eq!(r.fencing["error"], hung.as_str(), "{h}");
+        assert!(r.ftvmm["error"].as_str().unwrap().contains("cannot reach"));
+    }
+    let text = render::render(&report);
+    let line = format!("    watchdog: n/a ({hung})\n");
+    assert_eq!(text.matches(&line).count(), 2, "{text}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! queries.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -209,14 +210,23 @@ pub fn connect(
         .map_err(|e| wire(e.into()))?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| wire(e.into()))?;
-    let hello: ServerHello = wire::read_frame(&mut s, MAX_REPLY_FRAME).map_err(wire)?;
+    let hello = read_hello(&mut s, addr)?;
+    Ok((s, hello))
+}
+
+/// Reads the hello of the host at `addr` from a connection to it (what
+/// [`connect`] does once connected): for a caller that bounds the read
+/// itself, e.g. by one deadline for the whole exchange.
+pub fn read_hello<R: Read>(r: &mut R, addr: SocketAddr) -> Result<ServerHello, ClientError> {
+    let hello: ServerHello =
+        wire::read_frame(r, MAX_REPLY_FRAME).map_err(|error| ClientError::Wire { addr, error })?;
     if hello.version != VERSION {
         return Err(ClientError::Version {
             addr,
             got: hello.version,
         });
     }
-    Ok((s, hello))
+    Ok(hello)
 }
 
 /// One signed operator query, its reply opened with the host's key from
@@ -259,5 +269,34 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_hello_is_read_from_any_reader_and_another_version_is_refused() {
+        let addr: SocketAddr = "192.0.2.1:7401".parse().unwrap();
+        let hello = |version| {
+            let mut v = Vec::new();
+            let h = ServerHello {
+                version,
+                cluster: "demo".into(),
+                host: "host-a".into(),
+                nonce: "00".repeat(32),
+            };
+            wire::write_frame(&mut v, &h).unwrap();
+            v
+        };
+        let got = read_hello(&mut &hello(VERSION)[..], addr).unwrap();
+        assert_eq!(
+            (got.host.as_str(), got.cluster.as_str()),
+            ("host-a", "demo")
+        );
+        let e = read_hello(&mut &hello(VERSION + 1)[..], addr).unwrap_err();
+        assert!(
+            matches!(e, ClientError::Version { got, .. } if got == VERSION + 1),
+            "{e}"
+        );
+        // Nothing to read: said as a wire error at that address.
+        let e = read_hello(&mut &b""[..], addr).unwrap_err().to_string();
+        assert!(e.starts_with("192.0.2.1:7401: truncated frame"), "{e}");
     }
 }

@@ -13,9 +13,10 @@
 //!
 //! - A host's report: heartbeat's own status, and fencing's and ftvmm's
 //!   `Status` from their control sockets (each one's error in its place).
-//! - A cluster report: this host's report and every other host's, asked in
-//!   parallel over Noise IK ([`noise`]) with a deadline; a host that does not
-//!   answer is listed with the reason.
+//! - A cluster report ([`gather`]): this host's report and every other
+//!   host's, asked in parallel over Noise IK ([`noise`]) with a short
+//!   deadline, except the hosts this host's heartbeat does not hear, which
+//!   are not waited for; a host without a report is listed with the reason.
 //! - Metrics: this host's report as OpenMetrics text ([`metrics`]), for the
 //!   same operators over the same protocol (`ftctl metrics`).
 //! - Apply: a newer signed config persisted on this host's config disk and
@@ -25,21 +26,23 @@ mod apply;
 pub mod catch_up;
 mod config_disk;
 mod deadline;
+mod gather;
 pub mod metrics;
 pub mod noise;
 
 pub use apply::{ApplyTarget, Live};
+pub use gather::{DAEMON_BUDGET, PEER_REPORT_DEADLINE};
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use config_schema::config_id::ConfigId;
 use config_schema::ctl::{self, Request, Response};
 use config_schema::events;
 use config_schema::remote::auth::Operators;
-use config_schema::remote::report::{digest_hex, ClusterReport, HostEntry, HostReport, VmConfig};
+use config_schema::remote::report::{digest_hex, ClusterReport, HostReport, VmConfig};
 use config_schema::remote::server::{self, Backend};
 use config_schema::remote::wire::ServerHello;
 use config_schema::remote::{client, Reply};
@@ -49,16 +52,35 @@ use serde_json::{json, Value};
 
 use crate::node::{NodeConfig, PeerConf};
 
-/// How long a host waits to connect to another host's service.
+/// How long a host passing a config on (apply, pass-on) or fetching one
+/// (catch-up) waits to connect to another host's service and read its hello.
 pub const PEER_CONNECT: Duration = Duration::from_secs(2);
-/// How long a host waits for another host's whole report once connected:
-/// more than a host needs to ask its own daemons (their sockets answer
-/// within `ctl::query`'s 5 s, asked in parallel).
+/// How long such an exchange may take after [`PEER_CONNECT`]: the other
+/// host persists the config on its disk and tells its ftvmm (whose socket
+/// answers within `ctl::query`'s 5 s). Reports have their own, shorter
+/// deadline ([`PEER_REPORT_DEADLINE`]).
 pub const PEER_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a host asks the others for a newer applied config.
 pub const CATCH_UP_EVERY: Duration = Duration::from_secs(30);
 /// Where the image keeps the trust root (as init reads it).
 pub const TRUST_ROOT_PATH: &str = "/etc/ft/trust-root.pub";
+
+/// How long asking another host may take ([`Service::ask_host_within`]),
+/// counted from the start: connected and its hello read within `connect`,
+/// the whole exchange within `total`.
+#[derive(Debug, Clone, Copy)]
+struct Patience {
+    connect: Duration,
+    total: Duration,
+}
+
+impl Patience {
+    /// Passing a config on or fetching one ([`PEER_CONNECT`], [`PEER_DEADLINE`]).
+    const CONFIG: Patience = Patience {
+        connect: PEER_CONNECT,
+        total: PEER_CONNECT.saturating_add(PEER_DEADLINE),
+    };
+}
 
 /// Where a host finds its daemons and its peers' services.
 #[derive(Clone)]
@@ -270,18 +292,11 @@ impl Service {
         Ok(())
     }
 
-    fn ask_peer(&self, p: &PeerConf) -> Result<HostReport, String> {
-        let addr = self.cfg.peer_addr(p);
-        let bytes = self
-            .ask_host(p, noise::Kind::Status, &[], |h| self.not_p(addr, h, p))
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{addr}: malformed report: {e}"))
-    }
-
-    /// Asks peer `p` for `kind` (sending `body`) over Noise: connected
-    /// within [`PEER_CONNECT`], the rest within [`PEER_DEADLINE`]. The
-    /// answer's bytes, or why not; `not_p` says it when the host that
-    /// answers is not `p` of this cluster.
+    /// Asks peer `p` for `kind` (sending `body`) over Noise: connected and
+    /// its hello read within [`PEER_CONNECT`], the whole exchange within
+    /// [`PEER_DEADLINE`] more ([`Patience::CONFIG`]). The answer's bytes, or
+    /// why not; `not_p` says it when the host that answers is not `p` of
+    /// this cluster.
     fn ask_host(
         &self,
         p: &PeerConf,
@@ -289,17 +304,38 @@ impl Service {
         body: &[u8],
         not_p: impl FnOnce(&ServerHello) -> String,
     ) -> Result<Vec<u8>, AskError> {
+        self.ask_host_within(p, kind, body, not_p, Patience::CONFIG)
+    }
+
+    /// [`Service::ask_host`] within `patience`: one deadline bounds every
+    /// read and write, the hello's too.
+    fn ask_host_within(
+        &self,
+        p: &PeerConf,
+        kind: noise::Kind,
+        body: &[u8],
+        not_p: impl FnOnce(&ServerHello) -> String,
+        patience: Patience,
+    ) -> Result<Vec<u8>, AskError> {
         let addr = self.cfg.peer_addr(p);
-        let (s, hello) =
-            client::connect(addr, PEER_CONNECT).map_err(|e| AskError::Failed(e.to_string()))?;
-        let mut s = deadline::Deadline::new(s, PEER_DEADLINE);
+        let start = Instant::now();
+        let s = TcpStream::connect_timeout(&addr, patience.connect).map_err(|error| {
+            AskError::Failed(client::ClientError::Connect { addr, error }.to_string())
+        })?;
+        let mut s = deadline::Deadline::until(s, start + patience.connect);
+        let why = |s: &deadline::Deadline, e: String| match s.expired() {
+            true => AskError::Late(e),
+            false => AskError::Failed(e),
+        };
+        let hello = client::read_hello(&mut s, addr).map_err(|e| why(&s, e.to_string()))?;
+        s.set_until(start + patience.total);
         if hello.host != p.name || hello.cluster != self.cfg.cluster {
             return Err(AskError::Failed(not_p(&hello)));
         }
         let me = (self.cfg.node.name.as_str(), &self.cfg.node.private_key);
         noise::ask_with(&mut s, &hello, me, &p.public_key, kind, body).map_err(|e| match e {
             noise::PeerError::Refused(_) => AskError::Refused(format!("{addr}: {e}")),
-            _ => AskError::Failed(format!("{addr}: {e}")),
+            _ => why(&s, format!("{addr}: {e}")),
         })
     }
 
@@ -309,6 +345,36 @@ impl Service {
             "{addr} is host {:?} of cluster {:?}, not {} of {}",
             hello.host, hello.cluster, p.name, self.cfg.cluster
         )
+    }
+
+    /// This host's report with `heartbeat` as heartbeat's status, fencing
+    /// and ftvmm asked for theirs at once, each given `within`.
+    fn report_with(&self, mut heartbeat: Value, within: Duration) -> HostReport {
+        // The two sockets are asked at once: a hung daemon costs one timeout.
+        let (fencing, ftvmm) = std::thread::scope(|s| {
+            let f = s.spawn(|| daemon_status(&self.cfg.fencing_socket, within));
+            let v = daemon_status(&self.cfg.ftvmm_socket, within);
+            let f = f
+                .join()
+                .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
+            (f, v)
+        });
+        if let (Some(p), Some(obj)) = (self.live().persisted, heartbeat.as_object_mut()) {
+            // `ftctl status --cluster` shows it under the host (render.rs).
+            obj.insert(
+                "applied_config".into(),
+                json!({"generation": p.generation, "digest": hex::encode(p.digest), "changes": p.changes}),
+            );
+        }
+        HostReport {
+            host: self.cfg.node.name.clone(),
+            config_generation: self.cfg.config_generation,
+            config_digest: digest_hex(&self.cfg.config_id()),
+            unix_ms: events::unix_ms_now(),
+            heartbeat,
+            fencing,
+            ftvmm,
+        }
     }
 }
 
@@ -320,13 +386,18 @@ enum AskError {
     /// it did nothing with the exchange.
     #[error("{0}")]
     Refused(String),
+    /// Its deadline passed after it connected (the reason as the socket
+    /// said it; a report's gathering says it with the deadline).
+    #[error("{0}")]
+    Late(String),
     #[error("{0}")]
     Failed(String),
 }
 
-/// A daemon's `Status` object, or `{"error": why}`.
-fn daemon_status(path: &std::path::Path) -> Value {
-    match ctl::query(path, &Request::Status) {
+/// A daemon's `Status` object, or `{"error": why}` (no answer within
+/// `within` among the reasons).
+fn daemon_status(path: &std::path::Path, within: Duration) -> Value {
+    match ctl::query_within(path, &Request::Status, within) {
         Ok(Response::Status { status }) => status,
         Ok(other) => json!({ "error": format!("unexpected answer {other:?}") }),
         Err(e) => json!({ "error": e.to_string() }),
@@ -351,82 +422,11 @@ impl Backend for Service {
     }
 
     fn host_report(&self) -> HostReport {
-        // The two sockets are asked at once: a hung daemon costs one timeout.
-        let (fencing, ftvmm) = std::thread::scope(|s| {
-            let f = s.spawn(|| daemon_status(&self.cfg.fencing_socket));
-            let v = daemon_status(&self.cfg.ftvmm_socket);
-            let f = f
-                .join()
-                .unwrap_or_else(|_| json!({"error": "status thread panicked"}));
-            (f, v)
-        });
-        let mut heartbeat = (self.heartbeat_status)();
-        if let (Some(p), Some(obj)) = (self.live().persisted, heartbeat.as_object_mut()) {
-            // `ftctl status --cluster` shows it under the host (render.rs).
-            obj.insert(
-                "applied_config".into(),
-                json!({"generation": p.generation, "digest": hex::encode(p.digest), "changes": p.changes}),
-            );
-        }
-        HostReport {
-            host: self.cfg.node.name.clone(),
-            config_generation: self.cfg.config_generation,
-            config_digest: digest_hex(&self.cfg.config_id()),
-            unix_ms: events::unix_ms_now(),
-            heartbeat,
-            fencing,
-            ftvmm,
-        }
+        self.report_with((self.heartbeat_status)(), ctl::QUERY_TIMEOUT)
     }
 
     fn cluster_report(&self) -> ClusterReport {
-        let (own, others): (HostEntry, Vec<HostEntry>) = std::thread::scope(|s| {
-            let own = s.spawn(|| self.host_report());
-            let asks: Vec<_> = self
-                .cfg
-                .node
-                .peers
-                .iter()
-                .map(|p| (p, s.spawn(move || self.ask_peer(p))))
-                .collect();
-            let others = asks
-                .into_iter()
-                .map(|(p, h)| {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err("gathering thread panicked".into()));
-                    HostEntry {
-                        host: p.name.clone(),
-                        addr: self.cfg.peer_addr(p).to_string(),
-                        unreachable: r.as_ref().err().cloned(),
-                        report: r.ok(),
-                    }
-                })
-                .collect();
-            let own = HostEntry {
-                host: self.cfg.node.name.clone(),
-                addr: self.cfg.ft_addr().to_string(),
-                unreachable: None,
-                report: own.join().ok(),
-            };
-            (own, others)
-        });
-        let mut hosts: Vec<HostEntry> = others;
-        hosts.push(own);
-        let order = |h: &HostEntry| self.cfg.host_order.iter().position(|n| *n == h.host);
-        hosts.sort_by_key(order);
-        ClusterReport {
-            cluster: self.cfg.cluster.clone(),
-            config_generation: self.cfg.config_generation,
-            config_digest: digest_hex(&self.cfg.config_id()),
-            queried: self.cfg.node.name.clone(),
-            // The VMs' power as applied configs changed it live.
-            vms: match self.live().running {
-                Some(r) => VmConfig::all(&r),
-                None => self.cfg.vms.clone(),
-            },
-            hosts,
-        }
+        self.gather()
     }
 
     fn apply(&self, config: SignedConfig, operator: &str) -> Reply {
@@ -476,8 +476,10 @@ impl Backend for Service {
         from: &str,
         msg: &str,
     ) -> Result<(), String> {
+        // Within the asker's deadline, a busy daemon said as such.
+        let report = || self.report_with((self.heartbeat_status)(), DAEMON_BUDGET);
         self.answer_host(stream, nonce, (from, msg), noise::Kind::Status, |_| {
-            serde_json::to_vec(&self.host_report()).expect("a report serializes")
+            serde_json::to_vec(&report()).expect("a report serializes")
         })?;
         tracing::debug!("status service: report sent to host {from}");
         Ok(())

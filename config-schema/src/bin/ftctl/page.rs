@@ -30,8 +30,10 @@ use config_schema::remote::{client, OperatorRequest, Reply};
 
 /// How often the cluster is asked.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-/// How long one query may take: the asked host waits up to 10 s for a peer
-/// that accepted and went silent (`PEER_DEADLINE`), so a bit longer.
+/// How long each read of one query may wait: a host answers a cluster query
+/// within about 1.5 s (heartbeat's `status_service::PEER_REPORT_DEADLINE`),
+/// but one of an older version waits up to 12 s for a silent peer, so a bit
+/// longer than that.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// `ftctl page --host ADDR... --key FILE --listen ADDR`; runs until killed.

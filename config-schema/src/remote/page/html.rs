@@ -52,9 +52,10 @@ fn heading(h: &History, now_ms: u64) -> String {
     let mut s = String::new();
     match (&h.report, h.report_unix_ms) {
         (Some(r), Some(at)) => {
-            // The asked host takes its own daemons' status first, then waits
-            // up to its gathering deadline for the others: during a failure
-            // the report can arrive seconds after it was made.
+            // The asked host takes its own daemons' status as it asks the
+            // others, and waits up to its report deadline (1.5 s) for those
+            // its heartbeat hears: the report can arrive that much after it
+            // was made.
             let made = r
                 .report(&r.queried)
                 .map_or("n/a".into(), |q| utc(q.unix_ms));
