@@ -198,12 +198,21 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, ClientError> {
     }
 }
 
-/// Connects and reads the host's hello.
+/// How long a connect may take, whatever the exchange's timeout: a host's
+/// kernel answers a SYN at once however busy its daemons are, so a connect
+/// that takes longer is to a host that is down (its ARP entry still cached,
+/// the SYNs unanswered). 3 s covers one lost SYN (Linux resends the first
+/// after 1 s) and keeps `ftctl page`, which asks its hosts in order, from
+/// spending a long read timeout on a dead first host before the next.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects (within `timeout` and at most [`CONNECT_TIMEOUT`]) and reads the
+/// host's hello (within `timeout`).
 pub fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(TcpStream, ServerHello), ClientError> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)
+    let mut s = TcpStream::connect_timeout(&addr, timeout.min(CONNECT_TIMEOUT))
         .map_err(|error| ClientError::Connect { addr, error })?;
     let wire = |error| ClientError::Wire { addr, error };
     s.set_read_timeout(Some(timeout))
