@@ -3,34 +3,13 @@
 //! printed lines, check, sign) and the one-line refusals.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const FTCTL: &str = env!("CARGO_BIN_EXE_ftctl");
+mod common;
+use common::{fails, ok};
+
 const LINUX: &str = include_str!("../../examples/linux-vm.toml");
 const KERNEL_PIN: &str = "kernel = { offset_mib = 0, size_bytes = 14, sha256 = \"96a4524ffd2777487070777b1ed5d24b4540c146da072adeb03196aa4977aa1f\" }";
 const INITRD_PIN: &str = "initrd = { offset_mib = 32, size_bytes = 14, sha256 = \"ce377c737f4975553f8a17bf549bd0306a23aa4e976ffe480bfb5d1f570d31e9\" }";
-
-fn ftctl(args: &[&str]) -> Output {
-    Command::new(FTCTL).args(args).output().expect("ftctl runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = ftctl(args);
-    assert!(
-        o.status.success(),
-        "ftctl {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = ftctl(args);
-    assert!(!o.status.success(), "ftctl {args:?} succeeded");
-    let err = String::from_utf8(o.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    err.trim_end().to_string()
-}
 
 struct Files {
     _dir: tempfile::TempDir,

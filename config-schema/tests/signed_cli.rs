@@ -4,32 +4,10 @@
 //! with one line naming it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-const FTCTL: &str = env!("CARGO_BIN_EXE_ftctl");
-
-fn ftctl(args: &[&str]) -> Output {
-    Command::new(FTCTL).args(args).output().expect("ftctl runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = ftctl(args);
-    assert!(
-        o.status.success(),
-        "ftctl {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Runs a command that must fail; returns its single stderr line.
-fn fails(args: &[&str]) -> String {
-    let o = ftctl(args);
-    assert!(!o.status.success(), "ftctl {args:?} succeeded");
-    let err = String::from_utf8(o.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    err.trim_end().to_string()
-}
+mod common;
+use common::{fails, ftctl, ok};
 
 fn example_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster.toml")
