@@ -90,6 +90,7 @@ bench: image linux-kv nested-qemu
 	$(CARGO) bench -p heartbeat --bench flood
 	$(CARGO) test --release -p ftvmm --lib bounce_bench -- --ignored --nocapture
 	$(CARGO) test --release -p ftvmm --lib checkpoint_pause_bench -- --ignored --nocapture
+	$(CARGO) test --release -p ftvmm --lib checkpoint_cpu_bench -- --ignored --nocapture
 	$(CARGO) test --release -p ftvmm --lib delta_cache_bench -- --ignored --nocapture
 	$(CARGO) test --release -p fencing --lib decide_bench -- --ignored --nocapture
 	$(CARGO) test -p qemu-tests --test linux_vm checkpoint_bench -- --ignored --nocapture

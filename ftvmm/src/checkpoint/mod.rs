@@ -111,6 +111,8 @@ pub mod state;
 #[cfg(test)]
 mod ack_wait_tests;
 #[cfg(test)]
+mod cpu_bench;
+#[cfg(test)]
 mod delta_base_bench;
 #[cfg(test)]
 mod dirty_tests;

@@ -36,7 +36,7 @@ fn gate() -> EpochGate {
     )
 }
 
-struct ChanSink(mpsc::Sender<Vec<u8>>);
+pub(super) struct ChanSink(mpsc::Sender<Vec<u8>>);
 
 impl EpochSink for ChanSink {
     fn send(&mut self, piece: Vec<u8>) -> Result<(), String> {
@@ -47,7 +47,7 @@ impl EpochSink for ChanSink {
 /// The Secondary in a thread of this process: applies the pieces sent to
 /// the returned sink and acknowledges each complete epoch through
 /// `outputs`' gate; its receiver comes back when the sink is dropped.
-fn in_process_secondary(
+pub(super) fn in_process_secondary(
     outputs: &Arc<GatedOutputs>,
 ) -> (ChanSink, std::thread::JoinHandle<Receiver<Staging>>) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();

@@ -209,6 +209,20 @@ impl LinuxVm {
         .map_err(kvm_err("KVM_SET_MP_STATE"))
     }
 
+    /// Tests and benchmarks: vCPU 0 starts runnable in 64-bit mode at `rip`
+    /// (identity-mapped, the reference guest's tables: `crate::boot`), where
+    /// code runs natively on a KVM that emulates real mode (PVM).
+    #[cfg(test)]
+    pub fn enter_long_mode(&self, rip: u64) -> Result<(), LinuxVmError> {
+        crate::boot::write_tables(&self.mem).expect("the boot tables fit in guest memory");
+        regs::setup_boot_vcpu(&lock(&self.vcpus[0]), rip)?;
+        lock(&self.vcpus[0])
+            .set_mp_state(kvm_bindings::kvm_mp_state {
+                mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(kvm_err("KVM_SET_MP_STATE"))
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }
