@@ -38,8 +38,24 @@ const LISTEN: &str = "127.0.0.1:8080";
 const OPERATOR_CIDR: &str = "192.0.2.200/24";
 const STEP: Duration = Duration::from_secs(120);
 
+/// The marker of a run whose pair changed before the test's fault: the
+/// example's timing (1 s failure timeout, lease renewal every 500 ms) on
+/// TCG hosts, beside this test's headless Chromium, can break the pair on
+/// its own — the Primary handing its VM over when its own lease renewal
+/// lagged ("storage lost (fencing holds output); handed the VM over": stop
+/// 48, 2 of 3 runs with a core kept busy), or dropping its Secondary after
+/// 1 s of silence ("secondary lost: host-b silent on the logging channel",
+/// 1 of 3 unloaded). The product was right; the test's precondition (host-a
+/// Primary with host-b Secondary until host-a is killed) was gone, so it
+/// runs once more with a fresh cluster, and says so.
+const PAIR_CHANGED: &str = "PAIR CHANGED BEFORE THE FAULT (the test bed's load)";
+
 #[test]
 fn status_page_shows_primary_secondary_and_a_failover() {
+    qemu_tests::testbed::retry_once_on("status-page", &[PAIR_CHANGED], status_page_once);
+}
+
+fn status_page_once() {
     let chromium = find_in_path("chromium").unwrap_or_else(|| {
         panic!("chromium not found in PATH: `apt-get install chromium` (Debian) to run this test")
     });
@@ -91,6 +107,10 @@ fn status_page_shows_primary_secondary_and_a_failover() {
     screenshot(&op, &chromium, &shots.join("1-paired.png"));
     let status = |host: &str| status_cluster(&op, &ftctl, (&key, &source.config), host);
     let before = status("192.0.2.2");
+    let a = cluster.host("host-a").unwrap();
+    if a.console().count("handed the VM over") > 0 || a.console().count("secondary lost") > 0 {
+        panic!("{PAIR_CHANGED}: host-a's pair changed before the kill:\n{before}");
+    }
     assert!(
         before.contains("    primary: host-a  secondary: host-b  generation: 1\n"),
         "{before}"
