@@ -132,9 +132,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    ClusterConfig, Host, Interface, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS,
-};
+use crate::model::{ClusterConfig, LinuxImage, Operator, Power, Replication, Vm, DEFAULT_VCPUS};
 
 /// First byte of the power trailer (see the module doc).
 const POWER_TRAILER: u8 = 1;
@@ -246,84 +244,52 @@ pub fn encode(config: &ClusterConfig) -> Vec<u8> {
     if config.cluster.accept_soft_watchdog {
         bytes.extend([CLUSTER_TRAILER, 1]);
     }
-    push_nics(&mut bytes, MGMT_TRAILER, config, |h| &h.mgmt);
-    push_nics(&mut bytes, STORAGE_TRAILER, config, |h| &h.storage);
+    push_each(&mut bytes, MGMT_TRAILER, &config.hosts, |h| &h.mgmt);
+    push_each(&mut bytes, STORAGE_TRAILER, &config.hosts, |h| &h.storage);
     if let Some(w) = &config.cluster.vm_witness {
         bytes.push(WITNESS_TRAILER);
         bytes.extend(postcard::to_stdvec(w).expect("postcard encodes a string"));
     }
-    push_vm_values(&mut bytes, SLOT_TRAILER, config, |vm| vm.slot);
-    push_vm_values(&mut bytes, DELTA_CACHE_TRAILER, config, |vm| {
-        vm.delta_cache_mib
+    push_each(&mut bytes, SLOT_TRAILER, &config.vms, |vm| &vm.slot);
+    push_each(&mut bytes, DELTA_CACHE_TRAILER, &config.vms, |vm| {
+        &vm.delta_cache_mib
     });
     bytes
 }
 
-/// A per-VM value trailer (slot, delta cache): `tag`, then each VM's value
-/// or none, only when some VM has one.
-fn push_vm_values(
+/// A per-host or per-VM trailer (management and storage NICs; slot, delta
+/// cache): `tag`, then each item's `field` or none, only when some item has
+/// one.
+fn push_each<I, T: serde::Serialize>(
     bytes: &mut Vec<u8>,
     tag: u8,
-    config: &ClusterConfig,
-    value: fn(&Vm) -> Option<u32>,
+    items: &[I],
+    field: fn(&I) -> &Option<T>,
 ) {
-    let values: Vec<Option<u32>> = config.vms.iter().map(value).collect();
-    if values.iter().any(Option::is_some) {
-        bytes.push(tag);
-        bytes.extend(postcard::to_stdvec(&values).expect("postcard encodes a list of values"));
-    }
-}
-
-/// Reads a per-VM value trailer's list (after its tag) into the VMs'
-/// field; `count` names a list of the wrong length. Returns what follows.
-fn take_vm_values<'a>(
-    list: &'a [u8],
-    config: &mut ClusterConfig,
-    field: fn(&mut Vm) -> &mut Option<u32>,
-    count: fn(usize, usize) -> CanonicalError,
-) -> Result<&'a [u8], CanonicalError> {
-    let (values, after): (Vec<Option<u32>>, &[u8]) = postcard::take_from_bytes(list)?;
-    if values.len() != config.vms.len() {
-        return Err(count(values.len(), config.vms.len()));
-    }
-    for (vm, v) in config.vms.iter_mut().zip(values) {
-        *field(vm) = v;
-    }
-    Ok(after)
-}
-
-/// A per-host NIC trailer (management, storage): `tag`, then each host's
-/// NIC or none, only when some host has one.
-fn push_nics(
-    bytes: &mut Vec<u8>,
-    tag: u8,
-    config: &ClusterConfig,
-    nic: fn(&Host) -> &Option<Interface>,
-) {
-    if config.hosts.iter().all(|h| nic(h).is_none()) {
+    if items.iter().all(|i| field(i).is_none()) {
         return;
     }
-    let nics: Vec<&Option<Interface>> = config.hosts.iter().map(nic).collect();
+    let values: Vec<&Option<T>> = items.iter().map(field).collect();
     bytes.push(tag);
-    bytes.extend(postcard::to_stdvec(&nics).expect("postcard encodes interfaces"));
+    bytes.extend(postcard::to_stdvec(&values).expect("postcard encodes a trailer's list"));
 }
 
-/// Reads a per-host NIC trailer's list (after its tag) into the hosts'
-/// `nic`; `count` is the error for a list that does not have one entry per
-/// host. A list with no NIC at all is not canonical (no trailer is): the
-/// re-encoding check of [`decode`] refuses it.
-fn take_nics<'a>(
+/// Reads a [`push_each`] trailer's list (after its tag) into the items'
+/// `field`; `count` is the error for a list that does not have one entry
+/// per item. A list with nothing in it is not canonical (no trailer is):
+/// the re-encoding check of [`decode`] refuses it. Returns what follows.
+fn take_each<'a, I, T: serde::de::DeserializeOwned>(
     list: &'a [u8],
-    config: &mut ClusterConfig,
-    nic: fn(&mut Host) -> &mut Option<Interface>,
+    items: &mut [I],
+    field: fn(&mut I) -> &mut Option<T>,
     count: fn(usize, usize) -> CanonicalError,
 ) -> Result<&'a [u8], CanonicalError> {
-    let (nics, after): (Vec<Option<Interface>>, &[u8]) = postcard::take_from_bytes(list)?;
-    if nics.len() != config.hosts.len() {
-        return Err(count(nics.len(), config.hosts.len()));
+    let (values, after): (Vec<Option<T>>, &[u8]) = postcard::take_from_bytes(list)?;
+    if values.len() != items.len() {
+        return Err(count(values.len(), items.len()));
     }
-    for (host, n) in config.hosts.iter_mut().zip(nics) {
-        *nic(host) = n;
+    for (item, v) in items.iter_mut().zip(values) {
+        *field(item) = v;
     }
     Ok(after)
 }
@@ -378,17 +344,17 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         rest = after;
     }
     if let [MGMT_TRAILER, list @ ..] = rest {
-        rest = take_nics(
+        rest = take_each(
             list,
-            &mut config,
+            &mut config.hosts,
             |h| &mut h.mgmt,
             |entries, hosts| CanonicalError::MgmtCount { entries, hosts },
         )?;
     }
     if let [STORAGE_TRAILER, list @ ..] = rest {
-        rest = take_nics(
+        rest = take_each(
             list,
-            &mut config,
+            &mut config.hosts,
             |h| &mut h.storage,
             |entries, hosts| CanonicalError::StorageCount { entries, hosts },
         )?;
@@ -399,17 +365,17 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterConfig, CanonicalError> {
         rest = after;
     }
     if let [SLOT_TRAILER, list @ ..] = rest {
-        rest = take_vm_values(
+        rest = take_each(
             list,
-            &mut config,
+            &mut config.vms,
             |vm| &mut vm.slot,
             |entries, vms| CanonicalError::SlotCount { entries, vms },
         )?;
     }
     if let [DELTA_CACHE_TRAILER, list @ ..] = rest {
-        rest = take_vm_values(
+        rest = take_each(
             list,
-            &mut config,
+            &mut config.vms,
             |vm| &mut vm.delta_cache_mib,
             |entries, vms| CanonicalError::DeltaCacheCount { entries, vms },
         )?;
