@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::dirty_log::DirtyLog;
-use super::gated::{GatedBackend, GatedOutputs};
+use super::gated::GatedOutputs;
 use super::primary::{self, LoopConfig};
-use super::remote_tests::{gate, MEM};
+use super::remote_tests::{gate, gated_vm};
 use super::vm_tests::in_process_secondary;
-use crate::linux::machine::{LinuxVm, Running};
-use crate::linux::tests::Sink;
+use crate::linux::machine::Running;
 use crate::virtio::GuestMemoryMmap;
 
 /// 64-bit mode: vCPU 0 (at 0x1000) adds 1 to the count at 0x2000 forever.
@@ -49,15 +48,7 @@ fn count(m: &GuestMemoryMmap) -> u64 {
 }
 
 fn counting_vm(outputs: &std::sync::Arc<GatedOutputs>) -> (Running, GuestMemoryMmap) {
-    let backend = GatedBackend::new(
-        std::sync::Arc::clone(outputs),
-        None,
-        None,
-        0,
-        Box::new(|_| {}),
-    );
-    let vm = LinuxVm::create(2, MEM, vec![], Box::new(Sink::default()), Box::new(backend))
-        .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)");
+    let vm = gated_vm(outputs);
     vm.memory()
         .write_slice(COUNT, GuestAddress(0x1000))
         .unwrap();

@@ -72,11 +72,17 @@ fn mem_copy(m: &GuestMemoryMmap) -> Vec<u8> {
     v
 }
 
+/// A 2-vCPU VM of [`MEM`] with the gated backend and no devices, not
+/// started (the guest's code is the caller's).
+pub(super) fn gated_vm(outputs: &Arc<GatedOutputs>) -> LinuxVm {
+    let backend = GatedBackend::new(Arc::clone(outputs), None, None, 0, Box::new(|_| {}));
+    LinuxVm::create(2, MEM, vec![], Box::new(Sink::default()), Box::new(backend))
+        .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)")
+}
+
 /// The counter guest on 2 vCPUs with the gated backend.
 pub(super) fn counter_vm(outputs: &Arc<GatedOutputs>) -> (Running, GuestMemoryMmap) {
-    let backend = GatedBackend::new(Arc::clone(outputs), None, None, 0, Box::new(|_| {}));
-    let vm = LinuxVm::create(2, MEM, vec![], Box::new(Sink::default()), Box::new(backend))
-        .expect("a VM with in-kernel irqchip and 2 vCPUs (is /dev/kvm there?)");
+    let vm = gated_vm(outputs);
     vm.memory().write_slice(CODE, GuestAddress(0x1000)).unwrap();
     vm.enter_real_mode(0, 0x1000).unwrap();
     vm.enter_real_mode(1, 0x1000).unwrap();
