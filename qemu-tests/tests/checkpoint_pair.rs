@@ -206,8 +206,8 @@ fn host_cpus() -> u32 {
 
 /// How a pair's host boots: two CPUs (as `linux_vm.rs`'s L1: the guest's
 /// two vCPUs share the host with the epoch loop, the channel and the
-/// daemons) on the pinned QEMU 10 of `nested-qemu.lock`, as `linux_vm.rs`'s
-/// L1 — Debian 12's QEMU 7.2 emulates SVM worse (its guest triple faults:
+/// daemons) on the pinned QEMU 10 of `nested-qemu.lock`, like that L1 —
+/// Debian 12's QEMU 7.2 emulates SVM worse (its guest triple faults:
 /// `nested-qemu.lock`), and this test's guest ran under nested KVM on it
 /// until stop 48, whose `make chaos` partition run lost the guest host-b
 /// had resumed to a triple fault 2.3 s later (`FT_L1_QEMU=system` runs it
